@@ -1,0 +1,132 @@
+"""Every setting Sheda RT reads, in one pydantic-settings model.
+
+Values come from the environment, then an optional `.env` in the working directory.
+A wrong value must stop the process with one readable line, so `load_settings`
+turns pydantic's ValidationError into `SettingsError` with a single message.
+"""
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Annotated, Optional
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message is one line for the operator."""
+
+
+def _split_csv(value):
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # HTTP server
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=0, le=65535)
+    processes: int = Field(1, ge=1, le=64, description="Worker processes sharing the port (needs REDIS_URL when > 1)")
+    shutdown_grace_seconds: float = Field(10.0, ge=0, description="How long in-flight requests may take after SIGTERM")
+
+    # Storage
+    data_dir: Path = Path("./data")
+    mongodb_uri: Optional[str] = Field(None, description="A real MongoDB; unset starts the embedded database")
+    mongodb_db: str = "sheda"
+    redis_url: Optional[str] = None
+
+    # Auth
+    jwt_secret: Optional[SecretStr] = Field(None, description="Unset: generated once and kept in DATA_DIR/jwt_secret")
+    jwt_algorithm: str = "HS256"
+    access_token_minutes: int = Field(30, ge=1)
+    refresh_token_days: int = Field(14, ge=1)
+    otp_token_minutes: int = Field(5, ge=1)
+    bcrypt_rounds: int = Field(12, ge=4, le=16, description="bcrypt cost; tests use 4")
+    otp_minutes: int = Field(10, ge=1)
+    login_max_failures: int = Field(5, ge=1)
+    login_window_minutes: int = Field(15, ge=1)
+
+    # HTTP conventions
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Comma-separated origins, or *")
+    max_json_bytes: int = Field(1_048_576, ge=1024)
+    max_upload_bytes: int = Field(5 * 1024 * 1024, ge=1024)
+
+    # Email
+    smtp_host: Optional[str] = None
+    smtp_port: int = 587
+    smtp_username: Optional[str] = None
+    smtp_password: Optional[SecretStr] = None
+    smtp_starttls: bool = True
+    mail_from: str = "Sheda RT <no-reply@sheda.local>"
+
+    # Real time
+    ws_ping_interval: float = Field(25.0, gt=0)
+    ws_ping_timeout: float = Field(20.0, gt=0)
+    ws_max_message_bytes: int = Field(64 * 1024, ge=1024)
+    ws_rate_burst: int = Field(20, ge=1)
+    ws_rate_per_second: float = Field(5.0, gt=0)
+    ws_rate_strikes_before_close: int = Field(20, ge=1)
+    ws_outbound_buffer_bytes: int = Field(1024 * 1024, ge=4096)
+    ws_compression: bool = False
+    chat_batch_window_ms: float = Field(2.0, ge=0)
+    chat_batch_max: int = Field(500, ge=1)
+    typing_interval_seconds: float = Field(1.0, ge=0)
+
+    # Jobs
+    contract_expiry_interval_hours: float = Field(24.0, gt=0)
+
+    log_level: str = "INFO"
+
+    _validate_cors = field_validator("cors_origins", mode="before")(_split_csv)
+
+    @field_validator("mongodb_uri", "redis_url", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value):
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def db_dir(self) -> Path:
+        return self.data_dir / "db"
+
+    @property
+    def media_dir(self) -> Path:
+        return self.data_dir / "media"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.data_dir / "outbox"
+
+    def jwt_secret_value(self) -> str:
+        """The configured secret, or one generated on first use and kept under DATA_DIR."""
+        if self.jwt_secret is not None:
+            return self.jwt_secret.get_secret_value()
+        path = self.data_dir / "jwt_secret"
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        secret = secrets.token_urlsafe(48)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(secret)
+        tmp.chmod(0o600)
+        try:
+            # link() fails if another process won the race; then we read theirs.
+            import os
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path.read_text().strip()
+
+
+def load_settings(**overrides) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(str(p) for p in first["loc"]).upper() or "settings"
+        raise SettingsError(f"invalid setting {name}: {first['msg']} (got {first.get('input')!r})") from None

@@ -1,0 +1,1 @@
+"""Tornado REST and WebSocket handlers: thin edges that parse, authorize and serialize."""

@@ -1,0 +1,14 @@
+"""The route table: each handlers module ends with `default_handlers`; the
+application concatenates them. Adding an endpoint touches one module."""
+from __future__ import annotations
+
+from handlers import accounts, docs, health
+
+MODULES = [health, accounts, docs]
+
+
+def all_routes(settings) -> list:
+    routes = []
+    for module in MODULES:
+        routes.extend(module.default_handlers)
+    return routes

@@ -1,0 +1,73 @@
+#!/usr/bin/env python
+"""Sheda RT: run the server, or manage accounts from the command line.
+
+    python run.py                         serve on HOST:PORT (default 0.0.0.0:8000)
+    python run.py --processes 4           N workers sharing the port (needs REDIS_URL)
+    python run.py promote-admin alice     give a user role admin
+    python run.py create-user --username bob --email bob@example.com --user-type agent
+
+The commands work whether or not the server is running: they connect to the
+database the server uses (the embedded one is shared, never started twice).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import sys
+
+from config import SettingsError, load_settings
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("tornado.access").setLevel(logging.WARNING)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="run.py", description="Sheda RT server and admin commands")
+    parser.add_argument("--host", help="override HOST")
+    parser.add_argument("--port", type=int, help="override PORT")
+    parser.add_argument("--processes", type=int, help="worker processes sharing the port (N > 1 needs REDIS_URL)")
+    sub = parser.add_subparsers(dest="command")
+    promote = sub.add_parser("promote-admin", help="give an existing user role admin (by email or username)")
+    promote.add_argument("who", help="email or username")
+    create = sub.add_parser("create-user", help="create a verified user")
+    create.add_argument("--username", required=True)
+    create.add_argument("--email", required=True)
+    create.add_argument("--user-type", choices=["client", "agent"], default="client")
+    create.add_argument("--password", help="prompted for when omitted")
+    create.add_argument("--phone")
+    create.add_argument("--full-name")
+    create.add_argument("--admin", action="store_true", help="also give role admin")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {k: v for k, v in {"host": args.host, "port": args.port, "processes": args.processes}.items() if v is not None}
+    try:
+        settings = load_settings(**overrides)
+    except SettingsError as exc:
+        print(f"sheda: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+    if args.command is None:
+        from sheda_rt.launcher import run_server
+
+        return run_server(settings)
+    from sheda_rt import cli
+
+    if args.command == "create-user" and not args.password:
+        args.password = getpass.getpass("password: ")
+    return cli.run_command(settings, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

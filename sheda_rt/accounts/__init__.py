@@ -1,0 +1,1 @@
+"""Accounts: users, passwords, OTPs, tokens and the auth check every route uses."""

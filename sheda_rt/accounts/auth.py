@@ -1,0 +1,88 @@
+"""Who is calling, and may they? The one auth check used by REST and WebSocket alike.
+
+A Requirement says what a route needs; `AuthService.authenticate` turns an
+`Authorization` header (or a raw token) into a Principal or raises 401/403:
+- 401: no token, bad signature, expired, wrong token type, revoked (logout).
+- 403: a valid token that is not allowed: missing scope, an admin route without
+  role admin, or a deactivated user (its tokens stop working at once).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sheda_rt.errors import Forbidden, Unauthorized
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """What a route needs from the caller's token."""
+
+    any_scope: frozenset[str] = frozenset()  # at least one of these scopes (empty: any access token)
+    admin: bool = False  # scope admin AND role admin AND active
+    otp: bool = False  # a single-use otp-scoped token instead of an access token
+
+    def describe(self) -> str:
+        if self.admin:
+            return "admin"
+        if self.otp:
+            return "otp"
+        return " or ".join(sorted(self.any_scope)) or "user"
+
+
+USER = Requirement()
+CLIENT = Requirement(any_scope=frozenset({"client"}))
+AGENT = Requirement(any_scope=frozenset({"agent"}))
+ADMIN = Requirement(admin=True)
+OTP = Requirement(otp=True)
+
+
+@dataclass
+class Principal:
+    user: dict
+    claims: dict
+    scopes: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def user_id(self) -> int:
+        return self.user["_id"]
+
+    @property
+    def jti(self) -> str:
+        return self.claims["jti"]
+
+
+def bearer_token(header: str | None) -> str:
+    if not header:
+        raise Unauthorized("Missing bearer token", "missing_token")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Authorization must be 'Bearer <token>'", "invalid_token")
+    return token.strip()
+
+
+class AuthService:
+    def __init__(self, tokens, users, revocations):
+        self.tokens = tokens
+        self.users = users
+        self.revocations = revocations
+
+    async def authenticate(self, authorization: str | None, need: Requirement) -> Principal:
+        return await self.authenticate_token(bearer_token(authorization), need)
+
+    async def authenticate_token(self, token: str, need: Requirement) -> Principal:
+        claims = self.tokens.decode(token, expected_type="otp" if need.otp else "access")
+        user_id = int(claims["sub"])
+        user = await self.users.get(user_id)
+        if user is None:
+            raise Unauthorized("Token user no longer exists", "invalid_token")
+        if await self.revocations.is_revoked(claims["jti"]):
+            raise Unauthorized("Token has been revoked", "token_revoked")
+        if not user.get("is_active", True):
+            raise Forbidden("This account is deactivated", "account_inactive")
+        scopes = frozenset(claims.get("scopes") or ())
+        if need.admin:
+            if "admin" not in scopes or user.get("role") != "admin":
+                raise Forbidden("Admin access required", "admin_required")
+        elif need.any_scope and not (need.any_scope & scopes):
+            raise Forbidden(f"This needs the {need.describe()} scope", "insufficient_scope")
+        return Principal(user=user, claims=claims, scopes=scopes)

@@ -1,0 +1,66 @@
+"""The `users` collection. Ids are integers from the id allocator; usernames and
+emails are unique case-insensitively (stored lower-cased alongside)."""
+from __future__ import annotations
+
+from pymongo import ASCENDING, IndexModel, ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from sheda_rt.errors import Conflict
+
+
+class UserStore:
+    INDEXES = [
+        IndexModel([("username_lc", ASCENDING)], unique=True, name="username_unique"),
+        IndexModel([("email", ASCENDING)], unique=True, name="email_unique"),
+        IndexModel([("phone", ASCENDING)], unique=True, name="phone_unique",
+                   partialFilterExpression={"phone": {"$type": "string"}}),
+        IndexModel([("created_at", ASCENDING), ("_id", ASCENDING)], name="created"),
+    ]
+
+    def __init__(self, db, ids):
+        self.col = db["users"]
+        self.ids = ids
+
+    async def ensure_indexes(self):
+        await self.col.create_indexes(self.INDEXES)
+
+    async def insert(self, doc: dict) -> dict:
+        doc = dict(doc)
+        doc["_id"] = await self.ids.next("users")
+        try:
+            await self.col.insert_one(doc)
+        except DuplicateKeyError as exc:
+            key = str(exc.details.get("keyPattern") or exc.details.get("errmsg") or exc)
+            field = "email" if "email" in key else "phone" if "phone" in key else "username"
+            raise Conflict(f"That {field} is already registered", f"{field}_taken")
+        return doc
+
+    async def get(self, user_id: int) -> dict | None:
+        return await self.col.find_one({"_id": user_id})
+
+    async def get_many(self, user_ids) -> dict[int, dict]:
+        ids = list(set(user_ids))
+        return {d["_id"]: d async for d in self.col.find({"_id": {"$in": ids}})}
+
+    async def find_login(self, identifier: str) -> dict | None:
+        """Login accepts a username, an email or a phone number."""
+        ident = identifier.strip()
+        return await self.col.find_one({"$or": [{"username_lc": ident.lower()}, {"email": ident.lower()}, {"phone": ident}]})
+
+    async def find_by_email(self, email: str) -> dict | None:
+        return await self.col.find_one({"email": email.strip().lower()})
+
+    async def update(self, user_id: int, changes: dict, unset: list[str] | None = None) -> dict | None:
+        update: dict = {}
+        if changes:
+            update["$set"] = changes
+        if unset:
+            update["$unset"] = {k: "" for k in unset}
+        if not update:
+            return await self.get(user_id)
+        try:
+            return await self.col.find_one_and_update({"_id": user_id}, update, return_document=ReturnDocument.AFTER)
+        except DuplicateKeyError as exc:
+            key = str(exc.details.get("keyPattern") or exc)
+            field = "email" if "email" in key else "phone" if "phone" in key else "username"
+            raise Conflict(f"That {field} is already registered", f"{field}_taken")

@@ -1,0 +1,79 @@
+"""AppContext: the one owner of shared state (settings, clock, database, stores,
+services, hub, jobs). Handlers reach it as `self.application.ctx`; services get
+it in their constructor. Tests build one with a ManualClock to move time."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sheda_rt.accounts.auth import AuthService
+from sheda_rt.accounts.revocations_store import RevocationStore
+from sheda_rt.accounts.service import AccountService
+from sheda_rt.accounts.tokens import TokenCodec
+from sheda_rt.accounts.users_store import UserStore
+from sheda_rt.clock import Clock
+from sheda_rt.database.connection import connect
+from sheda_rt.database.ids import IdAllocator
+from sheda_rt.mail.mailer import mailer_from_settings
+from sheda_rt.realtime.hub import Hub
+
+log = logging.getLogger("sheda.context")
+
+
+class AppContext:
+    def __init__(self, settings, mongodb_uri: str, clock: Clock | None = None, mailer=None):
+        self.settings = settings
+        self.clock = clock or Clock()
+        self.client, self.db = connect(mongodb_uri, settings.mongodb_db)
+        self.ids = IdAllocator(self.db)
+        self.mailer = mailer or mailer_from_settings(settings)
+        self.hub = Hub()
+        self.tokens = TokenCodec(settings.jwt_secret_value(), settings.jwt_algorithm, self.clock)
+
+        # Stores: one per collection. Every store with indexes is listed in `stores`.
+        self.users = UserStore(self.db, self.ids)
+        self.revocations = RevocationStore(self.db)
+        self.stores = [self.users, self.revocations]
+
+        # Services: the business rules.
+        self.auth = AuthService(self.tokens, self.users, self.revocations)
+        self.accounts = AccountService(self)
+
+        # Background jobs (PeriodicCallbacks) registered by features; started by the server.
+        self.jobs: list = []
+        # Coroutines run at shutdown before connections close (the chat batcher flushes here).
+        self.drain_hooks: list = []
+        # Callables given each finished REST handler (metrics).
+        self.request_hooks: list = []
+        # REST requests being handled now; shutdown waits for this to empty (bounded).
+        self.inflight: set = set()
+
+    async def ensure_indexes(self) -> None:
+        for store in self.stores:
+            await store.ensure_indexes()
+
+    async def start(self) -> None:
+        await self.ensure_indexes()
+        await self.hub.start()
+
+    async def readiness(self) -> dict[str, str]:
+        """What /health/ready reports: each dependency's state."""
+        checks: dict[str, str] = {}
+        try:
+            await asyncio.wait_for(self.db.command("ping"), 2.0)
+            checks["database"] = "ok"
+        except Exception as exc:  # any failure means "not ready", never a 500
+            checks["database"] = f"down: {type(exc).__name__}"
+        broker_check = getattr(self.hub.broker, "health", None)
+        if broker_check is not None:
+            checks["redis"] = await broker_check()
+        return checks
+
+    async def drain(self) -> None:
+        """Before connections close: let features finish what they accepted."""
+        for hook in self.drain_hooks:
+            await hook()
+
+    async def close(self) -> None:
+        await self.hub.stop()
+        await self.client.close()

@@ -1,0 +1,1 @@
+"""MongoDB access: the embedded database launcher, the client, and the id allocator."""

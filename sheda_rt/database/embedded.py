@@ -1,0 +1,152 @@
+"""The embedded database: a SecantusDB server run as a child process.
+
+SecantusDB speaks the MongoDB wire protocol, so the rest of the code only ever
+sees a `mongodb://` URI. We never import it (it is GPL); we run its launcher.
+
+One data directory must never get two database processes. The process that
+starts the database writes `DATA_DIR/db.lock.json` (pid + port); anyone else
+(the CLI while the server runs, a second server) finds it, checks the pid is
+alive and the port answers, and connects instead of starting another.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("sheda.db")
+
+
+class EmbeddedDatabaseError(RuntimeError):
+    pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def launcher_path() -> str:
+    found = shutil.which("secantusd-py")
+    if found:
+        return found
+    beside = Path(sys.executable).parent / "secantusd-py"
+    if beside.exists():
+        return str(beside)
+    raise EmbeddedDatabaseError("the embedded database is not installed: run `pip install -r requirements.txt` (package secantusdb)")
+
+
+def _ping(uri: str, timeout: float) -> bool:
+    from pymongo import MongoClient  # sync client: this runs before the event loop
+    from pymongo.errors import PyMongoError
+
+    client = MongoClient(uri, serverSelectionTimeoutMS=int(timeout * 1000), connectTimeoutMS=int(timeout * 1000))
+    try:
+        client.admin.command("ping")
+        return True
+    except PyMongoError:
+        return False
+    finally:
+        client.close()
+
+
+@dataclass
+class EmbeddedDatabase:
+    data_dir: Path
+    port: int = 0
+    process: subprocess.Popen | None = None
+    owned: bool = False
+
+    @property
+    def lock_path(self) -> Path:
+        return self.data_dir / "db.lock.json"
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+    def running_instance(self) -> int | None:
+        """Port of a live database already serving this data directory, if any."""
+        try:
+            info = json.loads(self.lock_path.read_text())
+        except (OSError, ValueError):
+            return None
+        pid, port = info.get("pid"), info.get("port")
+        if isinstance(pid, int) and isinstance(port, int) and _pid_alive(pid) and _port_open(port):
+            return port
+        return None
+
+    def start(self, timeout: float = 60.0) -> str:
+        """Connect to the database of this data directory, starting it if nobody runs it."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        existing = self.running_instance()
+        if existing:
+            self.port = existing
+            log.info(json.dumps({"event": "embedded_db_reused", "port": existing}))
+            return self.uri
+        storage = self.data_dir / "db"
+        storage.mkdir(parents=True, exist_ok=True)
+        self.port = _free_port()
+        logfile = open(self.data_dir / "db.log", "ab")
+        cmd = [launcher_path(), "--host", "127.0.0.1", "--port", str(self.port), "--storage-path", str(storage), "--log-level", "WARNING"]
+        # Own process group: a Ctrl-C on the terminal reaches us, and we stop the child in order.
+        self.process = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        logfile.close()
+        self.owned = True
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise EmbeddedDatabaseError(f"the embedded database exited with code {self.process.returncode}; see {self.data_dir / 'db.log'}")
+            if _port_open(self.port) and _ping(self.uri, 2.0):
+                self.lock_path.write_text(json.dumps({"pid": self.process.pid, "port": self.port}))
+                log.info(json.dumps({"event": "embedded_db_started", "port": self.port, "pid": self.process.pid}))
+                return self.uri
+            time.sleep(0.1)
+        self.stop()
+        raise EmbeddedDatabaseError(f"the embedded database did not answer within {timeout:.0f}s; see {self.data_dir / 'db.log'}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if not self.owned or self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        try:
+            info = json.loads(self.lock_path.read_text())
+            if info.get("pid") == self.process.pid:
+                self.lock_path.unlink()
+        except (OSError, ValueError):
+            pass
+        log.info(json.dumps({"event": "embedded_db_stopped"}))
+        self.owned = False

@@ -1,0 +1,40 @@
+"""Start the server process(es) with the database they need, and stop cleanly."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+
+from sheda_rt.database.embedded import EmbeddedDatabaseError
+from sheda_rt.server import database_uri, serve
+
+log = logging.getLogger("sheda.launcher")
+
+
+def fail(message: str) -> int:
+    print(f"sheda: {message}", file=sys.stderr)
+    return 2
+
+
+def run_server(settings) -> int:
+    if settings.processes > 1 and not settings.redis_url:
+        return fail("--processes > 1 needs REDIS_URL: separate processes share sockets' events through Redis")
+    try:
+        uri, embedded = database_uri(settings)
+    except EmbeddedDatabaseError as exc:
+        return fail(str(exc))
+    try:
+        if settings.processes > 1:
+            from sheda_rt.multiprocess import run_workers
+
+            return run_workers(settings, uri)
+        asyncio.run(serve(settings, uri=uri))
+        return 0
+    except OSError as exc:
+        return fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if embedded is not None:
+            embedded.stop()

@@ -1,0 +1,86 @@
+"""Mailers. With SMTP_HOST set, mail goes over SMTP (in a thread: smtplib blocks).
+Without it, every mail is written to DATA_DIR/outbox as one .eml file and logged,
+so OTP flows work on the embedded default. Both remember what they sent in this
+process (`sent`), which is how tests read OTP codes."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import smtplib
+import time
+import uuid
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+
+log = logging.getLogger("sheda.mail")
+
+
+@dataclass
+class SentMail:
+    to: str
+    subject: str
+    body: str
+
+
+class Mailer:
+    def __init__(self, sender: str):
+        self.sender = sender
+        self.sent: list[SentMail] = []
+
+    def _message(self, to: str, subject: str, body: str) -> EmailMessage:
+        msg = EmailMessage()
+        msg["From"], msg["To"], msg["Subject"] = self.sender, to, subject
+        msg.set_content(body)
+        return msg
+
+    async def send(self, to: str, subject: str, body: str) -> None:
+        await self._deliver(self._message(to, subject, body))
+        self.sent.append(SentMail(to, subject, body))
+        del self.sent[:-1000]  # keep memory bounded in a long-running process
+
+    async def _deliver(self, msg: EmailMessage) -> None:
+        raise NotImplementedError
+
+    def last_to(self, address: str) -> SentMail | None:
+        for mail in reversed(self.sent):
+            if mail.to.lower() == address.lower():
+                return mail
+        return None
+
+
+class OutboxMailer(Mailer):
+    def __init__(self, sender: str, outbox: Path):
+        super().__init__(sender)
+        self.outbox = outbox
+
+    async def _deliver(self, msg: EmailMessage) -> None:
+        self.outbox.mkdir(parents=True, exist_ok=True)
+        path = self.outbox / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.eml"
+        path.write_bytes(bytes(msg))
+        log.info(json.dumps({"event": "mail_outbox", "to": msg["To"], "subject": msg["Subject"], "file": str(path)}))
+
+
+class SmtpMailer(Mailer):
+    def __init__(self, sender: str, host: str, port: int, username: str | None, password: str | None, starttls: bool):
+        super().__init__(sender)
+        self.host, self.port, self.username, self.password, self.starttls = host, port, username, password, starttls
+
+    def _send_blocking(self, msg: EmailMessage) -> None:
+        with smtplib.SMTP(self.host, self.port, timeout=15) as smtp:
+            if self.starttls:
+                smtp.starttls()
+            if self.username:
+                smtp.login(self.username, self.password or "")
+            smtp.send_message(msg)
+
+    async def _deliver(self, msg: EmailMessage) -> None:
+        await asyncio.to_thread(self._send_blocking, msg)
+
+
+def mailer_from_settings(settings) -> Mailer:
+    if settings.smtp_host:
+        password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+        return SmtpMailer(settings.mail_from, settings.smtp_host, settings.smtp_port, settings.smtp_username, password, settings.smtp_starttls)
+    return OutboxMailer(settings.mail_from, settings.outbox_dir)

@@ -1,0 +1,99 @@
+"""The hub: every open socket, by user, and `publish_to_user`, the only way an
+event reaches a socket.
+
+Events are serialized once per publish, and the same text is handed to every
+socket of the user. Delivery goes through a broker: the in-process broker hands
+the event straight back to this hub; the Redis broker (multi-process) publishes
+it so every process's hub delivers to the sockets it holds.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Protocol
+
+log = logging.getLogger("sheda.hub")
+
+
+class Connection(Protocol):
+    conn_id: str
+    user_id: int
+
+    def deliver(self, text: str) -> None:
+        """Queue a frame for this socket without blocking."""
+
+    def close_for(self, code: int, reason: str) -> None:
+        """Close the socket from the server side."""
+
+
+class LocalBroker:
+    """Single-process delivery: publish is a direct call back into the hub."""
+
+    def __init__(self):
+        self.hub: Hub | None = None
+
+    async def start(self, hub: "Hub") -> None:
+        self.hub = hub
+
+    async def stop(self) -> None:
+        pass
+
+    async def publish(self, user_id: int, text: str, exclude: str | None) -> None:
+        self.hub.deliver_local(user_id, text, exclude)
+
+    async def user_added(self, user_id: int) -> None:
+        pass
+
+    async def user_removed(self, user_id: int) -> None:
+        pass
+
+
+class Hub:
+    def __init__(self, broker=None):
+        self.broker = broker or LocalBroker()
+        self._sockets: dict[int, dict[str, Connection]] = {}
+
+    async def start(self) -> None:
+        await self.broker.start(self)
+
+    async def stop(self) -> None:
+        await self.broker.stop()
+
+    # ---- registry ----------------------------------------------------------
+    def add(self, conn: Connection) -> bool:
+        """Register a socket; True if it is the user's first one here."""
+        conns = self._sockets.setdefault(conn.user_id, {})
+        conns[conn.conn_id] = conn
+        return len(conns) == 1
+
+    def remove(self, conn: Connection) -> bool:
+        """Forget a socket; True if it was the user's last one here."""
+        conns = self._sockets.get(conn.user_id)
+        if not conns or conns.pop(conn.conn_id, None) is None:
+            return False
+        if not conns:
+            del self._sockets[conn.user_id]
+            return True
+        return False
+
+    def sockets_of(self, user_id: int) -> list[Connection]:
+        return list(self._sockets.get(user_id, {}).values())
+
+    def is_connected_here(self, user_id: int) -> bool:
+        return user_id in self._sockets
+
+    @property
+    def connection_count(self) -> int:
+        return sum(len(c) for c in self._sockets.values())
+
+    # ---- delivery ----------------------------------------------------------
+    async def publish_to_user(self, user_id: int, event: dict, exclude: str | None = None) -> None:
+        """Deliver `event` to every open socket of `user_id`, on any process.
+        `exclude` names one socket (the sender's) that should not get it."""
+        text = json.dumps(event, separators=(",", ":"), ensure_ascii=False, default=str)
+        await self.broker.publish(user_id, text, exclude)
+
+    def deliver_local(self, user_id: int, text: str, exclude: str | None = None) -> None:
+        for conn_id, conn in list(self._sockets.get(user_id, {}).items()):
+            if conn_id != exclude:
+                conn.deliver(text)

@@ -1,0 +1,86 @@
+"""Process lifecycle: database, context, HTTP server, jobs, graceful shutdown.
+
+Shutdown order on SIGINT/SIGTERM: stop accepting connections; let features
+drain (the chat batcher stores pending messages, sockets get 1001); wait for
+in-flight requests, bounded by SHUTDOWN_GRACE_SECONDS; stop jobs; close the
+client; stop the embedded database if we started it.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+
+import tornado.httpserver
+import tornado.netutil
+
+from sheda_rt.app import ShedaApplication
+from sheda_rt.context import AppContext
+from sheda_rt.database.embedded import EmbeddedDatabase
+
+log = logging.getLogger("sheda.server")
+
+
+def database_uri(settings) -> tuple[str, EmbeddedDatabase | None]:
+    """The configured MongoDB, or the embedded one for this data directory."""
+    if settings.mongodb_uri:
+        return settings.mongodb_uri, None
+    embedded = EmbeddedDatabase(settings.data_dir)
+    return embedded.start(), embedded
+
+
+class Server:
+    """One process's server: context, application, listening sockets, jobs.
+    `run.py` and the tests start it the same way."""
+
+    def __init__(self, settings, uri: str, clock=None, mailer=None):
+        self.settings = settings
+        self.ctx = AppContext(settings, uri, clock=clock, mailer=mailer)
+        self.http: tornado.httpserver.HTTPServer | None = None
+        self.ports: list[int] = []
+
+    async def start(self, sockets=None) -> list[int]:
+        await self.ctx.start()
+        self.app = ShedaApplication(self.ctx)
+        # Bodies are streamed and size-checked per route by the handlers (JSON 413), so
+        # the server-level cap only guards against absurd sizes.
+        cap = max(self.settings.max_upload_bytes, self.settings.max_json_bytes) * 4 + 1024 * 1024
+        self.http = tornado.httpserver.HTTPServer(self.app, xheaders=True, max_body_size=cap, idle_connection_timeout=120)
+        if sockets is None:
+            sockets = tornado.netutil.bind_sockets(self.settings.port, self.settings.host)
+        self.http.add_sockets(sockets)
+        self.ports = sorted({s.getsockname()[1] for s in sockets})
+        for job in self.ctx.jobs:
+            job.start()
+        log.info(json.dumps({"event": "listening", "host": self.settings.host, "ports": self.ports, "pid": os.getpid()}))
+        return self.ports
+
+    async def shutdown(self) -> None:
+        log.info(json.dumps({"event": "shutting_down"}))
+        loop = asyncio.get_running_loop()
+        self.http.stop()
+        for job in self.ctx.jobs:
+            job.stop()
+        await self.ctx.drain()
+        deadline = loop.time() + self.settings.shutdown_grace_seconds
+        while self.ctx.inflight and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.ctx.inflight:
+            log.warning(json.dumps({"event": "shutdown_grace_expired", "requests_cut": len(self.ctx.inflight)}))
+        await self.http.close_all_connections()
+        await self.ctx.close()
+        log.info(json.dumps({"event": "stopped"}))
+
+
+async def serve(settings, uri: str, sockets=None) -> None:
+    """Run until SIGINT or SIGTERM, then shut down gracefully."""
+    server = Server(settings, uri)
+    await server.start(sockets)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.shutdown()
