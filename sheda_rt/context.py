@@ -15,6 +15,8 @@ from sheda_rt.clock import Clock
 from sheda_rt.database.connection import connect
 from sheda_rt.database.ids import IdAllocator
 from sheda_rt.mail.mailer import mailer_from_settings
+from sheda_rt.limits import MemoryLimits
+from sheda_rt.media.store import MediaStore
 from sheda_rt.realtime.hub import Hub
 
 log = logging.getLogger("sheda.context")
@@ -28,6 +30,9 @@ class AppContext:
         self.ids = IdAllocator(self.db)
         self.mailer = mailer or mailer_from_settings(settings)
         self.hub = Hub()
+        # Shared limits (login throttle, socket rate limits); Redis-backed when REDIS_URL is set.
+        self.limits = MemoryLimits()
+        self.media = MediaStore(settings.media_dir, settings.max_upload_bytes)
         self.tokens = TokenCodec(settings.jwt_secret_value(), settings.jwt_algorithm, self.clock)
 
         # Stores: one per collection. Every store with indexes is listed in `stores`.

@@ -1,0 +1,1 @@
+"""Uploaded images: type decided by content, size capped, stored under DATA_DIR/media."""
