@@ -18,6 +18,7 @@ log = logging.getLogger("sheda.hub")
 class Connection(Protocol):
     conn_id: str
     user_id: int
+    jti: str  # the token the socket was opened with (logout of that token closes it)
 
     def deliver(self, text: str) -> None:
         """Queue a frame for this socket without blocking."""
@@ -41,11 +42,16 @@ class LocalBroker:
     async def publish(self, user_id: int, text: str, exclude: str | None) -> None:
         self.hub.deliver_local(user_id, text, exclude)
 
-    async def user_added(self, user_id: int) -> None:
-        pass
+    async def user_added(self, user_id: int, first_here: bool) -> bool:
+        """A socket of user_id opened here; True if it is the user's first socket anywhere."""
+        return first_here
 
-    async def user_removed(self, user_id: int) -> None:
-        pass
+    async def user_removed(self, user_id: int, last_here: bool) -> bool:
+        """A socket of user_id closed here; True if the user has no socket left anywhere."""
+        return last_here
+
+    async def publish_control(self, message: dict) -> None:
+        self.hub.handle_control(message)
 
 
 class Hub:
@@ -75,6 +81,26 @@ class Hub:
             del self._sockets[conn.user_id]
             return True
         return False
+
+    async def connected(self, conn: Connection) -> bool:
+        """Register a socket; True if the user just came online (first socket on any process)."""
+        return await self.broker.user_added(conn.user_id, self.add(conn))
+
+    async def disconnected(self, conn: Connection) -> bool:
+        """Forget a socket; True if the user just went offline (last socket on any process)."""
+        return await self.broker.user_removed(conn.user_id, self.remove(conn))
+
+    # ---- session control ---------------------------------------------------
+    async def revoke_sessions(self, user_id: int, *, jti: str | None = None, code: int = 4401, reason: str = "token revoked") -> None:
+        """Close the user's sockets on every process: all of them, or only those opened
+        with token `jti`. Logout uses 4401 with the jti; deactivation 4403 for all."""
+        await self.broker.publish_control({"op": "revoke", "user_id": user_id, "jti": jti, "code": code, "reason": reason})
+
+    def handle_control(self, message: dict) -> None:
+        if message.get("op") == "revoke":
+            for conn in self.sockets_of(message["user_id"]):
+                if message.get("jti") in (None, conn.jti):
+                    conn.close_for(message["code"], message["reason"])
 
     def sockets_of(self, user_id: int) -> list[Connection]:
         return list(self._sockets.get(user_id, {}).values())
