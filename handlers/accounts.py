@@ -1,34 +1,100 @@
-"""/api/v1/auth/* and /api/v1/users/*: thin edges over AccountService."""
+"""/api/v1/auth/*: thin edges over AccountService."""
 from __future__ import annotations
 
 from handlers.base import APIHandler
 from handlers.routing import endpoint, route
-from sheda_rt.accounts.auth import USER
-from sheda_rt.accounts.models import LoginRequest, RegisterRequest, TokenPair
+from sheda_rt.accounts.auth import OTP, USER
+from sheda_rt.accounts.models import (EmailRequest, LoginRequest, OtpRequest, OtpToken, RefreshRequest, RegisterRequest,
+                                      ResetPasswordRequest, SwitchAccountRequest, TokenPair)
 from sheda_rt.accounts.service import private_user
 
 
 class RegisterHandler(APIHandler):
     @endpoint("Register a client or agent; an OTP is emailed", body=RegisterRequest, status=201, errors=(409, 422), tags=("auth",))
     async def post(self, body: RegisterRequest):
+        """Creates an unverified account and emails a 6-digit code (valid OTP_MINUTES, 10 by default).
+        Confirm it with POST /auth/verify-account. 409 with code `username_taken`, `email_taken` or
+        `phone_taken` when one is already registered."""
         return private_user(await self.ctx.accounts.register(body))
+
+
+class SendOtpHandler(APIHandler):
+    @endpoint("Email a new 6-digit code", body=EmailRequest, status=202, errors=(429,), tags=("auth",))
+    async def post(self, body: EmailRequest):
+        """Always 202, whether or not the address has an account (no account probing). A new code
+        replaces the previous one. A few requests per address, then about one a minute (429)."""
+        await self.ctx.accounts.send_otp(body.email)
+        return {"detail": "If this address has an account, a code is on its way"}
+
+
+class VerifyAccountHandler(APIHandler):
+    @endpoint("Confirm the email with its code; logs in", body=OtpRequest, response=TokenPair, errors=(400, 403), tags=("auth",))
+    async def post(self, body: OtpRequest):
+        """A right code marks the account verified and returns a token pair. Codes work once, expire
+        after OTP_MINUTES, and stop working after 5 wrong tries: 400 `invalid_otp` in every such case."""
+        return await self.ctx.accounts.verify_account(body.email, body.otp)
 
 
 class LoginHandler(APIHandler):
     @endpoint("Log in with username, email or phone (form or JSON)", body=LoginRequest, form=True, response=TokenPair,
-              errors=(401, 422, 429), tags=("auth",))
+              errors=(401, 403, 422, 429), tags=("auth",))
     async def post(self, body: LoginRequest):
-        return await self.ctx.accounts.login(body.username, body.password)
+        """401 `invalid_credentials` for an unknown user and a wrong password alike. 5 failures for one
+        account from one address within 15 minutes: 429 with Retry-After (even for the right password).
+        Unverified accounts get 403 `email_unverified` and deactivated ones 403 `account_inactive`,
+        both only after the password was right."""
+        return await self.ctx.accounts.login(body.username, body.password, self.request.remote_ip or "-")
 
 
-class MeHandler(APIHandler):
-    @endpoint("My profile", auth=USER, tags=("users",))
-    async def get(self):
-        return private_user(self.principal.user)
+class RefreshHandler(APIHandler):
+    @endpoint("Trade a refresh token for a new pair (rotation)", body=RefreshRequest, response=TokenPair,
+              errors=(401, 403), tags=("auth",))
+    async def post(self, body: RefreshRequest):
+        """Each refresh token works once. Presenting one that was already used revokes its whole
+        login family (every access and refresh token descended from that login): 401 `refresh_reused`."""
+        return await self.ctx.accounts.refresh(body.refresh_token)
+
+
+class LogoutHandler(APIHandler):
+    @endpoint("Revoke the bearer token and its session", auth=USER, status=204, tags=("auth",))
+    async def post(self):
+        """The bearer token and the refresh token of the same login stop working; WebSockets opened
+        with this token close with 4401."""
+        await self.ctx.accounts.logout(self.principal)
+
+
+class VerifyOtpHandler(APIHandler):
+    @endpoint("Trade an emailed code for a 5-minute single-use `otp` token", body=OtpRequest, response=OtpToken,
+              errors=(400, 403), tags=("auth",))
+    async def post(self, body: OtpRequest):
+        """Use the returned token as the bearer of PUT /auth/reset-password."""
+        return await self.ctx.accounts.verify_otp(body.email, body.otp)
+
+
+class ResetPasswordHandler(APIHandler):
+    @endpoint("Set a new password with an `otp` token", auth=OTP, body=ResetPasswordRequest, status=204, tags=("auth",))
+    async def put(self, body: ResetPasswordRequest):
+        """The otp token is used up (a second use is 401). Tokens issued before stay valid until
+        they expire or are logged out."""
+        await self.ctx.accounts.reset_password(self.principal, body.password)
+
+
+class SwitchAccountHandler(APIHandler):
+    @endpoint("Become a client or an agent", auth=USER, body=SwitchAccountRequest, response=TokenPair, tags=("auth",))
+    async def post(self, body: SwitchAccountRequest):
+        """Changes user_type and returns a new pair whose scope is the new type. Older tokens keep
+        working for shared routes but lose the old type's scope at once."""
+        return await self.ctx.accounts.switch_account(self.principal, body.switch_to)
 
 
 default_handlers = [
     route("/api/v1/auth/register", RegisterHandler),
+    route("/api/v1/auth/send-otp", SendOtpHandler),
+    route("/api/v1/auth/verify-account", VerifyAccountHandler),
     route("/api/v1/auth/login", LoginHandler),
-    route("/api/v1/users/me", MeHandler),
+    route("/api/v1/auth/refresh", RefreshHandler),
+    route("/api/v1/auth/logout", LogoutHandler),
+    route("/api/v1/auth/verify-otp", VerifyOtpHandler),
+    route("/api/v1/auth/reset-password", ResetPasswordHandler),
+    route("/api/v1/auth/switch-account", SwitchAccountHandler),
 ]

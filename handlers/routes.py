@@ -2,9 +2,9 @@
 application concatenates them. Adding an endpoint touches one module."""
 from __future__ import annotations
 
-from handlers import accounts, docs, health
+from handlers import accounts, docs, health, users
 
-MODULES = [health, accounts, docs]
+MODULES = [health, accounts, users, docs]
 
 
 def all_routes(settings) -> list:

@@ -7,6 +7,8 @@ import asyncio
 import logging
 
 from sheda_rt.accounts.auth import AuthService
+from sheda_rt.accounts.otp_store import OtpStore
+from sheda_rt.accounts.refresh_store import RefreshTokenStore
 from sheda_rt.accounts.revocations_store import RevocationStore
 from sheda_rt.accounts.service import AccountService
 from sheda_rt.accounts.tokens import TokenCodec
@@ -38,7 +40,9 @@ class AppContext:
         # Stores: one per collection. Every store with indexes is listed in `stores`.
         self.users = UserStore(self.db, self.ids)
         self.revocations = RevocationStore(self.db)
-        self.stores = [self.users, self.revocations]
+        self.otps = OtpStore(self.db, settings.jwt_secret_value())  # accounts: hashed one-time codes
+        self.refresh_tokens = RefreshTokenStore(self.db)  # accounts: refresh rotation
+        self.stores = [self.users, self.revocations, self.otps, self.refresh_tokens]
 
         # Services: the business rules.
         self.auth = AuthService(self.tokens, self.users, self.revocations)

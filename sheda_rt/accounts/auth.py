@@ -8,6 +8,7 @@ A Requirement says what a route needs; `AuthService.authenticate` turns an
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from sheda_rt.errors import Forbidden, Unauthorized
@@ -60,6 +61,14 @@ def bearer_token(header: str | None) -> str:
     return token.strip()
 
 
+def _still_held(scope: str, user: dict) -> bool:
+    if scope in ("client", "agent"):
+        return user.get("user_type") == scope
+    if scope == "admin":
+        return user.get("role") == "admin"
+    return True
+
+
 class AuthService:
     def __init__(self, tokens, users, revocations):
         self.tokens = tokens
@@ -72,14 +81,20 @@ class AuthService:
     async def authenticate_token(self, token: str, need: Requirement) -> Principal:
         claims = self.tokens.decode(token, expected_type="otp" if need.otp else "access")
         user_id = int(claims["sub"])
-        user = await self.users.get(user_id)
+        # The token itself (logout, single-use otp tokens) or its whole login family
+        # (refresh-token reuse, logout) may be revoked: one query answers both, and it
+        # runs concurrently with the user lookup (one round trip of latency, not two).
+        revocable = [claims["jti"]] + ([f"fam:{claims['fam']}"] if claims.get("fam") else [])
+        user, revoked = await asyncio.gather(self.users.get(user_id), self.revocations.any_revoked(revocable))
         if user is None:
             raise Unauthorized("Token user no longer exists", "invalid_token")
-        if await self.revocations.is_revoked(claims["jti"]):
+        if revoked:
             raise Unauthorized("Token has been revoked", "token_revoked")
         if not user.get("is_active", True):
             raise Forbidden("This account is deactivated", "account_inactive")
-        scopes = frozenset(claims.get("scopes") or ())
+        # A role scope counts only while it matches the account: after switch-account or a
+        # demotion, older tokens keep working but no longer carry the old role's rights.
+        scopes = frozenset(s for s in claims.get("scopes") or () if _still_held(s, user))
         if need.admin:
             if "admin" not in scopes or user.get("role") != "admin":
                 raise Forbidden("Admin access required", "admin_required")

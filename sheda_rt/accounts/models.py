@@ -4,7 +4,9 @@ from __future__ import annotations
 import re
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, field_validator
 
 from sheda_rt.accounts.passwords import password_problem
 
@@ -14,6 +16,10 @@ PHONE_RE = re.compile(r"^\+?[0-9]{7,15}$")
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+
+# Passwords are taken byte for byte: stripping spaces would change what the user chose.
+Password = Annotated[str, StringConstraints(strip_whitespace=False)]
 
 
 def _check_password(value: str) -> str:
@@ -26,7 +32,7 @@ def _check_password(value: str) -> str:
 class RegisterRequest(Strict):
     username: str = Field(description="3-32 letters, digits, _ . -")
     email: EmailStr
-    password: str = Field(description="8 to 72 bytes")
+    password: Password = Field(description="8 to 72 bytes")
     user_type: Literal["client", "agent"]
     phone: Optional[str] = None
     full_name: Optional[str] = Field(None, max_length=120)
@@ -50,7 +56,7 @@ class RegisterRequest(Strict):
 
 class LoginRequest(Strict):
     username: str = Field(min_length=1, max_length=254, description="username, email or phone")
-    password: str = Field(min_length=1, max_length=1024)
+    password: Password = Field(min_length=1, max_length=1024)
 
 
 class TokenPair(BaseModel):
@@ -58,3 +64,42 @@ class TokenPair(BaseModel):
     refresh_token: str
     token_type: Literal["bearer"] = "bearer"
     expires_in: int
+
+
+def _otp_code(value):
+    # Clients may send the code as a number; 012345 as a JSON number is 12345.
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1_000_000:
+        return f"{value:06d}"
+    return value
+
+
+class EmailRequest(Strict):
+    email: EmailStr
+
+
+class OtpRequest(Strict):
+    email: EmailStr
+    otp: str = Field(pattern=r"^[0-9]{6}$", description="the 6-digit code from the email")
+
+    _otp = field_validator("otp", mode="before")(_otp_code)
+
+
+class RefreshRequest(Strict):
+    refresh_token: str = Field(min_length=1, max_length=4096)
+
+
+class ResetPasswordRequest(Strict):
+    password: Password = Field(description="8 to 72 bytes")
+
+    _password = field_validator("password")(_check_password)
+
+
+class SwitchAccountRequest(Strict):
+    switch_to: Literal["client", "agent"]
+
+
+class OtpToken(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int
+    scope: Literal["otp"] = "otp"

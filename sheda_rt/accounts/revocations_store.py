@@ -28,3 +28,7 @@ class RevocationStore:
 
     async def is_revoked(self, jti: str) -> bool:
         return await self.col.find_one({"_id": jti}, projection={"_id": 1}) is not None
+
+    async def any_revoked(self, ids: list[str]) -> bool:
+        """One query for "is this token, or anything it belongs to (its family), revoked?"."""
+        return await self.col.find_one({"_id": {"$in": ids}}, projection={"_id": 1}) is not None

@@ -1,11 +1,30 @@
-"""Account rules: registration, login, token pairs. Knows nothing about HTTP."""
+"""Account rules: registration, one-time codes, login, token rotation, logout,
+password reset, switching between client and agent. Knows nothing about HTTP.
+
+Token families: a login (or a verify-account) starts a family `fam`; every
+access and refresh token issued from it carries `fam`. A refresh uses up its
+refresh token and issues a new pair in the same family. If a used refresh token
+comes back, someone holds a copy: the whole family is revoked (one denylist
+entry `fam:<id>`), which kills the copy, the legitimate holder's current
+tokens, and every access token of the family, in one stroke.
+"""
 from __future__ import annotations
 
+import json
+import logging
+import uuid
 from datetime import timedelta
 
-from sheda_rt.clock import format_ts
-from sheda_rt.errors import Unauthorized
+from sheda_rt.accounts.otp_store import new_code
 from sheda_rt.accounts.passwords import hash_password, verify_password
+from sheda_rt.clock import format_ts
+from sheda_rt.errors import BadRequest, Forbidden, RateLimited, Unauthorized
+
+log = logging.getLogger("sheda.accounts")
+
+OTP_MAX_ATTEMPTS = 5
+# send-otp: a few mails per address, then one a minute (mail bombing, SMTP quota).
+OTP_SEND_BURST, OTP_SEND_PER_SECOND = 5, 1 / 60
 
 
 def scopes_for(user: dict) -> list[str]:
@@ -40,14 +59,21 @@ def private_user(user: dict) -> dict:
     }
 
 
+_INVALID_OTP = "The code is wrong or has expired (after 5 wrong tries it stops working): request a new one"
+
+
 class AccountService:
     def __init__(self, ctx):
         self.ctx = ctx
         self.users = ctx.users
         self.tokens = ctx.tokens
+        self.otps = ctx.otps
+        self.refresh_tokens = ctx.refresh_tokens
+        self.revocations = ctx.revocations
         self.clock = ctx.clock
         self.settings = ctx.settings
 
+    # ---- registration and one-time codes -----------------------------------
     async def register(self, req, *, verified: bool = False, send_otp: bool = True) -> dict:
         now = self.clock.now()
         doc = {
@@ -66,22 +92,166 @@ class AccountService:
         }
         if doc["phone"] is None:
             del doc["phone"]
-        return await self.users.insert(doc)
+        user = await self.users.insert(doc)
+        if send_otp:
+            await self._mail_code(user, "Verify your Sheda account")
+        return user
 
-    def issue_pair(self, user: dict, family: str | None = None) -> dict:
+    async def _mail_code(self, user: dict, subject: str) -> None:
+        code = new_code()
+        now = self.clock.now()
+        minutes = self.settings.otp_minutes
+        await self.otps.issue(user["_id"], code, now, now + timedelta(minutes=minutes))
+        body = (f"Hello {user.get('full_name') or user['username']},\n\n"
+                f"Your Sheda verification code is {code}\n\n"
+                f"It works once and expires in {minutes} minutes. If you did not ask for it, ignore this email.\n")
+        try:
+            await self.ctx.mailer.send(user["email"], subject, body)
+        except Exception as exc:  # the account exists either way; the user can ask for another code
+            log.error(json.dumps({"event": "mail_failed", "user_id": user["_id"], "error": f"{type(exc).__name__}: {exc}"}))
+
+    async def send_otp(self, email: str) -> None:
+        """Mail a fresh code (replacing any earlier one). Unknown or deactivated addresses
+        get the same answer and nothing is sent, so this cannot probe for accounts."""
+        email = email.lower()
+        wait = await self.ctx.limits.take_token(f"send-otp:{email}", OTP_SEND_BURST, OTP_SEND_PER_SECOND)
+        if wait > 0:
+            raise RateLimited("Too many codes requested for this address; try again later", int(wait) + 1)
+        user = await self.users.find_by_email(email)
+        if user is None or not user.get("is_active", True):
+            return
+        await self._mail_code(user, "Your Sheda code")
+
+    async def _use_code(self, email: str, code: str) -> dict:
+        user = await self.users.find_by_email(email)
+        if user is None:
+            raise BadRequest(_INVALID_OTP, "invalid_otp")
+        if not await self.otps.consume(user["_id"], code, self.clock.now(), OTP_MAX_ATTEMPTS):
+            raise BadRequest(_INVALID_OTP, "invalid_otp")
+        if not user.get("is_active", True):
+            raise Forbidden("This account is deactivated", "account_inactive")
+        return user
+
+    async def verify_account(self, email: str, code: str) -> dict:
+        """A right code marks the email verified and logs the user in (a new token family)."""
+        user = await self._use_code(email, code)
+        if not user.get("is_verified"):
+            user = await self.users.update(user["_id"], {"is_verified": True, "updated_at": self.clock.now()})
+        return await self.issue_pair(user)
+
+    async def verify_otp(self, email: str, code: str) -> dict:
+        """A right code gives a short, single-use token with scope `otp` (for reset-password).
+        Reading the code from the mailbox also proves the address, so it marks it verified."""
+        user = await self._use_code(email, code)
+        if not user.get("is_verified"):
+            await self.users.update(user["_id"], {"is_verified": True, "updated_at": self.clock.now()})
+        life = timedelta(minutes=self.settings.otp_token_minutes)
+        token, _ = self.tokens.issue(user["_id"], ["otp"], "otp", life)
+        return {"access_token": token, "token_type": "bearer", "expires_in": int(life.total_seconds()), "scope": "otp"}
+
+    async def reset_password(self, principal, password: str) -> None:
+        """Uses up the otp token (its jti is revoked first, atomically: a second use is a 401)."""
+        claims = principal.claims
+        expires = self._exp(claims)
+        if not await self.revocations.revoke(claims["jti"], expires, reason="otp_used"):
+            raise Unauthorized("This reset token was already used", "token_revoked")
+        await self.users.update(principal.user_id, {"password_hash": await hash_password(password, self.settings.bcrypt_rounds),
+                                                    "updated_at": self.clock.now()})
+        await self.ctx.limits.clear_failures(f"login:{principal.user_id}")
+
+    # ---- tokens ------------------------------------------------------------
+    def _exp(self, claims: dict):
+        from datetime import datetime, timezone
+        return datetime.fromtimestamp(claims["exp"], tz=timezone.utc)
+
+    async def issue_pair(self, user: dict, family: str | None = None) -> dict:
+        fam = family or uuid.uuid4().hex
         scopes = scopes_for(user)
         access_life = timedelta(minutes=self.settings.access_token_minutes)
-        access, _ = self.tokens.issue(user["_id"], scopes, "access", access_life)
-        refresh, claims = self.tokens.issue(user["_id"], scopes, "refresh", timedelta(days=self.settings.refresh_token_days),
-                                            **({"fam": family} if family else {}))
-        if not family:
-            # A new login starts a new rotation family named after its first refresh token.
-            refresh, claims = self.tokens.issue(user["_id"], scopes, "refresh", timedelta(days=self.settings.refresh_token_days), fam=claims["jti"])
-        return {"access_token": access, "refresh_token": refresh, "token_type": "bearer", "expires_in": int(access_life.total_seconds())}
+        refresh_life = timedelta(days=self.settings.refresh_token_days)
+        access, _ = self.tokens.issue(user["_id"], scopes, "access", access_life, fam=fam)
+        refresh, claims = self.tokens.issue(user["_id"], scopes, "refresh", refresh_life, fam=fam)
+        await self.refresh_tokens.record(claims["jti"], user["_id"], fam, self.clock.now(), self._exp(claims))
+        return {"access_token": access, "refresh_token": refresh, "token_type": "bearer",
+                "expires_in": int(access_life.total_seconds())}
 
-    async def login(self, identifier: str, password: str) -> dict:
+    def _login_key(self, user: dict | None, identifier: str, ip: str) -> str:
+        # Per account (whichever name it was reached by) and client address.
+        who = str(user["_id"]) if user else "unknown:" + identifier.strip().lower()
+        return f"login:{who}:{ip}"
+
+    async def login(self, identifier: str, password: str, ip: str = "-") -> dict:
+        """Unknown user and wrong password get the same 401. After LOGIN_MAX_FAILURES failures for one
+        account from one address within LOGIN_WINDOW_MINUTES, further tries get 429 with Retry-After
+        (even with the right password) until the window slides. A deactivated account gets 403
+        `account_inactive` and an unverified one 403 `email_unverified`, but only once the password
+        was right, so neither reveals anything to someone guessing."""
         user = await self.users.find_login(identifier)
+        key = self._login_key(user, identifier, ip)
+        window = self.settings.login_window_minutes * 60
+        limit = self.settings.login_max_failures
+        wait = await self.ctx.limits.blocked_for(key, limit, window)
+        if wait:
+            raise RateLimited("Too many failed logins; try again later", wait)
         ok = await verify_password(password, user.get("password_hash") if user else None)
         if not ok or user is None:
+            failures = await self.ctx.limits.record_failure(key, window)
+            if failures >= limit:
+                raise RateLimited("Too many failed logins; try again later", await self.ctx.limits.blocked_for(key, limit, window))
             raise Unauthorized("Incorrect username or password", "invalid_credentials")
-        return self.issue_pair(user)
+        await self.ctx.limits.clear_failures(key)
+        if not user.get("is_active", True):
+            raise Forbidden("This account is deactivated", "account_inactive")
+        if not user.get("is_verified", False):
+            raise Forbidden("Verify your email first: use the code we sent (POST /auth/send-otp sends a new one)",
+                            "email_unverified")
+        return await self.issue_pair(user)
+
+    async def refresh(self, refresh_token: str) -> dict:
+        claims = self.tokens.decode(refresh_token, expected_type="refresh")
+        fam = claims.get("fam")
+        if not fam:
+            raise Unauthorized("Invalid token", "invalid_token")
+        if await self.revocations.any_revoked([claims["jti"], f"fam:{fam}"]):
+            raise Unauthorized("Token has been revoked", "token_revoked")
+        user_id = int(claims["sub"])
+        state = await self.refresh_tokens.mark_used(claims["jti"], self.clock.now())
+        if state == "reused":
+            await self.revoke_family(user_id, fam, reason="refresh_reused")
+            log.warning(json.dumps({"event": "refresh_token_reused", "user_id": user_id, "fam": fam}))
+            raise Unauthorized("This refresh token was already used; the session has been signed out", "refresh_reused")
+        if state != "ok":
+            raise Unauthorized("Invalid token", "invalid_token")
+        user = await self.users.get(user_id)
+        if user is None:
+            raise Unauthorized("Token user no longer exists", "invalid_token")
+        if not user.get("is_active", True):
+            raise Forbidden("This account is deactivated", "account_inactive")
+        return await self.issue_pair(user, family=fam)
+
+    async def revoke_family(self, user_id: int, fam: str, reason: str) -> None:
+        # Outlives every token of the family: the newest refresh token lives refresh_token_days.
+        until = self.clock.now() + timedelta(days=self.settings.refresh_token_days, minutes=self.settings.access_token_minutes)
+        await self.revocations.revoke(f"fam:{fam}", until, reason=reason)
+        # Sockets only know the token they opened with, not its family: close all of the
+        # user's sockets; the user's other sessions reconnect with their own valid tokens.
+        await self.ctx.hub.revoke_sessions(user_id, code=4401, reason="session revoked")
+
+    async def logout(self, principal) -> None:
+        """Revokes the bearer token and its login family (so its refresh token dies with it),
+        and closes sockets opened with this token."""
+        claims = principal.claims
+        await self.revocations.revoke(claims["jti"], self._exp(claims), reason="logout")
+        if claims.get("fam"):
+            until = self.clock.now() + timedelta(days=self.settings.refresh_token_days, minutes=self.settings.access_token_minutes)
+            await self.revocations.revoke(f"fam:{claims['fam']}", until, reason="logout")
+        await self.ctx.hub.revoke_sessions(principal.user_id, jti=claims["jti"], code=4401, reason="logged out")
+
+    async def switch_account(self, principal, switch_to: str) -> dict:
+        """Become a client or an agent: user_type changes and a new pair (same family) carries
+        the new scope. Older tokens stay valid but lose the old role's scope at once: the auth
+        check only honours a client/agent scope that matches the current user_type."""
+        user = principal.user
+        if user["user_type"] != switch_to:
+            user = await self.users.update(user["_id"], {"user_type": switch_to, "updated_at": self.clock.now()})
+        return await self.issue_pair(user, family=principal.claims.get("fam"))
