@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     mongodb_uri: Optional[str] = Field(None, description="A real MongoDB; unset starts the embedded database")
     mongodb_db: str = "sheda"
     redis_url: Optional[str] = None
+    redis_heartbeat_seconds: float = Field(5.0, gt=0, description="Presence heartbeat; a dead process's users go offline after 3x this")
 
     # Auth
     jwt_secret: Optional[SecretStr] = Field(None, description="Unset: generated once and kept in DATA_DIR/jwt_secret")

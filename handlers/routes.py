@@ -2,9 +2,9 @@
 application concatenates them. Adding an endpoint touches one module."""
 from __future__ import annotations
 
-from handlers import accounts, docs, health, users
+from handlers import accounts, docs, health, metrics, users
 
-MODULES = [health, accounts, users, docs]
+MODULES = [health, metrics, accounts, users, docs]
 
 
 def all_routes(settings) -> list:

@@ -34,6 +34,13 @@ class AppContext:
         self.hub = Hub()
         # Shared limits (login throttle, socket rate limits); Redis-backed when REDIS_URL is set.
         self.limits = MemoryLimits()
+        if settings.redis_url:  # [operations] many processes, one server: fan-out, presence and limits in Redis
+            from sheda_rt.realtime.redis_broker import RedisBroker
+            from sheda_rt.redis_limits import RedisLimits
+
+            broker = RedisBroker(settings.redis_url, settings.mongodb_db, heartbeat_seconds=settings.redis_heartbeat_seconds)
+            self.hub = Hub(broker)
+            self.limits = RedisLimits(broker.redis, settings.mongodb_db)
         self.media = MediaStore(settings.media_dir, settings.max_upload_bytes)
         self.tokens = TokenCodec(settings.jwt_secret_value(), settings.jwt_algorithm, self.clock)
 
@@ -54,6 +61,9 @@ class AppContext:
         self.drain_hooks: list = []
         # Callables given each finished REST handler (metrics).
         self.request_hooks: list = []
+        from handlers.metrics import observe_request  # [operations] HTTP metrics by route template
+
+        self.request_hooks.append(observe_request)
         # REST requests being handled now; shutdown waits for this to empty (bounded).
         self.inflight: set = set()
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import sys
 
 from sheda_rt.database.embedded import EmbeddedDatabaseError
-from sheda_rt.server import database_uri, serve
 
 log = logging.getLogger("sheda.launcher")
 
@@ -20,6 +20,13 @@ def fail(message: str) -> int:
 def run_server(settings) -> int:
     if settings.processes > 1 and not settings.redis_url:
         return fail("--processes > 1 needs REDIS_URL: separate processes share sockets' events through Redis")
+    metrics_dir = None
+    if settings.processes > 1:
+        from sheda_rt.multiprocess import prepare_metrics_dir
+
+        metrics_dir = prepare_metrics_dir()  # before prometheus_client is imported (by the server modules)
+    from sheda_rt.server import database_uri, serve
+
     try:
         uri, embedded = database_uri(settings)
     except EmbeddedDatabaseError as exc:
@@ -38,3 +45,5 @@ def run_server(settings) -> int:
     finally:
         if embedded is not None:
             embedded.stop()
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -1,0 +1,397 @@
+"""The Redis broker: the Hub's delivery, presence and session control across processes.
+
+Used instead of `LocalBroker` when REDIS_URL is set; any number of processes
+(one host with `--processes N`, or many hosts behind a load balancer) then
+behave as one server.
+
+Why one channel per user, subscribed while the user has a socket here
+-----------------------------------------------------------------------
+The alternative is one channel per process plus a user -> processes registry.
+That costs every publish a registry lookup (a second round trip, or a Lua
+script), and the registry is exactly the state that goes stale when a process
+dies. With per-user channels Redis itself is the registry: a PUBLISH reaches
+precisely the processes holding sockets of that user, in one hop, and a
+crashed process's subscriptions vanish with its connection. Redis keeps
+channels in a hash table and a PUBLISH costs O(subscribers of that channel),
+so 10,000 users on a process are 10,000 channels on one subscriber
+connection — cheap (a few hundred bytes each in Redis) — and subscribe /
+unsubscribe happen only on a user's first / last socket here. A single
+global channel would instead make every process parse every event in the
+system. One control channel, subscribed by every process, carries
+session-revocation signals (logout, deactivation).
+
+Delivery without duplicates, and during an outage
+-------------------------------------------------
+`publish` delivers to this process's sockets first (synchronously, Redis or
+not) and then queues one PUBLISH whose payload is tagged with this process's
+id; the subscriber drops events it originated. So each socket gets an event
+exactly once, and sockets on this process keep getting everything while Redis
+is away. Publishes go out through one task that pipelines the queue over one
+connection: events keep their order (per-conversation order holds across
+processes) and bursts cost one write. When Redis is unreachable, publishes
+fail fast — counted in `sheda_broker_publish_errors_total`, nothing waits —
+and the subscriber reconnects with capped exponential backoff, resubscribes
+every user with a socket here and re-announces its presence. Chat messages are
+stored before they are published, so what another process missed is there via
+`sync`. Revocation signals are the exception: they are kept (bounded) and
+replayed when Redis returns, since a logged-out token must not keep a socket.
+
+Global presence that survives a crash
+-------------------------------------
+Each process keeps the set of users with sockets on it in
+`<prefix>presence:<process id>` and heartbeats into the sorted set
+`<prefix>procs` (score = Redis time of its last heartbeat); its set expires
+with the heartbeat. "First socket anywhere" / "last socket anywhere" are Lua
+scripts that update this process's set and look for the user in the sets of
+the live processes only, atomically. A crashed process stops heartbeating;
+after `3 x heartbeat` its users no longer count as online anywhere and its
+keys expire — nobody stays online forever. During an outage presence falls
+back to this process's own knowledge and the set is rewritten on reconnect.
+The scripts build key names from the process list, so this needs a single
+Redis (or a primary with replicas), not Redis Cluster.
+
+Keys and channels are prefixed with `sheda:<MONGODB_DB>:`, so deployments with
+different databases can share one Redis without seeing each other's events.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections import deque
+
+from redis import asyncio as redis_asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from sheda_rt.metrics import BROKER_PUBLISH_ERRORS
+
+log = logging.getLogger("sheda.broker")
+
+_SEP = b"\x00"  # never inside JSON text (control characters are escaped there)
+
+# Redis time in milliseconds, shared by the scripts (no clock skew between hosts).
+_NOW = """
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: procs zset, own presence set. ARGV: key prefix of presence sets, process id, user id, ttl ms.
+# Returns 1 when no other live process holds the user (the user's first socket anywhere).
+_PRESENCE_ADD = _NOW + """
+redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+for _, p in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[4]), '+inf')) do
+  if p ~= ARGV[2] and redis.call('SISMEMBER', ARGV[1] .. p, ARGV[3]) == 1 then return 0 end
+end
+return 1
+"""
+
+# Same keys and arguments. Returns 1 when no live process holds the user any more.
+_PRESENCE_REMOVE = _NOW + """
+redis.call('SREM', KEYS[2], ARGV[3])
+for _, p in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[4]), '+inf')) do
+  if p ~= ARGV[2] and redis.call('SISMEMBER', ARGV[1] .. p, ARGV[3]) == 1 then return 0 end
+end
+return 1
+"""
+
+# KEYS: procs zset, own presence set. ARGV: process id, ttl ms. Also forgets dead processes.
+_HEARTBEAT = _NOW + """
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 10)
+return 1
+"""
+
+
+def redis_client(url: str) -> redis_asyncio.Redis:
+    """A client that fails fast: short timeouts, no transparent retries (we decide
+    what an outage means), bytes in and out."""
+    return redis_asyncio.Redis.from_url(
+        url, socket_connect_timeout=1.0, socket_timeout=2.0, retry=Retry(NoBackoff(), 0), decode_responses=False,
+    )
+
+
+def _chunks(items, size: int = 1000):
+    items = list(items)
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+class RedisBroker:
+    #: Pending cross-process publishes kept while Redis is slow; beyond this they are dropped (and counted).
+    MAX_OUTBOX = 100_000
+    #: Revocation signals kept for replay during an outage.
+    MAX_CONTROL_BACKLOG = 10_000
+
+    def __init__(self, url: str, namespace: str, *, heartbeat_seconds: float = 5.0, client: redis_asyncio.Redis | None = None):
+        self.redis = client or redis_client(url)
+        self.prefix = f"sheda:{namespace}:"
+        self.process_id = uuid.uuid4().hex[:12]
+        self._origin = self.process_id.encode()
+        self.heartbeat_seconds = heartbeat_seconds
+        self.ttl_ms = int(heartbeat_seconds * 3000)
+        self.hub = None
+        self.up = False
+        self.last_error = "not connected yet"
+
+        self._user_prefix = (self.prefix + "u:").encode()
+        self._control_channel = (self.prefix + "control").encode()
+        self._procs_key = self.prefix + "procs"
+        self._presence_prefix = self.prefix + "presence:"
+        self._own_presence = self._presence_prefix + self.process_id
+
+        self._here: set[int] = set()        # users with a socket on this process
+        self._subscribed: set[int] = set()  # user channels the current subscriber connection has
+        self._pubsub = None
+        self._sub_lock = asyncio.Lock()
+        self._outbox: deque[tuple[bytes, bytes]] = deque()
+        self._outbox_ready = asyncio.Event()
+        self._control_backlog: deque[bytes] = deque(maxlen=self.MAX_CONTROL_BACKLOG)
+        self._publish_paused_until = 0.0
+        self._up_event = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._stopping = False
+
+        self._presence_add = self.redis.register_script(_PRESENCE_ADD)
+        self._presence_remove = self.redis.register_script(_PRESENCE_REMOVE)
+        self._heartbeat = self.redis.register_script(_HEARTBEAT)
+
+    # ---- lifecycle ---------------------------------------------------------
+    async def start(self, hub, wait_seconds: float = 2.0) -> None:
+        """Start subscriber, publisher and heartbeat. A server whose Redis is down still
+        starts (readiness says so) and connects when Redis comes up."""
+        self.hub = hub
+        self._stopping = False
+        self._tasks = [asyncio.create_task(coro) for coro in (self._subscriber(), self._publisher(), self._heartbeats())]
+        try:
+            await asyncio.wait_for(self._up_event.wait(), wait_seconds)
+        except asyncio.TimeoutError:
+            log.warning(json.dumps({"event": "redis_unavailable_at_start", "error": self.last_error}))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 2.0
+        while self._outbox and self.up and loop.time() < deadline:  # let queued events reach the others
+            await asyncio.sleep(0.01)
+        if self.up:
+            try:
+                async with asyncio.timeout(1.0):
+                    pipe = self.redis.pipeline(transaction=True)
+                    pipe.delete(self._own_presence)
+                    pipe.zrem(self._procs_key, self.process_id)
+                    await pipe.execute()
+            except Exception as exc:
+                log.info(json.dumps({"event": "redis_presence_cleanup_failed", "error": repr(exc)}))
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        self.up = False
+        try:
+            await self.redis.aclose()
+        except Exception:
+            pass
+
+    async def health(self) -> str:
+        if not self.up:
+            return f"down: {self.last_error}"
+        try:
+            await asyncio.wait_for(self.redis.ping(), 1.0)
+            return "ok"
+        except Exception as exc:
+            return f"down: {type(exc).__name__}"
+
+    def _set_up(self) -> None:
+        if not self.up:
+            log.info(json.dumps({"event": "redis_up", "process": self.process_id, "users_here": len(self._here)}))
+        self.up = True
+        self._publish_paused_until = 0.0
+        self._up_event.set()
+
+    def _set_down(self, exc: BaseException) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}"[:200]
+        if self.up:
+            log.warning(json.dumps({"event": "redis_down", "process": self.process_id, "error": self.last_error}))
+        self.up = False
+        self._up_event.clear()
+
+    # ---- channels ----------------------------------------------------------
+    def _user_channel(self, user_id: int) -> bytes:
+        return self._user_prefix + str(user_id).encode()
+
+    async def _sync_subscriptions(self) -> None:
+        """Make the subscriber's user channels equal the users with sockets here.
+        Reconciling from current state (under a lock) keeps it right however
+        opens and closes interleave."""
+        async with self._sub_lock:
+            pubsub = self._pubsub
+            if pubsub is None:
+                return  # the subscriber subscribes everything in `_here` when it (re)connects
+            try:
+                for chunk in _chunks(self._here - self._subscribed):
+                    await pubsub.subscribe(*[self._user_channel(u) for u in chunk])
+                    self._subscribed.update(chunk)
+                for chunk in _chunks(self._subscribed - self._here):
+                    await pubsub.unsubscribe(*[self._user_channel(u) for u in chunk])
+                    self._subscribed.difference_update(chunk)
+            except Exception as exc:  # the subscriber loop sees the same failure and reconnects
+                log.debug("subscription change failed: %r", exc)
+
+    async def _subscriber(self) -> None:
+        delay = 0.05
+        while not self._stopping:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._control_channel)
+                async with self._sub_lock:
+                    self._subscribed = set()
+                    self._pubsub = pubsub
+                await self._sync_subscriptions()
+                await self._announce_presence()
+                self._set_up()
+                delay = 0.05
+                self._replay_control_backlog()
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                    if message is not None and message.get("type") == "message":
+                        self._dispatch(message["channel"], message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._set_down(exc)
+            finally:
+                async with self._sub_lock:
+                    if self._pubsub is pubsub:
+                        self._pubsub = None
+                try:
+                    await pubsub.aclose()
+                except Exception:
+                    pass
+            if self._stopping:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _dispatch(self, channel: bytes, data: bytes) -> None:
+        origin, _, rest = data.partition(_SEP)
+        if origin == self._origin:
+            return  # delivered locally when it was published
+        exclude, _, text = rest.partition(_SEP)
+        try:
+            if channel == self._control_channel:
+                self.hub.handle_control(json.loads(text))
+            elif channel.startswith(self._user_prefix):
+                self.hub.deliver_local(int(channel[len(self._user_prefix):]), text.decode(), exclude.decode() or None)
+        except Exception:
+            log.exception("bad broker message on %r", channel)
+
+    # ---- publishing --------------------------------------------------------
+    async def publish(self, user_id: int, text: str, exclude: str | None) -> None:
+        self.hub.deliver_local(user_id, text, exclude)
+        self._enqueue(self._user_channel(user_id), (exclude or "").encode(), text.encode())
+
+    async def publish_control(self, message: dict) -> None:
+        self.hub.handle_control(message)
+        text = json.dumps(message, separators=(",", ":")).encode()
+        if not self._enqueue(self._control_channel, b"", text):
+            self._control_backlog.append(text)
+
+    def _enqueue(self, channel: bytes, exclude: bytes, text: bytes) -> bool:
+        loop = asyncio.get_running_loop()
+        if not self.up or loop.time() < self._publish_paused_until or len(self._outbox) >= self.MAX_OUTBOX:
+            BROKER_PUBLISH_ERRORS.inc()
+            return False
+        self._outbox.append((channel, self._origin + _SEP + exclude + _SEP + text))
+        self._outbox_ready.set()
+        return True
+
+    def _replay_control_backlog(self) -> None:
+        while self._control_backlog and self.up:
+            text = self._control_backlog.popleft()
+            if not self._enqueue(self._control_channel, b"", text):
+                self._control_backlog.appendleft(text)
+                return
+
+    async def _publisher(self) -> None:
+        """One task, one connection at a time, pipelined batches: order is kept."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            while self._outbox:
+                batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), 1000))]
+                try:
+                    pipe = self.redis.pipeline(transaction=False)
+                    for channel, payload in batch:
+                        pipe.publish(channel, payload)
+                    await pipe.execute()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    lost = batch + list(self._outbox)
+                    self._outbox.clear()
+                    BROKER_PUBLISH_ERRORS.inc(len(lost))
+                    for channel, payload in lost:
+                        if channel == self._control_channel:
+                            self._control_backlog.append(payload.split(_SEP, 2)[2])
+                    # Fail fast for a moment instead of making every publish wait on a dead link.
+                    self._publish_paused_until = loop.time() + 1.0
+                    log.warning(json.dumps({"event": "redis_publish_failed", "events": len(lost), "error": repr(exc)[:200]}))
+
+    # ---- presence ----------------------------------------------------------
+    def _presence_args(self, user_id: int) -> tuple[list, list]:
+        return [self._procs_key, self._own_presence], [self._presence_prefix, self.process_id, user_id, self.ttl_ms]
+
+    async def user_added(self, user_id: int, first_here: bool) -> bool:
+        if not first_here:
+            return False
+        self._here.add(user_id)
+        await self._sync_subscriptions()
+        if not self.up:
+            return True
+        try:
+            return bool(await self._presence_add(*self._presence_args(user_id)))
+        except Exception as exc:
+            log.info(json.dumps({"event": "redis_presence_failed", "error": repr(exc)[:200]}))
+            return True
+
+    async def user_removed(self, user_id: int, last_here: bool) -> bool:
+        if not last_here:
+            return False
+        self._here.discard(user_id)
+        await self._sync_subscriptions()
+        if not self.up:
+            return True
+        try:
+            return bool(await self._presence_remove(*self._presence_args(user_id)))
+        except Exception as exc:
+            log.info(json.dumps({"event": "redis_presence_failed", "error": repr(exc)[:200]}))
+            return True
+
+    async def _announce_presence(self) -> None:
+        """(Re)write this process's presence set from what it holds now."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(self._own_presence)
+        for chunk in _chunks(self._here, 5000):
+            pipe.sadd(self._own_presence, *chunk)
+        await pipe.execute()
+        await self._heartbeat(keys=[self._procs_key, self._own_presence], args=[self.process_id, self.ttl_ms])
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_seconds)
+            if not self.up:
+                continue
+            try:
+                await self._heartbeat(keys=[self._procs_key, self._own_presence], args=[self.process_id, self.ttl_ms])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.info(json.dumps({"event": "redis_heartbeat_failed", "error": repr(exc)[:200]}))
