@@ -19,9 +19,12 @@ from pydantic import BaseModel, ValidationError
 from tornado import httputil
 
 from sheda_rt.clock import format_ts
-from sheda_rt.errors import ApiError, BadRequest, TooLarge, ValidationFailed
+from sheda_rt.errors import ApiError, BadRequest, TooLarge, UnsupportedMedia, ValidationFailed
 
 log = logging.getLogger("sheda.http")
+
+#: Route kwarg for upload endpoints: `route(tpl, H, max_body=UPLOAD_BODY)` sizes the body limit from settings.
+UPLOAD_BODY = "upload"
 
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
                  409: "conflict", 413: "too_large", 415: "unsupported_media_type", 422: "validation_error", 429: "rate_limited"}
@@ -44,10 +47,11 @@ def dumps(value: Any) -> str:
 @tornado.web.stream_request_body
 class APIHandler(tornado.web.RequestHandler):
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
-    #: Largest body this handler accepts; upload handlers raise it via the route kwargs.
-    max_body: int | None = None
+    #: Largest body this handler accepts; upload handlers raise it via the route kwargs
+    #: (an int, or UPLOAD_BODY for MAX_UPLOAD_BYTES plus multipart overhead).
+    max_body: int | str | None = None
 
-    def initialize(self, path_types: dict | None = None, max_body: int | None = None, route_template: str | None = None, **_):
+    def initialize(self, path_types: dict | None = None, max_body: int | str | None = None, route_template: str | None = None, **_):
         self.path_types = path_types or {}
         self.route_template = route_template
         if max_body is not None:
@@ -77,6 +81,10 @@ class APIHandler(tornado.web.RequestHandler):
         return "*" in allowed or origin in allowed
 
     def _limit(self) -> int:
+        if self.max_body == UPLOAD_BODY:
+            # One file of up to MAX_UPLOAD_BYTES plus the multipart framing and small fields, so an
+            # oversized file is refused by the media store with its own message.
+            return self.ctx.settings.max_upload_bytes + 64 * 1024
         return self.max_body if self.max_body is not None else self.ctx.settings.max_json_bytes
 
     def prepare(self):
@@ -158,6 +166,17 @@ class APIHandler(tornado.web.RequestHandler):
         httputil.parse_body_arguments(content_type, self.body_bytes, fields, files, self.request.headers)
         flat = {k: v[-1].decode("utf-8", "replace") for k, v in fields.items()}
         return flat, files
+
+    def uploaded_file(self, field: str = "file") -> bytes:
+        """The bytes of one multipart file field: 415 unless the body is multipart/form-data,
+        422 when the field is missing. What the bytes are is the media store's question."""
+        content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type != "multipart/form-data":
+            raise UnsupportedMedia(f"Send multipart/form-data with the image in the field {field!r}", "multipart_required")
+        _, files = self.form_fields()
+        if not files.get(field):
+            raise ValidationFailed.single(field, "is required (a multipart file field)")
+        return files[field][0].body
 
     def parse_body(self, model: type[BaseModel], *, form: bool = False) -> BaseModel:
         content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()

@@ -2,9 +2,9 @@
 application concatenates them. Adding an endpoint touches one module."""
 from __future__ import annotations
 
-from handlers import accounts, docs, health, metrics, users
+from handlers import accounts, admin, chat, docs, health, media, metrics, users
 
-MODULES = [health, metrics, accounts, users, docs]
+MODULES = [health, metrics, accounts, users, admin, media, chat, docs]
 
 
 def all_routes(settings) -> list:

@@ -7,12 +7,14 @@ import asyncio
 import logging
 
 from sheda_rt.accounts.auth import AuthService
+from sheda_rt.accounts.bank_store import AccountInfoStore
 from sheda_rt.accounts.otp_store import OtpStore
 from sheda_rt.accounts.refresh_store import RefreshTokenStore
 from sheda_rt.accounts.revocations_store import RevocationStore
 from sheda_rt.accounts.service import AccountService
 from sheda_rt.accounts.tokens import TokenCodec
 from sheda_rt.accounts.users_store import UserStore
+from sheda_rt.chat.service import ChatService
 from sheda_rt.clock import Clock
 from sheda_rt.database.connection import connect
 from sheda_rt.database.ids import IdAllocator
@@ -49,7 +51,8 @@ class AppContext:
         self.revocations = RevocationStore(self.db)
         self.otps = OtpStore(self.db, settings.jwt_secret_value())  # accounts: hashed one-time codes
         self.refresh_tokens = RefreshTokenStore(self.db)  # accounts: refresh rotation
-        self.stores = [self.users, self.revocations, self.otps, self.refresh_tokens]
+        self.account_info = AccountInfoStore(self.db)  # accounts: agents' bank details
+        self.stores = [self.users, self.revocations, self.otps, self.refresh_tokens, self.account_info]
 
         # Services: the business rules.
         self.auth = AuthService(self.tokens, self.users, self.revocations)
@@ -66,6 +69,10 @@ class AppContext:
         self.request_hooks.append(observe_request)
         # REST requests being handled now; shutdown waits for this to empty (bounded).
         self.inflight: set = set()
+        # [chat] messages, receipts, typing, presence; its group-commit batcher drains at shutdown.
+        self.chat = ChatService(self)
+        self.stores.extend(self.chat.stores)
+        self.drain_hooks.append(self.chat.drain)
 
     async def ensure_indexes(self) -> None:
         for store in self.stores:

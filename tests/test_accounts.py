@@ -1,20 +1,292 @@
-"""Accounts scenarios: what a client does from sign-up to logout."""
+"""Accounts scenarios: what a client does from sign-up to logout, and every way it can go wrong."""
 from __future__ import annotations
 
-from tests.support import otp_from_mail
+import asyncio
+
+from tests.support import otp_from_mail, unique
+
+AUTH = "/api/v1/auth"
+
+
+async def _code(sheda, email: str) -> str:
+    return otp_from_mail(sheda.ctx.mailer, email)
 
 
 async def test_register_verify_login_me_refresh_logout(sheda):
-    resp, body = await sheda.register("client", full_name="Ada Obi")
+    resp, body = await sheda.register("client", full_name="Ada Obi", phone="+2348012345678")
     assert resp.status == 201, resp
-    assert resp.json["is_verified"] is False and resp.json["email"] == body["email"]
-    code = otp_from_mail(sheda.ctx.mailer, body["email"])
-    stored = await sheda.ctx.otps.get(resp.json["id"])
+    user_id = resp.json["id"]
+    assert isinstance(user_id, int)
+    assert resp.json["is_verified"] is False and resp.json["email"] == body["email"] and resp.json["role"] == "user"
+    assert "password_hash" not in resp.json and "password" not in resp.json
+    code = await _code(sheda, body["email"])
+    stored = await sheda.ctx.otps.get(user_id)
     assert stored is not None and code not in str(stored), "codes are stored hashed"
 
-    verified = await sheda.api.post("/api/v1/auth/verify-account", {"email": body["email"], "otp": code})
+    # Not verified yet: the right password gets 403 email_unverified (a wrong one stays a plain 401).
+    early = await sheda.api.post(f"{AUTH}/login", {"username": body["username"], "password": body["password"]})
+    assert early.status == 403 and early.json["code"] == "email_unverified", early
+    wrong = await sheda.api.post(f"{AUTH}/login", {"username": body["username"], "password": "not-the-password"})
+    assert wrong.status == 401 and wrong.json["code"] == "invalid_credentials"
+
+    verified = await sheda.api.post(f"{AUTH}/verify-account", {"email": body["email"], "otp": code})
     assert verified.status == 200, verified
     assert set(verified.json) >= {"access_token", "refresh_token", "token_type", "expires_in"}
-    assert (await sheda.ctx.users.get(resp.json["id"]))["is_verified"] is True
-    again = await sheda.api.post("/api/v1/auth/verify-account", {"email": body["email"], "otp": code})
+    assert verified.json["token_type"] == "bearer"
+    assert (await sheda.ctx.users.get(user_id))["is_verified"] is True
+    again = await sheda.api.post(f"{AUTH}/verify-account", {"email": body["email"], "otp": code})
     assert again.status == 400 and again.json["code"] == "invalid_otp", "a code works once"
+
+    # Login by username, email, phone; JSON and form.
+    for ident in (body["username"], body["email"].upper(), "+2348012345678"):
+        r = await sheda.api.post(f"{AUTH}/login", {"username": ident, "password": body["password"]})
+        assert r.status == 200, (ident, r)
+    form = await sheda.api.request("POST", f"{AUTH}/login", body=f"username={body['username']}&password={body['password']}",
+                                   headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert form.status == 200, form
+    pair = form.json
+    claims = sheda.ctx.tokens.decode(pair["access_token"], "access")
+    assert claims["sub"] == str(user_id) and claims["scopes"] == ["client"] and claims["jti"] and claims["exp"]
+
+    me = await sheda.api.get("/api/v1/users/me", token=pair["access_token"])
+    assert me.status == 200 and me.json["id"] == user_id and me.json["is_verified"] is True
+    assert me.json["profile"] == {"preferred_location": None, "preferred_property_type": None, "budget_min": None, "budget_max": None}
+
+    refreshed = await sheda.api.post(f"{AUTH}/refresh", {"refresh_token": pair["refresh_token"]})
+    assert refreshed.status == 200, refreshed
+    new = refreshed.json
+    assert new["refresh_token"] != pair["refresh_token"] and new["access_token"] != pair["access_token"]
+    assert (await sheda.api.get("/api/v1/users/me", token=new["access_token"])).status == 200
+
+    out = await sheda.api.post(f"{AUTH}/logout", token=new["access_token"])
+    assert out.status == 204, out
+    after = await sheda.api.get("/api/v1/users/me", token=new["access_token"])
+    assert after.status == 401 and after.json["code"] == "token_revoked"
+    assert after.headers["WWW-Authenticate"].startswith("Bearer")
+    # The refresh token of that session died with it.
+    dead = await sheda.api.post(f"{AUTH}/refresh", {"refresh_token": new["refresh_token"]})
+    assert dead.status == 401
+    # Another login session is untouched.
+    other = await sheda.api.post(f"{AUTH}/login", {"username": body["username"], "password": body["password"]})
+    assert (await sheda.api.get("/api/v1/users/me", token=other.json["access_token"])).status == 200
+
+
+async def test_reused_refresh_token_revokes_the_family(sheda):
+    user = await sheda.signup("client")
+    first = await sheda.api.post(f"{AUTH}/refresh", {"refresh_token": user.refresh_token})
+    assert first.status == 200
+    second = await sheda.api.post(f"{AUTH}/refresh", {"refresh_token": first.json["refresh_token"]})
+    assert second.status == 200
+    current = second.json
+    assert (await sheda.api.get("/api/v1/users/me", token=current["access_token"])).status == 200
+
+    # The thief replays the first refresh token: 401, and the legitimate session dies too.
+    replay = await sheda.api.post(f"{AUTH}/refresh", {"refresh_token": user.refresh_token})
+    assert replay.status == 401 and replay.json["code"] == "refresh_reused", replay
+    for token in (current["access_token"], first.json["access_token"], user.access_token):
+        r = await sheda.api.get("/api/v1/users/me", token=token)
+        assert r.status == 401 and r.json["code"] == "token_revoked"
+    assert (await sheda.api.post(f"{AUTH}/refresh", {"refresh_token": current["refresh_token"]})).status == 401
+
+    # A fresh login is a new family and works.
+    login = await sheda.api.post(f"{AUTH}/login", {"username": user.username, "password": user.password})
+    assert login.status == 200
+    assert (await sheda.api.get("/api/v1/users/me", token=login.json["access_token"])).status == 200
+
+
+async def test_concurrent_refresh_with_one_token_only_one_wins(sheda):
+    user = await sheda.signup("agent")
+    results = await asyncio.gather(*[sheda.api.post(f"{AUTH}/refresh", {"refresh_token": user.refresh_token}) for _ in range(4)])
+    statuses = sorted(r.status for r in results)
+    assert statuses.count(200) == 1 and statuses.count(401) == 3, statuses
+
+
+async def test_refresh_rejects_wrong_tokens(sheda):
+    user = await sheda.signup("client")
+    for bad in (user.access_token, "garbage", user.refresh_token + "x"):
+        r = await sheda.api.post(f"{AUTH}/refresh", {"refresh_token": bad})
+        assert r.status == 401, r
+    assert (await sheda.api.post(f"{AUTH}/refresh", {})).status == 422
+    # A refresh token is not an access token.
+    r = await sheda.api.get("/api/v1/users/me", token=user.refresh_token)
+    assert r.status == 401 and r.json["code"] == "wrong_token_type"
+    # None of that burned the real one.
+    assert (await sheda.api.post(f"{AUTH}/refresh", {"refresh_token": user.refresh_token})).status == 200
+
+
+async def test_expired_access_token_is_401(sheda, clock):
+    user = await sheda.signup("client")
+    clock.advance(minutes=sheda.ctx.settings.access_token_minutes + 1)
+    r = await sheda.api.get("/api/v1/users/me", token=user.token)
+    assert r.status == 401 and r.json["code"] == "token_expired"
+    # The refresh token lives longer and still works.
+    assert (await sheda.api.post(f"{AUTH}/refresh", {"refresh_token": user.refresh_token})).status == 200
+
+
+async def test_otp_password_reset(sheda):
+    user = await sheda.signup("client")
+    assert (await sheda.api.post(f"{AUTH}/send-otp", {"email": user.email})).status == 202
+    code = await _code(sheda, user.email)
+    otp = await sheda.api.post(f"{AUTH}/verify-otp", {"email": user.email, "otp": code})
+    assert otp.status == 200, otp
+    assert otp.json["token_type"] == "bearer" and otp.json["expires_in"] == 300
+    otp_token = otp.json["access_token"]
+    assert sheda.ctx.tokens.decode(otp_token, "otp")["scopes"] == ["otp"]
+    # The otp token is not an access token, and an access token cannot reset.
+    assert (await sheda.api.get("/api/v1/users/me", token=otp_token)).status == 401
+    assert (await sheda.api.put(f"{AUTH}/reset-password", {"password": "new-password-2"}, token=user.token)).status == 401
+
+    short = await sheda.api.put(f"{AUTH}/reset-password", {"password": "short"}, token=otp_token)
+    assert short.status == 422 and short.json["errors"][0]["field"] == "password"
+    reset = await sheda.api.put(f"{AUTH}/reset-password", {"password": "new-password-2"}, token=otp_token)
+    assert reset.status == 204, reset
+    twice = await sheda.api.put(f"{AUTH}/reset-password", {"password": "third-password-3"}, token=otp_token)
+    assert twice.status == 401 and twice.json["code"] == "token_revoked"
+
+    old = await sheda.api.post(f"{AUTH}/login", {"username": user.username, "password": user.password})
+    assert old.status == 401
+    new = await sheda.api.post(f"{AUTH}/login", {"username": user.username, "password": "new-password-2"})
+    assert new.status == 200
+
+
+async def test_otp_token_expires_after_five_minutes(sheda, clock):
+    user = await sheda.signup("client")
+    await sheda.api.post(f"{AUTH}/send-otp", {"email": user.email})
+    otp = await sheda.api.post(f"{AUTH}/verify-otp", {"email": user.email, "otp": await _code(sheda, user.email)})
+    clock.advance(minutes=5, seconds=1)
+    r = await sheda.api.put(f"{AUTH}/reset-password", {"password": "new-password-2"}, token=otp.json["access_token"])
+    assert r.status == 401 and r.json["code"] == "token_expired"
+
+
+async def test_wrong_codes_burn_the_otp_after_five_tries(sheda):
+    user = await sheda.signup("client")
+    await sheda.api.post(f"{AUTH}/send-otp", {"email": user.email})
+    code = await _code(sheda, user.email)
+    wrong = f"{(int(code) + 1) % 1_000_000:06d}"
+    for _ in range(5):
+        r = await sheda.api.post(f"{AUTH}/verify-otp", {"email": user.email, "otp": wrong})
+        assert r.status == 400 and r.json["code"] == "invalid_otp"
+    # The sixth try is the right code, but the code is burnt.
+    r = await sheda.api.post(f"{AUTH}/verify-otp", {"email": user.email, "otp": code})
+    assert r.status == 400 and r.json["code"] == "invalid_otp"
+    assert await sheda.ctx.otps.get(user.id) is None
+
+
+async def test_otp_expires_after_ten_minutes_and_a_new_one_replaces_it(sheda, clock):
+    resp, body = await sheda.register("agent")
+    first = await _code(sheda, body["email"])
+    clock.advance(minutes=10, seconds=1)
+    r = await sheda.api.post(f"{AUTH}/verify-account", {"email": body["email"], "otp": first})
+    assert r.status == 400 and r.json["code"] == "invalid_otp"
+    assert (await sheda.ctx.users.get(resp.json["id"]))["is_verified"] is False
+    assert (await sheda.api.post(f"{AUTH}/send-otp", {"email": body["email"]})).status == 202
+    second = await _code(sheda, body["email"])
+    if second != first:
+        assert (await sheda.api.post(f"{AUTH}/verify-account", {"email": body["email"], "otp": first})).status == 400
+    # Numbers are accepted too (a client that sends the code as a JSON number).
+    r = await sheda.api.post(f"{AUTH}/verify-account", {"email": body["email"], "otp": int(second)})
+    assert r.status == 200, r
+
+
+async def test_send_otp_does_not_reveal_accounts(sheda):
+    before = len(sheda.ctx.mailer.sent)
+    r = await sheda.api.post(f"{AUTH}/send-otp", {"email": f"{unique('nobody')}@example.com"})
+    assert r.status == 202
+    assert len(sheda.ctx.mailer.sent) == before, "no mail for an unknown address"
+    user = await sheda.signup("client")
+    known = await sheda.api.post(f"{AUTH}/send-otp", {"email": user.email})
+    assert known.status == 202 and known.json == r.json
+    # Verifying a code for an unknown address answers like a wrong code.
+    v = await sheda.api.post(f"{AUTH}/verify-otp", {"email": f"{unique('nobody')}@example.com", "otp": "123456"})
+    assert v.status == 400 and v.json["code"] == "invalid_otp"
+    for bad in ({}, {"email": "not-an-email"}, {"email": 5}):
+        assert (await sheda.api.post(f"{AUTH}/send-otp", bad)).status == 422
+    for bad in ({"email": user.email}, {"email": user.email, "otp": "12345"}, {"email": user.email, "otp": "abcdef"},
+                {"email": user.email, "otp": 1234567}, {"email": user.email, "otp": True}):
+        r = await sheda.api.post(f"{AUTH}/verify-otp", bad)
+        assert r.status == 422 and r.json["errors"], (bad, r)
+
+
+async def test_send_otp_is_rate_limited_per_address(sheda):
+    user = await sheda.signup("client")
+    statuses = [(await sheda.api.post(f"{AUTH}/send-otp", {"email": user.email})) for _ in range(6)]
+    assert [r.status for r in statuses[:5]] == [202] * 5
+    assert statuses[5].status == 429 and int(statuses[5].headers["Retry-After"]) >= 1
+
+
+async def test_switch_account_changes_scopes(sheda):
+    user = await sheda.signup("client")
+    r = await sheda.api.post(f"{AUTH}/switch-account", {"switch_to": "agent"}, token=user.token)
+    assert r.status == 200, r
+    claims = sheda.ctx.tokens.decode(r.json["access_token"], "access")
+    assert claims["scopes"] == ["agent"]
+    me = await sheda.api.get("/api/v1/users/me", token=r.json["access_token"])
+    assert me.json["user_type"] == "agent" and "agency_name" in me.json["profile"]
+    # The agent scope opens agent routes; the old client token no longer carries a role scope that matches.
+    assert (await sheda.api.get("/api/v1/users/me/account-info", token=r.json["access_token"])).status == 404
+    old = await sheda.api.get("/api/v1/users/me/account-info", token=user.token)
+    assert old.status == 403 and old.json["code"] == "insufficient_scope"
+    # Refresh keeps the new type.
+    ref = await sheda.api.post(f"{AUTH}/refresh", {"refresh_token": r.json["refresh_token"]})
+    assert sheda.ctx.tokens.decode(ref.json["access_token"], "access")["scopes"] == ["agent"]
+    bad = await sheda.api.post(f"{AUTH}/switch-account", {"switch_to": "landlord"}, token=r.json["access_token"])
+    assert bad.status == 422
+    assert (await sheda.ctx.users.get(user.id))["user_type"] == "agent"
+    assert (await sheda.api.post(f"{AUTH}/switch-account", {"switch_to": "client"})).status == 401
+
+
+async def test_login_throttle(sheda):
+    user = await sheda.signup("client")
+    for i in range(4):
+        r = await sheda.api.post(f"{AUTH}/login", {"username": user.username, "password": f"wrong-password-{i}"})
+        assert r.status == 401
+    fifth = await sheda.api.post(f"{AUTH}/login", {"username": user.email, "password": "wrong-password-5"})
+    assert fifth.status == 429 and int(fifth.headers["Retry-After"]) > 0 and fifth.json["code"] == "rate_limited"
+    # Now even the right password waits (by any of the account's names).
+    right = await sheda.api.post(f"{AUTH}/login", {"username": user.username, "password": user.password})
+    assert right.status == 429 and 0 < int(right.headers["Retry-After"]) <= 15 * 60
+    # Another account from the same address is not affected.
+    other = await sheda.signup("client")
+    assert (await sheda.api.post(f"{AUTH}/login", {"username": other.username, "password": other.password})).status == 200
+
+
+async def test_unknown_user_and_wrong_password_look_the_same(sheda):
+    user = await sheda.signup("client")
+    a = await sheda.api.post(f"{AUTH}/login", {"username": unique("ghost"), "password": "whatever-123"})
+    b = await sheda.api.post(f"{AUTH}/login", {"username": user.username, "password": "whatever-123"})
+    assert a.status == b.status == 401 and a.json == b.json
+
+
+async def test_register_bad_input_stores_nothing(sheda):
+    taken = await sheda.signup("client", phone="+2348099990000")
+    count = await sheda.ctx.db.users.count_documents({})
+    base = {"username": unique("c"), "email": f"{unique('e')}@example.com", "password": "correct-horse-1", "user_type": "client"}
+    cases = [
+        ({**base, "password": "short"}, 422, "password"),
+        ({**base, "password": "é" * 37}, 422, "password"),  # 74 bytes: more than bcrypt takes, never truncated
+        ({**base, "user_type": "landlord"}, 422, "user_type"),
+        ({**base, "email": "nope"}, 422, "email"),
+        ({**base, "username": "a b"}, 422, "username"),
+        ({**base, "phone": "12"}, 422, "phone"),
+        ({**base, "username": 12345}, 422, "username"),
+        ({k: v for k, v in base.items() if k != "email"}, 422, "email"),
+        ({**base, "username": taken.username.upper()}, 409, None),
+        ({**base, "email": taken.email.upper()}, 409, None),
+        ({**base, "phone": "+2348099990000"}, 409, None),
+    ]
+    for body, status, field in cases:
+        r = await sheda.api.post(f"{AUTH}/register", body)
+        assert r.status == status, (body, r)
+        assert set(r.json) >= {"detail", "code"}
+        if field:
+            assert any(e["field"] == field for e in r.json["errors"]), r.json
+    assert (await sheda.api.post(f"{AUTH}/register", {**base, "password": "x" * 72})).status == 201  # exactly 72 is fine
+    assert await sheda.ctx.db.users.count_documents({}) == count + 1
+    conflict = await sheda.api.post(f"{AUTH}/register", {**base, "username": unique("c")})
+    assert conflict.status == 409 and conflict.json["code"] == "email_taken"
+
+
+async def test_passwords_are_not_stripped_or_truncated(sheda):
+    user = await sheda.signup("client", password="  spaced pass  ")
+    assert (await sheda.api.post(f"{AUTH}/login", {"username": user.username, "password": "spaced pass"})).status == 401
+    assert (await sheda.api.post(f"{AUTH}/login", {"username": user.username, "password": "  spaced pass  "})).status == 200

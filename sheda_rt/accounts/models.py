@@ -103,3 +103,132 @@ class OtpToken(BaseModel):
     token_type: Literal["bearer"] = "bearer"
     expires_in: int
     scope: Literal["otp"] = "otp"
+
+
+# ---- profiles ---------------------------------------------------------------
+def money_string(value):
+    """Money is a decimal string with at most 2 decimal places ("150000.00"); never a float."""
+    from decimal import Decimal, InvalidOperation
+
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError('must be a decimal string such as "150000.00"')
+    try:
+        amount = Decimal(value.strip())
+    except InvalidOperation:
+        raise ValueError('must be a decimal string such as "150000.00"')
+    if not amount.is_finite() or amount < 0:
+        raise ValueError("must be a non-negative amount")
+    if amount.as_tuple().exponent < -2:
+        raise ValueError("must have at most 2 decimal places")
+    if amount >= Decimal("1e15"):
+        raise ValueError("is too large")
+    return f"{amount:.2f}"
+
+
+Money = Annotated[Optional[str], Field(description='decimal string, e.g. "150000.00"', examples=["150000.00"])]
+PROPERTY_TYPES = ("apartment", "land", "shortlet", "shared apartment", "house", "duplex", "office")
+
+
+class ProfilePatch(BaseModel):
+    """Fields every user may change. Unknown fields are refused (422), not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    full_name: Optional[str] = Field(None, min_length=1, max_length=120)
+    phone: Optional[str] = Field(None, description="7-15 digits, optionally starting with +; null removes it")
+
+    @field_validator("phone")
+    @classmethod
+    def _phone(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not PHONE_RE.match(v):
+            raise ValueError("must be 7-15 digits, optionally starting with +")
+        return v
+
+
+class ClientProfilePatch(ProfilePatch):
+    preferred_location: Optional[str] = Field(None, max_length=200)
+    preferred_property_type: Optional[Literal[PROPERTY_TYPES]] = None
+    budget_min: Money = None
+    budget_max: Money = None
+
+    _money = field_validator("budget_min", "budget_max", mode="before")(money_string)
+
+
+class AgentProfilePatch(ProfilePatch):
+    agency_name: Optional[str] = Field(None, max_length=120)
+    license_number: Optional[str] = Field(None, max_length=64)
+    bio: Optional[str] = Field(None, max_length=2000)
+    years_experience: Optional[int] = Field(None, ge=0, le=80)
+    whatsapp: Optional[str] = Field(None, description="7-15 digits, optionally starting with +")
+    office_address: Optional[str] = Field(None, max_length=300)
+
+    @field_validator("whatsapp")
+    @classmethod
+    def _whatsapp(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not PHONE_RE.match(v):
+            raise ValueError("must be 7-15 digits, optionally starting with +")
+        return v
+
+
+class ProfileUpdate(BaseModel):
+    """PATCH /users/me body as documented: the common fields plus those of the caller's user_type
+    (client: preferred_location, preferred_property_type, budget_min, budget_max; agent: agency_name,
+    license_number, bio, years_experience, whatsapp, office_address). A field of the other type, or
+    an unknown one, is a 422. `null` clears a field."""
+
+    model_config = ConfigDict(extra="allow")
+
+    full_name: Optional[str] = None
+    phone: Optional[str] = None
+    preferred_location: Optional[str] = None
+    preferred_property_type: Optional[str] = None
+    budget_min: Money = None
+    budget_max: Money = None
+    agency_name: Optional[str] = None
+    license_number: Optional[str] = None
+    bio: Optional[str] = None
+    years_experience: Optional[int] = None
+    whatsapp: Optional[str] = None
+    office_address: Optional[str] = None
+
+
+CLIENT_PROFILE_FIELDS = ("preferred_location", "preferred_property_type", "budget_min", "budget_max")
+AGENT_PROFILE_FIELDS = ("agency_name", "license_number", "bio", "years_experience", "whatsapp", "office_address")
+
+
+class AccountInfoRequest(Strict):
+    account_name: str = Field(min_length=2, max_length=120)
+    bank_name: str = Field(min_length=2, max_length=120)
+    account_number: str = Field(description="10-digit account number (NUBAN); spaces and dashes are ignored")
+    bank_code: Optional[str] = Field(None, pattern=r"^[0-9]{3,10}$")
+
+    @field_validator("account_number", mode="before")
+    @classmethod
+    def _account_number(cls, v):
+        if not isinstance(v, str):
+            raise ValueError("must be a string of 10 digits")
+        digits = re.sub(r"[\s-]", "", v)
+        if not re.fullmatch(r"[0-9]{10}", digits):
+            raise ValueError("must be 10 digits")
+        return digits
+
+
+class AdminUserQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(20, ge=1, le=100, description="Items per page (max 100)")
+    cursor: Optional[str] = Field(None, description="next_cursor of the previous page")
+    role: Optional[Literal["user", "admin", "moderator"]] = None
+    user_type: Optional[Literal["client", "agent"]] = None
+    is_active: Optional[bool] = None
+    is_verified: Optional[bool] = None
+    q: Optional[str] = Field(None, min_length=1, max_length=100, description="prefix of username or email")
+
+
+class AdminUserPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Optional[Literal["user", "admin", "moderator"]] = None
+    is_active: Optional[bool] = None

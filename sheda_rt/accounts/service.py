@@ -13,12 +13,16 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 
+from pydantic import ValidationError
+
+from sheda_rt.accounts.models import (AGENT_PROFILE_FIELDS, CLIENT_PROFILE_FIELDS, AgentProfilePatch, ClientProfilePatch)
 from sheda_rt.accounts.otp_store import new_code
 from sheda_rt.accounts.passwords import hash_password, verify_password
 from sheda_rt.clock import format_ts
-from sheda_rt.errors import BadRequest, Forbidden, RateLimited, Unauthorized
+from sheda_rt.errors import BadRequest, Conflict, Forbidden, NotFound, RateLimited, Unauthorized, ValidationFailed
 
 log = logging.getLogger("sheda.accounts")
 
@@ -46,8 +50,17 @@ def public_user(user: dict) -> dict:
     }
 
 
+def _profile(user: dict, user_type: str | None = None) -> dict:
+    """The profile fields of one user type (the current one by default), null when unset."""
+    kind = user_type or user["user_type"]
+    stored = user.get(f"{kind}_profile") or {}
+    names = CLIENT_PROFILE_FIELDS if kind == "client" else AGENT_PROFILE_FIELDS
+    return {name: stored.get(name) for name in names}
+
+
 def private_user(user: dict) -> dict:
-    """What the user sees of themselves."""
+    """What the user sees of themselves: everything but secrets, with the profile of their
+    current user_type (each type keeps its own profile, so switching back restores it)."""
     return {
         **public_user(user),
         "email": user["email"],
@@ -56,7 +69,29 @@ def private_user(user: dict) -> dict:
         "is_active": user.get("is_active", True),
         "is_verified": user.get("is_verified", False),
         "updated_at": format_ts(user.get("updated_at")),
+        "profile": _profile(user),
     }
+
+
+def agent_profile(user: dict) -> dict:
+    """An agent as anyone may see them: public fields plus the agent profile
+    (agency_name, license_number, bio, years_experience, whatsapp, office_address).
+    GET /agents/{id} adds the agent's active listings to this."""
+    return {**public_user(user), **_profile(user, "agent")}
+
+
+def public_profile(user: dict) -> dict:
+    """GET /users/{id}: agents show their agent profile; a client's preferences and budget stay private."""
+    return agent_profile(user) if user["user_type"] == "agent" else public_user(user)
+
+
+def admin_user(user: dict) -> dict:
+    return {**private_user(user), "last_login_at": format_ts(user.get("last_login_at"))}
+
+
+def account_info_view(doc: dict) -> dict:
+    return {"account_name": doc["account_name"], "bank_name": doc["bank_name"], "account_number": doc["account_number"],
+            "bank_code": doc.get("bank_code"), "updated_at": format_ts(doc.get("updated_at"))}
 
 
 _INVALID_OTP = "The code is wrong or has expired (after 5 wrong tries it stops working): request a new one"
@@ -70,6 +105,7 @@ class AccountService:
         self.otps = ctx.otps
         self.refresh_tokens = ctx.refresh_tokens
         self.revocations = ctx.revocations
+        self.bank = ctx.account_info
         self.clock = ctx.clock
         self.settings = ctx.settings
 
@@ -160,8 +196,7 @@ class AccountService:
         await self.ctx.limits.clear_failures(f"login:{principal.user_id}")
 
     # ---- tokens ------------------------------------------------------------
-    def _exp(self, claims: dict):
-        from datetime import datetime, timezone
+    def _exp(self, claims: dict) -> datetime:
         return datetime.fromtimestamp(claims["exp"], tz=timezone.utc)
 
     async def issue_pair(self, user: dict, family: str | None = None) -> dict:
@@ -205,6 +240,7 @@ class AccountService:
         if not user.get("is_verified", False):
             raise Forbidden("Verify your email first: use the code we sent (POST /auth/send-otp sends a new one)",
                             "email_unverified")
+        await self.users.update(user["_id"], {"last_login_at": self.clock.now()})
         return await self.issue_pair(user)
 
     async def refresh(self, refresh_token: str) -> dict:
@@ -255,3 +291,100 @@ class AccountService:
         if user["user_type"] != switch_to:
             user = await self.users.update(user["_id"], {"user_type": switch_to, "updated_at": self.clock.now()})
         return await self.issue_pair(user, family=principal.claims.get("fam"))
+
+    # ---- profiles ----------------------------------------------------------
+    async def update_profile(self, user: dict, fields: dict) -> dict:
+        """Apply a PATCH: common fields plus those of the user's current type; anything else is a
+        422 naming the field. Explicit nulls clear a field."""
+        model = ClientProfilePatch if user["user_type"] == "client" else AgentProfilePatch
+        try:
+            patch = model.model_validate(fields)
+        except ValidationError as exc:
+            errors = []
+            for err in exc.errors(include_url=False):
+                field = ".".join(str(p) for p in err["loc"]) or "body"
+                message = (f"is not a {user['user_type']} profile field" if err["type"] == "extra_forbidden" else err["msg"])
+                errors.append({"field": field, "message": message})
+            raise ValidationFailed(errors, detail="; ".join(f"{e['field']}: {e['message']}" for e in errors[:3]))
+        given = patch.model_dump(exclude_unset=True)
+        kind = user["user_type"]
+        names = CLIENT_PROFILE_FIELDS if kind == "client" else AGENT_PROFILE_FIELDS
+        changes: dict = {}
+        unset: list[str] = []
+        for name, value in given.items():
+            path = f"{kind}_profile.{name}" if name in names else name
+            if value is None:
+                unset.append(path)
+            else:
+                changes[path] = value
+        if kind == "client":
+            merged = {**(user.get("client_profile") or {}), **{k: v for k, v in given.items() if k in names}}
+            lo, hi = merged.get("budget_min"), merged.get("budget_max")
+            if lo is not None and hi is not None and Decimal(lo) > Decimal(hi):
+                raise ValidationFailed.single("budget_min", "must not be more than budget_max")
+        if not changes and not unset:
+            return user
+        changes["updated_at"] = self.clock.now()
+        return await self.users.update(user["_id"], changes, unset)
+
+    async def deactivate(self, user_id: int, reason: str = "account deactivated") -> dict:
+        """is_active=false: every token of the user gets 403 at once and open sockets close with 4403."""
+        user = await self.users.update(user_id, {"is_active": False, "updated_at": self.clock.now()})
+        await self.ctx.hub.revoke_sessions(user_id, code=4403, reason=reason)
+        return user
+
+    async def set_avatar(self, user: dict, data: bytes) -> dict:
+        url = await self.ctx.media.save_image(data, "avatars")
+        updated = await self.users.update(user["_id"], {"avatar_url": url, "updated_at": self.clock.now()})
+        if user.get("avatar_url"):
+            await self.ctx.media.delete(user["avatar_url"])
+        return updated
+
+    async def public_user(self, user_id: int) -> dict:
+        user = await self.users.get(user_id)
+        if user is None or not user.get("is_active", True):
+            raise NotFound("No such user", "user_not_found")
+        return public_profile(user)
+
+    # ---- bank details (agents) ---------------------------------------------
+    async def account_info(self, user_id: int) -> dict | None:
+        """The agent's bank details as shown to a paying client, or None when not set."""
+        doc = await self.bank.get(user_id)
+        return account_info_view(doc) if doc else None
+
+    async def put_account_info(self, user_id: int, fields: dict) -> dict:
+        return account_info_view(await self.bank.put(user_id, fields, self.clock.now()))
+
+    async def delete_account_info(self, user_id: int) -> None:
+        if not await self.bank.delete(user_id):
+            raise NotFound("No account details are set", "account_info_not_found")
+
+    # ---- administration ----------------------------------------------------
+    async def list_users(self, query) -> dict:
+        return await self.users.page(query, admin_user, role=query.role, user_type=query.user_type, is_active=query.is_active,
+                                     is_verified=query.is_verified, prefix=query.q)
+
+    async def admin_update(self, admin: dict, user_id: int, role: str | None, is_active: bool | None) -> dict:
+        """Change a user's role or active flag. Admins cannot demote or deactivate themselves
+        (409), so the last admin cannot lock everyone out by accident."""
+        if role is None and is_active is None:
+            raise ValidationFailed.single("body", "give role and/or is_active")
+        user = await self.users.get(user_id)
+        if user is None:
+            raise NotFound("No such user", "user_not_found")
+        if user_id == admin["_id"] and ((role is not None and role != "admin") or is_active is False):
+            raise Conflict("You cannot demote or deactivate yourself", "self_change_refused")
+        changes: dict = {}
+        if role is not None and role != user.get("role"):
+            changes["role"] = role
+        if is_active is not None and is_active != user.get("is_active", True):
+            changes["is_active"] = is_active
+        if not changes:
+            return admin_user(user)
+        changes["updated_at"] = self.clock.now()
+        updated = await self.users.update(user_id, changes)
+        log.info(json.dumps({"event": "admin_user_update", "admin_id": admin["_id"], "user_id": user_id,
+                             "changes": {k: v for k, v in changes.items() if k != "updated_at"}}))
+        if changes.get("is_active") is False:
+            await self.ctx.hub.revoke_sessions(user_id, code=4403, reason="account deactivated")
+        return admin_user(updated)

@@ -2,10 +2,13 @@
 emails are unique case-insensitively (stored lower-cased alongside)."""
 from __future__ import annotations
 
+import re
+
 from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from sheda_rt.errors import Conflict
+from sheda_rt.pagination import paginate
 
 
 class UserStore:
@@ -15,6 +18,7 @@ class UserStore:
         IndexModel([("phone", ASCENDING)], unique=True, name="phone_unique",
                    partialFilterExpression={"phone": {"$type": "string"}}),
         IndexModel([("created_at", ASCENDING), ("_id", ASCENDING)], name="created"),
+        IndexModel([("role", ASCENDING), ("_id", ASCENDING)], name="role"),
     ]
 
     def __init__(self, db, ids):
@@ -64,3 +68,14 @@ class UserStore:
             key = str(exc.details.get("keyPattern") or exc)
             field = "email" if "email" in key else "phone" if "phone" in key else "username"
             raise Conflict(f"That {field} is already registered", f"{field}_taken")
+
+    async def page(self, page, serialize, *, role=None, user_type=None, is_active=None, is_verified=None, prefix=None) -> dict:
+        """Newest first, keyset-paginated; `prefix` matches the start of the username or email."""
+        query: dict = {}
+        for name, value in (("role", role), ("user_type", user_type), ("is_active", is_active), ("is_verified", is_verified)):
+            if value is not None:
+                query[name] = value
+        if prefix:
+            pattern = "^" + re.escape(prefix.lower())
+            query["$or"] = [{"username_lc": {"$regex": pattern}}, {"email": {"$regex": pattern}}]
+        return await paginate(self.col, query, [("_id", -1)], page, serialize)

@@ -1,0 +1,40 @@
+"""Media: the seed's admin upload endpoint, and serving stored files under /media/."""
+from __future__ import annotations
+
+import tornado.web
+
+from handlers.base import UPLOAD_BODY, APIHandler, dumps
+from handlers.routing import endpoint, route
+from sheda_rt.accounts.auth import ADMIN
+
+
+class FileUploadHandler(APIHandler):
+    @endpoint("Upload a media file (admins)", auth=ADMIN, upload="file", status=201, errors=(413, 415), tags=("media",))
+    async def post(self, type: str):
+        """Path kept from the seed (outside /api/v1). `type` names the folder (1-40 of a-z 0-9 - _);
+        the image goes in the multipart field `file` (jpeg, png or webp by content). 201 `{file_url}`;
+        401 without a token, 403 for anyone but an active admin with the admin scope."""
+        url = await self.ctx.media.save_image(self.uploaded_file("file"), type)
+        return {"file_url": url}
+
+
+class MediaFileHandler(tornado.web.StaticFileHandler):
+    """Files under DATA_DIR/media. Names are random, so long caching is safe; errors are JSON."""
+
+    def initialize(self, **_):
+        super().initialize(path=str(self.application.ctx.settings.media_dir))
+
+    def set_extra_headers(self, path):
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Cache-Control", "public, max-age=31536000, immutable")
+
+    def write_error(self, status_code: int, **kwargs):
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        code = {404: "not_found", 403: "forbidden", 405: "method_not_allowed"}.get(status_code, "http_error")
+        self.finish(dumps({"detail": "No such file" if status_code == 404 else self._reason, "code": code}))
+
+
+default_handlers = [
+    route("/api/media/file-upload/{type}", FileUploadHandler, max_body=UPLOAD_BODY),
+    tornado.web.URLSpec(r"/media/(.*)", MediaFileHandler),
+]
