@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StrictBool, StringConstraints, field_validator
 
 from sheda_rt.accounts.passwords import password_problem
 
@@ -231,4 +231,4 @@ class AdminUserPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Optional[Literal["user", "admin", "moderator"]] = None
-    is_active: Optional[bool] = None
+    is_active: Optional[StrictBool] = None  # "no" is not a boolean in a JSON body
