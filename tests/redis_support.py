@@ -38,6 +38,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def clean_env() -> dict:
+    """This environment without settings that would leak into the servers we start."""
+    return {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "MONGODB_URI", "MONGODB_DB", "PROMETHEUS_MULTIPROC_DIR")}
+
+
 def port_open(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.3):
@@ -92,7 +105,7 @@ class ServerProcess:
         self.args = args
         self.data_dir = data_dir
         self.log_path = data_dir / f"{name}.log"
-        self.env = {**os.environ, **env, "PORT": str(self.port), "HOST": "127.0.0.1"}
+        self.env = {**clean_env(), **env, "PORT": str(self.port), "HOST": "127.0.0.1"}
         self.process: subprocess.Popen | None = None
 
     @property
@@ -149,9 +162,11 @@ class ServerProcess:
 
 def server_env(embedded_db, redis: RedisServer | None, data_dir: Path, db_name: str, **extra) -> dict:
     env = {
-        "DATA_DIR": str(data_dir), "MONGODB_URI": embedded_db.uri, "MONGODB_DB": db_name, "JWT_SECRET": JWT_SECRET,
+        "DATA_DIR": str(data_dir), "MONGODB_DB": db_name, "JWT_SECRET": JWT_SECRET,
         "BCRYPT_ROUNDS": "4", "LOG_LEVEL": "INFO", "SHUTDOWN_GRACE_SECONDS": "5", "REDIS_HEARTBEAT_SECONDS": "1",
     }
+    if embedded_db is not None:  # else the server starts (or reuses) the embedded database of data_dir
+        env["MONGODB_URI"] = embedded_db.uri
     if redis is not None:
         env["REDIS_URL"] = redis.url
     env.update({k: str(v) for k, v in extra.items()})

@@ -1,0 +1,131 @@
+"""Running several: `run.py --processes N`, and separate instances sharing one
+Redis and one database behaving as one server. Every server here is a real
+`python run.py` process; clients use REST and WebSockets on their ports."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.redis_support import (  # noqa: F401  (module fixtures)
+    ROOT, Remote, ServerProcess, clean_env, parse_metrics, pid_alive, redis_server, server_env, server_pair, shared_dir,
+)
+
+
+def test_processes_without_redis_is_refused_with_one_line(tmp_path):
+    env = {**clean_env(), "DATA_DIR": str(tmp_path), "PORT": "0"}
+    done = subprocess.run([sys.executable, "run.py", "--processes", "2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "REDIS_URL" in lines[0] and "--processes" in lines[0], done.stderr
+    assert not (tmp_path / "db.lock.json").exists()  # refused before starting anything
+
+
+def get_json(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+async def test_processes_2_share_one_port_with_one_database_and_stop_on_sigterm(redis_server, tmp_path):
+    # No MONGODB_URI: the parent starts the embedded database once; the workers use it.
+    env = server_env(None, redis_server, tmp_path, "sheda_workers")
+    server = ServerProcess(env, tmp_path, "workers", args=("--processes", "2")).start(timeout=120)
+    try:
+        lock = json.loads((tmp_path / "db.lock.json").read_text())
+        db_pid = lock["pid"]
+        assert pid_alive(db_pid)
+        # Both workers are up: the log has two "listening" lines with different pids on the one port.
+        deadline = time.monotonic() + 30
+        while True:
+            listening = [json.loads(line) for line in server.log().splitlines() if '"event": "listening"' in line]
+            if len({rec["pid"] for rec in listening}) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert len({rec["pid"] for rec in listening}) == 2 and {p for rec in listening for p in rec["ports"]} == {server.port}
+        worker_pids = {rec["pid"] for rec in listening}
+
+        remote = Remote(server)
+        user = await remote.signup("client")  # register + OTP + verify, spread over the workers
+        for _ in range(6):
+            me = await remote.api.get("/api/v1/users/me", token=user.token)
+            assert me.status == 200 and me.json["id"] == user.id
+        status, ready = get_json(server.base_url + "/health/ready")
+        assert status == 200 and ready["checks"] == {"database": "ok", "redis": "ok"}
+
+        # /metrics on any worker is the sum over all of them.
+        first = parse_metrics((await remote.api.get("/metrics")).body.decode())
+        key = ("sheda_http_requests_total", (("method", "GET"), ("route", "/api/v1/users/me"), ("status", "200")))
+        assert first[key] == 6
+        seen_pids = {dict(labels).get("pid") for name, labels in first if name == "sheda_ws_open_sockets"}
+        assert {str(p) for p in worker_pids} <= seen_pids
+
+        server.signal(signal.SIGTERM)
+        assert server.wait(60) == 0
+        assert not any(pid_alive(p) for p in worker_pids)
+        deadline = time.monotonic() + 10
+        while pid_alive(db_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not pid_alive(db_pid), "the embedded database outlived the server"
+        assert not (tmp_path / "db.lock.json").exists()
+        log = server.log()
+        assert log.count('"event": "stopped"') == 2 and '"event": "embedded_db_stopped"' in log
+    finally:
+        server.stop()
+
+
+async def test_a_crashed_worker_is_replaced(redis_server, tmp_path, embedded_db):
+    env = server_env(embedded_db, redis_server, tmp_path, "sheda_workers_crash")
+    server = ServerProcess(env, tmp_path, "crashy", args=("--processes", "2")).start()
+    try:
+        def workers():
+            return [json.loads(line)["pid"] for line in server.log().splitlines() if '"event": "worker_started"' in line]
+
+        deadline = time.monotonic() + 30
+        while len(workers()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        victim = workers()[0]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while len(workers()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(workers()) == 3 and victim not in workers()[2:]
+        for _ in range(4):
+            status, _body = get_json(server.base_url + "/health")
+            assert status == 200
+    finally:
+        assert server.stop() == 0
+
+
+async def test_separate_instances_share_the_login_throttle(server_pair):
+    a, b = (Remote(s) for s in server_pair)
+    user = await a.signup("client")
+    # LOGIN_MAX_FAILURES (5) wrong passwords, alternating between the two processes.
+    for n in range(5):
+        process = (a, b)[n % 2]
+        resp = await process.api.post("/api/v1/auth/login", {"username": user.username, "password": "wrong-password-1"})
+        assert resp.status == (401 if n < 4 else 429), (n, resp)
+    for process in (a, b):
+        resp = await process.api.post("/api/v1/auth/login", {"username": user.username, "password": user.password})
+        assert resp.status == 429 and int(resp.headers["Retry-After"]) > 0, resp
+        assert resp.json["code"] == "rate_limited"
+
+
+async def test_logout_on_one_instance_revokes_the_token_on_the_other(server_pair):
+    a, b = (Remote(s) for s in server_pair)
+    user = await a.signup("agent")
+    login = await b.api.post("/api/v1/auth/login", {"username": user.username, "password": user.password})
+    assert login.status == 200
+    token = login.json["access_token"]
+    assert (await a.api.get("/api/v1/users/me", token=token)).status == 200
+    assert (await b.api.post("/api/v1/auth/logout", token=token)).status in (200, 204)
+    resp = await a.api.get("/api/v1/users/me", token=token)
+    assert resp.status == 401 and resp.headers.get("WWW-Authenticate", "").startswith("Bearer")
+    assert (await a.api.get("/api/v1/users/me", token=user.token)).status == 200  # other sessions unaffected
