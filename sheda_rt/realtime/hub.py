@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Protocol
+from typing import Callable, Protocol
+
+from sheda_rt.metrics import MESSAGES_DELIVERED
 
 log = logging.getLogger("sheda.hub")
+
+# Chat message frames are encoded with "type" first, so delivery can count them
+# without parsing (see sheda_rt.chat.frames.message_frame).
+_MESSAGE_PREFIX = '{"type":"message"'
 
 
 class Connection(Protocol):
@@ -58,6 +64,9 @@ class Hub:
     def __init__(self, broker=None):
         self.broker = broker or LocalBroker()
         self._sockets: dict[int, dict[str, Connection]] = {}
+        # Called with every control message this process handles (e.g. the chat
+        # service drops a deactivated user from its cache on "revoke").
+        self.control_listeners: list[Callable[[dict], None]] = []
 
     async def start(self) -> None:
         await self.broker.start(self)
@@ -97,6 +106,11 @@ class Hub:
         await self.broker.publish_control({"op": "revoke", "user_id": user_id, "jti": jti, "code": code, "reason": reason})
 
     def handle_control(self, message: dict) -> None:
+        for listener in self.control_listeners:
+            try:
+                listener(message)
+            except Exception:
+                log.exception("control listener failed")
         if message.get("op") == "revoke":
             for conn in self.sockets_of(message["user_id"]):
                 if message.get("jti") in (None, conn.jti):
@@ -104,6 +118,9 @@ class Hub:
 
     def sockets_of(self, user_id: int) -> list[Connection]:
         return list(self._sockets.get(user_id, {}).values())
+
+    def all_sockets(self) -> list[Connection]:
+        return [conn for conns in self._sockets.values() for conn in conns.values()]
 
     def is_connected_here(self, user_id: int) -> bool:
         return user_id in self._sockets
@@ -119,7 +136,19 @@ class Hub:
         text = json.dumps(event, separators=(",", ":"), ensure_ascii=False, default=str)
         await self.broker.publish(user_id, text, exclude)
 
+    async def publish_encoded(self, user_id: int, text: str, exclude: str | None = None) -> None:
+        """`publish_to_user` for an event already encoded as JSON text: a message goes
+        to the receiver and to the sender's other sockets, encoded once for both."""
+        await self.broker.publish(user_id, text, exclude)
+
     def deliver_local(self, user_id: int, text: str, exclude: str | None = None) -> None:
-        for conn_id, conn in list(self._sockets.get(user_id, {}).items()):
+        conns = self._sockets.get(user_id)
+        if not conns:
+            return
+        delivered = 0
+        for conn_id, conn in list(conns.items()):
             if conn_id != exclude:
                 conn.deliver(text)
+                delivered += 1
+        if delivered and text.startswith(_MESSAGE_PREFIX):
+            MESSAGES_DELIVERED.inc(delivered)

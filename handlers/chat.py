@@ -1,0 +1,310 @@
+"""/api/v1/chat/ws (the WebSocket) and the chat REST routes: thin edges over ChatService.
+
+The socket handler parses frames, checks the rate limit and turns service
+errors into error frames; the service decides; the hub delivers. Frames this
+socket answers itself (ack, error, pong, sync pages) go straight to it;
+everything addressed to a *user* goes through `hub.publish_*`.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import uuid
+
+import tornado.websocket
+from pydantic import ValidationError
+from tornado.iostream import StreamClosedError
+
+from handlers.base import APIHandler
+from handlers.routing import endpoint, route
+from sheda_rt.accounts.auth import USER
+from sheda_rt.chat.frames import (
+    INBOUND, ConversationsQuery, HistoryQuery, HistoryRow, ReadBody, SendMessageBody, ack_frame, error_frame, history_row,
+    sender_info,
+)
+from sheda_rt.chat.service import encode
+from sheda_rt.errors import ApiError, Forbidden, Unauthorized, ValidationFailed
+from sheda_rt.metrics import OPEN_SOCKETS
+
+log = logging.getLogger("sheda.chat.ws")
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TRY_LATER = 1013
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN = 4403
+
+
+class ChatSocket(tornado.websocket.WebSocketHandler):
+    """One client socket; implements the hub's Connection protocol (conn_id, user_id,
+    jti, deliver, close_for)."""
+
+    # Background tasks (presence on close) must be referenced until done.
+    _tasks: set = set()
+
+    def initialize(self, **_):
+        self.conn_id = uuid.uuid4().hex
+        self.user_id = None
+        self.jti = None
+        self._closing = False
+        self._registered = False
+        self._strikes = 0
+
+    @property
+    def ctx(self):
+        return self.application.ctx
+
+    # ---- handshake -------------------------------------------------------------
+    def check_origin(self, origin: str) -> bool:
+        allowed = self.ctx.settings.cors_origins
+        return "*" in allowed or origin in allowed
+
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        # Browsers cannot set headers: `new WebSocket(url, ["bearer", jwt])`; we must answer "bearer".
+        if len(subprotocols) >= 2 and subprotocols[0].lower() == "bearer":
+            return subprotocols[0]
+        return None
+
+    def _offered_token(self) -> str | None:
+        offered = [p.strip() for p in self.request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+        if len(offered) >= 2 and offered[0].lower() == "bearer":
+            return offered[1]
+        return self.get_query_argument("token", None)
+
+    def get_compression_options(self):
+        return {} if self.ctx.settings.ws_compression else None
+
+    async def prepare(self):
+        # Authenticate before the upgrade completes, so the socket is registered with
+        # the hub (in open(), synchronously) by the time the client sees it open:
+        # nothing addressed to the user in between is missed. A failure is still
+        # reported the WebSocket way, as a close code after the upgrade.
+        self._auth_error = None
+        self.principal = None
+        token = self._offered_token()
+        try:
+            if not token:
+                raise Unauthorized("Missing token: use ?token=<jwt> or the 'bearer, <jwt>' subprotocol", "missing_token")
+            self.principal = await self.ctx.auth.authenticate_token(token, USER)
+        except (Unauthorized, Forbidden) as exc:
+            self._auth_error = exc
+
+    async def open(self):
+        exc = self._auth_error
+        if exc is not None:
+            self.close(CLOSE_FORBIDDEN if isinstance(exc, Forbidden) else CLOSE_UNAUTHORIZED, exc.detail[:120])
+            return
+        ctx = self.ctx
+        user = self.principal.user
+        self.user_id = user["_id"]
+        self.jti = self.principal.jti
+        self.info = sender_info(user)
+        self.principal = None
+        self.request.headers.clear()  # idle sockets are many: keep only what we use
+        self._registered = True
+        OPEN_SOCKETS.inc()
+        came_online = await ctx.hub.connected(self)  # registers synchronously, then asks the broker
+        if came_online:
+            await ctx.chat.presence_changed(self.user_id, True)
+
+    def on_close(self):
+        if not self._registered:
+            return
+        self._registered = False
+        self._closing = True
+        OPEN_SOCKETS.dec()
+        task = asyncio.ensure_future(self._went_away())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _went_away(self):
+        ctx = self.ctx
+        try:
+            if await ctx.hub.disconnected(self):
+                await ctx.chat.presence_changed(self.user_id, False)
+        except Exception:
+            log.exception("presence update failed for user %s", self.user_id)
+
+    # ---- the Connection protocol ------------------------------------------------
+    def deliver(self, text: str) -> None:
+        """Queue a frame without blocking. A socket whose unsent bytes would exceed
+        WS_OUTBOUND_BUFFER_BYTES is a slow consumer: it is closed, not buffered for."""
+        ws = self.ws_connection
+        if ws is None or self._closing:
+            return
+        data = text.encode()
+        stream = ws.stream
+        if stream._total_write_index - stream._total_write_done_index + len(data) > self.ctx.settings.ws_outbound_buffer_bytes:
+            log.info("closing slow consumer: user %s conn %s", self.user_id, self.conn_id)
+            self.close_for(CLOSE_TRY_LATER, "slow consumer: outbound buffer full")
+            return
+        try:
+            if ws._compressor is None:
+                # Tornado's write_message wraps every write in a Task (for its Future);
+                # writing the frame directly saves that on the hot path. Failures show
+                # up as the stream closing, which on_close handles.
+                ws._write_frame(True, 0x1, data)
+            else:
+                ws.write_message(data)
+        except (StreamClosedError, tornado.websocket.WebSocketClosedError):
+            pass
+
+    def close_for(self, code: int, reason: str) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self.close(code, reason)
+
+    def send_frame(self, frame: dict) -> None:
+        self.deliver(encode(frame))
+
+    # ---- inbound frames -----------------------------------------------------------
+    async def on_message(self, raw):
+        if self.user_id is None or self._closing:
+            return
+        ctx = self.ctx
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            data = None
+        cmid = data.get("client_msg_id") if isinstance(data, dict) else None
+        if not isinstance(cmid, str):
+            cmid = None
+        settings = ctx.settings
+        wait = await ctx.limits.take_token(f"ws:{self.user_id}", settings.ws_rate_burst, settings.ws_rate_per_second)
+        if wait > 0:
+            self._strikes += 1
+            if self._strikes >= settings.ws_rate_strikes_before_close:
+                self.close_for(CLOSE_POLICY, "rate limit exceeded repeatedly")
+                return
+            self.send_frame(error_frame("rate_limited", "Too many frames; slow down", cmid, retry_after=round(wait, 3)))
+            return
+        self._strikes = 0
+        if data is None:
+            self.send_frame(error_frame("invalid_json", "Frames must be JSON text"))
+            return
+        if not isinstance(data, dict):
+            self.send_frame(error_frame("invalid_frame", "A frame must be a JSON object"))
+            return
+        kind = data.get("type", "message")
+        model = INBOUND.get(kind) if isinstance(kind, str) else None
+        if model is None:
+            self.send_frame(error_frame("unknown_type", f"Unknown frame type {kind!r}; expected one of {', '.join(INBOUND)}", cmid))
+            return
+        try:
+            frame = model.model_validate(data)
+        except ValidationError as exc:
+            failed = ValidationFailed.from_pydantic(exc)
+            self.send_frame(error_frame(failed.code, failed.detail, cmid, errors=failed.errors))
+            return
+        try:
+            await getattr(self, f"_on_{kind}")(frame)
+        except ApiError as exc:
+            self.send_frame(error_frame(exc.code, exc.detail, cmid, **exc.extra))
+
+    async def _on_message(self, frame):
+        chat = self.ctx.chat
+        future = await chat.submit({"_id": self.user_id}, frame.receiver_id, frame.message, client_msg_id=frame.client_msg_id,
+                                   property_id=frame.property_id, origin=self.conn_id, info=self.info)
+        future.add_done_callback(self._answer_stored)
+        if chat.batcher.backlog > 4 * chat.batcher.max_batch:
+            # Back-pressure: stop reading this socket until its message is stored.
+            await asyncio.wait([future])
+
+    def _answer_stored(self, future: asyncio.Future) -> None:
+        exc = future.exception()
+        if exc is None:
+            doc, _ = future.result()
+            self.send_frame(ack_frame(doc))
+        elif isinstance(exc, ApiError):
+            self.send_frame(error_frame(exc.code, exc.detail, None))
+        else:
+            self.send_frame(error_frame("store_failed", "The message could not be stored; send it again"))
+
+    async def _on_read(self, frame):
+        await self.ctx.chat.mark_read(self.user_id, frame.other_user_id, frame.up_to, origin=self.conn_id)
+
+    async def _on_typing(self, frame):
+        await self.ctx.chat.typing(self.user_id, frame.receiver_id)
+
+    async def _on_sync(self, frame):
+        frames, more = await self.ctx.chat.sync(self.user_id, frame.since, frame.limit)
+        for f in frames:
+            self.send_frame(f)
+        last = frames[-1]["id"] if frames else frame.since
+        self.send_frame({"type": "sync.done", "since": frame.since, "last_id": last, "count": len(frames), "more": more})
+
+    async def _on_ping(self, frame):
+        self.send_frame({"type": "pong"})
+
+
+# ---- REST ---------------------------------------------------------------------------
+class ChatHistoryHandler(APIHandler):
+    @endpoint("Chat history with another user (both directions; chronological by default)", auth=USER, query=HistoryQuery,
+              response=list[HistoryRow], errors=(401, 404, 422), tags=("chat",))
+    async def get(self, other_user_id: int, query: HistoryQuery):
+        """A bare array (the seed's shape): `offset` skips messages counted from the oldest
+        (`order=asc`, the default) or from the newest (`order=desc`)."""
+        return await self.ctx.chat.history(self.principal.user_id, other_user_id, offset=query.offset, limit=query.limit,
+                                           order=query.order)
+
+
+class ChatsHandler(APIHandler):
+    @endpoint("Send a message over REST (stored, then delivered live to the receiver's sockets)", auth=USER,
+              body=SendMessageBody, response=HistoryRow, status=201, errors=(400, 401, 403, 404, 422, 503), tags=("chat",))
+    async def post(self, body: SendMessageBody):
+        """201 with the stored message; a resend with the same `client_msg_id` answers 200
+        with the message stored the first time (nothing new is stored or delivered)."""
+        user = self.principal.user
+        doc, duplicate = await self.ctx.chat.send(user, body.receiver_id, body.message, client_msg_id=body.client_msg_id,
+                                                  property_id=body.property_id, info=sender_info(user))
+        row = {**history_row(doc), "sender_info": sender_info(user)}
+        if duplicate:
+            self.send(row, 200)
+            return None
+        return row
+
+
+class ChatsWithUserHandler(APIHandler):
+    @endpoint("Chat history with a user (the seed's GET /chats/{user_id}; same as chat-history)", auth=USER,
+              query=HistoryQuery, response=list[HistoryRow], errors=(401, 404, 422), tags=("chat",))
+    async def get(self, user_id: int, query: HistoryQuery):
+        return await self.ctx.chat.history(self.principal.user_id, user_id, offset=query.offset, limit=query.limit,
+                                           order=query.order)
+
+
+class ConversationsHandler(APIHandler):
+    @endpoint("My conversations: one row per peer (peer info, last message, unread count), most recent first",
+              auth=USER, query=ConversationsQuery, errors=(401, 422), tags=("chat",))
+    async def get(self, query: ConversationsQuery):
+        return await self.ctx.chat.conversation_list(self.principal.user_id, query.limit, query.cursor)
+
+
+class ReadHandler(APIHandler):
+    @endpoint("Mark a peer's messages to me as read up to an id (same as the socket's read frame)", auth=USER,
+              body=ReadBody, errors=(400, 401, 404, 422), tags=("chat",))
+    async def post(self, body: ReadBody):
+        event = await self.ctx.chat.mark_read(self.principal.user_id, body.other_user_id, body.up_to)
+        return event or {"type": "read", "reader_id": self.principal.user_id, "other_user_id": body.other_user_id,
+                         "up_to": body.up_to, "read_at": None}
+
+
+class ThreadHandler(APIHandler):
+    @endpoint("A listing-scoped thread: messages about one property between its agent and another user", auth=USER,
+              query=HistoryQuery, response=list[HistoryRow], errors=(401, 403, 404, 422), tags=("chat",))
+    async def get(self, property_id: int, other_user_id: int, query: HistoryQuery):
+        return await self.ctx.chat.thread(self.principal.user_id, property_id, other_user_id, offset=query.offset,
+                                          limit=query.limit, order=query.order)
+
+
+default_handlers = [
+    route("/api/v1/chat/ws", ChatSocket),
+    route("/api/v1/chat/chat-history/{other_user_id:int}", ChatHistoryHandler),
+    route("/api/v1/chats", ChatsHandler),
+    route("/api/v1/chats/{user_id:int}", ChatsWithUserHandler),
+    route("/api/v1/chat/conversations", ConversationsHandler),
+    route("/api/v1/chat/read", ReadHandler),
+    route("/api/v1/chat/threads/{property_id:int}/{other_user_id:int}", ThreadHandler),
+]

@@ -1,0 +1,143 @@
+"""The chat wire format: what clients send (validated with pydantic) and what
+they receive (built here, once, so the REST and WebSocket paths agree).
+
+The shapes are promises to mobile clients (contract, section Chat): fields are
+added, never renamed. Inbound frames are strict about types (`"receiver_id":
+"12"` is a mistyped field, not an id) and ignore unknown keys, so a client that
+still sends the old `sender_id` keeps working; the sender is always the token's
+user.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sheda_rt.clock import format_ts
+
+MAX_MESSAGE_CHARS = 4000
+SYNC_PAGE_MAX = 500
+
+
+class _Frame(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class SendFrame(_Frame):
+    """The seed's frame `{"receiver_id", "message"}`, optionally typed and keyed."""
+
+    type: Literal["message"] = "message"
+    receiver_id: int
+    message: str
+    client_msg_id: str | None = Field(None, min_length=1, max_length=128)
+    property_id: int | None = None
+
+
+class ReadFrame(_Frame):
+    type: Literal["read"]
+    other_user_id: int
+    up_to: int = Field(ge=0)
+
+
+class TypingFrame(_Frame):
+    type: Literal["typing"]
+    receiver_id: int
+
+
+class SyncFrame(_Frame):
+    type: Literal["sync"]
+    since: int = Field(0, ge=0)
+    limit: int = Field(SYNC_PAGE_MAX, ge=1, le=SYNC_PAGE_MAX)
+
+
+class PingFrame(_Frame):
+    type: Literal["ping"]
+
+
+INBOUND = {"message": SendFrame, "read": ReadFrame, "typing": TypingFrame, "sync": SyncFrame, "ping": PingFrame}
+
+
+# ---- REST bodies and queries ------------------------------------------------
+class SendMessageBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    receiver_id: int = Field(description="The user the message is for")
+    message: str = Field(description=f"1 to {MAX_MESSAGE_CHARS} characters, not only whitespace")
+    client_msg_id: str | None = Field(None, min_length=1, max_length=128,
+                                      description="Idempotency key: a resend with the same key stores nothing new")
+    property_id: int | None = Field(None, description="Ties the message to a listing (agent and one other participant only)")
+
+
+class ReadBody(BaseModel):
+    other_user_id: int
+    up_to: int = Field(ge=0, description="Mark this peer's messages to me with id <= up_to as read")
+
+
+class HistoryQuery(BaseModel):
+    offset: int = Field(0, ge=0, description="Messages to skip, counted from the oldest (or newest with order=desc)")
+    limit: int = Field(100, ge=1, le=500, description="Messages to return (default 100, max 500)")
+    order: Literal["asc", "desc"] = Field("asc", description="asc: chronological (oldest first, the default); desc: newest first")
+
+
+class ConversationsQuery(BaseModel):
+    limit: int = Field(20, ge=1, le=100)
+    cursor: str | None = Field(None, description="next_cursor of the previous page")
+
+
+class HistoryRow(BaseModel):
+    """One message as history returns it (the seed's shape, plus extras)."""
+
+    id: int
+    sender_id: int
+    receiver_id: int
+    message: str
+    timestamp: str
+    created_at: str
+    read_at: str | None = None
+    property_id: int | None = None
+    client_msg_id: str | None = None
+
+
+# ---- outbound ----------------------------------------------------------------
+def sender_info(user: dict) -> dict:
+    return {"id": user["_id"], "username": user.get("username"), "avatar_url": user.get("avatar_url")}
+
+
+def message_frame(doc: dict, info: dict) -> dict:
+    """A delivered message: the seed's payload plus `type` (and extras when set)."""
+    frame = {
+        "type": "message",
+        "id": doc["_id"],
+        "sender_info": info,
+        "receiver_id": doc["receiver_id"],
+        "message": doc["message"],
+        "created_at": format_ts(doc["created_at"]),
+    }
+    if doc.get("property_id") is not None:
+        frame["property_id"] = doc["property_id"]
+    if doc.get("client_msg_id") is not None:
+        frame["client_msg_id"] = doc["client_msg_id"]
+    return frame
+
+
+def history_row(doc: dict) -> dict:
+    ts = format_ts(doc["created_at"])
+    row = {"id": doc["_id"], "sender_id": doc["sender_id"], "receiver_id": doc["receiver_id"], "message": doc["message"],
+           "timestamp": ts, "created_at": ts, "read_at": format_ts(doc.get("read_at"))}
+    if doc.get("property_id") is not None:
+        row["property_id"] = doc["property_id"]
+    if doc.get("client_msg_id") is not None:
+        row["client_msg_id"] = doc["client_msg_id"]
+    return row
+
+
+def ack_frame(doc: dict) -> dict:
+    return {"type": "ack", "client_msg_id": doc.get("client_msg_id"), "id": doc["_id"], "created_at": format_ts(doc["created_at"])}
+
+
+def error_frame(code: str, detail: str, client_msg_id=None, **extra) -> dict:
+    frame = {"type": "error", "code": code, "detail": detail}
+    if client_msg_id is not None:
+        frame["client_msg_id"] = client_msg_id
+    frame.update(extra)
+    return frame

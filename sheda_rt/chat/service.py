@@ -1,0 +1,294 @@
+"""Chat rules, for the WebSocket and REST paths alike. Knows nothing about Tornado.
+
+Hot path (one message): validate (receiver and listing checks from small TTL
+caches, no database round trip when warm) → GroupCommit (one insert_many per
+batch) → after the batch is stored, each message is JSON-encoded once and
+handed to the hub for the receiver's sockets and the sender's other sockets →
+the caller's future resolves (the ack).
+
+Why the user cache is correct enough to refuse inactive receivers: entries live
+2 seconds, and a deactivation reaches every process as a session-revocation
+control message (`hub.revoke_sessions(..., jti=None)`), which drops the entry
+at once.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+from sheda_rt.chat.batcher import GroupCommit
+from sheda_rt.chat.frames import MAX_MESSAGE_CHARS, ack_frame, history_row, message_frame, sender_info
+from sheda_rt.chat.store import ConversationStore, MessageStore, conv_key
+from sheda_rt.clock import format_ts
+from sheda_rt.errors import BadRequest, Forbidden, NotFound, ValidationFailed
+from sheda_rt.metrics import MESSAGES_DELIVERED  # noqa: F401  (counted by the hub)
+from sheda_rt.pagination import decode_cursor, encode_cursor
+
+log = logging.getLogger("sheda.chat")
+
+
+def encode(event: dict) -> str:
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+
+
+class TTLCache:
+    """A small dict with per-entry expiry (monotonic clock: it is about freshness, not business time)."""
+
+    def __init__(self, ttl: float, max_entries: int = 100_000):
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._data: dict = {}
+
+    def get(self, key):
+        hit = self._data.get(key)
+        if hit is None:
+            return None
+        if hit[0] < time.monotonic():
+            del self._data[key]
+            return None
+        return hit[1]
+
+    def put(self, key, value) -> None:
+        if len(self._data) >= self.max_entries:
+            self._data.clear()  # crude but bounded; refills from the database
+        self._data[key] = (time.monotonic() + self.ttl, value)
+
+    def forget(self, key) -> None:
+        self._data.pop(key, None)
+
+
+class ChatService:
+    USER_TTL = 2.0
+    PROPERTY_TTL = 60.0
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.clock = ctx.clock
+        self.hub = ctx.hub
+        self.users = ctx.users
+        self.messages = MessageStore(ctx.db)
+        self.conversations = ConversationStore(ctx.db)
+        self.properties = ctx.db["properties"]  # owned by the listings feature; we only read agent_id
+        self._user_cache = TTLCache(self.USER_TTL)
+        self._property_cache = TTLCache(self.PROPERTY_TTL)
+        self.batcher = GroupCommit(
+            self.messages, self.conversations, ctx.ids, ctx.clock,
+            window_ms=self.settings.chat_batch_window_ms, max_batch=self.settings.chat_batch_max,
+            after_commit=self._deliver_stored,
+        )
+        self.hub.control_listeners.append(self._on_control)
+
+    @property
+    def stores(self) -> list:
+        return [self.messages, self.conversations]
+
+    def _on_control(self, message: dict) -> None:
+        if message.get("op") == "revoke" and message.get("jti") is None:
+            self._user_cache.forget(message.get("user_id"))
+
+    # ---- lookups -------------------------------------------------------------
+    async def user_brief(self, user_id: int) -> dict | None:
+        """{_id, username, avatar_url, is_active, user_type} from the cache or the database."""
+        hit = self._user_cache.get(user_id)
+        if hit is not None:
+            return hit
+        doc = await self.users.get(user_id)
+        if doc is None:
+            return None
+        brief = {"_id": doc["_id"], "username": doc.get("username"), "avatar_url": doc.get("avatar_url"),
+                 "is_active": doc.get("is_active", True), "user_type": doc.get("user_type"), "full_name": doc.get("full_name"),
+                 "last_seen": doc.get("last_seen")}
+        self._user_cache.put(user_id, brief)
+        return brief
+
+    async def briefs(self, user_ids) -> dict[int, dict]:
+        out, missing = {}, []
+        for uid in set(user_ids):
+            hit = self._user_cache.get(uid)
+            if hit is None:
+                missing.append(uid)
+            else:
+                out[uid] = hit
+        for uid in missing:
+            brief = await self.user_brief(uid)
+            if brief is not None:
+                out[uid] = brief
+        return out
+
+    async def _property_agent(self, property_id: int) -> int | None:
+        hit = self._property_cache.get(property_id)
+        if hit is not None:
+            return hit
+        doc = await self.properties.find_one({"_id": property_id}, projection={"agent_id": 1})
+        if doc is None or doc.get("agent_id") is None:
+            return None
+        self._property_cache.put(property_id, doc["agent_id"])
+        return doc["agent_id"]
+
+    async def _check_peer(self, me: int, other: int, *, role: str = "receiver") -> dict:
+        if other == me:
+            raise BadRequest("You cannot send messages to yourself", "self_message")
+        peer = await self.user_brief(other)
+        if peer is None:
+            raise NotFound(f"No user with id {other}", f"{role}_not_found")
+        if not peer["is_active"]:
+            raise Forbidden(f"User {other} is deactivated", f"{role}_inactive")
+        return peer
+
+    async def _check_listing(self, property_id: int, a: int, b: int) -> None:
+        agent = await self._property_agent(property_id)
+        if agent is None:
+            raise NotFound(f"No listing with id {property_id}", "property_not_found")
+        if agent not in (a, b):
+            raise Forbidden("A message about a listing must be between the listing's agent and one other person",
+                            "not_listing_participant")
+
+    # ---- sending -------------------------------------------------------------
+    async def submit(self, sender: dict, receiver_id: int, message: str, *, client_msg_id: str | None = None,
+                     property_id: int | None = None, origin: str | None = None, info: dict | None = None) -> asyncio.Future:
+        """Validate and queue a message; returns the future of (stored doc, duplicate).
+        Raises ApiError for a message that must not be stored."""
+        if not message.strip():
+            raise ValidationFailed.single("message", "must not be empty")
+        if len(message) > MAX_MESSAGE_CHARS:
+            raise ValidationFailed.single("message", f"must be at most {MAX_MESSAGE_CHARS} characters (got {len(message)})")
+        me = sender["_id"]
+        await self._check_peer(me, receiver_id)
+        if property_id is not None:
+            await self._check_listing(property_id, me, receiver_id)
+        doc = {"sender_id": me, "receiver_id": receiver_id, "conv": conv_key(me, receiver_id), "message": message}
+        if client_msg_id is not None:
+            doc["client_msg_id"] = client_msg_id
+        if property_id is not None:
+            doc["property_id"] = property_id
+        return self.batcher.submit(doc, origin=origin, info=info or sender_info(sender))
+
+    async def send(self, sender: dict, receiver_id: int, message: str, **kw) -> tuple[dict, bool]:
+        """REST: submit and wait for the batch."""
+        return await (await self.submit(sender, receiver_id, message, **kw))
+
+    async def _deliver_stored(self, stored) -> None:
+        """After a batch is stored: each new message to the receiver's sockets and the
+        sender's other sockets, in id order, encoded once."""
+        publish = self.hub.publish_encoded
+        for p in stored:
+            doc = p.doc
+            text = encode(message_frame(doc, p.info))
+            await publish(doc["receiver_id"], text)
+            await publish(doc["sender_id"], text, p.origin)
+
+    # ---- sync, history -------------------------------------------------------
+    async def sync(self, user_id: int, since: int, limit: int) -> tuple[list[dict], bool]:
+        """Messages to or from user_id with id > since, oldest first, at most `limit`;
+        and whether more remain. One indexed query per conversation of the user."""
+        convs = await self.conversations.of_user(user_id)
+        results = await asyncio.gather(*(self.messages.after(c["_id"], since, limit + 1) for c in convs))
+        merged = sorted((d for docs in results for d in docs), key=lambda d: d["_id"])
+        more = len(merged) > limit
+        page = merged[:limit]
+        infos = await self.briefs(d["sender_id"] for d in page)
+        frames = []
+        for d in page:
+            info = infos.get(d["sender_id"])
+            frame = message_frame(d, sender_info(info) if info else {"id": d["sender_id"], "username": None, "avatar_url": None})
+            frame["read_at"] = format_ts(d.get("read_at"))
+            frames.append(frame)
+        return frames, more
+
+    async def history(self, me: int, other: int, *, offset: int, limit: int, order: str, property_id: int | None = None) -> list[dict]:
+        if other != me and await self.user_brief(other) is None:
+            raise NotFound(f"No user with id {other}", "user_not_found")
+        docs = await self.messages.conversation(conv_key(me, other), offset=offset, limit=limit, newest_first=order == "desc",
+                                                property_id=property_id)
+        return [history_row(d) for d in docs]
+
+    async def thread(self, me: int, property_id: int, other: int, **kw) -> list[dict]:
+        await self._check_listing(property_id, me, other)
+        return await self.history(me, other, property_id=property_id, **kw)
+
+    async def conversation_list(self, me: int, limit: int, cursor: str | None) -> dict:
+        """One row per peer, most recent first: peer info, last message, unread count.
+        Keyset-paged on the last message id (opaque cursor)."""
+        before = None
+        if cursor:
+            value = decode_cursor(cursor, 1)[0]
+            if not isinstance(value, int):
+                raise ValidationFailed.single("cursor", "is not a cursor this API issued")
+            before = value
+        convs = await self.conversations.of_user(me)
+        lasts = await asyncio.gather(*(self.messages.last_in(c["_id"]) for c in convs))
+        rows = [(c, last) for c, last in zip(convs, lasts) if last is not None and (before is None or last["_id"] < before)]
+        rows.sort(key=lambda r: r[1]["_id"], reverse=True)
+        page = rows[:limit]
+        peers = [next((u for u in c["users"] if u != me), me) for c, _ in page]
+        infos = await self.briefs(peers)
+        unread = await asyncio.gather(*(
+            self.messages.count_from(c["_id"], peer, int((c.get("read_upto") or {}).get(str(me), 0)))
+            for (c, _), peer in zip(page, peers)
+        ))
+        items = []
+        for (c, last), peer, n in zip(page, peers, unread):
+            info = infos.get(peer) or {"_id": peer}
+            items.append({
+                "user_id": peer,
+                "peer": {"id": peer, "username": info.get("username"), "full_name": info.get("full_name"),
+                         "avatar_url": info.get("avatar_url"), "user_type": info.get("user_type"),
+                         "is_active": info.get("is_active", False), "last_seen": format_ts(info.get("last_seen"))},
+                "last_message": history_row(last),
+                "unread_count": n,
+            })
+        next_cursor = encode_cursor([page[-1][1]["_id"]]) if len(rows) > limit else None
+        return {"items": items, "next_cursor": next_cursor}
+
+    # ---- receipts, typing, presence ----------------------------------------------
+    async def mark_read(self, me: int, other: int, up_to: int, origin: str | None = None) -> dict | None:
+        """Mark other's messages to me with id <= up_to as read; tell other's sockets and
+        my other sockets. Returns the event (None when nothing new was read)."""
+        if other == me:
+            raise BadRequest("There is no conversation with yourself", "self_message")
+        if await self.user_brief(other) is None:
+            raise NotFound(f"No user with id {other}", "user_not_found")
+        conv = conv_key(me, other)
+        previous = await self.conversations.advance_read(conv, me, up_to)
+        if previous is None or up_to <= previous:
+            return None
+        now = self.clock.now()
+        await self.messages.mark_read(conv, other, previous, up_to, now)
+        event = {"type": "read", "reader_id": me, "other_user_id": other, "up_to": up_to, "read_at": format_ts(now)}
+        text = encode(event)
+        await self.hub.publish_encoded(other, text)
+        await self.hub.publish_encoded(me, text, origin)
+        return event
+
+    async def typing(self, me: int, other: int) -> bool:
+        await self._check_peer(me, other)
+        interval = self.settings.typing_interval_seconds
+        if interval > 0 and await self.ctx.limits.take_token(f"typing:{me}:{other}", 1, 1.0 / interval) > 0:
+            return False
+        await self.hub.publish_encoded(other, encode({"type": "typing", "user_id": me, "sender_id": me, "receiver_id": other}))
+        return True
+
+    async def peers_of(self, user_id: int) -> list[int]:
+        convs = await self.conversations.of_user(user_id)
+        return [u for c in convs for u in c["users"] if u != user_id]
+
+    async def presence_changed(self, user_id: int, online: bool) -> None:
+        now = self.clock.now()
+        if not online:
+            await self.users.update(user_id, {"last_seen": now})
+            self._user_cache.forget(user_id)
+        text = encode({"type": "presence", "user_id": user_id, "online": online, "last_seen": format_ts(now)})
+        for peer in await self.peers_of(user_id):
+            await self.hub.publish_encoded(peer, text)
+
+    async def drain(self) -> None:
+        """Shutdown: store and answer everything accepted, then close every socket with 1001."""
+        await self.batcher.drain()
+        for conn in self.hub.all_sockets():
+            conn.close_for(1001, "server shutting down")
+
+
+__all__ = ["ChatService", "ack_frame", "encode"]

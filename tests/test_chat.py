@@ -1,0 +1,431 @@
+"""Chat over the real WebSocket and REST, as mobile clients use it (contract, section Chat)."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import WebSocketClosedError, websocket_connect
+
+import pytest
+
+from sheda_rt.chat.store import conv_key
+
+
+
+@pytest.fixture
+def settings_overrides():
+    # These scenarios send many frames quickly; the rate limit has its own module (test_chat_limits.py).
+    return {"ws_rate_burst": 10_000, "ws_rate_per_second": 10_000}
+
+
+MESSAGE_KEYS = {"type", "id", "sender_info", "receiver_id", "message", "created_at"}
+
+
+async def stored(sheda, a, b) -> list[dict]:
+    return await sheda.ctx.db["messages"].find({"conv": conv_key(a.id, b.id)}).sort("_id", 1).to_list()
+
+
+async def pair(sheda):
+    return await sheda.signup("client"), await sheda.signup("agent")
+
+
+async def test_seed_frame_is_stored_acked_and_delivered(sheda):
+    alice, bob = await pair(sheda)
+    a = await sheda.ws(alice.token)
+    b = await sheda.ws(bob.token)
+    # The seed's frame exactly: no type, no client_msg_id; a sender_id in the frame is ignored.
+    await a.send({"receiver_id": bob.id, "message": "Hello there!", "sender_id": 999999})
+    ack = await a.wait_type("ack")
+    assert ack["client_msg_id"] is None and isinstance(ack["id"], int) and ack["created_at"].endswith("Z")
+    got = await b.wait_type("message")
+    assert MESSAGE_KEYS <= set(got)
+    assert got["id"] == ack["id"] and got["created_at"] == ack["created_at"]
+    assert got["sender_info"] == {"id": alice.id, "username": alice.username, "avatar_url": None}
+    assert got["receiver_id"] == bob.id and got["message"] == "Hello there!"
+    docs = await stored(sheda, alice, bob)
+    assert [(d["_id"], d["sender_id"], d["receiver_id"], d["message"]) for d in docs] == [(ack["id"], alice.id, bob.id, "Hello there!")]
+    # The sending socket gets the ack, never its own message back.
+    await a.send({"type": "ping"})
+    await a.wait_type("pong")
+    assert a.of_type("message") == []
+
+
+async def test_two_devices_and_three_users_each_socket_gets_each_message_once(sheda):
+    alice, bob, carol = await sheda.signup("client"), await sheda.signup("agent"), await sheda.signup("client")
+    a1, a2 = await sheda.ws(alice.token), await sheda.ws(alice.token)
+    b, c = await sheda.ws(bob.token), await sheda.ws(carol.token)
+    await a1.send({"type": "message", "receiver_id": bob.id, "message": "from phone", "client_msg_id": "m1"})
+    ack = await a1.wait_type("ack", client_msg_id="m1")
+    await b.wait_type("message", id=ack["id"])
+    mirrored = await a2.wait_type("message", id=ack["id"])  # the sender's other device sees what it sent
+    assert mirrored["client_msg_id"] == "m1" and mirrored["sender_info"]["id"] == alice.id
+    await c.send({"receiver_id": alice.id, "message": "hi alice"})
+    c_ack = await c.wait_type("ack")
+    for sock in (a1, a2):
+        await sock.wait_type("message", id=c_ack["id"])
+    await b.send({"receiver_id": carol.id, "message": "hi carol"})
+    b_ack = await b.wait_type("ack")
+    await c.wait_type("message", id=b_ack["id"])
+    # Round-trip a ping through every socket so anything in flight has arrived, then count.
+    for sock in (a1, a2, b, c):
+        await sock.send({"type": "ping"})
+        await sock.wait_type("pong")
+    ids = lambda sock: [f["id"] for f in sock.of_type("message")]
+    assert ids(a1) == [c_ack["id"]]
+    assert ids(a2) == [ack["id"], c_ack["id"]]
+    assert ids(b) == [ack["id"]]  # bob never sees his own message to carol, nor carol's to alice
+    assert ids(c) == [b_ack["id"]]
+
+
+async def test_order_is_kept_within_a_conversation(sheda):
+    alice, bob = await pair(sheda)
+    a, b = await sheda.ws(alice.token), await sheda.ws(bob.token)
+    for i in range(15):
+        await a.send({"receiver_id": bob.id, "message": f"n{i}", "client_msg_id": f"o{i}"})
+    await b.wait_for(lambda f: f.get("message") == "n14")
+    got = b.of_type("message")
+    assert [f["message"] for f in got] == [f"n{i}" for i in range(15)]
+    assert [f["id"] for f in got] == sorted(f["id"] for f in got)
+
+
+async def test_offline_receiver_reconnects_and_syncs(sheda):
+    alice, bob = await pair(sheda)
+    b = await sheda.ws(bob.token)
+    await b.send({"receiver_id": alice.id, "message": "before"})
+    first = await b.wait_type("ack")
+    b.close()
+    await b.wait_closed()
+    a = await sheda.ws(alice.token)
+    acks = []
+    for i in range(3):
+        await a.send({"receiver_id": bob.id, "message": f"missed {i}", "client_msg_id": f"s{i}"})
+        acks.append((await a.wait_type("ack", client_msg_id=f"s{i}"))["id"])
+    b = await sheda.ws(bob.token)
+    await b.send({"type": "sync", "since": first["id"]})
+    done = await b.wait_type("sync.done")
+    synced = b.of_type("message")
+    assert [f["id"] for f in synced] == acks and [f["message"] for f in synced] == ["missed 0", "missed 1", "missed 2"]
+    assert all(MESSAGE_KEYS <= set(f) and f["sender_info"]["id"] == alice.id for f in synced)
+    assert done["last_id"] == acks[-1] and done["more"] is False and done["count"] == 3
+    # since=0: everything, both directions, oldest first; paging with limit.
+    await b.send({"type": "sync", "since": 0, "limit": 2})
+    page = await b.wait_for(lambda f: f.get("type") == "sync.done" and f["since"] == 0)
+    assert page["more"] is True and page["count"] == 2 and page["last_id"] == acks[0]
+    history = await sheda.api.get(f"/api/v1/chat/chat-history/{alice.id}", token=bob.token)
+    assert history.status == 200
+    assert [r["id"] for r in history.json] == [first["id"], *acks]
+
+
+async def test_resend_with_same_client_msg_id_stores_once_and_gets_same_ack(sheda):
+    alice, bob = await pair(sheda)
+    a, b = await sheda.ws(alice.token), await sheda.ws(bob.token)
+    frame = {"receiver_id": bob.id, "message": "pay rent", "client_msg_id": "idem-1"}
+    await a.send(frame)
+    ack1 = await a.wait_type("ack", client_msg_id="idem-1")
+    # Two copies pipelined (likely in one batch) and one more after a reconnect.
+    await a.send(frame)
+    await a.send(frame)
+    await a.wait_for(lambda f: len([x for x in a.frames if x.get("type") == "ack"]) == 3)
+    a.close()
+    a = await sheda.ws(alice.token)
+    await a.send(frame)
+    ack4 = await a.wait_type("ack")
+    assert ack4 == ack1
+    assert all(f == ack1 for f in a.of_type("ack"))
+    docs = await stored(sheda, alice, bob)
+    assert len(docs) == 1 and docs[0]["client_msg_id"] == "idem-1"
+    await b.send({"type": "ping"})
+    await b.wait_type("pong")
+    assert [f["id"] for f in b.of_type("message")] == [ack1["id"]]  # delivered once
+    # The same key from another sender is a different message.
+    b2 = await sheda.ws(bob.token)
+    await b2.send({"receiver_id": alice.id, "message": "ok", "client_msg_id": "idem-1"})
+    other = await b2.wait_type("ack")
+    assert other["id"] != ack1["id"]
+
+
+async def test_bad_frames_get_error_frames_and_store_nothing(sheda):
+    alice, bob = await pair(sheda)
+    a = await sheda.ws(alice.token)
+    await a.send({"receiver_id": bob.id, "message": "the only message"})
+    await a.wait_type("ack")
+    before = await stored(sheda, alice, bob)
+    ghost = 10**15
+    agent, property_id = await sheda.signup("agent"), await sheda.ctx.ids.next("properties")
+    await sheda.ctx.db["properties"].insert_one({"_id": property_id, "agent_id": agent.id, "title": "chat test listing"})
+    cases = [
+        ("not json {", "invalid_json"),
+        ("[1, 2]", "invalid_frame"),
+        ({"type": "shout", "receiver_id": bob.id, "message": "x"}, "unknown_type"),
+        ({"type": 7}, "unknown_type"),
+        ({"message": "who for?", "client_msg_id": "e1"}, "validation_error"),
+        ({"receiver_id": bob.id, "client_msg_id": "e2"}, "validation_error"),
+        ({"receiver_id": str(bob.id), "message": "typed id", "client_msg_id": "e3"}, "validation_error"),
+        ({"receiver_id": bob.id, "message": 12, "client_msg_id": "e4"}, "validation_error"),
+        ({"receiver_id": True, "message": "bool id"}, "validation_error"),
+        ({"receiver_id": bob.id, "message": "x", "client_msg_id": 5}, "validation_error"),
+        ({"receiver_id": alice.id, "message": "note to self", "client_msg_id": "e5"}, "self_message"),
+        ({"receiver_id": ghost, "message": "anyone?", "client_msg_id": "e6"}, "receiver_not_found"),
+        ({"receiver_id": bob.id, "message": "", "client_msg_id": "e7"}, "validation_error"),
+        ({"receiver_id": bob.id, "message": "   \n ", "client_msg_id": "e8"}, "validation_error"),
+        ({"receiver_id": bob.id, "message": "x" * 4001, "client_msg_id": "e9"}, "validation_error"),
+        ({"receiver_id": bob.id, "message": "about a flat", "property_id": ghost, "client_msg_id": "e10"}, "property_not_found"),
+        ({"receiver_id": bob.id, "message": "about a flat", "property_id": property_id, "client_msg_id": "e11"}, "not_listing_participant"),
+        ({"type": "read", "other_user_id": bob.id}, "validation_error"),
+        ({"type": "read", "other_user_id": alice.id, "up_to": 1}, "self_message"),
+        ({"type": "typing", "receiver_id": "x"}, "validation_error"),
+        ({"type": "typing", "receiver_id": ghost}, "receiver_not_found"),
+        ({"type": "sync", "since": "yesterday"}, "validation_error"),
+        ({"type": "sync", "since": -1}, "validation_error"),
+    ]
+    for frame, code in cases:
+        start = len(a.frames)
+        await a.send(frame)
+        err = await a.wait_for(lambda f: f.get("type") == "error", start=start)
+        assert err["code"] == code, (frame, err)
+        assert err["detail"]
+        cmid = frame.get("client_msg_id") if isinstance(frame, dict) else None
+        if isinstance(cmid, str):
+            assert err["client_msg_id"] == cmid
+    # 4,000 characters exactly is fine.
+    await a.send({"receiver_id": bob.id, "message": "y" * 4000, "client_msg_id": "max"})
+    await a.wait_type("ack", client_msg_id="max")
+    after = await stored(sheda, alice, bob)
+    assert after[: len(before)] == before and len(after) == len(before) + 1 and after[-1]["message"] == "y" * 4000
+    assert await sheda.ctx.db["messages"].count_documents({"sender_id": alice.id, "receiver_id": {"$ne": bob.id}}) == 0
+
+
+async def test_inactive_receiver_is_refused(sheda):
+    alice, bob = await pair(sheda)
+    a = await sheda.ws(alice.token)
+    await a.send({"receiver_id": bob.id, "message": "still there?"})
+    await a.wait_type("ack")  # bob is now in the server's user cache
+    resp = await sheda.api.delete("/api/v1/users/me", token=bob.token)
+    assert resp.status in (200, 204), resp
+    await a.send({"receiver_id": bob.id, "message": "hello?", "client_msg_id": "late"})
+    err = await a.wait_type("error", client_msg_id="late")
+    assert err["code"] == "receiver_inactive"
+    assert len(await stored(sheda, alice, bob)) == 1
+    rest = await sheda.api.post("/api/v1/chats", {"receiver_id": bob.id, "message": "rest"}, token=alice.token)
+    assert rest.status == 403 and rest.json["code"] == "receiver_inactive"
+
+
+async def test_listing_scoped_messages_and_thread(sheda):
+    client, agent, other = await sheda.signup("client"), await sheda.signup("agent"), await sheda.signup("client")
+    property_id = await sheda.ctx.ids.next("properties")
+    await sheda.ctx.db["properties"].insert_one({"_id": property_id, "agent_id": agent.id, "title": "2-bed flat"})
+    c = await sheda.ws(client.token)
+    await c.send({"receiver_id": agent.id, "message": "Is it available?", "property_id": property_id, "client_msg_id": "q"})
+    ack = await c.wait_type("ack", client_msg_id="q")
+    await c.send({"receiver_id": agent.id, "message": "general question"})
+    await c.wait_for(lambda f: f.get("type") == "ack" and f["client_msg_id"] is None)
+    g = await sheda.ws(agent.token)
+    reply = await sheda.api.post("/api/v1/chats", {"receiver_id": client.id, "message": "Yes", "property_id": property_id}, token=agent.token)
+    assert reply.status == 201 and reply.json["property_id"] == property_id
+    live = await c.wait_type("message", id=reply.json["id"])
+    assert live["property_id"] == property_id
+    thread = await sheda.api.get(f"/api/v1/chat/threads/{property_id}/{agent.id}", token=client.token)
+    assert thread.status == 200 and [r["id"] for r in thread.json] == [ack["id"], reply.json["id"]]
+    assert (await sheda.api.get(f"/api/v1/chat/threads/{property_id}/{client.id}", token=agent.token)).json == thread.json
+    # A third person may not talk about the listing with the client; nor read such a thread.
+    o = await sheda.ws(other.token)
+    await o.send({"receiver_id": client.id, "message": "me too", "property_id": property_id, "client_msg_id": "x"})
+    assert (await o.wait_type("error", client_msg_id="x"))["code"] == "not_listing_participant"
+    denied = await sheda.api.get(f"/api/v1/chat/threads/{property_id}/{client.id}", token=other.token)
+    assert denied.status == 403 and denied.json["code"] == "not_listing_participant"
+    assert (await sheda.api.get(f"/api/v1/chat/threads/{10**15}/{agent.id}", token=client.token)).status == 404
+    assert await sheda.ctx.db["messages"].count_documents({"sender_id": other.id}) == 0
+    await g.send({"type": "ping"})
+    await g.wait_type("pong")
+
+
+async def test_rest_send_is_delivered_live_and_history_and_conversations_add_up(sheda):
+    alice, bob, carol = await sheda.signup("client"), await sheda.signup("agent"), await sheda.signup("client")
+    a_phone, b = await sheda.ws(alice.token), await sheda.ws(bob.token)
+    sent = await sheda.api.post("/api/v1/chats", {"receiver_id": bob.id, "message": "over REST", "client_msg_id": "r1"}, token=alice.token)
+    assert sent.status == 201, sent
+    row = sent.json
+    assert {"id", "sender_id", "receiver_id", "message", "timestamp"} <= set(row)
+    live = await b.wait_type("message", id=row["id"])
+    assert live["message"] == "over REST" and live["sender_info"]["id"] == alice.id
+    await a_phone.wait_type("message", id=row["id"])  # alice's open socket sees what she sent from elsewhere
+    again = await sheda.api.post("/api/v1/chats", {"receiver_id": bob.id, "message": "over REST", "client_msg_id": "r1"}, token=alice.token)
+    assert again.status == 200 and again.json["id"] == row["id"]
+    for body, status, code in [({"receiver_id": alice.id, "message": "self"}, 400, "self_message"),
+                               ({"receiver_id": 10**15, "message": "ghost"}, 404, "receiver_not_found"),
+                               ({"receiver_id": bob.id, "message": ""}, 422, "validation_error"),
+                               ({"receiver_id": bob.id}, 422, "validation_error"),
+                               ({"receiver_id": bob.id, "message": "z" * 4001}, 422, "validation_error")]:
+        bad = await sheda.api.post("/api/v1/chats", body, token=alice.token)
+        assert bad.status == status and bad.json["code"] == code, (body, bad)
+    assert (await sheda.api.post("/api/v1/chats", {"receiver_id": bob.id, "message": "x"})).status == 401
+
+    await b.send({"receiver_id": alice.id, "message": "ws reply"})
+    reply = await b.wait_type("ack")
+    for i in range(3):
+        await sheda.api.post("/api/v1/chats", {"receiver_id": alice.id, "message": f"c{i}"}, token=carol.token)
+
+    hist = await sheda.api.get(f"/api/v1/chat/chat-history/{bob.id}", token=alice.token)
+    assert hist.status == 200
+    assert [(r["sender_id"], r["receiver_id"], r["message"]) for r in hist.json] == [(alice.id, bob.id, "over REST"), (bob.id, alice.id, "ws reply")]
+    assert all(set(r) >= {"id", "sender_id", "receiver_id", "message", "timestamp"} for r in hist.json)
+    assert (await sheda.api.get(f"/api/v1/chats/{bob.id}", token=alice.token)).json == hist.json
+    newest = await sheda.api.get(f"/api/v1/chat/chat-history/{bob.id}", token=alice.token, params={"offset": 1, "limit": 1})
+    assert [r["message"] for r in newest.json] == ["ws reply"]
+    desc = await sheda.api.get(f"/api/v1/chat/chat-history/{bob.id}", token=alice.token, params={"order": "desc", "limit": 1})
+    assert [r["message"] for r in desc.json] == ["ws reply"]
+    assert (await sheda.api.get(f"/api/v1/chat/chat-history/{bob.id}", token=alice.token, params={"limit": 0})).status == 422
+    assert (await sheda.api.get(f"/api/v1/chat/chat-history/{10**15}", token=alice.token)).status == 404
+
+    convs = await sheda.api.get("/api/v1/chat/conversations", token=alice.token)
+    assert convs.status == 200
+    items = convs.json["items"]
+    assert [i["user_id"] for i in items] == [carol.id, bob.id]
+    assert items[0]["last_message"]["message"] == "c2" and items[0]["unread_count"] == 3
+    assert items[1]["last_message"]["id"] == reply["id"] and items[1]["unread_count"] == 1
+    assert items[1]["peer"]["username"] == bob.username
+    page = await sheda.api.get("/api/v1/chat/conversations", token=alice.token, params={"limit": 1})
+    assert [i["user_id"] for i in page.json["items"]] == [carol.id] and page.json["next_cursor"]
+    rest = await sheda.api.get("/api/v1/chat/conversations", token=alice.token, params={"limit": 1, "cursor": page.json["next_cursor"]})
+    assert [i["user_id"] for i in rest.json["items"]] == [bob.id] and rest.json["next_cursor"] is None
+    assert (await sheda.api.get("/api/v1/chat/conversations", token=alice.token, params={"cursor": "garbage"})).status == 422
+
+    # Read receipts: alice reads bob's reply; bob's socket hears it; read_at is stored; unread drops.
+    a_phone2 = await sheda.ws(alice.token)
+    await a_phone.send({"type": "read", "other_user_id": bob.id, "up_to": reply["id"]})
+    receipt = await b.wait_type("read")
+    assert receipt["reader_id"] == alice.id and receipt["other_user_id"] == bob.id and receipt["up_to"] == reply["id"]
+    assert receipt["read_at"].endswith("Z")
+    await a_phone2.wait_type("read", up_to=reply["id"])
+    doc = await sheda.ctx.db["messages"].find_one({"_id": reply["id"]})
+    assert doc["read_at"] is not None
+    assert (await sheda.ctx.db["messages"].find_one({"_id": row["id"]})).get("read_at") is None  # alice's own message: untouched
+    convs = await sheda.api.get("/api/v1/chat/conversations", token=alice.token)
+    assert [(i["user_id"], i["unread_count"]) for i in convs.json["items"]] == [(carol.id, 3), (bob.id, 0)]
+    hist = await sheda.api.get(f"/api/v1/chat/chat-history/{alice.id}", token=bob.token)
+    assert hist.json[1]["read_at"] == receipt["read_at"]
+    marked = await sheda.api.post("/api/v1/chat/read", {"other_user_id": carol.id, "up_to": 10**15}, token=alice.token)
+    assert marked.status == 200 and marked.json["reader_id"] == alice.id
+    convs = await sheda.api.get("/api/v1/chat/conversations", token=alice.token)
+    assert [i["unread_count"] for i in convs.json["items"]] == [0, 0]
+
+
+async def test_typing_is_forwarded_at_most_once_per_interval_and_never_stored(sheda):
+    alice, bob = await pair(sheda)
+    a, b = await sheda.ws(alice.token), await sheda.ws(bob.token)
+    for _ in range(4):
+        await a.send({"type": "typing", "receiver_id": bob.id})
+    first = await b.wait_type("typing")
+    assert first["user_id"] == alice.id and first["receiver_id"] == bob.id
+    await a.send({"type": "ping"})
+    await a.wait_type("pong")
+    await asyncio.sleep(0.2)
+    assert len(b.of_type("typing")) == 1
+    await asyncio.sleep(1.0)
+    await a.send({"type": "typing", "receiver_id": bob.id})
+    await b.wait_for(lambda f: len(b.of_type("typing")) == 2)
+    assert await sheda.ctx.db["messages"].count_documents({"conv": conv_key(alice.id, bob.id)}) == 0
+
+
+async def test_presence_goes_to_people_you_talk_with(sheda):
+    alice, bob, stranger = await sheda.signup("client"), await sheda.signup("agent"), await sheda.signup("client")
+    await sheda.api.post("/api/v1/chats", {"receiver_id": bob.id, "message": "hi"}, token=alice.token)
+    b, s = await sheda.ws(bob.token), await sheda.ws(stranger.token)
+    a1 = await sheda.ws(alice.token)
+    online = await b.wait_type("presence", user_id=alice.id)
+    assert online["online"] is True
+    a2 = await sheda.ws(alice.token)
+    a1.close()
+    await a1.wait_closed()
+    await asyncio.sleep(0.3)
+    assert [f["online"] for f in b.of_type("presence")] == [True]  # still online on the second device
+    a2.close()
+    offline = await b.wait_for(lambda f: f.get("type") == "presence" and f["online"] is False)
+    assert offline["user_id"] == alice.id and offline["last_seen"].endswith("Z")
+    user = await sheda.ctx.users.get(alice.id)
+    assert user["last_seen"] is not None
+    await s.send({"type": "ping"})
+    await s.wait_type("pong")
+    assert s.of_type("presence") == []
+
+
+async def test_bad_tokens_close_4401_and_deactivated_users_4403(sheda):
+    alice = await sheda.signup("client")
+    for token in ("not-a-jwt", alice.refresh_token, None):
+        ws = await sheda.ws(token)
+        code, _ = await ws.wait_closed()
+        assert code == 4401, token
+    assert (await sheda.ctx.users.update(alice.id, {"is_active": False})) is not None
+    ws = await sheda.ws(alice.token)
+    code, reason = await ws.wait_closed()
+    assert code == 4403 and reason
+
+
+async def test_token_in_subprotocol(sheda):
+    alice, bob = await pair(sheda)
+    ws = await sheda.ws(alice.token, query=False, subprotocol=True)
+    assert ws.conn.selected_subprotocol == "bearer"
+    await ws.send({"receiver_id": bob.id, "message": "from a browser"})
+    await ws.wait_type("ack")
+    bad = await sheda.ws("garbage", query=False, subprotocol=True)
+    assert (await bad.wait_closed())[0] == 4401
+
+
+async def test_origin_is_checked(sheda):
+    alice = await sheda.signup("client")
+    req = HTTPRequest(sheda.ws_url + f"?token={alice.token}", headers={"Origin": "https://evil.example"})
+    try:
+        await websocket_connect(req)
+        raise AssertionError("a foreign origin was accepted")
+    except Exception as exc:
+        assert "403" in str(exc)
+    ok = await sheda.ws(alice.token)  # no Origin header: a mobile client
+    await ok.send({"type": "ping"})
+    await ok.wait_type("pong")
+
+
+async def test_logout_closes_the_socket_of_that_token_within_a_second(sheda):
+    alice = await sheda.signup("client")
+    login = await sheda.api.post("/api/v1/auth/login", {"username": alice.username, "password": alice.password})
+    other_token = login.json["access_token"]
+    ws, keep = await sheda.ws(alice.token), await sheda.ws(other_token)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    resp = await sheda.api.post("/api/v1/auth/logout", token=alice.token)
+    assert resp.status in (200, 204), resp
+    code, _ = await ws.wait_closed(timeout=1.0)
+    assert code == 4401 and loop.time() - start < 1.0
+    await keep.send({"type": "ping"})  # the other login's socket stays
+    await keep.wait_type("pong")
+    again = await sheda.ws(alice.token)
+    assert (await again.wait_closed())[0] == 4401
+
+
+async def test_frame_over_64_kib_closes_1009(sheda):
+    alice, bob = await pair(sheda)
+    ws = await sheda.ws(alice.token)
+    await ws.send(json.dumps({"receiver_id": bob.id, "message": "x" * (70 * 1024)}))
+    code, _ = await ws.wait_closed()
+    assert code == 1009
+    assert await sheda.ctx.db["messages"].count_documents({"sender_id": alice.id}) == 0
+
+
+async def test_shutdown_drain_stores_and_acks_then_closes_1001(sheda):
+    alice, bob = await pair(sheda)
+    a, b = await sheda.ws(alice.token), await sheda.ws(bob.token)
+    for i in range(5):
+        await a.send({"receiver_id": bob.id, "message": f"last words {i}", "client_msg_id": f"d{i}"})
+    await a.wait_for(lambda f: len(a.of_type("ack")) == 5)
+    await sheda.ctx.drain()  # what shutdown runs before closing connections
+    assert (await a.wait_closed())[0] == 1001 and (await b.wait_closed())[0] == 1001
+    acked = {f["id"] for f in a.of_type("ack")}
+    docs = await stored(sheda, alice, bob)
+    assert {d["_id"] for d in docs} == acked and len(acked) == 5
+    try:
+        fresh = await sheda.ws(alice.token)
+        await fresh.send({"receiver_id": bob.id, "message": "too late", "client_msg_id": "late"})
+        err = await fresh.wait_type("error")
+        assert err["code"] == "shutting_down"
+    except WebSocketClosedError:
+        pass
