@@ -13,13 +13,16 @@ window costs nothing.
 
 If Redis is unreachable the call falls back to an in-process MemoryLimits:
 limits still hold per process during an outage instead of failing every login
-or every socket frame.
+or every socket frame. After a failure Redis is not tried again for a second,
+so an unreachable (not just refusing) Redis never makes each call wait for a
+connect timeout.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import time
 import uuid
 
 from sheda_rt.limits import MemoryLimits
@@ -69,6 +72,8 @@ return math.max(1, math.ceil(tonumber(oldest[2]) + window - now))
 
 
 class RedisLimits:
+    RETRY_AFTER_FAILURE = 1.0  # seconds on the in-process fallback before trying Redis again
+
     def __init__(self, client, namespace: str):
         self.redis = client
         self.prefix = f"sheda:{namespace}:limit:"
@@ -77,14 +82,21 @@ class RedisLimits:
         self._record = client.register_script(_RECORD_FAILURE)
         self._blocked = client.register_script(_BLOCKED_FOR)
         self._warned = False
+        self._skip_until = 0.0
+
+    def _use_redis(self) -> bool:
+        return time.monotonic() >= self._skip_until
 
     def _degraded(self, exc: Exception) -> None:
+        self._skip_until = time.monotonic() + self.RETRY_AFTER_FAILURE
         if not self._warned:
             log.warning(json.dumps({"event": "limits_fallback_to_memory", "error": repr(exc)[:200]}))
             self._warned = True
 
     async def take_token(self, key: str, burst: int, per_second: float) -> float:
         """Token bucket. 0.0 when allowed; otherwise seconds until a token is available."""
+        if not self._use_redis():
+            return await self.fallback.take_token(key, burst, per_second)
         try:
             wait = float(await self._take(keys=[self.prefix + "tb:" + key], args=[burst, repr(float(per_second))]))
         except Exception as exc:
@@ -104,6 +116,8 @@ class RedisLimits:
 
     async def record_failure(self, key: str, window_seconds: float) -> int:
         """Count a failure in a sliding window; returns failures now in the window."""
+        if not self._use_redis():
+            return await self.fallback.record_failure(key, window_seconds)
         try:
             return int(await self._record(keys=[self.prefix + "fail:" + key], args=[repr(float(window_seconds)), uuid.uuid4().hex]))
         except Exception as exc:
@@ -112,6 +126,8 @@ class RedisLimits:
 
     async def blocked_for(self, key: str, limit: int, window_seconds: float) -> int:
         """Seconds until `key` drops below `limit` failures (0 when not blocked)."""
+        if not self._use_redis():
+            return await self.fallback.blocked_for(key, limit, window_seconds)
         try:
             return int(await self._blocked(keys=[self.prefix + "fail:" + key], args=[limit, repr(float(window_seconds))]))
         except Exception as exc:
@@ -120,6 +136,8 @@ class RedisLimits:
 
     async def clear_failures(self, key: str) -> None:
         await self.fallback.clear_failures(key)
+        if not self._use_redis():
+            return
         try:
             await self.redis.delete(self.prefix + "fail:" + key)
         except Exception as exc:
