@@ -86,7 +86,10 @@ def build_openapi(routes, version: str = "1.0.0") -> dict:
                 if isinstance(doc.response, type) and issubclass(doc.response, BaseModel):
                     success["content"] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{doc.response.__name__}"}}}
                 elif doc.response is not None:
-                    success["content"] = {"application/json": {"schema": TypeAdapter(doc.response).json_schema()}}
+                    # e.g. list[Model]: its models go to components like every other schema.
+                    schema = TypeAdapter(doc.response).json_schema(ref_template="#/components/schemas/{model}")
+                    schemas.update(schema.pop("$defs", {}))
+                    success["content"] = {"application/json": {"schema": schema}}
                 else:
                     success["content"] = {"application/json": {"schema": {"type": "object"}}}
             op["responses"][str(doc.status)] = success

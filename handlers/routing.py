@@ -70,6 +70,10 @@ def endpoint(
     def decorate(fn):
         @functools.wraps(fn)
         async def wrapper(self, *args, **kwargs):
+            if self._finished:
+                # Already answered (a streamed body crossed the size limit: 413 was sent while
+                # it arrived); Tornado still calls the method once the body ends. Do nothing.
+                return
             kwargs = self.convert_path_args(kwargs)
             if auth is not None:
                 self.principal = await self.ctx.auth.authenticate(self.request.headers.get("Authorization"), auth)
