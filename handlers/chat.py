@@ -122,10 +122,11 @@ class ChatSocket(tornado.websocket.WebSocketHandler):
     async def _went_away(self):
         ctx = self.ctx
         try:
-            if await ctx.hub.disconnected(self):
+            if await ctx.hub.disconnected(self) and not ctx.chat.stopping:
                 await ctx.chat.presence_changed(self.user_id, False)
         except Exception:
-            log.exception("presence update failed for user %s", self.user_id)
+            if not ctx.chat.stopping:
+                log.exception("presence update failed for user %s", self.user_id)
 
     # ---- the Connection protocol ------------------------------------------------
     def deliver(self, text: str) -> None:

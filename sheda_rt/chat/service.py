@@ -80,6 +80,7 @@ class ChatService:
             after_commit=self._deliver_stored,
         )
         self.hub.control_listeners.append(self._on_control)
+        self.stopping = False  # set by drain(): sockets closing at shutdown are not "going offline"
 
     @property
     def stores(self) -> list:
@@ -286,6 +287,7 @@ class ChatService:
 
     async def drain(self) -> None:
         """Shutdown: store and answer everything accepted, then close every socket with 1001."""
+        self.stopping = True
         await self.batcher.drain()
         for conn in self.hub.all_sockets():
             conn.close_for(1001, "server shutting down")

@@ -1,0 +1,176 @@
+"""The socket under abusive or slow clients: rate limits, slow consumers, group
+commit under concurrent senders, and a batch the database refuses."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import struct
+from urllib.parse import urlparse
+
+import pytest
+from tornado.websocket import WebSocketClosedError
+
+from sheda_rt.chat.store import conv_key
+
+
+async def test_rate_limit_sends_error_frames_then_persistent_abuse_closes_1008(sheda):
+    # Defaults: burst 20, 5 frames/s sustained, 20 limited frames in a row close the socket.
+    alice, bob = await sheda.signup("client"), await sheda.signup("agent")
+    ws = await sheda.ws(alice.token)
+    for i in range(30):
+        await ws.send({"receiver_id": bob.id, "message": f"spam {i}", "client_msg_id": f"r{i}"})
+    await ws.wait_for(lambda f: len(ws.of_type("ack")) + len(ws.of_type("error")) == 30)
+    limited = [f for f in ws.of_type("error") if f["code"] == "rate_limited"]
+    assert 5 <= len(limited) <= 10 and all(f["retry_after"] > 0 for f in limited)
+    assert all(f["client_msg_id"].startswith("r") for f in limited)
+    acked = {f["client_msg_id"] for f in ws.of_type("ack")}
+    stored = await sheda.ctx.db["messages"].find({"conv": conv_key(alice.id, bob.id)}).to_list()
+    assert {d["client_msg_id"] for d in stored} == acked  # limited frames stored nothing
+    await asyncio.sleep(1.0)  # tokens come back: the socket is usable again
+    await ws.send({"type": "ping"})
+    await ws.wait_type("pong")
+    try:
+        for _ in range(60):
+            await ws.send({"type": "ping"})
+    except WebSocketClosedError:
+        pass  # closed by the server mid-flood
+    code, reason = await ws.wait_closed()
+    assert code == 1008 and "rate" in reason
+
+
+class RawSocket:
+    """A minimal WebSocket client over a plain socket with a tiny receive buffer, that
+    can stop reading: the way to make the server's outbound buffer really fill."""
+
+    def __init__(self, url: str, token: str):
+        self.url = urlparse(url)
+        self.token = token
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+
+    async def connect(self):
+        loop = asyncio.get_running_loop()
+        self.sock.setblocking(False)
+        await loop.sock_connect(self.sock, (self.url.hostname, self.url.port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        req = (f"GET {self.url.path}?token={self.token} HTTP/1.1\r\nHost: {self.url.netloc}\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        await loop.sock_sendall(self.sock, req.encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await loop.sock_recv(self.sock, 1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+
+    async def read_all(self, timeout: float = 5.0) -> bytes:
+        loop = asyncio.get_running_loop()
+        data = b""
+        end = loop.time() + timeout
+        while loop.time() < end:
+            try:
+                chunk = await asyncio.wait_for(loop.sock_recv(self.sock, 65536), end - loop.time())
+            except (asyncio.TimeoutError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+def close_code(stream: bytes) -> int | None:
+    """Walk server frames (unmasked) and return the close frame's code, if one arrived."""
+    i = 0
+    while i + 2 <= len(stream):
+        opcode, length = stream[i] & 0x0F, stream[i + 1] & 0x7F
+        i += 2
+        if length == 126:
+            length = struct.unpack("!H", stream[i:i + 2])[0]; i += 2
+        elif length == 127:
+            length = struct.unpack("!Q", stream[i:i + 8])[0]; i += 8
+        if i + length > len(stream):
+            return None
+        if opcode == 0x8:
+            return struct.unpack("!H", stream[i:i + 2])[0]
+        i += length
+    return None
+
+
+@pytest.mark.parametrize("settings_overrides", [{"ws_outbound_buffer_bytes": 64 * 1024, "ws_rate_burst": 10_000, "ws_rate_per_second": 10_000}])
+async def test_slow_consumer_is_disconnected_not_buffered(sheda):
+    alice, slow_user = await sheda.signup("client"), await sheda.signup("agent")
+    slow = RawSocket(sheda.ws_url, slow_user.token)
+    await slow.connect()
+    assert len(sheda.ctx.hub.sockets_of(slow_user.id)) == 1
+    conn = sheda.ctx.hub.sockets_of(slow_user.id)[0]
+    stream = conn.ws_connection.stream
+    peak = 0
+    a = await sheda.ws(alice.token)
+    text, N = "z" * 3900, 1600
+    # ~6 MB for a client that reads nothing: more than the kernel's socket buffers
+    # (loopback send buffers grow to 4 MB) plus our 64 KiB.
+    for i in range(N):
+        await a.send({"receiver_id": slow_user.id, "message": text, "client_msg_id": f"f{i}"})
+        if conn.ws_connection is not None:
+            peak = max(peak, stream._total_write_index - stream._total_write_done_index)
+    await a.wait_for(lambda f: len(a.of_type("ack")) == N, timeout=60)
+    for _ in range(100):
+        if not sheda.ctx.hub.sockets_of(slow_user.id):
+            break
+        await asyncio.sleep(0.1)
+    assert sheda.ctx.hub.sockets_of(slow_user.id) == []  # the server let go of it
+    assert peak <= 64 * 1024  # and never held more than the configured buffer for it
+    # What did reach the slow client ends with the close frame (or the server cut it off).
+    received = await slow.read_all(timeout=3)
+    assert close_code(received) in (1013, None)
+    assert len(received) < N * 3900 // 2
+    slow.sock.close()
+    # The sender and everything stored are unaffected; the slow user can sync later.
+    assert await sheda.ctx.db["messages"].count_documents({"conv": conv_key(alice.id, slow_user.id)}) == N
+    await a.send({"type": "ping"})
+    await a.wait_type("pong")
+
+
+@pytest.mark.parametrize("settings_overrides", [{"chat_batch_window_ms": 20, "ws_rate_burst": 10_000, "ws_rate_per_second": 10_000}])
+async def test_messages_from_many_sockets_share_one_insert_many(sheda):
+    users = [await sheda.signup("client") for _ in range(6)]
+    sockets = [await sheda.ws(u.token) for u in users]
+    sizes = []
+    store = sheda.ctx.chat.messages
+    real_insert = store.insert_batch
+
+    async def recording_insert(docs):  # observe, then do the real insert
+        sizes.append(len(docs))
+        return await real_insert(docs)
+
+    store.insert_batch = recording_insert
+    try:
+        await asyncio.gather(*(ws.send({"receiver_id": users[(i + 1) % 6].id, "message": f"m{i}", "client_msg_id": f"g{i}"})
+                               for i, ws in enumerate(sockets)))
+        for i, ws in enumerate(sockets):
+            await ws.wait_type("ack", client_msg_id=f"g{i}")
+            await ws.wait_type("message", message=f"m{(i - 1) % 6}")
+    finally:
+        store.insert_batch = real_insert
+    assert sum(sizes) == 6 and max(sizes) >= 2, sizes
+
+
+async def test_a_batch_the_database_refuses_is_neither_acked_nor_delivered(sheda):
+    alice, bob = await sheda.signup("client"), await sheda.signup("agent")
+    a, b = await sheda.ws(alice.token), await sheda.ws(bob.token)
+    db = sheda.ctx.db
+    # A real database-side refusal: a validator that no message satisfies.
+    await db.command("collMod", "messages", validator={"message": {"$type": "int"}}, validationAction="error")
+    try:
+        await a.send({"receiver_id": bob.id, "message": "lost?", "client_msg_id": "v1"})
+        err = await a.wait_type("error")
+        assert err["code"] == "store_failed"
+    finally:
+        await db.command("collMod", "messages", validator={}, validationAction="error")
+    assert a.of_type("ack") == []
+    await a.send({"receiver_id": bob.id, "message": "again", "client_msg_id": "v1"})  # the resend works
+    ack = await a.wait_type("ack", client_msg_id="v1")
+    got = await b.wait_type("message")
+    assert got["id"] == ack["id"] and got["message"] == "again"
+    assert [d["message"] for d in await db["messages"].find({"conv": conv_key(alice.id, bob.id)}).to_list()] == ["again"]
