@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -79,8 +79,10 @@ class Settings(BaseSettings):
 
     # Jobs
     contract_expiry_interval_hours: float = Field(24.0, gt=0)
+    appointment_minutes: int = Field(30, ge=5, le=240, description="Viewing slot length; slots start on multiples of it from 00:00 UTC")  # [listings]
 
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    _upper_log_level = field_validator("log_level", mode="before")(lambda v: v.upper() if isinstance(v, str) else v)  # [accounts] LOG_LEVEL=bogus: one line, not a traceback
 
     _validate_cors = field_validator("cors_origins", mode="before")(_split_csv)
 

@@ -3,8 +3,9 @@ application concatenates them. Adding an endpoint touches one module."""
 from __future__ import annotations
 
 from handlers import accounts, admin, chat, docs, health, media, metrics, users
+from handlers import agents, appointments, contracts, notifications, properties  # [listings]
 
-MODULES = [health, metrics, accounts, users, admin, media, chat, docs]
+MODULES = [health, metrics, accounts, users, admin, media, chat, properties, agents, appointments, contracts, notifications, docs]
 
 
 def all_routes(settings) -> list:

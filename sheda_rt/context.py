@@ -73,6 +73,36 @@ class AppContext:
         self.chat = ChatService(self)
         self.stores.extend(self.chat.stores)
         self.drain_hooks.append(self.chat.drain)
+        # [listings] properties, favourites, availability, appointments, contracts, notifications, the expiry job.
+        self._install_marketplace()
+
+    def _install_marketplace(self) -> None:  # [listings]
+        from sheda_rt.appointments.service import AppointmentService, AvailabilityService
+        from sheda_rt.appointments.store import AppointmentStore, AvailabilityStore
+        from sheda_rt.contracts.expiry import ContractExpiryJob
+        from sheda_rt.contracts.service import ContractService
+        from sheda_rt.contracts.store import ContractStore
+        from sheda_rt.listings.service import PropertyService
+        from sheda_rt.listings.store import FavouriteStore, PropertyStore
+        from sheda_rt.notifications.service import NotificationService
+        from sheda_rt.notifications.store import NotificationStore
+
+        self.property_store = PropertyStore(self.db, self.ids)
+        self.favourite_store = FavouriteStore(self.db, self.ids)
+        self.availability_store = AvailabilityStore(self.db, self.ids)
+        self.appointment_store = AppointmentStore(self.db, self.ids)
+        self.contract_store = ContractStore(self.db, self.ids)
+        self.notification_store = NotificationStore(self.db, self.ids)
+        self.stores.extend([self.property_store, self.favourite_store, self.availability_store, self.appointment_store,
+                            self.contract_store, self.notification_store])
+        self.notifications = NotificationService(self, self.notification_store)
+        self.properties = PropertyService(self, self.property_store, self.favourite_store)
+        self.availability = AvailabilityService(self, self.availability_store)
+        self.appointments = AppointmentService(self, self.appointment_store, self.availability_store, self.property_store,
+                                               self.notifications)
+        self.contracts = ContractService(self, self.contract_store, self.property_store, self.appointment_store, self.notifications)
+        self.contract_expiry = ContractExpiryJob(self.contracts, self.settings.contract_expiry_interval_hours)
+        self.jobs.append(self.contract_expiry)
 
     async def ensure_indexes(self) -> None:
         for store in self.stores:

@@ -1,0 +1,1 @@
+"""Agents' weekly availability windows and the viewings clients book inside them."""

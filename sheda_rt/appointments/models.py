@@ -1,0 +1,80 @@
+"""Request models for availability windows and appointments. All times are UTC."""
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+
+from sheda_rt.pagination import PageQuery
+
+WEEKDAYS = ("MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY")
+Weekday = Literal["MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY"]
+AppointmentStatus = Literal["pending", "confirmed", "rejected", "cancelled"]
+_HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+
+
+def minutes(hhmm: str) -> int:
+    return int(hhmm[:2]) * 60 + int(hhmm[3:])
+
+
+def _check_hhmm(value):
+    if not isinstance(value, str) or not _HHMM.match(value):
+        raise ValueError("must be a 24-hour UTC time 'HH:MM', e.g. '09:30'")
+    return value
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class WindowCreate(_Body):
+    weekday: Weekday = Field(description="MONDAY … SUNDAY")
+    start_time: str = Field(description="'HH:MM' UTC, inclusive")
+    end_time: str = Field(description="'HH:MM' UTC, exclusive; must be after start_time")
+
+    _hhmm = field_validator("start_time", "end_time", mode="before")(_check_hhmm)
+
+    @model_validator(mode="after")
+    def _order(self):
+        if minutes(self.start_time) >= minutes(self.end_time):
+            raise ValueError("start_time must be before end_time")
+        return self
+
+
+class WindowUpdate(_Body):
+    weekday: Optional[Weekday] = None
+    start_time: Optional[str] = None
+    end_time: Optional[str] = None
+
+    @field_validator("start_time", "end_time", mode="before")
+    @classmethod
+    def _hhmm(cls, v):
+        return _check_hhmm(v)
+
+    @model_validator(mode="after")
+    def _some(self):
+        if not self.model_fields_set:
+            raise ValueError("send at least one of weekday, start_time, end_time")
+        return self
+
+
+class BookRequest(_Body):
+    property_id: StrictInt = Field(ge=1)
+    scheduled_at: datetime = Field(description=(
+        "Start of the viewing, ISO 8601 (any offset; stored and returned in UTC). It must be in the future, on a "
+        "slot boundary (a multiple of APPOINTMENT_MINUTES after 00:00 UTC) and the whole slot inside one of the agent's windows"))
+
+    @field_validator("scheduled_at", mode="before")
+    @classmethod
+    def _iso_text(cls, v):
+        if not isinstance(v, str):
+            raise ValueError("must be an ISO 8601 date-time string, e.g. 2025-10-16T10:00:00Z")
+        return v
+
+
+class AppointmentQuery(PageQuery):
+    model_config = ConfigDict(extra="forbid")
+    status: Optional[AppointmentStatus] = None
+    role: Optional[Literal["client", "agent"]] = Field(None, description="Only those where I am the client / the agent")

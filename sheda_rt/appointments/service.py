@@ -1,0 +1,220 @@
+"""Availability windows and viewing appointments.
+
+Windows: an agent's weekly hours, per weekday, "HH:MM" UTC, start < end. Windows
+of one agent on one weekday never overlap (409). The check is made race-safe by
+checking again after writing: of two overlapping windows written at once, the
+one with the higher id (the later insert) is removed again and its request gets
+the 409; a losing edit is undone the same way.
+
+Appointments: a slot is APPOINTMENT_MINUTES long (setting, default 30) and starts
+on a multiple of that many minutes after 00:00 UTC. A client books a slot in the
+future, inside one of the agent's windows, for an available listed property that
+is not their own. State machine (each transition names the expected state in its
+update filter, so a transition from any other state is a 409):
+
+    pending --confirm (agent)--> confirmed
+    pending --reject (agent)--> rejected
+    pending | confirmed --cancel (client or agent)--> cancelled
+
+Rejected and cancelled appointments free their slot.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sheda_rt.appointments.models import WEEKDAYS, BookRequest, WindowCreate, WindowUpdate, minutes
+from sheda_rt.clock import format_ts, to_utc
+from sheda_rt.errors import Conflict, Forbidden, NotFound, ValidationFailed
+
+BOOKING_HORIZON_DAYS = 365
+
+
+def _hhmm(total: int) -> str:
+    return f"{total // 60:02d}:{total % 60:02d}"
+
+
+def window_view(doc: dict) -> dict:
+    return {"id": doc["_id"], "agent_id": doc["agent_id"], "weekday": doc["weekday"],
+            "start_time": _hhmm(doc["start_min"]), "end_time": _hhmm(doc["end_min"]),
+            "created_at": format_ts(doc["created_at"]), "updated_at": format_ts(doc["updated_at"])}
+
+
+def appointment_view(doc: dict) -> dict:
+    return {
+        "id": doc["_id"],
+        "property_id": doc["property_id"],
+        "property_title": doc.get("property_title"),
+        "client_id": doc["client_id"],
+        "agent_id": doc["agent_id"],
+        "scheduled_at": format_ts(doc["scheduled_at"]),
+        "ends_at": format_ts(doc["ends_at"]),
+        "status": doc["status"],
+        "cancelled_by": doc.get("cancelled_by"),
+        "created_at": format_ts(doc["created_at"]),
+        "updated_at": format_ts(doc["updated_at"]),
+    }
+
+
+class AvailabilityService:
+    def __init__(self, ctx, store):
+        self.ctx = ctx
+        self.store = store
+        self.clock = ctx.clock
+
+    @staticmethod
+    def _overlap_error(weekday: str) -> Conflict:
+        return Conflict(f"This window overlaps another of your {weekday} windows", "window_overlap")
+
+    async def create(self, agent_id: int, body: WindowCreate) -> dict:
+        now = self.clock.now()
+        start, end = minutes(body.start_time), minutes(body.end_time)
+        if await self.store.overlapping(agent_id, body.weekday, start, end, -1):
+            raise self._overlap_error(body.weekday)
+        doc = await self.store.insert({"agent_id": agent_id, "weekday": body.weekday, "start_min": start, "end_min": end,
+                                       "created_at": now, "updated_at": now})
+        others = await self.store.overlapping(agent_id, body.weekday, start, end, doc["_id"])
+        if any(o["_id"] < doc["_id"] for o in others):
+            await self.store.delete_if(doc["_id"], {"start_min": start, "end_min": end})
+            raise self._overlap_error(body.weekday)
+        return window_view(doc)
+
+    async def list_for(self, agent_id: int) -> list[dict]:
+        return [window_view(d) for d in await self.store.of_agent(agent_id)]
+
+    async def _own(self, agent_id: int, window_id: int) -> dict:
+        doc = await self.store.get(window_id)
+        if doc is None or doc["agent_id"] != agent_id:
+            raise NotFound("No such availability window", "window_not_found")
+        return doc
+
+    async def update(self, agent_id: int, window_id: int, body: WindowUpdate) -> dict:
+        doc = await self._own(agent_id, window_id)
+        weekday = body.weekday or doc["weekday"]
+        start = minutes(body.start_time) if body.start_time else doc["start_min"]
+        end = minutes(body.end_time) if body.end_time else doc["end_min"]
+        if start >= end:
+            raise ValidationFailed.single("end_time", "must be after start_time")
+        if await self.store.overlapping(agent_id, weekday, start, end, window_id):
+            raise self._overlap_error(weekday)
+        before = {"weekday": doc["weekday"], "start_min": doc["start_min"], "end_min": doc["end_min"]}
+        after = {"weekday": weekday, "start_min": start, "end_min": end}
+        updated = await self.store.replace_fields(window_id, before, {**after, "updated_at": self.clock.now()})
+        if updated is None:
+            raise Conflict("The window was changed meanwhile; reload and try again", "concurrent_update")
+        # An edit that raced another write into an overlap is undone: when two writes collide,
+        # both may refuse, but an overlap is never kept.
+        if await self.store.overlapping(agent_id, weekday, start, end, window_id):
+            await self.store.replace_fields(window_id, after, before)
+            raise self._overlap_error(weekday)
+        return window_view(updated)
+
+    async def delete(self, agent_id: int, window_id: int) -> None:
+        await self._own(agent_id, window_id)
+        if not await self.store.delete(window_id, agent_id):
+            raise NotFound("No such availability window", "window_not_found")
+
+
+class AppointmentService:
+    def __init__(self, ctx, store, windows, properties, notifications):
+        self.ctx = ctx
+        self.store = store
+        self.windows = windows
+        self.properties = properties
+        self.notifications = notifications
+        self.clock = ctx.clock
+
+    @property
+    def slot_minutes(self) -> int:
+        return self.ctx.settings.appointment_minutes
+
+    async def book(self, principal, body: BookRequest) -> dict:
+        now = self.clock.now()
+        at = to_utc(body.scheduled_at)
+        slot = self.slot_minutes
+        start = at.hour * 60 + at.minute
+        if at.second or at.microsecond or start % slot:
+            raise ValidationFailed.single("scheduled_at", f"must start on a {slot}-minute slot boundary (UTC), e.g. 10:00 or 10:{slot:02d}"
+                                          if slot < 60 else f"must start on a {slot}-minute slot boundary (UTC)")
+        if at <= now:
+            raise ValidationFailed.single("scheduled_at", "must be in the future")
+        if at > now + timedelta(days=BOOKING_HORIZON_DAYS):
+            raise ValidationFailed.single("scheduled_at", f"must be within {BOOKING_HORIZON_DAYS} days")
+        prop = await self.properties.get(body.property_id)
+        if prop is None or not prop.get("is_active", True):
+            raise NotFound("No such property", "property_not_found")
+        if prop["agent_id"] == principal.user_id:
+            raise Forbidden("You cannot book a viewing of your own property", "own_property")
+        if prop["status"] != "available":
+            raise Conflict(f"This property is {prop['status']} and cannot be booked", "property_unavailable")
+        agent_id = prop["agent_id"]
+        weekday = WEEKDAYS[at.weekday()]
+        if start + slot > 24 * 60 or await self.windows.covering(agent_id, weekday, start, start + slot) is None:
+            raise Conflict("The agent is not available then; see GET /agents/{id}/availability", "outside_availability")
+        doc = await self.store.insert({
+            "property_id": prop["_id"], "property_title": prop["title"], "client_id": principal.user_id, "agent_id": agent_id,
+            "parties": [principal.user_id, agent_id], "scheduled_at": at, "ends_at": at + timedelta(minutes=slot),
+            "status": "pending", "slot_key": f"{agent_id}:{at.strftime('%Y-%m-%dT%H:%M')}",
+            "created_at": now, "updated_at": now,
+        })
+        await self._announce(doc, "booked", actor=principal.user_id)
+        return appointment_view(doc)
+
+    async def _diagnose(self, appointment_id: int, user_id: int, role: str | None, expected: list[str]):
+        """Why a transition matched nothing: 404 (not yours / missing), 403 (wrong side), 409 (wrong state)."""
+        doc = await self.store.get(appointment_id)
+        if doc is None or user_id not in (doc["client_id"], doc["agent_id"]):
+            raise NotFound("No such appointment", "appointment_not_found")
+        if role is not None and doc[f"{role}_id"] != user_id:
+            raise Forbidden(f"Only the appointment's {role} can do that", f"not_{role}")
+        raise Conflict(f"The appointment is {doc['status']}; this needs it {' or '.join(expected)}", "wrong_state")
+
+    async def get(self, principal, appointment_id: int) -> dict:
+        doc = await self.store.get(appointment_id)
+        from sheda_rt.listings.service import is_admin
+
+        if doc is None or (principal.user_id not in (doc["client_id"], doc["agent_id"]) and not is_admin(principal)):
+            raise NotFound("No such appointment", "appointment_not_found")
+        return appointment_view(doc)
+
+    async def confirm(self, principal, appointment_id: int) -> dict:
+        doc = await self.store.transition(appointment_id, {"agent_id": principal.user_id}, ["pending"], "confirmed", self.clock.now())
+        if doc is None:
+            await self._diagnose(appointment_id, principal.user_id, "agent", ["pending"])
+        await self._announce(doc, "confirmed", actor=principal.user_id)
+        return appointment_view(doc)
+
+    async def reject(self, principal, appointment_id: int) -> dict:
+        doc = await self.store.transition(appointment_id, {"agent_id": principal.user_id}, ["pending"], "rejected",
+                                          self.clock.now(), free_slot=True)
+        if doc is None:
+            await self._diagnose(appointment_id, principal.user_id, "agent", ["pending"])
+        await self._announce(doc, "rejected", actor=principal.user_id)
+        return appointment_view(doc)
+
+    async def cancel(self, principal, appointment_id: int) -> dict:
+        expected = ["pending", "confirmed"]
+        doc = await self.store.transition(appointment_id, {"parties": principal.user_id}, expected, "cancelled",
+                                          self.clock.now(), extra={"cancelled_by": principal.user_id}, free_slot=True)
+        if doc is None:
+            await self._diagnose(appointment_id, principal.user_id, None, expected)
+        await self._announce(doc, "cancelled", actor=principal.user_id)
+        return appointment_view(doc)
+
+    async def list_mine(self, principal, query) -> dict:
+        return await self.store.page(principal.user_id, query.status, query.role, query, appointment_view)
+
+    _TEXT = {
+        "booked": ("New viewing request", "A client asked to view “{title}” on {when}."),
+        "confirmed": ("Viewing confirmed", "Your viewing of “{title}” on {when} is confirmed."),
+        "rejected": ("Viewing declined", "The agent declined your viewing of “{title}” on {when}."),
+        "cancelled": ("Viewing cancelled", "The viewing of “{title}” on {when} was cancelled."),
+    }
+
+    async def _announce(self, doc: dict, what: str, actor: int) -> None:
+        view = appointment_view(doc)
+        other = doc["agent_id"] if actor == doc["client_id"] else doc["client_id"]
+        title, body = self._TEXT[what]
+        kind = f"appointment.{what}"
+        await self.notifications.notify(other, kind, title, body.format(title=doc.get("property_title"), when=view["scheduled_at"]),
+                                        {"appointment_id": doc["_id"], "property_id": doc["property_id"], "status": doc["status"]})
+        await self.notifications.publish_event([other, actor], {"type": kind, "appointment": view})

@@ -1,0 +1,104 @@
+"""`availability` (agents' weekly windows) and `appointments`.
+
+One appointment per agent per slot is a unique index, not a check: a booking
+carries `slot_key` = "<agent_id>:<slot start>" while it is pending or confirmed,
+and the index is unique over documents that have the field (partial). Two
+truly concurrent bookings of one slot race on the insert and exactly one wins;
+rejecting or cancelling removes `slot_key`, which frees the slot.
+"""
+from __future__ import annotations
+
+from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from sheda_rt.errors import Conflict
+from sheda_rt.pagination import paginate
+
+NEWEST = [("_id", DESCENDING)]
+
+
+class AvailabilityStore:
+    INDEXES = [IndexModel([("agent_id", ASCENDING), ("weekday", ASCENDING), ("start_min", ASCENDING)], name="agent_day")]
+
+    def __init__(self, db, ids):
+        self.col = db["availability"]
+        self.ids = ids
+
+    async def ensure_indexes(self):
+        await self.col.create_indexes(self.INDEXES)
+
+    async def insert(self, doc: dict) -> dict:
+        doc = dict(doc, _id=await self.ids.next("availability"))
+        await self.col.insert_one(doc)
+        return doc
+
+    async def get(self, window_id: int) -> dict | None:
+        return await self.col.find_one({"_id": window_id})
+
+    async def of_agent(self, agent_id: int) -> list[dict]:
+        docs = await self.col.find({"agent_id": agent_id}).to_list()
+        order = {d: i for i, d in enumerate(("MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY"))}
+        return sorted(docs, key=lambda d: (order[d["weekday"]], d["start_min"], d["_id"]))
+
+    async def overlapping(self, agent_id: int, weekday: str, start_min: int, end_min: int, exclude_id: int) -> list[dict]:
+        return await self.col.find({"agent_id": agent_id, "weekday": weekday, "start_min": {"$lt": end_min},
+                                    "end_min": {"$gt": start_min}, "_id": {"$ne": exclude_id}}).to_list()
+
+    async def covering(self, agent_id: int, weekday: str, start_min: int, end_min: int) -> dict | None:
+        return await self.col.find_one({"agent_id": agent_id, "weekday": weekday, "start_min": {"$lte": start_min},
+                                        "end_min": {"$gte": end_min}})
+
+    async def replace_fields(self, window_id: int, expected: dict, changes: dict) -> dict | None:
+        """Change a window only if it still has the `expected` values (used to undo a losing edit)."""
+        return await self.col.find_one_and_update({"_id": window_id, **expected}, {"$set": changes}, return_document=ReturnDocument.AFTER)
+
+    async def delete(self, window_id: int, agent_id: int) -> bool:
+        return (await self.col.delete_one({"_id": window_id, "agent_id": agent_id})).deleted_count == 1
+
+    async def delete_if(self, window_id: int, expected: dict) -> bool:
+        return (await self.col.delete_one({"_id": window_id, **expected})).deleted_count == 1
+
+
+class AppointmentStore:
+    INDEXES = [
+        IndexModel([("slot_key", ASCENDING)], unique=True, name="one_booking_per_slot",
+                   partialFilterExpression={"slot_key": {"$exists": True}}),
+        # "mine": `parties` holds [client_id, agent_id], so one equality serves both roles.
+        IndexModel([("parties", ASCENDING), ("_id", DESCENDING)], name="parties_newest"),
+        IndexModel([("parties", ASCENDING), ("status", ASCENDING), ("_id", DESCENDING)], name="parties_status"),
+    ]
+
+    def __init__(self, db, ids):
+        self.col = db["appointments"]
+        self.ids = ids
+
+    async def ensure_indexes(self):
+        await self.col.create_indexes(self.INDEXES)
+
+    async def insert(self, doc: dict) -> dict:
+        doc = dict(doc, _id=await self.ids.next("appointments"))
+        try:
+            await self.col.insert_one(doc)
+        except DuplicateKeyError:
+            raise Conflict("That slot is already booked with this agent; pick another time", "slot_taken")
+        return doc
+
+    async def get(self, appointment_id: int) -> dict | None:
+        return await self.col.find_one({"_id": appointment_id})
+
+    async def transition(self, appointment_id: int, who: dict, from_states: list[str], to_state: str, now,
+                         extra: dict | None = None, free_slot: bool = False) -> dict | None:
+        """Move to `to_state` only from one of `from_states` (the expected state is in the filter)."""
+        update: dict = {"$set": {"status": to_state, "updated_at": now, **(extra or {})}}
+        if free_slot:
+            update["$unset"] = {"slot_key": ""}
+        return await self.col.find_one_and_update({"_id": appointment_id, "status": {"$in": from_states}, **who}, update,
+                                                  return_document=ReturnDocument.AFTER)
+
+    async def page(self, user_id: int, status: str | None, role: str | None, page, serialize) -> dict:
+        query: dict = {"parties": user_id}
+        if status:
+            query["status"] = status
+        if role:
+            query[f"{role}_id"] = user_id
+        return await paginate(self.col, query, NEWEST, page, serialize)

@@ -1,0 +1,1 @@
+"""From a confirmed viewing to an active rent or sale contract, and its expiry."""

@@ -1,0 +1,269 @@
+"""Payment to contract, following the seed's flow.
+
+    POST /contracts/{property_id} (client, with a CONFIRMED viewing)  -> awaiting_payment
+    awaiting_payment --payment-sent (client)-->      payment_pending
+    payment_pending  --decline-payment (agent)-->    awaiting_payment
+    payment_pending  --confirm-payment (agent)-->    active   (property rented / sold)
+    awaiting_payment | payment_pending --cancel (client)--> cancelled
+    active --expire (the job when end_date <= now, or an admin)--> expired (property available)
+
+The amount is the listing's price when the contract is created; the type is the
+listing's listing_type. Rentals need term_months (1-120); for a sale it is a 422.
+start_date/end_date are provisional until the agent confirms the payment: the
+term starts at confirmation (end_date = start + term_months, calendar months).
+
+Never two active contracts on one property: confirm-payment first moves the
+property `available -> rented|sold` with a conditional update (only one request
+can win it), then moves the contract `payment_pending -> active`; if that second
+step loses (the client cancelled meanwhile) the property is handed back. When a
+contract becomes active, the other open contracts on that property are
+cancelled (their clients are told).
+
+Expiry is exactly-once per contract even with several processes running the
+job: each contract moves `active -> expired` in one find_one_and_update with the
+expected state in the filter; only the caller that made that move releases the
+property and emits the event.
+"""
+from __future__ import annotations
+
+import calendar
+import logging
+from datetime import datetime
+
+from sheda_rt.clock import format_ts
+from sheda_rt.contracts.store import OPEN_STATES
+from sheda_rt.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from sheda_rt.listings.money import format_money
+from sheda_rt.listings.service import is_admin
+from sheda_rt.metrics import CONTRACTS_EXPIRED
+
+log = logging.getLogger("sheda.contracts")
+
+
+def add_months(start: datetime, months: int) -> datetime:
+    """Calendar months; the day is clamped (31 Jan + 1 month = 28/29 Feb)."""
+    index = start.month - 1 + months
+    year, month = start.year + index // 12, index % 12 + 1
+    day = min(start.day, calendar.monthrange(year, month)[1])
+    return start.replace(year=year, month=month, day=day)
+
+
+def contract_view(doc: dict) -> dict:
+    return {
+        "id": doc["_id"],
+        "property_id": doc["property_id"],
+        "property_title": doc.get("property_title"),
+        "client_id": doc["client_id"],
+        "agent_id": doc["agent_id"],
+        "appointment_id": doc.get("appointment_id"),
+        "contract_type": doc["contract_type"],
+        "amount": format_money(doc["amount"]),
+        "currency": doc.get("currency", "NGN"),
+        "term_months": doc.get("term_months"),
+        "status": doc["status"],
+        "is_active": doc["status"] == "active",
+        "start_date": format_ts(doc.get("start_date")),
+        "end_date": format_ts(doc.get("end_date")),
+        "account_details": doc.get("account_details"),
+        "created_at": format_ts(doc["created_at"]),
+        "updated_at": format_ts(doc["updated_at"]),
+        "payment_sent_at": format_ts(doc.get("payment_sent_at")),
+        "activated_at": format_ts(doc.get("activated_at")),
+        "cancelled_at": format_ts(doc.get("cancelled_at")),
+        "expired_at": format_ts(doc.get("expired_at")),
+    }
+
+
+class ContractService:
+    def __init__(self, ctx, store, properties, appointments, notifications):
+        self.ctx = ctx
+        self.store = store
+        self.properties = properties
+        self.appointments = appointments
+        self.notifications = notifications
+        self.clock = ctx.clock
+
+    async def _account_details(self, agent_id: int) -> dict | None:
+        info = await self.ctx.accounts.account_info(agent_id)
+        if not info:
+            return None
+        return {k: info.get(k) for k in ("account_name", "bank_name", "account_number", "bank_code") if info.get(k) is not None}
+
+    # ---- create ------------------------------------------------------------
+    async def create(self, principal, property_id: int, body) -> dict:
+        prop = await self.properties.get(property_id)
+        if prop is None or not prop.get("is_active", True):
+            raise NotFound("No such property", "property_not_found")
+        appt = await self.appointments.get(body.appointment_id)
+        if appt is None or appt["client_id"] != principal.user_id:
+            raise NotFound("No such appointment of yours", "appointment_not_found")
+        if appt["property_id"] != property_id:
+            raise ValidationFailed.single("appointment_id", "is a viewing of a different property")
+        if appt["status"] != "confirmed":
+            raise Conflict(f"The viewing is {appt['status']}; a contract needs a confirmed viewing", "appointment_not_confirmed")
+        if prop["status"] != "available":
+            raise Conflict(f"This property is already {prop['status']}", "property_unavailable")
+        rent = prop["listing_type"] == "rent"
+        if rent and body.term_months is None:
+            raise ValidationFailed.single("term_months", "is required for a rental (1-120 months)")
+        if not rent and body.term_months is not None:
+            raise ValidationFailed.single("term_months", "applies to rentals only; this property is for sale")
+        account = await self._account_details(prop["agent_id"])
+        if account is None:
+            raise Conflict("The agent has not set bank details yet; ask them to add them", "agent_account_missing")
+        now = self.clock.now()
+        doc = await self.store.insert({
+            "property_id": property_id, "property_title": prop["title"], "client_id": principal.user_id,
+            "agent_id": prop["agent_id"], "parties": [principal.user_id, prop["agent_id"]], "appointment_id": appt["_id"],
+            "contract_type": prop["listing_type"], "amount": prop["price"], "currency": "NGN",
+            "term_months": body.term_months, "status": "awaiting_payment", "is_active": False,
+            "start_date": now, "end_date": add_months(now, body.term_months) if rent else None,
+            "account_details": account, "open_key": f"{property_id}:{principal.user_id}",
+            "created_at": now, "updated_at": now,
+        })
+        await self._announce(doc, "created", actor=principal.user_id)
+        return contract_view(doc)
+
+    # ---- reading -----------------------------------------------------------
+    async def get(self, principal, contract_id: int) -> dict:
+        doc = await self.store.get(contract_id)
+        if doc is None or (principal.user_id not in (doc["client_id"], doc["agent_id"]) and not is_admin(principal)):
+            raise NotFound("No such contract", "contract_not_found")
+        return contract_view(doc)
+
+    async def list_mine(self, principal, query) -> dict:
+        return await self.store.page(principal.user_id, query.status, query.role, query, contract_view)
+
+    # ---- transitions -------------------------------------------------------
+    async def _diagnose(self, contract_id: int, user_id: int, role: str, expected: list[str]):
+        doc = await self.store.get(contract_id)
+        if doc is None or user_id not in (doc["client_id"], doc["agent_id"]):
+            raise NotFound("No such contract", "contract_not_found")
+        if doc[f"{role}_id"] != user_id:
+            raise Forbidden(f"Only the contract's {role} can do that", f"not_{role}")
+        raise Conflict(f"The contract is {doc['status']}; this needs it {' or '.join(expected)}", "wrong_state")
+
+    async def payment_sent(self, principal, contract_id: int) -> dict:
+        now = self.clock.now()
+        doc = await self.store.transition(contract_id, {"client_id": principal.user_id}, ["awaiting_payment"],
+                                          "payment_pending", now, {"payment_sent_at": now})
+        if doc is None:
+            await self._diagnose(contract_id, principal.user_id, "client", ["awaiting_payment"])
+        await self._announce(doc, "payment_sent", actor=principal.user_id)
+        return contract_view(doc)
+
+    async def decline_payment(self, principal, contract_id: int) -> dict:
+        now = self.clock.now()
+        doc = await self.store.transition(contract_id, {"agent_id": principal.user_id}, ["payment_pending"],
+                                          "awaiting_payment", now, {"declined_at": now})
+        if doc is None:
+            await self._diagnose(contract_id, principal.user_id, "agent", ["payment_pending"])
+        await self._announce(doc, "declined", actor=principal.user_id)
+        return contract_view(doc)
+
+    async def cancel(self, principal, contract_id: int) -> dict:
+        now = self.clock.now()
+        doc = await self.store.transition(contract_id, {"client_id": principal.user_id}, OPEN_STATES, "cancelled", now,
+                                          {"cancelled_at": now, "cancelled_by": principal.user_id}, close=True)
+        if doc is None:
+            await self._diagnose(contract_id, principal.user_id, "client", OPEN_STATES)
+        await self._announce(doc, "cancelled", actor=principal.user_id)
+        return contract_view(doc)
+
+    async def confirm_payment(self, principal, contract_id: int) -> dict:
+        current = await self.store.get(contract_id)
+        if current is None or current["agent_id"] != principal.user_id or current["status"] != "payment_pending":
+            await self._diagnose(contract_id, principal.user_id, "agent", ["payment_pending"])
+        now = self.clock.now()
+        property_id = current["property_id"]
+        new_status = "rented" if current["contract_type"] == "rent" else "sold"
+        taken = await self.properties.take(property_id, new_status, contract_id, now)
+        if taken is None:
+            again = await self.store.get(contract_id)
+            if again["status"] != "payment_pending":
+                raise Conflict(f"The contract is {again['status']}; this needs it payment_pending", "wrong_state")
+            raise Conflict("The property is no longer available (another contract is active, or it was delisted)",
+                           "property_unavailable")
+        extra = {"activated_at": now, "is_active": True, "start_date": now}
+        if current["contract_type"] == "rent":
+            extra["end_date"] = add_months(now, current["term_months"])
+        doc = await self.store.transition(contract_id, {"agent_id": principal.user_id}, ["payment_pending"], "active", now,
+                                          extra, close=True)
+        if doc is None:  # the client cancelled between our read and our write: hand the property back
+            await self.properties.release(property_id, contract_id, now)
+            await self._diagnose(contract_id, principal.user_id, "agent", ["payment_pending"])
+        await self._announce(doc, "confirmed", actor=principal.user_id)
+        await self._close_rivals(doc, now)
+        return contract_view(doc)
+
+    async def _close_rivals(self, winner: dict, now) -> None:
+        """Other open contracts on a property that just became rented/sold can never complete."""
+        for rival in await self.store.open_on_property(winner["property_id"]):
+            if rival["_id"] == winner["_id"]:
+                continue
+            doc = await self.store.transition(rival["_id"], {}, OPEN_STATES, "cancelled", now,
+                                              {"cancelled_at": now, "cancelled_by": None, "cancel_reason": "property_unavailable"},
+                                              close=True)
+            if doc is not None:
+                await self._announce(doc, "cancelled", actor=winner["agent_id"], reason="the property is no longer available")
+
+    # ---- expiry ------------------------------------------------------------
+    async def expire(self, contract_id: int, *, due_only: bool = False) -> dict | None:
+        """active -> expired, exactly once. Returns the expired contract, or None if someone else
+        expired it first (or it is not active / not yet due when due_only)."""
+        now = self.clock.now()
+        who = {"end_date": {"$lte": now}} if due_only else {}
+        doc = await self.store.transition(contract_id, who, ["active"], "expired", now,
+                                          {"is_active": False, "expired_at": now, "property_released": False})
+        if doc is None:
+            return None
+        await self._release(doc, now)
+        CONTRACTS_EXPIRED.inc()
+        await self._announce(doc, "expired", actor=None)
+        return doc
+
+    async def _release(self, doc: dict, now) -> None:
+        await self.properties.release(doc["property_id"], doc["_id"], now)
+        await self.store.mark_released(doc["_id"])
+
+    async def expire_by_admin(self, principal, contract_id: int) -> dict:
+        doc = await self.expire(contract_id)
+        if doc is None:
+            current = await self.store.get(contract_id)
+            if current is None:
+                raise NotFound("No such contract", "contract_not_found")
+            raise Conflict(f"The contract is {current['status']}; only an active contract can expire", "wrong_state")
+        return contract_view(doc)
+
+    async def expire_due(self) -> int:
+        """What the periodic job does: expire every due contract; finish any half-done release."""
+        expired = 0
+        for contract_id in await self.store.due_ids(self.clock.now()):
+            if await self.expire(contract_id, due_only=True) is not None:
+                expired += 1
+        for doc in await self.store.unreleased():
+            await self._release(doc, self.clock.now())
+        return expired
+
+    # ---- notifications -----------------------------------------------------
+    _TEXT = {
+        "created": ("Payment started", "A client is paying for “{title}” ({amount} {currency}) and will send it to your account."),
+        "payment_sent": ("Payment sent", "The client says they have paid {amount} {currency} for “{title}”. Please confirm."),
+        "confirmed": ("Payment confirmed", "The agent confirmed your payment for “{title}”. Your contract is active."),
+        "declined": ("Payment not received", "The agent has not received your payment for “{title}” yet."),
+        "cancelled": ("Contract cancelled", "The contract for “{title}” was cancelled{reason}."),
+        "expired": ("Contract expired", "The contract for “{title}” has ended."),
+    }
+
+    async def _announce(self, doc: dict, what: str, actor: int | None, reason: str | None = None) -> None:
+        view = contract_view(doc)
+        title, text = self._TEXT[what]
+        body = text.format(title=doc.get("property_title"), amount=view["amount"], currency=view["currency"],
+                           reason=f": {reason}" if reason else "")
+        kind = f"contract.{what}"
+        data = {"contract_id": doc["_id"], "property_id": doc["property_id"], "status": doc["status"]}
+        parties = [doc["client_id"], doc["agent_id"]]
+        targets = [p for p in parties if p != actor] if actor in parties else parties
+        for user_id in targets:
+            await self.notifications.notify(user_id, kind, title, body, data)
+        await self.notifications.publish_event(parties, {"type": kind, "contract": view})

@@ -1,0 +1,1 @@
+"""Property listings: the store (queries and indexes), the search planner, and the rules."""

@@ -1,0 +1,161 @@
+"""Request and query models for listings. They validate input and generate the OpenAPI schemas.
+
+Body fields are strict about JSON types (`"bedroom": "3"` or `"furnished": "yes"` is a 422):
+a client sending the wrong type has a bug we should tell them about. Query-string values are
+text by nature and are parsed ("true", "3", "2500000.00").
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
+
+from sheda_rt.listings.money import Money
+from sheda_rt.pagination import PageQuery
+
+PropertyType = Literal["apartment", "house", "duplex", "bungalow", "land", "shortlet", "shared apartment", "office", "shop", "warehouse"]
+ListingType = Literal["rent", "sale"]
+PropertyStatus = Literal["available", "rented", "sold"]
+SortOrder = Literal["newest", "price_asc", "price_desc"]
+
+AMENITIES = ("air_condition", "pop_ceiling", "floor_tiles", "running_water", "furniture", "prepaid_meter", "wifi")
+FLAGS = ("furnished",) + AMENITIES
+
+LOCATION_HELP = "Free text address, e.g. 'Lekki Phase 1, Lagos'"
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class GeoPoint(_Body):
+    lat: float = Field(ge=-90, le=90)
+    lng: float = Field(ge=-180, le=180)
+
+    @field_validator("lat", "lng", mode="before")
+    @classmethod
+    def _number(cls, v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError("must be a number")
+        return v
+
+
+class PropertyCreate(_Body):
+    title: str = Field(min_length=1, max_length=200)
+    description: str = Field("", max_length=5000)
+    price: Money
+    is_negotiable: StrictBool = False
+    location: str = Field(min_length=1, max_length=300, description=LOCATION_HELP)
+    geo: Optional[GeoPoint] = Field(None, description="Map position (WGS84); enables near= searches")
+    property_type: PropertyType
+    listing_type: ListingType
+    bedroom: StrictInt = Field(0, ge=0, le=100)
+    bathroom: StrictInt = Field(0, ge=0, le=100)
+    furnished: StrictBool = False
+    air_condition: StrictBool = False
+    pop_ceiling: StrictBool = False
+    floor_tiles: StrictBool = False
+    running_water: StrictBool = False
+    furniture: StrictBool = False
+    prepaid_meter: StrictBool = False
+    wifi: StrictBool = False
+
+
+class PropertyUpdate(_Body):
+    """Any subset of the fields. `status` is not here: it follows the contracts
+    (confirm-payment makes a listing rented/sold, expiry makes it available again)."""
+
+    title: Optional[str] = Field(None, min_length=1, max_length=200)
+    description: Optional[str] = Field(None, max_length=5000)
+    price: Optional[Money] = None
+    is_negotiable: Optional[StrictBool] = None
+    location: Optional[str] = Field(None, min_length=1, max_length=300)
+    geo: Optional[GeoPoint] = Field(None, description="null removes the map position")
+    property_type: Optional[PropertyType] = None
+    listing_type: Optional[ListingType] = None
+    bedroom: Optional[StrictInt] = Field(None, ge=0, le=100)
+    bathroom: Optional[StrictInt] = Field(None, ge=0, le=100)
+    furnished: Optional[StrictBool] = None
+    air_condition: Optional[StrictBool] = None
+    pop_ceiling: Optional[StrictBool] = None
+    floor_tiles: Optional[StrictBool] = None
+    running_water: Optional[StrictBool] = None
+    furniture: Optional[StrictBool] = None
+    prepaid_meter: Optional[StrictBool] = None
+    wifi: Optional[StrictBool] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_status(cls, data):
+        if isinstance(data, dict) and "status" in data:
+            raise ValueError("status cannot be set directly: it follows the contract flow (confirm-payment, expiry)")
+        return data
+
+    @model_validator(mode="after")
+    def _not_null(self):
+        for name in self.model_fields_set:
+            if name != "geo" and getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be null")
+        if not self.model_fields_set:
+            raise ValueError("send at least one field to change")
+        return self
+
+
+class ImagePatch(_Body):
+    is_primary: Literal[True] = Field(description="Make this the primary image (the previous primary is unset)")
+
+
+class SearchQuery(PageQuery):
+    """GET /properties filters. All optional; results are available, listed properties unless `status` says otherwise."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    price_min: Optional[Money] = Field(None, description="Lowest price, naira (inclusive)")
+    price_max: Optional[Money] = Field(None, description="Highest price, naira (inclusive)")
+    property_type: Optional[PropertyType] = None
+    listing_type: Optional[ListingType] = None
+    status: PropertyStatus = "available"
+    bedroom_min: Optional[int] = Field(None, ge=0, le=100)
+    bathroom_min: Optional[int] = Field(None, ge=0, le=100)
+    furnished: Optional[bool] = None
+    air_condition: Optional[bool] = None
+    pop_ceiling: Optional[bool] = None
+    floor_tiles: Optional[bool] = None
+    running_water: Optional[bool] = None
+    furniture: Optional[bool] = None
+    prepaid_meter: Optional[bool] = None
+    wifi: Optional[bool] = None
+    location: Optional[str] = Field(None, min_length=1, max_length=100, description=(
+        "Case-insensitive word match on the location: every word you type must start a word of the "
+        "listing's location (at least 3 letters, or the whole word), e.g. 'lekk ph' finds 'Lekki Phase 1'"))
+    near: Optional[str] = Field(None, description="'lat,lng' — only listings within radius_km of this point")
+    radius_km: float = Field(5.0, gt=0, le=100, description="Radius for near=, kilometres (default 5, max 100)")
+    agent_id: Optional[int] = Field(None, ge=1)
+    sort: SortOrder = "newest"
+
+    @field_validator("near")
+    @classmethod
+    def _near(cls, v):
+        if v is None:
+            return v
+        parts = v.split(",")
+        try:
+            lat, lng = (float(p) for p in parts)
+        except ValueError:
+            raise ValueError("must be 'lat,lng', e.g. 6.4474,3.4553") from None
+        if not (-90 <= lat <= 90 and -180 <= lng <= 180):
+            raise ValueError("lat must be within ±90 and lng within ±180")
+        return f"{lat},{lng}"
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.price_min is not None and self.price_max is not None and self.price_min > self.price_max:
+            raise ValueError("price_min must not exceed price_max")
+        return self
+
+    @property
+    def near_point(self) -> tuple[float, float] | None:
+        if self.near is None:
+            return None
+        lat, lng = (float(p) for p in self.near.split(","))
+        return lat, lng

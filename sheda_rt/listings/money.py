@@ -1,0 +1,81 @@
+"""Money on the wire and in storage.
+
+Decision (documented in the API): amounts travel as decimal strings with two
+decimals ("2500000.00") in every response; requests may send a decimal string
+or an integer (naira). A JSON float is refused with 422, because 0.1 + 0.2 is
+not how anybody wants rent computed.
+
+Storage keeps two fields: `price` as Decimal128 (the exact amount, numeric for
+anyone reading the database) and `price_minor`, the same amount as an int64 in
+kobo. Search filters and sorts use `price_minor`: it is exact too, and the
+embedded database compares int64 about ten times faster than Decimal128
+(measured: sorting 16,000 documents by a Decimal128 field took 12 s, by an
+int64 field 1 s), which matters for every sorted search page.
+"""
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any
+
+from bson.decimal128 import Decimal128
+from bson.int64 import Int64
+from pydantic import BeforeValidator, WithJsonSchema
+
+CENT = Decimal("0.01")
+MAX_AMOUNT = Decimal("1000000000000")  # one trillion naira: anything above is a typo
+
+
+def parse_money(value: Any) -> Decimal:
+    """A positive amount with at most two decimals, from a decimal string or an integer."""
+    if isinstance(value, bool) or isinstance(value, float):
+        raise ValueError("must be a decimal string like \"2500000.00\" or an integer, never a JSON float")
+    if isinstance(value, Decimal):
+        amount = value
+    elif isinstance(value, int):
+        amount = Decimal(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if not text or len(text) > 32:
+            raise ValueError("must be a decimal string like \"2500000.00\"")
+        try:
+            amount = Decimal(text)
+        except InvalidOperation:
+            raise ValueError("must be a decimal string like \"2500000.00\"") from None
+    else:
+        raise ValueError("must be a decimal string or an integer")
+    if not amount.is_finite():
+        raise ValueError("must be a finite amount")
+    if amount != amount.quantize(CENT, rounding="ROUND_DOWN"):
+        raise ValueError("has more than two decimals")
+    if amount <= 0:
+        raise ValueError("must be greater than 0")
+    if amount > MAX_AMOUNT:
+        raise ValueError(f"must be at most {MAX_AMOUNT}")
+    return amount.quantize(CENT)
+
+
+Money = Annotated[
+    Decimal,
+    BeforeValidator(parse_money),
+    WithJsonSchema({"anyOf": [{"type": "string", "pattern": r"^\d+(\.\d{1,2})?$"}, {"type": "integer"}],
+                    "description": "Naira as a decimal string (\"2500000.00\") or an integer; JSON floats are rejected",
+                    "examples": ["2500000.00"]}),
+]
+
+
+def to_decimal128(amount: Decimal) -> Decimal128:
+    return Decimal128(amount.quantize(CENT))
+
+
+def to_minor(amount: Decimal) -> Int64:
+    """Naira → kobo as an int64 (exact: amounts have at most two decimals)."""
+    return Int64(int((amount.quantize(CENT) * 100).to_integral_value()))
+
+
+def format_money(value: Any) -> str | None:
+    """Decimal128 / Decimal / int → "2500000.00"."""
+    if value is None:
+        return None
+    if isinstance(value, Decimal128):
+        value = value.to_decimal()
+    return str(Decimal(value).quantize(CENT))

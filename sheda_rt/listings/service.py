@@ -1,0 +1,256 @@
+"""Listing rules: who may create, change, delist and see a property; search; images; favourites.
+
+- Agents create (agent scope). Only the owning agent (with an agent-scoped token)
+  or an admin changes, delists, or manages images.
+- A delisted property is 404 to everyone but its owner and admins, and can no
+  longer be searched, booked, contracted or favourited.
+- `status` follows the contracts and is never set over PATCH.
+"""
+from __future__ import annotations
+
+from sheda_rt.clock import format_ts
+from sheda_rt.errors import Conflict, Forbidden, NotFound
+from sheda_rt.listings.models import AMENITIES, FLAGS, PropertyCreate, PropertyUpdate, SearchQuery
+from sheda_rt.listings.money import format_money, to_decimal128, to_minor
+from sheda_rt.listings.store import SearchPlan, location_words, word_facet
+
+MAX_IMAGES = 10
+
+
+def is_admin(principal) -> bool:
+    return principal is not None and "admin" in principal.scopes and principal.user.get("role") == "admin"
+
+
+def geo_view(geo: dict | None) -> dict | None:
+    if not geo:
+        return None
+    lng, lat = geo["coordinates"]
+    return {"lat": lat, "lng": lng}
+
+
+def property_view(doc: dict) -> dict:
+    view = {
+        "id": doc["_id"],
+        "title": doc["title"],
+        "description": doc.get("description", ""),
+        "price": format_money(doc["price"]),
+        "is_negotiable": doc.get("is_negotiable", False),
+        "location": doc["location"],
+        "geo": geo_view(doc.get("geo")),
+        "property_type": doc["property_type"],
+        "listing_type": doc["listing_type"],
+        "status": doc["status"],
+        "is_active": doc.get("is_active", True),
+        "bedroom": doc.get("bedroom", 0),
+        "bathroom": doc.get("bathroom", 0),
+    }
+    for flag in FLAGS:
+        view[flag] = doc.get(flag, False)
+    view["images"] = [{"id": i["id"], "url": i["url"], "is_primary": bool(i.get("is_primary"))} for i in doc.get("images", [])]
+    view["agent_id"] = doc["agent_id"]
+    view["created_at"] = format_ts(doc["created_at"])
+    view["updated_at"] = format_ts(doc["updated_at"])
+    return view
+
+
+def _geo_doc(point) -> dict:
+    return {"type": "Point", "coordinates": [point.lng, point.lat]}
+
+
+class PropertyService:
+    def __init__(self, ctx, store, favourites):
+        self.ctx = ctx
+        self.store = store
+        self.favourites = favourites
+        self.clock = ctx.clock
+
+    # ---- access ------------------------------------------------------------
+    @staticmethod
+    def can_manage(principal, doc: dict) -> bool:
+        owner = principal.user_id == doc["agent_id"] and "agent" in principal.scopes
+        return owner or is_admin(principal)
+
+    async def visible(self, property_id: int, principal=None) -> dict:
+        """The listing if this caller may see it: delisted ones only for their owner and admins."""
+        doc = await self.store.get(property_id)
+        if doc is None:
+            raise NotFound("No such property", "property_not_found")
+        if not doc.get("is_active", True):
+            if principal is None or not (principal.user_id == doc["agent_id"] or is_admin(principal)):
+                raise NotFound("No such property", "property_not_found")
+        return doc
+
+    async def managed(self, principal, property_id: int) -> dict:
+        doc = await self.visible(property_id, principal)
+        if not self.can_manage(principal, doc):
+            raise Forbidden("Only the listing's agent or an admin can change it", "not_owner")
+        return doc
+
+    # ---- CRUD --------------------------------------------------------------
+    async def create(self, principal, body: PropertyCreate) -> dict:
+        now = self.clock.now()
+        fields = body.model_dump(exclude={"price", "geo"})
+        doc = {
+            **fields,
+            "price": to_decimal128(body.price),
+            "price_minor": to_minor(body.price),
+            "status": "available",
+            "is_active": True,
+            "images": [],
+            "agent_id": principal.user_id,
+            "created_at": now,
+            "updated_at": now,
+        }
+        if body.geo is not None:
+            doc["geo"] = _geo_doc(body.geo)
+        return property_view(await self.store.insert(doc))
+
+    async def get(self, property_id: int, principal=None) -> dict:
+        return property_view(await self.visible(property_id, principal))
+
+    async def update(self, principal, property_id: int, body: PropertyUpdate) -> dict:
+        for _attempt in range(5):
+            doc = await self.managed(principal, property_id)
+            if not doc.get("is_active", True):
+                raise Conflict("A delisted property cannot be changed", "property_delisted")
+            changes: dict = {}
+            unset: list[str] = []
+            for name in body.model_fields_set:
+                value = getattr(body, name)
+                if name == "price":
+                    changes["price"], changes["price_minor"] = to_decimal128(value), to_minor(value)
+                elif name == "geo":
+                    if value is None:
+                        unset.append("geo")
+                    else:
+                        changes["geo"] = _geo_doc(value)
+                else:
+                    changes[name] = value
+            changes["updated_at"] = self.clock.now()
+            merged = {**doc, **changes}
+            updated = await self.store.update_if_rev(property_id, doc.get("rev", 1), merged, changes, unset)
+            if updated is not None:
+                return property_view(updated)
+        raise Conflict("The listing is being changed by someone else; try again", "concurrent_update")
+
+    async def delist(self, principal, property_id: int) -> None:
+        await self.managed(principal, property_id)
+        await self.store.delist(property_id, self.clock.now())
+
+    # ---- search ------------------------------------------------------------
+    def plan(self, q: SearchQuery) -> SearchPlan:
+        """Turn filters into a SearchPlan: pick the driving facet, the rest is residual."""
+        residual: dict = {"is_active": True}
+        if q.listing_type:
+            residual["listing_type"] = q.listing_type
+        if q.property_type:
+            residual["property_type"] = q.property_type
+        if q.agent_id is not None:
+            residual["agent_id"] = q.agent_id
+        if q.bedroom_min is not None:
+            residual["bedroom"] = {"$gte": q.bedroom_min}
+        if q.bathroom_min is not None:
+            residual["bathroom"] = {"$gte": q.bathroom_min}
+        for flag in FLAGS:
+            value = getattr(q, flag)
+            if value is not None:
+                residual[flag] = value
+        words = location_words(q.location) if q.location else []
+        if q.location and not words:
+            # Only punctuation: nothing can match a location with no words.
+            residual["facets"] = {"$all": ["w:"]}
+        elif words:
+            residual["facets"] = {"$all": [word_facet(w) for w in words]}
+
+        if q.location and not words:
+            facet = "w:"  # matches no listing: an index lookup that finds nothing, not a scan
+        elif q.agent_id is not None:
+            facet = f"a:{q.agent_id}"
+        elif words:
+            facet = word_facet(max(words, key=len))
+        elif q.listing_type and q.property_type:
+            facet = f"l:{q.listing_type}|t:{q.property_type}"
+        elif q.listing_type:
+            facet = f"l:{q.listing_type}"
+        elif q.property_type:
+            facet = f"t:{q.property_type}"
+        else:
+            facet = "*"
+        near = None
+        if q.near_point is not None:
+            near = (*q.near_point, q.radius_km)
+        return SearchPlan(
+            status=q.status, sort=q.sort, limit=q.limit, facet=facet, near=near,
+            price_min=int(to_minor(q.price_min)) if q.price_min is not None else None,
+            price_max=int(to_minor(q.price_max)) if q.price_max is not None else None,
+            residual=residual, cursor=q.cursor,
+        )
+
+    async def search(self, q: SearchQuery, trace: list | None = None) -> dict:
+        return await self.store.search(self.plan(q), self.clock.now(), property_view, trace=trace)
+
+    async def agent_listings(self, agent_id: int, limit: int = 50) -> list[dict]:
+        """An agent's available listings, newest first (the agent profile page)."""
+        page = await self.search(SearchQuery(agent_id=agent_id, limit=min(limit, 100)))
+        return page["items"]
+
+    # ---- images ------------------------------------------------------------
+    async def add_image(self, principal, property_id: int, data: bytes, make_primary: bool = False) -> dict:
+        doc = await self.managed(principal, property_id)
+        if not doc.get("is_active", True):
+            raise Conflict("A delisted property cannot get new images", "property_delisted")
+        if len(doc.get("images", [])) >= MAX_IMAGES:
+            raise Conflict(f"A property has at most {MAX_IMAGES} images", "too_many_images")
+        url = await self.ctx.media.save_image(data, "properties")
+        image = {"id": await self.ctx.ids.next("property_images"), "url": url, "is_primary": False}
+        updated = await self.store.push_image(property_id, image, MAX_IMAGES)
+        if updated is None:  # another upload took the last place (or it was delisted) meanwhile
+            await self.ctx.media.delete(url)
+            raise Conflict(f"A property has at most {MAX_IMAGES} images", "too_many_images")
+        if make_primary:
+            updated = await self.store.set_primary(property_id, image["id"], self.clock.now()) or updated
+        view = property_view(updated)
+        return {"image": next(i for i in view["images"] if i["id"] == image["id"]), "property": view}
+
+    async def set_primary(self, principal, property_id: int, image_id: int) -> dict:
+        await self.managed(principal, property_id)
+        updated = await self.store.set_primary(property_id, image_id, self.clock.now())
+        if updated is None:
+            raise NotFound("No such image on this property", "image_not_found")
+        return property_view(updated)
+
+    async def delete_image(self, principal, property_id: int, image_id: int) -> None:
+        await self.managed(principal, property_id)
+        before = await self.store.pull_image(property_id, image_id)
+        if before is None:
+            raise NotFound("No such image on this property", "image_not_found")
+        await self.store.ensure_primary(property_id)
+        removed = next((i for i in before.get("images", []) if i["id"] == image_id), None)
+        if removed:
+            await self.ctx.media.delete(removed["url"])
+
+    # ---- favourites --------------------------------------------------------
+    async def add_favourite(self, principal, property_id: int) -> dict:
+        doc = await self.visible(property_id, principal)
+        if not doc.get("is_active", True):
+            raise NotFound("No such property", "property_not_found")
+        fav = await self.favourites.add(principal.user_id, property_id, self.clock.now())
+        return {"id": fav["_id"], "property_id": property_id, "created_at": format_ts(fav["created_at"])}
+
+    async def remove_favourite(self, principal, property_id: int) -> None:
+        if not await self.favourites.remove(principal.user_id, property_id):
+            raise NotFound("This property is not in your favourites", "not_favourite")
+
+    async def list_favourites(self, principal, page) -> dict:
+        result = await self.favourites.page(principal.user_id, page)
+        props = await self.store.get_many(f["property_id"] for f in result["items"])
+        items = []
+        for fav in result["items"]:
+            prop = props.get(fav["property_id"])
+            visible = prop is not None and (prop.get("is_active", True) or prop["agent_id"] == principal.user_id)
+            items.append({"id": fav["_id"], "property_id": fav["property_id"], "created_at": format_ts(fav["created_at"]),
+                          "property": property_view(prop) if visible else None})
+        return {"items": items, "next_cursor": result["next_cursor"]}
+
+
+__all__ = ["PropertyService", "property_view", "is_admin", "AMENITIES", "MAX_IMAGES"]

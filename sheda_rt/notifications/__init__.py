@@ -1,0 +1,1 @@
+"""Stored notifications, each also pushed live to the user's sockets."""

@@ -1,0 +1,74 @@
+"""Notifications: stored for the user AND pushed live, in that order.
+
+Every state change of an appointment or a contract calls `notify` for the other
+party (the one who did not act). The stored copy is what GET /notifications
+lists (a user who was offline sees it later); the live copy is a
+`{"type": "notification", ...}` frame on every open socket of the user.
+Domain events (`appointment.confirmed`, `contract.active`, ...) go out through
+`publish_event`, to both parties, so every open screen can update itself.
+
+Delivery is best effort: a broker hiccup is logged and never undoes or fails the
+state change that caused it (the stored notification is the durable record).
+"""
+from __future__ import annotations
+
+import logging
+
+from sheda_rt.clock import format_ts
+from sheda_rt.errors import NotFound
+
+log = logging.getLogger("sheda.notifications")
+
+
+def notification_view(doc: dict) -> dict:
+    return {
+        "id": doc["_id"],
+        "kind": doc["kind"],
+        "title": doc["title"],
+        "body": doc["body"],
+        "data": doc.get("data") or {},
+        "is_read": doc.get("is_read", False),
+        "created_at": format_ts(doc["created_at"]),
+        "read_at": format_ts(doc.get("read_at")),
+    }
+
+
+class NotificationService:
+    def __init__(self, ctx, store):
+        self.ctx = ctx
+        self.store = store
+        self.clock = ctx.clock
+
+    async def _push(self, user_id: int, event: dict) -> None:
+        try:
+            await self.ctx.hub.publish_to_user(user_id, event)
+        except Exception:  # the state change already happened; the stored copy remains
+            log.exception("live delivery to user %s failed", user_id)
+
+    async def notify(self, user_id: int, kind: str, title: str, body: str, data: dict | None = None) -> dict:
+        doc = await self.store.insert({
+            "user_id": user_id, "kind": kind, "title": title, "body": body, "data": data or {},
+            "is_read": False, "created_at": self.clock.now(),
+        })
+        view = notification_view(doc)
+        await self._push(user_id, {"type": "notification", **view})
+        return view
+
+    async def publish_event(self, user_ids, event: dict) -> None:
+        """A domain event (`{"type": "contract.active", "contract": {...}}`) to each user's sockets."""
+        for user_id in dict.fromkeys(user_ids):
+            await self._push(user_id, event)
+
+    async def list(self, user_id: int, unread: bool | None, page) -> dict:
+        result = await self.store.page(user_id, unread, page, notification_view)
+        result["unread_count"] = await self.store.unread_count(user_id)
+        return result
+
+    async def mark_read(self, user_id: int, notification_id: int) -> dict:
+        doc = await self.store.mark_read(user_id, notification_id, self.clock.now())
+        if doc is None:
+            raise NotFound("No such notification", "notification_not_found")
+        return notification_view(doc)
+
+    async def mark_all_read(self, user_id: int) -> dict:
+        return {"marked_read": await self.store.mark_all_read(user_id, self.clock.now())}

@@ -1,0 +1,50 @@
+"""The `notifications` collection: one document per notification, owned by `user_id`."""
+from __future__ import annotations
+
+from pymongo import DESCENDING, IndexModel, ReturnDocument
+
+from sheda_rt.pagination import PageQuery, paginate
+
+SORT = [("_id", DESCENDING)]
+
+
+class NotificationStore:
+    INDEXES = [
+        # GET /notifications (newest first) and ?unread=true both walk the user's prefix.
+        IndexModel([("user_id", 1), ("_id", DESCENDING)], name="user_newest"),
+        IndexModel([("user_id", 1), ("is_read", 1), ("_id", DESCENDING)], name="user_unread"),
+    ]
+
+    def __init__(self, db, ids):
+        self.col = db["notifications"]
+        self.ids = ids
+
+    async def ensure_indexes(self):
+        await self.col.create_indexes(self.INDEXES)
+
+    async def insert(self, doc: dict) -> dict:
+        doc = dict(doc, _id=await self.ids.next("notifications"))
+        await self.col.insert_one(doc)
+        return doc
+
+    async def page(self, user_id: int, unread: bool | None, page: PageQuery, serialize) -> dict:
+        query: dict = {"user_id": user_id}
+        if unread is not None:
+            query["is_read"] = not unread
+        return await paginate(self.col, query, SORT, page, serialize)
+
+    async def mark_read(self, user_id: int, notification_id: int, now) -> dict | None:
+        """Idempotent: marking a read notification again keeps its first read_at."""
+        doc = await self.col.find_one_and_update(
+            {"_id": notification_id, "user_id": user_id, "is_read": False},
+            {"$set": {"is_read": True, "read_at": now}}, return_document=ReturnDocument.AFTER)
+        if doc is None:
+            doc = await self.col.find_one({"_id": notification_id, "user_id": user_id})
+        return doc
+
+    async def mark_all_read(self, user_id: int, now) -> int:
+        result = await self.col.update_many({"user_id": user_id, "is_read": False}, {"$set": {"is_read": True, "read_at": now}})
+        return result.modified_count
+
+    async def unread_count(self, user_id: int) -> int:
+        return await self.col.count_documents({"user_id": user_id, "is_read": False})

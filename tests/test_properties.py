@@ -1,0 +1,301 @@
+"""Listings as clients and agents use them: create, read, change, delist, search, page, images, favourites."""
+from __future__ import annotations
+
+import asyncio
+
+from bson.decimal128 import Decimal128
+
+from tests.listing_helpers import create_property, listing, snapshot, word
+from tests.support import JPEG_MAGIC, PNG_1PX, multipart
+
+API = "/api/v1/properties"
+
+
+async def test_agent_creates_and_anyone_reads_with_money_as_decimal_strings(sheda):
+    agent = await sheda.signup("agent")
+    prop = await create_property(sheda, agent, price="2500000.5", geo={"lat": 6.4474, "lng": 3.4553}, wifi=True)
+    assert prop["price"] == "2500000.50"
+    assert prop["status"] == "available" and prop["agent_id"] == agent.id and prop["images"] == []
+    assert prop["geo"] == {"lat": 6.4474, "lng": 3.4553} and prop["wifi"] is True and prop["furnished"] is False
+    assert prop["created_at"].endswith("Z") and len(prop["created_at"]) == 24
+    stored = await snapshot(sheda, "properties", prop["id"])
+    assert stored["price"] == Decimal128("2500000.50") and stored["price_minor"] == 250000050
+    assert stored["geo"] == {"type": "Point", "coordinates": [3.4553, 6.4474]}
+    r = await sheda.api.get(f"{API}/{prop['id']}")
+    assert r.status == 200 and r.json == prop
+    # integers are accepted as naira
+    p2 = await create_property(sheda, agent, price=1500000)
+    assert p2["price"] == "1500000.00"
+
+
+async def test_bad_create_input_is_refused_and_nothing_is_stored(sheda):
+    agent = await sheda.signup("agent")
+    client = await sheda.signup("client")
+    before = await sheda.ctx.db["properties"].count_documents({"agent_id": agent.id})
+    bad = [
+        {"price": 2500000.5},          # a JSON float
+        {"price": "12.345"},           # three decimals
+        {"price": "-5"}, {"price": "abc"}, {"price": True},
+        {"bedroom": "3"},              # wrong type
+        {"furnished": "yes"},
+        {"property_type": "castle"}, {"listing_type": "lease"},
+        {"title": ""}, {"geo": {"lat": 95, "lng": 3}}, {"geo": {"lat": "6", "lng": 3}},
+        {"status": "sold"},            # unknown field
+    ]
+    for over in bad:
+        r = await sheda.api.post(API, listing(**over), token=agent.token)
+        assert r.status == 422, (over, r)
+        assert r.json["code"] == "validation_error" and r.json["errors"][0]["field"], r.json
+    r = await sheda.api.post(API, body=b"{not json", token=agent.token, headers={"Content-Type": "application/json"})
+    assert r.status == 400
+    assert (await sheda.api.post(API, listing())).status == 401
+    r = await sheda.api.post(API, listing(), token=client.token)
+    assert r.status == 403 and r.json["code"] == "insufficient_scope"
+    assert await sheda.ctx.db["properties"].count_documents({"agent_id": {"$in": [agent.id, client.id]}}) == before
+
+
+async def test_only_the_owner_or_an_admin_changes_or_delists(sheda):
+    owner = await sheda.signup("agent")
+    other = await sheda.signup("agent")
+    client = await sheda.signup("client")
+    admin = await sheda.admin()
+    prop = await create_property(sheda, owner)
+    pid = prop["id"]
+    stored = await snapshot(sheda, "properties", pid)
+
+    r = await sheda.api.patch(f"{API}/{pid}", {"price": "999.00"}, token=other.token)
+    assert r.status == 403 and r.json["code"] == "not_owner"
+    assert (await sheda.api.patch(f"{API}/{pid}", {"price": "999.00"}, token=client.token)).status == 403
+    assert (await sheda.api.delete(f"{API}/{pid}", token=other.token)).status == 403
+    assert (await sheda.api.patch(f"{API}/{pid}", {"price": 99.5}, token=owner.token)).status == 422
+    assert (await sheda.api.patch(f"{API}/{pid}", {"status": "sold"}, token=owner.token)).status == 422
+    assert (await sheda.api.patch(f"{API}/{pid}", {}, token=owner.token)).status == 422
+    assert (await sheda.api.patch(f"{API}/{pid}", {"title": None}, token=owner.token)).status == 422
+    assert (await sheda.api.patch(f"{API}/999999999", {"title": "x"}, token=owner.token)).status == 404
+    assert await snapshot(sheda, "properties", pid) == stored
+
+    r = await sheda.api.patch(f"{API}/{pid}", {"price": "3000000", "location": "Ikoyi, Lagos", "geo": {"lat": 6.45, "lng": 3.43}},
+                              token=owner.token)
+    assert r.status == 200 and r.json["price"] == "3000000.00" and r.json["location"] == "Ikoyi, Lagos"
+    doc = await snapshot(sheda, "properties", pid)
+    assert "w:iko" in doc["facets"] and "w:lek" not in doc["facets"]
+    r = await sheda.api.patch(f"{API}/{pid}", {"geo": None, "title": "Admin fixed"}, token=admin.token)
+    assert r.status == 200 and r.json["geo"] is None and r.json["title"] == "Admin fixed"
+
+    assert (await sheda.api.delete(f"{API}/{pid}", token=owner.token)).status == 204
+    assert (await sheda.api.get(f"{API}/{pid}")).status == 404
+    assert (await sheda.api.get(f"{API}/{pid}", token=client.token)).status == 404
+    seen = await sheda.api.get(f"{API}/{pid}", token=owner.token)
+    assert seen.status == 200 and seen.json["is_active"] is False
+    assert (await sheda.api.get(f"{API}/{pid}", token=admin.token)).status == 200
+    assert (await sheda.api.get(f"{API}/{pid}", token="garbage")).status == 401
+    r = await sheda.api.get(API, params={"agent_id": owner.id})
+    assert r.status == 200 and r.json["items"] == []
+
+
+async def test_search_filters_each_narrow_the_result(sheda):
+    agent = await sheda.signup("agent")
+    w = word()
+    a = await create_property(sheda, agent, location=f"{w} Lekki Phase 1", price="1000000", bedroom=1, bathroom=1,
+                              property_type="apartment", listing_type="rent", wifi=True)
+    b = await create_property(sheda, agent, location=f"{w} Ikoyi", price="5000000", bedroom=3, bathroom=2,
+                              property_type="house", listing_type="rent", furnished=True)
+    c = await create_property(sheda, agent, location=f"{w} Ajah", price="90000000", bedroom=4, bathroom=4,
+                              property_type="land", listing_type="sale", air_condition=True, geo={"lat": 6.47, "lng": 3.57})
+
+    async def ids(**params):
+        r = await sheda.api.get(API, params={"location": w, **params})
+        assert r.status == 200, r
+        return {p["id"] for p in r.json["items"]}
+
+    assert await ids() == {a["id"], b["id"], c["id"]}
+    assert await ids(price_min="1000001") == {b["id"], c["id"]}
+    assert await ids(price_max=5000000) == {a["id"], b["id"]}
+    assert await ids(price_min="1000000.00", price_max="1000000.00") == {a["id"]}
+    assert await ids(property_type="house") == {b["id"]}
+    assert await ids(listing_type="sale") == {c["id"]}
+    assert await ids(listing_type="rent", property_type="apartment") == {a["id"]}
+    assert await ids(bedroom_min=3) == {b["id"], c["id"]}
+    assert await ids(bathroom_min=2, bedroom_min=4) == {c["id"]}
+    assert await ids(furnished="true") == {b["id"]}
+    assert await ids(wifi="true") == {a["id"]}
+    assert await ids(air_condition="false") == {a["id"], b["id"]}
+    assert await ids(agent_id=agent.id) == {a["id"], b["id"], c["id"]}
+    # location words: case-insensitive, word prefixes of 3+ letters, every word must match
+    assert await ids(location=f"{w.upper()} LEKK") == {a["id"]}
+    assert await ids(location=f"{w} phase 1") == {a["id"]}
+    assert await ids(location=f"{w} ikoyi ajah") == set()
+    assert await ids(location=f"{w} ek") == set()  # not a prefix
+    assert await ids(near="6.47,3.57", radius_km=2) == {c["id"]}
+    assert await ids(near="6.47,3.40", radius_km=2) == set()
+    assert await ids(status="rented") == set()
+
+    for bad in ({"price_min": "x"}, {"price_min": "10", "price_max": "5"}, {"sort": "cheapest"}, {"near": "6.4"},
+                {"near": "91,3"}, {"radius_km": "0"}, {"limit": "0"}, {"limit": "101"}, {"bedroom_min": "-1"},
+                {"status": "gone"}, {"cursor": "!!!"}, {"agent_id": "me"}, {"colour": "red"}):
+        r = await sheda.api.get(API, params=bad)
+        assert r.status == 422, (bad, r)
+
+
+async def test_sorts_and_cursor_pages_never_repeat_or_skip_while_others_insert(sheda):
+    agent = await sheda.signup("agent")
+    w = word()
+    prices = [700, 300, 500, 100, 900, 300, 800, 200, 600, 400, 1000, 50]
+    created = []
+    for i, price in enumerate(prices):
+        created.append(await create_property(sheda, agent, location=f"{w} town", price=str(price * 1000), title=f"p{i}"))
+        sheda.ctx.clock.advance(minutes=1)
+
+    async def walk(sort: str, limit: int, insert_between: bool) -> list[dict]:
+        seen, cursor, pages = [], None, 0
+        while True:
+            params = {"location": w, "sort": sort, "limit": limit, **({"cursor": cursor} if cursor else {})}
+            r = await sheda.api.get(API, params=params)
+            assert r.status == 200, r
+            seen.extend(r.json["items"])
+            cursor = r.json["next_cursor"]
+            pages += 1
+            if insert_between:  # someone lists more while we page: a new newest, a cheapest and a dearest
+                await create_property(sheda, agent, location=f"{w} town", price="10", title="late-cheap")
+                await create_property(sheda, agent, location=f"{w} town", price="99000000", title="late-dear")
+            if cursor is None:
+                return seen
+            assert pages < 50
+
+    newest = await walk("newest", 5, insert_between=False)
+    assert [p["id"] for p in newest] == [p["id"] for p in reversed(created)]
+    asc = await walk("price_asc", 4, insert_between=False)
+    keys = [(float(p["price"]), p["id"]) for p in asc]
+    assert keys == sorted(keys) and len(asc) == len(prices)
+    desc = await walk("price_desc", 3, insert_between=False)
+    keys = [(-float(p["price"]), -p["id"]) for p in desc]
+    assert keys == sorted(keys) and len(desc) == len(prices)
+
+    # With inserts between pages: every original listing exactly once, in order, no repeats at all.
+    for sort, limit in (("newest", 4), ("price_asc", 5), ("price_desc", 5)):
+        seen = await walk(sort, limit, insert_between=True)
+        ids = [p["id"] for p in seen]
+        assert len(ids) == len(set(ids)), f"{sort}: repeated items"
+        assert {p["id"] for p in created} <= set(ids), f"{sort}: skipped items"
+        if sort == "newest":
+            assert [p["id"] for p in seen if p["title"].startswith("p")] == [p["id"] for p in reversed(created)]
+
+    # a cursor belongs to its sort
+    r = await sheda.api.get(API, params={"location": w, "sort": "newest", "limit": 2})
+    r2 = await sheda.api.get(API, params={"location": w, "sort": "price_asc", "cursor": r.json["next_cursor"]})
+    assert r2.status == 422 and r2.json["errors"][0]["field"] == "cursor"
+
+
+async def test_images_upload_primary_cap_and_delete(sheda):
+    agent = await sheda.signup("agent")
+    other = await sheda.signup("agent")
+    prop = await create_property(sheda, agent)
+    url = f"{API}/{prop['id']}/images"
+
+    body, headers = multipart("file", "a.png", PNG_1PX, "image/png")
+    r = await sheda.api.post(url, body=body, headers=headers, token=agent.token)
+    assert r.status == 201, r
+    first = r.json["image"]
+    assert first["is_primary"] is True and first["url"].startswith("/media/properties/")
+    served = await sheda.api.get(first["url"])
+    assert served.status == 200 and served.body == PNG_1PX
+
+    body, headers = multipart("file", "b.jpg", JPEG_MAGIC, "image/jpeg", extra={"is_primary": "true"})
+    r = await sheda.api.post(url, body=body, headers=headers, token=agent.token)
+    assert r.status == 201 and r.json["image"]["is_primary"] is True
+    second = r.json["image"]
+    imgs = r.json["property"]["images"]
+    assert [i["is_primary"] for i in imgs] == [False, True]
+
+    stored = await snapshot(sheda, "properties", prop["id"])
+    for content, status in ((b"GIF89a" + b"\x00" * 50, 415), (b"not an image at all", 415)):
+        body, headers = multipart("file", "x.png", content, "image/png")
+        r = await sheda.api.post(url, body=body, headers=headers, token=agent.token)
+        assert r.status == status, r
+    body, headers = multipart("file", "a.png", PNG_1PX, "image/png")
+    assert (await sheda.api.post(url, body=body, headers=headers, token=other.token)).status == 403
+    assert (await sheda.api.post(url, body=body, headers=headers)).status == 401
+    assert (await sheda.api.post(url, {"file": "x"}, token=agent.token)).status == 415
+    body, headers = multipart("other", "a.png", PNG_1PX, "image/png")
+    assert (await sheda.api.post(url, body=body, headers=headers, token=agent.token)).status == 422
+    assert await snapshot(sheda, "properties", prop["id"]) == stored
+
+    r = await sheda.api.patch(f"{url}/{first['id']}", {"is_primary": True}, token=agent.token)
+    assert r.status == 200 and [i["is_primary"] for i in r.json["images"]] == [True, False]
+    assert (await sheda.api.patch(f"{url}/999999", {"is_primary": True}, token=agent.token)).status == 404
+    assert (await sheda.api.patch(f"{url}/{first['id']}", {"is_primary": False}, token=agent.token)).status == 422
+
+    r = await sheda.api.delete(f"{url}/{first['id']}", token=agent.token)
+    assert r.status == 204
+    got = (await sheda.api.get(f"{API}/{prop['id']}")).json["images"]
+    assert [(i["id"], i["is_primary"]) for i in got] == [(second["id"], True)]
+    assert (await sheda.api.get(first["url"])).status == 404
+    assert (await sheda.api.delete(f"{url}/{first['id']}", token=agent.token)).status == 404
+
+
+async def test_image_size_cap_is_413(sheda):
+    agent = await sheda.signup("agent")
+    prop = await create_property(sheda, agent)
+    big = PNG_1PX + b"\x00" * (sheda.ctx.settings.max_upload_bytes + 10)
+    body, headers = multipart("file", "big.png", big, "image/png")
+    r = await sheda.api.post(f"{API}/{prop['id']}/images", body=body, headers=headers, token=agent.token)
+    assert r.status == 413, r
+    assert (await snapshot(sheda, "properties", prop["id"]))["images"] == []
+
+
+async def test_at_most_ten_images_even_when_uploads_race(sheda):
+    agent = await sheda.signup("agent")
+    prop = await create_property(sheda, agent)
+    url = f"{API}/{prop['id']}/images"
+
+    async def upload():
+        body, headers = multipart("file", "a.png", PNG_1PX, "image/png")
+        return await sheda.api.post(url, body=body, headers=headers, token=agent.token)
+
+    results = await asyncio.gather(*(upload() for _ in range(14)))
+    statuses = sorted(r.status for r in results)
+    assert statuses == [201] * 10 + [409] * 4, statuses
+    doc = await snapshot(sheda, "properties", prop["id"])
+    assert len(doc["images"]) == 10 and sum(1 for i in doc["images"] if i["is_primary"]) == 1
+    files = list((sheda.ctx.settings.media_dir / "properties").glob("*"))
+    assert len(files) == 10  # refused uploads leave no file behind
+
+
+async def test_favourites_add_duplicate_remove_list(sheda):
+    agent = await sheda.signup("agent")
+    client = await sheda.signup("client")
+    props = [await create_property(sheda, agent, title=f"fav{i}") for i in range(3)]
+    for p in props:
+        r = await sheda.api.post(f"{API}/{p['id']}/favourite", token=client.token)
+        assert r.status == 201 and r.json["property_id"] == p["id"]
+    r = await sheda.api.post(f"{API}/{props[0]['id']}/favourite", token=client.token)
+    assert r.status == 409 and r.json["code"] == "already_favourite"
+    assert (await sheda.api.post(f"{API}/999999999/favourite", token=client.token)).status == 404
+    assert (await sheda.api.post(f"{API}/{props[0]['id']}/favourite")).status == 401
+    assert await sheda.ctx.db["favourites"].count_documents({"user_id": client.id}) == 3
+
+    page1 = await sheda.api.get("/api/v1/users/me/favourites", params={"limit": 2}, token=client.token)
+    assert page1.status == 200 and [f["property_id"] for f in page1.json["items"]] == [props[2]["id"], props[1]["id"]]
+    page2 = await sheda.api.get("/api/v1/users/me/favourites", params={"limit": 2, "cursor": page1.json["next_cursor"]}, token=client.token)
+    assert [f["property"]["id"] for f in page2.json["items"]] == [props[0]["id"]] and page2.json["next_cursor"] is None
+
+    assert (await sheda.api.delete(f"{API}/{props[1]['id']}/favourite", token=client.token)).status == 204
+    assert (await sheda.api.delete(f"{API}/{props[1]['id']}/favourite", token=client.token)).status == 404
+    await sheda.api.delete(f"{API}/{props[2]['id']}", token=agent.token)
+    assert (await sheda.api.post(f"{API}/{props[2]['id']}/favourite", token=agent.token)).status == 404
+    r = await sheda.api.get("/api/v1/users/me/favourites", token=client.token)
+    assert [(f["property_id"], f["property"] is None) for f in r.json["items"]] == [(props[2]["id"], True), (props[0]["id"], False)]
+
+
+async def test_agent_profile_lists_active_listings(sheda):
+    agent = await sheda.signup("agent")
+    keep = await create_property(sheda, agent, title="keep")
+    gone = await create_property(sheda, agent, title="gone")
+    await sheda.api.delete(f"{API}/{gone['id']}", token=agent.token)
+    r = await sheda.api.get(f"/api/v1/agents/{agent.id}")
+    assert r.status == 200 and r.json["id"] == agent.id and r.json["username"] == agent.username
+    assert [p["id"] for p in r.json["listings"]] == [keep["id"]]
+    client = await sheda.signup("client")
+    assert (await sheda.api.get(f"/api/v1/agents/{client.id}")).status == 404
+    assert (await sheda.api.get("/api/v1/agents/999999999")).status == 404
+    assert (await sheda.api.get("/api/v1/agents/abc")).status == 404
