@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"sheda: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level)
+    # Commands print one result line; the server logs one JSON line per event.
+    setup_logging(settings.log_level if args.command is None else "WARNING")
     if args.command is None:
         from sheda_rt.launcher import run_server
 

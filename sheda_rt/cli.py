@@ -5,6 +5,7 @@ import asyncio
 import sys
 
 from pydantic import ValidationError
+from pymongo.errors import PyMongoError
 
 from sheda_rt.accounts.models import RegisterRequest
 from sheda_rt.database.embedded import EmbeddedDatabaseError
@@ -17,7 +18,7 @@ async def _promote_admin(ctx, who: str) -> str:
     if user is None:
         raise ApiError(f"no user with email or username {who!r}", "not_found")
     await ctx.users.update(user["_id"], {"role": "admin", "updated_at": ctx.clock.now()})
-    return f"user {user['_id']} ({user['username']}) is now an admin"
+    return f"user {user['_id']} ({user['username']}) is now an admin (the admin scope comes with their next login)"
 
 
 async def _create_user(ctx, args) -> str:
@@ -58,6 +59,9 @@ def run_command(settings, args) -> int:
     except ApiError as exc:
         print(f"sheda: {exc.detail}", file=sys.stderr)
         return 1
+    except PyMongoError as exc:
+        print(f"sheda: database error: {type(exc).__name__}: {str(exc).splitlines()[0].split(' (configured timeouts')[0][:300]}", file=sys.stderr)
+        return 2
     finally:
         if embedded is not None:
             embedded.stop()

@@ -7,6 +7,8 @@ import logging
 import shutil
 import sys
 
+from pymongo.errors import PyMongoError
+
 from sheda_rt.database.embedded import EmbeddedDatabaseError
 
 log = logging.getLogger("sheda.launcher")
@@ -40,6 +42,9 @@ def run_server(settings) -> int:
         return 0
     except OSError as exc:
         return fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
+    except PyMongoError as exc:
+        # Unreachable MONGODB_URI, a malformed URI, an index the database refuses: one line, no traceback.
+        return fail(f"database error at startup: {type(exc).__name__}: {str(exc).splitlines()[0].split(' (configured timeouts')[0][:300]}")
     except KeyboardInterrupt:
         return 0
     finally:

@@ -1,0 +1,78 @@
+"""`python run.py` as an operator runs it: a fresh data directory, the embedded database
+started and stopped with the server, data surviving a restart, a clean SIGTERM, and a
+wrong setting refused with one line."""
+from __future__ import annotations
+
+import json
+import signal
+
+from tests.process_support import ServerProcess, free_port, pid_alive, run_cli
+
+
+def test_fresh_start_restart_and_clean_sigterm(tmp_path):
+    data = tmp_path / "data"
+    server = ServerProcess(data)
+    try:
+        server.start()
+        assert (data / "db").is_dir() and (data / "jwt_secret").exists()
+        assert (data / "jwt_secret").stat().st_mode & 0o077 == 0, "the generated secret is private"
+        db_pid = server.db_pid()
+        assert db_pid and pid_alive(db_pid)
+        status, body = server.get("/health/ready")
+        assert status == 200 and body["checks"]["database"] == "ok"
+
+        # A user registered over HTTP; its OTP went to the file outbox.
+        status, user = server.request("POST", "/api/v1/auth/register", {
+            "username": "persisted", "email": "persisted@example.com", "password": "persist-pass-1", "user_type": "agent"})
+        assert status == 201, user
+        mails = list((data / "outbox").glob("*.eml"))
+        assert len(mails) == 1 and "persisted@example.com" in mails[0].read_text()
+
+        assert server.stop(signal.SIGTERM) == 0
+        assert not pid_alive(db_pid), "the child database stops with the server"
+        assert not (data / "db.lock.json").exists()
+        log = server.output()
+        assert '"event": "stopped"' in log and "Traceback" not in log
+        # One JSON line per request, with method, path, status, duration and request id.
+        lines = [json.loads(line) for line in log.splitlines() if line.startswith("{") and '"method"' in line]
+        assert any(r["path"] == "/api/v1/auth/register" and r["status"] == 201 and r["request_id"] and "duration_ms" in r for r in lines)
+
+        # Restart on the same directory: same secret, same data.
+        server = ServerProcess(data)
+        server.start()
+        status, user2 = server.get(f"/api/v1/users/{user['id']}")
+        assert status == 200 and user2["username"] == "persisted"
+        assert server.stop(signal.SIGINT) == 0
+    finally:
+        server.kill()
+
+
+def test_wrong_setting_fails_with_one_line(tmp_path):
+    for env, needle in (({"PORT": "abc"}, "PORT"), ({"ACCESS_TOKEN_MINUTES": "0"}, "ACCESS_TOKEN_MINUTES"),
+                        ({"BCRYPT_ROUNDS": "99"}, "BCRYPT_ROUNDS")):
+        code, out, err = run_cli(tmp_path / "data", env_extra=env, timeout=30)
+        assert code == 2, (env, out, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("sheda:"), err
+        assert "Traceback" not in err + out
+
+
+def test_port_in_use_fails_with_one_line(tmp_path):
+    import socket
+
+    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        code, out, err = run_cli(tmp_path / "data", env_extra={"PORT": port}, timeout=90)
+    assert code == 2 and "Traceback" not in err + out
+    assert err.strip().splitlines()[-1].startswith("sheda: cannot listen"), err
+
+
+def test_unreachable_database_fails_with_one_line(tmp_path):
+    port = free_port()  # nothing listens there
+    code, out, err = run_cli(tmp_path / "data", env_extra={"MONGODB_URI": f"mongodb://127.0.0.1:{port}/", "PORT": free_port()})
+    assert code == 2 and "Traceback" not in err + out, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sheda: database error at startup"), err
+    assert not (tmp_path / "data" / "db").exists(), "with MONGODB_URI set, no embedded database is started"
