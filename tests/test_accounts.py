@@ -79,10 +79,14 @@ async def test_reused_refresh_token_revokes_the_family(sheda):
     assert second.status == 200
     current = second.json
     assert (await sheda.api.get("/api/v1/users/me", token=current["access_token"])).status == 200
+    ws = await sheda.ws(current["access_token"])
+    await ws.send({"type": "ping"})
+    await ws.wait_type("pong")
 
     # The thief replays the first refresh token: 401, and the legitimate session dies too.
     replay = await sheda.api.post(f"{AUTH}/refresh", {"refresh_token": user.refresh_token})
     assert replay.status == 401 and replay.json["code"] == "refresh_reused", replay
+    assert (await ws.wait_closed())[0] == 4401
     for token in (current["access_token"], first.json["access_token"], user.access_token):
         r = await sheda.api.get("/api/v1/users/me", token=token)
         assert r.status == 401 and r.json["code"] == "token_revoked"
@@ -290,3 +294,43 @@ async def test_passwords_are_not_stripped_or_truncated(sheda):
     user = await sheda.signup("client", password="  spaced pass  ")
     assert (await sheda.api.post(f"{AUTH}/login", {"username": user.username, "password": "spaced pass"})).status == 401
     assert (await sheda.api.post(f"{AUTH}/login", {"username": user.username, "password": "  spaced pass  "})).status == 200
+
+
+async def test_logout_closes_sockets_opened_with_that_token_only(sheda):
+    user = await sheda.signup("client")
+    other = await sheda.api.post(f"{AUTH}/login", {"username": user.username, "password": user.password})
+    ws_this = await sheda.ws(user.token)
+    ws_other = await sheda.ws(other.json["access_token"])
+    await ws_this.send({"type": "ping"})
+    await ws_this.wait_type("pong")
+    assert (await sheda.api.post(f"{AUTH}/logout", token=user.token)).status == 204
+    code, _ = await ws_this.wait_closed()
+    assert code == 4401
+    await ws_other.send({"type": "ping"})
+    await ws_other.wait_type("pong")
+    assert not ws_other.closed.done()
+    # The revoked token cannot open a new socket either.
+    again = await sheda.ws(user.token)
+    assert (await again.wait_closed())[0] == 4401
+    ws_other.close()
+
+
+async def test_deactivation_closes_every_socket_with_4403(sheda):
+    user = await sheda.signup("agent")
+    admin = await sheda.admin()
+    sockets = [await sheda.ws(user.token), await sheda.ws(user.token)]
+    for ws in sockets:
+        await ws.send({"type": "ping"})
+        await ws.wait_type("pong")
+    r = await sheda.api.patch(f"/api/v1/admin/users/{user.id}", {"is_active": False}, token=admin.token)
+    assert r.status == 200
+    for ws in sockets:
+        assert (await ws.wait_closed())[0] == 4403
+    assert (await (await sheda.ws(user.token)).wait_closed())[0] == 4403
+
+    me = await sheda.signup("client")
+    ws = await sheda.ws(me.token)
+    await ws.send({"type": "ping"})
+    await ws.wait_type("pong")
+    assert (await sheda.api.delete("/api/v1/users/me", token=me.token)).status == 204
+    assert (await ws.wait_closed())[0] == 4403
