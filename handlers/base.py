@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 import tornado.web
+from bson.decimal128 import Decimal128
 from pydantic import BaseModel, ValidationError
 from tornado import httputil
 
@@ -33,6 +35,12 @@ _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404:
 def json_default(value: Any):
     if isinstance(value, datetime):
         return format_ts(value)
+    if isinstance(value, Decimal128):
+        value = value.to_decimal()
+    if isinstance(value, Decimal):
+        return str(value)  # money is a decimal string, never a float
+    if isinstance(value, date):
+        return value.isoformat()
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, (set, frozenset, tuple)):
@@ -67,8 +75,10 @@ class APIHandler(tornado.web.RequestHandler):
     # ---- request lifecycle -------------------------------------------------
     def set_default_headers(self):
         self.set_header("Content-Type", "application/json; charset=UTF-8")
-        incoming = self.request.headers.get("X-Request-ID", "")
-        self.request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
+        # Called again when an error clears the headers: keep the request's one id.
+        if getattr(self, "request_id", None) is None:
+            incoming = self.request.headers.get("X-Request-ID", "")
+            self.request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
         self.set_header("X-Request-ID", self.request_id)
         origin = self.request.headers.get("Origin")
         if origin and self._origin_allowed(origin):

@@ -129,6 +129,8 @@ async def test_cors_preflight_and_simple_requests(sheda):
 async def test_request_id_echoed_or_generated(sheda):
     r = await sheda.api.get("/health", headers={"X-Request-ID": "abc-123"})
     assert r.headers["X-Request-ID"] == "abc-123"
+    r = await sheda.api.get("/api/v1/users/me", headers={"X-Request-ID": "err-456"})
+    assert r.status == 401 and r.headers["X-Request-ID"] == "err-456"
     r1, r2 = await sheda.api.get("/health"), await sheda.api.get("/nope")
     assert re.fullmatch(r"[0-9a-f]{32}", r1.headers["X-Request-ID"]) and r1.headers["X-Request-ID"] != r2.headers["X-Request-ID"]
 
