@@ -1,0 +1,101 @@
+"""Email delivery: over SMTP when SMTP_HOST is set (here a tiny SMTP server in a thread),
+otherwise one .eml file per mail in DATA_DIR/outbox. OTP flows work either way."""
+from __future__ import annotations
+
+import email
+import re
+import socketserver
+import threading
+
+import pytest
+
+from tests.process_support import free_port
+
+
+class _SmtpSession(socketserver.StreamRequestHandler):
+    """Just enough SMTP for smtplib: EHLO, MAIL, RCPT, DATA, QUIT."""
+
+    def reply(self, line: str) -> None:
+        self.wfile.write((line + "\r\n").encode())
+
+    def handle(self):
+        self.reply("220 test-smtp ready")
+        rcpt: list[str] = []
+        while True:
+            line = self.rfile.readline()
+            if not line:
+                return
+            verb = line.decode(errors="replace").strip().split(" ")[0].upper()
+            if verb in ("EHLO", "HELO"):
+                self.reply("250 test-smtp")
+            elif verb == "MAIL":
+                rcpt = []
+                self.reply("250 OK")
+            elif verb == "RCPT":
+                rcpt.append(re.search(r"<(.*)>", line.decode()).group(1))
+                self.reply("250 OK")
+            elif verb == "DATA":
+                self.reply("354 go ahead")
+                data = b""
+                while True:
+                    chunk = self.rfile.readline()
+                    if chunk in (b".\r\n", b".\n", b""):
+                        break
+                    data += chunk
+                self.server.messages.append((rcpt, email.message_from_bytes(data)))
+                self.reply("250 queued")
+            elif verb == "QUIT":
+                self.reply("221 bye")
+                return
+            else:
+                self.reply("250 OK")
+
+
+@pytest.fixture
+def smtp():
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SmtpSession)
+    server.daemon_threads = True
+    server.messages = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def settings_overrides(request):
+    if "smtp" in request.fixturenames:
+        smtp = request.getfixturevalue("smtp")
+        return {"smtp_host": "127.0.0.1", "smtp_port": smtp.server_address[1], "smtp_starttls": False}
+    if request.node.name.startswith("test_smtp_down"):
+        return {"smtp_host": "127.0.0.1", "smtp_port": free_port(), "smtp_starttls": False}
+    return {}
+
+
+async def test_otp_over_smtp(sheda, smtp):
+    resp, body = await sheda.register("client")
+    assert resp.status == 201
+    [(rcpt, msg)] = smtp.messages
+    assert rcpt == [body["email"]] and msg["To"] == body["email"] and "Sheda" in msg["Subject"]
+    code = re.search(r"\b(\d{6})\b", msg.get_payload(decode=True).decode()).group(1)
+    r = await sheda.api.post("/api/v1/auth/verify-account", {"email": body["email"], "otp": code})
+    assert r.status == 200
+    assert not (sheda.ctx.settings.outbox_dir).exists(), "with SMTP configured nothing goes to the outbox"
+
+
+async def test_smtp_down_still_registers(sheda):
+    resp, body = await sheda.register("agent")
+    assert resp.status == 201, "the account exists; the user asks for another code once mail works"
+    assert await sheda.ctx.users.find_by_email(body["email"]) is not None
+    assert (await sheda.api.post("/api/v1/auth/send-otp", {"email": body["email"]})).status == 202
+
+
+async def test_outbox_without_smtp(sheda):
+    resp, body = await sheda.register("client")
+    files = list(sheda.ctx.settings.outbox_dir.glob("*.eml"))
+    assert len(files) == 1
+    msg = email.message_from_bytes(files[0].read_bytes())
+    assert msg["To"] == body["email"]
+    code = re.search(r"\b(\d{6})\b", msg.get_payload(decode=True).decode()).group(1)
+    assert (await sheda.api.post("/api/v1/auth/verify-account", {"email": body["email"], "otp": code})).status == 200
