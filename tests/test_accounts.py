@@ -334,3 +334,15 @@ async def test_deactivation_closes_every_socket_with_4403(sheda):
     await ws.wait_type("pong")
     assert (await sheda.api.delete("/api/v1/users/me", token=me.token)).status == 204
     assert (await ws.wait_closed())[0] == 4403
+
+
+async def test_tokens_follow_the_server_clock(sheda, clock):
+    """Time claims are judged by the server's clock: after it moves on (a day later), fresh
+    tokens work and old short-lived ones have expired."""
+    user = await sheda.signup("client")
+    clock.advance(days=1)
+    assert (await sheda.api.get("/api/v1/users/me", token=user.token)).status == 401
+    login = await sheda.api.post(f"{AUTH}/login", {"username": user.username, "password": user.password})
+    assert login.status == 200
+    assert (await sheda.api.get("/api/v1/users/me", token=login.json["access_token"])).status == 200
+    assert (await sheda.api.post(f"{AUTH}/refresh", {"refresh_token": login.json["refresh_token"]})).status == 200

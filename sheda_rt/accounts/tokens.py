@@ -35,13 +35,17 @@ class TokenCodec:
         try:
             claims = jwt.decode(
                 token, self._secret, algorithms=[self._algorithm],
-                options={"require": ["sub", "exp", "jti"], "verify_exp": False},
+                # Time claims are checked against our clock below, never PyJWT's wall clock:
+                # a clock moved forward (tests, simulations) must accept the tokens it issued.
+                options={"require": ["sub", "exp", "jti"], "verify_exp": False, "verify_iat": False, "verify_nbf": False},
             )
         except jwt.PyJWTError:
             raise Unauthorized("Invalid token", "invalid_token")
-        # Expiry is checked against our clock, so tests can move time.
-        if claims["exp"] <= self._clock.now().timestamp():
+        now = self._clock.now().timestamp()
+        if not isinstance(claims["exp"], (int, float)) or claims["exp"] <= now:
             raise Unauthorized("Token has expired", "token_expired")
+        if isinstance(claims.get("iat"), (int, float)) and claims["iat"] > now + 60:
+            raise Unauthorized("Token is not valid yet", "invalid_token")
         if claims.get("typ") != expected_type:
             raise Unauthorized(f"Expected an {expected_type} token", "wrong_token_type")
         try:
