@@ -1,0 +1,203 @@
+"""Availability windows and viewings: what agents and clients do, every wrong state, and the slot race."""
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from sheda_rt.appointments.models import WEEKDAYS
+from tests.listing_helpers import book, create_property, iso, next_slot, open_window, snapshot
+
+AV = "/api/v1/availability"
+AP = "/api/v1/appointments"
+
+
+async def test_windows_validation_overlap_and_public_read(sheda):
+    agent = await sheda.signup("agent")
+    client = await sheda.signup("client")
+    r = await sheda.api.post(AV, {"weekday": "MONDAY", "start_time": "09:00", "end_time": "12:00"}, token=agent.token)
+    assert r.status == 201 and r.json["start_time"] == "09:00" and r.json["end_time"] == "12:00", r
+    mon = r.json
+    # touching is fine, overlapping is not
+    assert (await sheda.api.post(AV, {"weekday": "MONDAY", "start_time": "12:00", "end_time": "13:00"}, token=agent.token)).status == 201
+    r = await sheda.api.post(AV, {"weekday": "MONDAY", "start_time": "11:30", "end_time": "12:30"}, token=agent.token)
+    assert r.status == 409 and r.json["code"] == "window_overlap"
+    assert (await sheda.api.post(AV, {"weekday": "TUESDAY", "start_time": "11:30", "end_time": "12:30"}, token=agent.token)).status == 201
+    before = await sheda.ctx.db["availability"].count_documents({"agent_id": agent.id})
+    for bad in ({"weekday": "MONDAY", "start_time": "12:00", "end_time": "09:00"},
+                {"weekday": "MONDAY", "start_time": "10:00", "end_time": "10:00"},
+                {"weekday": "monday", "start_time": "09:00", "end_time": "10:00"},
+                {"weekday": "FUNDAY", "start_time": "09:00", "end_time": "10:00"},
+                {"weekday": "MONDAY", "start_time": "9:00", "end_time": "10:00"},
+                {"weekday": "MONDAY", "start_time": "24:00", "end_time": "10:00"},
+                {"weekday": "MONDAY", "start_time": 900, "end_time": "10:00"},
+                {"weekday": "MONDAY", "start_time": "09:00"}):
+        r = await sheda.api.post(AV, bad, token=agent.token)
+        assert r.status == 422, (bad, r)
+    assert (await sheda.api.post(AV, {"weekday": "MONDAY", "start_time": "14:00", "end_time": "15:00"}, token=client.token)).status == 403
+    assert (await sheda.api.post(AV, {"weekday": "MONDAY", "start_time": "14:00", "end_time": "15:00"})).status == 401
+    assert await sheda.ctx.db["availability"].count_documents({"agent_id": agent.id}) == before
+
+    public = await sheda.api.get(f"/api/v1/agents/{agent.id}/availability")
+    assert public.status == 200
+    assert [(w["weekday"], w["start_time"]) for w in public.json] == [("MONDAY", "09:00"), ("MONDAY", "12:00"), ("TUESDAY", "11:30")]
+    mine = await sheda.api.get(AV, token=agent.token)
+    assert mine.json == public.json
+
+    # PATCH: into an overlap is 409, start >= end is 422, someone else's window is 404; nothing changes
+    stored = await snapshot(sheda, "availability", mon["id"])
+    assert (await sheda.api.patch(f"{AV}/{mon['id']}", {"end_time": "12:30"}, token=agent.token)).status == 409
+    assert (await sheda.api.patch(f"{AV}/{mon['id']}", {"start_time": "12:00"}, token=agent.token)).status == 422
+    assert (await sheda.api.patch(f"{AV}/{mon['id']}", {}, token=agent.token)).status == 422
+    other = await sheda.signup("agent")
+    assert (await sheda.api.patch(f"{AV}/{mon['id']}", {"start_time": "08:00"}, token=other.token)).status == 404
+    assert (await sheda.api.delete(f"{AV}/{mon['id']}", token=other.token)).status == 404
+    assert await snapshot(sheda, "availability", mon["id"]) == stored
+    r = await sheda.api.patch(f"{AV}/{mon['id']}", {"start_time": "08:00", "weekday": "FRIDAY"}, token=agent.token)
+    assert r.status == 200 and (r.json["weekday"], r.json["start_time"], r.json["end_time"]) == ("FRIDAY", "08:00", "12:00")
+    assert (await sheda.api.delete(f"{AV}/{mon['id']}", token=agent.token)).status == 204
+    assert (await sheda.api.delete(f"{AV}/{mon['id']}", token=agent.token)).status == 404
+
+
+async def test_concurrent_overlapping_windows_keep_exactly_one(sheda):
+    agent = await sheda.signup("agent")
+    bodies = [{"weekday": "WEDNESDAY", "start_time": f"{9 + i % 2:02d}:00", "end_time": f"{11 + i % 2:02d}:00"} for i in range(6)]
+    results = await asyncio.gather(*(sheda.api.post(AV, b, token=agent.token) for b in bodies))
+    assert sorted(r.status for r in results) == [201] + [409] * 5, [r.status for r in results]
+    assert await sheda.ctx.db["availability"].count_documents({"agent_id": agent.id}) == 1
+
+
+async def test_booking_rules(sheda):
+    agent = await sheda.signup("agent")
+    client = await sheda.signup("client")
+    prop = await create_property(sheda, agent)
+    when = next_slot(sheda.ctx.clock.now(), days_ahead=2, hour=10)
+    await open_window(sheda, agent, when, "09:00", "12:00")
+    before = await sheda.ctx.db["appointments"].count_documents({"agent_id": agent.id})
+
+    cases = [
+        ({"property_id": prop["id"], "scheduled_at": iso(when + timedelta(minutes=10))}, 422),   # off the slot grid
+        ({"property_id": prop["id"], "scheduled_at": iso(next_slot(sheda.ctx.clock.now(), -1))}, 422),  # past
+        ({"property_id": prop["id"], "scheduled_at": iso(when + timedelta(days=400))}, 422),      # too far
+        ({"property_id": prop["id"], "scheduled_at": "tomorrow at ten"}, 422),
+        ({"property_id": prop["id"], "scheduled_at": 1893456000}, 422),
+        ({"property_id": str(prop["id"]), "scheduled_at": iso(when)}, 422),
+        ({"property_id": prop["id"]}, 422),
+        ({"property_id": 999999999, "scheduled_at": iso(when)}, 404),
+        ({"property_id": prop["id"], "scheduled_at": iso(when.replace(hour=12))}, 409),  # 12:00-12:30 is outside 09-12
+        ({"property_id": prop["id"], "scheduled_at": iso(when.replace(hour=8, minute=30))}, 409),
+        ({"property_id": prop["id"], "scheduled_at": iso(when + timedelta(days=1))}, 409),  # another weekday
+    ]
+    for body, status in cases:
+        r = await sheda.api.post(AP, body, token=client.token)
+        assert r.status == status, (body, r)
+    assert (await sheda.api.post(AP, {"property_id": prop["id"], "scheduled_at": iso(when)}, token=agent.token)).status == 403
+    assert (await sheda.api.post(AP, {"property_id": prop["id"], "scheduled_at": iso(when)})).status == 401
+    assert await sheda.ctx.db["appointments"].count_documents({"agent_id": agent.id}) == before
+
+    # any ISO offset is accepted; stored and returned in UTC
+    local = (when + timedelta(minutes=30)).astimezone(__import__("datetime").timezone(timedelta(hours=1)))
+    r = await sheda.api.post(AP, {"property_id": prop["id"], "scheduled_at": local.isoformat()}, token=client.token)
+    assert r.status == 201, r
+    assert r.json["scheduled_at"] == (when + timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    assert r.json["status"] == "pending" and r.json["client_id"] == client.id and r.json["agent_id"] == agent.id
+    # the last slot of the window fits exactly
+    r = await sheda.api.post(AP, {"property_id": prop["id"], "scheduled_at": iso(when.replace(hour=11, minute=30))}, token=client.token)
+    assert r.status == 201
+
+    # the agent, switched to client scope, still cannot book their own listing
+    switched = await sheda.api.post("/api/v1/auth/switch-account", {"switch_to": "client"}, token=agent.token)
+    assert switched.status == 200, switched
+    r = await sheda.api.post(AP, {"property_id": prop["id"], "scheduled_at": iso(when)}, token=switched.json["access_token"])
+    assert r.status == 403 and r.json["code"] == "own_property"
+    back = await sheda.api.post("/api/v1/auth/switch-account", {"switch_to": "agent"}, token=switched.json["access_token"])
+    agent.access_token = back.json["access_token"]
+
+    # a delisted property cannot be booked; a rented one neither
+    assert (await sheda.api.delete(f"/api/v1/properties/{prop['id']}", token=agent.token)).status == 204
+    assert (await book(sheda, client, prop["id"], when)).status == 404
+    rented = await create_property(sheda, agent)
+    await sheda.ctx.db["properties"].update_one({"_id": rented["id"]}, {"$set": {"status": "rented"}})
+    r = await book(sheda, client, rented["id"], when)
+    assert r.status == 409 and r.json["code"] == "property_unavailable"
+
+
+async def test_transitions_and_every_wrong_state(sheda):
+    agent = await sheda.signup("agent")
+    other_agent = await sheda.signup("agent")
+    client = await sheda.signup("client")
+    stranger = await sheda.signup("client")
+    prop = await create_property(sheda, agent)
+    when = next_slot(sheda.ctx.clock.now(), days_ahead=3, hour=14)
+    await open_window(sheda, agent, when, "13:00", "17:00")
+
+    async def booked(minute_offset: int) -> int:
+        r = await book(sheda, client, prop["id"], when + timedelta(minutes=minute_offset))
+        assert r.status == 201, r
+        return r.json["id"]
+
+    a = await booked(0)
+    stored = await snapshot(sheda, "appointments", a)
+    # wrong side / wrong person / missing
+    assert (await sheda.api.patch(f"{AP}/{a}/confirm", token=client.token)).status == 403  # client scope on an agent route
+    assert (await sheda.api.patch(f"{AP}/{a}/confirm", token=other_agent.token)).status == 404
+    assert (await sheda.api.patch(f"{AP}/999999999/confirm", token=agent.token)).status == 404
+    assert (await sheda.api.delete(f"{AP}/{a}", token=stranger.token)).status == 404
+    assert (await sheda.api.get(f"{AP}/{a}", token=stranger.token)).status == 404
+    assert (await sheda.api.patch(f"{AP}/abc/confirm", token=agent.token)).status == 404
+    assert await snapshot(sheda, "appointments", a) == stored
+
+    r = await sheda.api.patch(f"{AP}/{a}/confirm", token=agent.token)
+    assert r.status == 200 and r.json["status"] == "confirmed"
+    for path in (f"{AP}/{a}/confirm", f"{AP}/{a}/reject"):
+        r = await sheda.api.patch(path, token=agent.token)
+        assert r.status == 409 and r.json["code"] == "wrong_state", r
+    r = await sheda.api.delete(f"{AP}/{a}", token=client.token)
+    assert r.status == 200 and r.json["status"] == "cancelled" and r.json["cancelled_by"] == client.id
+    for method, path in (("PATCH", f"{AP}/{a}/confirm"), ("PATCH", f"{AP}/{a}/reject"), ("DELETE", f"{AP}/{a}")):
+        r = await sheda.api.request(method, path, token=agent.token)
+        assert r.status == 409, (path, r)
+    assert "slot_key" not in await snapshot(sheda, "appointments", a)
+
+    b = await booked(0)  # the cancelled one freed the slot
+    r = await sheda.api.patch(f"{AP}/{b}/reject", token=agent.token)
+    assert r.status == 200 and r.json["status"] == "rejected"
+    assert (await sheda.api.delete(f"{AP}/{b}", token=client.token)).status == 409
+    c = await booked(0)  # rejected frees it too
+    r = await sheda.api.delete(f"{AP}/{c}", token=agent.token)  # the agent can cancel a pending one
+    assert r.status == 200 and r.json["cancelled_by"] == agent.id
+
+    # listing: mine as client and as agent, with filters and a cursor
+    d = await booked(30)
+    r = await sheda.api.get(AP, params={"limit": 2}, token=client.token)
+    assert [x["id"] for x in r.json["items"]] == [d, c] and r.json["next_cursor"]
+    r2 = await sheda.api.get(AP, params={"limit": 2, "cursor": r.json["next_cursor"]}, token=client.token)
+    assert [x["id"] for x in r2.json["items"]] == [b, a] and r2.json["next_cursor"] is None
+    r = await sheda.api.get(AP, params={"status": "rejected"}, token=agent.token)
+    assert [x["id"] for x in r.json["items"]] == [b]
+    r = await sheda.api.get(AP, params={"role": "client"}, token=agent.token)
+    assert r.json["items"] == []
+    assert (await sheda.api.get(AP, params={"status": "done"}, token=agent.token)).status == 422
+    assert (await sheda.api.get(AP, token=stranger.token)).json["items"] == []
+    assert (await sheda.api.get(f"{AP}/{d}", token=agent.token)).json["status"] == "pending"
+
+
+async def test_two_concurrent_bookings_of_one_slot_one_wins(sheda):
+    agent = await sheda.signup("agent")
+    clients = [await sheda.signup("client") for _ in range(4)]
+    props = [await create_property(sheda, agent, title=f"slot{i}") for i in range(2)]
+    when = next_slot(sheda.ctx.clock.now(), days_ahead=4, hour=10)
+    await open_window(sheda, agent, when, "09:00", "12:00")
+    # four clients, two properties of one agent, one slot: exactly one booking
+    results = await asyncio.gather(*(book(sheda, c, props[i % 2]["id"], when) for i, c in enumerate(clients)))
+    statuses = sorted(r.status for r in results)
+    assert statuses == [201, 409, 409, 409], statuses
+    assert all(r.json["code"] == "slot_taken" for r in results if r.status == 409)
+    assert await sheda.ctx.db["appointments"].count_documents({"agent_id": agent.id, "slot_key": {"$exists": True}}) == 1
+    assert await sheda.ctx.db["appointments"].count_documents({"agent_id": agent.id}) == 1
+
+
+async def test_agent_availability_of_unknown_agent_is_404(sheda):
+    assert (await sheda.api.get("/api/v1/agents/999999999/availability")).status == 404
+    client = await sheda.signup("client")
+    assert (await sheda.api.get(f"/api/v1/agents/{client.id}/availability")).status == 404
+    assert WEEKDAYS[0] == "MONDAY"
