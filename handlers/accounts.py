@@ -74,8 +74,8 @@ class VerifyOtpHandler(APIHandler):
 class ResetPasswordHandler(APIHandler):
     @endpoint("Set a new password with an `otp` token", auth=OTP, body=ResetPasswordRequest, status=204, tags=("auth",))
     async def put(self, body: ResetPasswordRequest):
-        """The otp token is used up (a second use is 401). Tokens issued before stay valid until
-        they expire or are logged out."""
+        """The otp token is used up (a second use is 401). The account is signed out everywhere:
+        every token issued before the reset gets 401 and open sockets close with 4401."""
         await self.ctx.accounts.reset_password(self.principal, body.password)
 
 

@@ -142,8 +142,16 @@ async def test_otp_password_reset(sheda):
 
     short = await sheda.api.put(f"{AUTH}/reset-password", {"password": "short"}, token=otp_token)
     assert short.status == 422 and short.json["errors"][0]["field"] == "password"
+    ws = await sheda.ws(user.token)
+    await ws.send({"type": "ping"})
+    await ws.wait_type("pong")
     reset = await sheda.api.put(f"{AUTH}/reset-password", {"password": "new-password-2"}, token=otp_token)
     assert reset.status == 204, reset
+    # Signed out everywhere: tokens from before the reset are dead, sockets closed.
+    assert (await ws.wait_closed())[0] == 4401
+    r = await sheda.api.get("/api/v1/users/me", token=user.token)
+    assert r.status == 401 and r.json["code"] == "token_revoked"
+    assert (await sheda.api.post(f"{AUTH}/refresh", {"refresh_token": user.refresh_token})).status == 401
     twice = await sheda.api.put(f"{AUTH}/reset-password", {"password": "third-password-3"}, token=otp_token)
     assert twice.status == 401 and twice.json["code"] == "token_revoked"
 

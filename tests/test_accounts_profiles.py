@@ -182,7 +182,12 @@ async def test_admin_routes(sheda):
     assert r.status == 200 and r.json["is_active"] is False
     assert (await sheda.api.get(ME, token=user.token)).status == 403
     r = await sheda.api.patch(target, {"is_active": True}, token=admin.token)
-    assert (await sheda.api.get(ME, token=user.token)).status == 200
+    assert r.status == 200 and r.json["is_active"] is True
+    # Reactivated, but the tokens from before the deactivation stay dead; a new login works.
+    old = await sheda.api.get(ME, token=user.token)
+    assert old.status == 401 and old.json["code"] == "token_revoked"
+    login = await sheda.api.post("/api/v1/auth/login", {"username": user.username, "password": user.password})
+    assert (await sheda.api.get(ME, token=login.json["access_token"])).status == 200
 
     # A demoted admin loses admin rights at once, even with a token that says admin.
     assert (await sheda.api.patch(f"/api/v1/admin/users/{stale.id}", {"role": "user"}, token=admin.token)).status == 200

@@ -2,7 +2,8 @@
 
 A Requirement says what a route needs; `AuthService.authenticate` turns an
 `Authorization` header (or a raw token) into a Principal or raises 401/403:
-- 401: no token, bad signature, expired, wrong token type, revoked (logout).
+- 401: no token, bad signature, expired, wrong token type, revoked (logout, a reused refresh
+  token's family, or every token older than a password reset: the user's `token_epoch`).
 - 403: a valid token that is not allowed: missing scope, an admin route without
   role admin, or a deactivated user (its tokens stop working at once).
 """
@@ -92,6 +93,9 @@ class AuthService:
             raise Unauthorized("Token has been revoked", "token_revoked")
         if not user.get("is_active", True):
             raise Forbidden("This account is deactivated", "account_inactive")
+        # Password reset and deactivation move the user's token epoch on: older tokens are dead.
+        if claims.get("ep", 0) != user.get("token_epoch", 0):
+            raise Unauthorized("Token has been revoked", "token_revoked")
         # A role scope counts only while it matches the account: after switch-account or a
         # demotion, older tokens keep working but no longer carry the old role's rights.
         scopes = frozenset(s for s in claims.get("scopes") or () if _still_held(s, user))

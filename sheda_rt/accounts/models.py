@@ -178,7 +178,9 @@ class ProfileUpdate(BaseModel):
     license_number, bio, years_experience, whatsapp, office_address). A field of the other type, or
     an unknown one, is a 422. `null` clears a field."""
 
-    model_config = ConfigDict(extra="allow")
+    # Extras are let through to the per-type check (which names them in its 422); the
+    # document says what is accepted.
+    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": False})
 
     full_name: Optional[str] = None
     phone: Optional[str] = None

@@ -182,18 +182,20 @@ class AccountService:
         if not user.get("is_verified"):
             await self.users.update(user["_id"], {"is_verified": True, "updated_at": self.clock.now()})
         life = timedelta(minutes=self.settings.otp_token_minutes)
-        token, _ = self.tokens.issue(user["_id"], ["otp"], "otp", life)
+        token, _ = self.tokens.issue(user["_id"], ["otp"], "otp", life, ep=user.get("token_epoch", 0))
         return {"access_token": token, "token_type": "bearer", "expires_in": int(life.total_seconds()), "scope": "otp"}
 
     async def reset_password(self, principal, password: str) -> None:
-        """Uses up the otp token (its jti is revoked first, atomically: a second use is a 401)."""
+        """Uses up the otp token (its jti is revoked first, atomically: a second use is a 401), sets
+        the password, and signs the account out everywhere: whoever knew the old password may hold
+        tokens, so every token issued before stops working (401) and open sockets close with 4401."""
         claims = principal.claims
         expires = self._exp(claims)
         if not await self.revocations.revoke(claims["jti"], expires, reason="otp_used"):
             raise Unauthorized("This reset token was already used", "token_revoked")
-        await self.users.update(principal.user_id, {"password_hash": await hash_password(password, self.settings.bcrypt_rounds),
-                                                    "updated_at": self.clock.now()})
-        await self.ctx.limits.clear_failures(f"login:{principal.user_id}")
+        password_hash = await hash_password(password, self.settings.bcrypt_rounds)
+        await self.users.revoke_all_tokens(principal.user_id, {"password_hash": password_hash, "updated_at": self.clock.now()})
+        await self.ctx.hub.revoke_sessions(principal.user_id, code=4401, reason="password changed")
 
     # ---- tokens ------------------------------------------------------------
     def _exp(self, claims: dict) -> datetime:
@@ -204,8 +206,9 @@ class AccountService:
         scopes = scopes_for(user)
         access_life = timedelta(minutes=self.settings.access_token_minutes)
         refresh_life = timedelta(days=self.settings.refresh_token_days)
-        access, _ = self.tokens.issue(user["_id"], scopes, "access", access_life, fam=fam)
-        refresh, claims = self.tokens.issue(user["_id"], scopes, "refresh", refresh_life, fam=fam)
+        epoch = user.get("token_epoch", 0)
+        access, _ = self.tokens.issue(user["_id"], scopes, "access", access_life, fam=fam, ep=epoch)
+        refresh, claims = self.tokens.issue(user["_id"], scopes, "refresh", refresh_life, fam=fam, ep=epoch)
         await self.refresh_tokens.record(claims["jti"], user["_id"], fam, self.clock.now(), self._exp(claims))
         return {"access_token": access, "refresh_token": refresh, "token_type": "bearer",
                 "expires_in": int(access_life.total_seconds())}
@@ -263,6 +266,8 @@ class AccountService:
             raise Unauthorized("Token user no longer exists", "invalid_token")
         if not user.get("is_active", True):
             raise Forbidden("This account is deactivated", "account_inactive")
+        if claims.get("ep", 0) != user.get("token_epoch", 0):
+            raise Unauthorized("Token has been revoked", "token_revoked")
         return await self.issue_pair(user, family=fam)
 
     async def revoke_family(self, user_id: int, fam: str, reason: str) -> None:
@@ -328,8 +333,9 @@ class AccountService:
         return await self.users.update(user["_id"], changes, unset)
 
     async def deactivate(self, user_id: int, reason: str = "account deactivated") -> dict:
-        """is_active=false: every token of the user gets 403 at once and open sockets close with 4403."""
-        user = await self.users.update(user_id, {"is_active": False, "updated_at": self.clock.now()})
+        """is_active=false: every token of the user gets 403 at once and open sockets close with 4403.
+        The tokens stay dead if the account is reactivated later (the token epoch moves on)."""
+        user = await self.users.revoke_all_tokens(user_id, {"is_active": False, "updated_at": self.clock.now()})
         await self.ctx.hub.revoke_sessions(user_id, code=4403, reason=reason)
         return user
 
@@ -382,7 +388,10 @@ class AccountService:
         if not changes:
             return admin_user(user)
         changes["updated_at"] = self.clock.now()
-        updated = await self.users.update(user_id, changes)
+        if changes.get("is_active") is False:
+            updated = await self.users.revoke_all_tokens(user_id, changes)
+        else:
+            updated = await self.users.update(user_id, changes)
         log.info(json.dumps({"event": "admin_user_update", "admin_id": admin["_id"], "user_id": user_id,
                              "changes": {k: v for k, v in changes.items() if k != "updated_at"}}))
         if changes.get("is_active") is False:

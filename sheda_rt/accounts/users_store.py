@@ -69,6 +69,12 @@ class UserStore:
             field = "email" if "email" in key else "phone" if "phone" in key else "username"
             raise Conflict(f"That {field} is already registered", f"{field}_taken")
 
+    async def revoke_all_tokens(self, user_id: int, changes: dict) -> dict | None:
+        """Apply `changes` and move the user's token epoch on: every token issued before carries the
+        old epoch and is refused from now on (the auth check compares it with the loaded user)."""
+        return await self.col.find_one_and_update({"_id": user_id}, {"$set": changes, "$inc": {"token_epoch": 1}},
+                                                  return_document=ReturnDocument.AFTER)
+
     async def page(self, page, serialize, *, role=None, user_type=None, is_active=None, is_verified=None, prefix=None) -> dict:
         """Newest first, keyset-paginated; `prefix` matches the start of the username or email."""
         query: dict = {}
