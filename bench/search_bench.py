@@ -1,0 +1,210 @@
+"""Listing search at 100,000 properties: latency of typical searches and proof that each is index-driven.
+
+    python bench/search_bench.py [--count 100000] [--runs 40]
+
+Starts its own embedded database (a `secantusd-py` child process on a free port and a
+temporary directory), creates the `properties` indexes through PropertyStore, loads
+`--count` generated listings with insert_many in batches of 1,000 (through the store, so
+every document has the same derived fields as one created over the API), then for each
+query:
+  * runs it `--runs` times through PropertyService.search (the code GET /properties runs),
+    printing p50 / p99 / max in milliseconds and how many pipelines (range slices) it ran;
+  * explains every pipeline it ran and prints the winning plan's stage tree;
+  * asserts that no plan is a COLLSCAN.
+The data: 500 agents, 25 areas of Lagos/Abuja, created over two years, 85% available,
+prices log-uniform (rent ₦300k-₦20M, sale ₦5M-₦2B), 70% with a map position.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pymongo import AsyncMongoClient  # noqa: E402
+
+from sheda_rt.clock import Clock  # noqa: E402
+from sheda_rt.database.embedded import launcher_path  # noqa: E402
+from sheda_rt.database.ids import IdAllocator  # noqa: E402
+from sheda_rt.listings.models import AMENITIES, SearchQuery  # noqa: E402
+from sheda_rt.listings.money import to_decimal128, to_minor  # noqa: E402
+from sheda_rt.listings.service import PropertyService  # noqa: E402
+from sheda_rt.listings.store import PropertyStore  # noqa: E402
+
+AREAS = ["Lekki Phase 1", "Lekki Phase 2", "Ikoyi", "Victoria Island", "Ajah", "Yaba", "Surulere", "Ikeja GRA", "Magodo",
+         "Gbagada", "Maryland", "Ogudu", "Ikorodu", "Festac", "Ojodu", "Sangotedo", "Chevron", "Oniru", "Banana Island",
+         "Wuse 2", "Maitama", "Asokoro", "Gwarinpa", "Jabi", "Garki"]
+TYPES = ["apartment", "house", "duplex", "bungalow", "land", "shortlet", "shared apartment", "office", "shop"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_doc(rng: random.Random, now: datetime) -> dict:
+    listing_type = "sale" if rng.random() < 0.35 else "rent"
+    lo, hi = (300_000, 20_000_000) if listing_type == "rent" else (5_000_000, 2_000_000_000)
+    price = Decimal(int(math.exp(rng.uniform(math.log(lo), math.log(hi))) // 1000 * 1000))
+    area = rng.choice(AREAS)
+    created = now - timedelta(seconds=rng.uniform(0, 730 * 86400))
+    roll = rng.random()
+    doc = {
+        "title": f"{rng.randint(1, 5)} bedroom {rng.choice(TYPES)} in {area}",
+        "description": "Generated for the search benchmark",
+        "price": to_decimal128(price), "price_minor": to_minor(price), "is_negotiable": rng.random() < 0.5,
+        "location": f"{rng.randint(1, 99)} {rng.choice(['Admiralty Way', 'Adeola Odeku', 'Allen Avenue', 'Herbert Macaulay', 'Aminu Kano'])}, {area}, {'Abuja' if area in AREAS[-6:] else 'Lagos'}",
+        "property_type": rng.choice(TYPES), "listing_type": listing_type,
+        "status": "available" if roll < 0.85 else ("rented" if listing_type == "rent" else "sold"),
+        "is_active": rng.random() < 0.98,
+        "bedroom": rng.randint(0, 6), "bathroom": rng.randint(1, 5), "furnished": rng.random() < 0.3,
+        "images": [], "agent_id": rng.randint(1, 500), "created_at": created.replace(microsecond=created.microsecond // 1000 * 1000),
+        "updated_at": created.replace(microsecond=0),
+    }
+    for flag in AMENITIES:
+        doc[flag] = rng.random() < 0.5
+    if rng.random() < 0.7:
+        doc["geo"] = {"type": "Point", "coordinates": [round(rng.uniform(3.2, 3.7), 6), round(rng.uniform(6.40, 6.70), 6)]}
+    return doc
+
+
+QUERIES = [
+    ("browse: available, newest", {}),
+    ("rent apartments in Lekki under ₦3M, newest", {"listing_type": "rent", "property_type": "apartment", "location": "lekki",
+                                                     "price_max": "3000000"}),
+    ("houses for sale, 3+ bedrooms, cheapest first", {"listing_type": "sale", "property_type": "house", "bedroom_min": 3,
+                                                      "sort": "price_asc"}),
+    ("furnished rentals with wifi, dearest first", {"listing_type": "rent", "furnished": "true", "wifi": "true", "sort": "price_desc"}),
+    ("one agent's listings", {"agent_id": 42}),
+    ("near Victoria Island (3 km), newest", {"near": "6.43,3.42", "radius_km": 3}),
+]
+
+
+def stage_tree(stage: dict, depth: int = 0) -> list[str]:
+    label = stage.get("stage", "?")
+    if stage.get("indexName"):
+        label += f" {stage['indexName']} {stage.get('keyPattern')}"
+    lines = ["    " + "  " * depth + label]
+    for child in ([stage["inputStage"]] if "inputStage" in stage else []) + list(stage.get("inputStages", [])):
+        lines += stage_tree(child, depth + 1)
+    return lines
+
+
+def winning_plan(explained: dict) -> dict:
+    if "queryPlanner" in explained:
+        return explained["queryPlanner"]["winningPlan"]
+    for stage in explained.get("stages", []):
+        if "$cursor" in stage:
+            return stage["$cursor"]["queryPlanner"]["winningPlan"]
+    raise RuntimeError(f"no winning plan in {explained!r}")
+
+
+def has_collscan(stage: dict) -> bool:
+    if stage.get("stage") == "COLLSCAN":
+        return True
+    children = ([stage["inputStage"]] if "inputStage" in stage else []) + list(stage.get("inputStages", []))
+    return any(has_collscan(c) for c in children)
+
+
+async def main(count: int, runs: int) -> int:
+    root = Path(tempfile.mkdtemp(prefix="sheda-bench-"))
+    port = free_port()
+    log = open(root / "db.log", "wb")
+    proc = subprocess.Popen([launcher_path(), "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(root / "db"),
+                             "--log-level", "WARNING"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    client = AsyncMongoClient(f"mongodb://127.0.0.1:{port}/?directConnection=true", tz_aware=True, tzinfo=timezone.utc,
+                              serverSelectionTimeoutMS=30000)
+    failures = 0
+    try:
+        db = client["sheda_bench"]
+        await db.command("ping")
+        store = PropertyStore(db, IdAllocator(db))
+        await store.ensure_indexes()
+        ctx = SimpleNamespace(clock=Clock())
+        service = PropertyService(ctx, store, None)
+
+        rng = random.Random(20251016)
+        now = ctx.clock.now()
+        started = time.perf_counter()
+        batch = 1000
+        for offset in range(0, count, batch):
+            await store.insert_many([make_doc(rng, now) for _ in range(min(batch, count - offset))])
+            if (offset // batch) % 10 == 9:
+                print(f"  loaded {offset + batch:,} ({time.perf_counter() - started:.0f}s)", flush=True)
+        load_s = time.perf_counter() - started
+        print(f"loaded {count:,} properties in {load_s:.1f}s ({count / load_s:,.0f}/s); indexes: "
+              f"{', '.join(sorted((await store.col.index_information()).keys()))}\n")
+
+        print(f"{'query':52} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'items':>6} {'slices':>6}")
+        plans: list[tuple[str, list]] = []
+        for name, params in QUERIES:
+            q = SearchQuery.model_validate({"limit": 20, **params})
+            trace: list = []
+            page = await service.search(q, trace=trace)
+            timings = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                await service.search(q)
+                timings.append((time.perf_counter() - t0) * 1000)
+            timings.sort()
+            p99 = timings[min(len(timings) - 1, math.ceil(0.99 * len(timings)) - 1)]
+            print(f"{name:52} {statistics.median(timings):8.1f} {p99:8.1f} {timings[-1]:8.1f} {len(page['items']):6} {len(trace):6}")
+            plans.append((name, trace))
+            if page["next_cursor"] and name.startswith("browse"):
+                q2 = SearchQuery.model_validate({"limit": 20, **params, "cursor": page["next_cursor"]})
+                t2 = []
+                for _ in range(runs):
+                    t0 = time.perf_counter()
+                    await service.search(q2)
+                    t2.append((time.perf_counter() - t0) * 1000)
+                t2.sort()
+                print(f"{'  ... its page 2 (cursor)':52} {statistics.median(t2):8.1f} "
+                      f"{t2[min(len(t2) - 1, math.ceil(0.99 * len(t2)) - 1)]:8.1f} {t2[-1]:8.1f}")
+
+        print("\nplans (each pipeline a search ran; the leading $match is what the index serves):")
+        for name, trace in plans:
+            print(f"  {name}")
+            for i, pipeline in enumerate(trace):
+                explained = await db.command("explain", {"aggregate": "properties", "pipeline": pipeline, "cursor": {}},
+                                             verbosity="queryPlanner")
+                plan = winning_plan(explained)
+                scan = has_collscan(plan)
+                failures += scan
+                if i < 2 or scan or i == len(trace) - 1:
+                    print(f"   slice {i + 1}/{len(trace)} driver {pipeline[0]['$match']}")
+                    print("\n".join(stage_tree(plan)))
+                elif i == 2:
+                    print("   ...")
+        print("\nCOLLSCAN plans:", failures, "(none)" if not failures else "(FAIL)")
+    finally:
+        await client.close()
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=100_000)
+    parser.add_argument("--runs", type=int, default=40)
+    args = parser.parse_args()
+    sys.exit(asyncio.run(main(args.count, args.runs)))
