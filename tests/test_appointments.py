@@ -60,10 +60,18 @@ async def test_windows_validation_overlap_and_public_read(sheda):
 
 async def test_concurrent_overlapping_windows_keep_exactly_one(sheda):
     agent = await sheda.signup("agent")
-    bodies = [{"weekday": "WEDNESDAY", "start_time": f"{9 + i % 2:02d}:00", "end_time": f"{11 + i % 2:02d}:00"} for i in range(6)]
-    results = await asyncio.gather(*(sheda.api.post(AV, b, token=agent.token) for b in bodies))
-    assert sorted(r.status for r in results) == [201] + [409] * 5, [r.status for r in results]
-    assert await sheda.ctx.db["availability"].count_documents({"agent_id": agent.id}) == 1
+    for weekday in ("MONDAY", "WEDNESDAY", "FRIDAY"):
+        bodies = [{"weekday": weekday, "start_time": f"{9 + i % 2:02d}:00", "end_time": f"{11 + i % 2:02d}:00"} for i in range(6)]
+        results = await asyncio.gather(*(sheda.api.post(AV, b, token=agent.token) for b in bodies))
+        assert sorted(r.status for r in results) == [201] + [409] * 5, [r.status for r in results]
+        assert await sheda.ctx.db["availability"].count_documents({"agent_id": agent.id, "weekday": weekday}) == 1
+    # Concurrent edits moving three windows onto one Tuesday hour: exactly one lands.
+    listed = await sheda.ctx.db["availability"].find({"agent_id": agent.id}).to_list()
+    results = await asyncio.gather(*(sheda.api.patch(f"{AV}/{w['_id']}", {"weekday": "TUESDAY", "start_time": "09:00", "end_time": "10:00"},
+                                                     token=agent.token) for w in listed))
+    assert sorted(r.status for r in results) == [200, 409, 409], [r.status for r in results]
+    assert await sheda.ctx.db["availability"].count_documents({"agent_id": agent.id, "weekday": "TUESDAY"}) == 1
+    assert await sheda.ctx.db["availability"].count_documents({"agent_id": agent.id}) == 3
 
 
 async def test_booking_rules(sheda):

@@ -5,6 +5,7 @@ import re
 from datetime import datetime
 from typing import Literal, Optional
 
+from sheda_rt.database.ids import MAX_ID
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from sheda_rt.pagination import PageQuery
@@ -61,7 +62,7 @@ class WindowUpdate(_Body):
 
 
 class BookRequest(_Body):
-    property_id: StrictInt = Field(ge=1)
+    property_id: StrictInt = Field(ge=1, le=MAX_ID)
     scheduled_at: datetime = Field(description=(
         "Start of the viewing, ISO 8601 (any offset; stored and returned in UTC). It must be in the future, on a "
         "slot boundary (a multiple of APPOINTMENT_MINUTES after 00:00 UTC) and the whole slot inside one of the agent's windows"))

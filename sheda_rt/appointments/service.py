@@ -1,10 +1,12 @@
 """Availability windows and viewing appointments.
 
 Windows: an agent's weekly hours, per weekday, "HH:MM" UTC, start < end. Windows
-of one agent on one weekday never overlap (409). The check is made race-safe by
-checking again after writing: of two overlapping windows written at once, the
-one with the higher id (the later insert) is removed again and its request gets
-the 409; a losing edit is undone the same way.
+of one agent on one weekday never overlap (409). The check is made race-safe
+with an optimistic version per agent: read the version, check for overlaps,
+write, then compare-and-set the version. A write whose compare-and-set loses was
+concurrent with another accepted write: it is undone and tried again, and then
+sees the winner (409). Of overlapping windows written at once exactly one is
+kept, whatever order the database applies them in.
 
 Appointments: a slot is APPOINTMENT_MINUTES long (setting, default 30) and starts
 on a multiple of that many minutes after 00:00 UTC. A client books a slot in the
@@ -20,6 +22,8 @@ Rejected and cancelled appointments free their slot.
 """
 from __future__ import annotations
 
+import asyncio
+import random
 from datetime import timedelta
 
 from sheda_rt.appointments.models import WEEKDAYS, BookRequest, WindowCreate, WindowUpdate, minutes
@@ -61,22 +65,34 @@ class AvailabilityService:
         self.store = store
         self.clock = ctx.clock
 
+    ATTEMPTS = 8
+
+    @staticmethod
+    async def _backoff() -> None:
+        await asyncio.sleep(random.uniform(0.001, 0.02))
+
+    @staticmethod
+    def _busy() -> Conflict:
+        return Conflict("Your windows are being changed by another request; try again", "concurrent_update")
+
     @staticmethod
     def _overlap_error(weekday: str) -> Conflict:
         return Conflict(f"This window overlaps another of your {weekday} windows", "window_overlap")
 
     async def create(self, agent_id: int, body: WindowCreate) -> dict:
-        now = self.clock.now()
         start, end = minutes(body.start_time), minutes(body.end_time)
-        if await self.store.overlapping(agent_id, body.weekday, start, end, -1):
-            raise self._overlap_error(body.weekday)
-        doc = await self.store.insert({"agent_id": agent_id, "weekday": body.weekday, "start_min": start, "end_min": end,
-                                       "created_at": now, "updated_at": now})
-        others = await self.store.overlapping(agent_id, body.weekday, start, end, doc["_id"])
-        if any(o["_id"] < doc["_id"] for o in others):
+        for _ in range(self.ATTEMPTS):
+            seen = await self.store.version(agent_id)
+            if await self.store.overlapping(agent_id, body.weekday, start, end, -1):
+                raise self._overlap_error(body.weekday)
+            now = self.clock.now()
+            doc = await self.store.insert({"agent_id": agent_id, "weekday": body.weekday, "start_min": start, "end_min": end,
+                                           "created_at": now, "updated_at": now})
+            if await self.store.bump(agent_id, seen):
+                return window_view(doc)
             await self.store.delete_if(doc["_id"], {"start_min": start, "end_min": end})
-            raise self._overlap_error(body.weekday)
-        return window_view(doc)
+            await self._backoff()
+        raise self._busy()
 
     async def list_for(self, agent_id: int) -> list[dict]:
         return [window_view(d) for d in await self.store.of_agent(agent_id)]
@@ -88,25 +104,25 @@ class AvailabilityService:
         return doc
 
     async def update(self, agent_id: int, window_id: int, body: WindowUpdate) -> dict:
-        doc = await self._own(agent_id, window_id)
-        weekday = body.weekday or doc["weekday"]
-        start = minutes(body.start_time) if body.start_time else doc["start_min"]
-        end = minutes(body.end_time) if body.end_time else doc["end_min"]
-        if start >= end:
-            raise ValidationFailed.single("end_time", "must be after start_time")
-        if await self.store.overlapping(agent_id, weekday, start, end, window_id):
-            raise self._overlap_error(weekday)
-        before = {"weekday": doc["weekday"], "start_min": doc["start_min"], "end_min": doc["end_min"]}
-        after = {"weekday": weekday, "start_min": start, "end_min": end}
-        updated = await self.store.replace_fields(window_id, before, {**after, "updated_at": self.clock.now()})
-        if updated is None:
-            raise Conflict("The window was changed meanwhile; reload and try again", "concurrent_update")
-        # An edit that raced another write into an overlap is undone: when two writes collide,
-        # both may refuse, but an overlap is never kept.
-        if await self.store.overlapping(agent_id, weekday, start, end, window_id):
-            await self.store.replace_fields(window_id, after, before)
-            raise self._overlap_error(weekday)
-        return window_view(updated)
+        for _ in range(self.ATTEMPTS):
+            seen = await self.store.version(agent_id)
+            doc = await self._own(agent_id, window_id)
+            weekday = body.weekday or doc["weekday"]
+            start = minutes(body.start_time) if body.start_time else doc["start_min"]
+            end = minutes(body.end_time) if body.end_time else doc["end_min"]
+            if start >= end:
+                raise ValidationFailed.single("end_time", "must be after start_time")
+            if await self.store.overlapping(agent_id, weekday, start, end, window_id):
+                raise self._overlap_error(weekday)
+            before = {"weekday": doc["weekday"], "start_min": doc["start_min"], "end_min": doc["end_min"]}
+            after = {"weekday": weekday, "start_min": start, "end_min": end}
+            updated = await self.store.replace_fields(window_id, before, {**after, "updated_at": self.clock.now()})
+            if updated is not None:
+                if await self.store.bump(agent_id, seen):
+                    return window_view(updated)
+                await self.store.replace_fields(window_id, after, before)
+            await self._backoff()
+        raise self._busy()
 
     async def delete(self, agent_id: int, window_id: int) -> None:
         await self._own(agent_id, window_id)

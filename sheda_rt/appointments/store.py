@@ -22,7 +22,23 @@ class AvailabilityStore:
 
     def __init__(self, db, ids):
         self.col = db["availability"]
+        self.guards = db["availability_guards"]
         self.ids = ids
+
+    # ---- optimistic concurrency per agent ----------------------------------------
+    async def version(self, agent_id: int) -> int:
+        """The agent's window-set version: every successful create or edit bumps it."""
+        doc = await self.guards.find_one({"_id": agent_id})
+        return doc["v"] if doc else 0
+
+    async def bump(self, agent_id: int, seen: int) -> bool:
+        """Compare-and-set the version from `seen` to `seen + 1`; False when another
+        write got there first (the caller undoes its write and tries again)."""
+        try:
+            result = await self.guards.update_one({"_id": agent_id, "v": seen}, {"$inc": {"v": 1}}, upsert=(seen == 0))
+        except DuplicateKeyError:  # the upsert of version 0 lost to another writer's
+            return False
+        return result.modified_count == 1 or result.upserted_id is not None
 
     async def ensure_indexes(self):
         await self.col.create_indexes(self.INDEXES)
