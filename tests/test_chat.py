@@ -178,6 +178,11 @@ async def test_bad_frames_get_error_frames_and_store_nothing(sheda):
         ({"type": "typing", "receiver_id": ghost}, "receiver_not_found"),
         ({"type": "sync", "since": "yesterday"}, "validation_error"),
         ({"type": "sync", "since": -1}, "validation_error"),
+        # ids beyond what the database's 64-bit integers hold: a field error, not a crash
+        ({"receiver_id": 2**70, "message": "huge id", "client_msg_id": "e12"}, "validation_error"),
+        ({"receiver_id": bob.id, "message": "huge listing", "property_id": 10**19, "client_msg_id": "e13"}, "validation_error"),
+        ({"type": "read", "other_user_id": bob.id, "up_to": 2**64}, "validation_error"),
+        ({"type": "sync", "since": 10**30}, "validation_error"),
     ]
     for frame, code in cases:
         start = len(a.frames)

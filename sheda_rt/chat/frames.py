@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sheda_rt.clock import format_ts
+from sheda_rt.database.ids import MAX_ID
 
 MAX_MESSAGE_CHARS = 4000
 SYNC_PAGE_MAX = 500
@@ -27,26 +28,26 @@ class SendFrame(_Frame):
     """The seed's frame `{"receiver_id", "message"}`, optionally typed and keyed."""
 
     type: Literal["message"] = "message"
-    receiver_id: int
+    receiver_id: int = Field(ge=1, le=MAX_ID)
     message: str
     client_msg_id: str | None = Field(None, min_length=1, max_length=128)
-    property_id: int | None = None
+    property_id: int | None = Field(None, ge=1, le=MAX_ID)
 
 
 class ReadFrame(_Frame):
     type: Literal["read"]
-    other_user_id: int
-    up_to: int = Field(ge=0)
+    other_user_id: int = Field(ge=1, le=MAX_ID)
+    up_to: int = Field(ge=0, le=MAX_ID)
 
 
 class TypingFrame(_Frame):
     type: Literal["typing"]
-    receiver_id: int
+    receiver_id: int = Field(ge=1, le=MAX_ID)
 
 
 class SyncFrame(_Frame):
     type: Literal["sync"]
-    since: int = Field(0, ge=0)
+    since: int = Field(0, ge=0, le=MAX_ID)
     limit: int = Field(SYNC_PAGE_MAX, ge=1, le=SYNC_PAGE_MAX)
 
 
@@ -61,16 +62,16 @@ INBOUND = {"message": SendFrame, "read": ReadFrame, "typing": TypingFrame, "sync
 class SendMessageBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    receiver_id: int = Field(description="The user the message is for")
+    receiver_id: int = Field(ge=1, le=MAX_ID, description="The user the message is for")
     message: str = Field(description=f"1 to {MAX_MESSAGE_CHARS} characters, not only whitespace")
     client_msg_id: str | None = Field(None, min_length=1, max_length=128,
                                       description="Idempotency key: a resend with the same key stores nothing new")
-    property_id: int | None = Field(None, description="Ties the message to a listing (agent and one other participant only)")
+    property_id: int | None = Field(None, ge=1, le=MAX_ID, description="Ties the message to a listing (agent and one other participant only)")
 
 
 class ReadBody(BaseModel):
-    other_user_id: int
-    up_to: int = Field(ge=0, description="Mark this peer's messages to me with id <= up_to as read")
+    other_user_id: int = Field(ge=1, le=MAX_ID)
+    up_to: int = Field(ge=0, le=MAX_ID, description="Mark this peer's messages to me with id <= up_to as read")
 
 
 class HistoryQuery(BaseModel):

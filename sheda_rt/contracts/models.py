@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
+from sheda_rt.database.ids import MAX_ID
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from sheda_rt.pagination import PageQuery
@@ -13,7 +14,7 @@ ContractStatus = Literal["awaiting_payment", "payment_pending", "active", "cance
 class ContractCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    appointment_id: StrictInt = Field(ge=1, description="Your CONFIRMED viewing of this property")
+    appointment_id: StrictInt = Field(ge=1, le=MAX_ID, description="Your CONFIRMED viewing of this property")
     term_months: Optional[StrictInt] = Field(None, ge=1, le=120, description=(
         "Rentals only, and required for them: the lease length in months (1-120). Sending it for a sale is a 422."))
 

@@ -9,6 +9,11 @@ from __future__ import annotations
 from pymongo import ReturnDocument
 
 
+# The largest id a request may name: 18 digits, as the path patterns allow. Larger
+# integers would not fit the database's int64 and must be a 422, never a 500.
+MAX_ID = 10**18 - 1
+
+
 class IdAllocator:
     def __init__(self, db):
         self._counters = db["counters"]

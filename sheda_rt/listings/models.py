@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
+from sheda_rt.database.ids import MAX_ID
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
 
 from sheda_rt.listings.money import Money
@@ -130,7 +131,7 @@ class SearchQuery(PageQuery):
         "listing's location (at least 3 letters, or the whole word), e.g. 'lekk ph' finds 'Lekki Phase 1'"))
     near: Optional[str] = Field(None, description="'lat,lng' — only listings within radius_km of this point")
     radius_km: float = Field(5.0, gt=0, le=100, description="Radius for near=, kilometres (default 5, max 100)")
-    agent_id: Optional[int] = Field(None, ge=1)
+    agent_id: Optional[int] = Field(None, ge=1, le=MAX_ID)
     sort: SortOrder = "newest"
 
     @field_validator("near")
