@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -35,12 +35,41 @@ def _enc(value: Any) -> Any:
     return value
 
 
+INT64_MAX = 2**63 - 1
+_DT_MIN = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_DT_MAX = datetime(9000, 1, 1, tzinfo=timezone.utc)
+
+
+class _Forged(ValueError):
+    """A cursor value no page of ours could have produced."""
+
+
 def _dec(value: Any) -> Any:
-    if isinstance(value, dict) and "$dt" in value:
-        return datetime.fromisoformat(value["$dt"])
-    if isinstance(value, dict) and "$dec" in value:
-        return Decimal128(value["$dec"])
-    return value
+    """One cursor value back into what the query compares with. Only the scalars
+    `_enc` writes are accepted: a cursor is client input, and anything else (an
+    operator object, an int the database cannot hold, a naive or absurd date)
+    would reach the query or the date arithmetic."""
+    if isinstance(value, dict):
+        if set(value) == {"$dt"} and isinstance(value["$dt"], str):
+            when = datetime.fromisoformat(value["$dt"])
+            if when.tzinfo is None or not (_DT_MIN <= when <= _DT_MAX):
+                raise _Forged("date out of range")
+            return when
+        if set(value) == {"$dec"} and isinstance(value["$dec"], str):
+            amount = Decimal(value["$dec"])
+            if not amount.is_finite():
+                raise _Forged("not a finite amount")
+            return Decimal128(amount)
+        raise _Forged("not a cursor value")
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        if not -INT64_MAX - 1 <= value <= INT64_MAX:
+            raise _Forged("integer out of range")
+        return value
+    if isinstance(value, str) and len(value) <= 256:
+        return value
+    raise _Forged("not a cursor value")
 
 
 def encode_cursor(values: list) -> str:
@@ -50,11 +79,13 @@ def encode_cursor(values: list) -> str:
 
 def decode_cursor(cursor: str, size: int) -> list:
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        values = [_dec(v) for v in json.loads(raw)]
-    except (ValueError, TypeError):
+        raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not isinstance(raw, list):
+            raise _Forged("not a list")
+        values = [_dec(v) for v in raw]
+    except (ValueError, TypeError, ArithmeticError, RecursionError):
         raise ValidationFailed.single("cursor", "is not a cursor this API issued")
-    if not isinstance(values, list) or len(values) != size:
+    if len(values) != size:
         raise ValidationFailed.single("cursor", "is not a cursor for this listing")
     return values
 

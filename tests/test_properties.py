@@ -186,6 +186,56 @@ async def test_sorts_and_cursor_pages_never_repeat_or_skip_while_others_insert(s
     assert r2.status == 422 and r2.json["errors"][0]["field"] == "cursor"
 
 
+async def test_forged_cursors_are_422_not_500(sheda):
+    import base64
+    import json as _json
+
+    def forge(values) -> str:
+        return base64.urlsafe_b64encode(_json.dumps(values).encode()).decode().rstrip("=")
+
+    agent = await sheda.signup("agent")
+    w = word()
+    for i in range(3):
+        await create_property(sheda, agent, location=f"{w} town", price=str(1000 * (i + 1)))
+    page = await sheda.api.get(API, params={"location": w, "sort": "price_asc", "limit": 1})
+    assert page.status == 200 and page.json["next_cursor"]
+    forged = [
+        ("price_asc", forge([{"$dec": "x"}, 1])),
+        ("price_asc", forge([{"$dec": "NaN"}, 1])),
+        ("price_asc", forge([{"$dec": "1e999999"}, 1])),
+        ("price_asc", forge([{"$gt": 1}, 1])),
+        ("price_asc", forge([{"$dec": "-5"}, 1])),
+        ("price_asc", forge([{"$dec": "100"}, 2**70])),
+        ("newest", forge([{"$dt": "2026-01-01T00:00:00"}, 1])),   # naive
+        ("newest", forge([{"$dt": "0001-01-01T00:00:00+00:00"}, 1])),
+        ("newest", forge([{"$dt": 5}, 1])),
+        ("newest", forge([[[[[[[1]]]]]], 1])),
+        ("newest", forge({"a": 1})),
+        ("newest", "%%%not-base64"),
+        ("newest", forge([1])),
+    ]
+    for sort, cursor in forged:
+        r = await sheda.api.get(API, params={"location": w, "sort": sort, "cursor": cursor})
+        assert r.status == 422 and r.json["errors"][0]["field"] == "cursor", (sort, cursor, r)
+    again = await sheda.api.get(API, params={"location": w, "sort": "price_asc", "limit": 1, "cursor": page.json["next_cursor"]})
+    assert again.status == 200 and len(again.json["items"]) == 1
+
+
+async def test_ids_beyond_64_bits_are_422(sheda):
+    agent, client = await sheda.signup("agent"), await sheda.signup("client")
+    for method, path, body in (
+        ("post", "/api/v1/appointments", {"property_id": 2**70, "scheduled_at": "2030-01-01T10:00:00Z"}),
+        ("post", "/api/v1/chats", {"receiver_id": 10**19, "message": "hi"}),
+    ):
+        r = await getattr(sheda.api, method)(path, body, token=client.token)
+        assert r.status == 422 and r.json["code"] == "validation_error", (path, r)
+    r = await sheda.api.get(API, params={"agent_id": str(2**70)})
+    assert r.status == 422 and r.json["errors"][0]["field"] == "agent_id"
+    for path in (f"{API}/{2**70}", f"/api/v1/users/{10**30}", f"/api/v1/agents/{2**64}/availability"):
+        r = await sheda.api.get(path, token=agent.token)
+        assert r.status in (404, 422) and "code" in r.json, (path, r)
+
+
 async def test_images_upload_primary_cap_and_delete(sheda):
     agent = await sheda.signup("agent")
     other = await sheda.signup("agent")

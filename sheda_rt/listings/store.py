@@ -208,6 +208,8 @@ class PropertyStore:
         kind = datetime if plan.sort == "newest" else int
         if tag != plan.sort or not isinstance(value, kind) or isinstance(value, bool) or not isinstance(last_id, int):
             raise ValidationFailed.single("cursor", "belongs to a different search order; start again without it")
+        if kind is int and not 0 <= value <= PRICE_CEILING:  # the slice arithmetic adds to it
+            raise ValidationFailed.single("cursor", "is not a cursor this API issued")
         return value, last_id
 
     def _slices(self, plan: SearchPlan, after_value, now: datetime):
