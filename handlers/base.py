@@ -173,7 +173,10 @@ class APIHandler(tornado.web.RequestHandler):
         fields: dict[str, list[bytes]] = {}
         files: dict[str, list[httputil.HTTPFile]] = {}
         content_type = self.request.headers.get("Content-Type", "")
-        httputil.parse_body_arguments(content_type, self.body_bytes, fields, files, self.request.headers)
+        try:
+            httputil.parse_body_arguments(content_type, self.body_bytes, fields, files, self.request.headers)
+        except httputil.HTTPInputError as exc:  # no boundary, a truncated part, garbage: the client's fault
+            raise BadRequest(f"Malformed form body: {exc}", "invalid_form")
         flat = {k: v[-1].decode("utf-8", "replace") for k, v in fields.items()}
         return flat, files
 

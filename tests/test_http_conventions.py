@@ -50,6 +50,18 @@ async def test_malformed_json_and_wrong_types(sheda):
     assert all(set(e) == {"field", "message"} for e in r.json["errors"])
 
 
+async def test_malformed_multipart_is_a_400(sheda):
+    user = await sheda.signup("client")
+    garbage = b"--b0undary\r\nthis is not a part header\r\n\r\nxx\r\n--b0undary--\r\n"
+    headers = {"Content-Type": "multipart/form-data; boundary=b0undary"}
+    r = await sheda.api.put("/api/v1/users/me/avatar", body=garbage, headers=headers, token=user.token)
+    assert r.status == 400 and r.json["code"] == "invalid_form", r
+    r = await sheda.api.post("/api/v1/auth/login", body=garbage, headers=headers)
+    assert r.status == 400 and r.json["code"] == "invalid_form", r
+    me = await sheda.api.get("/api/v1/users/me", token=user.token)
+    assert me.status == 200 and not me.json.get("avatar_url")
+
+
 async def test_oversized_body_is_a_json_413(sheda):
     user = await sheda.signup("client")
     big = json.dumps({"username": "x" * 5000, "password": "y"})
