@@ -23,12 +23,25 @@ async def hash_password(password: str, rounds: int = 12) -> str:
     return await asyncio.to_thread(lambda: bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(rounds)).decode())
 
 
-async def verify_password(password: str, hashed: str | None) -> bool:
-    if not hashed:
-        # Same cost as a real check, so unknown users and wrong passwords look alike.
-        await asyncio.to_thread(bcrypt.checkpw, b"timing-equaliser", _DUMMY_HASH)
-        return False
-    return await asyncio.to_thread(bcrypt.checkpw, password.encode("utf-8"), hashed.encode())
+async def verify_password(password: str, hashed: str | None, rounds: int = 12) -> bool:
+    """True only for the right password. A password no account can have (over 72
+    bytes: registration refuses those) and an unusable stored hash are wrong
+    passwords, not errors; they cost the same bcrypt work as a real check, at the
+    configured cost, so unknown users and wrong passwords look alike."""
+    secret = password.encode("utf-8")
+    if hashed and len(secret) <= MAX_BYTES:
+        try:
+            return await asyncio.to_thread(bcrypt.checkpw, secret, hashed.encode())
+        except ValueError:  # not a bcrypt hash (an account created without a password)
+            return False
+    await asyncio.to_thread(bcrypt.checkpw, b"timing-equaliser", _dummy_hash(rounds))
+    return False
 
 
-_DUMMY_HASH = bcrypt.hashpw(b"not-a-real-password", bcrypt.gensalt())
+_DUMMY_HASHES: dict[int, bytes] = {}
+
+
+def _dummy_hash(rounds: int) -> bytes:
+    if rounds not in _DUMMY_HASHES:
+        _DUMMY_HASHES[rounds] = bcrypt.hashpw(b"not-a-real-password", bcrypt.gensalt(rounds))
+    return _DUMMY_HASHES[rounds]
