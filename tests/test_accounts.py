@@ -323,6 +323,38 @@ async def test_logout_closes_sockets_opened_with_that_token_only(sheda):
     ws_other.close()
 
 
+async def test_over_long_password_at_login_is_a_wrong_password_not_a_crash(sheda):
+    user = await sheda.signup("client", password="x" * 72)
+    for password in ("x" * 73, "x" * 72 + "é", "é" * 40):
+        r = await sheda.api.post(f"{AUTH}/login", {"username": user.username, "password": password})
+        assert r.status == 401 and r.json["code"] == "invalid_credentials", r
+    r = await sheda.api.post(f"{AUTH}/login", {"username": user.username, "password": "x" * 72})
+    assert r.status == 200
+
+
+async def test_logout_closes_sockets_of_every_token_of_that_login(sheda):
+    # A mobile client refreshes its access token but keeps the socket it opened with the
+    # old one; logging out with the new token must still close that socket.
+    user = await sheda.signup("client")
+    login = (await sheda.api.post(f"{AUTH}/login", {"username": user.username, "password": user.password})).json
+    ws_old = await sheda.ws(login["access_token"])
+    ws_elsewhere = await sheda.ws(user.token)  # another login (another device)
+    refreshed = (await sheda.api.post(f"{AUTH}/refresh", {"refresh_token": login["refresh_token"]})).json
+    ws_new = await sheda.ws(refreshed["access_token"])
+    for ws in (ws_old, ws_new, ws_elsewhere):
+        await ws.send({"type": "ping"})
+        await ws.wait_type("pong")
+    assert (await sheda.api.post(f"{AUTH}/logout", token=refreshed["access_token"])).status == 204
+    assert (await ws_old.wait_closed(1.0))[0] == 4401
+    assert (await ws_new.wait_closed(1.0))[0] == 4401
+    await ws_elsewhere.send({"type": "ping"})
+    await ws_elsewhere.wait_type("pong")
+    assert (await sheda.api.get("/api/v1/users/me", token=login["access_token"])).status == 401
+    assert (await sheda.api.post(f"{AUTH}/refresh", {"refresh_token": refreshed["refresh_token"]})).status == 401
+    assert (await sheda.api.get("/api/v1/users/me", token=user.token)).status == 200
+    ws_elsewhere.close()
+
+
 async def test_deactivation_closes_every_socket_with_4403(sheda):
     user = await sheda.signup("agent")
     admin = await sheda.admin()

@@ -231,9 +231,14 @@ class AccountService:
         wait = await self.ctx.limits.blocked_for(key, limit, window)
         if wait:
             raise RateLimited("Too many failed logins; try again later", wait)
-        ok = await verify_password(password, user.get("password_hash") if user else None)
+        # The attempt counts as a failure *before* the slow bcrypt check and is forgiven on
+        # success: concurrent guesses each take a place in the window, so no burst of
+        # them gets past the limit by racing the check above.
+        failures = await self.ctx.limits.record_failure(key, window)
+        if failures > limit:
+            raise RateLimited("Too many failed logins; try again later", await self.ctx.limits.blocked_for(key, limit, window))
+        ok = await verify_password(password, user.get("password_hash") if user else None, self.settings.bcrypt_rounds)
         if not ok or user is None:
-            failures = await self.ctx.limits.record_failure(key, window)
             if failures >= limit:
                 raise RateLimited("Too many failed logins; try again later", await self.ctx.limits.blocked_for(key, limit, window))
             raise Unauthorized("Incorrect username or password", "invalid_credentials")
@@ -274,19 +279,18 @@ class AccountService:
         # Outlives every token of the family: the newest refresh token lives refresh_token_days.
         until = self.clock.now() + timedelta(days=self.settings.refresh_token_days, minutes=self.settings.access_token_minutes)
         await self.revocations.revoke(f"fam:{fam}", until, reason=reason)
-        # Sockets only know the token they opened with, not its family: close all of the
-        # user's sockets; the user's other sessions reconnect with their own valid tokens.
-        await self.ctx.hub.revoke_sessions(user_id, code=4401, reason="session revoked")
+        await self.ctx.hub.revoke_sessions(user_id, fam=fam, code=4401, reason="session revoked")
 
     async def logout(self, principal) -> None:
         """Revokes the bearer token and its login family (so its refresh token dies with it),
-        and closes sockets opened with this token."""
+        and closes the sockets opened with any token of that login."""
         claims = principal.claims
         await self.revocations.revoke(claims["jti"], self._exp(claims), reason="logout")
         if claims.get("fam"):
             until = self.clock.now() + timedelta(days=self.settings.refresh_token_days, minutes=self.settings.access_token_minutes)
             await self.revocations.revoke(f"fam:{claims['fam']}", until, reason="logout")
-        await self.ctx.hub.revoke_sessions(principal.user_id, jti=claims["jti"], code=4401, reason="logged out")
+        await self.ctx.hub.revoke_sessions(principal.user_id, jti=claims["jti"], fam=claims.get("fam"), code=4401,
+                                           reason="logged out")
 
     async def switch_account(self, principal, switch_to: str) -> dict:
         """Become a client or an agent: user_type changes and a new pair (same family) carries

@@ -25,6 +25,7 @@ class Connection(Protocol):
     conn_id: str
     user_id: int
     jti: str  # the token the socket was opened with (logout of that token closes it)
+    fam: str | None  # its login family (logout or a reused refresh token closes every socket of it)
 
     def deliver(self, text: str) -> None:
         """Queue a frame for this socket without blocking."""
@@ -100,10 +101,14 @@ class Hub:
         return await self.broker.user_removed(conn.user_id, self.remove(conn))
 
     # ---- session control ---------------------------------------------------
-    async def revoke_sessions(self, user_id: int, *, jti: str | None = None, code: int = 4401, reason: str = "token revoked") -> None:
+    async def revoke_sessions(self, user_id: int, *, jti: str | None = None, fam: str | None = None, code: int = 4401,
+                              reason: str = "token revoked") -> None:
         """Close the user's sockets on every process: all of them, or only those opened
-        with token `jti`. Logout uses 4401 with the jti; deactivation 4403 for all."""
-        await self.broker.publish_control({"op": "revoke", "user_id": user_id, "jti": jti, "code": code, "reason": reason})
+        with token `jti` or with any token of login family `fam`. Logout uses 4401 with
+        both (the refresh rotation may have opened sockets with older access tokens of
+        the same login); deactivation and password resets 4403/4401 for all."""
+        await self.broker.publish_control({"op": "revoke", "user_id": user_id, "jti": jti, "fam": fam, "code": code,
+                                           "reason": reason})
 
     def handle_control(self, message: dict) -> None:
         for listener in self.control_listeners:
@@ -112,8 +117,10 @@ class Hub:
             except Exception:
                 log.exception("control listener failed")
         if message.get("op") == "revoke":
+            jti, fam = message.get("jti"), message.get("fam")
             for conn in self.sockets_of(message["user_id"]):
-                if message.get("jti") in (None, conn.jti):
+                everything = jti is None and fam is None
+                if everything or conn.jti == jti or (fam is not None and getattr(conn, "fam", None) == fam):
                     conn.close_for(message["code"], message["reason"])
 
     def sockets_of(self, user_id: int) -> list[Connection]:
