@@ -8,9 +8,11 @@ everything addressed to a *user* goes through `hub.publish_*`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import math
+import time
 import uuid
 
 import tornado.websocket
@@ -36,6 +38,9 @@ CLOSE_TRY_LATER = 1013
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 
+# Rate-limited frames are counted over this many seconds to spot persistent abuse.
+STRIKE_WINDOW = 10.0
+
 
 class ChatSocket(tornado.websocket.WebSocketHandler):
     """One client socket; implements the hub's Connection protocol (conn_id, user_id,
@@ -48,9 +53,11 @@ class ChatSocket(tornado.websocket.WebSocketHandler):
         self.conn_id = uuid.uuid4().hex
         self.user_id = None
         self.jti = None
+        self.fam = None
         self._closing = False
         self._registered = False
-        self._strikes = 0
+        # Monotonic times of this socket's recent rate-limited frames (persistent abuse = many in STRIKE_WINDOW).
+        self._strikes: collections.deque | None = None  # created on the first refusal (idle sockets stay small)
 
     @property
     def ctx(self):
@@ -100,6 +107,7 @@ class ChatSocket(tornado.websocket.WebSocketHandler):
         user = self.principal.user
         self.user_id = user["_id"]
         self.jti = self.principal.jti
+        self.fam = self.principal.claims.get("fam")
         self.info = sender_info(user)
         self.principal = None
         self.request.headers.clear()  # idle sockets are many: keep only what we use
@@ -176,13 +184,20 @@ class ChatSocket(tornado.websocket.WebSocketHandler):
         settings = ctx.settings
         wait = await ctx.limits.take_token(f"ws:{self.user_id}", settings.ws_rate_burst, settings.ws_rate_per_second)
         if wait > 0:
-            self._strikes += 1
-            if self._strikes >= settings.ws_rate_strikes_before_close:
+            # Persistent abuse: too many refused frames within STRIKE_WINDOW seconds, however
+            # they are interleaved with accepted ones (a client pacing just above the limit).
+            now = time.monotonic()
+            strikes = self._strikes
+            if strikes is None:
+                strikes = self._strikes = collections.deque()
+            strikes.append(now)
+            while strikes and strikes[0] < now - STRIKE_WINDOW:
+                strikes.popleft()
+            if len(strikes) >= settings.ws_rate_strikes_before_close:
                 self.close_for(CLOSE_POLICY, "rate limit exceeded repeatedly")
                 return
             self.send_frame(error_frame("rate_limited", "Too many frames; slow down", cmid, retry_after=round(wait, 3)))
             return
-        self._strikes = 0
         if data is None:
             self.send_frame(error_frame("invalid_json", "Frames must be JSON text"))
             return

@@ -41,6 +41,27 @@ async def test_rate_limit_sends_error_frames_then_persistent_abuse_closes_1008(s
     assert code == 1008 and "rate" in reason
 
 
+async def test_pacing_just_above_the_limit_is_still_persistent_abuse(sheda):
+    # 20 frames/s against 5/s sustained: every fourth frame is accepted, which must not
+    # wipe the record of the refused ones in between.
+    alice = await sheda.signup("client")
+    ws = await sheda.ws(alice.token)
+    closed = False
+    try:
+        for _ in range(200):
+            await ws.send({"type": "ping"})
+            await asyncio.sleep(0.05)
+            if ws.closed.done():
+                closed = True
+                break
+    except WebSocketClosedError:
+        closed = True
+    assert closed
+    code, reason = await ws.wait_closed()
+    assert code == 1008 and "rate" in reason
+    assert ws.of_type("pong") and [f for f in ws.of_type("error") if f["code"] == "rate_limited"]
+
+
 class RawSocket:
     """A minimal WebSocket client over a plain socket with a tiny receive buffer, that
     can stop reading: the way to make the server's outbound buffer really fill."""
