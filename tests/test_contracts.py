@@ -255,6 +255,32 @@ async def test_two_contracts_on_one_property_never_both_active(sheda):
     assert stored["status"] == "rented" and stored["contract_id"] == winner["id"]
 
 
+async def test_contract_started_while_a_rival_is_confirmed_is_closed_not_left_dangling(sheda):
+    # Client 2 starts a contract exactly while the agent confirms client 1's payment: the
+    # confirmation lands after client 2's availability check and before its insert.
+    agent, prop, [(c1, a1), (c2, a2)] = await rental_ready(sheda, clients=2)
+    cid1 = (await sheda.api.post(f"{CT}/{prop['id']}", {"appointment_id": a1["id"], "term_months": 6}, token=c1.token)).json["id"]
+    assert (await sheda.api.patch(f"{CT}/{cid1}/payment-sent", token=c1.token)).status == 200
+    store = sheda.ctx.contracts.store
+    real_insert = store.insert
+    confirmed = []
+
+    async def insert_after_a_rival_confirms(doc):
+        confirmed.append(await sheda.api.patch(f"{CT}/{cid1}/confirm-payment", token=agent.token))
+        return await real_insert(doc)
+
+    store.insert = insert_after_a_rival_confirms
+    try:
+        r = await sheda.api.post(f"{CT}/{prop['id']}", {"appointment_id": a2["id"], "term_months": 6}, token=c2.token)
+    finally:
+        store.insert = real_insert
+    assert confirmed[0].status == 200
+    assert r.status == 409 and r.json["code"] == "property_unavailable", r
+    mine = await sheda.ctx.db["contracts"].find({"client_id": c2.id}).to_list()
+    assert [(d["status"], d.get("cancel_reason"), "open_key" in d) for d in mine] == [("cancelled", "property_unavailable", False)]
+    assert (await snapshot(sheda, "properties", prop["id"]))["contract_id"] == cid1
+
+
 async def test_double_confirm_of_one_contract_and_cancel_racing_confirm(sheda):
     agent, prop, [(client, appt)] = await rental_ready(sheda)
     cid = (await sheda.api.post(f"{CT}/{prop['id']}", {"appointment_id": appt["id"], "term_months": 12}, token=client.token)).json["id"]

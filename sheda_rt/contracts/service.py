@@ -121,6 +121,15 @@ class ContractService:
             "account_details": account, "open_key": f"{property_id}:{principal.user_id}",
             "created_at": now, "updated_at": now,
         })
+        # Another contract on this property may have been confirmed between our check and our
+        # insert (its rival sweep ran before this contract existed): look again, and close
+        # this one rather than leave a contract that can never complete.
+        again = await self.properties.get(property_id)
+        if again is None or again.get("status") != "available" or not again.get("is_active", True):
+            await self.store.transition(doc["_id"], {}, OPEN_STATES, "cancelled", now,
+                                        {"cancelled_at": now, "cancelled_by": None, "cancel_reason": "property_unavailable"},
+                                        close=True)
+            raise Conflict("This property was just rented, sold or delisted", "property_unavailable")
         await self._announce(doc, "created", actor=principal.user_id)
         return contract_view(doc)
 
@@ -237,12 +246,24 @@ class ContractService:
 
     async def expire_due(self) -> int:
         """What the periodic job does: expire every due contract; finish any half-done release."""
-        expired = 0
-        for contract_id in await self.store.due_ids(self.clock.now()):
-            if await self.expire(contract_id, due_only=True) is not None:
-                expired += 1
+        expired, page = 0, 500
+        while True:
+            due = await self.store.due_ids(self.clock.now(), limit=page)
+            progressed = 0
+            for contract_id in due:
+                try:
+                    if await self.expire(contract_id, due_only=True) is not None:
+                        expired += 1
+                        progressed += 1
+                except Exception:  # one bad contract must not hold up the others; the next run retries it
+                    log.exception("could not expire contract %s", contract_id)
+            if len(due) < page or not progressed:
+                break
         for doc in await self.store.unreleased():
-            await self._release(doc, self.clock.now())
+            try:
+                await self._release(doc, self.clock.now())
+            except Exception:
+                log.exception("could not release the property of contract %s", doc["_id"])
         return expired
 
     # ---- notifications -----------------------------------------------------
