@@ -41,8 +41,9 @@ class Settings(BaseSettings):
     redis_heartbeat_seconds: float = Field(5.0, gt=0, description="Presence heartbeat; a dead process's users go offline after 3x this")
 
     # Auth
-    jwt_secret: Optional[SecretStr] = Field(None, description="Unset: generated once and kept in DATA_DIR/jwt_secret")
-    jwt_algorithm: str = "HS256"
+    jwt_secret: Optional[SecretStr] = Field(None, min_length=32,
+                                            description="At least 32 characters; unset: generated once and kept in DATA_DIR/jwt_secret")
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
     access_token_minutes: int = Field(30, ge=1)
     refresh_token_days: int = Field(14, ge=1)
     otp_token_minutes: int = Field(5, ge=1)
@@ -86,10 +87,24 @@ class Settings(BaseSettings):
 
     _validate_cors = field_validator("cors_origins", mode="before")(_split_csv)
 
-    @field_validator("mongodb_uri", "redis_url", mode="before")
+    @field_validator("mongodb_uri", "redis_url", "jwt_secret", "smtp_host", "smtp_username", "smtp_password", mode="before")
     @classmethod
     def _blank_is_none(cls, value):
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("mongodb_uri")
+    @classmethod
+    def _mongodb_scheme(cls, value):
+        if value is not None and not value.startswith(("mongodb://", "mongodb+srv://")):
+            raise ValueError("must be a mongodb:// or mongodb+srv:// URI")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value):
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
 
     @property
     def db_dir(self) -> Path:
@@ -112,7 +127,7 @@ class Settings(BaseSettings):
             return path.read_text().strip()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         secret = secrets.token_urlsafe(48)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f"jwt_secret.{secrets.token_hex(6)}.tmp")  # one per writer: racing starts never share it
         tmp.write_text(secret)
         tmp.chmod(0o600)
         try:
@@ -126,10 +141,14 @@ class Settings(BaseSettings):
         return path.read_text().strip()
 
 
+SECRET_SETTINGS = {"JWT_SECRET", "SMTP_PASSWORD"}  # never echoed back in an error line
+
+
 def load_settings(**overrides) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
         name = ".".join(str(p) for p in first["loc"]).upper() or "settings"
-        raise SettingsError(f"invalid setting {name}: {first['msg']} (got {first.get('input')!r})") from None
+        shown = "<hidden>" if name in SECRET_SETTINGS else repr(first.get("input"))
+        raise SettingsError(f"invalid setting {name}: {first['msg']} (got {shown})") from None

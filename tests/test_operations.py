@@ -49,12 +49,15 @@ def test_fresh_start_restart_and_clean_sigterm(tmp_path):
 
 def test_wrong_setting_fails_with_one_line(tmp_path):
     for env, needle in (({"PORT": "abc"}, "PORT"), ({"ACCESS_TOKEN_MINUTES": "0"}, "ACCESS_TOKEN_MINUTES"),
-                        ({"BCRYPT_ROUNDS": "99"}, "BCRYPT_ROUNDS")):
+                        ({"BCRYPT_ROUNDS": "99"}, "BCRYPT_ROUNDS"), ({"JWT_SECRET": "too-short-secret"}, "JWT_SECRET"),
+                        ({"JWT_ALGORITHM": "none"}, "JWT_ALGORITHM"), ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
+                        ({"MONGODB_URI": "127.0.0.1:27017"}, "MONGODB_URI")):
         code, out, err = run_cli(tmp_path / "data", env_extra=env, timeout=30)
         assert code == 2, (env, out, err)
         lines = err.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("sheda:"), err
         assert "Traceback" not in err + out
+        assert "too-short-secret" not in err  # a secret is never echoed into logs
 
 
 def test_port_in_use_fails_with_one_line(tmp_path):
