@@ -224,20 +224,21 @@ class ChatSocket(tornado.websocket.WebSocketHandler):
         chat = self.ctx.chat
         future = await chat.submit({"_id": self.user_id}, frame.receiver_id, frame.message, client_msg_id=frame.client_msg_id,
                                    property_id=frame.property_id, origin=self.conn_id, info=self.info)
-        future.add_done_callback(self._answer_stored)
+        cmid = frame.client_msg_id
+        future.add_done_callback(lambda done: self._answer_stored(done, cmid))
         if chat.batcher.backlog > 4 * chat.batcher.max_batch:
             # Back-pressure: stop reading this socket until its message is stored.
             await asyncio.wait([future])
 
-    def _answer_stored(self, future: asyncio.Future) -> None:
+    def _answer_stored(self, future: asyncio.Future, client_msg_id: str | None) -> None:
         exc = future.exception()
         if exc is None:
             doc, _ = future.result()
             self.send_frame(ack_frame(doc))
         elif isinstance(exc, ApiError):
-            self.send_frame(error_frame(exc.code, exc.detail, None))
+            self.send_frame(error_frame(exc.code, exc.detail, client_msg_id))
         else:
-            self.send_frame(error_frame("store_failed", "The message could not be stored; send it again"))
+            self.send_frame(error_frame("store_failed", "The message could not be stored; send it again", client_msg_id))
 
     async def _on_read(self, frame):
         await self.ctx.chat.mark_read(self.user_id, frame.other_user_id, frame.up_to, origin=self.conn_id)
@@ -302,9 +303,7 @@ class ReadHandler(APIHandler):
     @endpoint("Mark a peer's messages to me as read up to an id (same as the socket's read frame)", auth=USER,
               body=ReadBody, errors=(400, 401, 404, 422), tags=("chat",))
     async def post(self, body: ReadBody):
-        event = await self.ctx.chat.mark_read(self.principal.user_id, body.other_user_id, body.up_to)
-        return event or {"type": "read", "reader_id": self.principal.user_id, "other_user_id": body.other_user_id,
-                         "up_to": body.up_to, "read_at": None}
+        return await self.ctx.chat.mark_read(self.principal.user_id, body.other_user_id, body.up_to)
 
 
 class ThreadHandler(APIHandler):

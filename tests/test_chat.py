@@ -311,9 +311,16 @@ async def test_rest_send_is_delivered_live_and_history_and_conversations_add_up(
     hist = await sheda.api.get(f"/api/v1/chat/chat-history/{alice.id}", token=bob.token)
     assert hist.json[1]["read_at"] == receipt["read_at"]
     marked = await sheda.api.post("/api/v1/chat/read", {"other_user_id": carol.id, "up_to": 10**15}, token=alice.token)
-    assert marked.status == 200 and marked.json["reader_id"] == alice.id
+    newest_from_carol = items[0]["last_message"]["id"]
+    assert marked.status == 200 and marked.json["reader_id"] == alice.id and marked.json["up_to"] == newest_from_carol
     convs = await sheda.api.get("/api/v1/chat/conversations", token=alice.token)
     assert [i["unread_count"] for i in convs.json["items"]] == [0, 0]
+    again = await sheda.api.post("/api/v1/chat/read", {"other_user_id": carol.id, "up_to": 10**15}, token=alice.token)
+    assert again.status == 200 and again.json["up_to"] == newest_from_carol and again.json["read_at"] is None
+    # "Read up to" a far-future id did not pre-read what carol writes next.
+    await sheda.api.post("/api/v1/chats", {"receiver_id": alice.id, "message": "c-later"}, token=carol.token)
+    convs = await sheda.api.get("/api/v1/chat/conversations", token=alice.token)
+    assert [(i["user_id"], i["unread_count"]) for i in convs.json["items"]] == [(carol.id, 1), (bob.id, 0)]
 
 
 async def test_typing_is_forwarded_at_most_once_per_interval_and_never_stored(sheda):

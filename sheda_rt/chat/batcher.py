@@ -135,8 +135,12 @@ class GroupCommit:
                 first[k] = p
             unique.append(p)
 
-        ids = await self.ids.reserve("messages", len(unique))
         now = self.clock.now()
+        # The pairs' conversation documents first: a stored message always has its
+        # conversation (listing, unread counts, read receipts). If this fails, the batch
+        # fails before anything is stored.
+        await self.conversations.ensure({p.doc["conv"]: (p.doc["sender_id"], p.doc["receiver_id"]) for p in unique}, now)
+        ids = await self.ids.reserve("messages", len(unique))
         docs = []
         for p, mid in zip(unique, ids):
             p.doc["_id"] = mid
@@ -167,10 +171,4 @@ class GroupCommit:
         if new:
             MESSAGES_STORED.inc(len(new))
             BATCH_SIZE.observe(len(new))
-            pairs = {p.doc["conv"]: (p.doc["sender_id"], p.doc["receiver_id"]) for p in new}
-            try:
-                await self.conversations.ensure(pairs, now)
-            except Exception:
-                # The messages are stored; the pair's document is retried with the next message.
-                log.exception("could not record conversations")
         return new

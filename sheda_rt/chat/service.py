@@ -245,20 +245,28 @@ class ChatService:
         return {"items": items, "next_cursor": next_cursor}
 
     # ---- receipts, typing, presence ----------------------------------------------
-    async def mark_read(self, me: int, other: int, up_to: int, origin: str | None = None) -> dict | None:
+    async def mark_read(self, me: int, other: int, up_to: int, origin: str | None = None) -> dict:
         """Mark other's messages to me with id <= up_to as read; tell other's sockets and
-        my other sockets. Returns the event (None when nothing new was read)."""
+        my other sockets. Returns the read event; when nothing new was read (nothing
+        published) its read_at is None and up_to is the watermark as it stands."""
         if other == me:
             raise BadRequest("There is no conversation with yourself", "self_message")
         if await self.user_brief(other) is None:
             raise NotFound(f"No user with id {other}", "user_not_found")
         conv = conv_key(me, other)
+        event = {"type": "read", "reader_id": me, "other_user_id": other, "up_to": 0, "read_at": None}
+        # The watermark never passes other's newest message: a read receipt "up to" an id
+        # not written yet would silently mark future messages read and zero the unread count.
+        newest = await self.messages.last_id_from(conv, other)
+        if newest is None:
+            return event
+        up_to = min(up_to, newest)
         previous = await self.conversations.advance_read(conv, me, up_to)
         if previous is None or up_to <= previous:
-            return None
+            return {**event, "up_to": previous or 0}
         now = self.clock.now()
         await self.messages.mark_read(conv, other, previous, up_to, now)
-        event = {"type": "read", "reader_id": me, "other_user_id": other, "up_to": up_to, "read_at": format_ts(now)}
+        event = {**event, "up_to": up_to, "read_at": format_ts(now)}
         text = encode(event)
         await self.hub.publish_encoded(other, text)
         await self.hub.publish_encoded(me, text, origin)

@@ -98,6 +98,11 @@ class MessageStore:
     async def last_in(self, conv: str) -> dict | None:
         return await self.col.find_one({"conv": conv}, sort=[("_id", DESCENDING)])
 
+    async def last_id_from(self, conv: str, sender_id: int) -> int | None:
+        """The id of sender_id's newest message in conv (None if they never wrote in it)."""
+        doc = await self.col.find_one({"conv": conv, "sender_id": sender_id}, projection={"_id": 1}, sort=[("_id", DESCENDING)])
+        return doc["_id"] if doc else None
+
     async def mark_read(self, conv: str, sender_id: int, after_id: int, up_to: int, when) -> int:
         result = await self.col.update_many(
             {"conv": conv, "_id": {"$gt": after_id, "$lte": up_to}, "sender_id": sender_id},
