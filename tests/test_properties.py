@@ -137,6 +137,82 @@ async def test_search_filters_each_narrow_the_result(sheda):
         assert r.status == 422, (bad, r)
 
 
+async def test_near_search_matches_the_exact_circle_in_every_sort_and_page(sheda):
+    import random
+
+    from sheda_rt.listings.store import EARTH_RADIUS_KM
+
+    agent = await sheda.signup("agent")
+    rng = random.Random(7)
+    w = word()
+    centre = (45.3, -100.7)  # nowhere near any other test's listings
+    for i in range(36):
+        lat, lng = centre[0] + rng.uniform(-0.5, 0.5), centre[1] + rng.uniform(-0.7, 0.7)
+        await create_property(sheda, agent, location=f"{w} plot {i}", price=str(rng.randint(1, 50) * 100_000),
+                              geo={"lat": round(lat, 6), "lng": round(lng, 6)}, listing_type=rng.choice(["rent", "sale"]))
+        sheda.ctx.clock.advance(seconds=20)  # distinct created_at (tokens last 30 minutes)
+    await create_property(sheda, agent, location=f"{w} no position")
+    col = sheda.ctx.db["properties"]
+
+    async def walk(params: dict) -> list[dict]:
+        seen, cursor = [], None
+        for _ in range(40):
+            r = await sheda.api.get(API, params={**params, "limit": 7, **({"cursor": cursor} if cursor else {})})
+            assert r.status == 200, r
+            seen.extend(r.json["items"])
+            cursor = r.json["next_cursor"]
+            if cursor is None:
+                return seen
+        raise AssertionError("too many pages")
+
+    keys = {"newest": lambda p: (p["created_at"], p["id"]), "price_asc": lambda p: (float(p["price"]), p["id"]),
+            "price_desc": lambda p: (float(p["price"]), p["id"])}
+    for radius in (0.5, 3, 10, 25, 60, 100):
+        for sort in ("newest", "price_asc", "price_desc"):
+            for scoped in (True, False):
+                lat, lng = centre[0] + rng.uniform(-0.3, 0.3), centre[1] + rng.uniform(-0.3, 0.3)
+                params = {"near": f"{lat},{lng}", "radius_km": radius, "sort": sort, **({"location": w} if scoped else {})}
+                got = await walk(params)
+                # The database's own answer to the exact circle, without any index tricks:
+                flt = {"geo": {"$geoWithin": {"$centerSphere": [[lng, lat], radius / EARTH_RADIUS_KM]}}, "status": "available",
+                       "is_active": True}
+                expected = {d["_id"] async for d in col.find(flt, projection={"_id": 1})}
+                ids = [p["id"] for p in got]
+                assert len(ids) == len(set(ids)), (params, "repeated")
+                assert set(ids) == expected, (params, sorted(set(ids) ^ expected))
+                order = [keys[sort](p) for p in got]
+                assert order == sorted(order, reverse=sort != "price_asc"), params
+    # Other filters still apply inside the circle.
+    params = {"near": f"{centre[0]},{centre[1]}", "radius_km": 100, "location": w, "listing_type": "sale"}
+    got = await walk(params)
+    assert got and all(p["listing_type"] == "sale" for p in got)
+
+
+async def test_near_search_across_the_antimeridian(sheda):
+    agent = await sheda.signup("agent")
+    w = word()
+    east = await create_property(sheda, agent, location=f"{w} east", geo={"lat": -16.5, "lng": 179.99})
+    west = await create_property(sheda, agent, location=f"{w} west", geo={"lat": -16.5, "lng": -179.99})
+    r = await sheda.api.get(API, params={"near": "-16.5,179.999", "radius_km": 5})
+    assert r.status == 200 and {p["id"] for p in r.json["items"]} == {east["id"], west["id"]}
+    r = await sheda.api.get(API, params={"near": "-16.5,179.9", "radius_km": 5})
+    assert r.status == 200 and {p["id"] for p in r.json["items"]} == set()
+
+
+async def test_listings_stored_before_geo_cells_are_refaceted_at_startup(sheda):
+    agent = await sheda.signup("agent")
+    prop = await create_property(sheda, agent, location=f"{word()} old", geo={"lat": -33.9, "lng": 18.4})
+    store = sheda.ctx.property_store
+    # As an older version stored it: no grid-cell facets, and no marker of the newer facets.
+    await store.col.update_one({"_id": prop["id"]}, {"$pull": {"facets": {"$regex": "^g"}}})
+    await store.meta.delete_one({"_id": "properties.facets"})
+    assert (await sheda.api.get(API, params={"near": "-33.9,18.4", "radius_km": 1})).json["items"] == []
+    assert await store.ensure_indexes() is None  # what every start runs
+    r = await sheda.api.get(API, params={"near": "-33.9,18.4", "radius_km": 1})
+    assert [p["id"] for p in r.json["items"]] == [prop["id"]]
+    assert await store.refacet_if_stale() == 0  # once only
+
+
 async def test_sorts_and_cursor_pages_never_repeat_or_skip_while_others_insert(sheda):
     agent = await sheda.signup("agent")
     w = word()

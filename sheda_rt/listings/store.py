@@ -28,6 +28,19 @@ reads as it returns instead of every available listing. (MongoDB proper would
 walk the same compound index in order; the slices cost it nothing but a few
 round trips on sparse results.)
 
+Near a point: the embedded database's 2dsphere walk costs time in proportion to
+the whole collection (measured: ~2 s per query at 20k listings, whatever the
+radius), so `near=` is driven by the same compound indexes instead. Each listing
+with a position carries grid-cell facets `"g<k>:<row>:<col>"`, one per level of
+a lat/lng grid whose cells are 0.02° x 4^k wide (k = 0..4, about 2 km to 570
+km). A search picks the finest level at which the circle's bounding box touches
+at most 4 cells and runs one driver per cell (`{status, facets: <cell>, <sort
+key>: <slice>}`), merging them in sort order; the exact `$geoWithin
+$centerSphere` is a residual match on those few candidates. A circle no level
+covers with 4 cells (over a pole or the antimeridian) walks the plain slices with
+the same residual. The 2dsphere index stays: it refuses malformed points on
+write, and a real MongoDB can serve ad-hoc geo queries from it.
+
 Location text: the database has no text index, and an unanchored regex (or
 even an anchored one here) is a collection scan. Instead each location word
 contributes its prefixes of 3..20 characters (shorter words: the whole word) to
@@ -35,12 +48,14 @@ contributes its prefixes of 3..20 characters (shorter words: the whole word) to
 """
 from __future__ import annotations
 
+import asyncio
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, GEOSPHERE, IndexModel, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, GEOSPHERE, IndexModel, ReturnDocument, UpdateOne
 from pymongo.errors import DuplicateKeyError
 
 from sheda_rt.errors import Conflict
@@ -64,6 +79,11 @@ PRICE_BASE = 100_000  # kobo: the first ascending slice ends at 4 x max(start, �
 PRICE_CEILING = 100_000_000_000_000  # kobo: ₦1 trillion, the largest accepted price
 GROWTH = 4
 
+# Geo grid levels (see module docstring): cell sizes in degrees.
+GEO_CELL_DEGREES = (0.02, 0.08, 0.32, 1.28, 5.12)
+GEO_MAX_CELLS = 4
+KM_PER_DEGREE = math.pi * EARTH_RADIUS_KM / 180
+
 
 def location_words(text: str) -> list[str]:
     return _WORD.findall((text or "").lower())
@@ -74,9 +94,38 @@ def word_facet(word: str) -> str:
     return "w:" + word[:PREFIX_MAX]
 
 
+def geo_cell(level: int, lat: float, lng: float) -> str:
+    size = GEO_CELL_DEGREES[level]
+    return f"g{level}:{math.floor(lat / size)}:{math.floor(lng / size)}"
+
+
+def geo_cells_covering(lat: float, lng: float, radius_km: float) -> list[str] | None:
+    """The grid cells (at most GEO_MAX_CELLS, at the finest level that manages it) that
+    together contain every point within radius_km of (lat, lng); None when no level does."""
+    delta = radius_km / KM_PER_DEGREE * 1.01  # the cap's angular radius, with a margin for rounding
+    if abs(lat) + delta >= 90:
+        return None
+    ratio = math.sin(math.radians(delta)) / math.cos(math.radians(lat))
+    if ratio >= 1:
+        return None
+    dlng = math.degrees(math.asin(ratio)) * 1.01  # the cap's widest longitude offset
+    if lng - dlng < -180 or lng + dlng > 180:
+        return None
+    for level, size in enumerate(GEO_CELL_DEGREES):
+        rows = range(math.floor((lat - delta) / size), math.floor((lat + delta) / size) + 1)
+        cols = range(math.floor((lng - dlng) / size), math.floor((lng + dlng) / size) + 1)
+        if len(rows) * len(cols) <= GEO_MAX_CELLS:
+            return [f"g{level}:{r}:{c}" for r in rows for c in cols]
+    return None
+
+
 def facets_for(doc: dict) -> list[str]:
     lt, pt = doc["listing_type"], doc["property_type"]
     out = {"*", f"l:{lt}", f"t:{pt}", f"l:{lt}|t:{pt}", f"a:{doc['agent_id']}"}
+    point = (doc.get("geo") or {}).get("coordinates")
+    if point:
+        lng, lat = point
+        out.update(geo_cell(level, lat, lng) for level in range(len(GEO_CELL_DEGREES)))
     for word in location_words(doc.get("location", "")):
         if len(word) < PREFIX_MIN:
             out.add("w:" + word)
@@ -109,12 +158,42 @@ class PropertyStore:
         IndexModel([("geo", GEOSPHERE)], name="search_geo", **{"2dsphereIndexVersion": 3}),
     ]
 
+    # Bump when facets_for changes: listings stored before are re-faceted once at startup.
+    FACETS_VERSION = 2  # 2: geo grid cells
+
     def __init__(self, db, ids):
         self.col = db["properties"]
+        self.meta = db["meta"]
         self.ids = ids
 
     async def ensure_indexes(self):
         await self.col.create_indexes(self.INDEXES)
+        await self.refacet_if_stale()
+
+    async def refacet_if_stale(self, batch: int = 1000) -> int:
+        """Recompute `facets` of every listing when they were made by an older facets_for.
+        Idempotent (facets are a function of the document), so processes starting together
+        may both run it; each write names the revision it read, so an edit racing it (which
+        recomputes facets itself) is never overwritten with facets of the older fields."""
+        marker = await self.meta.find_one({"_id": "properties.facets"})
+        if marker is not None and marker.get("version", 0) >= self.FACETS_VERSION:
+            return 0
+        fields = {"listing_type": 1, "property_type": 1, "agent_id": 1, "location": 1, "geo": 1, "rev": 1}
+        done, last = 0, None
+        while True:
+            flt = {"_id": {"$gt": last}} if last is not None else {}
+            docs = await self.col.find(flt, projection=fields, sort=[("_id", ASCENDING)], limit=batch).to_list()
+            if not docs:
+                break
+            await self.col.bulk_write([UpdateOne({"_id": d["_id"], "rev": d.get("rev")}, {"$set": {"facets": facets_for(d)}})
+                                       for d in docs], ordered=False)
+            done += len(docs)
+            last = docs[-1]["_id"]
+        try:
+            await self.meta.update_one({"_id": "properties.facets"}, {"$max": {"version": self.FACETS_VERSION}}, upsert=True)
+        except DuplicateKeyError:  # another process's upsert won; it wrote the same version
+            pass
+        return done
 
     # ---- documents ---------------------------------------------------------
     async def insert(self, doc: dict) -> dict:
@@ -255,45 +334,54 @@ class PropertyStore:
                 hi = lo
 
     def pipelines(self, plan: SearchPlan, now: datetime):
-        """The probe pipelines of a search, lazily: (pipeline builder taking the remaining count)."""
+        """The probes of a search, lazily, in sort order: each is a builder that takes the
+        number of items still wanted and returns the pipelines to run together (one per
+        driver facet: one, or up to GEO_MAX_CELLS for a near= search)."""
         sort = SORTS[plan.sort]
         key = sort[0][0]
         after = self._cursor_after(plan)
         residual = dict(plan.residual)
+        facets = [plan.facet]
+        if plan.near is not None:
+            lat, lng, radius_km = plan.near
+            within = {"geo": {"$geoWithin": {"$centerSphere": [[lng, lat], radius_km / EARTH_RADIUS_KM]}}}
+            residual = {"$and": [residual, within]} if residual else within
+            cells = geo_cells_covering(lat, lng, radius_km)
+            if cells is not None:
+                if plan.facet != "*":  # the request's own facet becomes a residual condition
+                    residual = {"$and": [residual, {"facets": plan.facet}]}
+                facets = cells
         if after is not None:
             residual = {"$and": [residual, after_filter(sort, list(after))]} if residual else after_filter(sort, list(after))
         sort_stage = {"$sort": dict(sort)}
-        if plan.near is not None:
-            lat, lng, radius_km = plan.near
-            driver = {"geo": {"$geoWithin": {"$centerSphere": [[lng, lat], radius_km / EARTH_RADIUS_KM]}}, "status": plan.status}
-            price = {**({"$gte": plan.price_min} if plan.price_min is not None else {}),
-                     **({"$lte": plan.price_max} if plan.price_max is not None else {})}
-            rest = dict(residual)
-            if price:
-                rest = {"$and": [rest, {"price_minor": price}]} if rest else {"price_minor": price}
-            yield lambda need: [{"$match": driver}, {"$match": rest}, sort_stage, {"$limit": need}]
-            return
         if plan.sort == "newest" and (plan.price_min is not None or plan.price_max is not None):
             price = {**({"$gte": plan.price_min} if plan.price_min is not None else {}),
                      **({"$lte": plan.price_max} if plan.price_max is not None else {})}
             residual = {"$and": [residual, {"price_minor": price}]} if residual else {"price_minor": price}
         for rng in self._slices(plan, after[0] if after else None, now):
-            driver = {"status": plan.status, "facets": plan.facet}
-            if rng is not None:
-                driver[key] = rng
-            stages = [{"$match": driver}]
-            if residual:
-                stages.append({"$match": residual})
-            yield (lambda stages: lambda need: stages + [sort_stage, {"$limit": need}])(stages)
+            drivers = []
+            for facet in facets:
+                driver = {"status": plan.status, "facets": facet}
+                if rng is not None:
+                    driver[key] = rng
+                drivers.append([{"$match": driver}] + ([{"$match": residual}] if residual else []))
+            yield (lambda drivers: lambda need: [stages + [sort_stage, {"$limit": need}] for stages in drivers])(drivers)
 
     async def search(self, plan: SearchPlan, now: datetime, serialize, trace: list | None = None) -> dict:
         want = plan.limit + 1
+        key, direction = SORTS[plan.sort][0]
         docs: list[dict] = []
         for build in self.pipelines(plan, now):
-            pipeline = build(want - len(docs))
+            pipelines = build(want - len(docs))
             if trace is not None:
-                trace.append(pipeline)
-            docs.extend(await (await self.col.aggregate(pipeline)).to_list())
+                trace.extend(pipelines)
+            if len(pipelines) == 1:
+                found = await (await self.col.aggregate(pipelines[0])).to_list()
+            else:  # a slice over several grid cells: run them together, merge in sort order
+                parts = await asyncio.gather(*(self._run(p) for p in pipelines))
+                found = sorted((d for part in parts for d in part), key=lambda d: (d[key], d["_id"]), reverse=direction < 0)
+                found = found[: want - len(docs)]
+            docs.extend(found)
             if len(docs) >= want:
                 break
         more = len(docs) > plan.limit
@@ -303,6 +391,9 @@ class PropertyStore:
             last = docs[-1]
             next_cursor = encode_cursor([plan.sort, last[SORTS[plan.sort][0][0]], last["_id"]])
         return {"items": [serialize(d) for d in docs], "next_cursor": next_cursor}
+
+    async def _run(self, pipeline: list) -> list[dict]:
+        return await (await self.col.aggregate(pipeline)).to_list()
 
 
 class FavouriteStore:
