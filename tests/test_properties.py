@@ -206,6 +206,7 @@ async def test_listings_stored_before_geo_cells_are_refaceted_at_startup(sheda):
     # As an older version stored it: no grid-cell facets, and no marker of the newer facets.
     await store.col.update_one({"_id": prop["id"]}, {"$pull": {"facets": {"$regex": "^g"}}})
     await store.meta.delete_one({"_id": "properties.facets"})
+    await store.col.insert_one({"_id": await sheda.ctx.ids.next("properties"), "title": "a half-written document"})  # must not stop a start
     assert (await sheda.api.get(API, params={"near": "-33.9,18.4", "radius_km": 1})).json["items"] == []
     assert await store.ensure_indexes() is None  # what every start runs
     r = await sheda.api.get(API, params={"near": "-33.9,18.4", "radius_km": 1})

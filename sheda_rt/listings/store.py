@@ -49,6 +49,7 @@ contributes its prefixes of 3..20 characters (shorter words: the whole word) to
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -61,6 +62,8 @@ from pymongo.errors import DuplicateKeyError
 from sheda_rt.errors import Conflict
 from sheda_rt.pagination import PageQuery, after_filter, decode_cursor, encode_cursor, paginate
 from sheda_rt.errors import ValidationFailed
+
+log = logging.getLogger("sheda.listings")
 
 EARTH_RADIUS_KM = 6378.1
 PREFIX_MIN, PREFIX_MAX = 3, 20
@@ -185,8 +188,14 @@ class PropertyStore:
             docs = await self.col.find(flt, projection=fields, sort=[("_id", ASCENDING)], limit=batch).to_list()
             if not docs:
                 break
-            await self.col.bulk_write([UpdateOne({"_id": d["_id"], "rev": d.get("rev")}, {"$set": {"facets": facets_for(d)}})
-                                       for d in docs], ordered=False)
+            updates = []
+            for d in docs:
+                try:
+                    updates.append(UpdateOne({"_id": d["_id"], "rev": d.get("rev")}, {"$set": {"facets": facets_for(d)}}))
+                except (KeyError, TypeError, ValueError):  # not a listing this code wrote: leave it, never block a start
+                    log.warning("listing %r has no usable listing fields; facets left as they are", d["_id"])
+            if updates:
+                await self.col.bulk_write(updates, ordered=False)
             done += len(docs)
             last = docs[-1]["_id"]
         try:
