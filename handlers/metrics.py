@@ -4,7 +4,7 @@ HTTP metrics.
 No authentication, like /health: scrapers rarely carry tokens and the figures
 name no user. Keep the port private or filter /metrics at the proxy if that
 matters. Under `--processes N` the figures are the sum over all workers
-(prometheus_client multiprocess mode; gauges carry a `pid` label), so any
+(prometheus_client multiprocess mode; the open-sockets gauge sums the live workers), so any
 worker answers for the whole server.
 """
 from __future__ import annotations

@@ -6,7 +6,8 @@ from prometheus_client import Counter, Gauge, Histogram
 HTTP_REQUESTS = Counter("sheda_http_requests_total", "HTTP requests", ["method", "route", "status"])
 HTTP_LATENCY = Histogram("sheda_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-OPEN_SOCKETS = Gauge("sheda_ws_open_sockets", "Open WebSocket connections in this process")
+# livesum: with several workers, the total over the live ones (a dead worker's count is dropped).
+OPEN_SOCKETS = Gauge("sheda_ws_open_sockets", "Open WebSocket connections", multiprocess_mode="livesum")
 MESSAGES_STORED = Counter("sheda_chat_messages_stored_total", "Chat messages stored")
 MESSAGES_DELIVERED = Counter("sheda_chat_messages_delivered_total", "Frames of type message handed to sockets")
 BATCH_SIZE = Histogram("sheda_chat_batch_size", "Messages per group-commit insert_many",

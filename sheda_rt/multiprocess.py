@@ -18,7 +18,7 @@ Workers share events, presence, limits and revocations through Redis
 database URI the parent resolved. Their Prometheus metrics are aggregated
 with prometheus_client's multiprocess mode: the parent creates a metrics
 directory before anything imports prometheus_client, so `/metrics` on any
-worker reports the sum over all of them (gauges per worker, labelled pid).
+worker reports the sum over all of them (the open-sockets gauge over the live workers).
 
 No event loop and no threads run in the parent before forking; the workers
 build theirs after the fork.

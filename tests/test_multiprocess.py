@@ -64,8 +64,15 @@ async def test_processes_2_share_one_port_with_one_database_and_stop_on_sigterm(
         first = parse_metrics((await remote.api.get("/metrics")).body.decode())
         key = ("sheda_http_requests_total", (("method", "GET"), ("route", "/api/v1/users/me"), ("status", "200")))
         assert first[key] == 6
-        seen_pids = {dict(labels).get("pid") for name, labels in first if name == "sheda_ws_open_sockets"}
-        assert {str(p) for p in worker_pids} <= seen_pids
+        # Open sockets: one total over the live workers, whichever worker holds them.
+        sockets = [await remote.ws(user.token) for _ in range(3)]
+        for ws in sockets:
+            await ws.send({"type": "ping"})
+            await ws.wait_type("pong")
+        gauges = {labels: v for (name, labels), v in (await remote.metrics()).items() if name == "sheda_ws_open_sockets"}
+        assert gauges == {(): 3}, gauges
+        for ws in sockets:
+            ws.close()
 
         server.signal(signal.SIGTERM)
         assert server.wait(60) == 0
