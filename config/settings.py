@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     processes: int = Field(1, ge=1, le=64, description="Worker processes sharing the port (needs REDIS_URL when > 1)")
     shutdown_grace_seconds: float = Field(10.0, ge=0, description="How long in-flight requests may take after SIGTERM")
+    trust_proxy_headers: bool = Field(False, description="Take the client address from X-Forwarded-For/X-Real-Ip (only behind a proxy that sets them)")
 
     # Storage
     data_dir: Path = Path("./data")

@@ -47,7 +47,7 @@ class Server:
         # Bodies are streamed and size-checked per route by the handlers (JSON 413), so
         # the server-level cap only guards against absurd sizes.
         cap = max(self.settings.max_upload_bytes, self.settings.max_json_bytes) * 4 + 1024 * 1024
-        self.http = tornado.httpserver.HTTPServer(self.app, xheaders=True, max_body_size=cap, idle_connection_timeout=120)
+        self.http = tornado.httpserver.HTTPServer(self.app, xheaders=self.settings.trust_proxy_headers, max_body_size=cap, idle_connection_timeout=120)
         if sockets is None:
             sockets = tornado.netutil.bind_sockets(self.settings.port, self.settings.host)
         self.http.add_sockets(sockets)

@@ -254,6 +254,10 @@ async def test_login_throttle(sheda):
         assert r.status == 401
     fifth = await sheda.api.post(f"{AUTH}/login", {"username": user.email, "password": "wrong-password-5"})
     assert fifth.status == 429 and int(fifth.headers["Retry-After"]) > 0 and fifth.json["code"] == "rate_limited"
+    # A made-up forwarding header does not buy a fresh address (no trusted proxy by default).
+    spoofed = await sheda.api.post(f"{AUTH}/login", {"username": user.username, "password": user.password},
+                                   headers={"X-Forwarded-For": "203.0.113.9", "X-Real-Ip": "203.0.113.9"})
+    assert spoofed.status == 429
     # Now even the right password waits (by any of the account's names).
     right = await sheda.api.post(f"{AUTH}/login", {"username": user.username, "password": user.password})
     assert right.status == 429 and 0 < int(right.headers["Retry-After"]) <= 15 * 60
