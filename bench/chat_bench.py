@@ -442,7 +442,13 @@ async def run(args) -> dict:
             print(f"idle: {held} authenticated sockets held (opened in {opened_in:.1f}s); server RSS {before/1024:.1f} -> "
                   f"{after/1024:.1f} MiB = {per:.1f} KiB per idle socket", flush=True)
             await close_sockets(idle)
-            await asyncio.sleep(3.0)
+            settle = time.perf_counter()
+            await asyncio.to_thread(wait_sockets_gone, port)
+            # The server then stores last_seen for every one of them (coalesced update_many):
+            # wait for the database to have it all, so the load phases start on a quiet server.
+            await asyncio.to_thread(wait_last_seen, server.db_uri(), "sheda_bench", [u for u, _ in users[: args.idle]])
+            print(f"idle: all closed and recorded offline (last_seen stored) in {time.perf_counter() - settle:.1f}s", flush=True)
+            await asyncio.sleep(1.0)
 
         pairs = users[: args.clients - args.clients % 2]
 
@@ -490,6 +496,37 @@ async def run(args) -> dict:
 
             shutil.rmtree(work, ignore_errors=True)
     return results
+
+
+def wait_last_seen(uri: str, db_name: str, user_ids: list[int], timeout: float = 600.0) -> None:
+    from pymongo import MongoClient
+
+    client = MongoClient(uri)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            # (no $in over 10,000 ids: the embedded database matches $in by scanning the list)
+            done = client[db_name]["users"].count_documents({"_id": {"$gte": min(user_ids), "$lte": max(user_ids)},
+                                                             "last_seen": {"$exists": True}})
+            if done >= len(user_ids):
+                return
+            time.sleep(0.5)
+    finally:
+        client.close()
+
+
+def wait_sockets_gone(port: int, timeout: float = 300.0) -> None:
+    """Until the server's open-sockets gauge reads 0 (its offline bookkeeping is done)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+            if any(line.split()[-1] in ("0", "0.0") for line in text.splitlines() if line.startswith("sheda_ws_open_sockets")):
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
 
 
 def wait_port(port: int, timeout: float = 20.0) -> None:

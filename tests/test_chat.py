@@ -362,6 +362,25 @@ async def test_presence_goes_to_people_you_talk_with(sheda):
     assert s.of_type("presence") == []
 
 
+async def test_many_users_dropping_at_once_all_go_offline_with_last_seen(sheda):
+    # A network blip drops many mobile sockets together: every one is recorded offline
+    # (their last_seen writes are coalesced) and the agent they talk to hears each.
+    agent = await sheda.signup("agent")
+    clients = [await sheda.signup("client") for _ in range(25)]
+    for c in clients:
+        await sheda.api.post("/api/v1/chats", {"receiver_id": agent.id, "message": "hello"}, token=c.token)
+    watcher = await sheda.ws(agent.token)
+    sockets = [await sheda.ws(c.token) for c in clients]
+    await watcher.wait_for(lambda f: len([p for p in watcher.of_type("presence") if p["online"]]) == len(clients), timeout=10)
+    for ws in sockets:
+        ws.close()
+    await watcher.wait_for(lambda f: len([p for p in watcher.of_type("presence") if not p["online"]]) == len(clients), timeout=10)
+    offline = {p["user_id"]: p for p in watcher.of_type("presence") if not p["online"]}
+    assert set(offline) == {c.id for c in clients}
+    stored = {d["_id"]: d.get("last_seen") async for d in sheda.ctx.db["users"].find({"_id": {"$in": [c.id for c in clients]}})}
+    assert all(stored[c.id] is not None for c in clients), stored
+
+
 async def test_bad_tokens_close_4401_and_deactivated_users_4403(sheda):
     alice = await sheda.signup("client")
     for token in ("not-a-jwt", alice.refresh_token, None):

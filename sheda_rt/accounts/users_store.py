@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from pymongo import ASCENDING, IndexModel, ReturnDocument
+from pymongo import ASCENDING, IndexModel, ReturnDocument, UpdateMany
 from pymongo.errors import DuplicateKeyError
 
 from sheda_rt.errors import Conflict
@@ -53,6 +53,16 @@ class UserStore:
 
     async def find_by_email(self, email: str) -> dict | None:
         return await self.col.find_one({"email": email.strip().lower()})
+
+    IN_CHUNK = 200  # ids per $in: a database may match $in by scanning the list, per document
+
+    async def touch_last_seen(self, user_ids: list[int], when) -> None:
+        """One round trip for many users going offline together (a network blip drops thousands)."""
+        if not user_ids:
+            return
+        step = self.IN_CHUNK
+        await self.col.bulk_write([UpdateMany({"_id": {"$in": user_ids[i:i + step]}}, {"$set": {"last_seen": when}})
+                                   for i in range(0, len(user_ids), step)], ordered=False)
 
     async def update(self, user_id: int, changes: dict, unset: list[str] | None = None) -> dict | None:
         update: dict = {}

@@ -79,6 +79,8 @@ class ChatService:
             window_ms=self.settings.chat_batch_window_ms, max_batch=self.settings.chat_batch_max,
             after_commit=self._deliver_stored,
         )
+        self._presence: list[tuple[int, bool, object]] = []  # (user, online, when) waiting for the next batch
+        self._presence_done: asyncio.Future | None = None
         self.hub.control_listeners.append(self._on_control)
         self.stopping = False  # set by drain(): sockets closing at shutdown are not "going offline"
 
@@ -280,18 +282,40 @@ class ChatService:
         await self.hub.publish_encoded(other, encode({"type": "typing", "user_id": me, "sender_id": me, "receiver_id": other}))
         return True
 
-    async def peers_of(self, user_id: int) -> list[int]:
-        convs = await self.conversations.of_user(user_id)
-        return [u for c in convs for u in c["users"] if u != user_id]
+    PRESENCE_WINDOW = 0.005  # seconds: presence changes within it share their database work
 
     async def presence_changed(self, user_id: int, online: bool) -> None:
-        now = self.clock.now()
-        if not online:
-            await self.users.update(user_id, {"last_seen": now})
-            self._user_cache.forget(user_id)
-        text = encode({"type": "presence", "user_id": user_id, "online": online, "last_seen": format_ts(now)})
-        for peer in await self.peers_of(user_id):
-            await self.hub.publish_encoded(peer, text)
+        """Tell the people user_id shares a conversation with that they came online or went
+        offline (storing last_seen). Changes arriving within PRESENCE_WINDOW are handled as
+        one batch: one update_many for last_seen and one query for everyone's peers, because
+        thousands of mobile sockets open or drop together (a deploy, a network blip), and a
+        few queries each would queue behind one another for seconds."""
+        self._presence.append((user_id, online, self.clock.now()))
+        if self._presence_done is None:
+            loop = asyncio.get_running_loop()
+            self._presence_done = loop.create_future()
+            loop.call_later(self.PRESENCE_WINDOW, lambda: asyncio.ensure_future(self._flush_presence()))
+        await asyncio.shield(self._presence_done)
+
+    async def _flush_presence(self) -> None:
+        events, done = self._presence, self._presence_done
+        self._presence, self._presence_done = [], None
+        try:
+            offline = {u: when for u, online, when in events if not online}
+            if offline:
+                await self.users.touch_last_seen(list(offline), max(offline.values()))
+                for u in offline:
+                    self._user_cache.forget(u)
+            peers = await self.conversations.peers_of_many({u for u, _, _ in events})
+            for u, online, when in events:  # in the order they happened
+                text = encode({"type": "presence", "user_id": u, "online": online, "last_seen": format_ts(when)})
+                for peer in peers.get(u, ()):
+                    await self.hub.publish_encoded(peer, text)
+        except Exception as exc:
+            done.set_exception(exc)
+            done.exception()  # marked retrieved: the waiters may all have gone
+        else:
+            done.set_result(None)
 
     async def drain(self) -> None:
         """Shutdown: store and answer everything accepted, then close every socket with 1001."""

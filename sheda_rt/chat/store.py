@@ -117,6 +117,7 @@ class MessageStore:
 class ConversationStore:
     INDEXES = [IndexModel([("users", ASCENDING)], name="member")]
     KNOWN_MAX = 200_000  # pairs remembered as existing; forgetting one only costs a no-op upsert
+    IN_CHUNK = 200
 
     def __init__(self, db):
         self.col = db["conversations"]
@@ -143,6 +144,21 @@ class ConversationStore:
 
     async def of_user(self, user_id: int, limit: int = 5000) -> list[dict]:
         return await self.col.find({"users": user_id}).limit(limit).to_list(limit)
+
+    async def peers_of_many(self, user_ids: set[int]) -> dict[int, list[int]]:
+        """{user: the people they share a conversation with} for many users in one query."""
+        out: dict[int, list[int]] = {}
+        ids = list(user_ids)
+        for i in range(0, len(ids), self.IN_CHUNK):  # bounded $in lists (a database may match them per document)
+            async for conv in self.col.find({"users": {"$in": ids[i:i + self.IN_CHUNK]}}, projection={"users": 1}):
+                a, b = conv["users"]
+                if a in user_ids:
+                    out.setdefault(a, []).append(b)
+                if b in user_ids:
+                    out.setdefault(b, []).append(a)
+        for peers in out.values():  # a conversation between two users of one batch is seen twice
+            peers[:] = list(dict.fromkeys(peers))
+        return out
 
     async def get(self, conv: str) -> dict | None:
         return await self.col.find_one({"_id": conv})
