@@ -180,7 +180,7 @@ class AccountService:
         Reading the code from the mailbox also proves the address, so it marks it verified."""
         user = await self._use_code(email, code)
         if not user.get("is_verified"):
-            await self.users.update(user["_id"], {"is_verified": True, "updated_at": self.clock.now()})
+            await self.users.set_fields(user["_id"], {"is_verified": True, "updated_at": self.clock.now()})
         life = timedelta(minutes=self.settings.otp_token_minutes)
         token, _ = self.tokens.issue(user["_id"], ["otp"], "otp", life, ep=user.get("token_epoch", 0))
         return {"access_token": token, "token_type": "bearer", "expires_in": int(life.total_seconds()), "scope": "otp"}
@@ -248,7 +248,7 @@ class AccountService:
         if not user.get("is_verified", False):
             raise Forbidden("Verify your email first: use the code we sent (POST /auth/send-otp sends a new one)",
                             "email_unverified")
-        await self.users.update(user["_id"], {"last_login_at": self.clock.now()})
+        await self.users.set_fields(user["_id"], {"last_login_at": self.clock.now()})
         return await self.issue_pair(user)
 
     async def refresh(self, refresh_token: str) -> dict:

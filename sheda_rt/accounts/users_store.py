@@ -64,6 +64,11 @@ class UserStore:
         await self.col.bulk_write([UpdateMany({"_id": {"$in": user_ids[i:i + step]}}, {"$set": {"last_seen": when}})
                                    for i in range(0, len(user_ids), step)], ordered=False)
 
+    async def set_fields(self, user_id: int, changes: dict) -> None:
+        """A write whose result nobody reads (last_login_at on every login): update_one, which
+        every engine serves from the _id index (find_one_and_update may scan on some)."""
+        await self.col.update_one({"_id": user_id}, {"$set": changes})
+
     async def update(self, user_id: int, changes: dict, unset: list[str] | None = None) -> dict | None:
         update: dict = {}
         if changes:
