@@ -81,6 +81,7 @@ class ChatService:
         )
         self._presence: list[tuple[int, bool, object]] = []  # (user, online, when) waiting for the next batch
         self._presence_done: asyncio.Future | None = None
+        self._presence_order = asyncio.Lock()  # batches publish one after another (online never overtakes offline)
         self.hub.control_listeners.append(self._on_control)
         self.stopping = False  # set by drain(): sockets closing at shutdown are not "going offline"
 
@@ -300,6 +301,10 @@ class ChatService:
     async def _flush_presence(self) -> None:
         events, done = self._presence, self._presence_done
         self._presence, self._presence_done = [], None
+        async with self._presence_order:  # FIFO: batches are published in the order they were cut
+            await self._publish_presence(events, done)
+
+    async def _publish_presence(self, events: list, done: asyncio.Future) -> None:
         try:
             offline = {u: when for u, online, when in events if not online}
             if offline:
