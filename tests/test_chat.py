@@ -323,6 +323,26 @@ async def test_rest_send_is_delivered_live_and_history_and_conversations_add_up(
     assert [(i["user_id"], i["unread_count"]) for i in convs.json["items"]] == [(carol.id, 1), (bob.id, 0)]
 
 
+async def test_racing_read_receipts_announce_each_advance_once(sheda):
+    alice, bob = await pair(sheda)
+    a = await sheda.ws(alice.token)
+    ids = []
+    for i in range(5):
+        r = await sheda.api.post("/api/v1/chats", {"receiver_id": bob.id, "message": f"m{i}"}, token=alice.token)
+        ids.append(r.json["id"])
+    phone, laptop = await sheda.ws(bob.token), await sheda.ws(bob.token)
+    frames = [(phone, ids[2]), (laptop, ids[4]), (phone, ids[4]), (laptop, ids[1])]
+    await asyncio.gather(*(ws.send({"type": "read", "other_user_id": alice.id, "up_to": up}) for ws, up in frames))
+    await a.wait_for(lambda f: f.get("type") == "read" and f["up_to"] == ids[4])
+    await asyncio.sleep(0.3)
+    ups = [f["up_to"] for f in a.of_type("read")]
+    assert len(ups) == len(set(ups)) and max(ups) == ids[4], ups  # each advance announced once
+    conv = await sheda.ctx.db["conversations"].find_one({"_id": conv_key(alice.id, bob.id)})
+    assert conv["read_upto"][str(bob.id)] == ids[4]
+    unread = await sheda.ctx.db["messages"].count_documents({"_id": {"$in": ids}, "read_at": None})
+    assert unread == 0
+
+
 async def test_typing_is_forwarded_at_most_once_per_interval_and_never_stored(sheda):
     alice, bob = await pair(sheda)
     a, b = await sheda.ws(alice.token), await sheda.ws(bob.token)

@@ -165,11 +165,21 @@ class ConversationStore:
 
     async def advance_read(self, conv: str, user_id: int, up_to: int) -> int | None:
         """Raise user_id's read watermark in conv to up_to; returns the previous one
-        (None when the pair never talked)."""
-        before = await self.col.find_one_and_update(
-            {"_id": conv}, {"$max": {f"read_upto.{user_id}": up_to}},
-            projection={f"read_upto.{user_id}": 1}, return_document=ReturnDocument.BEFORE,
-        )
-        if before is None:
-            return None
-        return int((before.get("read_upto") or {}).get(str(user_id), 0))
+        (None when the pair never talked). A compare-and-set on the watermark with
+        find_one + update_one: exactly one of two racing receipts moves it from a given
+        value (so each message is marked and announced once), and both operations are
+        served from the _id index on every engine (find_one_and_update scans the
+        collection on the embedded database, and read receipts are the chat's most
+        frequent write)."""
+        field = f"read_upto.{user_id}"
+        for _ in range(8):
+            doc = await self.col.find_one({"_id": conv}, projection={field: 1})
+            if doc is None:
+                return None
+            previous = int((doc.get("read_upto") or {}).get(str(user_id), 0))
+            if up_to <= previous:
+                return previous
+            seen = {field: previous} if previous else {field: {"$in": [None, 0]}}  # 0 or never set
+            if (await self.col.update_one({"_id": conv, **seen}, {"$set": {field: up_to}})).modified_count:
+                return previous
+        return up_to  # others kept moving it: report nothing new rather than loop
