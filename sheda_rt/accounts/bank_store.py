@@ -5,7 +5,8 @@ auth never carry bank details, and so a profile serializer cannot leak them.
 """
 from __future__ import annotations
 
-from pymongo import ReturnDocument
+
+from sheda_rt.database.writes import update_then_get
 
 
 class AccountInfoStore:
@@ -21,10 +22,10 @@ class AccountInfoStore:
         return await self.col.find_one({"_id": user_id})
 
     async def put(self, user_id: int, fields: dict, now) -> dict:
-        return await self.col.find_one_and_update(
-            {"_id": user_id},
+        return await update_then_get(
+            self.col, {"_id": user_id},
             {"$set": {**fields, "updated_at": now}, "$setOnInsert": {"created_at": now}},
-            upsert=True, return_document=ReturnDocument.AFTER,
+            upsert=True,
         )
 
     async def delete(self, user_id: int) -> bool:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 
-from pymongo import ASCENDING, IndexModel, ReturnDocument, UpdateMany
+from pymongo import ASCENDING, IndexModel, UpdateMany
 from pymongo.errors import DuplicateKeyError
+
+from sheda_rt.database.writes import update_then_get
 
 from sheda_rt.errors import Conflict
 from sheda_rt.pagination import paginate
@@ -78,7 +80,7 @@ class UserStore:
         if not update:
             return await self.get(user_id)
         try:
-            return await self.col.find_one_and_update({"_id": user_id}, update, return_document=ReturnDocument.AFTER)
+            return await update_then_get(self.col, {"_id": user_id}, update)
         except DuplicateKeyError as exc:
             key = str(exc.details.get("keyPattern") or exc)
             field = "email" if "email" in key else "phone" if "phone" in key else "username"
@@ -87,8 +89,7 @@ class UserStore:
     async def revoke_all_tokens(self, user_id: int, changes: dict) -> dict | None:
         """Apply `changes` and move the user's token epoch on: every token issued before carries the
         old epoch and is refused from now on (the auth check compares it with the loaded user)."""
-        return await self.col.find_one_and_update({"_id": user_id}, {"$set": changes, "$inc": {"token_epoch": 1}},
-                                                  return_document=ReturnDocument.AFTER)
+        return await update_then_get(self.col, {"_id": user_id}, {"$set": changes, "$inc": {"token_epoch": 1}})
 
     async def page(self, page, serialize, *, role=None, user_type=None, is_active=None, is_verified=None, prefix=None) -> dict:
         """Newest first, keyset-paginated; `prefix` matches the start of the username or email."""

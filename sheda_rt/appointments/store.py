@@ -8,8 +8,10 @@ rejecting or cancelling removes `slot_key`, which frees the slot.
 """
 from __future__ import annotations
 
-from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.errors import DuplicateKeyError
+
+from sheda_rt.database.writes import update_then_get
 
 from sheda_rt.errors import Conflict
 from sheda_rt.pagination import paginate
@@ -66,7 +68,7 @@ class AvailabilityStore:
 
     async def replace_fields(self, window_id: int, expected: dict, changes: dict) -> dict | None:
         """Change a window only if it still has the `expected` values (used to undo a losing edit)."""
-        return await self.col.find_one_and_update({"_id": window_id, **expected}, {"$set": changes}, return_document=ReturnDocument.AFTER)
+        return await update_then_get(self.col, {"_id": window_id, **expected}, {"$set": changes})
 
     async def delete(self, window_id: int, agent_id: int) -> bool:
         return (await self.col.delete_one({"_id": window_id, "agent_id": agent_id})).deleted_count == 1
@@ -108,8 +110,7 @@ class AppointmentStore:
         update: dict = {"$set": {"status": to_state, "updated_at": now, **(extra or {})}}
         if free_slot:
             update["$unset"] = {"slot_key": ""}
-        return await self.col.find_one_and_update({"_id": appointment_id, "status": {"$in": from_states}, **who}, update,
-                                                  return_document=ReturnDocument.AFTER)
+        return await update_then_get(self.col, {"_id": appointment_id, "status": {"$in": from_states}, **who}, update)
 
     async def page(self, user_id: int, status: str | None, role: str | None, page, serialize) -> dict:
         query: dict = {"parties": user_id}

@@ -20,7 +20,7 @@ contract becomes active, the other open contracts on that property are
 cancelled (their clients are told).
 
 Expiry is exactly-once per contract even with several processes running the
-job: each contract moves `active -> expired` in one find_one_and_update with the
+job: each contract moves `active -> expired` in one conditional update with the
 expected state in the filter; only the caller that made that move releases the
 property and emits the event.
 """

@@ -7,8 +7,10 @@ partial index on it means one open contract per client and property.
 """
 from __future__ import annotations
 
-from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.errors import DuplicateKeyError
+
+from sheda_rt.database.writes import update_then_get
 
 from sheda_rt.errors import Conflict
 from sheda_rt.pagination import paginate
@@ -50,8 +52,7 @@ class ContractStore:
         update: dict = {"$set": {"status": to_state, "updated_at": now, **(extra or {})}}
         if close:
             update["$unset"] = {"open_key": ""}
-        return await self.col.find_one_and_update({"_id": contract_id, "status": {"$in": from_states}, **who}, update,
-                                                  return_document=ReturnDocument.AFTER)
+        return await update_then_get(self.col, {"_id": contract_id, "status": {"$in": from_states}, **who}, update)
 
     async def due_ids(self, now, limit: int = 1000) -> list[int]:
         """Active contracts whose end_date has passed."""

@@ -56,8 +56,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, GEOSPHERE, IndexModel, ReturnDocument, UpdateOne
+from pymongo import ASCENDING, DESCENDING, GEOSPHERE, IndexModel, UpdateOne
 from pymongo.errors import DuplicateKeyError
+
+from sheda_rt.database.writes import get_then_update, update_then_get
 
 from sheda_rt.errors import Conflict
 from sheda_rt.pagination import PageQuery, after_filter, decode_cursor, encode_cursor, paginate
@@ -233,60 +235,54 @@ class PropertyStore:
         update: dict = {"$set": dict(changes, facets=facets_for(merged)), "$inc": {"rev": 1}}
         if unset:
             update["$unset"] = {k: "" for k in unset}
-        return await self.col.find_one_and_update({"_id": property_id, "rev": rev}, update, return_document=ReturnDocument.AFTER)
+        return await update_then_get(self.col, {"_id": property_id, "rev": rev}, update)
 
     async def delist(self, property_id: int, now) -> dict | None:
-        return await self.col.find_one_and_update(
-            {"_id": property_id}, {"$set": {"is_active": False, "delisted_at": now, "updated_at": now}, "$inc": {"rev": 1}},
-            return_document=ReturnDocument.AFTER)
+        return await update_then_get(
+            self.col, {"_id": property_id}, {"$set": {"is_active": False, "delisted_at": now, "updated_at": now}, "$inc": {"rev": 1}})
 
     # ---- status, driven by contracts ---------------------------------------
     async def take(self, property_id: int, new_status: str, contract_id: int, now) -> dict | None:
         """available → rented/sold, only if still available and listed. The one gate that
         makes two contracts on one property unable to both become active."""
-        return await self.col.find_one_and_update(
-            {"_id": property_id, "status": "available", "is_active": True},
-            {"$set": {"status": new_status, "contract_id": contract_id, "updated_at": now}},
-            return_document=ReturnDocument.AFTER)
+        return await update_then_get(
+            self.col, {"_id": property_id, "status": "available", "is_active": True},
+            {"$set": {"status": new_status, "contract_id": contract_id, "updated_at": now}})
 
     async def release(self, property_id: int, contract_id: int, now) -> dict | None:
         """Back to available, only if it is still held by this contract (idempotent)."""
-        return await self.col.find_one_and_update(
-            {"_id": property_id, "contract_id": contract_id},
-            {"$set": {"status": "available", "updated_at": now}, "$unset": {"contract_id": ""}},
-            return_document=ReturnDocument.AFTER)
+        return await update_then_get(
+            self.col, {"_id": property_id, "contract_id": contract_id},
+            {"$set": {"status": "available", "updated_at": now}, "$unset": {"contract_id": ""}})
 
     # ---- images ------------------------------------------------------------
     async def push_image(self, property_id: int, image: dict, max_images: int) -> dict | None:
         """Append an image unless the listing already has `max_images`. The count is part of
         the update's filter, so concurrent uploads can never exceed it."""
-        doc = await self.col.find_one_and_update(
-            {"_id": property_id, "is_active": True, f"images.{max_images - 1}": {"$exists": False}},
-            {"$push": {"images": image}}, return_document=ReturnDocument.AFTER)
+        doc = await update_then_get(
+            self.col, {"_id": property_id, "is_active": True, f"images.{max_images - 1}": {"$exists": False}},
+            {"$push": {"images": image}})
         if doc is not None:
             doc = await self.ensure_primary(property_id) or doc
         return doc
 
     async def ensure_primary(self, property_id: int) -> dict | None:
         """If images exist but none is primary, the first one becomes primary (atomic)."""
-        doc = await self.col.find_one_and_update(
-            {"_id": property_id, "images.0": {"$exists": True}, "images.is_primary": {"$ne": True}},
-            {"$set": {"images.0.is_primary": True}}, return_document=ReturnDocument.AFTER)
+        doc = await update_then_get(
+            self.col, {"_id": property_id, "images.0": {"$exists": True}, "images.is_primary": {"$ne": True}},
+            {"$set": {"images.0.is_primary": True}})
         return doc or await self.get(property_id)
 
     async def set_primary(self, property_id: int, image_id: int, now) -> dict | None:
         """Exactly one primary: one pipeline update sets this image's flag and clears the others."""
-        return await self.col.find_one_and_update(
-            {"_id": property_id, "images.id": image_id},
+        return await update_then_get(
+            self.col, {"_id": property_id, "images.id": image_id},
             [{"$set": {"updated_at": now, "images": {"$map": {"input": "$images", "as": "img", "in": {
-                "$mergeObjects": ["$$img", {"is_primary": {"$eq": ["$$img.id", image_id]}}]}}}}}],
-            return_document=ReturnDocument.AFTER)
+                "$mergeObjects": ["$$img", {"is_primary": {"$eq": ["$$img.id", image_id]}}]}}}}}])
 
     async def pull_image(self, property_id: int, image_id: int) -> dict | None:
         """Remove one image; returns the document as it was before (to find the file to delete)."""
-        return await self.col.find_one_and_update(
-            {"_id": property_id, "images.id": image_id}, {"$pull": {"images": {"id": image_id}}},
-            return_document=ReturnDocument.BEFORE)
+        return await get_then_update(self.col, {"_id": property_id, "images.id": image_id}, {"$pull": {"images": {"id": image_id}}})
 
     # ---- search ------------------------------------------------------------
     def _cursor_after(self, plan: SearchPlan) -> tuple[Any, int] | None:

@@ -1,7 +1,9 @@
 """The `notifications` collection: one document per notification, owned by `user_id`."""
 from __future__ import annotations
 
-from pymongo import DESCENDING, IndexModel, ReturnDocument
+from pymongo import DESCENDING, IndexModel
+
+from sheda_rt.database.writes import update_then_get
 
 from sheda_rt.pagination import PageQuery, paginate
 
@@ -35,9 +37,8 @@ class NotificationStore:
 
     async def mark_read(self, user_id: int, notification_id: int, now) -> dict | None:
         """Idempotent: marking a read notification again keeps its first read_at."""
-        doc = await self.col.find_one_and_update(
-            {"_id": notification_id, "user_id": user_id, "is_read": False},
-            {"$set": {"is_read": True, "read_at": now}}, return_document=ReturnDocument.AFTER)
+        doc = await update_then_get(self.col, {"_id": notification_id, "user_id": user_id, "is_read": False},
+                                    {"$set": {"is_read": True, "read_at": now}})
         if doc is None:
             doc = await self.col.find_one({"_id": notification_id, "user_id": user_id})
         return doc
