@@ -34,7 +34,8 @@ async def verify_password(password: str, hashed: str | None, rounds: int = 12) -
             return await asyncio.to_thread(bcrypt.checkpw, secret, hashed.encode())
         except ValueError:  # not a bcrypt hash (an account created without a password)
             return False
-    await asyncio.to_thread(bcrypt.checkpw, b"timing-equaliser", _dummy_hash(rounds))
+    # (the dummy hash is made on first use, in the worker thread: never on the event loop)
+    await asyncio.to_thread(lambda: bcrypt.checkpw(b"timing-equaliser", _dummy_hash(rounds)))
     return False
 
 
