@@ -124,6 +124,20 @@ def has_collscan(stage: dict) -> bool:
     return any(has_collscan(c) for c in children)
 
 
+async def timed(service, q, runs: int) -> list[float]:
+    """Milliseconds of `runs` searches, sorted."""
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        await service.search(q)
+        out.append((time.perf_counter() - t0) * 1000)
+    return sorted(out)
+
+
+def p99(sorted_ms: list[float]) -> float:
+    return sorted_ms[min(len(sorted_ms) - 1, math.ceil(0.99 * len(sorted_ms)) - 1)]
+
+
 async def main(count: int, runs: int) -> int:
     root = Path(tempfile.mkdtemp(prefix="sheda-bench-"))
     port = free_port()
@@ -159,25 +173,13 @@ async def main(count: int, runs: int) -> int:
             q = SearchQuery.model_validate({"limit": 20, **params})
             trace: list = []
             page = await service.search(q, trace=trace)
-            timings = []
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                await service.search(q)
-                timings.append((time.perf_counter() - t0) * 1000)
-            timings.sort()
-            p99 = timings[min(len(timings) - 1, math.ceil(0.99 * len(timings)) - 1)]
-            print(f"{name:52} {statistics.median(timings):8.1f} {p99:8.1f} {timings[-1]:8.1f} {len(page['items']):6} {len(trace):6}")
+            timings = await timed(service, q, runs)
+            print(f"{name:52} {statistics.median(timings):8.1f} {p99(timings):8.1f} {timings[-1]:8.1f} {len(page['items']):6} {len(trace):6}")
             plans.append((name, trace))
             if page["next_cursor"] and name.startswith("browse"):
                 q2 = SearchQuery.model_validate({"limit": 20, **params, "cursor": page["next_cursor"]})
-                t2 = []
-                for _ in range(runs):
-                    t0 = time.perf_counter()
-                    await service.search(q2)
-                    t2.append((time.perf_counter() - t0) * 1000)
-                t2.sort()
-                print(f"{'  ... its page 2 (cursor)':52} {statistics.median(t2):8.1f} "
-                      f"{t2[min(len(t2) - 1, math.ceil(0.99 * len(t2)) - 1)]:8.1f} {t2[-1]:8.1f}")
+                t2 = await timed(service, q2, runs)
+                print(f"{'  ... its page 2 (cursor)':52} {statistics.median(t2):8.1f} {p99(t2):8.1f} {t2[-1]:8.1f}")
 
         print("\nplans (each pipeline a search ran; the leading $match is what the index serves):")
         for name, trace in plans:

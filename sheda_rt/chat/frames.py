@@ -71,7 +71,7 @@ class SendMessageBody(BaseModel):
 
 class ReadBody(BaseModel):
     other_user_id: int = Field(ge=1, le=MAX_ID)
-    up_to: int = Field(ge=0, le=MAX_ID, description="Mark this peer's messages to me with id <= up_to as read")
+    up_to: int = Field(ge=0, le=MAX_ID, description="Mark this peer's messages to me with id <= up_to as read (capped at their newest message; the answer's up_to is the watermark reached, read_at null when nothing new was read)")
 
 
 class HistoryQuery(BaseModel):
