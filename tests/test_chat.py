@@ -480,3 +480,114 @@ async def test_shutdown_drain_stores_and_acks_then_closes_1001(sheda):
         assert err["code"] == "shutting_down"
     except WebSocketClosedError:
         pass
+
+
+async def test_reads_find_messages_spread_far_apart_in_the_id_space(sheda):
+    """Other people's traffic consumes ids between the messages of one pair: here the id
+    counter jumps by up to 40 million between them (and after the last one), so history,
+    threads, sync, the conversation list, unread counts, read receipts and a late resend
+    all have to walk far through the conversation index (reads go by id windows)."""
+    alice, bob = await pair(sheda)
+    property_id = await sheda.ctx.ids.next("properties")
+    await sheda.ctx.db["properties"].insert_one({"_id": property_id, "agent_id": bob.id, "title": "far apart"})
+    a = await sheda.ws(alice.token)
+    counters = sheda.ctx.db["counters"]
+    gaps = [0, 1, 300, 5_000, 70_000, 2, 1_200_000, 17, 40_000_000, 3, 255, 256]
+    for i, gap in enumerate(gaps):
+        await counters.update_one({"_id": "messages"}, {"$inc": {"seq": gap}}, upsert=True)
+        listing = {"property_id": property_id} if i % 3 == 0 else {}
+        if i % 2 == 0:
+            await a.send({"receiver_id": bob.id, "message": f"m{i}", "client_msg_id": f"s{i}", **listing})
+            await a.wait_type("ack", client_msg_id=f"s{i}")
+        else:
+            sent = await sheda.api.post("/api/v1/chats", {"receiver_id": alice.id, "message": f"m{i}", **listing}, token=bob.token)
+            assert sent.status == 201
+    await counters.update_one({"_id": "messages"}, {"$inc": {"seq": 3_000_000}})  # quiet since
+
+    everything = await stored(sheda, alice, bob)
+    ids = [d["_id"] for d in everything]
+    assert [d["message"] for d in everything] == [f"m{i}" for i in range(len(gaps))]
+    assert ids[-1] - ids[0] > 40_000_000
+
+    async def history(**params):
+        got = await sheda.api.get(f"/api/v1/chat/chat-history/{bob.id}", token=alice.token, params=params)
+        assert got.status == 200
+        return [r["id"] for r in got.json]
+
+    assert await history(limit=100) == ids
+    assert await history(offset=3, limit=4) == ids[3:7]
+    assert await history(order="desc", limit=100) == ids[::-1]
+    assert await history(order="desc", offset=2, limit=5) == ids[::-1][2:7]
+    thread = await sheda.api.get(f"/api/v1/chat/threads/{property_id}/{bob.id}", token=alice.token, params={"limit": 100})
+    assert [r["id"] for r in thread.json] == [d["_id"] for d in everything if d.get("property_id") == property_id]
+    thread = await sheda.api.get(f"/api/v1/chat/threads/{property_id}/{bob.id}", token=alice.token, params={"order": "desc", "limit": 2})
+    assert [r["id"] for r in thread.json] == [d["_id"] for d in everything if d.get("property_id") == property_id][::-1][:2]
+
+    b = await sheda.ws(bob.token)
+    await b.send({"type": "sync", "since": ids[3]})
+    done = await b.wait_type("sync.done")
+    assert done["count"] == len(ids) - 4 and done["last_id"] == ids[-1]
+    assert [f["id"] for f in b.of_type("message")] == ids[4:]
+
+    from_bob = [d["_id"] for d in everything if d["sender_id"] == bob.id]
+    convs = (await sheda.api.get("/api/v1/chat/conversations", token=alice.token)).json["items"]
+    assert [(c["user_id"], c["last_message"]["id"], c["unread_count"]) for c in convs] == [(bob.id, ids[-1], len(from_bob))]
+
+    # Alice reads up to bob's message just after the 40-million gap.
+    up_to = ids[9]
+    await a.send({"type": "read", "other_user_id": bob.id, "up_to": up_to})
+    receipt = await b.wait_type("read")
+    assert receipt["up_to"] == up_to
+    after = await stored(sheda, alice, bob)
+    assert [d["_id"] for d in after if d.get("read_at") is not None] == [i for i in from_bob if i <= up_to]
+    convs = (await sheda.api.get("/api/v1/chat/conversations", token=alice.token)).json["items"]
+    assert convs[0]["unread_count"] == len([i for i in from_bob if i > up_to])
+
+    # A resend of alice's very first message, millions of ids later: same ack, nothing new stored.
+    await a.send({"receiver_id": bob.id, "message": "m0", "client_msg_id": "s0"})
+    again = await a.wait_type("ack", client_msg_id="s0", id=ids[0])
+    assert again["id"] == ids[0]
+    assert [d["_id"] for d in await stored(sheda, alice, bob)] == ids
+
+
+async def test_window_scans_agree_with_a_plain_sort_at_every_window_boundary(sheda):
+    """The store reads a conversation in id windows (256 ids, then 16x wider each time).
+    Messages placed on both sides of every window edge, read back through every kind of
+    scan the chat uses, must come out exactly as a plain sorted query returns them."""
+    from sheda_rt.chat.store import MessageStore
+
+    store = MessageStore(sheda.ctx.db, sheda.ctx.ids)
+    counters = sheda.ctx.db["counters"]
+    base = await sheda.ctx.ids.current("messages") + 10_000_000
+    newest = base + 2_000_000
+    await counters.update_one({"_id": "messages"}, {"$max": {"seq": newest}}, upsert=True)
+    newest = await sheda.ctx.ids.current("messages")
+    edges = [256, 256 + 4096, 256 + 4096 + 65536, 256 + 4096 + 65536 + 1048576]
+    after = base + 1000
+    spots = {after + 1, newest, newest + 5}  # newest + 5: stored beyond the counter (another process's batch)
+    for e in edges:
+        for d in (-1, 0, 1):
+            spots.update({after + e + d, newest - e + d})
+    ids = sorted(i for i in spots if i > base)
+    conv = f"scan:{base}"
+    await sheda.ctx.db["messages"].insert_many(
+        [{"_id": i, "conv": conv, "sender_id": i % 2, "receiver_id": 1 - i % 2, "message": "x"} for i in ids])
+
+    def plain(lo, hi, keep):
+        return [i for i in ids if lo < i and (hi is None or i <= hi) and (keep is None or keep({"_id": i, "sender_id": i % 2}))]
+
+    odd = lambda d: d["sender_id"] == 1  # noqa: E731
+    checked = 0
+    for lo in (0, base, after, after + 256, newest - 4352):
+        for hi in (None, newest - 256, newest - 257, after + 4352):
+            if hi is not None and hi <= lo:
+                continue
+            for keep in (None, odd):
+                expected = plain(lo, hi, keep)
+                for need in (1, 2, 3, 7, len(ids), None):
+                    for newest_first in (False, True):
+                        got = [d["_id"] for d in await store.scan(conv, newest_first=newest_first, need=need, after=lo, upto=hi, keep=keep)]
+                        want = expected[::-1] if newest_first else expected
+                        assert got == (want if need is None else want[:need]), (lo, hi, keep, need, newest_first)
+                        checked += 1
+    assert checked > 300

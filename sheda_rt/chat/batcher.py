@@ -149,7 +149,7 @@ class GroupCommit:
         outcome = await self.messages.insert_batch(docs)
 
         if outcome.duplicates:
-            keys = [(unique[i].doc["sender_id"], unique[i].doc["client_msg_id"]) for i in outcome.duplicates]
+            keys = [(unique[i].doc["sender_id"], unique[i].doc["client_msg_id"], unique[i].doc["conv"]) for i in outcome.duplicates]
             existing = await self.messages.find_by_client_ids(keys)
             for i in outcome.duplicates:
                 p = unique[i]

@@ -69,7 +69,7 @@ class ChatService:
         self.clock = ctx.clock
         self.hub = ctx.hub
         self.users = ctx.users
-        self.messages = MessageStore(ctx.db)
+        self.messages = MessageStore(ctx.db, ctx.ids)
         self.conversations = ConversationStore(ctx.db)
         self.properties = ctx.db["properties"]  # owned by the listings feature; we only read agent_id
         self._user_cache = TTLCache(self.USER_TTL)
@@ -258,12 +258,19 @@ class ChatService:
             raise NotFound(f"No user with id {other}", "user_not_found")
         conv = conv_key(me, other)
         event = {"type": "read", "reader_id": me, "other_user_id": other, "up_to": 0, "read_at": None}
+        pair = await self.conversations.get(conv)
+        if pair is None:  # they never talked
+            return event
+        previous = int((pair.get("read_upto") or {}).get(str(me), 0))
         # The watermark never passes other's newest message: a read receipt "up to" an id
         # not written yet would silently mark future messages read and zero the unread count.
-        newest = await self.messages.last_id_from(conv, other)
+        # Only messages after the watermark can move it, so only those are looked at.
+        newest = await self.messages.last_id_from(conv, other, after=previous)
         if newest is None:
-            return event
+            return {**event, "up_to": previous}
         up_to = min(up_to, newest)
+        if up_to <= previous:
+            return {**event, "up_to": previous}
         previous = await self.conversations.advance_read(conv, me, up_to)
         if previous is None or up_to <= previous:
             return {**event, "up_to": previous or 0}

@@ -6,12 +6,22 @@ naming the pair. Indexes were chosen by measuring insert cost on the embedded
 database (each index costs about as much as the document write itself):
 - `idempotency`: unique (sender_id, client_msg_id), partial (only messages that
   carry a key). It is what makes a resend store nothing new, across processes.
-- `conversation`: (conv, _id). History, listing threads' fallback, sync (per
-  conversation), read receipts and unread counts all walk this one index.
-- `thread`: (conv, property_id, _id), partial on property_id: free for the
-  ordinary messages that have no listing.
-There is deliberately no (receiver_id, _id) or multikey "users" index: they
-would cost every insert to speed up reconnect-only queries.
+- `conversation`: (conv, _id). Every read of messages walks this one index.
+There is deliberately no (receiver_id, _id), multikey "users" or per-listing
+index: each would cost every insert. (A partial (conv, property_id, _id) index
+for listing threads cost every insert ~13% of chat throughput on the embedded
+database, which also never chose it for a query.)
+
+How reads use the index (`scan`): every query is exactly {conv, _id range},
+nothing else in the filter, and walks the range in windows of ids that grow
+16x (the newest 256 ids first, then 4,096, ...) until it has what it needs;
+other conditions (sender, listing, idempotency key) are checked here. Why: a
+query planner may fetch every document in the index range before sorting and
+limiting (the embedded database does, and falls back to a collection scan for
+any condition outside the index's keys). Windows keep a history page, a read
+receipt, an unread count or a resend's look-up proportional to the recent part
+of one conversation, not to the conversation or the whole collection. On any
+engine they are plain index range scans.
 
 `conversations`: one small document per pair that ever talked (membership and
 per-user read watermarks). It is written once per pair (the process remembers
@@ -24,6 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from typing import Callable
 
 from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateOne
 from pymongo.errors import BulkWriteError
@@ -53,15 +64,73 @@ class MessageStore:
         IndexModel([("sender_id", ASCENDING), ("client_msg_id", ASCENDING)], unique=True, name="idempotency",
                    partialFilterExpression={"client_msg_id": {"$type": "string"}}),
         IndexModel([("conv", ASCENDING), ("_id", ASCENDING)], name="conversation"),
-        IndexModel([("conv", ASCENDING), ("property_id", ASCENDING), ("_id", ASCENDING)], name="thread",
-                   partialFilterExpression={"property_id": {"$type": "number"}}),
     ]
+    RETIRED_INDEXES = ("thread",)  # created by earlier versions; dropped at startup
+    WINDOW = 256  # ids in the first window of a scan
+    GROWTH = 16  # each next window is this much wider
 
-    def __init__(self, db):
+    def __init__(self, db, ids):
         self.col = db["messages"]
+        self.ids = ids
 
     async def ensure_indexes(self):
         await self.col.create_indexes(self.INDEXES)
+        existing = await self.col.index_information()
+        for name in self.RETIRED_INDEXES:
+            if name in existing:
+                await self.col.drop_index(name)
+
+    async def scan(self, conv: str, *, newest_first: bool, need: int | None = None, after: int = 0, upto: int | None = None,
+                   keep: Callable[[dict], bool] | None = None, projection: dict | None = None) -> list[dict]:
+        """Messages of conv with after < _id <= upto (upto None: no upper bound) that pass
+        `keep`, in id order (newest first if asked), at most `need` of them (None: all)."""
+        def bounds(lo: int, hi: int | None) -> dict:
+            return {"conv": conv, "_id": {"$gt": lo, "$lte": hi} if hi is not None else {"$gt": lo}}
+
+        if need is None:  # everything in the range: one query, windows would only split it
+            docs = await self.col.find(bounds(after, upto), projection).sort("_id", DESCENDING if newest_first else ASCENDING).to_list(None)
+            return [d for d in docs if keep is None or keep(d)]
+        out: list[dict] = []
+        if need <= 0:
+            return out
+        newest = await self.ids.current("messages")  # ids above it are handled by an open-ended window
+        width = self.WINDOW
+        if newest_first:
+            hi = upto  # the first window is open-ended at the top
+            top = min(upto, newest) if upto is not None else newest
+            while True:
+                lo = max(after, top - width)
+                cursor = self.col.find(bounds(lo, hi), projection).sort("_id", DESCENDING)
+                if keep is None:
+                    cursor = cursor.limit(need - len(out))
+                for d in await cursor.to_list(None):
+                    if keep is None or keep(d):
+                        out.append(d)
+                        if len(out) >= need:
+                            return out
+                if lo <= after:
+                    return out
+                hi = top = lo
+                width *= self.GROWTH
+        lo = after
+        ceiling = min(upto, newest) if upto is not None else newest
+        while True:
+            hi = lo + width
+            last = hi >= ceiling
+            if last:
+                hi = upto  # the last window reaches the real bound (open-ended when there is none)
+            cursor = self.col.find(bounds(lo, hi), projection).sort("_id", ASCENDING)
+            if keep is None:
+                cursor = cursor.limit(need - len(out))
+            for d in await cursor.to_list(None):
+                if keep is None or keep(d):
+                    out.append(d)
+                    if len(out) >= need:
+                        return out
+            if last:
+                return out
+            lo = hi
+            width *= self.GROWTH
 
     async def insert_batch(self, docs: list[dict]) -> InsertOutcome:
         """One insert_many for the whole batch. Unordered, so one duplicate key does
@@ -78,40 +147,56 @@ class MessageStore:
                     outcome.failed[err["index"]] = err.get("errmsg", "write failed")
         return outcome
 
-    async def find_by_client_ids(self, keys: list[tuple[int, str]]) -> dict[tuple[int, str], dict]:
-        if not keys:
-            return {}
-        query = {"$or": [{"sender_id": s, "client_msg_id": c} for s, c in keys]}
-        return {(d["sender_id"], d["client_msg_id"]): d async for d in self.col.find(query)}
+    async def find_by_client_ids(self, keys: list[tuple[int, str, str]]) -> dict[tuple[int, str], dict]:
+        """The stored messages for (sender_id, client_msg_id, conv) keys. A resend is
+        almost always recent and in the same conversation: looked for there first,
+        newest first; a key reused for another receiver falls back to a query by key."""
+        found: dict[tuple[int, str], dict] = {}
+        by_conv: dict[str, set[tuple[int, str]]] = {}
+        for sender, cmid, conv in keys:
+            by_conv.setdefault(conv, set()).add((sender, cmid))
+        for conv, wanted in by_conv.items():
+            docs = await self.scan(conv, newest_first=True, need=len(wanted),
+                                   keep=lambda d, w=wanted: (d["sender_id"], d.get("client_msg_id")) in w)
+            found.update(((d["sender_id"], d["client_msg_id"]), d) for d in docs)
+        missing = [(s, c) for s, c, _ in keys if (s, c) not in found]
+        if missing:
+            query = {"$or": [{"sender_id": s, "client_msg_id": c} for s, c in missing]}
+            found.update({(d["sender_id"], d["client_msg_id"]): d async for d in self.col.find(query)})
+        return found
 
     async def conversation(self, conv: str, *, offset: int, limit: int, newest_first: bool, property_id: int | None = None) -> list[dict]:
-        query: dict = {"conv": conv}
-        if property_id is not None:
-            query["property_id"] = property_id
-        cursor = self.col.find(query).sort("_id", DESCENDING if newest_first else ASCENDING).skip(offset).limit(limit)
-        return await cursor.to_list(limit)
+        keep = (lambda d: d.get("property_id") == property_id) if property_id is not None else None
+        return (await self.scan(conv, newest_first=newest_first, need=offset + limit, keep=keep))[offset:]
 
     async def after(self, conv: str, since: int, limit: int) -> list[dict]:
-        cursor = self.col.find({"conv": conv, "_id": {"$gt": since}}).sort("_id", ASCENDING).limit(limit)
-        return await cursor.to_list(limit)
+        return await self.scan(conv, newest_first=False, need=limit, after=since)
 
     async def last_in(self, conv: str) -> dict | None:
-        return await self.col.find_one({"conv": conv}, sort=[("_id", DESCENDING)])
+        docs = await self.scan(conv, newest_first=True, need=1)
+        return docs[0] if docs else None
 
-    async def last_id_from(self, conv: str, sender_id: int) -> int | None:
-        """The id of sender_id's newest message in conv (None if they never wrote in it)."""
-        doc = await self.col.find_one({"conv": conv, "sender_id": sender_id}, projection={"_id": 1}, sort=[("_id", DESCENDING)])
-        return doc["_id"] if doc else None
+    async def last_id_from(self, conv: str, sender_id: int, after: int = 0) -> int | None:
+        """The id of sender_id's newest message in conv with id > after (None if none)."""
+        docs = await self.scan(conv, newest_first=True, need=1, after=after, projection={"sender_id": 1},
+                               keep=lambda d: d["sender_id"] == sender_id)
+        return docs[0]["_id"] if docs else None
 
     async def mark_read(self, conv: str, sender_id: int, after_id: int, up_to: int, when) -> int:
+        """Set read_at on sender_id's messages in conv with after_id < id <= up_to. The filter
+        is the index range alone; the sender is checked by the update itself (a pipeline
+        update), so no condition outside the index can turn it into a collection scan."""
         result = await self.col.update_many(
-            {"conv": conv, "_id": {"$gt": after_id, "$lte": up_to}, "sender_id": sender_id},
-            {"$set": {"read_at": when}},
+            {"conv": conv, "_id": {"$gt": after_id, "$lte": up_to}},
+            [{"$set": {"read_at": {"$cond": [{"$eq": ["$sender_id", sender_id]}, when, "$read_at"]}}}],
         )
         return result.modified_count
 
     async def count_from(self, conv: str, sender_id: int, after_id: int) -> int:
-        return await self.col.count_documents({"conv": conv, "_id": {"$gt": after_id}, "sender_id": sender_id})
+        """sender_id's messages in conv with id > after_id (the unread count)."""
+        rows = await self.scan(conv, newest_first=False, after=after_id, projection={"sender_id": 1},
+                               keep=lambda d: d["sender_id"] == sender_id)
+        return len(rows)
 
 
 class ConversationStore:

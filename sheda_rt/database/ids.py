@@ -28,5 +28,10 @@ class IdAllocator:
         end = int(doc["seq"])
         return range(end - count + 1, end + 1)
 
+    async def current(self, name: str) -> int:
+        """The highest id reserved so far for `name` (0 before the first)."""
+        doc = await self._counters.find_one({"_id": name})
+        return int(doc["seq"]) if doc else 0
+
     async def next(self, name: str) -> int:
         return (await self.reserve(name, 1))[0]
