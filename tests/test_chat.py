@@ -551,7 +551,7 @@ async def test_reads_find_messages_spread_far_apart_in_the_id_space(sheda):
 
 
 async def test_window_scans_agree_with_a_plain_sort_at_every_window_boundary(sheda):
-    """The store reads a conversation in id windows (256 ids, then 16x wider each time).
+    """The store reads a conversation in id windows (256 ids, then wider: 16x while nothing is found).
     Messages placed on both sides of every window edge, read back through every kind of
     scan the chat uses, must come out exactly as a plain sorted query returns them."""
     from sheda_rt.chat.store import MessageStore

@@ -13,8 +13,9 @@ for listing threads cost every insert ~13% of chat throughput on the embedded
 database, which also never chose it for a query.)
 
 How reads use the index (`scan`): every query is exactly {conv, _id range},
-nothing else in the filter, and walks the range in windows of ids that grow
-16x (the newest 256 ids first, then 4,096, ...) until it has what it needs;
+nothing else in the filter, and walks the range in windows of ids (the newest
+256 ids first, then as wide as the density seen so far says is needed, at most
+16x the last) until it has what it needs;
 other conditions (sender, listing, idempotency key) are checked here. Why: a
 query planner may fetch every document in the index range before sorting and
 limiting (the embedded database does, and falls back to a collection scan for
@@ -94,7 +95,7 @@ class MessageStore:
         if need <= 0:
             return out
         newest = await self.ids.current("messages")  # ids above it are handled by an open-ended window
-        width = self.WINDOW
+        width, scanned = self.WINDOW, 0
         if newest_first:
             hi = upto  # the first window is open-ended at the top
             top = min(upto, newest) if upto is not None else newest
@@ -110,8 +111,9 @@ class MessageStore:
                             return out
                 if lo <= after:
                     return out
+                scanned += top - lo
                 hi = top = lo
-                width *= self.GROWTH
+                width = self._next_width(width, scanned, len(out), need)
         lo = after
         ceiling = min(upto, newest) if upto is not None else newest
         while True:
@@ -129,8 +131,9 @@ class MessageStore:
                         return out
             if last:
                 return out
+            scanned += hi - lo
             lo = hi
-            width *= self.GROWTH
+            width = self._next_width(width, scanned, len(out), need)
 
     async def insert_batch(self, docs: list[dict]) -> InsertOutcome:
         """One insert_many for the whole batch. Unordered, so one duplicate key does
@@ -146,6 +149,15 @@ class MessageStore:
                 else:
                     outcome.failed[err["index"]] = err.get("errmsg", "write failed")
         return outcome
+
+    def _next_width(self, width: int, scanned: int, found: int, need: int) -> int:
+        """The next window: wide enough for what is still needed at the density seen so
+        far (+25%), at least WINDOW and at most GROWTH times the last one. A dense
+        conversation is not overshot 16x; a sparse one is reached in a few steps."""
+        if found == 0:
+            return width * self.GROWTH
+        wanted = int((need - found) * scanned / found * 1.25) + 1
+        return max(self.WINDOW, min(wanted, width * self.GROWTH))
 
     async def find_by_client_ids(self, keys: list[tuple[int, str, str]]) -> dict[tuple[int, str], dict]:
         """The stored messages for (sender_id, client_msg_id, conv) keys. A resend is
