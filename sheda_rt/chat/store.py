@@ -94,6 +94,19 @@ class MessageStore:
         out: list[dict] = []
         if need <= 0:
             return out
+
+        async def window(lo: int, hi: int | None, direction) -> bool:
+            """Add the window's matches to `out`; True once it holds `need`."""
+            cursor = self.col.find(bounds(lo, hi), projection).sort("_id", direction)
+            if keep is None:
+                cursor = cursor.limit(need - len(out))
+            for d in await cursor.to_list(None):
+                if keep is None or keep(d):
+                    out.append(d)
+                    if len(out) >= need:
+                        return True
+            return False
+
         newest = await self.ids.current("messages")  # ids above it are handled by an open-ended window
         width, scanned = self.WINDOW, 0
         if newest_first:
@@ -101,15 +114,7 @@ class MessageStore:
             top = min(upto, newest) if upto is not None else newest
             while True:
                 lo = max(after, top - width)
-                cursor = self.col.find(bounds(lo, hi), projection).sort("_id", DESCENDING)
-                if keep is None:
-                    cursor = cursor.limit(need - len(out))
-                for d in await cursor.to_list(None):
-                    if keep is None or keep(d):
-                        out.append(d)
-                        if len(out) >= need:
-                            return out
-                if lo <= after:
+                if await window(lo, hi, DESCENDING) or lo <= after:
                     return out
                 scanned += top - lo
                 hi = top = lo
@@ -121,15 +126,7 @@ class MessageStore:
             last = hi >= ceiling
             if last:
                 hi = upto  # the last window reaches the real bound (open-ended when there is none)
-            cursor = self.col.find(bounds(lo, hi), projection).sort("_id", ASCENDING)
-            if keep is None:
-                cursor = cursor.limit(need - len(out))
-            for d in await cursor.to_list(None):
-                if keep is None or keep(d):
-                    out.append(d)
-                    if len(out) >= need:
-                        return out
-            if last:
+            if await window(lo, hi, ASCENDING) or last:
                 return out
             scanned += hi - lo
             lo = hi
