@@ -189,7 +189,8 @@ class ChatService:
         """Messages to or from user_id with id > since, oldest first, at most `limit`;
         and whether more remain. One indexed query per conversation of the user."""
         convs = await self.conversations.of_user(user_id)
-        results = await asyncio.gather(*(self.messages.after(c["_id"], since, limit + 1) for c in convs))
+        newest = await self.messages.newest_id()
+        results = await asyncio.gather(*(self.messages.after(c["_id"], since, limit + 1, newest) for c in convs))
         merged = sorted((d for docs in results for d in docs), key=lambda d: d["_id"])
         more = len(merged) > limit
         page = merged[:limit]
@@ -223,7 +224,8 @@ class ChatService:
                 raise ValidationFailed.single("cursor", "is not a cursor this API issued")
             before = value
         convs = await self.conversations.of_user(me)
-        lasts = await asyncio.gather(*(self.messages.last_in(c["_id"]) for c in convs))
+        newest = await self.messages.newest_id()
+        lasts = await asyncio.gather(*(self.messages.last_in(c["_id"], newest) for c in convs))
         rows = [(c, last) for c, last in zip(convs, lasts) if last is not None and (before is None or last["_id"] < before)]
         rows.sort(key=lambda r: r[1]["_id"], reverse=True)
         page = rows[:limit]
@@ -271,7 +273,7 @@ class ChatService:
         up_to = min(up_to, newest)
         if up_to <= previous:
             return {**event, "up_to": previous}
-        previous = await self.conversations.advance_read(conv, me, up_to)
+        previous = await self.conversations.advance_read(conv, me, up_to, previous)
         if previous is None or up_to <= previous:
             return {**event, "up_to": previous or 0}
         now = self.clock.now()

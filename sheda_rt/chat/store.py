@@ -81,8 +81,14 @@ class MessageStore:
             if name in existing:
                 await self.col.drop_index(name)
 
+    async def newest_id(self) -> int:
+        """The highest message id handed out so far: where scans start. Read it once
+        and pass it as `newest` when scanning many conversations."""
+        return await self.ids.current("messages")
+
     async def scan(self, conv: str, *, newest_first: bool, need: int | None = None, after: int = 0, upto: int | None = None,
-                   keep: Callable[[dict], bool] | None = None, projection: dict | None = None) -> list[dict]:
+                   keep: Callable[[dict], bool] | None = None, projection: dict | None = None,
+                   newest: int | None = None) -> list[dict]:
         """Messages of conv with after < _id <= upto (upto None: no upper bound) that pass
         `keep`, in id order (newest first if asked), at most `need` of them (None: all)."""
         def bounds(lo: int, hi: int | None) -> dict:
@@ -107,7 +113,8 @@ class MessageStore:
                         return True
             return False
 
-        newest = await self.ids.current("messages")  # ids above it are handled by an open-ended window
+        if newest is None:  # ids above it are handled by an open-ended window
+            newest = await self.newest_id()
         width, scanned = self.WINDOW, 0
         if newest_first:
             hi = upto  # the first window is open-ended at the top
@@ -178,11 +185,11 @@ class MessageStore:
         keep = (lambda d: d.get("property_id") == property_id) if property_id is not None else None
         return (await self.scan(conv, newest_first=newest_first, need=offset + limit, keep=keep))[offset:]
 
-    async def after(self, conv: str, since: int, limit: int) -> list[dict]:
-        return await self.scan(conv, newest_first=False, need=limit, after=since)
+    async def after(self, conv: str, since: int, limit: int, newest: int | None = None) -> list[dict]:
+        return await self.scan(conv, newest_first=False, need=limit, after=since, newest=newest)
 
-    async def last_in(self, conv: str) -> dict | None:
-        docs = await self.scan(conv, newest_first=True, need=1)
+    async def last_in(self, conv: str, newest: int | None = None) -> dict | None:
+        docs = await self.scan(conv, newest_first=True, need=1, newest=newest)
         return docs[0] if docs else None
 
     async def last_id_from(self, conv: str, sender_id: int, after: int = 0) -> int | None:
@@ -257,9 +264,10 @@ class ConversationStore:
     async def get(self, conv: str) -> dict | None:
         return await self.col.find_one({"_id": conv})
 
-    async def advance_read(self, conv: str, user_id: int, up_to: int) -> int | None:
+    async def advance_read(self, conv: str, user_id: int, up_to: int, previous: int | None = None) -> int | None:
         """Raise user_id's read watermark in conv to up_to; returns the previous one
-        (None when the pair never talked). A compare-and-set on the watermark with
+        (None when the pair never talked). `previous`, when the caller has just read it,
+        saves the first read (a stale value only fails the compare-and-set). A compare-and-set on the watermark with
         find_one + update_one: exactly one of two racing receipts moves it from a given
         value (so each message is marked and announced once), and both operations are
         served from the _id index on every engine (find_one_and_update scans the
@@ -267,13 +275,15 @@ class ConversationStore:
         frequent write)."""
         field = f"read_upto.{user_id}"
         for _ in range(8):
-            doc = await self.col.find_one({"_id": conv}, projection={field: 1})
-            if doc is None:
-                return None
-            previous = int((doc.get("read_upto") or {}).get(str(user_id), 0))
+            if previous is None:
+                doc = await self.col.find_one({"_id": conv}, projection={field: 1})
+                if doc is None:
+                    return None
+                previous = int((doc.get("read_upto") or {}).get(str(user_id), 0))
             if up_to <= previous:
                 return previous
             seen = {field: previous} if previous else {field: {"$in": [None, 0]}}  # 0 or never set
             if (await self.col.update_one({"_id": conv, **seen}, {"$set": {field: up_to}})).modified_count:
                 return previous
+            previous = None  # moved meanwhile: read it again
         return up_to  # others kept moving it: report nothing new rather than loop
