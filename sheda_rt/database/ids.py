@@ -3,10 +3,18 @@
 One `counters` document per collection, bumped with `$inc` in a single atomic
 `find_one_and_update`. A batch of N inserts reserves N ids in one round trip,
 so the chat group commit costs one counter update per batch, not per message.
+
+The counter is bumped with w=1 and no journal wait, while the rows that use the
+ids are written durably (see connection.py). That is safe because a journal
+(and a replica set's oplog) is one sequence: waiting for a later write to be
+durable makes every earlier write of the same server durable too. If the
+database dies between the two, the reservation may be lost, but then so is
+the unacknowledged insert that would have used it: an id is never handed out
+twice for rows that survived. It saves one journal flush per batch.
 """
 from __future__ import annotations
 
-from pymongo import ReturnDocument
+from pymongo import ReturnDocument, WriteConcern
 
 
 # The largest id a request may name: 18 digits, as the path patterns allow. Larger
@@ -16,7 +24,7 @@ MAX_ID = 10**18 - 1
 
 class IdAllocator:
     def __init__(self, db):
-        self._counters = db["counters"]
+        self._counters = db.get_collection("counters", write_concern=WriteConcern(w=1))
 
     async def reserve(self, name: str, count: int = 1) -> range:
         """Reserve `count` consecutive ids for `name`; returns them as a range."""
