@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from tornado import httputil
 
 from sheda_rt.clock import format_ts
-from sheda_rt.errors import ApiError, BadRequest, TooLarge, UnsupportedMedia, ValidationFailed
+from sheda_rt.errors import ApiError, BadRequest, TooLarge, UnsupportedMedia, ValidationFailed, from_storage
 
 log = logging.getLogger("sheda.http")
 
@@ -224,6 +224,7 @@ class APIHandler(tornado.web.RequestHandler):
 
     def write_error(self, status_code: int, **kwargs):
         exc = kwargs.get("exc_info", (None, None, None))[1]
+        exc = from_storage(exc) or exc
         if isinstance(exc, ApiError):
             self.set_status(exc.status)
             for name, value in exc.headers.items():
@@ -249,6 +250,10 @@ class APIHandler(tornado.web.RequestHandler):
     def log_exception(self, typ, value, tb):
         if isinstance(value, (ApiError, ValidationError)):
             return  # an answered client error, not a server fault
+        if from_storage(value) is not None:  # answered 503; one line, not a traceback per request
+            log.warning(json.dumps({"event": "database_unavailable", "method": self.request.method, "path": self.request.path,
+                                    "error": f"{type(value).__name__}: {str(value)[:200]}"}))
+            return
         super().log_exception(typ, value, tb)
 
 

@@ -27,7 +27,7 @@ from sheda_rt.chat.frames import (
     sender_info,
 )
 from sheda_rt.chat.service import encode
-from sheda_rt.errors import ApiError, Forbidden, Unauthorized, ValidationFailed
+from sheda_rt.errors import ApiError, Forbidden, Unauthorized, ValidationFailed, from_storage
 from sheda_rt.metrics import OPEN_SOCKETS
 
 log = logging.getLogger("sheda.chat.ws")
@@ -219,6 +219,14 @@ class ChatSocket(tornado.websocket.WebSocketHandler):
             await getattr(self, f"_on_{kind}")(frame)
         except ApiError as exc:
             self.send_frame(error_frame(exc.code, exc.detail, cmid, **exc.extra))
+        except Exception as exc:  # a fault, not the client's: answer it and keep the socket open
+            mapped = from_storage(exc)
+            if mapped is None:
+                log.exception("chat frame %r failed", kind)
+                self.send_frame(error_frame("internal_error", "The frame could not be handled; try again", cmid))
+            else:
+                log.warning(json.dumps({"event": "database_unavailable", "frame": kind, "error": type(exc).__name__}))
+                self.send_frame(error_frame(mapped.code, mapped.detail, cmid, **mapped.extra))
 
     async def _on_message(self, frame):
         chat = self.ctx.chat

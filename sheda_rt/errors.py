@@ -86,3 +86,18 @@ class RateLimited(ApiError):
 
 class ServiceUnavailable(ApiError):
     status, code = 503, "unavailable"
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    code = "database_unavailable"
+
+
+def from_storage(exc: BaseException) -> ApiError | None:
+    """The database could not be reached (down, restarting, failing over): a 503 the
+    client may retry, not a 500. None for anything else."""
+    from pymongo.errors import ConnectionFailure  # the driver's "could not talk to it" family
+
+    if isinstance(exc, ConnectionFailure):
+        return DatabaseUnavailable("The database is unavailable; try again in a few seconds",
+                                   headers={"Retry-After": "5"}, extra={"retry_after": 5})
+    return None
