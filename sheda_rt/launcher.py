@@ -37,8 +37,8 @@ def run_server(settings) -> int:
         if settings.processes > 1:
             from sheda_rt.multiprocess import run_workers
 
-            return run_workers(settings, uri)
-        asyncio.run(serve(settings, uri=uri))
+            return run_workers(settings, uri, embedded)
+        asyncio.run(serve(settings, uri=uri, embedded=embedded))
         return 0
     except OSError as exc:
         return fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")

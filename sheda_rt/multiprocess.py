@@ -74,8 +74,9 @@ def _worker_main(index: int, settings, uri: str, sockets) -> None:
 
 
 class Supervisor:
-    def __init__(self, settings, uri: str, sockets):
+    def __init__(self, settings, uri: str, sockets, embedded=None):
         self.settings, self.uri, self.sockets = settings, uri, sockets
+        self.embedded = embedded  # the embedded database this parent started, if any: restarted if it dies
         self.children: dict[int, int] = {}  # pid -> worker index
         self.stopping = False
         self.restarts = 0
@@ -113,7 +114,12 @@ class Supervisor:
                 break
             index = self.children.pop(pid, None)
             if index is None:
-                continue  # not a worker (e.g. a process the launcher started)
+                db = self.embedded
+                if db is not None and db.owned and db.process is not None and pid == db.process.pid:
+                    db.process.returncode = os.waitstatus_to_exitcode(status)  # we reaped it, not Popen
+                    if not self.stopping:
+                        db.recover(lambda: self.stopping)
+                continue  # not a worker
             self._forget_metrics(pid)
             code = os.waitstatus_to_exitcode(status)
             log.info(json.dumps({"event": "worker_exited", "worker": index, "pid": pid, "code": code}))
@@ -138,7 +144,7 @@ class Supervisor:
             multiprocess.mark_process_dead(pid)
 
 
-def run_workers(settings, uri: str) -> int:
+def run_workers(settings, uri: str, embedded=None) -> int:
     """The launcher's entry for N > 1 (it has checked REDIS_URL and resolved the database)."""
     import tornado.netutil
 
@@ -147,7 +153,7 @@ def run_workers(settings, uri: str) -> int:
     log.info(json.dumps({"event": "listening_shared", "host": settings.host, "port": sockets[0].getsockname()[1],
                          "processes": settings.processes, "pid": os.getpid()}))
     try:
-        return Supervisor(settings, uri, sockets).run()
+        return Supervisor(settings, uri, sockets, embedded).run()
     finally:
         for sock in sockets:
             sock.close()

@@ -74,13 +74,20 @@ class Server:
         log.info(json.dumps({"event": "stopped"}))
 
 
-async def serve(settings, uri: str, sockets=None) -> None:
-    """Run until SIGINT or SIGTERM, then shut down gracefully."""
+async def serve(settings, uri: str, sockets=None, embedded: EmbeddedDatabase | None = None) -> None:
+    """Run until SIGINT or SIGTERM, then shut down gracefully. If we started the
+    embedded database, a watchdog starts it again should it die."""
     server = Server(settings, uri)
     await server.start(sockets)
+    watchdog = asyncio.ensure_future(embedded.watch()) if embedded is not None and embedded.owned else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await server.shutdown()
+    try:
+        await server.shutdown()
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)

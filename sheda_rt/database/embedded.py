@@ -10,6 +10,7 @@ alive and the port answers, and connects instead of starting another.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -18,9 +19,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 log = logging.getLogger("sheda.db")
 
@@ -117,26 +120,83 @@ class EmbeddedDatabase:
             self.port = existing
             log.info(json.dumps({"event": "embedded_db_reused", "port": existing}))
             return self.uri
+        self.port = _free_port()
+        self.process = self._spawn()
+        self.owned = True
+        if self._wait_ready(timeout):
+            log.info(json.dumps({"event": "embedded_db_started", "port": self.port, "pid": self.process.pid}))
+            return self.uri
+        if self.process.poll() is not None:
+            raise EmbeddedDatabaseError(f"the embedded database exited with code {self.process.returncode}; see {self.data_dir / 'db.log'}")
+        self.stop()
+        raise EmbeddedDatabaseError(f"the embedded database did not answer within {timeout:.0f}s; see {self.data_dir / 'db.log'}")
+
+    def _spawn(self) -> subprocess.Popen:
         storage = self.data_dir / "db"
         storage.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
         logfile = open(self.data_dir / "db.log", "ab")
         cmd = [launcher_path(), "--host", "127.0.0.1", "--port", str(self.port), "--storage-path", str(storage), "--log-level", "WARNING"]
         # Own process group: a Ctrl-C on the terminal reaches us, and we stop the child in order.
-        self.process = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        logfile.close()
-        self.owned = True
+        try:
+            return subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            logfile.close()
+
+    def _wait_ready(self, timeout: float, should_stop: Callable[[], bool] = lambda: False) -> bool:
+        """Until the process answers a ping (True; the lock file then names it), exits,
+        times out or should_stop() (False)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not should_stop():
             if self.process.poll() is not None:
-                raise EmbeddedDatabaseError(f"the embedded database exited with code {self.process.returncode}; see {self.data_dir / 'db.log'}")
+                return False
             if _port_open(self.port) and _ping(self.uri, 2.0):
                 self.lock_path.write_text(json.dumps({"pid": self.process.pid, "port": self.port}))
-                log.info(json.dumps({"event": "embedded_db_started", "port": self.port, "pid": self.process.pid}))
-                return self.uri
+                return True
             time.sleep(0.1)
-        self.stop()
-        raise EmbeddedDatabaseError(f"the embedded database did not answer within {timeout:.0f}s; see {self.data_dir / 'db.log'}")
+        return False
+
+    # ---- the watchdog ------------------------------------------------------
+    # If the database process dies (a crash, the OOM killer, a stray kill), the
+    # server keeps running and answers 503 / database_unavailable meanwhile; the
+    # process that started the database starts it again on the same port and the
+    # same storage (WiredTiger recovers its journal), and the driver reconnects
+    # by itself. Single process: an asyncio task polls (`watch`); with workers the
+    # supervisor sees the exit in its os.wait() and calls `recover`.
+
+    def exited(self) -> bool:
+        return self.owned and self.process is not None and self.process.poll() is not None
+
+    def recover(self, should_stop: Callable[[], bool] = lambda: False) -> bool:
+        """Start the database again on the same port until it answers (True) or
+        should_stop() (False); backs off from 0.5 s to 30 s between attempts."""
+        delay = 0.5
+        while not should_stop():
+            code = self.process.returncode if self.process.returncode is not None else self.process.poll()
+            log.error(json.dumps({"event": "embedded_db_exited", "pid": self.process.pid, "code": code, "restarting": True}))
+            self.process = self._spawn()
+            if self._wait_ready(60.0, should_stop):
+                log.warning(json.dumps({"event": "embedded_db_restarted", "port": self.port, "pid": self.process.pid}))
+                return True
+            if self.process.poll() is None:  # hung rather than exited: make room for the next attempt
+                self.process.kill()
+                self.process.wait()
+            end = time.monotonic() + delay
+            while time.monotonic() < end and not should_stop():
+                time.sleep(0.1)
+            delay = min(delay * 2, 30.0)
+        return False
+
+    async def watch(self, interval: float = 0.5) -> None:
+        """Single-process watchdog (cancel it at shutdown)."""
+        stopping = threading.Event()
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                if self.exited():
+                    await loop.run_in_executor(None, self.recover, stopping.is_set)
+        finally:
+            stopping.set()
 
     def stop(self, timeout: float = 20.0) -> None:
         if not self.owned or self.process is None:
