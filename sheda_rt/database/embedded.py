@@ -93,12 +93,14 @@ class EmbeddedDatabase:
 
     @property
     def uri(self) -> str:
-        # retryWrites=false: this is one node on loopback. A write whose reply is lost
-        # means the process died, and then a retry fails too; there is no failover for
-        # a retry to ride out. Meanwhile the server keeps a record of every retryable
-        # write and walks the last 10,000 of them on each write: 43% of its CPU when
-        # storing 1,000 messages/s in batches of 4 (py-spy). A MONGODB_URI keeps the
-        # driver's default (retryable writes on), which matters on a replica set.
+        # retryWrites=false: this is one node on loopback, with no failover for a retry
+        # to ride out. A retry could only reach it after the watchdog restarted it, and
+        # its records of executed retryable writes are kept in its memory, so such a
+        # retry could apply a write twice. Keeping those records also costs it a walk
+        # over the last 10,000 of them on every write: 43% of its CPU when storing
+        # 1,000 messages/s in batches of 4 (py-spy). Our callers see the error instead
+        # (a 503, a store_failed frame; chat resends are idempotent by client_msg_id).
+        # A MONGODB_URI keeps the driver's default (retryable writes on).
         return f"mongodb://127.0.0.1:{self.port}/?directConnection=true&retryWrites=false"
 
     def running_instance(self) -> int | None:
