@@ -97,6 +97,18 @@ class ChatSocket(tornado.websocket.WebSocketHandler):
             self.principal = await self.ctx.auth.authenticate_token(token, USER)
         except (Unauthorized, Forbidden) as exc:
             self._auth_error = exc
+        except Exception as exc:
+            mapped = from_storage(exc)
+            if mapped is None:
+                raise
+            # The database cannot be asked about the token: refuse the upgrade the HTTP
+            # way (503 + Retry-After), so the client retries rather than logging in again.
+            log.warning(json.dumps({"event": "database_unavailable", "frame": "connect", "error": type(exc).__name__}))
+            self.set_status(mapped.status)
+            for name, value in mapped.headers.items():
+                self.set_header(name, value)
+            self.set_header("Content-Type", "application/json; charset=UTF-8")
+            self.finish(json.dumps(mapped.body()))
 
     async def open(self):
         exc = self._auth_error

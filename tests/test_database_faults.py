@@ -72,6 +72,11 @@ async def test_an_unreachable_database_is_a_503_and_an_error_frame_and_nothing_i
         assert resp.json["code"] == "database_unavailable" and resp.json["detail"]
         assert resp.headers.get("Retry-After") == "5"
         assert await ready_status(remote.api) == 503
+        try:  # a new socket: the upgrade is refused the HTTP way, 503, so the client retries
+            await remote.ws(alice.token)
+            raise AssertionError("a socket opened while the database was unreachable")
+        except Exception as exc:  # tornado's HTTPClientError for a non-101 answer
+            assert getattr(exc, "code", None) == 503, repr(exc)
 
         start = len(alice_ws.frames)
         await alice_ws.send({"type": "sync", "since": 0})
