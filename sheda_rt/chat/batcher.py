@@ -20,6 +20,9 @@ Rules this class keeps:
   reports it; we read the stored one back).
 - `drain()` (server shutdown) refuses new messages and returns once everything
   accepted so far is stored and answered.
+- With several processes, a batch is stored and published during this process's
+  turn (the hub's commit turn, a lock in Redis), so ids reach every socket in
+  increasing order everywhere, not only within one process.
 """
 from __future__ import annotations
 
@@ -49,7 +52,7 @@ class StoreFailed(ServiceUnavailable):
 
 class GroupCommit:
     def __init__(self, messages, conversations, ids, clock, *, window_ms: float, max_batch: int,
-                 after_commit: Callable[[list[Pending]], Awaitable[None]]):
+                 after_commit: Callable[[list[Pending]], Awaitable[None]], turns=None):
         self.messages = messages
         self.conversations = conversations
         self.ids = ids
@@ -57,6 +60,7 @@ class GroupCommit:
         self.window = window_ms / 1000.0
         self.max_batch = max_batch
         self.after_commit = after_commit
+        self.turns = turns  # the hub: batches of all processes take turns (ids delivered in order)
         self._queue: list[Pending] = []
         self._task: asyncio.Task | None = None
         self._full = asyncio.Event()
@@ -103,6 +107,14 @@ class GroupCommit:
                 self._task = asyncio.ensure_future(self._run())
 
     async def _commit(self, batch: list[Pending]) -> None:
+        turn = await self.turns.acquire_commit_turn() if self.turns is not None else None
+        try:
+            await self._commit_in_turn(batch)
+        finally:
+            if self.turns is not None:
+                self.turns.release_commit_turn(turn)
+
+    async def _commit_in_turn(self, batch: list[Pending]) -> None:
         try:
             stored = await self._store(batch)
         except Exception as exc:  # the database call itself failed: nothing of this batch is acked

@@ -60,6 +60,13 @@ class LocalBroker:
     async def publish_control(self, message: dict) -> None:
         self.hub.handle_control(message)
 
+    async def acquire_turn(self) -> None:
+        """One process stores one chat batch at a time by itself: no turns to take."""
+        return None
+
+    def release_turn(self, token) -> None:
+        pass
+
 
 class Hub:
     def __init__(self, broker=None):
@@ -147,6 +154,15 @@ class Hub:
         """`publish_to_user` for an event already encoded as JSON text: a message goes
         to the receiver and to the sender's other sockets, encoded once for both."""
         await self.broker.publish(user_id, text, exclude)
+
+    async def acquire_commit_turn(self):
+        """Wait for this process's turn to store and publish a chat batch, so message ids
+        reach every socket in increasing order across processes; returns a token for
+        `release_commit_turn`, called once the batch's deliveries are published."""
+        return await self.broker.acquire_turn()
+
+    def release_commit_turn(self, token) -> None:
+        self.broker.release_turn(token)
 
     def deliver_local(self, user_id: int, text: str, exclude: str | None = None) -> None:
         conns = self._sockets.get(user_id)

@@ -36,6 +36,23 @@ stored before they are published, so what another process missed is there via
 `sync`. Revocation signals are the exception: they are kept (bounded) and
 replayed when Redis returns, since a logged-out token must not keep a socket.
 
+Chat batches take turns (ids reach every socket in increasing order)
+--------------------------------------------------------------------
+A client syncs from the highest message id it has seen, so no socket may get a
+message after one with a higher id: had it dropped in between, the lower one
+would never come. One process stores one batch at a time, so there it holds by
+itself; two processes store side by side, and a batch with lower ids could be
+delivered after one with higher ids (the multi-process test saw it in every
+run). So each process stores and publishes a chat batch only while it holds
+the lock `<prefix>chat:turn` (SET NX PX; a waiter retries when the release is
+announced on `<prefix>chat:turned`, or after 5 ms), and releases it
+through the publisher's pipeline, after that batch's PUBLISHes on the same
+connection: Redis runs them first, so the next holder's batch (higher ids) is
+published after them, and every subscriber reads them in that order. A crashed
+holder's lock expires (TURN_TTL_MS); a batch slower than that, or Redis being
+away, lets batches run unordered, as cross-process delivery is degraded then
+anyway (sync and history have everything).
+
 Global presence that survives a crash
 -------------------------------------
 Each process keeps the set of users with sockets on it in
@@ -109,6 +126,19 @@ return 1
 """
 
 
+# KEYS: the turn lock. ARGV: the holder's token, the channel announcing a free turn.
+# Deletes it only if still ours, and wakes the waiting processes.
+_RELEASE_TURN = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], '')
+  return 1
+end
+return 0
+"""
+_TURN_ENTRY = b"\x00turn"  # outbox marker (never a channel name): release the chat turn here
+
+
 def redis_client(url: str) -> redis_asyncio.Redis:
     """A client that fails fast: short timeouts, no transparent retries (we decide
     what an outage means), bytes in and out."""
@@ -128,6 +158,8 @@ class RedisBroker:
     MAX_OUTBOX = 100_000
     #: Revocation signals kept for replay during an outage.
     MAX_CONTROL_BACKLOG = 10_000
+    #: A chat batch's turn lapses after this long (a crashed holder blocks nobody for longer).
+    TURN_TTL_MS = 3_000
 
     def __init__(self, url: str, namespace: str, *, heartbeat_seconds: float = 5.0, client: redis_asyncio.Redis | None = None):
         self.redis = client or redis_client(url)
@@ -145,6 +177,9 @@ class RedisBroker:
         self._procs_key = self.prefix + "procs"
         self._presence_prefix = self.prefix + "presence:"
         self._own_presence = self._presence_prefix + self.process_id
+        self._turn_key = self.prefix + "chat:turn"
+        self._turn_channel = (self.prefix + "chat:turned").encode()
+        self._turn_free = asyncio.Event()
 
         self._here: set[int] = set()        # users with a socket on this process
         self._subscribed: set[int] = set()  # user channels the current subscriber connection has
@@ -161,6 +196,7 @@ class RedisBroker:
         self._presence_add = self.redis.register_script(_PRESENCE_ADD)
         self._presence_remove = self.redis.register_script(_PRESENCE_REMOVE)
         self._heartbeat = self.redis.register_script(_HEARTBEAT)
+        self._release_turn = self.redis.register_script(_RELEASE_TURN)
 
     # ---- lifecycle ---------------------------------------------------------
     async def start(self, hub, wait_seconds: float = 2.0) -> None:
@@ -249,7 +285,7 @@ class RedisBroker:
         while not self._stopping:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self._control_channel)
+                await pubsub.subscribe(self._control_channel, self._turn_channel)
                 async with self._sub_lock:
                     self._subscribed = set()
                     self._pubsub = pubsub
@@ -280,6 +316,9 @@ class RedisBroker:
             delay = min(delay * 2, 5.0)
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
+        if channel == self._turn_channel:
+            self._turn_free.set()
+            return
         origin, _, rest = data.partition(_SEP)
         if origin == self._origin:
             return  # delivered locally when it was published
@@ -302,6 +341,32 @@ class RedisBroker:
         text = json.dumps(message, separators=(",", ":")).encode()
         if not self._enqueue(self._control_channel, b"", text):
             self._control_backlog.append(text)
+
+    # ---- chat commit turns (see "Chat batches take turns") --------------------
+    async def acquire_turn(self) -> bytes | None:
+        """Wait until this process may store and publish a chat batch; returns the token
+        to release, or None when Redis is away (the batch then goes unordered)."""
+        loop = asyncio.get_running_loop()
+        token = uuid.uuid4().hex.encode()
+        while self.up and loop.time() >= self._publish_paused_until:
+            self._turn_free.clear()
+            try:
+                if await self.redis.set(self._turn_key, token, nx=True, px=self.TURN_TTL_MS):
+                    return token
+            except Exception as exc:
+                log.info(json.dumps({"event": "redis_turn_failed", "error": repr(exc)[:200]}))
+                return None
+            try:  # woken by the holder's release (the subscriber sees it), or try again anyway
+                await asyncio.wait_for(self._turn_free.wait(), 0.005)
+            except asyncio.TimeoutError:
+                pass
+        return None
+
+    def release_turn(self, token: bytes | None) -> None:
+        """Queued behind this batch's publishes, so Redis runs it after them."""
+        if token is not None:
+            self._outbox.append((_TURN_ENTRY, token))
+            self._outbox_ready.set()
 
     def _enqueue(self, channel: bytes, exclude: bytes, text: bytes) -> bool:
         loop = asyncio.get_running_loop()
@@ -330,7 +395,10 @@ class RedisBroker:
                 try:
                     pipe = self.redis.pipeline(transaction=False)
                     for channel, payload in batch:
-                        pipe.publish(channel, payload)
+                        if channel is _TURN_ENTRY:
+                            await self._release_turn(keys=[self._turn_key], args=[payload, self._turn_channel], client=pipe)  # queued
+                        else:
+                            pipe.publish(channel, payload)
                     await pipe.execute()
                 except asyncio.CancelledError:
                     raise
