@@ -196,7 +196,6 @@ class RedisBroker:
         self._presence_add = self.redis.register_script(_PRESENCE_ADD)
         self._presence_remove = self.redis.register_script(_PRESENCE_REMOVE)
         self._heartbeat = self.redis.register_script(_HEARTBEAT)
-        self._release_turn = self.redis.register_script(_RELEASE_TURN)
 
     # ---- lifecycle ---------------------------------------------------------
     async def start(self, hub, wait_seconds: float = 2.0) -> None:
@@ -396,14 +395,17 @@ class RedisBroker:
                     pipe = self.redis.pipeline(transaction=False)
                     for channel, payload in batch:
                         if channel is _TURN_ENTRY:
-                            await self._release_turn(keys=[self._turn_key], args=[payload, self._turn_channel], client=pipe)  # queued
+                            # EVAL, not the registered script: in a pipeline that would cost a
+                            # SCRIPT EXISTS round trip on every execute.
+                            pipe.eval(_RELEASE_TURN, 1, self._turn_key, payload, self._turn_channel)
                         else:
                             pipe.publish(channel, payload)
                     await pipe.execute()
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    lost = batch + list(self._outbox)
+                    # Turn releases are not events: dropped, the turn lapses by its TTL.
+                    lost = [entry for entry in batch + list(self._outbox) if entry[0] is not _TURN_ENTRY]
                     self._outbox.clear()
                     BROKER_PUBLISH_ERRORS.inc(len(lost))
                     for channel, payload in lost:
