@@ -37,6 +37,10 @@ async def wait_until(predicate, timeout: float, what: str):
         await asyncio.sleep(0.2)
 
 
+async def _is(coro, want) -> bool:
+    return (await coro) == want
+
+
 async def send(ws, receiver_id: int, text: str, cid: str | None = None) -> dict:
     cid = cid or uuid.uuid4().hex
     start = len(ws.frames)
@@ -105,10 +109,6 @@ async def test_an_unreachable_database_is_a_503_and_an_error_frame_and_nothing_i
     finally:
         server.stop()
         db.stop()
-
-
-async def _is(coro, want) -> bool:
-    return (await coro) == want
 
 
 async def test_the_embedded_database_is_restarted_when_it_dies_and_nothing_is_lost(tmp_path):
