@@ -24,7 +24,8 @@ _ERROR_SCHEMA = {
 }
 _STATUS_TEXT = {400: "Bad request", 401: "Missing, invalid, expired or revoked token", 403: "Not allowed", 404: "Not found",
                 409: "Conflict", 413: "Too large", 415: "Unsupported media type", 422: "Validation failed",
-                429: "Rate limited (see Retry-After)", 503: "Unavailable"}
+                429: "Rate limited (see Retry-After)",
+                503: "Unavailable: code database_unavailable while the database cannot be reached (see Retry-After)"}
 
 
 def _collect_models(routes) -> list[type[BaseModel]]:
@@ -100,6 +101,8 @@ def build_openapi(routes, version: str = "1.0.0") -> dict:
                 op["security"] = [{"bearer": []}]
                 op["x-required-auth"] = doc.auth.describe()
                 codes |= {401, 403}
+            if template.startswith("/api"):
+                codes.add(503)  # every API route reaches the database
             for code in sorted(codes):
                 op["responses"][str(code)] = {"description": _STATUS_TEXT.get(code, "Error"),
                                               "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}

@@ -194,6 +194,7 @@ async def test_openapi_document(sheda):
     login = spec["paths"]["/api/v1/auth/login"]["post"]
     assert "application/x-www-form-urlencoded" in login["requestBody"]["content"]
     assert "429" in login["responses"]
+    assert "database_unavailable" in login["responses"]["503"]["description"]
     admin = spec["paths"]["/api/v1/admin/users"]["get"]
     assert admin["x-required-auth"] == "admin" and admin["security"] == [{"bearer": []}]
     assert any(p["name"] == "cursor" for p in admin["parameters"])
