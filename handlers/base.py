@@ -52,6 +52,25 @@ def dumps(value: Any) -> str:
     return json.dumps(value, default=json_default, separators=(",", ":"), ensure_ascii=False)
 
 
+def stamp_request_id(handler: tornado.web.RequestHandler) -> None:
+    """Give the response its X-Request-ID: the client's own (if sane) or a new one. Every handler
+    calls this from set_default_headers (API routes, docs, static and media files, the socket's
+    upgrade), so any response can be matched to its log line. Tornado calls set_default_headers
+    again when an error clears the headers: the request keeps its one id."""
+    if getattr(handler, "request_id", None) is None:
+        incoming = handler.request.headers.get("X-Request-ID", "")
+        handler.request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
+    handler.set_header("X-Request-ID", handler.request_id)
+
+
+class RequestIdMixin:
+    """For handlers that are not APIHandlers (static files, the docs page, the WebSocket)."""
+
+    def set_default_headers(self):
+        super().set_default_headers()
+        stamp_request_id(self)
+
+
 @tornado.web.stream_request_body
 class APIHandler(tornado.web.RequestHandler):
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
@@ -75,11 +94,7 @@ class APIHandler(tornado.web.RequestHandler):
     # ---- request lifecycle -------------------------------------------------
     def set_default_headers(self):
         self.set_header("Content-Type", "application/json; charset=UTF-8")
-        # Called again when an error clears the headers: keep the request's one id.
-        if getattr(self, "request_id", None) is None:
-            incoming = self.request.headers.get("X-Request-ID", "")
-            self.request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
-        self.set_header("X-Request-ID", self.request_id)
+        stamp_request_id(self)
         origin = self.request.headers.get("Origin")
         if origin and self._origin_allowed(origin):
             self.set_header("Access-Control-Allow-Origin", origin)

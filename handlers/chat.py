@@ -19,7 +19,7 @@ import tornado.websocket
 from pydantic import ValidationError
 from tornado.iostream import StreamClosedError
 
-from handlers.base import APIHandler
+from handlers.base import APIHandler, RequestIdMixin
 from handlers.routing import endpoint, route
 from sheda_rt.accounts.auth import USER
 from sheda_rt.chat.frames import (
@@ -42,7 +42,7 @@ CLOSE_FORBIDDEN = 4403
 STRIKE_WINDOW = 10.0
 
 
-class ChatSocket(tornado.websocket.WebSocketHandler):
+class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
     """One client socket; implements the hub's Connection protocol (conn_id, user_id,
     jti, deliver, close_for)."""
 

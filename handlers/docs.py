@@ -1,8 +1,11 @@
 """OpenAPI 3.1 generated from the route table and the same pydantic models that
-validate requests, plus Swagger UI served from the installed swagger-ui-bundle
-package (no CDN: these machines have no internet)."""
+validate requests, plus Swagger UI 5 served from the installed swagger-ui-py
+package (no CDN: these machines have no internet, and clients may be offline).
+Swagger UI 4 (the swagger-ui-bundle package) cannot read OpenAPI 3.1: it showed
+"Unable to render this definition"."""
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import tornado.web
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
-from handlers.base import APIHandler
+from handlers.base import APIHandler, RequestIdMixin
 from handlers.routing import route
 
 _ERROR_SCHEMA = {
@@ -125,26 +128,34 @@ class OpenAPIHandler(APIHandler):
         self.send(OpenAPIHandler._cache)
 
 
-_SWAGGER_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Sheda RT API</title>
-<link rel="stylesheet" href="/docs/static/swagger-ui.css"></head><body><div id="ui"></div>
+_SWAGGER_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Sheda RT API</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="stylesheet" href="/docs/static/swagger-ui.css"></head><body><div id="swagger-ui"></div>
 <script src="/docs/static/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({url: "/api/v1/openapi.json", dom_id: "#ui"});</script></body></html>"""
+<script>window.ui = SwaggerUIBundle({url: "/api/v1/openapi.json", dom_id: "#swagger-ui", deepLinking: true});</script>
+</body></html>"""
 
 
-class SwaggerHandler(tornado.web.RequestHandler):
+class SwaggerHandler(RequestIdMixin, tornado.web.RequestHandler):
     def get(self):
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         self.finish(_SWAGGER_PAGE)
 
 
-def _swagger_dir() -> str:
-    import swagger_ui_bundle
+class SwaggerStaticHandler(RequestIdMixin, tornado.web.StaticFileHandler):
+    """Swagger UI's own files (bundle, css, favicons)."""
 
-    return str(Path(swagger_ui_bundle.swagger_ui_path))
+
+def _swagger_dir() -> str:
+    # Located without importing the package (its __init__ pulls in its framework adapters).
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or not spec.origin:
+        raise RuntimeError("swagger-ui-py is not installed (pip install -r requirements.txt)")
+    return str(Path(spec.origin).parent / "static")
 
 
 default_handlers = [
     route("/api/v1/openapi.json", OpenAPIHandler),
     tornado.web.URLSpec(r"/docs/?$", SwaggerHandler),
-    tornado.web.URLSpec(r"/docs/static/(.*)", tornado.web.StaticFileHandler, {"path": _swagger_dir()}),
+    tornado.web.URLSpec(r"/docs/static/(.*)", SwaggerStaticHandler, {"path": _swagger_dir()}),
 ]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import tornado.web
 
-from handlers.base import UPLOAD_BODY, APIHandler, dumps
+from handlers.base import UPLOAD_BODY, APIHandler, RequestIdMixin, dumps
 from handlers.routing import endpoint, route
 from sheda_rt.accounts.auth import ADMIN
 
@@ -18,7 +18,7 @@ class FileUploadHandler(APIHandler):
         return {"file_url": url}
 
 
-class MediaFileHandler(tornado.web.StaticFileHandler):
+class MediaFileHandler(RequestIdMixin, tornado.web.StaticFileHandler):
     """Files under DATA_DIR/media. Names are random, so long caching is safe; errors are JSON."""
 
     def initialize(self, **_):
