@@ -12,7 +12,10 @@ from sheda_rt.database.ids import MAX_ID
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
 
 from sheda_rt.listings.money import Money
+from sheda_rt.accounts.models import PublicAgent
 from sheda_rt.pagination import PageQuery
+from sheda_rt.responses import MediaUrl, MoneyText, ResponseModel, Timestamp
+from sheda_rt.search import parse_near
 
 PropertyType = Literal["apartment", "house", "duplex", "bungalow", "land", "shortlet", "shared apartment", "office", "shop", "warehouse"]
 ListingType = Literal["rent", "sale"]
@@ -134,19 +137,7 @@ class SearchQuery(PageQuery):
     agent_id: Optional[int] = Field(None, ge=1, le=MAX_ID)
     sort: SortOrder = "newest"
 
-    @field_validator("near")
-    @classmethod
-    def _near(cls, v):
-        if v is None:
-            return v
-        parts = v.split(",")
-        try:
-            lat, lng = (float(p) for p in parts)
-        except ValueError:
-            raise ValueError("must be 'lat,lng', e.g. 6.4474,3.4553") from None
-        if not (-90 <= lat <= 90 and -180 <= lng <= 180):
-            raise ValueError("lat must be within ±90 and lng within ±180")
-        return f"{lat},{lng}"
+    _near = field_validator("near")(parse_near)
 
     @model_validator(mode="after")
     def _range(self):
@@ -160,3 +151,66 @@ class SearchQuery(PageQuery):
             return None
         lat, lng = (float(p) for p in self.near.split(","))
         return lat, lng
+
+
+# ---- responses (the serializer validates every body through these; they are its schema) ----------
+class GeoOut(ResponseModel):
+    lat: float
+    lng: float
+
+
+class ImageOut(ResponseModel):
+    id: int
+    url: MediaUrl
+    is_primary: bool
+
+
+class PropertyOut(ResponseModel):
+    """A listing. `price` is a decimal string with two decimals (naira)."""
+
+    id: int
+    title: str
+    description: str
+    price: MoneyText
+    is_negotiable: bool
+    location: str
+    geo: Optional[GeoOut]
+    property_type: PropertyType
+    listing_type: ListingType
+    status: PropertyStatus
+    is_active: bool = Field(description="false once delisted (only its agent and admins still see it)")
+    bedroom: int
+    bathroom: int
+    furnished: bool
+    air_condition: bool
+    pop_ceiling: bool
+    floor_tiles: bool
+    running_water: bool
+    furniture: bool
+    prepaid_meter: bool
+    wifi: bool
+    images: list[ImageOut]
+    agent_id: int
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class ImageAdded(ResponseModel):
+    image: ImageOut
+    property: PropertyOut
+
+
+class FavouriteOut(ResponseModel):
+    id: int
+    property_id: int
+    created_at: Timestamp
+
+
+class FavouriteItem(FavouriteOut):
+    property: Optional[PropertyOut] = Field(description="null once the listing is delisted")
+
+
+class AgentWithListings(PublicAgent):
+    """An agent's public profile plus up to 50 of their available listings, newest first."""
+
+    listings: list[PropertyOut]
