@@ -6,6 +6,7 @@ turns pydantic's ValidationError into `SettingsError` with a single message.
 """
 from __future__ import annotations
 
+import re
 import secrets
 from pathlib import Path
 from typing import Annotated, Literal, Optional
@@ -57,6 +58,9 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Comma-separated origins, or *")
     max_json_bytes: int = Field(1_048_576, ge=1024)
     max_upload_bytes: int = Field(5 * 1024 * 1024, ge=1024)
+    public_base_url: Optional[str] = Field(None, description=(
+        "Scheme and host clients reach this server at, e.g. https://api.example.com: media URLs (avatar_url, "
+        "image url, file_url) become absolute, so a web app on another origin can load them; unset: /media/... paths"))
 
     # Email
     smtp_host: Optional[str] = None
@@ -92,6 +96,15 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_none(cls, value):
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("public_base_url", mode="before")
+    @classmethod
+    def _public_base_url(cls, value):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if not isinstance(value, str) or not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", value.strip()):
+            raise ValueError("must be an http:// or https:// URL such as https://api.example.com")
+        return value.strip().rstrip("/")
 
     @field_validator("mongodb_uri")
     @classmethod

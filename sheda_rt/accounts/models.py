@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import re
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StrictBool, StringConstraints, field_validator
 
 from sheda_rt.accounts.passwords import password_problem
+from sheda_rt.responses import MediaUrl, MoneyText, ResponseModel, Timestamp
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{3,32}$")
 PHONE_RE = re.compile(r"^\+?[0-9]{7,15}$")
@@ -234,3 +235,68 @@ class AdminUserPatch(BaseModel):
 
     role: Optional[Literal["user", "admin", "moderator"]] = None
     is_active: Optional[StrictBool] = None  # "no" is not a boolean in a JSON body
+
+
+# ---- responses (the serializer validates every body through these; they are its schema) ----------
+UserType = Literal["client", "agent", "builder"]
+
+
+class PublicUser(ResponseModel):
+    """What anyone may see of a user."""
+
+    id: int
+    username: str
+    full_name: Optional[str]
+    user_type: UserType
+    avatar_url: Optional[MediaUrl]
+    created_at: Optional[Timestamp]
+
+
+class ClientProfile(ResponseModel):
+    """A client's profile fields (null when unset)."""
+
+    preferred_location: Optional[str]
+    preferred_property_type: Optional[str]
+    budget_min: Optional[MoneyText]
+    budget_max: Optional[MoneyText]
+
+
+class AgentProfile(ResponseModel):
+    """An agent's profile fields (null when unset)."""
+
+    agency_name: Optional[str]
+    license_number: Optional[str]
+    bio: Optional[str]
+    years_experience: Optional[int]
+    whatsapp: Optional[str]
+    office_address: Optional[str]
+
+
+class PublicAgent(PublicUser, AgentProfile):
+    """An agent as anyone may see them: the public fields plus the agent profile."""
+
+
+class PrivateUser(PublicUser):
+    """What users see of themselves: everything but secrets, with the profile of the current user_type."""
+
+    email: str
+    phone: Optional[str]
+    role: Literal["user", "admin", "moderator"]
+    is_active: bool
+    is_verified: bool
+    updated_at: Optional[Timestamp]
+    profile: Union[ClientProfile, AgentProfile]
+
+
+class AdminUser(PrivateUser):
+    last_login_at: Optional[Timestamp]
+
+
+class AccountInfo(ResponseModel):
+    """An agent's bank details, as shown to a client paying them."""
+
+    account_name: str
+    bank_name: str
+    account_number: str
+    bank_code: Optional[str]
+    updated_at: Optional[Timestamp]

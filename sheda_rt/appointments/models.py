@@ -9,6 +9,7 @@ from sheda_rt.database.ids import MAX_ID
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from sheda_rt.pagination import PageQuery
+from sheda_rt.responses import ResponseModel, Timestamp
 
 WEEKDAYS = ("MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY")
 Weekday = Literal["MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY"]
@@ -79,3 +80,35 @@ class AppointmentQuery(PageQuery):
     model_config = ConfigDict(extra="forbid")
     status: Optional[AppointmentStatus] = None
     role: Optional[Literal["client", "agent"]] = Field(None, description="Only those where I am the client / the agent")
+
+
+# ---- responses (the serializer validates every body through these; they are its schema) ----------
+HHMM_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+class WindowOut(ResponseModel):
+    """A weekly availability window; times are 'HH:MM' UTC, start inclusive, end exclusive."""
+
+    id: int
+    agent_id: int
+    weekday: Weekday
+    start_time: str = Field(pattern=HHMM_PATTERN)
+    end_time: str = Field(pattern=HHMM_PATTERN)
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class AppointmentOut(ResponseModel):
+    """A viewing: `scheduled_at` is the slot's start, `ends_at` its end (UTC)."""
+
+    id: int
+    property_id: int
+    property_title: Optional[str]
+    client_id: int
+    agent_id: int
+    scheduled_at: Timestamp
+    ends_at: Timestamp
+    status: AppointmentStatus
+    cancelled_by: Optional[int] = Field(description="who cancelled (user id), once cancelled")
+    created_at: Timestamp
+    updated_at: Timestamp
