@@ -15,19 +15,10 @@ import argparse
 import asyncio
 import getpass
 import json
-import logging
 import sys
 
 from config import SettingsError, load_settings
-
-
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    logging.getLogger("tornado.access").setLevel(logging.WARNING)
+from sheda_rt.logs import setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ import signal
 import tornado.httpserver
 import tornado.netutil
 
+from sheda_rt import logs
 from sheda_rt.app import ShedaApplication
 from sheda_rt.context import AppContext
 from sheda_rt.database.embedded import EmbeddedDatabase
@@ -36,6 +37,7 @@ class Server:
     `run.py` and the tests start it the same way."""
 
     def __init__(self, settings, uri: str, clock=None, mailer=None):
+        logs.install()  # whoever starts a server (run.py, tests, an embedding app), its logs hold no secrets
         self.settings = settings
         self.ctx = AppContext(settings, uri, clock=clock, mailer=mailer)
         self.http: tornado.httpserver.HTTPServer | None = None
