@@ -41,12 +41,28 @@ Location text: the database has no text index, and an unanchored regex (or
 even an anchored one here) is a collection scan. Instead each location word
 contributes its prefixes of 3..20 characters (shorter words: the whole word) to
 `facets`, so "lekk" finds "Lekki Phase 1" through an ordinary multikey index.
+
+Keywords (`q=`): each whole word of a document's text fields (for listings: title,
+location, description), folded (NFKD with accents dropped, then casefolded, so
+"Ìkòyí" and "IKOYI" are both "ikoyi"), is a facet `"k:<word>"`, minus a short list
+of stop words, at most KEYWORD_MAX_FACETS per document in field order: every facet
+is one entry in each compound index, ~0.2 ms of the embedded database's one core
+per entry per write, so a 5,000-character description must not cost hundreds.
+A query's longest word drives (the usual proxy for the rarest), the others are a
+residual `facets: {$all: [...]}`.
+
+Map bounds (`bbox=`): like `near=`, the finest grid level at which the box touches
+at most GEO_MAX_CELLS cells drives, one pipeline per cell, and the exact box is a
+residual range on the point's coordinates (`geo.coordinates.0/1`, planar, the
+same on both engines). Boxes across the antimeridian are refused by the query
+models (send two searches).
 """
 from __future__ import annotations
 
 import asyncio
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -103,6 +119,39 @@ def location_facets(text: str) -> set[str]:
     return out
 
 
+# Keyword facets (see "Keywords" above).
+KEYWORD_MAX_FACETS = 64
+#: Words too common to narrow anything; never stored, ignored in a query.
+STOP_WORDS = frozenset("""a an and are as at be by for from has have in is it its of on or the this to with""".split())
+
+
+def fold(text: str) -> str:
+    """Case- and accent-insensitive form of text: casefold, NFKD, combining marks dropped."""
+    return "".join(c for c in unicodedata.normalize("NFKD", (text or "").casefold()) if not unicodedata.combining(c))
+
+
+def keyword_words(text: str) -> list[str]:
+    """The searchable words of text (folded, stop words dropped), in order, repeats kept."""
+    return [w for w in _WORD.findall(fold(text)) if w not in STOP_WORDS]
+
+
+def keyword_facet(word: str) -> str:
+    """The facet of one folded word (long words are cut at 20 characters, stored and queried alike)."""
+    return "k:" + word[:PREFIX_MAX]
+
+
+def keyword_facets(*texts: str) -> set[str]:
+    """The keyword facets of a document's text fields, most important field first; at most
+    KEYWORD_MAX_FACETS distinct words (later words of a long description are not indexed)."""
+    out: dict[str, None] = {}
+    for text in texts:
+        for word in keyword_words(text):
+            out.setdefault(keyword_facet(word), None)
+            if len(out) >= KEYWORD_MAX_FACETS:
+                return set(out)
+    return set(out)
+
+
 def geo_cell(level: int, lat: float, lng: float) -> str:
     size = GEO_CELL_DEGREES[level]
     return f"g{level}:{math.floor(lat / size)}:{math.floor(lng / size)}"
@@ -137,6 +186,37 @@ def geo_cells_covering(lat: float, lng: float, radius_km: float) -> list[str] | 
     return None
 
 
+def geo_cells_in_box(min_lng: float, min_lat: float, max_lng: float, max_lat: float) -> list[str] | None:
+    """The grid cells (at most GEO_MAX_CELLS, finest level that manages it) holding every
+    point of the box; None when no level does. Exact: a point's cell is floor(coordinate /
+    size), which is monotonic, so a point inside the box lies in one of these cells."""
+    for level, size in enumerate(GEO_CELL_DEGREES):
+        rows = range(math.floor(min_lat / size), math.floor(max_lat / size) + 1)
+        cols = range(math.floor(min_lng / size), math.floor(max_lng / size) + 1)
+        if len(rows) * len(cols) <= GEO_MAX_CELLS:
+            return [f"g{level}:{r}:{c}" for r in rows for c in cols]
+    return None
+
+
+def parse_bbox(value: str | None) -> str | None:
+    """A `bbox=minLng,minLat,maxLng,maxLat` query value, checked and normalised."""
+    if value is None:
+        return value
+    parts = value.split(",")
+    try:
+        min_lng, min_lat, max_lng, max_lat = (float(p) for p in parts)
+    except ValueError:
+        raise ValueError("must be 'minLng,minLat,maxLng,maxLat', e.g. 3.35,6.40,3.50,6.47") from None
+    if not all(-180 <= x <= 180 for x in (min_lng, max_lng)) or not all(-90 <= y <= 90 for y in (min_lat, max_lat)):
+        raise ValueError("longitudes must be within ±180 and latitudes within ±90")
+    if min_lat > max_lat:
+        raise ValueError("minLat must not exceed maxLat")
+    if min_lng > max_lng:
+        raise ValueError("minLng exceeds maxLng: boxes across the antimeridian are not supported; send two searches, "
+                         "one on each side of it")
+    return f"{min_lng},{min_lat},{max_lng},{max_lat}"
+
+
 def parse_near(value: str | None) -> str | None:
     """A `near=lat,lng` query value, checked and normalised (for the query models' validators)."""
     if value is None:
@@ -160,6 +240,7 @@ class SearchPlan:
     limit: int
     facet: str = "*"
     near: tuple[float, float, float] | None = None  # lat, lng, radius_km
+    bbox: tuple[float, float, float, float] | None = None  # min_lng, min_lat, max_lng, max_lat
     price_min: int | None = None  # kobo, inclusive
     price_max: int | None = None
     residual: dict = field(default_factory=dict)
@@ -239,11 +320,18 @@ class FacetedSearch:
         after = self._cursor_after(plan)
         residual = dict(plan.residual)
         facets = [plan.facet]
+        within = cells = None
         if plan.near is not None:
             lat, lng, radius_km = plan.near
             within = {"geo": {"$geoWithin": {"$centerSphere": [[lng, lat], radius_km / EARTH_RADIUS_KM]}}}
-            residual = {"$and": [residual, within]} if residual else within
             cells = geo_cells_covering(lat, lng, radius_km)
+        elif plan.bbox is not None:
+            min_lng, min_lat, max_lng, max_lat = plan.bbox
+            within = {"geo.coordinates.0": {"$gte": min_lng, "$lte": max_lng},
+                      "geo.coordinates.1": {"$gte": min_lat, "$lte": max_lat}}
+            cells = geo_cells_in_box(min_lng, min_lat, max_lng, max_lat)
+        if within is not None:
+            residual = {"$and": [residual, within]} if residual else within
             if cells is not None:
                 if plan.facet != "*":  # the request's own facet becomes a residual condition
                     residual = {"$and": [residual, {"facets": plan.facet}]}

@@ -15,7 +15,7 @@ from sheda_rt.listings.money import Money
 from sheda_rt.accounts.models import PublicAgent
 from sheda_rt.pagination import PageQuery
 from sheda_rt.responses import MediaUrl, MoneyText, ResponseModel, Timestamp
-from sheda_rt.search import parse_near
+from sheda_rt.search import keyword_words, parse_bbox, parse_near
 
 PropertyType = Literal["apartment", "house", "duplex", "bungalow", "land", "shortlet", "shared apartment", "office", "shop", "warehouse"]
 ListingType = Literal["rent", "sale"]
@@ -24,6 +24,8 @@ SortOrder = Literal["newest", "price_asc", "price_desc"]
 
 AMENITIES = ("air_condition", "pop_ceiling", "floor_tiles", "running_water", "furniture", "prepaid_meter", "wifi")
 FLAGS = ("furnished",) + AMENITIES
+
+Q_MAX_CHARS, Q_MAX_WORDS = 200, 8  # bounds of a keyword search: each word is one more residual facet
 
 LOCATION_HELP = "Free text address, e.g. 'Lekki Phase 1, Lagos'"
 
@@ -136,14 +138,44 @@ class SearchQuery(PageQuery):
     radius_km: float = Field(5.0, gt=0, le=100, description="Radius for near=, kilometres (default 5, max 100)")
     agent_id: Optional[int] = Field(None, ge=1, le=MAX_ID)
     sort: SortOrder = "newest"
+    q: Optional[str] = Field(None, min_length=1, max_length=Q_MAX_CHARS, description=(
+        f"Keywords: every word must be a whole word of the title, location or description, case- and "
+        f"accent-insensitive ('ikoyi pool' finds 'Pool house in Ìkòyí'); at most {Q_MAX_WORDS} words, "
+        f"{Q_MAX_CHARS} characters; common words ('the', 'in', ...) are ignored"))
+    bbox: Optional[str] = Field(None, max_length=120, description=(
+        "'minLng,minLat,maxLng,maxLat' — only listings whose map position is inside this box (not with near=; "
+        "boxes across the antimeridian are refused: send two searches)"))
+    category_id: Optional[int] = Field(None, ge=1, le=MAX_ID, description="Only listings of this category")
 
     _near = field_validator("near")(parse_near)
+    _bbox = field_validator("bbox")(parse_bbox)
+
+    @field_validator("q")
+    @classmethod
+    def _q(cls, v):
+        if v is None:
+            return v
+        words = keyword_words(v)
+        if not words:
+            raise ValueError("needs at least one word that is not a common word like 'the' or 'in'")
+        if len(set(words)) > Q_MAX_WORDS:
+            raise ValueError(f"at most {Q_MAX_WORDS} words")
+        return v
 
     @model_validator(mode="after")
     def _range(self):
         if self.price_min is not None and self.price_max is not None and self.price_min > self.price_max:
             raise ValueError("price_min must not exceed price_max")
+        if self.near is not None and self.bbox is not None:
+            raise ValueError("send near= or bbox=, not both")
         return self
+
+    @property
+    def bbox_box(self) -> tuple[float, float, float, float] | None:
+        if self.bbox is None:
+            return None
+        min_lng, min_lat, max_lng, max_lat = (float(p) for p in self.bbox.split(","))
+        return min_lng, min_lat, max_lng, max_lat
 
     @property
     def near_point(self) -> tuple[float, float] | None:

@@ -12,7 +12,7 @@ from sheda_rt.clock import format_ts
 from sheda_rt.errors import Conflict, Forbidden, NotFound
 from sheda_rt.listings.models import AMENITIES, FLAGS, PropertyCreate, PropertyUpdate, SearchQuery
 from sheda_rt.listings.money import format_money, to_decimal128, to_minor
-from sheda_rt.listings.store import SearchPlan, location_words, word_facet
+from sheda_rt.listings.store import SearchPlan, keyword_facet, keyword_words, location_words, word_facet
 
 MAX_IMAGES = 10
 
@@ -155,19 +155,29 @@ class PropertyService:
             value = getattr(q, flag)
             if value is not None:
                 residual[flag] = value
+        if q.category_id is not None:
+            residual["category_id"] = q.category_id
         words = location_words(q.location) if q.location else []
+        keywords = sorted(set(keyword_words(q.q)), key=len, reverse=True) if q.q else []  # the model refuses a q without any
+        wanted = [keyword_facet(w) for w in keywords]
         if q.location and not words:
             # Only punctuation: nothing can match a location with no words.
-            residual["facets"] = {"$all": ["w:"]}
-        elif words:
-            residual["facets"] = {"$all": [word_facet(w) for w in words]}
+            wanted.append("w:")
+        else:
+            wanted += [word_facet(w) for w in words]
+        if wanted:
+            residual["facets"] = {"$all": wanted}
 
         if q.location and not words:
             facet = "w:"  # matches no listing: an index lookup that finds nothing, not a scan
         elif q.agent_id is not None:
             facet = f"a:{q.agent_id}"
+        elif keywords:
+            facet = keyword_facet(keywords[0])  # the longest word: the usual proxy for the rarest
         elif words:
             facet = word_facet(max(words, key=len))
+        elif q.category_id is not None:
+            facet = f"c:{q.category_id}"
         elif q.listing_type and q.property_type:
             facet = f"l:{q.listing_type}|t:{q.property_type}"
         elif q.listing_type:
@@ -180,7 +190,7 @@ class PropertyService:
         if q.near_point is not None:
             near = (*q.near_point, q.radius_km)
         return SearchPlan(
-            status=q.status, sort=q.sort, limit=q.limit, facet=facet, near=near,
+            status=q.status, sort=q.sort, limit=q.limit, facet=facet, near=near, bbox=q.bbox_box,
             price_min=int(to_minor(q.price_min)) if q.price_min is not None else None,
             price_max=int(to_minor(q.price_max)) if q.price_max is not None else None,
             residual=residual, cursor=q.cursor,

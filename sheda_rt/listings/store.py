@@ -2,8 +2,9 @@
 
 Searches run through the shared faceted search (`sheda_rt/search.py`, where the
 index plan is explained): a listing's `facets` are `"*"`, `"l:rent"`,
-`"t:apartment"`, `"l:rent|t:apartment"`, `"a:<agent id>"`, its location word
-prefixes and its grid cells, and the driving state is `status` (available,
+`"t:apartment"`, `"l:rent|t:apartment"`, `"a:<agent id>"`, `"c:<category id>"`, its
+location word prefixes, its keywords (title, location, description) and its grid
+cells, and the driving state is `status` (available,
 rented, sold). The 2dsphere index stays: it refuses malformed points on write,
 and a real MongoDB can serve ad-hoc geo queries from it.
 """
@@ -19,7 +20,7 @@ from sheda_rt.errors import Conflict
 from sheda_rt.pagination import PageQuery, paginate
 # Re-exported: the listings service and tests name these here.
 from sheda_rt.search import (EARTH_RADIUS_KM, FacetedSearch, SearchPlan, geo_cells_covering, geo_facets,  # noqa: F401
-                             location_facets, location_words, word_facet)
+                             keyword_facet, keyword_facets, keyword_words, location_facets, location_words, word_facet)
 
 log = logging.getLogger("sheda.listings")
 
@@ -28,6 +29,9 @@ def facets_for(doc: dict) -> list[str]:
     out = {"*", f"l:{lt}", f"t:{pt}", f"l:{lt}|t:{pt}", f"a:{doc['agent_id']}"}
     out.update(geo_facets(doc.get("geo")))
     out.update(location_facets(doc.get("location", "")))
+    out.update(keyword_facets(doc.get("title", ""), doc.get("location", ""), doc.get("description", "")))
+    if doc.get("category_id") is not None:
+        out.add(f"c:{doc['category_id']}")
     return sorted(out)
 
 
@@ -40,7 +44,7 @@ class PropertyStore:
     ]
 
     # Bump when facets_for changes: listings stored before are re-faceted once at startup.
-    FACETS_VERSION = 2  # 2: geo grid cells
+    FACETS_VERSION = 3  # 2: geo grid cells; 3: keywords (q=) and categories
 
     def __init__(self, db, ids):
         self.col = db["properties"]
@@ -60,7 +64,8 @@ class PropertyStore:
         marker = await self.meta.find_one({"_id": "properties.facets"})
         if marker is not None and marker.get("version", 0) >= self.FACETS_VERSION:
             return 0
-        fields = {"listing_type": 1, "property_type": 1, "agent_id": 1, "location": 1, "geo": 1, "rev": 1}
+        fields = {"listing_type": 1, "property_type": 1, "agent_id": 1, "location": 1, "geo": 1, "rev": 1,
+                  "title": 1, "description": 1, "category_id": 1}
         done, last = 0, None
         while True:
             flt = {"_id": {"$gt": last}} if last is not None else {}

@@ -1,0 +1,157 @@
+"""Keyword (`q=`) and map-bounds (`bbox=`) search on GET /properties, as a client runs them."""
+from __future__ import annotations
+
+import random
+
+from tests.listing_helpers import create_property, word
+
+API = "/api/v1/properties"
+
+
+async def walk(sheda, params: dict, limit: int = 3) -> list[dict]:
+    """Every page of a search, following next_cursor."""
+    seen, cursor = [], None
+    for _ in range(60):
+        r = await sheda.api.get(API, params={**params, "limit": limit, **({"cursor": cursor} if cursor else {})})
+        assert r.status == 200, (params, r)
+        seen.extend(r.json["items"])
+        cursor = r.json["next_cursor"]
+        if cursor is None:
+            return seen
+    raise AssertionError("too many pages")
+
+
+async def test_q_matches_whole_words_of_title_location_and_description_ignoring_case_and_accents(sheda):
+    agent = await sheda.signup("agent")
+    w = word()
+    in_title = await create_property(sheda, agent, title=f"Pool house in Ìkòyí {w}", location="Banana Island, Lagos")
+    in_location = await create_property(sheda, agent, title=f"Quiet flat {w}", location="12 Ikoyi Crescent, Lagos",
+                                        description="Has a POOL and a gym")
+    in_description = await create_property(sheda, agent, title=f"Duplex {w}", location="Lekki",
+                                           description="Ten minutes from IKOYI; shared swimming pool.", listing_type="sale")
+    poolside = await create_property(sheda, agent, title=f"Poolside {w}", location="Ajah", description="Near Ikoyi-bound road")
+
+    async def ids(**params):
+        return {p["id"] for p in await walk(sheda, params)}
+
+    assert await ids(q=f"{w} ikoyi pool") == {in_title["id"], in_location["id"], in_description["id"]}
+    assert await ids(q=f"IKÓYI {w.upper()} Pool") == {in_title["id"], in_location["id"], in_description["id"]}
+    assert await ids(q=f"{w} crescent") == {in_location["id"]}
+    assert await ids(q=f"{w} swimming") == {in_description["id"]}
+    assert await ids(q=f"{w} poolside") == {poolside["id"]}  # whole words: "poolside" is not "pool"
+    assert await ids(q=f"{w} ikoyi") == {in_title["id"], in_location["id"], in_description["id"], poolside["id"]}
+    assert await ids(q=f"{w} pool gym") == {in_location["id"]}  # every word must match
+    assert await ids(q=f"{w} the pool, in IKOYI!") == {in_title["id"], in_location["id"], in_description["id"]}  # common words ignored
+    # combined with other filters and each sort
+    assert await ids(q=f"{w} pool", listing_type="sale") == {in_description["id"]}
+    assert await ids(q=f"{w} pool", location="lekk") == {in_description["id"]}
+    assert await ids(q=f"{w} pool", agent_id=agent.id, listing_type="rent") == {in_title["id"], in_location["id"]}
+    for sort in ("newest", "price_asc", "price_desc"):
+        got = await walk(sheda, {"q": f"{w} ikoyi pool", "sort": sort}, limit=1)
+        assert {p["id"] for p in got} == {in_title["id"], in_location["id"], in_description["id"]}
+        assert len(got) == 3
+    # an edit re-indexes the words; a delisted listing is no longer found
+    r = await sheda.api.patch(f"{API}/{in_location['id']}", {"description": "No pool any more, but a tennis court"}, token=agent.token)
+    assert r.status == 200, r
+    assert await ids(q=f"{w} gym") == set()
+    assert await ids(q=f"{w} tennis court") == {in_location["id"]}
+    assert (await sheda.api.delete(f"{API}/{in_title['id']}", token=agent.token)).status == 204
+    assert await ids(q=f"{w} ikoyi pool") == {in_location["id"], in_description["id"]}
+
+
+async def test_a_long_description_costs_a_bounded_number_of_index_entries(sheda):
+    from sheda_rt.search import KEYWORD_MAX_FACETS
+
+    agent = await sheda.signup("agent")
+    w = word()
+    text = " ".join(f"word{i}" for i in range(600))
+    prop = await create_property(sheda, agent, title=f"Big {w}", description=text[:5000])
+    stored = await sheda.ctx.db["properties"].find_one({"_id": prop["id"]})
+    keywords = [f for f in stored["facets"] if f.startswith("k:")]
+    assert len(keywords) == KEYWORD_MAX_FACETS
+    # the title's words come first, so they are always searchable
+    assert {p["id"] for p in await walk(sheda, {"q": f"{w} big"})} == {prop["id"]}
+    assert {p["id"] for p in await walk(sheda, {"q": f"{w} word3"})} == {prop["id"]}
+
+
+async def test_bad_q_and_bbox_are_422(sheda):
+    bad = [
+        {"q": "x" * 10_240},                       # 10 KB
+        {"q": " ".join(f"w{i}" for i in range(9))},  # 9 words
+        {"q": "the in of"},                         # nothing searchable
+        {"q": "!!! ..."},
+        {"q": ""},
+        {"bbox": "3.3,6.4,3.5"}, {"bbox": "a,b,c,d"}, {"bbox": "3.3,6.4,3.5,6.5,1"},
+        {"bbox": "3.5,6.4,3.3,6.5"},               # minLng > maxLng (across the antimeridian)
+        {"bbox": "3.3,6.5,3.5,6.4"},               # minLat > maxLat
+        {"bbox": "3.3,-91,3.5,6.4"}, {"bbox": "-181,6.4,3.5,6.5"}, {"bbox": "nan,6.4,3.5,6.5"}, {"bbox": "inf,6.4,3.5,6.5"},
+        {"bbox": "1" * 10_000},
+        {"bbox": "3.3,6.4,3.5,6.5", "near": "6.45,3.4"},
+        {"category_id": "0"}, {"category_id": "x"},
+    ]
+    for params in bad:
+        r = await sheda.api.get(API, params=params)
+        assert r.status == 422, (params, r)
+        assert r.json["code"] == "validation_error" and r.json["errors"], r
+    r = await sheda.api.get(API, params={"bbox": "170,0,-170,1"})
+    assert r.status == 422 and "antimeridian" in r.json["detail"]
+
+
+async def test_bbox_matches_the_exact_box_in_every_sort_and_page(sheda):
+    agent = await sheda.signup("agent")
+    rng = random.Random(11)
+    w = word()
+    centre = (-42.1, 150.3)  # nowhere near any other test's listings
+    for i in range(30):
+        lat, lng = centre[0] + rng.uniform(-1.5, 1.5), centre[1] + rng.uniform(-1.5, 1.5)
+        await create_property(sheda, agent, title=f"{w} plot {i}", location=f"{w} plot {i}", price=str(rng.randint(1, 50) * 100_000),
+                              description=rng.choice(["garden", "garden pool", "pool"]),
+                              geo={"lat": round(lat, 6), "lng": round(lng, 6)}, listing_type=rng.choice(["rent", "sale"]))
+        sheda.ctx.clock.advance(seconds=20)
+    edge = await create_property(sheda, agent, title=f"{w} edge", location=f"{w} edge", geo={"lat": -42.0, "lng": 150.0})
+    await create_property(sheda, agent, title=f"{w} nowhere", location=f"{w} nowhere")
+    col = sheda.ctx.db["properties"]
+    keys = {"newest": lambda p: (p["created_at"], p["id"]), "price_asc": lambda p: (float(p["price"]), p["id"]),
+            "price_desc": lambda p: (float(p["price"]), p["id"])}
+    boxes = [(150.0, -42.0, 150.5, -41.5), (149.9, -42.3, 150.02, -42.0), (148.0, -44.0, 152.0, -40.0), (150.0, -42.0, 150.0, -42.0),
+             (148.5, -43.7, 151.9, -40.4)]
+    for _ in range(4):
+        a, b = sorted(rng.uniform(148.5, 152) for _ in range(2))
+        c, d = sorted(rng.uniform(-43.8, -40.5) for _ in range(2))
+        boxes.append((a, c, b, d))
+    for box in boxes:
+        for sort in ("newest", "price_asc", "price_desc"):
+            for extra in ({}, {"q": f"{w} pool"}, {"listing_type": "sale", "location": w}):
+                params = {"bbox": ",".join(map(str, box)), "sort": sort, **extra}
+                got = await walk(sheda, params, limit=4)
+                min_lng, min_lat, max_lng, max_lat = box
+                flt = {"geo.coordinates.0": {"$gte": min_lng, "$lte": max_lng}, "geo.coordinates.1": {"$gte": min_lat, "$lte": max_lat},
+                       "status": "available", "is_active": True, "agent_id": agent.id}
+                expected = []
+                async for doc in col.find(flt):
+                    if "q" in extra and "pool" not in doc["description"].split():
+                        continue
+                    if "listing_type" in extra and doc["listing_type"] != "sale":
+                        continue
+                    expected.append(doc["_id"])
+                ids = [p["id"] for p in got]
+                assert len(ids) == len(set(ids)), (params, "repeated")
+                assert set(ids) == set(expected), (params, sorted(set(ids) ^ set(expected)))
+                order = [keys[sort](p) for p in got]
+                assert order == sorted(order, reverse=sort != "price_asc"), params
+    r = await sheda.api.get(API, params={"bbox": "150,-42,150,-42"})
+    assert [p["id"] for p in r.json["items"]] == [edge["id"]]  # a box's edges are inside it
+
+
+async def test_listings_stored_before_keywords_are_refaceted_at_startup(sheda):
+    agent = await sheda.signup("agent")
+    w = word()
+    prop = await create_property(sheda, agent, title=f"Old listing {w}", description="Seaside cottage")
+    store = sheda.ctx.property_store
+    # As an older version stored it: no keyword facets, and no marker of the newer facets.
+    await store.col.update_one({"_id": prop["id"]}, {"$pull": {"facets": {"$regex": "^k:"}}})
+    await store.meta.delete_one({"_id": "properties.facets"})
+    assert (await sheda.api.get(API, params={"q": f"{w} cottage"})).json["items"] == []
+    assert await store.ensure_indexes() is None  # what every start runs
+    r = await sheda.api.get(API, params={"q": f"{w} cottage"})
+    assert [p["id"] for p in r.json["items"]] == [prop["id"]]
