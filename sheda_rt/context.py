@@ -75,6 +75,8 @@ class AppContext:
         self.drain_hooks.append(self.chat.drain)
         # [listings] properties, favourites, availability, appointments, contracts, notifications, the expiry job.
         self._install_marketplace()
+        # [builders] projects, units, payment plans; builders' verification.
+        self._install_builders()
 
     def _install_marketplace(self) -> None:  # [listings]
         from sheda_rt.appointments.service import AppointmentService, AvailabilityService
@@ -103,6 +105,18 @@ class AppContext:
         self.contracts = ContractService(self, self.contract_store, self.property_store, self.appointment_store, self.notifications)
         self.contract_expiry = ContractExpiryJob(self.contracts, self.settings.contract_expiry_interval_hours)
         self.jobs.append(self.contract_expiry)
+
+    def _install_builders(self) -> None:  # [builders]
+        from sheda_rt.builders.service import BuilderService, ProjectService
+        from sheda_rt.builders.store import PaymentPlanStore, ProjectStore, UnitBatchLocks, UnitStore
+
+        self.project_store = ProjectStore(self.db, self.ids)
+        self.unit_store = UnitStore(self.db, self.ids)
+        self.unit_batch_locks = UnitBatchLocks(self.db)
+        self.payment_plan_store = PaymentPlanStore(self.db, self.ids)
+        self.stores.extend([self.project_store, self.unit_store, self.unit_batch_locks, self.payment_plan_store])
+        self.projects = ProjectService(self, self.project_store, self.unit_store, self.unit_batch_locks, self.payment_plan_store)
+        self.builders = BuilderService(self, self.projects)
 
     async def ensure_indexes(self) -> None:
         for store in self.stores:

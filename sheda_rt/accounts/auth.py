@@ -34,6 +34,7 @@ class Requirement:
 USER = Requirement()
 CLIENT = Requirement(any_scope=frozenset({"client"}))
 AGENT = Requirement(any_scope=frozenset({"agent"}))
+BUILDER = Requirement(any_scope=frozenset({"builder"}))
 ADMIN = Requirement(admin=True)
 OTP = Requirement(otp=True)
 
@@ -63,7 +64,7 @@ def bearer_token(header: str | None) -> str:
 
 
 def _still_held(scope: str, user: dict) -> bool:
-    if scope in ("client", "agent"):
+    if scope in ("client", "agent", "builder"):
         return user.get("user_type") == scope
     if scope == "admin":
         return user.get("role") == "admin"

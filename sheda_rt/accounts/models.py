@@ -34,7 +34,7 @@ class RegisterRequest(Strict):
     username: str = Field(description="3-32 letters, digits, _ . -")
     email: EmailStr
     password: Password = Field(description="8 to 72 bytes")
-    user_type: Literal["client", "agent"]
+    user_type: Literal["client", "agent", "builder"]
     phone: Optional[str] = None
     full_name: Optional[str] = Field(None, max_length=120)
 
@@ -96,7 +96,7 @@ class ResetPasswordRequest(Strict):
 
 
 class SwitchAccountRequest(Strict):
-    switch_to: Literal["client", "agent"]
+    switch_to: Literal["client", "agent", "builder"]
 
 
 class OtpToken(BaseModel):
@@ -173,10 +173,22 @@ class AgentProfilePatch(ProfilePatch):
         return v
 
 
+class BuilderProfilePatch(ProfilePatch):
+    """A builder's company details. `verified` and the logo are not here: an admin verifies
+    (PATCH /admin/builders/{id}), the logo is an upload (PUT /builder/profile/logo)."""
+
+    company_name: Optional[str] = Field(None, min_length=2, max_length=160)
+    registration_number: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9 /.-]{0,63}$",
+                                               description="company registration number (e.g. RC 1234567)")
+    website: Optional[str] = Field(None, pattern=r"^https?://[^\s/$.?#][^\s]{0,290}$", description="http(s) URL")
+    about: Optional[str] = Field(None, max_length=5000)
+
+
 class ProfileUpdate(BaseModel):
     """PATCH /users/me body as documented: the common fields plus those of the caller's user_type
     (client: preferred_location, preferred_property_type, budget_min, budget_max; agent: agency_name,
-    license_number, bio, years_experience, whatsapp, office_address). A field of the other type, or
+    license_number, bio, years_experience, whatsapp, office_address; builder: company_name,
+    registration_number, website, about). A field of another type, or
     an unknown one, is a 422. `null` clears a field."""
 
     # Extras are let through to the per-type check (which names them in its 422); the
@@ -195,10 +207,15 @@ class ProfileUpdate(BaseModel):
     years_experience: Optional[int] = None
     whatsapp: Optional[str] = None
     office_address: Optional[str] = None
+    company_name: Optional[str] = None
+    registration_number: Optional[str] = None
+    website: Optional[str] = None
+    about: Optional[str] = None
 
 
 CLIENT_PROFILE_FIELDS = ("preferred_location", "preferred_property_type", "budget_min", "budget_max")
 AGENT_PROFILE_FIELDS = ("agency_name", "license_number", "bio", "years_experience", "whatsapp", "office_address")
+BUILDER_PROFILE_FIELDS = ("company_name", "registration_number", "website", "about")
 
 
 class AccountInfoRequest(Strict):
@@ -224,7 +241,7 @@ class AdminUserQuery(BaseModel):
     limit: int = Field(20, ge=1, le=100, description="Items per page (max 100)")
     cursor: Optional[str] = Field(None, description="next_cursor of the previous page")
     role: Optional[Literal["user", "admin", "moderator"]] = None
-    user_type: Optional[Literal["client", "agent"]] = None
+    user_type: Optional[Literal["client", "agent", "builder"]] = None
     is_active: Optional[bool] = None
     is_verified: Optional[bool] = None
     q: Optional[str] = Field(None, min_length=1, max_length=100, description="prefix of username or email")

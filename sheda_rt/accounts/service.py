@@ -18,7 +18,8 @@ from decimal import Decimal
 
 from pydantic import ValidationError
 
-from sheda_rt.accounts.models import (AGENT_PROFILE_FIELDS, CLIENT_PROFILE_FIELDS, AgentProfilePatch, ClientProfilePatch)
+from sheda_rt.accounts.models import (AGENT_PROFILE_FIELDS, BUILDER_PROFILE_FIELDS, CLIENT_PROFILE_FIELDS, AgentProfilePatch,
+                                      BuilderProfilePatch, ClientProfilePatch)
 from sheda_rt.accounts.otp_store import new_code
 from sheda_rt.accounts.passwords import hash_password, verify_password
 from sheda_rt.clock import format_ts
@@ -29,6 +30,11 @@ log = logging.getLogger("sheda.accounts")
 OTP_MAX_ATTEMPTS = 5
 # send-otp: a few mails per address, then one a minute (mail bombing, SMTP quota).
 OTP_SEND_BURST, OTP_SEND_PER_SECOND = 5, 1 / 60
+
+
+# Each user type keeps its own profile fields (and patch model) under `<type>_profile`.
+PROFILE_FIELDS = {"client": CLIENT_PROFILE_FIELDS, "agent": AGENT_PROFILE_FIELDS, "builder": BUILDER_PROFILE_FIELDS}
+PROFILE_PATCHES = {"client": ClientProfilePatch, "agent": AgentProfilePatch, "builder": BuilderProfilePatch}
 
 
 def scopes_for(user: dict) -> list[str]:
@@ -54,8 +60,11 @@ def _profile(user: dict, user_type: str | None = None) -> dict:
     """The profile fields of one user type (the current one by default), null when unset."""
     kind = user_type or user["user_type"]
     stored = user.get(f"{kind}_profile") or {}
-    names = CLIENT_PROFILE_FIELDS if kind == "client" else AGENT_PROFILE_FIELDS
-    return {name: stored.get(name) for name in names}
+    view = {name: stored.get(name) for name in PROFILE_FIELDS[kind]}
+    if kind == "builder":  # set by an upload and by an admin, never by PATCH
+        view["logo_url"] = stored.get("logo_url")
+        view["verified"] = bool(stored.get("verified"))
+    return view
 
 
 def private_user(user: dict) -> dict:
@@ -80,9 +89,17 @@ def agent_profile(user: dict) -> dict:
     return {**public_user(user), **_profile(user, "agent")}
 
 
+def builder_profile(user: dict) -> dict:
+    """A builder as anyone may see them: public fields plus the company profile (company_name,
+    registration_number, website, about, logo_url, verified). GET /builders/{id} adds projects."""
+    return {**public_user(user), **_profile(user, "builder")}
+
+
 def public_profile(user: dict) -> dict:
-    """GET /users/{id}: agents show their agent profile; a client's preferences and budget stay private."""
-    return agent_profile(user) if user["user_type"] == "agent" else public_user(user)
+    """GET /users/{id}: agents and builders show their profile; a client's preferences and budget stay private."""
+    if user["user_type"] == "agent":
+        return agent_profile(user)
+    return builder_profile(user) if user["user_type"] == "builder" else public_user(user)
 
 
 def admin_user(user: dict) -> dict:
@@ -305,7 +322,7 @@ class AccountService:
     async def update_profile(self, user: dict, fields: dict) -> dict:
         """Apply a PATCH: common fields plus those of the user's current type; anything else is a
         422 naming the field. Explicit nulls clear a field."""
-        model = ClientProfilePatch if user["user_type"] == "client" else AgentProfilePatch
+        model = PROFILE_PATCHES[user["user_type"]]
         try:
             patch = model.model_validate(fields)
         except ValidationError as exc:
@@ -317,7 +334,7 @@ class AccountService:
             raise ValidationFailed(errors, detail="; ".join(f"{e['field']}: {e['message']}" for e in errors[:3]))
         given = patch.model_dump(exclude_unset=True)
         kind = user["user_type"]
-        names = CLIENT_PROFILE_FIELDS if kind == "client" else AGENT_PROFILE_FIELDS
+        names = PROFILE_FIELDS[kind]
         changes: dict = {}
         unset: list[str] = []
         for name, value in given.items():

@@ -79,6 +79,11 @@ class UserStore:
         every engine serves from the _id index (find_one_and_update may scan on some)."""
         await self.col.update_one({"_id": user_id}, {"$set": changes})
 
+    async def update_if(self, user_id: int, expected: dict, changes: dict) -> dict | None:
+        """Apply `changes` only while the user still matches `expected`; the user after the
+        write, or None when it did not match (of racing callers exactly one gets the document)."""
+        return await update_then_get(self.col, {"_id": user_id, **expected}, {"$set": changes})
+
     async def update(self, user_id: int, changes: dict, unset: list[str] | None = None) -> dict | None:
         update: dict = {}
         if changes:

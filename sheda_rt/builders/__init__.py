@@ -1,0 +1,1 @@
+"""Builders: off-plan projects, their units and payment plans (issue 17)."""

@@ -1,0 +1,364 @@
+"""Request, query and response models for builders, projects, units and payment plans.
+
+They validate input (every number and string bounded, JSON types strict in bodies) and
+generate the OpenAPI schemas. Money uses the listings' `Money` (decimal string or
+integer naira in, two-decimal string out).
+"""
+from __future__ import annotations
+
+import re
+from datetime import date
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Literal, Optional
+
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, WithJsonSchema, field_validator,
+                      model_validator)
+
+from sheda_rt.database.ids import MAX_ID
+from sheda_rt.listings.models import GeoPoint
+from sheda_rt.listings.money import Money
+from sheda_rt.pagination import PageQuery
+from sheda_rt.search import parse_near
+
+ProjectStatus = Literal["planning", "under_construction", "completed"]
+#: A project's status only moves forward along this order.
+PROJECT_STATUS_ORDER = ("planning", "under_construction", "completed")
+UnitType = Literal["apartment", "studio", "penthouse", "duplex", "terrace", "detached", "shop"]
+UnitStatus = Literal["available", "reserved", "booked", "sold", "blocked"]
+UNIT_STATUSES = ("available", "reserved", "booked", "sold", "blocked")
+ProjectSort = Literal["newest", "price_asc", "price_desc"]
+
+MAX_UNITS_PER_BATCH = 500
+MAX_IMAGES = 20
+MAX_AMENITIES = 50
+MAX_PLAN_LINES = 24
+MAX_PLAN_MONTHS = 120
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+def _calendar_date(value):
+    """A JSON date is a 'YYYY-MM-DD' string (a number is not a date), between 1990 and 2100."""
+    if isinstance(value, date):
+        parsed = value
+    elif isinstance(value, str) and re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value.strip()):
+        try:
+            parsed = date.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError("is not a calendar date") from None
+    else:
+        raise ValueError("must be a date string 'YYYY-MM-DD'")
+    if not 1990 <= parsed.year <= 2100:
+        raise ValueError("must be between 1990 and 2100")
+    return parsed
+
+
+CalendarDate = Annotated[date, BeforeValidator(_calendar_date),
+                         WithJsonSchema({"type": "string", "format": "date", "examples": ["2027-06-30"]})]
+Amenity = Annotated[str, Field(min_length=1, max_length=60)]
+ImageUrl = Annotated[str, Field(max_length=500, pattern=r"^(/media/[A-Za-z0-9_./-]{1,200}|https?://[^\s]{1,480})$",
+                                description="an uploaded file's /media/... path or an http(s) URL")]
+UnitNumber = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9 /._-]{0,31}$",
+                                  description="unique within the project, compared exactly (e.g. 'A-101')")]
+
+
+def _positive_area(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("must be a number")
+    return value
+
+
+# ---- builders -----------------------------------------------------------------
+class BuilderVerify(_Body):
+    verified: StrictBool = Field(description="true: the builder may publish projects; false takes that back")
+
+
+# ---- projects -----------------------------------------------------------------
+class ProjectCreate(_Body):
+    name: str = Field(min_length=1, max_length=200)
+    description: str = Field("", max_length=10000)
+    location: str = Field(min_length=1, max_length=300, description="Free text address, e.g. 'Lekki Phase 1, Lagos'")
+    geo: Optional[GeoPoint] = Field(None, description="Map position (WGS84); enables near= searches")
+    status: ProjectStatus = "planning"
+    launch_date: Optional[CalendarDate] = None
+    expected_completion: Optional[CalendarDate] = None
+    amenities: list[Amenity] = Field(default_factory=list, max_length=MAX_AMENITIES)
+    images: list[ImageUrl] = Field(default_factory=list, max_length=MAX_IMAGES)
+
+    @model_validator(mode="after")
+    def _dates(self):
+        if self.launch_date and self.expected_completion and self.expected_completion < self.launch_date:
+            raise ValueError("expected_completion must not be before launch_date")
+        return self
+
+
+class ProjectUpdate(_Body):
+    """Any subset of the create fields. `status` only moves forward (planning → under_construction →
+    completed; 409 `status_backwards` otherwise); `geo: null` removes the map position."""
+
+    name: Optional[str] = Field(None, min_length=1, max_length=200)
+    description: Optional[str] = Field(None, max_length=10000)
+    location: Optional[str] = Field(None, min_length=1, max_length=300)
+    geo: Optional[GeoPoint] = Field(None, description="null removes the map position")
+    status: Optional[ProjectStatus] = None
+    launch_date: Optional[CalendarDate] = None
+    expected_completion: Optional[CalendarDate] = None
+    amenities: Optional[list[Amenity]] = Field(None, max_length=MAX_AMENITIES)
+    images: Optional[list[ImageUrl]] = Field(None, max_length=MAX_IMAGES)
+
+    @model_validator(mode="after")
+    def _not_null(self):
+        if not self.model_fields_set:
+            raise ValueError("send at least one field to change")
+        for name in self.model_fields_set:
+            if name not in ("geo", "launch_date", "expected_completion") and getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be null")
+        return self
+
+
+class ProjectQuery(PageQuery):
+    """GET /projects filters, all optional. Published projects unless `state=draft` (your own, or any for admins)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    location: Optional[str] = Field(None, min_length=1, max_length=100, description=(
+        "Case-insensitive word match on the location: every word must start a word of the project's "
+        "location (3+ letters, or the whole word), as for listings"))
+    near: Optional[str] = Field(None, description="'lat,lng': only projects within radius_km of this point")
+    radius_km: float = Field(5.0, gt=0, le=100, description="Radius for near=, kilometres (default 5, max 100)")
+    status: Optional[ProjectStatus] = None
+    builder_id: Optional[int] = Field(None, ge=1, le=MAX_ID)
+    price_min: Optional[Money] = Field(None, description="Has an available unit at this price or more (naira)")
+    price_max: Optional[Money] = Field(None, description="Has an available unit at this price or less (naira)")
+    bedrooms: Optional[int] = Field(None, ge=0, le=20, description="Has an available unit with exactly this many bedrooms")
+    bedrooms_min: Optional[int] = Field(None, ge=0, le=20, description="Has an available unit with at least this many bedrooms")
+    state: Literal["published", "draft"] = "published"
+    sort: ProjectSort = Field("newest", description="newest (created), price_asc / price_desc (by the lowest available unit price)")
+
+    _near = field_validator("near")(parse_near)
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.price_min is not None and self.price_max is not None and self.price_min > self.price_max:
+            raise ValueError("price_min must not exceed price_max")
+        return self
+
+    @property
+    def near_point(self) -> tuple[float, float] | None:
+        if self.near is None:
+            return None
+        lat, lng = (float(p) for p in self.near.split(","))
+        return lat, lng
+
+
+# ---- units --------------------------------------------------------------------
+class UnitIn(_Body):
+    unit_number: UnitNumber
+    floor: StrictInt = Field(ge=-5, le=300)
+    type: UnitType
+    bedrooms: StrictInt = Field(ge=0, le=20)
+    bathrooms: StrictInt = Field(0, ge=0, le=20)
+    area_sqm: Annotated[float, BeforeValidator(_positive_area)] = Field(gt=0, le=100000, description="floor area, m²")
+    price: Money
+
+
+class UnitBatch(_Body):
+    units: list[UnitIn] = Field(min_length=1, max_length=MAX_UNITS_PER_BATCH,
+                                description=f"1 to {MAX_UNITS_PER_BATCH} units, stored all together or not at all")
+
+
+class UnitPatch(_Body):
+    status: Literal["available", "blocked"] = Field(
+        description="blocked takes an available unit off sale; available puts a blocked one back")
+
+
+class UnitQuery(PageQuery):
+    model_config = ConfigDict(extra="forbid")
+
+    status: Optional[UnitStatus] = None
+    type: Optional[UnitType] = None
+    floor: Optional[int] = Field(None, ge=-5, le=300)
+    bedrooms: Optional[int] = Field(None, ge=0, le=20)
+    price_min: Optional[Money] = Field(None, description="naira, inclusive")
+    price_max: Optional[Money] = Field(None, description="naira, inclusive")
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.price_min is not None and self.price_max is not None and self.price_min > self.price_max:
+            raise ValueError("price_min must not exceed price_max")
+        return self
+
+
+# ---- payment plans ------------------------------------------------------------
+def _percent(value) -> Decimal:
+    """'10.00' or 10: more than 0, at most 100, at most two decimals; never a JSON float."""
+    if isinstance(value, bool) or isinstance(value, float):
+        raise ValueError('must be a decimal string like "10.00" or an integer, never a JSON float')
+    if isinstance(value, int):
+        amount = Decimal(value)
+    elif isinstance(value, str) and 0 < len(value.strip()) <= 8:
+        try:
+            amount = Decimal(value.strip())
+        except InvalidOperation:
+            raise ValueError('must be a decimal string like "10.00"') from None
+    else:
+        raise ValueError('must be a decimal string like "10.00"')
+    if not amount.is_finite() or amount != amount.quantize(Decimal("0.01"), rounding="ROUND_DOWN"):
+        raise ValueError("must have at most two decimals")
+    if not Decimal(0) < amount <= Decimal(100):
+        raise ValueError("must be more than 0 and at most 100")
+    return amount.quantize(Decimal("0.01"))
+
+
+Percent = Annotated[Decimal, BeforeValidator(_percent),
+                    WithJsonSchema({"anyOf": [{"type": "string", "pattern": r"^\d{1,3}(\.\d{1,2})?$"}, {"type": "integer"}],
+                                    "examples": ["10.00"], "description": "percent of the unit price, two decimals"})]
+Due = Annotated[str, Field(pattern=r"^(booking|handover|months:([1-9]|[1-9][0-9]|1[01][0-9]|120))$",
+                           description="'booking', 'handover', or 'months:<N>' (N = 1..120 months after booking)")]
+
+
+class PlanLine(_Body):
+    label: str = Field(min_length=1, max_length=80)
+    percent: Percent
+    due: Due
+
+
+class PaymentPlanCreate(_Body):
+    name: str = Field(min_length=1, max_length=80)
+    lines: list[PlanLine] = Field(min_length=1, max_length=MAX_PLAN_LINES)
+
+    @model_validator(mode="after")
+    def _sums_to_100(self):
+        total = sum((line.percent for line in self.lines), Decimal(0))
+        if total != Decimal(100):
+            raise ValueError(f"the lines' percents must sum to exactly 100 (they sum to {total})")
+        return self
+
+
+class PlanQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    unit_id: Optional[int] = Field(None, ge=1, le=MAX_ID, description="add each plan's schedule for this unit's price")
+
+
+# ---- responses ----------------------------------------------------------------
+class _View(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class BuilderView(_View):
+    """A builder as anyone may see them: the public user fields and the company profile."""
+
+    id: int
+    username: str
+    full_name: Optional[str]
+    user_type: str
+    avatar_url: Optional[str]
+    created_at: Optional[str]
+    company_name: Optional[str]
+    registration_number: Optional[str]
+    website: Optional[str]
+    about: Optional[str]
+    logo_url: Optional[str]
+    verified: bool
+
+
+class GeoView(_View):
+    lat: float
+    lng: float
+
+
+class PriceRange(_View):
+    min: str = Field(description="lowest available unit price, decimal string")
+    max: str = Field(description="highest available unit price, decimal string")
+
+
+class UnitCounts(_View):
+    available: int
+    reserved: int
+    booked: int
+    sold: int
+    blocked: int
+
+
+class ProjectView(_View):
+    id: int
+    builder_id: int
+    name: str
+    description: str
+    location: str
+    geo: Optional[GeoView]
+    status: ProjectStatus
+    launch_date: Optional[str] = Field(description="YYYY-MM-DD")
+    expected_completion: Optional[str] = Field(description="YYYY-MM-DD")
+    amenities: list[str]
+    images: list[str]
+    published: bool
+    published_at: Optional[str]
+    unit_counts: UnitCounts
+    units_total: int
+    price_range: Optional[PriceRange] = Field(description="over available units; null when none is available")
+    bedrooms: list[int] = Field(description="bedroom counts of the available units, ascending")
+    created_at: str
+    updated_at: str
+
+
+class ProjectPage(_View):
+    items: list[ProjectView]
+    next_cursor: Optional[str]
+
+
+class BuilderPageView(BuilderView):
+    projects: list[ProjectView] = Field(description="up to 50 published projects, newest first")
+
+
+class UnitView(_View):
+    id: int
+    project_id: int
+    unit_number: str
+    floor: int
+    type: UnitType
+    bedrooms: int
+    bathrooms: int
+    area_sqm: float
+    price: str
+    status: UnitStatus
+    created_at: str
+    updated_at: str
+
+
+class UnitItems(_View):
+    items: list[UnitView]
+
+
+class UnitPage(_View):
+    items: list[UnitView]
+    next_cursor: Optional[str]
+
+
+class ScheduleLine(_View):
+    label: str
+    percent: str
+    due: str
+    amount: str = Field(description="kobo-exact decimal string; the rounding remainder is on the last line")
+
+
+class PlanLineView(_View):
+    label: str
+    percent: str
+    due: str
+
+
+class PaymentPlanView(_View):
+    id: int
+    project_id: int
+    name: str
+    lines: list[PlanLineView]
+    created_at: str
+    schedule: Optional[list[ScheduleLine]] = Field(None, description="only with ?unit_id=: the unit's price split by the lines")
+
+
+class PaymentPlanList(_View):
+    items: list[PaymentPlanView]

@@ -1,0 +1,459 @@
+"""Builder rules: verification, projects, units, payment plans. Knows nothing about HTTP.
+
+- A builder is a user with `user_type: "builder"` (scope `builder`); the company profile
+  lives in the user's `builder_profile` like the other types' profiles, and `verified`
+  in it is set only by an admin. Only verified builders' projects can be published.
+- A project is a draft, seen only by its builder and admins, until published. Its
+  `status` moves planning → under_construction → completed, never backwards.
+- The owning builder (with a builder-scoped token) or an admin changes a project, adds
+  units, blocks and unblocks them, and adds payment plans.
+- Units are added in batches of 1..500, all or nothing, unit_number unique within the
+  project: the unique index enforces it, and a per-project batch lock makes racing
+  batches take turns so that exactly one of two overlapping batches is stored, whole.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+
+from sheda_rt.accounts.service import builder_profile
+from sheda_rt.clock import format_ts
+from sheda_rt.builders.models import (MAX_UNITS_PER_BATCH, PROJECT_STATUS_ORDER, UNIT_STATUSES, PaymentPlanCreate, ProjectCreate,
+                                      ProjectQuery, ProjectUpdate, UnitBatch, UnitQuery)
+from sheda_rt.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from sheda_rt.listings.money import format_money, to_decimal128, to_minor
+from sheda_rt.listings.service import geo_view, is_admin
+from sheda_rt.search import SearchPlan, location_words, word_facet
+
+log = logging.getLogger("sheda.builders")
+
+MAX_UNITS_PER_PROJECT = 5000
+MAX_PLANS_PER_PROJECT = 20
+BUILDER_PAGE_PROJECTS = 50
+#: How long a unit batch may hold its project's lock (a crashed holder lets go after this).
+BATCH_LOCK_SECONDS = 60
+#: How long a batch waits for another batch on the same project before answering 409.
+BATCH_WAIT_SECONDS = 20
+
+
+def minor_text(kobo: int) -> str:
+    """int64 kobo → "2500000.00"."""
+    return format_money(Decimal(int(kobo)).scaleb(-2))
+
+
+def split_price(price_minor: int, percents: list[Decimal]) -> list[int]:
+    """A price split by percents that sum to 100, in kobo: every line but the last is rounded
+    down to the kobo, the last takes the remainder, so the lines always add up to the price."""
+    amounts = [int(Decimal(price_minor) * p / 100) for p in percents[:-1]]  # int() rounds toward zero: down, amounts > 0
+    return amounts + [price_minor - sum(amounts)]
+
+
+def _geo_doc(point) -> dict:
+    return {"type": "Point", "coordinates": [point.lng, point.lat]}
+
+
+def project_view(doc: dict) -> dict:
+    counts = {status: 0 for status in UNIT_STATUSES}
+    counts.update(doc.get("unit_counts") or {})
+    low, high = doc.get("price_minor"), doc.get("price_max_minor")
+    return {
+        "id": doc["_id"],
+        "builder_id": doc["builder_id"],
+        "name": doc["name"],
+        "description": doc.get("description", ""),
+        "location": doc["location"],
+        "geo": geo_view(doc.get("geo")),
+        "status": doc["status"],
+        "launch_date": doc.get("launch_date"),
+        "expected_completion": doc.get("expected_completion"),
+        "amenities": doc.get("amenities", []),
+        "images": doc.get("images", []),
+        "published": doc.get("state") == "published",
+        "published_at": format_ts(doc.get("published_at")),
+        "unit_counts": counts,
+        "units_total": sum(counts.values()),
+        "price_range": {"min": minor_text(low), "max": minor_text(high)} if low is not None and high is not None else None,
+        "bedrooms": sorted({a["b"] for a in doc.get("avail", [])}),
+        "created_at": format_ts(doc["created_at"]),
+        "updated_at": format_ts(doc["updated_at"]),
+    }
+
+
+def unit_view(doc: dict) -> dict:
+    return {
+        "id": doc["_id"],
+        "project_id": doc["project_id"],
+        "unit_number": doc["unit_number"],
+        "floor": doc["floor"],
+        "type": doc["type"],
+        "bedrooms": doc["bedrooms"],
+        "bathrooms": doc.get("bathrooms", 0),
+        "area_sqm": doc["area_sqm"],
+        "price": format_money(doc["price"]),
+        "status": doc["status"],
+        "created_at": format_ts(doc["created_at"]),
+        "updated_at": format_ts(doc["updated_at"]),
+    }
+
+
+def plan_view(doc: dict, unit: dict | None = None) -> dict:
+    lines = [{"label": ln["label"], "percent": ln["percent"], "due": ln["due"]} for ln in doc["lines"]]
+    view = {"id": doc["_id"], "project_id": doc["project_id"], "name": doc["name"], "lines": lines,
+            "created_at": format_ts(doc["created_at"])}
+    if unit is not None:
+        amounts = split_price(int(unit["price_minor"]), [Decimal(ln["percent"]) for ln in lines])
+        view["schedule"] = [{**ln, "amount": minor_text(a)} for ln, a in zip(lines, amounts)]
+    return view
+
+
+def unit_summary(units: list[dict]) -> tuple[dict, list[str]]:
+    """What a project shows of its units: counts by status, the price range and the
+    (price, bedrooms) pairs of the available ones (what the project filters match)."""
+    counts = {status: 0 for status in UNIT_STATUSES}
+    avail: set[tuple[int, int]] = set()
+    for unit in units:
+        counts[unit["status"]] = counts.get(unit["status"], 0) + 1
+        if unit["status"] == "available":
+            avail.add((int(unit["price_minor"]), int(unit["bedrooms"])))
+    summary: dict = {"unit_counts": counts, "avail": [{"p": p, "b": b} for p, b in sorted(avail)]}
+    if avail:
+        prices = [p for p, _ in avail]
+        summary.update(price_minor=min(prices), price_max_minor=max(prices))
+        return summary, []
+    return summary, ["price_minor", "price_max_minor"]
+
+
+class BuilderService:
+    """Builders as accounts: the public page, the logo, verification by an admin."""
+
+    def __init__(self, ctx, projects: "ProjectService"):
+        self.ctx = ctx
+        self.users = ctx.users
+        self.projects = projects
+        self.clock = ctx.clock
+
+    async def builder_user(self, user_id: int) -> dict:
+        user = await self.users.get(user_id)
+        # Someone who switched to another type keeps their company profile and projects.
+        is_builder = user is not None and (user.get("user_type") == "builder" or "builder_profile" in user)
+        if not is_builder or not user.get("is_active", True):
+            raise NotFound("No such builder", "builder_not_found")
+        return user
+
+    async def public_page(self, builder_id: int) -> dict:
+        user = await self.builder_user(builder_id)
+        page = await self.projects.search(ProjectQuery(builder_id=builder_id, limit=BUILDER_PAGE_PROJECTS), None)
+        return {**builder_profile(user), "projects": page["items"]}
+
+    async def set_logo(self, user: dict, data: bytes) -> dict:
+        url = await self.ctx.media.save_image(data, "builders")
+        updated = await self.users.update(user["_id"], {"builder_profile.logo_url": url, "updated_at": self.clock.now()})
+        old = (user.get("builder_profile") or {}).get("logo_url")
+        if old:
+            await self.ctx.media.delete(old)
+        return builder_profile(updated)
+
+    async def set_verified(self, admin: dict, user_id: int, verified: bool) -> dict:
+        """Only a change is written, announced (a `builder.verified` / `builder.unverified` event and
+        a stored notification to the builder) and logged; repeating it changes nothing."""
+        user = await self.builder_user(user_id)
+        now = self.clock.now()
+        # The expected value in the filter: of two admins racing, one changes it and announces it.
+        changed = await self.users.update_if(
+            user_id, {"builder_profile.verified": {"$ne": verified}},
+            {"builder_profile.verified": verified, "builder_profile.verified_at": now,
+             "builder_profile.verified_by": admin["_id"], "updated_at": now})
+        view = builder_profile(changed or await self.users.get(user_id) or user)
+        if changed is not None:
+            log.info(json.dumps({"event": "builder_verification", "admin_id": admin["_id"], "builder_id": user_id,
+                                 "verified": verified}))
+            notes = self.ctx.notifications
+            if verified:
+                await notes.notify(user_id, "builder_verified", "Your company is verified",
+                                   "You can now publish your projects.", {"builder_id": user_id})
+            else:
+                await notes.notify(user_id, "builder_unverified", "Your company verification was withdrawn",
+                                   "Published projects stay visible; new projects cannot be published.", {"builder_id": user_id})
+            await notes.publish_event([user_id], {"type": "builder.verified" if verified else "builder.unverified",
+                                                  "builder": view})
+        return view
+
+
+class ProjectService:
+    def __init__(self, ctx, projects, units, locks, plans):
+        self.ctx = ctx
+        self.store = projects
+        self.units = units
+        self.locks = locks
+        self.plans = plans
+        self.clock = ctx.clock
+
+    # ---- access ------------------------------------------------------------
+    @staticmethod
+    def owns(principal, doc: dict) -> bool:
+        return principal is not None and principal.user_id == doc["builder_id"] and "builder" in principal.scopes
+
+    async def visible(self, project_id: int, principal=None) -> dict:
+        """The project if this caller may see it: drafts only for their builder and admins (404 for others)."""
+        doc = await self.store.get(project_id)
+        if doc is None:
+            raise NotFound("No such project", "project_not_found")
+        if doc.get("state") != "published":
+            if principal is None or not (principal.user_id == doc["builder_id"] or is_admin(principal)):
+                raise NotFound("No such project", "project_not_found")
+        return doc
+
+    async def managed(self, principal, project_id: int) -> dict:
+        doc = await self.visible(project_id, principal)
+        if not (self.owns(principal, doc) or is_admin(principal)):
+            raise Forbidden("Only the project's builder or an admin can change it", "not_owner")
+        return doc
+
+    # ---- projects ----------------------------------------------------------
+    async def create(self, principal, body: ProjectCreate) -> dict:
+        now = self.clock.now()
+        doc = {
+            "builder_id": principal.user_id,
+            "name": body.name,
+            "description": body.description,
+            "location": body.location,
+            "status": body.status,
+            "amenities": list(dict.fromkeys(body.amenities)),
+            "images": list(dict.fromkeys(body.images)),
+            "state": "draft",
+            "unit_counts": {status: 0 for status in UNIT_STATUSES},
+            "avail": [],
+            "created_at": now,
+            "updated_at": now,
+        }
+        for name in ("launch_date", "expected_completion"):
+            value = getattr(body, name)
+            if value is not None:
+                doc[name] = value.isoformat()
+        if body.geo is not None:
+            doc["geo"] = _geo_doc(body.geo)
+        return project_view(await self.store.insert(doc))
+
+    async def get(self, project_id: int, principal=None) -> dict:
+        return project_view(await self.visible(project_id, principal))
+
+    async def update(self, principal, project_id: int, body: ProjectUpdate) -> dict:
+        for _attempt in range(5):
+            doc = await self.managed(principal, project_id)
+            changes: dict = {}
+            unset: list[str] = []
+            for name in body.model_fields_set:
+                value = getattr(body, name)
+                if name == "geo":
+                    if value is None:
+                        unset.append("geo")
+                    else:
+                        changes["geo"] = _geo_doc(value)
+                elif name in ("launch_date", "expected_completion"):
+                    if value is None:
+                        unset.append(name)
+                    else:
+                        changes[name] = value.isoformat()
+                elif name in ("amenities", "images"):
+                    changes[name] = list(dict.fromkeys(value))
+                else:
+                    changes[name] = value
+            if "status" in changes:
+                old, new = PROJECT_STATUS_ORDER.index(doc["status"]), PROJECT_STATUS_ORDER.index(changes["status"])
+                if new < old:
+                    raise Conflict(f"A project's status never goes back: it is {doc['status']}", "status_backwards")
+            merged = {**doc, **changes}
+            for name in unset:
+                merged.pop(name, None)
+            launch, done = merged.get("launch_date"), merged.get("expected_completion")
+            if launch and done and done < launch:  # ISO dates compare as text
+                raise ValidationFailed.single("expected_completion", "must not be before launch_date")
+            changes["updated_at"] = self.clock.now()
+            updated = await self.store.update_if_rev(project_id, doc.get("rev", 1), merged, changes, unset)
+            if updated is not None:
+                return project_view(updated)
+        raise Conflict("The project is being changed by someone else; try again", "concurrent_update")
+
+    async def publish(self, principal, project_id: int) -> dict:
+        """Drafts of verified builders only (403 `builder_not_verified`, whoever asks); 409 when
+        it is already published."""
+        doc = await self.managed(principal, project_id)
+        builder = principal.user if principal.user_id == doc["builder_id"] else await self.ctx.users.get(doc["builder_id"])
+        if not (builder and (builder.get("builder_profile") or {}).get("verified")):
+            raise Forbidden("Only verified builders can publish projects; an admin verifies the company first",
+                            "builder_not_verified")
+        updated = await self.store.publish(project_id, self.clock.now())
+        if updated is None:
+            raise Conflict("This project is already published", "already_published")
+        view = project_view(updated)
+        await self.ctx.notifications.publish_event([doc["builder_id"]], {"type": "project.published", "project": view})
+        return view
+
+    def plan(self, q: ProjectQuery) -> SearchPlan:
+        """Filters → a SearchPlan: the most selective facet drives, the rest is residual."""
+        residual: dict = {}
+        if q.builder_id is not None:
+            residual["builder_id"] = q.builder_id
+        if q.status is not None:
+            residual["status"] = q.status
+        words = location_words(q.location) if q.location else []
+        if q.location and not words:
+            residual["facets"] = {"$all": ["w:"]}  # only punctuation: matches nothing
+        elif words:
+            residual["facets"] = {"$all": [word_facet(w) for w in words]}
+        # One available unit must match every unit filter at once: a pair in `avail`.
+        pair: dict = {}
+        if q.price_min is not None:
+            pair.setdefault("p", {})["$gte"] = int(to_minor(q.price_min))
+        if q.price_max is not None:
+            pair.setdefault("p", {})["$lte"] = int(to_minor(q.price_max))
+        if q.bedrooms is not None:
+            pair["b"] = q.bedrooms
+        elif q.bedrooms_min is not None:
+            pair["b"] = {"$gte": q.bedrooms_min}
+        if pair:
+            residual["avail"] = {"$elemMatch": pair}
+        if q.location and not words:
+            facet = "w:"
+        elif q.builder_id is not None:
+            facet = f"b:{q.builder_id}"
+        elif words:
+            facet = word_facet(max(words, key=len))
+        elif q.status is not None:
+            facet = f"s:{q.status}"
+        else:
+            facet = "*"
+        near = (*q.near_point, q.radius_km) if q.near_point is not None else None
+        return SearchPlan(status=q.state, sort=q.sort, limit=q.limit, facet=facet, near=near, residual=residual, cursor=q.cursor)
+
+    async def search(self, q: ProjectQuery, principal) -> dict:
+        if q.state == "draft" and not is_admin(principal):
+            if principal is None or q.builder_id != principal.user_id:
+                raise Forbidden("Drafts are listed only to their builder (builder_id=<your id>) and admins", "drafts_forbidden")
+        return await self.store.search(self.plan(q), self.clock.now(), project_view)
+
+    # ---- units -------------------------------------------------------------
+    async def refresh_summary(self, project_id: int) -> dict | None:
+        """Recompute the project's unit summary; retried until it is written from a fresh read."""
+        for _attempt in range(20):
+            doc = await self.store.get(project_id)
+            if doc is None:
+                return None
+            summary, unset = unit_summary(await self.units.for_summary(project_id))
+            if await self.store.set_summary(project_id, doc.get("summary_rev", 0), summary, unset):
+                return await self.store.get(project_id)
+        log.warning(json.dumps({"event": "unit_summary_contended", "project_id": project_id}))
+        return None
+
+    async def _hold_batch_lock(self, project_id: int, token: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BATCH_WAIT_SECONDS
+        delay = 0.01
+        while True:
+            now = self.clock.now()
+            if await self.locks.acquire(project_id, token, now, now + timedelta(seconds=BATCH_LOCK_SECONDS)):
+                return
+            if loop.time() >= deadline:
+                raise Conflict("Another batch of units is being added to this project; try again", "units_busy")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    async def add_units(self, principal, project_id: int, body: UnitBatch) -> dict:
+        await self.managed(principal, project_id)
+        numbers = [u.unit_number for u in body.units]
+        repeated = sorted({n for n in numbers if numbers.count(n) > 1}) if len(set(numbers)) != len(numbers) else []
+        if repeated:
+            raise Conflict("A unit_number appears more than once in this batch", "duplicate_unit_number",
+                           extra={"unit_numbers": repeated[:50]})
+        token = uuid.uuid4().hex
+        await self._hold_batch_lock(project_id, token)
+        try:
+            if await self.units.count(project_id) + len(numbers) > MAX_UNITS_PER_PROJECT:
+                raise Conflict(f"A project has at most {MAX_UNITS_PER_PROJECT} units", "too_many_units")
+            taken = await self.units.taken_numbers(project_id, numbers)
+            if taken:
+                raise Conflict("These unit numbers already exist in this project; nothing was added", "duplicate_unit_number",
+                               extra={"unit_numbers": sorted(taken)[:50]})
+            now = self.clock.now()
+            docs = [{
+                "project_id": project_id, "unit_number": u.unit_number, "floor": u.floor, "type": u.type,
+                "bedrooms": u.bedrooms, "bathrooms": u.bathrooms, "area_sqm": u.area_sqm,
+                "price": to_decimal128(u.price), "price_minor": to_minor(u.price), "status": "available",
+                "created_at": now, "updated_at": now,
+            } for u in body.units]
+            stored = await self.units.insert_batch(docs)
+            if stored is None:
+                raise Conflict("A unit number was taken meanwhile; nothing was added", "duplicate_unit_number")
+        finally:
+            await self.locks.release(project_id, token)
+        await self.refresh_summary(project_id)
+        return {"items": [unit_view(d) for d in stored]}
+
+    async def unit_in(self, project_id: int, unit_id: int) -> dict:
+        unit = await self.units.get(unit_id)
+        if unit is None or unit["project_id"] != project_id:
+            raise NotFound("No such unit in this project", "unit_not_found")
+        return unit
+
+    async def get_unit(self, principal, project_id: int, unit_id: int) -> dict:
+        await self.visible(project_id, principal)
+        return unit_view(await self.unit_in(project_id, unit_id))
+
+    async def set_unit_status(self, principal, project_id: int, unit_id: int, status: str) -> dict:
+        """available ↔ blocked, by the builder or an admin; 409 `unit_not_available` for units
+        that are reserved, booked or sold (those follow the bookings)."""
+        await self.managed(principal, project_id)
+        unit = await self.unit_in(project_id, unit_id)
+        if unit["status"] == status:
+            return unit_view(unit)
+        expected = "blocked" if status == "available" else "available"
+        updated = None
+        if unit["status"] == expected:
+            updated = await self.units.set_status(unit_id, project_id, expected, status, self.clock.now())
+        if updated is None:
+            current = (await self.units.get(unit_id) or unit)["status"]
+            raise Conflict(f"The unit is {current}: only available units can be blocked and blocked ones unblocked",
+                           "unit_not_available")
+        await self.refresh_summary(project_id)
+        return unit_view(updated)
+
+    async def list_units(self, principal, project_id: int, q: UnitQuery) -> dict:
+        await self.visible(project_id, principal)
+        residual: dict = {}
+        for name in ("status", "type", "floor", "bedrooms"):
+            value = getattr(q, name)
+            if value is not None:
+                residual[name] = value
+        price: dict = {}
+        if q.price_min is not None:
+            price["$gte"] = to_minor(q.price_min)
+        if q.price_max is not None:
+            price["$lte"] = to_minor(q.price_max)
+        if price:
+            residual["price_minor"] = price
+        return await self.units.page(project_id, residual, q.limit, q.cursor, unit_view)
+
+    # ---- payment plans -----------------------------------------------------
+    async def add_plan(self, principal, project_id: int, body: PaymentPlanCreate) -> dict:
+        await self.managed(principal, project_id)
+        if len(await self.plans.for_project(project_id, MAX_PLANS_PER_PROJECT)) >= MAX_PLANS_PER_PROJECT:
+            raise Conflict(f"A project has at most {MAX_PLANS_PER_PROJECT} payment plans", "too_many_plans")
+        doc = await self.plans.insert({
+            "project_id": project_id, "name": body.name,
+            "lines": [{"label": ln.label, "percent": str(ln.percent), "due": ln.due} for ln in body.lines],
+            "created_at": self.clock.now(),
+        })
+        return plan_view(doc)
+
+    async def list_plans(self, principal, project_id: int, unit_id: int | None) -> dict:
+        await self.visible(project_id, principal)
+        unit = await self.unit_in(project_id, unit_id) if unit_id is not None else None
+        docs = await self.plans.for_project(project_id, MAX_PLANS_PER_PROJECT)
+        return {"items": [plan_view(d, unit) for d in docs]}
+
+
+__all__ = ["BuilderService", "ProjectService", "split_price", "MAX_UNITS_PER_BATCH"]

@@ -1,0 +1,198 @@
+"""The `projects`, `units`, `unit_batch_locks` and `payment_plans` collections.
+
+Projects are searched through the shared faceted search (`sheda_rt/search.py`):
+the driving state is `state` (draft | published), the facets are `"*"`,
+`"b:<builder id>"`, `"s:<status>"`, the location word prefixes and the grid cells,
+and the price key is `price_minor`, the lowest price of an available unit (absent
+when none is available, so price sorts list only projects with something to sell).
+What the project's units add up to (counts by status, price range, the
+`avail` pairs of price and bedrooms the filters match) is a summary kept on the
+project document and rewritten after every unit change (`set_summary`).
+
+Units: one secondary index, `(project_id, unit_number)` unique. It enforces the
+rule in the data and serves every read: a page is `{project_id, unit_number: >last}`
+(index-shaped, the embedded planner walks it) with the other filters as a residual
+stage; a duplicate check is `{project_id, unit_number: {$in}}`.
+"""
+from __future__ import annotations
+
+from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from sheda_rt.database.writes import update_then_get
+from sheda_rt.errors import ValidationFailed
+from sheda_rt.pagination import decode_cursor, encode_cursor
+from sheda_rt.search import FacetedSearch, SearchPlan, geo_facets, location_facets
+
+IN_CHUNK = 200  # values per $in: the embedded database matches $in by scanning the list
+
+
+def project_facets(doc: dict) -> list[str]:
+    out = {"*", f"b:{doc['builder_id']}", f"s:{doc['status']}"}
+    out.update(geo_facets(doc.get("geo")))
+    out.update(location_facets(doc.get("location", "")))
+    return sorted(out)
+
+
+class ProjectStore:
+    INDEXES = [
+        IndexModel([("state", ASCENDING), ("facets", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
+                   name="search_newest"),
+        IndexModel([("state", ASCENDING), ("facets", ASCENDING), ("price_minor", ASCENDING), ("_id", ASCENDING)],
+                   name="search_price"),
+    ]
+
+    def __init__(self, db, ids):
+        self.col = db["projects"]
+        self.ids = ids
+        self.finder = FacetedSearch(self.col, state_field="state", date_field="created_at", price_field="price_minor")
+
+    async def ensure_indexes(self):
+        await self.col.create_indexes(self.INDEXES)
+
+    async def insert(self, doc: dict) -> dict:
+        doc = dict(doc, _id=await self.ids.next("projects"), rev=1, summary_rev=0, facets=project_facets(doc))
+        await self.col.insert_one(doc)
+        return doc
+
+    async def get(self, project_id: int) -> dict | None:
+        return await self.col.find_one({"_id": project_id})
+
+    async def update_if_rev(self, project_id: int, rev: int, merged: dict, changes: dict, unset: list[str]) -> dict | None:
+        """Apply `changes` only if nobody changed the project since we read revision `rev`
+        (the status rule and the facets were decided from that revision)."""
+        update: dict = {"$set": dict(changes, facets=project_facets(merged)), "$inc": {"rev": 1}}
+        if unset:
+            update["$unset"] = {k: "" for k in unset}
+        return await update_then_get(self.col, {"_id": project_id, "rev": rev}, update)
+
+    async def publish(self, project_id: int, now) -> dict | None:
+        """draft → published, once: None when it was not a draft any more."""
+        return await update_then_get(self.col, {"_id": project_id, "state": "draft"},
+                                     {"$set": {"state": "published", "published_at": now, "updated_at": now}, "$inc": {"rev": 1}})
+
+    async def set_summary(self, project_id: int, summary_rev: int, summary: dict, unset: list[str]) -> bool:
+        """Store a unit summary computed after reading `summary_rev`; False when another summary
+        landed meanwhile (the caller computes again, so the last one written is never stale)."""
+        update: dict = {"$set": summary, "$inc": {"summary_rev": 1}}
+        if unset:
+            update["$unset"] = {k: "" for k in unset}
+        result = await self.col.update_one({"_id": project_id, "summary_rev": summary_rev}, update)
+        return result.matched_count == 1
+
+    async def search(self, plan: SearchPlan, now, serialize) -> dict:
+        return await self.finder.search(plan, now, serialize)
+
+
+class UnitStore:
+    INDEXES = [IndexModel([("project_id", ASCENDING), ("unit_number", ASCENDING)], unique=True, name="project_unit_number")]
+    SORT = {"unit_number": 1}
+
+    def __init__(self, db, ids):
+        self.col = db["units"]
+        self.ids = ids
+
+    async def ensure_indexes(self):
+        await self.col.create_indexes(self.INDEXES)
+
+    async def taken_numbers(self, project_id: int, numbers: list[str]) -> list[str]:
+        """Which of `numbers` the project already has."""
+        taken: list[str] = []
+        for i in range(0, len(numbers), IN_CHUNK):
+            flt = {"project_id": project_id, "unit_number": {"$in": numbers[i:i + IN_CHUNK]}}
+            taken.extend([d["unit_number"] async for d in self.col.find(flt, projection={"unit_number": 1})])
+        return taken
+
+    async def count(self, project_id: int) -> int:
+        return await self.col.count_documents({"project_id": project_id})
+
+    async def insert_batch(self, docs: list[dict]) -> list[dict] | None:
+        """All of `docs` or none: None (and nothing left stored) when a unit number was taken.
+        Callers hold the project's batch lock, so this is the guard of last resort."""
+        ids = await self.ids.reserve("units", len(docs))
+        out = [dict(doc, _id=i) for doc, i in zip(docs, ids)]
+        try:
+            await self.col.insert_many(out, ordered=True)
+        except (BulkWriteError, DuplicateKeyError) as exc:
+            errors = exc.details.get("writeErrors", []) if isinstance(exc, BulkWriteError) else [{"code": 11000}]
+            await self.delete_ids([d["_id"] for d in out])
+            if errors and all(e.get("code") == 11000 for e in errors):
+                return None
+            raise
+        return out
+
+    async def delete_ids(self, ids: list[int]) -> None:
+        for i in range(0, len(ids), IN_CHUNK):
+            await self.col.delete_many({"_id": {"$in": ids[i:i + IN_CHUNK]}})
+
+    async def get(self, unit_id: int) -> dict | None:
+        return await self.col.find_one({"_id": unit_id})
+
+    async def set_status(self, unit_id: int, project_id: int, expected: str, status: str, now) -> dict | None:
+        return await update_then_get(self.col, {"_id": unit_id, "project_id": project_id, "status": expected},
+                                     {"$set": {"status": status, "updated_at": now}})
+
+    async def for_summary(self, project_id: int) -> list[dict]:
+        return await self.col.find({"project_id": project_id}, projection={"status": 1, "price_minor": 1, "bedrooms": 1}).to_list()
+
+    async def page(self, project_id: int, residual: dict, limit: int, cursor: str | None, serialize) -> dict:
+        """Units of a project ordered by unit_number (as text), keyset-paginated."""
+        driver: dict = {"project_id": project_id}
+        if cursor:
+            tag, last = decode_cursor(cursor, 2)
+            if tag != "u" or not isinstance(last, str):
+                raise ValidationFailed.single("cursor", "is not a cursor for this listing")
+            driver["unit_number"] = {"$gt": last}
+        pipeline = [{"$match": driver}] + ([{"$match": residual}] if residual else []) + [
+            {"$sort": self.SORT}, {"$limit": limit + 1}]
+        docs = await (await self.col.aggregate(pipeline)).to_list()
+        more = len(docs) > limit
+        docs = docs[:limit]
+        next_cursor = encode_cursor(["u", docs[-1]["unit_number"]]) if more and docs else None
+        return {"items": [serialize(d) for d in docs], "next_cursor": next_cursor}
+
+
+class UnitBatchLocks:
+    """One holder at a time per project for adding units, across processes: a document whose
+    `_id` is the project id. Without it two overlapping batches could each store part of
+    themselves before meeting the other's numbers in the unique index, and both roll back.
+    A holder that died lets go when `until` passes."""
+
+    def __init__(self, db):
+        self.col = db["unit_batch_locks"]
+
+    async def ensure_indexes(self):
+        return None
+
+    async def acquire(self, project_id: int, token: str, now, until) -> bool:
+        for _ in range(2):
+            try:
+                await self.col.insert_one({"_id": project_id, "token": token, "until": until})
+                return True
+            except DuplicateKeyError:
+                # Held; take it over only if the holder's time ran out.
+                if (await self.col.delete_one({"_id": project_id, "until": {"$lte": now}})).deleted_count == 0:
+                    return False
+        return False
+
+    async def release(self, project_id: int, token: str) -> None:
+        await self.col.delete_one({"_id": project_id, "token": token})
+
+
+class PaymentPlanStore:
+    INDEXES = [IndexModel([("project_id", ASCENDING), ("_id", ASCENDING)], name="project_plans")]
+
+    def __init__(self, db, ids):
+        self.col = db["payment_plans"]
+        self.ids = ids
+
+    async def ensure_indexes(self):
+        await self.col.create_indexes(self.INDEXES)
+
+    async def insert(self, doc: dict) -> dict:
+        doc = dict(doc, _id=await self.ids.next("payment_plans"))
+        await self.col.insert_one(doc)
+        return doc
+
+    async def for_project(self, project_id: int, limit: int) -> list[dict]:
+        return await self.col.find({"project_id": project_id}, sort=[("_id", ASCENDING)], limit=limit).to_list()

@@ -1,0 +1,421 @@
+"""Builders as they use the product: register, get verified, publish projects, add units and payment
+plans; clients and strangers browse. Every refusal is checked to leave storage as it was."""
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from decimal import Decimal
+
+from bson.decimal128 import Decimal128
+
+from tests.listing_helpers import snapshot, word
+from tests.support import PNG_1PX, multipart
+
+PROJECTS = "/api/v1/projects"
+
+
+def project_body(**over) -> dict:
+    body = {"name": "Palm Court", "description": "Off-plan terraces", "location": "Lekki Phase 1, Lagos",
+            "launch_date": "2026-01-15", "expected_completion": "2028-06-30", "amenities": ["gym", "pool"]}
+    body.update(over)
+    return body
+
+
+def unit(number: str, **over) -> dict:
+    body = {"unit_number": number, "floor": 1, "type": "apartment", "bedrooms": 2, "area_sqm": 95.5, "price": "45000000.00"}
+    body.update(over)
+    return body
+
+
+async def create_project(sheda, builder, **over) -> dict:
+    r = await sheda.api.post(PROJECTS, project_body(**over), token=builder.token)
+    assert r.status == 201, r
+    return r.json
+
+
+async def verified_builder(sheda, admin=None):
+    builder = await sheda.signup("builder")
+    admin = admin or await sheda.admin()
+    r = await sheda.api.patch(f"/api/v1/admin/builders/{builder.id}", {"verified": True}, token=admin.token)
+    assert r.status == 200 and r.json["verified"] is True, r
+    return builder
+
+
+async def published_project(sheda, builder, **over) -> dict:
+    project = await create_project(sheda, builder, **over)
+    r = await sheda.api.post(f"{PROJECTS}/{project['id']}/publish", token=builder.token)
+    assert r.status == 200, r
+    return r.json
+
+
+async def add_units(sheda, builder, project_id: int, units: list[dict]) -> list[dict]:
+    r = await sheda.api.post(f"{PROJECTS}/{project_id}/units", {"units": units}, token=builder.token)
+    assert r.status == 201, r
+    return r.json["items"]
+
+
+async def unit_numbers(sheda, project_id: int) -> list[str]:
+    return sorted([d["unit_number"] async for d in sheda.ctx.db["units"].find({"project_id": project_id})])
+
+
+async def test_builder_registers_is_refused_publish_until_an_admin_verifies_them_live(sheda):
+    builder = await sheda.signup("builder")
+    me = await sheda.api.get("/api/v1/users/me", token=builder.token)
+    assert me.status == 200 and me.json["user_type"] == "builder"
+    assert me.json["profile"]["verified"] is False and me.json["profile"]["company_name"] is None
+    r = await sheda.api.patch("/api/v1/users/me", {"company_name": "Acme Homes Ltd", "registration_number": "RC 1234567",
+                                                    "website": "https://acme.example", "about": "We build."}, token=builder.token)
+    assert r.status == 200 and r.json["profile"]["company_name"] == "Acme Homes Ltd", r
+    # verified is the admin's to set, and another type's field is refused
+    for bad in ({"verified": True}, {"agency_name": "x"}, {"website": "not a url"}):
+        r = await sheda.api.patch("/api/v1/users/me", bad, token=builder.token)
+        assert r.status == 422, (bad, r)
+    body, headers = multipart("file", "logo.png", PNG_1PX, "image/png")
+    r = await sheda.api.request("PUT", "/api/v1/builder/profile/logo", body=body, headers=headers, token=builder.token)
+    assert r.status == 200 and r.json["logo_url"].startswith("/media/builders/"), r
+
+    project = await create_project(sheda, builder)
+    assert project["published"] is False and project["status"] == "planning"
+    stored = await snapshot(sheda, "projects", project["id"])
+    r = await sheda.api.post(f"{PROJECTS}/{project['id']}/publish", token=builder.token)
+    assert r.status == 403 and r.json["code"] == "builder_not_verified", r
+    assert await snapshot(sheda, "projects", project["id"]) == stored
+
+    admin = await sheda.admin()
+    ws = await sheda.ws(builder.token)
+    try:
+        # only admins verify; nothing changes for anyone else
+        other = await sheda.signup("builder")
+        r = await sheda.api.patch(f"/api/v1/admin/builders/{builder.id}", {"verified": True}, token=other.token)
+        assert r.status == 403
+        client = await sheda.signup("client")
+        r = await sheda.api.patch(f"/api/v1/admin/builders/{client.id}", {"verified": True}, token=admin.token)
+        assert r.status == 404 and r.json["code"] == "builder_not_found"
+        assert (await sheda.api.patch(f"/api/v1/admin/builders/{builder.id}", {"verified": "yes"}, token=admin.token)).status == 422
+        assert not ((await sheda.ctx.users.get(builder.id)).get("builder_profile") or {}).get("verified")
+
+        r = await sheda.api.patch(f"/api/v1/admin/builders/{builder.id}", {"verified": True}, token=admin.token)
+        assert r.status == 200 and r.json["verified"] is True and r.json["company_name"] == "Acme Homes Ltd"
+        event = await ws.wait_type("builder.verified")
+        assert event["builder"]["id"] == builder.id and event["builder"]["verified"] is True
+        note = await ws.wait_type("notification")
+        assert note["kind"] == "builder_verified"
+        stored_notes = await sheda.api.get("/api/v1/notifications", token=builder.token)
+        assert any(n["kind"] == "builder_verified" for n in stored_notes.json["items"])
+        # saying it again changes and announces nothing
+        before = len(ws.frames)
+        r = await sheda.api.patch(f"/api/v1/admin/builders/{builder.id}", {"verified": True}, token=admin.token)
+        assert r.status == 200
+    finally:
+        ws.close()
+    assert len([f for f in ws.frames[before:] if f.get("type") == "builder.verified"]) == 0
+
+    r = await sheda.api.post(f"{PROJECTS}/{project['id']}/publish", token=builder.token)
+    assert r.status == 200 and r.json["published"] is True and r.json["published_at"], r
+    r = await sheda.api.post(f"{PROJECTS}/{project['id']}/publish", token=builder.token)
+    assert r.status == 409 and r.json["code"] == "already_published"
+
+    page = await sheda.api.get(f"/api/v1/builders/{builder.id}")
+    assert page.status == 200 and page.json["company_name"] == "Acme Homes Ltd" and page.json["verified"] is True
+    assert [p["id"] for p in page.json["projects"]] == [project["id"]]
+    assert (await sheda.api.get(f"/api/v1/builders/{admin.id}")).status == 404
+    public = await sheda.api.get(f"/api/v1/users/{builder.id}")
+    assert public.status == 200 and public.json["company_name"] == "Acme Homes Ltd"
+
+
+async def test_builder_scope_in_tokens_switch_account_and_admin_listing(sheda):
+    builder = await sheda.signup("builder")
+    client = await sheda.signup("client")
+    assert (await sheda.api.post(PROJECTS, project_body(), token=client.token)).status == 403
+    r = await sheda.api.post("/api/v1/auth/switch-account", {"switch_to": "builder"}, token=client.token)
+    assert r.status == 200, r
+    as_builder = r.json["access_token"]
+    assert (await sheda.api.post(PROJECTS, project_body(), token=as_builder)).status == 201
+    # the old client token lost its client scope; the builder's token never had one
+    r = await sheda.api.post("/api/v1/appointments", {"property_id": 1, "scheduled_at": "2030-01-01T10:00:00Z"}, token=builder.token)
+    assert r.status == 403 and r.json["code"] == "insufficient_scope"
+    admin = await sheda.admin()
+    r = await sheda.api.get("/api/v1/admin/users", params={"user_type": "builder", "limit": 100}, token=admin.token)
+    assert r.status == 200 and {builder.id, client.id} <= {u["id"] for u in r.json["items"]}
+    assert all(u["user_type"] == "builder" for u in r.json["items"])
+    # refresh keeps the builder scope
+    r = await sheda.api.post("/api/v1/auth/refresh", {"refresh_token": builder.refresh_token})
+    assert r.status == 200
+    assert (await sheda.api.post(PROJECTS, project_body(), token=r.json["access_token"])).status == 201
+
+
+async def test_drafts_are_seen_only_by_their_builder_and_admins(sheda):
+    builder = await sheda.signup("builder")
+    other = await sheda.signup("builder")
+    client = await sheda.signup("client")
+    admin = await sheda.admin()
+    w = word()
+    draft = await create_project(sheda, builder, location=f"{w} Ikoyi")
+    pid = draft["id"]
+    assert (await sheda.api.get(f"{PROJECTS}/{pid}")).status == 404
+    assert (await sheda.api.get(f"{PROJECTS}/{pid}", token=client.token)).status == 404
+    assert (await sheda.api.get(f"{PROJECTS}/{pid}", token=other.token)).status == 404
+    assert (await sheda.api.get(f"{PROJECTS}/{pid}/units", token=client.token)).status == 404
+    assert (await sheda.api.get(f"{PROJECTS}/{pid}", token="garbage")).status == 401
+    assert (await sheda.api.get(f"{PROJECTS}/{pid}", token=builder.token)).json["id"] == pid
+    assert (await sheda.api.get(f"{PROJECTS}/{pid}", token=admin.token)).status == 200
+    r = await sheda.api.get(PROJECTS, params={"location": w})
+    assert r.status == 200 and r.json["items"] == []
+    r = await sheda.api.get(PROJECTS, params={"location": w, "state": "draft"}, token=client.token)
+    assert r.status == 403 and r.json["code"] == "drafts_forbidden"
+    r = await sheda.api.get(PROJECTS, params={"state": "draft", "builder_id": builder.id}, token=other.token)
+    assert r.status == 403
+    r = await sheda.api.get(PROJECTS, params={"state": "draft", "builder_id": builder.id}, token=builder.token)
+    assert r.status == 200 and [p["id"] for p in r.json["items"]] == [pid]
+    r = await sheda.api.get(PROJECTS, params={"state": "draft", "location": w}, token=admin.token)
+    assert r.status == 200 and [p["id"] for p in r.json["items"]] == [pid]
+
+
+async def test_wrong_owner_scope_or_state_change_nothing(sheda):
+    admin = await sheda.admin()
+    builder = await verified_builder(sheda, admin)
+    other = await verified_builder(sheda, admin)
+    client = await sheda.signup("client")
+    project = await published_project(sheda, builder, status="under_construction")
+    pid = project["id"]
+    [u1] = await add_units(sheda, builder, pid, [unit("A1")])
+    stored, stored_unit = await snapshot(sheda, "projects", pid), await snapshot(sheda, "units", u1["id"])
+    plan = {"name": "30/70", "lines": [{"label": "Deposit", "percent": "30.00", "due": "booking"},
+                                        {"label": "Balance", "percent": "70", "due": "handover"}]}
+
+    for token in (other.token, client.token):
+        r = await sheda.api.patch(f"{PROJECTS}/{pid}", {"name": "Mine now"}, token=token)
+        assert r.status == 403 and r.json["code"] == "not_owner"
+        assert (await sheda.api.post(f"{PROJECTS}/{pid}/units", {"units": [unit("Z9")]}, token=token)).status == 403
+        assert (await sheda.api.patch(f"{PROJECTS}/{pid}/units/{u1['id']}", {"status": "blocked"}, token=token)).status == 403
+        assert (await sheda.api.post(f"{PROJECTS}/{pid}/payment-plans", plan, token=token)).status == 403
+        assert (await sheda.api.post(f"{PROJECTS}/{pid}/publish", token=token)).status == 403
+    assert (await sheda.api.post(PROJECTS, project_body(), token=client.token)).status == 403
+    assert (await sheda.api.post(PROJECTS, project_body())).status == 401
+    assert (await sheda.api.patch(f"{PROJECTS}/{pid}", {"name": "x"})).status == 401
+    # wrong state: status never goes backwards
+    r = await sheda.api.patch(f"{PROJECTS}/{pid}", {"status": "planning"}, token=builder.token)
+    assert r.status == 409 and r.json["code"] == "status_backwards"
+    # bad input
+    for bad in ({"status": "demolished"}, {"name": None}, {}, {"expected_completion": "2020-01-01"}, {"launch_date": 20260101},
+                {"geo": {"lat": 91, "lng": 0}}, {"amenities": ["x"] * 51}, {"owner": 1}):
+        r = await sheda.api.patch(f"{PROJECTS}/{pid}", bad, token=builder.token)
+        assert r.status == 422, (bad, r)
+    assert (await sheda.api.patch(f"{PROJECTS}/99999999", {"name": "x"}, token=builder.token)).status == 404
+    # a sold-out rule: reserved/booked/sold units cannot be blocked (made reserved as a booking would)
+    await sheda.ctx.db["units"].update_one({"_id": u1["id"]}, {"$set": {"status": "reserved"}})
+    r = await sheda.api.patch(f"{PROJECTS}/{pid}/units/{u1['id']}", {"status": "blocked"}, token=builder.token)
+    assert r.status == 409 and r.json["code"] == "unit_not_available"
+    await sheda.ctx.db["units"].update_one({"_id": u1["id"]}, {"$set": {"status": "available"}})
+    assert await snapshot(sheda, "projects", pid) == stored
+    assert await snapshot(sheda, "units", u1["id"]) == stored_unit
+    assert await sheda.ctx.db["payment_plans"].count_documents({"project_id": pid}) == 0
+    assert await unit_numbers(sheda, pid) == ["A1"]
+
+    # forward moves and the admin's hand work
+    r = await sheda.api.patch(f"{PROJECTS}/{pid}", {"status": "completed", "geo": {"lat": 6.45, "lng": 3.47}}, token=builder.token)
+    assert r.status == 200 and r.json["status"] == "completed" and r.json["geo"] == {"lat": 6.45, "lng": 3.47}
+    r = await sheda.api.patch(f"{PROJECTS}/{pid}", {"name": "Renamed by admin", "geo": None}, token=admin.token)
+    assert r.status == 200 and r.json["name"] == "Renamed by admin" and r.json["geo"] is None
+
+
+async def test_units_batch_all_or_nothing_and_duplicate_numbers_409(sheda):
+    builder = await verified_builder(sheda)
+    project = await published_project(sheda, builder)
+    pid = project["id"]
+    batch = [unit(f"B{i:03d}", floor=i % 10, bedrooms=1 + i % 3, price=f"{30000000 + i * 100000}.00") for i in range(500)]
+    items = await add_units(sheda, builder, pid, batch)
+    assert len(items) == 500 and {u["status"] for u in items} == {"available"}
+    assert items[0]["price"] == "30000000.00" and items[0]["area_sqm"] == 95.5
+
+    before = await unit_numbers(sheda, pid)
+    # one taken number: 409 naming it, and none of the new ones stored
+    r = await sheda.api.post(f"{PROJECTS}/{pid}/units", {"units": [unit("C1"), unit("B007"), unit("C2")]}, token=builder.token)
+    assert r.status == 409 and r.json["code"] == "duplicate_unit_number" and r.json["unit_numbers"] == ["B007"], r
+    # a number twice in one batch
+    r = await sheda.api.post(f"{PROJECTS}/{pid}/units", {"units": [unit("C1"), unit("C1")]}, token=builder.token)
+    assert r.status == 409 and r.json["unit_numbers"] == ["C1"]
+    # bad input: empty, too many, a float price, an unknown type
+    for bad in ([], [unit(f"D{i}") for i in range(501)], [unit("D1", price=45000000.5)], [unit("D1", type="castle")],
+                [unit("D1", floor="3")], [unit("", )], [unit("D1", area_sqm=0)], [unit("D1", bedrooms=True)]):
+        r = await sheda.api.post(f"{PROJECTS}/{pid}/units", {"units": bad}, token=builder.token)
+        assert r.status == 422, r
+    assert await unit_numbers(sheda, pid) == before
+
+    detail = await sheda.api.get(f"{PROJECTS}/{pid}")
+    assert detail.json["unit_counts"]["available"] == 500 and detail.json["units_total"] == 500
+    assert detail.json["price_range"] == {"min": "30000000.00", "max": "79900000.00"}
+    assert detail.json["bedrooms"] == [1, 2, 3]
+
+
+async def test_concurrent_overlapping_batches_exactly_one_is_stored_whole(sheda):
+    builder = await verified_builder(sheda)
+    for _round in range(3):
+        project = await published_project(sheda, builder)
+        pid = project["id"]
+        # Each batch starts with a number only it has, so a loser stored in part would show.
+        first = [unit("F1")] + [unit(f"R{i:03d}") for i in range(0, 300)]
+        second = [unit("S1")] + [unit(f"R{i:03d}") for i in range(299, 100, -1)]
+        results = await asyncio.gather(*(sheda.api.post(f"{PROJECTS}/{pid}/units", {"units": b}, token=builder.token)
+                                         for b in (first, second)))
+        assert sorted(r.status for r in results) == [201, 409], results
+        winner = next(b for b, r in zip((first, second), results) if r.status == 201)
+        assert await unit_numbers(sheda, pid) == sorted(u["unit_number"] for u in winner)
+        loser = next(r for r in results if r.status == 409)
+        assert loser.json["code"] == "duplicate_unit_number"
+        assert await sheda.ctx.db["unit_batch_locks"].count_documents({"_id": pid}) == 0
+        detail = (await sheda.api.get(f"{PROJECTS}/{pid}")).json
+        assert detail["unit_counts"]["available"] == len(winner)
+
+
+async def test_a_batch_waits_for_the_batch_in_progress_and_takes_over_a_dead_holders_lock(sheda, clock):
+    builder = await verified_builder(sheda)
+    project = await published_project(sheda, builder)
+    pid = project["id"]
+    locks, now = sheda.ctx.unit_batch_locks, clock.now()
+    # another process is adding units to this project (it holds the lock)
+    assert await locks.acquire(pid, "other-process", now, now + timedelta(seconds=60))
+    waiting = asyncio.ensure_future(sheda.api.post(f"{PROJECTS}/{pid}/units", {"units": [unit("W1"), unit("W2")]},
+                                                   token=builder.token))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()  # it cannot go ahead while the other batch holds the project
+    assert await unit_numbers(sheda, pid) == []
+    # the other batch stores W2 and lets go: the waiting one is judged against it, and stores nothing
+    stored = await sheda.ctx.unit_store.insert_batch([{
+        "project_id": pid, "unit_number": "W2", "floor": 1, "type": "studio", "bedrooms": 0, "bathrooms": 1, "area_sqm": 30,
+        "price": Decimal128("1.00"), "price_minor": 100, "status": "available", "created_at": now, "updated_at": now}])
+    assert stored is not None
+    await locks.release(pid, "other-process")
+    r = await waiting
+    assert r.status == 409 and r.json["unit_numbers"] == ["W2"], r
+    assert await unit_numbers(sheda, pid) == ["W2"]
+    # a holder that died: its lock lapses after a minute, then a batch takes over
+    assert await locks.acquire(pid, "crashed", clock.now(), clock.now() + timedelta(seconds=60))
+    clock.advance(seconds=61)
+    await add_units(sheda, builder, pid, [unit("W3")])
+    assert await unit_numbers(sheda, pid) == ["W2", "W3"]
+
+
+async def test_units_listing_filters_cursor_and_block_unblock(sheda):
+    builder = await verified_builder(sheda)
+    project = await published_project(sheda, builder)
+    pid = project["id"]
+    units = [unit(f"U{i:02d}", floor=i // 5, type="penthouse" if i >= 20 else "apartment", bedrooms=4 if i >= 20 else 2,
+                  price=str(10_000_000 * (i + 1))) for i in range(25)]
+    stored = await add_units(sheda, builder, pid, units)
+    by_number = {u["unit_number"]: u for u in stored}
+
+    async def all_pages(**params):
+        seen, cursor = [], None
+        while True:
+            r = await sheda.api.get(f"{PROJECTS}/{pid}/units", params={"limit": 7, **params, **({"cursor": cursor} if cursor else {})})
+            assert r.status == 200, r
+            seen += [u["unit_number"] for u in r.json["items"]]
+            cursor = r.json["next_cursor"]
+            if not cursor:
+                return seen
+
+    assert await all_pages() == [f"U{i:02d}" for i in range(25)]
+    assert await all_pages(type="penthouse") == [f"U{i:02d}" for i in range(20, 25)]
+    assert await all_pages(floor=1) == [f"U{i:02d}" for i in range(5, 10)]
+    assert await all_pages(price_min="50000000", price_max=80_000_000) == ["U04", "U05", "U06", "U07"]
+    r = await sheda.api.patch(f"{PROJECTS}/{pid}/units/{by_number['U21']['id']}", {"status": "blocked"}, token=builder.token)
+    assert r.status == 200 and r.json["status"] == "blocked"
+    assert await all_pages(status="blocked") == ["U21"]
+    detail = (await sheda.api.get(f"{PROJECTS}/{pid}")).json
+    assert detail["unit_counts"]["blocked"] == 1 and detail["unit_counts"]["available"] == 24
+    # blocking twice is a no-op; unblocking puts it back
+    assert (await sheda.api.patch(f"{PROJECTS}/{pid}/units/{by_number['U21']['id']}", {"status": "blocked"},
+                                  token=builder.token)).status == 200
+    r = await sheda.api.patch(f"{PROJECTS}/{pid}/units/{by_number['U21']['id']}", {"status": "available"}, token=builder.token)
+    assert r.status == 200 and r.json["status"] == "available"
+    for bad in ({"status": "sold"}, {"status": "reserved"}, {}):
+        r = await sheda.api.patch(f"{PROJECTS}/{pid}/units/{by_number['U21']['id']}", bad, token=builder.token)
+        assert r.status == 422, r
+    other = await published_project(sheda, builder)
+    assert (await sheda.api.patch(f"{PROJECTS}/{other['id']}/units/{by_number['U21']['id']}", {"status": "blocked"},
+                                  token=builder.token)).status == 404
+    for bad in ({"status": "gone"}, {"floor": "x"}, {"cursor": "garbage"}, {"limit": 101}, {"price_min": "5", "price_max": "1"}):
+        assert (await sheda.api.get(f"{PROJECTS}/{pid}/units", params=bad)).status == 422, bad
+
+
+async def test_project_search_filters_sorts_and_cursor(sheda):
+    admin = await sheda.admin()
+    builder = await verified_builder(sheda, admin)
+    other = await verified_builder(sheda, admin)
+    w = word()
+    a = await published_project(sheda, builder, location=f"{w} Lekki Phase 1", geo={"lat": 6.4474, "lng": 3.4553})
+    b = await published_project(sheda, builder, location=f"{w} Ikoyi", status="under_construction")
+    c = await published_project(sheda, other, location=f"{w} Ajah", geo={"lat": 6.47, "lng": 3.57})
+    empty = await published_project(sheda, other, location=f"{w} Epe")
+    await add_units(sheda, builder, a["id"], [unit("1", price="20000000", bedrooms=2), unit("2", price="60000000", bedrooms=4)])
+    await add_units(sheda, builder, b["id"], [unit("1", price="35000000", bedrooms=3)])
+    await add_units(sheda, other, c["id"], [unit("1", price="90000000", bedrooms=5)])
+
+    async def ids(**params):
+        r = await sheda.api.get(PROJECTS, params={"location": w, **params})
+        assert r.status == 200, r
+        return [p["id"] for p in r.json["items"]]
+
+    assert set(await ids()) == {a["id"], b["id"], c["id"], empty["id"]}
+    assert await ids() == [empty["id"], c["id"], b["id"], a["id"]]  # newest first
+    assert await ids(sort="price_asc") == [a["id"], b["id"], c["id"]]  # no available unit: not in price sorts
+    assert await ids(sort="price_desc") == [c["id"], b["id"], a["id"]]
+    assert set(await ids(builder_id=builder.id)) == {a["id"], b["id"]}
+    assert await ids(status="under_construction") == [b["id"]]
+    assert await ids(location=f"{w} lekk") == [a["id"]]
+    assert await ids(near="6.47,3.57", radius_km=2) == [c["id"]]
+    assert await ids(near="6.4474,3.4553", radius_km=1) == [a["id"]]
+    # price and bedrooms are matched by one available unit meeting them all
+    assert set(await ids(price_min="30000000", price_max="70000000")) == {a["id"], b["id"]}
+    assert await ids(price_min="25000000", price_max="30000000") == []
+    assert set(await ids(bedrooms_min=4)) == {a["id"], c["id"]}
+    assert await ids(bedrooms=4, price_max="50000000") == []
+    assert await ids(bedrooms=3) == [b["id"]]
+    # blocking the only 3-bedroom unit takes b out of that search
+    b_unit = (await sheda.api.get(f"{PROJECTS}/{b['id']}/units")).json["items"][0]
+    assert (await sheda.api.patch(f"{PROJECTS}/{b['id']}/units/{b_unit['id']}", {"status": "blocked"}, token=builder.token)).status == 200
+    assert await ids(bedrooms=3) == []
+    # cursor pages neither repeat nor skip
+    seen, cursor = [], None
+    while True:
+        r = await sheda.api.get(PROJECTS, params={"location": w, "limit": 1, **({"cursor": cursor} if cursor else {})})
+        seen += [p["id"] for p in r.json["items"]]
+        cursor = r.json["next_cursor"]
+        if not cursor:
+            break
+    assert seen == [empty["id"], c["id"], b["id"], a["id"]]
+    for bad in ({"sort": "cheapest"}, {"near": "x"}, {"radius_km": 0}, {"bedrooms": 99}, {"price_min": "1.555"}, {"cursor": "zz"},
+                {"builder_id": 0}, {"status": "done"}, {"unknown": 1}):
+        assert (await sheda.api.get(PROJECTS, params=bad)).status == 422, bad
+
+
+async def test_payment_plans_split_a_unit_price_to_the_kobo(sheda):
+    builder = await verified_builder(sheda)
+    project = await published_project(sheda, builder)
+    pid = project["id"]
+    [u] = await add_units(sheda, builder, pid, [unit("P1", price="10000000.01")])
+    plan = {"name": "Thirds", "lines": [{"label": "Booking", "percent": "33.33", "due": "booking"},
+                                         {"label": "Frame", "percent": "33.33", "due": "months:6"},
+                                         {"label": "Handover", "percent": "33.34", "due": "handover"}]}
+    r = await sheda.api.post(f"{PROJECTS}/{pid}/payment-plans", plan, token=builder.token)
+    assert r.status == 201 and [ln["percent"] for ln in r.json["lines"]] == ["33.33", "33.33", "33.34"], r
+    plan_id = r.json["id"]
+    for bad_lines in ([{"label": "All", "percent": "99.99", "due": "booking"}],
+                      [{"label": "All", "percent": 100.0, "due": "booking"}],
+                      [{"label": "A", "percent": "50", "due": "booking"}, {"label": "B", "percent": "50.001", "due": "handover"}],
+                      [{"label": "All", "percent": "100", "due": "months:0"}],
+                      [{"label": "All", "percent": "100", "due": "someday"}],
+                      [{"label": "A", "percent": "0", "due": "booking"}, {"label": "B", "percent": "100", "due": "handover"}], []):
+        r = await sheda.api.post(f"{PROJECTS}/{pid}/payment-plans", {"name": "Bad", "lines": bad_lines}, token=builder.token)
+        assert r.status == 422, (bad_lines, r)
+    assert await sheda.ctx.db["payment_plans"].count_documents({"project_id": pid}) == 1
+    r = await sheda.api.get(f"{PROJECTS}/{pid}/payment-plans", params={"unit_id": u["id"]})
+    assert r.status == 200 and [p["id"] for p in r.json["items"]] == [plan_id]
+    schedule = r.json["items"][0]["schedule"]
+    # 33.33% of 1,000,000,001 kobo is 333,300,000.3333 → 333,300,000 kobo; the remainder goes last
+    assert [s["amount"] for s in schedule] == ["3333000.00", "3333000.00", "3334000.01"]
+    assert sum(Decimal(s["amount"]) for s in schedule) == Decimal("10000000.01")
+    r = await sheda.api.get(f"{PROJECTS}/{pid}/payment-plans")
+    assert "schedule" not in r.json["items"][0]
+    assert (await sheda.api.get(f"{PROJECTS}/{pid}/payment-plans", params={"unit_id": 99999999})).status == 404
