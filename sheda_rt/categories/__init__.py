@@ -1,1 +1,0 @@
-"""Admin-managed listing categories (e.g. "Student housing", "Luxury")."""
