@@ -51,8 +51,9 @@ class Settings(BaseSettings):
     otp_token_minutes: int = Field(5, ge=1)
     bcrypt_rounds: int = Field(12, ge=4, le=16, description="bcrypt cost; tests use 4")
     otp_minutes: int = Field(10, ge=1)
-    login_max_failures: int = Field(5, ge=1)
+    login_max_failures: int = Field(5, ge=1, description="Wrong passwords per account and address per window; the next try gets 429")
     login_window_minutes: int = Field(15, ge=1)
+    login_max_failures_per_ip: int = Field(20, ge=1, description="Failed logins per address per window, whatever the accounts (credential stuffing)")
 
     # HTTP conventions
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Comma-separated origins, or *")

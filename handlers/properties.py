@@ -4,6 +4,7 @@ from __future__ import annotations
 from handlers.base import UPLOAD_BODY, APIHandler
 from handlers.routing import endpoint, route
 from sheda_rt.accounts.auth import AGENT, USER
+from sheda_rt.listings.models import PropertyOut, StatusPatch  # [listing life cycle]
 from sheda_rt.listings.models import ImagePatch, PropertyCreate, PropertyUpdate, SearchQuery
 from sheda_rt.pagination import PageQuery
 
@@ -53,6 +54,15 @@ class PropertyHandler(APIHandler):
         await self.ctx.properties.delist(self.principal, property_id)
 
 
+class PropertyStatusHandler(APIHandler):
+    @endpoint("Unlist or list again (its agent or an admin)", auth=USER, body=StatusPatch, response=PropertyOut,
+              errors=(401, 403, 404, 409, 422), tags=TAGS)
+    async def patch(self, property_id: int, body: StatusPatch):
+        """`{"active": false}` unlists (as DELETE does), `{"active": true}` lists it again; both are idempotent.
+        A sold or rented property cannot be listed again: 409 `property_not_available`."""
+        return await self.ctx.properties.set_active(self.principal, property_id, body.active)
+
+
 class PropertyImagesHandler(APIHandler):
     @endpoint("Add an image (multipart field `file`)", auth=USER, upload="file", status=201,
               errors=(401, 403, 404, 409, 413, 415, 422), tags=TAGS)
@@ -99,6 +109,7 @@ class MyFavouritesHandler(APIHandler):
 default_handlers = [
     route("/api/v1/properties", PropertiesHandler),
     route("/api/v1/properties/{property_id:int}", PropertyHandler),
+    route("/api/v1/properties/{property_id:int}/status", PropertyStatusHandler),
     route("/api/v1/properties/{property_id:int}/images", PropertyImagesHandler, max_body=UPLOAD_BODY),
     route("/api/v1/properties/{property_id:int}/images/{image_id:int}", PropertyImageHandler),
     route("/api/v1/properties/{property_id:int}/favourite", FavouriteHandler),

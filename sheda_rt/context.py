@@ -75,6 +75,8 @@ class AppContext:
         self.drain_hooks.append(self.chat.drain)
         # [listings] properties, favourites, availability, appointments, contracts, notifications, the expiry job.
         self._install_marketplace()
+        # [categories] admin-managed listing categories.
+        self._install_categories()
         # [builders] projects, units, payment plans; builders' verification.
         self._install_builders()
 
@@ -117,6 +119,14 @@ class AppContext:
         self.stores.extend([self.project_store, self.unit_store, self.unit_batch_locks, self.payment_plan_store])
         self.projects = ProjectService(self, self.project_store, self.unit_store, self.unit_batch_locks, self.payment_plan_store)
         self.builders = BuilderService(self, self.projects)
+
+    def _install_categories(self) -> None:  # [categories]
+        from sheda_rt.categories.service import CategoryService
+        from sheda_rt.categories.store import CategoryStore
+
+        self.category_store = CategoryStore(self.db, self.ids)
+        self.stores.append(self.category_store)
+        self.categories = CategoryService(self.category_store, self.clock)
 
     async def ensure_indexes(self) -> None:
         for store in self.stores:

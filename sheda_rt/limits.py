@@ -54,3 +54,9 @@ class MemoryLimits:
 
     async def clear_failures(self, key: str) -> None:
         self._failures.pop(key, None)
+
+    async def forgive_failure(self, key: str) -> None:
+        """Take back one failure (the newest): for attempts counted before they were judged."""
+        q = self._failures.get(key)
+        if q:
+            q.pop()

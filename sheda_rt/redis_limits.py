@@ -142,3 +142,13 @@ class RedisLimits:
             await self.redis.delete(self.prefix + "fail:" + key)
         except Exception as exc:
             self._degraded(exc)
+
+    async def forgive_failure(self, key: str) -> None:
+        """Take back one failure (the newest): for attempts counted before they were judged."""
+        if not self._use_redis():
+            return await self.fallback.forgive_failure(key)
+        try:
+            await self.redis.zpopmax(self.prefix + "fail:" + key)
+        except Exception as exc:
+            self._degraded(exc)
+            await self.fallback.forgive_failure(key)

@@ -249,11 +249,11 @@ async def test_switch_account_changes_scopes(sheda):
 
 async def test_login_throttle(sheda):
     user = await sheda.signup("client")
-    for i in range(4):
+    for i in range(5):  # LOGIN_MAX_FAILURES wrong passwords each get 401; the next try is one too many
         r = await sheda.api.post(f"{AUTH}/login", {"username": user.username, "password": f"wrong-password-{i}"})
         assert r.status == 401
-    fifth = await sheda.api.post(f"{AUTH}/login", {"username": user.email, "password": "wrong-password-5"})
-    assert fifth.status == 429 and int(fifth.headers["Retry-After"]) > 0 and fifth.json["code"] == "rate_limited"
+    sixth = await sheda.api.post(f"{AUTH}/login", {"username": user.email, "password": "wrong-password-6"})
+    assert sixth.status == 429 and int(sixth.headers["Retry-After"]) > 0 and sixth.json["code"] == "rate_limited"
     # A made-up forwarding header does not buy a fresh address (no trusted proxy by default).
     spoofed = await sheda.api.post(f"{AUTH}/login", {"username": user.username, "password": user.password},
                                    headers={"X-Forwarded-For": "203.0.113.9", "X-Real-Ip": "203.0.113.9"})

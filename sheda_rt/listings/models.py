@@ -65,6 +65,7 @@ class PropertyCreate(_Body):
     furniture: StrictBool = False
     prepaid_meter: StrictBool = False
     wifi: StrictBool = False
+    category_id: Optional[StrictInt] = Field(None, ge=1, le=MAX_ID, description="One of GET /categories (422 when there is no such category)")
 
 
 class PropertyUpdate(_Body):
@@ -89,6 +90,7 @@ class PropertyUpdate(_Body):
     furniture: Optional[StrictBool] = None
     prepaid_meter: Optional[StrictBool] = None
     wifi: Optional[StrictBool] = None
+    category_id: Optional[StrictInt] = Field(None, ge=1, le=MAX_ID, description="null removes the category")
 
     @model_validator(mode="before")
     @classmethod
@@ -100,11 +102,15 @@ class PropertyUpdate(_Body):
     @model_validator(mode="after")
     def _not_null(self):
         for name in self.model_fields_set:
-            if name != "geo" and getattr(self, name) is None:
+            if name not in ("geo", "category_id") and getattr(self, name) is None:
                 raise ValueError(f"{name} cannot be null")
         if not self.model_fields_set:
             raise ValueError("send at least one field to change")
         return self
+
+
+class StatusPatch(_Body):
+    active: StrictBool = Field(description="false unlists (hidden from search, 404 to others); true lists it again")
 
 
 class ImagePatch(_Body):
@@ -197,6 +203,12 @@ class ImageOut(ResponseModel):
     is_primary: bool
 
 
+class PriceChangeOut(ResponseModel):
+    old_price: MoneyText
+    new_price: MoneyText
+    changed_at: Timestamp
+
+
 class PropertyOut(ResponseModel):
     """A listing. `price` is a decimal string with two decimals (naira)."""
 
@@ -223,6 +235,8 @@ class PropertyOut(ResponseModel):
     wifi: bool
     images: list[ImageOut]
     agent_id: int
+    category_id: Optional[int] = Field(description="null when the listing has no category")
+    price_history: list[PriceChangeOut] = Field(description="price changes, oldest first (the last 50)")
     created_at: Timestamp
     updated_at: Timestamp
 

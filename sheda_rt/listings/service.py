@@ -5,6 +5,11 @@
 - A delisted property is 404 to everyone but its owner and admins, and can no
   longer be searched, booked, contracted or favourited.
 - `status` follows the contracts and is never set over PATCH.
+- The owner or an admin can unlist and list again (`set_active`); a sold or
+  rented listing cannot come back (409) until a contract expiry makes it available.
+- A listing may carry a category (counted into it before the write, so a category
+  in use is never deleted: sheda_rt/categories/store.py). Price changes are kept in
+  `price_history` (the last PRICE_HISTORY entries).
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from sheda_rt.listings.money import format_money, to_decimal128, to_minor
 from sheda_rt.listings.store import SearchPlan, keyword_facet, keyword_words, location_words, word_facet
 
 MAX_IMAGES = 10
+PRICE_HISTORY = 50
 
 
 def is_admin(principal) -> bool:
@@ -48,6 +54,9 @@ def property_view(doc: dict) -> dict:
         view[flag] = doc.get(flag, False)
     view["images"] = [{"id": i["id"], "url": i["url"], "is_primary": bool(i.get("is_primary"))} for i in doc.get("images", [])]
     view["agent_id"] = doc["agent_id"]
+    view["category_id"] = doc.get("category_id")
+    view["price_history"] = [{"old_price": format_money(c["old_price"]), "new_price": format_money(c["new_price"]),
+                              "changed_at": format_ts(c["changed_at"])} for c in doc.get("price_history", [])]
     view["created_at"] = format_ts(doc["created_at"])
     view["updated_at"] = format_ts(doc["updated_at"])
     return view
@@ -103,7 +112,15 @@ class PropertyService:
         }
         if body.geo is not None:
             doc["geo"] = _geo_doc(body.geo)
-        return property_view(await self.store.insert(doc))
+        if body.category_id is None:
+            doc.pop("category_id", None)
+            return property_view(await self.store.insert(doc))
+        await self.ctx.categories.take(body.category_id)
+        try:
+            return property_view(await self.store.insert(doc))
+        except BaseException:
+            await self.ctx.categories.release(body.category_id)
+            raise
 
     async def get(self, property_id: int, principal=None) -> dict:
         return property_view(await self.visible(property_id, principal))
@@ -115,23 +132,64 @@ class PropertyService:
                 raise Conflict("A delisted property cannot be changed", "property_delisted")
             changes: dict = {}
             unset: list[str] = []
+            history = None
+            now = self.clock.now()
             for name in body.model_fields_set:
                 value = getattr(body, name)
                 if name == "price":
                     changes["price"], changes["price_minor"] = to_decimal128(value), to_minor(value)
+                    if changes["price_minor"] != doc.get("price_minor"):
+                        history = {"old_price": doc["price"], "new_price": changes["price"], "changed_at": now}
+                elif name in ("geo", "category_id") and value is None:
+                    unset.append(name)
                 elif name == "geo":
-                    if value is None:
-                        unset.append("geo")
-                    else:
-                        changes["geo"] = _geo_doc(value)
+                    changes["geo"] = _geo_doc(value)
                 else:
                     changes[name] = value
-            changes["updated_at"] = self.clock.now()
-            merged = {**doc, **changes}
-            updated = await self.store.update_if_rev(property_id, doc.get("rev", 1), merged, changes, unset)
+            changes["updated_at"] = now
+            merged = {**{k: v for k, v in doc.items() if k not in unset}, **changes}
+            old_cat, new_cat = doc.get("category_id"), merged.get("category_id")
+            moved = old_cat != new_cat
+            if moved and new_cat is not None:
+                await self.ctx.categories.take(new_cat)
+            try:
+                updated = await self.store.update_if_rev(property_id, doc.get("rev", 1), merged, changes, unset,
+                                                         push={"price_history": history} if history else None,
+                                                         keep=PRICE_HISTORY)
+            except BaseException:
+                if moved and new_cat is not None:
+                    await self.ctx.categories.release(new_cat)
+                raise
             if updated is not None:
+                if moved and old_cat is not None:
+                    await self.ctx.categories.release(old_cat)
                 return property_view(updated)
+            if moved and new_cat is not None:  # someone else changed it first: undo our count, read again
+                await self.ctx.categories.release(new_cat)
         raise Conflict("The listing is being changed by someone else; try again", "concurrent_update")
+
+    async def set_active(self, principal, property_id: int, active: bool) -> dict:
+        """Unlist (active=false) or list again (active=true); both idempotent. Listing again needs
+        status `available`: the filter of the write says so, so a contract taking the property at
+        the same moment leaves it unlisted and the caller gets 409."""
+        doc = await self.managed(principal, property_id)
+        now = self.clock.now()
+        if not active:
+            if doc.get("is_active", True):
+                await self.store.delist(property_id, now)
+            return property_view(await self.store.get(property_id))
+        if doc.get("is_active", True):
+            return property_view(doc)
+        updated = await self.store.relist(property_id, now)
+        if updated is not None:
+            return property_view(updated)
+        current = await self.store.get(property_id)
+        if current is None:
+            raise NotFound("No such property", "property_not_found")
+        if current.get("is_active", True):  # someone else listed it again meanwhile
+            return property_view(current)
+        raise Conflict(f"A {current['status']} property cannot be listed again", "property_not_available",
+                       extra={"status": current["status"]})
 
     async def delist(self, principal, property_id: int) -> None:
         await self.managed(principal, property_id)

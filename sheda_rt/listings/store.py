@@ -111,17 +111,27 @@ class PropertyStore:
             return {}
         return {d["_id"]: d async for d in self.col.find({"_id": {"$in": ids}})}
 
-    async def update_if_rev(self, property_id: int, rev: int, merged: dict, changes: dict, unset: list[str]) -> dict | None:
+    async def update_if_rev(self, property_id: int, rev: int, merged: dict, changes: dict, unset: list[str],
+                            push: dict | None = None, keep: int = 50) -> dict | None:
         """Apply `changes` only if nobody changed the listing since we read revision `rev`
-        (facets are recomputed from the merged document, so they must not go stale)."""
+        (facets are recomputed from the merged document, so they must not go stale).
+        `push` appends to arrays, each kept to its last `keep` entries."""
         update: dict = {"$set": dict(changes, facets=facets_for(merged)), "$inc": {"rev": 1}}
         if unset:
             update["$unset"] = {k: "" for k in unset}
+        if push:
+            update["$push"] = {k: {"$each": [v], "$slice": -keep} for k, v in push.items()}
         return await update_then_get(self.col, {"_id": property_id, "rev": rev}, update)
 
     async def delist(self, property_id: int, now) -> dict | None:
         return await update_then_get(
             self.col, {"_id": property_id}, {"$set": {"is_active": False, "delisted_at": now, "updated_at": now}, "$inc": {"rev": 1}})
+
+    async def relist(self, property_id: int, now) -> dict | None:
+        """Listed again, only if it is unlisted and still available (never a sold or rented one)."""
+        return await update_then_get(
+            self.col, {"_id": property_id, "is_active": False, "status": "available"},
+            {"$set": {"is_active": True, "relisted_at": now, "updated_at": now}, "$unset": {"delisted_at": ""}, "$inc": {"rev": 1}})
 
     # ---- status, driven by contracts ---------------------------------------
     async def take(self, property_id: int, new_status: str, contract_id: int, now) -> dict | None:

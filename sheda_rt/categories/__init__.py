@@ -1,0 +1,1 @@
+"""Admin-managed listing categories (e.g. "Student housing", "Luxury")."""
