@@ -31,7 +31,8 @@ def _check_password(value: str) -> str:
 
 
 class RegisterRequest(Strict):
-    username: str = Field(description="3-32 letters, digits, _ . -")
+    username: str = Field(description="3-32 letters, digits, _ . -; names that read as staff or the product's "
+                                      "(admin, support, sheda... and look-alikes such as Adm1n) are refused with 422")
     email: EmailStr
     password: Password = Field(description="8 to 72 bytes")
     user_type: Literal["client", "agent", "builder"]

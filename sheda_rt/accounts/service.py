@@ -22,6 +22,7 @@ from sheda_rt.accounts.models import (AGENT_PROFILE_FIELDS, BUILDER_PROFILE_FIEL
                                       BuilderProfilePatch, ClientProfilePatch)
 from sheda_rt.accounts.otp_store import new_code
 from sheda_rt.accounts.passwords import hash_password, verify_password
+from sheda_rt.accounts.usernames import RESERVED_MESSAGE, is_reserved
 from sheda_rt.clock import format_ts
 from sheda_rt.errors import BadRequest, Conflict, Forbidden, NotFound, RateLimited, Unauthorized, ValidationFailed
 
@@ -127,7 +128,10 @@ class AccountService:
         self.settings = ctx.settings
 
     # ---- registration and one-time codes -----------------------------------
-    async def register(self, req, *, verified: bool = False, send_otp: bool = True) -> dict:
+    async def register(self, req, *, verified: bool = False, send_otp: bool = True, operator: bool = False) -> dict:
+        """`operator`: the command line may take reserved names (see accounts/usernames.py); clients may not."""
+        if not operator and is_reserved(req.username):
+            raise ValidationFailed.single("username", RESERVED_MESSAGE)
         now = self.clock.now()
         doc = {
             "username": req.username,
@@ -235,31 +239,41 @@ class AccountService:
         who = str(user["_id"]) if user else "unknown:" + identifier.strip().lower()
         return f"login:{who}:{ip}"
 
+    @staticmethod
+    def _login_ip_key(ip: str) -> str:
+        # Per client address, whatever the account: one address trying many accounts.
+        return f"login-ip:{ip}"
+
     async def login(self, identifier: str, password: str, ip: str = "-") -> dict:
-        """Unknown user and wrong password get the same 401. After LOGIN_MAX_FAILURES failures for one
-        account from one address within LOGIN_WINDOW_MINUTES, further tries get 429 with Retry-After
-        (even with the right password) until the window slides. A deactivated account gets 403
-        `account_inactive` and an unverified one 403 `email_unverified`, but only once the password
-        was right, so neither reveals anything to someone guessing."""
+        """Unknown user and wrong password get the same 401. Two throttles, over the sliding
+        LOGIN_WINDOW_MINUTES, each answered 429 with Retry-After (even for the right password):
+        - per account and address: LOGIN_MAX_FAILURES wrong tries each get 401, the next gets 429;
+        - per address, whatever the accounts (credential stuffing): LOGIN_MAX_FAILURES_PER_IP
+          failed logins each get 401, the next gets 429. A successful login clears the account's
+          count, not the address's (a stuffing run that finds one right password goes on counting).
+        A deactivated account gets 403 `account_inactive` and an unverified one 403
+        `email_unverified`, but only once the password was right, so neither reveals anything to
+        someone guessing."""
         user = await self.users.find_login(identifier)
-        key = self._login_key(user, identifier, ip)
+        limits = self.ctx.limits
         window = self.settings.login_window_minutes * 60
-        limit = self.settings.login_max_failures
-        wait = await self.ctx.limits.blocked_for(key, limit, window)
-        if wait:
-            raise RateLimited("Too many failed logins; try again later", wait)
+        account_key, ip_key = self._login_key(user, identifier, ip), self._login_ip_key(ip)
+        throttles = ((account_key, self.settings.login_max_failures), (ip_key, self.settings.login_max_failures_per_ip))
+        for key, limit in throttles:  # `limit` failures already in the window: this try is one too many
+            wait = await limits.blocked_for(key, limit, window)
+            if wait:
+                raise RateLimited("Too many failed logins; try again later", wait)
         # The attempt counts as a failure *before* the slow bcrypt check and is forgiven on
         # success: concurrent guesses each take a place in the window, so no burst of
         # them gets past the limit by racing the check above.
-        failures = await self.ctx.limits.record_failure(key, window)
-        if failures > limit:
-            raise RateLimited("Too many failed logins; try again later", await self.ctx.limits.blocked_for(key, limit, window))
+        for key, limit in throttles:
+            if await limits.record_failure(key, window) > limit:
+                raise RateLimited("Too many failed logins; try again later", await limits.blocked_for(key, limit, window))
         ok = await verify_password(password, user.get("password_hash") if user else None, self.settings.bcrypt_rounds)
         if not ok or user is None:
-            if failures >= limit:
-                raise RateLimited("Too many failed logins; try again later", await self.ctx.limits.blocked_for(key, limit, window))
             raise Unauthorized("Incorrect username or password", "invalid_credentials")
-        await self.ctx.limits.clear_failures(key)
+        await limits.clear_failures(account_key)
+        await limits.forgive_failure(ip_key)
         if not user.get("is_active", True):
             raise Forbidden("This account is deactivated", "account_inactive")
         if not user.get("is_verified", False):
