@@ -5,12 +5,14 @@ from handlers.base import APIHandler
 from handlers.routing import endpoint, route
 from sheda_rt.accounts.auth import OTP, USER
 from sheda_rt.accounts.models import (EmailRequest, LoginRequest, OtpRequest, OtpToken, RefreshRequest, RegisterRequest,
-                                      ResetPasswordRequest, SwitchAccountRequest, TokenPair)
+                                      PrivateUser, ResetPasswordRequest, SwitchAccountRequest, TokenPair)
 from sheda_rt.accounts.service import private_user
+from sheda_rt.responses import Detail
 
 
 class RegisterHandler(APIHandler):
-    @endpoint("Register a client or agent; an OTP is emailed", body=RegisterRequest, status=201, errors=(409, 422), tags=("auth",))
+    @endpoint("Register a client or agent; an OTP is emailed", body=RegisterRequest, response=PrivateUser, status=201, errors=(409, 422),
+              tags=("auth",))
     async def post(self, body: RegisterRequest):
         """Creates an unverified account and emails a 6-digit code (valid OTP_MINUTES, 10 by default).
         Confirm it with POST /auth/verify-account. 409 with code `username_taken`, `email_taken` or
@@ -19,7 +21,7 @@ class RegisterHandler(APIHandler):
 
 
 class SendOtpHandler(APIHandler):
-    @endpoint("Email a new 6-digit code", body=EmailRequest, status=202, errors=(429,), tags=("auth",))
+    @endpoint("Email a new 6-digit code", body=EmailRequest, response=Detail, status=202, errors=(429,), tags=("auth",))
     async def post(self, body: EmailRequest):
         """Always 202, whether or not the address has an account (no account probing). A new code
         replaces the previous one. A few requests per address, then about one a minute (429)."""

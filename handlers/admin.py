@@ -4,11 +4,12 @@ from __future__ import annotations
 from handlers.base import APIHandler
 from handlers.routing import endpoint, route
 from sheda_rt.accounts.auth import ADMIN
-from sheda_rt.accounts.models import AdminUserPatch, AdminUserQuery
+from sheda_rt.accounts.models import AdminUser, AdminUserPatch, AdminUserQuery
+from sheda_rt.responses import Page
 
 
 class AdminUsersHandler(APIHandler):
-    @endpoint("List users (newest first)", auth=ADMIN, query=AdminUserQuery, tags=("admin",))
+    @endpoint("List users (newest first)", auth=ADMIN, query=AdminUserQuery, response=Page[AdminUser], tags=("admin",))
     async def get(self, query: AdminUserQuery):
         """Filters: role, user_type, is_active, is_verified, q (prefix of username or email).
         Cursor pagination: `{"items": [...], "next_cursor": ...}`."""
@@ -16,7 +17,8 @@ class AdminUsersHandler(APIHandler):
 
 
 class AdminUserHandler(APIHandler):
-    @endpoint("Change a user's role or active flag", auth=ADMIN, body=AdminUserPatch, errors=(404, 409), tags=("admin",))
+    @endpoint("Change a user's role or active flag", auth=ADMIN, body=AdminUserPatch, response=AdminUser, errors=(404, 409),
+              tags=("admin",))
     async def patch(self, user_id: int, body: AdminUserPatch):
         """`{role?: user|admin|moderator, is_active?: bool}`. Deactivating closes the user's sockets (4403)
         and their tokens get 403 at once. A role change takes effect on the user's next login or refresh

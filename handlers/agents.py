@@ -4,7 +4,9 @@ from __future__ import annotations
 from handlers.base import APIHandler
 from handlers.routing import endpoint, route
 from sheda_rt.accounts.service import agent_profile
+from sheda_rt.appointments.models import WindowOut
 from sheda_rt.errors import NotFound
+from sheda_rt.listings.models import AgentWithListings
 
 TAGS = ("agents",)
 
@@ -19,7 +21,7 @@ async def _agent(ctx, agent_id: int) -> dict:
 
 
 class AgentHandler(APIHandler):
-    @endpoint("An agent's profile with their available listings", errors=(404,), tags=TAGS)
+    @endpoint("An agent's profile with their available listings", response=AgentWithListings, errors=(404,), tags=TAGS)
     async def get(self, agent_id: int):
         """Public. The agent profile plus `listings`: up to 50 available, listed properties, newest first
         (GET /properties?agent_id= pages through all of them)."""
@@ -28,7 +30,7 @@ class AgentHandler(APIHandler):
 
 
 class AgentAvailabilityHandler(APIHandler):
-    @endpoint("An agent's weekly availability windows", errors=(404,), tags=TAGS)
+    @endpoint("An agent's weekly availability windows", response=list[WindowOut], errors=(404,), tags=TAGS)
     async def get(self, agent_id: int):
         """Public. `[{id, weekday, start_time, end_time}]`, times 'HH:MM' UTC; a viewing slot must fit inside one."""
         await _agent(self.ctx, agent_id)

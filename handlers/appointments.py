@@ -5,18 +5,20 @@ from __future__ import annotations
 from handlers.base import APIHandler
 from handlers.routing import endpoint, route
 from sheda_rt.accounts.auth import AGENT, CLIENT, USER
-from sheda_rt.appointments.models import AppointmentQuery, BookRequest, WindowCreate, WindowUpdate
+from sheda_rt.appointments.models import AppointmentOut, AppointmentQuery, BookRequest, WindowCreate, WindowOut, WindowUpdate
+from sheda_rt.responses import Page
 
 TAGS = ("appointments",)
 
 
 class AvailabilityHandler(APIHandler):
-    @endpoint("My weekly availability windows (agents)", auth=AGENT, errors=(401, 403), tags=TAGS)
+    @endpoint("My weekly availability windows (agents)", auth=AGENT, response=list[WindowOut], errors=(401, 403), tags=TAGS)
     async def get(self):
         """Sorted MONDAY..SUNDAY, then by start_time. Times are 'HH:MM' UTC."""
         return await self.ctx.availability.list_for(self.principal.user_id)
 
-    @endpoint("Add a weekly window (agents)", auth=AGENT, body=WindowCreate, status=201, errors=(401, 403, 409, 422), tags=TAGS)
+    @endpoint("Add a weekly window (agents)", auth=AGENT, body=WindowCreate, response=WindowOut, status=201,
+              errors=(401, 403, 409, 422), tags=TAGS)
     async def post(self, body: WindowCreate):
         """`{weekday: MONDAY..SUNDAY, start_time: "09:00", end_time: "12:00"}` in UTC. start_time must be before
         end_time (422); a window overlapping another of yours on that weekday is a 409 (touching is fine)."""
@@ -24,7 +26,8 @@ class AvailabilityHandler(APIHandler):
 
 
 class AvailabilityWindowHandler(APIHandler):
-    @endpoint("Change one of my windows", auth=AGENT, body=WindowUpdate, errors=(401, 403, 404, 409, 422), tags=TAGS)
+    @endpoint("Change one of my windows", auth=AGENT, body=WindowUpdate, response=WindowOut, errors=(401, 403, 404, 409, 422),
+              tags=TAGS)
     async def patch(self, window_id: int, body: WindowUpdate):
         """Any of weekday, start_time, end_time; the result must still have start < end (422) and not overlap (409)."""
         return await self.ctx.availability.update(self.principal.user_id, window_id, body)
@@ -36,7 +39,8 @@ class AvailabilityWindowHandler(APIHandler):
 
 
 class AppointmentsHandler(APIHandler):
-    @endpoint("Book a viewing (clients)", auth=CLIENT, body=BookRequest, status=201, errors=(401, 403, 404, 409, 422), tags=TAGS)
+    @endpoint("Book a viewing (clients)", auth=CLIENT, body=BookRequest, response=AppointmentOut, status=201,
+              errors=(401, 403, 404, 409, 422), tags=TAGS)
     async def post(self, body: BookRequest):
         """`{property_id, scheduled_at}` → 201 `pending`. A slot is APPOINTMENT_MINUTES long (default 30) and must
         start on a slot boundary (UTC, e.g. 10:00 or 10:30) in the future (422 otherwise). 404: no such listed
@@ -45,32 +49,33 @@ class AppointmentsHandler(APIHandler):
         confirmed viewing in that slot — of two simultaneous requests exactly one gets 201)."""
         return await self.ctx.appointments.book(self.principal, body)
 
-    @endpoint("My appointments (as client or agent)", auth=USER, query=AppointmentQuery, errors=(401, 422), tags=TAGS)
+    @endpoint("My appointments (as client or agent)", auth=USER, query=AppointmentQuery, response=Page[AppointmentOut],
+              errors=(401, 422), tags=TAGS)
     async def get(self, query: AppointmentQuery):
         """Newest booking first, cursor paginated; filter by `status` and by `role` (client|agent)."""
         return await self.ctx.appointments.list_mine(self.principal, query)
 
 
 class AppointmentHandler(APIHandler):
-    @endpoint("One of my appointments", auth=USER, errors=(401, 404), tags=TAGS)
+    @endpoint("One of my appointments", auth=USER, response=AppointmentOut, errors=(401, 404), tags=TAGS)
     async def get(self, appointment_id: int):
         return await self.ctx.appointments.get(self.principal, appointment_id)
 
-    @endpoint("Cancel an appointment (client or agent)", auth=USER, errors=(401, 404, 409), tags=TAGS)
+    @endpoint("Cancel an appointment (client or agent)", auth=USER, response=AppointmentOut, errors=(401, 404, 409), tags=TAGS)
     async def delete(self, appointment_id: int):
         """pending or confirmed → cancelled (409 from any other state); frees the slot. Returns the appointment."""
         return await self.ctx.appointments.cancel(self.principal, appointment_id)
 
 
 class ConfirmHandler(APIHandler):
-    @endpoint("Confirm a pending appointment (its agent)", auth=AGENT, errors=(401, 403, 404, 409), tags=TAGS)
+    @endpoint("Confirm a pending appointment (its agent)", auth=AGENT, response=AppointmentOut, errors=(401, 403, 404, 409), tags=TAGS)
     async def patch(self, appointment_id: int):
         """pending → confirmed; 409 from any other state, 403 for the client of the appointment."""
         return await self.ctx.appointments.confirm(self.principal, appointment_id)
 
 
 class RejectHandler(APIHandler):
-    @endpoint("Reject a pending appointment (its agent)", auth=AGENT, errors=(401, 403, 404, 409), tags=TAGS)
+    @endpoint("Reject a pending appointment (its agent)", auth=AGENT, response=AppointmentOut, errors=(401, 403, 404, 409), tags=TAGS)
     async def patch(self, appointment_id: int):
         """pending → rejected (frees the slot); 409 from any other state."""
         return await self.ctx.appointments.reject(self.principal, appointment_id)

@@ -20,15 +20,17 @@ from pydantic import ValidationError
 from tornado.iostream import StreamClosedError
 
 from handlers.base import APIHandler, RequestIdMixin
-from handlers.routing import endpoint, route
+from handlers.routing import Reply, endpoint, route
 from sheda_rt.accounts.auth import USER
 from sheda_rt.chat.frames import (
     INBOUND, ConversationsQuery, HistoryQuery, HistoryRow, ReadBody, SendMessageBody, ack_frame, error_frame, history_row,
     sender_info,
 )
+from sheda_rt.chat.models import Conversation, ReadReceipt, SentMessage
 from sheda_rt.chat.service import encode
 from sheda_rt.errors import ApiError, Forbidden, Unauthorized, ValidationFailed, from_storage
 from sheda_rt.metrics import OPEN_SOCKETS
+from sheda_rt.responses import Page
 
 log = logging.getLogger("sheda.chat.ws")
 
@@ -290,7 +292,8 @@ class ChatHistoryHandler(APIHandler):
 
 class ChatsHandler(APIHandler):
     @endpoint("Send a message over REST (stored, then delivered live to the receiver's sockets)", auth=USER,
-              body=SendMessageBody, response=HistoryRow, status=201, errors=(400, 401, 403, 404, 422, 503), tags=("chat",))
+              body=SendMessageBody, response=SentMessage, status=201, errors=(400, 401, 403, 404, 422, 503), tags=("chat",),
+              also={200: "A resend with the same client_msg_id: the message stored the first time (nothing new stored or sent)"})
     async def post(self, body: SendMessageBody):
         """201 with the stored message; a resend with the same `client_msg_id` answers 200
         with the message stored the first time (nothing new is stored or delivered)."""
@@ -298,10 +301,7 @@ class ChatsHandler(APIHandler):
         doc, duplicate = await self.ctx.chat.send(user, body.receiver_id, body.message, client_msg_id=body.client_msg_id,
                                                   property_id=body.property_id, info=sender_info(user))
         row = {**history_row(doc), "sender_info": sender_info(user)}
-        if duplicate:
-            self.send(row, 200)
-            return None
-        return row
+        return Reply(row, 200) if duplicate else row
 
 
 class ChatsWithUserHandler(APIHandler):
@@ -314,14 +314,14 @@ class ChatsWithUserHandler(APIHandler):
 
 class ConversationsHandler(APIHandler):
     @endpoint("My conversations: one row per peer (peer info, last message, unread count), most recent first",
-              auth=USER, query=ConversationsQuery, errors=(401, 422), tags=("chat",))
+              auth=USER, query=ConversationsQuery, response=Page[Conversation], errors=(401, 422), tags=("chat",))
     async def get(self, query: ConversationsQuery):
         return await self.ctx.chat.conversation_list(self.principal.user_id, query.limit, query.cursor)
 
 
 class ReadHandler(APIHandler):
     @endpoint("Mark a peer's messages to me as read up to an id (same as the socket's read frame)", auth=USER,
-              body=ReadBody, errors=(400, 401, 404, 422), tags=("chat",))
+              body=ReadBody, response=ReadReceipt, errors=(400, 401, 404, 422), tags=("chat",))
     async def post(self, body: ReadBody):
         return await self.ctx.chat.mark_read(self.principal.user_id, body.other_user_id, body.up_to)
 

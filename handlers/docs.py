@@ -6,6 +6,7 @@ Swagger UI 4 (the swagger-ui-bundle package) cannot read OpenAPI 3.1: it showed
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import re
 from pathlib import Path
 
@@ -15,101 +16,137 @@ from pydantic.json_schema import models_json_schema
 
 from handlers.base import APIHandler, RequestIdMixin
 from handlers.routing import route
+from sheda_rt.database.ids import MAX_ID
 
 _ERROR_SCHEMA = {
     "type": "object",
     "required": ["detail", "code"],
     "properties": {
-        "detail": {"type": "string"},
-        "code": {"type": "string"},
-        "errors": {"type": "array", "items": {"type": "object", "properties": {"field": {"type": "string"}, "message": {"type": "string"}}}},
+        "detail": {"type": "string", "description": "for people"},
+        "code": {"type": "string", "description": "for programs, e.g. validation_error, slot_taken, rate_limited"},
+        "errors": {"type": "array", "description": "422 only: what is wrong with which field",
+                   "items": {"type": "object", "required": ["field", "message"],
+                             "properties": {"field": {"type": "string"}, "message": {"type": "string"}}}},
+        "retry_after": {"type": "integer", "description": "429/503: seconds to wait (also the Retry-After header)"},
     },
 }
-_STATUS_TEXT = {400: "Bad request", 401: "Missing, invalid, expired or revoked token", 403: "Not allowed", 404: "Not found",
-                409: "Conflict", 413: "Too large", 415: "Unsupported media type", 422: "Validation failed",
-                429: "Rate limited (see Retry-After)",
+_STATUS_TEXT = {400: "Bad request: e.g. `invalid_json`, `invalid_form` (a malformed form or multipart body)",
+                401: "Missing, invalid, expired or revoked token (WWW-Authenticate: Bearer)", 403: "Not allowed",
+                404: "Not found", 409: "Conflict (duplicate, wrong state, slot taken)",
+                413: "Too large: the body is over MAX_JSON_BYTES, or the upload over MAX_UPLOAD_BYTES",
+                415: "Unsupported media type: send application/json (or multipart/form-data where documented)",
+                422: "Validation failed (`errors` names each field)", 429: "Rate limited (see Retry-After)",
                 503: "Unavailable: code database_unavailable while the database cannot be reached (see Retry-After)"}
+_REQUEST_ID = {"X-Request-ID": {"description": "The request's id (the client's own X-Request-ID, or a new one); "
+                                               "every response carries it", "schema": {"type": "string"}}}
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "integer"}}}
+_PATH_ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+
+
+def _endpoints(routes):
+    for spec in routes:
+        for method in ("get", "post", "put", "patch", "delete"):
+            doc = getattr(getattr(spec.handler_class, method, None), "endpoint_doc", None)
+            if doc is not None:
+                yield spec, method, doc
 
 
 def _collect_models(routes) -> list[type[BaseModel]]:
     models = []
-    for spec in routes:
-        for method in ("get", "post", "put", "patch", "delete"):
-            doc = getattr(getattr(spec.handler_class, method, None), "endpoint_doc", None)
-            if doc is None:
-                continue
-            for m in (doc.body, doc.response):
-                if isinstance(m, type) and issubclass(m, BaseModel) and m not in models:
-                    models.append(m)
+    for _, _, doc in _endpoints(routes):
+        for m in (doc.body, doc.response):
+            if isinstance(m, type) and issubclass(m, BaseModel) and m not in models:
+                models.append(m)
     return models
+
+
+def _response_schema(doc, schemas: dict, refs: dict) -> dict:
+    """The success body's schema: a $ref to the response model, or (e.g. list[Model], a Union)
+    the type's schema with its models moved to components like every other schema."""
+    if (doc.response, "validation") in refs:
+        return refs[(doc.response, "validation")]
+    schema = TypeAdapter(doc.response).json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(schema.pop("$defs", {}))
+    return schema
+
+
+def _success(doc, description: str, schemas: dict, refs: dict) -> dict:
+    answer: dict = {"description": description, "headers": dict(_REQUEST_ID)}
+    if doc.content_type != "application/json":
+        answer["content"] = {doc.content_type: {"schema": {"type": "string"}}}
+    elif doc.response is not None:
+        answer["content"] = {"application/json": {"schema": _response_schema(doc, schemas, refs)}}
+    return answer
+
+
+def _error_codes(doc, template: str, has_path_params: bool) -> set[int]:
+    """Every status a route answers besides its success: what it declares, plus what its parts
+    bring (a body can be malformed, too large, of another type or invalid; a query invalid; a
+    token missing or not allowed; an id unknown; the database away)."""
+    codes = set(doc.errors)
+    if doc.body is not None or doc.upload:
+        codes |= {400, 413, 415, 422}
+    if doc.query is not None:
+        codes.add(422)
+    if doc.auth is not None:
+        codes |= {401, 403}
+    if has_path_params:
+        codes.add(404)
+    if template.startswith("/api"):
+        codes.add(503)  # every API route reaches the database
+    return codes - set(doc.also) - {doc.status}
 
 
 def build_openapi(routes, version: str = "1.0.0") -> dict:
     models = _collect_models(routes)
-    _, defs = models_json_schema([(m, "validation") for m in models], ref_template="#/components/schemas/{model}")
+    refs, defs = models_json_schema([(m, "validation") for m in models], ref_template="#/components/schemas/{model}")
     schemas = dict(defs.get("$defs", {}))
     schemas["Error"] = _ERROR_SCHEMA
     paths: dict = {}
-    for spec in routes:
+    for spec, method, doc in _endpoints(routes):
         template = spec.name
         if not template or not template.startswith(("/api", "/health", "/metrics")):
             continue
         oa_path = re.sub(r"\{(\w+)(?::\w+)?\}", r"{\1}", template)
         params_in_path = re.findall(r"\{(\w+)(?::(\w+))?\}", template)
-        for method in ("get", "post", "put", "patch", "delete"):
-            doc = getattr(getattr(spec.handler_class, method, None), "endpoint_doc", None)
-            if doc is None:
-                continue
-            op: dict = {"summary": doc.summary, "operationId": f"{method}_{re.sub(r'[^A-Za-z0-9]+', '_', template).strip('_')}",
-                        "tags": list(doc.tags) or ["misc"], "responses": {}}
-            if doc.description:
-                op["description"] = doc.description
-            parameters = [{"name": n, "in": "path", "required": True, "schema": {"type": "integer" if k == "int" else "string"}}
-                          for n, k in params_in_path]
-            if doc.query is not None:
-                qs = doc.query.model_json_schema(ref_template="#/components/schemas/{model}")
-                required = set(qs.get("required", []))
-                for name, prop in qs.get("properties", {}).items():
-                    parameters.append({"name": name, "in": "query", "required": name in required, "schema": prop,
-                                       **({"description": prop["description"]} if "description" in prop else {})})
-                schemas.update(qs.get("$defs", {}))
-            if parameters:
-                op["parameters"] = parameters
-            if doc.body is not None:
-                ref = {"$ref": f"#/components/schemas/{doc.body.__name__}"}
-                content = {"application/json": {"schema": ref}}
-                if doc.form:
-                    content["application/x-www-form-urlencoded"] = {"schema": ref}
-                op["requestBody"] = {"required": True, "content": content}
-            if doc.upload:
-                op["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": {
-                    "type": "object", "required": [doc.upload],
-                    "properties": {doc.upload: {"type": "string", "format": "binary", "description": "jpeg, png or webp"}}}}}}
-            success: dict = {"description": "OK" if doc.status < 300 else "Done"}
-            if doc.status != 204:
-                if isinstance(doc.response, type) and issubclass(doc.response, BaseModel):
-                    success["content"] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{doc.response.__name__}"}}}
-                elif doc.response is not None:
-                    # e.g. list[Model]: its models go to components like every other schema.
-                    schema = TypeAdapter(doc.response).json_schema(ref_template="#/components/schemas/{model}")
-                    schemas.update(schema.pop("$defs", {}))
-                    success["content"] = {"application/json": {"schema": schema}}
-                else:
-                    success["content"] = {"application/json": {"schema": {"type": "object"}}}
-            op["responses"][str(doc.status)] = success
-            codes = set(doc.errors)
-            if doc.body is not None or doc.query is not None:
-                codes |= {400, 422} if doc.body is not None else {422}
-            if doc.auth is not None:
-                op["security"] = [{"bearer": []}]
-                op["x-required-auth"] = doc.auth.describe()
-                codes |= {401, 403}
-            if template.startswith("/api"):
-                codes.add(503)  # every API route reaches the database
-            for code in sorted(codes):
-                op["responses"][str(code)] = {"description": _STATUS_TEXT.get(code, "Error"),
-                                              "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-            paths.setdefault(oa_path, {})[method] = op
+        op: dict = {"summary": doc.summary, "operationId": f"{method}_{re.sub(r'[^A-Za-z0-9]+', '_', template).strip('_')}",
+                    "tags": list(doc.tags) or ["misc"], "responses": {}}
+        if doc.description:
+            op["description"] = inspect.cleandoc(doc.description)
+        parameters = [{"name": n, "in": "path", "required": True,
+                       "schema": dict(_PATH_ID) if k == "int" else {"type": "string"}} for n, k in params_in_path]
+        if doc.query is not None:
+            qs = doc.query.model_json_schema(ref_template="#/components/schemas/{model}")
+            required = set(qs.get("required", []))
+            for name, prop in qs.get("properties", {}).items():
+                parameters.append({"name": name, "in": "query", "required": name in required, "schema": prop,
+                                   **({"description": prop["description"]} if "description" in prop else {})})
+            schemas.update(qs.get("$defs", {}))
+        if parameters:
+            op["parameters"] = parameters
+        if doc.body is not None:
+            ref = refs[(doc.body, "validation")]
+            content = {"application/json": {"schema": ref}}
+            if doc.form:
+                content["application/x-www-form-urlencoded"] = {"schema": ref}
+            op["requestBody"] = {"required": True, "content": content}
+        if doc.upload:
+            op["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": {
+                "type": "object", "required": [doc.upload],
+                "properties": {doc.upload: {"type": "string", "format": "binary", "description": "jpeg, png or webp"}}}}}}
+        op["responses"][str(doc.status)] = _success(doc, "OK" if doc.status < 300 else "Done", schemas, refs)
+        for code, description in doc.also.items():
+            op["responses"][str(code)] = _success(doc, description, schemas, refs)
+        for code in sorted(_error_codes(doc, template, bool(params_in_path))):
+            answer = {"description": _STATUS_TEXT.get(code, "Error"), "headers": dict(_REQUEST_ID),
+                      "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+            if code in (429, 503):
+                answer["headers"].update(_RETRY_AFTER)
+            op["responses"][str(code)] = answer
+        if doc.auth is not None:
+            op["security"] = [{"bearer": []}]
+            op["x-required-auth"] = doc.auth.describe()
+        paths.setdefault(oa_path, {})[method] = op
     return {
         "openapi": "3.1.0",
         "info": {"title": "Sheda RT", "version": version,

@@ -4,21 +4,23 @@ from __future__ import annotations
 import asyncio
 
 from handlers.base import APIHandler
-from handlers.routing import endpoint, route
+from handlers.routing import Reply, endpoint, route
+from sheda_rt.responses import Health, Readiness
 
 
 class HealthHandler(APIHandler):
-    @endpoint("Liveness: the process answers", tags=("operations",))
+    @endpoint("Liveness: the process answers", response=Health, tags=("operations",))
     async def get(self):
         return {"status": "ok"}
 
 
 class ReadyHandler(APIHandler):
-    @endpoint("Readiness: the database (and Redis, when configured) answer", errors=(503,), tags=("operations",))
+    @endpoint("Readiness: the database (and Redis, when configured) answer", response=Readiness,
+              also={503: "Not ready: `checks` says which dependency failed"}, tags=("operations",))
     async def get(self):
         checks = await self.ctx.readiness()
         ready = all(v == "ok" for v in checks.values())
-        self.send({"status": "ready" if ready else "unavailable", "checks": checks}, 200 if ready else 503)
+        return Reply({"status": "ready" if ready else "unavailable", "checks": checks}, 200 if ready else 503)
 
 
 default_handlers = [

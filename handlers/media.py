@@ -8,8 +8,10 @@ from handlers.routing import endpoint, route
 from sheda_rt.accounts.auth import ADMIN
 
 
+from sheda_rt.media.models import FileUploaded
 class FileUploadHandler(APIHandler):
-    @endpoint("Upload a media file (admins)", auth=ADMIN, upload="file", status=201, errors=(413, 415), tags=("media",))
+    @endpoint("Upload a media file (admins)", auth=ADMIN, upload="file", response=FileUploaded, status=201, errors=(413, 415),
+              tags=("media",))
     async def post(self, type: str):
         """Path kept from the seed (outside /api/v1). `type` names the folder (1-40 of a-z 0-9 - _);
         the image goes in the multipart field `file` (jpeg, png or webp by content). 201 `{file_url}`;

@@ -39,7 +39,7 @@ def _registry():
 
 
 class MetricsHandler(APIHandler):
-    @endpoint("Prometheus metrics (text format 0.0.4; no authentication)", tags=("operations",))
+    @endpoint("Prometheus metrics (text format 0.0.4; no authentication)", content_type="text/plain", tags=("operations",))
     async def get(self):
         """HTTP requests by route template and status, request latency, open sockets, chat messages
         stored and delivered, batch sizes, broker publish errors, job runs, contracts expired."""

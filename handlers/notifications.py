@@ -8,6 +8,7 @@ from pydantic import ConfigDict
 from handlers.base import APIHandler
 from handlers.routing import endpoint, route
 from sheda_rt.accounts.auth import USER
+from sheda_rt.notifications.models import MarkedRead, NotificationOut, NotificationPage
 from sheda_rt.pagination import PageQuery
 
 TAGS = ("notifications",)
@@ -19,7 +20,8 @@ class NotificationQuery(PageQuery):
 
 
 class NotificationsHandler(APIHandler):
-    @endpoint("My notifications, newest first", auth=USER, query=NotificationQuery, errors=(401, 422), tags=TAGS)
+    @endpoint("My notifications, newest first", auth=USER, query=NotificationQuery, response=NotificationPage, errors=(401, 422),
+              tags=TAGS)
     async def get(self, query: NotificationQuery):
         """`{items: [{id, kind, title, body, data, is_read, created_at, read_at}], next_cursor, unread_count}`;
         `?unread=true` lists only unread ones. `kind` is the event (`appointment.booked`, `contract.expired`, ...).
@@ -28,14 +30,14 @@ class NotificationsHandler(APIHandler):
 
 
 class ReadHandler(APIHandler):
-    @endpoint("Mark one notification read", auth=USER, errors=(401, 404), tags=TAGS)
+    @endpoint("Mark one notification read", auth=USER, response=NotificationOut, errors=(401, 404), tags=TAGS)
     async def patch(self, notification_id: int):
         """Idempotent; 404 for someone else's notification."""
         return await self.ctx.notifications.mark_read(self.principal.user_id, notification_id)
 
 
 class ReadAllHandler(APIHandler):
-    @endpoint("Mark all my notifications read", auth=USER, errors=(401,), tags=TAGS)
+    @endpoint("Mark all my notifications read", auth=USER, response=MarkedRead, errors=(401,), tags=TAGS)
     async def post(self):
         """Returns `{marked_read: n}`."""
         return await self.ctx.notifications.mark_all_read(self.principal.user_id)

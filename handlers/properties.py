@@ -5,14 +5,16 @@ from handlers.base import UPLOAD_BODY, APIHandler
 from handlers.routing import endpoint, route
 from sheda_rt.accounts.auth import AGENT, USER
 from sheda_rt.listings.models import PropertyOut, StatusPatch  # [listing life cycle]
-from sheda_rt.listings.models import ImagePatch, PropertyCreate, PropertyUpdate, SearchQuery
+from sheda_rt.listings.models import (FavouriteItem, FavouriteOut, ImageAdded, ImagePatch, PropertyCreate, PropertyOut,
+                                      PropertyUpdate, SearchQuery)
 from sheda_rt.pagination import PageQuery
+from sheda_rt.responses import Page
 
 TAGS = ("properties",)
 
 
 class PropertiesHandler(APIHandler):
-    @endpoint("Search listings (filters, sort, cursor)", query=SearchQuery, errors=(422,), tags=TAGS)
+    @endpoint("Search listings (filters, sort, cursor)", query=SearchQuery, response=Page[PropertyOut], errors=(422,), tags=TAGS)
     async def get(self, query: SearchQuery):
         """Public. Returns `{items, next_cursor}`; pass `next_cursor` back as `cursor` for the next page
         (keyset pagination: inserts by others never cause repeats or skips). Only listed properties are
@@ -22,7 +24,8 @@ class PropertiesHandler(APIHandler):
         Sorts: `newest` (default), `price_asc`, `price_desc`. A cursor only continues the sort it came from."""
         return await self.ctx.properties.search(query)
 
-    @endpoint("Create a listing (agents)", auth=AGENT, body=PropertyCreate, status=201, errors=(401, 403, 422), tags=TAGS)
+    @endpoint("Create a listing (agents)", auth=AGENT, body=PropertyCreate, response=PropertyOut, status=201, errors=(401, 403, 422),
+              tags=TAGS)
     async def post(self, body: PropertyCreate):
         """`price`: a decimal string with up to two decimals ("2500000.00") or an integer, in naira; a JSON float
         is a 422. Every response shows money as a two-decimal string. `geo` is optional `{lat, lng}`. A new
@@ -35,12 +38,13 @@ class PropertyHandler(APIHandler):
         header = self.request.headers.get("Authorization")
         return await self.ctx.auth.authenticate(header, USER) if header else None
 
-    @endpoint("One listing", errors=(401, 404), tags=TAGS)
+    @endpoint("One listing", response=PropertyOut, errors=(401, 404), tags=TAGS)
     async def get(self, property_id: int):
         """Public. A delisted property is 404 except to its agent and admins (send the bearer token)."""
         return await self.ctx.properties.get(property_id, await self._optional_principal())
 
-    @endpoint("Change a listing (its agent or an admin)", auth=USER, body=PropertyUpdate, errors=(401, 403, 404, 409, 422), tags=TAGS)
+    @endpoint("Change a listing (its agent or an admin)", auth=USER, body=PropertyUpdate, response=PropertyOut,
+              errors=(401, 403, 404, 409, 422), tags=TAGS)
     async def patch(self, property_id: int, body: PropertyUpdate):
         """Any subset of the create fields; `geo: null` removes the map position. `status` cannot be set here
         (422): it follows confirm-payment and contract expiry. Needs an agent-scoped token of the owning agent,
@@ -64,7 +68,7 @@ class PropertyStatusHandler(APIHandler):
 
 
 class PropertyImagesHandler(APIHandler):
-    @endpoint("Add an image (multipart field `file`)", auth=USER, upload="file", status=201,
+    @endpoint("Add an image (multipart field `file`)", auth=USER, upload="file", response=ImageAdded, status=201,
               errors=(401, 403, 404, 409, 413, 415, 422), tags=TAGS)
     async def post(self, property_id: int):
         """jpeg, png or webp, recognised from the bytes; at most MAX_UPLOAD_BYTES (413) and at most 10 images per
@@ -77,7 +81,8 @@ class PropertyImagesHandler(APIHandler):
 
 
 class PropertyImageHandler(APIHandler):
-    @endpoint("Make an image the primary one", auth=USER, body=ImagePatch, errors=(401, 403, 404, 422), tags=TAGS)
+    @endpoint("Make an image the primary one", auth=USER, body=ImagePatch, response=PropertyOut, errors=(401, 403, 404, 422),
+              tags=TAGS)
     async def patch(self, property_id: int, image_id: int, body: ImagePatch):
         """`{"is_primary": true}`: this image becomes primary and the previous primary is unset."""
         return await self.ctx.properties.set_primary(self.principal, property_id, image_id)
@@ -89,7 +94,7 @@ class PropertyImageHandler(APIHandler):
 
 
 class FavouriteHandler(APIHandler):
-    @endpoint("Add to my favourites", auth=USER, status=201, errors=(401, 404, 409), tags=TAGS)
+    @endpoint("Add to my favourites", auth=USER, response=FavouriteOut, status=201, errors=(401, 404, 409), tags=TAGS)
     async def post(self, property_id: int):
         """409 if it is already a favourite."""
         return await self.ctx.properties.add_favourite(self.principal, property_id)
@@ -100,7 +105,7 @@ class FavouriteHandler(APIHandler):
 
 
 class MyFavouritesHandler(APIHandler):
-    @endpoint("My favourites, newest first", auth=USER, query=PageQuery, errors=(401, 422), tags=TAGS)
+    @endpoint("My favourites, newest first", auth=USER, query=PageQuery, response=Page[FavouriteItem], errors=(401, 422), tags=TAGS)
     async def get(self, query: PageQuery):
         """`{items: [{id, property_id, created_at, property}], next_cursor}`; `property` is null once it is delisted."""
         return await self.ctx.properties.list_favourites(self.principal, query)

@@ -5,6 +5,11 @@ come Tornado's regex, the OpenAPI path, and the metrics label. An endpoint is a
 handler method wrapped by `endpoint(...)`, which does, in this order: auth,
 query parsing, body parsing, the call, serialization. The same arguments feed
 the OpenAPI document, so the docs cannot drift from what the code enforces.
+
+Responses take the same road back: what a method returns is validated through its
+`response=` model before it is sent (`serialize`), and that model is the response's
+schema in the document. A body that does not match is a server bug: a 500 with a
+traceback in the log, never a silently different shape.
 """
 from __future__ import annotations
 
@@ -13,10 +18,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from tornado.web import URLSpec
 
 from sheda_rt.accounts.auth import Requirement
+from sheda_rt.responses import MEDIA_BASE
 
 _PARAM = re.compile(r"\{(\w+)(?::(int|str|path))?\}")
 _PATTERNS = {"int": r"[0-9]{1,18}", "str": r"[^/]+", "path": r".+", None: r"[^/]+"}
@@ -37,6 +43,42 @@ def route(template: str, handler: type, **kwargs) -> URLSpec:
 
 
 @dataclass
+class Reply:
+    """A method's answer with a status other than the endpoint's own, documented in its
+    `also=` (e.g. 200 for the idempotent replay of a 201). The body goes through the same
+    response model."""
+
+    body: Any
+    status: int
+
+
+class ResponseDrift(RuntimeError):
+    """What a service built does not match the endpoint's response model (a server bug: 500)."""
+
+
+@functools.lru_cache(maxsize=None)
+def _adapter(response: Any) -> TypeAdapter:
+    return TypeAdapter(response)
+
+
+def serialize(response: Any, result: Any, media_base: str | None = None) -> Any:
+    """`result` checked against the `response` model, as plain data for the JSON writer.
+
+    The keys a service produced are kept as they are (`exclude_unset`): the model checks
+    names and types and never adds a null a service left out. `MediaUrl` fields become
+    absolute under `media_base` (PUBLIC_BASE_URL). Model instances (e.g. a TokenPair) were
+    validated when they were built and pass as they are."""
+    if response is None or result is None or isinstance(result, BaseModel):
+        return result
+    adapter = _adapter(response)
+    try:
+        value = adapter.validate_python(result, context={MEDIA_BASE: media_base})
+    except ValidationError as exc:
+        raise ResponseDrift(f"response does not match {response!r}: {exc}") from None
+    return adapter.dump_python(value, exclude_unset=True)
+
+
+@dataclass
 class EndpointDoc:
     summary: str
     auth: Requirement | None
@@ -49,6 +91,8 @@ class EndpointDoc:
     errors: tuple[int, ...]
     tags: tuple[str, ...] = field(default_factory=tuple)
     description: str = ""
+    also: dict[int, str] = field(default_factory=dict)
+    content_type: str = "application/json"
 
 
 def endpoint(
@@ -63,9 +107,15 @@ def endpoint(
     upload: str | None = None,
     errors: tuple[int, ...] = (),
     tags: tuple[str, ...] = (),
+    also: dict[int, str] | None = None,
+    content_type: str = "application/json",
 ) -> Callable:
     """Wrap a handler method. The method receives `body=` / `query=` models when declared
-    and returns what to send (a dict, list, pydantic model, or None for an empty 204-style reply)."""
+    and returns what to send (a dict, list, pydantic model, a `Reply` for one of the statuses
+    in `also`, or None for an empty 204-style reply). `response` is the success body's model
+    (or a type such as `list[Model]`): the body is validated through it and it is the schema
+    in the document. `also` documents other statuses answered with that same body, by their
+    description. `content_type` other than JSON (e.g. /metrics) is documented as text."""
 
     def decorate(fn):
         @functools.wraps(fn)
@@ -83,11 +133,15 @@ def endpoint(
                 kwargs["body"] = self.parse_body(body, form=form)
             result = await fn(self, *args, **kwargs)
             if not self._finished:
-                self.send(result, status)
+                code = status
+                if isinstance(result, Reply):
+                    result, code = result.body, result.status
+                self.send(serialize(response, result, self.ctx.settings.public_base_url), code)
 
         wrapper.endpoint_doc = EndpointDoc(
             summary=summary, auth=auth, body=body, query=query, response=response, status=status,
             form=form, upload=upload, errors=errors, tags=tags, description=(fn.__doc__ or "").strip(),
+            also=dict(also or {}), content_type=content_type,
         )
         return wrapper
 

@@ -4,18 +4,21 @@ from __future__ import annotations
 from handlers.base import UPLOAD_BODY, APIHandler
 from handlers.routing import endpoint, route
 from sheda_rt.accounts.auth import AGENT, USER
-from sheda_rt.accounts.models import AccountInfoRequest, ProfileUpdate
+from typing import Union
+
+from sheda_rt.accounts.models import (AccountInfo, AccountInfoRequest, PrivateUser, ProfileUpdate, PublicAgent, PublicBuilder,
+                                      PublicUser)
 from sheda_rt.accounts.service import private_user
 from sheda_rt.errors import NotFound
 
 
 class MeHandler(APIHandler):
-    @endpoint("My profile", auth=USER, tags=("users",))
+    @endpoint("My profile", auth=USER, response=PrivateUser, tags=("users",))
     async def get(self):
         """Private fields plus `profile`, the fields of the current user_type."""
         return private_user(self.principal.user)
 
-    @endpoint("Update my profile", auth=USER, body=ProfileUpdate, errors=(409,), tags=("users",))
+    @endpoint("Update my profile", auth=USER, body=ProfileUpdate, response=PrivateUser, errors=(409,), tags=("users",))
     async def patch(self, body: ProfileUpdate):
         """Every user: full_name, phone (409 `phone_taken` if another account has it). Clients also:
         preferred_location, preferred_property_type, budget_min, budget_max (decimal strings, min <= max).
@@ -32,7 +35,8 @@ class MeHandler(APIHandler):
 
 
 class AvatarHandler(APIHandler):
-    @endpoint("Upload my avatar (jpeg, png or webp)", auth=USER, upload="file", errors=(413, 415), tags=("users",))
+    @endpoint("Upload my avatar (jpeg, png or webp)", auth=USER, upload="file", response=PrivateUser, errors=(413, 415),
+              tags=("users",))
     async def put(self):
         """multipart/form-data with the image in `file`. The type is read from the content, not the
         name: 415 for anything but jpeg/png/webp, 413 above MAX_UPLOAD_BYTES. Returns my profile with
@@ -42,7 +46,7 @@ class AvatarHandler(APIHandler):
 
 
 class AccountInfoHandler(APIHandler):
-    @endpoint("My bank details (agents)", auth=AGENT, errors=(404,), tags=("users",))
+    @endpoint("My bank details (agents)", auth=AGENT, response=AccountInfo, errors=(404,), tags=("users",))
     async def get(self):
         """404 `account_info_not_found` until set. Shown to a client paying this agent."""
         info = await self.ctx.accounts.account_info(self.principal.user_id)
@@ -50,7 +54,7 @@ class AccountInfoHandler(APIHandler):
             raise NotFound("No account details are set", "account_info_not_found")
         return info
 
-    @endpoint("Set my bank details (agents)", auth=AGENT, body=AccountInfoRequest, tags=("users",))
+    @endpoint("Set my bank details (agents)", auth=AGENT, body=AccountInfoRequest, response=AccountInfo, tags=("users",))
     async def put(self, body: AccountInfoRequest):
         """Replaces the details: account_name, bank_name, account_number (10 digits), bank_code (optional)."""
         return await self.ctx.accounts.put_account_info(self.principal.user_id, body.model_dump())
@@ -61,7 +65,7 @@ class AccountInfoHandler(APIHandler):
 
 
 class UserHandler(APIHandler):
-    @endpoint("A user's public profile", errors=(404,), tags=("users",))
+    @endpoint("A user's public profile", response=Union[PublicAgent, PublicBuilder, PublicUser], errors=(404,), tags=("users",))
     async def get(self, user_id: int):
         """id, username, full_name, user_type, avatar_url, created_at; agents add their agent profile.
         404 for unknown and deactivated users."""

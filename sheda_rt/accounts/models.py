@@ -290,8 +290,23 @@ class AgentProfile(ResponseModel):
     office_address: Optional[str]
 
 
+class BuilderProfile(ResponseModel):
+    """A builder's company profile (null when unset); `logo_url` is uploaded, `verified` set by an admin."""
+
+    company_name: Optional[str]
+    registration_number: Optional[str]
+    website: Optional[str]
+    about: Optional[str]
+    logo_url: Optional[MediaUrl]
+    verified: bool
+
+
 class PublicAgent(PublicUser, AgentProfile):
     """An agent as anyone may see them: the public fields plus the agent profile."""
+
+
+class PublicBuilder(PublicUser, BuilderProfile):
+    """A builder as anyone may see them: the public fields plus the company profile."""
 
 
 class PrivateUser(PublicUser):
@@ -303,7 +318,7 @@ class PrivateUser(PublicUser):
     is_active: bool
     is_verified: bool
     updated_at: Optional[Timestamp]
-    profile: Union[ClientProfile, AgentProfile]
+    profile: Union[ClientProfile, AgentProfile, BuilderProfile] = Field(description="the fields of the current user_type")
 
 
 class AdminUser(PrivateUser):
