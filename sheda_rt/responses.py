@@ -55,8 +55,8 @@ def _media_url(value: Optional[str], info: ValidationInfo) -> Optional[str]:
 
 
 #: ISO 8601 UTC with milliseconds and Z, e.g. 2025-10-16T10:00:00.000Z.
-Timestamp = Annotated[str, BeforeValidator(_timestamp),
-                      Field(pattern=TIMESTAMP_PATTERN, json_schema_extra={"format": "date-time"}, examples=["2025-10-16T10:00:00.000Z"])]
+Timestamp = Annotated[str, Field(pattern=TIMESTAMP_PATTERN, json_schema_extra={"format": "date-time"}, examples=["2025-10-16T10:00:00.000Z"]),
+                      BeforeValidator(_timestamp)]
 #: Money: a decimal string with two decimals (naira), never a float.
 MoneyText = Annotated[str, Field(pattern=MONEY_PATTERN, examples=["2500000.00"], description="decimal string, two decimals (naira)")]
 #: A media file's URL: `/media/...`, or absolute under PUBLIC_BASE_URL when it is set.
