@@ -18,6 +18,7 @@ from sheda_rt.database.ids import MAX_ID
 from sheda_rt.listings.models import GeoPoint
 from sheda_rt.listings.money import Money
 from sheda_rt.pagination import PageQuery
+from sheda_rt.responses import MediaUrl, MoneyText, Page, ResponseModel, Timestamp
 from sheda_rt.search import parse_near
 
 ProjectStatus = Literal["planning", "under_construction", "completed"]
@@ -243,39 +244,35 @@ class PlanQuery(BaseModel):
     unit_id: Optional[int] = Field(None, ge=1, le=MAX_ID, description="add each plan's schedule for this unit's price")
 
 
-# ---- responses ----------------------------------------------------------------
-class _View(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class BuilderView(_View):
+# ---- responses (validated on the way out by the endpoint; they are the OpenAPI schemas) ----
+class BuilderView(ResponseModel):
     """A builder as anyone may see them: the public user fields and the company profile."""
 
     id: int
     username: str
     full_name: Optional[str]
-    user_type: str
-    avatar_url: Optional[str]
-    created_at: Optional[str]
+    user_type: Literal["client", "agent", "builder"]
+    avatar_url: Optional[MediaUrl]
+    created_at: Optional[Timestamp]
     company_name: Optional[str]
     registration_number: Optional[str]
     website: Optional[str]
     about: Optional[str]
-    logo_url: Optional[str]
+    logo_url: Optional[MediaUrl]
     verified: bool
 
 
-class GeoView(_View):
+class GeoView(ResponseModel):
     lat: float
     lng: float
 
 
-class PriceRange(_View):
-    min: str = Field(description="lowest available unit price, decimal string")
-    max: str = Field(description="highest available unit price, decimal string")
+class PriceRange(ResponseModel):
+    min: MoneyText = Field(description="lowest available unit price")
+    max: MoneyText = Field(description="highest available unit price")
 
 
-class UnitCounts(_View):
+class UnitCounts(ResponseModel):
     available: int
     reserved: int
     booked: int
@@ -283,7 +280,7 @@ class UnitCounts(_View):
     blocked: int
 
 
-class ProjectView(_View):
+class ProjectView(ResponseModel):
     id: int
     builder_id: int
     name: str
@@ -291,30 +288,25 @@ class ProjectView(_View):
     location: str
     geo: Optional[GeoView]
     status: ProjectStatus
-    launch_date: Optional[str] = Field(description="YYYY-MM-DD")
-    expected_completion: Optional[str] = Field(description="YYYY-MM-DD")
+    launch_date: Optional[str] = Field(description="YYYY-MM-DD", json_schema_extra={"format": "date"})
+    expected_completion: Optional[str] = Field(description="YYYY-MM-DD", json_schema_extra={"format": "date"})
     amenities: list[str]
-    images: list[str]
+    images: list[str] = Field(description="/media/... paths or http(s) URLs")
     published: bool
-    published_at: Optional[str]
+    published_at: Optional[Timestamp]
     unit_counts: UnitCounts
     units_total: int
     price_range: Optional[PriceRange] = Field(description="over available units; null when none is available")
     bedrooms: list[int] = Field(description="bedroom counts of the available units, ascending")
-    created_at: str
-    updated_at: str
-
-
-class ProjectPage(_View):
-    items: list[ProjectView]
-    next_cursor: Optional[str]
+    created_at: Timestamp
+    updated_at: Timestamp
 
 
 class BuilderPageView(BuilderView):
     projects: list[ProjectView] = Field(description="up to 50 published projects, newest first")
 
 
-class UnitView(_View):
+class UnitView(ResponseModel):
     id: int
     project_id: int
     unit_number: str
@@ -323,42 +315,43 @@ class UnitView(_View):
     bedrooms: int
     bathrooms: int
     area_sqm: float
-    price: str
+    price: MoneyText
     status: UnitStatus
-    created_at: str
-    updated_at: str
+    created_at: Timestamp
+    updated_at: Timestamp
 
 
-class UnitItems(_View):
+class UnitItems(ResponseModel):
+    """The units of one batch, in the order sent."""
+
     items: list[UnitView]
 
 
-class UnitPage(_View):
-    items: list[UnitView]
-    next_cursor: Optional[str]
-
-
-class ScheduleLine(_View):
+class ScheduleLine(ResponseModel):
     label: str
-    percent: str
+    percent: str = Field(examples=["10.00"])
     due: str
-    amount: str = Field(description="kobo-exact decimal string; the rounding remainder is on the last line")
+    amount: MoneyText = Field(description="kobo-exact; each line rounded down to the kobo, the remainder on the last line")
 
 
-class PlanLineView(_View):
+class PlanLineView(ResponseModel):
     label: str
-    percent: str
+    percent: str = Field(examples=["10.00"])
     due: str
 
 
-class PaymentPlanView(_View):
+class PaymentPlanView(ResponseModel):
     id: int
     project_id: int
     name: str
     lines: list[PlanLineView]
-    created_at: str
+    created_at: Timestamp
     schedule: Optional[list[ScheduleLine]] = Field(None, description="only with ?unit_id=: the unit's price split by the lines")
 
 
-class PaymentPlanList(_View):
+class PaymentPlanList(ResponseModel):
     items: list[PaymentPlanView]
+
+
+ProjectPage = Page[ProjectView]
+UnitPage = Page[UnitView]
