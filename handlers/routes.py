@@ -5,9 +5,10 @@ from __future__ import annotations
 from handlers import accounts, admin, chat, docs, health, media, metrics, users
 from handlers import agents, appointments, contracts, notifications, properties  # [listings]
 from handlers import categories  # [categories]
+from handlers import inquiries  # [leads]
 from handlers import builders  # [builders]
 
-MODULES = [health, metrics, accounts, users, admin, media, chat, properties, agents, appointments, contracts, notifications, builders, categories, docs]
+MODULES = [health, metrics, accounts, users, admin, media, chat, properties, agents, appointments, contracts, notifications, builders, categories, inquiries, docs]
 
 
 def all_routes(settings) -> list:

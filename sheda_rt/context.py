@@ -43,7 +43,7 @@ class AppContext:
             broker = RedisBroker(settings.redis_url, settings.mongodb_db, heartbeat_seconds=settings.redis_heartbeat_seconds)
             self.hub = Hub(broker)
             self.limits = RedisLimits(broker.redis, settings.mongodb_db)
-        self.media = MediaStore(settings.media_dir, settings.max_upload_bytes)
+        self.media = MediaStore(settings.media_dir, settings.max_upload_bytes, settings.max_image_pixels)
         self.tokens = TokenCodec(settings.jwt_secret_value(), settings.jwt_algorithm, self.clock)
 
         # Stores: one per collection. Every store with indexes is listed in `stores`.
@@ -77,6 +77,8 @@ class AppContext:
         self._install_marketplace()
         # [categories] admin-managed listing categories.
         self._install_categories()
+        # [leads] public inquiries and the agents' lead pipeline.
+        self._install_leads()
         # [builders] projects, units, payment plans; builders' verification.
         self._install_builders()
 
@@ -127,6 +129,15 @@ class AppContext:
         self.category_store = CategoryStore(self.db, self.ids)
         self.stores.append(self.category_store)
         self.categories = CategoryService(self.category_store, self.clock)
+
+    def _install_leads(self) -> None:  # [leads]
+        from sheda_rt.leads.service import LeadService
+        from sheda_rt.leads.store import LeadStore
+
+        self.lead_store = LeadStore(self.db, self.ids)
+        self.stores.append(self.lead_store)
+        self.leads = LeadService(self.lead_store, properties=self.properties, notifications=self.notifications, chat=self.chat,
+                                 limits=self.limits, ids=self.ids, clock=self.clock)
 
     async def ensure_indexes(self) -> None:
         for store in self.stores:

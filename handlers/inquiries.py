@@ -1,0 +1,72 @@
+"""/api/v1/inquiries (public) and /api/v1/leads (agents, admins): thin edges over LeadService."""
+from __future__ import annotations
+
+from handlers.base import APIHandler
+from handlers.routing import endpoint, route
+from sheda_rt.accounts.auth import AGENT, USER
+from sheda_rt.leads.models import (ConversationStart, InquiryCreate, InquiryOut, LeadConversationOut, LeadOut, LeadPatch, LeadQuery,
+                                   NoteCreate, NoteOut)
+from sheda_rt.responses import Page
+
+TAGS = ("leads",)
+
+
+class InquiriesHandler(APIHandler):
+    @endpoint("Ask about a listing (no account needed)", body=InquiryCreate, response=InquiryOut, status=201,
+              errors=(401, 404, 409, 422, 429), tags=TAGS)
+    async def post(self, body: InquiryCreate):
+        """`{property_id, name, email, phone?, message}`. Send the bearer token when signed in: the inquiry is then
+        linked to the account, and the agent can answer it in chat. At most 5 per client
+        address in any hour (429 with Retry-After). `website` is a honeypot: leave it out or empty (anything in it
+        is a 422 and nothing is stored). The listing's agent gets it as a lead (`lead.created` on their sockets and
+        a notification)."""
+        header = self.request.headers.get("Authorization")
+        principal = await self.ctx.auth.authenticate(header, USER) if header else None
+        return await self.ctx.leads.inquire(body, principal, self.request.remote_ip or "-")
+
+
+class LeadsHandler(APIHandler):
+    @endpoint("My leads (agents), or all leads (admins), newest first", auth=USER, query=LeadQuery, response=Page[LeadOut],
+              errors=(401, 403, 422), tags=TAGS)
+    async def get(self, query: LeadQuery):
+        """`?status=new|contacted|qualified|won|lost`, cursor pages."""
+        return await self.ctx.leads.list(self.principal, query)
+
+
+class LeadHandler(APIHandler):
+    @endpoint("One lead (its agent or an admin)", auth=USER, response=LeadOut, errors=(401, 404), tags=TAGS)
+    async def get(self, lead_id: int):
+        return await self.ctx.leads.get(self.principal, lead_id)
+
+    @endpoint("Move a lead along the pipeline", auth=USER, body=LeadPatch, response=LeadOut, errors=(401, 404, 409, 422), tags=TAGS)
+    async def patch(self, lead_id: int, body: LeadPatch):
+        """new → contacted → qualified → won; `lost` from any open state; won and lost are final. Any other
+        move is 409 `invalid_transition` (with the current `status` and what is `allowed`); asking for the state
+        it is already in changes nothing."""
+        return await self.ctx.leads.move(self.principal, lead_id, body.status)
+
+
+class LeadNotesHandler(APIHandler):
+    @endpoint("Add a note to a lead", auth=USER, body=NoteCreate, response=NoteOut, status=201, errors=(401, 404, 409, 422), tags=TAGS)
+    async def post(self, lead_id: int, body: NoteCreate):
+        """`{text}` (at most 2,000 characters; at most 200 notes per lead, then 409)."""
+        return await self.ctx.leads.add_note(self.principal, lead_id, body.text)
+
+
+class LeadConversationHandler(APIHandler):
+    @endpoint("Answer a registered inquirer in chat (the lead's agent)", auth=AGENT, body=ConversationStart,
+              response=LeadConversationOut, status=201, errors=(401, 403, 404, 409, 422), tags=TAGS)
+    async def post(self, lead_id: int, body: ConversationStart):
+        """Sends `message` as the agent's first chat message to the inquirer, tied to the listing (delivered live
+        like any message); a `new` lead becomes `contacted`. Once per lead (409 `conversation_exists`); 409
+        `inquirer_not_registered` when the inquiry came without an account."""
+        return await self.ctx.leads.start_conversation(self.principal, lead_id, body.message)
+
+
+default_handlers = [
+    route("/api/v1/inquiries", InquiriesHandler),
+    route("/api/v1/leads", LeadsHandler),
+    route("/api/v1/leads/{lead_id:int}", LeadHandler),
+    route("/api/v1/leads/{lead_id:int}/notes", LeadNotesHandler),
+    route("/api/v1/leads/{lead_id:int}/conversation", LeadConversationHandler),
+]

@@ -1,0 +1,1 @@
+"""Public inquiries about listings, and the lead pipeline they feed for agents."""

@@ -1,0 +1,102 @@
+"""Request and response models for inquiries and leads."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StrictInt, StrictStr, field_validator
+
+from sheda_rt.chat.frames import HistoryRow
+from sheda_rt.database.ids import MAX_ID
+from sheda_rt.pagination import PageQuery
+from sheda_rt.responses import ResponseModel, Timestamp
+
+LeadStatus = Literal["new", "contacted", "qualified", "won", "lost"]
+
+#: status -> the statuses it may move to. `lost` is reachable from every open state (a buyer can walk away at
+#: any point); `won` only from `qualified`; `won` and `lost` are final.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "new": frozenset({"contacted", "lost"}),
+    "contacted": frozenset({"qualified", "lost"}),
+    "qualified": frozenset({"won", "lost"}),
+    "won": frozenset(),
+    "lost": frozenset(),
+}
+MAX_NOTES = 200
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class InquiryCreate(_Body):
+    property_id: StrictInt = Field(ge=1, le=MAX_ID)
+    name: StrictStr = Field(min_length=1, max_length=100)
+    email: EmailStr = Field(max_length=254)
+    phone: Optional[StrictStr] = Field(None, pattern=r"^\+?[0-9][0-9 ()-]{5,22}$", description="digits, spaces, ( ) - and a leading +")
+    message: StrictStr = Field(min_length=2, max_length=2000)
+    website: Optional[StrictStr] = Field(None, max_length=300, description=(
+        "Honeypot: a form hides this field from people; anything in it marks a bot and the inquiry is refused (422)"))
+
+    @field_validator("website")
+    @classmethod
+    def _honeypot(cls, v):
+        if v:
+            raise ValueError("must be left empty")
+        return v
+
+
+class LeadQuery(PageQuery):
+    model_config = ConfigDict(extra="forbid")
+    status: Optional[LeadStatus] = None
+
+
+class LeadPatch(_Body):
+    status: LeadStatus
+
+
+class NoteCreate(_Body):
+    text: StrictStr = Field(min_length=1, max_length=2000)
+
+
+class ConversationStart(_Body):
+    message: StrictStr = Field(min_length=1, max_length=2000, description="The agent's first chat message to the inquirer")
+
+
+# ---- responses --------------------------------------------------------------------------------------
+class InquiryOut(ResponseModel):
+    id: int = Field(description="also the id of the lead it became")
+    property_id: int
+    created_at: Timestamp
+
+
+class NoteOut(ResponseModel):
+    id: int
+    author_id: int
+    text: str
+    created_at: Timestamp
+
+
+class LeadConversation(ResponseModel):
+    message_id: int
+    started_at: Timestamp
+
+
+class LeadOut(ResponseModel):
+    id: int
+    property_id: int
+    agent_id: int
+    user_id: Optional[int] = Field(description="the inquirer's account when they were signed in, else null")
+    name: str
+    email: str
+    phone: Optional[str]
+    message: str
+    status: LeadStatus
+    notes: list[NoteOut]
+    conversation: Optional[LeadConversation] = Field(description="set once the agent started a chat from the lead")
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class LeadConversationOut(ResponseModel):
+    lead: LeadOut
+    message: HistoryRow

@@ -1,0 +1,148 @@
+"""Inquiries and the lead pipeline.
+
+- Anyone (no account needed) sends an inquiry about a listed property; a signed-in
+  sender's inquiry is linked to their account. At most INQUIRIES_PER_IP_PER_HOUR (5) per
+  client address in any sliding hour, counted in the shared limits (Redis when
+  configured, so every process agrees); a refused attempt is taken back out of the
+  count, so a client that waits its Retry-After gets through. Validation and the
+  honeypot are in the request model: a refused inquiry stores nothing.
+- Each inquiry is a lead of the listing's agent, who hears of it live (`lead.created`)
+  and through a stored notification.
+- Agents see and move their own leads, admins all of them. Status moves only along
+  TRANSITIONS (models.py), guarded in the update's filter; a wrong one is 409.
+- A lead from a registered user becomes a chat conversation with one call: the
+  agent's first message goes through the chat service like any other message.
+"""
+from __future__ import annotations
+
+from sheda_rt.chat.frames import history_row, sender_info
+from sheda_rt.clock import format_ts
+from sheda_rt.errors import Conflict, Forbidden, NotFound, RateLimited
+from sheda_rt.leads.models import MAX_NOTES, TRANSITIONS
+
+WINDOW_SECONDS = 3600
+INQUIRIES_PER_IP_PER_HOUR = 5
+
+
+def note_view(note: dict) -> dict:
+    return {"id": note["id"], "author_id": note["author_id"], "text": note["text"], "created_at": format_ts(note["created_at"])}
+
+
+def lead_view(doc: dict) -> dict:
+    conv = doc.get("conversation") or {}
+    return {
+        "id": doc["_id"], "property_id": doc["property_id"], "agent_id": doc["agent_id"], "user_id": doc.get("user_id"),
+        "name": doc["name"], "email": doc["email"], "phone": doc.get("phone"), "message": doc["message"], "status": doc["status"],
+        "notes": [note_view(n) for n in doc.get("notes", [])],
+        "conversation": ({"message_id": conv["message_id"], "started_at": format_ts(conv["started_at"])}
+                         if "message_id" in conv else None),
+        "created_at": format_ts(doc["created_at"]), "updated_at": format_ts(doc["updated_at"]),
+    }
+
+
+def _is_admin(principal) -> bool:
+    return "admin" in principal.scopes and principal.user.get("role") == "admin"
+
+
+class LeadService:
+    def __init__(self, store, *, properties, notifications, chat, limits, ids, clock, per_ip_per_hour: int = INQUIRIES_PER_IP_PER_HOUR):
+        self.store = store
+        self.properties = properties
+        self.notifications = notifications
+        self.chat = chat
+        self.limits = limits
+        self.ids = ids
+        self.clock = clock
+        self.per_ip_per_hour = per_ip_per_hour
+
+    # ---- inquiries ---------------------------------------------------------------
+    async def inquire(self, body, principal, client_ip: str) -> dict:
+        prop = await self.properties.visible(body.property_id)  # unlisted or unknown: 404
+        if principal is not None and principal.user_id == prop["agent_id"]:
+            raise Conflict("This is your own listing", "own_listing")
+        key = f"inquiry:ip:{client_ip}"
+        if await self.limits.record_failure(key, WINDOW_SECONDS) > self.per_ip_per_hour:
+            await self.limits.forgive_failure(key)
+            wait = await self.limits.blocked_for(key, self.per_ip_per_hour, WINDOW_SECONDS)
+            raise RateLimited(f"At most {self.per_ip_per_hour} inquiries per hour from one address; try again later", wait or 1)
+        now = self.clock.now()
+        doc = {"property_id": prop["_id"], "agent_id": prop["agent_id"], "user_id": principal.user_id if principal else None,
+               "name": body.name, "email": body.email, "phone": body.phone, "message": body.message, "status": "new",
+               "notes": [], "conversation": None, "created_at": now, "updated_at": now}
+        try:
+            doc = await self.store.insert(doc)
+        except BaseException:
+            await self.limits.forgive_failure(key)
+            raise
+        view = lead_view(doc)
+        await self.notifications.notify(prop["agent_id"], "lead.created", "New inquiry",
+                                        f"{body.name} asked about \u201c{prop['title']}\u201d",
+                                        {"lead_id": doc["_id"], "property_id": prop["_id"]})
+        await self.notifications.publish_event([prop["agent_id"]], {"type": "lead.created", "lead": view})
+        return {"id": doc["_id"], "property_id": prop["_id"], "created_at": view["created_at"]}
+
+    # ---- leads -------------------------------------------------------------------
+    async def _lead(self, principal, lead_id: int) -> dict:
+        """The lead if this caller may see it (its agent or an admin); 404 otherwise, so lead ids leak nothing."""
+        doc = await self.store.get(lead_id)
+        if doc is None or not (_is_admin(principal) or doc["agent_id"] == principal.user_id):
+            raise NotFound("No such lead", "lead_not_found")
+        return doc
+
+    async def list(self, principal, query) -> dict:
+        if _is_admin(principal):
+            agent_id = None
+        elif "agent" in principal.scopes:
+            agent_id = principal.user_id
+        else:
+            raise Forbidden("Leads belong to agents (and admins)", "insufficient_scope")
+        return await self.store.page(agent_id, query.status, query, lead_view)
+
+    async def get(self, principal, lead_id: int) -> dict:
+        return lead_view(await self._lead(principal, lead_id))
+
+    async def move(self, principal, lead_id: int, to_status: str) -> dict:
+        doc = await self._lead(principal, lead_id)
+        current = doc["status"]
+        if current == to_status:
+            return lead_view(doc)
+        if to_status not in TRANSITIONS[current]:
+            raise Conflict(f"A {current} lead cannot become {to_status}", "invalid_transition",
+                           extra={"status": current, "allowed": sorted(TRANSITIONS[current])})
+        updated = await self.store.move(lead_id, current, to_status, principal.user_id, self.clock.now())
+        if updated is None:  # someone moved it between our read and our write
+            now_doc = await self.store.get(lead_id)
+            if now_doc is not None and now_doc["status"] == to_status:
+                return lead_view(now_doc)
+            raise Conflict("The lead was changed meanwhile; reload it", "invalid_transition",
+                           extra={"status": now_doc["status"] if now_doc else None})
+        return lead_view(updated)
+
+    async def add_note(self, principal, lead_id: int, text: str) -> dict:
+        await self._lead(principal, lead_id)
+        now = self.clock.now()
+        note = {"id": await self.ids.next("lead_notes"), "author_id": principal.user_id, "text": text, "created_at": now}
+        if await self.store.add_note(lead_id, note, MAX_NOTES, now) is None:
+            raise Conflict(f"A lead has at most {MAX_NOTES} notes", "too_many_notes")
+        return note_view(note)
+
+    async def start_conversation(self, principal, lead_id: int, message: str) -> dict:
+        """The agent's first chat message to a registered inquirer, tied to the listing; once per lead."""
+        doc = await self._lead(principal, lead_id)
+        if doc["agent_id"] != principal.user_id:
+            raise Forbidden("Only the lead's agent can write to the inquirer", "not_lead_agent")
+        if doc.get("user_id") is None:
+            raise Conflict("The inquirer has no account to chat with; answer by email or phone", "inquirer_not_registered")
+        if not await self.store.claim_conversation(lead_id, self.clock.now()):
+            raise Conflict("This lead already has a conversation", "conversation_exists")
+        try:
+            stored, _ = await self.chat.send(principal.user, doc["user_id"], message, client_msg_id=f"lead-{lead_id}",
+                                             property_id=doc["property_id"], info=sender_info(principal.user))
+        except BaseException:
+            await self.store.release_conversation(lead_id)
+            raise
+        now = self.clock.now()
+        updated = await self.store.set_conversation(lead_id, stored["_id"], now)
+        if updated["status"] == "new":
+            updated = await self.store.move(lead_id, "new", "contacted", principal.user_id, now) or await self.store.get(lead_id)
+        return {"lead": lead_view(updated), "message": {**history_row(stored), "sender_info": sender_info(principal.user)}}
