@@ -122,7 +122,7 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
         self.user_id = user["_id"]
         self.jti = self.principal.jti
         self.fam = self.principal.claims.get("fam")
-        self.info = sender_info(user)
+        self.info = sender_info(user, self.ctx.settings.public_base_url)
         self.principal = None
         self.request.headers.clear()  # idle sockets are many: keep only what we use
         self._registered = True
@@ -299,8 +299,8 @@ class ChatsHandler(APIHandler):
         with the message stored the first time (nothing new is stored or delivered)."""
         user = self.principal.user
         doc, duplicate = await self.ctx.chat.send(user, body.receiver_id, body.message, client_msg_id=body.client_msg_id,
-                                                  property_id=body.property_id, info=sender_info(user))
-        row = {**history_row(doc), "sender_info": sender_info(user)}
+                                                  property_id=body.property_id, info=sender_info(user, self.ctx.settings.public_base_url))
+        row = {**history_row(doc), "sender_info": sender_info(user)}  # made absolute by the response model
         return Reply(row, 200) if duplicate else row
 
 

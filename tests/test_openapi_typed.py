@@ -245,6 +245,26 @@ async def test_public_base_url_makes_every_media_url_absolute(sheda):
     up = await sheda.api.post("/api/media/file-upload/banner", body=body, headers=headers, token=admin.token)
     assert up.status == 201 and up.json["file_url"].startswith(BASE + "/media/banner/"), up
 
+    # Chat: the socket's delivered frames, sync, and the REST answers carry the same absolute avatar.
+    client = await sheda.signup("client")
+    ws = await sheda.ws(client.token)
+    sent = await sheda.api.post("/api/v1/chats", {"receiver_id": client.id, "message": "Hello"}, token=agent.token)
+    assert sent.status == 201 and sent.json["sender_info"]["avatar_url"] == avatar, sent
+    frame = await ws.wait_type("message")
+    assert frame["sender_info"]["avatar_url"] == avatar, frame
+    agent_ws = await sheda.ws(agent.token)
+    await agent_ws.send({"receiver_id": client.id, "message": "Over the socket", "client_msg_id": "m2"})
+    frame = await ws.wait_for(lambda f: f.get("type") == "message" and f.get("message") == "Over the socket")
+    assert frame["sender_info"]["avatar_url"] == avatar, frame
+    await ws.send({"type": "sync", "since": 0})
+    await ws.wait_type("sync.done")
+    synced = [f for f in ws.frames if f.get("type") == "message"]
+    assert synced and all(f["sender_info"]["avatar_url"] == avatar for f in synced), synced
+    convs = await sheda.api.get("/api/v1/chat/conversations", token=client.token)
+    assert convs.json["items"][0]["peer"]["avatar_url"] == avatar, convs
+    ws.close()
+    agent_ws.close()
+
     # What is stored stays a path: the base can change without rewriting data.
     assert (await sheda.ctx.users.get(agent.id))["avatar_url"].startswith("/media/avatars/")
 

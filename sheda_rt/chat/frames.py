@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sheda_rt.clock import format_ts
 from sheda_rt.database.ids import MAX_ID
+from sheda_rt.responses import public_media_url
 
 MAX_MESSAGE_CHARS = 4000
 SYNC_PAGE_MAX = 500
@@ -100,8 +101,9 @@ class HistoryRow(BaseModel):
 
 
 # ---- outbound ----------------------------------------------------------------
-def sender_info(user: dict) -> dict:
-    return {"id": user["_id"], "username": user.get("username"), "avatar_url": user.get("avatar_url")}
+def sender_info(user: dict, media_base: str | None = None) -> dict:
+    """The seed's sender_info; `media_base` is PUBLIC_BASE_URL (avatar_url absolute when set)."""
+    return {"id": user["_id"], "username": user.get("username"), "avatar_url": public_media_url(user.get("avatar_url"), media_base)}
 
 
 def message_frame(doc: dict, info: dict) -> dict:

@@ -168,7 +168,7 @@ class ChatService:
             doc["client_msg_id"] = client_msg_id
         if property_id is not None:
             doc["property_id"] = property_id
-        return self.batcher.submit(doc, origin=origin, info=info or sender_info(sender))
+        return self.batcher.submit(doc, origin=origin, info=info or sender_info(sender, self.settings.public_base_url))
 
     async def send(self, sender: dict, receiver_id: int, message: str, **kw) -> tuple[dict, bool]:
         """REST: submit and wait for the batch."""
@@ -198,7 +198,8 @@ class ChatService:
         frames = []
         for d in page:
             info = infos.get(d["sender_id"])
-            frame = message_frame(d, sender_info(info) if info else {"id": d["sender_id"], "username": None, "avatar_url": None})
+            frame = message_frame(d, sender_info(info, self.settings.public_base_url) if info
+                                  else {"id": d["sender_id"], "username": None, "avatar_url": None})
             frame["read_at"] = format_ts(d.get("read_at"))
             frames.append(frame)
         return frames, more
