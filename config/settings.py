@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     ws_rate_burst: int = Field(20, ge=1)
     ws_rate_per_second: float = Field(5.0, gt=0)
     ws_rate_strikes_before_close: int = Field(20, ge=1)
+    ws_control_burst: int = Field(60, ge=1)  # pings, read receipts, typing, sync: their own budget, per socket
+    ws_control_per_second: float = Field(10.0, gt=0)
     ws_outbound_buffer_bytes: int = Field(1024 * 1024, ge=4096)
     ws_compression: bool = False
     chat_batch_window_ms: float = Field(2.0, ge=0)

@@ -8,6 +8,7 @@ service, and return what to send.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -19,7 +20,9 @@ import tornado.web
 from bson.decimal128 import Decimal128
 from pydantic import BaseModel, ValidationError
 from tornado import httputil
+from tornado.iostream import StreamClosedError
 
+from sheda_rt import client_input
 from sheda_rt.clock import format_ts
 from sheda_rt.errors import ApiError, BadRequest, TooLarge, UnsupportedMedia, ValidationFailed, from_storage
 
@@ -27,6 +30,12 @@ log = logging.getLogger("sheda.http")
 
 #: Route kwarg for upload endpoints: `route(tpl, H, max_body=UPLOAD_BODY)` sizes the body limit from settings.
 UPLOAD_BODY = "upload"
+
+#: A body that is too large is answered at once (413, `Connection: close`), then read and
+#: dropped for up to this long before the connection is closed. Closing with the body still
+#: arriving makes the kernel reset the connection, and the client saw "connection reset"
+#: instead of its 413 (every time for a 30 MB body: Tornado's own size cap closed it first).
+LINGER_SECONDS = 30.0
 
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
                  409: "conflict", 413: "too_large", 415: "unsupported_media_type", 422: "validation_error", 429: "rate_limited"}
@@ -116,13 +125,59 @@ class APIHandler(tornado.web.RequestHandler):
         self.ctx.inflight.add(self)
         length = self.request.headers.get("Content-Length")
         if length is not None:
-            try:
-                size = int(length)
-            except ValueError:
+            if not (length.isascii() and length.isdigit()) or len(length) > 18:
+                self._drainable = False  # Tornado refuses this message too, and closes
                 raise BadRequest("Content-Length is not a number", "bad_content_length")
+            size = int(length)
             if size > self._limit():
                 self._chunks = None
-                raise TooLarge(f"Request body is {size} bytes; the limit here is {self._limit()} bytes")
+                self.refuse_body(TooLarge(f"Request body is {size} bytes; the limit here is {self._limit()} bytes"), size)
+
+    def refuse_body(self, exc: ApiError, size: int) -> None:
+        """Refuse a request before its body is read (only from prepare): the answer goes out
+        now with `Connection: close`, and the body is read and dropped as it arrives (up to
+        its declared size, for LINGER_SECONDS at most) before the connection is closed, so
+        the client reads the answer instead of a reset."""
+        if self.request.version != "HTTP/1.1" or not hasattr(self.request.connection, "detach"):
+            raise exc
+        self.ctx.inflight.discard(self)
+        self.clear()  # the default headers again: Content-Type, X-Request-ID, CORS
+        self.set_status(exc.status)
+        for name, value in exc.headers.items():
+            self.set_header(name, value)
+        body = dumps(exc.body()).encode()
+        self.set_header("Content-Length", str(len(body)))
+        self.set_header("Connection", "close")
+        head = f"HTTP/1.1 {exc.status} {self._reason}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in self._headers.get_all()) + "\r\n"
+        self.application.log_request(self)
+        stream = self.detach()
+        task = asyncio.ensure_future(_answer_and_linger(stream, head.encode("latin-1") + body, size))
+        _LINGERING.add(task)
+        task.add_done_callback(_LINGERING.discard)
+
+    def send_error(self, status_code: int = 500, **kwargs):
+        """A refusal raised before the body has arrived (an unknown route, a method not
+        allowed) waits for the body, dropping it as it comes, and is sent after it: answering
+        first made Tornado close the connection with the body unread, and about half the time
+        the client saw a reset instead of its 404 and lost its kept-alive connection. (Bodies
+        are at most the handler's limit here: a larger one was refused by refuse_body.)"""
+        body_done = getattr(self.request, "_body_future", None)
+        if body_done is not None and not body_done.done() and not self._finished and getattr(self, "_drainable", True):
+            self._chunks = None
+            self._drainable = False  # one deferred answer per request
+            body_done.add_done_callback(lambda done: self._send_deferred_error(done, status_code, kwargs))
+            return
+        # Answered with the body still unread: Tornado closes the connection after this answer.
+        self._closes_connection = body_done is not None and not body_done.done()
+        super().send_error(status_code, **kwargs)
+
+    def _send_deferred_error(self, done, status_code: int, kwargs: dict) -> None:
+        if done.cancelled() or done.exception() is not None or self._finished:
+            return  # the client went away meanwhile
+        try:
+            super().send_error(status_code, **kwargs)
+        except Exception:
+            log.exception("could not send a deferred error")
 
     def on_finish(self):
         self.ctx.inflight.discard(self)
@@ -138,6 +193,7 @@ class APIHandler(tornado.web.RequestHandler):
         if self._received > self._limit():
             self._chunks = None
             if not self._finished:
+                self._drainable = False  # a chunked body of unknown length: refused now
                 self.send_error(413, exc_info=(TooLarge, TooLarge(f"Request body exceeds {self._limit()} bytes"), None))
             return
         self._chunks.append(chunk)
@@ -176,7 +232,7 @@ class APIHandler(tornado.web.RequestHandler):
     def parse_query(self, model: type[BaseModel]) -> BaseModel:
         raw = {}
         for key, values in self.request.query_arguments.items():
-            decoded = [v.decode("utf-8", "replace") for v in values]
+            decoded = [client_input.text(v, key) for v in values]
             raw[key] = decoded if len(decoded) > 1 else decoded[0]
         try:
             return model.model_validate(raw)
@@ -192,7 +248,10 @@ class APIHandler(tornado.web.RequestHandler):
             httputil.parse_body_arguments(content_type, self.body_bytes, fields, files, self.request.headers)
         except httputil.HTTPInputError as exc:  # no boundary, a truncated part, garbage: the client's fault
             raise BadRequest(f"Malformed form body: {exc}", "invalid_form")
-        flat = {k: v[-1].decode("utf-8", "replace") for k, v in fields.items()}
+        flat = {k: client_input.text(v[-1], k) for k, v in fields.items()}
+        for name, uploads in files.items():
+            for upload in uploads:
+                client_input.check_text(upload.filename or "", f"{name}.filename")
         return flat, files
 
     def uploaded_file(self, field: str = "file") -> bytes:
@@ -207,20 +266,31 @@ class APIHandler(tornado.web.RequestHandler):
         return files[field][0].body
 
     def parse_body(self, model: type[BaseModel], *, form: bool = False) -> BaseModel:
-        content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        """A JSON body (Content-Type application/json, else 415), or a form where the route
+        accepts one. JSON is decoded by client_input (bounded depth, no lone surrogates)
+        and validated by the model, whose fields are strict about JSON types (StrictInt,
+        StrictBool, or a strict model config like the chat's, shared with the socket):
+        `"receiver_id": "2"`, `2.0` or `false` for an integer is a 422, not a guess."""
+        header = self.request.headers.get("Content-Type", "")
+        content_type, _, params = header.partition(";")
+        content_type = content_type.strip().lower()
         if form and content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
             data: Any = self.form_fields()[0]
+            try:
+                return model.model_validate(data)
+            except ValidationError as exc:
+                raise ValidationFailed.from_pydantic(exc)
+        raw = self.body_bytes
+        if not raw.strip():
+            data = {}
         else:
-            raw = self.body_bytes
-            if not raw.strip():
-                data = {}
-            else:
-                try:
-                    data = json.loads(raw)
-                except (ValueError, UnicodeDecodeError):
-                    raise BadRequest("Body is not valid JSON", "invalid_json")
-            if not isinstance(data, dict):
-                raise ValidationFailed.single("body", "must be a JSON object")
+            charset = params.strip().lower().replace(" ", "").replace('"', "")
+            if content_type != "application/json" or charset not in ("", "charset=utf-8"):
+                accepted = "application/json" + (" or a form (application/x-www-form-urlencoded, multipart/form-data)" if form else "")
+                raise UnsupportedMedia(f"Send the body as {accepted}, not {header or 'no Content-Type'}")
+            data = client_input.parse_json(raw)
+        if not isinstance(data, dict):
+            raise ValidationFailed.single("body", "must be a JSON object")
         try:
             return model.model_validate(data)
         except ValidationError as exc:
@@ -260,6 +330,8 @@ class APIHandler(tornado.web.RequestHandler):
             if status_code < 500:
                 body = {"detail": self._reason, "code": _STATUS_CODES.get(status_code, "http_error")}
         self.set_header("Content-Type", "application/json; charset=UTF-8")
+        if getattr(self, "_closes_connection", False):
+            self.set_header("Connection", "close")
         self.finish(dumps(body))
 
     def log_exception(self, typ, value, tb):
@@ -272,10 +344,30 @@ class APIHandler(tornado.web.RequestHandler):
         super().log_exception(typ, value, tb)
 
 
+_LINGERING: set = set()
+
+
+async def _answer_and_linger(stream, response: bytes, size: int) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + LINGER_SECONDS
+    try:
+        await stream.write(response)
+        left = size
+        while left > 0 and loop.time() < deadline:
+            chunk = await asyncio.wait_for(stream.read_bytes(min(left, 1 << 20), partial=True), deadline - loop.time())
+            left -= len(chunk)
+    except (StreamClosedError, asyncio.TimeoutError, OSError):
+        pass
+    finally:
+        stream.close()
+
+
 class NotFoundHandler(APIHandler):
     """Unknown routes: the contract's JSON 404 for every method."""
 
     def prepare(self):
         if self.request.method == "OPTIONS":
             return
-        raise tornado.web.HTTPError(404, "No such route: %s", self.request.path)
+        super().prepare()  # a body over the JSON limit: answered (413) at once, the rest dropped
+        if not self._finished:  # sent once any body has arrived (see send_error): the connection stays usable
+            raise tornado.web.HTTPError(404, "No such route: %s", self.request.path)

@@ -8,11 +8,8 @@ everything addressed to a *user* goes through `hub.publish_*`.
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import logging
-import math
-import time
 import uuid
 
 import tornado.websocket
@@ -21,6 +18,7 @@ from tornado.iostream import StreamClosedError
 
 from handlers.base import APIHandler, RequestIdMixin
 from handlers.routing import Reply, endpoint, route
+from sheda_rt import client_input
 from sheda_rt.accounts.auth import USER
 from sheda_rt.chat.frames import (
     INBOUND, ConversationsQuery, HistoryQuery, HistoryRow, ReadBody, SendMessageBody, ack_frame, error_frame, history_row,
@@ -29,6 +27,7 @@ from sheda_rt.chat.frames import (
 from sheda_rt.chat.models import Conversation, ReadReceipt, SentMessage
 from sheda_rt.chat.service import encode
 from sheda_rt.errors import ApiError, Forbidden, Unauthorized, ValidationFailed, from_storage
+from sheda_rt.limits import BurstGuard, TokenBucket
 from sheda_rt.metrics import OPEN_SOCKETS
 from sheda_rt.responses import Page
 
@@ -40,8 +39,8 @@ CLOSE_TRY_LATER = 1013
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 
-# Rate-limited frames are counted over this many seconds to spot persistent abuse.
-STRIKE_WINDOW = 10.0
+# How long a socket closed for abuse waits for its stored messages' acks to go out first.
+ACK_BEFORE_CLOSE_SECONDS = 10.0
 
 
 class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
@@ -57,9 +56,12 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
         self.jti = None
         self.fam = None
         self._closing = False
+        self._ending = False  # closing for abuse: no more frames handled, pending acks still sent
         self._registered = False
-        # Monotonic times of this socket's recent rate-limited frames (persistent abuse = many in STRIKE_WINDOW).
-        self._strikes: collections.deque | None = None  # created on the first refusal (idle sockets stay small)
+        # Created on first use, so the many idle sockets stay small.
+        self._control: TokenBucket | None = None  # budget of frames other than messages, this socket's own
+        self._guard: BurstGuard | None = None  # refused frames: staggered retry_after, persistent abuse
+        self._pending: set | None = None  # store futures of this socket's messages not yet answered
 
     @property
     def ctx(self):
@@ -183,45 +185,77 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
     def send_frame(self, frame: dict) -> None:
         self.deliver(encode(frame))
 
+    def _close_when_answered(self, code: int, reason: str) -> None:
+        """Close, but first answer every message of this socket that is being stored: a client
+        that is never told its message was stored resends it (a duplicate without client_msg_id)."""
+        if self._closing or self._ending:
+            return
+        self._ending = True
+        pending = [f for f in (self._pending or ()) if not f.done()]
+        if not pending:
+            self.close_for(code, reason)
+            return
+
+        async def after_acks():
+            await asyncio.wait(pending, timeout=ACK_BEFORE_CLOSE_SECONDS)
+            await asyncio.sleep(0)  # the futures' done-callbacks (the acks) run first
+            self.close_for(code, reason)
+
+        task = asyncio.ensure_future(after_acks())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     # ---- inbound frames -----------------------------------------------------------
     async def on_message(self, raw):
-        if self.user_id is None or self._closing:
+        if self.user_id is None or self._closing or self._ending:
             return
         ctx = self.ctx
+        # The same strict decoder as REST bodies: bad JSON, nesting deeper than
+        # client_input.MAX_DEPTH or a lone surrogate anywhere is an error frame, never a
+        # dropped socket, and never reaches a chat batch.
+        refused: ApiError | None = None
         try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            data = None
+            data = client_input.parse_json(raw, "The frame")
+        except ApiError as exc:
+            data, refused = getattr(exc, "document", None), exc
         cmid = data.get("client_msg_id") if isinstance(data, dict) else None
-        if not isinstance(cmid, str):
+        if not isinstance(cmid, str) or client_input.has_surrogate(cmid):
             cmid = None
+        kind = data.get("type", "message") if isinstance(data, dict) else None
         settings = ctx.settings
-        wait = await ctx.limits.take_token(f"ws:{self.user_id}", settings.ws_rate_burst, settings.ws_rate_per_second)
+        # Messages spend the user's budget (shared by all their sockets, and across processes
+        # with Redis); everything else (pings, read receipts, typing, sync, bad frames) spends
+        # this socket's own control budget, so keeping a socket alive never costs a message.
+        if refused is None and kind == "message":
+            wait = await ctx.limits.take_token(f"ws:{self.user_id}", settings.ws_rate_burst, settings.ws_rate_per_second)
+            rate = settings.ws_rate_per_second
+        else:
+            if self._control is None:
+                self._control = TokenBucket(settings.ws_control_burst, settings.ws_control_per_second)
+            wait, rate = self._control.take(), settings.ws_control_per_second
         if wait > 0:
-            # Persistent abuse: too many refused frames within STRIKE_WINDOW seconds, however
-            # they are interleaved with accepted ones (a client pacing just above the limit).
-            now = time.monotonic()
-            strikes = self._strikes
-            if strikes is None:
-                strikes = self._strikes = collections.deque()
-            strikes.append(now)
-            while strikes and strikes[0] < now - STRIKE_WINDOW:
-                strikes.popleft()
-            if len(strikes) >= settings.ws_rate_strikes_before_close:
-                self.close_for(CLOSE_POLICY, "rate limit exceeded repeatedly")
+            if self._guard is None:
+                self._guard = BurstGuard(settings.ws_rate_strikes_before_close)
+            retry_after, abusive = self._guard.refused(wait, rate)
+            if abusive:
+                self._close_when_answered(CLOSE_POLICY, "rate limit exceeded repeatedly")
                 return
-            self.send_frame(error_frame("rate_limited", "Too many frames; slow down", cmid, retry_after=round(wait, 3)))
+            self.send_frame(error_frame("rate_limited", "Too many frames; resend this one after retry_after seconds", cmid,
+                                        retry_after=round(retry_after, 3)))
             return
-        if data is None:
-            self.send_frame(error_frame("invalid_json", "Frames must be JSON text"))
+        if isinstance(refused, ValidationFailed):
+            self.send_frame(error_frame(refused.code, refused.detail, cmid, errors=refused.errors))
+            return
+        if refused is not None:
+            self.send_frame(error_frame(refused.code, refused.detail))
             return
         if not isinstance(data, dict):
             self.send_frame(error_frame("invalid_frame", "A frame must be a JSON object"))
             return
-        kind = data.get("type", "message")
         model = INBOUND.get(kind) if isinstance(kind, str) else None
         if model is None:
-            self.send_frame(error_frame("unknown_type", f"Unknown frame type {kind!r}; expected one of {', '.join(INBOUND)}", cmid))
+            shown = repr(kind) if len(repr(kind)) <= 40 else repr(kind)[:37] + "..."
+            self.send_frame(error_frame("unknown_type", f"Unknown frame type {shown}; expected one of {', '.join(INBOUND)}", cmid))
             return
         try:
             frame = model.model_validate(data)
@@ -247,12 +281,16 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
         future = await chat.submit({"_id": self.user_id}, frame.receiver_id, frame.message, client_msg_id=frame.client_msg_id,
                                    property_id=frame.property_id, origin=self.conn_id, info=self.info)
         cmid = frame.client_msg_id
+        if self._pending is None:
+            self._pending = set()
+        self._pending.add(future)
         future.add_done_callback(lambda done: self._answer_stored(done, cmid))
         if chat.batcher.backlog > 4 * chat.batcher.max_batch:
             # Back-pressure: stop reading this socket until its message is stored.
             await asyncio.wait([future])
 
     def _answer_stored(self, future: asyncio.Future, client_msg_id: str | None) -> None:
+        self._pending.discard(future)
         exc = future.exception()
         if exc is None:
             doc, _ = future.result()

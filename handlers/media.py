@@ -1,23 +1,30 @@
 """Media: the seed's admin upload endpoint, and serving stored files under /media/."""
 from __future__ import annotations
 
+import re
+
 import tornado.web
 
 from handlers.base import UPLOAD_BODY, APIHandler, RequestIdMixin, dumps
 from handlers.routing import endpoint, route
 from sheda_rt.accounts.auth import ADMIN
-
-
 from sheda_rt.media.models import FileUploaded
+
+
 class FileUploadHandler(APIHandler):
     @endpoint("Upload a media file (admins)", auth=ADMIN, upload="file", response=FileUploaded, status=201, errors=(413, 415),
               tags=("media",))
     async def post(self, type: str):
         """Path kept from the seed (outside /api/v1). `type` names the folder (1-40 of a-z 0-9 - _);
-        the image goes in the multipart field `file` (jpeg, png or webp by content). 201 `{file_url}`;
+        the image goes in the multipart field `file`: decoded in full and stored re-encoded without
+        metadata, like every upload (415 unless it is wholly a jpeg, png or webp image; only images are
+        taken, no documents; 413 above MAX_UPLOAD_BYTES or MAX_IMAGE_PIXELS). 201 `{file_url}`;
         401 without a token, 403 for anyone but an active admin with the admin scope."""
         url = await self.ctx.media.save_image(self.uploaded_file("file"), type)
         return {"file_url": url}
+
+
+_MEDIA_PATH = re.compile(r"[a-z0-9_-]{1,40}/[A-Za-z0-9_-]{1,64}\.[a-z0-9]{1,5}")
 
 
 class MediaFileHandler(RequestIdMixin, tornado.web.StaticFileHandler):
@@ -26,13 +33,21 @@ class MediaFileHandler(RequestIdMixin, tornado.web.StaticFileHandler):
     def initialize(self, **_):
         super().initialize(path=str(self.application.ctx.settings.media_dir))
 
+    def parse_url_path(self, url_path: str) -> str:
+        """Only names the media store writes (`<folder>/<random hex>.<ext>`) can exist here.
+        Anything else is a 404 before it reaches the filesystem: `/media/%00` made os.stat
+        raise ValueError (a 500), and a 5,000-character name an OSError."""
+        if not _MEDIA_PATH.fullmatch(url_path):
+            raise tornado.web.HTTPError(404)
+        return super().parse_url_path(url_path)
+
     def set_extra_headers(self, path):
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Cache-Control", "public, max-age=31536000, immutable")
 
     def write_error(self, status_code: int, **kwargs):
         self.set_header("Content-Type", "application/json; charset=UTF-8")
-        code = {404: "not_found", 403: "forbidden", 405: "method_not_allowed"}.get(status_code, "http_error")
+        code = {400: "bad_request", 404: "not_found", 403: "forbidden", 405: "method_not_allowed"}.get(status_code, "http_error")
         self.finish(dumps({"detail": "No such file" if status_code == 404 else self._reason, "code": code}))
 
 

@@ -17,7 +17,8 @@ from sheda_rt.chat.store import conv_key
 
 
 async def test_rate_limit_sends_error_frames_then_persistent_abuse_closes_1008(sheda):
-    # Defaults: burst 20, 5 frames/s sustained, 20 limited frames in a row close the socket.
+    # Defaults: messages burst 20, 5/s sustained (per user); other frames 60, 10/s (per socket);
+    # 20 frames refused while the client had been told to wait (over a second ago) close the socket.
     alice, bob = await sheda.signup("client"), await sheda.signup("agent")
     ws = await sheda.ws(alice.token)
     for i in range(30):
@@ -33,8 +34,11 @@ async def test_rate_limit_sends_error_frames_then_persistent_abuse_closes_1008(s
     await ws.send({"type": "ping"})
     await ws.wait_type("pong")
     try:
-        for _ in range(60):
+        for _ in range(400):  # a flood that goes on after the refusals (one burst alone is not abuse)
             await ws.send({"type": "ping"})
+            await asyncio.sleep(0.01)
+            if ws.closed.done():
+                break
     except WebSocketClosedError:
         pass  # closed by the server mid-flood
     code, reason = await ws.wait_closed()
@@ -42,14 +46,14 @@ async def test_rate_limit_sends_error_frames_then_persistent_abuse_closes_1008(s
 
 
 async def test_pacing_just_above_the_limit_is_still_persistent_abuse(sheda):
-    # 20 frames/s against 5/s sustained: every fourth frame is accepted, which must not
+    # 20 messages/s against 5/s sustained: every fourth frame is accepted, which must not
     # wipe the record of the refused ones in between.
-    alice = await sheda.signup("client")
+    alice, bob = await sheda.signup("client"), await sheda.signup("agent")
     ws = await sheda.ws(alice.token)
     closed = False
     try:
-        for _ in range(200):
-            await ws.send({"type": "ping"})
+        for i in range(200):
+            await ws.send({"receiver_id": bob.id, "message": f"pace {i}", "client_msg_id": f"p{i}"})
             await asyncio.sleep(0.05)
             if ws.closed.done():
                 closed = True
@@ -59,7 +63,7 @@ async def test_pacing_just_above_the_limit_is_still_persistent_abuse(sheda):
     assert closed
     code, reason = await ws.wait_closed()
     assert code == 1008 and "rate" in reason
-    assert ws.of_type("pong") and [f for f in ws.of_type("error") if f["code"] == "rate_limited"]
+    assert ws.of_type("ack") and [f for f in ws.of_type("error") if f["code"] == "rate_limited"]
 
 
 class RawSocket:

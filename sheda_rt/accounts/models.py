@@ -162,7 +162,7 @@ class AgentProfilePatch(ProfilePatch):
     agency_name: Optional[str] = Field(None, max_length=120)
     license_number: Optional[str] = Field(None, max_length=64)
     bio: Optional[str] = Field(None, max_length=2000)
-    years_experience: Optional[int] = Field(None, ge=0, le=80)
+    years_experience: Optional[int] = Field(None, ge=0, le=80, strict=True)  # "5" or 5.0 is a 422, as on the socket
     whatsapp: Optional[str] = Field(None, description="7-15 digits, optionally starting with +")
     office_address: Optional[str] = Field(None, max_length=300)
 

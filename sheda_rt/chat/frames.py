@@ -5,7 +5,8 @@ The shapes are promises to mobile clients (contract, section Chat): fields are
 added, never renamed. Inbound frames are strict about types (`"receiver_id":
 "12"` is a mistyped field, not an id) and ignore unknown keys, so a client that
 still sends the old `sender_id` keeps working; the sender is always the token's
-user.
+user. The REST bodies for the same acts (POST /chats, POST /chat/read) are the
+same models minus `type`, so REST is exactly as strict as the socket.
 """
 from __future__ import annotations
 
@@ -13,32 +14,47 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sheda_rt.client_input import has_surrogate, wire_safe
 from sheda_rt.clock import format_ts
 from sheda_rt.database.ids import MAX_ID
 from sheda_rt.responses import public_media_url
 
 MAX_MESSAGE_CHARS = 4000
 SYNC_PAGE_MAX = 500
+#: Chat history's `offset` (messages to skip). Bounded so it stays an int64 with the page added
+#: (offset=9223372036854775807 was a 500 OverflowError); no conversation comes near it.
+MAX_HISTORY_OFFSET = 1_000_000_000
 
 
 class _Frame(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
 
-class SendFrame(_Frame):
+class SendMessageBody(_Frame):
+    """POST /api/v1/chats, and the socket's message frame without `type`."""
+
+    receiver_id: int = Field(ge=1, le=MAX_ID, description="The user the message is for")
+    message: str = Field(max_length=MAX_MESSAGE_CHARS, description=f"1 to {MAX_MESSAGE_CHARS} characters, not only whitespace")
+    client_msg_id: str | None = Field(None, min_length=1, max_length=128,
+                                      description="Idempotency key: a resend with the same key stores nothing new")
+    property_id: int | None = Field(None, ge=1, le=MAX_ID, description="Ties the message to a listing (agent and one other participant only)")
+
+
+class SendFrame(SendMessageBody):
     """The seed's frame `{"receiver_id", "message"}`, optionally typed and keyed."""
 
     type: Literal["message"] = "message"
-    receiver_id: int = Field(ge=1, le=MAX_ID)
-    message: str
-    client_msg_id: str | None = Field(None, min_length=1, max_length=128)
-    property_id: int | None = Field(None, ge=1, le=MAX_ID)
 
 
-class ReadFrame(_Frame):
-    type: Literal["read"]
+class ReadBody(_Frame):
+    """POST /api/v1/chat/read, and the socket's read frame without `type`."""
+
     other_user_id: int = Field(ge=1, le=MAX_ID)
-    up_to: int = Field(ge=0, le=MAX_ID)
+    up_to: int = Field(ge=0, le=MAX_ID, description="Mark this peer's messages to me with id <= up_to as read (capped at their newest message; the answer's up_to is the watermark reached, read_at null when nothing new was read)")
+
+
+class ReadFrame(ReadBody):
+    type: Literal["read"]
 
 
 class TypingFrame(_Frame):
@@ -59,24 +75,10 @@ class PingFrame(_Frame):
 INBOUND = {"message": SendFrame, "read": ReadFrame, "typing": TypingFrame, "sync": SyncFrame, "ping": PingFrame}
 
 
-# ---- REST bodies and queries ------------------------------------------------
-class SendMessageBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    receiver_id: int = Field(ge=1, le=MAX_ID, description="The user the message is for")
-    message: str = Field(description=f"1 to {MAX_MESSAGE_CHARS} characters, not only whitespace")
-    client_msg_id: str | None = Field(None, min_length=1, max_length=128,
-                                      description="Idempotency key: a resend with the same key stores nothing new")
-    property_id: int | None = Field(None, ge=1, le=MAX_ID, description="Ties the message to a listing (agent and one other participant only)")
-
-
-class ReadBody(BaseModel):
-    other_user_id: int = Field(ge=1, le=MAX_ID)
-    up_to: int = Field(ge=0, le=MAX_ID, description="Mark this peer's messages to me with id <= up_to as read (capped at their newest message; the answer's up_to is the watermark reached, read_at null when nothing new was read)")
-
-
+# ---- REST queries --------------------------------------------------------------
 class HistoryQuery(BaseModel):
-    offset: int = Field(0, ge=0, description="Messages to skip, counted from the oldest (or newest with order=desc)")
+    offset: int = Field(0, ge=0, le=MAX_HISTORY_OFFSET,
+                        description="Messages to skip, counted from the oldest (or newest with order=desc)")
     limit: int = Field(100, ge=1, le=500, description="Messages to return (default 100, max 500)")
     order: Literal["asc", "desc"] = Field("asc", description="asc: chronological (oldest first, the default); desc: newest first")
 
@@ -139,8 +141,21 @@ def ack_frame(doc: dict) -> dict:
 
 
 def error_frame(code: str, detail: str, client_msg_id=None, **extra) -> dict:
-    frame = {"type": "error", "code": code, "detail": detail}
-    if client_msg_id is not None:
+    """An error frame that can always be sent: text echoing the client (a client_msg_id, a
+    field name, a detail quoting input) is made UTF-8-safe. An error frame that could not be
+    encoded used to drop the socket instead of answering it."""
+    frame = {"type": "error", "code": code, "detail": _wire_safe(detail)}
+    if isinstance(client_msg_id, str) and not has_surrogate(client_msg_id):
         frame["client_msg_id"] = client_msg_id
-    frame.update(extra)
+    frame.update(_wire_safe(extra))
     return frame
+
+
+def _wire_safe(value):
+    if isinstance(value, str):
+        return wire_safe(value)
+    if isinstance(value, dict):
+        return {wire_safe(k) if isinstance(k, str) else k: _wire_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_wire_safe(v) for v in value]
+    return value

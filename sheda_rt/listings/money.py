@@ -14,7 +14,8 @@ int64 field 1 s), which matters for every sorted search page.
 """
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+import re
+from decimal import Decimal
 from typing import Annotated, Any
 
 from bson.decimal128 import Decimal128
@@ -25,32 +26,43 @@ CENT = Decimal("0.01")
 MAX_AMOUNT = Decimal("1000000000000")  # one trillion naira: anything above is a typo
 
 
+_MONEY_TEXT = re.compile(r"[0-9]+(?:\.[0-9]{1,2})?")
+
+
 def parse_money(value: Any) -> Decimal:
-    """A positive amount with at most two decimals, from a decimal string or an integer."""
+    """A positive amount with at most two decimals, from a decimal string or an integer.
+
+    Every bound is checked before any Decimal arithmetic: `"1e26"` or `price_max=1e30`
+    used to reach `quantize`, which raises decimal.InvalidOperation past 28 digits (a 500).
+    Strings must look like the documented pattern (digits, optionally a point and one or
+    two decimals), so what the OpenAPI schema promises is what is accepted."""
     if isinstance(value, bool) or isinstance(value, float):
         raise ValueError("must be a decimal string like \"2500000.00\" or an integer, never a JSON float")
     if isinstance(value, Decimal):
         amount = value
     elif isinstance(value, int):
-        amount = Decimal(value)
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        if value > MAX_AMOUNT:
+            raise ValueError(f"must be at most {MAX_AMOUNT}")
+        return Decimal(value).quantize(CENT)
     elif isinstance(value, str):
-        text = value.strip()
-        if not text or len(text) > 32:
-            raise ValueError("must be a decimal string like \"2500000.00\"")
-        try:
-            amount = Decimal(text)
-        except InvalidOperation:
-            raise ValueError("must be a decimal string like \"2500000.00\"") from None
+        if len(value) > 32 or not _MONEY_TEXT.fullmatch(value):
+            if value.startswith("-") and _MONEY_TEXT.fullmatch(value[1:]):
+                raise ValueError("must be greater than 0")
+            raise ValueError("must be a decimal string like \"2500000.00\" (digits, at most two decimals)")
+        amount = Decimal(value)
     else:
         raise ValueError("must be a decimal string or an integer")
     if not amount.is_finite():
         raise ValueError("must be a finite amount")
-    if amount != amount.quantize(CENT, rounding="ROUND_DOWN"):
-        raise ValueError("has more than two decimals")
     if amount <= 0:
         raise ValueError("must be greater than 0")
     if amount > MAX_AMOUNT:
         raise ValueError(f"must be at most {MAX_AMOUNT}")
+    # Now at most 13 integer digits: quantize cannot overflow the 28-digit context.
+    if amount != amount.quantize(CENT, rounding="ROUND_DOWN"):
+        raise ValueError("has more than two decimals")
     return amount.quantize(CENT)
 
 
