@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Comma-separated origins, or *")
     max_json_bytes: int = Field(1_048_576, ge=1024)
     max_upload_bytes: int = Field(5 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=10_000, le=500_000_000,
+                                  description="Largest image accepted, in pixels (width x height); more is 413 image_too_large")
     public_base_url: Optional[str] = Field(None, description=(
         "Scheme and host clients reach this server at, e.g. https://api.example.com: media URLs (avatar_url, "
         "image url, file_url) become absolute, so a web app on another origin can load them; unset: /media/... paths"))

@@ -71,7 +71,8 @@ class PropertyImagesHandler(APIHandler):
     @endpoint("Add an image (multipart field `file`)", auth=USER, upload="file", response=ImageAdded, status=201,
               errors=(401, 403, 404, 409, 413, 415, 422), tags=TAGS)
     async def post(self, property_id: int):
-        """jpeg, png or webp, recognised from the bytes; at most MAX_UPLOAD_BYTES (413) and at most 10 images per
+        """jpeg, png or webp, decoded in full and stored re-encoded without metadata (415 otherwise); at most
+        MAX_UPLOAD_BYTES and MAX_IMAGE_PIXELS (413) and at most 10 images per
         listing (409). The first image becomes primary; send form field `is_primary=true` to make the new one
         primary. Returns `{image, property}`."""
         data = self.uploaded_file("file")

@@ -38,9 +38,10 @@ class AvatarHandler(APIHandler):
     @endpoint("Upload my avatar (jpeg, png or webp)", auth=USER, upload="file", response=PrivateUser, errors=(413, 415),
               tags=("users",))
     async def put(self):
-        """multipart/form-data with the image in `file`. The type is read from the content, not the
-        name: 415 for anything but jpeg/png/webp, 413 above MAX_UPLOAD_BYTES. Returns my profile with
-        the new avatar_url (served under /media/avatars/)."""
+        """multipart/form-data with the image in `file`. The image is decoded in full and stored
+        re-encoded, without its metadata (EXIF, GPS; its orientation applied): 415 unless the whole
+        file is a jpeg/png/webp image, 413 above MAX_UPLOAD_BYTES or MAX_IMAGE_PIXELS (`image_too_large`).
+        Returns my profile with the new avatar_url (served under /media/avatars/)."""
         user = await self.ctx.accounts.set_avatar(self.principal.user, self.uploaded_file("file"))
         return private_user(user)
 

@@ -43,7 +43,7 @@ class AppContext:
             broker = RedisBroker(settings.redis_url, settings.mongodb_db, heartbeat_seconds=settings.redis_heartbeat_seconds)
             self.hub = Hub(broker)
             self.limits = RedisLimits(broker.redis, settings.mongodb_db)
-        self.media = MediaStore(settings.media_dir, settings.max_upload_bytes)
+        self.media = MediaStore(settings.media_dir, settings.max_upload_bytes, settings.max_image_pixels)
         self.tokens = TokenCodec(settings.jwt_secret_value(), settings.jwt_algorithm, self.clock)
 
         # Stores: one per collection. Every store with indexes is listed in `stores`.

@@ -1,8 +1,12 @@
-"""Image uploads for avatars, listing photos and admin media.
+"""Image uploads for avatars, listing photos and admin media: one mechanism for all three.
 
-The type is read from the file's first bytes (jpeg, png, webp), never from its
-name or the client's Content-Type. Files are written under DATA_DIR/media/<folder>/
-with a random name and served at /media/<folder>/<name>.
+Every upload is decoded in full and re-encoded (`images.reencode`, in a worker thread):
+the type comes from decoding the content, never from its name, its first bytes or the
+client's Content-Type, and what is stored is only the image, without metadata. Files
+are written under DATA_DIR/media/<folder>/ with a random name whose extension is the
+re-encoded format, so /media/<folder>/<name> is served with the Content-Type of the
+bytes it holds. Only images are taken (no pdf or other documents): every route that
+stores a file shows it as an image.
 """
 from __future__ import annotations
 
@@ -11,47 +15,38 @@ import re
 import uuid
 from pathlib import Path
 
-from sheda_rt.errors import TooLarge, UnsupportedMedia, ValidationFailed
+from sheda_rt.errors import TooLarge, ValidationFailed
+from sheda_rt.media.images import reencode
 
 _FOLDER = re.compile(r"^[a-z0-9_-]{1,40}$")
 
 
-def sniff_image(data: bytes) -> str | None:
-    """'jpeg' | 'png' | 'webp' from magic bytes, else None."""
-    if data[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    return None
-
-
 class MediaStore:
     URL_PREFIX = "/media/"
+    DEFAULT_MAX_PIXELS = 40_000_000
 
-    def __init__(self, root: Path, max_bytes: int):
+    def __init__(self, root: Path, max_bytes: int, max_pixels: int = DEFAULT_MAX_PIXELS, decoders: int = 2):
         self.root = root
         self.max_bytes = max_bytes
+        self.max_pixels = max_pixels
+        # Decoding holds the whole bitmap in memory (40 megapixels: ~120 MB as RGB): a few
+        # uploads at a time, the rest wait their turn rather than multiply the memory.
+        self._decoding = asyncio.Semaphore(decoders)
 
-    def _check(self, data: bytes) -> str:
+    async def save_image(self, data: bytes, folder: str) -> str:
+        """Decode, re-encode and store an image; returns its URL path (e.g. /media/avatars/ab12.png).
+        413 over MAX_UPLOAD_BYTES or MAX_IMAGE_PIXELS, 415 unless the whole file is a jpeg, png or webp image."""
+        if not _FOLDER.match(folder):
+            raise ValidationFailed.single("type", "must be 1-40 lowercase letters, digits, - or _")
         if len(data) > self.max_bytes:
             raise TooLarge(f"File is {len(data)} bytes; the limit is {self.max_bytes} bytes")
         if not data:
             raise ValidationFailed.single("file", "is empty")
-        kind = sniff_image(data)
-        if kind is None:
-            raise UnsupportedMedia("Only jpeg, png and webp images are accepted", "unsupported_media_type")
-        return kind
-
-    async def save_image(self, data: bytes, folder: str) -> str:
-        """Validate and store an image; returns its URL path (e.g. /media/avatars/ab12.png)."""
-        if not _FOLDER.match(folder):
-            raise ValidationFailed.single("type", "must be 1-40 lowercase letters, digits, - or _")
-        kind = self._check(data)
-        name = f"{uuid.uuid4().hex}.{'jpg' if kind == 'jpeg' else kind}"
+        async with self._decoding:
+            image = await asyncio.to_thread(reencode, data, self.max_pixels)
+        name = f"{uuid.uuid4().hex}.{image.extension}"
         target = self.root / folder / name
-        await asyncio.to_thread(self._write, target, data)
+        await asyncio.to_thread(self._write, target, image.data)
         return f"{self.URL_PREFIX}{folder}/{name}"
 
     @staticmethod
