@@ -15,6 +15,7 @@ class RegisterHandler(APIHandler):
               tags=("auth",))
     async def post(self, body: RegisterRequest):
         """Creates an unverified account and emails a 6-digit code (valid OTP_MINUTES, 10 by default).
+        Usernames that read as staff or the product (admin, support, sheda, Adm1n...) are a 422 on `username`.
         Confirm it with POST /auth/verify-account. 409 with code `username_taken`, `email_taken` or
         `phone_taken` when one is already registered."""
         return private_user(await self.ctx.accounts.register(body))
@@ -41,8 +42,10 @@ class LoginHandler(APIHandler):
     @endpoint("Log in with username, email or phone (form or JSON)", body=LoginRequest, form=True, response=TokenPair,
               errors=(401, 403, 422, 429), tags=("auth",))
     async def post(self, body: LoginRequest):
-        """401 `invalid_credentials` for an unknown user and a wrong password alike. 5 failures for one
-        account from one address within 15 minutes: 429 with Retry-After (even for the right password).
+        """401 `invalid_credentials` for an unknown user and a wrong password alike. Within
+        LOGIN_WINDOW_MINUTES (15): 5 wrong passwords for one account from one address each get 401 and
+        the 6th try 429 with Retry-After (even for the right password); 20 failed logins from one
+        address, whatever the accounts, likewise (LOGIN_MAX_FAILURES, LOGIN_MAX_FAILURES_PER_IP).
         Unverified accounts get 403 `email_unverified` and deactivated ones 403 `account_inactive`,
         both only after the password was right."""
         return await self.ctx.accounts.login(body.username, body.password, self.request.remote_ip or "-")
