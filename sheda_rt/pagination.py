@@ -17,7 +17,8 @@ from typing import Any
 from bson.decimal128 import Decimal128
 from pydantic import BaseModel, Field
 
-from sheda_rt.errors import ValidationFailed
+from sheda_rt import client_input
+from sheda_rt.errors import ApiError, ValidationFailed
 
 
 class PageQuery(BaseModel):
@@ -72,6 +73,15 @@ def _dec(value: Any) -> Any:
     raise _Forged("not a cursor value")
 
 
+def _cursor_json(raw: bytes) -> Any:
+    """The cursor's JSON through the one client-input decoder (bounded depth; a lone
+    surrogate would otherwise reach the query and fail to encode: a 500)."""
+    try:
+        return client_input.parse_json(raw, "cursor")
+    except ApiError:
+        raise _Forged("not a cursor") from None
+
+
 def encode_cursor(values: list) -> str:
     raw = json.dumps([_enc(v) for v in values], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -79,7 +89,7 @@ def encode_cursor(values: list) -> str:
 
 def decode_cursor(cursor: str, size: int) -> list:
     try:
-        raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        raw = _cursor_json(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         if not isinstance(raw, list):
             raise _Forged("not a list")
         values = [_dec(v) for v in raw]

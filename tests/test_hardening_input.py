@@ -148,9 +148,11 @@ async def test_every_number_is_bounded_before_the_database(sheda):
     assert r.status in (404, 422), r
     # A cursor is client input too: a forged one holding a lone surrogate or an absurd number.
     import base64
-    for forged in (b'["\\ud800", 1]', b'[1e400, 1]', b"[" * 500):
+    for path, forged in (("/api/v1/notifications", b'["\\ud800"]'), ("/api/v1/appointments", b'["x\\udfff"]'),
+                         ("/api/v1/notifications", b'[1e400]'), ("/api/v1/notifications", b"[" * 500 + b"]" * 500),
+                         ("/api/v1/properties", b'["newest", "\\ud800", 1]')):
         cursor = base64.urlsafe_b64encode(forged).decode().rstrip("=")
-        r = await sheda.api.get(f"/api/v1/properties?cursor={cursor}")
+        r = await sheda.api.get(f"{path}?cursor={cursor}", token=client.token)
         assert r.status == 422 and r.json["errors"][0]["field"] == "cursor", (forged, r)
 
 
@@ -242,3 +244,4 @@ async def test_rest_is_as_strict_as_the_socket(sheda):
     assert r.status == 415, r
     stored = await sheda.ctx.db["messages"].find({"conv": conv_key(alice.id, bob.id)}).to_list()
     assert [d["message"] for d in stored] == ["hi"]
+
