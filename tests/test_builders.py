@@ -403,6 +403,8 @@ async def test_payment_plans_split_a_unit_price_to_the_kobo(sheda):
     plan_id = r.json["id"]
     for bad_lines in ([{"label": "All", "percent": "99.99", "due": "booking"}],
                       [{"label": "All", "percent": 100.0, "due": "booking"}],
+                      [{"label": "All", "percent": 2634712425267313204197851136, "due": "booking"}],  # was a 500
+                      [{"label": "All", "percent": "1e2", "due": "booking"}],
                       [{"label": "A", "percent": "50", "due": "booking"}, {"label": "B", "percent": "50.001", "due": "handover"}],
                       [{"label": "All", "percent": "100", "due": "months:0"}],
                       [{"label": "All", "percent": "100", "due": "someday"}],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import date
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Annotated, Literal, Optional
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, WithJsonSchema, field_validator,
@@ -193,21 +193,22 @@ class UnitQuery(PageQuery):
 
 
 # ---- payment plans ------------------------------------------------------------
+_PERCENT_TEXT = re.compile(r"[0-9]{1,3}(\.[0-9]{1,2})?")
+
+
 def _percent(value) -> Decimal:
-    """'10.00' or 10: more than 0, at most 100, at most two decimals; never a JSON float."""
+    """'10.00' or 10: more than 0, at most 100, at most two decimals; never a JSON float.
+    The shape and bounds are checked before any Decimal arithmetic (a 29-digit integer
+    would make quantize raise: a 500)."""
     if isinstance(value, bool) or isinstance(value, float):
         raise ValueError('must be a decimal string like "10.00" or an integer, never a JSON float')
     if isinstance(value, int):
-        amount = Decimal(value)
-    elif isinstance(value, str) and 0 < len(value.strip()) <= 8:
-        try:
-            amount = Decimal(value.strip())
-        except InvalidOperation:
-            raise ValueError('must be a decimal string like "10.00"') from None
-    else:
-        raise ValueError('must be a decimal string like "10.00"')
-    if not amount.is_finite() or amount != amount.quantize(Decimal("0.01"), rounding="ROUND_DOWN"):
-        raise ValueError("must have at most two decimals")
+        if not 0 < value <= 100:
+            raise ValueError("must be more than 0 and at most 100")
+        return Decimal(value).quantize(Decimal("0.01"))
+    if not isinstance(value, str) or not _PERCENT_TEXT.fullmatch(value.strip()):
+        raise ValueError('must be a decimal string like "10.00" (at most two decimals)')
+    amount = Decimal(value.strip())
     if not Decimal(0) < amount <= Decimal(100):
         raise ValueError("must be more than 0 and at most 100")
     return amount.quantize(Decimal("0.01"))
