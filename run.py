@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     create = sub.add_parser("create-user", help="create a verified user")
     create.add_argument("--username", required=True)
     create.add_argument("--email", required=True)
-    create.add_argument("--user-type", choices=["client", "agent"], default="client")
+    create.add_argument("--user-type", choices=["client", "agent", "builder"], default="client")
     create.add_argument("--password", help="prompted for when omitted")
     create.add_argument("--phone")
     create.add_argument("--full-name")
