@@ -60,9 +60,13 @@ models (send two searches).
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import random
 import re
+import time
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -247,16 +251,99 @@ class SearchPlan:
     cursor: str | None = None
 
 
+class FacetStats:
+    """How common each facet is, estimated from a uniform random sample of the documents.
+
+    Why: one facet drives a search and the embedded database fetches every document in
+    that facet's index range, so the rarest of a request's conditions should drive. The
+    database cannot tell us cheaply (its `count` reads the whole collection), and a
+    word's length says little about its rarity: "serviced pool lekki" driven by its
+    longest word fetched thousands of listings (2.4 s at 20k listings), where "pool"
+    or "lekki" would fetch a few hundred. So SAMPLE_SIZE random ids (the collection's
+    ids are the allocator's sequence) are read by `_id` at most every MAX_AGE seconds,
+    in the background of a search that has a choice to make; until then, and for a
+    facet the sample never saw (rare: a good driver), callers fall back on their own
+    order of preference.
+    """
+
+    SAMPLE_SIZE = 2000
+    MAX_AGE = 600.0
+
+    def __init__(self, col, max_id, *, sample_size: int = SAMPLE_SIZE, max_age: float = MAX_AGE, monotonic=time.monotonic):
+        self.col = col
+        self.max_id = max_id  # async () -> the highest id issued so far
+        self.sample_size = sample_size
+        self.max_age = max_age
+        self._now = monotonic
+        self._share: dict[str, float] | None = None
+        self._taken_at: float | None = None
+        self._task: asyncio.Task | None = None
+
+    def share(self, facet: str) -> float | None:
+        """The fraction of documents carrying `facet` (0.0 when the sample has none); None without a sample."""
+        if self._share is None:
+            return None
+        return self._share.get(facet, 0.0)
+
+    def pick(self, candidates: list[str]) -> str:
+        """The rarest candidate by the sample (ties: the earlier); the first without a sample."""
+        self.refresh_soon()
+        if self._share is None or len(candidates) < 2:
+            return candidates[0]
+        return min(enumerate(candidates), key=lambda ic: (self._share.get(ic[1], 0.0), ic[0]))[1]
+
+    def refresh_soon(self) -> None:
+        """Start a background refresh when the sample is missing or old (never two at once)."""
+        if self._task is not None and not self._task.done():
+            return
+        if self._taken_at is not None and self._now() - self._taken_at < self.max_age:
+            return
+        self._taken_at = self._now()  # also spaces out retries after a failed refresh
+        self._task = asyncio.get_running_loop().create_task(self._refresh_logged())
+
+    async def _refresh_logged(self) -> None:
+        try:
+            await self.refresh()
+        except Exception:  # the searches keep their fallback order; the next due refresh tries again
+            logging.getLogger("sheda.search").warning("facet sample failed", exc_info=True)
+
+    async def refresh(self) -> None:
+        top = await self.max_id()
+        if top < 1:
+            self._share, self._taken_at = {}, self._now()
+            return
+        ids = random.sample(range(1, top + 1), min(self.sample_size, top))
+        counts: Counter = Counter()
+        seen = 0
+        for i in range(0, len(ids), 200):  # the embedded database matches $in by scanning its list: chunks
+            docs = await self.col.find({"_id": {"$in": ids[i:i + 200]}}, projection={"facets": 1, "_id": 0}).to_list()
+            for d in docs:
+                counts.update(set(d.get("facets") or ()))
+            seen += len(docs)
+        self._share = {f: c / seen for f, c in counts.items()} if seen else {}
+        self._taken_at = self._now()
+
+
 class FacetedSearch:
     """Runs SearchPlans on one collection whose documents carry `facets`, a state field
     (the drivers' equality), a date and a price (int64 kobo) field, with the two compound
-    indexes `(state, facets, date, _id)` and `(state, facets, price, _id)`."""
+    indexes `(state, facets, date, _id)` and `(state, facets, price, _id)`. With `stats`,
+    a near=/bbox= search is driven by the request's own facet instead of the grid cells
+    when the sample says the facet is rarer than the cells together."""
 
-    def __init__(self, col, *, state_field: str = "status", date_field: str = "created_at", price_field: str = "price_minor"):
+    def __init__(self, col, *, state_field: str = "status", date_field: str = "created_at", price_field: str = "price_minor",
+                 stats: FacetStats | None = None):
         self.col = col
         self.state_field = state_field
         self.price_field = price_field
         self.sorts = sorts_for(date_field, price_field)
+        self.stats = stats
+
+    def _facet_is_rarer(self, facet: str, cells: list[str]) -> bool:
+        if self.stats is None or facet == "*":
+            return False
+        mine, theirs = self.stats.share(facet), [self.stats.share(c) for c in cells]
+        return mine is not None and mine < sum(theirs)
 
     def _cursor_after(self, plan: SearchPlan) -> tuple[Any, int] | None:
         if not plan.cursor:
@@ -332,6 +419,8 @@ class FacetedSearch:
             cells = geo_cells_in_box(min_lng, min_lat, max_lng, max_lat)
         if within is not None:
             residual = {"$and": [residual, within]} if residual else within
+            if cells is not None and self._facet_is_rarer(plan.facet, cells):
+                cells = None
             if cells is not None:
                 if plan.facet != "*":  # the request's own facet becomes a residual condition
                     residual = {"$and": [residual, {"facets": plan.facet}]}

@@ -155,3 +155,29 @@ async def test_listings_stored_before_keywords_are_refaceted_at_startup(sheda):
     assert await store.ensure_indexes() is None  # what every start runs
     r = await sheda.api.get(API, params={"q": f"{w} cottage"})
     assert [p["id"] for p in r.json["items"]] == [prop["id"]]
+
+
+async def test_the_rarest_condition_drives_the_search_by_the_facet_sample(sheda):
+    """Which condition drives decides how many listings the database reads, never what is found:
+    once the sample says a keyword is rarer than the grid cells (or another keyword), it drives."""
+    from sheda_rt.listings.models import SearchQuery
+
+    agent = await sheda.signup("agent")
+    w, rare = word(), word()
+    expected = set()
+    for i in range(12):
+        prop = await create_property(sheda, agent, title=f"{w} home {i}", description=f"garden {rare if i < 2 else ''}",
+                                     geo={"lat": 61.5 + i * 0.001, "lng": -150.1 + i * 0.001})
+        if i < 2:
+            expected.add(prop["id"])
+    stats = sheda.ctx.property_store.stats
+    stats.sample_size = 1_000_000  # every listing of the test database: the shares are exact, not a sample's luck
+    await stats.refresh()
+    for params in ({"q": f"{w} {rare}"}, {"q": f"{rare} {w}"}, {"q": f"{w} {rare}", "bbox": "-150.2,61.4,-150.0,61.6"},
+                   {"q": rare, "near": "61.5,-150.1", "radius_km": 10}):
+        trace: list = []
+        page = await sheda.ctx.properties.search(SearchQuery.model_validate(params), trace=trace)
+        assert {p["id"] for p in page["items"]} == expected, params
+        assert {p[0]["$match"]["facets"] for p in trace} == {f"k:{rare}"}, (params, trace[0][0])
+    r = await sheda.api.get(API, params={"q": f"{w} {rare}", "bbox": "-150.2,61.4,-150.0,61.6"})
+    assert {p["id"] for p in r.json["items"]} == expected

@@ -226,22 +226,25 @@ class PropertyService:
         if wanted:
             residual["facets"] = {"$all": wanted}
 
+        # The driving facet: any condition of the request can drive (all of them are also in the residual);
+        # the rarest by the facet sample does, else the first of this order (a usual proxy for rarity).
+        candidates: list[str] = []
+        if q.agent_id is not None:
+            candidates.append(f"a:{q.agent_id}")
+        candidates += [keyword_facet(w) for w in keywords]  # longest first
+        candidates += [word_facet(w) for w in sorted(set(words), key=len, reverse=True)]
+        if q.category_id is not None:
+            candidates.append(f"c:{q.category_id}")
+        if q.listing_type and q.property_type:
+            candidates.append(f"l:{q.listing_type}|t:{q.property_type}")
+        elif q.listing_type:
+            candidates.append(f"l:{q.listing_type}")
+        elif q.property_type:
+            candidates.append(f"t:{q.property_type}")
         if q.location and not words:
             facet = "w:"  # matches no listing: an index lookup that finds nothing, not a scan
-        elif q.agent_id is not None:
-            facet = f"a:{q.agent_id}"
-        elif keywords:
-            facet = keyword_facet(keywords[0])  # the longest word: the usual proxy for the rarest
-        elif words:
-            facet = word_facet(max(words, key=len))
-        elif q.category_id is not None:
-            facet = f"c:{q.category_id}"
-        elif q.listing_type and q.property_type:
-            facet = f"l:{q.listing_type}|t:{q.property_type}"
-        elif q.listing_type:
-            facet = f"l:{q.listing_type}"
-        elif q.property_type:
-            facet = f"t:{q.property_type}"
+        elif candidates:
+            facet = self.store.stats.pick(candidates)
         else:
             facet = "*"
         near = None

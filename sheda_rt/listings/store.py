@@ -19,7 +19,7 @@ from sheda_rt.database.writes import get_then_update, update_then_get
 from sheda_rt.errors import Conflict
 from sheda_rt.pagination import PageQuery, paginate
 # Re-exported: the listings service and tests name these here.
-from sheda_rt.search import (EARTH_RADIUS_KM, FacetedSearch, SearchPlan, geo_cells_covering, geo_facets,  # noqa: F401
+from sheda_rt.search import (EARTH_RADIUS_KM, FacetedSearch, FacetStats, SearchPlan, geo_cells_covering, geo_facets,  # noqa: F401
                              keyword_facet, keyword_facets, keyword_words, location_facets, location_words, word_facet)
 
 log = logging.getLogger("sheda.listings")
@@ -50,7 +50,10 @@ class PropertyStore:
         self.col = db["properties"]
         self.meta = db["meta"]
         self.ids = ids
-        self.finder = FacetedSearch(self.col, state_field="status", date_field="created_at", price_field="price_minor")
+        # Which of a request's conditions is rarest (the driver): a sample of the listings' facets.
+        self.stats = FacetStats(self.col, lambda: ids.current("properties"))
+        self.finder = FacetedSearch(self.col, state_field="status", date_field="created_at", price_field="price_minor",
+                                    stats=self.stats)
 
     async def ensure_indexes(self):
         await self.col.create_indexes(self.INDEXES)
