@@ -421,3 +421,42 @@ async def test_payment_plans_split_a_unit_price_to_the_kobo(sheda):
     r = await sheda.api.get(f"{PROJECTS}/{pid}/payment-plans")
     assert "schedule" not in r.json["items"][0]
     assert (await sheda.api.get(f"{PROJECTS}/{pid}/payment-plans", params={"unit_id": 99999999})).status == 404
+
+
+def _collscan(stage: dict) -> bool:
+    children = ([stage["inputStage"]] if "inputStage" in stage else []) + list(stage.get("inputStages", []))
+    return stage.get("stage") == "COLLSCAN" or any(_collscan(c) for c in children)
+
+
+def _winning_plan(explained: dict) -> dict:
+    if "queryPlanner" in explained:
+        return explained["queryPlanner"]["winningPlan"]
+    return next(s["$cursor"]["queryPlanner"]["winningPlan"] for s in explained["stages"] if "$cursor" in s)
+
+
+async def test_project_and_unit_reads_walk_indexes_never_the_collection(sheda):
+    """The embedded planner scans the whole collection unless a filter is index-shaped: every read
+    the searches, unit pages, duplicate checks and summaries run is explained here."""
+    from sheda_rt.builders.models import ProjectQuery, UnitQuery
+
+    builder = await verified_builder(sheda)
+    w = word()
+    project = await published_project(sheda, builder, location=f"{w} Lekki", geo={"lat": 6.45, "lng": 3.47})
+    pid = project["id"]
+    await add_units(sheda, builder, pid, [unit(f"X{i}", bedrooms=i % 4) for i in range(30)])
+    db, trace = sheda.ctx.db, []
+    first = await sheda.ctx.projects.list_units(None, pid, UnitQuery(limit=5), trace=trace)
+    for params in ({}, {"location": w}, {"builder_id": builder.id}, {"status": "planning"}, {"near": "6.45,3.47", "radius_km": 3},
+                   {"sort": "price_asc", "bedrooms_min": 2}, {"sort": "price_desc", "price_max": "50000000"}):
+        await sheda.ctx.projects.search(ProjectQuery(**params), None, trace=trace)
+    for params in ({"status": "available"}, {"type": "shop", "floor": 1}, {"price_min": "1", "cursor": first["next_cursor"]}):
+        await sheda.ctx.projects.list_units(None, pid, UnitQuery(**params), trace=trace)
+    assert len(trace) >= 10
+    for pipeline in trace:
+        collection = "units" if "project_id" in pipeline[0]["$match"] else "projects"
+        explained = await db.command("explain", {"aggregate": collection, "pipeline": pipeline, "cursor": {}},
+                                     verbosity="queryPlanner")
+        assert not _collscan(_winning_plan(explained)), (collection, pipeline, _winning_plan(explained))
+    for flt in ({"project_id": pid}, {"project_id": pid, "unit_number": {"$in": ["X1", "X2"]}}):
+        explained = await db.command("explain", {"find": "units", "filter": flt}, verbosity="queryPlanner")
+        assert not _collscan(_winning_plan(explained)), (flt, explained)

@@ -330,11 +330,11 @@ class ProjectService:
         near = (*q.near_point, q.radius_km) if q.near_point is not None else None
         return SearchPlan(status=q.state, sort=q.sort, limit=q.limit, facet=facet, near=near, residual=residual, cursor=q.cursor)
 
-    async def search(self, q: ProjectQuery, principal) -> dict:
+    async def search(self, q: ProjectQuery, principal, trace: list | None = None) -> dict:
         if q.state == "draft" and not is_admin(principal):
             if principal is None or q.builder_id != principal.user_id:
                 raise Forbidden("Drafts are listed only to their builder (builder_id=<your id>) and admins", "drafts_forbidden")
-        return await self.store.search(self.plan(q), self.clock.now(), project_view)
+        return await self.store.search(self.plan(q), self.clock.now(), project_view, trace=trace)
 
     # ---- units -------------------------------------------------------------
     async def refresh_summary(self, project_id: int) -> dict | None:
@@ -421,7 +421,7 @@ class ProjectService:
         await self.refresh_summary(project_id)
         return unit_view(updated)
 
-    async def list_units(self, principal, project_id: int, q: UnitQuery) -> dict:
+    async def list_units(self, principal, project_id: int, q: UnitQuery, trace: list | None = None) -> dict:
         await self.visible(project_id, principal)
         residual: dict = {}
         for name in ("status", "type", "floor", "bedrooms"):
@@ -435,7 +435,7 @@ class ProjectService:
             price["$lte"] = to_minor(q.price_max)
         if price:
             residual["price_minor"] = price
-        return await self.units.page(project_id, residual, q.limit, q.cursor, unit_view)
+        return await self.units.page(project_id, residual, q.limit, q.cursor, unit_view, trace=trace)
 
     # ---- payment plans -----------------------------------------------------
     async def add_plan(self, principal, project_id: int, body: PaymentPlanCreate) -> dict:

@@ -80,8 +80,8 @@ class ProjectStore:
         result = await self.col.update_one({"_id": project_id, "summary_rev": summary_rev}, update)
         return result.matched_count == 1
 
-    async def search(self, plan: SearchPlan, now, serialize) -> dict:
-        return await self.finder.search(plan, now, serialize)
+    async def search(self, plan: SearchPlan, now, serialize, trace: list | None = None) -> dict:
+        return await self.finder.search(plan, now, serialize, trace=trace)
 
 
 class UnitStore:
@@ -135,16 +135,23 @@ class UnitStore:
     async def for_summary(self, project_id: int) -> list[dict]:
         return await self.col.find({"project_id": project_id}, projection={"status": 1, "price_minor": 1, "bedrooms": 1}).to_list()
 
-    async def page(self, project_id: int, residual: dict, limit: int, cursor: str | None, serialize) -> dict:
-        """Units of a project ordered by unit_number (as text), keyset-paginated."""
+    def page_pipeline(self, project_id: int, residual: dict, limit: int, cursor: str | None) -> list[dict]:
+        """An index-shaped driver `{project_id, unit_number: > last}`, then the filters."""
         driver: dict = {"project_id": project_id}
         if cursor:
             tag, last = decode_cursor(cursor, 2)
             if tag != "u" or not isinstance(last, str):
                 raise ValidationFailed.single("cursor", "is not a cursor for this listing")
             driver["unit_number"] = {"$gt": last}
-        pipeline = [{"$match": driver}] + ([{"$match": residual}] if residual else []) + [
+        return [{"$match": driver}] + ([{"$match": residual}] if residual else []) + [
             {"$sort": self.SORT}, {"$limit": limit + 1}]
+
+    async def page(self, project_id: int, residual: dict, limit: int, cursor: str | None, serialize,
+                   trace: list | None = None) -> dict:
+        """Units of a project ordered by unit_number (as text), keyset-paginated."""
+        pipeline = self.page_pipeline(project_id, residual, limit, cursor)
+        if trace is not None:
+            trace.append(pipeline)
         docs = await (await self.col.aggregate(pipeline)).to_list()
         more = len(docs) > limit
         docs = docs[:limit]
