@@ -11,7 +11,7 @@ from sheda_rt.responses import Detail
 
 
 class RegisterHandler(APIHandler):
-    @endpoint("Register a client or agent; an OTP is emailed", body=RegisterRequest, response=PrivateUser, status=201, errors=(409, 422),
+    @endpoint("Register a client, agent or builder; an OTP is emailed", body=RegisterRequest, response=PrivateUser, status=201, errors=(409, 422),
               tags=("auth",))
     async def post(self, body: RegisterRequest):
         """Creates an unverified account and emails a 6-digit code (valid OTP_MINUTES, 10 by default).
@@ -85,7 +85,7 @@ class ResetPasswordHandler(APIHandler):
 
 
 class SwitchAccountHandler(APIHandler):
-    @endpoint("Become a client or an agent", auth=USER, body=SwitchAccountRequest, response=TokenPair, tags=("auth",))
+    @endpoint("Become a client, an agent or a builder", auth=USER, body=SwitchAccountRequest, response=TokenPair, tags=("auth",))
     async def post(self, body: SwitchAccountRequest):
         """Changes user_type and returns a new pair whose scope is the new type. Older tokens keep
         working for shared routes but lose the old type's scope at once."""

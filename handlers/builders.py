@@ -83,6 +83,16 @@ class ProjectHandler(_MaybeSignedIn):
         return await self.ctx.projects.update(self.principal, project_id, body)
 
 
+class ProjectImagesHandler(APIHandler):
+    @endpoint("Add an image to a project (multipart field `file`)", auth=USER, upload="file", status=201,
+              response=ProjectView, errors=(401, 403, 404, 409, 413, 415, 422), tags=TAGS)
+    async def post(self, project_id: int):
+        """By its builder or an admin: jpeg, png or webp, recognised from the bytes; at most MAX_UPLOAD_BYTES (413)
+        and 20 images per project (409 `too_many_images`). Its /media/projects/ URL is appended to `images`;
+        PATCH `images` reorders or drops them. Returns the project."""
+        return await self.ctx.projects.add_image(self.principal, project_id, self.uploaded_file("file"))
+
+
 class ProjectPublishHandler(APIHandler):
     @endpoint("Publish a draft project", auth=USER, response=ProjectView, errors=(401, 403, 404, 409), tags=TAGS)
     async def post(self, project_id: int):
@@ -142,6 +152,7 @@ default_handlers = [
     route("/api/v1/admin/builders/{user_id:int}", AdminBuilderHandler),
     route("/api/v1/projects", ProjectsHandler),
     route("/api/v1/projects/{project_id:int}", ProjectHandler),
+    route("/api/v1/projects/{project_id:int}/images", ProjectImagesHandler, max_body=UPLOAD_BODY),
     route("/api/v1/projects/{project_id:int}/publish", ProjectPublishHandler),
     route("/api/v1/projects/{project_id:int}/units", ProjectUnitsHandler),
     route("/api/v1/projects/{project_id:int}/units/{unit_id:int}", ProjectUnitHandler),

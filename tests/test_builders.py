@@ -460,3 +460,23 @@ async def test_project_and_unit_reads_walk_indexes_never_the_collection(sheda):
     for flt in ({"project_id": pid}, {"project_id": pid, "unit_number": {"$in": ["X1", "X2"]}}):
         explained = await db.command("explain", {"find": "units", "filter": flt}, verbosity="queryPlanner")
         assert not _collscan(_winning_plan(explained)), (flt, explained)
+
+
+async def test_project_images_are_uploads_of_its_builder(sheda):
+    builder = await sheda.signup("builder")
+    other = await sheda.signup("builder")
+    project = await create_project(sheda, builder, images=["https://cdn.example/render.jpg"])
+    pid = project["id"]
+    body, headers = multipart("file", "site.png", PNG_1PX, "image/png")
+    r = await sheda.api.request("POST", f"{PROJECTS}/{pid}/images", body=body, headers=headers, token=builder.token)
+    assert r.status == 201 and r.json["images"][0] == "https://cdn.example/render.jpg", r
+    assert r.json["images"][1].startswith("/media/projects/") and len(r.json["images"]) == 2
+    stored = await snapshot(sheda, "projects", pid)
+    r = await sheda.api.request("POST", f"{PROJECTS}/{pid}/images", body=body, headers=headers, token=other.token)
+    assert r.status == 404  # a draft: the other builder cannot even see it
+    fake, fake_headers = multipart("file", "x.png", b"not an image at all", "image/png")
+    r = await sheda.api.request("POST", f"{PROJECTS}/{pid}/images", body=fake, headers=fake_headers, token=builder.token)
+    assert r.status == 415, r
+    assert await snapshot(sheda, "projects", pid) == stored
+    for bad in (["javascript:alert(1)"], ["/etc/passwd"], ["x"] * 21):
+        assert (await sheda.api.patch(f"{PROJECTS}/{pid}", {"images": bad}, token=builder.token)).status == 422, bad

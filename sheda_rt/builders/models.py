@@ -14,6 +14,7 @@ from typing import Annotated, Literal, Optional
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, WithJsonSchema, field_validator,
                       model_validator)
 
+from sheda_rt.accounts.models import PublicBuilder
 from sheda_rt.database.ids import MAX_ID
 from sheda_rt.listings.models import GeoPoint
 from sheda_rt.listings.money import Money
@@ -246,21 +247,8 @@ class PlanQuery(BaseModel):
 
 
 # ---- responses (validated on the way out by the endpoint; they are the OpenAPI schemas) ----
-class BuilderView(ResponseModel):
-    """A builder as anyone may see them: the public user fields and the company profile."""
-
-    id: int
-    username: str
-    full_name: Optional[str]
-    user_type: Literal["client", "agent", "builder"]
-    avatar_url: Optional[MediaUrl]
-    created_at: Optional[Timestamp]
-    company_name: Optional[str]
-    registration_number: Optional[str]
-    website: Optional[str]
-    about: Optional[str]
-    logo_url: Optional[MediaUrl]
-    verified: bool
+#: A builder as anyone may see them: the public user fields and the company profile.
+BuilderView = PublicBuilder
 
 
 class GeoView(ResponseModel):

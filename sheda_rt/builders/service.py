@@ -22,8 +22,8 @@ from decimal import Decimal
 
 from sheda_rt.accounts.service import builder_profile
 from sheda_rt.clock import format_ts
-from sheda_rt.builders.models import (MAX_UNITS_PER_BATCH, PROJECT_STATUS_ORDER, UNIT_STATUSES, PaymentPlanCreate, ProjectCreate,
-                                      ProjectQuery, ProjectUpdate, UnitBatch, UnitQuery)
+from sheda_rt.builders.models import (MAX_IMAGES, MAX_UNITS_PER_BATCH, PROJECT_STATUS_ORDER, UNIT_STATUSES, PaymentPlanCreate,
+                                      ProjectCreate, ProjectQuery, ProjectUpdate, UnitBatch, UnitQuery)
 from sheda_rt.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from sheda_rt.listings.money import format_money, to_decimal128, to_minor
 from sheda_rt.listings.service import geo_view, is_admin
@@ -277,6 +277,18 @@ class ProjectService:
             if updated is not None:
                 return project_view(updated)
         raise Conflict("The project is being changed by someone else; try again", "concurrent_update")
+
+    async def add_image(self, principal, project_id: int, data: bytes) -> dict:
+        """An uploaded image (jpeg, png or webp, read from the bytes) appended to `images`."""
+        doc = await self.managed(principal, project_id)
+        if len(doc.get("images", [])) >= MAX_IMAGES:
+            raise Conflict(f"A project has at most {MAX_IMAGES} images", "too_many_images")
+        url = await self.ctx.media.save_image(data, "projects")
+        updated = await self.store.push_image(project_id, url, MAX_IMAGES, self.clock.now())
+        if updated is None:  # another upload took the last place meanwhile
+            await self.ctx.media.delete(url)
+            raise Conflict(f"A project has at most {MAX_IMAGES} images", "too_many_images")
+        return project_view(updated)
 
     async def publish(self, principal, project_id: int) -> dict:
         """Drafts of verified builders only (403 `builder_not_verified`, whoever asks); 409 when

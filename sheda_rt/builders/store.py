@@ -66,6 +66,12 @@ class ProjectStore:
             update["$unset"] = {k: "" for k in unset}
         return await update_then_get(self.col, {"_id": project_id, "rev": rev}, update)
 
+    async def push_image(self, project_id: int, url: str, max_images: int, now) -> dict | None:
+        """Append an image unless the project already has `max_images` (the count is in the
+        filter, so racing uploads never exceed it); None when it is full."""
+        return await update_then_get(self.col, {"_id": project_id, f"images.{max_images - 1}": {"$exists": False}},
+                                     {"$push": {"images": url}, "$set": {"updated_at": now}, "$inc": {"rev": 1}})
+
     async def publish(self, project_id: int, now) -> dict | None:
         """draft → published, once: None when it was not a draft any more."""
         return await update_then_get(self.col, {"_id": project_id, "state": "draft"},
