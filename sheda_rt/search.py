@@ -269,8 +269,11 @@ class FacetStats:
     SAMPLE_SIZE = 2000
     MAX_AGE = 600.0
 
-    def __init__(self, col, max_id, *, sample_size: int = SAMPLE_SIZE, max_age: float = MAX_AGE, monotonic=time.monotonic):
+    def __init__(self, col, max_id, *, price_field: str = "price_minor", sample_size: int = SAMPLE_SIZE, max_age: float = MAX_AGE,
+                 monotonic=time.monotonic):
         self.col = col
+        self.price_field = price_field
+        self._docs: list[tuple[frozenset, int]] = []  # each sampled document's facets and price
         self.max_id = max_id  # async () -> the highest id issued so far
         self.sample_size = sample_size
         self.max_age = max_age
@@ -291,6 +294,13 @@ class FacetStats:
         if self._share is None or len(candidates) < 2:
             return candidates[0]
         return min(enumerate(candidates), key=lambda ic: (self._share.get(ic[1], 0.0), ic[0]))[1]
+
+    def prices(self, facets: list[str]) -> list[int]:
+        """Sorted prices of the sampled documents carrying any of `facets` (empty without a sample)."""
+        wanted = set(facets)
+        if "*" in wanted:
+            return sorted(p for _, p in self._docs)
+        return sorted(p for f, p in self._docs if not wanted.isdisjoint(f))
 
     def refresh_soon(self) -> None:
         """Start a background refresh when the sample is missing or old (never two at once)."""
@@ -314,13 +324,19 @@ class FacetStats:
             return
         ids = random.sample(range(1, top + 1), min(self.sample_size, top))
         counts: Counter = Counter()
+        sampled: list[tuple[frozenset, int]] = []
         seen = 0
         for i in range(0, len(ids), 200):  # the embedded database matches $in by scanning its list: chunks
-            docs = await self.col.find({"_id": {"$in": ids[i:i + 200]}}, projection={"facets": 1, "_id": 0}).to_list()
-            for d in docs:
-                counts.update(set(d.get("facets") or ()))
+            docs = await self.col.find({"_id": {"$in": ids[i:i + 200]}}, projection={"facets": 1, self.price_field: 1, "_id": 0}).to_list()
             seen += len(docs)
+            for d in docs:
+                facets = frozenset(d.get("facets") or ())
+                counts.update(facets)
+                price = d.get(self.price_field)
+                if isinstance(price, int) and not isinstance(price, bool):
+                    sampled.append((facets, price))
         self._share = {f: c / seen for f, c in counts.items()} if seen else {}
+        self._docs = sampled
         self._taken_at = self._now()
 
 
@@ -356,9 +372,11 @@ class FacetedSearch:
             raise ValidationFailed.single("cursor", "is not a cursor this API issued")
         return value, last_id
 
-    def _slices(self, plan: SearchPlan, after_value, now: datetime):
+    def _slices(self, plan: SearchPlan, after_value, now: datetime, facets: list[str] | None = None):
         """Disjoint ranges of the sort key, in sort order, each 4x wider than the last;
-        the final one is open-ended. Yields a range dict, or None for "no bound"."""
+        the final one is open-ended. Yields a range dict, or None for "no bound".
+        Price ranges are cut at the sampled prices of the driving facets when there is a
+        sample (see _sampled_price_slices)."""
         if plan.sort == "newest":
             hi = after_value
             span = DATE_FIRST_SLICE
@@ -373,6 +391,8 @@ class FacetedSearch:
         # the embedded database's compound range scan stops *before* keys equal to a `$lte` bound on a
         # non-final ascending index field (measured; `$gte`/`$gt`/`$lt` are exact). On the descending
         # created_at field the same happens to `$gte`, which the date slices never use.
+        elif facets and self.stats is not None and (prices := self.stats.prices(facets)):
+            yield from self._sampled_price_slices(plan, after_value, prices)
         elif plan.sort == "price_asc":
             bounds = [b for b in (after_value, plan.price_min) if b is not None]
             lo = max(bounds) if bounds else None  # inclusive
@@ -397,6 +417,52 @@ class FacetedSearch:
                     return
                 yield {"$gt": lo, **({"$lt": hi + 1} if hi is not None else {})}
                 hi = lo
+
+    @staticmethod
+    def _sampled_price_slices(plan: SearchPlan, after_value, prices: list[int]):
+        """Price slices holding 1, 4, 16, ... sampled documents of the driving facets each.
+
+        Why: prices are far from uniform (rents start around ₦300k), so slices growing 4x
+        in *price* run empty for a while and then one slice holds a fifth of the driver's
+        documents, every one of which the embedded database fetches for a page of 20
+        (bbox over all of Lagos, cheapest first: 0.7 s at 20k listings). Growing in
+        *sampled documents* keeps the first slices near the page size wherever the prices
+        bunch up. Bounds are exclusive below / `$lt v + 1` above as in _slices."""
+        from bisect import bisect_left, bisect_right
+
+        count = 1
+        if plan.sort == "price_asc":
+            bounds = [b for b in (after_value, plan.price_min) if b is not None]
+            lo = max(bounds) if bounds else None  # inclusive
+            cap = plan.price_max  # inclusive
+            while True:
+                i = bisect_left(prices, lo) if lo is not None else 0
+                j = i + count
+                hi = prices[j] if j < len(prices) else None  # exclusive
+                if hi is not None and lo is not None and hi <= lo:
+                    hi = lo + 1
+                if hi is None or (cap is not None and hi > cap):
+                    rng = {**({"$gte": lo} if lo is not None else {}), **({"$lt": cap + 1} if cap is not None else {})}
+                    yield rng or None
+                    return
+                yield {"$lt": hi, **({"$gte": lo} if lo is not None else {})}
+                lo, count = hi, count * GROWTH
+        else:  # price_desc
+            bounds = [b for b in (after_value, plan.price_max) if b is not None]
+            hi = min(bounds) if bounds else None  # inclusive
+            floor = plan.price_min  # inclusive
+            while True:
+                i = bisect_right(prices, hi) if hi is not None else len(prices)
+                j = i - count
+                low = prices[j] if j >= 0 else None  # inclusive
+                if low is not None and hi is not None and low > hi:
+                    low = hi
+                if low is None or (floor is not None and low < floor):
+                    rng = {**({"$lt": hi + 1} if hi is not None else {}), **({"$gte": floor} if floor is not None else {})}
+                    yield rng or None
+                    return
+                yield {"$gt": low - 1, **({"$lt": hi + 1} if hi is not None else {})}
+                hi, count = low - 1, count * GROWTH
 
     def pipelines(self, plan: SearchPlan, now: datetime):
         """The probes of a search, lazily, in sort order: each is a builder that takes the
@@ -432,7 +498,7 @@ class FacetedSearch:
             price = {**({"$gte": plan.price_min} if plan.price_min is not None else {}),
                      **({"$lte": plan.price_max} if plan.price_max is not None else {})}
             residual = {"$and": [residual, {self.price_field: price}]} if residual else {self.price_field: price}
-        for rng in self._slices(plan, after[0] if after else None, now):
+        for rng in self._slices(plan, after[0] if after else None, now, facets):
             drivers = []
             for facet in facets:
                 driver = {self.state_field: plan.status, "facets": facet}

@@ -119,26 +119,31 @@ async def test_bbox_matches_the_exact_box_in_every_sort_and_page(sheda):
         a, b = sorted(rng.uniform(148.5, 152) for _ in range(2))
         c, d = sorted(rng.uniform(-43.8, -40.5) for _ in range(2))
         boxes.append((a, c, b, d))
-    for box in boxes:
-        for sort in ("newest", "price_asc", "price_desc"):
-            for extra in ({}, {"q": f"{w} pool"}, {"listing_type": "sale", "location": w}):
-                params = {"bbox": ",".join(map(str, box)), "sort": sort, **extra}
-                got = await walk(sheda, params, limit=4)
-                min_lng, min_lat, max_lng, max_lat = box
-                flt = {"geo.coordinates.0": {"$gte": min_lng, "$lte": max_lng}, "geo.coordinates.1": {"$gte": min_lat, "$lte": max_lat},
-                       "status": "available", "is_active": True, "agent_id": agent.id}
-                expected = []
-                async for doc in col.find(flt):
-                    if "q" in extra and "pool" not in doc["description"].split():
-                        continue
-                    if "listing_type" in extra and doc["listing_type"] != "sale":
-                        continue
-                    expected.append(doc["_id"])
-                ids = [p["id"] for p in got]
-                assert len(ids) == len(set(ids)), (params, "repeated")
-                assert set(ids) == set(expected), (params, sorted(set(ids) ^ set(expected)))
-                order = [keys[sort](p) for p in got]
-                assert order == sorted(order, reverse=sort != "price_asc"), params
+    combos = [(box, sort) for box in boxes for sort in ("newest", "price_asc", "price_desc")]
+    stats = sheda.ctx.property_store.stats
+    for n, (box, sort) in enumerate(combos + combos):
+        if n == len(combos):
+            # The second pass: drivers and price slices chosen from a sample of every listing (exact shares).
+            stats.sample_size = 1_000_000
+            await stats.refresh()
+        for extra in ({}, {"q": f"{w} pool"}, {"listing_type": "sale", "location": w}):
+            params = {"bbox": ",".join(map(str, box)), "sort": sort, **extra}
+            got = await walk(sheda, params, limit=4)
+            min_lng, min_lat, max_lng, max_lat = box
+            flt = {"geo.coordinates.0": {"$gte": min_lng, "$lte": max_lng}, "geo.coordinates.1": {"$gte": min_lat, "$lte": max_lat},
+                   "status": "available", "is_active": True, "agent_id": agent.id}
+            expected = []
+            async for doc in col.find(flt):
+                if "q" in extra and "pool" not in doc["description"].split():
+                    continue
+                if "listing_type" in extra and doc["listing_type"] != "sale":
+                    continue
+                expected.append(doc["_id"])
+            ids = [p["id"] for p in got]
+            assert len(ids) == len(set(ids)), (params, "repeated")
+            assert set(ids) == set(expected), (params, sorted(set(ids) ^ set(expected)))
+            order = [keys[sort](p) for p in got]
+            assert order == sorted(order, reverse=sort != "price_asc"), params
     r = await sheda.api.get(API, params={"bbox": "150,-42,150,-42"})
     assert [p["id"] for p in r.json["items"]] == [edge["id"]]  # a box's edges are inside it
 
