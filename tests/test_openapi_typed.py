@@ -135,6 +135,9 @@ async def test_served_document_is_valid_openapi_31_with_every_success_typed(shed
     assert schemas["PropertyCreate"]["properties"]["title"]["maxLength"] == 200
     assert schemas["OtpRequest"]["properties"]["otp"]["pattern"]
     assert schemas["WindowOut"]["properties"]["weekday"]["enum"][0] == "MONDAY"
+    assert schemas["WindowCreate"]["properties"]["start_time"]["pattern"] and schemas["RegisterRequest"]["properties"]["username"]["pattern"]
+    profile = schemas["ProfileUpdate"]["properties"]  # each field as the per-type model validates it
+    assert profile["bio"]["anyOf"][0]["maxLength"] == 2000 and profile["whatsapp"]["pattern"] and "enum" in str(profile["preferred_property_type"])
     user_id = doc["paths"]["/api/v1/users/{user_id}"]["get"]["parameters"][0]["schema"]
     assert user_id["minimum"] == 1 and user_id["maximum"] >= 10**17
 

@@ -13,6 +13,7 @@ from sheda_rt.responses import MediaUrl, MoneyText, ResponseModel, Timestamp
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{3,32}$")
 PHONE_RE = re.compile(r"^\+?[0-9]{7,15}$")
+PHONE_HELP = "7-15 digits, optionally starting with +"
 
 
 class Strict(BaseModel):
@@ -32,11 +33,12 @@ def _check_password(value: str) -> str:
 
 class RegisterRequest(Strict):
     username: str = Field(description="3-32 letters, digits, _ . -; names that read as staff or the product's "
-                                      "(admin, support, sheda... and look-alikes such as Adm1n) are refused with 422")
+                                      "(admin, support, sheda... and look-alikes such as Adm1n) are refused with 422",
+                          json_schema_extra={"pattern": USERNAME_RE.pattern})
     email: EmailStr
     password: Password = Field(description="8 to 72 bytes")
     user_type: Literal["client", "agent", "builder"]
-    phone: Optional[str] = None
+    phone: Optional[str] = Field(None, description=PHONE_HELP, json_schema_extra={"pattern": PHONE_RE.pattern})
     full_name: Optional[str] = Field(None, max_length=120)
 
     @field_validator("username")
@@ -139,7 +141,8 @@ class ProfilePatch(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     full_name: Optional[str] = Field(None, min_length=1, max_length=120)
-    phone: Optional[str] = Field(None, description="7-15 digits, optionally starting with +; null removes it")
+    phone: Optional[str] = Field(None, description="7-15 digits, optionally starting with +; null removes it",
+                                 json_schema_extra={"pattern": PHONE_RE.pattern})
 
     @field_validator("phone")
     @classmethod
@@ -163,7 +166,7 @@ class AgentProfilePatch(ProfilePatch):
     license_number: Optional[str] = Field(None, max_length=64)
     bio: Optional[str] = Field(None, max_length=2000)
     years_experience: Optional[int] = Field(None, ge=0, le=80, strict=True)  # "5" or 5.0 is a 422, as on the socket
-    whatsapp: Optional[str] = Field(None, description="7-15 digits, optionally starting with +")
+    whatsapp: Optional[str] = Field(None, description=PHONE_HELP, json_schema_extra={"pattern": PHONE_RE.pattern})
     office_address: Optional[str] = Field(None, max_length=300)
 
     @field_validator("whatsapp")
@@ -193,8 +196,9 @@ class ProfileUpdate(BaseModel):
     an unknown one, is a 422. `null` clears a field."""
 
     # Extras are let through to the per-type check (which names them in its 422); the
-    # document says what is accepted.
-    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": False})
+    # document says what is accepted, with each field's rules as the per-type model that
+    # validates it has them (_profile_fields_schema).
+    model_config = ConfigDict(extra="allow", json_schema_extra=lambda schema, cls: _profile_fields_schema(schema))
 
     full_name: Optional[str] = None
     phone: Optional[str] = None
@@ -212,6 +216,16 @@ class ProfileUpdate(BaseModel):
     registration_number: Optional[str] = None
     website: Optional[str] = None
     about: Optional[str] = None
+
+
+def _profile_fields_schema(schema: dict) -> None:
+    """ProfileUpdate's document: the common fields and each type's, with the lengths, patterns and
+    enums of the per-type models (ClientProfilePatch, ...) that really validate them."""
+    properties = {}
+    for model in (ClientProfilePatch, AgentProfilePatch, BuilderProfilePatch):
+        properties.update(model.model_json_schema()["properties"])
+    schema["properties"] = properties
+    schema["additionalProperties"] = False
 
 
 CLIENT_PROFILE_FIELDS = ("preferred_location", "preferred_property_type", "budget_min", "budget_max")

@@ -33,8 +33,8 @@ class _Body(BaseModel):
 
 class WindowCreate(_Body):
     weekday: Weekday = Field(description="MONDAY … SUNDAY")
-    start_time: str = Field(description="'HH:MM' UTC, inclusive")
-    end_time: str = Field(description="'HH:MM' UTC, exclusive; must be after start_time")
+    start_time: str = Field(description="'HH:MM' UTC, inclusive", json_schema_extra={"pattern": _HHMM.pattern})
+    end_time: str = Field(description="'HH:MM' UTC, exclusive; must be after start_time", json_schema_extra={"pattern": _HHMM.pattern})
 
     _hhmm = field_validator("start_time", "end_time", mode="before")(_check_hhmm)
 
@@ -47,8 +47,8 @@ class WindowCreate(_Body):
 
 class WindowUpdate(_Body):
     weekday: Optional[Weekday] = None
-    start_time: Optional[str] = None
-    end_time: Optional[str] = None
+    start_time: Optional[str] = Field(None, description="'HH:MM' UTC", json_schema_extra={"pattern": _HHMM.pattern})
+    end_time: Optional[str] = Field(None, description="'HH:MM' UTC", json_schema_extra={"pattern": _HHMM.pattern})
 
     @field_validator("start_time", "end_time", mode="before")
     @classmethod
