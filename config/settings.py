@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     ws_compression: bool = False
     chat_batch_window_ms: float = Field(2.0, ge=0)
     chat_batch_max: int = Field(500, ge=1)
+    # [chat] resends recognised within this window (see sheda_rt/chat/idempotency.py): the original is at
+    # most this old and among the newest CHAT_IDEMPOTENCY_MESSAGES keyed messages of its conversation
+    chat_idempotency_seconds: float = Field(600.0, ge=1)
+    chat_idempotency_messages: int = Field(1000, ge=10, le=100_000)
+    chat_pipeline_depth: int = Field(2, ge=1, le=8)  # [chat] batches in flight in one process
     typing_interval_seconds: float = Field(1.0, ge=0)
 
     # Jobs

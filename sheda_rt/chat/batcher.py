@@ -7,22 +7,28 @@ milliseconds (CHAT_BATCH_WINDOW_MS) are stored together, at most
 CHAT_BATCH_MAX at a time.
 
 Rules this class keeps:
-- One commit at a time. Messages arriving while a batch is being stored wait
-  for the next one, so batches grow with load by themselves, ids are handed out
-  in arrival order, and deliveries of batch N go out before those of batch N+1
-  (per-conversation order).
+- Batches are formed, given ids and written in arrival order, and released
+  (delivered, then acked) strictly in that order, so deliveries of batch N go
+  out before those of batch N+1 (per-conversation order, ids increasing on every
+  socket). Messages arriving while batches are being stored wait for the next
+  one, so batches grow with load by themselves.
+- Up to CHAT_PIPELINE_DEPTH batches are in flight in one process (the next one
+  is written while the previous waits for its journal flush: the server and the
+  database work side by side instead of taking turns). With several processes
+  the depth is 1: a batch is stored and published during this process's turn
+  (the hub's commit turn, a lock in Redis), so ids reach every socket in
+  increasing order everywhere.
 - Nothing is acked or delivered before its batch is stored. `after_commit`
   (the service's delivery) runs for the stored messages first; only then are
   the callers' futures resolved (the acks). A failed batch resolves its
-  futures with the error: no ack, no delivery.
+  futures with the error: no ack, no delivery. A message the database refuses
+  on its own (or the driver cannot encode) fails alone; the rest of its batch
+  is stored, delivered and acked.
 - A repeated (sender_id, client_msg_id) resolves to the stored message, whether
-  the first copy is in the same batch or was stored long ago (the unique index
-  reports it; we read the stored one back).
+  the first copy is in the same batch, in a batch still in flight, or stored
+  earlier (the idempotency window: sheda_rt/chat/idempotency.py).
 - `drain()` (server shutdown) refuses new messages and returns once everything
   accepted so far is stored and answered.
-- With several processes, a batch is stored and published during this process's
-  turn (the hub's commit turn, a lock in Redis), so ids reach every socket in
-  increasing order everywhere, not only within one process.
 """
 from __future__ import annotations
 
@@ -31,7 +37,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
-from sheda_rt.errors import ApiError, ServiceUnavailable
+from sheda_rt.chat.idempotency import RecentKeys
+from sheda_rt.errors import ApiError, ServiceUnavailable, ValidationFailed
 from sheda_rt.metrics import BATCH_SIZE, MESSAGES_STORED
 
 log = logging.getLogger("sheda.chat.batcher")
@@ -45,14 +52,33 @@ class Pending:
     future: asyncio.Future = field(default=None)
     duplicate: bool = False
 
+    @property
+    def key(self) -> tuple[int, str] | None:
+        cmid = self.doc.get("client_msg_id")
+        return None if cmid is None else (self.doc["sender_id"], cmid)
+
 
 class StoreFailed(ServiceUnavailable):
     code = "store_failed"
 
 
+def _claim(key: tuple[int, str]) -> str:
+    return f"{key[0]}:{key[1]}"
+
+
+@dataclass(slots=True)
+class _Batch:
+    new: list[Pending]  # to insert, in id order
+    followers: list[tuple[Pending, Pending]]  # (resend, the Pending it repeats: same or earlier batch)
+    turn: object = None
+    claims: list[str] = field(default_factory=list)  # claimed in Redis for `new` (given back on failure)
+    insert: asyncio.Future | None = None
+
+
 class GroupCommit:
     def __init__(self, messages, conversations, ids, clock, *, window_ms: float, max_batch: int,
-                 after_commit: Callable[[list[Pending]], Awaitable[None]], turns=None):
+                 after_commit: Callable[[list[Pending]], Awaitable[None]], turns=None, depth: int = 2,
+                 idempotency_seconds: float = 600, idempotency_messages: int = 1000):
         self.messages = messages
         self.conversations = conversations
         self.ids = ids
@@ -61,10 +87,18 @@ class GroupCommit:
         self.max_batch = max_batch
         self.after_commit = after_commit
         self.turns = turns  # the hub: batches of all processes take turns (ids delivered in order)
+        shared = turns is not None and turns.shared
+        self.depth = 1 if shared else max(1, depth)
+        self.recent = RecentKeys(idempotency_seconds, idempotency_messages)
+        self.idempotency_seconds = idempotency_seconds
+        self.idempotency_messages = idempotency_messages
+        self._epoch = 0
         self._queue: list[Pending] = []
         self._task: asyncio.Task | None = None
         self._full = asyncio.Event()
         self._closed = False
+        self._slots = asyncio.Semaphore(self.depth)
+        self._last: asyncio.Future | None = None  # the newest batch's release (they run in order)
 
     @property
     def backlog(self) -> int:
@@ -84,9 +118,12 @@ class GroupCommit:
 
     async def drain(self) -> None:
         self._closed = True
-        while self._task is not None:
+        while self._task is not None or (self._last is not None and not self._last.done()):
             self._full.set()
-            await asyncio.shield(self._task)
+            if self._task is not None:
+                await asyncio.shield(self._task)
+            elif self._last is not None:
+                await asyncio.shield(self._last)
 
     async def _run(self) -> None:
         try:
@@ -97,90 +134,205 @@ class GroupCommit:
                 except asyncio.TimeoutError:
                     pass
             while self._queue:
+                await self._slots.acquire()  # at most `depth` batches in flight
                 batch = self._queue[: self.max_batch]
                 del self._queue[: self.max_batch]
                 self._full.clear()
-                await self._commit(batch)
+                await self._start(batch)
         finally:
             self._task = None
             if self._queue:  # arrived during the finally of a failed run
                 self._task = asyncio.ensure_future(self._run())
 
-    async def _commit(self, batch: list[Pending]) -> None:
-        turn = await self.turns.acquire_commit_turn() if self.turns is not None else None
+    # ---- one batch: start (ids, write) here, release in order in _finish -----------
+    async def _start(self, batch: list[Pending]) -> None:
+        plan = None
         try:
-            await self._commit_in_turn(batch)
-        finally:
-            if self.turns is not None:
-                self.turns.release_commit_turn(turn)
-
-    async def _commit_in_turn(self, batch: list[Pending]) -> None:
-        try:
-            stored = await self._store(batch)
-        except Exception as exc:  # the database call itself failed: nothing of this batch is acked
+            plan = await self._prepare(batch)
+            if plan.new:  # (a batch of resends only writes nothing)
+                plan.insert = asyncio.ensure_future(self.messages.insert_batch([p.doc for p in plan.new]))
+        except Exception as exc:  # before anything was written (_prepare gave back its slot and turn)
             log.warning("chat batch of %d failed: %r", len(batch), exc)
-            error = exc if isinstance(exc, ApiError) else StoreFailed("The message could not be stored; send it again", "store_failed")
             for p in batch:
                 if not p.future.done():
-                    p.future.set_exception(error)
+                    p.future.set_exception(self._error(exc))
             return
-        try:
-            await self.after_commit(stored)
-        except Exception:  # delivery problems never un-store a message; sync recovers it
-            log.exception("chat delivery after commit failed")
-        for p in batch:
-            if not p.future.done():
-                p.future.set_result((p.doc, p.duplicate))
+        previous = self._last
+        self._last = asyncio.ensure_future(self._finish(plan, previous))
 
-    async def _store(self, batch: list[Pending]) -> list[Pending]:
-        """Store the batch; returns the Pendings that are new messages (in id order)."""
-        first: dict[tuple[int, str], Pending] = {}
-        unique: list[Pending] = []
-        followers: list[tuple[Pending, Pending]] = []
-        for p in batch:
-            key = p.doc.get("client_msg_id")
-            if key is not None:
-                k = (p.doc["sender_id"], key)
-                if k in first:
-                    followers.append((p, first[k]))
-                    continue
-                first[k] = p
-            unique.append(p)
-
+    async def _prepare(self, batch: list[Pending]) -> _Batch:
+        """Sort out resends, take the turn, ids and conversation documents."""
         now = self.clock.now()
-        # The pairs' conversation documents first: a stored message always has its
-        # conversation (listing, unread counts, read receipts). If this fails, the batch
-        # fails before anything is stored.
-        await self.conversations.ensure({p.doc["conv"]: (p.doc["sender_id"], p.doc["receiver_id"]) for p in unique}, now)
-        ids = await self.ids.reserve("messages", len(unique))
-        docs = []
-        for p, mid in zip(unique, ids):
-            p.doc["_id"] = mid
-            p.doc["created_at"] = now
-            docs.append(p.doc)
-        outcome = await self.messages.insert_batch(docs)
-
-        if outcome.duplicates:
-            keys = [(unique[i].doc["sender_id"], unique[i].doc["client_msg_id"], unique[i].doc["conv"]) for i in outcome.duplicates]
-            existing = await self.messages.find_by_client_ids(keys)
-            for i in outcome.duplicates:
-                p = unique[i]
-                found = existing.get((p.doc["sender_id"], p.doc["client_msg_id"]))
-                if found is None:  # the duplicate vanished (deleted meanwhile): report, do not ack
-                    outcome.failed[i] = "duplicate key but no stored message"
+        recent = self.recent
+        epoch = self.turns.epoch if self.turns is not None else 0
+        if epoch != self._epoch:
+            # Redis came back after an outage: what was stored meanwhile has no claims, so
+            # every conversation is read back from the database when it is next used.
+            recent.clear()
+            self._epoch = epoch
+        recent.trim()  # only here: nothing is forgotten while a batch is being sorted out
+        # Conversations this process does not know yet: read their newest keys back first
+        # (after a restart, a resend of a message acked before it must be recognised).
+        unknown = {p.doc["conv"] for p in batch if p.key is not None and not recent.knows(p.doc["conv"])}
+        for conv in unknown:
+            recent.learn(conv, await self.messages.recent_keys(conv, self.idempotency_messages), now)
+        new: list[Pending] = []
+        followers: list[tuple[Pending, Pending]] = []
+        stored: list[tuple[Pending, int]] = []  # resends of messages stored earlier, by id
+        leaders: dict[tuple[int, str], Pending] = {}  # this batch's first copy of each key
+        for p in batch:
+            key = p.key
+            if key is not None:
+                hit = leaders.get(key) or recent.find(p.doc["conv"], key, now)
+                if isinstance(hit, Pending):
+                    followers.append((p, hit))
+                    continue
+                if hit is not None:
+                    stored.append((p, hit))
+                    continue
+                leaders[key] = p
+                recent.put(p.doc["conv"], key, p, now)  # in flight: a resend in a later batch follows it
+            new.append(p)
+        plan = _Batch(new=new, followers=followers)
+        try:
+            plan.claims = [_claim(p.key) for p in new if p.key is not None]
+            plan.turn, claimed = (await self.turns.acquire_commit_turn(plan.claims, self.idempotency_seconds)
+                                  if self.turns is not None else (None, None))
+            if self.turns is None:
+                claimed = [True] * len(plan.claims)
+            # Keys another process claimed (or every key, when Redis cannot be asked): its
+            # batch is done (turns), so the conversation in the database says if it is stored.
+            if claimed is None or not all(claimed):
+                contested = [p for p in new if p.key is not None]
+                if claimed is not None:
+                    flags = iter(claimed)
+                    contested = [p for p in contested if not next(flags)]
+                contested_keys = {_claim(p.key) for p in contested}
+                plan.claims = [c for c in plan.claims if c not in contested_keys]  # not ours to give back
+                for conv in {p.doc["conv"] for p in contested}:
+                    found = await self.messages.recent_keys(conv, self.idempotency_messages)
+                    for p in contested:
+                        if p.doc["conv"] == conv and p.key in found:
+                            stored.append((p, found[p.key][0]))
+                            new.remove(p)
+            readded = False
+            for p, mid in stored:
+                doc = await self.messages.get(p.doc["conv"], mid)
+                if doc is None:  # gone meanwhile (deleted): store it as a new message
+                    recent.put(p.doc["conv"], p.key, p, now)
+                    new.append(p)
+                    readded = True
                 else:
-                    p.doc, p.duplicate = found, True
-        for i, reason in outcome.failed.items():
-            log.warning("chat message not stored: %s", reason)
-            unique[i].future.set_exception(StoreFailed("The message could not be stored; send it again", "store_failed"))
+                    p.doc, p.duplicate = doc, True
+                    recent.put(doc["conv"], p.key, mid, now)
+            if readded:  # arrival order again
+                order = {id(p): i for i, p in enumerate(batch)}
+                new.sort(key=lambda p: order[id(p)])
+            if new:
+                # The pairs' conversation documents first: a stored message always has its
+                # conversation (listing, unread counts, read receipts). If this fails, the batch
+                # fails before anything is stored.
+                await self.conversations.ensure({p.doc["conv"]: (p.doc["sender_id"], p.doc["receiver_id"]) for p in new}, now)
+                ids = await self.ids.reserve("messages", len(new))
+                for p, mid in zip(new, ids):
+                    p.doc["_id"] = mid
+                    p.doc["created_at"] = now
+        except BaseException:
+            for p in new:
+                if p.key is not None:
+                    recent.forget(p.doc["conv"], p.key)
+            if plan.turn is not None:
+                self.turns.release_commit_turn(plan.turn)
+            if plan.claims and self.turns is not None:
+                await self.turns.release_claims(plan.claims)
+            self._slots.release()
+            raise
+        for p in batch:  # resends of stored messages are answered with this batch, in order
+            if p.duplicate and not p.future.done():
+                plan.followers.append((p, p))
+        return plan
 
-        new = [p for i, p in enumerate(unique) if i not in outcome.failed and not p.duplicate]
-        for p, leader in followers:
-            if leader.future.done():  # the leader failed
+    async def _finish(self, plan: _Batch, previous: asyncio.Future | None) -> None:
+        """Wait for the earlier batches' release, then this batch's write; deliver, ack."""
+        try:
+            if previous is not None:
+                await previous  # never raises (see below)
+            await self._release(plan)
+        except Exception:
+            log.exception("chat batch release failed")
+            for p in plan.new + [f for f, _ in plan.followers]:
+                if not p.future.done():
+                    p.future.set_exception(StoreFailed("The message could not be stored; send it again", "store_failed"))
+        finally:
+            if plan.turn is not None:
+                self.turns.release_commit_turn(plan.turn)
+            self._slots.release()
+
+    async def _release(self, plan: _Batch) -> None:
+        recent = self.recent
+        now = self.clock.now()
+        failed_claims: list[str] = []
+        if plan.insert is None:  # nothing to write (all resends)
+            stored = []
+        else:
+            try:
+                outcome = await plan.insert
+            except Exception as exc:  # the database call itself failed: nothing of this batch is acked
+                log.warning("chat batch of %d failed: %r", len(plan.new), exc)
+                error = self._error(exc)
+                for p in plan.new:
+                    if p.key is not None:
+                        recent.forget(p.doc["conv"], p.key)
+                    if not p.future.done():
+                        p.future.set_exception(error)
+                if plan.claims:
+                    await self.turns.release_claims(plan.claims)
+                self._answer_followers(plan)
+                return
+            for i, reason in outcome.failed.items():
+                p = plan.new[i]
+                log.warning("chat message not stored: %s", reason)
+                if p.key is not None:
+                    recent.forget(p.doc["conv"], p.key)
+                    failed_claims.append(_claim(p.key))
+                if i in outcome.unencodable:  # its content: sending it again cannot help
+                    p.future.set_exception(ValidationFailed.single("message", "cannot be stored: it is not valid text"))
+                else:  # refused by the database on its own (e.g. its id was taken): a resend gets a new one
+                    p.future.set_exception(StoreFailed("The message could not be stored; send it again", "store_failed"))
+            stored = [p for i, p in enumerate(plan.new) if i not in outcome.failed]
+            for p in stored:
+                if p.key is not None:
+                    recent.put(p.doc["conv"], p.key, p.doc["_id"], now)
+            if failed_claims and self.turns is not None:
+                await self.turns.release_claims([c for c in failed_claims if c in set(plan.claims)])
+            if stored:
+                MESSAGES_STORED.inc(len(stored))
+                BATCH_SIZE.observe(len(stored))
+        if stored:
+            try:
+                await self.after_commit(stored)
+            except Exception:  # delivery problems never un-store a message; sync recovers it
+                log.exception("chat delivery after commit failed")
+        for p in stored:
+            if not p.future.done():
+                p.future.set_result((p.doc, False))
+        self._answer_followers(plan)
+
+    @staticmethod
+    def _answer_followers(plan: _Batch) -> None:
+        for p, leader in plan.followers:
+            if p.future.done():
+                continue
+            if p is leader:  # a resend of a message stored earlier
+                p.future.set_result((p.doc, True))
+            elif not leader.future.done():  # cannot happen: batches are released in order
+                p.future.set_exception(StoreFailed("The message could not be stored; send it again", "store_failed"))
+            elif leader.future.exception() is not None:
                 p.future.set_exception(leader.future.exception())
             else:
-                p.doc, p.duplicate = leader.doc, True
-        if new:
-            MESSAGES_STORED.inc(len(new))
-            BATCH_SIZE.observe(len(new))
-        return new
+                p.doc, p.duplicate = leader.future.result()[0], True
+                p.future.set_result((p.doc, True))
+
+    @staticmethod
+    def _error(exc: BaseException) -> Exception:
+        return exc if isinstance(exc, ApiError) else StoreFailed("The message could not be stored; send it again", "store_failed")

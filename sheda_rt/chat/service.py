@@ -77,7 +77,9 @@ class ChatService:
         self.batcher = GroupCommit(
             self.messages, self.conversations, ctx.ids, ctx.clock,
             window_ms=self.settings.chat_batch_window_ms, max_batch=self.settings.chat_batch_max,
-            after_commit=self._deliver_stored, turns=self.hub,
+            after_commit=self._deliver_stored, turns=self.hub, depth=self.settings.chat_pipeline_depth,
+            idempotency_seconds=self.settings.chat_idempotency_seconds,
+            idempotency_messages=self.settings.chat_idempotency_messages,
         )
         self._presence: list[tuple[int, bool, object]] = []  # (user, online, when) waiting for the next batch
         self._presence_done: asyncio.Future | None = None

@@ -3,12 +3,17 @@
 `messages`: one document per message, `_id` from the id allocator (so ids
 increase in the order messages were committed), `conv` = "<low id>:<high id>"
 naming the pair. Indexes were chosen by measuring insert cost on the embedded
-database (each index costs about as much as the document write itself):
-- `idempotency`: unique (sender_id, client_msg_id), partial (only messages that
-  carry a key). It is what makes a resend store nothing new, across processes.
+database (each index entry costs it about 0.2 ms of its single core, as much as
+the document write itself):
 - `conversation`: (conv, _id). Every read of messages walks this one index.
 There is deliberately no (receiver_id, _id), multikey "users" or per-listing
-index: each would cost every insert. (A partial (conv, property_id, _id) index
+index: each would cost every insert. There is no unique (sender_id,
+client_msg_id) index either (earlier versions had one, `idempotency`, dropped at
+startup): it cost every keyed message a second index entry, 40 % of the
+database's insert rate (batches of 100: 3,440 rows/s with one secondary index,
+2,050 with two). Resends are recognised within a bounded window instead (see
+sheda_rt/chat/idempotency.py), reading the conversation through this index
+where memory and Redis do not know. (A partial (conv, property_id, _id) index
 for listing threads cost every insert ~13% of chat throughput on the embedded
 database, which also never chose it for a query.)
 
@@ -37,12 +42,11 @@ import logging
 from collections import OrderedDict
 from typing import Callable
 
+import bson
 from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateOne
 from pymongo.errors import BulkWriteError
 
 log = logging.getLogger("sheda.chat.store")
-
-DUPLICATE_KEY = 11000
 
 
 def conv_key(a: int, b: int) -> str:
@@ -51,22 +55,21 @@ def conv_key(a: int, b: int) -> str:
 
 
 class InsertOutcome:
-    """What insert_many did with each document, by position."""
+    """What insert_many did with each document, by position: the ones that failed, and why
+    (`unencodable`: those the driver could not encode, i.e. the content itself is bad)."""
 
-    __slots__ = ("duplicates", "failed")
+    __slots__ = ("failed", "unencodable")
 
     def __init__(self):
-        self.duplicates: set[int] = set()
         self.failed: dict[int, str] = {}
+        self.unencodable: set[int] = set()
 
 
 class MessageStore:
     INDEXES = [
-        IndexModel([("sender_id", ASCENDING), ("client_msg_id", ASCENDING)], unique=True, name="idempotency",
-                   partialFilterExpression={"client_msg_id": {"$type": "string"}}),
         IndexModel([("conv", ASCENDING), ("_id", ASCENDING)], name="conversation"),
     ]
-    RETIRED_INDEXES = ("thread",)  # created by earlier versions; dropped at startup
+    RETIRED_INDEXES = ("thread", "idempotency")  # created by earlier versions; dropped at startup
     WINDOW = 256  # ids in the first window of a scan
     GROWTH = 16  # each next window is this much wider
 
@@ -140,19 +143,49 @@ class MessageStore:
             width = self._next_width(width, scanned, len(out), need)
 
     async def insert_batch(self, docs: list[dict]) -> InsertOutcome:
-        """One insert_many for the whole batch. Unordered, so one duplicate key does
-        not stop the others; duplicates and other per-document failures are reported
-        by position. A failure of the call itself (database down) raises."""
+        """One insert_many for the whole batch. Unordered, so a document the database
+        refuses (a duplicate _id, a validator) does not stop the others; such failures
+        are reported by position. A document the driver cannot encode (it would fail
+        the whole call before anything is sent) is reported the same way and the rest
+        are inserted. A failure of the call itself (database down) raises."""
         outcome = InsertOutcome()
+        positions = list(range(len(docs)))
         try:
             await self.col.insert_many(docs, ordered=False)
         except BulkWriteError as exc:
             for err in exc.details.get("writeErrors", []):
-                if err.get("code") == DUPLICATE_KEY and "client_msg_id" in str(err.get("keyPattern") or err.get("errmsg", "")):
-                    outcome.duplicates.add(err["index"])
+                outcome.failed[err["index"]] = err.get("errmsg", "write failed")
+        except (bson.errors.InvalidDocument, ValueError):  # UnicodeEncodeError is a ValueError
+            good = []
+            for i, doc in enumerate(docs):
+                try:
+                    bson.encode(doc)
+                except (bson.errors.InvalidDocument, ValueError) as exc:
+                    outcome.failed[i] = f"cannot be encoded: {exc}"[:200]
+                    outcome.unencodable.add(i)
                 else:
-                    outcome.failed[err["index"]] = err.get("errmsg", "write failed")
+                    good.append(i)
+            if len(good) == len(docs):
+                raise  # not a per-document problem after all
+            positions = good
+            if good:
+                inner = await self.insert_batch([docs[i] for i in good])
+                outcome.failed.update({positions[j]: why for j, why in inner.failed.items()})
+                outcome.unencodable.update(positions[j] for j in inner.unencodable)
         return outcome
+
+    async def get(self, conv: str, message_id: int) -> dict | None:
+        """One message by id (both keys of the conversation index)."""
+        return await self.col.find_one({"conv": conv, "_id": message_id})
+
+    async def recent_keys(self, conv: str, limit: int) -> dict[tuple[int, str], tuple[int, object]]:
+        """{(sender_id, client_msg_id): (id, created_at)} of the newest `limit` messages
+        of conv that carry a key: what the idempotency window learns of a conversation
+        it has not seen since this process started (or since it forgot it)."""
+        docs = await self.scan(conv, newest_first=True, need=limit,
+                               projection={"sender_id": 1, "client_msg_id": 1, "created_at": 1})
+        return {(d["sender_id"], d["client_msg_id"]): (d["_id"], d.get("created_at")) for d in reversed(docs)
+                if isinstance(d.get("client_msg_id"), str)}
 
     def _next_width(self, width: int, scanned: int, found: int, need: int) -> int:
         """The next window: wide enough for what is still needed at the density seen so
@@ -162,24 +195,6 @@ class MessageStore:
             return width * self.GROWTH
         wanted = int((need - found) * scanned / found * 1.25) + 1
         return max(self.WINDOW, min(wanted, width * self.GROWTH))
-
-    async def find_by_client_ids(self, keys: list[tuple[int, str, str]]) -> dict[tuple[int, str], dict]:
-        """The stored messages for (sender_id, client_msg_id, conv) keys. A resend is
-        almost always recent and in the same conversation: looked for there first,
-        newest first; a key reused for another receiver falls back to a query by key."""
-        found: dict[tuple[int, str], dict] = {}
-        by_conv: dict[str, set[tuple[int, str]]] = {}
-        for sender, cmid, conv in keys:
-            by_conv.setdefault(conv, set()).add((sender, cmid))
-        for conv, wanted in by_conv.items():
-            docs = await self.scan(conv, newest_first=True, need=len(wanted),
-                                   keep=lambda d, w=wanted: (d["sender_id"], d.get("client_msg_id")) in w)
-            found.update(((d["sender_id"], d["client_msg_id"]), d) for d in docs)
-        missing = [(s, c) for s, c, _ in keys if (s, c) not in found]
-        if missing:
-            query = {"$or": [{"sender_id": s, "client_msg_id": c} for s, c in missing]}
-            found.update({(d["sender_id"], d["client_msg_id"]): d async for d in self.col.find(query)})
-        return found
 
     async def conversation(self, conv: str, *, offset: int, limit: int, newest_first: bool, property_id: int | None = None) -> list[dict]:
         keep = (lambda d: d.get("property_id") == property_id) if property_id is not None else None

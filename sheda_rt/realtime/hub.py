@@ -60,11 +60,17 @@ class LocalBroker:
     async def publish_control(self, message: dict) -> None:
         self.hub.handle_control(message)
 
-    async def acquire_turn(self) -> None:
-        """One process stores one chat batch at a time by itself: no turns to take."""
-        return None
+    epoch = 0  # see RedisBroker.epoch
+
+    async def acquire_turn(self, claims=(), ttl_seconds: float = 0) -> tuple[None, list[bool]]:
+        """One process stores one chat batch at a time by itself: no turns to take, and
+        no other process to have claimed an idempotency key (its memory decides)."""
+        return None, [True] * len(claims)
 
     def release_turn(self, token) -> None:
+        pass
+
+    async def release_claims(self, claims) -> None:
         pass
 
 
@@ -155,14 +161,33 @@ class Hub:
         to the receiver and to the sender's other sockets, encoded once for both."""
         await self.broker.publish(user_id, text, exclude)
 
-    async def acquire_commit_turn(self):
+    async def acquire_commit_turn(self, claims=(), ttl_seconds: float = 600):
         """Wait for this process's turn to store and publish a chat batch, so message ids
         reach every socket in increasing order across processes; returns a token for
-        `release_commit_turn`, called once the batch's deliveries are published."""
-        return await self.broker.acquire_turn()
+        `release_commit_turn`, called once the batch's deliveries are published.
+        `claims` (strings: sender and client_msg_id) are claimed in the same step, for
+        the idempotency window across processes; returns (token, [claimed?, ...]),
+        the list None when no other process can be asked (Redis away). Claims expire
+        after ttl_seconds (the idempotency window)."""
+        return await self.broker.acquire_turn(claims, ttl_seconds)
 
     def release_commit_turn(self, token) -> None:
         self.broker.release_turn(token)
+
+    async def release_claims(self, claims) -> None:
+        """Give back claims whose messages were not stored (a resend is new then)."""
+        await self.broker.release_claims(claims)
+
+    @property
+    def epoch(self) -> int:
+        """Changes each time the broker reconnects to Redis after an outage."""
+        return self.broker.epoch
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes store chat messages too (ids must then come from the
+        shared counter during this process's turn)."""
+        return not isinstance(self.broker, LocalBroker)
 
     def deliver_local(self, user_id: int, text: str, exclude: str | None = None) -> None:
         conns = self._sockets.get(user_id)

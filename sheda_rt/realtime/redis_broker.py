@@ -136,6 +136,17 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# KEYS: the turn lock. ARGV: token, turn ttl ms, claim ttl s, claim key prefix, then the claims.
+# Takes the turn (or returns nil) and, holding it, claims each idempotency key (1) or
+# finds it claimed already (0): one round trip for both.
+_TAKE_TURN = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return nil end
+local out = {}
+for i = 5, #ARGV do
+  out[#out + 1] = redis.call('SET', ARGV[4] .. ARGV[i], '1', 'NX', 'EX', ARGV[3]) and 1 or 0
+end
+return out
+"""
 _TURN_ENTRY = b"\x00turn"  # outbox marker (never a channel name): release the chat turn here
 
 
@@ -171,6 +182,9 @@ class RedisBroker:
         self.hub = None
         self.up = False
         self.last_error = "not connected yet"
+        # Counts reconnections: what was stored while Redis was away has no idempotency
+        # claims, so the chat forgets what it remembered and reads conversations back.
+        self.epoch = 0
 
         self._user_prefix = (self.prefix + "u:").encode()
         self._control_channel = (self.prefix + "control").encode()
@@ -180,6 +194,7 @@ class RedisBroker:
         self._turn_key = self.prefix + "chat:turn"
         self._turn_channel = (self.prefix + "chat:turned").encode()
         self._turn_free = asyncio.Event()
+        self._claim_prefix = self.prefix + "cmid:"
 
         self._here: set[int] = set()        # users with a socket on this process
         self._subscribed: set[int] = set()  # user channels the current subscriber connection has
@@ -196,6 +211,7 @@ class RedisBroker:
         self._presence_add = self.redis.register_script(_PRESENCE_ADD)
         self._presence_remove = self.redis.register_script(_PRESENCE_REMOVE)
         self._heartbeat = self.redis.register_script(_HEARTBEAT)
+        self._take_turn = self.redis.register_script(_TAKE_TURN)
 
     # ---- lifecycle ---------------------------------------------------------
     async def start(self, hub, wait_seconds: float = 2.0) -> None:
@@ -246,6 +262,7 @@ class RedisBroker:
     def _set_up(self) -> None:
         if not self.up:
             log.info(json.dumps({"event": "redis_up", "process": self.process_id, "users_here": len(self._here)}))
+            self.epoch += 1
         self.up = True
         self._publish_paused_until = 0.0
         self._up_event.set()
@@ -342,24 +359,37 @@ class RedisBroker:
             self._control_backlog.append(text)
 
     # ---- chat commit turns (see "Chat batches take turns") --------------------
-    async def acquire_turn(self) -> bytes | None:
-        """Wait until this process may store and publish a chat batch; returns the token
-        to release, or None when Redis is away (the batch then goes unordered)."""
+    async def acquire_turn(self, claims=(), ttl_seconds: float = 600) -> tuple[bytes | None, list[bool] | None]:
+        """Wait until this process may store and publish a chat batch, claiming `claims`
+        (idempotency keys) in the same step; returns (the token to release, which claims
+        were new). (None, None) when Redis is away: the batch then goes unordered and
+        the caller must check the database for resends itself."""
         loop = asyncio.get_running_loop()
         token = uuid.uuid4().hex.encode()
+        args = [token, self.TURN_TTL_MS, max(1, int(ttl_seconds)), self._claim_prefix,
+                *(c.encode("utf-8", "surrogatepass") for c in claims)]
         while self.up and loop.time() >= self._publish_paused_until:
             self._turn_free.clear()
             try:
-                if await self.redis.set(self._turn_key, token, nx=True, px=self.TURN_TTL_MS):
-                    return token
+                taken = await self._take_turn(keys=[self._turn_key], args=args)
             except Exception as exc:
                 log.info(json.dumps({"event": "redis_turn_failed", "error": repr(exc)[:200]}))
-                return None
+                return None, None
+            if taken is not None:
+                return token, [bool(x) for x in taken]
             try:  # woken by the holder's release (the subscriber sees it), or try again anyway
                 await asyncio.wait_for(self._turn_free.wait(), 0.005)
             except asyncio.TimeoutError:
                 pass
-        return None
+        return None, None
+
+    async def release_claims(self, claims) -> None:
+        if not claims or not self.up:
+            return
+        try:
+            await self.redis.delete(*(self._claim_prefix + c for c in claims))
+        except Exception as exc:  # the claims lapse with their expiry; a resend meanwhile is looked up
+            log.info(json.dumps({"event": "redis_claim_release_failed", "error": repr(exc)[:200]}))
 
     def release_turn(self, token: bytes | None) -> None:
         """Queued behind this batch's publishes, so Redis runs it after them."""

@@ -1,0 +1,182 @@
+"""Exactly-once resends with client_msg_id, without a unique index: the idempotency
+window (sheda_rt/chat/idempotency.py) in one process, across two processes through
+Redis, and after the server and the embedded database are killed with kill -9."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import uuid
+
+import pytest
+
+from sheda_rt.chat.store import conv_key
+from tests.redis_support import Remote, ServerProcess, redis_server, server_env, shared_dir  # noqa: F401
+
+
+def key() -> str:
+    return uuid.uuid4().hex
+
+
+async def acked(ws, cid: str, timeout: float = 10.0) -> dict:
+    return await ws.wait_for(lambda f: f.get("client_msg_id") == cid and f.get("type") in ("ack", "error"), timeout)
+
+
+async def history(api, me, other) -> list[dict]:
+    resp = await api.get(f"/api/v1/chat/chat-history/{other.id}", token=me.token, params={"limit": 100})
+    assert resp.status == 200, resp
+    return resp.json
+
+
+@pytest.fixture
+def settings_overrides():
+    # A 30 ms window puts frames sent together into one batch.
+    return {"ws_rate_burst": 10_000, "ws_rate_per_second": 10_000, "chat_batch_window_ms": 30}
+
+
+async def test_resends_in_one_process_store_once_in_a_batch_in_flight_and_later(sheda):
+    alice, bob = await sheda.signup("client"), await sheda.signup("agent")
+    a1, a2, b = await sheda.ws(alice.token), await sheda.ws(alice.token), await sheda.ws(bob.token)
+    store = sheda.ctx.chat.messages
+    real_insert = store.insert_batch
+    calls = []
+
+    async def slow_first_insert(docs):  # the real insert, the first one late: the next batch is prepared meanwhile
+        calls.append([d.get("client_msg_id") for d in docs])
+        if len(calls) == 1:
+            await asyncio.sleep(0.3)
+        return await real_insert(docs)
+
+    store.insert_batch = slow_first_insert
+    k = key()
+    try:
+        # Twice in one batch, then again (and from alice's other socket) while that batch is in flight.
+        await a1.send({"receiver_id": bob.id, "message": "hello", "client_msg_id": k})
+        await a1.send({"receiver_id": bob.id, "message": "hello", "client_msg_id": k})
+        await asyncio.sleep(0.1)
+        await a1.send({"receiver_id": bob.id, "message": "hello again", "client_msg_id": k})
+        await a2.send({"receiver_id": bob.id, "message": "hello", "client_msg_id": k})
+        await a1.wait_for(lambda f: len(a1.of_type("ack")) == 3)
+        await a2.wait_type("ack", client_msg_id=k)
+    finally:
+        store.insert_batch = real_insert
+    assert calls[0] == [k], calls  # only the first copy was ever written
+    ids = {f["id"] for f in a1.of_type("ack") + a2.of_type("ack")}
+    assert len(ids) == 1
+    (mid,) = ids
+    # Later, over the socket and over REST: the same message, nothing new.
+    await a1.send({"receiver_id": bob.id, "message": "hello", "client_msg_id": k})
+    assert (await a1.wait_for(lambda f: len(a1.of_type("ack")) == 4))["id"] == mid
+    rest = await sheda.api.post("/api/v1/chats", {"receiver_id": bob.id, "message": "hello", "client_msg_id": k}, token=alice.token)
+    assert rest.status == 200 and rest.json["id"] == mid and rest.json["message"] == "hello"
+    docs = await sheda.ctx.db["messages"].find({"conv": conv_key(alice.id, bob.id)}).to_list()
+    assert [(d["_id"], d["message"]) for d in docs] == [(mid, "hello")]
+    await asyncio.sleep(0.2)
+    assert [f["id"] for f in b.of_type("message")] == [mid]  # delivered once
+    # The same key from another sender, or to another receiver, is another message.
+    carol = await sheda.signup("client")
+    c = await sheda.ws(carol.token)
+    await c.send({"receiver_id": bob.id, "message": "mine", "client_msg_id": k})
+    assert (await c.wait_type("ack", client_msg_id=k))["id"] > mid
+
+
+async def test_the_unique_index_of_earlier_versions_is_dropped_at_startup(sheda):
+    from pymongo import ASCENDING, IndexModel
+
+    col = sheda.ctx.db["messages"]
+    await col.create_indexes([IndexModel([("sender_id", ASCENDING), ("client_msg_id", ASCENDING)], unique=True, name="idempotency",
+                                         partialFilterExpression={"client_msg_id": {"$type": "string"}})])
+    await sheda.ctx.chat.messages.ensure_indexes()
+    assert set(await col.index_information()) == {"_id_", "conversation"}
+
+
+@pytest.fixture
+def server_pair(embedded_db, redis_server, shared_dir):
+    """Two server processes, one Redis, one database (the rate limit out of the way)."""
+    env = server_env(embedded_db, redis_server, shared_dir, f"sheda_idem_{uuid.uuid4().hex[:8]}",
+                     WS_RATE_BURST=10_000, WS_RATE_PER_SECOND=10_000)
+    a, b = ServerProcess(env, shared_dir, "a"), ServerProcess(env, shared_dir, "b")
+    try:
+        a.start()
+        b.start()
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def test_a_resend_to_the_other_process_is_stored_once(server_pair):
+    a, b = server_pair
+    ra, rb = Remote(a), Remote(b)
+    alice, bob = await ra.signup("client"), await ra.signup("agent")
+    alice_a, alice_b, bob_b = await ra.ws(alice.token), await rb.ws(alice.token), await rb.ws(bob.token)
+    # Process b knows the conversation already (it stored a message of it), so it has it in memory
+    # when the resend comes: only the claim in Redis can tell it the key was stored by process a.
+    first = key()
+    await alice_b.send({"receiver_id": bob.id, "message": "first", "client_msg_id": first})
+    assert (await acked(alice_b, first))["type"] == "ack"
+    sent = {}
+    for i in range(5):
+        k = key()
+        await alice_a.send({"receiver_id": bob.id, "message": f"m{i}", "client_msg_id": k})
+        sent[k] = await acked(alice_a, k)
+        assert sent[k]["type"] == "ack", sent[k]
+        await alice_b.send({"receiver_id": bob.id, "message": f"m{i}", "client_msg_id": k})
+        again = await acked(alice_b, k)
+        assert again["type"] == "ack" and again["id"] == sent[k]["id"], (sent[k], again)
+    # The same new key on both processes at the same moment, many times: one message each.
+    raced = []
+    for i in range(10):
+        k = key()
+        await asyncio.gather(alice_a.send({"receiver_id": bob.id, "message": f"r{i}", "client_msg_id": k}),
+                             alice_b.send({"receiver_id": bob.id, "message": f"r{i}", "client_msg_id": k}))
+        one, two = await acked(alice_a, k), await acked(alice_b, k)
+        assert one["type"] == two["type"] == "ack" and one["id"] == two["id"], (one, two)
+        raced.append(one["id"])
+    rows = await history(ra.api, alice, bob)
+    assert sorted(r["message"] for r in rows) == sorted(["first"] + [f"m{i}" for i in range(5)] + [f"r{i}" for i in range(10)])
+    await bob_b.wait_for(lambda f: len(bob_b.of_type("message")) >= 16, 10)
+    await asyncio.sleep(0.3)
+    delivered = [f["id"] for f in bob_b.of_type("message")]
+    assert len(delivered) == len(set(delivered)) == 16, delivered
+
+
+async def test_a_resend_after_kill_9_of_the_server_and_its_database_is_stored_once(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    env = server_env(None, None, data, "sheda_idem_restart")
+    server = ServerProcess(env, data, "first")
+    again = ServerProcess(env, data, "second")
+    try:
+        server.start(timeout=120)
+        remote = Remote(server)
+        alice, bob = await remote.signup("client"), await remote.signup("agent")
+        ws = await remote.ws(alice.token)
+        keys = [key() for _ in range(3)]
+        acks = {}
+        for i, k in enumerate(keys):
+            await ws.send({"receiver_id": bob.id, "message": f"m{i}", "client_msg_id": k})
+            acks[k] = await acked(ws, k)
+            assert acks[k]["type"] == "ack"
+        # kill -9 the server, then its embedded database (it runs in its own session).
+        lock = json.loads((data / "db.lock.json").read_text())
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait()
+        os.kill(lock["pid"], signal.SIGKILL)
+
+        again.start(timeout=120)
+        remote = Remote(again)
+        ws = await remote.ws(alice.token)
+        for i, k in enumerate(keys):  # the client never saw these acks: it sends again
+            await ws.send({"receiver_id": bob.id, "message": f"m{i}", "client_msg_id": k})
+            resent = await acked(ws, k)
+            assert resent["type"] == "ack" and resent["id"] == acks[k]["id"], (acks[k], resent)
+        fresh = key()
+        await ws.send({"receiver_id": bob.id, "message": "new", "client_msg_id": fresh})
+        assert (await acked(ws, fresh))["id"] > max(a["id"] for a in acks.values())
+        rows = await history(remote.api, alice, bob)
+        assert [r["message"] for r in sorted(rows, key=lambda r: r["id"])] == ["m0", "m1", "m2", "new"]
+    finally:
+        server.stop()
+        again.stop()
