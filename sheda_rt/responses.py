@@ -25,6 +25,8 @@ from sheda_rt.clock import format_ts
 
 #: Key of the validation context that carries PUBLIC_BASE_URL to `MediaUrl`.
 MEDIA_BASE = "public_base_url"
+#: Set in the validation context when a `MediaUrl` was made absolute (the body must be rebuilt).
+MEDIA_REWRITTEN = "media_rewritten"
 
 TIMESTAMP_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$"
 MONEY_PATTERN = r"^-?[0-9]+\.[0-9]{2}$"
@@ -50,8 +52,11 @@ def public_media_url(path: Optional[str], base: Optional[str]) -> Optional[str]:
 
 
 def _media_url(value: Optional[str], info: ValidationInfo) -> Optional[str]:
-    base = (info.context or {}).get(MEDIA_BASE)
-    return public_media_url(value, base)
+    context = info.context if info.context is not None else {}
+    url = public_media_url(value, context.get(MEDIA_BASE))
+    if url != value:
+        context[MEDIA_REWRITTEN] = True
+    return url
 
 
 #: ISO 8601 UTC with milliseconds and Z, e.g. 2025-10-16T10:00:00.000Z.

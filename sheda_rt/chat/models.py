@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from sheda_rt.chat.frames import HistoryRow
 from sheda_rt.responses import MediaUrl, ResponseModel, Timestamp
@@ -18,6 +18,9 @@ class SenderInfo(ResponseModel):
 
 class SentMessage(HistoryRow):
     """POST /chats: the stored message as history shows it, plus the seed's sender_info."""
+
+    # Rebuilt when the avatar URL is made absolute: a field history adds must not be dropped.
+    model_config = ConfigDict(extra="allow")
 
     sender_info: SenderInfo
 
