@@ -169,11 +169,14 @@ _SWAGGER_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><t
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="stylesheet" href="/docs/static/swagger-ui.css"></head><body><div id="swagger-ui"></div>
 <script src="/docs/static/swagger-ui-bundle.js"></script>
-<script>window.ui = SwaggerUIBundle({url: "/api/v1/openapi.json", dom_id: "#swagger-ui", deepLinking: true});</script>
+<script>window.ui = SwaggerUIBundle({url: "/api/v1/openapi.json", dom_id: "#swagger-ui", deepLinking: true, validatorUrl: null});</script>
 </body></html>"""
 
 
 class SwaggerHandler(RequestIdMixin, tornado.web.RequestHandler):
+    """The page asks nothing of any other host: no CDN, and `validatorUrl: null` turns off the
+    badge Swagger UI would otherwise fetch from validator.swagger.io."""
+
     def get(self):
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         self.finish(_SWAGGER_PAGE)

@@ -212,6 +212,7 @@ async def test_docs_page_serves_swagger_ui_5_offline(sheda):
     assets = re.findall(r'(?:src|href)="([^"]+)"', html)
     assert assets and all(a.startswith("/docs/static/") for a in assets), assets
     assert "/api/v1/openapi.json" in html
+    assert "validatorUrl: null" in html, "Swagger UI would fetch its validator badge from validator.swagger.io"
     for asset in assets:
         assert (await sheda.api.get(asset)).status == 200, asset
     bundle = (await sheda.api.get("/docs/static/swagger-ui-bundle.js")).body
