@@ -40,8 +40,9 @@ class PropertyHandler(APIHandler):
 
     @endpoint("One listing", response=PropertyOut, errors=(401, 404), tags=TAGS)
     async def get(self, property_id: int):
-        """Public. A delisted property is 404 except to its agent and admins (send the bearer token)."""
-        return await self.ctx.properties.get(property_id, await self._optional_principal())
+        """Public. A delisted property is 404 except to its agent and admins (send the bearer token). Counts a
+        view for the agent's analytics (once per viewer per day)."""
+        return await self.ctx.properties.get(property_id, await self._optional_principal(), self.request.remote_ip)
 
     @endpoint("Change a listing (its agent or an admin)", auth=USER, body=PropertyUpdate, response=PropertyOut,
               errors=(401, 403, 404, 409, 422), tags=TAGS)

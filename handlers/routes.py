@@ -6,9 +6,10 @@ from handlers import accounts, admin, chat, docs, health, media, metrics, users
 from handlers import agents, appointments, contracts, notifications, properties  # [listings]
 from handlers import categories  # [categories]
 from handlers import inquiries  # [leads]
+from handlers import analytics  # [analytics]
 from handlers import builders  # [builders]
 
-MODULES = [health, metrics, accounts, users, admin, media, chat, properties, agents, appointments, contracts, notifications, builders, categories, inquiries, docs]
+MODULES = [health, metrics, accounts, users, admin, media, chat, properties, agents, appointments, contracts, notifications, builders, categories, inquiries, analytics, docs]
 
 
 def all_routes(settings) -> list:

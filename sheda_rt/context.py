@@ -77,6 +77,8 @@ class AppContext:
         self._install_marketplace()
         # [categories] admin-managed listing categories.
         self._install_categories()
+        # [analytics] listing views and daily counters for agents (before leads: they count inquiries).
+        self._install_analytics()
         # [leads] public inquiries and the agents' lead pipeline.
         self._install_leads()
         # [builders] projects, units, payment plans; builders' verification.
@@ -130,6 +132,14 @@ class AppContext:
         self.stores.append(self.category_store)
         self.categories = CategoryService(self.category_store, self.clock)
 
+    def _install_analytics(self) -> None:  # [analytics]
+        from sheda_rt.analytics.service import AnalyticsService
+        from sheda_rt.analytics.store import ListingStatsStore
+
+        self.listing_stats = ListingStatsStore(self.db)
+        self.stores.append(self.listing_stats)
+        self.analytics = AnalyticsService(self.listing_stats, db=self.db, properties=self.property_store, clock=self.clock)
+
     def _install_leads(self) -> None:  # [leads]
         from sheda_rt.leads.service import LeadService
         from sheda_rt.leads.store import LeadStore
@@ -137,7 +147,7 @@ class AppContext:
         self.lead_store = LeadStore(self.db, self.ids)
         self.stores.append(self.lead_store)
         self.leads = LeadService(self.lead_store, properties=self.properties, notifications=self.notifications, chat=self.chat,
-                                 limits=self.limits, ids=self.ids, clock=self.clock)
+                                 limits=self.limits, ids=self.ids, clock=self.clock, analytics=self.analytics)
 
     async def ensure_indexes(self) -> None:
         for store in self.stores:

@@ -45,7 +45,8 @@ def _is_admin(principal) -> bool:
 
 
 class LeadService:
-    def __init__(self, store, *, properties, notifications, chat, limits, ids, clock, per_ip_per_hour: int = INQUIRIES_PER_IP_PER_HOUR):
+    def __init__(self, store, *, properties, notifications, chat, limits, ids, clock, analytics=None,
+                 per_ip_per_hour: int = INQUIRIES_PER_IP_PER_HOUR):
         self.store = store
         self.properties = properties
         self.notifications = notifications
@@ -54,6 +55,7 @@ class LeadService:
         self.ids = ids
         self.clock = clock
         self.per_ip_per_hour = per_ip_per_hour
+        self.analytics = analytics
 
     # ---- inquiries ---------------------------------------------------------------
     async def inquire(self, body, principal, client_ip: str) -> dict:
@@ -75,6 +77,8 @@ class LeadService:
             await self.limits.forgive_failure(key)
             raise
         view = lead_view(doc)
+        if self.analytics is not None:
+            await self.analytics.record(prop, "inquiries")
         await self.notifications.notify(prop["agent_id"], "lead.created", "New inquiry",
                                         f"{body.name} asked about \u201c{prop['title']}\u201d",
                                         {"lead_id": doc["_id"], "property_id": prop["_id"]})

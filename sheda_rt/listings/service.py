@@ -122,8 +122,12 @@ class PropertyService:
             await self.ctx.categories.release(body.category_id)
             raise
 
-    async def get(self, property_id: int, principal=None) -> dict:
-        return property_view(await self.visible(property_id, principal))
+    async def get(self, property_id: int, principal=None, client_ip: str | None = None) -> dict:
+        """One listing; counts a view of a listed one (once per viewer per day, sheda_rt/analytics)."""
+        doc = await self.visible(property_id, principal)
+        if doc.get("is_active", True):
+            await self.ctx.analytics.record_view(doc, principal, client_ip)
+        return property_view(doc)
 
     async def update(self, principal, property_id: int, body: PropertyUpdate) -> dict:
         for _attempt in range(5):
@@ -306,6 +310,7 @@ class PropertyService:
         if not doc.get("is_active", True):
             raise NotFound("No such property", "property_not_found")
         fav = await self.favourites.add(principal.user_id, property_id, self.clock.now())
+        await self.ctx.analytics.record(doc, "favourites")
         return {"id": fav["_id"], "property_id": property_id, "created_at": format_ts(fav["created_at"])}
 
     async def remove_favourite(self, principal, property_id: int) -> None:

@@ -1,0 +1,1 @@
+"""Listing analytics for agents: views, favourites, inquiries, viewings and contracts per day."""
