@@ -82,7 +82,29 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
         offered = [p.strip() for p in self.request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
         if len(offered) >= 2 and offered[0].lower() == "bearer":
             return offered[1]
-        return self.get_query_argument("token", None)
+        values = self.request.query_arguments.get("token")
+        if not values:
+            return None
+        # Not Tornado's get_query_argument: invalid UTF-8 there is an HTML 400. A token that is
+        # not even text is simply a bad token (close 4401, like any other).
+        return values[-1].decode("utf-8", "replace").strip()
+
+    async def get(self, *args, **kwargs):
+        if self.request.headers.get("Upgrade", "").lower() != "websocket":
+            # Tornado answers this in plain text; every other error here is JSON.
+            self.set_status(400)
+            self.set_header("Content-Type", "application/json; charset=UTF-8")
+            self.finish(json.dumps({"detail": "This is the chat WebSocket: connect with a WebSocket client (Upgrade: websocket)",
+                                    "code": "websocket_required"}))
+            return
+        await super().get(*args, **kwargs)
+
+    def write_error(self, status_code: int, **kwargs):
+        """Refusals of the upgrade itself (not a WebSocket request, wrong method) are JSON like every other error."""
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        codes = {400: "bad_request", 403: "forbidden", 405: "method_not_allowed", 426: "upgrade_required"}
+        detail = self._reason if status_code < 500 else "Internal server error"
+        self.finish(json.dumps({"detail": detail, "code": codes.get(status_code, "http_error" if status_code < 500 else "internal_error")}))
 
     def get_compression_options(self):
         return {} if self.ctx.settings.ws_compression else None

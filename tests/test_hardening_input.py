@@ -244,4 +244,37 @@ async def test_rest_is_as_strict_as_the_socket(sheda):
     assert r.status == 415, r
     stored = await sheda.ctx.db["messages"].find({"conv": conv_key(alice.id, bob.id)}).to_list()
     assert [d["message"] for d in stored] == ["hi"]
+    # Every JSON body is strict, not only the chat's: an agent's profile too.
+    for value in ("5", 5.0, True):
+        r = await sheda.api.patch("/api/v1/users/me", {"years_experience": value}, token=bob.token)
+        assert r.status == 422 and r.json["errors"][0]["field"] == "years_experience", (value, r)
+    assert (await sheda.api.patch("/api/v1/users/me", {"years_experience": 5}, token=bob.token)).status == 200
 
+
+async def test_the_socket_route_answers_odd_requests_in_json(sheda):
+    r = await sheda.api.get("/api/v1/chat/ws")  # not a WebSocket request
+    assert r.status == 400 and r.json["code"] == "websocket_required", r
+    r = await sheda.api.request("POST", "/api/v1/chat/ws", body=b"{}")
+    assert r.status == 405 and r.json["code"] == "method_not_allowed", r
+    ws = await sheda.ws("%FF%FE")  # a token that is not even UTF-8 is a bad token
+    code, _ = await ws.wait_closed()
+    assert code == 4401
+
+
+async def test_every_decimal_the_client_sends_is_bounded_before_arithmetic(sheda):
+    """Money and percents of the builder portal: 27+ digits reached Decimal.quantize (a 500)."""
+    from tests.test_builders import PROJECTS, add_units, create_project, unit, verified_builder
+
+    builder = await verified_builder(sheda)
+    project = await create_project(sheda, builder)
+    for price in ("1e26", "1" * 30, 10**30):
+        r = await sheda.api.post(f"{PROJECTS}/{project['id']}/units", {"units": [unit("X1", price=price)]}, token=builder.token)
+        assert r.status == 422, (price, r)
+    await add_units(sheda, builder, project["id"], [unit("P1")])
+    for percent in ("1e26", "9e99", "1E+1000000", "-1e30"):
+        plan = {"name": "Bad", "lines": [{"label": "All", "percent": percent, "due": "booking"}]}
+        r = await sheda.api.post(f"{PROJECTS}/{project['id']}/payment-plans", plan, token=builder.token)
+        assert r.status == 422 and r.json["code"] == "validation_error", (percent, r)
+    for query in ("price_min=1e26", "price_max=1e30"):
+        r = await sheda.api.get(f"{PROJECTS}?{query}")
+        assert r.status == 422, (query, r)

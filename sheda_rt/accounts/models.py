@@ -209,7 +209,7 @@ class ProfileUpdate(BaseModel):
     agency_name: Optional[str] = None
     license_number: Optional[str] = None
     bio: Optional[str] = None
-    years_experience: Optional[int] = None
+    years_experience: Optional[int] = Field(None, strict=True)
     whatsapp: Optional[str] = None
     office_address: Optional[str] = None
     company_name: Optional[str] = None
