@@ -201,6 +201,10 @@ async def test_every_response_carries_a_request_id_static_docs_and_404s_included
     assert r.status == 404 and r.headers.get("X-Request-ID")
     r = await sheda.api.request("PATCH", "/docs")
     assert r.status == 405 and r.headers.get("X-Request-ID")
+    # The chat socket's upgrade answer too.
+    ws = await sheda.ws(user.token, headers={"X-Request-ID": "socket-trace-7"})
+    assert ws.conn.headers.get("X-Request-ID") == "socket-trace-7"
+    ws.close()
 
 
 async def test_docs_page_serves_swagger_ui_5_offline(sheda):
