@@ -116,6 +116,17 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
         # reported the WebSocket way, as a close code after the upgrade.
         self._auth_error = None
         self.principal = None
+        origin = self.request.headers.get("Origin")
+        if origin is not None and not self.check_origin(origin):
+            # A page from an origin not in CORS_ORIGINS. Tornado would refuse it too, later
+            # (after the token lookup) and with a bare text body and nothing in the log; a
+            # browser only shows "Unexpected response code: 403", so the log says why.
+            log.warning(json.dumps({"event": "ws_origin_refused", "origin": origin[:200], "hint": "not in CORS_ORIGINS"}))
+            self.set_status(403)
+            self.set_header("Content-Type", "application/json; charset=UTF-8")
+            self.finish(json.dumps({"detail": f"Origin {origin[:200]!r} is not allowed: add it to the server's CORS_ORIGINS",
+                                    "code": "origin_not_allowed"}))
+            return
         token = self._offered_token()
         try:
             if not token:
