@@ -340,7 +340,11 @@ class ProjectService:
         else:
             facet = "*"
         near = (*q.near_point, q.radius_km) if q.near_point is not None else None
-        return SearchPlan(status=q.state, sort=q.sort, limit=q.limit, facet=facet, near=near, residual=residual, cursor=q.cursor)
+        # A unit at most price_max means the project's lowest available price (the sort key) is at
+        # most price_max too: a bound the driver can use. price_min says nothing about the lowest.
+        price_max = int(to_minor(q.price_max)) if q.price_max is not None else None
+        return SearchPlan(status=q.state, sort=q.sort, limit=q.limit, facet=facet, near=near, residual=residual, cursor=q.cursor,
+                          price_max=price_max)
 
     async def search(self, q: ProjectQuery, principal, trace: list | None = None) -> dict:
         if q.state == "draft" and not is_admin(principal):
