@@ -329,14 +329,16 @@ class ProjectService:
             pair["b"] = {"$gte": q.bedrooms_min}
         if pair:
             residual["avail"] = {"$elemMatch": pair}
+        # Any condition can drive (all are in the residual too): the rarest by the facet sample,
+        # else the first of this order.
+        candidates = [f"b:{q.builder_id}"] if q.builder_id is not None else []
+        candidates += [word_facet(w) for w in sorted(set(words), key=len, reverse=True)]
+        if q.status is not None:
+            candidates.append(f"s:{q.status}")
         if q.location and not words:
-            facet = "w:"
-        elif q.builder_id is not None:
-            facet = f"b:{q.builder_id}"
-        elif words:
-            facet = word_facet(max(words, key=len))
-        elif q.status is not None:
-            facet = f"s:{q.status}"
+            facet = "w:"  # matches no project: an index lookup that finds nothing, not a scan
+        elif candidates:
+            facet = self.store.stats.pick(candidates)
         else:
             facet = "*"
         near = (*q.near_point, q.radius_km) if q.near_point is not None else None

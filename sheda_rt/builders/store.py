@@ -22,7 +22,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from sheda_rt.database.writes import update_then_get
 from sheda_rt.errors import ValidationFailed
 from sheda_rt.pagination import decode_cursor, encode_cursor
-from sheda_rt.search import FacetedSearch, SearchPlan, geo_facets, location_facets
+from sheda_rt.search import FacetedSearch, FacetStats, SearchPlan, geo_facets, location_facets
 
 IN_CHUNK = 200  # values per $in: the embedded database matches $in by scanning the list
 
@@ -45,7 +45,10 @@ class ProjectStore:
     def __init__(self, db, ids):
         self.col = db["projects"]
         self.ids = ids
-        self.finder = FacetedSearch(self.col, state_field="state", date_field="created_at", price_field="price_minor")
+        # Which of a request's conditions is rarest (the driver), and where price slices should cut: a sample.
+        self.stats = FacetStats(self.col, lambda: ids.current("projects"))
+        self.finder = FacetedSearch(self.col, state_field="state", date_field="created_at", price_field="price_minor",
+                                    stats=self.stats)
 
     async def ensure_indexes(self):
         await self.col.create_indexes(self.INDEXES)
