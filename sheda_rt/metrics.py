@@ -15,3 +15,6 @@ BATCH_SIZE = Histogram("sheda_chat_batch_size", "Messages per group-commit inser
 BROKER_PUBLISH_ERRORS = Counter("sheda_broker_publish_errors_total", "Failed publishes to the cross-process broker")
 JOB_RUNS = Counter("sheda_job_runs_total", "Periodic job runs", ["job", "outcome"])
 CONTRACTS_EXPIRED = Counter("sheda_contracts_expired_total", "Contracts expired by the job or an admin")
+# [leads, analytics] business counters: rate() over an hour gives inquiries and views per hour.
+INQUIRIES = Counter("sheda_inquiries_total", "Public inquiries stored (each became a lead)")
+LISTING_VIEWS = Counter("sheda_listing_views_total", "Listing views counted (one per viewer per listing per day)")

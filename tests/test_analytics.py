@@ -39,6 +39,8 @@ async def test_views_favourites_inquiries_viewings_and_contracts_per_listing_per
     r = await sheda.api.post(f"/api/v1/contracts/{prop['id']}", {"appointment_id": appt["id"], "term_months": 12}, token=client.token)
     assert r.status == 201, r
 
+    metrics = (await sheda.api.get("/metrics")).body.decode()
+    assert "sheda_inquiries_total" in metrics and "sheda_listing_views_total" in metrics
     r = await sheda.api.get(ANALYTICS, token=agent.token)
     assert r.status == 200, r
     today = sheda.ctx.clock.now().date().isoformat()

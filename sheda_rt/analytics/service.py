@@ -15,6 +15,7 @@ from datetime import timedelta, timezone
 
 from sheda_rt.analytics.models import MAX_DAYS
 from sheda_rt.errors import ValidationFailed
+from sheda_rt.metrics import LISTING_VIEWS
 
 log = logging.getLogger("sheda.analytics")
 KINDS = ("views", "favourites", "inquiries", "viewings", "contracts")
@@ -52,6 +53,7 @@ class AnalyticsService:
         now = self.clock.now()
         try:
             if await self.store.first_view(prop["_id"], day_of(now), viewer, now):
+                LISTING_VIEWS.inc()
                 await self.store.bump(prop["_id"], prop["agent_id"], day_of(now), "views")
         except Exception:
             log.warning("could not count a view of listing %s", prop["_id"], exc_info=True)

@@ -19,6 +19,7 @@ from sheda_rt.chat.frames import history_row, sender_info
 from sheda_rt.clock import format_ts
 from sheda_rt.errors import Conflict, Forbidden, NotFound, RateLimited
 from sheda_rt.leads.models import MAX_NOTES, TRANSITIONS
+from sheda_rt.metrics import INQUIRIES
 
 WINDOW_SECONDS = 3600
 INQUIRIES_PER_IP_PER_HOUR = 5
@@ -76,6 +77,7 @@ class LeadService:
         except BaseException:
             await self.limits.forgive_failure(key)
             raise
+        INQUIRIES.inc()
         view = lead_view(doc)
         if self.analytics is not None:
             await self.analytics.record(prop, "inquiries")
