@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import uuid
 from datetime import date, datetime
 from decimal import Decimal
@@ -78,6 +79,25 @@ class RequestIdMixin:
     def set_default_headers(self):
         super().set_default_headers()
         stamp_request_id(self)
+
+
+class StaticFiles(RequestIdMixin, tornado.web.StaticFileHandler):
+    """Files from a folder (media uploads, the docs' assets) with the API's conventions: JSON
+    errors, and only names a file of ours can have. `GET /media/%00` made the filesystem
+    call raise ValueError (a 500); a 5,000-character name, OSError."""
+
+    #: What a served name looks like; anything else is a 404 before the filesystem is asked.
+    names = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}(/[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}){0,3}")
+
+    def parse_url_path(self, url_path: str) -> str:
+        if not self.names.fullmatch(url_path):
+            raise tornado.web.HTTPError(404)
+        return super().parse_url_path(url_path)
+
+    def write_error(self, status_code: int, **kwargs):
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        code = _STATUS_CODES.get(status_code, "http_error" if status_code < 500 else "internal_error")
+        self.finish(dumps({"detail": "No such file" if status_code == 404 else self._reason, "code": code}))
 
 
 @tornado.web.stream_request_body

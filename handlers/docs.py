@@ -14,7 +14,7 @@ import tornado.web
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
-from handlers.base import APIHandler, RequestIdMixin
+from handlers.base import APIHandler, RequestIdMixin, StaticFiles
 from handlers.routing import route
 from sheda_rt.database.ids import MAX_ID
 
@@ -182,7 +182,7 @@ class SwaggerHandler(RequestIdMixin, tornado.web.RequestHandler):
         self.finish(_SWAGGER_PAGE)
 
 
-class SwaggerStaticHandler(RequestIdMixin, tornado.web.StaticFileHandler):
+class SwaggerStaticHandler(StaticFiles):
     """Swagger UI's own files (bundle, css, favicons)."""
 
 

@@ -5,7 +5,7 @@ import re
 
 import tornado.web
 
-from handlers.base import UPLOAD_BODY, APIHandler, RequestIdMixin, dumps
+from handlers.base import UPLOAD_BODY, APIHandler, StaticFiles
 from handlers.routing import endpoint, route
 from sheda_rt.accounts.auth import ADMIN
 from sheda_rt.media.models import FileUploaded
@@ -24,31 +24,18 @@ class FileUploadHandler(APIHandler):
         return {"file_url": url}
 
 
-_MEDIA_PATH = re.compile(r"[a-z0-9_-]{1,40}/[A-Za-z0-9_-]{1,64}\.[a-z0-9]{1,5}")
-
-
-class MediaFileHandler(RequestIdMixin, tornado.web.StaticFileHandler):
+class MediaFileHandler(StaticFiles):
     """Files under DATA_DIR/media. Names are random, so long caching is safe; errors are JSON."""
+
+    #: Only what the media store writes: `<folder>/<random hex>.<ext>`.
+    names = re.compile(r"[a-z0-9_-]{1,40}/[A-Za-z0-9_-]{1,64}\.[a-z0-9]{1,5}")
 
     def initialize(self, **_):
         super().initialize(path=str(self.application.ctx.settings.media_dir))
 
-    def parse_url_path(self, url_path: str) -> str:
-        """Only names the media store writes (`<folder>/<random hex>.<ext>`) can exist here.
-        Anything else is a 404 before it reaches the filesystem: `/media/%00` made os.stat
-        raise ValueError (a 500), and a 5,000-character name an OSError."""
-        if not _MEDIA_PATH.fullmatch(url_path):
-            raise tornado.web.HTTPError(404)
-        return super().parse_url_path(url_path)
-
     def set_extra_headers(self, path):
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Cache-Control", "public, max-age=31536000, immutable")
-
-    def write_error(self, status_code: int, **kwargs):
-        self.set_header("Content-Type", "application/json; charset=UTF-8")
-        code = {400: "bad_request", 404: "not_found", 403: "forbidden", 405: "method_not_allowed"}.get(status_code, "http_error")
-        self.finish(dumps({"detail": "No such file" if status_code == 404 else self._reason, "code": code}))
 
 
 default_handlers = [

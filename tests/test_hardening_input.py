@@ -156,9 +156,11 @@ async def test_every_number_is_bounded_before_the_database(sheda):
         assert r.status == 422 and r.json["errors"][0]["field"] == "cursor", (forged, r)
 
 
-async def test_odd_media_paths_are_404_not_500(sheda):
+async def test_odd_static_paths_are_404_not_500(sheda):
     for path in ("/media/%00", "/media/a%00b.png", "/media/avatars/%00.png", "/media/" + "a" * 5000, "/media/%2e%2e/%2e%2e/etc/passwd",
-                 "/media/..%2f..%2fetc%2fpasswd", "/media/", "/media/avatars/", "/media/%FF", "/media/%5c..%5cx", "/media/a\\b"):
+                 "/media/..%2f..%2fetc%2fpasswd", "/media/", "/media/avatars/", "/media/%FF", "/media/%5c..%5cx", "/media/a\\b",
+                 "/docs/static/%00", "/docs/static/a%00b.js", "/docs/static/" + "a" * 5000, "/docs/static/%FF",
+                 "/docs/static/..%2f..%2fetc%2fpasswd", "/docs/static/", "/docs/static/.%2e/.%2e/x"):
         for method in ("GET", "HEAD"):
             r = await sheda.api.request(method, path)
             assert r.status in (400, 403, 404), (method, path, r)
