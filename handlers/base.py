@@ -304,8 +304,9 @@ class APIHandler(tornado.web.RequestHandler):
         if not raw.strip():
             data = {}
         else:
-            charset = params.strip().lower().replace(" ", "").replace('"', "")
-            if content_type != "application/json" or charset not in ("", "charset=utf-8"):
+            charsets = {v.strip().strip('"').lower() for k, _, v in (p.partition("=") for p in params.split(";"))
+                        if k.strip().lower() == "charset"}
+            if content_type != "application/json" or not charsets <= {"utf-8", "utf8"}:
                 accepted = "application/json" + (" or a form (application/x-www-form-urlencoded, multipart/form-data)" if form else "")
                 raise UnsupportedMedia(f"Send the body as {accepted}, not {header or 'no Content-Type'}")
             data = client_input.parse_json(raw)
