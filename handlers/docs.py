@@ -37,6 +37,13 @@ _STATUS_TEXT = {400: "Bad request: e.g. `invalid_json`, `invalid_form` (a malfor
                 415: "Unsupported media type: send application/json (or multipart/form-data where documented)",
                 422: "Validation failed (`errors` names each field)", 429: "Rate limited (see Retry-After)",
                 503: "Unavailable: code database_unavailable while the database cannot be reached (see Retry-After)"}
+# Error bodies that always carry more than detail and code: a 422 names its fields, a 429 its wait.
+_ERROR_VARIANTS = {
+    422: ("ValidationFailure", {"description": "422: the error body with `errors`, one entry per refused field",
+                                "allOf": [{"$ref": "#/components/schemas/Error"}], "required": ["errors"]}),
+    429: ("RateLimitedError", {"description": "429: the error body with `retry_after` (seconds, as in Retry-After)",
+                               "allOf": [{"$ref": "#/components/schemas/Error"}], "required": ["retry_after"]}),
+}
 _REQUEST_ID = {"X-Request-ID": {"description": "The request's id (the client's own X-Request-ID, or a new one); "
                                                "every response carries it", "schema": {"type": "string"}}}
 _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "integer"}}}
@@ -102,6 +109,8 @@ def build_openapi(routes, version: str = "1.0.0") -> dict:
     refs, defs = models_json_schema([(m, "validation") for m in models], ref_template="#/components/schemas/{model}")
     schemas = dict(defs.get("$defs", {}))
     schemas["Error"] = _ERROR_SCHEMA
+    for name, schema in _ERROR_VARIANTS.values():
+        schemas[name] = schema
     paths: dict = {}
     for spec, method, doc in _endpoints(routes):
         template = spec.name
@@ -138,8 +147,9 @@ def build_openapi(routes, version: str = "1.0.0") -> dict:
         for code, description in doc.also.items():
             op["responses"][str(code)] = _success(doc, description, schemas, refs)
         for code in sorted(_error_codes(doc, template, bool(params_in_path))):
+            name = _ERROR_VARIANTS[code][0] if code in _ERROR_VARIANTS else "Error"
             answer = {"description": _STATUS_TEXT.get(code, "Error"), "headers": dict(_REQUEST_ID),
-                      "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+                      "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
             if code in (429, 503):
                 answer["headers"].update(_RETRY_AFTER)
             op["responses"][str(code)] = answer
