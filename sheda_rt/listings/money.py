@@ -26,7 +26,10 @@ CENT = Decimal("0.01")
 MAX_AMOUNT = Decimal("1000000000000")  # one trillion naira: anything above is a typo
 
 
-_MONEY_TEXT = re.compile(r"[0-9]+(?:\.[0-9]{1,2})?")
+#: Digits (at most 13: MAX_AMOUNT has 13), optionally a point and one or two decimals. The same
+#: pattern is the documented one, so the OpenAPI schema says exactly what is accepted.
+MONEY_TEXT_PATTERN = r"^[0-9]{1,13}(\.[0-9]{1,2})?$"
+_MONEY_TEXT = re.compile(MONEY_TEXT_PATTERN[1:-1])
 
 
 def parse_money(value: Any) -> Decimal:
@@ -47,9 +50,13 @@ def parse_money(value: Any) -> Decimal:
             raise ValueError(f"must be at most {MAX_AMOUNT}")
         return Decimal(value).quantize(CENT)
     elif isinstance(value, str):
-        if len(value) > 32 or not _MONEY_TEXT.fullmatch(value):
+        if not _MONEY_TEXT.fullmatch(value):
             if value.startswith("-") and _MONEY_TEXT.fullmatch(value[1:]):
                 raise ValueError("must be greater than 0")
+            if re.fullmatch(r"[0-9]{1,13}\.[0-9]{3,}", value):
+                raise ValueError("has more than two decimals")
+            if re.fullmatch(r"[0-9]{14,}(\.[0-9]*)?", value):
+                raise ValueError(f"must be at most {MAX_AMOUNT}")
             raise ValueError("must be a decimal string like \"2500000.00\" (digits, at most two decimals)")
         amount = Decimal(value)
     else:
@@ -69,8 +76,10 @@ def parse_money(value: Any) -> Decimal:
 Money = Annotated[
     Decimal,
     BeforeValidator(parse_money),
-    WithJsonSchema({"anyOf": [{"type": "string", "pattern": r"^\d+(\.\d{1,2})?$"}, {"type": "integer"}],
-                    "description": "Naira as a decimal string (\"2500000.00\") or an integer; JSON floats are rejected",
+    WithJsonSchema({"anyOf": [{"type": "string", "pattern": MONEY_TEXT_PATTERN, "maxLength": 16},
+                              {"type": "integer", "minimum": 1, "maximum": int(MAX_AMOUNT)}],
+                    "description": f"Naira as a decimal string (\"2500000.00\") or an integer, more than 0 and at most "
+                                   f"{int(MAX_AMOUNT):,}; JSON floats are rejected",
                     "examples": ["2500000.00"]}),
 ]
 
