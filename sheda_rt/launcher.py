@@ -19,7 +19,20 @@ def fail(message: str) -> int:
     return 2
 
 
+def use_fast_event_loop() -> str:
+    """uvloop (libuv) for the server's event loop when it is installed (requirements.txt
+    names it): socket reads, writes and callbacks cost the chat's hot path noticeably
+    less CPU per message than the standard loop. Workers forked later inherit it."""
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
 def run_server(settings) -> int:
+    use_fast_event_loop()
     if settings.processes > 1 and not settings.redis_url:
         return fail("--processes > 1 needs REDIS_URL: separate processes share sockets' events through Redis")
     metrics_dir = None
