@@ -9,11 +9,14 @@ client in the same run.
     python bench/chat_bench.py --compare             # 1 process, then 2 processes + Redis, same load
 
 What it prints (one line each, then a JSON summary line):
-- idle: sockets held, server RSS per idle authenticated socket (VmRSS before/after)
+- idle: sockets held, authenticated connects/s while opening them, server RSS per idle
+  authenticated socket (VmRSS before/after)
 - echo: raw Tornado echo round trips/s (same client, same window)
 - chat: messages stored and delivered/s (closed loop, `--window` in flight per sender),
   p50/p99 send->deliver latency, and the ratio to the echo rate
-- rate: p50/p99 send->deliver latency at `--rate` messages/s offered (open loop)
+- rate: delivered/s and p50/p99 send->deliver latency at each `--rate` offered (open loop;
+  default 1,000 and 2,000 msgs/s), and messages still not delivered 5 s after (lost/late).
+  With `--window 1` (the default) these are the figures ../shared/perf/compare.sh prints.
 - with --compare: the chat and rate phases against 1 process and against 2 processes
   sharing one port with Redis between them (a redis-server is started on a free port
   unless --redis-url is given), then both side by side. Sockets land on either worker
@@ -381,8 +384,11 @@ async def closed_loop(traffic: Traffic, seconds: float, warmup: float = 1.0) -> 
     return rate, pct(traffic.latencies, 50), pct(traffic.latencies, 99)
 
 
-async def open_loop(traffic: Traffic, rate: float, seconds: float) -> tuple[float, float, float, int]:
-    """Offer `rate` messages/s spread over all senders, on a 5 ms tick."""
+async def open_loop(traffic: Traffic, rate: float, seconds: float, drain: float = 5.0) -> tuple[float, float, float, int, int]:
+    """Offer `rate` messages/s spread over all senders, on a 2 ms tick. Returns delivered/s
+    inside the window, send->deliver p50/p99 over every message sent in it (those delivered
+    during a drain of up to `drain` seconds included), messages sent, and those still not
+    delivered after the drain (lost or late), as ../shared/perf measures them."""
     traffic.closed_loop = False
     traffic.record, traffic.latencies = True, []
     start_count = traffic.delivered
@@ -398,11 +404,14 @@ async def open_loop(traffic: Traffic, rate: float, seconds: float) -> tuple[floa
             traffic.send(nxt)
             nxt = (nxt + 1) % n
             sent += 1
-        await asyncio.sleep(0.005)
-    await asyncio.sleep(1.0)
+        await asyncio.sleep(0.002)
+    in_window = traffic.delivered - start_count
+    end = time.perf_counter() + drain
+    while traffic.delivered - start_count < sent and time.perf_counter() < end:
+        await asyncio.sleep(0.05)
     traffic.record = False
-    delivered = traffic.delivered - start_count
-    return delivered / seconds, pct(traffic.latencies, 50), pct(traffic.latencies, 99), sent
+    late = max(0, sent - (traffic.delivered - start_count))
+    return in_window / seconds, pct(traffic.latencies, 50), pct(traffic.latencies, 99), sent, late
 
 
 async def run(args) -> dict:
@@ -438,9 +447,9 @@ async def run(args) -> dict:
             held = sum(1 for c in idle if c.transport and not c.transport.is_closing())
             per = (after - before) / max(1, held)
             results.update(idle_sockets=held, idle_rss_before_kib=before, idle_rss_after_kib=after, idle_kib_per_socket=round(per, 2),
-                           idle_open_seconds=round(opened_in, 1))
-            print(f"idle: {held} authenticated sockets held (opened in {opened_in:.1f}s); server RSS {before/1024:.1f} -> "
-                  f"{after/1024:.1f} MiB = {per:.1f} KiB per idle socket", flush=True)
+                           idle_open_seconds=round(opened_in, 1), connects_per_s=round(held / opened_in))
+            print(f"idle: {held} authenticated sockets held (opened in {opened_in:.1f}s = {held / opened_in:,.0f} connects/s); "
+                  f"server RSS {before/1024:.1f} -> {after/1024:.1f} MiB = {per:.1f} KiB per idle socket", flush=True)
             await close_sockets(idle)
             settle = time.perf_counter()
             await asyncio.to_thread(wait_sockets_gone, port)
@@ -479,11 +488,14 @@ async def run(args) -> dict:
               f"(p50 {c50:.2f} ms, p99 {c99:.2f} ms) = {ratio:.0%} of raw echo", flush=True)
 
         # -- chat at a fixed offered rate: latency ------------------------------------------------
-        if args.rate:
-            got, r50, r99, sent = await open_loop(chat, args.rate, args.seconds)
-            results.update(rate_offered=args.rate, rate_delivered_per_s=round(got), rate_p50_ms=round(r50, 2), rate_p99_ms=round(r99, 2))
-            print(f"rate: {args.rate:,.0f} msgs/s offered, {got:,.0f} delivered/s; send->deliver p50 {r50:.2f} ms, p99 {r99:.2f} ms",
-                  flush=True)
+        for k, rate in enumerate(float(r) for r in str(args.rate).split(",") if float(r) > 0):
+            got, r50, r99, sent, late = await open_loop(chat, rate, args.seconds)
+            tag = "" if k == 0 else f"_{rate:.0f}"  # the first rate keeps the old keys
+            results.update({f"rate_offered{tag}": rate, f"rate_delivered_per_s{tag}": round(got), f"rate_p50_ms{tag}": round(r50, 2),
+                            f"rate_p99_ms{tag}": round(r99, 2), f"rate_lost_or_late{tag}": late})
+            print(f"rate: {rate:,.0f} msgs/s offered, {got:,.0f} delivered/s; send->deliver p50 {r50:.2f} ms, p99 {r99:.2f} ms; "
+                  f"lost/late {late}", flush=True)
+            await asyncio.sleep(1.0)
         results["errors"] = chat.errors
         await close_sockets(chat.clients)
     finally:
@@ -572,7 +584,7 @@ def compare(args) -> dict:
     print("--- side by side (same client, same offered load)")
     for n, r in out.items():
         print(f"{n} process{'es' if n > 1 else '  '}: closed loop {r['chat_msgs_per_s']:,} delivered msgs/s (p99 {r['chat_p99_ms']} ms); "
-              f"at {args.rate:,.0f} msgs/s offered: {r.get('rate_delivered_per_s', 0):,} delivered/s, p99 {r.get('rate_p99_ms')} ms "
+              f"at {r.get('rate_offered', 0):,.0f} msgs/s offered: {r.get('rate_delivered_per_s', 0):,} delivered/s, p99 {r.get('rate_p99_ms')} ms "
               f"(raw echo {r['echo_msgs_per_s']:,}/s)", flush=True)
     return {"compare": out}
 
@@ -581,8 +593,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=200, help="sockets exchanging messages (pairs)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each load phase")
-    parser.add_argument("--window", type=int, default=4, help="messages in flight per sender (closed loop)")
-    parser.add_argument("--rate", type=float, default=1000.0, help="offered messages/s for the latency phase (0: skip)")
+    parser.add_argument("--window", type=int, default=1, help="messages in flight per sender (closed loop; 1 as ../shared/perf)")
+    parser.add_argument("--rate", default="1000,2000", help="offered messages/s for the open-loop phases, comma-separated (0: skip)")
     parser.add_argument("--idle", type=int, default=10000, help="idle authenticated sockets for the RSS phase (0: skip)")
     parser.add_argument("--processes", type=int, default=1, help="server worker processes (N > 1 needs --redis-url)")
     parser.add_argument("--redis-url", default=None)
