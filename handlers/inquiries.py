@@ -16,7 +16,7 @@ class InquiriesHandler(APIHandler):
               errors=(401, 404, 409, 422, 429), tags=TAGS)
     async def post(self, body: InquiryCreate):
         """`{property_id, name, email, phone?, message}`. Send the bearer token when signed in: the inquiry is then
-        linked to the account, and the agent can answer it in chat. At most 5 per client
+        linked to the account, and the agent can answer it in chat. At most INQUIRIES_PER_IP_PER_HOUR (5) per client
         address in any hour (429 with Retry-After). `website` is a honeypot: leave it out or empty (anything in it
         is a 422 and nothing is stored). The listing's agent gets it as a lead (`lead.created` on their sockets and
         a notification)."""

@@ -147,7 +147,8 @@ class AppContext:
         self.lead_store = LeadStore(self.db, self.ids)
         self.stores.append(self.lead_store)
         self.leads = LeadService(self.lead_store, properties=self.properties, notifications=self.notifications, chat=self.chat,
-                                 limits=self.limits, ids=self.ids, clock=self.clock, analytics=self.analytics)
+                                 limits=self.limits, ids=self.ids, clock=self.clock, analytics=self.analytics,
+                                 per_ip_per_hour=self.settings.inquiries_per_ip_per_hour)
 
     async def ensure_indexes(self) -> None:
         for store in self.stores:

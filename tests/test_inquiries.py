@@ -234,3 +234,11 @@ async def test_at_most_five_inquiries_per_hour_from_one_address(sheda):
     assert await leads_count(sheda) == before + 5
     # another address is not affected
     assert (await sheda.api.post(INQ, inquiry(prop), headers=from_ip("203.0.113.78"))).status == 201
+
+
+@pytest.mark.parametrize("settings_overrides", [{"trust_proxy_headers": True, "inquiries_per_ip_per_hour": 2}])
+async def test_the_limit_is_a_setting(sheda):
+    agent = await sheda.signup("agent")
+    prop = await create_property(sheda, agent)
+    for expected in (201, 201, 429):
+        assert (await sheda.api.post(INQ, inquiry(prop), headers=from_ip("203.0.113.90"))).status == expected

@@ -1,7 +1,7 @@
 """Inquiries and the lead pipeline.
 
 - Anyone (no account needed) sends an inquiry about a listed property; a signed-in
-  sender's inquiry is linked to their account. At most INQUIRIES_PER_IP_PER_HOUR (5) per
+  sender's inquiry is linked to their account. At most INQUIRIES_PER_IP_PER_HOUR (a setting, 5) per
   client address in any sliding hour, counted in the shared limits (Redis when
   configured, so every process agrees); a refused attempt is taken back out of the
   count, so a client that waits its Retry-After gets through. Validation and the
