@@ -19,8 +19,9 @@ def key() -> str:
     return uuid.uuid4().hex
 
 
-async def acked(ws, cid: str, timeout: float = 10.0) -> dict:
-    return await ws.wait_for(lambda f: f.get("client_msg_id") == cid and f.get("type") in ("ack", "error"), timeout)
+async def acked(ws, cid: str, timeout: float = 10.0, start: int = 0) -> dict:
+    """The answer (ack or error frame) to cid among the frames from `start` on."""
+    return await ws.wait_for(lambda f: f.get("client_msg_id") == cid and f.get("type") in ("ack", "error"), timeout, start)
 
 
 async def history(api, me, other) -> list[dict]:
@@ -180,3 +181,53 @@ async def test_a_resend_after_kill_9_of_the_server_and_its_database_is_stored_on
     finally:
         server.stop()
         again.stop()
+
+
+async def test_first_messages_of_new_conversations_during_an_outage_fail_and_the_chat_recovers(tmp_path):
+    """A conversation this process has not seen is read back from the database before its
+    first message is stored; with the database away that read fails. Those messages get an
+    error frame, and once the database is back every conversation works again (a failed
+    read must not leave the group commit wedged)."""
+    import tempfile
+    from pathlib import Path
+
+    from sheda_rt.database.embedded import EmbeddedDatabase
+
+    db = EmbeddedDatabase(Path(tempfile.mkdtemp(prefix="sheda-idem-db-", dir=tmp_path)))
+    db.start()
+    server = ServerProcess(server_env(db, None, tmp_path, "sheda_idem_outage"), tmp_path, "outage")
+    try:
+        server.start()
+        remote = Remote(server)
+        alice, bob, carol, dave = [await remote.signup("client") for _ in range(4)]
+        alice_ws, bob_ws = await remote.ws(alice.token), await remote.ws(bob.token)
+        # Carol and dave are known receivers (cached as active), but alice never wrote to them.
+        for other in (carol, dave):
+            k = key()
+            await bob_ws.send({"receiver_id": other.id, "message": "hi", "client_msg_id": k})
+            assert (await acked(bob_ws, k))["type"] == "ack"
+
+        os.kill(db.process.pid, signal.SIGKILL)
+        db.process.wait()
+        failed = {}
+        for other in (carol, dave, carol):
+            k = key()
+            await alice_ws.send({"receiver_id": other.id, "message": "during", "client_msg_id": k})
+            failed[k] = (other, await acked(alice_ws, k, 20))
+            assert failed[k][1]["type"] == "error", failed[k]
+
+        assert db.recover()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while (await remote.api.get("/health/ready")).status != 200:
+            assert loop.time() < deadline, "ready again"
+            await asyncio.sleep(0.2)
+        for k, (other, _) in failed.items():  # the client sends them again
+            start = len(alice_ws.frames)
+            await alice_ws.send({"receiver_id": other.id, "message": "during", "client_msg_id": k})
+            again = await acked(alice_ws, k, 20, start)
+            assert again["type"] == "ack", again
+        assert len(await history(remote.api, alice, carol)) == 2 and len(await history(remote.api, alice, dave)) == 1
+    finally:
+        server.stop()
+        db.stop()

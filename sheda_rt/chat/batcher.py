@@ -161,7 +161,15 @@ class GroupCommit:
         self._last = asyncio.ensure_future(self._finish(plan, previous))
 
     async def _prepare(self, batch: list[Pending]) -> _Batch:
-        """Sort out resends, take the turn, ids and conversation documents."""
+        """Sort out resends, take the turn, ids and conversation documents. On failure
+        nothing was written: gives back the slot (and the turn) and raises."""
+        try:
+            return await self._sort_out(batch)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def _sort_out(self, batch: list[Pending]) -> _Batch:
         now = self.clock.now()
         recent = self.recent
         epoch = self.turns.epoch if self.turns is not None else 0
@@ -245,11 +253,10 @@ class GroupCommit:
                 self.turns.release_commit_turn(plan.turn)
             if plan.claims and self.turns is not None:
                 await self.turns.release_claims(plan.claims)
-            self._slots.release()
             raise
-        for p in batch:  # resends of stored messages are answered with this batch, in order
-            if p.duplicate and not p.future.done():
-                plan.followers.append((p, p))
+        # Resends of stored messages are answered with this batch, first (a copy of one of
+        # them later in the batch follows it).
+        plan.followers[:0] = [(p, p) for p in batch if p.duplicate and not p.future.done()]
         return plan
 
     async def _finish(self, plan: _Batch, previous: asyncio.Future | None) -> None:
