@@ -181,9 +181,11 @@ class GroupCommit:
         recent.trim()  # only here: nothing is forgotten while a batch is being sorted out
         # Conversations this process does not know yet: read their newest keys back first
         # (after a restart, a resend of a message acked before it must be recognised).
-        unknown = {p.doc["conv"] for p in batch if p.key is not None and not recent.knows(p.doc["conv"])}
-        for conv in unknown:
-            recent.learn(conv, await self.messages.recent_keys(conv, self.idempotency_messages), now)
+        unknown = list({p.doc["conv"] for p in batch if p.key is not None and not recent.knows(p.doc["conv"])})
+        if unknown:  # side by side: after a restart a busy batch may bring many
+            found = await asyncio.gather(*(self.messages.recent_keys(conv, self.idempotency_messages) for conv in unknown))
+            for conv, keys in zip(unknown, found):
+                recent.learn(conv, keys, now)
         new: list[Pending] = []
         followers: list[tuple[Pending, Pending]] = []
         stored: list[tuple[Pending, int]] = []  # resends of messages stored earlier, by id
@@ -217,12 +219,14 @@ class GroupCommit:
                     contested = [p for p in contested if not next(flags)]
                 contested_keys = {_claim(p.key) for p in contested}
                 plan.claims = [c for c in plan.claims if c not in contested_keys]  # not ours to give back
-                for conv in {p.doc["conv"] for p in contested}:
-                    found = await self.messages.recent_keys(conv, self.idempotency_messages)
-                    for p in contested:
-                        if p.doc["conv"] == conv and p.key in found:
-                            stored.append((p, found[p.key][0]))
-                            new.remove(p)
+                convs = list({p.doc["conv"] for p in contested})
+                found = dict(zip(convs, await asyncio.gather(*(self.messages.recent_keys(conv, self.idempotency_messages)
+                                                               for conv in convs))))
+                for p in contested:
+                    hit = found[p.doc["conv"]].get(p.key)
+                    if hit is not None:
+                        stored.append((p, hit[0]))
+                        new.remove(p)
             readded = False
             for p, mid in stored:
                 doc = await self.messages.get(p.doc["conv"], mid)
