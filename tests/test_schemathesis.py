@@ -1,0 +1,173 @@
+"""The fuzzing gate: schemathesis against the served OpenAPI document.
+
+Every operation of `/api/v1/openapi.json` gets generated requests, valid ones and
+invalid ones, sent to `python run.py` on a real port as a client, an agent, a builder
+and an admin (public operations without a token). Every answer must be something the
+document promises: no 5xx, a documented status, the documented content type and
+headers, a body that matches the documented schema. Zero failures are allowed; a
+failure names the operation, the role, the check and a curl command that reproduces it.
+
+Identities are made per operation, so one operation's destructive requests (logout,
+deactivation, a password reset, an admin deactivating ids it guessed) never take the
+token another operation runs with; the admin (promoted with `run.py promote-admin`)
+logs in again for each operation and is replaced when an operation deactivated it.
+Path ids are often the ids of real records those identities own (a listing, a window,
+a viewing, a project and its unit, a category), so the fuzzer also reaches the success
+paths and their response schemas, not only 404s. The auth operations go last: fuzzing
+the login runs into the login throttle, which must not stop the admin's own logins.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings, strategies as st
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
+from schemathesis.generation import GenerationMode
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance, response_headers_conformance, response_schema_conformance, status_code_conformance,
+)
+
+from tests.fuzz_support import FuzzServer, Identity
+
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
+          response_schema_conformance]
+# Requests per operation and role, valid and invalid ones together: ~90 operations x
+# (up to 4 roles) keeps the whole gate within a few minutes on two shared cores.
+EXAMPLES = 10
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(embedded_db, tmp_path_factory):
+    server = FuzzServer(tmp_path_factory.mktemp("fuzz"), embedded_db.uri).start()
+    yield server
+    server.stop()
+
+
+@dataclass
+class World:
+    """Who calls an operation, and the real records whose ids its path may name."""
+    client: Identity
+    agent: Identity
+    builder: Identity
+    admin: Identity
+    ids: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def roles(self) -> dict[str, str]:
+        return {"client": self.client.access_token, "agent": self.agent.access_token, "builder": self.builder.access_token,
+                "admin": self.admin.access_token}
+
+
+def created(server: FuzzServer, path: str, body: dict, who: Identity) -> dict:
+    status, answer = server.request("POST", path, body, token=who.access_token)
+    assert status == 201, (path, status, answer)
+    return answer
+
+
+def make_world(server: FuzzServer, admin: Identity, *, records: bool) -> World:
+    """Fresh users for one operation; with `records`, a listing, an availability window, a
+    booked viewing, a conversation, a project with a unit, and a category."""
+    world = World(server.signup("client"), server.signup("agent"), server.signup("builder"), admin)
+    if not records:
+        return world
+    client, agent, builder = world.client, world.agent, world.builder
+    prop = created(server, "/api/v1/properties", {
+        "title": "2 bedroom flat", "description": "Bright and quiet", "price": "2500000.00", "location": "Lekki Phase 1, Lagos",
+        "property_type": "apartment", "listing_type": "rent", "bedroom": 2, "bathroom": 2}, agent)
+    day = datetime.now(timezone.utc) + timedelta(days=2)
+    weekday = ("MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY")[day.weekday()]
+    window = created(server, "/api/v1/availability", {"weekday": weekday, "start_time": "08:00", "end_time": "18:00"}, agent)
+    when = day.replace(hour=10, minute=0, second=0, microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    appointment = created(server, "/api/v1/appointments", {"property_id": prop["id"], "scheduled_at": when}, client)
+    created(server, "/api/v1/chats", {"receiver_id": agent.id, "message": "Is it still available?"}, client)
+    project = created(server, "/api/v1/projects", {"name": "Palm Court", "location": "Lekki, Lagos"}, builder)
+    units = created(server, f"/api/v1/projects/{project['id']}/units", {"units": [
+        {"unit_number": "A-101", "floor": 1, "type": "apartment", "bedrooms": 2, "area_sqm": 85.5, "price": "45000000.00"}]}, builder)
+    unit_ids = [unit["id"] for unit in units["items"]]
+    category = created(server, "/api/v1/categories", {"name": "category " + builder.username}, admin)
+    users = [client.id, agent.id, builder.id]
+    world.ids = {"property_id": [prop["id"]], "window_id": [window["id"]], "appointment_id": [appointment["id"]],
+                 "user_id": users, "other_user_id": users, "agent_id": [agent.id], "builder_id": [builder.id],
+                 "project_id": [project["id"]], "unit_id": unit_ids, "category_id": [category["id"]]}
+    return world
+
+
+def strategies_for(operation, world: World) -> list:
+    names = [p.name for p in operation.path_parameters]
+    known = {name: world.ids[name] for name in names if name in world.ids}
+    found = []
+    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+        try:
+            found.append(operation.as_strategy(generation_mode=mode))
+            if known and mode is GenerationMode.POSITIVE:
+                # Real ids, so requests get past the 404 to the operation's own rules.
+                for combo in itertools.product(*known.values()):
+                    found.append(operation.as_strategy(generation_mode=mode, path_parameters=dict(zip(known, combo))))
+        except Exception as exc:  # an operation a mode cannot express (nothing to negate): nothing to send
+            if mode is GenerationMode.POSITIVE:
+                raise AssertionError(f"{operation.label}: schemathesis cannot generate requests: {exc!r}")
+    return found
+
+
+class Findings:
+    def __init__(self):
+        self.items: dict[tuple, str] = {}
+        self.requests = 0
+
+    def add(self, key: tuple, text: str) -> None:
+        self.items.setdefault(key, text)
+
+    def report(self) -> str:
+        return "\n\n".join(f"[{' | '.join(map(str, key))}]\n{text}" for key, text in self.items.items())
+
+
+def fuzz_operation(server: FuzzServer, operation, role: str, token: str | None, world: World, findings: Findings,
+                   session: requests.Session) -> None:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    strategy = st.one_of(strategies_for(operation, world))
+
+    @settings(max_examples=EXAMPLES, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
+              suppress_health_check=list(HealthCheck), print_blob=False)
+    @given(case=strategy)
+    def run(case):
+        findings.requests += 1
+        try:
+            response = case.call(base_url=server.base_url, session=session, headers=headers, timeout=30)
+        except requests.RequestException as exc:
+            findings.add((operation.label, role, "no HTTP answer", type(exc).__name__),
+                         f"{exc}\n{case.as_curl_command(headers=headers)}")
+            return
+        try:
+            case.validate_response(response, checks=CHECKS, headers=headers)
+        except FailureGroup as group:
+            for failure in group.exceptions:
+                findings.add((operation.label, role, failure.title, response.status_code),
+                             f"{failure.message}\nbody: {response.text[:400]}\n{case.as_curl_command(headers=headers)}")
+
+    run()
+
+
+def test_every_operation_answers_as_documented(fuzz_server):
+    schema = schemathesis.openapi.from_url(fuzz_server.base_url + "/api/v1/openapi.json")
+    operations = sorted((result.ok() for result in schema.get_all_operations()), key=lambda op: op.path.startswith("/api/v1/auth/"))
+    assert len(operations) > 40
+    admin = fuzz_server.admin()
+    findings = Findings()
+    session = requests.Session()
+    for operation in operations:
+        try:
+            admin = fuzz_server.login(admin)  # a session of its own for each operation
+        except AssertionError:  # the last operation deactivated or renamed this admin: promote another
+            admin = fuzz_server.admin()
+        world = make_world(fuzz_server, admin, records=bool(list(operation.path_parameters)))
+        secured = bool(operation.definition.raw.get("security"))
+        for role, token in (world.roles if secured else {"anonymous": None}).items():
+            fuzz_operation(fuzz_server, operation, role, token, world, findings, session)
+    print(f"{len(operations)} operations, {findings.requests} requests")
+    assert not findings.items, f"{len(findings.items)} failure classes:\n\n{findings.report()}"
