@@ -23,7 +23,7 @@ import threading
 import pytest
 from playwright.sync_api import sync_playwright
 
-from tests.fuzz_support import FuzzServer, get_json
+from tests.live_support import LiveServer, get_json
 from tests.process_support import free_port
 
 CHROMIUM = "/usr/bin/chromium"
@@ -99,7 +99,7 @@ def origins():
 @pytest.fixture(scope="module")
 def server(embedded_db, tmp_path_factory, origins):
     allowed, _ = origins
-    process = FuzzServer(tmp_path_factory.mktemp("browser"), embedded_db.uri, CORS_ORIGINS=allowed.origin).start()
+    process = LiveServer(tmp_path_factory.mktemp("browser"), embedded_db.uri, CORS_ORIGINS=allowed.origin).start()
     yield process
     process.stop()
 
@@ -132,7 +132,7 @@ def new_page(browser):
         context.close()
 
 
-def handshake(server: FuzzServer, origin: str) -> tuple[int, dict]:
+def handshake(server: LiveServer, origin: str) -> tuple[int, dict]:
     """A WebSocket upgrade request with this Origin, as a browser sends it: (status, JSON body)."""
     conn = http.client.HTTPConnection("127.0.0.1", server.process.port, timeout=10)
     try:
@@ -145,7 +145,7 @@ def handshake(server: FuzzServer, origin: str) -> tuple[int, dict]:
         conn.close()
 
 
-def ws_url(server: FuzzServer) -> str:
+def ws_url(server: LiveServer) -> str:
     return server.base_url.replace("http://", "ws://") + "/api/v1/chat/ws"
 
 

@@ -33,7 +33,7 @@ from schemathesis.specs.openapi.checks import (
     content_type_conformance, response_headers_conformance, response_schema_conformance, status_code_conformance,
 )
 
-from tests.fuzz_support import FuzzServer, Identity
+from tests.live_support import Identity, LiveServer
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance]
@@ -44,7 +44,7 @@ EXAMPLES = 10
 
 @pytest.fixture(scope="module")
 def fuzz_server(embedded_db, tmp_path_factory):
-    server = FuzzServer(tmp_path_factory.mktemp("fuzz"), embedded_db.uri).start()
+    server = LiveServer(tmp_path_factory.mktemp("fuzz"), embedded_db.uri).start()
     yield server
     server.stop()
 
@@ -64,13 +64,13 @@ class World:
                 "admin": self.admin.access_token}
 
 
-def created(server: FuzzServer, path: str, body: dict, who: Identity) -> dict:
+def created(server: LiveServer, path: str, body: dict, who: Identity) -> dict:
     status, answer = server.request("POST", path, body, token=who.access_token)
     assert status == 201, (path, status, answer)
     return answer
 
 
-def make_world(server: FuzzServer, admin: Identity, *, records: bool) -> World:
+def make_world(server: LiveServer, admin: Identity, *, records: bool) -> World:
     """Fresh users for one operation; with `records`, a listing, an availability window, a
     booked viewing, a conversation, a project with a unit, and a category."""
     world = World(server.signup("client"), server.signup("agent"), server.signup("builder"), admin)
@@ -127,7 +127,7 @@ class Findings:
         return "\n\n".join(f"[{' | '.join(map(str, key))}]\n{text}" for key, text in self.items.items())
 
 
-def fuzz_operation(server: FuzzServer, operation, role: str, token: str | None, world: World, findings: Findings,
+def fuzz_operation(server: LiveServer, operation, role: str, token: str | None, world: World, findings: Findings,
                    session: requests.Session) -> None:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     strategy = st.one_of(strategies_for(operation, world))

@@ -1,14 +1,15 @@
-"""The fuzzing gate's server and identities: `python run.py` as a real process on a
-real port (schemathesis speaks blocking HTTP, so the server cannot share the test's
-event loop), users made the way real ones are: register over REST, the OTP read from
-the mail outbox, verify-account; admins promoted with `run.py promote-admin`.
+"""A server as an operator runs it, with users made the way real ones are.
+
+`python run.py` as a real process on a real port (schemathesis and Playwright's sync
+API block, so the server cannot share the test's event loop), on the session's
+embedded database under a database name of its own. Users register over REST, read
+the OTP from the mail outbox and verify; admins are promoted with `run.py promote-admin`.
 """
 from __future__ import annotations
 
 import email
 import json
 import re
-import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass
@@ -29,13 +30,13 @@ class Identity:
     refresh_token: str
 
 
-class FuzzServer:
+class LiveServer:
     """One `python run.py` on the session's embedded database (its own database name)."""
 
     def __init__(self, root: Path, mongodb_uri: str, **env):
         self.data_dir = root / "data"
-        self.env = {"MONGODB_URI": mongodb_uri, "MONGODB_DB": "sheda_fuzz_" + uuid.uuid4().hex[:8],
-                    "JWT_SECRET": "fuzz-secret-" + "x" * 32, **env}
+        self.env = {"MONGODB_URI": mongodb_uri, "MONGODB_DB": "sheda_live_" + uuid.uuid4().hex[:8],
+                    "JWT_SECRET": "live-secret-" + "x" * 32, **env}
         self.process = ServerProcess(self.data_dir, **self.env)
         self._seen_mail: dict[str, str] = {}
 
@@ -43,7 +44,7 @@ class FuzzServer:
     def base_url(self) -> str:
         return self.process.base_url
 
-    def start(self) -> "FuzzServer":
+    def start(self) -> "LiveServer":
         self.process.start()
         return self
 
