@@ -154,7 +154,8 @@ def test_docs_render_every_operation_of_the_live_document(server, new_page):
     expected = sorted((method.upper(), path) for path, item in document["paths"].items() for method in item
                       if method in ("get", "post", "put", "patch", "delete"))
     page = new_page(server.base_url + "/docs")
-    page.wait_for_selector(".opblock", timeout=30_000)
+    # Swagger UI fetches the document, then lists each operation as an .opblock (under each of its tags).
+    page.wait_for_function("n => document.querySelectorAll('.opblock').length >= n", arg=len(expected), timeout=30_000)
     rendered = sorted(page.eval_on_selector_all(
         ".opblock", """blocks => blocks.map(b => [
             b.querySelector('.opblock-summary-method').textContent.trim().toUpperCase(),
