@@ -21,7 +21,7 @@ import json
 import threading
 
 import pytest
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout, sync_playwright
 
 from tests.live_support import LiveServer, get_json
 from tests.process_support import free_port
@@ -155,7 +155,10 @@ def test_docs_render_every_operation_of_the_live_document(server, new_page):
                       if method in ("get", "post", "put", "patch", "delete"))
     page = new_page(server.base_url + "/docs")
     # Swagger UI fetches the document, then lists each operation as an .opblock (under each of its tags).
-    page.wait_for_function("n => document.querySelectorAll('.opblock').length >= n", arg=len(expected), timeout=30_000)
+    try:
+        page.wait_for_function("n => document.querySelectorAll('.opblock').length >= n", arg=len(expected), timeout=30_000)
+    except PlaywrightTimeout:
+        raise AssertionError(f"/docs did not list the {len(expected)} operations; it shows: {page.inner_text('body')[:500]!r}")
     rendered = sorted(page.eval_on_selector_all(
         ".opblock", """blocks => blocks.map(b => [
             b.querySelector('.opblock-summary-method').textContent.trim().toUpperCase(),
