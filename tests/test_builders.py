@@ -274,7 +274,7 @@ async def test_a_batch_waits_for_the_batch_in_progress_and_takes_over_a_dead_hol
     pid = project["id"]
     locks, now = sheda.ctx.unit_batch_locks, clock.now()
     # another process is adding units to this project (it holds the lock)
-    assert await locks.acquire(pid, "other-process", now, now + timedelta(seconds=60))
+    assert (await locks.acquire(pid, "other-process", now, now + timedelta(seconds=60)))[0]
     waiting = asyncio.ensure_future(sheda.api.post(f"{PROJECTS}/{pid}/units", {"units": [unit("W1"), unit("W2")]},
                                                    token=builder.token))
     await asyncio.sleep(0.3)
@@ -289,11 +289,19 @@ async def test_a_batch_waits_for_the_batch_in_progress_and_takes_over_a_dead_hol
     r = await waiting
     assert r.status == 409 and r.json["unit_numbers"] == ["W2"], r
     assert await unit_numbers(sheda, pid) == ["W2"]
-    # a holder that died: its lock lapses after a minute, then a batch takes over
-    assert await locks.acquire(pid, "crashed", clock.now(), clock.now() + timedelta(seconds=60))
+    # a holder that died half way through its batch: its lock lapses after a minute, and the batch that
+    # takes over first removes what the dead one stored
+    taken, _ = await locks.acquire(pid, "crashed", clock.now(), clock.now() + timedelta(seconds=60))
+    assert taken
+    now = clock.now()
+    await sheda.ctx.unit_store.insert_batch([{
+        "project_id": pid, "unit_number": n, "floor": 1, "type": "studio", "bedrooms": 0, "bathrooms": 1, "area_sqm": 30,
+        "price": Decimal128("1.00"), "price_minor": 100, "status": "available", "batch": "crashed", "created_at": now,
+        "updated_at": now} for n in ("W8", "W9")])
     clock.advance(seconds=61)
-    await add_units(sheda, builder, pid, [unit("W3")])
-    assert await unit_numbers(sheda, pid) == ["W2", "W3"]
+    await add_units(sheda, builder, pid, [unit("W3"), unit("W9")])
+    assert await unit_numbers(sheda, pid) == ["W2", "W3", "W9"]
+    assert (await sheda.api.get(f"{PROJECTS}/{pid}")).json["units_total"] == 3
 
 
 async def test_units_listing_filters_cursor_and_block_unblock(sheda):

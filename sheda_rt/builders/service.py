@@ -367,14 +367,16 @@ class ProjectService:
         log.warning(json.dumps({"event": "unit_summary_contended", "project_id": project_id}))
         return None
 
-    async def _hold_batch_lock(self, project_id: int, token: str) -> None:
+    async def _hold_batch_lock(self, project_id: int, token: str) -> str | None:
+        """Wait for the project's batch lock; returns the token of a lapsed holder it took over."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + BATCH_WAIT_SECONDS
         delay = 0.01
         while True:
             now = self.clock.now()
-            if await self.locks.acquire(project_id, token, now, now + timedelta(seconds=BATCH_LOCK_SECONDS)):
-                return
+            taken, lapsed = await self.locks.acquire(project_id, token, now, now + timedelta(seconds=BATCH_LOCK_SECONDS))
+            if taken:
+                return lapsed
             if loop.time() >= deadline:
                 raise Conflict("Another batch of units is being added to this project; try again", "units_busy")
             await asyncio.sleep(delay)
@@ -388,8 +390,13 @@ class ProjectService:
             raise Conflict("A unit_number appears more than once in this batch", "duplicate_unit_number",
                            extra={"unit_numbers": repeated[:50]})
         token = uuid.uuid4().hex
-        await self._hold_batch_lock(project_id, token)
+        lapsed = await self._hold_batch_lock(project_id, token)
+        # While this is True the lock is kept when we leave: what this batch may have stored is
+        # removed by the batch that takes the lock over once it lapses.
+        leftovers = False
         try:
+            if lapsed:  # a batch died holding the lock (or lost the database mid-insert): what it stored goes
+                await self.units.delete_batch(project_id, lapsed)
             if await self.units.count(project_id) + len(numbers) > MAX_UNITS_PER_PROJECT:
                 raise Conflict(f"A project has at most {MAX_UNITS_PER_PROJECT} units", "too_many_units")
             taken = await self.units.taken_numbers(project_id, numbers)
@@ -401,13 +408,21 @@ class ProjectService:
                 "project_id": project_id, "unit_number": u.unit_number, "floor": u.floor, "type": u.type,
                 "bedrooms": u.bedrooms, "bathrooms": u.bathrooms, "area_sqm": u.area_sqm,
                 "price": to_decimal128(u.price), "price_minor": to_minor(u.price), "status": "available",
-                "created_at": now, "updated_at": now,
+                "batch": token, "created_at": now, "updated_at": now,
             } for u in body.units]
-            stored = await self.units.insert_batch(docs)
+            leftovers = True
+            try:
+                stored = await self.units.insert_batch(docs)
+            except Exception:
+                await self.units.delete_batch(project_id, token)  # if this fails too, leftovers stays True
+                leftovers = False
+                raise
+            leftovers = False
             if stored is None:
                 raise Conflict("A unit number was taken meanwhile; nothing was added", "duplicate_unit_number")
         finally:
-            await self.locks.release(project_id, token)
+            if not leftovers:
+                await self.locks.release(project_id, token)
         await self.refresh_summary(project_id)
         return {"items": [unit_view(d) for d in stored]}
 

@@ -130,6 +130,10 @@ class UnitStore:
             raise
         return out
 
+    async def delete_batch(self, project_id: int, batch: str) -> int:
+        """Remove what one batch stored (its units carry the batch's lock token)."""
+        return (await self.col.delete_many({"project_id": project_id, "batch": batch})).deleted_count
+
     async def delete_ids(self, ids: list[int]) -> None:
         for i in range(0, len(ids), IN_CHUNK):
             await self.col.delete_many({"_id": {"$in": ids[i:i + IN_CHUNK]}})
@@ -172,7 +176,8 @@ class UnitBatchLocks:
     """One holder at a time per project for adding units, across processes: a document whose
     `_id` is the project id. Without it two overlapping batches could each store part of
     themselves before meeting the other's numbers in the unique index, and both roll back.
-    A holder that died lets go when `until` passes."""
+    A holder that died (or lost the database mid-insert) lets go when `until` passes; the
+    batch that takes over learns its token, so it can remove what that holder left."""
 
     def __init__(self, db):
         self.col = db["unit_batch_locks"]
@@ -180,16 +185,23 @@ class UnitBatchLocks:
     async def ensure_indexes(self):
         return None
 
-    async def acquire(self, project_id: int, token: str, now, until) -> bool:
-        for _ in range(2):
+    async def acquire(self, project_id: int, token: str, now, until) -> tuple[bool, str | None]:
+        """(taken, the token of a lapsed holder this call took over, if any)."""
+        lapsed = None
+        for _ in range(3):
             try:
                 await self.col.insert_one({"_id": project_id, "token": token, "until": until})
-                return True
+                return True, lapsed
             except DuplicateKeyError:
-                # Held; take it over only if the holder's time ran out.
-                if (await self.col.delete_one({"_id": project_id, "until": {"$lte": now}})).deleted_count == 0:
-                    return False
-        return False
+                held = await self.col.find_one({"_id": project_id})
+                if held is None:  # released meanwhile: try again
+                    continue
+                if held["until"] > now:
+                    return False, None
+                # Its time ran out: remove exactly that holder's lock (a racing taker removes it once).
+                if (await self.col.delete_one({"_id": project_id, "token": held["token"]})).deleted_count:
+                    lapsed = held["token"]
+        return False, lapsed
 
     async def release(self, project_id: int, token: str) -> None:
         await self.col.delete_one({"_id": project_id, "token": token})
