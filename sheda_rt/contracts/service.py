@@ -183,27 +183,71 @@ class ContractService:
         current = await self.store.get(contract_id)
         if current is None or current["agent_id"] != principal.user_id or current["status"] != "payment_pending":
             await self._diagnose(contract_id, principal.user_id, "agent", ["payment_pending"])
+        outcome, doc = await self._activate(current, {"agent_id": principal.user_id}, ["payment_pending"], principal.user_id)
+        if outcome == "wrong_state":
+            raise Conflict(f"The contract is {doc['status']}; this needs it payment_pending", "wrong_state")
+        if outcome == "property_unavailable":
+            raise Conflict("The property is no longer available (another contract is active, or it was delisted)",
+                           "property_unavailable")
+        if outcome == "lost":
+            await self._diagnose(contract_id, principal.user_id, "agent", ["payment_pending"])
+        return contract_view(doc)
+
+    async def confirm_gateway_payment(self, contract_id: int, reference: str) -> tuple[str, dict | None]:
+        """A payment gateway verified the client's payment: the same move as the agent's
+        confirm-payment (property rented or sold, events, notifications to both parties, rivals
+        closed), from either open state, since the client may have said "I have paid" first.
+        Returns (outcome, contract): "activated" (this call made it active), "already_active"
+        (it was active before: by this payment, or the agent confirmed it by hand), "in_progress"
+        (another confirmation of this contract is half-way: ask again later), or "not_payable"
+        (cancelled, expired, or the property went to someone else)."""
+        for _ in range(2):  # a lost race (the agent confirmed meanwhile) is read again once
+            current = await self.store.get(contract_id)
+            if current is None:
+                return "not_payable", None
+            if current["status"] == "active" or (current["status"] == "expired" and current.get("paid_by") == reference):
+                return "already_active", current
+            if current["status"] not in OPEN_STATES:
+                return "not_payable", current
+            outcome, doc = await self._activate(current, {}, OPEN_STATES, None, {"paid_by": reference})
+            if outcome == "activated":
+                return outcome, doc
+            if outcome == "property_unavailable":
+                prop = await self.properties.get(current["property_id"])
+                if prop is not None and prop.get("contract_id") == contract_id:
+                    # The agent's confirmation of this very contract holds the property and is
+                    # finishing: not ours to report; the caller looks again later.
+                    return "in_progress", doc
+                return "not_payable", doc
+        return "in_progress", await self.store.get(contract_id)
+
+    async def _activate(self, current: dict, who: dict, from_states: list[str], actor: int | None,
+                        extra: dict | None = None) -> tuple[str, dict | None]:
+        """open -> active, once: first the property `available -> rented|sold` (only one contract
+        can win it), then the contract with its expected state in the filter. Outcomes:
+        "activated"; "wrong_state" / "property_unavailable" (the property could not be taken;
+        the contract as it is now); "lost" (the contract moved between our read and our write;
+        the property was handed back)."""
+        contract_id = current["_id"]
         now = self.clock.now()
         property_id = current["property_id"]
         new_status = "rented" if current["contract_type"] == "rent" else "sold"
         taken = await self.properties.take(property_id, new_status, contract_id, now)
         if taken is None:
             again = await self.store.get(contract_id)
-            if again["status"] != "payment_pending":
-                raise Conflict(f"The contract is {again['status']}; this needs it payment_pending", "wrong_state")
-            raise Conflict("The property is no longer available (another contract is active, or it was delisted)",
-                           "property_unavailable")
-        extra = {"activated_at": now, "is_active": True, "start_date": now}
+            if again["status"] not in from_states:
+                return "wrong_state", again
+            return "property_unavailable", again
+        fields = {"activated_at": now, "is_active": True, "start_date": now, **(extra or {})}
         if current["contract_type"] == "rent":
-            extra["end_date"] = add_months(now, current["term_months"])
-        doc = await self.store.transition(contract_id, {"agent_id": principal.user_id}, ["payment_pending"], "active", now,
-                                          extra, close=True)
-        if doc is None:  # the client cancelled between our read and our write: hand the property back
+            fields["end_date"] = add_months(now, current["term_months"])
+        doc = await self.store.transition(contract_id, who, from_states, "active", now, fields, close=True)
+        if doc is None:  # the client cancelled (or another confirmation won) between our read and our write
             await self.properties.release(property_id, contract_id, now)
-            await self._diagnose(contract_id, principal.user_id, "agent", ["payment_pending"])
-        await self._announce(doc, "confirmed", actor=principal.user_id)
+            return "lost", None
+        await self._announce(doc, "confirmed", actor=actor)
         await self._close_rivals(doc, now)
-        return contract_view(doc)
+        return "activated", doc
 
     async def _close_rivals(self, winner: dict, now) -> None:
         """Other open contracts on a property that just became rented/sold can never complete."""
