@@ -11,11 +11,16 @@ query:
     printing p50 / p99 / max in milliseconds and how many pipelines it ran (range slices, times grid cells for near=);
   * explains every pipeline it ran and prints the winning plan's stage tree;
   * asserts that no plan is a COLLSCAN.
-The database gets a 4G WiredTiger cache (BENCH_DB_CACHE to change it): with the default
-1G, bulk-loading these multikey-heavy documents stalls the embedded database in cache
-eviction at around 25,000 listings.
+The database gets a 12G WiredTiger cache (BENCH_DB_CACHE to change it): bulk-loading these
+multikey-heavy documents (~40 facets each since keywords are facets) stalls the embedded
+database in cache eviction at around 25,000 listings with its default 1G, and near 70,000
+with 4G (no write for minutes, CPU spinning). `--db-dir` keeps the loaded database: a
+second run with the same directory only times the queries.
 The data: 500 agents, 25 areas of Lagos/Abuja, created over two years, 85% available,
-prices log-uniform (rent ₦300k-₦20M, sale ₦5M-₦2B), 70% with a map position.
+prices log-uniform (rent ₦300k-₦20M, sale ₦5M-₦2B), 70% with a map position, 12
+categories, and a description of 6-12 words drawn from a 60-word vocabulary with
+Zipf-like weights (the first words are common, the last rare), so keyword searches (q=)
+meet both common and rare words.
 """
 from __future__ import annotations
 
@@ -52,6 +57,13 @@ AREAS = ["Lekki Phase 1", "Lekki Phase 2", "Ikoyi", "Victoria Island", "Ajah", "
          "Gbagada", "Maryland", "Ogudu", "Ikorodu", "Festac", "Ojodu", "Sangotedo", "Chevron", "Oniru", "Banana Island",
          "Wuse 2", "Maitama", "Asokoro", "Gwarinpa", "Jabi", "Garki"]
 TYPES = ["apartment", "house", "duplex", "bungalow", "land", "shortlet", "shared apartment", "office", "shop"]
+VOCABULARY = ("spacious serviced parking security newly built tiled ensuite balcony gated estate generator borehole "
+              "kitchen furnished modern renovated quiet wardrobe fitted family garden terrace pool gym study lounge "
+              "waterfront view penthouse cinema elevator rooftop laundry store playground jacuzzi solar inverter "
+              "lagoon ocean smart marble chandelier sauna bar library helipad vineyard orchard stable observatory "
+              "greenhouse pavilion atrium courtyard gazebo fountain").split()
+WEIGHTS = [1 / (i + 1) for i in range(len(VOCABULARY))]
+CATEGORIES = 12
 
 
 def free_port() -> int:
@@ -69,7 +81,8 @@ def make_doc(rng: random.Random, now: datetime) -> dict:
     roll = rng.random()
     doc = {
         "title": f"{rng.randint(1, 5)} bedroom {rng.choice(TYPES)} in {area}",
-        "description": "Generated for the search benchmark",
+        "description": " ".join(rng.choices(VOCABULARY, WEIGHTS, k=rng.randint(6, 12))),
+        "category_id": rng.randint(1, CATEGORIES),
         "price": to_decimal128(price), "price_minor": to_minor(price), "is_negotiable": rng.random() < 0.5,
         "location": f"{rng.randint(1, 99)} {rng.choice(['Admiralty Way', 'Adeola Odeku', 'Allen Avenue', 'Herbert Macaulay', 'Aminu Kano'])}, {area}, {'Abuja' if area in AREAS[-6:] else 'Lagos'}",
         "property_type": rng.choice(TYPES), "listing_type": listing_type,
@@ -95,6 +108,16 @@ QUERIES = [
     ("furnished rentals with wifi, dearest first", {"listing_type": "rent", "furnished": "true", "wifi": "true", "sort": "price_desc"}),
     ("one agent's listings", {"agent_id": 42}),
     ("near Victoria Island (3 km), newest", {"near": "6.43,3.42", "radius_km": 3}),
+    ("one category, newest", {"category_id": 5}),
+    ("q: one common word (pool), newest", {"q": "pool"}),
+    ("q: one rare word (observatory), newest", {"q": "observatory"}),
+    ("q: one word + rent, 2+ bed, under ₦5M", {"q": "garden", "listing_type": "rent", "bedroom_min": 2, "price_max": "5000000"}),
+    ("q: three words (serviced pool lekki), newest", {"q": "serviced pool lekki"}),
+    ("q: three words + sale, cheapest first", {"q": "gated estate ikoyi", "listing_type": "sale", "sort": "price_asc"}),
+    ("q: three words + furnished, dearest first", {"q": "modern kitchen lekki", "furnished": "true", "sort": "price_desc"}),
+    ("bbox: VI/Ikoyi box, newest", {"bbox": "3.40,6.42,3.45,6.46"}),
+    ("bbox: wide box (most of Lagos), cheapest first", {"bbox": "3.2,6.4,3.7,6.7", "sort": "price_asc"}),
+    ("bbox + q (pool) + rent", {"bbox": "3.35,6.40,3.50,6.50", "q": "pool", "listing_type": "rent"}),
 ]
 
 
@@ -138,12 +161,13 @@ def p99(sorted_ms: list[float]) -> float:
     return sorted_ms[min(len(sorted_ms) - 1, math.ceil(0.99 * len(sorted_ms)) - 1)]
 
 
-async def main(count: int, runs: int) -> int:
-    root = Path(tempfile.mkdtemp(prefix="sheda-bench-"))
+async def main(count: int, runs: int, db_dir: str | None = None) -> int:
+    root = Path(db_dir) if db_dir else Path(tempfile.mkdtemp(prefix="sheda-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = open(root / "db.log", "wb")
     proc = subprocess.Popen([launcher_path(), "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(root / "db"),
-                             "--log-level", "WARNING", "--cache-size", os.environ.get("BENCH_DB_CACHE", "4G")], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                             "--log-level", "WARNING", "--cache-size", os.environ.get("BENCH_DB_CACHE", "12G")], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     client = AsyncMongoClient(f"mongodb://127.0.0.1:{port}/?directConnection=true", tz_aware=True, tzinfo=timezone.utc,
                               serverSelectionTimeoutMS=30000)
     failures = 0
@@ -159,11 +183,16 @@ async def main(count: int, runs: int) -> int:
         now = ctx.clock.now()
         started = time.perf_counter()
         batch = 1000
+        loaded = await store.col.estimated_document_count()
+        if loaded:  # --db-dir kept from an earlier run: time the queries again without reloading
+            print(f"reusing {loaded:,} listings in {root}")
+            count = 0
         for offset in range(0, count, batch):
             await store.insert_many([make_doc(rng, now) for _ in range(min(batch, count - offset))])
             if (offset // batch) % 10 == 9:
                 print(f"  loaded {offset + batch:,} ({time.perf_counter() - started:.0f}s)", flush=True)
         load_s = time.perf_counter() - started
+        await store.stats.refresh()  # the facet sample a server takes in the background on its first searches
         print(f"loaded {count:,} properties in {load_s:.1f}s ({count / load_s:,.0f}/s); indexes: "
               f"{', '.join(sorted((await store.col.index_information()).keys()))}\n")
 
@@ -204,7 +233,8 @@ async def main(count: int, runs: int) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
-        shutil.rmtree(root, ignore_errors=True)
+        if not db_dir:
+            shutil.rmtree(root, ignore_errors=True)
     return 1 if failures else 0
 
 
@@ -212,5 +242,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--db-dir", help="keep the database here; a later run with the same directory skips loading")
     args = parser.parse_args()
-    sys.exit(asyncio.run(main(args.count, args.runs)))
+    sys.exit(asyncio.run(main(args.count, args.runs, args.db_dir)))
