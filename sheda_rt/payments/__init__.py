@@ -1,0 +1,1 @@
+"""Payments through a gateway (Paystack): attempts, signed webhooks, reconciliation."""

@@ -1,0 +1,194 @@
+"""Payment gateways behind one small interface.
+
+The payment flows (sheda_rt/payments/service.py) speak only `PaymentGateway`:
+`initialize` (a checkout for an amount in minor units), `verify` (what the
+gateway says about a reference now) and `verify_webhook_signature` / `parse_webhook`
+(is this delivery really from the gateway, and what does it report). Another gateway
+(Flutterwave, say) is one more class here and one more webhook route; the flows do
+not change.
+
+Paystack, as documented:
+  POST {base}/transaction/initialize  {email, amount (kobo, integer), reference, callback_url, currency, metadata}
+       Authorization: Bearer <secret key>
+       -> {status: true, message, data: {authorization_url, access_code, reference}}
+  GET  {base}/transaction/verify/{reference}
+       -> {status: true, data: {status: "success"|"failed"|"abandoned"|"ongoing"|..., amount, currency, reference, id,
+          paid_at, ...}}; an unknown reference: 400 {status: false, message: "Transaction reference not found"}
+  Webhooks: POST {event: "charge.success", data: {id, reference, amount, currency, status, ...}} with
+       x-paystack-signature = hex HMAC-SHA512 of the raw body keyed with the secret key. Paystack sends no
+       event id of its own; an event is identified by its name and the transaction id (`charge.success:302961`).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import httpx
+
+#: Verification statuses the flows act on; everything else the gateway says (ongoing, pending,
+#: processing, queued) means "not decided yet".
+SUCCESS, FAILED, ABANDONED, NOT_FOUND, UNDECIDED = "success", "failed", "abandoned", "not_found", "undecided"
+
+
+class GatewayError(Exception):
+    """The gateway could not be asked, or refused the request (network, 5xx, a 4xx we did not expect)."""
+
+
+@dataclass
+class Checkout:
+    authorization_url: str
+    access_code: str | None
+    reference: str
+
+
+@dataclass
+class Verification:
+    status: str  # one of SUCCESS, FAILED, ABANDONED, NOT_FOUND, UNDECIDED
+    reference: str
+    amount_minor: int | None = None
+    currency: str | None = None
+    transaction_id: Any = None
+    paid_at: str | None = None
+    gateway_status: str | None = None
+    gateway_response: str | None = None
+    channel: str | None = None
+
+
+@dataclass
+class WebhookEvent:
+    event_id: str  # unique per event: a redelivery carries the same one
+    kind: str  # "charge.success", ...
+    reference: str | None
+    amount_minor: int | None
+    currency: str | None
+    data: dict = field(default_factory=dict)
+
+
+class PaymentGateway(Protocol):
+    name: str
+
+    async def initialize(self, *, reference: str, amount_minor: int, currency: str, email: str,
+                         callback_url: str | None, metadata: dict) -> Checkout: ...
+
+    async def verify(self, reference: str) -> Verification: ...
+
+    def verify_webhook_signature(self, raw_body: bytes, headers) -> bool: ...
+
+    def parse_webhook(self, raw_body: bytes) -> WebhookEvent | None: ...
+
+
+def _int_or_none(value: Any) -> int | None:
+    """Paystack documents amounts as integers in kobo; a digit string is read the same way."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
+        return int(value)
+    return None
+
+
+def _text_or_none(value: Any, limit: int = 200) -> str | None:
+    return value[:limit] if isinstance(value, str) else None
+
+
+class PaystackGateway:
+    name = "paystack"
+
+    _VERIFIED = {"success": SUCCESS, "failed": FAILED, "reversed": FAILED, "abandoned": ABANDONED}
+
+    def __init__(self, secret_key: str, base_url: str, timeout: float = 15.0):
+        self._secret = secret_key.encode()
+        self._base = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {secret_key}", "Content-Type": "application/json"}
+        self._timeout = timeout
+        self._client: httpx.AsyncClient | None = None
+
+    def _http(self) -> httpx.AsyncClient:
+        # Made on first use, inside the running loop (an AsyncClient belongs to the loop it first ran on).
+        if self._client is None:
+            self._client = httpx.AsyncClient(base_url=self._base, headers=self._headers, timeout=self._timeout)
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        try:
+            resp = await self._http().request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            raise GatewayError(f"paystack unreachable: {type(exc).__name__}") from None
+        try:
+            payload = resp.json()
+        except ValueError:
+            raise GatewayError(f"paystack answered {resp.status_code} without JSON") from None
+        if not isinstance(payload, dict):
+            raise GatewayError(f"paystack answered {resp.status_code} with a non-object")
+        return resp.status_code, payload
+
+    async def initialize(self, *, reference: str, amount_minor: int, currency: str, email: str,
+                         callback_url: str | None, metadata: dict) -> Checkout:
+        body = {"email": email, "amount": amount_minor, "reference": reference, "currency": currency, "metadata": metadata}
+        if callback_url:
+            body["callback_url"] = callback_url
+        status, payload = await self._call("POST", "/transaction/initialize", body)
+        data = payload.get("data")
+        if status != 200 or payload.get("status") is not True or not isinstance(data, dict) \
+                or not isinstance(data.get("authorization_url"), str):
+            raise GatewayError(f"paystack refused initialize ({status}): {_text_or_none(payload.get('message'))}")
+        return Checkout(authorization_url=data["authorization_url"], access_code=_text_or_none(data.get("access_code")),
+                        reference=_text_or_none(data.get("reference")) or reference)
+
+    async def verify(self, reference: str) -> Verification:
+        status, payload = await self._call("GET", f"/transaction/verify/{quote(reference, safe='')}")
+        if status in (400, 404) and payload.get("status") is False:
+            return Verification(status=NOT_FOUND, reference=reference, gateway_response=_text_or_none(payload.get("message")))
+        data = payload.get("data")
+        if status != 200 or payload.get("status") is not True or not isinstance(data, dict):
+            raise GatewayError(f"paystack refused verify ({status}): {_text_or_none(payload.get('message'))}")
+        gateway_status = _text_or_none(data.get("status"), 40)
+        return Verification(
+            status=self._VERIFIED.get(gateway_status or "", UNDECIDED), reference=_text_or_none(data.get("reference")) or "",
+            amount_minor=_int_or_none(data.get("amount")), currency=_text_or_none(data.get("currency"), 8),
+            transaction_id=data.get("id") if isinstance(data.get("id"), (int, str)) else None,
+            paid_at=_text_or_none(data.get("paid_at") or data.get("paidAt"), 40), gateway_status=gateway_status,
+            gateway_response=_text_or_none(data.get("gateway_response")), channel=_text_or_none(data.get("channel"), 40))
+
+    def verify_webhook_signature(self, raw_body: bytes, headers) -> bool:
+        """Over the raw bytes as received, before anything is parsed; constant-time comparison."""
+        given = headers.get("x-paystack-signature") or ""
+        if not given or len(given) > 256 or not given.isascii():
+            return False
+        expected = hmac.new(self._secret, raw_body, hashlib.sha512).hexdigest()
+        return hmac.compare_digest(expected, given.strip().lower())
+
+    def parse_webhook(self, raw_body: bytes) -> WebhookEvent | None:
+        """The event of a signed body; None when it is not one we can identify (it is still
+        acknowledged: the signature says Paystack sent it, and a retry would say the same)."""
+        try:
+            body = json.loads(raw_body)
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(body, dict) or not isinstance(body.get("event"), str) or not isinstance(body.get("data"), dict):
+            return None
+        data = body["data"]
+        kind = body["event"][:64]
+        tx_id = data.get("id")
+        if not isinstance(tx_id, (int, str)) or isinstance(tx_id, bool) or len(str(tx_id)) > 64:
+            return None
+        return WebhookEvent(event_id=f"{kind}:{tx_id}", kind=kind, reference=_text_or_none(data.get("reference"), 100),
+                            amount_minor=_int_or_none(data.get("amount")), currency=_text_or_none(data.get("currency"), 8),
+                            data=data)
+
+
+def gateway_from_settings(settings) -> PaymentGateway | None:
+    """The configured gateway, or None: then the manual bank-transfer flow is the only one."""
+    if settings.paystack_secret_key is None:
+        return None
+    return PaystackGateway(settings.paystack_secret_key.get_secret_value(), settings.paystack_base_url)

@@ -1,0 +1,266 @@
+"""Paying through a gateway, and what a payment does once the gateway confirms it.
+
+    POST /payments (the contract's client)  -> initialized (stored first) -> pending (the gateway gave a checkout)
+    pending | initialized --verified success--> succeeded -> the contract moves as the agent's confirm-payment moves it
+    pending | initialized --verified failure--> failed
+    pending | initialized --30 minutes, the gateway says abandoned / never heard of it--> abandoned
+
+The gateway is the truth about money, and only what its verify endpoint says moves a
+payment: a webhook is a signed hint to go and ask. A verified success therefore wins
+over an earlier failed or abandoned (the customer retried on the same checkout);
+succeeded is final. A payment is never applied when the amount, currency or reference
+the gateway reports differ from what we initialized: it is flagged for an admin.
+
+Exactly once, across processes: each status change is a conditional write naming the
+expected states; the contract's activation takes the property with a conditional
+write first (ContractService._activate), so a webhook, the reconciliation job and the
+agent's manual confirm-payment racing on one contract end with it active once.
+`applied` records that the effect was carried out; a success whose effect could not
+be (a crash, or the agent's confirmation of the same contract half-way) stays
+`applied: false` and the reconciliation job finishes it.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import timedelta
+
+from bson.decimal128 import Decimal128
+
+from sheda_rt.clock import format_ts
+from sheda_rt.contracts.store import OPEN_STATES
+from sheda_rt.errors import Conflict, Forbidden, NotFound, ServiceUnavailable, Unauthorized
+from sheda_rt.listings.money import format_money, to_minor
+from sheda_rt.listings.service import is_admin
+from sheda_rt.payments.gateway import ABANDONED, FAILED, NOT_FOUND, SUCCESS, GatewayError
+from sheda_rt.payments.store import LIVE_STATES
+
+log = logging.getLogger("sheda.payments")
+
+#: A payment still initialized or pending after this long is verified by the reconciliation job.
+STALE_AFTER = timedelta(minutes=30)
+#: States a verified success may move a payment from (a retry on the same checkout after a failure).
+SUCCEEDABLE = LIVE_STATES + ["failed", "abandoned"]
+
+
+class PaymentsNotConfigured(ServiceUnavailable):
+    code = "payments_not_configured"
+
+
+class GatewayUnavailable(ServiceUnavailable):
+    code = "gateway_unavailable"
+
+
+def payment_view(doc: dict) -> dict:
+    return {
+        "reference": doc["reference"],
+        "purpose": doc["purpose"],
+        "target_id": doc["target_id"],
+        "amount": format_money(doc["amount"]),
+        "currency": doc["currency"],
+        "payer_id": doc["payer_id"],
+        "payee_id": doc["payee_id"],
+        "status": doc["status"],
+        "gateway": doc["gateway"],
+        "checkout_url": doc.get("checkout_url"),
+        "access_code": doc.get("access_code"),
+        "applied": bool(doc.get("applied")),
+        "flagged": bool(doc.get("flagged")),
+        "flags": [{"reason": f["reason"], "detail": f["detail"], "at": format_ts(f["at"])} for f in doc.get("flags", [])],
+        "paid_at": doc.get("paid_at"),
+        "created_at": format_ts(doc["created_at"]),
+        "updated_at": format_ts(doc["updated_at"]),
+        "succeeded_at": format_ts(doc.get("succeeded_at")),
+        "failed_at": format_ts(doc.get("failed_at")),
+        "abandoned_at": format_ts(doc.get("abandoned_at")),
+    }
+
+
+class PaymentService:
+    def __init__(self, store, gateway, *, contracts, contract_store, users, clock, callback_url: str | None):
+        self.store = store
+        self.gateway = gateway  # None: no gateway configured, the manual flow only
+        self.contracts = contracts
+        self.contract_store = contract_store
+        self.users = users
+        self.clock = clock
+        self.callback_url = callback_url
+
+    # ---- starting a payment --------------------------------------------------
+    async def create(self, principal, body) -> tuple[dict, bool]:
+        """(the payment, created now?). A contract with a live attempt gets that attempt back."""
+        if self.gateway is None:
+            raise PaymentsNotConfigured("No payment gateway is configured; pay the agent by bank transfer "
+                                        "(PATCH /contracts/{id}/payment-sent)")
+        contract = await self.contract_store.get(body.target_id)
+        if contract is None or principal.user_id not in (contract["client_id"], contract["agent_id"]):
+            raise NotFound("No such contract", "contract_not_found")
+        if contract["client_id"] != principal.user_id:
+            raise Forbidden("Only the contract's client pays for it", "not_client")
+        if contract["status"] not in OPEN_STATES:
+            raise Conflict(f"The contract is {contract['status']}; only a contract awaiting payment can be paid", "wrong_state")
+        open_key = f"contract:{contract['_id']}"
+        live = await self.store.live_for(open_key)
+        if live is not None:
+            return payment_view(live), False
+        payer = await self.users.get(principal.user_id)
+        amount = contract["amount"].to_decimal() if isinstance(contract["amount"], Decimal128) else contract["amount"]
+        now = self.clock.now()
+        doc = await self.store.insert({
+            "reference": f"shd_{secrets.token_hex(12)}", "purpose": "contract", "target_id": contract["_id"],
+            "amount": Decimal128(amount), "amount_minor": int(to_minor(amount)), "currency": contract.get("currency", "NGN"),
+            "payer_id": principal.user_id, "payee_id": contract["agent_id"], "parties": [principal.user_id, contract["agent_id"]],
+            "status": "initialized", "gateway": self.gateway.name, "open_key": open_key,
+            "applied": False, "flagged": False, "flags": [], "created_at": now, "updated_at": now,
+        })
+        if doc is None:  # a simultaneous POST for the same contract stored its attempt first
+            live = await self.store.live_for(open_key)
+            if live is None:
+                raise Conflict("Another payment for this contract just finished; look at the contract", "payment_in_progress")
+            return payment_view(live), False
+        try:
+            checkout = await self.gateway.initialize(
+                reference=doc["reference"], amount_minor=doc["amount_minor"], currency=doc["currency"], email=payer["email"],
+                callback_url=self.callback_url, metadata={"purpose": "contract", "target_id": contract["_id"]})
+        except GatewayError as exc:
+            log.warning("gateway initialize failed for %s: %s", doc["reference"], exc)
+            await self.store.transition(doc["_id"], ["initialized"], "failed", self.clock.now(),
+                                        {"failed_at": self.clock.now(), "failure": "gateway_unavailable"}, close=True)
+            raise GatewayUnavailable("The payment gateway could not start the payment; try again shortly",
+                                     headers={"Retry-After": "30"}, extra={"retry_after": 30})
+        fields = {"checkout_url": checkout.authorization_url, "access_code": checkout.access_code}
+        moved = await self.store.transition(doc["_id"], ["initialized"], "pending", self.clock.now(), fields)
+        if moved is None:
+            # The gateway's webhook (the customer was fast) settled it before its answer reached us:
+            # keep the checkout details, not the status.
+            await self.store.set_fields(doc["_id"], fields)
+        return payment_view(await self.store.get(doc["reference"])), True
+
+    # ---- reading -------------------------------------------------------------
+    async def get(self, principal, reference: str) -> dict:
+        doc = await self.store.get(reference)
+        if doc is None or (principal.user_id not in (doc["payer_id"], doc["payee_id"]) and not is_admin(principal)):
+            raise NotFound("No such payment", "payment_not_found")
+        return payment_view(doc)
+
+    async def list_mine(self, principal, query) -> dict:
+        if query.flagged and is_admin(principal):
+            flt: dict = {"flagged": True}
+        else:
+            flt = {"parties": principal.user_id}
+            if query.flagged is not None:
+                flt["flagged"] = query.flagged
+        if query.status:
+            flt["status"] = query.status
+        return await self.store.page(flt, query, payment_view)
+
+    # ---- the gateway's webhook ---------------------------------------------
+    async def webhook(self, raw_body: bytes, headers) -> dict:
+        """A delivery from the gateway. The signature is checked over the raw bytes before
+        anything else; a bad or missing one (or no gateway at all) is a 401 and nothing is stored."""
+        if self.gateway is None or not self.gateway.verify_webhook_signature(raw_body, headers):
+            raise Unauthorized("Missing or invalid webhook signature", "bad_signature")
+        event = self.gateway.parse_webhook(raw_body)
+        if event is None:
+            log.warning("signed webhook without an event we can identify (%d bytes)", len(raw_body))
+            return {"received": True}
+        now = self.clock.now()
+        prior = await self.store.record_event({"_id": event.event_id, "gateway": self.gateway.name, "kind": event.kind,
+                                               "reference": event.reference, "received_at": now, "processed": False,
+                                               "data": event.data})
+        if prior is not None and prior.get("processed"):
+            return {"received": True}  # a redelivery: handled the first time
+        outcome = await self._handle_event(event)
+        await self.store.event_done(event.event_id, outcome, self.clock.now())
+        return {"received": True}
+
+    async def _handle_event(self, event) -> str:
+        if event.kind != "charge.success":
+            return "ignored"
+        payment = await self.store.get(event.reference) if event.reference else None
+        if payment is None:
+            return "unknown_reference"
+        if event.amount_minor != payment["amount_minor"] or event.currency != payment["currency"]:
+            await self._flag(payment, "webhook_mismatch",
+                             f"the webhook reports {event.amount_minor} {event.currency} (kobo); we initialized "
+                             f"{payment['amount_minor']} {payment['currency']}")
+            return "flagged"
+        try:
+            return await self.settle(payment)
+        except GatewayError as exc:
+            # Not processed: the event stays unprocessed, the gateway retries the delivery (a 503), and a
+            # redelivery is handled afresh; the reconciliation job covers a gateway that stops retrying.
+            log.warning("verify failed for %s: %s", payment["reference"], exc)
+            raise GatewayUnavailable("Could not verify the payment with the gateway; deliver again later",
+                                     headers={"Retry-After": "60"}, extra={"retry_after": 60})
+
+    # ---- what the gateway says, applied ----------------------------------------
+    async def settle(self, payment: dict, *, stale: bool = False) -> str:
+        """Ask the gateway about this payment and apply its answer. `stale`: the attempt is past
+        STALE_AFTER (reconciliation), so "abandoned" or "never heard of it" close it."""
+        v = await self.gateway.verify(payment["reference"])
+        now = self.clock.now()
+        await self.store.set_fields(payment["_id"], {"last_verified_at": now, "gateway_status": v.gateway_status})
+        if v.status == SUCCESS:
+            if v.amount_minor != payment["amount_minor"] or v.currency != payment["currency"] or v.reference != payment["reference"]:
+                await self._flag(payment, "verify_mismatch",
+                                 f"the gateway verified {v.amount_minor} {v.currency} (kobo) for {v.reference!r}; we "
+                                 f"initialized {payment['amount_minor']} {payment['currency']} for {payment['reference']!r}")
+                return "flagged"
+            await self.store.transition(payment["_id"], SUCCEEDABLE, "succeeded", now, {
+                "succeeded_at": now, "paid_at": v.paid_at, "transaction_id": v.transaction_id, "channel": v.channel,
+                "gateway_response": v.gateway_response}, close=True)
+            current = await self.store.get(payment["reference"])
+            if current["status"] == "succeeded" and not current.get("applied"):
+                return await self.apply(current)
+            return "already_succeeded"
+        if v.status == FAILED:
+            moved = await self.store.transition(payment["_id"], LIVE_STATES, "failed", now,
+                                                {"failed_at": now, "gateway_response": v.gateway_response}, close=True)
+            return "failed" if moved else "unchanged"
+        if stale and (v.status == ABANDONED or v.status == NOT_FOUND):
+            moved = await self.store.transition(payment["_id"], LIVE_STATES, "abandoned", now,
+                                                {"abandoned_at": now, "gateway_response": v.gateway_response}, close=True)
+            return "abandoned" if moved else "unchanged"
+        return "undecided"
+
+    async def apply(self, payment: dict) -> str:
+        """Carry out a succeeded payment's effect (only contracts today). Idempotent: the contract
+        moves at most once, and only the writer that records `applied` raises a flag."""
+        outcome, contract = await self.contracts.confirm_gateway_payment(payment["target_id"], payment["reference"])
+        if outcome == "in_progress":
+            return "in_progress"  # the reconciliation job looks again
+        if not await self.store.set_fields(payment["_id"], {"applied": True, "outcome": outcome}, expect={"applied": False}):
+            return "already_applied"
+        if outcome == "already_active" and (contract or {}).get("paid_by") != payment["reference"]:
+            await self._flag(payment, "contract_already_active",
+                             "the contract was already active (confirmed by the agent or paid by another payment): "
+                             "the client may have paid twice")
+        elif outcome == "not_payable":
+            status = (contract or {}).get("status", "missing")
+            await self._flag(payment, "contract_not_payable", f"paid, but the contract is {status}: a refund is due")
+        return f"contract_{outcome}"
+
+    async def _flag(self, payment: dict, reason: str, detail: str) -> None:
+        log.warning('{"event": "payment_flagged", "reference": "%s", "reason": "%s"}', payment["reference"], reason)
+        await self.store.flag(payment["_id"], {"reason": reason, "detail": detail, "at": self.clock.now()}, self.clock.now())
+
+    # ---- reconciliation ------------------------------------------------------
+    async def reconcile(self, batch: int = 200) -> dict:
+        """What the periodic job does: verify every attempt initialized or pending for more than
+        STALE_AFTER (its webhook may be lost) and apply the answer, then finish any success whose
+        effect is not recorded. Safe in several processes at once (conditional writes)."""
+        counts: dict[str, int] = {}
+        if self.gateway is None:
+            return counts
+        for payment in await self.store.stale(self.clock.now() - STALE_AFTER, batch):
+            try:
+                outcome = await self.settle(payment, stale=True)
+            except GatewayError as exc:  # the gateway is down: the next run asks again
+                log.warning("reconcile: verify failed for %s: %s", payment["reference"], exc)
+                outcome = "gateway_unavailable"
+            counts[outcome] = counts.get(outcome, 0) + 1
+        for payment in await self.store.unapplied(batch):
+            outcome = await self.apply(payment)
+            counts[outcome] = counts.get(outcome, 0) + 1
+        return counts

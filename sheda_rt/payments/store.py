@@ -1,0 +1,100 @@
+"""The `payments` and `payment_events` collections.
+
+A payment is one attempt to pay. Every status change is one `update_one` whose
+filter names the expected states, so of two writers (a webhook and the
+reconciliation job, in two processes) exactly one moves it; the other sees
+nothing matched and does nothing. `open_key` ("<purpose>:<target>") exists only
+while an attempt is initialized or pending: a unique partial index on it means
+one live checkout per contract, and a second POST hands back the first.
+
+`payment_events` holds each webhook event once, by its id (unique `_id`): a
+redelivery finds it and changes nothing.
+"""
+from __future__ import annotations
+
+from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo.errors import DuplicateKeyError
+
+from sheda_rt.database.writes import update_then_get
+from sheda_rt.pagination import paginate
+
+NEWEST = [("_id", DESCENDING)]
+LIVE_STATES = ["initialized", "pending"]
+
+
+class PaymentStore:
+    INDEXES = [
+        IndexModel([("reference", ASCENDING)], unique=True, name="reference_unique"),
+        IndexModel([("open_key", ASCENDING)], unique=True, name="one_live_payment_per_target",
+                   partialFilterExpression={"open_key": {"$exists": True}}),
+        IndexModel([("parties", ASCENDING), ("_id", DESCENDING)], name="parties_newest"),
+        IndexModel([("parties", ASCENDING), ("status", ASCENDING), ("_id", DESCENDING)], name="parties_status"),
+        IndexModel([("status", ASCENDING), ("flagged", ASCENDING), ("created_at", ASCENDING)], name="status_age"),
+        IndexModel([("status", ASCENDING), ("applied", ASCENDING)], name="succeeded_unapplied"),
+        IndexModel([("flagged", ASCENDING), ("_id", DESCENDING)], name="flagged_newest"),
+        IndexModel([("flagged", ASCENDING), ("status", ASCENDING), ("_id", DESCENDING)], name="flagged_status"),
+    ]
+
+    def __init__(self, db, ids):
+        self.col = db["payments"]
+        self.events = db["payment_events"]
+        self.ids = ids
+
+    async def ensure_indexes(self):
+        await self.col.create_indexes(self.INDEXES)
+
+    async def insert(self, doc: dict) -> dict | None:
+        """The new attempt, or None when the target already has a live one (open_key taken)."""
+        doc = dict(doc, _id=await self.ids.next("payments"))
+        try:
+            await self.col.insert_one(doc)
+        except DuplicateKeyError:
+            return None
+        return doc
+
+    async def get(self, reference: str) -> dict | None:
+        return await self.col.find_one({"reference": reference})
+
+    async def live_for(self, open_key: str) -> dict | None:
+        return await self.col.find_one({"open_key": open_key})
+
+    async def transition(self, payment_id: int, from_states: list[str], to_state: str, now, extra: dict | None = None,
+                         close: bool = False) -> dict | None:
+        """from_states -> to_state in one conditional write; None when it was not in from_states."""
+        update: dict = {"$set": {"status": to_state, "updated_at": now, **(extra or {})}}
+        if close:
+            update["$unset"] = {"open_key": ""}
+        return await update_then_get(self.col, {"_id": payment_id, "status": {"$in": from_states}}, update)
+
+    async def set_fields(self, payment_id: int, fields: dict, expect: dict | None = None) -> bool:
+        result = await self.col.update_one({"_id": payment_id, **(expect or {})}, {"$set": fields})
+        return result.matched_count == 1
+
+    async def flag(self, payment_id: int, flag: dict, now) -> None:
+        await self.col.update_one({"_id": payment_id}, {"$set": {"flagged": True, "updated_at": now}, "$push": {"flags": flag}})
+
+    async def stale(self, older_than, limit: int) -> list[dict]:
+        """Attempts still initialized or pending that were created before `older_than` (flagged
+        ones wait for an admin instead of being asked about again on every run)."""
+        return await self.col.find({"status": {"$in": LIVE_STATES}, "flagged": False, "created_at": {"$lte": older_than}},
+                                   sort=[("created_at", ASCENDING)], limit=limit).to_list()
+
+    async def unapplied(self, limit: int) -> list[dict]:
+        """Succeeded attempts whose effect (the contract) is not recorded as done: a crash or a
+        confirmation of the same contract in flight at the time."""
+        return await self.col.find({"status": "succeeded", "applied": False}, limit=limit).to_list()
+
+    async def page(self, query: dict, page, serialize) -> dict:
+        return await paginate(self.col, query, NEWEST, page, serialize)
+
+    # ---- webhook events ------------------------------------------------------
+    async def record_event(self, doc: dict) -> dict | None:
+        """Store an event once. None when it is new; the stored one when it was already there."""
+        try:
+            await self.events.insert_one(doc)
+            return None
+        except DuplicateKeyError:
+            return await self.events.find_one({"_id": doc["_id"]}) or doc
+
+    async def event_done(self, event_id: str, outcome: str, now) -> None:
+        await self.events.update_one({"_id": event_id}, {"$set": {"processed": True, "outcome": outcome, "processed_at": now}})

@@ -1,0 +1,143 @@
+"""A local Paystack for the tests: a tornado server on 127.0.0.1 that answers as Paystack's
+documentation describes, and delivers webhooks signed with the test secret.
+
+  POST /transaction/initialize  Bearer <secret>; {email, amount (integer kobo), reference (unique), currency,
+                                callback_url, metadata} -> {status, message, data: {authorization_url, access_code, reference}}
+  GET  /transaction/verify/{ref} -> {status, message, data: {id, status, reference, amount, currency, paid_at, ...}};
+                                an unknown reference: 400 {status: false, message: "Transaction reference not found"}
+
+A new transaction is "abandoned" (Paystack's word for "not paid yet") until the test plays the customer:
+`pay()` / `fail()`. `deliver()` posts a `charge.success` event to our server as Paystack would.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import json
+import secrets
+from datetime import datetime, timezone
+
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+SECRET = "sk_test_" + "5" * 40
+
+_ids = itertools.count(4_099_260_000)
+
+
+def sign(body: bytes, secret: str = SECRET) -> str:
+    return hmac.new(secret.encode(), body, hashlib.sha512).hexdigest()
+
+
+class _Base(tornado.web.RequestHandler):
+    def initialize(self, gateway):
+        self.gateway = gateway
+
+    def prepare(self):
+        self.gateway.calls.append((self.request.method, self.request.path))
+        if self.request.headers.get("Authorization") != f"Bearer {self.gateway.secret}":
+            self.answer(401, {"status": False, "message": "Invalid key"})
+
+    def answer(self, code: int, body: dict):
+        self.set_status(code)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(body))
+
+
+class _Initialize(_Base):
+    async def post(self):
+        try:
+            body = json.loads(self.request.body)
+        except ValueError:
+            return self.answer(400, {"status": False, "message": "Invalid JSON"})
+        email, amount, reference = body.get("email"), body.get("amount"), body.get("reference")
+        if not isinstance(email, str) or "@" not in email:
+            return self.answer(400, {"status": False, "message": "Invalid Email Address Passed"})
+        if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+            return self.answer(400, {"status": False, "message": "Invalid Amount Sent"})
+        if body.get("currency", "NGN") != "NGN":
+            return self.answer(400, {"status": False, "message": "Currency not supported by merchant"})
+        if not isinstance(reference, str) or reference in self.gateway.transactions:
+            return self.answer(400, {"status": False, "message": "Duplicate Transaction Reference"})
+        access_code = secrets.token_hex(8)
+        self.gateway.transactions[reference] = {
+            "id": next(_ids), "status": "abandoned", "reference": reference, "amount": amount, "currency": body.get("currency", "NGN"),
+            "paid_at": None, "gateway_response": "The transaction was not completed", "channel": "card",
+            "customer": {"email": email}, "metadata": body.get("metadata"), "callback_url": body.get("callback_url"),
+        }
+        self.gateway.initialized.append(body)
+        if self.gateway.before_initialize_answer is not None:  # the test plays a customer faster than our server
+            hook, self.gateway.before_initialize_answer = self.gateway.before_initialize_answer, None
+            await hook(reference)
+        self.answer(200, {"status": True, "message": "Authorization URL created", "data": {
+            "authorization_url": f"{self.gateway.base_url}/checkout/{access_code}", "access_code": access_code, "reference": reference}})
+
+
+class _Verify(_Base):
+    def get(self, reference):
+        self.gateway.verified.append(reference)
+        tx = self.gateway.transactions.get(reference)
+        if tx is None:
+            return self.answer(400, {"status": False, "message": "Transaction reference not found"})
+        self.answer(200, {"status": True, "message": "Verification successful", "data": dict(tx)})
+
+
+class FakePaystack:
+    def __init__(self, secret: str = SECRET):
+        self.secret = secret
+        self.transactions: dict[str, dict] = {}
+        self.initialized: list[dict] = []
+        self.verified: list[str] = []
+        self.calls: list[tuple[str, str]] = []
+        self.before_initialize_answer = None
+        self.webhook_url: str | None = None
+        self._http: tornado.httpserver.HTTPServer | None = None
+        self.base_url = ""
+
+    def start(self) -> str:
+        app = tornado.web.Application([
+            (r"/transaction/initialize", _Initialize, {"gateway": self}),
+            (r"/transaction/verify/([^/]+)", _Verify, {"gateway": self}),
+        ])
+        sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+        self._http = tornado.httpserver.HTTPServer(app)
+        self._http.add_sockets(sockets)
+        self.base_url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
+        return self.base_url
+
+    def stop(self) -> None:
+        if self._http is not None:
+            self._http.stop()
+
+    # ---- the customer, at the checkout ---------------------------------------------
+    def pay(self, reference: str, *, amount: int | None = None, currency: str | None = None) -> dict:
+        tx = self.transactions[reference]
+        tx.update(status="success", gateway_response="Successful", paid_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z"))
+        if amount is not None:
+            tx["amount"] = amount
+        if currency is not None:
+            tx["currency"] = currency
+        return tx
+
+    def fail(self, reference: str) -> dict:
+        tx = self.transactions[reference]
+        tx.update(status="failed", gateway_response="Declined")
+        return tx
+
+    # ---- webhooks ------------------------------------------------------------------
+    def event_body(self, reference: str, event: str = "charge.success", **data_over) -> bytes:
+        data = dict(self.transactions[reference])
+        data.update(data_over)
+        return json.dumps({"event": event, "data": data}).encode()
+
+    async def deliver(self, body: bytes, *, signature: str | None = None, headers: dict | None = None):
+        """POST a webhook to our server as Paystack does: the raw body, signed unless told otherwise."""
+        hdrs = {"Content-Type": "application/json", "x-paystack-signature": sign(body, self.secret) if signature is None else signature}
+        if signature == "":
+            del hdrs["x-paystack-signature"]
+        hdrs.update(headers or {})
+        req = HTTPRequest(self.webhook_url, method="POST", body=body, headers=hdrs, request_timeout=30)
+        return await AsyncHTTPClient().fetch(req, raise_error=False)

@@ -1,0 +1,293 @@
+"""Paying for a contract through the gateway (issue 18 §1), against a local Paystack
+(tests/paystack_server.py) that answers as its documentation describes: the happy path with
+both sockets open, forged / replayed / out-of-order / wrong-amount / wrong-currency webhooks,
+a lost webhook recovered by reconciliation with a moved clock, a webhook racing the agent's
+manual confirmation, and a server with no gateway configured."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from tests import test_contracts as contracts_tests
+from tests.listing_helpers import snapshot
+from tests.paystack_server import SECRET, FakePaystack, sign
+
+PAY = "/api/v1/payments"
+CT = "/api/v1/contracts"
+
+
+@pytest.fixture
+def paystack(io_loop):
+    gateway = FakePaystack()
+    gateway.start()
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture
+def settings_overrides(paystack):
+    return {"paystack_secret_key": SECRET, "paystack_base_url": paystack.base_url,
+            "payment_callback_url": "https://app.example.com/paid",
+            "access_token_minutes": 240}  # tokens outlive the clock moves below
+
+
+@pytest.fixture
+def gw(sheda, paystack):
+    paystack.webhook_url = sheda.base_url + "/api/v1/webhooks/paystack"
+    return paystack
+
+
+async def open_contract(sheda, price="1200000.00", listing_type="rent"):
+    agent, prop, [(client, appt)] = await contracts_tests.rental_ready(sheda, listing_type=listing_type, price=price)
+    body = {"appointment_id": appt["id"], "term_months": 12} if listing_type == "rent" else {"appointment_id": appt["id"]}
+    r = await sheda.api.post(f"{CT}/{prop['id']}", body, token=client.token)
+    assert r.status == 201, r
+    return agent, client, prop, r.json
+
+
+async def start_payment(sheda, client, contract) -> dict:
+    r = await sheda.api.post(PAY, {"purpose": "contract", "target_id": contract["id"]}, token=client.token)
+    assert r.status == 201, r
+    return r.json
+
+
+async def stored_events(sheda, reference) -> list[dict]:
+    return await sheda.ctx.db["payment_events"].find({"reference": reference}).to_list()
+
+
+async def test_happy_path_checkout_webhook_verify_contract_active_with_live_events(sheda, gw):
+    agent, client, prop, contract = await open_contract(sheda)
+    agent_ws, client_ws = await sheda.ws(agent.token), await sheda.ws(client.token)
+
+    pay = await start_payment(sheda, client, contract)
+    assert pay["status"] == "pending" and pay["amount"] == "1200000.00" and pay["currency"] == "NGN"
+    assert pay["checkout_url"].startswith(gw.base_url + "/checkout/") and pay["payer_id"] == client.id and pay["payee_id"] == agent.id
+    sent = gw.initialized[-1]
+    assert sent["amount"] == 120_000_000 and sent["email"] == client.email and sent["reference"] == pay["reference"]
+    assert sent["currency"] == "NGN" and sent["callback_url"] == "https://app.example.com/paid"
+    # Asking again while the checkout is live hands back the same attempt, not a second charge.
+    again = await sheda.api.post(PAY, {"purpose": "contract", "target_id": contract["id"]}, token=client.token)
+    assert again.status == 200 and again.json["reference"] == pay["reference"] and len(gw.initialized) == 1
+    # Both parties (and nobody else) can see it.
+    assert (await sheda.api.get(f"{PAY}/{pay['reference']}", token=agent.token)).json["status"] == "pending"
+    stranger = await sheda.signup("client")
+    assert (await sheda.api.get(f"{PAY}/{pay['reference']}", token=stranger.token)).status == 404
+
+    gw.pay(pay["reference"])  # the customer pays at the checkout
+    r = await gw.deliver(gw.event_body(pay["reference"]))
+    assert r.code == 200 and json.loads(r.body) == {"received": True}
+    assert gw.verified == [pay["reference"]]  # confirmed with the gateway before the contract moved
+
+    done = (await sheda.api.get(f"{PAY}/{pay['reference']}", token=client.token)).json
+    assert done["status"] == "succeeded" and done["applied"] is True and done["flagged"] is False and done["paid_at"]
+    active = (await sheda.api.get(f"{CT}/{contract['id']}", token=client.token)).json
+    assert active["status"] == "active" and active["is_active"] is True
+    assert (await snapshot(sheda, "properties", prop["id"]))["status"] == "rented"
+    # The same live events and notifications as the manual confirmation, on both parties' sockets.
+    assert (await client_ws.wait_type("contract.confirmed"))["contract"]["status"] == "active"
+    assert (await agent_ws.wait_type("contract.confirmed"))["contract"]["id"] == contract["id"]
+    await client_ws.wait_type("notification", kind="contract.confirmed")
+    await agent_ws.wait_type("notification", kind="contract.confirmed")
+    mine = (await sheda.api.get(PAY, token=client.token)).json
+    assert [p["reference"] for p in mine["items"]] == [pay["reference"]] and mine["next_cursor"] is None
+    assert [p["reference"] for p in (await sheda.api.get(PAY, token=agent.token, params={"status": "succeeded"})).json["items"]] \
+        == [pay["reference"]]
+    # The contract is paid: no new payment for it.
+    r = await sheda.api.post(PAY, {"purpose": "contract", "target_id": contract["id"]}, token=client.token)
+    assert r.status == 409 and r.json["code"] == "wrong_state"
+    agent_ws.close()
+    client_ws.close()
+
+
+async def test_only_the_contracts_client_starts_a_payment_and_input_is_bounded(sheda, gw):
+    agent, client, prop, contract = await open_contract(sheda)
+    r = await sheda.api.post(PAY, {"purpose": "contract", "target_id": contract["id"]}, token=agent.token)
+    assert r.status == 403  # agents are not clients
+    other = await sheda.signup("client")
+    r = await sheda.api.post(PAY, {"purpose": "contract", "target_id": contract["id"]}, token=other.token)
+    assert r.status == 404 and r.json["code"] == "contract_not_found"
+    for bad in ({"purpose": "wallet_topup", "target_id": contract["id"]}, {"purpose": "contract", "target_id": "1"},
+                {"purpose": "contract", "target_id": 0}, {"purpose": "contract", "target_id": 2**70}, {"purpose": "contract"}):
+        r = await sheda.api.post(PAY, bad, token=client.token)
+        assert r.status == 422, (bad, r)
+    assert gw.initialized == []
+    assert (await sheda.api.get(f"{PAY}/nope", token=client.token)).status == 404
+
+
+async def test_forged_or_missing_signature_is_401_and_nothing_is_stored(sheda, gw):
+    agent, client, prop, contract = await open_contract(sheda)
+    pay = await start_payment(sheda, client, contract)
+    gw.pay(pay["reference"])
+    body = gw.event_body(pay["reference"])
+    for signature in (sign(body, "sk_test_not_ours"), "", "zz" * 64, sign(body + b" ", SECRET)):
+        r = await gw.deliver(body, signature=signature)
+        assert r.code == 401, (signature, r.code, r.body)
+        assert json.loads(r.body)["code"] == "bad_signature"
+    for garbage in (b"", b"{", b"\xff\xfe", b"[]", b'{"event": 1}'):
+        r = await gw.deliver(garbage, signature="00")
+        assert r.code == 401
+    assert await stored_events(sheda, pay["reference"]) == []
+    assert gw.verified == []
+    assert (await sheda.api.get(f"{PAY}/{pay['reference']}", token=client.token)).json["status"] == "pending"
+    assert (await snapshot(sheda, "contracts", contract["id"]))["status"] == "awaiting_payment"
+    # Signed garbage is acknowledged (Paystack sent it) and changes nothing; never a 500.
+    for garbage in (b"{", b"[]", b'{"event": "charge.success"}', b'{"event": "charge.success", "data": {"id": true}}'):
+        r = await gw.deliver(garbage)
+        assert r.code == 200, (garbage, r.code, r.body)
+    assert (await snapshot(sheda, "contracts", contract["id"]))["status"] == "awaiting_payment"
+
+
+async def test_a_replayed_event_is_200_with_no_effect(sheda, gw):
+    agent, client, prop, contract = await open_contract(sheda)
+    pay = await start_payment(sheda, client, contract)
+    gw.pay(pay["reference"])
+    body = gw.event_body(pay["reference"])
+    assert (await gw.deliver(body)).code == 200
+    notes = await sheda.ctx.db["notifications"].count_documents({"data.contract_id": contract["id"]})
+    before = await sheda.ctx.db["payments"].find_one({"reference": pay["reference"]})
+    for _ in range(3):
+        r = await gw.deliver(body)
+        assert r.code == 200
+    assert gw.verified == [pay["reference"]]  # the redeliveries were recognised before the gateway was asked
+    assert len(await stored_events(sheda, pay["reference"])) == 1
+    assert await sheda.ctx.db["notifications"].count_documents({"data.contract_id": contract["id"]}) == notes
+    assert await sheda.ctx.db["payments"].find_one({"reference": pay["reference"]}) == before
+
+
+@pytest.mark.parametrize("what", ["amount", "currency", "verify_amount"])
+async def test_wrong_amount_or_currency_is_flagged_for_an_admin_and_not_applied(sheda, gw, what):
+    agent, client, prop, contract = await open_contract(sheda)
+    pay = await start_payment(sheda, client, contract)
+    ref = pay["reference"]
+    if what == "amount":
+        gw.pay(ref, amount=120_000_000 - 100)  # one naira short
+        body = gw.event_body(ref)
+    elif what == "currency":
+        gw.pay(ref, currency="USD")
+        body = gw.event_body(ref)
+    else:  # the webhook claims the right amount; the gateway's own record says otherwise
+        gw.pay(ref, amount=1_000)
+        body = gw.event_body(ref, amount=120_000_000)
+    r = await gw.deliver(body)
+    assert r.code == 200
+    stored = (await sheda.api.get(f"{PAY}/{ref}", token=client.token)).json
+    assert stored["flagged"] is True and stored["status"] == "pending" and stored["applied"] is False
+    assert stored["flags"][0]["reason"] == ("verify_mismatch" if what == "verify_amount" else "webhook_mismatch")
+    assert (await snapshot(sheda, "contracts", contract["id"]))["status"] == "awaiting_payment"
+    assert (await snapshot(sheda, "properties", prop["id"]))["status"] == "available"
+    admin = await sheda.admin()
+    flagged = (await sheda.api.get(PAY, token=admin.token, params={"flagged": "true"})).json["items"]
+    assert ref in [p["reference"] for p in flagged]
+    assert (await sheda.api.get(f"{PAY}/{ref}", token=admin.token)).status == 200
+    # Reconciliation leaves flagged payments to the admin.
+    sheda.ctx.clock.advance(minutes=31)
+    await sheda.ctx.payment_reconciliation.run()
+    assert (await snapshot(sheda, "contracts", contract["id"]))["status"] == "awaiting_payment"
+
+
+async def test_a_signed_success_the_gateway_does_not_confirm_moves_nothing(sheda, gw):
+    agent, client, prop, contract = await open_contract(sheda)
+    pay = await start_payment(sheda, client, contract)
+    # A correctly signed charge.success (the key leaked, or a replay from elsewhere) for a transaction the
+    # gateway still has unpaid: verify says so, and nothing moves.
+    r = await gw.deliver(gw.event_body(pay["reference"], status="success"))
+    assert r.code == 200 and gw.verified == [pay["reference"]]
+    assert (await sheda.api.get(f"{PAY}/{pay['reference']}", token=client.token)).json["status"] == "pending"
+    assert (await snapshot(sheda, "contracts", contract["id"]))["status"] == "awaiting_payment"
+
+
+async def test_out_of_order_failed_then_success_on_the_same_checkout(sheda, gw):
+    agent, client, prop, contract = await open_contract(sheda)
+    pay = await start_payment(sheda, client, contract)
+    ref = pay["reference"]
+    gw.fail(ref)  # the card is declined; no webhook for that
+    sheda.ctx.clock.advance(minutes=31)
+    await sheda.ctx.payment_reconciliation.run()
+    assert (await sheda.api.get(f"{PAY}/{ref}", token=client.token)).json["status"] == "failed"
+    assert (await snapshot(sheda, "contracts", contract["id"]))["status"] == "awaiting_payment"
+    gw.pay(ref)  # the customer retries on the same checkout and it goes through
+    assert (await gw.deliver(gw.event_body(ref))).code == 200
+    assert (await sheda.api.get(f"{PAY}/{ref}", token=client.token)).json["status"] == "succeeded"
+    assert (await snapshot(sheda, "contracts", contract["id"]))["status"] == "active"
+
+
+async def test_out_of_order_webhook_before_the_gateway_answered_initialize(sheda, gw):
+    agent, client, prop, contract = await open_contract(sheda)
+
+    async def customer_pays_at_once(reference):
+        gw.pay(reference)
+        resp = await gw.deliver(gw.event_body(reference))
+        assert resp.code == 200
+
+    gw.before_initialize_answer = customer_pays_at_once
+    pay = await start_payment(sheda, client, contract)
+    assert pay["status"] == "succeeded" and pay["applied"] is True and pay["checkout_url"].startswith(gw.base_url)
+    assert (await snapshot(sheda, "contracts", contract["id"]))["status"] == "active"
+
+
+async def test_lost_webhook_recovered_by_reconciliation_with_a_moved_clock(sheda, gw):
+    agent, client, prop, contract = await open_contract(sheda, listing_type="sale", price="45000000.00")
+    _, client2, prop2, contract2 = await open_contract(sheda)
+    paid = await start_payment(sheda, client, contract)
+    unpaid = await start_payment(sheda, client2, contract2)
+    gw.pay(paid["reference"])  # ...and the webhook never arrives
+    await sheda.ctx.payment_reconciliation.run()
+    assert paid["reference"] not in gw.verified  # not 30 minutes yet: not asked about
+    sheda.ctx.clock.advance(minutes=31)
+    # Two processes' jobs at once: each move happens once.
+    first, second = await asyncio.gather(sheda.ctx.payment_reconciliation.run(), sheda.ctx.payment_reconciliation.run())
+    assert (await sheda.api.get(f"{PAY}/{paid['reference']}", token=client.token)).json["status"] == "succeeded"
+    stored = await snapshot(sheda, "contracts", contract["id"])
+    assert stored["status"] == "active" and stored["paid_by"] == paid["reference"]
+    assert (await snapshot(sheda, "properties", prop["id"]))["status"] == "sold"
+    assert await sheda.ctx.db["notifications"].count_documents({"kind": "contract.confirmed", "data.contract_id": contract["id"]}) == 2
+    # The checkout nobody paid is abandoned, its contract still open for another try.
+    assert (await sheda.api.get(f"{PAY}/{unpaid['reference']}", token=client2.token)).json["status"] == "abandoned"
+    assert (await snapshot(sheda, "contracts", contract2["id"]))["status"] == "awaiting_payment"
+    retry = await start_payment(sheda, client2, contract2)
+    assert retry["reference"] != unpaid["reference"]
+    asked = len(gw.verified)
+    await sheda.ctx.payment_reconciliation.run()  # nothing of these left to do
+    assert paid["reference"] not in gw.verified[asked:] and unpaid["reference"] not in gw.verified[asked:]
+
+
+async def test_webhook_racing_the_agents_manual_confirmation_ends_active_exactly_once(sheda, gw):
+    for _ in range(3):
+        agent, client, prop, contract = await open_contract(sheda)
+        pay = await start_payment(sheda, client, contract)
+        assert (await sheda.api.patch(f"{CT}/{contract['id']}/payment-sent", token=client.token)).status == 200
+        gw.pay(pay["reference"])
+        hook, manual = await asyncio.gather(gw.deliver(gw.event_body(pay["reference"])),
+                                            sheda.api.patch(f"{CT}/{contract['id']}/confirm-payment", token=agent.token))
+        assert hook.code == 200 and manual.status in (200, 409), manual
+        await sheda.ctx.payment_reconciliation.run()  # finishes a payment whose contract was being confirmed by hand
+        stored = await snapshot(sheda, "contracts", contract["id"])
+        assert stored["status"] == "active"
+        assert (await snapshot(sheda, "properties", prop["id"]))["contract_id"] == contract["id"]
+        confirmed = await sheda.ctx.db["notifications"].count_documents({"kind": "contract.confirmed", "user_id": client.id,
+                                                                         "data.contract_id": contract["id"]})
+        assert confirmed == 1
+        payment = (await sheda.api.get(f"{PAY}/{pay['reference']}", token=client.token)).json
+        assert payment["status"] == "succeeded" and payment["applied"] is True
+        # Whoever lost: the agent's 409, or the payment flagged (the client may also have transferred).
+        if manual.status == 200:
+            assert [f["reason"] for f in payment["flags"]] == ["contract_already_active"]
+        else:
+            assert payment["flagged"] is False and stored["paid_by"] == pay["reference"]
+
+
+@pytest.mark.parametrize("settings_overrides", [{}])
+async def test_without_a_gateway_payments_are_503_and_the_webhook_401(sheda, settings_overrides):
+    agent, client, prop, contract = await open_contract(sheda)
+    r = await sheda.api.post(PAY, {"purpose": "contract", "target_id": contract["id"]}, token=client.token)
+    assert r.status == 503 and r.json["code"] == "payments_not_configured"
+    body = json.dumps({"event": "charge.success", "data": {"id": 1, "reference": "x", "amount": 1, "currency": "NGN"}}).encode()
+    for signature in (sign(body, SECRET), sign(body, ""), ""):
+        r = await sheda.api.post("/api/v1/webhooks/paystack", body=body, headers={"x-paystack-signature": signature})
+        assert r.status == 401
+    assert await stored_events(sheda, "x") == []
+    # The manual flow is untouched.
+    assert (await sheda.api.patch(f"{CT}/{contract['id']}/payment-sent", token=client.token)).status == 200
+    assert (await sheda.api.patch(f"{CT}/{contract['id']}/confirm-payment", token=agent.token)).status == 200
