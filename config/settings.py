@@ -98,12 +98,20 @@ class Settings(BaseSettings):
     appointment_minutes: int = Field(30, ge=5, le=240, description="Viewing slot length; slots start on multiples of it from 00:00 UTC")  # [listings]
     inquiries_per_ip_per_hour: int = Field(5, ge=1, le=10_000, description="Public inquiries one client address may send in any hour (429 after)")  # [leads]
 
+    # [payments] Paystack (issue 18); no secret key: no gateway, the manual bank-transfer flow only
+    paystack_secret_key: Optional[SecretStr] = Field(None, description="Paystack secret key (sk_test_... in test mode); unset: POST /payments is 503, the webhook 401")
+    paystack_public_key: Optional[str] = Field(None, description="Paystack public key (pk_...), for clients that open the inline checkout")
+    paystack_base_url: str = Field("https://api.paystack.co", pattern=r"^https?://[^\s?#]+$", description="Paystack API root (tests point it at a local server)")
+    payment_callback_url: Optional[str] = Field(None, pattern=r"^https?://[^\s]+$", description="Where the checkout sends the customer back to")
+    payment_reconcile_interval_minutes: float = Field(5.0, gt=0, description="How often payments pending for 30+ minutes are verified with the gateway")
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     _upper_log_level = field_validator("log_level", mode="before")(lambda v: v.upper() if isinstance(v, str) else v)  # [accounts] LOG_LEVEL=bogus: one line, not a traceback
 
     _validate_cors = field_validator("cors_origins", mode="before")(_split_csv)
 
-    @field_validator("mongodb_uri", "redis_url", "jwt_secret", "smtp_host", "smtp_username", "smtp_password", mode="before")
+    @field_validator("mongodb_uri", "redis_url", "jwt_secret", "smtp_host", "smtp_username", "smtp_password",
+                     "paystack_secret_key", "paystack_public_key", "payment_callback_url", mode="before")
     @classmethod
     def _blank_is_none(cls, value):
         return None if isinstance(value, str) and not value.strip() else value
@@ -166,7 +174,7 @@ class Settings(BaseSettings):
         return path.read_text().strip()
 
 
-SECRET_SETTINGS = {"JWT_SECRET", "SMTP_PASSWORD"}  # never echoed back in an error line
+SECRET_SETTINGS = {"JWT_SECRET", "SMTP_PASSWORD", "PAYSTACK_SECRET_KEY"}  # never echoed back in an error line
 
 
 def load_settings(**overrides) -> Settings:

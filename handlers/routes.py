@@ -8,8 +8,9 @@ from handlers import categories  # [categories]
 from handlers import inquiries  # [leads]
 from handlers import analytics  # [analytics]
 from handlers import builders  # [builders]
+from handlers import payments  # [payments]
 
-MODULES = [health, metrics, accounts, users, admin, media, chat, properties, agents, appointments, contracts, notifications, builders, categories, inquiries, analytics, docs]
+MODULES = [health, metrics, accounts, users, admin, media, chat, properties, agents, appointments, contracts, notifications, builders, categories, inquiries, analytics, payments, docs]
 
 
 def all_routes(settings) -> list:

@@ -83,6 +83,8 @@ class AppContext:
         self._install_leads()
         # [builders] projects, units, payment plans; builders' verification.
         self._install_builders()
+        # [payments] payments through a gateway (Paystack), its webhook, the reconciliation job.
+        self._install_payments()
 
     def _install_marketplace(self) -> None:  # [listings]
         from sheda_rt.appointments.service import AppointmentService, AvailabilityService
@@ -123,6 +125,21 @@ class AppContext:
         self.stores.extend([self.project_store, self.unit_store, self.unit_batch_locks, self.payment_plan_store])
         self.projects = ProjectService(self, self.project_store, self.unit_store, self.unit_batch_locks, self.payment_plan_store)
         self.builders = BuilderService(self, self.projects)
+
+    def _install_payments(self) -> None:  # [payments]
+        from sheda_rt.payments.gateway import gateway_from_settings
+        from sheda_rt.payments.reconcile import PaymentReconciliationJob
+        from sheda_rt.payments.service import PaymentService
+        from sheda_rt.payments.store import PaymentStore
+
+        self.payment_gateway = gateway_from_settings(self.settings)
+        self.payment_store = PaymentStore(self.db, self.ids)
+        self.stores.append(self.payment_store)
+        self.payments = PaymentService(self.payment_store, self.payment_gateway, contracts=self.contracts,
+                                       contract_store=self.contract_store, users=self.users, clock=self.clock,
+                                       callback_url=self.settings.payment_callback_url)
+        self.payment_reconciliation = PaymentReconciliationJob(self.payments, self.settings.payment_reconcile_interval_minutes)
+        self.jobs.append(self.payment_reconciliation)
 
     def _install_categories(self) -> None:  # [categories]
         from sheda_rt.categories.service import CategoryService
@@ -178,4 +195,6 @@ class AppContext:
 
     async def close(self) -> None:
         await self.hub.stop()
+        if self.payment_gateway is not None:  # [payments] its HTTP connections
+            await self.payment_gateway.close()
         await self.client.close()
