@@ -95,6 +95,12 @@ class Settings(BaseSettings):
 
     # Jobs
     contract_expiry_interval_hours: float = Field(24.0, gt=0)
+    # [jobs] the durable job queue (sheda_rt/jobs/)
+    job_poll_seconds: float = Field(1.0, gt=0, le=3600, description="How often each process looks for due jobs")
+    job_lease_seconds: float = Field(60.0, ge=1, description="A claimed job's lease; renewed while it runs, a dead process's lapses after this")
+    job_max_attempts: int = Field(5, ge=1, le=100, description="Failed attempts before a job is marked failed (GET /api/v1/admin/jobs?status=failed)")
+    job_backoff_seconds: float = Field(5.0, ge=0, description="Delay after the first failure; doubled per attempt")
+    job_backoff_max_seconds: float = Field(3600.0, ge=0, description="Longest delay between attempts")
     appointment_minutes: int = Field(30, ge=5, le=240, description="Viewing slot length; slots start on multiples of it from 00:00 UTC")  # [listings]
     inquiries_per_ip_per_hour: int = Field(5, ge=1, le=10_000, description="Public inquiries one client address may send in any hour (429 after)")  # [leads]
 

@@ -9,8 +9,9 @@ from handlers import inquiries  # [leads]
 from handlers import analytics  # [analytics]
 from handlers import builders  # [builders]
 from handlers import payments  # [payments]
+from handlers import jobs  # [jobs]
 
-MODULES = [health, metrics, accounts, users, admin, media, chat, properties, agents, appointments, contracts, notifications, builders, categories, inquiries, analytics, payments, docs]
+MODULES = [health, metrics, accounts, users, admin, media, chat, properties, agents, appointments, contracts, notifications, builders, categories, inquiries, analytics, jobs, payments, docs]
 
 
 def all_routes(settings) -> list:

@@ -73,6 +73,8 @@ class AppContext:
         self.chat = ChatService(self)
         self.stores.extend(self.chat.stores)
         self.drain_hooks.append(self.chat.drain)
+        # [jobs] the durable job queue: contract expiry and the push dispatcher run on it.
+        self._install_job_queue()
         # [listings] properties, favourites, availability, appointments, contracts, notifications, the expiry job.
         self._install_marketplace()
         # [categories] admin-managed listing categories.
@@ -111,8 +113,22 @@ class AppContext:
         self.appointments = AppointmentService(self, self.appointment_store, self.availability_store, self.property_store,
                                                self.notifications)
         self.contracts = ContractService(self, self.contract_store, self.property_store, self.appointment_store, self.notifications)
-        self.contract_expiry = ContractExpiryJob(self.contracts, self.settings.contract_expiry_interval_hours)
+        self.contract_expiry = ContractExpiryJob(self.contracts, self.settings.contract_expiry_interval_hours, self.job_runner,
+                                                 self.clock)
         self.jobs.append(self.contract_expiry)
+
+    def _install_job_queue(self) -> None:  # [jobs]
+        from sheda_rt.jobs.runner import JobRunner
+        from sheda_rt.jobs.store import JobStore
+
+        s = self.settings
+        self.job_store = JobStore(self.db)
+        self.stores.append(self.job_store)
+        self.job_runner = JobRunner(self.job_store, self.clock, lease_seconds=s.job_lease_seconds, max_attempts=s.job_max_attempts,
+                                    backoff_seconds=s.job_backoff_seconds, backoff_max_seconds=s.job_backoff_max_seconds,
+                                    poll_seconds=s.job_poll_seconds)
+        self.jobs.append(self.job_runner)
+        self.drain_hooks.append(self.job_runner.drain)
 
     def _install_builders(self) -> None:  # [builders]
         from sheda_rt.builders.service import BuilderService, ProjectService

@@ -1,11 +1,15 @@
-"""The contract-expiry job: a tornado PeriodicCallback in the server's IOLoop.
+"""The contract-expiry job: a tornado PeriodicCallback in the server's IOLoop that
+runs through the durable job queue (sheda_rt/jobs/).
 
-Runs once when the server starts (so a server that was down past an end_date
+Ticks once when the server starts (so a server that was down past an end_date
 catches up at once) and then every CONTRACT_EXPIRY_INTERVAL_HOURS (default 24).
-Each run expires every active contract whose end_date <= ctx.clock.now(). Safe to
-run in several processes at once: ContractService.expire moves each contract
-with the expected state in the update's filter, so each expires exactly once.
-Tests call `run()` directly with a moved clock instead of waiting.
+Each tick is one queue job whose key names the period (`contract_expiry:<n>`, n = the
+clock's time divided by the interval), so however many processes tick, a period's pass
+runs once; a process that dies during it leaves a lease that lapses, and the next
+tick (or any runner's poll) finishes it. A pass expires every active contract whose
+end_date <= ctx.clock.now(); ContractService.expire moves each contract with the
+expected state in the update's filter, so each expires exactly once even if a pass
+is repeated. Tests call `run()` directly with a moved clock instead of waiting.
 """
 from __future__ import annotations
 
@@ -21,11 +25,14 @@ log = logging.getLogger("sheda.jobs")
 class ContractExpiryJob:
     name = "contract_expiry"
 
-    def __init__(self, contracts, interval_hours: float):
+    def __init__(self, contracts, interval_hours: float, queue, clock):
         self.contracts = contracts
         self.interval_ms = interval_hours * 3600 * 1000
+        self.queue = queue
+        self.clock = clock
         self._periodic: PeriodicCallback | None = None
         self._running = False
+        queue.register(self.name, self._handle)
 
     def start(self) -> None:
         self._running = True
@@ -45,13 +52,26 @@ class ContractExpiryJob:
         try:
             await self.run()
         except Exception:
-            # A failed run is retried by the next tick; it must never kill the loop.
+            # A failed run is retried by the queue (or the next tick); it must never kill the loop.
             JOB_RUNS.labels(job=self.name, outcome="error").inc()
             log.exception("contract expiry run failed")
 
+    def period_key(self) -> str:
+        period = int(self.clock.now().timestamp() * 1000 // self.interval_ms)
+        return f"{self.name}:{period}"
+
     async def run(self) -> int:
-        """One pass; returns how many contracts this call expired."""
-        expired = await self.contracts.expire_due()
+        """This period's pass, through the queue; returns how many contracts this call expired
+        (0 when the period's pass ran already or is running in another process)."""
+        ran, result = await self.queue.run_now(self.name, self.period_key())
+        return int(result or 0) if ran else 0
+
+    async def _handle(self, job: dict) -> int:
+        try:
+            expired = await self.contracts.expire_due()
+        except Exception:
+            JOB_RUNS.labels(job=self.name, outcome="error").inc()
+            raise  # the queue retries it with backoff
         JOB_RUNS.labels(job=self.name, outcome="ok").inc()
         if expired:
             log.info('{"event": "contracts_expired", "count": %d}', expired)
