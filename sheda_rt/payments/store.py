@@ -29,6 +29,8 @@ class PaymentStore:
                    partialFilterExpression={"open_key": {"$exists": True}}),
         IndexModel([("parties", ASCENDING), ("_id", DESCENDING)], name="parties_newest"),
         IndexModel([("parties", ASCENDING), ("status", ASCENDING), ("_id", DESCENDING)], name="parties_status"),
+        IndexModel([("parties", ASCENDING), ("flagged", ASCENDING), ("status", ASCENDING), ("_id", DESCENDING)],
+                   name="parties_flagged"),
         IndexModel([("status", ASCENDING), ("flagged", ASCENDING), ("created_at", ASCENDING)], name="status_age"),
         IndexModel([("status", ASCENDING), ("applied", ASCENDING)], name="succeeded_unapplied"),
         IndexModel([("flagged", ASCENDING), ("_id", DESCENDING)], name="flagged_newest"),
