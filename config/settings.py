@@ -101,6 +101,13 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(5, ge=1, le=100, description="Failed attempts before a job is marked failed (GET /api/v1/admin/jobs?status=failed)")
     job_backoff_seconds: float = Field(5.0, ge=0, description="Delay after the first failure; doubled per attempt")
     job_backoff_max_seconds: float = Field(3600.0, ge=0, description="Longest delay between attempts")
+    # [push] devices and the Web Push dispatcher (sheda_rt/push/)
+    push_grace_seconds: float = Field(10.0, ge=0, le=3600, description="A message to a user with no open socket is pushed after this, unless read meanwhile")
+    push_allow_local_endpoints: bool = Field(False, description="Allow push endpoints on loopback/private addresses and http (tests and development only)")
+    push_max_devices_per_user: int = Field(20, ge=1, le=1000)
+    push_ttl_seconds: int = Field(86400, ge=0, le=2419200, description="How long a push service keeps an undelivered push; also how long quiet hours may hold one")
+    vapid_private_key: Optional[SecretStr] = Field(None, description="P-256 private key, PEM or base64url; unset: generated once in DATA_DIR/vapid_private_key.pem")
+    vapid_subject: str = Field("mailto:admin@sheda.local", pattern=r"^(mailto:[^\s]+|https://[^\s]+)$", description="The VAPID `sub` claim: how push services reach the operator")
     appointment_minutes: int = Field(30, ge=5, le=240, description="Viewing slot length; slots start on multiples of it from 00:00 UTC")  # [listings]
     inquiries_per_ip_per_hour: int = Field(5, ge=1, le=10_000, description="Public inquiries one client address may send in any hour (429 after)")  # [leads]
 
@@ -117,7 +124,7 @@ class Settings(BaseSettings):
     _validate_cors = field_validator("cors_origins", mode="before")(_split_csv)
 
     @field_validator("mongodb_uri", "redis_url", "jwt_secret", "smtp_host", "smtp_username", "smtp_password",
-                     "paystack_secret_key", "paystack_public_key", "payment_callback_url", mode="before")
+                     "paystack_secret_key", "paystack_public_key", "payment_callback_url", "vapid_private_key", mode="before")
     @classmethod
     def _blank_is_none(cls, value):
         return None if isinstance(value, str) and not value.strip() else value
@@ -180,7 +187,7 @@ class Settings(BaseSettings):
         return path.read_text().strip()
 
 
-SECRET_SETTINGS = {"JWT_SECRET", "SMTP_PASSWORD", "PAYSTACK_SECRET_KEY"}  # never echoed back in an error line
+SECRET_SETTINGS = {"JWT_SECRET", "SMTP_PASSWORD", "PAYSTACK_SECRET_KEY", "VAPID_PRIVATE_KEY"}  # never echoed back in an error line
 
 
 def load_settings(**overrides) -> Settings:

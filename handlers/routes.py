@@ -10,8 +10,9 @@ from handlers import analytics  # [analytics]
 from handlers import builders  # [builders]
 from handlers import payments  # [payments]
 from handlers import jobs  # [jobs]
+from handlers import devices  # [push]
 
-MODULES = [health, metrics, accounts, users, admin, media, chat, properties, agents, appointments, contracts, notifications, builders, categories, inquiries, analytics, jobs, payments, docs]
+MODULES = [health, metrics, accounts, users, admin, media, chat, properties, agents, appointments, contracts, notifications, builders, categories, inquiries, analytics, jobs, payments, devices, docs]
 
 
 def all_routes(settings) -> list:

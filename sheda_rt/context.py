@@ -129,6 +129,17 @@ class AppContext:
                                     poll_seconds=s.job_poll_seconds)
         self.jobs.append(self.job_runner)
         self.drain_hooks.append(self.job_runner.drain)
+        self._install_push()
+
+    def _install_push(self) -> None:  # [push] devices, settings and the dispatcher, on the job queue
+        from sheda_rt.push.service import PushService
+        from sheda_rt.push.store import DeviceStore, PreferenceStore
+        from sheda_rt.push.vapid import VapidKeys
+
+        self.device_store = DeviceStore(self.db, self.ids)
+        self.preference_store = PreferenceStore(self.db)
+        self.stores.extend([self.device_store, self.preference_store])
+        self.push = PushService(self.settings, self.device_store, self.preference_store, self.clock, VapidKeys.from_settings(self.settings))
 
     def _install_builders(self) -> None:  # [builders]
         from sheda_rt.builders.service import BuilderService, ProjectService

@@ -322,6 +322,7 @@ class AccountService:
             await self.revocations.revoke(f"fam:{claims['fam']}", until, reason="logout")
         await self.ctx.hub.revoke_sessions(principal.user_id, jti=claims["jti"], fam=claims.get("fam"), code=4401,
                                            reason="logged out")
+        await self.ctx.push.on_logout(principal.user_id, claims.get("fam"))  # [push] this login's devices go with it
 
     async def switch_account(self, principal, switch_to: str) -> dict:
         """Become a client or an agent: user_type changes and a new pair (same family) carries

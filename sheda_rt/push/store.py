@@ -1,0 +1,77 @@
+"""`push_devices` (one document per device, unique by its token or endpoint) and
+`notification_settings` (one document per user, `_id` = the user's id: no index of its own)."""
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+
+from pymongo import ASCENDING, IndexModel
+from pymongo.errors import DuplicateKeyError
+
+
+def token_key(platform: str, token: str) -> str:
+    """What makes a device unique: its platform and token (webpush: its endpoint). Hashed, so the
+    unique index stays small whatever the token's length (up to 4 KB)."""
+    return hashlib.sha256(f"{platform}\n{token}".encode()).hexdigest()
+
+
+class DeviceStore:
+    INDEXES = [
+        IndexModel([("token_key", ASCENDING)], unique=True, name="token_unique"),
+        # GET /devices walks {user_id}; logout deletes {user_id, fam}.
+        IndexModel([("user_id", ASCENDING), ("fam", ASCENDING)], name="user_family"),
+    ]
+
+    def __init__(self, db, ids):
+        self.col = db["push_devices"]
+        self.ids = ids
+
+    async def ensure_indexes(self):
+        await self.col.create_indexes(self.INDEXES)
+
+    async def upsert(self, key: str, fields: dict, now: datetime) -> dict:
+        """Register or update the device under `key`; it moves to the user who registered it last."""
+        for _ in range(3):
+            result = await self.col.update_one({"token_key": key}, {"$set": dict(fields, updated_at=now)})
+            if result.matched_count:
+                return await self.col.find_one({"token_key": key})
+            doc = dict(fields, _id=await self.ids.next("push_devices"), token_key=key, created_at=now, updated_at=now)
+            try:
+                await self.col.insert_one(doc)
+                return doc
+            except DuplicateKeyError:  # registered at the same moment elsewhere: update that one
+                continue
+        raise RuntimeError("device registration kept racing")
+
+    async def of_user(self, user_id: int) -> list[dict]:
+        docs = await self.col.find({"user_id": user_id}).to_list()
+        return sorted(docs, key=lambda d: d["_id"])
+
+    async def delete(self, user_id: int, device_id: int) -> bool:
+        return (await self.col.delete_one({"_id": device_id, "user_id": user_id})).deleted_count == 1
+
+    async def delete_family(self, user_id: int, fam: str) -> int:
+        return (await self.col.delete_many({"user_id": user_id, "fam": fam})).deleted_count
+
+    async def delete_gone(self, device_id: int, key: str) -> bool:
+        """The provider says the device is gone: delete it unless it was registered again meanwhile."""
+        return (await self.col.delete_one({"_id": device_id, "token_key": key})).deleted_count == 1
+
+    async def get(self, device_id: int) -> dict | None:
+        return await self.col.find_one({"_id": device_id})
+
+
+class PreferenceStore:
+    INDEXES: list = []
+
+    def __init__(self, db):
+        self.col = db["notification_settings"]
+
+    async def ensure_indexes(self):
+        return None
+
+    async def get(self, user_id: int) -> dict | None:
+        return await self.col.find_one({"_id": user_id})
+
+    async def put(self, user_id: int, settings: dict, now: datetime) -> None:
+        await self.col.update_one({"_id": user_id}, {"$set": dict(settings, updated_at=now)}, upsert=True)
