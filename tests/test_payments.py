@@ -253,14 +253,25 @@ async def test_lost_webhook_recovered_by_reconciliation_with_a_moved_clock(sheda
     assert paid["reference"] not in gw.verified[asked:] and unpaid["reference"] not in gw.verified[asked:]
 
 
-async def test_webhook_racing_the_agents_manual_confirmation_ends_active_exactly_once(sheda, gw):
-    for _ in range(3):
+@pytest.mark.parametrize("order", ["together", "webhook_first", "agent_first"])
+async def test_webhook_racing_the_agents_manual_confirmation_ends_active_exactly_once(sheda, gw, order):
+    for _ in range(3 if order == "together" else 1):
         agent, client, prop, contract = await open_contract(sheda)
         pay = await start_payment(sheda, client, contract)
         assert (await sheda.api.patch(f"{CT}/{contract['id']}/payment-sent", token=client.token)).status == 200
         gw.pay(pay["reference"])
-        hook, manual = await asyncio.gather(gw.deliver(gw.event_body(pay["reference"])),
-                                            sheda.api.patch(f"{CT}/{contract['id']}/confirm-payment", token=agent.token))
+        webhook = gw.deliver(gw.event_body(pay["reference"]))
+        confirm = sheda.api.patch(f"{CT}/{contract['id']}/confirm-payment", token=agent.token)
+        if order == "together":
+            hook, manual = await asyncio.gather(webhook, confirm)
+        elif order == "webhook_first":
+            hook = await webhook
+            manual = await confirm
+            assert manual.status == 409 and manual.json["code"] == "wrong_state"
+        else:
+            manual = await confirm
+            hook = await webhook
+            assert manual.status == 200
         assert hook.code == 200 and manual.status in (200, 409), manual
         await sheda.ctx.payment_reconciliation.run()  # finishes a payment whose contract was being confirmed by hand
         stored = await snapshot(sheda, "contracts", contract["id"])
