@@ -9,8 +9,12 @@ import asyncio
 import json
 
 import pytest
+import tornado.netutil
 
+from config import load_settings
+from sheda_rt.server import Server
 from tests import test_contracts as contracts_tests
+from tests.support import Api
 from tests.listing_helpers import snapshot
 from tests.paystack_server import SECRET, FakePaystack, sign
 
@@ -287,6 +291,37 @@ async def test_webhook_racing_the_agents_manual_confirmation_ends_active_exactly
             assert [f["reason"] for f in payment["flags"]] == ["contract_already_active"]
         else:
             assert payment["flagged"] is False and stored["paid_by"] == pay["reference"]
+
+
+async def test_two_servers_webhook_reconciliation_and_manual_confirmation_at_once(sheda, gw, tmp_path):
+    """A second Server (own context, own caches) on the same database, as a second process would be: the
+    webhook reaches one, the reconciliation job and the agent's confirmation run on the other, together."""
+    s = sheda.server.settings
+    other = Server(load_settings(**{**s.model_dump(), "data_dir": tmp_path / "second"}), s.mongodb_uri, clock=sheda.ctx.clock)
+    port = (await other.start(tornado.netutil.bind_sockets(0, "127.0.0.1")))[0]
+    try:
+        api_b = Api(f"http://127.0.0.1:{port}")
+        for _ in range(3):
+            agent, client, prop, contract = await open_contract(sheda)
+            pay = await start_payment(sheda, client, contract)
+            assert (await sheda.api.patch(f"{CT}/{contract['id']}/payment-sent", token=client.token)).status == 200
+            gw.pay(pay["reference"])
+            sheda.ctx.clock.advance(minutes=31)  # the other server's job finds it stale too
+            hook, manual, _ = await asyncio.gather(
+                gw.deliver(gw.event_body(pay["reference"])),
+                api_b.patch(f"{CT}/{contract['id']}/confirm-payment", token=agent.token),
+                other.ctx.payment_reconciliation.run())
+            assert hook.code == 200 and manual.status in (200, 409), manual
+            await sheda.ctx.payment_reconciliation.run()
+            assert (await snapshot(sheda, "contracts", contract["id"]))["status"] == "active"
+            assert (await snapshot(sheda, "properties", prop["id"]))["contract_id"] == contract["id"]
+            assert await sheda.ctx.db["notifications"].count_documents(
+                {"kind": "contract.confirmed", "user_id": client.id, "data.contract_id": contract["id"]}) == 1
+            payment = (await sheda.api.get(f"{PAY}/{pay['reference']}", token=client.token)).json
+            assert payment["status"] == "succeeded" and payment["applied"] is True
+            assert len(payment["flags"]) == (1 if manual.status == 200 else 0)
+    finally:
+        await other.shutdown()
 
 
 @pytest.mark.parametrize("settings_overrides", [{}])
