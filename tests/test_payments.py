@@ -137,7 +137,9 @@ async def test_forged_or_missing_signature_is_401_and_nothing_is_stored(sheda, g
     assert (await sheda.api.get(f"{PAY}/{pay['reference']}", token=client.token)).json["status"] == "pending"
     assert (await snapshot(sheda, "contracts", contract["id"]))["status"] == "awaiting_payment"
     # Signed garbage is acknowledged (Paystack sent it) and changes nothing; never a 500.
-    for garbage in (b"{", b"[]", b'{"event": "charge.success"}', b'{"event": "charge.success", "data": {"id": true}}'):
+    for garbage in (b"{", b"[]", b'{"event": "charge.success"}', b'{"event": "charge.success", "data": {"id": true}}',
+                    b'{"event": "charge.success", "data": {"id": 5, "reference": "\\ud800"}}', b"[" * 5000 + b"]" * 5000,
+                    b'{"event": "charge.success", "data": {"id": 6, "$where": "1", "a.b": {"$gt": 1}, "reference": {"$ne": 1}}}'):
         r = await gw.deliver(garbage)
         assert r.code == 200, (garbage, r.code, r.body)
     assert (await snapshot(sheda, "contracts", contract["id"]))["status"] == "awaiting_payment"

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
+
+from sheda_rt import client_input
+from sheda_rt.errors import ApiError
 
 #: Verification statuses the flows act on; everything else the gateway says (ongoing, pending,
 #: processing, queued) means "not decided yet".
@@ -172,8 +174,9 @@ class PaystackGateway:
         """The event of a signed body; None when it is not one we can identify (it is still
         acknowledged: the signature says Paystack sent it, and a retry would say the same)."""
         try:
-            body = json.loads(raw_body)
-        except (ValueError, RecursionError):
+            # The one client-input decoder: bounded depth, no lone surrogates (which could not be stored).
+            body = client_input.parse_json(raw_body, "webhook")
+        except ApiError:
             return None
         if not isinstance(body, dict) or not isinstance(body.get("event"), str) or not isinstance(body.get("data"), dict):
             return None

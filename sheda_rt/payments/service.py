@@ -167,7 +167,7 @@ class PaymentService:
         now = self.clock.now()
         prior = await self.store.record_event({"_id": event.event_id, "gateway": self.gateway.name, "kind": event.kind,
                                                "reference": event.reference, "received_at": now, "processed": False,
-                                               "data": event.data})
+                                               "body": raw_body.decode("utf-8", "replace")[:65536]})
         if prior is not None and prior.get("processed"):
             return {"received": True}  # a redelivery: handled the first time
         outcome = await self._handle_event(event)
