@@ -15,10 +15,14 @@ Path ids are often the ids of real records those identities own (a listing, a wi
 a viewing, a project and its unit, a category), so the fuzzer also reaches the success
 paths and their response schemas, not only 404s. The auth operations go last: fuzzing
 the login runs into the login throttle, which must not stop the admin's own logins.
+The server has a payment gateway (the tests' local Paystack), as in production.
 """
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import itertools
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -34,6 +38,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.live_support import Identity, LiveServer
+from tests.paystack_server import SECRET, FakePaystack
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance]
@@ -43,8 +48,32 @@ EXAMPLES = 10
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(embedded_db, tmp_path_factory):
-    server = LiveServer(tmp_path_factory.mktemp("fuzz"), embedded_db.uri).start()
+def paystack():
+    """The local Paystack of tests/paystack_server.py, on an event loop of its own in a thread
+    (this module's requests block), so POST /payments goes through a real checkout start
+    instead of answering 503 payments_not_configured."""
+    loop = asyncio.new_event_loop()
+    gateway = FakePaystack()
+    started = concurrent.futures.Future()
+
+    def serve():
+        asyncio.set_event_loop(loop)
+        loop.call_soon(lambda: started.set_result(gateway.start()))
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    started.result(timeout=10)
+    yield gateway
+    loop.call_soon_threadsafe(gateway.stop)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(embedded_db, tmp_path_factory, paystack):
+    server = LiveServer(tmp_path_factory.mktemp("fuzz"), embedded_db.uri, PAYSTACK_SECRET_KEY=SECRET,
+                       PAYSTACK_BASE_URL=paystack.base_url, PAYMENT_CALLBACK_URL="https://app.example.com/paid").start()
     yield server
     server.stop()
 
