@@ -134,12 +134,20 @@ class AppContext:
     def _install_push(self) -> None:  # [push] devices, settings and the dispatcher, on the job queue
         from sheda_rt.push.service import PushService
         from sheda_rt.push.store import DeviceStore, PreferenceStore
+        from sheda_rt.push.dispatch import Dispatcher
+        from sheda_rt.push.presence import Presence
         from sheda_rt.push.vapid import VapidKeys
+        from sheda_rt.push.webpush import WebPushProvider
 
         self.device_store = DeviceStore(self.db, self.ids)
         self.preference_store = PreferenceStore(self.db)
         self.stores.extend([self.device_store, self.preference_store])
-        self.push = PushService(self.settings, self.device_store, self.preference_store, self.clock, VapidKeys.from_settings(self.settings))
+        vapid = VapidKeys.from_settings(self.settings)
+        self.push = PushService(self.settings, self.device_store, self.preference_store, self.clock, vapid)
+        self.push_provider = WebPushProvider(vapid, self.settings.vapid_subject, allow_local=self.settings.push_allow_local_endpoints)
+        self.push.dispatch = Dispatcher(self.settings, self.push, self.chat, Presence(self.hub), self.job_runner, self.push_provider,
+                                        self.clock)
+        self.drain_hooks.append(self.push.dispatch.drain)
 
     def _install_builders(self) -> None:  # [builders]
         from sheda_rt.builders.service import BuilderService, ProjectService

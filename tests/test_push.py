@@ -4,6 +4,7 @@ and the dispatcher against a local push service that checks what a real one chec
 from __future__ import annotations
 
 import base64
+import json
 import os
 
 import pytest
@@ -37,7 +38,12 @@ class Subscriber:
 
 @pytest.fixture
 def settings_overrides():
-    return {"push_allow_local_endpoints": False}
+    # The local push service is on 127.0.0.1 (allowed here only); the tests run due jobs themselves
+    # after moving the clock, so the background poll is slowed out of the way.
+    return {"push_allow_local_endpoints": True, "job_poll_seconds": 3600, "push_grace_seconds": 10}
+
+
+LOCAL_REFUSED = {"push_allow_local_endpoints": False}
 
 
 async def stored_devices(sheda, **flt) -> list[dict]:
@@ -127,6 +133,7 @@ def bad_bodies(good: dict) -> list:
     ]
 
 
+@pytest.mark.parametrize("settings_overrides", [LOCAL_REFUSED])
 async def test_bad_devices_are_422_and_store_nothing(sheda):
     ada = await sheda.signup()
     good = Subscriber(f"https://push.example.com/send/{os.urandom(6).hex()}").body()
@@ -176,3 +183,231 @@ async def test_vapid_public_key_is_generated_once_and_kept(sheda, tmp_path):
     from sheda_rt.push.vapid import VapidKeys
 
     assert VapidKeys.from_settings(sheda.server.settings).public_key_b64 == r.json["public_key"]  # a restart signs alike
+
+
+# ---- the dispatcher, against the local push service --------------------------------------------
+import asyncio  # noqa: E402
+import uuid  # noqa: E402
+
+from tests.push_service import PushService  # noqa: E402
+
+
+@pytest.fixture
+def push(sheda, io_loop):
+    service = PushService()
+    service.start()
+    service.vapid_public_key = sheda.ctx.push.vapid.public_key_b64
+    yield service
+    service.stop()
+
+
+async def subscribed(sheda, push, user) -> tuple[Subscriber, int]:
+    endpoint_id = uuid.uuid4().hex
+    sub = Subscriber(push.endpoint(endpoint_id))
+    push.subscribers[endpoint_id] = sub
+    r = await sheda.api.post(DEVICES, sub.body(), token=user.token)
+    assert r.status == 201, r
+    sub.endpoint_id = endpoint_id
+    return sub, r.json["id"]
+
+
+async def send(sheda, sender, receiver, *texts) -> list[int]:
+    ws = await sheda.ws(sender.token)
+    ids = []
+    for text in texts:
+        await ws.send({"receiver_id": receiver.id, "message": text})
+        ids.append((await ws.wait_for(lambda f, n=len(ids): f.get("type") == "ack" and len(ws.of_type("ack")) > n))["id"])
+    ws.close()
+    return ids
+
+
+async def jobs_of(sheda, device_id: int) -> list[dict]:
+    return await sheda.ctx.db["jobs"].find({"kind": "push.webpush", "payload.device_id": device_id}).to_list()
+
+
+async def until_jobs(sheda, device_id: int, n: int = 1) -> list[dict]:
+    """The dispatcher enqueues in the background right after delivery: wait for it (bounded)."""
+    for _ in range(200):
+        found = await jobs_of(sheda, device_id)
+        if len(found) >= n:
+            return found
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no push job for device {device_id}")
+
+
+async def run_jobs(sheda) -> int:
+    return await sheda.ctx.job_runner.run_due()
+
+
+async def test_offline_user_gets_one_encrypted_web_push_after_the_grace_period(sheda, push):
+    ada = await sheda.signup(full_name="Ada Obi")
+    bob = await sheda.signup(full_name="Bob Eze")
+    sub, device_id = await subscribed(sheda, push, ada)
+    await send(sheda, bob, ada, "Is the flat still available?")
+    [job] = await until_jobs(sheda, device_id)
+    assert job["status"] == "pending"
+    await run_jobs(sheda)
+    assert push.received == []  # inside the grace period
+    sheda.ctx.clock.advance(seconds=11)
+    await run_jobs(sheda)
+    [got] = push.accepted(sub.endpoint_id)
+    assert [r.refused for r in push.received] == [None], push.received
+    assert got.payload["title"] == "New message from Bob Eze"
+    assert got.payload["body"] == "Is the flat still available?"
+    assert got.payload["badge"] == 1 and got.payload["count"] == 1
+    assert got.payload["conversation"] == {"other_user_id": bob.id}
+    assert got.headers["Ttl"] and got.headers["Topic"] and len(got.headers["Topic"]) <= 32
+    assert (await jobs_of(sheda, device_id))[0]["status"] == "done"
+    sheda.ctx.clock.advance(seconds=60)
+    await run_jobs(sheda)
+    assert len(push.received) == 1  # exactly once
+
+
+async def test_online_user_gets_no_push(sheda, push):
+    ada = await sheda.signup()
+    bob = await sheda.signup()
+    sub, device_id = await subscribed(sheda, push, ada)
+    ada_ws = await sheda.ws(ada.token)
+    await send(sheda, bob, ada, "hello")
+    await ada_ws.wait_type("message")
+    await asyncio.sleep(0.2)  # let the dispatcher look
+    assert await jobs_of(sheda, device_id) == []
+    sheda.ctx.clock.advance(seconds=30)
+    await run_jobs(sheda)
+    assert push.received == []
+    ada_ws.close()
+
+
+async def test_messages_collapse_into_one_push_with_the_unread_total_as_badge(sheda, push):
+    ada = await sheda.signup(full_name="Ada Obi")
+    bob = await sheda.signup(full_name="Bob Eze")
+    carol = await sheda.signup(full_name="Carol Ike")
+    sub, device_id = await subscribed(sheda, push, ada)
+    await send(sheda, bob, ada, "one", "two", "three")
+    await send(sheda, carol, ada, "hi from carol")
+    await until_jobs(sheda, device_id, 2)
+    assert len(await jobs_of(sheda, device_id)) == 2  # one per conversation, not per message
+    sheda.ctx.clock.advance(seconds=11)
+    await run_jobs(sheda)
+    got = {r.payload["conversation"]["other_user_id"]: r.payload for r in push.accepted(sub.endpoint_id)}
+    assert len(push.received) == 2
+    assert got[bob.id]["title"] == "3 new messages from Bob Eze" and got[bob.id]["body"] == "three" and got[bob.id]["count"] == 3
+    assert got[carol.id]["title"] == "New message from Carol Ike"
+    assert got[bob.id]["badge"] == got[carol.id]["badge"] == 4
+    # later messages of a conversation whose push went out make a new push
+    await send(sheda, bob, ada, "four")
+    for _ in range(100):
+        if any(j["status"] == "pending" for j in await jobs_of(sheda, device_id)):
+            break
+        await asyncio.sleep(0.02)
+    sheda.ctx.clock.advance(seconds=11)
+    await run_jobs(sheda)
+    assert len(push.accepted(sub.endpoint_id)) == 3
+    assert push.accepted(sub.endpoint_id)[-1].payload["title"] == "4 new messages from Bob Eze"
+
+
+async def test_reading_on_another_device_cancels_the_pending_push(sheda, push):
+    ada = await sheda.signup()
+    bob = await sheda.signup()
+    sub, device_id = await subscribed(sheda, push, ada)
+    [mid] = await send(sheda, bob, ada, "are you there?")
+    await until_jobs(sheda, device_id)
+    r = await sheda.api.post("/api/v1/chat/read", {"other_user_id": bob.id, "up_to": mid}, token=ada.token)
+    assert r.status == 200, r
+    for _ in range(100):
+        if (await jobs_of(sheda, device_id))[0]["status"] == "cancelled":
+            break
+        await asyncio.sleep(0.02)
+    assert (await jobs_of(sheda, device_id))[0]["status"] == "cancelled"
+    sheda.ctx.clock.advance(seconds=11)
+    await run_jobs(sheda)
+    assert push.received == []
+
+
+async def test_previews_off_sends_no_text(sheda, push):
+    ada = await sheda.signup()
+    bob = await sheda.signup()
+    sub, device_id = await subscribed(sheda, push, ada)
+    assert (await sheda.api.put(SETTINGS, {"previews": False}, token=ada.token)).status == 200
+    await send(sheda, bob, ada, "my secret offer")
+    await until_jobs(sheda, device_id)
+    sheda.ctx.clock.advance(seconds=11)
+    await run_jobs(sheda)
+    [got] = push.accepted(sub.endpoint_id)
+    assert got.payload["body"] is None and "secret" not in json.dumps(got.payload)
+
+
+async def test_quiet_hours_hold_the_push_until_they_end(sheda, push):
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo
+
+    ada = await sheda.signup()
+    bob = await sheda.signup()
+    sub, device_id = await subscribed(sheda, push, ada)
+    local = sheda.ctx.clock.now().astimezone(ZoneInfo("Africa/Lagos"))
+    start, end = (local - timedelta(hours=1)).strftime("%H:%M"), (local + timedelta(hours=2)).strftime("%H:%M")
+    quiet = {"start": start, "end": end, "time_zone": "Africa/Lagos"}
+    assert (await sheda.api.put(SETTINGS, {"quiet_hours": quiet}, token=ada.token)).status == 200
+    await send(sheda, bob, ada, "late night question")
+    await until_jobs(sheda, device_id)
+    sheda.ctx.clock.advance(seconds=11)
+    await run_jobs(sheda)
+    assert push.received == []
+    [job] = await jobs_of(sheda, device_id)
+    assert job["status"] == "pending" and job["attempts"] == 0  # held, not failed
+    assert timedelta(hours=1, minutes=50) < job["run_at"] - job["updated_at"] <= timedelta(hours=2)  # until the quiet hours end
+    sheda.ctx.clock.advance(hours=2)
+    await run_jobs(sheda)
+    [got] = push.accepted(sub.endpoint_id)
+    assert got.payload["body"] == "late night question"
+
+
+async def test_gone_device_is_deleted_and_429_retries_after_retry_after(sheda, push):
+    ada = await sheda.signup()
+    bob = await sheda.signup()
+    gone, gone_id = await subscribed(sheda, push, ada)
+    busy, busy_id = await subscribed(sheda, push, ada)
+    push.answers[gone.endpoint_id] = [(410, {})]
+    push.answers[busy.endpoint_id] = [(429, {"Retry-After": "120"})]
+    await send(sheda, bob, ada, "ping")
+    await until_jobs(sheda, gone_id)
+    await until_jobs(sheda, busy_id)
+    sheda.ctx.clock.advance(seconds=11)
+    await run_jobs(sheda)
+    assert [d["_id"] for d in await stored_devices(sheda, user_id=ada.id)] == [busy_id]  # 410: deleted
+    assert (await jobs_of(sheda, gone_id))[0]["status"] == "done"
+    [job] = await jobs_of(sheda, busy_id)
+    assert job["status"] == "pending" and (job["run_at"] - job["updated_at"]).total_seconds() == 120
+    sheda.ctx.clock.advance(seconds=60)
+    await run_jobs(sheda)
+    assert push.accepted() == []  # not before Retry-After
+    sheda.ctx.clock.advance(seconds=61)
+    await run_jobs(sheda)
+    [got] = push.accepted()
+    assert got.endpoint_id == busy.endpoint_id and got.payload["body"] == "ping"
+    assert len(push.received) == 3  # 410, 429, then the one accepted
+
+
+async def test_two_servers_deliver_each_push_once(sheda, push, tmp_path):
+    from tests.test_jobs import second_server
+
+    # Every process signs with the same VAPID key (one DATA_DIR, or VAPID_PRIVATE_KEY): a second key would be
+    # refused by the push service, for subscriptions are bound to the key they were made with.
+    other = await second_server(sheda, tmp_path, vapid_private_key=(tmp_path / "vapid_private_key.pem").read_text())
+    try:
+        ada = await sheda.signup()
+        subs = [await subscribed(sheda, push, ada) for _ in range(3)]
+        senders = [await sheda.signup() for _ in range(4)]
+        for s in senders:
+            await send(sheda, s, ada, f"from {s.username}")
+        for _, device_id in subs:
+            await until_jobs(sheda, device_id, len(senders))
+        sheda.ctx.clock.advance(seconds=11)
+        await asyncio.gather(run_jobs(sheda), other.ctx.job_runner.run_due(), run_jobs(sheda), other.ctx.job_runner.run_due())
+        per_device = {}
+        for r in push.accepted():
+            per_device[r.endpoint_id] = per_device.get(r.endpoint_id, 0) + 1
+        assert per_device == {sub.endpoint_id: len(senders) for sub, _ in subs}, per_device
+        assert len(push.received) == len(subs) * len(senders)
+    finally:
+        await other.shutdown()

@@ -193,6 +193,7 @@ class ChatService:
             text = encode(message_frame(doc, p.info))
             await publish(doc["receiver_id"], text)
             await publish(doc["sender_id"], text, p.origin)
+            self.ctx.push.on_message_stored(doc)  # [push] a receiver with no open socket gets a push later
 
     # ---- sync, history -------------------------------------------------------
     async def sync(self, user_id: int, since: int, limit: int) -> tuple[list[dict], bool]:
@@ -293,6 +294,7 @@ class ChatService:
         text = encode(event)
         await self.hub.publish_encoded(other, text)
         await self.hub.publish_encoded(me, text, origin)
+        self.ctx.push.on_read(me, other)  # [push] cancels pending pushes of this conversation
         return event
 
     async def typing(self, me: int, other: int) -> bool:

@@ -46,6 +46,15 @@ class RetryLater(Exception):
         self.seconds = max(0.0, float(seconds))
 
 
+class Defer(Exception):
+    """Not now, and not a failure: run again after `seconds` without counting an attempt
+    (e.g. a push held by the user's quiet hours)."""
+
+    def __init__(self, seconds: float, reason: str = "deferred"):
+        super().__init__(reason)
+        self.seconds = max(0.0, float(seconds))
+
+
 class GiveUp(Exception):
     """The job cannot succeed; fail it now without further attempts."""
 
@@ -198,6 +207,12 @@ class JobRunner:
         now = self.clock.now()
         attempts = job.get("attempts", 1)
         error = f"{type(exc).__name__}: {exc}"[:500]
+        if isinstance(exc, Defer):
+            await self.store.finish(job["_id"], self.owner, state["lease_until"], {
+                "status": PENDING, "run_at": now + timedelta(seconds=exc.seconds), "updated_at": now,
+                "attempts": max(0, attempts - 1), "deferred": str(exc)[:200]})
+            JOBS_FINISHED.labels(kind=job["kind"], outcome="deferred").inc()
+            return
         if isinstance(exc, GiveUp) or attempts >= self.max_attempts:
             fields = {"status": FAILED, "run_at": now, "updated_at": now, "finished_at": now, "last_error": error}
             outcome = "failed"

@@ -39,6 +39,22 @@ class PushService:
         self.clock = clock
         self.vapid = vapid
         self.max_devices = settings.push_max_devices_per_user
+        self.dispatch = None  # the Dispatcher (dispatch.py), set by the context once the job queue exists
+
+    # ---- events from other features (cheap, never raise) --------------------
+    def on_message_stored(self, doc: dict) -> None:
+        """A chat message was stored and handed to the receiver's sockets."""
+        if self.dispatch is not None:
+            self.dispatch.on_message_stored(doc)
+
+    def on_read(self, reader_id: int, other_id: int) -> None:
+        """`reader_id` read `other_id`'s messages (a read receipt on any device)."""
+        if self.dispatch is not None:
+            self.dispatch.on_read(reader_id, other_id)
+
+    def _devices_changed(self) -> None:
+        if self.dispatch is not None:
+            self.dispatch.forget_devices(None)
 
     # ---- devices -----------------------------------------------------------
     async def register(self, principal, body: DeviceIn) -> dict:
@@ -60,6 +76,7 @@ class PushService:
         fields.update(user_id=principal.user_id, fam=principal.claims.get("fam"))
         doc = await self.devices.upsert(key, fields, self.clock.now())
         await self._cap(principal.user_id)
+        self._devices_changed()
         log.info(json.dumps({"event": "push_device_registered", "user_id": principal.user_id, "device_id": doc["_id"],
                              "platform": doc["platform"]}))
         return device_out(doc)
@@ -77,11 +94,13 @@ class PushService:
     async def delete(self, user_id: int, device_id: int) -> None:
         if not await self.devices.delete(user_id, device_id):
             raise NotFound("No such device", "device_not_found")
+        self._devices_changed()
 
     async def on_logout(self, user_id: int, fam: str | None) -> None:
         """Logging a login family out deletes the devices registered under it."""
         if fam:
             removed = await self.devices.delete_family(user_id, fam)
+            self._devices_changed()
             if removed:
                 log.info(json.dumps({"event": "push_devices_logged_out", "user_id": user_id, "count": removed}))
 

@@ -1,0 +1,227 @@
+"""The push dispatcher (Web Push): a chat message to a user with no open socket anywhere becomes,
+after PUSH_GRACE_SECONDS, one push per webpush device, through the durable job queue.
+
+- One job per (device, conversation), key `push:<device id>:<conversation>`: further messages
+  of the conversation while it is pending collapse into it ("3 new messages from Ada"; the
+  badge is the user's unread total), and a device's retries never resend to another device.
+  The job reads what is unread when it runs, so it sends what is true then.
+- A read receipt cancels the pending jobs of that conversation; a job that runs anyway finds
+  nothing unread and sends nothing. A user online again when it runs gets nothing (their
+  sockets have it).
+- Previews off: no message text in the payload. Quiet hours: the job is deferred to their end
+  (not an attempt), unless that is past PUSH_TTL_SECONDS after the message: then dropped.
+- The provider's answer: 2xx done; 404/410 the device is deleted; 429/5xx retried after
+  Retry-After (else the queue's backoff); any other 4xx gives up (failed, for admins).
+
+`on_message_stored` is called on the chat send path for every stored message, so it only
+appends to a list; the checks (presence, devices) and the enqueueing run in a background task.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import zoneinfo
+from datetime import datetime, timedelta, timezone
+
+from prometheus_client import Counter
+
+from sheda_rt.chat.store import conv_key
+from sheda_rt.jobs.runner import Defer, GiveUp, RetryLater
+from sheda_rt.jobs.store import RUNNING
+
+log = logging.getLogger("sheda.push")
+
+KIND = "push.webpush"
+PUSHES = Counter("sheda_pushes_total", "Push notifications by provider and outcome (sent, failed, gone, cancelled, skipped)",
+                 ["provider", "outcome"])
+DEVICE_CACHE_SECONDS = 10.0
+
+
+def job_key(device_id: int, conv: str) -> str:
+    return f"push:{device_id}:{conv}"
+
+
+def quiet_until(now: datetime, quiet: dict | None) -> datetime | None:
+    """The end of the quiet hours `now` is inside (UTC), or None when outside them."""
+    if not quiet or quiet["start"] == quiet["end"]:
+        return None
+    tz = zoneinfo.ZoneInfo(quiet["time_zone"])
+    local = now.astimezone(tz)
+    sh, sm = map(int, quiet["start"].split(":"))
+    eh, em = map(int, quiet["end"].split(":"))
+    t, start, end = (local.hour, local.minute), (sh, sm), (eh, em)
+    inside = start <= t < end if start < end else (t >= start or t < end)
+    if not inside:
+        return None
+    until = local.replace(hour=eh, minute=em, second=0, microsecond=0)
+    if until <= local:
+        until = (local + timedelta(days=1)).replace(hour=eh, minute=em, second=0, microsecond=0)
+        until = until.replace(tzinfo=tz)  # re-resolve the offset on that day (DST)
+    return until.astimezone(timezone.utc)
+
+
+class Dispatcher:
+    def __init__(self, settings, service, chat, presence, runner, provider, clock):
+        self.settings = settings
+        self.service = service  # PushService: devices and settings
+        self.chat = chat
+        self.presence = presence
+        self.runner = runner
+        self.provider = provider
+        self.clock = clock
+        self.grace = timedelta(seconds=settings.push_grace_seconds)
+        self._pending: list[dict] = []
+        self._flushing: asyncio.Task | None = None
+        self._device_cache: dict[int, tuple[float, list[dict]]] = {}
+        runner.register(KIND, self.run)
+
+    # ---- from the chat service ---------------------------------------------
+    def on_message_stored(self, doc: dict) -> None:
+        """Called once per stored and delivered message; cheap and never raises."""
+        if len(self._pending) < 100_000:
+            self._pending.append({"_id": doc["_id"], "sender_id": doc["sender_id"], "receiver_id": doc["receiver_id"]})
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.ensure_future(self._flush())
+
+    def on_read(self, reader_id: int, other_id: int) -> None:
+        """A read receipt: cancel the reader's pending pushes of that conversation."""
+        asyncio.ensure_future(self._cancel(reader_id, other_id))
+
+    async def drain(self) -> None:
+        if self._flushing is not None:
+            await asyncio.gather(self._flushing, return_exceptions=True)
+
+    async def _webpush_devices(self, user_id: int) -> list[dict]:
+        loop = asyncio.get_running_loop()
+        hit = self._device_cache.get(user_id)
+        if hit is not None and hit[0] > loop.time():
+            return hit[1]
+        devices = [d for d in await self.service.devices.of_user(user_id) if d["platform"] == "webpush"]
+        if len(self._device_cache) > 50_000:
+            self._device_cache.clear()
+        self._device_cache[user_id] = (loop.time() + DEVICE_CACHE_SECONDS, devices)
+        return devices
+
+    def forget_devices(self, user_id: int | None) -> None:
+        """Registrations change rarely and may move a device between users: forget them all."""
+        if user_id is None:
+            self._device_cache.clear()
+        else:
+            self._device_cache.pop(user_id, None)
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # let the rest of the batch arrive
+        while self._pending:
+            batch, self._pending = self._pending, []
+            # One job per receiver and conversation is enough: the first message of each.
+            firsts: dict[tuple[int, int], dict] = {}
+            for m in batch:
+                firsts.setdefault((m["receiver_id"], m["sender_id"]), m)
+            for (receiver, sender), m in firsts.items():
+                try:
+                    await self._maybe_enqueue(receiver, sender, m["_id"])
+                except Exception as exc:  # the database away: this push is lost, the chat is not
+                    log.warning(json.dumps({"event": "push_enqueue_failed", "user_id": receiver, "error": repr(exc)[:200]}))
+
+    async def _maybe_enqueue(self, receiver: int, sender: int, message_id: int) -> None:
+        devices = await self._webpush_devices(receiver)
+        if not devices or await self.presence.online_anywhere(receiver):
+            return
+        conv = conv_key(receiver, sender)
+        run_at = self.clock.now() + self.grace
+        payload = {"user_id": receiver, "other_id": sender, "conv": conv, "first_id": message_id,
+                   "first_at": self.clock.now().isoformat()}
+        for device in devices:
+            job, created = await self.runner.enqueue(KIND, dict(payload, device_id=device["_id"]), key=job_key(device["_id"], conv),
+                                                     run_at=run_at, rearm=True)
+            if not created and job is not None and job["status"] == RUNNING and job["payload"].get("first_id") != message_id:
+                # Sending right now (it may have counted before this message): one more, later.
+                await self.runner.enqueue(KIND, dict(payload, device_id=device["_id"]),
+                                          key=f"{job_key(device['_id'], conv)}:{message_id}", run_at=run_at)
+
+    async def _cancel(self, reader: int, other: int) -> None:
+        try:
+            devices = await self._webpush_devices(reader)
+            conv = conv_key(reader, other)
+            for device in devices:
+                if await self.runner.cancel(job_key(device["_id"], conv)):
+                    PUSHES.labels(provider="webpush", outcome="cancelled").inc()
+        except Exception as exc:
+            log.info(json.dumps({"event": "push_cancel_failed", "user_id": reader, "error": repr(exc)[:200]}))
+
+    # ---- the job -----------------------------------------------------------
+    async def unread(self, user_id: int, other_id: int) -> tuple[int, dict | None, int]:
+        """(how many of other's messages to user are unread, the newest of them, the user's unread total)."""
+        messages = self.chat.messages
+        conv = conv_key(user_id, other_id)
+        counts, watermark = [], 0
+        for c in await self.chat.conversations.of_user(user_id):
+            peer = next((u for u in c["users"] if u != user_id), user_id)
+            mark = int((c.get("read_upto") or {}).get(str(user_id), 0))
+            if c["_id"] == conv:
+                watermark = mark
+            counts.append(messages.count_from(c["_id"], peer, mark))
+        totals = await asyncio.gather(*counts)
+        newest = await messages.scan(conv, newest_first=True, need=1, after=watermark, keep=lambda d: d["sender_id"] == other_id)
+        if not newest:
+            return 0, None, sum(totals)
+        return await messages.count_from(conv, other_id, watermark), newest[0], sum(totals)
+
+    async def run(self, job: dict):
+        p = job["payload"]
+        user_id, other_id, device_id = p["user_id"], p["other_id"], p["device_id"]
+        device = await self.service.devices.get(device_id)
+        if device is None or device["user_id"] != user_id or device["platform"] != "webpush":
+            return {"outcome": "device_gone"}
+        prefs = await self.service.get_settings(user_id)
+        if not prefs["push"]["chat"]:
+            PUSHES.labels(provider="webpush", outcome="skipped").inc()
+            return {"outcome": "chat_pushes_off"}
+        if await self.presence.online_anywhere(user_id):
+            PUSHES.labels(provider="webpush", outcome="skipped").inc()
+            return {"outcome": "online"}
+        count, latest, badge = await self.unread(user_id, other_id)
+        if not count:
+            PUSHES.labels(provider="webpush", outcome="cancelled").inc()
+            return {"outcome": "read"}
+        now = self.clock.now()
+        held = quiet_until(now, prefs.get("quiet_hours"))
+        if held is not None:
+            first_at = datetime.fromisoformat(p["first_at"])
+            if held > first_at + timedelta(seconds=self.settings.push_ttl_seconds):
+                PUSHES.labels(provider="webpush", outcome="expired").inc()
+                return {"outcome": "expired_in_quiet_hours"}
+            raise Defer((held - now).total_seconds(), "quiet hours")
+        body = await self._payload(other_id, count, latest, badge, prefs["previews"])
+        ttl = self.settings.push_ttl_seconds
+        topic = hashlib.sha256(p["conv"].encode()).hexdigest()[:32]  # RFC 8030: at most 32 base64url characters
+        try:
+            result = await self.provider.send(device, body, ttl=ttl, topic=topic)
+        except Exception as exc:
+            PUSHES.labels(provider="webpush", outcome="failed").inc()
+            raise RetryLater(self.runner.backoff(job.get("attempts", 1)), f"network: {exc!r}"[:200])
+        if result.ok:
+            PUSHES.labels(provider="webpush", outcome="sent").inc()
+            return {"outcome": "sent", "status": result.status, "count": count, "up_to": latest["_id"]}
+        if result.gone:
+            await self.service.devices.delete_gone(device["_id"], device["token_key"])
+            self.forget_devices(user_id)
+            PUSHES.labels(provider="webpush", outcome="gone").inc()
+            log.info(json.dumps({"event": "push_device_gone", "user_id": user_id, "device_id": device_id, "status": result.status}))
+            return {"outcome": "device_gone", "status": result.status}
+        PUSHES.labels(provider="webpush", outcome="failed").inc()
+        if result.retryable:
+            delay = result.retry_after if result.retry_after is not None else self.runner.backoff(job.get("attempts", 1))
+            raise RetryLater(delay, f"provider answered {result.status}")
+        raise GiveUp(f"provider answered {result.status}: {result.body[:200]}")
+
+    async def _payload(self, other_id: int, n: int, latest: dict, badge: int, previews: bool) -> bytes:
+        brief = await self.chat.user_brief(other_id) or {}
+        name = brief.get("full_name") or brief.get("username") or "someone"
+        title = f"New message from {name}" if n == 1 else f"{n} new messages from {name}"
+        data = {"type": "chat.message", "title": title, "count": n, "badge": badge,
+                "conversation": {"other_user_id": other_id}, "up_to": latest["_id"],
+                "body": latest["message"][:200] if previews else None}
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
