@@ -82,7 +82,12 @@ class _Verify(_Base):
         tx = self.gateway.transactions.get(reference)
         if tx is None:
             return self.answer(400, {"status": False, "message": "Transaction reference not found"})
+        hook, self.gateway.around_verify_answer = self.gateway.around_verify_answer, None
+        if hook is not None and hook("before") is False:
+            return  # the caller died before the answer: nothing to send it to
         self.answer(200, {"status": True, "message": "Verification successful", "data": dict(tx)})
+        if hook is not None:
+            hook("after")
 
 
 class FakePaystack:
@@ -93,6 +98,9 @@ class FakePaystack:
         self.verified: list[str] = []
         self.calls: list[tuple[str, str]] = []
         self.before_initialize_answer = None
+        #: Called with "before" (returning False: send no answer) and "after" the next verify answer
+        #: (the kill -9 tests stop our server there).
+        self.around_verify_answer = None
         self.webhook_url: str | None = None
         self._http: tornado.httpserver.HTTPServer | None = None
         self.base_url = ""

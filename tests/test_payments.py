@@ -7,16 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import uuid
+from types import SimpleNamespace
 
 import pytest
 import tornado.netutil
+from tornado.simple_httpclient import HTTPStreamClosedError
 
 from config import load_settings
+from sheda_rt.clock import Clock
 from sheda_rt.server import Server
 from tests import test_contracts as contracts_tests
 from tests.support import Api
 from tests.listing_helpers import snapshot
 from tests.paystack_server import SECRET, FakePaystack, sign
+from tests.redis_support import Remote, ServerProcess, server_env
 
 PAY = "/api/v1/payments"
 CT = "/api/v1/contracts"
@@ -324,6 +331,71 @@ async def test_two_servers_webhook_reconciliation_and_manual_confirmation_at_onc
             assert len(payment["flags"]) == (1 if manual.status == 200 else 0)
     finally:
         await other.shutdown()
+
+
+async def test_an_attempt_whose_process_died_before_the_gateway_answered_is_replaced(sheda, gw):
+    agent, client, prop, contract = await open_contract(sheda)
+    # What a process killed while waiting for initialize leaves: the attempt stored, no checkout ever shown.
+    from bson.decimal128 import Decimal128
+    now = sheda.ctx.clock.now()
+    await sheda.ctx.payment_store.insert({
+        "reference": "shd_lost_" + uuid.uuid4().hex[:8], "purpose": "contract", "target_id": contract["id"],
+        "amount": Decimal128("1200000.00"), "amount_minor": 120_000_000, "currency": "NGN", "payer_id": client.id,
+        "payee_id": agent.id, "parties": [client.id, agent.id], "status": "initialized", "gateway": "paystack",
+        "open_key": f"contract:{contract['id']}", "applied": False, "flagged": False, "flags": [], "created_at": now, "updated_at": now})
+    r = await sheda.api.post(PAY, {"purpose": "contract", "target_id": contract["id"]}, token=client.token)
+    assert r.status == 200 and r.json["status"] == "initialized"  # it may still be on its way: not replaced yet
+    sheda.ctx.clock.advance(minutes=3)
+    fresh = await start_payment(sheda, client, contract)
+    assert fresh["status"] == "pending" and fresh["checkout_url"] and fresh["reference"] != r.json["reference"]
+    assert (await sheda.api.get(f"{PAY}/{r.json['reference']}", token=client.token)).json["status"] == "abandoned"
+
+
+@pytest.mark.parametrize("moment", ["before", "after"])
+async def test_kill_9_around_the_gateways_verify_answer_then_restart_and_redelivery(embedded_db, paystack, tmp_path, moment):
+    """`python run.py` killed with SIGKILL while it verifies a webhook's payment, just before or just after
+    the gateway answers (so before our write, or racing it). After a restart, Paystack's redelivery (it got
+    no 200) ends with the money right: the payment succeeded and applied once, the contract active once."""
+    env = server_env(embedded_db, None, tmp_path, f"sheda_pay_{uuid.uuid4().hex[:8]}",
+                     PAYSTACK_SECRET_KEY=SECRET, PAYSTACK_BASE_URL=paystack.base_url)
+    servers = [ServerProcess(env, tmp_path, "pay").start()]
+    try:
+        remote = Remote(servers[0])
+        as_client = SimpleNamespace(api=remote.api, signup=remote.signup, ctx=SimpleNamespace(clock=Clock()))
+        agent, client, prop, contract = await open_contract(as_client)
+        pay = await start_payment(as_client, client, contract)
+        paystack.pay(pay["reference"])
+        body = paystack.event_body(pay["reference"])
+        victim = servers[0].process
+
+        def kill_9(now):
+            if now == moment:
+                os.kill(victim.pid, signal.SIGKILL)
+                return False
+
+        paystack.around_verify_answer = kill_9
+        paystack.webhook_url = servers[0].base_url + "/api/v1/webhooks/paystack"
+        try:
+            lost = await paystack.deliver(body)
+            assert lost.code != 200
+        except HTTPStreamClosedError:  # the connection died with the process
+            pass
+        assert victim.wait(10) == -signal.SIGKILL
+
+        servers.append(ServerProcess(env, tmp_path, "pay").start())
+        api = Remote(servers[-1]).api
+        paystack.webhook_url = servers[-1].base_url + "/api/v1/webhooks/paystack"
+        for _ in range(2):  # Paystack delivers again (and once more: still no effect)
+            assert (await paystack.deliver(body)).code == 200
+        payment = (await api.get(f"{PAY}/{pay['reference']}", token=client.token)).json
+        assert payment["status"] == "succeeded" and payment["applied"] is True and payment["flagged"] is False
+        assert (await api.get(f"{CT}/{contract['id']}", token=client.token)).json["status"] == "active"
+        assert (await api.get(f"/api/v1/properties/{prop['id']}")).json["status"] == "rented"
+        notes = (await api.get("/api/v1/notifications", token=client.token)).json["items"]
+        assert [n["kind"] for n in notes].count("contract.confirmed") == 1
+    finally:
+        for server in servers:
+            server.stop()
 
 
 @pytest.mark.parametrize("settings_overrides", [{}])

@@ -39,6 +39,9 @@ log = logging.getLogger("sheda.payments")
 
 #: A payment still initialized or pending after this long is verified by the reconciliation job.
 STALE_AFTER = timedelta(minutes=30)
+#: An attempt still `initialized` this long after it began never got the gateway's answer (its process died
+#: in between; the gateway call times out long before): a new POST for the same target replaces it.
+INITIALIZE_LOST_AFTER = timedelta(minutes=2)
 #: States a verified success may move a payment from (a retry on the same checkout after a failure).
 SUCCEEDABLE = LIVE_STATES + ["failed", "abandoned"]
 
@@ -101,6 +104,12 @@ class PaymentService:
             raise Conflict(f"The contract is {contract['status']}; only a contract awaiting payment can be paid", "wrong_state")
         open_key = f"contract:{contract['_id']}"
         live = await self.store.live_for(open_key)
+        if live is not None and live["status"] == "initialized" and live["created_at"] <= self.clock.now() - INITIALIZE_LOST_AFTER:
+            # Its process died between storing it and the gateway's answer: nobody ever saw a checkout
+            # for it, so nobody can have paid it. Close it and start afresh.
+            await self.store.transition(live["_id"], ["initialized"], "abandoned", self.clock.now(),
+                                        {"abandoned_at": self.clock.now(), "failure": "initialize_lost"}, close=True)
+            live = await self.store.live_for(open_key)
         if live is not None:
             return payment_view(live), False
         payer = await self.users.get(principal.user_id)
