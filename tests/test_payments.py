@@ -124,7 +124,9 @@ async def test_only_the_contracts_client_starts_a_payment_and_input_is_bounded(s
         r = await sheda.api.post(PAY, bad, token=client.token)
         assert r.status == 422, (bad, r)
     assert gw.initialized == []
-    assert (await sheda.api.get(f"{PAY}/nope", token=client.token)).status == 404
+    for weird in ("nope", "%00", "%ED%A0%80", "x" * 5000, "%F0%9F%8F%A0", "shd_%24ne"):
+        r = await sheda.api.get(f"{PAY}/{weird}", token=client.token)
+        assert r.status in (400, 404) and r.json["code"] in ("not_found", "payment_not_found", "bad_request"), (weird, r)
 
 
 async def test_forged_or_missing_signature_is_401_and_nothing_is_stored(sheda, gw):

@@ -22,6 +22,7 @@ be (a crash, or the agent's confirmation of the same contract half-way) stays
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from datetime import timedelta
 
@@ -37,6 +38,8 @@ from sheda_rt.payments.store import LIVE_STATES
 
 log = logging.getLogger("sheda.payments")
 
+#: What a payment reference may look like (ours are shd_ and 24 hex digits; Paystack allows these characters).
+REFERENCE = re.compile(r"[A-Za-z0-9_.=-]{1,100}")
 #: A payment still initialized or pending after this long is verified by the reconciliation job.
 STALE_AFTER = timedelta(minutes=30)
 #: An attempt still `initialized` this long after it began never got the gateway's answer (its process died
@@ -147,7 +150,8 @@ class PaymentService:
 
     # ---- reading -------------------------------------------------------------
     async def get(self, principal, reference: str) -> dict:
-        doc = await self.store.get(reference)
+        # Paystack's reference alphabet, bounded: anything else is no payment of ours, unasked.
+        doc = await self.store.get(reference) if REFERENCE.fullmatch(reference) else None
         if doc is None or (principal.user_id not in (doc["payer_id"], doc["payee_id"]) and not is_admin(principal)):
             raise NotFound("No such payment", "payment_not_found")
         return payment_view(doc)
