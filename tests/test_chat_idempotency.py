@@ -231,3 +231,37 @@ async def test_first_messages_of_new_conversations_during_an_outage_fail_and_the
     finally:
         server.stop()
         db.stop()
+
+
+async def test_a_resend_after_an_insert_whose_answer_was_lost_is_stored_once(sheda):
+    """The database wrote the batch but its answer never came back (the connection dropped,
+    or the database died right after journaling it): the sender got an error, not an ack,
+    and sends again. The resend must find the stored copy, not store a second one."""
+    from pymongo.errors import AutoReconnect
+
+    alice, bob = await sheda.signup("client"), await sheda.signup("agent")
+    a, b = await sheda.ws(alice.token), await sheda.ws(bob.token)
+    warm = key()
+    await a.send({"receiver_id": bob.id, "message": "warm", "client_msg_id": warm})
+    await a.wait_type("ack", client_msg_id=warm)  # the conversation is known to this process
+    store = sheda.ctx.chat.messages
+    real_insert = store.insert_batch
+
+    async def written_then_lost(docs):
+        await real_insert(docs)
+        raise AutoReconnect("connection closed")
+
+    store.insert_batch = written_then_lost
+    k = key()
+    try:
+        await a.send({"receiver_id": bob.id, "message": "did it land?", "client_msg_id": k})
+        err = await a.wait_type("error", client_msg_id=k)
+        assert err["code"] == "store_failed"
+    finally:
+        store.insert_batch = real_insert
+    stored = await sheda.ctx.db["messages"].find({"conv": conv_key(alice.id, bob.id), "client_msg_id": k}).to_list()
+    assert len(stored) == 1  # it did
+    await a.send({"receiver_id": bob.id, "message": "did it land?", "client_msg_id": k})
+    ack = await a.wait_type("ack", client_msg_id=k)
+    assert ack["id"] == stored[0]["_id"]
+    assert await sheda.ctx.db["messages"].count_documents({"conv": conv_key(alice.id, bob.id)}) == 2

@@ -62,6 +62,12 @@ class StoreFailed(ServiceUnavailable):
     code = "store_failed"
 
 
+# In the idempotency window: a key whose batch's insert call failed without an answer (the
+# connection dropped, the database died): it may or may not be stored, so a resend of it
+# reads its conversation back from the database first.
+UNCERTAIN = "uncertain"
+
+
 def _claim(key: tuple[int, str]) -> str:
     return f"{key[0]}:{key[1]}"
 
@@ -190,6 +196,7 @@ class GroupCommit:
         followers: list[tuple[Pending, Pending]] = []
         stored: list[tuple[Pending, int]] = []  # resends of messages stored earlier, by id
         leaders: dict[tuple[int, str], Pending] = {}  # this batch's first copy of each key
+        uncertain: list[Pending] = []  # keys whose earlier insert may or may not have landed
         for p in batch:
             key = p.key
             if key is not None:
@@ -197,7 +204,9 @@ class GroupCommit:
                 if isinstance(hit, Pending):
                     followers.append((p, hit))
                     continue
-                if hit is not None:
+                if hit is UNCERTAIN:
+                    uncertain.append(p)
+                elif hit is not None:
                     stored.append((p, hit))
                     continue
                 leaders[key] = p
@@ -212,13 +221,14 @@ class GroupCommit:
                 claimed = [True] * len(plan.claims)
             # Keys another process claimed (or every key, when Redis cannot be asked): its
             # batch is done (turns), so the conversation in the database says if it is stored.
-            if claimed is None or not all(claimed):
+            if claimed is None or not all(claimed) or uncertain:
                 contested = [p for p in new if p.key is not None]
                 if claimed is not None:
                     flags = iter(claimed)
                     contested = [p for p in contested if not next(flags)]
                 contested_keys = {_claim(p.key) for p in contested}
                 plan.claims = [c for c in plan.claims if c not in contested_keys]  # not ours to give back
+                contested += [p for p in uncertain if _claim(p.key) not in contested_keys]
                 convs = list({p.doc["conv"] for p in contested})
                 found = dict(zip(convs, await asyncio.gather(*(self.messages.recent_keys(conv, self.idempotency_messages)
                                                                for conv in convs))))
@@ -293,11 +303,12 @@ class GroupCommit:
                 error = self._error(exc)
                 for p in plan.new:
                     if p.key is not None:
-                        recent.forget(p.doc["conv"], p.key)
+                        # It may still have been written (an answer lost with its connection):
+                        # a resend looks in the database first. Claims in Redis are kept for
+                        # the same reason (another process resolves them the same way).
+                        recent.put(p.doc["conv"], p.key, UNCERTAIN, now)
                     if not p.future.done():
                         p.future.set_exception(error)
-                if plan.claims:
-                    await self.turns.release_claims(plan.claims)
                 self._answer_followers(plan)
                 return
             for i, reason in outcome.failed.items():

@@ -35,8 +35,9 @@ from datetime import timedelta
 
 class RecentKeys:
     """Per conversation, its newest keyed messages: key -> (value, created_at), where
-    value is the stored message id, or the in-flight Pending of a batch not yet
-    stored (a resend then waits for that batch). Bounded: at most `per_conv` keys
+    value is the stored message id, the in-flight Pending of a batch not yet
+    stored (a resend then waits for that batch), or batcher.UNCERTAIN (its insert
+    call failed without an answer: a resend reads the conversation back first). Bounded: at most `per_conv` keys
     per conversation and `max_entries` in all (whole conversations are forgotten,
     least recently used first, and read back from the database when they return)."""
 
@@ -90,7 +91,7 @@ class RecentKeys:
         if entries is None:
             return
         if key in entries:
-            entries[key] = (value, entries[key][1])
+            entries[key] = (value, now)
             return
         entries[key] = (value, now)
         self._total += 1
@@ -119,7 +120,7 @@ class RecentKeys:
             if self._total <= self.max_entries:
                 return
             conv, entries = next(iter(self._convs.items()))
-            if any(not isinstance(value, int) for value, _ in entries.values()):
+            if any(not isinstance(value, (int, str)) for value, _ in entries.values()):
                 self._convs.move_to_end(conv)
                 continue
             del self._convs[conv]
