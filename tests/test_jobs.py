@@ -152,6 +152,11 @@ async def test_failures_back_off_then_give_up_and_admins_see_them(sheda):
     assert (await store.get(f"{kind_gone}:a"))["status"] == "failed"
     busy_doc = await store.get(f"{kind_busy}:a")
     assert busy_doc["status"] == "pending" and (busy_doc["run_at"] - busy_doc["updated_at"]).total_seconds() == 120
+    from sheda_rt.jobs.runner import JOBS_OLDEST_DUE_SECONDS, JOBS_PENDING
+
+    clock.advance(seconds=150)  # the busy job is due (not run): the queue's depth and wait show it
+    await runner.observe()
+    assert JOBS_PENDING._value.get() >= 1 and JOBS_OLDEST_DUE_SECONDS._value.get() >= 30
 
     admin = await sheda.admin()
     user = await sheda.signup()

@@ -190,6 +190,7 @@ import asyncio  # noqa: E402
 import uuid  # noqa: E402
 
 from tests.push_service import PushService  # noqa: E402
+from tests.redis_support import redis_server  # noqa: E402,F401  (fixture)
 
 
 @pytest.fixture
@@ -411,3 +412,39 @@ async def test_two_servers_deliver_each_push_once(sheda, push, tmp_path):
         assert len(push.received) == len(subs) * len(senders)
     finally:
         await other.shutdown()
+
+
+async def test_presence_on_another_process_through_redis(sheda, push, tmp_path, redis_server):
+    """Two processes sharing Redis (two Servers here): a receiver whose only socket is on the other
+    process is online (no push); once that socket closes, the next message is pushed, once."""
+    from tests.support import ShedaClient
+    from tests.test_jobs import second_server
+
+    vapid = (tmp_path / "vapid_private_key.pem").read_text()
+    a = await second_server(sheda, tmp_path / "a", redis_url=redis_server.url, vapid_private_key=vapid)
+    b = await second_server(sheda, tmp_path / "b", redis_url=redis_server.url, vapid_private_key=vapid)
+    try:
+        on_a, on_b = ShedaClient(a, f"http://127.0.0.1:{a.ports[0]}"), ShedaClient(b, f"http://127.0.0.1:{b.ports[0]}")
+        ada = await sheda.signup()
+        bob = await sheda.signup()
+        sub, device_id = await subscribed(sheda, push, ada)
+        ada_ws = await on_b.ws(ada.token)
+        [first] = await send(on_a, bob, ada, "seen live on the other process")
+        await ada_ws.wait_for(lambda f: f.get("type") == "message" and f.get("id") == first)
+        await asyncio.sleep(0.3)  # let process a's dispatcher look
+        assert await jobs_of(sheda, device_id) == []
+        ada_ws.close()
+        await ada_ws.wait_closed()
+        for _ in range(100):  # b announces the last socket gone
+            if not await a.ctx.push.dispatch.presence.online_anywhere(ada.id):
+                break
+            await asyncio.sleep(0.05)
+        await send(on_a, bob, ada, "now she is away")
+        await until_jobs(sheda, device_id)
+        sheda.ctx.clock.advance(seconds=11)
+        await asyncio.gather(a.ctx.job_runner.run_due(), b.ctx.job_runner.run_due(), run_jobs(sheda))
+        [got] = push.accepted(sub.endpoint_id)
+        assert got.payload["body"] == "now she is away" and len(push.received) == 1
+    finally:
+        await a.shutdown()
+        await b.shutdown()

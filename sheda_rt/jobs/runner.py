@@ -26,13 +26,19 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from sheda_rt.jobs.store import CANCELLED, DONE, FAILED, PENDING, RUNNING, JobStore
 
 log = logging.getLogger("sheda.jobs")
 
 JOBS_FINISHED = Counter("sheda_jobs_finished_total", "Queue job runs by kind and outcome (done, retry, failed)", ["kind", "outcome"])
+
+# Every process sees the same collection: the largest report is the value.
+JOBS_PENDING = Gauge("sheda_jobs_pending", "Jobs waiting in the queue (pending, due or not)", multiprocess_mode="max")
+JOBS_OLDEST_DUE_SECONDS = Gauge("sheda_jobs_oldest_due_seconds", "How long the oldest due pending job has waited past its run_at",
+                                multiprocess_mode="max")
+GAUGE_SECONDS = 15.0
 
 Handler = Callable[[dict], Awaitable[Any]]
 MAX_KEY_CHARS = 512
@@ -271,10 +277,21 @@ class JobRunner:
                 task.cancel()
         self._task = None
 
+    async def observe(self) -> None:
+        """Queue depth and the oldest due job's wait, for /metrics (two index-shaped reads)."""
+        now = self.clock.now()
+        JOBS_PENDING.set(await self.store.col.count_documents({"status": PENDING}))
+        oldest = await self.store.due(PENDING, now, 1)
+        JOBS_OLDEST_DUE_SECONDS.set((now - oldest[0]["run_at"]).total_seconds() if oldest else 0)
+
     async def _loop(self) -> None:
+        observed = 0.0
         while not self._stopping:
             try:
                 await self.run_due()
+                if asyncio.get_running_loop().time() - observed > GAUGE_SECONDS:
+                    observed = asyncio.get_running_loop().time()
+                    await self.observe()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # database away: look again next time
