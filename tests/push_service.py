@@ -14,6 +14,7 @@ refused. `answers[endpoint id]` queues status codes (with headers) to answer ins
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -45,6 +46,7 @@ class PushService:
     subscribers: dict = field(default_factory=dict)  # endpoint id -> tests.test_push.Subscriber
     answers: dict = field(default_factory=dict)  # endpoint id -> [(status, headers)]
     received: list = field(default_factory=list)
+    hold: set = field(default_factory=set)  # endpoint ids whose pushes are never answered (a sender dies mid-request)
     port: int = 0
     server: HTTPServer | None = None
 
@@ -107,8 +109,13 @@ class _PushHandler(tornado.web.RequestHandler):
     def initialize(self, service: PushService):
         self.service = service
 
-    def post(self, endpoint_id: str):
+    async def post(self, endpoint_id: str):
         status, refused, payload = self.service.check(endpoint_id, self.request.headers, self.request.body)
+        if endpoint_id in self.service.hold:
+            # Taken in but never answered: not delivered (a real service delivers once it has answered 201).
+            self.service.received.append(Received(endpoint_id, dict(self.request.headers), payload, "held, never answered"))
+            self.service.hold.discard(endpoint_id)
+            await asyncio.Event().wait()
         self.service.received.append(Received(endpoint_id, dict(self.request.headers), payload, refused))
         if refused is None:
             queued = self.service.answers.get(endpoint_id)

@@ -448,3 +448,44 @@ async def test_presence_on_another_process_through_redis(sheda, push, tmp_path, 
     finally:
         await a.shutdown()
         await b.shutdown()
+
+
+async def test_a_process_killed_mid_push_leaves_it_to_another_which_sends_it_once(sheda, push, tmp_path, embedded_db):
+    """`python run.py` takes the push job and dies (kill -9) while the push service has the request
+    unanswered; its lease lapses and this server sends the push, once."""
+    import signal
+
+    from tests.redis_support import Remote, ServerProcess, server_env
+
+    ada = await sheda.signup()
+    bob = await sheda.signup()
+    sub, device_id = await subscribed(sheda, push, ada)
+    push.hold.add(sub.endpoint_id)
+    env = server_env(embedded_db, None, tmp_path, sheda.server.settings.mongodb_db,
+                     JWT_SECRET=sheda.server.settings.jwt_secret.get_secret_value(), PUSH_ALLOW_LOCAL_ENDPOINTS="true",
+                     PUSH_GRACE_SECONDS="0", JOB_POLL_SECONDS="0.2", JOB_LEASE_SECONDS="5")
+    proc = ServerProcess(env, tmp_path, "doomed").start()
+    try:
+        await send(Remote(proc), bob, ada, "sent while a process dies")
+        for _ in range(300):  # the other process claimed the job and is mid-request
+            if push.received:
+                break
+            await asyncio.sleep(0.05)
+        assert [r.refused for r in push.received] == ["held, never answered"], proc.log()
+        [job] = await jobs_of(sheda, device_id)
+        assert job["status"] == "running" and job["lease"]["owner"] != sheda.ctx.job_runner.owner
+        proc.signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        proc.stop()
+    await run_jobs(sheda)
+    assert (await jobs_of(sheda, device_id))[0]["status"] == "running" and push.accepted() == []  # its lease has not lapsed yet
+    sheda.ctx.clock.advance(seconds=6)
+    await run_jobs(sheda)
+    [got] = push.accepted(sub.endpoint_id)
+    assert got.payload["body"] == "sent while a process dies"
+    [job] = await jobs_of(sheda, device_id)
+    assert job["status"] == "done" and job["attempts"] == 2
+    sheda.ctx.clock.advance(seconds=60)
+    await run_jobs(sheda)
+    assert len(push.accepted()) == 1
