@@ -12,7 +12,7 @@ deactivation, a password reset, an admin deactivating ids it guessed) never take
 token another operation runs with; the admin (promoted with `run.py promote-admin`)
 logs in again for each operation and is replaced when an operation deactivated it.
 Path ids are often the ids of real records those identities own (a listing, a window,
-a viewing, a project and its unit, a category), so the fuzzer also reaches the success
+viewings, a contract, a project and its unit, a category), so the fuzzer also reaches the success
 paths and their response schemas, not only 404s. The auth operations go last: fuzzing
 the login runs into the login throttle, which must not stop the admin's own logins.
 The server has a payment gateway (the tests' local Paystack), as in production.
@@ -45,6 +45,10 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 # Requests per operation and role, valid and invalid ones together: ~90 operations x
 # (up to 4 roles) keeps the whole gate within a few minutes on two shared cores.
 EXAMPLES = 10
+
+
+# Operations whose body names a record: real bodies to send besides the generated ones.
+BODY_IDS = {"POST /api/v1/payments": [lambda world: {"purpose": "contract", "target_id": world.ids["contract_id"][0]}]}
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +90,7 @@ class World:
     builder: Identity
     admin: Identity
     ids: dict[str, list[int]] = field(default_factory=dict)
+    bodies: dict[str, list[dict]] = field(default_factory=dict)  # operation label -> real bodies to send too
 
     @property
     def roles(self) -> dict[str, str]:
@@ -114,6 +119,16 @@ def make_world(server: LiveServer, admin: Identity, *, records: bool) -> World:
     window = created(server, "/api/v1/availability", {"weekday": weekday, "start_time": "08:00", "end_time": "18:00"}, agent)
     when = day.replace(hour=10, minute=0, second=0, microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
     appointment = created(server, "/api/v1/appointments", {"property_id": prop["id"], "scheduled_at": when}, client)
+    # A second viewing, confirmed, and the rental contract the client opens from it.
+    later = (day + timedelta(days=7)).replace(hour=11, minute=0, second=0, microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    viewing = created(server, "/api/v1/appointments", {"property_id": prop["id"], "scheduled_at": later}, client)
+    status, answer = server.request("PATCH", f"/api/v1/appointments/{viewing['id']}/confirm", token=agent.access_token)
+    assert status == 200, answer
+    status, answer = server.request("PUT", "/api/v1/users/me/account-info",
+                                    {"account_name": "Ada Agent", "bank_name": "Sheda Bank", "account_number": "0123456789"},
+                                    token=agent.access_token)
+    assert status in (200, 201), answer
+    contract = created(server, f"/api/v1/contracts/{prop['id']}", {"appointment_id": viewing["id"], "term_months": 12}, client)
     created(server, "/api/v1/chats", {"receiver_id": agent.id, "message": "Is it still available?"}, client)
     project = created(server, "/api/v1/projects", {"name": "Palm Court", "location": "Lekki, Lagos"}, builder)
     units = created(server, f"/api/v1/projects/{project['id']}/units", {"units": [
@@ -121,9 +136,12 @@ def make_world(server: LiveServer, admin: Identity, *, records: bool) -> World:
     unit_ids = [unit["id"] for unit in units["items"]]
     category = created(server, "/api/v1/categories", {"name": "category " + builder.username}, admin)
     users = [client.id, agent.id, builder.id]
-    world.ids = {"property_id": [prop["id"]], "window_id": [window["id"]], "appointment_id": [appointment["id"]],
+    world.ids = {"property_id": [prop["id"]], "window_id": [window["id"]], "appointment_id": [appointment["id"], viewing["id"]],
                  "user_id": users, "other_user_id": users, "agent_id": [agent.id], "builder_id": [builder.id],
-                 "project_id": [project["id"]], "unit_id": unit_ids, "category_id": [category["id"]]}
+                 "project_id": [project["id"]], "unit_id": unit_ids, "category_id": [category["id"]],
+                 "contract_id": [contract["id"]],
+                 "id": [prop["id"], contract["id"]]}  # /contracts/{id}: a property to POST, a contract to GET
+    world.bodies = {label: [make(world) for make in makers] for label, makers in BODY_IDS.items()}
     return world
 
 
@@ -138,6 +156,8 @@ def strategies_for(operation, world: World) -> list:
                 # Real ids, so requests get past the 404 to the operation's own rules.
                 for combo in itertools.product(*known.values()):
                     found.append(operation.as_strategy(generation_mode=mode, path_parameters=dict(zip(known, combo))))
+            if mode is GenerationMode.POSITIVE:
+                found.extend(operation.as_strategy(generation_mode=mode, body=body) for body in world.bodies.get(operation.label, []))
         except Exception as exc:  # an operation a mode cannot express (nothing to negate): nothing to send
             if mode is GenerationMode.POSITIVE:
                 raise AssertionError(f"{operation.label}: schemathesis cannot generate requests: {exc!r}")
@@ -182,7 +202,7 @@ def fuzz_operation(server: LiveServer, operation, role: str, token: str | None, 
     run()
 
 
-def test_every_operation_answers_as_documented(fuzz_server):
+def test_every_operation_answers_as_documented(fuzz_server, paystack):
     schema = schemathesis.openapi.from_url(fuzz_server.base_url + "/api/v1/openapi.json")
     operations = sorted((result.ok() for result in schema.get_all_operations()), key=lambda op: op.path.startswith("/api/v1/auth/"))
     assert len(operations) > 40
@@ -194,9 +214,10 @@ def test_every_operation_answers_as_documented(fuzz_server):
             admin = fuzz_server.login(admin)  # a session of its own for each operation
         except AssertionError:  # the last operation deactivated or renamed this admin: promote another
             admin = fuzz_server.admin()
-        world = make_world(fuzz_server, admin, records=bool(list(operation.path_parameters)))
+        world = make_world(fuzz_server, admin, records=bool(list(operation.path_parameters)) or operation.label in BODY_IDS)
         secured = bool(operation.definition.raw.get("security"))
         for role, token in (world.roles if secured else {"anonymous": None}).items():
             fuzz_operation(fuzz_server, operation, role, token, world, findings, session)
-    print(f"{len(operations)} operations, {findings.requests} requests")
+    print(f"{len(operations)} operations, {findings.requests} requests, {len(paystack.initialized)} checkouts started")
+    assert paystack.initialized, "no payment reached the gateway: the seeded contract's checkout never ran"
     assert not findings.items, f"{len(findings.items)} failure classes:\n\n{findings.report()}"
