@@ -187,6 +187,7 @@ async def test_vapid_public_key_is_generated_once_and_kept(sheda, tmp_path):
 
 # ---- the dispatcher, against the local push service --------------------------------------------
 import asyncio  # noqa: E402
+import time  # noqa: E402
 import uuid  # noqa: E402
 
 from tests.push_service import PushService  # noqa: E402
@@ -489,3 +490,54 @@ async def test_a_process_killed_mid_push_leaves_it_to_another_which_sends_it_onc
     sheda.ctx.clock.advance(seconds=60)
     await run_jobs(sheda)
     assert len(push.accepted()) == 1
+
+
+async def test_the_local_push_service_refuses_what_a_real_one_would(sheda, push):
+    """The checks of tests/push_service.py can fail: another VAPID key, a wrong audience, an expired
+    JWT, a payload encrypted for another subscription are each refused; the server's own request passes."""
+    from cryptography.hazmat.primitives.asymmetric import ec as _ec
+    from tornado.httpclient import AsyncHTTPClient
+
+    from sheda_rt.push.vapid import VapidKeys
+    from sheda_rt.push.webpush import WebPushProvider
+
+    endpoint_id = uuid.uuid4().hex
+    sub = Subscriber(push.endpoint(endpoint_id))
+    push.subscribers[endpoint_id] = sub
+    device = {"endpoint": sub.endpoint, "keys": {"p256dh": sub.p256dh, "auth": b64(sub.auth)}}
+    ours = WebPushProvider(sheda.ctx.push.vapid, "mailto:ops@example.com", allow_local=True)
+    stranger = WebPushProvider(VapidKeys(_ec.generate_private_key(_ec.SECP256R1())), "mailto:x@example.com", allow_local=True)
+    http = AsyncHTTPClient()
+
+    assert (await ours.send(device, b'{"ok":1}', ttl=60)).status == 201
+    assert (await stranger.send(device, b'{"ok":1}', ttl=60)).status == 403  # not the key the subscription was made with
+
+    request = ours.request(device, b"x", ttl=60)
+    bad_aud = dict(request.headers)
+    bad_aud.update(sheda.ctx.push.vapid.headers({"aud": "https://push.example.com", "exp": int(time.time()) + 60,
+                                                  "sub": "mailto:ops@example.com"}))
+    expired = dict(request.headers)
+    expired.update(sheda.ctx.push.vapid.headers({"aud": push.origin, "exp": int(time.time()) - 60, "sub": "mailto:ops@example.com"}))
+    other = Subscriber(sub.endpoint)
+    wrong_keys = ours.request({"endpoint": sub.endpoint, "keys": {"p256dh": other.p256dh, "auth": b64(other.auth)}}, b"x", ttl=60)
+    for headers, body, status in ((bad_aud, request.body, 403), (expired, request.body, 403),
+                                  (dict(wrong_keys.headers), wrong_keys.body, 400)):
+        r = await http.fetch(sub.endpoint, method="POST", headers=headers, body=body, raise_error=False)
+        assert r.code == status, (r.code, r.body)
+    assert len(push.accepted()) == 1
+    ours.close()
+    stranger.close()
+
+
+async def test_sending_refuses_endpoints_that_resolve_to_private_addresses(sheda):
+    """Registration checks the URL; sending checks the resolved address (a public-looking name pointed
+    at 127.0.0.1 later must not be connected to)."""
+    from sheda_rt.push.webpush import WebPushProvider
+
+    guarded = WebPushProvider(sheda.ctx.push.vapid, "mailto:ops@example.com", allow_local=False)
+    sub = Subscriber("https://localhost:9/push/x")  # a name that resolves to loopback (/etc/hosts)
+    device = {"endpoint": sub.endpoint, "keys": {"p256dh": sub.p256dh, "auth": b64(sub.auth)}}
+    with pytest.raises(Exception) as refused:
+        await guarded.send(device, b"x", ttl=60)
+    assert "public address" in str(refused.value)
+    guarded.close()
