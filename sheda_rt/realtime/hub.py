@@ -57,6 +57,10 @@ class LocalBroker:
         """A socket of user_id closed here; True if the user has no socket left anywhere."""
         return last_here
 
+    async def online_elsewhere(self, user_id: int) -> bool:
+        """Whether another process holds a socket of user_id: there is none."""
+        return False
+
     async def publish_control(self, message: dict) -> None:
         self.hub.handle_control(message)
 
@@ -144,6 +148,11 @@ class Hub:
 
     def is_connected_here(self, user_id: int) -> bool:
         return user_id in self._sockets
+
+    async def online_anywhere(self, user_id: int) -> bool:
+        """Whether user_id has an open socket on any process (this one first, then the
+        broker's global presence)."""
+        return self.is_connected_here(user_id) or await self.broker.online_elsewhere(user_id)
 
     @property
     def connection_count(self) -> int:

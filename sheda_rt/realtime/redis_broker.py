@@ -164,6 +164,18 @@ def _chunks(items, size: int = 1000):
         yield items[i:i + size]
 
 
+# KEYS: procs zset. ARGV: presence key prefix, ttl ms, user id. 1 when a live process
+# (heartbeat within the ttl) holds a socket of the user.
+_ONLINE_ANYWHERE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for _, p in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[2]), '+inf')) do
+  if redis.call('SISMEMBER', ARGV[1] .. p, ARGV[3]) == 1 then return 1 end
+end
+return 0
+"""
+
+
 class RedisBroker:
     #: Pending cross-process publishes kept while Redis is slow; beyond this they are dropped (and counted).
     MAX_OUTBOX = 100_000
@@ -212,6 +224,7 @@ class RedisBroker:
         self._presence_remove = self.redis.register_script(_PRESENCE_REMOVE)
         self._heartbeat = self.redis.register_script(_HEARTBEAT)
         self._take_turn = self.redis.register_script(_TAKE_TURN)
+        self._online_anywhere = self.redis.register_script(_ONLINE_ANYWHERE)
 
     # ---- lifecycle ---------------------------------------------------------
     async def start(self, hub, wait_seconds: float = 2.0) -> None:
@@ -474,6 +487,18 @@ class RedisBroker:
         except Exception as exc:
             log.info(json.dumps({"event": "redis_presence_failed", "error": repr(exc)[:200]}))
             return True
+
+    async def online_elsewhere(self, user_id: int) -> bool:
+        """Whether a live process (this one included) holds a socket of user_id in the global
+        presence. With Redis away the answer is unknown and False is returned: a caller
+        deciding whether to notify someone through another channel then errs on telling them."""
+        if not self.up:
+            return False
+        try:
+            return bool(await self._online_anywhere(keys=[self._procs_key], args=[self._presence_prefix, self.ttl_ms, user_id]))
+        except Exception as exc:
+            log.info(json.dumps({"event": "redis_presence_failed", "error": repr(exc)[:200]}))
+            return False
 
     async def _announce_presence(self) -> None:
         """(Re)write this process's presence set from what it holds now."""
