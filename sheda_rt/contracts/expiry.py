@@ -15,46 +15,21 @@ from __future__ import annotations
 
 import logging
 
-from tornado.ioloop import IOLoop, PeriodicCallback
-
+from sheda_rt.jobs.periodic import PeriodicTrigger
 from sheda_rt.metrics import JOB_RUNS
 
 log = logging.getLogger("sheda.jobs")
 
 
-class ContractExpiryJob:
+class ContractExpiryJob(PeriodicTrigger):
     name = "contract_expiry"
 
     def __init__(self, contracts, interval_hours: float, queue, clock):
+        super().__init__(interval_hours * 3600 * 1000)
         self.contracts = contracts
-        self.interval_ms = interval_hours * 3600 * 1000
         self.queue = queue
         self.clock = clock
-        self._periodic: PeriodicCallback | None = None
-        self._running = False
         queue.register(self.name, self._handle)
-
-    def start(self) -> None:
-        self._running = True
-        self._periodic = PeriodicCallback(self._tick, self.interval_ms)
-        self._periodic.start()
-        IOLoop.current().add_callback(self._tick)
-
-    def stop(self) -> None:
-        self._running = False
-        if self._periodic is not None:
-            self._periodic.stop()
-            self._periodic = None
-
-    async def _tick(self) -> None:
-        if not self._running:
-            return
-        try:
-            await self.run()
-        except Exception:
-            # A failed run is retried by the queue (or the next tick); it must never kill the loop.
-            JOB_RUNS.labels(job=self.name, outcome="error").inc()
-            log.exception("contract expiry run failed")
 
     def period_key(self) -> str:
         period = int(self.clock.now().timestamp() * 1000 // self.interval_ms)

@@ -11,45 +11,21 @@ from __future__ import annotations
 
 import logging
 
-from tornado.ioloop import IOLoop, PeriodicCallback
-
+from sheda_rt.jobs.periodic import PeriodicTrigger
 from sheda_rt.metrics import JOB_RUNS
 
 log = logging.getLogger("sheda.jobs")
 
 
-class PaymentReconciliationJob:
+class PaymentReconciliationJob(PeriodicTrigger):
     name = "payment_reconciliation"
 
     def __init__(self, payments, interval_minutes: float):
+        super().__init__(interval_minutes * 60 * 1000)
         self.payments = payments
-        self.interval_ms = interval_minutes * 60 * 1000
-        self._periodic: PeriodicCallback | None = None
-        self._running = False
 
-    def start(self) -> None:
-        if self.payments.gateway is None:
-            return  # no gateway, no gateway payments to reconcile
-        self._running = True
-        self._periodic = PeriodicCallback(self._tick, self.interval_ms)
-        self._periodic.start()
-        IOLoop.current().add_callback(self._tick)
-
-    def stop(self) -> None:
-        self._running = False
-        if self._periodic is not None:
-            self._periodic.stop()
-            self._periodic = None
-
-    async def _tick(self) -> None:
-        if not self._running:
-            return
-        try:
-            await self.run()
-        except Exception:
-            # A failed run is retried by the next tick; it must never kill the loop.
-            JOB_RUNS.labels(job=self.name, outcome="error").inc()
-            log.exception("payment reconciliation run failed")
+    def enabled(self) -> bool:
+        return self.payments.gateway is not None  # no gateway, no gateway payments to reconcile
 
     async def run(self) -> dict:
         """One pass; how many payments ended how."""
