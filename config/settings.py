@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     # HTTP conventions
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Comma-separated origins, or *")
     max_json_bytes: int = Field(1_048_576, ge=1024)
+    # A request's header block over this gets a JSON 431 (Tornado's own cap, which closes the
+    # connection without an answer, is set to HARD_HEADER_BYTES above it).
+    max_header_bytes: int = Field(65_536, ge=8192, le=1_048_576)
     max_upload_bytes: int = Field(5 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=10_000, le=500_000_000,
                                   description="Largest image accepted, in pixels (width x height); more is 413 image_too_large")

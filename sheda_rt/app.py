@@ -7,7 +7,7 @@ import time
 
 import tornado.web
 
-from handlers.base import NotFoundHandler
+from handlers.base import HeadersTooLargeHandler, NotFoundHandler, header_bytes
 from handlers.routes import all_routes
 
 access_log = logging.getLogger("sheda.access")
@@ -26,6 +26,12 @@ class ShedaApplication(tornado.web.Application):
             compress_response=False,
             xsrf_cookies=False,
         )
+
+    def find_handler(self, request, **kwargs):
+        """A header block over MAX_HEADER_BYTES is answered 431 in JSON, whatever the route."""
+        if header_bytes(request) > self.ctx.settings.max_header_bytes:
+            return self.get_handler_delegate(request, HeadersTooLargeHandler)
+        return super().find_handler(request, **kwargs)
 
     def log_request(self, handler) -> None:
         """One JSON line per request."""

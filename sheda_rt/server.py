@@ -23,6 +23,11 @@ from sheda_rt.database.embedded import EmbeddedDatabase
 
 log = logging.getLogger("sheda.server")
 
+# Tornado closes a connection whose header block is over its cap without answering; ours
+# (MAX_HEADER_BYTES, at most 1 MiB) is enforced by the application with a JSON 431, so
+# Tornado's sits above it. Beyond this a client gets no answer: 2 MiB of headers is not a client.
+HARD_HEADER_BYTES = 2 * 1_048_576
+
 
 def database_uri(settings) -> tuple[str, EmbeddedDatabase | None]:
     """The configured MongoDB, or the embedded one for this data directory."""
@@ -49,7 +54,8 @@ class Server:
         # Bodies are streamed and size-checked per route by the handlers (JSON 413), so
         # the server-level cap only guards against absurd sizes.
         cap = max(self.settings.max_upload_bytes, self.settings.max_json_bytes) * 4 + 1024 * 1024
-        self.http = tornado.httpserver.HTTPServer(self.app, xheaders=self.settings.trust_proxy_headers, max_body_size=cap, idle_connection_timeout=120)
+        self.http = tornado.httpserver.HTTPServer(self.app, xheaders=self.settings.trust_proxy_headers, max_body_size=cap, idle_connection_timeout=120,
+                                                  max_header_size=HARD_HEADER_BYTES)
         if sockets is None:
             sockets = tornado.netutil.bind_sockets(self.settings.port, self.settings.host)
         self.http.add_sockets(sockets)

@@ -283,3 +283,28 @@ async def test_every_decimal_the_client_sends_is_bounded_before_arithmetic(sheda
     for query in ("price_min=1e26", "price_max=1e30"):
         r = await sheda.api.get(f"{PROJECTS}?{query}")
         assert r.status == 422, (query, r)
+
+
+async def test_headers_over_the_limit_get_a_json_431_and_the_connection_survives(sheda):
+    """Tornado closes a connection whose headers are over its cap without a word; the
+    client then cannot tell a refusal from a network fault. Up to 1 MiB of headers (far past
+    MAX_HEADER_BYTES, 64 KiB) the answer is the contract's JSON error, on a connection the
+    client can go on using; on the socket route too."""
+    user = await sheda.signup("client")
+    reader, writer = await asyncio.open_connection("127.0.0.1", _port(sheda))
+    try:
+        for path in ("/api/v1/users/me", "/api/v1/no/such/route", "/api/v1/chat/ws"):
+            big = "x" * (200 * 1024)
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {user.token}\r\nX-Big: {big}\r\n\r\n".encode())
+            status, headers, body = await _read_response(reader)
+            assert status == 431 and json.loads(body)["code"] == "headers_too_large", (path, status, body)
+            assert headers.get("x-request-id")
+        # The same connection still carries an ordinary request.
+        writer.write(f"GET /api/v1/users/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {user.token}\r\n\r\n".encode())
+        status, _, body = await _read_response(reader)
+        assert status == 200 and json.loads(body)["id"] == user.id
+    finally:
+        writer.close()
+    # Just under the limit is an ordinary request.
+    ok = await sheda.api.get("/api/v1/users/me", token=user.token, headers={"X-Big": "y" * (60 * 1024)})
+    assert ok.status == 200, ok
