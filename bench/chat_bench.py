@@ -599,7 +599,7 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=1, help="server worker processes (N > 1 needs --redis-url)")
     parser.add_argument("--redis-url", default=None)
     parser.add_argument("--compare", action="store_true", help="run against 1 process, then 2 processes with Redis")
-    parser.add_argument("--batch-window-ms", type=float, default=2.0)
+    parser.add_argument("--batch-window-ms", type=float, default=0.0)
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory (server.log)")
     parser.add_argument("--profile", help="run the (single) server under cProfile, writing stats to this path")
     args = parser.parse_args()

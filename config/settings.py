@@ -87,7 +87,10 @@ class Settings(BaseSettings):
     ws_control_per_second: float = Field(10.0, gt=0)
     ws_outbound_buffer_bytes: int = Field(1024 * 1024, ge=4096)
     ws_compression: bool = False
-    chat_batch_window_ms: float = Field(2.0, ge=0)
+    # [chat] 0: a batch starts as soon as a pipeline slot is free and takes whatever queued meanwhile
+    # (group commit by back-pressure). compare.sh, quiet machine, 2 ms -> 0: closed loop 2,525 -> 3,317
+    # msgs/s, p50 / p99 at 1,000/s 9.6 / 52.8 -> 5.9 / 18.3 ms.
+    chat_batch_window_ms: float = Field(0.0, ge=0)
     chat_batch_max: int = Field(500, ge=1)
     # [chat] resends recognised within this window (see sheda_rt/chat/idempotency.py): the original is at
     # most this old and among the newest CHAT_IDEMPOTENCY_MESSAGES keyed messages of its conversation
