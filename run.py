@@ -40,6 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def make_app(ctx):
+    """The HTTP and WebSocket edge for a server's context. Imported here, at call time:
+    with --processes the metrics directory must be set before prometheus_client (which
+    the handlers import) is first imported, and each worker builds its own application."""
+    from handlers.app import make_app as handlers_app
+
+    return handlers_app(ctx)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {k: v for k, v in {"host": args.host, "port": args.port, "processes": args.processes}.items() if v is not None}
@@ -53,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         from sheda_rt.launcher import run_server
 
-        return run_server(settings)
+        return run_server(settings, app_factory=make_app)
     from sheda_rt import cli
 
     if args.command == "create-user" and not args.password:

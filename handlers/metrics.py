@@ -20,7 +20,7 @@ from sheda_rt.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 
 def observe_request(handler) -> None:
-    """A `ctx.request_hooks` entry: count and time every finished HTTP request by
+    """Called by the application's `log_request`: count and time every finished HTTP request by
     its route template (never the raw path: ids would explode the label set)."""
     route_label = getattr(handler, "route_template", None) or "unmatched"
     method = handler.request.method

@@ -33,7 +33,7 @@ class AppContext:
         self.client, self.db = connect(mongodb_uri, settings.mongodb_db)
         self.ids = IdAllocator(self.db)
         self.mailer = mailer or mailer_from_settings(settings)
-        self.hub = Hub()
+        self.hub = Hub(clock=self.clock, expiry_sweep_seconds=settings.ws_expiry_sweep_seconds)  # [realtime] token expiry by our clock
         # Shared limits (login throttle, socket rate limits); Redis-backed when REDIS_URL is set.
         self.limits = MemoryLimits()
         if settings.redis_url:  # [operations] many processes, one server: fan-out, presence and limits in Redis
@@ -41,8 +41,11 @@ class AppContext:
             from sheda_rt.redis_limits import RedisLimits
 
             broker = RedisBroker(settings.redis_url, settings.mongodb_db, heartbeat_seconds=settings.redis_heartbeat_seconds)
-            self.hub = Hub(broker)
+            self.hub = Hub(broker, clock=self.clock, expiry_sweep_seconds=settings.ws_expiry_sweep_seconds)
             self.limits = RedisLimits(broker.redis, settings.mongodb_db)
+        from sheda_rt.realtime.channels import Channels  # [realtime] channels of things: kinds register below
+
+        self.channels = Channels(self.hub, settings.ws_max_subscriptions)
         self.media = MediaStore(settings.media_dir, settings.max_upload_bytes, settings.max_image_pixels)
         self.tokens = TokenCodec(settings.jwt_secret_value(), settings.jwt_algorithm, self.clock)
 
@@ -62,15 +65,10 @@ class AppContext:
         self.jobs: list = []
         # Coroutines run at shutdown before connections close (the chat batcher flushes here).
         self.drain_hooks: list = []
-        # Callables given each finished REST handler (metrics).
-        self.request_hooks: list = []
-        from handlers.metrics import observe_request  # [operations] HTTP metrics by route template
-
-        self.request_hooks.append(observe_request)
         # REST requests being handled now; shutdown waits for this to empty (bounded).
         self.inflight: set = set()
         # [chat] messages, receipts, typing, presence; its group-commit batcher drains at shutdown.
-        self.chat = ChatService(self)
+        self._install_stream()
         self.stores.extend(self.chat.stores)
         self.drain_hooks.append(self.chat.drain)
         # [jobs] the durable job queue: contract expiry and the push dispatcher run on it.
@@ -87,6 +85,21 @@ class AppContext:
         self._install_builders()
         # [payments] payments through a gateway (Paystack), its webhook, the reconciliation job.
         self._install_payments()
+        # [realtime] presence on request; administrators' announcements and disconnects.
+        self._install_realtime_api()
+
+    def _install_stream(self) -> None:  # [realtime] the chat and the resumable event stream share one sequencer
+        from sheda_rt.realtime.events_store import EventStore
+        from sheda_rt.realtime.stream import EventRetentionJob, EventStream
+
+        self.event_store = EventStore(self.db)
+        self.stores.append(self.event_store)
+        self.chat = ChatService(self, events=self.event_store)
+        self.stream = EventStream(writer=self.chat.batcher, events=self.event_store, message_replay=self.chat.sync,
+                                  head=self.chat.messages.newest_id)
+        self.event_retention = EventRetentionJob(self.event_store, self.clock, self.settings.event_retention_days,
+                                                 self.settings.event_prune_interval_minutes)
+        self.jobs.append(self.event_retention)
 
     def _install_marketplace(self) -> None:  # [listings]
         from sheda_rt.appointments.service import AppointmentService, AvailabilityService
@@ -109,6 +122,7 @@ class AppContext:
                             self.contract_store, self.notification_store])
         self.notifications = NotificationService(self, self.notification_store)
         self.properties = PropertyService(self, self.property_store, self.favourite_store)
+        self.channels.register("property", self.properties.authorize_watch)  # [realtime] property:<id>
         self.availability = AvailabilityService(self, self.availability_store)
         self.appointments = AppointmentService(self, self.appointment_store, self.availability_store, self.property_store,
                                                self.notifications)
@@ -202,12 +216,20 @@ class AppContext:
                                  limits=self.limits, ids=self.ids, clock=self.clock, analytics=self.analytics,
                                  per_ip_per_hour=self.settings.inquiries_per_ip_per_hour)
 
+    def _install_realtime_api(self) -> None:  # [realtime]
+        from sheda_rt.realtime.announcements import RealtimeAdmin
+        from sheda_rt.realtime.presence_query import PresenceQuery
+
+        self.presence_query = PresenceQuery(self.hub, self.users, self.chat.conversations)
+        self.realtime_admin = RealtimeAdmin(self.hub, self.users, self.notifications, self.clock)
+
     async def ensure_indexes(self) -> None:
         for store in self.stores:
             await store.ensure_indexes()
 
     async def start(self) -> None:
         await self.ensure_indexes()
+        await self.stream.start()
         await self.hub.start()
 
     async def readiness(self) -> dict[str, str]:

@@ -31,7 +31,9 @@ def use_fast_event_loop() -> str:
     return "uvloop"
 
 
-def run_server(settings) -> int:
+def run_server(settings, app_factory) -> int:
+    """`app_factory` builds the Tornado application for a context (see sheda_rt.server.Server);
+    the caller imports it only when it is called, after the metrics directory is prepared."""
     use_fast_event_loop()
     if settings.processes > 1 and not settings.redis_url:
         return fail("--processes > 1 needs REDIS_URL: separate processes share sockets' events through Redis")
@@ -50,8 +52,8 @@ def run_server(settings) -> int:
         if settings.processes > 1:
             from sheda_rt.multiprocess import run_workers
 
-            return run_workers(settings, uri, embedded)
-        asyncio.run(serve(settings, uri=uri, embedded=embedded))
+            return run_workers(settings, uri, app_factory, embedded)
+        asyncio.run(serve(settings, uri=uri, app_factory=app_factory, embedded=embedded))
         return 0
     except OSError as exc:
         return fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")

@@ -50,7 +50,7 @@ def prepare_metrics_dir() -> str | None:
     return path
 
 
-def _worker_main(index: int, settings, uri: str, sockets) -> None:
+def _worker_main(index: int, settings, uri: str, sockets, app_factory) -> None:
     """In the child: run one ordinary server on the inherited sockets, then exit
     without unwinding into the parent's code (which would stop the database)."""
     code = 1
@@ -61,7 +61,7 @@ def _worker_main(index: int, settings, uri: str, sockets) -> None:
         os.environ["SHEDA_WORKER"] = str(index)
         from sheda_rt.server import serve
 
-        asyncio.run(serve(settings, uri=uri, sockets=sockets))
+        asyncio.run(serve(settings, uri=uri, app_factory=app_factory, sockets=sockets))
         code = 0
     except KeyboardInterrupt:
         code = 0
@@ -74,8 +74,9 @@ def _worker_main(index: int, settings, uri: str, sockets) -> None:
 
 
 class Supervisor:
-    def __init__(self, settings, uri: str, sockets, embedded=None):
+    def __init__(self, settings, uri: str, sockets, app_factory, embedded=None):
         self.settings, self.uri, self.sockets = settings, uri, sockets
+        self.app_factory = app_factory  # each worker builds its own application after the fork
         self.embedded = embedded  # the embedded database this parent started, if any: restarted if it dies
         self.children: dict[int, int] = {}  # pid -> worker index
         self.stopping = False
@@ -87,7 +88,7 @@ class Supervisor:
         try:
             pid = os.fork()
             if pid == 0:
-                _worker_main(index, self.settings, self.uri, self.sockets)
+                _worker_main(index, self.settings, self.uri, self.sockets, self.app_factory)
             self.children[pid] = index
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
@@ -144,7 +145,7 @@ class Supervisor:
             multiprocess.mark_process_dead(pid)
 
 
-def run_workers(settings, uri: str, embedded=None) -> int:
+def run_workers(settings, uri: str, app_factory, embedded=None) -> int:
     """The launcher's entry for N > 1 (it has checked REDIS_URL and resolved the database)."""
     import tornado.netutil
 
@@ -153,7 +154,7 @@ def run_workers(settings, uri: str, embedded=None) -> int:
     log.info(json.dumps({"event": "listening_shared", "host": settings.host, "port": sockets[0].getsockname()[1],
                          "processes": settings.processes, "pid": os.getpid()}))
     try:
-        return Supervisor(settings, uri, sockets, embedded).run()
+        return Supervisor(settings, uri, sockets, app_factory, embedded).run()
     finally:
         for sock in sockets:
             sock.close()

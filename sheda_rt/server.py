@@ -15,9 +15,11 @@ import signal
 
 import tornado.httpserver
 import tornado.netutil
+import tornado.web
+
+from typing import Callable
 
 from sheda_rt import logs
-from sheda_rt.app import ShedaApplication
 from sheda_rt.context import AppContext
 from sheda_rt.database.embedded import EmbeddedDatabase
 
@@ -37,20 +39,26 @@ def database_uri(settings) -> tuple[str, EmbeddedDatabase | None]:
     return embedded.start(), embedded
 
 
+# Builds the Tornado application (routes, handlers) for a started context. The core never
+# imports the edge (handlers/), so whoever builds a server passes it: handlers.app.make_app.
+AppFactory = Callable[[AppContext], tornado.web.Application]
+
+
 class Server:
     """One process's server: context, application, listening sockets, jobs.
     `run.py` and the tests start it the same way."""
 
-    def __init__(self, settings, uri: str, clock=None, mailer=None):
+    def __init__(self, settings, uri: str, clock=None, mailer=None, *, app_factory: AppFactory):
         logs.install()  # whoever starts a server (run.py, tests, an embedding app), its logs hold no secrets
         self.settings = settings
+        self.app_factory = app_factory
         self.ctx = AppContext(settings, uri, clock=clock, mailer=mailer)
         self.http: tornado.httpserver.HTTPServer | None = None
         self.ports: list[int] = []
 
     async def start(self, sockets=None) -> list[int]:
         await self.ctx.start()
-        self.app = ShedaApplication(self.ctx)
+        self.app = self.app_factory(self.ctx)
         # Bodies are streamed and size-checked per route by the handlers (JSON 413), so
         # the server-level cap only guards against absurd sizes.
         cap = max(self.settings.max_upload_bytes, self.settings.max_json_bytes) * 4 + 1024 * 1024
@@ -82,10 +90,10 @@ class Server:
         log.info(json.dumps({"event": "stopped"}))
 
 
-async def serve(settings, uri: str, sockets=None, embedded: EmbeddedDatabase | None = None) -> None:
+async def serve(settings, uri: str, app_factory: AppFactory, sockets=None, embedded: EmbeddedDatabase | None = None) -> None:
     """Run until SIGINT or SIGTERM, then shut down gracefully. If we started the
     embedded database, a watchdog starts it again should it die."""
-    server = Server(settings, uri)
+    server = Server(settings, uri, app_factory=app_factory)
     await server.start(sockets)
     watchdog = asyncio.ensure_future(embedded.watch()) if embedded is not None and embedded.owned else None
     stop = asyncio.Event()

@@ -10,6 +10,7 @@ import pytest
 import tornado.netutil
 
 from config import load_settings
+from handlers.app import make_app
 from sheda_rt.database.embedded import EmbeddedDatabase
 from sheda_rt.server import Server
 from tests.support import OffsetClock, ShedaClient
@@ -42,7 +43,7 @@ def sheda(io_loop, embedded_db, tmp_path, clock, settings_overrides):
         "data_dir": tmp_path, "mongodb_uri": embedded_db.uri, "mongodb_db": "sheda_test", "host": "127.0.0.1", "port": 0,
         "jwt_secret": "test-secret-" + "x" * 32, "bcrypt_rounds": 4, "shutdown_grace_seconds": 2, **settings_overrides,
     })
-    server = Server(settings, embedded_db.uri, clock=clock)
+    server = Server(settings, embedded_db.uri, clock=clock, app_factory=make_app)
     sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
     port = io_loop.run_sync(lambda: server.start(sockets))[0]
     client = ShedaClient(server, f"http://127.0.0.1:{port}")

@@ -14,6 +14,7 @@ import tornado.netutil
 from tornado.httpclient import AsyncHTTPClient
 
 from config import load_settings
+from handlers.app import make_app
 from sheda_rt.database.connection import connect
 from sheda_rt.database.ids import IdAllocator
 from sheda_rt.server import Server
@@ -47,7 +48,7 @@ async def _fresh_server(embedded_db, tmp_path) -> tuple[Server, ShedaClient]:
         host="127.0.0.1", port=0, jwt_secret="test-secret-" + "x" * 32, bcrypt_rounds=4, shutdown_grace_seconds=2,
         ws_rate_burst=10_000, ws_rate_per_second=10_000,
     )
-    server = Server(settings, embedded_db.uri)
+    server = Server(settings, embedded_db.uri, app_factory=make_app)
     port = (await server.start(tornado.netutil.bind_sockets(0, "127.0.0.1")))[0]
     sheda = ShedaClient(server, f"http://127.0.0.1:{port}")
     # All the requests of a burst in flight together (the shared client holds 10 at most).

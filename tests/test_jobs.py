@@ -10,6 +10,7 @@ from collections import Counter
 import tornado.netutil
 
 from config import load_settings
+from handlers.app import make_app
 from sheda_rt.jobs.runner import GiveUp, RetryLater
 from sheda_rt.server import Server
 
@@ -24,7 +25,7 @@ async def second_server(sheda, tmp_path, **overrides):
     s = sheda.server.settings
     settings = load_settings(**{**s.model_dump(), "data_dir": tmp_path / "second", "jwt_secret": s.jwt_secret.get_secret_value(),
                                 **overrides})
-    server = Server(settings, s.mongodb_uri, clock=sheda.ctx.clock)
+    server = Server(settings, s.mongodb_uri, clock=sheda.ctx.clock, app_factory=make_app)
     await server.start(tornado.netutil.bind_sockets(0, "127.0.0.1"))
     return server
 

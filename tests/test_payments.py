@@ -17,6 +17,7 @@ import tornado.netutil
 from tornado.simple_httpclient import HTTPStreamClosedError
 
 from config import load_settings
+from handlers.app import make_app
 from sheda_rt.clock import Clock
 from sheda_rt.server import Server
 from tests import test_contracts as contracts_tests
@@ -308,7 +309,8 @@ async def test_two_servers_webhook_reconciliation_and_manual_confirmation_at_onc
     """A second Server (own context, own caches) on the same database, as a second process would be: the
     webhook reaches one, the reconciliation job and the agent's confirmation run on the other, together."""
     s = sheda.server.settings
-    other = Server(load_settings(**{**s.model_dump(), "data_dir": tmp_path / "second"}), s.mongodb_uri, clock=sheda.ctx.clock)
+    other = Server(load_settings(**{**s.model_dump(), "data_dir": tmp_path / "second"}), s.mongodb_uri, clock=sheda.ctx.clock,
+                   app_factory=make_app)
     port = (await other.start(tornado.netutil.bind_sockets(0, "127.0.0.1")))[0]
     try:
         api_b = Api(f"http://127.0.0.1:{port}")

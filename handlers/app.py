@@ -1,13 +1,17 @@
-"""The Tornado Application: owns the route table and the context."""
+"""The Tornado Application: owns the route table and the context.
+
+It lives at the edge, not in the core: `sheda_rt/` never imports `handlers/`
+(tests/test_architecture.py). Whoever builds a server passes `make_app` in
+(`Server(..., app_factory=make_app)`; run.py does it for the operator)."""
 from __future__ import annotations
 
 import json
 import logging
-import time
 
 import tornado.web
 
 from handlers.base import HeadersTooLargeHandler, NotFoundHandler, header_bytes
+from handlers.metrics import observe_request
 from handlers.routes import all_routes
 
 access_log = logging.getLogger("sheda.access")
@@ -34,7 +38,7 @@ class ShedaApplication(tornado.web.Application):
         return super().find_handler(request, **kwargs)
 
     def log_request(self, handler) -> None:
-        """One JSON line per request."""
+        """One JSON line per request, and the HTTP metrics."""
         principal = getattr(handler, "principal", None)
         record = {
             "method": handler.request.method,
@@ -46,5 +50,10 @@ class ShedaApplication(tornado.web.Application):
             "request_id": getattr(handler, "request_id", None),
         }
         access_log.info(json.dumps(record))
-        for hook in getattr(self.ctx, "request_hooks", ()):
-            hook(handler)
+        observe_request(handler)  # [operations] HTTP metrics by route template
+
+
+def make_app(ctx) -> ShedaApplication:
+    """The application factory a `sheda_rt.server.Server` is given: routes and handlers
+    for this context."""
+    return ShedaApplication(ctx)

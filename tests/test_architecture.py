@@ -1,0 +1,39 @@
+"""The layering the README promises, checked on the source: the core (`sheda_rt/`) never
+imports `handlers/`. The edge (handlers) depends on the core, never the reverse, so the
+core can be reused by another edge (a CLI, a worker, another transport) and read without
+Tornado's request objects in mind. Whoever builds the server passes the application in."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+CORE = Path(__file__).resolve().parent.parent / "sheda_rt"
+
+
+def imported_modules(tree: ast.AST) -> list[tuple[int, str]]:
+    """Every module an `import` or `from ... import` names, anywhere in the file (function
+    bodies included: a lazy import is still a dependency)."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module))  # `from handlers import base` names the package
+    return found
+
+
+def test_core_imports_nothing_from_handlers():
+    modules = sorted(CORE.rglob("*.py"))
+    assert len(modules) > 20, f"expected the core's modules under {CORE}"
+    offenders = []
+    for path in modules:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for lineno, name in imported_modules(tree):
+            if name == "handlers" or name.startswith("handlers."):
+                offenders.append(f"{path.relative_to(CORE.parent)}:{lineno} imports {name}")
+        for node in ast.walk(tree):  # importlib.import_module("handlers...") hides the same dependency
+            if (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+                    and isinstance(node.args[0].value, str) and node.args[0].value.split(".")[0] == "handlers"
+                    and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__")):
+                offenders.append(f"{path.relative_to(CORE.parent)}:{node.lineno} imports {node.args[0].value} dynamically")
+    assert not offenders, "the core must not import handlers/:\n" + "\n".join(offenders)
