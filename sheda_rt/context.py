@@ -33,7 +33,7 @@ class AppContext:
         self.client, self.db = connect(mongodb_uri, settings.mongodb_db)
         self.ids = IdAllocator(self.db)
         self.mailer = mailer or mailer_from_settings(settings)
-        self.hub = Hub(clock=self.clock, expiry_sweep_seconds=settings.ws_expiry_sweep_seconds)  # [realtime] token expiry by our clock
+        self.hub = Hub()
         # Shared limits (login throttle, socket rate limits); Redis-backed when REDIS_URL is set.
         self.limits = MemoryLimits()
         if settings.redis_url:  # [operations] many processes, one server: fan-out, presence and limits in Redis
@@ -41,11 +41,8 @@ class AppContext:
             from sheda_rt.redis_limits import RedisLimits
 
             broker = RedisBroker(settings.redis_url, settings.mongodb_db, heartbeat_seconds=settings.redis_heartbeat_seconds)
-            self.hub = Hub(broker, clock=self.clock, expiry_sweep_seconds=settings.ws_expiry_sweep_seconds)
+            self.hub = Hub(broker)
             self.limits = RedisLimits(broker.redis, settings.mongodb_db)
-        from sheda_rt.realtime.channels import Channels  # [realtime] channels of things: kinds register below
-
-        self.channels = Channels(self.hub, settings.ws_max_subscriptions)
         self.media = MediaStore(settings.media_dir, settings.max_upload_bytes, settings.max_image_pixels)
         self.tokens = TokenCodec(settings.jwt_secret_value(), settings.jwt_algorithm, self.clock)
 
@@ -68,7 +65,7 @@ class AppContext:
         # REST requests being handled now; shutdown waits for this to empty (bounded).
         self.inflight: set = set()
         # [chat] messages, receipts, typing, presence; its group-commit batcher drains at shutdown.
-        self._install_stream()
+        self.chat = ChatService(self)
         self.stores.extend(self.chat.stores)
         self.drain_hooks.append(self.chat.drain)
         # [jobs] the durable job queue: contract expiry and the push dispatcher run on it.
@@ -85,21 +82,6 @@ class AppContext:
         self._install_builders()
         # [payments] payments through a gateway (Paystack), its webhook, the reconciliation job.
         self._install_payments()
-        # [realtime] presence on request; administrators' announcements and disconnects.
-        self._install_realtime_api()
-
-    def _install_stream(self) -> None:  # [realtime] the chat and the resumable event stream share one sequencer
-        from sheda_rt.realtime.events_store import EventStore
-        from sheda_rt.realtime.stream import EventRetentionJob, EventStream
-
-        self.event_store = EventStore(self.db)
-        self.stores.append(self.event_store)
-        self.chat = ChatService(self, events=self.event_store)
-        self.stream = EventStream(writer=self.chat.batcher, events=self.event_store, message_replay=self.chat.sync,
-                                  head=self.chat.messages.newest_id)
-        self.event_retention = EventRetentionJob(self.event_store, self.clock, self.settings.event_retention_days,
-                                                 self.settings.event_prune_interval_minutes)
-        self.jobs.append(self.event_retention)
 
     def _install_marketplace(self) -> None:  # [listings]
         from sheda_rt.appointments.service import AppointmentService, AvailabilityService
@@ -122,7 +104,6 @@ class AppContext:
                             self.contract_store, self.notification_store])
         self.notifications = NotificationService(self, self.notification_store)
         self.properties = PropertyService(self, self.property_store, self.favourite_store)
-        self.channels.register("property", self.properties.authorize_watch)  # [realtime] property:<id>
         self.availability = AvailabilityService(self, self.availability_store)
         self.appointments = AppointmentService(self, self.appointment_store, self.availability_store, self.property_store,
                                                self.notifications)
@@ -216,20 +197,12 @@ class AppContext:
                                  limits=self.limits, ids=self.ids, clock=self.clock, analytics=self.analytics,
                                  per_ip_per_hour=self.settings.inquiries_per_ip_per_hour)
 
-    def _install_realtime_api(self) -> None:  # [realtime]
-        from sheda_rt.realtime.announcements import RealtimeAdmin
-        from sheda_rt.realtime.presence_query import PresenceQuery
-
-        self.presence_query = PresenceQuery(self.hub, self.users, self.chat.conversations)
-        self.realtime_admin = RealtimeAdmin(self.hub, self.users, self.notifications, self.clock)
-
     async def ensure_indexes(self) -> None:
         for store in self.stores:
             await store.ensure_indexes()
 
     async def start(self) -> None:
         await self.ensure_indexes()
-        await self.stream.start()
         await self.hub.start()
 
     async def readiness(self) -> dict[str, str]:
