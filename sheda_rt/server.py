@@ -12,12 +12,11 @@ import json
 import logging
 import os
 import signal
+from typing import Callable
 
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
-
-from typing import Callable
 
 from sheda_rt import logs
 from sheda_rt.context import AppContext
