@@ -87,6 +87,13 @@ class Settings(BaseSettings):
     ws_control_per_second: float = Field(10.0, gt=0)
     ws_outbound_buffer_bytes: int = Field(1024 * 1024, ge=4096)
     ws_compression: bool = False
+    # [realtime] GET /api/v1/events/stream (Server-Sent Events): a comment line this often keeps proxies
+    # from closing an idle stream and lets the client notice a dead one
+    sse_heartbeat_seconds: float = Field(15.0, gt=0, le=3600)
+    # [realtime] channels of things (property:<id>) one socket may watch at once (sheda_rt/realtime/channels.py)
+    ws_max_subscriptions: int = Field(100, ge=1, le=10_000, description="Channels one socket may subscribe to at once")
+    # [realtime] how often open sockets are checked for an expired token (closed with 4401)
+    ws_expiry_sweep_seconds: float = Field(1.0, gt=0, le=60, description="How often connections whose token expired are closed (4401)")
     # [chat] 0: a batch starts as soon as a pipeline slot is free and takes whatever queued meanwhile
     # (group commit by back-pressure). compare.sh, quiet machine, 2 ms -> 0: closed loop 2,525 -> 3,317
     # msgs/s, p50 / p99 at 1,000/s 9.6 / 52.8 -> 5.9 / 18.3 ms.
@@ -97,6 +104,10 @@ class Settings(BaseSettings):
     chat_idempotency_seconds: float = Field(600.0, ge=1)
     chat_idempotency_messages: int = Field(1000, ge=10, le=100_000)
     chat_pipeline_depth: int = Field(2, ge=1, le=8)  # [chat] batches in flight in one process
+    # [realtime] the resumable event stream (sheda_rt/realtime/stream.py): events other than chat messages
+    # (receipts, notifications, appointment.* / contract.* ...) are replayable this long; messages forever
+    event_retention_days: float = Field(30.0, gt=0, description="Events other than messages stay replayable this long; older positions answer sync.reset")
+    event_prune_interval_minutes: float = Field(60.0, gt=0, description="How often events older than EVENT_RETENTION_DAYS are deleted")
     typing_interval_seconds: float = Field(1.0, ge=0)
 
     # Jobs

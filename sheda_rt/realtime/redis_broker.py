@@ -207,6 +207,12 @@ class RedisBroker:
         self._turn_channel = (self.prefix + "chat:turned").encode()
         self._turn_free = asyncio.Event()
         self._claim_prefix = self.prefix + "cmid:"
+        # Channels of things (`property:42`, sheda_rt/realtime/channels.py): subscribed while a
+        # socket here watches one, like the user channels, so an unwatched thing costs no process
+        # anything but the one PUBLISH of its change.
+        self._channel_prefix = (self.prefix + "ch:").encode()
+        self._channels_here: set[str] = set()
+        self._channels_subscribed: set[str] = set()
 
         self._here: set[int] = set()        # users with a socket on this process
         self._subscribed: set[int] = set()  # user channels the current subscriber connection has
@@ -291,9 +297,12 @@ class RedisBroker:
     def _user_channel(self, user_id: int) -> bytes:
         return self._user_prefix + str(user_id).encode()
 
+    def _named_channel(self, name: str) -> bytes:
+        return self._channel_prefix + name.encode()
+
     async def _sync_subscriptions(self) -> None:
-        """Make the subscriber's user channels equal the users with sockets here.
-        Reconciling from current state (under a lock) keeps it right however
+        """Make the subscriber's user channels equal the users with sockets here, and its
+        thing channels the channels watched here. Reconciling from current state (under a lock) keeps it right however
         opens and closes interleave."""
         async with self._sub_lock:
             pubsub = self._pubsub
@@ -306,8 +315,28 @@ class RedisBroker:
                 for chunk in _chunks(self._subscribed - self._here):
                     await pubsub.unsubscribe(*[self._user_channel(u) for u in chunk])
                     self._subscribed.difference_update(chunk)
+                await self._reconcile_channels(pubsub)
             except Exception as exc:  # the subscriber loop sees the same failure and reconnects
                 log.debug("subscription change failed: %r", exc)
+
+    async def _sync_channel_subscriptions(self) -> None:
+        """`_sync_subscriptions` for the thing channels only (a subscribe frame should not
+        cost a pass over every user here)."""
+        async with self._sub_lock:
+            if self._pubsub is None:
+                return
+            try:
+                await self._reconcile_channels(self._pubsub)
+            except Exception as exc:
+                log.debug("channel subscription change failed: %r", exc)
+
+    async def _reconcile_channels(self, pubsub) -> None:
+        for chunk in _chunks(self._channels_here - self._channels_subscribed):
+            await pubsub.subscribe(*[self._named_channel(n) for n in chunk])
+            self._channels_subscribed.update(chunk)
+        for chunk in _chunks(self._channels_subscribed - self._channels_here):
+            await pubsub.unsubscribe(*[self._named_channel(n) for n in chunk])
+            self._channels_subscribed.difference_update(chunk)
 
     async def _subscriber(self) -> None:
         delay = 0.05
@@ -317,6 +346,7 @@ class RedisBroker:
                 await pubsub.subscribe(self._control_channel, self._turn_channel)
                 async with self._sub_lock:
                     self._subscribed = set()
+                    self._channels_subscribed = set()
                     self._pubsub = pubsub
                 await self._sync_subscriptions()
                 await self._announce_presence()
@@ -357,6 +387,8 @@ class RedisBroker:
                 self.hub.handle_control(json.loads(text))
             elif channel.startswith(self._user_prefix):
                 self.hub.deliver_local(int(channel[len(self._user_prefix):]), text.decode(), exclude.decode() or None)
+            elif channel.startswith(self._channel_prefix):
+                self.hub.deliver_channel_local(channel[len(self._channel_prefix):].decode(), text.decode())
         except Exception:
             log.exception("bad broker message on %r", channel)
 
@@ -364,6 +396,24 @@ class RedisBroker:
     async def publish(self, user_id: int, text: str, exclude: str | None) -> None:
         self.hub.deliver_local(user_id, text, exclude)
         self._enqueue(self._user_channel(user_id), (exclude or "").encode(), text.encode())
+
+    async def publish_channel(self, name: str, text: str) -> None:
+        """An event of a thing's channel: to the watchers here now, then (one PUBLISH through the
+        ordered outbox) to the processes subscribed to it. Ephemeral: lost while Redis is away."""
+        self.hub.deliver_channel_local(name, text)
+        self._enqueue(self._named_channel(name), b"", text.encode())
+
+    async def channel_added(self, name: str, first_here: bool) -> None:
+        """A socket here started watching `name`: subscribe on the first one."""
+        if first_here:
+            self._channels_here.add(name)
+            await self._sync_channel_subscriptions()
+
+    async def channel_removed(self, name: str, last_here: bool) -> None:
+        """A socket here stopped watching `name` (or closed): unsubscribe after the last one."""
+        if last_here:
+            self._channels_here.discard(name)
+            await self._sync_channel_subscriptions()
 
     async def publish_control(self, message: dict) -> None:
         self.hub.handle_control(message)
