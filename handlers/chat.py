@@ -25,7 +25,7 @@ from sheda_rt.chat.frames import (
     sender_info,
 )
 from sheda_rt.chat.models import Conversation, ReadReceipt, SentMessage
-from sheda_rt.chat.service import encode
+from sheda_rt.wire import encode
 from sheda_rt.errors import ApiError, Forbidden, Unauthorized, ValidationFailed, from_storage
 from sheda_rt.limits import BurstGuard, TokenBucket
 from sheda_rt.metrics import OPEN_SOCKETS
@@ -94,7 +94,7 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
             # Tornado answers this in plain text; every other error here is JSON.
             self.set_status(400)
             self.set_header("Content-Type", "application/json; charset=UTF-8")
-            self.finish(json.dumps({"detail": "This is the chat WebSocket: connect with a WebSocket client (Upgrade: websocket)",
+            self.finish(encode({"detail": "This is the chat WebSocket: connect with a WebSocket client (Upgrade: websocket)",
                                     "code": "websocket_required"}))
             return
         await super().get(*args, **kwargs)
@@ -104,7 +104,7 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         codes = {400: "bad_request", 403: "forbidden", 405: "method_not_allowed", 426: "upgrade_required"}
         detail = self._reason if status_code < 500 else "Internal server error"
-        self.finish(json.dumps({"detail": detail, "code": codes.get(status_code, "http_error" if status_code < 500 else "internal_error")}))
+        self.finish(encode({"detail": detail, "code": codes.get(status_code, "http_error" if status_code < 500 else "internal_error")}))
 
     def get_compression_options(self):
         return {} if self.ctx.settings.ws_compression else None
@@ -124,7 +124,7 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
             log.warning(json.dumps({"event": "ws_origin_refused", "origin": origin[:200], "hint": "not in CORS_ORIGINS"}))
             self.set_status(403)
             self.set_header("Content-Type", "application/json; charset=UTF-8")
-            self.finish(json.dumps({"detail": f"Origin {origin[:200]!r} is not allowed: add it to the server's CORS_ORIGINS",
+            self.finish(encode({"detail": f"Origin {origin[:200]!r} is not allowed: add it to the server's CORS_ORIGINS",
                                     "code": "origin_not_allowed"}))
             return
         token = self._offered_token()
@@ -145,7 +145,7 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
             for name, value in mapped.headers.items():
                 self.set_header(name, value)
             self.set_header("Content-Type", "application/json; charset=UTF-8")
-            self.finish(json.dumps(mapped.body()))
+            self.finish(encode(mapped.body()))
 
     async def open(self):
         exc = self._auth_error

@@ -17,7 +17,6 @@ server ~5 % of its CPU), while the profile fields shown in frames and lists
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 
@@ -28,12 +27,9 @@ from sheda_rt.clock import format_ts
 from sheda_rt.errors import BadRequest, Forbidden, NotFound, ValidationFailed
 from sheda_rt.metrics import MESSAGES_DELIVERED  # noqa: F401  (counted by the hub)
 from sheda_rt.pagination import decode_cursor, encode_cursor
+from sheda_rt.wire import encode  # the one wire encoder (sheda_rt.chat.service.encode stays importable)
 
 log = logging.getLogger("sheda.chat")
-
-
-def encode(event: dict) -> str:
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
 
 
 class TTLCache:

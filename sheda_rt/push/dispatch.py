@@ -30,6 +30,7 @@ from prometheus_client import Counter
 from sheda_rt.chat.store import conv_key
 from sheda_rt.jobs.runner import Defer, GiveUp, RetryLater
 from sheda_rt.jobs.store import RUNNING
+from sheda_rt.wire import encode
 
 log = logging.getLogger("sheda.push")
 
@@ -224,4 +225,4 @@ class Dispatcher:
         data = {"type": "chat.message", "title": title, "count": n, "badge": badge,
                 "conversation": {"other_user_id": other_id}, "up_to": latest["_id"],
                 "body": latest["message"][:200] if previews else None}
-        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+        return encode(data).encode()

@@ -8,11 +8,11 @@ it so every process's hub delivers to the sockets it holds.
 """
 from __future__ import annotations
 
-import json
 import logging
 from typing import Callable, Protocol
 
 from sheda_rt.metrics import MESSAGES_DELIVERED
+from sheda_rt.wire import encode
 
 log = logging.getLogger("sheda.hub")
 
@@ -162,7 +162,7 @@ class Hub:
     async def publish_to_user(self, user_id: int, event: dict, exclude: str | None = None) -> None:
         """Deliver `event` to every open socket of `user_id`, on any process.
         `exclude` names one socket (the sender's) that should not get it."""
-        text = json.dumps(event, separators=(",", ":"), ensure_ascii=False, default=str)
+        text = encode(event)
         await self.broker.publish(user_id, text, exclude)
 
     async def publish_encoded(self, user_id: int, text: str, exclude: str | None = None) -> None:
