@@ -11,8 +11,9 @@ from handlers import builders  # [builders]
 from handlers import payments  # [payments]
 from handlers import jobs  # [jobs]
 from handlers import devices  # [push]
+from handlers import events  # [realtime] the event stream's REST replay
 
-MODULES = [health, metrics, accounts, users, admin, media, chat, properties, agents, appointments, contracts, notifications, builders, categories, inquiries, analytics, jobs, payments, devices, docs]
+MODULES = [health, metrics, accounts, users, admin, media, chat, properties, agents, appointments, contracts, notifications, builders, categories, inquiries, analytics, jobs, payments, devices, events, docs]
 
 
 def all_routes(settings) -> list:

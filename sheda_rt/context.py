@@ -65,7 +65,7 @@ class AppContext:
         # REST requests being handled now; shutdown waits for this to empty (bounded).
         self.inflight: set = set()
         # [chat] messages, receipts, typing, presence; its group-commit batcher drains at shutdown.
-        self.chat = ChatService(self)
+        self._install_stream()
         self.stores.extend(self.chat.stores)
         self.drain_hooks.append(self.chat.drain)
         # [jobs] the durable job queue: contract expiry and the push dispatcher run on it.
@@ -82,6 +82,19 @@ class AppContext:
         self._install_builders()
         # [payments] payments through a gateway (Paystack), its webhook, the reconciliation job.
         self._install_payments()
+
+    def _install_stream(self) -> None:  # [realtime] the chat and the resumable event stream share one sequencer
+        from sheda_rt.realtime.events_store import EventStore
+        from sheda_rt.realtime.stream import EventRetentionJob, EventStream
+
+        self.event_store = EventStore(self.db)
+        self.stores.append(self.event_store)
+        self.chat = ChatService(self, events=self.event_store)
+        self.stream = EventStream(writer=self.chat.batcher, events=self.event_store, message_replay=self.chat.sync,
+                                  head=self.chat.messages.newest_id)
+        self.event_retention = EventRetentionJob(self.event_store, self.clock, self.settings.event_retention_days,
+                                                 self.settings.event_prune_interval_minutes)
+        self.jobs.append(self.event_retention)
 
     def _install_marketplace(self) -> None:  # [listings]
         from sheda_rt.appointments.service import AppointmentService, AvailabilityService
@@ -203,6 +216,7 @@ class AppContext:
 
     async def start(self) -> None:
         await self.ensure_indexes()
+        await self.stream.start()
         await self.hub.start()
 
     async def readiness(self) -> dict[str, str]:

@@ -29,6 +29,12 @@ Rules this class keeps:
   earlier (the idempotency window: sheda_rt/chat/idempotency.py).
 - `drain()` (server shutdown) refuses new messages and returns once everything
   accepted so far is stored and answered.
+- Durable events other than messages (read receipts, notifications, appointment
+  and contract changes: sheda_rt/realtime/stream.py) go through the same batches
+  (`submit_event`): they take positions from the same id reservation, are stored
+  (in `events`, side by side with the messages' insert) and delivered in the same
+  id order. That is what makes one ordered, resumable stream per user: a single
+  sequencer, already ordered across processes by the commit turns.
 """
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 from sheda_rt.chat.idempotency import RecentKeys
+from sheda_rt.database.writes import InsertOutcome
 from sheda_rt.errors import ApiError, ServiceUnavailable, ValidationFailed
 from sheda_rt.metrics import BATCH_SIZE, MESSAGES_STORED
 
@@ -48,12 +55,19 @@ log = logging.getLogger("sheda.chat.batcher")
 class Pending:
     doc: dict  # the message without _id / created_at yet
     origin: str | None  # conn_id of the sending socket (not delivered back to it)
-    info: dict  # sender_info for the delivered frame
+    info: dict | None  # sender_info for the delivered frame (None for an event)
     future: asyncio.Future = field(default=None)
     duplicate: bool = False
+    users: list[int] | None = None  # an event (not a message): its recipients
+
+    @property
+    def is_event(self) -> bool:
+        return self.users is not None
 
     @property
     def key(self) -> tuple[int, str] | None:
+        if self.users is not None:
+            return None
         cmid = self.doc.get("client_msg_id")
         return None if cmid is None else (self.doc["sender_id"], cmid)
 
@@ -82,10 +96,11 @@ class _Batch:
 
 
 class GroupCommit:
-    def __init__(self, messages, conversations, ids, clock, *, window_ms: float, max_batch: int,
+    def __init__(self, messages, conversations, ids, clock, *, window_ms: float, max_batch: int, events=None,
                  after_commit: Callable[[list[Pending]], Awaitable[None]], turns=None, depth: int = 2,
                  idempotency_seconds: float = 600, idempotency_messages: int = 1000):
         self.messages = messages
+        self.events = events  # EventStore: where events of the stream are stored
         self.conversations = conversations
         self.ids = ids
         self.clock = clock
@@ -114,7 +129,19 @@ class GroupCommit:
         """Queue a message; the future resolves to (stored doc, duplicate) once stored."""
         if self._closed:
             raise ServiceUnavailable("The server is shutting down; send again after reconnecting", "shutting_down")
-        pending = Pending(doc, origin, info, asyncio.get_running_loop().create_future())
+        return self._enqueue(Pending(doc, origin, info, asyncio.get_running_loop().create_future()))
+
+    def submit_event(self, users: list[int], text: str, *, origin: str | None = None) -> asyncio.Future:
+        """Queue a durable event (its frame encoded, without seq) for `users`; the future
+        resolves to (the stored event document, False) once it is stored and delivered."""
+        if self.events is None:
+            raise RuntimeError("this group commit stores no events")
+        if self._closed:
+            raise ServiceUnavailable("The server is shutting down", "shutting_down")
+        return self._enqueue(Pending({"users": users, "text": text}, origin, None,
+                                     asyncio.get_running_loop().create_future(), users=users))
+
+    def _enqueue(self, pending: Pending) -> asyncio.Future:
         self._queue.append(pending)
         if len(self._queue) >= self.max_batch:
             self._full.set()
@@ -156,7 +183,7 @@ class GroupCommit:
         try:
             plan = await self._prepare(batch)
             if plan.new:  # (a batch of resends only writes nothing)
-                plan.insert = asyncio.ensure_future(self.messages.insert_batch([p.doc for p in plan.new]))
+                plan.insert = asyncio.ensure_future(self._write(plan.new))
         except Exception as exc:  # before anything was written (_prepare gave back its slot and turn)
             log.warning("chat batch of %d failed: %r", len(batch), exc)
             for p in batch:
@@ -254,11 +281,16 @@ class GroupCommit:
                 # The pairs' conversation documents first: a stored message always has its
                 # conversation (listing, unread counts, read receipts). If this fails, the batch
                 # fails before anything is stored.
-                await self.conversations.ensure({p.doc["conv"]: (p.doc["sender_id"], p.doc["receiver_id"]) for p in new}, now)
+                pairs = {p.doc["conv"]: (p.doc["sender_id"], p.doc["receiver_id"]) for p in new if not p.is_event}
+                if pairs:
+                    await self.conversations.ensure(pairs, now)
                 ids = await self.ids.reserve("messages", len(new))
                 for p, mid in zip(new, ids):
                     p.doc["_id"] = mid
-                    p.doc["created_at"] = now
+                    if p.is_event:
+                        p.doc["at"] = now
+                    else:
+                        p.doc["created_at"] = now
         except BaseException:
             for p in new:
                 if p.key is not None:
@@ -317,7 +349,7 @@ class GroupCommit:
                 if p.key is not None:
                     recent.forget(p.doc["conv"], p.key)
                     failed_claims.append(_claim(p.key))
-                if i in outcome.unencodable:  # its content: sending it again cannot help
+                if i in outcome.unencodable and not p.is_event:  # its content: sending it again cannot help
                     p.future.set_exception(ValidationFailed.single("message", "cannot be stored: it is not valid text"))
                 else:  # refused by the database on its own (e.g. its id was taken): a resend gets a new one
                     p.future.set_exception(StoreFailed("The message could not be stored; send it again", "store_failed"))
@@ -327,9 +359,10 @@ class GroupCommit:
                     recent.put(p.doc["conv"], p.key, p.doc["_id"], now)
             if failed_claims and self.turns is not None:
                 await self.turns.release_claims([c for c in failed_claims if c in set(plan.claims)])
-            if stored:
-                MESSAGES_STORED.inc(len(stored))
-                BATCH_SIZE.observe(len(stored))
+            messages = sum(1 for p in stored if not p.is_event)
+            if messages:
+                MESSAGES_STORED.inc(messages)
+                BATCH_SIZE.observe(messages)
         if stored:
             try:
                 await self.after_commit(stored)
@@ -339,6 +372,30 @@ class GroupCommit:
             if not p.future.done():
                 p.future.set_result((p.doc, False))
         self._answer_followers(plan)
+
+    async def _write(self, new: list[Pending]):
+        """Insert the batch: messages into `messages`, events into `events`, side by side.
+        Failures are reported by position in `new`; if the messages' call itself fails it
+        raises (as it always did); if only the events' call fails, its events fail."""
+        events = [i for i, p in enumerate(new) if p.is_event]
+        if not events:
+            return await self.messages.insert_batch([p.doc for p in new])
+        messages = [i for i, p in enumerate(new) if not p.is_event]
+        calls = [self.events.insert_batch([new[i].doc for i in events])]
+        if messages:
+            calls.append(self.messages.insert_batch([new[i].doc for i in messages]))
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        if messages and isinstance(results[1], BaseException):
+            raise results[1]
+        outcome = InsertOutcome()
+        for positions, result in zip((events, messages), results):
+            if isinstance(result, BaseException):
+                log.warning("stream events of a batch not stored: %r", result)
+                outcome.failed.update({i: f"not stored: {type(result).__name__}" for i in positions})
+                continue
+            outcome.failed.update({positions[j]: why for j, why in result.failed.items()})
+            outcome.unencodable.update(positions[j] for j in result.unencodable)
+        return outcome
 
     @staticmethod
     def _answer_followers(plan: _Batch) -> None:

@@ -63,8 +63,14 @@ class TypingFrame(_Frame):
 
 
 class SyncFrame(_Frame):
+    """`since` (a message id): the seed's message catch-up. `after_seq` (a stream position):
+    every durable event after it (sheda_rt/realtime/stream.py), answered with sync.done
+    carrying last_seq, or sync.reset."""
+
     type: Literal["sync"]
     since: int = Field(0, ge=0, le=MAX_ID)
+    after_seq: int | None = Field(None, ge=0, le=MAX_ID, description="Replay every durable event after this position")
+    epoch: str | None = Field(None, min_length=1, max_length=64, description="The epoch of the last sync.done: a different one answers sync.reset")
     limit: int = Field(SYNC_PAGE_MAX, ge=1, le=SYNC_PAGE_MAX)
 
 
@@ -122,6 +128,7 @@ def message_frame(doc: dict, info: dict) -> dict:
         frame["property_id"] = doc["property_id"]
     if doc.get("client_msg_id") is not None:
         frame["client_msg_id"] = doc["client_msg_id"]
+    frame["seq"] = doc["_id"]  # its position in both users' event streams (sheda_rt/realtime/stream.py)
     return frame
 
 

@@ -53,3 +53,4 @@ class ReadReceipt(ResponseModel):
     other_user_id: int
     up_to: int = Field(ge=0)
     read_at: Optional[Timestamp]
+    seq: Optional[int] = Field(None, description="The receipt's position in both users' event streams (absent when nothing new was read)")

@@ -42,9 +42,9 @@ import logging
 from collections import OrderedDict
 from typing import Callable
 
-import bson
 from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateOne
-from pymongo.errors import BulkWriteError
+
+from sheda_rt.database.writes import InsertOutcome, insert_unordered  # noqa: F401  (InsertOutcome re-exported)
 
 log = logging.getLogger("sheda.chat.store")
 
@@ -52,17 +52,6 @@ log = logging.getLogger("sheda.chat.store")
 def conv_key(a: int, b: int) -> str:
     lo, hi = (a, b) if a < b else (b, a)
     return f"{lo}:{hi}"
-
-
-class InsertOutcome:
-    """What insert_many did with each document, by position: the ones that failed, and why
-    (`unencodable`: those the driver could not encode, i.e. the content itself is bad)."""
-
-    __slots__ = ("failed", "unencodable")
-
-    def __init__(self):
-        self.failed: dict[int, str] = {}
-        self.unencodable: set[int] = set()
 
 
 class MessageStore:
@@ -143,36 +132,8 @@ class MessageStore:
             width = self._next_width(width, scanned, len(out), need)
 
     async def insert_batch(self, docs: list[dict]) -> InsertOutcome:
-        """One insert_many for the whole batch. Unordered, so a document the database
-        refuses (a duplicate _id, a validator) does not stop the others; such failures
-        are reported by position. A document the driver cannot encode (it would fail
-        the whole call before anything is sent) is reported the same way and the rest
-        are inserted. A failure of the call itself (database down) raises."""
-        outcome = InsertOutcome()
-        positions = list(range(len(docs)))
-        try:
-            await self.col.insert_many(docs, ordered=False)
-        except BulkWriteError as exc:
-            for err in exc.details.get("writeErrors", []):
-                outcome.failed[err["index"]] = err.get("errmsg", "write failed")
-        except (bson.errors.InvalidDocument, ValueError):  # UnicodeEncodeError is a ValueError
-            good = []
-            for i, doc in enumerate(docs):
-                try:
-                    bson.encode(doc)
-                except (bson.errors.InvalidDocument, ValueError) as exc:
-                    outcome.failed[i] = f"cannot be encoded: {exc}"[:200]
-                    outcome.unencodable.add(i)
-                else:
-                    good.append(i)
-            if len(good) == len(docs):
-                raise  # not a per-document problem after all
-            positions = good
-            if good:
-                inner = await self.insert_batch([docs[i] for i in good])
-                outcome.failed.update({positions[j]: why for j, why in inner.failed.items()})
-                outcome.unencodable.update(positions[j] for j in inner.unencodable)
-        return outcome
+        """One insert_many for the whole batch (see `insert_unordered`)."""
+        return await insert_unordered(self.col, docs)
 
     async def get(self, conv: str, message_id: int) -> dict | None:
         """One message by id (both keys of the conversation index)."""
@@ -275,6 +236,16 @@ class ConversationStore:
         for peers in out.values():  # a conversation between two users of one batch is seen twice
             peers[:] = list(dict.fromkeys(peers))
         return out
+
+    async def peers_among(self, user_id: int, others: list[int]) -> set[int]:
+        """Which of `others` share a conversation with user_id: one `_id $in` query (a pair's
+        conversation id is its key), served by the primary key, whatever user_id talks to."""
+        keys = [conv_key(user_id, other) for other in others if other != user_id]
+        found: set[int] = set()
+        for i in range(0, len(keys), self.IN_CHUNK):
+            async for conv in self.col.find({"_id": {"$in": keys[i:i + self.IN_CHUNK]}}, projection={"users": 1}):
+                found.update(u for u in conv["users"] if u != user_id)
+        return found
 
     async def get(self, conv: str) -> dict | None:
         return await self.col.find_one({"_id": conv})

@@ -11,6 +11,9 @@ what the caller would read a moment later anyway.
 """
 from __future__ import annotations
 
+import bson
+from pymongo.errors import BulkWriteError
+
 
 async def update_then_get(col, flt: dict, update, *, upsert: bool = False) -> dict | None:
     """Apply `update` to the one document matching `flt` (which names its `_id`); the
@@ -29,3 +32,47 @@ async def get_then_update(col, flt: dict, update) -> dict | None:
         return None
     result = await col.update_one(flt, update)
     return before if result.modified_count == 1 else None
+
+
+class InsertOutcome:
+    """What insert_many did with each document, by position: the ones that failed, and why
+    (`unencodable`: those the driver could not encode, i.e. the content itself is bad)."""
+
+    __slots__ = ("failed", "unencodable")
+
+    def __init__(self):
+        self.failed: dict[int, str] = {}
+        self.unencodable: set[int] = set()
+
+
+async def insert_unordered(col, docs: list[dict]) -> InsertOutcome:
+    """One insert_many for a batch (chat messages, stream events). Unordered, so a document
+    the database refuses (a duplicate _id, a validator) does not stop the others; such
+    failures are reported by position. A document the driver cannot encode (it would fail
+    the whole call before anything is sent) is reported the same way and the rest are
+    inserted. A failure of the call itself (database down) raises."""
+    outcome = InsertOutcome()
+    positions = list(range(len(docs)))
+    try:
+        await col.insert_many(docs, ordered=False)
+    except BulkWriteError as exc:
+        for err in exc.details.get("writeErrors", []):
+            outcome.failed[err["index"]] = err.get("errmsg", "write failed")
+    except (bson.errors.InvalidDocument, ValueError):  # UnicodeEncodeError is a ValueError
+        good = []
+        for i, doc in enumerate(docs):
+            try:
+                bson.encode(doc)
+            except (bson.errors.InvalidDocument, ValueError) as exc:
+                outcome.failed[i] = f"cannot be encoded: {exc}"[:200]
+                outcome.unencodable.add(i)
+            else:
+                good.append(i)
+        if len(good) == len(docs):
+            raise  # not a per-document problem after all
+        positions = good
+        if good:
+            inner = await insert_unordered(col, [docs[i] for i in good])
+            outcome.failed.update({positions[j]: why for j, why in inner.failed.items()})
+            outcome.unencodable.update(positions[j] for j in inner.unencodable)
+    return outcome

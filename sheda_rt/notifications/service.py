@@ -39,11 +39,13 @@ class NotificationService:
         self.store = store
         self.clock = ctx.clock
 
-    async def _push(self, user_id: int, event: dict) -> None:
+    async def _push(self, user_ids, event: dict) -> None:
+        """Through the event stream: stored with a position in each user's stream, then
+        delivered (a client that was offline replays it with sync after_seq)."""
         try:
-            await self.ctx.hub.publish_to_user(user_id, event)
+            await self.ctx.stream.publish(user_ids, event)
         except Exception:  # the state change already happened; the stored copy remains
-            log.exception("live delivery to user %s failed", user_id)
+            log.exception("event %r for users %s not published", event.get("type"), list(user_ids))
 
     async def notify(self, user_id: int, kind: str, title: str, body: str, data: dict | None = None) -> dict:
         doc = await self.store.insert({
@@ -51,13 +53,12 @@ class NotificationService:
             "is_read": False, "created_at": self.clock.now(),
         })
         view = notification_view(doc)
-        await self._push(user_id, {"type": "notification", **view})
+        await self._push([user_id], {"type": "notification", **view})
         return view
 
     async def publish_event(self, user_ids, event: dict) -> None:
         """A domain event (`{"type": "contract.active", "contract": {...}}`) to each user's sockets."""
-        for user_id in dict.fromkeys(user_ids):
-            await self._push(user_id, event)
+        await self._push(list(dict.fromkeys(user_ids)), event)  # one event, one position in each user's stream
 
     async def list(self, user_id: int, unread: bool | None, page) -> dict:
         result = await self.store.page(user_id, unread, page, notification_view)
