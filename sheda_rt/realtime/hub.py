@@ -8,10 +8,13 @@ it so every process's hub delivers to the sockets it holds.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Callable, Protocol
 
+from sheda_rt.clock import Clock
 from sheda_rt.metrics import MESSAGES_DELIVERED
+from sheda_rt.realtime.expiry import ExpiryWatch
 from sheda_rt.wire import encode
 
 log = logging.getLogger("sheda.hub")
@@ -26,6 +29,11 @@ class Connection(Protocol):
     user_id: int
     jti: str  # the token the socket was opened with (logout of that token closes it)
     fam: str | None  # its login family (logout or a reused refresh token closes every socket of it)
+    user_type: str | None  # its user's type when it opened: broadcasts to one type of user (Hub.broadcast)
+    # When its token expires: epoch seconds by the server's clock (the token's `exp`), None for
+    # never. The hub closes it then with 4401 "token expired" (sheda_rt/realtime/expiry.py) unless
+    # renewed through `Hub.renew_expiry`, which is the only way to change it once registered.
+    expires_at: float | None
 
     def deliver(self, text: str) -> None:
         """Queue a frame for this socket without blocking."""
@@ -64,6 +72,15 @@ class LocalBroker:
     async def publish_control(self, message: dict) -> None:
         self.hub.handle_control(message)
 
+    async def publish_channel(self, name: str, text: str) -> None:
+        self.hub.deliver_channel_local(name, text)
+
+    async def channel_added(self, name: str, first_here: bool) -> None:
+        """A socket here started watching channel `name`: nothing to subscribe to in one process."""
+
+    async def channel_removed(self, name: str, last_here: bool) -> None:
+        """A socket here stopped watching channel `name`."""
+
     epoch = 0  # see RedisBroker.epoch
 
     async def acquire_turn(self, claims=(), ttl_seconds: float = 0) -> tuple[None, list[bool]]:
@@ -79,17 +96,25 @@ class LocalBroker:
 
 
 class Hub:
-    def __init__(self, broker=None):
+    def __init__(self, broker=None, *, clock: Clock | None = None, expiry_sweep_seconds: float = 1.0):
         self.broker = broker or LocalBroker()
         self._sockets: dict[int, dict[str, Connection]] = {}
+        # Channels of things (sheda_rt/realtime/channels.py decides who may watch what):
+        # channel -> the sockets here watching it, and socket -> its channels.
+        self._watchers: dict[str, dict[str, Connection]] = {}
+        self._watching: dict[str, set[str]] = {}
         # Called with every control message this process handles (e.g. the chat
         # service drops a deactivated user from its cache on "revoke").
         self.control_listeners: list[Callable[[dict], None]] = []
+        # Token expiry of every connection here: one heap, one sweep (sheda_rt/realtime/expiry.py).
+        self.expiry = ExpiryWatch(clock or Clock(), expiry_sweep_seconds, self._connection, self.all_sockets)
 
     async def start(self) -> None:
         await self.broker.start(self)
+        self.expiry.start()
 
     async def stop(self) -> None:
+        self.expiry.stop()
         await self.broker.stop()
 
     # ---- registry ----------------------------------------------------------
@@ -97,6 +122,7 @@ class Hub:
         """Register a socket; True if it is the user's first one here."""
         conns = self._sockets.setdefault(conn.user_id, {})
         conns[conn.conn_id] = conn
+        self.expiry.watch(conn)
         return len(conns) == 1
 
     def remove(self, conn: Connection) -> bool:
@@ -104,6 +130,7 @@ class Hub:
         conns = self._sockets.get(conn.user_id)
         if not conns or conns.pop(conn.conn_id, None) is None:
             return False
+        self.expiry.dropped(conn)
         if not conns:
             del self._sockets[conn.user_id]
             return True
@@ -139,6 +166,37 @@ class Hub:
                 everything = jti is None and fam is None
                 if everything or conn.jti == jti or (fam is not None and getattr(conn, "fam", None) == fam):
                     conn.close_for(message["code"], message["reason"])
+        elif message.get("op") == "broadcast":
+            self._deliver_broadcast(message["frame"], message.get("user_type"))
+
+    async def broadcast(self, frame: dict, user_type: str | None = None) -> int:
+        """Deliver `frame` to every socket on every process (only sockets of users of
+        `user_type`, when given): a control message, so each process encodes it once for
+        its own sockets. Returns how many sockets of this process it was handed to; the
+        other processes' count is not known here (they deliver when the message reaches them)."""
+        here = sum(1 for conn in self.all_sockets() if self._broadcast_to(conn, user_type))
+        await self.broker.publish_control({"op": "broadcast", "frame": frame, "user_type": user_type})
+        return here
+
+    @staticmethod
+    def _broadcast_to(conn: Connection, user_type: str | None) -> bool:
+        # A connection that does not know its user's type (none set) gets only unfiltered broadcasts.
+        return user_type is None or getattr(conn, "user_type", None) == user_type
+
+    def _deliver_broadcast(self, frame: dict, user_type: str | None) -> None:
+        text = encode(frame)
+        for conn in self.all_sockets():
+            if self._broadcast_to(conn, user_type):
+                conn.deliver(text)
+
+    # ---- token expiry ------------------------------------------------------
+    def renew_expiry(self, conn: Connection, expires_at: float | None) -> None:
+        """The client renewed `conn`'s token on the connection: it now closes at `expires_at`
+        (epoch seconds) instead. The caller has checked the new token (same user, valid)."""
+        self.expiry.renewed(conn, expires_at)
+
+    def _connection(self, user_id: int, conn_id: str) -> Connection | None:
+        return self._sockets.get(user_id, {}).get(conn_id)
 
     def sockets_of(self, user_id: int) -> list[Connection]:
         return list(self._sockets.get(user_id, {}).values())
@@ -209,3 +267,52 @@ class Hub:
                 delivered += 1
         if delivered and text.startswith(_MESSAGE_PREFIX):
             MESSAGES_DELIVERED.inc(delivered)
+
+    # ---- channels of things ------------------------------------------------
+    def channels_of(self, conn: Connection) -> set[str]:
+        return self._watching.get(conn.conn_id, set())
+
+    async def watch(self, conn: Connection, name: str) -> None:
+        """`conn` gets the events of channel `name` (idempotent); on the channel's first
+        watcher here the broker subscribes to it across processes."""
+        watchers = self._watchers.setdefault(name, {})
+        if conn.conn_id in watchers:
+            return
+        watchers[conn.conn_id] = conn
+        self._watching.setdefault(conn.conn_id, set()).add(name)
+        await self.broker.channel_added(name, len(watchers) == 1)
+
+    async def unwatch(self, conn: Connection, name: str) -> None:
+        """Stop `conn` getting channel `name` (idempotent); the broker unsubscribes after the last."""
+        watchers = self._watchers.get(name)
+        if not watchers or watchers.pop(conn.conn_id, None) is None:
+            return
+        mine = self._watching.get(conn.conn_id)
+        if mine is not None:
+            mine.discard(name)
+            if not mine:
+                del self._watching[conn.conn_id]
+        last = not watchers
+        if last:
+            del self._watchers[name]
+        await self.broker.channel_removed(name, last)
+
+    async def unwatch_all(self, conn: Connection) -> None:
+        """A closed socket's channels are dropped (together: the broker's unsubscribes then
+        batch instead of taking turns one channel at a time)."""
+        names = list(self._watching.get(conn.conn_id, ()))
+        if names:
+            await asyncio.gather(*(self.unwatch(conn, name) for name in names))
+
+    def watched_here(self, name: str) -> bool:
+        return name in self._watchers
+
+    async def publish_channel(self, name: str, event: dict) -> None:
+        """Deliver `event` to every socket watching channel `name`, on any process. Channel
+        events are ephemeral: no seq, no replay."""
+        text = encode(event)
+        await self.broker.publish_channel(name, text)
+
+    def deliver_channel_local(self, name: str, text: str) -> None:
+        for conn in list(self._watchers.get(name, {}).values()):
+            conn.deliver(text)
