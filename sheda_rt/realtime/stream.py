@@ -33,11 +33,12 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 from sheda_rt.jobs.periodic import PeriodicTrigger
+from sheda_rt.wire import encode
 
 
 def encode_event(frame: dict) -> str:
     """A durable frame as wire text (without its seq): the encoding live frames always had."""
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False, default=str)
+    return encode(frame)
 
 
 def with_seq(text: str, seq: int) -> str:
