@@ -5,10 +5,19 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+import pytest
+
 from sheda_rt.clock import format_ts
 from tests.listing_helpers import confirmed_viewing, create_property, next_slot, open_window, set_bank, snapshot, word
 
 CT = "/api/v1/contracts"
+
+
+@pytest.fixture
+def settings_overrides():
+    # The clock moves by months with sockets open, waiting for contract.expired on them: the
+    # tokens must outlive the moves, or the sockets are (rightly) closed for token expiry first.
+    return {"access_token_minutes": 3 * 365 * 24 * 60}
 
 
 async def rental_ready(sheda, *, listing_type="rent", bank=True, clients=1, **over):
