@@ -175,15 +175,6 @@ class AppointmentService:
         await self._announce(doc, "booked", actor=principal.user_id)
         return appointment_view(doc)
 
-    async def _diagnose(self, appointment_id: int, user_id: int, role: str | None, expected: list[str]):
-        """Why a transition matched nothing: 404 (not yours / missing), 403 (wrong side), 409 (wrong state)."""
-        doc = await self.store.get(appointment_id)
-        if doc is None or user_id not in (doc["client_id"], doc["agent_id"]):
-            raise NotFound("No such appointment", "appointment_not_found")
-        if role is not None and doc[f"{role}_id"] != user_id:
-            raise Forbidden(f"Only the appointment's {role} can do that", f"not_{role}")
-        raise Conflict(f"The appointment is {doc['status']}; this needs it {' or '.join(expected)}", "wrong_state")
-
     async def get(self, principal, appointment_id: int) -> dict:
         doc = await self.store.get(appointment_id)
         from sheda_rt.listings.service import is_admin
@@ -193,26 +184,20 @@ class AppointmentService:
         return appointment_view(doc)
 
     async def confirm(self, principal, appointment_id: int) -> dict:
-        doc = await self.store.transition(appointment_id, {"agent_id": principal.user_id}, ["pending"], "confirmed", self.clock.now())
-        if doc is None:
-            await self._diagnose(appointment_id, principal.user_id, "agent", ["pending"])
+        doc = await self.store.transition_as(appointment_id, principal.user_id, "agent", ["pending"], "confirmed", self.clock.now())
         await self._announce(doc, "confirmed", actor=principal.user_id)
         return appointment_view(doc)
 
     async def reject(self, principal, appointment_id: int) -> dict:
-        doc = await self.store.transition(appointment_id, {"agent_id": principal.user_id}, ["pending"], "rejected",
-                                          self.clock.now(), free_slot=True)
-        if doc is None:
-            await self._diagnose(appointment_id, principal.user_id, "agent", ["pending"])
+        doc = await self.store.transition_as(appointment_id, principal.user_id, "agent", ["pending"], "rejected",
+                                             self.clock.now(), release_hold=True)
         await self._announce(doc, "rejected", actor=principal.user_id)
         return appointment_view(doc)
 
     async def cancel(self, principal, appointment_id: int) -> dict:
         expected = ["pending", "confirmed"]
-        doc = await self.store.transition(appointment_id, {"parties": principal.user_id}, expected, "cancelled",
-                                          self.clock.now(), extra={"cancelled_by": principal.user_id}, free_slot=True)
-        if doc is None:
-            await self._diagnose(appointment_id, principal.user_id, None, expected)
+        doc = await self.store.transition_as(appointment_id, principal.user_id, None, expected, "cancelled",
+                                             self.clock.now(), extra={"cancelled_by": principal.user_id}, release_hold=True)
         await self._announce(doc, "cancelled", actor=principal.user_id)
         return appointment_view(doc)
 

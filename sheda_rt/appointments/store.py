@@ -4,19 +4,16 @@ One appointment per agent per slot is a unique index, not a check: a booking
 carries `slot_key` = "<agent_id>:<slot start>" while it is pending or confirmed,
 and the index is unique over documents that have the field (partial). Two
 truly concurrent bookings of one slot race on the insert and exactly one wins;
-rejecting or cancelling removes `slot_key`, which frees the slot.
+rejecting or cancelling removes `slot_key`, which frees the slot (the hold key of
+sheda_rt/database/transitions.py, which appointments share with contracts).
 """
 from __future__ import annotations
 
-from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo import ASCENDING, IndexModel
 from pymongo.errors import DuplicateKeyError
 
+from sheda_rt.database.transitions import TwoPartyStore, party_indexes
 from sheda_rt.database.writes import update_then_get
-
-from sheda_rt.errors import Conflict
-from sheda_rt.pagination import paginate
-
-NEWEST = [("_id", DESCENDING)]
 
 
 class AvailabilityStore:
@@ -77,45 +74,11 @@ class AvailabilityStore:
         return (await self.col.delete_one({"_id": window_id, **expected})).deleted_count == 1
 
 
-class AppointmentStore:
+class AppointmentStore(TwoPartyStore):
+    COLLECTION, NOUN, HOLD_KEY = "appointments", "appointment", "slot_key"
+    HOLD_TAKEN = ("That slot is already booked with this agent; pick another time", "slot_taken")
     INDEXES = [
         IndexModel([("slot_key", ASCENDING)], unique=True, name="one_booking_per_slot",
                    partialFilterExpression={"slot_key": {"$exists": True}}),
-        # "mine": `parties` holds [client_id, agent_id], so one equality serves both roles.
-        IndexModel([("parties", ASCENDING), ("_id", DESCENDING)], name="parties_newest"),
-        IndexModel([("parties", ASCENDING), ("status", ASCENDING), ("_id", DESCENDING)], name="parties_status"),
+        *party_indexes(),
     ]
-
-    def __init__(self, db, ids):
-        self.col = db["appointments"]
-        self.ids = ids
-
-    async def ensure_indexes(self):
-        await self.col.create_indexes(self.INDEXES)
-
-    async def insert(self, doc: dict) -> dict:
-        doc = dict(doc, _id=await self.ids.next("appointments"))
-        try:
-            await self.col.insert_one(doc)
-        except DuplicateKeyError:
-            raise Conflict("That slot is already booked with this agent; pick another time", "slot_taken")
-        return doc
-
-    async def get(self, appointment_id: int) -> dict | None:
-        return await self.col.find_one({"_id": appointment_id})
-
-    async def transition(self, appointment_id: int, who: dict, from_states: list[str], to_state: str, now,
-                         extra: dict | None = None, free_slot: bool = False) -> dict | None:
-        """Move to `to_state` only from one of `from_states` (the expected state is in the filter)."""
-        update: dict = {"$set": {"status": to_state, "updated_at": now, **(extra or {})}}
-        if free_slot:
-            update["$unset"] = {"slot_key": ""}
-        return await update_then_get(self.col, {"_id": appointment_id, "status": {"$in": from_states}, **who}, update)
-
-    async def page(self, user_id: int, status: str | None, role: str | None, page, serialize) -> dict:
-        query: dict = {"parties": user_id}
-        if status:
-            query["status"] = status
-        if role:
-            query[f"{role}_id"] = user_id
-        return await paginate(self.col, query, NEWEST, page, serialize)

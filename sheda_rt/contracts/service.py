@@ -32,7 +32,7 @@ from datetime import datetime
 
 from sheda_rt.clock import format_ts
 from sheda_rt.contracts.store import OPEN_STATES
-from sheda_rt.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from sheda_rt.errors import Conflict, NotFound, ValidationFailed
 from sheda_rt.listings.money import format_money
 from sheda_rt.listings.service import is_admin
 from sheda_rt.metrics import CONTRACTS_EXPIRED
@@ -128,7 +128,7 @@ class ContractService:
         if again is None or again.get("status") != "available" or not again.get("is_active", True):
             await self.store.transition(doc["_id"], {}, OPEN_STATES, "cancelled", now,
                                         {"cancelled_at": now, "cancelled_by": None, "cancel_reason": "property_unavailable"},
-                                        close=True)
+                                        release_hold=True)
             raise Conflict("This property was just rented, sold or delisted", "property_unavailable")
         await self._announce(doc, "created", actor=principal.user_id)
         return contract_view(doc)
@@ -144,45 +144,31 @@ class ContractService:
         return await self.store.page(principal.user_id, query.status, query.role, query, contract_view)
 
     # ---- transitions -------------------------------------------------------
-    async def _diagnose(self, contract_id: int, user_id: int, role: str, expected: list[str]):
-        doc = await self.store.get(contract_id)
-        if doc is None or user_id not in (doc["client_id"], doc["agent_id"]):
-            raise NotFound("No such contract", "contract_not_found")
-        if doc[f"{role}_id"] != user_id:
-            raise Forbidden(f"Only the contract's {role} can do that", f"not_{role}")
-        raise Conflict(f"The contract is {doc['status']}; this needs it {' or '.join(expected)}", "wrong_state")
-
     async def payment_sent(self, principal, contract_id: int) -> dict:
         now = self.clock.now()
-        doc = await self.store.transition(contract_id, {"client_id": principal.user_id}, ["awaiting_payment"],
-                                          "payment_pending", now, {"payment_sent_at": now})
-        if doc is None:
-            await self._diagnose(contract_id, principal.user_id, "client", ["awaiting_payment"])
+        doc = await self.store.transition_as(contract_id, principal.user_id, "client", ["awaiting_payment"],
+                                             "payment_pending", now, {"payment_sent_at": now})
         await self._announce(doc, "payment_sent", actor=principal.user_id)
         return contract_view(doc)
 
     async def decline_payment(self, principal, contract_id: int) -> dict:
         now = self.clock.now()
-        doc = await self.store.transition(contract_id, {"agent_id": principal.user_id}, ["payment_pending"],
-                                          "awaiting_payment", now, {"declined_at": now})
-        if doc is None:
-            await self._diagnose(contract_id, principal.user_id, "agent", ["payment_pending"])
+        doc = await self.store.transition_as(contract_id, principal.user_id, "agent", ["payment_pending"],
+                                             "awaiting_payment", now, {"declined_at": now})
         await self._announce(doc, "declined", actor=principal.user_id)
         return contract_view(doc)
 
     async def cancel(self, principal, contract_id: int) -> dict:
         now = self.clock.now()
-        doc = await self.store.transition(contract_id, {"client_id": principal.user_id}, OPEN_STATES, "cancelled", now,
-                                          {"cancelled_at": now, "cancelled_by": principal.user_id}, close=True)
-        if doc is None:
-            await self._diagnose(contract_id, principal.user_id, "client", OPEN_STATES)
+        doc = await self.store.transition_as(contract_id, principal.user_id, "client", OPEN_STATES, "cancelled", now,
+                                             {"cancelled_at": now, "cancelled_by": principal.user_id}, release_hold=True)
         await self._announce(doc, "cancelled", actor=principal.user_id)
         return contract_view(doc)
 
     async def confirm_payment(self, principal, contract_id: int) -> dict:
         current = await self.store.get(contract_id)
         if current is None or current["agent_id"] != principal.user_id or current["status"] != "payment_pending":
-            await self._diagnose(contract_id, principal.user_id, "agent", ["payment_pending"])
+            await self.store.explain_refusal(contract_id, principal.user_id, "agent", ["payment_pending"])
         outcome, doc = await self._activate(current, {"agent_id": principal.user_id}, ["payment_pending"], principal.user_id)
         if outcome == "wrong_state":
             raise Conflict(f"The contract is {doc['status']}; this needs it payment_pending", "wrong_state")
@@ -190,7 +176,7 @@ class ContractService:
             raise Conflict("The property is no longer available (another contract is active, or it was delisted)",
                            "property_unavailable")
         if outcome == "lost":
-            await self._diagnose(contract_id, principal.user_id, "agent", ["payment_pending"])
+            await self.store.explain_refusal(contract_id, principal.user_id, "agent", ["payment_pending"])
         return contract_view(doc)
 
     async def confirm_gateway_payment(self, contract_id: int, reference: str) -> tuple[str, dict | None]:
@@ -241,7 +227,7 @@ class ContractService:
         fields = {"activated_at": now, "is_active": True, "start_date": now, **(extra or {})}
         if current["contract_type"] == "rent":
             fields["end_date"] = add_months(now, current["term_months"])
-        doc = await self.store.transition(contract_id, who, from_states, "active", now, fields, close=True)
+        doc = await self.store.transition(contract_id, who, from_states, "active", now, fields, release_hold=True)
         if doc is None:  # the client cancelled (or another confirmation won) between our read and our write
             await self.properties.release(property_id, contract_id, now)
             return "lost", None
@@ -256,7 +242,7 @@ class ContractService:
                 continue
             doc = await self.store.transition(rival["_id"], {}, OPEN_STATES, "cancelled", now,
                                               {"cancelled_at": now, "cancelled_by": None, "cancel_reason": "property_unavailable"},
-                                              close=True)
+                                              release_hold=True)
             if doc is not None:
                 await self._announce(doc, "cancelled", actor=winner["agent_id"], reason="the property is no longer available")
 

@@ -3,56 +3,28 @@
 Transitions are single conditional updates whose filter names the expected
 state, so two requests racing on one contract cannot both move it. `open_key`
 ("<property>:<client>") exists only while a contract awaits payment; a unique
-partial index on it means one open contract per client and property.
+partial index on it means one open contract per client and property. Both are the
+mechanism of sheda_rt/database/transitions.py, which contracts share with appointments.
 """
 from __future__ import annotations
 
-from pymongo import ASCENDING, DESCENDING, IndexModel
-from pymongo.errors import DuplicateKeyError
+from pymongo import ASCENDING, IndexModel
 
-from sheda_rt.database.writes import update_then_get
+from sheda_rt.database.transitions import TwoPartyStore, party_indexes
 
-from sheda_rt.errors import Conflict
-from sheda_rt.pagination import paginate
-
-NEWEST = [("_id", DESCENDING)]
 OPEN_STATES = ["awaiting_payment", "payment_pending"]
 
 
-class ContractStore:
+class ContractStore(TwoPartyStore):
+    COLLECTION, NOUN, HOLD_KEY = "contracts", "contract", "open_key"
+    HOLD_TAKEN = ("You already have an open contract for this property", "contract_exists")
     INDEXES = [
         IndexModel([("open_key", ASCENDING)], unique=True, name="one_open_contract_per_client_property",
                    partialFilterExpression={"open_key": {"$exists": True}}),
-        IndexModel([("parties", ASCENDING), ("_id", DESCENDING)], name="parties_newest"),
-        IndexModel([("parties", ASCENDING), ("status", ASCENDING), ("_id", DESCENDING)], name="parties_status"),
+        *party_indexes(),
         IndexModel([("status", ASCENDING), ("end_date", ASCENDING)], name="expiry_due"),
         IndexModel([("property_id", ASCENDING), ("status", ASCENDING)], name="property_status"),
     ]
-
-    def __init__(self, db, ids):
-        self.col = db["contracts"]
-        self.ids = ids
-
-    async def ensure_indexes(self):
-        await self.col.create_indexes(self.INDEXES)
-
-    async def insert(self, doc: dict) -> dict:
-        doc = dict(doc, _id=await self.ids.next("contracts"))
-        try:
-            await self.col.insert_one(doc)
-        except DuplicateKeyError:
-            raise Conflict("You already have an open contract for this property", "contract_exists")
-        return doc
-
-    async def get(self, contract_id: int) -> dict | None:
-        return await self.col.find_one({"_id": contract_id})
-
-    async def transition(self, contract_id: int, who: dict, from_states: list[str], to_state: str, now,
-                         extra: dict | None = None, close: bool = False) -> dict | None:
-        update: dict = {"$set": {"status": to_state, "updated_at": now, **(extra or {})}}
-        if close:
-            update["$unset"] = {"open_key": ""}
-        return await update_then_get(self.col, {"_id": contract_id, "status": {"$in": from_states}, **who}, update)
 
     async def due_ids(self, now, limit: int = 1000) -> list[int]:
         """Active contracts whose end_date has passed."""
@@ -68,11 +40,3 @@ class ContractStore:
 
     async def open_on_property(self, property_id: int) -> list[dict]:
         return await self.col.find({"property_id": property_id, "status": {"$in": OPEN_STATES}}).to_list()
-
-    async def page(self, user_id: int, status: str | None, role: str | None, page, serialize) -> dict:
-        query: dict = {"parties": user_id}
-        if status:
-            query["status"] = status
-        if role:
-            query[f"{role}_id"] = user_id
-        return await paginate(self.col, query, NEWEST, page, serialize)

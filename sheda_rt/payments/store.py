@@ -15,7 +15,7 @@ from __future__ import annotations
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.errors import DuplicateKeyError
 
-from sheda_rt.database.writes import update_then_get
+from sheda_rt.database.transitions import guarded_transition
 from sheda_rt.pagination import paginate
 
 NEWEST = [("_id", DESCENDING)]
@@ -62,11 +62,10 @@ class PaymentStore:
 
     async def transition(self, payment_id: int, from_states: list[str], to_state: str, now, extra: dict | None = None,
                          close: bool = False) -> dict | None:
-        """from_states -> to_state in one conditional write; None when it was not in from_states."""
-        update: dict = {"$set": {"status": to_state, "updated_at": now, **(extra or {})}}
-        if close:
-            update["$unset"] = {"open_key": ""}
-        return await update_then_get(self.col, {"_id": payment_id, "status": {"$in": from_states}}, update)
+        """from_states -> to_state in one conditional write; None when it was not in from_states.
+        `close` drops open_key (the attempt no longer holds the target's one live checkout)."""
+        return await guarded_transition(self.col, payment_id, from_states, to_state, now, extra=extra,
+                                        unset="open_key" if close else None)
 
     async def set_fields(self, payment_id: int, fields: dict, expect: dict | None = None) -> bool:
         result = await self.col.update_one({"_id": payment_id, **(expect or {})}, {"$set": fields})
