@@ -66,6 +66,15 @@ class UserStore:
 
     IN_CHUNK = 200  # ids per $in: a database may match $in by scanning the list, per document
 
+    async def active_ids(self, user_type: str | None = None) -> list[int]:
+        """Ids of every active user (of `user_type`, if given): the audience of an
+        administrator's announcement. One pass over the collection, ids only; no index is
+        kept for it (it would cost every sign-up, for a rare administrative read)."""
+        query: dict = {"is_active": {"$ne": False}}
+        if user_type is not None:
+            query["user_type"] = user_type
+        return [doc["_id"] async for doc in self.col.find(query, projection={"_id": 1})]
+
     async def touch_last_seen(self, user_ids: list[int], when) -> None:
         """One round trip for many users going offline together (a network blip drops thousands)."""
         if not user_ids:

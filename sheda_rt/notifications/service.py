@@ -60,6 +60,14 @@ class NotificationService:
         """A domain event (`{"type": "contract.active", "contract": {...}}`) to each user's sockets."""
         await self._push(list(dict.fromkeys(user_ids)), event)  # one event, one position in each user's stream
 
+    async def notify_many(self, user_ids, kind: str, title: str, body: str, data: dict | None = None) -> int:
+        """Store the same notification for many users (an administrator's announcement to
+        thousands), in a few round trips (ids reserved in one call, chunked insert_many).
+        No per-user live frame is published: the caller sends one frame to everyone (the
+        `announcement`), so these are for GET /notifications. Returns how many were stored."""
+        fields = {"kind": kind, "title": title, "body": body, "data": data or {}, "is_read": False, "created_at": self.clock.now()}
+        return await self.store.insert_for_users(list(dict.fromkeys(user_ids)), fields)
+
     async def list(self, user_id: int, unread: bool | None, page) -> dict:
         result = await self.store.page(user_id, unread, page, notification_view)
         result["unread_count"] = await self.store.unread_count(user_id)

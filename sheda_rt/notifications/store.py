@@ -29,6 +29,24 @@ class NotificationStore:
         await self.col.insert_one(doc)
         return doc
 
+    #: Documents per insert_many: a few hundred KB per call, so thousands of users are a few calls.
+    INSERT_CHUNK = 1000
+
+    async def insert_for_users(self, user_ids: list[int], fields: dict) -> int:
+        """The same notification (`fields`) for each of `user_ids` (an announcement to every
+        user): ids reserved in one counter update, documents built and inserted INSERT_CHUNK
+        to a call, so N users cost about N / INSERT_CHUNK round trips and never N documents
+        in memory at once. Returns how many were stored; a failure raises (the chunks before
+        it stay stored)."""
+        if not user_ids:
+            return 0
+        ids = await self.ids.reserve("notifications", len(user_ids))
+        for start in range(0, len(user_ids), self.INSERT_CHUNK):
+            chunk = user_ids[start:start + self.INSERT_CHUNK]
+            await self.col.insert_many([dict(fields, _id=ids[start + i], user_id=user_id) for i, user_id in enumerate(chunk)],
+                                       ordered=False)
+        return len(user_ids)
+
     async def page(self, user_id: int, unread: bool | None, page: PageQuery, serialize) -> dict:
         query: dict = {"user_id": user_id}
         if unread is not None:
