@@ -175,6 +175,15 @@ async def test_redis_outage_keeps_local_delivery_and_resumes_cross_process(redis
         await eventually(lambda: a.broker.up and b.broker.up, timeout=15)
         assert await a.broker.health() == "ok"
         await eventually(lambda: carol_b.closed == 4401)  # the revocation was replayed
+        # Every socket on both processes is told to sync: events may have missed it live meanwhile.
+        def hints(sock):
+            return [f for f in sock.frames if f.get("type") == "sync.hint"]
+
+        await eventually(lambda: all(hints(sock) for sock in (alice_a, bob_a, bob_b)))
+        assert all(h == {"type": "sync.hint", "after_seq": 0, "reason": "broker_outage"} for sock in (alice_a, bob_a, bob_b)
+                   for h in hints(sock))
+        for sock in (alice_a, bob_a, bob_b):
+            sock.frames[:] = [f for f in sock.frames if f.get("type") != "sync.hint"]
         await a.publish_to_user(22, {"type": "message", "n": 2})
         await b.publish_to_user(21, {"type": "message", "n": 3})
         await eventually(lambda: bob_b.frames == [{"type": "message", "n": 2}] and alice_a.frames == [{"type": "message", "n": 3}])

@@ -19,6 +19,14 @@ from sheda_rt.wire import encode
 
 log = logging.getLogger("sheda.hub")
 
+def _seq_of(text: str) -> int:
+    """The `seq` of an encoded durable frame (spliced in last by the stream), or 0."""
+    try:
+        return int(text[text.rindex('"seq":') + 6:-1])
+    except ValueError:  # a nested "seq", not the frame's
+        return 0
+
+
 # Chat message frames are encoded with "type" first, so delivery can count them
 # without parsing (see sheda_rt.chat.frames.message_frame).
 _MESSAGE_PREFIX = '{"type":"message"'
@@ -99,6 +107,9 @@ class Hub:
     def __init__(self, broker=None, *, clock: Clock | None = None, expiry_sweep_seconds: float = 1.0):
         self.broker = broker or LocalBroker()
         self._sockets: dict[int, dict[str, Connection]] = {}
+        # The highest stream position delivered through this hub (sockets here or not): where
+        # clients must sync from after the broker lost its link (see the "resync" control op).
+        self.last_seq = 0
         # Channels of things (sheda_rt/realtime/channels.py decides who may watch what):
         # channel -> the sockets here watching it, and socket -> its channels.
         self._watchers: dict[str, dict[str, Connection]] = {}
@@ -166,6 +177,13 @@ class Hub:
                 everything = jti is None and fam is None
                 if everything or conn.jti == jti or (fam is not None and getattr(conn, "fam", None) == fam):
                     conn.close_for(message["code"], message["reason"])
+        elif message.get("op") == "resync":
+            # A process could not reach the others for a while (Redis outage): durable events
+            # after this position may not have reached sockets here live. Clients sync from
+            # the lower of this and the last seq they have (sheda_rt/realtime/stream.py).
+            text = encode({"type": "sync.hint", "after_seq": int(message["after_seq"]), "reason": "broker_outage"})
+            for conn in self.all_sockets():
+                conn.deliver(text)
         elif message.get("op") == "broadcast":
             self._deliver_broadcast(message["frame"], message.get("user_type"))
 
@@ -257,6 +275,10 @@ class Hub:
         return not isinstance(self.broker, LocalBroker)
 
     def deliver_local(self, user_id: int, text: str, exclude: str | None = None) -> None:
+        if text.endswith("}") and '"seq":' in text[-24:]:  # a durable frame: "seq" is spliced in last
+            seq = _seq_of(text)
+            if seq > self.last_seq:
+                self.last_seq = seq
         conns = self._sockets.get(user_id)
         if not conns:
             return

@@ -197,6 +197,8 @@ class RedisBroker:
         # Counts reconnections: what was stored while Redis was away has no idempotency
         # claims, so the chat forgets what it remembered and reads conversations back.
         self.epoch = 0
+        # The stream position before Redis last failed us (None: no failure since it was up).
+        self._resync_floor: int | None = None
 
         self._user_prefix = (self.prefix + "u:").encode()
         self._control_channel = (self.prefix + "control").encode()
@@ -285,8 +287,27 @@ class RedisBroker:
         self.up = True
         self._publish_paused_until = 0.0
         self._up_event.set()
+        floor, self._resync_floor = self._resync_floor, None
+        if floor is not None:
+            # Events may have missed sockets live, here or elsewhere, since `floor`: every process
+            # tells its sockets to sync from there (ids stay ordered again from now on).
+            self._send_resync(floor)
+
+    def _trouble(self) -> None:
+        """Redis could not be used for a publish, a turn or the subscription: from here until
+        it is back, durable events may reach other processes' sockets late or not at all, and
+        out of order. Remember the last position delivered before that."""
+        if self._resync_floor is None and self.hub is not None:
+            self._resync_floor = self.hub.last_seq
+
+    def _send_resync(self, floor: int) -> None:
+        text = json.dumps({"op": "resync", "after_seq": floor}, separators=(",", ":")).encode()
+        self.hub.handle_control({"op": "resync", "after_seq": floor})
+        if not self._enqueue(self._control_channel, b"", text):
+            self._control_backlog.append(text)
 
     def _set_down(self, exc: BaseException) -> None:
+        self._trouble()
         self.last_error = f"{type(exc).__name__}: {exc}"[:200]
         if self.up:
             log.warning(json.dumps({"event": "redis_down", "process": self.process_id, "error": self.last_error}))
@@ -437,6 +458,7 @@ class RedisBroker:
                 taken = await self._take_turn(keys=[self._turn_key], args=args)
             except Exception as exc:
                 log.info(json.dumps({"event": "redis_turn_failed", "error": repr(exc)[:200]}))
+                self._trouble()
                 return None, None
             if taken is not None:
                 return token, [bool(x) for x in taken]
@@ -444,6 +466,7 @@ class RedisBroker:
                 await asyncio.wait_for(self._turn_free.wait(), 0.005)
             except asyncio.TimeoutError:
                 pass
+        self._trouble()
         return None, None
 
     async def release_claims(self, claims) -> None:
@@ -464,6 +487,7 @@ class RedisBroker:
         loop = asyncio.get_running_loop()
         if not self.up or loop.time() < self._publish_paused_until or len(self._outbox) >= self.MAX_OUTBOX:
             BROKER_PUBLISH_ERRORS.inc()
+            self._trouble()
             return False
         self._outbox.append((channel, self._origin + _SEP + exclude + _SEP + text))
         self._outbox_ready.set()
@@ -494,6 +518,9 @@ class RedisBroker:
                         else:
                             pipe.publish(channel, payload)
                     await pipe.execute()
+                    if self._resync_floor is not None and self.up:  # publishing works again (the link never dropped)
+                        floor, self._resync_floor = self._resync_floor, None
+                        self._send_resync(floor)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -506,6 +533,7 @@ class RedisBroker:
                             self._control_backlog.append(payload.split(_SEP, 2)[2])
                     # Fail fast for a moment instead of making every publish wait on a dead link.
                     self._publish_paused_until = loop.time() + 1.0
+                    self._trouble()
                     log.warning(json.dumps({"event": "redis_publish_failed", "events": len(lost), "error": repr(exc)[:200]}))
 
     # ---- presence ----------------------------------------------------------
