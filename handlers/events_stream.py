@@ -36,6 +36,7 @@ from handlers.routing import EndpointDoc, route
 from sheda_rt.accounts.auth import USER, bearer_token
 from sheda_rt.database.ids import MAX_ID
 from sheda_rt.errors import Unauthorized, ValidationFailed, from_storage
+from sheda_rt.realtime.stream import StreamReset
 
 log = logging.getLogger("sheda.events.stream")
 
@@ -105,7 +106,6 @@ class EventStreamHandler(APIHandler):
         self._resync_after: int | None = None  # a sync.hint that arrived during a replay: replay again from here
         # The seqs most recently written, so a resync does not send them twice (bounded: at worst a repeat).
         self._recent: OrderedDict[int, None] = OrderedDict()
-        self._sent_seq = 0  # the highest seq this client has (written here, or its Last-Event-ID)
 
     async def get(self):
         ctx = self.ctx
@@ -128,8 +128,6 @@ class EventStreamHandler(APIHandler):
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")  # nginx: pass each event on, do not buffer the response
         replay = after is not None and getattr(ctx, "stream", None) is not None
-        if after is not None:
-            self._sent_seq = after
         if replay:
             self._held = []
         # Registered before anything is replayed, so an event published meanwhile is held, not
@@ -180,8 +178,6 @@ class EventStreamHandler(APIHandler):
     async def _replay_pages(self, after: int) -> int | None:
         """Write the durable events after `after`; the last position replayed, or None when the
         stream ended meanwhile."""
-        from sheda_rt.realtime.stream import StreamReset  # the event stream module (sheda_rt/realtime/stream.py)
-
         last = after
         try:
             while not self._done.is_set():
@@ -197,7 +193,6 @@ class EventStreamHandler(APIHandler):
             # Its id is the position the client goes on from once it has refetched over REST, so
             # an EventSource that reconnects resumes from there instead of meeting the reset again.
             self.write(f"id: {reset.last_seq}\n".encode() + sse_event(dumps(reset.frame()))[0])
-            self._sent_seq = max(self._sent_seq, reset.last_seq)
             return max(last, reset.last_seq)
         except StreamClosedError:
             self._end()
@@ -213,12 +208,12 @@ class EventStreamHandler(APIHandler):
         """The broker lost its link for a while (sync.hint): durable events after the hint's
         position may not have reached this process live. A socket's client syncs by itself; this
         stream's client cannot send, so the stream replays from there for it (what it already
-        wrote is skipped; live frames are held meanwhile, as at the start)."""
+        wrote is skipped; live frames are held meanwhile, as at the start). Before that position
+        everything reached it live, or was replayed when it opened."""
         after = hint.get("after_seq")
         if not isinstance(after, int) or getattr(self.ctx, "stream", None) is None:
             self._send_text(dumps(hint))  # nothing to replay here: the client may refetch over REST
             return
-        after = min(after, self._sent_seq)
         if self._held is not None:  # a replay is being written: once it is done, again from here
             self._resync_after = after if self._resync_after is None else min(self._resync_after, after)
             return
@@ -269,7 +264,6 @@ class EventStreamHandler(APIHandler):
         self.write(data)
 
     def _remember(self, seq: int) -> None:
-        self._sent_seq = max(self._sent_seq, seq)
         self._recent[seq] = None
         if len(self._recent) > RECENT_SEQS:
             self._recent.popitem(last=False)
