@@ -28,6 +28,7 @@ from sheda_rt.chat.models import Conversation, ReadReceipt, SentMessage
 from sheda_rt.wire import encode
 from sheda_rt.errors import ApiError, Forbidden, Unauthorized, ValidationFailed, from_storage
 from sheda_rt.limits import BurstGuard, TokenBucket
+from sheda_rt.realtime.stream import StreamReset
 from sheda_rt.metrics import OPEN_SOCKETS
 from sheda_rt.responses import Page
 
@@ -340,6 +341,17 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
         await self.ctx.chat.typing(self.user_id, frame.receiver_id)
 
     async def _on_sync(self, frame):
+        if frame.after_seq is not None:  # the event stream: every durable event after a position
+            try:
+                replay = await self.ctx.stream.replay(self.user_id, frame.after_seq, frame.limit, frame.epoch)
+            except StreamReset as reset:
+                self.send_frame(reset.frame())
+                return
+            for f in replay.frames:
+                self.send_frame(f)
+            self.send_frame({"type": "sync.done", "after_seq": frame.after_seq, "last_seq": replay.last_seq,
+                             "count": len(replay.frames), "more": replay.more, "epoch": replay.epoch})
+            return
         frames, more = await self.ctx.chat.sync(self.user_id, frame.since, frame.limit)
         for f in frames:
             self.send_frame(f)

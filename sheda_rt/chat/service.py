@@ -27,6 +27,7 @@ from sheda_rt.clock import format_ts
 from sheda_rt.errors import BadRequest, Forbidden, NotFound, ValidationFailed
 from sheda_rt.metrics import MESSAGES_DELIVERED  # noqa: F401  (counted by the hub)
 from sheda_rt.pagination import decode_cursor, encode_cursor
+from sheda_rt.realtime.stream import with_seq
 from sheda_rt.wire import encode  # the one wire encoder (sheda_rt.chat.service.encode stays importable)
 
 log = logging.getLogger("sheda.chat")
@@ -63,7 +64,7 @@ class ChatService:
     ACTIVE_TTL = 60.0
     PROPERTY_TTL = 60.0
 
-    def __init__(self, ctx):
+    def __init__(self, ctx, events=None):
         self.ctx = ctx
         self.settings = ctx.settings
         self.clock = ctx.clock
@@ -76,7 +77,7 @@ class ChatService:
         self._active = TTLCache(self.ACTIVE_TTL)  # receivers known to exist and be active
         self._property_cache = TTLCache(self.PROPERTY_TTL)
         self.batcher = GroupCommit(
-            self.messages, self.conversations, ctx.ids, ctx.clock,
+            self.messages, self.conversations, ctx.ids, ctx.clock, events=events,
             window_ms=self.settings.chat_batch_window_ms, max_batch=self.settings.chat_batch_max,
             after_commit=self._deliver_stored, turns=self.hub, depth=self.settings.chat_pipeline_depth,
             idempotency_seconds=self.settings.chat_idempotency_seconds,
@@ -182,10 +183,16 @@ class ChatService:
 
     async def _deliver_stored(self, stored) -> None:
         """After a batch is stored: each new message to the receiver's sockets and the
-        sender's other sockets, in id order, encoded once."""
+        sender's other sockets, and each event of the stream to its users, in id (stream)
+        order, encoded once."""
         publish = self.hub.publish_encoded
         for p in stored:
             doc = p.doc
+            if p.is_event:
+                text = with_seq(doc["text"], doc["_id"])
+                for user_id in p.users:
+                    await publish(user_id, text, p.origin)
+                continue
             text = encode(message_frame(doc, p.info))
             await publish(doc["receiver_id"], text)
             await publish(doc["sender_id"], text, p.origin)
@@ -287,9 +294,14 @@ class ChatService:
         now = self.clock.now()
         await self.messages.mark_read(conv, other, previous, up_to, now)
         event = {**event, "up_to": up_to, "read_at": format_ts(now)}
-        text = encode(event)
-        await self.hub.publish_encoded(other, text)
-        await self.hub.publish_encoded(me, text, origin)
+        # A durable event of both users' streams (stored, then delivered in stream order).
+        # The watermark moved already: if the event cannot be stored the receipt stands and
+        # the failure is only logged (the conversation list shows the new watermark).
+        try:
+            stored, _ = await self.batcher.submit_event([other, me], encode(event), origin=origin)
+            event["seq"] = stored["_id"]
+        except Exception:
+            log.exception("read receipt event not stored")
         self.ctx.push.on_read(me, other)  # [push] cancels pending pushes of this conversation
         return event
 
