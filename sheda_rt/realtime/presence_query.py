@@ -49,14 +49,14 @@ class PresenceAsk(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     user_ids: Annotated[str, BeforeValidator(_join_repeats)] = Field(
-        max_length=MAX_IDS * 22, examples=["12,40,41"],
+        max_length=MAX_IDS * 22, examples=["12,40,41"], json_schema_extra={"pattern": r"^ *[0-9]{1,18} *(, *[0-9]{1,18} *)*$"},
         description=f"Comma-separated user ids, 1 to {MAX_IDS} of them (repeats are answered once). Ids of people you "
                     "share no conversation with, your own and unknown ones are left out of the answer.")
 
     @field_validator("user_ids")
     @classmethod
     def _ids(cls, value: str) -> str:
-        parts = [p.strip() for p in value.split(",")]
+        parts = [p.strip(" ") for p in value.split(",")]
         if not parts or parts == [""]:
             raise ValueError("at least one user id")
         if len(parts) > MAX_IDS:
@@ -68,7 +68,7 @@ class PresenceAsk(BaseModel):
 
     @property
     def ids(self) -> list[int]:
-        return list(dict.fromkeys(int(p) for p in self.user_ids.split(",")))
+        return list(dict.fromkeys(int(p.strip(" ")) for p in self.user_ids.split(",")))
 
 
 class PresenceItem(ResponseModel):
