@@ -163,9 +163,7 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
         self.request.headers.clear()  # idle sockets are many: keep only what we use
         self._registered = True
         OPEN_SOCKETS.inc()
-        came_online = await ctx.hub.connected(self)  # registers synchronously, then asks the broker
-        if came_online:
-            await ctx.chat.presence_changed(self.user_id, True)
+        await ctx.sessions.opened(self)  # registers synchronously, then asks the broker and announces presence
 
     def on_close(self):
         if not self._registered:
@@ -178,13 +176,7 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
         task.add_done_callback(self._tasks.discard)
 
     async def _went_away(self):
-        ctx = self.ctx
-        try:
-            if await ctx.hub.disconnected(self) and not ctx.chat.stopping:
-                await ctx.chat.presence_changed(self.user_id, False)
-        except Exception:
-            if not ctx.chat.stopping:
-                log.exception("presence update failed for user %s", self.user_id)
+        await self.ctx.sessions.closed(self)  # its channels, its registration, presence if it was the last
 
     # ---- the Connection protocol ------------------------------------------------
     def deliver(self, text: str) -> None:

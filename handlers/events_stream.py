@@ -138,7 +138,7 @@ class EventStreamHandler(APIHandler):
         self.write(f"retry: {RETRY_MS}\n\n".encode())
         self.flush()
         if came_online:
-            await ctx.chat.presence_changed(self.user_id, True)
+            await ctx.sessions.presence.changed(self.user_id, True)  # (sheda_rt/realtime/sessions.py)
         if replay:
             await self._replay(after)
         heartbeat = ctx.settings.sse_heartbeat_seconds
@@ -310,13 +310,7 @@ class EventStreamHandler(APIHandler):
         task.add_done_callback(self._tasks.discard)
 
     async def _went_away(self):
-        ctx = self.ctx
-        try:
-            if await ctx.hub.disconnected(self) and not ctx.chat.stopping:
-                await ctx.chat.presence_changed(self.user_id, False)
-        except Exception:
-            if not ctx.chat.stopping:
-                log.exception("presence update failed for user %s", self.user_id)
+        await self.ctx.sessions.closed(self)  # its registration, presence if it was the last (sheda_rt/realtime/sessions.py)
 
     def on_connection_close(self):
         self._end()

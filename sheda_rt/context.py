@@ -92,6 +92,13 @@ class AppContext:
         self.chat = ChatService(self, events=self.event_store)
         self.stream = EventStream(writer=self.chat.batcher, events=self.event_store, message_replay=self.chat.sync,
                                   head=self.chat.messages.newest_id)
+        # [realtime] connections come and go through one place (both transports); presence is announced in batches
+        from sheda_rt.realtime.sessions import PresenceAnnouncer, Sessions
+
+        presence = PresenceAnnouncer(clock=self.clock, touch_last_seen=self.users.touch_last_seen,
+                                     peers_of_many=self.chat.conversations.peers_of_many, publish=self.hub.publish_encoded,
+                                     went_offline=self.chat.forget_user)
+        self.sessions = Sessions(hub=self.hub, presence=presence)
         self.event_retention = EventRetentionJob(self.event_store, self.clock, self.settings.event_retention_days,
                                                  self.settings.event_prune_interval_minutes)
         self.jobs.append(self.event_retention)
@@ -236,6 +243,7 @@ class AppContext:
         """Before connections close: let features finish what they accepted."""
         for hook in self.drain_hooks:
             await hook()
+        self.sessions.close_all(1001, "server shutting down")  # after the features' acks went out
 
     async def close(self) -> None:
         await self.hub.stop()

@@ -1,7 +1,8 @@
 """Process lifecycle: database, context, HTTP server, jobs, graceful shutdown.
 
 Shutdown order on SIGINT/SIGTERM: stop accepting connections; let features
-drain (the chat batcher stores pending messages, sockets get 1001); wait for
+drain (the chat batcher stores and acks pending messages); close every socket
+and event stream with 1001; wait for
 in-flight requests, bounded by SHUTDOWN_GRACE_SECONDS; stop jobs; close the
 client; stop the embedded database if we started it.
 """

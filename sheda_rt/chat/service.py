@@ -27,8 +27,8 @@ from sheda_rt.clock import format_ts
 from sheda_rt.errors import BadRequest, Forbidden, NotFound, ValidationFailed
 from sheda_rt.metrics import MESSAGES_DELIVERED  # noqa: F401  (counted by the hub)
 from sheda_rt.pagination import decode_cursor, encode_cursor
-from sheda_rt.realtime.stream import with_seq
 from sheda_rt.wire import encode  # the one wire encoder (sheda_rt.chat.service.encode stays importable)
+from sheda_rt.realtime.stream import with_seq
 
 log = logging.getLogger("sheda.chat")
 
@@ -83,11 +83,7 @@ class ChatService:
             idempotency_seconds=self.settings.chat_idempotency_seconds,
             idempotency_messages=self.settings.chat_idempotency_messages,
         )
-        self._presence: list[tuple[int, bool, object]] = []  # (user, online, when) waiting for the next batch
-        self._presence_done: asyncio.Future | None = None
-        self._presence_order = asyncio.Lock()  # batches publish one after another (online never overtakes offline)
         self.hub.control_listeners.append(self._on_control)
-        self.stopping = False  # set by drain(): sockets closing at shutdown are not "going offline"
 
     @property
     def stores(self) -> list:
@@ -264,7 +260,7 @@ class ChatService:
         next_cursor = encode_cursor([page[-1][1]["_id"]]) if len(rows) > limit else None
         return {"items": items, "next_cursor": next_cursor}
 
-    # ---- receipts, typing, presence ----------------------------------------------
+    # ---- receipts, typing (presence: sheda_rt/realtime/sessions.py) --------------
     async def mark_read(self, me: int, other: int, up_to: int, origin: str | None = None) -> dict:
         """Mark other's messages to me with id <= up_to as read; tell other's sockets and
         my other sockets. Returns the read event; when nothing new was read (nothing
@@ -313,51 +309,14 @@ class ChatService:
         await self.hub.publish_encoded(other, encode({"type": "typing", "user_id": me, "sender_id": me, "receiver_id": other}))
         return True
 
-    PRESENCE_WINDOW = 0.005  # seconds: presence changes within it share their database work
-
-    async def presence_changed(self, user_id: int, online: bool) -> None:
-        """Tell the people user_id shares a conversation with that they came online or went
-        offline (storing last_seen). Changes arriving within PRESENCE_WINDOW are handled as
-        one batch: one update_many for last_seen and one query for everyone's peers, because
-        thousands of mobile sockets open or drop together (a deploy, a network blip), and a
-        few queries each would queue behind one another for seconds."""
-        self._presence.append((user_id, online, self.clock.now()))
-        if self._presence_done is None:
-            loop = asyncio.get_running_loop()
-            self._presence_done = loop.create_future()
-            loop.call_later(self.PRESENCE_WINDOW, lambda: asyncio.ensure_future(self._flush_presence()))
-        await asyncio.shield(self._presence_done)
-
-    async def _flush_presence(self) -> None:
-        events, done = self._presence, self._presence_done
-        self._presence, self._presence_done = [], None
-        async with self._presence_order:  # FIFO: batches are published in the order they were cut
-            await self._publish_presence(events, done)
-
-    async def _publish_presence(self, events: list, done: asyncio.Future) -> None:
-        try:
-            offline = {u: when for u, online, when in events if not online}
-            if offline:
-                await self.users.touch_last_seen(list(offline), max(offline.values()))
-                for u in offline:
-                    self._user_cache.forget(u)
-            peers = await self.conversations.peers_of_many({u for u, _, _ in events})
-            for u, online, when in events:  # in the order they happened
-                text = encode({"type": "presence", "user_id": u, "online": online, "last_seen": format_ts(when)})
-                for peer in peers.get(u, ()):
-                    await self.hub.publish_encoded(peer, text)
-        except Exception as exc:
-            done.set_exception(exc)
-            done.exception()  # marked retrieved: the waiters may all have gone
-        else:
-            done.set_result(None)
-
     async def drain(self) -> None:
-        """Shutdown: store and answer everything accepted, then close every socket with 1001."""
-        self.stopping = True
+        """Shutdown: store and answer everything accepted (the server closes the sockets after
+        every feature has drained: sheda_rt/realtime/sessions.py)."""
         await self.batcher.drain()
-        for conn in self.hub.all_sockets():
-            conn.close_for(1001, "server shutting down")
+
+    def forget_user(self, user_id: int) -> None:
+        """A profile field shown in frames changed (last_seen when going offline)."""
+        self._user_cache.forget(user_id)
 
 
 __all__ = ["ChatService", "ack_frame", "encode"]
