@@ -17,6 +17,7 @@ from pydantic.json_schema import models_json_schema
 from handlers.base import APIHandler, RequestIdMixin, StaticFiles
 from handlers.routing import route
 from sheda_rt.database.ids import MAX_ID
+from sheda_rt.realtime.asyncapi import build_asyncapi, with_server
 
 _ERROR_SCHEMA = {
     "type": "object",
@@ -160,7 +161,8 @@ def build_openapi(routes, version: str = "1.0.0") -> dict:
     return {
         "openapi": "3.1.0",
         "info": {"title": "Sheda RT", "version": version,
-                 "description": "Real-time-first real estate marketplace API. Chat over WebSocket at /api/v1/chat/ws; see README."},
+                 "description": "Real-time-first real estate marketplace API. Chat over WebSocket at /api/v1/chat/ws, its frames described "
+                                "by the AsyncAPI 3.0 document at /api/v1/asyncapi.json; see README."},
         "paths": paths,
         "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
     }
@@ -173,6 +175,18 @@ class OpenAPIHandler(APIHandler):
         if OpenAPIHandler._cache is None:
             OpenAPIHandler._cache = build_openapi([r for r in self.application.routes if hasattr(r, 'handler_class')])
         self.send(OpenAPIHandler._cache)
+
+
+class AsyncAPIHandler(APIHandler):
+    """The socket's protocol (AsyncAPI 3.0, generated from the frame models), with this server's
+    address as the client asked for it."""
+
+    _cache: dict | None = None
+
+    async def get(self):
+        if AsyncAPIHandler._cache is None:
+            AsyncAPIHandler._cache = build_asyncapi()
+        self.send(with_server(AsyncAPIHandler._cache, self.request.host, "wss" if self.request.protocol == "https" else "ws"))
 
 
 _SWAGGER_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Sheda RT API</title>
@@ -206,6 +220,7 @@ def _swagger_dir() -> str:
 
 default_handlers = [
     route("/api/v1/openapi.json", OpenAPIHandler),
+    route("/api/v1/asyncapi.json", AsyncAPIHandler),
     tornado.web.URLSpec(r"/docs/?$", SwaggerHandler),
     tornado.web.URLSpec(r"/docs/static/(.*)", SwaggerStaticHandler, {"path": _swagger_dir()}),
 ]
