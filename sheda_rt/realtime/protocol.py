@@ -1,4 +1,5 @@
-"""What the server sends on the chat socket (and the SSE stream), as pydantic models.
+"""What the server sends on the chat socket, as pydantic models (the SSE stream carries the
+same frames, plus its own last `close`).
 
 Clients parse these frames; the services build them as plain dicts where they happen
 (frames.py, chat/service.py, the event stream, the domain services), because that is
