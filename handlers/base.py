@@ -21,7 +21,7 @@ from tornado import httputil
 from tornado.iostream import StreamClosedError
 
 from sheda_rt import client_input
-from sheda_rt.errors import ApiError, BadRequest, TooLarge, UnsupportedMedia, ValidationFailed, from_storage
+from sheda_rt.errors import DATABASE_UNAVAILABLE, ApiError, BadRequest, TooLarge, UnsupportedMedia, ValidationFailed, to_wire
 from sheda_rt.wire import encode
 
 log = logging.getLogger("sheda.http")
@@ -312,39 +312,36 @@ class APIHandler(tornado.web.RequestHandler):
 
     def write_error(self, status_code: int, **kwargs):
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        exc = from_storage(exc) or exc
-        if isinstance(exc, ApiError):
-            self.set_status(exc.status)
-            for name, value in exc.headers.items():
+        wire = to_wire(exc) if exc is not None and not isinstance(exc, tornado.web.HTTPError) else None
+        if wire is not None and not wire.is_fault:  # the one mapping REST and socket errors share
+            self.set_status(wire.status)
+            for name, value in wire.headers.items():
                 self.set_header(name, value)
-            body = exc.body()
-        elif isinstance(exc, ValidationError):
-            failed = ValidationFailed.from_pydantic(exc)
-            self.set_status(422)
-            body = failed.body()
+            body = wire.body()
         elif isinstance(exc, tornado.web.HTTPError) and exc.status_code < 500:
             message = (exc.log_message % exc.args if exc.args else exc.log_message) if exc.log_message else self._reason
             body = {"detail": message, "code": _STATUS_CODES.get(exc.status_code, "http_error")}
             if exc.status_code == 405:
                 self.set_header("Allow", ", ".join(m for m in self.SUPPORTED_METHODS if self._implements(m)))
                 body["detail"] = f"Method {self.request.method} is not allowed here"
-        else:
-            body = {"detail": "Internal server error", "code": "internal_error", "request_id": getattr(self, "request_id", None)}
-            if status_code < 500:
-                body = {"detail": self._reason, "code": _STATUS_CODES.get(status_code, "http_error")}
+        elif status_code < 500:  # Tornado's own refusals without an exception (send_error(404))
+            body = {"detail": self._reason, "code": _STATUS_CODES.get(status_code, "http_error")}
+        else:  # a fault of ours: the request id lets the client's report be matched to the traceback
+            fault = wire or to_wire(exc)
+            body = {**fault.body(), "request_id": getattr(self, "request_id", None)}
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         if getattr(self, "_closes_connection", False):
             self.set_header("Connection", "close")
         self.finish(dumps(body))
 
     def log_exception(self, typ, value, tb):
-        if isinstance(value, (ApiError, ValidationError)):
+        wire = to_wire(value)
+        if wire.log_event is None:
             return  # an answered client error, not a server fault
-        if from_storage(value) is not None:  # answered 503; one line, not a traceback per request
-            log.warning(json.dumps({"event": "database_unavailable", "method": self.request.method, "path": self.request.path,
-                                    "error": f"{type(value).__name__}: {str(value)[:200]}"}))
+        if wire.log_event == DATABASE_UNAVAILABLE:  # answered 503; one line, not a traceback per request
+            log.warning(json.dumps(wire.log_record(value, method=self.request.method, path=self.request.path)))
             return
-        super().log_exception(typ, value, tb)
+        super().log_exception(typ, value, tb)  # Tornado's HTTPErrors and our faults
 
 
 _LINGERING: set = set()

@@ -26,7 +26,7 @@ from sheda_rt.chat.frames import (
 )
 from sheda_rt.chat.models import Conversation, ReadReceipt, SentMessage
 from sheda_rt.wire import encode
-from sheda_rt.errors import ApiError, Forbidden, Unauthorized, ValidationFailed, from_storage
+from sheda_rt.errors import DATABASE_UNAVAILABLE, ApiError, Forbidden, Unauthorized, ValidationFailed, to_wire
 from sheda_rt.limits import BurstGuard, TokenBucket
 from sheda_rt.realtime.stream import StreamReset
 from sheda_rt.metrics import OPEN_SOCKETS
@@ -136,17 +136,17 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
         except (Unauthorized, Forbidden) as exc:
             self._auth_error = exc
         except Exception as exc:
-            mapped = from_storage(exc)
-            if mapped is None:
+            wire = to_wire(exc)  # the one mapping REST errors and error frames share
+            if wire.log_event != DATABASE_UNAVAILABLE:
                 raise
             # The database cannot be asked about the token: refuse the upgrade the HTTP
             # way (503 + Retry-After), so the client retries rather than logging in again.
-            log.warning(json.dumps({"event": "database_unavailable", "frame": "connect", "error": type(exc).__name__}))
-            self.set_status(mapped.status)
-            for name, value in mapped.headers.items():
+            log.warning(json.dumps(wire.log_record(exc, frame="connect")))
+            self.set_status(wire.status)
+            for name, value in wire.headers.items():
                 self.set_header(name, value)
             self.set_header("Content-Type", "application/json; charset=UTF-8")
-            self.finish(encode(mapped.body()))
+            self.finish(encode(wire.body()))
 
     async def open(self):
         exc = self._auth_error
@@ -291,16 +291,13 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
             return
         try:
             await getattr(self, f"_on_{kind}")(frame)
-        except ApiError as exc:
-            self.send_frame(error_frame(exc.code, exc.detail, cmid, **exc.extra))
-        except Exception as exc:  # a fault, not the client's: answer it and keep the socket open
-            mapped = from_storage(exc)
-            if mapped is None:
+        except Exception as exc:  # answered as REST would (sheda_rt.errors.to_wire); the socket stays open
+            wire = to_wire(exc, fault_detail="The frame could not be handled; try again")
+            if wire.is_fault:
                 log.exception("chat frame %r failed", kind)
-                self.send_frame(error_frame("internal_error", "The frame could not be handled; try again", cmid))
-            else:
-                log.warning(json.dumps({"event": "database_unavailable", "frame": kind, "error": type(exc).__name__}))
-                self.send_frame(error_frame(mapped.code, mapped.detail, cmid, **mapped.extra))
+            elif wire.log_event == DATABASE_UNAVAILABLE:
+                log.warning(json.dumps(wire.log_record(exc, frame=kind)))
+            self.send_frame(error_frame(wire.code, wire.detail, cmid, **wire.extra))
 
     async def _on_message(self, frame):
         chat = self.ctx.chat

@@ -1,10 +1,15 @@
-"""Failures the services raise, independent of transport.
+"""Failures the services raise, independent of transport, and the one mapping of any
+exception to what a client is told (`to_wire`).
 
 REST turns them into `{"detail", "code"}` bodies with the status below; the
 WebSocket turns them into `{"type": "error", "code", "detail"}` frames. Services
 never import Tornado: they raise these and the edge decides the wire format.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
 
 
 class ApiError(Exception):
@@ -101,3 +106,53 @@ def from_storage(exc: BaseException) -> ApiError | None:
         return DatabaseUnavailable("The database is unavailable; try again in a few seconds",
                                    headers={"Retry-After": "5"}, extra={"retry_after": 5})
     return None
+
+
+#: `WireError.log_event` values: what the server logs about an error it answered.
+DATABASE_UNAVAILABLE = "database_unavailable"  # one warning line per failure, no traceback
+INTERNAL_ERROR = "internal_error"  # a fault of ours: the edge logs the traceback
+
+
+@dataclass(frozen=True)
+class WireError:
+    """What a client is told about an exception, whatever the transport: the status
+    (REST), the fields of the body or error frame (`code`, `detail`, then `extra`:
+    `errors`, `retry_after`, ...), the headers (REST: Retry-After, WWW-Authenticate),
+    and what the server logs (`log_event`: None for a client's error answered as such)."""
+
+    status: int
+    code: str
+    detail: str
+    extra: dict = field(default_factory=dict)
+    headers: dict = field(default_factory=dict)
+    log_event: str | None = None
+
+    def body(self) -> dict:
+        """The REST body: {"detail", "code", **extra}."""
+        return {"detail": self.detail, "code": self.code, **self.extra}
+
+    @property
+    def is_fault(self) -> bool:
+        return self.log_event == INTERNAL_ERROR
+
+    def log_record(self, exc: BaseException, **where) -> dict:
+        """The log line for an answered storage fault: where it happened (a route, a frame) and
+        what the driver said."""
+        return {"event": self.log_event, **where, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+
+
+def to_wire(exc: BaseException, fault_detail: str = "Internal server error") -> WireError:
+    """The one mapping of an exception to the wire, for REST errors and WebSocket error
+    frames alike: an ApiError as it says; a pydantic ValidationError as a 422 naming the
+    fields; the database out of reach as a 503 the client may retry (`from_storage`);
+    anything else as a fault of ours (500, `fault_detail`, logged with its traceback)."""
+    mapped = from_storage(exc)
+    if mapped is not None:
+        known, event = mapped, DATABASE_UNAVAILABLE
+    elif isinstance(exc, ApiError):
+        known, event = exc, None
+    elif isinstance(exc, ValidationError):
+        known, event = ValidationFailed.from_pydantic(exc), None
+    else:
+        return WireError(500, "internal_error", fault_detail, log_event=INTERNAL_ERROR)
+    return WireError(known.status, known.code, known.detail, dict(known.extra), dict(known.headers), event)
