@@ -134,11 +134,9 @@ class EventStreamHandler(APIHandler):
         # missed; and the client sees the stream open only once it is registered, so what it then
         # sends over REST comes back on the stream.
         self._registered = True
-        came_online = await ctx.hub.connected(self)  # registers synchronously, then asks the broker
+        await ctx.sessions.opened(self)  # registers synchronously, then presence (sheda_rt/realtime/sessions.py)
         self.write(f"retry: {RETRY_MS}\n\n".encode())
         self.flush()
-        if came_online:
-            await ctx.sessions.presence.changed(self.user_id, True)  # (sheda_rt/realtime/sessions.py)
         if replay:
             await self._replay(after)
         heartbeat = ctx.settings.sse_heartbeat_seconds
