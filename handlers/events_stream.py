@@ -35,7 +35,7 @@ from handlers.base import APIHandler, dumps
 from handlers.routing import EndpointDoc, route
 from sheda_rt.accounts.auth import USER, bearer_token
 from sheda_rt.database.ids import MAX_ID
-from sheda_rt.errors import Unauthorized, ValidationFailed, from_storage
+from sheda_rt.errors import DATABASE_UNAVAILABLE, Unauthorized, ValidationFailed, to_wire
 from sheda_rt.realtime.stream import StreamReset
 
 log = logging.getLogger("sheda.events.stream")
@@ -195,10 +195,11 @@ class EventStreamHandler(APIHandler):
         except StreamClosedError:
             self._end()
         except Exception as exc:
-            if from_storage(exc) is None:
+            wire = to_wire(exc)
+            if wire.log_event != DATABASE_UNAVAILABLE:
                 raise
             # The client reconnects after `retry` with the Last-Event-ID of the last event it got.
-            log.warning(json.dumps({"event": "database_unavailable", "frame": "sse_replay", "error": type(exc).__name__}))
+            log.warning(json.dumps(wire.log_record(exc, frame="sse_replay")))
             self.close_for(CLOSE_TRY_LATER, "database unavailable: reconnect to resume")
         return None
 
