@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import uuid
+from datetime import datetime, timezone
 
 import tornado.websocket
 from pydantic import ValidationError
@@ -26,6 +27,7 @@ from sheda_rt.chat.frames import (
 )
 from sheda_rt.chat.models import Conversation, ReadReceipt, SentMessage
 from sheda_rt.wire import encode
+from sheda_rt.clock import format_ts
 from sheda_rt.errors import DATABASE_UNAVAILABLE, ApiError, Forbidden, Unauthorized, ValidationFailed, to_wire
 from sheda_rt.limits import BurstGuard, TokenBucket
 from sheda_rt.realtime.stream import StreamReset
@@ -56,6 +58,8 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
         self.user_id = None
         self.jti = None
         self.fam = None
+        self.user_type = None  # the user's type when the socket opened: admin broadcasts to one type (Hub.broadcast)
+        self.expires_at = None  # the token's exp (epoch seconds): the hub closes the socket then (4401)
         self._closing = False
         self._ending = False  # closing for abuse: no more frames handled, pending acks still sent
         self._registered = False
@@ -158,6 +162,8 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
         self.user_id = user["_id"]
         self.jti = self.principal.jti
         self.fam = self.principal.claims.get("fam")
+        self.user_type = user.get("user_type")
+        self.expires_at = self.principal.claims["exp"]  # watched by the hub from hub.connected on
         self.info = sender_info(user, self.ctx.settings.public_base_url)
         self.principal = None
         self.request.headers.clear()  # idle sockets are many: keep only what we use
@@ -349,6 +355,34 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
 
     async def _on_ping(self, frame):
         self.send_frame({"type": "pong"})
+
+    async def _on_subscribe(self, frame):
+        name = await self.ctx.channels.subscribe(self, frame.channel)
+        if not self._registered:  # closed while permission was asked: its channels were dropped already
+            await self.ctx.channels.drop(self)
+            return
+        self.send_frame({"type": "subscribed", "channel": name})
+
+    async def _on_unsubscribe(self, frame):
+        self.send_frame({"type": "unsubscribed", "channel": await self.ctx.channels.unsubscribe(self, frame.channel)})
+
+    async def _on_auth(self, frame):
+        """Renew the socket's token: checked exactly as a REST bearer token is (signature, expiry,
+        access type, revocation, the account), and it must be the socket's own user's. From then
+        on the socket closes when the new token expires, and logging out the new token (or its
+        login) closes it. Any refusal leaves the current token and its expiry in force."""
+        try:
+            principal = await self.ctx.auth.authenticate_token(frame.token, USER)
+        except (Unauthorized, Forbidden) as exc:
+            raise Unauthorized(f"Token not renewed: {exc.detail}", "invalid_token", extra={"reason": exc.code})
+        if principal.user_id != self.user_id:
+            raise Unauthorized("Token not renewed: it belongs to another user", "invalid_token", extra={"reason": "other_user"})
+        if self._closing or self._ending:
+            return  # closed (expired, logged out) while the token was being checked: nothing to renew
+        exp = principal.claims["exp"]
+        self.jti, self.fam = principal.jti, principal.claims.get("fam")
+        self.ctx.hub.renew_expiry(self, exp)
+        self.send_frame({"type": "auth.ok", "expires_at": format_ts(datetime.fromtimestamp(exp, tz=timezone.utc))})
 
 
 # ---- REST ---------------------------------------------------------------------------

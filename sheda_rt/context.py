@@ -33,7 +33,7 @@ class AppContext:
         self.client, self.db = connect(mongodb_uri, settings.mongodb_db)
         self.ids = IdAllocator(self.db)
         self.mailer = mailer or mailer_from_settings(settings)
-        self.hub = Hub()
+        self.hub = Hub(clock=self.clock, expiry_sweep_seconds=settings.ws_expiry_sweep_seconds)  # [realtime] token expiry by our clock
         # Shared limits (login throttle, socket rate limits); Redis-backed when REDIS_URL is set.
         self.limits = MemoryLimits()
         if settings.redis_url:  # [operations] many processes, one server: fan-out, presence and limits in Redis
@@ -41,8 +41,11 @@ class AppContext:
             from sheda_rt.redis_limits import RedisLimits
 
             broker = RedisBroker(settings.redis_url, settings.mongodb_db, heartbeat_seconds=settings.redis_heartbeat_seconds)
-            self.hub = Hub(broker)
+            self.hub = Hub(broker, clock=self.clock, expiry_sweep_seconds=settings.ws_expiry_sweep_seconds)
             self.limits = RedisLimits(broker.redis, settings.mongodb_db)
+        from sheda_rt.realtime.channels import Channels  # [realtime] channels of things: kinds register below
+
+        self.channels = Channels(self.hub, settings.ws_max_subscriptions)
         self.media = MediaStore(settings.media_dir, settings.max_upload_bytes, settings.max_image_pixels)
         self.tokens = TokenCodec(settings.jwt_secret_value(), settings.jwt_algorithm, self.clock)
 
@@ -82,6 +85,8 @@ class AppContext:
         self._install_builders()
         # [payments] payments through a gateway (Paystack), its webhook, the reconciliation job.
         self._install_payments()
+        # [realtime] presence on request; administrators' announcements and disconnects.
+        self._install_realtime_api()
 
     def _install_stream(self) -> None:  # [realtime] the chat and the resumable event stream share one sequencer
         from sheda_rt.realtime.events_store import EventStore
@@ -98,7 +103,7 @@ class AppContext:
         presence = PresenceAnnouncer(clock=self.clock, touch_last_seen=self.users.touch_last_seen,
                                      peers_of_many=self.chat.conversations.peers_of_many, publish=self.hub.publish_encoded,
                                      went_offline=self.chat.forget_user)
-        self.sessions = Sessions(hub=self.hub, presence=presence)
+        self.sessions = Sessions(hub=self.hub, presence=presence, channels=self.channels)
         self.event_retention = EventRetentionJob(self.event_store, self.clock, self.settings.event_retention_days,
                                                  self.settings.event_prune_interval_minutes)
         self.jobs.append(self.event_retention)
@@ -124,6 +129,7 @@ class AppContext:
                             self.contract_store, self.notification_store])
         self.notifications = NotificationService(self, self.notification_store)
         self.properties = PropertyService(self, self.property_store, self.favourite_store)
+        self.channels.register("property", self.properties.authorize_watch)  # [realtime] property:<id>
         self.availability = AvailabilityService(self, self.availability_store)
         self.appointments = AppointmentService(self, self.appointment_store, self.availability_store, self.property_store,
                                                self.notifications)
@@ -216,6 +222,13 @@ class AppContext:
         self.leads = LeadService(self.lead_store, properties=self.properties, notifications=self.notifications, chat=self.chat,
                                  limits=self.limits, ids=self.ids, clock=self.clock, analytics=self.analytics,
                                  per_ip_per_hour=self.settings.inquiries_per_ip_per_hour)
+
+    def _install_realtime_api(self) -> None:  # [realtime]
+        from sheda_rt.realtime.announcements import RealtimeAdmin
+        from sheda_rt.realtime.presence_query import PresenceQuery
+
+        self.presence_query = PresenceQuery(self.hub, self.users, self.chat.conversations)
+        self.realtime_admin = RealtimeAdmin(self.hub, self.users, self.notifications, self.clock)
 
     async def ensure_indexes(self) -> None:
         for store in self.stores:

@@ -81,6 +81,38 @@ class PingFrame(_Frame):
 INBOUND = {"message": SendFrame, "read": ReadFrame, "typing": TypingFrame, "sync": SyncFrame, "ping": PingFrame}
 
 
+class AuthFrame(_Frame):
+    """Renew the socket's token before it expires: a fresh access token of the same user (from
+    POST /auth/refresh). Answered with auth.ok and the new expiry; anything else is an error frame
+    invalid_token and the socket still closes (4401) when its current token expires."""
+
+    type: Literal["auth"]
+    token: str = Field(min_length=1, max_length=4096, description="A new access token of the socket's user")
+
+
+INBOUND["auth"] = AuthFrame
+
+
+class SubscribeFrame(_Frame):
+    """Watch a thing's channel (`property:42`): its live updates (property.updated), for as long
+    as the socket is open. Answered with subscribed; refusals are error frames unknown_channel,
+    forbidden or too_many_subscriptions (sheda_rt/realtime/channels.py)."""
+
+    type: Literal["subscribe"]
+    channel: str = Field(description="'<kind>:<id>', e.g. property:42")
+
+
+class UnsubscribeFrame(_Frame):
+    """Stop watching a channel; answered with unsubscribed even if it was not subscribed."""
+
+    type: Literal["unsubscribe"]
+    channel: str = Field(description="'<kind>:<id>', e.g. property:42")
+
+
+INBOUND["subscribe"] = SubscribeFrame
+INBOUND["unsubscribe"] = UnsubscribeFrame
+
+
 # ---- REST queries --------------------------------------------------------------
 class HistoryQuery(BaseModel):
     offset: int = Field(0, ge=0, le=MAX_HISTORY_OFFSET,

@@ -224,12 +224,13 @@ class ContractService:
             if again["status"] not in from_states:
                 return "wrong_state", again
             return "property_unavailable", again
+        await self.ctx.properties.announce(taken, ["status"])  # property.updated to the listing's watchers
         fields = {"activated_at": now, "is_active": True, "start_date": now, **(extra or {})}
         if current["contract_type"] == "rent":
             fields["end_date"] = add_months(now, current["term_months"])
         doc = await self.store.transition(contract_id, who, from_states, "active", now, fields, release_hold=True)
         if doc is None:  # the client cancelled (or another confirmation won) between our read and our write
-            await self.properties.release(property_id, contract_id, now)
+            await self.ctx.properties.announce(await self.properties.release(property_id, contract_id, now), ["status"])
             return "lost", None
         await self._announce(doc, "confirmed", actor=actor)
         await self._close_rivals(doc, now)
@@ -262,7 +263,8 @@ class ContractService:
         return doc
 
     async def _release(self, doc: dict, now) -> None:
-        await self.properties.release(doc["property_id"], doc["_id"], now)
+        released = await self.properties.release(doc["property_id"], doc["_id"], now)
+        await self.ctx.properties.announce(released, ["status"])  # None (nothing changed) announces nothing
         await self.store.mark_released(doc["_id"])
 
     async def expire_by_admin(self, principal, contract_id: int) -> dict:

@@ -7,17 +7,26 @@
 - `status` follows the contracts and is never set over PATCH.
 - The owner or an admin can unlist and list again (`set_active`); a sold or
   rented listing cannot come back (409) until a contract expiry makes it available.
+- Every stored change of a listing (PATCH, price, images, unlisting and listing again, a
+  contract's status) is announced as `property.updated` on channel `property:<id>` after the
+  write (`announce`): the listing as GET returns it and the names of the fields that changed.
 - A listing may carry a category (counted into it before the write, so a category
   in use is never deleted: sheda_rt/categories/store.py). Price changes are kept in
   `price_history` (the last PRICE_HISTORY entries).
 """
 from __future__ import annotations
 
+import logging
+
 from sheda_rt.clock import format_ts
 from sheda_rt.errors import Conflict, Forbidden, NotFound
 from sheda_rt.listings.models import AMENITIES, FLAGS, PropertyCreate, PropertyUpdate, SearchQuery
 from sheda_rt.listings.money import format_money, to_decimal128, to_minor
 from sheda_rt.listings.store import SearchPlan, keyword_facet, keyword_words, location_words, word_facet
+from sheda_rt.realtime.channels import UnknownChannel
+from sheda_rt.responses import public_media_url
+
+log = logging.getLogger("sheda.listings")
 
 MAX_IMAGES = 10
 PRICE_HISTORY = 50
@@ -88,6 +97,40 @@ class PropertyService:
             if principal is None or not (principal.user_id == doc["agent_id"] or is_admin(principal)):
                 raise NotFound("No such property", "property_not_found")
         return doc
+
+    async def authorize_watch(self, user_id: int, property_id: int) -> None:
+        """Who may watch channel `property:<id>`: anyone signed in, for a listed property; an
+        unlisted one only its agent, as over REST, where it is a 404 to everyone else (so it is
+        an unknown channel here, not a forbidden one: its existence is not told)."""
+        doc = await self.store.get(property_id)
+        if doc is None or not (doc.get("is_active", True) or doc["agent_id"] == user_id):
+            raise UnknownChannel(f"No channel 'property:{property_id}': no such property")
+
+    # ---- live updates (channel property:<id>) -------------------------------
+    async def announce(self, after: dict | None, changes: list[str], view: dict | None = None) -> None:
+        """`property.updated` to whoever watches this listing, on every process, once the change
+        is stored. Never fails the caller: the change is stored, and a watcher that missed the
+        event (Redis away) refetches over REST when it resubscribes."""
+        if after is None or not changes:
+            return
+        view = view or property_view(after)
+        base = self.ctx.settings.public_base_url
+        if base:  # the listing exactly as GET shows it: media URLs absolute under PUBLIC_BASE_URL
+            view = {**view, "images": [{**i, "url": public_media_url(i["url"], base)} for i in view["images"]]}
+        frame = {"type": "property.updated", "property_id": view["id"], "property": view, "changes": changes}
+        try:
+            await self.ctx.channels.publish("property", view["id"], frame)
+        except Exception:
+            log.exception("property.updated for %s not published", view["id"])
+
+    async def _changed(self, before: dict | None, after: dict | None) -> dict | None:
+        """Announce what differs between two versions of a listing; returns the new view."""
+        if after is None:
+            return None
+        view = property_view(after)
+        old = property_view(before) if before is not None else {}
+        await self.announce(after, [k for k, v in view.items() if k != "updated_at" and old.get(k) != v], view)
+        return view
 
     async def managed(self, principal, property_id: int) -> dict:
         doc = await self.visible(property_id, principal)
@@ -167,7 +210,7 @@ class PropertyService:
             if updated is not None:
                 if moved and old_cat is not None:
                     await self.ctx.categories.release(old_cat)
-                return property_view(updated)
+                return await self._changed(doc, updated)
             if moved and new_cat is not None:  # someone else changed it first: undo our count, read again
                 await self.ctx.categories.release(new_cat)
         raise Conflict("The listing is being changed by someone else; try again", "concurrent_update")
@@ -180,13 +223,13 @@ class PropertyService:
         now = self.clock.now()
         if not active:
             if doc.get("is_active", True):
-                await self.store.delist(property_id, now)
+                await self._changed(doc, await self.store.delist(property_id, now))
             return property_view(await self.store.get(property_id))
         if doc.get("is_active", True):
             return property_view(doc)
         updated = await self.store.relist(property_id, now)
         if updated is not None:
-            return property_view(updated)
+            return await self._changed(doc, updated)
         current = await self.store.get(property_id)
         if current is None:
             raise NotFound("No such property", "property_not_found")
@@ -196,8 +239,10 @@ class PropertyService:
                        extra={"status": current["status"]})
 
     async def delist(self, principal, property_id: int) -> None:
-        await self.managed(principal, property_id)
-        await self.store.delist(property_id, self.clock.now())
+        doc = await self.managed(principal, property_id)
+        after = await self.store.delist(property_id, self.clock.now())
+        if doc.get("is_active", True):  # deleting an unlisted one again changes nothing worth telling
+            await self._changed(doc, after)
 
     # ---- search ------------------------------------------------------------
     def plan(self, q: SearchQuery) -> SearchPlan:
@@ -284,22 +329,22 @@ class PropertyService:
             raise Conflict(f"A property has at most {MAX_IMAGES} images", "too_many_images")
         if make_primary:
             updated = await self.store.set_primary(property_id, image["id"], self.clock.now()) or updated
-        view = property_view(updated)
+        view = await self._changed(doc, updated)
         return {"image": next(i for i in view["images"] if i["id"] == image["id"]), "property": view}
 
     async def set_primary(self, principal, property_id: int, image_id: int) -> dict:
-        await self.managed(principal, property_id)
+        doc = await self.managed(principal, property_id)
         updated = await self.store.set_primary(property_id, image_id, self.clock.now())
         if updated is None:
             raise NotFound("No such image on this property", "image_not_found")
-        return property_view(updated)
+        return await self._changed(doc, updated)
 
     async def delete_image(self, principal, property_id: int, image_id: int) -> None:
         await self.managed(principal, property_id)
         before = await self.store.pull_image(property_id, image_id)
         if before is None:
             raise NotFound("No such image on this property", "image_not_found")
-        await self.store.ensure_primary(property_id)
+        await self._changed(before, await self.store.ensure_primary(property_id))
         removed = next((i for i in before.get("images", []) if i["id"] == image_id), None)
         if removed:
             await self.ctx.media.delete(removed["url"])
