@@ -127,8 +127,7 @@ class EventStreamHandler(APIHandler):
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")  # nginx: pass each event on, do not buffer the response
-        replay = after is not None and getattr(ctx, "stream", None) is not None
-        if replay:
+        if after is not None:
             self._held = []
         # Registered before anything is replayed, so an event published meanwhile is held, not
         # missed; and the client sees the stream open only once it is registered, so what it then
@@ -137,7 +136,7 @@ class EventStreamHandler(APIHandler):
         await ctx.sessions.opened(self)  # registers synchronously, then presence (sheda_rt/realtime/sessions.py)
         self.write(f"retry: {RETRY_MS}\n\n".encode())
         self.flush()
-        if replay:
+        if after is not None:
             await self._replay(after)
         heartbeat = ctx.settings.sse_heartbeat_seconds
         while not self._done.is_set():
@@ -210,8 +209,7 @@ class EventStreamHandler(APIHandler):
         wrote is skipped; live frames are held meanwhile, as at the start). Before that position
         everything reached it live, or was replayed when it opened."""
         after = hint.get("after_seq")
-        if not isinstance(after, int) or getattr(self.ctx, "stream", None) is None:
-            self._send_text(dumps(hint))  # nothing to replay here: the client may refetch over REST
+        if not isinstance(after, int):
             return
         if self._held is not None:  # a replay is being written: once it is done, again from here
             self._resync_after = after if self._resync_after is None else min(self._resync_after, after)
