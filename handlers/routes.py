@@ -11,9 +11,11 @@ from handlers import builders  # [builders]
 from handlers import payments  # [payments]
 from handlers import jobs  # [jobs]
 from handlers import devices  # [push]
+from handlers import events_stream  # [realtime] the events as Server-Sent Events (the socket's fallback)
+from handlers import realtime  # [realtime] presence on request, announcements, disconnect
 from handlers import events  # [realtime] the event stream's REST replay
 
-MODULES = [health, metrics, accounts, users, admin, media, chat, properties, agents, appointments, contracts, notifications, builders, categories, inquiries, analytics, jobs, payments, devices, events, docs]
+MODULES = [health, metrics, accounts, users, admin, media, chat, properties, agents, appointments, contracts, notifications, builders, categories, inquiries, analytics, jobs, payments, devices, events, events_stream, realtime, docs]
 
 
 def all_routes(settings) -> list:
