@@ -133,7 +133,7 @@ class MessageStore:
 
     async def insert_batch(self, docs: list[dict]) -> InsertOutcome:
         """One insert_many for the whole batch (see `insert_unordered`)."""
-        return await insert_unordered(self.col, docs)
+        return await insert_unordered(self.col, docs, again=self.insert_batch)
 
     async def get(self, conv: str, message_id: int) -> dict | None:
         """One message by id (both keys of the conversation index)."""

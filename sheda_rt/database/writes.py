@@ -45,12 +45,13 @@ class InsertOutcome:
         self.unencodable: set[int] = set()
 
 
-async def insert_unordered(col, docs: list[dict]) -> InsertOutcome:
+async def insert_unordered(col, docs: list[dict], again=None) -> InsertOutcome:
     """One insert_many for a batch (chat messages, stream events). Unordered, so a document
     the database refuses (a duplicate _id, a validator) does not stop the others; such
     failures are reported by position. A document the driver cannot encode (it would fail
     the whole call before anything is sent) is reported the same way and the rest are
-    inserted. A failure of the call itself (database down) raises."""
+    inserted (through `again`, the caller's own batch insert, when given). A failure of the
+    call itself (database down) raises."""
     outcome = InsertOutcome()
     positions = list(range(len(docs)))
     try:
@@ -72,7 +73,8 @@ async def insert_unordered(col, docs: list[dict]) -> InsertOutcome:
             raise  # not a per-document problem after all
         positions = good
         if good:
-            inner = await insert_unordered(col, [docs[i] for i in good])
+            rest = [docs[i] for i in good]
+            inner = await (again(rest) if again is not None else insert_unordered(col, rest))
             outcome.failed.update({positions[j]: why for j, why in inner.failed.items()})
             outcome.unencodable.update(positions[j] for j in inner.unencodable)
     return outcome
