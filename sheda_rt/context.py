@@ -57,9 +57,15 @@ class AppContext:
         self.account_info = AccountInfoStore(self.db)  # accounts: agents' bank details
         self.stores = [self.users, self.revocations, self.otps, self.refresh_tokens, self.account_info]
 
-        # Services: the business rules.
+        # Services: the business rules. Each gets the dependencies it names, never this context.
         self.auth = AuthService(self.tokens, self.users, self.revocations)
-        self.accounts = AccountService(self)
+        # [push] devices and settings come first: accounts (logout) and chat (stored, read) report to
+        # it; its dispatcher is attached once the job queue exists (_install_push_dispatch).
+        self._install_push()
+        self.accounts = AccountService(users=self.users, tokens=self.tokens, otps=self.otps, refresh_tokens=self.refresh_tokens,
+                                       revocations=self.revocations, account_info=self.account_info, clock=self.clock,
+                                       settings=settings, mailer=self.mailer, limits=self.limits, hub=self.hub, push=self.push,
+                                       media=self.media)
 
         # Background jobs (PeriodicCallbacks) registered by features; started by the server.
         self.jobs: list = []
@@ -150,13 +156,11 @@ class AppContext:
                                     poll_seconds=s.job_poll_seconds)
         self.jobs.append(self.job_runner)
         self.drain_hooks.append(self.job_runner.drain)
-        self._install_push()
+        self._install_push_dispatch()
 
-    def _install_push(self) -> None:  # [push] devices, settings and the dispatcher, on the job queue
+    def _install_push(self) -> None:  # [push] devices and settings
         from sheda_rt.push.service import PushService
         from sheda_rt.push.store import DeviceStore, PreferenceStore
-        from sheda_rt.push.dispatch import Dispatcher
-        from sheda_rt.push.presence import Presence
         from sheda_rt.push.vapid import VapidKeys
         from sheda_rt.push.webpush import WebPushProvider
 
@@ -166,6 +170,11 @@ class AppContext:
         vapid = VapidKeys.from_settings(self.settings)
         self.push = PushService(self.settings, self.device_store, self.preference_store, self.clock, vapid)
         self.push_provider = WebPushProvider(vapid, self.settings.vapid_subject, allow_local=self.settings.push_allow_local_endpoints)
+
+    def _install_push_dispatch(self) -> None:  # [push] the dispatcher, on the job queue; it reads chat, which reports to push
+        from sheda_rt.push.dispatch import Dispatcher
+        from sheda_rt.push.presence import Presence
+
         self.push.dispatch = Dispatcher(self.settings, self.push, self.chat, Presence(self.hub), self.job_runner, self.push_provider,
                                         self.clock)
         self.drain_hooks.append(self.push.dispatch.drain)

@@ -16,6 +16,8 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
+from typing import TYPE_CHECKING
+
 from pydantic import ValidationError
 
 from sheda_rt.accounts.models import (AGENT_PROFILE_FIELDS, BUILDER_PROFILE_FIELDS, CLIENT_PROFILE_FIELDS, AgentProfilePatch,
@@ -25,6 +27,22 @@ from sheda_rt.accounts.passwords import hash_password, verify_password
 from sheda_rt.accounts.usernames import RESERVED_MESSAGE, is_reserved
 from sheda_rt.clock import format_ts
 from sheda_rt.errors import BadRequest, Conflict, Forbidden, NotFound, RateLimited, Unauthorized, ValidationFailed
+
+if TYPE_CHECKING:  # types only: the context wires these in (runtime imports here would make cycles)
+    from config.settings import Settings
+    from sheda_rt.accounts.bank_store import AccountInfoStore
+    from sheda_rt.accounts.otp_store import OtpStore
+    from sheda_rt.accounts.refresh_store import RefreshTokenStore
+    from sheda_rt.accounts.revocations_store import RevocationStore
+    from sheda_rt.accounts.tokens import TokenCodec
+    from sheda_rt.accounts.users_store import UserStore
+    from sheda_rt.clock import Clock
+    from sheda_rt.limits import MemoryLimits
+    from sheda_rt.mail.mailer import Mailer
+    from sheda_rt.media.store import MediaStore
+    from sheda_rt.push.service import PushService
+    from sheda_rt.realtime.hub import Hub
+    from sheda_rt.redis_limits import RedisLimits
 
 log = logging.getLogger("sheda.accounts")
 
@@ -116,16 +134,22 @@ _INVALID_OTP = "The code is wrong or has expired (after 5 wrong tries it stops w
 
 
 class AccountService:
-    def __init__(self, ctx):
-        self.ctx = ctx
-        self.users = ctx.users
-        self.tokens = ctx.tokens
-        self.otps = ctx.otps
-        self.refresh_tokens = ctx.refresh_tokens
-        self.revocations = ctx.revocations
-        self.bank = ctx.account_info
-        self.clock = ctx.clock
-        self.settings = ctx.settings
+    def __init__(self, *, users: UserStore, tokens: TokenCodec, otps: OtpStore, refresh_tokens: RefreshTokenStore,
+                 revocations: RevocationStore, account_info: AccountInfoStore, clock: Clock, settings: Settings,
+                 mailer: Mailer, limits: MemoryLimits | RedisLimits, hub: Hub, push: PushService, media: MediaStore):
+        self.users = users
+        self.tokens = tokens
+        self.otps = otps
+        self.refresh_tokens = refresh_tokens
+        self.revocations = revocations
+        self.bank = account_info
+        self.clock = clock
+        self.settings = settings
+        self.mailer = mailer
+        self.limits = limits  # send-otp and login throttles, shared by every process when Redis is configured
+        self.hub = hub  # closes the sockets of revoked logins
+        self.push = push  # a logged-out login's devices are deleted
+        self.media = media  # avatars
 
     # ---- registration and one-time codes -----------------------------------
     async def register(self, req, *, verified: bool = False, send_otp: bool = True, operator: bool = False) -> dict:
@@ -163,7 +187,7 @@ class AccountService:
                 f"Your Sheda verification code is {code}\n\n"
                 f"It works once and expires in {minutes} minutes. If you did not ask for it, ignore this email.\n")
         try:
-            await self.ctx.mailer.send(user["email"], subject, body)
+            await self.mailer.send(user["email"], subject, body)
         except Exception as exc:  # the account exists either way; the user can ask for another code
             log.error(json.dumps({"event": "mail_failed", "user_id": user["_id"], "error": f"{type(exc).__name__}: {exc}"}))
 
@@ -171,7 +195,7 @@ class AccountService:
         """Mail a fresh code (replacing any earlier one). Unknown or deactivated addresses
         get the same answer and nothing is sent, so this cannot probe for accounts."""
         email = email.lower()
-        wait = await self.ctx.limits.take_token(f"send-otp:{email}", OTP_SEND_BURST, OTP_SEND_PER_SECOND)
+        wait = await self.limits.take_token(f"send-otp:{email}", OTP_SEND_BURST, OTP_SEND_PER_SECOND)
         if wait > 0:
             raise RateLimited("Too many codes requested for this address; try again later", int(wait) + 1)
         user = await self.users.find_by_email(email)
@@ -216,7 +240,7 @@ class AccountService:
             raise Unauthorized("This reset token was already used", "token_revoked")
         password_hash = await hash_password(password, self.settings.bcrypt_rounds)
         await self.users.revoke_all_tokens(principal.user_id, {"password_hash": password_hash, "updated_at": self.clock.now()})
-        await self.ctx.hub.revoke_sessions(principal.user_id, code=4401, reason="password changed")
+        await self.hub.revoke_sessions(principal.user_id, code=4401, reason="password changed")
 
     # ---- tokens ------------------------------------------------------------
     def _exp(self, claims: dict) -> datetime:
@@ -255,7 +279,7 @@ class AccountService:
         `email_unverified`, but only once the password was right, so neither reveals anything to
         someone guessing."""
         user = await self.users.find_login(identifier)
-        limits = self.ctx.limits
+        limits = self.limits
         window = self.settings.login_window_minutes * 60
         account_key, ip_key = self._login_key(user, identifier, ip), self._login_ip_key(ip)
         throttles = ((account_key, self.settings.login_max_failures), (ip_key, self.settings.login_max_failures_per_ip))
@@ -310,7 +334,7 @@ class AccountService:
         # Outlives every token of the family: the newest refresh token lives refresh_token_days.
         until = self.clock.now() + timedelta(days=self.settings.refresh_token_days, minutes=self.settings.access_token_minutes)
         await self.revocations.revoke(f"fam:{fam}", until, reason=reason)
-        await self.ctx.hub.revoke_sessions(user_id, fam=fam, code=4401, reason="session revoked")
+        await self.hub.revoke_sessions(user_id, fam=fam, code=4401, reason="session revoked")
 
     async def logout(self, principal) -> None:
         """Revokes the bearer token and its login family (so its refresh token dies with it),
@@ -320,9 +344,9 @@ class AccountService:
         if claims.get("fam"):
             until = self.clock.now() + timedelta(days=self.settings.refresh_token_days, minutes=self.settings.access_token_minutes)
             await self.revocations.revoke(f"fam:{claims['fam']}", until, reason="logout")
-        await self.ctx.hub.revoke_sessions(principal.user_id, jti=claims["jti"], fam=claims.get("fam"), code=4401,
+        await self.hub.revoke_sessions(principal.user_id, jti=claims["jti"], fam=claims.get("fam"), code=4401,
                                            reason="logged out")
-        await self.ctx.push.on_logout(principal.user_id, claims.get("fam"))  # [push] this login's devices go with it
+        await self.push.on_logout(principal.user_id, claims.get("fam"))  # [push] this login's devices go with it
 
     async def switch_account(self, principal, switch_to: str) -> dict:
         """Become a client or an agent: user_type changes and a new pair (same family) carries
@@ -372,14 +396,14 @@ class AccountService:
         """is_active=false: every token of the user gets 403 at once and open sockets close with 4403.
         The tokens stay dead if the account is reactivated later (the token epoch moves on)."""
         user = await self.users.revoke_all_tokens(user_id, {"is_active": False, "updated_at": self.clock.now()})
-        await self.ctx.hub.revoke_sessions(user_id, code=4403, reason=reason)
+        await self.hub.revoke_sessions(user_id, code=4403, reason=reason)
         return user
 
     async def set_avatar(self, user: dict, data: bytes) -> dict:
-        url = await self.ctx.media.save_image(data, "avatars")
+        url = await self.media.save_image(data, "avatars")
         updated = await self.users.update(user["_id"], {"avatar_url": url, "updated_at": self.clock.now()})
         if user.get("avatar_url"):
-            await self.ctx.media.delete(user["avatar_url"])
+            await self.media.delete(user["avatar_url"])
         return updated
 
     async def public_user(self, user_id: int) -> dict:
@@ -431,5 +455,5 @@ class AccountService:
         log.info(json.dumps({"event": "admin_user_update", "admin_id": admin["_id"], "user_id": user_id,
                              "changes": {k: v for k, v in changes.items() if k != "updated_at"}}))
         if changes.get("is_active") is False:
-            await self.ctx.hub.revoke_sessions(user_id, code=4403, reason="account deactivated")
+            await self.hub.revoke_sessions(user_id, code=4403, reason="account deactivated")
         return admin_user(updated)
