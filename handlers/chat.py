@@ -296,7 +296,7 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
             self.send_frame(error_frame(failed.code, failed.detail, cmid, errors=failed.errors))
             return
         try:
-            await getattr(self, f"_on_{kind}")(frame)
+            await self.DISPATCH[kind](self, frame)
         except Exception as exc:  # answered as REST would (sheda_rt.errors.to_wire); the socket stays open
             wire = to_wire(exc, fault_detail="The frame could not be handled; try again")
             if wire.is_fault:
@@ -314,7 +314,7 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
             self._pending = set()
         self._pending.add(future)
         future.add_done_callback(lambda done: self._answer_stored(done, cmid))
-        if chat.batcher.backlog > 4 * chat.batcher.max_batch:
+        if chat.congested():
             # Back-pressure: stop reading this socket until its message is stored.
             await asyncio.wait([future])
 
@@ -383,6 +383,17 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
         self.jti, self.fam = principal.jti, principal.claims.get("fam")
         self.ctx.hub.renew_expiry(self, exp)
         self.send_frame({"type": "auth.ok", "expires_at": format_ts(datetime.fromtimestamp(exp, tz=timezone.utc))})
+
+
+# One dispatch table: frame type -> (the pydantic model in INBOUND parses it) -> the method that
+# calls the service. A type in one table and not the other fails at import.
+ChatSocket.DISPATCH = {
+    "message": ChatSocket._on_message, "read": ChatSocket._on_read, "typing": ChatSocket._on_typing, "sync": ChatSocket._on_sync,
+    "ping": ChatSocket._on_ping, "auth": ChatSocket._on_auth, "subscribe": ChatSocket._on_subscribe,
+    "unsubscribe": ChatSocket._on_unsubscribe,
+}
+if ChatSocket.DISPATCH.keys() != INBOUND.keys():
+    raise RuntimeError(f"frame types without a handler or a model: {ChatSocket.DISPATCH.keys() ^ INBOUND.keys()}")
 
 
 # ---- REST ---------------------------------------------------------------------------

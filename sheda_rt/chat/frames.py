@@ -78,9 +78,6 @@ class PingFrame(_Frame):
     type: Literal["ping"]
 
 
-INBOUND = {"message": SendFrame, "read": ReadFrame, "typing": TypingFrame, "sync": SyncFrame, "ping": PingFrame}
-
-
 class AuthFrame(_Frame):
     """Renew the socket's token before it expires: a fresh access token of the same user (from
     POST /auth/refresh). Answered with auth.ok and the new expiry; anything else is an error frame
@@ -88,9 +85,6 @@ class AuthFrame(_Frame):
 
     type: Literal["auth"]
     token: str = Field(min_length=1, max_length=4096, description="A new access token of the socket's user")
-
-
-INBOUND["auth"] = AuthFrame
 
 
 class SubscribeFrame(_Frame):
@@ -109,8 +103,11 @@ class UnsubscribeFrame(_Frame):
     channel: str = Field(description="'<kind>:<id>', e.g. property:42")
 
 
-INBOUND["subscribe"] = SubscribeFrame
-INBOUND["unsubscribe"] = UnsubscribeFrame
+# Every frame a client may send, by `type`: the socket parses with these models and dispatches
+# each type to one handler (handlers/chat.py, ChatSocket.DISPATCH); the AsyncAPI document is
+# generated from this table (sheda_rt/realtime/asyncapi.py).
+INBOUND = {"message": SendFrame, "read": ReadFrame, "typing": TypingFrame, "sync": SyncFrame, "ping": PingFrame,
+           "auth": AuthFrame, "subscribe": SubscribeFrame, "unsubscribe": UnsubscribeFrame}
 
 
 # ---- REST queries --------------------------------------------------------------

@@ -309,6 +309,11 @@ class ChatService:
         await self.hub.publish_encoded(other, encode({"type": "typing", "user_id": me, "sender_id": me, "receiver_id": other}))
         return True
 
+    def congested(self) -> bool:
+        """Messages are queuing faster than batches store them: a socket should stop reading
+        until its own message is stored (back-pressure)."""
+        return self.batcher.backlog > 4 * self.batcher.max_batch
+
     async def drain(self) -> None:
         """Shutdown: store and answer everything accepted (the server closes the sockets after
         every feature has drained: sheda_rt/realtime/sessions.py)."""
