@@ -100,7 +100,8 @@ class AppContext:
 
         self.event_store = EventStore(self.db)
         self.stores.append(self.event_store)
-        self.chat = ChatService(self, events=self.event_store)
+        self.chat = ChatService(settings=self.settings, clock=self.clock, hub=self.hub, users=self.users, db=self.db, ids=self.ids,
+                                limits=self.limits, push=self.push, events=self.event_store)
         self.stream = EventStream(writer=self.chat.batcher, events=self.event_store, message_replay=self.chat.sync,
                                   head=self.chat.messages.newest_id)
         # [realtime] connections come and go through one place (both transports); presence is announced in batches
@@ -265,7 +266,7 @@ class AppContext:
         """Before connections close: let features finish what they accepted."""
         for hook in self.drain_hooks:
             await hook()
-        self.sessions.close_all(1001, "server shutting down")  # after the features' acks went out
+        await self.sessions.close_all(1001, "server shutting down")  # after the features' acks went out
 
     async def close(self) -> None:
         await self.hub.stop()

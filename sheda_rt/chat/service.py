@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from sheda_rt.chat.batcher import GroupCommit
 from sheda_rt.chat.frames import MAX_MESSAGE_CHARS, ack_frame, history_row, message_frame, sender_info
@@ -29,6 +30,19 @@ from sheda_rt.metrics import MESSAGES_DELIVERED  # noqa: F401  (counted by the h
 from sheda_rt.pagination import decode_cursor, encode_cursor
 from sheda_rt.wire import encode  # the one wire encoder (sheda_rt.chat.service.encode stays importable)
 from sheda_rt.realtime.stream import with_seq
+
+if TYPE_CHECKING:  # types only: the context wires these in (runtime imports here would make cycles)
+    from pymongo.asynchronous.database import AsyncDatabase
+
+    from config.settings import Settings
+    from sheda_rt.accounts.users_store import UserStore
+    from sheda_rt.clock import Clock
+    from sheda_rt.database.ids import IdAllocator
+    from sheda_rt.limits import MemoryLimits
+    from sheda_rt.push.service import PushService
+    from sheda_rt.realtime.events_store import EventStore
+    from sheda_rt.realtime.hub import Hub
+    from sheda_rt.redis_limits import RedisLimits
 
 log = logging.getLogger("sheda.chat")
 
@@ -64,20 +78,22 @@ class ChatService:
     ACTIVE_TTL = 60.0
     PROPERTY_TTL = 60.0
 
-    def __init__(self, ctx, events=None):
-        self.ctx = ctx
-        self.settings = ctx.settings
-        self.clock = ctx.clock
-        self.hub = ctx.hub
-        self.users = ctx.users
-        self.messages = MessageStore(ctx.db, ctx.ids)
-        self.conversations = ConversationStore(ctx.db)
-        self.properties = ctx.db["properties"]  # owned by the listings feature; we only read agent_id
+    def __init__(self, *, settings: Settings, clock: Clock, hub: Hub, users: UserStore, db: AsyncDatabase, ids: IdAllocator,
+                 limits: MemoryLimits | RedisLimits, push: PushService, events: EventStore | None = None):
+        self.settings = settings
+        self.clock = clock
+        self.hub = hub
+        self.users = users
+        self.limits = limits  # typing notices, one per interval per pair
+        self.push = push  # told of stored and read messages (a receiver without a socket gets a push later)
+        self.messages = MessageStore(db, ids)
+        self.conversations = ConversationStore(db)
+        self.properties = db["properties"]  # owned by the listings feature; we only read agent_id
         self._user_cache = TTLCache(self.USER_TTL)
         self._active = TTLCache(self.ACTIVE_TTL)  # receivers known to exist and be active
         self._property_cache = TTLCache(self.PROPERTY_TTL)
         self.batcher = GroupCommit(
-            self.messages, self.conversations, ctx.ids, ctx.clock, events=events,
+            self.messages, self.conversations, ids, clock, events=events,
             window_ms=self.settings.chat_batch_window_ms, max_batch=self.settings.chat_batch_max,
             after_commit=self._deliver_stored, turns=self.hub, depth=self.settings.chat_pipeline_depth,
             idempotency_seconds=self.settings.chat_idempotency_seconds,
@@ -192,7 +208,7 @@ class ChatService:
             text = encode(message_frame(doc, p.info))
             await publish(doc["receiver_id"], text)
             await publish(doc["sender_id"], text, p.origin)
-            self.ctx.push.on_message_stored(doc)  # [push] a receiver with no open socket gets a push later
+            self.push.on_message_stored(doc)  # [push] a receiver with no open socket gets a push later
 
     # ---- sync, history -------------------------------------------------------
     async def sync(self, user_id: int, since: int, limit: int) -> tuple[list[dict], bool]:
@@ -298,13 +314,13 @@ class ChatService:
             event["seq"] = stored["_id"]
         except Exception:
             log.exception("read receipt event not stored")
-        self.ctx.push.on_read(me, other)  # [push] cancels pending pushes of this conversation
+        self.push.on_read(me, other)  # [push] cancels pending pushes of this conversation
         return event
 
     async def typing(self, me: int, other: int) -> bool:
         await self._check_peer(me, other)
         interval = self.settings.typing_interval_seconds
-        if interval > 0 and await self.ctx.limits.take_token(f"typing:{me}:{other}", 1, 1.0 / interval) > 0:
+        if interval > 0 and await self.limits.take_token(f"typing:{me}:{other}", 1, 1.0 / interval) > 0:
             return False
         await self.hub.publish_encoded(other, encode({"type": "typing", "user_id": me, "sender_id": me, "receiver_id": other}))
         return True
