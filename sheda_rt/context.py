@@ -134,7 +134,7 @@ class AppContext:
         self.notification_store = NotificationStore(self.db, self.ids)
         self.stores.extend([self.property_store, self.favourite_store, self.availability_store, self.appointment_store,
                             self.contract_store, self.notification_store])
-        self.notifications = NotificationService(self, self.notification_store)
+        self.notifications = NotificationService(self.notification_store, clock=self.clock, stream=self.stream)
         self.properties = PropertyService(self, self.property_store, self.favourite_store)
         self.channels.register("property", self.properties.authorize_watch)  # [realtime] property:<id>
         self.availability = AvailabilityService(self, self.availability_store)

@@ -13,9 +13,15 @@ state change that caused it (the stored notification is the durable record).
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from sheda_rt.clock import format_ts
 from sheda_rt.errors import NotFound
+
+if TYPE_CHECKING:  # types only: the context wires these in (runtime imports here would make cycles)
+    from sheda_rt.clock import Clock
+    from sheda_rt.notifications.store import NotificationStore
+    from sheda_rt.realtime.stream import EventStream
 
 log = logging.getLogger("sheda.notifications")
 
@@ -34,16 +40,16 @@ def notification_view(doc: dict) -> dict:
 
 
 class NotificationService:
-    def __init__(self, ctx, store):
-        self.ctx = ctx
+    def __init__(self, store: NotificationStore, *, clock: Clock, stream: EventStream):
         self.store = store
-        self.clock = ctx.clock
+        self.clock = clock
+        self.stream = stream  # every notification and domain event gets a position in each user's stream
 
     async def _push(self, user_ids, event: dict) -> None:
         """Through the event stream: stored with a position in each user's stream, then
         delivered (a client that was offline replays it with sync after_seq)."""
         try:
-            await self.ctx.stream.publish(user_ids, event)
+            await self.stream.publish(user_ids, event)
         except Exception:  # the state change already happened; the stored copy remains
             log.exception("event %r for users %s not published", event.get("type"), list(user_ids))
 
