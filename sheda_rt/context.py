@@ -137,9 +137,10 @@ class AppContext:
         self.notifications = NotificationService(self.notification_store, clock=self.clock, stream=self.stream)
         self.properties = PropertyService(self, self.property_store, self.favourite_store)
         self.channels.register("property", self.properties.authorize_watch)  # [realtime] property:<id>
-        self.availability = AvailabilityService(self, self.availability_store)
-        self.appointments = AppointmentService(self, self.appointment_store, self.availability_store, self.property_store,
-                                               self.notifications)
+        self.availability = AvailabilityService(self.availability_store, clock=self.clock)
+        self.appointments = AppointmentService(self.appointment_store, windows=self.availability_store, properties=self.property_store,
+                                               notifications=self.notifications, clock=self.clock,
+                                               slot_minutes=self.settings.appointment_minutes)
         self.contracts = ContractService(self, self.contract_store, self.property_store, self.appointment_store, self.notifications)
         self.contract_expiry = ContractExpiryJob(self.contracts, self.settings.contract_expiry_interval_hours, self.job_runner,
                                                  self.clock)

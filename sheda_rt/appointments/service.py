@@ -25,10 +25,17 @@ from __future__ import annotations
 import asyncio
 import random
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from sheda_rt.appointments.models import WEEKDAYS, BookRequest, WindowCreate, WindowUpdate, minutes
 from sheda_rt.clock import format_ts, to_utc
 from sheda_rt.errors import Conflict, Forbidden, NotFound, ValidationFailed
+
+if TYPE_CHECKING:  # types only: the context wires these in (runtime imports here would make cycles)
+    from sheda_rt.appointments.store import AppointmentStore, AvailabilityStore
+    from sheda_rt.clock import Clock
+    from sheda_rt.listings.store import PropertyStore
+    from sheda_rt.notifications.service import NotificationService
 
 BOOKING_HORIZON_DAYS = 365
 
@@ -60,10 +67,9 @@ def appointment_view(doc: dict) -> dict:
 
 
 class AvailabilityService:
-    def __init__(self, ctx, store):
-        self.ctx = ctx
+    def __init__(self, store: AvailabilityStore, *, clock: Clock):
         self.store = store
-        self.clock = ctx.clock
+        self.clock = clock
 
     ATTEMPTS = 8
 
@@ -131,17 +137,14 @@ class AvailabilityService:
 
 
 class AppointmentService:
-    def __init__(self, ctx, store, windows, properties, notifications):
-        self.ctx = ctx
+    def __init__(self, store: AppointmentStore, *, windows: AvailabilityStore, properties: PropertyStore,
+                 notifications: NotificationService, clock: Clock, slot_minutes: int):
         self.store = store
         self.windows = windows
         self.properties = properties
         self.notifications = notifications
-        self.clock = ctx.clock
-
-    @property
-    def slot_minutes(self) -> int:
-        return self.ctx.settings.appointment_minutes
+        self.clock = clock
+        self.slot_minutes = slot_minutes  # APPOINTMENT_MINUTES: a slot's length and the grid slots start on
 
     async def book(self, principal, body: BookRequest) -> dict:
         now = self.clock.now()
