@@ -267,7 +267,7 @@ class AppContext:
         """Before connections close: let features finish what they accepted."""
         for hook in self.drain_hooks:
             await hook()
-        self.sessions.close_all(1001, "server shutting down")  # after the features' acks went out
+        await self.sessions.close_all(1001, "server shutting down")  # after the features' acks went out
 
     async def close(self) -> None:
         await self.hub.stop()

@@ -36,6 +36,7 @@ class PresenceAnnouncer:
         self._pending: list[tuple[int, bool, object]] = []
         self._done: asyncio.Future | None = None
         self._order = asyncio.Lock()  # batches are published one after another (online never overtakes offline)
+        self._flushes: set[asyncio.Task] = set()  # kept until done (a task only the loop references can vanish)
 
     async def changed(self, user_id: int, online: bool) -> None:
         """Tell the people user_id shares a conversation with that they came online or went
@@ -44,8 +45,21 @@ class PresenceAnnouncer:
         if self._done is None:
             loop = asyncio.get_running_loop()
             self._done = loop.create_future()
-            loop.call_later(self.PRESENCE_WINDOW, lambda: asyncio.ensure_future(self._flush()))
+            loop.call_later(self.PRESENCE_WINDOW, self._start_flush)
         await asyncio.shield(self._done)
+
+    def _start_flush(self) -> None:
+        task = asyncio.ensure_future(self._flush())
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def drain(self) -> None:
+        """Shutdown: wait for the batches already cut (the database is closed next)."""
+        while self._flushes or self._done is not None:
+            if self._flushes:
+                await asyncio.gather(*self._flushes, return_exceptions=True)
+            else:
+                await asyncio.sleep(self.PRESENCE_WINDOW)
 
     async def _flush(self) -> None:
         events, done = self._pending, self._done
@@ -104,8 +118,10 @@ class Sessions:
             if not self.stopping:
                 log.exception("presence update failed for user %s", conn.user_id)
 
-    def close_all(self, code: int = 1001, reason: str = "server shutting down") -> None:
-        """Shutdown, after the features drained: every connection of this process is closed."""
+    async def close_all(self, code: int = 1001, reason: str = "server shutting down") -> None:
+        """Shutdown, after the features drained: every connection of this process is closed,
+        and presence batches already cut are published before the database goes."""
         self.stopping = True
         for conn in self.hub.all_sockets():
             conn.close_for(code, reason)
+        await self.presence.drain()
