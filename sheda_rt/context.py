@@ -141,7 +141,9 @@ class AppContext:
         self.appointments = AppointmentService(self.appointment_store, windows=self.availability_store, properties=self.property_store,
                                                notifications=self.notifications, clock=self.clock,
                                                slot_minutes=self.settings.appointment_minutes)
-        self.contracts = ContractService(self, self.contract_store, self.property_store, self.appointment_store, self.notifications)
+        self.contracts = ContractService(self.contract_store, properties=self.property_store, appointments=self.appointment_store,
+                                         notifications=self.notifications, listings=self.properties, accounts=self.accounts,
+                                         clock=self.clock)
         self.contract_expiry = ContractExpiryJob(self.contracts, self.settings.contract_expiry_interval_hours, self.job_runner,
                                                  self.clock)
         self.jobs.append(self.contract_expiry)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import calendar
 import logging
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sheda_rt.clock import format_ts
 from sheda_rt.contracts.store import OPEN_STATES
@@ -36,6 +37,15 @@ from sheda_rt.errors import Conflict, NotFound, ValidationFailed
 from sheda_rt.listings.money import format_money
 from sheda_rt.listings.service import is_admin
 from sheda_rt.metrics import CONTRACTS_EXPIRED
+
+if TYPE_CHECKING:  # types only: the context wires these in (runtime imports here would make cycles)
+    from sheda_rt.accounts.service import AccountService
+    from sheda_rt.appointments.store import AppointmentStore
+    from sheda_rt.clock import Clock
+    from sheda_rt.contracts.store import ContractStore
+    from sheda_rt.listings.service import PropertyService
+    from sheda_rt.listings.store import PropertyStore
+    from sheda_rt.notifications.service import NotificationService
 
 log = logging.getLogger("sheda.contracts")
 
@@ -75,16 +85,18 @@ def contract_view(doc: dict) -> dict:
 
 
 class ContractService:
-    def __init__(self, ctx, store, properties, appointments, notifications):
-        self.ctx = ctx
+    def __init__(self, store: ContractStore, *, properties: PropertyStore, appointments: AppointmentStore,
+                 notifications: NotificationService, listings: PropertyService, accounts: AccountService, clock: Clock):
         self.store = store
         self.properties = properties
         self.appointments = appointments
         self.notifications = notifications
-        self.clock = ctx.clock
+        self.listings = listings  # announces a listing's status change (rented, sold, available again) to its watchers
+        self.accounts = accounts  # the agent's bank details, copied into a new contract
+        self.clock = clock
 
     async def _account_details(self, agent_id: int) -> dict | None:
-        info = await self.ctx.accounts.account_info(agent_id)
+        info = await self.accounts.account_info(agent_id)
         if not info:
             return None
         return {k: info.get(k) for k in ("account_name", "bank_name", "account_number", "bank_code") if info.get(k) is not None}
@@ -224,13 +236,13 @@ class ContractService:
             if again["status"] not in from_states:
                 return "wrong_state", again
             return "property_unavailable", again
-        await self.ctx.properties.announce(taken, ["status"])  # property.updated to the listing's watchers
+        await self.listings.announce(taken, ["status"])  # property.updated to the listing's watchers
         fields = {"activated_at": now, "is_active": True, "start_date": now, **(extra or {})}
         if current["contract_type"] == "rent":
             fields["end_date"] = add_months(now, current["term_months"])
         doc = await self.store.transition(contract_id, who, from_states, "active", now, fields, release_hold=True)
         if doc is None:  # the client cancelled (or another confirmation won) between our read and our write
-            await self.ctx.properties.announce(await self.properties.release(property_id, contract_id, now), ["status"])
+            await self.listings.announce(await self.properties.release(property_id, contract_id, now), ["status"])
             return "lost", None
         await self._announce(doc, "confirmed", actor=actor)
         await self._close_rivals(doc, now)
@@ -264,7 +276,7 @@ class ContractService:
 
     async def _release(self, doc: dict, now) -> None:
         released = await self.properties.release(doc["property_id"], doc["_id"], now)
-        await self.ctx.properties.announce(released, ["status"])  # None (nothing changed) announces nothing
+        await self.listings.announce(released, ["status"])  # None (nothing changed) announces nothing
         await self.store.mark_released(doc["_id"])
 
     async def expire_by_admin(self, principal, contract_id: int) -> dict:
