@@ -29,7 +29,6 @@ import time
 from datetime import timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -121,10 +120,12 @@ async def main(projects: int, per_project: int, runs: int) -> int:
         store, units = ProjectStore(db, ids), UnitStore(db, ids)
         for s in (store, units):
             await s.ensure_indexes()
-        ctx = SimpleNamespace(clock=Clock())
-        service = ProjectService(ctx, store, units, UnitBatchLocks(db), PaymentPlanStore(db, ids))
+        clock = Clock()
+        # The read paths timed here (search, units, summaries) use no users, notifications or media.
+        service = ProjectService(store, units, UnitBatchLocks(db), PaymentPlanStore(db, ids), users=None, notifications=None,
+                                 media=None, clock=clock)
         rng = random.Random(20261129)
-        now = ctx.clock.now()
+        now = clock.now()
         started, total_units, batch = time.perf_counter(), 0, 200
         for offset in range(0, projects, batch):
             docs = [make_project(rng, now) for _ in range(min(batch, projects - offset))]

@@ -192,8 +192,10 @@ class AppContext:
         self.unit_batch_locks = UnitBatchLocks(self.db)
         self.payment_plan_store = PaymentPlanStore(self.db, self.ids)
         self.stores.extend([self.project_store, self.unit_store, self.unit_batch_locks, self.payment_plan_store])
-        self.projects = ProjectService(self, self.project_store, self.unit_store, self.unit_batch_locks, self.payment_plan_store)
-        self.builders = BuilderService(self, self.projects)
+        self.projects = ProjectService(self.project_store, self.unit_store, self.unit_batch_locks, self.payment_plan_store,
+                                       users=self.users, notifications=self.notifications, media=self.media, clock=self.clock)
+        self.builders = BuilderService(self.projects, users=self.users, notifications=self.notifications, media=self.media,
+                                       clock=self.clock)
 
     def _install_payments(self) -> None:  # [payments]
         from sheda_rt.payments.gateway import gateway_from_settings

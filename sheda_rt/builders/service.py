@@ -19,6 +19,7 @@ import logging
 import uuid
 from datetime import timedelta
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from sheda_rt.accounts.service import builder_profile
 from sheda_rt.clock import format_ts
@@ -28,6 +29,13 @@ from sheda_rt.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from sheda_rt.listings.money import format_money, to_decimal128, to_minor
 from sheda_rt.listings.service import geo_view, is_admin
 from sheda_rt.search import SearchPlan, location_words, word_facet
+
+if TYPE_CHECKING:  # types only: the context wires these in (runtime imports here would make cycles)
+    from sheda_rt.accounts.users_store import UserStore
+    from sheda_rt.builders.store import PaymentPlanStore, ProjectStore, UnitBatchLocks, UnitStore
+    from sheda_rt.clock import Clock
+    from sheda_rt.media.store import MediaStore
+    from sheda_rt.notifications.service import NotificationService
 
 log = logging.getLogger("sheda.builders")
 
@@ -130,11 +138,13 @@ def unit_summary(units: list[dict]) -> tuple[dict, list[str]]:
 class BuilderService:
     """Builders as accounts: the public page, the logo, verification by an admin."""
 
-    def __init__(self, ctx, projects: "ProjectService"):
-        self.ctx = ctx
-        self.users = ctx.users
+    def __init__(self, projects: ProjectService, *, users: UserStore, notifications: NotificationService, media: MediaStore,
+                 clock: Clock):
+        self.users = users
         self.projects = projects
-        self.clock = ctx.clock
+        self.notifications = notifications  # verification changes: a stored notification and an event to the builder
+        self.media = media  # logos
+        self.clock = clock
 
     async def builder_user(self, user_id: int) -> dict:
         user = await self.users.get(user_id)
@@ -150,11 +160,11 @@ class BuilderService:
         return {**builder_profile(user), "projects": page["items"]}
 
     async def set_logo(self, user: dict, data: bytes) -> dict:
-        url = await self.ctx.media.save_image(data, "builders")
+        url = await self.media.save_image(data, "builders")
         updated = await self.users.update(user["_id"], {"builder_profile.logo_url": url, "updated_at": self.clock.now()})
         old = (user.get("builder_profile") or {}).get("logo_url")
         if old:
-            await self.ctx.media.delete(old)
+            await self.media.delete(old)
         return builder_profile(updated)
 
     async def set_verified(self, admin: dict, user_id: int, verified: bool) -> dict:
@@ -171,7 +181,7 @@ class BuilderService:
         if changed is not None:
             log.info(json.dumps({"event": "builder_verification", "admin_id": admin["_id"], "builder_id": user_id,
                                  "verified": verified}))
-            notes = self.ctx.notifications
+            notes = self.notifications
             if verified:
                 await notes.notify(user_id, "builder_verified", "Your company is verified",
                                    "You can now publish your projects.", {"builder_id": user_id})
@@ -184,13 +194,16 @@ class BuilderService:
 
 
 class ProjectService:
-    def __init__(self, ctx, projects, units, locks, plans):
-        self.ctx = ctx
+    def __init__(self, projects: ProjectStore, units: UnitStore, locks: UnitBatchLocks, plans: PaymentPlanStore, *,
+                 users: UserStore, notifications: NotificationService, media: MediaStore, clock: Clock):
         self.store = projects
         self.units = units
         self.locks = locks
         self.plans = plans
-        self.clock = ctx.clock
+        self.users = users  # whether a project's builder is verified (an admin publishing it)
+        self.notifications = notifications  # project.published to the builder
+        self.media = media  # project images
+        self.clock = clock
 
     # ---- access ------------------------------------------------------------
     @staticmethod
@@ -283,10 +296,10 @@ class ProjectService:
         doc = await self.managed(principal, project_id)
         if len(doc.get("images", [])) >= MAX_IMAGES:
             raise Conflict(f"A project has at most {MAX_IMAGES} images", "too_many_images")
-        url = await self.ctx.media.save_image(data, "projects")
+        url = await self.media.save_image(data, "projects")
         updated = await self.store.push_image(project_id, url, MAX_IMAGES, self.clock.now())
         if updated is None:  # another upload took the last place meanwhile
-            await self.ctx.media.delete(url)
+            await self.media.delete(url)
             raise Conflict(f"A project has at most {MAX_IMAGES} images", "too_many_images")
         return project_view(updated)
 
@@ -294,7 +307,7 @@ class ProjectService:
         """Drafts of verified builders only (403 `builder_not_verified`, whoever asks); 409 when
         it is already published."""
         doc = await self.managed(principal, project_id)
-        builder = principal.user if principal.user_id == doc["builder_id"] else await self.ctx.users.get(doc["builder_id"])
+        builder = principal.user if principal.user_id == doc["builder_id"] else await self.users.get(doc["builder_id"])
         if not (builder and (builder.get("builder_profile") or {}).get("verified")):
             raise Forbidden("Only verified builders can publish projects; an admin verifies the company first",
                             "builder_not_verified")
@@ -302,7 +315,7 @@ class ProjectService:
         if updated is None:
             raise Conflict("This project is already published", "already_published")
         view = project_view(updated)
-        await self.ctx.notifications.publish_event([doc["builder_id"]], {"type": "project.published", "project": view})
+        await self.notifications.publish_event([doc["builder_id"]], {"type": "project.published", "project": view})
         return view
 
     def plan(self, q: ProjectQuery) -> SearchPlan:
