@@ -39,7 +39,6 @@ import time
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -176,11 +175,13 @@ async def main(count: int, runs: int, db_dir: str | None = None) -> int:
         await db.command("ping")
         store = PropertyStore(db, IdAllocator(db))
         await store.ensure_indexes()
-        ctx = SimpleNamespace(clock=Clock())
-        service = PropertyService(ctx, store, None)
+        clock = Clock()
+        # Search uses only the store and the clock.
+        service = PropertyService(store, None, clock=clock, ids=None, media=None, channels=None, categories=None, analytics=None,
+                                  public_base_url=None)
 
         rng = random.Random(20251016)
-        now = ctx.clock.now()
+        now = clock.now()
         started = time.perf_counter()
         batch = 1000
         loaded = await store.col.estimated_document_count()

@@ -79,12 +79,12 @@ class AppContext:
         self.drain_hooks.append(self.chat.drain)
         # [jobs] the durable job queue: contract expiry and the push dispatcher run on it.
         self._install_job_queue()
-        # [listings] properties, favourites, availability, appointments, contracts, notifications, the expiry job.
-        self._install_marketplace()
-        # [categories] admin-managed listing categories.
+        # [categories] admin-managed listing categories (before listings: a listing counts into its category).
         self._install_categories()
-        # [analytics] listing views and daily counters for agents (before leads: they count inquiries).
-        self._install_analytics()
+        # [listings] properties, favourites, availability, appointments, contracts, notifications, the expiry job;
+        # [analytics] listing views and daily counters for agents, built there on the listings' store (before the
+        # listings service, which counts views and favourites, and before leads, which count inquiries).
+        self._install_marketplace()
         # [leads] public inquiries and the agents' lead pipeline.
         self._install_leads()
         # [builders] projects, units, payment plans; builders' verification.
@@ -134,8 +134,11 @@ class AppContext:
         self.notification_store = NotificationStore(self.db, self.ids)
         self.stores.extend([self.property_store, self.favourite_store, self.availability_store, self.appointment_store,
                             self.contract_store, self.notification_store])
+        self._install_analytics()
         self.notifications = NotificationService(self.notification_store, clock=self.clock, stream=self.stream)
-        self.properties = PropertyService(self, self.property_store, self.favourite_store)
+        self.properties = PropertyService(self.property_store, self.favourite_store, clock=self.clock, ids=self.ids, media=self.media,
+                                          channels=self.channels, categories=self.categories, analytics=self.analytics,
+                                          public_base_url=self.settings.public_base_url)
         self.channels.register("property", self.properties.authorize_watch)  # [realtime] property:<id>
         self.availability = AvailabilityService(self.availability_store, clock=self.clock)
         self.appointments = AppointmentService(self.appointment_store, windows=self.availability_store, properties=self.property_store,

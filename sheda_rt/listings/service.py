@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from sheda_rt.clock import format_ts
 from sheda_rt.errors import Conflict, Forbidden, NotFound
@@ -25,6 +26,15 @@ from sheda_rt.listings.money import format_money, to_decimal128, to_minor
 from sheda_rt.listings.store import SearchPlan, keyword_facet, keyword_words, location_words, word_facet
 from sheda_rt.realtime.channels import UnknownChannel
 from sheda_rt.responses import public_media_url
+
+if TYPE_CHECKING:  # types only: the context wires these in (runtime imports here would make cycles)
+    from sheda_rt.analytics.service import AnalyticsService
+    from sheda_rt.categories.service import CategoryService
+    from sheda_rt.clock import Clock
+    from sheda_rt.database.ids import IdAllocator
+    from sheda_rt.listings.store import FavouriteStore, PropertyStore
+    from sheda_rt.media.store import MediaStore
+    from sheda_rt.realtime.channels import Channels
 
 log = logging.getLogger("sheda.listings")
 
@@ -76,11 +86,17 @@ def _geo_doc(point) -> dict:
 
 
 class PropertyService:
-    def __init__(self, ctx, store, favourites):
-        self.ctx = ctx
+    def __init__(self, store: PropertyStore, favourites: FavouriteStore, *, clock: Clock, ids: IdAllocator, media: MediaStore,
+                 channels: Channels, categories: CategoryService, analytics: AnalyticsService, public_base_url: str | None):
         self.store = store
         self.favourites = favourites
-        self.clock = ctx.clock
+        self.clock = clock
+        self.ids = ids  # image ids
+        self.media = media  # listing photos
+        self.channels = channels  # property.updated on property:<id>
+        self.categories = categories  # a listing's category is counted in before the write
+        self.analytics = analytics  # views and favourites, for the agent's counters
+        self.public_base_url = public_base_url  # PUBLIC_BASE_URL: media URLs in announced listings are absolute under it
 
     # ---- access ------------------------------------------------------------
     @staticmethod
@@ -114,12 +130,12 @@ class PropertyService:
         if after is None or not changes:
             return
         view = view or property_view(after)
-        base = self.ctx.settings.public_base_url
+        base = self.public_base_url
         if base:  # the listing exactly as GET shows it: media URLs absolute under PUBLIC_BASE_URL
             view = {**view, "images": [{**i, "url": public_media_url(i["url"], base)} for i in view["images"]]}
         frame = {"type": "property.updated", "property_id": view["id"], "property": view, "changes": changes}
         try:
-            await self.ctx.channels.publish("property", view["id"], frame)
+            await self.channels.publish("property", view["id"], frame)
         except Exception:
             log.exception("property.updated for %s not published", view["id"])
 
@@ -158,18 +174,18 @@ class PropertyService:
         if body.category_id is None:
             doc.pop("category_id", None)
             return property_view(await self.store.insert(doc))
-        await self.ctx.categories.take(body.category_id)
+        await self.categories.take(body.category_id)
         try:
             return property_view(await self.store.insert(doc))
         except BaseException:
-            await self.ctx.categories.release(body.category_id)
+            await self.categories.release(body.category_id)
             raise
 
     async def get(self, property_id: int, principal=None, client_ip: str | None = None) -> dict:
         """One listing; counts a view of a listed one (once per viewer per day, sheda_rt/analytics)."""
         doc = await self.visible(property_id, principal)
         if doc.get("is_active", True):
-            await self.ctx.analytics.record_view(doc, principal, client_ip)
+            await self.analytics.record_view(doc, principal, client_ip)
         return property_view(doc)
 
     async def update(self, principal, property_id: int, body: PropertyUpdate) -> dict:
@@ -198,21 +214,21 @@ class PropertyService:
             old_cat, new_cat = doc.get("category_id"), merged.get("category_id")
             moved = old_cat != new_cat
             if moved and new_cat is not None:
-                await self.ctx.categories.take(new_cat)
+                await self.categories.take(new_cat)
             try:
                 updated = await self.store.update_if_rev(property_id, doc.get("rev", 1), merged, changes, unset,
                                                          push={"price_history": history} if history else None,
                                                          keep=PRICE_HISTORY)
             except BaseException:
                 if moved and new_cat is not None:
-                    await self.ctx.categories.release(new_cat)
+                    await self.categories.release(new_cat)
                 raise
             if updated is not None:
                 if moved and old_cat is not None:
-                    await self.ctx.categories.release(old_cat)
+                    await self.categories.release(old_cat)
                 return await self._changed(doc, updated)
             if moved and new_cat is not None:  # someone else changed it first: undo our count, read again
-                await self.ctx.categories.release(new_cat)
+                await self.categories.release(new_cat)
         raise Conflict("The listing is being changed by someone else; try again", "concurrent_update")
 
     async def set_active(self, principal, property_id: int, active: bool) -> dict:
@@ -321,11 +337,11 @@ class PropertyService:
             raise Conflict("A delisted property cannot get new images", "property_delisted")
         if len(doc.get("images", [])) >= MAX_IMAGES:
             raise Conflict(f"A property has at most {MAX_IMAGES} images", "too_many_images")
-        url = await self.ctx.media.save_image(data, "properties")
-        image = {"id": await self.ctx.ids.next("property_images"), "url": url, "is_primary": False}
+        url = await self.media.save_image(data, "properties")
+        image = {"id": await self.ids.next("property_images"), "url": url, "is_primary": False}
         updated = await self.store.push_image(property_id, image, MAX_IMAGES)
         if updated is None:  # another upload took the last place (or it was delisted) meanwhile
-            await self.ctx.media.delete(url)
+            await self.media.delete(url)
             raise Conflict(f"A property has at most {MAX_IMAGES} images", "too_many_images")
         if make_primary:
             updated = await self.store.set_primary(property_id, image["id"], self.clock.now()) or updated
@@ -347,7 +363,7 @@ class PropertyService:
         await self._changed(before, await self.store.ensure_primary(property_id))
         removed = next((i for i in before.get("images", []) if i["id"] == image_id), None)
         if removed:
-            await self.ctx.media.delete(removed["url"])
+            await self.media.delete(removed["url"])
 
     # ---- favourites --------------------------------------------------------
     async def add_favourite(self, principal, property_id: int) -> dict:
@@ -355,7 +371,7 @@ class PropertyService:
         if not doc.get("is_active", True):
             raise NotFound("No such property", "property_not_found")
         fav = await self.favourites.add(principal.user_id, property_id, self.clock.now())
-        await self.ctx.analytics.record(doc, "favourites")
+        await self.analytics.record(doc, "favourites")
         return {"id": fav["_id"], "property_id": property_id, "created_at": format_ts(fav["created_at"])}
 
     async def remove_favourite(self, principal, property_id: int) -> None:
