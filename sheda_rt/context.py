@@ -1,6 +1,8 @@
 """AppContext: the one owner of shared state (settings, clock, database, stores,
-services, hub, jobs). Handlers reach it as `self.application.ctx`; services get
-it in their constructor. Tests build one with a ManualClock to move time."""
+services, hub, jobs), and the one place that wires them. Handlers reach it as
+`self.application.ctx`; a service never holds it: it receives the dependencies it
+names as (typed) keyword arguments here, so its constructor lists what it uses
+(tests/test_architecture.py checks this). Tests build one with a ManualClock to move time."""
 from __future__ import annotations
 
 import asyncio

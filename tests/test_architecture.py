@@ -37,3 +37,33 @@ def test_core_imports_nothing_from_handlers():
                     and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__")):
                 offenders.append(f"{path.relative_to(CORE.parent)}:{node.lineno} imports {node.args[0].value} dynamically")
     assert not offenders, "the core must not import handlers/:\n" + "\n".join(offenders)
+
+
+# The composition root builds the context and wires every service from it; the server owns
+# the context's lifecycle (start, jobs, drain, close). Nothing else in the core may hold it.
+CONTEXT_OWNERS = {"sheda_rt/context.py", "sheda_rt/server.py"}
+
+
+def test_services_receive_named_dependencies_not_the_context():
+    """A service names what it uses in its constructor (typed keyword arguments wired in
+    context.py), so a reader sees its dependencies at a glance and a test or benchmark can
+    build it with just those. Taking the whole AppContext and reading `self.ctx.X` hides them."""
+    offenders = []
+    for path in sorted(CORE.rglob("*.py")):
+        rel = path.relative_to(CORE.parent).as_posix()
+        if rel in CONTEXT_OWNERS:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                for item in node.body:
+                    if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and item.name == "__init__":
+                        a = item.args
+                        for arg in a.posonlyargs + a.args + a.kwonlyargs:
+                            annotation = ast.unparse(arg.annotation) if arg.annotation else ""
+                            if arg.arg == "ctx" or "AppContext" in annotation:
+                                offenders.append(f"{rel}:{item.lineno} {node.name}.__init__ takes the context as {arg.arg!r}")
+            elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+                  and node.value.attr == "ctx"):
+                offenders.append(f"{rel}:{node.lineno} reads {ast.unparse(node)}")
+    assert not offenders, "services must receive named dependencies, not the context:\n" + "\n".join(offenders)

@@ -7,7 +7,7 @@ Each tick is one queue job whose key names the period (`contract_expiry:<n>`, n 
 clock's time divided by the interval), so however many processes tick, a period's pass
 runs once; a process that dies during it leaves a lease that lapses, and the next
 tick (or any runner's poll) finishes it. A pass expires every active contract whose
-end_date <= ctx.clock.now(); ContractService.expire moves each contract with the
+end_date <= the clock's now(); ContractService.expire moves each contract with the
 expected state in the update's filter, so each expires exactly once even if a pass
 is repeated. Tests call `run()` directly with a moved clock instead of waiting.
 """
