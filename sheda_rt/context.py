@@ -24,6 +24,7 @@ from sheda_rt.mail.mailer import mailer_from_settings
 from sheda_rt.limits import MemoryLimits
 from sheda_rt.media.store import MediaStore
 from sheda_rt.realtime.hub import Hub
+from sheda_rt.realtime.turns import LocalTurns, Turns
 
 log = logging.getLogger("sheda.context")
 
@@ -38,13 +39,20 @@ class AppContext:
         self.hub = Hub(clock=self.clock, expiry_sweep_seconds=settings.ws_expiry_sweep_seconds)  # [realtime] token expiry by our clock
         # Shared limits (login throttle, socket rate limits); Redis-backed when REDIS_URL is set.
         self.limits = MemoryLimits()
-        if settings.redis_url:  # [operations] many processes, one server: fan-out, presence and limits in Redis
+        # [chat] commit turns: one process's batches take turns by themselves; the chat batcher takes them.
+        self.turns: Turns = LocalTurns()
+        self.redis_link = None  # [operations] the one Redis client and its state (readiness reports it)
+        if settings.redis_url:  # [operations] many processes, one server: fan-out, presence, turns and limits in Redis
             from sheda_rt.realtime.redis_broker import RedisBroker
+            from sheda_rt.realtime.redis_link import RedisLink
+            from sheda_rt.realtime.turns import RedisTurns
             from sheda_rt.redis_limits import RedisLimits
 
-            broker = RedisBroker(settings.redis_url, settings.mongodb_db, heartbeat_seconds=settings.redis_heartbeat_seconds)
+            self.redis_link = RedisLink(settings.redis_url, settings.mongodb_db)
+            broker = RedisBroker(self.redis_link, heartbeat_seconds=settings.redis_heartbeat_seconds)
             self.hub = Hub(broker, clock=self.clock, expiry_sweep_seconds=settings.ws_expiry_sweep_seconds)
-            self.limits = RedisLimits(broker.redis, settings.mongodb_db)
+            self.turns = RedisTurns(self.redis_link, enqueue_after_publishes=broker.enqueue_after_publishes, listen=broker.listen)
+            self.limits = RedisLimits(self.redis_link.redis, settings.mongodb_db)
         from sheda_rt.realtime.channels import Channels  # [realtime] channels of things: kinds register below
 
         self.channels = Channels(self.hub, settings.ws_max_subscriptions)
@@ -103,7 +111,7 @@ class AppContext:
         self.event_store = EventStore(self.db)
         self.stores.append(self.event_store)
         self.chat = ChatService(settings=self.settings, clock=self.clock, hub=self.hub, users=self.users, db=self.db, ids=self.ids,
-                                limits=self.limits, push=self.push, events=self.event_store)
+                                limits=self.limits, push=self.push, events=self.event_store, turns=self.turns)
         self.stream = EventStream(writer=self.chat.batcher, events=self.event_store, message_replay=self.chat.sync,
                                   head=self.chat.messages.newest_id)
         # [realtime] connections come and go through one place (both transports); presence is announced in batches
@@ -267,9 +275,8 @@ class AppContext:
             checks["database"] = "ok"
         except Exception as exc:  # any failure means "not ready", never a 500
             checks["database"] = f"down: {type(exc).__name__}"
-        broker_check = getattr(self.hub.broker, "health", None)
-        if broker_check is not None:
-            checks["redis"] = await broker_check()
+        if self.redis_link is not None:
+            checks["redis"] = await self.redis_link.health()
         return checks
 
     async def drain(self) -> None:

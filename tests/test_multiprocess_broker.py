@@ -13,7 +13,8 @@ from prometheus_client import REGISTRY
 
 from sheda_rt.limits import MemoryLimits
 from sheda_rt.realtime.hub import Hub
-from sheda_rt.realtime.redis_broker import RedisBroker, redis_client
+from sheda_rt.realtime.redis_broker import RedisBroker
+from sheda_rt.realtime.redis_link import RedisLink, redis_client
 from sheda_rt.redis_limits import RedisLimits
 from tests.redis_support import redis_server  # noqa: F401  (module fixture)
 
@@ -45,8 +46,8 @@ async def eventually(predicate, timeout: float = 5.0):
 
 async def two_hubs(redis_server, namespace: str | None = None, heartbeat: float = 0.2) -> tuple[Hub, Hub]:
     namespace = namespace or uuid.uuid4().hex[:8]
-    a = Hub(RedisBroker(redis_server.url, namespace, heartbeat_seconds=heartbeat))
-    b = Hub(RedisBroker(redis_server.url, namespace, heartbeat_seconds=heartbeat))
+    a = Hub(RedisBroker(RedisLink(redis_server.url, namespace), heartbeat_seconds=heartbeat))
+    b = Hub(RedisBroker(RedisLink(redis_server.url, namespace), heartbeat_seconds=heartbeat))
     await a.start()
     await b.start()
     assert a.broker.up and b.broker.up

@@ -16,8 +16,8 @@ Rules this class keeps:
   is written while the previous waits for its journal flush: the server and the
   database work side by side instead of taking turns). With several processes
   the depth is 1: a batch is stored and published during this process's turn
-  (the hub's commit turn, a lock in Redis), so ids reach every socket in
-  increasing order everywhere.
+  (`turns`, a lock in Redis: sheda_rt/realtime/turns.py), so ids reach every
+  socket in increasing order everywhere.
 - Nothing is acked or delivered before its batch is stored. `after_commit`
   (the service's delivery) runs for the stored messages first; only then are
   the callers' futures resolved (the acks). A failed batch resolves its
@@ -47,6 +47,7 @@ from sheda_rt.chat.idempotency import RecentKeys
 from sheda_rt.database.writes import InsertOutcome
 from sheda_rt.errors import ApiError, ServiceUnavailable, ValidationFailed
 from sheda_rt.metrics import BATCH_SIZE, MESSAGES_STORED
+from sheda_rt.realtime.turns import LocalTurns, Turns
 
 log = logging.getLogger("sheda.chat.batcher")
 
@@ -97,7 +98,7 @@ class _Batch:
 
 class GroupCommit:
     def __init__(self, messages, conversations, ids, clock, *, window_ms: float, max_batch: int, events=None,
-                 after_commit: Callable[[list[Pending]], Awaitable[None]], turns=None, depth: int = 2,
+                 after_commit: Callable[[list[Pending]], Awaitable[None]], turns: Turns | None = None, depth: int = 2,
                  idempotency_seconds: float = 600, idempotency_messages: int = 1000):
         self.messages = messages
         self.events = events  # EventStore: where events of the stream are stored
@@ -107,9 +108,9 @@ class GroupCommit:
         self.window = window_ms / 1000.0
         self.max_batch = max_batch
         self.after_commit = after_commit
-        self.turns = turns  # the hub: batches of all processes take turns (ids delivered in order)
-        shared = turns is not None and turns.shared
-        self.depth = 1 if shared else max(1, depth)
+        # Commit turns: batches of all processes take turns (ids delivered in order everywhere).
+        self.turns: Turns = turns or LocalTurns()
+        self.depth = 1 if self.turns.shared else max(1, depth)
         self.recent = RecentKeys(idempotency_seconds, idempotency_messages)
         self.idempotency_seconds = idempotency_seconds
         self.idempotency_messages = idempotency_messages
@@ -205,7 +206,7 @@ class GroupCommit:
     async def _sort_out(self, batch: list[Pending]) -> _Batch:
         now = self.clock.now()
         recent = self.recent
-        epoch = self.turns.epoch if self.turns is not None else 0
+        epoch = self.turns.epoch
         if epoch != self._epoch:
             # Redis came back after an outage: what was stored meanwhile has no claims, so
             # every conversation is read back from the database when it is next used.
@@ -242,10 +243,7 @@ class GroupCommit:
         plan = _Batch(new=new, followers=followers)
         try:
             plan.claims = [_claim(p.key) for p in new if p.key is not None]
-            plan.turn, claimed = (await self.turns.acquire_commit_turn(plan.claims, self.idempotency_seconds)
-                                  if self.turns is not None else (None, None))
-            if self.turns is None:
-                claimed = [True] * len(plan.claims)
+            plan.turn, claimed = await self.turns.acquire(plan.claims, self.idempotency_seconds)
             # Keys another process claimed (or every key, when Redis cannot be asked): its
             # batch is done (turns), so the conversation in the database says if it is stored.
             if claimed is None or not all(claimed) or uncertain:
@@ -296,8 +294,8 @@ class GroupCommit:
                 if p.key is not None:
                     recent.forget(p.doc["conv"], p.key)
             if plan.turn is not None:
-                self.turns.release_commit_turn(plan.turn)
-            if plan.claims and self.turns is not None:
+                self.turns.release(plan.turn)
+            if plan.claims:
                 await self.turns.release_claims(plan.claims)
             raise
         # Resends of stored messages are answered with this batch, first (a copy of one of
@@ -318,7 +316,7 @@ class GroupCommit:
                     p.future.set_exception(StoreFailed("The message could not be stored; send it again", "store_failed"))
         finally:
             if plan.turn is not None:
-                self.turns.release_commit_turn(plan.turn)
+                self.turns.release(plan.turn)
             self._slots.release()
 
     async def _release(self, plan: _Batch) -> None:
@@ -357,7 +355,7 @@ class GroupCommit:
             for p in stored:
                 if p.key is not None:
                     recent.put(p.doc["conv"], p.key, p.doc["_id"], now)
-            if failed_claims and self.turns is not None:
+            if failed_claims:
                 await self.turns.release_claims([c for c in failed_claims if c in set(plan.claims)])
             messages = sum(1 for p in stored if not p.is_event)
             if messages:

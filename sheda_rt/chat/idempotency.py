@@ -20,7 +20,7 @@ bounded window is what exactly-once needs, as chat services generally do it:
   of an acked (hence stored) message be stored twice.
 - Across processes (REDIS_URL): each new key is claimed in Redis (SET NX with
   the window as its expiry) in the same round trip that takes the commit turn
-  (sheda_rt/realtime/redis_broker.py). Turns are held until a batch is stored
+  (sheda_rt/realtime/turns.py). Turns are held until a batch is stored
   and published, so a key someone else claimed is either stored or its batch
   failed; the claimer's message is then looked up in the conversation.
 - With Redis unreachable, every conversation of the batch is read back from the

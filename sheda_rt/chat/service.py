@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # types only: the context wires these in (runtime imports her
     from sheda_rt.push.service import PushService
     from sheda_rt.realtime.events_store import EventStore
     from sheda_rt.realtime.hub import Hub
+    from sheda_rt.realtime.turns import Turns
     from sheda_rt.redis_limits import RedisLimits
 
 log = logging.getLogger("sheda.chat")
@@ -79,7 +80,8 @@ class ChatService:
     PROPERTY_TTL = 60.0
 
     def __init__(self, *, settings: Settings, clock: Clock, hub: Hub, users: UserStore, db: AsyncDatabase, ids: IdAllocator,
-                 limits: MemoryLimits | RedisLimits, push: PushService, events: EventStore | None = None):
+                 limits: MemoryLimits | RedisLimits, push: PushService, events: EventStore | None = None,
+                 turns: Turns | None = None):
         self.settings = settings
         self.clock = clock
         self.hub = hub
@@ -95,7 +97,7 @@ class ChatService:
         self.batcher = GroupCommit(
             self.messages, self.conversations, ids, clock, events=events,
             window_ms=self.settings.chat_batch_window_ms, max_batch=self.settings.chat_batch_max,
-            after_commit=self._deliver_stored, turns=self.hub, depth=self.settings.chat_pipeline_depth,
+            after_commit=self._deliver_stored, turns=turns, depth=self.settings.chat_pipeline_depth,
             idempotency_seconds=self.settings.chat_idempotency_seconds,
             idempotency_messages=self.settings.chat_idempotency_messages,
         )

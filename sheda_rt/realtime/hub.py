@@ -89,19 +89,6 @@ class LocalBroker:
     async def channel_removed(self, name: str, last_here: bool) -> None:
         """A socket here stopped watching channel `name`."""
 
-    epoch = 0  # see RedisBroker.epoch
-
-    async def acquire_turn(self, claims=(), ttl_seconds: float = 0) -> tuple[None, list[bool]]:
-        """One process stores one chat batch at a time by itself: no turns to take, and
-        no other process to have claimed an idempotency key (its memory decides)."""
-        return None, [True] * len(claims)
-
-    def release_turn(self, token) -> None:
-        pass
-
-    async def release_claims(self, claims) -> None:
-        pass
-
 
 class Hub:
     def __init__(self, broker=None, *, clock: Clock | None = None, expiry_sweep_seconds: float = 1.0):
@@ -245,34 +232,6 @@ class Hub:
         """`publish_to_user` for an event already encoded as JSON text: a message goes
         to the receiver and to the sender's other sockets, encoded once for both."""
         await self.broker.publish(user_id, text, exclude)
-
-    async def acquire_commit_turn(self, claims=(), ttl_seconds: float = 600):
-        """Wait for this process's turn to store and publish a chat batch, so message ids
-        reach every socket in increasing order across processes; returns a token for
-        `release_commit_turn`, called once the batch's deliveries are published.
-        `claims` (strings: sender and client_msg_id) are claimed in the same step, for
-        the idempotency window across processes; returns (token, [claimed?, ...]),
-        the list None when no other process can be asked (Redis away). Claims expire
-        after ttl_seconds (the idempotency window)."""
-        return await self.broker.acquire_turn(claims, ttl_seconds)
-
-    def release_commit_turn(self, token) -> None:
-        self.broker.release_turn(token)
-
-    async def release_claims(self, claims) -> None:
-        """Give back claims whose messages were not stored (a resend is new then)."""
-        await self.broker.release_claims(claims)
-
-    @property
-    def epoch(self) -> int:
-        """Changes each time the broker reconnects to Redis after an outage."""
-        return self.broker.epoch
-
-    @property
-    def shared(self) -> bool:
-        """Whether other processes store chat messages too (ids must then come from the
-        shared counter during this process's turn)."""
-        return not isinstance(self.broker, LocalBroker)
 
     def deliver_local(self, user_id: int, text: str, exclude: str | None = None) -> None:
         if text.endswith("}") and '"seq":' in text[-24:]:  # a durable frame: "seq" is spliced in last

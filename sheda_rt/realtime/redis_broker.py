@@ -36,22 +36,8 @@ stored before they are published, so what another process missed is there via
 `sync`. Revocation signals are the exception: they are kept (bounded) and
 replayed when Redis returns, since a logged-out token must not keep a socket.
 
-Chat batches take turns (ids reach every socket in increasing order)
---------------------------------------------------------------------
-A client syncs from the highest message id it has seen, so no socket may get a
-message after one with a higher id: had it dropped in between, the lower one
-would never come. One process stores one batch at a time, so there it holds by
-itself; two processes store side by side, and a batch with lower ids could be
-delivered after one with higher ids (the multi-process test saw it in every
-run). So each process stores and publishes a chat batch only while it holds
-the lock `<prefix>chat:turn` (SET NX PX; a waiter retries when the release is
-announced on `<prefix>chat:turned`, or after 5 ms), and releases it
-through the publisher's pipeline, after that batch's PUBLISHes on the same
-connection: Redis runs them first, so the next holder's batch (higher ids) is
-published after them, and every subscriber reads them in that order. A crashed
-holder's lock expires (TURN_TTL_MS); a batch slower than that, or Redis being
-away, lets batches run unordered, as cross-process delivery is degraded then
-anyway (sync and history have everything).
+Chat batches take turns through this broker's publish pipeline: see
+sheda_rt/realtime/turns.py (`enqueue_after_publishes`, `listen`).
 
 Global presence that survives a crash
 -------------------------------------
@@ -75,14 +61,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
 from collections import deque
 
-from redis import asyncio as redis_asyncio
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from typing import Callable
 
 from sheda_rt.metrics import BROKER_PUBLISH_ERRORS
+from sheda_rt.realtime.redis_link import RedisLink, chunks as _chunks, redis_client  # noqa: F401 (redis_client: tests)
 
 log = logging.getLogger("sheda.broker")
 
@@ -126,44 +110,6 @@ return 1
 """
 
 
-# KEYS: the turn lock. ARGV: the holder's token, the channel announcing a free turn.
-# Deletes it only if still ours, and wakes the waiting processes.
-_RELEASE_TURN = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], '')
-  return 1
-end
-return 0
-"""
-# KEYS: the turn lock. ARGV: token, turn ttl ms, claim ttl s, claim key prefix, then the claims.
-# Takes the turn (or returns nil) and, holding it, claims each idempotency key (1) or
-# finds it claimed already (0): one round trip for both.
-_TAKE_TURN = """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return nil end
-local out = {}
-for i = 5, #ARGV do
-  out[#out + 1] = redis.call('SET', ARGV[4] .. ARGV[i], '1', 'NX', 'EX', ARGV[3]) and 1 or 0
-end
-return out
-"""
-_TURN_ENTRY = b"\x00turn"  # outbox marker (never a channel name): release the chat turn here
-
-
-def redis_client(url: str) -> redis_asyncio.Redis:
-    """A client that fails fast: short timeouts, no transparent retries (we decide
-    what an outage means), bytes in and out."""
-    return redis_asyncio.Redis.from_url(
-        url, socket_connect_timeout=1.0, socket_timeout=2.0, retry=Retry(NoBackoff(), 0), decode_responses=False,
-    )
-
-
-def _chunks(items, size: int = 1000):
-    items = list(items)
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
-
-
 # KEYS: procs zset. ARGV: presence key prefix, ttl ms, user id. 1 when a live process
 # (heartbeat within the ttl) holds a socket of the user.
 _ONLINE_ANYWHERE = """
@@ -181,34 +127,29 @@ class RedisBroker:
     MAX_OUTBOX = 100_000
     #: Revocation signals kept for replay during an outage.
     MAX_CONTROL_BACKLOG = 10_000
-    #: A chat batch's turn lapses after this long (a crashed holder blocks nobody for longer).
-    TURN_TTL_MS = 3_000
 
-    def __init__(self, url: str, namespace: str, *, heartbeat_seconds: float = 5.0, client: redis_asyncio.Redis | None = None):
-        self.redis = client or redis_client(url)
-        self.prefix = f"sheda:{namespace}:"
-        self.process_id = uuid.uuid4().hex[:12]
+    def __init__(self, link: RedisLink, *, heartbeat_seconds: float = 5.0):
+        self.link = link
+        self.redis = link.redis
+        self.prefix = link.prefix
+        self.process_id = link.process_id
         self._origin = self.process_id.encode()
         self.heartbeat_seconds = heartbeat_seconds
         self.ttl_ms = int(heartbeat_seconds * 3000)
         self.hub = None
-        self.up = False
-        self.last_error = "not connected yet"
-        # Counts reconnections: what was stored while Redis was away has no idempotency
-        # claims, so the chat forgets what it remembered and reads conversations back.
-        self.epoch = 0
         # The stream position before Redis last failed us (None: no failure since it was up).
         self._resync_floor: int | None = None
+        link.on_trouble(self._trouble)
+        link.on_up(self._recovered)
+        link.on_connect(self._announce_presence)
 
         self._user_prefix = (self.prefix + "u:").encode()
         self._control_channel = (self.prefix + "control").encode()
         self._procs_key = self.prefix + "procs"
         self._presence_prefix = self.prefix + "presence:"
         self._own_presence = self._presence_prefix + self.process_id
-        self._turn_key = self.prefix + "chat:turn"
-        self._turn_channel = (self.prefix + "chat:turned").encode()
-        self._turn_free = asyncio.Event()
-        self._claim_prefix = self.prefix + "cmid:"
+        # More channels of the subscriber connection, fixed ones (the commit turns' wake-up).
+        self._listeners: dict[bytes, Callable[[bytes], None]] = {}
         # Channels of things (`property:42`, sheda_rt/realtime/channels.py): subscribed while a
         # socket here watches one, like the user channels, so an unwatched thing costs no process
         # anything but the one PUBLISH of its change.
@@ -220,19 +161,24 @@ class RedisBroker:
         self._subscribed: set[int] = set()  # user channels the current subscriber connection has
         self._pubsub = None
         self._sub_lock = asyncio.Lock()
-        self._outbox: deque[tuple[bytes, bytes]] = deque()
+        # (channel, payload) to PUBLISH, or a step (a callable given the pipeline) to run after them.
+        self._outbox: deque[tuple[bytes, bytes] | Callable] = deque()
         self._outbox_ready = asyncio.Event()
         self._control_backlog: deque[bytes] = deque(maxlen=self.MAX_CONTROL_BACKLOG)
-        self._publish_paused_until = 0.0
-        self._up_event = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
 
         self._presence_add = self.redis.register_script(_PRESENCE_ADD)
         self._presence_remove = self.redis.register_script(_PRESENCE_REMOVE)
         self._heartbeat = self.redis.register_script(_HEARTBEAT)
-        self._take_turn = self.redis.register_script(_TAKE_TURN)
         self._online_anywhere = self.redis.register_script(_ONLINE_ANYWHERE)
+
+    @property
+    def up(self) -> bool:
+        return self.link.up
+
+    async def health(self) -> str:
+        return await self.link.health()
 
     # ---- lifecycle ---------------------------------------------------------
     async def start(self, hub, wait_seconds: float = 2.0) -> None:
@@ -241,18 +187,15 @@ class RedisBroker:
         self.hub = hub
         self._stopping = False
         self._tasks = [asyncio.create_task(coro) for coro in (self._subscriber(), self._publisher(), self._heartbeats())]
-        try:
-            await asyncio.wait_for(self._up_event.wait(), wait_seconds)
-        except asyncio.TimeoutError:
-            log.warning(json.dumps({"event": "redis_unavailable_at_start", "error": self.last_error}))
+        await self.link.wait_up(wait_seconds)
 
     async def stop(self) -> None:
         self._stopping = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 2.0
-        while self._outbox and self.up and loop.time() < deadline:  # let queued events reach the others
+        while self._outbox and self.link.up and loop.time() < deadline:  # let queued events reach the others
             await asyncio.sleep(0.01)
-        if self.up:
+        if self.link.up:
             try:
                 async with asyncio.timeout(1.0):
                     pipe = self.redis.pipeline(transaction=True)
@@ -265,28 +208,9 @@ class RedisBroker:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        self.up = False
-        try:
-            await self.redis.aclose()
-        except Exception:
-            pass
+        await self.link.close()
 
-    async def health(self) -> str:
-        if not self.up:
-            return f"down: {self.last_error}"
-        try:
-            await asyncio.wait_for(self.redis.ping(), 1.0)
-            return "ok"
-        except Exception as exc:
-            return f"down: {type(exc).__name__}"
-
-    def _set_up(self) -> None:
-        if not self.up:
-            log.info(json.dumps({"event": "redis_up", "process": self.process_id, "users_here": len(self._here)}))
-            self.epoch += 1
-        self.up = True
-        self._publish_paused_until = 0.0
-        self._up_event.set()
+    def _recovered(self) -> None:
         floor, self._resync_floor = self._resync_floor, None
         if floor is not None:
             # Events may have missed sockets live, here or elsewhere, since `floor`: every process
@@ -305,14 +229,6 @@ class RedisBroker:
         self.hub.handle_control({"op": "resync", "after_seq": floor})
         if not self._enqueue(self._control_channel, b"", text):
             self._control_backlog.append(text)
-
-    def _set_down(self, exc: BaseException) -> None:
-        self._trouble()
-        self.last_error = f"{type(exc).__name__}: {exc}"[:200]
-        if self.up:
-            log.warning(json.dumps({"event": "redis_down", "process": self.process_id, "error": self.last_error}))
-        self.up = False
-        self._up_event.clear()
 
     # ---- channels ----------------------------------------------------------
     def _user_channel(self, user_id: int) -> bytes:
@@ -364,14 +280,13 @@ class RedisBroker:
         while not self._stopping:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self._control_channel, self._turn_channel)
+                await pubsub.subscribe(self._control_channel, *self._listeners)
                 async with self._sub_lock:
                     self._subscribed = set()
                     self._channels_subscribed = set()
                     self._pubsub = pubsub
                 await self._sync_subscriptions()
-                await self._announce_presence()
-                self._set_up()
+                await self.link.connected()  # presence is re-announced, then the link counts as up
                 delay = 0.05
                 self._replay_control_backlog()
                 while True:
@@ -381,7 +296,7 @@ class RedisBroker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._set_down(exc)
+                self.link.set_down(exc)
             finally:
                 async with self._sub_lock:
                     if self._pubsub is pubsub:
@@ -396,8 +311,9 @@ class RedisBroker:
             delay = min(delay * 2, 5.0)
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
-        if channel == self._turn_channel:
-            self._turn_free.set()
+        listener = self._listeners.get(channel)
+        if listener is not None:
+            listener(data)
             return
         origin, _, rest = data.partition(_SEP)
         if origin == self._origin:
@@ -442,59 +358,29 @@ class RedisBroker:
         if not self._enqueue(self._control_channel, b"", text):
             self._control_backlog.append(text)
 
-    # ---- chat commit turns (see "Chat batches take turns") --------------------
-    async def acquire_turn(self, claims=(), ttl_seconds: float = 600) -> tuple[bytes | None, list[bool] | None]:
-        """Wait until this process may store and publish a chat batch, claiming `claims`
-        (idempotency keys) in the same step; returns (the token to release, which claims
-        were new). (None, None) when Redis is away: the batch then goes unordered and
-        the caller must check the database for resends itself."""
-        loop = asyncio.get_running_loop()
-        token = uuid.uuid4().hex.encode()
-        args = [token, self.TURN_TTL_MS, max(1, int(ttl_seconds)), self._claim_prefix,
-                *(c.encode("utf-8", "surrogatepass") for c in claims)]
-        while self.up and loop.time() >= self._publish_paused_until:
-            self._turn_free.clear()
-            try:
-                taken = await self._take_turn(keys=[self._turn_key], args=args)
-            except Exception as exc:
-                log.info(json.dumps({"event": "redis_turn_failed", "error": repr(exc)[:200]}))
-                self._trouble()
-                return None, None
-            if taken is not None:
-                return token, [bool(x) for x in taken]
-            try:  # woken by the holder's release (the subscriber sees it), or try again anyway
-                await asyncio.wait_for(self._turn_free.wait(), 0.005)
-            except asyncio.TimeoutError:
-                pass
-        self._trouble()
-        return None, None
+    # ---- what the commit turns need (sheda_rt/realtime/turns.py) ------------------
+    def listen(self, channel: bytes, callback: Callable[[bytes], None]) -> None:
+        """Hand the messages of `channel` to `callback` (subscribed on each connection of
+        the subscriber; register before start)."""
+        self._listeners[channel] = callback
 
-    async def release_claims(self, claims) -> None:
-        if not claims or not self.up:
-            return
-        try:
-            await self.redis.delete(*(self._claim_prefix + c for c in claims))
-        except Exception as exc:  # the claims lapse with their expiry; a resend meanwhile is looked up
-            log.info(json.dumps({"event": "redis_claim_release_failed", "error": repr(exc)[:200]}))
-
-    def release_turn(self, token: bytes | None) -> None:
-        """Queued behind this batch's publishes, so Redis runs it after them."""
-        if token is not None:
-            self._outbox.append((_TURN_ENTRY, token))
-            self._outbox_ready.set()
+    def enqueue_after_publishes(self, step: Callable) -> None:
+        """Run `step(pipeline)` behind every publish queued so far, on the same connection:
+        Redis runs it after them. Not an event: if the pipeline fails, it is dropped."""
+        self._outbox.append(step)
+        self._outbox_ready.set()
 
     def _enqueue(self, channel: bytes, exclude: bytes, text: bytes) -> bool:
-        loop = asyncio.get_running_loop()
-        if not self.up or loop.time() < self._publish_paused_until or len(self._outbox) >= self.MAX_OUTBOX:
+        if not self.link.usable() or len(self._outbox) >= self.MAX_OUTBOX:
             BROKER_PUBLISH_ERRORS.inc()
-            self._trouble()
+            self.link.trouble()
             return False
         self._outbox.append((channel, self._origin + _SEP + exclude + _SEP + text))
         self._outbox_ready.set()
         return True
 
     def _replay_control_backlog(self) -> None:
-        while self._control_backlog and self.up:
+        while self._control_backlog and self.link.up:
             text = self._control_backlog.popleft()
             if not self._enqueue(self._control_channel, b"", text):
                 self._control_backlog.appendleft(text)
@@ -502,7 +388,6 @@ class RedisBroker:
 
     async def _publisher(self) -> None:
         """One task, one connection at a time, pipelined batches: order is kept."""
-        loop = asyncio.get_running_loop()
         while True:
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
@@ -510,30 +395,28 @@ class RedisBroker:
                 batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), 1000))]
                 try:
                     pipe = self.redis.pipeline(transaction=False)
-                    for channel, payload in batch:
-                        if channel is _TURN_ENTRY:
-                            # EVAL, not the registered script: in a pipeline that would cost a
-                            # SCRIPT EXISTS round trip on every execute.
-                            pipe.eval(_RELEASE_TURN, 1, self._turn_key, payload, self._turn_channel)
+                    for entry in batch:
+                        if callable(entry):
+                            entry(pipe)
                         else:
-                            pipe.publish(channel, payload)
+                            pipe.publish(*entry)
                     await pipe.execute()
-                    if self._resync_floor is not None and self.up:  # publishing works again (the link never dropped)
+                    if self._resync_floor is not None and self.link.up:  # publishing works again (the link never dropped)
                         floor, self._resync_floor = self._resync_floor, None
                         self._send_resync(floor)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    # Turn releases are not events: dropped, the turn lapses by its TTL.
-                    lost = [entry for entry in batch + list(self._outbox) if entry[0] is not _TURN_ENTRY]
+                    # Steps (turn releases) are not events: dropped, a turn lapses by its TTL.
+                    lost = [entry for entry in batch + list(self._outbox) if not callable(entry)]
                     self._outbox.clear()
                     BROKER_PUBLISH_ERRORS.inc(len(lost))
                     for channel, payload in lost:
                         if channel == self._control_channel:
                             self._control_backlog.append(payload.split(_SEP, 2)[2])
                     # Fail fast for a moment instead of making every publish wait on a dead link.
-                    self._publish_paused_until = loop.time() + 1.0
-                    self._trouble()
+                    self.link.pause(1.0)
+                    self.link.trouble()
                     log.warning(json.dumps({"event": "redis_publish_failed", "events": len(lost), "error": repr(exc)[:200]}))
 
     # ---- presence ----------------------------------------------------------
