@@ -43,15 +43,18 @@ class AppContext:
         self.turns: Turns = LocalTurns()
         self.redis_link = None  # [operations] the one Redis client and its state (readiness reports it)
         if settings.redis_url:  # [operations] many processes, one server: fan-out, presence, turns and limits in Redis
-            from sheda_rt.realtime.redis_broker import RedisBroker
+            from sheda_rt.realtime.fanout_redis import RedisFanout
+            from sheda_rt.realtime.presence import RedisPresence
             from sheda_rt.realtime.redis_link import RedisLink
             from sheda_rt.realtime.turns import RedisTurns
             from sheda_rt.redis_limits import RedisLimits
 
             self.redis_link = RedisLink(settings.redis_url, settings.mongodb_db)
-            broker = RedisBroker(self.redis_link, heartbeat_seconds=settings.redis_heartbeat_seconds)
-            self.hub = Hub(broker, clock=self.clock, expiry_sweep_seconds=settings.ws_expiry_sweep_seconds)
-            self.turns = RedisTurns(self.redis_link, enqueue_after_publishes=broker.enqueue_after_publishes, listen=broker.listen)
+            fanout = RedisFanout(self.redis_link)
+            presence = RedisPresence(self.redis_link, heartbeat_seconds=settings.redis_heartbeat_seconds)
+            self.hub = Hub(fanout, presence, clock=self.clock, expiry_sweep_seconds=settings.ws_expiry_sweep_seconds)
+            # A turn's release goes out behind that batch's publishes, on the fan-out's pipeline.
+            self.turns = RedisTurns(self.redis_link, enqueue_after_publishes=fanout.enqueue_after_publishes, listen=fanout.listen)
             self.limits = RedisLimits(self.redis_link.redis, settings.mongodb_db)
         from sheda_rt.realtime.channels import Channels  # [realtime] channels of things: kinds register below
 
@@ -287,6 +290,8 @@ class AppContext:
 
     async def close(self) -> None:
         await self.hub.stop()
+        if self.redis_link is not None:  # after the parts that use it stopped
+            await self.redis_link.close()
         if self.payment_gateway is not None:  # [payments] its HTTP connections
             await self.payment_gateway.close()
         await self.client.close()

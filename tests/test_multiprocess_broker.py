@@ -1,5 +1,5 @@
-"""The Redis broker and Redis limits between two Hubs of this process, each with its
-own Redis connections — exactly what two server processes have — against a real
+"""The Redis fan-out and presence (one Redis link per hub) and Redis limits between two
+Hubs of this process, each with its own Redis connections — exactly what two server processes have — against a real
 redis-server. The end-to-end versions (real server processes, real sockets) are
 in test_multiprocess.py; here we can also kill a "process" without cleanup and
 move through outages precisely."""
@@ -13,7 +13,8 @@ from prometheus_client import REGISTRY
 
 from sheda_rt.limits import MemoryLimits
 from sheda_rt.realtime.hub import Hub
-from sheda_rt.realtime.redis_broker import RedisBroker
+from sheda_rt.realtime.fanout_redis import RedisFanout
+from sheda_rt.realtime.presence import RedisPresence
 from sheda_rt.realtime.redis_link import RedisLink, redis_client
 from sheda_rt.redis_limits import RedisLimits
 from tests.redis_support import redis_server  # noqa: F401  (module fixture)
@@ -44,13 +45,26 @@ async def eventually(predicate, timeout: float = 5.0):
         await asyncio.sleep(0.02)
 
 
-async def two_hubs(redis_server, namespace: str | None = None, heartbeat: float = 0.2) -> tuple[Hub, Hub]:
+class RedisHub(Hub):
+    """A hub as a server process builds it with REDIS_URL (sheda_rt/context.py): fan-out and
+    presence over one Redis link, which is closed after them."""
+
+    def __init__(self, url: str, namespace: str, heartbeat: float):
+        self.link = RedisLink(url, namespace)
+        super().__init__(RedisFanout(self.link), RedisPresence(self.link, heartbeat_seconds=heartbeat))
+
+    async def stop(self) -> None:
+        await super().stop()
+        await self.link.close()
+
+
+async def two_hubs(redis_server, namespace: str | None = None, heartbeat: float = 0.2) -> tuple[RedisHub, RedisHub]:
     namespace = namespace or uuid.uuid4().hex[:8]
-    a = Hub(RedisBroker(RedisLink(redis_server.url, namespace), heartbeat_seconds=heartbeat))
-    b = Hub(RedisBroker(RedisLink(redis_server.url, namespace), heartbeat_seconds=heartbeat))
+    a = RedisHub(redis_server.url, namespace, heartbeat)
+    b = RedisHub(redis_server.url, namespace, heartbeat)
     await a.start()
     await b.start()
-    assert a.broker.up and b.broker.up
+    assert a.link.up and b.link.up
     return a, b
 
 
@@ -119,10 +133,11 @@ async def test_a_crashed_process_does_not_keep_its_users_online(redis_server):
         assert await a.connected(Socket(11)) is True
         assert await b.connected(Socket(11)) is False
         # A dies without cleaning up: its tasks stop, its keys stay behind in Redis.
-        for task in a.broker._tasks:
+        tasks = [*a.fanout._tasks, a.presence._task]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*a.broker._tasks, return_exceptions=True)
-        await a.broker.redis.aclose()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await a.link.redis.aclose()
         crashed = True
         # Within 3 heartbeats its set no longer counts: B's closing socket is the user's last one.
         await asyncio.sleep(0.8)
@@ -157,8 +172,8 @@ async def test_redis_outage_keeps_local_delivery_and_resumes_cross_process(redis
         for hub, sock in ((a, alice_a), (a, bob_a), (b, bob_b), (b, carol_b)):
             await hub.connected(sock)
         redis_server.stop()
-        await eventually(lambda: not a.broker.up and not b.broker.up)
-        assert (await a.broker.health()).startswith("down")
+        await eventually(lambda: not a.link.up and not b.link.up)
+        assert (await a.link.health()).startswith("down")
 
         errors = REGISTRY.get_sample_value("sheda_broker_publish_errors_total")
         loop = asyncio.get_running_loop()
@@ -173,8 +188,8 @@ async def test_redis_outage_keeps_local_delivery_and_resumes_cross_process(redis
         await a.revoke_sessions(23, jti="c1")
 
         redis_server.start()  # same port, empty: nothing survived from before
-        await eventually(lambda: a.broker.up and b.broker.up, timeout=15)
-        assert await a.broker.health() == "ok"
+        await eventually(lambda: a.link.up and b.link.up, timeout=15)
+        assert await a.link.health() == "ok"
         await eventually(lambda: carol_b.closed == 4401)  # the revocation was replayed
         # Every socket on both processes is told to sync: events may have missed it live meanwhile.
         def hints(sock):

@@ -1,5 +1,5 @@
 """Is a user connected anywhere? The hub answers: this process's sockets first, then the
-broker's global presence (with REDIS_URL, every live process's users in Redis). The push
+global presence (sheda_rt/realtime/presence.py: with REDIS_URL, every live process's users in Redis). The push
 dispatcher asks this before a push goes out; an unknown answer (Redis away) counts as
 offline, so the push goes out (a duplicate beats a silent phone)."""
 from __future__ import annotations

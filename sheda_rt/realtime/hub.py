@@ -1,10 +1,17 @@
 """The hub: every open socket, by user, and `publish_to_user`, the only way an
 event reaches a socket.
 
-Events are serialized once per publish, and the same text is handed to every
-socket of the user. Delivery goes through a broker: the in-process broker hands
-the event straight back to this hub; the Redis broker (multi-process) publishes
-it so every process's hub delivers to the sockets it holds.
+The hub owns which users have sockets here (and which sockets watch which channels) and
+coordinates two parts that know nothing of it, each in-process or in Redis behind one
+narrow interface, given the hub's callbacks when it starts:
+- fan-out (sheda_rt/realtime/fanout.py, fanout_redis.py): events are serialized once per
+  publish, and the same text is handed to every socket of the user, on every process. The
+  in-process fan-out hands it straight back to `deliver_local`; the Redis one also publishes
+  it so every process's hub delivers to the sockets it holds.
+- presence (sheda_rt/realtime/presence.py): whether a user's socket is their first or last
+  one anywhere.
+The chat's commit turns (sheda_rt/realtime/turns.py) are not the hub's: the chat batcher
+takes them.
 """
 from __future__ import annotations
 
@@ -15,6 +22,8 @@ from typing import Callable, Protocol
 from sheda_rt.clock import Clock
 from sheda_rt.metrics import MESSAGES_DELIVERED
 from sheda_rt.realtime.expiry import ExpiryWatch
+from sheda_rt.realtime.fanout import Fanout, LocalFanout
+from sheda_rt.realtime.presence import LocalPresence, Presence
 from sheda_rt.wire import encode
 
 log = logging.getLogger("sheda.hub")
@@ -50,52 +59,14 @@ class Connection(Protocol):
         """Close the socket from the server side."""
 
 
-class LocalBroker:
-    """Single-process delivery: publish is a direct call back into the hub."""
-
-    def __init__(self):
-        self.hub: Hub | None = None
-
-    async def start(self, hub: "Hub") -> None:
-        self.hub = hub
-
-    async def stop(self) -> None:
-        pass
-
-    async def publish(self, user_id: int, text: str, exclude: str | None) -> None:
-        self.hub.deliver_local(user_id, text, exclude)
-
-    async def user_added(self, user_id: int, first_here: bool) -> bool:
-        """A socket of user_id opened here; True if it is the user's first socket anywhere."""
-        return first_here
-
-    async def user_removed(self, user_id: int, last_here: bool) -> bool:
-        """A socket of user_id closed here; True if the user has no socket left anywhere."""
-        return last_here
-
-    async def online_elsewhere(self, user_id: int) -> bool:
-        """Whether another process holds a socket of user_id: there is none."""
-        return False
-
-    async def publish_control(self, message: dict) -> None:
-        self.hub.handle_control(message)
-
-    async def publish_channel(self, name: str, text: str) -> None:
-        self.hub.deliver_channel_local(name, text)
-
-    async def channel_added(self, name: str, first_here: bool) -> None:
-        """A socket here started watching channel `name`: nothing to subscribe to in one process."""
-
-    async def channel_removed(self, name: str, last_here: bool) -> None:
-        """A socket here stopped watching channel `name`."""
-
-
 class Hub:
-    def __init__(self, broker=None, *, clock: Clock | None = None, expiry_sweep_seconds: float = 1.0):
-        self.broker = broker or LocalBroker()
+    def __init__(self, fanout: Fanout | None = None, presence: Presence | None = None, *, clock: Clock | None = None,
+                 expiry_sweep_seconds: float = 1.0):
+        self.fanout: Fanout = fanout or LocalFanout()
+        self.presence: Presence = presence or LocalPresence()
         self._sockets: dict[int, dict[str, Connection]] = {}
         # The highest stream position delivered through this hub (sockets here or not): where
-        # clients must sync from after the broker lost its link (see the "resync" control op).
+        # clients must sync from after the fan-out lost its link (see the "resync" control op).
         self.last_seq = 0
         # Channels of things (sheda_rt/realtime/channels.py decides who may watch what):
         # channel -> the sockets here watching it, and socket -> its channels.
@@ -108,12 +79,19 @@ class Hub:
         self.expiry = ExpiryWatch(clock or Clock(), expiry_sweep_seconds, self._connection, self.all_sockets)
 
     async def start(self) -> None:
-        await self.broker.start(self)
+        await self.presence.start(users_here=self._users_here)
+        await self.fanout.start(deliver_user=self.deliver_local, deliver_channel=self.deliver_channel_local,
+                                on_control=self.handle_control, last_seq=lambda: self.last_seq, users_here=self._users_here)
         self.expiry.start()
 
     async def stop(self) -> None:
         self.expiry.stop()
-        await self.broker.stop()
+        await self.fanout.stop()  # queued events reach the others first
+        await self.presence.stop()
+
+    def _users_here(self):
+        """The users with a socket on this process (what fan-out subscribes to, presence announces)."""
+        return self._sockets.keys()
 
     # ---- registry ----------------------------------------------------------
     def add(self, conn: Connection) -> bool:
@@ -136,11 +114,15 @@ class Hub:
 
     async def connected(self, conn: Connection) -> bool:
         """Register a socket; True if the user just came online (first socket on any process)."""
-        return await self.broker.user_added(conn.user_id, self.add(conn))
+        first_here = self.add(conn)
+        await self.fanout.user_added(conn.user_id, first_here)
+        return await self.presence.user_added(conn.user_id, first_here)
 
     async def disconnected(self, conn: Connection) -> bool:
         """Forget a socket; True if the user just went offline (last socket on any process)."""
-        return await self.broker.user_removed(conn.user_id, self.remove(conn))
+        last_here = self.remove(conn)
+        await self.fanout.user_removed(conn.user_id, last_here)
+        return await self.presence.user_removed(conn.user_id, last_here)
 
     # ---- session control ---------------------------------------------------
     async def revoke_sessions(self, user_id: int, *, jti: str | None = None, fam: str | None = None, code: int = 4401,
@@ -149,7 +131,7 @@ class Hub:
         with token `jti` or with any token of login family `fam`. Logout uses 4401 with
         both (the refresh rotation may have opened sockets with older access tokens of
         the same login); deactivation and password resets 4403/4401 for all."""
-        await self.broker.publish_control({"op": "revoke", "user_id": user_id, "jti": jti, "fam": fam, "code": code,
+        await self.fanout.publish_control({"op": "revoke", "user_id": user_id, "jti": jti, "fam": fam, "code": code,
                                            "reason": reason})
 
     def handle_control(self, message: dict) -> None:
@@ -180,7 +162,7 @@ class Hub:
         its own sockets. Returns how many sockets of this process it was handed to; the
         other processes' count is not known here (they deliver when the message reaches them)."""
         here = sum(1 for conn in self.all_sockets() if self._broadcast_to(conn, user_type))
-        await self.broker.publish_control({"op": "broadcast", "frame": frame, "user_type": user_type})
+        await self.fanout.publish_control({"op": "broadcast", "frame": frame, "user_type": user_type})
         return here
 
     @staticmethod
@@ -214,8 +196,8 @@ class Hub:
 
     async def online_anywhere(self, user_id: int) -> bool:
         """Whether user_id has an open socket on any process (this one first, then the
-        broker's global presence)."""
-        return self.is_connected_here(user_id) or await self.broker.online_elsewhere(user_id)
+        global presence)."""
+        return self.is_connected_here(user_id) or await self.presence.online_elsewhere(user_id)
 
     @property
     def connection_count(self) -> int:
@@ -226,12 +208,12 @@ class Hub:
         """Deliver `event` to every open socket of `user_id`, on any process.
         `exclude` names one socket (the sender's) that should not get it."""
         text = encode(event)
-        await self.broker.publish(user_id, text, exclude)
+        await self.fanout.publish(user_id, text, exclude)
 
     async def publish_encoded(self, user_id: int, text: str, exclude: str | None = None) -> None:
         """`publish_to_user` for an event already encoded as JSON text: a message goes
         to the receiver and to the sender's other sockets, encoded once for both."""
-        await self.broker.publish(user_id, text, exclude)
+        await self.fanout.publish(user_id, text, exclude)
 
     def deliver_local(self, user_id: int, text: str, exclude: str | None = None) -> None:
         if text.endswith("}") and '"seq":' in text[-24:]:  # a durable frame: "seq" is spliced in last
@@ -255,16 +237,16 @@ class Hub:
 
     async def watch(self, conn: Connection, name: str) -> None:
         """`conn` gets the events of channel `name` (idempotent); on the channel's first
-        watcher here the broker subscribes to it across processes."""
+        watcher here the fan-out subscribes to it across processes."""
         watchers = self._watchers.setdefault(name, {})
         if conn.conn_id in watchers:
             return
         watchers[conn.conn_id] = conn
         self._watching.setdefault(conn.conn_id, set()).add(name)
-        await self.broker.channel_added(name, len(watchers) == 1)
+        await self.fanout.channel_added(name, len(watchers) == 1)
 
     async def unwatch(self, conn: Connection, name: str) -> None:
-        """Stop `conn` getting channel `name` (idempotent); the broker unsubscribes after the last."""
+        """Stop `conn` getting channel `name` (idempotent); the fan-out unsubscribes after the last."""
         watchers = self._watchers.get(name)
         if not watchers or watchers.pop(conn.conn_id, None) is None:
             return
@@ -276,10 +258,10 @@ class Hub:
         last = not watchers
         if last:
             del self._watchers[name]
-        await self.broker.channel_removed(name, last)
+        await self.fanout.channel_removed(name, last)
 
     async def unwatch_all(self, conn: Connection) -> None:
-        """A closed socket's channels are dropped (together: the broker's unsubscribes then
+        """A closed socket's channels are dropped (together: the fan-out's unsubscribes then
         batch instead of taking turns one channel at a time)."""
         names = list(self._watching.get(conn.conn_id, ()))
         if names:
@@ -292,7 +274,7 @@ class Hub:
         """Deliver `event` to every socket watching channel `name`, on any process. Channel
         events are ephemeral: no seq, no replay."""
         text = encode(event)
-        await self.broker.publish_channel(name, text)
+        await self.fanout.publish_channel(name, text)
 
     def deliver_channel_local(self, name: str, text: str) -> None:
         for conn in list(self._watchers.get(name, {}).values()):

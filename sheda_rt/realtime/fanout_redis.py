@@ -1,8 +1,9 @@
-"""The Redis broker: the Hub's delivery, presence and session control across processes.
+"""The Redis fan-out: the hub's delivery and session control across processes.
 
-Used instead of `LocalBroker` when REDIS_URL is set; any number of processes
-(one host with `--processes N`, or many hosts behind a load balancer) then
-behave as one server.
+Used instead of `LocalFanout` (sheda_rt/realtime/fanout.py) when REDIS_URL is set. It shares
+the Redis client and connection state with presence and the commit turns (`RedisLink`,
+sheda_rt/realtime/redis_link.py); its subscriber connection is what decides whether the link
+is up. It knows nothing of the hub: it delivers through the callbacks given at `start`.
 
 Why one channel per user, subscribed while the user has a socket here
 -----------------------------------------------------------------------
@@ -31,30 +32,23 @@ connection: events keep their order (per-conversation order holds across
 processes) and bursts cost one write. When Redis is unreachable, publishes
 fail fast — counted in `sheda_broker_publish_errors_total`, nothing waits —
 and the subscriber reconnects with capped exponential backoff, resubscribes
-every user with a socket here and re-announces its presence. Chat messages are
+every user with a socket here (the link's connect hooks re-announce presence). Chat messages are
 stored before they are published, so what another process missed is there via
 `sync`. Revocation signals are the exception: they are kept (bounded) and
 replayed when Redis returns, since a logged-out token must not keep a socket.
 
-Chat batches take turns through this broker's publish pipeline: see
-sheda_rt/realtime/turns.py (`enqueue_after_publishes`, `listen`).
+The resync floor
+----------------
+From the moment Redis first fails us (a publish, a turn, the subscription: the link's
+`trouble`), durable events may reach other processes' sockets late, out of order or not at
+all. The fan-out remembers the highest stream position delivered here before that
+(`last_seq()`), and once Redis works again (the link is up, or a publish went through) it
+sends the control op `resync` with it: every process then tells its sockets to sync from
+there (the hub's `handle_control`).
 
-Global presence that survives a crash
--------------------------------------
-Each process keeps the set of users with sockets on it in
-`<prefix>presence:<process id>` and heartbeats into the sorted set
-`<prefix>procs` (score = Redis time of its last heartbeat); its set expires
-with the heartbeat. "First socket anywhere" / "last socket anywhere" are Lua
-scripts that update this process's set and look for the user in the sets of
-the live processes only, atomically. A crashed process stops heartbeating;
-after `3 x heartbeat` its users no longer count as online anywhere and its
-keys expire — nobody stays online forever. During an outage presence falls
-back to this process's own knowledge and the set is rewritten on reconnect.
-The scripts build key names from the process list, so this needs a single
-Redis (or a primary with replicas), not Redis Cluster.
-
-Keys and channels are prefixed with `sheda:<MONGODB_DB>:`, so deployments with
-different databases can share one Redis without seeing each other's events.
+Commit turns ride on this fan-out's publish pipeline (sheda_rt/realtime/turns.py): a turn's
+release is queued with `enqueue_after_publishes` behind that batch's publishes, and its
+wake-ups come over `listen`.
 """
 from __future__ import annotations
 
@@ -62,92 +56,41 @@ import asyncio
 import json
 import logging
 from collections import deque
-
-from typing import Callable
+from typing import Callable, Collection
 
 from sheda_rt.metrics import BROKER_PUBLISH_ERRORS
-from sheda_rt.realtime.redis_link import RedisLink, chunks as _chunks, redis_client  # noqa: F401 (redis_client: tests)
+from sheda_rt.realtime.fanout import DeliverChannel, DeliverUser
+from sheda_rt.realtime.redis_link import RedisLink, chunks as _chunks
 
 log = logging.getLogger("sheda.broker")
 
 _SEP = b"\x00"  # never inside JSON text (control characters are escaped there)
 
-# Redis time in milliseconds, shared by the scripts (no clock skew between hosts).
-_NOW = """
-if redis.replicate_commands then redis.replicate_commands() end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
 
-# KEYS: procs zset, own presence set. ARGV: key prefix of presence sets, process id, user id, ttl ms.
-# Returns 1 when no other live process holds the user (the user's first socket anywhere).
-_PRESENCE_ADD = _NOW + """
-redis.call('SADD', KEYS[2], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-redis.call('ZADD', KEYS[1], now, ARGV[2])
-for _, p in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[4]), '+inf')) do
-  if p ~= ARGV[2] and redis.call('SISMEMBER', ARGV[1] .. p, ARGV[3]) == 1 then return 0 end
-end
-return 1
-"""
-
-# Same keys and arguments. Returns 1 when no live process holds the user any more.
-_PRESENCE_REMOVE = _NOW + """
-redis.call('SREM', KEYS[2], ARGV[3])
-for _, p in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[4]), '+inf')) do
-  if p ~= ARGV[2] and redis.call('SISMEMBER', ARGV[1] .. p, ARGV[3]) == 1 then return 0 end
-end
-return 1
-"""
-
-# KEYS: procs zset, own presence set. ARGV: process id, ttl ms. Also forgets dead processes.
-_HEARTBEAT = _NOW + """
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 10)
-return 1
-"""
-
-
-# KEYS: procs zset. ARGV: presence key prefix, ttl ms, user id. 1 when a live process
-# (heartbeat within the ttl) holds a socket of the user.
-_ONLINE_ANYWHERE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-for _, p in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[2]), '+inf')) do
-  if redis.call('SISMEMBER', ARGV[1] .. p, ARGV[3]) == 1 then return 1 end
-end
-return 0
-"""
-
-
-class RedisBroker:
+class RedisFanout:
     #: Pending cross-process publishes kept while Redis is slow; beyond this they are dropped (and counted).
     MAX_OUTBOX = 100_000
     #: Revocation signals kept for replay during an outage.
     MAX_CONTROL_BACKLOG = 10_000
 
-    def __init__(self, link: RedisLink, *, heartbeat_seconds: float = 5.0):
+    def __init__(self, link: RedisLink):
         self.link = link
         self.redis = link.redis
         self.prefix = link.prefix
-        self.process_id = link.process_id
-        self._origin = self.process_id.encode()
-        self.heartbeat_seconds = heartbeat_seconds
-        self.ttl_ms = int(heartbeat_seconds * 3000)
-        self.hub = None
+        self._origin = link.process_id.encode()
+        # Given at start: the hub's delivery to its own sockets, its control handling, its stream position.
+        self._deliver_user: DeliverUser | None = None
+        self._deliver_channel: DeliverChannel | None = None
+        self._on_control: Callable[[dict], None] | None = None
+        self._last_seq: Callable[[], int] | None = None
+        self._here: Callable[[], Collection[int]] = frozenset  # users with a socket on this process
         # The stream position before Redis last failed us (None: no failure since it was up).
         self._resync_floor: int | None = None
         link.on_trouble(self._trouble)
         link.on_up(self._recovered)
-        link.on_connect(self._announce_presence)
 
         self._user_prefix = (self.prefix + "u:").encode()
         self._control_channel = (self.prefix + "control").encode()
-        self._procs_key = self.prefix + "procs"
-        self._presence_prefix = self.prefix + "presence:"
-        self._own_presence = self._presence_prefix + self.process_id
         # More channels of the subscriber connection, fixed ones (the commit turns' wake-up).
         self._listeners: dict[bytes, Callable[[bytes], None]] = {}
         # Channels of things (`property:42`, sheda_rt/realtime/channels.py): subscribed while a
@@ -157,7 +100,6 @@ class RedisBroker:
         self._channels_here: set[str] = set()
         self._channels_subscribed: set[str] = set()
 
-        self._here: set[int] = set()        # users with a socket on this process
         self._subscribed: set[int] = set()  # user channels the current subscriber connection has
         self._pubsub = None
         self._sub_lock = asyncio.Lock()
@@ -168,25 +110,15 @@ class RedisBroker:
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
 
-        self._presence_add = self.redis.register_script(_PRESENCE_ADD)
-        self._presence_remove = self.redis.register_script(_PRESENCE_REMOVE)
-        self._heartbeat = self.redis.register_script(_HEARTBEAT)
-        self._online_anywhere = self.redis.register_script(_ONLINE_ANYWHERE)
-
-    @property
-    def up(self) -> bool:
-        return self.link.up
-
-    async def health(self) -> str:
-        return await self.link.health()
-
     # ---- lifecycle ---------------------------------------------------------
-    async def start(self, hub, wait_seconds: float = 2.0) -> None:
-        """Start subscriber, publisher and heartbeat. A server whose Redis is down still
-        starts (readiness says so) and connects when Redis comes up."""
-        self.hub = hub
+    async def start(self, *, deliver_user: DeliverUser, deliver_channel: DeliverChannel, on_control: Callable[[dict], None],
+                    last_seq: Callable[[], int], users_here: Callable[[], Collection[int]], wait_seconds: float = 2.0) -> None:
+        """Start subscriber and publisher. A server whose Redis is down still starts
+        (readiness says so) and connects when Redis comes up."""
+        self._deliver_user, self._deliver_channel, self._on_control = deliver_user, deliver_channel, on_control
+        self._last_seq, self._here = last_seq, users_here
         self._stopping = False
-        self._tasks = [asyncio.create_task(coro) for coro in (self._subscriber(), self._publisher(), self._heartbeats())]
+        self._tasks = [asyncio.create_task(coro) for coro in (self._subscriber(), self._publisher())]
         await self.link.wait_up(wait_seconds)
 
     async def stop(self) -> None:
@@ -195,21 +127,12 @@ class RedisBroker:
         deadline = loop.time() + 2.0
         while self._outbox and self.link.up and loop.time() < deadline:  # let queued events reach the others
             await asyncio.sleep(0.01)
-        if self.link.up:
-            try:
-                async with asyncio.timeout(1.0):
-                    pipe = self.redis.pipeline(transaction=True)
-                    pipe.delete(self._own_presence)
-                    pipe.zrem(self._procs_key, self.process_id)
-                    await pipe.execute()
-            except Exception as exc:
-                log.info(json.dumps({"event": "redis_presence_cleanup_failed", "error": repr(exc)}))
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        await self.link.close()
 
+    # ---- the resync floor ----------------------------------------------------
     def _recovered(self) -> None:
         floor, self._resync_floor = self._resync_floor, None
         if floor is not None:
@@ -221,12 +144,12 @@ class RedisBroker:
         """Redis could not be used for a publish, a turn or the subscription: from here until
         it is back, durable events may reach other processes' sockets late or not at all, and
         out of order. Remember the last position delivered before that."""
-        if self._resync_floor is None and self.hub is not None:
-            self._resync_floor = self.hub.last_seq
+        if self._resync_floor is None and self._last_seq is not None:
+            self._resync_floor = self._last_seq()
 
     def _send_resync(self, floor: int) -> None:
         text = json.dumps({"op": "resync", "after_seq": floor}, separators=(",", ":")).encode()
-        self.hub.handle_control({"op": "resync", "after_seq": floor})
+        self._on_control({"op": "resync", "after_seq": floor})
         if not self._enqueue(self._control_channel, b"", text):
             self._control_backlog.append(text)
 
@@ -244,12 +167,13 @@ class RedisBroker:
         async with self._sub_lock:
             pubsub = self._pubsub
             if pubsub is None:
-                return  # the subscriber subscribes everything in `_here` when it (re)connects
+                return  # the subscriber subscribes every user here when it (re)connects
             try:
-                for chunk in _chunks(self._here - self._subscribed):
+                here = set(self._here())
+                for chunk in _chunks(here - self._subscribed):
                     await pubsub.subscribe(*[self._user_channel(u) for u in chunk])
                     self._subscribed.update(chunk)
-                for chunk in _chunks(self._subscribed - self._here):
+                for chunk in _chunks(self._subscribed - here):
                     await pubsub.unsubscribe(*[self._user_channel(u) for u in chunk])
                     self._subscribed.difference_update(chunk)
                 await self._reconcile_channels(pubsub)
@@ -321,24 +245,34 @@ class RedisBroker:
         exclude, _, text = rest.partition(_SEP)
         try:
             if channel == self._control_channel:
-                self.hub.handle_control(json.loads(text))
+                self._on_control(json.loads(text))
             elif channel.startswith(self._user_prefix):
-                self.hub.deliver_local(int(channel[len(self._user_prefix):]), text.decode(), exclude.decode() or None)
+                self._deliver_user(int(channel[len(self._user_prefix):]), text.decode(), exclude.decode() or None)
             elif channel.startswith(self._channel_prefix):
-                self.hub.deliver_channel_local(channel[len(self._channel_prefix):].decode(), text.decode())
+                self._deliver_channel(channel[len(self._channel_prefix):].decode(), text.decode())
         except Exception:
             log.exception("bad broker message on %r", channel)
 
     # ---- publishing --------------------------------------------------------
     async def publish(self, user_id: int, text: str, exclude: str | None) -> None:
-        self.hub.deliver_local(user_id, text, exclude)
+        self._deliver_user(user_id, text, exclude)
         self._enqueue(self._user_channel(user_id), (exclude or "").encode(), text.encode())
 
     async def publish_channel(self, name: str, text: str) -> None:
         """An event of a thing's channel: to the watchers here now, then (one PUBLISH through the
         ordered outbox) to the processes subscribed to it. Ephemeral: lost while Redis is away."""
-        self.hub.deliver_channel_local(name, text)
+        self._deliver_channel(name, text)
         self._enqueue(self._named_channel(name), b"", text.encode())
+
+    async def user_added(self, user_id: int, first_here: bool) -> None:
+        """A socket of user_id opened here (the hub registered it): subscribe on the first one."""
+        if first_here:
+            await self._sync_subscriptions()
+
+    async def user_removed(self, user_id: int, last_here: bool) -> None:
+        """A socket of user_id closed here: unsubscribe after the last one."""
+        if last_here:
+            await self._sync_subscriptions()
 
     async def channel_added(self, name: str, first_here: bool) -> None:
         """A socket here started watching `name`: subscribe on the first one."""
@@ -353,7 +287,7 @@ class RedisBroker:
             await self._sync_channel_subscriptions()
 
     async def publish_control(self, message: dict) -> None:
-        self.hub.handle_control(message)
+        self._on_control(message)
         text = json.dumps(message, separators=(",", ":")).encode()
         if not self._enqueue(self._control_channel, b"", text):
             self._control_backlog.append(text)
@@ -418,66 +352,3 @@ class RedisBroker:
                     self.link.pause(1.0)
                     self.link.trouble()
                     log.warning(json.dumps({"event": "redis_publish_failed", "events": len(lost), "error": repr(exc)[:200]}))
-
-    # ---- presence ----------------------------------------------------------
-    def _presence_args(self, user_id: int) -> tuple[list, list]:
-        return [self._procs_key, self._own_presence], [self._presence_prefix, self.process_id, user_id, self.ttl_ms]
-
-    async def user_added(self, user_id: int, first_here: bool) -> bool:
-        if not first_here:
-            return False
-        self._here.add(user_id)
-        await self._sync_subscriptions()
-        if not self.up:
-            return True
-        try:
-            return bool(await self._presence_add(*self._presence_args(user_id)))
-        except Exception as exc:
-            log.info(json.dumps({"event": "redis_presence_failed", "error": repr(exc)[:200]}))
-            return True
-
-    async def user_removed(self, user_id: int, last_here: bool) -> bool:
-        if not last_here:
-            return False
-        self._here.discard(user_id)
-        await self._sync_subscriptions()
-        if not self.up:
-            return True
-        try:
-            return bool(await self._presence_remove(*self._presence_args(user_id)))
-        except Exception as exc:
-            log.info(json.dumps({"event": "redis_presence_failed", "error": repr(exc)[:200]}))
-            return True
-
-    async def online_elsewhere(self, user_id: int) -> bool:
-        """Whether a live process (this one included) holds a socket of user_id in the global
-        presence. With Redis away the answer is unknown and False is returned: a caller
-        deciding whether to notify someone through another channel then errs on telling them."""
-        if not self.up:
-            return False
-        try:
-            return bool(await self._online_anywhere(keys=[self._procs_key], args=[self._presence_prefix, self.ttl_ms, user_id]))
-        except Exception as exc:
-            log.info(json.dumps({"event": "redis_presence_failed", "error": repr(exc)[:200]}))
-            return False
-
-    async def _announce_presence(self) -> None:
-        """(Re)write this process's presence set from what it holds now."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(self._own_presence)
-        for chunk in _chunks(self._here, 5000):
-            pipe.sadd(self._own_presence, *chunk)
-        await pipe.execute()
-        await self._heartbeat(keys=[self._procs_key, self._own_presence], args=[self.process_id, self.ttl_ms])
-
-    async def _heartbeats(self) -> None:
-        while True:
-            await asyncio.sleep(self.heartbeat_seconds)
-            if not self.up:
-                continue
-            try:
-                await self._heartbeat(keys=[self._procs_key, self._own_presence], args=[self.process_id, self.ttl_ms])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.info(json.dumps({"event": "redis_heartbeat_failed", "error": repr(exc)[:200]}))
