@@ -125,6 +125,17 @@ class Settings(BaseSettings):
     push_ttl_seconds: int = Field(86400, ge=0, le=2419200, description="How long a push service keeps an undelivered push; also how long quiet hours may hold one")
     vapid_private_key: Optional[SecretStr] = Field(None, description="P-256 private key, PEM or base64url; unset: generated once in DATA_DIR/vapid_private_key.pem")
     vapid_subject: str = Field("mailto:admin@sheda.local", pattern=r"^(mailto:[^\s]+|https://[^\s]+)$", description="The VAPID `sub` claim: how push services reach the operator")
+    # [push] FCM HTTP v1 (sheda_rt/push/fcm.py): enabled by a service account; the project id is the account's
+    fcm_service_account_file: Optional[Path] = Field(None, description="A Firebase service-account JSON file; unset (and no FCM_SERVICE_ACCOUNT_JSON): FCM devices are not pushed to")
+    fcm_service_account_json: Optional[SecretStr] = Field(None, description="The same service-account JSON, inline (instead of the file)")
+    fcm_base_url: str = Field("https://fcm.googleapis.com", pattern=r"^https?://[^\s?#]+$", description="FCM API root (tests point it at a local server)")
+    # [push] APNs over HTTP/2 with token auth (sheda_rt/push/apns.py): enabled by the key file with its ids and the topic
+    apns_key_file: Optional[Path] = Field(None, description="The APNs auth key (.p8, ES256) from the Apple developer account; unset: APNs devices are not pushed to")
+    apns_key_id: Optional[str] = Field(None, pattern=r"^[A-Z0-9]{10}$", description="The .p8 key's 10-character Key ID")
+    apns_team_id: Optional[str] = Field(None, pattern=r"^[A-Z0-9]{10}$", description="The 10-character Team ID the key belongs to")
+    apns_topic: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9.\-]{1,155}$", description="The app's bundle id (apns-topic)")
+    apns_base_url: str = Field("https://api.push.apple.com", pattern=r"^https?://[^\s?#]+$", description="APNs for devices registered with environment=production")
+    apns_sandbox_base_url: str = Field("https://api.sandbox.push.apple.com", pattern=r"^https?://[^\s?#]+$", description="APNs for environment=sandbox devices (development builds)")
     appointment_minutes: int = Field(30, ge=5, le=240, description="Viewing slot length; slots start on multiples of it from 00:00 UTC")  # [listings]
     inquiries_per_ip_per_hour: int = Field(5, ge=1, le=10_000, description="Public inquiries one client address may send in any hour (429 after)")  # [leads]
 
@@ -141,7 +152,9 @@ class Settings(BaseSettings):
     _validate_cors = field_validator("cors_origins", mode="before")(_split_csv)
 
     @field_validator("mongodb_uri", "redis_url", "jwt_secret", "smtp_host", "smtp_username", "smtp_password",
-                     "paystack_secret_key", "paystack_public_key", "payment_callback_url", "vapid_private_key", mode="before")
+                     "paystack_secret_key", "paystack_public_key", "payment_callback_url", "vapid_private_key",
+                     "fcm_service_account_file", "fcm_service_account_json", "apns_key_file", "apns_key_id", "apns_team_id",
+                     "apns_topic", mode="before")
     @classmethod
     def _blank_is_none(cls, value):
         return None if isinstance(value, str) and not value.strip() else value

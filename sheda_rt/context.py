@@ -181,21 +181,22 @@ class AppContext:
     def _install_push(self) -> None:  # [push] devices and settings
         from sheda_rt.push.service import PushService
         from sheda_rt.push.store import DeviceStore, PreferenceStore
+        from sheda_rt.push.provider import build_providers
         from sheda_rt.push.vapid import VapidKeys
-        from sheda_rt.push.webpush import WebPushProvider
 
         self.device_store = DeviceStore(self.db, self.ids)
         self.preference_store = PreferenceStore(self.db)
         self.stores.extend([self.device_store, self.preference_store])
         vapid = VapidKeys.from_settings(self.settings)
         self.push = PushService(self.settings, self.device_store, self.preference_store, self.clock, vapid)
-        self.push_provider = WebPushProvider(vapid, self.settings.vapid_subject, allow_local=self.settings.push_allow_local_endpoints)
+        # By platform: Web Push always, FCM and APNs when configured (one log line for each that is not)
+        self.push_providers = build_providers(self.settings, vapid)
 
     def _install_push_dispatch(self) -> None:  # [push] the dispatcher, on the job queue; it reads chat, which reports to push
         from sheda_rt.push.dispatch import Dispatcher
         from sheda_rt.push.presence import Presence
 
-        self.push.dispatch = Dispatcher(self.settings, self.push, self.chat, Presence(self.hub), self.job_runner, self.push_provider,
+        self.push.dispatch = Dispatcher(self.settings, self.push, self.chat, Presence(self.hub), self.job_runner, self.push_providers,
                                         self.clock)
         self.drain_hooks.append(self.push.dispatch.drain)
 
@@ -294,4 +295,6 @@ class AppContext:
             await self.redis_link.close()
         if self.payment_gateway is not None:  # [payments] its HTTP connections
             await self.payment_gateway.close()
+        for provider in self.push_providers.values():  # [push] their HTTP connections
+            await provider.aclose()
         await self.client.close()

@@ -84,6 +84,8 @@ class JobRunner:
         self._inflight: set[asyncio.Task] = set()
         self._stopping = False
         self._sleeping = False
+        # Features' own queue gauges (e.g. the push dispatcher's, by provider), refreshed with the runner's
+        self.observers: list[Callable[[], Awaitable[None]]] = []
 
     # ---- registration and enqueueing --------------------------------------
     def register(self, kind: str, handler: Handler) -> None:
@@ -283,6 +285,8 @@ class JobRunner:
         JOBS_PENDING.set(await self.store.col.count_documents({"status": PENDING}))
         oldest = await self.store.due(PENDING, now, 1)
         JOBS_OLDEST_DUE_SECONDS.set((now - oldest[0]["run_at"]).total_seconds() if oldest else 0)
+        for observer in self.observers:
+            await observer()
 
     async def _loop(self) -> None:
         observed = 0.0

@@ -1,5 +1,7 @@
-"""The push dispatcher (Web Push): a chat message to a user with no open socket anywhere becomes,
-after PUSH_GRACE_SECONDS, one push per webpush device, through the durable job queue.
+"""The push dispatcher: a chat message to a user with no open socket anywhere becomes, after
+PUSH_GRACE_SECONDS, one push per device, through the durable job queue. The device's platform
+picks the provider (provider.py: Web Push, FCM, APNs; a platform whose provider is not
+configured gets no pushes); everything below is the same for all three.
 
 - One job per (device, conversation), key `push:<device id>:<conversation>`: further messages
   of the conversation while it is pending collapse into it ("3 new messages from Ada"; the
@@ -10,8 +12,10 @@ after PUSH_GRACE_SECONDS, one push per webpush device, through the durable job q
   sockets have it).
 - Previews off: no message text in the payload. Quiet hours: the job is deferred to their end
   (not an attempt), unless that is past PUSH_TTL_SECONDS after the message: then dropped.
-- The provider's answer: 2xx done; 404/410 the device is deleted; 429/5xx retried after
-  Retry-After (else the queue's backoff); any other 4xx gives up (failed, for admins).
+- The provider's answer: 2xx done; a device the provider reports gone (404/410, FCM
+  UNREGISTERED, APNs BadDeviceToken/Unregistered) is deleted; 429/5xx retried after Retry-After
+  (else the queue's backoff); any other 4xx gives up (failed, for admins).
+- Job kinds are `push.<platform>`, so a process runs only the platforms it has a provider for.
 
 `on_message_stored` is called on the chat send path for every stored message, so it only
 appends to a list; the checks (presence, devices) and the enqueueing run in a background task.
@@ -25,19 +29,31 @@ import logging
 import zoneinfo
 from datetime import datetime, timedelta, timezone
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from sheda_rt.chat.store import conv_key
 from sheda_rt.jobs.runner import Defer, GiveUp, RetryLater
-from sheda_rt.jobs.store import RUNNING
-from sheda_rt.wire import encode
+from sheda_rt.jobs.store import PENDING, RUNNING
+from sheda_rt.push.provider import Notification, Provider
 
 log = logging.getLogger("sheda.push")
 
-KIND = "push.webpush"
-PUSHES = Counter("sheda_pushes_total", "Push notifications by provider and outcome (sent, failed, gone, cancelled, skipped)",
+PUSHES = Counter("sheda_pushes_total", "Push notifications by provider and outcome (sent, failed, gone, cancelled, skipped, expired)",
                  ["provider", "outcome"])
+# Every process sees the same queue: the largest report is the value.
+PUSH_QUEUE_DEPTH = Gauge("sheda_push_queue_depth", "Pushes waiting in the job queue (pending, due or not), by provider",
+                         ["provider"], multiprocess_mode="max")
+PUSH_OLDEST_DUE_SECONDS = Gauge("sheda_push_oldest_due_seconds", "How long the oldest due push has waited past its run_at, by provider",
+                                ["provider"], multiprocess_mode="max")
 DEVICE_CACHE_SECONDS = 10.0
+# The gauges walk the pending jobs (index-shaped, oldest first) at most this far: a queue deeper than
+# this is an alarm already, and the walk costs an index entry per job on the embedded database.
+OBSERVE_LIMIT = 5000
+FAR_FUTURE = datetime(9999, 1, 1, tzinfo=timezone.utc)
+
+
+def kind_of(platform: str) -> str:
+    return f"push.{platform}"
 
 
 def job_key(device_id: int, conv: str) -> str:
@@ -64,19 +80,22 @@ def quiet_until(now: datetime, quiet: dict | None) -> datetime | None:
 
 
 class Dispatcher:
-    def __init__(self, settings, service, chat, presence, runner, provider, clock):
+    def __init__(self, settings, service, chat, presence, runner, providers: dict[str, Provider], clock):
         self.settings = settings
         self.service = service  # PushService: devices and settings
         self.chat = chat
         self.presence = presence
         self.runner = runner
-        self.provider = provider
+        self.providers = providers  # platform -> provider
         self.clock = clock
         self.grace = timedelta(seconds=settings.push_grace_seconds)
         self._pending: list[dict] = []
         self._flushing: asyncio.Task | None = None
         self._device_cache: dict[int, tuple[float, list[dict]]] = {}
-        runner.register(KIND, self.run)
+        self._platforms = {kind_of(platform): platform for platform in providers}
+        for kind in self._platforms:
+            runner.register(kind, self.run)
+        runner.observers.append(self.observe)
 
     # ---- from the chat service ---------------------------------------------
     def on_message_stored(self, doc: dict) -> None:
@@ -94,12 +113,13 @@ class Dispatcher:
         if self._flushing is not None:
             await asyncio.gather(self._flushing, return_exceptions=True)
 
-    async def _webpush_devices(self, user_id: int) -> list[dict]:
+    async def _devices(self, user_id: int) -> list[dict]:
+        """The user's devices this process has a provider for."""
         loop = asyncio.get_running_loop()
         hit = self._device_cache.get(user_id)
         if hit is not None and hit[0] > loop.time():
             return hit[1]
-        devices = [d for d in await self.service.devices.of_user(user_id) if d["platform"] == "webpush"]
+        devices = [d for d in await self.service.devices.of_user(user_id) if d["platform"] in self.providers]
         if len(self._device_cache) > 50_000:
             self._device_cache.clear()
         self._device_cache[user_id] = (loop.time() + DEVICE_CACHE_SECONDS, devices)
@@ -127,7 +147,7 @@ class Dispatcher:
                     log.warning(json.dumps({"event": "push_enqueue_failed", "user_id": receiver, "error": repr(exc)[:200]}))
 
     async def _maybe_enqueue(self, receiver: int, sender: int, message_id: int) -> None:
-        devices = await self._webpush_devices(receiver)
+        devices = await self._devices(receiver)
         if not devices or await self.presence.online_anywhere(receiver):
             return
         conv = conv_key(receiver, sender)
@@ -135,20 +155,21 @@ class Dispatcher:
         payload = {"user_id": receiver, "other_id": sender, "conv": conv, "first_id": message_id,
                    "first_at": self.clock.now().isoformat()}
         for device in devices:
-            job, created = await self.runner.enqueue(KIND, dict(payload, device_id=device["_id"]), key=job_key(device["_id"], conv),
+            kind = kind_of(device["platform"])
+            job, created = await self.runner.enqueue(kind, dict(payload, device_id=device["_id"]), key=job_key(device["_id"], conv),
                                                      run_at=run_at, rearm=True)
             if not created and job is not None and job["status"] == RUNNING and job["payload"].get("first_id") != message_id:
                 # Sending right now (it may have counted before this message): one more, later.
-                await self.runner.enqueue(KIND, dict(payload, device_id=device["_id"]),
+                await self.runner.enqueue(kind, dict(payload, device_id=device["_id"]),
                                           key=f"{job_key(device['_id'], conv)}:{message_id}", run_at=run_at)
 
     async def _cancel(self, reader: int, other: int) -> None:
         try:
-            devices = await self._webpush_devices(reader)
+            devices = await self._devices(reader)
             conv = conv_key(reader, other)
             for device in devices:
                 if await self.runner.cancel(job_key(device["_id"], conv)):
-                    PUSHES.labels(provider="webpush", outcome="cancelled").inc()
+                    PUSHES.labels(provider=device["platform"], outcome="cancelled").inc()
         except Exception as exc:
             log.info(json.dumps({"event": "push_cancel_failed", "user_id": reader, "error": repr(exc)[:200]}))
 
@@ -173,56 +194,77 @@ class Dispatcher:
     async def run(self, job: dict):
         p = job["payload"]
         user_id, other_id, device_id = p["user_id"], p["other_id"], p["device_id"]
+        platform = self._platforms[job["kind"]]
         device = await self.service.devices.get(device_id)
-        if device is None or device["user_id"] != user_id or device["platform"] != "webpush":
+        if device is None or device["user_id"] != user_id or device["platform"] != platform:
             return {"outcome": "device_gone"}
         prefs = await self.service.get_settings(user_id)
         if not prefs["push"]["chat"]:
-            PUSHES.labels(provider="webpush", outcome="skipped").inc()
+            PUSHES.labels(provider=platform, outcome="skipped").inc()
             return {"outcome": "chat_pushes_off"}
         if await self.presence.online_anywhere(user_id):
-            PUSHES.labels(provider="webpush", outcome="skipped").inc()
+            PUSHES.labels(provider=platform, outcome="skipped").inc()
             return {"outcome": "online"}
         count, latest, badge = await self.unread(user_id, other_id)
         if not count:
-            PUSHES.labels(provider="webpush", outcome="cancelled").inc()
+            PUSHES.labels(provider=platform, outcome="cancelled").inc()
             return {"outcome": "read"}
         now = self.clock.now()
         held = quiet_until(now, prefs.get("quiet_hours"))
         if held is not None:
             first_at = datetime.fromisoformat(p["first_at"])
             if held > first_at + timedelta(seconds=self.settings.push_ttl_seconds):
-                PUSHES.labels(provider="webpush", outcome="expired").inc()
+                PUSHES.labels(provider=platform, outcome="expired").inc()
                 return {"outcome": "expired_in_quiet_hours"}
             raise Defer((held - now).total_seconds(), "quiet hours")
-        body = await self._payload(other_id, count, latest, badge, prefs["previews"])
-        ttl = self.settings.push_ttl_seconds
-        topic = hashlib.sha256(p["conv"].encode()).hexdigest()[:32]  # RFC 8030: at most 32 base64url characters
+        note = await self._notification(p["conv"], other_id, count, latest, badge, prefs["previews"])
         try:
-            result = await self.provider.send(device, body, ttl=ttl, topic=topic)
+            result = await self.providers[platform].deliver(device, note, ttl=self.settings.push_ttl_seconds)
         except Exception as exc:
-            PUSHES.labels(provider="webpush", outcome="failed").inc()
+            PUSHES.labels(provider=platform, outcome="failed").inc()
             raise RetryLater(self.runner.backoff(job.get("attempts", 1)), f"network: {exc!r}"[:200])
         if result.ok:
-            PUSHES.labels(provider="webpush", outcome="sent").inc()
+            PUSHES.labels(provider=platform, outcome="sent").inc()
             return {"outcome": "sent", "status": result.status, "count": count, "up_to": latest["_id"]}
         if result.gone:
             await self.service.devices.delete_gone(device["_id"], device["token_key"])
             self.forget_devices(user_id)
-            PUSHES.labels(provider="webpush", outcome="gone").inc()
-            log.info(json.dumps({"event": "push_device_gone", "user_id": user_id, "device_id": device_id, "status": result.status}))
-            return {"outcome": "device_gone", "status": result.status}
-        PUSHES.labels(provider="webpush", outcome="failed").inc()
+            PUSHES.labels(provider=platform, outcome="gone").inc()
+            log.info(json.dumps({"event": "push_device_gone", "user_id": user_id, "device_id": device_id, "platform": platform,
+                                 "status": result.status, "reason": result.reason}))
+            return {"outcome": "device_gone", "status": result.status, "reason": result.reason}
+        PUSHES.labels(provider=platform, outcome="failed").inc()
+        answered = f"{platform} answered {result.status} {result.reason}".rstrip()
         if result.retryable:
             delay = result.retry_after if result.retry_after is not None else self.runner.backoff(job.get("attempts", 1))
-            raise RetryLater(delay, f"provider answered {result.status}")
-        raise GiveUp(f"provider answered {result.status}: {result.body[:200]}")
+            raise RetryLater(delay, answered)
+        raise GiveUp(f"{answered}: {result.body[:200]}")
 
-    async def _payload(self, other_id: int, n: int, latest: dict, badge: int, previews: bool) -> bytes:
+    async def _notification(self, conv: str, other_id: int, n: int, latest: dict, badge: int, previews: bool) -> Notification:
         brief = await self.chat.user_brief(other_id) or {}
         name = brief.get("full_name") or brief.get("username") or "someone"
         title = f"New message from {name}" if n == 1 else f"{n} new messages from {name}"
+        body = latest["message"][:200] if previews else None
         data = {"type": "chat.message", "title": title, "count": n, "badge": badge,
-                "conversation": {"other_user_id": other_id}, "up_to": latest["_id"],
-                "body": latest["message"][:200] if previews else None}
-        return encode(data).encode()
+                "conversation": {"other_user_id": other_id}, "up_to": latest["_id"], "body": body}
+        # One collapse key per conversation, at most 32 characters (RFC 8030's Topic; APNs allows 64)
+        collapse = hashlib.sha256(conv.encode()).hexdigest()[:32]
+        return Notification(title=title, body=body, badge=badge, collapse_key=collapse, data=data)
+
+    # ---- metrics -----------------------------------------------------------
+    async def observe(self) -> None:
+        """Queue depth and the oldest due push's wait, by provider (the job runner calls this with
+        its own gauges): one walk of the pending jobs, oldest first, on the (status, run_at) index."""
+        now = self.clock.now()
+        depth = dict.fromkeys(self.providers, 0)
+        oldest = dict.fromkeys(self.providers, 0.0)
+        for doc in await self.runner.store.due(PENDING, FAR_FUTURE, OBSERVE_LIMIT):
+            platform = self._platforms.get(doc["kind"])
+            if platform is None:
+                continue
+            if depth[platform] == 0 and doc["run_at"] <= now:  # oldest first: the first one of a provider is its oldest
+                oldest[platform] = (now - doc["run_at"]).total_seconds()
+            depth[platform] += 1
+        for platform in self.providers:
+            PUSH_QUEUE_DEPTH.labels(provider=platform).set(depth[platform])
+            PUSH_OLDEST_DUE_SECONDS.labels(provider=platform).set(oldest[platform])

@@ -7,7 +7,6 @@ redirects are not followed."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from pywebpush import WebPusher
@@ -15,42 +14,13 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from sheda_rt.push.netguard import GuardedResolver
-
-
-@dataclass
-class PushResult:
-    status: int
-    retry_after: float | None = None
-    body: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
-
-    @property
-    def gone(self) -> bool:
-        return self.status in (404, 410)
-
-    @property
-    def retryable(self) -> bool:
-        return self.status == 429 or self.status >= 500
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(int(value.strip())))
-    except ValueError:
-        from email.utils import parsedate_to_datetime
-
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
+from sheda_rt.push.provider import Notification, PushResult, retry_after_seconds
+from sheda_rt.wire import encode
 
 
 class WebPushProvider:
+    platform = "webpush"
+
     def __init__(self, vapid, subject: str, *, allow_local: bool, timeout: float = 10.0):
         self.vapid = vapid
         self.subject = subject
@@ -70,13 +40,21 @@ class WebPushProvider:
         return HTTPRequest(endpoint, method="POST", headers=headers, body=body, follow_redirects=False,
                            request_timeout=self.timeout, connect_timeout=self.timeout)
 
+    async def deliver(self, device: dict, note: Notification, *, ttl: int) -> PushResult:
+        """The service worker gets the notification's data as JSON (title, body, badge and the rest)."""
+        return await self.send(device, encode(note.data).encode(), ttl=ttl, topic=note.collapse_key)
+
     async def send(self, device: dict, payload: bytes, *, ttl: int, topic: str | None = None) -> PushResult:
         """Raises OSError/HTTPClientError(599) for network failures (the queue retries those)."""
         response = await self.http.fetch(self.request(device, payload, ttl=ttl, topic=topic), raise_error=False)
         if response.code == 599:
             raise HTTPClientError(599, message=repr(response.error)[:200])
-        return PushResult(response.code, _retry_after(response.headers.get("Retry-After")),
-                          (response.body or b"")[:300].decode("utf-8", "replace"))
+        return PushResult(response.code, retry_after_seconds(response.headers.get("Retry-After")),
+                          (response.body or b"")[:300].decode("utf-8", "replace"),
+                          gone=response.code in (404, 410), retryable=response.code == 429 or response.code >= 500)
 
     def close(self) -> None:
         self.http.close()
+
+    async def aclose(self) -> None:
+        self.close()
