@@ -327,9 +327,9 @@ async def test_the_local_services_refuse_what_the_real_ones_would(sheda, fcm, ap
     from sheda_rt.push.provider import Notification
 
     note = Notification(title="t", body="b", badge=1, collapse_key="c" * 32, data={"type": "test"})
-    # FCM: an assertion signed by another key, or for another audience, gets no access token
-    stranger_key, _ = None, None
     from tests.fcm_service import GRANT, SCOPE, service_account
+
+    # FCM: an assertion signed by another key, or for another audience, gets no access token
 
     _, stranger_key = service_account(fcm.project_id, fcm.token_uri)
     claims = {"iss": fcm.account["client_email"], "aud": fcm.token_uri, "scope": SCOPE, "iat": int(time.time()),
