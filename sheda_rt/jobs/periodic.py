@@ -8,10 +8,12 @@ moved clock instead of waiting for a tick.
 """
 from __future__ import annotations
 
+import json
 import logging
 
 from tornado.ioloop import IOLoop, PeriodicCallback
 
+from sheda_rt.errors import DATABASE_UNAVAILABLE, from_storage
 from sheda_rt.metrics import JOB_RUNS
 
 log = logging.getLogger("sheda.jobs")
@@ -51,6 +53,9 @@ class PeriodicTrigger:
             return
         try:
             await self.run()
-        except Exception:
+        except Exception as exc:
             JOB_RUNS.labels(job=self.name, outcome="error").inc()
-            log.exception("%s run failed", self.name)
+            if from_storage(exc) is not None:  # the database is away: expected, the next tick tries again
+                log.warning(json.dumps({"event": DATABASE_UNAVAILABLE, "job": self.name, "error": repr(exc)[:200]}))
+            else:
+                log.exception("%s run failed", self.name)
