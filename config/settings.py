@@ -112,6 +112,10 @@ class Settings(BaseSettings):
 
     # Jobs
     contract_expiry_interval_hours: float = Field(24.0, gt=0)
+    # [builders] bookings of off-plan units (sheda_rt/builders/bookings.py)
+    booking_hold_hours: float = Field(48.0, gt=0, le=24 * 90, description="How long a new booking reserves its unit pending the booking payment")
+    booking_reminder_days: float = Field(3.0, ge=0, le=60, description="Installments falling due within this many days get a reminder (client and builder)")
+    booking_job_interval_minutes: float = Field(60.0, gt=0, le=24 * 60, description="How often lapsed holds expire and installments are reminded / marked overdue")
     # [jobs] the durable job queue (sheda_rt/jobs/)
     job_poll_seconds: float = Field(1.0, gt=0, le=3600, description="How often each process looks for due jobs")
     job_lease_seconds: float = Field(60.0, ge=1, description="A claimed job's lease; renewed while it runs, a dead process's lapses after this")

@@ -8,6 +8,7 @@ from handlers import categories  # [categories]
 from handlers import inquiries  # [leads]
 from handlers import analytics  # [analytics]
 from handlers import builders  # [builders]
+from handlers import bookings  # [builders] bookings, installments, construction progress and updates
 from handlers import payments  # [payments]
 from handlers import jobs  # [jobs]
 from handlers import devices  # [push]
@@ -15,7 +16,7 @@ from handlers import events_stream  # [realtime] the events as Server-Sent Event
 from handlers import realtime  # [realtime] presence on request, announcements, disconnect
 from handlers import events  # [realtime] the event stream's REST replay
 
-MODULES = [health, metrics, accounts, users, admin, media, chat, properties, agents, appointments, contracts, notifications, builders, categories, inquiries, analytics, jobs, payments, devices, events, events_stream, realtime, docs]
+MODULES = [health, metrics, accounts, users, admin, media, chat, properties, agents, appointments, contracts, notifications, builders, bookings, categories, inquiries, analytics, jobs, payments, devices, events, events_stream, realtime, docs]
 
 
 def all_routes(settings) -> list:

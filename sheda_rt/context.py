@@ -210,9 +210,31 @@ class AppContext:
         self.payment_plan_store = PaymentPlanStore(self.db, self.ids)
         self.stores.extend([self.project_store, self.unit_store, self.unit_batch_locks, self.payment_plan_store])
         self.projects = ProjectService(self.project_store, self.unit_store, self.unit_batch_locks, self.payment_plan_store,
-                                       users=self.users, notifications=self.notifications, media=self.media, clock=self.clock)
+                                       users=self.users, notifications=self.notifications, media=self.media, clock=self.clock,
+                                       channels=self.channels)
         self.builders = BuilderService(self.projects, users=self.users, notifications=self.notifications, media=self.media,
                                        clock=self.clock)
+        # [realtime] project:<id>: any signed-in user watches a published project (its feed is public); drafts only
+        # their builder and admins
+        self.channels.register("project", self.projects.authorize_watch)
+        self._install_bookings()
+
+    def _install_bookings(self) -> None:  # [builders] bookings with installment schedules, construction progress and updates
+        from sheda_rt.builders.bookings import BookingJob, BookingService, BookingStore
+        from sheda_rt.builders.progress import ProgressService, ProgressStore, UpdateStore
+
+        s = self.settings
+        self.booking_store = BookingStore(self.db, self.ids)
+        self.progress_store = ProgressStore(self.db)
+        self.update_store = UpdateStore(self.db, self.ids)
+        self.stores.extend([self.booking_store, self.progress_store, self.update_store])
+        self.bookings = BookingService(self.booking_store, projects=self.projects, project_store=self.project_store,
+                                       units=self.unit_store, plans=self.payment_plan_store, notifications=self.notifications,
+                                       clock=self.clock, hold_hours=s.booking_hold_hours, reminder_days=s.booking_reminder_days)
+        self.construction = ProgressService(self.progress_store, self.update_store, projects=self.projects,
+                                            bookings=self.booking_store, notifications=self.notifications, clock=self.clock)
+        self.booking_job = BookingJob(self.bookings, s.booking_job_interval_minutes, self.job_runner, self.clock)
+        self.jobs.append(self.booking_job)
 
     def _install_payments(self) -> None:  # [payments]
         from sheda_rt.payments.gateway import gateway_from_settings

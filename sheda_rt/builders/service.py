@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # types only: the context wires these in (runtime imports her
     from sheda_rt.clock import Clock
     from sheda_rt.media.store import MediaStore
     from sheda_rt.notifications.service import NotificationService
+    from sheda_rt.realtime.channels import Channels
 
 log = logging.getLogger("sheda.builders")
 
@@ -195,7 +196,8 @@ class BuilderService:
 
 class ProjectService:
     def __init__(self, projects: ProjectStore, units: UnitStore, locks: UnitBatchLocks, plans: PaymentPlanStore, *,
-                 users: UserStore, notifications: NotificationService, media: MediaStore, clock: Clock):
+                 users: UserStore, notifications: NotificationService, media: MediaStore, clock: Clock,
+                 channels: Channels | None = None):
         self.store = projects
         self.units = units
         self.locks = locks
@@ -204,6 +206,7 @@ class ProjectService:
         self.notifications = notifications  # project.published to the builder
         self.media = media  # project images
         self.clock = clock
+        self.channels = channels  # project.updated on channel project:<id> (None: nobody watches, e.g. the benchmark)
 
     # ---- access ------------------------------------------------------------
     @staticmethod
@@ -225,6 +228,38 @@ class ProjectService:
         if not (self.owns(principal, doc) or is_admin(principal)):
             raise Forbidden("Only the project's builder or an admin can change it", "not_owner")
         return doc
+
+    async def authorize_watch(self, user_id: int, project_id: int) -> None:
+        """Who may watch channel `project:<id>`: any signed-in user, once the project is
+        published (its page, units and construction feed are public over REST, so the channel
+        tells nobody more); a draft only its builder and admins, as over REST, where it is a
+        404 to everyone else (so here an unknown channel, not a forbidden one)."""
+        from sheda_rt.realtime.channels import UnknownChannel
+
+        doc = await self.store.get(project_id)
+        if doc is not None and doc.get("state") != "published" and doc["builder_id"] != user_id:
+            user = await self.users.get(user_id)
+            if not (user and user.get("role") == "admin"):
+                doc = None
+        if doc is None:
+            raise UnknownChannel(f"No channel 'project:{project_id}': no such project")
+
+    async def announce(self, project_id: int, changes: list[str], **parts) -> None:
+        """`project.updated` to whoever watches `project:<id>`, on every process, after the change
+        is stored: `changes` says what changed ("project", "units", "progress", "update"), `parts`
+        carries the new state (`project` is always the project as GET shows it). Ephemeral and
+        best effort, like property.updated: never fails the change that caused it."""
+        if self.channels is None:
+            return
+        try:
+            doc = await self.store.get(project_id)
+            if doc is None:
+                return
+            frame = {"type": "project.updated", "project_id": project_id, "changes": changes, "project": project_view(doc),
+                     **parts}
+            await self.channels.publish("project", project_id, frame)
+        except Exception:
+            log.exception("project.updated for %s not published", project_id)
 
     # ---- projects ----------------------------------------------------------
     async def create(self, principal, body: ProjectCreate) -> dict:
@@ -288,6 +323,7 @@ class ProjectService:
             changes["updated_at"] = self.clock.now()
             updated = await self.store.update_if_rev(project_id, doc.get("rev", 1), merged, changes, unset)
             if updated is not None:
+                await self.announce(project_id, ["project"])
                 return project_view(updated)
         raise Conflict("The project is being changed by someone else; try again", "concurrent_update")
 
@@ -437,6 +473,7 @@ class ProjectService:
             if not leftovers:
                 await self.locks.release(project_id, token)
         await self.refresh_summary(project_id)
+        await self.announce(project_id, ["units"])
         return {"items": [unit_view(d) for d in stored]}
 
     async def unit_in(self, project_id: int, unit_id: int) -> dict:
@@ -465,6 +502,7 @@ class ProjectService:
             raise Conflict(f"The unit is {current}: only available units can be blocked and blocked ones unblocked",
                            "unit_not_available")
         await self.refresh_summary(project_id)
+        await self.announce(project_id, ["units"])
         return unit_view(updated)
 
     async def list_units(self, principal, project_id: int, q: UnitQuery, trace: list | None = None) -> dict:

@@ -1,5 +1,8 @@
 """The `projects`, `units`, `unit_batch_locks` and `payment_plans` collections.
 
+A unit held by a booking carries `booking_id` (set by `hold`, dropped when it is available
+again); bookings move only the unit they hold (`move_held`, sheda_rt/builders/bookings.py).
+
 Projects are searched through the shared faceted search (`sheda_rt/search.py`):
 the driving state is `state` (draft | published), the facets are `"*"`,
 `"b:<builder id>"`, `"s:<status>"`, the location word prefixes and the grid cells,
@@ -145,6 +148,20 @@ class UnitStore:
         return await update_then_get(self.col, {"_id": unit_id, "project_id": project_id, "status": expected},
                                      {"$set": {"status": status, "updated_at": now}})
 
+    async def hold(self, unit_id: int, booking_id: int, now) -> dict | None:
+        """available -> reserved for booking `booking_id`, in one conditional update: of two
+        bookings racing for a unit (on any processes) exactly one gets it; None for the other."""
+        return await update_then_get(self.col, {"_id": unit_id, "status": "available"},
+                                     {"$set": {"status": "reserved", "booking_id": booking_id, "updated_at": now}})
+
+    async def move_held(self, unit_id: int, booking_id: int, from_states: list[str], status: str, now) -> dict | None:
+        """Move a unit that booking `booking_id` holds (reserved -> booked -> sold, or back to
+        available, which lets it go); None when it is not held by that booking in those states."""
+        update: dict = {"$set": {"status": status, "updated_at": now}}
+        if status == "available":
+            update["$unset"] = {"booking_id": ""}
+        return await update_then_get(self.col, {"_id": unit_id, "booking_id": booking_id, "status": {"$in": from_states}}, update)
+
     async def for_summary(self, project_id: int) -> list[dict]:
         return await self.col.find({"project_id": project_id}, projection={"status": 1, "price_minor": 1, "bedrooms": 1}).to_list()
 
@@ -221,6 +238,9 @@ class PaymentPlanStore:
         doc = dict(doc, _id=await self.ids.next("payment_plans"))
         await self.col.insert_one(doc)
         return doc
+
+    async def get(self, plan_id: int) -> dict | None:
+        return await self.col.find_one({"_id": plan_id})
 
     async def for_project(self, project_id: int, limit: int) -> list[dict]:
         return await self.col.find({"project_id": project_id}, sort=[("_id", ASCENDING)], limit=limit).to_list()

@@ -31,14 +31,16 @@ NEWEST = [("_id", DESCENDING)]
 
 
 async def guarded_transition(col, record_id: int, from_states: list[str], to_state: str, now, *, who: dict | None = None,
-                             extra: dict | None = None, unset: str | None = None) -> dict | None:
+                             extra: dict | None = None, unset: str | None = None, field: str = "status") -> dict | None:
     """`from_states -> to_state` in one conditional write: the record after it, or None when
     it was not in `from_states` (or `who`'s conditions did not hold). `extra` fields are set
-    with the status; `unset` names a field (a hold key) dropped in the same write."""
-    update: dict = {"$set": {"status": to_state, "updated_at": now, **(extra or {})}}
+    with the status; `unset` names a field (a hold key) dropped in the same write. `field`
+    names the state field when it is not the record's own `status` (a booking's installment
+    line, `installments.2.status`, moves under conditions on the booking's status in `who`)."""
+    update: dict = {"$set": {field: to_state, "updated_at": now, **(extra or {})}}
     if unset:
         update["$unset"] = {unset: ""}
-    return await update_then_get(col, {"_id": record_id, "status": {"$in": from_states}, **(who or {})}, update)
+    return await update_then_get(col, {"_id": record_id, field: {"$in": from_states}, **(who or {})}, update)
 
 
 def party_indexes() -> list[IndexModel]:

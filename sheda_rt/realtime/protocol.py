@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sheda_rt.accounts.models import PublicBuilder
 from sheda_rt.appointments.models import AppointmentOut
+from sheda_rt.builders.booking_models import BookingView, ProgressView, UpdateView
 from sheda_rt.builders.models import ProjectView
 from sheda_rt.chat.models import SenderInfo
 from sheda_rt.contracts.models import ContractOut
@@ -211,6 +212,29 @@ class ProjectPublished(ServerFrame):
     seq: Seq
 
 
+class BookingEvent(ServerFrame):
+    """A booking or one of its installments changed (to its client and its builder): created, a line marked
+    sent / confirmed / declined, a reminder of a line falling due, a line gone overdue, paid in full, cancelled,
+    or the hold lapsed."""
+
+    type: Literal["booking.created", "booking.payment_sent", "booking.payment_confirmed", "booking.payment_declined",
+                  "booking.installment_due", "booking.installment_overdue", "booking.completed", "booking.cancelled",
+                  "booking.expired"]
+    booking: BookingView
+    installment: int = sometimes("The line (1-based) the event is about, for line events")
+    seq: Seq
+
+
+class ProjectUpdateEvent(ServerFrame):
+    """The builder posted a construction update on a project you have a booking in."""
+
+    type: Literal["project.update"]
+    project_id: int
+    project_name: str
+    update: UpdateView
+    seq: Seq
+
+
 class LeadCreated(ServerFrame):
     """Someone asked about one of the agent's listings."""
 
@@ -264,11 +288,22 @@ class PropertyUpdated(ServerFrame):
     changes: list[str] = Field(description="The listing's fields that differ (never updated_at)")
 
 
+class ProjectUpdated(ServerFrame):
+    """Channel project:<id>: the project, its units, its progress or its construction feed changed."""
+
+    type: Literal["project.updated"]
+    project_id: int
+    changes: list[str] = Field(description="What changed: project, units, progress, update")
+    project: ProjectView = Field(description="The project as GET /api/v1/projects/{id} returns it")
+    update: UpdateView = sometimes("changes has update: the new construction update")
+    progress: ProgressView = sometimes("changes has progress: the project's progress now")
+
+
 #: Every frame the socket sends, in the order the document lists them.
 SOCKET_FRAMES: tuple[type[ServerFrame], ...] = (
     AckFrame, ErrorFrame, PongFrame, SyncDoneMessages, SyncDoneEvents, SyncReset, Subscribed, Unsubscribed, AuthOk,
-    MessageEvent, ReadEvent, NotificationEvent, AppointmentEvent, ContractEvent, BuilderEvent, ProjectPublished, LeadCreated,
-    TypingEvent, PresenceEvent, Announcement, SyncHint, PropertyUpdated,
+    MessageEvent, ReadEvent, NotificationEvent, AppointmentEvent, ContractEvent, BuilderEvent, ProjectPublished, BookingEvent, ProjectUpdateEvent, LeadCreated,
+    TypingEvent, PresenceEvent, Announcement, SyncHint, PropertyUpdated, ProjectUpdated,
 )
 
 

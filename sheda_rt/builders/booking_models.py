@@ -1,0 +1,168 @@
+"""Request and response models for bookings, installments, receivables, construction progress
+and construction updates (they validate input and are the OpenAPI schemas)."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import ConfigDict, Field, StrictInt, model_validator
+
+from sheda_rt.builders.models import CalendarDate, ImageUrl, _Body
+from sheda_rt.database.ids import MAX_ID
+from sheda_rt.pagination import PageQuery
+from sheda_rt.responses import MoneyText, Page, ResponseModel, Timestamp
+
+BookingStatus = Literal["reserved", "active", "completed", "cancelled", "expired"]
+InstallmentStatus = Literal["due", "overdue", "sent", "confirmed"]
+Phase = Literal["foundation", "structure", "roofing", "finishing", "handover"]
+PHASES = ("foundation", "structure", "roofing", "finishing", "handover")
+
+
+class BookingCreate(_Body):
+    unit_id: StrictInt = Field(ge=1, le=MAX_ID, description="An available unit of a published project")
+    plan_id: StrictInt = Field(ge=1, le=MAX_ID, description="One of that project's payment plans")
+
+
+class BookingQuery(PageQuery):
+    model_config = ConfigDict(extra="forbid")
+
+    status: Optional[BookingStatus] = None
+    role: Optional[Literal["client", "builder"]] = Field(None, description="Only those where I am the client / the builder")
+
+
+class PaymentSent(_Body):
+    reference: str = Field(min_length=1, max_length=100, description="Your transfer's reference, for the builder to match")
+
+
+class BookingCancel(_Body):
+    reason: Optional[str] = Field(None, min_length=1, max_length=500,
+                                  description="Required when the builder cancels; optional for the client")
+
+
+class InstallmentView(ResponseModel):
+    n: int = Field(description="1-based line number (the booking payment is line 1 when the plan's first line is due 'booking')")
+    label: str
+    percent: str = Field(examples=["10.00"])
+    due: str = Field(description="'booking', 'handover' or 'months:<N>', as in the plan")
+    due_date: Optional[Timestamp] = Field(description="booking: the hold's end; months:N: N calendar months after booking; "
+                                                      "handover: the project's expected_completion (null when it has none)")
+    amount: MoneyText = Field(description="kobo-exact; each line rounded down to the kobo, the remainder on the last line")
+    status: InstallmentStatus
+    reference: Optional[str] = Field(description="the client's payment reference, once sent")
+    sent_at: Optional[Timestamp]
+    confirmed_at: Optional[Timestamp]
+    declined_at: Optional[Timestamp] = Field(description="the builder's last decline of this line")
+    reminded_at: Optional[Timestamp] = Field(description="when the due-date reminder went out")
+
+
+class BookingView(ResponseModel):
+    id: int
+    unit_id: int
+    unit_number: str
+    project_id: int
+    project_name: str
+    plan_id: int
+    plan_name: str
+    client_id: int
+    builder_id: int
+    price: MoneyText
+    status: BookingStatus
+    hold_until: Optional[Timestamp] = Field(description="while reserved and the booking payment is not sent: when the hold lapses")
+    installments: list[InstallmentView]
+    paid: MoneyText = Field(description="sum of confirmed lines")
+    outstanding: MoneyText = Field(description="price minus paid")
+    cancel_reason: Optional[str]
+    cancelled_by: Optional[int] = Field(description="user id; null when the system closed it")
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+BookingPage = Page[BookingView]
+
+
+class ReceivableTotals(ResponseModel):
+    due: MoneyText = Field(description="lines not yet paid and not overdue (including those sent, awaiting your confirmation)")
+    overdue: MoneyText = Field(description="lines past their due date, unpaid")
+    received: MoneyText = Field(description="confirmed lines")
+    awaiting_confirmation: MoneyText = Field(description="lines the client marked sent (part of due or overdue)")
+
+
+class ProjectReceivables(ReceivableTotals):
+    project_id: int
+    project_name: str
+    bookings: int = Field(description="open and completed bookings counted")
+
+
+class Receivables(ResponseModel):
+    totals: ReceivableTotals
+    projects: list[ProjectReceivables]
+
+
+# ---- construction progress --------------------------------------------------------------------
+class PhaseIn(_Body):
+    phase: Phase
+    percent: StrictInt = Field(ge=0, le=100, description="percent complete, 0-100")
+    start_date: Optional[CalendarDate] = None
+    end_date: Optional[CalendarDate] = None
+
+    @model_validator(mode="after")
+    def _dates(self):
+        if self.start_date and self.end_date and self.end_date < self.start_date:
+            raise ValueError("end_date must not be before start_date")
+        return self
+
+
+class ProgressPut(_Body):
+    phases: list[PhaseIn] = Field(min_length=1, max_length=len(PHASES), description=(
+        "The phases to set (each at most once); phases left out keep their stored values"))
+
+    @model_validator(mode="after")
+    def _unique(self):
+        names = [p.phase for p in self.phases]
+        if len(set(names)) != len(names):
+            raise ValueError("each phase at most once")
+        return self
+
+
+class PhaseView(ResponseModel):
+    phase: Phase
+    percent: int
+    start_date: Optional[str] = Field(description="YYYY-MM-DD", json_schema_extra={"format": "date"})
+    end_date: Optional[str] = Field(description="YYYY-MM-DD", json_schema_extra={"format": "date"})
+
+
+class ProgressView(ResponseModel):
+    project_id: int
+    phases: list[PhaseView] = Field(description="always the five phases, in building order")
+    overall_percent: int = Field(description="mean of the five phases' percents, rounded down")
+    updated_at: Optional[Timestamp] = Field(description="null until the builder first sets it")
+
+
+# ---- construction updates ---------------------------------------------------------------------
+class UpdateCreate(_Body):
+    title: str = Field(min_length=1, max_length=200)
+    body: str = Field(min_length=1, max_length=10000)
+    phase: Optional[Phase] = None
+    percent: Optional[StrictInt] = Field(None, ge=0, le=100, description="with phase: also sets that phase's percent complete")
+    image_ids: list[ImageUrl] = Field(default_factory=list, max_length=10, description=(
+        "uploaded images: the /media/... paths POST /projects/{id}/images (or the media upload) returned"))
+
+    @model_validator(mode="after")
+    def _percent_needs_phase(self):
+        if self.percent is not None and self.phase is None:
+            raise ValueError("percent needs a phase")
+        return self
+
+
+class UpdateView(ResponseModel):
+    id: int
+    project_id: int
+    builder_id: int
+    title: str
+    body: str
+    phase: Optional[Phase]
+    percent: Optional[int]
+    images: list[str]
+    created_at: Timestamp
+
+
+UpdatePage = Page[UpdateView]

@@ -1,0 +1,373 @@
+"""Bookings of off-plan units with installment plans, and following construction (issue 17 §3, §4), as
+clients and builders use them with live sockets: two clients race for one unit, the winner pays the
+booking amount, the builder confirms, installments fall due with a moved clock (never slept on), one
+goes overdue, all are paid and the unit is sold; holds lapse; cancellations; construction updates reach
+the buyers and the project's watchers. Every refusal is checked to leave storage as it was, and every
+frame the sockets received is held to the socket protocol's models and the served AsyncAPI document."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sheda_rt.builders.bookings import BookingService
+from sheda_rt.realtime import protocol
+from tests.listing_helpers import snapshot
+from tests.test_asyncapi import check_frame, document_validators
+from tests.test_builders import add_units, published_project, unit, verified_builder
+
+BOOKINGS = "/api/v1/bookings"
+PLAN = {"name": "Four steps", "lines": [
+    {"label": "Booking", "percent": "10.00", "due": "booking"},
+    {"label": "Month one", "percent": "33.33", "due": "months:1"},
+    {"label": "Month two", "percent": "33.33", "due": "months:2"},
+    {"label": "Handover", "percent": "23.34", "due": "handover"},
+]}
+
+
+@pytest.fixture
+def settings_overrides():
+    # The clock moves by months here: tokens (and the sockets that carry them) outlive it.
+    return {"access_token_minutes": 365 * 24 * 60}
+
+
+async def setup_project(sheda, *, units=("A-1", "A-2"), price="45000000.01", plan=PLAN, **over):
+    builder = await verified_builder(sheda)
+    project = await published_project(sheda, builder, **over)
+    stored = await add_units(sheda, builder, project["id"], [unit(n, price=price) for n in units])
+    r = await sheda.api.post(f"/api/v1/projects/{project['id']}/payment-plans", plan, token=builder.token)
+    assert r.status == 201, r
+    return builder, project, stored, r.json
+
+
+async def book(sheda, client, unit_id: int, plan_id: int):
+    return await sheda.api.post(BOOKINGS, {"unit_id": unit_id, "plan_id": plan_id}, token=client.token)
+
+
+async def line(sheda, user, booking_id: int, n: int, action: str, body: dict | None = None):
+    path = f"{BOOKINGS}/{booking_id}/installments/{n}/{action}"
+    return await sheda.api.post(path, body if body is not None else ({"reference": f"TRF-{n}"} if action == "payment-sent" else None),
+                                token=user.token)
+
+
+async def unit_doc(sheda, unit_id: int) -> dict:
+    return await sheda.ctx.db["units"].find_one({"_id": unit_id})
+
+
+async def assert_frames_documented(sheda, sockets) -> None:
+    validators = document_validators((await sheda.api.get("/api/v1/asyncapi.json")).json)
+    problems = []
+    for ws in sockets:
+        for frame in ws.frames:
+            problems += check_frame(frame, validators)[1]
+    assert not problems, "\n".join(dict.fromkeys(problems))
+
+
+def test_every_booking_event_kind_is_documented():
+    assert set(protocol.frame_types(protocol.BookingEvent)) == {f"booking.{k}" for k in BookingService._TEXT}
+
+
+async def test_two_clients_race_the_winner_pays_every_installment_and_the_unit_is_sold(sheda):
+    builder, project, units, plan = await setup_project(sheda, expected_completion="2028-06-30")
+    target = units[0]
+    c1, c2 = await sheda.signup("client"), await sheda.signup("client")
+    b_ws, ws1, ws2 = await sheda.ws(builder.token), await sheda.ws(c1.token), await sheda.ws(c2.token)
+    sockets = [b_ws, ws1, ws2]
+    try:
+        # Two clients race for one unit: exactly one wins, the loser's attempt leaves nothing stored.
+        r1, r2 = await asyncio.gather(book(sheda, c1, target["id"], plan["id"]), book(sheda, c2, target["id"], plan["id"]))
+        assert sorted([r1.status, r2.status]) == [201, 409], (r1, r2)
+        winner, loser = (c1, c2) if r1.status == 201 else (c2, c1)
+        w_ws = ws1 if winner is c1 else ws2
+        booking = (r1 if r1.status == 201 else r2).json
+        assert (r2 if r1.status == 201 else r1).json["code"] == "unit_not_available"
+        assert await sheda.ctx.db["bookings"].count_documents({"unit_id": target["id"]}) == 1
+        stored_unit = await unit_doc(sheda, target["id"])
+        assert stored_unit["status"] == "reserved" and stored_unit["booking_id"] == booking["id"]
+        assert booking["status"] == "reserved" and booking["client_id"] == winner.id and booking["builder_id"] == builder.id
+        assert booking["hold_until"] is not None
+        # The schedule: kobo-exact, the remainder on the last line; line 1 due when the hold ends.
+        amounts = [ln["amount"] for ln in booking["installments"]]
+        assert amounts == ["4500000.00", "14998500.00", "14998500.00", "10503000.01"], amounts
+        assert booking["installments"][0]["due_date"] == booking["hold_until"]
+        assert booking["installments"][3]["due_date"].startswith("2028-06-30")
+        assert [ln["status"] for ln in booking["installments"]] == ["due"] * 4
+        assert booking["outstanding"] == "45000000.01" and booking["paid"] == "0.00"
+        await b_ws.wait_type("booking.created")
+        assert (await sheda.api.get(f"/api/v1/projects/{project['id']}", token=builder.token)).json["unit_counts"]["reserved"] == 1
+        mine = await sheda.api.get(BOOKINGS, token=winner.token)
+        assert [b["id"] for b in mine.json["items"]] == [booking["id"]]
+        assert (await sheda.api.get(BOOKINGS, token=loser.token)).json["items"] == []
+        assert (await sheda.api.get(f"{BOOKINGS}/{booking['id']}", token=loser.token)).status == 404
+        assert (await sheda.api.get(f"{BOOKINGS}/{booking['id']}", token=builder.token)).status == 200
+
+        # The winner pays the booking amount; the builder sees it live, then confirms: the unit is booked.
+        r = await line(sheda, winner, booking["id"], 1, "payment-sent", {"reference": "TRF-0001"})
+        assert r.status == 200 and r.json["installments"][0]["status"] == "sent" and r.json["hold_until"] is None, r
+        sent = await b_ws.wait_type("booking.payment_sent")
+        assert sent["installment"] == 1 and sent["booking"]["installments"][0]["reference"] == "TRF-0001"
+        await b_ws.wait_for(lambda f: f.get("type") == "notification" and f.get("kind") == "booking.payment_sent")
+        r = await line(sheda, builder, booking["id"], 1, "confirm")
+        assert r.status == 200 and r.json["status"] == "active" and r.json["paid"] == "4500000.00", r
+        await w_ws.wait_type("booking.payment_confirmed")
+        assert (await unit_doc(sheda, target["id"]))["status"] == "booked"
+
+        # A month on, less three days: line 2 gets its reminder (once, however often the job runs).
+        sheda.ctx.clock.advance(days=28)
+        result = await sheda.ctx.booking_job.run()
+        assert result == {"expired": 0, "reminded": 1, "overdue": 0}, result
+        due = await w_ws.wait_type("booking.installment_due")
+        assert due["installment"] == 2
+        await b_ws.wait_type("booking.installment_due")
+        assert (await sheda.ctx.bookings.run_due()) == {"expired": 0, "reminded": 0, "overdue": 0}
+        # Past its date unpaid: overdue, to both.
+        sheda.ctx.clock.advance(days=4)
+        assert (await sheda.ctx.booking_job.run()) == {"expired": 0, "reminded": 0, "overdue": 1}
+        late = await w_ws.wait_type("booking.installment_overdue")
+        assert late["booking"]["installments"][1]["status"] == "overdue"
+        await b_ws.wait_type("booking.installment_overdue")
+        await w_ws.wait_for(lambda f: f.get("type") == "notification" and f.get("kind") == "booking.installment_overdue")
+        recv = await sheda.api.get("/api/v1/builder/receivables", token=builder.token)
+        assert recv.status == 200, recv
+        row = recv.json["projects"][0]
+        assert row["project_id"] == project["id"] and row["received"] == "4500000.00" and row["overdue"] == "14998500.00"
+        assert row["due"] == "25501500.01" and recv.json["totals"]["overdue"] == "14998500.00"
+        assert (await sheda.api.get("/api/v1/builder/receivables", token=winner.token)).status == 403
+
+        # A declined payment goes back to overdue; then everything is paid and the unit is sold.
+        assert (await line(sheda, winner, booking["id"], 2, "payment-sent")).status == 200
+        r = await line(sheda, builder, booking["id"], 2, "decline")
+        assert r.status == 200 and r.json["installments"][1]["status"] == "overdue", r
+        await w_ws.wait_type("booking.payment_declined")
+        for n in (2, 3, 4):
+            assert (await line(sheda, winner, booking["id"], n, "payment-sent")).status == 200
+            r = await line(sheda, builder, booking["id"], n, "confirm")
+            assert r.status == 200, r
+        assert r.json["status"] == "completed" and r.json["outstanding"] == "0.00" and r.json["paid"] == "45000000.01"
+        await w_ws.wait_type("booking.completed")
+        await b_ws.wait_type("booking.completed")
+        assert (await unit_doc(sheda, target["id"]))["status"] == "sold"
+        recv = await sheda.api.get("/api/v1/builder/receivables", token=builder.token)
+        assert recv.json["totals"] == {"due": "0.00", "overdue": "0.00", "received": "45000000.01", "awaiting_confirmation": "0.00"}
+        # The loser was told nothing about the winner's booking.
+        assert not [f for f in (ws2 if loser is c2 else ws1).frames if str(f.get("type", "")).startswith("booking.")]
+        # A completed booking cannot be cancelled, nor a line paid twice.
+        before = await snapshot(sheda, "bookings", booking["id"])
+        r = await sheda.api.post(f"{BOOKINGS}/{booking['id']}/cancel", {"reason": "changed my mind"}, token=builder.token)
+        assert r.status == 409 and r.json["code"] == "wrong_state", r
+        assert (await line(sheda, winner, booking["id"], 2, "payment-sent")).status == 409
+        assert await snapshot(sheda, "bookings", booking["id"]) == before
+    finally:
+        for ws in sockets:
+            ws.close()
+    await assert_frames_documented(sheda, sockets)
+
+
+async def test_a_lapsed_hold_frees_the_unit_and_a_sent_booking_payment_pauses_it(sheda):
+    builder, project, units, plan = await setup_project(sheda)
+    client, other = await sheda.signup("client"), await sheda.signup("client")
+    ws = await sheda.ws(client.token)
+    try:
+        first = (await book(sheda, client, units[0]["id"], plan["id"])).json
+        paused = (await book(sheda, client, units[1]["id"], plan["id"])).json
+        assert (await line(sheda, client, paused["id"], 1, "payment-sent")).status == 200
+        sheda.ctx.clock.advance(hours=47)
+        assert (await sheda.ctx.bookings.run_due())["expired"] == 0
+        sheda.ctx.clock.advance(hours=2)
+        assert (await sheda.ctx.booking_job.run())["expired"] == 1
+        event = await ws.wait_type("booking.expired")
+        assert event["booking"]["id"] == first["id"] and event["booking"]["status"] == "expired"
+        assert (await unit_doc(sheda, units[0]["id"]))["status"] == "available"
+        assert "booking_id" not in await unit_doc(sheda, units[0]["id"])
+        # Again: nothing more happens (idempotent), and the paused hold is still held.
+        assert (await sheda.ctx.bookings.run_due())["expired"] == 0
+        assert (await sheda.api.get(f"{BOOKINGS}/{paused['id']}", token=client.token)).json["status"] == "reserved"
+        # The expired booking cannot be paid into any more; the freed unit is someone else's to book.
+        r = await line(sheda, client, first["id"], 1, "payment-sent")
+        assert r.status == 409, r
+        assert (await book(sheda, other, units[0]["id"], plan["id"])).status == 201
+        # A decline gives the paused hold back (what was left of it), and then it lapses too.
+        r = await line(sheda, builder, paused["id"], 1, "decline")
+        assert r.status == 200 and r.json["hold_until"] is not None and r.json["installments"][0]["status"] == "due", r
+        sheda.ctx.clock.advance(hours=49)
+        assert (await sheda.ctx.booking_job.run())["expired"] == 2  # and other's booking
+        assert (await unit_doc(sheda, units[1]["id"]))["status"] == "available"
+    finally:
+        ws.close()
+
+
+async def test_cancellation_by_the_client_before_the_booking_payment_or_by_the_builder_with_a_reason(sheda):
+    builder, project, units, plan = await setup_project(sheda, units=("C-1", "C-2", "C-3"))
+    client = await sheda.signup("client")
+    b_ws = await sheda.ws(builder.token)
+    try:
+        # The client cancels a reserved booking (even with the payment sent): the unit is available again.
+        one = (await book(sheda, client, units[0]["id"], plan["id"])).json
+        assert (await line(sheda, client, one["id"], 1, "payment-sent")).status == 200
+        r = await sheda.api.post(f"{BOOKINGS}/{one['id']}/cancel", {}, token=client.token)
+        assert r.status == 200 and r.json["status"] == "cancelled" and r.json["cancelled_by"] == client.id, r
+        await b_ws.wait_type("booking.cancelled")
+        assert (await unit_doc(sheda, units[0]["id"]))["status"] == "available"
+        # Once the booking payment is confirmed the client cannot cancel; the builder can, with a reason.
+        two = (await book(sheda, client, units[1]["id"], plan["id"])).json
+        assert (await line(sheda, client, two["id"], 1, "payment-sent")).status == 200
+        assert (await line(sheda, builder, two["id"], 1, "confirm")).status == 200
+        before, unit_before = await snapshot(sheda, "bookings", two["id"]), await unit_doc(sheda, units[1]["id"])
+        r = await sheda.api.post(f"{BOOKINGS}/{two['id']}/cancel", {}, token=client.token)
+        assert r.status == 409 and r.json["code"] == "wrong_state", r
+        r = await sheda.api.post(f"{BOOKINGS}/{two['id']}/cancel", {}, token=builder.token)
+        assert r.status == 422, r
+        stranger = await sheda.signup("builder")
+        r = await sheda.api.post(f"{BOOKINGS}/{two['id']}/cancel", {"reason": "mine now"}, token=stranger.token)
+        assert r.status == 404, r
+        assert await snapshot(sheda, "bookings", two["id"]) == before and await unit_doc(sheda, units[1]["id"]) == unit_before
+        c_ws = await sheda.ws(client.token)
+        try:
+            r = await sheda.api.post(f"{BOOKINGS}/{two['id']}/cancel", {"reason": "Buyer failed KYC"}, token=builder.token)
+            assert r.status == 200 and r.json["cancel_reason"] == "Buyer failed KYC", r
+            event = await c_ws.wait_type("booking.cancelled")
+            assert event["booking"]["cancelled_by"] == builder.id
+            note = await c_ws.wait_for(lambda f: f.get("type") == "notification" and f.get("kind") == "booking.cancelled")
+            assert "Buyer failed KYC" in note["body"]
+        finally:
+            c_ws.close()
+        assert (await unit_doc(sheda, units[1]["id"]))["status"] == "available"
+        # Cancelled twice: 409, nothing changes.
+        before = await snapshot(sheda, "bookings", two["id"])
+        assert (await sheda.api.post(f"{BOOKINGS}/{two['id']}/cancel", {"reason": "again"}, token=builder.token)).status == 409
+        assert await snapshot(sheda, "bookings", two["id"]) == before
+    finally:
+        b_ws.close()
+
+
+async def test_wrong_state_owner_or_scope_change_nothing(sheda):
+    builder, project, units, plan = await setup_project(sheda, units=("W-1", "W-2", "W-3"))
+    _, _, other_units, other_plan = await setup_project(sheda, units=("X-1",))
+    client, stranger = await sheda.signup("client"), await sheda.signup("client")
+    booking = (await book(sheda, client, units[0]["id"], plan["id"])).json
+    bid = booking["id"]
+    blocked = units[2]
+    assert (await sheda.api.patch(f"/api/v1/projects/{project['id']}/units/{blocked['id']}", {"status": "blocked"},
+                                  token=builder.token)).status == 200
+    draft = await sheda.api.post("/api/v1/projects", {"name": "Draft", "location": "Ikoyi, Lagos"}, token=builder.token)
+    draft_units = await add_units(sheda, builder, draft.json["id"], [unit("D-1")])
+
+    async def state():
+        return ([d async for d in sheda.ctx.db["bookings"].find({}, sort=[("_id", 1)])],
+                [d async for d in sheda.ctx.db["units"].find({}, sort=[("_id", 1)])])
+
+    before = await state()
+    refusals = [
+        # booking: wrong scope, unknown or hidden unit, a plan of another project, a blocked or taken unit, own unit
+        (book(sheda, builder, units[1]["id"], plan["id"]), 403, "insufficient_scope"),
+        (book(sheda, client, 999_999_999, plan["id"]), 404, "unit_not_found"),
+        (book(sheda, client, draft_units[0]["id"], plan["id"]), 404, "unit_not_found"),
+        (book(sheda, client, units[1]["id"], other_plan["id"]), 422, None),
+        (book(sheda, client, blocked["id"], plan["id"]), 409, "unit_not_available"),
+        (book(sheda, stranger, units[0]["id"], plan["id"]), 409, "unit_not_available"),
+        (sheda.api.post(BOOKINGS, {"unit_id": "1", "plan_id": plan["id"]}, token=client.token), 422, None),
+        # lines: wrong side, someone else's booking, a line that does not exist, wrong states
+        (line(sheda, builder, bid, 1, "payment-sent"), 403, "insufficient_scope"),
+        (line(sheda, stranger, bid, 1, "payment-sent"), 404, "booking_not_found"),
+        (line(sheda, client, bid, 9, "payment-sent"), 404, "installment_not_found"),
+        (line(sheda, client, bid, 2, "payment-sent"), 409, "wrong_state"),
+        (line(sheda, client, bid, 1, "payment-sent", {"reference": ""}), 422, None),
+        (line(sheda, client, bid, 1, "confirm"), 403, "insufficient_scope"),
+        (line(sheda, builder, bid, 1, "confirm"), 409, "wrong_state"),
+        (line(sheda, builder, bid, 1, "decline"), 409, "wrong_state"),
+        (sheda.api.get(f"{BOOKINGS}/{bid}", token=stranger.token), 404, "booking_not_found"),
+        (sheda.api.post(f"{BOOKINGS}/{bid}/cancel", {}, token=stranger.token), 404, "booking_not_found"),
+    ]
+    for call, status, code in refusals:
+        r = await call
+        assert r.status == status and (code is None or r.json["code"] == code), (status, code, r)
+    assert await state() == before
+    # Another builder cannot confirm what this builder's client sent.
+    assert (await line(sheda, client, bid, 1, "payment-sent")).status == 200
+    before = await state()
+    other_builder = await verified_builder(sheda)
+    r = await line(sheda, other_builder, bid, 1, "confirm")
+    assert r.status == 404 and r.json["code"] == "booking_not_found", r
+    r = await line(sheda, client, bid, 1, "payment-sent")
+    assert r.status == 409, r
+    assert await state() == before
+
+
+async def test_construction_progress_and_updates_reach_buyers_live_and_the_projects_watchers(sheda):
+    builder, project, units, plan = await setup_project(sheda, units=("U-1", "U-2"))
+    pid = project["id"]
+    buyer1, buyer2 = await sheda.signup("client"), await sheda.signup("client")
+    watcher, bystander = await sheda.signup("agent"), await sheda.signup("client")
+    assert (await book(sheda, buyer1, units[0]["id"], plan["id"])).status == 201
+    assert (await book(sheda, buyer2, units[1]["id"], plan["id"])).status == 201
+    w1, w2 = await sheda.ws(buyer1.token), await sheda.ws(buyer2.token)
+    ww, wb = await sheda.ws(watcher.token), await sheda.ws(bystander.token)
+    sockets = [w1, w2, ww, wb]
+    try:
+        # Any signed-in user may watch a published project; a draft is an unknown channel to them.
+        await ww.send({"type": "subscribe", "channel": f"project:{pid}"})
+        await ww.wait_type("subscribed")
+        draft = await sheda.api.post("/api/v1/projects", {"name": "Draft", "location": "Ikoyi, Lagos"}, token=builder.token)
+        await wb.send({"type": "subscribe", "channel": f"project:{draft.json['id']}"})
+        await wb.wait_type("error", code="unknown_channel")
+
+        # Progress: public to read, only its builder writes; a change reaches the watchers.
+        r = await sheda.api.get(f"/api/v1/projects/{pid}/progress")
+        assert r.status == 200 and [p["phase"] for p in r.json["phases"]] == ["foundation", "structure", "roofing", "finishing",
+                                                                                "handover"]
+        assert r.json["overall_percent"] == 0 and r.json["updated_at"] is None
+        body = {"phases": [{"phase": "foundation", "percent": 100, "start_date": "2026-01-10", "end_date": "2026-04-30"},
+                           {"phase": "structure", "percent": 40, "start_date": "2026-05-01"}]}
+        for who, status in ((bystander, 403), (None, 401)):
+            r = await sheda.api.put(f"/api/v1/projects/{pid}/progress", body, token=who.token if who else None)
+            assert r.status == status, r
+        bad = {"phases": [{"phase": "foundation", "percent": 101}]}
+        assert (await sheda.api.put(f"/api/v1/projects/{pid}/progress", bad, token=builder.token)).status == 422
+        assert await sheda.ctx.db["project_progress"].find_one({"_id": pid}) is None
+        r = await sheda.api.put(f"/api/v1/projects/{pid}/progress", body, token=builder.token)
+        assert r.status == 200 and r.json["overall_percent"] == 28 and r.json["phases"][0]["end_date"] == "2026-04-30", r
+        event = await ww.wait_type("project.updated")
+        assert event["changes"] == ["progress"] and event["progress"]["phases"][1]["percent"] == 40
+
+        # An update: stored, to each buyer live (durable) with a notification, to the watchers on the channel.
+        update = {"title": "Roof is on", "body": "We topped out today.", "phase": "roofing", "percent": 80,
+                  "image_ids": ["/media/projects/abc123.png"]}
+        r = await sheda.api.post(f"/api/v1/projects/{pid}/updates", update, token=bystander.token)
+        assert r.status == 403, r
+        r = await sheda.api.post(f"/api/v1/projects/{pid}/updates", {"title": "x", "body": "y", "percent": 5}, token=builder.token)
+        assert r.status == 422, r
+        assert await sheda.ctx.db["construction_updates"].count_documents({"project_id": pid}) == 0
+        r = await sheda.api.post(f"/api/v1/projects/{pid}/updates", update, token=builder.token)
+        assert r.status == 201 and r.json["images"] == update["image_ids"], r
+        for ws in (w1, w2):
+            live = await ws.wait_type("project.update")
+            assert live["update"]["id"] == r.json["id"] and live["project_id"] == pid and live["seq"] >= 1
+            await ws.wait_for(lambda f: f.get("type") == "notification" and f.get("kind") == "project.update")
+        event = await ww.wait_for(lambda f: f.get("type") == "project.updated" and "update" in f.get("changes", []))
+        assert event["update"]["title"] == "Roof is on" and event["progress"]["phases"][2]["percent"] == 80
+        notes = await sheda.api.get("/api/v1/notifications", token=buyer2.token)
+        assert any(n["kind"] == "project.update" and n["data"]["update_id"] == r.json["id"] for n in notes.json["items"])
+        # A buyer who was offline replays it from the event stream.
+        replay = await sheda.api.get("/api/v1/events", params={"after_seq": 0, "limit": 200}, token=buyer1.token)
+        assert any(f["type"] == "project.update" for f in replay.json["items"])
+        # Nobody without a booking gets it as their own event.
+        assert not wb.of_type("project.update") and not ww.of_type("project.update")
+        assert (await sheda.api.get(f"/api/v1/projects/{pid}/progress")).json["phases"][2]["percent"] == 80
+
+        # The feed pages newest first, with a cursor; a draft's feed is hidden.
+        assert (await sheda.api.post(f"/api/v1/projects/{pid}/updates", {"title": "Windows", "body": "In."},
+                                     token=builder.token)).status == 201
+        page = await sheda.api.get(f"/api/v1/projects/{pid}/updates", params={"limit": 1})
+        assert page.status == 200 and page.json["items"][0]["title"] == "Windows" and page.json["next_cursor"], page
+        rest = await sheda.api.get(f"/api/v1/projects/{pid}/updates", params={"limit": 1, "cursor": page.json["next_cursor"]})
+        assert [u["title"] for u in rest.json["items"]] == ["Roof is on"] and rest.json["next_cursor"] is None
+        assert (await sheda.api.get(f"/api/v1/projects/{draft.json['id']}/updates")).status == 404
+
+        # Project changes reach the watchers too.
+        assert (await sheda.api.patch(f"/api/v1/projects/{pid}", {"status": "under_construction"}, token=builder.token)).status == 200
+        changed = await ww.wait_for(lambda f: f.get("type") == "project.updated" and f.get("changes") == ["project"])
+        assert changed["project"]["status"] == "under_construction"
+    finally:
+        for ws in sockets:
+            ws.close()
+    await assert_frames_documented(sheda, sockets)
