@@ -115,14 +115,14 @@ async def test_two_clients_race_the_winner_pays_every_installment_and_the_unit_i
         # A month on, less three days: line 2 gets its reminder (once, however often the job runs).
         sheda.ctx.clock.advance(days=28)
         result = await sheda.ctx.booking_job.run()
-        assert result == {"expired": 0, "reminded": 1, "overdue": 0}, result
+        assert result == {"expired": 0, "reminded": 1, "overdue": 0, "units_synced": 0}, result
         due = await w_ws.wait_type("booking.installment_due")
         assert due["installment"] == 2
         await b_ws.wait_type("booking.installment_due")
-        assert (await sheda.ctx.bookings.run_due()) == {"expired": 0, "reminded": 0, "overdue": 0}
+        assert (await sheda.ctx.bookings.run_due()) == {"expired": 0, "reminded": 0, "overdue": 0, "units_synced": 0}
         # Past its date unpaid: overdue, to both.
         sheda.ctx.clock.advance(days=4)
-        assert (await sheda.ctx.booking_job.run()) == {"expired": 0, "reminded": 0, "overdue": 1}
+        assert (await sheda.ctx.booking_job.run()) == {"expired": 0, "reminded": 0, "overdue": 1, "units_synced": 0}
         late = await w_ws.wait_type("booking.installment_overdue")
         assert late["booking"]["installments"][1]["status"] == "overdue"
         await b_ws.wait_type("booking.installment_overdue")
@@ -194,6 +194,39 @@ async def test_a_lapsed_hold_frees_the_unit_and_a_sent_booking_payment_pauses_it
         assert (await unit_doc(sheda, units[1]["id"]))["status"] == "available"
     finally:
         ws.close()
+
+
+async def test_the_job_finishes_unit_moves_a_dead_process_left_half_done(sheda):
+    """What a process that died between a booking's write and its unit's leaves behind (written
+    here as it would be left), finished by the job once the in-flight grace has passed."""
+    builder, project, units, plan = await setup_project(sheda, units=("S-1", "S-2", "S-3"))
+    client, rival = await sheda.signup("client"), await sheda.signup("client")
+    bookings, db = sheda.ctx.db["bookings"], sheda.ctx.db["units"]
+    # 1. Cancelled by the builder, the process died before the unit was let go.
+    one = (await book(sheda, client, units[0]["id"], plan["id"])).json
+    await bookings.update_one({"_id": one["id"]}, {"$set": {"status": "cancelled", "unit_synced": False}})
+    # 2. Stored, the process died before taking the unit (still available).
+    two = (await book(sheda, client, units[1]["id"], plan["id"])).json
+    await bookings.update_one({"_id": two["id"]}, {"$set": {"unit_synced": False}})
+    await db.update_one({"_id": units[1]["id"]}, {"$set": {"status": "available"}, "$unset": {"booking_id": ""}})
+    # 3. Same, but another client booked the unit meanwhile: the orphan can never complete.
+    three = (await book(sheda, client, units[2]["id"], plan["id"])).json
+    await bookings.update_one({"_id": three["id"]}, {"$set": {"unit_synced": False}})
+    await db.update_one({"_id": units[2]["id"]}, {"$set": {"status": "available"}, "$unset": {"booking_id": ""}})
+    assert (await book(sheda, rival, units[2]["id"], plan["id"])).status == 201
+    # Within the grace nothing is touched (a request may still be finishing).
+    assert (await sheda.ctx.bookings.sync_units()) == 0
+    sheda.ctx.clock.advance(minutes=2)
+    assert (await sheda.ctx.bookings.sync_units()) == 3
+    assert (await unit_doc(sheda, units[0]["id"]))["status"] == "available"
+    held = await unit_doc(sheda, units[1]["id"])
+    assert held["status"] == "reserved" and held["booking_id"] == two["id"]
+    orphan = await snapshot(sheda, "bookings", three["id"])
+    assert orphan["status"] == "cancelled" and orphan["cancelled_by"] is None
+    assert (await unit_doc(sheda, units[2]["id"]))["booking_id"] != three["id"]
+    assert (await sheda.ctx.bookings.sync_units()) == 0
+    counts = (await sheda.api.get(f"/api/v1/projects/{project['id']}", token=builder.token)).json["unit_counts"]
+    assert counts["available"] == 1 and counts["reserved"] == 2
 
 
 async def test_cancellation_by_the_client_before_the_booking_payment_or_by_the_builder_with_a_reason(sheda):

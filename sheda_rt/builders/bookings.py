@@ -32,6 +32,10 @@ least an hour), so a builder's late answer does not expire a paid-in-good-faith 
 Reminders and overdue marking are the periodic job's (`BookingJob`): each line's reminder
 and each line's overdue move is a guarded update, so a notification goes out once however
 many processes run the job, and a repeated pass changes nothing.
+
+A booking and its unit are two documents: every booking move that moves the unit writes
+`unit_synced: false` with it and sets it back once the unit has moved, so a process that
+dies in between leaves a mark; the job finishes such moves (`sync_units`) after a minute.
 """
 from __future__ import annotations
 
@@ -69,6 +73,10 @@ UNPAID = ["due", "overdue"]
 MIN_HOLD_AFTER_DECLINE = timedelta(hours=1)
 #: Bookings read per batch by the job's passes.
 JOB_PAGE = 500
+#: The unit state each booking state means.
+UNIT_STATE = {"reserved": "reserved", "active": "booked", "completed": "sold", "cancelled": "available", "expired": "available"}
+#: How long a booking's unit move may be in flight before the job finishes it.
+UNSYNCED_GRACE = timedelta(minutes=1)
 
 
 class BookingStore:
@@ -82,6 +90,7 @@ class BookingStore:
         IndexModel([("status", ASCENDING), ("hold_until", ASCENDING)], name="hold_due"),
         IndexModel([("status", ASCENDING), ("_id", ASCENDING)], name="status_walk"),
         IndexModel([("project_id", ASCENDING), ("status", ASCENDING)], name="project_status"),
+        IndexModel([("unit_synced", ASCENDING), ("updated_at", ASCENDING)], name="unit_sync"),
     ]
 
     def __init__(self, db, ids):
@@ -132,6 +141,13 @@ class BookingStore:
 
     async def of_builder(self, builder_id: int, statuses: list[str]) -> list[dict]:
         return await self.col.find({"parties": builder_id, "status": {"$in": statuses}}).to_list()
+
+    async def mark_synced(self, booking_id: int, status: str) -> None:
+        """The unit matches the booking in `status` (a later move left it unsynced again for itself)."""
+        await self.col.update_one({"_id": booking_id, "status": status}, {"$set": {"unit_synced": True}})
+
+    async def unsynced(self, before, limit: int) -> list[dict]:
+        return await self.col.find({"unit_synced": False, "updated_at": {"$lte": before}}, limit=limit).to_list()
 
     async def clients_in_project(self, project_id: int, statuses: list[str]) -> list[int]:
         docs = await self.col.find({"project_id": project_id, "status": {"$in": statuses}}, projection={"client_id": 1}).to_list()
@@ -225,7 +241,8 @@ class BookingService:
             "project_name": project["name"], "plan_id": plan["_id"], "plan_name": plan["name"],
             "client_id": principal.user_id, "builder_id": project["builder_id"],
             "parties": [principal.user_id, project["builder_id"]], "price_minor": int(unit["price_minor"]),
-            "status": "reserved", "hold_until": hold_until, "installments": lines, "created_at": now, "updated_at": now,
+            "status": "reserved", "hold_until": hold_until, "installments": lines, "unit_synced": False,
+            "created_at": now, "updated_at": now,
         })
         # The guard: available -> reserved in one conditional update naming this booking.
         try:
@@ -237,7 +254,9 @@ class BookingService:
             await self.store.delete(booking_id)
             current = await self.units.get(unit["_id"])
             raise Conflict(f"The unit is {(current or unit)['status']}", "unit_not_available")
+        await self.store.mark_synced(booking_id, "reserved")
         await self.projects.refresh_summary(project["_id"])
+        await self.projects.announce(project["_id"], ["units"])
         await self._announce(doc, "created", actor=principal.user_id)
         return booking_view(doc)
 
@@ -323,7 +342,7 @@ class BookingService:
         who: dict = {"builder_id": principal.user_id, "status": "reserved" if i == 0 else "active"}
         extra: dict = {f"installments.{i}.confirmed_at": now}
         if i == 0:
-            extra.update(status="active", booked_at=now)  # the booking payment confirmed: the unit is booked
+            extra.update(status="active", booked_at=now, unit_synced=False)  # the booking payment confirmed: the unit is booked
         after = await self.store.move_line(booking_id, i, ["sent"], "confirmed", now, who=who, extra=extra)
         if after is None:
             raise self._wrong(await self.store.get(booking_id) or doc, i, "a line the client marked sent")
@@ -331,7 +350,7 @@ class BookingService:
             await self._move_unit(after, ["reserved"], "booked")
         await self._announce(after, "payment_confirmed", actor=principal.user_id, n=n)
         if all(ln["status"] == "confirmed" for ln in after["installments"]):
-            done = await self.store.move(booking_id, ["active"], "completed", now, extra={"completed_at": now})
+            done = await self.store.move(booking_id, ["active"], "completed", now, extra={"completed_at": now, "unit_synced": False})
             if done is not None:  # exactly once, whichever confirmation saw the last line
                 await self._move_unit(done, ["booked", "reserved"], "sold")
                 await self._announce(done, "completed", actor=None)
@@ -353,7 +372,8 @@ class BookingService:
             raise Forbidden("Cancel with the client's or the builder's own account", "insufficient_scope")
         now = self.clock.now()
         after = await self.store.move(booking_id, states, "cancelled", now, who={f"{role}_id": principal.user_id},
-                                      extra={"cancelled_at": now, "cancelled_by": principal.user_id, "cancel_reason": reason},
+                                      extra={"cancelled_at": now, "cancelled_by": principal.user_id, "cancel_reason": reason,
+                                             "unit_synced": False},
                                       unset="hold_until")
         if after is None:
             current = await self.store.get(booking_id) or doc
@@ -365,10 +385,41 @@ class BookingService:
 
     # ---- the unit follows its booking ---------------------------------------
     async def _move_unit(self, booking: dict, from_states: list[str], to_state: str) -> None:
+        """Move the unit this booking holds, then mark the booking synced. The booking's move set
+        `unit_synced: false` in its own write, so a process that dies in between leaves a mark
+        the job finds (`sync_units`) and finishes."""
         moved = await self.units.move_held(booking["unit_id"], booking["_id"], from_states, to_state, self.clock.now())
+        await self.store.mark_synced(booking["_id"], booking["status"])
         if moved is not None:
             await self.projects.refresh_summary(booking["project_id"])
             await self.projects.announce(booking["project_id"], ["units"])
+
+    async def sync_units(self) -> int:
+        """Finish what a dead process left half-done: bookings whose unit move did not happen
+        (left for at least UNSYNCED_GRACE, so a request still in flight is not raced). A reserved
+        booking that never got its unit (the process died between storing it and taking the
+        unit) takes it now, or, when someone else has it, is cancelled. Returns how many."""
+        fixed = 0
+        for doc in await self.store.unsynced(self.clock.now() - UNSYNCED_GRACE, JOB_PAGE):
+            target = UNIT_STATE[doc["status"]]
+            if target == "reserved":
+                unit = await self.units.get(doc["unit_id"])
+                held = unit is not None and unit.get("booking_id") == doc["_id"]
+                if held or await self.units.hold(doc["unit_id"], doc["_id"], self.clock.now()) is not None:
+                    await self.store.mark_synced(doc["_id"], "reserved")
+                    await self.projects.refresh_summary(doc["project_id"])
+                else:
+                    now = self.clock.now()
+                    closed = await self.store.move(doc["_id"], ["reserved"], "cancelled", now, who={"unit_synced": False},
+                                                   extra={"cancelled_at": now, "cancelled_by": None,
+                                                          "cancel_reason": "the unit was taken meanwhile", "unit_synced": True},
+                                                   unset="hold_until")
+                    if closed is not None:
+                        await self._announce(closed, "cancelled", actor=None, reason="the unit was taken meanwhile")
+            else:
+                await self._move_unit(doc, [s for s in ("reserved", "booked", "sold") if s != target], target)
+            fixed += 1
+        return fixed
 
     # ---- the periodic job ----------------------------------------------------
     async def expire_holds(self) -> int:
@@ -380,7 +431,7 @@ class BookingService:
             for booking_id in ids:
                 now = self.clock.now()
                 doc = await self.store.move(booking_id, ["reserved"], "expired", now, who={"hold_until": {"$lte": now}},
-                                            extra={"expired_at": now}, unset="hold_until")
+                                            extra={"expired_at": now, "unit_synced": False}, unset="hold_until")
                 if doc is None:
                     continue
                 expired += 1
@@ -424,7 +475,8 @@ class BookingService:
     async def run_due(self) -> dict:
         expired = await self.expire_holds()
         reminded, overdue = await self.mark_due_lines()
-        return {"expired": expired, "reminded": reminded, "overdue": overdue}
+        synced = await self.sync_units()
+        return {"expired": expired, "reminded": reminded, "overdue": overdue, "units_synced": synced}
 
     # ---- receivables -------------------------------------------------------
     async def receivables(self, principal) -> dict:
@@ -520,8 +572,8 @@ class BookingJob(PeriodicTrigger):
             raise
         JOB_RUNS.labels(job=self.name, outcome="ok").inc()
         if any(result.values()):
-            log.info('{"event": "booking_due", "expired": %d, "reminded": %d, "overdue": %d}',
-                     result["expired"], result["reminded"], result["overdue"])
+            log.info('{"event": "booking_due", "expired": %d, "reminded": %d, "overdue": %d, "units_synced": %d}',
+                     result["expired"], result["reminded"], result["overdue"], result["units_synced"])
         return result
 
 
