@@ -140,6 +140,9 @@ class Settings(BaseSettings):
     apns_topic: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9.\-]{1,155}$", description="The app's bundle id (apns-topic)")
     apns_base_url: str = Field("https://api.push.apple.com", pattern=r"^https?://[^\s?#]+$", description="APNs for devices registered with environment=production")
     apns_sandbox_base_url: str = Field("https://api.sandbox.push.apple.com", pattern=r"^https?://[^\s?#]+$", description="APNs for environment=sandbox devices (development builds)")
+    # [reminders] chat email digests (sheda_rt/reminders/digest.py); viewing and contract reminders have fixed times
+    digest_offline_minutes: float = Field(15.0, ge=0, le=10080, description="A user offline this long with unread chat messages gets a digest email")
+    digest_window_hours: float = Field(3.0, ge=0, le=720, description="At most one digest email per conversation per this many hours")
     appointment_minutes: int = Field(30, ge=5, le=240, description="Viewing slot length; slots start on multiples of it from 00:00 UTC")  # [listings]
     inquiries_per_ip_per_hour: int = Field(5, ge=1, le=10_000, description="Public inquiries one client address may send in any hour (429 after)")  # [leads]
 

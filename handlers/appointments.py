@@ -5,7 +5,8 @@ from __future__ import annotations
 from handlers.base import APIHandler
 from handlers.routing import endpoint, route
 from sheda_rt.accounts.auth import AGENT, CLIENT, USER
-from sheda_rt.appointments.models import AppointmentOut, AppointmentQuery, BookRequest, WindowCreate, WindowOut, WindowUpdate
+from sheda_rt.appointments.models import (AppointmentOut, AppointmentQuery, BookRequest, RescheduleRequest, WindowCreate, WindowOut,
+                                          WindowUpdate)
 from sheda_rt.responses import Page
 
 TAGS = ("appointments",)
@@ -68,17 +69,37 @@ class AppointmentHandler(APIHandler):
 
 
 class ConfirmHandler(APIHandler):
-    @endpoint("Confirm a pending appointment (its agent)", auth=AGENT, response=AppointmentOut, errors=(401, 403, 404, 409), tags=TAGS)
+    @endpoint("Confirm a pending appointment (the party who did not propose its time)", auth=USER, response=AppointmentOut,
+              errors=(401, 403, 404, 409), tags=TAGS)
     async def patch(self, appointment_id: int):
-        """pending → confirmed; 409 from any other state, 403 for the client of the appointment."""
+        """pending → confirmed; 409 from any other state. A booking is confirmed by its agent; a new time
+        proposed with `/reschedule` by the other party (`proposed_by` is who proposed it). 403
+        `awaiting_other_party` for the proposer (the client of a fresh booking). Creates the viewing's
+        reminders (24 h and 1 h before, to both parties)."""
         return await self.ctx.appointments.confirm(self.principal, appointment_id)
 
 
 class RejectHandler(APIHandler):
-    @endpoint("Reject a pending appointment (its agent)", auth=AGENT, response=AppointmentOut, errors=(401, 403, 404, 409), tags=TAGS)
+    @endpoint("Reject a pending appointment (the party who did not propose its time)", auth=USER, response=AppointmentOut,
+              errors=(401, 403, 404, 409), tags=TAGS)
     async def patch(self, appointment_id: int):
-        """pending → rejected (frees the slot); 409 from any other state."""
+        """pending → rejected (frees the slot); 409 from any other state; 403 `awaiting_other_party` for the
+        party who proposed the time."""
         return await self.ctx.appointments.reject(self.principal, appointment_id)
+
+
+class RescheduleHandler(APIHandler):
+    @endpoint("Propose a new time for an appointment (client or agent)", auth=USER, body=RescheduleRequest, response=AppointmentOut,
+              errors=(401, 403, 404, 409, 422), tags=TAGS)
+    async def patch(self, appointment_id: int, body: RescheduleRequest):
+        """`{scheduled_at}`: pending or confirmed → pending at the new time, `proposed_by` = you; the other
+        party confirms (`/confirm`) or rejects it. The time follows the booking rules: 422 when not on a slot
+        boundary, in the past, beyond a year or the current time; 409 `outside_availability`, 409 `slot_taken`
+        (another viewing holds it: of simultaneous bookings and reschedules into one slot exactly one wins),
+        409 `wrong_state` (rejected or cancelled), 404 for someone else's appointment. A refusal changes
+        nothing. The other party gets `appointment.rescheduled` and a notification; a confirmed viewing's
+        reminders are cancelled until the new time is confirmed."""
+        return await self.ctx.appointments.reschedule(self.principal, appointment_id, body)
 
 
 default_handlers = [
@@ -88,4 +109,5 @@ default_handlers = [
     route("/api/v1/appointments/{appointment_id:int}", AppointmentHandler),
     route("/api/v1/appointments/{appointment_id:int}/confirm", ConfirmHandler),
     route("/api/v1/appointments/{appointment_id:int}/reject", RejectHandler),
+    route("/api/v1/appointments/{appointment_id:int}/reschedule", RescheduleHandler),
 ]

@@ -15,8 +15,9 @@ from handlers import devices  # [push]
 from handlers import events_stream  # [realtime] the events as Server-Sent Events (the socket's fallback)
 from handlers import realtime  # [realtime] presence on request, announcements, disconnect
 from handlers import events  # [realtime] the event stream's REST replay
+from handlers import unsubscribe  # [reminders] the emails' one-click unsubscribe link
 
-MODULES = [health, metrics, accounts, users, admin, media, chat, properties, agents, appointments, contracts, notifications, builders, bookings, categories, inquiries, analytics, jobs, payments, devices, events, events_stream, realtime, docs]
+MODULES = [health, metrics, accounts, users, admin, media, chat, properties, agents, appointments, contracts, notifications, builders, bookings, categories, inquiries, analytics, jobs, payments, devices, events, events_stream, realtime, unsubscribe, docs]
 
 
 def all_routes(settings) -> list:

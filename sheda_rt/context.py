@@ -106,6 +106,8 @@ class AppContext:
         self._install_payments()
         # [realtime] presence on request; administrators' announcements and disconnects.
         self._install_realtime_api()
+        # [reminders] viewing and contract reminders, chat email digests, the emails' unsubscribe link.
+        self._install_reminders()
 
     def _install_stream(self) -> None:  # [realtime] the chat and the resumable event stream share one sequencer
         from sheda_rt.realtime.events_store import EventStore
@@ -199,6 +201,32 @@ class AppContext:
         self.push.dispatch = Dispatcher(self.settings, self.push, self.chat, Presence(self.hub), self.job_runner, self.push_providers,
                                         self.clock)
         self.drain_hooks.append(self.push.dispatch.drain)
+
+    def _install_reminders(self) -> None:  # [reminders] on the job queue; they push through the dispatcher and mail
+        from sheda_rt.push.presence import Presence
+        from sheda_rt.reminders.digest import ChatDigests, DigestStore
+        from sheda_rt.reminders.email import EmailSender
+        from sheda_rt.reminders.service import ReminderService, calendar_domain
+        from sheda_rt.reminders.unsubscribe import UnsubscribeLinks
+        from sheda_rt.reminders.unsubscribe_service import UnsubscribeService
+
+        s = self.settings
+        links = UnsubscribeLinks(s.jwt_secret_value(), s.public_base_url or f"http://localhost:{s.port or 8000}")
+        email = EmailSender(self.mailer, links)
+        self.unsubscribe = UnsubscribeService(links=links, preferences=self.push)
+        self.reminders = ReminderService(runner=self.job_runner, appointments=self.appointment_store, contracts=self.contract_store,
+                                         properties=self.property_store, users=self.users, preferences=self.push,
+                                         push=self.push.dispatch, email=email, clock=self.clock,
+                                         calendar_domain=calendar_domain(s.public_base_url))
+        self.appointments.reminders = self.reminders  # confirm makes them; cancel, reject, reschedule cancel them
+        self.contracts.reminders = self.reminders  # activation makes them; an early end cancels them
+        self.digest_store = DigestStore(self.db)
+        self.stores.append(self.digest_store)
+        self.digests = ChatDigests(runner=self.job_runner, store=self.digest_store, chat=self.chat, presence=Presence(self.hub),
+                                   users=self.users, preferences=self.push, email=email, clock=self.clock,
+                                   offline_minutes=s.digest_offline_minutes, window_hours=s.digest_window_hours)
+        self.push.digests = self.digests  # every stored message arms its receiver's digest
+        self.drain_hooks.append(self.digests.drain)
 
     def _install_builders(self) -> None:  # [builders]
         from sheda_rt.builders.service import BuilderService, ProjectService

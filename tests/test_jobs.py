@@ -135,7 +135,8 @@ async def test_failures_back_off_then_give_up_and_admins_see_them(sheda):
     doc = await store.get(f"{kind}:a")
     assert doc["status"] == "failed" and len(calls) == runner.max_attempts
     clock.advance(days=1)
-    assert await runner.run_due() == 0 and len(calls) == runner.max_attempts  # given up for good
+    await runner.run_due()  # other tests' jobs (e.g. viewing reminders) may fall due a day later: count this job's calls
+    assert len(calls) == runner.max_attempts and (await store.get(f"{kind}:a"))["status"] == "failed"  # given up for good
 
     # GiveUp fails at once; RetryLater waits the asked delay
     async def gone(job):

@@ -76,6 +76,14 @@ class BookRequest(_Body):
         return v
 
 
+class RescheduleRequest(_Body):
+    scheduled_at: datetime = Field(description=(
+        "The proposed new start, ISO 8601 (any offset; UTC stored). The rules of a booking: in the future, on a slot boundary, "
+        "the whole slot inside one of the agent's windows and not held by another viewing"))
+
+    _iso_text = field_validator("scheduled_at", mode="before")(BookRequest._iso_text.__func__)
+
+
 class AppointmentQuery(PageQuery):
     model_config = ConfigDict(extra="forbid")
     status: Optional[AppointmentStatus] = None
@@ -110,5 +118,8 @@ class AppointmentOut(ResponseModel):
     ends_at: Timestamp
     status: AppointmentStatus
     cancelled_by: Optional[int] = Field(description="who cancelled (user id), once cancelled")
+    proposed_by: int = Field(description="who proposed the current time (the client for a booking, either party after a "
+                                         "reschedule); while pending, the other party confirms or rejects it")
+    rescheduled_at: Optional[Timestamp] = Field(None, description="when the time was last changed by a reschedule")
     created_at: Timestamp
     updated_at: Timestamp

@@ -14,11 +14,20 @@ future, inside one of the agent's windows, for an available listed property that
 is not their own. State machine (each transition names the expected state in its
 update filter, so a transition from any other state is a 409):
 
-    pending --confirm (agent)--> confirmed
-    pending --reject (agent)--> rejected
+    pending --confirm (the party who did not propose the time)--> confirmed
+    pending --reject (the party who did not propose the time)--> rejected
     pending | confirmed --cancel (client or agent)--> cancelled
+    pending | confirmed --reschedule (client or agent)--> pending, at the new time
 
-Rejected and cancelled appointments free their slot.
+Rejected and cancelled appointments free their slot. A booking is the client's proposal, so
+the agent confirms it; a reschedule is a proposal of whoever made it (`proposed_by`), and the
+other party confirms or rejects it. Rescheduling moves the slot hold (`slot_key`) in the same
+conditional write that changes the time, so it races bookings and other reschedules into that
+slot on the same unique index: exactly one of them gets it, the others 409 `slot_taken` with
+nothing changed.
+
+Confirmed viewings have reminders (sheda_rt/reminders/): confirming creates them, cancelling,
+rejecting and rescheduling cancel them.
 """
 from __future__ import annotations
 
@@ -29,6 +38,8 @@ from typing import TYPE_CHECKING
 
 from sheda_rt.appointments.models import WEEKDAYS, BookRequest, WindowCreate, WindowUpdate, minutes
 from sheda_rt.clock import format_ts, to_utc
+from pymongo.errors import DuplicateKeyError
+
 from sheda_rt.errors import Conflict, Forbidden, NotFound, ValidationFailed
 
 if TYPE_CHECKING:  # types only: the context wires these in (runtime imports here would make cycles)
@@ -36,6 +47,7 @@ if TYPE_CHECKING:  # types only: the context wires these in (runtime imports her
     from sheda_rt.clock import Clock
     from sheda_rt.listings.store import PropertyStore
     from sheda_rt.notifications.service import NotificationService
+    from sheda_rt.reminders.service import ReminderService
 
 BOOKING_HORIZON_DAYS = 365
 
@@ -61,6 +73,8 @@ def appointment_view(doc: dict) -> dict:
         "ends_at": format_ts(doc["ends_at"]),
         "status": doc["status"],
         "cancelled_by": doc.get("cancelled_by"),
+        "proposed_by": doc.get("proposed_by", doc["client_id"]),
+        "rescheduled_at": format_ts(doc.get("rescheduled_at")),
         "created_at": format_ts(doc["created_at"]),
         "updated_at": format_ts(doc["updated_at"]),
     }
@@ -138,17 +152,20 @@ class AvailabilityService:
 
 class AppointmentService:
     def __init__(self, store: AppointmentStore, *, windows: AvailabilityStore, properties: PropertyStore,
-                 notifications: NotificationService, clock: Clock, slot_minutes: int):
+                 notifications: NotificationService, clock: Clock, slot_minutes: int,
+                 reminders: ReminderService | None = None):
         self.store = store
         self.windows = windows
         self.properties = properties
         self.notifications = notifications
         self.clock = clock
         self.slot_minutes = slot_minutes  # APPOINTMENT_MINUTES: a slot's length and the grid slots start on
+        self.reminders = reminders  # viewing reminders: made on confirm, cancelled on cancel/reject/reschedule
 
-    async def book(self, principal, body: BookRequest) -> dict:
+    def _check_time(self, scheduled_at) -> tuple:
+        """The slot rules every proposed time obeys (422): on the grid, in the future, within the horizon."""
         now = self.clock.now()
-        at = to_utc(body.scheduled_at)
+        at = to_utc(scheduled_at)
         slot = self.slot_minutes
         start = at.hour * 60 + at.minute
         if at.second or at.microsecond or start % slot:
@@ -158,6 +175,22 @@ class AppointmentService:
             raise ValidationFailed.single("scheduled_at", "must be in the future")
         if at > now + timedelta(days=BOOKING_HORIZON_DAYS):
             raise ValidationFailed.single("scheduled_at", f"must be within {BOOKING_HORIZON_DAYS} days")
+        return at, start, now
+
+    async def _check_window(self, agent_id: int, at, start: int) -> None:
+        """409 unless the whole slot is inside one of the agent's windows."""
+        slot = self.slot_minutes
+        weekday = WEEKDAYS[at.weekday()]
+        if start + slot > 24 * 60 or await self.windows.covering(agent_id, weekday, start, start + slot) is None:
+            raise Conflict("The agent is not available then; see GET /agents/{id}/availability", "outside_availability")
+
+    @staticmethod
+    def _slot_key(agent_id: int, at) -> str:
+        return f"{agent_id}:{at.strftime('%Y-%m-%dT%H:%M')}"
+
+    async def book(self, principal, body: BookRequest) -> dict:
+        at, start, now = self._check_time(body.scheduled_at)
+        slot = self.slot_minutes
         prop = await self.properties.get(body.property_id)
         if prop is None or not prop.get("is_active", True):
             raise NotFound("No such property", "property_not_found")
@@ -166,13 +199,11 @@ class AppointmentService:
         if prop["status"] != "available":
             raise Conflict(f"This property is {prop['status']} and cannot be booked", "property_unavailable")
         agent_id = prop["agent_id"]
-        weekday = WEEKDAYS[at.weekday()]
-        if start + slot > 24 * 60 or await self.windows.covering(agent_id, weekday, start, start + slot) is None:
-            raise Conflict("The agent is not available then; see GET /agents/{id}/availability", "outside_availability")
+        await self._check_window(agent_id, at, start)
         doc = await self.store.insert({
             "property_id": prop["_id"], "property_title": prop["title"], "client_id": principal.user_id, "agent_id": agent_id,
             "parties": [principal.user_id, agent_id], "scheduled_at": at, "ends_at": at + timedelta(minutes=slot),
-            "status": "pending", "slot_key": f"{agent_id}:{at.strftime('%Y-%m-%dT%H:%M')}",
+            "status": "pending", "slot_key": self._slot_key(agent_id, at), "proposed_by": principal.user_id,
             "created_at": now, "updated_at": now,
         })
         await self._announce(doc, "booked", actor=principal.user_id)
@@ -186,14 +217,38 @@ class AppointmentService:
             raise NotFound("No such appointment", "appointment_not_found")
         return appointment_view(doc)
 
+    @staticmethod
+    def _responder(user_id: int) -> dict:
+        """The filter part "this user answers the pending proposal": a party who did not propose its
+        time (bookings stored before `proposed_by` existed are the client's proposals)."""
+        return {"parties": user_id, "$or": [{"proposed_by": {"$exists": True, "$ne": user_id}},
+                                            {"proposed_by": {"$exists": False}, "agent_id": user_id}]}
+
+    async def _answer(self, principal, appointment_id: int, to_state: str) -> dict:
+        """confirm / reject: pending -> to_state, by the party who did not propose the time."""
+        user_id = principal.user_id
+        doc = await self.store.transition(appointment_id, self._responder(user_id), ["pending"], to_state, self.clock.now(),
+                                          release_hold=to_state == "rejected")
+        if doc is None:
+            current = await self.store.get(appointment_id)
+            if current is None or user_id not in (current["client_id"], current["agent_id"]):
+                raise NotFound("No such appointment", "appointment_not_found")
+            if current["status"] != "pending":
+                raise Conflict(f"The appointment is {current['status']}; this needs it pending", "wrong_state")
+            if current.get("proposed_by", current["client_id"]) == user_id:
+                raise Forbidden("You proposed this time; the other party confirms or rejects it", "awaiting_other_party")
+            raise Conflict("The appointment changed meanwhile; read it again", "concurrent_update")
+        return doc
+
     async def confirm(self, principal, appointment_id: int) -> dict:
-        doc = await self.store.transition_as(appointment_id, principal.user_id, "agent", ["pending"], "confirmed", self.clock.now())
+        doc = await self._answer(principal, appointment_id, "confirmed")
         await self._announce(doc, "confirmed", actor=principal.user_id)
+        if self.reminders is not None:
+            await self.reminders.appointment_confirmed(doc)
         return appointment_view(doc)
 
     async def reject(self, principal, appointment_id: int) -> dict:
-        doc = await self.store.transition_as(appointment_id, principal.user_id, "agent", ["pending"], "rejected",
-                                             self.clock.now(), release_hold=True)
+        doc = await self._answer(principal, appointment_id, "rejected")
         await self._announce(doc, "rejected", actor=principal.user_id)
         return appointment_view(doc)
 
@@ -202,6 +257,37 @@ class AppointmentService:
         doc = await self.store.transition_as(appointment_id, principal.user_id, None, expected, "cancelled",
                                              self.clock.now(), extra={"cancelled_by": principal.user_id}, release_hold=True)
         await self._announce(doc, "cancelled", actor=principal.user_id)
+        if self.reminders is not None:
+            await self.reminders.appointment_closed(doc)
+        return appointment_view(doc)
+
+    async def reschedule(self, principal, appointment_id: int, body) -> dict:
+        """Either party proposes a new time: pending | confirmed -> pending at the new time, for the
+        other party to confirm. The rules of a booking (422 for the time; 409 outside the agent's
+        windows or a taken slot); the slot hold moves in the same conditional write as the time."""
+        user_id = principal.user_id
+        current = await self.store.get(appointment_id)
+        if current is None or user_id not in (current["client_id"], current["agent_id"]):
+            raise NotFound("No such appointment", "appointment_not_found")
+        if current["status"] not in ("pending", "confirmed"):
+            raise Conflict(f"The appointment is {current['status']}; this needs it pending or confirmed", "wrong_state")
+        at, start, now = self._check_time(body.scheduled_at)
+        if at == current["scheduled_at"]:
+            raise ValidationFailed.single("scheduled_at", "is the appointment's current time")
+        await self._check_window(current["agent_id"], at, start)
+        changes = {"status": "pending", "scheduled_at": at, "ends_at": at + timedelta(minutes=self.slot_minutes),
+                   "slot_key": self._slot_key(current["agent_id"], at), "proposed_by": user_id, "rescheduled_at": now,
+                   "updated_at": now, "reschedules": int(current.get("reschedules", 0)) + 1}
+        try:
+            doc = await self.store.move(appointment_id, {"status": current["status"], "scheduled_at": current["scheduled_at"],
+                                                         "parties": user_id}, changes)
+        except DuplicateKeyError:
+            raise Conflict(*self.store.HOLD_TAKEN)
+        if doc is None:  # another move of this appointment (a cancel, a reschedule, a confirm) came first
+            raise Conflict("The appointment changed meanwhile; read it again", "concurrent_update")
+        if self.reminders is not None and current["status"] == "confirmed":
+            await self.reminders.appointment_closed(current)
+        await self._announce(doc, "rescheduled", actor=user_id)
         return appointment_view(doc)
 
     async def list_mine(self, principal, query) -> dict:
@@ -212,6 +298,7 @@ class AppointmentService:
         "confirmed": ("Viewing confirmed", "Your viewing of “{title}” on {when} is confirmed."),
         "rejected": ("Viewing declined", "The agent declined your viewing of “{title}” on {when}."),
         "cancelled": ("Viewing cancelled", "The viewing of “{title}” on {when} was cancelled."),
+        "rescheduled": ("New time proposed", "A new time was proposed for the viewing of “{title}”: {when}. Please confirm it."),
     }
 
     async def _announce(self, doc: dict, what: str, actor: int) -> None:

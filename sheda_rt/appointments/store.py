@@ -82,3 +82,8 @@ class AppointmentStore(TwoPartyStore):
                    partialFilterExpression={"slot_key": {"$exists": True}}),
         *party_indexes(),
     ]
+
+    async def move(self, appointment_id: int, expected: dict, changes: dict) -> dict | None:
+        """A reschedule: set `changes` (the new time and its slot_key) only while the appointment is
+        still as read (`expected`); raises DuplicateKeyError when the new slot is held by another."""
+        return await update_then_get(self.col, {"_id": appointment_id, **expected}, {"$set": changes})

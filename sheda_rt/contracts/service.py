@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # types only: the context wires these in (runtime imports her
     from sheda_rt.listings.service import PropertyService
     from sheda_rt.listings.store import PropertyStore
     from sheda_rt.notifications.service import NotificationService
+    from sheda_rt.reminders.service import ReminderService
 
 log = logging.getLogger("sheda.contracts")
 
@@ -86,7 +87,8 @@ def contract_view(doc: dict) -> dict:
 
 class ContractService:
     def __init__(self, store: ContractStore, *, properties: PropertyStore, appointments: AppointmentStore,
-                 notifications: NotificationService, listings: PropertyService, accounts: AccountService, clock: Clock):
+                 notifications: NotificationService, listings: PropertyService, accounts: AccountService, clock: Clock,
+                 reminders: ReminderService | None = None):
         self.store = store
         self.properties = properties
         self.appointments = appointments
@@ -94,6 +96,7 @@ class ContractService:
         self.listings = listings  # announces a listing's status change (rented, sold, available again) to its watchers
         self.accounts = accounts  # the agent's bank details, copied into a new contract
         self.clock = clock
+        self.reminders = reminders  # a rental's end reminders: made on activation, cancelled when it ends early
 
     async def _account_details(self, agent_id: int) -> dict | None:
         info = await self.accounts.account_info(agent_id)
@@ -245,6 +248,8 @@ class ContractService:
             await self.listings.announce(await self.properties.release(property_id, contract_id, now), ["status"])
             return "lost", None
         await self._announce(doc, "confirmed", actor=actor)
+        if self.reminders is not None:
+            await self.reminders.contract_active(doc)
         await self._close_rivals(doc, now)
         return "activated", doc
 
@@ -272,6 +277,8 @@ class ContractService:
         await self._release(doc, now)
         CONTRACTS_EXPIRED.inc()
         await self._announce(doc, "expired", actor=None)
+        if self.reminders is not None:  # ended early (an admin): its reminders must not go out
+            await self.reminders.contract_ended(doc)
         return doc
 
     async def _release(self, doc: dict, now) -> None:

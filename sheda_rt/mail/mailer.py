@@ -1,7 +1,10 @@
 """Mailers. With SMTP_HOST set, mail goes over SMTP (in a thread: smtplib blocks).
 Without it, every mail is written to DATA_DIR/outbox as one .eml file and logged,
 so OTP flows work on the embedded default. Both remember what they sent in this
-process (`sent`), which is how tests read OTP codes."""
+process (`sent`), which is how tests read OTP codes.
+
+A mail may carry extra headers (`List-Unsubscribe`, `List-Unsubscribe-Post`: RFC 2369 / RFC 8058
+one-click unsubscribe) and attachments (a reminder's `.ics`); the text body stays the first part."""
 from __future__ import annotations
 
 import asyncio
@@ -10,11 +13,18 @@ import logging
 import smtplib
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 
 log = logging.getLogger("sheda.mail")
+
+
+@dataclass(frozen=True)
+class Attachment:
+    filename: str
+    content: bytes
+    mime_type: str  # "text/calendar; method=PUBLISH"
 
 
 @dataclass
@@ -22,6 +32,8 @@ class SentMail:
     to: str
     subject: str
     body: str
+    headers: dict = field(default_factory=dict)
+    message: EmailMessage | None = None  # exactly what was delivered (headers, attachments)
 
 
 class Mailer:
@@ -29,15 +41,25 @@ class Mailer:
         self.sender = sender
         self.sent: list[SentMail] = []
 
-    def _message(self, to: str, subject: str, body: str) -> EmailMessage:
+    def _message(self, to: str, subject: str, body: str, headers: dict | None = None,
+                 attachments: list[Attachment] | tuple = ()) -> EmailMessage:
         msg = EmailMessage()
         msg["From"], msg["To"], msg["Subject"] = self.sender, to, subject
+        for name, value in (headers or {}).items():
+            msg[name] = value
         msg.set_content(body)
+        for att in attachments:
+            maintype, _, rest = att.mime_type.partition("/")
+            subtype, *params = [p.strip() for p in rest.split(";")]
+            msg.add_attachment(att.content, maintype=maintype, subtype=subtype, filename=att.filename,
+                               params=dict(p.split("=", 1) for p in params if "=" in p))
         return msg
 
-    async def send(self, to: str, subject: str, body: str) -> None:
-        await self._deliver(self._message(to, subject, body))
-        self.sent.append(SentMail(to, subject, body))
+    async def send(self, to: str, subject: str, body: str, *, headers: dict | None = None,
+                   attachments: list[Attachment] | tuple = ()) -> None:
+        msg = self._message(to, subject, body, headers, attachments)
+        await self._deliver(msg)
+        self.sent.append(SentMail(to, subject, body, dict(headers or {}), msg))
         del self.sent[:-1000]  # keep memory bounded in a long-running process
 
     async def _deliver(self, msg: EmailMessage) -> None:

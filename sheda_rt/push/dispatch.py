@@ -193,6 +193,8 @@ class Dispatcher:
 
     async def run(self, job: dict):
         p = job["payload"]
+        if "note" in p:
+            return await self._run_note(job)
         user_id, other_id, device_id = p["user_id"], p["other_id"], p["device_id"]
         platform = self._platforms[job["kind"]]
         device = await self.service.devices.get(device_id)
@@ -218,6 +220,11 @@ class Dispatcher:
                 return {"outcome": "expired_in_quiet_hours"}
             raise Defer((held - now).total_seconds(), "quiet hours")
         note = await self._notification(p["conv"], other_id, count, latest, badge, prefs["previews"])
+        return await self._send(job, device, note, {"count": count, "up_to": latest["_id"]})
+
+    async def _send(self, job: dict, device: dict, note: Notification, sent: dict):
+        """One notification to one device, and what the provider's answer means for the job."""
+        platform, user_id, device_id = device["platform"], device["user_id"], device["_id"]
         try:
             result = await self.providers[platform].deliver(device, note, ttl=self.settings.push_ttl_seconds)
         except Exception as exc:
@@ -225,7 +232,7 @@ class Dispatcher:
             raise RetryLater(self.runner.backoff(job.get("attempts", 1)), f"network: {exc!r}"[:200])
         if result.ok:
             PUSHES.labels(provider=platform, outcome="sent").inc()
-            return {"outcome": "sent", "status": result.status, "count": count, "up_to": latest["_id"]}
+            return {"outcome": "sent", "status": result.status, **sent}
         if result.gone:
             await self.service.devices.delete_gone(device["_id"], device["token_key"])
             self.forget_devices(user_id)
@@ -250,6 +257,47 @@ class Dispatcher:
         # One collapse key per conversation, at most 32 characters (RFC 8030's Topic; APNs allows 64)
         collapse = hashlib.sha256(conv.encode()).hexdigest()[:32]
         return Notification(title=title, body=body, badge=badge, collapse_key=collapse, data=data)
+
+    # ---- other features' notifications (reminders) ---------------------------
+    async def notify(self, user_id: int, category: str, note: Notification, key: str, expires_at: datetime) -> int:
+        """Push a ready-made notification (a viewing or contract reminder) to each of the user's
+        devices, through the same jobs as chat pushes (kind push.<platform>, key
+        `push:<device>:<key>`, so a repeated call never sends twice). When the job runs, the
+        user's push switch for `category` and quiet hours apply as for chat, and the badge is the
+        unread chat total then; a push still held at `expires_at` (e.g. the viewing's start) is
+        dropped. Returns how many jobs were made."""
+        made = 0
+        payload = {"user_id": user_id, "category": category, "expires_at": expires_at.isoformat(),
+                   "note": {"title": note.title, "body": note.body, "collapse_key": note.collapse_key, "data": note.data}}
+        for device in await self._devices(user_id):
+            _, created = await self.runner.enqueue(kind_of(device["platform"]), dict(payload, device_id=device["_id"]),
+                                                   key=job_key(device["_id"], key))
+            made += created
+        return made
+
+    async def _run_note(self, job: dict):
+        p = job["payload"]
+        platform = self._platforms[job["kind"]]
+        device = await self.service.devices.get(p["device_id"])
+        if device is None or device["user_id"] != p["user_id"] or device["platform"] != platform:
+            return {"outcome": "device_gone"}
+        prefs = await self.service.get_settings(p["user_id"])
+        if not prefs["push"].get(p["category"], True):
+            PUSHES.labels(provider=platform, outcome="skipped").inc()
+            return {"outcome": f"{p['category']}_pushes_off"}
+        now = self.clock.now()
+        expires_at = datetime.fromisoformat(p["expires_at"])
+        held = quiet_until(now, prefs.get("quiet_hours"))
+        if now >= expires_at or (held is not None and held >= expires_at):
+            PUSHES.labels(provider=platform, outcome="expired").inc()
+            return {"outcome": "expired_in_quiet_hours" if held is not None else "expired"}
+        if held is not None:
+            raise Defer((held - now).total_seconds(), "quiet hours")
+        n = p["note"]
+        _, _, badge = await self.unread(p["user_id"], p["user_id"])  # the badge stays the unread chat total, not 0
+        note = Notification(title=n["title"], body=n["body"], badge=badge, collapse_key=n["collapse_key"],
+                            data=dict(n["data"], title=n["title"], body=n["body"], badge=badge))
+        return await self._send(job, device, note, {})
 
     # ---- metrics -----------------------------------------------------------
     async def observe(self) -> None:

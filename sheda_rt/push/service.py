@@ -40,12 +40,15 @@ class PushService:
         self.vapid = vapid
         self.max_devices = settings.push_max_devices_per_user
         self.dispatch = None  # the Dispatcher (dispatch.py), set by the context once the job queue exists
+        self.digests = None  # chat email digests (sheda_rt/reminders/digest.py), set by the context
 
     # ---- events from other features (cheap, never raise) --------------------
     def on_message_stored(self, doc: dict) -> None:
         """A chat message was stored and handed to the receiver's sockets."""
         if self.dispatch is not None:
             self.dispatch.on_message_stored(doc)
+        if self.digests is not None:
+            self.digests.on_message_stored(doc)
 
     def on_read(self, reader_id: int, other_id: int) -> None:
         """`reader_id` read `other_id`'s messages (a read receipt on any device)."""

@@ -1,0 +1,345 @@
+"""Reaching people whose app is closed (issue 14 §3-4): rescheduling viewings, viewing reminders with
+an .ics, rental contract reminders, chat email digests and the one-click unsubscribe link. Time moves
+on the clock and the job runner is driven directly (no sleeping); mail is read from the server's mailer."""
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+import icalendar
+import pytest
+
+from sheda_rt.clock import format_ts
+from tests.listing_helpers import book, confirmed_viewing, create_property, iso, next_slot, open_window, set_bank, snapshot
+from tests.test_push import push, send, subscribed  # noqa: F401  (push is a fixture)
+
+AP = "/api/v1/appointments"
+SETTINGS = "/api/v1/users/me/notification-settings"
+
+
+@pytest.fixture
+def settings_overrides():
+    # The tests run due jobs themselves after moving the clock: the background poll stays out of the way.
+    return {"push_allow_local_endpoints": True, "job_poll_seconds": 3600}
+
+
+def mails(sheda, user, subject_part: str = "") -> list:
+    return [m for m in sheda.ctx.mailer.sent if m.to.lower() == user.email.lower() and subject_part in m.subject]
+
+
+def ics_of(mail) -> icalendar.Event:
+    [part] = [p for p in mail.message.iter_attachments() if p.get_content_type() == "text/calendar"]
+    cal = icalendar.Calendar.from_ical(part.get_content() if isinstance(part.get_content(), str) else part.get_content().decode())
+    [event] = cal.walk("VEVENT")
+    return event
+
+
+async def reminder_jobs(sheda, appointment_id: int) -> list[dict]:
+    return await sheda.ctx.db["jobs"].find({"kind": "reminder.appointment", "payload.appointment_id": appointment_id}).to_list()
+
+
+async def fresh(sheda, *users) -> None:
+    """Log in again after the clock moved past the access tokens' life."""
+    for user in users:
+        r = await sheda.api.post("/api/v1/auth/login", {"username": user.username, "password": user.password})
+        assert r.status == 200, r
+        user.access_token = r.json["access_token"]
+
+
+async def run(sheda) -> None:
+    await sheda.ctx.job_runner.run_due()
+
+
+async def viewing_setup(sheda, days_ahead: int = 3):
+    agent = await sheda.signup("agent", full_name="Ada Agent")
+    client = await sheda.signup("client", full_name="Chidi Client")
+    prop = await create_property(sheda, agent, location="12 Admiralty Way, Lekki")
+    when = next_slot(sheda.ctx.clock.now(), days_ahead=days_ahead, hour=10)
+    await open_window(sheda, agent, when)
+    await open_window(sheda, agent, when + timedelta(days=1))
+    return agent, client, prop, when
+
+
+# ---- rescheduling --------------------------------------------------------------------------------
+async def test_reschedule_rules_and_the_other_party_confirms(sheda):
+    agent, client, prop, when = await viewing_setup(sheda)
+    r = await book(sheda, client, prop["id"], when)
+    assert r.status == 201 and r.json["proposed_by"] == client.id, r
+    aid = r.json["id"]
+    assert (await sheda.api.patch(f"{AP}/{aid}/confirm", token=agent.token)).status == 200
+    stranger = await sheda.signup("client")
+    before = await snapshot(sheda, "appointments", aid)
+    later = when + timedelta(hours=2)
+    for token, body, status, code in (
+        (stranger.token, {"scheduled_at": iso(later)}, 404, "appointment_not_found"),
+        (client.token, {"scheduled_at": iso(when + timedelta(minutes=10))}, 422, "validation_error"),  # off the slot grid
+        (client.token, {"scheduled_at": iso(sheda.ctx.clock.now() - timedelta(days=1))}, 422, "validation_error"),
+        (client.token, {"scheduled_at": iso(when)}, 422, "validation_error"),  # the current time
+        (client.token, {"scheduled_at": 12}, 422, "validation_error"),
+        (client.token, {"scheduled_at": iso(when.replace(hour=20))}, 409, "outside_availability"),
+        (client.token, {"scheduled_at": iso(when + timedelta(days=2))}, 409, "outside_availability"),
+        (None, {"scheduled_at": iso(later)}, 401, None),
+    ):
+        r = await sheda.api.patch(f"{AP}/{aid}/reschedule", body, token=token)
+        assert r.status == status and (code is None or r.json["code"] == code), (body, r)
+    assert await snapshot(sheda, "appointments", aid) == before  # nothing changed on refusal
+
+    # The agent proposes a new time: pending again, for the client to confirm.
+    r = await sheda.api.patch(f"{AP}/{aid}/reschedule", {"scheduled_at": iso(later)}, token=agent.token)
+    assert r.status == 200, r
+    assert r.json["status"] == "pending" and r.json["scheduled_at"] == format_ts(later) and r.json["proposed_by"] == agent.id
+    assert r.json["rescheduled_at"] is not None
+    note = await sheda.ctx.db["notifications"].find_one({"user_id": client.id, "kind": "appointment.rescheduled"})
+    assert note is not None and note["data"]["appointment_id"] == aid
+    stream = await sheda.api.get("/api/v1/events", params={"after_seq": 0}, token=client.token)
+    assert stream.status == 200, stream
+    assert any(e.get("type") == "appointment.rescheduled" and e["appointment"]["id"] == aid for e in stream.json["items"]), stream.json
+    # The proposer cannot confirm their own proposal; the other party can.
+    r = await sheda.api.patch(f"{AP}/{aid}/confirm", token=agent.token)
+    assert r.status == 403 and r.json["code"] == "awaiting_other_party", r
+    r = await sheda.api.patch(f"{AP}/{aid}/confirm", token=client.token)
+    assert r.status == 200 and r.json["status"] == "confirmed" and r.json["scheduled_at"] == format_ts(later)
+    # The old slot is free again: another client books it.
+    other = await sheda.signup("client")
+    assert (await book(sheda, other, prop["id"], when)).status == 201
+    # A cancelled appointment cannot be rescheduled.
+    assert (await sheda.api.delete(f"{AP}/{aid}", token=client.token)).status == 200
+    r = await sheda.api.patch(f"{AP}/{aid}/reschedule", {"scheduled_at": iso(later + timedelta(hours=1))}, token=client.token)
+    assert r.status == 409 and r.json["code"] == "wrong_state", r
+
+
+async def test_reschedules_and_bookings_race_for_one_slot_and_exactly_one_wins(sheda):
+    agent, client, prop, when = await viewing_setup(sheda)
+    for round_ in range(3):
+        clients = [await sheda.signup("client") for _ in range(3)]
+        ids = []
+        for i, c in enumerate(clients):
+            r = await book(sheda, c, prop["id"], when.replace(hour=8) + timedelta(minutes=30 * (3 * round_ + i)))
+            assert r.status == 201, r
+            ids.append(r.json["id"])
+        if round_ == 1:  # confirmed viewings race too
+            for aid in ids:
+                assert (await sheda.api.patch(f"{AP}/{aid}/confirm", token=agent.token)).status == 200
+        late = await sheda.signup("client")
+        slot = when.replace(hour=15 + round_)
+        results = await asyncio.gather(
+            *(sheda.api.patch(f"{AP}/{aid}/reschedule", {"scheduled_at": iso(slot)}, token=c.token) for aid, c in zip(ids, clients)),
+            book(sheda, late, prop["id"], slot))
+        codes = sorted(r.status for r in results)
+        assert codes.count(409) == 3 and len([c for c in codes if c in (200, 201)]) == 1, [(r.status, r.json) for r in results]
+        assert all(r.json["code"] == "slot_taken" for r in results if r.status == 409)
+        held = await sheda.ctx.db["appointments"].count_documents({"agent_id": agent.id, "scheduled_at": slot,
+                                                                  "status": {"$in": ["pending", "confirmed"]}})
+        assert held == 1
+        # The losers are unchanged: still at their own times.
+        for r, aid in zip(results[:3], ids):
+            if r.status == 409:
+                assert (await sheda.ctx.db["appointments"].find_one({"_id": aid}))["scheduled_at"] != slot
+
+
+# ---- viewing reminders --------------------------------------------------------------------------
+async def test_viewing_reminders_fire_once_24h_and_1h_before_with_a_calendar_file(sheda, push):
+    agent, client, prop, when = await viewing_setup(sheda)
+    sub, device_id = await subscribed(sheda, push, client)
+    appt = await confirmed_viewing(sheda, agent, client, prop, when)
+    jobs = await reminder_jobs(sheda, appt["id"])
+    assert sorted((j["payload"]["which"], j["payload"]["user_id"], j["run_at"]) for j in jobs) == sorted(
+        (w, u, when - d) for w, d in (("24h", timedelta(hours=24)), ("1h", timedelta(hours=1))) for u in (client.id, agent.id))
+    await run(sheda)
+    assert mails(sheda, client, "Reminder") == [] and mails(sheda, agent, "Reminder") == []
+
+    sheda.ctx.clock.offset += (when - timedelta(hours=24)) - sheda.ctx.clock.now() + timedelta(seconds=1)
+    await run(sheda)
+    await run(sheda)  # the push job the reminder made
+    for user in (client, agent):
+        [mail] = mails(sheda, user, "Reminder")
+        assert "tomorrow" in mail.subject and prop["title"] in mail.subject
+        event = ics_of(mail)
+        assert event.decoded("dtstart") == when and event.decoded("dtend") == when + timedelta(minutes=30)
+        assert str(event["location"]) == "12 Admiralty Way, Lekki" and str(event["uid"]).startswith(f"appointment-{appt['id']}@")
+        assert mail.headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert mail.headers["List-Unsubscribe"].startswith("<") and "/api/v1/email/unsubscribe?token=" in mail.headers["List-Unsubscribe"]
+        assert mail.message["List-Unsubscribe"] == mail.headers["List-Unsubscribe"]
+    [got] = push.accepted(sub.endpoint_id)
+    assert got.payload["type"] == "appointment.reminder" and got.payload["appointment_id"] == appt["id"]
+    assert got.payload["title"] == "Viewing tomorrow"
+
+    await run(sheda)  # once only
+    assert len(mails(sheda, client, "Reminder")) == 1 and len(push.accepted(sub.endpoint_id)) == 1
+    sheda.ctx.clock.advance(hours=23)
+    await run(sheda)
+    await run(sheda)
+    for user in (client, agent):
+        assert [m.subject for m in mails(sheda, user, "Reminder")][1:] == [f"Reminder: viewing of “{prop['title']}” in one hour"]
+    assert [p.payload["title"] for p in push.accepted(sub.endpoint_id)] == ["Viewing tomorrow", "Viewing in one hour"]
+    sheda.ctx.clock.advance(hours=2)
+    await run(sheda)
+    assert len(mails(sheda, client, "Reminder")) == 2
+
+
+async def test_cancelling_cancels_and_rescheduling_moves_the_reminders(sheda):
+    agent, client, prop, when = await viewing_setup(sheda)
+    cancelled = await confirmed_viewing(sheda, agent, client, prop, when)
+    moved = await confirmed_viewing(sheda, agent, client, prop, when + timedelta(hours=1))
+    assert (await sheda.api.delete(f"{AP}/{cancelled['id']}", token=agent.token)).status == 200
+    assert {j["status"] for j in await reminder_jobs(sheda, cancelled["id"])} == {"cancelled"}
+
+    new_time = when + timedelta(days=1, hours=2)
+    assert (await sheda.api.patch(f"{AP}/{moved['id']}/reschedule", {"scheduled_at": iso(new_time)}, token=client.token)).status == 200
+    assert {j["status"] for j in await reminder_jobs(sheda, moved["id"])} == {"cancelled"}  # pending again: no reminders
+    assert (await sheda.api.patch(f"{AP}/{moved['id']}/confirm", token=agent.token)).status == 200
+    live = [j for j in await reminder_jobs(sheda, moved["id"]) if j["status"] == "pending"]
+    assert sorted(j["run_at"] for j in live) == sorted([new_time - timedelta(hours=24)] * 2 + [new_time - timedelta(hours=1)] * 2)
+
+    # Past the old times: nothing for the cancelled viewing, nothing at the moved one's old time.
+    sheda.ctx.clock.offset += (when - timedelta(minutes=30)) - sheda.ctx.clock.now()
+    await run(sheda)
+    assert mails(sheda, client, "Reminder") == [] and mails(sheda, agent, "Reminder") == []
+    sheda.ctx.clock.offset += (new_time - timedelta(hours=24)) - sheda.ctx.clock.now() + timedelta(seconds=1)
+    await run(sheda)
+    [mail] = mails(sheda, client, "Reminder")
+    assert ics_of(mail).decoded("dtstart") == new_time and int(ics_of(mail)["sequence"]) == 1
+
+
+async def test_reminders_respect_email_settings_and_quiet_hours(sheda):
+    agent, client, prop, when = await viewing_setup(sheda)
+    # The client wants no viewing emails; the agent is asleep (quiet hours around the 24 h reminder).
+    r = await sheda.api.put(SETTINGS, {"email": {"appointments": False}}, token=client.token)
+    assert r.status == 200, r
+    start = (when - timedelta(hours=25)).strftime("%H:%M")
+    end = (when - timedelta(hours=22)).strftime("%H:%M")
+    r = await sheda.api.put(SETTINGS, {"quiet_hours": {"start": start, "end": end, "time_zone": "UTC"}}, token=agent.token)
+    assert r.status == 200, r
+    await confirmed_viewing(sheda, agent, client, prop, when)
+    sheda.ctx.clock.offset += (when - timedelta(hours=24)) - sheda.ctx.clock.now() + timedelta(seconds=1)
+    await run(sheda)
+    assert mails(sheda, client, "Reminder") == [] and mails(sheda, agent, "Reminder") == []  # off / held
+    sheda.ctx.clock.advance(hours=2, minutes=1)  # quiet hours over
+    await run(sheda)
+    [mail] = mails(sheda, agent, "Reminder")
+    assert "tomorrow" in mail.subject
+    assert mails(sheda, client, "Reminder") == []
+
+
+# ---- contract reminders -------------------------------------------------------------------------
+async def test_rental_contract_reminders_30_and_7_days_before_the_end(sheda):
+    agent, client, prop, when = await viewing_setup(sheda, days_ahead=1)
+    await set_bank(sheda, agent)
+    appt = await confirmed_viewing(sheda, agent, client, prop, when)
+    contracts = []
+    for term in (3, 3):
+        r = await sheda.api.post(f"/api/v1/contracts/{prop['id']}", {"appointment_id": appt["id"], "term_months": term}, token=client.token)
+        if r.status != 201:
+            break
+        contracts.append(r.json)
+    cid = contracts[0]["id"]
+    assert (await sheda.api.patch(f"/api/v1/contracts/{cid}/payment-sent", token=client.token)).status == 200
+    r = await sheda.api.patch(f"/api/v1/contracts/{cid}/confirm-payment", token=agent.token)
+    assert r.status == 200, r
+    doc = await sheda.ctx.db["contracts"].find_one({"_id": cid})
+    end = doc["end_date"]
+    jobs = await sheda.ctx.db["jobs"].find({"kind": "reminder.contract", "payload.contract_id": cid}).to_list()
+    assert sorted((j["payload"]["which"], j["payload"]["user_id"], j["run_at"]) for j in jobs) == sorted(
+        (w, u, end - d) for w, d in (("30d", timedelta(days=30)), ("7d", timedelta(days=7))) for u in (client.id, agent.id))
+
+    sheda.ctx.clock.offset += (end - timedelta(days=30)) - sheda.ctx.clock.now() + timedelta(seconds=1)
+    await run(sheda)
+    await run(sheda)
+    for user in (client, agent):
+        [mail] = mails(sheda, user, "ends in")
+        assert mail.subject == f"Your rental of “{prop['title']}” ends in 30 days" and "List-Unsubscribe" in mail.headers
+    # Ended early by an admin: the 7-day reminders are cancelled and never sent.
+    admin = await sheda.admin()
+    assert (await sheda.api.patch(f"/api/v1/contracts/{cid}/expire", token=admin.token)).status == 200
+    jobs = await sheda.ctx.db["jobs"].find({"kind": "reminder.contract", "payload.contract_id": cid}).to_list()
+    assert sorted(j["status"] for j in jobs) == ["cancelled", "cancelled", "done", "done"]
+    sheda.ctx.clock.advance(days=24)
+    await run(sheda)
+    assert len(mails(sheda, client, "ends in")) == 1
+
+
+# ---- chat digests and unsubscribe ---------------------------------------------------------------
+async def test_offline_user_gets_one_digest_per_window_and_unsubscribes_with_one_click(sheda):
+    ada = await sheda.signup(full_name="Ada Obi")
+    bob = await sheda.signup(full_name="Bob Eze")
+    eve = await sheda.signup(full_name="Eve Ife")
+    await send(sheda, ada, bob, "Is the flat still available?", "Second line\nwith a second row", "Third")
+    await send(sheda, eve, bob, "Hello from Eve")
+    await asyncio.sleep(0.05)  # the digest is armed in the background after the messages are stored
+    await run(sheda)
+    assert mails(sheda, bob, "unread") == []  # not offline long enough yet
+    sheda.ctx.clock.advance(minutes=14)
+    await run(sheda)
+    assert mails(sheda, bob, "unread") == []
+    sheda.ctx.clock.advance(minutes=2)
+    await run(sheda)
+    [digest] = mails(sheda, bob, "unread")
+    assert digest.subject == "4 unread messages from 2 people"
+    assert "Ada Obi: 3 new messages" in digest.body and "Eve Ife: 1 new message" in digest.body
+    assert "> Is the flat still available?" in digest.body and "> Second line" in digest.body and "with a second row" not in digest.body
+    assert "> Hello from Eve" in digest.body
+    await run(sheda)
+    assert len(mails(sheda, bob, "unread")) == 1  # once
+
+    # More from Ada within the window: no second digest until the window has passed.
+    await send(sheda, ada, bob, "Are you there?")
+    await asyncio.sleep(0.05)
+    sheda.ctx.clock.advance(minutes=20)
+    await run(sheda)
+    assert len(mails(sheda, bob, "unread")) == 1
+    sheda.ctx.clock.advance(hours=3)
+    await run(sheda)
+    second = mails(sheda, bob, "unread")[1]
+    assert second.subject == "4 unread messages from Ada Obi" and "Eve" not in second.body  # Eve's was told already
+
+    # Previews off: who and how many, no text.
+    await fresh(sheda, ada, bob, eve)
+    r = await sheda.api.put(SETTINGS, {"previews": False}, token=bob.token)
+    assert r.status == 200
+    await send(sheda, eve, bob, "Secret text")
+    await asyncio.sleep(0.05)
+    sheda.ctx.clock.advance(hours=4)
+    await run(sheda)
+    third = mails(sheda, bob, "unread")[2]
+    assert "Eve Ife: 2 new messages" in third.body and "Secret text" not in third.body and "Hello from Eve" not in third.body
+
+    # The unsubscribe link works without a login; a tampered one is refused and changes nothing.
+    await fresh(sheda, ada, bob)
+    link = third.headers["List-Unsubscribe"].strip("<>")
+    assert link in third.body
+    path = urlsplit(link)
+    token = path.query.split("token=", 1)[1]
+    for bad in (token[:-2] + ("AA" if token[-2:] != "AA" else "BB"), token.replace(f"{bob.id}.", f"{ada.id}.", 1),
+                token.replace(".chat.", ".contracts.", 1), "garbage", ""):
+        r = await sheda.api.get(path.path, params={"token": bad})
+        assert r.status == 422, (bad, r)
+    assert (await sheda.api.get(SETTINGS, token=bob.token)).json["email"]["chat"] is True
+    r = await sheda.api.request("POST", f"{path.path}?{path.query}", body="List-Unsubscribe=One-Click",
+                                headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status == 200 and r.json == {"kind": "chat", "email_enabled": False}, r
+    settings = (await sheda.api.get(SETTINGS, token=bob.token)).json
+    assert settings["email"]["chat"] is False and settings["email"]["appointments"] is True and settings["previews"] is False
+    assert (await sheda.api.get(f"{path.path}?{path.query}")).status == 200  # the link again: still off, fine
+
+    # Chat email off: no more digests.
+    await send(sheda, ada, bob, "Hello again")
+    await asyncio.sleep(0.05)
+    sheda.ctx.clock.advance(hours=4)
+    await run(sheda)
+    assert len(mails(sheda, bob, "unread")) == 3
+
+
+async def test_reading_before_the_threshold_means_no_digest(sheda):
+    ada = await sheda.signup(full_name="Ada Obi")
+    bob = await sheda.signup(full_name="Bob Eze")
+    [mid] = await send(sheda, ada, bob, "Ping")
+    await asyncio.sleep(0.05)
+    ws = await sheda.ws(bob.token)
+    await ws.send({"type": "read", "other_user_id": ada.id, "up_to": mid})
+    await asyncio.sleep(0.2)
+    ws.close()
+    await asyncio.sleep(0.2)
+    sheda.ctx.clock.advance(minutes=30)
+    await run(sheda)
+    assert mails(sheda, bob, "unread") == []
