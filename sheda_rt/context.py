@@ -86,6 +86,8 @@ class AppContext:
         self.drain_hooks: list = []
         # REST requests being handled now; shutdown waits for this to empty (bounded).
         self.inflight: set = set()
+        # [blocks] who may not reach whom: the chat, presence and bookings ask it, so it comes first.
+        self._install_blocks()
         # [chat] messages, receipts, typing, presence; its group-commit batcher drains at shutdown.
         self._install_stream()
         self.stores.extend(self.chat.stores)
@@ -106,6 +108,8 @@ class AppContext:
         self._install_payments()
         # [realtime] presence on request; administrators' announcements and disconnects.
         self._install_realtime_api()
+        # [moderation] reports and the moderators' queue (acts through chat, listings and accounts).
+        self._install_moderation()
         # [reminders] viewing and contract reminders, chat email digests, the emails' unsubscribe link.
         self._install_reminders()
 
@@ -116,19 +120,43 @@ class AppContext:
         self.event_store = EventStore(self.db)
         self.stores.append(self.event_store)
         self.chat = ChatService(settings=self.settings, clock=self.clock, hub=self.hub, users=self.users, db=self.db, ids=self.ids,
-                                limits=self.limits, push=self.push, events=self.event_store, turns=self.turns)
+                                limits=self.limits, push=self.push, events=self.event_store, turns=self.turns, blocks=self.blocks)
         self.stream = EventStream(writer=self.chat.batcher, events=self.event_store, message_replay=self.chat.sync,
                                   head=self.chat.messages.newest_id)
         # [realtime] connections come and go through one place (both transports); presence is announced in batches
         from sheda_rt.realtime.sessions import PresenceAnnouncer, Sessions
 
         presence = PresenceAnnouncer(clock=self.clock, touch_last_seen=self.users.touch_last_seen,
-                                     peers_of_many=self.chat.conversations.peers_of_many, publish=self.hub.publish_encoded,
+                                     peers_of_many=self.blocks.unblocked_peers(self.chat.conversations.peers_of_many),
+                                     publish=self.hub.publish_encoded,
                                      went_offline=self.chat.forget_user)
         self.sessions = Sessions(hub=self.hub, presence=presence, channels=self.channels)
         self.event_retention = EventRetentionJob(self.event_store, self.clock, self.settings.event_retention_days,
                                                  self.settings.event_prune_interval_minutes)
         self.jobs.append(self.event_retention)
+
+    def _install_blocks(self) -> None:  # [blocks]
+        from sheda_rt.blocks.service import BlockService
+        from sheda_rt.blocks.store import BlockStore
+
+        self.block_store = BlockStore(self.db)
+        self.stores.append(self.block_store)
+        confirm = None
+        if self.redis_link is not None:  # several processes: a block is answered once all of them applied it
+            from sheda_rt.blocks.confirm import ConfirmedInvalidation
+
+            confirm = ConfirmedInvalidation(self.redis_link, self.hub.fanout.listen)
+        self.blocks = BlockService(self.block_store, users=self.users, hub=self.hub, clock=self.clock, confirm=confirm)
+
+    def _install_moderation(self) -> None:  # [moderation]
+        from sheda_rt.moderation.service import ModerationService
+        from sheda_rt.moderation.store import ReportStore
+
+        self.report_store = ReportStore(self.db, self.ids)
+        self.stores.append(self.report_store)
+        self.moderation = ModerationService(self.report_store, users=self.users, properties=self.property_store, chat=self.chat,
+                                            listings=self.properties, accounts=self.accounts, notifications=self.notifications,
+                                            clock=self.clock)
 
     def _install_marketplace(self) -> None:  # [listings]
         from sheda_rt.appointments.service import AppointmentService, AvailabilityService
@@ -158,7 +186,7 @@ class AppContext:
         self.availability = AvailabilityService(self.availability_store, clock=self.clock)
         self.appointments = AppointmentService(self.appointment_store, windows=self.availability_store, properties=self.property_store,
                                                notifications=self.notifications, clock=self.clock,
-                                               slot_minutes=self.settings.appointment_minutes)
+                                               slot_minutes=self.settings.appointment_minutes, blocks=self.blocks)
         self.contracts = ContractService(self.contract_store, properties=self.property_store, appointments=self.appointment_store,
                                          notifications=self.notifications, listings=self.properties, accounts=self.accounts,
                                          clock=self.clock)

@@ -44,6 +44,7 @@ from sheda_rt.errors import Conflict, Forbidden, NotFound, ValidationFailed
 
 if TYPE_CHECKING:  # types only: the context wires these in (runtime imports here would make cycles)
     from sheda_rt.appointments.store import AppointmentStore, AvailabilityStore
+    from sheda_rt.blocks.service import BlockService
     from sheda_rt.clock import Clock
     from sheda_rt.listings.store import PropertyStore
     from sheda_rt.notifications.service import NotificationService
@@ -153,8 +154,9 @@ class AvailabilityService:
 class AppointmentService:
     def __init__(self, store: AppointmentStore, *, windows: AvailabilityStore, properties: PropertyStore,
                  notifications: NotificationService, clock: Clock, slot_minutes: int,
-                 reminders: ReminderService | None = None):
+                 reminders: ReminderService | None = None, blocks: BlockService | None = None):
         self.store = store
+        self.blocks = blocks  # [blocks] no new viewing between a client and an agent while either blocks the other
         self.windows = windows
         self.properties = properties
         self.notifications = notifications
@@ -199,6 +201,8 @@ class AppointmentService:
         if prop["status"] != "available":
             raise Conflict(f"This property is {prop['status']} and cannot be booked", "property_unavailable")
         agent_id = prop["agent_id"]
+        if self.blocks is not None and await self.blocks.between(principal.user_id, agent_id):
+            raise Conflict("You cannot book a viewing with this agent", "blocked")  # never says which side blocked
         await self._check_window(agent_id, at, start)
         doc = await self.store.insert({
             "property_id": prop["_id"], "property_title": prop["title"], "client_id": principal.user_id, "agent_id": agent_id,

@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # types only: the context wires these in (runtime imports her
     from pymongo.asynchronous.database import AsyncDatabase
 
     from config.settings import Settings
+    from sheda_rt.blocks.service import BlockService
     from sheda_rt.accounts.users_store import UserStore
     from sheda_rt.clock import Clock
     from sheda_rt.database.ids import IdAllocator
@@ -81,13 +82,14 @@ class ChatService:
 
     def __init__(self, *, settings: Settings, clock: Clock, hub: Hub, users: UserStore, db: AsyncDatabase, ids: IdAllocator,
                  limits: MemoryLimits | RedisLimits, push: PushService, events: EventStore | None = None,
-                 turns: Turns | None = None):
+                 turns: Turns | None = None, blocks: BlockService | None = None):
         self.settings = settings
         self.clock = clock
         self.hub = hub
         self.users = users
         self.limits = limits  # typing notices, one per interval per pair
         self.push = push  # told of stored and read messages (a receiver without a socket gets a push later)
+        self.blocks = blocks  # [blocks] no message or typing between two users while either blocks the other (cached)
         self.messages = MessageStore(db, ids)
         self.conversations = ConversationStore(db)
         self.properties = db["properties"]  # owned by the listings feature; we only read agent_id
@@ -182,6 +184,8 @@ class ChatService:
             raise ValidationFailed.single("message", f"must be at most {MAX_MESSAGE_CHARS} characters (got {len(message)})")
         me = sender["_id"]
         await self._check_peer(me, receiver_id)
+        if self.blocks is not None:
+            await self.blocks.check(me, receiver_id)  # 403 `blocked`; answered from a cache (sheda_rt/blocks/service.py)
         if property_id is not None:
             await self._check_listing(property_id, me, receiver_id)
         doc = {"sender_id": me, "receiver_id": receiver_id, "conv": conv_key(me, receiver_id), "message": message}
@@ -321,10 +325,45 @@ class ChatService:
 
     async def typing(self, me: int, other: int) -> bool:
         await self._check_peer(me, other)
+        if self.blocks is not None and await self.blocks.between(me, other):
+            return False  # not forwarded, and not refused either: the typer is not told a block exists
         interval = self.settings.typing_interval_seconds
         if interval > 0 and await self.limits.take_token(f"typing:{me}:{other}", 1, 1.0 / interval) > 0:
             return False
         await self.hub.publish_encoded(other, encode({"type": "typing", "user_id": me, "sender_id": me, "receiver_id": other}))
+        return True
+
+    # ---- moderation (sheda_rt/moderation/service.py) ---------------------------------
+    async def message_around(self, message_id: int, around: int) -> tuple[dict | None, list[dict]]:
+        """A message by id alone (the primary key) and up to `around` messages before and
+        after it in its conversation, oldest first: what a report of it keeps."""
+        doc = await self.messages.col.find_one({"_id": message_id})
+        if doc is None:
+            return None, []
+        before = await self.messages.scan(doc["conv"], newest_first=True, need=around, upto=message_id - 1)
+        after = await self.messages.scan(doc["conv"], newest_first=False, need=around, after=message_id)
+        return doc, [*reversed(before), *after]
+
+    async def remove_message(self, message_id: int) -> bool:
+        """Delete a message for everyone: its text leaves storage, a tombstone keeps id, sender,
+        receiver and time with `deleted: true`, and both participants get `message.deleted`
+        (a durable event of their streams). False when there is no such message."""
+        doc = await self.messages.col.find_one({"_id": message_id})
+        if doc is None:
+            return False
+        if doc.get("deleted"):
+            return True
+        now = self.clock.now()
+        # The same tombstone and event as the sender's delete for everyone (sheda_rt/chat/edits.py).
+        await self.messages.col.update_one({"conv": doc["conv"], "_id": message_id}, {
+            "$set": {"message": "", "deleted": True, "deleted_at": now},
+            "$unset": {"reactions": "", "reply_preview": "", "attachments": "", "attachment_ids": "", "edited_at": ""}})
+        event = {"type": "message.deleted", "id": message_id, "sender_id": doc["sender_id"], "receiver_id": doc["receiver_id"],
+                 "for": "everyone", "deleted_at": format_ts(now)}
+        try:
+            await self.batcher.submit_event([doc["receiver_id"], doc["sender_id"]], encode(event))
+        except Exception:  # the tombstone stands; history shows it
+            log.exception("message.deleted event not stored")
         return True
 
     def congested(self) -> bool:

@@ -260,6 +260,16 @@ class PropertyService:
         if doc.get("is_active", True):  # deleting an unlisted one again changes nothing worth telling
             await self._changed(doc, after)
 
+    async def take_down(self, property_id: int) -> bool:
+        """A moderator unlists a reported listing (sheda_rt/moderation/service.py): as its agent's
+        unlisting, announced to watchers; idempotent. False when there is no such listing."""
+        doc = await self.store.get(property_id)
+        if doc is None:
+            return False
+        if doc.get("is_active", True):
+            await self._changed(doc, await self.store.delist(property_id, self.clock.now()))
+        return True
+
     # ---- search ------------------------------------------------------------
     def plan(self, q: SearchQuery) -> SearchPlan:
         """Turn filters into a SearchPlan: pick the driving facet, the rest is residual."""

@@ -1,0 +1,1 @@
+"""Blocking: who may not reach whom (chat, typing, presence, viewings)."""

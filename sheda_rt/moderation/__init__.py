@@ -1,0 +1,1 @@
+"""Reports of messages, users and listings, and the moderators' queue that handles them."""
