@@ -337,7 +337,7 @@ class AppContext:
         from sheda_rt.realtime.announcements import RealtimeAdmin
         from sheda_rt.realtime.presence_query import PresenceQuery
 
-        self.presence_query = PresenceQuery(self.hub, self.users, self.chat.conversations)
+        self.presence_query = PresenceQuery(self.hub, self.users, self.chat.conversations, blocks=self.blocks)
         self.realtime_admin = RealtimeAdmin(self.hub, self.users, self.notifications, self.clock)
 
     async def ensure_indexes(self) -> None:

@@ -183,3 +183,23 @@ async def test_viewings_are_refused_while_either_side_blocks(sheda):
     assert await sheda.ctx.db["appointments"].count_documents({"agent_id": agent.id}) == before
     booked = await book(sheda, client, prop["id"], when)
     assert booked.status == 201, booked
+
+
+async def test_presence_on_request_leaves_out_a_blocked_peer_both_ways(sheda):
+    alice, bob, carol = await sheda.signup("client"), await sheda.signup("agent"), await sheda.signup("client")
+    for other in (bob, carol):
+        assert (await sheda.api.post("/api/v1/chats", {"receiver_id": other.id, "message": "hi"}, token=alice.token)).status == 201
+    await sheda.ws(bob.token)
+    await sheda.ws(carol.token)
+
+    async def asked(me, *others) -> list[int]:
+        r = await sheda.api.get("/api/v1/presence", token=me.token, params={"user_ids": ",".join(str(o.id) for o in others)})
+        assert r.status == 200, r
+        return [i["user_id"] for i in r.json["items"]]
+
+    assert await asked(alice, bob, carol) == [bob.id, carol.id]
+    assert (await sheda.api.post(B.format(alice.id), token=bob.token)).status == 201  # Bob blocks Alice
+    assert await asked(alice, bob, carol) == [carol.id]  # left out, as a stranger is: nothing told
+    assert await asked(bob, alice) == []
+    assert (await sheda.api.delete(B.format(alice.id), token=bob.token)).status == 204
+    assert await asked(alice, bob, carol) == [bob.id, carol.id]

@@ -87,16 +87,19 @@ class PresenceQuery:
     """Answers presence questions; the rules above. Depends on the hub (who is online),
     the users store (last_seen) and the conversations store (who shares one)."""
 
-    def __init__(self, hub, users, conversations):
+    def __init__(self, hub, users, conversations, blocks=None):
         self.hub = hub
         self.users = users
         self.conversations = conversations
+        self.blocks = blocks  # [blocks] presence is not told across a block, asked for or announced
 
     async def of(self, caller: int, user_ids: list[int]) -> dict:
         asked = [u for u in dict.fromkeys(user_ids) if u != caller][:MAX_IDS]
         if not asked:
             return {"items": []}
         peers = await self.conversations.peers_among(caller, asked)
+        if self.blocks is not None:  # the caller's relations: cached, one read at most
+            peers = peers - (await self.blocks.relations_of([caller]))[caller]
         shown = [u for u in asked if u in peers]
         if not shown:
             return {"items": []}
