@@ -104,6 +104,7 @@ class Settings(BaseSettings):
     chat_idempotency_seconds: float = Field(600.0, ge=1)
     chat_idempotency_messages: int = Field(1000, ge=10, le=100_000)
     chat_pipeline_depth: int = Field(2, ge=1, le=8)  # [chat] batches in flight in one process
+    chat_edit_window_seconds: float = Field(900.0, ge=0, le=31_536_000, description="How long after sending the sender may edit a message (sheda_rt/chat/edits.py)")  # [edits]
     # [realtime] the resumable event stream (sheda_rt/realtime/stream.py): events other than chat messages
     # (receipts, notifications, appointment.* / contract.* ...) are replayable this long; messages forever
     event_retention_days: float = Field(30.0, gt=0, description="Events other than messages stay replayable this long; older positions answer sync.reset")

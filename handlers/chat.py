@@ -308,7 +308,7 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
     async def _on_message(self, frame):
         chat = self.ctx.chat
         future = await chat.submit({"_id": self.user_id}, frame.receiver_id, frame.message, client_msg_id=frame.client_msg_id,
-                                   property_id=frame.property_id, origin=self.conn_id, info=self.info)
+                                   property_id=frame.property_id, origin=self.conn_id, info=self.info, reply_to=frame.reply_to)
         cmid = frame.client_msg_id
         if self._pending is None:
             self._pending = set()
@@ -353,6 +353,20 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
         last = frames[-1]["id"] if frames else frame.since
         self.send_frame({"type": "sync.done", "since": frame.since, "last_id": last, "count": len(frames), "more": more})
 
+    # [edits] The change comes back as its durable event to every socket of the users concerned, this
+    # one included (so the answer has its seq and arrives in stream order); refusals are error frames.
+    async def _on_edit(self, frame):
+        await self.ctx.chat_edits.edit(self.user_id, frame.id, frame.message)
+
+    async def _on_delete(self, frame):
+        await self.ctx.chat_edits.delete(self.user_id, frame.id, frame.scope)
+
+    async def _on_react(self, frame):
+        await self.ctx.chat_edits.react(self.user_id, frame.id, frame.emoji)
+
+    async def _on_received(self, frame):
+        await self.ctx.chat_edits.received(self.user_id, frame.other_user_id, frame.up_to)
+
     async def _on_ping(self, frame):
         self.send_frame({"type": "pong"})
 
@@ -391,6 +405,8 @@ ChatSocket.DISPATCH = {
     "message": ChatSocket._on_message, "read": ChatSocket._on_read, "typing": ChatSocket._on_typing, "sync": ChatSocket._on_sync,
     "ping": ChatSocket._on_ping, "auth": ChatSocket._on_auth, "subscribe": ChatSocket._on_subscribe,
     "unsubscribe": ChatSocket._on_unsubscribe,
+    "edit": ChatSocket._on_edit, "delete": ChatSocket._on_delete, "react": ChatSocket._on_react,  # [edits]
+    "received": ChatSocket._on_received,
 }
 if ChatSocket.DISPATCH.keys() != INBOUND.keys():
     raise RuntimeError(f"frame types without a handler or a model: {ChatSocket.DISPATCH.keys() ^ INBOUND.keys()}")
@@ -416,7 +432,8 @@ class ChatsHandler(APIHandler):
         with the message stored the first time (nothing new is stored or delivered)."""
         user = self.principal.user
         doc, duplicate = await self.ctx.chat.send(user, body.receiver_id, body.message, client_msg_id=body.client_msg_id,
-                                                  property_id=body.property_id, info=sender_info(user, self.ctx.settings.public_base_url))
+                                                  property_id=body.property_id, info=sender_info(user, self.ctx.settings.public_base_url),
+                                                  reply_to=body.reply_to)
         row = {**history_row(doc), "sender_info": sender_info(user)}  # made absolute by the response model
         return Reply(row, 200) if duplicate else row
 

@@ -123,6 +123,12 @@ class AppContext:
                                 limits=self.limits, push=self.push, events=self.event_store, turns=self.turns, blocks=self.blocks)
         self.stream = EventStream(writer=self.chat.batcher, events=self.event_store, message_replay=self.chat.sync,
                                   head=self.chat.messages.newest_id)
+        # [edits] edit, delete, react, delivered receipts: durable events through the chat's sequencer
+        from sheda_rt.chat.edits import MessageActions
+
+        self.chat_edits = MessageActions(messages=self.chat.messages, conversations=self.chat.conversations,
+                                         submit_event=self.chat.batcher.submit_event, clock=self.clock,
+                                         edit_window_seconds=self.settings.chat_edit_window_seconds)
         # [realtime] connections come and go through one place (both transports); presence is announced in batches
         from sheda_rt.realtime.sessions import PresenceAnnouncer, Sessions
 

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sheda_rt.chat.edits import revision_fields
 from sheda_rt.client_input import has_surrogate, wire_safe
 from sheda_rt.clock import format_ts
 from sheda_rt.database.ids import MAX_ID
@@ -38,6 +39,7 @@ class SendMessageBody(_Frame):
     client_msg_id: str | None = Field(None, min_length=1, max_length=128,
                                       description="Idempotency key: a resend with the same key stores nothing new")
     property_id: int | None = Field(None, ge=1, le=MAX_ID, description="Ties the message to a listing (agent and one other participant only)")
+    reply_to: int | None = Field(None, ge=1, le=MAX_ID, description="Answers this message of the same conversation (else error invalid_reply)")
 
 
 class SendFrame(SendMessageBody):
@@ -55,6 +57,49 @@ class ReadBody(_Frame):
 
 class ReadFrame(ReadBody):
     type: Literal["read"]
+
+
+class EditFrame(_Frame):
+    """The sender replaces a message's text within CHAT_EDIT_WINDOW_SECONDS: message.updated to both."""
+
+    type: Literal["edit"]
+    id: int = Field(ge=1, le=MAX_ID, description="The message to edit")
+    message: str = Field(max_length=MAX_MESSAGE_CHARS, description=f"The new text: 1 to {MAX_MESSAGE_CHARS} characters")
+
+
+class DeleteFrame(_Frame):
+    """`for: everyone` (the sender, any time: a tombstone for both) or `me` (either participant:
+    hidden from my history only). message.deleted to both (everyone) or to my sockets (me)."""
+
+    type: Literal["delete"]
+    id: int = Field(ge=1, le=MAX_ID, description="The message to delete")
+    scope: Literal["everyone", "me"] = Field(alias="for", description="everyone or me")
+
+
+class ReactFrame(_Frame):
+    """Toggle my reaction (one of 👍 ❤️ 😂 😮 😢 🙏) on a message: message.reaction to both."""
+
+    type: Literal["react"]
+    id: int = Field(ge=1, le=MAX_ID, description="The message to react to")
+    emoji: str = Field(max_length=16, description="👍 ❤️ 😂 😮 😢 🙏 (anything else: error invalid_emoji)")
+
+
+class ReceivedFrame(_Frame):
+    """I have received this peer's messages to me up to an id: their sockets get `delivered`."""
+
+    type: Literal["received"]
+    other_user_id: int = Field(ge=1, le=MAX_ID)
+    up_to: int = Field(ge=0, le=MAX_ID, description="Their messages to me with id <= up_to (capped at their newest)")
+
+
+class EditBody(_Frame):
+    """PATCH /api/v1/chat/messages/{id}: the edit frame without type and id."""
+
+    message: str = Field(max_length=MAX_MESSAGE_CHARS, description=f"The new text: 1 to {MAX_MESSAGE_CHARS} characters")
+
+
+class DeleteQuery(BaseModel):
+    scope: Literal["everyone", "me"] = Field(alias="for", description="everyone (the sender only) or me (either participant)")
 
 
 class TypingFrame(_Frame):
@@ -107,7 +152,8 @@ class UnsubscribeFrame(_Frame):
 # each type to one handler (handlers/chat.py, ChatSocket.DISPATCH); the AsyncAPI document is
 # generated from this table (sheda_rt/realtime/asyncapi.py).
 INBOUND = {"message": SendFrame, "read": ReadFrame, "typing": TypingFrame, "sync": SyncFrame, "ping": PingFrame,
-           "auth": AuthFrame, "subscribe": SubscribeFrame, "unsubscribe": UnsubscribeFrame}
+           "auth": AuthFrame, "subscribe": SubscribeFrame, "unsubscribe": UnsubscribeFrame,
+           "edit": EditFrame, "delete": DeleteFrame, "react": ReactFrame, "received": ReceivedFrame}  # [edits]
 
 
 # ---- REST queries --------------------------------------------------------------
@@ -123,6 +169,16 @@ class ConversationsQuery(BaseModel):
     cursor: str | None = Field(None, description="next_cursor of the previous page")
 
 
+class ReplyPreview(BaseModel):
+    """The quote a reply shows of the message it answers: its text cut to 100 characters, or
+    `deleted: true` (no text) once that message was deleted for everyone."""
+
+    id: int
+    sender_id: int
+    message: str | None = Field(None, description="At most 100 characters; absent when deleted")
+    deleted: bool | None = Field(None, description="true: the original was deleted for everyone")
+
+
 class HistoryRow(BaseModel):
     """One message as history returns it (the seed's shape, plus extras)."""
 
@@ -135,6 +191,13 @@ class HistoryRow(BaseModel):
     read_at: str | None = None
     property_id: int | None = None
     client_msg_id: str | None = None
+    deleted: bool | None = Field(None, description="true on a message deleted for everyone (its text is empty)")
+    # [edits] sent only when set (sheda_rt/chat/edits.py)
+    edited_at: str | None = Field(None, description="When the sender last edited it")
+    reply_to: int | None = Field(None, description="The message this one answers")
+    reply_preview: ReplyPreview | None = Field(None, description="A short quote of the original (or its tombstone)")
+    reactions: dict[str, int] | None = Field(None, description="{emoji: count}")
+    my_reactions: list[str] | None = Field(None, description="The emoji I reacted with")
 
 
 # ---- outbound ----------------------------------------------------------------
@@ -143,7 +206,7 @@ def sender_info(user: dict, media_base: str | None = None) -> dict:
     return {"id": user["_id"], "username": user.get("username"), "avatar_url": public_media_url(user.get("avatar_url"), media_base)}
 
 
-def message_frame(doc: dict, info: dict) -> dict:
+def message_frame(doc: dict, info: dict, viewer: int | None = None) -> dict:
     """A delivered message: the seed's payload plus `type` (and extras when set)."""
     frame = {
         "type": "message",
@@ -157,11 +220,12 @@ def message_frame(doc: dict, info: dict) -> dict:
         frame["property_id"] = doc["property_id"]
     if doc.get("client_msg_id") is not None:
         frame["client_msg_id"] = doc["client_msg_id"]
+    frame.update(revision_fields(doc, viewer))  # [edits]
     frame["seq"] = doc["_id"]  # its position in both users' event streams (sheda_rt/realtime/stream.py)
     return frame
 
 
-def history_row(doc: dict) -> dict:
+def history_row(doc: dict, viewer: int | None = None) -> dict:
     ts = format_ts(doc["created_at"])
     row = {"id": doc["_id"], "sender_id": doc["sender_id"], "receiver_id": doc["receiver_id"], "message": doc["message"],
            "timestamp": ts, "created_at": ts, "read_at": format_ts(doc.get("read_at"))}
@@ -169,6 +233,7 @@ def history_row(doc: dict) -> dict:
         row["property_id"] = doc["property_id"]
     if doc.get("client_msg_id") is not None:
         row["client_msg_id"] = doc["client_msg_id"]
+    row.update(revision_fields(doc, viewer))  # [edits]
     return row
 
 

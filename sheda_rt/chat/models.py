@@ -42,6 +42,8 @@ class Conversation(ResponseModel):
     peer: Peer
     last_message: HistoryRow
     unread_count: int = Field(ge=0)
+    last_message_status: Optional[Literal["sent", "delivered", "read"]] = Field(
+        None, description="My last message as the peer has it (from their delivered/read receipts); null when theirs is last")
 
 
 class ReadReceipt(ResponseModel):
@@ -54,3 +56,55 @@ class ReadReceipt(ResponseModel):
     up_to: int = Field(ge=0)
     read_at: Optional[Timestamp]
     seq: Optional[int] = Field(None, description="The receipt's position in both users' event streams (absent when nothing new was read)")
+
+
+# ---- [edits] what happens to a message after it is sent (sheda_rt/chat/edits.py) --------------
+class MessageUpdated(ResponseModel):
+    """The sender edited a message (to both participants; the answer to PATCH /chat/messages/{id})."""
+
+    type: Literal["message.updated"]
+    id: int
+    sender_id: int
+    receiver_id: int
+    message: str
+    edited_at: Timestamp
+    seq: int = Field(ge=1, description="Its position in both users' event streams")
+
+
+class MessageDeleted(ResponseModel):
+    """`for: everyone`: the sender deleted it for both (it is a tombstone now), to both participants;
+    `for: me`: one participant hid it from their own history, to their sockets only."""
+
+    type: Literal["message.deleted"]
+    id: int
+    sender_id: int
+    receiver_id: int
+    scope: Literal["everyone", "me"] = Field(alias="for")
+    deleted_at: Timestamp
+    seq: int = Field(ge=1, description="Its position in the event streams of the users told")
+
+
+class MessageReaction(ResponseModel):
+    """user_id turned a reaction on or off; counts are the message's reactions now ({emoji: count})."""
+
+    type: Literal["message.reaction"]
+    id: int
+    sender_id: int
+    receiver_id: int
+    user_id: int
+    emoji: str
+    on: bool
+    counts: dict[str, int]
+    seq: int = Field(ge=1, description="Its position in both users' event streams")
+
+
+class DeliveredReceipt(ResponseModel):
+    """reader_id's devices have received other_user_id's messages to them up to this id (to the
+    sender's sockets). `delivered_at` is null (and no seq) when nothing new was received."""
+
+    type: Literal["delivered"]
+    reader_id: int
+    other_user_id: int
+    up_to: int = Field(ge=0)
+    delivered_at: Optional[Timestamp]
+    seq: Optional[int] = Field(None, description="Its position in the sender's event stream (absent when nothing new)")

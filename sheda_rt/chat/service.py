@@ -22,6 +22,7 @@ import time
 from typing import TYPE_CHECKING
 
 from sheda_rt.chat.batcher import GroupCommit
+from sheda_rt.chat.edits import attach_reply, refresh_previews, visible_to
 from sheda_rt.chat.frames import MAX_MESSAGE_CHARS, ack_frame, history_row, message_frame, sender_info
 from sheda_rt.chat.store import ConversationStore, MessageStore, conv_key
 from sheda_rt.clock import format_ts
@@ -175,7 +176,8 @@ class ChatService:
 
     # ---- sending -------------------------------------------------------------
     async def submit(self, sender: dict, receiver_id: int, message: str, *, client_msg_id: str | None = None,
-                     property_id: int | None = None, origin: str | None = None, info: dict | None = None) -> asyncio.Future:
+                     property_id: int | None = None, origin: str | None = None, info: dict | None = None,
+                     reply_to: int | None = None) -> asyncio.Future:
         """Validate and queue a message; returns the future of (stored doc, duplicate).
         Raises ApiError for a message that must not be stored."""
         if not message.strip():
@@ -193,6 +195,8 @@ class ChatService:
             doc["client_msg_id"] = client_msg_id
         if property_id is not None:
             doc["property_id"] = property_id
+        if reply_to is not None:  # [edits] one look-up by (conv, _id); none for a plain message
+            await attach_reply(self.messages, doc, reply_to)
         return self.batcher.submit(doc, origin=origin, info=info or sender_info(sender, self.settings.public_base_url))
 
     async def send(self, sender: dict, receiver_id: int, message: str, **kw) -> tuple[dict, bool]:
@@ -223,15 +227,17 @@ class ChatService:
         convs = await self.conversations.of_user(user_id)
         newest = await self.messages.newest_id()
         results = await asyncio.gather(*(self.messages.after(c["_id"], since, limit + 1, newest) for c in convs))
-        merged = sorted((d for docs in results for d in docs), key=lambda d: d["_id"])
+        visible = visible_to(user_id)  # [edits] not what I deleted for myself
+        merged = sorted((d for docs in results for d in docs if visible(d)), key=lambda d: d["_id"])
         more = len(merged) > limit
         page = merged[:limit]
+        await refresh_previews(self.messages, page)  # [edits] replies quote the original as it is now
         infos = await self.briefs(d["sender_id"] for d in page)
         frames = []
         for d in page:
             info = infos.get(d["sender_id"])
             frame = message_frame(d, sender_info(info, self.settings.public_base_url) if info
-                                  else {"id": d["sender_id"], "username": None, "avatar_url": None})
+                                  else {"id": d["sender_id"], "username": None, "avatar_url": None}, user_id)
             frame["read_at"] = format_ts(d.get("read_at"))
             frames.append(frame)
         return frames, more
@@ -240,8 +246,9 @@ class ChatService:
         if other != me and await self.user_brief(other) is None:
             raise NotFound(f"No user with id {other}", "user_not_found")
         docs = await self.messages.conversation(conv_key(me, other), offset=offset, limit=limit, newest_first=order == "desc",
-                                                property_id=property_id)
-        return [history_row(d) for d in docs]
+                                                property_id=property_id, viewer=me)
+        await refresh_previews(self.messages, docs)  # [edits]
+        return [history_row(d, me) for d in docs]
 
     async def thread(self, me: int, property_id: int, other: int, **kw) -> list[dict]:
         await self._check_listing(property_id, me, other)
@@ -258,7 +265,7 @@ class ChatService:
             before = value
         convs = await self.conversations.of_user(me)
         newest = await self.messages.newest_id()
-        lasts = await asyncio.gather(*(self.messages.last_in(c["_id"], newest) for c in convs))
+        lasts = await asyncio.gather(*(self.messages.last_in(c["_id"], newest, visible_to(me)) for c in convs))
         rows = [(c, last) for c, last in zip(convs, lasts) if last is not None and (before is None or last["_id"] < before)]
         rows.sort(key=lambda r: r[1]["_id"], reverse=True)
         page = rows[:limit]
@@ -276,8 +283,9 @@ class ChatService:
                 "peer": {"id": peer, "username": info.get("username"), "full_name": info.get("full_name"),
                          "avatar_url": info.get("avatar_url"), "user_type": info.get("user_type"),
                          "is_active": info.get("is_active", False), "last_seen": format_ts(info.get("last_seen"))},
-                "last_message": history_row(last),
+                "last_message": history_row(last, me),
                 "unread_count": n,
+                "last_message_status": _status(c, last, me, peer),  # [edits]
             })
         next_cursor = encode_cursor([page[-1][1]["_id"]]) if len(rows) > limit else None
         return {"items": items, "next_cursor": next_cursor}
@@ -379,6 +387,17 @@ class ChatService:
     def forget_user(self, user_id: int) -> None:
         """A profile field shown in frames changed (last_seen when going offline)."""
         self._user_cache.forget(user_id)
+
+
+def _status(conv: dict, last: dict, me: int, peer: int) -> str | None:
+    """[edits] My last message as the peer has it: read, delivered or sent (None: theirs is last)."""
+    if last["sender_id"] != me:
+        return None
+    if last["_id"] <= int((conv.get("read_upto") or {}).get(str(peer), 0)):
+        return "read"
+    if last["_id"] <= int((conv.get("delivered_upto") or {}).get(str(peer), 0)):
+        return "delivered"
+    return "sent"
 
 
 __all__ = ["ChatService", "ack_frame", "encode"]

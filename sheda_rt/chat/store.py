@@ -139,6 +139,20 @@ class MessageStore:
         """One message by id (both keys of the conversation index)."""
         return await self.col.find_one({"conv": conv, "_id": message_id})
 
+    async def by_id(self, message_id: int) -> dict | None:
+        """One message by id alone (the primary key): what an edit, delete or reaction names.
+        The caller checks it is one of the message's participants."""
+        return await self.col.find_one({"_id": message_id})
+
+    async def get_many(self, conv: str, message_ids: list[int]) -> list[dict]:
+        """Messages of conv by id (both keys of the conversation index): the originals replies quote."""
+        return await self.col.find({"conv": conv, "_id": {"$in": message_ids}}).to_list(None)
+
+    async def revise(self, conv: str, message_id: int, update) -> int:
+        """Change one stored message (edit, delete, reaction): filtered by both keys of the
+        conversation index, nothing else (any other condition scans on the embedded database)."""
+        return (await self.col.update_one({"conv": conv, "_id": message_id}, update)).modified_count
+
     async def recent_keys(self, conv: str, limit: int) -> dict[tuple[int, str], tuple[int, object]]:
         """{(sender_id, client_msg_id): (id, created_at)} of the newest `limit` messages
         of conv that carry a key: what the idempotency window learns of a conversation
@@ -157,15 +171,20 @@ class MessageStore:
         wanted = int((need - found) * scanned / found * 1.25) + 1
         return max(self.WINDOW, min(wanted, width * self.GROWTH))
 
-    async def conversation(self, conv: str, *, offset: int, limit: int, newest_first: bool, property_id: int | None = None) -> list[dict]:
+    async def conversation(self, conv: str, *, offset: int, limit: int, newest_first: bool, property_id: int | None = None,
+                           viewer: int | None = None) -> list[dict]:
+        """A page of conv; with `viewer`, without the messages they deleted for themselves."""
         keep = (lambda d: d.get("property_id") == property_id) if property_id is not None else None
+        if viewer is not None:
+            listing = keep
+            keep = lambda d: viewer not in (d.get("hidden_for") or ()) and (listing is None or listing(d))  # noqa: E731
         return (await self.scan(conv, newest_first=newest_first, need=offset + limit, keep=keep))[offset:]
 
     async def after(self, conv: str, since: int, limit: int, newest: int | None = None) -> list[dict]:
         return await self.scan(conv, newest_first=False, need=limit, after=since, newest=newest)
 
-    async def last_in(self, conv: str, newest: int | None = None) -> dict | None:
-        docs = await self.scan(conv, newest_first=True, need=1, newest=newest)
+    async def last_in(self, conv: str, newest: int | None = None, keep: Callable[[dict], bool] | None = None) -> dict | None:
+        docs = await self.scan(conv, newest_first=True, need=1, newest=newest, keep=keep)
         return docs[0] if docs else None
 
     async def last_id_from(self, conv: str, sender_id: int, after: int = 0) -> int | None:
@@ -251,7 +270,10 @@ class ConversationStore:
         return await self.col.find_one({"_id": conv})
 
     async def advance_read(self, conv: str, user_id: int, up_to: int, previous: int | None = None) -> int | None:
-        """Raise user_id's read watermark in conv to up_to; returns the previous one
+        return await self.advance(conv, "read_upto", user_id, up_to, previous)
+
+    async def advance(self, conv: str, watermark: str, user_id: int, up_to: int, previous: int | None = None) -> int | None:
+        """Raise user_id's watermark (read or delivered) in conv to up_to; returns the previous one
         (None when the pair never talked). `previous`, when the caller has just read it,
         saves the first read (a stale value only fails the compare-and-set). A compare-and-set on the watermark with
         find_one + update_one: exactly one of two racing receipts moves it from a given
@@ -259,13 +281,13 @@ class ConversationStore:
         served from the _id index on every engine (find_one_and_update scans the
         collection on the embedded database, and read receipts are the chat's most
         frequent write)."""
-        field = f"read_upto.{user_id}"
+        field = f"{watermark}.{user_id}"  # read_upto, or delivered_upto (sheda_rt/chat/edits.py)
         for _ in range(8):
             if previous is None:
                 doc = await self.col.find_one({"_id": conv}, projection={field: 1})
                 if doc is None:
                     return None
-                previous = int((doc.get("read_upto") or {}).get(str(user_id), 0))
+                previous = int((doc.get(watermark) or {}).get(str(user_id), 0))
             if up_to <= previous:
                 return previous
             seen = {field: previous} if previous else {field: {"$in": [None, 0]}}  # 0 or never set

@@ -28,7 +28,8 @@ from sheda_rt.accounts.models import PublicBuilder
 from sheda_rt.appointments.models import AppointmentOut
 from sheda_rt.builders.booking_models import BookingView, ProgressView, UpdateView
 from sheda_rt.builders.models import ProjectView
-from sheda_rt.chat.models import SenderInfo
+from sheda_rt.chat.frames import ReplyPreview
+from sheda_rt.chat.models import MessageDeleted, MessageReaction, MessageUpdated, SenderInfo
 from sheda_rt.contracts.models import ContractOut
 from sheda_rt.leads.models import LeadOut
 from sheda_rt.listings.models import PropertyOut
@@ -78,7 +79,8 @@ class ErrorFrame(ServerFrame):
     code: str = Field(description="invalid_json, invalid_frame, unknown_type, validation_error, self_message, "
                                   "receiver_not_found, receiver_inactive, property_not_found, not_listing_participant, "
                                   "rate_limited, store_failed, shutting_down, database_unavailable, invalid_token, "
-                                  "unknown_channel, forbidden, too_many_subscriptions, internal_error, ...")
+                                  "unknown_channel, forbidden, too_many_subscriptions, internal_error, "
+                                  "message_not_found, not_sender, edit_window_closed, invalid_reply, invalid_emoji, ...")
     detail: str = Field(description="For people")
     client_msg_id: str = sometimes("The refused message frame's client_msg_id, when it had one")
     errors: list[FieldError] = sometimes("validation_error only: what is wrong with which field")
@@ -158,6 +160,13 @@ class MessageEvent(ServerFrame):
     property_id: int = sometimes("The listing the message is about, when it has one")
     client_msg_id: str = sometimes("The sender's idempotency key, when it sent one")
     read_at: Optional[Timestamp] = sometimes("Replays only: when the receiver read it (null while unread)")
+    # [edits] sent only when set: replays show the message as it is now
+    reply_to: int = sometimes("The message this one answers (same conversation)")
+    reply_preview: ReplyPreview = sometimes("A short quote of the answered message, or its tombstone ({id, sender_id, deleted: true})")
+    edited_at: Optional[Timestamp] = sometimes("Replays only: when the sender last edited it (never null)")
+    deleted: bool = sometimes("Replays only: true for a message deleted for everyone (its message is empty)")
+    reactions: dict[str, int] = sometimes("Replays only: {emoji: count}")
+    my_reactions: list[str] = sometimes("Replays only: the emoji you reacted with")
     seq: Seq
 
 
@@ -169,6 +178,36 @@ class ReadEvent(ServerFrame):
     other_user_id: int
     up_to: int = Field(ge=0)
     read_at: Timestamp
+    seq: Seq
+
+
+class MessageUpdatedEvent(MessageUpdated, ServerFrame):
+    """The sender edited a message: its new text, to every socket of both participants."""
+
+    seq: Seq
+
+
+class MessageDeletedEvent(MessageDeleted, ServerFrame):
+    """A message was deleted: for everyone (to both participants; it is a tombstone now) or for
+    the user only (`for: me`, to that user's sockets: hide it)."""
+
+    seq: Seq
+
+
+class MessageReactionEvent(MessageReaction, ServerFrame):
+    """Someone toggled a reaction on a message (to both participants)."""
+
+    seq: Seq
+
+
+class DeliveredEvent(ServerFrame):
+    """reader_id's devices received your messages to them up to this id."""
+
+    type: Literal["delivered"]
+    reader_id: int
+    other_user_id: int
+    up_to: int = Field(ge=0)
+    delivered_at: Timestamp
     seq: Seq
 
 
@@ -302,7 +341,7 @@ class ProjectUpdated(ServerFrame):
 #: Every frame the socket sends, in the order the document lists them.
 SOCKET_FRAMES: tuple[type[ServerFrame], ...] = (
     AckFrame, ErrorFrame, PongFrame, SyncDoneMessages, SyncDoneEvents, SyncReset, Subscribed, Unsubscribed, AuthOk,
-    MessageEvent, ReadEvent, NotificationEvent, AppointmentEvent, ContractEvent, BuilderEvent, ProjectPublished, BookingEvent, ProjectUpdateEvent, LeadCreated,
+    MessageEvent, ReadEvent, MessageUpdatedEvent, MessageDeletedEvent, MessageReactionEvent, DeliveredEvent, NotificationEvent, AppointmentEvent, ContractEvent, BuilderEvent, ProjectPublished, BookingEvent, ProjectUpdateEvent, LeadCreated,
     TypingEvent, PresenceEvent, Announcement, SyncHint, PropertyUpdated, ProjectUpdated,
 )
 
@@ -334,6 +373,12 @@ REPLIES: dict[str, tuple[str, ...]] = {
     "auth": ("auth.ok",),
     "subscribe": ("subscribed",),
     "unsubscribe": ("unsubscribed",),
+    # [edits] the change itself comes as a durable event (message.updated, message.deleted, message.reaction,
+    # delivered to the peer) on every socket of the users it concerns, this one included
+    "edit": ("message.updated",),
+    "delete": ("message.deleted",),
+    "react": ("message.reaction",),
+    "received": (),
 }
 
 

@@ -1,0 +1,33 @@
+"""[edits] REST for what happens to a message after it is sent (the socket's edit and delete
+frames do the same: sheda_rt/chat/edits.py has the rules)."""
+from __future__ import annotations
+
+from handlers.base import APIHandler
+from handlers.routing import endpoint, route
+from sheda_rt.accounts.auth import USER
+from sheda_rt.chat.frames import DeleteQuery, EditBody
+from sheda_rt.chat.models import MessageDeleted, MessageUpdated
+
+
+class MessageHandler(APIHandler):
+    @endpoint("Edit my message (within CHAT_EDIT_WINDOW_SECONDS of sending): message.updated to both participants",
+              auth=USER, body=EditBody, response=MessageUpdated, errors=(401, 403, 404, 409, 422), tags=("chat",))
+    async def patch(self, message_id: int, body: EditBody):
+        """403 `not_sender` (the receiver's message), 404 `message_not_found` (unknown, another
+        conversation's, deleted, or hidden for me), 409 `edit_window_closed`, 422 empty text.
+        Answers the event both participants' sockets get (with its seq)."""
+        return await self.ctx.chat_edits.edit(self.principal.user_id, message_id, body.message)
+
+    @endpoint("Delete a message: for=everyone (the sender: a tombstone for both) or for=me (hidden from my history)",
+              auth=USER, query=DeleteQuery, response=MessageDeleted, errors=(401, 403, 404, 422), tags=("chat",))
+    async def delete(self, message_id: int, query: DeleteQuery):
+        """for=everyone: only the sender (403 `not_sender`), any time; the text, reactions and
+        attachments are removed and a tombstone (`deleted: true`) stays; message.deleted to both.
+        for=me: either participant; history, sync and the conversation list leave it out for me;
+        message.deleted (`for: me`) to my sockets. 404 `message_not_found` otherwise."""
+        return await self.ctx.chat_edits.delete(self.principal.user_id, message_id, query.scope)
+
+
+default_handlers = [
+    route("/api/v1/chat/messages/{message_id:int}", MessageHandler),
+]
