@@ -77,7 +77,7 @@ class ErrorFrame(ServerFrame):
 
     type: Literal["error"]
     code: str = Field(description="invalid_json, invalid_frame, unknown_type, validation_error, self_message, "
-                                  "receiver_not_found, receiver_inactive, property_not_found, not_listing_participant, "
+                                  "receiver_not_found, receiver_inactive, property_not_found, not_listing_participant, blocked, "
                                   "rate_limited, store_failed, shutting_down, database_unavailable, invalid_token, "
                                   "unknown_channel, forbidden, too_many_subscriptions, internal_error, "
                                   "message_not_found, not_sender, edit_window_closed, invalid_reply, invalid_emoji, ...")
