@@ -104,6 +104,11 @@ class Settings(BaseSettings):
     chat_idempotency_seconds: float = Field(600.0, ge=1)
     chat_idempotency_messages: int = Field(1000, ge=10, le=100_000)
     chat_pipeline_depth: int = Field(2, ge=1, le=8)  # [chat] batches in flight in one process
+    # [chat] attachments (sheda_rt/chat/attachments.py): private files under DATA_DIR/attachments
+    chat_attachment_max_bytes: int = Field(10 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024, description="Largest chat attachment (image or PDF); more is 413")
+    chat_attachment_url_seconds: int = Field(3600, ge=60, le=7 * 86400, description="How long a signed attachment link in a frame or row stays valid (at least)")
+    chat_attachment_unsent_hours: float = Field(24.0, gt=0, description="An uploaded attachment not sent in a message within this is deleted")
+    chat_attachment_cleanup_minutes: float = Field(60.0, gt=0, description="How often unsent attachments are looked for")
     chat_edit_window_seconds: float = Field(900.0, ge=0, le=31_536_000, description="How long after sending the sender may edit a message (sheda_rt/chat/edits.py)")  # [edits]
     # [realtime] the resumable event stream (sheda_rt/realtime/stream.py): events other than chat messages
     # (receipts, notifications, appointment.* / contract.* ...) are replayable this long; messages forever
@@ -197,6 +202,10 @@ class Settings(BaseSettings):
     @property
     def media_dir(self) -> Path:
         return self.data_dir / "media"
+
+    @property
+    def attachments_dir(self) -> Path:
+        return self.data_dir / "attachments"
 
     @property
     def outbox_dir(self) -> Path:

@@ -308,6 +308,7 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
     async def _on_message(self, frame):
         chat = self.ctx.chat
         future = await chat.submit({"_id": self.user_id}, frame.receiver_id, frame.message, client_msg_id=frame.client_msg_id,
+                                   attachment_ids=frame.attachment_ids,
                                    property_id=frame.property_id, origin=self.conn_id, info=self.info, reply_to=frame.reply_to)
         cmid = frame.client_msg_id
         if self._pending is None:
@@ -425,13 +426,14 @@ class ChatHistoryHandler(APIHandler):
 
 class ChatsHandler(APIHandler):
     @endpoint("Send a message over REST (stored, then delivered live to the receiver's sockets)", auth=USER,
-              body=SendMessageBody, response=SentMessage, status=201, errors=(400, 401, 403, 404, 422, 503), tags=("chat",),
+              body=SendMessageBody, response=SentMessage, status=201, errors=(400, 401, 403, 404, 409, 422, 503), tags=("chat",),
               also={200: "A resend with the same client_msg_id: the message stored the first time (nothing new stored or sent)"})
     async def post(self, body: SendMessageBody):
         """201 with the stored message; a resend with the same `client_msg_id` answers 200
         with the message stored the first time (nothing new is stored or delivered)."""
         user = self.principal.user
         doc, duplicate = await self.ctx.chat.send(user, body.receiver_id, body.message, client_msg_id=body.client_msg_id,
+                                                  attachment_ids=body.attachment_ids,
                                                   property_id=body.property_id, info=sender_info(user, self.ctx.settings.public_base_url),
                                                   reply_to=body.reply_to)
         row = {**history_row(doc), "sender_info": sender_info(user)}  # made absolute by the response model

@@ -92,6 +92,7 @@ class AppContext:
         self._install_stream()
         self.stores.extend(self.chat.stores)
         self.drain_hooks.append(self.chat.drain)
+        self._install_chat_attachments()  # [attachments] private files sent in chat messages, and their cleanup job
         # [jobs] the durable job queue: contract expiry and the push dispatcher run on it.
         self._install_job_queue()
         # [categories] admin-managed listing categories (before listings: a listing counts into its category).
@@ -163,6 +164,23 @@ class AppContext:
         self.moderation = ModerationService(self.report_store, users=self.users, properties=self.property_store, chat=self.chat,
                                             listings=self.properties, accounts=self.accounts, notifications=self.notifications,
                                             clock=self.clock)
+
+    def _install_chat_attachments(self) -> None:  # [attachments] files under DATA_DIR/attachments, metadata in the database
+        from sheda_rt.chat.attachments import AttachmentCleanupJob, AttachmentService, AttachmentStore
+
+        s = self.settings
+        self.chat_attachment_store = AttachmentStore(self.db)
+        self.stores.append(self.chat_attachment_store)
+        self.chat_attachments = AttachmentService(store=self.chat_attachment_store, ids=self.ids, clock=self.clock,
+                                                  root=s.attachments_dir, secret=s.jwt_secret_value(),
+                                                  max_bytes=s.chat_attachment_max_bytes, max_pixels=s.max_image_pixels,
+                                                  url_seconds=s.chat_attachment_url_seconds, public_base_url=s.public_base_url)
+        self.chat.attachments = self.chat_attachments  # messages claim them and show their links
+        self.drain_hooks.append(self.chat_attachments.drain)  # after the chat's: its last claims are settled
+        self.chat_attachment_cleanup = AttachmentCleanupJob(self.chat_attachments, self.chat.messages,
+                                                            unsent_hours=s.chat_attachment_unsent_hours,
+                                                            interval_minutes=s.chat_attachment_cleanup_minutes)
+        self.jobs.append(self.chat_attachment_cleanup)
 
     def _install_marketplace(self) -> None:  # [listings]
         from sheda_rt.appointments.service import AppointmentService, AvailabilityService

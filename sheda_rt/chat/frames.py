@@ -10,7 +10,7 @@ same models minus `type`, so REST is exactly as strict as the socket.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +21,7 @@ from sheda_rt.database.ids import MAX_ID
 from sheda_rt.responses import public_media_url
 
 MAX_MESSAGE_CHARS = 4000
+MAX_ATTACHMENTS = 10  # [attachments] per message
 SYNC_PAGE_MAX = 500
 #: Chat history's `offset` (messages to skip). Bounded so it stays an int64 with the page added
 #: (offset=9223372036854775807 was a 500 OverflowError); no conversation comes near it.
@@ -35,10 +36,15 @@ class SendMessageBody(_Frame):
     """POST /api/v1/chats, and the socket's message frame without `type`."""
 
     receiver_id: int = Field(ge=1, le=MAX_ID, description="The user the message is for")
-    message: str = Field(max_length=MAX_MESSAGE_CHARS, description=f"1 to {MAX_MESSAGE_CHARS} characters, not only whitespace")
+    message: str = Field("", max_length=MAX_MESSAGE_CHARS,
+                         description=f"Up to {MAX_MESSAGE_CHARS} characters, not only whitespace (may be empty when attachment_ids are sent)")
     client_msg_id: str | None = Field(None, min_length=1, max_length=128,
                                       description="Idempotency key: a resend with the same key stores nothing new")
     property_id: int | None = Field(None, ge=1, le=MAX_ID, description="Ties the message to a listing (agent and one other participant only)")
+    attachment_ids: list[Annotated[int, Field(ge=1, le=MAX_ID)]] | None = Field(
+        None, min_length=1, max_length=MAX_ATTACHMENTS,
+        description=f"1 to {MAX_ATTACHMENTS} ids from POST /api/v1/chat/attachments, each uploaded by the sender and not sent before "
+                    "(errors attachment_not_found, attachment_used)")
     reply_to: int | None = Field(None, ge=1, le=MAX_ID, description="Answers this message of the same conversation (else error invalid_reply)")
 
 
@@ -179,6 +185,20 @@ class ReplyPreview(BaseModel):
     deleted: bool | None = Field(None, description="true: the original was deleted for everyone")
 
 
+class AttachmentView(BaseModel):
+    """[attachments] A file sent with a message (or just uploaded): its links are signed and expire
+    (CHAT_ATTACHMENT_URL_SECONDS, at least); fetch the message again for fresh ones."""
+
+    id: int
+    kind: Literal["image", "pdf"] = Field(description="Judged by the content: jpeg, png or webp images, or PDF")
+    mime: str = Field(description="image/jpeg, image/png, image/webp or application/pdf")
+    size: int = Field(ge=1, description="Bytes (of the stored file: images are re-encoded without metadata)")
+    width: int | None = Field(None, ge=1, description="Images only")
+    height: int | None = Field(None, ge=1, description="Images only")
+    url: str = Field(description="GET it: a signed link (?exp=&sig=) usable without a token (e.g. in <img>) until it expires (403 after)")
+    thumbnail_url: str | None = Field(None, description="Images only: a signed link to a thumbnail (at most 320 px)")
+
+
 class HistoryRow(BaseModel):
     """One message as history returns it (the seed's shape, plus extras)."""
 
@@ -191,6 +211,7 @@ class HistoryRow(BaseModel):
     read_at: str | None = None
     property_id: int | None = None
     client_msg_id: str | None = None
+    attachments: list[AttachmentView] | None = Field(None, description="[attachments] sent only when the message has some")
     deleted: bool | None = Field(None, description="true on a message deleted for everyone (its text is empty)")
     # [edits] sent only when set (sheda_rt/chat/edits.py)
     edited_at: str | None = Field(None, description="When the sender last edited it")
@@ -221,6 +242,8 @@ def message_frame(doc: dict, info: dict, viewer: int | None = None) -> dict:
     if doc.get("client_msg_id") is not None:
         frame["client_msg_id"] = doc["client_msg_id"]
     frame.update(revision_fields(doc, viewer))  # [edits]
+    if doc.get("attachment_views"):  # [attachments] signed links, made by the service (sheda_rt/chat/attachments.py)
+        frame["attachments"] = doc["attachment_views"]
     frame["seq"] = doc["_id"]  # its position in both users' event streams (sheda_rt/realtime/stream.py)
     return frame
 
@@ -233,6 +256,8 @@ def history_row(doc: dict, viewer: int | None = None) -> dict:
         row["property_id"] = doc["property_id"]
     if doc.get("client_msg_id") is not None:
         row["client_msg_id"] = doc["client_msg_id"]
+    if doc.get("attachment_views"):  # [attachments]
+        row["attachments"] = doc["attachment_views"]
     row.update(revision_fields(doc, viewer))  # [edits]
     return row
 

@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # types only: the context wires these in (runtime imports her
     from config.settings import Settings
     from sheda_rt.blocks.service import BlockService
     from sheda_rt.accounts.users_store import UserStore
+    from sheda_rt.chat.attachments import AttachmentService
     from sheda_rt.clock import Clock
     from sheda_rt.database.ids import IdAllocator
     from sheda_rt.limits import MemoryLimits
@@ -82,6 +83,7 @@ class ChatService:
     PROPERTY_TTL = 60.0
 
     def __init__(self, *, settings: Settings, clock: Clock, hub: Hub, users: UserStore, db: AsyncDatabase, ids: IdAllocator,
+                 attachments: AttachmentService | None = None,
                  limits: MemoryLimits | RedisLimits, push: PushService, events: EventStore | None = None,
                  turns: Turns | None = None, blocks: BlockService | None = None):
         self.settings = settings
@@ -90,6 +92,7 @@ class ChatService:
         self.users = users
         self.limits = limits  # typing notices, one per interval per pair
         self.push = push  # told of stored and read messages (a receiver without a socket gets a push later)
+        self.attachments = attachments  # [attachments] claimed by a message, shown with signed links (sheda_rt/chat/attachments.py)
         self.blocks = blocks  # [blocks] no message or typing between two users while either blocks the other (cached)
         self.messages = MessageStore(db, ids)
         self.conversations = ConversationStore(db)
@@ -176,12 +179,13 @@ class ChatService:
 
     # ---- sending -------------------------------------------------------------
     async def submit(self, sender: dict, receiver_id: int, message: str, *, client_msg_id: str | None = None,
+                     attachment_ids: list[int] | None = None,
                      property_id: int | None = None, origin: str | None = None, info: dict | None = None,
                      reply_to: int | None = None) -> asyncio.Future:
         """Validate and queue a message; returns the future of (stored doc, duplicate).
         Raises ApiError for a message that must not be stored."""
-        if not message.strip():
-            raise ValidationFailed.single("message", "must not be empty")
+        if not message.strip() and not attachment_ids:
+            raise ValidationFailed.single("message", "must not be empty (send text, attachments or both)")
         if len(message) > MAX_MESSAGE_CHARS:
             raise ValidationFailed.single("message", f"must be at most {MAX_MESSAGE_CHARS} characters (got {len(message)})")
         me = sender["_id"]
@@ -197,11 +201,43 @@ class ChatService:
             doc["property_id"] = property_id
         if reply_to is not None:  # [edits] one look-up by (conv, _id); none for a plain message
             await attach_reply(self.messages, doc, reply_to)
+        if attachment_ids:  # [attachments] a text-only message never comes here
+            return await self._submit_with_attachments(doc, attachment_ids, origin=origin,
+                                                       info=info or sender_info(sender, self.settings.public_base_url))
         return self.batcher.submit(doc, origin=origin, info=info or sender_info(sender, self.settings.public_base_url))
+
+    async def _submit_with_attachments(self, doc: dict, attachment_ids: list[int], *, origin: str | None, info: dict) -> asyncio.Future:
+        """[attachments] Claim the files (one conditional update; 404/409 with nothing claimed) before the
+        message enters its batch; once the batch answers they are marked sent, or given back if it failed."""
+        if self.attachments is None:
+            raise NotFound("Attachments are not available here", "attachment_not_found")
+        token, doc["attachments"] = await self.attachments.claim(doc["sender_id"], attachment_ids, doc["conv"],
+                                                                 doc.get("client_msg_id"))
+        if token is None:  # a resend of the message that claimed them: the resend window answers it
+            return self.batcher.submit(doc, origin=origin, info=info)
+        try:
+            future = self.batcher.submit(doc, origin=origin, info=info)
+        except BaseException:
+            await self.attachments.store.release(attachment_ids, token)
+            raise
+        self.attachments.settle(attachment_ids, token, future)
+        return future
+
+    def _present(self, docs) -> None:
+        """[attachments] Give messages that carry attachments their signed links (in memory, for the
+        frame or row being built; what is stored has no URLs)."""
+        if self.attachments is None:
+            return
+        for d in docs:
+            if d.get("attachments"):
+                d["attachment_views"] = [self.attachments.view(a) for a in d["attachments"]]
+
 
     async def send(self, sender: dict, receiver_id: int, message: str, **kw) -> tuple[dict, bool]:
         """REST: submit and wait for the batch."""
-        return await (await self.submit(sender, receiver_id, message, **kw))
+        doc, duplicate = await (await self.submit(sender, receiver_id, message, **kw))
+        self._present([doc])  # [attachments]
+        return doc, duplicate
 
     async def _deliver_stored(self, stored) -> None:
         """After a batch is stored: each new message to the receiver's sockets and the
@@ -215,6 +251,8 @@ class ChatService:
                 for user_id in p.users:
                     await publish(user_id, text, p.origin)
                 continue
+            if doc.get("attachments"):  # [attachments]
+                self._present([doc])
             text = encode(message_frame(doc, p.info))
             await publish(doc["receiver_id"], text)
             await publish(doc["sender_id"], text, p.origin)
@@ -233,6 +271,7 @@ class ChatService:
         page = merged[:limit]
         await refresh_previews(self.messages, page)  # [edits] replies quote the original as it is now
         infos = await self.briefs(d["sender_id"] for d in page)
+        self._present(page)  # [attachments]
         frames = []
         for d in page:
             info = infos.get(d["sender_id"])
@@ -248,6 +287,7 @@ class ChatService:
         docs = await self.messages.conversation(conv_key(me, other), offset=offset, limit=limit, newest_first=order == "desc",
                                                 property_id=property_id, viewer=me)
         await refresh_previews(self.messages, docs)  # [edits]
+        self._present(docs)  # [attachments]
         return [history_row(d, me) for d in docs]
 
     async def thread(self, me: int, property_id: int, other: int, **kw) -> list[dict]:
@@ -275,6 +315,7 @@ class ChatService:
             self.messages.count_from(c["_id"], peer, int((c.get("read_upto") or {}).get(str(me), 0)))
             for (c, _), peer in zip(page, peers)
         ))
+        self._present(last for _, last in page)  # [attachments]
         items = []
         for (c, last), peer, n in zip(page, peers, unread):
             info = infos.get(peer) or {"_id": peer}

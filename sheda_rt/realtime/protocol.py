@@ -28,6 +28,7 @@ from sheda_rt.accounts.models import PublicBuilder
 from sheda_rt.appointments.models import AppointmentOut
 from sheda_rt.builders.booking_models import BookingView, ProgressView, UpdateView
 from sheda_rt.builders.models import ProjectView
+from sheda_rt.chat.frames import AttachmentView  # [attachments]
 from sheda_rt.chat.frames import ReplyPreview
 from sheda_rt.chat.models import MessageDeleted, MessageReaction, MessageUpdated, SenderInfo
 from sheda_rt.contracts.models import ContractOut
@@ -160,6 +161,7 @@ class MessageEvent(ServerFrame):
     property_id: int = sometimes("The listing the message is about, when it has one")
     client_msg_id: str = sometimes("The sender's idempotency key, when it sent one")
     read_at: Optional[Timestamp] = sometimes("Replays only: when the receiver read it (null while unread)")
+    attachments: list[AttachmentView] = sometimes("Files sent with the message, when it has some (signed, expiring links)")
     # [edits] sent only when set: replays show the message as it is now
     reply_to: int = sometimes("The message this one answers (same conversation)")
     reply_preview: ReplyPreview = sometimes("A short quote of the answered message, or its tombstone ({id, sender_id, deleted: true})")
