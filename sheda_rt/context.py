@@ -162,8 +162,8 @@ class AppContext:
         self.report_store = ReportStore(self.db, self.ids)
         self.stores.append(self.report_store)
         self.moderation = ModerationService(self.report_store, users=self.users, properties=self.property_store, chat=self.chat,
-                                            listings=self.properties, accounts=self.accounts, notifications=self.notifications,
-                                            clock=self.clock)
+                                            messages=self.chat_edits, listings=self.properties, accounts=self.accounts,
+                                            notifications=self.notifications, clock=self.clock)
 
     def _install_chat_attachments(self) -> None:  # [attachments] files under DATA_DIR/attachments, metadata in the database
         from sheda_rt.chat.attachments import AttachmentCleanupJob, AttachmentService, AttachmentStore

@@ -96,6 +96,8 @@ async def test_a_message_report_keeps_its_evidence_after_the_message_is_deleted(
     assert [m["id"] for m in evidence["context"]] == ids[5:15] + ids[16:26]  # the 20 around it, oldest first
     assert [m["message"] for m in evidence["context"]][:2] == ["message 5", "message 6"]
 
+    # The sender hides it from his own history first: the moderator's delete still reaches it.
+    assert (await sheda.api.delete(f"/api/v1/chat/messages/{target}", token=bob.token, params={"for": "me"})).status == 200
     mod = await moderator(sheda)
     done = await sheda.api.patch(f"{Q}/{r.json['id']}", {"action": "delete_message", "note": "threats"}, token=mod.token)
     assert done.status == 200, done
@@ -107,10 +109,10 @@ async def test_a_message_report_keeps_its_evidence_after_the_message_is_deleted(
     assert stored["deleted"] is True and stored["message"] == "" and stored["sender_id"] == bob.id
     assert stored["conv"] == conv_key(alice.id, bob.id) and stored["created_at"] is not None
     for ws in (a, b):
-        await ws.wait_type("message.deleted", id=target)
+        await ws.wait_type("message.deleted", id=target, **{"for": "everyone"})
     history = await sheda.api.get(f"/api/v1/chats/{bob.id}", token=alice.token)
     row = next(m for m in history.json if m["id"] == target)
-    assert row["message"] == "" and row["sender_id"] == bob.id
+    assert row["message"] == "" and row["sender_id"] == bob.id and row["deleted"] is True
     assert "message 15" not in str(history.json)
 
     # ...and the evidence is intact, in the queue too.

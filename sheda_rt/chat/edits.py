@@ -148,12 +148,29 @@ class MessageActions:
             raise Forbidden("Only the sender can delete a message for everyone", "not_sender")
         if doc.get("deleted"):
             raise NotFound(f"Message {message_id} was already deleted", "message_not_found")
+        return await self._tombstone(doc, frame, now, origin)
+
+    async def _tombstone(self, doc: dict, frame: dict, now, origin: str | None = None) -> dict:
         # The text, reactions, reply quote and attachments leave storage; the tombstone keeps
         # who, when, and its place in the conversation.
-        await self.messages.revise(doc["conv"], message_id, {
+        await self.messages.revise(doc["conv"], doc["_id"], {
             "$set": {"message": "", "deleted": True, "deleted_at": now},
             "$unset": {"reactions": "", "reply_preview": "", "attachments": "", "attachment_ids": "", "edited_at": ""}})
         return await self._publish(self._pair(doc), frame, origin)
+
+    async def remove(self, message_id: int) -> bool:
+        """Delete for everyone on a moderator's decision (sheda_rt/moderation/service.py): the
+        sender's tombstone and event, whoever asks and whoever hid it for themselves. False when
+        there is no such message; a tombstone already is left as it is."""
+        doc = await self.messages.by_id(message_id)
+        if doc is None:
+            return False
+        if not doc.get("deleted"):
+            now = self.clock.now()
+            frame = {"type": "message.deleted", "id": message_id, "sender_id": doc["sender_id"],
+                     "receiver_id": doc["receiver_id"], "for": "everyone", "deleted_at": format_ts(now)}
+            await self._tombstone(doc, frame, now)
+        return True
 
     async def react(self, me: int, message_id: int, emoji: str, origin: str | None = None) -> dict:
         """Toggle my `emoji` on the message; returns message.reaction with the new counts."""

@@ -386,34 +386,12 @@ class ChatService:
     async def message_around(self, message_id: int, around: int) -> tuple[dict | None, list[dict]]:
         """A message by id alone (the primary key) and up to `around` messages before and
         after it in its conversation, oldest first: what a report of it keeps."""
-        doc = await self.messages.col.find_one({"_id": message_id})
+        doc = await self.messages.by_id(message_id)
         if doc is None:
             return None, []
         before = await self.messages.scan(doc["conv"], newest_first=True, need=around, upto=message_id - 1)
         after = await self.messages.scan(doc["conv"], newest_first=False, need=around, after=message_id)
         return doc, [*reversed(before), *after]
-
-    async def remove_message(self, message_id: int) -> bool:
-        """Delete a message for everyone: its text leaves storage, a tombstone keeps id, sender,
-        receiver and time with `deleted: true`, and both participants get `message.deleted`
-        (a durable event of their streams). False when there is no such message."""
-        doc = await self.messages.col.find_one({"_id": message_id})
-        if doc is None:
-            return False
-        if doc.get("deleted"):
-            return True
-        now = self.clock.now()
-        # The same tombstone and event as the sender's delete for everyone (sheda_rt/chat/edits.py).
-        await self.messages.col.update_one({"conv": doc["conv"], "_id": message_id}, {
-            "$set": {"message": "", "deleted": True, "deleted_at": now},
-            "$unset": {"reactions": "", "reply_preview": "", "attachments": "", "attachment_ids": "", "edited_at": ""}})
-        event = {"type": "message.deleted", "id": message_id, "sender_id": doc["sender_id"], "receiver_id": doc["receiver_id"],
-                 "for": "everyone", "deleted_at": format_ts(now)}
-        try:
-            await self.batcher.submit_event([doc["receiver_id"], doc["sender_id"]], encode(event))
-        except Exception:  # the tombstone stands; history shows it
-            log.exception("message.deleted event not stored")
-        return True
 
     def congested(self) -> bool:
         """Messages are queuing faster than batches store them: a socket should stop reading

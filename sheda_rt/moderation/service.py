@@ -9,7 +9,7 @@ moderator doing so) does not destroy the evidence. One open report per reporter 
 Moderators and admins (role `moderator` or `admin`; a moderator has no admin scope and
 cannot change roles: the admin routes refuse them) list the queue and act on a report once:
 `dismiss` (status dismissed) or one action done on the target through the service that owns
-it (status resolved): `delete_message` (the chat's tombstone), `delist_property` (the
+it (status resolved): `delete_message` (the chat's delete for everyone), `delist_property` (the
 listings service, announced to watchers as an agent's unlisting is), `deactivate_user` (the
 accounts service: tokens dead, sockets closed with 4403). Who did what, when and why is kept
 on the report (`handled_by`, `handled_at`, `action`, `note`) and logged, and the reporter
@@ -28,6 +28,7 @@ from sheda_rt.moderation.store import DuplicateReport, ReportStore
 if TYPE_CHECKING:  # types only: the context wires these in
     from sheda_rt.accounts.service import AccountService
     from sheda_rt.accounts.users_store import UserStore
+    from sheda_rt.chat.edits import MessageActions
     from sheda_rt.chat.service import ChatService
     from sheda_rt.clock import Clock
     from sheda_rt.listings.service import PropertyService
@@ -72,11 +73,13 @@ def report_view(doc: dict) -> dict:
 
 class ModerationService:
     def __init__(self, store: ReportStore, *, users: UserStore, properties: PropertyStore, chat: ChatService,
-                 listings: PropertyService, accounts: AccountService, notifications: NotificationService, clock: Clock):
+                 messages: MessageActions, listings: PropertyService, accounts: AccountService,
+                 notifications: NotificationService, clock: Clock):
         self.store = store
         self.users = users  # reported users exist; the target of deactivate_user
         self.properties = properties  # reported listings exist; their agent
-        self.chat = chat  # a reported message and its neighbours; delete_message
+        self.chat = chat  # a reported message and its neighbours
+        self.messages = messages  # delete_message: the sender's delete for everyone (sheda_rt/chat/edits.py)
         self.listings = listings  # delist_property
         self.accounts = accounts  # deactivate_user
         self.notifications = notifications  # the reporter hears the outcome
@@ -156,7 +159,7 @@ class ModerationService:
 
     async def _do(self, moderator: dict, report: dict, action: str) -> None:
         if action == "delete_message":
-            await self.chat.remove_message(report["target_id"])  # already gone: nothing more to remove
+            await self.messages.remove(report["target_id"])  # a tombstone already: nothing more to remove
         elif action == "delist_property":
             if not await self.listings.take_down(report["target_id"]):
                 raise NotFound("The reported listing no longer exists", "property_not_found")
