@@ -83,6 +83,11 @@ async def test_reschedule_rules_and_the_other_party_confirms(sheda):
     ):
         r = await sheda.api.patch(f"{AP}/{aid}/reschedule", body, token=token)
         assert r.status == status and (code is None or r.json["code"] == code), (body, r)
+    # While either party blocks the other, no new time can be proposed (as no booking can be made).
+    assert (await sheda.api.post(f"/api/v1/users/{agent.id}/block", token=client.token)).status == 201
+    r = await sheda.api.patch(f"{AP}/{aid}/reschedule", {"scheduled_at": iso(later)}, token=agent.token)
+    assert r.status == 409 and r.json["code"] == "blocked", r
+    assert (await sheda.api.delete(f"/api/v1/users/{agent.id}/block", token=client.token)).status == 204
     assert await snapshot(sheda, "appointments", aid) == before  # nothing changed on refusal
 
     # The agent proposes a new time: pending again, for the client to confirm.

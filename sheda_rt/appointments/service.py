@@ -278,6 +278,8 @@ class AppointmentService:
         at, start, now = self._check_time(body.scheduled_at)
         if at == current["scheduled_at"]:
             raise ValidationFailed.single("scheduled_at", "is the appointment's current time")
+        if self.blocks is not None and await self.blocks.between(current["client_id"], current["agent_id"]):
+            raise Conflict("You cannot arrange a viewing with this user", "blocked")  # never says which side blocked
         await self._check_window(current["agent_id"], at, start)
         changes = {"status": "pending", "scheduled_at": at, "ends_at": at + timedelta(minutes=self.slot_minutes),
                    "slot_key": self._slot_key(current["agent_id"], at), "proposed_by": user_id, "rescheduled_at": now,

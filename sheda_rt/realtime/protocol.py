@@ -223,7 +223,8 @@ class NotificationEvent(NotificationOut, ServerFrame):
 class AppointmentEvent(ServerFrame):
     """A viewing changed state, to both parties."""
 
-    type: Literal["appointment.booked", "appointment.confirmed", "appointment.rejected", "appointment.cancelled"]
+    type: Literal["appointment.booked", "appointment.confirmed", "appointment.rejected", "appointment.cancelled",
+                  "appointment.rescheduled"]
     appointment: AppointmentOut
     seq: Seq
 
