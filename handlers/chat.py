@@ -452,7 +452,7 @@ class ConversationsHandler(APIHandler):
     @endpoint("My conversations: one row per peer (peer info, last message, unread count), most recent first",
               auth=USER, query=ConversationsQuery, response=Page[Conversation], errors=(401, 422), tags=("chat",))
     async def get(self, query: ConversationsQuery):
-        return await self.ctx.chat.conversation_list(self.principal.user_id, query.limit, query.cursor)
+        return await self.ctx.chat.conversation_list(self.principal.user_id, query.limit, query.cursor, archived=query.archived)
 
 
 class ReadHandler(APIHandler):

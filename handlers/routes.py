@@ -15,13 +15,14 @@ from handlers import devices  # [push]
 from handlers import events_stream  # [realtime] the events as Server-Sent Events (the socket's fallback)
 from handlers import realtime  # [realtime] presence on request, announcements, disconnect
 from handlers import events  # [realtime] the event stream's REST replay
+from handlers import chat_manage  # [chat] mute, archive, search
 from handlers import chat_attachments  # [attachments] chat attachments: upload, signed downloads
 from handlers import chat_edits  # [edits] edit and delete messages
 from handlers import unsubscribe  # [reminders] the emails' one-click unsubscribe link
 from handlers import blocks  # [blocks] block and unblock users
 from handlers import moderation  # [moderation] reports and the moderators' queue
 
-MODULES = [health, metrics, accounts, users, admin, media, chat, chat_attachments, properties, agents, appointments, contracts, notifications, builders, bookings, categories, inquiries, analytics, jobs, payments, devices, events, events_stream, realtime, chat_edits, unsubscribe, blocks, moderation, docs]
+MODULES = [health, metrics, accounts, users, admin, media, chat, chat_attachments, properties, agents, appointments, contracts, notifications, builders, bookings, categories, inquiries, analytics, jobs, payments, devices, events, events_stream, realtime, chat_manage, chat_edits, unsubscribe, blocks, moderation, docs]
 
 
 def all_routes(settings) -> list:

@@ -92,6 +92,8 @@ class AppContext:
         self._install_stream()
         self.stores.extend(self.chat.stores)
         self.drain_hooks.append(self.chat.drain)
+        # [chat] mute and archive per user per conversation; search of one's own messages.
+        self._install_chat_manage()
         self._install_chat_attachments()  # [attachments] private files sent in chat messages, and their cleanup job
         # [jobs] the durable job queue: contract expiry and the push dispatcher run on it.
         self._install_job_queue()
@@ -181,6 +183,14 @@ class AppContext:
                                                             unsent_hours=s.chat_attachment_unsent_hours,
                                                             interval_minutes=s.chat_attachment_cleanup_minutes)
         self.jobs.append(self.chat_attachment_cleanup)
+
+    def _install_chat_manage(self) -> None:  # [chat] issue 15 §3: no write on the message path (chat/manage.py, chat/search.py)
+        from sheda_rt.chat.manage import ConversationManager
+        from sheda_rt.chat.search import MessageSearch
+
+        self.chat_manage = ConversationManager(conversations=self.chat.conversations, messages=self.chat.messages, clock=self.clock)
+        self.chat_search = MessageSearch(messages=self.chat.messages, conversations=self.chat.conversations,
+                                         user_exists=self.chat.user_brief)
 
     def _install_marketplace(self) -> None:  # [listings]
         from sheda_rt.appointments.service import AppointmentService, AvailabilityService

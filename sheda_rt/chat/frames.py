@@ -173,6 +173,7 @@ class HistoryQuery(BaseModel):
 class ConversationsQuery(BaseModel):
     limit: int = Field(20, ge=1, le=100)
     cursor: str | None = Field(None, description="next_cursor of the previous page")
+    archived: bool = Field(False, description="true: only the conversations I archived; false (default): the others")
 
 
 class ReplyPreview(BaseModel):

@@ -2,7 +2,7 @@
 serializer validates every body through these; they are its schema in the document."""
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import ConfigDict, Field
 
@@ -42,6 +42,9 @@ class Conversation(ResponseModel):
     peer: Peer
     last_message: HistoryRow
     unread_count: int = Field(ge=0)
+    muted_until: Optional[Union[Literal["forever"], Timestamp]] = Field(
+        None, description='My mute of this conversation: when it ends, "forever", or null (no pushes while muted; still counted unread)')
+    archived: bool = Field(False, description="I archived it and nothing newer has arrived since")
     last_message_status: Optional[Literal["sent", "delivered", "read"]] = Field(
         None, description="My last message as the peer has it (from their delivered/read receipts); null when theirs is last")
 

@@ -25,6 +25,7 @@ from sheda_rt.chat.batcher import GroupCommit
 from sheda_rt.chat.edits import attach_reply, refresh_previews, visible_to
 from sheda_rt.chat.frames import MAX_MESSAGE_CHARS, ack_frame, history_row, message_frame, sender_info
 from sheda_rt.chat.store import ConversationStore, MessageStore, conv_key
+from sheda_rt.chat.manage import user_state
 from sheda_rt.clock import format_ts
 from sheda_rt.errors import BadRequest, Forbidden, NotFound, ValidationFailed
 from sheda_rt.metrics import MESSAGES_DELIVERED  # noqa: F401  (counted by the hub)
@@ -294,9 +295,10 @@ class ChatService:
         await self._check_listing(property_id, me, other)
         return await self.history(me, other, property_id=property_id, **kw)
 
-    async def conversation_list(self, me: int, limit: int, cursor: str | None) -> dict:
-        """One row per peer, most recent first: peer info, last message, unread count.
-        Keyset-paged on the last message id (opaque cursor)."""
+    async def conversation_list(self, me: int, limit: int, cursor: str | None, archived: bool = False) -> dict:
+        """One row per peer, most recent first: peer info, last message, unread count, my mute
+        and archive state; only archived rows or only the others. Keyset-paged on the last
+        message id (opaque cursor)."""
         before = None
         if cursor:
             value = decode_cursor(cursor, 1)[0]
@@ -306,7 +308,8 @@ class ChatService:
         convs = await self.conversations.of_user(me)
         newest = await self.messages.newest_id()
         lasts = await asyncio.gather(*(self.messages.last_in(c["_id"], newest, visible_to(me)) for c in convs))
-        rows = [(c, last) for c, last in zip(convs, lasts) if last is not None and (before is None or last["_id"] < before)]
+        rows = [(c, last) for c, last in zip(convs, lasts) if last is not None and (before is None or last["_id"] < before)
+                and ConversationStore.archived(c, me, last["_id"]) == archived]  # a newer message un-archives by itself
         rows.sort(key=lambda r: r[1]["_id"], reverse=True)
         page = rows[:limit]
         peers = [next((u for u in c["users"] if u != me), me) for c, _ in page]
@@ -326,6 +329,7 @@ class ChatService:
                          "is_active": info.get("is_active", False), "last_seen": format_ts(info.get("last_seen"))},
                 "last_message": history_row(last, me),
                 "unread_count": n,
+                **user_state(c, me, last["_id"], self.clock.now()),  # muted_until, archived (chat/manage.py)
                 "last_message_status": _status(c, last, me, peer),  # [edits]
             })
         next_cursor = encode_cursor([page[-1][1]["_id"]]) if len(rows) > limit else None

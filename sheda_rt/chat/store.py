@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from datetime import datetime, timezone
 from typing import Callable
 
 from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateOne
@@ -268,6 +269,39 @@ class ConversationStore:
 
     async def get(self, conv: str) -> dict | None:
         return await self.col.find_one({"_id": conv})
+
+    # ---- per-user state: mute and archive (sheda_rt/chat/manage.py) ----------------------
+    # `muted_until.<user>` (a date; FOREVER: no end) and `archived_upto.<user>` (the newest message
+    # id when archived) live on the pair's document, written only when the user changes them: the
+    # message path writes nothing more, and a newer message un-archives the pair by itself.
+    FOREVER = datetime(9999, 12, 31, tzinfo=timezone.utc)
+
+    @staticmethod
+    def muted_until(doc: dict | None, user_id: int, now: datetime) -> datetime | None:
+        """When user_id's mute of this pair ends (FOREVER: never); None when it is not muted now."""
+        until = (doc.get("muted_until") or {}).get(str(user_id)) if doc else None
+        return until if until is not None and until > now else None
+
+    @staticmethod
+    def archived(doc: dict | None, user_id: int, last_id: int | None) -> bool:
+        """Archived for user_id while its last message is one they archived with."""
+        upto = (doc.get("archived_upto") or {}).get(str(user_id)) if doc else None
+        return upto is not None and last_id is not None and last_id <= upto
+
+    async def muted(self, conv: str, user_id: int, now: datetime) -> bool:
+        """Whether user_id muted conv (the push dispatcher asks before sending): one _id read."""
+        field = f"muted_until.{user_id}"
+        return self.muted_until(await self.col.find_one({"_id": conv}, projection={field: 1}), user_id, now) is not None
+
+    async def set_user_state(self, conv: str, user_id: int, values: dict) -> bool:
+        """Set (a value) or clear (None) user_id's `muted_until` / `archived_upto` in conv;
+        False when the pair never talked."""
+        sets = {f"{k}.{user_id}": v for k, v in values.items() if v is not None}
+        unsets = {f"{k}.{user_id}": "" for k, v in values.items() if v is None}
+        update = {**({"$set": sets} if sets else {}), **({"$unset": unsets} if unsets else {})}
+        if not update:
+            return await self.get(conv) is not None
+        return (await self.col.update_one({"_id": conv}, update)).matched_count == 1
 
     async def advance_read(self, conv: str, user_id: int, up_to: int, previous: int | None = None) -> int | None:
         return await self.advance(conv, "read_upto", user_id, up_to, previous)

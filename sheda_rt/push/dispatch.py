@@ -204,6 +204,9 @@ class Dispatcher:
         if not prefs["push"]["chat"]:
             PUSHES.labels(provider=platform, outcome="skipped").inc()
             return {"outcome": "chat_pushes_off"}
+        if await self.chat.conversations.muted(p["conv"], user_id, self.clock.now()):  # asked when sending: a mute set in the grace period counts
+            PUSHES.labels(provider=platform, outcome="skipped").inc()
+            return {"outcome": "muted"}
         if await self.presence.online_anywhere(user_id):
             PUSHES.labels(provider=platform, outcome="skipped").inc()
             return {"outcome": "online"}
