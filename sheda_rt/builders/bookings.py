@@ -81,8 +81,11 @@ UNSYNCED_GRACE = timedelta(minutes=1)
 
 class BookingStore:
     """The `bookings` collection: one document per booking with its schedule embedded (the
-    lines move with the booking in one write). `parties` = [client_id, builder_id] serves
-    both sides' lists with one index, as for contracts."""
+    lines move with the booking in one write). `parties` = [client_id, builder_id,
+    "client:<id>", "builder:<id>"]: the plain ids serve "my bookings" and the tagged ones "my
+    bookings as the builder", each an equality on one indexed field (the embedded planner uses
+    an index only when every condition is one of its keys, so a separate `builder_id`
+    condition would scan the collection)."""
 
     INDEXES = [
         IndexModel([("parties", ASCENDING), ("_id", DESCENDING)], name="parties_newest"),
@@ -123,11 +126,9 @@ class BookingStore:
                                         field=f"installments.{index}.status")
 
     async def page(self, user_id: int, status: str | None, role: str | None, page, serialize) -> dict:
-        query: dict = {"parties": user_id}
+        query: dict = {"parties": f"{role}:{user_id}" if role else user_id}
         if status:
             query["status"] = status
-        if role:
-            query[f"{role}_id"] = user_id
         return await paginate(self.col, query, [("_id", DESCENDING)], page, serialize)
 
     async def lapsed_holds(self, now, limit: int) -> list[int]:
@@ -140,7 +141,7 @@ class BookingStore:
                                    limit=limit).to_list()
 
     async def of_builder(self, builder_id: int, statuses: list[str]) -> list[dict]:
-        return await self.col.find({"parties": builder_id, "status": {"$in": statuses}}).to_list()
+        return await self.col.find({"parties": f"builder:{builder_id}", "status": {"$in": statuses}}).to_list()
 
     async def mark_synced(self, booking_id: int, status: str) -> None:
         """The unit matches the booking in `status` (a later move left it unsynced again for itself)."""
@@ -240,7 +241,8 @@ class BookingService:
             "_id": booking_id, "unit_id": unit["_id"], "unit_number": unit["unit_number"], "project_id": project["_id"],
             "project_name": project["name"], "plan_id": plan["_id"], "plan_name": plan["name"],
             "client_id": principal.user_id, "builder_id": project["builder_id"],
-            "parties": [principal.user_id, project["builder_id"]], "price_minor": int(unit["price_minor"]),
+            "parties": [principal.user_id, project["builder_id"], f"client:{principal.user_id}", f"builder:{project['builder_id']}"],
+            "price_minor": int(unit["price_minor"]),
             "status": "reserved", "hold_until": hold_until, "installments": lines, "unit_synced": False,
             "created_at": now, "updated_at": now,
         })
@@ -485,8 +487,6 @@ class BookingService:
         now = self.clock.now()
         per: dict[int, dict] = {}
         for doc in await self.store.of_builder(principal.user_id, ["reserved", "active", "completed"]):
-            if doc["builder_id"] != principal.user_id:
-                continue
             row = per.setdefault(doc["project_id"], {"project_id": doc["project_id"], "project_name": doc["project_name"],
                                                      "bookings": 0, "due": 0, "overdue": 0, "received": 0,
                                                      "awaiting_confirmation": 0})
