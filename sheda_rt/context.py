@@ -178,6 +178,7 @@ class AppContext:
                                                   max_bytes=s.chat_attachment_max_bytes, max_pixels=s.max_image_pixels,
                                                   url_seconds=s.chat_attachment_url_seconds, public_base_url=s.public_base_url)
         self.chat.attachments = self.chat_attachments  # messages claim them and show their links
+        self.chat_edits.discard_attachments = self.chat_attachments.discard  # deleted for everyone: the files go too
         self.drain_hooks.append(self.chat_attachments.drain)  # after the chat's: its last claims are settled
         self.chat_attachment_cleanup = AttachmentCleanupJob(self.chat_attachments, self.chat.messages,
                                                             unsent_hours=s.chat_attachment_unsent_hours,

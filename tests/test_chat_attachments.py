@@ -302,3 +302,30 @@ async def test_attachments_never_sent_are_deleted_after_a_day(sheda, clock):
     # A deleted attachment cannot be sent any more.
     late = await sheda.api.post("/api/v1/chats", {"receiver_id": bob.id, "attachment_ids": [dropped["id"]]}, token=alice.token)
     assert late.status == 404 and late.json["code"] == "attachment_not_found"
+
+
+async def test_deleting_the_message_for_everyone_deletes_its_files(sheda):
+    alice, bob = await sheda.signup("client"), await sheda.signup("agent")
+    photo, document = await uploaded(sheda, alice), await uploaded(sheda, alice, pdf())
+    sent = await sheda.api.post("/api/v1/chats", {"receiver_id": bob.id, "message": "oops", "attachment_ids": [photo["id"], document["id"]]},
+                                token=alice.token)
+    assert sent.status == 201
+    links = [x["url"] for x in sent.json["attachments"]] + [sent.json["attachments"][0]["thumbnail_url"]]
+    for url in links:
+        assert (await fetch(sheda, url)).status == 200
+    col = sheda.ctx.db["chat_attachments"]
+    names = [n for d in await col.find({"_id": {"$in": [photo["id"], document["id"]]}}).to_list(None)
+             for n in (d["file"], d.get("thumb")) if n]
+    root = sheda.ctx.settings.attachments_dir
+    assert len(names) == 3 and all((root / n).exists() for n in names)
+    deleted = await sheda.api.delete(f"/api/v1/chat/messages/{sent.json['id']}?for=everyone", token=alice.token)
+    assert deleted.status == 200, deleted
+    # The files and their documents are gone: links, tokens and a new message all meet nothing.
+    assert not any((root / n).exists() for n in names)
+    assert await col.count_documents({"_id": {"$in": [photo["id"], document["id"]]}}) == 0
+    for url in links:
+        assert (await fetch(sheda, url)).status == 404
+    for user in (alice, bob):
+        assert (await sheda.api.get(f"{UPLOAD}/{photo['id']}", token=user.token)).status == 404
+    rows = (await sheda.api.get(f"/api/v1/chat/chat-history/{alice.id}", token=bob.token)).json
+    assert rows[-1]["deleted"] is True and "attachments" not in rows[-1]

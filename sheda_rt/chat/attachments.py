@@ -187,6 +187,10 @@ class AttachmentStore:
         result = await self.col.update_many({"state": "new", "at": {"$lt": before}}, {"$set": {"state": "deleting", "at": now}})
         return result.modified_count
 
+    async def mark_ids_deleting(self, ids: list[int], now) -> int:
+        result = await self.col.update_many({"_id": {"$in": ids}}, {"$set": {"state": "deleting", "at": now}})
+        return result.modified_count
+
     async def deleting(self, limit: int = 500) -> list[dict]:
         return await self.col.find({"state": "deleting"}).limit(limit).to_list(None)
 
@@ -363,6 +367,14 @@ class AttachmentService:
         except FileNotFoundError:
             raise NotFound("No such attachment", "attachment_not_found")
         return data, mime
+
+    async def discard(self, ids: list[int]) -> int:
+        """Delete attachments now (their message was deleted for everyone): marked `deleting` first,
+        so no download or claim sees them and the cleanup job finishes what a crash interrupts."""
+        await self.store.mark_ids_deleting(ids, self.clock.now())
+        docs = await self.store.many(ids)
+        await asyncio.to_thread(self._unlink, [n for d in docs if d["state"] == "deleting" for n in (d.get("file"), d.get("thumb"))])
+        return await self.store.delete([d["_id"] for d in docs if d["state"] == "deleting"])
 
     # ---- cleanup ---------------------------------------------------------------------
     async def cleanup(self, *, unsent_after: timedelta, stale_claim_after: timedelta, find_message) -> int:

@@ -90,6 +90,9 @@ class MessageActions:
     `submit_event` (the chat group commit's: stores and delivers a durable event in order),
     the clock and the edit window."""
 
+    #: [attachments] Deletes a tombstoned message's files (AttachmentService.discard), set by the context.
+    discard_attachments: Callable[[list[int]], Awaitable[None]] | None = None
+
     def __init__(self, *, messages: MessageStore, conversations: ConversationStore,
                  submit_event: Callable[..., Awaitable[tuple[dict, bool]]], clock: Clock, edit_window_seconds: float):
         self.messages = messages
@@ -156,6 +159,8 @@ class MessageActions:
         await self.messages.revise(doc["conv"], doc["_id"], {
             "$set": {"message": "", "deleted": True, "deleted_at": now},
             "$unset": {"reactions": "", "reply_preview": "", "attachments": "", "attachment_ids": "", "edited_at": ""}})
+        if doc.get("attachments") and self.discard_attachments is not None:  # [attachments] their files leave storage too
+            await self.discard_attachments([a["id"] for a in doc["attachments"]])
         return await self._publish(self._pair(doc), frame, origin)
 
     async def remove(self, message_id: int) -> bool:
