@@ -196,6 +196,25 @@ async def test_a_lapsed_hold_frees_the_unit_and_a_sent_booking_payment_pauses_it
         ws.close()
 
 
+async def test_a_handover_line_follows_the_projects_expected_completion(sheda):
+    builder, project, units, plan = await setup_project(sheda, units=("H-1",), expected_completion="2028-06-30")
+    client = await sheda.signup("client")
+    booking = (await book(sheda, client, units[0]["id"], plan["id"])).json
+    assert (await line(sheda, client, booking["id"], 1, "payment-sent")).status == 200
+    assert (await line(sheda, builder, booking["id"], 1, "confirm")).status == 200
+    r = await sheda.api.patch(f"/api/v1/projects/{project['id']}", {"expected_completion": "2029-03-31"}, token=builder.token)
+    assert r.status == 200, r
+    await sheda.ctx.bookings.run_due()
+    after = (await sheda.api.get(f"{BOOKINGS}/{booking['id']}", token=client.token)).json
+    assert after["installments"][3]["due_date"].startswith("2029-03-31") and after["installments"][3]["status"] == "due"
+    assert after["installments"][1]["due_date"] == booking["installments"][1]["due_date"]  # the others stay
+    # Without a date it is due at handover, never overdue.
+    r = await sheda.api.patch(f"/api/v1/projects/{project['id']}", {"expected_completion": None}, token=builder.token)
+    assert r.status == 200, r
+    await sheda.ctx.bookings.run_due()
+    assert (await sheda.api.get(f"{BOOKINGS}/{booking['id']}", token=client.token)).json["installments"][3]["due_date"] is None
+
+
 async def test_the_job_finishes_unit_moves_a_dead_process_left_half_done(sheda):
     """What a process that died between a booking's write and its unit's leaves behind (written
     here as it would be left), finished by the job once the in-flight grace has passed."""

@@ -448,10 +448,14 @@ class BookingService:
         lines past their date, on active bookings; each at most once (guarded). (reminded, overdue)."""
         reminded = overdue = 0
         after_id = 0
+        handovers: dict[int, datetime | None] = {}  # project id -> its expected_completion, read once per pass
         while True:
             docs = await self.store.open_after("active", after_id, JOB_PAGE)
             for doc in docs:
                 now = self.clock.now()
+                if doc["project_id"] not in handovers:
+                    handovers[doc["project_id"]] = handover_date(await self.project_store.get(doc["project_id"]) or {})
+                doc = await self._follow_handover(doc, handovers[doc["project_id"]], now)
                 for i, line in enumerate(doc["installments"]):
                     due_date = line.get("due_date")
                     if line["status"] != "due" or due_date is None:
@@ -473,6 +477,18 @@ class BookingService:
             if len(docs) < JOB_PAGE:
                 return reminded, overdue
             after_id = docs[-1]["_id"]
+
+    async def _follow_handover(self, doc: dict, when: datetime | None, now) -> dict:
+        """Unpaid handover lines fall due on the project's expected_completion as it is now: when
+        the builder moved it, the line moves (back to due, its reminder to go out again)."""
+        for i, line in enumerate(doc["installments"]):
+            if i == 0 or line["due"] != "handover" or line["status"] not in UNPAID or line.get("due_date") == when:
+                continue
+            moved = await self.store.move_line(doc["_id"], i, UNPAID, "due", now,
+                                               who={"status": "active", f"installments.{i}.due_date": line.get("due_date")},
+                                               extra={f"installments.{i}.due_date": when}, unset=f"installments.{i}.reminded_at")
+            doc = moved or doc
+        return doc
 
     async def run_due(self) -> dict:
         expired = await self.expire_holds()
