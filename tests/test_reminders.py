@@ -293,10 +293,18 @@ async def test_offline_user_gets_one_digest_per_window_and_unsubscribes_with_one
     sheda.ctx.clock.advance(minutes=20)
     await run(sheda)
     assert len(mails(sheda, bob, "unread")) == 1
+    # Someone new writes meanwhile: their conversation does not wait for Ada's window.
+    zed = await sheda.signup(full_name="Zed Uche")
+    await send(sheda, zed, bob, "Hi from Zed")
+    await asyncio.sleep(0.05)
+    sheda.ctx.clock.advance(minutes=16)
+    await run(sheda)
+    zeds = mails(sheda, bob, "unread")[1:]
+    assert [m.subject for m in zeds] == ["1 unread message from Zed Uche"] and "Ada" not in zeds[0].body
     sheda.ctx.clock.advance(hours=3)
     await run(sheda)
-    second = mails(sheda, bob, "unread")[1]
-    assert second.subject == "4 unread messages from Ada Obi" and "Eve" not in second.body  # Eve's was told already
+    second = mails(sheda, bob, "unread")[2]
+    assert second.subject == "4 unread messages from Ada Obi" and "Eve" not in second.body and "Zed" not in second.body
 
     # Previews off: who and how many, no text.
     await fresh(sheda, ada, bob, eve)
@@ -306,7 +314,7 @@ async def test_offline_user_gets_one_digest_per_window_and_unsubscribes_with_one
     await asyncio.sleep(0.05)
     sheda.ctx.clock.advance(hours=4)
     await run(sheda)
-    third = mails(sheda, bob, "unread")[2]
+    third = mails(sheda, bob, "unread")[3]
     assert "Eve Ife: 2 new messages" in third.body and "Secret text" not in third.body and "Hello from Eve" not in third.body
 
     # The unsubscribe link works without a login; a tampered one is refused and changes nothing.
@@ -332,7 +340,7 @@ async def test_offline_user_gets_one_digest_per_window_and_unsubscribes_with_one
     await asyncio.sleep(0.05)
     sheda.ctx.clock.advance(hours=4)
     await run(sheda)
-    assert len(mails(sheda, bob, "unread")) == 3
+    assert len(mails(sheda, bob, "unread")) == 4
 
 
 async def test_reading_before_the_threshold_means_no_digest(sheda):

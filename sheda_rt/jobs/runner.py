@@ -125,6 +125,11 @@ class JobRunner:
         """A pending job is cancelled; a running one is left to finish (its handler re-checks)."""
         return await self.store.cancel(key, self.clock.now())
 
+    async def bring_forward(self, key: str, run_at: datetime) -> bool:
+        """A pending job due later than `run_at` is made due at `run_at` (e.g. a digest deferred for one
+        conversation's window when another conversation needs it sooner); anything else is left alone."""
+        return await self.store.bring_forward(key, run_at, self.clock.now())
+
     # ---- running -----------------------------------------------------------
     async def run_now(self, kind: str, key: str, payload: dict | None = None) -> tuple[bool, Any]:
         """Create-or-claim the job `key` and run it here at once: (ran, result). When another

@@ -85,6 +85,12 @@ class JobStore:
                                            {"$set": fields, "$unset": {"lease": "", "last_error": "", "result": ""}})
         return result.modified_count == 1
 
+    async def bring_forward(self, key: str, run_at: datetime, now: datetime) -> bool:
+        """Only a pending job due later: one conditional write (the (status, run_at, _id) index's keys)."""
+        result = await self.col.update_one({"_id": key, "status": PENDING, "run_at": {"$gt": run_at}},
+                                           {"$set": {"run_at": run_at, "updated_at": now}})
+        return result.modified_count == 1
+
     async def cancel(self, key: str, now: datetime) -> bool:
         result = await self.col.update_one({"_id": key, "status": PENDING},
                                            {"$set": {"status": CANCELLED, "run_at": now, "updated_at": now}})

@@ -3,7 +3,8 @@ gets one email saying who wrote, how many, and their first lines (not with previ
 
 Every stored message calls `on_message_stored` (on the chat send path, so it only appends to a
 list); a background flush makes one queue job per receiver, `digest:<user>` (kind `digest.chat`),
-due DIGEST_OFFLINE_MINUTES later. Further messages while it is pending add nothing. When it runs:
+due DIGEST_OFFLINE_MINUTES later. Further messages while it is pending add nothing (a job waiting for
+one conversation's window is brought forward for a message of another). When it runs:
 
 - chat email off in the user's settings, or the user gone: done, nothing sent;
 - online now (global presence), or offline for less than the threshold (`last_seen`), or inside
@@ -23,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sheda_rt.jobs.runner import Defer
-from sheda_rt.jobs.store import RUNNING
+from sheda_rt.jobs.store import PENDING, RUNNING
 from sheda_rt.push.dispatch import quiet_until
 
 if TYPE_CHECKING:
@@ -108,13 +109,20 @@ class ChatDigests:
         if due is not None and due > now:
             return
         run_at = now + self.offline
-        job, created = await self.runner.enqueue(DIGEST_KIND, {"user_id": receiver}, key=f"digest:{receiver}", run_at=run_at, rearm=True)
+        key = f"digest:{receiver}"
+        job, created = await self.runner.enqueue(DIGEST_KIND, {"user_id": receiver}, key=key, run_at=run_at, rearm=True)
+        due = run_at
         if not created and job is not None and job["status"] == RUNNING:
             # Being sent right now (it may have read the unread counts before this message): one more, later.
-            await self.runner.enqueue(DIGEST_KIND, {"user_id": receiver}, key=f"digest:{receiver}:{message_id}", run_at=run_at)
+            await self.runner.enqueue(DIGEST_KIND, {"user_id": receiver}, key=f"{key}:{message_id}", run_at=run_at)
+        elif not created and job is not None and job["status"] == PENDING and job["run_at"] > run_at:
+            # Waiting for another conversation's window: this message's conversation must not wait with it.
+            await self.runner.bring_forward(key, run_at)
+        elif job is not None and job["status"] == PENDING:
+            due = job["run_at"]
         if len(self._armed) > 100_000:
             self._armed.clear()
-        self._armed[receiver] = job["run_at"] if job is not None and job["status"] != RUNNING else run_at
+        self._armed[receiver] = due
 
     # ---- the job -------------------------------------------------------------------
     async def run(self, job: dict) -> dict:
