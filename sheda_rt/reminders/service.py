@@ -88,7 +88,29 @@ class ReminderService:
         runner.register(CONTRACT_KIND, self.run_contract)
 
     # ---- scheduling (called by the appointment and contract services) -------------
+    # Called after the state change is stored: a failure here (the database away) is logged and never
+    # turns the confirmed/cancelled answer into an error the client would retry into a 409.
     async def appointment_confirmed(self, doc: dict) -> None:
+        await self._best_effort(self._appointment_confirmed(doc), "appointment", doc["_id"])
+
+    async def appointment_closed(self, doc: dict) -> None:
+        """Cancelled, rejected, or moved to another time (`doc` as it was before)."""
+        await self._best_effort(self._appointment_closed(doc), "appointment", doc["_id"])
+
+    async def contract_active(self, doc: dict) -> None:
+        await self._best_effort(self._contract_active(doc), "contract", doc["_id"])
+
+    async def contract_ended(self, doc: dict) -> None:
+        await self._best_effort(self._contract_ended(doc), "contract", doc["_id"])
+
+    @staticmethod
+    async def _best_effort(work, what: str, record_id: int) -> None:
+        try:
+            await work
+        except Exception as exc:
+            log.warning(json.dumps({"event": "reminders_not_scheduled", what: record_id, "error": repr(exc)[:200]}))
+
+    async def _appointment_confirmed(self, doc: dict) -> None:
         now = self.clock.now()
         for which, before in APPOINTMENT_BEFORE.items():
             run_at = doc["scheduled_at"] - before
@@ -99,13 +121,12 @@ class ReminderService:
                 await self.runner.enqueue(APPOINTMENT_KIND, payload, key=appointment_key(doc["_id"], which, user_id, doc["scheduled_at"]),
                                           run_at=run_at, rearm=True)
 
-    async def appointment_closed(self, doc: dict) -> None:
-        """Cancelled, rejected, or moved to another time (`doc` as it was before)."""
+    async def _appointment_closed(self, doc: dict) -> None:
         for which in APPOINTMENT_BEFORE:
             for user_id in (doc["client_id"], doc["agent_id"]):
                 await self.runner.cancel(appointment_key(doc["_id"], which, user_id, doc["scheduled_at"]))
 
-    async def contract_active(self, doc: dict) -> None:
+    async def _contract_active(self, doc: dict) -> None:
         if doc.get("contract_type") != "rent" or not doc.get("end_date"):
             return
         now = self.clock.now()
@@ -118,7 +139,7 @@ class ReminderService:
                 await self.runner.enqueue(CONTRACT_KIND, payload, key=contract_key(doc["_id"], which, user_id, doc["end_date"]),
                                           run_at=run_at, rearm=True)
 
-    async def contract_ended(self, doc: dict) -> None:
+    async def _contract_ended(self, doc: dict) -> None:
         if not doc.get("end_date"):
             return
         for which in CONTRACT_BEFORE:
