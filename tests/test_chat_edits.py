@@ -216,6 +216,28 @@ async def test_delete_for_me_hides_it_from_my_history_sync_and_list_only(sheda):
     await fits_the_document(sheda, a, b, b2, c)
 
 
+async def test_hidden_messages_leave_unread_counts_and_do_not_end_sync_pages_early(sheda):
+    alice, bob, carol, a, b, c = await trio(sheda)
+    sent = [await send(a, bob.id, f"m{i}") for i in range(5)]
+    for ack in sent[:3]:
+        await b.send({"type": "delete", "id": ack["id"], "for": "me"})
+        await b.wait_type("message.deleted", id=ack["id"])
+    (conv,) = await conversations(sheda, bob)
+    assert conv["unread_count"] == 2  # the two Bob still sees
+    assert (await conversations(sheda, alice))[0]["unread_count"] == 0
+    # Pages of one: every visible message comes, and `more` is true until the last.
+    since, seen = 0, []
+    while True:
+        start = len(b.frames)
+        await b.send({"type": "sync", "since": since, "limit": 1})
+        done = await b.wait_for(lambda f: f.get("type") == "sync.done" and "since" in f, start=start)
+        seen += [f["id"] for f in b.frames[start:] if f.get("type") == "message"]
+        if not done["more"]:
+            break
+        since = done["last_id"]
+    assert seen == [ack["id"] for ack in sent[3:]]
+
+
 # ---- reply -----------------------------------------------------------------------------------------
 async def test_replies_quote_the_original_and_stay_in_their_conversation(sheda):
     alice, bob, carol, a, b, c = await trio(sheda)

@@ -265,9 +265,9 @@ class ChatService:
         and whether more remain. One indexed query per conversation of the user."""
         convs = await self.conversations.of_user(user_id)
         newest = await self.messages.newest_id()
-        results = await asyncio.gather(*(self.messages.after(c["_id"], since, limit + 1, newest) for c in convs))
-        visible = visible_to(user_id)  # [edits] not what I deleted for myself
-        merged = sorted((d for docs in results for d in docs if visible(d)), key=lambda d: d["_id"])
+        visible = visible_to(user_id)  # [edits] not what I deleted for myself (filtered in the scan, so `more` stays right)
+        results = await asyncio.gather(*(self.messages.after(c["_id"], since, limit + 1, newest, visible) for c in convs))
+        merged = sorted((d for docs in results for d in docs), key=lambda d: d["_id"])
         more = len(merged) > limit
         page = merged[:limit]
         await refresh_previews(self.messages, page)  # [edits] replies quote the original as it is now
@@ -315,7 +315,7 @@ class ChatService:
         peers = [next((u for u in c["users"] if u != me), me) for c, _ in page]
         infos = await self.briefs(peers)
         unread = await asyncio.gather(*(
-            self.messages.count_from(c["_id"], peer, int((c.get("read_upto") or {}).get(str(me), 0)))
+            self.messages.count_from(c["_id"], peer, int((c.get("read_upto") or {}).get(str(me), 0)), me)
             for (c, _), peer in zip(page, peers)
         ))
         self._present(last for _, last in page)  # [attachments]

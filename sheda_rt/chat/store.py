@@ -181,8 +181,9 @@ class MessageStore:
             keep = lambda d: viewer not in (d.get("hidden_for") or ()) and (listing is None or listing(d))  # noqa: E731
         return (await self.scan(conv, newest_first=newest_first, need=offset + limit, keep=keep))[offset:]
 
-    async def after(self, conv: str, since: int, limit: int, newest: int | None = None) -> list[dict]:
-        return await self.scan(conv, newest_first=False, need=limit, after=since, newest=newest)
+    async def after(self, conv: str, since: int, limit: int, newest: int | None = None,
+                    keep: Callable[[dict], bool] | None = None) -> list[dict]:
+        return await self.scan(conv, newest_first=False, need=limit, after=since, newest=newest, keep=keep)
 
     async def last_in(self, conv: str, newest: int | None = None, keep: Callable[[dict], bool] | None = None) -> dict | None:
         docs = await self.scan(conv, newest_first=True, need=1, newest=newest, keep=keep)
@@ -204,10 +205,15 @@ class MessageStore:
         )
         return result.modified_count
 
-    async def count_from(self, conv: str, sender_id: int, after_id: int) -> int:
-        """sender_id's messages in conv with id > after_id (the unread count)."""
-        rows = await self.scan(conv, newest_first=False, after=after_id, projection={"sender_id": 1},
-                               keep=lambda d: d["sender_id"] == sender_id)
+    async def count_from(self, conv: str, sender_id: int, after_id: int, viewer: int | None = None) -> int:
+        """sender_id's messages in conv with id > after_id (the unread count); with `viewer`, not
+        those the viewer deleted for themselves."""
+        if viewer is None:
+            rows = await self.scan(conv, newest_first=False, after=after_id, projection={"sender_id": 1},
+                                   keep=lambda d: d["sender_id"] == sender_id)
+        else:
+            rows = await self.scan(conv, newest_first=False, after=after_id, projection={"sender_id": 1, "hidden_for": 1},
+                                   keep=lambda d: d["sender_id"] == sender_id and viewer not in (d.get("hidden_for") or ()))
         return len(rows)
 
 
