@@ -378,3 +378,17 @@ async def test_every_change_is_replayed_by_sync_after_seq_after_a_disconnect(she
     r = await sheda.api.get("/api/v1/events", params={"after_seq": checkpoint}, token=bob.token)
     assert [i["type"] for i in r.json["items"]] == ["message", "message.updated", "message.reaction", "message.deleted"], r
     await fits_the_document(sheda, a, b, c)
+
+
+async def test_the_documents_describe_the_frames_and_routes(sheda):
+    spec = (await sheda.api.get("/api/v1/openapi.json")).json
+    item = spec["paths"]["/api/v1/chat/messages/{message_id}"]
+    assert {"patch", "delete"} <= set(item)
+    assert {"403", "404", "409", "422"} <= set(item["patch"]["responses"])
+    assert [p["name"] for p in item["delete"]["parameters"] if p["in"] == "query"] == ["for"]
+    send = spec["paths"]["/api/v1/chats"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert "reply_to" in str(spec["components"]["schemas"].get(send.get("$ref", "").split("/")[-1], send))
+    socket = (await sheda.api.get(DOC)).json
+    text = str(socket)
+    for kind in ("edit", "delete", "react", "received", "message.updated", "message.deleted", "message.reaction", "delivered"):
+        assert f"'{kind}'" in text, kind
