@@ -273,3 +273,20 @@ async def test_search_refuses_bad_input(sheda):
         assert r.status == 422, (params, r)
         assert r.json["errors"], r
     assert (await sheda.api.get(SEARCH, params={"q": "hello"})).status == 401
+
+
+async def test_a_muted_conversation_is_left_out_of_the_email_digest(sheda):
+    from tests.test_reminders import mails, run
+
+    ada, eve = await sheda.signup(full_name="Ada Obi"), await sheda.signup(full_name="Eve Ife")
+    bob = await sheda.signup(full_name="Bob Eze")
+    await say(sheda, ada, bob, "first")
+    assert (await sheda.api.patch(settings_url(ada), {"muted_until": "forever"}, token=bob.token)).status == 200
+    await say(sheda, ada, bob, "Is the flat still available?")
+    await say(sheda, eve, bob, "Hello from Eve")
+    await asyncio.sleep(0.05)  # the digest is armed in the background after the messages are stored
+    sheda.ctx.clock.advance(minutes=16)  # offline past DIGEST_OFFLINE_MINUTES
+    await run(sheda)
+    [digest] = mails(sheda, bob, "unread")
+    assert "Eve Ife" in digest.body and "Ada Obi" not in digest.body and "flat" not in digest.body
+    assert (await conversation_rows(sheda, bob))[ada.id]["unread_count"] == 2  # still unread, only not mailed

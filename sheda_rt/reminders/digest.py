@@ -159,6 +159,8 @@ class ChatDigests:
         messages = self.chat.messages
         found = []
         for c in await self.chat.conversations.of_user(user_id):
+            if self.chat.conversations.muted_until(c, user_id, now) is not None:
+                continue  # muted (chat/manage.py): no push, and no email either
             peer = next((u for u in c["users"] if u != user_id), user_id)
             mark = int((c.get("read_upto") or {}).get(str(user_id), 0))
             newest = await messages.last_id_from(c["_id"], peer, after=mark)
