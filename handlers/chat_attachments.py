@@ -20,7 +20,7 @@ class AttachmentUploadHandler(APIHandler):
         return self.ctx.settings.chat_attachment_max_bytes + MULTIPART_OVERHEAD
 
     @endpoint("Upload a chat attachment (image or PDF) to send in a message", auth=USER, upload="file", response=AttachmentView,
-              status=201, errors=(413, 415), tags=("chat",))
+              status=201, errors=(413, 415), tags=("chat",), upload_types="a jpeg, png or webp image, or a PDF (judged by content)")
     async def post(self):
         """The file goes in the multipart field `file`. Its kind is judged by its content, never its name or
         Content-Type: jpeg, png and webp images are decoded in full and stored re-encoded (EXIF, GPS location,
@@ -33,7 +33,8 @@ class AttachmentUploadHandler(APIHandler):
 
 class LinkQuery(BaseModel):
     exp: int | None = Field(None, ge=0, le=10**11, description="The signed link's expiry (seconds since the epoch)")
-    sig: str | None = Field(None, min_length=1, max_length=128, description="The signed link's signature")
+    sig: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$",
+                            description="The signed link's signature (base64url)")
 
 
 class AttachmentFileHandler(APIHandler):

@@ -143,7 +143,7 @@ def build_openapi(routes, version: str = "1.0.0") -> dict:
         if doc.upload:
             op["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": {
                 "type": "object", "required": [doc.upload],
-                "properties": {doc.upload: {"type": "string", "format": "binary", "description": "jpeg, png or webp"}}}}}}
+                "properties": {doc.upload: {"type": "string", "format": "binary", "description": doc.upload_types}}}}}}
         op["responses"][str(doc.status)] = _success(doc, "OK" if doc.status < 300 else "Done", schemas, refs)
         for code, description in doc.also.items():
             op["responses"][str(code)] = _success(doc, description, schemas, refs)

@@ -96,6 +96,7 @@ class EndpointDoc:
     description: str = ""
     also: dict[int, str] = field(default_factory=dict)
     content_type: str = "application/json"
+    upload_types: str = "jpeg, png or webp"  # what the multipart file may be (the document's description of it)
 
 
 def endpoint(
@@ -112,6 +113,7 @@ def endpoint(
     tags: tuple[str, ...] = (),
     also: dict[int, str] | None = None,
     content_type: str = "application/json",
+    upload_types: str = "jpeg, png or webp",
 ) -> Callable:
     """Wrap a handler method. The method receives `body=` / `query=` models when declared
     and returns what to send (a dict, list, pydantic model, a `Reply` for one of the statuses
@@ -144,7 +146,7 @@ def endpoint(
         wrapper.endpoint_doc = EndpointDoc(
             summary=summary, auth=auth, body=body, query=query, response=response, status=status,
             form=form, upload=upload, errors=errors, tags=tags, description=(fn.__doc__ or "").strip(),
-            also=dict(also or {}), content_type=content_type,
+            also=dict(also or {}), content_type=content_type, upload_types=upload_types,
         )
         return wrapper
 

@@ -350,7 +350,8 @@ class AttachmentService:
         if user_id is None:
             if exp is None or sig is None:
                 raise Forbidden("A signed link (exp and sig) or a bearer token is required", "invalid_link")
-            if not hmac.compare_digest(self._sign(attachment_id, variant, exp), sig):
+            # Bytes, not str: compare_digest refuses a str with non-ASCII characters (a 500 schemathesis found).
+            if not hmac.compare_digest(self._sign(attachment_id, variant, exp).encode(), sig.encode("utf-8", "replace")):
                 raise Forbidden("This link is not valid", "invalid_link")
             if exp < self.clock.now().timestamp():
                 raise Forbidden("This link has expired: fetch the message again for a fresh one", "link_expired")
