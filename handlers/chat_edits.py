@@ -1,12 +1,13 @@
-"""[edits] REST for what happens to a message after it is sent (the socket's edit and delete
-frames do the same: sheda_rt/chat/edits.py has the rules)."""
+"""[edits] REST for what happens to a message after it is sent: the socket's edit, delete, react
+and received frames do the same (sheda_rt/chat/edits.py has the rules). Clients on the SSE
+fallback, which cannot send frames, act through these."""
 from __future__ import annotations
 
 from handlers.base import APIHandler
 from handlers.routing import endpoint, route
 from sheda_rt.accounts.auth import USER
-from sheda_rt.chat.frames import DeleteQuery, EditBody
-from sheda_rt.chat.models import MessageDeleted, MessageUpdated
+from sheda_rt.chat.frames import DeleteQuery, EditBody, ReactBody, ReceivedBody
+from sheda_rt.chat.models import DeliveredReceipt, MessageDeleted, MessageReaction, MessageUpdated
 
 
 class MessageHandler(APIHandler):
@@ -28,6 +29,26 @@ class MessageHandler(APIHandler):
         return await self.ctx.chat_edits.delete(self.principal.user_id, message_id, query.scope)
 
 
+class ReactionHandler(APIHandler):
+    @endpoint("Toggle my reaction on a message (one of 👍 ❤️ 😂 😮 😢 🙏): message.reaction to both participants",
+              auth=USER, body=ReactBody, response=MessageReaction, errors=(401, 404, 422), tags=("chat",))
+    async def post(self, message_id: int, body: ReactBody):
+        """`on` says whether my reaction is now set; `counts` are the message's reactions. 404
+        `message_not_found` (unknown, another conversation's, deleted, hidden for me), 422 `invalid_emoji`."""
+        return await self.ctx.chat_edits.react(self.principal.user_id, message_id, body.emoji)
+
+
+class ReceivedHandler(APIHandler):
+    @endpoint("Say my devices received a peer's messages up to an id (same as the socket's received frame)", auth=USER,
+              body=ReceivedBody, response=DeliveredReceipt, errors=(400, 401, 422), tags=("chat",))
+    async def post(self, body: ReceivedBody):
+        """The peer's sockets get `delivered` when the watermark moved; `delivered_at` is null (no
+        event) when nothing new was received. 400 `self_message`."""
+        return await self.ctx.chat_edits.received(self.principal.user_id, body.other_user_id, body.up_to)
+
+
 default_handlers = [
     route("/api/v1/chat/messages/{message_id:int}", MessageHandler),
+    route("/api/v1/chat/messages/{message_id:int}/reactions", ReactionHandler),
+    route("/api/v1/chat/received", ReceivedHandler),
 ]

@@ -392,3 +392,28 @@ async def test_the_documents_describe_the_frames_and_routes(sheda):
     text = str(socket)
     for kind in ("edit", "delete", "react", "received", "message.updated", "message.deleted", "message.reaction", "delivered"):
         assert f"'{kind}'" in text, kind
+
+
+async def test_react_and_received_over_rest_for_clients_without_a_socket(sheda):
+    alice, bob, carol, a, b, c = await trio(sheda)
+    ack = await send(a, bob.id, "Keys on Friday")
+    url = f"/api/v1/chat/messages/{ack['id']}/reactions"
+    r = await sheda.api.post(url, {"emoji": "🙏"}, token=bob.token)
+    assert r.status == 200 and r.json["on"] is True and r.json["counts"] == {"🙏": 1}, r
+    assert (await a.wait_type("message.reaction", id=ack["id"]))["seq"] == r.json["seq"]
+    r = await sheda.api.post(url, {"emoji": "🙏"}, token=bob.token)
+    assert r.status == 200 and r.json["on"] is False and r.json["counts"] == {}, r
+    for token, body, status, code in [(bob.token, {"emoji": "🍕"}, 422, "invalid_emoji"), (carol.token, {"emoji": "👍"}, 404, "message_not_found"),
+                                      (bob.token, {}, 422, "validation_error"), (None, {"emoji": "👍"}, 401, None)]:
+        r = await sheda.api.post(url, body, token=token)
+        assert r.status == status and (code is None or r.json["code"] == code), r
+    assert "reactions" not in (await history(sheda, bob, alice))[0]
+    r = await sheda.api.post("/api/v1/chat/received", {"other_user_id": alice.id, "up_to": ack["id"]}, token=bob.token)
+    assert r.status == 200 and r.json["up_to"] == ack["id"] and r.json["delivered_at"], r
+    assert (await a.wait_type("delivered"))["seq"] == r.json["seq"]
+    r = await sheda.api.post("/api/v1/chat/received", {"other_user_id": alice.id, "up_to": ack["id"]}, token=bob.token)
+    assert r.status == 200 and r.json["delivered_at"] is None and "seq" not in r.json, r  # nothing new
+    r = await sheda.api.post("/api/v1/chat/received", {"other_user_id": bob.id, "up_to": 1}, token=bob.token)
+    assert r.status == 400 and r.json["code"] == "self_message", r
+    assert (await conversations(sheda, alice))[0]["last_message_status"] == "delivered"
+    await fits_the_document(sheda, a, b, c)

@@ -82,20 +82,30 @@ class DeleteFrame(_Frame):
     scope: Literal["everyone", "me"] = Field(alias="for", description="everyone or me")
 
 
-class ReactFrame(_Frame):
+class ReactBody(_Frame):
+    """POST /api/v1/chat/messages/{id}/reactions: the react frame without type and id."""
+
+    emoji: str = Field(max_length=16, description="👍 ❤️ 😂 😮 😢 🙏 (anything else: error invalid_emoji)")
+
+
+class ReactFrame(ReactBody):
     """Toggle my reaction (one of 👍 ❤️ 😂 😮 😢 🙏) on a message: message.reaction to both."""
 
     type: Literal["react"]
     id: int = Field(ge=1, le=MAX_ID, description="The message to react to")
-    emoji: str = Field(max_length=16, description="👍 ❤️ 😂 😮 😢 🙏 (anything else: error invalid_emoji)")
 
 
-class ReceivedFrame(_Frame):
+class ReceivedBody(_Frame):
+    """POST /api/v1/chat/received, and the socket's received frame without `type`."""
+
+    other_user_id: int = Field(ge=1, le=MAX_ID)
+    up_to: int = Field(ge=0, le=MAX_ID, description="Their messages to me with id <= up_to (capped at their newest)")
+
+
+class ReceivedFrame(ReceivedBody):
     """I have received this peer's messages to me up to an id: their sockets get `delivered`."""
 
     type: Literal["received"]
-    other_user_id: int = Field(ge=1, le=MAX_ID)
-    up_to: int = Field(ge=0, le=MAX_ID, description="Their messages to me with id <= up_to (capped at their newest)")
 
 
 class EditBody(_Frame):
