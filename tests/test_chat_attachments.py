@@ -331,3 +331,23 @@ async def test_deleting_the_message_for_everyone_deletes_its_files(sheda):
         assert (await sheda.api.get(f"{UPLOAD}/{photo['id']}", token=user.token)).status == 404
     rows = (await sheda.api.get(f"/api/v1/chat/chat-history/{alice.id}", token=bob.token)).json
     assert rows[-1]["deleted"] is True and "attachments" not in rows[-1]
+
+
+async def test_a_message_that_fails_to_be_stored_gives_its_attachments_back(sheda):
+    alice, bob = await sheda.signup("client"), await sheda.signup("agent")
+    photo = await uploaded(sheda, alice)
+    # The next message id is taken (a restored backup, another writer): the database refuses the message.
+    taken = await sheda.ctx.ids.current("messages") + 1
+    await sheda.ctx.db["messages"].insert_one({"_id": taken, "conv": "0:0", "sender_id": 0, "receiver_id": 0, "message": "squatter"})
+    failed = await sheda.api.post("/api/v1/chats", {"receiver_id": bob.id, "attachment_ids": [photo["id"]], "client_msg_id": "f1"},
+                                  token=alice.token)
+    assert failed.status == 503 and failed.json["code"] == "store_failed", failed
+    await sheda.ctx.chat_attachments.drain()  # the claim is given back once the batch has answered
+    doc = await sheda.ctx.db["chat_attachments"].find_one({"_id": photo["id"]})
+    assert doc["state"] == "new" and doc["conv"] is None
+    assert (await sheda.api.get(f"{UPLOAD}/{photo['id']}", token=bob.token)).status == 404  # not sent: not bob's to see
+    # Sent again: stored this time, and the attachment goes with it.
+    again = await sheda.api.post("/api/v1/chats", {"receiver_id": bob.id, "attachment_ids": [photo["id"]], "client_msg_id": "f1"},
+                                 token=alice.token)
+    assert again.status == 201 and [x["id"] for x in again.json["attachments"]] == [photo["id"]], again
+    assert (await sheda.api.get(f"{UPLOAD}/{photo['id']}", token=bob.token)).status == 200
