@@ -189,7 +189,8 @@ class AppContext:
         from sheda_rt.chat.manage import ConversationManager
         from sheda_rt.chat.search import MessageSearch
 
-        self.chat_manage = ConversationManager(conversations=self.chat.conversations, messages=self.chat.messages, clock=self.clock)
+        self.chat_manage = ConversationManager(conversations=self.chat.conversations, messages=self.chat.messages, clock=self.clock,
+                                               publish=self.stream.publish)
         self.chat_search = MessageSearch(messages=self.chat.messages, conversations=self.chat.conversations,
                                          user_exists=self.chat.user_brief)
 

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from tests.test_asyncapi import DOC, check_frame, document_validators
 from tests.test_push import jobs_of, run_jobs, subscribed, until_jobs
 from tests.test_push import push  # noqa: F401  (fixture: the local push service)
 
@@ -31,6 +32,11 @@ async def say(sheda, sender, receiver, text: str) -> int:
     return r.json["id"]
 
 
+def without_seq(row: dict) -> dict:
+    assert isinstance(row.pop("seq"), int)  # a change is an event of my stream (below)
+    return row
+
+
 async def conversation_rows(sheda, user, **params) -> dict[int, dict]:
     r = await sheda.api.get(CONVERSATIONS, token=user.token, params=params)
     assert r.status == 200, r
@@ -49,7 +55,7 @@ async def test_mute_until_a_time_forever_and_unmute(sheda):
                               token=ada.token)
     assert r.status == 200, r
     shown = until.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{until.microsecond // 1000:03d}Z"
-    assert r.json == {"user_id": bob.id, "muted_until": shown, "archived": False}
+    assert without_seq(r.json) == {"user_id": bob.id, "muted_until": shown, "archived": False}
     row = (await conversation_rows(sheda, ada))[bob.id]
     assert row["muted_until"] == shown and row["archived"] is False
     assert row["unread_count"] == 1  # muted still counts unread
@@ -108,7 +114,7 @@ async def test_archive_hides_from_the_list_until_a_new_message_arrives(sheda):
     await say(sheda, bob, ada, "the flat on Allen Avenue")
     await say(sheda, carol, ada, "viewing on Friday?")
     r = await sheda.api.patch(settings_url(bob), {"archived": True}, token=ada.token)
-    assert r.status == 200 and r.json == {"user_id": bob.id, "muted_until": None, "archived": True}, r
+    assert r.status == 200 and without_seq(r.json) == {"user_id": bob.id, "muted_until": None, "archived": True}, r
 
     assert set(await conversation_rows(sheda, ada)) == {carol.id}
     assert set(await conversation_rows(sheda, ada, archived="false")) == {carol.id}
@@ -129,8 +135,33 @@ async def test_archive_hides_from_the_list_until_a_new_message_arrives(sheda):
     assert set(await conversation_rows(sheda, ada)) == {bob.id, carol.id}
     await sheda.api.patch(settings_url(carol), {"archived": True, "muted_until": "forever"}, token=ada.token)
     r = await sheda.api.patch(settings_url(carol), {"archived": False}, token=ada.token)
-    assert r.json == {"user_id": carol.id, "muted_until": "forever", "archived": False}, r  # mute left as it was
+    assert without_seq(r.json) == {"user_id": carol.id, "muted_until": "forever", "archived": False}, r  # mute left as it was
     assert set(await conversation_rows(sheda, ada)) == {bob.id, carol.id}
+
+
+async def test_my_other_devices_get_each_change_live_and_in_a_replay(sheda):
+    ada, bob = await sheda.signup(), await sheda.signup()
+    await say(sheda, bob, ada, "hello")
+    phone = await sheda.ws(ada.token)
+    bobs = await sheda.ws(bob.token)
+    r = await sheda.api.patch(settings_url(bob), {"muted_until": "forever", "archived": True}, token=ada.token)
+    assert r.status == 200, r
+    frame = await phone.wait_type("conversation.settings")
+    assert frame == {"type": "conversation.settings", "user_id": bob.id, "muted_until": "forever", "archived": True,
+                     "seq": r.json["seq"]}
+    r2 = await sheda.api.patch(settings_url(bob), {"archived": False}, token=ada.token)
+    await phone.wait_type("conversation.settings", seq=r2.json["seq"], archived=False, muted_until="forever")
+    validators = document_validators((await sheda.api.get(DOC)).json)
+    assert [p for f in phone.frames for p in check_frame(f, validators)[1]] == []
+    # a device that was away replays them, in order
+    laptop = await sheda.ws(ada.token)
+    await laptop.send({"type": "sync", "after_seq": r.json["seq"] - 1})
+    await laptop.wait_type("sync.done")
+    assert [f["seq"] for f in laptop.of_type("conversation.settings")] == [r.json["seq"], r2.json["seq"]]
+    await asyncio.sleep(0.1)
+    assert bobs.of_type("conversation.settings") == []  # never to the other person
+    for ws in (phone, bobs, laptop):
+        ws.close()
 
 
 async def test_settings_refusals(sheda):

@@ -10,11 +10,15 @@ user, written only when the user changes them; sending a message writes nothing 
   archived for that user while its last message id is <= that value, so a newer message
   (either way) brings it back by itself, with no write per message. The conversation list
   filters on it (`?archived=true|false`).
+Each change is also a durable event of my own stream, `conversation.settings` (the row below plus
+its seq), so my other devices learn of it live or in a `sync after_seq` replay. A conversation a new
+message un-archives sends no event: the message itself is the news.
 """
 from __future__ import annotations
 
+import logging
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal, Optional, Union
+from typing import TYPE_CHECKING, Awaitable, Callable, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -26,6 +30,8 @@ from sheda_rt.responses import ResponseModel, Timestamp
 if TYPE_CHECKING:
     from sheda_rt.chat.store import MessageStore
     from sheda_rt.clock import Clock
+
+log = logging.getLogger("sheda.chat.manage")
 
 #: Dates from this on are refused (ask for "forever" instead): far enough, and clear of the
 #: calendar's end, where converting an offset to UTC overflows.
@@ -88,6 +94,8 @@ class ConversationSettings(ResponseModel):
     user_id: int = Field(description="The other person")
     muted_until: MutedUntil = Field(description='When the mute ends, "forever", or null when not muted')
     archived: bool
+    seq: Optional[int] = Field(None, description=(
+        "After a change: its position in my event stream (the conversation.settings event my other sockets get)"))
 
 
 def user_state(doc: dict | None, user_id: int, last_id: int | None, now: datetime) -> dict:
@@ -99,12 +107,15 @@ def user_state(doc: dict | None, user_id: int, last_id: int | None, now: datetim
 
 class ConversationManager:
     """Reads and changes one user's mute and archive state of a conversation. Named
-    dependencies: the chat's two stores and the clock."""
+    dependencies: the chat's two stores, the clock and the event stream's publish
+    (`EventStream.publish(user_ids, frame) -> seq`)."""
 
-    def __init__(self, *, conversations: ConversationStore, messages: MessageStore, clock: Clock):
+    def __init__(self, *, conversations: ConversationStore, messages: MessageStore, clock: Clock,
+                 publish: Callable[[list[int], dict], Awaitable[int]]):
         self.conversations = conversations
         self.messages = messages
         self.clock = clock
+        self.publish = publish
 
     async def _pair(self, me: int, peer: int) -> tuple[str, dict]:
         conv = conv_key(me, peer)
@@ -140,7 +151,12 @@ class ConversationManager:
                 values["archived_upto"] = None
         if not await self.conversations.set_user_state(conv, me, values):
             raise NotFound(f"You have no conversation with user {peer}", "conversation_not_found")
-        return await self._row(me, peer, conv, await self.conversations.get(conv))
+        row = await self._row(me, peer, conv, await self.conversations.get(conv))
+        try:  # the change is stored: if the event cannot be, my other devices learn it on their next list
+            row["seq"] = await self.publish([me], {"type": "conversation.settings", **row})
+        except Exception:
+            log.exception("conversation.settings event not stored")
+        return row
 
 
 __all__ = ["ConversationManager", "ConversationSettings", "ConversationSettingsIn", "MutedUntil", "user_state"]

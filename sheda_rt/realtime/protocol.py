@@ -31,6 +31,7 @@ from sheda_rt.builders.models import ProjectView
 from sheda_rt.chat.frames import AttachmentView  # [attachments]
 from sheda_rt.chat.frames import ReplyPreview
 from sheda_rt.chat.models import MessageDeleted, MessageReaction, MessageUpdated, SenderInfo
+from sheda_rt.chat.manage import ConversationSettings  # [manage]
 from sheda_rt.contracts.models import ContractOut
 from sheda_rt.leads.models import LeadOut
 from sheda_rt.listings.models import PropertyOut
@@ -202,6 +203,14 @@ class MessageReactionEvent(MessageReaction, ServerFrame):
     seq: Seq
 
 
+class ConversationSettingsEvent(ConversationSettings, ServerFrame):
+    """I muted, unmuted, archived or unarchived my conversation with user_id (to my own sockets:
+    my other devices follow). A new message un-archiving a conversation sends none."""
+
+    type: Literal["conversation.settings"]
+    seq: Seq
+
+
 class DeliveredEvent(ServerFrame):
     """reader_id's devices received your messages to them up to this id."""
 
@@ -344,7 +353,7 @@ class ProjectUpdated(ServerFrame):
 #: Every frame the socket sends, in the order the document lists them.
 SOCKET_FRAMES: tuple[type[ServerFrame], ...] = (
     AckFrame, ErrorFrame, PongFrame, SyncDoneMessages, SyncDoneEvents, SyncReset, Subscribed, Unsubscribed, AuthOk,
-    MessageEvent, ReadEvent, MessageUpdatedEvent, MessageDeletedEvent, MessageReactionEvent, DeliveredEvent, NotificationEvent, AppointmentEvent, ContractEvent, BuilderEvent, ProjectPublished, BookingEvent, ProjectUpdateEvent, LeadCreated,
+    MessageEvent, ReadEvent, MessageUpdatedEvent, MessageDeletedEvent, MessageReactionEvent, DeliveredEvent, ConversationSettingsEvent, NotificationEvent, AppointmentEvent, ContractEvent, BuilderEvent, ProjectPublished, BookingEvent, ProjectUpdateEvent, LeadCreated,
     TypingEvent, PresenceEvent, Announcement, SyncHint, PropertyUpdated, ProjectUpdated,
 )
 
