@@ -152,7 +152,8 @@ async def test_an_offline_user_gets_one_fcm_and_one_apns_push_with_valid_auth(sh
     await run_jobs(sheda)
     assert len(fcm.received) == 1 and len(apns.production.received) == 1
     await send(sheda, bob, ada, "Hello again")
-    await until_status(sheda, android_id, "pending")
+    for device_id in (android_id, iphone_id, dev_build_id):  # one job per device, re-armed one after another
+        await until_status(sheda, device_id, "pending")
     sheda.ctx.clock.advance(seconds=11)
     await run_jobs(sheda)
     assert len(fcm.accepted(android)) == 2 and len(apns.production.accepted(iphone)) == 2
