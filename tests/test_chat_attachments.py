@@ -15,6 +15,7 @@ from PIL import Image
 
 from sheda_rt.realtime import protocol
 from tests.support import multipart
+from tests.test_push import push, run_jobs, subscribed, until_jobs  # noqa: F401  (push: the local push service fixture)
 
 UPLOAD = "/api/v1/chat/attachments"
 
@@ -22,7 +23,9 @@ UPLOAD = "/api/v1/chat/attachments"
 @pytest.fixture
 def settings_overrides():
     # Tokens outlive the links (1 h), so a moved clock expires the link, not the session.
-    return {"ws_rate_burst": 10_000, "ws_rate_per_second": 10_000, "access_token_minutes": 10_000}
+    # The push scenario: the local push service is on 127.0.0.1, and it runs due jobs itself.
+    return {"ws_rate_burst": 10_000, "ws_rate_per_second": 10_000, "access_token_minutes": 10_000,
+            "push_allow_local_endpoints": True, "job_poll_seconds": 3600, "push_grace_seconds": 10}
 
 
 def png(size=(400, 300), color="blue") -> bytes:
@@ -351,3 +354,16 @@ async def test_a_message_that_fails_to_be_stored_gives_its_attachments_back(shed
                                  token=alice.token)
     assert again.status == 201 and [x["id"] for x in again.json["attachments"]] == [photo["id"]], again
     assert (await sheda.api.get(f"{UPLOAD}/{photo['id']}", token=bob.token)).status == 200
+
+
+async def test_a_push_for_a_message_without_text_names_its_attachments(sheda, push):
+    ada, bob = await sheda.signup(full_name="Ada Obi"), await sheda.signup(full_name="Bob Eze")
+    sub, device_id = await subscribed(sheda, push, ada)
+    photos = [await uploaded(sheda, bob), await uploaded(sheda, bob, png((30, 30)))]
+    sent = await sheda.api.post("/api/v1/chats", {"receiver_id": ada.id, "attachment_ids": [p["id"] for p in photos]}, token=bob.token)
+    assert sent.status == 201
+    await until_jobs(sheda, device_id)
+    sheda.ctx.clock.advance(seconds=11)
+    await run_jobs(sheda)
+    [got] = push.accepted(sub.endpoint_id)
+    assert got.payload["title"] == "New message from Bob Eze" and got.payload["body"] == "📷 2 photos"

@@ -81,6 +81,19 @@ class StoredFile:
     thumbnail_mime: str | None = None
 
 
+def attachment_summary(attachments) -> str:
+    """A message's attachments in words, for previews of a message without text (a push, a digest
+    email): "📷 Photo", "📷 3 photos", "📄 PDF", "📎 2 attachments"; "" when there are none."""
+    kinds = [a.get("kind") for a in attachments or ()]
+    if not kinds:
+        return ""
+    if set(kinds) == {"image"}:
+        return "📷 Photo" if len(kinds) == 1 else f"📷 {len(kinds)} photos"
+    if set(kinds) == {"pdf"}:
+        return "📄 PDF" if len(kinds) == 1 else f"📄 {len(kinds)} PDFs"
+    return f"📎 {len(kinds)} attachments"
+
+
 def looks_like_pdf(data: bytes) -> bool:
     """`%PDF-1.x` / `%PDF-2.0` first, and a trailer at the end: `startxref <offset>` then
     `%%EOF`, with the offset inside the file. Enough to refuse a renamed text file or a

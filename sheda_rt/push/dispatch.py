@@ -31,6 +31,7 @@ from datetime import datetime, timedelta, timezone
 
 from prometheus_client import Counter, Gauge
 
+from sheda_rt.chat.attachments import attachment_summary
 from sheda_rt.chat.store import conv_key
 from sheda_rt.jobs.runner import Defer, GiveUp, RetryLater
 from sheda_rt.jobs.store import PENDING, RUNNING
@@ -254,7 +255,7 @@ class Dispatcher:
         brief = await self.chat.user_brief(other_id) or {}
         name = brief.get("full_name") or brief.get("username") or "someone"
         title = f"New message from {name}" if n == 1 else f"{n} new messages from {name}"
-        body = latest["message"][:200] if previews else None
+        body = (latest["message"] or attachment_summary(latest.get("attachments")))[:200] if previews else None  # [attachments]
         data = {"type": "chat.message", "title": title, "count": n, "badge": badge,
                 "conversation": {"other_user_id": other_id}, "up_to": latest["_id"], "body": body}
         # One collapse key per conversation, at most 32 characters (RFC 8030's Topic; APNs allows 64)

@@ -23,6 +23,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from sheda_rt.chat.attachments import attachment_summary
 from sheda_rt.jobs.runner import Defer
 from sheda_rt.jobs.store import PENDING, RUNNING
 from sheda_rt.push.dispatch import quiet_until
@@ -193,7 +194,7 @@ class ChatDigests:
                 first = await messages.scan(item["conv"], newest_first=False, need=PREVIEW_LINES, after=item["mark"],
                                             keep=lambda d, peer=item["peer"]: d["sender_id"] == peer)
                 for m in first:
-                    text = (m.get("message") or "").splitlines()[0] if m.get("message") else ""
+                    text = (m.get("message") or "").splitlines()[0] if m.get("message") else attachment_summary(m.get("attachments"))
                     lines.append(f"  > {text[:PREVIEW_CHARS]}{'…' if len(text) > PREVIEW_CHARS else ''}")
                 if count > len(first):
                     lines.append(f"  … and {count - len(first)} more")
