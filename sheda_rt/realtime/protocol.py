@@ -82,7 +82,8 @@ class ErrorFrame(ServerFrame):
                                   "receiver_not_found, receiver_inactive, property_not_found, not_listing_participant, blocked, "
                                   "rate_limited, store_failed, shutting_down, database_unavailable, invalid_token, "
                                   "unknown_channel, forbidden, too_many_subscriptions, internal_error, "
-                                  "message_not_found, not_sender, edit_window_closed, invalid_reply, invalid_emoji, ...")
+                                  "message_not_found, not_sender, edit_window_closed, invalid_reply, invalid_emoji, "
+                                  "attachment_not_found, attachment_used, ...")
     detail: str = Field(description="For people")
     client_msg_id: str = sometimes("The refused message frame's client_msg_id, when it had one")
     errors: list[FieldError] = sometimes("validation_error only: what is wrong with which field")
