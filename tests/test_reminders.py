@@ -327,6 +327,7 @@ async def test_offline_user_gets_one_digest_per_window_and_unsubscribes_with_one
                 token.replace(".chat.", ".contracts.", 1), "garbage", ""):
         r = await sheda.api.get(path.path, params={"token": bad})
         assert r.status == 422, (bad, r)
+    assert (await sheda.api.get(path.path)).status == 422  # no token at all
     assert (await sheda.api.get(SETTINGS, token=bob.token)).json["email"]["chat"] is True
     r = await sheda.api.request("POST", f"{path.path}?{path.query}", body="List-Unsubscribe=One-Click",
                                 headers={"Content-Type": "application/x-www-form-urlencoded"})

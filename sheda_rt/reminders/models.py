@@ -10,7 +10,9 @@ from sheda_rt.responses import ResponseModel
 
 class UnsubscribeQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    token: str = Field(min_length=1, max_length=200, description="The signed token of the link in the email")
+    # Optional here and required by the service, so a POST's bad body is reported before a missing token
+    # (every JSON route answers a bad body the same way).
+    token: Optional[str] = Field(None, max_length=200, description="The signed token of the link in the email (required)")
 
 
 class OneClickForm(BaseModel):

@@ -20,9 +20,11 @@ class UnsubscribeService:
         self.links = links
         self.preferences = preferences  # notification settings
 
-    async def unsubscribe(self, token: str) -> dict:
-        """422 for a token that is not one we signed (tampered, truncated, another kind); else the kind
-        is off in the user's settings (idempotent: following the link twice is fine)."""
+    async def unsubscribe(self, token: str | None) -> dict:
+        """422 for a missing token or one that is not one we signed (tampered, truncated, another kind);
+        else the kind is off in the user's settings (idempotent: following the link twice is fine)."""
+        if not token:
+            raise ValidationFailed.single("token", "is required (the token of the link in the email)")
         found = self.links.verify(token)
         if found is None:
             raise ValidationFailed.single("token", "is not a valid unsubscribe link")
