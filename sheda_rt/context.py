@@ -192,7 +192,7 @@ class AppContext:
         self.chat_manage = ConversationManager(conversations=self.chat.conversations, messages=self.chat.messages, clock=self.clock,
                                                publish=self.stream.publish)
         self.chat_search = MessageSearch(messages=self.chat.messages, conversations=self.chat.conversations,
-                                         user_exists=self.chat.user_brief)
+                                         user_exists=self.chat.user_brief, present=self.chat.present_rows)
 
     def _install_marketplace(self) -> None:  # [listings]
         from sheda_rt.appointments.service import AppointmentService, AvailabilityService

@@ -321,3 +321,22 @@ async def test_a_muted_conversation_is_left_out_of_the_email_digest(sheda):
     [digest] = mails(sheda, bob, "unread")
     assert "Eve Ife" in digest.body and "Ada Obi" not in digest.body and "flat" not in digest.body
     assert (await conversation_rows(sheda, bob))[ada.id]["unread_count"] == 2  # still unread, only not mailed
+
+
+async def test_search_hits_look_like_history_and_follow_edits(sheda):
+    ada, bob = await sheda.signup(), await sheda.signup()
+    original = await say(sheda, bob, ada, "Is the duplex free?")
+    r = await sheda.api.post("/api/v1/chats", {"receiver_id": bob.id, "message": "Garden view, yes", "reply_to": original},
+                             token=ada.token)
+    assert r.status == 201, r
+    reply = r.json["id"]
+    r = await sheda.api.patch(f"/api/v1/chat/messages/{original}", {"message": "Is the bungalow free?"}, token=bob.token)
+    assert r.status == 200, r
+
+    [hit] = (await search(sheda, ada, q="garden")).json["items"]
+    history = (await sheda.api.get(f"/api/v1/chat/chat-history/{bob.id}", token=ada.token)).json
+    assert {k: v for k, v in hit.items() if k != "other_user_id"} == next(row for row in history if row["id"] == reply)
+    assert hit["reply_preview"]["message"] == "Is the bungalow free?"  # the quote as it is now, as history shows it
+    [edited] = (await search(sheda, ada, q="bungalow")).json["items"]
+    assert edited["id"] == original and edited["edited_at"]
+    assert (await search(sheda, ada, q="duplex")).json["items"] == []  # the old text is gone

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sheda_rt.chat.frames import HistoryRow, history_row
+from sheda_rt.chat.frames import HistoryRow
 from sheda_rt.chat.store import conv_key
 from sheda_rt.database.ids import MAX_ID
 from sheda_rt.errors import NotFound, ValidationFailed
@@ -115,7 +115,9 @@ class SearchPage(ResponseModel):
 
 
 class MessageSearch:
-    """Named dependencies: the chat's two stores and a user look-up (for `with`)."""
+    """Named dependencies: the chat's two stores, a user look-up (for `with`) and how history
+    presents stored messages to a user (ChatService.present_rows: reply quotes, attachment links,
+    my reactions), so a hit looks exactly like the same message in history."""
 
     FIRST_WIDTH = 1024  # ids in a conversation's first window
     TARGET = 256  # documents a window should bring back (the next window's width aims at it)
@@ -124,8 +126,10 @@ class MessageSearch:
     CONCURRENCY = 16  # conversations read at once
 
     def __init__(self, *, messages: MessageStore, conversations: ConversationStore,
-                 user_exists: Callable[[int], Awaitable[Optional[dict]]], max_examined: int = 5000):
+                 user_exists: Callable[[int], Awaitable[Optional[dict]]],
+                 present: Callable[[int, list[dict]], Awaitable[list[dict]]], max_examined: int = 5000):
         self.messages = messages
+        self.present = present
         self.conversations = conversations
         self.user_exists = user_exists
         self.max_examined = max_examined
@@ -148,8 +152,8 @@ class MessageSearch:
         if below is not None:
             top = min(top, below - 1)
         hits, more_below = await self._walk(convs, top, matcher(terms, me), query.limit)
-        items = [{**history_row(d), "other_user_id": d["receiver_id"] if d["sender_id"] == me else d["sender_id"]}
-                 for d in hits]
+        items = [{**row, "other_user_id": row["receiver_id"] if row["sender_id"] == me else row["sender_id"]}
+                 for row in await self.present(me, hits)]
         next_cursor = encode_cursor([more_below]) if more_below is not None else None
         return {"items": items, "next_cursor": next_cursor, "more": next_cursor is not None}
 

@@ -287,6 +287,11 @@ class ChatService:
             raise NotFound(f"No user with id {other}", "user_not_found")
         docs = await self.messages.conversation(conv_key(me, other), offset=offset, limit=limit, newest_first=order == "desc",
                                                 property_id=property_id, viewer=me)
+        return await self.present_rows(me, docs)
+
+    async def present_rows(self, me: int, docs: list[dict]) -> list[dict]:
+        """Stored messages as history shows them to `me` (history, search): reply quotes as they are
+        now, attachment links, my reactions."""
         await refresh_previews(self.messages, docs)  # [edits]
         self._present(docs)  # [attachments]
         return [history_row(d, me) for d in docs]
