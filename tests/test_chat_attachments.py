@@ -367,3 +367,18 @@ async def test_a_push_for_a_message_without_text_names_its_attachments(sheda, pu
     await run_jobs(sheda)
     [got] = push.accepted(sub.endpoint_id)
     assert got.payload["title"] == "New message from Bob Eze" and got.payload["body"] == "📷 2 photos"
+
+
+async def test_a_transparent_image_keeps_its_transparency_in_the_thumbnail(sheda):
+    alice = await sheda.signup("client")
+    buf = io.BytesIO()
+    logo = Image.new("P", (640, 640), 0)
+    logo.putpalette([255, 255, 255, 200, 0, 0] + [0] * 762)
+    logo.paste(1, (160, 160, 480, 480))
+    logo.save(buf, "PNG", transparency=0)  # a palette image whose colour 0 is transparent
+    att = await uploaded(sheda, alice, buf.getvalue(), filename="logo.png", content_type="image/png")
+    thumb = await fetch(sheda, att["thumbnail_url"])
+    assert thumb.status == 200 and thumb.headers["Content-Type"] == "image/png"
+    small = Image.open(io.BytesIO(thumb.body)).convert("RGBA")
+    assert small.size == (320, 320)
+    assert small.getpixel((5, 5))[3] == 0 and small.getpixel((160, 160)) == (200, 0, 0, 255)

@@ -123,15 +123,19 @@ def thumbnail(data: bytes) -> tuple[bytes, str]:
     with Image.open(io.BytesIO(data)) as source:
         source.load()
         image = source.copy()
+    # Palette and grey-with-alpha images are resampled in RGB(A): a palette thumbnail would be
+    # resampled nearest-neighbour, and dropping `info` below would drop a palette's transparency.
+    alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    if alpha and image.mode != "RGBA":
+        image = image.convert("RGBA")
+    elif not alpha and image.mode not in ("L", "RGB"):
+        image = image.convert("RGB")
     image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+    image.info = {}
     out = io.BytesIO()
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        image.info = {}
+    if alpha:
         image.save(out, format="PNG", optimize=True)
         return out.getvalue(), "image/png"
-    if image.mode not in ("L", "RGB"):
-        image = image.convert("RGB")
-    image.info = {}
     image.save(out, format="JPEG", quality=80)
     return out.getvalue(), "image/jpeg"
 
