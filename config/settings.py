@@ -109,6 +109,7 @@ class Settings(BaseSettings):
     chat_attachment_url_seconds: int = Field(3600, ge=60, le=7 * 86400, description="How long a signed attachment link in a frame or row stays valid (at least)")
     chat_attachment_unsent_hours: float = Field(24.0, gt=0, description="An uploaded attachment not sent in a message within this is deleted")
     chat_attachment_cleanup_minutes: float = Field(60.0, gt=0, description="How often unsent attachments are looked for")
+    chat_attachment_max_pending: int = Field(50, ge=1, le=100_000, description="Uploads one user may have not sent yet; one more is 409")
     chat_edit_window_seconds: float = Field(900.0, ge=0, le=31_536_000, description="How long after sending the sender may edit a message (sheda_rt/chat/edits.py)")  # [edits]
     # [realtime] the resumable event stream (sheda_rt/realtime/stream.py): events other than chat messages
     # (receipts, notifications, appointment.* / contract.* ...) are replayable this long; messages forever

@@ -20,12 +20,13 @@ class AttachmentUploadHandler(APIHandler):
         return self.ctx.settings.chat_attachment_max_bytes + MULTIPART_OVERHEAD
 
     @endpoint("Upload a chat attachment (image or PDF) to send in a message", auth=USER, upload="file", response=AttachmentView,
-              status=201, errors=(413, 415), tags=("chat",), upload_types="a jpeg, png or webp image, or a PDF (judged by content)")
+              status=201, errors=(409, 413, 415), tags=("chat",), upload_types="a jpeg, png or webp image, or a PDF (judged by content)")
     async def post(self):
         """The file goes in the multipart field `file`. Its kind is judged by its content, never its name or
         Content-Type: jpeg, png and webp images are decoded in full and stored re-encoded (EXIF, GPS location,
         comments dropped) with a thumbnail; a PDF must start `%PDF-` and end with its trailer. Anything else is
-        415, more than CHAT_ATTACHMENT_MAX_BYTES (default 10 MB) 413. 201 with the attachment: send its `id` in a
+        415, more than CHAT_ATTACHMENT_MAX_BYTES (default 10 MB) 413; 409 too_many_pending_attachments while the
+        user has CHAT_ATTACHMENT_MAX_PENDING (50) uploads not sent yet. 201 with the attachment: send its `id` in a
         message's `attachment_ids` (once; only the uploader may). `url` and `thumbnail_url` are signed links
         for the uploader to show it meanwhile. Never sent within CHAT_ATTACHMENT_UNSENT_HOURS (a day), it is deleted."""
         return await self.ctx.chat_attachments.upload(self.principal.user_id, self.uploaded_file("file"))

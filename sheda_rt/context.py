@@ -176,7 +176,8 @@ class AppContext:
         self.chat_attachments = AttachmentService(store=self.chat_attachment_store, ids=self.ids, clock=self.clock,
                                                   root=s.attachments_dir, secret=s.jwt_secret_value(),
                                                   max_bytes=s.chat_attachment_max_bytes, max_pixels=s.max_image_pixels,
-                                                  url_seconds=s.chat_attachment_url_seconds, public_base_url=s.public_base_url)
+                                                  url_seconds=s.chat_attachment_url_seconds, max_pending=s.chat_attachment_max_pending,
+                                                  public_base_url=s.public_base_url)
         self.chat.attachments = self.chat_attachments  # messages claim them and show their links
         self.chat_edits.discard_attachments = self.chat_attachments.discard  # deleted for everyone: the files go too
         self.drain_hooks.append(self.chat_attachments.drain)  # after the chat's: its last claims are settled

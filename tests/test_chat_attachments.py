@@ -25,7 +25,8 @@ def settings_overrides():
     # Tokens outlive the links (1 h), so a moved clock expires the link, not the session.
     # The push scenario: the local push service is on 127.0.0.1, and it runs due jobs itself.
     return {"ws_rate_burst": 10_000, "ws_rate_per_second": 10_000, "access_token_minutes": 10_000,
-            "push_allow_local_endpoints": True, "job_poll_seconds": 3600, "push_grace_seconds": 10}
+            "push_allow_local_endpoints": True, "job_poll_seconds": 3600, "push_grace_seconds": 10,
+            "chat_attachment_max_pending": 6}
 
 
 def png(size=(400, 300), color="blue") -> bytes:
@@ -382,3 +383,17 @@ async def test_a_transparent_image_keeps_its_transparency_in_the_thumbnail(sheda
     small = Image.open(io.BytesIO(thumb.body)).convert("RGBA")
     assert small.size == (320, 320)
     assert small.getpixel((5, 5))[3] == 0 and small.getpixel((160, 160)) == (200, 0, 0, 255)
+
+
+async def test_unsent_uploads_per_user_are_capped(sheda):
+    alice, bob = await sheda.signup("client"), await sheda.signup("agent")
+    limit = sheda.ctx.settings.chat_attachment_max_pending
+    pending = [await uploaded(sheda, alice, png((8 + i, 8))) for i in range(limit)]
+    refused = await upload(sheda, alice, png())
+    assert refused.status == 409 and refused.json["code"] == "too_many_pending_attachments", refused
+    assert await sheda.ctx.db["chat_attachments"].count_documents({"owner_id": alice.id}) == limit
+    await uploaded(sheda, bob)  # another user's own count
+    # Sending one frees a place.
+    sent = await sheda.api.post("/api/v1/chats", {"receiver_id": bob.id, "attachment_ids": [pending[0]["id"]]}, token=alice.token)
+    assert sent.status == 201
+    await uploaded(sheda, alice)

@@ -147,7 +147,8 @@ class AttachmentStore:
 
     # The cleanup's queries are {state, at range} exactly (the embedded database uses an index only
     # when every condition of the filter is one of its keys). Claims and downloads go by _id.
-    INDEXES = [IndexModel([("state", ASCENDING), ("at", ASCENDING)], name="state_at")]
+    INDEXES = [IndexModel([("state", ASCENDING), ("at", ASCENDING)], name="state_at"),
+               IndexModel([("owner_id", ASCENDING), ("state", ASCENDING)], name="owner_state")]  # the pending count
 
     def __init__(self, db):
         self.col = db["chat_attachments"]
@@ -160,6 +161,10 @@ class AttachmentStore:
 
     async def get(self, attachment_id: int) -> dict | None:
         return await self.col.find_one({"_id": attachment_id})
+
+    async def pending(self, owner_id: int) -> int:
+        """How many of owner_id's uploads are not sent (nor claimed) yet."""
+        return await self.col.count_documents({"owner_id": owner_id, "state": "new"})
 
     async def many(self, ids: list[int]) -> list[dict]:
         return await self.col.find({"_id": {"$in": ids}}).to_list(None)
@@ -222,7 +227,7 @@ class AttachmentService:
     secret (the server's JWT secret; a key for links is derived from it), and the settings' limits."""
 
     def __init__(self, *, store: AttachmentStore, ids: IdAllocator, clock: Clock, root: Path, secret: str, max_bytes: int,
-                 max_pixels: int, url_seconds: int, public_base_url: str | None = None, decoders: int = 2):
+                 max_pixels: int, url_seconds: int, max_pending: int = 50, public_base_url: str | None = None, decoders: int = 2):
         self.store = store
         self.ids = ids
         self.clock = clock
@@ -230,6 +235,7 @@ class AttachmentService:
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self.url_seconds = url_seconds
+        self.max_pending = max_pending  # unsent uploads per user: a day of 10 MB uploads is bounded per account
         self.base = public_base_url or ""
         self._key = hmac.new(secret.encode(), b"sheda chat attachment links", hashlib.sha256).digest()
         self._decoding = asyncio.Semaphore(decoders)  # a decoded 40-megapixel photo is ~120 MB
@@ -242,6 +248,9 @@ class AttachmentService:
             raise TooLarge(f"The file is {len(data)} bytes; attachments may have at most {self.max_bytes} bytes")
         if not data:
             raise ValidationFailed.single("file", "is empty")
+        if await self.store.pending(owner_id) >= self.max_pending:
+            raise Conflict(f"You have {self.max_pending} attachments uploaded and not sent: send or wait for them to expire first",
+                           "too_many_pending_attachments")
         async with self._decoding:
             stored = await asyncio.to_thread(inspect, data, self.max_pixels)
         name = uuid.uuid4().hex
