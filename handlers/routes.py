@@ -9,6 +9,7 @@ from handlers import inquiries  # [leads]
 from handlers import analytics  # [analytics]
 from handlers import builders  # [builders]
 from handlers import bookings  # [builders] bookings, installments, construction progress and updates
+from handlers import change_requests  # [builders] change requests on bookings
 from handlers import payments  # [payments]
 from handlers import jobs  # [jobs]
 from handlers import devices  # [push]
@@ -21,8 +22,9 @@ from handlers import chat_edits  # [edits] edit and delete messages
 from handlers import unsubscribe  # [reminders] the emails' one-click unsubscribe link
 from handlers import blocks  # [blocks] block and unblock users
 from handlers import moderation  # [moderation] reports and the moderators' queue
+from handlers import admin_settings  # [settings] runtime settings, their audit, the public status
 
-MODULES = [health, metrics, accounts, users, admin, media, chat, chat_attachments, properties, agents, appointments, contracts, notifications, builders, bookings, categories, inquiries, analytics, jobs, payments, devices, events, events_stream, realtime, chat_manage, chat_edits, unsubscribe, blocks, moderation, docs]
+MODULES = [health, metrics, accounts, users, admin, media, chat, chat_attachments, properties, agents, appointments, contracts, notifications, builders, bookings, change_requests, categories, inquiries, analytics, jobs, payments, devices, events, events_stream, realtime, chat_manage, chat_edits, unsubscribe, blocks, moderation, admin_settings, docs]
 
 
 def all_routes(settings) -> list:

@@ -105,6 +105,8 @@ class AppContext:
         self._install_marketplace()
         # [leads] public inquiries and the agents' lead pipeline.
         self._install_leads()
+        # [settings] runtime settings admins change while every process runs (bookings and units read them).
+        self._install_runtime_settings()
         # [builders] projects, units, payment plans; builders' verification.
         self._install_builders()
         # [payments] payments through a gateway (Paystack), its webhook, the reconciliation job.
@@ -293,6 +295,23 @@ class AppContext:
         self.push.digests = self.digests  # every stored message arms its receiver's digest
         self.drain_hooks.append(self.digests.drain)
 
+    def _install_runtime_settings(self) -> None:  # [settings]
+        from sheda_rt.builders.service import MAX_UNITS_PER_PROJECT
+        from sheda_rt.runtime_settings.models import DEFAULT_BOOKING_PERCENT
+        from sheda_rt.runtime_settings.service import RuntimeSettingsService, RuntimeSettingsStore
+
+        self.runtime_settings_store = RuntimeSettingsStore(self.db, self.ids)
+        self.stores.append(self.runtime_settings_store)
+        defaults = {"booking_hold_hours": self.settings.booking_hold_hours, "booking_percent": DEFAULT_BOOKING_PERCENT,
+                    "max_units_per_project": MAX_UNITS_PER_PROJECT, "maintenance_banner": None}
+        confirm = None
+        if self.redis_link is not None:  # several processes: a change is answered once all of them dropped their copy
+            from sheda_rt.blocks.confirm import ConfirmedInvalidation
+
+            confirm = ConfirmedInvalidation(self.redis_link, self.hub.fanout.listen, name="runtime_settings")
+        self.runtime_settings = RuntimeSettingsService(self.runtime_settings_store, defaults=defaults, hub=self.hub, clock=self.clock,
+                                                       confirm=confirm)
+
     def _install_builders(self) -> None:  # [builders]
         from sheda_rt.builders.service import BuilderService, ProjectService
         from sheda_rt.builders.store import PaymentPlanStore, ProjectStore, UnitBatchLocks, UnitStore
@@ -304,7 +323,7 @@ class AppContext:
         self.stores.extend([self.project_store, self.unit_store, self.unit_batch_locks, self.payment_plan_store])
         self.projects = ProjectService(self.project_store, self.unit_store, self.unit_batch_locks, self.payment_plan_store,
                                        users=self.users, notifications=self.notifications, media=self.media, clock=self.clock,
-                                       channels=self.channels)
+                                       channels=self.channels, runtime_settings=self.runtime_settings.get)
         self.builders = BuilderService(self.projects, users=self.users, notifications=self.notifications, media=self.media,
                                        clock=self.clock)
         # [realtime] project:<id>: any signed-in user watches a published project (its feed is public); drafts only
@@ -323,10 +342,16 @@ class AppContext:
         self.stores.extend([self.booking_store, self.progress_store, self.update_store])
         self.bookings = BookingService(self.booking_store, projects=self.projects, project_store=self.project_store,
                                        units=self.unit_store, plans=self.payment_plan_store, notifications=self.notifications,
-                                       clock=self.clock, hold_hours=s.booking_hold_hours, reminder_days=s.booking_reminder_days)
+                                       clock=self.clock, hold_hours=s.booking_hold_hours, reminder_days=s.booking_reminder_days,
+                                       runtime_settings=self.runtime_settings.get)
         self.construction = ProgressService(self.progress_store, self.update_store, projects=self.projects,
                                             bookings=self.booking_store, notifications=self.notifications, clock=self.clock)
         self.booking_job = BookingJob(self.bookings, s.booking_job_interval_minutes, self.job_runner, self.clock)
+        from sheda_rt.builders.change_requests import ChangeRequestService, ChangeRequestStore  # [builders] change requests
+        self.change_request_store = ChangeRequestStore(self.db, self.ids)
+        self.stores.append(self.change_request_store)
+        self.change_requests = ChangeRequestService(self.change_request_store, bookings=self.booking_store,
+                                                    notifications=self.notifications, clock=self.clock)
         self.jobs.append(self.booking_job)
 
     def _install_payments(self) -> None:  # [payments]

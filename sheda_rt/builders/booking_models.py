@@ -42,7 +42,8 @@ class InstallmentView(ResponseModel):
     n: int = Field(description="1-based line number (the booking payment is line 1 when the plan's first line is due 'booking')")
     label: str
     percent: str = Field(examples=["10.00"])
-    due: str = Field(description="'booking', 'handover' or 'months:<N>', as in the plan")
+    due: str = Field(description="'booking', 'handover' or 'months:<N>', as in the plan; 'change:<days>' for an accepted "
+                                 "change request's line (due that many days after acceptance)")
     due_date: Optional[Timestamp] = Field(description="booking: the hold's end; months:N: N calendar months after booking; "
                                                       "handover: the project's expected_completion (null when it has none)")
     amount: MoneyText = Field(description="kobo-exact; each line rounded down to the kobo, the remainder on the last line")
@@ -69,7 +70,7 @@ class BookingView(ResponseModel):
     hold_until: Optional[Timestamp] = Field(description="while reserved and the booking payment is not sent: when the hold lapses")
     installments: list[InstallmentView]
     paid: MoneyText = Field(description="sum of confirmed lines")
-    outstanding: MoneyText = Field(description="price minus paid")
+    outstanding: MoneyText = Field(description="every line (the price plus accepted change requests) minus paid")
     cancel_reason: Optional[str]
     cancelled_by: Optional[int] = Field(description="user id; null when the system closed it")
     created_at: Timestamp

@@ -42,7 +42,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, time, timedelta, timezone
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
 
@@ -64,6 +64,7 @@ if TYPE_CHECKING:  # types only: the context wires these in
     from sheda_rt.clock import Clock
     from sheda_rt.database.ids import IdAllocator
     from sheda_rt.notifications.service import NotificationService
+    from sheda_rt.runtime_settings.models import RuntimeSettings
 
 log = logging.getLogger("sheda.bookings")
 
@@ -125,6 +126,14 @@ class BookingStore:
         return await guarded_transition(self.col, booking_id, from_states, to_state, now, who=who, extra=extra, unset=unset,
                                         field=f"installments.{index}.status")
 
+    async def add_line(self, booking_id: int, count: int, line: dict, now, *, who: dict) -> dict | None:
+        """Append `line` to the schedule when it still has `count` lines and no line of the same
+        change request (a change request's accepted quote): one conditional write, so it is added
+        once and two lines never share a number. The booking after it, or None."""
+        query = {"_id": booking_id, "installments": {"$size": count},
+                 "installments.change_request_id": {"$ne": line["change_request_id"]}, **who}
+        return await update_then_get(self.col, query, {"$push": {"installments": line}, "$set": {"updated_at": now}})
+
     async def page(self, user_id: int, status: str | None, role: str | None, page, serialize) -> dict:
         query: dict = {"parties": f"{role}:{user_id}" if role else user_id}
         if status:
@@ -174,13 +183,14 @@ def line_view(line: dict) -> dict:
 
 def booking_view(doc: dict) -> dict:
     paid = sum(ln["amount_minor"] for ln in doc["installments"] if ln["status"] == "confirmed")
+    total = sum(ln["amount_minor"] for ln in doc["installments"])  # the price plus accepted change requests
     return {
         "id": doc["_id"], "unit_id": doc["unit_id"], "unit_number": doc["unit_number"], "project_id": doc["project_id"],
         "project_name": doc["project_name"], "plan_id": doc["plan_id"], "plan_name": doc["plan_name"],
         "client_id": doc["client_id"], "builder_id": doc["builder_id"], "price": _money(doc["price_minor"]),
         "status": doc["status"], "hold_until": format_ts(doc.get("hold_until")),
         "installments": [line_view(ln) for ln in doc["installments"]],
-        "paid": _money(paid), "outstanding": _money(doc["price_minor"] - paid),
+        "paid": _money(paid), "outstanding": _money(total - paid),
         "cancel_reason": doc.get("cancel_reason"), "cancelled_by": doc.get("cancelled_by"),
         "created_at": format_ts(doc["created_at"]), "updated_at": format_ts(doc["updated_at"]),
     }
@@ -197,7 +207,7 @@ def handover_date(project: dict) -> datetime | None:
 class BookingService:
     def __init__(self, store: BookingStore, *, projects: ProjectService, project_store: ProjectStore, units: UnitStore,
                  plans: PaymentPlanStore, notifications: NotificationService, clock: Clock, hold_hours: float,
-                 reminder_days: float):
+                 reminder_days: float, runtime_settings: Callable[[], Awaitable[RuntimeSettings]] | None = None):
         self.store = store
         self.projects = projects  # unit summaries after unit moves
         self.project_store = project_store
@@ -206,6 +216,9 @@ class BookingService:
         self.notifications = notifications  # stored notifications and durable booking.* events
         self.clock = clock
         self.hold = timedelta(hours=hold_hours)
+        # The runtime settings now: a new booking's hold is booking_hold_hours as an admin set it
+        # (GET|PATCH /api/v1/admin/settings); None: `hold_hours` (BOOKING_HOLD_HOURS).
+        self.runtime_settings = runtime_settings
         self.reminder = timedelta(days=reminder_days)
 
     # ---- create ------------------------------------------------------------
@@ -222,7 +235,8 @@ class BookingService:
         if unit["status"] != "available":
             raise Conflict(f"The unit is {unit['status']}", "unit_not_available")
         now = self.clock.now()
-        hold_until = now + self.hold
+        hold = timedelta(hours=(await self.runtime_settings()).booking_hold_hours) if self.runtime_settings else self.hold
+        hold_until = now + hold
         amounts = split_price(int(unit["price_minor"]), [Decimal(ln["percent"]) for ln in plan["lines"]])
         lines = []
         for i, (ln, amount) in enumerate(zip(plan["lines"], amounts)):

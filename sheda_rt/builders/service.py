@@ -19,7 +19,7 @@ import logging
 import uuid
 from datetime import timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from sheda_rt.accounts.service import builder_profile
 from sheda_rt.clock import format_ts
@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # types only: the context wires these in (runtime imports her
     from sheda_rt.media.store import MediaStore
     from sheda_rt.notifications.service import NotificationService
     from sheda_rt.realtime.channels import Channels
+    from sheda_rt.runtime_settings.models import RuntimeSettings
 
 log = logging.getLogger("sheda.builders")
 
@@ -197,8 +198,10 @@ class BuilderService:
 class ProjectService:
     def __init__(self, projects: ProjectStore, units: UnitStore, locks: UnitBatchLocks, plans: PaymentPlanStore, *,
                  users: UserStore, notifications: NotificationService, media: MediaStore, clock: Clock,
-                 channels: Channels | None = None):
+                 channels: Channels | None = None, runtime_settings: Callable[[], Awaitable[RuntimeSettings]] | None = None):
         self.store = projects
+        # The runtime settings now (max_units_per_project); None: MAX_UNITS_PER_PROJECT (e.g. the benchmark).
+        self.runtime_settings = runtime_settings
         self.units = units
         self.locks = locks
         self.plans = plans
@@ -446,8 +449,9 @@ class ProjectService:
         try:
             if lapsed:  # a batch died holding the lock (or lost the database mid-insert): what it stored goes
                 await self.units.delete_batch(project_id, lapsed)
-            if await self.units.count(project_id) + len(numbers) > MAX_UNITS_PER_PROJECT:
-                raise Conflict(f"A project has at most {MAX_UNITS_PER_PROJECT} units", "too_many_units")
+            most = (await self.runtime_settings()).max_units_per_project if self.runtime_settings else MAX_UNITS_PER_PROJECT
+            if await self.units.count(project_id) + len(numbers) > most:
+                raise Conflict(f"A project has at most {most} units", "too_many_units")
             taken = await self.units.taken_numbers(project_id, numbers)
             if taken:
                 raise Conflict("These unit numbers already exist in this project; nothing was added", "duplicate_unit_number",

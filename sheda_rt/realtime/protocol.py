@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sheda_rt.accounts.models import PublicBuilder
 from sheda_rt.appointments.models import AppointmentOut
 from sheda_rt.builders.booking_models import BookingView, ProgressView, UpdateView
+from sheda_rt.builders.change_request_models import ChangeRequestView
 from sheda_rt.builders.models import ProjectView
 from sheda_rt.chat.frames import AttachmentView  # [attachments]
 from sheda_rt.chat.frames import ReplyPreview
@@ -277,6 +278,17 @@ class BookingEvent(ServerFrame):
     seq: Seq
 
 
+class ChangeRequestEvent(ServerFrame):
+    """A change request on a booking moved (to its client and its builder): asked for, quoted, accepted (with
+    the booking, whose schedule gained the change's line), completed, withdrawn or rejected."""
+
+    type: Literal["change_request.requested", "change_request.quoted", "change_request.accepted",
+                  "change_request.completed", "change_request.withdrawn", "change_request.rejected"]
+    change_request: ChangeRequestView
+    booking: BookingView = sometimes("accepted only: the booking with the change's installment line")
+    seq: Seq
+
+
 class ProjectUpdateEvent(ServerFrame):
     """The builder posted a construction update on a project you have a booking in."""
 
@@ -354,7 +366,7 @@ class ProjectUpdated(ServerFrame):
 #: Every frame the socket sends, in the order the document lists them.
 SOCKET_FRAMES: tuple[type[ServerFrame], ...] = (
     AckFrame, ErrorFrame, PongFrame, SyncDoneMessages, SyncDoneEvents, SyncReset, Subscribed, Unsubscribed, AuthOk,
-    MessageEvent, ReadEvent, MessageUpdatedEvent, MessageDeletedEvent, MessageReactionEvent, DeliveredEvent, ConversationSettingsEvent, NotificationEvent, AppointmentEvent, ContractEvent, BuilderEvent, ProjectPublished, BookingEvent, ProjectUpdateEvent, LeadCreated,
+    MessageEvent, ReadEvent, MessageUpdatedEvent, MessageDeletedEvent, MessageReactionEvent, DeliveredEvent, ConversationSettingsEvent, NotificationEvent, AppointmentEvent, ContractEvent, BuilderEvent, ProjectPublished, BookingEvent, ChangeRequestEvent, ProjectUpdateEvent, LeadCreated,
     TypingEvent, PresenceEvent, Announcement, SyncHint, PropertyUpdated, ProjectUpdated,
 )
 

@@ -1,0 +1,128 @@
+"""Runtime settings (issue 17 §5): an admin reads the defaults (the static settings), changes
+them, and sees each change in the audit; others are refused; bad values change nothing; a new
+booking holds its unit for the new period; units over the new maximum are refused (409
+too_many_units); the public status carries the maintenance banner. With two processes, a
+change made through A is what B answers right after A's answer."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+
+from tests.redis_support import Remote, redis_server, server_pair, shared_dir  # noqa: F401  (module fixtures)
+from tests.test_builder_bookings import book, setup_project
+from tests.test_builders import unit
+from tests.test_multiprocess_admin import admin_on
+
+SETTINGS = "/api/v1/admin/settings"
+AUDIT = "/api/v1/admin/settings/audit"
+
+
+@pytest.fixture
+def sheda(sheda, io_loop):
+    """The settings are one document in the shared test database: every test here leaves the defaults."""
+    yield sheda
+    io_loop.run_sync(lambda: sheda.ctx.db["runtime_settings"].delete_many({}))
+
+
+def ts(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+async def test_admin_reads_defaults_patches_and_sees_the_audit(sheda):
+    admin = await sheda.admin()
+    r = await sheda.api.get(SETTINGS, token=admin.token)
+    assert r.status == 200, r
+    assert r.json == {"booking_hold_hours": sheda.ctx.settings.booking_hold_hours, "booking_percent": "10.00",
+                      "max_units_per_project": 5000, "maintenance_banner": None}
+    assert (await sheda.api.get("/api/v1/status")).json == {"maintenance_banner": None}
+
+    r = await sheda.api.patch(SETTINGS, {"booking_hold_hours": 12, "booking_percent": "15.5",
+                                         "maintenance_banner": "Upgrade tonight 22:00"}, token=admin.token)
+    assert r.status == 200, r
+    assert r.json == {"booking_hold_hours": 12.0, "booking_percent": "15.50", "max_units_per_project": 5000,
+                      "maintenance_banner": "Upgrade tonight 22:00"}
+    assert (await sheda.api.get(SETTINGS, token=admin.token)).json == r.json
+    assert (await sheda.api.get("/api/v1/status")).json == {"maintenance_banner": "Upgrade tonight 22:00"}
+    # A second change: only what moved is audited; null clears the banner.
+    r = await sheda.api.patch(SETTINGS, {"booking_hold_hours": 12, "maintenance_banner": None}, token=admin.token)
+    assert r.status == 200 and r.json["maintenance_banner"] is None and r.json["booking_hold_hours"] == 12.0, r
+
+    page = await sheda.api.get(AUDIT, params={"limit": "1"}, token=admin.token)
+    assert page.status == 200, page
+    newest = page.json["items"][0]
+    assert newest["who"] == admin.id and newest["changes"] == {"maintenance_banner": ["Upgrade tonight 22:00", None]}
+    rest = await sheda.api.get(AUDIT, params={"limit": "1", "cursor": page.json["next_cursor"]}, token=admin.token)
+    first = rest.json["items"][0]
+    assert first["who"] == admin.id and first["changes"] == {
+        "booking_hold_hours": [sheda.ctx.settings.booking_hold_hours, 12.0], "booking_percent": ["10.00", "15.50"],
+        "maintenance_banner": [None, "Upgrade tonight 22:00"]}
+    assert ts(first["when"]) <= ts(newest["when"]) and first["id"] != newest["id"]
+
+
+async def test_non_admins_are_refused_and_bad_values_change_nothing(sheda):
+    admin, user = await sheda.admin(), await sheda.signup("client")
+    for method, path, body in (("get", SETTINGS, None), ("patch", SETTINGS, {"booking_hold_hours": 1}), ("get", AUDIT, None)):
+        r = await (sheda.api.get(path, token=user.token) if method == "get" else sheda.api.patch(path, body, token=user.token))
+        assert r.status == 403, (path, r)
+        assert (await sheda.api.request(method.upper(), path, json_body=body)).status == 401
+    before = (await sheda.api.get(SETTINGS, token=admin.token)).json
+    audit_before = (await sheda.api.get(AUDIT, params={"limit": "100"}, token=admin.token)).json["items"]
+    bad = [{"booking_hold_hours": 0}, {"booking_hold_hours": "soon"}, {"booking_hold_hours": None},
+           {"booking_percent": "100.01"}, {"booking_percent": "-1"}, {"booking_percent": 10.5}, {"booking_percent": "1e3"},
+           {"max_units_per_project": 0}, {"max_units_per_project": 2.5}, {"maintenance_banner": "x" * 501},
+           {"maintenance_banner": 5}, {"colour": "blue"}, {"booking_hold_hours": 6, "unknown": 1},
+           {"booking_hold_hours": 6, "max_units_per_project": -3}]
+    for body in bad:
+        r = await sheda.api.patch(SETTINGS, body, token=admin.token)
+        assert r.status == 422 and r.json["code"] == "validation_error" and r.json["errors"], (body, r)
+    assert (await sheda.api.patch(SETTINGS, [1], token=admin.token)).status == 422
+    assert (await sheda.api.get(SETTINGS, token=admin.token)).json == before
+    assert (await sheda.api.get(AUDIT, params={"limit": "100"}, token=admin.token)).json["items"] == audit_before
+    assert await sheda.ctx.db["runtime_settings"].count_documents({}) == 0
+
+
+async def test_a_new_booking_holds_its_unit_for_the_new_period(sheda):
+    admin = await sheda.admin()
+    builder, project, units, plan = await setup_project(sheda, units=("H-1", "H-2"))
+    client = await sheda.signup("client")
+    r = await book(sheda, client, units[0]["id"], plan["id"])
+    assert r.status == 201, r
+    assert ts(r.json["hold_until"]) - ts(r.json["created_at"]) == _hours(sheda.ctx.settings.booking_hold_hours)
+    assert (await sheda.api.patch(SETTINGS, {"booking_hold_hours": 2.5}, token=admin.token)).status == 200
+    r = await book(sheda, client, units[1]["id"], plan["id"])
+    assert r.status == 201, r
+    assert ts(r.json["hold_until"]) - ts(r.json["created_at"]) == _hours(2.5)
+    assert r.json["installments"][0]["due_date"] == r.json["hold_until"]
+
+
+def _hours(h: float) -> timedelta:
+    return timedelta(hours=h)
+
+
+async def test_units_over_the_runtime_maximum_are_refused(sheda):
+    admin = await sheda.admin()
+    builder, project, units, plan = await setup_project(sheda, units=("M-1", "M-2"))
+    assert (await sheda.api.patch(SETTINGS, {"max_units_per_project": 3}, token=admin.token)).status == 200
+    path = f"/api/v1/projects/{project['id']}/units"
+    r = await sheda.api.post(path, {"units": [unit("M-3"), unit("M-4")]}, token=builder.token)
+    assert r.status == 409 and r.json["code"] == "too_many_units" and "at most 3" in r.json["detail"], r
+    assert await sheda.ctx.db["units"].count_documents({"project_id": project["id"]}) == 2
+    r = await sheda.api.post(path, {"units": [unit("M-3")]}, token=builder.token)
+    assert r.status == 201, r
+    assert (await sheda.api.post(path, {"units": [unit("M-4")]}, token=builder.token)).status == 409
+
+
+async def test_a_change_through_a_is_what_b_answers_right_after(server_pair):
+    a, b = Remote(server_pair[0]), Remote(server_pair[1])
+    admin = await admin_on(a)
+    # B has read (and cached) the settings before the change.
+    assert (await b.api.get("/api/v1/status")).json == {"maintenance_banner": None}
+    before = (await b.api.get(SETTINGS, token=admin.token)).json
+    for banner, hours in (("Down at noon", 7.0), (None, 9.0), ("Back soon", 11.0)):
+        r = await a.api.patch(SETTINGS, {"maintenance_banner": banner, "booking_hold_hours": hours}, token=admin.token)
+        assert r.status == 200, r
+        # No wait: A answers once every process has dropped its copy.
+        assert (await b.api.get("/api/v1/status")).json == {"maintenance_banner": banner}
+        assert (await b.api.get(SETTINGS, token=admin.token)).json == {**before, "maintenance_banner": banner,
+                                                                          "booking_hold_hours": hours}
