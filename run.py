@@ -5,6 +5,7 @@
     python run.py --processes 4           N workers sharing the port (needs REDIS_URL)
     python run.py promote-admin alice     give a user role admin
     python run.py create-user --username bob --email bob@example.com --user-type agent
+    python run.py demo-data               load demo data (accounts demo_*), once
 
 The commands work whether or not the server is running: they connect to the
 database the server uses (the embedded one is shared, never started twice).
@@ -37,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--phone")
     create.add_argument("--full-name")
     create.add_argument("--admin", action="store_true", help="also give role admin")
+    demo = sub.add_parser("demo-data", help="load demo builders, projects, agents, listings, clients and chat (skipped when loaded)")
+    demo.add_argument("--password", help="the demo accounts' password (default: generated and printed)")
     return parser
 
 

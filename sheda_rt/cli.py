@@ -34,6 +34,15 @@ async def _run(settings, uri: str, args) -> str:
     from sheda_rt.context import AppContext
 
     ctx = AppContext(settings, uri)
+    if args.command == "demo-data":  # sends chat messages and events: the stream and hub run, and drain before closing
+        from sheda_rt.demo import load_demo_data
+
+        await ctx.start()
+        try:
+            return await load_demo_data(ctx, args.password)
+        finally:
+            await ctx.drain()
+            await ctx.close()
     try:
         await ctx.ensure_indexes()
         if args.command == "promote-admin":
