@@ -123,6 +123,7 @@ class Settings(BaseSettings):
     booking_hold_hours: float = Field(48.0, gt=0, le=24 * 90, description="How long a new booking reserves its unit pending the booking payment")
     booking_reminder_days: float = Field(3.0, ge=0, le=60, description="Installments falling due within this many days get a reminder (client and builder)")
     booking_job_interval_minutes: float = Field(60.0, gt=0, le=24 * 60, description="How often lapsed holds expire and installments are reminded / marked overdue")
+    builder_model_max_bytes: int = Field(50 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024, description="Largest 3D model (glb, gltf, usdz) a builder uploads; more is 413")
     # [jobs] the durable job queue (sheda_rt/jobs/)
     job_poll_seconds: float = Field(1.0, gt=0, le=3600, description="How often each process looks for due jobs")
     job_lease_seconds: float = Field(60.0, ge=1, description="A claimed job's lease; renewed while it runs, a dead process's lapses after this")

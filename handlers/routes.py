@@ -9,6 +9,7 @@ from handlers import inquiries  # [leads]
 from handlers import analytics  # [analytics]
 from handlers import builders  # [builders]
 from handlers import bookings  # [builders] bookings, installments, construction progress and updates
+from handlers import builder_models  # [builders] projects' 3D models (glb, gltf, usdz)
 from handlers import change_requests  # [builders] change requests on bookings
 from handlers import payments  # [payments]
 from handlers import jobs  # [jobs]
@@ -24,7 +25,7 @@ from handlers import blocks  # [blocks] block and unblock users
 from handlers import moderation  # [moderation] reports and the moderators' queue
 from handlers import admin_settings  # [settings] runtime settings, their audit, the public status
 
-MODULES = [health, metrics, accounts, users, admin, media, chat, chat_attachments, properties, agents, appointments, contracts, notifications, builders, bookings, change_requests, categories, inquiries, analytics, jobs, payments, devices, events, events_stream, realtime, chat_manage, chat_edits, unsubscribe, blocks, moderation, admin_settings, docs]
+MODULES = [health, metrics, accounts, users, admin, media, chat, chat_attachments, properties, agents, appointments, contracts, notifications, builders, bookings, builder_models, change_requests, categories, inquiries, analytics, jobs, payments, devices, events, events_stream, realtime, chat_manage, chat_edits, unsubscribe, blocks, moderation, admin_settings, docs]
 
 
 def all_routes(settings) -> list:

@@ -329,7 +329,16 @@ class AppContext:
         # [realtime] project:<id>: any signed-in user watches a published project (its feed is public); drafts only
         # their builder and admins
         self.channels.register("project", self.projects.authorize_watch)
+        self._install_project_models()
         self._install_bookings()
+
+    def _install_project_models(self) -> None:  # [builders] 3D models (glb, gltf, usdz) under DATA_DIR/models
+        from sheda_rt.builders.models3d import ModelService, ModelStore
+
+        self.project_model_store = ModelStore(self.db)
+        self.stores.append(self.project_model_store)
+        self.project_models = ModelService(store=self.project_model_store, projects=self.projects, ids=self.ids, clock=self.clock,
+                                           root=self.settings.data_dir / "models", max_bytes=self.settings.builder_model_max_bytes)
 
     def _install_bookings(self) -> None:  # [builders] bookings with installment schedules, construction progress and updates
         from sheda_rt.builders.bookings import BookingJob, BookingService, BookingStore
