@@ -96,8 +96,8 @@ def _usdz(data: bytes) -> bool:
         return False
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            entries = archive.infolist()
-            if not entries or not entries[0].filename.lower().endswith(_USD_LAYERS):
+            entries = sorted(archive.infolist(), key=lambda e: e.header_offset)  # in file order, not the directory's
+            if not entries or entries[0].header_offset != 0 or not entries[0].filename.lower().endswith(_USD_LAYERS):
                 return False
             if any(e.compress_type != zipfile.ZIP_STORED or e.flag_bits & 0x1 for e in entries):
                 return False  # compressed or encrypted: not a USDZ
