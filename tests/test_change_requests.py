@@ -179,6 +179,29 @@ async def test_every_refusal_changes_nothing(sheda):
     await refused(409, "wrong_state", move(sheda, client, bid, cr["id"], "withdraw"))
     await refused(409, "wrong_state", move(sheda, builder, bid, cr["id"], "reject", {"reason": "late"}))
     await refused(409, "wrong_state", move(sheda, builder, bid, cr["id"], "quote", {"cost": "10", "days": 1}))
-    # A closed booking takes no new change requests.
+    # A closed booking takes no new change requests, and its quotes can no longer be accepted.
+    cr = (await ask(sheda, client, bid, "fixtures")).json
+    assert (await move(sheda, builder, bid, cr["id"], "quote", {"cost": "99", "days": 2})).status == 200
     assert (await sheda.api.post(f"{BOOKINGS}/{bid}/cancel", {"reason": "Buyer left"}, token=builder.token)).status == 200
     await refused(409, "wrong_state", ask(sheda, client, bid))
+    await refused(409, "wrong_state", move(sheda, client, bid, cr["id"], "accept"))
+    assert (await snapshot(sheda, "change_requests", cr["id"]))["status"] == "quoted"
+
+
+async def test_two_changes_accepted_at_once_get_their_own_lines(sheda):
+    builder, client, booking = await active_booking(sheda)
+    bid = booking["id"]
+    ids = []
+    for category, cost in (("layout", "1000.00"), ("plumbing", "2000.00"), ("other", "3000.00")):
+        cr = (await ask(sheda, client, bid, category)).json
+        assert (await move(sheda, builder, bid, cr["id"], "quote", {"cost": cost, "days": 7})).status == 200
+        ids.append(cr["id"])
+    results = await asyncio.gather(*(move(sheda, client, bid, i, "accept") for i in ids))
+    assert [r.status for r in results] == [200, 200, 200], results
+    stored = await sheda.ctx.db["bookings"].find_one({"_id": bid})
+    lines = stored["installments"]
+    assert [ln["n"] for ln in lines] == [1, 2, 3, 4, 5, 6, 7]
+    assert sorted(ln.get("change_request_id") for ln in lines[4:]) == sorted(ids)
+    assert sorted(r.json["installment"] for r in results) == [5, 6, 7]
+    view = (await sheda.api.get(f"{BOOKINGS}/{bid}", token=client.token)).json
+    assert view["outstanding"] == "40506000.01"  # 45000000.01 - 4500000.00 + 6000.00
