@@ -7,7 +7,7 @@ from handlers.routing import endpoint, route
 from sheda_rt.accounts.auth import ADMIN, BUILDER, USER
 from sheda_rt.builders.models import (BuilderPageView, BuilderVerify, BuilderView, PaymentPlanCreate, PaymentPlanList,
                                       PaymentPlanView, PlanQuery, ProjectCreate, ProjectPage, ProjectQuery, ProjectUpdate,
-                                      ProjectView, UnitBatch, UnitItems, UnitPage, UnitPatch, UnitQuery, UnitView)
+                                      ProjectDetailView, ProjectView, UnitBatch, UnitItems, UnitPage, UnitPatch, UnitQuery, UnitView)
 
 TAGS = ("builders",)
 
@@ -68,11 +68,12 @@ class ProjectsHandler(_MaybeSignedIn):
 
 
 class ProjectHandler(_MaybeSignedIn):
-    @endpoint("One project, with unit counts by status and the price range", response=ProjectView, errors=(401, 404),
+    @endpoint("One project, with unit counts by status and the price range", response=ProjectDetailView, errors=(401, 404),
               tags=TAGS)
     async def get(self, project_id: int):
         """Public once published; a draft is 404 to everyone but its builder and admins (send the token).
-        `unit_counts` by status, `price_range` and `bedrooms` over the available units."""
+        `unit_counts` by status, `price_range` and `bedrooms` over the available units; `models`: its 3D models
+        in summary (total, kinds, unit types)."""
         return await self.ctx.projects.get(project_id, await self.optional_principal())
 
     @endpoint("Change a project (its builder or an admin)", auth=USER, body=ProjectUpdate, response=ProjectView,

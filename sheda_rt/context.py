@@ -339,6 +339,7 @@ class AppContext:
         self.stores.append(self.project_model_store)
         self.project_models = ModelService(store=self.project_model_store, projects=self.projects, ids=self.ids, clock=self.clock,
                                            root=self.settings.data_dir / "models", max_bytes=self.settings.builder_model_max_bytes)
+        self.projects.model_summary = self.project_model_store.summary  # the `models` of GET /projects/{id}
 
     def _install_bookings(self) -> None:  # [builders] bookings with installment schedules, construction progress and updates
         from sheda_rt.builders.bookings import BookingJob, BookingService, BookingStore

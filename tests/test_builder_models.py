@@ -91,6 +91,8 @@ async def test_real_glb_gltf_and_usdz_are_accepted_listed_and_served_with_their_
     assert [m["kind"] for m in r.json["items"]] == ["gltf", "usdz"], r
     assert (await sheda.api.get(f"{PROJECTS}/{pid}/models", params={"unit_type": "penthouse"})).json["items"] == []
     assert (await sheda.api.get(f"{PROJECTS}/{pid}/models", params={"unit_type": "castle"})).status == 422
+    assert (await sheda.api.get(f"{PROJECTS}/{pid}")).json["models"] == {"total": 3, "kinds": ["glb", "gltf", "usdz"],
+                                                                         "unit_types": ["apartment"]}
     assert (await upload(sheda, builder, pid, glb(), unit_type="castle")).status == 422
     # Deleted by its builder: gone from the list, the download and the disk.
     count, names = await stored(sheda, pid)
@@ -100,6 +102,7 @@ async def test_real_glb_gltf_and_usdz_are_accepted_listed_and_served_with_their_
     assert (await sheda.api.get(made["glb"]["url"])).status == 404
     count, names = await stored(sheda, pid)
     assert count == 2 and len(names) == 2
+    assert (await sheda.api.get(f"{PROJECTS}/{pid}")).json["models"]["kinds"] == ["gltf", "usdz"]
 
 
 IMPOSTORS = [

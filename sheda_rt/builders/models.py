@@ -291,6 +291,16 @@ class ProjectView(ResponseModel):
     updated_at: Timestamp
 
 
+class ProjectModelsSummary(ResponseModel):
+    total: int = Field(description="3D models of the project and its unit types (GET /projects/{id}/models lists them)")
+    kinds: list[Literal["glb", "gltf", "usdz"]] = Field(description="the kinds among them")
+    unit_types: list[UnitType] = Field(description="unit types that have a model of their own")
+
+
+class ProjectDetailView(ProjectView):
+    models: ProjectModelsSummary
+
+
 class BuilderPageView(BuilderView):
     projects: list[ProjectView] = Field(description="up to 50 published projects, newest first")
 

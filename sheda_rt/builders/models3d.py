@@ -173,6 +173,12 @@ class ModelStore:
             query["unit_type"] = unit_type
         return await self.col.find(query).sort("_id", ASCENDING).limit(MAX_MODELS_PER_PROJECT * 2).to_list(None)
 
+    async def summary(self, project_id: int) -> dict:
+        """{total, kinds, unit_types} of a project's models (at most MAX_MODELS_PER_PROJECT: one indexed read)."""
+        docs = await self.col.find({"project_id": project_id}, {"kind": 1, "unit_type": 1}).to_list(None)
+        return {"total": len(docs), "kinds": sorted({d["kind"] for d in docs}),
+                "unit_types": sorted({d["unit_type"] for d in docs if d.get("unit_type")})}
+
     async def delete(self, model_id: int) -> bool:
         return (await self.col.delete_one({"_id": model_id})).deleted_count == 1
 

@@ -210,6 +210,9 @@ class ProjectService:
         self.media = media  # project images
         self.clock = clock
         self.channels = channels  # project.updated on channel project:<id> (None: nobody watches, e.g. the benchmark)
+        # [builders] the 3D models' summary shown by GET /projects/{id} (set by the context: the model
+        # service depends on this one, so it cannot be a constructor argument)
+        self.model_summary = None
 
     # ---- access ------------------------------------------------------------
     @staticmethod
@@ -290,7 +293,10 @@ class ProjectService:
         return project_view(await self.store.insert(doc))
 
     async def get(self, project_id: int, principal=None) -> dict:
-        return project_view(await self.visible(project_id, principal))
+        view = project_view(await self.visible(project_id, principal))
+        if self.model_summary is not None:
+            view["models"] = await self.model_summary(project_id)
+        return view
 
     async def update(self, principal, project_id: int, body: ProjectUpdate) -> dict:
         for _attempt in range(5):
