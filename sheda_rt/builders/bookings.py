@@ -366,7 +366,10 @@ class BookingService:
             await self._move_unit(after, ["reserved"], "booked")
         await self._announce(after, "payment_confirmed", actor=principal.user_id, n=n)
         if all(ln["status"] == "confirmed" for ln in after["installments"]):
-            done = await self.store.move(booking_id, ["active"], "completed", now, extra={"completed_at": now, "unit_synced": False})
+            # Only the schedule seen all confirmed: a change request's line added meanwhile keeps it open.
+            done = await self.store.move(booking_id, ["active"], "completed", now,
+                                         who={"installments": {"$size": len(after["installments"])}},
+                                         extra={"completed_at": now, "unit_synced": False})
             if done is not None:  # exactly once, whichever confirmation saw the last line
                 await self._move_unit(done, ["booked", "reserved"], "sold")
                 await self._announce(done, "completed", actor=None)
