@@ -20,6 +20,25 @@ def settings_overrides():
     return {"access_token_minutes": 365 * 24 * 60}
 
 
+OPENED: list[tuple] = []  # (builder, booking id) of this module's bookings, closed after each test
+
+
+@pytest.fixture(autouse=True)
+def close_bookings(sheda, io_loop):
+    """The database lives for the whole session: bookings left active would have their lines reminded
+    and made overdue by another module's booking job run, so each test's bookings are cancelled after it."""
+    yield
+    opened = list(OPENED)
+    OPENED.clear()
+
+    async def close():
+        for builder, booking_id in opened:
+            r = await sheda.api.post(f"{BOOKINGS}/{booking_id}/cancel", {"reason": "test over"}, token=builder.token)
+            assert r.status in (200, 409), r  # 409: the test already closed it
+
+    io_loop.run_sync(close)
+
+
 def crs(booking_id: int) -> str:
     return f"{BOOKINGS}/{booking_id}/change-requests"
 
@@ -34,6 +53,7 @@ async def active_booking(sheda):
     assert (await line(sheda, client, booking["id"], 1, "payment-sent")).status == 200
     r = await line(sheda, builder, booking["id"], 1, "confirm")
     assert r.status == 200 and r.json["status"] == "active", r
+    OPENED.append((builder, booking["id"]))
     return builder, client, r.json
 
 
