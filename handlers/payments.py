@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from handlers.base import APIHandler
 from handlers.routing import Reply, endpoint, route
-from sheda_rt.accounts.auth import CLIENT, USER
+from sheda_rt.accounts.auth import USER
 from sheda_rt.payments.models import PaymentCreate, PaymentOut, PaymentQuery, WebhookAck
 from sheda_rt.responses import Page
 
@@ -11,16 +11,24 @@ TAGS = ("payments",)
 
 
 class PaymentsHandler(APIHandler):
-    @endpoint("Pay for a contract through the gateway (the contract's client)", response=PaymentOut, auth=CLIENT,
-              body=PaymentCreate, status=201, also={200: "The contract already has a live payment: that one"},
+    @endpoint("Pay through the gateway: a contract, a booking's installment, or a wallet top-up", response=PaymentOut,
+              auth=USER, body=PaymentCreate, status=201, also={200: "The target already has a live payment: that one"},
               errors=(401, 403, 404, 409, 422, 503), tags=TAGS)
     async def post(self, body: PaymentCreate):
-        """`{purpose: "contract", target_id}` → 201 with our `reference` and the gateway's `checkout_url`: send the
-        payer there. The contract must be yours (404 otherwise; 403 for its agent) and awaiting payment
-        (awaiting_payment or payment_pending; 409 `wrong_state`). A contract with a live payment (initialized or
-        pending) answers 200 with it instead of starting another. 503 `payments_not_configured` when the server has
-        no gateway (pay by bank transfer: PATCH /contracts/{id}/payment-sent); 503 `gateway_unavailable` when the
-        gateway did not answer. The contract becomes active when the gateway confirms the payment."""
+        """→ 201 with our `reference` and the gateway's `checkout_url`: send the payer there. By `purpose`:
+        `{"purpose": "contract", "target_id": <contract>}`: the contract's client (404 for others; 403 for its agent),
+        while it awaits payment (awaiting_payment or payment_pending; else 409 `wrong_state`); it becomes active when
+        the gateway confirms the payment. `{"purpose": "installment", "target_id": <booking>, "line": n}`: the
+        booking's client pays line n's amount to the builder (404 `booking_not_found` / `installment_not_found`, 403
+        for the builder); the line must be due or overdue (409 `wrong_state` when it is sent, i.e. a bank transfer
+        awaits the builder's answer, or confirmed), line 1 while the booking is reserved and its hold has not lapsed
+        (409 `hold_expired`), later lines once it is active. The confirmed payment confirms the line as the builder's
+        confirm does (line 1 makes the booking active, the last one completes it). `{"purpose": "wallet_topup",
+        "target_id": <your user id>, "amount": "5000.00"}`: credits your wallet. `line` is required for installments
+        and `amount` for top-ups, and refused elsewhere (422). A target with a live payment (initialized or pending)
+        answers 200 with it instead of starting another. 503 `payments_not_configured` when the server has no gateway
+        (pay by bank transfer: PATCH /contracts/{id}/payment-sent, PATCH /bookings/{id}/installments/{n}/payment-sent);
+        503 `gateway_unavailable` when the gateway did not answer."""
         payment, created = await self.ctx.payments.create(self.principal, body)
         return payment if created else Reply(payment, 200)
 
@@ -28,7 +36,8 @@ class PaymentsHandler(APIHandler):
               tags=TAGS)
     async def get(self, query: PaymentQuery):
         """Newest first, cursor paginated; filter by `status`. Admins: `flagged=true` lists every payment flagged for
-        review (an amount or currency that did not match, a payment for a contract that could no longer be paid)."""
+        review (an amount or currency that did not match, a contract or booking that could no longer be paid, an
+        installment already confirmed)."""
         return await self.ctx.payments.list_mine(self.principal, query)
 
 
@@ -45,7 +54,7 @@ class PaystackWebhookHandler(APIHandler):
         """For Paystack only. The body is read raw: `x-paystack-signature` must be the hex HMAC-SHA512 of exactly these
         bytes keyed with our secret key, else 401 and nothing is stored (also 401 for everything when no gateway is
         configured). Each event is handled once (a redelivery → 200, no effect). A `charge.success` is confirmed with
-        Paystack's verify endpoint before the contract moves; an amount or currency that differs from what we
+        Paystack's verify endpoint before the payment's effect (contract, installment, wallet); an amount or currency that differs from what we
         initialized flags the payment for an admin instead. 503 when Paystack could not be asked (it delivers again)."""
         return await self.ctx.payments.webhook(self.body_bytes, self.request.headers)
 

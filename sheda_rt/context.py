@@ -369,13 +369,17 @@ class AppContext:
         from sheda_rt.payments.reconcile import PaymentReconciliationJob
         from sheda_rt.payments.service import PaymentService
         from sheda_rt.payments.store import PaymentStore
+        from sheda_rt.payments.targets import ContractPaymentTarget
 
         self.payment_gateway = gateway_from_settings(self.settings)
         self.payment_store = PaymentStore(self.db, self.ids)
         self.stores.append(self.payment_store)
-        self.payments = PaymentService(self.payment_store, self.payment_gateway, contracts=self.contracts,
-                                       contract_store=self.contract_store, users=self.users, clock=self.clock,
-                                       callback_url=self.settings.payment_callback_url)
+        # What a payment may pay for, by purpose (sheda_rt/payments/targets.py): one entry per purpose.
+        self.payment_targets = {
+            "contract": ContractPaymentTarget(contracts=self.contracts, contract_store=self.contract_store),
+        }
+        self.payments = PaymentService(self.payment_store, self.payment_gateway, targets=self.payment_targets,
+                                       users=self.users, clock=self.clock, callback_url=self.settings.payment_callback_url)
         self.payment_reconciliation = PaymentReconciliationJob(self.payments, self.settings.payment_reconcile_interval_minutes)
         self.jobs.append(self.payment_reconciliation)
 

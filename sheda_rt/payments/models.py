@@ -3,23 +3,48 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from sheda_rt.database.ids import MAX_ID
+from sheda_rt.listings.money import Money
 from sheda_rt.pagination import PageQuery
 from sheda_rt.responses import MoneyText, ResponseModel, Timestamp
 
-#: What a payment pays for. Only "contract" is taken today; "installment" (the builder portal's
-#: schedules) and "wallet_topup" (the wallet) are reserved for the flows that will use them.
+#: What a payment pays for: a contract (its client pays the agent), one installment line of a builder
+#: booking (its client pays the builder), a wallet top-up (anyone credits their own wallet).
 Purpose = Literal["contract", "installment", "wallet_topup"]
 PaymentStatus = Literal["initialized", "pending", "succeeded", "failed", "abandoned"]
 
 
 class PaymentCreate(BaseModel):
+    """What to pay. Each purpose takes its own fields, and a field another purpose takes is refused
+    (422), so a client's mistake never pays something else."""
+
     model_config = ConfigDict(extra="forbid")
 
-    purpose: Literal["contract"] = Field(description='What is paid for; "contract" (installments and wallet top-ups will follow)')
-    target_id: StrictInt = Field(ge=1, le=MAX_ID, description="The contract's id (yours as its client, awaiting payment)")
+    purpose: Purpose = Field(description='"contract", "installment" (a builder booking\'s line) or "wallet_topup"')
+    target_id: StrictInt = Field(ge=1, le=MAX_ID, description="contract: the contract's id (yours as its client, awaiting "
+                                 "payment); installment: the booking's id (yours as its client); wallet_topup: your own user id")
+    line: Optional[StrictInt] = Field(None, ge=1, le=1000, description="installment only (required): the line's number n, "
+                                      "as GET /bookings/{id} lists it")
+    amount: Optional[Money] = Field(None, description="wallet_topup only (required): naira to add, a decimal string")
+
+    @model_validator(mode="after")
+    def _fields_of_the_purpose(self):
+        wants = {"contract": (), "installment": ("line",), "wallet_topup": ("amount",)}[self.purpose]
+        errors = []
+        for name in ("line", "amount"):
+            given = getattr(self, name) is not None
+            if name in wants and not given:
+                errors.append((name, f"is required when purpose is {self.purpose}"))
+            elif given and name not in wants:
+                errors.append((name, f"is not taken when purpose is {self.purpose}"))
+        if errors:  # one error per field, under its own name (422 errors: [{field, message}])
+            raise ValidationError.from_exception_data(type(self).__name__, [
+                InitErrorDetails(type=PydanticCustomError("purpose_fields", message), loc=(name,), input=getattr(self, name))
+                for name, message in errors])
+        return self
 
 
 class PaymentQuery(PageQuery):
@@ -41,16 +66,18 @@ class PaymentOut(ResponseModel):
     reference: str
     purpose: Purpose
     target_id: int
+    line: Optional[int] = Field(description="installment: the booking line's number n; null for other purposes")
     amount: MoneyText
     currency: str
     payer_id: int
-    payee_id: int
+    payee_id: Optional[int] = Field(description="Who is paid: the agent or the builder; null for a wallet top-up (the platform)")
     status: PaymentStatus
     gateway: str
     checkout_url: Optional[str] = Field(description="Send the payer here (the gateway's checkout); null until the gateway gave one")
     access_code: Optional[str]
-    applied: bool = Field(description="true once the payment's effect (the contract's activation) was carried out or settled")
-    flagged: bool = Field(description="true when something did not match (amount, currency, an inactive contract): an admin looks")
+    applied: bool = Field(description="true once the payment's effect (the contract active, the installment confirmed, the wallet credited) "
+                         "was carried out or settled")
+    flagged: bool = Field(description="true when something did not match (amount, currency, an inactive contract or booking, a line already confirmed): an admin looks")
     flags: list[PaymentFlag]
     paid_at: Optional[str] = Field(description="When the gateway says the money was taken (its own format)")
     created_at: Timestamp

@@ -1,7 +1,8 @@
 """Paying through a gateway, and what a payment does once the gateway confirms it.
 
-    POST /payments (the contract's client)  -> initialized (stored first) -> pending (the gateway gave a checkout)
-    pending | initialized --verified success--> succeeded -> the contract moves as the agent's confirm-payment moves it
+    POST /payments (the target's payer)     -> initialized (stored first) -> pending (the gateway gave a checkout)
+    pending | initialized --verified success--> succeeded -> its target's effect (a contract active, an installment
+                                                             confirmed, a wallet credited)
     pending | initialized --verified failure--> failed
     pending | initialized --30 minutes, the gateway says abandoned / never heard of it--> abandoned
 
@@ -11,10 +12,15 @@ over an earlier failed or abandoned (the customer retried on the same checkout);
 succeeded is final. A payment is never applied when the amount, currency or reference
 the gateway reports differ from what we initialized: it is flagged for an admin.
 
+What is paid for is a PaymentTarget per purpose (sheda_rt/payments/targets.py): it says
+who may pay what to whom (`charge`) and carries out a verified payment's effect
+(`apply`); everything else here is the same for every purpose.
+
 Exactly once, across processes: each status change is a conditional write naming the
-expected states; the contract's activation takes the property with a conditional
-write first (ContractService._activate), so a webhook, the reconciliation job and the
-agent's manual confirm-payment racing on one contract end with it active once.
+expected states, and each target's effect is one too (the contract's activation takes
+the property with a conditional write first, ContractService._activate; an installment
+line moves to confirmed under a filter naming its unpaid states), so a webhook, the
+reconciliation job and a manual confirmation racing on one target apply it once.
 `applied` records that the effect was carried out; a success whose effect could not
 be (a crash, or the agent's confirmation of the same contract half-way) stays
 `applied: false` and the reconciliation job finishes it.
@@ -29,12 +35,12 @@ from datetime import timedelta
 from bson.decimal128 import Decimal128
 
 from sheda_rt.clock import format_ts
-from sheda_rt.contracts.store import OPEN_STATES
-from sheda_rt.errors import Conflict, Forbidden, NotFound, ServiceUnavailable, Unauthorized
+from sheda_rt.errors import Conflict, NotFound, ServiceUnavailable, Unauthorized, ValidationFailed
 from sheda_rt.listings.money import format_money, to_minor
 from sheda_rt.listings.service import is_admin
 from sheda_rt.payments.gateway import ABANDONED, FAILED, NOT_FOUND, SUCCESS, GatewayError
 from sheda_rt.payments.store import LIVE_STATES
+from sheda_rt.payments.targets import PaymentTarget
 
 log = logging.getLogger("sheda.payments")
 
@@ -62,6 +68,7 @@ def payment_view(doc: dict) -> dict:
         "reference": doc["reference"],
         "purpose": doc["purpose"],
         "target_id": doc["target_id"],
+        "line": doc.get("line"),
         "amount": format_money(doc["amount"]),
         "currency": doc["currency"],
         "payer_id": doc["payer_id"],
@@ -83,29 +90,25 @@ def payment_view(doc: dict) -> dict:
 
 
 class PaymentService:
-    def __init__(self, store, gateway, *, contracts, contract_store, users, clock, callback_url: str | None):
+    def __init__(self, store, gateway, *, targets: dict[str, PaymentTarget], users, clock, callback_url: str | None):
         self.store = store
         self.gateway = gateway  # None: no gateway configured, the manual flow only
-        self.contracts = contracts
-        self.contract_store = contract_store
+        self.targets = targets  # purpose -> what a payment of it pays for (sheda_rt/payments/targets.py)
         self.users = users
         self.clock = clock
         self.callback_url = callback_url
 
     # ---- starting a payment --------------------------------------------------
     async def create(self, principal, body) -> tuple[dict, bool]:
-        """(the payment, created now?). A contract with a live attempt gets that attempt back."""
+        """(the payment, created now?). A target with a live attempt gets that attempt back."""
         if self.gateway is None:
-            raise PaymentsNotConfigured("No payment gateway is configured; pay the agent by bank transfer "
-                                        "(PATCH /contracts/{id}/payment-sent)")
-        contract = await self.contract_store.get(body.target_id)
-        if contract is None or principal.user_id not in (contract["client_id"], contract["agent_id"]):
-            raise NotFound("No such contract", "contract_not_found")
-        if contract["client_id"] != principal.user_id:
-            raise Forbidden("Only the contract's client pays for it", "not_client")
-        if contract["status"] not in OPEN_STATES:
-            raise Conflict(f"The contract is {contract['status']}; only a contract awaiting payment can be paid", "wrong_state")
-        open_key = f"contract:{contract['_id']}"
+            raise PaymentsNotConfigured("No payment gateway is configured; pay by bank transfer "
+                                        "(PATCH /contracts/{id}/payment-sent, PATCH /bookings/{id}/installments/{n}/payment-sent)")
+        target = self.targets.get(body.purpose)
+        if target is None:
+            raise ValidationFailed.single("purpose", f"{body.purpose} payments are not taken by this server")
+        charge = await target.charge(principal, body)
+        open_key = charge.open_key
         live = await self.store.live_for(open_key)
         if live is not None and live["status"] == "initialized" and live["created_at"] <= self.clock.now() - INITIALIZE_LOST_AFTER:
             # Its process died between storing it and the gateway's answer: nobody ever saw a checkout
@@ -116,24 +119,24 @@ class PaymentService:
         if live is not None:
             return payment_view(live), False
         payer = await self.users.get(principal.user_id)
-        amount = contract["amount"].to_decimal() if isinstance(contract["amount"], Decimal128) else contract["amount"]
         now = self.clock.now()
         doc = await self.store.insert({
-            "reference": f"shd_{secrets.token_hex(12)}", "purpose": "contract", "target_id": contract["_id"],
-            "amount": Decimal128(amount), "amount_minor": int(to_minor(amount)), "currency": contract.get("currency", "NGN"),
-            "payer_id": principal.user_id, "payee_id": contract["agent_id"], "parties": [principal.user_id, contract["agent_id"]],
+            **charge.record,
+            "reference": f"shd_{secrets.token_hex(12)}", "purpose": body.purpose, "target_id": body.target_id,
+            "amount": Decimal128(charge.amount), "amount_minor": int(to_minor(charge.amount)), "currency": charge.currency,
+            "payer_id": principal.user_id, "payee_id": charge.payee_id, "parties": list(charge.parties),
             "status": "initialized", "gateway": self.gateway.name, "open_key": open_key,
             "applied": False, "flagged": False, "flags": [], "created_at": now, "updated_at": now,
         })
-        if doc is None:  # a simultaneous POST for the same contract stored its attempt first
+        if doc is None:  # a simultaneous POST for the same target stored its attempt first
             live = await self.store.live_for(open_key)
             if live is None:
-                raise Conflict("Another payment for this contract just finished; look at the contract", "payment_in_progress")
+                raise Conflict(f"Another payment for this {body.purpose} just finished; look at it again", "payment_in_progress")
             return payment_view(live), False
         try:
             checkout = await self.gateway.initialize(
                 reference=doc["reference"], amount_minor=doc["amount_minor"], currency=doc["currency"], email=payer["email"],
-                callback_url=self.callback_url, metadata={"purpose": "contract", "target_id": contract["_id"]})
+                callback_url=self.callback_url, metadata=dict(charge.metadata))
         except GatewayError as exc:
             log.warning("gateway initialize failed for %s: %s", doc["reference"], exc)
             await self.store.transition(doc["_id"], ["initialized"], "failed", self.clock.now(),
@@ -152,7 +155,7 @@ class PaymentService:
     async def get(self, principal, reference: str) -> dict:
         # Paystack's reference alphabet, bounded: anything else is no payment of ours, unasked.
         doc = await self.store.get(reference) if REFERENCE.fullmatch(reference) else None
-        if doc is None or (principal.user_id not in (doc["payer_id"], doc["payee_id"]) and not is_admin(principal)):
+        if doc is None or (principal.user_id not in doc.get("parties", ()) and not is_admin(principal)):
             raise NotFound("No such payment", "payment_not_found")
         return payment_view(doc)
 
@@ -238,21 +241,20 @@ class PaymentService:
         return "undecided"
 
     async def apply(self, payment: dict) -> str:
-        """Carry out a succeeded payment's effect (only contracts today). Idempotent: the contract
-        moves at most once, and only the writer that records `applied` raises a flag."""
-        outcome, contract = await self.contracts.confirm_gateway_payment(payment["target_id"], payment["reference"])
+        """Carry out a succeeded payment's effect through its purpose's target. Idempotent: the
+        target moves its record at most once, and only the writer that records `applied` raises a flag."""
+        target = self.targets.get(payment["purpose"])
+        if target is None:  # a purpose this server no longer wires: left for an admin, unapplied
+            log.warning("no payment target for %s (%s)", payment["reference"], payment["purpose"])
+            return "no_target"
+        outcome, flag = await target.apply(payment)
         if outcome == "in_progress":
             return "in_progress"  # the reconciliation job looks again
         if not await self.store.set_fields(payment["_id"], {"applied": True, "outcome": outcome}, expect={"applied": False}):
             return "already_applied"
-        if outcome == "already_active" and (contract or {}).get("paid_by") != payment["reference"]:
-            await self._flag(payment, "contract_already_active",
-                             "the contract was already active (confirmed by the agent or paid by another payment): "
-                             "the client may have paid twice")
-        elif outcome == "not_payable":
-            status = (contract or {}).get("status", "missing")
-            await self._flag(payment, "contract_not_payable", f"paid, but the contract is {status}: a refund is due")
-        return f"contract_{outcome}"
+        if flag is not None:
+            await self._flag(payment, *flag)
+        return f"{payment['purpose']}_{outcome}"
 
     async def _flag(self, payment: dict, reason: str, detail: str) -> None:
         log.warning('{"event": "payment_flagged", "reference": "%s", "reason": "%s"}', payment["reference"], reason)
