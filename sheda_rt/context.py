@@ -109,6 +109,8 @@ class AppContext:
         self._install_runtime_settings()
         # [builders] projects, units, payment plans; builders' verification.
         self._install_builders()
+        # [wallet] naira wallets as a double-entry ledger (before payments: a top-up credits it).
+        self._install_wallet()
         # [payments] payments through a gateway (Paystack), its webhook, the reconciliation job.
         self._install_payments()
         # [realtime] presence on request; administrators' announcements and disconnects.
@@ -382,6 +384,14 @@ class AppContext:
                                        users=self.users, clock=self.clock, callback_url=self.settings.payment_callback_url)
         self.payment_reconciliation = PaymentReconciliationJob(self.payments, self.settings.payment_reconcile_interval_minutes)
         self.jobs.append(self.payment_reconciliation)
+
+    def _install_wallet(self) -> None:  # [wallet]
+        from sheda_rt.wallet.ledger import LedgerStore
+        from sheda_rt.wallet.service import WalletService
+
+        self.ledger = LedgerStore(self.db, self.ids)
+        self.stores.append(self.ledger)
+        self.wallet = WalletService(self.ledger, clock=self.clock)
 
     def _install_categories(self) -> None:  # [categories]
         from sheda_rt.categories.service import CategoryService

@@ -1,0 +1,191 @@
+"""The ledger: `ledger_transactions` (the truth) and `wallets` (each user's cached balance).
+
+Every movement of money is one ledger transaction: a unique `key` (the idempotency key, scoped
+by the caller: "spend:<user>:<client key>", "topup:<reference>", "refund:<transaction id>"),
+a `kind`, and `lines` [{account, amount_minor}] in integer kobo that sum to zero. Accounts are
+"wallet:<user_id>", "platform:revenue" and "gateway:clearing". A transaction is never edited
+or deleted; a refund is a new transaction with the lines negated.
+
+Atomicity: one multi-document transaction (the driver's `start_session` / `with_transaction`)
+per ledger transaction. Inside it:
+
+  1. the key is looked up (a retry of a committed transaction returns it, nothing is written);
+  2. each wallet the lines debit is decremented with `update_one({_id, balance_minor: {$gte: amount}},
+     {$inc})`: when that matches nothing the wallet cannot pay and the whole transaction aborts;
+     each wallet credited is incremented; the balance after is read back into the line;
+  3. the ledger transaction is inserted under the unique index on `key`.
+
+Why a transaction and not a conditional update followed by an insert: SecantusDB (checked: version
+0.7) implements MongoDB's transaction protocol on WiredTiger snapshots — statements carry
+lsid/txnNumber/autocommit, a write to a document another open transaction wrote fails with
+WriteConflict labelled TransientTransactionError, a duplicate key aborts unlabelled — and a real
+MongoDB replica set does the same. `with_transaction` retries the transient failures (with
+backoff), so of 50 concurrent spends from one wallet, in one or several processes, each one reads
+and decrements the balance as if alone: the conditional `$inc` is the guard, the snapshot makes it
+and the ledger insert one unit. tests/test_wallet.py and tests/test_multiprocess_wallet.py race
+50 spends through one and two server processes and audit the ledger afterwards.
+
+Crash consistency: nothing is visible until the commit, and the commit is one journaled write
+(w: majority, j: true from the client's defaults, which a transaction's commit inherits). A process
+killed before the commit leaves an open transaction that the database aborts when it expires
+(transactionLifetimeLimitSeconds, 60 s on both engines); until then a write to that wallet
+conflicts and is retried, so a spend may wait, never double-charge. A database killed before the
+commit is durable loses the whole transaction, wallet and ledger alike. So there is no state
+"wallet changed, ledger not" to repair and no recovery pass: a caller that lost the answer retries
+with the same key and gets either the committed transaction or a fresh, single charge.
+
+The cached balance exists for that guard (a conditional update needs a number on one document);
+it is only ever changed in the same transaction as a ledger line on that wallet, and
+GET /wallet and the audit recompute every balance from the ledger and compare.
+"""
+from __future__ import annotations
+
+from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo.errors import DuplicateKeyError
+from bson.int64 import Int64
+
+from sheda_rt.pagination import paginate
+
+NEWEST = [("_id", DESCENDING)]
+WALLET_PREFIX = "wallet:"
+REVENUE = "platform:revenue"
+CLEARING = "gateway:clearing"
+
+
+def wallet_account(user_id: int) -> str:
+    return f"{WALLET_PREFIX}{user_id}"
+
+
+def wallet_owner(account: str) -> int | None:
+    """The user whose wallet the account is, or None for the platform's accounts."""
+    return int(account[len(WALLET_PREFIX):]) if account.startswith(WALLET_PREFIX) else None
+
+
+class Overdraft(Exception):
+    """A line would take a wallet below zero: the transaction was not written."""
+
+    def __init__(self, user_id: int, balance_minor: int, needed_minor: int):
+        super().__init__(f"wallet {user_id} holds {balance_minor}, needs {needed_minor}")
+        self.user_id, self.balance_minor, self.needed_minor = user_id, balance_minor, needed_minor
+
+
+class LedgerStore:
+    TX_INDEXES = [
+        IndexModel([("key", ASCENDING)], unique=True, name="key_unique"),
+        IndexModel([("wallets", ASCENDING), ("_id", DESCENDING)], name="wallet_newest"),
+        IndexModel([("reverses", ASCENDING)], name="reverses", partialFilterExpression={"reverses": {"$exists": True}}),
+    ]
+
+    def __init__(self, db, ids):
+        self.client = db.client
+        self.tx = db["ledger_transactions"]
+        self.wallets = db["wallets"]
+        self.ids = ids
+
+    async def ensure_indexes(self):
+        await self.tx.create_indexes(self.TX_INDEXES)
+
+    # ---- reading ---------------------------------------------------------------
+    async def by_key(self, key: str) -> dict | None:
+        return await self.tx.find_one({"key": key})
+
+    async def get(self, transaction_id: int) -> dict | None:
+        return await self.tx.find_one({"_id": transaction_id})
+
+    async def cached_balance(self, user_id: int) -> int:
+        doc = await self.wallets.find_one({"_id": user_id})
+        return int(doc["balance_minor"]) if doc else 0
+
+    async def wallet_view(self, user_id: int, recent: int) -> tuple[int, int, list[dict]]:
+        """(ledger balance, cached balance, newest `recent` transactions), read in one snapshot."""
+        async def read(session):
+            total = 0
+            account = wallet_account(user_id)
+            async for doc in self.tx.find({"wallets": user_id}, projection={"lines": 1}, session=session):
+                total += sum(int(line["amount_minor"]) for line in doc["lines"] if line["account"] == account)
+            wallet = await self.wallets.find_one({"_id": user_id}, session=session)
+            newest = await self.tx.find({"wallets": user_id}, sort=NEWEST, limit=recent, session=session).to_list()
+            return total, int(wallet["balance_minor"]) if wallet else 0, newest
+
+        async with self.client.start_session() as session:
+            return await session.with_transaction(read)
+
+    async def page(self, user_id: int, page, serialize) -> dict:
+        return await paginate(self.tx, {"wallets": user_id}, NEWEST, page, serialize)
+
+    # ---- writing ---------------------------------------------------------------
+    async def _ensure_wallet(self, user_id: int, now) -> None:
+        # Created by a plain insert (a duplicate means it exists), never by an upsert inside the
+        # transaction: concurrent first upserts of one document are a known rough edge of the
+        # embedded database (see sheda_rt/database/ids.py).
+        try:
+            await self.wallets.insert_one({"_id": user_id, "balance_minor": Int64(0), "created_at": now, "updated_at": now})
+        except DuplicateKeyError:
+            pass
+
+    async def post(self, doc: dict, now) -> tuple[dict, bool]:
+        """Write one balanced transaction atomically with its wallets' balances: (the transaction,
+        written now?). A transaction with the same `key` already written is returned as it is
+        (False), whatever it holds: the caller compares. Raises Overdraft (nothing written)."""
+        lines = doc["lines"]
+        assert sum(line["amount_minor"] for line in lines) == 0, "a ledger transaction balances"
+        owners = sorted({u for u in (wallet_owner(line["account"]) for line in lines) if u is not None})
+        existing = await self.by_key(doc["key"])
+        if existing is not None:
+            return existing, False
+        for user_id in owners:
+            if any(line["amount_minor"] > 0 for line in lines if wallet_owner(line["account"]) == user_id):
+                await self._ensure_wallet(user_id, now)
+        record = {**doc, "_id": await self.ids.next("ledger_transactions"), "wallets": owners, "created_at": now,
+                  "lines": [{"account": line["account"], "amount_minor": Int64(line["amount_minor"])} for line in lines]}
+
+        async def write(session):
+            found = await self.tx.find_one({"key": record["key"]}, session=session)
+            if found is not None:
+                return found, False
+            for line in record["lines"]:
+                user_id = wallet_owner(line["account"])
+                if user_id is None:
+                    continue  # the platform's accounts carry no cached balance: they are summed from the ledger
+                amount = int(line["amount_minor"])
+                guard = {"_id": user_id, "balance_minor": {"$gte": -amount}} if amount < 0 else {"_id": user_id}
+                result = await self.wallets.update_one(guard, {"$inc": {"balance_minor": Int64(amount)}, "$set": {"updated_at": now}},
+                                                       session=session)
+                wallet = await self.wallets.find_one({"_id": user_id}, session=session)
+                if result.matched_count == 0:
+                    raise Overdraft(user_id, int(wallet["balance_minor"]) if wallet else 0, -amount)
+                line["balance_after_minor"] = Int64(wallet["balance_minor"])
+            await self.tx.insert_one(record, session=session)
+            return record, True
+
+        try:
+            async with self.client.start_session() as session:
+                return await session.with_transaction(write)
+        except DuplicateKeyError:  # the same key committed by a racing call after our look-up
+            found = await self.by_key(record["key"])
+            if found is None:
+                raise
+            return found, False
+
+    # ---- the audit -------------------------------------------------------------
+    async def snapshot_totals(self) -> tuple[int, dict[str, int], list[dict], dict[int, int]]:
+        """In one snapshot: (transactions read, each account's sum of lines, the transactions whose
+        lines do not sum to zero, each wallet's cached balance)."""
+        async def read(session):
+            count, totals, unbalanced = 0, {}, []
+            async for doc in self.tx.find({}, projection={"lines": 1}, session=session):
+                count += 1
+                total = 0
+                for line in doc["lines"]:
+                    amount = int(line["amount_minor"])
+                    totals[line["account"]] = totals.get(line["account"], 0) + amount
+                    total += amount
+                if total != 0:
+                    unbalanced.append({"transaction_id": doc["_id"], "sum_minor": total})
+            cached = {}
+            async for wallet in self.wallets.find({}, projection={"balance_minor": 1}, session=session):
+                cached[wallet["_id"]] = int(wallet["balance_minor"])
+            return count, totals, unbalanced, cached
+
+        async with self.client.start_session() as session:
+            return await session.with_transaction(read)

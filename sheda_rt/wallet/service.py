@@ -1,0 +1,167 @@
+"""The wallet's rules: spending, crediting top-ups, refunds, what a user sees, the audit.
+
+Money moves only as balanced ledger transactions (sheda_rt/wallet/ledger.py explains how each
+is written atomically with the wallet's balance, and why a crash never leaves half of one):
+
+    top-up   gateway:clearing -X  -> wallet:<payer> +X        key "topup:<payment reference>"
+    spend    wallet:<user>    -X  -> platform:revenue +X      key "spend:<user>:<Idempotency-Key>"
+    refund   the spend's lines negated, `reverses` = its id     key "refund:<spend id>"
+
+Amounts are integer kobo inside, decimal naira strings ("1200.00") on the wire.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from decimal import Decimal
+
+from sheda_rt.errors import ApiError, Conflict, NotFound, ValidationFailed
+from sheda_rt.listings.money import format_money
+from sheda_rt.wallet.ledger import CLEARING, REVENUE, LedgerStore, Overdraft, wallet_account, wallet_owner
+
+log = logging.getLogger("sheda.wallet")
+
+CURRENCY = "NGN"
+#: What a client's Idempotency-Key may look like: printable, bounded (it becomes part of a unique key).
+IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9_.:=-]{1,100}")
+#: Kinds of transaction the ledger holds; a spend's kind may name what it paid for ("spend:promotion").
+REFUNDABLE = ("spend",)
+RECENT = 10
+
+
+class InsufficientFunds(ApiError):
+    """402: the wallet cannot pay; nothing was charged."""
+
+    status, code = 402, "insufficient_funds"
+
+
+def naira(minor: int) -> str:
+    """Signed kobo -> "1200.00" / "-1200.00" (format_money's format)."""
+    minor = int(minor)
+    return ("-" if minor < 0 else "") + format_money(Decimal(abs(minor)).scaleb(-2))
+
+
+def transaction_view(doc: dict) -> dict:
+    return {
+        "id": doc["_id"],
+        "kind": doc["kind"],
+        "lines": [{"account": line["account"], "amount": naira(line["amount_minor"])} for line in doc["lines"]],
+        "memo": doc.get("memo", ""),
+        "refs": doc.get("refs", {}),
+        "reverses": doc.get("reverses"),
+        "created_at": doc["created_at"],
+    }
+
+
+def entry_view(doc: dict, user_id: int) -> dict:
+    """A transaction as the wallet of `user_id` saw it."""
+    account = wallet_account(user_id)
+    mine = [line for line in doc["lines"] if line["account"] == account]
+    return {**transaction_view(doc), "amount": naira(sum(int(line["amount_minor"]) for line in mine)),
+            "balance_after": naira(mine[-1].get("balance_after_minor", 0) if mine else 0)}
+
+
+class WalletService:
+    def __init__(self, ledger: LedgerStore, *, clock):
+        self.ledger = ledger
+        self.clock = clock
+
+    # ---- moving money --------------------------------------------------------------
+    async def spend(self, user_id: int, amount_minor: int, *, idempotency_key: str, kind: str = "spend", memo: str = "",
+                    refs: dict | None = None) -> dict:
+        """Move `amount_minor` kobo from wallet:<user> to platform:revenue, once per
+        (user, idempotency_key): a retry returns the same transaction; the same key with a
+        different amount or kind is 409 idempotency_key_reused; a wallet that cannot pay is 402
+        insufficient_funds with nothing charged. Returns the transaction's view."""
+        if not isinstance(idempotency_key, str) or not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+            raise ValidationFailed.single("Idempotency-Key", "must be 1-100 characters of A-Z a-z 0-9 _ . : = -")
+        if not isinstance(amount_minor, int) or isinstance(amount_minor, bool) or amount_minor <= 0:
+            raise ValueError("a spend is a positive number of kobo")
+        if not kind.startswith("spend"):
+            raise ValueError("a spend's kind starts with 'spend'")
+        doc = {"key": f"spend:{user_id}:{idempotency_key}", "kind": kind, "memo": memo, "refs": dict(refs or {}),
+               "idempotency_key": idempotency_key,
+               "lines": [{"account": wallet_account(user_id), "amount_minor": -amount_minor},
+                         {"account": REVENUE, "amount_minor": amount_minor}]}
+        try:
+            stored, _created = await self.ledger.post(doc, self.clock.now())
+        except Overdraft as exc:
+            raise InsufficientFunds(f"The wallet holds {naira(exc.balance_minor)} NGN; this costs {naira(exc.needed_minor)} NGN",
+                                    extra={"balance": naira(exc.balance_minor), "required": naira(exc.needed_minor)})
+        if stored["kind"] != kind or self._debit(stored, user_id) != amount_minor:
+            raise Conflict("This Idempotency-Key was already used for a different payment", "idempotency_key_reused")
+        return transaction_view(stored)
+
+    @staticmethod
+    def _debit(doc: dict, user_id: int) -> int:
+        account = wallet_account(user_id)
+        return -sum(int(line["amount_minor"]) for line in doc["lines"] if line["account"] == account)
+
+    async def credit_topup(self, user_id: int, amount_minor: int, *, reference: str, refs: dict | None = None) -> tuple[dict, bool]:
+        """A top-up the gateway confirmed: gateway:clearing -> wallet:<user>, once per payment reference.
+        (the transaction, credited now?)"""
+        doc = {"key": f"topup:{reference}", "kind": "topup", "memo": "Wallet top-up", "refs": {"payment_reference": reference, **(refs or {})},
+               "lines": [{"account": CLEARING, "amount_minor": -amount_minor},
+                         {"account": wallet_account(user_id), "amount_minor": amount_minor}]}
+        stored, created = await self.ledger.post(doc, self.clock.now())
+        return transaction_view(stored), created
+
+    async def refund(self, principal_id: int, transaction_id: int, reason: str) -> tuple[dict, bool]:
+        """An admin reverses a spend: a new transaction with its lines negated, once per spend
+        (a second call returns the first refund). (the refund, made now?)"""
+        original = await self.ledger.get(transaction_id)
+        if original is None:
+            raise NotFound("No such transaction", "transaction_not_found")
+        if original["kind"].split(":")[0] not in REFUNDABLE:
+            raise Conflict(f"A {original['kind']} transaction cannot be refunded; only spends can", "not_refundable")
+        doc = {"key": f"refund:{transaction_id}", "kind": "refund", "memo": reason, "reverses": transaction_id,
+               "refs": {"refunded_by": principal_id, **{k: v for k, v in original.get("refs", {}).items()}},
+               "lines": [{"account": line["account"], "amount_minor": -int(line["amount_minor"])} for line in original["lines"]]}
+        try:
+            stored, created = await self.ledger.post(doc, self.clock.now())
+        except Overdraft as exc:  # only a refund of a credit could debit a wallet; spends credit it back
+            raise Conflict(f"The refund would take wallet {exc.user_id} below zero", "refund_overdraws")
+        return transaction_view(stored), created
+
+    # ---- reading ---------------------------------------------------------------------
+    async def balance(self, user_id: int) -> int:
+        """The wallet's balance in kobo (the cached figure the spends' guard keeps; GET /wallet and the
+        audit hold it to the ledger)."""
+        return await self.ledger.cached_balance(user_id)
+
+    async def wallet(self, user_id: int) -> dict:
+        ledger_minor, cached_minor, newest = await self.ledger.wallet_view(user_id, RECENT)
+        if ledger_minor != cached_minor:  # never expected: the two only change together
+            log.error('{"event": "wallet_cache_mismatch", "user_id": %d, "ledger": %d, "cached": %d}', user_id, ledger_minor,
+                      cached_minor)
+        return {"user_id": user_id, "currency": CURRENCY, "balance": naira(ledger_minor),
+                "recent": [entry_view(doc, user_id) for doc in newest]}
+
+    async def transactions(self, user_id: int, page) -> dict:
+        return await self.ledger.page(user_id, page, lambda doc: entry_view(doc, user_id))
+
+    async def audit(self) -> dict:
+        """Recompute every account from the ledger (one snapshot): each transaction must sum to zero,
+        each wallet's cached balance must equal its ledger sum, no wallet may be below zero."""
+        count, totals, unbalanced, cached = await self.ledger.snapshot_totals()
+        mismatches = [{"kind": "unbalanced", "transaction_id": u["transaction_id"],
+                       "detail": f"lines sum to {naira(u['sum_minor'])}, not 0"} for u in unbalanced]
+        wallets: dict[int, int] = {}
+        platform: dict[str, int] = {}
+        for account, total in totals.items():
+            owner = wallet_owner(account)
+            if owner is None:
+                platform[account] = total
+            else:
+                wallets[owner] = total
+        for user_id in sorted(set(wallets) | set(cached)):
+            from_ledger, held = wallets.get(user_id, 0), cached.get(user_id, 0)
+            if from_ledger != held:
+                mismatches.append({"kind": "cached_balance", "account": wallet_account(user_id),
+                                   "detail": f"the ledger says {naira(from_ledger)}, the wallet holds {naira(held)}"})
+            if from_ledger < 0:
+                mismatches.append({"kind": "negative_wallet", "account": wallet_account(user_id),
+                                   "detail": f"the ledger says {naira(from_ledger)}"})
+        return {"ok": not mismatches, "transactions": count, "wallets": len(set(wallets) | set(cached)),
+                "wallets_total": naira(sum(wallets.values())), "platform": {k: naira(v) for k, v in sorted(platform.items())},
+                "mismatches": mismatches}

@@ -1,0 +1,202 @@
+"""The wallet (issue 18 §2): a double-entry ledger whose balance never goes below zero.
+
+Spends come from features (promotions call WalletService.spend); here they are made through the
+running server's own service, in its event loop and against the real embedded database, the way
+a request handler makes them. Funds come from top-ups (credit_topup, what a confirmed gateway
+payment applies; the gateway round trip itself is tested at the end of this file)."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from sheda_rt.errors import Conflict
+from sheda_rt.wallet.service import InsufficientFunds
+
+WALLET = "/api/v1/wallet"
+AUDIT = "/api/v1/admin/ledger/audit"
+REFUNDS = "/api/v1/admin/wallet/refunds"
+
+
+async def fund(sheda, user_id: int, naira: int) -> dict:
+    tx, created = await sheda.ctx.wallet.credit_topup(user_id, naira * 100, reference=f"test_{uuid.uuid4().hex}")
+    assert created
+    return tx
+
+
+async def ledger_count(sheda) -> int:
+    return await sheda.ctx.db["ledger_transactions"].count_documents({})
+
+
+async def audit_ok(sheda, admin) -> dict:
+    r = await sheda.api.get(AUDIT, token=admin.token)
+    assert r.status == 200, r
+    assert r.json["ok"] is True and r.json["mismatches"] == [], r.json
+    return r.json
+
+
+async def test_fifty_concurrent_spends_never_take_the_wallet_below_zero_and_the_ledger_adds_up(sheda):
+    user, admin = await sheda.signup("agent"), await sheda.admin()
+    await fund(sheda, user.id, 1000)  # 1,000.00: room for exactly 33 spends of 30.00
+    wallet = sheda.ctx.wallet
+
+    async def one(i):
+        try:
+            return await wallet.spend(user.id, 3000, idempotency_key=f"race-{i}", kind="spend", memo="race", refs={"i": i})
+        except InsufficientFunds as exc:
+            return exc
+
+    results = await asyncio.gather(*(one(i) for i in range(50)))
+    paid = [r for r in results if isinstance(r, dict)]
+    refused = [r for r in results if isinstance(r, InsufficientFunds)]
+    assert len(paid) == 33 and len(refused) == 17, (len(paid), [r for r in results if not isinstance(r, (dict, InsufficientFunds))])
+    assert all(r.status == 402 and r.code == "insufficient_funds" for r in refused)
+    assert await wallet.balance(user.id) == 1000
+    me = (await sheda.api.get(WALLET, token=user.token)).json
+    assert me["balance"] == "10.00" and me["currency"] == "NGN" and len(me["recent"]) == 10
+    assert me["recent"][0]["amount"] == "-30.00"
+    # Every entry's balance_after is a real balance the wallet passed through: 1000 - 30k for k = 1..33.
+    entries = []
+    page = {"limit": 100}
+    while True:
+        r = await sheda.api.get(WALLET + "/transactions", token=user.token, params=page)
+        assert r.status == 200, r
+        entries += r.json["items"]
+        if not r.json["next_cursor"]:
+            break
+        page["cursor"] = r.json["next_cursor"]
+    assert len(entries) == 34 and entries[-1]["kind"] == "topup" and entries[-1]["amount"] == "1000.00"
+    assert sorted(e["balance_after"] for e in entries[:-1]) == sorted(f"{1000 - 30 * k}.00" for k in range(1, 34))
+    report = await audit_ok(sheda, admin)
+    assert report["transactions"] >= 34
+
+
+async def test_a_retried_spend_charges_once_and_a_reused_key_for_another_amount_is_409(sheda):
+    user = await sheda.signup("agent")
+    await fund(sheda, user.id, 100)
+    wallet = sheda.ctx.wallet
+    first = await wallet.spend(user.id, 2500, idempotency_key="promo-1", kind="spend", memo="Featured 7 days",
+                               refs={"property_id": 5})
+    again = await asyncio.gather(*(wallet.spend(user.id, 2500, idempotency_key="promo-1", kind="spend", memo="Featured 7 days",
+                                                refs={"property_id": 5}) for _ in range(5)))
+    assert all(a == first for a in again)
+    assert first["lines"] == [{"account": f"wallet:{user.id}", "amount": "-25.00"}, {"account": "platform:revenue", "amount": "25.00"}]
+    assert await wallet.balance(user.id) == 7500
+    with pytest.raises(Conflict) as err:
+        await wallet.spend(user.id, 2600, idempotency_key="promo-1", kind="spend", memo="x", refs={})
+    assert err.value.code == "idempotency_key_reused"
+    with pytest.raises(Conflict):
+        await wallet.spend(user.id, 2500, idempotency_key="promo-1", kind="spend:bump", memo="x", refs={})
+    # Keys are per user: another wallet's "promo-1" is its own.
+    other = await sheda.signup("agent")
+    await fund(sheda, other.id, 50)
+    assert (await wallet.spend(other.id, 2500, idempotency_key="promo-1", kind="spend", memo="m", refs={}))["id"] != first["id"]
+    assert await wallet.balance(user.id) == 7500 and await wallet.balance(other.id) == 2500
+
+
+async def test_insufficient_funds_is_402_with_nothing_charged(sheda):
+    user = await sheda.signup("agent")
+    wallet = sheda.ctx.wallet
+    before = await ledger_count(sheda)
+    with pytest.raises(InsufficientFunds) as err:  # an empty (never used) wallet
+        await wallet.spend(user.id, 1, idempotency_key="k1", kind="spend", memo="", refs={})
+    assert err.value.status == 402 and err.value.body()["balance"] == "0.00"
+    await fund(sheda, user.id, 10)
+    with pytest.raises(InsufficientFunds) as err:
+        await wallet.spend(user.id, 1001, idempotency_key="k2", kind="spend", memo="", refs={})
+    assert err.value.body() == {"detail": err.value.detail, "code": "insufficient_funds", "balance": "10.00", "required": "10.01"}
+    assert await ledger_count(sheda) == before + 1 and await wallet.balance(user.id) == 1000
+    # The refused key is not burnt: once funded, the same key pays.
+    await fund(sheda, user.id, 1)
+    assert (await wallet.spend(user.id, 1001, idempotency_key="k2", kind="spend", memo="", refs={}))["kind"] == "spend"
+    assert await wallet.balance(user.id) == 99
+
+
+async def test_bad_spend_input_stores_nothing(sheda):
+    user = await sheda.signup("agent")
+    await fund(sheda, user.id, 10)
+    before = await ledger_count(sheda)
+    for key in ("", "x" * 101, "has space", "ünï", "a/b"):
+        with pytest.raises(Exception) as err:
+            await sheda.ctx.wallet.spend(user.id, 100, idempotency_key=key, kind="spend", memo="", refs={})
+        assert getattr(err.value, "status", None) == 422, key
+    for amount in (0, -5, True):
+        with pytest.raises(ValueError):
+            await sheda.ctx.wallet.spend(user.id, amount, idempotency_key="ok", kind="spend", memo="", refs={})
+    assert await ledger_count(sheda) == before and await sheda.ctx.wallet.balance(user.id) == 1000
+
+
+async def test_admin_refund_reverses_a_spend_once_and_only_admins_refund_or_audit(sheda):
+    user, admin = await sheda.signup("agent"), await sheda.admin()
+    topup = await fund(sheda, user.id, 100)
+    spent = await sheda.ctx.wallet.spend(user.id, 4000, idempotency_key="r1", kind="spend", memo="Bump", refs={"property_id": 9})
+    for who in (user, await sheda.signup("client")):
+        assert (await sheda.api.post(REFUNDS, {"transaction_id": spent["id"], "reason": "x"}, token=who.token)).status == 403
+        assert (await sheda.api.get(AUDIT, token=who.token)).status == 403
+    assert (await sheda.api.get(AUDIT)).status == 401
+    assert (await sheda.api.get(WALLET)).status == 401
+    before = await ledger_count(sheda)
+    for bad in ({}, {"transaction_id": spent["id"]}, {"transaction_id": "1", "reason": "x"}, {"transaction_id": 0, "reason": "x"},
+                {"transaction_id": spent["id"], "reason": "   "}, {"transaction_id": spent["id"], "reason": "x", "extra": 1},
+                {"transaction_id": 10**19, "reason": "x"}):
+        r = await sheda.api.post(REFUNDS, bad, token=admin.token)
+        assert r.status == 422, (bad, r)
+    assert (await sheda.api.post(REFUNDS, {"transaction_id": 10**17, "reason": "x"}, token=admin.token)).status == 404
+    r = await sheda.api.post(REFUNDS, {"transaction_id": topup["id"], "reason": "x"}, token=admin.token)
+    assert r.status == 409 and r.json["code"] == "not_refundable"
+    assert await ledger_count(sheda) == before
+
+    r = await sheda.api.post(REFUNDS, {"transaction_id": spent["id"], "reason": "Listing was delisted"}, token=admin.token)
+    assert r.status == 201, r
+    refund = r.json
+    assert refund["kind"] == "refund" and refund["reverses"] == spent["id"] and refund["memo"] == "Listing was delisted"
+    assert refund["lines"] == [{"account": f"wallet:{user.id}", "amount": "40.00"}, {"account": "platform:revenue", "amount": "-40.00"}]
+    again = await asyncio.gather(*(sheda.api.post(REFUNDS, {"transaction_id": spent["id"], "reason": "again"}, token=admin.token)
+                                   for _ in range(3)))
+    assert all(a.status == 200 and a.json["id"] == refund["id"] for a in again)
+    r = await sheda.api.post(REFUNDS, {"transaction_id": refund["id"], "reason": "refund the refund"}, token=admin.token)
+    assert r.status == 409 and r.json["code"] == "not_refundable"
+    me = (await sheda.api.get(WALLET, token=user.token)).json
+    assert me["balance"] == "100.00"
+    assert [(e["kind"], e["amount"], e["balance_after"]) for e in me["recent"]] == [
+        ("refund", "40.00", "100.00"), ("spend", "-40.00", "60.00"), ("topup", "100.00", "100.00")]
+    # The original spend is untouched: the refund is another transaction.
+    stored = await sheda.ctx.db["ledger_transactions"].find_one({"_id": spent["id"]})
+    assert [int(line["amount_minor"]) for line in stored["lines"]] == [-4000, 4000] and "reversed_by" not in stored
+    await audit_ok(sheda, admin)
+
+
+async def test_the_audit_finds_a_cached_balance_that_disagrees_with_the_ledger(sheda):
+    user, admin = await sheda.signup("agent"), await sheda.admin()
+    await fund(sheda, user.id, 5)
+    await audit_ok(sheda, admin)
+    wallets = sheda.ctx.db["wallets"]
+    await wallets.update_one({"_id": user.id}, {"$inc": {"balance_minor": 1}})  # what a bug (or a hand edit) would do
+    try:
+        r = (await sheda.api.get(AUDIT, token=admin.token)).json
+        assert r["ok"] is False
+        assert {"kind": "cached_balance", "account": f"wallet:{user.id}", "transaction_id": None,
+                "detail": "the ledger says 5.00, the wallet holds 5.01"} in [{**m, "transaction_id": m.get("transaction_id")}
+                                                                             for m in r["mismatches"]]
+        # GET /wallet trusts the ledger, not the cache.
+        assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "5.00"
+    finally:
+        await wallets.update_one({"_id": user.id}, {"$inc": {"balance_minor": -1}})
+    await audit_ok(sheda, admin)
+
+
+async def test_wallet_pages_are_mine_only_and_bad_queries_are_422(sheda):
+    user, other = await sheda.signup("client"), await sheda.signup("client")
+    await fund(sheda, user.id, 3)
+    await fund(sheda, user.id, 4)
+    r = await sheda.api.get(WALLET + "/transactions", token=other.token)
+    assert r.status == 200 and r.json == {"items": [], "next_cursor": None}
+    assert (await sheda.api.get(WALLET, token=other.token)).json == {"user_id": other.id, "currency": "NGN", "balance": "0.00",
+                                                                      "recent": []}
+    r = await sheda.api.get(WALLET + "/transactions", token=user.token, params={"limit": 1})
+    assert [e["amount"] for e in r.json["items"]] == ["4.00"] and r.json["next_cursor"]
+    r2 = await sheda.api.get(WALLET + "/transactions", token=user.token, params={"limit": 1, "cursor": r.json["next_cursor"]})
+    assert [e["amount"] for e in r2.json["items"]] == ["3.00"]
+    for bad in ({"limit": 0}, {"limit": 101}, {"cursor": "nonsense"}, {"bogus": 1}):
+        assert (await sheda.api.get(WALLET + "/transactions", token=user.token, params=bad)).status == 422, bad
