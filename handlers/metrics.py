@@ -42,7 +42,9 @@ class MetricsHandler(APIHandler):
     @endpoint("Prometheus metrics (text format 0.0.4; no authentication)", content_type="text/plain", tags=("operations",))
     async def get(self):
         """HTTP requests by route template and status, request latency, open sockets, chat messages
-        stored and delivered, batch sizes, broker publish errors, job runs, contracts expired."""
+        stored and delivered, batch sizes, broker publish errors, job runs, contracts expired; business
+        figures: active listings by listing type (sampled), inquiries and listing views (counters)."""
+        self.ctx.listing_gauges.update()  # cheap: from the search's facet sample, never a count
         self.set_header("Content-Type", CONTENT_TYPE_PLAIN_0_0_4)  # what generate_latest writes
         self.finish(generate_latest(_registry()))
 

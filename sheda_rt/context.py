@@ -408,6 +408,10 @@ class AppContext:
         self.listing_stats = ListingStatsStore(self.db)
         self.stores.append(self.listing_stats)
         self.analytics = AnalyticsService(self.listing_stats, db=self.db, properties=self.property_store, clock=self.clock)
+        from sheda_rt.metrics import ListingGauges
+
+        # Business gauges for /metrics (active listings by type), from the search's facet sample.
+        self.listing_gauges = ListingGauges(self.property_store.stats)
 
     def _install_leads(self) -> None:  # [leads]
         from sheda_rt.leads.service import LeadService

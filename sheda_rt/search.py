@@ -269,11 +269,15 @@ class FacetStats:
     SAMPLE_SIZE = 2000
     MAX_AGE = 600.0
 
-    def __init__(self, col, max_id, *, price_field: str = "price_minor", sample_size: int = SAMPLE_SIZE, max_age: float = MAX_AGE,
-                 monotonic=time.monotonic):
+    def __init__(self, col, max_id, *, price_field: str = "price_minor", fields: tuple[str, ...] = (), sample_size: int = SAMPLE_SIZE,
+                 max_age: float = MAX_AGE, monotonic=time.monotonic):
         self.col = col
         self.price_field = price_field
+        self.fields = tuple(fields)  # more fields kept per sampled document, for `estimate`
         self._docs: list[tuple[frozenset, int]] = []  # each sampled document's facets and price
+        self._rows: list[dict] = []  # each sampled document's facets (a frozenset) and `fields`
+        self._drawn = 0  # ids drawn (some may name no document)
+        self._top = 0  # the highest id when the sample was taken
         self.max_id = max_id  # async () -> the highest id issued so far
         self.sample_size = sample_size
         self.max_age = max_age
@@ -302,6 +306,18 @@ class FacetStats:
             return sorted(p for _, p in self._docs)
         return sorted(p for f, p in self._docs if not wanted.isdisjoint(f))
 
+    def estimate(self, where) -> int | None:
+        """How many documents satisfy `where(row)` (row: {"facets": frozenset, <fields>...}),
+        scaled from the sample: the share of the ids drawn whose document satisfies it, times
+        the ids issued. Exact when the sample drew every id (up to sample_size documents);
+        otherwise off by about 1/sqrt(sample_size) of the total at worst. None without a sample."""
+        if self._share is None:
+            return None
+        if not self._drawn:
+            return 0
+        hits = sum(1 for row in self._rows if where(row))
+        return round(hits * self._top / self._drawn)
+
     def refresh_soon(self) -> None:
         """Start a background refresh when the sample is missing or old (never two at once)."""
         if self._task is not None and not self._task.done():
@@ -320,14 +336,16 @@ class FacetStats:
     async def refresh(self) -> None:
         top = await self.max_id()
         if top < 1:
-            self._share, self._taken_at = {}, self._now()
+            self._share, self._docs, self._rows, self._drawn, self._top, self._taken_at = {}, [], [], 0, 0, self._now()
             return
         ids = random.sample(range(1, top + 1), min(self.sample_size, top))
         counts: Counter = Counter()
         sampled: list[tuple[frozenset, int]] = []
+        rows: list[dict] = []
         seen = 0
+        projection = {"facets": 1, self.price_field: 1, "_id": 0, **{f: 1 for f in self.fields}}
         for i in range(0, len(ids), 200):  # the embedded database matches $in by scanning its list: chunks
-            docs = await self.col.find({"_id": {"$in": ids[i:i + 200]}}, projection={"facets": 1, self.price_field: 1, "_id": 0}).to_list()
+            docs = await self.col.find({"_id": {"$in": ids[i:i + 200]}}, projection=projection).to_list()
             seen += len(docs)
             for d in docs:
                 facets = frozenset(d.get("facets") or ())
@@ -335,8 +353,9 @@ class FacetStats:
                 price = d.get(self.price_field)
                 if isinstance(price, int) and not isinstance(price, bool):
                     sampled.append((facets, price))
+                rows.append({**{f: d.get(f) for f in self.fields}, "facets": facets})
         self._share = {f: c / seen for f, c in counts.items()} if seen else {}
-        self._docs = sampled
+        self._docs, self._rows, self._drawn, self._top = sampled, rows, len(ids), top
         self._taken_at = self._now()
 
 

@@ -51,7 +51,7 @@ class PropertyStore:
         self.meta = db["meta"]
         self.ids = ids
         # Which of a request's conditions is rarest (the driver): a sample of the listings' facets.
-        self.stats = FacetStats(self.col, lambda: ids.current("properties"))
+        self.stats = FacetStats(self.col, lambda: ids.current("properties"), fields=("status", "is_active"))  # fields: sheda_rt/metrics.py ListingGauges
         self.finder = FacetedSearch(self.col, state_field="status", date_field="created_at", price_field="price_minor",
                                     stats=self.stats)
 
