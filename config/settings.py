@@ -160,6 +160,9 @@ class Settings(BaseSettings):
     paystack_base_url: str = Field("https://api.paystack.co", pattern=r"^https?://[^\s?#]+$", description="Paystack API root (tests point it at a local server)")
     payment_callback_url: Optional[str] = Field(None, pattern=r"^https?://[^\s]+$", description="Where the checkout sends the customer back to")
     payment_reconcile_interval_minutes: float = Field(5.0, gt=0, description="How often payments pending for 30+ minutes are verified with the gateway")
+    # [wallet] top-ups through the gateway (POST /payments purpose wallet_topup), whole naira
+    wallet_topup_min_naira: int = Field(100, ge=1, le=1_000_000_000, description="Smallest wallet top-up, naira")
+    wallet_topup_max_naira: int = Field(5_000_000, ge=1, le=1_000_000_000, description="Largest wallet top-up, naira")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     _upper_log_level = field_validator("log_level", mode="before")(lambda v: v.upper() if isinstance(v, str) else v)  # [accounts] LOG_LEVEL=bogus: one line, not a traceback

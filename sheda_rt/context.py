@@ -372,12 +372,15 @@ class AppContext:
         from sheda_rt.payments.service import PaymentService
         from sheda_rt.payments.store import PaymentStore
         from sheda_rt.payments.targets import ContractPaymentTarget
+        from sheda_rt.wallet.topup import WalletTopupTarget
 
         self.payment_gateway = gateway_from_settings(self.settings)
         self.payment_store = PaymentStore(self.db, self.ids)
         self.stores.append(self.payment_store)
         # What a payment may pay for, by purpose (sheda_rt/payments/targets.py): one entry per purpose.
         self.payment_targets = {
+            "wallet_topup": WalletTopupTarget(wallet=self.wallet, min_naira=self.settings.wallet_topup_min_naira,
+                                              max_naira=self.settings.wallet_topup_max_naira),  # [wallet]
             "contract": ContractPaymentTarget(contracts=self.contracts, contract_store=self.contract_store),
         }
         self.payments = PaymentService(self.payment_store, self.payment_gateway, targets=self.payment_targets,

@@ -13,6 +13,8 @@ import pytest
 
 from sheda_rt.errors import Conflict
 from sheda_rt.wallet.service import InsufficientFunds
+from tests.paystack_server import SECRET
+from tests.test_payments import paystack  # noqa: F401  (the local gateway fixture)
 
 WALLET = "/api/v1/wallet"
 AUDIT = "/api/v1/admin/ledger/audit"
@@ -200,3 +202,75 @@ async def test_wallet_pages_are_mine_only_and_bad_queries_are_422(sheda):
     assert [e["amount"] for e in r2.json["items"]] == ["3.00"]
     for bad in ({"limit": 0}, {"limit": 101}, {"cursor": "nonsense"}, {"bogus": 1}):
         assert (await sheda.api.get(WALLET + "/transactions", token=user.token, params=bad)).status == 422, bad
+
+
+# ---- top-ups through the gateway (a local Paystack: tests/paystack_server.py) ----------------------
+
+PAY = "/api/v1/payments"
+
+
+@pytest.fixture
+def settings_overrides(paystack):
+    return {"paystack_secret_key": SECRET, "paystack_base_url": paystack.base_url, "wallet_topup_min_naira": 100,
+            "wallet_topup_max_naira": 1_000_000}
+
+
+async def test_a_topup_through_the_gateway_credits_the_wallet_once(sheda, paystack):
+    paystack.webhook_url = sheda.base_url + "/api/v1/webhooks/paystack"
+    user, admin = await sheda.signup("client"), await sheda.admin()
+    r = await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": user.id, "amount": "5000.00"}, token=user.token)
+    assert r.status == 201, r
+    pay = r.json
+    assert pay["purpose"] == "wallet_topup" and pay["amount"] == "5000.00" and pay["payee_id"] is None and pay["status"] == "pending"
+    assert paystack.initialized[-1]["amount"] == 500_000 and paystack.initialized[-1]["email"] == user.email
+    # A double tap hands back the same checkout; another amount is another top-up.
+    again = await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": user.id, "amount": "5000"}, token=user.token)
+    assert again.status == 200 and again.json["reference"] == pay["reference"]
+    other = await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": user.id, "amount": "250.50"}, token=user.token)
+    assert other.status == 201 and other.json["reference"] != pay["reference"]
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "0.00"  # nothing before the gateway says so
+
+    paystack.pay(pay["reference"])
+    body = paystack.event_body(pay["reference"])
+    r = await paystack.deliver(body)
+    assert r.code == 200, r.body
+    me = (await sheda.api.get(WALLET, token=user.token)).json
+    assert me["balance"] == "5000.00"
+    [entry] = me["recent"]
+    assert entry["kind"] == "topup" and entry["amount"] == "5000.00" and entry["refs"]["payment_reference"] == pay["reference"]
+    assert entry["lines"] == [{"account": "gateway:clearing", "amount": "-5000.00"}, {"account": f"wallet:{user.id}", "amount": "5000.00"}]
+    done = (await sheda.api.get(f"{PAY}/{pay['reference']}", token=user.token)).json
+    assert done["status"] == "succeeded" and done["applied"] is True and done["flagged"] is False
+    # A redelivery, the reconciliation job and a second apply of the same payment credit nothing more.
+    assert (await paystack.deliver(body)).code == 200
+    await sheda.ctx.payment_reconciliation.run()
+    stored = await sheda.ctx.payment_store.get(pay["reference"])
+    results = await asyncio.gather(*(sheda.ctx.payment_targets["wallet_topup"].apply(stored) for _ in range(3)))
+    assert results == [("already_credited", None)] * 3
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "5000.00"
+    # The money can be spent, and the ledger adds up: clearing owes what the wallets hold plus revenue.
+    await sheda.ctx.wallet.spend(user.id, 120_000, idempotency_key="after-topup", kind="spend", memo="", refs={})
+    assert await sheda.ctx.wallet.balance(user.id) == 380_000
+    await audit_ok(sheda, admin)
+
+
+async def test_topup_input_is_checked_before_anything_is_stored(sheda, paystack):
+    user, other = await sheda.signup("agent"), await sheda.signup("client")
+    payments = sheda.ctx.db["payments"]
+    before = await payments.count_documents({"payer_id": user.id})
+    cases = [
+        ({"purpose": "wallet_topup", "target_id": other.id, "amount": "500.00"}, 403, "not_your_wallet"),
+        ({"purpose": "wallet_topup", "target_id": user.id, "amount": "99.99"}, 422, "validation_error"),
+        ({"purpose": "wallet_topup", "target_id": user.id, "amount": "1000000.01"}, 422, "validation_error"),
+        ({"purpose": "wallet_topup", "target_id": user.id, "amount": 500.5}, 422, "validation_error"),
+        ({"purpose": "wallet_topup", "target_id": user.id, "amount": "-500"}, 422, "validation_error"),
+        ({"purpose": "wallet_topup", "target_id": user.id}, 422, "validation_error"),
+        ({"purpose": "wallet_topup", "target_id": user.id, "amount": "500", "line": 1}, 422, "validation_error"),
+    ]
+    for body, status, code in cases:
+        r = await sheda.api.post(PAY, body, token=user.token)
+        assert (r.status, r.json["code"]) == (status, code), (body, r)
+    r = await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": user.id, "amount": "99.99"}, token=user.token)
+    assert r.json["errors"] == [{"field": "amount", "message": "must be at least 100.00"}]
+    assert await payments.count_documents({"payer_id": user.id}) == before and paystack.initialized == []
+    assert (await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": user.id, "amount": "500"})).status == 401

@@ -1,0 +1,51 @@
+"""Topping a wallet up through the payment gateway: the `wallet_topup` PaymentTarget
+(sheda_rt/payments/targets.py describes the protocol).
+
+    POST /payments {purpose: "wallet_topup", target_id: <my user id>, amount: "5000.00"}
+      -> the gateway's checkout; once the gateway verified the money:
+    gateway:clearing -5000.00, wallet:<payer> +5000.00   (ledger key "topup:<payment reference>")
+
+The credit is keyed by the payment's reference, so a webhook, the reconciliation job and a
+redelivery racing in several processes credit it once. Only the payer's own wallet can be
+topped up (target_id is the payer), and the payee is the platform (none).
+
+One live checkout per (user, amount): `open_key` is "topup:<user>:<kobo>", so a double tap on
+"top up 5,000" hands back the checkout already started instead of a second one, while a
+top-up of another amount may run beside it.
+"""
+from __future__ import annotations
+
+from decimal import Decimal
+
+from sheda_rt.errors import Forbidden, ValidationFailed
+from sheda_rt.listings.money import to_minor
+from sheda_rt.payments.targets import Charge
+from sheda_rt.wallet.service import CURRENCY, WalletService
+
+
+class WalletTopupTarget:
+    purpose = "wallet_topup"
+
+    def __init__(self, *, wallet: WalletService, min_naira: int, max_naira: int):
+        self.wallet = wallet
+        self.min = Decimal(min_naira)
+        self.max = Decimal(max_naira)
+
+    async def charge(self, principal, body) -> Charge:
+        if body.target_id != principal.user_id:
+            raise Forbidden("You can top up only your own wallet: target_id is your user id", "not_your_wallet")
+        amount: Decimal = body.amount
+        if amount < self.min:
+            raise ValidationFailed.single("amount", f"must be at least {self.min:.2f}")
+        if amount > self.max:
+            raise ValidationFailed.single("amount", f"must be at most {self.max:.2f}")
+        return Charge(amount=amount, currency=CURRENCY, payee_id=None,
+                      open_key=f"topup:{principal.user_id}:{int(to_minor(amount))}",
+                      metadata={"purpose": self.purpose, "target_id": principal.user_id}, parties=[principal.user_id])
+
+    async def apply(self, payment: dict) -> tuple[str, tuple[str, str] | None]:
+        if payment["currency"] != CURRENCY:  # never initialized so; a wallet holds naira only
+            return "wrong_currency", ("topup_wrong_currency", f"a {payment['currency']} top-up cannot credit a naira wallet")
+        _, credited = await self.wallet.credit_topup(payment["payer_id"], int(payment["amount_minor"]),
+                                                     reference=payment["reference"])
+        return ("credited" if credited else "already_credited"), None
