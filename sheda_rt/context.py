@@ -371,6 +371,7 @@ class AppContext:
         from sheda_rt.payments.reconcile import PaymentReconciliationJob
         from sheda_rt.payments.service import PaymentService
         from sheda_rt.payments.store import PaymentStore
+        from sheda_rt.payments.installments import InstallmentPaymentTarget
         from sheda_rt.payments.targets import ContractPaymentTarget
         from sheda_rt.wallet.topup import WalletTopupTarget
 
@@ -382,6 +383,7 @@ class AppContext:
             "wallet_topup": WalletTopupTarget(wallet=self.wallet, min_naira=self.settings.wallet_topup_min_naira,
                                               max_naira=self.settings.wallet_topup_max_naira),  # [wallet]
             "contract": ContractPaymentTarget(contracts=self.contracts, contract_store=self.contract_store),
+            "installment": InstallmentPaymentTarget(bookings=self.bookings),
         }
         self.payments = PaymentService(self.payment_store, self.payment_gateway, targets=self.payment_targets,
                                        users=self.users, clock=self.clock, callback_url=self.settings.payment_callback_url)

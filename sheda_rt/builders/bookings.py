@@ -362,19 +362,78 @@ class BookingService:
         after = await self.store.move_line(booking_id, i, ["sent"], "confirmed", now, who=who, extra=extra)
         if after is None:
             raise self._wrong(await self.store.get(booking_id) or doc, i, "a line the client marked sent")
+        return booking_view(await self._confirmed(after, i, actor=principal.user_id))
+
+    async def _confirmed(self, after: dict, i: int, actor: int | None) -> dict:
+        """What follows a line's move to confirmed (by the builder or a gateway payment): line 1
+        books the unit, both sides hear of it, and the last line completes the booking."""
         if i == 0:
             await self._move_unit(after, ["reserved"], "booked")
-        await self._announce(after, "payment_confirmed", actor=principal.user_id, n=n)
-        if all(ln["status"] == "confirmed" for ln in after["installments"]):
+        await self._announce(after, "payment_confirmed", actor=actor, n=i + 1)
+        return await self._complete_if_paid(after)
+
+    async def _complete_if_paid(self, after: dict) -> dict:
+        if after["status"] == "active" and all(ln["status"] == "confirmed" for ln in after["installments"]):
             # Only the schedule seen all confirmed: a change request's line added meanwhile keeps it open.
-            done = await self.store.move(booking_id, ["active"], "completed", now,
+            now = self.clock.now()
+            done = await self.store.move(after["_id"], ["active"], "completed", now,
                                          who={"installments": {"$size": len(after["installments"])}},
                                          extra={"completed_at": now, "unit_synced": False})
             if done is not None:  # exactly once, whichever confirmation saw the last line
                 await self._move_unit(done, ["booked", "reserved"], "sold")
                 await self._announce(done, "completed", actor=None)
-                after = done
-        return booking_view(after)
+                return done
+        return after
+
+    # ---- installments paid through the payment gateway (sheda_rt/payments/installments.py) ----
+    async def gateway_line(self, principal, booking_id: int, n: int) -> tuple[dict, dict]:
+        """(booking, line) when `principal` may pay line n through the gateway now: the booking's
+        client, a line due or overdue (a line marked sent awaits the builder's answer to a bank
+        transfer: paying it again could pay twice), line 1 while reserved and its hold not lapsed,
+        the others once the booking is active. NotFound / Forbidden / Conflict otherwise."""
+        doc = await self._as(principal, booking_id, "client")
+        if "client" not in principal.scopes:
+            raise Forbidden("Pay with the client's own account", "insufficient_scope")
+        i = self._line(doc, n)
+        line = doc["installments"][i]
+        if i == 0 and doc["status"] == "reserved" and doc.get("hold_until") and doc["hold_until"] <= self.clock.now():
+            raise Conflict("The hold on this unit has lapsed", "hold_expired")
+        if line["status"] not in UNPAID or doc["status"] != ("reserved" if i == 0 else "active"):
+            raise self._wrong(doc, i, "an open booking and a line due or overdue" + (" (the booking payment first)" if i else ""))
+        return doc, line
+
+    async def confirm_gateway_payment(self, booking_id: int, n: int, reference: str) -> tuple[str, dict | None]:
+        """A payment gateway verified the client's payment of line n: the same move as the builder's
+        confirm (line 1 makes the booking active and books the unit; the last line completes it;
+        events and notifications to both), from any unpaid state, since the client may have marked
+        it sent meanwhile. One conditional write, so racing the builder's confirm it is confirmed
+        once. (outcome, booking): "confirmed" (this call), "already_confirmed" (the line was confirmed
+        before: by this payment, `paid_by` says, or by the builder), "not_payable" (no such booking
+        or line, or the booking is cancelled, expired or still reserved for a later line), or
+        "in_progress" (the booking kept moving under us: ask again later)."""
+        doc = None
+        for _ in range(3):  # a lost race is read again
+            doc = await self.store.get(booking_id)
+            if doc is None or not 1 <= n <= len(doc["installments"]):
+                return "not_payable", doc
+            i = n - 1
+            line = doc["installments"][i]
+            if line["status"] == "confirmed":
+                if line.get("paid_by") == reference:  # ours: finish a completion a crash may have left undone
+                    doc = await self._complete_if_paid(doc)
+                return "already_confirmed", doc
+            if doc["status"] != ("reserved" if i == 0 else "active"):
+                return "not_payable", doc
+            now = self.clock.now()
+            extra: dict = {f"installments.{i}.confirmed_at": now, f"installments.{i}.paid_by": reference}
+            if i == 0:  # the booking payment: the unit is booked and the hold is over
+                extra.update(status="active", booked_at=now, unit_synced=False)
+            after = await self.store.move_line(booking_id, i, UNPAID + ["sent"], "confirmed", now,
+                                               who={"status": doc["status"]}, extra=extra,
+                                               unset="hold_until" if i == 0 else None)
+            if after is not None:
+                return "confirmed", await self._confirmed(after, i, actor=None)
+        return "in_progress", doc
 
     # ---- cancellation ------------------------------------------------------
     async def cancel(self, principal, booking_id: int, reason: str | None) -> dict:
