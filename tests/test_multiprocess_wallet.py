@@ -1,0 +1,94 @@
+"""The wallet across processes (issue 18 §2): 50 concurrent spends from one wallet, made by two
+processes at once, never take it below zero, and the ledger audit stays ok.
+
+The spends are WalletService.spend, the call every paying feature makes (promotions), run by two
+separate Python processes against the session's embedded database: what keeps the balance from
+going below zero must be in the database (the conditional debit inside one multi-document
+transaction, sheda_rt/wallet/ledger.py), since neither process sees the other's memory."""
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from sheda_rt.clock import Clock
+from sheda_rt.database.connection import connect
+from sheda_rt.database.ids import IdAllocator
+from sheda_rt.wallet.ledger import LedgerStore
+from sheda_rt.wallet.service import WalletService
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: One spender process: connects, waits for the go file (so both start together), makes its
+#: spends concurrently, prints what each got.
+SPENDER = r"""
+import asyncio, json, os, sys, time
+sys.path.insert(0, sys.argv[1])
+from sheda_rt.clock import Clock
+from sheda_rt.database.connection import connect
+from sheda_rt.database.ids import IdAllocator
+from sheda_rt.wallet.ledger import LedgerStore
+from sheda_rt.wallet.service import InsufficientFunds, WalletService
+
+async def main(uri, db_name, user_id, name, count, go):
+    client, db = connect(uri, db_name)
+    wallet = WalletService(LedgerStore(db, IdAllocator(db)), clock=Clock())
+    await db.command("ping")
+    print("ready", flush=True)
+    while not os.path.exists(go):
+        await asyncio.sleep(0.005)
+    async def one(i):
+        try:
+            tx = await wallet.spend(user_id, 3000, idempotency_key=f"{name}-{i}", kind="spend", memo="race", refs={})
+            return ["paid", tx["id"]]
+        except InsufficientFunds:
+            return ["refused", None]
+    results = await asyncio.gather(*(one(i) for i in range(count)))
+    print(json.dumps(results), flush=True)
+    await client.close()
+
+asyncio.run(main(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], int(sys.argv[6]), sys.argv[7]))
+"""
+
+
+async def test_fifty_spends_from_two_processes_never_take_the_wallet_below_zero(embedded_db, tmp_path):
+    db_name = f"sheda_mp_wallet_{uuid.uuid4().hex[:8]}"
+    client, db = connect(embedded_db.uri, db_name)
+    try:
+        ledger = LedgerStore(db, IdAllocator(db))
+        await ledger.ensure_indexes()
+        wallet = WalletService(ledger, clock=Clock())
+        user_id = 41
+        await wallet.credit_topup(user_id, 100_000, reference="mp_topup_1")  # 1,000.00: room for 33 spends of 30.00
+        go = tmp_path / "go"
+        procs = [subprocess.Popen([sys.executable, "-c", SPENDER, str(ROOT), embedded_db.uri, db_name, str(user_id), name, "25", str(go)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
+        try:
+            for proc in procs:  # both connected before either starts
+                line = await asyncio.to_thread(proc.stdout.readline)
+                assert line.strip() == "ready", (line, proc.stderr.read() if proc.poll() is not None else "")
+            go.write_text("go")
+            outputs = [await asyncio.to_thread(proc.communicate, timeout=240) for proc in procs]
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+        results = []
+        for (out, err), proc in zip(outputs, procs):
+            assert proc.returncode == 0, err[-3000:]
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        paid = [r for rs in results for r in rs if r[0] == "paid"]
+        assert len(paid) == 33 and len(paid) + sum(r[0] == "refused" for rs in results for r in rs) == 50
+        assert all(any(r[0] == "paid" for r in rs) for rs in results)  # both processes really spent
+        assert await wallet.balance(user_id) == 1000
+        report = await wallet.audit()
+        assert report["ok"] is True and report["mismatches"] == [], report
+        assert report["transactions"] == 34 and report["wallets_total"] == "10.00"
+        assert report["platform"] == {"gateway:clearing": "-1000.00", "platform:revenue": "990.00"}
+        assert (await wallet.wallet(user_id))["balance"] == "10.00"
+    finally:
+        await client.drop_database(db_name)
+        await client.close()
