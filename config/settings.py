@@ -153,6 +153,9 @@ class Settings(BaseSettings):
     digest_window_hours: float = Field(3.0, ge=0, le=720, description="At most one digest email per conversation per this many hours")
     appointment_minutes: int = Field(30, ge=5, le=240, description="Viewing slot length; slots start on multiples of it from 00:00 UTC")  # [listings]
     inquiries_per_ip_per_hour: int = Field(5, ge=1, le=10_000, description="Public inquiries one client address may send in any hour (429 after)")  # [leads]
+    # [saved searches] sheda_rt/saved_searches/
+    saved_searches_per_user: int = Field(20, ge=1, le=1000, description="Saved searches one user may keep (409 after)")
+    saved_search_digest_hour: int = Field(7, ge=0, le=23, description="Hour of the day (UTC) the daily saved-search alert email goes out")
 
     # [payments] Paystack (issue 18); no secret key: no gateway, the manual bank-transfer flow only
     paystack_secret_key: Optional[SecretStr] = Field(None, description="Paystack secret key (sk_test_... in test mode); unset: POST /payments is 503, the webhook 401")

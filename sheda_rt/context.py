@@ -119,6 +119,8 @@ class AppContext:
         self._install_moderation()
         # [reminders] viewing and contract reminders, chat email digests, the emails' unsubscribe link.
         self._install_reminders()
+        # [saved searches] users' saved searches; new listings, relistings and price drops alert them (after reminders' mail).
+        self._install_saved_searches()
 
     def _install_stream(self) -> None:  # [realtime] the chat and the resumable event stream share one sequencer
         from sheda_rt.realtime.events_store import EventStore
@@ -281,7 +283,7 @@ class AppContext:
 
         s = self.settings
         links = UnsubscribeLinks(s.jwt_secret_value(), s.public_base_url or f"http://localhost:{s.port or 8000}")
-        email = EmailSender(self.mailer, links)
+        email = self.email_sender = EmailSender(self.mailer, links)  # [saved searches] their daily digest mails through it too
         self.unsubscribe = UnsubscribeService(links=links, preferences=self.push)
         self.reminders = ReminderService(runner=self.job_runner, appointments=self.appointment_store, contracts=self.contract_store,
                                          properties=self.property_store, users=self.users, preferences=self.push,
@@ -296,6 +298,27 @@ class AppContext:
                                    offline_minutes=s.digest_offline_minutes, window_hours=s.digest_window_hours)
         self.push.digests = self.digests  # every stored message arms its receiver's digest
         self.drain_hooks.append(self.digests.drain)
+
+    def _install_saved_searches(self) -> None:  # [saved searches] on the job queue; they notify, push and mail as reminders do
+        from sheda_rt.saved_searches.job import AlertDigests, ListingAlerts
+        from sheda_rt.saved_searches.service import SavedSearchService
+        from sheda_rt.saved_searches.store import AlertStore, SavedSearchStore
+
+        s = self.settings
+        self.saved_search_store = SavedSearchStore(self.db, self.ids)
+        self.saved_search_alert_store = AlertStore(self.db)
+        self.stores.extend([self.saved_search_store, self.saved_search_alert_store])
+        self.saved_searches = SavedSearchService(self.saved_search_store, plan=self.properties.plan, clock=self.clock,
+                                                 max_per_user=s.saved_searches_per_user)
+        self.saved_search_digests = AlertDigests(runner=self.job_runner, alerts=self.saved_search_alert_store,
+                                                 listings=self.property_store, users=self.users, preferences=self.push,
+                                                 email=self.email_sender, clock=self.clock, hour_utc=s.saved_search_digest_hour)
+        self.listing_alerts = ListingAlerts(runner=self.job_runner, searches=self.saved_search_store, saved=self.saved_searches,
+                                            alerts=self.saved_search_alert_store, listings=self.property_store,
+                                            notifications=self.notifications, push=self.push.dispatch,
+                                            digests=self.saved_search_digests, clock=self.clock, push_ttl_seconds=s.push_ttl_seconds)
+        self.properties.listing_alerts = self.listing_alerts.listing_changed  # new listings, relistings, price drops
+        self.drain_hooks.append(self.listing_alerts.drain)
 
     def _install_runtime_settings(self) -> None:  # [settings]
         from sheda_rt.builders.service import MAX_UNITS_PER_PROJECT

@@ -97,6 +97,9 @@ class PropertyService:
         self.categories = categories  # a listing's category is counted in before the write
         self.analytics = analytics  # views and favourites, for the agent's counters
         self.public_base_url = public_base_url  # PUBLIC_BASE_URL: media URLs in announced listings are absolute under it
+        # [saved searches] awaited with (listing, "new" | "relisted" | "price_drop") once such a change is stored and before
+        # the answer (sheda_rt/saved_searches/job.py: it queues the alert matching); set by the context, None: no alerts
+        self.listing_alerts = None
 
     # ---- access ------------------------------------------------------------
     @staticmethod
@@ -173,13 +176,20 @@ class PropertyService:
             doc["geo"] = _geo_doc(body.geo)
         if body.category_id is None:
             doc.pop("category_id", None)
-            return property_view(await self.store.insert(doc))
+            return await self._alert(await self.store.insert(doc), "new", property_view)
         await self.categories.take(body.category_id)
         try:
-            return property_view(await self.store.insert(doc))
+            stored = await self.store.insert(doc)
         except BaseException:
             await self.categories.release(body.category_id)
             raise
+        return await self._alert(stored, "new", property_view)
+
+    async def _alert(self, doc: dict, reason: str, view):
+        """Saved-search alerts hear of a stored new listing, relisting or price drop; returns `view(doc)`."""
+        if self.listing_alerts is not None:
+            await self.listing_alerts(doc, reason)
+        return view(doc)
 
     async def get(self, property_id: int, principal=None, client_ip: str | None = None) -> dict:
         """One listing; counts a view of a listed one (once per viewer per day, sheda_rt/analytics)."""
@@ -226,7 +236,10 @@ class PropertyService:
             if updated is not None:
                 if moved and old_cat is not None:
                     await self.categories.release(old_cat)
-                return await self._changed(doc, updated)
+                view = await self._changed(doc, updated)
+                if history is not None and changes["price_minor"] < doc.get("price_minor", changes["price_minor"]):
+                    return await self._alert(updated, "price_drop", lambda _doc: view)
+                return view
             if moved and new_cat is not None:  # someone else changed it first: undo our count, read again
                 await self.categories.release(new_cat)
         raise Conflict("The listing is being changed by someone else; try again", "concurrent_update")
@@ -245,7 +258,8 @@ class PropertyService:
             return property_view(doc)
         updated = await self.store.relist(property_id, now)
         if updated is not None:
-            return await self._changed(doc, updated)
+            view = await self._changed(doc, updated)
+            return await self._alert(updated, "relisted", lambda _doc: view)
         current = await self.store.get(property_id)
         if current is None:
             raise NotFound("No such property", "property_not_found")

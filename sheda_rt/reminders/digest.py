@@ -44,6 +44,27 @@ PREVIEW_LINES = 3
 PREVIEW_CHARS = 140
 
 
+# ---- what every digest email job does (chat digests here, saved-search digests in sheda_rt/saved_searches) ----
+async def digest_recipient(users: UserStore, preferences: PushService, user_id: int, kind: str) -> tuple[dict | None, dict | None, dict | None]:
+    """(user, settings, None) when a digest email of `kind` may go to this user; (None, None, outcome)
+    when none must be sent: that kind of email is off in their settings, or they are gone or have
+    no address."""
+    prefs = await preferences.get_settings(user_id)
+    if not prefs["email"][kind]:
+        return None, None, {"outcome": f"{kind}_email_off"}
+    user = await users.get(user_id)
+    if user is None or not user.get("is_active", True) or not user.get("email"):
+        return None, None, {"outcome": "no_address"}
+    return user, prefs, None
+
+
+def hold_for_quiet_hours(prefs: dict, now: datetime) -> None:
+    """Inside the user's quiet hours the job waits for their end (Defer: not a failed attempt)."""
+    held = quiet_until(now, prefs.get("quiet_hours"))
+    if held is not None:
+        raise Defer((held - now).total_seconds(), "quiet hours")
+
+
 class DigestStore:
     """`chat_digests`: `_id` = "<user>:<conversation>", read and written by `_id` only (no index of its own)."""
 
@@ -128,21 +149,16 @@ class ChatDigests:
     # ---- the job -------------------------------------------------------------------
     async def run(self, job: dict) -> dict:
         user_id = job["payload"]["user_id"]
-        prefs = await self.preferences.get_settings(user_id)
-        if not prefs["email"]["chat"]:
-            return {"outcome": "chat_email_off"}
-        user = await self.users.get(user_id)
-        if user is None or not user.get("is_active", True) or not user.get("email"):
-            return {"outcome": "no_address"}
+        user, prefs, outcome = await digest_recipient(self.users, self.preferences, user_id, "chat")
+        if outcome is not None:
+            return outcome
         now = self.clock.now()
         if await self.presence.online_anywhere(user_id):
             raise Defer(self.offline.total_seconds(), "online")
         last_seen = user.get("last_seen")
         if last_seen is not None and now - last_seen < self.offline:
             raise Defer((last_seen + self.offline - now).total_seconds(), "recently online")
-        held = quiet_until(now, prefs.get("quiet_hours"))
-        if held is not None:
-            raise Defer((held - now).total_seconds(), "quiet hours")
+        hold_for_quiet_hours(prefs, now)
         ready, wait = await self._unread(user_id, now)
         sent = 0
         if ready:

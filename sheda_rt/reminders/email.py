@@ -9,7 +9,7 @@ from sheda_rt.reminders.unsubscribe import UnsubscribeLinks
 
 log = logging.getLogger("sheda.reminders")
 
-KIND_NAMES = {"chat": "chat message", "appointments": "viewing", "contracts": "contract"}
+KIND_NAMES = {"chat": "chat message", "appointments": "viewing", "contracts": "contract", "listings": "saved search alert"}
 
 
 class EmailSender:

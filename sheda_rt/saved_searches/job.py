@@ -1,0 +1,241 @@
+"""Alerts of saved searches: a listing change becomes a durable job, the job finds the searches it
+matches and alerts each of their users once per listing, ever.
+
+Flow
+----
+1. The listings service calls `listing_changed(listing, reason)` after it stored a new listing, a
+   listing put back on the market (`relisted`) or a lower price (`price_drop`), and before it
+   answers. That enqueues one job of the durable queue (sheda_rt/jobs/), key
+   `saved_search.match:<listing>:<rev>` (one per stored revision, so a retried call adds nothing),
+   and starts running it in this process at once. From the answer on, the change cannot be lost:
+   if the process dies the job is pending (or its lease lapses) and any process runs it. A process
+   dying between the listing's write and the enqueue (before answering) loses that one change's
+   alerts: the client got no answer and the listing is stored; nothing else is lost.
+2. The job reads the listing as it is then (no longer listed or available: nothing to do), looks up
+   the searches filed under any of the listing's facets (one `$in` on an index: store.py), skips
+   the agent's own, and checks each candidate's full filters with the plan GET /properties would
+   run (matcher.py).
+3. Per user (several of their searches may match: one alert; `instant` wins over `daily`), the
+   alert document `<user>:<listing>` is inserted: the unique `_id` is the guard that makes one
+   alert per user per listing across every change, job and process. The process that inserted it
+   delivers it; a job that finds it there already does nothing, unless it is its own from an
+   attempt that died before delivering (then it delivers now).
+4. `instant`: a stored notification (kind `saved_search.match`), live on the user's sockets and
+   event stream (`{"type": "notification", ...}`), and a push to their devices through the push
+   dispatcher (category `listings`, keyed by listing, so a retry never pushes twice).
+   `daily`: the alert waits as `queued`; the user's digest job for that day is armed (AlertDigests).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from sheda_rt.listings.money import format_money
+from sheda_rt.push.provider import Notification
+from sheda_rt.reminders.digest import digest_recipient, hold_for_quiet_hours
+from sheda_rt.saved_searches.matcher import UnknownFilter
+from sheda_rt.saved_searches.store import AlertStore
+
+if TYPE_CHECKING:
+    from sheda_rt.accounts.users_store import UserStore
+    from sheda_rt.clock import Clock
+    from sheda_rt.jobs.runner import JobRunner
+    from sheda_rt.listings.store import PropertyStore
+    from sheda_rt.notifications.service import NotificationService
+    from sheda_rt.push.dispatch import Dispatcher
+    from sheda_rt.push.service import PushService
+    from sheda_rt.reminders.email import EmailSender
+    from sheda_rt.saved_searches.service import SavedSearchService
+    from sheda_rt.saved_searches.store import SavedSearchStore
+
+log = logging.getLogger("sheda.saved_searches")
+
+MATCH_KIND = "saved_search.match"
+DIGEST_KIND = "saved_search.digest"
+REASONS = ("new", "relisted", "price_drop")
+DIGEST_MAX_ITEMS = 200
+
+
+def _price(doc: dict) -> str:
+    return "₦" + format(int(round(float(format_money(doc["price"])))), ",")
+
+
+def describe(doc: dict, reason: str) -> str:
+    """One line about a matching listing, as the notification and the digest say it."""
+    what = {"new": "New", "relisted": "Back on the market", "price_drop": "Price drop"}[reason]
+    return f"{what}: “{doc['title']}”, {_price(doc)}, {doc['location']}"
+
+
+class ListingAlerts:
+    def __init__(self, *, runner: JobRunner, searches: SavedSearchStore, saved: SavedSearchService, alerts: AlertStore,
+                 listings: PropertyStore, notifications: NotificationService, push: Dispatcher | None, digests: AlertDigests,
+                 clock: Clock, push_ttl_seconds: float):
+        self.runner = runner
+        self.searches = searches
+        self.saved = saved  # the filters' matcher
+        self.alerts = alerts
+        self.listings = listings
+        self.notifications = notifications
+        self.push = push  # the push dispatcher; None: no pushes
+        self.digests = digests
+        self.clock = clock
+        self.push_ttl = timedelta(seconds=push_ttl_seconds)
+        self._running: set[asyncio.Task] = set()
+        runner.register(MATCH_KIND, self.run)
+
+    # ---- from the listings service ------------------------------------------------
+    async def listing_changed(self, listing: dict, reason: str) -> None:
+        """Record the change as a job (awaited: durable before the caller answers), then run it here
+        in the background. Never raises: the listing is stored whatever happens to its alerts."""
+        payload = {"property_id": listing["_id"], "rev": listing.get("rev", 1), "reason": reason}
+        key = f"{MATCH_KIND}:{listing['_id']}:{payload['rev']}"
+        try:
+            await self.runner.enqueue(MATCH_KIND, payload, key=key)
+        except Exception as exc:
+            log.warning(json.dumps({"event": "saved_search_match_not_queued", "property_id": listing["_id"], "error": repr(exc)[:200]}))
+            return
+        task = asyncio.ensure_future(self._run_now(key, payload))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _run_now(self, key: str, payload: dict) -> None:
+        try:
+            await self.runner.run_now(MATCH_KIND, key, payload)
+        except Exception as exc:  # the job stays queued: the runner's poll takes it
+            log.info(json.dumps({"event": "saved_search_match_deferred", "job": key, "error": repr(exc)[:200]}))
+
+    async def drain(self) -> None:
+        if self._running:
+            await asyncio.gather(*list(self._running), return_exceptions=True)
+
+    # ---- the job ------------------------------------------------------------------
+    async def run(self, job: dict) -> dict:
+        p = job["payload"]
+        doc = await self.listings.get(p["property_id"])
+        if doc is None or not doc.get("is_active", True) or doc.get("status") != "available":
+            return {"outcome": "not_listed"}
+        chosen: dict[int, dict] = {}  # user -> the search that alerts them (an instant one when any)
+        candidates = 0
+        cursor = self.searches.alerting(doc.get("facets") or [])
+        try:
+            async for search in cursor:
+                candidates += 1
+                uid = search["user_id"]
+                if uid == doc["agent_id"] or search.get("alert") not in ("instant", "daily"):
+                    continue
+                if uid in chosen and (chosen[uid]["alert"] == "instant" or search["alert"] == "daily"):
+                    continue
+                try:
+                    if self.saved.matches(search["query"], doc):
+                        chosen[uid] = search
+                except (ValidationError, UnknownFilter) as exc:  # a search stored under older rules: never matches
+                    log.warning(json.dumps({"event": "saved_search_unmatchable", "saved_search_id": search["_id"],
+                                            "error": repr(exc)[:200]}))
+        finally:
+            await cursor.close()
+        alerted = 0
+        for uid, search in chosen.items():
+            alerted += await self._alert(job, doc, search, p["reason"])
+        return {"outcome": "matched", "candidates": candidates, "matched": len(chosen), "alerted": alerted}
+
+    async def _alert(self, job: dict, doc: dict, search: dict, reason: str) -> bool:
+        uid, pid = search["user_id"], doc["_id"]
+        now = self.clock.now()
+        mode = search["alert"]
+        alert = await self.alerts.claim({
+            "_id": AlertStore.key(uid, pid), "user_id": uid, "property_id": pid, "saved_search_id": search["_id"],
+            "search_name": search["name"], "reason": reason, "mode": mode, "status": "pending" if mode == "instant" else "queued",
+            "job": job["_id"], "created_at": now})
+        if alert is None:
+            return False
+        if alert.get("existing") and alert.get("job") != job["_id"]:
+            return False  # alerted already (another change, job or process): once per user per listing
+        if alert["status"] == "queued":
+            await self.digests.arm(uid)
+            return True
+        if alert["status"] != "pending":
+            return False  # this job's own, delivered by an attempt that died before it finished
+        note = await self.notifications.notify(uid, "saved_search.match", f"New match for “{alert['search_name']}”",
+                                               describe(doc, alert["reason"]),
+                                               {"property_id": pid, "saved_search_id": alert["saved_search_id"],
+                                                "reason": alert["reason"]})
+        pushes = 0
+        if self.push is not None:
+            push = Notification(title=f"New match for “{alert['search_name']}”", body=describe(doc, alert["reason"]), badge=0,
+                                collapse_key=hashlib.sha256(f"saved_search:{pid}".encode()).hexdigest()[:32],
+                                data={"type": "saved_search.match", "property_id": pid, "saved_search_id": alert["saved_search_id"],
+                                      "reason": alert["reason"]})
+            try:
+                pushes = await self.push.notify(uid, "listings", push, f"saved_search:{pid}", now + self.push_ttl)
+            except Exception as exc:  # the stored notification is the record; the push is extra reach
+                log.warning(json.dumps({"event": "saved_search_push_failed", "user_id": uid, "error": repr(exc)[:200]}))
+        await self.alerts.settle(uid, alert["_id"], "pending", {"status": "sent", "notification_id": note["id"], "sent_at": now,
+                                                                "pushes": pushes})
+        return True
+
+
+class AlertDigests:
+    """`daily` alerts: one email a day with the day's matches, at SAVED_SEARCH_DIGEST_HOUR (UTC).
+
+    The first queued alert of a user arms their digest job for the next such hour (key
+    `saved_search.digest:<user>:<date>`, so every later alert of that day finds it armed). The job
+    is the chat digests' mechanism (sheda_rt/reminders/digest.py): nothing when the user turned
+    `listings` emails off (their queued alerts are dropped) or has no address, held through quiet
+    hours, sent through the one EmailSender with the unsubscribe link. It lists what is queued when
+    it runs (at most DIGEST_MAX_ITEMS; more: the next day's digest) and marks those `emailed`.
+    A process killed between the email and that mark sends it again when the job is retried.
+    """
+
+    def __init__(self, *, runner: JobRunner, alerts: AlertStore, listings: PropertyStore, users: UserStore,
+                 preferences: PushService, email: EmailSender, clock: Clock, hour_utc: int):
+        self.runner = runner
+        self.alerts = alerts
+        self.listings = listings
+        self.users = users
+        self.preferences = preferences
+        self.email = email
+        self.clock = clock
+        self.hour_utc = hour_utc
+        runner.register(DIGEST_KIND, self.run)
+
+    def next_run(self, now: datetime) -> datetime:
+        due = now.replace(hour=self.hour_utc, minute=0, second=0, microsecond=0)
+        return due if due > now else due + timedelta(days=1)
+
+    async def arm(self, user_id: int) -> None:
+        due = self.next_run(self.clock.now())
+        await self.runner.enqueue(DIGEST_KIND, {"user_id": user_id}, key=f"{DIGEST_KIND}:{user_id}:{due.date().isoformat()}", run_at=due)
+
+    async def run(self, job: dict) -> dict:
+        user_id = job["payload"]["user_id"]
+        now = self.clock.now()
+        user, prefs, outcome = await digest_recipient(self.users, self.preferences, user_id, "listings")
+        queued = await self.alerts.queued(user_id, DIGEST_MAX_ITEMS)
+        if outcome is not None:
+            await self.alerts.mark(user_id, [a["_id"] for a in queued], "queued", {"status": "dropped", "dropped_at": now})
+            return outcome
+        hold_for_quiet_hours(prefs, now)
+        if not queued:
+            return {"outcome": "nothing_queued"}
+        listings = await self.listings.get_many(a["property_id"] for a in queued)
+        lines = []
+        for a in queued:
+            doc = listings.get(a["property_id"])
+            if doc is None or not doc.get("is_active", True) or doc.get("status") != "available":
+                continue  # gone since it matched: not worth an email line
+            lines.append(f"• {describe(doc, a['reason'])}\n  (your search “{a['search_name']}”, listing #{doc['_id']})")
+        if lines:
+            subject = f"{len(lines)} new match{'es' if len(lines) != 1 else ''} for your saved searches"
+            body = "Today's listings that match your saved searches:\n\n" + "\n\n".join(lines) + "\n\nOpen the app to see them."
+            await self.email.send(user, "listings", subject, body)
+        await self.alerts.mark(user_id, [a["_id"] for a in queued], "queued", {"status": "emailed", "emailed_at": now})
+        if len(queued) >= DIGEST_MAX_ITEMS:
+            await self.arm(user_id)
+        log.info(json.dumps({"event": "saved_search_digest", "user_id": user_id, "matches": len(lines)}))
+        return {"outcome": "sent" if lines else "nothing_listed", "matches": len(lines)}

@@ -1,0 +1,106 @@
+"""Request and response models of /api/v1/saved-searches.
+
+A saved search's `query` is parsed by the very model GET /properties uses (SearchQuery), so a
+filter means the same thing, and is refused for the same reasons, in both places. Only what makes
+no sense in a stored search is refused on top: a page position (`cursor`), a status other than
+`available` (alerts are about listings one can rent or buy) and a query without any filter (it
+would alert on every listing in the country).
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sheda_rt.listings.models import ListingType, PropertyType, SearchQuery, SortOrder
+from sheda_rt.responses import MoneyText, ResponseModel, Timestamp
+
+AlertMode = Literal["instant", "daily", "off"]
+MAX_NAME = 100
+
+#: Fields of SearchQuery that are about presenting a page, not about which listings match.
+PAGE_FIELDS = ("cursor", "limit", "sort")
+
+
+class SavedSearchQuery(SearchQuery):
+    """The filters of GET /api/v1/properties (same names, same rules), as a JSON object."""
+
+    @model_validator(mode="after")
+    def _storable(self):
+        if self.cursor is not None:
+            raise ValueError("a saved search holds filters, not a page position: leave out cursor")
+        if self.status != "available":
+            raise ValueError("alerts are about listings one can rent or buy: status can only be 'available'")
+        if not (self.model_fields_set - set(PAGE_FIELDS) - {"status", "radius_km"}):
+            raise ValueError("give at least one filter (e.g. location, listing_type, price_max)")
+        return self
+
+    def stored(self) -> dict:
+        """What is kept: the filters as sent (normalised), without page fields and defaults left unsaid."""
+        return self.model_dump(mode="json", exclude_unset=True, exclude={"cursor", "limit"})
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class SavedSearchCreate(_Body):
+    name: str = Field(min_length=1, max_length=MAX_NAME, examples=["2-bed in Lekki under ₦3m"])
+    query: SavedSearchQuery = Field(description="The filters of GET /api/v1/properties, e.g. "
+                                                "{\"location\": \"lekki\", \"listing_type\": \"rent\", \"price_max\": \"3000000\"}")
+    alert: AlertMode = Field("instant", description="instant: a notification (socket, push) per new match; daily: one email a day "
+                                                    "with the day's matches; off: no alerts")
+
+
+class SavedSearchUpdate(_Body):
+    """Any subset of the fields; a new `query` replaces the old one whole."""
+
+    name: Optional[str] = Field(None, min_length=1, max_length=MAX_NAME)
+    query: Optional[SavedSearchQuery] = None
+    alert: Optional[AlertMode] = None
+
+    @model_validator(mode="after")
+    def _something(self):
+        if not self.model_fields_set:
+            raise ValueError("send at least one of name, query, alert")
+        for name in self.model_fields_set:
+            if getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be null")
+        return self
+
+
+class SavedFiltersOut(ResponseModel):
+    """The stored filters: only those that were given (names and meaning as on GET /properties)."""
+
+    price_min: Optional[MoneyText] = None
+    price_max: Optional[MoneyText] = None
+    property_type: Optional[PropertyType] = None
+    listing_type: Optional[ListingType] = None
+    status: Optional[Literal["available"]] = None
+    bedroom_min: Optional[int] = None
+    bathroom_min: Optional[int] = None
+    furnished: Optional[bool] = None
+    air_condition: Optional[bool] = None
+    pop_ceiling: Optional[bool] = None
+    floor_tiles: Optional[bool] = None
+    running_water: Optional[bool] = None
+    furniture: Optional[bool] = None
+    prepaid_meter: Optional[bool] = None
+    wifi: Optional[bool] = None
+    location: Optional[str] = None
+    near: Optional[str] = None
+    radius_km: Optional[float] = None
+    agent_id: Optional[int] = None
+    sort: Optional[SortOrder] = None
+    q: Optional[str] = None
+    bbox: Optional[str] = None
+    category_id: Optional[int] = None
+
+
+class SavedSearchOut(ResponseModel):
+    id: int
+    name: str
+    query: SavedFiltersOut
+    alert: AlertMode
+    created_at: Timestamp
+    updated_at: Timestamp

@@ -1,0 +1,105 @@
+"""Saved searches: a user's own searches of listings (at most SAVED_SEARCHES_PER_USER, 20), each
+with an alert mode. Only their owner sees or changes one: anyone else gets 404, so ids leak nothing.
+
+The filters are stored as validated by the GET /properties model (models.py) and matched later by
+the plan that route would run (matcher.py); `alert_key` (store.py) is recomputed whenever the
+filters or the alert mode change, so the alerts always look a search up under what it is now.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from sheda_rt.clock import format_ts
+from sheda_rt.errors import Conflict, NotFound
+from sheda_rt.saved_searches.matcher import listing_matches
+from sheda_rt.saved_searches.models import SavedSearchCreate, SavedSearchQuery, SavedSearchUpdate
+
+if TYPE_CHECKING:
+    from sheda_rt.clock import Clock
+    from sheda_rt.listings.models import SearchQuery
+    from sheda_rt.saved_searches.store import SavedSearchStore
+    from sheda_rt.search import SearchPlan
+
+MAX_PER_USER = 20
+
+
+def saved_search_view(doc: dict) -> dict:
+    return {"id": doc["_id"], "name": doc["name"], "query": doc["query"], "alert": doc["alert"],
+            "created_at": format_ts(doc["created_at"]), "updated_at": format_ts(doc["updated_at"])}
+
+
+class SavedSearchService:
+    def __init__(self, store: SavedSearchStore, *, plan: Callable[[SearchQuery], SearchPlan], clock: Clock,
+                 max_per_user: int = MAX_PER_USER):
+        self.store = store
+        self.plan = plan  # PropertyService.plan: the filters of GET /properties as a SearchPlan
+        self.clock = clock
+        self.max_per_user = max_per_user
+
+    # ---- matching (the alerts' job asks) -------------------------------------------
+    def plan_of(self, query: dict) -> SearchPlan:
+        return self.plan(SavedSearchQuery.model_validate(query))
+
+    def matches(self, query: dict, listing: dict) -> bool:
+        """Would GET /properties with these stored filters list this stored listing?"""
+        return listing_matches(self.plan_of(query), listing)
+
+    def alert_key(self, query: dict, alert: str) -> str | None:
+        """The facet this search is filed under for alerts (None when they are off): the one the
+        search itself would be driven by, which every matching listing carries."""
+        return None if alert == "off" else self.plan_of(query).facet
+
+    # ---- CRUD ----------------------------------------------------------------------
+    async def _own(self, principal, search_id: int) -> dict:
+        doc = await self.store.get(principal.user_id, search_id)
+        if doc is None:
+            raise NotFound("No such saved search", "saved_search_not_found")
+        return doc
+
+    async def create(self, principal, body: SavedSearchCreate) -> dict:
+        query = body.query.stored()
+        key = self.alert_key(query, body.alert)
+        if not await self.store.take_place(principal.user_id, self.max_per_user):
+            raise Conflict(f"At most {self.max_per_user} saved searches per user; delete one first", "too_many_saved_searches",
+                           extra={"limit": self.max_per_user})
+        now = self.clock.now()
+        doc = {"user_id": principal.user_id, "name": body.name, "query": query, "alert": body.alert, "created_at": now,
+               "updated_at": now}
+        if key is not None:
+            doc["alert_key"] = key
+        try:
+            return saved_search_view(await self.store.insert(doc))
+        except BaseException:
+            await self.store.give_back(principal.user_id)
+            raise
+
+    async def list(self, principal, page) -> dict:
+        return await self.store.page(principal.user_id, page, saved_search_view)
+
+    async def get(self, principal, search_id: int) -> dict:
+        return saved_search_view(await self._own(principal, search_id))
+
+    async def update(self, principal, search_id: int, body: SavedSearchUpdate) -> dict:
+        doc = await self._own(principal, search_id)
+        fields: dict = {"updated_at": self.clock.now()}
+        if "name" in body.model_fields_set:
+            fields["name"] = body.name
+        if "query" in body.model_fields_set:
+            fields["query"] = body.query.stored()
+        if "alert" in body.model_fields_set:
+            fields["alert"] = body.alert
+        key = self.alert_key(fields.get("query", doc["query"]), fields.get("alert", doc["alert"]))
+        unset = []
+        if key is None:
+            unset.append("alert_key")
+        else:
+            fields["alert_key"] = key
+        updated = await self.store.update(principal.user_id, search_id, fields, unset)
+        if updated is None:  # deleted meanwhile
+            raise NotFound("No such saved search", "saved_search_not_found")
+        return saved_search_view(updated)
+
+    async def delete(self, principal, search_id: int) -> None:
+        if not await self.store.delete(principal.user_id, search_id):
+            raise NotFound("No such saved search", "saved_search_not_found")
+        await self.store.give_back(principal.user_id)

@@ -1,0 +1,259 @@
+"""Saved searches and their alerts (issue 16 §1): CRUD with the GET /properties filters, the limit of
+20, bad input refused with nothing stored; instant alerts on the socket for a new listing, a relisting
+and a price drop (one per user per listing, never for a rise, a non-match or one's own listing); the
+daily digest email; and the matcher agreeing with the real search for every filter.
+
+Every test works in location words of its own (listing_helpers.word), so other tests' listings
+never match its searches. The match jobs run in the server at once; `settle` waits for them."""
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+
+from tests.listing_helpers import create_property, word
+
+SS = "/api/v1/saved-searches"
+
+
+@pytest.fixture
+def settings_overrides():
+    # Match jobs are run by the process that queued them at once; the digest test runs due jobs itself after
+    # moving the clock, so the background poll stays out of the way.
+    return {"job_poll_seconds": 3600}
+
+
+async def save(sheda, user, name="My search", alert="instant", **query):
+    r = await sheda.api.post(SS, {"name": name, "query": query, "alert": alert}, token=user.token)
+    assert r.status == 201, r
+    return r.json
+
+
+async def settle(sheda):
+    """Wait for the match jobs this process started (they run in the background of the answers)."""
+    await sheda.ctx.listing_alerts.drain()
+
+
+async def alerts_of(sheda, user) -> list[dict]:
+    return await sheda.ctx.db["notifications"].find({"user_id": user.id, "kind": "saved_search.match"}).to_list()
+
+
+async def alert_jobs_left(sheda):
+    """The match jobs this test made are done (none pending, running or failed)."""
+    return await sheda.ctx.db["jobs"].count_documents({"kind": "saved_search.match", "status": {"$ne": "done"}})
+
+
+# ---- CRUD, limits, bad input ----------------------------------------------------------------------
+async def test_crud_and_only_the_owner_sees_a_search(sheda):
+    user, other = await sheda.signup("client"), await sheda.signup("client")
+    area = word()
+    r = await sheda.api.post(SS, {"name": "  Lekki 2-bed ", "query": {"location": area, "listing_type": "rent", "price_max": 3000000,
+                                                                       "bedroom_min": "2", "furnished": "true", "sort": "price_asc"},
+                                  "alert": "daily"}, token=user.token)
+    assert r.status == 201, r
+    s = r.json
+    assert s["name"] == "Lekki 2-bed" and s["alert"] == "daily"
+    # Stored as GET /properties parses it: money as a two-decimal string, numbers and booleans typed.
+    assert s["query"] == {"location": area, "listing_type": "rent", "price_max": "3000000.00", "bedroom_min": 2, "furnished": True,
+                          "sort": "price_asc"}
+    assert (await sheda.api.get(f"{SS}/{s['id']}", token=user.token)).json == s
+    listed = await sheda.api.get(SS, token=user.token)
+    assert listed.status == 200 and [i["id"] for i in listed.json["items"]] == [s["id"]] and listed.json["next_cursor"] is None
+    # Someone else's search is an unknown one.
+    for method in ("get", "delete"):
+        r = await getattr(sheda.api, method)(f"{SS}/{s['id']}", token=other.token)
+        assert r.status == 404 and r.json["code"] == "saved_search_not_found", r
+    r = await sheda.api.patch(f"{SS}/{s['id']}", {"name": "mine now"}, token=other.token)
+    assert r.status == 404, r
+    assert (await sheda.api.get(SS, token=other.token)).json["items"] == []
+    assert (await sheda.api.get(SS)).status == 401
+    # Change: name, filters (replaced whole), alert.
+    r = await sheda.api.patch(f"{SS}/{s['id']}", {"query": {"location": area, "bbox": "3.3,6.4,3.6,6.5"}, "alert": "off"},
+                              token=user.token)
+    assert r.status == 200, r
+    assert r.json["query"] == {"location": area, "bbox": "3.3,6.4,3.6,6.5"} and r.json["alert"] == "off" and r.json["name"] == "Lekki 2-bed"
+    stored = await sheda.ctx.db["saved_searches"].find_one({"_id": s["id"]})
+    assert "alert_key" not in stored  # off: filed under nothing, no listing ever reads it
+    r = await sheda.api.patch(f"{SS}/{s['id']}", {"alert": "instant"}, token=user.token)
+    assert r.status == 200 and r.json["alert"] == "instant"
+    assert (await sheda.ctx.db["saved_searches"].find_one({"_id": s["id"]}))["alert_key"] == "w:" + area
+    assert (await sheda.api.delete(f"{SS}/{s['id']}", token=user.token)).status == 204
+    assert (await sheda.api.get(f"{SS}/{s['id']}", token=user.token)).status == 404
+    assert (await sheda.api.delete(f"{SS}/{s['id']}", token=user.token)).status == 404
+
+
+async def test_bad_input_is_422_and_stores_nothing(sheda):
+    user = await sheda.signup("client")
+    area = word()
+    s = await save(sheda, user, location=area)
+    before = await sheda.ctx.db["saved_searches"].find_one({"_id": s["id"]})
+    cases = [
+        ({"name": "x", "query": {}}, "query"),  # no filter at all
+        ({"name": "x", "query": {"limit": 5}}, "query"),  # page fields are no filter
+        ({"name": "x", "query": {"location": area, "cursor": "abc"}}, "query"),
+        ({"name": "x", "query": {"location": area, "status": "sold"}}, "query"),
+        ({"name": "x", "query": {"location": area, "price_min": 5, "price_max": 2}}, "query"),
+        ({"name": "x", "query": {"location": area, "price_max": 2.5}}, "query.price_max"),  # a JSON float, as on every money field
+        ({"name": "x", "query": {"location": area, "bedroom_min": -1}}, "query.bedroom_min"),
+        ({"name": "x", "query": {"location": area, "listing_type": "lease"}}, "query.listing_type"),
+        ({"name": "x", "query": {"location": area, "bbox": "3.6,6.4,3.3,6.5"}}, "query.bbox"),  # across the antimeridian
+        ({"name": "x", "query": {"location": area, "near": "95,3"}}, "query.near"),
+        ({"name": "x", "query": {"location": area, "q": "x" * 10_000}}, "query.q"),
+        ({"name": "x", "query": {"location": area, "colour": "red"}}, "query.colour"),
+        ({"name": "x", "query": {"location": area}, "alert": "hourly"}, "alert"),
+        ({"name": "", "query": {"location": area}}, "name"),
+        ({"name": "x" * 101, "query": {"location": area}}, "name"),
+        ({"query": {"location": area}}, "name"),
+        ({"name": "x", "query": "location=lekki"}, "query"),
+        ({"name": "x", "query": {"location": area}, "extra": 1}, "extra"),
+    ]
+    count = await sheda.ctx.db["saved_searches"].count_documents({"user_id": user.id})
+    for body, field in cases:
+        r = await sheda.api.post(SS, body, token=user.token)
+        assert r.status == 422 and r.json["code"] == "validation_error", (body, r)
+        assert any(e["field"].startswith(field) for e in r.json["errors"]), (body, r.json)
+        if "name" in body:  # the same body as a change (every field may be changed): refused alike
+            r = await sheda.api.patch(f"{SS}/{s['id']}", body, token=user.token)
+            assert r.status == 422, (body, r)
+    for patch in ({}, {"name": None}, {"alert": None}, {"query": None}):
+        r = await sheda.api.patch(f"{SS}/{s['id']}", patch, token=user.token)
+        assert r.status == 422, (patch, r)
+    assert await sheda.ctx.db["saved_searches"].count_documents({"user_id": user.id}) == count
+    assert await sheda.ctx.db["saved_searches"].find_one({"_id": s["id"]}) == before
+    assert (await sheda.ctx.db["saved_search_quota"].find_one({"_id": user.id}))["n"] == 1
+
+
+async def test_at_most_20_per_user_even_when_created_at_once(sheda):
+    user, other = await sheda.signup("client"), await sheda.signup("client")
+    area = word()
+    results = await asyncio.gather(*(sheda.api.post(SS, {"name": f"s{i}", "query": {"location": area}}, token=user.token)
+                                     for i in range(25)))
+    codes = sorted(r.status for r in results)
+    assert codes.count(201) == 20 and codes.count(409) == 5, codes
+    refused = next(r for r in results if r.status == 409)
+    assert refused.json["code"] == "too_many_saved_searches" and refused.json["limit"] == 20, refused
+    assert await sheda.ctx.db["saved_searches"].count_documents({"user_id": user.id}) == 20
+    # Others are not affected; deleting one frees a place.
+    assert (await sheda.api.post(SS, {"name": "x", "query": {"location": area}}, token=other.token)).status == 201
+    page = await sheda.api.get(SS, params={"limit": 100}, token=user.token)
+    assert len(page.json["items"]) == 20
+    assert (await sheda.api.delete(f"{SS}/{page.json['items'][0]['id']}", token=user.token)).status == 204
+    assert (await sheda.api.post(SS, {"name": "again", "query": {"location": area}}, token=user.token)).status == 201
+    r = await sheda.api.post(SS, {"name": "one more", "query": {"location": area}}, token=user.token)
+    assert r.status == 409 and r.json["code"] == "too_many_saved_searches"
+
+
+# ---- instant alerts -------------------------------------------------------------------------------
+async def test_instant_alerts_for_new_relisted_and_cheaper_listings_once_per_user(sheda):
+    agent = await sheda.signup("agent")
+    buyer, late, other_area = [await sheda.signup("client") for _ in range(3)]
+    area, elsewhere = word(), word()
+    search = await save(sheda, buyer, name="Cheap rent", location=area, listing_type="rent", price_max="3000000")
+    # A second search of the same user that matches the first listing too: still one alert (the instant one).
+    await save(sheda, buyer, name="Cheaper, daily", alert="daily", location=area, listing_type="rent", price_max="2600000")
+    await save(sheda, other_area, location=elsewhere, listing_type="rent")
+    await save(sheda, agent, location=area)  # the agent's own listings never alert them
+    ws = await sheda.ws(buyer.token)
+
+    # A new listing that matches: a notification frame at once, stored for GET /notifications.
+    prop = await create_property(sheda, agent, location=f"{area} Phase 1, Lagos", price="2500000")
+    frame = await ws.wait_type("notification", kind="saved_search.match")
+    assert frame["data"] == {"property_id": prop["id"], "saved_search_id": search["id"], "reason": "new"}, frame
+    assert "Cheap rent" in frame["title"] and "₦2,500,000" in frame["body"] and frame["seq"] > 0
+    await settle(sheda)
+    notes = await sheda.api.get("/api/v1/notifications", token=buyer.token)
+    assert [n["id"] for n in notes.json["items"] if n["kind"] == "saved_search.match"] == [frame["id"]]
+
+    # The same listing changing again (a price drop, unlisted and listed again) never alerts twice.
+    assert (await sheda.api.patch(f"/api/v1/properties/{prop['id']}", {"price": "2000000"}, token=agent.token)).status == 200
+    assert (await sheda.api.patch(f"/api/v1/properties/{prop['id']}/status", {"active": False}, token=agent.token)).status == 200
+    # ... but someone who saved the search since hears of the relisting.
+    late_search = await save(sheda, late, location=area)
+    late_ws = await sheda.ws(late.token)
+    assert (await sheda.api.patch(f"/api/v1/properties/{prop['id']}/status", {"active": True}, token=agent.token)).status == 200
+    relisted = await late_ws.wait_type("notification", kind="saved_search.match")
+    assert relisted["data"] == {"property_id": prop["id"], "saved_search_id": late_search["id"], "reason": "relisted"}
+    assert "Back on the market" in relisted["body"]
+    await settle(sheda)
+    assert len(await alerts_of(sheda, buyer)) == 1 and len(await alerts_of(sheda, late)) == 1
+
+    # Above the price: no alert; a price rise into another search's range: no alert; a drop into range: one.
+    dear = await create_property(sheda, agent, location=f"{area}, Lagos", price="4000000")
+    await settle(sheda)
+    assert [a["data"]["property_id"] for a in await alerts_of(sheda, buyer)] == [prop["id"]]
+    rising = await create_property(sheda, agent, location=f"{area}, Lagos", price="1000000", listing_type="sale")
+    await settle(sheda)
+    # late's search (any listing in the area) took the sale one; buyer's (rent only) did not.
+    assert {a["data"]["property_id"] for a in await alerts_of(sheda, late)} == {prop["id"], dear["id"], rising["id"]}
+    assert (await sheda.api.patch(f"/api/v1/properties/{dear['id']}", {"price": "5000000"}, token=agent.token)).status == 200
+    await settle(sheda)
+    assert [a["data"]["property_id"] for a in await alerts_of(sheda, buyer)] == [prop["id"]]
+    r = await sheda.api.patch(f"/api/v1/properties/{dear['id']}", {"price": "2900000"}, token=agent.token)
+    assert r.status == 200
+    drop = await ws.wait_for(lambda f: f.get("kind") == "saved_search.match" and f["data"]["property_id"] == dear["id"])
+    assert drop["data"]["reason"] == "price_drop" and "Price drop" in drop["body"] and "₦2,900,000" in drop["body"]
+    await settle(sheda)
+    assert sorted(a["data"]["property_id"] for a in await alerts_of(sheda, buyer)) == sorted([prop["id"], dear["id"]])
+    # Nothing for the other area's user, nothing for the agent; one alert record per (user, listing).
+    assert await alerts_of(sheda, other_area) == [] and await alerts_of(sheda, agent) == []
+    assert await sheda.ctx.db["saved_search_alerts"].count_documents({"user_id": buyer.id}) == 2
+    assert len([f for f in ws.of_type("notification") if f.get("kind") == "saved_search.match"]) == 2
+    # Every match job ran to its end.
+    assert await alert_jobs_left(sheda) == 0
+
+
+async def test_a_listing_change_is_queued_before_the_answer(sheda):
+    """Durability: by the time the agent has the answer, the match job is in the durable queue, so a
+    process dying right then leaves it to any other process (its lease lapses or it is still pending)."""
+    agent, buyer = await sheda.signup("agent"), await sheda.signup("client")
+    area = word()
+    await save(sheda, buyer, location=area)
+    prop = await create_property(sheda, agent, location=area, price="900000")
+    job = await sheda.ctx.db["jobs"].find_one({"_id": f"saved_search.match:{prop['id']}:1"})
+    assert job is not None and job["payload"] == {"property_id": prop["id"], "rev": 1, "reason": "new"}, job
+    r = await sheda.api.patch(f"/api/v1/properties/{prop['id']}", {"price": "800000"}, token=agent.token)
+    assert await sheda.ctx.db["jobs"].find_one({"_id": f"saved_search.match:{prop['id']}:2"}) is not None, r
+    r = await sheda.api.patch(f"/api/v1/properties/{prop['id']}", {"title": "Renamed"}, token=agent.token)
+    assert r.status == 200
+    assert await sheda.ctx.db["jobs"].find_one({"_id": f"saved_search.match:{prop['id']}:3"}) is None  # not a price drop
+    await settle(sheda)
+    # Running a finished match again (a retry after a crash) alerts nobody twice.
+    ran, result = await sheda.ctx.job_runner.run_now("saved_search.match", f"saved_search.match:{prop['id']}:9",
+                                                     {"property_id": prop["id"], "rev": 9, "reason": "new"})
+    assert ran and result["matched"] == 1 and result["alerted"] == 0, result
+    assert len(await alerts_of(sheda, buyer)) == 1
+    await sheda.ctx.db["jobs"].delete_many({"_id": {"$regex": f"^saved_search.match:{prop['id']}:"}})
+
+
+# ---- the daily digest -----------------------------------------------------------------------------
+async def test_daily_alerts_arrive_as_one_digest_email(sheda):
+    agent, buyer, instant = await sheda.signup("agent"), await sheda.signup("client"), await sheda.signup("client")
+    area = word()
+    await save(sheda, buyer, name="Daily duplexes", alert="daily", location=area, property_type="duplex")
+    await save(sheda, instant, location=area)
+    a = await create_property(sheda, agent, location=f"{area} Estate", title="Corner duplex", property_type="duplex", price="90000000",
+                              listing_type="sale")
+    b = await create_property(sheda, agent, location=f"{area} Estate", title="Terrace duplex", property_type="duplex", price="70000000",
+                              listing_type="sale")
+    await create_property(sheda, agent, location=f"{area} Estate", title="Small flat", property_type="apartment")
+    await settle(sheda)
+    assert await alerts_of(sheda, buyer) == []  # daily: no notification, an email later
+    assert len(await alerts_of(sheda, instant)) == 3
+    assert [m for m in sheda.ctx.mailer.sent if m.to == buyer.email and "saved searches" in m.subject] == []
+    [job] = await sheda.ctx.db["jobs"].find({"kind": "saved_search.digest", "payload.user_id": buyer.id}).to_list()
+    assert job["status"] == "pending" and job["run_at"].hour == sheda.ctx.settings.saved_search_digest_hour
+    sheda.ctx.clock.advance(days=1, hours=1)
+    await sheda.ctx.job_runner.run_due()
+    [mail] = [m for m in sheda.ctx.mailer.sent if m.to == buyer.email and "saved searches" in m.subject]
+    assert mail.subject == "2 new matches for your saved searches"
+    body = mail.message.get_body().get_content()
+    assert "Corner duplex" in body and "Terrace duplex" in body and "Small flat" not in body and "₦90,000,000" in body
+    assert f"listing #{a['id']}" in body and f"listing #{b['id']}" in body and "Daily duplexes" in body
+    assert "unsubscribe" in body.lower() or "Turn them off" in body
+    assert mail.message["List-Unsubscribe"]
+    # Sent once: running due jobs again sends nothing more; the alerts are marked emailed.
+    await sheda.ctx.job_runner.run_due()
+    assert len([m for m in sheda.ctx.mailer.sent if m.to == buyer.email and "saved searches" in m.subject]) == 1
+    assert await sheda.ctx.db["saved_search_alerts"].count_documents({"user_id": buyer.id, "status": "emailed"}) == 2
+    await sheda.ctx.db["jobs"].delete_many({"kind": "saved_search.digest", "payload.user_id": buyer.id})
