@@ -156,6 +156,7 @@ class Settings(BaseSettings):
     # [saved searches] sheda_rt/saved_searches/
     saved_searches_per_user: int = Field(20, ge=1, le=1000, description="Saved searches one user may keep (409 after)")
     saved_search_digest_hour: int = Field(7, ge=0, le=23, description="Hour of the day (UTC) the daily saved-search alert email goes out")
+    guided_refresh_seconds: float = Field(30.0, ge=0, le=3600, description="Guided search: how old each server's catalog of the available listings (the questions' options and counts) may get before a request refreshes it in the background")  # [guided search]
 
     # [payments] Paystack (issue 18); no secret key: no gateway, the manual bank-transfer flow only
     paystack_secret_key: Optional[SecretStr] = Field(None, description="Paystack secret key (sk_test_... in test mode); unset: POST /payments is 503, the webhook 401")

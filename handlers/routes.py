@@ -25,9 +25,10 @@ from handlers import blocks  # [blocks] block and unblock users
 from handlers import moderation  # [moderation] reports and the moderators' queue
 from handlers import admin_settings  # [settings] runtime settings, their audit, the public status
 from handlers import saved_searches  # [saved searches] users' saved searches and their alert modes
+from handlers import guided_search  # [guided search] the three questions and the ranked answers
 from handlers import wallet  # [wallet] balances, entries, refunds, the ledger audit
 
-MODULES = [health, metrics, accounts, users, admin, media, chat, chat_attachments, properties, agents, appointments, contracts, notifications, builders, bookings, builder_models, change_requests, categories, inquiries, analytics, jobs, payments, devices, events, events_stream, realtime, chat_manage, chat_edits, unsubscribe, blocks, moderation, admin_settings, saved_searches, wallet, docs]
+MODULES = [health, metrics, accounts, users, admin, media, chat, chat_attachments, properties, guided_search, agents, appointments, contracts, notifications, builders, bookings, builder_models, change_requests, categories, inquiries, analytics, jobs, payments, devices, events, events_stream, realtime, chat_manage, chat_edits, unsubscribe, blocks, moderation, admin_settings, saved_searches, wallet, docs]
 
 
 def all_routes(settings) -> list:

@@ -105,6 +105,8 @@ class AppContext:
         self._install_marketplace()
         # [leads] public inquiries and the agents' lead pipeline.
         self._install_leads()
+        # [guided search] three questions from the live listings (a catalog refreshed in the background), ranked answers.
+        self._install_guided_search()
         # [settings] runtime settings admins change while every process runs (bookings and units read them).
         self._install_runtime_settings()
         # [builders] projects, units, payment plans; builders' verification.
@@ -440,6 +442,14 @@ class AppContext:
 
         # Business gauges for /metrics (active listings by type), from the search's facet sample.
         self.listing_gauges = ListingGauges(self.property_store.stats)
+
+    def _install_guided_search(self) -> None:  # [guided search]
+        from sheda_rt.guided.catalog import GuidedCatalog
+        from sheda_rt.guided.service import GuidedSearchService
+
+        self.guided_catalog = GuidedCatalog(self.db, clock=self.clock, refresh_seconds=self.settings.guided_refresh_seconds)
+        self.stores.append(self.guided_catalog)  # its index on properties.updated_at: the refreshes read only what changed
+        self.guided = GuidedSearchService(self.guided_catalog, listings=self.properties, store=self.property_store, clock=self.clock)
 
     def _install_leads(self) -> None:  # [leads]
         from sheda_rt.leads.service import LeadService

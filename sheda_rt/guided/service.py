@@ -1,0 +1,242 @@
+"""Guided search: the three questions from live listings, and the listings ranked by fit.
+
+Ranking, as groups in this order (each group in the requested sort, `newest` by default):
+  1. exact: every answer fits;
+  2. over budget: in the area, priced above the band by at most OVER_BUDGET (15 %);
+  3. outside the area: within budget, positioned within NEAR_KM of the area's edge (its
+     radius around its centre, sheda_rt/guided/catalog.py);
+  4. both: outside the area and over budget.
+`what` (rent or buy, kind of home) is never bent. An unanswered question has no misses.
+
+Each group is one search through the listings' own planner (PropertyService.plan and the
+store's faceted search, sheda_rt/search.py), so every read is index-driven: the area drives
+through its words' keyword facets (`q=`, in the location as in title or description) and a
+case-insensitive regex on `location` (a residual: evaluated only on those candidates) keeps
+the listings whose area it is; outside the area is a `near=` circle (grid cells drive) minus
+that regex. A page fills from the first unfinished group on; the cursor holds the group and
+that group's own keyset cursor, so pages never repeat or skip a listing while others insert.
+"""
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from sheda_rt.errors import ValidationFailed
+from sheda_rt.guided.catalog import distance_km
+from sheda_rt.guided.models import (KINDS, LISTING_TYPES, GuidedAnswers, GuidedPageQuery, budget_id, parse_budget, parse_what,
+                                    what_id)
+from sheda_rt.listings.models import Q_MAX_WORDS, SearchQuery
+from sheda_rt.listings.service import property_view
+from sheda_rt.pagination import decode_cursor, encode_cursor
+from sheda_rt.search import keyword_words
+
+if TYPE_CHECKING:
+    from sheda_rt.clock import Clock
+    from sheda_rt.guided.catalog import Area, GuidedCatalog, Tally
+    from sheda_rt.listings.service import PropertyService
+    from sheda_rt.listings.store import PropertyStore
+
+OVER_BUDGET = Decimal("0.15")
+NEAR_KM = 3.0
+MAX_AREAS = 100  # where offers the areas with most listings first
+BANDS = 5  # budget offers up to this many bands, cut at quantiles of the prices
+NICE = (1, 1.5, 2, 2.5, 3, 4, 5, 7.5)  # band edges are these times a power of ten (naira)
+
+TEXTS = {"what": "What are you looking for?", "budget": "What is your budget?", "where": "Where would you like to live?"}
+KIND_WORDS = {"rent": "to rent", "sale": "to buy"}
+
+
+def short_naira(kobo: int) -> str:
+    """₦850, ₦200k, ₦1.5M, ₦2B: amounts as people say them (rounded)."""
+    naira = Decimal(kobo) / 100
+    for size, suffix in ((Decimal(10) ** 9, "B"), (Decimal(10) ** 6, "M"), (Decimal(1000), "k")):
+        if naira >= size:
+            value = naira / size
+            text = f"{value:.0f}" if value >= 100 else f"{value:.1f}".rstrip("0").rstrip(".")
+            return f"₦{text}{suffix}"
+    return f"₦{naira.quantize(Decimal(1), rounding='ROUND_CEILING'):,}"
+
+
+def _nice_ceil(kobo: int) -> int:
+    """The smallest edge in NICE x 10^k naira at or above `kobo` (in kobo)."""
+    naira = max(1, -(-kobo // 100))
+    power = 1
+    while True:
+        for m in NICE:
+            edge = int(m * power)
+            if edge >= naira and m * power == edge:
+                return edge * 100
+        power *= 10
+
+
+def bands(prices: list[int]) -> list[tuple[int, int | None, int]]:
+    """(lo, hi, count) price bands (kobo, above lo up to hi; hi None: no end) cut at nice
+    numbers near the quantiles of sorted `prices`; every band has listings."""
+    if not prices:
+        return []
+    cuts: list[int] = []
+    for i in range(1, BANDS):
+        edge = _nice_ceil(prices[min(len(prices) - 1, len(prices) * i // BANDS)])
+        if edge < prices[-1] and (not cuts or edge > cuts[-1]):
+            cuts.append(edge)
+    out, lo = [], 0
+    for hi in cuts + [None]:
+        start = bisect.bisect_right(prices, lo) if lo else 0
+        end = bisect.bisect_right(prices, hi) if hi is not None else len(prices)
+        if end > start:
+            out.append((lo, hi, end - start))
+        lo = hi
+    return out
+
+
+def band_label(lo: int, hi: int | None) -> str:
+    if hi is None:
+        return f"Over {short_naira(lo)}" if lo else "Any price"
+    return f"{short_naira(lo)} – {short_naira(hi)}" if lo else f"Up to {short_naira(hi)}"
+
+
+def kind_label(listing_type: str, property_type: str | None) -> str:
+    return f"{(property_type or 'any home').capitalize()} {KIND_WORDS[listing_type]}"
+
+
+class GuidedSearchService:
+    def __init__(self, catalog: GuidedCatalog, *, listings: PropertyService, store: PropertyStore, clock: Clock):
+        self.catalog = catalog  # the options' counts, in memory
+        self.listings = listings  # its planner turns filters into index-driven searches
+        self.store = store  # runs those plans
+        self.clock = clock
+
+    # ---- the questions ----------------------------------------------------------------------
+    async def questions(self, what: str | None = None, where: str | None = None) -> dict:
+        tally = await self.catalog.current()
+        lt, pt = parse_what(what) if what else (None, None)
+        if where is not None:
+            self._area(tally, where, "where")
+        kinds = tally.kind_counts(where)
+        what_options = []
+        for listing_type in LISTING_TYPES:
+            of_type = sorted(((n, t) for (l, t), n in kinds.items() if l == listing_type), key=lambda nt: (-nt[0], nt[1]))
+            if of_type:
+                what_options.append({"id": what_id(listing_type, None), "label": kind_label(listing_type, None),
+                                     "count": sum(n for n, _ in of_type)})
+                what_options += [{"id": what_id(listing_type, t), "label": kind_label(listing_type, t), "count": n} for n, t in of_type]
+        budget_options = []
+        for listing_type in ([lt] if lt else LISTING_TYPES):
+            prefix = "" if lt else ("Rent: " if listing_type == "rent" else "Buy: ")
+            for lo, hi, count in bands(tally.prices_of(listing_type, pt, where)):
+                budget_options.append({"id": budget_id(lo, hi), "label": prefix + band_label(lo, hi), "count": count})
+        areas = tally.area_counts(lt, pt)
+        where_options = [{"id": slug, "label": tally.areas[slug].label, "count": n}
+                         for slug, n in sorted(areas.items(), key=lambda sn: (-sn[1], tally.areas[sn[0]].label))[:MAX_AREAS]
+                         if n > 0]
+        return {"questions": [{"id": "what", "text": TEXTS["what"], "options": what_options},
+                              {"id": "budget", "text": TEXTS["budget"], "options": budget_options},
+                              {"id": "where", "text": TEXTS["where"], "options": where_options}],
+                "as_of": self.catalog.as_of}
+
+    @staticmethod
+    def _area(tally: Tally, slug: str, field: str) -> Area:
+        area = tally.areas.get(slug)
+        if area is None:
+            raise ValidationFailed.single(field, f"unknown option {slug!r}: no listings in such an area now; "
+                                                 "GET /api/v1/search/guided/questions lists the areas")
+        return area
+
+    # ---- the search -------------------------------------------------------------------------
+    def _groups(self, answers: GuidedAnswers, area: Area | None) -> list[dict]:
+        """The searches of each fit group, in rank order: filters for SearchQuery, the extra
+        residual condition, and what makes each listing of the group a near miss."""
+        base: dict = {}
+        if answers.what:
+            lt, pt = parse_what(answers.what)
+            base["listing_type"] = lt
+            if pt:
+                base["property_type"] = pt
+        lo = hi = None
+        if answers.budget:
+            lo, hi = parse_budget(answers.budget)
+        within = {**({"price_min": _naira(lo + 1)} if lo else {}), **({"price_max": _naira(hi)} if hi is not None else {})}
+        over = None
+        if hi is not None:
+            over = {"price_min": _naira(hi + 1), "price_max": _naira(int(hi * (1 + OVER_BUDGET)))}
+        in_area = outside = None
+        if area is not None:
+            regex = {"location": {"$regex": area.pattern(), "$options": "i"}}
+            words = list(dict.fromkeys(keyword_words(" ".join(area.slug.split("-")))))[:Q_MAX_WORDS]
+            in_area = ({"q": " ".join(words)}, regex)
+            geometry = area.geometry()
+            if geometry is not None:
+                (lat, lng), radius = geometry
+                outside = ({"near": f"{lat},{lng}", "radius_km": min(100.0, radius + NEAR_KM)}, {"$nor": [regex]})
+        groups = []
+        for place, miss_place in ((in_area, False), (outside, True)):
+            if place is None and miss_place:
+                continue
+            filters, extra = place or ({}, None)
+            groups.append({"filters": {**base, **filters, **within}, "extra": extra, "over": False, "outside": miss_place})
+            if over is not None:
+                groups.append({"filters": {**base, **filters, **over}, "extra": extra, "over": True, "outside": miss_place})
+        # rank: exact, then one miss (over budget in the area before within budget outside it), then both
+        return sorted(groups, key=lambda g: (g["over"] + g["outside"], g["outside"]))
+
+    async def search(self, answers: GuidedAnswers, page: GuidedPageQuery, trace: list | None = None) -> dict:
+        tally = await self.catalog.current()
+        area = self._area(tally, answers.where, "answers.where") if answers.where else None
+        groups = self._groups(answers, area)
+        fingerprint = hashlib.sha256(json.dumps([answers.model_dump(), page.sort]).encode()).hexdigest()[:16]
+        start, inner = 0, None
+        if page.cursor:
+            tag, mark, start, inner = decode_cursor(page.cursor, 4)
+            if tag != "guided" or mark != fingerprint or not isinstance(start, int) or isinstance(start, bool) \
+                    or not 0 <= start < len(groups) or not (inner is None or isinstance(inner, str)):
+                raise ValidationFailed.single("cursor", "belongs to other answers or another order; start again without it")
+        items: list[dict] = []
+        next_cursor = None
+        now = self.clock.now()
+        for index in range(start, len(groups)):
+            group = groups[index]
+            want = page.limit - len(items)
+            found = await self._run(group, want, inner if index == start else None, page.sort, now, trace)
+            items += [self._annotate(view, group, answers, area) for view in found["items"]]
+            if found["next_cursor"]:
+                next_cursor = encode_cursor(["guided", fingerprint, index, found["next_cursor"]])
+                break
+            if len(items) >= page.limit:  # this group ended with the page: is anything left in the later ones?
+                for later in range(index + 1, len(groups)):
+                    if (await self._run(groups[later], 1, None, page.sort, now, trace))["items"]:
+                        next_cursor = encode_cursor(["guided", fingerprint, later, None])
+                        break
+                break
+        return {"items": items, "next_cursor": next_cursor}
+
+    async def _run(self, group: dict, limit: int, cursor: str | None, sort: str, now, trace) -> dict:
+        query = SearchQuery.model_validate({**group["filters"], "limit": limit, "cursor": cursor, "sort": sort})
+        plan = self.listings.plan(query)
+        if group["extra"] is not None:
+            plan.residual = {"$and": [plan.residual, group["extra"]]}
+        return await self.store.search(plan, now, property_view, trace=trace)
+
+    @staticmethod
+    def _annotate(view: dict, group: dict, answers: GuidedAnswers, area: Area | None) -> dict:
+        reasons = []
+        if group["over"]:
+            _, hi = parse_budget(answers.budget)
+            price = int(Decimal(view["price"]) * 100)
+            reasons.append(f"{short_naira(price - hi)} over budget")
+        if group["outside"]:
+            (centre, radius) = area.geometry()
+            geo = view["geo"]
+            beyond = distance_km(centre, (geo["lat"], geo["lng"])) - radius if geo else 0.0
+            where = area.label
+            reasons.append(f"{round(beyond)} km outside {where}" if beyond >= 0.5 else f"less than 1 km outside {where}")
+        return {**view, "match": {"exact": not reasons, "reasons": reasons}}
+
+
+def _naira(kobo: int) -> str:
+    return str((Decimal(kobo) / 100).quantize(Decimal("0.01")))
+
+
+__all__ = ["GuidedSearchService", "short_naira", "bands", "KINDS"]

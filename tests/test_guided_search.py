@@ -1,0 +1,259 @@
+"""Guided search (GET /search/guided/questions, POST /search/guided), as a signed-out client runs it.
+
+Each test makes its listings in areas named by words no other test uses, and places them
+around a random point far from every other test's listings, so other modules' listings
+never change what these tests count or find."""
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+
+from sheda_rt.guided.models import GuidedAnswers, GuidedPageQuery
+from sheda_rt.search import EARTH_RADIUS_KM
+from tests.listing_helpers import create_property, word
+
+QUESTIONS = "/api/v1/search/guided/questions"
+SEARCH = "/api/v1/search/guided"
+KM = math.pi * EARTH_RADIUS_KM / 180  # km per degree of latitude
+
+
+def options(body: dict, question: str) -> dict[str, dict]:
+    q = next(q for q in body["questions"] if q["id"] == question)
+    return {o["id"]: o for o in q["options"]}
+
+
+def somewhere() -> tuple[float, float]:
+    """A point in the southern Atlantic no other test puts a listing near."""
+    return random.uniform(-40, -30), random.uniform(-30, -10)
+
+
+def north_of(point: tuple[float, float], km: float) -> dict:
+    return {"lat": point[0] + km / KM, "lng": point[1]}
+
+
+async def walk(sheda, answers: dict, limit: int, sort: str = "newest") -> list[dict]:
+    """Every page of a guided search, following next_cursor."""
+    seen, cursor = [], None
+    for _ in range(50):
+        params = {"limit": limit, "sort": sort, **({"cursor": cursor} if cursor else {})}
+        r = await sheda.api.post(SEARCH, {"answers": answers}, params=params)
+        assert r.status == 200, r
+        seen += r.json["items"]
+        cursor = r.json["next_cursor"]
+        if cursor is None:
+            return seen
+    raise AssertionError("too many pages")
+
+
+async def test_questions_offer_what_the_live_listings_have_and_a_new_area_appears_after_a_refresh(sheda):
+    agent = await sheda.signup("agent")
+    w = word()
+    for price, kind, listing_type in (("900000", "apartment", "rent"), ("1800000", "apartment", "rent"),
+                                      ("4500000", "house", "rent"), ("60000000", "house", "sale")):
+        await create_property(sheda, agent, location=f"3 Marina Road, {w} Gardens, Lagos", price=price, property_type=kind,
+                              listing_type=listing_type)
+    # the same area spelled otherwise: one area, its commonest spelling as the label
+    await create_property(sheda, agent, location=f"{w.upper()}   GARDENS, Lagos", price="1200000")
+    await create_property(sheda, agent, location=f"{w} Gardéns", price="1100000")
+    area = f"{w}-gardens"
+
+    r = await sheda.api.get(QUESTIONS)  # signed out; the first question loads the catalog
+    assert r.status == 200, r
+    assert [q["id"] for q in r.json["questions"]] == ["what", "budget", "where"]
+    assert all(q["text"] for q in r.json["questions"])
+    where = options(r.json, "where")
+    assert where[area]["count"] == 6 and where[area]["label"] == f"{w} Gardens"
+    what = options(r.json, "what")
+    assert what["rent:apartment"]["label"] == "Apartment to rent" and what["sale:any"]["label"] == "Any home to buy"
+    assert all(o["count"] > 0 for q in r.json["questions"] for o in q["options"])
+
+    # answers so far narrow the other questions: this area's kinds, and its rentals' price bands
+    r = await sheda.api.get(QUESTIONS, params={"where": area})
+    assert r.status == 200, r
+    assert {k: o["count"] for k, o in options(r.json, "what").items()} == {
+        "rent:any": 5, "rent:apartment": 4, "rent:house": 1, "sale:any": 1, "sale:house": 1}
+    r = await sheda.api.get(QUESTIONS, params={"where": area, "what": "rent:any"})
+    budget = options(r.json, "budget")
+    assert sum(o["count"] for o in budget.values()) == 5
+    assert all(b.startswith("b:") for b in budget)
+    assert options(r.json, "where")[area]["count"] == 5
+    # each offered band finds exactly its count of this area's rentals
+    for band, option in budget.items():
+        found = await walk(sheda, {"what": "rent:any", "budget": band, "where": area}, limit=10)
+        assert len([p for p in found if p["match"]["exact"]]) == option["count"], (band, option, found)
+
+    # a listing in a new area: not offered until the catalog is refreshed, then offered with its count
+    fresh = word()
+    listing = await create_property(sheda, agent, location=f"{fresh} Court, Abuja", price="700000")
+    assert f"{fresh}-court" not in options((await sheda.api.get(QUESTIONS)).json, "where")
+    await sheda.ctx.guided_catalog.refresh()
+    assert options((await sheda.api.get(QUESTIONS)).json, "where")[f"{fresh}-court"]["count"] == 1
+    # unlisted: gone at the next refresh; a request past GUIDED_REFRESH_SECONDS starts that refresh itself
+    assert (await sheda.api.delete(f"/api/v1/properties/{listing['id']}", token=agent.token)).status == 204
+    sheda.ctx.guided_catalog.refresh_seconds = 0
+    for _ in range(100):
+        r = await sheda.api.get(QUESTIONS)
+        if f"{fresh}-court" not in options(r.json, "where"):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the unlisted listing's area is still offered")
+
+
+async def test_exact_matches_come_first_then_near_misses_with_their_reasons(sheda):
+    agent = await sheda.signup("agent")
+    w, v = word(), word()
+    centre = somewhere()
+    here = {"lat": centre[0], "lng": centre[1]}
+
+    async def make(price, location=f"{w} Estate, Lagos", geo=here, **over):
+        return (await create_property(sheda, agent, location=location, geo=geo, price=price, **over))["id"]
+
+    exact_old = await make("1500000")
+    exact_edge = await make("2000000")  # the band's top is in it
+    over = await make("2200000")  # 10 % over
+    await make("2400000")  # 20 % over: not a near miss
+    await make("1000000", listing_type="sale")  # rent or buy is never bent
+    await make("1000000", property_type="house")  # nor the kind of home
+    no_position = await make("1000000", geo=None)  # in the area without a position: still an exact match
+    outside = await make("1800000", location=f"{v} Court, Lagos", geo=north_of(centre, 2.5))
+    outside_over = await make("2100000", location=f"{v} Court, Lagos", geo=north_of(centre, 2.6))
+    await make("1800000", location=f"{v} Court, Lagos", geo=north_of(centre, 4.0))  # 3.5 km beyond the area's edge
+    await make("1800000", location=f"{v} Court, Lagos", geo=north_of(centre, 2.5), listing_type="sale")
+    await sheda.ctx.guided_catalog.refresh()
+
+    answers = {"what": "rent:apartment", "budget": "b:0-2000000", "where": f"{w}-estate"}
+    r = await sheda.api.post(SEARCH, {"answers": answers})
+    assert r.status == 200, r
+    items = r.json["items"]
+    assert r.json["next_cursor"] is None
+    ids = [p["id"] for p in items]
+    assert ids == [no_position, exact_edge, exact_old, over, outside, outside_over], items
+    assert [p["match"] for p in items] == [
+        {"exact": True, "reasons": []}, {"exact": True, "reasons": []}, {"exact": True, "reasons": []},
+        {"exact": False, "reasons": ["₦200k over budget"]},
+        {"exact": False, "reasons": [f"2 km outside {w} Estate"]},
+        {"exact": False, "reasons": ["₦100k over budget", f"2 km outside {w} Estate"]},
+    ]
+    # each item is the listing as GET /properties shows it, plus `match`
+    listed = (await sheda.api.get(f"/api/v1/properties/{over}")).json
+    assert {k: v for k, v in items[3].items() if k != "match"} == listed
+    # another order within the groups; the groups keep their rank
+    cheapest = await walk(sheda, answers, limit=20, sort="price_asc")
+    assert [p["id"] for p in cheapest] == [no_position, exact_old, exact_edge, over, outside, outside_over]
+    # unanswered questions do not narrow: without a budget there are no budget misses
+    found = await walk(sheda, {"what": "rent:apartment", "where": f"{w}-estate"}, limit=20)
+    assert [p["match"]["reasons"] for p in found if not p["match"]["exact"]] == [[f"2 km outside {w} Estate"]] * 2
+    assert len([p for p in found if p["match"]["exact"]]) == 5  # exact_old, exact_edge, over, 20 % over, no position
+    # the open top band has no upper end to miss
+    found = await walk(sheda, {"what": "rent:apartment", "budget": "b:2000000-", "where": f"{w}-estate"}, limit=20)
+    assert [(p["price"], p["match"]["exact"]) for p in found] == [
+        ("2400000.00", True), ("2200000.00", True), ("2100000.00", False)]
+
+
+async def test_pages_follow_the_ranking_without_repeats_or_skips(sheda):
+    agent = await sheda.signup("agent")
+    w, v = word(), word()
+    centre = somewhere()
+    here = {"lat": centre[0], "lng": centre[1]}
+    for i in range(4):
+        await create_property(sheda, agent, location=f"{w} Close", geo=here, price=str(1_000_000 + i * 10_000))
+        await create_property(sheda, agent, location=f"{w} Close", geo=here, price=str(5_200_000 + i * 10_000))
+        await create_property(sheda, agent, location=f"{v}, Lagos", geo=north_of(centre, 1.5), price=str(4_000_000 + i))
+        await create_property(sheda, agent, location=f"{v}, Lagos", geo=north_of(centre, 1.6), price=str(5_100_000 + i))
+    await sheda.ctx.guided_catalog.refresh()
+    answers = {"what": "rent:any", "budget": "b:0-5000000", "where": f"{w}-close"}
+    whole = await walk(sheda, answers, limit=100)
+    assert len(whole) == 16
+    groups = [(p["match"]["exact"], len(p["match"]["reasons"])) for p in whole]
+    assert groups == [(True, 0)] * 4 + [(False, 1)] * 8 + [(False, 2)] * 4
+    for limit in (1, 3, 4, 5):
+        assert [p["id"] for p in await walk(sheda, answers, limit=limit)] == [p["id"] for p in whole], limit
+
+    # a listing made between pages: never a repeat nor a skip of what was there
+    r = await sheda.api.post(SEARCH, {"answers": answers}, params={"limit": 6})
+    first = r.json["items"]
+    await create_property(sheda, agent, location=f"{w} Close", geo=here, price="1500000")
+    await sheda.ctx.guided_catalog.refresh()
+    rest, cursor = [], r.json["next_cursor"]
+    while cursor:
+        r = await sheda.api.post(SEARCH, {"answers": answers}, params={"limit": 6, "cursor": cursor})
+        rest += r.json["items"]
+        cursor = r.json["next_cursor"]
+    assert [p["id"] for p in first + rest] == [p["id"] for p in whole]
+
+    # a cursor belongs to its answers and order
+    r = await sheda.api.post(SEARCH, {"answers": answers}, params={"limit": 2})
+    other = {**answers, "budget": "b:0-4000000"}
+    bad = await sheda.api.post(SEARCH, {"answers": other}, params={"limit": 2, "cursor": r.json["next_cursor"]})
+    assert bad.status == 422 and bad.json["errors"][0]["field"] == "cursor", bad
+    bad = await sheda.api.post(SEARCH, {"answers": answers}, params={"limit": 2, "sort": "price_asc", "cursor": r.json["next_cursor"]})
+    assert bad.status == 422, bad
+    assert (await sheda.api.post(SEARCH, {"answers": answers}, params={"cursor": "garbage!"})).status == 422
+
+
+async def test_unknown_options_are_422_naming_the_field(sheda):
+    agent = await sheda.signup("agent")
+    w = word()
+    await create_property(sheda, agent, location=f"{w} Heights, Lagos", price="900000")
+    await sheda.ctx.guided_catalog.refresh()
+    before = await sheda.ctx.db["properties"].count_documents({})
+    for answers, field in (({"what": "rent:castle"}, "answers.what"), ({"what": "lease:apartment"}, "answers.what"),
+                           ({"budget": "b:5000000-2000000"}, "answers.budget"), ({"budget": "cheap"}, "answers.budget"),
+                           ({"budget": "b:0-99999999999999"}, "answers.budget"), ({"where": "atlantis-zq"}, "answers.where"),
+                           ({"where": "no spaces"}, "answers.where"), ({"where": 5}, "answers.where"),
+                           ({"when": "now"}, "answers.when")):
+        r = await sheda.api.post(SEARCH, {"answers": answers})
+        assert r.status == 422, (answers, r)
+        assert r.json["code"] == "validation_error" and r.json["errors"][0]["field"] == field, (answers, r.json)
+    for params, field in (({"where": "atlantis-zq"}, "where"), ({"what": "sale:castle"}, "what")):
+        r = await sheda.api.get(QUESTIONS, params=params)
+        assert r.status == 422 and r.json["errors"][0]["field"] == field, (params, r)
+    assert (await sheda.api.post(SEARCH, {"answers": {"where": f"{w}-heights"}}, params={"limit": 0})).status == 422
+    assert await sheda.ctx.db["properties"].count_documents({}) == before
+    # a well-formed band that was never offered is answered: it says what it means
+    r = await sheda.api.post(SEARCH, {"answers": {"budget": "b:850000-950000", "where": f"{w}-heights"}})
+    assert r.status == 200 and [p["price"] for p in r.json["items"]] == ["900000.00"], r
+    # signed in works the same
+    r = await sheda.api.post(SEARCH, {"answers": {"where": f"{w}-heights"}}, token=agent.token)
+    assert r.status == 200 and len(r.json["items"]) == 1, r
+
+
+def _collscan(stage: dict) -> bool:
+    children = ([stage["inputStage"]] if "inputStage" in stage else []) + list(stage.get("inputStages", []))
+    return stage.get("stage") == "COLLSCAN" or any(_collscan(c) for c in children)
+
+
+def _winning_plan(explained: dict) -> dict:
+    if "queryPlanner" in explained:
+        return explained["queryPlanner"]["winningPlan"]
+    return next(s["$cursor"]["queryPlanner"]["winningPlan"] for s in explained["stages"] if "$cursor" in s)
+
+
+async def test_every_read_walks_an_index_never_the_collection(sheda):
+    """The embedded planner scans the whole collection unless a filter is index-shaped: every
+    pipeline a guided search runs, and the catalog's reads, are explained here."""
+    agent = await sheda.signup("agent")
+    w, v = word(), word()
+    centre = somewhere()
+    await create_property(sheda, agent, location=f"{w} Park", geo={"lat": centre[0], "lng": centre[1]}, price="1000000")
+    await create_property(sheda, agent, location=f"{v} Park", geo=north_of(centre, 1), price="1100000")
+    catalog = sheda.ctx.guided_catalog
+    await catalog.refresh()
+    trace: list = []
+    for answers in ({"what": "rent:apartment", "budget": "b:0-1000000", "where": f"{w}-park"}, {"where": f"{w}-park"},
+                    {"budget": "b:500000-1000000"}, {"what": "sale:any"}, {}):
+        for sort in ("newest", "price_asc"):
+            await sheda.ctx.guided.search(GuidedAnswers(**answers), GuidedPageQuery(limit=1, sort=sort), trace=trace)
+    assert len(trace) >= 20
+    db = sheda.ctx.db
+    for pipeline in trace:
+        explained = await db.command("explain", {"aggregate": "properties", "pipeline": pipeline, "cursor": {}},
+                                     verbosity="queryPlanner")
+        assert not _collscan(_winning_plan(explained)), (pipeline, _winning_plan(explained))
+    # a refresh reads what changed since the last one through the updated_at index (only the first, and one an
+    # hour, read the whole collection on purpose)
+    flt = {"updated_at": {"$gte": catalog._since}}
+    explained = await db.command("explain", {"find": "properties", "filter": flt}, verbosity="queryPlanner")
+    assert not _collscan(_winning_plan(explained)), (flt, explained)
