@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
@@ -164,6 +165,11 @@ class Settings(BaseSettings):
     paystack_base_url: str = Field("https://api.paystack.co", pattern=r"^https?://[^\s?#]+$", description="Paystack API root (tests point it at a local server)")
     payment_callback_url: Optional[str] = Field(None, pattern=r"^https?://[^\s]+$", description="Where the checkout sends the customer back to")
     payment_reconcile_interval_minutes: float = Field(5.0, gt=0, description="How often payments pending for 30+ minutes are verified with the gateway")
+    # [promotions] paid from the agent's wallet (sheda_rt/promotions/); naira, two decimals at most
+    promotion_featured_price_per_day: Decimal = Field(Decimal("1000.00"), gt=0, le=Decimal("10000000"), decimal_places=2, description="Price of one day of a featured listing (first in search), naira")
+    promotion_featured_max_days: int = Field(30, ge=1, le=365, description="Most days one featured promotion may buy (days of several add up)")
+    promotion_bump_price: Decimal = Field(Decimal("500.00"), gt=0, le=Decimal("10000000"), decimal_places=2, description="Price of one bump to the top of the newest-first order, naira")
+    promotion_job_interval_minutes: float = Field(1.0, gt=0, le=24 * 60, description="How often featured listings whose days ran out are ended and interrupted promotions finished")
     # [wallet] top-ups through the gateway (POST /payments purpose wallet_topup), whole naira
     wallet_topup_min_naira: int = Field(100, ge=1, le=1_000_000_000, description="Smallest wallet top-up, naira")
     wallet_topup_max_naira: int = Field(5_000_000, ge=1, le=1_000_000_000, description="Largest wallet top-up, naira")

@@ -27,8 +27,9 @@ from handlers import admin_settings  # [settings] runtime settings, their audit,
 from handlers import saved_searches  # [saved searches] users' saved searches and their alert modes
 from handlers import guided_search  # [guided search] the three questions and the ranked answers
 from handlers import wallet  # [wallet] balances, entries, refunds, the ledger audit
+from handlers import promotions  # [promotions] featured listings and bumps, paid from the wallet
 
-MODULES = [health, metrics, accounts, users, admin, media, chat, chat_attachments, properties, guided_search, agents, appointments, contracts, notifications, builders, bookings, builder_models, change_requests, categories, inquiries, analytics, jobs, payments, devices, events, events_stream, realtime, chat_manage, chat_edits, unsubscribe, blocks, moderation, admin_settings, saved_searches, wallet, docs]
+MODULES = [health, metrics, accounts, users, admin, media, chat, chat_attachments, properties, guided_search, agents, appointments, contracts, notifications, builders, bookings, builder_models, change_requests, categories, inquiries, analytics, jobs, payments, devices, events, events_stream, realtime, chat_manage, chat_edits, unsubscribe, blocks, moderation, admin_settings, saved_searches, wallet, promotions, docs]
 
 
 def all_routes(settings) -> list:

@@ -121,6 +121,8 @@ class AppContext:
         self._install_moderation()
         # [reminders] viewing and contract reminders, chat email digests, the emails' unsubscribe link.
         self._install_reminders()
+        # [promotions] featured listings and bumps, paid from the agent's wallet; the job ends them and finishes stragglers.
+        self._install_promotions()
         # [saved searches] users' saved searches; new listings, relistings and price drops alert them (after reminders' mail).
         self._install_saved_searches()
 
@@ -422,6 +424,23 @@ class AppContext:
         self.ledger = LedgerStore(self.db, self.ids)
         self.stores.append(self.ledger)
         self.wallet = WalletService(self.ledger, clock=self.clock)
+
+    def _install_promotions(self) -> None:  # [promotions] after listings and the wallet, which it uses
+        from sheda_rt.promotions.job import PromotionJob
+        from sheda_rt.promotions.service import PromotionService
+        from sheda_rt.promotions.store import PromotionStore
+
+        s = self.settings
+        self.promotion_store = PromotionStore(self.db, self.ids)
+        self.stores.append(self.promotion_store)
+        # Was a spend made under this wallet key? The wallet's ledger, by the key WalletService.spend writes.
+        find_charge = lambda user_id, key: self.ledger.by_key(f"spend:{user_id}:{key}")  # noqa: E731
+        self.promotions = PromotionService(self.promotion_store, properties=self.property_store, listings=self.properties,
+                                           wallet=self.wallet, find_charge=find_charge, clock=self.clock,
+                                           featured_price_per_day=s.promotion_featured_price_per_day,
+                                           bump_price=s.promotion_bump_price, featured_max_days=s.promotion_featured_max_days)
+        self.promotion_job = PromotionJob(self.promotions, s.promotion_job_interval_minutes)
+        self.jobs.append(self.promotion_job)
 
     def _install_categories(self) -> None:  # [categories]
         from sheda_rt.categories.service import CategoryService

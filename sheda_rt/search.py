@@ -249,6 +249,9 @@ class SearchPlan:
     price_max: int | None = None
     residual: dict = field(default_factory=dict)
     cursor: str | None = None
+    # Prepended to every driver facet: a segment of documents carrying prefixed copies of their
+    # facets (featured listings first: sheda_rt/promotions/featured.py).
+    facet_prefix: str = ""
 
 
 class FacetStats:
@@ -520,7 +523,7 @@ class FacetedSearch:
         for rng in self._slices(plan, after[0] if after else None, now, facets):
             drivers = []
             for facet in facets:
-                driver = {self.state_field: plan.status, "facets": facet}
+                driver = {self.state_field: plan.status, "facets": plan.facet_prefix + facet}
                 if rng is not None:
                     driver[key] = rng
                 drivers.append([{"$match": driver}] + ([{"$match": residual}] if residual else []))

@@ -239,6 +239,10 @@ class PropertyOut(ResponseModel):
     price_history: list[PriceChangeOut] = Field(description="price changes, oldest first (the last 50)")
     created_at: Timestamp
     updated_at: Timestamp
+    featured_until: Optional[Timestamp] = Field(None, description=(
+        "A paid featured promotion: listed first in search until then; null when not featured"))
+    bumped_at: Optional[Timestamp] = Field(None, description=(
+        "The last paid bump, which moved the listing to the top of the newest-first order; null when never bumped"))
 
 
 class ImageAdded(ResponseModel):

@@ -78,6 +78,9 @@ def property_view(doc: dict) -> dict:
                               "changed_at": format_ts(c["changed_at"])} for c in doc.get("price_history", [])]
     view["created_at"] = format_ts(doc["created_at"])
     view["updated_at"] = format_ts(doc["updated_at"])
+    # [promotions] paid placement (sheda_rt/promotions/): featured in search until, last bump up "newest"
+    view["featured_until"] = format_ts(doc["featured_until"]) if doc.get("featured_until") else None
+    view["bumped_at"] = format_ts(doc["bumped_at"]) if doc.get("bumped_at") else None
     return view
 
 

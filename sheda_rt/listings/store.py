@@ -5,7 +5,10 @@ index plan is explained): a listing's `facets` are `"*"`, `"l:rent"`,
 `"t:apartment"`, `"l:rent|t:apartment"`, `"a:<agent id>"`, `"c:<category id>"`, its
 location word prefixes, its keywords (title, location, description) and its grid
 cells, and the driving state is `status` (available,
-rented, sold). The 2dsphere index stays: it refuses malformed points on write,
+rented, sold). "newest" sorts by `newest_at`: the creation time, or the last paid bump
+(sheda_rt/promotions/). A featured listing also carries each facet prefixed with "f:" while
+`featured_until` is set, and searches list featured ones first (sheda_rt/promotions/featured.py).
+The 2dsphere index stays: it refuses malformed points on write,
 and a real MongoDB can serve ad-hoc geo queries from it.
 """
 from __future__ import annotations
@@ -13,11 +16,12 @@ from __future__ import annotations
 import logging
 
 from pymongo import ASCENDING, DESCENDING, GEOSPHERE, IndexModel, UpdateOne
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from sheda_rt.database.writes import get_then_update, update_then_get
 from sheda_rt.errors import Conflict
 from sheda_rt.pagination import PageQuery, paginate
+from sheda_rt.promotions.featured import featured_facets, search_featured_first
 # Re-exported: the listings service and tests name these here.
 from sheda_rt.search import (EARTH_RADIUS_KM, FacetedSearch, FacetStats, SearchPlan, geo_cells_covering, geo_facets,  # noqa: F401
                              keyword_facet, keyword_facets, keyword_words, location_facets, location_words, word_facet)
@@ -32,16 +36,27 @@ def facets_for(doc: dict) -> list[str]:
     out.update(keyword_facets(doc.get("title", ""), doc.get("location", ""), doc.get("description", "")))
     if doc.get("category_id") is not None:
         out.add(f"c:{doc['category_id']}")
+    if doc.get("featured_until") is not None:  # last: a prefixed copy of every facet above
+        out |= featured_facets(out)
     return sorted(out)
+
+
+def _newest_at(doc: dict):
+    """Where a new listing sorts in "newest": its creation (a bump moves it later)."""
+    return doc.get("newest_at") or doc["created_at"]
 
 
 class PropertyStore:
     INDEXES = [
-        IndexModel([("status", ASCENDING), ("facets", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)], name="search_newest"),
+        IndexModel([("status", ASCENDING), ("facets", ASCENDING), ("newest_at", DESCENDING), ("_id", DESCENDING)], name="search_newest_at"),
         IndexModel([("status", ASCENDING), ("facets", ASCENDING), ("price_minor", ASCENDING), ("_id", ASCENDING)], name="search_price"),
         # The version is spelled out so re-creating the index at the next start is a no-op, not a spec conflict.
         IndexModel([("geo", GEOSPHERE)], name="search_geo", **{"2dsphereIndexVersion": 3}),
+        # The promotions job's "featured days over" query; sparse: only featured listings have the field.
+        IndexModel([("featured_until", ASCENDING)], name="featured_until", sparse=True),
     ]
+    # search_newest sorted by created_at until a bump could move a listing up "newest" (newest_at).
+    RETIRED_INDEXES = ("search_newest",)
 
     # Bump when facets_for changes: listings stored before are re-faceted once at startup.
     FACETS_VERSION = 3  # 2: geo grid cells; 3: keywords (q=) and categories
@@ -52,12 +67,32 @@ class PropertyStore:
         self.ids = ids
         # Which of a request's conditions is rarest (the driver): a sample of the listings' facets.
         self.stats = FacetStats(self.col, lambda: ids.current("properties"), fields=("status", "is_active"))  # fields: sheda_rt/metrics.py ListingGauges
-        self.finder = FacetedSearch(self.col, state_field="status", date_field="created_at", price_field="price_minor",
+        self.finder = FacetedSearch(self.col, state_field="status", date_field="newest_at", price_field="price_minor",
                                     stats=self.stats)
 
     async def ensure_indexes(self):
         await self.col.create_indexes(self.INDEXES)
+        await self.backfill_newest_at()
+        existing = await self.col.index_information()
+        for name in self.RETIRED_INDEXES:
+            if name in existing:
+                try:
+                    await self.col.drop_index(name)
+                except OperationFailure:  # another process starting at the same time dropped it first
+                    pass
         await self.refacet_if_stale()
+
+    async def backfill_newest_at(self) -> int:
+        """Listings stored before bumps existed sort in "newest" by their creation time: one
+        update at the first start of this version (marked done in `meta`; idempotent)."""
+        if await self.meta.find_one({"_id": "properties.newest_at"}) is not None:
+            return 0
+        result = await self.col.update_many({"newest_at": {"$exists": False}}, [{"$set": {"newest_at": "$created_at"}}])
+        try:
+            await self.meta.update_one({"_id": "properties.newest_at"}, {"$set": {"done": True}}, upsert=True)
+        except DuplicateKeyError:  # another process's upsert won
+            pass
+        return result.modified_count
 
     async def refacet_if_stale(self, batch: int = 1000) -> int:
         """Recompute `facets` of every listing when they were made by an older facets_for.
@@ -68,7 +103,7 @@ class PropertyStore:
         if marker is not None and marker.get("version", 0) >= self.FACETS_VERSION:
             return 0
         fields = {"listing_type": 1, "property_type": 1, "agent_id": 1, "location": 1, "geo": 1, "rev": 1,
-                  "title": 1, "description": 1, "category_id": 1}
+                  "title": 1, "description": 1, "category_id": 1, "featured_until": 1}
         done, last = 0, None
         while True:
             flt = {"_id": {"$gt": last}} if last is not None else {}
@@ -93,14 +128,14 @@ class PropertyStore:
 
     # ---- documents ---------------------------------------------------------
     async def insert(self, doc: dict) -> dict:
-        doc = dict(doc, _id=await self.ids.next("properties"), rev=1, facets=facets_for(doc))
+        doc = dict(doc, _id=await self.ids.next("properties"), rev=1, facets=facets_for(doc), newest_at=_newest_at(doc))
         await self.col.insert_one(doc)
         return doc
 
     async def insert_many(self, docs: list[dict]) -> list[dict]:
         """Bulk load (imports, the benchmark): one id reservation and one insert for the batch."""
         ids = await self.ids.reserve("properties", len(docs))
-        out = [dict(doc, _id=i, rev=1, facets=facets_for(doc)) for doc, i in zip(docs, ids)]
+        out = [dict(doc, _id=i, rev=1, facets=facets_for(doc), newest_at=_newest_at(doc)) for doc, i in zip(docs, ids)]
         if out:
             await self.col.insert_many(out, ordered=False)
         return out
@@ -184,7 +219,11 @@ class PropertyStore:
         return self.finder.pipelines(plan, now)
 
     async def search(self, plan: SearchPlan, now, serialize, trace: list | None = None) -> dict:
-        return await self.finder.search(plan, now, serialize, trace=trace)
+        return await search_featured_first(self.finder, plan, now, serialize, trace=trace)
+
+    async def featured_over(self, now, limit: int = 100) -> list[dict]:
+        """Listings whose featured days ran out by `now` (the promotions job ends them)."""
+        return await self.col.find({"featured_until": {"$lte": now}}, limit=limit).to_list()
 
 
 class FavouriteStore:

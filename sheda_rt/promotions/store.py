@@ -1,0 +1,54 @@
+"""The `promotions` collection: one document per promotion bought, keyed by its payer's Idempotency-Key.
+
+A promotion is stored `pending` before the wallet is charged and becomes `applied` once the
+listing carries it (sheda_rt/promotions/service.py says why in that order). Every read here is
+index-shaped for the embedded database's planner: (user_id, key) for a retry, (state, created_at)
+for the job's pending sweep, (property_id, _id) for a listing's promotions.
+"""
+from __future__ import annotations
+
+from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo.errors import DuplicateKeyError
+
+
+class PromotionStore:
+    INDEXES = [
+        IndexModel([("user_id", ASCENDING), ("key", ASCENDING)], unique=True, name="payer_key"),
+        IndexModel([("state", ASCENDING), ("created_at", ASCENDING)], name="state_age"),
+        IndexModel([("property_id", ASCENDING), ("_id", DESCENDING)], name="property_newest"),
+    ]
+
+    def __init__(self, db, ids):
+        self.col = db["promotions"]
+        self.ids = ids
+
+    async def ensure_indexes(self):
+        await self.col.create_indexes(self.INDEXES)
+
+    async def by_key(self, user_id: int, key: str) -> dict | None:
+        return await self.col.find_one({"user_id": user_id, "key": key})
+
+    async def get(self, promotion_id: int) -> dict | None:
+        return await self.col.find_one({"_id": promotion_id})
+
+    async def insert_pending(self, doc: dict) -> dict | None:
+        """Store a new pending promotion; None when this payer already used its key (a retry racing us)."""
+        doc = dict(doc, _id=await self.ids.next("promotions"), state="pending")
+        try:
+            await self.col.insert_one(doc)
+        except DuplicateKeyError:
+            return None
+        return doc
+
+    async def discard_pending(self, promotion_id: int) -> None:
+        """Nothing was charged: the promotion never happened (its key may be used again)."""
+        await self.col.delete_one({"_id": promotion_id, "state": "pending"})
+
+    async def mark_applied(self, promotion_id: int, fields: dict) -> dict | None:
+        """pending → applied with its outcome, once; the document as it is afterwards."""
+        await self.col.update_one({"_id": promotion_id, "state": "pending"}, {"$set": {**fields, "state": "applied"}})
+        return await self.get(promotion_id)
+
+    async def pending_before(self, cutoff, limit: int = 100) -> list[dict]:
+        return await self.col.find({"state": "pending", "created_at": {"$lte": cutoff}},
+                                   sort=[("created_at", ASCENDING)], limit=limit).to_list()

@@ -1,0 +1,334 @@
+"""Paid promotions (issue 18 §2): featured listings first in search while their days last, a bump to
+the top of "newest", paid once per Idempotency-Key from the agent's wallet.
+
+Wallets are funded the way a confirmed gateway top-up funds them (WalletService.credit_topup, as
+tests/test_wallet.py does); balances are read over GET /api/v1/wallet. Every listing a test makes
+is unlisted when it ends: the test database lives for the session, and a featured or bumped
+listing would otherwise come first in other modules' searches."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime, timedelta
+
+from sheda_rt.listings.models import SearchQuery
+from tests.listing_helpers import create_property, word
+
+API = "/api/v1/properties"
+WALLET = "/api/v1/wallet"
+
+
+async def fund(sheda, user_id: int, naira: int) -> None:
+    _tx, created = await sheda.ctx.wallet.credit_topup(user_id, naira * 100, reference=f"test_{uuid.uuid4().hex}")
+    assert created
+
+
+async def balance(sheda, user) -> str:
+    r = await sheda.api.get(WALLET, token=user.token)
+    assert r.status == 200, r
+    return r.json["balance"]
+
+
+async def promote(sheda, agent, property_id: int, body: dict, key: str | None = "auto"):
+    headers = {} if key is None else {"Idempotency-Key": uuid.uuid4().hex if key == "auto" else key}
+    return await sheda.api.post(f"{API}/{property_id}/promotions", body, token=agent.token, headers=headers)
+
+
+async def unlist(sheda, agent, ids) -> None:
+    """Through the service (a moderator's unlisting): the agent's token may have expired with a moved clock."""
+    for property_id in ids:
+        assert await sheda.ctx.properties.take_down(property_id)
+
+
+async def all_pages(sheda, params: dict) -> list[dict]:
+    items, cursor = [], None
+    for _ in range(50):
+        r = await sheda.api.get(API, params={**params, **({"cursor": cursor} if cursor else {})})
+        assert r.status == 200, r
+        items += r.json["items"]
+        cursor = r.json["next_cursor"]
+        if not cursor:
+            return items
+    raise AssertionError("more pages than listings")
+
+
+async def test_featured_listings_come_first_on_every_sort_and_page_until_their_days_end(sheda):
+    agent, client = await sheda.signup("agent"), await sheda.signup("client")
+    w = word()
+    props = []
+    for i, price in enumerate([3_000_000, 1_000_000, 5_000_000, 2_000_000, 4_000_000, 6_000_000, 1_500_000]):
+        props.append(await create_property(sheda, agent, location=f"{w} Lekki", price=f"{price}.00", title=f"pool house {i}",
+                                           geo={"lat": 6.45 + i * 0.001, "lng": 3.47}))
+        sheda.ctx.clock.advance(seconds=1)  # distinct creation times: a definite newest-first order
+    ids = [p["id"] for p in props]
+    try:
+        await fund(sheda, agent.id, 100_000)
+        featured = [props[3]["id"], props[5]["id"]]  # neither the newest nor an end of any price order
+        ws = await sheda.ws(client.token)
+        await ws.send({"type": "subscribe", "channel": f"property:{featured[0]}"})
+        await ws.wait_type("subscribed")
+        for pid, days in zip(featured, (3, 5)):
+            r = await promote(sheda, agent, pid, {"kind": "featured", "days": days})
+            assert r.status == 201, r
+            assert r.json["kind"] == "featured" and r.json["days"] == days and r.json["amount"] == f"{1000 * days}.00"
+        started = await ws.wait_type("property.updated", property_id=featured[0])
+        assert started["changes"] == ["featured_until"] and started["property"]["featured_until"] is not None
+
+        views = {}
+        for pid in ids:
+            views[pid] = (await sheda.api.get(f"{API}/{pid}")).json
+        assert views[featured[0]]["featured_until"] and views[ids[0]]["featured_until"] is None
+        order_of_creation = {pid: i for i, pid in enumerate(ids)}
+        for sort in ("newest", "price_asc", "price_desc"):
+            for params in ({"location": w}, {"q": "pool", "location": w}, {"near": "6.452,3.47", "radius_km": 2, "location": w},
+                           {"bbox": "3.46,6.44,3.48,6.46", "location": w}):
+                for limit in (1, 2, 3, 20):
+                    got = [p["id"] for p in await all_pages(sheda, {**params, "sort": sort, "limit": limit})]
+                    assert sorted(got) == sorted(ids), (sort, params, limit, got)  # every listing once
+                    assert set(got[:2]) == set(featured), (sort, params, limit, got)
+                    expected = []
+                    for group in (featured, [pid for pid in ids if pid not in featured]):
+                        if sort == "newest":
+                            expected += sorted(group, key=lambda pid: -order_of_creation[pid])
+                        else:
+                            expected += sorted(group, key=lambda pid: float(views[pid]["price"]), reverse=sort == "price_desc")
+                    assert got == expected, (sort, params, limit)
+
+        # Three days on: the first one's days are over. Search stops listing it first at once, before the
+        # job has run; the job then ends it and tells its watchers.
+        sheda.ctx.clock.advance(days=3, minutes=1)
+        got = [p["id"] for p in await all_pages(sheda, {"location": w, "limit": 2})]
+        assert got[0] == featured[1] and got[1:] == [pid for pid in reversed(ids) if pid != featured[1]]
+        counts = await sheda.ctx.promotion_job.run()
+        assert counts["featured_ended"] >= 1
+        ended = await ws.wait_for(lambda f: f.get("type") == "property.updated" and f["property"]["featured_until"] is None)
+        assert ended["changes"] == ["featured_until"] and ended["property_id"] == featured[0]
+        assert (await sheda.api.get(f"{API}/{featured[0]}")).json["featured_until"] is None
+        assert (await sheda.api.get(f"{API}/{featured[1]}")).json["featured_until"] is not None
+        ws.close()
+    finally:
+        await unlist(sheda, agent, ids)
+
+
+async def test_featured_days_bought_while_featured_add_to_the_end(sheda):
+    agent = await sheda.signup("agent")
+    prop = await create_property(sheda, agent, location=f"{word()} Ikeja")
+    try:
+        await fund(sheda, agent.id, 10_000)
+        first = await promote(sheda, agent, prop["id"], {"kind": "featured", "days": 2})
+        second = await promote(sheda, agent, prop["id"], {"kind": "featured", "days": 3})
+        assert first.status == second.status == 201, (first, second)
+        parse_ts = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00"))  # noqa: E731
+        assert parse_ts(second.json["featured_until"]) - parse_ts(first.json["featured_until"]) == timedelta(days=3)
+        assert (await sheda.api.get(f"{API}/{prop['id']}")).json["featured_until"] == second.json["featured_until"]
+        assert await balance(sheda, agent) == "5000.00"
+    finally:
+        await unlist(sheda, agent, [prop["id"]])
+
+
+async def test_a_bump_moves_a_listing_to_the_top_of_newest_once(sheda):
+    agent = await sheda.signup("agent")
+    w = word()
+    props = []
+    for i in range(4):
+        props.append(await create_property(sheda, agent, location=f"{w} Yaba"))
+        sheda.ctx.clock.advance(seconds=1)
+    ids = [p["id"] for p in props]
+    try:
+        await fund(sheda, agent.id, 1_000)
+        newest = lambda: all_pages(sheda, {"location": w, "limit": 3})  # noqa: E731
+        assert [p["id"] for p in await newest()] == ids[::-1]
+        r = await promote(sheda, agent, ids[0], {"kind": "bump"})
+        assert r.status == 201 and r.json["amount"] == "500.00" and r.json["bumped_at"] and r.json["featured_until"] is None, r
+        got = await newest()
+        assert [p["id"] for p in got] == [ids[0], ids[3], ids[2], ids[1]]
+        assert got[0]["created_at"] == props[0]["created_at"] and got[0]["bumped_at"] == r.json["bumped_at"]
+        # Once: a listing made after the bump goes above it.
+        sheda.ctx.clock.advance(seconds=1)
+        later = await create_property(sheda, agent, location=f"{w} Yaba")
+        ids.append(later["id"])
+        assert [p["id"] for p in await newest()] == [later["id"], ids[0], ids[3], ids[2], ids[1]]
+        # price orders are not moved by a bump
+        assert (await sheda.api.get(API, params={"location": w, "sort": "price_asc"})).json["items"][0]["id"] == ids[0]
+        assert await balance(sheda, agent) == "500.00"
+    finally:
+        await unlist(sheda, agent, ids)
+
+
+async def test_an_empty_wallet_is_402_with_nothing_charged_and_nothing_promoted(sheda):
+    agent = await sheda.signup("agent")
+    prop = await create_property(sheda, agent, location=f"{word()} Ajah")
+    try:
+        key = uuid.uuid4().hex
+        r = await promote(sheda, agent, prop["id"], {"kind": "featured", "days": 3}, key=key)
+        assert r.status == 402 and r.json["code"] == "insufficient_funds", r
+        assert r.json["required"] == "3000.00" and r.json["balance"] == "0.00"
+        view = (await sheda.api.get(f"{API}/{prop['id']}")).json
+        assert view["featured_until"] is None and view["bumped_at"] is None
+        assert await sheda.ctx.db["promotions"].count_documents({"user_id": agent.id}) == 0
+        assert (await sheda.api.get(WALLET, token=agent.token)).json["recent"] == []
+        # Not enough is the same: nothing moves.
+        await fund(sheda, agent.id, 2_999)
+        r = await promote(sheda, agent, prop["id"], {"kind": "featured", "days": 3}, key=key)
+        assert r.status == 402, r
+        assert await balance(sheda, agent) == "2999.00"
+        # After a top-up the same key buys it.
+        await fund(sheda, agent.id, 1)
+        r = await promote(sheda, agent, prop["id"], {"kind": "featured", "days": 3}, key=key)
+        assert r.status == 201, r
+        assert await balance(sheda, agent) == "0.00"
+    finally:
+        await unlist(sheda, agent, [prop["id"]])
+
+
+async def test_a_retried_promotion_charges_once_and_answers_the_same(sheda):
+    agent = await sheda.signup("agent")
+    prop = await create_property(sheda, agent, location=f"{word()} Surulere")
+    try:
+        await fund(sheda, agent.id, 5_000)
+        key = uuid.uuid4().hex
+        answers = await asyncio.gather(*(promote(sheda, agent, prop["id"], {"kind": "featured", "days": 2}, key=key)
+                                         for _ in range(5)))
+        assert all(a.status == 201 for a in answers), answers
+        assert len({a.body for a in answers}) == 1  # the same answer, byte for byte
+        again = await promote(sheda, agent, prop["id"], {"kind": "featured", "days": 2}, key=key)
+        assert again.status == 201 and again.body == answers[0].body
+        assert await balance(sheda, agent) == "3000.00"
+        wallet = (await sheda.api.get(WALLET, token=agent.token)).json
+        spends = [e for e in wallet["recent"] if e["kind"].startswith("spend")]
+        assert len(spends) == 1 and spends[0]["id"] == answers[0].json["transaction_id"] and spends[0]["amount"] == "-2000.00"
+        # The same key for another promotion is refused; no key at all is a 422 naming the header.
+        other = await promote(sheda, agent, prop["id"], {"kind": "bump"}, key=key)
+        assert other.status == 409 and other.json["code"] == "idempotency_key_reused", other
+        missing = await promote(sheda, agent, prop["id"], {"kind": "bump"}, key=None)
+        assert missing.status == 422 and missing.json["errors"][0]["field"] == "Idempotency-Key", missing
+        assert (await promote(sheda, agent, prop["id"], {"kind": "bump"}, key="has spaces in it")).status == 422
+        assert await balance(sheda, agent) == "3000.00"
+    finally:
+        await unlist(sheda, agent, [prop["id"]])
+
+
+async def test_concurrent_promotions_on_one_wallet_never_overdraw_it(sheda):
+    agent, admin = await sheda.signup("agent"), await sheda.admin()
+    w = word()
+    props = [await create_property(sheda, agent, location=f"{w} Oshodi") for _ in range(2)]
+    ids = [p["id"] for p in props]
+    try:
+        await fund(sheda, agent.id, 1_500)  # three bumps' worth
+        answers = await asyncio.gather(*(promote(sheda, agent, ids[i % 2], {"kind": "bump"}) for i in range(10)))
+        assert sorted(a.status for a in answers) == [201] * 3 + [402] * 7, answers
+        assert await balance(sheda, agent) == "0.00"
+        applied = [a.json["id"] for a in answers if a.status == 201]
+        stored = await sheda.ctx.db["promotions"].find({"user_id": agent.id}).to_list()
+        assert sorted(d["_id"] for d in stored) == sorted(applied) and {d["state"] for d in stored} == {"applied"}
+        audit = await sheda.api.get("/api/v1/admin/ledger/audit", token=admin.token)
+        assert audit.status == 200 and audit.json["ok"] is True, audit
+    finally:
+        await unlist(sheda, agent, ids)
+
+
+async def test_only_the_listings_agent_promotes_an_available_listed_listing(sheda):
+    agent, other, client = await sheda.signup("agent"), await sheda.signup("agent"), await sheda.signup("client")
+    prop = await create_property(sheda, agent, location=f"{word()} Ikoyi")
+    try:
+        for user in (agent, other, client):
+            await fund(sheda, user.id, 5_000)
+        r = await promote(sheda, other, prop["id"], {"kind": "bump"})
+        assert r.status == 403 and r.json["code"] == "not_owner", r
+        assert (await promote(sheda, client, prop["id"], {"kind": "bump"})).status == 403
+        assert (await promote(sheda, agent, 99_999_999, {"kind": "bump"})).status == 404
+        for body in ({"kind": "featured"}, {"kind": "bump", "days": 2}, {"kind": "featured", "days": 0},
+                     {"kind": "featured", "days": 31}, {"kind": "featured", "days": "3"}, {"kind": "gold"}):
+            r = await promote(sheda, agent, prop["id"], body)
+            assert r.status == 422, (body, r)
+        r = await sheda.api.patch(f"{API}/{prop['id']}/status", {"active": False}, token=agent.token)
+        assert r.status == 200, r
+        r = await promote(sheda, agent, prop["id"], {"kind": "featured", "days": 1})
+        assert r.status == 409 and r.json["code"] == "property_not_available", r
+        for user in (agent, other, client):
+            assert await balance(sheda, user) == "5000.00"
+    finally:
+        await unlist(sheda, agent, [prop["id"]])
+
+
+async def test_a_promotion_interrupted_after_the_charge_is_finished_by_the_job(sheda):
+    """A process that dies between charging the wallet and changing the listing leaves the promotion
+    pending with its charge made: steps 1 and 2 of PromotionService are run here as it runs them."""
+    agent = await sheda.signup("agent")
+    prop = await create_property(sheda, agent, location=f"{word()} Magodo")
+    service, store = sheda.ctx.promotions, sheda.ctx.promotion_store
+    try:
+        await fund(sheda, agent.id, 5_000)
+        charged = await store.insert_pending({"user_id": agent.id, "key": "k-charged", "property_id": prop["id"], "kind": "featured",
+                                              "days": 2, "amount_minor": 200_000, "created_at": sheda.ctx.clock.now()})
+        await sheda.ctx.wallet.spend(agent.id, 200_000, idempotency_key=service.wallet_key(charged["_id"]), kind="spend:promotion")
+        uncharged = await store.insert_pending({"user_id": agent.id, "key": "k-lost", "property_id": prop["id"], "kind": "bump",
+                                                "days": None, "amount_minor": 50_000, "created_at": sheda.ctx.clock.now()})
+        assert (await sheda.ctx.promotion_job.run())["finished"] == 0  # still young: its request may be alive
+        sheda.ctx.clock.advance(minutes=2)
+        counts = await sheda.ctx.promotion_job.run()
+        assert counts["finished"] >= 1
+        view = (await sheda.api.get(f"{API}/{prop['id']}")).json
+        assert view["featured_until"] is not None and view["bumped_at"] is None
+        assert (await store.get(charged["_id"]))["state"] == "applied"
+        assert await balance(sheda, agent) == "3000.00"  # charged once
+        # The client's retry with its key gets the finished promotion, with no second charge.
+        r = await promote(sheda, agent, prop["id"], {"kind": "featured", "days": 2}, key="k-charged")
+        assert r.status == 201 and r.json["id"] == charged["_id"], r
+        # The one never charged is dropped once it is surely dead; nothing was charged for it.
+        assert await store.get(uncharged["_id"]) is not None
+        sheda.ctx.clock.advance(minutes=10)
+        assert (await sheda.ctx.promotion_job.run())["dropped"] >= 1
+        assert await store.get(uncharged["_id"]) is None
+        assert await balance(sheda, agent) == "3000.00"
+    finally:
+        await unlist(sheda, agent, [prop["id"]])
+
+
+def _collscan(stage: dict) -> bool:
+    children = ([stage["inputStage"]] if "inputStage" in stage else []) + list(stage.get("inputStages", []))
+    return stage.get("stage") == "COLLSCAN" or any(_collscan(c) for c in children)
+
+
+def _winning_plan(explained: dict) -> dict:
+    if "queryPlanner" in explained:
+        return explained["queryPlanner"]["winningPlan"]
+    return next(s["$cursor"]["queryPlanner"]["winningPlan"] for s in explained["stages"] if "$cursor" in s)
+
+
+async def test_featured_first_searches_and_the_job_walk_indexes_never_the_collection(sheda):
+    """The embedded planner scans the whole collection unless a filter is index-shaped: every pipeline of
+    both segments, on every sort, page and filter kind, and the job's reads, are explained here."""
+    agent = await sheda.signup("agent")
+    w = word()
+    props = [await create_property(sheda, agent, location=f"{w} Lekki", price=f"{1_000_000 + i}.00", title="pool villa",
+                                   geo={"lat": 6.45, "lng": 3.47}) for i in range(5)]
+    ids = [p["id"] for p in props]
+    try:
+        await fund(sheda, agent.id, 10_000)
+        for pid in ids[:3]:
+            assert (await promote(sheda, agent, pid, {"kind": "featured", "days": 1})).status == 201
+        db, trace = sheda.ctx.db, []
+        for sort in ("newest", "price_asc", "price_desc"):
+            for params in ({}, {"location": w}, {"q": "pool villa"}, {"near": "6.45,3.47", "radius_km": 1},
+                           {"bbox": "3.46,6.44,3.48,6.46"}, {"agent_id": agent.id}, {"listing_type": "rent", "price_min": "1"}):
+                cursor = None
+                for _page in range(3):
+                    page = await sheda.ctx.properties.search(SearchQuery(**params, sort=sort, limit=2, cursor=cursor), trace=trace)
+                    cursor = page["next_cursor"]
+                    if not cursor:
+                        break
+        assert any(p[0]["$match"]["facets"].startswith("f:") for p in trace)  # the featured segment ran
+        assert any(not p[0]["$match"]["facets"].startswith("f:") for p in trace)  # and the rest
+        for pipeline in trace:
+            explained = await db.command("explain", {"aggregate": "properties", "pipeline": pipeline, "cursor": {}},
+                                         verbosity="queryPlanner")
+            assert not _collscan(_winning_plan(explained)), (pipeline, _winning_plan(explained))
+        now = sheda.ctx.clock.now()
+        for collection, flt in (("properties", {"featured_until": {"$lte": now}}),
+                                ("promotions", {"state": "pending", "created_at": {"$lte": now}}),
+                                ("promotions", {"user_id": agent.id, "key": "x"})):
+            explained = await db.command("explain", {"find": collection, "filter": flt}, verbosity="queryPlanner")
+            assert not _collscan(explained["queryPlanner"]["winningPlan"]), (collection, flt, explained)
+    finally:
+        await unlist(sheda, agent, ids)
