@@ -257,3 +257,82 @@ async def test_daily_alerts_arrive_as_one_digest_email(sheda):
     assert len([m for m in sheda.ctx.mailer.sent if m.to == buyer.email and "saved searches" in m.subject]) == 1
     assert await sheda.ctx.db["saved_search_alerts"].count_documents({"user_id": buyer.id, "status": "emailed"}) == 2
     await sheda.ctx.db["jobs"].delete_many({"kind": "saved_search.digest", "payload.user_id": buyer.id})
+
+
+# ---- the matcher says what the search says --------------------------------------------------------
+def _param(value) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+async def test_the_matcher_agrees_with_get_properties_for_every_filter(sheda):
+    """For each query: the listings GET /properties returns (among this test's) are exactly those the
+    alert matcher says match. Checked to fail with a wrong matcher (e.g. an exclusive price_max)."""
+    from sheda_rt.saved_searches.models import SavedSearchQuery
+
+    agent, agent2, admin = await sheda.signup("agent"), await sheda.signup("agent"), await sheda.admin()
+    area, kw = word(), word()
+    r = await sheda.api.post("/api/v1/categories", {"name": f"Waterfront {area}"}, token=admin.token)
+    assert r.status == 201, r
+    cat = r.json["id"]
+    specs = [
+        dict(price="2500000", bedroom=2, bathroom=2, geo={"lat": 6.45, "lng": 3.40}),
+        dict(price="2500000.01", bedroom=3, bathroom=3, furnished=True, wifi=True, geo={"lat": 6.46, "lng": 3.41}),
+        dict(price="1000000", listing_type="sale", property_type="land", bedroom=0, bathroom=0, geo={"lat": 6.60, "lng": 3.30}),
+        dict(price="90000000", listing_type="sale", property_type="duplex", bedroom=5, bathroom=5, furnished=True, category_id=cat),
+        dict(price="3000000", title=f"Pool house {kw}", bedroom=4, bathroom=2, wifi=True, geo={"lat": 6.449, "lng": 3.399}),
+        dict(price="1800000", location=f"{area} Phase 2, Lagos", description=f"Near the pool and the {kw} market", bedroom=1),
+        dict(price="750000", property_type="shortlet", bedroom=1, bathroom=1, air_condition=True, category_id=cat),
+        dict(price="4000000", _agent=agent2, bedroom=3, bathroom=3, prepaid_meter=True, geo={"lat": 6.80, "lng": 3.90}),
+        dict(price="2000000", _delist=True, bedroom=2, bathroom=2),
+    ]
+    ids = []
+    for spec in specs:
+        owner = spec.pop("_agent", agent)
+        delist = spec.pop("_delist", False)
+        spec.setdefault("location", f"{area} Phase 1, Lagos")
+        prop = await create_property(sheda, owner, **spec)
+        if delist:
+            assert (await sheda.api.patch(f"/api/v1/properties/{prop['id']}/status", {"active": False}, token=owner.token)).status == 200
+        ids.append(prop["id"])
+    await settle(sheda)
+    queries = [
+        {"location": area},
+        {"location": area, "listing_type": "rent"},
+        {"location": area, "listing_type": "sale", "property_type": "duplex"},
+        {"location": area, "property_type": "land"},
+        {"location": area, "price_min": "1000000", "price_max": "2500000"},
+        {"location": area, "price_max": 2500000},
+        {"location": area, "price_min": "2500000.01"},
+        {"location": area, "bedroom_min": 3},
+        {"location": area, "bathroom_min": 2, "furnished": True},
+        {"location": area, "wifi": False, "bedroom_min": 1},
+        {"location": area, "air_condition": True},
+        {"location": area, "prepaid_meter": True},
+        {"location": area[:5]},
+        {"location": f"{area} phase 2"},
+        {"location": "!!!"},
+        {"q": kw},
+        {"q": f"pool {kw}"},
+        {"q": f"{kw} market"},
+        {"location": area, "near": "6.45,3.40", "radius_km": 3},
+        {"location": area, "near": "6.45,3.40", "radius_km": 50},
+        {"location": area, "bbox": "3.395,6.445,3.405,6.455"},
+        {"location": area, "bbox": "3.0,6.0,4.0,7.0", "listing_type": "rent"},
+        {"location": area, "category_id": cat},
+        {"location": area, "agent_id": agent2.id},
+        {"location": area, "agent_id": agent.id, "sort": "price_desc"},
+        {"location": area, "property_type": "apartment", "listing_type": "rent", "furnished": False, "price_min": 1000000},
+    ]
+    docs = [await sheda.ctx.property_store.get(i) for i in ids]
+    sizes = []
+    for query in queries:
+        r = await sheda.api.get("/api/v1/properties", params={**{k: _param(v) for k, v in query.items()}, "limit": "100"})
+        assert r.status == 200, (query, r)
+        assert r.json["next_cursor"] is None, query
+        found = {p["id"] for p in r.json["items"]} & set(ids)
+        stored = SavedSearchQuery.model_validate(query).stored()
+        matched = {d["_id"] for d in docs if sheda.ctx.saved_searches.matches(stored, d)}
+        assert matched == found, (query, sorted(matched), sorted(found))
+        sizes.append(len(found))
+    # The queries tell listings apart: most select some but not all of them.
+    assert sum(1 for n in sizes if 0 < n < len(ids) - 1) >= len(queries) - 4, sizes
