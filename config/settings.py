@@ -174,6 +174,17 @@ class Settings(BaseSettings):
     wallet_topup_min_naira: int = Field(100, ge=1, le=1_000_000_000, description="Smallest wallet top-up, naira")
     wallet_topup_max_naira: int = Field(5_000_000, ge=1, le=1_000_000_000, description="Largest wallet top-up, naira")
 
+    # [enhancement] AI image enhancement (sheda_rt/enhancement/): an external service answering over a signed
+    # webhook, or, with no service URL, Pillow in-process (auto-contrast, mild sharpening, size normalisation)
+    enhancement_service_url: Optional[str] = Field(None, pattern=r"^https?://[^\s?#]+$", description="The external enhancement service's job endpoint (POST); unset: images are enhanced in-process with Pillow")
+    enhancement_api_key: Optional[SecretStr] = Field(None, description="Sent to the enhancement service as X-API-Key")
+    enhancement_webhook_secret: Optional[SecretStr] = Field(None, min_length=16, description="Shared secret of the service's webhooks (HMAC-SHA256 over '<timestamp>.<body>'); unset: every webhook is 401")
+    enhancement_callback_url: Optional[str] = Field(None, pattern=r"^https?://[^\s]+$", description="Webhook URL sent with each job; unset: PUBLIC_BASE_URL + /api/v1/webhooks/image-enhancement, or none (the service's own configuration)")
+    enhancement_timeout_hours: float = Field(48.0, gt=0, le=24 * 90, description="A job without a result this long after it started is marked timeout")
+    enhancement_sweep_minutes: float = Field(15.0, gt=0, le=24 * 60, description="How often jobs older than ENHANCEMENT_TIMEOUT_HOURS are looked for")
+    enhancement_max_result_bytes: int = Field(20 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024, description="Largest enhanced file downloaded from the service; more fails the job")
+    enhancement_max_edge: int = Field(2048, ge=64, le=16_384, description="In-process enhancement: the longest side of the enhanced image, in pixels")
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     _upper_log_level = field_validator("log_level", mode="before")(lambda v: v.upper() if isinstance(v, str) else v)  # [accounts] LOG_LEVEL=bogus: one line, not a traceback
 
@@ -182,7 +193,8 @@ class Settings(BaseSettings):
     @field_validator("mongodb_uri", "redis_url", "jwt_secret", "smtp_host", "smtp_username", "smtp_password",
                      "paystack_secret_key", "paystack_public_key", "payment_callback_url", "vapid_private_key",
                      "fcm_service_account_file", "fcm_service_account_json", "apns_key_file", "apns_key_id", "apns_team_id",
-                     "apns_topic", mode="before")
+                     "apns_topic", "enhancement_service_url", "enhancement_api_key", "enhancement_webhook_secret",
+                     "enhancement_callback_url", mode="before")
     @classmethod
     def _blank_is_none(cls, value):
         return None if isinstance(value, str) and not value.strip() else value
@@ -249,7 +261,8 @@ class Settings(BaseSettings):
         return path.read_text().strip()
 
 
-SECRET_SETTINGS = {"JWT_SECRET", "SMTP_PASSWORD", "PAYSTACK_SECRET_KEY", "VAPID_PRIVATE_KEY"}  # never echoed back in an error line
+SECRET_SETTINGS = {"JWT_SECRET", "SMTP_PASSWORD", "PAYSTACK_SECRET_KEY", "VAPID_PRIVATE_KEY", "ENHANCEMENT_API_KEY",
+                   "ENHANCEMENT_WEBHOOK_SECRET"}  # never echoed back in an error line
 
 
 def load_settings(**overrides) -> Settings:

@@ -12,6 +12,7 @@ from handlers import bookings  # [builders] bookings, installments, construction
 from handlers import builder_models  # [builders] projects' 3D models (glb, gltf, usdz)
 from handlers import change_requests  # [builders] change requests on bookings
 from handlers import payments  # [payments]
+from handlers import enhancement  # [enhancement] enhance listing images; the enhancement service's webhook
 from handlers import jobs  # [jobs]
 from handlers import devices  # [push]
 from handlers import events_stream  # [realtime] the events as Server-Sent Events (the socket's fallback)
@@ -29,7 +30,7 @@ from handlers import guided_search  # [guided search] the three questions and th
 from handlers import wallet  # [wallet] balances, entries, refunds, the ledger audit
 from handlers import promotions  # [promotions] featured listings and bumps, paid from the wallet
 
-MODULES = [health, metrics, accounts, users, admin, media, chat, chat_attachments, properties, guided_search, agents, appointments, contracts, notifications, builders, bookings, builder_models, change_requests, categories, inquiries, analytics, jobs, payments, devices, events, events_stream, realtime, chat_manage, chat_edits, unsubscribe, blocks, moderation, admin_settings, saved_searches, wallet, promotions, docs]
+MODULES = [health, metrics, accounts, users, admin, media, chat, chat_attachments, properties, guided_search, agents, appointments, contracts, notifications, builders, bookings, builder_models, change_requests, categories, inquiries, analytics, jobs, payments, enhancement, devices, events, events_stream, realtime, chat_manage, chat_edits, unsubscribe, blocks, moderation, admin_settings, saved_searches, wallet, promotions, docs]
 
 
 def all_routes(settings) -> list:

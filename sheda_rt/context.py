@@ -115,6 +115,8 @@ class AppContext:
         self._install_wallet()
         # [payments] payments through a gateway (Paystack), its webhook, the reconciliation job.
         self._install_payments()
+        # [enhancement] AI enhancement of listing photos: an external service over a signed webhook, or Pillow here.
+        self._install_enhancement()
         # [realtime] presence on request; administrators' announcements and disconnects.
         self._install_realtime_api()
         # [moderation] reports and the moderators' queue (acts through chat, listings and accounts).
@@ -442,6 +444,31 @@ class AppContext:
         self.promotion_job = PromotionJob(self.promotions, s.promotion_job_interval_minutes)
         self.jobs.append(self.promotion_job)
 
+    def _install_enhancement(self) -> None:  # [enhancement] jobs on listing images, the webhook, the timeout sweep
+        from sheda_rt.enhancement.client import EnhancementClient
+        from sheda_rt.enhancement.service import WEBHOOK_PATH, EnhancementService
+        from sheda_rt.enhancement.store import EnhancementStore
+        from sheda_rt.enhancement.sweep import EnhancementTimeoutSweep
+
+        s = self.settings
+        self.enhancement_client = None
+        if s.enhancement_service_url:
+            key = s.enhancement_api_key.get_secret_value() if s.enhancement_api_key else None
+            self.enhancement_client = EnhancementClient(s.enhancement_service_url, key)
+        callback = s.enhancement_callback_url or (s.public_base_url + WEBHOOK_PATH if s.public_base_url else None)
+        self.enhancement_store = EnhancementStore(self.db, self.ids)
+        self.stores.append(self.enhancement_store)
+        # Enhanced files go next to the originals, with their own byte cap (a service may return a larger file).
+        results = MediaStore(s.media_dir, s.enhancement_max_result_bytes, s.max_image_pixels)
+        self.enhancement = EnhancementService(
+            self.enhancement_store, listings=self.properties, properties=self.property_store, media=self.media, results=results,
+            client=self.enhancement_client, runner=self.job_runner, clock=self.clock,
+            webhook_secret=s.enhancement_webhook_secret.get_secret_value() if s.enhancement_webhook_secret else None,
+            callback_url=callback, timeout_hours=s.enhancement_timeout_hours, max_edge=s.enhancement_max_edge,
+            max_result_bytes=s.enhancement_max_result_bytes)
+        self.enhancement_sweep = EnhancementTimeoutSweep(self.enhancement, s.enhancement_sweep_minutes)
+        self.jobs.append(self.enhancement_sweep)
+
     def _install_categories(self) -> None:  # [categories]
         from sheda_rt.categories.service import CategoryService
         from sheda_rt.categories.store import CategoryStore
@@ -520,6 +547,8 @@ class AppContext:
             await self.redis_link.close()
         if self.payment_gateway is not None:  # [payments] its HTTP connections
             await self.payment_gateway.close()
+        if self.enhancement_client is not None:  # [enhancement] its HTTP connections
+            await self.enhancement_client.aclose()
         for provider in self.push_providers.values():  # [push] their HTTP connections
             await provider.aclose()
         await self.client.close()

@@ -201,6 +201,11 @@ class ImageOut(ResponseModel):
     id: int
     url: MediaUrl
     is_primary: bool
+    # [enhancement] `url` is what listings display: the enhanced file once an enhancement completed
+    original_url: MediaUrl = Field(description="The image as uploaded (kept when an enhancement replaces `url`)")
+    enhanced_url: Optional[MediaUrl] = Field(description="The last completed enhancement's file; null before one")
+    enhancement_status: Optional[Literal["pending", "processing", "completed", "failed", "timeout"]] = Field(
+        description="The image's latest enhancement (POST .../images/{image_id}/enhance); null when never enhanced")
 
 
 class PriceChangeOut(ResponseModel):

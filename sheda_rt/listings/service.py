@@ -71,7 +71,9 @@ def property_view(doc: dict) -> dict:
     }
     for flag in FLAGS:
         view[flag] = doc.get(flag, False)
-    view["images"] = [{"id": i["id"], "url": i["url"], "is_primary": bool(i.get("is_primary"))} for i in doc.get("images", [])]
+    view["images"] = [{"id": i["id"], "url": i["url"], "is_primary": bool(i.get("is_primary")),
+                       "original_url": i.get("original_url", i["url"]), "enhanced_url": i.get("enhanced_url"),  # [enhancement]
+                       "enhancement_status": i.get("enhancement_status")} for i in doc.get("images", [])]
     view["agent_id"] = doc["agent_id"]
     view["category_id"] = doc.get("category_id")
     view["price_history"] = [{"old_price": format_money(c["old_price"]), "new_price": format_money(c["new_price"]),
@@ -138,7 +140,8 @@ class PropertyService:
         view = view or property_view(after)
         base = self.public_base_url
         if base:  # the listing exactly as GET shows it: media URLs absolute under PUBLIC_BASE_URL
-            view = {**view, "images": [{**i, "url": public_media_url(i["url"], base)} for i in view["images"]]}
+            view = {**view, "images": [{**i, **{k: public_media_url(i[k], base) for k in ("url", "original_url", "enhanced_url")}}
+                                       for i in view["images"]]}
         frame = {"type": "property.updated", "property_id": view["id"], "property": view, "changes": changes}
         try:
             await self.channels.publish("property", view["id"], frame)
@@ -389,8 +392,9 @@ class PropertyService:
             raise NotFound("No such image on this property", "image_not_found")
         await self._changed(before, await self.store.ensure_primary(property_id))
         removed = next((i for i in before.get("images", []) if i["id"] == image_id), None)
-        if removed:
-            await self.media.delete(removed["url"])
+        if removed:  # the displayed file, and the upload and enhanced file behind it when they differ
+            for url in {removed["url"], removed.get("original_url"), removed.get("enhanced_url")} - {None}:
+                await self.media.delete(url)
 
     # ---- favourites --------------------------------------------------------
     async def add_favourite(self, principal, property_id: int) -> dict:

@@ -1,0 +1,1 @@
+"""AI image enhancement of listing photos (issue 16 §4)."""

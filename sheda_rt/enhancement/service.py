@@ -1,0 +1,287 @@
+"""AI enhancement of listing photos: one job and one state machine, two ways of doing the work.
+
+    pending --> processing --> completed | failed | timeout
+
+`start` (the listing's agent or an admin) records a job (pending; 409 while the image has a
+live one) and moves it to processing as it hands the work over:
+
+- **service**: ENHANCEMENT_SERVICE_URL is set. The original file is POSTed to the service with
+  the API key; the service later calls `POST /api/v1/webhooks/image-enhancement`. A webhook is
+  believed only when `X-Signature: sha256=<hex>` is the HMAC-SHA256 of `<X-Timestamp>.<raw body>`
+  keyed with ENHANCEMENT_WEBHOOK_SECRET (checked over the raw bytes, before anything is parsed,
+  in constant time), and X-Timestamp is within 5 minutes of our clock either way: anything else
+  is 401 with nothing changed, as is every webhook when no secret is configured. Each
+  X-Delivery-Id is acted on once (a replay is 200 and does nothing). The result is downloaded
+  only from the service's own origin (another host fails the job without a request), capped
+  at ENHANCEMENT_MAX_RESULT_BYTES, and stored like an upload (decoded in full, re-encoded: a
+  result that is not wholly a jpeg, png or webp image fails the job).
+- **local**: no service configured. A durable queue job (`image.enhance`, sheda_rt/jobs/)
+  runs Pillow (local.py) in a worker thread, never on the event loop, and ends the job the same
+  way; a process that dies mid-run leaves its lease to lapse and another runs it again.
+
+On completion the enhanced file becomes the image's `url` (what listings display) and
+`enhanced_url`; the original stays as `original_url`. Every move of a job is one guarded
+write (store.py), so webhooks, their redeliveries, other processes and the timeout sweep
+racing on one job move it exactly once; each move is copied onto the image and announced as
+`property.updated`. The sweep marks jobs still live ENHANCEMENT_TIMEOUT_HOURS after they
+started as timeout.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from sheda_rt import client_input
+from sheda_rt.clock import format_ts
+from sheda_rt.enhancement.client import ServiceRefused, ServiceUnreachable
+from sheda_rt.enhancement.local import enhance
+from sheda_rt.enhancement.models import LIVE, EnhancementResult
+from sheda_rt.errors import (ApiError, Conflict, NotFound, ServiceUnavailable, TooLarge, Unauthorized, UnsupportedMedia,
+                             ValidationFailed)
+
+if TYPE_CHECKING:
+    from sheda_rt.clock import Clock
+    from sheda_rt.enhancement.client import EnhancementClient
+    from sheda_rt.enhancement.store import EnhancementStore
+    from sheda_rt.jobs.runner import JobRunner
+    from sheda_rt.listings.service import PropertyService
+    from sheda_rt.listings.store import PropertyStore
+    from sheda_rt.media.store import MediaStore
+
+log = logging.getLogger("sheda.enhancement")
+
+#: The durable queue's job kind for the in-process enhancer.
+LOCAL_KIND = "image.enhance"
+#: How far X-Timestamp may be from our clock, either way.
+WEBHOOK_TOLERANCE_SECONDS = 300
+WEBHOOK_PATH = "/api/v1/webhooks/image-enhancement"
+_DELIVERY_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_CONTENT_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+
+
+class EnhancementUnavailable(ServiceUnavailable):
+    status, code = 503, "enhancement_service_unavailable"
+
+
+def job_view(doc: dict) -> dict:
+    return {"id": doc["_id"], "property_id": doc["property_id"], "image_id": doc["image_id"], "status": doc["status"],
+            "mode": doc["mode"], "original_url": doc["original_url"], "enhanced_url": doc.get("enhanced_url"),
+            "error": doc.get("error"), "created_at": format_ts(doc["created_at"]), "updated_at": format_ts(doc["updated_at"]),
+            "finished_at": format_ts(doc.get("finished_at"))}
+
+
+def signature(secret: bytes, timestamp: str, raw_body: bytes) -> str:
+    """The hex HMAC-SHA256 of `<timestamp>.<raw body>`: what X-Signature carries after `sha256=`."""
+    return hmac.new(secret, timestamp.encode("ascii") + b"." + raw_body, hashlib.sha256).hexdigest()
+
+
+class EnhancementService:
+    def __init__(self, store: EnhancementStore, *, listings: PropertyService, properties: PropertyStore, media: MediaStore,
+                 results: MediaStore,
+                 client: EnhancementClient | None, runner: JobRunner, clock: Clock, webhook_secret: str | None,
+                 callback_url: str | None, timeout_hours: float, max_edge: int, max_result_bytes: int):
+        self.store = store
+        self.listings = listings  # who may enhance (as who may manage the listing), and property.updated
+        self.properties = properties  # the listing as stored (which enhanced file an image shows)
+        self.media = media  # where the originals are read from
+        self.results = results  # where enhanced files are stored: the same folder, its own byte cap
+        self.client = client  # None: the in-process enhancer
+        self.runner = runner  # the durable queue the in-process enhancer runs on
+        self.clock = clock
+        self.secret = webhook_secret.encode() if webhook_secret else None
+        self.callback_url = callback_url
+        self.timeout = timedelta(hours=timeout_hours)
+        self.max_edge = max_edge
+        self.max_result_bytes = max_result_bytes
+        runner.register(LOCAL_KIND, self.run_local)
+
+    @property
+    def mode(self) -> str:
+        return "service" if self.client is not None else "local"
+
+    # ---- asking for an enhancement -------------------------------------------
+    async def start(self, principal, property_id: int, image_id: int) -> dict:
+        doc = await self.listings.managed(principal, property_id)  # 404 / 403 as for any change of the listing
+        if not doc.get("is_active", True):
+            raise Conflict("A delisted property's images cannot be enhanced", "property_delisted")
+        image = next((i for i in doc.get("images", []) if i["id"] == image_id), None)
+        if image is None:
+            raise NotFound("No such image on this property", "image_not_found")
+        original = image.get("original_url") or image["url"]
+        now = self.clock.now()
+        job = await self.store.insert({"property_id": property_id, "image_id": image_id, "requested_by": principal.user_id,
+                                       "status": "pending", "mode": self.mode, "original_url": original,
+                                       "open_key": f"{property_id}:{image_id}", "created_at": now, "updated_at": now})
+        if job is None:
+            raise Conflict("This image is being enhanced already", "enhancement_in_progress")
+        if await self.store.claim_image(property_id, image_id, job["_id"], original, now) is None:
+            await self.store.transition(job["_id"], ["pending"], "failed", now, {"error": "the image was deleted", "finished_at": now})
+            raise NotFound("No such image on this property", "image_not_found")
+        job = await self._move(job, ["pending"], "processing") or job
+        if self.client is None:
+            await self.runner.enqueue(LOCAL_KIND, {"job_id": job["_id"]}, key=f"{LOCAL_KIND}:{job['_id']}")
+            return job_view(job)
+        try:
+            data = await asyncio.to_thread(self._read_media, original)
+            ref = await self.client.submit(job_id=job["_id"], image=data, filename=Path(original).name,
+                                           content_type=_CONTENT_TYPES.get(Path(original).suffix.lstrip("."), "application/octet-stream"),
+                                           callback_url=self.callback_url)
+        except (ServiceUnreachable, ServiceRefused, OSError) as exc:
+            log.warning(json.dumps({"event": "enhancement_not_sent", "job": job["_id"], "error": str(exc)[:200]}))
+            await self._end(job, "failed", f"not sent to the enhancement service: {exc}"[:300])
+            raise EnhancementUnavailable("The enhancement service did not take the image; try again later")
+        if ref is not None:
+            await self.store.set_service_ref(job["_id"], ref)
+        return job_view(job)
+
+    def _read_media(self, url: str) -> bytes:
+        """The stored file behind a /media/... URL (never outside the media folder)."""
+        if not url.startswith(self.media.URL_PREFIX):
+            raise FileNotFoundError(url)
+        target = (self.media.root / url[len(self.media.URL_PREFIX):]).resolve()
+        if self.media.root.resolve() not in target.parents:
+            raise FileNotFoundError(url)
+        return target.read_bytes()
+
+    # ---- the state machine ----------------------------------------------------
+    async def _move(self, job: dict, from_states: list[str], to_state: str, extra: dict | None = None,
+                    image_fields: dict | None = None) -> dict | None:
+        """One guarded move of the job, then its copy on the image and `property.updated`.
+        None when the job was not in `from_states` (someone else moved it first)."""
+        now = self.clock.now()
+        moved = await self.store.transition(job["_id"], from_states, to_state, now, extra)
+        if moved is None:
+            return None
+        fields = {"enhancement_status": to_state, **(image_fields or {})}
+        # The image may show the job one state behind (the copy of the previous move not written yet): any live state.
+        after = await self.store.mirror(job["property_id"], job["image_id"], job["_id"], LIVE, fields, now)
+        if after is not None:
+            await self.listings.announce(after, ["images"])
+        return moved
+
+    async def _end(self, job: dict, to_state: str, error: str, from_states: list[str] | None = None) -> dict | None:
+        now = self.clock.now()
+        return await self._move(job, from_states or ["processing"], to_state, {"error": error, "finished_at": now})
+
+    async def _complete(self, job: dict, data: bytes) -> str:
+        """Store the enhanced bytes next to the original and make them the displayed image."""
+        try:
+            url = await self.results.save_image(data, "properties")
+        except (UnsupportedMedia, TooLarge, ValidationFailed) as exc:
+            await self._end(job, "failed", f"the result is not a usable image: {exc.detail}"[:300])
+            return "not_an_image"
+        listing = await self.properties.get(job["property_id"])
+        image = next((i for i in (listing or {}).get("images", []) if i["id"] == job["image_id"]), {})
+        previous = image.get("enhanced_url") if image.get("enhancement_job_id") == job["_id"] else None
+        now = self.clock.now()
+        done = await self._move(job, ["processing"], "completed", {"enhanced_url": url, "finished_at": now},
+                                image_fields={"url": url, "enhanced_url": url})
+        if done is None:  # a racing webhook, another process or the sweep ended it first: ours is not needed
+            await self.results.delete(url)
+            return "already_ended"
+        current = await self.properties.get(job["property_id"])
+        shown = next((i for i in (current or {}).get("images", []) if i["id"] == job["image_id"]), None)
+        if shown is None or shown.get("enhanced_url") != url:  # the image was deleted meanwhile
+            await self.results.delete(url)
+        elif previous and previous not in (url, job["original_url"]):
+            await self.results.delete(previous)  # an earlier enhancement of this image, no longer shown
+        return "completed"
+
+    # ---- the in-process enhancer (durable queue job) ---------------------------
+    async def run_local(self, queued: dict) -> str:
+        job = await self.store.get(int(queued["payload"]["job_id"]))
+        if job is None or job["status"] != "processing":
+            return "not_live"  # ended meanwhile (timeout), or a rerun after a finished run
+        try:
+            original = await asyncio.to_thread(self._read_media, job["original_url"])
+            data = await asyncio.to_thread(enhance, original, self.media.max_pixels, self.max_edge)
+        except FileNotFoundError:
+            await self._end(job, "failed", "the original file is missing")
+            return "failed"
+        except ApiError as exc:  # not an image Pillow can read back, or too large
+            await self._end(job, "failed", exc.detail[:300])
+            return "failed"
+        return await self._complete(job, data)
+
+    # ---- the service's webhook --------------------------------------------------
+    def verify(self, raw_body: bytes, headers) -> str:
+        """The delivery id of a webhook whose signature and timestamp hold; else 401."""
+        refused = Unauthorized("Missing or invalid webhook signature", "bad_signature")
+        if self.secret is None:
+            raise refused
+        given = headers.get("X-Signature") or ""
+        stamp = headers.get("X-Timestamp") or ""
+        delivery = headers.get("X-Delivery-Id") or ""
+        if not (given.startswith("sha256=") and len(given) <= 128 and given.isascii()):
+            raise refused
+        if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12) or not _DELIVERY_ID.match(delivery):
+            raise refused
+        if not hmac.compare_digest(signature(self.secret, stamp, raw_body), given[len("sha256="):].strip().lower()):
+            raise refused
+        if abs(self.clock.now().timestamp() - int(stamp)) > WEBHOOK_TOLERANCE_SECONDS:
+            raise Unauthorized("The webhook's X-Timestamp is more than 5 minutes from now", "stale_webhook")
+        return delivery
+
+    async def webhook(self, raw_body: bytes, headers) -> dict:
+        delivery = self.verify(raw_body, headers)
+        body = client_input.parse_json(raw_body, "webhook")
+        if not isinstance(body, dict):
+            raise ValidationFailed.single("body", "must be a JSON object")
+        try:
+            result = EnhancementResult.model_validate(body)
+        except ValidationError as exc:
+            raise ValidationFailed.from_pydantic(exc)
+        prior = await self.store.record_delivery(delivery, result.job_id, self.clock.now())
+        if prior is not None and prior.get("processed"):
+            return {"received": True, "duplicate": True}
+        outcome = await self._apply(result)  # a 503 here leaves the delivery unprocessed: its redelivery runs again
+        await self.store.delivery_done(delivery, outcome, self.clock.now())
+        log.info(json.dumps({"event": "enhancement_webhook", "job": result.job_id, "delivery": delivery, "outcome": outcome}))
+        return {"received": True}
+
+    async def _apply(self, result: EnhancementResult) -> str:
+        job = await self.store.get(result.job_id)
+        if job is None or job["mode"] != "service":
+            return "unknown_job"
+        if job["status"] != "processing":
+            return f"already_{job['status']}"
+        if result.status == "failed":
+            await self._end(job, "failed", f"the enhancement service failed: {result.error or 'no reason given'}"[:300])
+            return "failed"
+        if self.client is None or not self.client.serves(result.result_url):
+            await self._end(job, "failed", "the result is not on the enhancement service's host")
+            return "refused_host"
+        try:
+            data = await self.client.download(result.result_url, self.max_result_bytes)
+        except ServiceRefused as exc:
+            await self._end(job, "failed", str(exc)[:300])
+            return "refused_result"
+        except ServiceUnreachable as exc:
+            log.warning(json.dumps({"event": "enhancement_result_unreachable", "job": job["_id"], "error": str(exc)[:200]}))
+            raise EnhancementUnavailable("The result could not be fetched; deliver again later")
+        return await self._complete(job, data)
+
+    # ---- the timeout sweep ------------------------------------------------------
+    async def sweep(self, batch: int = 200) -> int:
+        """Jobs still live ENHANCEMENT_TIMEOUT_HOURS after they started end as timeout; how many."""
+        cutoff = self.clock.now() - self.timeout
+        hours = self.timeout.total_seconds() / 3600
+        ended = 0
+        for status in LIVE:
+            while True:
+                jobs = await self.store.live_older_than(status, cutoff, batch)
+                for job in jobs:
+                    if await self._end(job, "timeout", f"no result within {hours:g} hours", from_states=[status]):
+                        ended += 1
+                if len(jobs) < batch:
+                    break
+        return ended

@@ -1,0 +1,97 @@
+"""Where enhancement state lives: the jobs, the webhook deliveries seen, and the image's copy.
+
+- `image_enhancements`: one document per enhancement. Its `status` is the state machine's
+  one truth; every move is `guarded_transition` (the expected states in the write's filter), so
+  a webhook, its redelivery, a second process and the timeout sweep racing on one job move it
+  once. While a job is pending or processing it holds `open_key` ("<property>:<image>") under a
+  unique partial index: a second enhance of the same image is 409 whoever asks, on any process.
+  (status, created_at) serves the sweep's "live jobs started before X" (an index prefix plus one
+  range: the embedded planner's rule).
+- `enhancement_deliveries`: each webhook's X-Delivery-Id as `_id` (the unique index every
+  collection has), so a replayed delivery collides on insert.
+- The listing's image carries a copy (`enhancement_status`, `enhancement_job_id`,
+  `original_url`, `enhanced_url`, and `url` once completed) for the listing's readers. The copy
+  is written after the job's move, by whoever made that move, with the job id and the states it
+  may come from in the filter: a late write of an older job, or of an earlier state of this
+  one, matches nothing. (A process dying between the two writes leaves the copy behind its job;
+  the next enhance of that image overwrites it.)
+"""
+from __future__ import annotations
+
+from pymongo import ASCENDING, IndexModel
+from pymongo.errors import DuplicateKeyError
+
+from sheda_rt.database.transitions import guarded_transition
+from sheda_rt.database.writes import update_then_get
+
+
+class EnhancementStore:
+    INDEXES = [
+        IndexModel([("open_key", ASCENDING)], unique=True, name="one_live_enhancement_per_image",
+                   partialFilterExpression={"open_key": {"$exists": True}}),
+        IndexModel([("status", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)], name="status_age"),
+    ]
+
+    def __init__(self, db, ids):
+        self.col = db["image_enhancements"]
+        self.deliveries = db["enhancement_deliveries"]
+        self.properties = db["properties"]  # only the enhancement fields of one image (see the module's docstring)
+        self.ids = ids
+
+    async def ensure_indexes(self):
+        await self.col.create_indexes(self.INDEXES)
+
+    # ---- jobs --------------------------------------------------------------
+    async def insert(self, doc: dict) -> dict | None:
+        """The new job, or None when the image already has a live one (open_key taken)."""
+        doc = dict(doc, _id=await self.ids.next("image_enhancements"))
+        try:
+            await self.col.insert_one(doc)
+        except DuplicateKeyError:
+            return None
+        return doc
+
+    async def get(self, job_id: int) -> dict | None:
+        return await self.col.find_one({"_id": job_id})
+
+    async def transition(self, job_id: int, from_states: list[str], to_state: str, now, extra: dict | None = None) -> dict | None:
+        """from_states -> to_state in one conditional write (None when it was not in them). An
+        ended job (completed, failed, timeout) lets go of its image: open_key is dropped."""
+        ends = to_state not in ("pending", "processing")
+        return await guarded_transition(self.col, job_id, from_states, to_state, now, extra=extra,
+                                        unset="open_key" if ends else None)
+
+    async def set_service_ref(self, job_id: int, ref: str) -> None:
+        await self.col.update_one({"_id": job_id}, {"$set": {"service_ref": ref}})
+
+    async def live_older_than(self, status: str, cutoff, limit: int) -> list[dict]:
+        return await self.col.find({"status": status, "created_at": {"$lte": cutoff}},
+                                   sort=[("created_at", ASCENDING), ("_id", ASCENDING)], limit=limit).to_list()
+
+    # ---- webhook deliveries ------------------------------------------------
+    async def record_delivery(self, delivery_id: str, job_id: int, now) -> dict | None:
+        """None when this delivery is new (now recorded); else the record of the earlier one."""
+        try:
+            await self.deliveries.insert_one({"_id": delivery_id, "job_id": job_id, "received_at": now, "processed": False})
+            return None
+        except DuplicateKeyError:
+            return await self.deliveries.find_one({"_id": delivery_id}) or {"_id": delivery_id, "processed": True}
+
+    async def delivery_done(self, delivery_id: str, outcome: str, now) -> None:
+        await self.deliveries.update_one({"_id": delivery_id}, {"$set": {"processed": True, "outcome": outcome, "done_at": now}})
+
+    # ---- the image's copy --------------------------------------------------
+    async def claim_image(self, property_id: int, image_id: int, job_id: int, original_url: str, now) -> dict | None:
+        """The image now shows this job (pending). None when the listing or image is gone."""
+        return await update_then_get(
+            self.properties, {"_id": property_id, "images.id": image_id},
+            {"$set": {"images.$.enhancement_job_id": job_id, "images.$.enhancement_status": "pending",
+                      "images.$.original_url": original_url, "updated_at": now}})
+
+    async def mirror(self, property_id: int, image_id: int, job_id: int, from_states: list[str], fields: dict, now) -> dict | None:
+        """Copy a job's move onto its image: only while the image still shows this job in one
+        of `from_states`. The listing after the write, or None (image gone, or superseded)."""
+        match = {"id": image_id, "enhancement_job_id": job_id, "enhancement_status": {"$in": from_states}}
+        return await update_then_get(
+            self.properties, {"_id": property_id, "images": {"$elemMatch": match}},
+            {"$set": {**{f"images.$.{k}": v for k, v in fields.items()}, "updated_at": now}})

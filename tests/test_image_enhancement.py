@@ -1,0 +1,385 @@
+"""AI enhancement of listing images (issue 16 §4), against a local enhancement service
+(tests/enhancer_service.py) on a real port: the service gets the original with our API key and
+calls the signed webhook; the listing then shows the enhanced file and keeps the original.
+Forged, missing, stale and replayed webhooks, a server without a secret, a result on another
+host or that is not an image, the timeout sweep with a moved clock, the in-process Pillow path
+when no service is configured, and who may ask."""
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.enhancer_service import API_KEY, SECRET, LocalEnhancer, sign
+from tests.listing_helpers import create_property
+from tests.support import multipart
+
+WEBHOOK = "/api/v1/webhooks/image-enhancement"
+
+
+@pytest.fixture
+def enhancer(io_loop):
+    service = LocalEnhancer()
+    service.start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def settings_overrides(request, enhancer):
+    """service (default): the local service with key and secret; `no_secret`: the service
+    without a webhook secret; `local`: no service at all (Pillow in-process)."""
+    mode = getattr(request, "param", "service")
+    if mode == "local":
+        return {"enhancement_max_edge": 64}
+    settings = {"enhancement_service_url": enhancer.jobs_url, "enhancement_api_key": API_KEY,
+                "enhancement_webhook_secret": SECRET, "access_token_minutes": 24 * 60 * 3}  # tokens outlive the moved clock
+    if mode == "no_secret":
+        del settings["enhancement_webhook_secret"]
+    return settings
+
+
+@pytest.fixture
+def svc(io_loop, sheda, enhancer):
+    enhancer.webhook_url = sheda.base_url + WEBHOOK
+    yield enhancer
+    # The database lives for the session: no job of this test stays live for another's sweep to find.
+    io_loop.run_sync(lambda: sheda.ctx.db["image_enhancements"].delete_many({"status": {"$in": ["pending", "processing"]}}))
+
+
+def photo(width: int = 40, height: int = 30) -> bytes:
+    """A dull gradient (grey 90..160): something auto-contrast visibly changes."""
+    img = Image.new("RGB", (width, height))
+    img.putdata([(90 + (x * 70) // width, 100, 90 + (y * 70) // height) for y in range(height) for x in range(width)])
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
+async def listing_with_image(sheda, agent, data: bytes | None = None) -> tuple[dict, dict]:
+    prop = await create_property(sheda, agent)
+    body, headers = multipart("file", "room.png", data or photo(), "image/png")
+    r = await sheda.api.post(f"/api/v1/properties/{prop['id']}/images", body=body, headers=headers, token=agent.token)
+    assert r.status == 201, r
+    return prop, r.json["image"]
+
+
+def enhance_path(prop: dict, image: dict) -> str:
+    return f"/api/v1/properties/{prop['id']}/images/{image['id']}/enhance"
+
+
+async def shown_image(sheda, prop: dict, image: dict) -> dict:
+    """The image as the public listing shows it."""
+    r = await sheda.api.get(f"/api/v1/properties/{prop['id']}")
+    assert r.status == 200, r
+    return next(i for i in r.json["images"] if i["id"] == image["id"])
+
+
+async def stored_listing(sheda, prop: dict) -> dict:
+    return await sheda.ctx.db["properties"].find_one({"_id": prop["id"]})
+
+
+async def media_file(sheda, url: str) -> bytes:
+    r = await sheda.api.get(url)
+    assert r.status == 200, (url, r)
+    return r.body
+
+
+def media_files(sheda) -> set[str]:
+    folder = Path(sheda.ctx.settings.media_dir) / "properties"
+    return {p.name for p in folder.iterdir()} if folder.exists() else set()
+
+
+async def eventually(check, what: str, timeout: float = 15.0):
+    """Wait for work this server does in the background (the queue's poll, the service's call back)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"still waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def started(sheda, agent, svc) -> tuple[dict, dict, dict]:
+    """A listing image with a job at the service (which does not answer by itself)."""
+    svc.auto_complete = False
+    prop, image = await listing_with_image(sheda, agent)
+    r = await sheda.api.post(enhance_path(prop, image), token=agent.token)
+    assert r.status == 202 and r.json["status"] == "processing", r
+    return prop, image, r.json
+
+
+# ---- the external service ------------------------------------------------------------------
+async def test_service_gets_the_job_calls_the_signed_webhook_and_the_listing_shows_the_enhanced_image(sheda, svc):
+    agent = await sheda.signup("agent")
+    prop, image = await listing_with_image(sheda, agent)
+    watcher = await sheda.signup("client")
+    ws = await sheda.ws(watcher.token)
+    await ws.send({"type": "subscribe", "channel": f"property:{prop['id']}"})
+    await ws.wait_type("subscribed")
+    assert image["enhancement_status"] is None and image["enhanced_url"] is None and image["original_url"] == image["url"]
+    original_bytes = await media_file(sheda, image["url"])
+
+    r = await sheda.api.post(enhance_path(prop, image), token=agent.token)
+    assert r.status == 202, r
+    job = r.json
+    assert job["status"] == "processing" and job["mode"] == "service" and job["image_id"] == image["id"]
+    assert job["original_url"] == image["url"] and job["enhanced_url"] is None
+    # The service got the original file with our API key and our job id.
+    sent = svc.job(job["id"])
+    assert svc.job_headers[-1]["X-Api-Key"] == API_KEY
+    assert sent["image"] == original_bytes and sent["content_type"] == "image/png"
+
+    # It calls the signed webhook by itself; the listing's watchers see the enhanced image.
+    frame = await ws.wait_for(lambda f: f.get("type") == "property.updated"
+                              and f["property"]["images"][0]["enhancement_status"] == "completed", timeout=15)
+    assert "images" in frame["changes"]
+    assert (await svc.background[-1]).code == 200  # the service's webhook call, answered
+    shown = await shown_image(sheda, prop, image)
+    assert shown == frame["property"]["images"][0]
+    assert shown["enhancement_status"] == "completed" and shown["url"] == shown["enhanced_url"] != image["url"]
+    assert shown["original_url"] == image["url"] and shown["is_primary"] is True
+    # The original is kept; the enhanced file is the service's image, stored re-encoded next to it.
+    assert await media_file(sheda, shown["original_url"]) == original_bytes
+    enhanced = Image.open(io.BytesIO(await media_file(sheda, shown["url"])))
+    assert enhanced.format == "PNG" and enhanced.size == (80, 60)
+    assert shown["url"].startswith("/media/properties/")
+    stored = (await stored_listing(sheda, prop))["images"][0]
+    assert stored["enhancement_job_id"] == job["id"] and stored["url"] == shown["url"]
+    ws.close()
+
+
+async def test_re_enhancing_while_processing_is_409_and_after_the_end_starts_afresh(sheda, svc):
+    agent = await sheda.signup("agent")
+    prop, image, job = await started(sheda, agent, svc)
+    assert (await shown_image(sheda, prop, image))["enhancement_status"] == "processing"
+    again = await asyncio.gather(*(sheda.api.post(enhance_path(prop, image), token=agent.token) for _ in range(3)))
+    assert [r.status for r in again] == [409] * 3 and again[0].json["code"] == "enhancement_in_progress"
+    assert len(svc.jobs) == 1
+    r = await svc.complete(job["id"])
+    assert r.code == 200
+    first = await shown_image(sheda, prop, image)
+    # A second enhancement starts from the original, and replaces the first enhanced file.
+    r = await sheda.api.post(enhance_path(prop, image), token=agent.token)
+    assert r.status == 202 and r.json["original_url"] == image["url"], r
+    assert svc.jobs[-1]["image"] == await media_file(sheda, image["url"])
+    assert (await svc.complete(r.json["id"])).code == 200
+    second = await shown_image(sheda, prop, image)
+    assert second["enhancement_status"] == "completed" and second["url"] != first["url"]
+    assert (await sheda.api.get(first["url"])).status == 404  # no longer shown: deleted
+    assert second["original_url"] == image["url"] and (await sheda.api.get(image["url"])).status == 200
+
+
+async def test_only_the_listings_agent_or_an_admin_may_enhance(sheda, svc):
+    svc.auto_complete = False
+    agent = await sheda.signup("agent")
+    prop, image = await listing_with_image(sheda, agent)
+    other_agent, client = await sheda.signup("agent"), await sheda.signup("client")
+    for who in (other_agent, client):
+        r = await sheda.api.post(enhance_path(prop, image), token=who.token)
+        assert r.status == 403 and r.json["code"] == "not_owner", r
+    assert (await sheda.api.post(enhance_path(prop, image))).status == 401
+    assert (await sheda.api.post(enhance_path({"id": 10**15}, image), token=agent.token)).status == 404
+    r = await sheda.api.post(enhance_path(prop, {"id": image["id"] + 10**9}), token=agent.token)
+    assert r.status == 404 and r.json["code"] == "image_not_found"
+    assert svc.jobs == [] and (await shown_image(sheda, prop, image))["enhancement_status"] is None
+    # Someone else's unlisted listing is not even confirmed to exist.
+    assert (await sheda.api.patch(f"/api/v1/properties/{prop['id']}/status", {"active": False}, token=agent.token)).status == 200
+    assert (await sheda.api.post(enhance_path(prop, image), token=other_agent.token)).status == 404
+    assert (await sheda.api.patch(f"/api/v1/properties/{prop['id']}/status", {"active": True}, token=agent.token)).status == 200
+    admin = await sheda.admin()
+    r = await sheda.api.post(enhance_path(prop, image), token=admin.token)
+    assert r.status == 202 and svc.job(r.json["id"])
+
+
+async def test_a_service_that_refuses_the_job_fails_it_with_503_and_the_image_can_be_tried_again(sheda, svc):
+    agent = await sheda.signup("agent")
+    prop, image = await listing_with_image(sheda, agent)
+    svc.refuse_jobs = 500
+    r = await sheda.api.post(enhance_path(prop, image), token=agent.token)
+    assert r.status == 503 and r.json["code"] == "enhancement_service_unavailable", r
+    assert (await shown_image(sheda, prop, image))["enhancement_status"] == "failed"
+    svc.refuse_jobs, svc.auto_complete = None, False
+    assert (await sheda.api.post(enhance_path(prop, image), token=agent.token)).status == 202
+
+
+# ---- webhooks that must change nothing --------------------------------------------------------
+async def test_forged_missing_and_stale_signatures_are_401_and_change_nothing(sheda, svc):
+    agent = await sheda.signup("agent")
+    prop, image, job = await started(sheda, agent, svc)
+    result_url = svc.put_result(photo(20, 20))
+    body = svc.body_for(job["id"], result_url=result_url)
+    before = await stored_listing(sheda, prop)
+    now = int(time.time())
+    attempts = [
+        {"secret": "not-the-shared-secret-at-all"},  # forged
+        {"signature": sign(body + b" ", str(now))},  # signed over other bytes
+        {"signature": sign(body, str(now - 1))},  # the timestamp sent is not the one signed
+        {"signature": "sha256=" + "0" * 64},
+        {"signature": sign(body, str(now))[len("sha256="):]},  # without its scheme
+        {"signature": "sha256=ünïcode"},
+        {"drop": ("X-Signature",)},  # missing
+        {"drop": ("X-Timestamp",)},
+        {"drop": ("X-Delivery-Id",)},
+        {"timestamp": "soon"},
+        {"timestamp": str(now - 301)},  # stale: signed correctly, 5 minutes and a second old
+        {"timestamp": str(now + 301)},  # from the future
+    ]
+    for attempt in attempts:
+        r = await svc.deliver(body, **attempt)
+        assert r.code == 401, (attempt, r.code, r.body)
+    assert svc.fetches == []  # the result was never fetched
+    assert await stored_listing(sheda, prop) == before
+    assert (await shown_image(sheda, prop, image))["enhancement_status"] == "processing"
+    assert await sheda.ctx.db["enhancement_deliveries"].count_documents({"job_id": job["id"]}) == 0
+    # The same body, signed as the service signs it, goes through (so the refusals above were the signature's).
+    r = await svc.deliver(body, timestamp=str(now - 240))
+    assert r.code == 200 and svc.fetches == [result_url.rsplit("/", 1)[1]]
+    assert (await shown_image(sheda, prop, image))["enhancement_status"] == "completed"
+
+
+async def test_a_replayed_delivery_id_is_200_with_no_effect(sheda, svc):
+    agent = await sheda.signup("agent")
+    prop, image, job = await started(sheda, agent, svc)
+    body = svc.body_for(job["id"], result_url=svc.put_result(photo(20, 20)))
+    r = await svc.deliver(body, delivery_id="dlv-replay-1")
+    assert r.code == 200 and (await shown_image(sheda, prop, image))["enhancement_status"] == "completed"
+    # The next enhancement of the image, then an old delivery id replayed with a new, validly signed body about it.
+    r = await sheda.api.post(enhance_path(prop, image), token=agent.token)
+    assert r.status == 202
+    second = r.json
+    before, fetched = await stored_listing(sheda, prop), list(svc.fetches)
+    replay = svc.body_for(second["id"], result_url=svc.put_result(photo(24, 24)))
+    for _ in range(2):
+        r = await svc.deliver(replay, delivery_id="dlv-replay-1")
+        assert r.code == 200 and r.body and b'"duplicate":true' in r.body.replace(b" ", b""), r.body
+    assert svc.fetches == fetched and await stored_listing(sheda, prop) == before
+    assert (await shown_image(sheda, prop, image))["enhancement_status"] == "processing"
+
+
+@pytest.mark.parametrize("settings_overrides", ["no_secret"], indirect=True)
+async def test_without_a_webhook_secret_every_webhook_is_401(sheda, svc):
+    agent = await sheda.signup("agent")
+    prop, image, job = await started(sheda, agent, svc)
+    body = svc.body_for(job["id"], result_url=svc.put_result(photo(20, 20)))
+    before = await stored_listing(sheda, prop)
+    for attempt in ({}, {"secret": ""}, {"drop": ("X-Signature",)}):
+        r = await svc.deliver(body, **attempt)
+        assert r.code == 401, (attempt, r.body)
+    assert svc.fetches == [] and await stored_listing(sheda, prop) == before
+
+
+async def test_a_result_on_another_host_fails_the_job_without_fetching_it(sheda, svc):
+    agent = await sheda.signup("agent")
+    prop, image, job = await started(sheda, agent, svc)
+    files = media_files(sheda)
+    port = svc.base_url.rsplit(":", 1)[1]
+    name = svc.put_result(photo(20, 20)).rsplit("/", 1)[1]
+    # The same server under another name, another port, another scheme: all another origin.
+    r = await svc.deliver(svc.body_for(job["id"], result_url=f"http://localhost:{port}/results/{name}"))
+    assert r.code == 200
+    assert svc.fetches == [] and media_files(sheda) == files
+    shown = await shown_image(sheda, prop, image)
+    assert shown["enhancement_status"] == "failed" and shown["url"] == image["url"] and shown["enhanced_url"] is None
+    stored = await sheda.ctx.enhancement_store.get(job["id"])
+    assert stored["status"] == "failed" and "host" in stored["error"]
+    # Failed ends the job: a new one may start.
+    assert (await sheda.api.post(enhance_path(prop, image), token=agent.token)).status == 202
+
+
+def gif() -> bytes:
+    out = io.BytesIO()
+    Image.new("P", (20, 20)).save(out, format="GIF")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("content, content_type", [
+    (b"<html><body>not an image</body></html>", "image/png"),
+    (photo(20, 20)[:60], "image/png"),  # a truncated PNG
+    (gif(), "image/png"),  # an image, but not one of ours (jpeg, png, webp)
+], ids=["html", "truncated_png", "gif"])
+async def test_a_result_that_is_not_an_image_fails_the_job_and_stores_nothing(sheda, svc, content, content_type):
+    agent = await sheda.signup("agent")
+    prop, image, job = await started(sheda, agent, svc)
+    files = media_files(sheda)
+    r = await svc.deliver(svc.body_for(job["id"], result_url=svc.put_result(content, content_type)))
+    assert r.code == 200 and len(svc.fetches) == 1
+    shown = await shown_image(sheda, prop, image)
+    assert shown["enhancement_status"] == "failed" and shown["url"] == image["url"] and shown["enhanced_url"] is None
+    assert media_files(sheda) == files
+
+
+async def test_the_service_reporting_a_failure_and_bad_bodies(sheda, svc):
+    agent = await sheda.signup("agent")
+    prop, image, job = await started(sheda, agent, svc)
+    for bad in (b"[1]", b"{", b'{"job_id": "1", "status": "completed", "result_url": "x"}',
+                svc.body_for(job["id"])):  # completed without a result
+        r = await svc.deliver(bad)
+        assert r.code in (400, 422), (bad, r.code)
+    assert (await shown_image(sheda, prop, image))["enhancement_status"] == "processing"
+    r = await svc.deliver(svc.body_for(job["id"], "failed", error="model overloaded"))
+    assert r.code == 200
+    assert (await shown_image(sheda, prop, image))["enhancement_status"] == "failed"
+    assert "model overloaded" in (await sheda.ctx.enhancement_store.get(job["id"]))["error"]
+    # A late success for the failed job changes nothing.
+    r = await svc.deliver(svc.body_for(job["id"], result_url=svc.put_result(photo(20, 20))))
+    assert r.code == 200 and svc.fetches == []
+    assert (await shown_image(sheda, prop, image))["enhancement_status"] == "failed"
+
+
+# ---- the timeout sweep --------------------------------------------------------------------
+async def test_the_sweep_times_out_jobs_older_than_48_hours_and_a_late_webhook_changes_nothing(sheda, svc):
+    sheda.ctx.job_runner.stop()  # the moved clock must not make other tests' queued jobs due here
+    agent = await sheda.signup("agent")
+    prop, image, job = await started(sheda, agent, svc)
+    sheda.ctx.clock.advance(hours=47)
+    young_prop, young_image, young = await started(sheda, agent, svc)
+    assert await sheda.ctx.enhancement_sweep.run() == 0
+    sheda.ctx.clock.advance(hours=1, minutes=1)
+    assert await sheda.ctx.enhancement_sweep.run() == 1
+    assert await sheda.ctx.enhancement_sweep.run() == 0  # once
+    shown = await shown_image(sheda, prop, image)
+    assert shown["enhancement_status"] == "timeout" and shown["url"] == image["url"]
+    assert (await shown_image(sheda, young_prop, young_image))["enhancement_status"] == "processing"
+    # The service answers after all, too late (signed for our moved clock): nothing changes, nothing is fetched.
+    late = svc.body_for(job["id"], result_url=svc.put_result(photo(20, 20)))
+    r = await svc.deliver(late, timestamp=str(int(sheda.ctx.clock.now().timestamp())))
+    assert r.code == 200 and svc.fetches == []
+    assert (await shown_image(sheda, prop, image))["enhancement_status"] == "timeout"
+    # The image is free for a new enhancement.
+    assert (await sheda.api.post(enhance_path(prop, image), token=agent.token)).status == 202
+
+
+# ---- no service: Pillow in this process ---------------------------------------------------------
+@pytest.mark.parametrize("settings_overrides", ["local"], indirect=True)
+async def test_without_a_service_pillow_enhances_in_process_through_the_same_states(sheda):
+    agent = await sheda.signup("agent")
+    try:
+        prop, image = await listing_with_image(sheda, agent, photo(200, 100))
+        ws = await sheda.ws(agent.token)
+        await ws.send({"type": "subscribe", "channel": f"property:{prop['id']}"})
+        await ws.wait_type("subscribed")
+        r = await sheda.api.post(enhance_path(prop, image), token=agent.token)
+        assert r.status == 202 and r.json["mode"] == "local" and r.json["status"] == "processing", r
+        frame = await ws.wait_for(lambda f: f.get("type") == "property.updated"
+                                  and f["property"]["images"][0]["enhancement_status"] == "completed", timeout=15)
+        shown = await shown_image(sheda, prop, image)
+        assert shown == frame["property"]["images"][0]
+        assert shown["url"] == shown["enhanced_url"] != image["url"] and shown["original_url"] == image["url"]
+        with Image.open(io.BytesIO(await media_file(sheda, shown["url"]))) as enhanced:
+            assert enhanced.size == (64, 32)  # the longest side brought to ENHANCEMENT_MAX_EDGE (64 here)
+            low, high = enhanced.convert("L").getextrema()
+        with Image.open(io.BytesIO(await media_file(sheda, image["url"]))) as original:
+            assert original.size == (200, 100)
+            o_low, o_high = original.convert("L").getextrema()
+        assert high - low > o_high - o_low + 40  # auto-contrast stretched the dull range
+        job = await sheda.ctx.enhancement_store.get(r.json["id"])
+        assert job["status"] == "completed" and job["mode"] == "local"
+        ws.close()
+    finally:
+        await sheda.ctx.db["jobs"].delete_many({"kind": "image.enhance"})
