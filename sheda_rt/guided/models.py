@@ -102,7 +102,9 @@ class GuidedPageQuery(PageQuery):
 
     model_config = ConfigDict(extra="forbid")
 
-    sort: SortOrder = Field("newest", description="Order within each fit group (exact matches, then each kind of near miss)")
+    sort: SortOrder = Field("price_asc", description=(
+        "Order within each fit group (exact matches, then each kind of near miss); cheapest first by default, "
+        "so the smallest overshoot comes first among those over budget"))
 
 
 class QuestionsQuery(BaseModel):

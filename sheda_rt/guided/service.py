@@ -1,6 +1,7 @@
 """Guided search: the three questions from live listings, and the listings ranked by fit.
 
-Ranking, as groups in this order (each group in the requested sort, `newest` by default):
+Ranking, as groups in this order (each group in the requested sort; cheapest first by default,
+so among those over budget the smallest overshoot comes first):
   1. exact: every answer fits;
   2. over budget: in the area, priced above the band by at most OVER_BUDGET (15 %);
   3. outside the area: within budget, positioned within NEAR_KM of the area's edge (its
@@ -15,6 +16,12 @@ case-insensitive regex on `location` (a residual: evaluated only on those candid
 the listings whose area it is; outside the area is a `near=` circle (grid cells drive) minus
 that regex. A page fills from the first unfinished group on; the cursor holds the group and
 that group's own keyset cursor, so pages never repeat or skip a listing while others insert.
+
+Cost: a group with few listings walks every slice of its sort key before it is known to be
+done (sheda_rt/search.py), so a search of four sparse groups is four such walks. Groups in
+the area are counted by the catalog first and one it counts none of is not searched (its
+staleness applies: a listing newer than the last refresh can be missed in such a group); the
+default price order also walks fewer slices than `newest` (a budget bounds the prices).
 """
 from __future__ import annotations
 
@@ -146,10 +153,12 @@ class GuidedSearchService:
         return area
 
     # ---- the search -------------------------------------------------------------------------
-    def _groups(self, answers: GuidedAnswers, area: Area | None) -> list[dict]:
+    def _groups(self, tally: Tally, answers: GuidedAnswers, area: Area | None) -> list[dict]:
         """The searches of each fit group, in rank order: filters for SearchQuery, the extra
-        residual condition, and what makes each listing of the group a near miss."""
+        residual condition, what makes each listing of the group a near miss, and how many
+        listings the catalog counts in it (None: not counted; 0 skips the search)."""
         base: dict = {}
+        lt = pt = None
         if answers.what:
             lt, pt = parse_what(answers.what)
             base["listing_type"] = lt
@@ -158,10 +167,9 @@ class GuidedSearchService:
         lo = hi = None
         if answers.budget:
             lo, hi = parse_budget(answers.budget)
-        within = {**({"price_min": _naira(lo + 1)} if lo else {}), **({"price_max": _naira(hi)} if hi is not None else {})}
-        over = None
+        prices = [(lo or None, hi, False)]  # (above, up to, over budget), kobo
         if hi is not None:
-            over = {"price_min": _naira(hi + 1), "price_max": _naira(int(hi * (1 + OVER_BUDGET)))}
+            prices.append((hi, int(hi * (1 + OVER_BUDGET)), True))
         in_area = outside = None
         if area is not None:
             regex = {"location": {"$regex": area.pattern(), "$options": "i"}}
@@ -176,16 +184,19 @@ class GuidedSearchService:
             if place is None and miss_place:
                 continue
             filters, extra = place or ({}, None)
-            groups.append({"filters": {**base, **filters, **within}, "extra": extra, "over": False, "outside": miss_place})
-            if over is not None:
-                groups.append({"filters": {**base, **filters, **over}, "extra": extra, "over": True, "outside": miss_place})
+            for above, up_to, over in prices:
+                bounds = {**({"price_min": _naira(above + 1)} if above else {}),
+                          **({"price_max": _naira(up_to)} if up_to is not None else {})}
+                count = None if miss_place else tally.count_priced(lt, pt, area.slug if area else None, above, up_to)
+                groups.append({"filters": {**base, **filters, **bounds}, "extra": extra, "over": over, "outside": miss_place,
+                               "count": count})
         # rank: exact, then one miss (over budget in the area before within budget outside it), then both
         return sorted(groups, key=lambda g: (g["over"] + g["outside"], g["outside"]))
 
     async def search(self, answers: GuidedAnswers, page: GuidedPageQuery, trace: list | None = None) -> dict:
         tally = await self.catalog.current()
         area = self._area(tally, answers.where, "answers.where") if answers.where else None
-        groups = self._groups(answers, area)
+        groups = self._groups(tally, answers, area)
         fingerprint = hashlib.sha256(json.dumps([answers.model_dump(), page.sort]).encode()).hexdigest()[:16]
         start, inner = 0, None
         if page.cursor:
@@ -198,6 +209,8 @@ class GuidedSearchService:
         now = self.clock.now()
         for index in range(start, len(groups)):
             group = groups[index]
+            if group["count"] == 0 and index != start:  # the catalog has none: no search (a cursor's own group runs)
+                continue
             want = page.limit - len(items)
             found = await self._run(group, want, inner if index == start else None, page.sort, now, trace)
             items += [self._annotate(view, group, answers, area) for view in found["items"]]
@@ -206,7 +219,9 @@ class GuidedSearchService:
                 break
             if len(items) >= page.limit:  # this group ended with the page: is anything left in the later ones?
                 for later in range(index + 1, len(groups)):
-                    if (await self._run(groups[later], 1, None, page.sort, now, trace))["items"]:
+                    if groups[later]["count"] == 0:
+                        continue
+                    if groups[later]["count"] or (await self._run(groups[later], 1, None, page.sort, now, trace))["items"]:
                         next_cursor = encode_cursor(["guided", fingerprint, later, None])
                         break
                 break
