@@ -211,6 +211,31 @@ async def main(count: int, runs: int, db_dir: str | None = None) -> int:
                 t2 = await timed(service, q2, runs)
                 print(f"{'  ... its page 2 (cursor)':52} {statistics.median(t2):8.1f} {p99(t2):8.1f} {t2[-1]:8.1f}")
 
+        # Guided search (sheda_rt/guided/): the catalog's first read (once per server), then the ranked answers
+        # (exact matches, over budget, outside the area, both: one planned search per group) as POST /search/guided runs them.
+        from sheda_rt.guided.catalog import GuidedCatalog
+        from sheda_rt.guided.models import GuidedAnswers, GuidedPageQuery
+        from sheda_rt.guided.service import GuidedSearchService
+
+        catalog = GuidedCatalog(db, clock=clock, refresh_seconds=30)
+        t0 = time.perf_counter()
+        await catalog.ensure_indexes()
+        await catalog.refresh()
+        print(f"{'guided: catalog index + first read (once per server)':52} {(time.perf_counter() - t0) * 1000:8.0f}")
+        guided = GuidedSearchService(catalog, listings=service, store=store, clock=clock)
+        name = "guided: rent apartment, up to ₦3M, Lekki Phase 1"
+        answers = GuidedAnswers(what="rent:apartment", budget="b:0-3000000", where="lekki-phase-1")
+        trace = []
+        page = await guided.search(answers, GuidedPageQuery(limit=20), trace=trace)
+        timings = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            await guided.search(answers, GuidedPageQuery(limit=20))
+            timings.append((time.perf_counter() - t0) * 1000)
+        timings.sort()
+        print(f"{name:52} {statistics.median(timings):8.1f} {p99(timings):8.1f} {timings[-1]:8.1f} {len(page['items']):6} {len(trace):6}")
+        plans.append((name, trace))
+
         print("\nplans (each pipeline a search ran; the leading $match is what the index serves):")
         for name, trace in plans:
             print(f"  {name}")
