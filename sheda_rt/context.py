@@ -315,7 +315,7 @@ class AppContext:
         self.saved_search_alert_store = AlertStore(self.db)
         self.stores.extend([self.saved_search_store, self.saved_search_alert_store])
         self.saved_searches = SavedSearchService(self.saved_search_store, plan=self.properties.plan, clock=self.clock,
-                                                 max_per_user=s.saved_searches_per_user)
+                                                 guided_catalog=self.guided_catalog, max_per_user=s.saved_searches_per_user)
         self.saved_search_digests = AlertDigests(runner=self.job_runner, alerts=self.saved_search_alert_store,
                                                  listings=self.property_store, users=self.users, preferences=self.push,
                                                  email=self.email_sender, clock=self.clock, hour_utc=s.saved_search_digest_hour)

@@ -336,3 +336,44 @@ async def test_the_matcher_agrees_with_get_properties_for_every_filter(sheda):
         sizes.append(len(found))
     # The queries tell listings apart: most select some but not all of them.
     assert sum(1 for n in sizes if 0 < n < len(ids) - 1) >= len(queries) - 4, sizes
+
+
+# ---- guided answers -------------------------------------------------------------------------------
+async def test_a_search_saved_from_guided_answers_alerts_on_its_exact_matches(sheda):
+    agent, buyer = await sheda.signup("agent"), await sheda.signup("client")
+    area = word()
+    first = await create_property(sheda, agent, location=f"4 Bourdillon Road, {area}, Lagos", price="1500000")
+    questions = await sheda.api.get("/api/v1/search/guided/questions")
+    assert area in [o["id"] for o in questions.json["questions"][2]["options"]], questions.json
+    answers = {"what": "rent:apartment", "budget": "b:0-3000000", "where": area}
+    for bad, field in (({"guided": {}}, "guided"), ({"guided": {"where": "nowhere-" + area}}, "guided.where"),
+                       ({"guided": {"what": "rent:castle"}}, "guided.what"),
+                       ({"guided": answers, "query": {"location": area}}, ""), ({}, "")):
+        r = await sheda.api.post(SS, {"name": "g", **bad}, token=buyer.token)
+        assert r.status == 422 and any(e["field"].startswith(field) for e in r.json["errors"]), (bad, r)
+    assert await sheda.ctx.db["saved_searches"].count_documents({"user_id": buyer.id}) == 0
+    r = await sheda.api.post(SS, {"name": "Guided", "guided": answers}, token=buyer.token)
+    assert r.status == 201, r
+    assert r.json["guided"] == answers and r.json["query"]["listing_type"] == "rent" and r.json["query"]["price_max"] == "3000000.00"
+    ws = await sheda.ws(buyer.token)
+    exact = await create_property(sheda, agent, location=f"9 Glover Road, {area}, Lagos", price="2800000")
+    frame = await ws.wait_type("notification", kind="saved_search.match")
+    assert frame["data"]["property_id"] == exact["id"]
+    over = await create_property(sheda, agent, location=f"2 Glover Road, {area}, Lagos", price="3200000")  # a near miss: no alert
+    other_area = await create_property(sheda, agent, location=f"2 Road, {area} Phase 9, Lagos", price="1000000")
+    sale = await create_property(sheda, agent, location=f"3 Road, {area}, Lagos", price="1000000", listing_type="sale")
+    await settle(sheda)
+    assert [a["data"]["property_id"] for a in await alerts_of(sheda, buyer)] == [exact["id"]]
+    # What it matches is what the guided search calls exact.
+    found = await sheda.api.post("/api/v1/search/guided", {"answers": answers}, params={"limit": "100"})
+    assert found.status == 200, found
+    mine = [first["id"], exact["id"], over["id"], other_area["id"], sale["id"]]
+    exact_ids = {p["id"] for p in found.json["items"] if p["match"]["exact"]} & set(mine)
+    stored = await sheda.ctx.db["saved_searches"].find_one({"user_id": buyer.id})
+    matched = {i for i in mine if sheda.ctx.saved_searches.matches(stored["query"], await sheda.ctx.property_store.get(i),
+                                                                  stored.get("match_extra"))}
+    assert matched == exact_ids == {first["id"], exact["id"]}, (matched, exact_ids)
+    # Back to plain filters: the answers are gone.
+    r = await sheda.api.patch(f"{SS}/{stored['_id']}", {"query": {"location": area}}, token=buyer.token)
+    assert r.status == 200 and r.json["guided"] is None and r.json["query"] == {"location": area}, r
+    assert "match_extra" not in await sheda.ctx.db["saved_searches"].find_one({"_id": stored["_id"]})

@@ -11,6 +11,7 @@ with the real search for every filter).
 from __future__ import annotations
 
 import math
+import re
 
 from sheda_rt.search import EARTH_RADIUS_KM, SearchPlan
 
@@ -58,6 +59,12 @@ def _condition(value, cond) -> bool:
             elif op in ("$gte", "$gt", "$lte", "$lt"):
                 if not _compare(value, op, arg):
                     return False
+            elif op == "$regex":  # as the guided search's area condition: a Python re of the same (simple) pattern
+                flags = re.IGNORECASE if "i" in cond.get("$options", "") else 0
+                if not isinstance(value, str) or re.search(arg, value, flags) is None:
+                    return False
+            elif op == "$options":
+                continue
             elif op == "$in":
                 have = value if isinstance(value, list) else [value]
                 if not any(a in have for a in arg):
@@ -73,10 +80,13 @@ def _condition(value, cond) -> bool:
 
 
 def matches_filter(flt: dict, doc: dict) -> bool:
-    """A MongoDB filter of the shapes plans use: field equality, ranges, $all, $in, $and."""
+    """A MongoDB filter of the shapes plans use: field equality, ranges, $all, $in, $regex, $and, $nor."""
     for key, cond in flt.items():
         if key == "$and":
             if not all(matches_filter(part, doc) for part in cond):
+                return False
+        elif key == "$nor":
+            if any(matches_filter(part, doc) for part in cond):
                 return False
         elif key.startswith("$"):
             raise UnknownFilter(key)
@@ -96,8 +106,9 @@ def within_km(point: list | None, lat: float, lng: float, radius_km: float) -> b
     return 2 * math.asin(min(1.0, math.sqrt(h))) <= radius_km / EARTH_RADIUS_KM
 
 
-def listing_matches(plan: SearchPlan, doc: dict) -> bool:
-    """True when GET /properties with the filters `plan` was made from would list `doc` (a stored listing)."""
+def listing_matches(plan: SearchPlan, doc: dict, extra: dict | None = None) -> bool:
+    """True when GET /properties with the filters `plan` was made from would list `doc` (a stored listing);
+    `extra`: a further condition on top of the plan's (a guided search's area)."""
     if doc.get("status") != plan.status:
         return False
     price = doc.get("price_minor")
@@ -114,4 +125,4 @@ def listing_matches(plan: SearchPlan, doc: dict) -> bool:
             return False
     if plan.facet not in (doc.get("facets") or ()):  # the driver is a condition too ("w:" matches nothing)
         return False
-    return matches_filter(plan.residual, doc)
+    return matches_filter(plan.residual, doc) and (extra is None or matches_filter(extra, doc))

@@ -12,6 +12,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sheda_rt.guided.models import GuidedAnswers
 from sheda_rt.listings.models import ListingType, PropertyType, SearchQuery, SortOrder
 from sheda_rt.responses import MoneyText, ResponseModel, Timestamp
 
@@ -44,12 +45,38 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
+class SavedGuidedAnswers(GuidedAnswers):
+    """Answers of the guided search (POST /api/v1/search/guided); at least one."""
+
+    @model_validator(mode="after")
+    def _some(self):
+        if not (self.what or self.budget or self.where):
+            raise ValueError("answer at least one of what, budget, where")
+        return self
+
+
+def _one_of(model, partial: bool):
+    given = [name for name in ("query", "guided") if getattr(model, name) is not None]
+    if len(given) > 1:
+        raise ValueError("send query (filters) or guided (answers), not both")
+    if not given and not partial:
+        raise ValueError("send query (the filters of GET /properties) or guided (answers of the guided search)")
+
+
 class SavedSearchCreate(_Body):
     name: str = Field(min_length=1, max_length=MAX_NAME, examples=["2-bed in Lekki under ₦3m"])
-    query: SavedSearchQuery = Field(description="The filters of GET /api/v1/properties, e.g. "
-                                                "{\"location\": \"lekki\", \"listing_type\": \"rent\", \"price_max\": \"3000000\"}")
+    query: Optional[SavedSearchQuery] = Field(None, description="The filters of GET /api/v1/properties, e.g. "
+                                              "{\"location\": \"lekki\", \"listing_type\": \"rent\", \"price_max\": \"3000000\"}")
+    guided: Optional[SavedGuidedAnswers] = Field(None, description=(
+        "Instead of query: answers of the guided search ({\"what\": \"rent:apartment\", \"budget\": \"b:0-2000000\", "
+        "\"where\": \"lekki\"}); alerts come for its exact matches (near misses never alert)"))
     alert: AlertMode = Field("instant", description="instant: a notification (socket, push) per new match; daily: one email a day "
                                                     "with the day's matches; off: no alerts")
+
+    @model_validator(mode="after")
+    def _which(self):
+        _one_of(self, partial=False)
+        return self
 
 
 class SavedSearchUpdate(_Body):
@@ -57,15 +84,17 @@ class SavedSearchUpdate(_Body):
 
     name: Optional[str] = Field(None, min_length=1, max_length=MAX_NAME)
     query: Optional[SavedSearchQuery] = None
+    guided: Optional[SavedGuidedAnswers] = Field(None, description="Replaces the filters with guided answers (and query the answers)")
     alert: Optional[AlertMode] = None
 
     @model_validator(mode="after")
     def _something(self):
         if not self.model_fields_set:
-            raise ValueError("send at least one of name, query, alert")
+            raise ValueError("send at least one of name, query, guided, alert")
         for name in self.model_fields_set:
             if getattr(self, name) is None:
                 raise ValueError(f"{name} cannot be null")
+        _one_of(self, partial=True)
         return self
 
 
@@ -97,10 +126,17 @@ class SavedFiltersOut(ResponseModel):
     category_id: Optional[int] = None
 
 
+class GuidedAnswersOut(ResponseModel):
+    what: Optional[str] = None
+    budget: Optional[str] = None
+    where: Optional[str] = None
+
+
 class SavedSearchOut(ResponseModel):
     id: int
     name: str
-    query: SavedFiltersOut
+    query: SavedFiltersOut = Field(description="The filters it matches with (for guided answers: those of their exact matches)")
+    guided: Optional[GuidedAnswersOut] = Field(None, description="The guided answers it was saved from; null for filters")
     alert: AlertMode
     created_at: Timestamp
     updated_at: Timestamp

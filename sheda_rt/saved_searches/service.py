@@ -7,15 +7,21 @@ filters or the alert mode change, so the alerts always look a search up under wh
 """
 from __future__ import annotations
 
+import json
+from decimal import Decimal
 from typing import TYPE_CHECKING, Callable
 
 from sheda_rt.clock import format_ts
-from sheda_rt.errors import Conflict, NotFound
+from sheda_rt.errors import Conflict, NotFound, ValidationFailed
+from sheda_rt.guided.models import parse_budget, parse_what
+from sheda_rt.listings.models import Q_MAX_WORDS
+from sheda_rt.search import keyword_words
 from sheda_rt.saved_searches.matcher import listing_matches
-from sheda_rt.saved_searches.models import SavedSearchCreate, SavedSearchQuery, SavedSearchUpdate
+from sheda_rt.saved_searches.models import SavedGuidedAnswers, SavedSearchCreate, SavedSearchQuery, SavedSearchUpdate
 
 if TYPE_CHECKING:
     from sheda_rt.clock import Clock
+    from sheda_rt.guided.catalog import GuidedCatalog
     from sheda_rt.listings.models import SearchQuery
     from sheda_rt.saved_searches.store import SavedSearchStore
     from sheda_rt.search import SearchPlan
@@ -24,15 +30,16 @@ MAX_PER_USER = 20
 
 
 def saved_search_view(doc: dict) -> dict:
-    return {"id": doc["_id"], "name": doc["name"], "query": doc["query"], "alert": doc["alert"],
+    return {"id": doc["_id"], "name": doc["name"], "query": doc["query"], "guided": doc.get("guided"), "alert": doc["alert"],
             "created_at": format_ts(doc["created_at"]), "updated_at": format_ts(doc["updated_at"])}
 
 
 class SavedSearchService:
     def __init__(self, store: SavedSearchStore, *, plan: Callable[[SearchQuery], SearchPlan], clock: Clock,
-                 max_per_user: int = MAX_PER_USER):
+                 guided_catalog: GuidedCatalog | None = None, max_per_user: int = MAX_PER_USER):
         self.store = store
         self.plan = plan  # PropertyService.plan: the filters of GET /properties as a SearchPlan
+        self.guided_catalog = guided_catalog  # the guided search's areas (their spellings): where an answer's area is
         self.clock = clock
         self.max_per_user = max_per_user
 
@@ -40,9 +47,50 @@ class SavedSearchService:
     def plan_of(self, query: dict) -> SearchPlan:
         return self.plan(SavedSearchQuery.model_validate(query))
 
-    def matches(self, query: dict, listing: dict) -> bool:
-        """Would GET /properties with these stored filters list this stored listing?"""
-        return listing_matches(self.plan_of(query), listing)
+    def matches(self, query: dict, listing: dict, extra: str | None = None) -> bool:
+        """Would GET /properties with these stored filters list this stored listing? `extra`: the stored
+        further condition of guided answers (their area), as JSON."""
+        return listing_matches(self.plan_of(query), listing, json.loads(extra) if extra else None)
+
+    async def guided_exact(self, answers: SavedGuidedAnswers) -> tuple[dict, dict | None]:
+        """Guided answers as (GET /properties filters, extra condition or None) of their *exact* matches, as
+        the guided search builds its first group (sheda_rt/guided/service.py `_groups`): rent or buy and
+        the kind as listing_type/property_type, the budget band as price_min (above) / price_max (up to),
+        the area as its words (keywords) plus the case-insensitive regex of its spellings on `location`.
+        Near misses never alert. tests/test_saved_searches.py checks this against POST /search/guided's
+        exact items, so a change of the guided rules cannot drift silently."""
+        filters: dict = {}
+        if answers.what:
+            filters["listing_type"], kind = parse_what(answers.what)
+            if kind:
+                filters["property_type"] = kind
+        if answers.budget:
+            lo, hi = parse_budget(answers.budget)
+            if lo:
+                filters["price_min"] = str((Decimal(lo + 1) / 100).quantize(Decimal("0.01")))
+            if hi is not None:
+                filters["price_max"] = str((Decimal(hi) / 100).quantize(Decimal("0.01")))
+        extra = None
+        if answers.where:
+            area = (await self.guided_catalog.current()).areas.get(answers.where) if self.guided_catalog else None
+            if area is None:
+                raise ValidationFailed.single("guided.where", f"unknown option {answers.where!r}: no listings in such an area now; "
+                                                              "GET /api/v1/search/guided/questions lists the areas")
+            words = list(dict.fromkeys(keyword_words(" ".join(area.slug.split("-")))))[:Q_MAX_WORDS]
+            if words:
+                filters["q"] = " ".join(words)
+            extra = {"location": {"$regex": area.pattern(), "$options": "i"}}
+        return filters, extra
+
+    async def _filters(self, body) -> dict:
+        """The stored form of a body's query or guided answers: {query, guided, match_extra?}."""
+        if body.guided is None:
+            return {"query": body.query.stored(), "guided": None}
+        filters, extra = await self.guided_exact(body.guided)
+        out = {"query": SavedSearchQuery.model_validate(filters).stored(), "guided": body.guided.model_dump(exclude_none=True)}
+        if extra is not None:  # a MongoDB condition ($regex): kept as text, so no stored key starts with "$"
+            out["match_extra"] = json.dumps(extra)
+        return out
 
     def alert_key(self, query: dict, alert: str) -> str | None:
         """The facet this search is filed under for alerts (None when they are off): the one the
@@ -57,14 +105,13 @@ class SavedSearchService:
         return doc
 
     async def create(self, principal, body: SavedSearchCreate) -> dict:
-        query = body.query.stored()
-        key = self.alert_key(query, body.alert)
+        filters = await self._filters(body)
+        key = self.alert_key(filters["query"], body.alert)
         if not await self.store.take_place(principal.user_id, self.max_per_user):
             raise Conflict(f"At most {self.max_per_user} saved searches per user; delete one first", "too_many_saved_searches",
                            extra={"limit": self.max_per_user})
         now = self.clock.now()
-        doc = {"user_id": principal.user_id, "name": body.name, "query": query, "alert": body.alert, "created_at": now,
-               "updated_at": now}
+        doc = {"user_id": principal.user_id, "name": body.name, **filters, "alert": body.alert, "created_at": now, "updated_at": now}
         if key is not None:
             doc["alert_key"] = key
         try:
@@ -84,12 +131,14 @@ class SavedSearchService:
         fields: dict = {"updated_at": self.clock.now()}
         if "name" in body.model_fields_set:
             fields["name"] = body.name
-        if "query" in body.model_fields_set:
-            fields["query"] = body.query.stored()
+        unset = []
+        if body.query is not None or body.guided is not None:
+            fields.update(await self._filters(body))
+            if "match_extra" not in fields:
+                unset.append("match_extra")
         if "alert" in body.model_fields_set:
             fields["alert"] = body.alert
         key = self.alert_key(fields.get("query", doc["query"]), fields.get("alert", doc["alert"]))
-        unset = []
         if key is None:
             unset.append("alert_key")
         else:
