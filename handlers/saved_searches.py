@@ -18,11 +18,13 @@ class SavedSearchesHandler(APIHandler):
         return await self.ctx.saved_searches.list(self.principal, query)
 
     @endpoint("Save a search (at most 20 per user)", auth=USER, body=SavedSearchCreate, response=SavedSearchOut, status=201,
-              errors=(401, 409, 422), tags=TAGS)
+              errors=(401, 409, 422, 503), tags=TAGS)
     async def post(self, body: SavedSearchCreate):
         """`{name, query, alert}`. `query` takes the filters of GET /api/v1/properties as a JSON object, checked by
         the same rules (a bad filter is a 422 naming `query.<filter>`), without `cursor`, with at least one filter,
-        and `status` only `available`. `alert`: `instant` (default) notifies at once (a `notification` frame of kind
+        and `status` only `available`. Or, instead of `query`, `guided`: answers of the guided search (`{what, budget,
+        where}`, at least one; the area must be offered now, else 422 `guided.where`; 503 `warming_up` while the
+        server reads the listings for the guided search the first time): alerts come for its exact matches. `alert`: `instant` (default) notifies at once (a `notification` frame of kind
         `saved_search.match` on the socket and event stream, stored in GET /notifications, and a push of category
         `listings`) when a listing that matches is created, listed again or drops its price; `daily` collects the
         day's matches into one email; `off` keeps the search without alerts. One alert per user per listing, ever,
@@ -37,9 +39,9 @@ class SavedSearchHandler(APIHandler):
         return await self.ctx.saved_searches.get(self.principal, search_id)
 
     @endpoint("Rename a saved search, change its filters or alert mode", auth=USER, body=SavedSearchUpdate, response=SavedSearchOut,
-              errors=(401, 404, 422), tags=TAGS)
+              errors=(401, 404, 422, 503), tags=TAGS)
     async def patch(self, search_id: int, body: SavedSearchUpdate):
-        """Any of `name`, `query` (replaces the filters whole), `alert`."""
+        """Any of `name`, `query` or `guided` (either replaces the filters whole), `alert`."""
         return await self.ctx.saved_searches.update(self.principal, search_id, body)
 
     @endpoint("Delete a saved search", auth=USER, status=204, errors=(401, 404), tags=TAGS)

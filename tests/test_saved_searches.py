@@ -13,15 +13,33 @@ from datetime import timedelta
 import pytest
 
 from tests.listing_helpers import create_property, word
+from tests.test_mail import smtp  # noqa: F401  (fixture: a tiny SMTP server)
+from tests.test_push import push, subscribed  # noqa: F401  (push is a fixture: a local Web Push service)
 
 SS = "/api/v1/saved-searches"
 
 
 @pytest.fixture
-def settings_overrides():
+def settings_overrides(request):
     # Match jobs are run by the process that queued them at once; the digest test runs due jobs itself after
-    # moving the clock, so the background poll stays out of the way.
-    return {"job_poll_seconds": 3600}
+    # moving the clock, so the background poll stays out of the way. With `smtp`, mail goes over SMTP.
+    overrides = {"job_poll_seconds": 3600, "push_allow_local_endpoints": True}
+    if "smtp" in request.fixturenames:
+        server = request.getfixturevalue("smtp")
+        overrides.update(smtp_host="127.0.0.1", smtp_port=server.server_address[1], smtp_starttls=False)
+    return overrides
+
+
+@pytest.fixture(autouse=True)
+def no_jobs_left(sheda, io_loop):
+    """The test database is shared: the match, digest and push jobs these tests made go with them."""
+    yield
+
+    async def clean():
+        await sheda.ctx.listing_alerts.drain()
+        await sheda.ctx.db["jobs"].delete_many({"kind": {"$in": ["saved_search.match", "saved_search.digest"]}})
+
+    io_loop.run_sync(clean)
 
 
 async def save(sheda, user, name="My search", alert="instant", **query):
@@ -203,6 +221,33 @@ async def test_instant_alerts_for_new_relisted_and_cheaper_listings_once_per_use
     assert await alert_jobs_left(sheda) == 0
 
 
+async def test_an_alert_reaches_a_closed_app_as_one_push(sheda, push):
+    agent, buyer = await sheda.signup("agent"), await sheda.signup("client")
+    area = word()
+    sub, device_id = await subscribed(sheda, push, buyer)  # no socket open: the app is closed
+    search = await save(sheda, buyer, name="Shortlets", location=area, property_type="shortlet")
+    prop = await create_property(sheda, agent, location=area, property_type="shortlet", title="Sea view shortlet", price="80000")
+    await settle(sheda)
+    await sheda.ctx.job_runner.run_due()  # the push job the alert made
+    [got] = push.accepted(sub.endpoint_id)
+    assert got.payload["type"] == "saved_search.match" and got.payload["property_id"] == prop["id"]
+    assert got.payload["saved_search_id"] == search["id"] and got.payload["title"] == "New match for “Shortlets”"
+    assert "Sea view shortlet" in got.payload["body"]
+    # Cheaper later: the same listing alerts (and pushes) nobody twice.
+    assert (await sheda.api.patch(f"/api/v1/properties/{prop['id']}", {"price": "70000"}, token=agent.token)).status == 200
+    await settle(sheda)
+    await sheda.ctx.job_runner.run_due()
+    assert len(push.accepted(sub.endpoint_id)) == 1
+    # Listing pushes off in the settings: the next alert is stored, not pushed.
+    r = await sheda.api.put("/api/v1/users/me/notification-settings", {"push": {"listings": False}}, token=buyer.token)
+    assert r.status == 200, r
+    await create_property(sheda, agent, location=area, property_type="shortlet", price="90000")
+    await settle(sheda)
+    await sheda.ctx.job_runner.run_due()
+    assert len(push.accepted(sub.endpoint_id)) == 1 and len(await alerts_of(sheda, buyer)) == 2
+    await sheda.ctx.db["jobs"].delete_many({"kind": "push.webpush", "payload.user_id": buyer.id})
+
+
 async def test_a_listing_change_is_queued_before_the_answer(sheda):
     """Durability: by the time the agent has the answer, the match job is in the durable queue, so a
     process dying right then leaves it to any other process (its lease lapses or it is still pending)."""
@@ -227,7 +272,7 @@ async def test_a_listing_change_is_queued_before_the_answer(sheda):
 
 
 # ---- the daily digest -----------------------------------------------------------------------------
-async def test_daily_alerts_arrive_as_one_digest_email(sheda):
+async def test_daily_alerts_arrive_as_one_digest_email(sheda, smtp):
     agent, buyer, instant = await sheda.signup("agent"), await sheda.signup("client"), await sheda.signup("client")
     area = word()
     await save(sheda, buyer, name="Daily duplexes", alert="daily", location=area, property_type="duplex")
@@ -245,16 +290,16 @@ async def test_daily_alerts_arrive_as_one_digest_email(sheda):
     assert job["status"] == "pending" and job["run_at"].hour == sheda.ctx.settings.saved_search_digest_hour
     sheda.ctx.clock.advance(days=1, hours=1)
     await sheda.ctx.job_runner.run_due()
-    [mail] = [m for m in sheda.ctx.mailer.sent if m.to == buyer.email and "saved searches" in m.subject]
-    assert mail.subject == "2 new matches for your saved searches"
-    body = mail.message.get_body().get_content()
+    [(rcpt, mail)] = [(r, m) for r, m in smtp.messages if m["To"] == buyer.email and "saved searches" in m["Subject"]]
+    assert rcpt == [buyer.email] and mail["Subject"] == "2 new matches for your saved searches"
+    body = mail.get_payload(decode=True).decode()
     assert "Corner duplex" in body and "Terrace duplex" in body and "Small flat" not in body and "₦90,000,000" in body
     assert f"listing #{a['id']}" in body and f"listing #{b['id']}" in body and "Daily duplexes" in body
     assert "unsubscribe" in body.lower() or "Turn them off" in body
-    assert mail.message["List-Unsubscribe"]
+    assert mail["List-Unsubscribe"]
     # Sent once: running due jobs again sends nothing more; the alerts are marked emailed.
     await sheda.ctx.job_runner.run_due()
-    assert len([m for m in sheda.ctx.mailer.sent if m.to == buyer.email and "saved searches" in m.subject]) == 1
+    assert len([m for _, m in smtp.messages if m["To"] == buyer.email and "saved searches" in m["Subject"]]) == 1
     assert await sheda.ctx.db["saved_search_alerts"].count_documents({"user_id": buyer.id, "status": "emailed"}) == 2
     await sheda.ctx.db["jobs"].delete_many({"kind": "saved_search.digest", "payload.user_id": buyer.id})
 
