@@ -139,16 +139,16 @@ class LocalEnhancer:
         return json.dumps({"job_id": job_id, "status": status, **fields}).encode()
 
     async def deliver(self, body: bytes, *, timestamp: str | None = None, delivery_id: str | None = None,
-                      signature: str | None = None, secret: str | None = None, drop: tuple = ()):
-        """POST a webhook to our server: signed with the shared secret over '<timestamp>.<body>' unless
-        told otherwise; `drop` names headers to leave out."""
+                      signature: str | None = None, secret: str | None = None, drop: tuple = (), url: str | None = None):
+        """POST a webhook to our server (or `url`): signed with the shared secret over '<timestamp>.<body>'
+        unless told otherwise; `drop` names headers to leave out."""
         timestamp = str(int(time.time())) if timestamp is None else timestamp
         headers = {"Content-Type": "application/json", "X-Timestamp": timestamp,
                    "X-Delivery-Id": delivery_id or f"dlv-{uuid.uuid4().hex}",
                    "X-Signature": signature if signature is not None else sign(body, timestamp, secret or self.secret)}
         for name in drop:
             headers.pop(name, None)
-        req = HTTPRequest(self.webhook_url, method="POST", body=body, headers=headers, request_timeout=30)
+        req = HTTPRequest(url or self.webhook_url, method="POST", body=body, headers=headers, request_timeout=30)
         resp = await AsyncHTTPClient().fetch(req, raise_error=False)
         self.deliveries.append((resp.code, resp.body))
         return resp

@@ -12,8 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+import tornado.netutil
 from PIL import Image
 
+from config import load_settings
+from handlers.app import make_app
+from sheda_rt.server import Server
 from tests.enhancer_service import API_KEY, SECRET, LocalEnhancer, sign
 from tests.listing_helpers import create_property
 from tests.support import multipart
@@ -37,7 +41,7 @@ def settings_overrides(request, enhancer):
     if mode == "local":
         return {"enhancement_max_edge": 64}
     settings = {"enhancement_service_url": enhancer.jobs_url, "enhancement_api_key": API_KEY,
-                "enhancement_webhook_secret": SECRET, "access_token_minutes": 24 * 60 * 3}  # tokens outlive the moved clock
+                "enhancement_webhook_secret": SECRET, "enhancement_callback_url": "https://api.example.com/hooks/enhanced", "access_token_minutes": 24 * 60 * 14}  # tokens outlive the moved clock
     if mode == "no_secret":
         del settings["enhancement_webhook_secret"]
     return settings
@@ -134,6 +138,7 @@ async def test_service_gets_the_job_calls_the_signed_webhook_and_the_listing_sho
     sent = svc.job(job["id"])
     assert svc.job_headers[-1]["X-Api-Key"] == API_KEY
     assert sent["image"] == original_bytes and sent["content_type"] == "image/png"
+    assert sent["callback_url"] == "https://api.example.com/hooks/enhanced"
 
     # It calls the signed webhook by itself; the listing's watchers see the enhanced image.
     frame = await ws.wait_for(lambda f: f.get("type") == "property.updated"
@@ -353,6 +358,48 @@ async def test_the_sweep_times_out_jobs_older_than_48_hours_and_a_late_webhook_c
     assert (await shown_image(sheda, prop, image))["enhancement_status"] == "timeout"
     # The image is free for a new enhancement.
     assert (await sheda.api.post(enhance_path(prop, image), token=agent.token)).status == 202
+
+
+# ---- racing ends, two processes ------------------------------------------------------------------
+async def test_racing_webhooks_and_sweeps_on_two_servers_end_each_job_once(sheda, svc):
+    """A second Server (own context) on the same database and DATA_DIR, as a second process: the same
+    delivery to both, another delivery of the same result, and (every other round, 49 hours later) both
+    sweeps, at once. Each job ends once, and the listing shows that end with exactly its file."""
+    s = sheda.server.settings
+    other = Server(load_settings(**s.model_dump()), s.mongodb_uri, clock=sheda.ctx.clock, app_factory=make_app)
+    port = (await other.start(tornado.netutil.bind_sockets(0, "127.0.0.1")))[0]
+    for server in (sheda.server, other):
+        server.ctx.job_runner.stop()  # the moved clock must not make other tests' queued jobs due here
+    try:
+        agent = await sheda.signup("agent")
+        ends = set()
+        for round_ in range(4):
+            prop, image, job = await started(sheda, agent, svc)
+            files = media_files(sheda)
+            body = svc.body_for(job["id"], result_url=svc.put_result(photo(30, 30)))
+            if round_ % 2:  # every other round the sweeps race the deliveries; else the deliveries race each other
+                sheda.ctx.clock.advance(hours=49)
+            stamp = str(int(sheda.ctx.clock.now().timestamp()))
+            a, b, c, swept_a, swept_b = await asyncio.gather(
+                svc.deliver(body, timestamp=stamp, delivery_id=f"dlv-race-{job['id']}"),
+                svc.deliver(body, timestamp=stamp, delivery_id=f"dlv-race-{job['id']}", url=f"http://127.0.0.1:{port}{WEBHOOK}"),
+                svc.deliver(body, timestamp=stamp, url=f"http://127.0.0.1:{port}{WEBHOOK}"),
+                sheda.ctx.enhancement_sweep.run(), other.ctx.enhancement_sweep.run())
+            assert (a.code, b.code, c.code) == (200, 200, 200)
+            stored = await sheda.ctx.enhancement_store.get(job["id"])
+            shown = await shown_image(sheda, prop, image)
+            assert shown["enhancement_status"] == stored["status"] in ("completed", "timeout")
+            ends.add(stored["status"])
+            new_files = media_files(sheda) - files
+            if stored["status"] == "completed":
+                assert swept_a + swept_b == 0
+                assert shown["url"] == shown["enhanced_url"] == stored["enhanced_url"]
+                assert new_files == {shown["url"].rsplit("/", 1)[1]}  # the losers' copies were deleted
+            else:
+                assert swept_a + swept_b == 1 and shown["url"] == image["url"] and new_files == set()
+        assert "completed" in ends
+    finally:
+        await other.shutdown()
 
 
 # ---- no service: Pillow in this process ---------------------------------------------------------
