@@ -221,6 +221,21 @@ async def test_instant_alerts_for_new_relisted_and_cheaper_listings_once_per_use
     assert await alert_jobs_left(sheda) == 0
 
 
+async def test_a_map_search_is_filed_under_its_grid_cells_and_alerts_inside_them(sheda):
+    agent, buyer = await sheda.signup("agent"), await sheda.signup("client")
+    near = await save(sheda, buyer, name="Around the office", near="9.0571,7.4951", radius_km=2)
+    boxed = await save(sheda, buyer, name="The box", alert="daily", bbox="7.40,9.00,7.45,9.03", listing_type="sale")
+    for s in (near, boxed):  # filed under a few cells, not under "*" where every listing would read them
+        key = (await sheda.ctx.db["saved_searches"].find_one({"_id": s["id"]}))["alert_key"]
+        assert isinstance(key, list) and 1 <= len(key) <= 4 and all(k.startswith("g") for k in key), key
+    inside = await create_property(sheda, agent, location=word(), geo={"lat": 9.06, "lng": 7.49})
+    await create_property(sheda, agent, location=word(), geo={"lat": 9.20, "lng": 7.49})  # 16 km north: outside
+    in_box = await create_property(sheda, agent, location=word(), geo={"lat": 9.01, "lng": 7.41}, listing_type="sale")
+    await settle(sheda)
+    got = {a["property_id"]: a["mode"] for a in await sheda.ctx.db["saved_search_alerts"].find({"user_id": buyer.id}).to_list()}
+    assert got == {inside["id"]: "instant", in_box["id"]: "daily"}, got
+
+
 async def test_an_alert_reaches_a_closed_app_as_one_push(sheda, push):
     agent, buyer = await sheda.signup("agent"), await sheda.signup("client")
     area = word()

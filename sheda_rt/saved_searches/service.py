@@ -15,7 +15,7 @@ from sheda_rt.clock import format_ts
 from sheda_rt.errors import Conflict, NotFound, ValidationFailed
 from sheda_rt.guided.models import parse_budget, parse_what
 from sheda_rt.listings.models import Q_MAX_WORDS
-from sheda_rt.search import keyword_words
+from sheda_rt.search import geo_cells_covering, geo_cells_in_box, keyword_words
 from sheda_rt.saved_searches.matcher import listing_matches
 from sheda_rt.saved_searches.models import SavedGuidedAnswers, SavedSearchCreate, SavedSearchQuery, SavedSearchUpdate
 
@@ -92,10 +92,23 @@ class SavedSearchService:
             out["match_extra"] = json.dumps(extra)
         return out
 
-    def alert_key(self, query: dict, alert: str) -> str | None:
-        """The facet this search is filed under for alerts (None when they are off): the one the
-        search itself would be driven by, which every matching listing carries."""
-        return None if alert == "off" else self.plan_of(query).facet
+    def alert_key(self, query: dict, alert: str) -> str | list[str] | None:
+        """What this search is filed under for alerts (None when they are off): the facet the search
+        itself would be driven by, which every matching listing carries; for a circle or box whose
+        driver is only the listing or property type (or nothing), the grid cells that cover it instead
+        (at most 4; a listing inside carries one of them), so a map search is not read for every listing."""
+        if alert == "off":
+            return None
+        plan = self.plan_of(query)
+        if plan.facet == "*" or plan.facet.startswith(("l:", "t:")):
+            cells = None
+            if plan.near is not None:
+                cells = geo_cells_covering(*plan.near)
+            elif plan.bbox is not None:
+                cells = geo_cells_in_box(*plan.bbox)
+            if cells:
+                return cells
+        return plan.facet
 
     # ---- CRUD ----------------------------------------------------------------------
     async def _own(self, principal, search_id: int) -> dict:

@@ -1,11 +1,13 @@
 """The collections of saved searches and their alerts.
 
 - `saved_searches`: one document per search, `{user_id, name, query, alert, alert_key?}`.
-  `alert_key` is set only while alerts are on: it is one facet every listing that matches the
-  search must carry (the facet GET /properties would drive the same search with: a location word,
-  a keyword, the agent, the category, the listing/property type, or "*"). A changed listing looks
-  up the searches filed under any of its own facets, one `$in` on the `alert_key` index, so it
-  reads only searches that can possibly match, never every saved search.
+  `alert_key` is set only while alerts are on: one facet every listing that matches the search
+  must carry (the facet GET /properties would drive the same search with: a location word, a
+  keyword, the agent, the category, the listing/property type, or "*"), or for a map search with
+  nothing more selective the grid cells covering its circle or box (an array: the index is
+  multikey; a listing inside carries one of them). A changed listing looks up the searches filed
+  under any of its own facets, one `$in` on the `alert_key` index, so it reads only searches that
+  can possibly match, never every saved search.
 - `saved_search_quota`: `{_id: user_id, n}`, the number of searches a user has; taking a place is
   one conditional increment (`n < limit`), so concurrent creates can never pass the limit.
 - `saved_search_alerts`: one document per (user, listing) that was ever alerted, `_id` =
