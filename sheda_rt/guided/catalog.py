@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import heapq
+import functools
+import itertools
 import logging
 import math
 import re
@@ -75,7 +76,13 @@ class Row(NamedTuple):
 def area_of(location: str) -> tuple[str, tuple[str, ...], str] | None:
     """(id, spelling, label) of a location's area (see the module docstring); None when it has none we can offer."""
     parts = (location or "").split(",")
-    segment = parts[-2] if len(parts) >= 2 else parts[0]
+    return _area_of_segment(parts[-2] if len(parts) >= 2 else parts[0])
+
+
+@functools.lru_cache(maxsize=8192)
+def _area_of_segment(segment: str) -> tuple[str, tuple[str, ...], str] | None:
+    # cached: a full read derives the area of every listing, and areas repeat (folding each
+    # word's characters was most of the 2.5 s of Python a full read of 100,000 listings took)
     spelling = tuple(location_words(segment))
     if not spelling:
         return None
@@ -177,6 +184,9 @@ class Tally:
         self.prices: dict[tuple[str, str, str | None], list[int]] = {}  # (lt, pt, area) -> sorted prices, kobo
         self.areas: dict[str, Area] = {}
         self.version = 0
+        # What callers derived from this tally (the questions per answers so far), dropped at every change:
+        # a band's quantiles sort every fitting price (~100,000 of them for the unnarrowed questions).
+        self.memo: dict = {}
 
     def put(self, _id: int, row: Row | None, *, bulk: bool = False) -> None:
         """This listing is now `row` (None: not available any more). `bulk` appends prices
@@ -185,6 +195,7 @@ class Tally:
         if old == row:
             return
         self.version += 1
+        self.memo.clear()
         if old is not None:
             del self.rows[_id]
             self._count(_id, old, -1)
@@ -239,9 +250,19 @@ class Tally:
                 out[a] += len(prices)
         return out
 
-    def prices_of(self, listing_type: str | None, property_type: str | None, area: str | None) -> list[int]:
-        """Sorted prices (kobo) of the available listings that fit."""
-        return list(heapq.merge(*(prices for _, prices in self._groups(listing_type, property_type, area))))
+    def price_sample(self, listing_type: str | None, property_type: str | None, area: str | None, size: int = 4096) -> list[int]:
+        """Sorted prices (kobo) of the fitting listings, or about `size` of them spread evenly over
+        each group's sorted prices (and each group's dearest) when there are more: enough to cut
+        quantiles without sorting 100,000 prices per question."""
+        groups = [prices for _, prices in self._groups(listing_type, property_type, area)]
+        total = sum(len(p) for p in groups)
+        if total <= size:
+            return sorted(itertools.chain.from_iterable(groups))
+        sample: list[int] = []
+        for prices in groups:
+            take = max(1, round(len(prices) * size / total))
+            sample += [prices[i * len(prices) // take] for i in range(take)] + [prices[-1]]
+        return sorted(sample)
 
     def count_priced(self, listing_type: str | None, property_type: str | None, area: str | None,
                      above: int | None, up_to: int | None) -> int:

@@ -25,7 +25,6 @@ default price order also walks fewer slices than `newest` (a budget bounds the p
 """
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
 from decimal import Decimal
@@ -49,6 +48,7 @@ if TYPE_CHECKING:
 OVER_BUDGET = Decimal("0.15")
 NEAR_KM = 3.0
 MAX_AREAS = 100  # where offers the areas with most listings first
+MEMO_MAX = 256  # questions kept per catalog version (per answers so far)
 BANDS = 5  # budget offers up to this many bands, cut at quantiles of the prices
 NICE = (1, 1.5, 2, 2.5, 3, 4, 5, 7.5)  # band edges are these times a power of ten (naira)
 
@@ -79,22 +79,22 @@ def _nice_ceil(kobo: int) -> int:
         power *= 10
 
 
-def bands(prices: list[int]) -> list[tuple[int, int | None, int]]:
-    """(lo, hi, count) price bands (kobo, above lo up to hi; hi None: no end) cut at nice
-    numbers near the quantiles of sorted `prices`; every band has listings."""
-    if not prices:
+def bands(sample: list[int], count) -> list[tuple[int, int | None, int]]:
+    """(lo, hi, n) price bands (kobo, above lo up to hi; hi None: no end) cut at nice numbers
+    near the quantiles of the sorted price `sample` (which holds the dearest price); n is
+    `count(above, up_to)`, and every band has listings."""
+    if not sample:
         return []
     cuts: list[int] = []
     for i in range(1, BANDS):
-        edge = _nice_ceil(prices[min(len(prices) - 1, len(prices) * i // BANDS)])
-        if edge < prices[-1] and (not cuts or edge > cuts[-1]):
+        edge = _nice_ceil(sample[min(len(sample) - 1, len(sample) * i // BANDS)])
+        if edge < sample[-1] and (not cuts or edge > cuts[-1]):
             cuts.append(edge)
     out, lo = [], 0
     for hi in cuts + [None]:
-        start = bisect.bisect_right(prices, lo) if lo else 0
-        end = bisect.bisect_right(prices, hi) if hi is not None else len(prices)
-        if end > start:
-            out.append((lo, hi, end - start))
+        n = count(lo or None, hi)
+        if n > 0:
+            out.append((lo, hi, n))
         lo = hi
     return out
 
@@ -119,9 +119,19 @@ class GuidedSearchService:
     # ---- the questions ----------------------------------------------------------------------
     async def questions(self, what: str | None = None, where: str | None = None) -> dict:
         tally = await self.catalog.current()
-        lt, pt = parse_what(what) if what else (None, None)
         if where is not None:
             self._area(tally, where, "where")
+        key = ("questions", what, where)
+        questions = tally.memo.get(key)
+        if questions is None:
+            if len(tally.memo) >= MEMO_MAX:
+                tally.memo.clear()
+            questions = tally.memo[key] = self._questions(tally, what, where)
+        return {"questions": questions, "as_of": self.catalog.as_of}
+
+    @staticmethod
+    def _questions(tally: Tally, what: str | None, where: str | None) -> list[dict]:
+        lt, pt = parse_what(what) if what else (None, None)
         kinds = tally.kind_counts(where)
         what_options = []
         for listing_type in LISTING_TYPES:
@@ -133,16 +143,16 @@ class GuidedSearchService:
         budget_options = []
         for listing_type in ([lt] if lt else LISTING_TYPES):
             prefix = "" if lt else ("Rent: " if listing_type == "rent" else "Buy: ")
-            for lo, hi, count in bands(tally.prices_of(listing_type, pt, where)):
+            sample = tally.price_sample(listing_type, pt, where)
+            for lo, hi, count in bands(sample, lambda above, up_to: tally.count_priced(listing_type, pt, where, above, up_to)):
                 budget_options.append({"id": budget_id(lo, hi), "label": prefix + band_label(lo, hi), "count": count})
         areas = tally.area_counts(lt, pt)
         where_options = [{"id": slug, "label": tally.areas[slug].label, "count": n}
                          for slug, n in sorted(areas.items(), key=lambda sn: (-sn[1], tally.areas[sn[0]].label))[:MAX_AREAS]
                          if n > 0]
-        return {"questions": [{"id": "what", "text": TEXTS["what"], "options": what_options},
-                              {"id": "budget", "text": TEXTS["budget"], "options": budget_options},
-                              {"id": "where", "text": TEXTS["where"], "options": where_options}],
-                "as_of": self.catalog.as_of}
+        return [{"id": "what", "text": TEXTS["what"], "options": what_options},
+                {"id": "budget", "text": TEXTS["budget"], "options": budget_options},
+                {"id": "where", "text": TEXTS["where"], "options": where_options}]
 
     @staticmethod
     def _area(tally: Tally, slug: str, field: str) -> Area:
