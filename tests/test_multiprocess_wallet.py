@@ -4,7 +4,12 @@ processes at once, never take it below zero, and the ledger audit stays ok.
 The spends are WalletService.spend, the call every paying feature makes (promotions), run by two
 separate Python processes against the session's embedded database: what keeps the balance from
 going below zero must be in the database (the conditional debit inside one multi-document
-transaction, sheda_rt/wallet/ledger.py), since neither process sees the other's memory."""
+transaction, sheda_rt/wallet/ledger.py), since neither process sees the other's memory.
+
+And a kill -9 of the database in the middle of spends (a private database, not the session's):
+every transaction comes back whole, no acknowledged spend is lost (checked to fail without the
+journaled write after each commit: SecantusDB's commit does not sync its journal), and retrying
+every key charges the rest exactly once."""
 from __future__ import annotations
 
 import asyncio
@@ -18,7 +23,7 @@ from sheda_rt.clock import Clock
 from sheda_rt.database.connection import connect
 from sheda_rt.database.ids import IdAllocator
 from sheda_rt.wallet.ledger import LedgerStore
-from sheda_rt.wallet.service import WalletService
+from sheda_rt.wallet.service import InsufficientFunds, WalletService
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,3 +97,93 @@ async def test_fifty_spends_from_two_processes_never_take_the_wallet_below_zero(
     finally:
         await client.drop_database(db_name)
         await client.close()
+
+
+#: A spender that reports each spend the moment the database acknowledged it, and keeps going
+#: until it is killed (the test kills the database under it, then it).
+STREAMING_SPENDER = r"""
+import asyncio, sys
+sys.path.insert(0, sys.argv[1])
+from pymongo.errors import PyMongoError
+from sheda_rt.clock import Clock
+from sheda_rt.database.connection import connect
+from sheda_rt.database.ids import IdAllocator
+from sheda_rt.wallet.ledger import LedgerStore
+from sheda_rt.wallet.service import InsufficientFunds, WalletService
+
+async def main(uri, db_name, user_id, count):
+    client, db = connect(uri, db_name)
+    wallet = WalletService(LedgerStore(db, IdAllocator(db)), clock=Clock())
+    sem = asyncio.Semaphore(10)
+    async def one(i):
+        async with sem:
+            try:
+                tx = await wallet.spend(user_id, 100, idempotency_key=f"k-{i}", kind="spend", memo="", refs={})
+                print(f"paid k-{i} {tx['id']}", flush=True)
+            except (InsufficientFunds, PyMongoError):
+                pass
+    await asyncio.gather(*(one(i) for i in range(count)))
+
+asyncio.run(main(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])))
+"""
+
+
+async def test_the_database_killed_mid_spends_leaves_every_transaction_whole(tmp_path):
+    """kill -9 of the database while spends are committing: after its restart every acknowledged spend is
+    in the ledger, every wallet equals its ledger, and retrying every key charges the rest exactly once."""
+    from sheda_rt.database.embedded import EmbeddedDatabase
+
+    db_proc = EmbeddedDatabase(tmp_path / "data")
+    db_proc.start()
+    user_id, keys = 7, 300
+    spender = None
+    try:
+        client, db = connect(db_proc.uri, "crash")
+        ledger = LedgerStore(db, IdAllocator(db))
+        await ledger.ensure_indexes()
+        wallet = WalletService(ledger, clock=Clock())
+        await wallet.credit_topup(user_id, 20_000, reference="crash_topup")  # 200.00: 200 spends of 1.00
+        spender = subprocess.Popen([sys.executable, "-c", STREAMING_SPENDER, str(ROOT), db_proc.uri, "crash", str(user_id), str(keys)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        acknowledged: dict[str, int] = {}
+        while len(acknowledged) < 40:  # well into the spends, with ten in flight
+            line = await asyncio.to_thread(spender.stdout.readline)
+            assert line, "the spender stopped before the kill"
+            _, key, tx_id = line.split()
+            acknowledged[key] = int(tx_id)
+        db_proc.process.kill()  # kill -9 of the database
+        db_proc.process.wait()
+        spender.kill()
+        rest, _ = await asyncio.to_thread(spender.communicate)
+        for line in rest.splitlines():  # acknowledged before the database died
+            _, key, tx_id = line.split()
+            acknowledged[key] = int(tx_id)
+        await client.close()
+
+        assert await asyncio.to_thread(db_proc.recover)  # same port, same storage: WiredTiger replays its journal
+        client, db = connect(db_proc.uri, "crash")
+        ledger = LedgerStore(db, IdAllocator(db))
+        wallet = WalletService(ledger, clock=Clock())
+        report = await wallet.audit()
+        assert report["ok"] is True and report["mismatches"] == [], report
+        spent = {doc["idempotency_key"]: doc["_id"] async for doc in db["ledger_transactions"].find({"kind": "spend"})}
+        lost = {k: v for k, v in acknowledged.items() if spent.get(k) != v}
+        assert not lost, (len(lost), len(acknowledged), len(spent), sorted(lost.items())[:10], sorted(spent.items())[:5])
+        assert await wallet.balance(user_id) == 20_000 - 100 * len(spent)
+
+        # Every client retries every key: what was charged is answered again, the rest is charged once.
+        async def retry(i):
+            try:
+                return (await wallet.spend(user_id, 100, idempotency_key=f"k-{i}", kind="spend", memo="", refs={}))["id"]
+            except InsufficientFunds:
+                return None
+        answers = await asyncio.gather(*(retry(i) for i in range(keys)))
+        assert all(answers[int(key[2:])] == tx_id for key, tx_id in spent.items())
+        assert sum(a is not None for a in answers) == 200 and await wallet.balance(user_id) == 0
+        report = await wallet.audit()
+        assert report["ok"] is True and report["transactions"] == 201, report
+        await client.close()
+    finally:
+        if spender is not None and spender.poll() is None:
+            spender.kill()
+        db_proc.stop()
