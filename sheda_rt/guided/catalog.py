@@ -50,7 +50,7 @@ from pymongo import ASCENDING, IndexModel
 from sheda_rt.clock import format_ts
 from sheda_rt.errors import ServiceUnavailable
 from sheda_rt.guided.models import KINDS, LISTING_TYPES, WHERE_MAX, check_where
-from sheda_rt.search import EARTH_RADIUS_KM, fold, keyword_words, location_words
+from sheda_rt.search import EARTH_RADIUS_KM, fold, keyword_words
 
 log = logging.getLogger("sheda.guided")
 
@@ -60,6 +60,7 @@ FIRST_READ_WAIT = 5.0
 BATCH = 1000
 MAX_SPELLINGS = 50  # an area's spellings become one regex alternation: the commonest ones
 AREA_MIN_RADIUS_KM, AREA_MAX_RADIUS_KM = 0.5, 10.0
+_WORD = re.compile(r"[^\W_]+")  # a word, as sheda_rt/search.py splits text
 _SEP = r"(?:[^\w,]|_)"  # what separates words inside one comma-separated part of a location
 
 
@@ -67,7 +68,7 @@ class Row(NamedTuple):
     listing_type: str
     property_type: str
     area: str | None  # the area's id
-    spelling: tuple[str, ...] | None  # the area's words as written, lowercased
+    spelling: tuple[str, ...] | None  # the area's words exactly as written
     label: str | None  # the area as written
     price: int  # kobo
     point: tuple[float, float] | None  # lat, lng
@@ -83,7 +84,7 @@ def area_of(location: str) -> tuple[str, tuple[str, ...], str] | None:
 def _area_of_segment(segment: str) -> tuple[str, tuple[str, ...], str] | None:
     # cached: a full read derives the area of every listing, and areas repeat (folding each
     # word's characters was most of the 2.5 s of Python a full read of 100,000 listings took)
-    spelling = tuple(location_words(segment))
+    spelling = tuple(_WORD.findall(segment))
     if not spelling:
         return None
     slug = "-".join(fold(w) for w in spelling)
@@ -135,8 +136,10 @@ class Area:
         return self.labels.most_common(1)[0][0]
 
     def pattern(self) -> str:
-        """A regex (case-insensitive) matching exactly the locations whose area is this one,
-        as the database evaluates it on the candidates of an index-driven search."""
+        """A regex matching exactly the locations whose area is this one, as the database
+        evaluates it on the candidates of an index-driven search. Spellings are kept as written
+        (case and accents), so it does not lean on the engine's case folding of non-ASCII
+        letters (PCRE's differs from Python's); it is sent with the `i` option all the same."""
         alternatives = "|".join(f"{_SEP}+".join(re.escape(w) for w in spelling)
                                 for spelling, _ in self.spellings.most_common(MAX_SPELLINGS))
         body = f"{_SEP}*(?:{alternatives}){_SEP}*"
