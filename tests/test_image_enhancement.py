@@ -156,6 +156,8 @@ async def test_service_gets_the_job_calls_the_signed_webhook_and_the_listing_sho
     assert shown["url"].startswith("/media/properties/")
     stored = (await stored_listing(sheda, prop))["images"][0]
     assert stored["enhancement_job_id"] == job["id"] and stored["url"] == shown["url"]
+    metrics = (await sheda.api.get("/metrics")).body.decode()
+    assert 'sheda_image_enhancements_total{mode="service",status="completed"}' in metrics
     ws.close()
 
 
@@ -358,6 +360,14 @@ async def test_the_sweep_times_out_jobs_older_than_48_hours_and_a_late_webhook_c
     assert (await shown_image(sheda, prop, image))["enhancement_status"] == "timeout"
     # The image is free for a new enhancement.
     assert (await sheda.api.post(enhance_path(prop, image), token=agent.token)).status == 202
+    # Delivery ids are kept a week (a replay needs a fresh signed timestamp anyway), then swept.
+    late_id = (await sheda.ctx.db["enhancement_deliveries"].find_one({"job_id": job["id"]}))["_id"]
+    sheda.ctx.clock.advance(days=6)
+    await sheda.ctx.enhancement_sweep.run()
+    assert await sheda.ctx.db["enhancement_deliveries"].find_one({"_id": late_id})
+    sheda.ctx.clock.advance(days=1, minutes=1)
+    await sheda.ctx.enhancement_sweep.run()
+    assert await sheda.ctx.db["enhancement_deliveries"].find_one({"_id": late_id}) is None
 
 
 # ---- racing ends, two processes ------------------------------------------------------------------

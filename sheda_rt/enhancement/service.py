@@ -38,13 +38,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from prometheus_client import Counter
 from pydantic import ValidationError
 
 from sheda_rt import client_input
 from sheda_rt.clock import format_ts
 from sheda_rt.enhancement.client import ServiceRefused, ServiceUnreachable
 from sheda_rt.enhancement.local import enhance
-from sheda_rt.enhancement.models import LIVE, EnhancementResult
+from sheda_rt.enhancement.models import ENDED, LIVE, EnhancementResult
 from sheda_rt.errors import (ApiError, Conflict, NotFound, ServiceUnavailable, TooLarge, Unauthorized, UnsupportedMedia,
                              ValidationFailed)
 
@@ -64,6 +65,10 @@ LOCAL_KIND = "image.enhance"
 #: How far X-Timestamp may be from our clock, either way.
 WEBHOOK_TOLERANCE_SECONDS = 300
 WEBHOOK_PATH = "/api/v1/webhooks/image-enhancement"
+#: Webhook delivery ids are kept this long (store.py says why that is enough).
+DELIVERY_RETENTION = timedelta(days=7)
+ENDED_JOBS = Counter("sheda_image_enhancements_total", "Image enhancement jobs ended, by mode and end (completed, failed, timeout)",
+                     ["mode", "status"])
 _DELIVERY_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _CONTENT_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
@@ -161,6 +166,8 @@ class EnhancementService:
         moved = await self.store.transition(job["_id"], from_states, to_state, now, extra)
         if moved is None:
             return None
+        if to_state in ENDED:
+            ENDED_JOBS.labels(mode=job["mode"], status=to_state).inc()
         fields = {"enhancement_status": to_state, **(image_fields or {})}
         # The image may show the job one state behind (the copy of the previous move not written yet): any live state.
         after = await self.store.mirror(job["property_id"], job["image_id"], job["_id"], LIVE, fields, now)
@@ -272,7 +279,9 @@ class EnhancementService:
 
     # ---- the timeout sweep ------------------------------------------------------
     async def sweep(self, batch: int = 200) -> int:
-        """Jobs still live ENHANCEMENT_TIMEOUT_HOURS after they started end as timeout; how many."""
+        """Jobs still live ENHANCEMENT_TIMEOUT_HOURS after they started end as timeout; how many.
+        Webhook delivery ids older than DELIVERY_RETENTION go."""
+        await self.store.prune_deliveries(self.clock.now() - DELIVERY_RETENTION)
         cutoff = self.clock.now() - self.timeout
         hours = self.timeout.total_seconds() / 3600
         ended = 0

@@ -8,7 +8,9 @@
   (status, created_at) serves the sweep's "live jobs started before X" (an index prefix plus one
   range: the embedded planner's rule).
 - `enhancement_deliveries`: each webhook's X-Delivery-Id as `_id` (the unique index every
-  collection has), so a replayed delivery collides on insert.
+  collection has), so a replayed delivery collides on insert. Kept DELIVERY_RETENTION (7 days),
+  far beyond the 5-minute window in which a captured delivery could be replayed at all (an
+  older X-Timestamp is refused before its id is looked at); the sweep deletes older ones.
 - The listing's image carries a copy (`enhancement_status`, `enhancement_job_id`,
   `original_url`, `enhanced_url`, and `url` once completed) for the listing's readers. The copy
   is written after the job's move, by whoever made that move, with the job id and the states it
@@ -40,6 +42,7 @@ class EnhancementStore:
 
     async def ensure_indexes(self):
         await self.col.create_indexes(self.INDEXES)
+        await self.deliveries.create_indexes([IndexModel([("received_at", ASCENDING)], name="received_at")])
 
     # ---- jobs --------------------------------------------------------------
     async def insert(self, doc: dict) -> dict | None:
@@ -76,6 +79,9 @@ class EnhancementStore:
             return None
         except DuplicateKeyError:
             return await self.deliveries.find_one({"_id": delivery_id}) or {"_id": delivery_id, "processed": True}
+
+    async def prune_deliveries(self, before) -> int:
+        return (await self.deliveries.delete_many({"received_at": {"$lt": before}})).deleted_count
 
     async def delivery_done(self, delivery_id: str, outcome: str, now) -> None:
         await self.deliveries.update_one({"_id": delivery_id}, {"$set": {"processed": True, "outcome": outcome, "done_at": now}})
