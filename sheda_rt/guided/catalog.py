@@ -49,7 +49,7 @@ from pymongo import ASCENDING, IndexModel
 
 from sheda_rt.clock import format_ts
 from sheda_rt.errors import ServiceUnavailable
-from sheda_rt.guided.models import KINDS, LISTING_TYPES, WHERE_MAX, check_where
+from sheda_rt.guided.models import KINDS, LISTING_TYPES, check_where
 from sheda_rt.search import EARTH_RADIUS_KM, fold, keyword_words
 
 log = logging.getLogger("sheda.guided")
@@ -344,4 +344,4 @@ class GuidedCatalog:
             self._since, self._read_at, self.as_of = wall - CHANGE_MARGIN, started, format_ts(wall)
 
 
-__all__ = ["GuidedCatalog", "Tally", "Area", "Row", "area_of", "row_of", "distance_km", "WHERE_MAX"]
+__all__ = ["GuidedCatalog", "Tally", "Area", "Row", "area_of", "row_of", "distance_km"]

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from sheda_rt.errors import ValidationFailed
 from sheda_rt.guided.catalog import distance_km
-from sheda_rt.guided.models import (KINDS, LISTING_TYPES, GuidedAnswers, GuidedPageQuery, budget_id, parse_budget, parse_what,
+from sheda_rt.guided.models import (LISTING_TYPES, GuidedAnswers, GuidedPageQuery, budget_id, parse_budget, parse_what,
                                     what_id)
 from sheda_rt.listings.models import Q_MAX_WORDS, SearchQuery
 from sheda_rt.listings.service import property_view
@@ -167,39 +167,27 @@ class GuidedSearchService:
         """The searches of each fit group, in rank order: filters for SearchQuery, the extra
         residual condition, what makes each listing of the group a near miss, and how many
         listings the catalog counts in it (None: not counted; 0 skips the search)."""
-        base: dict = {}
-        lt = pt = None
-        if answers.what:
-            lt, pt = parse_what(answers.what)
-            base["listing_type"] = lt
-            if pt:
-                base["property_type"] = pt
-        lo = hi = None
-        if answers.budget:
-            lo, hi = parse_budget(answers.budget)
+        base, (lo, hi) = kind_filters(answers), (parse_budget(answers.budget) if answers.budget else (None, None))
         prices = [(lo or None, hi, False)]  # (above, up to, over budget), kobo
         if hi is not None:
             prices.append((hi, int(hi * (1 + OVER_BUDGET)), True))
         in_area = outside = None
         if area is not None:
-            regex = {"location": {"$regex": area.pattern(), "$options": "i"}}
-            words = list(dict.fromkeys(keyword_words(" ".join(area.slug.split("-")))))[:Q_MAX_WORDS]
-            in_area = ({"q": " ".join(words)}, regex)
+            in_area = area_match(area)
             geometry = area.geometry()
             if geometry is not None:
                 (lat, lng), radius = geometry
-                outside = ({"near": f"{lat},{lng}", "radius_km": min(100.0, radius + NEAR_KM)}, {"$nor": [regex]})
+                outside = ({"near": f"{lat},{lng}", "radius_km": min(100.0, radius + NEAR_KM)}, {"$nor": [in_area[1]]})
         groups = []
         for place, miss_place in ((in_area, False), (outside, True)):
             if place is None and miss_place:
                 continue
             filters, extra = place or ({}, None)
             for above, up_to, over in prices:
-                bounds = {**({"price_min": _naira(above + 1)} if above else {}),
-                          **({"price_max": _naira(up_to)} if up_to is not None else {})}
-                count = None if miss_place else tally.count_priced(lt, pt, area.slug if area else None, above, up_to)
-                groups.append({"filters": {**base, **filters, **bounds}, "extra": extra, "over": over, "outside": miss_place,
-                               "count": count})
+                count = None if miss_place else tally.count_priced(base.get("listing_type"), base.get("property_type"),
+                                                                     area.slug if area else None, above, up_to)
+                groups.append({"filters": {**base, **filters, **price_filters(above, up_to)}, "extra": extra, "over": over,
+                               "outside": miss_place, "count": count})
         # rank: exact, then one miss (over budget in the area before within budget outside it), then both
         return sorted(groups, key=lambda g: (g["over"] + g["outside"], g["outside"]))
 
@@ -264,4 +252,38 @@ def _naira(kobo: int) -> str:
     return str((Decimal(kobo) / 100).quantize(Decimal("0.01")))
 
 
-__all__ = ["GuidedSearchService", "short_naira", "bands", "KINDS"]
+# ---- the exact matches, as filters (the first group; also what a saved search of answers can use) ----
+def kind_filters(answers: GuidedAnswers) -> dict:
+    """GET /properties filters of the `what` answer: listing_type, and property_type unless `any`."""
+    if not answers.what:
+        return {}
+    lt, pt = parse_what(answers.what)
+    return {"listing_type": lt, **({"property_type": pt} if pt else {})}
+
+
+def price_filters(above: int | None, up_to: int | None) -> dict:
+    """GET /properties price filters (naira) of prices above `above` and up to `up_to` (kobo)."""
+    return {**({"price_min": _naira(above + 1)} if above else {}), **({"price_max": _naira(up_to)} if up_to is not None else {})}
+
+
+def area_match(area: Area) -> tuple[dict, dict]:
+    """(GET /properties filters, residual condition) selecting the listings whose area this is:
+    its words as keywords (they drive, through the keyword facets) and its spellings' regex."""
+    words = list(dict.fromkeys(keyword_words(" ".join(area.slug.split("-")))))[:Q_MAX_WORDS]
+    return {"q": " ".join(words)}, {"location": {"$regex": area.pattern(), "$options": "i"}}
+
+
+def exact_filters(answers: GuidedAnswers, area: Area | None) -> tuple[dict, dict | None]:
+    """(GET /properties filters, extra residual condition or None) of the listings that fit every
+    answer, as the first group of the ranking searches them; `area` is the catalog's for `where`."""
+    filters = kind_filters(answers)
+    if answers.budget:
+        lo, hi = parse_budget(answers.budget)
+        filters.update(price_filters(lo or None, hi))
+    if area is None:
+        return filters, None
+    words, regex = area_match(area)
+    return {**filters, **words}, regex
+
+
+__all__ = ["GuidedSearchService", "short_naira", "bands", "exact_filters", "area_match", "kind_filters", "price_filters"]
