@@ -1,8 +1,8 @@
 """Paid promotions (issue 18 §2): featured listings first in search while their days last, a bump to
 the top of "newest", paid once per Idempotency-Key from the agent's wallet.
 
-Wallets are funded the way a confirmed gateway top-up funds them (WalletService.credit_topup, as
-tests/test_wallet.py does); balances are read over GET /api/v1/wallet. Every listing a test makes
+Wallets are topped up as a user tops up: POST /payments (wallet_topup) and the local gateway's signed
+webhook (tests/paystack_server.py); balances are read over GET /api/v1/wallet. Every listing a test makes
 is unlisted when it ends: the test database lives for the session, and a featured or bumped
 listing would otherwise come first in other modules' searches."""
 from __future__ import annotations
@@ -11,16 +11,37 @@ import asyncio
 import uuid
 from datetime import datetime, timedelta
 
+import pytest
+
 from sheda_rt.listings.models import SearchQuery
 from tests.listing_helpers import create_property, word
+from tests.paystack_server import SECRET
+from tests.test_payments import paystack  # noqa: F401  (the local gateway fixture)
 
 API = "/api/v1/properties"
 WALLET = "/api/v1/wallet"
 
 
-async def fund(sheda, user_id: int, naira: int) -> None:
-    _tx, created = await sheda.ctx.wallet.credit_topup(user_id, naira * 100, reference=f"test_{uuid.uuid4().hex}")
-    assert created
+@pytest.fixture
+def settings_overrides(paystack):
+    return {"paystack_secret_key": SECRET, "paystack_base_url": paystack.base_url}
+
+
+@pytest.fixture
+def fund(sheda, paystack):
+    """Top a user's wallet up as they would: POST /payments (wallet_topup), pay at the (local) gateway,
+    which delivers its signed charge.success webhook."""
+    paystack.webhook_url = sheda.base_url + "/api/v1/webhooks/paystack"
+
+    async def fund(user, naira: int) -> None:
+        r = await sheda.api.post("/api/v1/payments", {"purpose": "wallet_topup", "target_id": user.id, "amount": f"{naira}.00"},
+                                 token=user.token)
+        assert r.status == 201, r
+        paystack.pay(r.json["reference"])
+        delivered = await paystack.deliver(paystack.event_body(r.json["reference"]))
+        assert delivered.code == 200, delivered.body
+
+    return fund
 
 
 async def balance(sheda, user) -> str:
@@ -52,7 +73,7 @@ async def all_pages(sheda, params: dict) -> list[dict]:
     raise AssertionError("more pages than listings")
 
 
-async def test_featured_listings_come_first_on_every_sort_and_page_until_their_days_end(sheda):
+async def test_featured_listings_come_first_on_every_sort_and_page_until_their_days_end(sheda, fund):
     agent, client = await sheda.signup("agent"), await sheda.signup("client")
     w = word()
     props = []
@@ -62,7 +83,7 @@ async def test_featured_listings_come_first_on_every_sort_and_page_until_their_d
         sheda.ctx.clock.advance(seconds=1)  # distinct creation times: a definite newest-first order
     ids = [p["id"] for p in props]
     try:
-        await fund(sheda, agent.id, 100_000)
+        await fund(agent, 100_000)
         featured = [props[3]["id"], props[5]["id"]]  # neither the newest nor an end of any price order
         ws = await sheda.ws(client.token)
         await ws.send({"type": "subscribe", "channel": f"property:{featured[0]}"})
@@ -110,11 +131,11 @@ async def test_featured_listings_come_first_on_every_sort_and_page_until_their_d
         await unlist(sheda, agent, ids)
 
 
-async def test_featured_days_bought_while_featured_add_to_the_end(sheda):
+async def test_featured_days_bought_while_featured_add_to_the_end(sheda, fund):
     agent = await sheda.signup("agent")
     prop = await create_property(sheda, agent, location=f"{word()} Ikeja")
     try:
-        await fund(sheda, agent.id, 10_000)
+        await fund(agent, 10_000)
         first = await promote(sheda, agent, prop["id"], {"kind": "featured", "days": 2})
         second = await promote(sheda, agent, prop["id"], {"kind": "featured", "days": 3})
         assert first.status == second.status == 201, (first, second)
@@ -126,7 +147,7 @@ async def test_featured_days_bought_while_featured_add_to_the_end(sheda):
         await unlist(sheda, agent, [prop["id"]])
 
 
-async def test_a_bump_moves_a_listing_to_the_top_of_newest_once(sheda):
+async def test_a_bump_moves_a_listing_to_the_top_of_newest_once(sheda, fund):
     agent = await sheda.signup("agent")
     w = word()
     props = []
@@ -135,7 +156,7 @@ async def test_a_bump_moves_a_listing_to_the_top_of_newest_once(sheda):
         sheda.ctx.clock.advance(seconds=1)
     ids = [p["id"] for p in props]
     try:
-        await fund(sheda, agent.id, 1_000)
+        await fund(agent, 1_000)
         newest = lambda: all_pages(sheda, {"location": w, "limit": 3})  # noqa: E731
         assert [p["id"] for p in await newest()] == ids[::-1]
         r = await promote(sheda, agent, ids[0], {"kind": "bump"})
@@ -155,7 +176,7 @@ async def test_a_bump_moves_a_listing_to_the_top_of_newest_once(sheda):
         await unlist(sheda, agent, ids)
 
 
-async def test_an_empty_wallet_is_402_with_nothing_charged_and_nothing_promoted(sheda):
+async def test_an_empty_wallet_is_402_with_nothing_charged_and_nothing_promoted(sheda, fund):
     agent = await sheda.signup("agent")
     prop = await create_property(sheda, agent, location=f"{word()} Ajah")
     try:
@@ -168,12 +189,12 @@ async def test_an_empty_wallet_is_402_with_nothing_charged_and_nothing_promoted(
         assert await sheda.ctx.db["promotions"].count_documents({"user_id": agent.id}) == 0
         assert (await sheda.api.get(WALLET, token=agent.token)).json["recent"] == []
         # Not enough is the same: nothing moves.
-        await fund(sheda, agent.id, 2_999)
+        await fund(agent, 2_900)
         r = await promote(sheda, agent, prop["id"], {"kind": "featured", "days": 3}, key=key)
         assert r.status == 402, r
-        assert await balance(sheda, agent) == "2999.00"
+        assert await balance(sheda, agent) == "2900.00"
         # After a top-up the same key buys it.
-        await fund(sheda, agent.id, 1)
+        await fund(agent, 100)
         r = await promote(sheda, agent, prop["id"], {"kind": "featured", "days": 3}, key=key)
         assert r.status == 201, r
         assert await balance(sheda, agent) == "0.00"
@@ -181,11 +202,11 @@ async def test_an_empty_wallet_is_402_with_nothing_charged_and_nothing_promoted(
         await unlist(sheda, agent, [prop["id"]])
 
 
-async def test_a_retried_promotion_charges_once_and_answers_the_same(sheda):
+async def test_a_retried_promotion_charges_once_and_answers_the_same(sheda, fund):
     agent = await sheda.signup("agent")
     prop = await create_property(sheda, agent, location=f"{word()} Surulere")
     try:
-        await fund(sheda, agent.id, 5_000)
+        await fund(agent, 5_000)
         key = uuid.uuid4().hex
         answers = await asyncio.gather(*(promote(sheda, agent, prop["id"], {"kind": "featured", "days": 2}, key=key)
                                          for _ in range(5)))
@@ -208,13 +229,13 @@ async def test_a_retried_promotion_charges_once_and_answers_the_same(sheda):
         await unlist(sheda, agent, [prop["id"]])
 
 
-async def test_concurrent_promotions_on_one_wallet_never_overdraw_it(sheda):
+async def test_concurrent_promotions_on_one_wallet_never_overdraw_it(sheda, fund):
     agent, admin = await sheda.signup("agent"), await sheda.admin()
     w = word()
     props = [await create_property(sheda, agent, location=f"{w} Oshodi") for _ in range(2)]
     ids = [p["id"] for p in props]
     try:
-        await fund(sheda, agent.id, 1_500)  # three bumps' worth
+        await fund(agent, 1_500)  # three bumps' worth
         answers = await asyncio.gather(*(promote(sheda, agent, ids[i % 2], {"kind": "bump"}) for i in range(10)))
         assert sorted(a.status for a in answers) == [201] * 3 + [402] * 7, answers
         assert await balance(sheda, agent) == "0.00"
@@ -227,12 +248,12 @@ async def test_concurrent_promotions_on_one_wallet_never_overdraw_it(sheda):
         await unlist(sheda, agent, ids)
 
 
-async def test_only_the_listings_agent_promotes_an_available_listed_listing(sheda):
+async def test_only_the_listings_agent_promotes_an_available_listed_listing(sheda, fund):
     agent, other, client = await sheda.signup("agent"), await sheda.signup("agent"), await sheda.signup("client")
     prop = await create_property(sheda, agent, location=f"{word()} Ikoyi")
     try:
         for user in (agent, other, client):
-            await fund(sheda, user.id, 5_000)
+            await fund(user, 5_000)
         r = await promote(sheda, other, prop["id"], {"kind": "bump"})
         assert r.status == 403 and r.json["code"] == "not_owner", r
         assert (await promote(sheda, client, prop["id"], {"kind": "bump"})).status == 403
@@ -251,14 +272,14 @@ async def test_only_the_listings_agent_promotes_an_available_listed_listing(shed
         await unlist(sheda, agent, [prop["id"]])
 
 
-async def test_a_promotion_interrupted_after_the_charge_is_finished_by_the_job(sheda):
+async def test_a_promotion_interrupted_after_the_charge_is_finished_by_the_job(sheda, fund):
     """A process that dies between charging the wallet and changing the listing leaves the promotion
     pending with its charge made: steps 1 and 2 of PromotionService are run here as it runs them."""
     agent = await sheda.signup("agent")
     prop = await create_property(sheda, agent, location=f"{word()} Magodo")
     service, store = sheda.ctx.promotions, sheda.ctx.promotion_store
     try:
-        await fund(sheda, agent.id, 5_000)
+        await fund(agent, 5_000)
         charged = await store.insert_pending({"user_id": agent.id, "key": "k-charged", "property_id": prop["id"], "kind": "featured",
                                               "days": 2, "amount_minor": 200_000, "created_at": sheda.ctx.clock.now()})
         await sheda.ctx.wallet.spend(agent.id, 200_000, idempotency_key=service.wallet_key(charged["_id"]), kind="spend:promotion")
@@ -296,7 +317,7 @@ def _winning_plan(explained: dict) -> dict:
     return next(s["$cursor"]["queryPlanner"]["winningPlan"] for s in explained["stages"] if "$cursor" in s)
 
 
-async def test_featured_first_searches_and_the_job_walk_indexes_never_the_collection(sheda):
+async def test_featured_first_searches_and_the_job_walk_indexes_never_the_collection(sheda, fund):
     """The embedded planner scans the whole collection unless a filter is index-shaped: every pipeline of
     both segments, on every sort, page and filter kind, and the job's reads, are explained here."""
     agent = await sheda.signup("agent")
@@ -305,7 +326,7 @@ async def test_featured_first_searches_and_the_job_walk_indexes_never_the_collec
                                    geo={"lat": 6.45, "lng": 3.47}) for i in range(5)]
     ids = [p["id"] for p in props]
     try:
-        await fund(sheda, agent.id, 10_000)
+        await fund(agent, 10_000)
         for pid in ids[:3]:
             assert (await promote(sheda, agent, pid, {"kind": "featured", "days": 1})).status == 201
         db, trace = sheda.ctx.db, []
