@@ -257,3 +257,21 @@ async def test_every_read_walks_an_index_never_the_collection(sheda):
     flt = {"updated_at": {"$gte": catalog._since}}
     explained = await db.command("explain", {"find": "properties", "filter": flt}, verbosity="queryPlanner")
     assert not _collscan(_winning_plan(explained)), (flt, explained)
+
+
+async def test_the_first_question_after_a_start_is_503_while_the_listings_are_read(sheda, monkeypatch):
+    """A server reads every listing before its first answer (seconds at 100,000 on the embedded
+    database): a question that cannot wait for it is told to come back, and the read goes on."""
+    import sheda_rt.guided.catalog as catalog_module
+
+    monkeypatch.setattr(catalog_module, "FIRST_READ_WAIT", 0)  # this server's first read never finishes in time
+    r = await sheda.api.get(QUESTIONS)
+    assert r.status == 503 and r.json["code"] == "warming_up" and r.headers["Retry-After"] == "5", r
+    r = await sheda.api.post(SEARCH, {"answers": {"what": "rent:any"}})
+    assert r.status == 503 and r.json["code"] == "warming_up", r
+    for _ in range(200):  # the read started by the first question finishes by itself
+        r = await sheda.api.get(QUESTIONS)
+        if r.status == 200:
+            break
+        await asyncio.sleep(0.05)
+    assert r.status == 200 and r.json["as_of"], r
