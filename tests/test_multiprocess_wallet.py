@@ -19,11 +19,18 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
+
 from sheda_rt.clock import Clock
 from sheda_rt.database.connection import connect
 from sheda_rt.database.ids import IdAllocator
 from sheda_rt.wallet.ledger import LedgerStore
 from sheda_rt.wallet.service import InsufficientFunds, WalletService
+from tests.listing_helpers import create_property
+from tests.paystack_server import SECRET
+from tests.redis_support import Remote, ServerProcess, redis_server, server_env, shared_dir  # noqa: F401  (module fixtures)
+from tests.test_multiprocess_admin import admin_on
+from tests.test_payments import paystack  # noqa: F401  (the local gateway fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,6 +44,11 @@ from sheda_rt.database.connection import connect
 from sheda_rt.database.ids import IdAllocator
 from sheda_rt.wallet.ledger import LedgerStore
 from sheda_rt.wallet.service import InsufficientFunds, WalletService
+from tests.listing_helpers import create_property
+from tests.paystack_server import SECRET
+from tests.redis_support import Remote, ServerProcess, redis_server, server_env, shared_dir  # noqa: F401  (module fixtures)
+from tests.test_multiprocess_admin import admin_on
+from tests.test_payments import paystack  # noqa: F401  (the local gateway fixture)
 
 async def main(uri, db_name, user_id, name, count, go):
     client, db = connect(uri, db_name)
@@ -110,6 +122,11 @@ from sheda_rt.database.connection import connect
 from sheda_rt.database.ids import IdAllocator
 from sheda_rt.wallet.ledger import LedgerStore
 from sheda_rt.wallet.service import InsufficientFunds, WalletService
+from tests.listing_helpers import create_property
+from tests.paystack_server import SECRET
+from tests.redis_support import Remote, ServerProcess, redis_server, server_env, shared_dir  # noqa: F401  (module fixtures)
+from tests.test_multiprocess_admin import admin_on
+from tests.test_payments import paystack  # noqa: F401  (the local gateway fixture)
 
 async def main(uri, db_name, user_id, count):
     client, db = connect(uri, db_name)
@@ -187,3 +204,63 @@ async def test_the_database_killed_mid_spends_leaves_every_transaction_whole(tmp
         if spender is not None and spender.poll() is None:
             spender.kill()
         db_proc.stop()
+
+
+@pytest.fixture
+def gateway_pair(embedded_db, redis_server, shared_dir, paystack):
+    """Two `python run.py` servers (one Redis, one database) whose gateway is the local Paystack, with
+    bumps priced 30.00."""
+    env = server_env(embedded_db, redis_server, shared_dir, f"sheda_mp_{uuid.uuid4().hex[:8]}", PAYSTACK_SECRET_KEY=SECRET,
+                     PAYSTACK_BASE_URL=paystack.base_url, PROMOTION_BUMP_PRICE="30.00", ACCESS_TOKEN_MINUTES=60)
+    a, b = ServerProcess(env, shared_dir, "wallet_a"), ServerProcess(env, shared_dir, "wallet_b")
+    try:
+        a.start()
+        b.start()
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def test_fifty_bumps_through_two_servers_charge_a_wallet_to_its_last_kobo_and_no_further(gateway_pair, paystack):
+    """The whole path a client takes: a top-up through the gateway (checkout on A, webhook on B), then 50 bumps
+    at once, half through each server, each with its own Idempotency-Key."""
+    a, b = (Remote(s) for s in gateway_pair)
+    agent, admin = await a.signup("agent"), await admin_on(b)
+    paystack.webhook_url = b.server.base_url + "/api/v1/webhooks/paystack"
+    r = await a.api.post("/api/v1/payments", {"purpose": "wallet_topup", "target_id": agent.id, "amount": "1000.00"},
+                         token=agent.token)
+    assert r.status == 201, r
+    paystack.pay(r.json["reference"])
+    assert (await paystack.deliver(paystack.event_body(r.json["reference"]))).code == 200
+    assert (await a.api.get("/api/v1/wallet", token=agent.token)).json["balance"] == "1000.00"
+    prop = await create_property(a, agent)
+
+    async def bump(server, key):
+        # As a client does: a 409 concurrent_update (the listing changed under the promotion) is sent again with
+        # the same key, which never charges twice.
+        for _ in range(20):
+            r = await server.api.post(f"/api/v1/properties/{prop['id']}/promotions", {"kind": "bump"}, token=agent.token,
+                                      headers={"Idempotency-Key": key})
+            if not (r.status == 409 and r.json["code"] == "concurrent_update"):
+                return r
+        return r
+
+    keys = [uuid.uuid4().hex for _ in range(50)]
+    answers = await asyncio.gather(*(bump(a if i % 2 else b, key) for i, key in enumerate(keys)))
+    assert sorted(x.status for x in answers) == [201] * 33 + [402] * 17, [x for x in answers if x.status not in (201, 402)]
+    assert {x.json["code"] for x in answers if x.status == 402} == {"insufficient_funds"}
+    assert {i % 2 for i, x in enumerate(answers) if x.status == 201} == {0, 1}  # both servers charged some
+    for server in (a, b):
+        assert (await server.api.get("/api/v1/wallet", token=agent.token)).json["balance"] == "10.00"
+    # A retry through the other server answers the same and charges nothing.
+    i = next(i for i, x in enumerate(answers) if x.status == 201)
+    again = await bump(b if i % 2 else a, keys[i])
+    assert again.status == 201 and again.json == answers[i].json
+    entries = (await b.api.get("/api/v1/wallet/transactions", token=agent.token, params={"limit": 100})).json["items"]
+    assert [e["kind"] for e in entries].count("spend:promotion") == 33 and len(entries) == 34
+    assert (await a.api.get("/api/v1/admin/ledger/audit", token=agent.token)).status == 403
+    for server in (a, b):
+        audit = await server.api.get("/api/v1/admin/ledger/audit", token=admin.token)
+        assert audit.status == 200 and audit.json["ok"] is True and audit.json["mismatches"] == [], audit.json
+        assert audit.json["platform"] == {"gateway:clearing": "-1000.00", "platform:revenue": "990.00"}
