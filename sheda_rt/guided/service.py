@@ -172,22 +172,25 @@ class GuidedSearchService:
         if hi is not None:
             prices.append((hi, int(hi * (1 + OVER_BUDGET)), True))
         in_area = outside = None
+        # The area as it is now, captured: a refresh during this search's reads may change or drop it.
+        place = {"centre": None, "radius": None, "label": area.label if area else None}
         if area is not None:
             in_area = area_match(area)
             geometry = area.geometry()
             if geometry is not None:
                 (lat, lng), radius = geometry
+                place.update(centre=(lat, lng), radius=radius)
                 outside = ({"near": f"{lat},{lng}", "radius_km": min(100.0, radius + NEAR_KM)}, {"$nor": [in_area[1]]})
         groups = []
-        for place, miss_place in ((in_area, False), (outside, True)):
-            if place is None and miss_place:
+        for where, miss_place in ((in_area, False), (outside, True)):
+            if where is None and miss_place:
                 continue
-            filters, extra = place or ({}, None)
+            filters, extra = where or ({}, None)
             for above, up_to, over in prices:
                 count = None if miss_place else tally.count_priced(base.get("listing_type"), base.get("property_type"),
                                                                      area.slug if area else None, above, up_to)
                 groups.append({"filters": {**base, **filters, **price_filters(above, up_to)}, "extra": extra, "over": over,
-                               "outside": miss_place, "count": count})
+                               "outside": miss_place, "count": count, "area": place})
         # rank: exact, then one miss (over budget in the area before within budget outside it), then both
         return sorted(groups, key=lambda g: (g["over"] + g["outside"], g["outside"]))
 
@@ -211,7 +214,7 @@ class GuidedSearchService:
                 continue
             want = page.limit - len(items)
             found = await self._run(group, want, inner if index == start else None, page.sort, now, trace)
-            items += [self._annotate(view, group, answers, area) for view in found["items"]]
+            items += [self._annotate(view, group, answers) for view in found["items"]]
             if found["next_cursor"]:
                 next_cursor = encode_cursor(["guided", fingerprint, index, found["next_cursor"]])
                 break
@@ -233,17 +236,17 @@ class GuidedSearchService:
         return await self.store.search(plan, now, property_view, trace=trace)
 
     @staticmethod
-    def _annotate(view: dict, group: dict, answers: GuidedAnswers, area: Area | None) -> dict:
+    def _annotate(view: dict, group: dict, answers: GuidedAnswers) -> dict:
         reasons = []
         if group["over"]:
             _, hi = parse_budget(answers.budget)
             price = int(Decimal(view["price"]) * 100)
             reasons.append(f"{short_naira(price - hi)} over budget")
         if group["outside"]:
-            (centre, radius) = area.geometry()
+            place = group["area"]
             geo = view["geo"]
-            beyond = distance_km(centre, (geo["lat"], geo["lng"])) - radius if geo else 0.0
-            where = area.label
+            beyond = distance_km(place["centre"], (geo["lat"], geo["lng"])) - place["radius"] if geo else 0.0
+            where = place["label"]
             reasons.append(f"{round(beyond)} km outside {where}" if beyond >= 0.5 else f"less than 1 km outside {where}")
         return {**view, "match": {"exact": not reasons, "reasons": reasons}}
 
