@@ -198,7 +198,10 @@ class GuidedSearchService:
         tally = await self.catalog.current()
         area = self._area(tally, answers.where, "answers.where") if answers.where else None
         groups = self._groups(tally, answers, area)
-        fingerprint = hashlib.sha256(json.dumps([answers.model_dump(), page.sort]).encode()).hexdigest()[:16]
+        # A cursor names a group by its place in this list, which a refresh can change (an area whose listings lost
+        # their positions has no "outside" groups): the groups' shape is part of what a cursor must match.
+        shape = [(g["over"], g["outside"]) for g in groups]
+        fingerprint = hashlib.sha256(json.dumps([answers.model_dump(), page.sort, shape]).encode()).hexdigest()[:16]
         start, inner = 0, None
         if page.cursor:
             tag, mark, start, inner = decode_cursor(page.cursor, 4)
