@@ -221,6 +221,14 @@ class PropertyStore:
     async def search(self, plan: SearchPlan, now, serialize, trace: list | None = None) -> dict:
         return await search_featured_first(self.finder, plan, now, serialize, trace=trace)
 
+    async def apply_bump(self, property_id: int, promotion_id: int, now, keep: int = 50) -> dict | None:
+        """A paid bump: the listing moves up "newest" once per promotion (its id joins `promotion_ids`; None
+        when it is there already). Facets do not change, so no revision is named or taken: concurrent bumps
+        and edits never make each other retry, and `$max` keeps the latest of racing bumps."""
+        return await update_then_get(
+            self.col, {"_id": property_id, "promotion_ids": {"$ne": promotion_id}},
+            {"$max": {"newest_at": now, "bumped_at": now}, "$push": {"promotion_ids": {"$each": [promotion_id], "$slice": -keep}}})
+
     async def featured_over(self, now, limit: int = 100) -> list[dict]:
         """Listings whose featured days ran out by `now` (the promotions job ends them)."""
         return await self.col.find({"featured_until": {"$lte": now}}, limit=limit).to_list()

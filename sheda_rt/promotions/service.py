@@ -14,8 +14,9 @@ Money and crash safety. A request carries an `Idempotency-Key`; per payer, a key
 2. the wallet is charged with the wallet key "promotion:<promotion id>" (WalletService.spend: once per
    user and key, whatever happens around it; 402 `insufficient_funds` deletes the pending promotion,
    so nothing is charged and nothing promoted, and the key may be used again after a top-up);
-3. the listing is changed, guarded by its revision and by the promotion's id kept in the listing's
-   `promotion_ids` (so applying twice changes it once), and `property.updated` is announced;
+3. the listing is changed, guarded by the promotion's id kept in the listing's `promotion_ids` (so
+   applying twice changes it once) and, for featured days, which add search facets, by its revision;
+   `property.updated` is announced;
 4. the promotion becomes `applied` with its outcome, which every retry with the key answers again.
 
 A process that dies between 1 and 4 leaves a pending promotion. The promotions job (PromotionJob,
@@ -54,7 +55,7 @@ PENDING_GRACE = timedelta(minutes=1)
 ABANDON_AFTER = timedelta(minutes=10)
 #: Promotion ids a listing keeps (the guard against applying one twice needs only the recent ones).
 KEEP_IDS = 50
-APPLY_TRIES = 5
+APPLY_TRIES = 10
 
 
 def to_kobo(naira: Decimal) -> int:
@@ -146,6 +147,17 @@ class PromotionService:
         return await self._apply(promo, charge["id"])
 
     async def _apply(self, promo: dict, transaction_id: int) -> dict:
+        if promo["kind"] == "bump":  # one atomic write, guarded by the promotion's id alone
+            now = self.clock.now()
+            updated = await self.properties.apply_bump(promo["property_id"], promo["_id"], now, KEEP_IDS)
+            if updated is not None:
+                await self.listings.announce(updated, ["bumped_at"])
+                # this bump's moment (a racing later bump may already show on the listing)
+                return await self._mark(promo, {**updated, "bumped_at": now}, transaction_id, now)
+            doc = await self.properties.get(promo["property_id"])  # no match: applied already, or no such listing
+            if doc is None:  # listings are never deleted; only a database edited by hand gets here
+                raise NotFound("No such property", "property_not_found")
+            return await self._mark(promo, doc, transaction_id, now)
         for _attempt in range(APPLY_TRIES):
             doc = await self.properties.get(promo["property_id"])
             if doc is None:  # listings are never deleted; only a database edited by hand gets here
@@ -153,15 +165,13 @@ class PromotionService:
             now = self.clock.now()
             if promo["_id"] in doc.get("promotion_ids", []):  # applied by a retry or the job already
                 return await self._mark(promo, doc, transaction_id, now)
-            if promo["kind"] == "featured":
-                start = max(doc.get("featured_until") or now, now)
-                changes = {"featured_until": start + timedelta(days=promo["days"])}
-            else:
-                changes = {"newest_at": now, "bumped_at": now}
+            # Featured: the facets gain their "f:" copies, so the write names the revision it read.
+            start = max(doc.get("featured_until") or now, now)
+            changes = {"featured_until": start + timedelta(days=promo["days"])}
             updated = await self.properties.update_if_rev(doc["_id"], doc.get("rev", 1), {**doc, **changes}, changes, [],
                                                           push={"promotion_ids": promo["_id"]}, keep=KEEP_IDS)
             if updated is not None:
-                await self.listings.announce(updated, [k for k in ("featured_until", "bumped_at") if k in changes])
+                await self.listings.announce(updated, ["featured_until"])
                 return await self._mark(promo, updated, transaction_id, now)
         # Paid, not yet applied: the same Idempotency-Key again (or the job within a minute) finishes it.
         raise Conflict("The listing is being changed by someone else; send the same request again (you will not be "
