@@ -23,7 +23,9 @@ class PropertiesHandler(APIHandler):
         by prefix (3+ letters or a whole word); `near=lat,lng&radius_km=` limits to a circle, `bbox=minLng,minLat,
         maxLng,maxLat` to a box (not both); `q=` keywords must each be a whole word of the title, location or
         description (case- and accent-insensitive, at most 8 words); `category_id=` one category.
-        Sorts: `newest` (default), `price_asc`, `price_desc`. A cursor only continues the sort it came from."""
+        Sorts: `newest` (default), `price_asc`, `price_desc`. A cursor only continues the sort it came from.
+        Listings featured now (a paid promotion) come first, in the same sort, then the others; `newest` orders by
+        the later of a listing's creation and its last paid bump."""
         return await self.ctx.properties.search(query)
 
     @endpoint("Create a listing (agents)", auth=AGENT, body=PropertyCreate, response=PropertyOut, status=201, errors=(401, 403, 422),
