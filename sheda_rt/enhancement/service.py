@@ -131,7 +131,10 @@ class EnhancementService:
         if await self.store.claim_image(property_id, image_id, job["_id"], original, now) is None:
             await self.store.transition(job["_id"], ["pending"], "failed", now, {"error": "the image was deleted", "finished_at": now})
             raise NotFound("No such image on this property", "image_not_found")
-        job = await self._move(job, ["pending"], "processing") or job
+        moved = await self._move(job, ["pending"], "processing")
+        if moved is None:  # ended in between (the sweep, with a timeout shorter than this request): nothing to hand over
+            return job_view(await self.store.get(job["_id"]) or job)
+        job = moved
         if self.client is None:
             await self.runner.enqueue(LOCAL_KIND, {"job_id": job["_id"]}, key=f"{LOCAL_KIND}:{job['_id']}")
             return job_view(job)
