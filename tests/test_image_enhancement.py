@@ -182,6 +182,18 @@ async def test_re_enhancing_while_processing_is_409_and_after_the_end_starts_afr
     assert second["original_url"] == image["url"] and (await sheda.api.get(image["url"])).status == 200
 
 
+async def test_deleting_an_enhanced_image_deletes_its_original_and_enhanced_files(sheda, svc):
+    agent = await sheda.signup("agent")
+    prop, image, job = await started(sheda, agent, svc)
+    assert (await svc.complete(job["id"])).code == 200
+    shown = await shown_image(sheda, prop, image)
+    assert shown["url"] != shown["original_url"]
+    r = await sheda.api.delete(f"/api/v1/properties/{prop['id']}/images/{image['id']}", token=agent.token)
+    assert r.status == 204, r
+    for url in (shown["url"], shown["original_url"]):
+        assert (await sheda.api.get(url)).status == 404, url
+
+
 async def test_only_the_listings_agent_or_an_admin_may_enhance(sheda, svc):
     svc.auto_complete = False
     agent = await sheda.signup("agent")
