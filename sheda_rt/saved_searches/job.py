@@ -16,8 +16,9 @@ Flow
    the agent's own, and checks each candidate's full filters with the plan GET /properties would
    run (matcher.py).
 3. Per user (several of their searches may match: one alert; `instant` wins over `daily`), the
-   alert document `<user>:<listing>` is inserted: the unique `_id` is the guard that makes one
-   alert per user per listing across every change, job and process. The process that inserted it
+   alert document `<user>:<listing>` is inserted (all of a job's in one unordered write): the
+   unique `_id` is the guard that makes one alert per user per listing across every change, job
+   and process. The process that inserted it
    delivers it; a job that finds it there already does nothing, unless it is its own from an
    attempt that died before delivering (then it delivers now).
 4. `instant`: a stored notification (kind `saved_search.match`), live on the user's sockets and
@@ -139,23 +140,22 @@ class ListingAlerts:
                                             "error": repr(exc)[:200]}))
         finally:
             await cursor.close()
+        now = self.clock.now()
+        claimed = await self.alerts.claim_many([{
+            "_id": AlertStore.key(uid, doc["_id"]), "user_id": uid, "property_id": doc["_id"], "saved_search_id": search["_id"],
+            "search_name": search["name"], "reason": p["reason"], "mode": search["alert"],
+            "status": "pending" if search["alert"] == "instant" else "queued", "job": job["_id"], "created_at": now}
+            for uid, search in chosen.items()])
         alerted = 0
-        for uid, search in chosen.items():
-            alerted += await self._alert(job, doc, search, p["reason"])
+        for alert in claimed:
+            alerted += await self._deliver(job, doc, alert)
         return {"outcome": "matched", "candidates": candidates, "matched": len(chosen), "alerted": alerted}
 
-    async def _alert(self, job: dict, doc: dict, search: dict, reason: str) -> bool:
-        uid, pid = search["user_id"], doc["_id"]
-        now = self.clock.now()
-        mode = search["alert"]
-        alert = await self.alerts.claim({
-            "_id": AlertStore.key(uid, pid), "user_id": uid, "property_id": pid, "saved_search_id": search["_id"],
-            "search_name": search["name"], "reason": reason, "mode": mode, "status": "pending" if mode == "instant" else "queued",
-            "job": job["_id"], "created_at": now})
-        if alert is None:
-            return False
+    async def _deliver(self, job: dict, doc: dict, alert: dict) -> bool:
         if alert.get("existing") and alert.get("job") != job["_id"]:
             return False  # alerted already (another change, job or process): once per user per listing
+        uid, pid = alert["user_id"], doc["_id"]
+        now = self.clock.now()
         if alert["status"] == "queued":
             await self.digests.arm(uid)
             return True
@@ -202,6 +202,7 @@ class AlertDigests:
         self.email = email
         self.clock = clock
         self.hour_utc = hour_utc
+        self._armed: set[str] = set()  # digest job keys this process enqueued (a later day has another key)
         runner.register(DIGEST_KIND, self.run)
 
     def next_run(self, now: datetime) -> datetime:
@@ -209,8 +210,16 @@ class AlertDigests:
         return due if due > now else due + timedelta(days=1)
 
     async def arm(self, user_id: int) -> None:
+        """The user's digest job of the next digest hour exists (idempotent by its key); a key this
+        process armed already is not written again."""
         due = self.next_run(self.clock.now())
-        await self.runner.enqueue(DIGEST_KIND, {"user_id": user_id}, key=f"{DIGEST_KIND}:{user_id}:{due.date().isoformat()}", run_at=due)
+        key = f"{DIGEST_KIND}:{user_id}:{due.date().isoformat()}"
+        if key in self._armed:
+            return
+        await self.runner.enqueue(DIGEST_KIND, {"user_id": user_id}, key=key, run_at=due)
+        if len(self._armed) > 100_000:
+            self._armed.clear()
+        self._armed.add(key)
 
     async def run(self, job: dict) -> dict:
         user_id = job["payload"]["user_id"]

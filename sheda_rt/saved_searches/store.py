@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from sheda_rt.database.writes import update_then_get
 from sheda_rt.pagination import PageQuery, paginate
@@ -91,15 +91,23 @@ class AlertStore:
     def key(user_id: int, property_id: int) -> str:
         return f"{user_id}:{property_id}"
 
-    async def claim(self, doc: dict) -> dict | None:
-        """Insert the alert of (user, listing); the existing one instead when there is one already
-        (returned with `existing: True`)."""
+    async def claim_many(self, docs: list[dict]) -> list[dict]:
+        """Insert the alerts of many (user, listing) pairs in one unordered write; returns each as
+        stored, with `existing: True` where one was there already (inserted by another job)."""
+        if not docs:
+            return []
+        taken: set[str] = set()
         try:
-            await self.col.insert_one(doc)
-            return doc
-        except DuplicateKeyError:
-            found = await self.col.find_one({"_id": doc["_id"]})
-            return dict(found, existing=True) if found is not None else None
+            await self.col.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != 11000 for e in errors):
+                raise
+            taken = {docs[e["index"]]["_id"] for e in errors}
+        found = {}
+        if taken:
+            found = {d["_id"]: d for d in await self.col.find({"_id": {"$in": sorted(taken)}}).to_list()}
+        return [dict(found[d["_id"]], existing=True) if d["_id"] in found else d for d in docs if d["_id"] not in taken or d["_id"] in found]
 
     # Writes name (user_id, status, _id), every key of the one index, so the embedded planner walks it.
     async def settle(self, user_id: int, key: str, status_from: str, fields: dict) -> bool:
