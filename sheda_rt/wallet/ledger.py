@@ -92,7 +92,10 @@ class Overdraft(Exception):
 class LedgerStore:
     TX_INDEXES = [
         IndexModel([("key", ASCENDING)], unique=True, name="key_unique"),
-        IndexModel([("wallets", ASCENDING), ("_id", DESCENDING)], name="wallet_newest"),
+        # `wallet`: the one wallet a transaction touches (every kind moves money between one wallet and
+        # the platform). The embedded database reads every entry of the wallet through this index and
+        # sorts them, whatever the limit (measured: ~25 ms at 300 entries); MongoDB walks it in order.
+        IndexModel([("wallet", ASCENDING), ("_id", DESCENDING)], name="wallet_newest"),
         IndexModel([("reverses", ASCENDING)], name="reverses", partialFilterExpression={"reverses": {"$exists": True}}),
     ]
 
@@ -141,21 +144,37 @@ class LedgerStore:
         return int(doc["balance_minor"]) if doc else 0
 
     async def wallet_view(self, user_id: int, recent: int) -> tuple[int, int, list[dict]]:
-        """(ledger balance, cached balance, newest `recent` transactions), read in one snapshot."""
+        """(balance per the ledger, cached balance, newest `recent` transactions), read in one snapshot.
+
+        The ledger's own record of this wallet's balance is the `balance_after` its last transaction
+        (`last_tx` on the wallet, set in that same transaction) wrote into its line: one look-up, not a
+        sum over every entry (measured 0.4 s at 1,000 entries on the embedded database). When that
+        record and the cache disagree (never expected), or the last transaction is unknown, the
+        balance is summed from every entry: the ledger wins."""
         async def read(session):
-            total = 0
             account = wallet_account(user_id)
-            async for doc in self.tx.find({"wallets": user_id}, projection={"lines": 1}, session=session):
-                total += sum(int(line["amount_minor"]) for line in doc["lines"] if line["account"] == account)
             wallet = await self.wallets.find_one({"_id": user_id}, session=session)
-            newest = await self.tx.find({"wallets": user_id}, sort=NEWEST, limit=recent, session=session).to_list()
-            return total, int(wallet["balance_minor"]) if wallet else 0, newest
+            cached = int(wallet["balance_minor"]) if wallet else 0
+            newest = await self.tx.find({"wallet": user_id}, sort=NEWEST, limit=recent, session=session).to_list()
+            if wallet is None and not newest:
+                return 0, 0, newest  # never used
+            last_id = wallet.get("last_tx") if wallet else None
+            last = next((d for d in newest if d["_id"] == last_id), None) if last_id is not None else None
+            if last is None and last_id is not None:
+                last = await self.tx.find_one({"_id": last_id}, session=session)
+            recorded = [line.get("balance_after_minor") for line in (last or {}).get("lines", []) if line["account"] == account]
+            if recorded and recorded[-1] is not None and int(recorded[-1]) == cached:
+                return cached, cached, newest
+            total = 0
+            async for doc in self.tx.find({"wallet": user_id}, projection={"lines": 1}, session=session):
+                total += sum(int(line["amount_minor"]) for line in doc["lines"] if line["account"] == account)
+            return total, cached, newest
 
         async with self.client.start_session() as session:
             return await session.with_transaction(read)
 
     async def page(self, user_id: int, page, serialize) -> dict:
-        return await paginate(self.tx, {"wallets": user_id}, NEWEST, page, serialize)
+        return await paginate(self.tx, {"wallet": user_id}, NEWEST, page, serialize)
 
     # ---- writing ---------------------------------------------------------------
     async def _ensure_wallet(self, user_id: int, now) -> None:
@@ -181,7 +200,9 @@ class LedgerStore:
         for user_id in owners:
             if any(line["amount_minor"] > 0 for line in lines if wallet_owner(line["account"]) == user_id):
                 await self._ensure_wallet(user_id, now)
-        record = {**doc, "_id": await self.ids.next("ledger_transactions"), "wallets": owners, "created_at": now,
+        if len(owners) > 1:  # every kind today moves money between one wallet and the platform
+            raise ValueError("a ledger transaction touches at most one wallet")
+        record = {**doc, "_id": await self.ids.next("ledger_transactions"), "wallet": owners[0] if owners else None, "created_at": now,
                   "lines": [{"account": line["account"], "amount_minor": Int64(line["amount_minor"])} for line in lines]}
 
         async def write(session):
@@ -194,7 +215,8 @@ class LedgerStore:
                     continue  # the platform's accounts carry no cached balance: they are summed from the ledger
                 amount = int(line["amount_minor"])
                 guard = {"_id": user_id, "balance_minor": {"$gte": -amount}} if amount < 0 else {"_id": user_id}
-                result = await self.wallets.update_one(guard, {"$inc": {"balance_minor": Int64(amount)}, "$set": {"updated_at": now}},
+                result = await self.wallets.update_one(guard, {"$inc": {"balance_minor": Int64(amount)},
+                                                                "$set": {"updated_at": now, "last_tx": record["_id"]}},
                                                        session=session)
                 wallet = await self.wallets.find_one({"_id": user_id}, session=session)
                 if result.matched_count == 0:
