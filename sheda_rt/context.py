@@ -495,6 +495,7 @@ class AppContext:
 
         self.guided_catalog = GuidedCatalog(self.db, clock=self.clock, refresh_seconds=self.settings.guided_refresh_seconds)
         self.stores.append(self.guided_catalog)  # its index on properties.updated_at: the refreshes read only what changed
+        self.drain_hooks.append(self.guided_catalog.drain)  # a background refresh still reading stops at shutdown
         self.guided = GuidedSearchService(self.guided_catalog, listings=self.properties, store=self.property_store, clock=self.clock)
 
     def _install_leads(self) -> None:  # [leads]

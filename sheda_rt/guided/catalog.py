@@ -316,6 +316,13 @@ class GuidedCatalog:
             self._task = asyncio.get_running_loop().create_task(self._refresh_logged())
         return self._tally
 
+    async def drain(self) -> None:
+        """At shutdown: a refresh still reading is dropped (the next process reads again)."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
     async def _refresh_logged(self) -> None:
         try:
             await self.refresh()
