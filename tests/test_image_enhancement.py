@@ -382,6 +382,22 @@ async def test_the_sweep_times_out_jobs_older_than_48_hours_and_a_late_webhook_c
     assert await sheda.ctx.db["enhancement_deliveries"].find_one({"_id": late_id}) is None
 
 
+async def test_an_end_whose_image_copy_a_dying_process_never_wrote_is_shown_by_the_sweep(sheda, svc):
+    sheda.ctx.job_runner.stop()  # the moved clock must not make other tests' queued jobs due here
+    agent = await sheda.signup("agent")
+    prop, image, job = await started(sheda, agent, svc)
+    # The first of an end's two writes, as a process that died right after it leaves it.
+    assert await sheda.ctx.enhancement_store.transition(job["id"], ["processing"], "failed", sheda.ctx.clock.now(),
+                                                        {"error": "the process died"})
+    assert (await shown_image(sheda, prop, image))["enhancement_status"] == "processing"
+    await sheda.ctx.enhancement_sweep.run()  # within a minute a live process may still be writing it
+    assert (await shown_image(sheda, prop, image))["enhancement_status"] == "processing"
+    sheda.ctx.clock.advance(minutes=2)
+    await sheda.ctx.enhancement_sweep.run()
+    assert (await shown_image(sheda, prop, image))["enhancement_status"] == "failed"
+    assert "unmirrored" not in await sheda.ctx.enhancement_store.get(job["id"])
+
+
 # ---- racing ends, two processes ------------------------------------------------------------------
 async def test_racing_webhooks_and_sweeps_on_two_servers_end_each_job_once(sheda, svc):
     """A second Server (own context) on the same database and DATA_DIR, as a second process: the same

@@ -161,22 +161,30 @@ class EnhancementService:
         return target.read_bytes()
 
     # ---- the state machine ----------------------------------------------------
-    async def _move(self, job: dict, from_states: list[str], to_state: str, extra: dict | None = None,
-                    image_fields: dict | None = None) -> dict | None:
+    async def _move(self, job: dict, from_states: list[str], to_state: str, extra: dict | None = None) -> dict | None:
         """One guarded move of the job, then its copy on the image and `property.updated`.
         None when the job was not in `from_states` (someone else moved it first)."""
-        now = self.clock.now()
-        moved = await self.store.transition(job["_id"], from_states, to_state, now, extra)
+        moved = await self.store.transition(job["_id"], from_states, to_state, self.clock.now(), extra)
         if moved is None:
             return None
         if to_state in ENDED:
             ENDED_JOBS.labels(mode=job["mode"], status=to_state).inc()
-        fields = {"enhancement_status": to_state, **(image_fields or {})}
+        await self._copy(moved)
+        return moved
+
+    async def _copy(self, job: dict) -> None:
+        """Show the job's state on its image (and, completed, its file as the image's url), then
+        announce the listing. An ended job's `unmirrored` mark goes once this is done, so a copy a
+        dying process never wrote is written by the sweep (`repair`)."""
+        fields: dict = {"enhancement_status": job["status"]}
+        if job["status"] == "completed":
+            fields.update(url=job["enhanced_url"], enhanced_url=job["enhanced_url"])
         # The image may show the job one state behind (the copy of the previous move not written yet): any live state.
-        after = await self.store.mirror(job["property_id"], job["image_id"], job["_id"], LIVE, fields, now)
+        after = await self.store.mirror(job["property_id"], job["image_id"], job["_id"], LIVE, fields, self.clock.now())
         if after is not None:
             await self.listings.announce(after, ["images"])
-        return moved
+        if job["status"] in ENDED:
+            await self.store.mirrored(job["_id"])
 
     async def _end(self, job: dict, to_state: str, error: str, from_states: list[str] | None = None) -> dict | None:
         now = self.clock.now()
@@ -193,8 +201,7 @@ class EnhancementService:
         image = next((i for i in (listing or {}).get("images", []) if i["id"] == job["image_id"]), {})
         previous = image.get("enhanced_url") if image.get("enhancement_job_id") == job["_id"] else None
         now = self.clock.now()
-        done = await self._move(job, ["processing"], "completed", {"enhanced_url": url, "finished_at": now},
-                                image_fields={"url": url, "enhanced_url": url})
+        done = await self._move(job, ["processing"], "completed", {"enhanced_url": url, "finished_at": now})
         if done is None:  # a racing webhook, another process or the sweep ended it first: ours is not needed
             await self.results.delete(url)
             return "already_ended"
@@ -283,8 +290,12 @@ class EnhancementService:
     # ---- the timeout sweep ------------------------------------------------------
     async def sweep(self, batch: int = 200) -> int:
         """Jobs still live ENHANCEMENT_TIMEOUT_HOURS after they started end as timeout; how many.
-        Webhook delivery ids older than DELIVERY_RETENTION go."""
+        Ended jobs whose image copy was never written (their process died in between) get it;
+        webhook delivery ids older than DELIVERY_RETENTION go."""
         await self.store.prune_deliveries(self.clock.now() - DELIVERY_RETENTION)
+        # A minute's grace: a live process writes its copy within milliseconds of the move.
+        for job in await self.store.unmirrored(self.clock.now() - timedelta(minutes=1), batch):
+            await self._copy(job)
         cutoff = self.clock.now() - self.timeout
         hours = self.timeout.total_seconds() / 3600
         ended = 0

@@ -15,8 +15,9 @@
   `original_url`, `enhanced_url`, and `url` once completed) for the listing's readers. The copy
   is written after the job's move, by whoever made that move, with the job id and the states it
   may come from in the filter: a late write of an older job, or of an earlier state of this
-  one, matches nothing. (A process dying between the two writes leaves the copy behind its job;
-  the next enhance of that image overwrites it.)
+  one, matches nothing. The move that ends a job marks it `unmirrored` in the same write and the
+  mark goes once the copy is written, so a process dying between the two leaves a mark the
+  sweep finds (a partial index holds only marked jobs) and the copy is written then.
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ class EnhancementStore:
         IndexModel([("open_key", ASCENDING)], unique=True, name="one_live_enhancement_per_image",
                    partialFilterExpression={"open_key": {"$exists": True}}),
         IndexModel([("status", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)], name="status_age"),
+        IndexModel([("unmirrored", ASCENDING), ("finished_at", ASCENDING)], name="unmirrored",
+                   partialFilterExpression={"unmirrored": {"$exists": True}}),
     ]
 
     def __init__(self, db, ids):
@@ -59,10 +62,20 @@ class EnhancementStore:
 
     async def transition(self, job_id: int, from_states: list[str], to_state: str, now, extra: dict | None = None) -> dict | None:
         """from_states -> to_state in one conditional write (None when it was not in them). An
-        ended job (completed, failed, timeout) lets go of its image: open_key is dropped."""
+        ended job (completed, failed, timeout) lets go of its image (open_key is dropped) and is
+        marked `unmirrored` until its image shows the end (`mirrored`)."""
         ends = to_state not in ("pending", "processing")
+        if ends:
+            extra = {**(extra or {}), "unmirrored": True, "finished_at": (extra or {}).get("finished_at", now)}
         return await guarded_transition(self.col, job_id, from_states, to_state, now, extra=extra,
                                         unset="open_key" if ends else None)
+
+    async def mirrored(self, job_id: int) -> None:
+        await self.col.update_one({"_id": job_id}, {"$unset": {"unmirrored": ""}})
+
+    async def unmirrored(self, before, limit: int) -> list[dict]:
+        """Ended jobs whose image copy was not written (finished before `before`)."""
+        return await self.col.find({"unmirrored": True, "finished_at": {"$lte": before}}, limit=limit).to_list()
 
     async def set_service_ref(self, job_id: int, ref: str) -> None:
         await self.col.update_one({"_id": job_id}, {"$set": {"service_ref": ref}})
