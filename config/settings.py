@@ -174,6 +174,14 @@ class Settings(BaseSettings):
     wallet_topup_min_naira: int = Field(100, ge=1, le=1_000_000_000, description="Smallest wallet top-up, naira")
     wallet_topup_max_naira: int = Field(5_000_000, ge=1, le=1_000_000_000, description="Largest wallet top-up, naira")
 
+    @field_validator("wallet_topup_max_naira")
+    @classmethod
+    def _topup_bounds(cls, value, info):  # [wallet] a maximum under the minimum would refuse every top-up
+        low = info.data.get("wallet_topup_min_naira")
+        if low is not None and value < low:
+            raise ValueError(f"must be at least WALLET_TOPUP_MIN_NAIRA ({low})")
+        return value
+
     # [enhancement] AI image enhancement (sheda_rt/enhancement/): an external service answering over a signed
     # webhook, or, with no service URL, Pillow in-process (auto-contrast, mild sharpening, size normalisation)
     enhancement_service_url: Optional[str] = Field(None, pattern=r"^https?://[^\s?#]+$", description="The external enhancement service's job endpoint (POST); unset: images are enhanced in-process with Pillow")

@@ -274,3 +274,12 @@ async def test_topup_input_is_checked_before_anything_is_stored(sheda, paystack)
     assert r.json["errors"] == [{"field": "amount", "message": "must be at least 100.00"}]
     assert await payments.count_documents({"payer_id": user.id}) == before and paystack.initialized == []
     assert (await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": user.id, "amount": "500"})).status == 401
+
+
+def test_topup_bounds_the_wrong_way_round_stop_the_server_with_one_line():
+    from config import load_settings
+    from config.settings import SettingsError
+
+    with pytest.raises(SettingsError) as err:
+        load_settings(jwt_secret="x" * 40, wallet_topup_min_naira=500, wallet_topup_max_naira=100)
+    assert "WALLET_TOPUP_MAX_NAIRA" in str(err.value) and "\n" not in str(err.value)
