@@ -104,10 +104,12 @@ def row_of(doc: dict) -> Row | None:
     lt, pt, price = doc.get("listing_type"), doc.get("property_type"), doc.get("price_minor")
     if lt not in LISTING_TYPES or pt not in KINDS.values() or not isinstance(price, int) or isinstance(price, bool):
         return None
-    area = area_of(doc.get("location", ""))
+    location = doc.get("location")
+    area = area_of(location) if isinstance(location, str) else None
     point = None
-    coordinates = (doc.get("geo") or {}).get("coordinates")
-    if isinstance(coordinates, list) and len(coordinates) == 2:
+    coordinates = (doc.get("geo") or {}).get("coordinates") if isinstance(doc.get("geo"), dict) else None
+    if isinstance(coordinates, list) and len(coordinates) == 2 and all(
+            isinstance(c, (int, float)) and not isinstance(c, bool) for c in coordinates):
         point = (float(coordinates[1]), float(coordinates[0]))
     slug, spelling, label = area or (None, None, None)
     return Row(lt, pt, slug, spelling, label, int(price), point)
