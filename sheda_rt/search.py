@@ -252,6 +252,9 @@ class SearchPlan:
     # Prepended to every driver facet: a segment of documents carrying prefixed copies of their
     # facets (featured listings first: sheda_rt/promotions/featured.py).
     facet_prefix: str = ""
+    # One pipeline per driver over its whole range instead of growing slices: for a segment the
+    # caller knows holds few documents (featured listings), where each empty slice is a round trip.
+    unsliced: bool = False
 
 
 class FacetStats:
@@ -520,7 +523,12 @@ class FacetedSearch:
             price = {**({"$gte": plan.price_min} if plan.price_min is not None else {}),
                      **({"$lte": plan.price_max} if plan.price_max is not None else {})}
             residual = {"$and": [residual, {self.price_field: price}]} if residual else {self.price_field: price}
-        for rng in self._slices(plan, after[0] if after else None, now, facets):
+        slices = self._slices(plan, after[0] if after else None, now, facets)
+        if plan.unsliced:  # a price sort keeps its price bounds in the driver (`$lt v + 1`: see _slices)
+            whole = {} if plan.sort == "newest" else {**({"$gte": plan.price_min} if plan.price_min is not None else {}),
+                                                      **({"$lt": plan.price_max + 1} if plan.price_max is not None else {})}
+            slices = [whole or None]
+        for rng in slices:
             drivers = []
             for facet in facets:
                 driver = {self.state_field: plan.status, "facets": plan.facet_prefix + facet}

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from sheda_rt.listings.models import SearchQuery
+from sheda_rt.promotions import featured as featured_module
 from tests.listing_helpers import create_property, word
 from tests.paystack_server import SECRET
 from tests.test_payments import paystack  # noqa: F401  (the local gateway fixture)
@@ -73,7 +74,7 @@ async def all_pages(sheda, params: dict) -> list[dict]:
     raise AssertionError("more pages than listings")
 
 
-async def test_featured_listings_come_first_on_every_sort_and_page_until_their_days_end(sheda, fund):
+async def test_featured_listings_come_first_on_every_sort_and_page_until_their_days_end(sheda, fund, monkeypatch):
     agent, client = await sheda.signup("agent"), await sheda.signup("client")
     w = word()
     props = []
@@ -100,20 +101,23 @@ async def test_featured_listings_come_first_on_every_sort_and_page_until_their_d
             views[pid] = (await sheda.api.get(f"{API}/{pid}")).json
         assert views[featured[0]]["featured_until"] and views[ids[0]]["featured_until"] is None
         order_of_creation = {pid: i for i, pid in enumerate(ids)}
-        for sort in ("newest", "price_asc", "price_desc"):
-            for params in ({"location": w}, {"q": "pool", "location": w}, {"near": "6.452,3.47", "radius_km": 2, "location": w},
-                           {"bbox": "3.46,6.44,3.48,6.46", "location": w}):
-                for limit in (1, 2, 3, 20):
-                    got = [p["id"] for p in await all_pages(sheda, {**params, "sort": sort, "limit": limit})]
-                    assert sorted(got) == sorted(ids), (sort, params, limit, got)  # every listing once
-                    assert set(got[:2]) == set(featured), (sort, params, limit, got)
-                    expected = []
-                    for group in (featured, [pid for pid in ids if pid not in featured]):
-                        if sort == "newest":
-                            expected += sorted(group, key=lambda pid: -order_of_creation[pid])
-                        else:
-                            expected += sorted(group, key=lambda pid: float(views[pid]["price"]), reverse=sort == "price_desc")
-                    assert got == expected, (sort, params, limit)
+        await sheda.ctx.property_store.stats.refresh()  # a facet sample: the featured segment may go unsliced
+        for most in (-1, 10**9):  # the featured segment sliced, then in one pipeline per driver
+            monkeypatch.setattr(featured_module, "UNSLICED_MAX", most)
+            for sort in ("newest", "price_asc", "price_desc"):
+                for params in ({"location": w}, {"q": "pool", "location": w}, {"near": "6.452,3.47", "radius_km": 2, "location": w},
+                               {"bbox": "3.46,6.44,3.48,6.46", "location": w}):
+                    for limit in (1, 2, 3, 20):
+                        got = [p["id"] for p in await all_pages(sheda, {**params, "sort": sort, "limit": limit})]
+                        assert sorted(got) == sorted(ids), (sort, params, limit, got)  # every listing once
+                        assert set(got[:2]) == set(featured), (sort, params, limit, got)
+                        expected = []
+                        for group in (featured, [pid for pid in ids if pid not in featured]):
+                            if sort == "newest":
+                                expected += sorted(group, key=lambda pid: -order_of_creation[pid])
+                            else:
+                                expected += sorted(group, key=lambda pid: float(views[pid]["price"]), reverse=sort == "price_desc")
+                        assert got == expected, (sort, params, limit)
 
         # Three days on: the first one's days are over. Search stops listing it first at once, before the
         # job has run; the job then ends it and tells its watchers.
@@ -317,7 +321,7 @@ def _winning_plan(explained: dict) -> dict:
     return next(s["$cursor"]["queryPlanner"]["winningPlan"] for s in explained["stages"] if "$cursor" in s)
 
 
-async def test_featured_first_searches_and_the_job_walk_indexes_never_the_collection(sheda, fund):
+async def test_featured_first_searches_and_the_job_walk_indexes_never_the_collection(sheda, fund, monkeypatch):
     """The embedded planner scans the whole collection unless a filter is index-shaped: every pipeline of
     both segments, on every sort, page and filter kind, and the job's reads, are explained here."""
     agent = await sheda.signup("agent")
@@ -330,17 +334,24 @@ async def test_featured_first_searches_and_the_job_walk_indexes_never_the_collec
         for pid in ids[:3]:
             assert (await promote(sheda, agent, pid, {"kind": "featured", "days": 1})).status == 201
         db, trace = sheda.ctx.db, []
-        for sort in ("newest", "price_asc", "price_desc"):
-            for params in ({}, {"location": w}, {"q": "pool villa"}, {"near": "6.45,3.47", "radius_km": 1},
-                           {"bbox": "3.46,6.44,3.48,6.46"}, {"agent_id": agent.id}, {"listing_type": "rent", "price_min": "1"}):
-                cursor = None
-                for _page in range(3):
-                    page = await sheda.ctx.properties.search(SearchQuery(**params, sort=sort, limit=2, cursor=cursor), trace=trace)
-                    cursor = page["next_cursor"]
-                    if not cursor:
-                        break
-        assert any(p[0]["$match"]["facets"].startswith("f:") for p in trace)  # the featured segment ran
-        assert any(not p[0]["$match"]["facets"].startswith("f:") for p in trace)  # and the rest
+        await sheda.ctx.property_store.stats.refresh()
+        for most in (-1, 10**9):  # the featured segment sliced, then unsliced
+            monkeypatch.setattr(featured_module, "UNSLICED_MAX", most)
+            for sort in ("newest", "price_asc", "price_desc"):
+                for params in ({}, {"location": w}, {"q": "pool villa"}, {"near": "6.45,3.47", "radius_km": 1},
+                               {"bbox": "3.46,6.44,3.48,6.46"}, {"agent_id": agent.id}, {"listing_type": "rent", "price_min": "1"},
+                               {"price_min": "1000001", "price_max": "1000003"}):
+                    cursor = None
+                    for _page in range(3):
+                        page = await sheda.ctx.properties.search(SearchQuery(**params, sort=sort, limit=2, cursor=cursor),
+                                                                 trace=trace)
+                        cursor = page["next_cursor"]
+                        if not cursor:
+                            break
+        featured_drivers = [p[0]["$match"] for p in trace if p[0]["$match"].get("facets", "").startswith("f:")]
+        assert any("newest_at" not in d and "price_minor" not in d for d in featured_drivers)  # unsliced ones ran
+        assert any("newest_at" in d for d in featured_drivers)  # and sliced ones
+        assert any(not p[0]["$match"].get("facets", "").startswith("f:") for p in trace)  # and the rest
         for pipeline in trace:
             explained = await db.command("explain", {"aggregate": "properties", "pipeline": pipeline, "cursor": {}},
                                          verbosity="queryPlanner")

@@ -11,8 +11,6 @@ import json
 from decimal import Decimal
 from typing import TYPE_CHECKING, Callable
 
-from pydantic import ValidationError
-
 from sheda_rt.clock import format_ts
 from sheda_rt.errors import Conflict, NotFound, ValidationFailed
 from sheda_rt.guided.models import parse_budget, parse_what
@@ -89,11 +87,7 @@ class SavedSearchService:
         if body.guided is None:
             return {"query": body.query.stored(), "guided": None}
         filters, extra = await self.guided_exact(body.guided)
-        try:
-            query = SavedSearchQuery.model_validate(filters)
-        except ValidationError:  # e.g. only a budget from 0 with no end: nothing would narrow the alerts
-            raise ValidationFailed.single("guided", "these answers narrow nothing down; answer what, where or a bounded budget") from None
-        out = {"query": query.stored(), "guided": body.guided.model_dump(exclude_none=True)}
+        out = {"query": SavedSearchQuery.model_validate(filters).stored(), "guided": body.guided.model_dump(exclude_none=True)}
         if extra is not None:  # a MongoDB condition ($regex): kept as text, so no stored key starts with "$"
             out["match_extra"] = json.dumps(extra)
         return out
