@@ -32,7 +32,8 @@ _ERROR_SCHEMA = {
     },
 }
 _STATUS_TEXT = {400: "Bad request: e.g. `invalid_json`, `invalid_form` (a malformed form or multipart body)",
-                401: "Missing, invalid, expired or revoked token (WWW-Authenticate: Bearer)", 403: "Not allowed",
+                401: "Missing, invalid, expired or revoked token (WWW-Authenticate: Bearer)", 402: "Payment required: `insufficient_funds` (the wallet's balance is below the price; nothing was charged)",
+                403: "Not allowed",
                 404: "Not found", 409: "Conflict (duplicate, wrong state, slot taken)",
                 413: "Too large: the body is over MAX_JSON_BYTES, or the upload over MAX_UPLOAD_BYTES",
                 415: "Unsupported media type: send application/json (or multipart/form-data where documented)",
