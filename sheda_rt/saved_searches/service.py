@@ -1,5 +1,5 @@
-"""Saved searches: a user's own searches of listings (at most SAVED_SEARCHES_PER_USER, 20), each
-with an alert mode. Only their owner sees or changes one: anyone else gets 404, so ids leak nothing.
+"""Saved searches: a user's own searches of listings (at most SAVED_SEARCHES_PER_USER, 20: a slot
+each, store.py), each with an alert mode. Only their owner sees or changes one: anyone else gets 404, so ids leak nothing.
 
 The filters are stored as validated by the GET /properties model (models.py) and matched later by
 the plan that route would run (matcher.py); `alert_key` (store.py) is recomputed whenever the
@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 from typing import TYPE_CHECKING, Callable
+
+from pydantic import ValidationError
 
 from sheda_rt.clock import format_ts
 from sheda_rt.errors import Conflict, NotFound, ValidationFailed
@@ -87,7 +89,11 @@ class SavedSearchService:
         if body.guided is None:
             return {"query": body.query.stored(), "guided": None}
         filters, extra = await self.guided_exact(body.guided)
-        out = {"query": SavedSearchQuery.model_validate(filters).stored(), "guided": body.guided.model_dump(exclude_none=True)}
+        try:
+            query = SavedSearchQuery.model_validate(filters)
+        except ValidationError:  # e.g. only a budget from 0 with no end: nothing would narrow the alerts
+            raise ValidationFailed.single("guided", "these answers narrow nothing down; answer what, where or a bounded budget") from None
+        out = {"query": query.stored(), "guided": body.guided.model_dump(exclude_none=True)}
         if extra is not None:  # a MongoDB condition ($regex): kept as text, so no stored key starts with "$"
             out["match_extra"] = json.dumps(extra)
         return out
@@ -120,18 +126,15 @@ class SavedSearchService:
     async def create(self, principal, body: SavedSearchCreate) -> dict:
         filters = await self._filters(body)
         key = self.alert_key(filters["query"], body.alert)
-        if not await self.store.take_place(principal.user_id, self.max_per_user):
-            raise Conflict(f"At most {self.max_per_user} saved searches per user; delete one first", "too_many_saved_searches",
-                           extra={"limit": self.max_per_user})
         now = self.clock.now()
         doc = {"user_id": principal.user_id, "name": body.name, **filters, "alert": body.alert, "created_at": now, "updated_at": now}
         if key is not None:
             doc["alert_key"] = key
-        try:
-            return saved_search_view(await self.store.insert(doc))
-        except BaseException:
-            await self.store.give_back(principal.user_id)
-            raise
+        stored = await self.store.insert(doc, self.max_per_user)
+        if stored is None:
+            raise Conflict(f"At most {self.max_per_user} saved searches per user; delete one first", "too_many_saved_searches",
+                           extra={"limit": self.max_per_user})
+        return saved_search_view(stored)
 
     async def list(self, principal, page) -> dict:
         return await self.store.page(principal.user_id, page, saved_search_view)
@@ -164,4 +167,3 @@ class SavedSearchService:
     async def delete(self, principal, search_id: int) -> None:
         if not await self.store.delete(principal.user_id, search_id):
             raise NotFound("No such saved search", "saved_search_not_found")
-        await self.store.give_back(principal.user_id)

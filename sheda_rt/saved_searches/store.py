@@ -8,8 +8,10 @@
   multikey; a listing inside carries one of them). A changed listing looks up the searches filed
   under any of its own facets, one `$in` on the `alert_key` index, so it reads only searches that
   can possibly match, never every saved search.
-- `saved_search_quota`: `{_id: user_id, n}`, the number of searches a user has; taking a place is
-  one conditional increment (`n < limit`), so concurrent creates can never pass the limit.
+  The limit per user is kept by `slot` (0..limit-1) under a unique (user_id, slot) index: a new
+  search takes a free slot, and of two creates racing for one slot the index lets one in (the
+  other tries the next free one), so concurrent creates can never pass the limit, and nothing
+  (no counter) can drift from the searches themselves when a process dies mid-create.
 - `saved_search_alerts`: one document per (user, listing) that was ever alerted, `_id` =
   "<user>:<listing>". The `_id` index is the dedup: whichever process inserts it first alerts, a
   second insert (another change of the listing, another process, another of the user's searches)
@@ -30,33 +32,32 @@ class SavedSearchStore:
     INDEXES = [
         IndexModel([("user_id", ASCENDING), ("_id", DESCENDING)], name="user_newest"),
         IndexModel([("alert_key", ASCENDING)], name="alert_key"),
+        IndexModel([("user_id", ASCENDING), ("slot", ASCENDING)], unique=True, name="user_slot"),
     ]
 
     def __init__(self, db, ids):
         self.col = db["saved_searches"]
-        self.quota = db["saved_search_quota"]
         self.ids = ids
 
     async def ensure_indexes(self):
         await self.col.create_indexes(self.INDEXES)
 
-    # ---- the per-user limit -------------------------------------------------
-    async def take_place(self, user_id: int, limit: int) -> bool:
-        """One more search for this user, unless they have `limit` already (atomic)."""
-        try:
-            await self.quota.update_one({"_id": user_id, "n": {"$lt": limit}}, {"$inc": {"n": 1}}, upsert=True)
-            return True
-        except DuplicateKeyError:  # the document exists and is full: the upsert tried to insert a second one
-            return False
-
-    async def give_back(self, user_id: int) -> None:
-        await self.quota.update_one({"_id": user_id, "n": {"$gt": 0}}, {"$inc": {"n": -1}})
-
     # ---- searches -----------------------------------------------------------
-    async def insert(self, doc: dict) -> dict:
+    async def insert(self, doc: dict, limit: int) -> dict | None:
+        """Store a new search of `doc["user_id"]` in a free slot; None when all `limit` slots are taken.
+        Each lost race means another search took that slot, so this ends within `limit` + 1 tries."""
         doc = dict(doc, _id=await self.ids.next("saved_searches"))
-        await self.col.insert_one(doc)
-        return doc
+        for _ in range(limit + 1):
+            used = {d["slot"] for d in await self.col.find({"user_id": doc["user_id"]}, projection={"slot": 1}).to_list()}
+            free = next((i for i in range(limit) if i not in used), None)
+            if free is None:
+                return None
+            try:
+                await self.col.insert_one(dict(doc, slot=free))
+                return dict(doc, slot=free)
+            except DuplicateKeyError:  # another create took this slot first: look again
+                continue
+        return None
 
     async def get(self, user_id: int, search_id: int) -> dict | None:
         return await self.col.find_one({"_id": search_id, "user_id": user_id})
