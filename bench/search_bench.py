@@ -11,6 +11,10 @@ query:
     printing p50 / p99 / max in milliseconds and how many pipelines it ran (range slices, times grid cells for near=);
   * explains every pipeline it ran and prints the winning plan's stage tree;
   * asserts that no plan is a COLLSCAN.
+A q= search is timed twice: as it runs (keyword postings may fetch the few listings carrying
+every word by id, sheda_rt/search.py FacetPostings) and with the index drivers alone (before the
+postings). Then listings created one at a time, alternately with and without posting their
+keywords, time what the postings add to a write (those listings are removed again).
 The database gets a 12G WiredTiger cache (BENCH_DB_CACHE to change it): bulk-loading these
 multikey-heavy documents (~40 facets each since keywords are facets) stalls the embedded
 database in cache eviction at around 25,000 listings with its default 1G, and near 70,000
@@ -210,6 +214,36 @@ async def main(count: int, runs: int, db_dir: str | None = None) -> int:
                 q2 = SearchQuery.model_validate({"limit": 20, **params, "cursor": page["next_cursor"]})
                 t2 = await timed(service, q2, runs)
                 print(f"{'  ... its page 2 (cursor)':52} {statistics.median(t2):8.1f} {p99(t2):8.1f} {t2[-1]:8.1f}")
+            if "q" in params:  # the same search without the keyword postings: the index drivers alone (before them)
+                store.finder.postings, postings = None, store.finder.postings
+                try:
+                    t2 = await timed(service, q, runs)
+                finally:
+                    store.finder.postings = postings
+                print(f"{'  ... index drivers only (no postings)':52} {statistics.median(t2):8.1f} {p99(t2):8.1f} {t2[-1]:8.1f}")
+
+        # What the postings cost a write: listings created one at a time (as POST /properties stores them),
+        # alternately with and without posting their keywords; removed again afterwards.
+        write_ms: dict[bool, list[float]] = {True: [], False: []}
+        made: list[int] = []
+        real_add = store.postings.add
+
+        async def no_postings(docs) -> None:
+            return None
+        try:
+            for i in range(2 * min(runs, 100)):
+                with_postings = i % 2 == 0
+                store.postings.add = real_add if with_postings else no_postings
+                t0 = time.perf_counter()
+                made.append((await store.insert(make_doc(rng, now)))["_id"])
+                write_ms[with_postings].append((time.perf_counter() - t0) * 1000)
+        finally:
+            store.postings.add = real_add
+            for i in range(0, len(made), 50):
+                await store.col.delete_many({"_id": {"$in": made[i:i + 50]}})
+        for with_postings, label in ((False, "write: create one listing, no postings"), (True, "write: create one listing, with postings")):
+            ms = sorted(write_ms[with_postings])
+            print(f"{label:52} {statistics.median(ms):8.1f} {p99(ms):8.1f} {ms[-1]:8.1f}")
 
         # Guided search (sheda_rt/guided/): the catalog's first read (once per server), then the ranked answers
         # (exact matches, over budget, outside the area, both: one planned search per group) as POST /search/guided runs them.

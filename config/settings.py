@@ -157,6 +157,7 @@ class Settings(BaseSettings):
     # [saved searches] sheda_rt/saved_searches/
     saved_searches_per_user: int = Field(20, ge=1, le=1000, description="Saved searches one user may keep (409 after)")
     saved_search_digest_hour: int = Field(7, ge=0, le=23, description="Hour of the day (UTC) the daily saved-search alert email goes out")
+    search_keyword_postings: bool = Field(True, description="Keep, per keyword, a bitmap of the listings carrying it, so a search of several common words fetches the few listings carrying all of them by id instead of reading every listing carrying the rarest of them, at the cost of one small upsert per keyword on every listing write (see README, Benchmarks). Switching it back on re-posts every listing at the next start")  # [listings search]
     guided_refresh_seconds: float = Field(30.0, ge=0, le=3600, description="Guided search: how old each server's catalog of the available listings (the questions' options and counts) may get before a request refreshes it in the background")  # [guided search]
 
     # [payments] Paystack (issue 18); no secret key: no gateway, the manual bank-transfer flow only

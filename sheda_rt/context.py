@@ -218,7 +218,7 @@ class AppContext:
         from sheda_rt.notifications.service import NotificationService
         from sheda_rt.notifications.store import NotificationStore
 
-        self.property_store = PropertyStore(self.db, self.ids)
+        self.property_store = PropertyStore(self.db, self.ids, keyword_postings=self.settings.search_keyword_postings)
         self.favourite_store = FavouriteStore(self.db, self.ids)
         self.availability_store = AvailabilityStore(self.db, self.ids)
         self.appointment_store = AppointmentStore(self.db, self.ids)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from tests.listing_helpers import create_property, word
 
 API = "/api/v1/properties"
@@ -178,12 +180,143 @@ async def test_the_rarest_condition_drives_the_search_by_the_facet_sample(sheda)
     stats = sheda.ctx.property_store.stats
     stats.sample_size = 1_000_000  # every listing of the test database: the shares are exact, not a sample's luck
     await stats.refresh()
-    for params in ({"q": f"{w} {rare}"}, {"q": f"{rare} {w}"}, {"q": f"{w} {rare}", "bbox": "-150.2,61.4,-150.0,61.6"},
-                   {"q": rare, "near": "61.5,-150.1", "radius_km": 10}):
-        trace: list = []
-        page = await sheda.ctx.properties.search(SearchQuery.model_validate(params), trace=trace)
-        assert {p["id"] for p in page["items"]} == expected, params
-        # (featured listings' segment is driven by the same facet, prefixed "f:": sheda_rt/promotions/featured.py)
-        assert {p[0]["$match"]["facets"].removeprefix("f:") for p in trace} == {f"k:{rare}"}, (params, trace[0][0])
+    finder = sheda.ctx.property_store.finder
+    postings, finder.postings = finder.postings, None  # the index drivers alone (what the keyword postings may bypass)
+    try:
+        for params in ({"q": f"{w} {rare}"}, {"q": f"{rare} {w}"}, {"q": f"{w} {rare}", "bbox": "-150.2,61.4,-150.0,61.6"},
+                       {"q": rare, "near": "61.5,-150.1", "radius_km": 10}):
+            trace: list = []
+            page = await sheda.ctx.properties.search(SearchQuery.model_validate(params), trace=trace)
+            assert {p["id"] for p in page["items"]} == expected, params
+            # (featured listings' segment is driven by the same facet, prefixed "f:": sheda_rt/promotions/featured.py)
+            assert {p[0]["$match"]["facets"].removeprefix("f:") for p in trace} == {f"k:{rare}"}, (params, trace[0][0])
+    finally:
+        finder.postings = postings
+    # With the postings, two words on few listings together are fetched by id: exactly those listings.
+    trace = []
+    page = await sheda.ctx.properties.search(SearchQuery.model_validate({"q": f"{w} {rare}"}), trace=trace)
+    assert {p["id"] for p in page["items"]} == expected
+    assert trace and all(set(p[0]["$match"]["_id"]["$in"]) == expected for p in trace), trace
     r = await sheda.api.get(API, params={"q": f"{w} {rare}", "bbox": "-150.2,61.4,-150.0,61.6"})
     assert {p["id"] for p in r.json["items"]} == expected
+
+
+async def test_q_with_filters_returns_exactly_the_naive_answer_in_every_sort_and_page(sheda):
+    """The keyword search as a brute-force filter over this test's listings defines it: every word
+    of q among the folded words of title, location and description, plus the other filters, in the
+    sort's order (ties by id), cut into pages by the cursor. Checked without a facet sample, with an
+    exhaustive one, and with a tiny one (drivers and slices then come from a few listings' luck)."""
+    from sheda_rt.search import keyword_words
+
+    agent = await sheda.signup("agent")
+    w = word()
+    rng = random.Random(16)
+    vocab = ["pool", "garden", "gym", "ocean", "sauna", "quiet", "Gàrden", "POOL"]  # accents and case fold onto the same words
+    areas = ["Lekki Phase 1", "Ikoyi", "Ìkòyí Crescent", "Yaba"]
+    created = []
+    for i in range(48):
+        words = rng.choices(vocab, weights=[6, 5, 3, 2, 1, 4, 1, 1], k=rng.randint(1, 5))
+        prop = await create_property(
+            sheda, agent, title=f"{w} home {i}", description=" ".join(words), location=f"{rng.randint(1, 40)} {rng.choice(areas)}",
+            listing_type=rng.choice(["rent", "sale"]), furnished=rng.random() < 0.4, price=str(rng.choice([1, 2, 3, 5, 8]) * 500_000))
+        created.append(prop)
+        sheda.ctx.clock.advance(seconds=rng.choice([1, 2, 10]))
+    for prop in created[::9]:  # unlisted: never found
+        assert (await sheda.api.delete(f"{API}/{prop['id']}", token=agent.token)).status == 204
+    docs = await sheda.ctx.db["properties"].find({"agent_id": agent.id}).to_list()
+    assert len(docs) == 48
+
+    def naive(params: dict) -> list[int]:
+        wanted = set(keyword_words(params["q"]))
+        hits = [d for d in docs if d["status"] == "available" and d.get("is_active", True)
+                and wanted <= set(keyword_words(" ".join([d["title"], d["location"], d.get("description", "")])))
+                and ("listing_type" not in params or d["listing_type"] == params["listing_type"])
+                and ("furnished" not in params or d["furnished"] == (params["furnished"] == "true"))]
+        sort = params.get("sort", "newest")
+        if sort == "newest":
+            hits.sort(key=lambda d: (d.get("newest_at") or d["created_at"], d["_id"]), reverse=True)
+        else:
+            hits.sort(key=lambda d: (d["price_minor"], d["_id"]), reverse=sort == "price_desc")
+        return [d["_id"] for d in hits]
+
+    queries = []
+    for q in ("pool", "garden pool", "ocean sauna", "gym garden quiet", "pool ikoyi", "IKOYI gàrden pool", "lekki quiet", "sauna"):
+        for extra in ({}, {"listing_type": "sale"}, {"furnished": "true"}, {"listing_type": "rent", "furnished": "false"}):
+            for sort in ("newest", "price_asc", "price_desc"):
+                queries.append({"q": f"{w} {q}", "sort": sort, **extra})
+    stats = sheda.ctx.property_store.stats
+    old_size = stats.sample_size
+    nonempty = 0
+    try:
+        for sample in (None, 1_000_000, 40):
+            if sample is not None:
+                stats.sample_size = sample
+                await stats.refresh()
+            for params in queries:
+                got = [p["id"] for p in await walk(sheda, params, limit=4)]
+                expected = naive(params)
+                assert got == expected, (sample, params, got, expected)
+                nonempty += bool(expected)
+    finally:
+        stats.sample_size = old_size
+        await stats.refresh()
+    assert nonempty > len(queries)  # most of them find something: the comparison is not between empty lists
+    # Both ways were compared above: few listings with every word are fetched by id, a lone word walks a driver.
+    from sheda_rt.listings.models import SearchQuery
+
+    assert naive({"q": f"{w} sauna"})
+    for q, by_id in ((f"{w} sauna", True), (w, False)):
+        trace: list = []
+        await sheda.ctx.properties.search(SearchQuery.model_validate({"q": q}), trace=trace)
+        assert trace and all(("_id" in p[0]["$match"]) == by_id for p in trace), (q, trace[0][0])
+
+
+async def test_keyword_postings_are_filled_at_startup_and_used_only_once_complete(sheda):
+    """Listings stored before the postings existed are posted by the first start of this version
+    (ensure_indexes); until the marker says so, searches walk the index drivers and miss nothing."""
+    from bson import Int64
+
+    from sheda_rt.listings.models import SearchQuery
+    from sheda_rt.search import FacetPostings
+
+    agent = await sheda.signup("agent")
+    w, other = word(), word()
+    props = [await create_property(sheda, agent, title=f"{w} {other} flat {i}") for i in range(3)]
+    store = sheda.ctx.property_store
+    # As an older version left it: no bits for these listings' words, no marker.
+    for prop in props:
+        block, slot, bit = FacetPostings._slot(prop["id"])
+        for facet in (f"k:{w}", f"k:{other}"):
+            await store.postings.col.update_one({"_id": f"{facet}|{block}"}, {"$bit": {f"b{slot}": {"and": Int64(~(1 << bit))}}})
+    await store.meta.delete_one({"_id": "properties.postings"})
+    store.postings._ready, store.postings._checked_at = False, None
+    expected = {p["id"] for p in props}
+    try:
+        trace: list = []
+        page = await sheda.ctx.properties.search(SearchQuery.model_validate({"q": f"{w} {other}"}), trace=trace)
+        assert {p["id"] for p in page["items"]} == expected
+        assert all("_id" not in p[0]["$match"] for p in trace)  # not by id: the postings are not known complete
+    finally:
+        assert await store.ensure_indexes() is None  # what every start runs: posts every listing, sets the marker
+    assert await store.postings.ready()
+    trace = []
+    page = await sheda.ctx.properties.search(SearchQuery.model_validate({"q": f"{w} {other}"}), trace=trace)
+    assert {p["id"] for p in page["items"]} == expected
+    assert trace and all("_id" in p[0]["$match"] for p in trace)
+
+
+@pytest.mark.parametrize("settings_overrides", [{"search_keyword_postings": False}])
+async def test_with_keyword_postings_switched_off_writes_post_nothing_and_search_walks_the_drivers(sheda):
+    from sheda_rt.listings.models import SearchQuery
+
+    agent = await sheda.signup("agent")
+    w = word()
+    props = [await create_property(sheda, agent, title=f"{w} flat {i}", description="garden pool" if i % 2 else "garden")
+             for i in range(4)]
+    store = sheda.ctx.property_store
+    assert await store.meta.find_one({"_id": "properties.postings"}) is None  # the next start with them on posts everything again
+    assert await store.postings.col.count_documents({"_id": {"$regex": f"^k:{w}\\|"}}) == 0
+    trace: list = []
+    page = await sheda.ctx.properties.search(SearchQuery.model_validate({"q": f"{w} pool"}), trace=trace)
+    assert {p["id"] for p in page["items"]} == {props[1]["id"], props[3]["id"]}
+    assert trace and all("_id" not in p[0]["$match"] for p in trace)

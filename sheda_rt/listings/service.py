@@ -349,7 +349,7 @@ class PropertyService:
             status=q.status, sort=q.sort, limit=q.limit, facet=facet, near=near, bbox=q.bbox_box,
             price_min=int(to_minor(q.price_min)) if q.price_min is not None else None,
             price_max=int(to_minor(q.price_max)) if q.price_max is not None else None,
-            residual=residual, cursor=q.cursor,
+            residual=residual, cursor=q.cursor, keywords=tuple(keyword_facet(w) for w in keywords),
         )
 
     async def search(self, q: SearchQuery, trace: list | None = None) -> dict:

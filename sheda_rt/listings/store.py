@@ -23,7 +23,7 @@ from sheda_rt.errors import Conflict
 from sheda_rt.pagination import PageQuery, paginate
 from sheda_rt.promotions.featured import featured_facets, search_featured_first
 # Re-exported: the listings service and tests name these here.
-from sheda_rt.search import (EARTH_RADIUS_KM, FacetedSearch, FacetStats, SearchPlan, geo_cells_covering, geo_facets,  # noqa: F401
+from sheda_rt.search import (EARTH_RADIUS_KM, FacetedSearch, FacetPostings, FacetStats, SearchPlan, geo_cells_covering, geo_facets,  # noqa: F401
                              keyword_facet, keyword_facets, keyword_words, location_facets, location_words, word_facet)
 
 log = logging.getLogger("sheda.listings")
@@ -39,6 +39,10 @@ def facets_for(doc: dict) -> list[str]:
     if doc.get("featured_until") is not None:  # last: a prefixed copy of every facet above
         out |= featured_facets(out)
     return sorted(out)
+
+
+async def _no_postings(docs) -> None:
+    """FacetPostings.add when the keyword postings are switched off."""
 
 
 def _newest_at(doc: dict):
@@ -61,14 +65,21 @@ class PropertyStore:
     # Bump when facets_for changes: listings stored before are re-faceted once at startup.
     FACETS_VERSION = 3  # 2: geo grid cells; 3: keywords (q=) and categories
 
-    def __init__(self, db, ids):
+    def __init__(self, db, ids, *, keyword_postings: bool = True):
         self.col = db["properties"]
         self.meta = db["meta"]
         self.ids = ids
         # Which of a request's conditions is rarest (the driver): a sample of the listings' facets.
         self.stats = FacetStats(self.col, lambda: ids.current("properties"), fields=("status", "is_active"))  # fields: sheda_rt/metrics.py ListingGauges
+        # Which listings carry each keyword, as bitmaps: a few keywords together are fetched by id (search.py).
+        # Off (SEARCH_KEYWORD_POSTINGS=false): writes cost one upsert less per keyword; searches of several
+        # common words then read every listing carrying the rarest of them.
+        self.keyword_postings = keyword_postings
+        self.postings = FacetPostings(db["properties_postings"], self.meta, lambda: ids.current("properties"), marker="properties.postings")
+        if not keyword_postings:
+            self.postings.add = _no_postings
         self.finder = FacetedSearch(self.col, state_field="status", date_field="newest_at", price_field="price_minor",
-                                    stats=self.stats)
+                                    stats=self.stats, postings=self.postings if keyword_postings else None)
 
     async def ensure_indexes(self):
         await self.col.create_indexes(self.INDEXES)
@@ -81,6 +92,10 @@ class PropertyStore:
                 except OperationFailure:  # another process starting at the same time dropped it first
                     pass
         await self.refacet_if_stale()
+        if self.keyword_postings:
+            await self.postings.backfill(self.col)
+        else:
+            await self.postings.disable()
 
     async def backfill_newest_at(self) -> int:
         """Listings stored before bumps existed sort in "newest" by their creation time: one
@@ -110,13 +125,15 @@ class PropertyStore:
             docs = await self.col.find(flt, projection=fields, sort=[("_id", ASCENDING)], limit=batch).to_list()
             if not docs:
                 break
-            updates = []
+            updates, posted = [], []
             for d in docs:
                 try:
-                    updates.append(UpdateOne({"_id": d["_id"], "rev": d.get("rev")}, {"$set": {"facets": facets_for(d)}}))
+                    posted.append((d["_id"], facets_for(d)))
+                    updates.append(UpdateOne({"_id": d["_id"], "rev": d.get("rev")}, {"$set": {"facets": posted[-1][1]}}))
                 except (KeyError, TypeError, ValueError):  # not a listing this code wrote: leave it, never block a start
                     log.warning("listing %r has no usable listing fields; facets left as they are", d["_id"])
             if updates:
+                await self.postings.add(posted)  # bits before the words
                 await self.col.bulk_write(updates, ordered=False)
             done += len(docs)
             last = docs[-1]["_id"]
@@ -129,6 +146,7 @@ class PropertyStore:
     # ---- documents ---------------------------------------------------------
     async def insert(self, doc: dict) -> dict:
         doc = dict(doc, _id=await self.ids.next("properties"), rev=1, facets=facets_for(doc), newest_at=_newest_at(doc))
+        await self.postings.add([(doc["_id"], doc["facets"])])  # before the listing: a search never misses it
         await self.col.insert_one(doc)
         return doc
 
@@ -137,6 +155,7 @@ class PropertyStore:
         ids = await self.ids.reserve("properties", len(docs))
         out = [dict(doc, _id=i, rev=1, facets=facets_for(doc), newest_at=_newest_at(doc)) for doc, i in zip(docs, ids)]
         if out:
+            await self.postings.add((d["_id"], d["facets"]) for d in out)
             await self.col.insert_many(out, ordered=False)
         return out
 
@@ -154,7 +173,9 @@ class PropertyStore:
         """Apply `changes` only if nobody changed the listing since we read revision `rev`
         (facets are recomputed from the merged document, so they must not go stale).
         `push` appends to arrays, each kept to its last `keep` entries."""
-        update: dict = {"$set": dict(changes, facets=facets_for(merged)), "$inc": {"rev": 1}}
+        facets = facets_for(merged)
+        await self.postings.add([(property_id, facets)])  # a new word's bit before the word
+        update: dict = {"$set": dict(changes, facets=facets), "$inc": {"rev": 1}}
         if unset:
             update["$unset"] = {k: "" for k in unset}
         if push:
