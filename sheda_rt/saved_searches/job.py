@@ -61,6 +61,7 @@ MATCH_KIND = "saved_search.match"
 DIGEST_KIND = "saved_search.digest"
 REASONS = ("new", "relisted", "price_drop")
 DIGEST_MAX_ITEMS = 200
+DELIVERY_CONCURRENCY = 16
 
 
 def _price(doc: dict) -> str:
@@ -146,9 +147,15 @@ class ListingAlerts:
             "search_name": search["name"], "reason": p["reason"], "mode": search["alert"],
             "status": "pending" if search["alert"] == "instant" else "queued", "job": job["_id"], "created_at": now}
             for uid, search in chosen.items()])
-        alerted = 0
-        for alert in claimed:
-            alerted += await self._deliver(job, doc, alert)
+        # Deliveries overlap (bounded): the event stream stores concurrent events in one group commit, so a
+        # listing that alerts hundreds of users costs a few batches, not hundreds of round trips in a row.
+        gate = asyncio.Semaphore(DELIVERY_CONCURRENCY)
+
+        async def deliver(alert: dict) -> bool:
+            async with gate:
+                return await self._deliver(job, doc, alert)
+
+        alerted = sum(await asyncio.gather(*(deliver(a) for a in claimed)))
         return {"outcome": "matched", "candidates": candidates, "matched": len(chosen), "alerted": alerted}
 
     async def _deliver(self, job: dict, doc: dict, alert: dict) -> bool:
