@@ -355,6 +355,35 @@ async def test_an_attempt_whose_process_died_before_the_gateway_answered_is_repl
     assert (await sheda.api.get(f"{PAY}/{r.json['reference']}", token=client.token)).json["status"] == "abandoned"
 
 
+async def delivered_to_a_server_killed_around_verify(paystack, server: ServerProcess, body: bytes, moment: str) -> None:
+    """Paystack delivers `body` to `server` (a `python run.py`), which is killed with SIGKILL while
+    it verifies the webhook's payment: just before the gateway's answer ("before": the answer never reaches it,
+    so it never writes) or just after it ("after": racing its write). Paystack got no 200, so it will deliver again."""
+    victim = server.process
+
+    def kill_9(now):
+        if now == moment:
+            os.kill(victim.pid, signal.SIGKILL)
+            return False
+
+    paystack.around_verify_answer = kill_9
+    paystack.webhook_url = server.base_url + "/api/v1/webhooks/paystack"
+    try:
+        lost = await paystack.deliver(body)
+        assert lost.code != 200
+    except HTTPStreamClosedError:  # the connection died with the process
+        pass
+    assert victim.wait(10) == -signal.SIGKILL
+    assert paystack.around_verify_answer is None  # the kill happened at the verify, not elsewhere
+
+
+def restarted(server: ServerProcess, paystack) -> ServerProcess:
+    """`python run.py` again on the killed server's settings and database, Paystack's webhooks pointed at it."""
+    again = ServerProcess(server.env, server.data_dir, server.name).start()
+    paystack.webhook_url = again.base_url + "/api/v1/webhooks/paystack"
+    return again
+
+
 @pytest.mark.parametrize("moment", ["before", "after"])
 async def test_kill_9_around_the_gateways_verify_answer_then_restart_and_redelivery(embedded_db, paystack, tmp_path, moment):
     """`python run.py` killed with SIGKILL while it verifies a webhook's payment, just before or just after
@@ -370,25 +399,10 @@ async def test_kill_9_around_the_gateways_verify_answer_then_restart_and_redeliv
         pay = await start_payment(as_client, client, contract)
         paystack.pay(pay["reference"])
         body = paystack.event_body(pay["reference"])
-        victim = servers[0].process
+        await delivered_to_a_server_killed_around_verify(paystack, servers[0], body, moment)
 
-        def kill_9(now):
-            if now == moment:
-                os.kill(victim.pid, signal.SIGKILL)
-                return False
-
-        paystack.around_verify_answer = kill_9
-        paystack.webhook_url = servers[0].base_url + "/api/v1/webhooks/paystack"
-        try:
-            lost = await paystack.deliver(body)
-            assert lost.code != 200
-        except HTTPStreamClosedError:  # the connection died with the process
-            pass
-        assert victim.wait(10) == -signal.SIGKILL
-
-        servers.append(ServerProcess(env, tmp_path, "pay").start())
+        servers.append(restarted(servers[0], paystack))
         api = Remote(servers[-1]).api
-        paystack.webhook_url = servers[-1].base_url + "/api/v1/webhooks/paystack"
         for _ in range(2):  # Paystack delivers again (and once more: still no effect)
             assert (await paystack.deliver(body)).code == 200
         payment = (await api.get(f"{PAY}/{pay['reference']}", token=client.token)).json

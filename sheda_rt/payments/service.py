@@ -257,8 +257,8 @@ class PaymentService:
         return f"{payment['purpose']}_{outcome}"
 
     async def _flag(self, payment: dict, reason: str, detail: str) -> None:
-        log.warning('{"event": "payment_flagged", "reference": "%s", "reason": "%s"}', payment["reference"], reason)
-        await self.store.flag(payment["_id"], {"reason": reason, "detail": detail, "at": self.clock.now()}, self.clock.now())
+        if await self.store.flag(payment["_id"], {"reason": reason, "detail": detail, "at": self.clock.now()}, self.clock.now()):
+            log.warning('{"event": "payment_flagged", "reference": "%s", "reason": "%s"}', payment["reference"], reason)
 
     # ---- reconciliation ------------------------------------------------------
     async def reconcile(self, batch: int = 200) -> dict:

@@ -71,8 +71,13 @@ class PaymentStore:
         result = await self.col.update_one({"_id": payment_id, **(expect or {})}, {"$set": fields})
         return result.matched_count == 1
 
-    async def flag(self, payment_id: int, flag: dict, now) -> None:
-        await self.col.update_one({"_id": payment_id}, {"$set": {"flagged": True, "updated_at": now}, "$push": {"flags": flag}})
+    async def flag(self, payment_id: int, flag: dict, now) -> bool:
+        """Raise a flag once per reason: concurrent deliveries of one event (the gateway retries while
+        the first is still being handled), or a webhook racing the reconciliation job, each find the
+        same mismatch, and an admin needs one flag for it, not one per writer. True when raised now."""
+        result = await self.col.update_one({"_id": payment_id, "flags.reason": {"$ne": flag["reason"]}},
+                                           {"$set": {"flagged": True, "updated_at": now}, "$push": {"flags": flag}})
+        return result.modified_count == 1
 
     async def stale(self, older_than, limit: int) -> list[dict]:
         """Attempts still initialized or pending that were created before `older_than` (flagged

@@ -1,0 +1,66 @@
+"""Payments at their edges (issue 18 review): amounts and ids no client should send are 422 with nothing
+started at the gateway; signed webhooks with odd or broken bodies are acknowledged without a 500; one
+event delivered several times at once (Paystack retries while the first delivery is still being handled)
+raises its flag once."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+from tests.test_payments import gw, paystack, settings_overrides  # noqa: F401
+
+PAY = "/api/v1/payments"
+WALLET = "/api/v1/wallet"
+
+
+async def test_odd_amounts_and_ids_are_422_and_nothing_reaches_the_gateway(sheda, gw):  # noqa: F811
+    user = await sheda.signup("client")
+    odd = ["1e3", "-0", "0.001", "0", "0.00", "-5", "1" * 30, 10 ** 30, -(10 ** 30), "NaN", "Infinity", "-Infinity", " 5000",
+           "5000.", ".5", "\u0665\u0660\u0660", "5_000", True, None, [], {}, "1000.000", "1,000", "0x1F4", "+500", "500\n",
+           "9" * 14, 0, -1, 2 ** 63, "1e-2", "1E3", 1e3]
+    for amount in odd:
+        r = await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": user.id, "amount": amount}, token=user.token)
+        assert r.status == 422 and r.json["code"] == "validation_error", (amount, r.status, r.json)
+    for target in (0, -1, 2 ** 63, "1", 1.0, None, 10 ** 40):
+        r = await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": target, "amount": "500"}, token=user.token)
+        assert r.status == 422, (target, r.status, r.json)
+    assert gw.initialized == []
+
+
+async def test_concurrent_deliveries_of_one_wrong_amount_event_flag_the_payment_once(sheda, gw):  # noqa: F811
+    """Four deliveries of one event at once each found the mismatch and pushed a flag (4 flags for one
+    mismatch) before flags were raised once per reason."""
+    user = await sheda.signup("client")
+    r = await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": user.id, "amount": "500"}, token=user.token)
+    ref = r.json["reference"]
+    gw.pay(ref, amount=100)
+    body = gw.event_body(ref)
+    hooks = await asyncio.gather(*(gw.deliver(body) for _ in range(4)))
+    assert [h.code for h in hooks] == [200] * 4
+    pay = (await sheda.api.get(f"{PAY}/{ref}", token=user.token)).json
+    assert [f["reason"] for f in pay["flags"]] == ["webhook_mismatch"], pay["flags"]
+    assert pay["applied"] is False and pay["status"] == "pending"
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "0.00"
+
+
+async def test_signed_webhooks_with_odd_bodies_are_acknowledged_never_a_500(sheda, gw):  # noqa: F811
+    user = await sheda.signup("client")
+    r = await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": user.id, "amount": "500"}, token=user.token)
+    ref = r.json["reference"]
+    gw.pay(ref)
+    for data in ({"id": 10 ** 40, "reference": ref, "amount": 10 ** 40, "currency": "NGN"},
+                 {"id": "x" * 64, "reference": ref, "amount": "50000", "currency": "NGN"},
+                 {"id": 5, "reference": ["x"], "amount": 1.5, "currency": 7},
+                 {"id": 6, "reference": "\ud800", "amount": 1, "currency": "NGN"}):
+        body = json.dumps({"event": "charge.success", "data": data}).encode()
+        h = await gw.deliver(body)
+        assert h.code == 200, (data, h.code, h.body)
+    for body in (b"{", b"[]", b"null", b"\xff\xfe", b'{"event": "charge.success", "data": {"id": 1e999}}', b"{" * 5000 + b"}" * 5000):
+        h = await gw.deliver(body)
+        assert h.code == 200, (body[:30], h.code, h.body)
+    # The one event with the right amount, currency and reference credited the wallet, once; the
+    # 10**40 kobo one was flagged.
+    pay = (await sheda.api.get(f"{PAY}/{ref}", token=user.token)).json
+    assert pay["status"] == "succeeded" and pay["applied"] is True
+    assert [f["reason"] for f in pay["flags"]] == ["webhook_mismatch"]
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "500.00"
