@@ -696,16 +696,17 @@ class FacetedSearch:
             yield (lambda drivers: lambda need: [stages + [sort_stage, {"$limit": need}] for stages in drivers])(drivers)
 
     # The id path (`_by_ids`) fetches every listing carrying all the keywords, page after page; the
-    # driver walks about want x (listings of its facet) / (listings matching) of them per page. Fetching
-    # one by `_id` costs the embedded database ~1.7x a driver's fetch (measured), so ids win when
-    # ids^2 x 2 < want x fewest; never above ID_PATH_MAX ids (a page's cost must stay bounded).
+    # driver walks about want x (listings of its facet) / (listings matching) of them per page, and its
+    # slices overshoot that by up to 4x. Fetching one by `_id` costs the embedded database ~1.7x a
+    # driver's fetch (measured), about what the overshoot costs the driver, so ids win when
+    # ids^2 <= want x fewest; never above ID_PATH_MAX ids (a page's cost must stay bounded).
     ID_PATH_MAX = 3000
 
     async def search(self, plan: SearchPlan, now: datetime, serialize, trace: list | None = None) -> dict:
         if self.postings is not None and plan.keywords and await self.postings.ready():
             slots, fewest = await self.postings.slots(list(plan.keywords))
             n = sum(bits.bit_count() for bits in slots.values())
-            if n <= self.ID_PATH_MAX and 2 * n * n <= (plan.limit + 1) * fewest:
+            if n <= self.ID_PATH_MAX and n * n <= (plan.limit + 1) * fewest:
                 return await self._by_ids(plan, FacetPostings.ids(slots), serialize, trace)
         want = plan.limit + 1
         key, direction = self.sorts[plan.sort][0]

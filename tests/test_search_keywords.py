@@ -193,10 +193,12 @@ async def test_the_rarest_condition_drives_the_search_by_the_facet_sample(sheda)
     finally:
         finder.postings = postings
     # With the postings, two words on few listings together are fetched by id: exactly those listings.
+    # (The featured segment, with few featured listings, keeps its prefixed driver: promotions/featured.py.)
     trace = []
     page = await sheda.ctx.properties.search(SearchQuery.model_validate({"q": f"{w} {rare}"}), trace=trace)
     assert {p["id"] for p in page["items"]} == expected
-    assert trace and all(set(p[0]["$match"]["_id"]["$in"]) == expected for p in trace), trace
+    by_id = [p for p in trace if "_id" in p[0]["$match"]]
+    assert by_id and all(set(p[0]["$match"]["_id"]["$in"]) == expected for p in by_id), trace
     r = await sheda.api.get(API, params={"q": f"{w} {rare}", "bbox": "-150.2,61.4,-150.0,61.6"})
     assert {p["id"] for p in r.json["items"]} == expected
 
@@ -268,7 +270,7 @@ async def test_q_with_filters_returns_exactly_the_naive_answer_in_every_sort_and
     for q, by_id in ((f"{w} sauna", True), (w, False)):
         trace: list = []
         await sheda.ctx.properties.search(SearchQuery.model_validate({"q": q}), trace=trace)
-        assert trace and all(("_id" in p[0]["$match"]) == by_id for p in trace), (q, trace[0][0])
+        assert any("_id" in p[0]["$match"] for p in trace) == by_id, (q, trace)
 
 
 async def test_keyword_postings_are_filled_at_startup_and_used_only_once_complete(sheda):
@@ -302,7 +304,7 @@ async def test_keyword_postings_are_filled_at_startup_and_used_only_once_complet
     trace = []
     page = await sheda.ctx.properties.search(SearchQuery.model_validate({"q": f"{w} {other}"}), trace=trace)
     assert {p["id"] for p in page["items"]} == expected
-    assert trace and all("_id" in p[0]["$match"] for p in trace)
+    assert any("_id" in p[0]["$match"] for p in trace)
 
 
 @pytest.mark.parametrize("settings_overrides", [{"search_keyword_postings": False}])
