@@ -26,7 +26,7 @@ class ImageEnhanceHandler(APIHandler):
 
 
 class EnhancementWebhookHandler(APIHandler):
-    @endpoint("The enhancement service's results", response=EnhancementWebhookAck, errors=(400, 401, 422, 503), tags=TAGS)
+    @endpoint("The enhancement service's results", response=EnhancementWebhookAck, errors=(400, 401, 413, 422, 503), tags=TAGS)
     async def post(self):
         """For the enhancement service only. Headers: `X-Signature: sha256=<hex HMAC-SHA256 of "<X-Timestamp>.<raw
         body>" keyed with ENHANCEMENT_WEBHOOK_SECRET>`, `X-Timestamp` (unix seconds, within 5 minutes of ours) and
@@ -34,8 +34,9 @@ class EnhancementWebhookHandler(APIHandler):
         secret is configured). Body: `{"job_id", "status": "completed", "result_url"}` or `{"job_id", "status":
         "failed", "error"}`. A delivery id seen before is 200 with `duplicate: true` and no effect. The result is
         fetched only from the service's own host (another host fails the job) and must be a jpeg, png or webp
-        image within ENHANCEMENT_MAX_RESULT_BYTES (else the job fails). 503 when it could not be fetched: deliver
-        again."""
+        image within ENHANCEMENT_MAX_RESULT_BYTES (else the job fails). 503 when it could not be fetched, or
+        `delivery_in_progress` while another request is handling the same X-Delivery-Id: deliver again. 413 for a
+        body over MAX_JSON_BYTES."""
         return await self.ctx.enhancement.webhook(self.body_bytes, self.request.headers)
 
 

@@ -5,6 +5,7 @@ service would.
   POST /jobs               X-API-Key: <key>; multipart: image (file), job_id, callback_url?
                            -> 202 {"id": "svc-<n>"}; 401 {"error"} with another key
   GET  /results/<name>     a result the test put there (`put_result`), with its Content-Type
+                           (`hold_results`, `result_status`, `dribble`: held, failing or slow)
 
 `auto_complete` (on by default): right after answering a job, it brightens the image, serves
 it under /results/ and delivers `{"job_id", "status": "completed", "result_url"}` to
@@ -77,15 +78,26 @@ class _Results(tornado.web.RequestHandler):
     def initialize(self, service):
         self.service = service
 
-    def get(self, name):
+    async def get(self, name):
         self.service.fetches.append(name)
+        if self.service.hold_results is not None:  # the test decides when the download may go on
+            await self.service.hold_results.wait()
+        if self.service.result_status is not None:
+            self.set_status(self.service.result_status)
+            return self.finish("unavailable")
         found = self.service.results.get(name)
         if found is None:
             self.set_status(404)
             return self.finish("not found")
         body, content_type = found
         self.set_header("Content-Type", content_type)
-        self.finish(body)
+        if self.service.dribble is None:
+            return self.finish(body)
+        for i in range(0, len(body), 16):  # a slow (or hostile) host: 16 bytes at a time
+            self.write(body[i:i + 16])
+            await self.flush()
+            await asyncio.sleep(self.service.dribble)
+        self.finish()
 
 
 class LocalEnhancer:
@@ -100,6 +112,9 @@ class LocalEnhancer:
         self.background: list = []
         self.auto_complete = True
         self.refuse_jobs: int | None = None  # a status to answer POST /jobs with instead of taking the job
+        self.hold_results: asyncio.Event | None = None  # set: GET /results/ waits for it before answering
+        self.result_status: int | None = None  # a status to answer GET /results/ with instead of the file
+        self.dribble: float | None = None  # seconds between 16-byte pieces of a result (None: all at once)
         self.webhook_url: str | None = None
         self.base_url = ""
         self._http: tornado.httpserver.HTTPServer | None = None

@@ -7,11 +7,13 @@
   GET  <result_url>                the enhanced file, on the service's own host
 
 Results are fetched only from the configured service's origin (scheme, host and port), with
-redirects off (a redirect could point anywhere) and a byte cap checked on the header and on
-the stream, so a webhook can never make this server fetch from another host or fill its memory.
+redirects off (a redirect could point anywhere), a byte cap checked on the header and on
+the stream, and a deadline on the whole download, so a webhook can never make this server
+fetch from another host, fill its memory or hold a request open for as long as the host likes.
 """
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import urlsplit
 
 import httpx
@@ -28,19 +30,29 @@ class ServiceRefused(Exception):
 
 
 def origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of `url`, or None when it has userinfo or is not a URL both urllib and
+    httpx (which fetches it) read the same way: the check and the request must never disagree on
+    the host, and a URL httpx cannot send (a control character: httpx.InvalidURL, not an
+    HTTPError) must fail the job, not the webhook with a 500."""
     try:
         parts = urlsplit(url)
         scheme, host, port = parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
-    except ValueError:  # a port that is not a number, a bracketed host that is not an address
+        sent = httpx.URL(url)
+    except (ValueError, httpx.InvalidURL):  # a port that is not a number, a bracketed host that is not an address
         return None
-    if scheme not in DEFAULT_PORTS or not host or parts.username or parts.password:
+    if scheme not in DEFAULT_PORTS or not host or parts.username or parts.password or sent.userinfo:
+        return None
+    if (sent.scheme, sent.host.lower(), sent.port or DEFAULT_PORTS[scheme]) != (scheme, host, port or DEFAULT_PORTS[scheme]):
         return None
     return scheme, host, port or DEFAULT_PORTS[scheme]
 
 
 class EnhancementClient:
-    def __init__(self, service_url: str, api_key: str | None, timeout: float = 30.0):
+    def __init__(self, service_url: str, api_key: str | None, timeout: float = 30.0, download_deadline: float = 120.0):
         self.service_url = service_url
+        # httpx's timeout bounds each read, not the whole body: a result sent a few bytes at a time would hold
+        # the webhook (and its delivery's lease, service.DELIVERY_LEASE) for ever without this deadline.
+        self.download_deadline = download_deadline
         self.origin = origin(service_url)
         self._headers = {"X-API-Key": api_key} if api_key else {}
         self._timeout = timeout
@@ -87,7 +99,7 @@ class EnhancementClient:
         if not self.serves(url):
             raise ServiceRefused("the result is not on the enhancement service's host")
         try:
-            async with self._http().stream("GET", url) as resp:
+            async with asyncio.timeout(self.download_deadline), self._http().stream("GET", url) as resp:
                 if resp.status_code >= 500:
                     raise ServiceUnreachable(f"the result answered {resp.status_code}")
                 if resp.status_code != 200:
@@ -103,4 +115,6 @@ class EnhancementClient:
                     chunks.append(chunk)
         except httpx.HTTPError as exc:
             raise ServiceUnreachable(f"the result could not be fetched: {type(exc).__name__}") from None
+        except TimeoutError:
+            raise ServiceUnreachable(f"the result took over {self.download_deadline:g} s to download") from None
         return b"".join(chunks)

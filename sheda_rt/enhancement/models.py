@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from sheda_rt.database.ids import MAX_ID
 from sheda_rt.responses import MediaUrl, ResponseModel, Timestamp
@@ -41,7 +41,14 @@ class EnhancementResult(BaseModel):
     job_id: StrictInt = Field(ge=1, le=MAX_ID)
     status: Literal["completed", "failed"]
     result_url: Optional[str] = Field(None, min_length=1, max_length=2048)
-    error: Optional[str] = Field(None, max_length=500)
+    error: Optional[str] = Field(None, description="The service's reason for a failure; kept to its first 500 characters")
+
+    @field_validator("error", mode="after")
+    @classmethod
+    def _short_error(cls, value):
+        # Cut, never refused: a 422 for a long reason (a stack trace) would refuse the failure report itself,
+        # and the job would sit `processing` until the timeout sweep.
+        return value[:500] if value is not None else None
 
     @model_validator(mode="after")
     def _result_when_completed(self):

@@ -11,7 +11,8 @@ live one) and moves it to processing as it hands the work over:
   keyed with ENHANCEMENT_WEBHOOK_SECRET (checked over the raw bytes, before anything is parsed,
   in constant time), and X-Timestamp is within 5 minutes of our clock either way: anything else
   is 401 with nothing changed, as is every webhook when no secret is configured. Each
-  X-Delivery-Id is acted on once (a replay is 200 and does nothing). The result is downloaded
+  X-Delivery-Id is acted on once (a replay is 200 and does nothing; the same id arriving while
+  another request acts on it is 503, deliver again). The result is downloaded
   only from the service's own origin (another host fails the job without a request), capped
   at ENHANCEMENT_MAX_RESULT_BYTES, and stored like an upload (decoded in full, re-encoded: a
   result that is not wholly a jpeg, png or webp image fails the job).
@@ -67,6 +68,9 @@ WEBHOOK_TOLERANCE_SECONDS = 300
 WEBHOOK_PATH = "/api/v1/webhooks/image-enhancement"
 #: Webhook delivery ids are kept this long (store.py says why that is enough).
 DELIVERY_RETENTION = timedelta(days=7)
+#: How long one request may act on a delivery before the same id may run again (its process died meanwhile):
+#: beyond the result's download deadline (EnhancementClient.download_deadline) plus its decode.
+DELIVERY_LEASE = timedelta(minutes=5)
 ENDED_JOBS = Counter("sheda_image_enhancements_total", "Image enhancement jobs ended, by mode and end (completed, failed, timeout)",
                      ["mode", "status"])
 _DELIVERY_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -75,6 +79,10 @@ _CONTENT_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png",
 
 class EnhancementUnavailable(ServiceUnavailable):
     status, code = 503, "enhancement_service_unavailable"
+
+
+class DeliveryInProgress(ServiceUnavailable):
+    status, code = 503, "delivery_in_progress"
 
 
 def job_view(doc: dict) -> dict:
@@ -257,10 +265,19 @@ class EnhancementService:
             result = EnhancementResult.model_validate(body)
         except ValidationError as exc:
             raise ValidationFailed.from_pydantic(exc)
-        prior = await self.store.record_delivery(delivery, result.job_id, self.clock.now())
-        if prior is not None and prior.get("processed"):
-            return {"received": True, "duplicate": True}
-        outcome = await self._apply(result)  # a 503 here leaves the delivery unprocessed: its redelivery runs again
+        prior = await self.store.claim_delivery(delivery, result.job_id, self.clock.now(), DELIVERY_LEASE)
+        if prior is not None:
+            if prior.get("processed"):
+                return {"received": True, "duplicate": True}
+            # Another request (here or on another process) is acting on this id now: running it again at once would
+            # fetch and store the result twice. Not 200: should that attempt fail, this delivery must come again.
+            raise DeliveryInProgress("This delivery is being handled; deliver it again later", headers={"Retry-After": "30"},
+                                     extra={"retry_after": 30})
+        try:
+            outcome = await self._apply(result)
+        except Exception:  # a 503 (result unreachable) or a fault: the service's redelivery runs again at once
+            await self.store.release_delivery(delivery, self.clock.now())
+            raise
         await self.store.delivery_done(delivery, outcome, self.clock.now())
         log.info(json.dumps({"event": "enhancement_webhook", "job": result.job_id, "delivery": delivery, "outcome": outcome}))
         return {"received": True}

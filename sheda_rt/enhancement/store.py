@@ -10,7 +10,10 @@
 - `enhancement_deliveries`: each webhook's X-Delivery-Id as `_id` (the unique index every
   collection has), so a replayed delivery collides on insert. Kept DELIVERY_RETENTION (7 days),
   far beyond the 5-minute window in which a captured delivery could be replayed at all (an
-  older X-Timestamp is refused before its id is looked at); the sweep deletes older ones.
+  older X-Timestamp is refused before its id is looked at); the sweep deletes older ones. A
+  delivery being acted on holds a lease (`lease_until`): the same id arriving meanwhile, on
+  any process, is not run a second time at once (503, deliver again); an attempt that fails
+  releases it, and one whose process died lets it lapse.
 - The listing's image carries a copy (`enhancement_status`, `enhancement_job_id`,
   `original_url`, `enhanced_url`, and `url` once completed) for the listing's readers. The copy
   is written after the job's move, by whoever made that move, with the job id and the states it
@@ -85,13 +88,27 @@ class EnhancementStore:
                                    sort=[("created_at", ASCENDING), ("_id", ASCENDING)], limit=limit).to_list()
 
     # ---- webhook deliveries ------------------------------------------------
-    async def record_delivery(self, delivery_id: str, job_id: int, now) -> dict | None:
-        """None when this delivery is new (now recorded); else the record of the earlier one."""
+    async def claim_delivery(self, delivery_id: str, job_id: int, now, lease) -> dict | None:
+        """None when the caller is to act on this delivery: it is new, or an earlier attempt neither
+        finished it nor holds it (released after a 503, or its process died and its lease lapsed).
+        Else the record of the earlier attempt: processed, or being acted on now by another request
+        (on any process), which must not run it a second time at once."""
+        until = now + lease
         try:
-            await self.deliveries.insert_one({"_id": delivery_id, "job_id": job_id, "received_at": now, "processed": False})
+            await self.deliveries.insert_one({"_id": delivery_id, "job_id": job_id, "received_at": now, "processed": False,
+                                              "lease_until": until})
             return None
         except DuplicateKeyError:
-            return await self.deliveries.find_one({"_id": delivery_id}) or {"_id": delivery_id, "processed": True}
+            pass
+        taken = await self.deliveries.update_one({"_id": delivery_id, "processed": False, "lease_until": {"$lte": now}},
+                                                 {"$set": {"lease_until": until}})
+        if taken.matched_count == 1:
+            return None
+        return await self.deliveries.find_one({"_id": delivery_id}) or {"_id": delivery_id, "processed": True}
+
+    async def release_delivery(self, delivery_id: str, now) -> None:
+        """An attempt that failed before finishing lets go, so the service's next delivery runs at once."""
+        await self.deliveries.update_one({"_id": delivery_id, "processed": False}, {"$set": {"lease_until": now}})
 
     async def prune_deliveries(self, before) -> int:
         return (await self.deliveries.delete_many({"received_at": {"$lt": before}})).deleted_count
