@@ -84,6 +84,8 @@ class _Results(tornado.web.RequestHandler):
             await self.service.hold_results.wait()
         if self.service.result_status is not None:
             self.set_status(self.service.result_status)
+            if self.service.redirect_to:
+                self.set_header("Location", self.service.redirect_to)
             return self.finish("unavailable")
         found = self.service.results.get(name)
         if found is None:
@@ -114,6 +116,7 @@ class LocalEnhancer:
         self.refuse_jobs: int | None = None  # a status to answer POST /jobs with instead of taking the job
         self.hold_results: asyncio.Event | None = None  # set: GET /results/ waits for it before answering
         self.result_status: int | None = None  # a status to answer GET /results/ with instead of the file
+        self.redirect_to: str | None = None  # with result_status 3xx: the Location sent
         self.dribble: float | None = None  # seconds between 16-byte pieces of a result (None: all at once)
         self.webhook_url: str | None = None
         self.base_url = ""

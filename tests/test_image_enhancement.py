@@ -611,3 +611,20 @@ async def test_deleting_the_image_or_delisting_the_listing_during_a_job_never_br
     assert await sheda.ctx.enhancement_sweep.run() >= 1
     assert (await sheda.ctx.enhancement_store.get(job["id"]))["status"] == "timeout"
     assert "unmirrored" not in await sheda.ctx.enhancement_store.get(job["id"])
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_a_result_that_redirects_elsewhere_is_not_followed_and_fails_the_job(sheda, svc, status):
+    agent = await sheda.signup("agent")
+    prop, image, job = await started(sheda, agent, svc)
+    port = svc.base_url.rsplit(":", 1)[1]
+    name = svc.put_result(photo(20, 20)).rsplit("/", 1)[1]
+    # The service's own result answers with a redirect to the same file under another origin (localhost).
+    svc.result_status, svc.redirect_to = status, f"http://localhost:{port}/results/{name}"
+    try:
+        r = await svc.deliver(svc.body_for(job["id"], result_url=f"{svc.base_url}/results/{name}"))
+    finally:
+        svc.result_status = svc.redirect_to = None
+    assert r.code == 200 and svc.fetches == [name]  # one request: the redirect was not followed
+    assert (await shown_image(sheda, prop, image))["enhancement_status"] == "failed"
+    assert str(status) in (await sheda.ctx.enhancement_store.get(job["id"]))["error"]
