@@ -8,10 +8,11 @@ never match its searches. The match jobs run in the server at once; `settle` wai
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 
+from sheda_rt.listings.money import to_decimal128, to_minor
 from tests.listing_helpers import create_property, word
 from tests.test_mail import smtp  # noqa: F401  (fixture: a tiny SMTP server)
 from tests.test_push import push, subscribed  # noqa: F401  (push is a fixture: a local Web Push service)
@@ -283,6 +284,34 @@ async def test_a_listing_change_is_queued_before_the_answer(sheda):
     assert ran and result["matched"] == 1 and result["alerted"] == 0, result
     assert len(await alerts_of(sheda, buyer)) == 1
     await sheda.ctx.db["jobs"].delete_many({"_id": {"$regex": f"^saved_search.match:{prop['id']}:"}})
+
+
+async def test_work_a_dead_process_left_behind_is_finished_by_another(sheda):
+    """What a process dying at each step leaves, finished by this one's runner: a match job queued and never
+    run (died right after answering), and an alert claimed but not delivered (died mid-job: its lease lapses)."""
+    agent, buyer, other = await sheda.signup("agent"), await sheda.signup("client"), await sheda.signup("client")
+    area = word()
+    await save(sheda, buyer, location=area)
+    await save(sheda, other, location=area)
+    ws = await sheda.ws(buyer.token)
+    # The listing stored and its job queued, as listing_changed leaves them, but the process gone before running it.
+    now = sheda.ctx.clock.now()
+    doc = await sheda.ctx.property_store.insert({
+        "title": "Left behind", "description": "", "price": to_decimal128(Decimal(900000)), "price_minor": to_minor(Decimal(900000)),
+        "location": area, "property_type": "apartment", "listing_type": "rent", "bedroom": 1, "bathroom": 1, "status": "available",
+        "is_active": True, "images": [], "agent_id": agent.id, "created_at": now, "updated_at": now})
+    key = f"saved_search.match:{doc['_id']}:1"
+    # ... and the dead process had claimed (not delivered) the buyer's alert in its first attempt.
+    await sheda.ctx.db["saved_search_alerts"].insert_one({
+        "_id": f"{buyer.id}:{doc['_id']}", "user_id": buyer.id, "property_id": doc["_id"], "saved_search_id": 0, "search_name": "x",
+        "reason": "new", "mode": "instant", "status": "pending", "job": key, "created_at": now})
+    await sheda.ctx.job_runner.enqueue("saved_search.match", {"property_id": doc["_id"], "rev": 1, "reason": "new"}, key=key)
+    assert await sheda.ctx.job_runner.run_due() >= 1
+    frame = await ws.wait_type("notification", kind="saved_search.match")
+    assert frame["data"]["property_id"] == doc["_id"]
+    assert [a["data"]["property_id"] for a in await alerts_of(sheda, other)] == [doc["_id"]]
+    assert len(await alerts_of(sheda, buyer)) == 1
+    assert (await sheda.ctx.db["saved_search_alerts"].find_one({"_id": f"{buyer.id}:{doc['_id']}"}))["status"] == "sent"
 
 
 # ---- the daily digest -----------------------------------------------------------------------------
