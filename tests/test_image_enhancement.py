@@ -628,3 +628,38 @@ async def test_a_result_that_redirects_elsewhere_is_not_followed_and_fails_the_j
     assert r.code == 200 and svc.fetches == [name]  # one request: the redirect was not followed
     assert (await shown_image(sheda, prop, image))["enhancement_status"] == "failed"
     assert str(status) in (await sheda.ctx.enhancement_store.get(job["id"]))["error"]
+
+
+@pytest.mark.parametrize("form", [
+    "http://127.0.0.1:{port}@localhost:{port}/results/{name}",  # the service's origin as userinfo of another host
+    "http://user@127.0.0.1:{port}/results/{name}",  # userinfo on the right host: refused all the same
+    "http://localhost:{port}\\@127.0.0.1:{port}/results/{name}",  # read differently by parsers
+    "http://127.0.0.1:{port}\\@localhost:{port}/results/{name}",
+    "http://127.0.0.1:{other}/results/{name}",  # another port
+    "https://127.0.0.1:{port}/results/{name}",  # another scheme
+    "http://[::ffff:127.0.0.1]:{port}/results/{name}",  # the same address, written otherwise
+    "http://2130706433:{port}/results/{name}",
+    "http://127.1:{port}/results/{name}",
+    "//127.0.0.1:{port}/results/{name}",  # no scheme
+    "file:///etc/passwd",
+], ids=lambda f: f.split("/results")[0])
+async def test_result_urls_that_are_not_exactly_the_services_origin_fail_without_a_request(sheda, svc, form):
+    agent = await sheda.signup("agent")
+    prop, image, job = await started(sheda, agent, svc)
+    port = int(svc.base_url.rsplit(":", 1)[1])
+    name = svc.put_result(photo(20, 20)).rsplit("/", 1)[1]
+    url = form.format(port=port, other=port + 1 if port < 65535 else port - 1, name=name)
+    r = await svc.deliver(svc.body_for(job["id"], result_url=url))
+    assert r.code == 200, (r.code, r.body)
+    assert svc.fetches == []
+    assert (await shown_image(sheda, prop, image))["enhancement_status"] == "failed"
+
+
+@pytest.mark.parametrize("stamp", ["9" * 12, "9" * 40, "-1", "+1700000000", "1700000000.5", "1e9", "170000000\u00b2", "0x65", "0"])
+async def test_odd_timestamps_are_401_never_a_500(sheda, svc, stamp):
+    agent = await sheda.signup("agent")
+    prop, image, job = await started(sheda, agent, svc)
+    body = svc.body_for(job["id"], result_url=svc.put_result(photo(20, 20)))
+    r = await svc.deliver(body, timestamp=stamp)  # signed over the odd timestamp itself
+    assert r.code == 401 and json.loads(r.body)["code"] in ("bad_signature", "stale_webhook"), (r.code, r.body)
+    assert svc.fetches == [] and (await shown_image(sheda, prop, image))["enhancement_status"] == "processing"
