@@ -7,10 +7,22 @@ from __future__ import annotations
 import asyncio
 import json
 
-from tests.test_payments import gw, paystack, settings_overrides  # noqa: F401
+import uuid
+
+import pytest
+
+from tests.paystack_server import SECRET
+from tests.test_payments import gw, paystack  # noqa: F401
 
 PAY = "/api/v1/payments"
 WALLET = "/api/v1/wallet"
+
+
+@pytest.fixture
+def settings_overrides(paystack):  # noqa: F811
+    return {"paystack_secret_key": SECRET, "paystack_base_url": paystack.base_url,
+            "mongodb_db": f"sheda_pay_edges_{uuid.uuid4().hex[:8]}",  # reconciliation here sees this module's payments only
+            "access_token_minutes": 240}
 
 
 async def test_odd_amounts_and_ids_are_422_and_nothing_reaches_the_gateway(sheda, gw):  # noqa: F811
@@ -64,3 +76,28 @@ async def test_signed_webhooks_with_odd_bodies_are_acknowledged_never_a_500(shed
     assert pay["status"] == "succeeded" and pay["applied"] is True
     assert [f["reason"] for f in pay["flags"]] == ["webhook_mismatch"]
     assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "500.00"
+
+
+async def test_payments_the_gateway_keeps_undecided_do_not_starve_reconciliation_of_the_others(sheda, gw):  # noqa: F811
+    """Reconciliation verifies a batch of stale payments per run. It took the oldest every time, so once a
+    batch's worth stayed undecided at the gateway (Paystack's "ongoing": a transfer or USSD payment not
+    settled yet), a newer payment whose webhook was lost was never verified: its wallet never credited.
+    Now the ones verified least recently go first."""
+    user = await sheda.signup("client")
+    undecided = []
+    for naira in ("500", "600", "700"):
+        r = await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": user.id, "amount": naira}, token=user.token)
+        assert r.status == 201, r
+        undecided.append(r.json["reference"])
+        gw.transactions[r.json["reference"]]["status"] = "ongoing"
+    r = await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": user.id, "amount": "800"}, token=user.token)
+    paid = r.json["reference"]
+    gw.pay(paid)  # ...and its webhook is lost
+    sheda.ctx.clock.advance(minutes=31)
+    for _ in range(3):
+        await sheda.ctx.payments.reconcile(batch=3)
+    assert (await sheda.api.get(f"{PAY}/{paid}", token=user.token)).json["status"] == "succeeded"
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "800.00"
+    for reference in undecided:  # still asked about, never closed while the gateway has not decided
+        assert (await sheda.api.get(f"{PAY}/{reference}", token=user.token)).json["status"] == "pending"
+    assert sorted(gw.verified.count(reference) for reference in undecided) >= [2, 2, 2]

@@ -242,7 +242,8 @@ class PaymentService:
 
     async def apply(self, payment: dict) -> str:
         """Carry out a succeeded payment's effect through its purpose's target. Idempotent: the
-        target moves its record at most once, and only the writer that records `applied` raises a flag."""
+        target moves its record at most once, and only the writer that records `applied` raises a flag, in
+        that same write."""
         target = self.targets.get(payment["purpose"])
         if target is None:  # a purpose this server no longer wires: left for an admin, unapplied
             log.warning("no payment target for %s (%s)", payment["reference"], payment["purpose"])
@@ -250,10 +251,12 @@ class PaymentService:
         outcome, flag = await target.apply(payment)
         if outcome == "in_progress":
             return "in_progress"  # the reconciliation job looks again
-        if not await self.store.set_fields(payment["_id"], {"applied": True, "outcome": outcome}, expect={"applied": False}):
+        now = self.clock.now()
+        raised = None if flag is None else {"reason": flag[0], "detail": flag[1], "at": now}
+        if not await self.store.mark_applied(payment["_id"], outcome, raised, now):
             return "already_applied"
         if flag is not None:
-            await self._flag(payment, *flag)
+            log.warning('{"event": "payment_flagged", "reference": "%s", "reason": "%s"}', payment["reference"], flag[0])
         return f"{payment['purpose']}_{outcome}"
 
     async def _flag(self, payment: dict, reason: str, detail: str) -> None:

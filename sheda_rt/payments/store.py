@@ -79,11 +79,26 @@ class PaymentStore:
                                            {"$set": {"flagged": True, "updated_at": now}, "$push": {"flags": flag}})
         return result.modified_count == 1
 
+    async def mark_applied(self, payment_id: int, outcome: str, flag: dict | None, now) -> bool:
+        """Record that the payment's effect was carried out, with its flag in the same write (a process
+        dying between two writes would leave it applied and never flagged: a double payment nobody
+        sees). Only the first writer records it (True); the others find it applied (False)."""
+        update: dict = {"$set": {"applied": True, "outcome": outcome, "updated_at": now}}
+        if flag is not None:
+            update["$set"]["flagged"] = True
+            update["$push"] = {"flags": flag}
+        result = await self.col.update_one({"_id": payment_id, "applied": False}, update)
+        return result.matched_count == 1
+
     async def stale(self, older_than, limit: int) -> list[dict]:
         """Attempts still initialized or pending that were created before `older_than` (flagged
-        ones wait for an admin instead of being asked about again on every run)."""
+        ones wait for an admin instead of being asked about again on every run), those verified least
+        recently first (never verified: first of all). Oldest first would hand every run the same batch
+        once a batch's worth stays undecided at the gateway (a transfer not settled for days), and a
+        newer payment whose webhook was lost would never be verified. The filter stays the status_age
+        index's keys; the sort is over live payments past 30 minutes, which the gateway has mostly decided."""
         return await self.col.find({"status": {"$in": LIVE_STATES}, "flagged": False, "created_at": {"$lte": older_than}},
-                                   sort=[("created_at", ASCENDING)], limit=limit).to_list()
+                                   sort=[("last_verified_at", ASCENDING), ("created_at", ASCENDING)], limit=limit).to_list()
 
     async def unapplied(self, limit: int) -> list[dict]:
         """Succeeded attempts whose effect (the contract) is not recorded as done: a crash or a
