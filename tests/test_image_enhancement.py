@@ -663,3 +663,37 @@ async def test_odd_timestamps_are_401_never_a_500(sheda, svc, stamp):
     r = await svc.deliver(body, timestamp=stamp)  # signed over the odd timestamp itself
     assert r.code == 401 and json.loads(r.body)["code"] in ("bad_signature", "stale_webhook"), (r.code, r.body)
     assert svc.fetches == [] and (await shown_image(sheda, prop, image))["enhancement_status"] == "processing"
+
+
+async def test_enhancement_responses_match_the_openapi_document(sheda, svc):
+    """The 202 job, the webhook's acknowledgements (first, duplicate) and its errors (401, 413, 422, 503 twice),
+    the enhance route's 409, and the listing's image fields, against the served document."""
+    from tests.test_openapi_typed import Conformance, served_document
+    conf = Conformance(await served_document(sheda))
+    enhance_t = "/api/v1/properties/{property_id}/images/{image_id}/enhance"
+    agent = await sheda.signup("agent")
+    svc.auto_complete = False
+    prop, image = await listing_with_image(sheda, agent)
+    job = conf.check(await sheda.api.post(enhance_path(prop, image), token=agent.token), "POST", enhance_t, 202)
+    conf.check(await sheda.api.post(enhance_path(prop, image), token=agent.token), "POST", enhance_t, 409)
+
+    async def hook(raw: bytes, delivery: str, **headers):
+        stamp = str(int(time.time()))
+        signed = {"Content-Type": "application/json", "X-Timestamp": stamp, "X-Delivery-Id": delivery,
+                  "X-Signature": sign(raw, stamp)}
+        return await sheda.api.post(WEBHOOK, body=raw, headers={**signed, **headers})
+
+    name = svc.put_result(photo(20, 20))
+    body = svc.body_for(job["id"], result_url=name)
+    conf.check(await hook(body, "dlv-doc-1", **{"X-Signature": "sha256=" + "0" * 64}), "POST", WEBHOOK, 401)
+    conf.check(await hook(b'{"job_id": "x"}', "dlv-doc-2"), "POST", WEBHOOK, 422)
+    conf.check(await hook(b"x" * (sheda.ctx.settings.max_json_bytes + 1), "dlv-doc-3"), "POST", WEBHOOK, 413)
+    svc.result_status = 503
+    conf.check(await hook(body, "dlv-doc-4"), "POST", WEBHOOK, 503)
+    svc.result_status = None
+    await sheda.ctx.enhancement_store.claim_delivery("dlv-doc-5", job["id"], sheda.ctx.clock.now(), DELIVERY_LEASE)
+    conf.check(await hook(body, "dlv-doc-5"), "POST", WEBHOOK, 503)  # delivery_in_progress
+    assert conf.check(await hook(body, "dlv-doc-4"), "POST", WEBHOOK, 200) == {"received": True}
+    assert conf.check(await hook(body, "dlv-doc-4"), "POST", WEBHOOK, 200) == {"received": True, "duplicate": True}
+    listing = conf.check(await sheda.api.get(f"/api/v1/properties/{prop['id']}"), "GET", "/api/v1/properties/{property_id}", 200)
+    assert listing["images"][0]["enhancement_status"] == "completed"
