@@ -37,7 +37,7 @@ class PaymentsHandler(APIHandler):
     async def get(self, query: PaymentQuery):
         """Newest first, cursor paginated; filter by `status`. Admins: `flagged=true` lists every payment flagged for
         review (an amount or currency that did not match, a contract or booking that could no longer be paid, an
-        installment already confirmed)."""
+        installment already confirmed, a success whose effect could still not be carried out 30 minutes on)."""
         return await self.ctx.payments.list_mine(self.principal, query)
 
 

@@ -77,7 +77,7 @@ class PaymentOut(ResponseModel):
     access_code: Optional[str]
     applied: bool = Field(description="true once the payment's effect (the contract active, the installment confirmed, the wallet credited) "
                          "was carried out or settled")
-    flagged: bool = Field(description="true when something did not match (amount, currency, an inactive contract or booking, a line already confirmed): an admin looks")
+    flagged: bool = Field(description="true when something did not match (amount, currency, an inactive contract or booking, a line already confirmed, an effect still not carried out 30 minutes after the success): an admin looks")
     flags: list[PaymentFlag]
     paid_at: Optional[str] = Field(description="When the gateway says the money was taken (its own format)")
     created_at: Timestamp

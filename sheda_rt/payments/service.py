@@ -51,6 +51,10 @@ STALE_AFTER = timedelta(minutes=30)
 #: An attempt still `initialized` this long after it began never got the gateway's answer (its process died
 #: in between; the gateway call times out long before): a new POST for the same target replaces it.
 INITIALIZE_LOST_AFTER = timedelta(minutes=2)
+#: A success whose effect still answers "in progress" this long after the gateway confirmed it is not waiting
+#: for a confirmation half-way (those take a moment): something is stuck (a process killed between a contract
+#: activation's two writes leaves the property held and the contract open), so an admin is told.
+STUCK_AFTER = timedelta(minutes=30)
 #: States a verified success may move a payment from (a retry on the same checkout after a failure).
 SUCCEEDABLE = LIVE_STATES + ["failed", "abandoned"]
 
@@ -249,8 +253,12 @@ class PaymentService:
             log.warning("no payment target for %s (%s)", payment["reference"], payment["purpose"])
             return "no_target"
         outcome, flag = await target.apply(payment)
-        if outcome == "in_progress":
-            return "in_progress"  # the reconciliation job looks again
+        if outcome == "in_progress":  # the reconciliation job looks again
+            succeeded_at = payment.get("succeeded_at")
+            if succeeded_at is not None and succeeded_at <= self.clock.now() - STUCK_AFTER:
+                await self._flag(payment, "effect_stuck", f"paid, but its {payment['purpose']} has not moved for "
+                                                          f"{int(STUCK_AFTER.total_seconds() // 60)} minutes: an admin looks")
+            return "in_progress"
         now = self.clock.now()
         raised = None if flag is None else {"reason": flag[0], "detail": flag[1], "at": now}
         if not await self.store.mark_applied(payment["_id"], outcome, raised, now):
