@@ -435,10 +435,8 @@ class AppContext:
         s = self.settings
         self.promotion_store = PromotionStore(self.db, self.ids)
         self.stores.append(self.promotion_store)
-        # Was a spend made under this wallet key? The wallet's ledger, by the key WalletService.spend writes.
-        find_charge = lambda user_id, key: self.ledger.by_key(f"spend:{user_id}:{key}")  # noqa: E731
         self.promotions = PromotionService(self.promotion_store, properties=self.property_store, listings=self.properties,
-                                           wallet=self.wallet, find_charge=find_charge, clock=self.clock,
+                                           wallet=self.wallet, clock=self.clock,
                                            featured_price_per_day=s.promotion_featured_price_per_day,
                                            bump_price=s.promotion_bump_price, featured_max_days=s.promotion_featured_max_days)
         self.promotion_job = PromotionJob(self.promotions, s.promotion_job_interval_minutes)

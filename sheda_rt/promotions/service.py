@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from sheda_rt.clock import format_ts
 from sheda_rt.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -81,13 +81,12 @@ def promotion_view(doc: dict) -> dict:
 
 class PromotionService:
     def __init__(self, store: PromotionStore, *, properties: PropertyStore, listings: PropertyService, wallet: WalletService,
-                 find_charge: Callable[[int, str], Awaitable[dict | None]], clock: Clock, featured_price_per_day: Decimal,
+                 clock: Clock, featured_price_per_day: Decimal,
                  bump_price: Decimal, featured_max_days: int):
         self.store = store
         self.properties = properties  # the listing's promotion fields, written under its revision
         self.listings = listings  # who may promote (managed), and property.updated (announce)
-        self.wallet = wallet  # pays: spend once per promotion
-        self.find_charge = find_charge  # (user_id, wallet key) -> the spend, if it was made (the job's question)
+        self.wallet = wallet  # pays: spend once per promotion; `spent` answers the job's "was it charged?"
         self.clock = clock
         self.featured_kobo_per_day = to_kobo(featured_price_per_day)
         self.bump_kobo = to_kobo(bump_price)
@@ -209,7 +208,7 @@ class PromotionService:
         now = self.clock.now()
         counts = {"finished": 0, "dropped": 0}
         for promo in await self.store.pending_before(now - PENDING_GRACE):
-            charge = await self.find_charge(promo["user_id"], self.wallet_key(promo["_id"]))
+            charge = await self.wallet.spent(promo["user_id"], self.wallet_key(promo["_id"]))
             if charge is None:
                 if promo["created_at"] <= now - ABANDON_AFTER:
                     await self.store.discard_pending(promo["_id"])

@@ -79,7 +79,7 @@ class WalletService:
             raise ValueError("a spend is a positive number of kobo")
         if not kind.startswith("spend"):
             raise ValueError("a spend's kind starts with 'spend'")
-        doc = {"key": f"spend:{user_id}:{idempotency_key}", "kind": kind, "memo": memo, "refs": dict(refs or {}),
+        doc = {"key": self._spend_key(user_id, idempotency_key), "kind": kind, "memo": memo, "refs": dict(refs or {}),
                "idempotency_key": idempotency_key,
                "lines": [{"account": wallet_account(user_id), "amount_minor": -amount_minor},
                          {"account": REVENUE, "amount_minor": amount_minor}]}
@@ -91,6 +91,15 @@ class WalletService:
         if stored["kind"] != kind or self._debit(stored, user_id) != amount_minor:
             raise Conflict("This Idempotency-Key was already used for a different payment", "idempotency_key_reused")
         return transaction_view(stored)
+
+    async def spent(self, user_id: int, idempotency_key: str) -> dict | None:
+        """The spend stored under this (user, idempotency key), or None when none was made: how a
+        caller that died between charging and recording learns whether the charge happened."""
+        return await self.ledger.by_key(self._spend_key(user_id, idempotency_key))
+
+    @staticmethod
+    def _spend_key(user_id: int, idempotency_key: str) -> str:
+        return f"spend:{user_id}:{idempotency_key}"
 
     @staticmethod
     def _debit(doc: dict, user_id: int) -> int:
