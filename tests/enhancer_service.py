@@ -93,6 +93,11 @@ class _Results(tornado.web.RequestHandler):
             return self.finish("not found")
         body, content_type = found
         self.set_header("Content-Type", content_type)
+        if self.service.stall_after is not None:  # chunked: this many bytes, then nothing until the test says so
+            self.write(body[:self.service.stall_after])
+            await self.flush()
+            await self.service.stall.wait()
+            return self.finish(body[self.service.stall_after:])
         if self.service.dribble is None:
             return self.finish(body)
         for i in range(0, len(body), 16):  # a slow (or hostile) host: 16 bytes at a time
@@ -117,6 +122,8 @@ class LocalEnhancer:
         self.hold_results: asyncio.Event | None = None  # set: GET /results/ waits for it before answering
         self.result_status: int | None = None  # a status to answer GET /results/ with instead of the file
         self.redirect_to: str | None = None  # with result_status 3xx: the Location sent
+        self.stall_after: int | None = None  # send this many bytes of a result, then wait for `stall`
+        self.stall = asyncio.Event()
         self.dribble: float | None = None  # seconds between 16-byte pieces of a result (None: all at once)
         self.webhook_url: str | None = None
         self.base_url = ""

@@ -697,3 +697,30 @@ async def test_enhancement_responses_match_the_openapi_document(sheda, svc):
     assert conf.check(await hook(body, "dlv-doc-4"), "POST", WEBHOOK, 200) == {"received": True, "duplicate": True}
     listing = conf.check(await sheda.api.get(f"/api/v1/properties/{prop['id']}"), "GET", "/api/v1/properties/{property_id}", 200)
     assert listing["images"][0]["enhancement_status"] == "completed"
+
+
+async def test_a_result_over_the_byte_cap_fails_the_job_as_the_bytes_arrive_not_after_the_whole_body(sheda, svc):
+    agent = await sheda.signup("agent")
+    service = sheda.ctx.enhancement
+    cap, service.max_result_bytes = service.max_result_bytes, 4096
+    try:
+        # Declared too big (Content-Length): refused before reading the body.
+        prop, image, job = await started(sheda, agent, svc)
+        files = media_files(sheda)
+        r = await svc.deliver(svc.body_for(job["id"], result_url=svc.put_result(b"\0" * 5000)))
+        assert r.code == 200 and (await shown_image(sheda, prop, image))["enhancement_status"] == "failed"
+        assert "limit is 4096" in (await sheda.ctx.enhancement_store.get(job["id"]))["error"]
+        # No length, sent in pieces: 5,000 bytes arrive and the sender stalls; the download stops at the cap there,
+        # without waiting for a body that might never end.
+        prop, image, job = await started(sheda, agent, svc)
+        files = media_files(sheda)
+        svc.stall_after = 5000
+        hook = asyncio.ensure_future(svc.deliver(svc.body_for(job["id"], result_url=svc.put_result(b"\0" * 20000))))
+        await eventually(lambda: asyncio.sleep(0, hook.done()), "the webhook's answer while the result stalls")
+        assert hook.result().code == 200 and not svc.stall.is_set()
+        assert (await shown_image(sheda, prop, image))["enhancement_status"] == "failed"
+        assert "over 4096 bytes" in (await sheda.ctx.enhancement_store.get(job["id"]))["error"]
+        assert media_files(sheda) == files
+    finally:
+        service.max_result_bytes, svc.stall_after = cap, None
+        svc.stall.set()
