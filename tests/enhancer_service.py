@@ -14,6 +14,7 @@ it under /results/ and delivers `{"job_id", "status": "completed", "result_url"}
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import hmac
 import io
@@ -93,6 +94,9 @@ class _Results(tornado.web.RequestHandler):
             return self.finish("not found")
         body, content_type = found
         self.set_header("Content-Type", content_type)
+        if self.service.gzip_results:  # whatever the request's Accept-Encoding says
+            body = gzip.compress(body)
+            self.set_header("Content-Encoding", "gzip")
         if self.service.stall_after is not None:  # chunked: this many bytes, then nothing until the test says so
             self.write(body[:self.service.stall_after])
             await self.flush()
@@ -122,6 +126,7 @@ class LocalEnhancer:
         self.hold_results: asyncio.Event | None = None  # set: GET /results/ waits for it before answering
         self.result_status: int | None = None  # a status to answer GET /results/ with instead of the file
         self.redirect_to: str | None = None  # with result_status 3xx: the Location sent
+        self.gzip_results = False  # send results gzip-encoded
         self.stall_after: int | None = None  # send this many bytes of a result, then wait for `stall`
         self.stall = asyncio.Event()
         self.dribble: float | None = None  # seconds between 16-byte pieces of a result (None: all at once)

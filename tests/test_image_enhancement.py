@@ -724,3 +724,19 @@ async def test_a_result_over_the_byte_cap_fails_the_job_as_the_bytes_arrive_not_
     finally:
         service.max_result_bytes, svc.stall_after = cap, None
         svc.stall.set()
+
+
+async def test_a_compressed_result_is_refused_so_the_cap_counts_what_arrives(sheda, svc):
+    """Downloads ask for identity; a result sent gzip-encoded anyway fails the job (httpx inflates each piece whole
+    before the cap sees it: 16 MB of zeros is a 16 KB gzip)."""
+    agent = await sheda.signup("agent")
+    prop, image, job = await started(sheda, agent, svc)
+    files = media_files(sheda)
+    svc.gzip_results = True
+    try:
+        r = await svc.deliver(svc.body_for(job["id"], result_url=svc.put_result(photo(20, 20))))
+    finally:
+        svc.gzip_results = False
+    assert r.code == 200 and len(svc.fetches) == 1
+    assert (await shown_image(sheda, prop, image))["enhancement_status"] == "failed"
+    assert "gzip" in (await sheda.ctx.enhancement_store.get(job["id"]))["error"] and media_files(sheda) == files

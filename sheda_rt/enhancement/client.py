@@ -99,11 +99,17 @@ class EnhancementClient:
         if not self.serves(url):
             raise ServiceRefused("the result is not on the enhancement service's host")
         try:
-            async with asyncio.timeout(self.download_deadline), self._http().stream("GET", url) as resp:
+            # identity only: httpx inflates each compressed piece whole before the cap sees it (a 64 KB gzip piece can
+            # be 64 MB), and an image gains nothing from being compressed again.
+            async with asyncio.timeout(self.download_deadline), \
+                    self._http().stream("GET", url, headers={"Accept-Encoding": "identity"}) as resp:
                 if resp.status_code >= 500:
                     raise ServiceUnreachable(f"the result answered {resp.status_code}")
                 if resp.status_code != 200:
                     raise ServiceRefused(f"the result answered {resp.status_code}")
+                encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+                if encoding not in ("", "identity"):
+                    raise ServiceRefused(f"the result was sent {encoding[:40]}-encoded; only identity is accepted")
                 declared = resp.headers.get("Content-Length", "")
                 if declared.isdigit() and int(declared) > max_bytes:
                     raise ServiceRefused(f"the result is {declared} bytes; the limit is {max_bytes}")
