@@ -24,10 +24,11 @@ background (that request is answered from the catalog as it is), so the options 
 listings by at most GUIDED_REFRESH_SECONDS plus one refresh. `refresh()` reads now (tests,
 a benchmark's warm-up).
 
-Areas: a listing's area is the part of its location before the last comma ("Lekki Phase 1,
-Lagos" -> "Lekki Phase 1"; "12 Admiralty Way, Lekki, Lagos" -> "Lekki"), or the whole location
-when it has no comma. Its id is the area's words folded (case and accents dropped) and joined
-by hyphens ("Ìkòyí" and "IKOYI" are both `ikoyi`); its label the most common spelling. An area
+Areas (sheda_rt/guided/areas.py): a listing's area is the part of its location before the last
+comma ("Lekki Phase 1, Lagos" -> "Lekki Phase 1"; "12 Admiralty Way, Lekki, Lagos" -> "Lekki"),
+or the whole location when it has no comma. Its id is the area's words folded (case and accents
+dropped) and joined by hyphens ("Ìkòyí" and "IKOYI" are both `ikoyi`); its label here is the
+most common spelling. An area
 with positioned listings has a centre (the median position) and a radius (90 % of its listings
 lie within it, between 0.5 and 10 km), which place near misses "2 km outside" it.
 """
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import functools
 import itertools
 import logging
 import math
@@ -49,8 +49,9 @@ from pymongo import ASCENDING, IndexModel
 
 from sheda_rt.clock import format_ts
 from sheda_rt.errors import ServiceUnavailable
-from sheda_rt.guided.models import KINDS, LISTING_TYPES, check_where
-from sheda_rt.search import EARTH_RADIUS_KM, fold, keyword_words
+from sheda_rt.guided.areas import area_of
+from sheda_rt.guided.models import KINDS, LISTING_TYPES
+from sheda_rt.search import EARTH_RADIUS_KM
 
 log = logging.getLogger("sheda.guided")
 
@@ -60,7 +61,6 @@ FIRST_READ_WAIT = 5.0
 BATCH = 1000
 MAX_SPELLINGS = 50  # an area's spellings become one regex alternation: the commonest ones
 AREA_MIN_RADIUS_KM, AREA_MAX_RADIUS_KM = 0.5, 10.0
-_WORD = re.compile(r"[^\W_]+")  # a word, as sheda_rt/search.py splits text
 _SEP = r"(?:[^\w,]|_)"  # what separates words inside one comma-separated part of a location
 
 
@@ -72,29 +72,6 @@ class Row(NamedTuple):
     label: str | None  # the area as written
     price: int  # kobo
     point: tuple[float, float] | None  # lat, lng
-
-
-def area_of(location: str) -> tuple[str, tuple[str, ...], str] | None:
-    """(id, spelling, label) of a location's area (see the module docstring); None when it has none we can offer."""
-    parts = (location or "").split(",")
-    return _area_of_segment(parts[-2] if len(parts) >= 2 else parts[0])
-
-
-@functools.lru_cache(maxsize=8192)
-def _area_of_segment(segment: str) -> tuple[str, tuple[str, ...], str] | None:
-    # cached: a full read derives the area of every listing, and areas repeat (folding each
-    # word's characters was most of the 2.5 s of Python a full read of 100,000 listings took)
-    spelling = tuple(_WORD.findall(segment))
-    if not spelling:
-        return None
-    slug = "-".join(fold(w) for w in spelling)
-    try:
-        check_where(slug)
-    except ValueError:  # too long, or folds to something that is not letters and digits
-        return None
-    if not keyword_words(" ".join(slug.split("-"))):  # only common words ("The"): nothing to search by
-        return None
-    return slug, spelling, " ".join(segment.split())
 
 
 def row_of(doc: dict) -> Row | None:
@@ -139,9 +116,10 @@ class Area:
 
     def pattern(self) -> str:
         """A regex matching exactly the locations whose area is this one, as the database
-        evaluates it on the candidates of an index-driven search. Spellings are kept as written
-        (case and accents), so it does not lean on the engine's case folding of non-ASCII
-        letters (PCRE's differs from Python's); it is sent with the `i` option all the same."""
+        evaluates it on the candidates of an index-driven search (and saved searches of guided
+        answers on a stored listing). Spellings are kept as written (case and accents), so it
+        does not lean on an engine's case folding of non-ASCII letters (PCRE's differs from
+        Python's re); it is sent with the `i` option all the same."""
         alternatives = "|".join(f"{_SEP}+".join(re.escape(w) for w in spelling)
                                 for spelling, _ in self.spellings.most_common(MAX_SPELLINGS))
         body = f"{_SEP}*(?:{alternatives}){_SEP}*"

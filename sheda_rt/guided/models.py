@@ -17,6 +17,7 @@ from typing import Literal, Optional, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from sheda_rt.guided.areas import WHERE_MAX, WHERE_PATTERN, check_where
 from sheda_rt.listings.models import PropertyOut, PropertyType, SortOrder
 from sheda_rt.listings.money import MAX_AMOUNT
 from sheda_rt.pagination import PageQuery
@@ -26,12 +27,9 @@ KINDS = {t.replace(" ", "-"): t for t in get_args(PropertyType)}  # id spelling 
 LISTING_TYPES = ("rent", "sale")
 WHAT_PATTERN = r"^(rent|sale):(any|" + "|".join(sorted(KINDS)) + r")$"
 BUDGET_PATTERN = r"^b:([0-9]{1,13})-([0-9]{1,13})?$"
-WHERE_PATTERN = r"^[^\W_]+(-[^\W_]+)*$"
-WHERE_MAX = 80
 
 _WHAT = re.compile(WHAT_PATTERN)
 _BUDGET = re.compile(BUDGET_PATTERN)
-_WHERE = re.compile(WHERE_PATTERN)
 
 
 def parse_what(option: str) -> tuple[str, str | None]:
@@ -60,12 +58,6 @@ def parse_budget(option: str) -> tuple[int, int | None]:
 
 def budget_id(lo_kobo: int, hi_kobo: int | None) -> str:
     return f"b:{lo_kobo // 100}-{hi_kobo // 100 if hi_kobo is not None else ''}"
-
-
-def check_where(option: str) -> str:
-    if len(option) > WHERE_MAX or not _WHERE.fullmatch(option):
-        raise ValueError(f"unknown option {option!r}: one of the where question's ids, like 'lekki-phase-1'")
-    return option
 
 
 def _check_option(cls, v, info):
