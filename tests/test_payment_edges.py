@@ -127,3 +127,31 @@ async def test_a_paid_contract_whose_activation_stays_stuck_is_flagged_once_for_
     assert payment["applied"] is False and [f["reason"] for f in payment["flags"]] == ["effect_stuck"], payment
     flagged = (await sheda.api.get(PAY, token=(await sheda.admin()).token, params={"flagged": "true"})).json["items"]
     assert pay["reference"] in [p["reference"] for p in flagged]
+
+
+async def test_effects_stuck_in_progress_do_not_starve_reconciliation_of_the_others(sheda, gw):  # noqa: F811
+    """Reconciliation finishes a batch of succeeded, unapplied payments per run, in no order: once a batch's
+    worth stayed "in progress" (the stuck contracts above), a payment whose process died between its success
+    and its effect was never finished: here a top-up never credited. Now the ones tried least recently go first."""
+    stuck = []
+    for _ in range(3):
+        agent, client, prop, contract = await open_contract(sheda)
+        pay = await start_payment(sheda, client, contract)
+        await sheda.ctx.db["properties"].update_one({"_id": prop["id"]},
+                                                    {"$set": {"status": "rented", "contract_id": contract["id"]}})
+        gw.pay(pay["reference"])
+        assert (await gw.deliver(gw.event_body(pay["reference"]))).code == 200
+        stuck.append(pay["reference"])
+    user = await sheda.signup("client")
+    r = await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": user.id, "amount": "900"}, token=user.token)
+    topup = r.json["reference"]
+    # What a process killed between the payment's move to succeeded and its effect leaves:
+    now = sheda.ctx.clock.now()
+    await sheda.ctx.db["payments"].update_one({"reference": topup}, {"$set": {"status": "succeeded", "succeeded_at": now},
+                                                                      "$unset": {"open_key": ""}})
+    for _ in range(2):
+        await sheda.ctx.payments.reconcile(batch=3)
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "900.00"
+    assert (await sheda.api.get(f"{PAY}/{topup}", token=user.token)).json["applied"] is True
+    for reference in stuck:
+        assert (await sheda.ctx.payment_store.get(reference))["applied"] is False

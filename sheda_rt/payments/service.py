@@ -253,7 +253,8 @@ class PaymentService:
             log.warning("no payment target for %s (%s)", payment["reference"], payment["purpose"])
             return "no_target"
         outcome, flag = await target.apply(payment)
-        if outcome == "in_progress":  # the reconciliation job looks again
+        if outcome == "in_progress":  # the reconciliation job looks again, after the ones tried less recently
+            await self.store.set_fields(payment["_id"], {"apply_tried_at": self.clock.now()})
             succeeded_at = payment.get("succeeded_at")
             if succeeded_at is not None and succeeded_at <= self.clock.now() - STUCK_AFTER:
                 await self._flag(payment, "effect_stuck", f"paid, but its {payment['purpose']} has not moved for "

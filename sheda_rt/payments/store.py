@@ -102,8 +102,10 @@ class PaymentStore:
 
     async def unapplied(self, limit: int) -> list[dict]:
         """Succeeded attempts whose effect (the contract) is not recorded as done: a crash or a
-        confirmation of the same contract in flight at the time."""
-        return await self.col.find({"status": "succeeded", "applied": False}, limit=limit).to_list()
+        confirmation of the same contract in flight at the time), those tried least recently first (never
+        tried: first of all), so a batch's worth stuck "in progress" never keeps the others from being finished."""
+        return await self.col.find({"status": "succeeded", "applied": False},
+                                   sort=[("apply_tried_at", ASCENDING), ("_id", ASCENDING)], limit=limit).to_list()
 
     async def page(self, query: dict, page, serialize) -> dict:
         return await paginate(self.col, query, NEWEST, page, serialize)
