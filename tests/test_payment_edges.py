@@ -127,6 +127,10 @@ async def test_a_paid_contract_whose_activation_stays_stuck_is_flagged_once_for_
     assert payment["applied"] is False and [f["reason"] for f in payment["flags"]] == ["effect_stuck"], payment
     flagged = (await sheda.api.get(PAY, token=(await sheda.admin()).token, params={"flagged": "true"})).json["items"]
     assert pay["reference"] in [p["reference"] for p in flagged]
+    # Anyone else asking for flagged payments sees only their own.
+    stranger = await sheda.signup("client")
+    assert (await sheda.api.get(PAY, token=stranger.token, params={"flagged": "true"})).json["items"] == []
+    assert (await sheda.api.get(f"{PAY}/{pay['reference']}", token=stranger.token)).status == 404
 
 
 async def test_effects_stuck_in_progress_do_not_starve_reconciliation_of_the_others(sheda, gw):  # noqa: F811
