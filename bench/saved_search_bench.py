@@ -37,6 +37,7 @@ from pymongo import AsyncMongoClient  # noqa: E402
 from sheda_rt.clock import Clock  # noqa: E402
 from sheda_rt.database.embedded import EmbeddedDatabase  # noqa: E402
 from sheda_rt.database.ids import IdAllocator  # noqa: E402
+from sheda_rt.accounts.users_store import UserStore  # noqa: E402
 from sheda_rt.jobs.runner import JobRunner  # noqa: E402
 from sheda_rt.jobs.store import JobStore  # noqa: E402
 from sheda_rt.listings.money import to_decimal128, to_minor  # noqa: E402
@@ -45,7 +46,7 @@ from sheda_rt.listings.store import PropertyStore  # noqa: E402
 from sheda_rt.saved_searches.job import AlertDigests, ListingAlerts  # noqa: E402
 from sheda_rt.saved_searches.models import SavedSearchQuery  # noqa: E402
 from sheda_rt.saved_searches.service import SavedSearchService  # noqa: E402
-from sheda_rt.saved_searches.store import AlertStore, SavedSearchStore  # noqa: E402
+from sheda_rt.saved_searches.store import AlertStore, PendingAlerts, SavedSearchStore  # noqa: E402
 
 AREAS = {"Lekki Phase 1": (6.447, 3.473), "Lekki Phase 2": (6.436, 3.520), "Ikoyi": (6.452, 3.435), "Victoria Island": (6.428, 3.421),
          "Ajah": (6.468, 3.566), "Yaba": (6.509, 3.371), "Surulere": (6.500, 3.354), "Ikeja GRA": (6.578, 3.350),
@@ -113,10 +114,12 @@ async def main(args) -> None:
                                    public_base_url=None)
         saved = SavedSearchService(searches, plan=listings.plan, clock=clock)
         runner = JobRunner(jobs, clock)
-        digests = AlertDigests(runner=runner, alerts=alerts, listings=props, users=None, preferences=None, email=None, clock=clock,
-                               hour_utc=7)
+        users = UserStore(db, ids)  # the searches' owners: the job reads who is still active
+        digests = AlertDigests(runner=runner, alerts=alerts, searches=searches, listings=props, users=None, preferences=None, email=None,
+                               clock=clock, hour_utc=7)
         matcher = ListingAlerts(runner=runner, searches=searches, saved=saved, alerts=alerts, listings=props, notifications=None,
-                                push=None, digests=digests, clock=clock, push_ttl_seconds=60)
+                                push=None, digests=digests, clock=clock, push_ttl_seconds=60, pending=PendingAlerts(db), users=users,
+                                blocks=None)
         rng = random.Random(7)
         now = clock.now()
         t0 = time.perf_counter()
@@ -127,9 +130,11 @@ async def main(args) -> None:
                           "alert_key": saved.alert_key(query, "daily"), "created_at": now, "updated_at": now})
             if len(batch) == 1000:
                 await searches.col.insert_many(batch)
+                await users.col.insert_many([{"_id": s["user_id"], "is_active": True} for s in batch])
                 batch = []
         if batch:
             await searches.col.insert_many(batch)
+            await users.col.insert_many([{"_id": s["user_id"], "is_active": True} for s in batch])
         print(f"saved {args.searches} searches in {time.perf_counter() - t0:.1f} s")
         explain = await db.command("explain", {"find": "saved_searches", "filter": {"alert_key": {"$in": ["w:lekki", "l:rent", "*"]}}})
         stage = explain["queryPlanner"]["winningPlan"]

@@ -306,25 +306,31 @@ class AppContext:
         self.drain_hooks.append(self.digests.drain)
 
     def _install_saved_searches(self) -> None:  # [saved searches] on the job queue; they notify, push and mail as reminders do
-        from sheda_rt.saved_searches.job import AlertDigests, ListingAlerts
+        from sheda_rt.saved_searches.job import AlertDigests, ListingAlerts, PendingAlertSweep
         from sheda_rt.saved_searches.service import SavedSearchService
-        from sheda_rt.saved_searches.store import AlertStore, SavedSearchStore
+        from sheda_rt.saved_searches.store import AlertStore, PendingAlerts, SavedSearchStore
 
         s = self.settings
         self.saved_search_store = SavedSearchStore(self.db, self.ids)
         self.saved_search_alert_store = AlertStore(self.db)
-        self.stores.extend([self.saved_search_store, self.saved_search_alert_store])
+        self.saved_search_pending = PendingAlerts(self.db)  # listings' alert_pending markers
+        self.stores.extend([self.saved_search_store, self.saved_search_alert_store, self.saved_search_pending])
         self.saved_searches = SavedSearchService(self.saved_search_store, plan=self.properties.plan, clock=self.clock,
                                                  guided_catalog=self.guided_catalog, max_per_user=s.saved_searches_per_user)
         self.saved_search_digests = AlertDigests(runner=self.job_runner, alerts=self.saved_search_alert_store,
-                                                 listings=self.property_store, users=self.users, preferences=self.push,
-                                                 email=self.email_sender, clock=self.clock, hour_utc=s.saved_search_digest_hour)
+                                                 searches=self.saved_search_store, listings=self.property_store, users=self.users,
+                                                 preferences=self.push, email=self.email_sender, clock=self.clock,
+                                                 hour_utc=s.saved_search_digest_hour)
         self.listing_alerts = ListingAlerts(runner=self.job_runner, searches=self.saved_search_store, saved=self.saved_searches,
                                             alerts=self.saved_search_alert_store, listings=self.property_store,
                                             notifications=self.notifications, push=self.push.dispatch,
-                                            digests=self.saved_search_digests, clock=self.clock, push_ttl_seconds=s.push_ttl_seconds)
+                                            digests=self.saved_search_digests, clock=self.clock, push_ttl_seconds=s.push_ttl_seconds,
+                                            pending=self.saved_search_pending, users=self.users, blocks=self.blocks)
         self.properties.listing_alerts = self.listing_alerts.listing_changed  # new listings, relistings, price drops
         self.drain_hooks.append(self.listing_alerts.drain)
+        # a change whose match job a dying process never queued is queued by this sweep (its marker on the listing)
+        self.saved_search_sweep = PendingAlertSweep(self.listing_alerts, self.saved_search_pending, self.job_runner)
+        self.jobs.append(self.saved_search_sweep)
 
     def _install_runtime_settings(self) -> None:  # [settings]
         from sheda_rt.builders.service import MAX_UNITS_PER_PROJECT

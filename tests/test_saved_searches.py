@@ -18,6 +18,7 @@ from tests.test_mail import smtp  # noqa: F401  (fixture: a tiny SMTP server)
 from tests.test_push import push, subscribed  # noqa: F401  (push is a fixture: a local Web Push service)
 
 SS = "/api/v1/saved-searches"
+REASONS = ("new", "price_drop", "relisted")
 
 
 @pytest.fixture
@@ -263,27 +264,109 @@ async def test_an_alert_reaches_a_closed_app_as_one_push(sheda, push):
     await sheda.ctx.db["jobs"].delete_many({"kind": "push.webpush", "payload.user_id": buyer.id})
 
 
+async def match_jobs(sheda, property_id: int) -> list[dict]:
+    return await sheda.ctx.db["jobs"].find({"kind": "saved_search.match", "payload.property_id": property_id}).to_list()
+
+
 async def test_a_listing_change_is_queued_before_the_answer(sheda):
     """Durability: by the time the agent has the answer, the match job is in the durable queue, so a
-    process dying right then leaves it to any other process (its lease lapses or it is still pending)."""
+    process dying right then leaves it to any other process (its lease lapses or it is still pending).
+    The job is named by the change's marker on the listing, cleared once the job is queued (before the answer)."""
     agent, buyer = await sheda.signup("agent"), await sheda.signup("client")
     area = word()
     await save(sheda, buyer, location=area)
     prop = await create_property(sheda, agent, location=area, price="900000")
-    job = await sheda.ctx.db["jobs"].find_one({"_id": f"saved_search.match:{prop['id']}:1"})
-    assert job is not None and job["payload"] == {"property_id": prop["id"], "rev": 1, "reason": "new"}, job
+    [job] = await match_jobs(sheda, prop["id"])
+    marker = job["payload"]["marker"]
+    assert "alert_pending" not in await sheda.ctx.db["properties"].find_one({"_id": prop["id"]})  # the job is queued: no marker
+    assert job["_id"] == f"saved_search.match:{prop['id']}:{marker}" and job["payload"]["reason"] == "new", job
     r = await sheda.api.patch(f"/api/v1/properties/{prop['id']}", {"price": "800000"}, token=agent.token)
-    assert await sheda.ctx.db["jobs"].find_one({"_id": f"saved_search.match:{prop['id']}:2"}) is not None, r
+    assert r.status == 200 and sorted(j["payload"]["reason"] for j in await match_jobs(sheda, prop["id"])) == ["new", "price_drop"], r
     r = await sheda.api.patch(f"/api/v1/properties/{prop['id']}", {"title": "Renamed"}, token=agent.token)
     assert r.status == 200
-    assert await sheda.ctx.db["jobs"].find_one({"_id": f"saved_search.match:{prop['id']}:3"}) is None  # not a price drop
+    assert len(await match_jobs(sheda, prop["id"])) == 2  # not a price drop
     await settle(sheda)
     # Running a finished match again (a retry after a crash) alerts nobody twice.
-    ran, result = await sheda.ctx.job_runner.run_now("saved_search.match", f"saved_search.match:{prop['id']}:9",
+    ran, result = await sheda.ctx.job_runner.run_now("saved_search.match", f"saved_search.match:{prop['id']}:again",
                                                      {"property_id": prop["id"], "rev": 9, "reason": "new"})
     assert ran and result["matched"] == 1 and result["alerted"] == 0, result
     assert len(await alerts_of(sheda, buyer)) == 1
-    await sheda.ctx.db["jobs"].delete_many({"_id": {"$regex": f"^saved_search.match:{prop['id']}:"}})
+    await sheda.ctx.db["jobs"].delete_many({"kind": "saved_search.match", "payload.property_id": prop["id"]})
+
+
+async def test_a_change_whose_job_was_never_queued_is_queued_by_the_sweep(sheda):
+    """A process dying after a listing's write and before its match job is queued: the write carried the
+    change's marker (alert_pending), and the sweep queues the job of every marker still there, so a new listing,
+    a relisting and a price drop written that way each alert. Checked to fail without the marker or the sweep."""
+    agent, buyer = await sheda.signup("agent"), await sheda.signup("client")
+    area = word()
+    relisting = await create_property(sheda, agent, location=area, price="700000")
+    assert (await sheda.api.patch(f"/api/v1/properties/{relisting['id']}/status", {"active": False}, token=agent.token)).status == 200
+    await settle(sheda)
+    search = await save(sheda, buyer, location=area, price_max="1000000")
+    ws = await sheda.ws(buyer.token)
+    sweep, hook = sheda.ctx.saved_search_sweep, sheda.ctx.properties.listing_alerts
+    sweep.stop()  # its own timer stays out of this test: the test runs it when the process would have died
+
+    async def died(listing, reason):  # the writes as the service makes them; the process gone before the enqueue
+        return None
+
+    sheda.ctx.properties.listing_alerts = died
+    try:
+        new = await create_property(sheda, agent, location=area, price="900000")
+        cheaper = await create_property(sheda, agent, location=area, price="5000000")
+        assert (await sheda.api.patch(f"/api/v1/properties/{cheaper['id']}", {"price": "800000"}, token=agent.token)).status == 200
+        assert (await sheda.api.patch(f"/api/v1/properties/{relisting['id']}/status", {"active": True}, token=agent.token)).status == 200
+    finally:
+        sheda.ctx.properties.listing_alerts = hook
+    ids = [new["id"], cheaper["id"], relisting["id"]]
+    for pid in ids:
+        assert await match_jobs(sheda, pid) == [] or pid == relisting["id"], pid  # never queued (the relisting's first life was)
+    assert await alerts_of(sheda, buyer) == []
+    for pid in ids:
+        assert (await sheda.ctx.db["properties"].find_one({"_id": pid}))["alert_pending"]["reason"] in REASONS
+    try:
+        assert await sweep.run() == 3
+        assert await sweep.run() == 0  # queued once: the same keys add nothing
+        await sheda.ctx.job_runner.run_due()
+    finally:
+        sweep.start()
+    got = {a["data"]["property_id"]: a["data"]["reason"] for a in await alerts_of(sheda, buyer)}
+    assert got == {new["id"]: "new", cheaper["id"]: "price_drop", relisting["id"]: "relisted"}, got
+    assert all(a["data"]["saved_search_id"] == search["id"] for a in await alerts_of(sheda, buyer))
+    await ws.wait_for(lambda f: f.get("kind") == "saved_search.match" and f["data"]["property_id"] == relisting["id"])
+    for pid in ids:  # the sweep cleared the markers once it queued their jobs: nothing left to sweep
+        assert "alert_pending" not in await sheda.ctx.db["properties"].find_one({"_id": pid})
+    assert await sweep.run() == 0
+    assert len(await alerts_of(sheda, buyer)) == 3
+    await sheda.ctx.db["jobs"].delete_many({"kind": "saved_search.match", "payload.property_id": {"$in": ids}})
+
+
+async def test_no_alert_across_a_block_or_to_a_deactivated_user(sheda):
+    """A user who blocked the agent, or whom the agent blocked, hears nothing of the agent's listings (neither
+    reaches the other, as in the chat); nor does a deactivated user. Nothing is recorded for them either, so
+    after an unblock a later change of the listing (here a price drop) alerts. Checked to fail without the check."""
+    agent = await sheda.signup("agent")
+    blocker, blocked, gone, plain = [await sheda.signup("client") for _ in range(4)]
+    area = word()
+    for user in (blocker, blocked, gone, plain):
+        await save(sheda, user, location=area)
+    assert (await sheda.api.post(f"/api/v1/users/{agent.id}/block", {}, token=blocker.token)).status == 201
+    assert (await sheda.api.post(f"/api/v1/users/{blocked.id}/block", {}, token=agent.token)).status == 201
+    admin = await sheda.admin()
+    r = await sheda.api.patch(f"/api/v1/admin/users/{gone.id}", {"is_active": False}, token=admin.token)
+    assert r.status == 200, r
+    prop = await create_property(sheda, agent, location=area, price="900000")
+    await settle(sheda)
+    assert [a["data"]["property_id"] for a in await alerts_of(sheda, plain)] == [prop["id"]]
+    for user in (blocker, blocked, gone):
+        assert await alerts_of(sheda, user) == [], user
+        assert await sheda.ctx.db["saved_search_alerts"].count_documents({"user_id": user.id}) == 0
+    assert (await sheda.api.delete(f"/api/v1/users/{agent.id}/block", token=blocker.token)).status == 204
+    assert (await sheda.api.patch(f"/api/v1/properties/{prop['id']}", {"price": "850000"}, token=agent.token)).status == 200
+    await settle(sheda)
+    assert [a["data"]["reason"] for a in await alerts_of(sheda, blocker)] == ["price_drop"]
+    assert await alerts_of(sheda, blocked) == [] and await alerts_of(sheda, gone) == [] and len(await alerts_of(sheda, plain)) == 1
 
 
 async def test_work_a_dead_process_left_behind_is_finished_by_another(sheda):
@@ -344,6 +427,32 @@ async def test_daily_alerts_arrive_as_one_digest_email(sheda, smtp):
     await sheda.ctx.job_runner.run_due()
     assert len([m for _, m in smtp.messages if m["To"] == buyer.email and "saved searches" in m["Subject"]]) == 1
     assert await sheda.ctx.db["saved_search_alerts"].count_documents({"user_id": buyer.id, "status": "emailed"}) == 2
+    await sheda.ctx.db["jobs"].delete_many({"kind": "saved_search.digest", "payload.user_id": buyer.id})
+
+
+async def test_deleting_a_search_or_switching_it_off_drops_its_matches_waiting_for_the_digest(sheda, smtp):
+    """Daily matches wait for the digest; the search is deleted, or its alerts switched off, before it goes: those
+    matches are not emailed (they are dropped), another search's are. Checked to fail without the digest's check."""
+    agent, buyer = await sheda.signup("agent"), await sheda.signup("client")
+    kept_area, deleted_area, off_area = word(), word(), word()
+    await save(sheda, buyer, name="Kept", alert="daily", location=kept_area)
+    deleted = await save(sheda, buyer, name="Deleted", alert="daily", location=deleted_area)
+    off = await save(sheda, buyer, name="Switched off", alert="daily", location=off_area)
+    kept = await create_property(sheda, agent, location=kept_area, title="Kept flat")
+    await create_property(sheda, agent, location=deleted_area, title="Deleted flat")
+    await create_property(sheda, agent, location=off_area, title="Off flat")
+    await settle(sheda)
+    assert await sheda.ctx.db["saved_search_alerts"].count_documents({"user_id": buyer.id, "status": "queued"}) == 3
+    assert (await sheda.api.delete(f"{SS}/{deleted['id']}", token=buyer.token)).status == 204
+    assert (await sheda.api.patch(f"{SS}/{off['id']}", {"alert": "off"}, token=buyer.token)).status == 200
+    sheda.ctx.clock.advance(days=1, hours=1)
+    await sheda.ctx.job_runner.run_due()
+    [mail] = [m for _, m in smtp.messages if m["To"] == buyer.email and "saved searches" in m["Subject"]]
+    body = mail.get_payload(decode=True).decode()
+    assert mail["Subject"] == "1 new match for your saved searches" and "Kept flat" in body, body
+    assert "Deleted flat" not in body and "Off flat" not in body
+    states = {a["property_id"]: a["status"] for a in await sheda.ctx.db["saved_search_alerts"].find({"user_id": buyer.id}).to_list()}
+    assert sorted(states.values()) == ["dropped", "dropped", "emailed"] and states[kept["id"]] == "emailed", states
     await sheda.ctx.db["jobs"].delete_many({"kind": "saved_search.digest", "payload.user_id": buyer.id})
 
 

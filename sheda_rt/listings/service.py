@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import TYPE_CHECKING
 
 from sheda_rt.clock import format_ts
@@ -40,6 +41,14 @@ log = logging.getLogger("sheda.listings")
 
 MAX_IMAGES = 10
 PRICE_HISTORY = 50
+
+
+def alert_marker(reason: str) -> dict:
+    """[saved searches] `alert_pending` of a listing, written in the same write as the change that alerts (a new
+    listing, a relisting, a price drop): cleared once the change's alert job is queued (before the answer); the
+    alerts' sweep queues the job of any marker still there, so a process dying between this write and queueing the
+    job loses no alert (sheda_rt/saved_searches/job.py). `id` names the change's job."""
+    return {"id": secrets.token_hex(8), "reason": reason}
 
 
 def is_admin(principal) -> bool:
@@ -180,6 +189,8 @@ class PropertyService:
         }
         if body.geo is not None:
             doc["geo"] = _geo_doc(body.geo)
+        if self.listing_alerts is not None:
+            doc["alert_pending"] = alert_marker("new")
         if body.category_id is None:
             doc.pop("category_id", None)
             return await self._alert(await self.store.insert(doc), "new", property_view)
@@ -226,6 +237,9 @@ class PropertyService:
                 else:
                     changes[name] = value
             changes["updated_at"] = now
+            dropped = history is not None and changes["price_minor"] < doc.get("price_minor", changes["price_minor"])
+            if dropped and self.listing_alerts is not None:
+                changes["alert_pending"] = alert_marker("price_drop")
             merged = {**{k: v for k, v in doc.items() if k not in unset}, **changes}
             old_cat, new_cat = doc.get("category_id"), merged.get("category_id")
             moved = old_cat != new_cat
@@ -243,7 +257,7 @@ class PropertyService:
                 if moved and old_cat is not None:
                     await self.categories.release(old_cat)
                 view = await self._changed(doc, updated)
-                if history is not None and changes["price_minor"] < doc.get("price_minor", changes["price_minor"]):
+                if dropped:
                     return await self._alert(updated, "price_drop", lambda _doc: view)
                 return view
             if moved and new_cat is not None:  # someone else changed it first: undo our count, read again
@@ -262,7 +276,8 @@ class PropertyService:
             return property_view(await self.store.get(property_id))
         if doc.get("is_active", True):
             return property_view(doc)
-        updated = await self.store.relist(property_id, now)
+        updated = await self.store.relist(property_id, now,
+                                          {"alert_pending": alert_marker("relisted")} if self.listing_alerts is not None else None)
         if updated is not None:
             view = await self._changed(doc, updated)
             return await self._alert(updated, "relisted", lambda _doc: view)

@@ -186,11 +186,13 @@ class PropertyStore:
         return await update_then_get(
             self.col, {"_id": property_id}, {"$set": {"is_active": False, "delisted_at": now, "updated_at": now}, "$inc": {"rev": 1}})
 
-    async def relist(self, property_id: int, now) -> dict | None:
-        """Listed again, only if it is unlisted and still available (never a sold or rented one)."""
+    async def relist(self, property_id: int, now, also: dict | None = None) -> dict | None:
+        """Listed again, only if it is unlisted and still available (never a sold or rented one); `also`: more fields
+        set in the same write (the saved-search alerts' marker)."""
         return await update_then_get(
             self.col, {"_id": property_id, "is_active": False, "status": "available"},
-            {"$set": {"is_active": True, "relisted_at": now, "updated_at": now}, "$unset": {"delisted_at": ""}, "$inc": {"rev": 1}})
+            {"$set": {"is_active": True, "relisted_at": now, "updated_at": now, **(also or {})}, "$unset": {"delisted_at": ""},
+             "$inc": {"rev": 1}})
 
     # ---- status, driven by contracts ---------------------------------------
     async def take(self, property_id: int, new_status: str, contract_id: int, now) -> dict | None:

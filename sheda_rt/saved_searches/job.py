@@ -3,18 +3,22 @@ matches and alerts each of their users once per listing, ever.
 
 Flow
 ----
-1. The listings service calls `listing_changed(listing, reason)` after it stored a new listing, a
-   listing put back on the market (`relisted`) or a lower price (`price_drop`), and before it
-   answers. That enqueues one job of the durable queue (sheda_rt/jobs/), key
-   `saved_search.match:<listing>:<rev>` (one per stored revision, so a retried call adds nothing),
-   and starts running it in this process at once. From the answer on, the change cannot be lost:
-   if the process dies the job is pending (or its lease lapses) and any process runs it. A process
-   dying between the listing's write and the enqueue (before answering) loses that one change's
-   alerts: the client got no answer and the listing is stored; nothing else is lost.
+1. The listings service writes a new listing, a listing put back on the market (`relisted`) or a
+   lower price (`price_drop`) together with a marker on the listing itself, `alert_pending: {id,
+   reason}` (listings/service.py `alert_marker`), then calls `listing_changed(listing, reason)`
+   before it answers. That enqueues one job of the durable queue (sheda_rt/jobs/), key
+   `saved_search.match:<listing>:<marker id>` (one per change, so a retried call adds nothing),
+   and starts running it in this process at once. Once the job is queued the marker is cleared
+   (still before the answer, so the stored listing does not change after it). A process dying
+   between the listing's write and the enqueue leaves the marker: PendingAlertSweep (every
+   SWEEP_SECONDS, in every process) queues the job of each marker still there under the same key
+   and clears it, so that change alerts too. After the enqueue, a dying process leaves the job
+   pending (or its lease lapses) and any process runs it.
 2. The job reads the listing as it is then (no longer listed or available: nothing to do), looks up
    the searches filed under any of the listing's facets (one `$in` on an index: store.py), skips
-   the agent's own, and checks each candidate's full filters with the plan GET /properties would
-   run (matcher.py).
+   the agent's own, users who block the agent or are blocked by them (sheda_rt/blocks: neither
+   reaches the other) and deactivated users, and checks each candidate's full filters with the
+   plan GET /properties would run (matcher.py).
 3. Per user (several of their searches may match: one alert; `instant` wins over `daily`), the
    alert document `<user>:<listing>` is inserted (all of a job's in one unordered write): the
    unique `_id` is the guard that makes one alert per user per listing across every change, job
@@ -37,6 +41,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from sheda_rt.jobs.periodic import PeriodicTrigger
 from sheda_rt.listings.money import format_money
 from sheda_rt.push.provider import Notification
 from sheda_rt.reminders.digest import digest_recipient, hold_for_quiet_hours
@@ -45,6 +50,7 @@ from sheda_rt.saved_searches.store import AlertStore
 
 if TYPE_CHECKING:
     from sheda_rt.accounts.users_store import UserStore
+    from sheda_rt.blocks.service import BlockService
     from sheda_rt.clock import Clock
     from sheda_rt.jobs.runner import JobRunner
     from sheda_rt.listings.store import PropertyStore
@@ -53,7 +59,7 @@ if TYPE_CHECKING:
     from sheda_rt.push.service import PushService
     from sheda_rt.reminders.email import EmailSender
     from sheda_rt.saved_searches.service import SavedSearchService
-    from sheda_rt.saved_searches.store import SavedSearchStore
+    from sheda_rt.saved_searches.store import PendingAlerts, SavedSearchStore
 
 log = logging.getLogger("sheda.saved_searches")
 
@@ -62,6 +68,8 @@ DIGEST_KIND = "saved_search.digest"
 REASONS = ("new", "relisted", "price_drop")
 DIGEST_MAX_ITEMS = 200
 DELIVERY_CONCURRENCY = 16
+SWEEP_SECONDS = 60.0  # how often each process looks for listing changes whose match job was never queued
+SWEEP_BATCH = 200
 
 
 def _price(doc: dict) -> str:
@@ -77,7 +85,7 @@ def describe(doc: dict, reason: str) -> str:
 class ListingAlerts:
     def __init__(self, *, runner: JobRunner, searches: SavedSearchStore, saved: SavedSearchService, alerts: AlertStore,
                  listings: PropertyStore, notifications: NotificationService, push: Dispatcher | None, digests: AlertDigests,
-                 clock: Clock, push_ttl_seconds: float):
+                 clock: Clock, push_ttl_seconds: float, pending: PendingAlerts, users: UserStore, blocks: BlockService | None):
         self.runner = runner
         self.searches = searches
         self.saved = saved  # the filters' matcher
@@ -88,6 +96,9 @@ class ListingAlerts:
         self.digests = digests
         self.clock = clock
         self.push_ttl = timedelta(seconds=push_ttl_seconds)
+        self.pending = pending  # the listings' alert_pending markers
+        self.users = users  # deactivated users are not alerted
+        self.blocks = blocks  # None: no blocking in this configuration
         self._running: set[asyncio.Task] = set()
         runner.register(MATCH_KIND, self.run)
 
@@ -95,16 +106,30 @@ class ListingAlerts:
     async def listing_changed(self, listing: dict, reason: str) -> None:
         """Record the change as a job (awaited: durable before the caller answers), then run it here
         in the background. Never raises: the listing is stored whatever happens to its alerts."""
-        payload = {"property_id": listing["_id"], "rev": listing.get("rev", 1), "reason": reason}
-        key = f"{MATCH_KIND}:{listing['_id']}:{payload['rev']}"
+        payload, key = self.job_of(listing, reason)
         try:
             await self.runner.enqueue(MATCH_KIND, payload, key=key)
-        except Exception as exc:
+        except Exception as exc:  # the marker stays on the listing: the sweep queues the job
             log.warning(json.dumps({"event": "saved_search_match_not_queued", "property_id": listing["_id"], "error": repr(exc)[:200]}))
             return
+        if payload["marker"]:
+            try:
+                await self.pending.clear(listing["_id"], payload["marker"])
+            except Exception as exc:  # the sweep clears it (the job exists: queueing it again adds nothing)
+                log.warning(json.dumps({"event": "saved_search_marker_not_cleared", "property_id": listing["_id"],
+                                        "error": repr(exc)[:200]}))
         task = asyncio.ensure_future(self._run_now(key, payload))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
+
+    @staticmethod
+    def job_of(listing: dict, reason: str) -> tuple[dict, str]:
+        """(payload, key) of a change's match job: named by the listing's marker (the sweep names it alike), or by
+        its revision for a listing written without one."""
+        marker = listing.get("alert_pending")
+        marker_id = marker.get("id") if isinstance(marker, dict) and isinstance(marker.get("id"), str) else None
+        payload = {"property_id": listing["_id"], "rev": listing.get("rev", 1), "reason": reason, "marker": marker_id}
+        return payload, f"{MATCH_KIND}:{listing['_id']}:{marker_id or listing.get('rev', 1)}"
 
     async def _run_now(self, key: str, payload: dict) -> None:
         try:
@@ -141,6 +166,7 @@ class ListingAlerts:
                                             "error": repr(exc)[:200]}))
         finally:
             await cursor.close()
+        await self._drop_unreachable(chosen, doc["agent_id"])
         now = self.clock.now()
         claimed = await self.alerts.claim_many([{
             "_id": AlertStore.key(uid, doc["_id"]), "user_id": uid, "property_id": doc["_id"], "saved_search_id": search["_id"],
@@ -157,6 +183,21 @@ class ListingAlerts:
 
         alerted = sum(await asyncio.gather(*(deliver(a) for a in claimed)))
         return {"outcome": "matched", "candidates": candidates, "matched": len(chosen), "alerted": alerted}
+
+    async def _drop_unreachable(self, chosen: dict[int, dict], agent_id: int) -> None:
+        """No alert (and no claim: should that change, a later change of the listing alerts them) for a user who blocks
+        the agent or is blocked by them, as no message passes between them, nor for a deactivated or deleted user."""
+        if not chosen:
+            return
+        if self.blocks is not None:
+            related = (await self.blocks.relations_of([agent_id])).get(agent_id, frozenset())
+            for uid in [u for u in chosen if u in related]:
+                del chosen[uid]
+        ids, users = list(chosen), {}
+        for i in range(0, len(ids), 200):  # the embedded database matches an $in by walking its list: chunks
+            users.update(await self.users.get_many(ids[i:i + 200]))
+        for uid in [u for u in chosen if u not in users or not users[u].get("is_active", True)]:
+            del chosen[uid]
 
     async def _deliver(self, job: dict, doc: dict, alert: dict) -> bool:
         if alert.get("existing") and alert.get("job") != job["_id"]:
@@ -187,6 +228,38 @@ class ListingAlerts:
         return True
 
 
+class PendingAlertSweep(PeriodicTrigger):
+    """Queues the match job of every listing change whose marker is still there: the process that wrote the change
+    died before queueing the job (or the queue was away then), or before clearing the marker. The job's key is the
+    one the writer would have used, so a change whose job exists already adds nothing; once the job is queued the
+    marker goes."""
+
+    name = "saved_search_sweep"
+
+    def __init__(self, alerts: ListingAlerts, pending: PendingAlerts, runner: JobRunner, interval_seconds: float = SWEEP_SECONDS,
+                 batch: int = SWEEP_BATCH):
+        super().__init__(interval_seconds * 1000)
+        self.alerts = alerts
+        self.pending = pending
+        self.runner = runner
+        self.batch = batch
+
+    async def run(self) -> int:
+        queued = 0
+        for doc in await self.pending.left(self.batch):
+            marker = doc.get("alert_pending")
+            if not isinstance(marker, dict) or marker.get("reason") not in REASONS or not isinstance(marker.get("id"), str):
+                await self.pending.clear(doc["_id"], marker.get("id") if isinstance(marker, dict) else None)
+                continue
+            payload, key = self.alerts.job_of(doc, marker["reason"])
+            _job, created = await self.runner.enqueue(MATCH_KIND, payload, key=key)
+            if created:
+                queued += 1
+                log.info(json.dumps({"event": "saved_search_match_swept", "job": key}))
+            await self.pending.clear(doc["_id"], marker["id"])
+        return queued
+
+
 class AlertDigests:
     """`daily` alerts: one email a day with the day's matches, at SAVED_SEARCH_DIGEST_HOUR (UTC).
 
@@ -199,10 +272,11 @@ class AlertDigests:
     A process killed between the email and that mark sends it again when the job is retried.
     """
 
-    def __init__(self, *, runner: JobRunner, alerts: AlertStore, listings: PropertyStore, users: UserStore,
+    def __init__(self, *, runner: JobRunner, alerts: AlertStore, searches: SavedSearchStore, listings: PropertyStore, users: UserStore,
                  preferences: PushService, email: EmailSender, clock: Clock, hour_utc: int):
         self.runner = runner
         self.alerts = alerts
+        self.searches = searches  # a queued match of a search deleted or switched off since is not emailed
         self.listings = listings
         self.users = users
         self.preferences = preferences
@@ -233,11 +307,19 @@ class AlertDigests:
         now = self.clock.now()
         user, prefs, outcome = await digest_recipient(self.users, self.preferences, user_id, "listings")
         queued = await self.alerts.queued(user_id, DIGEST_MAX_ITEMS)
+        more = len(queued) >= DIGEST_MAX_ITEMS  # perhaps more than one email's worth: tomorrow's takes the rest
         if outcome is not None:
             await self.alerts.mark(user_id, [a["_id"] for a in queued], "queued", {"status": "dropped", "dropped_at": now})
             return outcome
         hold_for_quiet_hours(prefs, now)
+        alerting = await self.searches.alerting_ids(user_id)
+        gone = [a["_id"] for a in queued if a["saved_search_id"] not in alerting]
+        if gone:  # deleting a search, or PATCH alert off, stops its alerts, the ones waiting for this email too
+            await self.alerts.mark(user_id, gone, "queued", {"status": "dropped", "dropped_at": now})
+            queued = [a for a in queued if a["saved_search_id"] in alerting]
         if not queued:
+            if more:
+                await self.arm(user_id)
             return {"outcome": "nothing_queued"}
         listings = await self.listings.get_many(a["property_id"] for a in queued)
         lines = []
@@ -251,7 +333,7 @@ class AlertDigests:
             body = "Today's listings that match your saved searches:\n\n" + "\n\n".join(lines) + "\n\nOpen the app to see them."
             await self.email.send(user, "listings", subject, body)
         await self.alerts.mark(user_id, [a["_id"] for a in queued], "queued", {"status": "emailed", "emailed_at": now})
-        if len(queued) >= DIGEST_MAX_ITEMS:
+        if more:
             await self.arm(user_id)
         log.info(json.dumps({"event": "saved_search_digest", "user_id": user_id, "matches": len(lines)}))
         return {"outcome": "sent" if lines else "nothing_listed", "matches": len(lines)}

@@ -74,9 +74,38 @@ class SavedSearchStore:
     async def page(self, user_id: int, page: PageQuery, serialize) -> dict:
         return await paginate(self.col, {"user_id": user_id}, SORT, page, serialize)
 
+    async def alerting_ids(self, user_id: int) -> set[int]:
+        """The ids of this user's searches whose alerts are on (at most the limit: one read on user_newest)."""
+        docs = await self.col.find({"user_id": user_id}, projection={"alert": 1}).to_list()
+        return {d["_id"] for d in docs if d.get("alert") in ("instant", "daily")}
+
     def alerting(self, facets: list[str], batch: int = 500):
         """Searches with alerts on filed under any of these facets (a listing's), as a cursor."""
         return self.col.find({"alert_key": {"$in": list(facets)}}, batch_size=batch)
+
+
+class PendingAlerts:
+    """The `alert_pending` marker of listings (sheda_rt/listings/service.py `alert_marker`): written with a change that
+    may alert, cleared by that change's match job once it has run. Its own sparse index holds only listings whose
+    marker is there (a few at any time), so the sweep finds them without reading the listings; the
+    listings store does not use the field."""
+
+    INDEXES = [IndexModel([("alert_pending", ASCENDING)], sparse=True, name="alert_pending")]
+
+    def __init__(self, db):
+        self.col = db["properties"]
+
+    async def ensure_indexes(self):
+        await self.col.create_indexes(self.INDEXES)
+
+    async def left(self, limit: int) -> list[dict]:
+        """Listings whose marker is still there ({field: {$exists: true}} rides the sparse index)."""
+        return await self.col.find({"alert_pending": {"$exists": True}}, projection={"alert_pending": 1, "rev": 1},
+                                   limit=limit).to_list()
+
+    async def clear(self, property_id: int, marker_id: str) -> None:
+        """Only this marker: a later change's marker (another id) stays for its own job."""
+        await self.col.update_one({"_id": property_id, "alert_pending.id": marker_id}, {"$unset": {"alert_pending": ""}})
 
 
 class AlertStore:
