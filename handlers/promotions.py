@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from handlers.base import APIHandler
 from handlers.routing import endpoint, route
-from sheda_rt.accounts.auth import AGENT
-from sheda_rt.promotions.models import IDEMPOTENCY_HEADER, PromotionCreate, PromotionOut, idempotency_key
+from sheda_rt.accounts.auth import AGENT, USER
+from sheda_rt.promotions.models import IDEMPOTENCY_HEADER, PromotionCreate, PromotionOut, PromotionQuery, idempotency_key
+from sheda_rt.responses import Page
 
 TAGS = ("promotions",)
 
@@ -26,6 +27,14 @@ class PromotionsHandler(APIHandler):
         again after a top-up. Watchers of `property:<id>` get `property.updated` when a promotion starts or ends."""
         key = idempotency_key(self.request.headers.get(IDEMPOTENCY_HEADER))
         return await self.ctx.promotions.promote(self.principal, property_id, body, key)
+
+    @endpoint("A listing's promotions, newest first (its agent or an admin)", auth=USER, query=PromotionQuery,
+              response=Page[PromotionOut], errors=(401, 403, 404, 422), tags=TAGS)
+    async def get(self, property_id: int, query: PromotionQuery):
+        """Cursor paginated: every promotion bought for the listing and applied, as its POST answered it
+        (`featured_until` there is where that purchase left the listing's featured days). 403 `not_owner` for
+        anyone but the listing's agent and admins (an unlisted listing is 404 to them, as everywhere)."""
+        return await self.ctx.promotions.listing_promotions(self.principal, property_id, query)
 
 
 default_handlers = [

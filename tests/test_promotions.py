@@ -207,8 +207,9 @@ async def test_an_empty_wallet_is_402_with_nothing_charged_and_nothing_promoted(
 
 
 async def test_a_retried_promotion_charges_once_and_answers_the_same(sheda, fund):
-    agent = await sheda.signup("agent")
+    agent, other_agent = await sheda.signup("agent"), await sheda.signup("agent")
     prop = await create_property(sheda, agent, location=f"{word()} Surulere")
+    other_prop = await create_property(sheda, other_agent, location=f"{word()} Surulere")
     try:
         await fund(agent, 5_000)
         key = uuid.uuid4().hex
@@ -225,12 +226,20 @@ async def test_a_retried_promotion_charges_once_and_answers_the_same(sheda, fund
         # The same key for another promotion is refused; no key at all is a 422 naming the header.
         other = await promote(sheda, agent, prop["id"], {"kind": "bump"}, key=key)
         assert other.status == 409 and other.json["code"] == "idempotency_key_reused", other
+        for body, pid in (({"kind": "featured", "days": 3}, prop["id"]), ({"kind": "featured", "days": 2}, other_prop["id"])):
+            r = await promote(sheda, agent, pid, body, key=key)
+            assert r.status == 409 and r.json["code"] == "idempotency_key_reused", (body, r)
+        # A key is the agent's own: another agent's same key buys their own promotion.
+        await fund(other_agent, 1_000)
+        theirs = await promote(sheda, other_agent, other_prop["id"], {"kind": "featured", "days": 1}, key=key)
+        assert theirs.status == 201 and theirs.json["id"] != answers[0].json["id"], theirs
+        assert await balance(sheda, other_agent) == "0.00"
         missing = await promote(sheda, agent, prop["id"], {"kind": "bump"}, key=None)
         assert missing.status == 422 and missing.json["errors"][0]["field"] == "Idempotency-Key", missing
         assert (await promote(sheda, agent, prop["id"], {"kind": "bump"}, key="has spaces in it")).status == 422
         assert await balance(sheda, agent) == "3000.00"
     finally:
-        await unlist(sheda, agent, [prop["id"]])
+        await unlist(sheda, agent, [prop["id"], other_prop["id"]])
 
 
 async def test_concurrent_promotions_on_one_wallet_never_overdraw_it(sheda, fund):
@@ -263,9 +272,15 @@ async def test_only_the_listings_agent_promotes_an_available_listed_listing(shed
         assert (await promote(sheda, client, prop["id"], {"kind": "bump"})).status == 403
         assert (await promote(sheda, agent, 99_999_999, {"kind": "bump"})).status == 404
         for body in ({"kind": "featured"}, {"kind": "bump", "days": 2}, {"kind": "featured", "days": 0},
-                     {"kind": "featured", "days": 31}, {"kind": "featured", "days": "3"}, {"kind": "gold"}):
+                     {"kind": "featured", "days": 31}, {"kind": "featured", "days": "3"}, {"kind": "gold"},
+                     {"kind": "featured", "days": 3.0}, {"kind": "featured", "days": 2.5}, {"kind": "featured", "days": True},
+                     {"kind": "featured", "days": -1}, {"kind": "featured", "days": 10**30}, {"kind": "featured", "days": None},
+                     {"kind": "featured", "days": 366}, {"kind": "featured", "days": [3]}, {"days": 3}, {"kind": None},
+                     {"kind": "bump", "extra": 1}, [], "bump", None, 3):
             r = await promote(sheda, agent, prop["id"], body)
-            assert r.status == 422, (body, r)
+            assert r.status == 422 and r.json["code"], (body, r)
+        for key in ("k" * 201, "tab\there"):
+            assert (await promote(sheda, agent, prop["id"], {"kind": "bump"}, key=key)).status == 422, key
         r = await sheda.api.patch(f"{API}/{prop['id']}/status", {"active": False}, token=agent.token)
         assert r.status == 200, r
         r = await promote(sheda, agent, prop["id"], {"kind": "featured", "days": 1})
@@ -364,3 +379,165 @@ async def test_featured_first_searches_and_the_job_walk_indexes_never_the_collec
             assert not _collscan(explained["queryPlanner"]["winningPlan"]), (collection, flt, explained)
     finally:
         await unlist(sheda, agent, ids)
+
+
+# ---- review (R4): what a featured listing shows and carries when it is unlisted, sold, edited or over ----
+async def stored(sheda, property_id: int) -> dict:
+    return await sheda.ctx.db["properties"].find_one({"_id": property_id})
+
+
+def prefixed(doc: dict) -> set[str]:
+    return {f for f in doc["facets"] if f.startswith("f:")}
+
+
+async def test_an_unlisted_or_sold_featured_listing_is_not_listed_first(sheda, fund):
+    """Unlisted: in no segment of any search (agent's own search included). Sold or rented: a search of sold
+    listings keeps its own order (its featured days keep running and count again should it be available again)."""
+    agent = await sheda.signup("agent")
+    w = word()
+    props = []
+    for _ in range(4):
+        props.append(await create_property(sheda, agent, location=f"{w} Ilupeju"))
+        sheda.ctx.clock.advance(seconds=1)
+    ids = [p["id"] for p in props]
+    store, now = sheda.ctx.property_store, sheda.ctx.clock.now
+    try:
+        await fund(agent, 10_000)
+        for pid in ids[:2]:  # the two oldest are featured
+            assert (await promote(sheda, agent, pid, {"kind": "featured", "days": 2})).status == 201
+        assert [p["id"] for p in await all_pages(sheda, {"location": w, "limit": 1})] == [ids[1], ids[0], ids[3], ids[2]]
+        r = await sheda.api.patch(f"{API}/{ids[1]}/status", {"active": False}, token=agent.token)
+        assert r.status == 200, r
+        for params in ({"location": w}, {"location": w, "agent_id": agent.id}, {"location": w, "sort": "price_asc"}):
+            for limit in (1, 20):
+                got = [p["id"] for p in await all_pages(sheda, {**params, "limit": limit})]
+                assert got == ([ids[0], ids[3], ids[2]] if "sort" not in params else got) and ids[1] not in got, (params, got)
+        r = await sheda.api.patch(f"{API}/{ids[1]}/status", {"active": True}, token=agent.token)
+        assert r.status == 200 and r.json["featured_until"] is not None, r
+        assert [p["id"] for p in await all_pages(sheda, {"location": w, "limit": 1})] == [ids[1], ids[0], ids[3], ids[2]]
+
+        # Two featured and one plain listing sold: status=sold lists them newest first, featured or not.
+        for contract, pid in enumerate((ids[0], ids[1], ids[3]), start=-3):
+            assert await store.take(pid, "sold", contract, now()) is not None
+        got = [p["id"] for p in await all_pages(sheda, {"location": w, "status": "sold", "limit": 1})]
+        assert got == [ids[3], ids[1], ids[0]], got
+        assert [p["id"] for p in await all_pages(sheda, {"location": w, "limit": 1})] == [ids[2]]
+        # Available again (the contract let go) within its days: first again.
+        assert await store.release(ids[0], -3, now()) is not None
+        assert [p["id"] for p in await all_pages(sheda, {"location": w, "limit": 1})] == [ids[0], ids[2]]
+    finally:
+        for contract, pid in enumerate((ids[0], ids[1], ids[3]), start=-3):
+            await store.release(pid, contract, now())
+        await unlist(sheda, agent, ids)
+
+
+async def test_featured_until_is_null_once_the_days_are_over_even_before_the_job_runs(sheda, fund):
+    agent = await sheda.signup("agent")
+    w = word()
+    prop = await create_property(sheda, agent, location=f"{w} Gbagada")
+    try:
+        await fund(agent, 1_000)
+        r = await promote(sheda, agent, prop["id"], {"kind": "featured", "days": 1})
+        assert r.status == 201, r
+        sheda.ctx.clock.advance(days=1, seconds=1)
+        assert (await stored(sheda, prop["id"]))["featured_until"] is not None  # the job has not run: still stored
+        assert (await sheda.api.get(f"{API}/{prop['id']}")).json["featured_until"] is None
+        assert (await sheda.api.get(API, params={"location": w})).json["items"][0]["featured_until"] is None
+        # the promotion itself still says until when that purchase featured it
+        assert r.json["featured_until"] is not None
+    finally:
+        await unlist(sheda, agent, [prop["id"]])
+        await sheda.ctx.promotion_job.run()  # ends it (the shared database keeps no stale featured days of this test)
+
+
+async def test_prefixed_facets_follow_edits_relisting_and_the_end_of_featured_days(sheda, fund):
+    """The f: copies are the listing's facets, exactly, while featured (an edit's new keyword is found first at
+    once), survive an unlisting and relisting, and all go when the days end (index entries are a cost per write)."""
+    from sheda_rt.listings.store import facets_for
+
+    agent = await sheda.signup("agent")
+    w, new = word(), word()
+    props = [await create_property(sheda, agent, location=f"{w} Ogba", price="2000000.00") for _ in range(2)]
+    ids = [p["id"] for p in props]
+    try:
+        await fund(agent, 5_000)
+        assert (await promote(sheda, agent, ids[0], {"kind": "featured", "days": 1})).status == 201
+        doc = await stored(sheda, ids[0])
+        plain = {f for f in doc["facets"] if not f.startswith("f:")}
+        assert prefixed(doc) == {"f:" + f for f in plain} and sorted(doc["facets"]) == facets_for(doc)
+        assert not prefixed(await stored(sheda, ids[1]))
+
+        r = await sheda.api.patch(f"{API}/{ids[0]}", {"price": "1500000.00", "title": f"{new} duplex"}, token=agent.token)
+        assert r.status == 200 and r.json["featured_until"] is not None, r
+        doc = await stored(sheda, ids[0])
+        assert sorted(doc["facets"]) == facets_for(doc) and any(f.startswith("f:k:" + new[:4]) for f in doc["facets"])
+        assert (await sheda.api.get(API, params={"q": new})).json["items"][0]["id"] == ids[0]
+        for active in (False, True):
+            assert (await sheda.api.patch(f"{API}/{ids[0]}/status", {"active": active}, token=agent.token)).status == 200
+        doc = await stored(sheda, ids[0])
+        assert sorted(doc["facets"]) == facets_for(doc) and prefixed(doc)
+        assert [p["id"] for p in await all_pages(sheda, {"location": w, "sort": "price_desc"})] == ids
+
+        sheda.ctx.clock.advance(days=1, seconds=1)
+        await sheda.ctx.promotion_job.run()
+        doc = await stored(sheda, ids[0])
+        assert "featured_until" not in doc and not prefixed(doc) and sorted(doc["facets"]) == facets_for(doc)
+        assert [p["id"] for p in await all_pages(sheda, {"location": w, "sort": "price_desc"})] == ids[::-1]
+    finally:
+        await unlist(sheda, agent, ids)
+
+
+async def test_a_listings_promotions_are_listed_for_its_agent_and_admins(sheda, fund):
+    from tests.test_openapi_typed import Conformance, served_document
+
+    conf = Conformance(await served_document(sheda))
+    post, get = f"{API}/{{property_id}}/promotions", f"{API}/{{property_id}}/promotions"
+    agent, other, client, admin = await sheda.signup("agent"), await sheda.signup("agent"), await sheda.signup("client"), await sheda.admin()
+    prop = await create_property(sheda, agent, location=f"{word()} Maryland")
+    mine = await create_property(sheda, other, location=f"{word()} Maryland")
+    url = f"{API}/{prop['id']}/promotions"
+    try:
+        r = await promote(sheda, agent, prop["id"], {"kind": "bump"})
+        conf.check(r, "POST", post, 402)
+        await fund(agent, 3_500)
+        bought = []
+        for body in ({"kind": "featured", "days": 1}, {"kind": "bump"}, {"kind": "featured", "days": 2}):
+            r = await promote(sheda, agent, prop["id"], body)
+            bought.append(conf.check(r, "POST", post, 201))
+            sheda.ctx.clock.advance(seconds=1)
+        assert (await promote(sheda, other, mine["id"], {"kind": "bump"})).status == 402  # another listing's, unpaid
+        conf.check(await promote(sheda, agent, prop["id"], {"kind": "featured", "days": 1}), "POST", post, 402)
+
+        pages, cursor = [], None
+        while True:
+            r = await sheda.api.get(url, params={"limit": 2, **({"cursor": cursor} if cursor else {})}, token=agent.token)
+            pages.append(conf.check(r, "GET", get, 200))
+            cursor = r.json["next_cursor"]
+            if not cursor:
+                break
+        assert [len(p["items"]) for p in pages] == [2, 1]
+        assert [i for p in pages for i in p["items"]] == bought[::-1]  # newest first, each as its POST answered
+        assert conf.check(await sheda.api.get(url, token=admin.token), "GET", get, 200)["items"] == bought[::-1]
+        assert (await sheda.api.get(f"{API}/{mine['id']}/promotions", token=other.token)).json == {"items": [], "next_cursor": None}
+
+        conf.check(await sheda.api.get(url), "GET", get, 401)
+        for user in (other, client):
+            assert conf.check(await sheda.api.get(url, token=user.token), "GET", get, 403)["code"] == "not_owner"
+        conf.check(await sheda.api.get(f"{API}/99999999/promotions", token=agent.token), "GET", get, 404)
+        for params in ({"limit": 0}, {"limit": 101}, {"cursor": "nonsense"}, {"page": 2}):
+            conf.check(await sheda.api.get(url, params=params, token=agent.token), "GET", get, 422)
+        await unlist(sheda, agent, [prop["id"]])  # unlisted: its agent and admins still see its promotions
+        conf.check(await sheda.api.get(url, token=agent.token), "GET", get, 200)
+        conf.check(await sheda.api.get(url, token=admin.token), "GET", get, 200)
+        conf.check(await sheda.api.get(url, token=other.token), "GET", get, 404)
+
+        # The first page's read walks the (property_id, state, _id) index. (Later pages add the shared paginate's
+        # {$or: [{_id: {$lt: ..}}]}, which the embedded planner does not take apart: a collection scan there, as for
+        # every paginated list; reported to the lead, sheda_rt/pagination.py is not this module's.)
+        explained = await sheda.ctx.db.command(
+            "explain", {"find": "promotions", "filter": {"property_id": prop["id"], "state": "applied"}, "sort": {"_id": -1}},
+            verbosity="queryPlanner")
+        assert not _collscan(explained["queryPlanner"]["winningPlan"]), explained
+    finally:
+        await unlist(sheda, agent, [prop["id"]])
+        await unlist(sheda, other, [mine["id"]])

@@ -62,7 +62,9 @@ def geo_view(geo: dict | None) -> dict | None:
     return {"lat": lat, "lng": lng}
 
 
-def property_view(doc: dict) -> dict:
+def property_view(doc: dict, now=None) -> dict:
+    """The listing as clients see it. `now`: featured days over by then show `featured_until` null at once
+    (search stops listing them first at that moment; the promotions job clears the field within a minute)."""
     view = {
         "id": doc["_id"],
         "title": doc["title"],
@@ -90,7 +92,8 @@ def property_view(doc: dict) -> dict:
     view["created_at"] = format_ts(doc["created_at"])
     view["updated_at"] = format_ts(doc["updated_at"])
     # [promotions] paid placement (sheda_rt/promotions/): featured in search until, last bump up "newest"
-    view["featured_until"] = format_ts(doc["featured_until"]) if doc.get("featured_until") else None
+    featured = doc.get("featured_until")
+    view["featured_until"] = format_ts(featured) if featured and (now is None or featured > now) else None
     view["bumped_at"] = format_ts(doc["bumped_at"]) if doc.get("bumped_at") else None
     return view
 
@@ -146,7 +149,7 @@ class PropertyService:
         event (Redis away) refetches over REST when it resubscribes."""
         if after is None or not changes:
             return
-        view = view or property_view(after)
+        view = view or property_view(after, self.clock.now())
         base = self.public_base_url
         if base:  # the listing exactly as GET shows it: media URLs absolute under PUBLIC_BASE_URL
             view = {**view, "images": [{**i, **{k: public_media_url(i[k], base) for k in ("url", "original_url", "enhanced_url")}}
@@ -161,8 +164,9 @@ class PropertyService:
         """Announce what differs between two versions of a listing; returns the new view."""
         if after is None:
             return None
-        view = property_view(after)
-        old = property_view(before) if before is not None else {}
+        now = self.clock.now()
+        view = property_view(after, now)
+        old = property_view(before, now) if before is not None else {}
         await self.announce(after, [k for k, v in view.items() if k != "updated_at" and old.get(k) != v], view)
         return view
 
@@ -213,7 +217,7 @@ class PropertyService:
         doc = await self.visible(property_id, principal)
         if doc.get("is_active", True):
             await self.analytics.record_view(doc, principal, client_ip)
-        return property_view(doc)
+        return property_view(doc, self.clock.now())
 
     async def update(self, principal, property_id: int, body: PropertyUpdate) -> dict:
         for _attempt in range(5):

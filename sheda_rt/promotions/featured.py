@@ -21,11 +21,16 @@ need another pair of compound indexes over every listing; the prefixed facets co
 only for the few listings that paid, and only while they are featured.
 
 A cursor from before this existed (the plain three-part one) continues in the rest segment.
+
+Only a search of available listings (the default) lists featured ones first: the placement was bought
+to find a tenant or buyer, so a search of sold or rented listings stays in its own order (a featured
+listing taken by a contract keeps its days, and is first again should the contract release it).
 """
 from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime
+from functools import partial
 
 from sheda_rt.errors import ValidationFailed
 from sheda_rt.pagination import decode_cursor, encode_cursor
@@ -39,6 +44,8 @@ FEATURED, REST = "f", "r"
 #: which doubled the pipelines of every search (measured at 3,000 listings: browse newest 3 -> 11).
 #: More featured listings than that, or no sample yet: sliced like any search, bounded per page.
 UNSLICED_MAX = 300
+#: The listing states searched featured-first (SearchPlan.status).
+FEATURED_STATES = ("available",)
 
 
 def featured_facets(facets) -> set[str]:
@@ -73,7 +80,12 @@ def few_featured(finder: FacetedSearch) -> bool:
 
 async def search_featured_first(finder: FacetedSearch, plan: SearchPlan, now: datetime, serialize,
                                 trace: list | None = None) -> dict:
-    """One page of `plan`: listings featured now first (in the plan's sort), then the others."""
+    """One page of `plan`: listings featured now first (in the plan's sort), then the others.
+    `serialize` is called as serialize(doc, now=now), so a view can tell featured days that are over
+    (ended in search at `now`) from current ones before the promotions job clears them."""
+    serialize = partial(serialize, now=now)
+    if plan.status not in FEATURED_STATES:
+        return await finder.search(plan, now, serialize, trace=trace)
     segment, inner = _segment(plan.cursor)
     items: list = []
     if segment == FEATURED:

@@ -7,6 +7,7 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from sheda_rt.errors import ValidationFailed
+from sheda_rt.pagination import PageQuery
 from sheda_rt.responses import MoneyText, ResponseModel, Timestamp
 
 PromotionKind = Literal["featured", "bump"]
@@ -44,6 +45,10 @@ class PromotionCreate(BaseModel):
         if self.kind == "bump" and self.days is not None:
             raise ValueError("a bump has no days; send {\"kind\": \"bump\"}")
         return self
+
+
+class PromotionQuery(PageQuery):
+    model_config = ConfigDict(extra="forbid")
 
 
 class PromotionOut(ResponseModel):

@@ -185,6 +185,12 @@ class PromotionService:
         done = await self.store.mark_applied(promo["_id"], fields)
         return promotion_view(done)
 
+    async def listing_promotions(self, principal, property_id: int, page) -> dict:
+        """The promotions bought for a listing, newest first: for its agent and admins (403 `not_owner` otherwise;
+        404 for an unlisted one, as everywhere, to anyone else)."""
+        await self.listings.managed(principal, property_id)
+        return await self.store.page(property_id, page, promotion_view)
+
     # ---- the job ---------------------------------------------------------------
     async def end_featured(self) -> int:
         """Listings whose featured days ran out stop being featured (announced). How many ended."""

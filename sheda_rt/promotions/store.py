@@ -3,20 +3,24 @@
 A promotion is stored `pending` before the wallet is charged and becomes `applied` once the
 listing carries it (sheda_rt/promotions/service.py says why in that order). Every read here is
 index-shaped for the embedded database's planner: (user_id, key) for a retry, (state, created_at)
-for the job's pending sweep, (property_id, _id) for a listing's promotions.
+for the job's pending sweep, (property_id, state, _id) for a listing's promotions.
 """
 from __future__ import annotations
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.errors import DuplicateKeyError
 
+from sheda_rt.pagination import PageQuery, paginate
+
 
 class PromotionStore:
     INDEXES = [
         IndexModel([("user_id", ASCENDING), ("key", ASCENDING)], unique=True, name="payer_key"),
         IndexModel([("state", ASCENDING), ("created_at", ASCENDING)], name="state_age"),
-        IndexModel([("property_id", ASCENDING), ("_id", DESCENDING)], name="property_newest"),
+        # state is a key: the embedded planner walks an index only when every condition of the filter is one
+        IndexModel([("property_id", ASCENDING), ("state", ASCENDING), ("_id", DESCENDING)], name="property_state_newest"),
     ]
+    SORT = [("_id", DESCENDING)]
 
     def __init__(self, db, ids):
         self.col = db["promotions"]
@@ -48,6 +52,10 @@ class PromotionStore:
         """pending → applied with its outcome, once; the document as it is afterwards."""
         await self.col.update_one({"_id": promotion_id, "state": "pending"}, {"$set": {**fields, "state": "applied"}})
         return await self.get(promotion_id)
+
+    async def page(self, property_id: int, page: PageQuery, serialize) -> dict:
+        """A listing's applied promotions, newest first (a pending one is still being bought: not shown)."""
+        return await paginate(self.col, {"property_id": property_id, "state": "applied"}, self.SORT, page, serialize)
 
     async def pending_before(self, cutoff, limit: int = 100) -> list[dict]:
         return await self.col.find({"state": "pending", "created_at": {"$lte": cutoff}},
