@@ -245,6 +245,39 @@ async def test_bad_contract_requests_change_nothing(sheda):
     assert r.status == 409 and r.json["code"] == "property_unavailable"
 
 
+async def test_an_activation_cut_between_its_two_writes_is_finished_by_the_next_confirmation(sheda):
+    """A server killed after taking the property for the contract (first write) and before moving the
+    contract (second) leaves exactly this state; the agent's confirmation must finish it, not 409 for ever."""
+    agent, prop, people = await rental_ready(sheda, clients=2)
+    (client, appt), (other, other_appt) = people
+    r = await sheda.api.post(f"{CT}/{prop['id']}", {"appointment_id": appt["id"], "term_months": 12}, token=client.token)
+    cid = r.json["id"]
+    assert (await sheda.api.patch(f"{CT}/{cid}/payment-sent", token=client.token)).status == 200
+    rival = (await sheda.api.post(f"{CT}/{prop['id']}", {"appointment_id": other_appt["id"], "term_months": 12}, token=other.token)).json
+    # The first write of an activation, as ContractService._activate makes it, and then the crash.
+    await sheda.ctx.db["properties"].update_one({"_id": prop["id"], "status": "available"},
+                                                {"$set": {"status": "rented", "contract_id": cid}})
+    r = await sheda.api.patch(f"{CT}/{cid}/confirm-payment", token=agent.token)
+    assert r.status == 200 and r.json["status"] == "active", r
+    stored = await sheda.ctx.db["properties"].find_one({"_id": prop["id"]})
+    assert stored["status"] == "rented" and stored["contract_id"] == cid
+    assert (await sheda.ctx.db["contracts"].find_one({"_id": rival["id"]}))["status"] == "cancelled"
+    # The rival cannot take a property held for another contract: the resumption is only for its holder.
+    r = await sheda.api.patch(f"{CT}/{rival['id']}/payment-sent", token=other.token)
+    assert r.status == 409
+
+
+async def test_a_contract_cancelled_after_an_activation_cut_between_its_writes_hands_the_property_back(sheda):
+    agent, prop, [(client, appt)] = await rental_ready(sheda)
+    cid = (await sheda.api.post(f"{CT}/{prop['id']}", {"appointment_id": appt["id"], "term_months": 12}, token=client.token)).json["id"]
+    await sheda.ctx.db["properties"].update_one({"_id": prop["id"], "status": "available"},
+                                                {"$set": {"status": "rented", "contract_id": cid}})
+    r = await sheda.api.patch(f"{CT}/{cid}/cancel", token=client.token)
+    assert r.status == 200 and r.json["status"] == "cancelled", r
+    stored = await sheda.ctx.db["properties"].find_one({"_id": prop["id"]})
+    assert stored["status"] == "available" and "contract_id" not in stored
+
+
 async def test_two_contracts_on_one_property_never_both_active(sheda):
     agent, prop, people = await rental_ready(sheda, clients=2)
     cids = []

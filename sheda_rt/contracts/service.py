@@ -177,6 +177,11 @@ class ContractService:
         now = self.clock.now()
         doc = await self.store.transition_as(contract_id, principal.user_id, "client", OPEN_STATES, "cancelled", now,
                                              {"cancelled_at": now, "cancelled_by": principal.user_id}, release_hold=True)
+        # An activation cut between its two writes may have left the property taken for this contract:
+        # hand it back (the filter names this contract, so a property held by another is untouched).
+        released = await self.properties.release(doc["property_id"], contract_id, now)
+        if released is not None:
+            await self.listings.announce(released, ["status"])
         await self._announce(doc, "cancelled", actor=principal.user_id)
         return contract_view(doc)
 
@@ -235,6 +240,13 @@ class ContractService:
         new_status = "rented" if current["contract_type"] == "rent" else "sold"
         taken = await self.properties.take(property_id, new_status, contract_id, now)
         if taken is None:
+            # A process that died between these two writes left the property taken for this very
+            # contract and the contract open: carry on from there, or neither the agent nor the
+            # gateway could ever activate it (the property would stay taken for nobody).
+            held = await self.properties.get(property_id)
+            if held is not None and held.get("contract_id") == contract_id and held.get("status") == new_status:
+                taken = held
+        if taken is None:
             again = await self.store.get(contract_id)
             if again["status"] not in from_states:
                 return "wrong_state", again
@@ -245,7 +257,11 @@ class ContractService:
             fields["end_date"] = add_months(now, current["term_months"])
         doc = await self.store.transition(contract_id, who, from_states, "active", now, fields, release_hold=True)
         if doc is None:  # the client cancelled (or another confirmation won) between our read and our write
-            await self.listings.announce(await self.properties.release(property_id, contract_id, now), ["status"])
+            again = await self.store.get(contract_id)
+            if again is None or again["status"] != "active":
+                # Handed back only when this contract did not become active: another confirmation of
+                # it (which may have resumed from our first write) holds the property by the same id.
+                await self.listings.announce(await self.properties.release(property_id, contract_id, now), ["status"])
             return "lost", None
         await self._announce(doc, "confirmed", actor=actor)
         if self.reminders is not None:
