@@ -8,16 +8,14 @@ filters or the alert mode change, so the alerts always look a search up under wh
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 from typing import TYPE_CHECKING, Callable
 
 from pydantic import ValidationError
 
 from sheda_rt.clock import format_ts
 from sheda_rt.errors import Conflict, NotFound, ValidationFailed
-from sheda_rt.guided.models import parse_budget, parse_what
-from sheda_rt.listings.models import Q_MAX_WORDS
-from sheda_rt.search import geo_cells_covering, geo_cells_in_box, keyword_words
+from sheda_rt.guided.service import exact_filters
+from sheda_rt.search import geo_cells_covering, geo_cells_in_box
 from sheda_rt.saved_searches.matcher import listing_matches
 from sheda_rt.saved_searches.models import SavedGuidedAnswers, SavedSearchCreate, SavedSearchQuery, SavedSearchUpdate
 
@@ -61,28 +59,13 @@ class SavedSearchService:
         the area as its words (keywords) plus the case-insensitive regex of its spellings on `location`.
         Near misses never alert. tests/test_saved_searches.py checks this against POST /search/guided's
         exact items, so a change of the guided rules cannot drift silently."""
-        filters: dict = {}
-        if answers.what:
-            filters["listing_type"], kind = parse_what(answers.what)
-            if kind:
-                filters["property_type"] = kind
-        if answers.budget:
-            lo, hi = parse_budget(answers.budget)
-            if lo:
-                filters["price_min"] = str((Decimal(lo + 1) / 100).quantize(Decimal("0.01")))
-            if hi is not None:
-                filters["price_max"] = str((Decimal(hi) / 100).quantize(Decimal("0.01")))
-        extra = None
+        area = None
         if answers.where:
             area = (await self.guided_catalog.current()).areas.get(answers.where) if self.guided_catalog else None
             if area is None:
                 raise ValidationFailed.single("guided.where", f"unknown option {answers.where!r}: no listings in such an area now; "
                                                               "GET /api/v1/search/guided/questions lists the areas")
-            words = list(dict.fromkeys(keyword_words(" ".join(area.slug.split("-")))))[:Q_MAX_WORDS]
-            if words:
-                filters["q"] = " ".join(words)
-            extra = {"location": {"$regex": area.pattern(), "$options": "i"}}
-        return filters, extra
+        return exact_filters(answers, area)  # the guided search's own rules: one definition of "fits every answer"
 
     async def _filters(self, body) -> dict:
         """The stored form of a body's query or guided answers: {query, guided, match_extra?}."""
