@@ -3,18 +3,19 @@
 A saved search's `query` is parsed by the very model GET /properties uses (SearchQuery), so a
 filter means the same thing, and is refused for the same reasons, in both places. Only what makes
 no sense in a stored search is refused on top: a page position (`cursor`), a status other than
-`available` (alerts are about listings one can rent or buy) and a query without any filter (it
-would alert on every listing in the country).
+`available` (alerts are about listings one can rent or buy), a query without any filter (it
+would alert on every listing in the country) and a location without a word (it would never alert).
 """
 from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sheda_rt.guided.models import GuidedAnswers
 from sheda_rt.listings.models import ListingType, PropertyType, SearchQuery, SortOrder
 from sheda_rt.responses import MoneyText, ResponseModel, Timestamp
+from sheda_rt.search import location_words
 
 AlertMode = Literal["instant", "daily", "off"]
 MAX_NAME = 100
@@ -25,6 +26,16 @@ PAGE_FIELDS = ("cursor", "limit", "sort")
 
 class SavedSearchQuery(SearchQuery):
     """The filters of GET /api/v1/properties (same names, same rules), as a JSON object."""
+
+    @field_validator("location")
+    @classmethod
+    def _has_words(cls, value):
+        # GET /properties answers such a location with no listings (sheda_rt/listings/service.py plan: facet "w:"); a
+        # saved one would be a search that can never alert, kept silently in one of the user's 20 places.
+        if value is not None and not location_words(value):
+            raise ValueError("needs at least one word (letters or digits): a location of only spaces or punctuation "
+                             "matches no listing")
+        return value
 
     @model_validator(mode="after")
     def _storable(self):

@@ -137,11 +137,16 @@ class SavedSearchService:
                 unset.append("match_extra")
         if "alert" in body.model_fields_set:
             fields["alert"] = body.alert
-        key = self.alert_key(fields.get("query", doc["query"]), fields.get("alert", doc["alert"]))
-        if key is None:
-            unset.append("alert_key")
-        else:
-            fields["alert_key"] = key
+        if "query" in fields or "alert" in fields:  # a rename alone keeps what the search is filed under
+            try:
+                key = self.alert_key(fields.get("query", doc["query"]), fields.get("alert", doc["alert"]))
+            except ValidationError:  # filters stored under older rules of GET /properties, which refuse them now
+                raise ValidationFailed.single("query", "the saved filters no longer pass GET /properties' rules; "
+                                                       "send them again as query to turn alerts on") from None
+            if key is None:
+                unset.append("alert_key")
+            else:
+                fields["alert_key"] = key
         updated = await self.store.update(principal.user_id, search_id, fields, unset)
         if updated is None:  # deleted meanwhile
             raise NotFound("No such saved search", "saved_search_not_found")
