@@ -732,7 +732,9 @@ class FacetedSearch:
         """Every condition of the plan as one filter: what its drivers and residual select together
         (state, driving facet, residual, near/bbox, price range, the cursor's keyset)."""
         conds: list[dict] = [{self.state_field: plan.status}]
-        if plan.facet != "*" or plan.facet_prefix:
+        # The driving facet, unless the residual requires it anyway (a keyword among `$all`): each array
+        # test scans the ~40 facets of every listing fetched (measured: a fifth of the id path's time).
+        if plan.facet_prefix or (plan.facet != "*" and plan.facet not in plan.keywords):
             conds.append({"facets": plan.facet_prefix + plan.facet})
         if plan.residual:
             conds.append(plan.residual)
