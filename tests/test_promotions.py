@@ -279,6 +279,12 @@ async def test_only_the_listings_agent_promotes_an_available_listed_listing(shed
                      {"kind": "bump", "extra": 1}, [], "bump", None, 3):
             r = await promote(sheda, agent, prop["id"], body)
             assert r.status == 422 and r.json["code"], (body, r)
+        for raw in ('{"kind": "featured", "days": 1e400}', '{"kind": "featured", "days": NaN}', '{"kind": "featured", "days": 3e0}',
+                    '{"kind": "featured", "days": 100000000000000000000000000000000000000}', '{"kind": "featured", "days": -0.0}',
+                    '{"kind": "featured", "days": "\u0663"}', '{"kind": "bump", "kind": "gold"}', '{"kind": "bump"'):
+            r = await sheda.api.request("POST", f"{API}/{prop['id']}/promotions", body=raw, token=agent.token,
+                                        headers={"Idempotency-Key": uuid.uuid4().hex, "Content-Type": "application/json"})
+            assert r.status in (400, 422) and r.json["code"], (raw, r)
         for key in ("k" * 201, "tab\there"):
             assert (await promote(sheda, agent, prop["id"], {"kind": "bump"}, key=key)).status == 422, key
         r = await sheda.api.patch(f"{API}/{prop['id']}/status", {"active": False}, token=agent.token)
