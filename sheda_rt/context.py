@@ -320,7 +320,7 @@ class AppContext:
         self.saved_search_digests = AlertDigests(runner=self.job_runner, alerts=self.saved_search_alert_store,
                                                  searches=self.saved_search_store, listings=self.property_store, users=self.users,
                                                  preferences=self.push, email=self.email_sender, clock=self.clock,
-                                                 hour_utc=s.saved_search_digest_hour)
+                                                 hour_utc=s.saved_search_digest_hour, blocks=self.blocks)
         self.listing_alerts = ListingAlerts(runner=self.job_runner, searches=self.saved_search_store, saved=self.saved_searches,
                                             alerts=self.saved_search_alert_store, listings=self.property_store,
                                             notifications=self.notifications, push=self.push.dispatch,

@@ -453,8 +453,9 @@ async def test_daily_alerts_arrive_as_one_digest_email(sheda, smtp):
 
 async def test_deleting_a_search_or_switching_it_off_drops_its_matches_waiting_for_the_digest(sheda, smtp):
     """Daily matches wait for the digest; the search is deleted, or its alerts switched off, before it goes: those
-    matches are not emailed (they are dropped), another search's are. Checked to fail without the digest's check."""
-    agent, buyer = await sheda.signup("agent"), await sheda.signup("client")
+    matches are not emailed (they are dropped), another search's are; so is a match of an agent the user has blocked
+    since. Checked to fail without the digest's checks."""
+    agent, buyer, blocked_agent = await sheda.signup("agent"), await sheda.signup("client"), await sheda.signup("agent")
     kept_area, deleted_area, off_area = word(), word(), word()
     await save(sheda, buyer, name="Kept", alert="daily", location=kept_area)
     deleted = await save(sheda, buyer, name="Deleted", alert="daily", location=deleted_area)
@@ -462,8 +463,10 @@ async def test_deleting_a_search_or_switching_it_off_drops_its_matches_waiting_f
     kept = await create_property(sheda, agent, location=kept_area, title="Kept flat")
     await create_property(sheda, agent, location=deleted_area, title="Deleted flat")
     await create_property(sheda, agent, location=off_area, title="Off flat")
+    await create_property(sheda, blocked_agent, location=kept_area, title="Blocked agent's flat")
     await settle(sheda)
-    assert await sheda.ctx.db["saved_search_alerts"].count_documents({"user_id": buyer.id, "status": "queued"}) == 3
+    assert await sheda.ctx.db["saved_search_alerts"].count_documents({"user_id": buyer.id, "status": "queued"}) == 4
+    assert (await sheda.api.post(f"/api/v1/users/{blocked_agent.id}/block", {}, token=buyer.token)).status == 201
     assert (await sheda.api.delete(f"{SS}/{deleted['id']}", token=buyer.token)).status == 204
     assert (await sheda.api.patch(f"{SS}/{off['id']}", {"alert": "off"}, token=buyer.token)).status == 200
     sheda.ctx.clock.advance(days=1, hours=1)
@@ -471,9 +474,9 @@ async def test_deleting_a_search_or_switching_it_off_drops_its_matches_waiting_f
     [mail] = [m for _, m in smtp.messages if m["To"] == buyer.email and "saved searches" in m["Subject"]]
     body = mail.get_payload(decode=True).decode()
     assert mail["Subject"] == "1 new match for your saved searches" and "Kept flat" in body, body
-    assert "Deleted flat" not in body and "Off flat" not in body
+    assert "Deleted flat" not in body and "Off flat" not in body and "Blocked agent" not in body
     states = {a["property_id"]: a["status"] for a in await sheda.ctx.db["saved_search_alerts"].find({"user_id": buyer.id}).to_list()}
-    assert sorted(states.values()) == ["dropped", "dropped", "emailed"] and states[kept["id"]] == "emailed", states
+    assert sorted(states.values()) == ["dropped", "dropped", "emailed", "emailed"] and states[kept["id"]] == "emailed", states
     await sheda.ctx.db["jobs"].delete_many({"kind": "saved_search.digest", "payload.user_id": buyer.id})
 
 

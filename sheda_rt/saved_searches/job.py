@@ -273,8 +273,9 @@ class AlertDigests:
     """
 
     def __init__(self, *, runner: JobRunner, alerts: AlertStore, searches: SavedSearchStore, listings: PropertyStore, users: UserStore,
-                 preferences: PushService, email: EmailSender, clock: Clock, hour_utc: int):
+                 preferences: PushService, email: EmailSender, clock: Clock, hour_utc: int, blocks: BlockService | None = None):
         self.runner = runner
+        self.blocks = blocks  # a block made since a match was queued leaves that agent's listings out of the email
         self.alerts = alerts
         self.searches = searches  # a queued match of a search deleted or switched off since is not emailed
         self.listings = listings
@@ -322,11 +323,14 @@ class AlertDigests:
                 await self.arm(user_id)
             return {"outcome": "nothing_queued"}
         listings = await self.listings.get_many(a["property_id"] for a in queued)
+        related = (await self.blocks.relations_of([user_id])).get(user_id, frozenset()) if self.blocks is not None else frozenset()
         lines = []
         for a in queued:
             doc = listings.get(a["property_id"])
             if doc is None or not doc.get("is_active", True) or doc.get("status") != "available":
                 continue  # gone since it matched: not worth an email line
+            if doc["agent_id"] in related:
+                continue  # blocked either way since it matched, as no alert is made across a block
             lines.append(f"• {describe(doc, a['reason'])}\n  (your search “{a['search_name']}”, listing #{doc['_id']})")
         if lines:
             subject = f"{len(lines)} new match{'es' if len(lines) != 1 else ''} for your saved searches"
