@@ -28,7 +28,8 @@ class SavedSearchesHandler(APIHandler):
         `saved_search.match` on the socket and event stream, stored in GET /notifications, and a push of category
         `listings`) when a listing that matches is created, listed again or drops its price; `daily` collects the
         day's matches into one email; `off` keeps the search without alerts. One alert per user per listing, ever,
-        and never for the user's own listings. A 21st search is 409 `too_many_saved_searches`."""
+        never for the user's own listings nor for those of an agent the user blocks or is blocked by. A `location`
+        without a word (only spaces or punctuation) matches nothing: 422 `query.location`. A 21st search is 409 `too_many_saved_searches`."""
         return await self.ctx.saved_searches.create(self.principal, body)
 
 
