@@ -116,12 +116,23 @@ def after_filter(sort: list[tuple[str, int]], values: list) -> dict:
     return {"$or": ors}
 
 
+def page_filter(query: dict, sort: list[tuple[str, int]], cursor: str | None) -> dict:
+    """`query` narrowed to the documents after `cursor`. Sorted by `_id` alone, the cursor's condition is a
+    plain range merged into `query` (`{user_id: 8, _id: {$lt: 120}}`): the embedded database's planner walks an
+    index only when every condition of the filter is one of its keys, and took `{$and: [query, {$or: [...]}]}`
+    for none, so every page after the first read the whole collection (explained: COLLSCAN)."""
+    if not cursor:
+        return dict(query)
+    after = after_filter(sort, decode_cursor(cursor, len(sort)))
+    if len(sort) == 1 and sort[0][0] not in query:
+        return {**query, **after["$or"][0]}
+    return {"$and": [query, after]} if query else after
+
+
 async def paginate(collection, query: dict, sort: list[tuple[str, int]], page: PageQuery, serialize, projection=None) -> dict:
     """Run one keyset page. `sort` must end with ("_id", ±1)."""
     assert sort[-1][0] == "_id", "sorts end with _id so the order is total"
-    flt = dict(query)
-    if page.cursor:
-        flt = {"$and": [query, after_filter(sort, decode_cursor(page.cursor, len(sort)))]} if query else after_filter(sort, decode_cursor(page.cursor, len(sort)))
+    flt = page_filter(query, sort, page.cursor)
     docs = await collection.find(flt, projection=projection, sort=sort, limit=page.limit + 1).to_list()
     more = len(docs) > page.limit
     docs = docs[: page.limit]
