@@ -316,7 +316,8 @@ class AppContext:
         self.saved_search_pending = PendingAlerts(self.db)  # listings' alert_pending markers
         self.stores.extend([self.saved_search_store, self.saved_search_alert_store, self.saved_search_pending])
         self.saved_searches = SavedSearchService(self.saved_search_store, plan=self.properties.plan, clock=self.clock,
-                                                 guided_catalog=self.guided_catalog, max_per_user=s.saved_searches_per_user)
+                                                 guided_catalog=self.guided_catalog, max_per_user=s.saved_searches_per_user,
+                                                 categories=self.categories)
         self.saved_search_digests = AlertDigests(runner=self.job_runner, alerts=self.saved_search_alert_store,
                                                  searches=self.saved_search_store, listings=self.property_store, users=self.users,
                                                  preferences=self.push, email=self.email_sender, clock=self.clock,

@@ -123,6 +123,7 @@ async def test_bad_input_is_422_and_stores_nothing(sheda):
         ({"name": "x", "query": {"location": area, "colour": "red"}}, "query.colour"),
         ({"name": "x", "query": {"location": "   "}}, "query.location"),  # no word: GET /properties lists nothing for it
         ({"name": "x", "query": {"location": "!!!", "listing_type": "rent"}}, "query.location"),
+        ({"name": "x", "query": {"location": area, "category_id": 999_999_999}}, "query.category_id"),  # no such category
         ({"name": "x", "query": {"location": area}, "alert": "hourly"}, "alert"),
         ({"name": "", "query": {"location": area}}, "name"),
         ({"name": "x" * 101, "query": {"location": area}}, "name"),

@@ -20,6 +20,7 @@ from sheda_rt.saved_searches.matcher import listing_matches
 from sheda_rt.saved_searches.models import SavedGuidedAnswers, SavedSearchCreate, SavedSearchQuery, SavedSearchUpdate
 
 if TYPE_CHECKING:
+    from sheda_rt.categories.service import CategoryService
     from sheda_rt.clock import Clock
     from sheda_rt.guided.catalog import GuidedCatalog
     from sheda_rt.listings.models import SearchQuery
@@ -36,8 +37,10 @@ def saved_search_view(doc: dict) -> dict:
 
 class SavedSearchService:
     def __init__(self, store: SavedSearchStore, *, plan: Callable[[SearchQuery], SearchPlan], clock: Clock,
-                 guided_catalog: GuidedCatalog | None = None, max_per_user: int = MAX_PER_USER):
+                 guided_catalog: GuidedCatalog | None = None, max_per_user: int = MAX_PER_USER,
+                 categories: CategoryService | None = None):
         self.store = store
+        self.categories = categories  # a category_id filter must name a category (as a listing's must)
         self.plan = plan  # PropertyService.plan: the filters of GET /properties as a SearchPlan
         self.guided_catalog = guided_catalog  # the guided search's areas (their spellings): where an answer's area is
         self.clock = clock
@@ -70,6 +73,11 @@ class SavedSearchService:
     async def _filters(self, body) -> dict:
         """The stored form of a body's query or guided answers: {query, guided, match_extra?}."""
         if body.guided is None:
+            if body.query.category_id is not None and self.categories is not None:
+                try:
+                    await self.categories.get(body.query.category_id)
+                except NotFound:  # GET /properties lists nothing for it: a search that could never alert
+                    raise ValidationFailed.single("query.category_id", "no such category") from None
             return {"query": body.query.stored(), "guided": None}
         filters, extra = await self.guided_exact(body.guided)
         try:
