@@ -73,7 +73,7 @@ from typing import Any
 
 from bson import Int64
 from pymongo import ASCENDING, DESCENDING, UpdateOne
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from sheda_rt.errors import ValidationFailed
 from sheda_rt.pagination import after_filter, decode_cursor, encode_cursor
@@ -430,7 +430,7 @@ class FacetPostings:
             if not keys or (await self.col.update_many({"_id": {"$in": keys}}, update)).matched_count == len(keys):
                 return
             there = {d["_id"] for d in await self.col.find({"_id": {"$in": keys}}, projection={"_id": 1}).to_list()}
-            await self.col.bulk_write([UpdateOne({"_id": k}, update, upsert=True) for k in keys if k not in there], ordered=False)
+            await self._write([UpdateOne({"_id": k}, update, upsert=True) for k in keys if k not in there])
             return
         masks: dict[str, dict[int, int]] = {}
         for doc_id, facets in docs:
@@ -441,7 +441,18 @@ class FacetPostings:
         ops = [UpdateOne({"_id": key}, {"$bit": {f"b{w}": {"or": Int64(m)} for w, m in words.items()}}, upsert=True)
                for key, words in masks.items()]
         for i in range(0, len(ops), 1000):
-            await self.col.bulk_write(ops[i:i + 1000], ordered=False)
+            await self._write(ops[i:i + 1000])
+
+    async def _write(self, ops: list) -> None:
+        try:
+            await self.col.bulk_write(ops, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors") or []
+            if not errors or any(e.get("code") != 11000 for e in errors):
+                raise
+            # Two writers created the same posting document at once and this upsert lost: the document
+            # exists now, so the same update sets this writer's bits in it.
+            await self.col.bulk_write([ops[e["index"]] for e in errors], ordered=False)
 
     async def disable(self) -> None:
         """Postings switched off (SEARCH_KEYWORD_POSTINGS=false): writes stop posting, so the marker

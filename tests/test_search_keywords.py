@@ -1,6 +1,7 @@
 """Keyword (`q=`) and map-bounds (`bbox=`) search on GET /properties, as a client runs them."""
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
@@ -322,3 +323,20 @@ async def test_with_keyword_postings_switched_off_writes_post_nothing_and_search
     page = await sheda.ctx.properties.search(SearchQuery.model_validate({"q": f"{w} pool"}), trace=trace)
     assert {p["id"] for p in page["items"]} == {props[1]["id"], props[3]["id"]}
     assert trace and all("_id" not in p[0]["$match"] for p in trace)
+
+
+async def test_listings_posted_at_once_by_many_writers_all_keep_their_bits(sheda):
+    """Bits are only ever set, by one update of a listing's posting documents, or an upsert for a word
+    new to its block: writers racing on the same new word must all end up in it."""
+    from sheda_rt.search import FacetPostings
+
+    postings = sheda.ctx.property_store.postings
+    agent = await sheda.signup("agent")
+    for _ in range(2):
+        await create_property(sheda, agent)
+    w = word()  # on no listing: bits for it under other listings' ids only cost a fetch, never a result
+    top = await sheda.ctx.ids.current("properties")
+    ids = sorted(random.Random(3).sample(range(1, top + 1), min(40, top)))
+    await asyncio.gather(*(postings.add([(i, [f"k:{w}", "k:shared"])]) for i in ids))
+    slots, fewest = await postings.slots([f"k:{w}"])
+    assert FacetPostings.ids(slots) == ids and fewest == len(ids)
