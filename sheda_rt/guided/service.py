@@ -147,9 +147,10 @@ class GuidedSearchService:
             for lo, hi, count in bands(sample, lambda above, up_to: tally.count_priced(listing_type, pt, where, above, up_to)):
                 budget_options.append({"id": budget_id(lo, hi), "label": prefix + band_label(lo, hi), "count": count})
         areas = tally.area_counts(lt, pt)
-        where_options = [{"id": slug, "label": tally.areas[slug].label, "count": n}
-                         for slug, n in sorted(areas.items(), key=lambda sn: (-sn[1], tally.areas[sn[0]].label))[:MAX_AREAS]
-                         if n > 0]
+        offered = [slug for slug, n in sorted(areas.items(), key=lambda sn: (-sn[1], tally.areas[sn[0]].label))[:MAX_AREAS] if n > 0]
+        if where is not None and where not in offered and areas.get(where, 0) > 0:
+            offered.append(where)  # the area already chosen stays offered, however few listings it has
+        where_options = [{"id": slug, "label": tally.areas[slug].label, "count": areas[slug]} for slug in offered]
         return [{"id": "what", "text": TEXTS["what"], "options": what_options},
                 {"id": "budget", "text": TEXTS["budget"], "options": budget_options},
                 {"id": "where", "text": TEXTS["where"], "options": where_options}]
