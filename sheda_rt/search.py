@@ -420,7 +420,7 @@ class FacetPostings:
     async def add(self, docs) -> None:
         """Set the bits of `docs` ((id, facets) pairs): one upsert per (facet, block) touched; for
         one document, one update of all its posting documents (its bit is at the same place in
-        each), and upserts only for those not there yet (a word new to that block)."""
+        each), then, if any was missing (a word new to that block), an upsert of each."""
         docs = list(docs)
         if len(docs) == 1:
             doc_id, facets = docs[0]
@@ -429,8 +429,9 @@ class FacetPostings:
             update = {"$bit": {f"b{word}": {"or": Int64(1 << bit)}}}
             if not keys or (await self.col.update_many({"_id": {"$in": keys}}, update)).matched_count == len(keys):
                 return
-            there = {d["_id"] for d in await self.col.find({"_id": {"$in": keys}}, projection={"_id": 1}).to_list()}
-            await self._write([UpdateOne({"_id": k}, update, upsert=True) for k in keys if k not in there])
+            # Some were missing when updated; which ones is unknown once another writer may have made them
+            # since (skipping those lost bits: measured), so every one is upserted: OR-ing a bit twice is harmless.
+            await self._write([UpdateOne({"_id": k}, update, upsert=True) for k in keys])
             return
         masks: dict[str, dict[int, int]] = {}
         for doc_id, facets in docs:
@@ -444,6 +445,8 @@ class FacetPostings:
             await self._write(ops[i:i + 1000])
 
     async def _write(self, ops: list) -> None:
+        if not ops:
+            return
         try:
             await self.col.bulk_write(ops, ordered=False)
         except BulkWriteError as exc:
