@@ -201,6 +201,10 @@ async def test_wrong_amount_or_currency_is_flagged_for_an_admin_and_not_applied(
     sheda.ctx.clock.advance(minutes=31)
     await sheda.ctx.payment_reconciliation.run()
     assert (await snapshot(sheda, "contracts", contract["id"]))["status"] == "awaiting_payment"
+    # The flagged attempt no longer holds the contract's checkout: the client can pay again.
+    again = await start_payment(sheda, client, contract)
+    assert again["reference"] != ref and again["status"] == "pending"
+    assert (await sheda.api.get(f"{PAY}/{ref}", token=client.token)).json["flagged"] is True
 
 
 async def test_a_signed_success_the_gateway_does_not_confirm_moves_nothing(sheda, gw):

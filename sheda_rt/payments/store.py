@@ -74,9 +74,12 @@ class PaymentStore:
     async def flag(self, payment_id: int, flag: dict, now) -> bool:
         """Raise a flag once per reason: concurrent deliveries of one event (the gateway retries while
         the first is still being handled), or a webhook racing the reconciliation job, each find the
-        same mismatch, and an admin needs one flag for it, not one per writer. True when raised now."""
+        same mismatch, and an admin needs one flag for it, not one per writer. True when raised now.
+        A flagged attempt no longer holds its target's one live checkout (open_key): it waits for an
+        admin, and the payer can start a new checkout instead of being handed the flagged one for ever."""
         result = await self.col.update_one({"_id": payment_id, "flags.reason": {"$ne": flag["reason"]}},
-                                           {"$set": {"flagged": True, "updated_at": now}, "$push": {"flags": flag}})
+                                           {"$set": {"flagged": True, "updated_at": now}, "$push": {"flags": flag},
+                                            "$unset": {"open_key": ""}})
         return result.modified_count == 1
 
     async def mark_applied(self, payment_id: int, outcome: str, flag: dict | None, now) -> bool:
