@@ -244,18 +244,22 @@ class AppContext:
         self.jobs.append(self.contract_expiry)
 
     def _install_job_queue(self) -> None:  # [jobs]
-        from sheda_rt.jobs.runner import JobRunner
         from sheda_rt.jobs.store import JobStore
 
-        s = self.settings
         self.job_store = JobStore(self.db)
         self.stores.append(self.job_store)
-        self.job_runner = JobRunner(self.job_store, self.clock, lease_seconds=s.job_lease_seconds, max_attempts=s.job_max_attempts,
-                                    backoff_seconds=s.job_backoff_seconds, backoff_max_seconds=s.job_backoff_max_seconds,
-                                    poll_seconds=s.job_poll_seconds)
+        self.job_runner = self._new_job_runner()
         self.jobs.append(self.job_runner)
         self.drain_hooks.append(self.job_runner.drain)
         self._install_push_dispatch()
+
+    def _new_job_runner(self):  # [jobs] a runner on the shared queue: the main one, or a lane of its own for slow kinds
+        from sheda_rt.jobs.runner import JobRunner
+
+        s = self.settings
+        return JobRunner(self.job_store, self.clock, lease_seconds=s.job_lease_seconds, max_attempts=s.job_max_attempts,
+                         backoff_seconds=s.job_backoff_seconds, backoff_max_seconds=s.job_backoff_max_seconds,
+                         poll_seconds=s.job_poll_seconds)
 
     def _install_push(self) -> None:  # [push] devices and settings
         from sheda_rt.push.service import PushService
@@ -465,9 +469,14 @@ class AppContext:
         self.stores.append(self.enhancement_store)
         # Enhanced files go next to the originals, with their own byte cap (a service may return a larger file).
         results = MediaStore(s.media_dir, s.enhancement_max_result_bytes, s.max_image_pixels)
+        # The in-process enhancer's own lane on the queue: a runner runs one job at a time and a Pillow run holds it for
+        # seconds; the main runner walks past this kind, so pushes, alerts and reminders never wait behind a photo.
+        self.media_job_runner = self._new_job_runner()
+        self.jobs.append(self.media_job_runner)
+        self.drain_hooks.append(self.media_job_runner.drain)
         self.enhancement = EnhancementService(
             self.enhancement_store, listings=self.properties, properties=self.property_store, media=self.media, results=results,
-            client=self.enhancement_client, runner=self.job_runner, clock=self.clock,
+            client=self.enhancement_client, runner=self.media_job_runner, clock=self.clock,
             webhook_secret=s.enhancement_webhook_secret.get_secret_value() if s.enhancement_webhook_secret else None,
             callback_url=callback, timeout_hours=s.enhancement_timeout_hours, max_edge=s.enhancement_max_edge,
             max_result_bytes=s.enhancement_max_result_bytes)

@@ -111,6 +111,13 @@ async def eventually(check, what: str, timeout: float = 15.0):
         await asyncio.sleep(0.05)
 
 
+def stop_queue(ctx) -> None:
+    """The moved clock must not make other tests' queued jobs due here: both of the queue's runners (the main one and
+    the in-process enhancer's lane) stop polling."""
+    ctx.job_runner.stop()
+    ctx.media_job_runner.stop()
+
+
 async def started(sheda, agent, svc) -> tuple[dict, dict, dict]:
     """A listing image with a job at the service (which does not answer by itself)."""
     svc.auto_complete = False
@@ -355,7 +362,7 @@ async def test_the_service_reporting_a_failure_and_bad_bodies(sheda, svc):
 
 # ---- the timeout sweep --------------------------------------------------------------------
 async def test_the_sweep_times_out_jobs_older_than_48_hours_and_a_late_webhook_changes_nothing(sheda, svc):
-    sheda.ctx.job_runner.stop()  # the moved clock must not make other tests' queued jobs due here
+    stop_queue(sheda.ctx)
     agent = await sheda.signup("agent")
     prop, image, job = await started(sheda, agent, svc)
     sheda.ctx.clock.advance(hours=47)
@@ -385,7 +392,7 @@ async def test_the_sweep_times_out_jobs_older_than_48_hours_and_a_late_webhook_c
 
 
 async def test_an_end_whose_image_copy_a_dying_process_never_wrote_is_shown_by_the_sweep(sheda, svc):
-    sheda.ctx.job_runner.stop()  # the moved clock must not make other tests' queued jobs due here
+    stop_queue(sheda.ctx)
     agent = await sheda.signup("agent")
     prop, image, job = await started(sheda, agent, svc)
     # The first of an end's two writes, as a process that died right after it leaves it.
@@ -409,7 +416,7 @@ async def test_racing_webhooks_and_sweeps_on_two_servers_end_each_job_once(sheda
     other = Server(load_settings(**s.model_dump()), s.mongodb_uri, clock=sheda.ctx.clock, app_factory=make_app)
     port = (await other.start(tornado.netutil.bind_sockets(0, "127.0.0.1")))[0]
     for server in (sheda.server, other):
-        server.ctx.job_runner.stop()  # the moved clock must not make other tests' queued jobs due here
+        stop_queue(server.ctx)
     try:
         agent = await sheda.signup("agent")
         ends = set()
@@ -513,7 +520,7 @@ async def test_the_same_delivery_arriving_while_another_request_handles_it_is_no
 
 
 async def test_a_delivery_that_failed_runs_again_at_once_and_one_whose_process_died_after_its_lease(sheda, svc):
-    sheda.ctx.job_runner.stop()  # the moved clock must not make other tests' queued jobs due here
+    stop_queue(sheda.ctx)
     agent = await sheda.signup("agent")
     # The result could not be fetched (503): the same delivery, sent again, runs at once.
     prop, image, job = await started(sheda, agent, svc)
@@ -589,7 +596,7 @@ async def test_bad_webhook_bodies_are_4xx_with_detail_and_code_and_the_413_is_do
 
 
 async def test_deleting_the_image_or_delisting_the_listing_during_a_job_never_breaks_the_webhook_or_the_sweep(sheda, svc):
-    sheda.ctx.job_runner.stop()  # the moved clock must not make other tests' queued jobs due here
+    stop_queue(sheda.ctx)
     agent = await sheda.signup("agent")
     # The image deleted while the service works: the result is not kept anywhere.
     prop, image, job = await started(sheda, agent, svc)

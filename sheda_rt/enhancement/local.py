@@ -8,8 +8,8 @@ kept (the colour channels are enhanced, alpha is put back as it was).
 
 It blocks: measured on this 2-core machine (shared), about 2 s of CPU for a 12-megapixel JPEG
 (decode 0.4 s, resize 1 s, sharpening 0.8 s at 2048 px, encode 0.15 s), so callers run it in a
-worker thread, one at a time per process (the queue runs its jobs in turn). The
-bytes it returns are stored through MediaStore.save_image like any upload (decoded again and
+worker thread, one at a time per process (in the queue's media lane: other job kinds never wait
+behind it). The bytes it returns are stored through MediaStore.save_image like any upload (decoded again and
 re-encoded), so an enhanced file is held to the same rules as one a client sent.
 """
 from __future__ import annotations

@@ -18,7 +18,11 @@ live one) and moves it to processing as it hands the work over:
   result that is not wholly a jpeg, png or webp image fails the job).
 - **local**: no service configured. A durable queue job (`image.enhance`, sheda_rt/jobs/)
   runs Pillow (local.py) in a worker thread, never on the event loop, and ends the job the same
-  way; a process that dies mid-run leaves its lease to lapse and another runs it again.
+  way; a process that dies mid-run leaves its lease to lapse and another runs it again. The job
+  runs in its own lane (a second JobRunner on the same queue, the context's `media_job_runner`;
+  the main runner walks past its kind), since a runner runs one job at a time and a large photo
+  holds it for seconds. A run that raises unexpectedly is retried; when the queue gives up, the
+  job ends `failed`.
 
 On completion the enhanced file becomes the image's `url` (what listings display) and
 `enhanced_url`; the original stays as `original_url`. Every move of a job is one guarded
@@ -108,7 +112,7 @@ class EnhancementService:
         self.media = media  # where the originals are read from
         self.results = results  # where enhanced files are stored: the same folder, its own byte cap
         self.client = client  # None: the in-process enhancer
-        self.runner = runner  # the durable queue the in-process enhancer runs on
+        self.runner = runner  # the in-process enhancer's own lane on the durable queue (registers only its kind)
         self.clock = clock
         self.secret = webhook_secret.encode() if webhook_secret else None
         self.callback_url = callback_url
@@ -226,6 +230,17 @@ class EnhancementService:
         job = await self.store.get(int(queued["payload"]["job_id"]))
         if job is None or job["status"] != "processing":
             return "not_live"  # ended meanwhile (timeout), or a rerun after a finished run
+        try:
+            return await self._enhance_here(job)
+        except Exception as exc:
+            # An unforeseen fault (the original unreadable on disk, the disk full, ...) is retried by the queue; once the
+            # queue gives up, the image ends `failed` as a webhook's failure ends it (one guarded move), not `processing`
+            # until the timeout sweep.
+            if self.runner.gives_up(queued, exc):
+                await self._end(job, "failed", f"the enhancement failed: {type(exc).__name__}: {exc}"[:300])
+            raise
+
+    async def _enhance_here(self, job: dict) -> str:
         try:
             original = await asyncio.to_thread(self._read_media, job["original_url"])
             data = await asyncio.to_thread(enhance, original, self.media.max_pixels, self.max_edge)

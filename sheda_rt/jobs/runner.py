@@ -226,7 +226,7 @@ class JobRunner:
                 "attempts": max(0, attempts - 1), "deferred": str(exc)[:200]})
             JOBS_FINISHED.labels(kind=job["kind"], outcome="deferred").inc()
             return
-        if isinstance(exc, GiveUp) or attempts >= self.max_attempts:
+        if self.gives_up(job, exc):
             fields = {"status": FAILED, "run_at": now, "updated_at": now, "finished_at": now, "last_error": error}
             outcome = "failed"
             log.warning(json.dumps({"event": "job_failed", "job": job["_id"], "kind": job["kind"], "attempts": attempts,
@@ -240,6 +240,11 @@ class JobRunner:
                                      "delay_seconds": delay, "error": error}))
         await self.store.finish(job["_id"], self.owner, state["lease_until"], fields)
         JOBS_FINISHED.labels(kind=job["kind"], outcome=outcome).inc()
+
+    def gives_up(self, job: dict, exc: Exception) -> bool:
+        """Whether this failure of the running `job` fails it for good (GiveUp, or its last attempt): a handler
+        that keeps state of its own (e.g. an image shown `processing`) ends it before re-raising."""
+        return not isinstance(exc, Defer) and (isinstance(exc, GiveUp) or job.get("attempts", 1) >= self.max_attempts)
 
     def backoff(self, attempts: int) -> float:
         """Seconds before attempt `attempts + 1`: base * 2^(attempts-1), capped."""
