@@ -164,7 +164,8 @@ def p99(sorted_ms: list[float]) -> float:
     return sorted_ms[min(len(sorted_ms) - 1, math.ceil(0.99 * len(sorted_ms)) - 1)]
 
 
-async def main(count: int, runs: int, db_dir: str | None = None) -> int:
+async def main(count: int, runs: int, db_dir: str | None = None, only: list[str] | None = None,
+               drivers: bool = True, writes: bool = True, guided_case: bool = True) -> int:
     root = Path(db_dir) if db_dir else Path(tempfile.mkdtemp(prefix="sheda-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -204,6 +205,8 @@ async def main(count: int, runs: int, db_dir: str | None = None) -> int:
         print(f"{'query':52} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'items':>6} {'pipes':>6}")
         plans: list[tuple[str, list]] = []
         for name, params in QUERIES:
+            if only and not any(word.lower() in name.lower() for word in only):
+                continue
             q = SearchQuery.model_validate({"limit": 20, **params})
             trace: list = []
             page = await service.search(q, trace=trace)
@@ -214,7 +217,7 @@ async def main(count: int, runs: int, db_dir: str | None = None) -> int:
                 q2 = SearchQuery.model_validate({"limit": 20, **params, "cursor": page["next_cursor"]})
                 t2 = await timed(service, q2, runs)
                 print(f"{'  ... its page 2 (cursor)':52} {statistics.median(t2):8.1f} {p99(t2):8.1f} {t2[-1]:8.1f}")
-            if "q" in params:  # the same search without the keyword postings: the index drivers alone (before them)
+            if drivers and "q" in params:  # the same search without the keyword postings: the index drivers alone (before them)
                 store.finder.postings, postings = None, store.finder.postings
                 try:
                     t2 = await timed(service, q, runs)
@@ -231,7 +234,7 @@ async def main(count: int, runs: int, db_dir: str | None = None) -> int:
         async def no_postings(docs) -> None:
             return None
         try:
-            for i in range(2 * min(runs, 100)):
+            for i in range(2 * min(runs, 100) if writes else 0):
                 with_postings = i % 2 == 0
                 store.postings.add = real_add if with_postings else no_postings
                 t0 = time.perf_counter()
@@ -243,32 +246,37 @@ async def main(count: int, runs: int, db_dir: str | None = None) -> int:
                 await store.col.delete_many({"_id": {"$in": made[i:i + 50]}})
         for with_postings, label in ((False, "write: create one listing, no postings"), (True, "write: create one listing, with postings")):
             ms = sorted(write_ms[with_postings])
+            if not ms:
+                continue
             print(f"{label:52} {statistics.median(ms):8.1f} {p99(ms):8.1f} {ms[-1]:8.1f}")
 
         # Guided search (sheda_rt/guided/): the catalog's first read (once per server), then the ranked answers
         # (exact matches, over budget, outside the area, both: one planned search per group) as POST /search/guided runs them.
-        from sheda_rt.guided.catalog import GuidedCatalog
-        from sheda_rt.guided.models import GuidedAnswers, GuidedPageQuery
-        from sheda_rt.guided.service import GuidedSearchService
+        if only and not any(word.lower() in "guided" for word in only):
+            guided_case = False
+        if guided_case:
+            from sheda_rt.guided.catalog import GuidedCatalog
+            from sheda_rt.guided.models import GuidedAnswers, GuidedPageQuery
+            from sheda_rt.guided.service import GuidedSearchService
 
-        catalog = GuidedCatalog(db, clock=clock, refresh_seconds=30)
-        t0 = time.perf_counter()
-        await catalog.ensure_indexes()
-        await catalog.refresh()
-        print(f"{'guided: catalog index + first read (once per server)':52} {(time.perf_counter() - t0) * 1000:8.0f}")
-        guided = GuidedSearchService(catalog, listings=service, store=store, clock=clock)
-        name = "guided: rent apartment, up to ₦3M, Lekki Phase 1"
-        answers = GuidedAnswers(what="rent:apartment", budget="b:0-3000000", where="lekki-phase-1")
-        trace = []
-        page = await guided.search(answers, GuidedPageQuery(limit=20), trace=trace)
-        timings = []
-        for _ in range(runs):
+            catalog = GuidedCatalog(db, clock=clock, refresh_seconds=30)
             t0 = time.perf_counter()
-            await guided.search(answers, GuidedPageQuery(limit=20))
-            timings.append((time.perf_counter() - t0) * 1000)
-        timings.sort()
-        print(f"{name:52} {statistics.median(timings):8.1f} {p99(timings):8.1f} {timings[-1]:8.1f} {len(page['items']):6} {len(trace):6}")
-        plans.append((name, trace))
+            await catalog.ensure_indexes()
+            await catalog.refresh()
+            print(f"{'guided: catalog index + first read (once per server)':52} {(time.perf_counter() - t0) * 1000:8.0f}")
+            guided = GuidedSearchService(catalog, listings=service, store=store, clock=clock)
+            name = "guided: rent apartment, up to ₦3M, Lekki Phase 1"
+            answers = GuidedAnswers(what="rent:apartment", budget="b:0-3000000", where="lekki-phase-1")
+            trace = []
+            page = await guided.search(answers, GuidedPageQuery(limit=20), trace=trace)
+            timings = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                await guided.search(answers, GuidedPageQuery(limit=20))
+                timings.append((time.perf_counter() - t0) * 1000)
+            timings.sort()
+            print(f"{name:52} {statistics.median(timings):8.1f} {p99(timings):8.1f} {timings[-1]:8.1f} {len(page['items']):6} {len(trace):6}")
+            plans.append((name, trace))
 
         print("\nplans (each pipeline a search ran; the leading $match is what the index serves):")
         for name, trace in plans:
@@ -303,5 +311,9 @@ if __name__ == "__main__":
     parser.add_argument("--count", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--db-dir", help="keep the database here; a later run with the same directory skips loading")
+    parser.add_argument("--only", action="append", help="time only the cases whose name contains this (repeatable; 'guided' for guided search)")
+    parser.add_argument("--no-drivers", action="store_true", help="skip timing q= searches a second time without the postings")
+    parser.add_argument("--no-writes", action="store_true", help="skip the one-listing-at-a-time write timings")
     args = parser.parse_args()
-    sys.exit(asyncio.run(main(args.count, args.runs, args.db_dir)))
+    sys.exit(asyncio.run(main(args.count, args.runs, args.db_dir, only=args.only, drivers=not args.no_drivers,
+                              writes=not args.no_writes)))

@@ -237,6 +237,19 @@ def parse_near(value: str | None) -> str | None:
     return f"{lat},{lng}"
 
 
+def _without_facets(cond):
+    """`cond` without its tests of `facets` (at the top level of a condition dict and inside
+    `$and`): a filter every document matching `cond` also matches, minus the array scans."""
+    if isinstance(cond, dict):
+        out = {k: ([_without_facets(c) for c in v] if k == "$and" else v) for k, v in cond.items() if k != "facets"}
+        if "$and" in out:
+            out["$and"] = [c for c in out["$and"] if c] or None
+            if out["$and"] is None:
+                del out["$and"]
+        return out
+    return cond
+
+
 @dataclass
 class SearchPlan:
     """What a service decided; FacetedSearch turns it into pipelines."""
@@ -742,16 +755,18 @@ class FacetedSearch:
                 break
         return self._page(plan, docs, serialize)
 
-    def _exact_filter(self, plan: SearchPlan) -> dict:
+    def _exact_filter(self, plan: SearchPlan, *, relaxed: bool = False) -> dict:
         """Every condition of the plan as one filter: what its drivers and residual select together
-        (state, driving facet, residual, near/bbox, price range, the cursor's keyset)."""
+        (state, driving facet, residual, near/bbox, price range, the cursor's keyset). `relaxed`
+        leaves out every test of `facets` (see _by_ids): a filter every match of the exact one passes."""
         conds: list[dict] = [{self.state_field: plan.status}]
         # The driving facet, unless the residual requires it anyway (a keyword among `$all`): each array
         # test scans the ~40 facets of every listing fetched (measured: a fifth of the id path's time).
-        if plan.facet_prefix or (plan.facet != "*" and plan.facet not in plan.keywords):
+        if not relaxed and (plan.facet_prefix or (plan.facet != "*" and plan.facet not in plan.keywords)):
             conds.append({"facets": plan.facet_prefix + plan.facet})
-        if plan.residual:
-            conds.append(plan.residual)
+        residual = _without_facets(plan.residual) if relaxed else plan.residual
+        if residual:
+            conds.append(residual)
         if plan.near is not None:
             lat, lng, radius_km = plan.near
             conds.append({"geo": {"$geoWithin": {"$centerSphere": [[lng, lat], radius_km / EARTH_RADIUS_KM]}}})
@@ -768,18 +783,37 @@ class FacetedSearch:
         return {"$and": conds}
 
     async def _by_ids(self, plan: SearchPlan, ids: list[int], serialize, trace: list | None) -> dict:
-        """The page from the listings carrying every keyword (ids from the postings): fetched by
-        `_id` in chunks, each matched against the whole plan, sorted and cut on the server, the
-        chunks' best merged here. Exact whatever the postings hold beyond the truth."""
+        """The page from the listings carrying every keyword (ids from the postings), in two reads.
+
+        1. Every candidate by `_id` in chunks, matched against the plan without its `facets` tests
+           and returned as `_id` + sort key only; sorted here. Why: testing `$all` of the keywords
+           against the ~40 facets of each candidate was a third of this path's time (measured at
+           100,000 listings: 396 candidates, 86 ms with it, 49 ms without, 3.8 ms to fetch 21 by id).
+        2. The candidates in that order, `want` at a time, fetched whole and matched against the
+           whole plan, until a page is full or none are left.
+        Read 1 only drops candidates the exact filter drops too, and read 2 keeps the sort order
+        and applies the exact filter, so the page is the first `want` listings matching the plan:
+        exact whatever the postings hold beyond the truth (a stale bit costs one more fetch)."""
         want = plan.limit + 1
         key, direction = self.sorts[plan.sort][0]
-        tail = [{"$match": self._exact_filter(plan)}, {"$sort": dict(self.sorts[plan.sort])}, {"$limit": want}]
         step = FacetPostings.FETCH_CHUNK
+        tail = [{"$match": self._exact_filter(plan, relaxed=True)}, {"$project": {key: 1}}]
         pipelines = [[{"$match": {"_id": {"$in": ids[i:i + step]}}}] + tail for i in range(0, len(ids), step)]
         if trace is not None:
             trace.extend(pipelines)
         parts = await asyncio.gather(*(self._run(p) for p in pipelines))
-        docs = sorted((d for part in parts for d in part), key=lambda d: (d[key], d["_id"]), reverse=direction < 0)
+        ranked = sorted((d for part in parts for d in part), key=lambda d: (d[key], d["_id"]), reverse=direction < 0)
+        order = [d["_id"] for d in ranked]
+        exact = {"$match": self._exact_filter(plan)}
+        docs: list[dict] = []
+        at = 0
+        while len(docs) < want and at < len(order):
+            batch, at = order[at:at + max(want - len(docs), 1)], at + max(want - len(docs), 1)
+            pipeline = [{"$match": {"_id": {"$in": batch}}}, exact]
+            if trace is not None:
+                trace.append(pipeline)
+            rank = {i: n for n, i in enumerate(batch)}
+            docs += sorted(await self._run(pipeline), key=lambda d: rank[d["_id"]])
         return self._page(plan, docs[:want], serialize)
 
     def _page(self, plan: SearchPlan, docs: list[dict], serialize) -> dict:
