@@ -386,3 +386,40 @@ async def test_keyword_ids_whose_words_an_edit_removed_never_take_a_place_on_the
     assert len(by_id) == 3, by_id  # the sort keys, then the whole listings twice: the first fetch met 4 stale ones
     assert len(page["items"]) == 4 and page["next_cursor"] is None
     assert not gone & {p["id"] for p in page["items"]}
+
+
+async def test_bbox_with_a_word_keeps_the_word_when_grid_cells_drive(sheda):
+    """When the box's grid cells drive (the word is on more listings than the cells), the word is
+    tested on what the cells yield; only a driving word is left out of the tests, since its driver
+    yields only its listings."""
+    from sheda_rt.listings.models import SearchQuery
+
+    agent = await sheda.signup("agent")
+    w, other = word(), word()
+    rng = random.Random(12)
+    centre = (37.3, -120.4)  # nowhere near any other test's listings
+    made = []
+    for i in range(10):
+        made.append(await create_property(sheda, agent, title=f"{w if i % 2 else other} lot {i}", price=str(rng.randint(1, 50) * 100_000),
+                                          geo={"lat": centre[0] + rng.uniform(-0.01, 0.01), "lng": centre[1] + rng.uniform(-0.01, 0.01)}))
+        sheda.ctx.clock.advance(seconds=5)
+    for i in range(20):  # the word is commoner than the box's cells
+        await create_property(sheda, agent, title=f"{w} elsewhere {i}")
+    box = f"{centre[1] - 0.02},{centre[0] - 0.02},{centre[1] + 0.02},{centre[0] + 0.02}"
+    keys = {"newest": lambda p: (p["created_at"], p["id"]), "price_asc": lambda p: (float(p["price"]), p["id"]),
+            "price_desc": lambda p: (float(p["price"]), p["id"])}
+    stats = sheda.ctx.property_store.stats
+    old_size = stats.sample_size
+    try:
+        stats.sample_size = 1_000_000
+        await stats.refresh()
+        for sort, key in keys.items():
+            expected = sorted((p for p in made if w in p["title"]), key=key, reverse=sort != "price_asc")
+            got = await walk(sheda, {"bbox": box, "q": w, "sort": sort}, limit=2)
+            assert [p["id"] for p in got] == [p["id"] for p in expected], sort
+        trace: list = []
+        await sheda.ctx.properties.search(SearchQuery.model_validate({"bbox": box, "q": w}), trace=trace)
+        assert any(p[0]["$match"]["facets"].startswith("g") for p in trace), trace  # the cells drove: the case this checks
+    finally:
+        stats.sample_size = old_size
+        await stats.refresh()

@@ -235,8 +235,9 @@ class GuidedSearchService:
     async def _run(self, group: dict, limit: int, cursor: str | None, sort: str, now, trace) -> dict:
         query = SearchQuery.model_validate({**group["filters"], "limit": limit, "cursor": cursor, "sort": sort})
         plan = self.listings.plan(query)
-        if group["extra"] is not None:
-            plan.residual = {"$and": [plan.residual, group["extra"]]}
+        if group["extra"] is not None:  # first: the database stops at the first failing test, and the area's regex
+            # rejects most of the driver's listings for less than testing the area's words against ~40 facets each
+            plan.residual = {"$and": [group["extra"], plan.residual]}
         return await self.store.search(plan, now, property_view, trace=trace)
 
     @staticmethod
