@@ -252,7 +252,8 @@ async def main(count: int, runs: int, db_dir: str | None = None, only: list[str]
 
         # Guided search (sheda_rt/guided/): the catalog's first read (once per server), then the ranked answers
         # (exact matches, over budget, outside the area, both: one planned search per group) as POST /search/guided runs them.
-        if only and not any(word.lower() in "guided" for word in only):
+        guided_name = "guided: rent apartment, up to ₦3M, Lekki Phase 1"
+        if only and not any(word.lower() in guided_name.lower() for word in only):
             guided_case = False
         if guided_case:
             from sheda_rt.guided.catalog import GuidedCatalog
@@ -265,7 +266,7 @@ async def main(count: int, runs: int, db_dir: str | None = None, only: list[str]
             await catalog.refresh()
             print(f"{'guided: catalog index + first read (once per server)':52} {(time.perf_counter() - t0) * 1000:8.0f}")
             guided = GuidedSearchService(catalog, listings=service, store=store, clock=clock)
-            name = "guided: rent apartment, up to ₦3M, Lekki Phase 1"
+            name = guided_name
             answers = GuidedAnswers(what="rent:apartment", budget="b:0-3000000", where="lekki-phase-1")
             trace = []
             page = await guided.search(answers, GuidedPageQuery(limit=20), trace=trace)
