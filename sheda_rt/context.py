@@ -137,7 +137,7 @@ class AppContext:
         self.chat = ChatService(settings=self.settings, clock=self.clock, hub=self.hub, users=self.users, db=self.db, ids=self.ids,
                                 limits=self.limits, push=self.push, events=self.event_store, turns=self.turns, blocks=self.blocks)
         self.stream = EventStream(writer=self.chat.batcher, events=self.event_store, message_replay=self.chat.sync,
-                                  head=self.chat.messages.newest_id)
+                                  head=self.chat.batcher.head)
         # [edits] edit, delete, react, delivered receipts: durable events through the chat's sequencer
         from sheda_rt.chat.edits import MessageActions
 

@@ -106,3 +106,42 @@ async def test_first_registrations_and_messages_race_on_a_fresh_database(embedde
             cleaner, _ = connect(embedded_db.uri, "unused")
             await cleaner.drop_database(server.settings.mongodb_db)
             await cleaner.close()
+
+
+async def test_ids_reserved_ahead_keep_increasing_and_the_head_is_what_was_handed_out(embedded_db):
+    """A single process's chat takes ids from ranges it reserved ahead (ReservedIds). Whatever
+    the sizes asked, concurrently or not, ids only increase, nothing is handed out twice, the
+    stream's head is the newest id handed out (never one still to come), and a process started
+    later (a restart) hands out ids above everything the earlier one reserved."""
+    from sheda_rt.database.ids import ReservedIds
+
+    client, _ = connect(embedded_db.uri, "unused")
+    try:
+        ids = IdAllocator(client["ids_ahead_" + uuid.uuid4().hex[:10]])
+        await ids.reserve("messages", 41)  # earlier traffic
+        first = ReservedIds(ids, "messages", ahead=16)
+        assert await first.head() == 41  # nothing reserved yet: the counter
+        got = await first.take(1)
+        assert got == [42] and await first.head() == 42
+        assert await ids.current("messages") > 42  # the rest of the range waits in memory
+        handed = list(got)
+        for size in (1, 3, 7, 16, 40, 2, 9):  # larger than the range, and across ranges
+            more = await first.take(size)
+            assert len(more) == size and more == sorted(more) and more[0] > handed[-1]
+            handed += more
+            assert await first.head() == handed[-1]
+        together = await asyncio.gather(*(first.take(1 + i % 5) for i in range(30)))
+        flat = [i for part in together for i in part]
+        assert len(set(flat)) == len(flat) and min(flat) > handed[-1]
+        assert all(part == sorted(part) for part in together)
+        handed += flat
+        assert await first.head() == max(handed)
+
+        reserved = await ids.current("messages")
+        later = ReservedIds(ids, "messages", ahead=16)
+        assert await later.head() == reserved  # what `first` left unused is never handed out
+        after = await later.take(5)
+        assert after[0] > reserved and len(set(after) | set(handed)) == len(after) + len(handed)
+        assert reserved - max(handed) <= 16 + 40  # the gap: at most what was reserved ahead
+    finally:
+        await client.close()

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 from sheda_rt.chat.idempotency import RecentKeys
+from sheda_rt.database.ids import ReservedIds
 from sheda_rt.database.writes import InsertOutcome
 from sheda_rt.errors import ApiError, ServiceUnavailable, ValidationFailed
 from sheda_rt.metrics import BATCH_SIZE, MESSAGES_STORED
@@ -111,6 +112,10 @@ class GroupCommit:
         # Commit turns: batches of all processes take turns (ids delivered in order everywhere).
         self.turns: Turns = turns or LocalTurns()
         self.depth = 1 if self.turns.shared else max(1, depth)
+        # One process alone: ids come from ranges reserved ahead (no round trip per batch).
+        # Several: each batch reserves its own inside its commit turn, so ids reach every
+        # socket of every process in increasing order.
+        self._reserved = None if self.turns.shared else ReservedIds(ids, "messages")
         self.recent = RecentKeys(idempotency_seconds, idempotency_messages)
         self.idempotency_seconds = idempotency_seconds
         self.idempotency_messages = idempotency_messages
@@ -121,6 +126,13 @@ class GroupCommit:
         self._closed = False
         self._slots = asyncio.Semaphore(self.depth)
         self._last: asyncio.Future | None = None  # the newest batch's release (they run in order)
+
+    async def head(self) -> int:
+        """The newest position handed out to a message or event (the stream's head: a
+        client can have seen nothing above it, and is never handed anything at or below it later)."""
+        if self._reserved is not None:
+            return await self._reserved.head()
+        return await self.ids.current("messages")
 
     @property
     def backlog(self) -> int:
@@ -282,7 +294,8 @@ class GroupCommit:
                 pairs = {p.doc["conv"]: (p.doc["sender_id"], p.doc["receiver_id"]) for p in new if not p.is_event}
                 if pairs:
                     await self.conversations.ensure(pairs, now)
-                ids = await self.ids.reserve("messages", len(new))
+                ids = (await self._reserved.take(len(new)) if self._reserved is not None
+                       else await self.ids.reserve("messages", len(new)))
                 for p, mid in zip(new, ids):
                     p.doc["_id"] = mid
                     if p.is_event:

@@ -26,6 +26,9 @@ twice for rows that survived. It saves one journal flush per batch.
 """
 from __future__ import annotations
 
+import asyncio
+from collections import deque
+
 from pymongo import ReturnDocument, WriteConcern
 from pymongo.errors import DuplicateKeyError
 
@@ -46,20 +49,24 @@ class IdAllocationError(RuntimeError):
 class IdAllocator:
     def __init__(self, db):
         self._counters = db.get_collection("counters", write_concern=WriteConcern(w=1))
+        # The database's own write concern (journaled): for ranges handed out later (ReservedIds).
+        self._durable_counters = db.get_collection("counters")
 
-    async def reserve(self, name: str, count: int = 1) -> range:
-        """Reserve `count` consecutive ids for `name`; returns them as a range."""
+    async def reserve(self, name: str, count: int = 1, *, durable: bool = False) -> range:
+        """Reserve `count` consecutive ids for `name`; returns them as a range. `durable`:
+        answered only once the increment is journaled (see ReservedIds)."""
         if count < 1:
             return range(0)
+        counters = self._durable_counters if durable else self._counters
         for _ in range(_ATTEMPTS):
-            doc = await self._counters.find_one_and_update(
+            doc = await counters.find_one_and_update(
                 {"_id": name}, {"$inc": {"seq": count}}, return_document=ReturnDocument.AFTER
             )
             if doc is not None:
                 end = int(doc["seq"])
                 return range(end - count + 1, end + 1)
             try:
-                await self._counters.insert_one({"_id": name, "seq": 0})
+                await counters.insert_one({"_id": name, "seq": 0})
             except DuplicateKeyError:
                 pass  # another caller created it first: increment theirs
         raise IdAllocationError(f"the database did not confirm an increment of counter {name!r}")
@@ -71,3 +78,88 @@ class IdAllocator:
 
     async def next(self, name: str) -> int:
         return (await self.reserve(name, 1))[0]
+
+
+class ReservedIds:
+    """Ids of one counter handed out from ranges reserved ahead, for a process that is
+    the counter's only user while it runs (the chat group commit of a single process:
+    with several processes, ids must be taken inside the commit turn instead).
+
+    Why: reserving the ids of a chat batch was one database round trip before every
+    insert (p50 0.9 ms of a 3 ms send->deliver at 1,000 msgs/s, and a counter update
+    of the embedded database per batch). Here a range of `ahead` ids is reserved in
+    the background when fewer than half are left, so a batch normally takes its ids
+    from memory.
+
+    Every range comes from one increment (so ranges only grow: ids handed out keep
+    increasing) and is used only once that increment is journaled: the process may
+    hand out ids long after reserving them, and a database restarted meanwhile must
+    not hand the same range out again. A process that stops leaves the rest of its
+    range unused: a gap of at most `ahead` ids, as a failed insert leaves one.
+    """
+
+    def __init__(self, allocator: IdAllocator, name: str, ahead: int = 128):
+        self.allocator = allocator
+        self.name = name
+        self.ahead = ahead
+        self._ranges: deque[range] = deque()  # reserved, not handed out, increasing
+        self._left = 0
+        self._refill: asyncio.Task | None = None
+        self._last: int | None = None  # the newest id handed out
+        self._started = 0  # reservations started
+
+    async def head(self) -> int:
+        """The newest id handed out: this object's newest, or before its first, every id
+        up to the counter's value without this object's ranges (none of those will
+        ever be handed out: every range reserved later starts above them)."""
+        while True:
+            if self._last is not None:
+                return self._last
+            if self._refill is not None and not self._refill.done():
+                await asyncio.wait([self._refill])
+                continue
+            if self._ranges:
+                return self._ranges[0].start - 1
+            started = self._started
+            value = await self.allocator.current(self.name)
+            if self._started == started:  # (else a range reserved meanwhile may be in `value`)
+                return value
+
+    async def take(self, count: int) -> list[int]:
+        """`count` ids, each higher than every id this object handed out before."""
+        while self._left < count:
+            if self._refill is None:
+                self._refill = asyncio.ensure_future(self._reserve(max(count, self.ahead)))
+            task = self._refill
+            try:
+                await asyncio.shield(task)
+            finally:
+                if self._refill is task and task.done():
+                    self._refill = None
+        out: list[int] = []
+        while len(out) < count:
+            head = self._ranges[0]
+            n = min(count - len(out), len(head))
+            out.extend(head[:n])
+            if n == len(head):
+                self._ranges.popleft()
+            else:
+                self._ranges[0] = head[n:]
+        self._left -= count
+        self._last = out[-1]
+        if self._left < self.ahead // 2 and self._refill is None:  # the next range, before it is needed
+            self._refill = asyncio.ensure_future(self._reserve(self.ahead))
+            self._refill.add_done_callback(self._refilled)
+        return out
+
+    async def _reserve(self, count: int) -> None:
+        self._started += 1
+        got = await self.allocator.reserve(self.name, count, durable=True)
+        self._ranges.append(got)
+        self._left += len(got)
+
+    def _refilled(self, task: asyncio.Task) -> None:
+        if self._refill is task:
+            self._refill = None
+        if not task.cancelled() and task.exception() is not None:
+            pass  # retrieved; the next take() reserves again and sees the error itself
