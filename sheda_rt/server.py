@@ -9,6 +9,7 @@ client; stop the embedded database if we started it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -95,6 +96,12 @@ async def serve(settings, uri: str, app_factory: AppFactory, sockets=None, embed
     embedded database, a watchdog starts it again should it die."""
     server = Server(settings, uri, app_factory=app_factory)
     await server.start(sockets)
+    # What startup built (modules, models and their validators, routes: ~130,000 objects)
+    # lives as long as the process. Frozen, the collector never walks it again: each full
+    # collection walked it for ~115 ms (a loop stall seen in the chat's p99 at 1,000
+    # msgs/s); what it walks now (~25,000 objects made since) takes a few ms.
+    gc.collect()
+    gc.freeze()
     watchdog = asyncio.ensure_future(embedded.watch()) if embedded is not None and embedded.owned else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
