@@ -291,6 +291,11 @@ class SearchPlan:
     # One pipeline per driver over its whole range instead of growing slices: for a segment the
     # caller knows holds few documents (featured listings), where each empty slice is a round trip.
     unsliced: bool = False
+    # Ids the caller knows include every match (its own index in memory: the guided catalog's
+    # listings of one area, kind and budget), fetched by id and matched against the whole plan
+    # instead of walking a driver (FacetedSearch._by_ids). A superset: ids that do not match
+    # cost a read, they are never shown; a match missing from them is never shown either.
+    candidates: tuple[int, ...] | None = None
 
 
 class FacetStats:
@@ -759,6 +764,8 @@ class FacetedSearch:
     ID_PATH_MAX = 3000
 
     async def search(self, plan: SearchPlan, now: datetime, serialize, trace: list | None = None) -> dict:
+        if plan.candidates is not None:
+            return await self._by_ids(plan, sorted(plan.candidates), serialize, trace)
         # One keyword alone: its own driver reads about as many listings as a page needs (the id path
         # would win only below a page of them), so its postings are not even read (~10 ms at 100,000).
         if self.postings is not None and len(plan.keywords) > 1 and await self.postings.ready():
@@ -812,7 +819,8 @@ class FacetedSearch:
         return {"$and": conds}
 
     async def _by_ids(self, plan: SearchPlan, ids: list[int], serialize, trace: list | None) -> dict:
-        """The page from the listings carrying every keyword (ids from the postings), in two reads.
+        """The page from the listings carrying every keyword (ids from the postings, or the plan's
+        candidates), in two reads.
 
         1. Every candidate by `_id` in chunks, matched against the plan without its `facets` tests
            and returned as `_id` + sort key only; sorted here. Why: testing `$all` of the keywords

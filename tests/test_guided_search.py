@@ -196,6 +196,37 @@ async def test_pages_follow_the_ranking_without_repeats_or_skips(sheda):
     assert (await sheda.api.post(SEARCH, {"answers": answers}, params={"cursor": "garbage!"})).status == 422
 
 
+async def test_listings_written_since_the_catalog_was_read_are_ranked_as_they_are_now(sheda):
+    """The groups in the area are fetched by the ids the catalog holds for them plus every listing
+    written since its last read: a listing made, repriced or unlisted after that read is found (or
+    not) exactly where it belongs now, before any refresh."""
+    catalog = sheda.ctx.guided_catalog
+    kept = catalog.refresh_seconds
+    catalog.refresh_seconds = 3600  # no refresh during this test: only the writes since the read count
+    try:
+        agent = await sheda.signup("agent")
+        w = word()
+        stays = (await create_property(sheda, agent, location=f"{w} Mews", price="1000000"))["id"]
+        goes_over = (await create_property(sheda, agent, location=f"{w} Mews", price="1100000"))["id"]
+        unlisted = (await create_property(sheda, agent, location=f"{w} Mews", price="1200000"))["id"]
+        comes_in = (await create_property(sheda, agent, location=f"{w} Mews", price="9000000"))["id"]
+        await create_property(sheda, agent, location=f"{w} Mews", price="300000", listing_type="sale")
+        await catalog.refresh()
+        answers = {"what": "rent:apartment", "budget": "b:0-2000000", "where": f"{w}-mews"}
+        assert [p["id"] for p in await walk(sheda, answers, limit=10)] == [stays, goes_over, unlisted]
+
+        new = (await create_property(sheda, agent, location=f"{w} Mews", price="1500000"))["id"]
+        assert (await sheda.api.patch(f"/api/v1/properties/{goes_over}", {"price": "2100000"}, token=agent.token)).status == 200
+        assert (await sheda.api.patch(f"/api/v1/properties/{comes_in}", {"price": "1300000"}, token=agent.token)).status == 200
+        assert (await sheda.api.patch(f"/api/v1/properties/{unlisted}/status", {"active": False}, token=agent.token)).status == 200
+        found = await walk(sheda, answers, limit=2)
+        assert [(p["id"], p["match"]["exact"]) for p in found] == [
+            (stays, True), (comes_in, True), (new, True), (goes_over, False)], found
+        assert found[-1]["match"]["reasons"] == ["₦100k over budget"]
+    finally:
+        catalog.refresh_seconds = kept
+
+
 async def test_unknown_options_are_422_naming_the_field(sheda):
     agent = await sheda.signup("agent")
     w = word()

@@ -165,6 +165,7 @@ class Tally:
         self.rows: dict[int, Row] = {}
         self.kinds: Counter = Counter()  # (listing_type, property_type) -> listings
         self.prices: dict[tuple[str, str, str | None], list[int]] = {}  # (lt, pt, area) -> sorted prices, kobo
+        self.members: dict[tuple[str, str, str | None], set[int]] = {}  # (lt, pt, area) -> listing ids
         self.areas: dict[str, Area] = {}
         self.version = 0
         # What callers derived from this tally (the questions per answers so far), dropped at every change:
@@ -197,12 +198,16 @@ class Tally:
             del self.kinds[kind]
         group = (*kind, row.area)
         prices = self.prices.setdefault(group, [])
+        members = self.members.setdefault(group, set())
         if sign > 0:
             prices.append(row.price) if bulk else bisect.insort(prices, row.price)
+            members.add(_id)
         else:
             prices.pop(bisect.bisect_left(prices, row.price))
+            members.discard(_id)
             if not prices:
                 del self.prices[group]
+                del self.members[group]
         if row.area is not None:
             area = self.areas.get(row.area) or self.areas.setdefault(row.area, Area(row.area))
             area.add(_id, row, sign)
@@ -246,6 +251,13 @@ class Tally:
             take = max(1, round(len(prices) * size / total))
             sample += [prices[i * len(prices) // take] for i in range(take)] + [prices[-1]]
         return sorted(sample)
+
+    def ids_priced(self, listing_type: str | None, property_type: str | None, area: str,
+                   above: int | None, up_to: int | None) -> list[int]:
+        """The available listings of one area that fit, priced above `above` and up to `up_to`."""
+        rows = self.rows
+        return [i for group, _ in self._groups(listing_type, property_type, area) for i in self.members.get(group, ())
+                if (above is None or rows[i].price > above) and (up_to is None or rows[i].price <= up_to)]
 
     def count_priced(self, listing_type: str | None, property_type: str | None, area: str | None,
                      above: int | None, up_to: int | None) -> int:
@@ -295,6 +307,26 @@ class GuidedCatalog:
         elif self._now() - self._read_at >= self.refresh_seconds and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._refresh_logged())
         return self._tally
+
+    @property
+    def since(self):
+        """Listings written at or after this may have changed since the last read (None before the
+        first): the tally plus these is every available listing as it is now."""
+        return self._since
+
+    def candidates(self, listing_type: str | None, property_type: str | None, area: str,
+                   above: int | None, up_to: int | None) -> list[int] | None:
+        """The listings of one area that fit as of the last read (with those written since `since`:
+        every listing that fits now). None before the first read."""
+        if self._tally is None:
+            return None
+        return self._tally.ids_priced(listing_type, property_type, area, above, up_to)
+
+    async def changed_since(self, since, limit: int) -> list[int] | None:
+        """Ids of the listings written at or after `since` (the `guided_changed` index), or None
+        when there are more than `limit`."""
+        docs = await self.col.find({"updated_at": {"$gte": since}}, projection={"_id": 1}, limit=limit + 1).to_list()
+        return None if len(docs) > limit else [d["_id"] for d in docs]
 
     async def drain(self) -> None:
         """At shutdown: a refresh still reading is dropped (the next process reads again)."""

@@ -17,11 +17,14 @@ the listings whose area it is; outside the area is a `near=` circle (grid cells 
 that regex. A page fills from the first unfinished group on; the cursor holds the group and
 that group's own keyset cursor, so pages never repeat or skip a listing while others insert.
 
-Cost: a group with few listings walks every slice of its sort key before it is known to be
-done (sheda_rt/search.py), so a search of four sparse groups is four such walks. Groups in
-the area are counted by the catalog first and one it counts none of is not searched (its
-staleness applies: a listing newer than the last refresh can be missed in such a group); the
-default price order also walks fewer slices than `newest` (a budget bounds the prices).
+Cost: the groups in the area are read by id: the catalog's listings of the group (area, kind,
+price) plus every listing written since the catalog was read, each matched against the whole
+search by the database (FacetedSearch._by_ids), about 30 ms at 100,000 listings where walking
+the kind-and-price driver fetched ~500 listings of other areas per page (100-150 ms). So they
+are exact as of now, not as of the catalog's last read; a group the catalog counts none of, when
+nothing was written since, is not searched. The groups outside the area walk their grid cells;
+a group with few listings walks every slice of its sort key before it is known to be done
+(sheda_rt/search.py), and the default price order walks fewer slices than `newest`.
 """
 from __future__ import annotations
 
@@ -48,6 +51,7 @@ if TYPE_CHECKING:
 OVER_BUDGET = Decimal("0.15")
 NEAR_KM = 3.0
 MAX_AREAS = 100  # where offers the areas with most listings first
+CANDIDATES_MAX = 1500  # a group's listings fetched by id (both reads of FacetedSearch._by_ids) at most
 MEMO_MAX = 256  # questions kept per catalog version (per answers so far)
 BANDS = 5  # budget offers up to this many bands, cut at quantiles of the prices
 NICE = (1, 1.5, 2, 2.5, 3, 4, 5, 7.5)  # band edges are these times a power of ten (naira)
@@ -191,7 +195,9 @@ class GuidedSearchService:
                 count = None if miss_place else tally.count_priced(base.get("listing_type"), base.get("property_type"),
                                                                      area.slug if area else None, above, up_to)
                 groups.append({"filters": {**base, **filters, **price_filters(above, up_to)}, "extra": extra, "over": over,
-                               "outside": miss_place, "count": count, "area": place})
+                               "outside": miss_place, "count": count, "area": place,
+                               "members": None if miss_place or area is None else
+                               (base.get("listing_type"), base.get("property_type"), area.slug, above, up_to)})
         # rank: exact, then one miss (over budget in the area before within budget outside it), then both
         return sorted(groups, key=lambda g: (g["over"] + g["outside"], g["outside"]))
 
@@ -212,9 +218,12 @@ class GuidedSearchService:
         items: list[dict] = []
         next_cursor = None
         now = self.clock.now()
+        recent = await self._recent()
+        for group in groups:
+            group["recent"] = recent
         for index in range(start, len(groups)):
             group = groups[index]
-            if group["count"] == 0 and index != start:  # the catalog has none: no search (a cursor's own group runs)
+            if self._none_in(group) and index != start:  # no search (a cursor's own group runs)
                 continue
             want = page.limit - len(items)
             found = await self._run(group, want, inner if index == start else None, page.sort, now, trace)
@@ -224,7 +233,7 @@ class GuidedSearchService:
                 break
             if len(items) >= page.limit:  # this group ended with the page: is anything left in the later ones?
                 for later in range(index + 1, len(groups)):
-                    if groups[later]["count"] == 0:
+                    if self._none_in(groups[later]):
                         continue
                     if groups[later]["count"] or (await self._run(groups[later], 1, None, page.sort, now, trace))["items"]:
                         next_cursor = encode_cursor(["guided", fingerprint, later, None])
@@ -235,10 +244,37 @@ class GuidedSearchService:
     async def _run(self, group: dict, limit: int, cursor: str | None, sort: str, now, trace) -> dict:
         query = SearchQuery.model_validate({**group["filters"], "limit": limit, "cursor": cursor, "sort": sort})
         plan = self.listings.plan(query)
+        if group["members"] is not None:
+            plan.candidates = self._candidates(group["members"], group["recent"])
         if group["extra"] is not None:  # first: the database stops at the first failing test, and the area's regex
             # rejects most of the driver's listings for less than testing the area's words against ~40 facets each
             plan.residual = {"$and": [group["extra"], plan.residual]}
         return await self.store.search(plan, now, property_view, trace=trace)
+
+    async def _recent(self) -> list[int] | None:
+        """The listings written since the catalog's last read (they may belong to any group now),
+        or None when they are too many to fetch by id."""
+        since = self.catalog.since
+        return None if since is None else await self.catalog.changed_since(since, CANDIDATES_MAX)
+
+    @staticmethod
+    def _none_in(group: dict) -> bool:
+        """The catalog counts none in this group and no listing was written since it was read: no
+        search needed."""
+        return group["count"] == 0 and group["recent"] == []
+
+    def _candidates(self, members: tuple, recent: list[int] | None) -> tuple[int, ...] | None:
+        """A group in the area: its listings in the catalog plus every listing written since the
+        catalog was read (`recent`: they may fit now), as the search's candidates (SearchPlan.candidates:
+        fetched by id and matched against the whole search, so what does not fit now is never shown
+        and what fits now is among them). Why: the best index driver of such a group (kind and price)
+        meets ~25 listings of other areas per one of this area, ~500 fetched per page at 100,000
+        listings; the catalog names the area's own (~150 for a kind and budget in one area). None
+        (drive as usual) when they are more than an id path should fetch."""
+        ids = self.catalog.candidates(*members)
+        if ids is None or recent is None or len(ids) + len(recent) > CANDIDATES_MAX:
+            return None
+        return tuple(set(ids).union(recent))
 
     @staticmethod
     def _annotate(view: dict, group: dict, answers: GuidedAnswers) -> dict:

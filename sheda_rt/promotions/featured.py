@@ -93,9 +93,10 @@ async def search_featured_first(finder: FacetedSearch, plan: SearchPlan, now: da
         featured = replace(plan, facet_prefix=FEATURED_PREFIX, cursor=inner, unsliced=few,
                            residual=_and(plan.residual, {"featured_until": {"$gt": now}}))
         if few and hasattr(plan, "keywords"):
-            # Few featured: the prefixed driver meets only them, while the keyword id path (FacetedSearch,
-            # keyword postings) would fetch every listing carrying the words; the words stay in the residual.
-            featured = replace(featured, keywords=())
+            # Few featured: the prefixed driver meets only them, while the id paths (FacetedSearch: keyword
+            # postings, a caller's candidates) would fetch every listing carrying the words or named; the
+            # words stay in the residual.
+            featured = replace(featured, keywords=(), candidates=None)
         page = await finder.search(featured, now, serialize, trace=trace)
         if page["next_cursor"]:
             return {"items": page["items"], "next_cursor": encode_cursor([FEATURED, page["next_cursor"]])}
