@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     # most this old and among the newest CHAT_IDEMPOTENCY_MESSAGES keyed messages of its conversation
     chat_idempotency_seconds: float = Field(600.0, ge=1)
     chat_idempotency_messages: int = Field(1000, ge=10, le=100_000)
-    chat_pipeline_depth: int = Field(2, ge=1, le=8)  # [chat] batches in flight in one process
+    chat_pipeline_depth: int = Field(3, ge=1, le=8)  # [chat] batches in flight in one process
     # [chat] attachments (sheda_rt/chat/attachments.py): private files under DATA_DIR/attachments
     chat_attachment_max_bytes: int = Field(10 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024, description="Largest chat attachment (image or PDF); more is 413")
     chat_attachment_url_seconds: int = Field(3600, ge=60, le=7 * 86400, description="How long a signed attachment link in a frame or row stays valid (at least)")

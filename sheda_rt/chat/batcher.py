@@ -14,7 +14,8 @@ Rules this class keeps:
   one, so batches grow with load by themselves.
 - Up to CHAT_PIPELINE_DEPTH batches are in flight in one process (the next one
   is written while the previous waits for its journal flush: the server and the
-  database work side by side instead of taking turns). With several processes
+  database work side by side instead of taking turns); a batch starts beside an
+  insert in progress only when PARALLEL_MIN messages wait (fewer wait for it). With several processes
   the depth is 1: a batch is stored and published during this process's turn
   (`turns`, a lock in Redis: sheda_rt/realtime/turns.py), so ids reach every
   socket in increasing order everywhere.
@@ -107,7 +108,7 @@ class _Batch:
 
 class GroupCommit:
     def __init__(self, messages, conversations, ids, clock, *, window_ms: float, max_batch: int, events=None,
-                 after_commit: Callable[[list[Pending]], Awaitable[None]], turns: Turns | None = None, depth: int = 2,
+                 after_commit: Callable[[list[Pending]], Awaitable[None]], turns: Turns | None = None, depth: int = 3,
                  idempotency_seconds: float = 600, idempotency_messages: int = 1000):
         self.messages = messages
         self.events = events  # EventStore: where events of the stream are stored
