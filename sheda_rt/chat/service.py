@@ -108,6 +108,7 @@ class ChatService:
             idempotency_seconds=self.settings.chat_idempotency_seconds,
             idempotency_messages=self.settings.chat_idempotency_messages,
         )
+        self.messages.head = self.batcher.head  # scans start at the newest id handed out, not the counter ahead of it
         self.hub.control_listeners.append(self._on_control)
 
     @property

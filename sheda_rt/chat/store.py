@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Awaitable, Callable
 
 from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateOne
 
@@ -66,6 +66,9 @@ class MessageStore:
     def __init__(self, db, ids):
         self.col = db["messages"]
         self.ids = ids
+        # The newest id handed out, when its writer knows it better than the counter (a single
+        # process reserves ids ahead: sheda_rt/database/ids.py ReservedIds); else the counter.
+        self.head: Callable[[], Awaitable[int]] | None = None
 
     async def ensure_indexes(self):
         await self.col.create_indexes(self.INDEXES)
@@ -75,8 +78,11 @@ class MessageStore:
                 await self.col.drop_index(name)
 
     async def newest_id(self) -> int:
-        """The highest message id handed out so far: where scans start. Read it once
-        and pass it as `newest` when scanning many conversations."""
+        """The highest message id handed out so far: where scans start (their first window is
+        open above it, so a lower value only costs a wider read). Read it once and pass it as
+        `newest` when scanning many conversations."""
+        if self.head is not None:
+            return await self.head()
         return await self.ids.current("messages")
 
     async def scan(self, conv: str, *, newest_first: bool, need: int | None = None, after: int = 0, upto: int | None = None,
