@@ -210,19 +210,27 @@ async def test_listings_written_since_the_catalog_was_read_are_ranked_as_they_ar
         goes_over = (await create_property(sheda, agent, location=f"{w} Mews", price="1100000"))["id"]
         unlisted = (await create_property(sheda, agent, location=f"{w} Mews", price="1200000"))["id"]
         comes_in = (await create_property(sheda, agent, location=f"{w} Mews", price="9000000"))["id"]
+        over_then_gone = (await create_property(sheda, agent, location=f"{w} Mews", price="2200000"))["id"]
         await create_property(sheda, agent, location=f"{w} Mews", price="300000", listing_type="sale")
         await catalog.refresh()
         answers = {"what": "rent:apartment", "budget": "b:0-2000000", "where": f"{w}-mews"}
-        assert [p["id"] for p in await walk(sheda, answers, limit=10)] == [stays, goes_over, unlisted]
+        assert [p["id"] for p in await walk(sheda, answers, limit=10)] == [stays, goes_over, unlisted, over_then_gone]
 
         new = (await create_property(sheda, agent, location=f"{w} Mews", price="1500000"))["id"]
         assert (await sheda.api.patch(f"/api/v1/properties/{goes_over}", {"price": "2100000"}, token=agent.token)).status == 200
         assert (await sheda.api.patch(f"/api/v1/properties/{comes_in}", {"price": "1300000"}, token=agent.token)).status == 200
-        assert (await sheda.api.patch(f"/api/v1/properties/{unlisted}/status", {"active": False}, token=agent.token)).status == 200
+        for gone in (unlisted, over_then_gone):
+            assert (await sheda.api.patch(f"/api/v1/properties/{gone}/status", {"active": False}, token=agent.token)).status == 200
         found = await walk(sheda, answers, limit=2)
         assert [(p["id"], p["match"]["exact"]) for p in found] == [
             (stays, True), (comes_in, True), (new, True), (goes_over, False)], found
         assert found[-1]["match"]["reasons"] == ["₦100k over budget"]
+
+        # The over-budget group after a full page held one listing at the last read (over_then_gone),
+        # unlisted since: no cursor to an empty page.
+        assert (await sheda.api.patch(f"/api/v1/properties/{goes_over}/status", {"active": False}, token=agent.token)).status == 200
+        r = await sheda.api.post(SEARCH, {"answers": answers}, params={"limit": 3})
+        assert [p["id"] for p in r.json["items"]] == [stays, comes_in, new] and r.json["next_cursor"] is None, r.json
     finally:
         catalog.refresh_seconds = kept
 

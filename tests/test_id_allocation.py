@@ -143,5 +143,45 @@ async def test_ids_reserved_ahead_keep_increasing_and_the_head_is_what_was_hande
         after = await later.take(5)
         assert after[0] > reserved and len(set(after) | set(handed)) == len(after) + len(handed)
         assert reserved - max(handed) <= 16 + 40  # the gap: at most what was reserved ahead
+
+        # Shutting down (another server may already be serving this database): what is still
+        # stored gets ids above that server's, not from the rest of this one's range.
+        theirs = await ids.reserve("messages", 10)
+        later.stop_ahead()
+        tail = await later.take(2)
+        assert tail[0] > theirs[-1] and tail == sorted(tail) and await later.head() == tail[-1]
     finally:
         await client.close()
+
+
+async def test_a_range_reserved_ahead_outlives_the_database_being_killed_even_when_the_uri_asks_w1(tmp_path):
+    """A range is handed out long after it was reserved, so it must be journaled whatever write
+    concern the URI sets: otherwise a database killed -9 and restarted behind the process's back
+    forgets the increment, hands the same range out again, and ids go backwards. Three rounds of
+    reserve, kill -9 at once, restart: the counter is always past every range."""
+    import os
+    import signal
+
+    from sheda_rt.database.embedded import EmbeddedDatabase
+
+    db = EmbeddedDatabase(tmp_path / "db")
+    db.start()
+    try:
+        for _ in range(3):
+            client, _ = connect(db.uri + "&w=1", "unused")  # the URI's own write concern: not journaled
+            try:
+                ids = IdAllocator(client["ids_durable"])
+                await ids.reserve("messages", 5)  # the counter exists (a w=1 write, like the chat's)
+                got = await ids.reserve("messages", 128, durable=True)
+            finally:
+                await client.close()
+            os.kill(db.process.pid, signal.SIGKILL)
+            db.process.wait()
+            assert db.recover()
+            client, _ = connect(db.uri, "unused")
+            try:
+                assert await IdAllocator(client["ids_durable"]).current("messages") >= got[-1]
+            finally:
+                await client.close()
+    finally:
+        db.stop()

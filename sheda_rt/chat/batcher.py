@@ -177,6 +177,8 @@ class GroupCommit:
 
     async def drain(self) -> None:
         self._closed = True
+        if self._reserved is not None:
+            self._reserved.stop_ahead()  # a server replacing this one may already hand out ids above our range
         while self._task is not None or (self._last is not None and not self._last.done()):
             self._full.set()
             if self._task is not None:

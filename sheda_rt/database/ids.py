@@ -49,8 +49,10 @@ class IdAllocationError(RuntimeError):
 class IdAllocator:
     def __init__(self, db):
         self._counters = db.get_collection("counters", write_concern=WriteConcern(w=1))
-        # The database's own write concern (journaled): for ranges handed out later (ReservedIds).
-        self._durable_counters = db.get_collection("counters")
+        # For ranges handed out later (ReservedIds): journaled whatever the URI asks (its `w` kept),
+        # since a range must outlive a restart of the database that the process does not see.
+        self._durable_counters = db.get_collection(
+            "counters", write_concern=WriteConcern(w=db.write_concern.document.get("w", "majority"), j=True))
 
     async def reserve(self, name: str, count: int = 1, *, durable: bool = False) -> range:
         """Reserve `count` consecutive ids for `name`; returns them as a range. `durable`:
@@ -107,6 +109,7 @@ class ReservedIds:
         self._refill: asyncio.Task | None = None
         self._last: int | None = None  # the newest id handed out
         self._started = 0  # reservations started
+        self._generation = 0  # bumped by stop_ahead
 
     async def head(self) -> int:
         """The newest id handed out: this object's newest, or before its first, every id
@@ -130,6 +133,7 @@ class ReservedIds:
         while self._left < count:
             if self._refill is None:
                 self._refill = asyncio.ensure_future(self._reserve(max(count, self.ahead)))
+                self._refill.add_done_callback(self._refilled)
             task = self._refill
             try:
                 await asyncio.shield(task)
@@ -147,16 +151,27 @@ class ReservedIds:
                 self._ranges[0] = head[n:]
         self._left -= count
         self._last = out[-1]
-        if self._left < self.ahead // 2 and self._refill is None:  # the next range, before it is needed
+        if self.ahead and self._left < self.ahead // 2 and self._refill is None:  # the next range, before it is needed
             self._refill = asyncio.ensure_future(self._reserve(self.ahead))
             self._refill.add_done_callback(self._refilled)
         return out
 
+    def stop_ahead(self) -> None:
+        """From now on reserve exactly what each take needs, and forget the rest of the ranges
+        (a gap). For a process shutting down: what it still stores while another process may
+        already serve the same database gets ids above that one's, not below them."""
+        self.ahead = 0
+        self._ranges.clear()
+        self._left = 0
+        self._generation += 1  # a range being reserved now is dropped too
+
     async def _reserve(self, count: int) -> None:
         self._started += 1
+        generation = self._generation
         got = await self.allocator.reserve(self.name, count, durable=True)
-        self._ranges.append(got)
-        self._left += len(got)
+        if generation == self._generation:
+            self._ranges.append(got)
+            self._left += len(got)
 
     def _refilled(self, task: asyncio.Task) -> None:
         if self._refill is task:

@@ -29,6 +29,7 @@ a group with few listings walks every slice of its sort key before it is known t
 from __future__ import annotations
 
 import hashlib
+import logging
 import json
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
     from sheda_rt.guided.catalog import Area, GuidedCatalog, Tally
     from sheda_rt.listings.service import PropertyService
     from sheda_rt.listings.store import PropertyStore
+
+log = logging.getLogger("sheda.guided")
 
 OVER_BUDGET = Decimal("0.15")
 NEAR_KM = 3.0
@@ -235,7 +238,8 @@ class GuidedSearchService:
                 for later in range(index + 1, len(groups)):
                     if self._none_in(groups[later]):
                         continue
-                    if groups[later]["count"] or (await self._run(groups[later], 1, None, page.sort, now, trace))["items"]:
+                    counted = groups[later]["count"] and groups[later]["recent"] == []  # nothing written since the count
+                    if counted or (await self._run(groups[later], 1, None, page.sort, now, trace))["items"]:
                         next_cursor = encode_cursor(["guided", fingerprint, later, None])
                         break
                 break
@@ -255,7 +259,18 @@ class GuidedSearchService:
         """The listings written since the catalog's last read (they may belong to any group now),
         or None when they are too many to fetch by id."""
         since = self.catalog.since
-        return None if since is None else await self.catalog.changed_since(since, CANDIDATES_MAX)
+        if since is None:
+            return None
+        recent = await self.catalog.changed_since(since, CANDIDATES_MAX)
+        if recent is None:  # many writes since the last read (an idle catalog is read only when asked): read them now,
+            try:  # once, rather than walk the drivers of every group of this and the next requests
+                await self.catalog.refresh()
+            except Exception:  # the drivers answer this request as they always could
+                log.warning("guided search catalog refresh failed", exc_info=True)
+                return None
+            since = self.catalog.since
+            recent = await self.catalog.changed_since(since, CANDIDATES_MAX)
+        return recent
 
     @staticmethod
     def _none_in(group: dict) -> bool:
