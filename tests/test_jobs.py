@@ -195,10 +195,36 @@ async def test_claim_and_admin_queries_walk_an_index(sheda):
     db, now = sheda.ctx.db, sheda.ctx.clock.now()
     filters = [{"status": status, "run_at": {"$lte": now}} for status in ("pending", "running")]
     filters.append({"status": "running", "run_at": {"$gte": now, "$lte": now}})
+    filters += [{"status": "pending", "run_at": now, "_id": {"$gt": "k"}}, {"status": "pending", "run_at": {"$gt": now, "$lte": now}}]  # keyset pages
     filters += [{"status": "failed"}, {"status": "failed", "run_at": {"$lte": now}}]  # the admin listing and its cursor pages
     for flt in filters:
         explained = await db.command("explain", {"find": "jobs", "filter": flt}, verbosity="queryPlanner")
         assert not _collscan(explained["queryPlanner"]["winningPlan"]), (flt, explained)
+
+
+async def test_many_jobs_due_at_one_instant_never_hide_the_ones_behind_them(sheda):
+    """More jobs due at the same instant than one read holds (a broadcast's pushes; here jobs of a
+    kind this process does not run, which it walks past): one run_due still reaches the jobs after
+    them. Before, reads paged on run_at alone returned the same batch again and stopped there."""
+    runner, store, clock = sheda.ctx.job_runner, sheda.ctx.job_store, sheda.ctx.clock
+    at = clock.now()
+    foreign, mine = kind_name("aa.other.version"), kind_name("zz.mine")
+    ran = []
+
+    async def handle(job):
+        ran.append(job["_id"])
+
+    runner.register(mine, handle)
+    try:
+        for i in range(runner.batch * 2 + 3):  # keys sort before mine's, all due at `at`
+            await runner.enqueue(foreign, {}, key=f"{foreign}:{i:03}", run_at=at)
+        for i in range(runner.batch + 2):
+            await runner.enqueue(mine, {}, key=f"{mine}:{i:03}", run_at=at)
+        await runner.run_due()
+        assert sorted(ran) == [f"{mine}:{i:03}" for i in range(runner.batch + 2)]
+        assert await store.col.count_documents({"kind": foreign, "status": "pending"}) == runner.batch * 2 + 3  # walked past
+    finally:
+        await store.col.delete_many({"kind": {"$in": [foreign, mine]}})
 
 
 async def test_contract_expiry_period_runs_once_through_the_queue(sheda):

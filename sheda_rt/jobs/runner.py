@@ -156,16 +156,14 @@ class JobRunner:
         it after moving the clock."""
         ran, limit = 0, limit or 10_000
         for status in (PENDING, RUNNING):
-            since, seen = None, set()
+            after = None  # (run_at, _id) of the last job looked at: each read goes on past it
             while ran < limit and not self._stopping:
                 now = self.clock.now()
-                batch = await self.store.due(status, now, self.batch, since)
-                fresh = [d for d in batch if d["_id"] not in seen]
-                if not fresh:
+                batch = await self.store.due(status, now, self.batch, after)
+                if not batch:
                     break
-                for doc in fresh:
-                    seen.add(doc["_id"])
-                    since = doc["run_at"]
+                for doc in batch:
+                    after = (doc["run_at"], doc["_id"])
                     if doc["kind"] not in self.handlers or ran >= limit or self._stopping:
                         continue
                     took, _ = await self._claim_and_run(doc, now)

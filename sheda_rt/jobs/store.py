@@ -50,11 +50,25 @@ class JobStore:
     async def get(self, key: str) -> dict | None:
         return await self.col.find_one({"_id": key})
 
-    async def due(self, status: str, now: datetime, limit: int, since: datetime | None = None) -> list[dict]:
+    async def due(self, status: str, now: datetime, limit: int, after: tuple[datetime, str] | None = None) -> list[dict]:
         """Pending jobs that are due, or running jobs whose lease has expired (by `status`), oldest
-        first, from `since` on (the runner walks past kinds it does not run)."""
-        bound = {"$lte": now} if since is None else {"$gte": since, "$lte": now}
-        return await self.col.find({"status": status, "run_at": bound}, sort=[("run_at", ASCENDING)], limit=limit).to_list()
+        first by (run_at, _id), after the job `after` names as (run_at, _id) (the runner walks past
+        kinds it does not run). A keyset on both keys, in two index-shaped reads (the rest of the
+        jobs due at `after`'s run_at, then those due later): on run_at alone, more jobs due at one
+        instant than fit a batch (a broadcast's pushes, or jobs of a kind this process does not run)
+        filled every read with the same ones and hid the jobs behind them."""
+        order = [("run_at", ASCENDING), ("_id", ASCENDING)]
+        if after is None:
+            return await self.col.find({"status": status, "run_at": {"$lte": now}}, sort=order, limit=limit).to_list()
+        at, key = after
+        docs = []
+        if at <= now:
+            docs = await self.col.find({"status": status, "run_at": at, "_id": {"$gt": key}}, sort=[("_id", ASCENDING)],
+                                       limit=limit).to_list()
+        if len(docs) < limit:
+            docs += await self.col.find({"status": status, "run_at": {"$gt": at, "$lte": now}}, sort=order,
+                                        limit=limit - len(docs)).to_list()
+        return docs
 
     async def claim(self, doc: dict, owner: str, lease_until: datetime, now: datetime) -> bool:
         """Take `doc` as it was read: only if nobody changed its status or run_at since."""
