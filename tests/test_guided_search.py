@@ -317,3 +317,28 @@ async def test_the_first_question_after_a_start_is_503_while_the_listings_are_re
             break
         await asyncio.sleep(0.05)
     assert r.status == 200 and r.json["as_of"], r
+
+
+async def test_many_writes_since_the_catalog_was_read_are_read_into_it_first(sheda, monkeypatch):
+    """More listings written since the catalog's read than a search fetches by id: the catalog
+    reads them once, then the groups are counted and read by id again, exact as before."""
+    import sheda_rt.guided.service as guided
+
+    catalog = sheda.ctx.guided_catalog
+    kept = catalog.refresh_seconds
+    catalog.refresh_seconds = 3600
+    try:
+        agent = await sheda.signup("agent")
+        w = word()
+        await create_property(sheda, agent, location=f"{w} Terrace", price="1000000")
+        await catalog.refresh()
+        as_of = catalog.as_of
+        monkeypatch.setattr(guided, "CANDIDATES_MAX", 3)
+        made = [(await create_property(sheda, agent, location=f"{w} Terrace", price=str(1_100_000 + i)))["id"] for i in range(4)]
+        over = (await create_property(sheda, agent, location=f"{w} Terrace", price="2100000"))["id"]  # a group it counted none of
+        answers = {"what": "rent:apartment", "budget": "b:0-2000000", "where": f"{w}-terrace"}
+        found = await walk(sheda, answers, limit=10)
+        assert catalog.as_of != as_of  # read again by the search itself
+        assert [p["id"] for p in found][1:] == made + [over] and [p["match"]["exact"] for p in found] == [True] * 5 + [False]
+    finally:
+        catalog.refresh_seconds = kept

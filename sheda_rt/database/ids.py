@@ -49,10 +49,11 @@ class IdAllocationError(RuntimeError):
 class IdAllocator:
     def __init__(self, db):
         self._counters = db.get_collection("counters", write_concern=WriteConcern(w=1))
-        # For ranges handed out later (ReservedIds): journaled whatever the URI asks (its `w` kept),
-        # since a range must outlive a restart of the database that the process does not see.
-        self._durable_counters = db.get_collection(
-            "counters", write_concern=WriteConcern(w=db.write_concern.document.get("w", "majority"), j=True))
+        # For ranges handed out later (ReservedIds): journaled whatever the URI asks (its `w` kept, but
+        # at least 1: w=0 cannot wait for a journal), since a range must outlive a restart of the
+        # database that the process does not see.
+        w = db.write_concern.document.get("w", "majority")
+        self._durable_counters = db.get_collection("counters", write_concern=WriteConcern(w=w if w != 0 else 1, j=True))
 
     async def reserve(self, name: str, count: int = 1, *, durable: bool = False) -> range:
         """Reserve `count` consecutive ids for `name`; returns them as a range. `durable`:

@@ -195,12 +195,11 @@ class GuidedSearchService:
                 continue
             filters, extra = where or ({}, None)
             for above, up_to, over in prices:
-                count = None if miss_place else tally.count_priced(base.get("listing_type"), base.get("property_type"),
-                                                                     area.slug if area else None, above, up_to)
+                counted = None if miss_place else (base.get("listing_type"), base.get("property_type"),
+                                                       area.slug if area else None, above, up_to)
                 groups.append({"filters": {**base, **filters, **price_filters(above, up_to)}, "extra": extra, "over": over,
-                               "outside": miss_place, "count": count, "area": place,
-                               "members": None if miss_place or area is None else
-                               (base.get("listing_type"), base.get("property_type"), area.slug, above, up_to)})
+                               "outside": miss_place, "counted": counted, "count": tally.count_priced(*counted) if counted else None,
+                               "area": place, "members": counted if area is not None else None})
         # rank: exact, then one miss (over budget in the area before within budget outside it), then both
         return sorted(groups, key=lambda g: (g["over"] + g["outside"], g["outside"]))
 
@@ -221,9 +220,11 @@ class GuidedSearchService:
         items: list[dict] = []
         next_cursor = None
         now = self.clock.now()
-        recent = await self._recent()
+        recent, refreshed = await self._recent()
         for group in groups:
             group["recent"] = recent
+            if refreshed and group["counted"]:  # counts of the catalog `recent` is relative to
+                group["count"] = (await self.catalog.current()).count_priced(*group["counted"])
         for index in range(start, len(groups)):
             group = groups[index]
             if self._none_in(group) and index != start:  # no search (a cursor's own group runs)
@@ -238,8 +239,8 @@ class GuidedSearchService:
                 for later in range(index + 1, len(groups)):
                     if self._none_in(groups[later]):
                         continue
-                    counted = groups[later]["count"] and groups[later]["recent"] == []  # nothing written since the count
-                    if counted or (await self._run(groups[later], 1, None, page.sort, now, trace))["items"]:
+                    known = groups[later]["count"] and groups[later]["recent"] == []  # nothing written since the count
+                    if known or (await self._run(groups[later], 1, None, page.sort, now, trace))["items"]:
                         next_cursor = encode_cursor(["guided", fingerprint, later, None])
                         break
                 break
@@ -255,22 +256,25 @@ class GuidedSearchService:
             plan.residual = {"$and": [group["extra"], plan.residual]}
         return await self.store.search(plan, now, property_view, trace=trace)
 
-    async def _recent(self) -> list[int] | None:
-        """The listings written since the catalog's last read (they may belong to any group now),
-        or None when they are too many to fetch by id."""
+    async def _recent(self) -> tuple[list[int] | None, bool]:
+        """(the listings written since the catalog's last read, or None when they are too many to
+        fetch by id; whether the catalog was read again meanwhile, so the groups' counts must be
+        taken again). Called with no await since the counts were taken: `since` matches them."""
         since = self.catalog.since
         if since is None:
-            return None
+            return None, False
         recent = await self.catalog.changed_since(since, CANDIDATES_MAX)
-        if recent is None:  # many writes since the last read (an idle catalog is read only when asked): read them now,
-            try:  # once, rather than walk the drivers of every group of this and the next requests
-                await self.catalog.refresh()
-            except Exception:  # the drivers answer this request as they always could
-                log.warning("guided search catalog refresh failed", exc_info=True)
-                return None
-            since = self.catalog.since
-            recent = await self.catalog.changed_since(since, CANDIDATES_MAX)
-        return recent
+        if recent is not None:
+            return recent, False
+        # Many writes since the last read (an idle catalog is read only when asked): read them now,
+        # once, rather than walk the drivers of every group of this and the next requests.
+        try:
+            await self.catalog.refresh()
+        except Exception:  # the drivers answer this request as they always could
+            log.warning("guided search catalog refresh failed", exc_info=True)
+            return None, False
+        since = self.catalog.since  # with no await before the counts are taken again
+        return await self.catalog.changed_since(since, CANDIDATES_MAX), True
 
     @staticmethod
     def _none_in(group: dict) -> bool:
