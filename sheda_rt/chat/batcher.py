@@ -14,8 +14,9 @@ Rules this class keeps:
   one, so batches grow with load by themselves.
 - Up to CHAT_PIPELINE_DEPTH batches are in flight in one process (the next one
   is written while the previous waits for its journal flush: the server and the
-  database work side by side instead of taking turns); a batch starts beside an
-  insert in progress only when PARALLEL_MIN messages wait (fewer wait for it). With several processes
+  database work side by side instead of taking turns); a batch starts at once beside
+  one insert in progress, beside two or more only when PARALLEL_MIN messages wait
+  (fewer wait for one to answer). With several processes
   the depth is 1: a batch is stored and published during this process's turn
   (`turns`, a lock in Redis: sheda_rt/realtime/turns.py), so ids reach every
   socket in increasing order everywhere.
@@ -75,12 +76,18 @@ class Pending:
         return None if cmid is None else (self.doc["sender_id"], cmid)
 
 
-# A batch starts beside an insert still in progress only once this many messages wait:
-# fewer wait for it to answer (about a millisecond) and go together. At 1,000 msgs/s
-# batches of 1 or 2 started in every free slot (~760 inserts/s), and the per-insert cost
-# on both sides (driver call, the database's commit) set the tail; under heavier load
-# the queue passes this at once and two batches are in flight as before.
-PARALLEL_MIN = 8
+# A batch starts at once while fewer than FREE_INSERTS inserts are in progress; beside more,
+# only once PARALLEL_MIN messages wait (fewer wait for one to answer and go together).
+# Measured at 1,000 msgs/s (bash ../shared/perf/compare.sh, interleaved): with one insert
+# at a time (FREE_INSERTS 1) a message arriving during an insert waited for its answer,
+# then for its own (p50 send->deliver 2.4-2.6 ms); with the second starting at once the
+# database takes it as soon as the first is done and the driver's work for it (~0.3 ms
+# of this process's CPU) overlaps the first (p50 1.6-1.7 ms). Every free slot taking
+# batches of 1 or 2 (no PARALLEL_MIN at all) made ~760 inserts/s with three in flight,
+# whose per-insert cost on both sides set the tail; under heavier load the queue passes
+# PARALLEL_MIN at once and every slot is used.
+FREE_INSERTS = 2
+PARALLEL_MIN = 16
 
 
 class StoreFailed(ServiceUnavailable):
@@ -196,9 +203,9 @@ class GroupCommit:
                     pass
             while self._queue:
                 await self._slots.acquire()  # at most `depth` batches in flight
-                # A few messages wait for the insert in progress rather than start a second
-                # one beside it (see PARALLEL_MIN).
-                while self._writing and len(self._queue) < PARALLEL_MIN and not self._closed:
+                # A few messages wait for an insert in progress rather than start a third
+                # one beside two (see PARALLEL_MIN).
+                while self._writing >= FREE_INSERTS and len(self._queue) < PARALLEL_MIN and not self._closed:
                     self._wake.clear()
                     await self._wake.wait()
                 batch = self._queue[: self.max_batch]
