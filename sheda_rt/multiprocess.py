@@ -50,7 +50,7 @@ def prepare_metrics_dir() -> str | None:
     return path
 
 
-def _worker_main(index: int, settings, uri: str, sockets, app_factory) -> None:
+def _worker_main(index: int, settings, uri: str, sockets, app_factory, embedded_db: bool = False) -> None:
     """In the child: run one ordinary server on the inherited sockets, then exit
     without unwinding into the parent's code (which would stop the database)."""
     code = 1
@@ -61,7 +61,7 @@ def _worker_main(index: int, settings, uri: str, sockets, app_factory) -> None:
         os.environ["SHEDA_WORKER"] = str(index)
         from sheda_rt.server import serve
 
-        asyncio.run(serve(settings, uri=uri, app_factory=app_factory, sockets=sockets))
+        asyncio.run(serve(settings, uri=uri, app_factory=app_factory, sockets=sockets, embedded_db=embedded_db))
         code = 0
     except KeyboardInterrupt:
         code = 0
@@ -88,7 +88,7 @@ class Supervisor:
         try:
             pid = os.fork()
             if pid == 0:
-                _worker_main(index, self.settings, self.uri, self.sockets, self.app_factory)
+                _worker_main(index, self.settings, self.uri, self.sockets, self.app_factory, self.embedded is not None)
             self.children[pid] = index
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)

@@ -22,7 +22,7 @@ import tornado.web
 
 from sheda_rt import logs
 from sheda_rt.context import AppContext
-from sheda_rt.database.embedded import EmbeddedDatabase
+from sheda_rt.database.embedded import EmbeddedDatabase, OplogTrimmer
 
 log = logging.getLogger("sheda.server")
 
@@ -36,7 +36,7 @@ def database_uri(settings) -> tuple[str, EmbeddedDatabase | None]:
     """The configured MongoDB, or the embedded one for this data directory."""
     if settings.mongodb_uri:
         return settings.mongodb_uri, None
-    embedded = EmbeddedDatabase(settings.data_dir)
+    embedded = EmbeddedDatabase(settings.data_dir, oplog_max_entries=settings.embedded_oplog_max_entries)
     return embedded.start(), embedded
 
 
@@ -91,11 +91,19 @@ class Server:
         log.info(json.dumps({"event": "stopped"}))
 
 
-async def serve(settings, uri: str, app_factory: AppFactory, sockets=None, embedded: EmbeddedDatabase | None = None) -> None:
+async def serve(settings, uri: str, app_factory: AppFactory, sockets=None, embedded: EmbeddedDatabase | None = None,
+                embedded_db: bool = False) -> None:
     """Run until SIGINT or SIGTERM, then shut down gracefully. If we started the
-    embedded database, a watchdog starts it again should it die."""
+    embedded database, a watchdog starts it again should it die. On the embedded database
+    (`embedded`, or `embedded_db` in a worker of a supervisor that started it), its oplog
+    is kept trimmed in small slices (OplogTrimmer)."""
     server = Server(settings, uri, app_factory=app_factory)
     await server.start(sockets)
+    trimmer = None
+    if (embedded is not None or embedded_db) and settings.embedded_oplog_trim_rows > 0:
+        batcher = server.ctx.chat.batcher
+        trimmer = asyncio.ensure_future(
+            OplogTrimmer(server.ctx.client, lambda: batcher.stored_docs, settings.embedded_oplog_trim_rows).run())
     # What startup built (modules, models and their validators, routes: ~130,000 objects)
     # lives as long as the process. Frozen, the collector never walks it again: each full
     # collection walked it for ~115 ms (a loop stall seen in the chat's p99 at 1,000
@@ -108,6 +116,9 @@ async def serve(settings, uri: str, app_factory: AppFactory, sockets=None, embed
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if trimmer is not None:
+        trimmer.cancel()
+        await asyncio.gather(trimmer, return_exceptions=True)
     try:
         await server.shutdown()
     finally:

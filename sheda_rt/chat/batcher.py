@@ -144,6 +144,7 @@ class GroupCommit:
         self._writing = 0  # batches whose insert has not answered yet
         self._wake = asyncio.Event()  # an insert answered, or the queue reached PARALLEL_MIN
         self._last: asyncio.Future | None = None  # the newest batch's release (they run in order)
+        self.stored_docs = 0  # messages and events stored so far (what fills the database's oplog)
 
     async def head(self) -> int:
         """The newest position handed out to a message or event (the stream's head: a
@@ -394,6 +395,7 @@ class GroupCommit:
                 else:  # refused by the database on its own (e.g. its id was taken): a resend gets a new one
                     p.future.set_exception(StoreFailed("The message could not be stored; send it again", "store_failed"))
             stored = [p for i, p in enumerate(plan.new) if i not in outcome.failed]
+            self.stored_docs += len(stored)
             for p in stored:
                 if p.key is not None:
                     recent.put(p.doc["conv"], p.key, p.doc["_id"], now)
