@@ -48,25 +48,26 @@ async def test_the_oplog_is_trimmed_in_small_slices_and_at_start_and_nothing_is_
     data = tmp_path / "data"
     data.mkdir()
     common = {"WS_RATE_BURST": 10_000, "WS_RATE_PER_SECOND": 10_000}
-    server = ServerProcess(server_env(None, None, data, DB, EMBEDDED_OPLOG_MAX_ENTRIES=200, EMBEDDED_OPLOG_TRIM_ROWS=20,
+    server = ServerProcess(server_env(None, None, data, DB, EMBEDDED_OPLOG_MAX_ENTRIES=300, EMBEDDED_OPLOG_TRIM_ROWS=20,
                                       **common), data, "oplog")
     try:
         server.start(timeout=120)
         remote = Remote(server)
         alice, bob = await remote.signup("client"), await remote.signup("agent")
         alice_ws = await remote.ws(alice.token)
-        texts = [f"m{i}" for i in range(400)]
-        for text in texts:  # one at a time: 400 writes, more than twice the cap
+        texts = [f"m{i}" for i in range(1000)]
+        for text in texts:  # one at a time: 1,000 writes, three times the cap
             assert (await send(alice_ws, bob.id, text))["type"] == "ack"
         metrics = await remote.metrics()
         trims = metrics[("sheda_embedded_oplog_trimmed_rows_count", ())]
-        assert trims >= 3, trims
-        # Each trim dropped a slice: the writes since the one before (at least 20 chat writes, at
-        # most what 0.1 s brought), never the 1,000 the database drops at once by itself.
+        assert trims >= 5, trims
+        # While the log was not full, trims dropped nothing and came 10 times rarer; then each
+        # dropped a slice: the writes since the one before (at least 20 chat writes, at most what
+        # 0.1 s or, at the change, 200 writes brought), never ~1,000 at once.
         assert metrics[("sheda_embedded_oplog_trimmed_rows_bucket", (("le", "500.0"),))] == trims
-        assert metrics[("sheda_embedded_oplog_trimmed_rows_sum", ())] >= 150  # what passed the cap was dropped
+        assert metrics[("sheda_embedded_oplog_trimmed_rows_sum", ())] >= 600  # what passed the cap was dropped
         # The database trims by itself only after 1,000 writes: without the slices it would hold them all.
-        assert oplog_entries(data) <= 200 + 40
+        assert oplog_entries(data) <= 300 + 60
         conv = ":".join(str(i) for i in sorted((alice.id, bob.id)))
         assert stored_between(data, conv) == texts
         assert server.stop() == 0

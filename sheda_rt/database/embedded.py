@@ -259,10 +259,12 @@ class OplogTrimmer:
     full (EMBEDDED_OPLOG_MAX_ENTRIES entries, or entries an hour old: any server that has run
     for a while), each of those trims drops the ~1,000 oldest entries in one go while holding its
     storage lock: measured, 22 ms during which no write is answered, once a second at 1,000
-    chat messages/s (a 1,000-row trim costs ~1.2 ms plus ~22 us per row). Asked every `rows`
+    chat messages/s (a trim costs ~1 ms plus ~22 us per row dropped). Asked every `rows`
     chat writes instead (default 100: 3.5 ms), the database's own trim finds almost nothing
-    left to do. With no writes, a trim every IDLE_SECONDS drops entries as they pass the
-    hour, so a quiet night is not followed by one long trim at the first morning message.
+    left to do. While the log is not full yet, a trim drops nothing and only costs its ~1 ms:
+    then the next one waits for IDLE_FACTOR times as many writes. With no writes, a trim every
+    IDLE_SECONDS drops entries as they pass the hour, so a quiet night is not followed by one
+    long trim at the first morning message.
 
     `written()` is how many documents this process's chat has stored so far (messages and
     stream events: sheda_rt/chat/batcher.py), the writes that fill the log.
@@ -270,6 +272,7 @@ class OplogTrimmer:
 
     TICK = 0.1
     IDLE_SECONDS = 10.0
+    IDLE_FACTOR = 10
 
     def __init__(self, client, written: Callable[[], int], rows: int):
         self.client = client
@@ -283,10 +286,11 @@ class OplogTrimmer:
 
         loop = asyncio.get_running_loop()
         seen, last = self.written(), loop.time()
+        every = self.rows
         while True:
             await asyncio.sleep(self.TICK)
             count, now = self.written(), loop.time()
-            if count - seen < self.rows and now - last < self.IDLE_SECONDS:
+            if count - seen < every and now - last < self.IDLE_SECONDS:
                 continue
             seen, last = count, now
             try:
@@ -299,4 +303,6 @@ class OplogTrimmer:
             except PyMongoError:
                 pass  # unreachable (the watchdog restarts it): again after the next slice or idle period
             else:
-                OPLOG_TRIMMED.observe(int(reply.get("pruned", 0)))
+                dropped = int(reply.get("pruned", 0))
+                OPLOG_TRIMMED.observe(dropped)
+                every = self.rows if dropped else self.rows * self.IDLE_FACTOR
