@@ -41,8 +41,8 @@ class Settings(BaseSettings):
     mongodb_uri: Optional[str] = Field(None, description="A real MongoDB; unset starts the embedded database")
     mongodb_db: str = "sheda"
     # [database] the embedded database's operation log (sheda_rt/database/embedded.py, OplogTrimmer)
-    embedded_oplog_max_entries: int = Field(100_000, ge=100, le=100_000_000, description="The embedded database keeps at most this many oplog entries (and none older than an hour)")
-    embedded_oplog_trim_rows: int = Field(100, ge=0, le=100_000, description="Trim the embedded database's oplog after about this many chat writes (0: only its own trim every 1,000 writes, one stall of ~22 ms each once full)")
+    embedded_oplog_max_entries: int = Field(100_000, ge=100, le=10_000_000, description="The embedded database keeps at most this many oplog entries (and none older than an hour)")
+    embedded_oplog_trim_rows: int = Field(100, ge=0, le=500, description="Trim the embedded database's oplog after about this many chat writes (0: only its own trim every 1,000 writes, one stall of ~22 ms each once full)")
     redis_url: Optional[str] = None
     redis_heartbeat_seconds: float = Field(5.0, gt=0, description="Presence heartbeat; a dead process's users go offline after 3x this")
 

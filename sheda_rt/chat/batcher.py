@@ -185,6 +185,7 @@ class GroupCommit:
 
     async def drain(self) -> None:
         self._closed = True
+        self._wake.set()  # a batch waiting beside busy inserts starts now
         if self._reserved is not None:
             self._reserved.stop_ahead()  # a server replacing this one may already hand out ids above our range
         while self._task is not None or (self._last is not None and not self._last.done()):

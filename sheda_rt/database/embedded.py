@@ -203,8 +203,7 @@ class EmbeddedDatabase:
             self.process = self._spawn()
             if self._wait_ready(60.0, should_stop):
                 log.warning(json.dumps({"event": "embedded_db_restarted", "port": self.port, "pid": self.process.pid}))
-                self.trim_oplog()
-                return True
+                return True  # (its oplog: the server's trimmer, within 100 writes or 10 s; a trim here could hold this thread)
             if self.process.poll() is None:  # hung rather than exited: make room for the next attempt
                 self.process.kill()
                 self.process.wait()
@@ -287,22 +286,31 @@ class OplogTrimmer:
         loop = asyncio.get_running_loop()
         seen, last = self.written(), loop.time()
         every = self.rows
+        warned = -60.0
         while True:
             await asyncio.sleep(self.TICK)
             count, now = self.written(), loop.time()
-            if count - seen < every and now - last < self.IDLE_SECONDS:
+            busy = count - seen >= every
+            if not busy and now - last < self.IDLE_SECONDS:
                 continue
             seen, last = count, now
             try:
                 reply = await self.client.admin.command({TRIM_COMMAND: 1})
+                dropped = int(reply.get("pruned") or 0)
             except OperationFailure as exc:
                 if exc.code == 59:  # CommandNotFound: a database that does not have it trims by itself
                     log.warning(json.dumps({"event": "embedded_oplog_trim_unsupported"}))
                     return
-                log.warning(json.dumps({"event": "embedded_oplog_trim_failed", "error": str(exc)[:300]}))
+                if now - warned >= 60:
+                    warned = now
+                    log.warning(json.dumps({"event": "embedded_oplog_trim_failed", "error": str(exc)[:300]}))
             except PyMongoError:
                 pass  # unreachable (the watchdog restarts it): again after the next slice or idle period
+            except Exception:  # never let the loop die unseen
+                if now - warned >= 60:
+                    warned = now
+                    log.exception("embedded oplog trim failed")
             else:
-                dropped = int(reply.get("pruned", 0))
                 OPLOG_TRIMMED.observe(dropped)
-                every = self.rows if dropped else self.rows * self.IDLE_FACTOR
+                if busy:  # (an idle trim that drops nothing says nothing about a log full by count)
+                    every = self.rows if dropped else self.rows * self.IDLE_FACTOR
