@@ -66,3 +66,53 @@ async def test_a_second_insert_starts_at_once_a_third_waits_for_company_and_all_
     # In the order the sockets saw them, too: acks and deliveries in increasing id order.
     assert [f["id"] for f in alice.of_type("ack") if f.get("client_msg_id") in keys] == ids
     assert [f["id"] for f in bob.of_type("message") if f.get("client_msg_id") in keys] == ids
+
+
+async def test_a_sync_never_reads_past_a_batch_still_being_stored(sheda):
+    """Two inserts overlap: the second batch can be stored before the first. A sync (or stream
+    replay) at that moment must not return the second batch's message: the client would move its
+    position past the first batch's ids, then get that message delivered below its position."""
+    users = [await sheda.signup("client") for _ in range(2)]
+    alice, bob = [await sheda.ws(u.token) for u in users]
+    store = sheda.ctx.chat.messages
+    real = store.insert_batch
+    gate = asyncio.Event()
+    calls: list[list[str]] = []
+
+    async def first_held(docs):  # the first batch's insert waits; the next one goes through
+        calls.append([d["message"] for d in docs])
+        if len(calls) == 1:
+            await gate.wait()
+        return await real(docs)
+
+    store.insert_batch = first_held
+    try:
+        await alice.send({"receiver_id": users[1].id, "message": "early", "client_msg_id": "s1"})
+        await until(lambda: len(calls) == 1, "the first insert")
+        await alice.send({"receiver_id": users[1].id, "message": "late", "client_msg_id": "s2"})
+        await until(lambda: len(calls) == 2, "the second insert")
+        db = sheda.ctx.db
+        for _ in range(200):  # the second batch is in the database, the first is not
+            if await db["messages"].find_one({"message": "late", "sender_id": users[0].id}):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the second batch was not stored")
+        assert await db["messages"].find_one({"message": "early", "sender_id": users[0].id}) is None
+        reader = await sheda.ws(users[1].token)  # bob's other device catching up
+        await reader.send({"type": "sync", "since": 0, "limit": 50})
+        done = await reader.wait_type("sync.done")
+        assert done["count"] == 0 and reader.of_type("message") == [], reader.frames
+        await reader.send({"type": "sync", "after_seq": 0, "limit": 50})
+        done = await reader.wait_type("sync.done", after_seq=0)
+        assert done["count"] == 0, reader.frames
+        gate.set()
+        acks = [await alice.wait_type("ack", client_msg_id=k) for k in ("s1", "s2")]
+        live = [await reader.wait_type("message", client_msg_id=k) for k in ("s1", "s2")]
+    finally:
+        gate.set()
+        store.insert_batch = real
+    assert [f["id"] for f in live] == [a["id"] for a in acks] and acks[0]["id"] < acks[1]["id"]
+    await reader.send({"type": "sync", "since": 0, "limit": 50})
+    done = await reader.wait_for(lambda f: f.get("type") == "sync.done" and f.get("count") == 2)
+    assert done["last_id"] == acks[1]["id"]

@@ -145,6 +145,7 @@ class GroupCommit:
         self._wake = asyncio.Event()  # an insert answered, or the queue reached PARALLEL_MIN
         self._last: asyncio.Future | None = None  # the newest batch's release (they run in order)
         self.stored_docs = 0  # messages and events stored so far (what fills the database's oplog)
+        self._unreleased: dict[int, int] = {}  # id(batch) -> its first id, from ids handed out to released
 
     async def head(self) -> int:
         """The newest position handed out to a message or event (the stream's head: a
@@ -152,6 +153,16 @@ class GroupCommit:
         if self._reserved is not None:
             return await self._reserved.head()
         return await self.ids.current("messages")
+
+    async def settled(self) -> int:
+        """The newest position at or below which every id this process handed out is released
+        (stored and delivered, or failed). Reads that replay the stream (chat sync, stream replay)
+        stop here: with inserts overlapping, a batch may be stored before an earlier one still
+        being written, and a client that read it would advance past the earlier one's ids (and
+        then see them delivered below its position). Above it, messages arrive live."""
+        if self._unreleased:
+            return min(self._unreleased.values()) - 1
+        return await self.head()
 
     @property
     def backlog(self) -> int:
@@ -333,6 +344,7 @@ class GroupCommit:
                         p.doc["at"] = now
                     else:
                         p.doc["created_at"] = now
+                self._unreleased[id(plan)] = ids[0]
         except BaseException:
             for p in new:
                 if p.key is not None:
@@ -359,6 +371,7 @@ class GroupCommit:
                 if not p.future.done():
                     p.future.set_exception(StoreFailed("The message could not be stored; send it again", "store_failed"))
         finally:
+            self._unreleased.pop(id(plan), None)
             if plan.turn is not None:
                 self.turns.release(plan.turn)
             self._slots.release()

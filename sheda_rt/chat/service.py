@@ -268,7 +268,8 @@ class ChatService:
         newest = await self.messages.newest_id()
         visible = visible_to(user_id)  # [edits] not what I deleted for myself (filtered in the scan, so `more` stays right)
         results = await asyncio.gather(*(self.messages.after(c["_id"], since, limit + 1, newest, visible) for c in convs))
-        merged = sorted((d for docs in results for d in docs), key=lambda d: d["_id"])
+        settled = await self.batcher.settled()  # not past a batch still being stored (it comes live)
+        merged = sorted((d for docs in results for d in docs if d["_id"] <= settled), key=lambda d: d["_id"])
         more = len(merged) > limit
         page = merged[:limit]
         await refresh_previews(self.messages, page)  # [edits] replies quote the original as it is now

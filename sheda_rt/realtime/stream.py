@@ -106,6 +106,8 @@ class EventStream:
             raise StreamReset(self.epoch, "expired", head)
         messages, messages_more = await self.message_replay(user_id, after_seq, limit)
         events = await self.events.after(user_id, after_seq, limit + 1)
+        settled = await self.writer.settled()  # (the messages' replay stops there too)
+        events = [e for e in events if e["_id"] <= settled]
         merged: list[tuple[int, dict]] = [(f["seq"], f) for f in messages]
         merged += [(e["_id"], json.loads(with_seq(e["text"], e["_id"]))) for e in events]
         merged.sort(key=lambda item: item[0])
