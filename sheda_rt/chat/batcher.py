@@ -80,9 +80,9 @@ class Pending:
 # only once PARALLEL_MIN messages wait (fewer wait for one to answer and go together).
 # Measured at 1,000 msgs/s (bash ../shared/perf/compare.sh, interleaved): with one insert
 # at a time (FREE_INSERTS 1) a message arriving during an insert waited for its answer,
-# then for its own (p50 send->deliver 2.4-2.6 ms); with the second starting at once the
+# then for its own (p50 send->deliver 2.5-2.8 ms); with the second starting at once the
 # database takes it as soon as the first is done and the driver's work for it (~0.3 ms
-# of this process's CPU) overlaps the first (p50 1.6-1.7 ms). Every free slot taking
+# of this process's CPU) overlaps the first (p50 1.6-1.9 ms). Every free slot taking
 # batches of 1 or 2 (no PARALLEL_MIN at all) made ~760 inserts/s with three in flight,
 # whose per-insert cost on both sides set the tail; under heavier load the queue passes
 # PARALLEL_MIN at once and every slot is used.
