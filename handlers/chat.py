@@ -168,6 +168,11 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
         self.principal = None
         self.request.headers.clear()  # idle sockets are many: keep only what we use
         self._registered = True
+        # Every frame goes out at once. Tornado leaves a socket upgraded from HTTP with Nagle's
+        # algorithm on, so a frame written while the previous one was unacknowledged (an ack
+        # right after a delivery, two deliveries in a row) waited for the client's delayed ACK,
+        # up to 40 ms on Linux: the closed loop of the chat benchmark ran 10-20% slower with it.
+        self.set_nodelay(True)
         OPEN_SOCKETS.inc()
         await ctx.sessions.opened(self)  # registers synchronously, then asks the broker and announces presence
 

@@ -127,6 +127,9 @@ class EventStreamHandler(APIHandler):
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")  # nginx: pass each event on, do not buffer the response
+        # Each flushed event goes out at once, not after the client's delayed ACK of the previous
+        # one (Nagle's algorithm, which Tornado leaves on while a response is being written).
+        self.request.connection.stream.set_nodelay(True)
         if after is not None:
             self._held = []
         # Registered before anything is replayed, so an event published meanwhile is held, not
