@@ -36,8 +36,12 @@ DOC_URI = "urn:sheda:asyncapi"
 
 @pytest.fixture
 def settings_overrides():
-    # Small limits, so one scenario reaches too_many_subscriptions and rate_limited.
-    return {"ws_max_subscriptions": 1, "ws_rate_burst": 3}
+    # Small limits, so one scenario reaches too_many_subscriptions and rate_limited. The client's
+    # socket sends four messages (k1-k4) before its outbox of eight: a burst of 4 lets the four
+    # through however fast the replies come back (no refill needed), and the eight always find
+    # at most 4 tokens (at least 4 are refused). With 3, k4 was refused whenever the scenario ran
+    # faster than the refill (5/s).
+    return {"ws_max_subscriptions": 1, "ws_rate_burst": 4}
 
 
 # ---- checking frames ---------------------------------------------------------------------------
