@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
+from datetime import datetime, timedelta, timezone
 
 import tornado.netutil
 
@@ -197,9 +198,46 @@ async def test_claim_and_admin_queries_walk_an_index(sheda):
     filters.append({"status": "running", "run_at": {"$gte": now, "$lte": now}})
     filters += [{"status": "pending", "run_at": now, "_id": {"$gt": "k"}}, {"status": "pending", "run_at": {"$gt": now, "$lte": now}}]  # keyset pages
     filters += [{"status": "failed"}, {"status": "failed", "run_at": {"$lte": now}}]  # the admin listing and its cursor pages
+    filters.append({"status": "pending", "run_at": {"$lte": datetime(9999, 1, 1, tzinfo=timezone.utc)}})  # the gauges' walk
     for flt in filters:
         explained = await db.command("explain", {"find": "jobs", "filter": flt}, verbosity="queryPlanner")
         assert not _collscan(explained["queryPlanner"]["winningPlan"]), (flt, explained)
+
+
+async def test_the_queue_gauges_read_the_pending_jobs_once_and_count_a_longer_queue(sheda, monkeypatch):
+    """sheda_jobs_pending and sheda_jobs_oldest_due_seconds come from one walk of the pending jobs,
+    which the observers (push, by provider) get too; past the walk's limit the queue is counted."""
+    from sheda_rt.jobs import runner as runner_module
+    from sheda_rt.jobs.runner import JOBS_OLDEST_DUE_SECONDS, JOBS_PENDING
+
+    runner, store, clock = sheda.ctx.job_runner, sheda.ctx.job_store, sheda.ctx.clock
+    kind = kind_name("gauges")
+    seen = []
+
+    async def observer(pending, now):
+        seen.append(([d for d in pending if d["kind"] == kind], now))
+
+    runner.observers.append(observer)
+    try:
+        now = clock.now()
+        for i, minutes in enumerate((-10, 5, 60)):  # one due 10 minutes ago, two not due yet
+            await runner.enqueue(kind, {"i": i}, key=f"{kind}:{i}", run_at=now + timedelta(minutes=minutes))
+        pending = lambda: store.col.count_documents({"status": "pending"})  # noqa: E731 (the whole shared queue)
+        before = await pending()
+        await runner.observe()
+        assert JOBS_PENDING._value.get() in (before, await pending()) and before >= 3
+        assert JOBS_OLDEST_DUE_SECONDS._value.get() >= 600 - 1
+        mine, when = seen[-1]
+        assert [d["_id"] for d in mine] == [f"{kind}:0", f"{kind}:1", f"{kind}:2"]  # oldest first
+        assert set(mine[0]) == {"_id", "kind", "run_at"} and abs((clock.now() - when).total_seconds()) < 5
+        monkeypatch.setattr(runner_module, "OBSERVE_LIMIT", 2)  # a queue longer than the walk: counted
+        before = await pending()
+        await runner.observe()
+        assert JOBS_PENDING._value.get() in (before, await pending()) and before >= 3
+        assert len(seen[-1][0]) <= 2
+    finally:
+        runner.observers.remove(observer)
+        await store.col.delete_many({"kind": kind})
 
 
 async def test_many_jobs_due_at_one_instant_never_hide_the_ones_behind_them(sheda):

@@ -17,7 +17,7 @@ The kind is checked by the runner, not the query. Each write touches two index e
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.errors import DuplicateKeyError
@@ -69,6 +69,17 @@ class JobStore:
             docs += await self.col.find({"status": status, "run_at": {"$gt": at, "$lte": now}}, sort=order,
                                         limit=limit - len(docs)).to_list()
         return docs
+
+    async def pending(self, limit: int) -> list[dict]:
+        """The pending jobs, due or not, oldest first by (run_at, _id), at most `limit`, with only
+        their kind and run_at: the queue's gauges (JobRunner.observe), in one read of the
+        (status, run_at) index."""
+        far = datetime(9999, 1, 1, tzinfo=timezone.utc)
+        return await self.col.find({"status": PENDING, "run_at": {"$lte": far}}, {"kind": 1, "run_at": 1},
+                                   sort=[("run_at", ASCENDING), ("_id", ASCENDING)], limit=limit, batch_size=limit).to_list()
+
+    async def count_pending(self) -> int:
+        return await self.col.count_documents({"status": PENDING})
 
     async def claim(self, doc: dict, owner: str, lease_until: datetime, now: datetime) -> bool:
         """Take `doc` as it was read: only if nobody changed its status or run_at since."""

@@ -49,8 +49,6 @@ PUSH_OLDEST_DUE_SECONDS = Gauge("sheda_push_oldest_due_seconds", "How long the o
 DEVICE_CACHE_SECONDS = 10.0
 # The gauges walk the pending jobs (index-shaped, oldest first) at most this far: a queue deeper than
 # this is an alarm already, and the walk costs an index entry per job on the embedded database.
-OBSERVE_LIMIT = 5000
-FAR_FUTURE = datetime(9999, 1, 1, tzinfo=timezone.utc)
 
 
 def kind_of(platform: str) -> str:
@@ -304,13 +302,12 @@ class Dispatcher:
         return await self._send(job, device, note, {})
 
     # ---- metrics -----------------------------------------------------------
-    async def observe(self) -> None:
-        """Queue depth and the oldest due push's wait, by provider (the job runner calls this with
-        its own gauges): one walk of the pending jobs, oldest first, on the (status, run_at) index."""
-        now = self.clock.now()
+    async def observe(self, pending: list[dict], now: datetime) -> None:
+        """Queue depth and the oldest due push's wait, by provider, from the pending jobs the job
+        runner read for its own gauges (kind and run_at, oldest first)."""
         depth = dict.fromkeys(self.providers, 0)
         oldest = dict.fromkeys(self.providers, 0.0)
-        for doc in await self.runner.store.due(PENDING, FAR_FUTURE, OBSERVE_LIMIT):
+        for doc in pending:
             platform = self._platforms.get(doc["kind"])
             if platform is None:
                 continue
