@@ -39,7 +39,7 @@ JOBS_PENDING = Gauge("sheda_jobs_pending", "Jobs waiting in the queue (pending, 
 JOBS_OLDEST_DUE_SECONDS = Gauge("sheda_jobs_oldest_due_seconds", "How long the oldest due pending job has waited past its run_at",
                                 multiprocess_mode="max")
 GAUGE_SECONDS = 15.0
-# The gauges read at most this many pending jobs (a longer queue is counted instead).
+# The gauges read at most this many pending jobs (a deeper queue is an alarm already, and counted instead).
 OBSERVE_LIMIT = 5000
 
 Handler = Callable[[dict], Awaitable[Any]]

@@ -34,7 +34,7 @@ from prometheus_client import Counter, Gauge
 from sheda_rt.chat.attachments import attachment_summary
 from sheda_rt.chat.store import conv_key
 from sheda_rt.jobs.runner import Defer, GiveUp, RetryLater
-from sheda_rt.jobs.store import PENDING, RUNNING
+from sheda_rt.jobs.store import RUNNING
 from sheda_rt.push.provider import Notification, Provider
 
 log = logging.getLogger("sheda.push")
@@ -47,8 +47,6 @@ PUSH_QUEUE_DEPTH = Gauge("sheda_push_queue_depth", "Pushes waiting in the job qu
 PUSH_OLDEST_DUE_SECONDS = Gauge("sheda_push_oldest_due_seconds", "How long the oldest due push has waited past its run_at, by provider",
                                 ["provider"], multiprocess_mode="max")
 DEVICE_CACHE_SECONDS = 10.0
-# The gauges walk the pending jobs (index-shaped, oldest first) at most this far: a queue deeper than
-# this is an alarm already, and the walk costs an index entry per job on the embedded database.
 
 
 def kind_of(platform: str) -> str:
