@@ -42,7 +42,6 @@ class Settings(BaseSettings):
     mongodb_db: str = "sheda"
     # [database] the embedded database's operation log (sheda_rt/database/embedded.py, OplogTrimmer)
     embedded_oplog_max_entries: int = Field(100_000, ge=100, le=10_000_000, description="The embedded database keeps at most this many oplog entries (and none older than an hour)")
-    embedded_db_switch_interval_ms: float = Field(1.0, ge=0, le=100, description="The embedded database's interpreter hands the GIL between its connection threads at least this often (ms; 0: the interpreter's default, 5 ms)")
     embedded_oplog_trim_rows: int = Field(100, ge=0, le=500, description="Trim the embedded database's oplog after about this many chat writes (0: only its own trim every 1,000 writes, one stall of ~22 ms each once full)")
     redis_url: Optional[str] = None
     redis_heartbeat_seconds: float = Field(5.0, gt=0, description="Presence heartbeat; a dead process's users go offline after 3x this")

@@ -36,8 +36,7 @@ def database_uri(settings) -> tuple[str, EmbeddedDatabase | None]:
     """The configured MongoDB, or the embedded one for this data directory."""
     if settings.mongodb_uri:
         return settings.mongodb_uri, None
-    embedded = EmbeddedDatabase(settings.data_dir, oplog_max_entries=settings.embedded_oplog_max_entries,
-                                switch_interval_ms=settings.embedded_db_switch_interval_ms)
+    embedded = EmbeddedDatabase(settings.data_dir, oplog_max_entries=settings.embedded_oplog_max_entries)
     return embedded.start(), embedded
 
 

@@ -27,10 +27,6 @@ from typing import Callable
 
 log = logging.getLogger("sheda.db")
 
-# Put first on the database process's PYTHONPATH: its `sitecustomize` sets the interpreter's
-# switch interval (EmbeddedDatabase.child_env).
-SITE_DIR = Path(__file__).resolve().parent / "embedded_site"
-
 
 class EmbeddedDatabaseError(RuntimeError):
     pass
@@ -91,7 +87,6 @@ class EmbeddedDatabase:
     process: subprocess.Popen | None = None
     owned: bool = False
     oplog_max_entries: int | None = None  # its --oplog-max-entries (None: its default, 100,000)
-    switch_interval_ms: float = 1.0  # its interpreter's switch interval (0: the interpreter's own, 5 ms); see child_env
 
     @property
     def lock_path(self) -> Path:
@@ -149,27 +144,9 @@ class EmbeddedDatabase:
             cmd += ["--oplog-max-entries", str(self.oplog_max_entries)]
         # Own process group: a Ctrl-C on the terminal reaches us, and we stop the child in order.
         try:
-            return subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                    env=self.child_env())
+            return subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         finally:
             logfile.close()
-
-    def child_env(self, base: dict | None = None) -> dict:
-        """The database process's environment: ours, plus its interpreter's switch interval.
-
-        Why: it serves each connection on a thread, under per-collection and global locks; a
-        thread holding one and waiting for the interpreter lock holds up everyone behind it, for
-        up to the interpreter's switch interval (5 ms by default). At 1 ms, measured at 1,000
-        chat messages/s, its long lock holds and waits shrank (embedded_site/sitecustomize.py).
-        The interval is set by a `sitecustomize` put first on its PYTHONPATH: a setting of its
-        interpreter, applied before the database's own code runs (which we still never import)."""
-        env = dict(os.environ if base is None else base)
-        if self.switch_interval_ms > 0:
-            env["SHEDA_EMBEDDED_SWITCH_INTERVAL_MS"] = repr(float(self.switch_interval_ms))
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SITE_DIR), env.get("PYTHONPATH", "")) if p)
-        else:
-            env.pop("SHEDA_EMBEDDED_SWITCH_INTERVAL_MS", None)
-        return env
 
     def _wait_ready(self, timeout: float, should_stop: Callable[[], bool] = lambda: False) -> bool:
         """Until the process answers a ping (True; the lock file then names it), exits,
