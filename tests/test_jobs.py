@@ -4,6 +4,7 @@ and the claim query walking an index on the embedded database. Time moves on the
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import uuid
 from collections import Counter
 from datetime import datetime, timedelta, timezone
@@ -217,6 +218,23 @@ async def test_the_queue_gauges_read_the_pending_jobs_once_and_count_a_longer_qu
     async def observer(pending, now):
         seen.append(([d for d in pending if d["kind"] == kind], now))
 
+    reads = Counter()  # this test task's reads only (not the server's own runner loop, which observes too)
+    real_pending, real_count = store.pending, store.count_pending
+    mine = contextvars.ContextVar("mine", default=False)
+    mine.set(True)
+
+    async def pending_walk(limit):
+        if mine.get():
+            reads["walk"] += 1
+        return await real_pending(limit)
+
+    async def count_pending():
+        if mine.get():
+            reads["count"] += 1
+        return await real_count()
+
+    monkeypatch.setattr(store, "pending", pending_walk)
+    monkeypatch.setattr(store, "count_pending", count_pending)
     runner.observers.append(observer)
     try:
         now = clock.now()
@@ -226,15 +244,16 @@ async def test_the_queue_gauges_read_the_pending_jobs_once_and_count_a_longer_qu
         before = await pending()
         await runner.observe()
         assert JOBS_PENDING._value.get() in (before, await pending()) and before >= 3
+        assert reads == {"walk": 1}  # one read of the queue for every gauge, the observers' too
         assert JOBS_OLDEST_DUE_SECONDS._value.get() >= 600 - 1
-        mine, when = seen[-1]
-        assert [d["_id"] for d in mine] == [f"{kind}:0", f"{kind}:1", f"{kind}:2"]  # oldest first
-        assert set(mine[0]) == {"_id", "kind", "run_at"} and abs((clock.now() - when).total_seconds()) < 5
+        ours, when = seen[-1]
+        assert [d["_id"] for d in ours] == [f"{kind}:0", f"{kind}:1", f"{kind}:2"]  # oldest first
+        assert set(ours[0]) == {"_id", "kind", "run_at"} and abs((clock.now() - when).total_seconds()) < 5
         monkeypatch.setattr(runner_module, "OBSERVE_LIMIT", 2)  # a queue longer than the walk: counted
         before = await pending()
         await runner.observe()
         assert JOBS_PENDING._value.get() in (before, await pending()) and before >= 3
-        assert len(seen[-1][0]) <= 2
+        assert reads == {"walk": 2, "count": 1} and len(seen[-1][0]) <= 2
     finally:
         runner.observers.remove(observer)
         await store.col.delete_many({"kind": kind})

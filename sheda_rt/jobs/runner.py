@@ -293,10 +293,10 @@ class JobRunner:
     async def observe(self) -> None:
         """Queue depth and the oldest due job's wait, for /metrics, and the same read handed to the
         observers (push: by provider). One walk of the pending jobs' kind and run_at on the
-        (status, run_at) index; counted only when the queue is longer than the walk. On the
-        embedded database a read's matching holds its global lock, so every other request waits
-        meanwhile: with ~200 pending jobs the walk takes ~9 ms, and each further read (a count,
-        a second walk for the push gauges) as long again."""
+        (status, run_at) index; counted only when the walk comes back full (OBSERVE_LIMIT). On
+        the embedded database a read's matching holds its global lock, so every other request
+        waits meanwhile: with ~200 pending jobs the walk takes 8-9 ms; before, a count (4.2 ms),
+        a read of the oldest due job (0.6 ms) and the push gauges' own walk (8.2 ms) came on top."""
         now = self.clock.now()
         pending = await self.store.pending(OBSERVE_LIMIT)
         JOBS_PENDING.set(len(pending) if len(pending) < OBSERVE_LIMIT else await self.store.count_pending())
