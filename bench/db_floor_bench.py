@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -152,6 +153,7 @@ async def main_async(args) -> None:
     finally:
         await client.close()
         embedded.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def main() -> None:
