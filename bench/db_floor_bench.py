@@ -64,7 +64,6 @@ async def run_once(store: MessageStore, db_pid: int, rate: float, seconds: float
     writing = 0
     wake = asyncio.Event()
     next_id = first_id
-
     errors: list[str] = []
 
     async def write(batch: list[tuple[dict, float]]) -> None:
