@@ -88,6 +88,8 @@ async def test_booking_rules(sheda):
         ({"property_id": prop["id"], "scheduled_at": iso(when + timedelta(days=400))}, 422),      # too far
         ({"property_id": prop["id"], "scheduled_at": "tomorrow at ten"}, 422),
         ({"property_id": prop["id"], "scheduled_at": 1893456000}, 422),
+        ({"property_id": prop["id"], "scheduled_at": "9999-12-31T23:30:00-05:00"}, 422),  # past year 9999 in UTC
+        ({"property_id": prop["id"], "scheduled_at": "0001-01-01T00:00:00+05:00"}, 422),  # before year 1 in UTC
         ({"property_id": str(prop["id"]), "scheduled_at": iso(when)}, 422),
         ({"property_id": prop["id"]}, 422),
         ({"property_id": 999999999, "scheduled_at": iso(when)}, 404),

@@ -77,6 +77,7 @@ async def test_reschedule_rules_and_the_other_party_confirms(sheda):
         (client.token, {"scheduled_at": iso(sheda.ctx.clock.now() - timedelta(days=1))}, 422, "validation_error"),
         (client.token, {"scheduled_at": iso(when)}, 422, "validation_error"),  # the current time
         (client.token, {"scheduled_at": 12}, 422, "validation_error"),
+        (client.token, {"scheduled_at": "9999-12-31T23:30:00-05:00"}, 422, "validation_error"),  # out of range in UTC
         (client.token, {"scheduled_at": iso(when.replace(hour=20))}, 409, "outside_availability"),
         (client.token, {"scheduled_at": iso(when + timedelta(days=2))}, 409, "outside_availability"),
         (None, {"scheduled_at": iso(later)}, 401, None),

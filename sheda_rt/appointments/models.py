@@ -8,6 +8,7 @@ from typing import Literal, Optional
 from sheda_rt.database.ids import MAX_ID
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
+from sheda_rt.clock import to_utc
 from sheda_rt.pagination import PageQuery
 from sheda_rt.responses import ResponseModel, Timestamp
 
@@ -75,6 +76,16 @@ class BookRequest(_Body):
             raise ValueError("must be an ISO 8601 date-time string, e.g. 2025-10-16T10:00:00Z")
         return v
 
+    @field_validator("scheduled_at")
+    @classmethod
+    def _utc(cls, v):
+        # A valid ISO text can still leave the representable range once moved to UTC
+        # ("9999-12-31T23:30:00-05:00"): an input error, not a 500.
+        try:
+            return to_utc(v)
+        except OverflowError:
+            raise ValueError("is out of range") from None
+
 
 class RescheduleRequest(_Body):
     scheduled_at: datetime = Field(description=(
@@ -82,6 +93,7 @@ class RescheduleRequest(_Body):
         "the whole slot inside one of the agent's windows and not held by another viewing"))
 
     _iso_text = field_validator("scheduled_at", mode="before")(BookRequest._iso_text.__func__)
+    _utc = field_validator("scheduled_at")(BookRequest._utc.__func__)
 
 
 class AppointmentQuery(PageQuery):
