@@ -5,8 +5,8 @@ from __future__ import annotations
 from handlers.base import APIHandler
 from handlers.routing import endpoint, route
 from sheda_rt.accounts.auth import BUILDER, CLIENT, USER
-from sheda_rt.builders.change_request_models import (ChangeQuote, ChangeReject, ChangeRequestCreate, ChangeRequestList,
-                                                     ChangeRequestResult, ChangeRequestView)
+from sheda_rt.builders.change_request_models import (ChangeAccept, ChangeQuote, ChangeReject, ChangeRequestCreate,
+                                                     ChangeRequestList, ChangeRequestResult, ChangeRequestView)
 
 TAGS = ("builders",)
 MOVE_ERRORS = (401, 403, 404, 409)
@@ -37,12 +37,15 @@ class QuoteHandler(APIHandler):
 
 
 class AcceptHandler(APIHandler):
-    @endpoint("Accept the quote (the booking's client)", auth=CLIENT, response=ChangeRequestResult, errors=MOVE_ERRORS, tags=TAGS)
-    async def post(self, booking_id: int, cr_id: int):
+    @endpoint("Accept the quote (the booking's client)", auth=CLIENT, body=ChangeAccept, response=ChangeRequestResult,
+              errors=MOVE_ERRORS + (422,), tags=TAGS)
+    async def post(self, booking_id: int, cr_id: int, body: ChangeAccept):
         """quoted → accepted, and the booking's schedule gains a line `Change: <category>` of the quoted cost, due `days`
         after now (`due` = `change:<days>`), paid like any other line. Of two racing accepts exactly one gets 200 and
-        the line is added once. The response carries the updated `booking`."""
-        return await self.ctx.change_requests.accept(self.principal, booking_id, cr_id)
+        the line is added once. The response carries the updated `booking`. `{cost?}`: the quote the client saw; a
+        builder's re-quote since then is 409 `quote_changed` (with the current `cost`), so nobody accepts a price they
+        were not shown."""
+        return await self.ctx.change_requests.accept(self.principal, booking_id, cr_id, body.cost)
 
 
 class WithdrawHandler(APIHandler):

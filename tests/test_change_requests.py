@@ -225,3 +225,27 @@ async def test_two_changes_accepted_at_once_get_their_own_lines(sheda):
     assert sorted(r.json["installment"] for r in results) == [5, 6, 7]
     view = (await sheda.api.get(f"{BOOKINGS}/{bid}", token=client.token)).json
     assert view["outstanding"] == "40506000.01"  # 45000000.01 - 4500000.00 + 6000.00
+
+
+async def test_accept_names_the_quote_seen_and_a_requote_meanwhile_is_refused(sheda):
+    """The builder may quote again until the client accepts. A client who accepts the 2,500.50 they were
+    shown must not end up owing the 99,999.00 quoted a moment later: the accept names the cost it agrees
+    to, and a different current quote is 409 quote_changed with nothing changed."""
+    builder, client, booking = await active_booking(sheda)
+    bid = booking["id"]
+    cr = (await ask(sheda, client, bid)).json
+    assert (await move(sheda, builder, bid, cr["id"], "quote", {"cost": "2500.50", "days": 5})).status == 200
+    seen = (await sheda.api.get(crs(bid), token=client.token)).json["items"][0]
+    assert seen["cost"] == "2500.50"
+    assert (await move(sheda, builder, bid, cr["id"], "quote", {"cost": "99999.00", "days": 5})).status == 200
+    before = (await snapshot(sheda, "bookings", bid), await snapshot(sheda, "change_requests", cr["id"]))
+    r = await move(sheda, client, bid, cr["id"], "accept", {"cost": seen["cost"]})
+    assert r.status == 409 and r.json["code"] == "quote_changed" and r.json["cost"] == "99999.00", r
+    assert (await snapshot(sheda, "bookings", bid), await snapshot(sheda, "change_requests", cr["id"])) == before
+    for bad in ({"cost": 2500.5}, {"cost": "-1"}, {"price": "2500.50"}):
+        r = await move(sheda, client, bid, cr["id"], "accept", bad)
+        assert r.status == 422, r
+    # Agreeing to the quote now shown: accepted, and the line is of that cost.
+    r = await move(sheda, client, bid, cr["id"], "accept", {"cost": "99999"})
+    assert r.status == 200 and r.json["status"] == "accepted" and r.json["cost"] == "99999.00", r
+    assert r.json["booking"]["installments"][-1]["amount"] == "99999.00"

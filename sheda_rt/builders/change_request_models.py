@@ -29,6 +29,12 @@ class ChangeQuote(_Body):
     days: StrictInt = Field(ge=0, le=MAX_DAYS, description="days the change takes once accepted; its installment falls due then")
 
 
+class ChangeAccept(_Body):
+    cost: Optional[Money] = Field(None, description=(
+        "the quoted cost the client is agreeing to, as shown to them; when sent and the builder has quoted another cost "
+        "since, 409 quote_changed (with the current `cost`) and nothing changes. Without it the current quote is accepted"))
+
+
 class ChangeReject(_Body):
     reason: str = Field(min_length=1, max_length=500)
 

@@ -161,14 +161,23 @@ class ChangeRequestService:
         await self._announce(booking, doc, "completed", actor=principal.user_id)
         return change_request_view(doc)
 
-    async def accept(self, principal, booking_id: int, cr_id: int) -> dict:
+    async def accept(self, principal, booking_id: int, cr_id: int, cost: Decimal | None = None) -> dict:
+        """`cost`: the quote the client saw. The builder may quote again until it is accepted, so the
+        acceptance names that cost in its guarded write: a re-quote in between is 409 quote_changed."""
         booking = await self._booking(principal, booking_id, "client")
         if booking["status"] not in OPEN:
             raise Conflict(f"The booking is {booking['status']}; its schedule cannot change", "wrong_state")
         now = self.clock.now()
-        doc = await self.store.move(cr_id, ["quoted"], "accepted", now, {"booking_id": booking_id, "client_id": principal.user_id},
-                                    {"accepted_at": now})
+        who: dict = {"booking_id": booking_id, "client_id": principal.user_id}
+        if cost is not None:
+            who["cost_minor"] = int(to_minor(cost))
+        doc = await self.store.move(cr_id, ["quoted"], "accepted", now, who, {"accepted_at": now})
         if doc is None:
+            current = await self.store.get(cr_id)
+            if (cost is not None and current is not None and current["booking_id"] == booking_id
+                    and current["status"] == "quoted" and current.get("cost_minor") != who["cost_minor"]):
+                raise Conflict(f"The builder has quoted {minor_text(current['cost_minor'])} since; accept that quote if you "
+                               "agree to it", "quote_changed", extra={"cost": minor_text(current["cost_minor"])})
             await self._refused(booking_id, cr_id, ["quoted"])
         after = await self._add_line(doc, now)
         if after is None:  # the booking closed between the check and the line: the acceptance is undone
