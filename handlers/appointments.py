@@ -45,7 +45,8 @@ class AppointmentsHandler(APIHandler):
     async def post(self, body: BookRequest):
         """`{property_id, scheduled_at}` → 201 `pending`. A slot is APPOINTMENT_MINUTES long (default 30) and must
         start on a slot boundary (UTC, e.g. 10:00 or 10:30) in the future (422 otherwise). 404: no such listed
-        property; 403: your own listing; 409 `property_unavailable` (rented/sold), 409 `outside_availability`
+        property; 403: your own listing; 409 `property_unavailable` (rented/sold), 409 `agent_inactive` (the
+        listing's agent account is deactivated), 409 `outside_availability`
         (the slot is not inside one of the agent's windows), 409 `slot_taken` (the agent already has a pending or
         confirmed viewing in that slot — of two simultaneous requests exactly one gets 201)."""
         return await self.ctx.appointments.book(self.principal, body)

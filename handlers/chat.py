@@ -60,6 +60,7 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
         self.fam = None
         self.user_type = None  # the user's type when the socket opened: admin broadcasts to one type (Hub.broadcast)
         self.expires_at = None  # the token's exp (epoch seconds): the hub closes the socket then (4401)
+        self.info = None  # the sender_info stamped on this socket's messages (open(); profile_changed())
         self._closing = False
         self._ending = False  # closing for abuse: no more frames handled, pending acks still sent
         self._registered = False
@@ -221,6 +222,15 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
 
     def send_frame(self, frame: dict) -> None:
         self.deliver(encode(frame))
+
+    def profile_changed(self, fields: dict) -> None:
+        """Hub.profile_changed: the sender_info this socket stamps on its messages (computed
+        once, at the handshake, to keep the send path free of profile look-ups) follows the
+        user's new avatar."""
+        if self.user_id is None or self.info is None:
+            return
+        fresh = sender_info({"_id": self.user_id, **fields}, self.ctx.settings.public_base_url)
+        self.info = {**self.info, **{key: fresh[key] for key in ("username", "avatar_url") if key in fields}}
 
     def _close_when_answered(self, code: int, reason: str) -> None:
         """Close, but first answer every message of this socket that is being stored: a client

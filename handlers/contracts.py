@@ -32,8 +32,9 @@ class ContractHandler(APIHandler):
         string), `contract_type` (rent|sale from the listing), for rentals `term_months` (required, 1-120; a 422 for
         sales) and a provisional `end_date`, and `account_details` (the agent's bank details to pay into).
         404: no such listed property, or the appointment is not yours; 422: the appointment is for another
-        property; 409: the viewing is not confirmed, the property is rented/sold, the agent has no bank details
-        (`agent_account_missing`), or you already have an open contract for it."""
+        property; 409: the viewing is not confirmed, the property is rented/sold, the agent's account is deactivated
+        (`agent_inactive`), the agent has no bank details (`agent_account_missing`), or you already have an open
+        contract for it."""
         return await self.ctx.contracts.create(self.principal, id, body)
 
 

@@ -10,6 +10,7 @@ from tornado.websocket import WebSocketClosedError, websocket_connect
 import pytest
 
 from sheda_rt.chat.store import conv_key
+from tests.support import PNG_1PX, multipart
 
 
 
@@ -411,6 +412,27 @@ async def test_bad_tokens_close_4401_and_deactivated_users_4403(sheda):
     ws = await sheda.ws(alice.token)
     code, reason = await ws.wait_closed()
     assert code == 4403 and reason
+
+
+async def test_a_new_avatar_reaches_messages_sent_from_a_socket_opened_before_it(sheda):
+    """A phone keeps its socket open while its user picks a new avatar: the messages it sends
+    next carry the new avatar_url, as REST sends, sync and history do. (The socket used to keep
+    the sender_info of its handshake, so receivers got the old avatar, whose file is deleted
+    when it is replaced, until the sender reconnected.)"""
+    alice, bob = await pair(sheda)
+    a, b = await sheda.ws(alice.token), await sheda.ws(bob.token)
+    urls = []
+    for n in range(2):  # the first avatar, then a second that replaces (and deletes) the first
+        body, headers = multipart("file", "me.png", PNG_1PX, "image/png")
+        r = await sheda.api.put("/api/v1/users/me/avatar", body=body, headers=headers, token=alice.token)
+        assert r.status == 200, r
+        urls.append(r.json["avatar_url"])
+        await a.send({"receiver_id": bob.id, "message": f"after avatar {n}", "client_msg_id": f"av{n}"})
+        ack = await a.wait_type("ack", client_msg_id=f"av{n}")
+        got = await b.wait_type("message", id=ack["id"])
+        assert got["sender_info"] == {"id": alice.id, "username": alice.username, "avatar_url": urls[-1]}
+    assert urls[0] != urls[1]
+    assert (await sheda.api.get(urls[0])).status == 404  # what a stale frame would have pointed to
 
 
 async def test_token_in_subprotocol(sheda):

@@ -245,6 +245,21 @@ async def test_bad_contract_requests_change_nothing(sheda):
     assert r.status == 409 and r.json["code"] == "property_unavailable"
 
 
+async def test_no_payment_starts_with_a_deactivated_agent(sheda):
+    # A confirmed viewing, then an admin bans the agent: the client must not be handed the banned
+    # account's bank details and told to pay, for a payment nobody can confirm.
+    agent, prop, [(client, appt)] = await rental_ready(sheda)
+    admin = await sheda.admin()
+    assert (await sheda.api.patch(f"/api/v1/admin/users/{agent.id}", {"is_active": False}, token=admin.token)).status == 200
+    r = await sheda.api.post(f"{CT}/{prop['id']}", {"appointment_id": appt["id"], "term_months": 12}, token=client.token)
+    assert r.status == 409 and r.json["code"] == "agent_inactive", r
+    assert "account_details" not in r.json
+    assert await sheda.ctx.db["contracts"].count_documents({"property_id": prop["id"]}) == 0
+    assert (await sheda.api.patch(f"/api/v1/admin/users/{agent.id}", {"is_active": True}, token=admin.token)).status == 200
+    r = await sheda.api.post(f"{CT}/{prop['id']}", {"appointment_id": appt["id"], "term_months": 12}, token=client.token)
+    assert r.status == 201 and r.json["account_details"]["account_number"], r
+
+
 async def test_an_activation_cut_between_its_two_writes_is_finished_by_the_next_confirmation(sheda):
     """A server killed after taking the property for the contract (first write) and before moving the
     contract (second) leaves exactly this state; the agent's confirmation must finish it, not 409 for ever."""

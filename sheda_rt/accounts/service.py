@@ -402,9 +402,15 @@ class AccountService:
     async def set_avatar(self, user: dict, data: bytes) -> dict:
         url = await self.media.save_image(data, "avatars")
         updated = await self.users.update(user["_id"], {"avatar_url": url, "updated_at": self.clock.now()})
+        await self.hub.profile_changed(user["_id"], {"avatar_url": url})  # open sockets stamp it on their messages
         if user.get("avatar_url"):
             await self.media.delete(user["avatar_url"])
         return updated
+
+    async def is_active(self, user_id: int) -> bool:
+        """The account exists and is not deactivated (by its owner, an admin or a moderator)."""
+        user = await self.users.get(user_id)
+        return user is not None and user.get("is_active", True)
 
     async def public_user(self, user_id: int) -> dict:
         user = await self.users.get(user_id)

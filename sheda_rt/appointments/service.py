@@ -43,6 +43,7 @@ from pymongo.errors import DuplicateKeyError
 from sheda_rt.errors import Conflict, Forbidden, NotFound, ValidationFailed
 
 if TYPE_CHECKING:  # types only: the context wires these in (runtime imports here would make cycles)
+    from sheda_rt.accounts.service import AccountService
     from sheda_rt.appointments.store import AppointmentStore, AvailabilityStore
     from sheda_rt.blocks.service import BlockService
     from sheda_rt.clock import Clock
@@ -154,8 +155,10 @@ class AvailabilityService:
 class AppointmentService:
     def __init__(self, store: AppointmentStore, *, windows: AvailabilityStore, properties: PropertyStore,
                  notifications: NotificationService, clock: Clock, slot_minutes: int,
-                 reminders: ReminderService | None = None, blocks: BlockService | None = None):
+                 reminders: ReminderService | None = None, blocks: BlockService | None = None,
+                 accounts: AccountService | None = None):
         self.store = store
+        self.accounts = accounts  # a deactivated agent's listings stay visible, but nobody could answer a booking
         self.blocks = blocks  # [blocks] no new viewing between a client and an agent while either blocks the other
         self.windows = windows
         self.properties = properties
@@ -203,6 +206,8 @@ class AppointmentService:
         agent_id = prop["agent_id"]
         if self.blocks is not None and await self.blocks.between(principal.user_id, agent_id):
             raise Conflict("You cannot book a viewing with this agent", "blocked")  # never says which side blocked
+        if self.accounts is not None and not await self.accounts.is_active(agent_id):
+            raise Conflict("This listing's agent account is not active; no viewing can be booked", "agent_inactive")
         await self._check_window(agent_id, at, start)
         doc = await self.store.insert({
             "property_id": prop["_id"], "property_title": prop["title"], "client_id": principal.user_id, "agent_id": agent_id,

@@ -119,6 +119,8 @@ class ChatService:
         if message.get("op") == "revoke" and message.get("jti") is None:
             self._user_cache.forget(message.get("user_id"))
             self._active.forget(message.get("user_id"))
+        elif message.get("op") == "profile":  # Hub.profile_changed: sync frames show the new avatar at once
+            self._user_cache.forget(message.get("user_id"))
 
     # ---- lookups -------------------------------------------------------------
     async def user_brief(self, user_id: int) -> dict | None:

@@ -123,6 +123,10 @@ class ContractService:
             raise ValidationFailed.single("term_months", "is required for a rental (1-120 months)")
         if not rent and body.term_months is not None:
             raise ValidationFailed.single("term_months", "applies to rentals only; this property is for sale")
+        if not await self.accounts.is_active(prop["agent_id"]):
+            # Never hand out the bank details of an account that was closed or banned, nor start a
+            # payment nobody can confirm.
+            raise Conflict("This listing's agent account is not active; no payment can be started", "agent_inactive")
         account = await self._account_details(prop["agent_id"])
         if account is None:
             raise Conflict("The agent has not set bank details yet; ask them to add them", "agent_account_missing")

@@ -134,6 +134,13 @@ class Hub:
         await self.fanout.publish_control({"op": "revoke", "user_id": user_id, "jti": jti, "fam": fam, "code": code,
                                            "reason": reason})
 
+    async def profile_changed(self, user_id: int, fields: dict) -> None:
+        """Fields of the user that their sockets stamp on what they send (the `sender_info` of
+        their messages: `avatar_url`) changed: every socket of theirs, on every process, takes
+        the new values, so a socket opened before the change does not keep announcing the old
+        avatar (whose file is deleted) until it reconnects."""
+        await self.fanout.publish_control({"op": "profile", "user_id": user_id, "fields": fields})
+
     def handle_control(self, message: dict) -> None:
         for listener in self.control_listeners:
             try:
@@ -155,6 +162,11 @@ class Hub:
                 conn.deliver(text)
         elif message.get("op") == "broadcast":
             self._deliver_broadcast(message["frame"], message.get("user_type"))
+        elif message.get("op") == "profile":
+            for conn in self.sockets_of(message["user_id"]):
+                refresh = getattr(conn, "profile_changed", None)  # connections that send nothing have none
+                if refresh is not None:
+                    refresh(message["fields"])
 
     async def broadcast(self, frame: dict, user_type: str | None = None) -> int:
         """Deliver `frame` to every socket on every process (only sockets of users of
