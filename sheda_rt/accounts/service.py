@@ -412,11 +412,6 @@ class AccountService:
         user = await self.users.get(user_id)
         return user is not None and user.get("is_active", True)
 
-    async def is_active(self, user_id: int) -> bool:
-        """The account exists and is not deactivated (by its owner, an admin or a moderator)."""
-        user = await self.users.get(user_id)
-        return user is not None and user.get("is_active", True)
-
     async def public_user(self, user_id: int) -> dict:
         user = await self.users.get(user_id)
         if user is None or not user.get("is_active", True):
