@@ -115,6 +115,17 @@ async def test_reschedule_rules_and_the_other_party_confirms(sheda):
     assert r.status == 409 and r.json["code"] == "wrong_state", r
 
 
+async def test_a_client_rejecting_the_agents_new_time_is_told_to_the_agent_as_the_clients_refusal(sheda):
+    agent, client, prop, when = await viewing_setup(sheda)
+    aid = (await book(sheda, client, prop["id"], when)).json["id"]
+    later = when + timedelta(hours=1)
+    assert (await sheda.api.patch(f"{AP}/{aid}/reschedule", {"scheduled_at": iso(later)}, token=agent.token)).status == 200
+    r = await sheda.api.patch(f"{AP}/{aid}/reject", token=client.token)
+    assert r.status == 200 and r.json["status"] == "rejected", r
+    note = await sheda.ctx.db["notifications"].find_one({"user_id": agent.id, "kind": "appointment.rejected"})
+    assert note is not None and "client declined" in note["body"] and "agent declined" not in note["body"], note
+
+
 async def test_reschedules_and_bookings_race_for_one_slot_and_exactly_one_wins(sheda):
     agent, client, prop, when = await viewing_setup(sheda)
     for round_ in range(3):

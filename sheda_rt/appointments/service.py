@@ -308,6 +308,8 @@ class AppointmentService:
         "booked": ("New viewing request", "A client asked to view “{title}” on {when}."),
         "confirmed": ("Viewing confirmed", "Your viewing of “{title}” on {when} is confirmed."),
         "rejected": ("Viewing declined", "The agent declined your viewing of “{title}” on {when}."),
+        # after the agent proposed a new time, it is the client who rejects it (and the agent who is told)
+        "rejected_by_client": ("Viewing declined", "The client declined the proposed time for the viewing of “{title}”: {when}."),
         "cancelled": ("Viewing cancelled", "The viewing of “{title}” on {when} was cancelled."),
         "rescheduled": ("New time proposed", "A new time was proposed for the viewing of “{title}”: {when}. Please confirm it."),
     }
@@ -315,7 +317,7 @@ class AppointmentService:
     async def _announce(self, doc: dict, what: str, actor: int) -> None:
         view = appointment_view(doc)
         other = doc["agent_id"] if actor == doc["client_id"] else doc["client_id"]
-        title, body = self._TEXT[what]
+        title, body = self._TEXT["rejected_by_client" if what == "rejected" and actor == doc["client_id"] else what]
         kind = f"appointment.{what}"
         await self.notifications.notify(other, kind, title, body.format(title=doc.get("property_title"), when=view["scheduled_at"]),
                                         {"appointment_id": doc["_id"], "property_id": doc["property_id"], "status": doc["status"]})
