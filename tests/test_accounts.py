@@ -110,6 +110,8 @@ async def test_refresh_rejects_wrong_tokens(sheda):
     for bad in (user.access_token, "garbage", user.refresh_token + "x"):
         r = await sheda.api.post(f"{AUTH}/refresh", {"refresh_token": bad})
         assert r.status == 401, r
+    r = await sheda.api.post(f"{AUTH}/refresh", {"refresh_token": user.access_token})
+    assert r.json["detail"] == "Expected a refresh token", r  # was "Expected an refresh token"
     assert (await sheda.api.post(f"{AUTH}/refresh", {})).status == 422
     # A refresh token is not an access token.
     r = await sheda.api.get("/api/v1/users/me", token=user.refresh_token)

@@ -47,7 +47,7 @@ class TokenCodec:
         if isinstance(claims.get("iat"), (int, float)) and claims["iat"] > now + 60:
             raise Unauthorized("Token is not valid yet", "invalid_token")
         if claims.get("typ") != expected_type:
-            raise Unauthorized(f"Expected an {expected_type} token", "wrong_token_type")
+            raise Unauthorized(f"Expected {'an' if expected_type[0] in 'aeiou' else 'a'} {expected_type} token", "wrong_token_type")
         try:
             int(claims["sub"])
         except (TypeError, ValueError):
