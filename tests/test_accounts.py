@@ -291,6 +291,7 @@ async def test_register_bad_input_stores_nothing(sheda):
         ({**base, "username": taken.username.upper()}, 409, None),
         ({**base, "email": taken.email.upper()}, 409, None),
         ({**base, "phone": "+2348099990000"}, 409, None),
+        ({**base, "username": "2348099990000"}, 422, "username"),  # would shadow a phone login
     ]
     for body, status, field in cases:
         r = await sheda.api.post(f"{AUTH}/register", body)
@@ -299,7 +300,13 @@ async def test_register_bad_input_stores_nothing(sheda):
         if field:
             assert any(e["field"] == field for e in r.json["errors"]), r.json
     assert (await sheda.api.post(f"{AUTH}/register", {**base, "password": "x" * 72})).status == 201  # exactly 72 is fine
-    assert await sheda.ctx.db.users.count_documents({}) == count + 1
+    # a phone-number username is refused, so the phone's owner still logs in with it
+    local = await sheda.signup("client", phone="08099990001")
+    r = await sheda.api.post(f"{AUTH}/register", {**base, "username": "08099990001", "email": f"{unique('e')}@example.com"})
+    assert r.status == 422 and r.json["errors"][0]["field"] == "username", r
+    login = await sheda.api.post(f"{AUTH}/login", {"username": "08099990001", "password": local.password})
+    assert login.status == 200, login
+    assert await sheda.ctx.db.users.count_documents({}) == count + 2
     conflict = await sheda.api.post(f"{AUTH}/register", {**base, "username": unique("c")})
     assert conflict.status == 409 and conflict.json["code"] == "email_taken"
 

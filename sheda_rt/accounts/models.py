@@ -32,7 +32,7 @@ def _check_password(value: str) -> str:
 
 
 class RegisterRequest(Strict):
-    username: str = Field(description="3-32 letters, digits, _ . -; names that read as staff or the product's "
+    username: str = Field(description="3-32 letters, digits, _ . -, not a phone number (7-15 digits only); names that read as staff or the product's "
                                       "(admin, support, sheda... and look-alikes such as Adm1n) are refused with 422",
                           json_schema_extra={"pattern": USERNAME_RE.pattern})
     email: EmailStr
@@ -46,6 +46,10 @@ class RegisterRequest(Strict):
     def _username(cls, v: str) -> str:
         if not USERNAME_RE.match(v):
             raise ValueError("must be 3-32 letters, digits, _ . or -")
+        if PHONE_RE.match(v):
+            # Login tries the username before the phone: a username made of a phone number would
+            # take over the login of whoever has (or later adds) that phone.
+            raise ValueError("must not be a phone number (7-15 digits): login takes those as phone numbers")
         return v
 
     @field_validator("phone")
