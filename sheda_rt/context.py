@@ -428,6 +428,7 @@ class AppContext:
         }
         self.payments = PaymentService(self.payment_store, self.payment_gateway, targets=self.payment_targets,
                                        users=self.users, clock=self.clock, callback_url=self.settings.payment_callback_url)
+        self.bookings.on_cancelled = self.payments.booking_cancelled  # installments paid, then cancelled: a refund is due
         self.payment_reconciliation = PaymentReconciliationJob(self.payments, self.settings.payment_reconcile_interval_minutes)
         self.jobs.append(self.payment_reconciliation)
 

@@ -221,6 +221,39 @@ async def test_a_payment_for_a_booking_cancelled_meanwhile_is_flagged_for_a_refu
     assert (await snapshot(sheda, "units", booking["unit_id"]))["status"] == "available"
 
 
+async def test_lines_paid_through_the_gateway_then_the_booking_cancelled_are_flagged_for_a_refund(sheda, gw):  # noqa: F811
+    """The platform took the client's money for lines 1 and 2, then the builder cancelled the booking: the
+    unit is gone, so an admin must see that a refund is due (as for money arriving after a cancel), once per
+    payment, whoever or whatever finishes the cancel. A line paid by bank transfer went to the builder
+    directly: nothing of ours to flag."""
+    builder, client, booking = await booked(sheda)
+    bid = booking["id"]
+    paid = [await paid_through_gateway(sheda, gw, client, bid, n) for n in (1, 2)]
+    assert [p["status"] for p in paid] == ["succeeded", "succeeded"] and not any(p["flagged"] for p in paid)
+    assert (await line(sheda, client, bid, 3, "payment-sent")).status == 200
+    assert (await line(sheda, builder, bid, 3, "confirm")).status == 200
+    r = await sheda.api.post(f"{BOOKINGS}/{bid}/cancel", {"reason": "Project re-planned"}, token=builder.token)
+    assert r.status == 200 and r.json["status"] == "cancelled", r
+    admin = await sheda.admin()
+    listed = (await sheda.api.get(f"{PAY}?flagged=true&limit=100", token=admin.token)).json["items"]
+    assert sorted(p["reference"] for p in listed if p["target_id"] == bid) == sorted(p["reference"] for p in paid)
+    for p in paid:
+        now = (await sheda.api.get(f"{PAY}/{p['reference']}", token=client.token)).json
+        assert now["status"] == "succeeded" and now["flagged"] is True
+        assert [f["reason"] for f in now["flags"]] == ["booking_cancelled"], now["flags"]
+        assert "refund is due" in now["flags"][0]["detail"] and "Project re-planned" in now["flags"][0]["detail"]
+    # A cancel whose process died before the flag (the booking still unsynced) is finished by the booking job,
+    # which flags what is left and never a second time.
+    await sheda.ctx.db["payments"].update_one({"reference": paid[1]["reference"]},
+                                              {"$set": {"flagged": False, "flags": []}})
+    await sheda.ctx.db["bookings"].update_one({"_id": bid}, {"$set": {"unit_synced": False}})
+    sheda.ctx.clock.advance(minutes=10)
+    await asyncio.gather(sheda.ctx.bookings.sync_units(), sheda.ctx.bookings.sync_units())
+    for p in paid:
+        stored = await sheda.ctx.db["payments"].find_one({"reference": p["reference"]})
+        assert [f["reason"] for f in stored["flags"]] == ["booking_cancelled"]
+
+
 async def test_a_lost_webhook_is_recovered_by_reconciliation(sheda, gw):  # noqa: F811
     builder, client, booking = await booked(sheda)
     bid = booking["id"]

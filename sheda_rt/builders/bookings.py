@@ -220,6 +220,10 @@ class BookingService:
         # (GET|PATCH /api/v1/admin/settings); None: `hold_hours` (BOOKING_HOLD_HOURS).
         self.runtime_settings = runtime_settings
         self.reminder = timedelta(days=reminder_days)
+        # Told of every cancelled booking before its unit is handed back (set by the context to the payments'
+        # refund flag: lines paid through the gateway, then the booking cancelled, mean a refund is due).
+        # Idempotent; a process dying before it ran leaves the booking unsynced, and sync_units runs it.
+        self.on_cancelled: Callable[[dict], Awaitable[object]] | None = None
 
     # ---- create ------------------------------------------------------------
     async def create(self, principal, body) -> dict:
@@ -457,6 +461,8 @@ class BookingService:
             current = await self.store.get(booking_id) or doc
             hint = "reserved (before the booking payment is confirmed)" if role == "client" else "reserved or active"
             raise self._wrong(current, None, hint)
+        if self.on_cancelled is not None:
+            await self.on_cancelled(after)
         await self._move_unit(after, ["reserved", "booked"], "available")
         await self._announce(after, "cancelled", actor=principal.user_id, reason=reason)
         return booking_view(after)
@@ -495,6 +501,8 @@ class BookingService:
                     if closed is not None:
                         await self._announce(closed, "cancelled", actor=None, reason="the unit was taken meanwhile")
             else:
+                if doc["status"] == "cancelled" and self.on_cancelled is not None:
+                    await self.on_cancelled(doc)  # its cancel may have died before this, as before the unit move
                 await self._move_unit(doc, [s for s in ("reserved", "booked", "sold") if s != target], target)
             fixed += 1
         return fixed

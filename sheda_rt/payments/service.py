@@ -268,9 +268,26 @@ class PaymentService:
             log.warning('{"event": "payment_flagged", "reference": "%s", "reason": "%s"}', payment["reference"], flag[0])
         return f"{payment['purpose']}_{outcome}"
 
-    async def _flag(self, payment: dict, reason: str, detail: str) -> None:
+    async def booking_cancelled(self, booking: dict) -> int:
+        """A booking was cancelled: every installment of it already paid through the gateway (and applied: an
+        unapplied one is flagged installment_not_payable when applied) is money the platform took for a unit
+        the client no longer gets, so each is flagged `booking_cancelled` for an admin (a refund is due), once.
+        How many were flagged now."""
+        flagged = 0
+        for payment in await self.store.of_target("installment", booking["_id"], "succeeded"):
+            if not payment.get("applied"):
+                continue
+            detail = (f"installment {payment.get('line')} was paid ({payment_view(payment)['amount']} NGN), then the booking "
+                      f"was cancelled ({booking.get('cancel_reason') or 'no reason given'}): a refund is due")
+            if await self._flag(payment, "booking_cancelled", detail):
+                flagged += 1
+        return flagged
+
+    async def _flag(self, payment: dict, reason: str, detail: str) -> bool:
         if await self.store.flag(payment["_id"], {"reason": reason, "detail": detail, "at": self.clock.now()}, self.clock.now()):
             log.warning('{"event": "payment_flagged", "reference": "%s", "reason": "%s"}', payment["reference"], reason)
+            return True
+        return False
 
     # ---- reconciliation ------------------------------------------------------
     async def reconcile(self, batch: int = 200) -> dict:

@@ -35,6 +35,8 @@ class PaymentStore:
         IndexModel([("status", ASCENDING), ("applied", ASCENDING)], name="succeeded_unapplied"),
         IndexModel([("flagged", ASCENDING), ("_id", DESCENDING)], name="flagged_newest"),
         IndexModel([("flagged", ASCENDING), ("status", ASCENDING), ("_id", DESCENDING)], name="flagged_status"),
+        # A target's payments in one status (the succeeded payments of a booking its builder cancelled).
+        IndexModel([("purpose", ASCENDING), ("target_id", ASCENDING), ("status", ASCENDING)], name="target_status"),
     ]
 
     def __init__(self, db, ids):
@@ -92,6 +94,9 @@ class PaymentStore:
             update["$push"] = {"flags": flag}
         result = await self.col.update_one({"_id": payment_id, "applied": False}, update)
         return result.matched_count == 1
+
+    async def of_target(self, purpose: str, target_id: int, status: str) -> list[dict]:
+        return await self.col.find({"purpose": purpose, "target_id": target_id, "status": status}).to_list()
 
     async def stale(self, older_than, limit: int) -> list[dict]:
         """Attempts still initialized or pending that were created before `older_than` (flagged
