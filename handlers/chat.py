@@ -96,12 +96,25 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
         return values[-1].decode("utf-8", "replace").strip()
 
     async def get(self, *args, **kwargs):
-        if self.request.headers.get("Upgrade", "").lower() != "websocket":
-            # Tornado answers this in plain text; every other error here is JSON.
-            self.set_status(400)
+        # Tornado refuses these handshakes itself, in plain text or with no body (its checks, in
+        # its order); every other error here is JSON. A proxy in front that forwards `Upgrade`
+        # but drops `Connection: Upgrade` is the usual way to meet the second.
+        headers = self.request.headers
+        refusal = None
+        if headers.get("Upgrade", "").lower() != "websocket":
+            refusal = 400, "websocket_required", "This is the chat WebSocket: connect with a WebSocket client (Upgrade: websocket)"
+        elif "upgrade" not in (part.strip().lower() for part in headers.get("Connection", "").split(",")):
+            refusal = 400, "websocket_required", "A WebSocket handshake needs `Connection: Upgrade` (a proxy in front may drop it)"
+        elif headers.get("Sec-WebSocket-Version") not in ("7", "8", "13"):
+            refusal = 426, "upgrade_required", "Unsupported WebSocket version: use 13"
+            self.set_header("Sec-WebSocket-Version", "13")
+        elif not (headers.get("Host") and headers.get("Sec-WebSocket-Key")):
+            refusal = 400, "bad_request", "Missing WebSocket handshake headers (Host, Sec-WebSocket-Key)"
+        if refusal is not None:
+            status, code, detail = refusal
+            self.set_status(status)
             self.set_header("Content-Type", "application/json; charset=UTF-8")
-            self.finish(encode({"detail": "This is the chat WebSocket: connect with a WebSocket client (Upgrade: websocket)",
-                                    "code": "websocket_required"}))
+            self.finish(encode({"detail": detail, "code": code}))
             return
         await super().get(*args, **kwargs)
 

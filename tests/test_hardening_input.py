@@ -261,6 +261,18 @@ async def test_the_socket_route_answers_odd_requests_in_json(sheda):
     assert r.status == 400 and r.json["code"] == "websocket_required", r
     r = await sheda.api.request("POST", "/api/v1/chat/ws", body=b"{}")
     assert r.status == 405 and r.json["code"] == "method_not_allowed", r
+    # Handshakes Tornado refuses itself, in plain text or with no body at all, before this socket's
+    # code runs: a proxy that drops `Connection: Upgrade`, a version other than 13, no key.
+    upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    for changed, status, code in (({"Connection": "keep-alive"}, 400, "websocket_required"),
+                                  ({"Sec-WebSocket-Version": "12"}, 426, "upgrade_required"),
+                                  ({"Sec-WebSocket-Key": ""}, 400, "bad_request")):
+        r = await sheda.api.get("/api/v1/chat/ws", headers={**upgrade, **changed})
+        assert r.status == status and r.json["code"] == code and r.json["detail"], (changed, r)
+        assert r.headers["Content-Type"].startswith("application/json"), (changed, r.headers)
+        if status == 426:
+            assert r.headers["Sec-WebSocket-Version"] == "13"
     ws = await sheda.ws("%FF%FE")  # a token that is not even UTF-8 is a bad token
     code, _ = await ws.wait_closed()
     assert code == 4401
