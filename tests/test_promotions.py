@@ -298,6 +298,58 @@ async def test_only_the_listings_agent_promotes_an_available_listed_listing(shed
         await unlist(sheda, agent, [prop["id"]])
 
 
+async def test_a_retry_charging_while_its_twin_got_402_keeps_its_record(sheda, fund, monkeypatch):
+    """Two requests with one Idempotency-Key (a retry sent while the first is still out) and a top-up landing
+    between them: the first finds the wallet short (402) and drops the pending promotion while the retry,
+    which found it pending, is about to charge it. The retry's charge is real, so it must end as a promotion
+    the agent can see (201, listed, the listing bumped), once, never a charge with no promotion and a 500.
+    The wallet's spend is only held at the two moments that make this order happen every run."""
+    agent, admin = await sheda.signup("agent"), await sheda.admin()
+    prop = await create_property(sheda, agent, location=f"{word()} Ikota")
+    real_spend = sheda.ctx.wallet.spend
+    first_in, retry_in, first_answered = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    calls = []
+
+    async def held_spend(user_id, amount_minor, **kw):
+        calls.append(kw["idempotency_key"])
+        if len(calls) == 1:  # the first request: short of money...
+            first_in.set()
+            try:
+                return await real_spend(user_id, amount_minor, **kw)
+            finally:
+                await retry_in.wait()  # ...answered only once the retry is charging the same promotion
+        retry_in.set()
+        await first_answered.wait()  # the retry charges after the first dropped it and the top-up landed
+        return await real_spend(user_id, amount_minor, **kw)
+
+    monkeypatch.setattr(sheda.ctx.wallet, "spend", held_spend)
+    try:
+        key = uuid.uuid4().hex
+        first = asyncio.ensure_future(promote(sheda, agent, prop["id"], {"kind": "bump"}, key=key))
+        await first_in.wait()
+        retry = asyncio.ensure_future(promote(sheda, agent, prop["id"], {"kind": "bump"}, key=key))
+        r1 = await first
+        assert r1.status == 402, r1
+        monkeypatch.setattr(sheda.ctx.wallet, "spend", real_spend)
+        await fund(agent, 500)
+        first_answered.set()
+        r2 = await retry
+        assert calls[0] == calls[1]  # one promotion, one wallet key
+        assert r2.status == 201 and r2.json["status"] == "applied", r2
+        assert await balance(sheda, agent) == "0.00"  # charged once
+        listed = (await sheda.api.get(f"{API}/{prop['id']}/promotions", token=agent.token)).json["items"]
+        assert [p["id"] for p in listed] == [r2.json["id"]] and listed[0]["transaction_id"] == r2.json["transaction_id"]
+        assert (await sheda.api.get(f"{API}/{prop['id']}")).json["bumped_at"] is not None
+        # The same key again answers that promotion and charges nothing more.
+        again = await promote(sheda, agent, prop["id"], {"kind": "bump"}, key=key)
+        assert again.status == 201 and again.json == r2.json, again
+        assert await balance(sheda, agent) == "0.00"
+        audit = await sheda.api.get("/api/v1/admin/ledger/audit", token=admin.token)
+        assert audit.status == 200 and audit.json["ok"] is True, audit
+    finally:
+        await unlist(sheda, agent, [prop["id"]])
+
+
 async def test_a_promotion_interrupted_after_the_charge_is_finished_by_the_job(sheda, fund):
     """A process that dies between charging the wallet and changing the listing leaves the promotion
     pending with its charge made: steps 1 and 2 of PromotionService are run here as it runs them."""

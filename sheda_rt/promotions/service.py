@@ -13,7 +13,9 @@ Money and crash safety. A request carries an `Idempotency-Key`; per payer, a key
 1. the promotion is stored `pending` under (payer, key) — a retry, or a racing duplicate, finds it;
 2. the wallet is charged with the wallet key "promotion:<promotion id>" (WalletService.spend: once per
    user and key, whatever happens around it; 402 `insufficient_funds` deletes the pending promotion,
-   so nothing is charged and nothing promoted, and the key may be used again after a top-up);
+   so nothing is charged and nothing promoted, and the key may be used again after a top-up; a retry
+   with the same key that was charging it at that moment, the wallet topped up meanwhile, puts the
+   record back as it marks it applied, see _mark);
 3. the listing is changed, guarded by the promotion's id kept in the listing's `promotion_ids` (so
    applying twice changes it once) and, for featured days, which add search facets, by its revision;
    `property.updated` is announced;
@@ -22,7 +24,8 @@ Money and crash safety. A request carries an `Idempotency-Key`; per payer, a key
 A process that dies between 1 and 4 leaves a pending promotion. The promotions job (PromotionJob,
 every PROMOTION_JOB_INTERVAL_MINUTES) finishes those whose charge exists (steps 2-4 again: the
 charge is found, not repeated) and drops those without one after ABANDON_AFTER, and ends featured
-listings whose days ran out. A retry by the client finishes a pending one at once.
+listings whose days ran out. A retry by the client finishes a pending one at once (and one charged
+at the very moment the job dropped it gets its record back, applied: see _mark).
 
 Once charged, a promotion is applied even if the listing was sold or unlisted in the moment between
 the check and the write: the money bought the placement, which comes back with the listing.
@@ -183,6 +186,17 @@ class PromotionService:
         else:
             fields["bumped_at"] = listing.get("bumped_at")
         done = await self.store.mark_applied(promo["_id"], fields)
+        if done is None:
+            # Charged, but dropped as never charged in that instant: a racing request with the same key got a 402
+            # just before the wallet was topped up, or the job gave up on it. The charge names this promotion, so
+            # its record comes back, applied (never a charge without its promotion, nor a 500).
+            done = await self.store.restore_applied(promo, fields)
+            log.warning('{"event": "promotion_restored", "promotion_id": %d, "transaction_id": %d}', promo["_id"],
+                        transaction_id)
+        if done is None:
+            log.error('{"event": "promotion_charged_without_record", "promotion_id": %d, "transaction_id": %d}',
+                      promo["_id"], transaction_id)
+            raise Conflict("A request with this Idempotency-Key just failed; send it again", "idempotency_key_in_use")
         return promotion_view(done)
 
     async def listing_promotions(self, principal, property_id: int, page) -> dict:

@@ -53,6 +53,16 @@ class PromotionStore:
         await self.col.update_one({"_id": promotion_id, "state": "pending"}, {"$set": {**fields, "state": "applied"}})
         return await self.get(promotion_id)
 
+    async def restore_applied(self, promo: dict, fields: dict) -> dict | None:
+        """Put back, applied, a promotion that was charged after it was dropped as never charged (a racing request
+        with its key got a 402, or the job gave up on it); the document as it is afterwards, None if its key names
+        a newer promotion since."""
+        try:
+            await self.col.insert_one({**promo, **fields, "state": "applied"})
+        except DuplicateKeyError:  # restored by a racing caller (same _id), or the key names a newer promotion
+            pass
+        return await self.get(promo["_id"])
+
     async def page(self, property_id: int, page: PageQuery, serialize) -> dict:
         """A listing's applied promotions, newest first (a pending one is still being bought: not shown)."""
         return await paginate(self.col, {"property_id": property_id, "state": "applied"}, self.SORT, page, serialize)
