@@ -7,6 +7,7 @@ import itertools
 import pytest
 
 from tests.listing_helpers import create_property, word
+from tests.support import PNG_1PX, multipart
 
 INQ = "/api/v1/inquiries"
 LEADS = "/api/v1/leads"
@@ -54,6 +55,27 @@ async def test_anonymous_inquiry_becomes_a_lead_the_agent_hears_of_live(sheda):
     assert mine.status == 200 and [item["id"] for item in mine.json["items"]] == [lead_id]
     assert mine.json["items"][0] == lead
     assert (await sheda.api.get(f"{LEADS}/{lead_id}", token=agent.token)).json == lead
+
+
+@pytest.mark.parametrize("settings_overrides", [{"trust_proxy_headers": True, "public_base_url": "https://api.example.test/"}])
+async def test_the_leads_first_message_carries_the_absolute_avatar_like_every_chat_frame(sheda):
+    """With PUBLIC_BASE_URL set, every chat frame and answer has the sender's avatar as an absolute
+    URL (a phone cannot resolve a bare /media/... path); the lead's first message had the path."""
+    agent = await sheda.signup("agent")
+    client = await sheda.signup("client")
+    body, headers = multipart("file", "me.png", PNG_1PX, "image/png")
+    avatar = (await sheda.api.put("/api/v1/users/me/avatar", body=body, headers=headers, token=agent.token)).json["avatar_url"]
+    assert avatar.startswith("https://api.example.test/media/avatars/"), avatar
+    prop = await create_property(sheda, agent)
+    r = await sheda.api.post(INQ, inquiry(prop), token=client.token, headers=from_ip())
+    assert r.status == 201, r
+    client_ws = await sheda.ws(client.token)
+    r = await sheda.api.post(f"{LEADS}/{r.json['id']}/conversation", {"message": "Hello Ada"}, token=agent.token)
+    assert r.status == 201, r
+    expected = {"id": agent.id, "username": agent.username, "avatar_url": avatar}
+    assert r.json["message"]["sender_info"] == expected, r.json
+    frame = await client_ws.wait_type("message")
+    assert frame["sender_info"] == expected, frame
 
 
 async def test_signed_in_inquiry_is_linked_and_turns_into_a_chat_with_one_call(sheda):

@@ -141,9 +141,11 @@ class LeadService:
             raise Conflict("The inquirer has no account to chat with; answer by email or phone", "inquirer_not_registered")
         if not await self.store.claim_conversation(lead_id, self.clock.now()):
             raise Conflict("This lead already has a conversation", "conversation_exists")
+        # The avatar as every chat frame has it: absolute under PUBLIC_BASE_URL (a phone cannot resolve a bare path).
+        info = sender_info(principal.user, self.chat.settings.public_base_url)
         try:
             stored, _ = await self.chat.send(principal.user, doc["user_id"], message, client_msg_id=f"lead-{lead_id}",
-                                             property_id=doc["property_id"], info=sender_info(principal.user))
+                                             property_id=doc["property_id"], info=info)
         except BaseException:
             await self.store.release_conversation(lead_id)
             raise
@@ -151,4 +153,4 @@ class LeadService:
         updated = await self.store.set_conversation(lead_id, stored["_id"], now)
         if updated["status"] == "new":
             updated = await self.store.move(lead_id, "new", "contacted", principal.user_id, now) or await self.store.get(lead_id)
-        return {"lead": lead_view(updated), "message": {**history_row(stored), "sender_info": sender_info(principal.user)}}
+        return {"lead": lead_view(updated), "message": {**history_row(stored), "sender_info": info}}
