@@ -82,6 +82,34 @@ async def test_resends_in_one_process_store_once_in_a_batch_in_flight_and_later(
     assert (await c.wait_type("ack", client_msg_id=k))["id"] > mid
 
 
+async def test_a_resend_after_the_receiver_blocked_or_left_gets_the_same_ack(sheda):
+    """The ack was lost, then the receiver blocked the sender (or was deactivated) before the
+    resend: the message was stored and delivered, so the resend still gets its ack (the same id
+    and time; over REST 200 with it), never `blocked` / `receiver_inactive`, which a client takes
+    for "not sent". A new message is refused as before."""
+    alice, bob, carol = await sheda.signup("client"), await sheda.signup("agent"), await sheda.signup("agent")
+    a = await sheda.ws(alice.token)
+    first = {}
+    for peer, cid in ((bob, "before-block"), (carol, "before-leaving")):
+        await a.send({"receiver_id": peer.id, "message": "See you at 10", "client_msg_id": cid})
+        first[cid] = await acked(a, cid)
+        assert first[cid]["type"] == "ack", first[cid]
+    assert (await sheda.api.post(f"/api/v1/users/{alice.id}/block", token=bob.token)).status == 201
+    assert (await sheda.api.delete("/api/v1/users/me", token=carol.token)).status == 204
+    for peer, cid, refusal in ((bob, "before-block", "blocked"), (carol, "before-leaving", "receiver_inactive")):
+        start = len(a.frames)
+        await a.send({"receiver_id": peer.id, "message": "See you at 10", "client_msg_id": cid})
+        assert await acked(a, cid, start=start) == first[cid]
+        rest = await sheda.api.post("/api/v1/chats", {"receiver_id": peer.id, "message": "See you at 10", "client_msg_id": cid},
+                                    token=alice.token)
+        assert rest.status == 200 and (rest.json["id"], rest.json["created_at"]) == (first[cid]["id"], first[cid]["created_at"]), rest
+        start = len(a.frames)
+        await a.send({"receiver_id": peer.id, "message": "Hello?", "client_msg_id": key()})
+        refused = await a.wait_for(lambda f: f.get("type") == "error", start=start)
+        assert refused["code"] == refusal, refused
+        assert [m["id"] for m in await history(sheda.api, alice, peer)] == [first[cid]["id"]]
+
+
 async def test_the_unique_index_of_earlier_versions_is_dropped_at_startup(sheda):
     from pymongo import ASCENDING, IndexModel
 

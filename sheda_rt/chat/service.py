@@ -26,8 +26,8 @@ from sheda_rt.chat.edits import attach_reply, refresh_previews, visible_to
 from sheda_rt.chat.frames import MAX_MESSAGE_CHARS, ack_frame, history_row, message_frame, sender_info
 from sheda_rt.chat.store import ConversationStore, MessageStore, conv_key
 from sheda_rt.chat.manage import user_state
-from sheda_rt.clock import format_ts
-from sheda_rt.errors import BadRequest, Forbidden, NotFound, ValidationFailed
+from sheda_rt.clock import format_ts, to_utc
+from sheda_rt.errors import ApiError, BadRequest, Forbidden, NotFound, ValidationFailed
 from sheda_rt.metrics import MESSAGES_DELIVERED  # noqa: F401  (counted by the hub)
 from sheda_rt.pagination import decode_cursor, encode_cursor
 from sheda_rt.wire import encode  # the one wire encoder (sheda_rt.chat.service.encode stays importable)
@@ -193,9 +193,19 @@ class ChatService:
         if len(message) > MAX_MESSAGE_CHARS:
             raise ValidationFailed.single("message", f"must be at most {MAX_MESSAGE_CHARS} characters (got {len(message)})")
         me = sender["_id"]
-        await self._check_peer(me, receiver_id)
-        if self.blocks is not None:
-            await self.blocks.check(me, receiver_id)  # 403 `blocked`; answered from a cache (sheda_rt/blocks/service.py)
+        try:
+            await self._check_peer(me, receiver_id)
+            if self.blocks is not None:
+                await self.blocks.check(me, receiver_id)  # 403 `blocked`; answered from a cache (sheda_rt/blocks/service.py)
+        except ApiError as refused:
+            # Refusals that can follow a stored original (not an unknown receiver, not oneself).
+            resend = client_msg_id is not None and refused.code in ("blocked", "receiver_inactive")
+            stored = await self._stored_resend(me, receiver_id, client_msg_id) if resend else None
+            if stored is None:
+                raise
+            answered = asyncio.get_running_loop().create_future()
+            answered.set_result((stored, True))
+            return answered
         if property_id is not None:
             await self._check_listing(property_id, me, receiver_id)
         doc = {"sender_id": me, "receiver_id": receiver_id, "conv": conv_key(me, receiver_id), "message": message}
@@ -209,6 +219,21 @@ class ChatService:
             return await self._submit_with_attachments(doc, attachment_ids, origin=origin,
                                                        info=info or sender_info(sender, self.settings.public_base_url))
         return self.batcher.submit(doc, origin=origin, info=info or sender_info(sender, self.settings.public_base_url))
+
+    async def _stored_resend(self, me: int, receiver_id: int, client_msg_id: str) -> dict | None:
+        """A resend refused because the receiver blocked the sender or left after the original was
+        stored: the original, when it is in the resend window (CHAT_IDEMPOTENCY_SECONDS, the newest
+        CHAT_IDEMPOTENCY_MESSAGES), so the resend gets its ack as the batcher would have answered it.
+        Only refused messages come here (two reads); the send path is unchanged."""
+        conv = conv_key(me, receiver_id)
+        keys = await self.messages.recent_keys(conv, self.settings.chat_idempotency_messages)
+        hit = keys.get((me, client_msg_id))
+        if hit is None:
+            return None
+        message_id, created_at = hit
+        if created_at is not None and (self.clock.now() - to_utc(created_at)).total_seconds() > self.settings.chat_idempotency_seconds:
+            return None
+        return await self.messages.by_id(message_id)
 
     async def _submit_with_attachments(self, doc: dict, attachment_ids: list[int], *, origin: str | None, info: dict) -> asyncio.Future:
         """[attachments] Claim the files (one conditional update; 404/409 with nothing claimed) before the
