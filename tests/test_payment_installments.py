@@ -188,8 +188,9 @@ async def test_webhook_racing_the_builders_confirm_confirms_the_line_once(sheda,
         if manual.status == 200:  # the builder got there first: the client may have paid twice
             assert [f["reason"] for f in payment["flags"]] == ["installment_already_confirmed"]
             assert "paid_by" not in stored["installments"][1]
-        else:
-            assert payment["flagged"] is False and stored["installments"][1]["paid_by"] == pay["reference"]
+        else:  # the gateway's money confirmed it; the transfer the client announced may still come: flagged too
+            assert [f["reason"] for f in payment["flags"]] == ["installment_also_sent"]
+            assert stored["installments"][1]["paid_by"] == pay["reference"]
 
 
 async def test_a_wrong_amount_webhook_is_flagged_and_the_line_stays_unpaid(sheda, gw):  # noqa: F811
@@ -252,6 +253,29 @@ async def test_lines_paid_through_the_gateway_then_the_booking_cancelled_are_fla
     for p in paid:
         stored = await sheda.ctx.db["payments"].find_one({"reference": p["reference"]})
         assert [f["reason"] for f in stored["flags"]] == ["booking_cancelled"]
+
+
+async def test_a_line_marked_sent_then_paid_at_the_checkout_is_confirmed_and_flagged(sheda, gw):  # noqa: F811
+    """The client opened the checkout, then also said a bank transfer was made (payment-sent), then paid at
+    the checkout. The gateway's money confirms the line (it is real), but the transfer may reach the builder
+    too: the same possible double payment as the builder confirming first (installment_already_confirmed),
+    so it is flagged for an admin. A line sent, declined, then paid at the checkout is not."""
+    builder, client, booking = await booked(sheda)
+    bid = booking["id"]
+    pay = (await pay_line(sheda, client, bid, 1)).json
+    assert (await line(sheda, client, bid, 1, "payment-sent", {"reference": "BANK-778"})).status == 200
+    gw.pay(pay["reference"])
+    assert (await gw.deliver(gw.event_body(pay["reference"]))).code == 200
+    done = (await sheda.api.get(f"{PAY}/{pay['reference']}", token=client.token)).json
+    assert done["status"] == "succeeded" and done["applied"] is True
+    assert [f["reason"] for f in done["flags"]] == ["installment_also_sent"] and "BANK-778" in done["flags"][0]["detail"]
+    stored = await snapshot(sheda, "bookings", bid)
+    assert stored["status"] == "active" and stored["installments"][0]["paid_by"] == pay["reference"]
+    # Sent, declined by the builder (no transfer came), then paid at the checkout: nothing to flag.
+    assert (await line(sheda, client, bid, 2, "payment-sent", {"reference": "BANK-779"})).status == 200
+    assert (await line(sheda, builder, bid, 2, "decline")).status == 200
+    second = await paid_through_gateway(sheda, gw, client, bid, 2)
+    assert second["status"] == "succeeded" and second["flagged"] is False and second["flags"] == []
 
 
 async def test_a_lost_webhook_is_recovered_by_reconciliation(sheda, gw):  # noqa: F811

@@ -8,7 +8,8 @@
 A line marked sent (the client says a bank transfer is on its way) cannot be started
 here: the builder answers that first (a decline puts it back to due), so the client is
 not charged twice for one line. A checkout started before the client marked the line sent
-still confirms it when the gateway verifies the money: the money is real.
+still confirms it when the gateway verifies the money: the money is real; the payment is
+flagged `installment_also_sent` (the transfer may arrive too: a possible double payment).
 """
 from __future__ import annotations
 
@@ -47,4 +48,15 @@ class InstallmentPaymentTarget:
         elif outcome == "not_payable":
             status = (booking or {}).get("status", "missing")
             return outcome, ("installment_not_payable", f"paid, but the booking is {status}: a refund is due")
+        elif outcome == "confirmed":
+            # Confirmed from `sent`: the client had also said a bank transfer for this line is on its way (its
+            # sent_at is after any decline). The money here is real, so the line is confirmed, but the builder
+            # may be receiving that transfer too: the same double payment as a builder's confirm before us
+            # (installment_already_confirmed), in the other order, so an admin looks as well.
+            line = booking["installments"][n - 1]
+            sent_at, declined_at = line.get("sent_at"), line.get("declined_at")
+            if sent_at is not None and (declined_at is None or declined_at < sent_at):
+                return outcome, ("installment_also_sent",
+                                 f"installment {n} was marked paid by bank transfer (reference {line.get('reference')!r}) "
+                                 "before this payment confirmed it: the client may have paid twice")
         return outcome, None
