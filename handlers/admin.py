@@ -22,7 +22,10 @@ class AdminUserHandler(APIHandler):
     async def patch(self, user_id: int, body: AdminUserPatch):
         """`{role?: user|admin|moderator, is_active?: bool}`. Deactivating closes the user's sockets (4403)
         and their tokens get 403 at once. A role change takes effect on the user's next login or refresh
-        (the admin scope is issued then). 409 when an admin demotes or deactivates themselves."""
+        (the admin scope is issued then). 409 when an admin demotes or deactivates themselves.
+        Deactivating an agent unlists their listed listings (`hidden_reason` agent_inactive: 404 to all but
+        admins, in no search); reactivating lists exactly those again (ones unlisted by the agent or staff stay
+        unlisted)."""
         return await self.ctx.accounts.admin_update(self.principal.user, user_id, body.role, body.is_active)
 
 

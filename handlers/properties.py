@@ -44,7 +44,8 @@ class PropertyHandler(APIHandler):
 
     @endpoint("One listing", response=PropertyOut, errors=(401, 404), tags=TAGS)
     async def get(self, property_id: int):
-        """Public. A delisted property is 404 except to its agent and admins (send the bearer token). Counts a
+        """Public. A delisted property is 404 except to its agent and admins (send the bearer token), and so is
+        every listing of an agent whose account is deactivated (`hidden_reason` agent_inactive). Counts a
         view for the agent's analytics (once per viewer per day)."""
         return await self.ctx.properties.get(property_id, await self._optional_principal(), self.request.remote_ip)
 

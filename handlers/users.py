@@ -30,7 +30,9 @@ class MeHandler(APIHandler):
     @endpoint("Deactivate my account", auth=USER, status=204, tags=("users",))
     async def delete(self):
         """Sets is_active=false: every token of the account gets 403 `account_inactive` from now on
-        and open WebSockets close with 4403. The data stays (an admin can reactivate)."""
+        and open WebSockets close with 4403. The data stays (an admin can reactivate). An agent's listed
+        listings leave the market with the account (404 to all but admins, `hidden_reason` agent_inactive)
+        and come back when an admin reactivates it."""
         await self.ctx.accounts.deactivate(self.principal.user_id)
 
 

@@ -227,7 +227,11 @@ class PropertyOut(ResponseModel):
     property_type: PropertyType
     listing_type: ListingType
     status: PropertyStatus
-    is_active: bool = Field(description="false once delisted (only its agent and admins still see it)")
+    is_active: bool = Field(description=(
+        "false once delisted (only its agent and admins still see it), also while its agent's account is deactivated"))
+    hidden_reason: Optional[Literal["agent_inactive"]] = Field(None, description=(
+        "agent_inactive: unlisted because its agent's account was deactivated (admins see it); reactivating the "
+        "account lists it again. null otherwise, including a listing its agent or staff unlisted"))
     bedroom: int
     bathroom: int
     furnished: bool

@@ -4,6 +4,10 @@
   or an admin changes, delists, or manages images.
 - A delisted property is 404 to everyone but its owner and admins, and can no
   longer be searched, booked, contracted or favourited.
+- When an agent's account is deactivated (by them, an admin or a moderator), their listed
+  listings are unlisted the same way, marked `hidden_reason` "agent_inactive"; reactivating the
+  account lists exactly those again (ones the agent or staff unlisted stay unlisted). A durable job
+  does it (sheda_rt/listings/agent_status.py).
 - `status` follows the contracts and is never set over PATCH.
 - The owner or an admin can unlist and list again (`set_active`); a sold or
   rented listing cannot come back (409) until a contract expiry makes it available.
@@ -41,6 +45,7 @@ log = logging.getLogger("sheda.listings")
 
 MAX_IMAGES = 10
 PRICE_HISTORY = 50
+AGENT_INACTIVE = "agent_inactive"  # hidden_reason of a listing unlisted because its agent's account was deactivated
 
 
 def alert_marker(reason: str) -> dict:
@@ -77,6 +82,7 @@ def property_view(doc: dict, now=None) -> dict:
         "listing_type": doc["listing_type"],
         "status": doc["status"],
         "is_active": doc.get("is_active", True),
+        "hidden_reason": doc.get("hidden_reason"),
         "bedroom": doc.get("bedroom", 0),
         "bathroom": doc.get("bathroom", 0),
     }
@@ -275,7 +281,7 @@ class PropertyService:
         doc = await self.managed(principal, property_id)
         now = self.clock.now()
         if not active:
-            if doc.get("is_active", True):
+            if doc.get("is_active", True) or doc.get("hidden_reason"):  # unlisting a hidden one keeps it unlisted
                 await self._changed(doc, await self.store.delist(property_id, now))
             return property_view(await self.store.get(property_id))
         if doc.get("is_active", True):
@@ -305,9 +311,38 @@ class PropertyService:
         doc = await self.store.get(property_id)
         if doc is None:
             return False
-        if doc.get("is_active", True):
+        if doc.get("is_active", True) or doc.get("hidden_reason"):
             await self._changed(doc, await self.store.delist(property_id, self.clock.now()))
         return True
+
+    # ---- an agent's account deactivated or reactivated (sheda_rt/listings/agent_status.py) ---------------
+    async def hide_agent_listings(self, agent_id: int, batch: int = 100) -> int:
+        """Unlist every listed listing of the agent, marked `hidden_reason` agent_inactive, each announced as
+        an unlisting is; returns how many. Idempotent: a run cut short leaves the rest listed and the next run
+        goes on with them (the hidden ones no longer match)."""
+        return await self._walk_agent(agent_id, None, batch,
+                                      lambda pid, now: self.store.delist(pid, now, hidden_reason=AGENT_INACTIVE))
+
+    async def restore_agent_listings(self, agent_id: int, batch: int = 100) -> int:
+        """List again exactly the agent's listings hidden by hide_agent_listings; returns how many. No
+        saved-search alert: they are not new on the market, they were off it while the account was closed."""
+        return await self._walk_agent(agent_id, AGENT_INACTIVE, batch,
+                                      lambda pid, now: self.store.relist(pid, now, hidden_reason=AGENT_INACTIVE))
+
+    async def _walk_agent(self, agent_id: int, hidden_reason: str | None, batch: int, write) -> int:
+        done, seen = 0, set()
+        while True:
+            ids = [i for i in await self.store.agent_listing_ids(agent_id, hidden_reason=hidden_reason, limit=batch)
+                   if i not in seen]
+            if not ids:
+                return done
+            seen.update(ids)
+            before = await self.store.get_many(ids)
+            for pid in ids:
+                after = await write(pid, self.clock.now())  # conditional: None when someone changed it meanwhile
+                if after is not None:
+                    done += 1
+                    await self._changed(before.get(pid), after)
 
     # ---- search ------------------------------------------------------------
     def plan(self, q: SearchQuery) -> SearchPlan:

@@ -186,17 +186,44 @@ class PropertyStore:
             update["$push"] = {k: {"$each": [v], "$slice": -keep} for k, v in push.items()}
         return await update_then_get(self.col, {"_id": property_id, "rev": rev}, update)
 
-    async def delist(self, property_id: int, now) -> dict | None:
+    async def delist(self, property_id: int, now, hidden_reason: str | None = None) -> dict | None:
+        """Unlisted. By its agent, an admin or a moderator (no `hidden_reason`): a deliberate unlisting, which
+        also ends a hiding (listing_hidden_reason below), so that listing stays unlisted when its agent comes back.
+        With `hidden_reason` (the agent's account was deactivated): only a listing still listed, marked so the
+        reactivation lists exactly those again (relist with the same reason)."""
+        if hidden_reason is None:
+            return await update_then_get(
+                self.col, {"_id": property_id},
+                {"$set": {"is_active": False, "delisted_at": now, "updated_at": now}, "$unset": {"hidden_reason": ""},
+                 "$inc": {"rev": 1}})
         return await update_then_get(
-            self.col, {"_id": property_id}, {"$set": {"is_active": False, "delisted_at": now, "updated_at": now}, "$inc": {"rev": 1}})
+            self.col, {"_id": property_id, "is_active": {"$ne": False}},
+            {"$set": {"is_active": False, "hidden_reason": hidden_reason, "delisted_at": now, "updated_at": now}, "$inc": {"rev": 1}})
 
-    async def relist(self, property_id: int, now, also: dict | None = None) -> dict | None:
+    async def relist(self, property_id: int, now, also: dict | None = None, hidden_reason: str | None = None) -> dict | None:
         """Listed again, only if it is unlisted and still available (never a sold or rented one); `also`: more fields
-        set in the same write (the saved-search alerts' marker)."""
+        set in the same write (the saved-search alerts' marker). With `hidden_reason`: only a listing hidden for that
+        reason, whatever its status (it is put back as it was: listed, and rented or sold if a contract holds it)."""
+        flt = {"_id": property_id, "is_active": False}
+        flt.update({"status": "available"} if hidden_reason is None else {"hidden_reason": hidden_reason})
         return await update_then_get(
-            self.col, {"_id": property_id, "is_active": False, "status": "available"},
-            {"$set": {"is_active": True, "relisted_at": now, "updated_at": now, **(also or {})}, "$unset": {"delisted_at": ""},
-             "$inc": {"rev": 1}})
+            self.col, flt,
+            {"$set": {"is_active": True, "relisted_at": now, "updated_at": now, **(also or {})},
+             "$unset": {"delisted_at": "", "hidden_reason": ""}, "$inc": {"rev": 1}})
+
+    async def agent_listing_ids(self, agent_id: int, *, hidden_reason: str | None = None, limit: int = 100) -> list[int]:
+        """Up to `limit` of an agent's listings still listed (or, with `hidden_reason`, hidden for it), whatever
+        their status. One read per status on the search indexes' (status, facets) prefix (facet `a:<agent>`): no
+        index of its own, and each read stops at `limit`."""
+        cond = {"is_active": {"$ne": False}} if hidden_reason is None else {"hidden_reason": hidden_reason}
+        out: list[int] = []
+        for status in ("available", "rented", "sold"):
+            if len(out) >= limit:
+                break
+            docs = await self.col.find({"status": status, "facets": f"a:{agent_id}", **cond}, projection={"_id": 1},
+                                       limit=limit - len(out)).to_list()
+            out += [d["_id"] for d in docs]
+        return out
 
     # ---- status, driven by contracts ---------------------------------------
     async def take(self, property_id: int, new_status: str, contract_id: int, now) -> dict | None:

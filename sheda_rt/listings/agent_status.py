@@ -1,0 +1,101 @@
+"""An agent's listings follow their account: deactivated (DELETE /users/me, an admin's PATCH
+/admin/users/{id} {"is_active": false}, a moderator's `deactivate_user`), every listed listing of
+theirs is unlisted with `hidden_reason` "agent_inactive" (404 to everyone but admins, out of every
+search, the guided search's catalog, favourites and saved-search alerts, as an unlisted one is);
+reactivated by an admin, exactly those are listed again. Listings the agent or staff unlisted stay
+unlisted.
+
+One durable job of the queue (sheda_rt/jobs/) per change of the account, kind `listings.agent_status`,
+key `listings.agent_status:<user>:<nonce>`. It makes the listings match the account *as it is when the
+job runs* (read again after its writes: a change racing the job is caught up by the same run), so jobs
+may run in any order, again after a crash, or for nothing. The accounts service queues it *before* the
+account's write, due JOB_DELAY later, and after the write brings it forward and runs it here (the request
+waits for it up to WAIT_SECONDS, then it goes on in the background). A process dying between the account's
+write and the run leaves the job pending: any process runs it when it falls due.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from sheda_rt.jobs.runner import RetryLater
+
+if TYPE_CHECKING:
+    from sheda_rt.accounts.users_store import UserStore
+    from sheda_rt.clock import Clock
+    from sheda_rt.jobs.runner import JobRunner
+    from sheda_rt.listings.service import PropertyService
+
+log = logging.getLogger("sheda.listings")
+
+KIND = "listings.agent_status"
+JOB_DELAY = timedelta(seconds=30)  # the crash net: the job queued before the account's write falls due this much later
+WAIT_SECONDS = 3.0  # the request waits this long for its run; a larger walk goes on in the background
+ROUNDS = 4
+
+
+class AgentListingsFollow:
+    def __init__(self, *, runner: JobRunner, listings: PropertyService, users: UserStore, clock: Clock,
+                 wait_seconds: float = WAIT_SECONDS):
+        self.runner = runner
+        self.listings = listings
+        self.users = users
+        self.clock = clock
+        self.wait_seconds = wait_seconds
+        self._running: set[asyncio.Task] = set()
+        runner.register(KIND, self.run)
+
+    # ---- from the accounts service ---------------------------------------------
+    async def changing(self, user_id: int) -> str:
+        """Before the account's is_active is written: the job that makes the listings follow, due later."""
+        key = f"{KIND}:{user_id}:{uuid.uuid4().hex[:12]}"
+        await self.runner.enqueue(KIND, {"user_id": user_id}, key=key, run_at=self.clock.now() + JOB_DELAY)
+        return key
+
+    async def changed(self, key: str) -> None:
+        """After the write: run the job now, here; waits for it up to wait_seconds. Never raises (the account is
+        changed whatever happens here; the queued job is the fallback)."""
+        try:
+            await self.runner.bring_forward(key, self.clock.now())
+        except Exception as exc:
+            log.info(json.dumps({"event": "agent_listings_deferred", "job": key, "error": repr(exc)[:200]}))
+            return
+        task = asyncio.ensure_future(self._run_now(key))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        await asyncio.wait({task}, timeout=self.wait_seconds)
+
+    async def _run_now(self, key: str) -> None:
+        try:
+            job = await self.runner.store.get(key)
+            if job is not None:
+                await self.runner.run_now(KIND, key, job["payload"])
+        except Exception as exc:  # the job stays queued: the runner's poll takes it
+            log.info(json.dumps({"event": "agent_listings_deferred", "job": key, "error": repr(exc)[:200]}))
+
+    async def drain(self) -> None:
+        if self._running:
+            await asyncio.gather(*list(self._running), return_exceptions=True)
+
+    # ---- the job -----------------------------------------------------------------
+    async def _active(self, user_id: int) -> bool:
+        user = await self.users.get(user_id)
+        return user is not None and user.get("is_active", True)
+
+    async def run(self, job: dict) -> dict:
+        user_id = job["payload"]["user_id"]
+        active = await self._active(user_id)
+        for _ in range(ROUNDS):
+            if active:
+                count = await self.listings.restore_agent_listings(user_id)
+            else:
+                count = await self.listings.hide_agent_listings(user_id)
+            now_active = await self._active(user_id)
+            if now_active == active:  # nothing changed the account while we wrote: the listings follow it
+                return {"outcome": "listed" if active else "hidden", "listings": count}
+            active = now_active
+        raise RetryLater(5, "the account keeps changing")
