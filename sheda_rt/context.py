@@ -409,7 +409,7 @@ class AppContext:
 
     def _install_payments(self) -> None:  # [payments]
         from sheda_rt.payments.gateway import gateway_from_settings
-        from sheda_rt.payments.reconcile import PaymentReconciliationJob
+        from sheda_rt.payments.reconcile import PaymentReconciliationJob, PaymentReverification
         from sheda_rt.payments.service import PaymentService
         from sheda_rt.payments.store import PaymentStore
         from sheda_rt.payments.installments import InstallmentPaymentTarget
@@ -430,6 +430,9 @@ class AppContext:
                                        users=self.users, clock=self.clock, callback_url=self.settings.payment_callback_url)
         self.bookings.on_cancelled = self.payments.booking_cancelled  # installments paid, then cancelled: a refund is due
         self.payment_reconciliation = PaymentReconciliationJob(self.payments, self.settings.payment_reconcile_interval_minutes)
+        # A charge.success its verify does not confirm yet: verified again within minutes, on the job queue.
+        self.payment_reverification = PaymentReverification(self.payments, self.job_runner, self.clock)
+        self.payments.on_undecided = self.payment_reverification.schedule
         self.jobs.append(self.payment_reconciliation)
 
     def _install_wallet(self) -> None:  # [wallet]

@@ -218,6 +218,64 @@ async def test_a_signed_success_the_gateway_does_not_confirm_moves_nothing(sheda
     assert (await snapshot(sheda, "contracts", contract["id"]))["status"] == "awaiting_payment"
 
 
+async def settled_within(sheda, reference, status, seconds=10.0) -> dict:
+    """The payment once it is `status`: the queue's poll loop may be running a due job as well as the test."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while True:
+        await sheda.ctx.job_runner.run_due()
+        doc = await sheda.ctx.db["payments"].find_one({"reference": reference})
+        if doc["status"] == status or loop.time() > deadline:
+            return doc
+        await asyncio.sleep(0.05)
+
+
+async def test_an_early_charge_success_is_not_marked_processed_so_its_redelivery_confirms(sheda, gw):
+    agent, client, prop, contract = await open_contract(sheda)
+    ref = (await start_payment(sheda, client, contract))["reference"]
+    gw.transactions[ref]["status"] = "ongoing"  # Paystack sent charge.success a moment before its verify agrees
+    body = gw.event_body(ref, status="success")
+    r = await gw.deliver(body)
+    assert r.code == 200 and gw.verified == [ref]
+    assert (await sheda.api.get(f"{PAY}/{ref}", token=client.token)).json["status"] == "pending"
+    [event] = await stored_events(sheda, ref)
+    assert event["processed"] is False  # not lost: a redelivery is handled afresh
+    gw.pay(ref)
+    assert (await gw.deliver(body)).code == 200
+    done = (await sheda.api.get(f"{PAY}/{ref}", token=client.token)).json
+    assert done["status"] == "succeeded" and done["applied"] is True and done["flagged"] is False
+    assert (await snapshot(sheda, "contracts", contract["id"]))["status"] == "active"
+    asked = len(gw.verified)
+    assert (await gw.deliver(body)).code == 200 and len(gw.verified) == asked  # processed now: a replay asks nothing
+
+
+async def test_an_early_charge_success_is_verified_again_within_minutes_and_applied_once(sheda, gw):
+    agent, client, prop, contract = await open_contract(sheda)
+    ref = (await start_payment(sheda, client, contract))["reference"]
+    body = gw.event_body(ref, status="success")  # verify still says abandoned (not paid yet)
+    assert (await gw.deliver(body)).code == 200 and (await gw.deliver(body)).code == 200  # Paystack sent it twice
+    jobs = sheda.ctx.db["jobs"]
+    assert await jobs.count_documents({"kind": "payment_reverify", "payload.reference": ref}) == 1
+    sheda.ctx.clock.advance(minutes=1, seconds=1)
+    asked = len(gw.verified)
+    assert (await settled_within(sheda, ref, "succeeded", seconds=0.5))["status"] == "pending"  # still undecided
+    assert gw.verified[asked:].count(ref) == 1  # (other tests' jobs may be due too: the database is shared)
+    assert (await jobs.find_one({"_id": f"payment_reverify:{ref}:1"}))["status"] == "pending"  # backing off: 5 minutes
+    gw.pay(ref)
+    sheda.ctx.clock.advance(minutes=5, seconds=1)
+    stored = await settled_within(sheda, ref, "succeeded")
+    assert stored["status"] == "succeeded" and stored["applied"] is True and stored["flagged"] is False
+    assert (await snapshot(sheda, "contracts", contract["id"]))["status"] == "active"
+    assert await sheda.ctx.db["notifications"].count_documents({"kind": "contract.confirmed", "data.contract_id": contract["id"]}) == 2
+    assert await jobs.count_documents({"_id": f"payment_reverify:{ref}:2"}) == 0  # decided: no further step
+    # The 30-minute reconciliation and a late redelivery find it done: confirmed once.
+    sheda.ctx.clock.advance(minutes=31)
+    await sheda.ctx.payment_reconciliation.run()
+    assert (await gw.deliver(body)).code == 200
+    assert await sheda.ctx.db["notifications"].count_documents({"kind": "contract.confirmed", "data.contract_id": contract["id"]}) == 2
+    assert (await snapshot(sheda, "payments", stored["_id"]))["flags"] == []
+
+
 async def test_out_of_order_failed_then_success_on_the_same_checkout(sheda, gw):
     agent, client, prop, contract = await open_contract(sheda)
     pay = await start_payment(sheda, client, contract)

@@ -101,6 +101,9 @@ class PaymentService:
         self.users = users
         self.clock = clock
         self.callback_url = callback_url
+        #: Called with a reference whose charge.success the gateway's verify did not confirm yet (wired in the
+        #: context to PaymentReverification.schedule, sheda_rt/payments/reconcile.py): it asks again soon.
+        self.on_undecided = None
 
     # ---- starting a payment --------------------------------------------------
     async def create(self, principal, body) -> tuple[dict, bool]:
@@ -191,6 +194,14 @@ class PaymentService:
         if prior is not None and prior.get("processed"):
             return {"received": True}  # a redelivery: handled the first time
         outcome = await self._handle_event(event)
+        if outcome == "undecided":
+            # Paystack sent charge.success before its verify says so (still abandoned / ongoing / pending for a
+            # moment). Not processed: a redelivery of this event is handled afresh, and the reference is verified
+            # again within minutes rather than by the 30-minute reconciliation (a line 1's hold may be lapsing).
+            # Still 200: the signature says Paystack sent it, and an error would only make it retry sooner.
+            if self.on_undecided is not None:
+                await self.on_undecided(event.reference)
+            return {"received": True}
         await self.store.event_done(event.event_id, outcome, self.clock.now())
         return {"received": True}
 
@@ -290,6 +301,15 @@ class PaymentService:
         return False
 
     # ---- reconciliation ------------------------------------------------------
+    async def reverify(self, reference: str) -> str:
+        """Verify one payment again now (a charge.success arrived before the gateway's verify agreed) and apply
+        the answer, as a webhook would; "undecided" when the gateway still has not decided. A payment settled
+        meanwhile, or flagged for an admin, is left alone. GatewayError propagates (the caller retries)."""
+        payment = await self.store.get(reference)
+        if payment is None or payment["status"] not in SUCCEEDABLE or payment.get("flagged"):
+            return "settled"
+        return await self.settle(payment)
+
     async def reconcile(self, batch: int = 200) -> dict:
         """What the periodic job does: verify every attempt initialized or pending for more than
         STALE_AFTER (its webhook may be lost) and apply the answer, then finish any success whose
