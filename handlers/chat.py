@@ -287,7 +287,7 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
         # with Redis); everything else (pings, read receipts, typing, sync, bad frames) spends
         # this socket's own control budget, so keeping a socket alive never costs a message.
         if refused is None and kind == "message":
-            wait = await ctx.limits.take_token(f"ws:{self.user_id}", settings.ws_rate_burst, settings.ws_rate_per_second)
+            wait = await ctx.chat.spend_message_budget(self.user_id)  # the same budget as REST sends
             rate = settings.ws_rate_per_second
         else:
             if self._control is None:
@@ -454,11 +454,13 @@ class ChatHistoryHandler(APIHandler):
 
 class ChatsHandler(APIHandler):
     @endpoint("Send a message over REST (stored, then delivered live to the receiver's sockets)", auth=USER,
-              body=SendMessageBody, response=SentMessage, status=201, errors=(400, 401, 403, 404, 409, 422, 503), tags=("chat",),
+              body=SendMessageBody, response=SentMessage, status=201, errors=(400, 401, 403, 404, 409, 422, 429, 503), tags=("chat",),
               also={200: "A resend with the same client_msg_id: the message stored the first time (nothing new stored or sent)"})
     async def post(self, body: SendMessageBody):
         """201 with the stored message; a resend with the same `client_msg_id` answers 200
-        with the message stored the first time (nothing new is stored or delivered)."""
+        with the message stored the first time (nothing new is stored or delivered). Every send spends
+        the user's message budget, shared with the chat socket (WS_RATE_BURST, WS_RATE_PER_SECOND):
+        beyond it 429 `rate_limited` with Retry-After, and nothing is stored."""
         user = self.principal.user
         doc, duplicate = await self.ctx.chat.send(user, body.receiver_id, body.message, client_msg_id=body.client_msg_id,
                                                   attachment_ids=body.attachment_ids,

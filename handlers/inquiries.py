@@ -55,11 +55,13 @@ class LeadNotesHandler(APIHandler):
 
 class LeadConversationHandler(APIHandler):
     @endpoint("Answer a registered inquirer in chat (the lead's agent)", auth=AGENT, body=ConversationStart,
-              response=LeadConversationOut, status=201, errors=(401, 403, 404, 409, 422), tags=TAGS)
+              response=LeadConversationOut, status=201, errors=(401, 403, 404, 409, 422, 429), tags=TAGS)
     async def post(self, lead_id: int, body: ConversationStart):
         """Sends `message` as the agent's first chat message to the inquirer, tied to the listing (delivered live
         like any message); a `new` lead becomes `contacted`. Once per lead (409 `conversation_exists`); 409
-        `inquirer_not_registered` when the inquiry came without an account."""
+        `inquirer_not_registered` when the inquiry came without an account. The message spends the agent's
+        chat message budget like any other (429 `rate_limited` with Retry-After beyond it; nothing is sent and
+        the lead can be answered again)."""
         return await self.ctx.leads.start_conversation(self.principal, lead_id, body.message)
 
 

@@ -199,3 +199,65 @@ async def test_a_batch_the_database_refuses_is_neither_acked_nor_delivered(sheda
     got = await b.wait_type("message")
     assert got["id"] == ack["id"] and got["message"] == "again"
     assert [d["message"] for d in await db["messages"].find({"conv": conv_key(alice.id, bob.id)}).to_list()] == ["again"]
+
+
+# ---- REST sends spend the same per-user message budget as the socket ----------------------
+async def _rest_send(sheda, user, receiver_id: int, text: str):
+    return await sheda.api.post("/api/v1/chats", {"receiver_id": receiver_id, "message": text, "client_msg_id": text},
+                                token=user.token)
+
+
+def _assert_rate_limited(resp):
+    assert resp.status == 429, resp
+    body = resp.json
+    assert body["code"] == "rate_limited" and body["detail"] and body["retry_after"] >= 1
+    assert int(resp.headers["Retry-After"]) >= 1 and int(resp.headers["Retry-After"]) == body["retry_after"]
+
+
+async def test_rest_sends_are_rate_limited_per_user_and_store_nothing_beyond_the_budget(sheda):
+    # One user sent 300 messages over REST in 1.3 s: REST had no limit while the socket had one.
+    alice, bob, carol = await sheda.signup("client"), await sheda.signup("agent"), await sheda.signup("client")
+    burst = sheda.ctx.settings.ws_rate_burst
+    results = await asyncio.gather(*(_rest_send(sheda, alice, bob.id, f"rest {i}") for i in range(burst + 15)))
+    ok = [r for r in results if r.status == 201]
+    limited = [r for r in results if r.status != 201]
+    assert burst <= len(ok) < burst + 8 and limited  # the burst, plus what refilled (5/s) meanwhile
+    for r in limited:
+        _assert_rate_limited(r)
+    history = await sheda.api.get(f"/api/v1/chats/{bob.id}", token=alice.token, params={"limit": 100})
+    assert history.status == 200
+    assert sorted(m["id"] for m in history.json) == sorted(r.json["id"] for r in ok)  # a refused send stored nothing
+    # Another user's budget is their own.
+    resp = await _rest_send(sheda, carol, bob.id, "carol 1")
+    assert resp.status == 201, resp
+
+
+@pytest.mark.parametrize("settings_overrides", [{"ws_rate_per_second": 0.05}])  # no refill during the test
+async def test_socket_and_rest_sends_share_one_budget(sheda):
+    burst = sheda.ctx.settings.ws_rate_burst
+    alice, bob, carol = await sheda.signup("client"), await sheda.signup("agent"), await sheda.signup("client")
+    # The burst spent on the socket: a REST send is refused.
+    ws = await sheda.ws(alice.token)
+    for i in range(burst):
+        await ws.send({"receiver_id": bob.id, "message": f"ws {i}", "client_msg_id": f"w{i}"})
+    await ws.wait_for(lambda f: len(ws.of_type("ack")) == burst)
+    assert ws.of_type("error") == []
+    _assert_rate_limited(await _rest_send(sheda, alice, bob.id, "rest after ws"))
+    # The burst spent over REST: a socket message is refused.
+    for i in range(burst):
+        resp = await _rest_send(sheda, carol, bob.id, f"rest {i}")
+        assert resp.status == 201, resp
+    _assert_rate_limited(await _rest_send(sheda, carol, bob.id, "one more"))
+    wc = await sheda.ws(carol.token)
+    await wc.send({"receiver_id": bob.id, "message": "ws after rest", "client_msg_id": "late"})
+    err = await wc.wait_type("error")
+    assert err["code"] == "rate_limited" and err["client_msg_id"] == "late"
+    for user, n in ((alice, burst), (carol, burst)):
+        history = await sheda.api.get(f"/api/v1/chats/{bob.id}", token=user.token, params={"limit": 100})
+        assert len(history.json) == n  # nothing refused was stored
+    # Bob spent nothing: both transports still work for him.
+    resp = await _rest_send(sheda, bob, alice.id, "bob rest")
+    assert resp.status == 201, resp
+    wb = await sheda.ws(bob.token)
+    await wb.send({"receiver_id": alice.id, "message": "bob ws", "client_msg_id": "b1"})
+    await wb.wait_type("ack", client_msg_id="b1")

@@ -114,6 +114,23 @@ async def test_signed_in_inquiry_is_linked_and_turns_into_a_chat_with_one_call(s
     assert (await sheda.api.get(f"{LEADS}/{anon}", token=agent.token)).json["conversation"] is None
 
 
+@pytest.mark.parametrize("settings_overrides", [{"trust_proxy_headers": True, "ws_rate_burst": 2, "ws_rate_per_second": 0.05}])
+async def test_the_leads_first_message_spends_the_agents_chat_budget(sheda):
+    # A chat message however it is sent: socket, POST /chats, or the answer to a lead share one budget.
+    agent, client = await sheda.signup("agent"), await sheda.signup("client")
+    prop = await create_property(sheda, agent)
+    lead_id = (await sheda.api.post(INQ, inquiry(prop), token=client.token, headers=from_ip())).json["id"]
+    for i in range(2):
+        sent = await sheda.api.post("/api/v1/chats", {"receiver_id": client.id, "message": f"hi {i}"}, token=agent.token)
+        assert sent.status == 201, sent
+    r = await sheda.api.post(f"{LEADS}/{lead_id}/conversation", {"message": "Hello Ada"}, token=agent.token)
+    assert r.status == 429 and r.json["code"] == "rate_limited" and int(r.headers["Retry-After"]) >= 1, r
+    lead = (await sheda.api.get(f"{LEADS}/{lead_id}", token=agent.token)).json
+    assert lead["status"] == "new" and lead["conversation"] is None  # nothing sent: the lead can be answered later
+    history = await sheda.api.get(f"/api/v1/chat/chat-history/{agent.id}", token=client.token)
+    assert [m["message"] for m in history.json] == ["hi 0", "hi 1"]
+
+
 async def test_agents_see_their_own_leads_admins_all_with_status_filter_and_cursor(sheda):
     admin = await sheda.admin()
     agent, other = await sheda.signup("agent"), await sheda.signup("agent")

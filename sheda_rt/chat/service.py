@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import TYPE_CHECKING
 
@@ -27,7 +28,7 @@ from sheda_rt.chat.frames import MAX_MESSAGE_CHARS, ack_frame, history_row, mess
 from sheda_rt.chat.store import ConversationStore, MessageStore, conv_key
 from sheda_rt.chat.manage import user_state
 from sheda_rt.clock import format_ts, to_utc
-from sheda_rt.errors import ApiError, BadRequest, Forbidden, NotFound, ValidationFailed
+from sheda_rt.errors import ApiError, BadRequest, Forbidden, NotFound, RateLimited, ValidationFailed
 from sheda_rt.metrics import MESSAGES_DELIVERED  # noqa: F401  (counted by the hub)
 from sheda_rt.pagination import decode_cursor, encode_cursor
 from sheda_rt.wire import encode  # the one wire encoder (sheda_rt.chat.service.encode stays importable)
@@ -262,8 +263,20 @@ class ChatService:
                 d["attachment_views"] = [self.attachments.view(a) for a in d["attachments"]]
 
 
+    async def spend_message_budget(self, user_id: int) -> float:
+        """One chat message sent by `user_id`, whatever the transport (socket frame, REST send, a
+        lead's first message): all draw from one per-user token bucket (WS_RATE_BURST,
+        WS_RATE_PER_SECOND; across processes with Redis), so switching transport buys no more.
+        0.0 when allowed; otherwise seconds until a token is available (nothing was spent)."""
+        s = self.settings
+        return await self.limits.take_token(f"ws:{user_id}", s.ws_rate_burst, s.ws_rate_per_second)
+
     async def send(self, sender: dict, receiver_id: int, message: str, **kw) -> tuple[dict, bool]:
-        """REST: submit and wait for the batch."""
+        """REST: spend a token of the sender's message budget (429 `rate_limited` with Retry-After,
+        nothing stored, when it is empty), submit and wait for the batch."""
+        wait = await self.spend_message_budget(sender["_id"])
+        if wait > 0:
+            raise RateLimited("Too many messages; send this one again after Retry-After seconds", math.ceil(wait))
         doc, duplicate = await (await self.submit(sender, receiver_id, message, **kw))
         self._present([doc])  # [attachments]
         return doc, duplicate
