@@ -363,8 +363,38 @@ async def test_webhook_racing_the_agents_manual_confirmation_ends_active_exactly
         # Whoever lost: the agent's 409, or the payment flagged (the client may also have transferred).
         if manual.status == 200:
             assert [f["reason"] for f in payment["flags"]] == ["contract_already_active"]
-        else:
-            assert payment["flagged"] is False and stored["paid_by"] == pay["reference"]
+        else:  # the gateway's money activated it; the transfer the client announced may still come: flagged too
+            assert [f["reason"] for f in payment["flags"]] == ["contract_also_sent"] and stored["paid_by"] == pay["reference"]
+
+
+@pytest.mark.parametrize("checkout_first", [True, False])
+async def test_a_contract_marked_paid_then_paid_at_the_checkout_is_activated_and_flagged(sheda, gw, checkout_first):
+    """The client said a bank transfer was sent (payment-sent) and also paid at the checkout, in either order.
+    The gateway's money activates the contract (it is real), but the transfer may reach the agent too: the same
+    possible double payment as the agent confirming first (contract_already_active), flagged as installments
+    are (installment_also_sent). Sent, declined by the agent (no transfer came), then paid: nothing to flag."""
+    agent, client, prop, contract = await open_contract(sheda)
+    cid = contract["id"]
+    pay = await start_payment(sheda, client, contract) if checkout_first else None
+    assert (await sheda.api.patch(f"{CT}/{cid}/payment-sent", token=client.token)).status == 200
+    pay = pay or await start_payment(sheda, client, contract)
+    gw.pay(pay["reference"])
+    assert (await gw.deliver(gw.event_body(pay["reference"]))).code == 200
+    done = (await sheda.api.get(f"{PAY}/{pay['reference']}", token=client.token)).json
+    assert done["status"] == "succeeded" and done["applied"] is True
+    assert [f["reason"] for f in done["flags"]] == ["contract_also_sent"] and "payment-sent" in done["flags"][0]["detail"]
+    stored = await snapshot(sheda, "contracts", cid)
+    assert stored["status"] == "active" and stored["paid_by"] == pay["reference"]
+
+    agent2, client2, _, contract2 = await open_contract(sheda)
+    assert (await sheda.api.patch(f"{CT}/{contract2['id']}/payment-sent", token=client2.token)).status == 200
+    assert (await sheda.api.patch(f"{CT}/{contract2['id']}/decline-payment", token=agent2.token)).status == 200
+    second = await start_payment(sheda, client2, contract2)
+    gw.pay(second["reference"])
+    assert (await gw.deliver(gw.event_body(second["reference"]))).code == 200
+    second = (await sheda.api.get(f"{PAY}/{second['reference']}", token=client2.token)).json
+    assert second["status"] == "succeeded" and second["flagged"] is False and second["flags"] == []
+    assert (await snapshot(sheda, "contracts", contract2["id"]))["status"] == "active"
 
 
 async def test_two_servers_webhook_reconciliation_and_manual_confirmation_at_once(sheda, gw, tmp_path):
@@ -394,7 +424,8 @@ async def test_two_servers_webhook_reconciliation_and_manual_confirmation_at_onc
                 {"kind": "contract.confirmed", "user_id": client.id, "data.contract_id": contract["id"]}) == 1
             payment = (await sheda.api.get(f"{PAY}/{pay['reference']}", token=client.token)).json
             assert payment["status"] == "succeeded" and payment["applied"] is True
-            assert len(payment["flags"]) == (1 if manual.status == 200 else 0)
+            assert [f["reason"] for f in payment["flags"]] == (["contract_already_active"] if manual.status == 200
+                                                               else ["contract_also_sent"])  # the client said sent, too
     finally:
         await other.shutdown()
 

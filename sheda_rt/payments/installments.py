@@ -16,7 +16,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from sheda_rt.payments.targets import Charge
+from sheda_rt.payments.targets import Charge, also_sent
 
 if TYPE_CHECKING:  # types only: the context wires these in
     from sheda_rt.builders.bookings import BookingService
@@ -54,8 +54,7 @@ class InstallmentPaymentTarget:
             # may be receiving that transfer too: the same double payment as a builder's confirm before us
             # (installment_already_confirmed), in the other order, so an admin looks as well.
             line = booking["installments"][n - 1]
-            sent_at, declined_at = line.get("sent_at"), line.get("declined_at")
-            if sent_at is not None and (declined_at is None or declined_at < sent_at):
+            if also_sent(line, "sent_at"):
                 return outcome, ("installment_also_sent",
                                  f"installment {n} was marked paid by bank transfer (reference {line.get('reference')!r}) "
                                  "before this payment confirmed it: the client may have paid twice")

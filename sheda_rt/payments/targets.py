@@ -57,6 +57,16 @@ class PaymentTarget(Protocol):
         ...
 
 
+def also_sent(record: dict, sent_field: str) -> bool:
+    """Whether the payer had also said a bank transfer is on its way for what this payment paid (a contract's
+    payment-sent, an installment line's): marked sent (`sent_field`) after any decline (`declined_at`). The
+    gateway's money is real, so the target still moves, but the payee may be receiving that transfer too: the
+    same possible double payment as a manual confirmation before the gateway's (`*_already_*`), in the other
+    order, so the payment is flagged `<purpose>_also_sent` for an admin. Sent and then declined: no transfer."""
+    sent_at, declined_at = record.get(sent_field), record.get("declined_at")
+    return sent_at is not None and (declined_at is None or declined_at < sent_at)
+
+
 def require_scope(principal, scope: str) -> None:
     """The role a purpose is paid in (the route itself takes any user: wallets are everyone's)."""
     if scope not in principal.scopes:
@@ -93,6 +103,11 @@ class ContractPaymentTarget:
             return outcome, ("contract_already_active",
                              "the contract was already active (confirmed by the agent or paid by another payment): "
                              "the client may have paid twice")
+        if outcome in ("activated", "already_active") and also_sent(contract, "payment_sent_at"):
+            # Activated by this payment (now, or by an earlier try of it cut before `applied` was recorded).
+            return outcome, ("contract_also_sent",
+                             "the client had marked the contract paid by bank transfer (payment-sent) before this payment "
+                             "activated it: the client may have paid twice")
         if outcome == "not_payable":
             status = (contract or {}).get("status", "missing")
             return outcome, ("contract_not_payable", f"paid, but the contract is {status}: a refund is due")
