@@ -239,7 +239,7 @@ class APIHandler(tornado.web.RequestHandler):
         try:
             return model.model_validate(raw)
         except ValidationError as exc:
-            raise ValidationFailed.from_pydantic(exc)
+            raise ValidationFailed.from_pydantic(exc, where="query")
 
     def form_fields(self) -> tuple[dict, dict]:
         """Parse a urlencoded or multipart body into (fields, files)."""

@@ -60,6 +60,16 @@ class UnsupportedMedia(ApiError):
     status, code = 415, "unsupported_media_type"
 
 
+class FieldError(ValueError):
+    """A model validator's complaint about one field of a cross-field rule (price_min above price_max is
+    price_max's). Pydantic reports it as any ValueError, with no location (the rule is the model's);
+    ValidationFailed.from_pydantic names `field` in the 422 errors instead of the whole body or query."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 class ValidationFailed(ApiError):
     """422 with `errors: [{field, message}]`."""
 
@@ -74,10 +84,15 @@ class ValidationFailed(ApiError):
         return cls([{"field": field, "message": message}], detail=f"{field}: {message}")
 
     @classmethod
-    def from_pydantic(cls, exc) -> "ValidationFailed":
+    def from_pydantic(cls, exc, where: str = "body") -> "ValidationFailed":
+        """`where`: what an error of the whole model is about ("body", or "query" for a query string)."""
         errors = []
         for err in exc.errors(include_url=False):
-            field = ".".join(str(p) for p in err["loc"]) or "body"
+            loc = [str(p) for p in err["loc"]]
+            named = getattr((err.get("ctx") or {}).get("error"), "field", None)  # a FieldError of a model validator
+            if named is not None and (not loc or loc[-1] != named):
+                loc.append(named)  # under a nested model's own location (a saved search's query.price_max)
+            field = ".".join(loc) or where
             errors.append({"field": field, "message": err["msg"]})
         return cls(errors, detail="; ".join(f"{e['field']}: {e['message']}" for e in errors[:3]))
 

@@ -345,6 +345,8 @@ async def test_units_listing_filters_cursor_and_block_unblock(sheda):
                                   token=builder.token)).status == 404
     for bad in ({"status": "gone"}, {"floor": "x"}, {"cursor": "garbage"}, {"limit": 101}, {"price_min": "5", "price_max": "1"}):
         assert (await sheda.api.get(f"{PROJECTS}/{pid}/units", params=bad)).status == 422, bad
+    r = await sheda.api.get(f"{PROJECTS}/{pid}/units", params={"price_min": "5", "price_max": "1"})
+    assert [e["field"] for e in r.json["errors"]] == ["price_max"], r.json  # the query field, not "body"
 
 
 async def test_project_search_filters_sorts_and_cursor(sheda):
@@ -396,6 +398,8 @@ async def test_project_search_filters_sorts_and_cursor(sheda):
     for bad in ({"sort": "cheapest"}, {"near": "x"}, {"radius_km": 0}, {"bedrooms": 99}, {"price_min": "1.555"}, {"cursor": "zz"},
                 {"builder_id": 0}, {"status": "done"}, {"unknown": 1}):
         assert (await sheda.api.get(PROJECTS, params=bad)).status == 422, bad
+    r = await sheda.api.get(PROJECTS, params={"price_min": "5", "price_max": "1"})
+    assert r.status == 422 and [e["field"] for e in r.json["errors"]] == ["price_max"], r.json  # the query field, not "body"
 
 
 async def test_payment_plans_split_a_unit_price_to_the_kobo(sheda):

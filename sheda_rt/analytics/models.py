@@ -5,6 +5,7 @@ from datetime import date
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sheda_rt.errors import FieldError
 from sheda_rt.responses import ResponseModel
 
 MAX_DAYS = 366
@@ -20,9 +21,9 @@ class AnalyticsQuery(BaseModel):
     def _range(self):
         if self.from_ is not None and self.to is not None:
             if self.from_ > self.to:
-                raise ValueError("from must not be after to")
+                raise FieldError("to", "from must not be after to")
             if (self.to - self.from_).days + 1 > MAX_DAYS:
-                raise ValueError(f"at most {MAX_DAYS} days at once")
+                raise FieldError("to", f"at most {MAX_DAYS} days at once")
         return self
 
 

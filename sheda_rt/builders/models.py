@@ -17,7 +17,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool,
 from sheda_rt.accounts.models import PublicBuilder
 from sheda_rt.database.ids import MAX_ID
 from sheda_rt.listings.models import GeoPoint
-from sheda_rt.listings.money import Money
+from sheda_rt.listings.money import Money, check_price_range
 from sheda_rt.pagination import PageQuery
 from sheda_rt.responses import MediaUrl, MoneyText, Page, ResponseModel, Timestamp
 from sheda_rt.search import parse_near
@@ -143,8 +143,7 @@ class ProjectQuery(PageQuery):
 
     @model_validator(mode="after")
     def _range(self):
-        if self.price_min is not None and self.price_max is not None and self.price_min > self.price_max:
-            raise ValueError("price_min must not exceed price_max")
+        check_price_range(self.price_min, self.price_max)
         return self
 
     @property
@@ -188,8 +187,7 @@ class UnitQuery(PageQuery):
 
     @model_validator(mode="after")
     def _range(self):
-        if self.price_min is not None and self.price_max is not None and self.price_min > self.price_max:
-            raise ValueError("price_min must not exceed price_max")
+        check_price_range(self.price_min, self.price_max)
         return self
 
 

@@ -11,7 +11,8 @@ from typing import Literal, Optional
 from sheda_rt.database.ids import MAX_ID
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
 
-from sheda_rt.listings.money import Money
+from sheda_rt.errors import FieldError
+from sheda_rt.listings.money import Money, check_price_range
 from sheda_rt.accounts.models import PublicAgent
 from sheda_rt.pagination import PageQuery
 from sheda_rt.responses import MediaUrl, MoneyText, ResponseModel, Timestamp
@@ -170,10 +171,9 @@ class SearchQuery(PageQuery):
 
     @model_validator(mode="after")
     def _range(self):
-        if self.price_min is not None and self.price_max is not None and self.price_min > self.price_max:
-            raise ValueError("price_min must not exceed price_max")
+        check_price_range(self.price_min, self.price_max)
         if self.near is not None and self.bbox is not None:
-            raise ValueError("send near= or bbox=, not both")
+            raise FieldError("bbox", "send near= or bbox=, not both")
         return self
 
     @property

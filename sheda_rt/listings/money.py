@@ -22,6 +22,8 @@ from bson.decimal128 import Decimal128
 from bson.int64 import Int64
 from pydantic import BeforeValidator, WithJsonSchema
 
+from sheda_rt.errors import FieldError
+
 CENT = Decimal("0.01")
 MAX_AMOUNT = Decimal("1000000000000")  # one trillion naira: anything above is a typo
 
@@ -82,6 +84,13 @@ Money = Annotated[
                                    f"{int(MAX_AMOUNT):,}; JSON floats are rejected",
                     "examples": ["2500000.00"]}),
 ]
+
+
+def check_price_range(price_min: Decimal | None, price_max: Decimal | None) -> None:
+    """The price_min/price_max filters of a search (listings, projects, units): a range that can hold
+    nothing is the client's mistake, reported under price_max (422)."""
+    if price_min is not None and price_max is not None and price_min > price_max:
+        raise FieldError("price_max", "price_min must not exceed price_max")
 
 
 def to_decimal128(amount: Decimal) -> Decimal128:
