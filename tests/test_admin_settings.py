@@ -100,6 +100,34 @@ async def test_a_new_booking_holds_its_unit_for_the_new_period(sheda):
         assert (await sheda.api.post(f"/api/v1/bookings/{booking['id']}/cancel", {}, token=client.token)).status == 200
 
 
+async def test_the_booking_percent_makes_the_booking_line_of_a_plan_sent_without_lines(sheda):
+    """booking_percent is the default booking percentage: a payment plan sent without `lines` is a booking line of
+    it (line 1, the booking payment) and the balance at handover, as it is when the plan is made."""
+    admin = await sheda.admin()
+    builder, project, units, _ = await setup_project(sheda, units=("D-1",), price="20000000.00")
+    plans = f"/api/v1/projects/{project['id']}/payment-plans"
+    r = await sheda.api.post(plans, {"name": "Standard"}, token=builder.token)
+    assert r.status == 201 and r.json["lines"] == [{"label": "Booking", "percent": "10.00", "due": "booking"},
+                                                   {"label": "Balance", "percent": "90.00", "due": "handover"}], r
+    assert (await sheda.api.patch(SETTINGS, {"booking_percent": "15.5"}, token=admin.token)).status == 200
+    r = await sheda.api.post(plans, {"name": "Standard 15.5"}, token=builder.token)
+    assert r.status == 201 and r.json["lines"] == [{"label": "Booking", "percent": "15.50", "due": "booking"},
+                                                   {"label": "Balance", "percent": "84.50", "due": "handover"}], r
+    client = await sheda.signup("client")
+    booked = await book(sheda, client, units[0]["id"], r.json["id"])
+    assert booked.status == 201, booked
+    assert [(i["n"], i["amount"]) for i in booked.json["installments"]] == [(1, "3100000.00"), (2, "16900000.00")]
+    assert (await sheda.api.post(f"/api/v1/bookings/{booked.json['id']}/cancel", {}, token=client.token)).status == 200
+    assert (await sheda.api.patch(SETTINGS, {"booking_percent": "100"}, token=admin.token)).status == 200
+    r = await sheda.api.post(plans, {"name": "All at booking"}, token=builder.token)
+    assert r.status == 201 and r.json["lines"] == [{"label": "Booking", "percent": "100.00", "due": "booking"}], r
+    # 0: no booking line to make, and line 1 is always the booking payment: the builder sends the lines.
+    assert (await sheda.api.patch(SETTINGS, {"booking_percent": "0"}, token=admin.token)).status == 200
+    r = await sheda.api.post(plans, {"name": "Nothing down"}, token=builder.token)
+    assert r.status == 422 and [e["field"] for e in r.json["errors"]] == ["lines"], r
+    assert len((await sheda.api.get(plans)).json["items"]) == 4  # setup's plan and the three made here
+
+
 def _hours(h: float) -> timedelta:
     return timedelta(hours=h)
 

@@ -228,10 +228,14 @@ class PlanLine(_Body):
 
 class PaymentPlanCreate(_Body):
     name: str = Field(min_length=1, max_length=80)
-    lines: list[PlanLine] = Field(min_length=1, max_length=MAX_PLAN_LINES)
+    lines: Optional[list[PlanLine]] = Field(None, min_length=1, max_length=MAX_PLAN_LINES, description=(
+        "Left out: the default plan, a 'Booking' line of the runtime booking_percent (admin settings) due at "
+        "booking and the 'Balance' due at handover"))
 
     @model_validator(mode="after")
     def _sums_to_100(self):
+        if self.lines is None:
+            return self
         total = sum((line.percent for line in self.lines), Decimal(0))
         if total != Decimal(100):
             raise ValueError(f"the lines' percents must sum to exactly 100 (they sum to {total})")

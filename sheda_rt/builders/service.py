@@ -29,6 +29,7 @@ from sheda_rt.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from sheda_rt.listings.money import format_money, to_decimal128, to_minor
 from sheda_rt.listings.service import geo_view, is_admin
 from sheda_rt.search import SearchPlan, location_words, word_facet
+from sheda_rt.runtime_settings.models import DEFAULT_BOOKING_PERCENT
 
 if TYPE_CHECKING:  # types only: the context wires these in (runtime imports here would make cycles)
     from sheda_rt.accounts.users_store import UserStore
@@ -536,12 +537,24 @@ class ProjectService:
         await self.managed(principal, project_id)
         if len(await self.plans.for_project(project_id, MAX_PLANS_PER_PROJECT)) >= MAX_PLANS_PER_PROJECT:
             raise Conflict(f"A project has at most {MAX_PLANS_PER_PROJECT} payment plans", "too_many_plans")
-        doc = await self.plans.insert({
-            "project_id": project_id, "name": body.name,
-            "lines": [{"label": ln.label, "percent": str(ln.percent), "due": ln.due} for ln in body.lines],
-            "created_at": self.clock.now(),
-        })
+        if body.lines is not None:
+            lines = [{"label": ln.label, "percent": str(ln.percent), "due": ln.due} for ln in body.lines]
+        else:
+            lines = await self.default_plan_lines()
+        doc = await self.plans.insert({"project_id": project_id, "name": body.name, "lines": lines, "created_at": self.clock.now()})
         return plan_view(doc)
+
+    async def default_plan_lines(self) -> list[dict]:
+        """A plan sent without lines: the runtime `booking_percent` (admin settings; DEFAULT_BOOKING_PERCENT
+        until changed) due at booking, so it is line 1, the booking payment, and the balance at handover. Taken
+        when the plan is made: a later change of the setting leaves existing plans (and their bookings) alone."""
+        percent = Decimal((await self.runtime_settings()).booking_percent if self.runtime_settings else DEFAULT_BOOKING_PERCENT)
+        if percent == 0:  # line 1 is always the booking payment: a plan must start with one
+            raise ValidationFailed.single("lines", "required while the default booking percentage (admin settings) is 0")
+        lines = [{"label": "Booking", "percent": str(percent), "due": "booking"}]
+        if percent < 100:
+            lines.append({"label": "Balance", "percent": str(Decimal(100) - percent), "due": "handover"})
+        return lines
 
     async def list_plans(self, principal, project_id: int, unit_id: int | None) -> dict:
         await self.visible(project_id, principal)

@@ -39,7 +39,8 @@ Banner = Annotated[str | None, Field(max_length=500, description="shown by the a
 
 class RuntimeSettings(ResponseModel):
     booking_hold_hours: HoldHours
-    booking_percent: PercentText = Field(description="default booking percentage of a unit's price")
+    booking_percent: PercentText = Field(description="default booking percentage of a unit's price: the booking line of a "
+                                                     "payment plan created without lines")
     max_units_per_project: MaxUnits
     maintenance_banner: Banner = None
 
