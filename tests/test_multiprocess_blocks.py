@@ -9,9 +9,27 @@ from datetime import datetime, timezone
 
 from sheda_rt.appointments.models import WEEKDAYS
 from tests.listing_helpers import listing, next_slot, iso
-from tests.redis_support import Remote, redis_server, server_pair, shared_dir  # noqa: F401  (module fixtures)
+import pytest
 
-ROUNDS = 12  # one socket message a round: within the socket's burst of 20 (REST is not counted)
+from tests.redis_support import Remote, ServerProcess, redis_server, server_env, shared_dir  # noqa: F401  (module fixtures)
+
+ROUNDS = 12  # Bob spends three messages a round (a refused frame, a refused and an accepted REST send)
+
+
+@pytest.fixture(scope="module")
+def server_pair(embedded_db, redis_server, shared_dir):
+    """redis_support's pair, with a message budget for ROUNDS rounds at full speed: a user's messages
+    share one budget whatever the transport (a burst of 20 by default), and each round spends three."""
+    env = server_env(embedded_db, redis_server, shared_dir, f"sheda_mp_{uuid.uuid4().hex[:8]}",
+                     WS_RATE_BURST=10_000, WS_RATE_PER_SECOND=10_000)
+    a, b = ServerProcess(env, shared_dir, "a"), ServerProcess(env, shared_dir, "b")
+    try:
+        a.start()
+        b.start()
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()
 
 
 async def send(ws, receiver_id: int, text: str) -> dict:
