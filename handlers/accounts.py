@@ -11,13 +11,18 @@ from sheda_rt.responses import Detail
 
 
 class RegisterHandler(APIHandler):
-    @endpoint("Register a client, agent or builder; an OTP is emailed", body=RegisterRequest, response=PrivateUser, status=201, errors=(409, 422),
-              tags=("auth",))
+    @endpoint("Register a client, agent or builder; an OTP is emailed", body=RegisterRequest, response=PrivateUser, status=201,
+              errors=(409, 422, 429), tags=("auth",))
     async def post(self, body: RegisterRequest):
         """Creates an unverified account and emails a 6-digit code (valid OTP_MINUTES, 10 by default).
         Usernames that read as staff or the product (admin, support, sheda, Adm1n...) are a 422 on `username`.
         Confirm it with POST /auth/verify-account. 409 with code `username_taken`, `email_taken` or
-        `phone_taken` when one is already registered."""
+        `phone_taken` when one is already registered. An email whose account was never verified is not
+        taken: registering it again replaces that pending registration (same id; the new username,
+        password, user_type, phone and full_name; its old username is freed, earlier codes stop working,
+        a new one is mailed) and answers 201 as a fresh registration. Such a replacement mails a code,
+        so it counts against the address's send-otp limit (429 with Retry-After beyond it). A verified or
+        deactivated account's email stays 409 `email_taken`."""
         return private_user(await self.ctx.accounts.register(body))
 
 

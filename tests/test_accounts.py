@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+import re
+from datetime import timedelta
 
+import pytest
+
+from sheda_rt.errors import BadRequest
 from tests.support import otp_from_mail, unique
 
 AUTH = "/api/v1/auth"
@@ -307,7 +312,12 @@ async def test_register_bad_input_stores_nothing(sheda):
     login = await sheda.api.post(f"{AUTH}/login", {"username": "08099990001", "password": local.password})
     assert login.status == 200, login
     assert await sheda.ctx.db.users.count_documents({}) == count + 2
-    conflict = await sheda.api.post(f"{AUTH}/register", {**base, "username": unique("c")})
+    # base's email is still unverified: registering it again replaces that registration (no new account)
+    again = await sheda.api.post(f"{AUTH}/register", {**base, "username": unique("c")})
+    assert again.status == 201, again
+    assert await sheda.ctx.db.users.count_documents({}) == count + 2
+    # a verified account's email is taken, whatever the username
+    conflict = await sheda.api.post(f"{AUTH}/register", {**base, "email": taken.email, "username": unique("c")})
     assert conflict.status == 409 and conflict.json["code"] == "email_taken"
 
 
@@ -399,3 +409,145 @@ async def test_tokens_follow_the_server_clock(sheda, clock):
     assert login.status == 200
     assert (await sheda.api.get("/api/v1/users/me", token=login.json["access_token"])).status == 200
     assert (await sheda.api.post(f"{AUTH}/refresh", {"refresh_token": login.json["refresh_token"]})).status == 200
+
+
+async def test_registering_a_pending_email_replaces_the_squatters_registration(sheda):
+    """Someone registers the victim's address with a password of their own and never verifies it
+    (they cannot: the code goes to the victim). The victim's own registration replaces theirs."""
+    admin = await sheda.admin()
+    email = f"{unique('victim')}@example.com"
+    squat = {"username": unique("sq"), "email": email, "password": "attacker-pass-1", "user_type": "builder",
+             "phone": "+2348077770001", "full_name": "Not The Owner"}
+    first = await sheda.api.post(f"{AUTH}/register", squat)
+    assert first.status == 201, first
+    user_id = first.json["id"]
+    old_code = await _code(sheda, email)
+    # An admin vetted the squatter's company before anyone noticed: it must not carry over.
+    assert (await sheda.api.patch(f"/api/v1/admin/builders/{user_id}", {"verified": True}, token=admin.token)).status == 200
+
+    mine = {"username": unique("vic"), "email": email.upper(), "password": "victim-pass-1", "user_type": "builder",
+            "full_name": "Real Owner"}
+    second = await sheda.api.post(f"{AUTH}/register", mine)
+    assert second.status == 201, second
+    assert second.json["id"] == user_id and second.json["username"] == mine["username"], second.json
+    assert second.json["full_name"] == "Real Owner" and second.json["phone"] is None and second.json["is_verified"] is False
+    assert second.json["profile"]["verified"] is False
+    new_code = await _code(sheda, email)
+    stored = await sheda.ctx.users.get(user_id)
+    assert stored["username"] == mine["username"] and "builder_profile" not in stored and stored["role"] == "user"
+    assert await sheda.ctx.db.users.count_documents({"email": email}) == 1
+
+    # The squatter's code (mailed to the victim) no longer verifies anything.
+    if old_code != new_code:
+        r = await sheda.api.post(f"{AUTH}/verify-account", {"email": email, "otp": old_code})
+        assert r.status == 400 and r.json["code"] == "invalid_otp", r
+    verified = await sheda.api.post(f"{AUTH}/verify-account", {"email": email, "otp": new_code})
+    assert verified.status == 200, verified
+
+    # The squatter's password opens nothing, by any name; the owner's does.
+    for ident in (squat["username"], email, squat["phone"]):
+        r = await sheda.api.post(f"{AUTH}/login", {"username": ident, "password": squat["password"]})
+        assert r.status == 401, (ident, r)
+    login = await sheda.api.post(f"{AUTH}/login", {"username": email, "password": mine["password"]})
+    assert login.status == 200, login
+    me = await sheda.api.get("/api/v1/users/me", token=login.json["access_token"])
+    assert me.json["id"] == user_id and me.json["username"] == mine["username"] and me.json["profile"]["verified"] is False
+    # The squatter's username and phone were freed with their registration.
+    reuse = await sheda.api.post(f"{AUTH}/register", {**squat, "email": f"{unique('e')}@example.com"})
+    assert reuse.status == 201 and reuse.json["id"] != user_id, reuse
+
+    # Now verified: the address is taken for good.
+    late = await sheda.api.post(f"{AUTH}/register", {**squat, "username": unique("sq"), "phone": None})
+    assert late.status == 409 and late.json["code"] == "email_taken", late
+    assert (await sheda.api.post(f"{AUTH}/login", {"username": email, "password": mine["password"]})).status == 200
+
+
+async def test_replacing_a_pending_registration_keeps_other_accounts_names_and_the_mail_limit(sheda):
+    other = await sheda.signup("client", phone="+2348077770002")
+    resp, body = await sheda.register("client")
+    assert resp.status == 201
+    code = await _code(sheda, body["email"])
+    # A username or phone of another account is still taken; nothing of the pending one changes.
+    for clash, field in (({"username": other.username}, "username"), ({"phone": "+2348077770002"}, "phone")):
+        r = await sheda.api.post(f"{AUTH}/register", {**body, "username": unique("c"), "password": "new-pass-123", **clash})
+        assert r.status == 409 and r.json["code"] == f"{field}_taken", r
+    assert (await sheda.ctx.users.get(resp.json["id"]))["username"] == body["username"]
+    # Each replacement mails a code: together with send-otp, a few per address, then 429.
+    statuses = []
+    for _ in range(6):
+        r = await sheda.api.post(f"{AUTH}/register", {**body, "username": unique("c")})
+        statuses.append(r.status)
+        if r.status == 429:
+            assert int(r.headers["Retry-After"]) >= 1 and r.json["code"] == "rate_limited"
+            break
+    assert statuses[-1] == 429 and set(statuses[:-1]) == {201}, statuses
+    assert (await sheda.api.post(f"{AUTH}/send-otp", {"email": body["email"]})).status == 429
+    # The code of the first registration stopped working with the first replacement.
+    r = await sheda.api.post(f"{AUTH}/verify-account", {"email": body["email"], "otp": code})
+    assert r.status == 400 and r.json["code"] == "invalid_otp", r
+
+
+async def test_concurrent_re_registrations_of_one_pending_email_leave_one_consistent_account(sheda):
+    resp, body = await sheda.register("client")
+    assert resp.status == 201
+    tries = [{**body, "username": unique("race"), "password": f"race-pass-{i}-xyz", "user_type": kind}
+             for i, kind in enumerate(("agent", "builder", "client"))]
+    results = await asyncio.gather(*[sheda.api.post(f"{AUTH}/register", t) for t in tries])
+    assert all(r.status in (201, 409) for r in results) and any(r.status == 201 for r in results), results
+    for r in results:
+        if r.status == 409:
+            assert r.json["code"] == "email_taken", r
+        else:
+            assert r.json["id"] == resp.json["id"]
+    stored = await sheda.ctx.users.get(resp.json["id"])
+    winner = next(t for t in tries if t["username"] == stored["username"])
+    assert stored["user_type"] == winner["user_type"] and stored["username_lc"] == winner["username"].lower()
+    assert await sheda.ctx.db.users.count_documents({"email": body["email"]}) == 1
+    for t in tries + [body]:
+        if t is not winner:
+            assert await sheda.ctx.db.users.count_documents({"username_lc": t["username"].lower()}) == 0
+    # One of the codes mailed (the newest live one) verifies the winner, whose password (and only it) then logs in.
+    codes = [re.search(r"\b(\d{6})\b", m.body).group(1) for m in reversed(sheda.ctx.mailer.sent) if m.to.lower() == body["email"].lower()]
+    for code in codes[:4]:
+        verified = await sheda.api.post(f"{AUTH}/verify-account", {"email": body["email"], "otp": code})
+        if verified.status == 200:
+            break
+    assert verified.status == 200, verified
+    for t in tries + [body]:
+        r = await sheda.api.post(f"{AUTH}/login", {"username": body["email"], "password": t["password"]})
+        assert r.status == (200 if t is winner else 401), (t["username"], winner["username"], r)
+
+
+async def test_verification_racing_a_re_registration_only_one_wins(sheda):
+    resp, body = await sheda.register("client")
+    code = await _code(sheda, body["email"])
+    mine = {**body, "username": unique("vic"), "password": "owner-pass-123"}
+    verify, register = await asyncio.gather(sheda.api.post(f"{AUTH}/verify-account", {"email": body["email"], "otp": code}),
+                                            sheda.api.post(f"{AUTH}/register", mine))
+    stored = await sheda.ctx.users.get(resp.json["id"])
+    if verify.status == 200:  # the first registration was verified first: the second is refused, nothing mixed
+        assert register.status == 409 and register.json["code"] == "email_taken", register
+        assert stored["username"] == body["username"] and stored["is_verified"] is True
+    else:  # replaced first: the old code proves nothing about the new registration
+        assert verify.status == 400 and verify.json["code"] == "invalid_otp", verify
+        assert register.status == 201 and stored["username"] == mine["username"] and stored["is_verified"] is False
+
+
+async def test_a_verifier_that_read_the_registration_before_it_was_replaced_changes_nothing(sheda):
+    """The slow side of the race above, made deterministic: a verification (or a code mailing) that
+    read the pending registration, then lost the race to a re-registration."""
+    resp, body = await sheda.register("client")
+    stale = await sheda.ctx.users.get(resp.json["id"])
+    again = await sheda.api.post(f"{AUTH}/register", {**body, "username": unique("vic"), "password": "owner-pass-123"})
+    assert again.status == 201, again
+    live = await sheda.ctx.otps.get(resp.json["id"])
+    with pytest.raises(BadRequest):
+        await sheda.ctx.accounts._mark_verified(stale)
+    assert (await sheda.ctx.users.get(resp.json["id"]))["is_verified"] is False
+    # a code issued for the old registration does not displace the new one's
+    now = sheda.ctx.clock.now()
+    assert await sheda.ctx.otps.issue(stale["_id"], "123456", now, now + timedelta(minutes=10), epoch=stale.get("token_epoch", 0)) is False
+    assert (await sheda.ctx.otps.get(resp.json["id"]))["code_hash"] == live["code_hash"]
+    assert not await sheda.ctx.otps.consume(stale["_id"], "123456", now, 5, epoch=stale.get("token_epoch", 0))
+    verified = await sheda.api.post(f"{AUTH}/verify-account", {"email": body["email"], "otp": await _code(sheda, body["email"])})
+    assert verified.status == 200, verified

@@ -25,6 +25,7 @@ from sheda_rt.accounts.models import (AGENT_PROFILE_FIELDS, BUILDER_PROFILE_FIEL
 from sheda_rt.accounts.otp_store import new_code
 from sheda_rt.accounts.passwords import hash_password, verify_password
 from sheda_rt.accounts.usernames import RESERVED_MESSAGE, is_reserved
+from sheda_rt.accounts.users_store import epoch_is
 from sheda_rt.clock import format_ts
 from sheda_rt.errors import BadRequest, Conflict, Forbidden, NotFound, RateLimited, Unauthorized, ValidationFailed
 
@@ -153,7 +154,16 @@ class AccountService:
 
     # ---- registration and one-time codes -----------------------------------
     async def register(self, req, *, verified: bool = False, send_otp: bool = True, operator: bool = False) -> dict:
-        """`operator`: the command line may take reserved names (see accounts/usernames.py); clients may not."""
+        """`operator`: the command line may take reserved names (see accounts/usernames.py); clients may not.
+
+        An email whose account was never verified (and is active) does not block its owner: anyone
+        can register any address, and whoever squatted it would otherwise keep a password on the
+        owner's account once the owner verifies it by mail. Registering that email again replaces the
+        pending registration (same id; username, password, type, phone, name all new; the old username
+        freed; earlier codes and tokens void; a new code mailed), answered like a fresh registration.
+        It shares the send-otp throttle of the address (it mails a code). A verified or deactivated
+        account's email stays a 409 `email_taken`, and so does losing a race to a verification or to
+        another re-registration of the same email."""
         if not operator and is_reserved(req.username):
             raise ValidationFailed.single("username", RESERVED_MESSAGE)
         now = self.clock.now()
@@ -173,16 +183,35 @@ class AccountService:
         }
         if doc["phone"] is None:
             del doc["phone"]
-        user = await self.users.insert(doc)
+        try:
+            user = await self.users.insert(doc)
+        except Conflict:
+            pending = await self.users.find_by_email(doc["email"])
+            if pending is None or pending.get("is_verified") or not pending.get("is_active", True):
+                raise
+            user = await self._replace_pending(pending, doc, throttle=send_otp)
         if send_otp:
             await self._mail_code(user, "Verify your Sheda account")
+        return user
+
+    async def _replace_pending(self, pending: dict, doc: dict, *, throttle: bool) -> dict:
+        if throttle:  # each replacement mails a code: no more mail to the address than send-otp allows
+            wait = await self.limits.take_token(f"send-otp:{doc['email']}", OTP_SEND_BURST, OTP_SEND_PER_SECOND)
+            if wait > 0:
+                raise RateLimited("Too many codes requested for this address; try again later", int(wait) + 1)
+        user = await self.users.replace_pending(pending, doc)
+        if user is None:  # verified, deactivated or re-registered by someone else since we read it
+            raise Conflict("That email is already registered", "email_taken")
+        # Earlier codes were issued at the old token epoch: none of them matches any more.
+        log.info(json.dumps({"event": "pending_registration_replaced", "user_id": user["_id"]}))
         return user
 
     async def _mail_code(self, user: dict, subject: str) -> None:
         code = new_code()
         now = self.clock.now()
         minutes = self.settings.otp_minutes
-        await self.otps.issue(user["_id"], code, now, now + timedelta(minutes=minutes))
+        if not await self.otps.issue(user["_id"], code, now, now + timedelta(minutes=minutes), epoch=user.get("token_epoch", 0)):
+            return  # the registration was replaced since `user` was read: its code would be dead, the new one is mailed
         body = (f"Hello {user.get('full_name') or user['username']},\n\n"
                 f"Your Sheda verification code is {code}\n\n"
                 f"It works once and expires in {minutes} minutes. If you did not ask for it, ignore this email.\n")
@@ -207,7 +236,7 @@ class AccountService:
         user = await self.users.find_by_email(email)
         if user is None:
             raise BadRequest(_INVALID_OTP, "invalid_otp")
-        if not await self.otps.consume(user["_id"], code, self.clock.now(), OTP_MAX_ATTEMPTS):
+        if not await self.otps.consume(user["_id"], code, self.clock.now(), OTP_MAX_ATTEMPTS, epoch=user.get("token_epoch", 0)):
             raise BadRequest(_INVALID_OTP, "invalid_otp")
         if not user.get("is_active", True):
             raise Forbidden("This account is deactivated", "account_inactive")
@@ -217,15 +246,24 @@ class AccountService:
         """A right code marks the email verified and logs the user in (a new token family)."""
         user = await self._use_code(email, code)
         if not user.get("is_verified"):
-            user = await self.users.update(user["_id"], {"is_verified": True, "updated_at": self.clock.now()})
+            user = await self._mark_verified(user)
         return await self.issue_pair(user)
+
+    async def _mark_verified(self, user: dict) -> dict:
+        """Only the registration the code was mailed for: if it was replaced meanwhile (its token
+        epoch moved on), the code proves nothing about the new one."""
+        verified = await self.users.update_if(user["_id"], {"is_verified": {"$ne": True}, **epoch_is(user.get("token_epoch", 0))},
+                                              {"is_verified": True, "updated_at": self.clock.now()})
+        if verified is None:
+            raise BadRequest(_INVALID_OTP, "invalid_otp")
+        return verified
 
     async def verify_otp(self, email: str, code: str) -> dict:
         """A right code gives a short, single-use token with scope `otp` (for reset-password).
         Reading the code from the mailbox also proves the address, so it marks it verified."""
         user = await self._use_code(email, code)
         if not user.get("is_verified"):
-            await self.users.set_fields(user["_id"], {"is_verified": True, "updated_at": self.clock.now()})
+            user = await self._mark_verified(user)
         life = timedelta(minutes=self.settings.otp_token_minutes)
         token, _ = self.tokens.issue(user["_id"], ["otp"], "otp", life, ep=user.get("token_epoch", 0))
         return {"access_token": token, "token_type": "bearer", "expires_in": int(life.total_seconds()), "scope": "otp"}

@@ -13,6 +13,17 @@ from sheda_rt.errors import Conflict
 from sheda_rt.pagination import paginate
 
 
+def epoch_is(epoch: int) -> dict:
+    """Filter: the user's token epoch is still `epoch` (0 also matches documents that never had one)."""
+    return {"token_epoch": epoch} if epoch else {"token_epoch": {"$in": [0, None]}}
+
+
+def _taken(exc: DuplicateKeyError) -> Conflict:
+    key = str(exc.details.get("keyPattern") or exc.details.get("errmsg") or exc)
+    field = "email" if "email" in key else "phone" if "phone" in key else "username"
+    return Conflict(f"That {field} is already registered", f"{field}_taken")
+
+
 class UserStore:
     INDEXES = [
         IndexModel([("username_lc", ASCENDING)], unique=True, name="username_unique"),
@@ -36,10 +47,26 @@ class UserStore:
         try:
             await self.col.insert_one(doc)
         except DuplicateKeyError as exc:
-            key = str(exc.details.get("keyPattern") or exc.details.get("errmsg") or exc)
-            field = "email" if "email" in key else "phone" if "phone" in key else "username"
-            raise Conflict(f"That {field} is already registered", f"{field}_taken")
+            raise _taken(exc)
         return doc
+
+    async def replace_pending(self, pending: dict, doc: dict) -> dict | None:
+        """Overwrite a registration that was never verified with a new one (`doc`), keeping its id
+        and email: one conditional replace of the whole document, so nothing of the old one is left
+        (old username freed, profiles, flags) and the token epoch moves on. It applies only while the
+        account is still unverified, active and unchanged since `pending` was read (same epoch):
+        of racing re-registrations, or a verification racing one, exactly one wins. The new document,
+        or None when it no longer matched; 409 `username_taken`/`phone_taken` when another account
+        has them."""
+        epoch = pending.get("token_epoch", 0)
+        flt = {"_id": pending["_id"], "email": pending["email"], "is_verified": {"$ne": True},
+               "is_active": {"$ne": False}, **epoch_is(epoch)}
+        new = {**doc, "_id": pending["_id"], "email": pending["email"], "token_epoch": epoch + 1}
+        try:
+            result = await self.col.replace_one(flt, new)
+        except DuplicateKeyError as exc:
+            raise _taken(exc)
+        return new if result.matched_count == 1 else None
 
     async def get(self, user_id: int) -> dict | None:
         return await self.col.find_one({"_id": user_id})
@@ -104,9 +131,7 @@ class UserStore:
         try:
             return await update_then_get(self.col, {"_id": user_id}, update)
         except DuplicateKeyError as exc:
-            key = str(exc.details.get("keyPattern") or exc)
-            field = "email" if "email" in key else "phone" if "phone" in key else "username"
-            raise Conflict(f"That {field} is already registered", f"{field}_taken")
+            raise _taken(exc)
 
     async def revoke_all_tokens(self, user_id: int, changes: dict) -> dict | None:
         """Apply `changes` and move the user's token epoch on: every token issued before carries the
