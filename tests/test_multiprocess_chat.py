@@ -149,6 +149,29 @@ async def test_logout_on_one_process_closes_the_socket_on_the_other(server_pair)
     other_session_on_b.close()
 
 
+async def test_socket_messages_on_one_process_and_rest_sends_on_the_other_share_one_budget(server_pair):
+    a, b = (Remote(s) for s in server_pair)
+    alice, bob = await a.signup("client"), await b.signup("agent")
+    alice_b, bob_a = await b.ws(alice.token), await a.ws(bob.token)
+    for i in range(30):  # the default burst (20) and more, at once, on process B's socket
+        await alice_b.send({"receiver_id": bob.id, "message": f"burst {i}", "client_msg_id": f"burst-{i}"})
+    await alice_b.wait_for(lambda f: len([x for x in alice_b.frames if x.get("type") in ("ack", "error")]) == 30, 10)
+    assert [f for f in alice_b.frames if f.get("type") == "error" and f.get("code") == "rate_limited"]
+    # Over REST on process A: only what refilled meanwhile (5/s), not a budget of its own.
+    statuses = []
+    for i in range(10):
+        r = await a.api.post("/api/v1/chats", {"receiver_id": bob.id, "message": f"rest {i}"}, token=alice.token)
+        statuses.append(r.status)
+        if r.status == 429:
+            assert r.json["code"] == "rate_limited" and int(r.headers["Retry-After"]) >= 1, r
+            break
+    assert statuses[-1] == 429 and len(statuses) <= 4, statuses
+    r = await a.api.post("/api/v1/chats", {"receiver_id": alice.id, "message": "bob is not limited"}, token=bob.token)
+    assert r.status == 201, r
+    alice_b.close()
+    bob_a.close()
+
+
 async def test_redis_outage_keeps_sockets_and_storage_then_sync_recovers(server_pair, redis_server):
     a, b = (Remote(s) for s in server_pair)
     alice, bob, carol = await a.signup("client"), await b.signup("agent"), await a.signup("client")
