@@ -326,6 +326,28 @@ async def test_reading_on_another_device_cancels_the_pending_push(sheda, push):
     assert push.received == []
 
 
+async def test_a_user_deactivated_while_a_push_waits_gets_nothing(sheda, push):
+    # A message (or a reminder) queued in the grace period, then the account is deactivated
+    # (by its owner here; an admin or moderator the same): the job must not reach the device.
+    from datetime import timedelta
+
+    from sheda_rt.push.provider import Notification
+    ada = await sheda.signup()
+    bob = await sheda.signup()
+    sub, device_id = await subscribed(sheda, push, ada)
+    await send(sheda, bob, ada, "are you there?")
+    await until_jobs(sheda, device_id)
+    await sheda.ctx.push.dispatch.notify(ada.id, "appointments", Notification("Viewing in one hour", "12 Bode St", 0, "appt-1",
+                                                                              {"type": "appointment.reminder"}),
+                                         "reminder:test", sheda.ctx.clock.now() + timedelta(hours=1))
+    assert len(await jobs_of(sheda, device_id)) == 2
+    assert (await sheda.api.delete("/api/v1/users/me", token=ada.token)).status in (200, 204)
+    sheda.ctx.clock.advance(seconds=11)
+    await run_jobs(sheda)
+    assert push.received == []
+    assert {j["status"] for j in await jobs_of(sheda, device_id)} == {"done"}
+
+
 async def test_previews_off_sends_no_text(sheda, push):
     ada = await sheda.signup()
     bob = await sheda.signup()
