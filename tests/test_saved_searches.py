@@ -599,3 +599,22 @@ async def test_a_search_saved_from_guided_answers_alerts_on_its_exact_matches(sh
     r = await sheda.api.patch(f"{SS}/{stored['_id']}", {"query": {"location": area}}, token=buyer.token)
     assert r.status == 200 and r.json["guided"] is None and r.json["query"] == {"location": area}, r
     assert "match_extra" not in await sheda.ctx.db["saved_searches"].find_one({"_id": stored["_id"]})
+
+
+async def test_a_guided_search_alerts_on_its_area_spelt_in_a_way_not_seen_when_it_was_saved(sheda):
+    """The area of guided answers is the location's part before its last comma, folded: "Ọbalende" and
+    "Obalende" are one area. A search saved while the area was only spelt with the accent alerts on a
+    listing spelt without it, as the guided search calls that listing exact."""
+    agent, buyer = await sheda.signup("agent"), await sheda.signup("client")
+    area = word()
+    await create_property(sheda, agent, location=f"1 Road, Ọ{area}, Lagos", price="1500000")
+    await sheda.ctx.guided_catalog.refresh()
+    answers = {"where": f"o{area}"}
+    r = await sheda.api.post(SS, {"name": "Guided", "guided": answers}, token=buyer.token)
+    assert r.status == 201, r
+    plain = await create_property(sheda, agent, location=f"2 Road, O{area}, Lagos", price="1600000")
+    await settle(sheda)
+    assert [a["data"]["property_id"] for a in await alerts_of(sheda, buyer)] == [plain["id"]]
+    await sheda.ctx.guided_catalog.refresh()
+    found = await sheda.api.post("/api/v1/search/guided", {"answers": answers}, params={"limit": "100"})
+    assert plain["id"] in {p["id"] for p in found.json["items"] if p["match"]["exact"]}, found

@@ -159,7 +159,7 @@ class ListingAlerts:
                 if uid in chosen and (chosen[uid]["alert"] == "instant" or search["alert"] == "daily"):
                     continue
                 try:
-                    if self.saved.matches(search["query"], doc, search.get("match_extra")):
+                    if self.saved.matches(search["query"], doc, search.get("match_extra"), (search.get("guided") or {}).get("where")):
                         chosen[uid] = search
                 except (ValidationError, UnknownFilter, ValueError) as exc:  # a search stored under older rules: never matches
                     log.warning(json.dumps({"event": "saved_search_unmatchable", "saved_search_id": search["_id"],

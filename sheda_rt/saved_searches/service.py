@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from sheda_rt.clock import format_ts
 from sheda_rt.errors import Conflict, NotFound, ValidationFailed
+from sheda_rt.guided.areas import area_of
 from sheda_rt.guided.service import exact_filters
 from sheda_rt.search import geo_cells_covering, geo_cells_in_box
 from sheda_rt.saved_searches.matcher import listing_matches
@@ -50,9 +51,18 @@ class SavedSearchService:
     def plan_of(self, query: dict) -> SearchPlan:
         return self.plan(SavedSearchQuery.model_validate(query))
 
-    def matches(self, query: dict, listing: dict, extra: str | None = None) -> bool:
+    def matches(self, query: dict, listing: dict, extra: str | None = None, where: str | None = None) -> bool:
         """Would GET /properties with these stored filters list this stored listing? `extra`: the stored
-        further condition of guided answers (their area), as JSON."""
+        further condition of guided answers (their area), as JSON. `where`: the guided answers' area, which
+        then replaces `extra`: the listing's area (`area_of` its location, as the guided catalog files it)
+        must be that one. The stored regex knows only the area's spellings of the moment the search was
+        saved, so "Obalende, Lagos" written after a search of `obalende` saved when only "Ọbalende" was
+        listed never alerted, though the guided search lists it as an exact match."""
+        if where is not None:
+            area = area_of(listing.get("location") or "")
+            if area is None or area[0] != where:
+                return False
+            extra = None
         return listing_matches(self.plan_of(query), listing, json.loads(extra) if extra else None)
 
     async def guided_exact(self, answers: SavedGuidedAnswers) -> tuple[dict, dict | None]:
