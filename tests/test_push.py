@@ -348,6 +348,33 @@ async def test_a_user_deactivated_while_a_push_waits_gets_nothing(sheda, push):
     assert {j["status"] for j in await jobs_of(sheda, device_id)} == {"done"}
 
 
+async def test_a_password_reset_signs_out_every_device_and_a_new_login_registers_again(sheda, push):
+    # A reset signs the account out everywhere (whoever had the old password may hold a login): the
+    # devices registered by those logins stop getting message text, as a logout's do, and are deleted.
+    from tests.support import otp_from_mail
+    ada = await sheda.signup()
+    bob = await sheda.signup()
+    sub, device_id = await subscribed(sheda, push, ada)
+    assert (await sheda.api.post("/api/v1/auth/send-otp", {"email": ada.email})).status == 202
+    otp = await sheda.api.post("/api/v1/auth/verify-otp", {"email": ada.email, "otp": otp_from_mail(sheda.ctx.mailer, ada.email)})
+    reset = await sheda.api.put("/api/v1/auth/reset-password", {"password": "new-password-2"}, token=otp.json["access_token"])
+    assert reset.status in (200, 204), reset
+    await send(sheda, bob, ada, "private")
+    await until_jobs(sheda, device_id)
+    sheda.ctx.clock.advance(seconds=11)
+    await run_jobs(sheda)
+    assert push.received == []
+    assert await stored_devices(sheda, _id=device_id) == []
+    # signed in again, the browser registers its subscription again and gets pushes
+    login = await sheda.api.post("/api/v1/auth/login", {"username": ada.username, "password": "new-password-2"})
+    assert (await sheda.api.post(DEVICES, sub.body(), token=login.json["access_token"])).status == 201
+    await send(sheda, bob, ada, "hello again")
+    await until_jobs(sheda, (await stored_devices(sheda, user_id=ada.id))[0]["_id"])
+    sheda.ctx.clock.advance(seconds=11)
+    await run_jobs(sheda)
+    assert [r.payload["body"] for r in push.accepted(sub.endpoint_id)] == ["hello again"]
+
+
 async def test_previews_off_sends_no_text(sheda, push):
     ada = await sheda.signup()
     bob = await sheda.signup()

@@ -10,7 +10,8 @@ configured gets no pushes); everything below is the same for all three.
 - A read receipt cancels the pending jobs of that conversation; a job that runs anyway finds
   nothing unread and sends nothing. A user online again when it runs gets nothing (their
   sockets have it).
-- A user deactivated since the job was made gets nothing (outcome user_inactive).
+- A user deactivated since the job was made gets nothing (outcome user_inactive); a device registered
+  before a sign-out everywhere (password reset, deactivation) is deleted (device_signed_out).
 - Previews off: no message text in the payload. Quiet hours: the job is deferred to their end
   (not an attempt), unless that is past PUSH_TTL_SECONDS after the message: then dropped.
 - The provider's answer: 2xx done; a device the provider reports gone (404/410, FCM
@@ -198,9 +199,8 @@ class Dispatcher:
         device = await self.service.devices.get(device_id)
         if device is None or device["user_id"] != user_id or device["platform"] != platform:
             return {"outcome": "device_gone"}
-        if not await self._active(user_id):
-            PUSHES.labels(provider=platform, outcome="skipped").inc()
-            return {"outcome": "user_inactive"}
+        if (signed_out := await self._signed_out(device)) is not None:
+            return signed_out
         prefs = await self.service.get_settings(user_id)
         if not prefs["push"]["chat"]:
             PUSHES.labels(provider=platform, outcome="skipped").inc()
@@ -226,10 +226,21 @@ class Dispatcher:
         note = await self._notification(p["conv"], other_id, count, latest, badge, prefs["previews"])
         return await self._send(job, device, note, {"count": count, "up_to": latest["_id"]})
 
-    async def _active(self, user_id: int) -> bool:
-        """A user deactivated (by themselves, an admin or a moderator) after the job was made gets no push."""
-        user = await self.chat.users.get(user_id)
-        return user is not None and user.get("is_active", True)
+    async def _signed_out(self, device: dict) -> dict | None:
+        """A job's outcome when its device must get nothing: the user was deactivated (by themselves, an
+        admin or a moderator) after the job was made, or every login of theirs was signed out since the
+        device was registered (password reset, deactivation: the token epoch moved on), which deletes
+        the device as logging its own login out does. None: send."""
+        user = await self.chat.users.get(device["user_id"])
+        if user is None or not user.get("is_active", True):
+            PUSHES.labels(provider=device["platform"], outcome="skipped").inc()
+            return {"outcome": "user_inactive"}
+        if "ep" in device and device["ep"] != user.get("token_epoch", 0):
+            await self.service.devices.delete_signed_out(device["_id"], device["ep"])
+            self.forget_devices(device["user_id"])
+            PUSHES.labels(provider=device["platform"], outcome="gone").inc()
+            return {"outcome": "device_signed_out"}
+        return None
 
     async def _send(self, job: dict, device: dict, note: Notification, sent: dict):
         """One notification to one device, and what the provider's answer means for the job."""
@@ -290,9 +301,8 @@ class Dispatcher:
         device = await self.service.devices.get(p["device_id"])
         if device is None or device["user_id"] != p["user_id"] or device["platform"] != platform:
             return {"outcome": "device_gone"}
-        if not await self._active(p["user_id"]):
-            PUSHES.labels(provider=platform, outcome="skipped").inc()
-            return {"outcome": "user_inactive"}
+        if (signed_out := await self._signed_out(device)) is not None:
+            return signed_out
         prefs = await self.service.get_settings(p["user_id"])
         if not prefs["push"].get(p["category"], True):
             PUSHES.labels(provider=platform, outcome="skipped").inc()

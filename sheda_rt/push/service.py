@@ -76,7 +76,9 @@ class PushService:
             fields = {"platform": device.platform, "token": device.token}
             if device.platform == "apns":
                 fields["environment"] = device.environment
-        fields.update(user_id=principal.user_id, fam=principal.claims.get("fam"))
+        # fam: logging this login out deletes the device; ep: the token epoch it was registered under, so a
+        # "sign out everywhere" (password reset, deactivation) ends its pushes too (the dispatcher deletes it)
+        fields.update(user_id=principal.user_id, fam=principal.claims.get("fam"), ep=principal.claims.get("ep", 0))
         doc = await self.devices.upsert(key, fields, self.clock.now())
         await self._cap(principal.user_id)
         self._devices_changed()

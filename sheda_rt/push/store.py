@@ -57,6 +57,10 @@ class DeviceStore:
         """The provider says the device is gone: delete it unless it was registered again meanwhile."""
         return (await self.col.delete_one({"_id": device_id, "token_key": key})).deleted_count == 1
 
+    async def delete_signed_out(self, device_id: int, ep: int) -> bool:
+        """Its login was signed out everywhere: delete it unless registered again (a new epoch) meanwhile."""
+        return (await self.col.delete_one({"_id": device_id, "ep": ep})).deleted_count == 1
+
     async def get(self, device_id: int) -> dict | None:
         return await self.col.find_one({"_id": device_id})
 
