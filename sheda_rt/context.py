@@ -243,6 +243,12 @@ class AppContext:
         self.contract_expiry = ContractExpiryJob(self.contracts, self.settings.contract_expiry_interval_hours, self.job_runner,
                                                  self.clock)
         self.jobs.append(self.contract_expiry)
+        # an agent's account deactivated or reactivated: their listings leave the market or come back (a durable job)
+        from sheda_rt.listings.agent_status import AgentListingsFollow
+
+        self.agent_listings = AgentListingsFollow(runner=self.job_runner, listings=self.properties, users=self.users, clock=self.clock)
+        self.accounts.listings_follow = self.agent_listings
+        self.drain_hooks.append(self.agent_listings.drain)
 
     def _install_job_queue(self) -> None:  # [jobs]
         from sheda_rt.jobs.store import JobStore

@@ -214,8 +214,9 @@ async def test_agent_availability_of_unknown_agent_is_404(sheda):
 
 
 async def test_no_viewing_of_a_deactivated_agents_listing(sheda):
-    # The listing stays visible after its agent closes the account (or is banned), but nobody
-    # could ever confirm the viewing: the booking is refused and nothing is stored.
+    # The listing leaves the market when its agent closes the account (or is banned): a 404 like any unlisted
+    # one. Listed again by an admin meanwhile, nobody could ever confirm the viewing: the booking is refused
+    # and nothing is stored.
     agent = await sheda.signup("agent")
     client = await sheda.signup("client")
     prop = await create_property(sheda, agent)
@@ -223,9 +224,12 @@ async def test_no_viewing_of_a_deactivated_agents_listing(sheda):
     await open_window(sheda, agent, when, "09:00", "12:00")
     assert (await sheda.api.delete("/api/v1/users/me", token=agent.token)).status == 204
     r = await book(sheda, client, prop["id"], when)
+    assert r.status == 404 and r.json["code"] == "property_not_found", r
+    admin = await sheda.admin()
+    assert (await sheda.api.patch(f"/api/v1/properties/{prop['id']}/status", {"active": True}, token=admin.token)).status == 200
+    r = await book(sheda, client, prop["id"], when)
     assert r.status == 409 and r.json["code"] == "agent_inactive", r
     assert await sheda.ctx.db["appointments"].count_documents({"agent_id": agent.id}) == 0
     # reactivated by an admin, the agent's listing can be booked again
-    admin = await sheda.admin()
     assert (await sheda.api.patch(f"/api/v1/admin/users/{agent.id}", {"is_active": True}, token=admin.token)).status == 200
     assert (await book(sheda, client, prop["id"], when)).status == 201

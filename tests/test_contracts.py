@@ -252,6 +252,10 @@ async def test_no_payment_starts_with_a_deactivated_agent(sheda):
     admin = await sheda.admin()
     assert (await sheda.api.patch(f"/api/v1/admin/users/{agent.id}", {"is_active": False}, token=admin.token)).status == 200
     r = await sheda.api.post(f"{CT}/{prop['id']}", {"appointment_id": appt["id"], "term_months": 12}, token=client.token)
+    assert r.status == 404 and r.json["code"] == "property_not_found", r  # the listing left the market with its agent
+    # listed again by an admin while the agent is still deactivated: still no payment
+    assert (await sheda.api.patch(f"/api/v1/properties/{prop['id']}/status", {"active": True}, token=admin.token)).status == 200
+    r = await sheda.api.post(f"{CT}/{prop['id']}", {"appointment_id": appt["id"], "term_months": 12}, token=client.token)
     assert r.status == 409 and r.json["code"] == "agent_inactive", r
     assert "account_details" not in r.json
     assert await sheda.ctx.db["contracts"].count_documents({"property_id": prop["id"]}) == 0

@@ -151,6 +151,10 @@ class AccountService:
         self.hub = hub  # closes the sockets of revoked logins
         self.push = push  # a logged-out login's devices are deleted
         self.media = media  # avatars
+        # [listings] set by the context (sheda_rt/listings/agent_status.py): an account deactivated or reactivated takes
+        # its listings off the market or puts them back, through a durable job queued before the write (`changing`)
+        # and run after it (`changed`). None: listings do not follow (tests of accounts alone).
+        self.listings_follow = None
 
     # ---- registration and one-time codes -----------------------------------
     async def register(self, req, *, verified: bool = False, send_otp: bool = True, operator: bool = False) -> dict:
@@ -432,9 +436,13 @@ class AccountService:
 
     async def deactivate(self, user_id: int, reason: str = "account deactivated") -> dict:
         """is_active=false: every token of the user gets 403 at once and open sockets close with 4403.
-        The tokens stay dead if the account is reactivated later (the token epoch moves on)."""
+        The tokens stay dead if the account is reactivated later (the token epoch moves on). Their listed
+        listings are unlisted (`hidden_reason` agent_inactive) until the account is reactivated."""
+        follow = await self.listings_follow.changing(user_id) if self.listings_follow is not None else None
         user = await self.users.revoke_all_tokens(user_id, {"is_active": False, "updated_at": self.clock.now()})
         await self.hub.revoke_sessions(user_id, code=4403, reason=reason)
+        if follow is not None:
+            await self.listings_follow.changed(follow)
         return user
 
     async def set_avatar(self, user: dict, data: bytes) -> dict:
@@ -492,6 +500,8 @@ class AccountService:
         if not changes:
             return admin_user(user)
         changes["updated_at"] = self.clock.now()
+        # [listings] deactivated: their listings go off the market; reactivated: those come back
+        follow = await self.listings_follow.changing(user_id) if "is_active" in changes and self.listings_follow else None
         if changes.get("is_active") is False:
             updated = await self.users.revoke_all_tokens(user_id, changes)
         else:
@@ -500,4 +510,6 @@ class AccountService:
                              "changes": {k: v for k, v in changes.items() if k != "updated_at"}}))
         if changes.get("is_active") is False:
             await self.hub.revoke_sessions(user_id, code=4403, reason="account deactivated")
+        if follow is not None:
+            await self.listings_follow.changed(follow)
         return admin_user(updated)

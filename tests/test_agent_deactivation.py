@@ -1,0 +1,135 @@
+"""An agent's listings follow their account: deactivated (by themselves, an admin or a moderator), their listed
+listings leave every search and are 404 to all but admins; reactivated by an admin, exactly those come back (the
+ones the agent had unlisted themselves stay unlisted). Another agent's listings never change."""
+from __future__ import annotations
+
+import asyncio
+
+from tests.listing_helpers import create_property, word
+
+API = "/api/v1/properties"
+
+
+async def found(sheda, w: str, **params) -> set[int]:
+    query = "&".join(f"{k}={v}" for k, v in {"location": w, "limit": 100, **params}.items())
+    r = await sheda.api.get(f"{API}?{query}")
+    assert r.status == 200, r
+    return {p["id"] for p in r.json["items"]}
+
+
+async def eventually(check, seconds: float = 10.0):
+    """The request waits for the listings' job (a few seconds at most); on a loaded machine it may still be running."""
+    for _ in range(int(seconds / 0.1)):
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    assert await check()
+
+
+async def agent_with_listings(sheda, w: str):
+    agent = await sheda.signup("agent")
+    listed = [await create_property(sheda, agent, location=f"{w} Lekki", title=f"listed {i}") for i in range(2)]
+    own = await create_property(sheda, agent, location=f"{w} Lekki", title="unlisted by its agent")
+    r = await sheda.api.patch(f"{API}/{own['id']}/status", {"active": False}, token=agent.token)
+    assert r.status == 200 and r.json["is_active"] is False and r.json["hidden_reason"] is None, r
+    return agent, listed, own
+
+
+async def test_deactivated_by_an_admin_then_reactivated(sheda):
+    w = word()
+    admin = await sheda.admin()
+    client = await sheda.signup("client")
+    agent, listed, own = await agent_with_listings(sheda, w)
+    other = await sheda.signup("agent")
+    theirs = await create_property(sheda, other, location=f"{w} Ikoyi")
+    ids = {p["id"] for p in listed}
+    # one of them rented: it is hidden too, and comes back rented (as it was)
+    rented = await create_property(sheda, agent, location=f"{w} Lekki", title="rented")
+    await sheda.ctx.db["properties"].update_one({"_id": rented["id"]}, {"$set": {"status": "rented"}})
+    assert await found(sheda, w, status="rented") == {rented["id"]}
+    assert (await sheda.api.post(f"{API}/{listed[0]['id']}/favourite", token=client.token)).status == 201
+    assert await found(sheda, w) == ids | {theirs["id"]}
+    before_theirs = (await sheda.api.get(f"{API}/{theirs['id']}")).json
+
+    r = await sheda.api.patch(f"/api/v1/admin/users/{agent.id}", {"is_active": False}, token=admin.token)
+    assert r.status == 200 and r.json["is_active"] is False, r
+    await eventually(lambda: _gone(sheda, w, ids | {rented["id"]}))
+    assert await found(sheda, w) == {theirs["id"]}
+    assert await found(sheda, w, status="rented") == set()
+    assert await found(sheda, w, agent_id=agent.id) == set()
+    for p in listed + [rented]:
+        for token in (client.token, None):
+            r = await sheda.api.get(f"{API}/{p['id']}", token=token)
+            assert r.status == 404 and r.json["code"] == "property_not_found", r
+        r = await sheda.api.get(f"{API}/{p['id']}", token=admin.token)  # admins still see it, and why it is hidden
+        assert r.status == 200 and r.json["is_active"] is False and r.json["hidden_reason"] == "agent_inactive", r
+    r = await sheda.api.get(f"{API}/{own['id']}", token=admin.token)
+    assert r.json["is_active"] is False and r.json["hidden_reason"] is None  # told apart from the agent's own unlisting
+    favs = (await sheda.api.get("/api/v1/users/me/favourites", token=client.token)).json["items"]
+    assert [f["property"] for f in favs if f["property_id"] == listed[0]["id"]] == [None]
+    r = await sheda.api.post(f"{API}/{listed[1]['id']}/favourite", token=client.token)
+    assert r.status == 404, r
+
+    # an admin unlists one of the hidden ones on purpose: it stays unlisted when the account comes back
+    r = await sheda.api.patch(f"{API}/{listed[1]['id']}/status", {"active": False}, token=admin.token)
+    assert r.status == 200 and r.json["is_active"] is False and r.json["hidden_reason"] is None, r
+
+    alerts_before = await sheda.ctx.db["jobs"].count_documents({"kind": "saved_search.match"})
+    r = await sheda.api.patch(f"/api/v1/admin/users/{agent.id}", {"is_active": True}, token=admin.token)
+    assert r.status == 200 and r.json["is_active"] is True, r
+    back = {listed[0]["id"]}
+    await eventually(lambda: _back(sheda, w, back | {theirs["id"]}))
+    assert await found(sheda, w, status="rented") == {rented["id"]}
+    r = await sheda.api.get(f"{API}/{listed[0]['id']}", token=client.token)
+    assert r.status == 200 and r.json["is_active"] is True and r.json["hidden_reason"] is None, r
+    for p in (own, listed[1]):  # unlisted by its agent, unlisted by an admin: still unlisted
+        assert (await sheda.api.get(f"{API}/{p['id']}", token=client.token)).status == 404
+    r = await sheda.api.get(f"/api/v1/agents/{agent.id}")
+    assert r.status == 200 and {p["id"] for p in r.json["listings"]} == back, r
+    # coming back is not news to saved searches: no "relisted" alert job
+    assert await sheda.ctx.db["jobs"].count_documents({"kind": "saved_search.match"}) == alerts_before
+    # the other agent's listing never changed
+    assert (await sheda.api.get(f"{API}/{theirs['id']}")).json == before_theirs
+
+
+async def _gone(sheda, w, ids) -> bool:
+    return not (await found(sheda, w)) & ids and not (await found(sheda, w, status="rented")) & ids
+
+
+async def _back(sheda, w, ids) -> bool:
+    return await found(sheda, w) == ids
+
+
+async def test_deactivated_by_themselves(sheda):
+    w = word()
+    admin = await sheda.admin()
+    agent, listed, own = await agent_with_listings(sheda, w)
+    ids = {p["id"] for p in listed}
+    assert (await sheda.api.delete("/api/v1/users/me", token=agent.token)).status == 204
+    await eventually(lambda: _back(sheda, w, set()))
+    r = await sheda.api.get(f"{API}/{listed[0]['id']}")
+    assert r.status == 404, r
+    assert (await sheda.api.get(f"/api/v1/agents/{agent.id}")).status == 404
+    r = await sheda.api.patch(f"/api/v1/admin/users/{agent.id}", {"is_active": True}, token=admin.token)
+    assert r.status == 200, r
+    await eventually(lambda: _back(sheda, w, ids))
+    assert (await sheda.api.get(f"{API}/{own['id']}")).status == 404
+
+
+async def test_a_process_dying_after_the_deactivation_leaves_a_job_that_hides_them(sheda):
+    """The job is queued before the account's write: a process killed between the write and the run leaves
+    it pending, and whichever process's runner finds it due does the work."""
+    w = word()
+    agent, listed, _own = await agent_with_listings(sheda, w)
+    ids = {p["id"] for p in listed}
+    ctx = sheda.ctx
+    key = await ctx.agent_listings.changing(agent.id)  # what deactivate does first ...
+    await ctx.users.revoke_all_tokens(agent.id, {"is_active": False})  # ... its write, then the process dies
+    assert await found(sheda, w) == ids
+    sheda.ctx.clock.advance(seconds=31)
+    await ctx.job_runner.run_due()
+    job = await ctx.db["jobs"].find_one({"_id": key})
+    assert job["status"] == "done" and job["result"] == {"outcome": "hidden", "listings": 2}, job
+    assert await found(sheda, w) == set()
+    # run again (a retry after a crash): nothing more to do
+    assert await ctx.properties.hide_agent_listings(agent.id) == 0
