@@ -252,3 +252,41 @@ async def test_redis_limits_are_shared_and_match_memory_limits(redis_server):
             redis_server.start()
         await first.aclose()
         await second.aclose()
+
+
+async def test_stop_ends_even_when_a_redis_call_swallowed_the_cancellation(redis_server):
+    # redis-py can consume the CancelledError of a command in flight and return normally (its
+    # connection cleanup catches it): the publisher then went on waiting for its next batch, and
+    # stop() waited for it forever. Seen as a server that, after a Redis outage, never finished
+    # shutting down (SIGTERM, then killed 30 s later by the supervisor).
+    a, b = await two_hubs(redis_server)
+    in_flight = asyncio.Event()
+
+    class SwallowingPipeline:
+        def publish(self, *args):
+            pass
+
+        async def execute(self):
+            in_flight.set()
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                return []  # what the library did: the cancellation is gone
+
+    class PublisherClient:  # the fan-out's own client; presence keeps the real one
+        def __init__(self, real):
+            self.real = real
+
+        def pipeline(self, transaction=False):
+            return SwallowingPipeline()
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+    a.fanout.redis = PublisherClient(a.fanout.redis)
+    try:
+        await a.publish_to_user(12345, {"type": "ping"})
+        await asyncio.wait_for(in_flight.wait(), 5)
+        await asyncio.wait_for(a.stop(), 10)  # returns; before, it never did
+    finally:
+        await b.stop()

@@ -127,9 +127,15 @@ class RedisFanout:
         deadline = loop.time() + 2.0
         while self._outbox and self.link.up and loop.time() < deadline:  # let queued events reach the others
             await asyncio.sleep(0.01)
+        # Cancelled until they end: a Redis call in flight can swallow a cancellation (redis-py's
+        # connection cleanup catches it and the call returns), and the task then waits for more work.
+        pending = set(self._tasks)
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
         for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+            task.cancelled() or task.exception()  # retrieved, as gather(return_exceptions=True) did
         self._tasks = []
 
     # ---- the resync floor ----------------------------------------------------
