@@ -69,6 +69,8 @@ async def test_bad_category_input_is_422_and_stores_nothing(sheda):
     for body in ({}, {"name": None}, {"description": None}, {"name": ""}, {"listings": 3}):
         r = await sheda.api.patch(f"{CATS}/{cat['id']}", body, token=admin.token)
         assert r.status == 422, (body, r)
+        if body and None in body.values():  # a null names its field, not "body"
+            assert [e["field"] for e in r.json["errors"]] == list(body), (body, r.json)
     assert await sheda.ctx.db["categories"].count_documents({}) == before
     assert (await sheda.api.get(f"{CATS}/{cat['id']}")).json == cat
     for params in ({"limit": "0"}, {"cursor": "nonsense"}, {"sort": "name"}):

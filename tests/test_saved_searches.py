@@ -142,6 +142,8 @@ async def test_bad_input_is_422_and_stores_nothing(sheda):
     for patch in ({}, {"name": None}, {"alert": None}, {"query": None}):
         r = await sheda.api.patch(f"{SS}/{s['id']}", patch, token=user.token)
         assert r.status == 422, (patch, r)
+        if patch:  # a null names its field, not "body"
+            assert [e["field"] for e in r.json["errors"]] == list(patch), (patch, r.json)
     assert await sheda.ctx.db["saved_searches"].count_documents({"user_id": user.id}) == count
     assert await sheda.ctx.db["saved_searches"].find_one({"_id": s["id"]}) == before
 

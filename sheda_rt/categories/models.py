@@ -5,6 +5,7 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
+from sheda_rt.errors import FieldError
 from sheda_rt.pagination import PageQuery
 from sheda_rt.responses import ResponseModel, Timestamp
 
@@ -28,7 +29,7 @@ class CategoryUpdate(_Body):
             raise ValueError("send at least one field to change")
         for name in self.model_fields_set:
             if getattr(self, name) is None:
-                raise ValueError(f"{name} cannot be null")
+                raise FieldError(name, f"{name} cannot be null")  # the 422 names the field, not the body
         return self
 
 

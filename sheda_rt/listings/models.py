@@ -97,14 +97,14 @@ class PropertyUpdate(_Body):
     @classmethod
     def _no_status(cls, data):
         if isinstance(data, dict) and "status" in data:
-            raise ValueError("status cannot be set directly: it follows the contract flow (confirm-payment, expiry)")
+            raise FieldError("status", "status cannot be set directly: it follows the contract flow (confirm-payment, expiry)")
         return data
 
     @model_validator(mode="after")
     def _not_null(self):
         for name in self.model_fields_set:
             if name not in ("geo", "category_id") and getattr(self, name) is None:
-                raise ValueError(f"{name} cannot be null")
+                raise FieldError(name, f"{name} cannot be null")  # the 422 names the field, not the body
         if not self.model_fields_set:
             raise ValueError("send at least one field to change")
         return self

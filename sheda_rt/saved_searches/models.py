@@ -12,6 +12,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sheda_rt.errors import FieldError
 from sheda_rt.guided.models import GuidedAnswers
 from sheda_rt.listings.models import ListingType, PropertyType, SearchQuery, SortOrder
 from sheda_rt.responses import MoneyText, ResponseModel, Timestamp
@@ -104,7 +105,7 @@ class SavedSearchUpdate(_Body):
             raise ValueError("send at least one of name, query, guided, alert")
         for name in self.model_fields_set:
             if getattr(self, name) is None:
-                raise ValueError(f"{name} cannot be null")
+                raise FieldError(name, f"{name} cannot be null")  # the 422 names the field, not the body
         _one_of(self, partial=True)
         return self
 
