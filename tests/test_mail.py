@@ -99,3 +99,24 @@ async def test_outbox_without_smtp(sheda):
     assert msg["To"] == body["email"]
     code = re.search(r"\b(\d{6})\b", msg.get_payload(decode=True).decode()).group(1)
     assert (await sheda.api.post("/api/v1/auth/verify-account", {"email": body["email"], "otp": code})).status == 200
+
+
+@pytest.mark.parametrize("route", ["outbox", "smtp"])
+async def test_list_unsubscribe_header_is_a_plain_url_on_the_wire(sheda, request, route):
+    # Mail clients (Gmail's one-click unsubscribe, RFC 2369/8058) read List-Unsubscribe as `<url>`
+    # literally; a long URL must not be folded into an RFC 2047 encoded word (=?utf-8?q?...?=).
+    headers = {"List-Unsubscribe": "<https://api.sheda.example.com/api/v1/email/unsubscribe?token=123456.chat.5BINBR3-gBpegXRFeXvFaQ>",
+               "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+    if route == "smtp":
+        smtp = request.getfixturevalue("smtp")
+        sheda.ctx.mailer = __import__("sheda_rt.mail.mailer", fromlist=["SmtpMailer"]).SmtpMailer(
+            "Sheda RT <no-reply@sheda.local>", "127.0.0.1", smtp.server_address[1], None, None, False)
+    await sheda.ctx.mailer.send("ada@example.com", "2 unread messages from Bob", "While you were away: ...", headers=headers)
+    if route == "smtp":
+        [(_, msg)] = smtp.messages
+    else:
+        [path] = sheda.ctx.settings.outbox_dir.glob("*.eml")
+        msg = email.message_from_bytes(path.read_bytes())
+    raw = str(msg["List-Unsubscribe"]).replace("\r\n", "").replace("\n", "")
+    assert "=?" not in raw and raw.strip() == headers["List-Unsubscribe"], raw
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"

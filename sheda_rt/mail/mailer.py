@@ -15,9 +15,30 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from email.policy import EmailPolicy
 from pathlib import Path
 
 log = logging.getLogger("sheda.mail")
+
+# Headers whose value is one long `<url>` that mail clients read literally (RFC 2369): the default
+# policy folds a word longer than 78 characters into RFC 2047 encoded words (=?utf-8?q?...?=), which
+# no client reads as a URL, so these go out on one line (RFC 5322 allows 998).
+UNFOLDED = frozenset({"list-unsubscribe", "list-unsubscribe-post"})
+
+
+class _MailPolicy(EmailPolicy):
+    def fold(self, name, value):
+        if name.lower() in UNFOLDED and str(value).isascii() and len(name) + len(str(value)) < 990:
+            return f"{name}: {value}{self.linesep}"
+        return super().fold(name, value)
+
+    def fold_binary(self, name, value):
+        if name.lower() in UNFOLDED and str(value).isascii() and len(name) + len(str(value)) < 990:
+            return self.fold(name, value).encode("ascii")
+        return super().fold_binary(name, value)
+
+
+MAIL_POLICY = _MailPolicy()
 
 
 @dataclass(frozen=True)
@@ -43,7 +64,7 @@ class Mailer:
 
     def _message(self, to: str, subject: str, body: str, headers: dict | None = None,
                  attachments: list[Attachment] | tuple = ()) -> EmailMessage:
-        msg = EmailMessage()
+        msg = EmailMessage(policy=MAIL_POLICY)
         msg["From"], msg["To"], msg["Subject"] = self.sender, to, subject
         for name, value in (headers or {}).items():
             msg[name] = value
