@@ -235,6 +235,42 @@ async def test_listings_written_since_the_catalog_was_read_are_ranked_as_they_ar
         catalog.refresh_seconds = kept
 
 
+async def test_a_listing_spelling_its_area_otherwise_is_in_the_area_before_any_refresh(sheda):
+    """An area is its words folded: "Ọ<word>" and "O<word>" are one. A listing written after the catalog's
+    last read, spelling its area in a way no listing did then, is an exact match at once (it used to be
+    ranked "outside" its own area until the next refresh)."""
+    catalog = sheda.ctx.guided_catalog
+    kept = catalog.refresh_seconds
+    catalog.refresh_seconds = 3600  # no refresh during this test: only the writes since the read count
+    try:
+        agent = await sheda.signup("agent")
+        w = word()
+        point = somewhere()
+        first = (await create_property(sheda, agent, location=f"1 Road, Ọ{w}, Lagos", price="1000000", geo=north_of(point, 0)))["id"]
+        await catalog.refresh()
+        plain = (await create_property(sheda, agent, location=f"2 Road, O{w.upper()}, Lagos", price="1100000",
+                                       geo=north_of(point, 0.2)))["id"]
+        other = (await create_property(sheda, agent, location=f"3 Road, Old O{w}, Lagos", price="1200000",
+                                       geo=north_of(point, 0.1)))["id"]
+        found = await walk(sheda, {"where": f"o{w}"}, limit=10)
+        assert [(p["id"], p["match"]["exact"]) for p in found] == [(first, True), (plain, True), (other, False)], found
+    finally:
+        catalog.refresh_seconds = kept
+
+async def test_an_area_spelt_in_many_cases_is_searched_whole(sheda):
+    """Forty spellings of one area differing in case (typed by forty agents) made its regex longer than the
+    embedded database takes (1,000 characters): every guided search of the area was a 500."""
+    agent = await sheda.signup("agent")
+    w, rng = word(), random.Random(7)
+    spellings = set()
+    while len(spellings) < 40:
+        spellings.add("".join(c.upper() if rng.random() < 0.5 else c for c in f"{w} gardens"))
+    ids = {(await create_property(sheda, agent, location=f"{i} Road, {s}, Lagos", price="1000000"))["id"]
+           for i, s in enumerate(sorted(spellings))}
+    await sheda.ctx.guided_catalog.refresh()
+    found = await walk(sheda, {"where": f"{w}-gardens"}, limit=100)
+    assert {p["id"] for p in found if p["match"]["exact"]} == ids
+
 async def test_unknown_options_are_422_naming_the_field(sheda):
     agent = await sheda.signup("agent")
     w = word()

@@ -60,6 +60,7 @@ FULL_RELOAD_SECONDS = 6 * 3600.0
 FIRST_READ_WAIT = 5.0
 BATCH = 1000
 MAX_SPELLINGS = 50  # an area's spellings become one regex alternation: the commonest ones
+REGEX_MAX_CHARS = 1000  # the embedded database's cap on a $regex pattern (a longer one is an error)
 AREA_MIN_RADIUS_KM, AREA_MAX_RADIUS_KM = 0.5, 10.0
 _SEP = r"(?:[^\w,]|_)"  # what separates words inside one comma-separated part of a location
 
@@ -99,6 +100,11 @@ def distance_km(a: tuple[float, float], b: tuple[float, float]) -> float:
     return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
 
 
+def _area_regex(alternatives: list[str]) -> str:
+    body = f"{_SEP}*(?:{'|'.join(alternatives)}){_SEP}*"
+    return f"^{body}$|(?:^|,){body},[^,]*$"
+
+
 class Area:
     """One area's tallies: how many listings, how they spell it, where they are."""
 
@@ -116,14 +122,28 @@ class Area:
 
     def pattern(self) -> str:
         """A regex matching exactly the locations whose area is this one, as the database
-        evaluates it on the candidates of an index-driven search (and saved searches of guided
-        answers on a stored listing). Spellings are kept as written (case and accents), so it
-        does not lean on an engine's case folding of non-ASCII letters (PCRE's differs from
-        Python's re); it is sent with the `i` option all the same."""
-        alternatives = "|".join(f"{_SEP}+".join(re.escape(w) for w in spelling)
-                                for spelling, _ in self.spellings.most_common(MAX_SPELLINGS))
-        body = f"{_SEP}*(?:{alternatives}){_SEP}*"
-        return f"^{body}$|(?:^|,){body},[^,]*$"
+        evaluates it on the candidates of an index-driven search. Spellings are kept as written
+        (accents, and the case of non-ASCII letters), so it does not lean on an engine's case
+        folding of non-ASCII letters (PCRE's differs from Python's re); it is sent with the `i`
+        option, which every engine applies alike to ASCII letters, so spellings differing only in
+        ASCII case are one alternative. The first is the area's id's words ("obalende"): a listing
+        written since the catalog's last read typing the area without its accents ("Obalende" where
+        only "Ọbalende" was listed) is in it at once; other new spellings are once read. The pattern
+        stays within REGEX_MAX_CHARS: the embedded database refuses a longer one, which made every
+        guided search of an area with ~40 spellings of its name in different cases a 500."""
+        alternatives: list[str] = []
+        seen: set[tuple[str, ...]] = set()
+        spellings = itertools.chain([tuple(self.slug.split("-"))], (sp for sp, _ in self.spellings.most_common()))
+        for spelling in itertools.islice(spellings, MAX_SPELLINGS + 1):
+            key = tuple("".join(c.lower() if c.isascii() else c for c in w) for w in spelling)
+            if key in seen:
+                continue
+            option = f"{_SEP}+".join(re.escape(w) for w in spelling)
+            if alternatives and len(_area_regex(alternatives + [option])) > REGEX_MAX_CHARS:
+                break
+            seen.add(key)
+            alternatives.append(option)
+        return _area_regex(alternatives)
 
     def geometry(self) -> tuple[tuple[float, float], float] | None:
         """(centre, radius_km) from the positioned listings; None when none has a position."""
