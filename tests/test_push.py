@@ -375,6 +375,30 @@ async def test_a_password_reset_signs_out_every_device_and_a_new_login_registers
     assert [r.payload["body"] for r in push.accepted(sub.endpoint_id)] == ["hello again"]
 
 
+async def test_a_message_deleted_in_the_grace_period_is_not_pushed(sheda, push):
+    # Deleted for everyone (a tombstone) or by the receiver for themselves on another device: no
+    # "New message" push for it; an older unread message of the conversation is what the push shows.
+    ada = await sheda.signup()
+    bob = await sheda.signup()
+    sub, device_id = await subscribed(sheda, push, ada)
+    [oops] = await send(sheda, bob, ada, "my PIN is 1234, oops")
+    assert (await sheda.api.delete(f"/api/v1/chat/messages/{oops}?for=everyone", token=bob.token)).status == 200
+    await until_jobs(sheda, device_id)
+    sheda.ctx.clock.advance(seconds=11)
+    await run_jobs(sheda)
+    assert push.received == []
+    first, spam = await send(sheda, bob, ada, "hello", "spam")
+    assert (await sheda.api.delete(f"/api/v1/chat/messages/{spam}?for=me", token=ada.token)).status == 200
+    for _ in range(100):
+        if [j for j in await jobs_of(sheda, device_id) if j["status"] == "pending"]:
+            break
+        await asyncio.sleep(0.02)
+    sheda.ctx.clock.advance(seconds=11)
+    await run_jobs(sheda)
+    [got] = push.accepted(sub.endpoint_id)
+    assert got.payload["body"] == "hello" and got.payload["up_to"] == first and got.payload["count"] == 1
+
+
 async def test_previews_off_sends_no_text(sheda, push):
     ada = await sheda.signup()
     bob = await sheda.signup()

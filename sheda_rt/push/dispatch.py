@@ -185,10 +185,14 @@ class Dispatcher:
                 watermark = mark
             counts.append(messages.count_from(c["_id"], peer, mark))
         totals = await asyncio.gather(*counts)
-        newest = await messages.scan(conv, newest_first=True, need=1, after=watermark, keep=lambda d: d["sender_id"] == other_id)
-        if not newest:
+        # A message deleted for everyone (a tombstone) or deleted by the user for themselves is not news
+        news = await messages.scan(conv, newest_first=True, after=watermark, projection={"sender_id": 1, "deleted": 1, "hidden_for": 1},
+                                   keep=lambda d: d["sender_id"] == other_id and not d.get("deleted")
+                                   and user_id not in (d.get("hidden_for") or ()))
+        latest = await messages.get(conv, news[0]["_id"]) if news else None
+        if latest is None:
             return 0, None, sum(totals)
-        return await messages.count_from(conv, other_id, watermark), newest[0], sum(totals)
+        return len(news), latest, sum(totals)
 
     async def run(self, job: dict):
         p = job["payload"]
