@@ -277,6 +277,24 @@ async def test_rental_contract_reminders_30_and_7_days_before_the_end(sheda):
 
 
 # ---- chat digests and unsubscribe ---------------------------------------------------------------
+async def test_a_digest_leaves_out_messages_deleted_before_it(sheda):
+    # Deleted for everyone by the sender, or by the reader for themselves on another device: not in
+    # the count nor the lines, and a conversation with nothing else unread is not mailed about.
+    ada = await sheda.signup(full_name="Ada Obi")
+    bob = await sheda.signup(full_name="Bob Eze")
+    eve = await sheda.signup(full_name="Eve Ife")
+    [oops] = await send(sheda, ada, bob, "wrong chat, my PIN is 1234")
+    assert (await sheda.api.delete(f"/api/v1/chat/messages/{oops}?for=everyone", token=ada.token)).status == 200
+    hello, spam = await send(sheda, eve, bob, "Hello from Eve", "buy followers")
+    assert (await sheda.api.delete(f"/api/v1/chat/messages/{spam}?for=me", token=bob.token)).status == 200
+    await asyncio.sleep(0.05)
+    sheda.ctx.clock.advance(minutes=16)
+    await run(sheda)
+    [digest] = mails(sheda, bob, "unread")
+    assert digest.subject == "1 unread message from Eve Ife", digest.subject
+    assert "Ada" not in digest.body and "buy followers" not in digest.body and "> Hello from Eve" in digest.body
+
+
 async def test_offline_user_gets_one_digest_per_window_and_unsubscribes_with_one_click(sheda):
     ada = await sheda.signup(full_name="Ada Obi")
     bob = await sheda.signup(full_name="Bob Eze")

@@ -44,6 +44,15 @@ PREVIEW_LINES = 3
 PREVIEW_CHARS = 140
 
 
+NEWS_FIELDS = {"sender_id": 1, "deleted": 1, "hidden_for": 1}
+
+
+def is_news(doc: dict, sender_id: int, reader_id: int) -> bool:
+    """A message of sender_id's the reader has still to learn about: not deleted for everyone (a
+    tombstone) and not deleted by the reader for themselves."""
+    return doc["sender_id"] == sender_id and not doc.get("deleted") and reader_id not in (doc.get("hidden_for") or ())
+
+
 # ---- what every digest email job does (chat digests here, saved-search digests in sheda_rt/saved_searches) ----
 async def digest_recipient(users: UserStore, preferences: PushService, user_id: int, kind: str) -> tuple[dict | None, dict | None, dict | None]:
     """(user, settings, None) when a digest email of `kind` may go to this user; (None, None, outcome)
@@ -180,9 +189,10 @@ class ChatDigests:
                 continue  # muted (chat/manage.py): no push, and no email either
             peer = next((u for u in c["users"] if u != user_id), user_id)
             mark = int((c.get("read_upto") or {}).get(str(user_id), 0))
-            newest = await messages.last_id_from(c["_id"], peer, after=mark)
-            if newest is not None:
-                found.append({"conv": c["_id"], "peer": peer, "mark": mark, "newest": newest})
+            newest = await messages.scan(c["_id"], newest_first=True, need=1, after=mark, projection=NEWS_FIELDS,
+                                         keep=lambda d, peer=peer: is_news(d, peer, user_id))
+            if newest:
+                found.append({"conv": c["_id"], "peer": peer, "mark": mark, "newest": newest[0]["_id"]})
         told = await self.store.of(user_id, [f["conv"] for f in found]) if found else {}
         ready, wait = [], None
         for item in found:
@@ -202,13 +212,14 @@ class ChatDigests:
         for item in ready:
             brief = await self.chat.user_brief(item["peer"]) or {}
             name = brief.get("full_name") or brief.get("username") or "someone"
-            count = await messages.count_from(item["conv"], item["peer"], item["mark"])
+            count = len(await messages.scan(item["conv"], newest_first=False, after=item["mark"], projection=NEWS_FIELDS,
+                                            keep=lambda d, peer=item["peer"]: is_news(d, peer, user["_id"])))
             total += count
             names.append(name)
             lines = [f"{name}: {count} new message{'s' if count != 1 else ''}"]
             if previews:
                 first = await messages.scan(item["conv"], newest_first=False, need=PREVIEW_LINES, after=item["mark"],
-                                            keep=lambda d, peer=item["peer"]: d["sender_id"] == peer)
+                                            keep=lambda d, peer=item["peer"]: is_news(d, peer, user["_id"]))
                 for m in first:
                     text = (m.get("message") or "").splitlines()[0] if m.get("message") else attachment_summary(m.get("attachments"))
                     lines.append(f"  > {text[:PREVIEW_CHARS]}{'…' if len(text) > PREVIEW_CHARS else ''}")
