@@ -270,6 +270,12 @@ async def test_an_area_spelt_in_many_cases_is_searched_whole(sheda):
     await sheda.ctx.guided_catalog.refresh()
     found = await walk(sheda, {"where": f"{w}-gardens"}, limit=100)
     assert {p["id"] for p in found if p["match"]["exact"]} == ids
+    # An "area" of 36 one-letter words (no place is named so) is not offered: its regex, too, passed the cap.
+    letters = "abcdefghijklmnopqrstuvwxyzabcdefghij"
+    await create_property(sheda, agent, location=f"{' '.join(letters.upper())}, Lagos", price="1000000")
+    await sheda.ctx.guided_catalog.refresh()
+    r = await sheda.api.post(SEARCH, {"answers": {"where": "-".join(letters)}})
+    assert r.status == 422 and [e["field"] for e in r.json["errors"]] == ["answers.where"], r
 
 async def test_unknown_options_are_422_naming_the_field(sheda):
     agent = await sheda.signup("agent")

@@ -20,6 +20,9 @@ from sheda_rt.search import fold, keyword_words
 
 WHERE_PATTERN = r"^[^\W_]+(-[^\W_]+)*$"
 WHERE_MAX = 80
+#: More words than any place name has: the area's regex (sheda_rt/guided/catalog.py `Area.pattern`) spends ~13
+#: characters between two words, and 36 one-letter words passed the embedded database's 1,000 (a 500).
+WHERE_MAX_WORDS = 24
 _WHERE = re.compile(WHERE_PATTERN)
 _WORD = re.compile(r"[^\W_]+")  # a word, as sheda_rt/search.py splits text
 
@@ -41,7 +44,7 @@ def _area_of_segment(segment: str) -> tuple[str, tuple[str, ...], str] | None:
     # cached: every listing write and a catalog's full read derive areas, and areas repeat (folding each
     # word's characters was most of the 2.5 s of Python a full read of 100,000 listings took)
     spelling = tuple(_WORD.findall(segment))
-    if not spelling:
+    if not spelling or len(spelling) > WHERE_MAX_WORDS:
         return None
     slug = "-".join(fold(w) for w in spelling)
     if len(slug) > WHERE_MAX or not _WHERE.fullmatch(slug):  # too long, or folds to something not letters and digits
