@@ -60,7 +60,7 @@ from typing import Callable, Collection
 
 from sheda_rt.metrics import BROKER_PUBLISH_ERRORS
 from sheda_rt.realtime.fanout import DeliverChannel, DeliverUser
-from sheda_rt.realtime.redis_link import RedisLink, chunks as _chunks
+from sheda_rt.realtime.redis_link import RedisLink, cancel_until_done, chunks as _chunks
 
 log = logging.getLogger("sheda.broker")
 
@@ -127,15 +127,7 @@ class RedisFanout:
         deadline = loop.time() + 2.0
         while self._outbox and self.link.up and loop.time() < deadline:  # let queued events reach the others
             await asyncio.sleep(0.01)
-        # Cancelled until they end: a Redis call in flight can swallow a cancellation (redis-py's
-        # connection cleanup catches it and the call returns), and the task then waits for more work.
-        pending = set(self._tasks)
-        while pending:
-            for task in pending:
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=0.5)
-        for task in self._tasks:
-            task.cancelled() or task.exception()  # retrieved, as gather(return_exceptions=True) did
+        await cancel_until_done(self._tasks)
         self._tasks = []
 
     # ---- the resync floor ----------------------------------------------------

@@ -155,8 +155,9 @@ class RedisPresence:
             except Exception as exc:
                 log.info(json.dumps({"event": "redis_presence_cleanup_failed", "error": repr(exc)}))
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            from sheda_rt.realtime.redis_link import cancel_until_done  # (one process never loads the Redis client)
+
+            await cancel_until_done([self._task])  # its Redis calls can swallow a cancellation
             self._task = None
 
     def _args(self, user_id: int) -> tuple[list, list]:

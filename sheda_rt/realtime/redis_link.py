@@ -34,6 +34,19 @@ from redis.backoff import NoBackoff
 log = logging.getLogger("sheda.broker")
 
 
+async def cancel_until_done(tasks) -> None:
+    """Cancel the tasks and wait until they have ended. A Redis call in flight can swallow a
+    cancellation (redis-py's connection cleanup catches it and the call returns), and a loop
+    then goes on waiting for more work: so cancel again until every task is done."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+    for task in tasks:
+        task.cancelled() or task.exception()  # retrieved, as gather(return_exceptions=True) did
+
+
 def redis_client(url: str) -> redis_asyncio.Redis:
     """A client that fails fast: short timeouts, no transparent retries (we decide
     what an outage means), bytes in and out."""
