@@ -137,7 +137,17 @@ class EventStreamHandler(APIHandler):
         # sends over REST comes back on the stream.
         self._registered = True
         await ctx.sessions.opened(self)  # registers synchronously, then presence (sheda_rt/realtime/sessions.py)
-        self.write(f"retry: {RETRY_MS}\n\n".encode())
+        first = f"retry: {RETRY_MS}\n"
+        if after is None:
+            # A fresh stream: an id-only block (no event fires) gives the EventSource a position, so a
+            # drop before its first durable event still reconnects with Last-Event-ID and misses nothing.
+            try:
+                position = await ctx.stream.position()
+            except Exception:  # the database away: no position, as before (the client refetches over REST)
+                position = None
+            if position is not None:
+                first += f"id: {position}\n"
+        self.write(f"{first}\n".encode())
         self.flush()
         if after is not None:
             await self._replay(after)

@@ -36,6 +36,7 @@ class SseClient:
         self.events: list[dict] = []  # {"id": str | None, "event": str | None, "data": parsed JSON}
         self.comments: list[str] = []
         self.retry: int | None = None
+        self.last_event_id: str | None = None  # as an EventSource keeps it: every `id:` field, with or without data
         self.ended = asyncio.get_running_loop().create_future()
         self._new = asyncio.Event()
         self._reader = asyncio.ensure_future(self._read())
@@ -56,6 +57,8 @@ class SseClient:
                     if name == "retry":
                         self.retry = int(value)
                     else:
+                        if name == "id":
+                            self.last_event_id = value
                         fields[name] = value
                 self._new.set()
         except httpx.HTTPError:
@@ -244,6 +247,27 @@ async def test_last_event_id_replays_exactly_the_missed_durable_events_then_goes
         assert [e["data"]["id"] for e in polyfill.of_type("message")] == [seen[1]["id"]] + [m["id"] for m in missed] + [live["id"]]
     finally:
         await polyfill.close()
+
+
+async def test_a_fresh_stream_has_a_position_so_a_drop_before_any_event_loses_nothing(sheda):
+    # An EventSource resumes with the last `id` it saw. A stream opened without one starts with an
+    # id-only block (no event fires) at the current position: a drop before any durable event still
+    # reconnects with Last-Event-ID, and what was sent meanwhile is replayed.
+    alice, bob = await sheda.signup("client"), await sheda.signup("agent")
+    stream = await open_stream(sheda, alice.token)
+    try:
+        await stream.wait_for(lambda s: s.retry == 3000 and s.last_event_id is not None)
+        assert stream.events == []
+        position = stream.last_event_id
+    finally:
+        await stream.close()
+    missed = await chat(sheda, bob, alice, "while the stream was down")
+    resumed = await open_stream(sheda, alice.token, last_event_id=position)
+    try:
+        got = await resumed.wait_event("message", message="while the stream was down")
+        assert got["data"]["id"] == missed["id"] and [e["event"] for e in resumed.events if e["id"]] == ["message"]
+    finally:
+        await resumed.close()
 
 
 async def test_a_resume_racing_live_sends_loses_and_duplicates_nothing(sheda):

@@ -93,6 +93,16 @@ class EventStream:
         doc, _ = await self.writer.submit_event(users, encode_event(frame), origin=origin)
         return doc["_id"]
 
+    async def position(self) -> int | None:
+        """Where a client that has just registered stands: every event at or below it was delivered
+        before, every one above it reaches the client live or in a replay after it (the replay's
+        own stop, `settled`). None with several processes: there the newest id handed out may
+        belong to another process's batch that is not stored yet, so no position is vouched for."""
+        turns = getattr(self.writer, "turns", None)
+        if turns is not None and turns.shared:
+            return None
+        return await self.writer.settled()
+
     async def replay(self, user_id: int, after_seq: int, limit: int, epoch: str | None = None) -> Replay:
         """The user's durable events after position `after_seq`, oldest first, at most `limit`."""
         meta = await self.events.load_meta()
