@@ -5,8 +5,8 @@ from handlers.base import UPLOAD_BODY, APIHandler
 from handlers.routing import endpoint, route
 from sheda_rt.accounts.auth import AGENT, USER
 from sheda_rt.listings.models import PropertyOut, StatusPatch  # [listing life cycle]
-from sheda_rt.listings.models import (FavouriteItem, FavouriteOut, ImageAdded, ImagePatch, PropertyCreate, PropertyOut,
-                                      PropertyUpdate, SearchQuery)
+from sheda_rt.listings.models import (FavouriteItem, FavouriteOut, ImageAdded, ImagePatch, MyPropertiesQuery, PropertyCreate,
+                                      PropertyOut, PropertyUpdate, SearchQuery)
 from sheda_rt.pagination import PageQuery
 from sheda_rt.responses import Page
 
@@ -54,7 +54,9 @@ class PropertyHandler(APIHandler):
     async def patch(self, property_id: int, body: PropertyUpdate):
         """Any subset of the create fields; `geo: null` removes the map position. `status` cannot be set here
         (422): it follows confirm-payment and contract expiry. Needs an agent-scoped token of the owning agent,
-        or an admin."""
+        or an admin. An unlisted listing that is still available can be changed and stays unlisted (saved searches
+        hear of it once it is listed again); 409 `property_delisted` for an unlisted sold or rented one (with
+        `status`) or one hidden with its agent's deactivated account (with `hidden_reason`)."""
         return await self.ctx.properties.update(self.principal, property_id, body)
 
     @endpoint("Delist a listing (soft delete; its agent or an admin)", auth=USER, status=204, errors=(401, 403, 404), tags=TAGS)
@@ -79,7 +81,8 @@ class PropertyImagesHandler(APIHandler):
     async def post(self, property_id: int):
         """jpeg, png or webp, decoded in full and stored re-encoded without metadata (415 otherwise); at most
         MAX_UPLOAD_BYTES and MAX_IMAGE_PIXELS (413) and at most 10 images per
-        listing (409). The first image becomes primary; send form field `is_primary=true` to make the new one
+        listing (409 `too_many_images`); an unlisted listing takes images while it is available (409 `property_delisted`
+        as for PATCH). The first image becomes primary; send form field `is_primary=true` to make the new one
         primary. Returns `{image, property}`."""
         data = self.uploaded_file("file")
         fields, _ = self.form_fields()
@@ -118,6 +121,17 @@ class MyFavouritesHandler(APIHandler):
         return await self.ctx.properties.list_favourites(self.principal, query)
 
 
+class MyPropertiesHandler(APIHandler):
+    @endpoint("My listings in every state, newest first (agents)", auth=AGENT, query=MyPropertiesQuery,
+              response=Page[PropertyOut], errors=(401, 403, 422), tags=TAGS)
+    async def get(self, query: MyPropertiesQuery):
+        """The caller's own listings whatever their state: listed or unlisted (`is_active`; `hidden_reason`
+        agent_inactive while hidden with a deactivated account), available, sold or rented, each as GET
+        /properties/{id} shows it to its agent. `status=` and `listed=true|false` narrow it. A cursor page
+        (`limit`, `cursor` = the previous page's `next_cursor`)."""
+        return await self.ctx.properties.my_listings(self.principal, query)
+
+
 default_handlers = [
     route("/api/v1/properties", PropertiesHandler),
     route("/api/v1/properties/{property_id:int}", PropertyHandler),
@@ -126,4 +140,5 @@ default_handlers = [
     route("/api/v1/properties/{property_id:int}/images/{image_id:int}", PropertyImageHandler),
     route("/api/v1/properties/{property_id:int}/favourite", FavouriteHandler),
     route("/api/v1/users/me/favourites", MyFavouritesHandler),
+    route("/api/v1/users/me/properties", MyPropertiesHandler),
 ]

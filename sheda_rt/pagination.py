@@ -129,11 +129,20 @@ def page_filter(query: dict, sort: list[tuple[str, int]], cursor: str | None) ->
     return {"$and": [query, after]} if query else after
 
 
-async def paginate(collection, query: dict, sort: list[tuple[str, int]], page: PageQuery, serialize, projection=None) -> dict:
-    """Run one keyset page. `sort` must end with ("_id", ±1)."""
+async def paginate(collection, query: dict, sort: list[tuple[str, int]], page: PageQuery, serialize, projection=None,
+                   residual: dict | None = None) -> dict:
+    """Run one keyset page. `sort` must end with ("_id", ±1). `residual`: more conditions that no index holds
+    (optional filters): applied in a second `$match` after `query` + cursor, which the embedded database serves
+    from the index of `query`'s keys (one `find` with them all is a collection scan there, see page_filter)."""
     assert sort[-1][0] == "_id", "sorts end with _id so the order is total"
     flt = page_filter(query, sort, page.cursor)
-    docs = await collection.find(flt, projection=projection, sort=sort, limit=page.limit + 1).to_list()
+    if residual:
+        pipeline = [{"$match": flt}, {"$match": residual}, {"$sort": dict(sort)}, {"$limit": page.limit + 1}]
+        if projection:
+            pipeline.append({"$project": projection})
+        docs = await (await collection.aggregate(pipeline)).to_list()
+    else:
+        docs = await collection.find(flt, projection=projection, sort=sort, limit=page.limit + 1).to_list()
     more = len(docs) > page.limit
     docs = docs[: page.limit]
     next_cursor = encode_cursor([_get(docs[-1], f) for f, _ in sort]) if more and docs else None

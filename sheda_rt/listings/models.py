@@ -118,6 +118,16 @@ class ImagePatch(_Body):
     is_primary: Literal[True] = Field(description="Make this the primary image (the previous primary is unset)")
 
 
+class MyPropertiesQuery(PageQuery):
+    """GET /users/me/properties filters: the caller's own listings in every state unless narrowed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Optional[PropertyStatus] = Field(None, description="Only listings in this status")
+    listed: Optional[bool] = Field(None, description="true: only listed ones; false: only unlisted ones (by you, "
+                                   "staff, or hidden while your account was deactivated)")
+
+
 class SearchQuery(PageQuery):
     """GET /properties filters. All optional; results are available, listed properties unless `status` says otherwise."""
 

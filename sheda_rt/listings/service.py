@@ -176,6 +176,22 @@ class PropertyService:
         await self.announce(after, [k for k, v in view.items() if k != "updated_at" and old.get(k) != v], view)
         return view
 
+    @staticmethod
+    def editable(doc: dict) -> bool:
+        """Whether a listing the caller manages may be changed (PATCH, a new image); True when it is listed.
+        An unlisted one may be fixed before it is listed again while it is available; not one hidden because
+        its agent's account is deactivated (it follows the account), nor a sold or rented one (it cannot be
+        listed again anyway): 409 `property_delisted`."""
+        if doc.get("is_active", True):
+            return True
+        if doc.get("hidden_reason"):
+            raise Conflict("This listing is hidden while its agent's account is deactivated and cannot be changed",
+                           "property_delisted", extra={"hidden_reason": doc["hidden_reason"]})
+        if doc["status"] != "available":
+            raise Conflict(f"An unlisted {doc['status']} listing cannot be changed", "property_delisted",
+                           extra={"status": doc["status"]})
+        return False
+
     async def managed(self, principal, property_id: int) -> dict:
         doc = await self.visible(property_id, principal)
         if not self.can_manage(principal, doc):
@@ -228,8 +244,7 @@ class PropertyService:
     async def update(self, principal, property_id: int, body: PropertyUpdate) -> dict:
         for _attempt in range(5):
             doc = await self.managed(principal, property_id)
-            if not doc.get("is_active", True):
-                raise Conflict("A delisted property cannot be changed", "property_delisted")
+            listed = self.editable(doc)
             changes: dict = {}
             unset: list[str] = []
             history = None
@@ -247,7 +262,10 @@ class PropertyService:
                 else:
                     changes[name] = value
             changes["updated_at"] = now
-            dropped = history is not None and changes["price_minor"] < doc.get("price_minor", changes["price_minor"])
+            # An unlisted listing's drop alerts nobody: it is off the market (its relisting alerts, "relisted").
+            # The write names the revision read, and unlisting and listing again take one, so the listing is
+            # still in the state read here when the write lands.
+            dropped = listed and history is not None and changes["price_minor"] < doc.get("price_minor", changes["price_minor"])
             if dropped and self.listing_alerts is not None:
                 changes["alert_pending"] = alert_marker("price_drop")
             merged = {**{k: v for k, v in doc.items() if k not in unset}, **changes}
@@ -414,17 +432,24 @@ class PropertyService:
         page = await self.search(SearchQuery(agent_id=agent_id, limit=min(limit, 100)))
         return page["items"]
 
+    async def my_listings(self, principal, query) -> dict:
+        """The caller's own listings in every state, newest first (GET /users/me/properties)."""
+        now = self.clock.now()
+        return await self.store.agent_page(principal.user_id, query, lambda doc: property_view(doc, now),
+                                           status=query.status, listed=query.listed)
+
     # ---- images ------------------------------------------------------------
     async def add_image(self, principal, property_id: int, data: bytes, make_primary: bool = False) -> dict:
         doc = await self.managed(principal, property_id)
-        if not doc.get("is_active", True):
-            raise Conflict("A delisted property cannot get new images", "property_delisted")
+        listed = self.editable(doc)
         if len(doc.get("images", [])) >= MAX_IMAGES:
             raise Conflict(f"A property has at most {MAX_IMAGES} images", "too_many_images")
         url = await self.media.save_image(data, "properties")
         image = {"id": await self.ids.next("property_images"), "url": url, "is_primary": False}
-        updated = await self.store.push_image(property_id, image, MAX_IMAGES)
-        if updated is None:  # another upload took the last place (or it was delisted) meanwhile
+        # The write expects the listing still as read (listed, or unlisted and editable)
+        state = {"is_active": True} if listed else {"is_active": False, "status": "available", "hidden_reason": None}
+        updated = await self.store.push_image(property_id, image, MAX_IMAGES, state)
+        if updated is None:  # another upload took the last place (or it was unlisted, listed or hidden) meanwhile
             await self.media.delete(url)
             raise Conflict(f"A property has at most {MAX_IMAGES} images", "too_many_images")
         if make_primary:

@@ -58,7 +58,14 @@ class PropertyStore:
         IndexModel([("geo", GEOSPHERE)], name="search_geo", **{"2dsphereIndexVersion": 3}),
         # The promotions job's "featured days over" query; sparse: only featured listings have the field.
         IndexModel([("featured_until", ASCENDING)], name="featured_until", sparse=True),
+        # An agent's own listings in every state (GET /users/me/properties), newest first, every page an equality on
+        # agent_id and an _id range. The search indexes cannot serve it: they lead with one status, and an `_id`
+        # range or `is_active` beside (status, facets) is a collection scan on the embedded database (explained).
+        # One entry per listing that never changes (agent and id are fixed), beside the dozens of facet entries
+        # each search index holds per listing.
+        IndexModel([("agent_id", ASCENDING), ("_id", DESCENDING)], name="agent_newest"),
     ]
+    MINE_SORT = [("_id", DESCENDING)]
     # search_newest sorted by created_at until a bump could move a listing up "newest" (newest_at).
     RETIRED_INDEXES = ("search_newest",)
 
@@ -225,6 +232,17 @@ class PropertyStore:
             out += [d["_id"] for d in docs]
         return out
 
+    async def agent_page(self, agent_id: int, page: PageQuery, serialize, *, status: str | None = None,
+                         listed: bool | None = None) -> dict:
+        """One page of an agent's listings, newest first, whatever their state; `status` and `listed` narrow it
+        (residual conditions over the agent's listings: index `agent_newest` serves the rest)."""
+        residual: dict = {}
+        if status is not None:
+            residual["status"] = status
+        if listed is not None:
+            residual["is_active"] = {"$ne": False} if listed else False  # a listing without the field is listed
+        return await paginate(self.col, {"agent_id": agent_id}, self.MINE_SORT, page, serialize, residual=residual)
+
     # ---- status, driven by contracts ---------------------------------------
     async def take(self, property_id: int, new_status: str, contract_id: int, now) -> dict | None:
         """available → rented/sold, only if still available and listed. The one gate that
@@ -240,11 +258,12 @@ class PropertyStore:
             {"$set": {"status": "available", "updated_at": now}, "$unset": {"contract_id": ""}})
 
     # ---- images ------------------------------------------------------------
-    async def push_image(self, property_id: int, image: dict, max_images: int) -> dict | None:
-        """Append an image unless the listing already has `max_images`. The count is part of
-        the update's filter, so concurrent uploads can never exceed it."""
+    async def push_image(self, property_id: int, image: dict, max_images: int, state: dict) -> dict | None:
+        """Append an image unless the listing already has `max_images` or is no longer in `state` (the conditions
+        the caller checked, e.g. listed). The count is part of the update's filter, so concurrent uploads can
+        never exceed it."""
         doc = await update_then_get(
-            self.col, {"_id": property_id, "is_active": True, f"images.{max_images - 1}": {"$exists": False}},
+            self.col, {**state, "_id": property_id, f"images.{max_images - 1}": {"$exists": False}},
             {"$push": {"images": image}})
         if doc is not None:
             doc = await self.ensure_primary(property_id) or doc
