@@ -344,7 +344,8 @@ EventStreamHandler.get.endpoint_doc = EndpointDoc(
     before the stream starts. Each event: `id: <seq>` (durable frames only), `event: <frame type>`,
     `data: <frame JSON>`. Resume with the `Last-Event-ID` header (or `?last_event_id=`): every durable
     event after it is replayed before live ones; a position that cannot be resumed gets a
-    `sync.reset` event (refetch over REST). `retry: 3000` first, `: ping` comments every
+    `sync.reset` event (refetch over REST). `retry: 3000` first (with `id: <current position>` on a
+    fresh stream of one process, so a drop before the first event still resumes), `: ping` comments every
     SSE_HEARTBEAT_SECONDS, and a last `close` event {code, reason} when the server ends the stream
     (4401 token expired or revoked, 1001 shutdown). A client that does not read is cut off.
     """,
