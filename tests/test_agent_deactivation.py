@@ -133,3 +133,14 @@ async def test_a_process_dying_after_the_deactivation_leaves_a_job_that_hides_th
     assert await found(sheda, w) == set()
     # run again (a retry after a crash): nothing more to do
     assert await ctx.properties.hide_agent_listings(agent.id) == 0
+
+
+async def test_the_walk_reads_the_agents_listings_on_an_index(sheda):
+    """One `find` with the state beside agent_id, or beside the search indexes' (status, facets), is a collection
+    scan on the embedded database: the walk's read is a pipeline whose first `$match` index agent_newest serves."""
+    store = sheda.ctx.property_store
+    for reason in (None, "agent_inactive"):
+        pipeline = store.agent_listing_pipeline(123, hidden_reason=reason)
+        explained = await sheda.ctx.db.command("explain", {"aggregate": "properties", "pipeline": pipeline, "cursor": {}},
+                                               verbosity="queryPlanner")
+        assert "COLLSCAN" not in repr(explained) and "agent_newest" in repr(explained), explained
