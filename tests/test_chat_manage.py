@@ -340,3 +340,47 @@ async def test_search_hits_look_like_history_and_follow_edits(sheda):
     [edited] = (await search(sheda, ada, q="bungalow")).json["items"]
     assert edited["id"] == original and edited["edited_at"]
     assert (await search(sheda, ada, q="duplex")).json["items"] == []  # the old text is gone
+
+
+async def test_a_deleted_message_is_no_longer_unread_and_the_list_shows_what_i_still_see(sheda, push):  # noqa: F811
+    # Unread counts (the list's and the push badge) follow the rule of pushes and digests: a
+    # message deleted for everyone (a tombstone) or by the reader for themselves is not news.
+    ada, bob = await sheda.signup(), await sheda.signup()
+    seen, second, third = [await say(sheda, bob, ada, text) for text in ("one", "two", "three")]
+    r = await sheda.api.post("/api/v1/chat/read", {"other_user_id": bob.id, "up_to": seen}, token=ada.token)
+    assert r.status == 200, r
+    assert (await conversation_rows(sheda, ada))[bob.id]["unread_count"] == 2
+
+    def delete(message_id, scope, user):
+        return sheda.api.delete(f"/api/v1/chat/messages/{message_id}?for={scope}", token=user.token)
+
+    assert (await delete(seen, "everyone", bob)).status == 200  # already read: nothing changes
+    assert (await conversation_rows(sheda, ada))[bob.id]["unread_count"] == 2
+    assert (await delete(second, "everyone", bob)).status == 200
+    assert (await conversation_rows(sheda, ada))[bob.id]["unread_count"] == 1
+    assert (await delete(second, "everyone", bob)).status == 404  # a retried delete takes nothing more off
+    assert (await conversation_rows(sheda, ada))[bob.id]["unread_count"] == 1
+
+    fourth = await say(sheda, bob, ada, "four")
+    assert (await conversation_rows(sheda, ada))[bob.id]["unread_count"] == 2
+    assert (await delete(fourth, "me", ada)).status == 200  # the reader deletes it for herself
+    assert (await delete(fourth, "me", ada)).status == 404
+    row = (await conversation_rows(sheda, ada))[bob.id]
+    assert row["unread_count"] == 1
+    assert row["last_message"]["id"] == third and row["last_message"]["message"] == "three"  # the newest she still sees
+    assert (await conversation_rows(sheda, bob))[ada.id]["last_message"]["id"] == fourth  # Bob still sees it
+
+    assert (await delete(third, "everyone", bob)).status == 200
+    row = (await conversation_rows(sheda, ada))[bob.id]
+    assert row["unread_count"] == 0
+    # The README's rule: the list shows a tombstone as it is ("message": "", "deleted": true).
+    assert row["last_message"]["id"] == third and row["last_message"]["deleted"] is True and row["last_message"]["message"] == ""
+
+    # The push badge is the same unread total: only the new message counts.
+    sub, device_id = await subscribed(sheda, push, ada)
+    await say(sheda, bob, ada, "five")
+    await until_jobs(sheda, device_id)
+    sheda.ctx.clock.advance(seconds=11)
+    await run_jobs(sheda)
+    [got] = push.accepted(sub.endpoint_id)
+    assert got.payload["count"] == 1 and got.payload["badge"] == 1, got.payload

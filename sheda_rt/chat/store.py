@@ -50,6 +50,19 @@ from sheda_rt.database.writes import InsertOutcome, insert_unordered  # noqa: F4
 log = logging.getLogger("sheda.chat.store")
 
 
+#: The fields `is_news` reads: what a scan for news projects.
+NEWS_FIELDS = {"sender_id": 1, "deleted": 1, "hidden_for": 1}
+
+
+def is_news(doc: dict, sender_id: int, reader_id: int) -> bool:
+    """A message of sender_id's the reader has still to learn about: not deleted for everyone (a
+    tombstone) and not deleted by the reader for themselves. The one rule of unread counts
+    (conversation list, push badge), pushes and digests: deleting a message takes it off each of
+    them at once, with no counter to keep (nothing is written per message), so a retried delete
+    cannot take it off twice."""
+    return doc["sender_id"] == sender_id and not doc.get("deleted") and reader_id not in (doc.get("hidden_for") or ())
+
+
 def conv_key(a: int, b: int) -> str:
     lo, hi = (a, b) if a < b else (b, a)
     return f"{lo}:{hi}"
@@ -211,15 +224,11 @@ class MessageStore:
         )
         return result.modified_count
 
-    async def count_from(self, conv: str, sender_id: int, after_id: int, viewer: int | None = None) -> int:
-        """sender_id's messages in conv with id > after_id (the unread count); with `viewer`, not
-        those the viewer deleted for themselves."""
-        if viewer is None:
-            rows = await self.scan(conv, newest_first=False, after=after_id, projection={"sender_id": 1},
-                                   keep=lambda d: d["sender_id"] == sender_id)
-        else:
-            rows = await self.scan(conv, newest_first=False, after=after_id, projection={"sender_id": 1, "hidden_for": 1},
-                                   keep=lambda d: d["sender_id"] == sender_id and viewer not in (d.get("hidden_for") or ()))
+    async def count_from(self, conv: str, sender_id: int, after_id: int, reader: int) -> int:
+        """How many of sender_id's messages in conv with id > after_id are still news for
+        `reader` (`is_news`): the unread count of the conversation list and the push badge."""
+        rows = await self.scan(conv, newest_first=False, after=after_id, projection=NEWS_FIELDS,
+                               keep=lambda d: is_news(d, sender_id, reader))
         return len(rows)
 
 

@@ -34,7 +34,7 @@ from datetime import datetime, timedelta, timezone
 from prometheus_client import Counter, Gauge
 
 from sheda_rt.chat.attachments import attachment_summary
-from sheda_rt.chat.store import conv_key
+from sheda_rt.chat.store import NEWS_FIELDS, conv_key, is_news
 from sheda_rt.jobs.runner import Defer, GiveUp, RetryLater
 from sheda_rt.jobs.store import RUNNING
 from sheda_rt.push.provider import Notification, Provider
@@ -183,12 +183,11 @@ class Dispatcher:
             mark = int((c.get("read_upto") or {}).get(str(user_id), 0))
             if c["_id"] == conv:
                 watermark = mark
-            counts.append(messages.count_from(c["_id"], peer, mark))
+            counts.append(messages.count_from(c["_id"], peer, mark, user_id))  # the badge: what the conversation list counts
         totals = await asyncio.gather(*counts)
         # A message deleted for everyone (a tombstone) or deleted by the user for themselves is not news
-        news = await messages.scan(conv, newest_first=True, after=watermark, projection={"sender_id": 1, "deleted": 1, "hidden_for": 1},
-                                   keep=lambda d: d["sender_id"] == other_id and not d.get("deleted")
-                                   and user_id not in (d.get("hidden_for") or ()))
+        news = await messages.scan(conv, newest_first=True, after=watermark, projection=NEWS_FIELDS,
+                                   keep=lambda d: is_news(d, other_id, user_id))
         latest = await messages.get(conv, news[0]["_id"]) if news else None
         if latest is None:
             return 0, None, sum(totals)

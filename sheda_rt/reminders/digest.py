@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sheda_rt.chat.attachments import attachment_summary
+from sheda_rt.chat.store import NEWS_FIELDS, is_news  # the one rule of what is still news (unread counts, pushes)
 from sheda_rt.jobs.runner import Defer
 from sheda_rt.jobs.store import PENDING, RUNNING
 from sheda_rt.push.dispatch import quiet_until
@@ -42,15 +43,6 @@ log = logging.getLogger("sheda.reminders")
 DIGEST_KIND = "digest.chat"
 PREVIEW_LINES = 3
 PREVIEW_CHARS = 140
-
-
-NEWS_FIELDS = {"sender_id": 1, "deleted": 1, "hidden_for": 1}
-
-
-def is_news(doc: dict, sender_id: int, reader_id: int) -> bool:
-    """A message of sender_id's the reader has still to learn about: not deleted for everyone (a
-    tombstone) and not deleted by the reader for themselves."""
-    return doc["sender_id"] == sender_id and not doc.get("deleted") and reader_id not in (doc.get("hidden_for") or ())
 
 
 # ---- what every digest email job does (chat digests here, saved-search digests in sheda_rt/saved_searches) ----
@@ -212,8 +204,7 @@ class ChatDigests:
         for item in ready:
             brief = await self.chat.user_brief(item["peer"]) or {}
             name = brief.get("full_name") or brief.get("username") or "someone"
-            count = len(await messages.scan(item["conv"], newest_first=False, after=item["mark"], projection=NEWS_FIELDS,
-                                            keep=lambda d, peer=item["peer"]: is_news(d, peer, user["_id"])))
+            count = await messages.count_from(item["conv"], item["peer"], item["mark"], user["_id"])
             total += count
             names.append(name)
             lines = [f"{name}: {count} new message{'s' if count != 1 else ''}"]
