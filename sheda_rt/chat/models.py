@@ -40,8 +40,11 @@ class Conversation(ResponseModel):
 
     user_id: int
     peer: Peer
-    last_message: HistoryRow
-    unread_count: int = Field(ge=0)
+    last_message: HistoryRow = Field(description=(
+        "The newest message I still see: a tombstone (deleted: true, message \"\") when it was deleted for everyone, "
+        "never one I deleted for myself"))
+    unread_count: int = Field(ge=0, description=(
+        "The peer's messages after my read watermark, leaving out those deleted for everyone or by me for myself"))
     muted_until: Optional[Union[Literal["forever"], Timestamp]] = Field(
         None, description='My mute of this conversation: when it ends, "forever", or null (no pushes while muted; still counted unread)')
     archived: bool = Field(False, description="I archived it and nothing newer has arrived since")
