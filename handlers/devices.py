@@ -5,7 +5,7 @@ from __future__ import annotations
 from handlers.base import APIHandler
 from handlers.routing import endpoint, route
 from sheda_rt.accounts.auth import USER
-from sheda_rt.push.models import DeviceIn, DeviceList, DeviceOut, NotificationSettings, NotificationSettingsOut, VapidKeyOut
+from sheda_rt.push.models import DeviceIn, DeviceList, DeviceOut, DeviceQuery, NotificationSettings, NotificationSettingsOut, VapidKeyOut
 
 TAGS = ("push",)
 
@@ -22,11 +22,13 @@ class DevicesHandler(APIHandler):
         not https on a public address, an unknown platform or a token over 4 KB."""
         return await self.ctx.push.register(self.principal, body)
 
-    @endpoint("My devices", auth=USER, response=DeviceList, errors=(401,), tags=TAGS)
-    async def get(self):
-        """`{items: [{id, platform, endpoint | token_hint, environment?, created_at, updated_at}]}`, oldest first
-        (at most PUSH_MAX_DEVICES_PER_USER: registering one more drops the least recently registered)."""
-        return await self.ctx.push.list(self.principal.user_id)
+    @endpoint("My devices", auth=USER, query=DeviceQuery, response=DeviceList, errors=(401, 422), tags=TAGS)
+    async def get(self, query: DeviceQuery):
+        """`{items: [{id, platform, endpoint | token_hint, environment?, created_at, updated_at}], next_cursor}`,
+        oldest first, `?limit=` (default 20, max 100) a page, `?cursor=` the next one (next_cursor null: the
+        last page); at most PUSH_MAX_DEVICES_PER_USER devices (registering one more drops the least recently
+        registered). 422 for an unknown query key, a bad limit or a cursor this listing did not issue."""
+        return await self.ctx.push.list(self.principal.user_id, query)
 
 
 class DeviceHandler(APIHandler):
@@ -40,7 +42,9 @@ class NotificationSettingsHandler(APIHandler):
     @endpoint("My notification settings", auth=USER, response=NotificationSettingsOut, errors=(401,), tags=TAGS)
     async def get(self):
         """`{push: {chat, appointments, contracts, listings, announcements}, email: {...}, previews, quiet_hours}`;
-        everything on and no quiet hours until set."""
+        everything on and no quiet hours until set. `push.<kind>` turns off the pushes of that kind: chat messages;
+        viewings (appointment.*); contracts, builder bookings and change requests; listings (saved-search alerts,
+        inquiries, project updates); administrators' announcements."""
         return await self.ctx.push.get_settings(self.principal.user_id)
 
     @endpoint("Replace my notification settings", auth=USER, body=NotificationSettings, response=NotificationSettingsOut,

@@ -26,7 +26,8 @@ class BroadcastHandler(APIHandler):
     async def post(self, body: BroadcastBody):
         """`{message, user_type?}`. Stores a notification (kind `announcement`) for every active user (of `user_type`),
         then sends `{"type": "announcement", "message", "user_type"?, "created_at"}` to every open socket of those users
-        on every server process (ephemeral: no `seq`, never replayed; offline users read the notification).
+        on every server process (ephemeral: no `seq`, never replayed; offline users read the notification, and
+        their devices get a push unless their `push.announcements` setting is off: one background job fans it out).
         202: `notified` users got the stored notification; `delivered_sockets` counts only the sockets of the process
         that answered (the others deliver as the message reaches them)."""
         return await self.ctx.realtime_admin.broadcast(body.message, body.user_type)

@@ -227,7 +227,8 @@ class AppContext:
         self.stores.extend([self.property_store, self.favourite_store, self.availability_store, self.appointment_store,
                             self.contract_store, self.notification_store])
         self._install_analytics()
-        self.notifications = NotificationService(self.notification_store, clock=self.clock, stream=self.stream)
+        self.notifications = NotificationService(self.notification_store, clock=self.clock, stream=self.stream,
+                                                 push=self.push.dispatch)  # [push] stored notifications reach devices too
         self.properties = PropertyService(self.property_store, self.favourite_store, clock=self.clock, ids=self.ids, media=self.media,
                                           channels=self.channels, categories=self.categories, analytics=self.analytics,
                                           public_base_url=self.settings.public_base_url)
@@ -538,7 +539,7 @@ class AppContext:
         from sheda_rt.realtime.presence_query import PresenceQuery
 
         self.presence_query = PresenceQuery(self.hub, self.users, self.chat.conversations, blocks=self.blocks)
-        self.realtime_admin = RealtimeAdmin(self.hub, self.users, self.notifications, self.clock)
+        self.realtime_admin = RealtimeAdmin(self.hub, self.users, self.notifications, self.clock, push=self.push.dispatch)
 
     async def ensure_indexes(self) -> None:
         for store in self.stores:

@@ -614,3 +614,127 @@ async def test_sending_refuses_endpoints_that_resolve_to_private_addresses(sheda
         await guarded.send(device, b"x", ttl=60)
     assert "public address" in str(refused.value)
     guarded.close()
+
+
+# ---- stored notifications reach devices too (appointments, contracts, bookings, announcements) ---------------
+from tests.listing_helpers import book, create_property, next_slot, open_window  # noqa: E402
+
+
+async def viewing_offer(sheda):
+    agent = await sheda.signup("agent", full_name="Ada Agent")
+    client = await sheda.signup("client", full_name="Chidi Client")
+    prop = await create_property(sheda, agent)
+    when = next_slot(sheda.ctx.clock.now(), days_ahead=3, hour=10)
+    await open_window(sheda, agent, when)
+    return agent, client, prop, when
+
+
+async def test_a_booked_viewing_is_pushed_to_the_offline_agent_once(sheda, push):
+    agent, client, prop, when = await viewing_offer(sheda)
+    sub, device_id = await subscribed(sheda, push, agent)
+    r = await book(sheda, client, prop["id"], when)
+    assert r.status == 201, r
+    [job] = await until_jobs(sheda, device_id)
+    assert job["payload"]["category"] == "appointments"
+    await run_jobs(sheda)
+    [got] = push.accepted(sub.endpoint_id)
+    assert [x.refused for x in push.received] == [None], push.received
+    [stored] = (await sheda.api.get("/api/v1/notifications", token=agent.token)).json["items"]
+    assert stored["kind"] == "appointment.booked"
+    p = got.payload
+    assert p["title"] == stored["title"] == "New viewing request" and p["body"] == stored["body"] and prop["title"] in p["body"]
+    assert p["type"] == p["kind"] == "appointment.booked" and p["notification_id"] == stored["id"]
+    assert p["appointment_id"] == r.json["id"] and p["property_id"] == prop["id"] and p["path"] == f"/appointments/{r.json['id']}"
+    assert isinstance(p["badge"], int)
+    sheda.ctx.clock.advance(seconds=60)
+    await run_jobs(sheda)
+    assert len(push.received) == 1  # exactly once
+    # the client (the one who acted) is not told: nothing queued for their device either
+    _, client_device = await subscribed(sheda, push, client)
+    assert await jobs_of(sheda, client_device) == []
+
+
+async def test_a_notification_is_not_pushed_to_an_agent_online_on_a_socket(sheda, push):
+    agent, client, prop, when = await viewing_offer(sheda)
+    sub, device_id = await subscribed(sheda, push, agent)
+    ws = await sheda.ws(agent.token)
+    booked = await book(sheda, client, prop["id"], when)
+    assert booked.status == 201, booked
+    frame = await ws.wait_type("notification")
+    assert frame["kind"] == "appointment.booked"
+    await asyncio.sleep(0.2)  # let the dispatcher look
+    assert await jobs_of(sheda, device_id) == []
+    # offline when it was stored, online when it is due: the socket had it, no push
+    ws.close()
+    await asyncio.sleep(0.2)
+    r = await sheda.api.delete(f"/api/v1/appointments/{booked.json['id']}", token=client.token)
+    assert r.status == 200, r
+    [job] = await until_jobs(sheda, device_id)
+    ws = await sheda.ws(agent.token)
+    await run_jobs(sheda)
+    assert push.received == []
+    [job] = await jobs_of(sheda, device_id)
+    assert job["status"] == "done" and job["result"]["outcome"] == "online"
+    ws.close()
+
+
+async def test_a_deactivated_agent_gets_no_notification_push(sheda, push):
+    agent, client, prop, when = await viewing_offer(sheda)
+    sub, device_id = await subscribed(sheda, push, agent)
+    assert (await book(sheda, client, prop["id"], when)).status == 201
+    await until_jobs(sheda, device_id)
+    assert (await sheda.api.delete("/api/v1/users/me", token=agent.token)).status in (200, 204)
+    await run_jobs(sheda)
+    assert push.received == []
+    [job] = await jobs_of(sheda, device_id)
+    assert job["status"] == "done" and job["result"]["outcome"] == "user_inactive"
+
+
+async def test_announcements_push_only_to_users_whose_push_announcements_is_on(sheda, push):
+    admin = await sheda.admin()
+    ada = await sheda.signup("builder")
+    sub, device_id = await subscribed(sheda, push, ada)
+    kinds = {"chat": True, "appointments": True, "contracts": True, "listings": True}
+    try:
+        assert (await sheda.api.put(SETTINGS, {"push": {**kinds, "announcements": False}}, token=ada.token)).status == 200
+        r = await sheda.api.post("/api/v1/admin/broadcast", {"message": "Maintenance at 2am", "user_type": "builder"}, token=admin.token)
+        assert r.status == 202, r
+        await run_jobs(sheda)  # the fan-out job
+        [job] = await until_jobs(sheda, device_id)
+        await run_jobs(sheda)
+        assert push.accepted(sub.endpoint_id) == []
+        assert (await jobs_of(sheda, device_id))[0]["result"]["outcome"] == "announcements_pushes_off"
+
+        assert (await sheda.api.put(SETTINGS, {"push": {**kinds, "announcements": True}}, token=ada.token)).status == 200
+        r = await sheda.api.post("/api/v1/admin/broadcast", {"message": "Back online", "user_type": "builder"}, token=admin.token)
+        assert r.status == 202, r
+        await run_jobs(sheda)
+        await until_jobs(sheda, device_id, 2)
+        await run_jobs(sheda)
+        [got] = push.accepted(sub.endpoint_id)
+        assert got.payload["title"] == "Announcement" and got.payload["body"] == "Back online"
+        assert got.payload["kind"] == "announcement" and got.payload["path"] == "/notifications"
+        assert got.payload["user_type"] == "builder"
+        # one fan-out job per announcement, not one per user
+        fanouts = await sheda.ctx.db["jobs"].find({"kind": "push.announcement"}).to_list()
+        assert len(fanouts) >= 2 and all(j["status"] == "done" for j in fanouts)
+    finally:
+        # devices of users left by other tests in the shared database got jobs too: leave none behind
+        await sheda.ctx.db["jobs"].delete_many({"$or": [{"kind": "push.announcement"}, {"_id": {"$regex": ":announcement:"}}]})
+
+
+async def test_devices_list_is_a_cursor_page_and_refuses_unknown_query_keys(sheda):
+    ada = await sheda.signup()
+    ids = []
+    for _ in range(3):
+        r = await sheda.api.post(DEVICES, Subscriber(f"https://push.example.com/send/{os.urandom(6).hex()}").body(), token=ada.token)
+        ids.append(r.json["id"])
+    r = await sheda.api.get(DEVICES, token=ada.token)
+    assert r.status == 200 and [d["id"] for d in r.json["items"]] == ids and r.json["next_cursor"] is None, r
+    r = await sheda.api.get(f"{DEVICES}?limit=2", token=ada.token)
+    assert [d["id"] for d in r.json["items"]] == ids[:2] and r.json["next_cursor"], r
+    r = await sheda.api.get(f"{DEVICES}?limit=2&cursor={r.json['next_cursor']}", token=ada.token)
+    assert [d["id"] for d in r.json["items"]] == ids[2:] and r.json["next_cursor"] is None, r
+    for bad in ("limit=0", "limit=101", "limit=x", "cursor=nope", "page=2", "cursor=WyJ4Il0"):
+        r = await sheda.api.get(f"{DEVICES}?{bad}", token=ada.token)
+        assert r.status == 422 and r.json["code"] == "validation_error", (bad, r)

@@ -178,18 +178,22 @@ async def test_viewing_reminders_fire_once_24h_and_1h_before_with_a_calendar_fil
         assert mail.headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
         assert mail.headers["List-Unsubscribe"].startswith("<") and "/api/v1/email/unsubscribe?token=" in mail.headers["List-Unsubscribe"]
         assert mail.message["List-Unsubscribe"] == mail.headers["List-Unsubscribe"]
-    [got] = push.accepted(sub.endpoint_id)
+    # the confirmation itself reached the client's phone as a pushed notification, before the reminders
+    [told] = [p for p in push.accepted(sub.endpoint_id) if p.payload["type"] == "appointment.confirmed"]
+    assert told.payload["path"] == f"/appointments/{appt['id']}"
+    reminders = lambda: [p for p in push.accepted(sub.endpoint_id) if p.payload["type"] == "appointment.reminder"]  # noqa: E731
+    [got] = reminders()
     assert got.payload["type"] == "appointment.reminder" and got.payload["appointment_id"] == appt["id"]
     assert got.payload["title"] == "Viewing tomorrow"
 
     await run(sheda)  # once only
-    assert len(mails(sheda, client, "Reminder")) == 1 and len(push.accepted(sub.endpoint_id)) == 1
+    assert len(mails(sheda, client, "Reminder")) == 1 and len(reminders()) == 1
     sheda.ctx.clock.advance(hours=23)
     await run(sheda)
     await run(sheda)
     for user in (client, agent):
         assert [m.subject for m in mails(sheda, user, "Reminder")][1:] == [f"Reminder: viewing of “{prop['title']}” in one hour"]
-    assert [p.payload["title"] for p in push.accepted(sub.endpoint_id)] == ["Viewing tomorrow", "Viewing in one hour"]
+    assert [p.payload["title"] for p in reminders()] == ["Viewing tomorrow", "Viewing in one hour"]
     sheda.ctx.clock.advance(hours=2)
     await run(sheda)
     assert len(mails(sheda, client, "Reminder")) == 2

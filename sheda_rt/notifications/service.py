@@ -7,6 +7,12 @@ lists (a user who was offline sees it later); the live copy is a
 Domain events (`appointment.confirmed`, `contract.active`, ...) go out through
 `publish_event`, to both parties, so every open screen can update itself.
 
+Every stored notification is also pushed to the user's phones and browsers (the push dispatcher,
+sheda_rt/push/dispatch.py: one job per device, none while the user has a socket or event stream
+open, their notification settings and quiet hours applying), so a user whose app is closed learns a
+client booked a viewing. Announcements (`notify_many`) push through one fan-out job instead
+(sheda_rt/realtime/announcements.py).
+
 Delivery is best effort: a broker hiccup is logged and never undoes or fails the
 state change that caused it (the stored notification is the durable record).
 """
@@ -21,6 +27,7 @@ from sheda_rt.errors import NotFound
 if TYPE_CHECKING:  # types only: the context wires these in (runtime imports here would make cycles)
     from sheda_rt.clock import Clock
     from sheda_rt.notifications.store import NotificationStore
+    from sheda_rt.push.dispatch import Dispatcher
     from sheda_rt.realtime.stream import EventStream
 
 log = logging.getLogger("sheda.notifications")
@@ -40,10 +47,11 @@ def notification_view(doc: dict) -> dict:
 
 
 class NotificationService:
-    def __init__(self, store: NotificationStore, *, clock: Clock, stream: EventStream):
+    def __init__(self, store: NotificationStore, *, clock: Clock, stream: EventStream, push: Dispatcher | None = None):
         self.store = store
         self.clock = clock
         self.stream = stream  # every notification and domain event gets a position in each user's stream
+        self.push = push  # the push dispatcher: each stored notification goes to the user's devices while they are offline
 
     async def _push(self, user_ids, event: dict) -> None:
         """Through the event stream: stored with a position in each user's stream, then
@@ -53,13 +61,17 @@ class NotificationService:
         except Exception:  # the state change already happened; the stored copy remains
             log.exception("event %r for users %s not published", event.get("type"), list(user_ids))
 
-    async def notify(self, user_id: int, kind: str, title: str, body: str, data: dict | None = None) -> dict:
+    async def notify(self, user_id: int, kind: str, title: str, body: str, data: dict | None = None, *, push: bool = True) -> dict:
+        """Store, publish, and push (unless `push` is False: a caller that pushes it its own way,
+        saved-search alerts with their per-listing key)."""
         doc = await self.store.insert({
             "user_id": user_id, "kind": kind, "title": title, "body": body, "data": data or {},
             "is_read": False, "created_at": self.clock.now(),
         })
         view = notification_view(doc)
         await self._push([user_id], {"type": "notification", **view})
+        if push and self.push is not None:
+            self.push.on_notification(user_id, view)  # cheap: the checks and the job run in the background
         return view
 
     async def publish_event(self, user_ids, event: dict) -> None:

@@ -19,6 +19,11 @@ configured gets no pushes); everything below is the same for all three.
   (else the queue's backoff); any other 4xx gives up (failed, for admins).
 - Job kinds are `push.<platform>`, so a process runs only the platforms it has a provider for.
 
+Stored notifications (a viewing booked, a payment confirmed, ...: NotificationService.notify) come
+through `on_notification`: one job per device (key `push:<device>:note:<id>`) for a user offline
+then, which sends nothing if the user is online when it runs. An administrator's announcement is one
+`push.announcement` job that fans out to the devices of the offline users it targets.
+
 `on_message_stored` is called on the chat send path for every stored message, so it only
 appends to a list; the checks (presence, devices) and the enqueueing run in a background task.
 """
@@ -49,6 +54,29 @@ PUSH_QUEUE_DEPTH = Gauge("sheda_push_queue_depth", "Pushes waiting in the job qu
 PUSH_OLDEST_DUE_SECONDS = Gauge("sheda_push_oldest_due_seconds", "How long the oldest due push has waited past its run_at, by provider",
                                 ["provider"], multiprocess_mode="max")
 DEVICE_CACHE_SECONDS = 10.0
+
+
+ANNOUNCEMENT_KIND = "push.announcement"
+
+# A stored notification's kind (its prefix before the dot) -> the switch of the notification settings
+# (`push.<category>`) that turns its push off. Kinds not listed (builder verification, a handled report)
+# concern the account itself and have no switch: they always push.
+CATEGORY = {"appointment": "appointments", "contract": "contracts", "booking": "contracts", "change_request": "contracts",
+            "lead": "listings", "project": "listings", "saved_search": "listings", "announcement": "announcements"}
+
+
+def category_of(kind: str) -> str:
+    return CATEGORY.get(kind.split(".", 1)[0], "account")
+
+
+def deep_link(kind: str, data: dict) -> str:
+    """The app screen a notification opens: the resource's path as under /api/v1 (e.g. `/appointments/12`),
+    or `/notifications` when it names none."""
+    for key, path in (("appointment_id", "/appointments/{}"), ("contract_id", "/contracts/{}"), ("booking_id", "/bookings/{}"),
+                      ("lead_id", "/leads/{}"), ("project_id", "/projects/{}"), ("property_id", "/properties/{}")):
+        if isinstance(data.get(key), int):
+            return path.format(data[key])
+    return "/notifications"
 
 
 def kind_of(platform: str) -> str:
@@ -94,6 +122,9 @@ class Dispatcher:
         self._platforms = {kind_of(platform): platform for platform in providers}
         for kind in self._platforms:
             runner.register(kind, self.run)
+        self._notes: list[tuple[int, dict]] = []  # stored notifications waiting for their push jobs
+        self._noting: asyncio.Task | None = None
+        runner.register(ANNOUNCEMENT_KIND, self.run_announcement)
         runner.observers.append(self.observe)
 
     # ---- from the chat service ---------------------------------------------
@@ -109,8 +140,7 @@ class Dispatcher:
         asyncio.ensure_future(self._cancel(reader_id, other_id))
 
     async def drain(self) -> None:
-        if self._flushing is not None:
-            await asyncio.gather(self._flushing, return_exceptions=True)
+        await asyncio.gather(*(t for t in (self._flushing, self._noting) if t is not None), return_exceptions=True)
 
     async def _devices(self, user_id: int) -> list[dict]:
         """The user's devices this process has a provider for."""
@@ -298,6 +328,72 @@ class Dispatcher:
             made += created
         return made
 
+    # ---- stored notifications (sheda_rt/notifications/service.py) -------------------
+    def on_notification(self, user_id: int, view: dict) -> None:
+        """A notification was stored for `user_id` (and sent as a frame to their open sockets and
+        streams). Cheap and never raises: the checks (devices, presence) and the enqueueing run in a
+        background task, as for chat messages."""
+        if len(self._notes) < 100_000:
+            self._notes.append((user_id, view))
+        if self._noting is None or self._noting.done():
+            self._noting = asyncio.ensure_future(self._flush_notes())
+
+    async def _flush_notes(self) -> None:
+        await asyncio.sleep(0)  # let the rest of the batch arrive
+        while self._notes:
+            batch, self._notes = self._notes, []
+            for user_id, view in batch:
+                try:
+                    devices = await self._devices(user_id)
+                    if devices and not await self.presence.online_anywhere(user_id):
+                        await self._enqueue_note(user_id, devices, view["kind"], view["title"], view["body"], view["data"],
+                                                 f"note:{view['id']}", view["id"])
+                except Exception as exc:  # the database away: this push is lost, the notification is stored
+                    log.warning(json.dumps({"event": "push_enqueue_failed", "user_id": user_id, "error": repr(exc)[:200]}))
+
+    async def _enqueue_note(self, user_id: int, devices: list[dict], kind: str, title: str, body: str, data: dict, key: str,
+                            notification_id: int | None) -> int:
+        """One job per device (kind push.<platform>, key `push:<device>:<key>`: made once however often
+        this runs), sent only if the user is still offline when it runs (their open socket or stream
+        got the notification frame), within PUSH_TTL_SECONDS."""
+        push_data = {**data, "type": kind, "kind": kind, "notification_id": notification_id, "path": deep_link(kind, data)}
+        note = {"title": title, "body": body[:200], "collapse_key": hashlib.sha256(key.encode()).hexdigest()[:32], "data": push_data}
+        payload = {"user_id": user_id, "category": category_of(kind), "unless_online": True,
+                   "expires_at": (self.clock.now() + timedelta(seconds=self.settings.push_ttl_seconds)).isoformat(), "note": note}
+        made = 0
+        for device in devices:
+            _, created = await self.runner.enqueue(kind_of(device["platform"]), dict(payload, device_id=device["_id"]),
+                                                   key=job_key(device["_id"], key))
+            made += created
+        return made
+
+    async def announce(self, title: str, body: str, user_type: str | None, key: str) -> None:
+        """An administrator's announcement: ONE job (push.announcement), whatever the audience's size;
+        it walks the registered devices, not the users, so the request that broadcast stays cheap."""
+        await self.runner.enqueue(ANNOUNCEMENT_KIND, {"title": title, "body": body, "user_type": user_type},
+                                  key=f"push:announcement:{key}")
+
+    async def run_announcement(self, job: dict) -> dict:
+        """Push jobs for every device (of a platform this process pushes to) of an active user of the
+        announcement's audience who is offline now. Their keys carry this job's, so a retried run makes
+        no second push; each user's `push.announcements` switch and quiet hours apply when theirs runs."""
+        p = job["payload"]
+        by_user: dict[int, list[dict]] = {}
+        for device in await self.service.devices.every(list(self.providers)):
+                by_user.setdefault(device["user_id"], []).append(device)
+        ids, made = sorted(by_user), 0
+        for i in range(0, len(ids), 200):  # the embedded database matches an $in by walking its list: chunks
+            users = await self.chat.users.get_many(ids[i:i + 200])
+            for uid in ids[i:i + 200]:
+                user = users.get(uid)
+                if user is None or not user.get("is_active", True) or (p["user_type"] and user.get("user_type") != p["user_type"]):
+                    continue
+                if await self.presence.online_anywhere(uid):
+                    continue  # the announcement frame reached them
+                made += await self._enqueue_note(uid, by_user[uid], "announcement", p["title"], p["body"],
+                                                 {"user_type": p["user_type"]} if p["user_type"] else {}, job["_id"].removeprefix("push:"), None)
+        return {"outcome": "fanned_out", "users": len(ids), "pushes": made}
+
     async def _run_note(self, job: dict):
         p = job["payload"]
         platform = self._platforms[job["kind"]]
@@ -310,6 +406,9 @@ class Dispatcher:
         if not prefs["push"].get(p["category"], True):
             PUSHES.labels(provider=platform, outcome="skipped").inc()
             return {"outcome": f"{p['category']}_pushes_off"}
+        if p.get("unless_online") and await self.presence.online_anywhere(p["user_id"]):  # their socket/stream had it
+            PUSHES.labels(provider=platform, outcome="skipped").inc()
+            return {"outcome": "online"}
         now = self.clock.now()
         expires_at = datetime.fromisoformat(p["expires_at"])
         held = quiet_until(now, prefs.get("quiet_hours"))

@@ -15,6 +15,7 @@ from typing import Annotated, Literal, Optional, Union
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, RootModel
 
+from sheda_rt.pagination import PageQuery
 from sheda_rt.push.netguard import check_endpoint_url
 from sheda_rt.responses import ResponseModel, Timestamp
 
@@ -101,8 +102,13 @@ class DeviceOut(ResponseModel):
     updated_at: Timestamp
 
 
+class DeviceQuery(PageQuery):
+    model_config = ConfigDict(extra="forbid")
+
+
 class DeviceList(ResponseModel):
     items: list[DeviceOut]
+    next_cursor: Optional[str] = Field(description="Pass back as ?cursor= for the next page; null on the last page")
 
 
 # ---- notification settings -------------------------------------------------

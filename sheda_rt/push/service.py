@@ -10,6 +10,7 @@ import json
 import logging
 
 from sheda_rt.errors import NotFound, ValidationFailed
+from sheda_rt.pagination import PageQuery, decode_cursor, encode_cursor
 from sheda_rt.push.models import DeviceIn, NotificationSettings, WebPushDeviceIn
 from sheda_rt.push.netguard import check_endpoint_url
 from sheda_rt.push.store import DeviceStore, PreferenceStore, token_key
@@ -93,8 +94,19 @@ class PushService:
             for doc in sorted(docs, key=lambda d: (d["updated_at"], d["_id"]))[: len(docs) - self.max_devices]:
                 await self.devices.delete(user_id, doc["_id"])
 
-    async def list(self, user_id: int) -> dict:
-        return {"items": [device_out(d) for d in await self.devices.of_user(user_id)]}
+    async def list(self, user_id: int, page: PageQuery) -> dict:
+        """Oldest first, a page of `page.limit`. A user has at most PUSH_MAX_DEVICES_PER_USER devices, so all of
+        them are read on the user's index and the page is cut here (a `_id` range in the query would make the
+        embedded database scan the whole collection); the cursor is the pagination helper's (the last id)."""
+        docs = await self.devices.of_user(user_id)
+        if page.cursor:
+            [after] = decode_cursor(page.cursor, 1)
+            if not isinstance(after, int) or isinstance(after, bool):
+                raise ValidationFailed.single("cursor", "is not a cursor for this listing")
+            docs = [d for d in docs if d["_id"] > after]
+        shown = docs[: page.limit]
+        more = len(docs) > page.limit
+        return {"items": [device_out(d) for d in shown], "next_cursor": encode_cursor([shown[-1]["_id"]]) if more else None}
 
     async def delete(self, user_id: int, device_id: int) -> None:
         if not await self.devices.delete(user_id, device_id):

@@ -64,6 +64,11 @@ class DeviceStore:
     async def get(self, device_id: int) -> dict | None:
         return await self.col.find_one({"_id": device_id})
 
+    async def every(self, platforms: list[str]) -> list[dict]:
+        """Every device of these platforms, ids only (an announcement's push fan-out, a background job:
+        devices are far fewer than users)."""
+        return await self.col.find({"platform": {"$in": platforms}}, projection={"user_id": 1, "platform": 1}).to_list()
+
 
 class PreferenceStore:
     INDEXES: list = []

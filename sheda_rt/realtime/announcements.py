@@ -13,6 +13,9 @@ Announcement
    to every open socket of those users, on every process (a control message through
    the broker: each process encodes it once and hands it to its own sockets). It is
    ephemeral: no `seq`, never replayed.
+3. then ONE push job (`push.announcement`, sheda_rt/push/dispatch.py) that, in the background, walks
+   the registered devices and pushes the announcement to the targeted users who are offline then,
+   each user's `push.announcements` switch (notification settings) and quiet hours applying.
 Storing comes first, so a client that reacts to the frame by listing its notifications
 finds it there. The answer counts what is known when it is given: `notified` (stored),
 and `delivered_sockets`, the sockets of the process that took the request; sockets on
@@ -27,6 +30,8 @@ out, deactivate them with PATCH /admin/users/{id}).
 """
 from __future__ import annotations
 
+import logging
+import uuid
 from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -35,6 +40,8 @@ from sheda_rt.accounts.models import UserType
 from sheda_rt.clock import format_ts
 from sheda_rt.errors import NotFound
 from sheda_rt.responses import ResponseModel
+
+log = logging.getLogger("sheda.realtime")
 
 #: Close code of sockets closed by POST /admin/users/{id}/disconnect (4000-4999: the application's own).
 CLOSE_BY_ADMIN = 4000
@@ -73,11 +80,12 @@ class RealtimeAdmin:
     """The rules above. Depends on the hub (delivery and session control on every process),
     the users store (who is targeted, who exists), notifications and the clock."""
 
-    def __init__(self, hub, users, notifications, clock):
+    def __init__(self, hub, users, notifications, clock, push=None):
         self.hub = hub
         self.users = users
         self.notifications = notifications
         self.clock = clock
+        self.push = push  # the push dispatcher (one fan-out job per announcement)
 
     async def broadcast(self, message: str, user_type: str | None = None) -> dict:
         frame: dict = {"type": "announcement", "message": message}
@@ -88,6 +96,11 @@ class RealtimeAdmin:
         notified = await self.notifications.notify_many(targets, "announcement", "Announcement", message,
                                                         {"user_type": user_type} if user_type else {})
         delivered = await self.hub.broadcast(frame, user_type)
+        if self.push is not None:
+            try:
+                await self.push.announce("Announcement", message, user_type, uuid.uuid4().hex)
+            except Exception:  # stored and delivered live already: the push is extra reach
+                log.exception("announcement push not queued")
         return {"notified": notified, "delivered_sockets": delivered}
 
     async def disconnect(self, user_id: int) -> dict:

@@ -212,13 +212,13 @@ class ListingAlerts:
         note = await self.notifications.notify(uid, "saved_search.match", f"New match for “{alert['search_name']}”",
                                                describe(doc, alert["reason"]),
                                                {"property_id": pid, "saved_search_id": alert["saved_search_id"],
-                                                "reason": alert["reason"]})
+                                                "reason": alert["reason"]}, push=False)  # pushed below, once per listing
         pushes = 0
         if self.push is not None:
             push = Notification(title=f"New match for “{alert['search_name']}”", body=describe(doc, alert["reason"]), badge=0,
                                 collapse_key=hashlib.sha256(f"saved_search:{pid}".encode()).hexdigest()[:32],
                                 data={"type": "saved_search.match", "property_id": pid, "saved_search_id": alert["saved_search_id"],
-                                      "reason": alert["reason"]})
+                                      "reason": alert["reason"], "path": f"/properties/{pid}"})
             try:
                 pushes = await self.push.notify(uid, "listings", push, f"saved_search:{pid}", now + self.push_ttl)
             except Exception as exc:  # the stored notification is the record; the push is extra reach
