@@ -20,7 +20,7 @@ class PropertiesHandler(APIHandler):
         (keyset pagination: inserts by others never cause repeats or skips). Only listed properties are
         returned, `status=available` unless asked otherwise. `price` is a decimal string ("2500000.00");
         price filters take a decimal string or an integer (naira). `location` matches words case-insensitively
-        by prefix (3+ letters or a whole word); `near=lat,lng&radius_km=` limits to a circle, `bbox=minLng,minLat,
+        by prefix (3+ letters or a whole word); `near=lat,lng&radius_km=` limits to a circle (radius_km alone: 422), `bbox=minLng,minLat,
         maxLng,maxLat` to a box (not both); `q=` keywords must each be a whole word of the title, location or
         description (case- and accent-insensitive, at most 8 words); `category_id=` one category.
         Sorts: `newest` (default), `price_asc`, `price_desc`. A cursor only continues the sort it came from.

@@ -137,7 +137,8 @@ async def test_search_filters_each_narrow_the_result(sheda):
         r = await sheda.api.get(API, params=bad)
         assert r.status == 422, (bad, r)
     # A cross-field rule names the query field it is about, not "body" (there is no body).
-    for bad, field in (({"price_min": "10", "price_max": "5"}, "price_max"), ({"near": "6.4,3.4", "bbox": "3.3,6.4,3.6,6.5"}, "bbox")):
+    for bad, field in (({"price_min": "10", "price_max": "5"}, "price_max"), ({"near": "6.4,3.4", "bbox": "3.3,6.4,3.6,6.5"}, "bbox"),
+                       ({"radius_km": "2"}, "radius_km")):  # a radius alone was silently ignored
         r = await sheda.api.get(API, params=bad)
         assert r.status == 422 and [e["field"] for e in r.json["errors"]] == [field], (bad, r.json)
 

@@ -114,6 +114,7 @@ async def test_bad_input_is_422_and_stores_nothing(sheda):
         ({"name": "x", "query": {"location": area, "cursor": "abc"}}, "query"),
         ({"name": "x", "query": {"location": area, "status": "sold"}}, "query"),
         ({"name": "x", "query": {"location": area, "price_min": 5, "price_max": 2}}, "query.price_max"),
+        ({"name": "x", "query": {"location": area, "radius_km": 3}}, "query.radius_km"),  # a radius with no near=
         ({"name": "x", "query": {"location": area, "price_max": 2.5}}, "query.price_max"),  # a JSON float, as on every money field
         ({"name": "x", "query": {"location": area, "bedroom_min": -1}}, "query.bedroom_min"),
         ({"name": "x", "query": {"location": area, "listing_type": "lease"}}, "query.listing_type"),

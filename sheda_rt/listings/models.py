@@ -152,7 +152,7 @@ class SearchQuery(PageQuery):
         "Case-insensitive word match on the location: every word you type must start a word of the "
         "listing's location (at least 3 letters, or the whole word), e.g. 'lekk ph' finds 'Lekki Phase 1'"))
     near: Optional[str] = Field(None, description="'lat,lng' — only listings within radius_km of this point")
-    radius_km: float = Field(5.0, gt=0, le=100, description="Radius for near=, kilometres (default 5, max 100)")
+    radius_km: float = Field(5.0, gt=0, le=100, description="Radius for near=, kilometres (default 5, max 100; only with near=)")
     agent_id: Optional[int] = Field(None, ge=1, le=MAX_ID)
     sort: SortOrder = "newest"
     q: Optional[str] = Field(None, min_length=1, max_length=Q_MAX_CHARS, description=(
@@ -184,6 +184,8 @@ class SearchQuery(PageQuery):
         check_price_range(self.price_min, self.price_max)
         if self.near is not None and self.bbox is not None:
             raise FieldError("bbox", "send near= or bbox=, not both")
+        if self.near is None and "radius_km" in self.model_fields_set:  # alone it would be silently ignored
+            raise FieldError("radius_km", "radius_km needs near=lat,lng: it is the radius around that point")
         return self
 
     @property

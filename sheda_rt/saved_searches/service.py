@@ -49,6 +49,8 @@ class SavedSearchService:
 
     # ---- matching (the alerts' job asks) -------------------------------------------
     def plan_of(self, query: dict) -> SearchPlan:
+        if "near" not in query:  # kept before radius_km needed near= (it was ignored then, and is now refused)
+            query = {k: v for k, v in query.items() if k != "radius_km"}
         return self.plan(SavedSearchQuery.model_validate(query))
 
     def matches(self, query: dict, listing: dict, extra: str | None = None, where: str | None = None) -> bool:
