@@ -15,13 +15,18 @@ from decimal import Decimal
 from typing import Any
 
 from bson.decimal128 import Decimal128
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from sheda_rt import client_input
 from sheda_rt.errors import ApiError, ValidationFailed
 
 
 class PageQuery(BaseModel):
+    # an unknown key is a 422 naming it, on every list route (a typo'd filter must not pass silently as
+    # "no filter"); the routes that page with this model alone (favourites, saved searches, blocks, a
+    # project's updates) answered 200 while their subclasses' routes (GET /properties) refused
+    model_config = ConfigDict(extra="forbid")
+
     limit: int = Field(20, ge=1, le=100, description="Items per page (max 100)")
     cursor: str | None = Field(None, description="next_cursor of the previous page")
 

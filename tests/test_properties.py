@@ -411,6 +411,9 @@ async def test_favourites_add_duplicate_remove_list(sheda):
     assert page1.status == 200 and [f["property_id"] for f in page1.json["items"]] == [props[2]["id"], props[1]["id"]]
     page2 = await sheda.api.get("/api/v1/users/me/favourites", params={"limit": 2, "cursor": page1.json["next_cursor"]}, token=client.token)
     assert [f["property"]["id"] for f in page2.json["items"]] == [props[0]["id"]] and page2.json["next_cursor"] is None
+    # An unknown query key is refused naming it, as GET /properties does (it was a silent 200).
+    r = await sheda.api.get("/api/v1/users/me/favourites", params={"limit": 2, "foo": "1"}, token=client.token)
+    assert r.status == 422 and [e["field"] for e in r.json["errors"]] == ["foo"], r.json
 
     assert (await sheda.api.delete(f"{API}/{props[1]['id']}/favourite", token=client.token)).status == 204
     assert (await sheda.api.delete(f"{API}/{props[1]['id']}/favourite", token=client.token)).status == 404
