@@ -302,6 +302,14 @@ async def test_unknown_options_are_422_naming_the_field(sheda):
     # signed in works the same
     r = await sheda.api.post(SEARCH, {"answers": {"where": f"{w}-heights"}}, token=agent.token)
     assert r.status == 200 and len(r.json["items"]) == 1, r
+    # The area's name in another case or spacing is the same area (it was a 422: only the lowercase id was taken)
+    for where in (f"{w.capitalize()} Heights", f"  {w.upper()}   heights ", f"{w}-HEIGHTS"):
+        r = await sheda.api.post(SEARCH, {"answers": {"where": where}})
+        assert r.status == 200 and [p["match"]["exact"] for p in r.json["items"]] == [True], (where, r)
+        r = await sheda.api.get(QUESTIONS, params={"where": where})
+        assert r.status == 200, (where, r)
+    r = await sheda.api.post(SEARCH, {"answers": {"where": "Atlantis ZQ"}})
+    assert r.status == 422 and r.json["errors"][0]["field"] == "answers.where", r
 
 
 def _collscan(stage: dict) -> bool:

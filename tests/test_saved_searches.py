@@ -602,6 +602,9 @@ async def test_a_search_saved_from_guided_answers_alerts_on_its_exact_matches(sh
     r = await sheda.api.patch(f"{SS}/{stored['_id']}", {"query": {"location": area}}, token=buyer.token)
     assert r.status == 200 and r.json["guided"] is None and r.json["query"] == {"location": area}, r
     assert "match_extra" not in await sheda.ctx.db["saved_searches"].find_one({"_id": stored["_id"]})
+    # The area's name in another case or spacing is the same area, kept as its id (it was a 422 guided.where).
+    r = await sheda.api.post(SS, {"name": "Shout", "guided": {"where": f"  {area.upper()} "}}, token=buyer.token)
+    assert r.status == 201 and r.json["guided"]["where"] == area, r
 
 
 async def test_a_guided_search_alerts_on_its_area_spelt_in_a_way_not_seen_when_it_was_saved(sheda):

@@ -27,6 +27,20 @@ _WHERE = re.compile(WHERE_PATTERN)
 _WORD = re.compile(r"[^\W_]+")  # a word, as sheda_rt/search.py splits text
 
 
+def where_id(text: str) -> str:
+    """The id of an area named `text`: its words folded and joined by hyphens, as the catalog makes ids from
+    locations, so "Yaba", " yaba " and "Lekki Phase 1" answer as `yaba` and `lekki-phase-1`. Text with no
+    word, or far too long to be an area, comes back as sent (check_where then refuses it)."""
+    if len(text) > 4 * WHERE_MAX:
+        return text
+    words = _WORD.findall(text)
+    return _slug(words) if words else text
+
+
+def _slug(words) -> str:
+    return "-".join(fold(w) for w in words)
+
+
 def check_where(option: str) -> str:
     if len(option) > WHERE_MAX or not _WHERE.fullmatch(option):
         raise ValueError(f"unknown option {option!r}: one of the where question's ids, like 'lekki-phase-1'")
@@ -46,7 +60,7 @@ def _area_of_segment(segment: str) -> tuple[str, tuple[str, ...], str] | None:
     spelling = tuple(_WORD.findall(segment))
     if not spelling or len(spelling) > WHERE_MAX_WORDS:
         return None
-    slug = "-".join(fold(w) for w in spelling)
+    slug = _slug(spelling)
     if len(slug) > WHERE_MAX or not _WHERE.fullmatch(slug):  # too long, or folds to something not letters and digits
         return None
     if not keyword_words(" ".join(slug.split("-"))):  # only common words ("The"): not an area anyone names

@@ -5,7 +5,8 @@ Option ids are short strings a client passes back as they came:
   (`rent:apartment`, `sale:shared-apartment`) or `any` (`rent:any`);
 - budget: `b:<from>-<to>` in whole naira, a price band above `from` up to and including `to`
   (`b:0-2000000`, `b:2000000-5000000`), or `b:<from>-` with no upper end;
-- where: an area's slug (`lekki-phase-1`), one of the areas the questions offer now.
+- where: an area's slug (`lekki-phase-1`), one of the areas the questions offer now; the area's name in any
+  case or spacing ("Lekki Phase 1", " YABA ") is taken as its slug, made as the catalog makes ids.
 What and budget ids say what they mean, so any well-formed one is answerable (a band
 offered yesterday still works today); a where id needs the area's current listings
 (its spellings and map position), so only an offered one is.
@@ -17,7 +18,7 @@ from typing import Literal, Optional, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sheda_rt.guided.areas import WHERE_MAX, WHERE_PATTERN, check_where
+from sheda_rt.guided.areas import WHERE_MAX, WHERE_PATTERN, check_where, where_id
 from sheda_rt.listings.models import PropertyOut, PropertyType, SortOrder
 from sheda_rt.listings.money import MAX_AMOUNT
 from sheda_rt.pagination import PageQuery
@@ -64,6 +65,8 @@ def _check_option(cls, v, info):
     """A readable 422 naming the option (the fields' patterns are for the document); a budget
     band must also run upwards within the money bounds, which no pattern says."""
     if isinstance(v, str):
+        if info.field_name == "where":  # an area's name in any case or spacing is its id: "Yaba" is `yaba`
+            v = where_id(v)
         {"what": parse_what, "budget": parse_budget, "where": check_where}[info.field_name](v)
     return v
 
@@ -78,7 +81,7 @@ class GuidedAnswers(BaseModel):
     budget: Optional[str] = Field(None, max_length=40, pattern=BUDGET_PATTERN,
                                   description="A price band in naira: an id of the `budget` question ('b:0-2000000')")
     where: Optional[str] = Field(None, max_length=WHERE_MAX, pattern=WHERE_PATTERN,
-                                 description="An area: an id of the `where` question ('lekki-phase-1')")
+                                 description="An area: an id of the `where` question ('lekki-phase-1'), or its name in any case ('Lekki Phase 1')")
 
     _known = field_validator("what", "budget", "where", mode="before")(_check_option)
 
