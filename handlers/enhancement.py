@@ -20,7 +20,8 @@ class ImageEnhanceHandler(APIHandler):
         ENHANCEMENT_MAX_EDGE). The image shows the job as `enhancement_status` (pending, processing, completed,
         failed, timeout); once completed, its `url` is the enhanced file (`enhanced_url`) and `original_url` keeps
         the upload. Each change comes live as `property.updated` on `property:<id>`. 409 `enhancement_in_progress`
-        while the image has a live job, `property_delisted` for an unlisted listing; 503
+        while the image has a live job, `property_delisted` for an unlisted sold or rented listing or one hidden with its agent's deactivated
+        account (an unlisted available one is enhanced, as it takes new images); 503
         `enhancement_service_unavailable` when the service did not take the image (the job is failed: try again)."""
         return await self.ctx.enhancement.start(self.principal, property_id, image_id)
 

@@ -139,6 +139,9 @@ async def test_an_unlisted_listing_is_fixed_without_alerts_then_relisted_with_on
     first = r.json["image"]["id"]
     r = await sheda.api.post(f"{API}/{pid}/images", body=body, headers=headers, token=agent.token)
     assert r.status == 201, r
+    # and enhances a photo, as it may upload one (it was 409 property_delisted)
+    r = await sheda.api.post(f"{API}/{pid}/images/{r.json['image']['id']}/enhance", token=agent.token)
+    assert r.status == 202 and r.json["status"] == "processing", r
     assert (await sheda.api.delete(f"{API}/{pid}/images/{first}", token=agent.token)).status == 204
     # still unlisted: 404 to others, out of search; and no saved-search alert for the drop
     assert (await sheda.api.get(f"{API}/{pid}", token=buyer.token)).status == 404
@@ -173,6 +176,8 @@ async def test_what_still_cannot_be_changed_while_unlisted_is_409(sheda):
     assert r.status == 409 and r.json["code"] == "property_delisted" and r.json["status"] == "sold", r
     r = await sheda.api.post(f"{API}/{sold['id']}/images", body=body, headers=headers, token=agent.token)
     assert r.status == 409 and r.json["code"] == "property_delisted", r
+    r = await sheda.api.post(f"{API}/{sold['id']}/images/1/enhance", token=agent.token)
+    assert r.status == 409 and r.json["code"] == "property_delisted" and r.json["status"] == "sold", r
     assert await sheda.ctx.db["properties"].find_one({"_id": sold["id"]}) == stored
 
     # hidden with its agent's deactivated account: not even an admin edits it (it follows the account)
@@ -186,6 +191,8 @@ async def test_what_still_cannot_be_changed_while_unlisted_is_409(sheda):
     assert r.status == 409 and r.json["code"] == "property_delisted" and r.json["hidden_reason"] == "agent_inactive", r
     r = await sheda.api.post(f"{API}/{hidden['id']}/images", body=body, headers=headers, token=admin.token)
     assert r.status == 409 and r.json["code"] == "property_delisted", r
+    r = await sheda.api.post(f"{API}/{hidden['id']}/images/1/enhance", token=admin.token)
+    assert r.status == 409 and r.json["code"] == "property_delisted" and r.json["hidden_reason"] == "agent_inactive", r
     r = await sheda.api.patch(f"/api/v1/admin/users/{agent.id}", {"is_active": True}, token=admin.token)
     assert r.status == 200, r
     await sheda.ctx.agent_listings.drain()

@@ -128,8 +128,9 @@ class EnhancementService:
     # ---- asking for an enhancement -------------------------------------------
     async def start(self, principal, property_id: int, image_id: int) -> dict:
         doc = await self.listings.managed(principal, property_id)  # 404 / 403 as for any change of the listing
-        if not doc.get("is_active", True):
-            raise Conflict("A delisted property's images cannot be enhanced", "property_delisted")
+        # as PATCH and a new image: the owner may work on an unlisted listing while it is available; 409
+        # property_delisted when it is sold or rented, or hidden with its agent's deactivated account
+        self.listings.editable(doc)
         image = next((i for i in doc.get("images", []) if i["id"] == image_id), None)
         if image is None:
             raise NotFound("No such image on this property", "image_not_found")
