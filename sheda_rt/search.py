@@ -75,7 +75,7 @@ from bson import Int64
 from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from sheda_rt.errors import ValidationFailed
+from sheda_rt.errors import FieldError, ValidationFailed
 from sheda_rt.pagination import after_filter, decode_cursor, encode_cursor
 
 EARTH_RADIUS_KM = 6378.1
@@ -235,6 +235,13 @@ def parse_near(value: str | None) -> str | None:
     if not (-90 <= lat <= 90 and -180 <= lng <= 180):
         raise ValueError("lat must be within ±90 and lng within ±180")
     return f"{lat},{lng}"
+
+
+def check_radius(query) -> None:
+    """A query model's `radius_km` only with its `near`: alone it would be silently ignored, and a client
+    that forgot near= would get everything instead of a circle (a 422 naming radius_km)."""
+    if query.near is None and "radius_km" in query.model_fields_set:
+        raise FieldError("radius_km", "radius_km needs near=lat,lng: it is the radius around that point")
 
 
 def _without_facet(cond, facet: str):

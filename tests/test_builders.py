@@ -400,6 +400,8 @@ async def test_project_search_filters_sorts_and_cursor(sheda):
         assert (await sheda.api.get(PROJECTS, params=bad)).status == 422, bad
     r = await sheda.api.get(PROJECTS, params={"price_min": "5", "price_max": "1"})
     assert r.status == 422 and [e["field"] for e in r.json["errors"]] == ["price_max"], r.json  # the query field, not "body"
+    r = await sheda.api.get(PROJECTS, params={"radius_km": 2})  # alone it would be ignored: every project, no circle
+    assert r.status == 422 and [e["field"] for e in r.json["errors"]] == ["radius_km"], r.json
 
 
 async def test_payment_plans_split_a_unit_price_to_the_kobo(sheda):

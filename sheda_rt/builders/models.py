@@ -20,7 +20,7 @@ from sheda_rt.listings.models import GeoPoint
 from sheda_rt.listings.money import Money, check_price_range
 from sheda_rt.pagination import PageQuery
 from sheda_rt.responses import MediaUrl, MoneyText, Page, ResponseModel, Timestamp
-from sheda_rt.search import parse_near
+from sheda_rt.search import check_radius, parse_near
 
 ProjectStatus = Literal["planning", "under_construction", "completed"]
 #: A project's status only moves forward along this order.
@@ -144,6 +144,7 @@ class ProjectQuery(PageQuery):
     @model_validator(mode="after")
     def _range(self):
         check_price_range(self.price_min, self.price_max)
+        check_radius(self)
         return self
 
     @property

@@ -16,7 +16,7 @@ from sheda_rt.listings.money import Money, check_price_range
 from sheda_rt.accounts.models import PublicAgent
 from sheda_rt.pagination import PageQuery
 from sheda_rt.responses import MediaUrl, MoneyText, ResponseModel, Timestamp
-from sheda_rt.search import keyword_words, parse_bbox, parse_near
+from sheda_rt.search import check_radius, keyword_words, parse_bbox, parse_near
 
 PropertyType = Literal["apartment", "house", "duplex", "bungalow", "land", "shortlet", "shared apartment", "office", "shop", "warehouse"]
 ListingType = Literal["rent", "sale"]
@@ -184,8 +184,7 @@ class SearchQuery(PageQuery):
         check_price_range(self.price_min, self.price_max)
         if self.near is not None and self.bbox is not None:
             raise FieldError("bbox", "send near= or bbox=, not both")
-        if self.near is None and "radius_km" in self.model_fields_set:  # alone it would be silently ignored
-            raise FieldError("radius_km", "radius_km needs near=lat,lng: it is the radius around that point")
+        check_radius(self)
         return self
 
     @property
