@@ -9,6 +9,7 @@ database and one DATA_DIR, so either process can read the OTP mail).
 from __future__ import annotations
 
 import email
+from contextlib import contextmanager
 import json
 import os
 import re
@@ -251,8 +252,14 @@ def shared_dir():
 def server_pair(embedded_db, redis_server, shared_dir):
     """Two server processes, different ports, one Redis, one database: one product."""
     env = server_env(embedded_db, redis_server, shared_dir, f"sheda_mp_{uuid.uuid4().hex[:8]}")
-    a = ServerProcess(env, shared_dir, "a")
-    b = ServerProcess(env, shared_dir, "b")
+    with running_pair(env, shared_dir) as pair:
+        yield pair
+
+
+@contextmanager
+def running_pair(env: dict, shared_dir, names=("a", "b")):
+    """Two server processes on one environment (one Redis, one database), stopped however the block ends."""
+    a, b = (ServerProcess(env, shared_dir, name) for name in names)
     try:
         a.start()
         b.start()

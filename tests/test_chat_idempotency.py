@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from sheda_rt.chat.store import conv_key
-from tests.redis_support import Remote, ServerProcess, redis_server, server_env, shared_dir  # noqa: F401
+from tests.redis_support import Remote, ServerProcess, redis_server, running_pair, server_env, shared_dir  # noqa: F401
 
 
 def key() -> str:
@@ -125,14 +125,8 @@ def server_pair(embedded_db, redis_server, shared_dir):
     """Two server processes, one Redis, one database (the rate limit out of the way)."""
     env = server_env(embedded_db, redis_server, shared_dir, f"sheda_idem_{uuid.uuid4().hex[:8]}",
                      WS_RATE_BURST=10_000, WS_RATE_PER_SECOND=10_000)
-    a, b = ServerProcess(env, shared_dir, "a"), ServerProcess(env, shared_dir, "b")
-    try:
-        a.start()
-        b.start()
-        yield a, b
-    finally:
-        a.stop()
-        b.stop()
+    with running_pair(env, shared_dir) as pair:
+        yield pair
 
 
 async def test_a_resend_to_the_other_process_is_stored_once(server_pair):

@@ -8,21 +8,15 @@ import uuid
 
 import pytest
 
-from tests.redis_support import Remote, ServerProcess, redis_server, server_env, shared_dir  # noqa: F401
+from tests.redis_support import Remote, ServerProcess, redis_server, running_pair, server_env, shared_dir  # noqa: F401
 
 
 @pytest.fixture
 def server_pair(embedded_db, redis_server, shared_dir):
     env = server_env(embedded_db, redis_server, shared_dir, f"sheda_rcache_{uuid.uuid4().hex[:8]}",
                      WS_RATE_BURST=10_000, WS_RATE_PER_SECOND=10_000)
-    a, b = ServerProcess(env, shared_dir, "a"), ServerProcess(env, shared_dir, "b")
-    try:
-        a.start()
-        b.start()
-        yield a, b
-    finally:
-        a.stop()
-        b.stop()
+    with running_pair(env, shared_dir) as pair:
+        yield pair
 
 
 async def test_a_receiver_deleted_on_another_process_is_refused_within_a_second(server_pair):

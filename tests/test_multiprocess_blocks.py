@@ -11,7 +11,7 @@ from sheda_rt.appointments.models import WEEKDAYS
 from tests.listing_helpers import listing, next_slot, iso
 import pytest
 
-from tests.redis_support import Remote, ServerProcess, redis_server, server_env, shared_dir  # noqa: F401  (module fixtures)
+from tests.redis_support import Remote, ServerProcess, redis_server, running_pair, server_env, shared_dir  # noqa: F401  (module fixtures)
 
 ROUNDS = 12  # Bob spends three messages a round (a refused frame, a refused and an accepted REST send)
 
@@ -22,14 +22,8 @@ def server_pair(embedded_db, redis_server, shared_dir):
     share one budget whatever the transport (a burst of 20 by default), and each round spends three."""
     env = server_env(embedded_db, redis_server, shared_dir, f"sheda_mp_{uuid.uuid4().hex[:8]}",
                      WS_RATE_BURST=10_000, WS_RATE_PER_SECOND=10_000)
-    a, b = ServerProcess(env, shared_dir, "a"), ServerProcess(env, shared_dir, "b")
-    try:
-        a.start()
-        b.start()
-        yield a, b
-    finally:
-        a.stop()
-        b.stop()
+    with running_pair(env, shared_dir) as pair:
+        yield pair
 
 
 async def send(ws, receiver_id: int, text: str) -> dict:

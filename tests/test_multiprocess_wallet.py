@@ -28,7 +28,7 @@ from sheda_rt.wallet.ledger import LedgerStore
 from sheda_rt.wallet.service import InsufficientFunds, WalletService
 from tests.listing_helpers import create_property
 from tests.paystack_server import SECRET
-from tests.redis_support import Remote, ServerProcess, redis_server, server_env, shared_dir  # noqa: F401  (module fixtures)
+from tests.redis_support import Remote, ServerProcess, redis_server, running_pair, server_env, shared_dir  # noqa: F401  (module fixtures)
 from tests.test_multiprocess_admin import admin_on
 from tests.test_payments import paystack  # noqa: F401  (the local gateway fixture)
 
@@ -46,7 +46,7 @@ from sheda_rt.wallet.ledger import LedgerStore
 from sheda_rt.wallet.service import InsufficientFunds, WalletService
 from tests.listing_helpers import create_property
 from tests.paystack_server import SECRET
-from tests.redis_support import Remote, ServerProcess, redis_server, server_env, shared_dir  # noqa: F401  (module fixtures)
+from tests.redis_support import Remote, ServerProcess, redis_server, running_pair, server_env, shared_dir  # noqa: F401  (module fixtures)
 from tests.test_multiprocess_admin import admin_on
 from tests.test_payments import paystack  # noqa: F401  (the local gateway fixture)
 
@@ -124,7 +124,7 @@ from sheda_rt.wallet.ledger import LedgerStore
 from sheda_rt.wallet.service import InsufficientFunds, WalletService
 from tests.listing_helpers import create_property
 from tests.paystack_server import SECRET
-from tests.redis_support import Remote, ServerProcess, redis_server, server_env, shared_dir  # noqa: F401  (module fixtures)
+from tests.redis_support import Remote, ServerProcess, redis_server, running_pair, server_env, shared_dir  # noqa: F401  (module fixtures)
 from tests.test_multiprocess_admin import admin_on
 from tests.test_payments import paystack  # noqa: F401  (the local gateway fixture)
 
@@ -212,14 +212,8 @@ def gateway_pair(embedded_db, redis_server, shared_dir, paystack):
     bumps priced 30.00."""
     env = server_env(embedded_db, redis_server, shared_dir, f"sheda_mp_{uuid.uuid4().hex[:8]}", PAYSTACK_SECRET_KEY=SECRET,
                      PAYSTACK_BASE_URL=paystack.base_url, PROMOTION_BUMP_PRICE="30.00", ACCESS_TOKEN_MINUTES=60)
-    a, b = ServerProcess(env, shared_dir, "wallet_a"), ServerProcess(env, shared_dir, "wallet_b")
-    try:
-        a.start()
-        b.start()
-        yield a, b
-    finally:
-        a.stop()
-        b.stop()
+    with running_pair(env, shared_dir, ("wallet_a", "wallet_b")) as pair:
+        yield pair
 
 
 async def test_fifty_bumps_through_two_servers_charge_a_wallet_to_its_last_kobo_and_no_further(gateway_pair, paystack):
