@@ -84,6 +84,7 @@ class JobRunner:
         self.handlers: dict[str, Handler] = {}
         self._task: asyncio.Task | None = None
         self._inflight: set[asyncio.Task] = set()
+        self._soon: dict[asyncio.Task, str] = {}  # run_soon's background runs -> their kind
         self._stopping = False
         self._sleeping = False
         # Features' own queue gauges (e.g. the push dispatcher's, by provider), refreshed with the runner's
@@ -134,6 +135,32 @@ class JobRunner:
         return await self.store.bring_forward(key, run_at, self.clock.now())
 
     # ---- running -----------------------------------------------------------
+    def run_soon(self, kind: str, key: str, payload: dict | None = None) -> asyncio.Task:
+        """Run the job `key`, already queued (durable), here in the background at once, as `run_now` does (the
+        first runner to claim it runs it); `payload` None: the queued job's. Never fails its caller: a
+        failure here leaves the job queued, and a runner's poll takes it. `settle` waits for these runs."""
+        task = asyncio.ensure_future(self._run_soon(kind, key, payload))
+        self._soon[task] = kind
+        task.add_done_callback(self._soon.pop)
+        return task
+
+    async def _run_soon(self, kind: str, key: str, payload: dict | None) -> None:
+        try:
+            if payload is None:
+                job = await self.store.get(key)
+                if job is None:
+                    return
+                payload = job["payload"]
+            await self.run_now(kind, key, payload)
+        except Exception as exc:  # the job stays queued: the poll takes it
+            log.info(json.dumps({"event": "job_run_soon_deferred", "kind": kind, "job": key, "error": repr(exc)[:200]}))
+
+    async def settle(self, kind: str | None = None) -> None:
+        """Wait for the `run_soon` runs in progress (of `kind`, or all of them)."""
+        tasks = [task for task, of in self._soon.items() if kind is None or of == kind]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     async def run_now(self, kind: str, key: str, payload: dict | None = None) -> tuple[bool, Any]:
         """Create-or-claim the job `key` and run it here at once: (ran, result). When another
         runner holds it or it has finished already, (False, None)."""
@@ -281,7 +308,7 @@ class JobRunner:
     async def drain(self, timeout: float = 5.0) -> None:
         """At shutdown: let runs in progress finish (bounded); one cut short keeps its lease,
         which lapses, and another runner does it again."""
-        waiting = [t for t in self._inflight if not t.done() and t is not asyncio.current_task()]
+        waiting = [t for t in (*self._inflight, *self._soon) if not t.done() and t is not asyncio.current_task()]
         if self._task is not None and not self._task.done():
             waiting.append(self._task)
         if waiting:

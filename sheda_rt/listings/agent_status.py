@@ -46,7 +46,6 @@ class AgentListingsFollow:
         self.users = users
         self.clock = clock
         self.wait_seconds = wait_seconds
-        self._running: set[asyncio.Task] = set()
         runner.register(KIND, self.run)
 
     # ---- from the accounts service ---------------------------------------------
@@ -64,22 +63,10 @@ class AgentListingsFollow:
         except Exception as exc:
             log.info(json.dumps({"event": "agent_listings_deferred", "job": key, "error": repr(exc)[:200]}))
             return
-        task = asyncio.ensure_future(self._run_now(key))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
-        await asyncio.wait({task}, timeout=self.wait_seconds)
-
-    async def _run_now(self, key: str) -> None:
-        try:
-            job = await self.runner.store.get(key)
-            if job is not None:
-                await self.runner.run_now(KIND, key, job["payload"])
-        except Exception as exc:  # the job stays queued: the runner's poll takes it
-            log.info(json.dumps({"event": "agent_listings_deferred", "job": key, "error": repr(exc)[:200]}))
+        await asyncio.wait({self.runner.run_soon(KIND, key)}, timeout=self.wait_seconds)
 
     async def drain(self) -> None:
-        if self._running:
-            await asyncio.gather(*list(self._running), return_exceptions=True)
+        await self.runner.settle(KIND)
 
     # ---- the job -----------------------------------------------------------------
     async def _active(self, user_id: int) -> bool:

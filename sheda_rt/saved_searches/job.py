@@ -99,7 +99,6 @@ class ListingAlerts:
         self.pending = pending  # the listings' alert_pending markers
         self.users = users  # deactivated users are not alerted
         self.blocks = blocks  # None: no blocking in this configuration
-        self._running: set[asyncio.Task] = set()
         runner.register(MATCH_KIND, self.run)
 
     # ---- from the listings service ------------------------------------------------
@@ -118,9 +117,7 @@ class ListingAlerts:
             except Exception as exc:  # the sweep clears it (the job exists: queueing it again adds nothing)
                 log.warning(json.dumps({"event": "saved_search_marker_not_cleared", "property_id": listing["_id"],
                                         "error": repr(exc)[:200]}))
-        task = asyncio.ensure_future(self._run_now(key, payload))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        self.runner.run_soon(MATCH_KIND, key, payload)
 
     @staticmethod
     def job_of(listing: dict, reason: str) -> tuple[dict, str]:
@@ -131,15 +128,8 @@ class ListingAlerts:
         payload = {"property_id": listing["_id"], "rev": listing.get("rev", 1), "reason": reason, "marker": marker_id}
         return payload, f"{MATCH_KIND}:{listing['_id']}:{marker_id or listing.get('rev', 1)}"
 
-    async def _run_now(self, key: str, payload: dict) -> None:
-        try:
-            await self.runner.run_now(MATCH_KIND, key, payload)
-        except Exception as exc:  # the job stays queued: the runner's poll takes it
-            log.info(json.dumps({"event": "saved_search_match_deferred", "job": key, "error": repr(exc)[:200]}))
-
     async def drain(self) -> None:
-        if self._running:
-            await asyncio.gather(*list(self._running), return_exceptions=True)
+        await self.runner.settle(MATCH_KIND)
 
     # ---- the job ------------------------------------------------------------------
     async def run(self, job: dict) -> dict:
