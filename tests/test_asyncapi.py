@@ -40,7 +40,8 @@ def settings_overrides():
     # socket sends four messages (k1-k4) before its outbox of eight: a burst of 4 lets the four
     # through however fast the replies come back (no refill needed), and the eight always find
     # at most 4 tokens (at least 4 are refused). With 3, k4 was refused whenever the scenario ran
-    # faster than the refill (5/s).
+    # faster than the refill (5/s). The REST sends of every_kind_of_event draw from the same
+    # per-user budget and wait out a 429's Retry-After, as a client would.
     return {"ws_max_subscriptions": 1, "ws_rate_burst": 4}
 
 
