@@ -98,15 +98,20 @@ async def test_a_dead_runners_lease_lapses_and_the_job_completes_once(sheda):
     # A process claims it, as every runner does, and is killed before finishing.
     dead_until = clock.now() + runner.lease
     assert await store.claim(job, "dead-process", dead_until, clock.now())
-    assert await runner.run_due() == 0 and ran == []  # the lease is still live: nobody else may run it
+    # (run_due counts every due job of the shared test database, other modules' too: this job's
+    # own runs are what `ran` records.)
+    await runner.run_due()
+    assert ran == []  # the lease is still live: nobody else may run it
     clock.advance(seconds=runner.lease.total_seconds() + 1)
-    assert await runner.run_due() == 1 and ran == [f"{kind}:x"]
+    await runner.run_due()
+    assert ran == [f"{kind}:x"]
     doc = await store.get(f"{kind}:x")
     assert doc["status"] == "done" and doc["attempts"] == 2 and "lease" not in doc
     # The dead process coming back cannot overwrite what the new holder recorded.
     assert not await store.finish(f"{kind}:x", "dead-process", dead_until, {"status": "failed"})
     assert (await store.get(f"{kind}:x"))["status"] == "done"
-    assert await runner.run_due() == 0 and ran == [f"{kind}:x"]
+    await runner.run_due()
+    assert ran == [f"{kind}:x"]
 
 
 async def test_failures_back_off_then_give_up_and_admins_see_them(sheda):
