@@ -44,11 +44,6 @@ from sheda_rt.database.connection import connect
 from sheda_rt.database.ids import IdAllocator
 from sheda_rt.wallet.ledger import LedgerStore
 from sheda_rt.wallet.service import InsufficientFunds, WalletService
-from tests.listing_helpers import create_property
-from tests.paystack_server import SECRET
-from tests.redis_support import Remote, ServerProcess, redis_server, running_pair, server_env, shared_dir  # noqa: F401  (module fixtures)
-from tests.test_multiprocess_admin import admin_on
-from tests.test_payments import paystack  # noqa: F401  (the local gateway fixture)
 
 async def main(uri, db_name, user_id, name, count, go):
     client, db = connect(uri, db_name)
@@ -122,11 +117,6 @@ from sheda_rt.database.connection import connect
 from sheda_rt.database.ids import IdAllocator
 from sheda_rt.wallet.ledger import LedgerStore
 from sheda_rt.wallet.service import InsufficientFunds, WalletService
-from tests.listing_helpers import create_property
-from tests.paystack_server import SECRET
-from tests.redis_support import Remote, ServerProcess, redis_server, running_pair, server_env, shared_dir  # noqa: F401  (module fixtures)
-from tests.test_multiprocess_admin import admin_on
-from tests.test_payments import paystack  # noqa: F401  (the local gateway fixture)
 
 async def main(uri, db_name, user_id, count):
     client, db = connect(uri, db_name)
