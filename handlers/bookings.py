@@ -80,9 +80,10 @@ class CancelHandler(APIHandler):
 class ReceivablesHandler(APIHandler):
     @endpoint("What my buyers owe me, per project (builders)", auth=BUILDER, response=Receivables, errors=(401, 403), tags=TAGS)
     async def get(self):
-        """Over reserved, active and completed bookings: `due` (unpaid, not past its date), `overdue` (unpaid, past
-        it), `received` (confirmed) and `awaiting_confirmation` (marked sent by the client; also counted in due or
-        overdue), per project and in total; decimal strings."""
+        """Over reserved, active and completed bookings: `due` (unpaid and not overdue, including lines the client
+        marked sent), `overdue` (lines of active bookings past their date and not marked sent), `received`
+        (confirmed) and `awaiting_confirmation` (marked sent by the client, not yet confirmed; also counted in due),
+        per project and in total; decimal strings."""
         return await self.ctx.bookings.receivables(self.principal)
 
 

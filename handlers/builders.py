@@ -143,7 +143,8 @@ class PaymentPlansHandler(_MaybeSignedIn):
     async def post(self, project_id: int, body: PaymentPlanCreate):
         """`{"name", "lines": [{"label", "percent": "10.00", "due": "booking" | "handover" | "months:<N>"}]}`:
         1 to 24 lines whose percents (two decimals at most, never a JSON float) sum to exactly 100, else 422.
-        At most 20 plans per project (409 `too_many_plans`)."""
+        The first line is the booking payment, paid within the booking's hold: it must be due `booking` (422
+        naming `lines.0.due` otherwise). At most 20 plans per project (409 `too_many_plans`)."""
         return await self.ctx.projects.add_plan(self.principal, project_id, body)
 
 

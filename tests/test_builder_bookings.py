@@ -196,6 +196,70 @@ async def test_a_lapsed_hold_frees_the_unit_and_a_sent_booking_payment_pauses_it
         ws.close()
 
 
+async def test_a_plan_starts_with_its_booking_payment_and_old_plans_that_do_not_still_book(sheda):
+    """Line 1 is the booking payment (due within the hold). A plan whose first line is due later is refused
+    (422 naming lines.0.due) instead of being booked with that line due at booking after all; a plan stored
+    before that rule still books, its line 1 shown as what it is: due at booking, on the hold's end."""
+    builder, project, units, plan = await setup_project(sheda, units=("L-1",))
+    plans = f"/api/v1/projects/{project['id']}/payment-plans"
+    stored = await sheda.ctx.db["payment_plans"].count_documents({"project_id": project["id"]})
+    for first in ("months:3", "handover"):
+        bad = {"name": "Later", "lines": [{"label": "First", "percent": "40.00", "due": first},
+                                          {"label": "Then", "percent": "60.00", "due": "booking"}]}
+        r = await sheda.api.post(plans, bad, token=builder.token)
+        assert r.status == 422 and [e["field"] for e in r.json["errors"]] == ["lines.0.due"], r
+    assert await sheda.ctx.db["payment_plans"].count_documents({"project_id": project["id"]}) == stored
+    old = await sheda.ctx.payment_plan_store.insert({
+        "project_id": project["id"], "name": "Old", "created_at": sheda.ctx.clock.now(),
+        "lines": [{"label": "Quarter", "percent": "25.00", "due": "months:3"},
+                  {"label": "Handover", "percent": "75.00", "due": "handover"}]})
+    r = await sheda.api.get(plans, params={"unit_id": units[0]["id"]})
+    [listed] = [p for p in r.json["items"] if p["id"] == old["_id"]]
+    assert [ln["due"] for ln in listed["lines"]] == ["booking", "handover"], listed
+    assert [ln["due"] for ln in listed["schedule"]] == ["booking", "handover"], listed
+    client = await sheda.signup("client")
+    r = await book(sheda, client, units[0]["id"], old["_id"])
+    assert r.status == 201, r
+    first = r.json["installments"][0]
+    assert first["due"] == "booking" and first["due_date"] == r.json["hold_until"] and first["label"] == "Quarter", r.json
+    assert (await line(sheda, client, r.json["id"], 1, "payment-sent")).status == 200
+    assert (await line(sheda, builder, r.json["id"], 1, "confirm")).json["status"] == "active"
+
+
+async def test_receivables_count_a_line_said_sent_as_due_never_overdue(sheda):
+    """A line the client marked sent awaits the builder, not the client: the report counts it in due (and in
+    awaiting_confirmation), as the booking shows it `sent`, even after its date (the booking payment's hold is
+    paused meanwhile); an unpaid line of an active booking past its date is overdue before the job marks it."""
+    builder, project, units, plan = await setup_project(sheda, units=("R-1", "R-2"), price="1000000.00")
+    client = await sheda.signup("client")
+    lapsing = (await book(sheda, client, units[0]["id"], plan["id"])).json
+    paused = (await book(sheda, client, units[1]["id"], plan["id"])).json
+    assert (await line(sheda, client, paused["id"], 1, "payment-sent")).status == 200
+
+    async def report():
+        r = await sheda.api.get("/api/v1/builder/receivables", token=builder.token)
+        assert r.status == 200, r
+        [row] = r.json["projects"]
+        assert {k: row[k] for k in r.json["totals"]} == r.json["totals"], r.json
+        return r.json["totals"]
+
+    sheda.ctx.clock.advance(hours=49)  # past the hold the booking payment was sent in
+    await sheda.ctx.bookings.run_due()
+    assert (await sheda.api.get(f"{BOOKINGS}/{lapsing['id']}", token=builder.token)).json["status"] == "expired"
+    shown = (await sheda.api.get(f"{BOOKINGS}/{paused['id']}", token=builder.token)).json
+    assert shown["status"] == "reserved" and shown["installments"][0]["status"] == "sent", shown
+    assert await report() == {"due": "1000000.00", "overdue": "0.00", "received": "0.00", "awaiting_confirmation": "100000.00"}
+    assert (await line(sheda, builder, paused["id"], 1, "confirm")).status == 200
+    sheda.ctx.clock.advance(days=32)  # line 2 (months:1) is past its date; the job has not marked it yet
+    assert await report() == {"due": "566700.00", "overdue": "333300.00", "received": "100000.00",
+                              "awaiting_confirmation": "0.00"}
+    assert (await line(sheda, client, paused["id"], 2, "payment-sent")).status == 200
+    assert await report() == {"due": "900000.00", "overdue": "0.00", "received": "100000.00",
+                              "awaiting_confirmation": "333300.00"}
+    assert (await line(sheda, builder, paused["id"], 2, "decline")).json["installments"][1]["status"] == "overdue"
+    assert (await report())["overdue"] == "333300.00"
+
+
 async def test_a_handover_line_follows_the_projects_expected_completion(sheda):
     builder, project, units, plan = await setup_project(sheda, units=("H-1",), expected_completion="2028-06-30")
     client = await sheda.signup("client")

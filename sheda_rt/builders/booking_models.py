@@ -39,10 +39,11 @@ class BookingCancel(_Body):
 
 
 class InstallmentView(ResponseModel):
-    n: int = Field(description="1-based line number (the booking payment is line 1 when the plan's first line is due 'booking')")
+    n: int = Field(description="1-based line number; line 1 is the booking payment (a plan's first line is always due 'booking')")
     label: str
     percent: str = Field(examples=["10.00"])
-    due: str = Field(description="'booking', 'handover' or 'months:<N>', as in the plan; 'change:<days>' for an accepted "
+    due: str = Field(description="'booking', 'handover' or 'months:<N>', as in the plan (line 1 always 'booking'); "
+                                 "'change:<days>' for an accepted "
                                  "change request's line (due that many days after acceptance)")
     due_date: Optional[Timestamp] = Field(description="booking: the hold's end; months:N: N calendar months after booking; "
                                                       "handover: the project's expected_completion (null when it has none)")
@@ -81,10 +82,12 @@ BookingPage = Page[BookingView]
 
 
 class ReceivableTotals(ResponseModel):
-    due: MoneyText = Field(description="lines not yet paid and not overdue (including those sent, awaiting your confirmation)")
-    overdue: MoneyText = Field(description="lines past their due date, unpaid")
+    due: MoneyText = Field(description="unpaid lines not overdue, including those the client marked sent (awaiting your "
+                                       "confirmation, even past their date)")
+    overdue: MoneyText = Field(description="lines of active bookings past their due date that the client has not marked sent "
+                                           "(status overdue, or still due until the booking job's next pass)")
     received: MoneyText = Field(description="confirmed lines")
-    awaiting_confirmation: MoneyText = Field(description="lines the client marked sent (part of due or overdue)")
+    awaiting_confirmation: MoneyText = Field(description="lines the client marked sent (part of due)")
 
 
 class ProjectReceivables(ReceivableTotals):

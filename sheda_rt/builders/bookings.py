@@ -173,7 +173,9 @@ def _money(kobo: int) -> str:
 
 def line_view(line: dict) -> dict:
     return {
-        "n": line["n"], "label": line["label"], "percent": line["percent"], "due": line["due"],
+        # line 1 is the booking payment (a booking made on a plan stored before plans had to start with a
+        # line due "booking" kept that plan's first `due`, but was always asked for it within the hold)
+        "n": line["n"], "label": line["label"], "percent": line["percent"], "due": "booking" if line["n"] == 1 else line["due"],
         "due_date": format_ts(line.get("due_date")), "amount": _money(line["amount_minor"]), "status": line["status"],
         "reference": line.get("reference"), "sent_at": format_ts(line.get("sent_at")),
         "confirmed_at": format_ts(line.get("confirmed_at")), "declined_at": format_ts(line.get("declined_at")),
@@ -244,15 +246,18 @@ class BookingService:
         amounts = split_price(int(unit["price_minor"]), [Decimal(ln["percent"]) for ln in plan["lines"]])
         lines = []
         for i, (ln, amount) in enumerate(zip(plan["lines"], amounts)):
+            due = ln["due"]
             if i == 0:
-                due_date = hold_until  # the booking payment: within the hold
+                # The booking payment: within the hold. A plan must start with a line due "booking"
+                # (PaymentPlanCreate); one stored before that rule is booked the same way, and says so.
+                due, due_date = "booking", hold_until
             elif ln["due"].startswith("months:"):
                 due_date = add_months(now, int(ln["due"].split(":")[1]))
             elif ln["due"] == "handover":
                 due_date = handover_date(project)
             else:  # a later line due "booking": with the booking payment
                 due_date = hold_until
-            lines.append({"n": i + 1, "label": ln["label"], "percent": ln["percent"], "due": ln["due"], "due_date": due_date,
+            lines.append({"n": i + 1, "label": ln["label"], "percent": ln["percent"], "due": due, "due_date": due_date,
                           "amount_minor": amount, "status": "due"})
         booking_id = await self.store.new_id()
         doc = await self.store.insert({
@@ -582,8 +587,13 @@ class BookingService:
 
     # ---- receivables -------------------------------------------------------
     async def receivables(self, principal) -> dict:
-        """What the builder is owed, per project: due (not past its date), overdue, received,
-        and of the unpaid, what clients marked sent (awaiting the builder's confirmation)."""
+        """What the builder is owed, per project: received (confirmed), overdue (what the client is late
+        with: a line `overdue`, or still `due` on an active booking past its date, which the job marks on
+        its next pass), due (every other unpaid line), and awaiting_confirmation: lines the client marked
+        `sent`, counted in due, never overdue (the client has paid as far as they know; the builder's
+        decline puts a line past its date back in overdue). A reserved booking's lines are never overdue:
+        its booking payment is due within the hold (which pauses while it is sent), and a lapsed hold
+        expires the booking."""
         now = self.clock.now()
         per: dict[int, dict] = {}
         for doc in await self.store.of_builder(principal.user_id, ["reserved", "active", "completed"]):
@@ -596,7 +606,8 @@ class BookingService:
                 if status == "confirmed":
                     row["received"] += amount
                     continue
-                late = status == "overdue" or (line.get("due_date") is not None and line["due_date"] <= now)
+                late = status == "overdue" or (status == "due" and doc["status"] == "active"
+                                               and line.get("due_date") is not None and line["due_date"] <= now)
                 row["overdue" if late else "due"] += amount
                 if status == "sent":
                     row["awaiting_confirmation"] += amount

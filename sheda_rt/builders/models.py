@@ -16,6 +16,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool,
 
 from sheda_rt.accounts.models import PublicBuilder
 from sheda_rt.database.ids import MAX_ID
+from sheda_rt.errors import FieldError
 from sheda_rt.listings.models import GeoPoint
 from sheda_rt.listings.money import Money, check_price_range
 from sheda_rt.pagination import PageQuery
@@ -230,6 +231,7 @@ class PlanLine(_Body):
 class PaymentPlanCreate(_Body):
     name: str = Field(min_length=1, max_length=80)
     lines: Optional[list[PlanLine]] = Field(None, min_length=1, max_length=MAX_PLAN_LINES, description=(
+        "The first line is the booking payment and must be due 'booking' (it is paid within the booking's hold). "
         "Left out: the default plan, a 'Booking' line of the runtime booking_percent (admin settings) due at "
         "booking and the 'Balance' due at handover"))
 
@@ -237,6 +239,10 @@ class PaymentPlanCreate(_Body):
     def _sums_to_100(self):
         if self.lines is None:
             return self
+        if self.lines[0].due != "booking":
+            # A booking holds its unit until line 1 is paid: a plan without a booking payment would have its
+            # first line (due months or handover later) asked for within the hold all the same.
+            raise FieldError("lines.0.due", "the first line is the booking payment: it must be due 'booking'")
         total = sum((line.percent for line in self.lines), Decimal(0))
         if total != Decimal(100):
             raise ValueError(f"the lines' percents must sum to exactly 100 (they sum to {total})")

@@ -112,7 +112,10 @@ def unit_view(doc: dict) -> dict:
 
 
 def plan_view(doc: dict, unit: dict | None = None) -> dict:
-    lines = [{"label": ln["label"], "percent": ln["percent"], "due": ln["due"]} for ln in doc["lines"]]
+    """Line 1 is the booking payment, due at booking: a plan stored before plans had to start with one
+    (its first line due later) is booked that way too, so it shows that way."""
+    lines = [{"label": ln["label"], "percent": ln["percent"], "due": "booking" if i == 0 else ln["due"]}
+             for i, ln in enumerate(doc["lines"])]
     view = {"id": doc["_id"], "project_id": doc["project_id"], "name": doc["name"], "lines": lines,
             "created_at": format_ts(doc["created_at"])}
     if unit is not None:
@@ -549,7 +552,7 @@ class ProjectService:
         until changed) due at booking, so it is line 1, the booking payment, and the balance at handover. Taken
         when the plan is made: a later change of the setting leaves existing plans (and their bookings) alone."""
         percent = Decimal((await self.runtime_settings()).booking_percent if self.runtime_settings else DEFAULT_BOOKING_PERCENT)
-        if percent == 0:  # line 1 is always the booking payment: a plan must start with one
+        if percent == 0:  # line 1 is always the booking payment: a plan must start with one (PaymentPlanCreate)
             raise ValidationFailed.single("lines", "required while the default booking percentage (admin settings) is 0")
         lines = [{"label": "Booking", "percent": str(percent), "due": "booking"}]
         if percent < 100:
