@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from sheda_rt.chat.store import conv_key
 from tests.test_asyncapi import DOC, check_frame, document_validators
 from tests.test_push import jobs_of, run_jobs, subscribed, until_jobs
 from tests.test_push import push  # noqa: F401  (fixture: the local push service)
@@ -137,6 +138,37 @@ async def test_archive_hides_from_the_list_until_a_new_message_arrives(sheda):
     r = await sheda.api.patch(settings_url(carol), {"archived": False}, token=ada.token)
     assert without_seq(r.json) == {"user_id": carol.id, "muted_until": "forever", "archived": False}, r  # mute left as it was
     assert set(await conversation_rows(sheda, ada)) == {bob.id, carol.id}
+
+
+async def test_archive_follows_the_messages_i_still_see_in_the_list_and_the_settings_alike(sheda):
+    # The settings route judged `archived` by the pair's newest message, the list by the newest one the
+    # reader still sees: after Ada deleted for herself the message that had brought an archived
+    # conversation back, the list said archived and GET .../settings said not.
+    ada, bob = await sheda.signup(), await sheda.signup()
+    await say(sheda, bob, ada, "one")
+    assert (await sheda.api.patch(settings_url(bob), {"archived": True}, token=ada.token)).status == 200
+    two = await say(sheda, bob, ada, "two")  # brings it back
+    assert (await sheda.api.get(settings_url(bob), token=ada.token)).json["archived"] is False
+    assert (await sheda.api.delete(f"/api/v1/chat/messages/{two}?for=me", token=ada.token)).status == 200
+    archived = await conversation_rows(sheda, ada, archived="true")
+    assert set(archived) == {bob.id} and archived[bob.id]["archived"] is True  # the newest she sees is archived
+    r = await sheda.api.get(settings_url(bob), token=ada.token)
+    assert r.status == 200 and r.json["archived"] is True, r  # the same answer
+    assert (await conversation_rows(sheda, bob))[ada.id]["archived"] is False  # Bob archived nothing
+
+    # Archiving records the newest message she still sees, not one she deleted for herself.
+    carol = await sheda.signup()
+    seen = await say(sheda, carol, ada, "seen")
+    hidden = await say(sheda, carol, ada, "hidden")
+    assert (await sheda.api.delete(f"/api/v1/chat/messages/{hidden}?for=me", token=ada.token)).status == 200
+    r = await sheda.api.patch(settings_url(carol), {"archived": True}, token=ada.token)
+    assert r.status == 200 and r.json["archived"] is True, r
+    doc = await sheda.ctx.db["conversations"].find_one({"_id": conv_key(ada.id, carol.id)})
+    assert doc["archived_upto"][str(ada.id)] == seen
+    assert set(await conversation_rows(sheda, ada, archived="true")) == {bob.id, carol.id}
+    await say(sheda, carol, ada, "newer")  # a new message still brings it back, in both answers
+    assert (await conversation_rows(sheda, ada))[carol.id]["archived"] is False
+    assert (await sheda.api.get(settings_url(carol), token=ada.token)).json["archived"] is False
 
 
 async def test_my_other_devices_get_each_change_live_and_in_a_replay(sheda):

@@ -25,7 +25,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING, Awaitable, Callable
 
-from sheda_rt.chat.store import conv_key
+from sheda_rt.chat.store import conv_key, visible_to  # noqa: F401  (visible_to: importable from here too)
 from sheda_rt.clock import format_ts
 from sheda_rt.errors import BadRequest, Conflict, Forbidden, NotFound, ValidationFailed
 from sheda_rt.wire import encode
@@ -78,11 +78,6 @@ async def refresh_previews(messages: MessageStore, docs: list[dict]) -> None:
         for d in docs:
             if d.get("conv") == conv and d.get("reply_to") in found:
                 d["reply_preview"] = preview_of(found[d["reply_to"]])
-
-
-def visible_to(user_id: int) -> Callable[[dict], bool]:
-    """Whether a message is shown to user_id (not deleted for them only)."""
-    return lambda d: user_id not in (d.get("hidden_for") or ())
 
 
 class MessageActions:

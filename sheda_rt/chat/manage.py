@@ -6,10 +6,11 @@ user, written only when the user changes them; sending a message writes nothing 
 - `muted_until.<user>`: a date (ConversationStore.FOREVER for "forever"). A muted conversation
   still counts in unread totals; the push dispatcher asks `ConversationStore.muted` before it
   sends (sheda_rt/push/dispatch.py), so a mute set or lifted during the grace period counts.
-- `archived_upto.<user>`: the newest message id of the pair when it was archived. The pair is
-  archived for that user while its last message id is <= that value, so a newer message
-  (either way) brings it back by itself, with no write per message. The conversation list
-  filters on it (`?archived=true|false`).
+- `archived_upto.<user>`: the id of the newest message the user saw in the pair when they archived
+  it (`MessageStore.last_seen_by`: not one they deleted for themselves). The pair is archived for
+  that user while that "last message" is <= that value, so a newer message (either way) brings it
+  back by itself, with no write per message. The conversation list (its `?archived=true|false`
+  filter and each row's `archived`) and GET/PATCH .../settings judge it by that one function.
 Each change is also a durable event of my own stream, `conversation.settings` (the row below plus
 its seq), so my other devices learn of it live or in a `sync after_seq` replay. A conversation a new
 message un-archives sends no event: the message itself is the news.
@@ -125,7 +126,7 @@ class ConversationManager:
         return conv, doc
 
     async def _row(self, me: int, peer: int, conv: str, doc: dict) -> dict:
-        last = await self.messages.last_in(conv)
+        last = await self.messages.last_seen_by(conv, me)  # as the conversation list judges it
         return {"user_id": peer, **user_state(doc, me, last["_id"] if last else None, self.clock.now())}
 
     async def get(self, me: int, peer: int) -> dict:
@@ -143,9 +144,9 @@ class ConversationManager:
                 values["muted_until"] = until if until is not None and until > self.clock.now() else None
         if "archived" in change.model_fields_set:
             if change.archived:
-                # What the user has in front of them: anything stored after this read is newer and
-                # brings the conversation back.
-                last = await self.messages.last_in(conv)
+                # What the user has in front of them (the newest message they still see, as the list
+                # shows it): anything stored after this read is newer and brings the conversation back.
+                last = await self.messages.last_seen_by(conv, me)
                 values["archived_upto"] = last["_id"] if last else 0
             else:
                 values["archived_upto"] = None

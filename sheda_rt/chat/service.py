@@ -354,7 +354,7 @@ class ChatService:
             before = value
         convs = await self.conversations.of_user(me)
         newest = await self.messages.newest_id()
-        lasts = await asyncio.gather(*(self.messages.last_in(c["_id"], newest, visible_to(me)) for c in convs))
+        lasts = await asyncio.gather(*(self.messages.last_seen_by(c["_id"], me, newest) for c in convs))
         rows = [(c, last) for c, last in zip(convs, lasts) if last is not None and (before is None or last["_id"] < before)
                 and ConversationStore.archived(c, me, last["_id"]) == archived]  # a newer message un-archives by itself
         rows.sort(key=lambda r: r[1]["_id"], reverse=True)

@@ -63,6 +63,11 @@ def is_news(doc: dict, sender_id: int, reader_id: int) -> bool:
     return doc["sender_id"] == sender_id and not doc.get("deleted") and reader_id not in (doc.get("hidden_for") or ())
 
 
+def visible_to(user_id: int) -> Callable[[dict], bool]:
+    """Whether a message is shown to user_id (not deleted for them only; a tombstone is shown)."""
+    return lambda d: user_id not in (d.get("hidden_for") or ())
+
+
 def conv_key(a: int, b: int) -> str:
     lo, hi = (a, b) if a < b else (b, a)
     return f"{lo}:{hi}"
@@ -207,6 +212,13 @@ class MessageStore:
     async def last_in(self, conv: str, newest: int | None = None, keep: Callable[[dict], bool] | None = None) -> dict | None:
         docs = await self.scan(conv, newest_first=True, need=1, newest=newest, keep=keep)
         return docs[0] if docs else None
+
+    async def last_seen_by(self, conv: str, viewer: int, newest: int | None = None) -> dict | None:
+        """The newest message of conv that `viewer` still sees (`visible_to`: not one they deleted for
+        themselves; a tombstone counts). The one rule of "the conversation's last message" for a user:
+        the conversation list's `last_message`, and what archiving records and compares with
+        (`ConversationStore.archived`), so the list and the settings route always agree."""
+        return await self.last_in(conv, newest, visible_to(viewer))
 
     async def last_id_from(self, conv: str, sender_id: int, after: int = 0) -> int | None:
         """The id of sender_id's newest message in conv with id > after (None if none)."""
