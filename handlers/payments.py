@@ -27,7 +27,7 @@ class PaymentsHandler(APIHandler):
         "target_id": <your user id>, "amount": "5000.00"}`: credits your wallet. `line` is required for installments
         and `amount` for top-ups, and refused elsewhere (422). A target with a live payment (initialized or pending)
         answers 200 with it instead of starting another. 503 `payments_not_configured` when the server has no gateway
-        (pay by bank transfer: PATCH /contracts/{id}/payment-sent, PATCH /bookings/{id}/installments/{n}/payment-sent);
+        (pay by bank transfer: PATCH /contracts/{id}/payment-sent, POST /bookings/{id}/installments/{n}/payment-sent);
         503 `gateway_unavailable` when the gateway did not answer."""
         payment, created = await self.ctx.payments.create(self.principal, body)
         return payment if created else Reply(payment, 200)

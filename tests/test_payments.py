@@ -517,6 +517,8 @@ async def test_without_a_gateway_payments_are_503_and_the_webhook_401(sheda, set
     agent, client, prop, contract = await open_contract(sheda)
     r = await sheda.api.post(PAY, {"purpose": "contract", "target_id": contract["id"]}, token=client.token)
     assert r.status == 503 and r.json["code"] == "payments_not_configured"
+    # it names the bank-transfer routes as they are called (an installment's payment-sent is a POST: PATCH was a 405)
+    assert "PATCH /contracts/{id}/payment-sent, POST /bookings/{id}/installments/{n}/payment-sent" in r.json["detail"], r
     body = json.dumps({"event": "charge.success", "data": {"id": 1, "reference": "x", "amount": 1, "currency": "NGN"}}).encode()
     for signature in (sign(body, SECRET), sign(body, ""), ""):
         r = await sheda.api.post("/api/v1/webhooks/paystack", body=body, headers={"x-paystack-signature": signature})

@@ -110,7 +110,7 @@ class PaymentService:
         """(the payment, created now?). A target with a live attempt gets that attempt back."""
         if self.gateway is None:
             raise PaymentsNotConfigured("No payment gateway is configured; pay by bank transfer "
-                                        "(PATCH /contracts/{id}/payment-sent, PATCH /bookings/{id}/installments/{n}/payment-sent)")
+                                        "(PATCH /contracts/{id}/payment-sent, POST /bookings/{id}/installments/{n}/payment-sent)")
         target = self.targets.get(body.purpose)
         if target is None:
             raise ValidationFailed.single("purpose", f"{body.purpose} payments are not taken by this server")
