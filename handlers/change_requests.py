@@ -32,7 +32,8 @@ class QuoteHandler(APIHandler):
     @endpoint("Quote a change (the booking's builder)", auth=BUILDER, body=ChangeQuote, response=ChangeRequestView,
               errors=(401, 403, 404, 409, 422), tags=TAGS)
     async def post(self, booking_id: int, cr_id: int, body: ChangeQuote):
-        """`{cost, days}`: requested | quoted → quoted (a new quote replaces the old)."""
+        """`{cost, days}`: requested | quoted → quoted (a new quote replaces the old), while the booking is reserved or
+        active (409 `wrong_state` once it is closed: the client could not accept it)."""
         return await self.ctx.change_requests.quote(self.principal, booking_id, cr_id, body)
 
 

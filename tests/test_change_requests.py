@@ -205,6 +205,8 @@ async def test_every_refusal_changes_nothing(sheda):
     assert (await sheda.api.post(f"{BOOKINGS}/{bid}/cancel", {"reason": "Buyer left"}, token=builder.token)).status == 200
     await refused(409, "wrong_state", ask(sheda, client, bid))
     await refused(409, "wrong_state", move(sheda, client, bid, cr["id"], "accept"))
+    # nor new quotes (the client was told of a quote it could never accept)
+    await refused(409, "wrong_state", move(sheda, builder, bid, cr["id"], "quote", {"cost": "98", "days": 2}))
     assert (await snapshot(sheda, "change_requests", cr["id"]))["status"] == "quoted"
 
 

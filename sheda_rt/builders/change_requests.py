@@ -2,7 +2,7 @@
 and an accepted quote becomes a line of the booking's installment schedule. Knows nothing about HTTP.
 
     POST (client, booking reserved | active)   -> requested
-    requested         --quote {cost, days} (builder)--> quoted   (a new quote replaces the old one)
+    requested         --quote {cost, days} (builder, booking open)--> quoted   (a new quote replaces the old one)
     quoted            --accept (client)-->              accepted (a line "Change: <category>" is added)
     accepted          --complete (builder)-->           completed
     requested | quoted --withdraw (client)-->           withdrawn
@@ -140,6 +140,10 @@ class ChangeRequestService:
         return change_request_view(doc)
 
     async def quote(self, principal, booking_id: int, cr_id: int, body) -> dict:
+        booking = await self._booking(principal, booking_id, "builder")
+        if booking["status"] not in OPEN:  # a quote the client could never accept (accept needs an open booking)
+            raise Conflict(f"The booking is {booking['status']}; changes can be quoted on a reserved or active one",
+                           "wrong_state")
         booking, doc = await self._move(principal, booking_id, cr_id, "builder", ["requested", "quoted"], "quoted",
                                         {"cost_minor": int(to_minor(body.cost)), "days": body.days})
         await self._announce(booking, doc, "quoted", actor=principal.user_id)
