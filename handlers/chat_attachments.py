@@ -2,7 +2,7 @@
 bearer token. Thin edges over AttachmentService (sheda_rt/chat/attachments.py)."""
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from handlers.base import APIHandler
 from handlers.routing import endpoint, route
@@ -33,6 +33,10 @@ class AttachmentUploadHandler(APIHandler):
 
 
 class LinkQuery(BaseModel):
+    # a key other than exp and sig is a 422 naming it, as on the other chat routes: a mistyped signature
+    # key must not pass silently as a request for the bearer-token download
+    model_config = ConfigDict(extra="forbid")
+
     exp: int | None = Field(None, ge=0, le=10**11, description="The signed link's expiry (seconds since the epoch)")
     sig: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$",
                             description="The signed link's signature (base64url)")

@@ -296,6 +296,15 @@ async def test_rest_send_is_delivered_live_and_history_and_conversations_add_up(
     rest = await sheda.api.get("/api/v1/chat/conversations", token=alice.token, params={"limit": 1, "cursor": page.json["next_cursor"]})
     assert [i["user_id"] for i in rest.json["items"]] == [bob.id] and rest.json["next_cursor"] is None
     assert (await sheda.api.get("/api/v1/chat/conversations", token=alice.token, params={"cursor": "garbage"})).status == 422
+    # An unknown key is a 422 naming it, as on every list route and GET /events (it was a silent 200: a
+    # typo'd `archived` listed the unarchived rows); the seed's history routes stay lenient, so a
+    # client's cache-buster keeps working there.
+    for path in ("/api/v1/chat/conversations", "/api/v1/events"):
+        r = await sheda.api.get(path, token=alice.token, params={"limit": 1, "archive": "true"})
+        assert r.status == 422 and [e["field"] for e in r.json["errors"]] == ["archive"], (path, r)
+    for path in (f"/api/v1/chat/chat-history/{bob.id}", f"/api/v1/chats/{bob.id}"):
+        r = await sheda.api.get(path, token=alice.token, params={"_": "1764489600000"})
+        assert r.status == 200 and r.json == hist.json, (path, r)
 
     # Read receipts: alice reads bob's reply; bob's socket hears it; read_at is stored; unread drops.
     a_phone2 = await sheda.ws(alice.token)

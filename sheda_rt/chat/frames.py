@@ -174,6 +174,9 @@ INBOUND = {"message": SendFrame, "read": ReadFrame, "typing": TypingFrame, "sync
 
 # ---- REST queries --------------------------------------------------------------
 class HistoryQuery(BaseModel):
+    # Lenient on purpose, unlike every other list query (an unknown key is a 422 there): the seed's
+    # history routes (chat-history, /chats/{id}, a listing's thread) ignore keys they do not take, as
+    # they always did, so a client that adds a cache-buster (`?_=<time>`) keeps working.
     offset: int = Field(0, ge=0, le=MAX_HISTORY_OFFSET,
                         description="Messages to skip, counted from the oldest (or newest with order=desc)")
     limit: int = Field(100, ge=1, le=500, description="Messages to return (default 100, max 500)")
@@ -181,6 +184,8 @@ class HistoryQuery(BaseModel):
 
 
 class ConversationsQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown key is a 422 naming it, as on every list route (PageQuery)
+
     limit: int = Field(20, ge=1, le=100)
     cursor: str | None = Field(None, description="next_cursor of the previous page")
     archived: bool = Field(False, description="true: only the conversations I archived; false (default): the others")
