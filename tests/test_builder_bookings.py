@@ -224,8 +224,13 @@ async def test_a_plan_starts_with_its_booking_payment_and_old_plans_that_do_not_
     assert first["due"] == "booking" and first["due_date"] == r.json["hold_until"] and first["label"] == "Quarter", r.json
     assert (await line(sheda, client, r.json["id"], 1, "payment-sent")).status == 200
     assert (await line(sheda, builder, r.json["id"], 1, "confirm")).json["status"] == "active"
+    assert (await line(sheda, client, r.json["id"], 2, "payment-sent")).status == 200
     # closed, so that no later test's booking job (the database lives for the session) finds its lines
     assert (await sheda.api.post(f"{BOOKINGS}/{r.json['id']}/cancel", {"reason": "test over"}, token=builder.token)).status == 200
+    # A line sent before the booking closed: the refusal says what is missing (not "a line the client marked sent").
+    for action, needs in (("confirm", "on an active booking"), ("decline", "an open booking")):
+        refused = await line(sheda, builder, r.json["id"], 2, action)
+        assert refused.status == 409 and needs in refused.json["detail"], refused
 
 
 async def test_receivables_count_a_line_said_sent_as_due_never_overdue(sheda):

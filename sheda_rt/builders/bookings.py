@@ -356,7 +356,7 @@ class BookingService:
         after = await self.store.move_line(booking_id, i, ["sent"], back, now,
                                            who={"builder_id": principal.user_id, "status": {"$in": OPEN}}, extra=extra)
         if after is None:
-            raise self._wrong(await self.store.get(booking_id) or doc, i, "a line the client marked sent")
+            raise self._wrong(await self.store.get(booking_id) or doc, i, "an open booking and a line the client marked sent")
         await self._announce(after, "payment_declined", actor=principal.user_id, n=n)
         return booking_view(after)
 
@@ -370,7 +370,8 @@ class BookingService:
             extra.update(status="active", booked_at=now, unit_synced=False)  # the booking payment confirmed: the unit is booked
         after = await self.store.move_line(booking_id, i, ["sent"], "confirmed", now, who=who, extra=extra)
         if after is None:
-            raise self._wrong(await self.store.get(booking_id) or doc, i, "a line the client marked sent")
+            raise self._wrong(await self.store.get(booking_id) or doc, i,
+                              "a line the client marked sent, on " + ("a reserved booking" if i == 0 else "an active booking"))
         return booking_view(await self._confirmed(after, i, actor=principal.user_id))
 
     async def _confirmed(self, after: dict, i: int, actor: int | None) -> dict:
