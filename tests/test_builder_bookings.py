@@ -265,6 +265,10 @@ async def test_receivables_count_a_line_said_sent_as_due_never_overdue(sheda):
                               "awaiting_confirmation": "333300.00"}
     assert (await line(sheda, builder, paused["id"], 2, "decline")).json["installments"][1]["status"] == "overdue"
     assert (await report())["overdue"] == "333300.00"
+    # The report names the project as it is called now.
+    assert (await sheda.api.patch(f"/api/v1/projects/{project['id']}", {"name": "Renamed Court"}, token=builder.token)).status == 200
+    r = await sheda.api.get("/api/v1/builder/receivables", token=builder.token)
+    assert [p["project_name"] for p in r.json["projects"]] == ["Renamed Court"], r.json
     r = await sheda.api.post(f"{BOOKINGS}/{paused['id']}/cancel", {"reason": "test over"}, token=builder.token)
     assert r.status == 200, r  # closed, as above
 

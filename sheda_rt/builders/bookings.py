@@ -612,6 +612,10 @@ class BookingService:
                 row["overdue" if late else "due"] += amount
                 if status == "sent":
                     row["awaiting_confirmation"] += amount
+        for project_id, row in per.items():  # each project as it is named now (a booking keeps the name it was made under)
+            project = await self.project_store.get(project_id)
+            if project is not None:
+                row["project_name"] = project["name"]
         keys = ("due", "overdue", "received", "awaiting_confirmation")
         totals = {k: sum(r[k] for r in per.values()) for k in keys}
         projects = [{**r, **{k: _money(r[k]) for k in keys}} for _, r in sorted(per.items())]
