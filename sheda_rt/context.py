@@ -229,6 +229,9 @@ class AppContext:
         self._install_analytics()
         self.notifications = NotificationService(self.notification_store, clock=self.clock, stream=self.stream,
                                                  push=self.push.dispatch)  # [push] stored notifications reach devices too
+        # [accounts] a pending registration replaced by its email's owner: what was sent to the old registrant goes
+        self.accounts.registration_replaced.extend([self.notifications.forget_user, self.event_store.forget_user,
+                                                    self.chat.hide_history_from])
         self.properties = PropertyService(self.property_store, self.favourite_store, clock=self.clock, ids=self.ids, media=self.media,
                                           channels=self.channels, categories=self.categories, analytics=self.analytics,
                                           public_base_url=self.settings.public_base_url)

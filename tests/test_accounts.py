@@ -462,6 +462,42 @@ async def test_registering_a_pending_email_replaces_the_squatters_registration(s
     assert (await sheda.api.post(f"{AUTH}/login", {"username": email, "password": mine["password"]})).status == 200
 
 
+async def test_the_owner_replacing_a_pending_registration_sees_nothing_sent_to_the_old_registrant(sheda):
+    """The id stays, the person changes: an admin's verdict on the squatter's company (a notification
+    and its `builder.verified` event, with the squatter's name) and a message someone sent the pending
+    account were shown to the owner who replaced it, in GET /notifications, the stream's replay and the
+    conversation list."""
+    admin, stranger = await sheda.admin(), await sheda.signup("client")
+    email = f"{unique('victim')}@example.com"
+    squat = {"username": unique("sq"), "email": email, "password": "attacker-pass-1", "user_type": "builder"}
+    first = await sheda.api.post(f"{AUTH}/register", squat)
+    assert first.status == 201, first
+    user_id = first.json["id"]
+    assert (await sheda.api.patch(f"/api/v1/admin/builders/{user_id}", {"verified": True}, token=admin.token)).status == 200
+    sent = await sheda.api.post("/api/v1/chats", {"receiver_id": user_id, "message": "hello builder"}, token=stranger.token)
+    assert sent.status == 201, sent
+    assert await sheda.ctx.db.notifications.count_documents({"user_id": user_id}) == 1
+
+    mine = {"username": unique("vic"), "email": email, "password": "victim-pass-1", "user_type": "client"}
+    assert (await sheda.api.post(f"{AUTH}/register", mine)).json["id"] == user_id
+    verified = await sheda.api.post(f"{AUTH}/verify-account", {"email": email, "otp": await _code(sheda, email)})
+    assert verified.status == 200, verified
+    token = verified.json["access_token"]
+    notes = await sheda.api.get("/api/v1/notifications", token=token)
+    assert notes.status == 200 and notes.json["items"] == [] and notes.json["unread_count"] == 0, notes.json
+    replay = await sheda.api.get("/api/v1/events", token=token, params={"after_seq": 0})
+    assert replay.status == 200 and replay.json["items"] == [], replay.json
+    assert (await sheda.api.get("/api/v1/chat/conversations", token=token)).json["items"] == []
+    assert (await sheda.api.get(f"/api/v1/chat/chat-history/{stranger.id}", token=token)).json == []
+    # What the new account is sent from now on reaches it as usual; the sender kept their message.
+    later = await sheda.api.post("/api/v1/chats", {"receiver_id": user_id, "message": "hello again"}, token=stranger.token)
+    assert later.status == 201, later
+    rows = (await sheda.api.get("/api/v1/chat/conversations", token=token)).json["items"]
+    assert [(r["user_id"], r["last_message"]["message"], r["unread_count"]) for r in rows] == [(stranger.id, "hello again", 1)]
+    history = (await sheda.api.get(f"/api/v1/chat/chat-history/{user_id}", token=stranger.token)).json
+    assert [m["message"] for m in history] == ["hello builder", "hello again"]
+
+
 async def test_replacing_a_pending_registration_keeps_other_accounts_names_and_the_mail_limit(sheda):
     other = await sheda.signup("client", phone="+2348077770002")
     resp, body = await sheda.register("client")

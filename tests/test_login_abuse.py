@@ -19,7 +19,7 @@ import pytest
 
 from tests.process_support import run_cli
 from tests.redis_support import redis_server  # noqa: F401  (fixture)
-from tests.support import unique
+from tests.support import otp_from_mail, unique
 
 AUTH = "/api/v1/auth"
 
@@ -84,6 +84,38 @@ async def test_one_address_trying_many_accounts_is_stopped(sheda):
     assert stopped.status == 429 and stopped.json["code"] == "rate_limited" and int(stopped.headers["Retry-After"]) > 0
     assert (await login(sheda, real.username, real.password, ip)).status == 429, "the address is stopped, whatever the account"
     assert (await login(sheda, real.username, real.password, address())).status == 200
+
+
+async def test_a_replaced_pending_registration_and_a_password_reset_leave_the_failed_logins_behind(sheda):
+    # Someone registered the owner's address and never verified it. The owner tries their own password on
+    # it (401s, then 429), registers the address themselves (the pending registration is replaced, same id:
+    # 08d26d0) and verifies it. The old registration's failures were theirs, not the new account's: it
+    # logged in at once (it answered 429 for the rest of the window).
+    email = f"{unique('owner')}@example.com"
+    squat = await sheda.api.post(f"{AUTH}/register", {"username": unique("sq"), "email": email, "password": "attacker-pass-1",
+                                                      "user_type": "client"})
+    assert squat.status == 201, squat
+    ip = address()
+    for i in range(5):
+        assert (await login(sheda, email, "owner-pass-1", ip)).status == 401, i
+    assert (await login(sheda, email, "owner-pass-1", ip)).status == 429
+    mine = {"username": unique("own"), "email": email, "password": "owner-pass-1", "user_type": "client"}
+    again = await sheda.api.post(f"{AUTH}/register", mine)
+    assert again.status == 201 and again.json["id"] == squat.json["id"], again
+    verified = await sheda.api.post(f"{AUTH}/verify-account", {"email": email, "otp": otp_from_mail(sheda.ctx.mailer, email)})
+    assert verified.status == 200, verified
+    assert (await login(sheda, email, mine["password"], ip)).status == 200
+    # The new account's own count works as any account's.
+    for i in range(5):
+        assert (await login(sheda, mine["username"], f"wrong-password-{i}", ip)).status == 401, i
+    assert (await login(sheda, mine["username"], mine["password"], ip)).status == 429
+    # A password reset (the owner proved the mailbox and chose a new password) starts the count over too.
+    assert (await sheda.api.post(f"{AUTH}/send-otp", {"email": email})).status == 202
+    otp = await sheda.api.post(f"{AUTH}/verify-otp", {"email": email, "otp": otp_from_mail(sheda.ctx.mailer, email)})
+    assert otp.status == 200, otp
+    reset = await sheda.api.put(f"{AUTH}/reset-password", {"password": "owner-pass-2"}, token=otp.json["access_token"])
+    assert reset.status == 204, reset
+    assert (await login(sheda, mine["username"], "owner-pass-2", ip)).status == 200
 
 
 async def test_a_burst_of_guesses_gets_no_further_than_guesses_in_turn(sheda):

@@ -16,7 +16,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from pydantic import ValidationError
 
@@ -155,6 +155,11 @@ class AccountService:
         # its listings off the market or puts them back, through a durable job queued before the write (`changing`)
         # and run after it (`changed`). None: listings do not follow (tests of accounts alone).
         self.listings_follow = None
+        # Set by the context: coroutine functions (user_id) run when a pending registration is replaced by its
+        # email's owner (`_replace_pending`). The id stays; what other features keep under it for the old
+        # registrant (notifications, their events in the stream, messages sent to them) goes, so the new
+        # registrant starts as a fresh account would.
+        self.registration_replaced: list[Callable[[int], Awaitable[object]]] = []
 
     # ---- registration and one-time codes -----------------------------------
     async def register(self, req, *, verified: bool = False, send_otp: bool = True, operator: bool = False) -> dict:
@@ -206,8 +211,13 @@ class AccountService:
         user = await self.users.replace_pending(pending, doc)
         if user is None:  # verified, deactivated or re-registered by someone else since we read it
             raise Conflict("That email is already registered", "email_taken")
-        # Earlier codes were issued at the old token epoch: none of them matches any more.
+        # Earlier codes were issued at the old token epoch: none of them matches any more; so do the old
+        # registration's failed logins (their key carries the epoch: `_login_key`).
         log.info(json.dumps({"event": "pending_registration_replaced", "user_id": user["_id"]}))
+        # Before the answer: a failure here is an error the client retries, and the retry replaces the
+        # registration again (it is still pending) and runs these again.
+        for forget in self.registration_replaced:
+            await forget(user["_id"])
         return user
 
     async def _mail_code(self, user: dict, subject: str) -> None:
@@ -301,8 +311,12 @@ class AccountService:
                 "expires_in": int(access_life.total_seconds())}
 
     def _login_key(self, user: dict | None, identifier: str, ip: str) -> str:
-        # Per account (whichever name it was reached by) and client address.
-        who = str(user["_id"]) if user else "unknown:" + identifier.strip().lower()
+        # Per account (whichever name it was reached by) and client address, and per token epoch: a
+        # replaced pending registration (the new registrant must not inherit a lockout the old one's
+        # failed logins ran up) or a password reset (the owner proved the mailbox and chose a new
+        # password) starts a fresh count. Epoch 0 keeps the key it always had.
+        epoch = user.get("token_epoch", 0) if user else 0
+        who = (f"{user['_id']}.{epoch}" if epoch else str(user["_id"])) if user else "unknown:" + identifier.strip().lower()
         return f"login:{who}:{ip}"
 
     @staticmethod

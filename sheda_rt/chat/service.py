@@ -458,6 +458,16 @@ class ChatService:
         """A profile field shown in frames changed (last_seen when going offline)."""
         self._user_cache.forget(user_id)
 
+    async def hide_history_from(self, user_id: int) -> None:
+        """A pending registration was replaced by its email's owner (AccountService.registration_replaced):
+        messages sent to the old registrant are not the new one's. Each is deleted for them, as their own
+        "delete for me" would, so their conversation list, history, sync and stream replay, search, unread
+        counts and digests leave it out; the sender keeps theirs. The profile cached for frames goes too."""
+        self._user_cache.forget(user_id)
+        newest = await self.messages.newest_id()
+        for conv in await self.conversations.of_user(user_id):
+            await self.messages.hide_all_for(conv["_id"], user_id, newest)
+
 
 def _status(conv: dict, last: dict, me: int, peer: int) -> str | None:
     """[edits] My last message as the peer has it: read, delivered or sent (None: theirs is last)."""

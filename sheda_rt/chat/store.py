@@ -178,6 +178,12 @@ class MessageStore:
         conversation index, nothing else (any other condition scans on the embedded database)."""
         return (await self.col.update_one({"conv": conv, "_id": message_id}, update)).modified_count
 
+    async def hide_all_for(self, conv: str, user_id: int, upto: int) -> int:
+        """Delete for user_id (`hidden_for`, as their own delete for me does) every message of conv
+        up to id `upto`: filtered by the conversation index's keys alone."""
+        return (await self.col.update_many({"conv": conv, "_id": {"$lte": upto}},
+                                           {"$addToSet": {"hidden_for": user_id}})).modified_count
+
     async def recent_keys(self, conv: str, limit: int) -> dict[tuple[int, str], tuple[int, object]]:
         """{(sender_id, client_msg_id): (id, created_at)} of the newest `limit` messages
         of conv that carry a key: what the idempotency window learns of a conversation

@@ -99,3 +99,9 @@ class NotificationService:
 
     async def mark_all_read(self, user_id: int) -> dict:
         return {"marked_read": await self.store.mark_all_read(user_id, self.clock.now())}
+
+    async def forget_user(self, user_id: int) -> None:
+        """A pending registration was replaced by its email's owner (AccountService.registration_replaced):
+        what was sent to the old registrant (an announcement, an admin's verdict on their company) is not
+        the new one's. Their `notification` frames leave the event stream with the rest of their events."""
+        await self.store.delete_for_user(user_id)

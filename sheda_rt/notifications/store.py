@@ -67,3 +67,7 @@ class NotificationStore:
 
     async def unread_count(self, user_id: int) -> int:
         return await self.col.count_documents({"user_id": user_id, "is_read": False})
+
+    async def delete_for_user(self, user_id: int) -> int:
+        """Every notification of user_id (the user's prefix of `user_newest`)."""
+        return (await self.col.delete_many({"user_id": user_id})).deleted_count

@@ -48,6 +48,12 @@ class EventStore:
         return await (self.col.find({"users": user_id, "_id": {"$gt": after_seq}}, projection={"text": 1})
                       .sort("_id", ASCENDING).limit(limit).to_list(limit))
 
+    async def forget_user(self, user_id: int) -> int:
+        """Take user_id out of every event's recipients (a pending registration replaced by its email's
+        owner: the old registrant's events are not replayed to the new one). The other recipients keep
+        theirs; an event left with none is never replayed and goes with retention pruning."""
+        return (await self.col.update_many({"users": user_id}, {"$pull": {"users": user_id}})).modified_count
+
     # ---- the meta document -------------------------------------------------------
     async def load_meta(self) -> dict:
         """The stream's meta document, created with a fresh epoch the first time."""
