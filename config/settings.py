@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     ws_control_per_second: float = Field(10.0, gt=0)
     ws_outbound_buffer_bytes: int = Field(1024 * 1024, ge=4096)
     ws_compression: bool = False
+    # [realtime] open connections (sockets and event streams) one user may hold in one process: one
+    # user's reconnect loop or stolen token cannot use up the process's file descriptors (handlers/chat.py)
+    ws_max_sockets_per_user: int = Field(32, ge=1, le=10_000, description=(
+        "Open sockets and event streams one user may hold in one process; one more handshake is 429 too_many_sockets"))
     # [realtime] GET /api/v1/events/stream (Server-Sent Events): a comment line this often keeps proxies
     # from closing an idle stream and lets the client notice a dead one
     sse_heartbeat_seconds: float = Field(15.0, gt=0, le=3600)

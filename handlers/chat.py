@@ -28,7 +28,7 @@ from sheda_rt.chat.frames import (
 from sheda_rt.chat.models import Conversation, ReadReceipt, SentMessage
 from sheda_rt.wire import encode
 from sheda_rt.clock import format_ts
-from sheda_rt.errors import DATABASE_UNAVAILABLE, ApiError, Forbidden, Unauthorized, ValidationFailed, to_wire
+from sheda_rt.errors import DATABASE_UNAVAILABLE, ApiError, Forbidden, RateLimited, Unauthorized, ValidationFailed, to_wire
 from sheda_rt.limits import BurstGuard, TokenBucket
 from sheda_rt.realtime.stream import StreamReset
 from sheda_rt.metrics import OPEN_SOCKETS
@@ -37,6 +37,7 @@ from sheda_rt.responses import Page
 log = logging.getLogger("sheda.chat.ws")
 
 CLOSE_GOING_AWAY = 1001
+CLOSE_INVALID_DATA = 1007
 CLOSE_POLICY = 1008
 CLOSE_TRY_LATER = 1013
 CLOSE_UNAUTHORIZED = 4401
@@ -44,6 +45,25 @@ CLOSE_FORBIDDEN = 4403
 
 # How long a socket closed for abuse waits for its stored messages' acks to go out first.
 ACK_BEFORE_CLOSE_SECONDS = 10.0
+
+
+class _StrictTextProtocol(tornado.websocket.WebSocketProtocol13):
+    """RFC 6455 (8.1): a text frame that is not UTF-8 fails the connection with 1007. Tornado's
+    own handling drops the TCP connection without a close frame (the client sees 1006, no
+    reason). This checks first and has the socket close with 1007 instead (after the acks of its
+    messages being stored, like any other close for a client's fault). Tornado has no public hook
+    for it: this overrides WebSocketProtocol13._handle_message, which
+    tests/test_socket_cap.py pins. A compressed frame (WS_COMPRESSION) is only decompressed in
+    there, so it is left to Tornado (1006)."""
+
+    def _handle_message(self, opcode: int, data: bytes):
+        if opcode == 0x1 and not self._frame_compressed and not self.client_terminated and not data.isascii():
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                self.handler.invalid_text_frame()
+                return None
+        return super()._handle_message(opcode, data)
 
 
 class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
@@ -128,6 +148,23 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
     def get_compression_options(self):
         return {} if self.ctx.settings.ws_compression else None
 
+    def get_websocket_protocol(self):
+        protocol = super().get_websocket_protocol()
+        if type(protocol) is tornado.websocket.WebSocketProtocol13:
+            return _StrictTextProtocol(self, False, protocol.params)
+        return protocol
+
+    def invalid_text_frame(self) -> None:
+        self._close_when_answered(CLOSE_INVALID_DATA, "text frame is not valid UTF-8")
+
+    def _refuse(self, wire) -> None:
+        """Answer the handshake with an error (JSON, the REST way) instead of upgrading."""
+        self.set_status(wire.status)
+        for name, value in wire.headers.items():
+            self.set_header(name, value)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(encode(wire.body()))
+
     async def prepare(self):
         # Authenticate before the upgrade completes, so the socket is registered with
         # the hub (in open(), synchronously) by the time the client sees it open:
@@ -160,11 +197,17 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
             # The database cannot be asked about the token: refuse the upgrade the HTTP
             # way (503 + Retry-After), so the client retries rather than logging in again.
             log.warning(json.dumps(wire.log_record(exc, frame="connect")))
-            self.set_status(wire.status)
-            for name, value in wire.headers.items():
-                self.set_header(name, value)
-            self.set_header("Content-Type", "application/json; charset=UTF-8")
-            self.finish(encode(wire.body()))
+            self._refuse(wire)
+            return
+        if self.principal is not None:
+            # The user's cap on open connections (WS_MAX_SOCKETS_PER_USER), refused before the upgrade
+            # like the database's 503: 429 too_many_sockets + Retry-After. No await from here to
+            # open()'s registration, so concurrent handshakes of one user cannot all pass it.
+            try:
+                self.ctx.sessions.admit(self.principal.user_id)
+            except RateLimited as exc:
+                self.principal = None
+                self._refuse(to_wire(exc))
 
     async def open(self):
         exc = self._auth_error

@@ -116,6 +116,9 @@ class EventStreamHandler(APIHandler):
         if not token:
             raise Unauthorized("Missing token: send 'Authorization: Bearer <jwt>' or ?token=<jwt>", "missing_token")
         self.principal = await ctx.auth.authenticate_token(token, USER)
+        # The user's cap on open connections, shared with the socket (WS_MAX_SOCKETS_PER_USER): 429
+        # too_many_sockets. No await from here to the registration below, so the check holds.
+        ctx.sessions.admit(self.principal.user_id)
         self.user_id = self.principal.user_id
         self.jti = self.principal.jti
         self.fam = self.principal.claims.get("fam")
@@ -336,13 +339,14 @@ class EventStreamHandler(APIHandler):
 EventStreamHandler.get.endpoint_doc = EndpointDoc(
     summary="The user's events as Server-Sent Events (the WebSocket's fallback)",
     auth=USER, body=None, query=StreamQuery, response=None, status=200, form=False, upload=None,
-    errors=(401, 403, 422), tags=("chat",), content_type="text/event-stream",
+    errors=(401, 403, 422, 429), tags=("chat",), content_type="text/event-stream",
     description="""
     Delivers what the chat WebSocket delivers (messages, read receipts, notifications, appointment.*,
     contract.*, typing, presence, ...), for networks that block WebSockets; send over REST meanwhile.
     Authenticate with `Authorization: Bearer <jwt>` or `?token=<jwt>`; refusals are JSON (401, 403)
-    before the stream starts. Each event: `id: <seq>` (durable frames only), `event: <frame type>`,
-    `data: <frame JSON>`. Resume with the `Last-Event-ID` header (or `?last_event_id=`): every durable
+    before the stream starts, and 429 `too_many_sockets` with Retry-After when the user already holds
+    WS_MAX_SOCKETS_PER_USER sockets and streams on this server process. Each event: `id: <seq>`
+    (durable frames only), `event: <frame type>`, `data: <frame JSON>`. Resume with the `Last-Event-ID` header (or `?last_event_id=`): every durable
     event after it is replayed before live ones; a position that cannot be resumed gets a
     `sync.reset` event (refetch over REST). `retry: 3000` first (with `id: <current position>` on a
     fresh stream of one process, so a drop before the first event still resumes), `: ping` comments every

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 
 from sheda_rt.accounts.auth import AuthService
 from sheda_rt.accounts.bank_store import AccountInfoStore
@@ -151,7 +152,12 @@ class AppContext:
                                      peers_of_many=self.blocks.unblocked_peers(self.chat.conversations.peers_of_many),
                                      publish=self.hub.publish_encoded,
                                      went_offline=self.chat.forget_user)
-        self.sessions = Sessions(hub=self.hub, presence=presence, channels=self.channels)
+        # A refused handshake is told to wait until every socket of the user whose network vanished then (a
+        # phone that reconnected without closing the old one) is gone: the next ping, its timeout, and the
+        # 5 s Tornado then waits for the close handshake.
+        self.sessions = Sessions(hub=self.hub, presence=presence, channels=self.channels,
+                                 max_per_user=self.settings.ws_max_sockets_per_user,
+                                 retry_after=math.ceil(self.settings.ws_ping_interval + self.settings.ws_ping_timeout) + 5)
         self.event_retention = EventRetentionJob(self.event_store, self.clock, self.settings.event_retention_days,
                                                  self.settings.event_prune_interval_minutes)
         self.jobs.append(self.event_retention)

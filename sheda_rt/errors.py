@@ -100,8 +100,9 @@ class ValidationFailed(ApiError):
 class RateLimited(ApiError):
     status, code = 429, "rate_limited"
 
-    def __init__(self, detail: str, retry_after: int):
-        super().__init__(detail, headers={"Retry-After": str(max(1, int(retry_after)))}, extra={"retry_after": max(1, int(retry_after))})
+    def __init__(self, detail: str, retry_after: int, code: str | None = None):
+        super().__init__(detail, code, headers={"Retry-After": str(max(1, int(retry_after)))},
+                         extra={"retry_after": max(1, int(retry_after))})
 
 
 class ServiceUnavailable(ApiError):

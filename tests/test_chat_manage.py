@@ -170,6 +170,19 @@ async def test_archive_follows_the_messages_i_still_see_in_the_list_and_the_sett
     assert (await conversation_rows(sheda, ada))[carol.id]["archived"] is False
     assert (await sheda.api.get(settings_url(carol), token=ada.token)).json["archived"] is False
 
+    # With every message deleted for me the pair is in neither list; archiving it is still answered as
+    # done (it said archived: false), and the next message brings it back.
+    dan = await sheda.signup()
+    only = await say(sheda, dan, ada, "only")
+    assert (await sheda.api.delete(f"/api/v1/chat/messages/{only}?for=me", token=ada.token)).status == 200
+    r = await sheda.api.patch(settings_url(dan), {"archived": True}, token=ada.token)
+    assert r.status == 200 and r.json["archived"] is True, r
+    assert (await sheda.api.get(settings_url(dan), token=ada.token)).json["archived"] is True
+    assert dan.id not in await conversation_rows(sheda, ada) and dan.id not in await conversation_rows(sheda, ada, archived="true")
+    await say(sheda, dan, ada, "back")
+    assert (await conversation_rows(sheda, ada))[dan.id]["archived"] is False
+    assert (await sheda.api.get(settings_url(dan), token=ada.token)).json["archived"] is False
+
 
 async def test_my_other_devices_get_each_change_live_and_in_a_replay(sheda):
     ada, bob = await sheda.signup(), await sheda.signup()

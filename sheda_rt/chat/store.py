@@ -323,9 +323,10 @@ class ConversationStore:
 
     @staticmethod
     def archived(doc: dict | None, user_id: int, last_id: int | None) -> bool:
-        """Archived for user_id while its last message is one they archived with."""
+        """Archived for user_id while its last message (`last_id`, from `MessageStore.last_seen_by`) is one
+        they archived with; also while they see none (they deleted every message for themselves)."""
         upto = (doc.get("archived_upto") or {}).get(str(user_id)) if doc else None
-        return upto is not None and last_id is not None and last_id <= upto
+        return upto is not None and (last_id is None or last_id <= upto)
 
     async def muted(self, conv: str, user_id: int, now: datetime) -> bool:
         """Whether user_id muted conv (the push dispatcher asks before sending): one _id read."""

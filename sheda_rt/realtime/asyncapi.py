@@ -33,13 +33,16 @@ objects with a `type` (a client's message frame may leave it out: the seed's \
 `{"receiver_id", "message"}`).
 
 - Connect with `?token=<access token>`, or the subprotocols `["bearer", <token>]`. A bad, expired \
-or revoked token closes with 4401, a deactivated user with 4403.
+or revoked token closes with 4401, a deactivated user with 4403. A user who already holds \
+WS_MAX_SOCKETS_PER_USER sockets and event streams on the server process is refused before the \
+upgrade: HTTP 429 `{"detail", "code": "too_many_sockets", "retry_after"}` with Retry-After.
 - Durable frames carry `seq`, their position in your event stream (messages, read receipts, \
 notifications, `appointment.*`, `contract.*`, `builder.*`, `project.*`, `lead.created`): keep the \
 highest and after a reconnect send `{"type": "sync", "after_seq": <it>}`. The other frames are \
 ephemeral (no `seq`, never replayed).
-- A refused frame gets an `error` frame and the socket stays open. Close codes: 1008 persistent \
-abuse of the rate limit, 1009 frame over 64 KiB, 1013 slow consumer, 1001 server shutdown, 4000 \
+- A refused frame gets an `error` frame and the socket stays open. Close codes: 1007 a text frame \
+that is not UTF-8, 1008 persistent abuse of the rate limit, 1009 frame over 64 KiB, 1013 slow \
+consumer, 1001 server shutdown, 4000 \
 closed by an administrator, 4401 token expired or logged out.
 - Fields are added over time, never renamed or dropped: ignore the ones you do not know.
 

@@ -200,6 +200,10 @@ class Hub:
     def sockets_of(self, user_id: int) -> list[Connection]:
         return list(self._sockets.get(user_id, {}).values())
 
+    def count_of(self, user_id: int) -> int:
+        """How many connections (sockets, event streams) of user_id are registered here."""
+        return len(self._sockets.get(user_id, ()))
+
     def all_sockets(self) -> list[Connection]:
         return [conn for conns in self._sockets.values() for conn in conns.values()]
 

@@ -17,6 +17,7 @@ import logging
 from typing import Awaitable, Callable
 
 from sheda_rt.clock import format_ts
+from sheda_rt.errors import RateLimited
 from sheda_rt.wire import encode
 
 log = logging.getLogger("sheda.sessions")
@@ -88,13 +89,28 @@ class PresenceAnnouncer:
 
 class Sessions:
     """Dependencies by name: the hub (which sockets are where), the presence announcer,
-    and `channels` (what a connection watches: dropped when it goes)."""
+    and `channels` (what a connection watches: dropped when it goes). `max_per_user`: the
+    connections one user may hold in this process (`admit`); `retry_after`: the seconds a
+    refused client is told to wait."""
 
-    def __init__(self, *, hub, presence: PresenceAnnouncer, channels=None):
+    def __init__(self, *, hub, presence: PresenceAnnouncer, channels=None, max_per_user: int | None = None,
+                 retry_after: int = 50):
         self.hub = hub
         self.presence = presence
         self.channels = channels
+        self.max_per_user = max_per_user
+        self.retry_after = retry_after
         self.stopping = False  # set by close_all(): connections closing at shutdown are not "going offline"
+
+    def admit(self, user_id: int) -> None:
+        """Raise 429 `too_many_sockets` if user_id already holds `max_per_user` connections
+        here (sockets and event streams: the hub's registry is the count, nothing else keeps
+        one). A transport calls it after its last await before `opened`, so the check and the
+        registration happen in one step of the event loop: concurrent handshakes of one user
+        cannot all pass it. Per process: behind a load balancer each process caps its own."""
+        if self.max_per_user is not None and self.hub.count_of(user_id) >= self.max_per_user:
+            raise RateLimited(f"Too many open connections for this user (at most {self.max_per_user}): close one, "
+                              "or try again after Retry-After seconds", self.retry_after, "too_many_sockets")
 
     async def opened(self, conn) -> None:
         """Register an authenticated connection (synchronously, before the first await, so
