@@ -70,6 +70,10 @@ class AppContext:
         self.refresh_tokens = RefreshTokenStore(self.db)  # accounts: refresh rotation
         self.account_info = AccountInfoStore(self.db)  # accounts: agents' bank details
         self.stores = [self.users, self.revocations, self.otps, self.refresh_tokens, self.account_info]
+        # One-time data backfills the features need, run at start once every store's indexes exist (each keeps
+        # its own marker in `meta`, so only the first start of a version does the work). A store's own (facets,
+        # postings) run in its ensure_indexes.
+        self.backfills: list = []
 
         # Services: the business rules. Each gets the dependencies it names, never this context.
         self.auth = AuthService(self.tokens, self.users, self.revocations)
@@ -352,6 +356,7 @@ class AppContext:
         self.drain_hooks.append(self.listing_alerts.drain)
         # a change whose match job a dying process never queued is queued by this sweep (its marker on the listing)
         self.saved_search_sweep = PendingAlertSweep(self.listing_alerts, self.saved_search_pending, self.job_runner)
+        self.backfills.append(self.saved_searches.refile_location_alerts)  # searches filed under an unfolded location word
         self.jobs.append(self.saved_search_sweep)
 
     def _install_runtime_settings(self) -> None:  # [settings]
@@ -556,6 +561,8 @@ class AppContext:
 
     async def start(self) -> None:
         await self.ensure_indexes()
+        for backfill in self.backfills:
+            await backfill()
         await self.stream.start()
         await self.hub.start()
 

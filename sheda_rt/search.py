@@ -41,6 +41,9 @@ Location text: the database has no text index, and an unanchored regex (or
 even an anchored one here) is a collection scan. Instead each location word
 contributes its prefixes of 3..20 characters (shorter words: the whole word) to
 `facets`, so "lekk" finds "Lekki Phase 1" through an ordinary multikey index.
+Words are folded as keywords are (below), stored and typed alike, so "bogota"
+finds "Bogotá", "istanbul" finds "İstanbul" and "strasse" finds "Straße"; for
+plain ASCII the folded word is the lowercased one.
 
 Keywords (`q=`): each whole word of a document's text fields (for listings: title,
 location, description), folded (NFKD with accents dropped, then casefolded, so
@@ -105,7 +108,8 @@ def sorts_for(date_field: str = "created_at", price_field: str = "price_minor") 
 
 
 def location_words(text: str) -> list[str]:
-    return _WORD.findall((text or "").lower())
+    """The words of a location, folded (see fold): a stored location's and a typed one's alike."""
+    return _WORD.findall(fold(text))
 
 
 def word_facet(word: str) -> str:
@@ -575,6 +579,51 @@ class FacetPostings:
                 out.append(base + low.bit_length() - 1)
                 bits ^= low
         return out
+
+
+async def refacet_once(col, meta, *, marker: str, version: int, top: int, fields: dict, facets_of, label: str,
+                       before_write=None, batch: int = 1000) -> int:
+    """Recompute `facets_of(doc)` for every document of `col` (ids 1..`top`, the allocator's range) when the
+    `meta` document `marker` says the stored facets were made by an older version (then it records `version`);
+    returns how many documents were rewritten. Only a document whose facets change is written: each facet is
+    an entry in every compound index (~0.2 ms each on the embedded database), and a version that changes
+    one kind of facet (e.g. location words folded: accented ones only) must not rewrite every document.
+    Idempotent (facets are a function of the document), so processes starting together may both run it; each
+    write names the revision it read (`rev`), so an edit racing it (which recomputes facets itself) is never
+    overwritten with facets of the older fields. Reads by `_id $in` chunks over the ids, as the postings'
+    backfill does (an `_id` range is a collection scan on the embedded database). `before_write(pairs)` gets
+    each batch's changed (id, facets) before they are written (the keyword postings: bits before the words)."""
+    found = await meta.find_one({"_id": marker})
+    if found is not None and found.get("version", 0) >= version:
+        return 0
+    projection = {**fields, "facets": 1, "rev": 1}
+    written = 0
+    for start in range(1, top + 1, batch):
+        ids = list(range(start, min(start + batch, top + 1)))
+        docs = []
+        for i in range(0, len(ids), FacetPostings.FETCH_CHUNK):
+            docs += await col.find({"_id": {"$in": ids[i:i + FacetPostings.FETCH_CHUNK]}}, projection=projection).to_list()
+        changed = []
+        for d in docs:
+            try:
+                facets = facets_of(d)
+            except (KeyError, TypeError, ValueError):  # not a document this code wrote: leave it, never block a start
+                logging.getLogger("sheda.search").warning("%s %r has no usable fields; facets left as they are", label, d["_id"])
+                continue
+            if set(facets) != set(d.get("facets") or ()):
+                changed.append((d, facets))
+        if not changed:
+            continue
+        if before_write is not None:
+            await before_write([(d["_id"], facets) for d, facets in changed])
+        await col.bulk_write([UpdateOne({"_id": d["_id"], "rev": d.get("rev")}, {"$set": {"facets": facets}})
+                              for d, facets in changed], ordered=False)
+        written += len(changed)
+    try:
+        await meta.update_one({"_id": marker}, {"$max": {"version": version}}, upsert=True)
+    except DuplicateKeyError:  # another process's upsert won; it wrote the same version
+        pass
+    return written
 
 
 class FacetedSearch:

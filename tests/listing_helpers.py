@@ -1,10 +1,40 @@
 """Shared steps for the listings / appointments / contracts tests: what an agent and a client do."""
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime, timedelta, timezone
 
 from sheda_rt.appointments.models import WEEKDAYS
+
+
+def another_server(sheda, tmp_path):
+    """A second Server (own context, runners) on the test's database, not started: what a process of a newer
+    version finds when it starts on data an older one wrote (its start runs the one-time backfills)."""
+    from config import load_settings
+    from handlers.app import make_app
+    from sheda_rt.server import Server
+
+    s = sheda.server.settings
+    settings = load_settings(**{**s.model_dump(), "data_dir": tmp_path / "second", "jwt_secret": s.jwt_secret.get_secret_value()})
+    return Server(settings, s.mongodb_uri, clock=sheda.ctx.clock, app_factory=make_app)
+
+
+async def start_and_stop(server) -> None:
+    """Start `server` (indexes, backfills, runners, listening) and shut it down again."""
+    import tornado.netutil
+
+    await server.start(tornado.netutil.bind_sockets(0, "127.0.0.1"))
+    await server.shutdown()
+
+
+def unfolded_location_facets(location: str) -> set[str]:
+    """The location word facets versions before the folding stored (listings before FACETS_VERSION 4, projects
+    before 2): words only lowercased (accents and "ß" kept, "İ" split into "i" and the rest)."""
+    out: set[str] = set()
+    for w in re.findall(r"[^\W_]+", location.lower()):
+        out |= {"w:" + w} if len(w) < 3 else {"w:" + w[:n] for n in range(3, min(len(w), 20) + 1)}
+    return out
 
 
 def word() -> str:

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from bson.decimal128 import Decimal128
 
-from tests.listing_helpers import snapshot, word
+from tests.listing_helpers import another_server, snapshot, start_and_stop, unfolded_location_facets, word
 from tests.support import PNG_1PX, multipart
 
 PROJECTS = "/api/v1/projects"
@@ -402,6 +402,39 @@ async def test_project_search_filters_sorts_and_cursor(sheda):
     assert r.status == 422 and [e["field"] for e in r.json["errors"]] == ["price_max"], r.json  # the query field, not "body"
     r = await sheda.api.get(PROJECTS, params={"radius_km": 2})  # alone it would be ignored: every project, no circle
     assert r.status == 422 and [e["field"] for e in r.json["errors"]] == ["radius_km"], r.json
+
+
+async def test_project_location_words_match_whatever_their_case_and_accents_also_for_projects_stored_before(sheda, tmp_path):
+    """GET /projects folds location words as listings do ("bogota" finds "Bogotá", "strasse" "Straße"); a project
+    stored by an older version (words only lowercased) is re-faceted by the first start of this version."""
+    from sheda_rt.builders.store import ProjectStore
+
+    builder = await verified_builder(sheda)
+    w = word()
+    bogota = await published_project(sheda, builder, location=f"Bogotá {w}")
+    strasse = await published_project(sheda, builder, location=f"Straße 9 {w}")
+
+    async def ids(location):
+        r = await sheda.api.get(PROJECTS, params={"location": f"{location} {w}"})
+        assert r.status == 200, r
+        return {p["id"] for p in r.json["items"]}
+
+    for typed in ("bogota", "BOGOTÁ", "bogo"):
+        assert await ids(typed) == {bogota["id"]}, typed
+    for typed in ("strasse", "STRAẞE", "straße"):
+        assert await ids(typed) == {strasse["id"]}, typed
+    # As the older version wrote them: words only lowercased, no marker.
+    col, meta = sheda.ctx.db["projects"], sheda.ctx.db["meta"]
+    for project in (bogota, strasse):
+        doc = await col.find_one({"_id": project["id"]})
+        old = {f for f in doc["facets"] if not f.startswith("w:")} | unfolded_location_facets(doc["location"])
+        await col.update_one({"_id": project["id"]}, {"$set": {"facets": sorted(old)}})
+    await meta.delete_one({"_id": "projects.facets"})
+    assert await ids("bogota") == set() and await ids("strasse") == set()  # what the old data answers
+    await start_and_stop(another_server(sheda, tmp_path))  # what every start runs
+    assert await ids("bogota") == {bogota["id"]} and await ids("strasse") == {strasse["id"]}
+    assert (await meta.find_one({"_id": "projects.facets"}))["version"] == ProjectStore.FACETS_VERSION
+    assert await sheda.ctx.project_store.refacet_if_stale() == 0  # once only
 
 
 async def test_payment_plans_split_a_unit_price_to_the_kobo(sheda):

@@ -5,7 +5,7 @@ import asyncio
 
 from bson.decimal128 import Decimal128
 
-from tests.listing_helpers import create_property, listing, snapshot, word
+from tests.listing_helpers import another_server, create_property, listing, snapshot, start_and_stop, unfolded_location_facets, word
 from tests.support import JPEG_MAGIC, PNG_1PX, multipart
 
 API = "/api/v1/properties"
@@ -218,6 +218,73 @@ async def test_listings_stored_before_geo_cells_are_refaceted_at_startup(sheda):
     r = await sheda.api.get(API, params={"near": "-33.9,18.4", "radius_km": 1})
     assert [p["id"] for p in r.json["items"]] == [prop["id"]]
     assert await store.refacet_if_stale() == 0  # once only
+
+
+async def test_location_words_match_whatever_their_case_and_accents(sheda):
+    """A location typed without its accents (or with them, or in capitals) finds the listing however its agent spelt
+    it, as q= and the guided search do."""
+    agent = await sheda.signup("agent")
+    w = word()
+    accented = await create_property(sheda, agent, location=f"Calle 5, Bogotá {w}")
+    plain = await create_property(sheda, agent, location=f"Bogota Norte {w}")
+    istanbul = await create_property(sheda, agent, location=f"İstanbul Merkez {w}")
+    strasse = await create_property(sheda, agent, location=f"Straße 9 {w}")
+    shouted = await create_property(sheda, agent, location=f"STRASSE 7 {w}")
+
+    async def ids(location):
+        r = await sheda.api.get(API, params={"location": f"{location} {w}"})
+        assert r.status == 200, r
+        return {p["id"] for p in r.json["items"]}
+
+    for typed in ("bogota", "Bogotá", "BOGOTÁ", "bogo"):
+        assert await ids(typed) == {accented["id"], plain["id"]}, typed
+    for typed in ("istanbul", "İstanbul", "ISTANBUL", "İSTANBUL", "ista"):
+        assert await ids(typed) == {istanbul["id"]}, typed
+    for typed in ("strasse", "straße", "STRASSE", "STRAẞE", "Straße 9"):
+        assert await ids(typed) == ({strasse["id"]} if typed.endswith("9") else {strasse["id"], shouted["id"]}), typed
+    assert await ids("stanbul") == set()  # "İ" is a letter of the word, not a word of its own
+
+
+async def test_listings_stored_before_location_words_were_folded_are_refaceted_at_a_start(sheda, tmp_path):
+    """A listing stored by an older version carries its location words unfolded ("w:bogotá"): the first start of
+    this version re-facets it, and writes only the listings whose facets change (not one in plain ASCII)."""
+    from sheda_rt.listings.store import PropertyStore
+
+    agent = await sheda.signup("agent")
+    w = word()
+    accented = await create_property(sheda, agent, location=f"Bogotá {w}")
+    plain = await create_property(sheda, agent, location=f"Bogota {w}")
+    col, meta = sheda.ctx.db["properties"], sheda.ctx.db["meta"]
+    # As the older version wrote them: facets of words only lowercased, and its marker.
+    for prop in (accented, plain):
+        doc = await col.find_one({"_id": prop["id"]})
+        old = {f for f in doc["facets"] if not f.startswith("w:")} | unfolded_location_facets(doc["location"])
+        await col.update_one({"_id": prop["id"]}, {"$set": {"facets": sorted(old)}})
+    await meta.update_one({"_id": "properties.facets"}, {"$set": {"version": 3}}, upsert=True)
+    r = await sheda.api.get(API, params={"location": f"bogota {w}"})
+    assert [p["id"] for p in r.json["items"]] == [plain["id"]]  # what the old data answers
+
+    class WriteSpy:
+        """The second server's listings collection, noting which listings bulk writes touch."""
+
+        def __init__(self, target):
+            self.target, self.written = target, set()
+
+        def __getattr__(self, name):
+            return getattr(self.target, name)
+
+        async def bulk_write(self, ops, **kwargs):
+            self.written |= {op._filter["_id"] for op in ops}
+            return await self.target.bulk_write(ops, **kwargs)
+
+    other = another_server(sheda, tmp_path)
+    spy = other.ctx.property_store.col = WriteSpy(other.ctx.property_store.col)
+    await start_and_stop(other)  # what every start runs
+    assert accented["id"] in spy.written and plain["id"] not in spy.written
+    for typed in ("bogota", "Bogotá", "BOGOTÁ"):
+        r = await sheda.api.get(API, params={"location": f"{typed} {w}"})
+        assert {p["id"] for p in r.json["items"]} == {accented["id"], plain["id"]}, typed
+    assert (await meta.find_one({"_id": "properties.facets"}))["version"] == PropertyStore.FACETS_VERSION
 
 
 async def test_sorts_and_cursor_pages_never_repeat_or_skip_while_others_insert(sheda):

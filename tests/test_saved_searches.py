@@ -13,7 +13,7 @@ from decimal import Decimal
 import pytest
 
 from sheda_rt.listings.money import to_decimal128, to_minor
-from tests.listing_helpers import create_property, word
+from tests.listing_helpers import another_server, create_property, start_and_stop, word
 from tests.test_mail import smtp  # noqa: F401  (fixture: a tiny SMTP server)
 from tests.test_push import push, subscribed  # noqa: F401  (push is a fixture: a local Web Push service)
 
@@ -260,6 +260,32 @@ async def test_a_map_search_is_filed_under_its_grid_cells_and_alerts_inside_them
     await settle(sheda)
     got = {a["property_id"]: a["mode"] for a in await sheda.ctx.db["saved_search_alerts"].find({"user_id": buyer.id}).to_list()}
     assert got == {inside["id"]: "instant", in_box["id"]: "daily"}, got
+
+
+async def test_a_location_alerts_whatever_its_accents_also_a_search_filed_before_words_were_folded(sheda, tmp_path):
+    """Location words are folded as GET /properties folds them: a search typed without the accent alerts on a listing
+    spelt with it. A search an older version saved is filed under its word as typed ("w:é..."), which no listing
+    carries since the listings were re-faceted: the first start of this version files it under the folded word."""
+    from sheda_rt.saved_searches.service import FOLDED_WORDS_MARKER
+
+    agent = await sheda.signup("agent")
+    old_buyer, buyer = await sheda.signup("client"), await sheda.signup("client")
+    area = "é" + word()  # one word of this test's own, with an accent
+    folded = "e" + area[1:]
+    old_search = await save(sheda, old_buyer, location=area.upper())
+    await save(sheda, buyer, location=folded)
+    searches = sheda.ctx.db["saved_searches"]
+    assert (await searches.find_one({"_id": old_search["id"]}))["alert_key"] == f"w:{folded}"
+    # As the older version filed it: under the word as typed, lowercased only; and no marker.
+    await searches.update_one({"_id": old_search["id"]}, {"$set": {"alert_key": f"w:{area}"}})
+    await sheda.ctx.db["meta"].delete_one({"_id": FOLDED_WORDS_MARKER})
+    await start_and_stop(another_server(sheda, tmp_path))  # what every start runs
+    assert (await searches.find_one({"_id": old_search["id"]}))["alert_key"] == f"w:{folded}"
+    assert await sheda.ctx.saved_searches.refile_location_alerts() == 0  # once only
+    prop = await create_property(sheda, agent, location=f"{area.capitalize()} Gardens, Lagos")
+    await settle(sheda)
+    assert [a["data"]["property_id"] for a in await alerts_of(sheda, old_buyer)] == [prop["id"]]
+    assert [a["data"]["property_id"] for a in await alerts_of(sheda, buyer)] == [prop["id"]]
 
 
 async def test_an_alert_reaches_a_closed_app_as_one_push(sheda, push):

@@ -127,7 +127,7 @@ class ProjectQuery(PageQuery):
     model_config = ConfigDict(extra="forbid")
 
     location: Optional[str] = Field(None, min_length=1, max_length=100, description=(
-        "Case-insensitive word match on the location: every word must start a word of the project's "
+        "Case- and accent-insensitive word match on the location: every word must start a word of the project's "
         "location (3+ letters, or the whole word), as for listings"))
     near: Optional[str] = Field(None, description="'lat,lng': only projects within radius_km of this point")
     radius_km: float = Field(5.0, gt=0, le=100, description="Radius for near=, kilometres (default 5, max 100)")

@@ -25,7 +25,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from sheda_rt.database.writes import update_then_get
 from sheda_rt.errors import ValidationFailed
 from sheda_rt.pagination import decode_cursor, encode_cursor
-from sheda_rt.search import FacetedSearch, FacetStats, SearchPlan, geo_facets, location_facets
+from sheda_rt.search import FacetedSearch, FacetStats, SearchPlan, geo_facets, location_facets, refacet_once
 
 IN_CHUNK = 200  # values per $in: the embedded database matches $in by scanning the list
 
@@ -45,8 +45,13 @@ class ProjectStore:
                    name="search_price"),
     ]
 
+    # Bump when project_facets changes: projects stored before are re-faceted once at startup (only those whose
+    # facets change are written). 2: location words folded (accents, "ß"), as GET /projects folds what is typed.
+    FACETS_VERSION = 2
+
     def __init__(self, db, ids):
         self.col = db["projects"]
+        self.meta = db["meta"]
         self.ids = ids
         # Which of a request's conditions is rarest (the driver), and where price slices should cut: a sample.
         self.stats = FacetStats(self.col, lambda: ids.current("projects"))
@@ -55,6 +60,14 @@ class ProjectStore:
 
     async def ensure_indexes(self):
         await self.col.create_indexes(self.INDEXES)
+        await self.refacet_if_stale()
+
+    async def refacet_if_stale(self, batch: int = 1000) -> int:
+        """Recompute `facets` of the projects whose facets an older project_facets made (once per FACETS_VERSION,
+        writing only those that change: search.py refacet_once); returns how many were rewritten."""
+        return await refacet_once(self.col, self.meta, marker="projects.facets", version=self.FACETS_VERSION,
+                                  top=await self.ids.current("projects"), fields={"builder_id": 1, "status": 1, "geo": 1, "location": 1},
+                                  facets_of=project_facets, label="project", batch=batch)
 
     async def insert(self, doc: dict) -> dict:
         doc = dict(doc, _id=await self.ids.next("projects"), rev=1, summary_rev=0, facets=project_facets(doc))

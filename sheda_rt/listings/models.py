@@ -149,8 +149,9 @@ class SearchQuery(PageQuery):
     prepaid_meter: Optional[bool] = None
     wifi: Optional[bool] = None
     location: Optional[str] = Field(None, min_length=1, max_length=100, description=(
-        "Case-insensitive word match on the location: every word you type must start a word of the "
-        "listing's location (at least 3 letters, or the whole word), e.g. 'lekk ph' finds 'Lekki Phase 1'"))
+        "Case- and accent-insensitive word match on the location: every word you type must start a word of the "
+        "listing's location (at least 3 letters, or the whole word), e.g. 'lekk ph' finds 'Lekki Phase 1', "
+        "'bogota' finds 'Bogotá'"))
     near: Optional[str] = Field(None, description="'lat,lng' — only listings within radius_km of this point")
     radius_km: float = Field(5.0, gt=0, le=100, description="Radius for near=, kilometres (default 5, max 100; only with near=)")
     agent_id: Optional[int] = Field(None, ge=1, le=MAX_ID)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 
-from pymongo import ASCENDING, DESCENDING, GEOSPHERE, IndexModel, UpdateOne
+from pymongo import ASCENDING, DESCENDING, GEOSPHERE, IndexModel
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from sheda_rt.database.writes import get_then_update, update_then_get
@@ -24,7 +24,7 @@ from sheda_rt.pagination import PageQuery, paginate
 from sheda_rt.promotions.featured import featured_facets, search_featured_first
 # Re-exported: the listings service and tests name these here.
 from sheda_rt.search import (EARTH_RADIUS_KM, FacetedSearch, FacetPostings, FacetStats, SearchPlan, geo_cells_covering, geo_facets,  # noqa: F401
-                             keyword_facet, keyword_facets, keyword_words, location_facets, location_words, word_facet)
+                             keyword_facet, keyword_facets, keyword_words, location_facets, location_words, refacet_once, word_facet)
 
 log = logging.getLogger("sheda.listings")
 
@@ -70,7 +70,7 @@ class PropertyStore:
     RETIRED_INDEXES = ("search_newest",)
 
     # Bump when facets_for changes: listings stored before are re-faceted once at startup.
-    FACETS_VERSION = 3  # 2: geo grid cells; 3: keywords (q=) and categories
+    FACETS_VERSION = 4  # 2: geo grid cells; 3: keywords (q=) and categories; 4: location words folded (accents, "ß")
 
     def __init__(self, db, ids, *, keyword_postings: bool = True):
         self.col = db["properties"]
@@ -117,42 +117,13 @@ class PropertyStore:
         return result.modified_count
 
     async def refacet_if_stale(self, batch: int = 1000) -> int:
-        """Recompute `facets` of every listing when they were made by an older facets_for.
-        Idempotent (facets are a function of the document), so processes starting together
-        may both run it; each write names the revision it read, so an edit racing it (which
-        recomputes facets itself) is never overwritten with facets of the older fields."""
-        marker = await self.meta.find_one({"_id": "properties.facets"})
-        if marker is not None and marker.get("version", 0) >= self.FACETS_VERSION:
-            return 0
-        fields = {"listing_type": 1, "property_type": 1, "agent_id": 1, "location": 1, "geo": 1, "rev": 1,
+        """Recompute `facets` of the listings whose facets an older facets_for made (once per FACETS_VERSION,
+        writing only those that change: search.py refacet_once); returns how many were rewritten."""
+        fields = {"listing_type": 1, "property_type": 1, "agent_id": 1, "location": 1, "geo": 1,
                   "title": 1, "description": 1, "category_id": 1, "featured_until": 1}
-        # By `_id $in` chunks over the allocator's range, as the postings' backfill reads: the embedded
-        # database serves an `_id` range ($gt) by a collection scan, so paging by ranges read the whole
-        # collection once per page (about 30 minutes at 100,000 listings).
-        done, top = 0, await self.postings.max_id()
-        for start in range(1, top + 1, batch):
-            ids = list(range(start, min(start + batch, top + 1)))
-            docs = []
-            for i in range(0, len(ids), FacetPostings.FETCH_CHUNK):
-                docs += await self.col.find({"_id": {"$in": ids[i:i + FacetPostings.FETCH_CHUNK]}}, projection=fields).to_list()
-            if not docs:
-                continue
-            updates, posted = [], []
-            for d in docs:
-                try:
-                    posted.append((d["_id"], facets_for(d)))
-                    updates.append(UpdateOne({"_id": d["_id"], "rev": d.get("rev")}, {"$set": {"facets": posted[-1][1]}}))
-                except (KeyError, TypeError, ValueError):  # not a listing this code wrote: leave it, never block a start
-                    log.warning("listing %r has no usable listing fields; facets left as they are", d["_id"])
-            if updates:
-                await self.postings.add(posted)  # bits before the words
-                await self.col.bulk_write(updates, ordered=False)
-            done += len(docs)
-        try:
-            await self.meta.update_one({"_id": "properties.facets"}, {"$max": {"version": self.FACETS_VERSION}}, upsert=True)
-        except DuplicateKeyError:  # another process's upsert won; it wrote the same version
-            pass
-        return done
+        return await refacet_once(self.col, self.meta, marker="properties.facets", version=self.FACETS_VERSION,
+                                  top=await self.postings.max_id(), fields=fields, facets_of=facets_for, label="listing",
+                                  before_write=self.postings.add, batch=batch)  # bits before the words
 
     # ---- documents ---------------------------------------------------------
     async def insert(self, doc: dict) -> dict:

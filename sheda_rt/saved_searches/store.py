@@ -37,6 +37,7 @@ class SavedSearchStore:
 
     def __init__(self, db, ids):
         self.col = db["saved_searches"]
+        self.meta = db["meta"]  # markers of one-time backfills
         self.ids = ids
 
     async def ensure_indexes(self):
@@ -82,6 +83,26 @@ class SavedSearchStore:
     def alerting(self, facets: list[str], batch: int = 500):
         """Searches with alerts on filed under any of these facets (a listing's), as a cursor."""
         return self.col.find({"alert_key": {"$in": list(facets)}}, batch_size=batch)
+
+    # ---- one-time backfills ----------------------------------------------------
+    def filed_under_location_words(self, batch: int = 500):
+        """Searches with alerts on filed under a location word (`w:...`), as a cursor (a regex: one pass over the
+        collection, for a backfill at a start)."""
+        return self.col.find({"alert_key": {"$regex": "^w:"}}, projection={"query": 1, "alert": 1, "alert_key": 1},
+                             batch_size=batch)
+
+    async def refile(self, search_id: int, old_key, new_key) -> bool:
+        """File a search under `new_key` if it is still filed under `old_key` (an edit meanwhile filed it itself)."""
+        return (await self.col.update_one({"_id": search_id, "alert_key": old_key}, {"$set": {"alert_key": new_key}})).modified_count == 1
+
+    async def marked(self, marker: str) -> bool:
+        return await self.meta.find_one({"_id": marker}) is not None
+
+    async def mark(self, marker: str) -> None:
+        try:
+            await self.meta.update_one({"_id": marker}, {"$set": {"done": True}}, upsert=True)
+        except DuplicateKeyError:  # another process's upsert won
+            pass
 
 
 class PendingAlerts:
