@@ -260,9 +260,11 @@ class AppContext:
         # an agent's account deactivated or reactivated: their listings leave the market or come back (a durable job)
         from sheda_rt.listings.agent_status import AgentListingsFollow
 
-        self.agent_listings = AgentListingsFollow(runner=self.job_runner, listings=self.properties, users=self.users, clock=self.clock)
+        self.agent_listings = AgentListingsFollow(runner=self.job_runner, listings=self.properties, users=self.users, clock=self.clock,
+                                                  meta=self.db["meta"])
         self.accounts.listings_follow = self.agent_listings
         self.drain_hooks.append(self.agent_listings.drain)
+        self.backfills.append(self.agent_listings.backfill_inactive)  # accounts deactivated before their listings followed
 
     def _install_job_queue(self) -> None:  # [jobs]
         from sheda_rt.jobs.store import JobStore

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.listing_helpers import create_property, word
+from tests.listing_helpers import another_server, create_property, start_and_stop, word
 
 API = "/api/v1/properties"
 
@@ -133,6 +133,53 @@ async def test_a_process_dying_after_the_deactivation_leaves_a_job_that_hides_th
     assert await found(sheda, w) == set()
     # run again (a retry after a crash): nothing more to do
     assert await ctx.properties.hide_agent_listings(agent.id) == 0
+
+
+async def test_an_agent_deactivated_before_listings_followed_is_caught_up_at_a_start(sheda, tmp_path):
+    """An account deactivated by an older version (before the listings.agent_status job) kept its listings listed:
+    the first start of this version queues that job for each inactive account with a listing still listed, and the
+    listings are hidden exactly as a deactivation now hides them (an admin's reactivation brings them back)."""
+    from sheda_rt.listings.agent_status import BACKFILL_MARKER
+
+    w = word()
+    admin = await sheda.admin()
+    agent, listed, own = await agent_with_listings(sheda, w)
+    ids = {p["id"] for p in listed}
+    # Deactivated by this version: its listings are hidden already, nothing to catch up.
+    followed, _, _ = await agent_with_listings(sheda, word())
+    assert (await sheda.api.patch(f"/api/v1/admin/users/{followed.id}", {"is_active": False}, token=admin.token)).status == 200
+    await job_done(sheda, (await sheda.ctx.db["jobs"].find_one({"kind": "listings.agent_status", "payload.user_id": followed.id}))["_id"])
+    # Deactivated by the older version: only the account's write; and no marker of the backfill.
+    await sheda.ctx.db["users"].update_one({"_id": agent.id}, {"$set": {"is_active": False}})
+    await sheda.ctx.db["meta"].delete_one({"_id": BACKFILL_MARKER})
+    assert await found(sheda, w) == ids  # what the old data shows
+    await start_and_stop(another_server(sheda, tmp_path))  # what every start runs
+    key = f"listings.agent_status:{agent.id}:backfill"
+    job = await job_done(sheda, key)
+    assert job["result"] == {"outcome": "hidden", "listings": 2}, job
+    assert await sheda.ctx.db["jobs"].find_one({"_id": f"listings.agent_status:{followed.id}:backfill"}) is None
+    assert await found(sheda, w) == set()
+    for p in listed:
+        r = await sheda.api.get(f"{API}/{p['id']}", token=admin.token)
+        assert r.status == 200 and r.json["is_active"] is False and r.json["hidden_reason"] == "agent_inactive", r
+    r = await sheda.api.get(f"{API}/{own['id']}", token=admin.token)
+    assert r.json["hidden_reason"] is None  # unlisted by its agent: told apart, stays unlisted
+    assert await sheda.ctx.agent_listings.backfill_inactive() == 0  # once only
+    r = await sheda.api.patch(f"/api/v1/admin/users/{agent.id}", {"is_active": True}, token=admin.token)
+    assert r.status == 200, r
+    await eventually(lambda: _back(sheda, w, ids))
+
+
+async def job_done(sheda, key: str) -> dict:
+    """The queued job `key` once it has run (this process's runner takes it when no other runner holds it)."""
+    for _ in range(1000):
+        await sheda.ctx.job_runner.run_due()
+        job = await sheda.ctx.db["jobs"].find_one({"_id": key})
+        assert job is not None, f"no job {key}"
+        if job["status"] == "done":
+            return job
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"job {key} never ran: {job}")
 
 
 async def test_the_walk_reads_the_agents_listings_on_an_index(sheda):

@@ -102,6 +102,11 @@ class UserStore:
             query["user_type"] = user_type
         return [doc["_id"] async for doc in self.col.find(query, projection={"_id": 1})]
 
+    def inactive_ids(self, batch: int = 500):
+        """Ids of every deactivated user, as a cursor read `batch` at a time: one pass over the collection (no
+        index on is_active, as for active_ids), for a backfill at a start."""
+        return self.col.find({"is_active": False}, projection={"_id": 1}, batch_size=batch)
+
     async def touch_last_seen(self, user_ids: list[int], when) -> None:
         """One round trip for many users going offline together (a network blip drops thousands)."""
         if not user_ids:

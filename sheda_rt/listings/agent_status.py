@@ -12,6 +12,10 @@ may run in any order, again after a crash, or for nothing. The accounts service 
 account's write, due JOB_DELAY later, and after the write brings it forward and runs it here (the request
 waits for it up to WAIT_SECONDS, then it goes on in the background). A process dying between the account's
 write and the run leaves the job pending: any process runs it when it falls due.
+
+Accounts deactivated before listings followed them (df15726) kept their listings listed: the first start of
+this version queues the same job, due at once, for each inactive user with a listing still listed
+(`backfill_inactive`, once: a marker in `meta`), key `listings.agent_status:<user>:backfill`.
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ import logging
 import uuid
 from datetime import timedelta
 from typing import TYPE_CHECKING
+
+from pymongo.errors import DuplicateKeyError
 
 from sheda_rt.jobs.runner import RetryLater
 
@@ -36,15 +42,17 @@ KIND = "listings.agent_status"
 JOB_DELAY = timedelta(seconds=30)  # the crash net: the job queued before the account's write falls due this much later
 WAIT_SECONDS = 3.0  # the request waits this long for its run; a larger walk goes on in the background
 ROUNDS = 4
+BACKFILL_MARKER = "listings.agent_status.backfill"  # in `meta`: inactive accounts' listings were queued to follow
 
 
 class AgentListingsFollow:
-    def __init__(self, *, runner: JobRunner, listings: PropertyService, users: UserStore, clock: Clock,
+    def __init__(self, *, runner: JobRunner, listings: PropertyService, users: UserStore, clock: Clock, meta=None,
                  wait_seconds: float = WAIT_SECONDS):
         self.runner = runner
         self.listings = listings
         self.users = users
         self.clock = clock
+        self.meta = meta  # the `meta` collection: the backfill's marker (None: no backfill)
         self.wait_seconds = wait_seconds
         runner.register(KIND, self.run)
 
@@ -67,6 +75,29 @@ class AgentListingsFollow:
 
     async def drain(self) -> None:
         await self.runner.settle(KIND)
+
+    # ---- at a start ----------------------------------------------------------------
+    async def backfill_inactive(self, batch: int = 200) -> int:
+        """Once (BACKFILL_MARKER): queue the job, due now, for every inactive user with a listing still listed (an
+        account deactivated before its listings followed it); any process's runner runs them. One pass over the
+        users (the inactive ones' ids, `batch` at a time), one read on index agent_newest per inactive user. A start
+        cut short leaves no marker: the next one queues again, under the same keys (nothing twice). Returns how
+        many were queued."""
+        if self.meta is None or await self.meta.find_one({"_id": BACKFILL_MARKER}) is not None:
+            return 0
+        queued = 0
+        async for user in self.users.inactive_ids(batch):
+            user_id = user["_id"]
+            if await self.listings.store.agent_listing_ids(user_id, limit=1):
+                _, created = await self.runner.enqueue(KIND, {"user_id": user_id}, key=f"{KIND}:{user_id}:backfill")
+                queued += int(created)
+        try:
+            await self.meta.update_one({"_id": BACKFILL_MARKER}, {"$set": {"done": True}}, upsert=True)
+        except DuplicateKeyError:  # another process's upsert won
+            pass
+        if queued:
+            log.info(json.dumps({"event": "agent_listings_backfill", "queued": queued}))
+        return queued
 
     # ---- the job -----------------------------------------------------------------
     async def _active(self, user_id: int) -> bool:
