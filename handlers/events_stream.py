@@ -59,6 +59,9 @@ class StreamQuery(BaseModel):
     last_event_id: int | None = Field(None, ge=0, le=MAX_ID, description=(
         "Resume after this position, for EventSource polyfills that cannot send the Last-Event-ID header "
         "(the header wins when both are sent)"))
+    lastEventId: int | None = Field(None, ge=0, le=MAX_ID, description=(  # noqa: N815 (the polyfill's own name)
+        "The same as last_event_id, under the name the common EventSource polyfill (Yaffle's "
+        "event-source-polyfill) appends on reconnect; last_event_id wins when both are sent"))
 
 
 def sse_event(text: str) -> tuple[bytes, int | None]:
@@ -164,7 +167,7 @@ class EventStreamHandler(APIHandler):
     def _last_event_id(self, query: StreamQuery) -> int | None:
         header = self.request.headers.get("Last-Event-ID", "").strip()
         if not header:
-            return query.last_event_id
+            return query.last_event_id if query.last_event_id is not None else query.lastEventId
         if not (header.isascii() and header.isdigit() and len(header) <= 18 and int(header) <= MAX_ID):
             raise ValidationFailed.single("Last-Event-ID", "must be the id of an event this stream sent (a non-negative integer)")
         return int(header)

@@ -247,6 +247,15 @@ async def test_last_event_id_replays_exactly_the_missed_durable_events_then_goes
         assert [e["data"]["id"] for e in polyfill.of_type("message")] == [seen[1]["id"]] + [m["id"] for m in missed] + [live["id"]]
     finally:
         await polyfill.close()
+    # Yaffle's event-source-polyfill names it lastEventId (and sends no header): the same resume.
+    yaffle = await open_stream(sheda, alice.token, query_token=True, params={"lastEventId": missed[0]["id"]})
+    try:
+        await yaffle.wait_for(lambda s: len(s.of_type("message")) == 3)
+        assert [e["data"]["id"] for e in yaffle.of_type("message")] == [m["id"] for m in missed[1:]] + [live["id"]]
+    finally:
+        await yaffle.close()
+    status, _, body = await open_stream(sheda, alice.token, params={"lastEventId": "soon"})
+    assert status == 422 and body["errors"][0]["field"] == "lastEventId", body
 
 
 async def test_a_fresh_stream_has_a_position_so_a_drop_before_any_event_loses_nothing(sheda):
