@@ -75,8 +75,9 @@ class ConfirmHandler(APIHandler):
     async def patch(self, appointment_id: int):
         """pending → confirmed; 409 from any other state. A booking is confirmed by its agent; a new time
         proposed with `/reschedule` by the other party (`proposed_by` is who proposed it). 403
-        `awaiting_other_party` for the proposer (the client of a fresh booking). Creates the viewing's
-        reminders (24 h and 1 h before, to both parties)."""
+        `awaiting_other_party` for the proposer (the client of a fresh booking). 409 `time_passed` once the
+        proposed time has begun (reject it or propose another), 409 `property_unavailable` once the property
+        is rented or sold. Creates the viewing's reminders (24 h and 1 h before, to both parties)."""
         return await self.ctx.appointments.confirm(self.principal, appointment_id)
 
 
@@ -97,7 +98,8 @@ class RescheduleHandler(APIHandler):
         party confirms (`/confirm`) or rejects it. The time follows the booking rules: 422 when not on a slot
         boundary, in the past, beyond a year or the current time; 409 `outside_availability`, 409 `slot_taken`
         (another viewing holds it: of simultaneous bookings and reschedules into one slot exactly one wins),
-        409 `wrong_state` (rejected or cancelled), 404 for someone else's appointment. A refusal changes
+        409 `wrong_state` (rejected or cancelled), 409 `property_unavailable` (the property was rented or sold
+        meanwhile: cancel the viewing instead), 404 for someone else's appointment. A refusal changes
         nothing. The other party gets `appointment.rescheduled` and a notification; a confirmed viewing's
         reminders are cancelled until the new time is confirmed."""
         return await self.ctx.appointments.reschedule(self.principal, appointment_id, body)

@@ -5,7 +5,7 @@ import asyncio
 from datetime import timedelta
 
 from sheda_rt.appointments.models import WEEKDAYS
-from tests.listing_helpers import book, create_property, iso, next_slot, open_window, snapshot
+from tests.listing_helpers import book, confirmed_viewing, create_property, iso, next_slot, open_window, set_bank, snapshot
 
 AV = "/api/v1/availability"
 AP = "/api/v1/appointments"
@@ -88,6 +88,8 @@ async def test_booking_rules(sheda):
         ({"property_id": prop["id"], "scheduled_at": iso(when + timedelta(days=400))}, 422),      # too far
         ({"property_id": prop["id"], "scheduled_at": "tomorrow at ten"}, 422),
         ({"property_id": prop["id"], "scheduled_at": 1893456000}, 422),
+        ({"property_id": prop["id"], "scheduled_at": str(int(when.timestamp()))}, 422),  # Unix seconds in a string
+        ({"property_id": prop["id"], "scheduled_at": when.strftime("%Y-%m-%d")}, 422),  # a date alone is no time
         ({"property_id": prop["id"], "scheduled_at": "9999-12-31T23:30:00-05:00"}, 422),  # past year 9999 in UTC
         ({"property_id": prop["id"], "scheduled_at": "0001-01-01T00:00:00+05:00"}, 422),  # before year 1 in UTC
         ({"property_id": str(prop["id"]), "scheduled_at": iso(when)}, 422),
@@ -233,3 +235,69 @@ async def test_no_viewing_of_a_deactivated_agents_listing(sheda):
     # reactivated by an admin, the agent's listing can be booked again
     assert (await sheda.api.patch(f"/api/v1/admin/users/{agent.id}", {"is_active": True}, token=admin.token)).status == 200
     assert (await book(sheda, client, prop["id"], when)).status == 201
+
+
+async def _log_in_again(sheda, user) -> None:
+    # Tokens expire by the server's clock, which these tests move forward.
+    r = await sheda.api.post("/api/v1/auth/login", {"username": user.username, "password": user.password})
+    assert r.status == 200, r
+    user.access_token = r.json["access_token"]
+
+
+async def test_a_time_that_has_begun_cannot_be_confirmed(sheda):
+    # The agent answers a booking only after its time: agreeing to it now would confirm a viewing that
+    # can no longer happen as proposed (and unlock a contract on it). Rejecting it, or proposing another
+    # time, still works.
+    agent = await sheda.signup("agent")
+    client = await sheda.signup("client")
+    prop = await create_property(sheda, agent)
+    when = next_slot(sheda.ctx.clock.now(), days_ahead=1, hour=10)
+    await open_window(sheda, agent, when, "09:00", "12:00")
+    late = (await book(sheda, client, prop["id"], when)).json["id"]
+    moved = (await book(sheda, client, prop["id"], when + timedelta(minutes=30))).json["id"]
+    sheda.ctx.clock.advance(seconds=(when - sheda.ctx.clock.now()).total_seconds() + 60)
+    await _log_in_again(sheda, agent)
+    await _log_in_again(sheda, client)
+
+    stored = await snapshot(sheda, "appointments", late)
+    r = await sheda.api.patch(f"{AP}/{late}/confirm", token=agent.token)
+    assert r.status == 409 and r.json["code"] == "time_passed", r
+    assert await snapshot(sheda, "appointments", late) == stored
+    r = await sheda.api.patch(f"{AP}/{late}/reject", token=agent.token)
+    assert r.status == 200 and r.json["status"] == "rejected", r
+
+    # the one still ahead is confirmed as usual; a new time the agent proposes is the client's to confirm
+    assert (await sheda.api.patch(f"{AP}/{moved}/confirm", token=agent.token)).json["status"] == "confirmed"
+    r = await sheda.api.patch(f"{AP}/{moved}/reschedule", {"scheduled_at": iso(when + timedelta(days=7))}, token=agent.token)
+    assert r.status == 200 and r.json["status"] == "pending", r
+    assert (await sheda.api.patch(f"{AP}/{moved}/confirm", token=client.token)).json["status"] == "confirmed"
+
+
+async def test_no_time_is_agreed_for_viewing_a_sold_property(sheda):
+    # Once a contract takes the property, booking it is refused (409 property_unavailable); so are
+    # confirming and proposing times for the viewings other clients still have. They can be cancelled
+    # or rejected.
+    agent = await sheda.signup("agent")
+    buyer = await sheda.signup("client")
+    client = await sheda.signup("client")
+    prop = await create_property(sheda, agent, listing_type="sale")
+    await set_bank(sheda, agent)
+    when = next_slot(sheda.ctx.clock.now(), days_ahead=2, hour=10)
+    await open_window(sheda, agent, when, "09:00", "12:00")
+    pending = (await book(sheda, client, prop["id"], when)).json["id"]
+    confirmed = (await confirmed_viewing(sheda, agent, client, prop, when + timedelta(minutes=30)))["id"]
+    viewing = await confirmed_viewing(sheda, agent, buyer, prop, when + timedelta(hours=1))
+    contract = (await sheda.api.post(f"/api/v1/contracts/{prop['id']}", {"appointment_id": viewing["id"]}, token=buyer.token)).json
+    assert (await sheda.api.patch(f"/api/v1/contracts/{contract['id']}/payment-sent", token=buyer.token)).status == 200
+    r = await sheda.api.patch(f"/api/v1/contracts/{contract['id']}/confirm-payment", token=agent.token)
+    assert r.status == 200 and r.json["status"] == "active", r
+
+    before = [await snapshot(sheda, "appointments", a) for a in (pending, confirmed)]
+    later = iso(when + timedelta(days=7))
+    for r in (await sheda.api.patch(f"{AP}/{pending}/confirm", token=agent.token),
+              await sheda.api.patch(f"{AP}/{pending}/reschedule", {"scheduled_at": later}, token=agent.token),
+              await sheda.api.patch(f"{AP}/{confirmed}/reschedule", {"scheduled_at": later}, token=client.token)):
+        assert r.status == 409 and r.json["code"] == "property_unavailable", r
+    assert [await snapshot(sheda, "appointments", a) for a in (pending, confirmed)] == before
+    assert (await sheda.api.patch(f"{AP}/{pending}/reject", token=agent.token)).json["status"] == "rejected"
+    assert (await sheda.api.delete(f"{AP}/{confirmed}", token=client.token)).json["status"] == "cancelled"

@@ -16,6 +16,7 @@ WEEKDAYS = ("MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", 
 Weekday = Literal["MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY"]
 AppointmentStatus = Literal["pending", "confirmed", "rejected", "cancelled"]
 _HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+_ISO_DATE_TIME = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}")  # the rest is the parser's to judge
 
 
 def minutes(hhmm: str) -> int:
@@ -72,7 +73,9 @@ class BookRequest(_Body):
     @field_validator("scheduled_at", mode="before")
     @classmethod
     def _iso_text(cls, v):
-        if not isinstance(v, str):
+        # A date and a time of day: the parser alone also takes "2025-10-16" (midnight) and "1760608800"
+        # (Unix seconds in a string), which a client never means as a viewing's time.
+        if not isinstance(v, str) or not _ISO_DATE_TIME.match(v):
             raise ValueError("must be an ISO 8601 date-time string, e.g. 2025-10-16T10:00:00Z")
         return v
 

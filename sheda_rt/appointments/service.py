@@ -19,6 +19,10 @@ update filter, so a transition from any other state is a 409):
     pending | confirmed --cancel (client or agent)--> cancelled
     pending | confirmed --reschedule (client or agent)--> pending, at the new time
 
+A time that has begun cannot be confirmed (409 `time_passed`: reject it or propose another), and
+once the property is rented or sold no time is confirmed or proposed for viewing it (409
+`property_unavailable`, as a booking of it is); cancelling and rejecting stay possible.
+
 Rejected and cancelled appointments free their slot. A booking is the client's proposal, so
 the agent confirms it; a reschedule is a proposal of whoever made it (`proposed_by`), and the
 other party confirms or rejects it. Rescheduling moves the slot hold (`slot_key`) in the same
@@ -233,11 +237,29 @@ class AppointmentService:
         return {"parties": user_id, "$or": [{"proposed_by": {"$exists": True, "$ne": user_id}},
                                             {"proposed_by": {"$exists": False}, "agent_id": user_id}]}
 
+    async def _check_property_open(self, appointment: dict) -> None:
+        """409 when the viewing's property was rented or sold meanwhile: nobody can take it, so no new
+        time is agreed for viewing it (booking it is refused the same way). An unlisted one stays open:
+        its agent may unlist it to stop new bookings and still keep the viewings they have."""
+        prop = await self.properties.get(appointment["property_id"])
+        if prop is not None and prop.get("status", "available") != "available":
+            raise Conflict(f"This property is {prop['status']}; cancel the viewing instead", "property_unavailable")
+
     async def _answer(self, principal, appointment_id: int, to_state: str) -> dict:
-        """confirm / reject: pending -> to_state, by the party who did not propose the time."""
+        """confirm / reject: pending -> to_state, by the party who did not propose the time. A time that
+        has already begun can only be rejected (or rescheduled): confirming it would agree to a viewing
+        that can no longer take place as proposed (the filter names the time, so a confirm racing the
+        clock cannot slip through)."""
         user_id = principal.user_id
-        doc = await self.store.transition(appointment_id, self._responder(user_id), ["pending"], to_state, self.clock.now(),
-                                          release_hold=to_state == "rejected")
+        now = self.clock.now()
+        who = self._responder(user_id)
+        if to_state == "confirmed":
+            current = await self.store.get(appointment_id)
+            if (current is not None and current["status"] == "pending" and user_id in (current["client_id"], current["agent_id"])
+                    and current.get("proposed_by", current["client_id"]) != user_id):
+                await self._check_property_open(current)
+            who = {**who, "scheduled_at": {"$gt": now}}
+        doc = await self.store.transition(appointment_id, who, ["pending"], to_state, now, release_hold=to_state == "rejected")
         if doc is None:
             current = await self.store.get(appointment_id)
             if current is None or user_id not in (current["client_id"], current["agent_id"]):
@@ -246,6 +268,8 @@ class AppointmentService:
                 raise Conflict(f"The appointment is {current['status']}; this needs it pending", "wrong_state")
             if current.get("proposed_by", current["client_id"]) == user_id:
                 raise Forbidden("You proposed this time; the other party confirms or rejects it", "awaiting_other_party")
+            if to_state == "confirmed" and current["scheduled_at"] <= now:
+                raise Conflict("The proposed time has passed; propose a new one with /reschedule, or reject it", "time_passed")
             raise Conflict("The appointment changed meanwhile; read it again", "concurrent_update")
         return doc
 
@@ -281,6 +305,7 @@ class AppointmentService:
         if current["status"] not in ("pending", "confirmed"):
             raise Conflict(f"The appointment is {current['status']}; this needs it pending or confirmed", "wrong_state")
         at, start, now = self._check_time(body.scheduled_at)
+        await self._check_property_open(current)
         if at == current["scheduled_at"]:
             raise ValidationFailed.single("scheduled_at", "is the appointment's current time")
         if self.blocks is not None and await self.blocks.between(current["client_id"], current["agent_id"]):
