@@ -21,7 +21,8 @@ class AvailabilityHandler(APIHandler):
     @endpoint("Add a weekly window (agents)", auth=AGENT, body=WindowCreate, response=WindowOut, status=201,
               errors=(401, 403, 409, 422), tags=TAGS)
     async def post(self, body: WindowCreate):
-        """`{weekday: MONDAY..SUNDAY, start_time: "09:00", end_time: "12:00"}` in UTC. start_time must be before
+        """`{weekday: MONDAY..SUNDAY, start_time: "09:00", end_time: "12:00"}` in UTC; end_time may be "24:00", the
+        end of the day (hours past midnight UTC are a window of the next weekday). start_time must be before
         end_time (422); a window overlapping another of yours on that weekday is a 409 (touching is fine)."""
         return await self.ctx.availability.create(self.principal.user_id, body)
 

@@ -301,3 +301,30 @@ async def test_no_time_is_agreed_for_viewing_a_sold_property(sheda):
     assert [await snapshot(sheda, "appointments", a) for a in (pending, confirmed)] == before
     assert (await sheda.api.patch(f"{AP}/{pending}/reject", token=agent.token)).json["status"] == "rejected"
     assert (await sheda.api.delete(f"{AP}/{confirmed}", token=client.token)).json["status"] == "cancelled"
+
+
+async def test_a_window_can_run_to_the_end_of_the_day(sheda):
+    # Windows are UTC: an agent whose hours run to midnight UTC (or past it, as two windows) needs the
+    # day's last slot, 23:30-24:00, which no end up to "23:59" can hold. "24:00" ends a window there.
+    agent = await sheda.signup("agent")
+    client = await sheda.signup("client")
+    prop = await create_property(sheda, agent)
+    when = next_slot(sheda.ctx.clock.now(), days_ahead=2, hour=23, minute=30)
+    window = await open_window(sheda, agent, when, "22:00", "24:00")
+    assert (window["start_time"], window["end_time"]) == ("22:00", "24:00")
+    assert (await sheda.api.get(f"/api/v1/agents/{agent.id}/availability")).json[0]["end_time"] == "24:00"
+    r = await book(sheda, client, prop["id"], when)
+    assert r.status == 201 and r.json["ends_at"] == iso(when + timedelta(minutes=30)).replace("Z", ".000Z"), r
+    # the next day's first hours are a window of their own, touching it
+    r = await sheda.api.post(AV, {"weekday": WEEKDAYS[(when.weekday() + 1) % 7], "start_time": "00:00", "end_time": "01:00"},
+                             token=agent.token)
+    assert r.status == 201, r
+    # "24:00" ends a window only; nothing else past 23:59 is a time
+    for body in ({"weekday": "MONDAY", "start_time": "24:00", "end_time": "24:00"},
+                 {"weekday": "MONDAY", "start_time": "23:00", "end_time": "24:01"},
+                 {"weekday": "MONDAY", "start_time": "23:00", "end_time": "25:00"}):
+        r = await sheda.api.post(AV, body, token=agent.token)
+        assert r.status == 422, (body, r)
+    assert (await sheda.api.patch(f"{AV}/{window['id']}", {"start_time": "24:00"}, token=agent.token)).status == 422
+    r = await sheda.api.patch(f"{AV}/{window['id']}", {"start_time": "23:00", "end_time": "24:00"}, token=agent.token)
+    assert r.status == 200 and (r.json["start_time"], r.json["end_time"]) == ("23:00", "24:00"), r

@@ -16,6 +16,9 @@ WEEKDAYS = ("MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", 
 Weekday = Literal["MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY"]
 AppointmentStatus = Literal["pending", "confirmed", "rejected", "cancelled"]
 _HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+# An end may also be "24:00", the end of the day: windows are UTC, so an agent west or east of it whose
+# hours run to (or past) midnight UTC needs the day's last slot, which no end up to "23:59" can hold.
+_HHMM_END = re.compile(r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$")
 _ISO_DATE_TIME = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}")  # the rest is the parser's to judge
 
 
@@ -29,6 +32,12 @@ def _check_hhmm(value):
     return value
 
 
+def _check_hhmm_end(value):
+    if not isinstance(value, str) or not _HHMM_END.match(value):
+        raise ValueError("must be a 24-hour UTC time 'HH:MM', e.g. '17:30', or '24:00' (the end of the day)")
+    return value
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
@@ -36,9 +45,11 @@ class _Body(BaseModel):
 class WindowCreate(_Body):
     weekday: Weekday = Field(description="MONDAY … SUNDAY")
     start_time: str = Field(description="'HH:MM' UTC, inclusive", json_schema_extra={"pattern": _HHMM.pattern})
-    end_time: str = Field(description="'HH:MM' UTC, exclusive; must be after start_time", json_schema_extra={"pattern": _HHMM.pattern})
+    end_time: str = Field(description="'HH:MM' UTC, exclusive; must be after start_time; '24:00' is the end of the day",
+                          json_schema_extra={"pattern": _HHMM_END.pattern})
 
-    _hhmm = field_validator("start_time", "end_time", mode="before")(_check_hhmm)
+    _hhmm = field_validator("start_time", mode="before")(_check_hhmm)
+    _hhmm_end = field_validator("end_time", mode="before")(_check_hhmm_end)
 
     @model_validator(mode="after")
     def _order(self):
@@ -50,12 +61,11 @@ class WindowCreate(_Body):
 class WindowUpdate(_Body):
     weekday: Optional[Weekday] = None
     start_time: Optional[str] = Field(None, description="'HH:MM' UTC", json_schema_extra={"pattern": _HHMM.pattern})
-    end_time: Optional[str] = Field(None, description="'HH:MM' UTC", json_schema_extra={"pattern": _HHMM.pattern})
+    end_time: Optional[str] = Field(None, description="'HH:MM' UTC, or '24:00' (the end of the day)",
+                                    json_schema_extra={"pattern": _HHMM_END.pattern})
 
-    @field_validator("start_time", "end_time", mode="before")
-    @classmethod
-    def _hhmm(cls, v):
-        return _check_hhmm(v)
+    _hhmm = field_validator("start_time", mode="before")(_check_hhmm)
+    _hhmm_end = field_validator("end_time", mode="before")(_check_hhmm_end)
 
     @model_validator(mode="after")
     def _some(self):
@@ -116,7 +126,7 @@ class WindowOut(ResponseModel):
     agent_id: int
     weekday: Weekday
     start_time: str = Field(pattern=HHMM_PATTERN)
-    end_time: str = Field(pattern=HHMM_PATTERN)
+    end_time: str = Field(pattern=_HHMM_END.pattern, description="'HH:MM' UTC, exclusive; '24:00' is the end of the day")
     created_at: Timestamp
     updated_at: Timestamp
 
