@@ -18,7 +18,7 @@ class PromotionsHandler(APIHandler):
         promotion. A retry with the same key (and the same body) charges nothing more and answers the same 201 body;
         the same key with another body is 409 `idempotency_key_reused`.
 
-        `{"kind": "featured", "days": N}` (1 to PROMOTION_FEATURED_MAX_DAYS, default 30) costs N x
+        `{"kind": "featured", "days": N}` (N required, 1 to PROMOTION_FEATURED_MAX_DAYS) costs N x
         PROMOTION_FEATURED_PRICE_PER_DAY: the listing comes first in every search, in the search's own order,
         until `featured_until` (more days while featured extend it). `{"kind": "bump"}` costs PROMOTION_BUMP_PRICE:
         the listing goes to the top of the `newest` order once. The listing's own agent only (403 `not_owner`),

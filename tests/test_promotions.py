@@ -298,6 +298,24 @@ async def test_only_the_listings_agent_promotes_an_available_listed_listing(shed
         await unlist(sheda, agent, [prop["id"]])
 
 
+async def test_featured_without_days_or_a_bump_with_days_is_a_422_naming_days(sheda, fund):
+    """A client form highlights the field a 422 names: `days`, not the whole body; and the OpenAPI document does not
+    promise a default the server does not apply."""
+    agent = await sheda.signup("agent")
+    prop = await create_property(sheda, agent, location=f"{word()} Ikoyi")
+    try:
+        await fund(agent, 50_000)
+        for body in ({"kind": "featured"}, {"kind": "featured", "days": None}, {"kind": "bump", "days": 2}):
+            r = await promote(sheda, agent, prop["id"], body)
+            assert r.status == 422 and [e["field"] for e in r.json["errors"]] == ["days"], (body, r)
+        assert await balance(sheda, agent) == "50000.00"
+        doc = (await sheda.api.get("/api/v1/openapi.json")).json
+        days = doc["components"]["schemas"]["PromotionCreate"]["properties"]["days"]
+        assert "default 30" not in days["description"] and "required" in days["description"], days
+    finally:
+        await unlist(sheda, agent, [prop["id"]])
+
+
 async def test_a_retry_charging_while_its_twin_got_402_keeps_its_record(sheda, fund, monkeypatch):
     """Two requests with one Idempotency-Key (a retry sent while the first is still out) and a top-up landing
     between them: the first finds the wallet short (402) and drops the pending promotion while the retry,

@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
-from sheda_rt.errors import ValidationFailed
+from sheda_rt.errors import FieldError, ValidationFailed
 from sheda_rt.pagination import PageQuery
 from sheda_rt.responses import MoneyText, ResponseModel, Timestamp
 
@@ -36,14 +36,15 @@ class PromotionCreate(BaseModel):
 
     kind: PromotionKind
     days: Optional[StrictInt] = Field(None, ge=1, le=FEATURED_DAYS_CEILING,
-                                      description="featured only: how many days (1 to PROMOTION_FEATURED_MAX_DAYS, default 30)")
+                                      description="featured only, and required there: how many days (1 to PROMOTION_FEATURED_MAX_DAYS)")
 
     @model_validator(mode="after")
     def _days(self):
+        # FieldError: the 422 names `days` (the field to fix), not the whole body
         if self.kind == "featured" and self.days is None:
-            raise ValueError("days is required for a featured promotion")
+            raise FieldError("days", "is required for a featured promotion")
         if self.kind == "bump" and self.days is not None:
-            raise ValueError("a bump has no days; send {\"kind\": \"bump\"}")
+            raise FieldError("days", "a bump has no days; send {\"kind\": \"bump\"}")
         return self
 
 
