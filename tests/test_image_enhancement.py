@@ -350,6 +350,8 @@ async def test_the_service_reporting_a_failure_and_bad_bodies(sheda, svc):
         r = await svc.deliver(bad)
         assert r.code in (400, 422), (bad, r.code)
     assert (await shown_image(sheda, prop, image))["enhancement_status"] == "processing"
+    r = await svc.deliver(svc.body_for(job["id"]))  # the service's developer is told which field is missing
+    assert r.code == 422 and [e["field"] for e in json.loads(r.body)["errors"]] == ["result_url"], r.body
     r = await svc.deliver(svc.body_for(job["id"], "failed", error="model overloaded"))
     assert r.code == 200
     assert (await shown_image(sheda, prop, image))["enhancement_status"] == "failed"

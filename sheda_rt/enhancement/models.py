@@ -6,6 +6,7 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from sheda_rt.database.ids import MAX_ID
+from sheda_rt.errors import FieldError
 from sheda_rt.responses import MediaUrl, ResponseModel, Timestamp
 
 #: pending (accepted) -> processing (sent to the service / queued for Pillow) -> completed | failed | timeout
@@ -52,8 +53,8 @@ class EnhancementResult(BaseModel):
 
     @model_validator(mode="after")
     def _result_when_completed(self):
-        if self.status == "completed" and self.result_url is None:
-            raise ValueError("a completed job needs its result_url")
+        if self.status == "completed" and self.result_url is None:  # the 422 names the missing field, not the body
+            raise FieldError("result_url", "a completed job needs its result_url")
         return self
 
 
