@@ -78,7 +78,7 @@ class ConfirmHandler(APIHandler):
         proposed with `/reschedule` by the other party (`proposed_by` is who proposed it). 403
         `awaiting_other_party` for the proposer (the client of a fresh booking). 409 `time_passed` once the
         proposed time has begun (reject it or propose another), 409 `property_unavailable` once the property
-        is rented or sold. Creates the viewing's reminders (24 h and 1 h before, to both parties)."""
+        is rented or sold, 409 `agent_inactive` / `client_inactive` once that party's account is deactivated. Creates the viewing's reminders (24 h and 1 h before, to both parties)."""
         return await self.ctx.appointments.confirm(self.principal, appointment_id)
 
 
@@ -100,7 +100,8 @@ class RescheduleHandler(APIHandler):
         boundary, in the past, beyond a year or the current time; 409 `outside_availability`, 409 `slot_taken`
         (another viewing holds it: of simultaneous bookings and reschedules into one slot exactly one wins),
         409 `wrong_state` (rejected or cancelled), 409 `property_unavailable` (the property was rented or sold
-        meanwhile: cancel the viewing instead), 404 for someone else's appointment. A refusal changes
+        meanwhile: cancel the viewing instead), 409 `agent_inactive` / `client_inactive` (that party's account
+        was deactivated), 404 for someone else's appointment. A refusal changes
         nothing. The other party gets `appointment.rescheduled` and a notification; a confirmed viewing's
         reminders are cancelled until the new time is confirmed."""
         return await self.ctx.appointments.reschedule(self.principal, appointment_id, body)

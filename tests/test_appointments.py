@@ -328,3 +328,27 @@ async def test_a_window_can_run_to_the_end_of_the_day(sheda):
     assert (await sheda.api.patch(f"{AV}/{window['id']}", {"start_time": "24:00"}, token=agent.token)).status == 422
     r = await sheda.api.patch(f"{AV}/{window['id']}", {"start_time": "23:00", "end_time": "24:00"}, token=agent.token)
     assert r.status == 200 and (r.json["start_time"], r.json["end_time"]) == ("23:00", "24:00"), r
+
+
+async def test_no_time_is_agreed_with_a_deactivated_account(sheda):
+    # The agent closed their account after proposing a new time: nobody will ever answer a proposal to
+    # them, nor keep a time confirmed with them. Booking them is refused (agent_inactive); so are
+    # confirming and proposing times. The client can still cancel.
+    agent = await sheda.signup("agent")
+    client = await sheda.signup("client")
+    prop = await create_property(sheda, agent)
+    when = next_slot(sheda.ctx.clock.now(), days_ahead=2, hour=10)
+    await open_window(sheda, agent, when, "09:00", "12:00")
+    viewing = await confirmed_viewing(sheda, agent, client, prop, when)
+    r = await sheda.api.patch(f"{AP}/{viewing['id']}/reschedule", {"scheduled_at": iso(when + timedelta(hours=1))}, token=agent.token)
+    assert r.status == 200 and r.json["proposed_by"] == agent.id, r
+    assert (await sheda.api.delete("/api/v1/users/me", token=agent.token)).status == 204
+
+    stored = await snapshot(sheda, "appointments", viewing["id"])
+    for r in (await sheda.api.patch(f"{AP}/{viewing['id']}/confirm", token=client.token),
+              await sheda.api.patch(f"{AP}/{viewing['id']}/reschedule", {"scheduled_at": iso(when + timedelta(hours=1, minutes=30))},
+                                    token=client.token)):
+        assert r.status == 409 and r.json["code"] == "agent_inactive", r
+    assert await snapshot(sheda, "appointments", viewing["id"]) == stored
+    r = await sheda.api.delete(f"{AP}/{viewing['id']}", token=client.token)
+    assert r.status == 200 and r.json["status"] == "cancelled", r

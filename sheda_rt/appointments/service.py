@@ -21,7 +21,8 @@ update filter, so a transition from any other state is a 409):
 
 A time that has begun cannot be confirmed (409 `time_passed`: reject it or propose another), and
 once the property is rented or sold no time is confirmed or proposed for viewing it (409
-`property_unavailable`, as a booking of it is); cancelling and rejecting stay possible.
+`property_unavailable`, as a booking of it is), nor with a party whose account was deactivated
+(409 `agent_inactive` / `client_inactive`); cancelling and rejecting stay possible.
 
 Rejected and cancelled appointments free their slot. A booking is the client's proposal, so
 the agent confirms it; a reschedule is a proposal of whoever made it (`proposed_by`), and the
@@ -237,13 +238,19 @@ class AppointmentService:
         return {"parties": user_id, "$or": [{"proposed_by": {"$exists": True, "$ne": user_id}},
                                             {"proposed_by": {"$exists": False}, "agent_id": user_id}]}
 
-    async def _check_property_open(self, appointment: dict) -> None:
+    async def _check_can_agree(self, appointment: dict) -> None:
         """409 when the viewing's property was rented or sold meanwhile: nobody can take it, so no new
-        time is agreed for viewing it (booking it is refused the same way). An unlisted one stays open:
-        its agent may unlist it to stop new bookings and still keep the viewings they have."""
+        time is agreed for viewing it (booking it is refused the same way); nor when either party's
+        account was deactivated. An unlisted one stays open: its agent may unlist it to stop new
+        bookings and still keep the viewings they have."""
         prop = await self.properties.get(appointment["property_id"])
         if prop is not None and prop.get("status", "available") != "available":
             raise Conflict(f"This property is {prop['status']}; cancel the viewing instead", "property_unavailable")
+        # A closed or banned account answers nothing: no time is agreed with it (as no viewing is booked with it).
+        if self.accounts is not None:
+            for side in ("agent", "client"):
+                if not await self.accounts.is_active(appointment[f"{side}_id"]):
+                    raise Conflict(f"The {side}'s account is not active; cancel the viewing instead", f"{side}_inactive")
 
     async def _answer(self, principal, appointment_id: int, to_state: str) -> dict:
         """confirm / reject: pending -> to_state, by the party who did not propose the time. A time that
@@ -257,7 +264,7 @@ class AppointmentService:
             current = await self.store.get(appointment_id)
             if (current is not None and current["status"] == "pending" and user_id in (current["client_id"], current["agent_id"])
                     and current.get("proposed_by", current["client_id"]) != user_id):
-                await self._check_property_open(current)
+                await self._check_can_agree(current)
             who = {**who, "scheduled_at": {"$gt": now}}
         doc = await self.store.transition(appointment_id, who, ["pending"], to_state, now, release_hold=to_state == "rejected")
         if doc is None:
@@ -305,7 +312,7 @@ class AppointmentService:
         if current["status"] not in ("pending", "confirmed"):
             raise Conflict(f"The appointment is {current['status']}; this needs it pending or confirmed", "wrong_state")
         at, start, now = self._check_time(body.scheduled_at)
-        await self._check_property_open(current)
+        await self._check_can_agree(current)
         if at == current["scheduled_at"]:
             raise ValidationFailed.single("scheduled_at", "is the appointment's current time")
         if self.blocks is not None and await self.blocks.between(current["client_id"], current["agent_id"]):
