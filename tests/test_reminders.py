@@ -199,6 +199,24 @@ async def test_viewing_reminders_fire_once_24h_and_1h_before_with_a_calendar_fil
     assert len(mails(sheda, client, "Reminder")) == 2
 
 
+async def test_a_line_break_in_the_listings_title_does_not_stop_the_reminders(sheda):
+    # The subject quotes the agent's title; a line break in it (a pasted title) made the Subject header
+    # unwritable, so the viewing's reminders, the client's included, never went out.
+    agent = await sheda.signup("agent")
+    client = await sheda.signup("client")
+    prop = await create_property(sheda, agent, title="Sunny flat\r\nBcc: someone@example.com")
+    when = next_slot(sheda.ctx.clock.now(), days_ahead=3, hour=10)
+    await open_window(sheda, agent, when)
+    await confirmed_viewing(sheda, agent, client, prop, when)
+    sheda.ctx.clock.offset += (when - timedelta(hours=24)) - sheda.ctx.clock.now() + timedelta(seconds=1)
+    await run(sheda)
+    for user in (client, agent):
+        [mail] = mails(sheda, user, "Reminder")
+        assert mail.message["Subject"] == "Reminder: viewing of “Sunny flat Bcc: someone@example.com” tomorrow", mail.message["Subject"]
+        assert mail.message["Bcc"] is None and mail.message.get_all("To") == [user.email]
+        assert "Sunny flat" in str(ics_of(mail)["summary"])
+
+
 async def test_cancelling_cancels_and_rescheduling_moves_the_reminders(sheda):
     agent, client, prop, when = await viewing_setup(sheda)
     cancelled = await confirmed_viewing(sheda, agent, client, prop, when)

@@ -65,7 +65,9 @@ class Mailer:
     def _message(self, to: str, subject: str, body: str, headers: dict | None = None,
                  attachments: list[Attachment] | tuple = ()) -> EmailMessage:
         msg = EmailMessage(policy=MAIL_POLICY)
-        msg["From"], msg["To"], msg["Subject"] = self.sender, to, subject
+        # A subject quotes what users typed (a listing's title): a line break in it would make the header
+        # unwritable (ValueError), and the mail, a viewing's reminder to someone else, would never go out.
+        msg["From"], msg["To"], msg["Subject"] = self.sender, to, " ".join(subject.split())
         for name, value in (headers or {}).items():
             msg[name] = value
         msg.set_content(body)
