@@ -6,6 +6,7 @@ from handlers.base import APIHandler
 from handlers.routing import endpoint, route
 from sheda_rt.accounts.auth import USER
 from sheda_rt.enhancement.models import EnhancementJobOut, EnhancementWebhookAck
+from sheda_rt.listings.models import PropertyOut
 
 TAGS = ("properties",)
 
@@ -24,6 +25,16 @@ class ImageEnhanceHandler(APIHandler):
         account (an unlisted available one is enhanced, as it takes new images); 503
         `enhancement_service_unavailable` when the service did not take the image (the job is failed: try again)."""
         return await self.ctx.enhancement.start(self.principal, property_id, image_id)
+
+    @endpoint("Undo a listing image's enhancement: show the upload again (its agent or an admin)", auth=USER,
+              response=PropertyOut, errors=(401, 403, 404, 409), tags=TAGS)
+    async def delete(self, property_id: int, image_id: int):
+        """The image shows the photo as uploaded again: its `url` is `original_url`, `enhanced_url` and
+        `enhancement_status` are null (as for an image never enhanced) and the enhanced file is deleted; answers the
+        listing, and watchers of `property:<id>` get `property.updated`. The image keeps its id, place and primary
+        flag, and may be enhanced again later. An image showing no enhancement is answered unchanged. 409
+        `enhancement_in_progress` while a job is live; 404 / 403 / 409 `property_delisted` as for enhancing it."""
+        return await self.ctx.enhancement.undo(self.principal, property_id, image_id)
 
 
 class EnhancementWebhookHandler(APIHandler):

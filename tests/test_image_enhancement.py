@@ -203,6 +203,49 @@ async def test_deleting_an_enhanced_image_deletes_its_original_and_enhanced_file
         assert (await sheda.api.get(url)).status == 404, url
 
 
+async def test_undo_shows_the_upload_again_deletes_the_enhanced_file_and_the_image_may_be_enhanced_again(sheda, svc):
+    """An agent who does not like the enhanced photo gets the one they uploaded back, in the same place (id,
+    primary flag), without uploading it again."""
+    agent = await sheda.signup("agent")
+    prop, image, job = await started(sheda, agent, svc)
+    undo = enhance_path(prop, image)
+    r = await sheda.api.delete(undo, token=agent.token)  # not while the job is live
+    assert r.status == 409 and r.json["code"] == "enhancement_in_progress", r
+    assert (await svc.complete(job["id"])).code == 200
+    enhanced = await shown_image(sheda, prop, image)
+    assert enhanced["enhancement_status"] == "completed" and enhanced["url"] != image["url"]
+    other_agent, client = await sheda.signup("agent"), await sheda.signup("client")
+    for who in (other_agent, client):
+        r = await sheda.api.delete(undo, token=who.token)
+        assert r.status == 403 and r.json["code"] == "not_owner", r
+    assert (await sheda.api.delete(undo)).status == 401
+    r = await sheda.api.delete(enhance_path(prop, {"id": image["id"] + 10**9}), token=agent.token)
+    assert r.status == 404 and r.json["code"] == "image_not_found", r
+    watcher = await sheda.signup("client")
+    ws = await sheda.ws(watcher.token)
+    await ws.send({"type": "subscribe", "channel": f"property:{prop['id']}"})
+    await ws.wait_type("subscribed")
+
+    r = await sheda.api.delete(undo, token=agent.token)
+    assert r.status == 200, r
+    shown = next(i for i in r.json["images"] if i["id"] == image["id"])
+    assert shown == {**image, "is_primary": True} and shown["url"] == shown["original_url"] == image["url"], shown
+    assert shown["enhanced_url"] is None and shown["enhancement_status"] is None
+    assert await shown_image(sheda, prop, image) == shown
+    frame = await ws.wait_for(lambda f: f.get("type") == "property.updated", timeout=15)
+    assert frame["property"]["images"][0] == shown and "images" in frame["changes"]
+    assert (await sheda.api.get(enhanced["url"])).status == 404  # the enhanced file is gone; the upload stays
+    assert (await sheda.api.get(image["url"])).status == 200
+    again = await sheda.api.delete(undo, token=agent.token)  # nothing left to undo: the listing, unchanged
+    assert again.status == 200 and next(i for i in again.json["images"] if i["id"] == image["id"]) == shown
+    # It may be enhanced again, from the upload.
+    r = await sheda.api.post(undo, token=agent.token)
+    assert r.status == 202 and r.json["original_url"] == image["url"], r
+    assert (await svc.complete(r.json["id"])).code == 200
+    assert (await shown_image(sheda, prop, image))["enhancement_status"] == "completed"
+    ws.close()
+
+
 async def test_only_the_listings_agent_or_an_admin_may_enhance(sheda, svc):
     svc.auto_complete = False
     agent = await sheda.signup("agent")

@@ -53,6 +53,7 @@ from sheda_rt.enhancement.local import enhance
 from sheda_rt.enhancement.models import ENDED, LIVE, EnhancementResult
 from sheda_rt.errors import (ApiError, Conflict, NotFound, ServiceUnavailable, TooLarge, Unauthorized, UnsupportedMedia,
                              ValidationFailed)
+from sheda_rt.listings.service import property_view
 
 if TYPE_CHECKING:
     from sheda_rt.clock import Clock
@@ -163,6 +164,32 @@ class EnhancementService:
         if ref is not None:
             await self.store.set_service_ref(job["_id"], ref)
         return job_view(job)
+
+    # ---- undoing one ------------------------------------------------------------
+    async def undo(self, principal, property_id: int, image_id: int) -> dict:
+        """The image shows its upload again (`url` = `original_url`, no `enhanced_url`, `enhancement_status` null) and
+        the enhanced file is deleted; the listing as GET shows it. Who may: as for `start`. An image that shows no
+        enhancement (never enhanced, undone already, or its last one failed before any completed) is answered
+        unchanged; 409 `enhancement_in_progress` while a job is live (undo once it ended)."""
+        for _attempt in range(3):
+            doc = await self.listings.managed(principal, property_id)
+            self.listings.editable(doc)
+            image = next((i for i in doc.get("images", []) if i["id"] == image_id), None)
+            if image is None:
+                raise NotFound("No such image on this property", "image_not_found")
+            if image.get("enhancement_status") in LIVE:
+                raise Conflict("This image is being enhanced; undo it once that ended", "enhancement_in_progress")
+            enhanced, original = image.get("enhanced_url"), image.get("original_url") or image["url"]
+            if not enhanced:
+                return property_view(doc, self.clock.now())
+            after = await self.store.revert_image(property_id, image_id, enhanced, original, self.clock.now())
+            if after is not None:
+                if enhanced != original:
+                    await self.results.delete(enhanced)
+                await self.listings.announce(after, ["images"])
+                return property_view(after, self.clock.now())
+            # the image changed under the write (a new enhancement, a racing undo, a deletion): look again
+        raise Conflict("The image kept changing; send the request again", "concurrent_update")
 
     def _read_media(self, url: str) -> bytes:
         """The stored file behind a /media/... URL (never outside the media folder)."""

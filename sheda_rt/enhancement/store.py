@@ -29,6 +29,7 @@ from pymongo.errors import DuplicateKeyError
 
 from sheda_rt.database.transitions import guarded_transition
 from sheda_rt.database.writes import update_then_get
+from sheda_rt.enhancement.models import LIVE
 
 
 class EnhancementStore:
@@ -123,6 +124,15 @@ class EnhancementStore:
             self.properties, {"_id": property_id, "images.id": image_id},
             {"$set": {"images.$.enhancement_job_id": job_id, "images.$.enhancement_status": "pending",
                       "images.$.original_url": original_url, "updated_at": now}})
+
+    async def revert_image(self, property_id: int, image_id: int, enhanced_url: str, original_url: str, now) -> dict | None:
+        """Undo: the image shows its upload again and no enhancement, only while it still shows `enhanced_url` with
+        no live job (a new enhancement claimed it, or the image went: nothing matches). The listing after, or None."""
+        match = {"id": image_id, "enhanced_url": enhanced_url, "enhancement_status": {"$nin": list(LIVE)}}
+        return await update_then_get(
+            self.properties, {"_id": property_id, "images": {"$elemMatch": match}},
+            {"$set": {"images.$.url": original_url, "images.$.original_url": original_url, "images.$.enhanced_url": None,
+                      "images.$.enhancement_status": None, "images.$.enhancement_job_id": None, "updated_at": now}})
 
     async def mirror(self, property_id: int, image_id: int, job_id: int, from_states: list[str], fields: dict, now) -> dict | None:
         """Copy a job's move onto its image: only while the image still shows this job in one
