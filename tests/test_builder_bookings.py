@@ -273,6 +273,33 @@ async def test_receivables_count_a_line_said_sent_as_due_never_overdue(sheda):
     assert r.status == 200, r  # closed, as above
 
 
+async def test_a_later_line_due_at_booking_is_not_overdue_for_the_builders_late_confirmation(sheda):
+    """A second line due 'booking' can be paid only once the booking is active (the booking payment confirmed).
+    The builder confirming after the hold's end (paused while they checked) must not make it overdue at once:
+    it falls due what was left of the hold when the booking payment was sent, from the confirmation."""
+    from datetime import datetime, timedelta
+
+    fees = {"name": "Fees at booking", "lines": [{"label": "Booking", "percent": "10.00", "due": "booking"},
+                                                  {"label": "Legal fees", "percent": "5.00", "due": "booking"},
+                                                  {"label": "Balance", "percent": "85.00", "due": "handover"}]}
+    builder, project, units, plan = await setup_project(sheda, units=("F-1",), plan=fees)
+    client = await sheda.signup("client")
+    booking = (await book(sheda, client, units[0]["id"], plan["id"])).json
+    assert booking["installments"][1]["due_date"] == booking["hold_until"]
+    assert (await line(sheda, client, booking["id"], 1, "payment-sent")).status == 200
+    sheda.ctx.clock.advance(hours=72)  # the builder answers a day after the hold would have ended
+    r = await line(sheda, builder, booking["id"], 1, "confirm")
+    assert r.status == 200 and r.json["status"] == "active", r
+    due = datetime.fromisoformat(r.json["installments"][1]["due_date"].replace("Z", "+00:00"))
+    assert due >= sheda.ctx.clock.now() + timedelta(hours=47), r.json["installments"][1]
+    await sheda.ctx.bookings.run_due()
+    after = (await sheda.api.get(f"{BOOKINGS}/{booking['id']}", token=client.token)).json
+    assert after["installments"][1]["status"] == "due", after["installments"][1]
+    assert (await line(sheda, client, booking["id"], 2, "payment-sent")).status == 200
+    r = await sheda.api.post(f"{BOOKINGS}/{booking['id']}/cancel", {"reason": "test over"}, token=builder.token)
+    assert r.status == 200, r  # closed, so that no later test's booking job finds its lines
+
+
 async def test_a_handover_line_follows_the_projects_expected_completion(sheda):
     builder, project, units, plan = await setup_project(sheda, units=("H-1",), expected_completion="2028-06-30")
     client = await sheda.signup("client")

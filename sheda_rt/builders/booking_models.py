@@ -45,7 +45,9 @@ class InstallmentView(ResponseModel):
     due: str = Field(description="'booking', 'handover' or 'months:<N>', as in the plan (line 1 always 'booking'); "
                                  "'change:<days>' for an accepted "
                                  "change request's line (due that many days after acceptance)")
-    due_date: Optional[Timestamp] = Field(description="booking: the hold's end; months:N: N calendar months after booking; "
+    due_date: Optional[Timestamp] = Field(description="booking: the hold's end (a later line's: no sooner than what was left "
+                                                      "of the hold, at least an hour, after the booking payment's confirmation); "
+                                                      "months:N: N calendar months after booking; "
                                                       "handover: the project's expected_completion (null when it has none)")
     amount: MoneyText = Field(description="kobo-exact; each line rounded down to the kobo, the remainder on the last line")
     status: InstallmentStatus

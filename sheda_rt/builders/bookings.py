@@ -368,11 +368,28 @@ class BookingService:
         extra: dict = {f"installments.{i}.confirmed_at": now}
         if i == 0:
             extra.update(status="active", booked_at=now, unit_synced=False)  # the booking payment confirmed: the unit is booked
+            extra.update(self._later_booking_lines(doc, now))
         after = await self.store.move_line(booking_id, i, ["sent"], "confirmed", now, who=who, extra=extra)
         if after is None:
             raise self._wrong(await self.store.get(booking_id) or doc, i,
                               "a line the client marked sent, on " + ("a reserved booking" if i == 0 else "an active booking"))
         return booking_view(await self._confirmed(after, i, actor=principal.user_id))
+
+    @staticmethod
+    def _later_booking_lines(doc: dict, now) -> dict:
+        """The due dates to set, with the booking payment's confirmation, on later unpaid lines due "booking".
+        They fall due with it, at the hold's end, but can be paid only once the booking is active: when the
+        builder confirms after that (the hold paused while they checked), they would be overdue at once. So
+        each falls due no sooner than what was left of the hold (when the booking payment was sent; or now,
+        for a gateway payment of an unpaused hold), at least MIN_HOLD_AFTER_DECLINE, after the confirmation."""
+        if doc.get("hold_until") is not None:
+            left = doc["hold_until"] - now
+        else:
+            left = timedelta(seconds=float(doc.get("hold_left_seconds") or 0))
+        earliest = now + max(left, MIN_HOLD_AFTER_DECLINE)
+        return {f"installments.{j}.due_date": earliest for j, ln in enumerate(doc["installments"])
+                if j > 0 and ln["due"] == "booking" and ln["status"] in UNPAID
+                and ln.get("due_date") is not None and ln["due_date"] < earliest}
 
     async def _confirmed(self, after: dict, i: int, actor: int | None) -> dict:
         """What follows a line's move to confirmed (by the builder or a gateway payment): line 1
@@ -438,6 +455,7 @@ class BookingService:
             extra: dict = {f"installments.{i}.confirmed_at": now, f"installments.{i}.paid_by": reference}
             if i == 0:  # the booking payment: the unit is booked and the hold is over
                 extra.update(status="active", booked_at=now, unit_synced=False)
+                extra.update(self._later_booking_lines(doc, now))
             after = await self.store.move_line(booking_id, i, UNPAID + ["sent"], "confirmed", now,
                                                who={"status": doc["status"]}, extra=extra,
                                                unset="hold_until" if i == 0 else None)
