@@ -36,10 +36,13 @@ class SendOtpHandler(APIHandler):
 
 
 class VerifyAccountHandler(APIHandler):
-    @endpoint("Confirm the email with its code; logs in", body=OtpRequest, response=TokenPair, errors=(400, 403), tags=("auth",))
+    @endpoint("Confirm the email with its code; logs in", body=OtpRequest, response=TokenPair, errors=(400, 403, 429),
+              tags=("auth",))
     async def post(self, body: OtpRequest):
         """A right code marks the account verified and returns a token pair. Codes work once, expire
-        after OTP_MINUTES, and stop working after 5 wrong tries: 400 `invalid_otp` in every such case."""
+        after OTP_MINUTES, and stop working after 5 wrong tries: 400 `invalid_otp` in every such case.
+        10 wrong codes for one account within LOGIN_WINDOW_MINUTES (15), whichever codes they were meant
+        for, and the next try gets 429 with Retry-After (the right code too); verify-otp counts alike."""
         return await self.ctx.accounts.verify_account(body.email, body.otp)
 
 
@@ -75,9 +78,12 @@ class LogoutHandler(APIHandler):
 
 class VerifyOtpHandler(APIHandler):
     @endpoint("Trade an emailed code for a 5-minute single-use `otp` token", body=OtpRequest, response=OtpToken,
-              errors=(400, 403), tags=("auth",))
+              errors=(400, 403, 429), tags=("auth",))
     async def post(self, body: OtpRequest):
-        """Use the returned token as the bearer of PUT /auth/reset-password."""
+        """Use the returned token as the bearer of PUT /auth/reset-password. 400 `invalid_otp` for a wrong,
+        used, expired or burnt code (5 wrong tries burn one). A new code does not start the guessing over:
+        10 wrong codes for one account within LOGIN_WINDOW_MINUTES (15), and the next try gets 429 with
+        Retry-After (the right code too); verify-account counts alike."""
         return await self.ctx.accounts.verify_otp(body.email, body.otp)
 
 

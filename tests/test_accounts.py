@@ -191,6 +191,35 @@ async def test_wrong_codes_burn_the_otp_after_five_tries(sheda):
     assert await sheda.ctx.otps.get(user.id) is None
 
 
+async def test_wrong_codes_are_capped_per_account_across_new_codes(sheda):
+    # Each code burns after 5 wrong tries, but a new code (send-otp) used to start the guessing over:
+    # about 300 guesses an hour at anyone's password reset. Now 10 wrong codes per account within
+    # LOGIN_WINDOW_MINUTES, whatever the codes, and the next try is a 429 (the right code too).
+    user = await sheda.signup("client")
+    for round_ in range(2):
+        await sheda.api.post(f"{AUTH}/send-otp", {"email": user.email})
+        code = await _code(sheda, user.email)
+        wrong = f"{(int(code) + 1) % 1_000_000:06d}"
+        for _ in range(5):
+            r = await sheda.api.post(f"{AUTH}/verify-otp", {"email": user.email, "otp": wrong})
+            assert r.status == 400 and r.json["code"] == "invalid_otp", (round_, r)
+    assert (await sheda.api.post(f"{AUTH}/send-otp", {"email": user.email})).status == 202
+    code = await _code(sheda, user.email)
+    for path in ("verify-otp", "verify-account"):
+        r = await sheda.api.post(f"{AUTH}/{path}", {"email": user.email, "otp": code})
+        assert r.status == 429 and r.json["code"] == "rate_limited", (path, r)
+        assert 0 < int(r.headers["Retry-After"]) <= 15 * 60
+    assert await sheda.ctx.otps.get(user.id) is not None, "the refused try did not use the code up"
+    # Another account is not affected; a right code clears that account's count.
+    other = await sheda.signup("client")
+    await sheda.api.post(f"{AUTH}/send-otp", {"email": other.email})
+    code = await _code(sheda, other.email)
+    assert (await sheda.api.post(f"{AUTH}/verify-otp", {"email": other.email, "otp": f"{(int(code) + 1) % 1_000_000:06d}"})).status == 400
+    assert (await sheda.api.post(f"{AUTH}/verify-otp", {"email": other.email, "otp": code})).status == 200
+    # The account can still log in with its password meanwhile.
+    assert (await sheda.api.post(f"{AUTH}/login", {"username": user.username, "password": user.password})).status == 200
+
+
 async def test_otp_expires_after_ten_minutes_and_a_new_one_replaces_it(sheda, clock):
     resp, body = await sheda.register("agent")
     first = await _code(sheda, body["email"])

@@ -48,6 +48,8 @@ if TYPE_CHECKING:  # types only: the context wires these in (runtime imports her
 log = logging.getLogger("sheda.accounts")
 
 OTP_MAX_ATTEMPTS = 5
+# Wrong codes per account within LOGIN_WINDOW_MINUTES, over every code mailed meanwhile (two codes' worth of tries).
+OTP_MAX_FAILURES_PER_ACCOUNT = 2 * OTP_MAX_ATTEMPTS
 # send-otp: a few mails per address, then one a minute (mail bombing, SMTP quota).
 OTP_SEND_BURST, OTP_SEND_PER_SECOND = 5, 1 / 60
 
@@ -247,11 +249,24 @@ class AccountService:
         await self._mail_code(user, "Your Sheda code")
 
     async def _use_code(self, email: str, code: str) -> dict:
+        """The account whose live code `code` is (it is used up), else 400 `invalid_otp`. A code burns after
+        OTP_MAX_ATTEMPTS wrong tries, but a new one is a send-otp away: so wrong codes are also counted per
+        account, whatever the code, and past OTP_MAX_FAILURES_PER_ACCOUNT within LOGIN_WINDOW_MINUTES the
+        next try is a 429 (the right code too), as a login is. Counted before the check, forgiven on success
+        (a burst of guesses gets no further than guesses in turn)."""
         user = await self.users.find_by_email(email)
         if user is None:
             raise BadRequest(_INVALID_OTP, "invalid_otp")
-        if not await self.otps.consume(user["_id"], code, self.clock.now(), OTP_MAX_ATTEMPTS, epoch=user.get("token_epoch", 0)):
+        epoch = user.get("token_epoch", 0)
+        key, window = f"otp-fail:{user['_id']}.{epoch}", self.settings.login_window_minutes * 60
+        if wait := await self.limits.blocked_for(key, OTP_MAX_FAILURES_PER_ACCOUNT, window):
+            raise RateLimited("Too many wrong codes for this account; try again later", wait)
+        if await self.limits.record_failure(key, window) > OTP_MAX_FAILURES_PER_ACCOUNT:
+            raise RateLimited("Too many wrong codes for this account; try again later",
+                              await self.limits.blocked_for(key, OTP_MAX_FAILURES_PER_ACCOUNT, window))
+        if not await self.otps.consume(user["_id"], code, self.clock.now(), OTP_MAX_ATTEMPTS, epoch=epoch):
             raise BadRequest(_INVALID_OTP, "invalid_otp")
+        await self.limits.clear_failures(key)
         if not user.get("is_active", True):
             raise Forbidden("This account is deactivated", "account_inactive")
         return user
