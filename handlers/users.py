@@ -27,13 +27,15 @@ class MeHandler(APIHandler):
         user = await self.ctx.accounts.update_profile(self.principal.user, body.model_dump(exclude_unset=True))
         return private_user(user)
 
-    @endpoint("Deactivate my account", auth=USER, status=204, tags=("users",))
+    @endpoint("Deactivate my account", auth=USER, status=204, errors=(409,), tags=("users",))
     async def delete(self):
         """Sets is_active=false: every token of the account gets 403 `account_inactive` from now on
         and open WebSockets close with 4403. The data stays (an admin can reactivate). An agent's listed
         listings leave the market with the account (404 to all but admins, `hidden_reason` agent_inactive)
-        and come back when an admin reactivates it."""
-        await self.ctx.accounts.deactivate(self.principal.user_id)
+        and come back when an admin reactivates it. An admin gets 409 `self_change_refused`, as when
+        deactivating themselves through PATCH /admin/users/{id} (so the last admin cannot lock everyone
+        out): another admin demotes them first."""
+        await self.ctx.accounts.close_own_account(self.principal.user)
 
 
 class AvatarHandler(APIHandler):

@@ -193,6 +193,32 @@ async def test_admin_routes(sheda):
     assert (await sheda.api.patch(f"/api/v1/admin/users/{stale.id}", {"role": "user"}, token=admin.token)).status == 200
 
 
+async def test_verifying_the_account_is_a_login_the_admin_list_shows(sheda):
+    # verify-account logs in (it answers a token pair), but last_login_at stayed null until a password login:
+    # a user who verified and then lived on refresh tokens looked, to admins, as if they never signed in.
+    admin = await sheda.admin()
+    user = await sheda.signup("client")
+    found = await sheda.api.get("/api/v1/admin/users", token=admin.token, params={"q": user.username})
+    assert found.status == 200 and [u["id"] for u in found.json["items"]] == [user.id]
+    assert found.json["items"][0]["last_login_at"] is not None
+
+
+async def test_an_admin_cannot_close_their_own_account(sheda):
+    # PATCH /admin/users/{me} {"is_active": false} is a 409 so the last admin cannot lock everyone out;
+    # DELETE /users/me did it anyway (the app's "close my account" button).
+    admin = await sheda.admin()
+    r = await sheda.api.delete(ME, token=admin.token)
+    assert r.status == 409 and r.json["code"] == "self_change_refused", r
+    me = await sheda.api.get(ME, token=admin.token)
+    assert me.status == 200 and me.json["is_active"] is True
+    assert (await sheda.api.get("/api/v1/admin/users", token=admin.token)).status == 200
+    # Demoted by another admin, the same person may close their account as anyone may.
+    other = await sheda.admin()
+    assert (await sheda.api.patch(f"/api/v1/admin/users/{admin.id}", {"role": "user"}, token=other.token)).status == 200
+    assert (await sheda.api.delete(ME, token=admin.token)).status == 204
+    assert (await sheda.ctx.users.get(admin.id))["is_active"] is False
+
+
 async def test_media_upload_admin_only(sheda):
     user = await sheda.signup("agent")
     admin = await sheda.admin()

@@ -276,6 +276,7 @@ class AccountService:
         user = await self._use_code(email, code)
         if not user.get("is_verified"):
             user = await self._mark_verified(user)
+        await self.users.set_fields(user["_id"], {"last_login_at": self.clock.now()})  # a login, as the password's is
         return await self.issue_pair(user)
 
     async def _mark_verified(self, user: dict) -> dict:
@@ -473,6 +474,15 @@ class AccountService:
         if follow is not None:
             await self.listings_follow.changed(follow)
         return user
+
+    async def close_own_account(self, user: dict) -> None:
+        """DELETE /users/me: deactivate, as `deactivate` does. An admin is refused (409), as on
+        PATCH /admin/users/{id}: the last admin must not lock everyone out by accident; another
+        admin demotes them first."""
+        if user.get("role") == "admin":
+            raise Conflict("An admin cannot deactivate their own account; another admin can demote you first",
+                           "self_change_refused")
+        await self.deactivate(user["_id"])
 
     async def set_avatar(self, user: dict, data: bytes) -> dict:
         url = await self.media.save_image(data, "avatars")
