@@ -309,6 +309,20 @@ async def test_unknown_user_and_wrong_password_look_the_same(sheda):
     assert a.status == b.status == 401 and a.json == b.json
 
 
+async def test_a_blank_full_name_at_registration_is_no_name(sheda):
+    # A sign-up form's empty "full name" box came through as "" (or spaces, stripped to ""): stored as a name
+    # PATCH /users/me refuses (min 1 character), shown as an empty name where apps fall back to the username on null.
+    for blank in ("", "   "):
+        resp, body = await sheda.register("client", full_name=blank)
+        assert resp.status == 201 and resp.json["full_name"] is None, (blank, resp)
+        assert (await sheda.ctx.users.get(resp.json["id"])).get("full_name") is None
+        public = await sheda.api.get(f"/api/v1/users/{resp.json['id']}")
+        assert public.json["full_name"] is None
+        assert f"Hello {body['username']}," in sheda.ctx.mailer.last_to(body["email"]).body
+    resp, _ = await sheda.register("client", full_name="  Ada Obi  ")
+    assert resp.status == 201 and resp.json["full_name"] == "Ada Obi"
+
+
 async def test_register_bad_input_stores_nothing(sheda):
     taken = await sheda.signup("client", phone="+2348099990000")
     count = await sheda.ctx.db.users.count_documents({})

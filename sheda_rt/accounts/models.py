@@ -39,7 +39,12 @@ class RegisterRequest(Strict):
     password: Password = Field(description="8 to 72 bytes")
     user_type: Literal["client", "agent", "builder"]
     phone: Optional[str] = Field(None, description=PHONE_HELP, json_schema_extra={"pattern": PHONE_RE.pattern})
-    full_name: Optional[str] = Field(None, max_length=120)
+    full_name: Optional[str] = Field(None, max_length=120, description="blank (a form's empty box) is no name: null")
+
+    @field_validator("full_name")
+    @classmethod
+    def _full_name(cls, v: Optional[str]) -> Optional[str]:
+        return v or None  # already stripped: "" and spaces are no name, as PATCH /users/me allows no empty one
 
     @field_validator("username")
     @classmethod
