@@ -181,6 +181,7 @@ class Settings(BaseSettings):
     # [wallet] top-ups through the gateway (POST /payments purpose wallet_topup), whole naira
     wallet_topup_min_naira: int = Field(100, ge=1, le=1_000_000_000, description="Smallest wallet top-up, naira")
     wallet_topup_max_naira: int = Field(5_000_000, ge=1, le=1_000_000_000, description="Largest wallet top-up, naira")
+    wallet_topup_max_pending: int = Field(5, ge=1, le=1000, description="Top-up checkouts one user may have pending at once (each is a gateway transaction the reconciliation verifies); beyond, POST /payments is 429 rate_limited with Retry-After")
 
     @field_validator("wallet_topup_max_naira")
     @classmethod

@@ -13,7 +13,7 @@ TAGS = ("payments",)
 class PaymentsHandler(APIHandler):
     @endpoint("Pay through the gateway: a contract, a booking's installment, or a wallet top-up", response=PaymentOut,
               auth=USER, body=PaymentCreate, status=201, also={200: "The target already has a live payment: that one"},
-              errors=(401, 403, 404, 409, 422, 503), tags=TAGS)
+              errors=(401, 403, 404, 409, 422, 429, 503), tags=TAGS)
     async def post(self, body: PaymentCreate):
         """→ 201 with our `reference` and the gateway's `checkout_url`: send the payer there. By `purpose`:
         `{"purpose": "contract", "target_id": <contract>}`: the contract's client (404 for others; 403 for its agent),
@@ -24,7 +24,8 @@ class PaymentsHandler(APIHandler):
         awaits the builder's answer, or confirmed), line 1 while the booking is reserved and its hold has not lapsed
         (409 `hold_expired`), later lines once it is active. The confirmed payment confirms the line as the builder's
         confirm does (line 1 makes the booking active, the last one completes it). `{"purpose": "wallet_topup",
-        "target_id": <your user id>, "amount": "5000.00"}`: credits your wallet. `line` is required for installments
+        "target_id": <your user id>, "amount": "5000.00"}`: credits your wallet (at most WALLET_TOPUP_MAX_PENDING top-up
+        checkouts pending at once: another amount beyond is 429 `rate_limited` with Retry-After). `line` is required for installments
         and `amount` for top-ups, and refused elsewhere (422). A target with a live payment (initialized or pending)
         answers 200 with it instead of starting another. 503 `payments_not_configured` when the server has no gateway
         (pay by bank transfer: PATCH /contracts/{id}/payment-sent, POST /bookings/{id}/installments/{n}/payment-sent);

@@ -431,6 +431,8 @@ class AppContext:
         self.jobs.append(self.booking_job)
 
     def _install_payments(self) -> None:  # [payments]
+        from datetime import timedelta
+
         from sheda_rt.payments.gateway import gateway_from_settings
         from sheda_rt.payments.reconcile import PaymentReconciliationJob, PaymentReverification
         from sheda_rt.payments.service import PaymentService
@@ -445,12 +447,14 @@ class AppContext:
         # What a payment may pay for, by purpose (sheda_rt/payments/targets.py): one entry per purpose.
         self.payment_targets = {
             "wallet_topup": WalletTopupTarget(wallet=self.wallet, min_naira=self.settings.wallet_topup_min_naira,
-                                              max_naira=self.settings.wallet_topup_max_naira),  # [wallet]
+                                              max_naira=self.settings.wallet_topup_max_naira,
+                                              max_pending=self.settings.wallet_topup_max_pending),  # [wallet]
             "contract": ContractPaymentTarget(contracts=self.contracts, contract_store=self.contract_store),
             "installment": InstallmentPaymentTarget(bookings=self.bookings),
         }
         self.payments = PaymentService(self.payment_store, self.payment_gateway, targets=self.payment_targets,
-                                       users=self.users, clock=self.clock, callback_url=self.settings.payment_callback_url)
+                                       users=self.users, clock=self.clock, callback_url=self.settings.payment_callback_url,
+                                       reconcile_every=timedelta(minutes=self.settings.payment_reconcile_interval_minutes))
         self.bookings.on_cancelled = self.payments.booking_cancelled  # installments paid, then cancelled: a refund is due
         self.payment_reconciliation = PaymentReconciliationJob(self.payments, self.settings.payment_reconcile_interval_minutes)
         # A charge.success its verify does not confirm yet: verified again within minutes, on the job queue.

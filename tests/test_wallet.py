@@ -283,3 +283,47 @@ def test_topup_bounds_the_wrong_way_round_stop_the_server_with_one_line():
     with pytest.raises(SettingsError) as err:
         load_settings(jwt_secret="x" * 40, wallet_topup_min_naira=500, wallet_topup_max_naira=100)
     assert "WALLET_TOPUP_MAX_NAIRA" in str(err.value) and "\n" not in str(err.value)
+
+
+async def test_pending_topup_checkouts_are_capped_per_user_and_a_double_tap_still_gets_its_checkout(sheda, paystack):
+    """One user started 60 top-ups in a row, each a real gateway transaction the reconciliation must verify later.
+    At most WALLET_TOPUP_MAX_PENDING (default 5) may be pending at once per user: beyond, 429 rate_limited with
+    Retry-After and nothing is started; the same amount again still answers 200 with its checkout."""
+    paystack.webhook_url = sheda.base_url + "/api/v1/webhooks/paystack"
+    user, other = await sheda.signup("client"), await sheda.signup("client")
+    refs = []
+    for naira in (101, 102, 103, 104, 105):
+        r = await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": user.id, "amount": f"{naira}.00"}, token=user.token)
+        assert r.status == 201, r
+        refs.append(r.json["reference"])
+    r = await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": user.id, "amount": "106.00"}, token=user.token)
+    assert r.status == 429 and r.json["code"] == "rate_limited", r
+    assert int(r.headers["Retry-After"]) >= 1 and r.json["retry_after"] == int(r.headers["Retry-After"])
+    assert len(paystack.initialized) == 5
+    assert await sheda.ctx.db["payments"].count_documents({"payer_id": user.id}) == 5
+    # A retry of a checkout already started (the same amount) is not a new one: 200, as before.
+    again = await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": user.id, "amount": "103"}, token=user.token)
+    assert again.status == 200 and again.json["reference"] == refs[2]
+    # Another user is not affected.
+    r = await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": other.id, "amount": "106.00"}, token=other.token)
+    assert r.status == 201, r
+    # Once one is paid it no longer counts.
+    paystack.pay(refs[0])
+    assert (await paystack.deliver(paystack.event_body(refs[0]))).code == 200
+    r = await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": user.id, "amount": "106.00"}, token=user.token)
+    assert r.status == 201, r
+    # A burst at once cannot get past the cap either.
+    burst_user = await sheda.signup("client")
+    results = await asyncio.gather(*(sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": burst_user.id,
+                                                          "amount": f"{200 + i}.00"}, token=burst_user.token) for i in range(12)))
+    created = [r for r in results if r.status == 201]
+    assert len(created) <= 5 and all(r.status in (201, 429) for r in results), [r.status for r in results]
+    assert await sheda.ctx.db["payments"].count_documents({"payer_id": burst_user.id}) == len(created)
+    assert len([b for b in paystack.initialized if b["metadata"]["target_id"] == burst_user.id]) == len(created)
+    # (Racing requests may both step back and leave a place free: never one too many.)
+    for i in range(5 - len(created)):
+        r = await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": burst_user.id, "amount": f"{300 + i}.00"},
+                                 token=burst_user.token)
+        assert r.status == 201, r
+    r = await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": burst_user.id, "amount": "399.00"}, token=burst_user.token)
+    assert r.status == 429, r

@@ -28,6 +28,7 @@ be (a crash, or the agent's confirmation of the same contract half-way) stays
 from __future__ import annotations
 
 import logging
+import math
 import re
 import secrets
 from datetime import timedelta
@@ -35,7 +36,7 @@ from datetime import timedelta
 from bson.decimal128 import Decimal128
 
 from sheda_rt.clock import format_ts
-from sheda_rt.errors import Conflict, NotFound, ServiceUnavailable, Unauthorized, ValidationFailed
+from sheda_rt.errors import Conflict, NotFound, RateLimited, ServiceUnavailable, Unauthorized, ValidationFailed
 from sheda_rt.listings.money import format_money, to_minor
 from sheda_rt.listings.service import is_admin
 from sheda_rt.payments.gateway import ABANDONED, FAILED, NOT_FOUND, SUCCESS, GatewayError
@@ -94,8 +95,10 @@ def payment_view(doc: dict) -> dict:
 
 
 class PaymentService:
-    def __init__(self, store, gateway, *, targets: dict[str, PaymentTarget], users, clock, callback_url: str | None):
+    def __init__(self, store, gateway, *, targets: dict[str, PaymentTarget], users, clock, callback_url: str | None,
+                 reconcile_every: timedelta = timedelta(minutes=5)):
         self.store = store
+        self.reconcile_every = reconcile_every  # PAYMENT_RECONCILE_INTERVAL_MINUTES: when a stale attempt is closed at the latest
         self.gateway = gateway  # None: no gateway configured, the manual flow only
         self.targets = targets  # purpose -> what a payment of it pays for (sheda_rt/payments/targets.py)
         self.users = users
@@ -125,6 +128,8 @@ class PaymentService:
             live = await self.store.live_for(open_key)
         if live is not None:
             return payment_view(live), False
+        if charge.live_cap is not None:  # refused before anything is stored or sent to the gateway
+            await self._within_cap(principal.user_id, body.purpose, charge.live_cap)
         payer = await self.users.get(principal.user_id)
         now = self.clock.now()
         doc = await self.store.insert({
@@ -140,6 +145,14 @@ class PaymentService:
             if live is None:
                 raise Conflict(f"Another payment for this {body.purpose} just finished; look at it again", "payment_in_progress")
             return payment_view(live), False
+        if charge.live_cap is not None and len(await self.store.live_of_payer(
+                principal.user_id, body.purpose, charge.live_cap + 1)) > charge.live_cap:
+            # Counted again with ours stored (a burst of POSTs may all have passed the check above): more than the
+            # cap, ours is withdrawn before the gateway hears of it. Whichever of them counts last sees all the
+            # others stored, so never more than the cap go on (a racing pair may both step back: ask again).
+            await self.store.discard_unstarted(doc["_id"])
+            raise RateLimited(f"Another top-up checkout took your last free place (at most {charge.live_cap} pending); "
+                              "ask again", 1)
         try:
             checkout = await self.gateway.initialize(
                 reference=doc["reference"], amount_minor=doc["amount_minor"], currency=doc["currency"], email=payer["email"],
@@ -157,6 +170,18 @@ class PaymentService:
             # keep the checkout details, not the status.
             await self.store.set_fields(doc["_id"], fields)
         return payment_view(await self.store.get(doc["reference"])), True
+
+    async def _within_cap(self, payer_id: int, purpose: str, cap: int) -> None:
+        """429 rate_limited when the payer already holds `cap` live attempts of `purpose` (a wallet top-up's
+        WALLET_TOPUP_MAX_PENDING). Retry-After: when the oldest is closed at the latest (verified by the
+        reconciliation once STALE_AFTER old, abandoned if never paid); paying one frees its place at once."""
+        live = await self.store.live_of_payer(payer_id, purpose, cap)
+        if len(live) < cap:
+            return
+        frees_at = live[0]["created_at"] + STALE_AFTER + self.reconcile_every
+        wait = math.ceil((frees_at - self.clock.now()).total_seconds())
+        raise RateLimited(f"You already have {cap} {purpose} checkouts pending (at most {cap}): finish one of them "
+                          f"(GET /payments?status=pending) or wait until unpaid ones expire", max(1, wait))
 
     # ---- reading -------------------------------------------------------------
     async def get(self, principal, reference: str) -> dict:

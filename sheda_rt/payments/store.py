@@ -37,6 +37,9 @@ class PaymentStore:
         IndexModel([("flagged", ASCENDING), ("status", ASCENDING), ("_id", DESCENDING)], name="flagged_status"),
         # A target's payments in one status (the succeeded payments of a booking its builder cancelled).
         IndexModel([("purpose", ASCENDING), ("target_id", ASCENDING), ("status", ASCENDING)], name="target_status"),
+        # A payer's live attempts of one purpose, oldest first (the cap on pending top-up checkouts).
+        IndexModel([("payer_id", ASCENDING), ("purpose", ASCENDING), ("status", ASCENDING), ("flagged", ASCENDING),
+                    ("_id", ASCENDING)], name="payer_purpose_live"),
     ]
 
     def __init__(self, db, ids):
@@ -94,6 +97,17 @@ class PaymentStore:
             update["$push"] = {"flags": flag}
         result = await self.col.update_one({"_id": payment_id, "applied": False}, update)
         return result.matched_count == 1
+
+    async def live_of_payer(self, payer_id: int, purpose: str, limit: int) -> list[dict]:
+        """Up to `limit` of the payer's live (initialized or pending) attempts of `purpose` that no flag set aside,
+        oldest first."""
+        flt = {"payer_id": payer_id, "purpose": purpose, "status": {"$in": LIVE_STATES}, "flagged": False}
+        return await self.col.find(flt, projection={"_id": 1, "created_at": 1}, sort=[("_id", ASCENDING)],
+                                   limit=limit).to_list()
+
+    async def discard_unstarted(self, payment_id: int) -> None:
+        """Delete an attempt the gateway never heard of (still initialized): it was refused before its checkout."""
+        await self.col.delete_one({"_id": payment_id, "status": "initialized", "checkout_url": {"$exists": False}})
 
     async def of_target(self, purpose: str, target_id: int, status: str) -> list[dict]:
         return await self.col.find({"purpose": purpose, "target_id": target_id, "status": status}).to_list()

@@ -40,6 +40,9 @@ class Charge:
     parties: list[int]         # who may read the payment (payer and payee)
     #: More fields stored on the payment for `apply` to read (an installment's line number: {"line": 2}).
     record: dict = field(default_factory=dict)
+    #: At most this many live (initialized or pending, not flagged) attempts of this purpose per payer; None: no cap
+    #: (the target's one live attempt per open_key is bound enough). A wallet top-up's: WALLET_TOPUP_MAX_PENDING.
+    live_cap: int | None = None
 
 
 class PaymentTarget(Protocol):

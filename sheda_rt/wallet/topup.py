@@ -11,7 +11,9 @@ topped up (target_id is the payer), and the payee is the platform (none).
 
 One live checkout per (user, amount): `open_key` is "topup:<user>:<kobo>", so a double tap on
 "top up 5,000" hands back the checkout already started instead of a second one, while a
-top-up of another amount may run beside it.
+top-up of another amount may run beside it, up to WALLET_TOPUP_MAX_PENDING checkouts pending at once
+per user (`live_cap`; beyond, 429 rate_limited with Retry-After: each checkout is a gateway
+transaction the reconciliation must verify, and a real user never has more than a few open).
 """
 from __future__ import annotations
 
@@ -26,10 +28,11 @@ from sheda_rt.wallet.service import CURRENCY, WalletService
 class WalletTopupTarget:
     purpose = "wallet_topup"
 
-    def __init__(self, *, wallet: WalletService, min_naira: int, max_naira: int):
+    def __init__(self, *, wallet: WalletService, min_naira: int, max_naira: int, max_pending: int = 5):
         self.wallet = wallet
         self.min = Decimal(min_naira)
         self.max = Decimal(max_naira)
+        self.max_pending = max_pending  # WALLET_TOPUP_MAX_PENDING: live checkouts per user (PaymentService.create)
 
     async def charge(self, principal, body) -> Charge:
         if body.target_id != principal.user_id:
@@ -41,7 +44,8 @@ class WalletTopupTarget:
             raise ValidationFailed.single("amount", f"must be at most {self.max:.2f}")
         return Charge(amount=amount, currency=CURRENCY, payee_id=None,
                       open_key=f"topup:{principal.user_id}:{int(to_minor(amount))}",
-                      metadata={"purpose": self.purpose, "target_id": principal.user_id}, parties=[principal.user_id])
+                      metadata={"purpose": self.purpose, "target_id": principal.user_id}, parties=[principal.user_id],
+                      live_cap=self.max_pending)
 
     async def apply(self, payment: dict) -> tuple[str, tuple[str, str] | None]:
         if payment["currency"] != CURRENCY:  # never initialized so; a wallet holds naira only
