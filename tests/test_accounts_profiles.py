@@ -50,6 +50,29 @@ async def test_client_and_agent_profiles_carry_different_fields(sheda):
     assert (await sheda.api.get("/api/v1/users/abc")).status == 404
 
 
+async def test_names_others_see_have_no_invisible_or_reordering_characters(sheda):
+    # A full name of only a zero-width space showed as no name at all, "\u202e" (right-to-left override) turned the
+    # rest of a name around in every app that shows it (spoofing), and a NUL or a line break broke layouts.
+    # Names that need a joiner or a direction mark (Persian, Arabic) keep them.
+    agent = await sheda.signup("agent")
+    bad = ["\u200b", "\u200b\u00a0\u200d", "Ada\u202eigolonhceT", "\u2067Ada\u2069", "Ada\nObi", "Ada\x00Obi", "Ada\x7f"]
+    for value in bad:
+        resp, _ = await sheda.register("client", full_name=value)
+        assert resp.status == 422 and resp.json["errors"][0]["field"] == "full_name", (value, resp)
+        for field in ("full_name", "agency_name"):
+            r = await sheda.api.patch(ME, {field: value}, token=agent.token)
+            assert r.status == 422 and r.json["errors"][0]["field"] == field, (field, value, r)
+    builder = await sheda.signup("builder")
+    r = await sheda.api.patch(ME, {"company_name": "Sky\u202eline"}, token=builder.token)
+    assert r.status == 422 and r.json["errors"][0]["field"] == "company_name", r
+    assert (await sheda.ctx.users.get(agent.id)).get("full_name") is None, "nothing was stored"
+    for good in ("\u0645\u06cc\u200c\u0631\u0627", "\u200f\u0639\u0644\u064a Ada", "Zo\u00eb O'Brien-Obi"):
+        r = await sheda.api.patch(ME, {"full_name": good, "agency_name": good}, token=agent.token)
+        assert r.status == 200 and r.json["full_name"] == good, (good, r)
+        resp, _ = await sheda.register("client", full_name=good)
+        assert resp.status == 201 and resp.json["full_name"] == good, (good, resp)
+
+
 async def test_phone_change_conflict(sheda):
     a = await sheda.signup("client", phone="+2348111111111")
     b = await sheda.signup("client")

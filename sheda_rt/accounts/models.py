@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Literal, Optional, Union
 
 from typing import Annotated
@@ -24,6 +25,25 @@ class Strict(BaseModel):
 Password = Annotated[str, StringConstraints(strip_whitespace=False)]
 
 
+# Embeddings, overrides and isolates reorder the text after them wherever it is shown ("Ada\u202eigolonhceT"
+# reads "AdaTechnologi"...). The marks (U+200E, U+200F) and the joiners (U+200C, U+200D) only hint and join:
+# names in Persian or Arabic need them, so they stay.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def display_name(value: Optional[str]) -> Optional[str]:
+    """A name other users see (full_name, agency_name, company_name): no control characters (line breaks,
+    NUL), no bidirectional overrides, and at least one visible character (not only spaces or zero-width
+    characters). Stored names are not touched: this checks input only."""
+    if value is None:
+        return None
+    if any(unicodedata.category(c) == "Cc" or c in _BIDI_CONTROLS for c in value):
+        raise ValueError("must not contain control characters (line breaks, tabs) or right-to-left overrides")
+    if all(unicodedata.category(c)[0] in "CZ" for c in value):
+        raise ValueError("must contain a visible character")
+    return value
+
+
 def _check_password(value: str) -> str:
     problem = password_problem(value)
     if problem:
@@ -44,7 +64,7 @@ class RegisterRequest(Strict):
     @field_validator("full_name")
     @classmethod
     def _full_name(cls, v: Optional[str]) -> Optional[str]:
-        return v or None  # already stripped: "" and spaces are no name, as PATCH /users/me allows no empty one
+        return display_name(v or None)  # already stripped: "" and spaces are no name, as PATCH /users/me allows no empty one
 
     @field_validator("username")
     @classmethod
@@ -149,9 +169,12 @@ class ProfilePatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    full_name: Optional[str] = Field(None, min_length=1, max_length=120)
+    full_name: Optional[str] = Field(None, min_length=1, max_length=120,
+                                     description="a visible name: no line breaks, control characters or right-to-left overrides")
     phone: Optional[str] = Field(None, description="7-15 digits, optionally starting with +; null removes it",
                                  json_schema_extra={"pattern": PHONE_RE.pattern})
+
+    _full_name = field_validator("full_name")(display_name)
 
     @field_validator("phone")
     @classmethod
@@ -171,12 +194,14 @@ class ClientProfilePatch(ProfilePatch):
 
 
 class AgentProfilePatch(ProfilePatch):
-    agency_name: Optional[str] = Field(None, max_length=120)
+    agency_name: Optional[str] = Field(None, max_length=120, description="a visible name, as full_name")
     license_number: Optional[str] = Field(None, max_length=64)
     bio: Optional[str] = Field(None, max_length=2000)
     years_experience: Optional[int] = Field(None, ge=0, le=80, strict=True)  # "5" or 5.0 is a 422, as on the socket
     whatsapp: Optional[str] = Field(None, description=PHONE_HELP, json_schema_extra={"pattern": PHONE_RE.pattern})
     office_address: Optional[str] = Field(None, max_length=300)
+
+    _agency_name = field_validator("agency_name")(display_name)
 
     @field_validator("whatsapp")
     @classmethod
@@ -190,11 +215,13 @@ class BuilderProfilePatch(ProfilePatch):
     """A builder's company details. `verified` and the logo are not here: an admin verifies
     (PATCH /admin/builders/{id}), the logo is an upload (PUT /builder/profile/logo)."""
 
-    company_name: Optional[str] = Field(None, min_length=2, max_length=160)
+    company_name: Optional[str] = Field(None, min_length=2, max_length=160, description="a visible name, as full_name")
     registration_number: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9 /.-]{0,63}$",
                                                description="company registration number (e.g. RC 1234567)")
     website: Optional[str] = Field(None, pattern=r"^https?://[^\s/$.?#][^\s]{0,290}$", description="http(s) URL")
     about: Optional[str] = Field(None, max_length=5000)
+
+    _company_name = field_validator("company_name")(display_name)
 
 
 class ProfileUpdate(BaseModel):
