@@ -82,6 +82,23 @@ async def test_non_admins_are_refused_and_bad_values_change_nothing(sheda):
     assert await sheda.ctx.db["runtime_settings"].count_documents({}) == 0
 
 
+async def test_numbers_must_be_json_numbers_and_a_blank_banner_is_no_banner(sheda):
+    # `true` was taken as a 1-hour hold (a bool is an int to lax pydantic) and "6" as 6: the body's JSON types are strict.
+    admin = await sheda.admin()
+    before = (await sheda.api.get(SETTINGS, token=admin.token)).json
+    for body in ({"booking_hold_hours": True}, {"booking_hold_hours": "6"}, {"max_units_per_project": True},
+                 {"max_units_per_project": "5"}, {"max_units_per_project": 5.0}):
+        r = await sheda.api.patch(SETTINGS, body, token=admin.token)
+        assert r.status == 422 and r.json["errors"][0]["field"] == next(iter(body)), (body, r)
+    assert (await sheda.api.get(SETTINGS, token=admin.token)).json == before
+    # "" or spaces were stored and served as the banner, which the apps show while it is not null: an empty bar.
+    assert (await sheda.api.patch(SETTINGS, {"maintenance_banner": "Upgrade at 22:00"}, token=admin.token)).status == 200
+    for blank in ("", "   "):
+        r = await sheda.api.patch(SETTINGS, {"maintenance_banner": blank}, token=admin.token)
+        assert r.status == 200 and r.json["maintenance_banner"] is None, (blank, r)
+        assert (await sheda.api.get("/api/v1/status")).json == {"maintenance_banner": None}
+
+
 async def test_a_new_booking_holds_its_unit_for_the_new_period(sheda):
     admin = await sheda.admin()
     builder, project, units, plan = await setup_project(sheda, units=("H-1", "H-2"))

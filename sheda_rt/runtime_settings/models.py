@@ -7,7 +7,7 @@ import re
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from sheda_rt.pagination import PageQuery
 from sheda_rt.responses import ResponseModel, Timestamp
@@ -32,8 +32,10 @@ def _percent_text(value) -> str:
 PercentText = Annotated[str, BeforeValidator(_percent_text),
                         WithJsonSchema({"type": "string", "pattern": r"^\d{1,3}(\.\d{1,2})?$", "examples": ["10.00"],
                                         "description": "percent, 0..100, two decimals"})]
-HoldHours = Annotated[float, Field(gt=0, le=24 * 90, description="hours a new booking reserves its unit (BOOKING_HOLD_HOURS until changed)")]
-MaxUnits = Annotated[int, Field(ge=1, le=100_000, description="units one project may hold; one more is 409 too_many_units")]
+# strict: a JSON number only (`true` was a 1-hour hold, "6" six hours), as every body field is.
+HoldHours = Annotated[float, Field(gt=0, le=24 * 90, strict=True,
+                                   description="hours a new booking reserves its unit (BOOKING_HOLD_HOURS until changed)")]
+MaxUnits = Annotated[int, Field(ge=1, le=100_000, strict=True, description="units one project may hold; one more is 409 too_many_units")]
 Banner = Annotated[str | None, Field(max_length=500, description="shown by the apps while set (GET /api/v1/status); null hides it")]
 
 
@@ -53,6 +55,12 @@ class RuntimeSettingsPatch(BaseModel):
     booking_percent: PercentText | None = None
     max_units_per_project: MaxUnits | None = None
     maintenance_banner: Banner = None
+
+    @field_validator("maintenance_banner")
+    @classmethod
+    def _blank_banner_is_none(cls, value: str | None) -> str | None:
+        # The apps show the banner while it is not null: "" or spaces would be an empty bar. Blank clears it.
+        return value if value is None or value.strip() else None
 
     @model_validator(mode="after")
     def _only_the_banner_clears(self):
