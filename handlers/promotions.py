@@ -32,7 +32,8 @@ class PromotionsHandler(APIHandler):
               response=Page[PromotionOut], errors=(401, 403, 404, 422), tags=TAGS)
     async def get(self, property_id: int, query: PromotionQuery):
         """Cursor paginated: every promotion bought for the listing and applied, as its POST answered it
-        (`featured_until` there is where that purchase left the listing's featured days). 403 `not_owner` for
+        (`featured_until` there is where that purchase left the listing's featured days); one an admin refunded
+        says `status: "refunded"` with `refunded_at` and `refund_transaction_id`. 403 `not_owner` for
         anyone but the listing's agent and admins (an unlisted listing is 404 to them, as everywhere)."""
         return await self.ctx.promotions.listing_promotions(self.principal, property_id, query)
 

@@ -34,7 +34,9 @@ class RefundsHandler(APIHandler):
     async def post(self, body: RefundCreate):
         """`{transaction_id, reason}` → a new transaction with the spend's lines negated (`reverses` names the spend):
         the money goes back to the wallet from platform:revenue. Nothing is edited. Once per spend: asking again
-        answers 200 with the first refund. 404 `transaction_not_found`; 409 `not_refundable` for anything but a spend."""
+        answers 200 with the first refund. 404 `transaction_not_found`; 409 `not_refundable` for anything but a spend.
+        A promotion's spend refunded ends the promotion: what is left of its featured days leaves the listing and its
+        record says `refunded` (GET /properties/{id}/promotions); asking again finishes one a crash cut short."""
         refund, created = await self.ctx.wallet.refund(self.principal.user_id, body.transaction_id, body.reason)
         return refund if created else Reply(refund, 200)
 

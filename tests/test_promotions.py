@@ -618,3 +618,135 @@ async def test_a_listings_promotions_are_listed_for_its_agent_and_admins(sheda, 
     finally:
         await unlist(sheda, agent, [prop["id"]])
         await unlist(sheda, other, [mine["id"]])
+
+
+REFUNDS = "/api/v1/admin/wallet/refunds"
+
+
+async def listed_promotions(sheda, agent, property_id: int) -> list[dict]:
+    r = await sheda.api.get(f"{API}/{property_id}/promotions", token=agent.token)
+    assert r.status == 200, r
+    return r.json["items"]
+
+
+async def test_an_admin_refund_of_a_promotion_ends_it_once_and_its_record_says_refunded(sheda, fund):
+    """An admin refunded a featured promotion's spend: the money came back, but the listing stayed featured and
+    GET .../promotions still showed it applied. The refund now ends the promotion (its remaining days leave the
+    listing: alone, it is no longer featured; stacked, the days bought after it move up) and records it refunded,
+    once, whoever asks again or races it (a second refund, the expiry job)."""
+    from tests.test_openapi_typed import Conformance, served_document
+
+    conf = Conformance(await served_document(sheda))
+    get = f"{API}/{{property_id}}/promotions"
+    agent, admin = await sheda.signup("agent"), await sheda.admin()
+    prop = await create_property(sheda, agent, location=f"{word()} Lekki")
+    stacked = await create_property(sheda, agent, location=f"{word()} Lekki")
+    parse_ts = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00"))  # noqa: E731
+    try:
+        await fund(agent, 20_000)
+        key = uuid.uuid4().hex
+        bought = await promote(sheda, agent, prop["id"], {"kind": "featured", "days": 3}, key=key)
+        assert bought.status == 201 and prefixed(await stored(sheda, prop["id"])), bought
+        assert await balance(sheda, agent) == "17000.00"
+        watcher = await sheda.ws(agent.token)
+        await watcher.send({"type": "subscribe", "channel": f"property:{prop['id']}"})
+        await watcher.wait_type("subscribed")
+
+        refunds = await asyncio.gather(*(sheda.api.post(REFUNDS, {"transaction_id": bought.json["transaction_id"],
+                                                                  "reason": "listing misrepresented"}, token=admin.token)
+                                         for _ in range(3)))
+        assert sorted(r.status for r in refunds) == [200, 200, 201], refunds
+        refund = next(r.json for r in refunds if r.status == 201)
+        assert all(r.json["id"] == refund["id"] for r in refunds)
+        assert await balance(sheda, agent) == "20000.00"
+        # The listing left the featured slot, for everyone, at once.
+        assert (await sheda.api.get(f"{API}/{prop['id']}")).json["featured_until"] is None
+        doc = await stored(sheda, prop["id"])
+        assert "featured_until" not in doc and not prefixed(doc), doc
+        ended = await watcher.wait_type("property.updated", property_id=prop["id"])
+        assert ended["changes"] == ["featured_until"] and ended["property"]["featured_until"] is None
+        # Its record says so.
+        [listed] = conf.check(await sheda.api.get(f"{API}/{prop['id']}/promotions", token=agent.token), "GET", get, 200)["items"]
+        assert listed["status"] == "refunded" and listed["refund_transaction_id"] == refund["id"] and listed["refunded_at"]
+        assert listed["id"] == bought.json["id"] and listed["transaction_id"] == bought.json["transaction_id"]
+        # Its Idempotency-Key again does not buy it back (nor charge).
+        r = await promote(sheda, agent, prop["id"], {"kind": "featured", "days": 3}, key=key)
+        assert r.status == 201 and r.json == listed, r
+        assert (await sheda.api.get(f"{API}/{prop['id']}")).json["featured_until"] is None
+        r = await sheda.api.post(REFUNDS, {"transaction_id": bought.json["transaction_id"], "reason": "again"}, token=admin.token)
+        assert r.status == 200 and r.json["id"] == refund["id"]
+        assert await listed_promotions(sheda, agent, prop["id"]) == [listed]
+        assert await balance(sheda, agent) == "20000.00"
+        watcher.close()
+
+        # Stacked days: refunding the first of two purchases takes only its days off; the second keeps its own.
+        first = await promote(sheda, agent, stacked["id"], {"kind": "featured", "days": 2})
+        second = await promote(sheda, agent, stacked["id"], {"kind": "featured", "days": 3})
+        assert first.status == second.status == 201
+        r = await sheda.api.post(REFUNDS, {"transaction_id": first.json["transaction_id"], "reason": "x"}, token=admin.token)
+        assert r.status == 201, r
+        until = parse_ts((await sheda.api.get(f"{API}/{stacked['id']}")).json["featured_until"])
+        expected = parse_ts(second.json["featured_until"]) - timedelta(days=2)
+        assert abs((until - expected).total_seconds()) < 60, (until, expected)
+        assert [p["status"] for p in await listed_promotions(sheda, agent, stacked["id"])] == ["applied", "refunded"]
+        # A refund cut short after the money moved (the record says refunding, the listing still featured) is
+        # finished by the promotions job.
+        third = await promote(sheda, agent, prop["id"], {"kind": "featured", "days": 1})
+        assert third.status == 201 and prefixed(await stored(sheda, prop["id"]))
+        await sheda.ctx.wallet.ledger.post({"key": f"refund:{third.json['transaction_id']}", "kind": "refund", "memo": "cut",
+                                            "reverses": third.json["transaction_id"], "refs": {},
+                                            "lines": [{"account": f"wallet:{agent.id}", "amount_minor": 100_000},
+                                                      {"account": "platform:revenue", "amount_minor": -100_000}]},
+                                           sheda.ctx.clock.now())
+        await sheda.ctx.db["promotions"].update_one({"_id": third.json["id"]}, {"$set": {"refund": "refunding"}})
+        assert (await sheda.ctx.promotion_job.run())["refunds_finished"] == 1
+        assert not prefixed(await stored(sheda, prop["id"]))
+        assert (await listed_promotions(sheda, agent, prop["id"]))[0]["status"] == "refunded"
+        # A bump refunded is recorded so as well.
+        bump = await promote(sheda, agent, stacked["id"], {"kind": "bump"})
+        r = await sheda.api.post(REFUNDS, {"transaction_id": bump.json["transaction_id"], "reason": "z"}, token=admin.token)
+        assert r.status == 201, r
+        assert [p["status"] for p in await listed_promotions(sheda, agent, stacked["id"])] == ["refunded", "applied", "refunded"]
+        # A refund racing the expiry job once the days are over (through the services: the clock moves past the
+        # tokens' life): one refund, nothing featured, no error.
+        sheda.ctx.clock.advance(days=4)
+        (refund2, created), _counts = await asyncio.gather(
+            sheda.ctx.wallet.refund(admin.id, second.json["transaction_id"], "y"), sheda.ctx.promotion_job.run())
+        assert created and refund2["reverses"] == second.json["transaction_id"]
+        assert "featured_until" not in await stored(sheda, stacked["id"])
+        states = [p.get("refund") for p in await sheda.ctx.db["promotions"].find({"property_id": stacked["id"]}).to_list()]
+        assert states == ["refunded"] * 3, states
+        assert await sheda.ctx.wallet.balance(agent.id) == 2_000_000
+        audit = await sheda.ctx.wallet.audit()
+        assert audit["ok"] is True, audit
+    finally:
+        await unlist(sheda, agent, [prop["id"], stacked["id"]])
+
+
+async def test_a_promotion_refunded_while_still_pending_never_applies_afterwards(sheda, fund):
+    """Its request charged the wallet and died before the listing changed; an admin refunds the charge before the
+    job finishes it. Neither the job nor the client's retry with its key may feature the listing afterwards."""
+    agent, admin = await sheda.signup("agent"), await sheda.admin()
+    prop = await create_property(sheda, agent, location=f"{word()} Gbagada")
+    service, store = sheda.ctx.promotions, sheda.ctx.promotion_store
+    try:
+        await fund(agent, 5_000)
+        charged = await store.insert_pending({"user_id": agent.id, "key": "k-refunded", "property_id": prop["id"], "kind": "featured",
+                                              "days": 2, "amount_minor": 200_000, "created_at": sheda.ctx.clock.now()})
+        spend = await sheda.ctx.wallet.spend(agent.id, 200_000, idempotency_key=service.wallet_key(charged["_id"]),
+                                             kind="spend:promotion", refs={"promotion_id": charged["_id"], "property_id": prop["id"]})
+        r = await sheda.api.post(REFUNDS, {"transaction_id": spend["id"], "reason": "never shown"}, token=admin.token)
+        assert r.status == 201, r
+        [listed] = await listed_promotions(sheda, agent, prop["id"])
+        assert listed["status"] == "refunded" and listed["transaction_id"] == spend["id"] and listed["refund_transaction_id"] == r.json["id"]
+        # The client's retry with its key, and a request still charging it (its last steps, run here), change nothing.
+        again = await promote(sheda, agent, prop["id"], {"kind": "featured", "days": 2}, key="k-refunded")
+        assert again.status == 201 and again.json == listed, again
+        assert (await service._apply(charged, spend["id"]))["status"] == "refunded"
+        sheda.ctx.clock.advance(minutes=2)
+        await sheda.ctx.promotion_job.run()
+        doc = await stored(sheda, prop["id"])
+        assert "featured_until" not in doc and not prefixed(doc), doc
+        assert await balance(sheda, agent) == "5000.00"
+    finally:
+        await unlist(sheda, agent, [prop["id"]])

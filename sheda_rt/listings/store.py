@@ -268,7 +268,8 @@ class PropertyStore:
         when it is there already). Facets do not change, so no revision is named or taken: concurrent bumps
         and edits never make each other retry, and `$max` keeps the latest of racing bumps."""
         return await update_then_get(
-            self.col, {"_id": property_id, "promotion_ids": {"$ne": promotion_id}},
+            self.col, {"_id": property_id, "promotion_ids": {"$ne": promotion_id},
+                       "withdrawn_promotion_ids": {"$ne": promotion_id}},  # refunded before it was applied: never
             {"$max": {"newest_at": now, "bumped_at": now}, "$push": {"promotion_ids": {"$each": [promotion_id], "$slice": -keep}}})
 
     async def featured_over(self, now, limit: int = 100) -> list[dict]:

@@ -61,9 +61,12 @@ class PromotionOut(ResponseModel):
     days: Optional[int] = Field(description="featured: the days bought; null for a bump")
     amount: MoneyText = Field(description="what the wallet paid, naira")
     currency: Literal["NGN"]
-    status: Literal["applied"] = Field(description="applied: paid and in effect on the listing")
+    status: Literal["applied", "refunded"] = Field(description="applied: paid and in effect on the listing; refunded: an admin "
+                                                   "refunded its spend and it ended (what was left of its featured days left the listing)")
     transaction_id: int = Field(description="the wallet ledger transaction that paid it (GET /wallet/transactions)")
     featured_until: Optional[Timestamp] = Field(description="featured: the listing is first in search until then (null for a bump)")
     bumped_at: Optional[Timestamp] = Field(description="bump: the moment the listing went to the top of 'newest' (null for featured)")
     created_at: Timestamp
     applied_at: Timestamp
+    refunded_at: Optional[Timestamp] = Field(description="refunded: when an admin refunded it; null otherwise")
+    refund_transaction_id: Optional[int] = Field(description="refunded: the ledger transaction that gave the money back; null otherwise")

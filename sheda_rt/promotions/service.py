@@ -29,6 +29,12 @@ at the very moment the job dropped it gets its record back, applied: see _mark).
 
 Once charged, a promotion is applied even if the listing was sold or unlisted in the moment between
 the check and the write: the money bought the placement, which comes back with the listing.
+
+An admin's refund of the spend (WalletService.refund, wired to `refunded`) ends the promotion: its record
+gets `refund` "refunding" (once), the listing records it in `withdrawn_promotion_ids` under its revision
+while what is left of its featured days leaves `featured_until` (a promotion withdrawn before it applied
+never applies: _apply and apply_bump check that list), then `refund` "refunded". A retry of the refund or
+the job finishes one cut short.
 """
 from __future__ import annotations
 
@@ -73,12 +79,14 @@ def promotion_view(doc: dict) -> dict:
         "days": doc.get("days"),
         "amount": format_money(Decimal(doc["amount_minor"]).scaleb(-2)),
         "currency": "NGN",
-        "status": doc["state"],
+        "status": "refunded" if doc.get("refund") else doc["state"],
         "transaction_id": doc["transaction_id"],
         "featured_until": format_ts(doc["featured_until"]) if doc.get("featured_until") else None,
         "bumped_at": format_ts(doc["bumped_at"]) if doc.get("bumped_at") else None,
         "created_at": format_ts(doc["created_at"]),
         "applied_at": format_ts(doc["applied_at"]),
+        "refunded_at": format_ts(doc.get("refunded_at")),
+        "refund_transaction_id": doc.get("refund_transaction_id"),
     }
 
 
@@ -94,6 +102,7 @@ class PromotionService:
         self.featured_kobo_per_day = to_kobo(featured_price_per_day)
         self.bump_kobo = to_kobo(bump_price)
         self.featured_max_days = featured_max_days
+        wallet.refund_effects["spend:promotion"] = self.refunded  # an admin's refund of a promotion's spend ends it
 
     @staticmethod
     def wallet_key(promotion_id: int) -> str:
@@ -131,7 +140,7 @@ class PromotionService:
             raise Conflict("A request with this Idempotency-Key just failed; send it again", "idempotency_key_in_use")
         if (promo["property_id"], promo["kind"], promo.get("days")) != (property_id, body.kind, body.days):
             raise Conflict("This Idempotency-Key was already used for a different promotion", "idempotency_key_reused")
-        if promo["state"] == "applied":
+        if promo["state"] == "applied":  # refunded ones too: never bought again by their key
             return promotion_view(promo)
         return await self._complete(promo)
 
@@ -165,7 +174,8 @@ class PromotionService:
             if doc is None:  # listings are never deleted; only a database edited by hand gets here
                 raise NotFound("No such property", "property_not_found")
             now = self.clock.now()
-            if promo["_id"] in doc.get("promotion_ids", []):  # applied by a retry or the job already
+            if promo["_id"] in doc.get("promotion_ids", []) or promo["_id"] in doc.get("withdrawn_promotion_ids", []):
+                # applied by a retry or the job already, or refunded (withdrawn) before it was applied
                 return await self._mark(promo, doc, transaction_id, now)
             # Featured: the facets gain their "f:" copies, so the write names the revision it read.
             start = max(doc.get("featured_until") or now, now)
@@ -198,6 +208,72 @@ class PromotionService:
                       promo["_id"], transaction_id)
             raise Conflict("A request with this Idempotency-Key just failed; send it again", "idempotency_key_in_use")
         return promotion_view(done)
+
+    # ---- an admin's refund ---------------------------------------------------------
+    async def refunded(self, spend: dict, refund: dict) -> None:
+        """The promotion's spend was refunded (WalletService.refund, after the money moved; again on every repeat
+        of the request): the promotion ends. Its record's `refund` becomes "refunding" (once: a conditional write),
+        the listing gives back what is left of it (_withdraw), and `refund` becomes "refunded". A request cut short
+        between the steps is finished by asking for the refund again or by the promotions job."""
+        promotion_id = (spend.get("refs") or {}).get("promotion_id")
+        promo = await self.store.get(promotion_id) if isinstance(promotion_id, int) else None
+        if promo is None:
+            log.warning('{"event": "refund_without_promotion", "transaction_id": %d}', spend["_id"])
+            return
+        if promo.get("refund") is None:
+            now = self.clock.now()
+            # A pending one (its request still charging, or cut short) is ended before it ever applies: the
+            # listing's withdrawn mark below keeps it from applying later (_apply, PropertyStore.apply_bump).
+            await self.store.begin_refund(promo["_id"], {
+                "refund_transaction_id": refund["_id"], "refunded_at": now,
+                "transaction_id": promo.get("transaction_id", spend["_id"]), "applied_at": promo.get("applied_at", now)})
+            promo = await self.store.get(promo["_id"])
+        if promo is not None and promo.get("refund") == "refunding":
+            await self._withdraw(promo)
+            await self.store.finish_refund(promo["_id"])
+
+    async def _withdraw(self, promo: dict) -> None:
+        """The listing gives back a refunded promotion, once (its id joins `withdrawn_promotion_ids`, under the
+        listing's revision, so a racing expiry, edit or second refund re-reads). Featured: the part of its days
+        still ahead leaves `featured_until` (alone, the listing is no longer featured; stacked, the days bought
+        after it move up); days already over, or a listing no longer featured, give back nothing. A bump's
+        moment is not undone (newer listings pass it as ever); it is only kept from applying later."""
+        for _attempt in range(APPLY_TRIES):
+            doc = await self.properties.get(promo["property_id"])
+            if doc is None or promo["_id"] in doc.get("withdrawn_promotion_ids", []):
+                return
+            now = self.clock.now()
+            changes: dict = {}
+            unset: list[str] = []
+            until = doc.get("featured_until")
+            if promo["kind"] == "featured" and until is not None and promo["_id"] in doc.get("promotion_ids", []):
+                ends = promo.get("featured_until") or until  # where its purchase left the days
+                left = max(timedelta(0), min(timedelta(days=promo["days"]), ends - now))
+                if until - left <= now:
+                    unset = ["featured_until"]
+                elif left:
+                    changes = {"featured_until": until - left}
+            merged = {k: v for k, v in doc.items() if k not in unset} | changes
+            updated = await self.properties.update_if_rev(doc["_id"], doc.get("rev", 1), merged, changes, unset,
+                                                          push={"withdrawn_promotion_ids": promo["_id"]}, keep=KEEP_IDS)
+            if updated is not None:
+                if changes or unset:
+                    await self.listings.announce(updated, ["featured_until"])
+                return
+        raise Conflict("The listing is being changed by someone else; send the same refund again (nothing is refunded "
+                       "twice)", "concurrent_update")
+
+    async def finish_refunds(self) -> int:
+        """Refunds a request left half-way (the money back, the listing not yet given back): finished. How many."""
+        finished = 0
+        for promo in await self.store.refunding():
+            try:
+                await self._withdraw(promo)
+            except Conflict:  # the next run tries again
+                continue
+            await self.store.finish_refund(promo["_id"])
+            finished += 1
+        return finished
 
     async def listing_promotions(self, principal, property_id: int, page) -> dict:
         """The promotions bought for a listing, newest first: for its agent and admins (403 `not_owner` otherwise;

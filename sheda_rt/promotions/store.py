@@ -1,7 +1,8 @@
 """The `promotions` collection: one document per promotion bought, keyed by its payer's Idempotency-Key.
 
 A promotion is stored `pending` before the wallet is charged and becomes `applied` once the
-listing carries it (sheda_rt/promotions/service.py says why in that order). Every read here is
+listing carries it (sheda_rt/promotions/service.py says why in that order); an admin's refund of its
+spend sets `refund` "refunding", then "refunded" once the listing no longer carries it. Every read here is
 index-shaped for the embedded database's planner: (user_id, key) for a retry, (state, created_at)
 for the job's pending sweep, (property_id, state, _id) for a listing's promotions.
 """
@@ -19,6 +20,8 @@ class PromotionStore:
         IndexModel([("state", ASCENDING), ("created_at", ASCENDING)], name="state_age"),
         # state is a key: the embedded planner walks an index only when every condition of the filter is one
         IndexModel([("property_id", ASCENDING), ("state", ASCENDING), ("_id", DESCENDING)], name="property_state_newest"),
+        # Refunds left half-way, for the job (`refund` is "refunding", then "refunded"; absent on most).
+        IndexModel([("refund", ASCENDING)], name="refund"),
     ]
     SORT = [("_id", DESCENDING)]
 
@@ -63,8 +66,22 @@ class PromotionStore:
             pass
         return await self.get(promo["_id"])
 
+    async def begin_refund(self, promotion_id: int, fields: dict) -> None:
+        """Its spend was refunded: `refund` "refunding" (the listing is being given back), once; a pending one
+        becomes applied with it (listed, and never marked applied by a request still charging it)."""
+        await self.col.update_one({"_id": promotion_id, "state": {"$in": ["pending", "applied"]}, "refund": None},
+                                  {"$set": {**fields, "state": "applied", "refund": "refunding"}})
+
+    async def finish_refund(self, promotion_id: int) -> None:
+        """refunding → refunded: the listing no longer carries it."""
+        await self.col.update_one({"_id": promotion_id, "refund": "refunding"}, {"$set": {"refund": "refunded"}})
+
+    async def refunding(self, limit: int = 100) -> list[dict]:
+        """Refunds a request left half-way (the job finishes them)."""
+        return await self.col.find({"refund": "refunding"}, limit=limit).to_list()
+
     async def page(self, property_id: int, page: PageQuery, serialize) -> dict:
-        """A listing's applied promotions, newest first (a pending one is still being bought: not shown)."""
+        """A listing's applied promotions (refunded ones too), newest first (a pending one is still being bought: not shown)."""
         return await paginate(self.col, {"property_id": property_id, "state": "applied"}, self.SORT, page, serialize)
 
     async def pending_before(self, cutoff, limit: int = 100) -> list[dict]:

@@ -65,6 +65,11 @@ class WalletService:
     def __init__(self, ledger: LedgerStore, *, clock):
         self.ledger = ledger
         self.clock = clock
+        #: What a refunded spend's feature does about it, by the spend's kind (the feature registers it:
+        #: "spend:promotion" -> PromotionService.refunded, which ends the promotion). Called with (the spend, the
+        #: refund) after every refund request, the first and each one again, so a request cut short between the
+        #: money and the effect is finished by asking again. It must be idempotent.
+        self.refund_effects: dict = {}
 
     # ---- moving money --------------------------------------------------------------
     async def spend(self, user_id: int, amount_minor: int, *, idempotency_key: str, kind: str = "spend", memo: str = "",
@@ -130,6 +135,9 @@ class WalletService:
             stored, created = await self.ledger.post(doc, self.clock.now())
         except Overdraft as exc:  # only a refund of a credit could debit a wallet; spends credit it back
             raise Conflict(f"The refund would take wallet {exc.user_id} below zero", "refund_overdraws")
+        effect = self.refund_effects.get(original["kind"])
+        if effect is not None:
+            await effect(original, stored)
         return transaction_view(stored), created
 
     # ---- reading ---------------------------------------------------------------------
