@@ -160,6 +160,7 @@ class Settings(BaseSettings):
     digest_offline_minutes: float = Field(15.0, ge=0, le=10080, description="A user offline this long with unread chat messages gets a digest email")
     digest_window_hours: float = Field(3.0, ge=0, le=720, description="At most one digest email per conversation per this many hours")
     appointment_minutes: int = Field(30, ge=5, le=240, description="Viewing slot length; slots start on multiples of it from 00:00 UTC")  # [listings]
+    appointment_max_open_per_agent: int = Field(5, ge=1, le=1000, description="Open (pending or confirmed, upcoming) viewings one client may have across one agent's listings (409 too_many_open_viewings after)")  # [listings]
     inquiries_per_ip_per_hour: int = Field(5, ge=1, le=10_000, description="Public inquiries one client address may send in any hour (429 after)")  # [leads]
     # [saved searches] sheda_rt/saved_searches/
     saved_searches_per_user: int = Field(20, ge=1, le=1000, description="Saved searches one user may keep (409 after)")

@@ -49,7 +49,10 @@ class AppointmentsHandler(APIHandler):
         property; 403: your own listing; 409 `property_unavailable` (rented/sold), 409 `agent_inactive` (the
         listing's agent account is deactivated), 409 `outside_availability`
         (the slot is not inside one of the agent's windows), 409 `slot_taken` (the agent already has a pending or
-        confirmed viewing in that slot — of two simultaneous requests exactly one gets 201)."""
+        confirmed viewing in that slot — of two simultaneous requests exactly one gets 201), 409 `viewing_exists`
+        (you already have an open — pending or confirmed, upcoming — viewing of this property; the body's
+        `appointment_id` names it: reschedule it instead), 409 `too_many_open_viewings` (you have
+        APPOINTMENT_MAX_OPEN_PER_AGENT, default 5, open viewings with this agent)."""
         return await self.ctx.appointments.book(self.principal, body)
 
     @endpoint("My appointments (as client or agent)", auth=USER, query=AppointmentQuery, response=Page[AppointmentOut],

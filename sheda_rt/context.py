@@ -250,7 +250,8 @@ class AppContext:
         self.appointments = AppointmentService(self.appointment_store, windows=self.availability_store, properties=self.property_store,
                                                notifications=self.notifications, clock=self.clock,
                                                slot_minutes=self.settings.appointment_minutes, blocks=self.blocks,
-                                               accounts=self.accounts)
+                                               accounts=self.accounts,
+                                               max_open_per_agent=self.settings.appointment_max_open_per_agent)
         self.contracts = ContractService(self.contract_store, properties=self.property_store, appointments=self.appointment_store,
                                          notifications=self.notifications, listings=self.properties, accounts=self.accounts,
                                          clock=self.clock)

@@ -220,7 +220,8 @@ async def test_a_line_break_in_the_listings_title_does_not_stop_the_reminders(sh
 async def test_cancelling_cancels_and_rescheduling_moves_the_reminders(sheda):
     agent, client, prop, when = await viewing_setup(sheda)
     cancelled = await confirmed_viewing(sheda, agent, client, prop, when)
-    moved = await confirmed_viewing(sheda, agent, client, prop, when + timedelta(hours=1))
+    other_prop = await create_property(sheda, agent, location="12 Admiralty Way, Lekki")  # one open viewing per property
+    moved = await confirmed_viewing(sheda, agent, client, other_prop, when + timedelta(hours=1))
     assert (await sheda.api.delete(f"{AP}/{cancelled['id']}", token=agent.token)).status == 200
     assert {j["status"] for j in await reminder_jobs(sheda, cancelled["id"])} == {"cancelled"}
 

@@ -161,8 +161,9 @@ class AppointmentService:
     def __init__(self, store: AppointmentStore, *, windows: AvailabilityStore, properties: PropertyStore,
                  notifications: NotificationService, clock: Clock, slot_minutes: int,
                  reminders: ReminderService | None = None, blocks: BlockService | None = None,
-                 accounts: AccountService | None = None):
+                 accounts: AccountService | None = None, max_open_per_agent: int = 5):
         self.store = store
+        self.max_open_per_agent = max_open_per_agent  # APPOINTMENT_MAX_OPEN_PER_AGENT: one client's open viewings with one agent
         self.accounts = accounts  # a deactivated agent's listings stay visible, but nobody could answer a booking
         self.blocks = blocks  # [blocks] no new viewing between a client and an agent while either blocks the other
         self.windows = windows
@@ -214,14 +215,37 @@ class AppointmentService:
         if self.accounts is not None and not await self.accounts.is_active(agent_id):
             raise Conflict("This listing's agent account is not active; no viewing can be booked", "agent_inactive")
         await self._check_window(agent_id, at, start)
+        await self._check_open_limits(principal.user_id, agent_id, prop["_id"], now, None)
         doc = await self.store.insert({
             "property_id": prop["_id"], "property_title": prop["title"], "client_id": principal.user_id, "agent_id": agent_id,
             "parties": [principal.user_id, agent_id], "scheduled_at": at, "ends_at": at + timedelta(minutes=slot),
             "status": "pending", "slot_key": self._slot_key(agent_id, at), "proposed_by": principal.user_id,
             "created_at": now, "updated_at": now,
         })
+        try:  # concurrent bookings all passed the check above: each looks again with itself stored, and goes if over
+            await self._check_open_limits(principal.user_id, agent_id, prop["_id"], now, doc["_id"])
+        except Conflict:
+            await self.store.discard(doc["_id"])  # never announced to anyone
+            raise
         await self._announce(doc, "booked", actor=principal.user_id)
         return appointment_view(doc)
+
+    async def _check_open_limits(self, client_id: int, agent_id: int, property_id: int, now, own_id: int | None) -> None:
+        """409 when the client already has an open (pending or confirmed, still upcoming) viewing of this
+        property (`viewing_exists`, with its `appointment_id`: reschedule that one instead), or
+        APPOINTMENT_MAX_OPEN_PER_AGENT of them across this agent's listings (`too_many_open_viewings`): one
+        client cannot hold an agent's whole calendar. Checked before the insert and again after it, counting
+        every other open one (`own_id` is the new booking): of concurrent bookings the last to look sees all
+        of them, so the limits hold (under such a race all of them may be refused). The client's open
+        viewings are few: the `parties_status` index serves it."""
+        open_ = await self.store.open_of_client(client_id, agent_id, now, own_id, self.max_open_per_agent + 50)
+        same = next((d for d in open_ if d["property_id"] == property_id), None)
+        if same is not None:
+            raise Conflict("You already have an open viewing of this property; reschedule or cancel it instead",
+                           "viewing_exists", extra={"appointment_id": same["_id"]})
+        if len(open_) >= self.max_open_per_agent:
+            raise Conflict(f"You already have {self.max_open_per_agent} open viewings with this agent; "
+                           "wait for one to take place, or cancel one", "too_many_open_viewings")
 
     async def get(self, principal, appointment_id: int) -> dict:
         doc = await self.store.get(appointment_id)

@@ -87,3 +87,16 @@ class AppointmentStore(TwoPartyStore):
         """A reschedule: set `changes` (the new time and its slot_key) only while the appointment is
         still as read (`expected`); raises DuplicateKeyError when the new slot is held by another."""
         return await update_then_get(self.col, {"_id": appointment_id, **expected}, {"$set": changes})
+
+    async def open_of_client(self, client_id: int, agent_id: int, now, exclude_id: int | None, limit: int) -> list[dict]:
+        """The client's open (pending or confirmed, upcoming) viewings with this agent but `exclude_id`, oldest
+        booking first; on the `parties_status` index."""
+        query: dict = {"parties": client_id, "status": {"$in": ["pending", "confirmed"]}, "client_id": client_id,
+                       "agent_id": agent_id, "scheduled_at": {"$gt": now}}
+        if exclude_id is not None:
+            query["_id"] = {"$ne": exclude_id}
+        return await self.col.find(query, {"property_id": 1}).sort("_id", ASCENDING).to_list(length=limit)
+
+    async def discard(self, appointment_id: int) -> None:
+        """Undo a booking that was never announced (it lost the open-viewings check to concurrent ones)."""
+        await self.col.delete_one({"_id": appointment_id, "status": "pending"})
