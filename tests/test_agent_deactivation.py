@@ -116,6 +116,30 @@ async def test_deactivated_by_themselves(sheda):
     assert (await sheda.api.get(f"{API}/{own['id']}")).status == 404
 
 
+async def test_an_agent_who_switches_to_client_takes_their_listings_along(sheda):
+    # switch-account away from agent left the listings on the market while the account had no agent profile,
+    # no availability (both 404) and could neither answer a viewing nor change the listing (403 not_owner).
+    w = word()
+    admin = await sheda.admin()
+    agent, listed, own = await agent_with_listings(sheda, w)
+    ids = {p["id"] for p in listed}
+    for to in ("client", "builder"):
+        r = await sheda.api.post("/api/v1/auth/switch-account", {"switch_to": to}, token=agent.token)
+        assert r.status == 200, r
+        await eventually(lambda: _back(sheda, w, set()))
+        r = await sheda.api.get(f"{API}/{listed[0]['id']}", token=admin.token)
+        assert r.json["is_active"] is False and r.json["hidden_reason"] == "agent_inactive", r
+        assert (await sheda.api.get(f"{API}/{listed[0]['id']}")).status == 404
+        r = await sheda.api.post("/api/v1/auth/switch-account", {"switch_to": "agent"}, token=agent.token)
+        assert r.status == 200, r
+        await eventually(lambda: _back(sheda, w, ids))
+        assert (await sheda.api.get(f"{API}/{own['id']}")).status == 404  # unlisted by the agent: stays so
+    # Switching between the other types changes nothing for the listings (a client to a builder has none).
+    client = await sheda.signup("client")
+    assert (await sheda.api.post("/api/v1/auth/switch-account", {"switch_to": "builder"}, token=client.token)).status == 200
+    assert await found(sheda, w) == ids
+
+
 async def test_a_process_dying_after_the_deactivation_leaves_a_job_that_hides_them(sheda):
     """The job is queued before the account's write: a process killed between the write and the run leaves
     it pending, and whichever process's runner finds it due does the work."""

@@ -421,12 +421,19 @@ class AccountService:
         await self.push.on_logout(principal.user_id, claims.get("fam"))  # [push] this login's devices go with it
 
     async def switch_account(self, principal, switch_to: str) -> dict:
-        """Become a client or an agent: user_type changes and a new pair (same family) carries
+        """Become a client, an agent or a builder: user_type changes and a new pair (same family) carries
         the new scope. Older tokens stay valid but lose the old role's scope at once: the auth
-        check only honours a client/agent scope that matches the current user_type."""
+        check only honours a client/agent scope that matches the current user_type. An agent's listed
+        listings leave the market when they stop being an agent and come back when they are one again
+        (listings/agent_status.py), as with a deactivation."""
         user = principal.user
         if user["user_type"] != switch_to:
+            # [listings] an agent's listings leave the market with the agent type and come back with it
+            agent = "agent" in (user["user_type"], switch_to) and self.listings_follow is not None
+            follow = await self.listings_follow.changing(user["_id"]) if agent else None
             user = await self.users.update(user["_id"], {"user_type": switch_to, "updated_at": self.clock.now()})
+            if follow is not None:
+                await self.listings_follow.changed(follow)
         return await self.issue_pair(user, family=principal.claims.get("fam"))
 
     # ---- profiles ----------------------------------------------------------

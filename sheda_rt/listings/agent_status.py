@@ -1,9 +1,9 @@
 """An agent's listings follow their account: deactivated (DELETE /users/me, an admin's PATCH
-/admin/users/{id} {"is_active": false}, a moderator's `deactivate_user`), every listed listing of
-theirs is unlisted with `hidden_reason` "agent_inactive" (404 to everyone but admins, out of every
-search, the guided search's catalog, favourites and saved-search alerts, as an unlisted one is);
-reactivated by an admin, exactly those are listed again. Listings the agent or staff unlisted stay
-unlisted.
+/admin/users/{id} {"is_active": false}, a moderator's `deactivate_user`) or no longer an agent
+(switch-account to client or builder), every listed listing of theirs is unlisted with `hidden_reason`
+"agent_inactive" (404 to everyone but admins, out of every search, the guided search's catalog,
+favourites and saved-search alerts, as an unlisted one is); reactivated by an admin, or switched back to
+agent, exactly those are listed again. Listings the agent or staff unlisted stay unlisted.
 
 One durable job of the queue (sheda_rt/jobs/) per change of the account, kind `listings.agent_status`,
 key `listings.agent_status:<user>:<nonce>`. It makes the listings match the account *as it is when the
@@ -101,8 +101,10 @@ class AgentListingsFollow:
 
     # ---- the job -----------------------------------------------------------------
     async def _active(self, user_id: int) -> bool:
+        """The listings are on the market while their agent's account is active and still an agent
+        (switch-account to client or builder takes them along, switching back brings them back)."""
         user = await self.users.get(user_id)
-        return user is not None and user.get("is_active", True)
+        return user is not None and user.get("is_active", True) and user.get("user_type") == "agent"
 
     async def run(self, job: dict) -> dict:
         user_id = job["payload"]["user_id"]
