@@ -175,6 +175,10 @@ async def test_every_action(sheda):
     assert dismissed.json["status"] == "dismissed" and dismissed.json["handled_by"] == mod.id
     assert (await sheda.api.get("/api/v1/users/me", token=alice.token)).status == 200
     assert (await act(999_999_999, "dismiss")).json["code"] == "report_not_found"
+    # "note" is optional: a null (what many clients send for an empty optional field) is no note, not a 422.
+    rn = (await report(sheda, bob, "user", dave.id, "spam")).json
+    noted = await act(rn["id"], "dismiss", None)
+    assert noted.status == 200 and noted.json["status"] == "dismissed" and noted.json["note"] == "", noted
     assert (await sheda.api.patch(f"{Q}/{rd['id']}", {"action": "ban"}, token=mod.token)).status == 422
     assert any(n["kind"] == "report.handled" and n["data"]["status"] == "dismissed" for n in await notifications(sheda, bob))
 

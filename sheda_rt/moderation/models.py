@@ -40,7 +40,7 @@ class ReportAction(BaseModel):
                                        "(status resolved): delete_message (message reports), delist_property "
                                        "(property reports), deactivate_user (the reported user, the message's "
                                        "sender, or the listing's agent)")
-    note: str = Field("", max_length=MAX_DETAILS, description="why, for the log (kept on the report)")
+    note: Optional[str] = Field("", max_length=MAX_DETAILS, description="why, for the log (kept on the report); null is no note")
 
 
 class EvidenceMessage(ResponseModel):

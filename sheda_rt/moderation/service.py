@@ -141,7 +141,7 @@ class ModerationService:
             await self._do(user, report, body.action)
         now = self.clock.now()
         status = "dismissed" if body.action == "dismiss" else "resolved"
-        handled = await self.store.handle(report_id, status, {"action": body.action, "note": body.note,
+        handled = await self.store.handle(report_id, status, {"action": body.action, "note": body.note or "",
                                                              "handled_by": user["_id"], "handled_at": now})
         if handled is None:  # another moderator handled it meanwhile (every action is idempotent)
             current = await self.store.get(report_id)
