@@ -220,6 +220,23 @@ async def test_wrong_codes_are_capped_per_account_across_new_codes(sheda):
     assert (await sheda.api.post(f"{AUTH}/login", {"username": user.username, "password": user.password})).status == 200
 
 
+async def test_re_registering_a_pending_email_does_not_start_the_code_guessing_over(sheda):
+    # Someone who registered an address they do not own could guess its verification codes, and register it
+    # again (a new registration, new codes) each time the count ran out: a verified account on another's address.
+    resp, body = await sheda.register("client")
+    email = body["email"]
+    for round_ in range(2):
+        code = await _code(sheda, email)
+        for _ in range(5):
+            r = await sheda.api.post(f"{AUTH}/verify-account", {"email": email, "otp": f"{(int(code) + 1) % 1_000_000:06d}"})
+            assert r.status == 400, (round_, r)
+        again, _ = await sheda.register("client", email=email)
+        assert again.status == 201 and again.json["id"] == resp.json["id"], again
+    r = await sheda.api.post(f"{AUTH}/verify-account", {"email": email, "otp": await _code(sheda, email)})
+    assert r.status == 429 and r.json["code"] == "rate_limited", r
+    assert (await sheda.ctx.users.get(resp.json["id"]))["is_verified"] is False
+
+
 async def test_otp_expires_after_ten_minutes_and_a_new_one_replaces_it(sheda, clock):
     resp, body = await sheda.register("agent")
     first = await _code(sheda, body["email"])

@@ -258,7 +258,9 @@ class AccountService:
         if user is None:
             raise BadRequest(_INVALID_OTP, "invalid_otp")
         epoch = user.get("token_epoch", 0)
-        key, window = f"otp-fail:{user['_id']}.{epoch}", self.settings.login_window_minutes * 60
+        # Per account, not per epoch (unlike the login's count): re-registering a pending email moves the epoch
+        # on and mails new codes, and must not start the guessing of its codes over.
+        key, window = f"otp-fail:{user['_id']}", self.settings.login_window_minutes * 60
         if wait := await self.limits.blocked_for(key, OTP_MAX_FAILURES_PER_ACCOUNT, window):
             raise RateLimited("Too many wrong codes for this account; try again later", wait)
         if await self.limits.record_failure(key, window) > OTP_MAX_FAILURES_PER_ACCOUNT:
