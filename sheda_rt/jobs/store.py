@@ -17,7 +17,7 @@ The kind is checked by the runner, not the query. Each write touches two index e
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.errors import DuplicateKeyError
@@ -131,7 +131,9 @@ class JobStore:
             after = decode_cursor(page.cursor, 2)
             if not isinstance(after[0], datetime) or not isinstance(after[1], str):
                 raise ValidationFailed.single("cursor", "is not a cursor for this listing")
-            flt["run_at"] = {"$lte": after[0]}
+            # run_at < cursor + 1 ms, i.e. <= the cursor (dates are stored to the millisecond): the embedded database
+            # answers `$lte` on this (status, run_at, _id) index as `$lt`, which lost the rest of the cursor's instant.
+            flt["run_at"] = {"$lt": after[0] + timedelta(milliseconds=1)}
         docs: list[dict] = []
         cursor = self.col.find(flt, sort=ADMIN_SORT, batch_size=page.limit + 8)
         try:
