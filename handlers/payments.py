@@ -1,10 +1,10 @@
-"""/api/v1/payments/*, /api/v1/webhooks/paystack: thin edges over PaymentService."""
+"""/api/v1/payments/*, /api/v1/webhooks/paystack, /api/v1/admin/payments/{reference}/resolve: thin edges over PaymentService."""
 from __future__ import annotations
 
 from handlers.base import APIHandler
 from handlers.routing import Reply, endpoint, route
-from sheda_rt.accounts.auth import USER
-from sheda_rt.payments.models import PaymentCreate, PaymentOut, PaymentQuery, WebhookAck
+from sheda_rt.accounts.auth import ADMIN, USER
+from sheda_rt.payments.models import PaymentCreate, PaymentOut, PaymentQuery, PaymentResolve, WebhookAck
 from sheda_rt.responses import Page
 
 TAGS = ("payments",)
@@ -49,6 +49,24 @@ class PaymentHandler(APIHandler):
         return await self.ctx.payments.get(self.principal, reference)
 
 
+class PaymentResolveHandler(APIHandler):
+    @endpoint("Settle a flagged payment (admins): credit what the gateway verified, or dismiss it", response=PaymentOut,
+              auth=ADMIN, body=PaymentResolve, status=201, also={200: "Already settled so: the payment as it was settled"},
+              errors=(401, 403, 404, 409, 422, 503), tags=("admin",))
+    async def post(self, reference: str, body: PaymentResolve):
+        """For a payment `GET /payments?flagged=true` lists. `{"action": "credit", "reason"}` (wallet top-ups): the
+        gateway is asked now, and the payer's wallet is credited what it verifies was paid (never an amount from a
+        request or a webhook), in a ledger transaction naming the admin and the reason (`refs.resolved_by`); the
+        payment becomes succeeded and applied (409 `not_paid` when the gateway does not report it paid,
+        `not_creditable` for another purpose or currency; 503 `gateway_unavailable`). `{"action": "dismiss",
+        "reason"}`: nothing is credited; a live attempt is closed failed. Either way `resolution` records who, when,
+        why (and for a credit, `amount` and `transaction_id`), `flagged` becomes false, and nothing moves the
+        payment again. Once: the same action again answers 200; another is 409 `already_resolved`; 409
+        `not_flagged` for a payment that is not flagged; 404 `payment_not_found`."""
+        payment, created = await self.ctx.payments.resolve(self.principal, reference, body)
+        return payment if created else Reply(payment, 200)
+
+
 class PaystackWebhookHandler(APIHandler):
     @endpoint("Paystack's event deliveries", response=WebhookAck, errors=(401, 503), tags=TAGS)
     async def post(self):
@@ -64,4 +82,5 @@ default_handlers = [
     route("/api/v1/payments", PaymentsHandler),
     route("/api/v1/payments/{reference:str}", PaymentHandler),
     route("/api/v1/webhooks/paystack", PaystackWebhookHandler),
+    route("/api/v1/admin/payments/{reference:str}/resolve", PaymentResolveHandler),
 ]

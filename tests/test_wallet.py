@@ -327,3 +327,82 @@ async def test_pending_topup_checkouts_are_capped_per_user_and_a_double_tap_stil
         assert r.status == 201, r
     r = await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": burst_user.id, "amount": "399.00"}, token=burst_user.token)
     assert r.status == 429, r
+
+
+def resolve_url(reference: str) -> str:
+    return f"{PAY.replace('/api/v1', '/api/v1/admin')}/{reference}/resolve"
+
+
+async def test_an_admin_settles_a_flagged_topup_crediting_what_the_gateway_verified_or_dismissing_it(sheda, paystack):
+    """A top-up flagged for an admin (the webhook reported another amount than the checkout's) could be listed but
+    never settled. An admin now credits what the gateway verifies was paid (never a figure from a body) or
+    dismisses it with a reason; once, recorded on the payment and, for money, in the ledger."""
+    from tests.test_openapi_typed import Conformance, served_document
+
+    conf = Conformance(await served_document(sheda))
+    op, one = "/api/v1/admin/payments/{reference}/resolve", "/api/v1/payments/{reference}"
+    paystack.webhook_url = sheda.base_url + "/api/v1/webhooks/paystack"
+    user, admin, other = await sheda.signup("client"), await sheda.admin(), await sheda.signup("client")
+    r = await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": user.id, "amount": "5000.00"}, token=user.token)
+    assert r.status == 201, r
+    ref = r.json["reference"]
+    paystack.pay(ref, amount=300_000)  # the customer paid 3,000.00 at the checkout
+    assert (await paystack.deliver(paystack.event_body(ref))).code == 200
+    flagged = conf.check(await sheda.api.get(f"{PAY}/{ref}", token=user.token), "GET", one, 200)
+    assert flagged["flagged"] is True and flagged["flags"][0]["reason"] == "webhook_mismatch" and flagged["resolution"] is None
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "0.00"
+    listed = (await sheda.api.get(PAY, token=admin.token, params={"flagged": "true", "limit": 100})).json["items"]
+    assert ref in [p["reference"] for p in listed]
+
+    url = resolve_url(ref)
+    assert (await sheda.api.post(url, {"action": "credit", "reason": "paid less"})).status == 401
+    conf.check(await sheda.api.post(url, {"action": "credit", "reason": "paid less"}, token=user.token), "POST", op, 403)
+    for bad in ({}, {"action": "credit"}, {"action": "refund", "reason": "x"}, {"action": "credit", "reason": "  "},
+                {"action": "credit", "reason": "x", "amount": "5000.00"}):
+        conf.check(await sheda.api.post(url, bad, token=admin.token), "POST", op, 422)
+    r = await sheda.api.post(resolve_url("shd_" + "0" * 24), {"action": "dismiss", "reason": "x"}, token=admin.token)
+    assert r.status == 404 and r.json["code"] == "payment_not_found"
+
+    results = await asyncio.gather(*(sheda.api.post(url, {"action": "credit", "reason": "customer paid 3,000 only"},
+                                                    token=admin.token) for _ in range(3)))
+    assert sorted(r.status for r in results) == [200, 200, 201], results
+    done = next(conf.check(r, "POST", op, 201) for r in results if r.status == 201)
+    conf.check(next(r for r in results if r.status == 200), "POST", op, 200)
+    assert all(r.json == done for r in results)
+    assert done["status"] == "succeeded" and done["applied"] is True and done["flagged"] is False
+    assert done["amount"] == "5000.00" and done["flags"] == flagged["flags"]  # what was asked, and why it was flagged
+    res = done["resolution"]
+    assert res["action"] == "credit" and res["amount"] == "3000.00" and res["by"] == admin.id
+    assert res["reason"] == "customer paid 3,000 only" and res["at"] and res["transaction_id"]
+    me = (await sheda.api.get(WALLET, token=user.token)).json
+    assert me["balance"] == "3000.00"
+    [entry] = me["recent"]
+    assert entry["id"] == res["transaction_id"] and entry["amount"] == "3000.00"
+    assert entry["refs"]["payment_reference"] == ref and entry["refs"]["resolved_by"] == admin.id
+    # Settled: no longer among the flagged; another action is refused; a redelivered webhook changes nothing.
+    listed = (await sheda.api.get(PAY, token=admin.token, params={"flagged": "true", "limit": 100})).json["items"]
+    assert ref not in [p["reference"] for p in listed]
+    r = await sheda.api.post(url, {"action": "dismiss", "reason": "x"}, token=admin.token)
+    assert conf.check(r, "POST", op, 409)["code"] == "already_resolved"
+    assert (await paystack.deliver(paystack.event_body(ref))).code == 200
+    assert (await sheda.api.get(f"{PAY}/{ref}", token=user.token)).json == done
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "3000.00"
+
+    # A flagged top-up the gateway says was never paid cannot be credited; it can be dismissed.
+    r = await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": other.id, "amount": "700.00"}, token=other.token)
+    ref2 = r.json["reference"]
+    assert (await paystack.deliver(paystack.event_body(ref2, status="success", amount=1))).code == 200  # a mismatching body
+    assert (await sheda.api.get(f"{PAY}/{ref2}", token=other.token)).json["flagged"] is True
+    r = await sheda.api.post(resolve_url(ref2), {"action": "credit", "reason": "x"}, token=admin.token)
+    assert r.status == 409 and r.json["code"] == "not_paid", r
+    r = await sheda.api.post(resolve_url(ref2), {"action": "dismiss", "reason": "a test transaction"}, token=admin.token)
+    conf.check(r, "POST", op, 201)
+    assert r.json["status"] == "failed" and r.json["flagged"] is False and r.json["resolution"]["action"] == "dismiss"
+    assert r.json["resolution"]["amount"] is None and r.json["resolution"]["transaction_id"] is None
+    assert (await sheda.api.post(resolve_url(ref2), {"action": "dismiss", "reason": "again"}, token=admin.token)).status == 200
+    # An unflagged payment is not an admin's to settle.
+    r = await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": other.id, "amount": "800.00"}, token=other.token)
+    r = await sheda.api.post(resolve_url(r.json["reference"]), {"action": "dismiss", "reason": "x"}, token=admin.token)
+    assert r.status == 409 and r.json["code"] == "not_flagged"
+    assert (await sheda.api.get(WALLET, token=other.token)).json["balance"] == "0.00"
+    await audit_ok(sheda, admin)

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
+from typing_extensions import Annotated
 
 from sheda_rt.database.ids import MAX_ID
 from sheda_rt.listings.money import Money
@@ -59,6 +60,25 @@ class PaymentFlag(ResponseModel):
     at: Timestamp
 
 
+class PaymentResolve(BaseModel):
+    """An admin settles a flagged payment. `credit` (wallet top-ups): the payer's wallet gets what the gateway's
+    verify says was paid, whatever was asked or any webhook said; `dismiss`: nothing is credited or applied."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["credit", "dismiss"]
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+
+
+class PaymentResolution(ResponseModel):
+    action: Literal["credit", "dismiss"]
+    reason: str
+    by: int = Field(description="The admin's user id")
+    at: Timestamp
+    amount: Optional[MoneyText] = Field(description="credit: naira credited to the wallet, as the gateway verified it; null for dismiss")
+    transaction_id: Optional[int] = Field(description="credit: the ledger transaction that credited it; null for dismiss")
+
+
 class PaymentOut(ResponseModel):
     """One attempt to pay through the gateway. `amount` is naira as a decimal string; the
     gateway is sent the same amount in kobo."""
@@ -77,7 +97,7 @@ class PaymentOut(ResponseModel):
     access_code: Optional[str]
     applied: bool = Field(description="true once the payment's effect (the contract active, the installment confirmed, the wallet credited) "
                          "was carried out or settled")
-    flagged: bool = Field(description="true when something did not match (amount, currency, an inactive contract or booking, a line already confirmed, an effect still not carried out 30 minutes after the success): an admin looks")
+    flagged: bool = Field(description="true, until an admin settles it (`resolution`), when something did not match (amount, currency, an inactive contract or booking, a line already confirmed, an effect still not carried out 30 minutes after the success): an admin looks")
     flags: list[PaymentFlag]
     paid_at: Optional[str] = Field(description="When the gateway says the money was taken (its own format)")
     created_at: Timestamp
@@ -85,6 +105,8 @@ class PaymentOut(ResponseModel):
     succeeded_at: Optional[Timestamp]
     failed_at: Optional[Timestamp]
     abandoned_at: Optional[Timestamp]
+    resolution: Optional[PaymentResolution] = Field(description="How an admin settled it once flagged "
+                                                    "(POST /admin/payments/{reference}/resolve); null until then")
 
 
 class WebhookAck(ResponseModel):

@@ -91,7 +91,15 @@ def payment_view(doc: dict) -> dict:
         "succeeded_at": format_ts(doc.get("succeeded_at")),
         "failed_at": format_ts(doc.get("failed_at")),
         "abandoned_at": format_ts(doc.get("abandoned_at")),
+        "resolution": resolution_view(doc.get("resolution")),
     }
+
+
+def resolution_view(res: dict | None) -> dict | None:
+    if res is None:
+        return None
+    return {"action": res["action"], "reason": res["reason"], "by": res["by"], "at": format_ts(res["at"]),
+            "amount": res.get("amount"), "transaction_id": res.get("transaction_id")}
 
 
 class PaymentService:
@@ -202,6 +210,71 @@ class PaymentService:
             flt["status"] = query.status
         return await self.store.page(flt, query, payment_view)
 
+    # ---- an admin settles a flagged payment ------------------------------------
+    async def resolve(self, principal, reference: str, body) -> tuple[dict, bool]:
+        """(the payment, settled now?). `credit` (a purpose whose target can: wallet top-ups) credits what the
+        gateway's verify says was paid, asked now, never a figure from a request or a webhook; `dismiss` records
+        that nothing is owed (a live attempt is closed failed; a succeeded one unapplied stays so, applied).
+        Once: the first action is claimed on the payment before anything moves, the same action again (a retry,
+        a second admin) finishes it or answers it, another is 409 already_resolved; the credit's ledger key is
+        the payment's own, so it never adds to a credit already made."""
+        payment = await self.store.get(reference) if REFERENCE.fullmatch(reference) else None
+        if payment is None:
+            raise NotFound("No such payment", "payment_not_found")
+        claimed = payment.get("resolution")
+        if claimed is not None and claimed["action"] != body.action:
+            raise Conflict(f"An admin already settled this payment ({claimed['action']})", "already_resolved")
+        if claimed is not None and claimed.get("done"):
+            return payment_view(payment), False
+        if claimed is None and not payment.get("flagged"):
+            raise Conflict("This payment is not flagged: nothing for an admin to settle", "not_flagged")
+        amount_minor = None
+        if body.action == "credit":
+            amount_minor = await self._verified_for_credit(payment)
+        now = self.clock.now()
+        payment, won = await self.store.claim_resolution(payment["_id"], {"action": body.action, "reason": body.reason,
+                                                                          "by": principal.user_id, "at": now})
+        claimed = payment["resolution"]
+        if claimed["action"] != body.action:  # another admin's other action won the claim
+            raise Conflict(f"An admin already settled this payment ({claimed['action']})", "already_resolved")
+        if claimed.get("done"):
+            return payment_view(payment), False
+        if body.action == "credit":
+            tx = await self.targets[payment["purpose"]].credit_verified(payment, amount_minor, admin_id=claimed["by"],
+                                                                        reason=claimed["reason"])
+            credited = next(line["amount"] for line in tx["lines"] if line["account"] != "gateway:clearing")
+            fields = {"resolution.amount": credited, "resolution.transaction_id": tx["id"], "status": "succeeded",
+                      "applied": True, "outcome": "credited_by_admin", "succeeded_at": payment.get("succeeded_at") or now}
+        else:
+            await self.store.transition(payment["_id"], LIVE_STATES, "failed", now, {"failed_at": now, "failure": "dismissed"},
+                                        close=True)
+            fields = {} if payment.get("applied") or payment["status"] != "succeeded" else {"applied": True, "outcome": "dismissed"}
+        await self.store.finish_resolution(payment["_id"], body.action, fields, now)
+        log.info('{"event": "payment_resolved", "reference": "%s", "action": "%s", "by": %d}', reference, body.action,
+                 claimed["by"])
+        # The claim's winner answers 201; the same action racing it (or finishing one a crash cut short) 200.
+        return payment_view(await self.store.get(reference)), won
+
+    async def _verified_for_credit(self, payment: dict) -> int:
+        """What the gateway says was paid for this payment, in kobo, when it can be credited (409 otherwise)."""
+        if not hasattr(self.targets.get(payment["purpose"]), "credit_verified"):
+            raise Conflict(f"A {payment['purpose']} payment cannot be credited; dismiss it", "not_creditable")
+        if self.gateway is None:
+            raise PaymentsNotConfigured("No payment gateway is configured: nothing can be verified")
+        try:
+            v = await self.gateway.verify(payment["reference"])
+        except GatewayError as exc:
+            log.warning("verify failed for %s: %s", payment["reference"], exc)
+            raise GatewayUnavailable("Could not verify the payment with the gateway; try again shortly",
+                                     headers={"Retry-After": "30"}, extra={"retry_after": 30})
+        if v.status != SUCCESS or v.reference != payment["reference"]:
+            raise Conflict(f"The gateway does not report this payment paid ({v.gateway_status or v.status}): nothing to "
+                           "credit; dismiss it", "not_paid", extra={"gateway_status": v.gateway_status or v.status})
+        if v.currency != payment["currency"] or not v.amount_minor or v.amount_minor <= 0:
+            raise Conflict(f"The gateway verified {v.amount_minor} {v.currency} (kobo): not creditable to a "
+                           f"{payment['currency']} wallet; dismiss it", "not_creditable")
+        return v.amount_minor
+
     # ---- the gateway's webhook ---------------------------------------------
     async def webhook(self, raw_body: bytes, headers) -> dict:
         """A delivery from the gateway. The signature is checked over the raw bytes before
@@ -236,6 +309,8 @@ class PaymentService:
         payment = await self.store.get(event.reference) if event.reference else None
         if payment is None:
             return "unknown_reference"
+        if payment.get("resolution") is not None:
+            return "resolved"  # an admin settled it: nothing more moves it
         if event.amount_minor != payment["amount_minor"] or event.currency != payment["currency"]:
             await self._flag(payment, "webhook_mismatch",
                              f"the webhook reports {event.amount_minor} {event.currency} (kobo); we initialized "
@@ -331,7 +406,7 @@ class PaymentService:
         the answer, as a webhook would; "undecided" when the gateway still has not decided. A payment settled
         meanwhile, or flagged for an admin, is left alone. GatewayError propagates (the caller retries)."""
         payment = await self.store.get(reference)
-        if payment is None or payment["status"] not in SUCCEEDABLE or payment.get("flagged"):
+        if payment is None or payment["status"] not in SUCCEEDABLE or payment.get("flagged") or payment.get("resolution"):
             return "settled"
         return await self.settle(payment)
 

@@ -16,6 +16,7 @@ from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.errors import DuplicateKeyError
 
 from sheda_rt.database.transitions import guarded_transition
+from sheda_rt.database.writes import update_then_get
 from sheda_rt.pagination import paginate
 
 NEWEST = [("_id", DESCENDING)]
@@ -108,6 +109,19 @@ class PaymentStore:
     async def discard_unstarted(self, payment_id: int) -> None:
         """Delete an attempt the gateway never heard of (still initialized): it was refused before its checkout."""
         await self.col.delete_one({"_id": payment_id, "status": "initialized", "checkout_url": {"$exists": False}})
+
+    async def claim_resolution(self, payment_id: int, resolution: dict) -> tuple[dict, bool]:
+        """An admin's settlement of a flagged payment, claimed once (the first action wins; a second admin's
+        other action finds this one). (the payment afterwards, claimed by this call?)"""
+        won = await update_then_get(self.col, {"_id": payment_id, "resolution": None}, {"$set": {"resolution": resolution}})
+        return (won, True) if won is not None else (await self.col.find_one({"_id": payment_id}), False)
+
+    async def finish_resolution(self, payment_id: int, action: str, fields: dict, now) -> None:
+        """The claimed settlement carried out: recorded once (racing finishers of one claim: the first), and the
+        payment no longer waits for an admin."""
+        await self.col.update_one({"_id": payment_id, "resolution.action": action, "resolution.done": {"$ne": True}},
+                                  {"$set": {**fields, "resolution.done": True, "flagged": False, "updated_at": now},
+                                   "$unset": {"open_key": ""}})
 
     async def of_target(self, purpose: str, target_id: int, status: str) -> list[dict]:
         return await self.col.find({"purpose": purpose, "target_id": target_id, "status": status}).to_list()

@@ -111,10 +111,11 @@ class WalletService:
         account = wallet_account(user_id)
         return -sum(int(line["amount_minor"]) for line in doc["lines"] if line["account"] == account)
 
-    async def credit_topup(self, user_id: int, amount_minor: int, *, reference: str, refs: dict | None = None) -> tuple[dict, bool]:
+    async def credit_topup(self, user_id: int, amount_minor: int, *, reference: str, refs: dict | None = None,
+                           memo: str = "Wallet top-up") -> tuple[dict, bool]:
         """A top-up the gateway confirmed: gateway:clearing -> wallet:<user>, once per payment reference.
         (the transaction, credited now?)"""
-        doc = {"key": f"topup:{reference}", "kind": "topup", "memo": "Wallet top-up", "refs": {"payment_reference": reference, **(refs or {})},
+        doc = {"key": f"topup:{reference}", "kind": "topup", "memo": memo, "refs": {"payment_reference": reference, **(refs or {})},
                "lines": [{"account": CLEARING, "amount_minor": -amount_minor},
                          {"account": wallet_account(user_id), "amount_minor": amount_minor}]}
         stored, created = await self.ledger.post(doc, self.clock.now())

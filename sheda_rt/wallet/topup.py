@@ -47,6 +47,14 @@ class WalletTopupTarget:
                       metadata={"purpose": self.purpose, "target_id": principal.user_id}, parties=[principal.user_id],
                       live_cap=self.max_pending)
 
+    async def credit_verified(self, payment: dict, amount_minor: int, *, admin_id: int, reason: str) -> dict:
+        """An admin settles a flagged top-up: the payer's wallet gets `amount_minor`, what the gateway verified, under
+        the payment's own ledger key, so never on top of a credit already made for it (that one is returned)."""
+        tx, _created = await self.wallet.credit_topup(
+            payment["payer_id"], amount_minor, reference=payment["reference"],
+            refs={"resolved_by": admin_id, "reason": reason}, memo=f"Wallet top-up, settled by an admin: {reason}")
+        return tx
+
     async def apply(self, payment: dict) -> tuple[str, tuple[str, str] | None]:
         if payment["currency"] != CURRENCY:  # never initialized so; a wallet holds naira only
             return "wrong_currency", ("topup_wrong_currency", f"a {payment['currency']} top-up cannot credit a naira wallet")
