@@ -18,6 +18,8 @@ from email.message import EmailMessage
 from email.policy import EmailPolicy
 from pathlib import Path
 
+import idna
+
 log = logging.getLogger("sheda.mail")
 
 # Headers whose value is one long `<url>` that mail clients read literally (RFC 2369): the default
@@ -39,6 +41,20 @@ class _MailPolicy(EmailPolicy):
 
 
 MAIL_POLICY = _MailPolicy()
+
+
+def ascii_domain(address: str) -> str:
+    """`address` with an internationalized domain in its ASCII (punycode) form: "ada@bücher.de" is
+    "ada@xn--bcher-kva.de", the same mailbox. In UTF-8 it needs SMTPUTF8, which many servers do not offer
+    (smtplib then refuses to send); in a header it became RFC 2047 words, which no address may hold. A
+    non-ASCII local part still needs SMTPUTF8: left as it is."""
+    local, at, domain = address.rpartition("@")
+    if not at or domain.isascii():
+        return address
+    try:
+        return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}"
+    except idna.IDNAError:
+        return address
 
 
 @dataclass(frozen=True)
@@ -67,7 +83,7 @@ class Mailer:
         msg = EmailMessage(policy=MAIL_POLICY)
         # A subject quotes what users typed (a listing's title): a line break in it would make the header
         # unwritable (ValueError), and the mail, a viewing's reminder to someone else, would never go out.
-        msg["From"], msg["To"], msg["Subject"] = self.sender, to, " ".join(subject.split())
+        msg["From"], msg["To"], msg["Subject"] = self.sender, ascii_domain(to), " ".join(subject.split())
         for name, value in (headers or {}).items():
             msg[name] = value
         msg.set_content(body)
