@@ -263,7 +263,14 @@ class AppContext:
 
         self.agent_listings = AgentListingsFollow(runner=self.job_runner, listings=self.properties, users=self.users, clock=self.clock,
                                                   meta=self.db["meta"])
-        self.accounts.listings_follow = self.agent_listings
+        # [appointments] a property rented or sold, or an account deactivated: their open viewings close (a durable job)
+        from sheda_rt.appointments.closing import AccountFollowers, ViewingsClosing
+
+        self.viewings_closing = ViewingsClosing(runner=self.job_runner, appointments=self.appointments, properties=self.property_store,
+                                                contracts=self.contract_store, users=self.users, clock=self.clock)
+        self.contracts.viewings_closing = self.viewings_closing
+        self.drain_hooks.append(self.viewings_closing.drain)
+        self.accounts.listings_follow = AccountFollowers(self.agent_listings, self.viewings_closing)
         self.drain_hooks.append(self.agent_listings.drain)
         self.backfills.append(self.agent_listings.backfill_inactive)  # accounts deactivated before their listings followed
 

@@ -5,7 +5,7 @@ import asyncio
 from datetime import timedelta
 
 from sheda_rt.appointments.models import WEEKDAYS
-from tests.listing_helpers import book, confirmed_viewing, create_property, iso, next_slot, open_window, set_bank, snapshot
+from tests.listing_helpers import book, confirmed_viewing, create_property, iso, next_slot, open_window, snapshot
 
 AV = "/api/v1/availability"
 AP = "/api/v1/appointments"
@@ -281,20 +281,16 @@ async def test_no_time_is_agreed_for_viewing_a_sold_property(sheda):
     # confirming and proposing times for the viewings other clients still have. They can be cancelled
     # or rejected.
     agent = await sheda.signup("agent")
-    buyer = await sheda.signup("client")
     client = await sheda.signup("client")
     waiting = await sheda.signup("client")
     prop = await create_property(sheda, agent, listing_type="sale")
-    await set_bank(sheda, agent)
     when = next_slot(sheda.ctx.clock.now(), days_ahead=2, hour=10)
     await open_window(sheda, agent, when, "09:00", "12:00")
     pending = (await book(sheda, waiting, prop["id"], when)).json["id"]
     confirmed = (await confirmed_viewing(sheda, agent, client, prop, when + timedelta(minutes=30)))["id"]
-    viewing = await confirmed_viewing(sheda, agent, buyer, prop, when + timedelta(hours=1))
-    contract = (await sheda.api.post(f"/api/v1/contracts/{prop['id']}", {"appointment_id": viewing["id"]}, token=buyer.token)).json
-    assert (await sheda.api.patch(f"/api/v1/contracts/{contract['id']}/payment-sent", token=buyer.token)).status == 200
-    r = await sheda.api.patch(f"/api/v1/contracts/{contract['id']}/confirm-payment", token=agent.token)
-    assert r.status == 200 and r.json["status"] == "active", r
+    # Taken by a contract, the property's other viewings are closed (tests/test_reminders.py); one the
+    # closing has not reached yet (the property taken without it here) is guarded as well.
+    await sheda.ctx.db["properties"].update_one({"_id": prop["id"]}, {"$set": {"status": "sold"}})
 
     before = [await snapshot(sheda, "appointments", a) for a in (pending, confirmed)]
     later = iso(when + timedelta(days=7))
@@ -346,7 +342,9 @@ async def test_no_time_is_agreed_with_a_deactivated_account(sheda):
     viewing = await confirmed_viewing(sheda, agent, client, prop, when)
     r = await sheda.api.patch(f"{AP}/{viewing['id']}/reschedule", {"scheduled_at": iso(when + timedelta(hours=1))}, token=agent.token)
     assert r.status == 200 and r.json["proposed_by"] == agent.id, r
-    assert (await sheda.api.delete("/api/v1/users/me", token=agent.token)).status == 204
+    # A deactivation closes the account's viewings (tests/test_reminders.py); one the closing has not
+    # reached yet (the account closed without it here) is guarded as well.
+    await sheda.ctx.db["users"].update_one({"_id": agent.id}, {"$set": {"is_active": False}})
 
     stored = await snapshot(sheda, "appointments", viewing["id"])
     for r in (await sheda.api.patch(f"{AP}/{viewing['id']}/confirm", token=client.token),

@@ -410,3 +410,105 @@ async def test_reading_before_the_threshold_means_no_digest(sheda):
     sheda.ctx.clock.advance(minutes=30)
     await run(sheda)
     assert mails(sheda, bob, "unread") == []
+
+
+# ---- viewings nobody can take part in any more are closed ------------------------------------------
+async def test_a_rented_property_closes_the_other_clients_viewings_and_their_reminders(sheda):
+    # Confirmed viewings of a rented (or sold) property stayed confirmed and their reminders still went out. Once a
+    # contract takes it, every other client's open viewing still ahead is cancelled (cancelled_by null,
+    # cancel_reason property_unavailable), the client told, the slot freed; the buyer keeps theirs.
+    agent, client, prop, when = await viewing_setup(sheda)
+    await set_bank(sheda, agent)
+    buyer = await sheda.signup("client")
+    waiting = await sheda.signup("client")
+    other_prop = await create_property(sheda, agent)
+    confirmed = await confirmed_viewing(sheda, agent, client, prop, when)
+    pending = (await book(sheda, waiting, prop["id"], when + timedelta(minutes=30))).json
+    elsewhere = await confirmed_viewing(sheda, agent, waiting, other_prop, when + timedelta(hours=2))
+    viewing = await confirmed_viewing(sheda, agent, buyer, prop, when + timedelta(hours=1))
+    assert {j["status"] for j in await reminder_jobs(sheda, confirmed["id"])} == {"pending"}
+    client_ws = await sheda.ws(client.token)
+    contract = (await sheda.api.post(f"/api/v1/contracts/{prop['id']}", {"appointment_id": viewing["id"], "term_months": 12},
+                                   token=buyer.token)).json
+    assert (await sheda.api.patch(f"/api/v1/contracts/{contract['id']}/payment-sent", token=buyer.token)).status == 200
+    r = await sheda.api.patch(f"/api/v1/contracts/{contract['id']}/confirm-payment", token=agent.token)
+    assert r.status == 200 and r.json["status"] == "active", r
+    await sheda.ctx.viewings_closing.drain()
+
+    for appt, who in ((confirmed, client), (pending, waiting)):
+        got = (await sheda.api.get(f"{AP}/{appt['id']}", token=who.token)).json
+        assert (got["status"], got["cancelled_by"], got["cancel_reason"]) == ("cancelled", None, "property_unavailable"), got
+        assert "slot_key" not in await snapshot(sheda, "appointments", appt["id"])
+        [note] = [n for n in (await sheda.api.get("/api/v1/notifications", token=who.token)).json["items"]
+                  if n["kind"] == "appointment.cancelled"]
+        assert "no longer available" in note["body"] and note["data"]["appointment_id"] == appt["id"]
+    event = await client_ws.wait_type("appointment.cancelled")
+    assert event["appointment"]["id"] == confirmed["id"] and event["appointment"]["cancel_reason"] == "property_unavailable"
+    assert {j["status"] for j in await reminder_jobs(sheda, confirmed["id"])} == {"cancelled"}
+    assert (await sheda.api.get(f"{AP}/{viewing['id']}", token=buyer.token)).json["status"] == "confirmed"
+    kept = (await sheda.api.get(f"{AP}/{elsewhere['id']}", token=waiting.token)).json
+    assert kept["status"] == "confirmed" and kept["cancel_reason"] is None  # another listing's viewing stays
+    [job] = await sheda.ctx.db["jobs"].find({"kind": "appointments.close", "payload.property_id": prop["id"]}).to_list()
+    assert job["status"] == "done" and job["result"]["closed"] == 2, job
+
+    # Past the reminders' times: none for the closed viewing, even if its job had been left behind.
+    await sheda.ctx.db["jobs"].update_many({"kind": "reminder.appointment", "payload.appointment_id": confirmed["id"]},
+                                           {"$set": {"status": "pending"}})
+    sheda.ctx.clock.offset += (when - timedelta(minutes=30)) - sheda.ctx.clock.now()
+    await run(sheda)
+    assert mails(sheda, client, "Reminder") == []
+    # the job run again (another process, a restart) closes and tells nothing twice
+    assert await sheda.ctx.viewings_closing.run(job) == {"outcome": "rented", "closed": 0}
+    await fresh(sheda, client)
+    notes = (await sheda.api.get("/api/v1/notifications", token=client.token)).json["items"]
+    assert len([n for n in notes if n["kind"] == "appointment.cancelled"]) == 1
+
+
+async def test_a_deactivated_account_closes_its_viewings_through_a_durable_job(sheda):
+    # The agent closes their account: every open viewing with them still ahead is cancelled
+    # (cancel_reason agent_inactive) and the client told; a deactivated client's viewings likewise
+    # (client_inactive, the agent told). The job is queued before the account's write, so a process
+    # dying in between leaves it to any process; one that died after closing but before telling the
+    # other party tells them on its next run.
+    agent, client, prop, when = await viewing_setup(sheda)
+    other_agent = await sheda.signup("agent")
+    other_prop = await create_property(sheda, other_agent)
+    await open_window(sheda, other_agent, when)
+    mine = await confirmed_viewing(sheda, agent, client, prop, when)
+    theirs = await confirmed_viewing(sheda, other_agent, client, other_prop, when + timedelta(minutes=30))
+    assert (await sheda.api.delete("/api/v1/users/me", token=agent.token)).status == 204
+    await sheda.ctx.viewings_closing.drain()
+    got = (await sheda.api.get(f"{AP}/{mine['id']}", token=client.token)).json
+    assert (got["status"], got["cancelled_by"], got["cancel_reason"]) == ("cancelled", None, "agent_inactive"), got
+    assert {j["status"] for j in await reminder_jobs(sheda, mine["id"])} == {"cancelled"}
+    [note] = [n for n in (await sheda.api.get("/api/v1/notifications", token=client.token)).json["items"]
+              if n["kind"] == "appointment.cancelled"]
+    assert "agent's account" in note["body"]
+    assert (await sheda.api.get(f"{AP}/{theirs['id']}", token=client.token)).json["status"] == "confirmed"
+
+    # The client is banned by an admin; the closing run dies after closing, before telling the agent.
+    admin = await sheda.admin()
+    closing = sheda.ctx.viewings_closing
+    real = closing.appointments._announce_closed
+
+    async def dies(doc):
+        raise RuntimeError("process killed")
+    closing.appointments._announce_closed = dies
+    try:
+        assert (await sheda.api.patch(f"/api/v1/admin/users/{client.id}", {"is_active": False}, token=admin.token)).status == 200
+        await closing.drain()
+    finally:
+        closing.appointments._announce_closed = real
+    stored = await snapshot(sheda, "appointments", theirs["id"])
+    assert stored["status"] == "cancelled" and stored["cancel_reason"] == "client_inactive" and stored["close_notice_pending"] is True
+    assert not [n for n in (await sheda.api.get("/api/v1/notifications", token=other_agent.token)).json["items"]
+                if n["kind"] == "appointment.cancelled"]
+    [job] = await sheda.ctx.db["jobs"].find({"kind": "appointments.close", "payload.user_id": client.id}).to_list()
+    assert job["status"] == "pending", job  # failed once: retried later, by any process
+    sheda.ctx.clock.offset += job["run_at"] - sheda.ctx.clock.now() + timedelta(seconds=1)
+    await run(sheda)
+    await fresh(sheda, other_agent)
+    [note] = [n for n in (await sheda.api.get("/api/v1/notifications", token=other_agent.token)).json["items"]
+              if n["kind"] == "appointment.cancelled"]
+    assert "client's account" in note["body"] and note["data"]["appointment_id"] == theirs["id"]
+    assert "close_notice_pending" not in await snapshot(sheda, "appointments", theirs["id"])

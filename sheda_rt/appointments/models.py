@@ -142,7 +142,10 @@ class AppointmentOut(ResponseModel):
     scheduled_at: Timestamp
     ends_at: Timestamp
     status: AppointmentStatus
-    cancelled_by: Optional[int] = Field(description="who cancelled (user id), once cancelled")
+    cancelled_by: Optional[int] = Field(description="who cancelled (user id), once cancelled; null when the system closed it")
+    cancel_reason: Optional[Literal["property_unavailable", "agent_inactive", "client_inactive"]] = Field(None, description=(
+        "why the system cancelled it: the property was rented or sold, or that party's account was deactivated; "
+        "null for a party's own cancel"))
     proposed_by: int = Field(description="who proposed the current time (the client for a booking, either party after a "
                                          "reschedule); while pending, the other party confirms or rejects it")
     rescheduled_at: Optional[Timestamp] = Field(None, description="when the time was last changed by a reschedule")

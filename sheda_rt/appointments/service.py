@@ -18,6 +18,8 @@ update filter, so a transition from any other state is a 409):
     pending --reject (the party who did not propose the time)--> rejected
     pending | confirmed --cancel (client or agent)--> cancelled
     pending | confirmed --reschedule (client or agent)--> pending, at the new time
+    pending | confirmed --closed by the system (property rented or sold, a party's account deactivated;
+                          sheda_rt/appointments/closing.py)--> cancelled, cancelled_by null, cancel_reason set
 
 A time that has begun cannot be confirmed (409 `time_passed`: reject it or propose another), and
 once the property is rented or sold no time is confirmed or proposed for viewing it (409
@@ -80,6 +82,7 @@ def appointment_view(doc: dict) -> dict:
         "ends_at": format_ts(doc["ends_at"]),
         "status": doc["status"],
         "cancelled_by": doc.get("cancelled_by"),
+        "cancel_reason": doc.get("cancel_reason"),
         "proposed_by": doc.get("proposed_by", doc["client_id"]),
         "rescheduled_at": format_ts(doc.get("rescheduled_at")),
         "created_at": format_ts(doc["created_at"]),
@@ -324,6 +327,50 @@ class AppointmentService:
         if self.reminders is not None:
             await self.reminders.appointment_closed(doc)
         return appointment_view(doc)
+
+    # ---- closed by the system (sheda_rt/appointments/closing.py) ------------------------------------
+    _CLOSED_WHY = {"property_unavailable": "the property is no longer available",
+                   "agent_inactive": "the agent's account is no longer active",
+                   "client_inactive": "the client's account is no longer active"}
+
+    async def close_open(self, party_id: int, reason: str | None, *, property_id: int | None = None,
+                         keep_client: int | None = None, recover: bool = False, batch: int = 200) -> int:
+        """Cancel every open viewing still ahead of `party_id` (of one property when given; never those of
+        `keep_client`): `cancelled_by` null, `cancel_reason` = `reason`, or for a deactivated account the side
+        it is on (agent_inactive / client_inactive). Frees the slots, cancels the reminders, tells the other
+        party. Returns how many it closed; safe to run again (a closed one is not open any more; with
+        `recover`, a run after one that failed, one whose party was not told yet is told now)."""
+        if recover:
+            for doc in await self.store.closed_unannounced(party_id, property_id, batch):
+                await self._announce_closed(doc)
+        closed = 0
+        while True:
+            now = self.clock.now()
+            found = [d for d in await self.store.open_of_party(party_id, now, property_id, batch)
+                     if keep_client is None or d["client_id"] != keep_client]
+            if not found:
+                return closed
+            for current in found:
+                why = reason or ("agent_inactive" if current["agent_id"] == party_id else "client_inactive")
+                doc = await self.store.transition(current["_id"], {}, ["pending", "confirmed"], "cancelled", now,
+                                                  {"cancelled_by": None, "cancel_reason": why, "close_notice_pending": True},
+                                                  release_hold=True)
+                if doc is None:  # a party cancelled, rejected or moved it meanwhile: the next round sees it as it is
+                    continue
+                closed += 1
+                if self.reminders is not None:
+                    await self.reminders.appointment_closed(current)
+                await self._announce_closed(doc)
+
+    async def _announce_closed(self, doc: dict) -> None:
+        why = doc.get("cancel_reason")
+        other = doc["agent_id"] if why == "client_inactive" else doc["client_id"]
+        view = appointment_view(doc)
+        body = f"The viewing of “{doc.get('property_title')}” on {view['scheduled_at']} was cancelled: {self._CLOSED_WHY.get(why, why)}."
+        await self.notifications.notify(other, "appointment.cancelled", "Viewing cancelled", body,
+                                        {"appointment_id": doc["_id"], "property_id": doc["property_id"], "status": doc["status"]})
+        await self.notifications.publish_event([doc["client_id"], doc["agent_id"]], {"type": "appointment.cancelled", "appointment": view})
+        await self.store.announced(doc["_id"])
 
     async def reschedule(self, principal, appointment_id: int, body) -> dict:
         """Either party proposes a new time: pending | confirmed -> pending at the new time, for the

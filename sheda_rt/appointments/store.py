@@ -88,14 +88,39 @@ class AppointmentStore(TwoPartyStore):
         still as read (`expected`); raises DuplicateKeyError when the new slot is held by another."""
         return await update_then_get(self.col, {"_id": appointment_id, **expected}, {"$set": changes})
 
+    # The embedded database plans an index only for a filter whose every field the index holds: these ask
+    # `parties_status` for a party's open (or cancelled) viewings alone and narrow them here.
+    async def _of_party(self, party_id: int, status, keep, limit: int) -> list[dict]:
+        found: list[dict] = []
+        async for doc in self.col.find({"parties": party_id, "status": status}):
+            if keep(doc):
+                found.append(doc)
+                if len(found) >= limit:
+                    break
+        return found
+
     async def open_of_client(self, client_id: int, agent_id: int, now, exclude_id: int | None, limit: int) -> list[dict]:
         """The client's open (pending or confirmed, upcoming) viewings with this agent but `exclude_id`, oldest
-        booking first; on the `parties_status` index."""
-        query: dict = {"parties": client_id, "status": {"$in": ["pending", "confirmed"]}, "client_id": client_id,
-                       "agent_id": agent_id, "scheduled_at": {"$gt": now}}
-        if exclude_id is not None:
-            query["_id"] = {"$ne": exclude_id}
-        return await self.col.find(query, {"property_id": 1}).sort("_id", ASCENDING).to_list(length=limit)
+        booking first."""
+        found = await self._of_party(client_id, {"$in": ["pending", "confirmed"]},
+                                     lambda d: (d["client_id"] == client_id and d["agent_id"] == agent_id and d["scheduled_at"] > now
+                                                and d["_id"] != exclude_id), limit)
+        return sorted(found, key=lambda d: d["_id"])
+
+    async def open_of_party(self, party_id: int, now, property_id: int | None, limit: int) -> list[dict]:
+        """Open (pending or confirmed) viewings still ahead where `party_id` is the client or the agent (of one
+        property when given)."""
+        return await self._of_party(party_id, {"$in": ["pending", "confirmed"]},
+                                    lambda d: d["scheduled_at"] > now and (property_id is None or d["property_id"] == property_id), limit)
+
+    async def closed_unannounced(self, party_id: int, property_id: int | None, limit: int) -> list[dict]:
+        """Viewings the system closed whose other party was not told yet (the closing run died between the two)."""
+        return await self._of_party(party_id, "cancelled",
+                                    lambda d: d.get("close_notice_pending") and (property_id is None or d["property_id"] == property_id),
+                                    limit)
+
+    async def announced(self, appointment_id: int) -> None:
+        await self.col.update_one({"_id": appointment_id}, {"$unset": {"close_notice_pending": ""}})
 
     async def discard(self, appointment_id: int) -> None:
         """Undo a booking that was never announced (it lost the open-viewings check to concurrent ones)."""

@@ -97,6 +97,7 @@ class ContractService:
         self.accounts = accounts  # the agent's bank details, copied into a new contract
         self.clock = clock
         self.reminders = reminders  # a rental's end reminders: made on activation, cancelled when it ends early
+        self.viewings_closing = None  # [appointments] set by the context: the property's other open viewings close on activation
 
     async def _account_details(self, agent_id: int) -> dict | None:
         info = await self.accounts.account_info(agent_id)
@@ -242,6 +243,9 @@ class ContractService:
         now = self.clock.now()
         property_id = current["property_id"]
         new_status = "rented" if current["contract_type"] == "rent" else "sold"
+        # Queued before the property is taken, run once it is (sheda_rt/appointments/closing.py): other clients'
+        # viewings of it close. A job whose contract did not take the property closes nothing.
+        closing = await self.viewings_closing.changing(property_id=property_id) if self.viewings_closing is not None else None
         taken = await self.properties.take(property_id, new_status, contract_id, now)
         if taken is None:
             # A process that died between these two writes left the property taken for this very
@@ -271,6 +275,8 @@ class ContractService:
         if self.reminders is not None:
             await self.reminders.contract_active(doc)
         await self._close_rivals(doc, now)
+        if closing is not None:
+            await self.viewings_closing.changed(closing)
         return "activated", doc
 
     async def _close_rivals(self, winner: dict, now) -> None:
