@@ -219,3 +219,29 @@ def test_a_page_from_an_origin_not_in_cors_origins_is_refused(server, origins, n
     assert page.evaluate("([url, token]) => connect(url, token)", [ws_url(server), user.access_token])["opened"] is True
     me = page.evaluate("([url, token]) => api(url, token)", [server.base_url + "/api/v1/users/me", user.access_token])
     assert me["status"] == 200 and me["body"]["id"] == user.id
+
+
+def test_the_unsubscribe_link_asks_before_it_unsubscribes(server, new_page):
+    # Mail scanners open every link of a mail: the link's GET only shows a page, and nothing changes
+    # until a person presses its button (a form POST, as RFC 8058 wants the one-click POST to be).
+    from sheda_rt.reminders.unsubscribe import UnsubscribeLinks
+
+    user = server.signup("client")
+    link = UnsubscribeLinks(server.env["JWT_SECRET"], server.base_url).url(user.id, "chat")  # what an email's link is
+    settings = "/api/v1/users/me/notification-settings"
+    page = new_page(link)
+    assert page.title() == "Turn off chat message emails?"
+    assert server.request("GET", settings, token=user.access_token)[1]["email"]["chat"] is True  # the visit changed nothing
+    page.reload()  # a second visit neither
+    assert server.request("GET", settings, token=user.access_token)[1]["email"]["chat"] is True
+    page.click("#unsubscribe")
+    page.wait_for_selector("#done")
+    assert page.title() == "You are unsubscribed" and "chat message emails" in page.inner_text("#done")
+    assert page.url == link  # the form posted to the link itself
+    status, now = server.request("GET", settings, token=user.access_token)
+    assert status == 200 and now["email"]["chat"] is False and now["email"]["appointments"] is True, now
+    assert not [line for line in page.console if "Content Security Policy" in line], page.console
+
+    # A made-up token: the page is not shown, the 422 says why.
+    page = new_page(link[:-1] + ("A" if link[-1] != "A" else "B"))
+    assert "is not a valid unsubscribe link" in page.inner_text("body")

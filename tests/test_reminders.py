@@ -382,12 +382,26 @@ async def test_offline_user_gets_one_digest_per_window_and_unsubscribes_with_one
         assert r.status == 422, (bad, r)
     assert (await sheda.api.get(path.path)).status == 422  # no token at all
     assert (await sheda.api.get(SETTINGS, token=bob.token)).json["email"]["chat"] is True
+    # Following the link (what mail scanners do to every link) only shows a page asking to confirm
+    # (tests/test_browser.py clicks its button); the mail names the RFC 8058 one-click POST.
+    page = await sheda.api.get(f"{path.path}?{path.query}")
+    assert page.status == 200 and page.headers["Content-Type"].startswith("text/html"), page
+    assert '<form method="post"' in page.body.decode() and b'name="List-Unsubscribe" value="One-Click"' in page.body, page
+    assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"] and page.headers["Referrer-Policy"] == "no-referrer"
+    assert (await sheda.api.get(SETTINGS, token=bob.token)).json["email"]["chat"] is True
+    assert third.message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     r = await sheda.api.request("POST", f"{path.path}?{path.query}", body="List-Unsubscribe=One-Click",
                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert r.status == 200 and r.json == {"kind": "chat", "email_enabled": False}, r
     settings = (await sheda.api.get(SETTINGS, token=bob.token)).json
     assert settings["email"]["chat"] is False and settings["email"]["appointments"] is True and settings["previews"] is False
     assert (await sheda.api.get(f"{path.path}?{path.query}")).status == 200  # the link again: still off, fine
+    r = await sheda.api.request("POST", f"{path.path}?{path.query}", body="", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status == 200 and r.json == {"kind": "chat", "email_enabled": False}, r  # twice (an empty body) is fine
+    for bad in (token[:-2] + ("AA" if token[-2:] != "AA" else "BB"), ""):
+        r = await sheda.api.request("POST", f"{path.path}?token={bad}", body="List-Unsubscribe=One-Click",
+                                    headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert r.status == 422 and r.json["code"] == "validation_error", r
 
     # Chat email off: no more digests.
     await send(sheda, ada, bob, "Hello again")

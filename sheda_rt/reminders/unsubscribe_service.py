@@ -20,15 +20,20 @@ class UnsubscribeService:
         self.links = links
         self.preferences = preferences  # notification settings
 
-    async def unsubscribe(self, token: str | None) -> dict:
-        """422 for a missing token or one that is not one we signed (tampered, truncated, another kind);
-        else the kind is off in the user's settings (idempotent: following the link twice is fine)."""
+    def check(self, token: str | None) -> str:
+        """The kind of email a genuine token turns off (what the link's page asks about; nothing changes);
+        422 for a missing token or one that is not one we signed (tampered, truncated, another kind)."""
         if not token:
             raise ValidationFailed.single("token", "is required (the token of the link in the email)")
         found = self.links.verify(token)
         if found is None:
             raise ValidationFailed.single("token", "is not a valid unsubscribe link")
-        user_id, kind = found
+        return found[1]
+
+    async def unsubscribe(self, token: str | None) -> dict:
+        """422 as `check`; else the kind is off in the user's settings (idempotent: twice is fine)."""
+        self.check(token)
+        user_id, kind = self.links.verify(token)
         current = await self.preferences.get_settings(user_id)
         current["email"] = dict(current["email"], **{kind: False})
         await self.preferences.put_settings(user_id, NotificationSettings.model_validate(current))
