@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     otp_token_minutes: int = Field(5, ge=1)
     bcrypt_rounds: int = Field(12, ge=4, le=16, description="bcrypt cost; tests use 4")
     otp_minutes: int = Field(10, ge=1)
+    pending_registration_hours: int = Field(24, ge=1, le=24 * 365, description="A registration never verified holds its username and phone this long; then another registration wanting them removes it")
     login_max_failures: int = Field(5, ge=1, description="Wrong passwords per account and address per window; the next try gets 429")
     login_window_minutes: int = Field(15, ge=1)
     login_max_failures_per_ip: int = Field(20, ge=1, description="Failed logins per address per window, whatever the accounts (credential stuffing)")

@@ -22,7 +22,8 @@ class RegisterHandler(APIHandler):
         password, user_type, phone and full_name; its old username is freed, earlier codes stop working,
         a new one is mailed) and answers 201 as a fresh registration. Such a replacement mails a code,
         so it counts against the address's send-otp limit (429 with Retry-After beyond it). A verified or
-        deactivated account's email stays 409 `email_taken`."""
+        deactivated account's email stays 409 `email_taken`. A username or phone held by another pending
+        registration older than PENDING_REGISTRATION_HOURS (24) is not taken: that registration is removed."""
         return private_user(await self.ctx.accounts.register(body))
 
 

@@ -583,6 +583,51 @@ async def test_replacing_a_pending_registration_keeps_other_accounts_names_and_t
     assert r.status == 400 and r.json["code"] == "invalid_otp", r
 
 
+async def test_a_stale_pending_registration_no_longer_holds_its_username_or_phone(sheda, clock):
+    """Someone registers another person's phone number (or a wanted username) under an address of their own
+    and never verifies: the owner got 409 phone_taken for ever. Past PENDING_REGISTRATION_HOURS (24) the
+    next registration wanting them removes that registration, as a replacement by its email would (what was
+    kept for it goes too); a fresh one still holds them, and a verified account is never touched."""
+    admin = await sheda.admin()
+    phone_squat = {"username": unique("sq"), "email": f"{unique('e')}@example.com", "password": "squatter-pass-1",
+                   "user_type": "builder", "phone": "+2348077770011"}
+    name_squat = {"username": unique("wanted"), "email": f"{unique('e')}@example.com", "password": "squatter-pass-2",
+                  "user_type": "client"}
+    ids = []
+    for squat in (phone_squat, name_squat):
+        r = await sheda.api.post(f"{AUTH}/register", squat)
+        assert r.status == 201, r
+        ids.append(r.json["id"])
+    assert (await sheda.api.patch(f"/api/v1/admin/builders/{ids[0]}", {"verified": True}, token=admin.token)).status == 200
+    assert await sheda.ctx.db.notifications.count_documents({"user_id": ids[0]}) == 1
+    owner = {"username": name_squat["username"].upper(), "email": f"{unique('owner')}@example.com",
+             "password": "owner-pass-123", "user_type": "client", "phone": phone_squat["phone"]}
+    # Fresh pending registrations still hold them: two people registering at once do not take from each other.
+    for clash, field in (({"username": unique("ow")}, "phone"), ({"phone": None}, "username")):
+        r = await sheda.api.post(f"{AUTH}/register", {**owner, **clash})
+        assert r.status == 409 and r.json["code"] == f"{field}_taken", r
+
+    clock.advance(hours=25)
+    mine = await sheda.api.post(f"{AUTH}/register", owner)
+    assert mine.status == 201, mine
+    assert mine.json["username"] == owner["username"] and mine.json["phone"] == phone_squat["phone"], mine.json
+    for user_id in ids:
+        assert await sheda.ctx.users.get(user_id) is None
+    assert await sheda.ctx.db.notifications.count_documents({"user_id": ids[0]}) == 0
+    verified = await sheda.api.post(f"{AUTH}/verify-account", {"email": owner["email"], "otp": await _code(sheda, owner["email"])})
+    assert verified.status == 200, verified
+    for squat in (phone_squat, name_squat):  # the squatters' passwords open nothing
+        r = await sheda.api.post(f"{AUTH}/login", {"username": squat["email"], "password": squat["password"]})
+        assert r.status == 401, r
+
+    # However old, a verified account keeps its username and phone.
+    clock.advance(hours=48)
+    for clash, field in (({"username": unique("ow")}, "phone"), ({"phone": None}, "username")):
+        r = await sheda.api.post(f"{AUTH}/register", {**owner, "email": f"{unique('e')}@example.com", **clash})
+        assert r.status == 409 and r.json["code"] == f"{field}_taken", r
+    assert (await sheda.ctx.users.get(mine.json["id"]))["is_verified"] is True
+
+
 async def test_concurrent_re_registrations_of_one_pending_email_leave_one_consistent_account(sheda):
     resp, body = await sheda.register("client")
     assert resp.status == 201

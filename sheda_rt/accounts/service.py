@@ -174,7 +174,8 @@ class AccountService:
         freed; earlier codes and tokens void; a new code mailed), answered like a fresh registration.
         It shares the send-otp throttle of the address (it mails a code). A verified or deactivated
         account's email stays a 409 `email_taken`, and so does losing a race to a verification or to
-        another re-registration of the same email."""
+        another re-registration of the same email. A username or phone held by someone else's pending
+        registration older than PENDING_REGISTRATION_HOURS is freed for this one (`_remove_stale_holder`)."""
         if not operator and is_reserved(req.username):
             raise ValidationFailed.single("username", RESERVED_MESSAGE)
         now = self.clock.now()
@@ -194,33 +195,69 @@ class AccountService:
         }
         if doc["phone"] is None:
             del doc["phone"]
-        try:
-            user = await self.users.insert(doc)
-        except Conflict:
-            pending = await self.users.find_by_email(doc["email"])
-            if pending is None or pending.get("is_verified") or not pending.get("is_active", True):
-                raise
-            user = await self._replace_pending(pending, doc, throttle=send_otp)
+        pending, looked = None, False
+        # Each pass clears at most one conflict: the email's own pending registration (replaced), or a stale
+        # pending registration of someone else holding the username or the phone (removed); else the 409.
+        for _ in range(4):
+            try:
+                user = await (self.users.insert(doc) if pending is None else self._replace_pending(pending, doc))
+                break
+            except Conflict as exc:
+                if not looked:  # whichever key the database named, the email's own pending registration comes first
+                    looked = True
+                    pending = await self.users.find_by_email(doc["email"])
+                    if pending is not None and (pending.get("is_verified") or not pending.get("is_active", True)):
+                        raise
+                    if pending is not None:
+                        if send_otp:  # each replacement mails a code: no more mail to the address than send-otp allows
+                            wait = await self.limits.take_token(f"send-otp:{doc['email']}", OTP_SEND_BURST, OTP_SEND_PER_SECOND)
+                            if wait > 0:
+                                raise RateLimited("Too many codes requested for this address; try again later", int(wait) + 1)
+                        continue
+                if exc.code not in ("username_taken", "phone_taken") or not await self._remove_stale_holder(exc.code, doc):
+                    raise
+        else:
+            raise Conflict("That username or phone is already registered", "username_taken")
         if send_otp:
             await self._mail_code(user, "Verify your Sheda account")
         return user
 
-    async def _replace_pending(self, pending: dict, doc: dict, *, throttle: bool) -> dict:
-        if throttle:  # each replacement mails a code: no more mail to the address than send-otp allows
-            wait = await self.limits.take_token(f"send-otp:{doc['email']}", OTP_SEND_BURST, OTP_SEND_PER_SECOND)
-            if wait > 0:
-                raise RateLimited("Too many codes requested for this address; try again later", int(wait) + 1)
+    async def _replace_pending(self, pending: dict, doc: dict) -> dict:
         user = await self.users.replace_pending(pending, doc)
         if user is None:  # verified, deactivated or re-registered by someone else since we read it
             raise Conflict("That email is already registered", "email_taken")
         # Earlier codes were issued at the old token epoch: none of them matches any more; so do the old
         # registration's failed logins (their key carries the epoch: `_login_key`).
         log.info(json.dumps({"event": "pending_registration_replaced", "user_id": user["_id"]}))
-        # Before the answer: a failure here is an error the client retries, and the retry replaces the
-        # registration again (it is still pending) and runs these again.
-        for forget in self.registration_replaced:
-            await forget(user["_id"])
+        await self._forget_registrant(user["_id"])
         return user
+
+    async def _forget_registrant(self, user_id: int) -> None:
+        # Before the answer: a failure here is an error the client retries, and the retry replaces (or finds
+        # removed) the registration again and runs these again.
+        for forget in self.registration_replaced:
+            await forget(user_id)
+
+    async def _remove_stale_holder(self, code: str, doc: dict) -> bool:
+        """A registration never verified holds its username and phone only for PENDING_REGISTRATION_HOURS:
+        past that, someone else registering either removes it (its registrant, who never proved their
+        address, registers again) and what was kept for it goes as on a replacement. A fresh one keeps
+        them (409), so two people registering at once never take from each other; a verified or
+        deactivated account is never touched. True when the holder was removed (try again)."""
+        field = "phone" if code == "phone_taken" else "username_lc"
+        if doc.get(field) is None:
+            return False
+        cutoff = self.clock.now() - timedelta(hours=self.settings.pending_registration_hours)
+        holder = await self.users.holder_of(field, doc[field])
+        if holder is None:
+            return True  # gone since the insert failed: try again
+        if holder.get("is_verified") or not holder.get("is_active", True) or (holder.get("created_at") or cutoff) > cutoff:
+            return False
+        if not await self.users.remove_stale_pending(holder, cutoff):
+            return False  # verified, replaced or re-registered since it was read
+        log.info(json.dumps({"event": "stale_registration_removed", "user_id": holder["_id"], "field": field}))
+        await self._forget_registrant(holder["_id"])
+        return True
 
     async def _mail_code(self, user: dict, subject: str) -> None:
         code = new_code()

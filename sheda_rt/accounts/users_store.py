@@ -68,6 +68,18 @@ class UserStore:
             raise _taken(exc)
         return new if result.matched_count == 1 else None
 
+    async def holder_of(self, field: str, value: str) -> dict | None:
+        """The account holding a unique `username_lc` or `phone`."""
+        return await self.col.find_one({field: value})
+
+    async def remove_stale_pending(self, pending: dict, created_before) -> bool:
+        """Delete a registration that was never verified and was made before `created_before`, only while it
+        is still that registration (unverified, active, same token epoch: neither verified, deactivated nor
+        replaced by its email's owner since `pending` was read). True when this call deleted it."""
+        flt = {"_id": pending["_id"], "is_verified": {"$ne": True}, "is_active": {"$ne": False},
+               "created_at": {"$lte": created_before}, **epoch_is(pending.get("token_epoch", 0))}
+        return (await self.col.delete_one(flt)).deleted_count == 1
+
     async def get(self, user_id: int) -> dict | None:
         return await self.col.find_one({"_id": user_id})
 
