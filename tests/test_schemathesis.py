@@ -119,16 +119,20 @@ def make_world(server: LiveServer, admin: Identity, *, records: bool) -> World:
     window = created(server, "/api/v1/availability", {"weekday": weekday, "start_time": "08:00", "end_time": "18:00"}, agent)
     when = day.replace(hour=10, minute=0, second=0, microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
     appointment = created(server, "/api/v1/appointments", {"property_id": prop["id"], "scheduled_at": when}, client)
-    # A second viewing, confirmed, and the rental contract the client opens from it.
+    # A second viewing, of a second listing (one open viewing per client and property), confirmed, and the
+    # rental contract the client opens from it.
+    rented = created(server, "/api/v1/properties", {
+        "title": "3 bedroom flat", "description": "Near the lagoon", "price": "3500000.00", "location": "Lekki Phase 1, Lagos",
+        "property_type": "apartment", "listing_type": "rent", "bedroom": 3, "bathroom": 2}, agent)
     later = (day + timedelta(days=7)).replace(hour=11, minute=0, second=0, microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
-    viewing = created(server, "/api/v1/appointments", {"property_id": prop["id"], "scheduled_at": later}, client)
+    viewing = created(server, "/api/v1/appointments", {"property_id": rented["id"], "scheduled_at": later}, client)
     status, answer = server.request("PATCH", f"/api/v1/appointments/{viewing['id']}/confirm", token=agent.access_token)
     assert status == 200, answer
     status, answer = server.request("PUT", "/api/v1/users/me/account-info",
                                     {"account_name": "Ada Agent", "bank_name": "Sheda Bank", "account_number": "0123456789"},
                                     token=agent.access_token)
     assert status in (200, 201), answer
-    contract = created(server, f"/api/v1/contracts/{prop['id']}", {"appointment_id": viewing["id"], "term_months": 12}, client)
+    contract = created(server, f"/api/v1/contracts/{rented['id']}", {"appointment_id": viewing["id"], "term_months": 12}, client)
     created(server, "/api/v1/chats", {"receiver_id": agent.id, "message": "Is it still available?"}, client)
     project = created(server, "/api/v1/projects", {"name": "Palm Court", "location": "Lekki, Lagos"}, builder)
     units = created(server, f"/api/v1/projects/{project['id']}/units", {"units": [
