@@ -3,6 +3,7 @@ Redis and one database behaving as one server. Every server here is a real
 `python run.py` process; clients use REST and WebSockets on their ports."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -10,10 +11,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 from tests.redis_support import (  # noqa: F401  (module fixtures)
-    ROOT, Remote, ServerProcess, clean_env, parse_metrics, pid_alive, redis_server, server_env, server_pair, shared_dir,
+    ROOT, Remote, ServerProcess, clean_env, parse_metrics, pid_alive, redis_server, running_pair, server_env, server_pair,
+    shared_dir,
 )
 
 
@@ -136,3 +139,38 @@ async def test_logout_on_one_instance_revokes_the_token_on_the_other(server_pair
     resp = await a.api.get("/api/v1/users/me", token=token)
     assert resp.status == 401 and resp.headers.get("WWW-Authenticate", "").startswith("Bearer")
     assert (await a.api.get("/api/v1/users/me", token=user.token)).status == 200  # other sessions unaffected
+
+
+async def test_peers_see_the_users_of_a_killed_instance_go_offline(redis_server, tmp_path, embedded_db):
+    # kill -9 leaves nobody to announce its sockets closing: a live instance claims the dead one's
+    # presence set (after 3 heartbeats) and tells the peers of those not connected elsewhere.
+    # Before, Alice was never sent `presence` offline and showed Bob online until she reloaded.
+    env = server_env(embedded_db, redis_server, tmp_path, f"sheda_mp_{uuid.uuid4().hex[:8]}")
+    with running_pair(env, tmp_path, names=("live", "doomed")) as (live, doomed):
+        a, b = Remote(live), Remote(doomed)
+        alice, bob, carol = await a.signup("client"), await b.signup("agent"), await a.signup("agent")
+        alice_ws = await a.ws(alice.token)
+        for sender in (bob, carol):  # both share a conversation with Alice
+            resp = await a.api.post("/api/v1/chats", {"receiver_id": alice.id, "message": "hello"}, token=sender.token)
+            assert resp.status in (200, 201), resp
+        bob_ws = await b.ws(bob.token)
+        carol_on_a, carol_on_b = await a.ws(carol.token), await b.ws(carol.token)
+        for ws in (bob_ws, carol_on_a, carol_on_b):
+            await ws.send({"type": "ping"})
+            await ws.wait_type("pong")
+        seen = len(alice_ws.frames)
+
+        doomed.process.kill()
+        doomed.process.wait(10)
+        gone = await alice_ws.wait_for(lambda f: f.get("type") == "presence" and f.get("user_id") == bob.id, 30, start=seen)
+        assert gone["online"] is False and gone["last_seen"], gone
+        query = await a.api.get(f"/api/v1/presence?user_ids={bob.id},{carol.id}", token=alice.token)
+        assert query.status == 200, query
+        assert query.json["items"] == [{"user_id": bob.id, "online": False, "last_seen": gone["last_seen"]},
+                                       {"user_id": carol.id, "online": True, "last_seen": None}], query.json
+        # Carol still has a socket on the live instance: she was not announced offline.
+        resp = await a.api.post("/api/v1/chats", {"receiver_id": alice.id, "message": "still here"}, token=carol.token)
+        await alice_ws.wait_type("message", 10, id=resp.json["id"])
+        await asyncio.sleep(0)
+        assert not [f for f in alice_ws.frames[seen:] if f.get("type") == "presence" and f.get("user_id") == carol.id]
+        assert not carol_on_a.closed.done()

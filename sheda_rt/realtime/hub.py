@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable, Protocol
+from typing import Awaitable, Callable, Protocol
 
 from sheda_rt.clock import Clock
 from sheda_rt.metrics import MESSAGES_DELIVERED
@@ -75,11 +75,14 @@ class Hub:
         # Called with every control message this process handles (e.g. the chat
         # service drops a deactivated user from its cache on "revoke").
         self.control_listeners: list[Callable[[dict], None]] = []
+        # Called with the users of another process that died (presence claimed its set; they
+        # may be online elsewhere by now): sessions tells their peers they went offline.
+        self.vanished_listeners: list[Callable[[list[int]], Awaitable[None]]] = []
         # Token expiry of every connection here: one heap, one sweep (sheda_rt/realtime/expiry.py).
         self.expiry = ExpiryWatch(clock or Clock(), expiry_sweep_seconds, self._connection, self.all_sockets)
 
     async def start(self) -> None:
-        await self.presence.start(users_here=self._users_here)
+        await self.presence.start(users_here=self._users_here, vanished=self._vanished)
         await self.fanout.start(deliver_user=self.deliver_local, deliver_channel=self.deliver_channel_local,
                                 on_control=self.handle_control, last_seq=lambda: self.last_seq, users_here=self._users_here)
         self.expiry.start()
@@ -88,6 +91,10 @@ class Hub:
         self.expiry.stop()
         await self.fanout.stop()  # queued events reach the others first
         await self.presence.stop()
+
+    async def _vanished(self, users: list[int]) -> None:
+        for listener in self.vanished_listeners:
+            await listener(users)
 
     def _users_here(self):
         """The users with a socket on this process (what fan-out subscribes to, presence announces)."""

@@ -14,8 +14,12 @@ Each process keeps the set of users with sockets on it in
 with the heartbeat. "First socket anywhere" / "last socket anywhere" are Lua
 scripts that update this process's set and look for the user in the sets of
 the live processes only, atomically. A crashed process stops heartbeating;
-after `3 x heartbeat` its users no longer count as online anywhere and its
-keys expire — nobody stays online forever. During an outage presence falls
+after `3 x heartbeat` its users no longer count as online anywhere, and the
+next heartbeat of a live process claims its set (one claimant: the script is
+atomic) and hands those users to `vanished`, which tells their peers they went
+offline unless they are connected somewhere else by then (without that, the
+people they talk with were never sent `presence` offline and showed them online
+until they reloaded) — nobody stays online forever. During an outage presence falls
 back to this process's own knowledge and the set is rewritten on reconnect
 (a connect hook of the link, before it counts as up). The scripts build key
 names from the process list, so this needs a single Redis (or a primary with
@@ -26,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING, Callable, Collection, Protocol
+from typing import TYPE_CHECKING, Awaitable, Callable, Collection, Protocol
 
 if TYPE_CHECKING:  # a single process never loads the Redis client
     from sheda_rt.realtime.redis_link import RedisLink
@@ -35,8 +39,10 @@ log = logging.getLogger("sheda.broker")
 
 
 class Presence(Protocol):
-    async def start(self, *, users_here: Callable[[], Collection[int]]) -> None:
-        """`users_here()`: the users with a socket on this process now (the hub's registry)."""
+    async def start(self, *, users_here: Callable[[], Collection[int]],
+                    vanished: Callable[[list[int]], Awaitable[None]] | None = None) -> None:
+        """`users_here()`: the users with a socket on this process now (the hub's registry);
+        `vanished(users)`: users of a process that died (they may be online elsewhere by now)."""
 
     async def stop(self) -> None: ...
 
@@ -53,7 +59,7 @@ class Presence(Protocol):
 class LocalPresence:
     """One process: its own sockets are everyone's."""
 
-    async def start(self, *, users_here=None) -> None:
+    async def start(self, *, users_here=None, vanished=None) -> None:
         pass
 
     async def stop(self) -> None:
@@ -81,7 +87,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # Returns 1 when no other live process holds the user (the user's first socket anywhere).
 _PRESENCE_ADD = _NOW + """
 redis.call('SADD', KEYS[2], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[4]) * 2)
 redis.call('ZADD', KEYS[1], now, ARGV[2])
 for _, p in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[4]), '+inf')) do
   if p ~= ARGV[2] and redis.call('SISMEMBER', ARGV[1] .. p, ARGV[3]) == 1 then return 0 end
@@ -98,13 +104,22 @@ end
 return 1
 """
 
-# KEYS: procs zset, own presence set. ARGV: process id, ttl ms. Also forgets dead processes.
+# KEYS: procs zset, own presence set. ARGV: process id, ttl ms, presence key prefix, "1" to
+# claim dead processes. Claiming forgets each dead process and returns the users its set held
+# (a set outlives its process's last heartbeat by a ttl, so the claimant still finds it), after
+# a first element 1 if this process's own set exists (0: it stalled past the ttl and was claimed).
 _HEARTBEAT = _NOW + """
 redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+local gone = {redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) * 2)}
+if ARGV[4] == '1' then
+  for _, p in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))) do
+    for _, u in ipairs(redis.call('SMEMBERS', ARGV[3] .. p)) do gone[#gone + 1] = u end
+    redis.call('DEL', ARGV[3] .. p)
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+end
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 10)
-return 1
+return gone
 """
 
 # KEYS: procs zset. ARGV: presence key prefix, ttl ms, user id. 1 when a live process
@@ -132,6 +147,8 @@ class RedisPresence:
         self._presence_prefix = link.prefix + "presence:"
         self._own_presence = self._presence_prefix + self.process_id
         self._users_here: Callable[[], Collection[int]] = frozenset
+        self._vanished: Callable[[list[int]], Awaitable[None]] | None = None
+        self._claims: set[asyncio.Task] = set()  # kept until done (a task only the loop references can vanish)
         self._task: asyncio.Task | None = None
         self._presence_add = self.redis.register_script(_PRESENCE_ADD)
         self._presence_remove = self.redis.register_script(_PRESENCE_REMOVE)
@@ -139,8 +156,10 @@ class RedisPresence:
         self._online_anywhere = self.redis.register_script(_ONLINE_ANYWHERE)
         link.on_connect(self._announce)
 
-    async def start(self, *, users_here: Callable[[], Collection[int]]) -> None:
+    async def start(self, *, users_here: Callable[[], Collection[int]],
+                    vanished: Callable[[list[int]], Awaitable[None]] | None = None) -> None:
         self._users_here = users_here
+        self._vanished = vanished
         self._task = asyncio.create_task(self._heartbeats())
 
     async def stop(self) -> None:
@@ -206,7 +225,8 @@ class RedisPresence:
         for chunk in chunks(self._users_here(), 5000):
             pipe.sadd(self._own_presence, *chunk)
         await pipe.execute()
-        await self._heartbeat(keys=[self._procs_key, self._own_presence], args=[self.process_id, self.ttl_ms])
+        # No claim here (a connect hook: the link does not count as up yet); the next heartbeat claims.
+        await self._heartbeat(keys=[self._procs_key, self._own_presence], args=[self.process_id, self.ttl_ms, self._presence_prefix, "0"])
 
     async def _heartbeats(self) -> None:
         while True:
@@ -214,8 +234,23 @@ class RedisPresence:
             if not self.link.up:
                 continue
             try:
-                await self._heartbeat(keys=[self._procs_key, self._own_presence], args=[self.process_id, self.ttl_ms])
+                own, *gone = await self._heartbeat(keys=[self._procs_key, self._own_presence],
+                                                   args=[self.process_id, self.ttl_ms, self._presence_prefix, "1"])
+                if not own and self._users_here():  # stalled past the ttl: its set was claimed (or expired)
+                    await self._announce()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.info(json.dumps({"event": "redis_heartbeat_failed", "error": repr(exc)[:200]}))
+                continue
+            if gone and self._vanished is not None:
+                users = sorted({int(u) for u in gone})
+                log.info(json.dumps({"event": "presence_claimed_dead_process", "users": len(users)}))
+                task = asyncio.ensure_future(self._vanished(users))  # never delays the next heartbeat
+                self._claims.add(task)
+                task.add_done_callback(self._claimed)
+
+    def _claimed(self, task: asyncio.Task) -> None:
+        self._claims.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("presence of a dead process's users not announced", exc_info=task.exception())

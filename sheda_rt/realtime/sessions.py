@@ -101,6 +101,8 @@ class Sessions:
         self.max_per_user = max_per_user
         self.retry_after = retry_after
         self.stopping = False  # set by close_all(): connections closing at shutdown are not "going offline"
+        if hasattr(hub, "vanished_listeners"):
+            hub.vanished_listeners.append(self.vanished)
 
     def admit(self, user_id: int) -> None:
         """Raise 429 `too_many_sockets` if user_id already holds `max_per_user` connections
@@ -118,6 +120,16 @@ class Sessions:
         online anywhere."""
         if await self.hub.connected(conn):
             await self.presence.changed(conn.user_id, True)
+
+    async def vanished(self, users: list[int]) -> None:
+        """Users whose process died (RedisPresence claimed its set): their sockets closed without
+        anyone announcing it, so those not connected anywhere now are announced offline (and
+        their last_seen stored), as their last socket closing would have."""
+        if self.stopping:
+            return
+        gone = [u for u in users if not await self.hub.online_anywhere(u)]
+        if gone:
+            await asyncio.gather(*(self.presence.changed(u, False) for u in gone))  # one batch
 
     async def closed(self, conn) -> None:
         """Let go of a connection: its channels, its registration, and the user's presence
