@@ -100,7 +100,9 @@ class SwitchAccountHandler(APIHandler):
     @endpoint("Become a client, an agent or a builder", auth=USER, body=SwitchAccountRequest, response=TokenPair, tags=("auth",))
     async def post(self, body: SwitchAccountRequest):
         """Changes user_type and returns a new pair whose scope is the new type. Older tokens keep
-        working for shared routes but lose the old type's scope at once. An agent who becomes a client or
+        working for shared routes but lose the old type's scope at once. The new pair is a rotation, as a
+        refresh is: the login's refresh token is used up, and presenting it later is 401 `refresh_reused`
+        (the login is signed out). An agent who becomes a client or
         a builder takes their listed listings off the market (`hidden_reason` agent_inactive, as a deactivated
         agent's) and gets exactly those back on switching to agent again."""
         return await self.ctx.accounts.switch_account(self.principal, body.switch_to)

@@ -300,6 +300,32 @@ async def test_switch_account_changes_scopes(sheda):
     assert (await sheda.api.post(f"{AUTH}/switch-account", {"switch_to": "client"})).status == 401
 
 
+async def test_switch_account_uses_up_the_refresh_token_so_a_copy_is_a_reuse(sheda):
+    """The switch issues the login's next pair, as a refresh does: a copy of the refresh token taken before it
+    (a thief's) came back later as a good token, and reuse detection never fired."""
+    user = await sheda.signup("client")
+    switched = await sheda.api.post(f"{AUTH}/switch-account", {"switch_to": "agent"}, token=user.token)
+    assert switched.status == 200, switched
+    ws = await sheda.ws(switched.json["access_token"])
+    await ws.send({"type": "ping"})
+    await ws.wait_type("pong")
+    replay = await sheda.api.post(f"{AUTH}/refresh", {"refresh_token": user.refresh_token})
+    assert replay.status == 401 and replay.json["code"] == "refresh_reused", replay
+    # The whole login is signed out, the switch's pair with it, as after any reuse.
+    assert (await ws.wait_closed())[0] == 4401
+    me = await sheda.api.get("/api/v1/users/me", token=switched.json["access_token"])
+    assert me.status == 401 and me.json["code"] == "token_revoked", me
+    assert (await sheda.api.post(f"{AUTH}/refresh", {"refresh_token": switched.json["refresh_token"]})).status == 401
+
+    # Without a copy the switched login lives on: its new refresh token works once, as any does.
+    login = await sheda.api.post(f"{AUTH}/login", {"username": user.username, "password": user.password})
+    again = await sheda.api.post(f"{AUTH}/switch-account", {"switch_to": "client"}, token=login.json["access_token"])
+    assert again.status == 200, again
+    fresh = await sheda.api.post(f"{AUTH}/refresh", {"refresh_token": again.json["refresh_token"]})
+    assert fresh.status == 200, fresh
+    assert sheda.ctx.tokens.decode(fresh.json["access_token"], "access")["scopes"] == ["client"]
+
+
 async def test_login_throttle(sheda):
     user = await sheda.signup("client")
     for i in range(5):  # LOGIN_MAX_FAILURES wrong passwords each get 401; the next try is one too many

@@ -38,6 +38,13 @@ class RefreshTokenStore:
             return "ok"
         return "reused" if await self.col.find_one({"_id": jti}, projection={"_id": 1}) else "unknown"
 
+    async def mark_family_used(self, fam: str, now: datetime) -> int:
+        """Use up every refresh token of the family not used yet (a rotation that does not go through one
+        presented token: the family's next pair is issued another way). Presented later, each is 'reused'
+        for `mark_used`. How many were used up."""
+        result = await self.col.update_many({"fam": fam, "used_at": None}, {"$set": {"used_at": now}})
+        return result.modified_count
+
     async def get(self, jti: str) -> dict | None:
         return await self.col.find_one({"_id": jti})
 

@@ -462,7 +462,9 @@ class AccountService:
     async def switch_account(self, principal, switch_to: str) -> dict:
         """Become a client, an agent or a builder: user_type changes and a new pair (same family) carries
         the new scope. Older tokens stay valid but lose the old role's scope at once: the auth
-        check only honours a client/agent scope that matches the current user_type. An agent's listed
+        check only honours a client/agent scope that matches the current user_type. The new pair is a
+        rotation, as a refresh is: the login's refresh token (any not used yet in the family) is used up
+        first, so a copy of it presented later is a reuse and revokes the family (`refresh`). An agent's listed
         listings leave the market when they stop being an agent and come back when they are one again
         (listings/agent_status.py), as with a deactivation."""
         user = principal.user
@@ -473,7 +475,10 @@ class AccountService:
             user = await self.users.update(user["_id"], {"user_type": switch_to, "updated_at": self.clock.now()})
             if follow is not None:
                 await self.listings_follow.changed(follow)
-        return await self.issue_pair(user, family=principal.claims.get("fam"))
+        fam = principal.claims.get("fam")
+        if fam:
+            await self.refresh_tokens.mark_family_used(fam, self.clock.now())
+        return await self.issue_pair(user, family=fam)
 
     # ---- profiles ----------------------------------------------------------
     async def update_profile(self, user: dict, fields: dict) -> dict:
