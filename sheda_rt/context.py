@@ -490,6 +490,7 @@ class AppContext:
                                            wallet=self.wallet, clock=self.clock,
                                            featured_price_per_day=s.promotion_featured_price_per_day,
                                            bump_price=s.promotion_bump_price, featured_max_days=s.promotion_featured_max_days)
+        self.wallet.on_refund("spend:promotion", self.promotions.refunded)  # an admin's refund of a promotion's spend ends it
         self.promotion_job = PromotionJob(self.promotions, s.promotion_job_interval_minutes)
         self.jobs.append(self.promotion_job)
 

@@ -102,7 +102,6 @@ class PromotionService:
         self.featured_kobo_per_day = to_kobo(featured_price_per_day)
         self.bump_kobo = to_kobo(bump_price)
         self.featured_max_days = featured_max_days
-        wallet.refund_effects["spend:promotion"] = self.refunded  # an admin's refund of a promotion's spend ends it
 
     @staticmethod
     def wallet_key(promotion_id: int) -> str:

@@ -65,11 +65,16 @@ class WalletService:
     def __init__(self, ledger: LedgerStore, *, clock):
         self.ledger = ledger
         self.clock = clock
-        #: What a refunded spend's feature does about it, by the spend's kind (the feature registers it:
-        #: "spend:promotion" -> PromotionService.refunded, which ends the promotion). Called with (the spend, the
+        #: What a refunded spend's feature does about it, by the spend's kind (the composition root registers it:
+        #: "spend:promotion" -> PromotionService.refunded, which ends the promotion; see on_refund). Called with (the spend, the
         #: refund) after every refund request, the first and each one again, so a request cut short between the
         #: money and the effect is finished by asking again. It must be idempotent.
         self.refund_effects: dict = {}
+
+    def on_refund(self, kind: str, effect) -> None:
+        """Register what a refunded spend of `kind` does in its feature (the composition root wires it,
+        so the wallet imports no feature)."""
+        self.refund_effects[kind] = effect
 
     # ---- moving money --------------------------------------------------------------
     async def spend(self, user_id: int, amount_minor: int, *, idempotency_key: str, kind: str = "spend", memo: str = "",
