@@ -174,3 +174,35 @@ async def test_peers_see_the_users_of_a_killed_instance_go_offline(redis_server,
         await asyncio.sleep(0)
         assert not [f for f in alice_ws.frames[seen:] if f.get("type") == "presence" and f.get("user_id") == carol.id]
         assert not carol_on_a.closed.done()
+
+
+async def test_peers_see_the_users_of_a_stopped_instance_go_offline_unless_they_reconnect(redis_server, tmp_path, embedded_db):
+    # A deploy (SIGTERM) closes sockets with 1001 and does not announce them offline, since most
+    # clients reconnect to another instance at once. Those connected elsewhere stay online without
+    # a flicker; the others are announced offline by a live instance, as a crash's users are.
+    # Before, nobody announced them: Bob showed online to Alice until she reloaded.
+    env = server_env(embedded_db, redis_server, tmp_path, f"sheda_mp_{uuid.uuid4().hex[:8]}")
+    with running_pair(env, tmp_path, names=("staying", "deployed")) as (staying, deployed):
+        a, b = Remote(staying), Remote(deployed)
+        alice, bob, carol = await a.signup("client"), await b.signup("agent"), await a.signup("agent")
+        alice_ws = await a.ws(alice.token)
+        for sender in (bob, carol):
+            resp = await a.api.post("/api/v1/chats", {"receiver_id": alice.id, "message": "hello"}, token=sender.token)
+            assert resp.status in (200, 201), resp
+        bob_ws, carol_ws, carol_on_a = await b.ws(bob.token), await b.ws(carol.token), await a.ws(carol.token)
+        for ws in (bob_ws, carol_ws, carol_on_a):
+            await ws.send({"type": "ping"})
+            await ws.wait_type("pong")
+        seen = len(alice_ws.frames)
+
+        deployed.signal(signal.SIGTERM)
+        assert (await carol_ws.wait_closed(30))[0] == 1001
+        assert deployed.wait(60) == 0
+        gone = await alice_ws.wait_for(lambda f: f.get("type") == "presence" and f.get("user_id") == bob.id, 30, start=seen)
+        assert gone["online"] is False and gone["last_seen"], gone
+        query = await a.api.get(f"/api/v1/presence?user_ids={bob.id},{carol.id}", token=alice.token)
+        assert [(i["user_id"], i["online"]) for i in query.json["items"]] == [(bob.id, False), (carol.id, True)], query.json
+        resp = await a.api.post("/api/v1/chats", {"receiver_id": alice.id, "message": "still here"}, token=carol.token)
+        await alice_ws.wait_type("message", 10, id=resp.json["id"])
+        assert not [f for f in alice_ws.frames[seen:] if f.get("type") == "presence" and f.get("user_id") == carol.id
+                    and not f["online"]]

@@ -19,7 +19,9 @@ next heartbeat of a live process claims its set (one claimant: the script is
 atomic) and hands those users to `vanished`, which tells their peers they went
 offline unless they are connected somewhere else by then (without that, the
 people they talk with were never sent `presence` offline and showed them online
-until they reloaded) — nobody stays online forever. During an outage presence falls
+until they reloaded) — nobody stays online forever. A stopping process marks
+itself dead at once, its set holding the users it had (`leaving`), so those who
+did not reconnect elsewhere are announced the same way. During an outage presence falls
 back to this process's own knowledge and the set is rewritten on reconnect
 (a connect hook of the link, before it counts as up). The scripts build key
 names from the process list, so this needs a single Redis (or a primary with
@@ -46,6 +48,10 @@ class Presence(Protocol):
 
     async def stop(self) -> None: ...
 
+    def leaving(self, users: Collection[int]) -> None:
+        """Shutdown, before this process closes its connections: their users (not announced
+        offline by this process) are left for a live process to announce, as a crash's are."""
+
     async def user_added(self, user_id: int, first_here: bool) -> bool:
         """A socket of user_id opened here; True if it is the user's first socket anywhere."""
 
@@ -63,6 +69,9 @@ class LocalPresence:
         pass
 
     async def stop(self) -> None:
+        pass
+
+    def leaving(self, users) -> None:
         pass
 
     async def user_added(self, user_id: int, first_here: bool) -> bool:
@@ -149,6 +158,7 @@ class RedisPresence:
         self._users_here: Callable[[], Collection[int]] = frozenset
         self._vanished: Callable[[list[int]], Awaitable[None]] | None = None
         self._claims: set[asyncio.Task] = set()  # kept until done (a task only the loop references can vanish)
+        self._leaving: set[int] | None = None  # set at shutdown (leaving())
         self._task: asyncio.Task | None = None
         self._presence_add = self.redis.register_script(_PRESENCE_ADD)
         self._presence_remove = self.redis.register_script(_PRESENCE_REMOVE)
@@ -163,21 +173,32 @@ class RedisPresence:
         self._task = asyncio.create_task(self._heartbeats())
 
     async def stop(self) -> None:
-        """This process's users stop counting at once (not after 3 heartbeats)."""
+        """This process's users stop counting at once (not after 3 heartbeats): it is marked
+        dead, its set holding the users it had at shutdown (`leaving`), for a live process to
+        claim and announce those that did not reconnect elsewhere."""
+        from sheda_rt.realtime.redis_link import chunks, cancel_until_done  # (one process never loads the Redis client)
+
+        if self._task is not None:
+            await cancel_until_done([self._task])  # its Redis calls can swallow a cancellation
+            self._task = None
         if self.link.up:
             try:
                 async with asyncio.timeout(1.0):
                     pipe = self.redis.pipeline(transaction=True)
                     pipe.delete(self._own_presence)
-                    pipe.zrem(self._procs_key, self.process_id)
+                    if self._leaving:
+                        for chunk in chunks(self._leaving, 5000):
+                            pipe.sadd(self._own_presence, *chunk)
+                        pipe.pexpire(self._own_presence, self.ttl_ms * 2)
+                        pipe.zadd(self._procs_key, {self.process_id: 0})
+                    else:
+                        pipe.zrem(self._procs_key, self.process_id)
                     await pipe.execute()
             except Exception as exc:
                 log.info(json.dumps({"event": "redis_presence_cleanup_failed", "error": repr(exc)}))
-        if self._task is not None:
-            from sheda_rt.realtime.redis_link import cancel_until_done  # (one process never loads the Redis client)
 
-            await cancel_until_done([self._task])  # its Redis calls can swallow a cancellation
-            self._task = None
+    def leaving(self, users: Collection[int]) -> None:
+        self._leaving = set(users)
 
     def _args(self, user_id: int) -> tuple[list, list]:
         return [self._procs_key, self._own_presence], [self._presence_prefix, self.process_id, user_id, self.ttl_ms]
@@ -196,7 +217,7 @@ class RedisPresence:
     async def user_removed(self, user_id: int, last_here: bool) -> bool:
         if not last_here:
             return False
-        if not self.link.up:
+        if not self.link.up or self._leaving is not None:  # shutting down: stop() writes the set
             return True
         try:
             return bool(await self._presence_remove(*self._args(user_id)))

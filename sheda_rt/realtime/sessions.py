@@ -150,6 +150,9 @@ class Sessions:
         """Shutdown, after the features drained: every connection of this process is closed,
         and presence batches already cut are published before the database goes."""
         self.stopping = True
+        # Not announced offline here (most reconnect to another process at once); a live process
+        # announces those that did not, as it does a crashed process's users.
+        self.hub.presence.leaving({conn.user_id for conn in self.hub.all_sockets()})
         for conn in self.hub.all_sockets():
             conn.close_for(code, reason)
         await self.presence.drain()
