@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     login_max_failures: int = Field(5, ge=1, description="Wrong passwords per account and address per window; the next try gets 429")
     login_window_minutes: int = Field(15, ge=1)
     login_max_failures_per_ip: int = Field(20, ge=1, description="Failed logins per address per window, whatever the accounts (credential stuffing)")
+    registrations_per_ip_per_hour: int = Field(20, ge=1, le=1_000_000, description="Registrations one client address may make in any hour (each mails a code; 429 after)")
+    otp_sends_per_ip_per_hour: int = Field(30, ge=1, le=1_000_000, description="send-otp requests one client address may make in any hour, whatever the emails (429 after)")
 
     # HTTP conventions
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Comma-separated origins, or *")

@@ -23,16 +23,19 @@ class RegisterHandler(APIHandler):
         a new one is mailed) and answers 201 as a fresh registration. Such a replacement mails a code,
         so it counts against the address's send-otp limit (429 with Retry-After beyond it). A verified or
         deactivated account's email stays 409 `email_taken`. A username or phone held by another pending
-        registration older than PENDING_REGISTRATION_HOURS (24) is not taken: that registration is removed."""
-        return private_user(await self.ctx.accounts.register(body))
+        registration older than PENDING_REGISTRATION_HOURS (24) is not taken: that registration is removed.
+        At most REGISTRATIONS_PER_IP_PER_HOUR (20) registrations per client address in any hour (429 with
+        Retry-After beyond; refused ones do not count)."""
+        return private_user(await self.ctx.accounts.register(body, ip=self.request.remote_ip or "-"))
 
 
 class SendOtpHandler(APIHandler):
     @endpoint("Email a new 6-digit code", body=EmailRequest, response=Detail, status=202, errors=(429,), tags=("auth",))
     async def post(self, body: EmailRequest):
         """Always 202, whether or not the address has an account (no account probing). A new code
-        replaces the previous one. A few requests per address, then about one a minute (429)."""
-        await self.ctx.accounts.send_otp(body.email)
+        replaces the previous one. A few requests per address, then about one a minute (429); and at most
+        OTP_SENDS_PER_IP_PER_HOUR (30) requests per client address in any hour, whatever the addresses (429)."""
+        await self.ctx.accounts.send_otp(body.email, ip=self.request.remote_ip or "-")
         return {"detail": "If this address has an account, a code is on its way"}
 
 

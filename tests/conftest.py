@@ -41,7 +41,9 @@ def clock():
 def sheda(io_loop, embedded_db, tmp_path, clock, settings_overrides):
     settings = load_settings(**{
         "data_dir": tmp_path, "mongodb_uri": embedded_db.uri, "mongodb_db": "sheda_test", "host": "127.0.0.1", "port": 0,
-        "jwt_secret": "test-secret-" + "x" * 32, "bcrypt_rounds": 4, "shutdown_grace_seconds": 2, **settings_overrides,
+        "jwt_secret": "test-secret-" + "x" * 32, "bcrypt_rounds": 4, "shutdown_grace_seconds": 2,
+        # every test signs its users up from 127.0.0.1 (some dozens in one test): tests of the per-address limits set them
+        "registrations_per_ip_per_hour": 100_000, "otp_sends_per_ip_per_hour": 100_000, **settings_overrides,
     })
     server = Server(settings, embedded_db.uri, clock=clock, app_factory=make_app)
     sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")

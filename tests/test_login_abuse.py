@@ -17,17 +17,20 @@ import secrets
 
 import pytest
 
+from config.settings import Settings
 from tests.process_support import run_cli
 from tests.redis_support import redis_server  # noqa: F401  (fixture)
 from tests.support import otp_from_mail, unique
 
 AUTH = "/api/v1/auth"
+# The documented per-address limits of register and send-otp (the test servers' own settings raise them).
+PER_IP_DEFAULTS = {name: Settings.model_fields[name].default for name in ("registrations_per_ip_per_hour", "otp_sends_per_ip_per_hour")}
 
 
 @pytest.fixture(params=["memory", "redis"])
 def settings_overrides(request):
     # The address comes from X-Forwarded-For, so each test is its own set of clients.
-    overrides = {"trust_proxy_headers": True}
+    overrides = {"trust_proxy_headers": True, **PER_IP_DEFAULTS}
     if request.param == "redis":
         overrides["redis_url"] = request.getfixturevalue("redis_server").url
     return overrides
@@ -124,6 +127,44 @@ async def test_a_burst_of_guesses_gets_no_further_than_guesses_in_turn(sheda):
     results = await asyncio.gather(*(login(sheda, unique("stuffed"), f"Password-{i}", ip) for i in range(limit + 10)))
     statuses = sorted(r.status for r in results)
     assert statuses == [401] * limit + [429] * 10, statuses
+
+
+async def test_one_address_registering_or_mailing_many_people_is_stopped(sheda):
+    """register and send-otp mail whatever address they are given: one client could have the server mail
+    hundreds of people (spam from the product's own domain, its mail quota spent). Per client address: at
+    most REGISTRATIONS_PER_IP_PER_HOUR registrations and OTP_SENDS_PER_IP_PER_HOUR send-otp requests in any
+    hour, then 429 with Retry-After; across processes with Redis."""
+    assert PER_IP_DEFAULTS == {"registrations_per_ip_per_hour": 20, "otp_sends_per_ip_per_hour": 30}, "the documented defaults"
+    settings = sheda.ctx.settings
+    assert (settings.registrations_per_ip_per_hour, settings.otp_sends_per_ip_per_hour) == (20, 30)
+    xff = {"X-Forwarded-For": address()}
+
+    def someone() -> dict:
+        return {"username": unique("m"), "email": f"{unique('m')}@example.com", "password": "correct-horse-1", "user_type": "client"}
+
+    taken = await sheda.api.post(f"{AUTH}/register", {**someone(), "username": "x" + unique()}, headers=xff)
+    assert taken.status == 201, taken
+    # A refused registration (nothing stored, nothing mailed) does not use up the address's budget.
+    refused = await sheda.api.post(f"{AUTH}/register", {**someone(), "username": taken.json["username"]}, headers=xff)
+    assert refused.status == 409, refused
+    for i in range(settings.registrations_per_ip_per_hour - 1):
+        r = await sheda.api.post(f"{AUTH}/register", someone(), headers=xff)
+        assert r.status == 201, (i, r)
+    body = someone()
+    over = await sheda.api.post(f"{AUTH}/register", body, headers=xff)
+    assert over.status == 429 and over.json["code"] == "rate_limited", over
+    assert 0 < int(over.headers["Retry-After"]) <= 3600
+    assert await sheda.ctx.db.users.count_documents({"email": body["email"]}) == 0
+    assert sheda.ctx.mailer.last_to(body["email"]) is None
+    assert (await sheda.api.post(f"{AUTH}/register", body, headers={"X-Forwarded-For": address()})).status == 201
+
+    xff = {"X-Forwarded-For": address()}  # a fresh address for send-otp
+    for i in range(settings.otp_sends_per_ip_per_hour):  # unknown addresses count alike: nothing tells them apart
+        r = await sheda.api.post(f"{AUTH}/send-otp", {"email": f"{unique('o')}@example.com"}, headers=xff)
+        assert r.status == 202, (i, r)
+    over = await sheda.api.post(f"{AUTH}/send-otp", {"email": body["email"]}, headers=xff)
+    assert over.status == 429 and over.json["code"] == "rate_limited" and 0 < int(over.headers["Retry-After"]) <= 3600, over
+    assert (await sheda.api.post(f"{AUTH}/send-otp", {"email": body["email"]}, headers={"X-Forwarded-For": address()})).status == 202
 
 
 @pytest.mark.parametrize("settings_overrides", [{}], indirect=False)

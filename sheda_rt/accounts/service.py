@@ -52,6 +52,8 @@ OTP_MAX_ATTEMPTS = 5
 OTP_MAX_FAILURES_PER_ACCOUNT = 2 * OTP_MAX_ATTEMPTS
 # send-otp: a few mails per address, then one a minute (mail bombing, SMTP quota).
 OTP_SEND_BURST, OTP_SEND_PER_SECOND = 5, 1 / 60
+# Per client address, over every address mailed: REGISTRATIONS_PER_IP_PER_HOUR, OTP_SENDS_PER_IP_PER_HOUR.
+PER_IP_WINDOW_SECONDS = 3600
 
 
 # Each user type keeps its own profile fields (and patch model) under `<type>_profile`.
@@ -164,8 +166,11 @@ class AccountService:
         self.registration_replaced: list[Callable[[int], Awaitable[object]]] = []
 
     # ---- registration and one-time codes -----------------------------------
-    async def register(self, req, *, verified: bool = False, send_otp: bool = True, operator: bool = False) -> dict:
+    async def register(self, req, *, verified: bool = False, send_otp: bool = True, operator: bool = False,
+                       ip: str | None = None) -> dict:
         """`operator`: the command line may take reserved names (see accounts/usernames.py); clients may not.
+        `ip`: a client's address, of which at most REGISTRATIONS_PER_IP_PER_HOUR registrations are taken in
+        any hour (429 beyond: each mails a code to the address it names); None (the command line): no limit.
 
         An email whose account was never verified (and is active) does not block its owner: anyone
         can register any address, and whoever squatted it would otherwise keep a password on the
@@ -178,6 +183,25 @@ class AccountService:
         registration older than PENDING_REGISTRATION_HOURS is freed for this one (`_remove_stale_holder`)."""
         if not operator and is_reserved(req.username):
             raise ValidationFailed.single("username", RESERVED_MESSAGE)
+        if ip is None:
+            return await self._register(req, verified=verified, send_otp=send_otp)
+        key = f"register-ip:{ip}"
+        await self._take_ip_slot(key, self.settings.registrations_per_ip_per_hour, "registrations")
+        try:
+            return await self._register(req, verified=verified, send_otp=send_otp)
+        except BaseException:  # nothing registered, nothing mailed: the address keeps its slot
+            await self.limits.forgive_failure(key)
+            raise
+
+    async def _take_ip_slot(self, key: str, limit: int, what: str) -> None:
+        """One of `limit` slots of a client address over the last hour, counted before the work (so a burst
+        gets no further than requests in turn), else 429 with the wait until the oldest leaves the hour."""
+        if await self.limits.record_failure(key, PER_IP_WINDOW_SECONDS) > limit:
+            await self.limits.forgive_failure(key)
+            wait = await self.limits.blocked_for(key, limit, PER_IP_WINDOW_SECONDS)
+            raise RateLimited(f"Too many {what} from this address; try again later", wait or 1)
+
+    async def _register(self, req, *, verified: bool, send_otp: bool) -> dict:
         now = self.clock.now()
         doc = {
             "username": req.username,
@@ -273,12 +297,18 @@ class AccountService:
         except Exception as exc:  # the account exists either way; the user can ask for another code
             log.error(json.dumps({"event": "mail_failed", "user_id": user["_id"], "error": f"{type(exc).__name__}: {exc}"}))
 
-    async def send_otp(self, email: str) -> None:
+    async def send_otp(self, email: str, ip: str | None = None) -> None:
         """Mail a fresh code (replacing any earlier one). Unknown or deactivated addresses
-        get the same answer and nothing is sent, so this cannot probe for accounts."""
+        get the same answer and nothing is sent, so this cannot probe for accounts (and count alike
+        against the client address's OTP_SENDS_PER_IP_PER_HOUR: one client mailing many people)."""
         email = email.lower()
+        key = f"send-otp-ip:{ip}" if ip is not None else None
+        if key is not None:
+            await self._take_ip_slot(key, self.settings.otp_sends_per_ip_per_hour, "codes requested")
         wait = await self.limits.take_token(f"send-otp:{email}", OTP_SEND_BURST, OTP_SEND_PER_SECOND)
         if wait > 0:
+            if key is not None:  # nothing mailed: the client address keeps its slot
+                await self.limits.forgive_failure(key)
             raise RateLimited("Too many codes requested for this address; try again later", int(wait) + 1)
         user = await self.users.find_by_email(email)
         if user is None or not user.get("is_active", True):
