@@ -125,7 +125,7 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
             refusal = 400, "websocket_required", "This is the chat WebSocket: connect with a WebSocket client (Upgrade: websocket)"
         elif "upgrade" not in (part.strip().lower() for part in headers.get("Connection", "").split(",")):
             refusal = 400, "websocket_required", "A WebSocket handshake needs `Connection: Upgrade` (a proxy in front may drop it)"
-        elif headers.get("Sec-WebSocket-Version") not in ("7", "8", "13"):
+        elif headers.get("Sec-WebSocket-Version") != "13":  # Tornado 6.5+ refuses drafts 7 and 8 with an empty 426
             refusal = 426, "upgrade_required", "Unsupported WebSocket version: use 13"
             self.set_header("Sec-WebSocket-Version", "13")
         elif not (headers.get("Host") and headers.get("Sec-WebSocket-Key")):

@@ -267,6 +267,9 @@ async def test_the_socket_route_answers_odd_requests_in_json(sheda):
                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
     for changed, status, code in (({"Connection": "keep-alive"}, 400, "websocket_required"),
                                   ({"Sec-WebSocket-Version": "12"}, 426, "upgrade_required"),
+                                  # the old drafts 7 and 8: Tornado 6.5+ speaks only 13 (its 426 has no body)
+                                  ({"Sec-WebSocket-Version": "8"}, 426, "upgrade_required"),
+                                  ({"Sec-WebSocket-Version": "7"}, 426, "upgrade_required"),
                                   ({"Sec-WebSocket-Key": ""}, 400, "bad_request")):
         r = await sheda.api.get("/api/v1/chat/ws", headers={**upgrade, **changed})
         assert r.status == status and r.json["code"] == code and r.json["detail"], (changed, r)
