@@ -526,3 +526,36 @@ async def test_a_deactivated_account_closes_its_viewings_through_a_durable_job(s
               if n["kind"] == "appointment.cancelled"]
     assert "client's account" in note["body"] and note["data"]["appointment_id"] == theirs["id"]
     assert "close_notice_pending" not in await snapshot(sheda, "appointments", theirs["id"])
+
+
+async def test_an_agent_switching_to_client_closes_the_viewings_they_are_the_agent_of(sheda):
+    # switch-account away from agent takes the listings off the market (listings/agent_status.py), but the viewings
+    # booked with them stayed confirmed with nobody left to answer them as the agent, reminders included. They close
+    # as a deactivated agent's do (agent_inactive, the client told); a viewing the agent booked as a client stays.
+    agent, client, prop, when = await viewing_setup(sheda)
+    other_agent = await sheda.signup("agent")
+    other_prop = await create_property(sheda, other_agent)
+    await open_window(sheda, other_agent, when)
+    theirs = await confirmed_viewing(sheda, agent, client, prop, when)
+    switched = await sheda.api.post("/api/v1/auth/switch-account", {"switch_to": "client"}, token=agent.token)
+    assert switched.status == 200, switched
+    agent.access_token = switched.json["access_token"]
+    await sheda.ctx.viewings_closing.drain()
+    got = (await sheda.api.get(f"{AP}/{theirs['id']}", token=client.token)).json
+    assert (got["status"], got["cancelled_by"], got["cancel_reason"]) == ("cancelled", None, "agent_inactive"), got
+    assert {j["status"] for j in await reminder_jobs(sheda, theirs["id"])} == {"cancelled"}
+    [note] = [n for n in (await sheda.api.get("/api/v1/notifications", token=client.token)).json["items"]
+              if n["kind"] == "appointment.cancelled"]
+    assert note["data"]["appointment_id"] == theirs["id"]
+    # Now a client, they book a viewing of another agent's listing. Back to agent and to client again: only the
+    # viewings they are the agent of close, so the one they booked as a client stays.
+    mine = await confirmed_viewing(sheda, other_agent, agent, other_prop, when + timedelta(minutes=30))
+    for to in ("agent", "client"):
+        r = await sheda.api.post("/api/v1/auth/switch-account", {"switch_to": to}, token=agent.token)
+        assert r.status == 200, r
+        agent.access_token = r.json["access_token"]
+        await sheda.ctx.viewings_closing.drain()
+    jobs = await sheda.ctx.db["jobs"].find({"kind": "appointments.close", "payload.user_id": agent.id}).to_list()
+    assert len(jobs) == 3 and {j["status"] for j in jobs} == {"done"}, jobs
+    got = (await sheda.api.get(f"{AP}/{mine['id']}", token=other_agent.token)).json
+    assert got["status"] == "confirmed" and got["cancel_reason"] is None, got

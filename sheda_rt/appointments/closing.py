@@ -1,6 +1,7 @@
 """Open viewings close when nobody can take part in them any more: their property was rented or sold (a
 contract became active), or the account of one of their parties was deactivated (DELETE /users/me, an
-admin's PATCH /admin/users/{id} {"is_active": false}, a moderator's `deactivate_user`). Every open
+admin's PATCH /admin/users/{id} {"is_active": false}, a moderator's `deactivate_user`), or an agent switched
+to client or builder (then only the viewings they are the agent of). Every open
 (pending or confirmed) viewing still ahead of such a property or account is cancelled with
 `cancelled_by: null` and a `cancel_reason` ("property_unavailable", "agent_inactive", "client_inactive"),
 its slot freed and its reminders cancelled (a reminder of a viewing that is no longer confirmed is never
@@ -96,7 +97,12 @@ class ViewingsClosing:
     async def _user(self, user_id: int, recover: bool) -> dict:
         user = await self.users.get(user_id)
         if user is not None and user.get("is_active", True):
-            return {"outcome": "active", "closed": 0}
+            if user.get("user_type") == "agent":
+                return {"outcome": "active", "closed": 0}
+            # An agent who switched to client or builder: nobody can answer their viewings as the agent any
+            # more (their listings left the market with them); those where they are the client stay.
+            closed = await self.appointments.close_open(user_id, "agent_inactive", as_agent=True, recover=recover)
+            return {"outcome": "not_agent", "closed": closed}
         closed = await self.appointments.close_open(user_id, None, recover=recover)
         return {"outcome": "inactive", "closed": closed}
 

@@ -334,9 +334,9 @@ class AppointmentService:
                    "client_inactive": "the client's account is no longer active"}
 
     async def close_open(self, party_id: int, reason: str | None, *, property_id: int | None = None,
-                         keep_client: int | None = None, recover: bool = False, batch: int = 200) -> int:
-        """Cancel every open viewing still ahead of `party_id` (of one property when given; never those of
-        `keep_client`): `cancelled_by` null, `cancel_reason` = `reason`, or for a deactivated account the side
+                         keep_client: int | None = None, as_agent: bool = False, recover: bool = False, batch: int = 200) -> int:
+        """Cancel every open viewing still ahead of `party_id` (of one property when given; only those where
+        they are the agent with `as_agent`; never those of `keep_client`): `cancelled_by` null, `cancel_reason` = `reason`, or for a deactivated account the side
         it is on (agent_inactive / client_inactive). Frees the slots, cancels the reminders, tells the other
         party. Returns how many it closed; safe to run again (a closed one is not open any more; with
         `recover`, a run after one that failed, one whose party was not told yet is told now)."""
@@ -346,7 +346,7 @@ class AppointmentService:
         closed = 0
         while True:
             now = self.clock.now()
-            found = [d for d in await self.store.open_of_party(party_id, now, property_id, batch)
+            found = [d for d in await self.store.open_of_party(party_id, now, property_id, batch, as_agent=as_agent)
                      if keep_client is None or d["client_id"] != keep_client]
             if not found:
                 return closed

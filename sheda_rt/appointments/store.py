@@ -107,11 +107,13 @@ class AppointmentStore(TwoPartyStore):
                                                 and d["_id"] != exclude_id), limit)
         return sorted(found, key=lambda d: d["_id"])
 
-    async def open_of_party(self, party_id: int, now, property_id: int | None, limit: int) -> list[dict]:
-        """Open (pending or confirmed) viewings still ahead where `party_id` is the client or the agent (of one
-        property when given)."""
+    async def open_of_party(self, party_id: int, now, property_id: int | None, limit: int, *,
+                            as_agent: bool = False) -> list[dict]:
+        """Open (pending or confirmed) viewings still ahead where `party_id` is the client or the agent (only
+        the agent with `as_agent`; of one property when given)."""
         return await self._of_party(party_id, {"$in": ["pending", "confirmed"]},
-                                    lambda d: d["scheduled_at"] > now and (property_id is None or d["property_id"] == property_id), limit)
+                                    lambda d: (d["scheduled_at"] > now and (property_id is None or d["property_id"] == property_id)
+                                               and (not as_agent or d["agent_id"] == party_id)), limit)
 
     async def closed_unannounced(self, party_id: int, property_id: int | None, limit: int) -> list[dict]:
         """Viewings the system closed whose other party was not told yet (the closing run died between the two)."""
