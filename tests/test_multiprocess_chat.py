@@ -212,3 +212,41 @@ async def test_redis_outage_keeps_sockets_and_storage_then_sync_recovers(server_
     assert live == [before["id"], after["id"]]
     for ws in (alice_a, bob_b, carol_a):
         ws.close()
+
+
+async def test_presence_changed_during_a_redis_outage_reaches_the_other_process_once_it_is_back(server_pair, redis_server):
+    # While Redis is away a process tells only its own sockets that someone came or went; their
+    # peers on the other process used to learn nothing, even after it came back (presence is not
+    # in `sync`): Alice saw Bob online and Carol offline until she reloaded.
+    a, b = (Remote(s) for s in server_pair)
+    alice, bob, carol = await a.signup("client"), await b.signup("agent"), await b.signup("agent")
+    for sender in (bob, carol):
+        resp = await a.api.post("/api/v1/chats", {"receiver_id": alice.id, "message": "hello"}, token=sender.token)
+        assert resp.status == 201, resp
+    alice_a, bob_b = await a.ws(alice.token), await b.ws(bob.token)
+    await alice_a.wait_for(lambda f: f.get("type") == "presence" and f.get("user_id") == bob.id and f["online"], 10)
+    seen = len(alice_a.frames)
+
+    redis_server.stop()
+    try:
+        for server in (a.server, b.server):
+            await wait_ready(server, 503)
+        bob_b.close()  # Bob leaves, Carol arrives, both on B
+        await bob_b.wait_closed(5)
+        carol_b = await b.ws(carol.token)
+        await carol_b.send({"type": "ping"})
+        await carol_b.wait_type("pong")
+    finally:
+        redis_server.start()
+    for server in (a.server, b.server):
+        await wait_ready(server, 200)
+
+    def told(user_id):
+        return lambda f: f.get("type") == "presence" and f.get("user_id") == user_id
+    bob_left = await alice_a.wait_for(told(bob.id), 30, start=seen)
+    carol_came = await alice_a.wait_for(told(carol.id), 30, start=seen)
+    assert bob_left["online"] is False and bob_left["last_seen"] and carol_came["online"] is True
+    query = await a.api.get(f"/api/v1/presence?user_ids={bob.id},{carol.id}", token=alice.token)
+    assert [(i["user_id"], i["online"]) for i in query.json["items"]] == [(bob.id, False), (carol.id, True)], query.json
+    for ws in (alice_a, carol_b):
+        ws.close()

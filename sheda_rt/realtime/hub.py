@@ -76,8 +76,9 @@ class Hub:
         # service drops a deactivated user from its cache on "revoke").
         self.control_listeners: list[Callable[[dict], None]] = []
         # Called with the users of another process that died (presence claimed its set; they
-        # may be online elsewhere by now): sessions tells their peers they went offline.
-        self.vanished_listeners: list[Callable[[list[int]], Awaitable[None]]] = []
+        # may be online elsewhere by now): sessions tells their peers they went offline. With
+        # `missed` ({user: when}): users whose presence changed here while Redis was away.
+        self.vanished_listeners: list[Callable[[list[int], dict | None], Awaitable[None]]] = []
         # Token expiry of every connection here: one heap, one sweep (sheda_rt/realtime/expiry.py).
         self.expiry = ExpiryWatch(clock or Clock(), expiry_sweep_seconds, self._connection, self.all_sockets)
 
@@ -92,9 +93,9 @@ class Hub:
         await self.fanout.stop()  # queued events reach the others first
         await self.presence.stop()
 
-    async def _vanished(self, users: list[int]) -> None:
+    async def _vanished(self, users: list[int], missed: dict | None = None) -> None:
         for listener in self.vanished_listeners:
-            await listener(users)
+            await listener(users, missed)
 
     def _users_here(self):
         """The users with a socket on this process (what fan-out subscribes to, presence announces)."""

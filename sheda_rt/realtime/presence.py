@@ -23,7 +23,9 @@ until they reloaded) — nobody stays online forever. A stopping process marks
 itself dead at once, its set holding the users it had (`leaving`), so those who
 did not reconnect elsewhere are announced the same way. During an outage presence falls
 back to this process's own knowledge and the set is rewritten on reconnect
-(a connect hook of the link, before it counts as up). The scripts build key
+(a connect hook of the link, before it counts as up); the users who came or
+went here meanwhile were announced to this process's sockets only, so one
+heartbeat after Redis is back they are announced again as they are then. The scripts build key
 names from the process list, so this needs a single Redis (or a primary with
 replicas), not Redis Cluster.
 """
@@ -32,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Awaitable, Callable, Collection, Protocol
 
 if TYPE_CHECKING:  # a single process never loads the Redis client
@@ -42,9 +45,11 @@ log = logging.getLogger("sheda.broker")
 
 class Presence(Protocol):
     async def start(self, *, users_here: Callable[[], Collection[int]],
-                    vanished: Callable[[list[int]], Awaitable[None]] | None = None) -> None:
+                    vanished: Callable[..., Awaitable[None]] | None = None) -> None:
         """`users_here()`: the users with a socket on this process now (the hub's registry);
-        `vanished(users)`: users of a process that died (they may be online elsewhere by now)."""
+        `vanished(users)`: users of a process that died (they may be online elsewhere by now);
+        `vanished(users, {user: when})`: users whose presence changed here while Redis was away
+        (only this process's sockets were told): announce them as they are now."""
 
     async def stop(self) -> None: ...
 
@@ -156,9 +161,13 @@ class RedisPresence:
         self._presence_prefix = link.prefix + "presence:"
         self._own_presence = self._presence_prefix + self.process_id
         self._users_here: Callable[[], Collection[int]] = frozenset
-        self._vanished: Callable[[list[int]], Awaitable[None]] | None = None
+        self._vanished: Callable[..., Awaitable[None]] | None = None
         self._claims: set[asyncio.Task] = set()  # kept until done (a task only the loop references can vanish)
         self._leaving: set[int] | None = None  # set at shutdown (leaving())
+        # Users whose first/last socket here came or went while Redis was away: their presence
+        # reached only this process's sockets. Re-announced (as they are then) once it is back.
+        self._missed: dict[int, datetime] = {}
+        self._recheck: dict[int, datetime] = {}
         self._task: asyncio.Task | None = None
         self._presence_add = self.redis.register_script(_PRESENCE_ADD)
         self._presence_remove = self.redis.register_script(_PRESENCE_REMOVE)
@@ -167,7 +176,7 @@ class RedisPresence:
         link.on_connect(self._announce)
 
     async def start(self, *, users_here: Callable[[], Collection[int]],
-                    vanished: Callable[[list[int]], Awaitable[None]] | None = None) -> None:
+                    vanished: Callable[..., Awaitable[None]] | None = None) -> None:
         self._users_here = users_here
         self._vanished = vanished
         self._task = asyncio.create_task(self._heartbeats())
@@ -207,22 +216,28 @@ class RedisPresence:
         if not first_here:
             return False
         if not self.link.up:
+            self._missed[user_id] = datetime.now(timezone.utc)
             return True
         try:
             return bool(await self._presence_add(*self._args(user_id)))
         except Exception as exc:
             log.info(json.dumps({"event": "redis_presence_failed", "error": repr(exc)[:200]}))
+            self._missed[user_id] = datetime.now(timezone.utc)
             return True
 
     async def user_removed(self, user_id: int, last_here: bool) -> bool:
         if not last_here:
             return False
-        if not self.link.up or self._leaving is not None:  # shutting down: stop() writes the set
+        if self._leaving is not None:  # shutting down: stop() writes the set
+            return True
+        if not self.link.up:
+            self._missed[user_id] = datetime.now(timezone.utc)
             return True
         try:
             return bool(await self._presence_remove(*self._args(user_id)))
         except Exception as exc:
             log.info(json.dumps({"event": "redis_presence_failed", "error": repr(exc)[:200]}))
+            self._missed[user_id] = datetime.now(timezone.utc)
             return True
 
     async def online_elsewhere(self, user_id: int) -> bool:
@@ -267,9 +282,17 @@ class RedisPresence:
             if gone and self._vanished is not None:
                 users = sorted({int(u) for u in gone})
                 log.info(json.dumps({"event": "presence_claimed_dead_process", "users": len(users)}))
-                task = asyncio.ensure_future(self._vanished(users))  # never delays the next heartbeat
-                self._claims.add(task)
-                task.add_done_callback(self._claimed)
+                self._spawn(self._vanished(users))
+            # Changes missed while Redis was away go out one heartbeat after it is back, when
+            # every process has had the time to subscribe again.
+            ready, self._recheck, self._missed = self._recheck, self._missed, {}
+            if ready and self._vanished is not None:
+                self._spawn(self._vanished(sorted(ready), ready))
+
+    def _spawn(self, work) -> None:
+        task = asyncio.ensure_future(work)  # never delays the next heartbeat
+        self._claims.add(task)
+        task.add_done_callback(self._claimed)
 
     def _claimed(self, task: asyncio.Task) -> None:
         self._claims.discard(task)

@@ -34,15 +34,16 @@ class PresenceAnnouncer:
         self.peers_of_many = peers_of_many  # chat conversations: who shares a conversation with whom
         self.publish = publish  # hub.publish_encoded: presence is ephemeral (no seq)
         self.went_offline = went_offline  # e.g. the chat drops its cached profile (last_seen changed)
-        self._pending: list[tuple[int, bool, object]] = []
+        self._pending: list[tuple[int, bool, object, bool]] = []
         self._done: asyncio.Future | None = None
         self._order = asyncio.Lock()  # batches are published one after another (online never overtakes offline)
         self._flushes: set[asyncio.Task] = set()  # kept until done (a task only the loop references can vanish)
 
-    async def changed(self, user_id: int, online: bool) -> None:
+    async def changed(self, user_id: int, online: bool, *, when=None, store: bool = True) -> None:
         """Tell the people user_id shares a conversation with that they came online or went
-        offline (storing last_seen); returns once this change's batch is published."""
-        self._pending.append((user_id, online, self.clock.now()))
+        offline (storing last_seen, unless `store` is false: a repeat of an announcement made
+        `when`); returns once this change's batch is published."""
+        self._pending.append((user_id, online, when or self.clock.now(), store))
         if self._done is None:
             loop = asyncio.get_running_loop()
             self._done = loop.create_future()
@@ -70,13 +71,13 @@ class PresenceAnnouncer:
 
     async def _publish(self, events: list, done: asyncio.Future) -> None:
         try:
-            offline = {u: when for u, online, when in events if not online}
+            offline = {u: when for u, online, when, store in events if not online and store}
             if offline:
                 await self.touch_last_seen(list(offline), max(offline.values()))
                 for u in offline:
                     self.went_offline(u)
-            peers = await self.peers_of_many({u for u, _, _ in events})
-            for u, online, when in events:  # in the order they happened
+            peers = await self.peers_of_many({u for u, _, _, _ in events})
+            for u, online, when, _ in events:  # in the order they happened
                 text = encode({"type": "presence", "user_id": u, "online": online, "last_seen": format_ts(when)})
                 for peer in peers.get(u, ()):
                     await self.publish(peer, text)
@@ -121,11 +122,19 @@ class Sessions:
         if await self.hub.connected(conn):
             await self.presence.changed(conn.user_id, True)
 
-    async def vanished(self, users: list[int]) -> None:
+    async def vanished(self, users: list[int], missed: dict | None = None) -> None:
         """Users whose process died (RedisPresence claimed its set): their sockets closed without
         anyone announcing it, so those not connected anywhere now are announced offline (and
-        their last_seen stored), as their last socket closing would have."""
+        their last_seen stored), as their last socket closing would have. With `missed`
+        ({user: when}): users whose presence changed here while Redis was away, so only this
+        process's sockets heard of it: each is announced as they are now (offline ones with
+        when they went, their last_seen already stored)."""
         if self.stopping:
+            return
+        if missed is not None:
+            now = [(u, await self.hub.online_anywhere(u)) for u in users]
+            await asyncio.gather(*(self.presence.changed(u, online, when=None if online else missed[u], store=False)
+                                   for u, online in now))
             return
         gone = [u for u in users if not await self.hub.online_anywhere(u)]
         if gone:
