@@ -74,7 +74,11 @@ class PaystackWebhookHandler(APIHandler):
         bytes keyed with our secret key, else 401 and nothing is stored (also 401 for everything when no gateway is
         configured). Each event is handled once (a redelivery → 200, no effect). A `charge.success` is confirmed with
         Paystack's verify endpoint before the payment's effect (contract, installment, wallet); an amount or currency that differs from what we
-        initialized flags the payment for an admin instead. 503 when Paystack could not be asked (it delivers again)."""
+        initialized flags the payment for an admin instead. A `refund.processed` or a chargeback lost
+        (`charge.dispute.resolve`, `merchant-accepted`) takes a top-up's money back from the wallet (a `topup_reversal`
+        ledger entry, never below zero: a shortfall is flagged `topup_reversal_shortfall`); a dispute opened flags the
+        payment `gateway_dispute`; for a contract or installment, a refund or lost chargeback flags it
+        `refunded_by_gateway`. 503 when Paystack could not be asked (it delivers again)."""
         return await self.ctx.payments.webhook(self.body_bytes, self.request.headers)
 
 

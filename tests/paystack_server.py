@@ -8,6 +8,9 @@ documentation describes, and delivers webhooks signed with the test secret.
 
 A new transaction is "abandoned" (Paystack's word for "not paid yet") until the test plays the customer:
 `pay()` / `fail()`. `deliver()` posts a `charge.success` event to our server as Paystack would.
+Money going back: `refund()` refunds (part of) a paid transaction as the merchant's dashboard does (a full refund
+leaves verify reporting "reversed") and returns its `refund.processed` body; `dispute_body()` is a chargeback's
+`charge.dispute.create` / `.resolve` body. Their shapes are Paystack's documented ones (see gateway.py).
 """
 from __future__ import annotations
 
@@ -134,6 +137,36 @@ class FakePaystack:
         tx = self.transactions[reference]
         tx.update(status="failed", gateway_response="Declined")
         return tx
+
+    # ---- money going back -------------------------------------------------------------
+    def refund(self, reference: str, amount: int | None = None, *, status: str = "processed") -> bytes:
+        """Refund `amount` kobo (all of it by default) of a paid transaction; the `refund.<status>` webhook body.
+        Paystack's refund events carry no transaction id: the payment is `transaction_reference`, the refund
+        `refund_reference` (amounts sometimes as digit strings, as its own samples show)."""
+        tx = self.transactions[reference]
+        amount = tx["amount"] if amount is None else amount
+        refund_reference = f"TRF_{secrets.token_hex(7)}"
+        if status == "processed":
+            tx["refunded"] = tx.get("refunded", 0) + amount
+            if tx["refunded"] >= tx["amount"]:
+                tx["status"] = "reversed"
+        return json.dumps({"event": f"refund.{status}", "data": {
+            "status": status, "transaction_reference": reference, "refund_reference": refund_reference,
+            "amount": str(amount), "currency": tx["currency"], "processor": "mpgs_zen",
+            "customer": {"first_name": None, "last_name": None, "email": tx["customer"]["email"]},
+            "integration": 412829, "domain": "test"}}).encode()
+
+    def dispute_body(self, reference: str, dispute_id: int, event: str = "charge.dispute.create", *,
+                     resolution: str | None = None, refund_amount: int | None = None) -> bytes:
+        """A chargeback's event: data.id is the dispute's, the payment is data.transaction."""
+        tx = self.transactions[reference]
+        resolved = event == "charge.dispute.resolve"
+        return json.dumps({"event": event, "data": {
+            "id": dispute_id, "refund_amount": tx["amount"] if refund_amount is None else refund_amount,
+            "currency": tx["currency"], "status": "resolved" if resolved else "awaiting-merchant-feedback",
+            "resolution": resolution if resolved else None, "domain": "test", "category": "chargeback",
+            "transaction": {k: tx[k] for k in ("id", "status", "reference", "amount", "currency", "paid_at")},
+            "merchant_bears_loss": False}}).encode()
 
     # ---- webhooks ------------------------------------------------------------------
     def event_body(self, reference: str, event: str = "charge.success", **data_over) -> bytes:

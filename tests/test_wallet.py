@@ -406,3 +406,72 @@ async def test_an_admin_settles_a_flagged_topup_crediting_what_the_gateway_verif
     assert r.status == 409 and r.json["code"] == "not_flagged"
     assert (await sheda.api.get(WALLET, token=other.token)).json["balance"] == "0.00"
     await audit_ok(sheda, admin)
+
+
+async def paid_topup(sheda, paystack, user, naira: str) -> str:
+    r = await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": user.id, "amount": naira}, token=user.token)
+    assert r.status == 201, r
+    paystack.pay(r.json["reference"])
+    assert (await paystack.deliver(paystack.event_body(r.json["reference"]))).code == 200
+    return r.json["reference"]
+
+
+async def test_a_gateway_refund_or_a_lost_chargeback_takes_the_topup_back_once_and_never_below_zero(sheda, paystack):
+    """A top-up refunded on Paystack (refund.processed) or charged back (a dispute resolved merchant-accepted) was
+    acknowledged and ignored: the wallet kept money the platform no longer had. Now the wallet gives it back, once per
+    event, never below zero: what was already spent is debited from platform:reversal_shortfall and flagged."""
+    paystack.webhook_url = sheda.base_url + "/api/v1/webhooks/paystack"
+    user, admin = await sheda.signup("client"), await sheda.admin()
+    ref = await paid_topup(sheda, paystack, user, "5000.00")
+    await sheda.ctx.wallet.spend(user.id, 100_000, idempotency_key="before-refund", kind="spend", memo="", refs={})
+
+    # A partial refund: 1,500.00 goes back to the gateway. Unsigned or forged: 401, nothing moves.
+    body = paystack.refund(ref, 150_000)
+    assert (await paystack.deliver(body, signature="")).code == 401
+    assert (await paystack.deliver(body, signature="0" * 128)).code == 401
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "4000.00"
+    assert (await paystack.deliver(body)).code == 200
+    me = (await sheda.api.get(WALLET, token=user.token)).json
+    assert me["balance"] == "2500.00"
+    entry = me["recent"][0]
+    assert entry["kind"] == "topup_reversal" and entry["amount"] == "-1500.00" and entry["balance_after"] == "2500.00"
+    assert entry["refs"]["payment_reference"] == ref and entry["refs"]["shortfall"] == "0.00" and entry["reverses"]
+    assert entry["lines"] == [{"account": "gateway:clearing", "amount": "1500.00"}, {"account": f"wallet:{user.id}", "amount": "-1500.00"}]
+    assert (await paystack.deliver(body)).code == 200  # a redelivery takes nothing more
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "2500.00"
+    assert (await sheda.api.get(f"{PAY}/{ref}", token=user.token)).json["flagged"] is False
+
+    # The rest refunded after the user spent some: the wallet gives what it holds, the shortfall is flagged.
+    await sheda.ctx.wallet.spend(user.id, 150_000, idempotency_key="spent-meanwhile", kind="spend", memo="", refs={})
+    assert (await paystack.deliver(paystack.refund(ref, 350_000))).code == 200
+    me = (await sheda.api.get(WALLET, token=user.token)).json
+    assert me["balance"] == "0.00"
+    entry = me["recent"][0]
+    assert entry["kind"] == "topup_reversal" and entry["amount"] == "-1000.00" and entry["refs"]["shortfall"] == "2500.00"
+    assert {"account": "platform:reversal_shortfall", "amount": "-2500.00"} in entry["lines"]
+    pay = (await sheda.api.get(f"{PAY}/{ref}", token=admin.token)).json
+    assert pay["flagged"] is True and [f["reason"] for f in pay["flags"]] == ["topup_reversal_shortfall"]
+    # Never more than the top-up: another refund event of it takes nothing.
+    count = await ledger_count(sheda)
+    assert (await paystack.deliver(paystack.refund(ref, 100_000))).code == 200
+    assert await ledger_count(sheda) == count
+    audit = await audit_ok(sheda, admin)
+    assert audit["platform"]["platform:reversal_shortfall"] == "-2500.00"
+
+    # A chargeback: opened, the payment is flagged and nothing moves; lost (merchant-accepted), the money goes back.
+    other = await sheda.signup("client")
+    ref2 = await paid_topup(sheda, paystack, other, "800.00")
+    assert (await paystack.deliver(paystack.dispute_body(ref2, 9001))).code == 200
+    pay = (await sheda.api.get(f"{PAY}/{ref2}", token=admin.token)).json
+    assert [f["reason"] for f in pay["flags"]] == ["gateway_dispute"]
+    assert (await sheda.api.get(WALLET, token=other.token)).json["balance"] == "800.00"
+    resolved = paystack.dispute_body(ref2, 9001, "charge.dispute.resolve", resolution="merchant-accepted")
+    assert (await paystack.deliver(resolved)).code == 200
+    assert (await paystack.deliver(resolved)).code == 200
+    me = (await sheda.api.get(WALLET, token=other.token)).json
+    assert me["balance"] == "0.00" and me["recent"][0]["kind"] == "topup_reversal" and me["recent"][0]["amount"] == "-800.00"
+    # A dispute the platform won (declined) leaves the wallet alone.
+    ref3 = await paid_topup(sheda, paystack, other, "300.00")
+    assert (await paystack.deliver(paystack.dispute_body(ref3, 9002, "charge.dispute.resolve", resolution="declined"))).code == 200
+    assert (await sheda.api.get(WALLET, token=other.token)).json["balance"] == "300.00"
+    await audit_ok(sheda, admin)

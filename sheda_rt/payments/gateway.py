@@ -17,6 +17,14 @@ Paystack, as documented:
   Webhooks: POST {event: "charge.success", data: {id, reference, amount, currency, status, ...}} with
        x-paystack-signature = hex HMAC-SHA512 of the raw body keyed with the secret key. Paystack sends no
        event id of its own; an event is identified by its name and the transaction id (`charge.success:302961`).
+  Money going back (signed the same way):
+       refund.processed  {data: {status: "processed", transaction_reference, refund_reference, amount (kobo, an
+                         integer or a digit string), currency, ...}}: identified by the refund's `id` when the body
+                         carries one, else its `refund_reference` (`refund.processed:132013318360`); refund.pending,
+                         .processing, .failed and .needs-attention are the same shape (nothing has moved yet).
+       charge.dispute.create / .remind / .resolve  {data: {id (the dispute), refund_amount, currency, status,
+                         resolution: null | "merchant-accepted" | "declined", transaction: {id, reference, amount, ...}}}:
+                         identified by the event name and the dispute id; the payment is `transaction.reference`.
 """
 from __future__ import annotations
 
@@ -182,12 +190,24 @@ class PaystackGateway:
             return None
         data = body["data"]
         kind = body["event"][:64]
-        tx_id = data.get("id")
-        if not isinstance(tx_id, (int, str)) or isinstance(tx_id, bool) or len(str(tx_id)) > 64:
+        reference, amount = data.get("reference"), data.get("amount")
+        ident = data.get("id")
+        if kind.startswith("refund."):  # the refund's own id (or reference); the payment is transaction_reference
+            reference = data.get("transaction_reference")
+            if not _is_ident(ident):
+                ident = data.get("refund_reference")
+        elif kind.startswith("charge.dispute."):  # data.id is the dispute's; the payment is data.transaction
+            transaction = data.get("transaction") if isinstance(data.get("transaction"), dict) else {}
+            reference, amount = transaction.get("reference"), data.get("refund_amount")
+        if not _is_ident(ident):
             return None
-        return WebhookEvent(event_id=f"{kind}:{tx_id}", kind=kind, reference=_text_or_none(data.get("reference"), 100),
-                            amount_minor=_int_or_none(data.get("amount")), currency=_text_or_none(data.get("currency"), 8),
+        return WebhookEvent(event_id=f"{kind}:{ident}", kind=kind, reference=_text_or_none(reference, 100),
+                            amount_minor=_int_or_none(amount), currency=_text_or_none(data.get("currency"), 8),
                             data=data)
+
+
+def _is_ident(value: Any) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool) and 0 < len(str(value)) <= 64
 
 
 def gateway_from_settings(settings) -> PaymentGateway | None:

@@ -32,6 +32,7 @@ import math
 import re
 import secrets
 from datetime import timedelta
+from decimal import Decimal
 
 from bson.decimal128 import Decimal128
 
@@ -304,6 +305,8 @@ class PaymentService:
         return {"received": True}
 
     async def _handle_event(self, event) -> str:
+        if event.kind == "refund.processed" or event.kind.startswith("charge.dispute."):
+            return await self._money_back(event)
         if event.kind != "charge.success":
             return "ignored"
         payment = await self.store.get(event.reference) if event.reference else None
@@ -324,6 +327,44 @@ class PaymentService:
             log.warning("verify failed for %s: %s", payment["reference"], exc)
             raise GatewayUnavailable("Could not verify the payment with the gateway; deliver again later",
                                      headers={"Retry-After": "60"}, extra={"retry_after": 60})
+
+    async def _money_back(self, event) -> str:
+        """The gateway gave (or may give) a succeeded payment's money back to the payer: `refund.processed`, or a
+        chargeback (`charge.dispute.*`). The signed event is the gateway's word (there is no verify of a refund
+        by reference to ask instead). A dispute opened flags the payment (`gateway_dispute`: an admin answers it on
+        Paystack's dashboard; nothing moves yet); one resolved `merchant-accepted` (the payer got the money back)
+        and a processed refund are reversals: a top-up's target takes the money back from the wallet (`reverse`),
+        any other purpose's payment is flagged `refunded_by_gateway` (the contract or installment it paid still
+        counts as paid: an admin decides). A dispute resolved otherwise (`declined`: the platform kept the money)
+        changes nothing."""
+        payment = await self.store.get(event.reference) if event.reference else None
+        if payment is None:
+            return "unknown_reference"
+        why = "refund" if event.kind.startswith("refund.") else "chargeback"
+        if event.kind in ("charge.dispute.create", "charge.dispute.remind"):
+            await self._flag(payment, "gateway_dispute", f"the payer disputed this payment with their bank (Paystack dispute "
+                                                         f"{event.event_id.rsplit(':', 1)[-1]}): answer it on Paystack")
+            return "dispute_flagged"
+        if event.kind != "refund.processed":
+            if event.kind != "charge.dispute.resolve" or event.data.get("resolution") != "merchant-accepted":
+                return "ignored"  # declined (the platform kept the money), or a dispute event with nothing to do
+        amount_minor = event.amount_minor if event.amount_minor else payment["amount_minor"]
+        if (event.currency or payment["currency"]) != payment["currency"] or not 0 < amount_minor <= payment["amount_minor"]:
+            await self._flag(payment, "reversal_mismatch", f"the gateway reports a {why} of {event.amount_minor} "
+                                                           f"{event.currency} (kobo); the payment was {payment['amount_minor']} "
+                                                           f"{payment['currency']}: nothing was taken back")
+            return "flagged"
+        target = self.targets.get(payment["purpose"])
+        if payment["purpose"] != "wallet_topup" or not hasattr(target, "reverse"):
+            await self._flag(payment, "refunded_by_gateway",
+                             f"the gateway gave {format_money(Decimal(amount_minor).scaleb(-2))} {payment['currency']} back to the payer "
+                             f"({why}); the {payment['purpose']} still counts it paid")
+            return "flagged"
+        outcome, flag = await target.reverse(payment, amount_minor, source=event.event_id, why=why)
+        if flag is not None:
+            await self._flag(payment, *flag)
+        log.info('{"event": "payment_reversed", "reference": "%s", "outcome": "%s"}', payment["reference"], outcome)
+        return f"topup_{outcome}"
 
     # ---- what the gateway says, applied ----------------------------------------
     async def settle(self, payment: dict, *, stale: bool = False) -> str:

@@ -70,6 +70,9 @@ DURABLE = WriteConcern(w="majority", j=True)
 WALLET_PREFIX = "wallet:"
 REVENUE = "platform:revenue"
 CLEARING = "gateway:clearing"
+#: What the gateway took back for a top-up that its wallet could no longer pay (the user had spent it): the
+#: platform's loss, owed by that user (the top-up reversal's refs name them; the payment is flagged for an admin).
+REVERSAL_SHORTFALL = "platform:reversal_shortfall"
 
 
 def wallet_account(user_id: int) -> str:
@@ -138,6 +141,9 @@ class LedgerStore:
 
     async def get(self, transaction_id: int) -> dict | None:
         return await self.tx.find_one({"_id": transaction_id})
+
+    async def reversals_of(self, transaction_id: int) -> list[dict]:
+        return await self.tx.find({"reverses": transaction_id}).to_list()
 
     async def cached_balance(self, user_id: int) -> int:
         doc = await self.wallets.find_one({"_id": user_id})

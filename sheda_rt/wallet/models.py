@@ -21,7 +21,7 @@ class LedgerTransactionOut(ResponseModel):
     transaction (`reverses` names the one it undoes)."""
 
     id: int
-    kind: str = Field(description="topup, spend, refund")
+    kind: str = Field(description="topup, spend, refund, topup_reversal (the gateway gave a top-up back to the payer)")
     lines: list[LedgerLine]
     memo: str
     refs: dict = Field(description="What the money was for (e.g. promotion_id, payment reference)")

@@ -6,6 +6,8 @@ is written atomically with the wallet's balance, and why a crash never leaves ha
     top-up   gateway:clearing -X  -> wallet:<payer> +X        key "topup:<payment reference>"
     spend    wallet:<user>    -X  -> platform:revenue +X      key "spend:<user>:<Idempotency-Key>"
     refund   the spend's lines negated, `reverses` = its id     key "refund:<spend id>"
+    top-up reversal (the gateway refunded it, or lost a chargeback)  key "topup_reversal:<gateway event>"
+             gateway:clearing +X, wallet:<payer> -min(X, balance), platform:reversal_shortfall -(the rest)
 
 Amounts are integer kobo inside, decimal naira strings ("1200.00") on the wire.
 """
@@ -17,7 +19,8 @@ from decimal import Decimal
 
 from sheda_rt.errors import ApiError, Conflict, NotFound, ValidationFailed
 from sheda_rt.listings.money import format_money
-from sheda_rt.wallet.ledger import CLEARING, REVENUE, LedgerStore, Overdraft, wallet_account, wallet_owner
+from sheda_rt.wallet.ledger import (CLEARING, REVENUE, REVERSAL_SHORTFALL, LedgerStore, Overdraft, wallet_account,
+                                    wallet_owner)
 
 log = logging.getLogger("sheda.wallet")
 
@@ -125,6 +128,52 @@ class WalletService:
                          {"account": wallet_account(user_id), "amount_minor": amount_minor}]}
         stored, created = await self.ledger.post(doc, self.clock.now())
         return transaction_view(stored), created
+
+    async def reverse_topup(self, reference: str, amount_minor: int, *, source: str, memo: str,
+                            refs: dict | None = None) -> tuple[dict | None, bool, int]:
+        """The gateway gave back (a refund, a lost chargeback) `amount_minor` kobo of the top-up paid under
+        `reference`: take it back from the payer's wallet, once per `source` (the gateway event's id).
+        (the reversal, made now?, its shortfall in kobo); (None, False, 0) when no credit was made for that
+        reference, or earlier reversals already took all of it back.
+
+        Never more than the top-up credited, all reversals of it together. A wallet never goes below zero: what it
+        no longer holds (the user spent it) is the shortfall, debited from platform:reversal_shortfall instead and
+        recorded in refs.shortfall (the caller flags it for an admin). The wallet's line is there even at 0.00, so
+        the user sees the reversal."""
+        key = f"topup_reversal:{source}"
+        existing = await self.ledger.by_key(key)
+        if existing is None:
+            topup = await self.ledger.by_key(f"topup:{reference}")
+            if topup is None:
+                return None, False, 0
+            user_id = topup["wallet"]
+            credited = self._debit(topup, user_id) * -1
+            taken_back = sum(int(line["amount_minor"]) for tx in await self.ledger.reversals_of(topup["_id"])
+                             for line in tx["lines"] if line["account"] == CLEARING)
+            amount_minor = min(amount_minor, credited - taken_back)
+            if amount_minor <= 0:
+                return None, False, 0
+            for _attempt in range(10):  # a spend between reading the balance and the write: read it again
+                take = min(amount_minor, await self.ledger.cached_balance(user_id))
+                shortfall = amount_minor - take
+                lines = [{"account": CLEARING, "amount_minor": amount_minor},
+                         {"account": wallet_account(user_id), "amount_minor": -take}]
+                if shortfall:
+                    lines.append({"account": REVERSAL_SHORTFALL, "amount_minor": -shortfall})
+                doc = {"key": key, "kind": "topup_reversal", "memo": memo, "reverses": topup["_id"],
+                       "refs": {"payment_reference": reference, **(refs or {}), "shortfall": naira(shortfall)},
+                       "lines": lines}
+                try:
+                    existing, created = await self.ledger.post(doc, self.clock.now())
+                    break
+                except Overdraft:
+                    continue
+            else:
+                raise RuntimeError(f"top-up reversal {key}: the wallet kept changing")
+        else:
+            created = False
+        shortfall = -sum(int(line["amount_minor"]) for line in existing["lines"] if line["account"] == REVERSAL_SHORTFALL)
+        return transaction_view(existing), created, shortfall
 
     async def refund(self, principal_id: int, transaction_id: int, reason: str) -> tuple[dict, bool]:
         """An admin reverses a spend: a new transaction with its lines negated, once per spend

@@ -14,6 +14,10 @@ One live checkout per (user, amount): `open_key` is "topup:<user>:<kobo>", so a 
 top-up of another amount may run beside it, up to WALLET_TOPUP_MAX_PENDING checkouts pending at once
 per user (`live_cap`; beyond, 429 rate_limited with Retry-After: each checkout is a gateway
 transaction the reconciliation must verify, and a real user never has more than a few open).
+
+Money the gateway gives back after the credit (a `refund.processed`, a chargeback resolved `merchant-accepted`)
+is taken back from the wallet (`reverse`): a `topup_reversal` ledger transaction, once per gateway event,
+never below zero (what was already spent is the shortfall, flagged for an admin).
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from decimal import Decimal
 from sheda_rt.errors import Forbidden, ValidationFailed
 from sheda_rt.listings.money import to_minor
 from sheda_rt.payments.targets import Charge
-from sheda_rt.wallet.service import CURRENCY, WalletService
+from sheda_rt.wallet.service import CURRENCY, WalletService, naira
 
 
 class WalletTopupTarget:
@@ -54,6 +58,26 @@ class WalletTopupTarget:
             payment["payer_id"], amount_minor, reference=payment["reference"],
             refs={"resolved_by": admin_id, "reason": reason}, memo=f"Wallet top-up, settled by an admin: {reason}")
         return tx
+
+    async def reverse(self, payment: dict, amount_minor: int, *, source: str, why: str) -> tuple[str, tuple[str, str] | None]:
+        """The gateway gave `amount_minor` of this top-up back to the payer (`why`: "refund" or "chargeback"): the
+        wallet gives it back, once per gateway event (`source`), never below zero (WalletService.reverse_topup).
+        (outcome, flag for an admin or None)."""
+        tx, created, shortfall = await self.wallet.reverse_topup(
+            payment["reference"], amount_minor, source=source, memo=f"Wallet top-up reversed by the gateway ({why})",
+            refs={"gateway_event": source, "reason": why})
+        if tx is None:
+            if await self.wallet.ledger.by_key(f"topup:{payment['reference']}") is None:
+                return "not_credited", ("topup_reversed_uncredited",
+                                        f"the gateway reports a {why} of {naira(amount_minor)} NGN for a top-up this server has "
+                                        "not credited: check it is never credited now")
+            return "already_reversed", None
+        if shortfall:
+            return "reversed_short", ("topup_reversal_shortfall",
+                                      f"the gateway took back {naira(amount_minor)} NGN ({why}); the wallet held only "
+                                      f"{naira(amount_minor - shortfall)}: user {payment['payer_id']} owes {naira(shortfall)} NGN "
+                                      f"(ledger transaction {tx['id']})")
+        return ("reversed" if created else "already_reversed"), None
 
     async def apply(self, payment: dict) -> tuple[str, tuple[str, str] | None]:
         if payment["currency"] != CURRENCY:  # never initialized so; a wallet holds naira only
