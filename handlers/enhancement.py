@@ -13,7 +13,7 @@ TAGS = ("properties",)
 
 class ImageEnhanceHandler(APIHandler):
     @endpoint("Enhance a listing image (its agent or an admin)", auth=USER, response=EnhancementJobOut, status=202,
-              errors=(401, 403, 404, 409, 503), tags=TAGS)
+              errors=(401, 403, 404, 409, 429, 503), tags=TAGS)
     async def post(self, property_id: int, image_id: int):
         """Starts an enhancement of the image and answers 202 with the job (`processing`). With an enhancement
         service configured the original goes to it and the result arrives over its signed webhook; without one
@@ -22,7 +22,8 @@ class ImageEnhanceHandler(APIHandler):
         failed, timeout); once completed, its `url` is the enhanced file (`enhanced_url`) and `original_url` keeps
         the upload. Each change comes live as `property.updated` on `property:<id>`. 409 `enhancement_in_progress`
         while the image has a live job, `property_delisted` for an unlisted sold or rented listing or one hidden with its agent's deactivated
-        account (an unlisted available one is enhanced, as it takes new images); 503
+        account (an unlisted available one is enhanced, as it takes new images); 429 `rate_limited` with Retry-After
+        when the listing's agent already has ENHANCEMENT_MAX_LIVE_PER_AGENT images being enhanced (nothing is started); 503
         `enhancement_service_unavailable` when the service did not take the image (the job is failed: try again)."""
         return await self.ctx.enhancement.start(self.principal, property_id, image_id)
 

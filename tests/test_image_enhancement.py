@@ -38,7 +38,8 @@ def enhancer(io_loop):
 @pytest.fixture
 def settings_overrides(request, enhancer):
     """service (default): the local service with key and secret; `no_secret`: the service
-    without a webhook secret; `local`: no service at all (Pillow in-process)."""
+    without a webhook secret; `local`: no service at all (Pillow in-process); `cap`: the service, at most 2 live
+    jobs per agent."""
     mode = getattr(request, "param", "service")
     if mode == "local":
         return {"enhancement_max_edge": 64}
@@ -46,6 +47,8 @@ def settings_overrides(request, enhancer):
                 "enhancement_webhook_secret": SECRET, "enhancement_callback_url": "https://api.example.com/hooks/enhanced", "access_token_minutes": 24 * 60 * 14}  # tokens outlive the moved clock
     if mode == "no_secret":
         del settings["enhancement_webhook_secret"]
+    if mode == "cap":
+        settings["enhancement_max_live_per_agent"] = 2
     return settings
 
 
@@ -277,6 +280,45 @@ async def test_a_service_that_refuses_the_job_fails_it_with_503_and_the_image_ca
     assert (await shown_image(sheda, prop, image))["enhancement_status"] == "failed"
     svc.refuse_jobs, svc.auto_complete = None, False
     assert (await sheda.api.post(enhance_path(prop, image), token=agent.token)).status == 202
+
+
+@pytest.mark.parametrize("settings_overrides", ["cap"], indirect=True)
+async def test_one_agent_cannot_fill_the_enhancement_lane_beyond_the_per_agent_cap(sheda, svc):
+    """An agent with many listings could start any number of enhancements and fill the lane other agents wait in.
+    Now at most ENHANCEMENT_MAX_LIVE_PER_AGENT (2 here) live at once per listing agent, whoever asks: beyond, 429
+    rate_limited with Retry-After and nothing started; another agent is not affected; a finished job frees a place."""
+    svc.auto_complete = False
+    agent, other, admin = await sheda.signup("agent"), await sheda.signup("agent"), await sheda.admin()
+    images = [await listing_with_image(sheda, agent) for _ in range(4)]
+    first = []
+    for prop, image in images[:2]:
+        r = await sheda.api.post(enhance_path(prop, image), token=agent.token)
+        assert r.status == 202, r
+        first.append(r.json)
+    prop, image = images[2]
+    for who in (agent, admin):  # an admin's request on the agent's listing counts toward the agent's lane too
+        r = await sheda.api.post(enhance_path(prop, image), token=who.token)
+        assert r.status == 429 and r.json["code"] == "rate_limited" and int(r.headers["Retry-After"]) >= 1, r
+        assert r.json["detail"] and r.json["retry_after"] >= 1
+    assert (await shown_image(sheda, prop, image))["enhancement_status"] is None
+    assert len(svc.jobs) == 2 and await sheda.ctx.db["image_enhancements"].count_documents({"image_id": image["id"]}) == 0
+    # The same image again is still 409 (it is live), not 429.
+    r = await sheda.api.post(enhance_path(*images[0]), token=agent.token)
+    assert r.status == 409 and r.json["code"] == "enhancement_in_progress", r
+    # Another agent's photos are not held up.
+    r = await sheda.api.post(enhance_path(*await listing_with_image(sheda, other)), token=other.token)
+    assert r.status == 202, r
+    # A job that ended frees its place.
+    assert (await svc.complete(first[0]["id"])).code == 200
+    r = await sheda.api.post(enhance_path(prop, image), token=agent.token)
+    assert r.status == 202, r
+    # A burst never passes the cap.
+    burst = await sheda.signup("agent")
+    many = [await listing_with_image(sheda, burst) for _ in range(5)]
+    results = await asyncio.gather(*(sheda.api.post(enhance_path(p, i), token=burst.token) for p, i in many))
+    assert {r.status for r in results} <= {202, 429} and sum(r.status == 202 for r in results) <= 2, results
+    live = await sheda.ctx.db["image_enhancements"].count_documents({"agent_id": burst.id, "status": {"$in": ["pending", "processing"]}})
+    assert live == sum(r.status == 202 for r in results)
 
 
 # ---- webhooks that must change nothing --------------------------------------------------------

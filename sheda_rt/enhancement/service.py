@@ -3,7 +3,9 @@
     pending --> processing --> completed | failed | timeout
 
 `start` (the listing's agent or an admin) records a job (pending; 409 while the image has a
-live one) and moves it to processing as it hands the work over:
+live one; 429 when the listing's agent already has ENHANCEMENT_MAX_LIVE_PER_AGENT live jobs, so one
+agent with many listings cannot fill the lane others wait in) and moves it to processing as it hands
+the work over:
 
 - **service**: ENHANCEMENT_SERVICE_URL is set. The original file is POSTed to the service with
   the API key; the service later calls `POST /api/v1/webhooks/image-enhancement`. A webhook is
@@ -51,8 +53,8 @@ from sheda_rt.clock import format_ts
 from sheda_rt.enhancement.client import ServiceRefused, ServiceUnreachable
 from sheda_rt.enhancement.local import enhance
 from sheda_rt.enhancement.models import ENDED, LIVE, EnhancementResult
-from sheda_rt.errors import (ApiError, Conflict, NotFound, ServiceUnavailable, TooLarge, Unauthorized, UnsupportedMedia,
-                             ValidationFailed)
+from sheda_rt.errors import (ApiError, Conflict, NotFound, RateLimited, ServiceUnavailable, TooLarge, Unauthorized,
+                             UnsupportedMedia, ValidationFailed)
 from sheda_rt.listings.service import property_view
 
 if TYPE_CHECKING:
@@ -78,6 +80,9 @@ DELIVERY_RETENTION = timedelta(days=7)
 DELIVERY_LEASE = timedelta(minutes=5)
 ENDED_JOBS = Counter("sheda_image_enhancements_total", "Image enhancement jobs ended, by mode and end (completed, failed, timeout)",
                      ["mode", "status"])
+#: Retry-After of a request beyond ENHANCEMENT_MAX_LIVE_PER_AGENT: when a job ends is not known (seconds in-process,
+#: the service's own pace); a client also sees each end live (property.updated).
+LIVE_CAP_RETRY_AFTER = 30
 _DELIVERY_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _CONTENT_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
@@ -106,7 +111,8 @@ class EnhancementService:
     def __init__(self, store: EnhancementStore, *, listings: PropertyService, properties: PropertyStore, media: MediaStore,
                  results: MediaStore,
                  client: EnhancementClient | None, runner: JobRunner, clock: Clock, webhook_secret: str | None,
-                 callback_url: str | None, timeout_hours: float, max_edge: int, max_result_bytes: int):
+                 callback_url: str | None, timeout_hours: float, max_edge: int, max_result_bytes: int,
+                 max_live_per_agent: int = 10):
         self.store = store
         self.listings = listings  # who may enhance (as who may manage the listing), and property.updated
         self.properties = properties  # the listing as stored (which enhanced file an image shows)
@@ -120,6 +126,9 @@ class EnhancementService:
         self.timeout = timedelta(hours=timeout_hours)
         self.max_edge = max_edge
         self.max_result_bytes = max_result_bytes
+        #: ENHANCEMENT_MAX_LIVE_PER_AGENT: one agent with many listings must not fill the enhancement lane (the
+        #: in-process runner, or the service) while other agents' photos wait.
+        self.max_live_per_agent = max_live_per_agent
         runner.register(LOCAL_KIND, self.run_local)
 
     @property
@@ -138,10 +147,18 @@ class EnhancementService:
         original = image.get("original_url") or image["url"]
         now = self.clock.now()
         job = await self.store.insert({"property_id": property_id, "image_id": image_id, "requested_by": principal.user_id,
-                                       "status": "pending", "mode": self.mode, "original_url": original,
-                                       "open_key": f"{property_id}:{image_id}", "created_at": now, "updated_at": now})
+                                       "agent_id": doc["agent_id"], "status": "pending", "mode": self.mode,
+                                       "original_url": original, "open_key": f"{property_id}:{image_id}",
+                                       "created_at": now, "updated_at": now})
         if job is None:
             raise Conflict("This image is being enhanced already", "enhancement_in_progress")
+        cap = self.max_live_per_agent
+        if await self.store.live_of_agent(doc["agent_id"], cap + 1) > cap:
+            # Counted with ours stored, so a burst of requests never lets more than the cap through (a racing pair
+            # may both step back: ask again). Ours is withdrawn before anything was done for it.
+            await self.store.discard_unstarted(job["_id"])
+            raise RateLimited(f"This agent's listings already have {cap} photos being enhanced (at most {cap} at once): "
+                              "ask again once one has finished (enhancement_status, property.updated)", LIVE_CAP_RETRY_AFTER)
         if await self.store.claim_image(property_id, image_id, job["_id"], original, now) is None:
             await self.store.transition(job["_id"], ["pending"], "failed", now, {"error": "the image was deleted", "finished_at": now})
             raise NotFound("No such image on this property", "image_not_found")

@@ -39,6 +39,8 @@ class EnhancementStore:
         IndexModel([("status", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)], name="status_age"),
         IndexModel([("unmirrored", ASCENDING), ("finished_at", ASCENDING)], name="unmirrored",
                    partialFilterExpression={"unmirrored": {"$exists": True}}),
+        # The live jobs on one agent's listings (ENHANCEMENT_MAX_LIVE_PER_AGENT): only live jobs hold open_key.
+        IndexModel([("agent_id", ASCENDING)], name="live_per_agent", partialFilterExpression={"open_key": {"$exists": True}}),
     ]
 
     def __init__(self, db, ids):
@@ -63,6 +65,16 @@ class EnhancementStore:
 
     async def get(self, job_id: int) -> dict | None:
         return await self.col.find_one({"_id": job_id})
+
+    async def live_of_agent(self, agent_id: int, limit: int) -> int:
+        """How many live jobs (up to `limit`) the listings of `agent_id` have. Jobs stored before `agent_id` was
+        recorded are not counted (they end by their result or the timeout sweep)."""
+        return len(await self.col.find({"agent_id": agent_id, "open_key": {"$exists": True}}, projection={"_id": 1},
+                                        limit=limit).to_list())
+
+    async def discard_unstarted(self, job_id: int) -> None:
+        """Delete a job refused before anything was done for it (still pending, its image never claimed)."""
+        await self.col.delete_one({"_id": job_id, "status": "pending"})
 
     async def transition(self, job_id: int, from_states: list[str], to_state: str, now, extra: dict | None = None) -> dict | None:
         """from_states -> to_state in one conditional write (None when it was not in them). An
