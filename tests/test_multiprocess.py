@@ -206,3 +206,38 @@ async def test_peers_see_the_users_of_a_stopped_instance_go_offline_unless_they_
         await alice_ws.wait_type("message", 10, id=resp.json["id"])
         assert not [f for f in alice_ws.frames[seen:] if f.get("type") == "presence" and f.get("user_id") == carol.id
                     and not f["online"]]
+
+
+async def test_an_instance_that_stalled_past_its_heartbeats_announces_its_users_again(redis_server, tmp_path, embedded_db):
+    # An instance frozen for longer than 3 heartbeats looks dead: a live one announces its users
+    # offline and takes its presence set. Once it runs again it writes its set back (before, its
+    # users stayed offline for GET /presence while connected) and announces them online again.
+    env = server_env(embedded_db, redis_server, tmp_path, f"sheda_mp_{uuid.uuid4().hex[:8]}")
+    with running_pair(env, tmp_path, names=("live", "frozen")) as (live, frozen):
+        a, b = Remote(live), Remote(frozen)
+        alice, bob = await a.signup("client"), await b.signup("agent")
+        alice_ws = await a.ws(alice.token)
+        resp = await a.api.post("/api/v1/chats", {"receiver_id": alice.id, "message": "hello"}, token=bob.token)
+        assert resp.status == 201, resp
+        bob_ws = await b.ws(bob.token)
+        await alice_ws.wait_for(lambda f: f.get("type") == "presence" and f.get("user_id") == bob.id and f["online"], 10)
+        seen = len(alice_ws.frames)
+
+        def told(online):
+            return lambda f: f.get("type") == "presence" and f.get("user_id") == bob.id and f["online"] is online
+        frozen.signal(signal.SIGSTOP)
+        try:
+            await alice_ws.wait_for(told(False), 30, start=seen)
+        finally:
+            frozen.signal(signal.SIGCONT)
+        await alice_ws.wait_for(told(True), 30, start=seen)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while True:  # its set is written back
+            query = await a.api.get(f"/api/v1/presence?user_ids={bob.id}", token=alice.token)
+            if query.json["items"][0]["online"]:
+                break
+            assert loop.time() < deadline, query.json
+            await asyncio.sleep(0.2)
+        await bob_ws.send({"type": "ping"})
+        await bob_ws.wait_type("pong", 10)

@@ -274,6 +274,8 @@ class RedisPresence:
                                                    args=[self.process_id, self.ttl_ms, self._presence_prefix, "1"])
                 if not own and self._users_here():  # stalled past the ttl: its set was claimed (or expired)
                     await self._announce()
+                    # ... and a live process may have announced its users offline: online again.
+                    self._missed.update(dict.fromkeys(self._users_here(), datetime.now(timezone.utc)))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
