@@ -205,6 +205,7 @@ class Settings(BaseSettings):
     enhancement_sweep_minutes: float = Field(15.0, gt=0, le=24 * 60, description="How often jobs older than ENHANCEMENT_TIMEOUT_HOURS are looked for")
     enhancement_max_result_bytes: int = Field(20 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024, description="Largest enhanced file downloaded from the service; more fails the job")
     enhancement_max_edge: int = Field(2048, ge=64, le=16_384, description="In-process enhancement: the longest side of the enhanced image, in pixels")
+    enhancement_submit_wait_seconds: float = Field(5.0, gt=0, le=60, description="How long POST .../enhance waits for the enhancement service to take the image; a slower service is answered 202 at once and the upload goes on (retried by the job queue)")
     enhancement_max_live_per_agent: int = Field(10, ge=1, le=100_000, description="Enhancement jobs live (pending or processing) at once on one agent's listings; beyond, POST .../enhance is 429 rate_limited with Retry-After")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"

@@ -24,7 +24,9 @@ class ImageEnhanceHandler(APIHandler):
         while the image has a live job, `property_delisted` for an unlisted sold or rented listing or one hidden with its agent's deactivated
         account (an unlisted available one is enhanced, as it takes new images); 429 `rate_limited` with Retry-After
         when the listing's agent already has ENHANCEMENT_MAX_LIVE_PER_AGENT images being enhanced (nothing is started); 503
-        `enhancement_service_unavailable` when the service did not take the image (the job is failed: try again)."""
+        `enhancement_service_unavailable` when the service refused the image or could not be reached within
+        ENHANCEMENT_SUBMIT_WAIT_SECONDS (the job is failed: try again); a slower service is answered 202 at once and
+        the upload goes on (retried by the job queue)."""
         return await self.ctx.enhancement.start(self.principal, property_id, image_id)
 
     @endpoint("Undo a listing image's enhancement: show the upload again (its agent or an admin)", auth=USER,

@@ -520,7 +520,8 @@ class AppContext:
             client=self.enhancement_client, runner=self.media_job_runner, clock=self.clock,
             webhook_secret=s.enhancement_webhook_secret.get_secret_value() if s.enhancement_webhook_secret else None,
             callback_url=callback, timeout_hours=s.enhancement_timeout_hours, max_edge=s.enhancement_max_edge,
-            max_result_bytes=s.enhancement_max_result_bytes, max_live_per_agent=s.enhancement_max_live_per_agent)
+            max_result_bytes=s.enhancement_max_result_bytes, max_live_per_agent=s.enhancement_max_live_per_agent,
+            submit_wait_seconds=s.enhancement_submit_wait_seconds)
         self.enhancement_sweep = EnhancementTimeoutSweep(self.enhancement, s.enhancement_sweep_minutes)
         self.jobs.append(self.enhancement_sweep)
 

@@ -3,7 +3,8 @@ jobs as sheda_rt/enhancement/client.py sends them and calls our webhook, signed,
 service would.
 
   POST /jobs               X-API-Key: <key>; multipart: image (file), job_id, callback_url?
-                           -> 202 {"id": "svc-<n>"}; 401 {"error"} with another key
+                           -> 202 {"id": "svc-<n>"}; 401 {"error"} with another key (`hold_jobs`, `refuse_jobs`:
+                           slow to answer, or refusing)
   GET  /results/<name>     a result the test put there (`put_result`), with its Content-Type
                            (`hold_results`, `result_status`, `dribble`: held, failing or slow)
 
@@ -59,6 +60,8 @@ class _Jobs(tornado.web.RequestHandler):
         if self.request.headers.get("X-API-Key") != self.service.api_key:
             self.set_status(401)
             return self.finish({"error": "bad api key"})
+        if self.service.hold_jobs is not None:  # a slow service: the test decides when it answers
+            await self.service.hold_jobs.wait()
         if self.service.refuse_jobs is not None:
             self.set_status(self.service.refuse_jobs)
             return self.finish({"error": "refused"})
@@ -123,6 +126,7 @@ class LocalEnhancer:
         self.background: list = []
         self.auto_complete = True
         self.refuse_jobs: int | None = None  # a status to answer POST /jobs with instead of taking the job
+        self.hold_jobs: asyncio.Event | None = None  # set: POST /jobs waits for it before answering
         self.hold_results: asyncio.Event | None = None  # set: GET /results/ waits for it before answering
         self.result_status: int | None = None  # a status to answer GET /results/ with instead of the file
         self.redirect_to: str | None = None  # with result_status 3xx: the Location sent

@@ -39,7 +39,7 @@ def enhancer(io_loop):
 def settings_overrides(request, enhancer):
     """service (default): the local service with key and secret; `no_secret`: the service
     without a webhook secret; `local`: no service at all (Pillow in-process); `cap`: the service, at most 2 live
-    jobs per agent."""
+    jobs per agent; `slow`: the service, the request waiting only 0.3 s for its answer."""
     mode = getattr(request, "param", "service")
     if mode == "local":
         return {"enhancement_max_edge": 64}
@@ -49,6 +49,9 @@ def settings_overrides(request, enhancer):
         del settings["enhancement_webhook_secret"]
     if mode == "cap":
         settings["enhancement_max_live_per_agent"] = 2
+    # The local service answers at once: these tests wait for its answer (as a real request would, up to
+    # ENHANCEMENT_SUBMIT_WAIT_SECONDS) however loaded the machine; `slow`: a short wait, for a service that holds.
+    settings["enhancement_submit_wait_seconds"] = 0.3 if mode == "slow" else 60
     return settings
 
 
@@ -319,6 +322,45 @@ async def test_one_agent_cannot_fill_the_enhancement_lane_beyond_the_per_agent_c
     assert {r.status for r in results} <= {202, 429} and sum(r.status == 202 for r in results) <= 2, results
     live = await sheda.ctx.db["image_enhancements"].count_documents({"agent_id": burst.id, "status": {"$in": ["pending", "processing"]}})
     assert live == sum(r.status == 202 for r in results)
+
+
+@pytest.mark.parametrize("settings_overrides", ["slow"], indirect=True)
+async def test_a_slow_service_never_holds_the_request_and_the_upload_goes_on_retried_by_the_queue(sheda, svc):
+    """A slow enhancement service held POST .../enhance until the upload's 30 s read timeout, then 503: phones gave
+    up first. Now the request waits at most ENHANCEMENT_SUBMIT_WAIT_SECONDS and answers 202 `processing`; the
+    upload, a durable queue job, goes on, and when the service then fails it is retried, not the job failed."""
+    agent = await sheda.signup("agent")
+    prop, image = await listing_with_image(sheda, agent)
+    svc.hold_jobs = asyncio.Event()
+    r = await sheda.api.post(enhance_path(prop, image), token=agent.token)
+    assert r.status == 202 and r.json["status"] == "processing", r
+    assert svc.jobs == []  # the service has not answered yet
+    assert (await shown_image(sheda, prop, image))["enhancement_status"] == "processing"
+    svc.hold_jobs.set()  # it takes the job, then calls the webhook by itself
+    done = await eventually(lambda: _shown_if(sheda, prop, image, "completed"), "the enhancement completed")
+    assert done["url"] == done["enhanced_url"] != image["url"] and svc.job(r.json["id"])["image"] == await media_file(sheda, image["url"])
+
+    # Slow, then failing (5xx): the job stays processing and the queue uploads it again.
+    prop2, image2 = await listing_with_image(sheda, agent)
+    svc.hold_jobs, svc.refuse_jobs = asyncio.Event(), 503
+    r = await sheda.api.post(enhance_path(prop2, image2), token=agent.token)
+    assert r.status == 202 and r.json["status"] == "processing", r
+    svc.hold_jobs.set()
+    key = f"image.enhance.submit:{r.json['id']}"
+    jobs = sheda.ctx.db["jobs"]
+    queued = await eventually(lambda: jobs.find_one({"_id": key, "status": "pending", "last_error": {"$exists": True}}),
+                              "the upload queued for another try")
+    assert "503" in queued["last_error"]
+    assert (await shown_image(sheda, prop2, image2))["enhancement_status"] == "processing"
+    svc.refuse_jobs = None
+    assert await sheda.ctx.media_job_runner.bring_forward(key, sheda.ctx.clock.now())  # its backoff, without waiting it out
+    await eventually(lambda: _shown_if(sheda, prop2, image2, "completed"), "the retried upload completed")
+    assert (await jobs.find_one({"_id": key}))["status"] == "done"
+
+
+async def _shown_if(sheda, prop, image, status):
+    shown = await shown_image(sheda, prop, image)
+    return shown if shown["enhancement_status"] == status else None
 
 
 # ---- webhooks that must change nothing --------------------------------------------------------

@@ -8,7 +8,9 @@ agent with many listings cannot fill the lane others wait in) and moves it to pr
 the work over:
 
 - **service**: ENHANCEMENT_SERVICE_URL is set. The original file is POSTed to the service with
-  the API key; the service later calls `POST /api/v1/webhooks/image-enhancement`. A webhook is
+  the API key, as a durable queue job (`image.enhance.submit`, the enhancer's lane) the request runs
+  at once and waits for at most ENHANCEMENT_SUBMIT_WAIT_SECONDS (a slower service: 202 at once, the
+  upload goes on and is retried); the service later calls `POST /api/v1/webhooks/image-enhancement`. A webhook is
   believed only when `X-Signature: sha256=<hex>` is the HMAC-SHA256 of `<X-Timestamp>.<raw body>`
   keyed with ENHANCEMENT_WEBHOOK_SECRET (checked over the raw bytes, before anything is parsed,
   in constant time), and X-Timestamp is within 5 minutes of our clock either way: anything else
@@ -70,6 +72,8 @@ log = logging.getLogger("sheda.enhancement")
 
 #: The durable queue's job kind for the in-process enhancer.
 LOCAL_KIND = "image.enhance"
+#: The durable queue's job kind of an upload to the enhancement service (same lane).
+SUBMIT_KIND = "image.enhance.submit"
 #: How far X-Timestamp may be from our clock, either way.
 WEBHOOK_TOLERANCE_SECONDS = 300
 WEBHOOK_PATH = "/api/v1/webhooks/image-enhancement"
@@ -112,7 +116,7 @@ class EnhancementService:
                  results: MediaStore,
                  client: EnhancementClient | None, runner: JobRunner, clock: Clock, webhook_secret: str | None,
                  callback_url: str | None, timeout_hours: float, max_edge: int, max_result_bytes: int,
-                 max_live_per_agent: int = 10):
+                 max_live_per_agent: int = 10, submit_wait_seconds: float = 5.0):
         self.store = store
         self.listings = listings  # who may enhance (as who may manage the listing), and property.updated
         self.properties = properties  # the listing as stored (which enhanced file an image shows)
@@ -129,7 +133,11 @@ class EnhancementService:
         #: ENHANCEMENT_MAX_LIVE_PER_AGENT: one agent with many listings must not fill the enhancement lane (the
         #: in-process runner, or the service) while other agents' photos wait.
         self.max_live_per_agent = max_live_per_agent
+        self.submit_wait = submit_wait_seconds  # ENHANCEMENT_SUBMIT_WAIT_SECONDS: how long POST .../enhance waits for the upload
+        self._awaited: set[int] = set()  # jobs whose request still waits for the service's answer (on this process)
+        self._uploads: set[asyncio.Future] = set()  # uploads running here past their request (kept referenced)
         runner.register(LOCAL_KIND, self.run_local)
+        runner.register(SUBMIT_KIND, self.run_submit)
 
     @property
     def mode(self) -> str:
@@ -169,6 +177,34 @@ class EnhancementService:
         if self.client is None:
             await self.runner.enqueue(LOCAL_KIND, {"job_id": job["_id"]}, key=f"{LOCAL_KIND}:{job['_id']}")
             return job_view(job)
+        # The upload is a durable queue job, run here at once (created claimed by this process: a process that dies
+        # mid-upload lets its lease lapse and the lane runs it again). The request waits for the service's answer
+        # at most ENHANCEMENT_SUBMIT_WAIT_SECONDS: a service that refuses or cannot be reached within it is the
+        # documented 503 (the job failed); a slower one is answered 202 `processing` and the upload goes on, retried
+        # by the queue if it then fails, instead of holding a phone's request up to the upload's 30 s read timeout.
+        self._awaited.add(job["_id"])
+        run = asyncio.ensure_future(self.runner.run_now(SUBMIT_KIND, f"{SUBMIT_KIND}:{job['_id']}", {"job_id": job["_id"]}))
+        self._uploads.add(run)
+        run.add_done_callback(self._uploads.discard)
+        try:
+            done, _ = await asyncio.wait({run}, timeout=self.submit_wait)
+        finally:
+            self._awaited.discard(job["_id"])
+        if run in done and run.result()[1] == "not_sent":
+            raise EnhancementUnavailable("The enhancement service did not take the image; try again later")
+        return job_view(job)
+
+    async def run_submit(self, queued: dict) -> str:
+        """The durable upload of one job's original to the service (SUBMIT_KIND). "sent", "not_sent" (the job
+        failed: the service refused it, the original is gone, or it could not be reached while the request still
+        waited for the answer, or on the queue's last attempt), "not_live"; an unreachable service otherwise
+        raises, and the queue tries again with backoff."""
+        job = await self.store.get(int(queued["payload"]["job_id"]))
+        if job is None or job["status"] != "processing":
+            return "not_live"  # ended meanwhile (a webhook, the timeout sweep)
+        if job.get("submitted_at") is not None:
+            return "sent"  # a rerun after the service took it (the process died before the queue recorded it)
+        original = job["original_url"]
         try:
             data = await asyncio.to_thread(self._read_media, original)
             ref = await self.client.submit(job_id=job["_id"], image=data, filename=Path(original).name,
@@ -176,11 +212,12 @@ class EnhancementService:
                                            callback_url=self.callback_url)
         except (ServiceUnreachable, ServiceRefused, OSError) as exc:
             log.warning(json.dumps({"event": "enhancement_not_sent", "job": job["_id"], "error": str(exc)[:200]}))
+            if isinstance(exc, ServiceUnreachable) and job["_id"] not in self._awaited and not self.runner.gives_up(queued, exc):
+                raise
             await self._end(job, "failed", f"not sent to the enhancement service: {exc}"[:300])
-            raise EnhancementUnavailable("The enhancement service did not take the image; try again later")
-        if ref is not None:
-            await self.store.set_service_ref(job["_id"], ref)
-        return job_view(job)
+            return "not_sent"
+        await self.store.set_service_ref(job["_id"], ref, self.clock.now())
+        return "sent"
 
     # ---- undoing one ------------------------------------------------------------
     async def undo(self, principal, property_id: int, image_id: int) -> dict:

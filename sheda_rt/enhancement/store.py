@@ -93,8 +93,9 @@ class EnhancementStore:
         """Ended jobs whose image copy was not written (finished before `before`)."""
         return await self.col.find({"unmirrored": True, "finished_at": {"$lte": before}}, limit=limit).to_list()
 
-    async def set_service_ref(self, job_id: int, ref: str) -> None:
-        await self.col.update_one({"_id": job_id}, {"$set": {"service_ref": ref}})
+    async def set_service_ref(self, job_id: int, ref: str | None, now) -> None:
+        """The service took the job (`submitted_at`), with its own id when it told one."""
+        await self.col.update_one({"_id": job_id}, {"$set": {"service_ref": ref, "submitted_at": now}})
 
     async def live_older_than(self, status: str, cutoff, limit: int) -> list[dict]:
         return await self.col.find({"status": status, "created_at": {"$lte": cutoff}},
