@@ -475,3 +475,22 @@ async def test_a_gateway_refund_or_a_lost_chargeback_takes_the_topup_back_once_a
     assert (await paystack.deliver(paystack.dispute_body(ref3, 9002, "charge.dispute.resolve", resolution="declined"))).code == 200
     assert (await sheda.api.get(WALLET, token=other.token)).json["balance"] == "300.00"
     await audit_ok(sheda, admin)
+
+
+async def test_a_topup_refunded_before_its_credit_was_applied_is_never_credited(sheda, paystack):
+    """A success whose credit a crash left to the reconciliation, then refunded on Paystack: the refund found no credit
+    to take back, and the reconciliation would then credit money the payer already got back. Now the refund is
+    recorded as the payment's effect (flagged topup_reversed_uncredited) and the credit never comes."""
+    paystack.webhook_url = sheda.base_url + "/api/v1/webhooks/paystack"
+    user, admin = await sheda.signup("client"), await sheda.admin()
+    r = await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": user.id, "amount": "2000.00"}, token=user.token)
+    ref = r.json["reference"]
+    paystack.pay(ref)
+    # The process died right after the success was recorded, before the credit: succeeded, not applied.
+    await sheda.ctx.db["payments"].update_one({"reference": ref}, {"$set": {"status": "succeeded", "applied": False}})
+    assert (await paystack.deliver(paystack.refund(ref))).code == 200
+    pay = (await sheda.api.get(f"{PAY}/{ref}", token=admin.token)).json
+    assert pay["flagged"] is True and [f["reason"] for f in pay["flags"]] == ["topup_reversed_uncredited"] and pay["applied"]
+    await sheda.ctx.payment_reconciliation.run()
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "0.00"
+    await audit_ok(sheda, admin)

@@ -361,6 +361,16 @@ class PaymentService:
                              f"({why}); the {payment['purpose']} still counts it paid")
             return "flagged"
         outcome, flag = await target.reverse(payment, amount_minor, source=event.event_id, why=why)
+        if outcome == "not_credited":
+            # Refunded before its credit was made (a success whose effect a crash left to the reconciliation): the
+            # credit must never come now. Recorded as its effect, with the flag, in one write; when the credit won
+            # the race (applied meanwhile), it is there to take back.
+            now = self.clock.now()
+            if await self.store.mark_applied(payment["_id"], "reversed_before_credit",
+                                             {"reason": flag[0], "detail": flag[1], "at": now}, now):
+                log.warning('{"event": "payment_flagged", "reference": "%s", "reason": "%s"}', payment["reference"], flag[0])
+                return "topup_reversed_before_credit"
+            outcome, flag = await target.reverse(payment, amount_minor, source=event.event_id, why=why)
         if flag is not None:
             await self._flag(payment, *flag)
         log.info('{"event": "payment_reversed", "reference": "%s", "outcome": "%s"}', payment["reference"], outcome)

@@ -70,7 +70,7 @@ class WalletTopupTarget:
             if await self.wallet.ledger.by_key(f"topup:{payment['reference']}") is None:
                 return "not_credited", ("topup_reversed_uncredited",
                                         f"the gateway reports a {why} of {naira(amount_minor)} NGN for a top-up this server has "
-                                        "not credited: check it is never credited now")
+                                        "not credited: it will not be")
             return "already_reversed", None
         if shortfall:
             return "reversed_short", ("topup_reversal_shortfall",
