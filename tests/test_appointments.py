@@ -33,6 +33,8 @@ async def test_windows_validation_overlap_and_public_read(sheda):
                 {"weekday": "MONDAY", "start_time": "09:00"}):
         r = await sheda.api.post(AV, bad, token=agent.token)
         assert r.status == 422, (bad, r)
+    r = await sheda.api.post(AV, {"weekday": "MONDAY", "start_time": "12:00", "end_time": "09:00"}, token=agent.token)
+    assert [e["field"] for e in r.json["errors"]] == ["end_time"], r.json  # the field at fault, not "body"
     assert (await sheda.api.post(AV, {"weekday": "MONDAY", "start_time": "14:00", "end_time": "15:00"}, token=client.token)).status == 403
     assert (await sheda.api.post(AV, {"weekday": "MONDAY", "start_time": "14:00", "end_time": "15:00"})).status == 401
     assert await sheda.ctx.db["availability"].count_documents({"agent_id": agent.id}) == before

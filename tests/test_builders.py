@@ -144,6 +144,25 @@ async def test_builder_scope_in_tokens_switch_account_and_admin_listing(sheda):
     assert (await sheda.api.post(PROJECTS, project_body(), token=r.json["access_token"])).status == 201
 
 
+async def test_a_rule_across_fields_names_the_field_at_fault_in_the_422(sheda):
+    """The README's convention: `errors[].field` is the body field at fault, also for a rule across fields
+    (a project finishing before it launches, a null name, plan percents not adding up, a phase ending before
+    it starts), so an app can mark the input; these said "body"."""
+    builder = await verified_builder(sheda)
+    r = await sheda.api.post(PROJECTS, project_body(launch_date="2027-01-01", expected_completion="2026-01-01"), token=builder.token)
+    assert r.status == 422 and [e["field"] for e in r.json["errors"]] == ["expected_completion"], r
+    pid = (await create_project(sheda, builder))["id"]
+    r = await sheda.api.patch(f"{PROJECTS}/{pid}", {"name": None}, token=builder.token)
+    assert r.status == 422 and [e["field"] for e in r.json["errors"]] == ["name"], r
+    plan = {"name": "p", "lines": [{"label": "a", "percent": "50.00", "due": "booking"},
+                                   {"label": "b", "percent": "49.00", "due": "handover"}]}
+    r = await sheda.api.post(f"{PROJECTS}/{pid}/payment-plans", plan, token=builder.token)
+    assert r.status == 422 and [e["field"] for e in r.json["errors"]] == ["lines"], r
+    phases = {"phases": [{"phase": "foundation", "percent": 10, "start_date": "2027-02-01", "end_date": "2027-01-01"}]}
+    r = await sheda.api.put(f"{PROJECTS}/{pid}/progress", phases, token=builder.token)
+    assert r.status == 422 and [e["field"] for e in r.json["errors"]] == ["phases.0.end_date"], r
+
+
 async def test_drafts_are_seen_only_by_their_builder_and_admins(sheda):
     builder = await sheda.signup("builder")
     other = await sheda.signup("builder")

@@ -9,6 +9,7 @@ from sheda_rt.database.ids import MAX_ID
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from sheda_rt.clock import to_utc
+from sheda_rt.errors import FieldError
 from sheda_rt.pagination import PageQuery
 from sheda_rt.responses import ResponseModel, Timestamp
 
@@ -54,7 +55,7 @@ class WindowCreate(_Body):
     @model_validator(mode="after")
     def _order(self):
         if minutes(self.start_time) >= minutes(self.end_time):
-            raise ValueError("start_time must be before end_time")
+            raise FieldError("end_time", "start_time must be before end_time")
         return self
 
 

@@ -8,6 +8,7 @@ from pydantic import ConfigDict, Field, StrictInt, model_validator
 
 from sheda_rt.builders.models import CalendarDate, ImageUrl, _Body
 from sheda_rt.database.ids import MAX_ID
+from sheda_rt.errors import FieldError
 from sheda_rt.pagination import PageQuery
 from sheda_rt.responses import MoneyText, Page, ResponseModel, Timestamp
 
@@ -113,7 +114,7 @@ class PhaseIn(_Body):
     @model_validator(mode="after")
     def _dates(self):
         if self.start_date and self.end_date and self.end_date < self.start_date:
-            raise ValueError("end_date must not be before start_date")
+            raise FieldError("end_date", "end_date must not be before start_date")
         return self
 
 

@@ -93,7 +93,7 @@ class ProjectCreate(_Body):
     @model_validator(mode="after")
     def _dates(self):
         if self.launch_date and self.expected_completion and self.expected_completion < self.launch_date:
-            raise ValueError("expected_completion must not be before launch_date")
+            raise FieldError("expected_completion", "expected_completion must not be before launch_date")
         return self
 
 
@@ -117,7 +117,7 @@ class ProjectUpdate(_Body):
             raise ValueError("send at least one field to change")
         for name in self.model_fields_set:
             if name not in ("geo", "launch_date", "expected_completion") and getattr(self, name) is None:
-                raise ValueError(f"{name} cannot be null")
+                raise FieldError(name, f"{name} cannot be null")  # the 422 names the field, not the body
         return self
 
 
@@ -245,7 +245,7 @@ class PaymentPlanCreate(_Body):
             raise FieldError("lines.0.due", "the first line is the booking payment: it must be due 'booking'")
         total = sum((line.percent for line in self.lines), Decimal(0))
         if total != Decimal(100):
-            raise ValueError(f"the lines' percents must sum to exactly 100 (they sum to {total})")
+            raise FieldError("lines", f"the lines' percents must sum to exactly 100 (they sum to {total})")
         return self
 
 
