@@ -468,7 +468,7 @@ async def test_the_stream_is_in_the_openapi_document(sheda):
     assert list(op["responses"]["200"]["content"]) == ["text/event-stream"]
     assert {"401", "403", "422", "503"} <= set(op["responses"])
     assert op["security"] == [{"bearer": []}]
-    assert {p["name"] for p in op["parameters"]} == {"token", "last_event_id"}
+    assert {p["name"] for p in op["parameters"]} == {"token", "last_event_id", "lastEventId"}
     assert "Last-Event-ID" in op["description"]
 
 
