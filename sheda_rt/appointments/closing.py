@@ -10,7 +10,7 @@ new tenant or buyer (the client of the contract that took it) keeps their viewin
 
 One durable job of the queue (sheda_rt/jobs/) per change, kind `appointments.close`, key
 `appointments.close:<property|user>:<id>:<nonce>`, queued *before* the change's write, due JOB_DELAY later,
-and brought forward and run after it (the request waits for it up to WAIT_SECONDS), as listings follow
+and brought forward and run after it (JobRunner.run_here_after; the request waits for it up to WAIT_SECONDS), as listings follow
 their agent's account (sheda_rt/listings/agent_status.py). It closes what the property or account is
 *when it runs*: a job whose change did not happen (a contract that lost its property) closes nothing, and
 running again closes nothing twice. A viewing closed by a run that died before telling the other party
@@ -23,8 +23,6 @@ nothing added to any write.
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
 import uuid
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -37,7 +35,6 @@ if TYPE_CHECKING:
     from sheda_rt.jobs.runner import JobRunner
     from sheda_rt.listings.store import PropertyStore
 
-log = logging.getLogger("sheda.appointments")
 
 KIND = "appointments.close"
 JOB_DELAY = timedelta(seconds=30)  # the crash net: the job queued before the change's write falls due this much later
@@ -66,12 +63,7 @@ class ViewingsClosing:
 
     async def changed(self, key: str) -> None:
         """After the write: run the job now, here, waiting for it up to wait_seconds. Never raises."""
-        try:
-            await self.runner.bring_forward(key, self.clock.now())
-        except Exception as exc:
-            log.info(json.dumps({"event": "viewings_close_deferred", "job": key, "error": repr(exc)[:200]}))
-            return
-        await asyncio.wait({self.runner.run_soon(KIND, key)}, timeout=self.wait_seconds)
+        await self.runner.run_here_after(KIND, key, self.wait_seconds)
 
     async def drain(self) -> None:
         await self.runner.settle(KIND)

@@ -155,6 +155,18 @@ class JobRunner:
         except Exception as exc:  # the job stays queued: the poll takes it
             log.info(json.dumps({"event": "job_run_soon_deferred", "kind": kind, "job": key, "error": repr(exc)[:200]}))
 
+    async def run_here_after(self, kind: str, key: str, wait_seconds: float) -> None:
+        """The second half of a change's follow-up job: queued (due later, the crash net) before the change's
+        write, made due now and run here once the write is done, the caller waiting for it up to
+        `wait_seconds` (a longer run goes on in the background). Never raises: the change is made whatever
+        happens here, and the queued job is the fallback any runner takes."""
+        try:
+            await self.bring_forward(key, self.clock.now())
+        except Exception as exc:
+            log.info(json.dumps({"event": "job_follow_up_deferred", "kind": kind, "job": key, "error": repr(exc)[:200]}))
+            return
+        await asyncio.wait({self.run_soon(kind, key)}, timeout=wait_seconds)
+
     async def settle(self, kind: str | None = None) -> None:
         """Wait for the `run_soon` runs in progress (of `kind`, or all of them)."""
         tasks = [task for task, of in self._soon.items() if kind is None or of == kind]

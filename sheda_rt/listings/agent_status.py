@@ -66,12 +66,7 @@ class AgentListingsFollow:
     async def changed(self, key: str) -> None:
         """After the write: run the job now, here; waits for it up to wait_seconds. Never raises (the account is
         changed whatever happens here; the queued job is the fallback)."""
-        try:
-            await self.runner.bring_forward(key, self.clock.now())
-        except Exception as exc:
-            log.info(json.dumps({"event": "agent_listings_deferred", "job": key, "error": repr(exc)[:200]}))
-            return
-        await asyncio.wait({self.runner.run_soon(KIND, key)}, timeout=self.wait_seconds)
+        await self.runner.run_here_after(KIND, key, self.wait_seconds)
 
     async def drain(self) -> None:
         await self.runner.settle(KIND)
