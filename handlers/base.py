@@ -281,7 +281,7 @@ class APIHandler(tornado.web.RequestHandler):
             try:
                 return model.model_validate(data)
             except ValidationError as exc:
-                raise ValidationFailed.from_pydantic(exc)
+                raise ValidationFailed.from_pydantic(exc, data=data)
         raw = self.body_bytes
         if not raw.strip():
             data = {}
@@ -297,7 +297,7 @@ class APIHandler(tornado.web.RequestHandler):
         try:
             return model.model_validate(data)
         except ValidationError as exc:
-            raise ValidationFailed.from_pydantic(exc)
+            raise ValidationFailed.from_pydantic(exc, data=data)
 
     # ---- writing -----------------------------------------------------------
     def send(self, payload: Any, status: int = 200):

@@ -84,17 +84,40 @@ class ValidationFailed(ApiError):
         return cls([{"field": field, "message": message}], detail=f"{field}: {message}")
 
     @classmethod
-    def from_pydantic(cls, exc, where: str = "body") -> "ValidationFailed":
-        """`where`: what an error of the whole model is about ("body", or "query" for a query string)."""
+    def from_pydantic(cls, exc, where: str = "body", data=None) -> "ValidationFailed":
+        """`where`: what an error of the whole model is about ("body", or "query" for a query string).
+        `data`: the input validated; given, `field` names only what the client sent (see _input_loc)."""
         errors = []
         for err in exc.errors(include_url=False):
-            loc = [str(p) for p in err["loc"]]
+            loc = [str(p) for p in err["loc"]] if data is None else _input_loc(err, data)
             named = getattr((err.get("ctx") or {}).get("error"), "field", None)  # a FieldError of a model validator
             if named is not None and (not loc or loc[-1] != named):
                 loc.append(named)  # under a nested model's own location (a saved search's query.price_max)
             field = ".".join(loc) or where
             errors.append({"field": field, "message": err["msg"]})
         return cls(errors, detail="; ".join(f"{e['field']}: {e['message']}" for e in errors[:3]))
+
+
+def _input_loc(err: dict, data) -> list[str]:
+    """An error's location as the client's keys: pydantic puts the members of a union in it (a device's
+    `fcm.token`: the tag of the `platform` union; `muted_until.datetime` and `muted_until.literal['forever']`: the
+    alternatives of one field), which are no field of the body. Walk the input along the location and keep
+    what is in it; a last key absent from it is a missing field (kept). An unknown or absent union tag is
+    the discriminator's field."""
+    loc, current, out = list(err["loc"]), data, []
+    for i, part in enumerate(loc):
+        if isinstance(current, dict) and part in current:
+            current = current[part]
+        elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
+            current = current[part]
+        elif isinstance(current, dict) and i == len(loc) - 1:
+            pass  # a missing field
+        else:
+            continue  # a union member's label, not a key of the input
+        out.append(str(part))
+    if err.get("type") in ("union_tag_invalid", "union_tag_not_found"):
+        out.append(str((err.get("ctx") or {}).get("discriminator", "")).strip("'\""))
+    return out
 
 
 class RateLimited(ApiError):

@@ -145,6 +145,26 @@ async def test_bad_devices_are_422_and_store_nothing(sheda):
     assert (await sheda.api.post(DEVICES, good, token=ada.token)).status == 201
 
 
+async def test_a_bad_device_422_names_the_fields_of_the_body_not_the_platform_union(sheda):
+    """errors[].field is the body field at fault: pydantic's location starts with the `platform` union's
+    tag (`fcm.token`, `webpush.subscription.keys.auth`), which is no field a client sent."""
+    ada = await sheda.signup()
+    for body, fields in (({"platform": "fcm", "token": ""}, ["token"]),
+                         ({"platform": "apns", "token": "ab"}, ["token", "environment"]),
+                         ({"platform": "webpush", "subscription": {"endpoint": "https://push.example.com/x",
+                                                                   "keys": {"p256dh": "x"}}},
+                          ["subscription.keys.p256dh", "subscription.keys.auth"]),
+                         ({"platform": "sms", "token": "x"}, ["platform"]),
+                         ({"token": "x"}, ["platform"])):
+        r = await sheda.api.post(DEVICES, body, token=ada.token)
+        assert r.status == 422 and [e["field"] for e in r.json["errors"]] == fields, (body, r)
+    # a field that takes one of several forms: its own name, not the forms' (muted_until.datetime)
+    bob = await sheda.signup()
+    assert (await sheda.api.post("/api/v1/chats", {"receiver_id": bob.id, "message": "hi"}, token=ada.token)).status == 201
+    r = await sheda.api.patch(f"/api/v1/chat/conversations/{bob.id}/settings", {"muted_until": "tomorrow"}, token=ada.token)
+    assert r.status == 422 and {e["field"] for e in r.json["errors"]} == {"muted_until"}, r
+
+
 async def test_notification_settings(sheda):
     ada = await sheda.signup()
     r = await sheda.api.get(SETTINGS, token=ada.token)
