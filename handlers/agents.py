@@ -3,21 +3,10 @@ from __future__ import annotations
 
 from handlers.base import APIHandler
 from handlers.routing import endpoint, route
-from sheda_rt.accounts.service import agent_profile
 from sheda_rt.appointments.models import WindowOut
-from sheda_rt.errors import NotFound
 from sheda_rt.listings.models import AgentWithListings
 
 TAGS = ("agents",)
-
-
-async def _agent(ctx, agent_id: int) -> dict:
-    user = await ctx.users.get(agent_id)
-    # Someone who switched to client keeps their agent profile and listings.
-    is_agent = user is not None and (user.get("user_type") == "agent" or "agent_profile" in user)
-    if not is_agent or not user.get("is_active", True):
-        raise NotFound("No such agent", "agent_not_found")
-    return user
 
 
 class AgentHandler(APIHandler):
@@ -25,15 +14,15 @@ class AgentHandler(APIHandler):
     async def get(self, agent_id: int):
         """Public. The agent profile plus `listings`: up to 50 available, listed properties, newest first
         (GET /properties?agent_id= pages through all of them)."""
-        user = await _agent(self.ctx, agent_id)
-        return {**agent_profile(user), "listings": await self.ctx.properties.agent_listings(agent_id)}
+        profile = await self.ctx.accounts.public_agent(agent_id)
+        return {**profile, "listings": await self.ctx.properties.agent_listings(agent_id)}
 
 
 class AgentAvailabilityHandler(APIHandler):
     @endpoint("An agent's weekly availability windows", response=list[WindowOut], errors=(404,), tags=TAGS)
     async def get(self, agent_id: int):
         """Public. `[{id, weekday, start_time, end_time}]`, times 'HH:MM' UTC; a viewing slot must fit inside one."""
-        await _agent(self.ctx, agent_id)
+        await self.ctx.accounts.public_agent(agent_id)
         return await self.ctx.availability.list_for(agent_id)
 
 

@@ -584,6 +584,15 @@ class AccountService:
             raise NotFound("No such user", "user_not_found")
         return public_profile(user)
 
+    async def public_agent(self, agent_id: int) -> dict:
+        """An active agent's public profile (GET /agents/{id}). Someone who switched to client or builder
+        keeps their agent profile and listings, so they are still found; 404 agent_not_found otherwise."""
+        user = await self.users.get(agent_id)
+        is_agent = user is not None and (user.get("user_type") == "agent" or "agent_profile" in user)
+        if not is_agent or not user.get("is_active", True):
+            raise NotFound("No such agent", "agent_not_found")
+        return agent_profile(user)
+
     # ---- bank details (agents) ---------------------------------------------
     async def account_info(self, user_id: int) -> dict | None:
         """The agent's bank details as shown to a paying client, or None when not set."""
