@@ -9,6 +9,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
+from sheda_rt.errors import FieldError
 from sheda_rt.pagination import PageQuery
 from sheda_rt.responses import ResponseModel, Timestamp
 
@@ -67,7 +68,7 @@ class RuntimeSettingsPatch(BaseModel):
         # None means "not sent" for the others: an explicit null would otherwise be dropped silently.
         nulls = sorted(k for k in self.model_fields_set if k != "maintenance_banner" and getattr(self, k) is None)
         if nulls:
-            raise ValueError(f"{', '.join(nulls)} cannot be null")
+            raise FieldError(nulls[0], f"{', '.join(nulls)} cannot be null")  # the 422 names a field, not the body
         return self
 
 
