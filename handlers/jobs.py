@@ -4,7 +4,7 @@ from __future__ import annotations
 from handlers.base import APIHandler
 from handlers.routing import endpoint, route
 from sheda_rt.accounts.auth import ADMIN
-from sheda_rt.jobs.models import JobPage, JobQuery, job_out
+from sheda_rt.jobs.models import JobPage, JobQuery
 
 
 class AdminJobsHandler(APIHandler):
@@ -14,7 +14,7 @@ class AdminJobsHandler(APIHandler):
         """`?status=failed` lists the jobs that gave up after JOB_MAX_ATTEMPTS attempts, each with its
         `last_error` and `attempts` (the default); `pending`, `running`, `done`, `cancelled` list the others. Sorted by `run_at` descending
         (for finished jobs, when they ended). Cursor pagination: `{"items": [...], "next_cursor": ...}`."""
-        return await self.ctx.job_store.page(query.status, query, job_out)
+        return await self.ctx.job_runner.admin_page(query)
 
 
 default_handlers = [

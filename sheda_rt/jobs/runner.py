@@ -28,6 +28,7 @@ from typing import Any, Awaitable, Callable
 
 from prometheus_client import Counter, Gauge
 
+from sheda_rt.jobs.models import job_out
 from sheda_rt.jobs.store import CANCELLED, DONE, FAILED, PENDING, RUNNING, JobStore
 
 log = logging.getLogger("sheda.jobs")
@@ -128,6 +129,10 @@ class JobRunner:
     async def cancel(self, key: str) -> bool:
         """A pending job is cancelled; a running one is left to finish (its handler re-checks)."""
         return await self.store.cancel(key, self.clock.now())
+
+    async def admin_page(self, query) -> dict:
+        """GET /admin/jobs: one status's jobs, most recent first, a keyset page of `job_out` rows."""
+        return await self.store.page(query.status, query, job_out)
 
     async def bring_forward(self, key: str, run_at: datetime) -> bool:
         """A pending job due later than `run_at` is made due at `run_at` (e.g. a digest deferred for one
