@@ -41,9 +41,9 @@ class SavedSearchQuery(SearchQuery):
     @model_validator(mode="after")
     def _storable(self):
         if self.cursor is not None:
-            raise ValueError("a saved search holds filters, not a page position: leave out cursor")
+            raise FieldError("cursor", "a saved search holds filters, not a page position: leave out cursor")
         if self.status != "available":
-            raise ValueError("alerts are about listings one can rent or buy: status can only be 'available'")
+            raise FieldError("status", "alerts are about listings one can rent or buy: status can only be 'available'")
         if not (self.model_fields_set - set(PAGE_FIELDS) - {"status", "radius_km"}):
             raise ValueError("give at least one filter (e.g. location, listing_type, price_max)")
         return self
