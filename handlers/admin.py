@@ -22,7 +22,8 @@ class AdminUserHandler(APIHandler):
     async def patch(self, user_id: int, body: AdminUserPatch):
         """`{role?: user|admin|moderator, is_active?: bool}`. Deactivating closes the user's sockets (4403)
         and their tokens get 403 at once. A role change takes effect on the user's next login or refresh
-        (the admin scope is issued then). 409 when an admin demotes or deactivates themselves.
+        (the admin scope is issued then). 409 when an admin demotes or deactivates themselves (`self_change_refused`),
+        or when the change would leave no active admin (`last_admin`: another admin was demoted at the same moment).
         Deactivating an agent unlists their listed listings (`hidden_reason` agent_inactive: 404 to all but
         admins, in no search); reactivating lists exactly those again (ones unlisted by the agent or staff stay
         unlisted)."""

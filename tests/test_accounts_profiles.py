@@ -1,7 +1,12 @@
 """Profiles, avatars, bank details, public profiles, deactivation, and the admin surface."""
 from __future__ import annotations
 
+import uuid
+
+import pytest
+
 from sheda_rt.accounts.service import agent_profile
+from sheda_rt.errors import Conflict
 from tests.support import JPEG_MAGIC, PNG_1PX, multipart
 
 ME = "/api/v1/users/me"
@@ -214,6 +219,30 @@ async def test_admin_routes(sheda):
 
     # A demoted admin loses admin rights at once, even with a token that says admin.
     assert (await sheda.api.patch(f"/api/v1/admin/users/{stale.id}", {"role": "user"}, token=admin.token)).status == 200
+
+
+# Its own database: the shared one holds other tests' admins, and this is about the last one.
+@pytest.mark.parametrize("settings_overrides", [{"mongodb_db": "sheda_admins_" + uuid.uuid4().hex[:8]}])
+async def test_two_admins_demoting_each_other_leave_an_admin(sheda):
+    # Only self-demotion was refused: A and B, the only admins, demoting (or deactivating) each other at the same
+    # moment left no admin at all (only the CLI recovers). Driven in order: A's request is authenticated (its
+    # principal loaded), B's demotion of A lands, then A's write demotes B.
+    a, b = await sheda.admin(), await sheda.admin()
+    for change in ({"role": "user"}, {"is_active": False}):
+        stale_a = await sheda.ctx.users.get(a.id)
+        assert stale_a["role"] == "admin"
+        r = await sheda.api.patch(f"/api/v1/admin/users/{a.id}", {"role": "user"}, token=b.token)
+        assert r.status == 200 and r.json["role"] == "user", r
+        with pytest.raises(Conflict) as err:
+            await sheda.ctx.accounts.admin_update(stale_a, b.id, change.get("role"), change.get("is_active"))
+        assert err.value.code == "last_admin", err.value.detail
+        kept = await sheda.ctx.users.get(b.id)
+        assert kept["role"] == "admin" and kept.get("is_active", True) is True
+        assert (await sheda.api.get("/api/v1/admin/users", token=b.token)).status == 200
+        # B promotes A back for the next round (with another admin left, demotions go through as before).
+        assert (await sheda.api.patch(f"/api/v1/admin/users/{a.id}", {"role": "admin"}, token=b.token)).status == 200
+    r = await sheda.api.patch(f"/api/v1/admin/users/{a.id}", {"is_active": False}, token=b.token)
+    assert r.status == 200 and r.json["is_active"] is False, r
 
 
 async def test_verifying_the_account_is_a_login_the_admin_list_shows(sheda):

@@ -613,28 +613,62 @@ class AccountService:
 
     async def admin_update(self, admin: dict, user_id: int, role: str | None, is_active: bool | None) -> dict:
         """Change a user's role or active flag. Admins cannot demote or deactivate themselves
-        (409), so the last admin cannot lock everyone out by accident."""
+        (409), so the last admin cannot lock everyone out by accident.
+
+        At least one active admin remains also when admins change each other at the same moment (each
+        authenticated before the other's write), with single-document writes only:
+        1. the write is conditional on the role and is_active just read (changed in between: read again), so
+           "this write took an active admin away" is exact (a write that read a non-admin cannot take one away);
+        2. after such a write the admins are read; if none is active, the target is made an active admin again,
+           conditionally (only while it is not one), and the answer is 409 `last_admin`. Deactivated and
+           restored, the target's token epoch goes back too (unless it moved on since), so their tokens live
+           again; their sockets are closed only after the check.
+        A and B, the only active admins, demote each other (wA/wB the writes, cA/cB the checks that follow them):
+        - wA cA wB cB: cA sees A active (200); cB sees nobody, undoes wB: A stays admin, B's request is 409.
+        - wA wB cA cB (or cB cA): both see nobody, both undo: both remain admins, both get 409.
+        - wA wB cA(undo wA) cB: cB sees B restored (200): B stays admin, A's request is 409.
+        Never none: the last check to run comes after every write that took an admin away (each precedes its own
+        check); if it sees an active admin, no later write removes them, and if it sees none, it restores its
+        target (undos only ever add admins)."""
         if role is None and is_active is None:
             raise ValidationFailed.single("body", "give role and/or is_active")
-        user = await self.users.get(user_id)
-        if user is None:
-            raise NotFound("No such user", "user_not_found")
         if user_id == admin["_id"] and ((role is not None and role != "admin") or is_active is False):
             raise Conflict("You cannot demote or deactivate yourself", "self_change_refused")
-        changes: dict = {}
-        if role is not None and role != user.get("role"):
-            changes["role"] = role
-        if is_active is not None and is_active != user.get("is_active", True):
-            changes["is_active"] = is_active
-        if not changes:
-            return admin_user(user)
-        changes["updated_at"] = self.clock.now()
-        # [listings] deactivated: their listings go off the market; reactivated: those come back
-        follow = await self.listings_follow.changing(user_id) if "is_active" in changes and self.listings_follow else None
-        if changes.get("is_active") is False:
-            updated = await self.users.revoke_all_tokens(user_id, changes)
+        for _ in range(5):
+            user = await self.users.get(user_id)
+            if user is None:
+                raise NotFound("No such user", "user_not_found")
+            was_active = user.get("is_active", True)
+            changes: dict = {}
+            if role is not None and role != user.get("role"):
+                changes["role"] = role
+            if is_active is not None and is_active != was_active:
+                changes["is_active"] = is_active
+            if not changes:
+                return admin_user(user)
+            changes["updated_at"] = self.clock.now()
+            removes_admin = user.get("role") == "admin" and was_active and (
+                changes.get("role", "admin") != "admin" or changes.get("is_active") is False)
+            expected = {"role": user.get("role"), "is_active": {"$ne": False} if was_active else False}
+            # [listings] deactivated: their listings go off the market; reactivated: those come back
+            follow = await self.listings_follow.changing(user_id) if "is_active" in changes and self.listings_follow else None
+            if changes.get("is_active") is False:
+                updated = await self.users.revoke_all_tokens(user_id, changes, expected)
+            else:
+                updated = await self.users.update_if(user_id, expected, changes)
+            if updated is not None:
+                break
+            if follow is not None:  # the queued job follows whatever the account is now
+                await self.listings_follow.changed(follow)
         else:
-            updated = await self.users.update(user_id, changes)
+            raise Conflict("The user is being changed by someone else; try again", "user_changed")
+        if removes_admin and not await self.users.has_active_admin():
+            await self.users.restore_admin(user_id, self.clock.now(),
+                                           updated.get("token_epoch") if changes.get("is_active") is False else None)
+            if follow is not None:
+                await self.listings_follow.changed(follow)
+            raise Conflict("This would leave no active admin (another admin was demoted or deactivated at the same "
+                           "moment); nothing changed", "last_admin")
         log.info(json.dumps({"event": "admin_user_update", "admin_id": admin["_id"], "user_id": user_id,
                              "changes": {k: v for k, v in changes.items() if k != "updated_at"}}))
         if changes.get("is_active") is False:

@@ -150,10 +150,36 @@ class UserStore:
         except DuplicateKeyError as exc:
             raise _taken(exc)
 
-    async def revoke_all_tokens(self, user_id: int, changes: dict) -> dict | None:
+    async def revoke_all_tokens(self, user_id: int, changes: dict, expected: dict | None = None) -> dict | None:
         """Apply `changes` and move the user's token epoch on: every token issued before carries the
-        old epoch and is refused from now on (the auth check compares it with the loaded user)."""
-        return await update_then_get(self.col, {"_id": user_id}, {"$set": changes, "$inc": {"token_epoch": 1}})
+        old epoch and is refused from now on (the auth check compares it with the loaded user).
+        `expected`: only while the user still matches it (None when it did not)."""
+        return await update_then_get(self.col, {"_id": user_id, **(expected or {})},
+                                     {"$set": changes, "$inc": {"token_epoch": 1}})
+
+    async def has_active_admin(self) -> bool:
+        """Whether any admin is active. The admins are read on the `role` index (the embedded database plans an
+        index only when every field of the filter is in it); is_active (absent: active) is checked here."""
+        cursor = self.col.find({"role": "admin"}, projection={"is_active": 1})
+        try:
+            async for doc in cursor:
+                if doc.get("is_active", True):
+                    return True
+        finally:
+            await cursor.close()
+        return False
+
+    async def restore_admin(self, user_id: int, now, token_epoch: int | None = None) -> dict | None:
+        """Make the user an active admin again unless they are one already (None then): the undo of a
+        demotion or deactivation that left no active admin (AccountService.admin_update). `token_epoch`: the
+        epoch the deactivation moved on to; while it is still the user's, it goes back (their tokens live again)."""
+        flt = {"_id": user_id, "$or": [{"role": {"$ne": "admin"}}, {"is_active": False}]}
+        update = {"$set": {"role": "admin", "is_active": True, "updated_at": now}}
+        if token_epoch is not None:
+            restored = await update_then_get(self.col, {**flt, "token_epoch": token_epoch}, {**update, "$inc": {"token_epoch": -1}})
+            if restored is not None:
+                return restored
+        return await update_then_get(self.col, flt, update)
 
     async def page(self, page, serialize, *, role=None, user_type=None, is_active=None, is_verified=None, prefix=None) -> dict:
         """Newest first, keyset-paginated; `prefix` matches the start of the username or email."""
