@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from sheda_rt.clock import Clock
 from sheda_rt.database.connection import connect
@@ -27,7 +28,7 @@ from sheda_rt.database.ids import IdAllocator
 from sheda_rt.wallet.ledger import LedgerStore
 from sheda_rt.wallet.service import InsufficientFunds, WalletService
 from tests.listing_helpers import create_property
-from tests.paystack_server import SECRET
+from tests.paystack_server import SECRET, sign
 from tests.redis_support import Remote, ServerProcess, redis_server, running_pair, server_env, shared_dir  # noqa: F401  (module fixtures)
 from tests.test_multiprocess_admin import admin_on
 from tests.test_payments import paystack  # noqa: F401  (the local gateway fixture)
@@ -208,7 +209,9 @@ def gateway_pair(embedded_db, redis_server, shared_dir, paystack):
 
 async def test_fifty_bumps_through_two_servers_charge_a_wallet_to_its_last_kobo_and_no_further(gateway_pair, paystack):
     """The whole path a client takes: a top-up through the gateway (checkout on A, webhook on B), then 50 bumps
-    at once, half through each server, each with its own Idempotency-Key."""
+    at once, half through each server, each with its own Idempotency-Key. Then the gateway gives a second top-up
+    back through 20 refund and lost-chargeback events at once, half to each server, adding up to twice the top-up:
+    the processes reserve on the payment document, so together they take back exactly what it credited."""
     a, b = (Remote(s) for s in gateway_pair)
     agent, admin = await a.signup("agent"), await admin_on(b)
     paystack.webhook_url = b.server.base_url + "/api/v1/webhooks/paystack"
@@ -245,6 +248,34 @@ async def test_fifty_bumps_through_two_servers_charge_a_wallet_to_its_last_kobo_
     assert [e["kind"] for e in entries].count("spend:promotion") == 33 and len(entries) == 34
     assert (await a.api.get("/api/v1/admin/ledger/audit", token=agent.token)).status == 403
     for server in (a, b):
+        audit = await server.api.get("/api/v1/admin/ledger/audit", token=admin.token)
+        assert audit.status == 200 and audit.json["ok"] is True and audit.json["mismatches"] == [], audit.json
+        assert audit.json["platform"] == {"gateway:clearing": "-1000.00", "platform:revenue": "990.00"}
+
+    # ---- reversals of one top-up racing in two processes ----
+    r = await a.api.post("/api/v1/payments", {"purpose": "wallet_topup", "target_id": agent.id, "amount": "1000.00"},
+                         token=agent.token)
+    assert r.status == 201, r
+    ref = r.json["reference"]
+    paystack.pay(ref)
+    assert (await paystack.deliver(paystack.event_body(ref))).code == 200
+    bodies = [paystack.refund(ref, 10_000) if i % 2 else
+              paystack.dispute_body(ref, 55_000 + i, "charge.dispute.resolve", resolution="merchant-accepted", refund_amount=10_000)
+              for i in range(20)]
+
+    async def deliver_to(server, body):
+        req = HTTPRequest(server.server.base_url + "/api/v1/webhooks/paystack", method="POST", body=body, request_timeout=60,
+                          headers={"Content-Type": "application/json", "x-paystack-signature": sign(body)})
+        return await AsyncHTTPClient().fetch(req, raise_error=False)
+
+    answers = await asyncio.gather(*(deliver_to(a if i % 4 < 2 else b, body) for i, body in enumerate(bodies)))
+    assert [x.code for x in answers] == [200] * 20
+    entries = (await a.api.get("/api/v1/wallet/transactions", token=agent.token, params={"limit": 100})).json["items"]
+    reversals = [e for e in entries if e["kind"] == "topup_reversal"]
+    assert len(reversals) == 10 and {e["amount"] for e in reversals} == {"-100.00"}, reversals
+    assert {e["refs"]["shortfall"] for e in reversals} == {"0.00"}
+    for server in (a, b):
+        assert (await server.api.get("/api/v1/wallet", token=agent.token)).json["balance"] == "10.00"
         audit = await server.api.get("/api/v1/admin/ledger/audit", token=admin.token)
         assert audit.status == 200 and audit.json["ok"] is True and audit.json["mismatches"] == [], audit.json
         assert audit.json["platform"] == {"gateway:clearing": "-1000.00", "platform:revenue": "990.00"}

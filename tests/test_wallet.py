@@ -7,6 +7,7 @@ payment applies; the gateway round trip itself is tested at the end of this file
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 import pytest
@@ -493,4 +494,57 @@ async def test_a_topup_refunded_before_its_credit_was_applied_is_never_credited(
     assert pay["flagged"] is True and [f["reason"] for f in pay["flags"]] == ["topup_reversed_uncredited"] and pay["applied"]
     await sheda.ctx.payment_reconciliation.run()
     assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "0.00"
+    await audit_ok(sheda, admin)
+
+
+async def test_concurrent_refunds_and_chargebacks_of_one_topup_never_take_back_more_than_it_credited(sheda, paystack):
+    """A refund and a lost chargeback of the same money are two events; delivered at once (Paystack retries in parallel,
+    several processes answer), each read what the others had taken back before any of them wrote, so together they
+    took back more than the top-up credited. Now each reserves its amount on the payment with one conditional write
+    before its ledger entry: 20 events of 500.00 for a 5,000.00 top-up take back exactly 5,000.00, never below zero."""
+    paystack.webhook_url = sheda.base_url + "/api/v1/webhooks/paystack"
+    user, admin = await sheda.signup("client"), await sheda.admin()
+    ref = await paid_topup(sheda, paystack, user, "5000.00")
+    await sheda.ctx.wallet.spend(user.id, 100_000, idempotency_key="before-race", kind="spend", memo="", refs={})
+    bodies = [paystack.refund(ref, 50_000) if i % 2 else
+              paystack.dispute_body(ref, 77_000 + i, "charge.dispute.resolve", resolution="merchant-accepted", refund_amount=50_000)
+              for i in range(20)]
+    answers = await asyncio.gather(*(paystack.deliver(body) for body in bodies))
+    assert [a.code for a in answers] == [200] * 20
+    payment = await sheda.ctx.payment_store.get(ref)
+    topup = await sheda.ctx.wallet.ledger.by_key(f"topup:{ref}")
+    reversals = await sheda.ctx.wallet.ledger.reversals_of(topup["_id"])
+    taken = [sum(int(line["amount_minor"]) for line in tx["lines"] if line["account"] == "gateway:clearing") for tx in reversals]
+    assert sum(taken) == 500_000 and len(taken) == 10 and set(taken) == {50_000}, taken
+    assert payment["reversed_minor"] == 500_000
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "0.00"
+    pay = (await sheda.api.get(f"{PAY}/{ref}", token=admin.token)).json
+    assert [f["reason"] for f in pay["flags"]] == ["topup_reversal_shortfall"]
+    # Redeliveries take nothing more.
+    count = await ledger_count(sheda)
+    assert {(await paystack.deliver(body)).code for body in bodies[:4]} == {200}
+    assert await ledger_count(sheda) == count
+    audit = await audit_ok(sheda, admin)
+    assert audit["platform"]["platform:reversal_shortfall"].startswith("-")
+
+    # A process died between the reservation and its ledger entry: the redelivery completes it, and so does the
+    # reconciliation job for an event the gateway never delivers again; neither reserves twice.
+    ref2 = await paid_topup(sheda, paystack, user, "1000.00")
+    payment2 = await sheda.ctx.payment_store.get(ref2)
+    first = paystack.refund(ref2, 30_000)
+    source = "refund.processed:" + json.loads(first)["data"]["refund_reference"]
+    await sheda.ctx.payment_store.start_reversals(payment2["_id"], 0, [])
+    for src in (source, "refund.processed:TRF_lost"):
+        assert await sheda.ctx.payment_store.reserve_reversal(
+            payment2["_id"], {"source": src, "amount_minor": 30_000, "why": "refund", "at": sheda.ctx.clock.now()}, 70_000)
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "1000.00"
+    assert (await paystack.deliver(first)).code == 200
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "700.00"
+    await sheda.ctx.payment_reconciliation.run()
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "400.00"
+    await sheda.ctx.payment_reconciliation.run()
+    assert (await paystack.deliver(first)).code == 200
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "400.00"
+    stored = await sheda.ctx.payment_store.get(ref2)
+    assert stored["reversed_minor"] == 60_000 and len(stored["reversals"]) == 2 and "reversal_open" not in stored
     await audit_ok(sheda, admin)

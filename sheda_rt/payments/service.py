@@ -360,7 +360,7 @@ class PaymentService:
                              f"the gateway gave {format_money(Decimal(amount_minor).scaleb(-2))} {payment['currency']} back to the payer "
                              f"({why}); the {payment['purpose']} still counts it paid")
             return "flagged"
-        outcome, flag = await target.reverse(payment, amount_minor, source=event.event_id, why=why)
+        outcome, flag = await self._reverse_topup(payment, target, amount_minor, event.event_id, why)
         if outcome == "not_credited":
             # Refunded before its credit was made (a success whose effect a crash left to the reconciliation): the
             # credit must never come now. Recorded as its effect, with the flag, in one write; when the credit won
@@ -370,11 +370,74 @@ class PaymentService:
                                              {"reason": flag[0], "detail": flag[1], "at": now}, now):
                 log.warning('{"event": "payment_flagged", "reference": "%s", "reason": "%s"}', payment["reference"], flag[0])
                 return "topup_reversed_before_credit"
-            outcome, flag = await target.reverse(payment, amount_minor, source=event.event_id, why=why)
+            outcome, flag = await self._reverse_topup(payment, target, amount_minor, event.event_id, why)
         if flag is not None:
             await self._flag(payment, *flag)
         log.info('{"event": "payment_reversed", "reference": "%s", "outcome": "%s"}', payment["reference"], outcome)
         return f"topup_{outcome}"
+
+    async def _reverse_topup(self, payment: dict, target, amount_minor: int, source: str, why: str) -> tuple[str, tuple | None]:
+        """Reserve, then take back: (outcome, flag or None). "not_credited" when no credit was made to take back,
+        "already_reversed" when the reversals reserved before took all of it."""
+        reserved = await self._reserve_reversal(payment, target, amount_minor, source, why)
+        if reserved is None:
+            return "not_credited", ("topup_reversed_uncredited",
+                                    f"the gateway reports a {why} of {format_money(Decimal(amount_minor).scaleb(-2))} NGN for a "
+                                    "top-up this server has not credited: it will not be")
+        if reserved == 0:
+            return "already_reversed", None
+        return await target.reverse(payment, reserved, source=source, why=why)
+
+    async def _reserve_reversal(self, payment: dict, target, amount_minor: int, source: str, why: str) -> int | None:
+        """What the gateway event `source` may take back of this top-up, reserved on the payment before any ledger
+        entry: kobo (0: earlier reversals took all of it), or None when no credit was made.
+
+        The cap on all reversals of one top-up together (a refund and a lost chargeback of the same money are two
+        events, delivered at once to different processes) is the payment document's `reversed_minor`, moved only by
+        one conditional write: `{reversed_minor <= credited - amount, no reservation of this event} + $inc` (at most
+        what is left; when another reservation won in between, it is read again and retried). The reservation is
+        keyed by the event, so a redelivery finds it and takes that same amount, never a second one; a process dying
+        between the reservation and the ledger entry leaves it `reversal_open`, completed by the redelivery
+        (the ledger entry's key is the event's, so it is written once) or by the reconciliation job. A payment
+        reversed before reservations were recorded starts from what its ledger entries took back."""
+        credited = await target.credited(payment)
+        if credited is None:
+            return None
+        for _attempt in range(1000):  # each failed write is another event's reservation won: bounded by the events
+            current = await self.store.get(payment["reference"])
+            mine = next((r for r in current.get("reversals") or () if r["source"] == source), None)
+            if mine is not None:
+                return int(mine["amount_minor"])
+            if current.get("reversed_minor") is None:
+                total, entries = await target.reversed_so_far(payment)
+                await self.store.start_reversals(payment["_id"], total, entries)
+                continue
+            take = min(amount_minor, credited - int(current["reversed_minor"]))
+            if take <= 0:
+                return 0
+            entry = {"source": source, "amount_minor": take, "why": why, "at": self.clock.now()}
+            if await self.store.reserve_reversal(payment["_id"], entry, credited - take):
+                return take
+        raise RuntimeError(f"reversal of {payment['reference']} by {source}: the payment kept changing")
+
+    async def _complete_reversals(self, payment: dict) -> str:
+        """The reconciliation's part: post the ledger entry of every reversal reserved on this payment (each is
+        written once, by its event's key: one already there is found), flag a shortfall, then mark the payment done
+        unless a reservation was added meanwhile."""
+        target = self.targets.get(payment["purpose"])
+        if target is None or not hasattr(target, "reverse"):
+            return "no_target"
+        reservations = list(payment.get("reversals") or ())
+        made = 0
+        for r in reservations:
+            if int(r["amount_minor"]) <= 0:
+                continue
+            outcome, flag = await target.reverse(payment, int(r["amount_minor"]), source=r["source"], why=r.get("why", "refund"))
+            if flag is not None:
+                await self._flag(payment, *flag)
+            made += outcome in ("reversed", "reversed_short")
+        await self.store.close_reversals(payment["_id"], len(reservations))
+        return "reversal_completed" if made else "reversal_checked"
 
     # ---- what the gateway says, applied ----------------------------------------
     async def settle(self, payment: dict, *, stale: bool = False) -> str:
@@ -477,5 +540,8 @@ class PaymentService:
             counts[outcome] = counts.get(outcome, 0) + 1
         for payment in await self.store.unapplied(batch):
             outcome = await self.apply(payment)
+            counts[outcome] = counts.get(outcome, 0) + 1
+        for payment in await self.store.open_reversals(batch):  # a reversal reserved, its ledger entry maybe missing
+            outcome = await self._complete_reversals(payment)
             counts[outcome] = counts.get(outcome, 0) + 1
         return counts

@@ -41,6 +41,9 @@ class PaymentStore:
         # A payer's live attempts of one purpose, oldest first (the cap on pending top-up checkouts).
         IndexModel([("payer_id", ASCENDING), ("purpose", ASCENDING), ("status", ASCENDING), ("flagged", ASCENDING),
                     ("_id", ASCENDING)], name="payer_purpose_live"),
+        # Payments with a reversal reserved whose ledger entry may be missing (the reconciliation completes them).
+        IndexModel([("reversal_open", ASCENDING)], name="reversal_open",
+                   partialFilterExpression={"reversal_open": {"$exists": True}}),
     ]
 
     def __init__(self, db, ids):
@@ -145,6 +148,35 @@ class PaymentStore:
 
     async def page(self, query: dict, page, serialize) -> dict:
         return await paginate(self.col, query, NEWEST, page, serialize)
+
+    # ---- money the gateway gave back (top-up reversals) ------------------------
+    # `reversed_minor`: kobo reserved by every reversal of this payment together; `reversals`: one entry per gateway
+    # event {source, amount_minor, why, at}; `reversal_open`: set with each reservation, dropped by the
+    # reconciliation once every reservation's ledger entry is known to exist (PaymentService.reconcile).
+    async def start_reversals(self, payment_id: int, reversed_minor: int, entries: list[dict]) -> None:
+        """Give a payment its reversal record (once: a payment that has one keeps it), from what the ledger already
+        took back for it (reversals made before reservations were recorded)."""
+        await self.col.update_one({"_id": payment_id, "reversed_minor": {"$exists": False}},
+                                  {"$set": {"reversed_minor": reversed_minor, "reversals": entries}})
+
+    async def reserve_reversal(self, payment_id: int, entry: dict, limit_minor: int) -> bool:
+        """Reserve `entry["amount_minor"]` for the gateway event `entry["source"]` in one conditional write: only
+        while what is reserved so far is at most `limit_minor` (what the top-up credited less this amount) and this
+        event has no reservation yet. Of any number of racing writers, in any process, the reservations that win
+        never add up to more than the credit. True when reserved now."""
+        result = await self.col.update_one(
+            {"_id": payment_id, "reversed_minor": {"$lte": limit_minor}, "reversals.source": {"$ne": entry["source"]}},
+            {"$inc": {"reversed_minor": entry["amount_minor"]}, "$push": {"reversals": entry}, "$set": {"reversal_open": True}})
+        return result.modified_count == 1
+
+    async def open_reversals(self, limit: int) -> list[dict]:
+        return await self.col.find({"reversal_open": True}, limit=limit).to_list()
+
+    async def close_reversals(self, payment_id: int, count: int) -> None:
+        """Drop `reversal_open` when the payment still holds exactly the `count` reservations the caller completed
+        (one reserved meanwhile keeps it open)."""
+        await self.col.update_one({"_id": payment_id, "reversal_open": True, "reversals": {"$size": count}},
+                                  {"$unset": {"reversal_open": ""}})
 
     # ---- webhook events ------------------------------------------------------
     async def record_event(self, doc: dict) -> dict | None:

@@ -129,6 +129,22 @@ class WalletService:
         stored, created = await self.ledger.post(doc, self.clock.now())
         return transaction_view(stored), created
 
+    async def topup_credited(self, reference: str) -> int | None:
+        """What the top-up paid under `reference` credited, in kobo; None when no credit was made for it."""
+        topup = await self.ledger.by_key(f"topup:{reference}")
+        return None if topup is None else -self._debit(topup, topup["wallet"])
+
+    async def topup_reversals(self, reference: str) -> tuple[int, list[dict]]:
+        """What the ledger already took back of that top-up: (kobo in all, one {source, amount_minor, why, at} per
+        reversal), for a payment reversed before its reservations were recorded (PaymentService._reserve_reversal)."""
+        topup = await self.ledger.by_key(f"topup:{reference}")
+        if topup is None:
+            return 0, []
+        entries = [{"source": tx["key"].split(":", 1)[1], "why": tx.get("refs", {}).get("reason", "refund"), "at": tx["created_at"],
+                    "amount_minor": sum(int(line["amount_minor"]) for line in tx["lines"] if line["account"] == CLEARING)}
+                   for tx in await self.ledger.reversals_of(topup["_id"]) if tx["kind"] == "topup_reversal"]
+        return sum(e["amount_minor"] for e in entries), entries
+
     async def reverse_topup(self, reference: str, amount_minor: int, *, source: str, memo: str,
                             refs: dict | None = None) -> tuple[dict | None, bool, int]:
         """The gateway gave back (a refund, a lost chargeback) `amount_minor` kobo of the top-up paid under
@@ -136,7 +152,9 @@ class WalletService:
         (the reversal, made now?, its shortfall in kobo); (None, False, 0) when no credit was made for that
         reference, or earlier reversals already took all of it back.
 
-        Never more than the top-up credited, all reversals of it together. A wallet never goes below zero: what it
+        Never more than the top-up credited, all reversals of it together: across processes, by the caller's reservation
+        of `amount_minor` on the payment first (PaymentService._reserve_reversal); the cap read here from the ledger is
+        a second guard that only holds for reversals not racing. A wallet never goes below zero: what it
         no longer holds (the user spent it) is the shortfall, debited from platform:reversal_shortfall instead and
         recorded in refs.shortfall (the caller flags it for an admin). The wallet's line is there even at 0.00, so
         the user sees the reversal."""

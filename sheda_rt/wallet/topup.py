@@ -59,9 +59,18 @@ class WalletTopupTarget:
             refs={"resolved_by": admin_id, "reason": reason}, memo=f"Wallet top-up, settled by an admin: {reason}")
         return tx
 
+    async def credited(self, payment: dict) -> int | None:
+        """What this top-up credited the wallet, in kobo (None: no credit made): the cap on its reversals."""
+        return await self.wallet.topup_credited(payment["reference"])
+
+    async def reversed_so_far(self, payment: dict) -> tuple[int, list[dict]]:
+        """What the ledger already took back of this top-up (reversals made before reservations were recorded)."""
+        return await self.wallet.topup_reversals(payment["reference"])
+
     async def reverse(self, payment: dict, amount_minor: int, *, source: str, why: str) -> tuple[str, tuple[str, str] | None]:
         """The gateway gave `amount_minor` of this top-up back to the payer (`why`: "refund" or "chargeback"): the
         wallet gives it back, once per gateway event (`source`), never below zero (WalletService.reverse_topup).
+        The caller reserved `amount_minor` on the payment first (PaymentService._reserve_reversal: the cap across processes).
         (outcome, flag for an admin or None)."""
         tx, created, shortfall = await self.wallet.reverse_topup(
             payment["reference"], amount_minor, source=source, memo=f"Wallet top-up reversed by the gateway ({why})",
