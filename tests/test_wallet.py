@@ -548,3 +548,50 @@ async def test_concurrent_refunds_and_chargebacks_of_one_topup_never_take_back_m
     stored = await sheda.ctx.payment_store.get(ref2)
     assert stored["reversed_minor"] == 60_000 and len(stored["reversals"]) == 2 and "reversal_open" not in stored
     await audit_ok(sheda, admin)
+
+
+async def test_a_credit_landing_while_a_refund_marks_its_topup_uncredited_is_taken_back(sheda, paystack):
+    """The refund of a top-up whose credit is not applied yet looks for the credit, finds none and records the payment
+    applied (reversed before credit). A credit in flight at that moment (the webhook's or the reconciliation's apply,
+    which read the payment before) was written to the ledger anyway, and the wallet kept money the payer had back.
+    Whichever of the two sees the other afterwards now takes the credit back, once (under the refund's own event)."""
+    paystack.webhook_url = sheda.base_url + "/api/v1/webhooks/paystack"
+    user, admin = await sheda.signup("client"), await sheda.admin()
+    payments, target = sheda.ctx.payments, sheda.ctx.payment_targets["wallet_topup"]
+
+    async def succeeded_unapplied(naira: str) -> dict:
+        r = await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": user.id, "amount": naira}, token=user.token)
+        paystack.pay(r.json["reference"])
+        await sheda.ctx.db["payments"].update_one({"reference": r.json["reference"]}, {"$set": {"status": "succeeded", "applied": False}})
+        return await sheda.ctx.payment_store.get(r.json["reference"])
+
+    # 1. The credit lands between the refund's look for it and its write: the refund looks again and takes it back.
+    stale = await succeeded_unapplied("2000.00")
+    original = target.credited
+
+    async def credit_lands_meanwhile(payment):
+        found = await original(payment)
+        if found is None and payment["reference"] == stale["reference"]:
+            await target.apply(payment)  # the apply in flight writes its credit now
+        return found
+
+    target.credited = credit_lands_meanwhile
+    try:
+        assert (await paystack.deliver(paystack.refund(stale["reference"]))).code == 200
+    finally:
+        target.credited = original
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "0.00"
+    pay = (await sheda.api.get(f"{PAY}/{stale['reference']}", token=admin.token)).json
+    assert pay["applied"] is True and "topup_reversed_uncredited" in [f["reason"] for f in pay["flags"]]
+
+    # 2. The credit lands after the refund's write: the apply finds the payment reversed and takes its credit back.
+    stale = await succeeded_unapplied("700.00")
+    assert (await paystack.deliver(paystack.refund(stale["reference"]))).code == 200
+    assert await payments.apply(stale) == "already_applied"
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "0.00"
+    entries = (await sheda.api.get(WALLET + "/transactions", token=user.token, params={"limit": 10})).json["items"]
+    assert [(e["kind"], e["amount"]) for e in entries[:2]] == [("topup_reversal", "-700.00"), ("topup", "700.00")]
+    assert await payments.apply(stale) == "already_applied"  # once
+    await sheda.ctx.payment_reconciliation.run()
+    assert len((await sheda.api.get(WALLET + "/transactions", token=user.token, params={"limit": 10})).json["items"]) == 4
+    await audit_ok(sheda, admin)

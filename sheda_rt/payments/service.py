@@ -363,13 +363,23 @@ class PaymentService:
         outcome, flag = await self._reverse_topup(payment, target, amount_minor, event.event_id, why)
         if outcome == "not_credited":
             # Refunded before its credit was made (a success whose effect a crash left to the reconciliation): the
-            # credit must never come now. Recorded as its effect, with the flag, in one write; when the credit won
-            # the race (applied meanwhile), it is there to take back.
+            # credit must never come now. Recorded as its effect, with the flag and what to take back, in one write;
+            # when the credit won the race (applied meanwhile), it is there to take back. A credit in flight (an
+            # apply that read the payment before this write) may still land: whichever of the two sees the other
+            # takes it back, under this event's reservation, so once: here when it landed before the look below,
+            # else the apply, whose own record then fails on this one (PaymentService.apply).
             now = self.clock.now()
             if await self.store.mark_applied(payment["_id"], "reversed_before_credit",
-                                             {"reason": flag[0], "detail": flag[1], "at": now}, now):
+                                             {"reason": flag[0], "detail": flag[1], "at": now}, now,
+                                             {"reversed_before_credit": {"source": event.event_id, "amount_minor": amount_minor,
+                                                                         "why": why}}):
                 log.warning('{"event": "payment_flagged", "reference": "%s", "reason": "%s"}', payment["reference"], flag[0])
-                return "topup_reversed_before_credit"
+                outcome, flag = await self._reverse_topup(payment, target, amount_minor, event.event_id, why)
+                if outcome == "not_credited":
+                    return "topup_reversed_before_credit"
+                if flag is not None:
+                    await self._flag(payment, *flag)
+                return f"topup_{outcome}"
             outcome, flag = await self._reverse_topup(payment, target, amount_minor, event.event_id, why)
         if flag is not None:
             await self._flag(payment, *flag)
@@ -488,10 +498,25 @@ class PaymentService:
         now = self.clock.now()
         raised = None if flag is None else {"reason": flag[0], "detail": flag[1], "at": now}
         if not await self.store.mark_applied(payment["_id"], outcome, raised, now):
+            if outcome == "credited":  # our credit is new, yet the payment was recorded applied meanwhile
+                await self._undo_credit_after_reversal(payment, target)
             return "already_applied"
         if flag is not None:
             log.warning('{"event": "payment_flagged", "reference": "%s", "reason": "%s"}', payment["reference"], flag[0])
         return f"{payment['purpose']}_{outcome}"
+
+    async def _undo_credit_after_reversal(self, payment: dict, target) -> None:
+        """A top-up's credit written after a refund recorded the payment reversed before its credit (the apply read
+        the payment before that write): the payer has the money back, so the credit is taken back under the
+        refund's own event (its reservation makes it once, whoever of the two gets there)."""
+        current = await self.store.get(payment["reference"])
+        undo = current.get("reversed_before_credit") if current.get("outcome") == "reversed_before_credit" else None
+        if undo is None or not hasattr(target, "reverse"):
+            return
+        outcome, flag = await self._reverse_topup(current, target, int(undo["amount_minor"]), undo["source"], undo.get("why", "refund"))
+        if flag is not None:
+            await self._flag(current, *flag)
+        log.warning('{"event": "payment_reversed", "reference": "%s", "outcome": "%s"}', payment["reference"], outcome)
 
     async def booking_cancelled(self, booking: dict) -> int:
         """A booking was cancelled: every installment of it already paid through the gateway (and applied: an

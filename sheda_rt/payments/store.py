@@ -91,11 +91,11 @@ class PaymentStore:
                                             "$unset": {"open_key": ""}})
         return result.modified_count == 1
 
-    async def mark_applied(self, payment_id: int, outcome: str, flag: dict | None, now) -> bool:
-        """Record that the payment's effect was carried out, with its flag in the same write (a process
+    async def mark_applied(self, payment_id: int, outcome: str, flag: dict | None, now, fields: dict | None = None) -> bool:
+        """Record that the payment's effect was carried out, with its flag (and `fields`) in the same write (a process
         dying between two writes would leave it applied and never flagged: a double payment nobody
         sees). Only the first writer records it (True); the others find it applied (False)."""
-        update: dict = {"$set": {"applied": True, "outcome": outcome, "updated_at": now}}
+        update: dict = {"$set": {**(fields or {}), "applied": True, "outcome": outcome, "updated_at": now}}
         if flag is not None:
             update["$set"]["flagged"] = True
             update["$push"] = {"flags": flag}
