@@ -47,6 +47,7 @@ async def _fresh_server(embedded_db, tmp_path) -> tuple[Server, ShedaClient]:
         data_dir=tmp_path / uuid.uuid4().hex[:8], mongodb_uri=embedded_db.uri, mongodb_db="ids_race_" + uuid.uuid4().hex[:10],
         host="127.0.0.1", port=0, jwt_secret="test-secret-" + "x" * 32, bcrypt_rounds=4, shutdown_grace_seconds=2,
         ws_rate_burst=10_000, ws_rate_per_second=10_000,
+        registrations_per_ip_per_hour=100_000,  # the burst registers USERS accounts from one address
     )
     server = Server(settings, embedded_db.uri, app_factory=make_app)
     port = (await server.start(tornado.netutil.bind_sockets(0, "127.0.0.1")))[0]
