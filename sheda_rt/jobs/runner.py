@@ -88,6 +88,11 @@ class JobRunner:
         self._soon: dict[asyncio.Task, str] = {}  # run_soon's background runs -> their kind
         self._stopping = False
         self._sleeping = False
+        # One pass of run_due at a time per runner: a call made while the poll loop is mid-pass waits
+        # for that pass, so when it returns every job due at the call has been run (not merely
+        # claimed by the loop and still running). Passes never overlap usefully anyway: they race
+        # for the same claims.
+        self._pass = asyncio.Lock()
         # Features' own queue gauges (e.g. the push dispatcher's, by provider), refreshed with the runner's
         # Called with the pending jobs (kind, run_at; oldest first, at most OBSERVE_LIMIT) and now.
         self.observers: list[Callable[[list[dict], datetime], Awaitable[None]]] = []
@@ -201,7 +206,11 @@ class JobRunner:
         first; returns how many runs this runner did. Jobs of kinds this process does not run
         (another version's) are walked past, never claimed. The poll loop calls this; tests call
         it after moving the clock."""
-        ran, limit = 0, limit or 10_000
+        async with self._pass:
+            return await self._run_due(limit or 10_000)
+
+    async def _run_due(self, limit: int) -> int:
+        ran = 0
         for status in (PENDING, RUNNING):
             after = None  # (run_at, _id) of the last job looked at: each read goes on past it
             while ran < limit and not self._stopping:
