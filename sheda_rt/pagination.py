@@ -21,11 +21,23 @@ from sheda_rt import client_input
 from sheda_rt.errors import ApiError, ValidationFailed
 
 
-class PageQuery(BaseModel):
-    # an unknown key is a 422 naming it, on every list route (a typo'd filter must not pass silently as
-    # "no filter"); the routes that page with this model alone (favourites, saved searches, blocks, a
-    # project's updates) answered 200 while their subclasses' routes (GET /properties) refused
+class StrictQuery(BaseModel):
+    """The base of every query model that refuses keys it does not take: an unknown key is a 422 naming
+    it (a typo'd filter or flag must not pass silently as "no filter" or the default). Every list route
+    shares it through PageQuery; a route with a query of its own (DELETE /chat/messages/{id}?for=) or
+    none at all (NoQuery) derives from it too. The seed's chat history (HistoryQuery) and the SSE stream
+    stay lenient on purpose (see their models)."""
+
     model_config = ConfigDict(extra="forbid")
+
+
+class NoQuery(StrictQuery):
+    """A route that takes no query key at all, e.g. a list returned whole (a booking's change requests)."""
+
+
+class PageQuery(StrictQuery):
+    # the routes that page with this model alone (favourites, saved searches, blocks, a project's
+    # updates) answered 200 to an unknown key while their subclasses' routes (GET /properties) refused
 
     limit: int = Field(20, ge=1, le=100, description="Items per page (max 100)")
     cursor: str | None = Field(None, description="next_cursor of the previous page")

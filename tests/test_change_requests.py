@@ -127,6 +127,10 @@ async def test_request_quote_accept_adds_one_schedule_line_and_complete(sheda):
         for who in (client, builder, await sheda.admin()):
             r = await sheda.api.get(crs(booking["id"]), token=who.token)
             assert r.status == 200 and [c["id"] for c in r.json["items"]] == [cr["id"]], r
+        # The list takes no query key: one is a 422 naming it, as on every list route (a filter the route
+        # does not have answered 200 with every row).
+        r = await sheda.api.get(crs(booking["id"]), token=client.token, params={"status": "requested"})
+        assert r.status == 422 and [e["field"] for e in r.json["errors"]] == ["status"], r
         await assert_frames_documented(sheda, [b_ws, c_ws])
     finally:
         b_ws.close()

@@ -175,7 +175,10 @@ async def test_delete_for_everyone_leaves_a_tombstone_for_both(sheda):
     await a.wait_type("error", code="message_not_found")
     await b.send({"type": "react", "id": ack["id"], "emoji": "👍"})
     await b.wait_type("error", code="message_not_found")
-    # Over REST.
+    # Over REST. A key the route does not take is a 422 naming it, nothing deleted (it was ignored: a typo'd
+    # `?fro=me` next to `for=everyone` deleted for everyone).
+    r = await sheda.api.delete(f"/api/v1/chat/messages/{keep['id']}?for=everyone&fro=me", token=bob.token)
+    assert r.status == 422 and [e["field"] for e in r.json["errors"]] == ["fro"], r
     assert (await sheda.api.delete(f"/api/v1/chat/messages/{keep['id']}?for=everyone", token=alice.token)).status == 403
     r = await sheda.api.delete(f"/api/v1/chat/messages/{keep['id']}?for=everyone", token=bob.token)
     assert r.status == 200 and r.json["type"] == "message.deleted" and r.json["for"] == "everyone", r

@@ -18,6 +18,7 @@ from sheda_rt.chat.edits import revision_fields
 from sheda_rt.client_input import has_surrogate, wire_safe
 from sheda_rt.clock import format_ts
 from sheda_rt.database.ids import MAX_ID
+from sheda_rt.pagination import StrictQuery
 from sheda_rt.responses import public_media_url
 
 MAX_MESSAGE_CHARS = 4000
@@ -114,7 +115,8 @@ class EditBody(_Frame):
     message: str = Field(max_length=MAX_MESSAGE_CHARS, description=f"The new text: 1 to {MAX_MESSAGE_CHARS} characters")
 
 
-class DeleteQuery(BaseModel):
+class DeleteQuery(StrictQuery):
+    # an unknown key is a 422 naming it (`?fro=me` must not be read as a delete with no scope given)
     scope: Literal["everyone", "me"] = Field(alias="for", description="everyone (the sender only) or me (either participant)")
 
 
@@ -183,8 +185,7 @@ class HistoryQuery(BaseModel):
     order: Literal["asc", "desc"] = Field("asc", description="asc: chronological (oldest first, the default); desc: newest first")
 
 
-class ConversationsQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # an unknown key is a 422 naming it, as on every list route (PageQuery)
+class ConversationsQuery(StrictQuery):  # an unknown key is a 422 naming it, as on every list route (PageQuery)
 
     limit: int = Field(20, ge=1, le=100)
     cursor: str | None = Field(None, description="next_cursor of the previous page")
