@@ -12,10 +12,11 @@ import struct
 
 import httpx
 import pytest
-from tornado.httpclient import HTTPClientError
-from tornado.websocket import WebSocketProtocol13
+from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.websocket import WebSocketProtocol13, websocket_connect
 
 from handlers.chat import _StrictTextProtocol
+from tests.support import WsClient
 
 CAP = 3
 UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
@@ -143,4 +144,44 @@ async def test_a_text_frame_that_is_not_utf8_closes_with_1007_after_the_pending_
     assert error["code"] == "invalid_json", error
     await ws.send({"type": "ping"})
     await ws.wait_type("pong")
+    assert not ws.closed.done()
+
+
+@pytest.mark.parametrize("settings_overrides", [{"ws_max_sockets_per_user": CAP, "ws_compression": True}])
+async def test_a_compressed_text_frame_that_inflates_to_invalid_utf8_closes_with_1007_too(sheda):
+    # With WS_COMPRESSION (permessage-deflate) Tornado inflates a frame inside _handle_message and
+    # dropped the TCP connection on invalid UTF-8 (the client saw 1006): the socket inflates it
+    # first itself (once: the deflate context carries over between messages) and closes with 1007.
+    alice, bob = await sheda.signup("client"), await sheda.signup("agent")
+
+    async def deflating_socket() -> WsClient:
+        req = HTTPRequest(f"{sheda.ws_url}?token={alice.token}", request_timeout=10)
+        ws = WsClient(await websocket_connect(req, compression_options={}))
+        assert ws.conn.protocol._compressor is not None  # permessage-deflate was negotiated
+        return ws
+
+    def send_compressed(ws: WsClient, opcode: int, payload: bytes) -> None:
+        protocol = ws.conn.protocol
+        protocol._write_frame(True, opcode, protocol._compressor.compress(payload), flags=protocol.RSV1)
+
+    ws = await deflating_socket()
+    # Compressed frames before it (the shared deflate context) are read as usual, also beyond ASCII.
+    await ws.send(json.dumps({"receiver_id": bob.id, "message": "héllo ✓ 🏠", "client_msg_id": "z1"}, ensure_ascii=False))
+    await ws.wait_type("ack", client_msg_id="z1")
+    await ws.send({"receiver_id": bob.id, "message": "before", "client_msg_id": "z2"})
+    send_compressed(ws, 0x1, b'{"type": "ping", "x": "\xff\xfe"}')
+    code, reason = await ws.wait_closed()
+    assert code == 1007 and "UTF-8" in reason, (code, reason)
+    assert [f["client_msg_id"] for f in ws.of_type("ack")] == ["z1", "z2"]  # the message before it was answered
+    assert not ws.of_type("pong")
+    await until(lambda: sheda.ctx.hub.count_of(alice.id) == 0)
+
+    # A compressed binary frame that is not UTF-8 is a bad frame, as uncompressed; the socket goes on.
+    ws = await deflating_socket()
+    send_compressed(ws, 0x2, b'{"type": "ping"}\xff')
+    assert (await ws.wait_type("error"))["code"] == "invalid_json"
+    for i in range(3):  # and the deflate context is still in step with the client's
+        await ws.send({"type": "ping", "n": i})
+        await ws.wait_type("pong")
+        ws.frames.clear()
     assert not ws.closed.done()
