@@ -393,6 +393,32 @@ async def test_a_change_whose_job_was_never_queued_is_queued_by_the_sweep(sheda)
     await sheda.ctx.db["jobs"].delete_many({"kind": "saved_search.match", "payload.property_id": {"$in": ids}})
 
 
+async def test_a_change_stored_before_a_search_was_saved_never_alerts_it_though_its_job_runs_after(sheda):
+    """The race made deterministic: a new listing's match job queued (as before the answer) but held, the search saved,
+    then the job run: the listing was there before the search, so no alert (the job matched it before). A change
+    after the save alerts: a price drop of that same listing, and a new listing whose job runs at once."""
+    agent, buyer = await sheda.signup("agent"), await sheda.signup("client")
+    area = word()
+    runner = sheda.ctx.job_runner
+    runner.run_soon = lambda *args, **kwargs: None  # queued, not run: as a job still waiting when the search is saved
+    try:
+        before = await create_property(sheda, agent, location=area, price="900000")
+    finally:
+        del runner.run_soon
+    [held] = await match_jobs(sheda, before["id"])
+    assert held["status"] == "pending", held
+    search = await save(sheda, buyer, location=area)
+    ran, result = await runner.run_now("saved_search.match", held["_id"])
+    assert ran and result["candidates"] == 1 and result["matched"] == 0, result
+    assert await alerts_of(sheda, buyer) == []
+    after = await create_property(sheda, agent, location=area, price="800000")
+    assert (await sheda.api.patch(f"/api/v1/properties/{before['id']}", {"price": "850000"}, token=agent.token)).status == 200
+    await settle(sheda)
+    got = {a["data"]["property_id"]: a["data"]["reason"] for a in await alerts_of(sheda, buyer)}
+    assert got == {after["id"]: "new", before["id"]: "price_drop"}, got
+    assert all(a["data"]["saved_search_id"] == search["id"] for a in await alerts_of(sheda, buyer))
+
+
 async def test_no_alert_across_a_block_or_to_a_deactivated_user(sheda):
     """A user who blocked the agent, or whom the agent blocked, hears nothing of the agent's listings (neither
     reaches the other, as in the chat); nor does a deactivated user. Nothing is recorded for them either, so

@@ -14,9 +14,13 @@ Flow
    SWEEP_SECONDS, in every process) queues the job of each marker still there under the same key
    and clears it, so that change alerts too. After the enqueue, a dying process leaves the job
    pending (or its lease lapses) and any process runs it.
+   The job carries the change's number (`change`, store.py CHANGES), counted after the listing's
+   write and before the enqueue (by the sweep: when it queues the job).
 2. The job reads the listing as it is then (no longer listed or available: nothing to do), looks up
    the searches filed under any of the listing's facets (one `$in` on an index: store.py), skips
-   the agent's own, users who block the agent or are blocked by them (sheda_rt/blocks: neither
+   searches saved after the change was counted (`change <= alerts_after`: the listing was stored
+   before the search, so a job still queued or running when the search was saved never alerts it;
+   a job or search from before the count alerts as it always did), the agent's own, users who block the agent or are blocked by them (sheda_rt/blocks: neither
    reaches the other) and deactivated users, and checks each candidate's full filters with the
    plan GET /properties would run (matcher.py).
 3. Per user (several of their searches may match: one alert; `instant` wins over `daily`), the
@@ -105,8 +109,8 @@ class ListingAlerts:
     async def listing_changed(self, listing: dict, reason: str) -> None:
         """Record the change as a job (awaited: durable before the caller answers), then run it here
         in the background. Never raises: the listing is stored whatever happens to its alerts."""
-        payload, key = self.job_of(listing, reason)
         try:
+            payload, key = self.job_of(listing, reason, await self.searches.next_change())
             await self.runner.enqueue(MATCH_KIND, payload, key=key)
         except Exception as exc:  # the marker stays on the listing: the sweep queues the job
             log.warning(json.dumps({"event": "saved_search_match_not_queued", "property_id": listing["_id"], "error": repr(exc)[:200]}))
@@ -120,12 +124,13 @@ class ListingAlerts:
         self.runner.run_soon(MATCH_KIND, key, payload)
 
     @staticmethod
-    def job_of(listing: dict, reason: str) -> tuple[dict, str]:
+    def job_of(listing: dict, reason: str, change: int) -> tuple[dict, str]:
         """(payload, key) of a change's match job: named by the listing's marker (the sweep names it alike), or by
-        its revision for a listing written without one."""
+        its revision for a listing written without one. `change`: the change's number (store.py CHANGES)."""
         marker = listing.get("alert_pending")
         marker_id = marker.get("id") if isinstance(marker, dict) and isinstance(marker.get("id"), str) else None
-        payload = {"property_id": listing["_id"], "rev": listing.get("rev", 1), "reason": reason, "marker": marker_id}
+        payload = {"property_id": listing["_id"], "rev": listing.get("rev", 1), "reason": reason, "marker": marker_id,
+                   "change": change}
         return payload, f"{MATCH_KIND}:{listing['_id']}:{marker_id or listing.get('rev', 1)}"
 
     async def drain(self) -> None:
@@ -139,6 +144,7 @@ class ListingAlerts:
             return {"outcome": "not_listed"}
         chosen: dict[int, dict] = {}  # user -> the search that alerts them (an instant one when any)
         candidates = 0
+        change = p.get("change")  # None: a job queued before changes were counted
         cursor = self.searches.alerting(doc.get("facets") or [])
         try:
             async for search in cursor:
@@ -146,6 +152,8 @@ class ListingAlerts:
                 uid = search["user_id"]
                 if uid == doc["agent_id"] or search.get("alert") not in ("instant", "daily"):
                     continue
+                if isinstance(change, int) and isinstance(search.get("alerts_after"), int) and change <= search["alerts_after"]:
+                    continue  # the change was stored before the search was saved
                 if uid in chosen and (chosen[uid]["alert"] == "instant" or search["alert"] == "daily"):
                     continue
                 try:
@@ -241,7 +249,7 @@ class PendingAlertSweep(PeriodicTrigger):
             if not isinstance(marker, dict) or marker.get("reason") not in REASONS or not isinstance(marker.get("id"), str):
                 await self.pending.clear(doc["_id"], marker.get("id") if isinstance(marker, dict) else None)
                 continue
-            payload, key = self.alerts.job_of(doc, marker["reason"])
+            payload, key = self.alerts.job_of(doc, marker["reason"], await self.alerts.searches.next_change())
             _job, created = await self.runner.enqueue(MATCH_KIND, payload, key=key)
             if created:
                 queued += 1

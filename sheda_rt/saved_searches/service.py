@@ -154,7 +154,10 @@ class SavedSearchService:
         filters = await self._filters(body)
         key = self.alert_key(filters["query"], body.alert)
         now = self.clock.now()
-        doc = {"user_id": principal.user_id, "name": body.name, **filters, "alert": body.alert, "created_at": now, "updated_at": now}
+        doc = {"user_id": principal.user_id, "name": body.name, **filters, "alert": body.alert, "created_at": now, "updated_at": now,
+               # read before the insert: a listing change counted later may have been stored after the search, so it
+               # alerts; one counted up to here was stored before, and its job (perhaps still to run) passes it by
+               "alerts_after": await self.store.changes_so_far()}
         if key is not None:
             doc["alert_key"] = key
         stored = await self.store.insert(doc, self.max_per_user)

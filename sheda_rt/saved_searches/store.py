@@ -1,6 +1,9 @@
 """The collections of saved searches and their alerts.
 
-- `saved_searches`: one document per search, `{user_id, name, query, alert, alert_key?}`.
+- `saved_searches`: one document per search, `{user_id, name, query, alert, alert_key?, alerts_after?}`.
+  `alerts_after`: the count of listing changes (CHANGES) read just before the search was stored; a change
+  counted at or below it was stored before the search was, so it never alerts it (none: a search saved
+  before the count existed, alerted by every change).
   `alert_key` is set only while alerts are on: one facet every listing that matches the search
   must carry (the facet GET /properties would drive the same search with: a location word, a
   keyword, the agent, the category, the listing/property type, or "*"), or for a map search with
@@ -26,6 +29,9 @@ from sheda_rt.database.writes import update_then_get
 from sheda_rt.pagination import PageQuery, paginate
 
 SORT = [("_id", DESCENDING)]
+# The counter of listing changes that may alert (job.py): each change's match job takes the next value once the
+# change is stored; a search records the value when it is saved, and alerts only on changes counted after it.
+CHANGES = "listing_changes"
 
 
 class SavedSearchStore:
@@ -83,6 +89,14 @@ class SavedSearchStore:
     def alerting(self, facets: list[str], batch: int = 500):
         """Searches with alerts on filed under any of these facets (a listing's), as a cursor."""
         return self.col.find({"alert_key": {"$in": list(facets)}}, batch_size=batch)
+
+    async def changes_so_far(self) -> int:
+        """The listing changes counted so far (CHANGES): every change counted after this read is newer."""
+        return await self.ids.current(CHANGES)
+
+    async def next_change(self) -> int:
+        """Count one listing change (stored already): its number orders it against the searches' `alerts_after`."""
+        return await self.ids.next(CHANGES)
 
     # ---- one-time backfills ----------------------------------------------------
     def filed_under_location_words(self, batch: int = 500):
