@@ -8,7 +8,8 @@ from decimal import Decimal
 
 from bson.decimal128 import Decimal128
 
-from tests.listing_helpers import another_server, snapshot, start_and_stop, unfolded_location_facets, word
+from tests.listing_helpers import (another_server, location_facets_keeping_dotless_i, snapshot, start_and_stop, unfolded_location_facets,
+                                   word)
 from tests.support import PNG_1PX, multipart
 
 PROJECTS = "/api/v1/projects"
@@ -161,6 +162,9 @@ async def test_a_rule_across_fields_names_the_field_at_fault_in_the_422(sheda):
     phases = {"phases": [{"phase": "foundation", "percent": 10, "start_date": "2027-02-01", "end_date": "2027-01-01"}]}
     r = await sheda.api.put(f"{PROJECTS}/{pid}/progress", phases, token=builder.token)
     assert r.status == 422 and [e["field"] for e in r.json["errors"]] == ["phases.0.end_date"], r
+    # A construction update's percent sets a phase's progress, so it needs the phase: the 422 names `percent`.
+    r = await sheda.api.post(f"{PROJECTS}/{pid}/updates", {"title": "Slab cast", "body": "Level 1", "percent": 10}, token=builder.token)
+    assert r.status == 422 and [e["field"] for e in r.json["errors"]] == ["percent"], r
 
 
 async def test_drafts_are_seen_only_by_their_builder_and_admins(sheda):
@@ -454,6 +458,33 @@ async def test_project_location_words_match_whatever_their_case_and_accents_also
     assert await ids("bogota") == {bogota["id"]} and await ids("strasse") == {strasse["id"]}
     assert (await meta.find_one({"_id": "projects.facets"}))["version"] == ProjectStore.FACETS_VERSION
     assert await sheda.ctx.project_store.refacet_if_stale() == 0  # once only
+
+
+async def test_project_location_words_read_turkish_dotless_i_as_i_also_for_projects_stored_before(sheda, tmp_path):
+    """GET /projects reads "ı" as "i" as listings do ("kadikoy" finds "Kadıköy"); a project stored by the previous
+    version ("w:kadıköy") is re-faceted by the first start of this version."""
+    from sheda_rt.builders.store import ProjectStore
+
+    builder = await verified_builder(sheda)
+    w = word()
+    project = await published_project(sheda, builder, location=f"Kadıköy {w}")
+
+    async def ids(location):
+        r = await sheda.api.get(PROJECTS, params={"location": f"{location} {w}"})
+        assert r.status == 200, r
+        return {p["id"] for p in r.json["items"]}
+
+    for typed in ("kadikoy", "Kadıköy", "KADIKOY", "kadı"):
+        assert await ids(typed) == {project["id"]}, typed
+    col, meta = sheda.ctx.db["projects"], sheda.ctx.db["meta"]
+    doc = await col.find_one({"_id": project["id"]})
+    old = {f for f in doc["facets"] if not f.startswith("w:")} | location_facets_keeping_dotless_i(doc["location"])
+    await col.update_one({"_id": project["id"]}, {"$set": {"facets": sorted(old)}})
+    await meta.update_one({"_id": "projects.facets"}, {"$set": {"version": 2}}, upsert=True)
+    assert await ids("kadikoy") == set()  # what the old data answers
+    await start_and_stop(another_server(sheda, tmp_path))  # what every start runs
+    assert await ids("kadikoy") == {project["id"]}
+    assert (await meta.find_one({"_id": "projects.facets"}))["version"] == ProjectStore.FACETS_VERSION
 
 
 async def test_payment_plans_split_a_unit_price_to_the_kobo(sheda):

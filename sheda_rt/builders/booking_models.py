@@ -156,7 +156,7 @@ class UpdateCreate(_Body):
     @model_validator(mode="after")
     def _percent_needs_phase(self):
         if self.percent is not None and self.phase is None:
-            raise ValueError("percent needs a phase")
+            raise FieldError("percent", "percent needs a phase (the phase it sets)")  # the 422 names the field, not the body
         return self
 
 
