@@ -43,7 +43,9 @@ contributes its prefixes of 3..20 characters (shorter words: the whole word) to
 `facets`, so "lekk" finds "Lekki Phase 1" through an ordinary multikey index.
 Words are folded as keywords are (below), stored and typed alike, so "bogota"
 finds "Bogotá", "istanbul" finds "İstanbul" and "strasse" finds "Straße"; for
-plain ASCII the folded word is the lowercased one.
+plain ASCII the folded word is the lowercased one. Location words also read the
+Turkish dotless "ı" as "i" ("kadikoy" finds "Kadıköy"): a letter, not an accent,
+but one people type as "i".
 
 Keywords (`q=`): each whole word of a document's text fields (for listings: title,
 location, description), folded (NFKD with accents dropped, then casefolded, so
@@ -107,9 +109,14 @@ def sorts_for(date_field: str = "created_at", price_field: str = "price_minor") 
     }
 
 
+#: Letters that are letters of their own, not accents (fold keeps them), typed as the plain letter by whoever
+#: writes the place's name: Turkish dotless "ı" ("kadikoy" for "Kadıköy"; "İ" folds to "i" already).
+_LOCATION_LETTERS = str.maketrans({"ı": "i"})
+
+
 def location_words(text: str) -> list[str]:
-    """The words of a location, folded (see fold): a stored location's and a typed one's alike."""
-    return _WORD.findall(fold(text))
+    """The words of a location, folded (see fold, and "ı" as "i"): a stored location's and a typed one's alike."""
+    return _WORD.findall(fold(text).translate(_LOCATION_LETTERS))
 
 
 def word_facet(word: str) -> str:

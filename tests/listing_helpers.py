@@ -37,6 +37,17 @@ def unfolded_location_facets(location: str) -> set[str]:
     return out
 
 
+def location_facets_keeping_dotless_i(location: str) -> set[str]:
+    """The location word facets listings before FACETS_VERSION 5 and projects before 3 stored: words folded (accents,
+    "ß", "İ") but the Turkish dotless "ı" kept ("w:kadıköy", which "kadikoy" never found)."""
+    from sheda_rt.search import fold
+
+    out: set[str] = set()
+    for w in re.findall(r"[^\W_]+", fold(location)):
+        out |= {"w:" + w} if len(w) < 3 else {"w:" + w[:n] for n in range(3, min(len(w), 20) + 1)}
+    return out
+
+
 def word() -> str:
     """A location word no other test uses, so searches can be scoped to one test's listings."""
     return "zq" + uuid.uuid4().hex[:10]

@@ -5,7 +5,8 @@ import asyncio
 
 from bson.decimal128 import Decimal128
 
-from tests.listing_helpers import another_server, create_property, listing, snapshot, start_and_stop, unfolded_location_facets, word
+from tests.listing_helpers import (another_server, create_property, listing, location_facets_keeping_dotless_i, snapshot, start_and_stop,
+                                   unfolded_location_facets, word)
 from tests.support import JPEG_MAGIC, PNG_1PX, multipart
 
 API = "/api/v1/properties"
@@ -284,6 +285,35 @@ async def test_listings_stored_before_location_words_were_folded_are_refaceted_a
     for typed in ("bogota", "Bogotá", "BOGOTÁ"):
         r = await sheda.api.get(API, params={"location": f"{typed} {w}"})
         assert {p["id"] for p in r.json["items"]} == {accented["id"], plain["id"]}, typed
+    assert (await meta.find_one({"_id": "properties.facets"}))["version"] == PropertyStore.FACETS_VERSION
+
+
+async def test_location_words_read_turkish_dotless_i_as_i_also_in_listings_stored_before(sheda, tmp_path):
+    """"kadikoy" finds "Kadıköy": the dotless "ı" is a letter (the accent fold kept it), but people type "i". A listing
+    stored by the previous version carries "w:kadıköy": the first start of this version re-facets it."""
+    from sheda_rt.listings.store import PropertyStore
+
+    agent = await sheda.signup("agent")
+    w = word()
+    dotless = await create_property(sheda, agent, location=f"Moda, Kadıköy {w}")
+    plain = await create_property(sheda, agent, location=f"Kadikoy {w}")
+
+    async def ids(location):
+        r = await sheda.api.get(API, params={"location": f"{location} {w}"})
+        assert r.status == 200, r
+        return {p["id"] for p in r.json["items"]}
+
+    for typed in ("kadikoy", "Kadıköy", "kadıköy", "KADIKÖY", "KADIKOY", "kadı", "kadi"):
+        assert await ids(typed) == {dotless["id"], plain["id"]}, typed
+    # As the previous version wrote it: "ı" kept in its location facets, and its marker.
+    col, meta = sheda.ctx.db["properties"], sheda.ctx.db["meta"]
+    doc = await col.find_one({"_id": dotless["id"]})
+    old = {f for f in doc["facets"] if not f.startswith("w:")} | location_facets_keeping_dotless_i(doc["location"])
+    await col.update_one({"_id": dotless["id"]}, {"$set": {"facets": sorted(old)}})
+    await meta.update_one({"_id": "properties.facets"}, {"$set": {"version": 4}}, upsert=True)
+    assert await ids("kadikoy") == {plain["id"]}  # what the old data answers
+    await start_and_stop(another_server(sheda, tmp_path))  # what every start runs
+    assert await ids("kadikoy") == {dotless["id"], plain["id"]}
     assert (await meta.find_one({"_id": "properties.facets"}))["version"] == PropertyStore.FACETS_VERSION
 
 

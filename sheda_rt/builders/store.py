@@ -46,8 +46,9 @@ class ProjectStore:
     ]
 
     # Bump when project_facets changes: projects stored before are re-faceted once at startup (only those whose
-    # facets change are written). 2: location words folded (accents, "ß"), as GET /projects folds what is typed.
-    FACETS_VERSION = 2
+    # facets change are written). 2: location words folded (accents, "ß"), as GET /projects folds what is typed;
+    # 3: location words read Turkish "ı" as "i".
+    FACETS_VERSION = 3
 
     def __init__(self, db, ids):
         self.col = db["projects"]

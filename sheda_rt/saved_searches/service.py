@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 MAX_PER_USER = 20
 #: Set in `meta` once every search filed under a location word is filed under the folded word (refile_location_alerts).
-FOLDED_WORDS_MARKER = "saved_searches.alert_key_folded"
+#: A new name whenever location_words changes, so the refiling runs again: ".2", Turkish "ı" read as "i".
+FOLDED_WORDS_MARKER = "saved_searches.alert_key_folded.2"
 
 
 def saved_search_view(doc: dict) -> dict:
@@ -123,7 +124,7 @@ class SavedSearchService:
 
     async def refile_location_alerts(self) -> int:
         """Once (a marker in `meta`), at a start: searches saved before location words were folded (accents, "ß",
-        "İ": sheda_rt/search.py) are filed under the facet of their word as typed ("w:bogotá"), which no listing
+        "İ"; then Turkish "ı" as "i": sheda_rt/search.py) are filed under the facet of their word as typed ("w:bogotá"), which no listing
         carries since the listings were re-faceted ("w:bogota"), so they would never alert again. Each is filed
         under what alert_key gives now; one already filed under a word its location gives now (plain ASCII:
         nearly all) is not written. Returns how many were filed again."""
