@@ -58,7 +58,8 @@ class PaymentResolveHandler(APIHandler):
         gateway is asked now, and the payer's wallet is credited what it verifies was paid (never an amount from a
         request or a webhook), in a ledger transaction naming the admin and the reason (`refs.resolved_by`); the
         payment becomes succeeded and applied (409 `not_paid` when the gateway does not report it paid,
-        `not_creditable` for another purpose or currency; 503 `gateway_unavailable`). `{"action": "dismiss",
+        `not_creditable` for another purpose or currency, `refunded_before_credit` for a top-up the gateway gave
+        back before it was credited; 503 `gateway_unavailable`). `{"action": "dismiss",
         "reason"}`: nothing is credited; a live attempt is closed failed. Either way `resolution` records who, when,
         why (and for a credit, `amount` and `transaction_id`), `flagged` becomes false, and nothing moves the
         payment again. Once: the same action again answers 200; another is 409 `already_resolved`; 409

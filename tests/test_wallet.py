@@ -581,17 +581,83 @@ async def test_a_credit_landing_while_a_refund_marks_its_topup_uncredited_is_tak
     finally:
         target.credited = original
     assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "0.00"
+    await sheda.ctx.payment_reconciliation.run()  # the apply in flight (or the reconciliation) records its credit
     pay = (await sheda.api.get(f"{PAY}/{stale['reference']}", token=admin.token)).json
-    assert pay["applied"] is True and "topup_reversed_uncredited" in [f["reason"] for f in pay["flags"]]
+    assert pay["applied"] is True and pay["flagged"] is False, pay
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "0.00"
 
-    # 2. The credit lands after the refund's write: the apply finds the payment reversed and takes its credit back.
+    # 2. The credit comes after the refund's write: the refund took the top-up's ledger key (a void), so the apply
+    # credits nothing (no credit and reversal pair either).
     stale = await succeeded_unapplied("700.00")
     assert (await paystack.deliver(paystack.refund(stale["reference"]))).code == 200
     assert await payments.apply(stale) == "already_applied"
     assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "0.00"
     entries = (await sheda.api.get(WALLET + "/transactions", token=user.token, params={"limit": 10})).json["items"]
-    assert [(e["kind"], e["amount"]) for e in entries[:2]] == [("topup_reversal", "-700.00"), ("topup", "700.00")]
+    assert [(e["kind"], e["amount"]) for e in entries] == [("topup_reversal", "-2000.00"), ("topup", "2000.00")]
     assert await payments.apply(stale) == "already_applied"  # once
     await sheda.ctx.payment_reconciliation.run()
-    assert len((await sheda.api.get(WALLET + "/transactions", token=user.token, params={"limit": 10})).json["items"]) == 4
+    assert len((await sheda.api.get(WALLET + "/transactions", token=user.token, params={"limit": 10})).json["items"]) == 2
+    pay = (await sheda.api.get(f"{PAY}/{stale['reference']}", token=admin.token)).json
+    assert pay["applied"] is True and [f["reason"] for f in pay["flags"]] == ["topup_reversed_uncredited"], pay
+    await audit_ok(sheda, admin)
+
+
+async def test_a_credit_whose_process_died_around_a_refund_never_stands(sheda, paystack):
+    """A top-up's apply writes its credit, then records the payment applied. When its process died between the two
+    and a refund landed before the credit's write (the refund found no credit, recorded the payment reversed before
+    credit and looked again, still none), the credit landed after and nobody took it back: the payment was recorded
+    applied, so the reconciliation never looked at it again (checked: the wallet kept 700.00 the payer had back).
+    The refund now takes the top-up's own ledger key when it finds no credit, so whichever of the two writes that key
+    first decides: a credit is taken back, a refund first means the credit is never written."""
+    paystack.webhook_url = sheda.base_url + "/api/v1/webhooks/paystack"
+    user, admin = await sheda.signup("client"), await sheda.admin()
+    wallet = sheda.ctx.wallet
+
+    async def succeeded_unapplied(naira: str) -> dict:
+        r = await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": user.id, "amount": naira}, token=user.token)
+        paystack.pay(r.json["reference"])
+        await sheda.ctx.db["payments"].update_one({"reference": r.json["reference"]}, {"$set": {"status": "succeeded", "applied": False}})
+        return await sheda.ctx.payment_store.get(r.json["reference"])
+
+    # 1. The credit's ledger entry was written, then its process died: the refund finds the credit and takes it back.
+    p = await succeeded_unapplied("2000.00")
+    await wallet.credit_topup(user.id, p["amount_minor"], reference=p["reference"])  # the dead apply's last write
+    assert (await paystack.deliver(paystack.refund(p["reference"]))).code == 200
+    await sheda.ctx.payment_reconciliation.run()
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "0.00"
+    done = (await sheda.api.get(f"{PAY}/{p['reference']}", token=admin.token)).json
+    assert done["applied"] is True and done["flagged"] is False, done
+
+    # 2. The refund landed between the apply's read of the payment and its credit; the credit's write came after,
+    # then its process died before recording anything; the reconciliation runs.
+    p = await succeeded_unapplied("700.00")
+    assert (await paystack.deliver(paystack.refund(p["reference"]))).code == 200
+    tx, credited = await wallet.credit_topup(user.id, p["amount_minor"], reference=p["reference"])  # the dead apply's write
+    await sheda.ctx.payment_reconciliation.run()
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "0.00"
+    assert credited is False and tx["kind"] == "topup_void" and tx["lines"] == [], tx  # the refund holds the top-up's key
+    pay = (await sheda.api.get(f"{PAY}/{p['reference']}", token=admin.token)).json
+    assert pay["applied"] is True and [f["reason"] for f in pay["flags"]] == ["topup_reversed_uncredited"], pay
+    # An admin cannot credit it afterwards either (the payer has the money back); dismissing settles it.
+    r = await sheda.api.post(resolve_url(p["reference"]), {"action": "credit", "reason": "x"}, token=admin.token)
+    assert r.status == 409 and r.json["code"] == "refunded_before_credit", r
+    r = await sheda.api.post(resolve_url(p["reference"]), {"action": "dismiss", "reason": "refunded"}, token=admin.token)
+    assert r.status == 201 and r.json["flagged"] is False, r
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "0.00"
+
+    # 3. The same with the process dying after the refund's key but before the payment's record: the redelivery of the
+    # refund, or else the reconciliation, records it (flagged once), and no credit comes.
+    for recovery, naira in (("redelivery", "300.00"), ("reconciliation", "400.00")):
+        p = await succeeded_unapplied(naira)
+        body = paystack.refund(p["reference"])
+        voided = await wallet.void_topup(p["reference"], refs={"gateway_event": "refund.processed:x", "reason": "refund"},
+                                         memo="refunded before credit")
+        assert voided[1] is True
+        if recovery == "redelivery":
+            assert (await paystack.deliver(body)).code == 200
+        await sheda.ctx.payment_reconciliation.run()
+        await sheda.ctx.payments.apply(p)
+        pay = (await sheda.api.get(f"{PAY}/{p['reference']}", token=admin.token)).json
+        assert pay["applied"] is True and [f["reason"] for f in pay["flags"]] == ["topup_reversed_uncredited"], (recovery, pay)
+        assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "0.00"
     await audit_ok(sheda, admin)

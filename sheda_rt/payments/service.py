@@ -258,8 +258,12 @@ class PaymentService:
 
     async def _verified_for_credit(self, payment: dict) -> int:
         """What the gateway says was paid for this payment, in kobo, when it can be credited (409 otherwise)."""
-        if not hasattr(self.targets.get(payment["purpose"]), "credit_verified"):
+        target = self.targets.get(payment["purpose"])
+        if not hasattr(target, "credit_verified"):
             raise Conflict(f"A {payment['purpose']} payment cannot be credited; dismiss it", "not_creditable")
+        if hasattr(target, "voided") and await target.voided(payment):
+            raise Conflict("The gateway gave this top-up back before it was credited: nothing can be credited for it; "
+                           "dismiss it", "refunded_before_credit")
         if self.gateway is None:
             raise PaymentsNotConfigured("No payment gateway is configured: nothing can be verified")
         try:
@@ -362,24 +366,20 @@ class PaymentService:
             return "flagged"
         outcome, flag = await self._reverse_topup(payment, target, amount_minor, event.event_id, why)
         if outcome == "not_credited":
-            # Refunded before its credit was made (a success whose effect a crash left to the reconciliation): the
-            # credit must never come now. Recorded as its effect, with the flag and what to take back, in one write;
-            # when the credit won the race (applied meanwhile), it is there to take back. A credit in flight (an
-            # apply that read the payment before this write) may still land: whichever of the two sees the other
-            # takes it back, under this event's reservation, so once: here when it landed before the look below,
-            # else the apply, whose own record then fails on this one (PaymentService.apply).
-            now = self.clock.now()
-            if await self.store.mark_applied(payment["_id"], "reversed_before_credit",
-                                             {"reason": flag[0], "detail": flag[1], "at": now}, now,
-                                             {"reversed_before_credit": {"source": event.event_id, "amount_minor": amount_minor,
-                                                                         "why": why}}):
-                log.warning('{"event": "payment_flagged", "reference": "%s", "reason": "%s"}', payment["reference"], flag[0])
-                outcome, flag = await self._reverse_topup(payment, target, amount_minor, event.event_id, why)
-                if outcome == "not_credited":
-                    return "topup_reversed_before_credit"
-                if flag is not None:
-                    await self._flag(payment, *flag)
-                return f"topup_{outcome}"
+            # Refunded before its credit was made (a success whose effect a crash left to the reconciliation, or an
+            # apply in flight): the credit must never come now. The refund takes the top-up's own ledger key first
+            # (a void entry, target.void), so whichever of the two writes that key first decides, in any process and
+            # whatever dies when: a credit found there is taken back below; a void means no apply ever credits (its
+            # credit_topup finds the void, and an apply the reconciliation finishes records it so, flagged). Then the
+            # payment is recorded with it as its effect, flagged (a redelivery records it if this process dies first).
+            if await target.void(payment, amount_minor, source=event.event_id, why=why):
+                now = self.clock.now()
+                if await self.store.mark_applied(payment["_id"], "reversed_before_credit",
+                                                 {"reason": flag[0], "detail": flag[1], "at": now}, now,
+                                                 {"reversed_before_credit": {"source": event.event_id,
+                                                                             "amount_minor": amount_minor, "why": why}}):
+                    log.warning('{"event": "payment_flagged", "reference": "%s", "reason": "%s"}', payment["reference"], flag[0])
+                return "topup_reversed_before_credit"
             outcome, flag = await self._reverse_topup(payment, target, amount_minor, event.event_id, why)
         if flag is not None:
             await self._flag(payment, *flag)

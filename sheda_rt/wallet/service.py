@@ -8,6 +8,8 @@ is written atomically with the wallet's balance, and why a crash never leaves ha
     refund   the spend's lines negated, `reverses` = its id     key "refund:<spend id>"
     top-up reversal (the gateway refunded it, or lost a chargeback)  key "topup_reversal:<gateway event>"
              gateway:clearing +X, wallet:<payer> -min(X, balance), platform:reversal_shortfall -(the rest)
+    top-up void (refunded before it was credited)                    key "topup:<payment reference>"
+             no lines: it holds the top-up's key, so its credit is never written (void_topup)
 
 Amounts are integer kobo inside, decimal naira strings ("1200.00") on the wire.
 """
@@ -30,6 +32,8 @@ IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9_.:=-]{1,100}")
 #: Kinds of transaction the ledger holds; a spend's kind may name what it paid for ("spend:promotion").
 REFUNDABLE = ("spend",)
 RECENT = 10
+#: The kind of the entry a refund writes under a top-up's own key when it found no credit to take back (void_topup).
+TOPUP_VOID = "topup_void"
 
 
 class InsufficientFunds(ApiError):
@@ -122,17 +126,29 @@ class WalletService:
     async def credit_topup(self, user_id: int, amount_minor: int, *, reference: str, refs: dict | None = None,
                            memo: str = "Wallet top-up") -> tuple[dict, bool]:
         """A top-up the gateway confirmed: gateway:clearing -> wallet:<user>, once per payment reference.
-        (the transaction, credited now?)"""
+        (the transaction, credited now?); the top-up's void (kind topup_void, not credited) when a refund took its key first."""
         doc = {"key": f"topup:{reference}", "kind": "topup", "memo": memo, "refs": {"payment_reference": reference, **(refs or {})},
                "lines": [{"account": CLEARING, "amount_minor": -amount_minor},
                          {"account": wallet_account(user_id), "amount_minor": amount_minor}]}
         stored, created = await self.ledger.post(doc, self.clock.now())
         return transaction_view(stored), created
 
+    async def void_topup(self, reference: str, *, refs: dict, memo: str) -> tuple[dict, bool]:
+        """The gateway gave a top-up back before it was credited: take the top-up's own ledger key ("topup:<reference>")
+        with an entry of no lines (kind topup_void), so its credit is never written after it, by an apply in flight in
+        any process or by the reconciliation (credit_topup then finds this entry). The key's unique index decides
+        between the two, whatever the interleaving. (the entry under the key, written now?): when a credit holds the
+        key already, that credit (kind topup), to be taken back."""
+        doc = {"key": f"topup:{reference}", "kind": TOPUP_VOID, "memo": memo, "refs": {"payment_reference": reference, **refs},
+               "lines": []}
+        stored, created = await self.ledger.post(doc, self.clock.now())
+        return transaction_view(stored), created
+
     async def topup_credited(self, reference: str) -> int | None:
-        """What the top-up paid under `reference` credited, in kobo; None when no credit was made for it."""
+        """What the top-up paid under `reference` credited, in kobo; None when no credit was made for it (none yet, or
+        voided: refunded before its credit)."""
         topup = await self.ledger.by_key(f"topup:{reference}")
-        return None if topup is None else -self._debit(topup, topup["wallet"])
+        return None if topup is None or topup["kind"] == TOPUP_VOID else -self._debit(topup, topup["wallet"])
 
     async def topup_reversals(self, reference: str) -> tuple[int, list[dict]]:
         """What the ledger already took back of that top-up: (kobo in all, one {source, amount_minor, why, at} per
@@ -162,7 +178,7 @@ class WalletService:
         existing = await self.ledger.by_key(key)
         if existing is None:
             topup = await self.ledger.by_key(f"topup:{reference}")
-            if topup is None:
+            if topup is None or topup["kind"] == TOPUP_VOID:
                 return None, False, 0
             user_id = topup["wallet"]
             credited = self._debit(topup, user_id) * -1

@@ -23,10 +23,14 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from sheda_rt.errors import Forbidden, ValidationFailed
+from sheda_rt.errors import Conflict, Forbidden, ValidationFailed
 from sheda_rt.listings.money import to_minor
 from sheda_rt.payments.targets import Charge
-from sheda_rt.wallet.service import CURRENCY, WalletService, naira
+from sheda_rt.wallet.service import CURRENCY, TOPUP_VOID, WalletService, naira
+
+
+_REFUNDED_BEFORE_CREDIT = ("The gateway gave this top-up back before it was credited: nothing can be credited for it; "
+                           "dismiss it")
 
 
 class WalletTopupTarget:
@@ -57,7 +61,23 @@ class WalletTopupTarget:
         tx, _created = await self.wallet.credit_topup(
             payment["payer_id"], amount_minor, reference=payment["reference"],
             refs={"resolved_by": admin_id, "reason": reason}, memo=f"Wallet top-up, settled by an admin: {reason}")
+        if tx["kind"] == TOPUP_VOID:  # checked before the claim (voided); a refund voiding it meanwhile ends here
+            raise Conflict(_REFUNDED_BEFORE_CREDIT, "refunded_before_credit")
         return tx
+
+    async def voided(self, payment: dict) -> bool:
+        """Was this top-up refunded before its credit (its ledger key holds a void)? Then no credit may be made for it."""
+        entry = await self.wallet.ledger.by_key(f"topup:{payment['reference']}")
+        return entry is not None and entry["kind"] == TOPUP_VOID
+
+    async def void(self, payment: dict, amount_minor: int, *, source: str, why: str) -> bool:
+        """The gateway gave `amount_minor` of this top-up back and no credit was found to take it from: the refund takes
+        the top-up's ledger key (WalletService.void_topup), so the credit never comes. True when the key holds the void
+        (now or before); False when a credit holds it (written meanwhile): the caller takes that credit back."""
+        tx, _created = await self.wallet.void_topup(
+            payment["reference"], refs={"gateway_event": source, "reason": why, "amount": naira(amount_minor)},
+            memo=f"Wallet top-up given back by the gateway ({why}) before it was credited: never credited")
+        return tx["kind"] == TOPUP_VOID
 
     async def credited(self, payment: dict) -> int | None:
         """What this top-up credited the wallet, in kobo (None: no credit made): the cap on its reversals."""
@@ -91,6 +111,11 @@ class WalletTopupTarget:
     async def apply(self, payment: dict) -> tuple[str, tuple[str, str] | None]:
         if payment["currency"] != CURRENCY:  # never initialized so; a wallet holds naira only
             return "wrong_currency", ("topup_wrong_currency", f"a {payment['currency']} top-up cannot credit a naira wallet")
-        _, credited = await self.wallet.credit_topup(payment["payer_id"], int(payment["amount_minor"]),
-                                                     reference=payment["reference"])
+        tx, credited = await self.wallet.credit_topup(payment["payer_id"], int(payment["amount_minor"]),
+                                                      reference=payment["reference"])
+        if tx["kind"] == TOPUP_VOID:  # a refund took the key first (its process may have died before recording it)
+            why = tx["refs"].get("reason", "refund")
+            return "reversed_before_credit", ("topup_reversed_uncredited",
+                                              f"the gateway reports a {why} of {tx['refs'].get('amount', '?')} NGN for a "
+                                              "top-up this server has not credited: it will not be")
         return ("credited" if credited else "already_credited"), None
