@@ -257,6 +257,23 @@ async def test_bots_and_bad_inquiries_are_refused_and_store_nothing(sheda):
     assert await leads_count(sheda) == before
 
 
+async def test_the_inquirers_name_is_held_to_the_rules_of_names_other_users_see(sheda):
+    """The agent sees the inquirer's name on the lead and in the notification ("<name> asked about ..."): like a
+    full_name it must have a visible character and no line breaks, control characters or right-to-left overrides
+    (which reorder the text shown after them); these were stored. Joiners and direction marks inside a name stay."""
+    agent = await sheda.signup("agent")
+    prop = await create_property(sheda, agent)
+    before = await leads_count(sheda)
+    for name in ("Ada\nNew inquiry: call +234 800", "Ada\u202eyrtnuoc", "Ada\u2066x\u2069", "Ada\x00", "Ada\tB", "\u200b\u200d"):
+        r = await sheda.api.post(INQ, inquiry(prop, name=name), headers=from_ip())
+        assert r.status == 422 and [e["field"] for e in r.json["errors"]] == ["name"], (name, r)
+    assert await leads_count(sheda) == before
+    r = await sheda.api.post(INQ, inquiry(prop, name="\u0645\u0647\u200c\u0633\u0627"), headers=from_ip())  # a Persian name with its joiner
+    assert r.status == 201, r
+    lead = await sheda.api.get(f"{LEADS}/{r.json['id']}", token=agent.token)
+    assert lead.json["name"] == "\u0645\u0647\u200c\u0633\u0627", lead
+
+
 async def test_at_most_five_inquiries_per_hour_from_one_address(sheda):
     agent = await sheda.signup("agent")
     prop = await create_property(sheda, agent)

@@ -5,6 +5,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StrictInt, StrictStr, field_validator
 
+from sheda_rt.accounts.models import display_name
 from sheda_rt.chat.frames import HistoryRow
 from sheda_rt.database.ids import MAX_ID
 from sheda_rt.pagination import PageQuery
@@ -30,12 +31,16 @@ class _Body(BaseModel):
 
 class InquiryCreate(_Body):
     property_id: StrictInt = Field(ge=1, le=MAX_ID)
-    name: StrictStr = Field(min_length=1, max_length=100)
+    name: StrictStr = Field(min_length=1, max_length=100,
+                            description="shown to the agent (lead, notification): a visible name, no line breaks, control characters or "
+                                        "right-to-left overrides, as full_name")
     email: EmailStr = Field(max_length=254)
     phone: Optional[StrictStr] = Field(None, pattern=r"^\+?[0-9][0-9 ()-]{5,22}$", description="digits, spaces, ( ) - and a leading +")
     message: StrictStr = Field(min_length=2, max_length=2000)
     website: Optional[StrictStr] = Field(None, max_length=300, description=(
         "Honeypot: a form hides this field from people; anything in it marks a bot and the inquiry is refused (422)"))
+
+    _name = field_validator("name")(display_name)
 
     @field_validator("website")
     @classmethod
