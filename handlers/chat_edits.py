@@ -14,8 +14,9 @@ class MessageHandler(APIHandler):
     @endpoint("Edit my message (within CHAT_EDIT_WINDOW_SECONDS of sending): message.updated to both participants",
               auth=USER, body=EditBody, response=MessageUpdated, errors=(401, 403, 404, 409, 422), tags=("chat",))
     async def patch(self, message_id: int, body: EditBody):
-        """403 `not_sender` (the receiver's message), 404 `message_not_found` (unknown, another
-        conversation's, deleted, or hidden for me), 409 `edit_window_closed`, 422 empty text.
+        """403 `not_sender` (the receiver's message), 403 `blocked` (either of us blocks the other),
+        404 `message_not_found` (unknown, another conversation's, deleted, or hidden for me), 409
+        `edit_window_closed`, 422 empty text.
         Answers the event both participants' sockets get (with its seq)."""
         return await self.ctx.chat_edits.edit(self.principal.user_id, message_id, body.message)
 
@@ -31,10 +32,11 @@ class MessageHandler(APIHandler):
 
 class ReactionHandler(APIHandler):
     @endpoint("Toggle my reaction on a message (one of 👍 ❤️ 😂 😮 😢 🙏): message.reaction to both participants",
-              auth=USER, body=ReactBody, response=MessageReaction, errors=(401, 404, 422), tags=("chat",))
+              auth=USER, body=ReactBody, response=MessageReaction, errors=(401, 403, 404, 422), tags=("chat",))
     async def post(self, message_id: int, body: ReactBody):
         """`on` says whether my reaction is now set; `counts` are the message's reactions. 404
-        `message_not_found` (unknown, another conversation's, deleted, hidden for me), 422 `invalid_emoji`."""
+        `message_not_found` (unknown, another conversation's, deleted, hidden for me), 403 `blocked` (either of
+        us blocks the other), 422 `invalid_emoji`."""
         return await self.ctx.chat_edits.react(self.principal.user_id, message_id, body.emoji)
 
 

@@ -148,7 +148,7 @@ class AppContext:
 
         self.chat_edits = MessageActions(messages=self.chat.messages, conversations=self.chat.conversations,
                                          submit_event=self.chat.batcher.submit_event, clock=self.clock,
-                                         edit_window_seconds=self.settings.chat_edit_window_seconds)
+                                         edit_window_seconds=self.settings.chat_edit_window_seconds, blocks=self.blocks)
         # [realtime] connections come and go through one place (both transports); presence is announced in batches
         from sheda_rt.realtime.sessions import PresenceAnnouncer, Sessions
 

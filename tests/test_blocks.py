@@ -119,6 +119,41 @@ async def test_messages_are_refused_both_ways_and_the_conversation_stays_readabl
     assert (await send(a, bob.id, "Sure"))["type"] == "ack"
 
 
+async def test_neither_side_edits_or_reacts_across_a_block_and_deleting_stays_open(sheda):
+    """An edit rewrites what the other person reads, a reaction reaches their sockets live: both went through a
+    block (the blocked user could turn an old message into abuse, or toggle reactions at the person who blocked
+    them). Both are refused like a message, 403 / error frame `blocked`, whichever side blocked, and change
+    nothing; deleting (for me, or the sender's for everyone) still works."""
+    alice, bob = await sheda.signup("client"), await sheda.signup("agent")
+    a, b = await sheda.ws(alice.token), await sheda.ws(bob.token)
+    mine = (await send(b, alice.id, "Viewing at 10?"))["id"]
+    hers = (await send(a, bob.id, "Yes, see you"))["id"]
+    await b.wait_type("message", id=hers)
+    assert (await sheda.api.post(B.format(bob.id), token=alice.token)).status == 201  # Alice blocks Bob
+    before = {m: await sheda.ctx.db["messages"].find_one({"_id": m}) for m in (mine, hers)}
+    start_a, start_b = len(a.frames), len(b.frames)
+    for me, ws, own, theirs in ((bob, b, mine, hers), (alice, a, hers, mine)):  # the blocked side, and the side that blocked
+        r = await sheda.api.patch(f"/api/v1/chat/messages/{own}", {"message": "rewritten"}, token=me.token)
+        assert r.status == 403 and r.json["code"] == "blocked", r
+        r = await sheda.api.post(f"/api/v1/chat/messages/{theirs}/reactions", {"emoji": "\U0001F602"}, token=me.token)
+        assert r.status == 403 and r.json["code"] == "blocked", r
+        for frame in ({"type": "edit", "id": own, "message": "rewritten"}, {"type": "react", "id": theirs, "emoji": "\U0001F602"}):
+            begin = len(ws.frames)
+            await ws.send(frame)
+            err = await ws.wait_for(lambda f: f.get("type") == "error", start=begin)
+            assert err["code"] == "blocked", (frame, err)
+    await flush(a)
+    await flush(b)
+    for ws, start in ((a, start_a), (b, start_b)):
+        assert [f for f in ws.frames[start:] if f.get("type") in ("message.updated", "message.reaction")] == []
+    for m, doc in before.items():
+        assert await sheda.ctx.db["messages"].find_one({"_id": m}) == doc  # nothing changed
+    r = await sheda.api.delete(f"/api/v1/chat/messages/{mine}", params={"for": "everyone"}, token=bob.token)
+    assert r.status == 200 and r.json["for"] == "everyone", r
+    r = await sheda.api.delete(f"/api/v1/chat/messages/{hers}", params={"for": "me"}, token=alice.token)
+    assert r.status == 200 and r.json["for"] == "me", r
+
+
 async def test_a_block_by_either_side_holds_until_both_are_lifted(sheda):
     alice, bob = await sheda.signup("client"), await sheda.signup("agent")
     a = await sheda.ws(alice.token)

@@ -8,6 +8,9 @@ Rules:
   participant of is `message_not_found` (404), exactly like an id that does not exist: the
   answer never tells a stranger that the id is taken.
 - A refusal changes nothing: every rule is checked on the stored message before any write.
+- While either participant blocks the other, neither edits nor reacts (403 `blocked`, the send path's words):
+  both reach the other person, live and in their history, as a message would. Deleting stays open (for
+  me, and for everyone by the sender: it takes words away from the person who blocked).
 - Every change is a durable event of both participants' streams (`message.updated`,
   `message.deleted`, `message.reaction`; `delivered` to the sender), stored and delivered
   through the chat's group commit (`submit_event`), so it has a seq and comes back in a
@@ -31,6 +34,7 @@ from sheda_rt.errors import BadRequest, Conflict, Forbidden, NotFound, Validatio
 from sheda_rt.wire import encode
 
 if TYPE_CHECKING:
+    from sheda_rt.blocks.service import BlockService
     from sheda_rt.chat.store import ConversationStore, MessageStore
     from sheda_rt.clock import Clock
 
@@ -89,8 +93,10 @@ class MessageActions:
     discard_attachments: Callable[[list[int]], Awaitable[None]] | None = None
 
     def __init__(self, *, messages: MessageStore, conversations: ConversationStore,
-                 submit_event: Callable[..., Awaitable[tuple[dict, bool]]], clock: Clock, edit_window_seconds: float):
+                 submit_event: Callable[..., Awaitable[tuple[dict, bool]]], clock: Clock, edit_window_seconds: float,
+                 blocks: BlockService | None = None):
         self.messages = messages
+        self.blocks = blocks
         self.conversations = conversations
         self.submit_event = submit_event
         self.clock = clock
@@ -112,6 +118,12 @@ class MessageActions:
     def _pair(doc: dict) -> list[int]:
         return [doc["sender_id"], doc["receiver_id"]]
 
+    async def _not_blocked(self, me: int, doc: dict) -> None:
+        """403 `blocked` when either participant blocks the other (answered from the blocks' cache)."""
+        if self.blocks is not None:
+            other = doc["receiver_id"] if doc["sender_id"] == me else doc["sender_id"]
+            await self.blocks.check(me, other)
+
     async def edit(self, me: int, message_id: int, text: str, origin: str | None = None) -> dict:
         """The sender replaces the text within the edit window; returns message.updated."""
         if not text.strip():
@@ -124,6 +136,7 @@ class MessageActions:
         if self.clock.now() - doc["created_at"] > self.edit_window:
             raise Conflict(f"A message can be edited for {int(self.edit_window.total_seconds())} seconds after it is sent",
                            "edit_window_closed")
+        await self._not_blocked(me, doc)
         now = self.clock.now()
         # A delete for everyone that lands first wins: the text of a tombstone stays "".
         await self.messages.revise(doc["conv"], message_id, [{"$set": {
@@ -179,6 +192,7 @@ class MessageActions:
         doc = await self._find(me, message_id)
         if doc.get("deleted"):
             raise NotFound(f"Message {message_id} was deleted", "message_not_found")
+        await self._not_blocked(me, doc)
         on = me not in ((doc.get("reactions") or {}).get(emoji) or ())
         field = f"reactions.{emoji}"
         await self.messages.revise(doc["conv"], message_id, {"$addToSet": {field: me}} if on else {"$pull": {field: me}})
