@@ -1,4 +1,5 @@
-"""Media: the seed's admin upload endpoint, and serving stored files under /media/."""
+"""Media: the seed's admin upload endpoint (a thin edge over MediaService, sheda_rt/media/service.py), and serving
+stored files under /media/."""
 from __future__ import annotations
 
 import re
@@ -20,8 +21,7 @@ class FileUploadHandler(APIHandler):
         metadata, like every upload (415 unless it is wholly a jpeg, png or webp image; only images are
         taken, no documents; 413 above MAX_UPLOAD_BYTES or MAX_IMAGE_PIXELS). 201 `{file_url}`;
         401 without a token, 403 for anyone but an active admin with the admin scope."""
-        url = await self.ctx.media.save_image(self.uploaded_file("file"), type)
-        return {"file_url": url}
+        return await self.ctx.media_uploads.upload(self.uploaded_file("file"), type)
 
 
 class MediaFileHandler(StaticFiles):

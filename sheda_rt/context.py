@@ -23,6 +23,7 @@ from sheda_rt.database.connection import connect
 from sheda_rt.database.ids import IdAllocator
 from sheda_rt.mail.mailer import mailer_from_settings
 from sheda_rt.limits import MemoryLimits
+from sheda_rt.media.service import MediaService
 from sheda_rt.media.store import MediaStore
 from sheda_rt.realtime.hub import Hub
 from sheda_rt.realtime.turns import LocalTurns, Turns
@@ -61,6 +62,7 @@ class AppContext:
 
         self.channels = Channels(self.hub, settings.ws_max_subscriptions)
         self.media = MediaStore(settings.media_dir, settings.max_upload_bytes, settings.max_image_pixels)
+        self.media_uploads = MediaService(self.media)  # the admin upload route's service (others store through theirs)
         self.tokens = TokenCodec(settings.jwt_secret_value(), settings.jwt_algorithm, self.clock)
 
         # Stores: one per collection. Every store with indexes is listed in `stores`.
@@ -562,7 +564,7 @@ class AppContext:
         self.stores.append(self.lead_store)
         self.leads = LeadService(self.lead_store, properties=self.properties, notifications=self.notifications, chat=self.chat,
                                  limits=self.limits, ids=self.ids, clock=self.clock, analytics=self.analytics,
-                                 per_ip_per_hour=self.settings.inquiries_per_ip_per_hour)
+                                 per_ip_per_hour=self.settings.inquiries_per_ip_per_hour, blocks=self.blocks)
 
     def _install_realtime_api(self) -> None:  # [realtime]
         from sheda_rt.realtime.announcements import RealtimeAdmin

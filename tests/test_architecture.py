@@ -67,3 +67,27 @@ def test_services_receive_named_dependencies_not_the_context():
                   and node.value.attr == "ctx"):
                 offenders.append(f"{rel}:{node.lineno} reads {ast.unparse(node)}")
     assert not offenders, "services must receive named dependencies, not the context:\n" + "\n".join(offenders)
+
+
+HANDLERS = CORE.parent / "handlers"
+
+
+def test_handlers_reach_stores_only_through_services():
+    """route -> handler -> service -> store: a handler parses and authorizes, then calls a service; the rules live
+    in the service, which reaches the store. A handler reading a store the context holds (`self.ctx.X` where
+    context.py builds X as a ...Store) skips them (the admin media upload called MediaStore itself)."""
+    context = ast.parse((CORE / "context.py").read_text(encoding="utf-8"))
+    stores = set()
+    for node in ast.walk(context):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+            func = node.value.func
+            if (func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")).endswith("Store"):
+                stores |= {t.attr for t in node.targets if isinstance(t, ast.Attribute) and ast.unparse(t.value) == "self"}
+    assert {"media", "property_store", "users"} <= stores, stores  # the walk finds the context's stores
+    offenders = []
+    for path in sorted(HANDLERS.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in stores and ast.unparse(node.value).endswith("ctx"):
+                offenders.append(f"handlers/{path.relative_to(HANDLERS).as_posix()}:{node.lineno} reads {ast.unparse(node)}")
+    assert not offenders, "handlers must reach a store through its feature's service:\n" + "\n".join(offenders)
