@@ -274,6 +274,36 @@ async def test_the_inquirers_name_is_held_to_the_rules_of_names_other_users_see(
     assert lead.json["name"] == "\u0645\u0647\u200c\u0633\u0627", lead
 
 
+async def test_a_signed_in_inquiry_across_a_block_is_refused_like_a_viewing(sheda):
+    """A client the agent blocked (or who blocks the agent) cannot reach them with a signed-in inquiry: it put the
+    client's words in front of the agent (lead, notification, live event) while every chat message was refused.
+    409 `blocked` as for a viewing, the same words whichever side blocked; nothing stored, nothing counted
+    against the address. Lifted, it goes through."""
+    agent = await sheda.signup("agent")
+    pest, shy = await sheda.signup("client"), await sheda.signup("client")
+    prop = await create_property(sheda, agent)
+    assert (await sheda.api.post(f"/api/v1/users/{pest.id}/block", token=agent.token)).status == 201  # the agent blocks pest
+    assert (await sheda.api.post(f"/api/v1/users/{agent.id}/block", token=shy.token)).status == 201  # shy blocks the agent
+    agent_ws = await sheda.ws(agent.token)
+    before = await leads_count(sheda)
+    ip = from_ip()
+    answers = []
+    for user in (pest, shy):
+        r = await sheda.api.post(INQ, inquiry(prop), token=user.token, headers=ip)
+        assert r.status == 409 and r.json["code"] == "blocked", r
+        answers.append(r.json)
+    assert answers[0] == answers[1]  # no hint which side blocked
+    assert await leads_count(sheda) == before
+    start = len(agent_ws.frames)
+    await agent_ws.send({"type": "ping"})
+    await agent_ws.wait_for(lambda f: f.get("type") == "pong", start=start)
+    assert [f for f in agent_ws.frames if f.get("type") in ("lead.created", "notification")] == []
+    assert (await sheda.api.delete(f"/api/v1/users/{pest.id}/block", token=agent.token)).status == 204
+    for _ in range(5):  # the refusals spent none of the address's five
+        r = await sheda.api.post(INQ, inquiry(prop), token=pest.token, headers=ip)
+        assert r.status == 201, r
+
+
 async def test_at_most_five_inquiries_per_hour_from_one_address(sheda):
     agent = await sheda.signup("agent")
     prop = await create_property(sheda, agent)

@@ -8,6 +8,9 @@
   honeypot are in the request model: a refused inquiry stores nothing.
 - Each inquiry is a lead of the listing's agent, who hears of it live (`lead.created`)
   and through a stored notification.
+- A signed-in inquiry between an inquirer and an agent either of whom blocks the other is
+  409 `blocked` (as a viewing is): it would put the inquirer's words in front of the agent and
+  link them to an account the agent could not answer. Nothing is stored or counted.
 - Agents see and move their own leads, admins all of them. Status moves only along
   TRANSITIONS (models.py), guarded in the update's filter; a wrong one is 409.
 - A lead from a registered user becomes a chat conversation with one call: the
@@ -47,8 +50,9 @@ def _is_admin(principal) -> bool:
 
 class LeadService:
     def __init__(self, store, *, properties, notifications, chat, limits, ids, clock, analytics=None,
-                 per_ip_per_hour: int = INQUIRIES_PER_IP_PER_HOUR):
+                 per_ip_per_hour: int = INQUIRIES_PER_IP_PER_HOUR, blocks=None):
         self.store = store
+        self.blocks = blocks
         self.properties = properties
         self.notifications = notifications
         self.chat = chat
@@ -63,6 +67,8 @@ class LeadService:
         prop = await self.properties.visible(body.property_id)  # unlisted or unknown: 404
         if principal is not None and principal.user_id == prop["agent_id"]:
             raise Conflict("This is your own listing", "own_listing")
+        if principal is not None and self.blocks is not None and await self.blocks.between(principal.user_id, prop["agent_id"]):
+            raise Conflict("You cannot contact this listing's agent", "blocked")  # never says which side blocked
         key = f"inquiry:ip:{client_ip}"
         if await self.limits.record_failure(key, WINDOW_SECONDS) > self.per_ip_per_hour:
             await self.limits.forgive_failure(key)
