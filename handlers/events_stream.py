@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import uuid
 from collections import OrderedDict
 
@@ -136,6 +137,7 @@ class EventStreamHandler(APIHandler):
         # Each flushed event goes out at once, not after the client's delayed ACK of the previous
         # one (Nagle's algorithm, which Tornado leaves on while a response is being written).
         self.request.connection.stream.set_nodelay(True)
+        self._bound_unacknowledged_writes()
         if after is not None:
             self._held = []
         # Registered before anything is replayed, so an event published meanwhile is held, not
@@ -163,6 +165,21 @@ class EventStreamHandler(APIHandler):
                 await asyncio.wait_for(self._done.wait(), heartbeat)
             except asyncio.TimeoutError:
                 self._send(_HEARTBEAT)
+
+    def _bound_unacknowledged_writes(self) -> None:
+        """A client that vanished without a FIN or RST (a phone off the network) is noticed when a
+        write (at the latest the next heartbeat) stays unacknowledged for WS_PING_TIMEOUT, the grace
+        a socket's ping gets: the kernel then fails the connection (TCP_USER_TIMEOUT, Linux), Tornado
+        closes the stream and on_connection_close frees its place under WS_MAX_SOCKETS_PER_USER.
+        Without it TCP retransmits for ~15 minutes, holding the place and its buffers meanwhile."""
+        option = getattr(socket, "TCP_USER_TIMEOUT", None)
+        sock = self.request.connection.stream.socket
+        if option is None or sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, option, max(1, int(self.ctx.settings.ws_ping_timeout * 1000)))
+        except OSError:
+            pass
 
     def _last_event_id(self, query: StreamQuery) -> int | None:
         header = self.request.headers.get("Last-Event-ID", "").strip()

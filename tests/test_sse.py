@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import struct
 from urllib.parse import urlparse
 
 import httpx
@@ -205,10 +206,68 @@ async def test_refusals_are_json_before_the_stream_starts(sheda):
 @pytest.mark.parametrize("settings_overrides", [{"sse_heartbeat_seconds": 0.2}])
 async def test_heartbeat_comments_keep_an_idle_stream_alive(sheda):
     alice = await sheda.signup("client")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     stream = await open_stream(sheda, alice.token)
     try:
-        await stream.wait_for(lambda s: s.comments.count("ping") >= 2)
+        await stream.wait_for(lambda s: s.comments.count("ping") >= 3)
         assert stream.events == []  # comments only: nothing an EventSource would dispatch
+        # One per SSE_HEARTBEAT_SECONDS, not faster (the server's first is 0.2 s after it opened).
+        assert loop.time() - started >= 3 * 0.2 * 0.95
+    finally:
+        await stream.close()
+
+
+async def raw_stream(sheda, token: str) -> socket.socket:
+    """A stream opened over a bare socket, its response head read: the test decides how it ends."""
+    url = urlparse(sheda.base_url)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, (url.hostname, url.port))
+    await loop.sock_sendall(sock, f"GET {PATH}?token={token} HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await loop.sock_recv(sock, 1)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return sock
+
+
+async def server_reaches(condition, timeout: float = 20.0):
+    """Wait for the server to reach a state (not for a time): the condition is polled."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("settings_overrides", [{"ws_max_sockets_per_user": 1, "sse_heartbeat_seconds": 3600}])
+async def test_a_stream_whose_client_went_away_gives_its_place_back_at_once(sheda):
+    # With one place per user, each new stream needs the last one's place. No heartbeat comes
+    # meanwhile (an hour): the server notices the client's FIN or RST by itself.
+    alice = await sheda.signup("client")
+    hub = sheda.ctx.hub
+    for ending in ("close", "reset", "close", "reset"):
+        sock = await raw_stream(sheda, alice.token)
+        assert hub.count_of(alice.id) == 1
+        status, headers, body = await open_stream(sheda, alice.token)
+        assert status == 429 and body["code"] == "too_many_sockets", body
+        # A peer that vanishes without either is dropped once a write stays unacknowledged for
+        # WS_PING_TIMEOUT (TCP_USER_TIMEOUT, Linux), not after TCP's own ~15 min of retries.
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            server_side = hub.sockets_of(alice.id)[0].request.connection.stream.socket
+            timeout_ms = server_side.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+            assert timeout_ms == int(sheda.ctx.settings.ws_ping_timeout * 1000), timeout_ms
+        if ending == "reset":  # a killed app: a TCP RST
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+        await server_reaches(lambda: hub.count_of(alice.id) == 0)
+    stream = await open_stream(sheda, alice.token)
+    try:
+        bob = await sheda.signup("agent")
+        sent = await chat(sheda, bob, alice, "to the stream that took the place")
+        await stream.wait_event("message", id=sent["id"])
     finally:
         await stream.close()
 
