@@ -230,6 +230,11 @@ async def raw_stream(sheda, token: str) -> socket.socket:
     while b"\r\n\r\n" not in head:
         head += await loop.sock_recv(sock, 1)
     assert head.startswith(b"HTTP/1.1 200"), head
+    # And the first block (retry, id): with nothing left unread, closing the socket sends a FIN, not a RST.
+    body = head.partition(b"\r\n\r\n")[2]
+    while not body.endswith(b"\n\n\r\n"):
+        body += await loop.sock_recv(sock, 1)
+    assert b"retry: 3000" in body, body
     return sock
 
 
