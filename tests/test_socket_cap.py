@@ -185,3 +185,22 @@ async def test_a_compressed_text_frame_that_inflates_to_invalid_utf8_closes_with
         await ws.wait_type("pong")
         ws.frames.clear()
     assert not ws.closed.done()
+
+
+@pytest.mark.parametrize("settings_overrides", [{"ws_max_sockets_per_user": CAP, "ws_compression": True}])
+async def test_a_compressed_frame_that_does_not_inflate_closes_with_1007_and_logs_no_error(sheda, caplog):
+    # Not deflate data at all: Tornado's inflate raised out of its frame loop (an "Uncaught
+    # exception" logged with its traceback at ERROR for each such client) and dropped the TCP
+    # connection (1006). A client's bad bytes are its fault: 1007, and no error in our log.
+    alice, bob = await sheda.signup("client"), await sheda.signup("agent")
+    for opcode in (0x1, 0x2):
+        req = HTTPRequest(f"{sheda.ws_url}?token={alice.token}", request_timeout=10)
+        ws = WsClient(await websocket_connect(req, compression_options={}))
+        assert ws.conn.protocol._compressor is not None
+        await ws.send({"receiver_id": bob.id, "message": "before", "client_msg_id": f"d{opcode}"})
+        ws.conn.protocol._write_frame(True, opcode, b"\xff\xff\xff\xff not deflate", flags=ws.conn.protocol.RSV1)
+        code, reason = await ws.wait_closed()
+        assert code == 1007 and "inflate" in reason, (code, reason)
+        assert [f["client_msg_id"] for f in ws.of_type("ack")] == [f"d{opcode}"]
+    await until(lambda: sheda.ctx.hub.count_of(alice.id) == 0)
+    assert [r.getMessage()[:80] for r in caplog.records if r.levelno >= 40] == []
