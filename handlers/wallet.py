@@ -14,7 +14,8 @@ TAGS = ("wallet",)
 class WalletHandler(APIHandler):
     @endpoint("My wallet: balance and recent entries", response=WalletOut, auth=USER, errors=(401,), tags=TAGS)
     async def get(self):
-        """The balance (naira, recomputed from the ledger) and the 10 newest entries. Top up through
+        """The balance (naira, recomputed from the ledger), what the user owes (`owed`: top-ups the gateway took back
+        after the money was spent; the next top-ups repay it first) and the 10 newest entries. Top up through
         POST /payments `{purpose: "wallet_topup", target_id: <your id>, amount: "5000.00"}`; spend on promotions."""
         return await self.ctx.wallet.wallet(self.principal.user_id)
 
@@ -45,7 +46,8 @@ class LedgerAuditHandler(APIHandler):
     @endpoint("Audit the ledger (admins)", response=AuditOut, auth=ADMIN, errors=(401, 403), tags=("admin",))
     async def get(self):
         """Recomputes every account from the ledger in one snapshot: every transaction must sum to zero, every wallet's
-        cached balance must equal its ledger sum and none may be below zero. `ok` is false and `mismatches` lists
+        cached balance must equal its ledger sum and none may be below zero; `owed` lists who still owes what (each
+        wallet's figure checked against its ledger). `ok` is false and `mismatches` lists
         each failure otherwise (there must never be one)."""
         return await self.ctx.wallet.audit()
 

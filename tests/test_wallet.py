@@ -196,7 +196,7 @@ async def test_wallet_pages_are_mine_only_and_bad_queries_are_422(sheda):
     r = await sheda.api.get(WALLET + "/transactions", token=other.token)
     assert r.status == 200 and r.json == {"items": [], "next_cursor": None}
     assert (await sheda.api.get(WALLET, token=other.token)).json == {"user_id": other.id, "currency": "NGN", "balance": "0.00",
-                                                                      "recent": []}
+                                                                      "owed": "0.00", "recent": []}
     r = await sheda.api.get(WALLET + "/transactions", token=user.token, params={"limit": 1})
     assert [e["amount"] for e in r.json["items"]] == ["4.00"] and r.json["next_cursor"]
     r2 = await sheda.api.get(WALLET + "/transactions", token=user.token, params={"limit": 1, "cursor": r.json["next_cursor"]})
@@ -529,7 +529,8 @@ async def test_concurrent_refunds_and_chargebacks_of_one_topup_never_take_back_m
 
     # A process died between the reservation and its ledger entry: the redelivery completes it, and so does the
     # reconciliation job for an event the gateway never delivers again; neither reserves twice.
-    ref2 = await paid_topup(sheda, paystack, user, "1000.00")
+    second = await sheda.signup("client")  # (the first user owes the shortfall: their next top-up repays it first)
+    ref2 = await paid_topup(sheda, paystack, second, "1000.00")
     payment2 = await sheda.ctx.payment_store.get(ref2)
     first = paystack.refund(ref2, 30_000)
     source = "refund.processed:" + json.loads(first)["data"]["refund_reference"]
@@ -537,14 +538,14 @@ async def test_concurrent_refunds_and_chargebacks_of_one_topup_never_take_back_m
     for src in (source, "refund.processed:TRF_lost"):
         assert await sheda.ctx.payment_store.reserve_reversal(
             payment2["_id"], {"source": src, "amount_minor": 30_000, "why": "refund", "at": sheda.ctx.clock.now()}, 70_000)
-    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "1000.00"
+    assert (await sheda.api.get(WALLET, token=second.token)).json["balance"] == "1000.00"
     assert (await paystack.deliver(first)).code == 200
-    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "700.00"
+    assert (await sheda.api.get(WALLET, token=second.token)).json["balance"] == "700.00"
     await sheda.ctx.payment_reconciliation.run()
-    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "400.00"
+    assert (await sheda.api.get(WALLET, token=second.token)).json["balance"] == "400.00"
     await sheda.ctx.payment_reconciliation.run()
     assert (await paystack.deliver(first)).code == 200
-    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "400.00"
+    assert (await sheda.api.get(WALLET, token=second.token)).json["balance"] == "400.00"
     stored = await sheda.ctx.payment_store.get(ref2)
     assert stored["reversed_minor"] == 60_000 and len(stored["reversals"]) == 2 and "reversal_open" not in stored
     await audit_ok(sheda, admin)
@@ -660,4 +661,68 @@ async def test_a_credit_whose_process_died_around_a_refund_never_stands(sheda, p
         pay = (await sheda.api.get(f"{PAY}/{p['reference']}", token=admin.token)).json
         assert pay["applied"] is True and [f["reason"] for f in pay["flags"]] == ["topup_reversed_uncredited"], (recovery, pay)
         assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "0.00"
+    await audit_ok(sheda, admin)
+
+
+async def test_what_a_reversal_could_not_take_is_owed_and_the_next_topups_repay_it_first(sheda, paystack):
+    """A top-up reversed after the user spent it left a shortfall that was only flagged (platform:reversal_shortfall):
+    the user kept spending later top-ups while owing it. The wallet now shows what is owed, the next top-ups repay it
+    first (an owed_repayment entry: wallet -> platform:reversal_shortfall), once per top-up and never more than owed,
+    and the admins' audit lists who owes what until it is cleared."""
+    paystack.webhook_url = sheda.base_url + "/api/v1/webhooks/paystack"
+    user, admin = await sheda.signup("client"), await sheda.admin()
+    ref = await paid_topup(sheda, paystack, user, "5000.00")
+    await sheda.ctx.wallet.spend(user.id, 400_000, idempotency_key="spent", kind="spend", memo="", refs={})
+    me = (await sheda.api.get(WALLET, token=user.token)).json
+    assert me["owed"] == "0.00" and me["balance"] == "1000.00", me
+    assert (await paystack.deliver(paystack.refund(ref))).code == 200  # 5,000.00 back; the wallet held 1,000.00
+    me = (await sheda.api.get(WALLET, token=user.token)).json
+    assert me["balance"] == "0.00" and me["owed"] == "4000.00", me
+    audit = await audit_ok(sheda, admin)
+    assert audit["owed"][f"wallet:{user.id}"] == "4000.00"  # (the module's other tests leave their own debts)
+
+    # The next top-up repays what it can: all of it goes to the debt.
+    ref2 = await paid_topup(sheda, paystack, user, "1500.00")
+    me = (await sheda.api.get(WALLET, token=user.token)).json
+    assert me["balance"] == "0.00" and me["owed"] == "2500.00", me
+    repay, topup = me["recent"][:2]
+    assert topup["kind"] == "topup" and topup["amount"] == "1500.00"
+    assert repay["kind"] == "owed_repayment" and repay["amount"] == "-1500.00" and repay["balance_after"] == "0.00"
+    assert repay["lines"] == [{"account": f"wallet:{user.id}", "amount": "-1500.00"},
+                              {"account": "platform:reversal_shortfall", "amount": "1500.00"}]
+    assert repay["refs"]["payment_reference"] == ref2
+    # A redelivery, the reconciliation and another apply of that top-up repay nothing more.
+    assert (await paystack.deliver(paystack.event_body(ref2))).code == 200
+    await sheda.ctx.payment_reconciliation.run()
+    await sheda.ctx.payment_targets["wallet_topup"].apply(await sheda.ctx.payment_store.get(ref2))
+    assert (await sheda.api.get(WALLET, token=user.token)).json["owed"] == "2500.00"
+
+    # Two top-ups at once: together they repay exactly what is owed, and the rest is the user's.
+    refs = []
+    for naira in ("2000.00", "2100.00"):
+        r = await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": user.id, "amount": naira}, token=user.token)
+        paystack.pay(r.json["reference"])
+        refs.append(r.json["reference"])
+    answers = await asyncio.gather(*(paystack.deliver(paystack.event_body(r)) for r in refs))
+    assert [a.code for a in answers] == [200, 200]
+    me = (await sheda.api.get(WALLET, token=user.token)).json
+    assert me["owed"] == "0.00" and me["balance"] == "1600.00", me
+    audit = await audit_ok(sheda, admin)
+    assert f"wallet:{user.id}" not in audit["owed"], audit  # cleared
+    # Owing nothing, a top-up is all the user's.
+    await paid_topup(sheda, paystack, user, "100.00")
+    me = (await sheda.api.get(WALLET, token=user.token)).json
+    assert me["balance"] == "1700.00" and me["recent"][0]["kind"] == "topup"
+
+    # A wallet stored before `owed` was kept (a shortfall recorded by the previous version): read from its ledger.
+    other = await sheda.signup("client")
+    ref3 = await paid_topup(sheda, paystack, other, "800.00")
+    await sheda.ctx.wallet.spend(other.id, 50_000, idempotency_key="spent", kind="spend", memo="", refs={})
+    assert (await paystack.deliver(paystack.refund(ref3))).code == 200
+    await sheda.ctx.db["wallets"].update_one({"_id": other.id}, {"$unset": {"owed_minor": ""}})
+    assert (await sheda.api.get(WALLET, token=other.token)).json["owed"] == "500.00"
+    assert (await audit_ok(sheda, admin))["owed"][f"wallet:{other.id}"] == "500.00"
+    await paid_topup(sheda, paystack, other, "600.00")
+    me = (await sheda.api.get(WALLET, token=other.token)).json
+    assert me["owed"] == "0.00" and me["balance"] == "100.00", me
     await audit_ok(sheda, admin)

@@ -50,6 +50,12 @@ alone decides.
 The cached balance exists for that guard (a conditional update needs a number on one document);
 it is only ever changed in the same transaction as a ledger line on that wallet, and
 GET /wallet and the audit recompute every balance from the ledger and compare.
+
+What a user owes (`owed_minor` on the wallet) is cached the same way: the platform:reversal_shortfall lines of
+that wallet's transactions, negated (a top-up reversal's shortfall adds to it, an owed_repayment takes from it),
+changed only in the same transaction as those lines, never below zero (a repayment of more than is owed raises
+Overdraft: nothing written). A wallet stored before it was kept has no `owed_minor`: it is summed from the
+wallet's ledger entries (reads and writes alike) until its next such transaction sets it.
 """
 from __future__ import annotations
 
@@ -149,8 +155,23 @@ class LedgerStore:
         doc = await self.wallets.find_one({"_id": user_id})
         return int(doc["balance_minor"]) if doc else 0
 
-    async def wallet_view(self, user_id: int, recent: int) -> tuple[int, int, list[dict]]:
-        """(balance per the ledger, cached balance, newest `recent` transactions), read in one snapshot.
+    async def _owed(self, user_id: int, wallet: dict | None, session=None) -> int:
+        """What the user owes, in kobo: the wallet's `owed_minor`, or for a wallet stored before it was kept, the
+        platform:reversal_shortfall lines of its ledger entries (read in `session`)."""
+        if wallet is not None and wallet.get("owed_minor") is not None:
+            return int(wallet["owed_minor"])
+        total = 0
+        async for doc in self.tx.find({"wallet": user_id, "lines.account": REVERSAL_SHORTFALL}, projection={"lines": 1},
+                                      session=session):
+            total -= sum(int(line["amount_minor"]) for line in doc["lines"] if line["account"] == REVERSAL_SHORTFALL)
+        return total
+
+    async def owed(self, user_id: int) -> int:
+        return await self._owed(user_id, await self.wallets.find_one({"_id": user_id}))
+
+    async def wallet_view(self, user_id: int, recent: int) -> tuple[int, int, list[dict], int]:
+        """(balance per the ledger, cached balance, newest `recent` transactions, what the user owes), read in one
+        snapshot.
 
         The ledger's own record of this wallet's balance is the `balance_after` its last transaction
         (`last_tx` on the wallet, set in that same transaction) wrote into its line: one look-up, not a
@@ -163,18 +184,19 @@ class LedgerStore:
             cached = int(wallet["balance_minor"]) if wallet else 0
             newest = await self.tx.find({"wallet": user_id}, sort=NEWEST, limit=recent, session=session).to_list()
             if wallet is None and not newest:
-                return 0, 0, newest  # never used
+                return 0, 0, newest, 0  # never used
+            owed = await self._owed(user_id, wallet, session)
             last_id = wallet.get("last_tx") if wallet else None
             last = next((d for d in newest if d["_id"] == last_id), None) if last_id is not None else None
             if last is None and last_id is not None:
                 last = await self.tx.find_one({"_id": last_id}, session=session)
             recorded = [line.get("balance_after_minor") for line in (last or {}).get("lines", []) if line["account"] == account]
             if recorded and recorded[-1] is not None and int(recorded[-1]) == cached:
-                return cached, cached, newest
+                return cached, cached, newest, owed
             total = 0
             async for doc in self.tx.find({"wallet": user_id}, projection={"lines": 1}, session=session):
                 total += sum(int(line["amount_minor"]) for line in doc["lines"] if line["account"] == account)
-            return total, cached, newest
+            return total, cached, newest, owed
 
         async with self.client.start_session() as session:
             return await session.with_transaction(read)
@@ -188,14 +210,16 @@ class LedgerStore:
         # transaction: concurrent first upserts of one document are a known rough edge of the
         # embedded database (see sheda_rt/database/ids.py).
         try:
-            await self.wallets.insert_one({"_id": user_id, "balance_minor": Int64(0), "created_at": now, "updated_at": now})
+            await self.wallets.insert_one({"_id": user_id, "balance_minor": Int64(0), "owed_minor": Int64(0), "created_at": now,
+                                           "updated_at": now})
         except DuplicateKeyError:
             pass
 
     async def post(self, doc: dict, now) -> tuple[dict, bool]:
-        """Write one balanced transaction atomically with its wallets' balances: (the transaction,
-        written now?). A transaction with the same `key` already written is returned as it is
-        (False), whatever it holds: the caller compares. Raises Overdraft (nothing written)."""
+        """Write one balanced transaction atomically with its wallets' balances (and what the user owes, when it has
+        platform:reversal_shortfall lines): (the transaction, written now?). A transaction with the same `key` already
+        written is returned as it is (False), whatever it holds: the caller compares. Raises Overdraft (nothing
+        written): a wallet below zero, or more repaid than is owed."""
         lines = doc["lines"]
         assert sum(line["amount_minor"] for line in lines) == 0, "a ledger transaction balances"
         owners = sorted({u for u in (wallet_owner(line["account"]) for line in lines) if u is not None})
@@ -228,6 +252,16 @@ class LedgerStore:
                 if result.matched_count == 0:
                     raise Overdraft(user_id, int(wallet["balance_minor"]) if wallet else 0, -amount)
                 line["balance_after_minor"] = Int64(wallet["balance_minor"])
+            owed_change = -sum(int(line["amount_minor"]) for line in record["lines"] if line["account"] == REVERSAL_SHORTFALL)
+            if owed_change:  # the wallet's own line was written above (even at 0.00), so racing writers conflict
+                user_id = record["wallet"]
+                if user_id is None:
+                    raise ValueError("what a user owes moves with a line on their wallet")
+                wallet = await self.wallets.find_one({"_id": user_id}, session=session)
+                owed = await self._owed(user_id, wallet, session)
+                if owed + owed_change < 0:
+                    raise Overdraft(user_id, owed, -owed_change)
+                await self.wallets.update_one({"_id": user_id}, {"$set": {"owed_minor": Int64(owed + owed_change)}}, session=session)
             await self.tx.insert_one(record, session=session)
             return record, True
 
@@ -258,24 +292,30 @@ class LedgerStore:
             await self.barrier.update_one({"_id": self.barrier_id}, {"$inc": {"n": 1}})
 
     # ---- the audit -------------------------------------------------------------
-    async def snapshot_totals(self) -> tuple[int, dict[str, int], list[dict], dict[int, int]]:
+    async def snapshot_totals(self) -> tuple[int, dict[str, int], list[dict], dict[int, int], dict[int, int], dict[int, int]]:
         """In one snapshot: (transactions read, each account's sum of lines, the transactions whose
-        lines do not sum to zero, each wallet's cached balance)."""
+        lines do not sum to zero, each wallet's cached balance, what each user owes per the ledger (their
+        transactions' platform:reversal_shortfall lines, negated; nonzero only), each wallet's cached `owed_minor`
+        (wallets that keep one))."""
         async def read(session):
-            count, totals, unbalanced = 0, {}, []
-            async for doc in self.tx.find({}, projection={"lines": 1}, session=session):
+            count, totals, unbalanced, owed = 0, {}, [], {}
+            async for doc in self.tx.find({}, projection={"lines": 1, "wallet": 1}, session=session):
                 count += 1
                 total = 0
                 for line in doc["lines"]:
                     amount = int(line["amount_minor"])
                     totals[line["account"]] = totals.get(line["account"], 0) + amount
                     total += amount
+                    if line["account"] == REVERSAL_SHORTFALL and doc.get("wallet") is not None:
+                        owed[doc["wallet"]] = owed.get(doc["wallet"], 0) - amount
                 if total != 0:
                     unbalanced.append({"transaction_id": doc["_id"], "sum_minor": total})
-            cached = {}
-            async for wallet in self.wallets.find({}, projection={"balance_minor": 1}, session=session):
+            cached, cached_owed = {}, {}
+            async for wallet in self.wallets.find({}, projection={"balance_minor": 1, "owed_minor": 1}, session=session):
                 cached[wallet["_id"]] = int(wallet["balance_minor"])
-            return count, totals, unbalanced, cached
+                if wallet.get("owed_minor") is not None:
+                    cached_owed[wallet["_id"]] = int(wallet["owed_minor"])
+            return count, totals, unbalanced, cached, {u: v for u, v in owed.items() if v}, cached_owed
 
         async with self.client.start_session() as session:
             return await session.with_transaction(read)

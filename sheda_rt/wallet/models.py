@@ -12,7 +12,7 @@ from sheda_rt.responses import MoneyText, ResponseModel, Timestamp
 
 
 class LedgerLine(ResponseModel):
-    account: str = Field(description='"wallet:<user_id>", "platform:revenue" or "gateway:clearing"')
+    account: str = Field(description='"wallet:<user_id>", "platform:revenue", "gateway:clearing" or "platform:reversal_shortfall"')
     amount: MoneyText = Field(description="Signed naira: positive credits the account, negative debits it")
 
 
@@ -21,7 +21,8 @@ class LedgerTransactionOut(ResponseModel):
     transaction (`reverses` names the one it undoes)."""
 
     id: int
-    kind: str = Field(description="topup, spend, refund, topup_reversal (the gateway gave a top-up back to the payer)")
+    kind: str = Field(description="topup, spend, refund, topup_reversal (the gateway gave a top-up back to the payer), "
+                                  "owed_repayment (a top-up repaying what a reversal could not take), topup_void")
     lines: list[LedgerLine]
     memo: str
     refs: dict = Field(description="What the money was for (e.g. promotion_id, payment reference)")
@@ -40,6 +41,8 @@ class WalletOut(ResponseModel):
     user_id: int
     currency: str
     balance: MoneyText = Field(description="Naira, recomputed from the ledger")
+    owed: MoneyText = Field(description="What the user owes: top-ups the gateway took back after the money was spent; "
+                                        "the next top-ups repay it first. \"0.00\" when nothing is owed")
     recent: list[WalletEntryOut] = Field(description="The newest entries (at most 10); the rest: GET /wallet/transactions")
 
 
@@ -56,7 +59,8 @@ class WalletQuery(PageQuery):
 
 class AuditMismatch(ResponseModel):
     kind: str = Field(description="unbalanced (a transaction's lines do not sum to zero), cached_balance (a wallet's "
-                                  "cached balance differs from its ledger), negative_wallet")
+                                  "cached balance differs from its ledger), negative_wallet, cached_owed (what a wallet "
+                                  "keeps as owed differs from its ledger), negative_owed")
     detail: str
     account: Optional[str] = None
     transaction_id: Optional[int] = None
@@ -68,4 +72,7 @@ class AuditOut(ResponseModel):
     wallets: int = Field(description="How many wallets were checked")
     wallets_total: MoneyText = Field(description="All wallets' balances together, from the ledger")
     platform: dict[str, MoneyText] = Field(description="The platform's accounts (revenue, gateway clearing) from the ledger")
+    owed: dict[str, MoneyText] = Field(description="What each user owes (\"wallet:<id>\" -> naira), from the ledger: "
+                                                   "reversals their wallet could not pay, less their top-ups' repayments; "
+                                                   "users owing nothing are not listed")
     mismatches: list[AuditMismatch]

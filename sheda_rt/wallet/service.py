@@ -10,6 +10,12 @@ is written atomically with the wallet's balance, and why a crash never leaves ha
              gateway:clearing +X, wallet:<payer> -min(X, balance), platform:reversal_shortfall -(the rest)
     top-up void (refunded before it was credited)                    key "topup:<payment reference>"
              no lines: it holds the top-up's key, so its credit is never written (void_topup)
+    owed repayment (a top-up repays what reversals could not take)    key "owed_repayment:<payment reference>"
+             wallet:<payer> -R, platform:reversal_shortfall +R; R = min(owed, what the top-up credited, the balance)
+
+What a user owes is what top-up reversals debited from platform:reversal_shortfall for their wallet (the money was
+spent when the gateway took it back), less what their later top-ups repaid (repay_owed); the wallet keeps it beside
+its balance (LedgerStore, `owed_minor`) and GET /wallet shows it.
 
 Amounts are integer kobo inside, decimal naira strings ("1200.00") on the wire.
 """
@@ -144,6 +150,32 @@ class WalletService:
         stored, created = await self.ledger.post(doc, self.clock.now())
         return transaction_view(stored), created
 
+    async def repay_owed(self, user_id: int, reference: str) -> dict | None:
+        """A top-up (credited under `reference`) repays what the user owes first: one owed_repayment entry, keyed by the
+        top-up's reference, so once per top-up whoever finishes it (a webhook, the reconciliation, a redelivery, in any
+        process); R = min(owed, what this top-up credited, the balance now). The ledger holds both guards in the
+        write (the balance never below zero, never more repaid than owed: Overdraft, read again). The entry, or None
+        when nothing is owed (or the top-up credited nothing)."""
+        key = f"owed_repayment:{reference}"
+        existing = await self.ledger.by_key(key)
+        if existing is not None:
+            return transaction_view(existing)
+        for _attempt in range(10):  # a spend, a reversal or another top-up's repayment between the reads and the write
+            credited = await self.topup_credited(reference)
+            take = min(await self.ledger.owed(user_id), credited or 0, await self.ledger.cached_balance(user_id))
+            if take <= 0:
+                return None
+            doc = {"key": key, "kind": "owed_repayment", "memo": "Repays what the gateway took back after it was spent",
+                   "refs": {"payment_reference": reference},
+                   "lines": [{"account": wallet_account(user_id), "amount_minor": -take},
+                             {"account": REVERSAL_SHORTFALL, "amount_minor": take}]}
+            try:
+                stored, _created = await self.ledger.post(doc, self.clock.now())
+                return transaction_view(stored)
+            except Overdraft:
+                continue
+        raise RuntimeError(f"owed repayment {key}: the wallet kept changing")
+
     async def topup_credited(self, reference: str) -> int | None:
         """What the top-up paid under `reference` credited, in kobo; None when no credit was made for it (none yet, or
         voided: refunded before its credit)."""
@@ -236,11 +268,11 @@ class WalletService:
         return await self.ledger.cached_balance(user_id)
 
     async def wallet(self, user_id: int) -> dict:
-        ledger_minor, cached_minor, newest = await self.ledger.wallet_view(user_id, RECENT)
+        ledger_minor, cached_minor, newest, owed_minor = await self.ledger.wallet_view(user_id, RECENT)
         if ledger_minor != cached_minor:  # never expected: the two only change together
             log.error('{"event": "wallet_cache_mismatch", "user_id": %d, "ledger": %d, "cached": %d}', user_id, ledger_minor,
                       cached_minor)
-        return {"user_id": user_id, "currency": CURRENCY, "balance": naira(ledger_minor),
+        return {"user_id": user_id, "currency": CURRENCY, "balance": naira(ledger_minor), "owed": naira(owed_minor),
                 "recent": [entry_view(doc, user_id) for doc in newest]}
 
     async def transactions(self, user_id: int, page) -> dict:
@@ -248,8 +280,9 @@ class WalletService:
 
     async def audit(self) -> dict:
         """Recompute every account from the ledger (one snapshot): each transaction must sum to zero,
-        each wallet's cached balance must equal its ledger sum, no wallet may be below zero."""
-        count, totals, unbalanced, cached = await self.ledger.snapshot_totals()
+        each wallet's cached balance must equal its ledger sum, no wallet may be below zero; what each user owes
+        (`owed`, per the ledger: those owing nothing are left out) must equal what their wallet keeps."""
+        count, totals, unbalanced, cached, owed, cached_owed = await self.ledger.snapshot_totals()
         mismatches = [{"kind": "unbalanced", "transaction_id": u["transaction_id"],
                        "detail": f"lines sum to {naira(u['sum_minor'])}, not 0"} for u in unbalanced]
         wallets: dict[int, int] = {}
@@ -268,6 +301,15 @@ class WalletService:
             if from_ledger < 0:
                 mismatches.append({"kind": "negative_wallet", "account": wallet_account(user_id),
                                    "detail": f"the ledger says {naira(from_ledger)}"})
+        for user_id in sorted(set(owed) | set(cached_owed)):  # a wallet without owed_minor is read from its ledger
+            from_ledger = owed.get(user_id, 0)
+            if user_id in cached_owed and cached_owed[user_id] != from_ledger:
+                mismatches.append({"kind": "cached_owed", "account": wallet_account(user_id),
+                                   "detail": f"the ledger says {naira(from_ledger)} owed, the wallet keeps {naira(cached_owed[user_id])}"})
+            if from_ledger < 0:
+                mismatches.append({"kind": "negative_owed", "account": wallet_account(user_id),
+                                   "detail": f"the ledger says {naira(from_ledger)} owed"})
         return {"ok": not mismatches, "transactions": count, "wallets": len(set(wallets) | set(cached)),
                 "wallets_total": naira(sum(wallets.values())), "platform": {k: naira(v) for k, v in sorted(platform.items())},
+                "owed": {wallet_account(u): naira(v) for u, v in sorted(owed.items()) if v > 0},
                 "mismatches": mismatches}

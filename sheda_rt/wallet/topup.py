@@ -63,6 +63,7 @@ class WalletTopupTarget:
             refs={"resolved_by": admin_id, "reason": reason}, memo=f"Wallet top-up, settled by an admin: {reason}")
         if tx["kind"] == TOPUP_VOID:  # checked before the claim (voided); a refund voiding it meanwhile ends here
             raise Conflict(_REFUNDED_BEFORE_CREDIT, "refunded_before_credit")
+        await self.wallet.repay_owed(payment["payer_id"], payment["reference"])
         return tx
 
     async def voided(self, payment: dict) -> bool:
@@ -118,4 +119,7 @@ class WalletTopupTarget:
             return "reversed_before_credit", ("topup_reversed_uncredited",
                                               f"the gateway reports a {why} of {tx['refs'].get('amount', '?')} NGN for a "
                                               "top-up this server has not credited: it will not be")
+        # What the user owes (reversals the wallet could not pay) is repaid first; before the payment is recorded
+        # applied, so a process dying in between leaves it to whoever finishes the apply (once: its key).
+        await self.wallet.repay_owed(payment["payer_id"], payment["reference"])
         return ("credited" if credited else "already_credited"), None
