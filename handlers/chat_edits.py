@@ -12,12 +12,14 @@ from sheda_rt.chat.models import DeliveredReceipt, MessageDeleted, MessageReacti
 
 class MessageHandler(APIHandler):
     @endpoint("Edit my message (within CHAT_EDIT_WINDOW_SECONDS of sending): message.updated to both participants",
-              auth=USER, body=EditBody, response=MessageUpdated, errors=(401, 403, 404, 409, 422), tags=("chat",))
+              auth=USER, body=EditBody, response=MessageUpdated, errors=(401, 403, 404, 409, 422, 429), tags=("chat",))
     async def patch(self, message_id: int, body: EditBody):
         """403 `not_sender` (the receiver's message), 403 `blocked` (either of us blocks the other),
         404 `message_not_found` (unknown, another conversation's, deleted, or hidden for me), 409
-        `edit_window_closed`, 422 empty text.
+        `edit_window_closed`, 422 empty text, 429 `rate_limited` with Retry-After (edits and reactions over
+        REST spend one per-user budget, WS_CONTROL_BURST then WS_CONTROL_PER_SECOND).
         Answers the event both participants' sockets get (with its seq)."""
+        await self.ctx.chat.spend_action_budget(self.principal.user_id)
         return await self.ctx.chat_edits.edit(self.principal.user_id, message_id, body.message)
 
     @endpoint("Delete a message: for=everyone (the sender: a tombstone for both) or for=me (hidden from my history)",
@@ -32,11 +34,12 @@ class MessageHandler(APIHandler):
 
 class ReactionHandler(APIHandler):
     @endpoint("Toggle my reaction on a message (one of 👍 ❤️ 😂 😮 😢 🙏): message.reaction to both participants",
-              auth=USER, body=ReactBody, response=MessageReaction, errors=(401, 403, 404, 422), tags=("chat",))
+              auth=USER, body=ReactBody, response=MessageReaction, errors=(401, 403, 404, 422, 429), tags=("chat",))
     async def post(self, message_id: int, body: ReactBody):
         """`on` says whether my reaction is now set; `counts` are the message's reactions. 404
         `message_not_found` (unknown, another conversation's, deleted, hidden for me), 403 `blocked` (either of
-        us blocks the other), 422 `invalid_emoji`."""
+        us blocks the other), 422 `invalid_emoji`, 429 `rate_limited` with Retry-After (the edits' budget)."""
+        await self.ctx.chat.spend_action_budget(self.principal.user_id)
         return await self.ctx.chat_edits.react(self.principal.user_id, message_id, body.emoji)
 
 

@@ -420,3 +420,31 @@ async def test_react_and_received_over_rest_for_clients_without_a_socket(sheda):
     assert r.status == 400 and r.json["code"] == "self_message", r
     assert (await conversations(sheda, alice))[0]["last_message_status"] == "delivered"
     await fits_the_document(sheda, a, b, c)
+
+
+@pytest.mark.parametrize("settings_overrides", [{"ws_rate_burst": 10_000, "ws_rate_per_second": 10_000,
+                                                 "ws_control_burst": 3, "ws_control_per_second": 0.001}])
+async def test_edits_and_reactions_over_rest_spend_a_budget_as_on_the_socket(sheda):
+    """On the socket every edit and reaction spends the control budget; over REST they spent nothing, so a client
+    could toggle a reaction (or rewrite a message) without end, each a stored event delivered live to the other
+    person. REST now spends one per-user budget of the same figures: here 3, refilled once in 1,000 s, so the
+    refusals do not depend on timing. A refusal is 429 with Retry-After and changes nothing."""
+    alice, bob = await sheda.signup("client"), await sheda.signup("agent")
+    r = await sheda.api.post("/api/v1/chats", {"receiver_id": bob.id, "message": "Keys on Friday"}, token=alice.token)
+    assert r.status == 201, r
+    mid = r.json["id"]
+    react = f"/api/v1/chat/messages/{mid}/reactions"
+    for _ in range(3):  # on, off, on: Bob's three
+        assert (await sheda.api.post(react, {"emoji": "👍"}, token=bob.token)).status == 200
+    assert (await sheda.api.patch(f"/api/v1/chat/messages/{mid}", {"message": "Keys on Saturday"}, token=alice.token)).status == 200  # her own
+    before = await stored(sheda, mid)
+    events = (await sheda.api.get("/api/v1/events", token=alice.token, params={"after_seq": 0})).json["items"]
+    for _ in range(2):
+        r = await sheda.api.post(react, {"emoji": "👍"}, token=bob.token)
+        assert r.status == 429 and r.json["code"] == "rate_limited" and int(r.headers["Retry-After"]) >= 1, r
+        r = await sheda.api.patch(f"/api/v1/chat/messages/{mid}", {"message": "x"}, token=bob.token)
+        assert r.status == 429, r  # spent before the rules are asked
+    assert await stored(sheda, mid) == before
+    assert (await sheda.api.get("/api/v1/events", token=alice.token, params={"after_seq": 0})).json["items"] == events
+    # Each user has their own: Alice (one spent by her edit) still edits.
+    assert (await sheda.api.patch(f"/api/v1/chat/messages/{mid}", {"message": "Keys on Sunday"}, token=alice.token)).status == 200

@@ -271,6 +271,17 @@ class ChatService:
         s = self.settings
         return await self.limits.take_token(f"ws:{user_id}", s.ws_rate_burst, s.ws_rate_per_second)
 
+    async def spend_action_budget(self, user_id: int) -> None:
+        """An edit or a reaction sent over REST. On the socket each spends the socket's control budget
+        (WS_CONTROL_BURST, WS_CONTROL_PER_SECOND); over REST they spend one per-user bucket of the same
+        figures (across processes with Redis), else a client could rewrite a message or toggle a reaction
+        without end, each a stored event delivered live to the other person. Beyond it 429 `rate_limited`
+        with Retry-After, and nothing changes."""
+        s = self.settings
+        wait = await self.limits.take_token(f"chat-acts:{user_id}", s.ws_control_burst, s.ws_control_per_second)
+        if wait > 0:
+            raise RateLimited("Too many edits and reactions; try again after Retry-After seconds", math.ceil(wait))
+
     async def send(self, sender: dict, receiver_id: int, message: str, **kw) -> tuple[dict, bool]:
         """REST: spend a token of the sender's message budget (429 `rate_limited` with Retry-After,
         nothing stored, when it is empty), submit and wait for the batch."""
