@@ -114,6 +114,34 @@ async def test_signed_in_inquiry_is_linked_and_turns_into_a_chat_with_one_call(s
     assert (await sheda.api.get(f"{LEADS}/{anon}", token=agent.token)).json["conversation"] is None
 
 
+async def test_a_conversation_start_left_by_a_dead_process_is_taken_over(sheda):
+    """A process that died between claiming the lead's conversation and recording its message left the claim:
+    every later try was 409 conversation_exists while the lead showed no conversation, so the agent could never
+    answer that inquirer from the lead. A claim older than a minute with no message is taken over; a fresh one
+    (another screen sending right now) still answers 409."""
+    from datetime import timedelta
+
+    agent, client = await sheda.signup("agent"), await sheda.signup("client")
+    prop = await create_property(sheda, agent)
+    leads = []
+    for _ in range(2):
+        r = await sheda.api.post(INQ, inquiry(prop), token=client.token, headers=from_ip())
+        assert r.status == 201, r
+        leads.append(r.json["id"])
+    now = sheda.ctx.clock.now()
+    await sheda.ctx.db["leads"].update_one({"_id": leads[0]}, {"$set": {"conversation": {"starting_at": now - timedelta(minutes=5)}}})
+    await sheda.ctx.db["leads"].update_one({"_id": leads[1]}, {"$set": {"conversation": {"starting_at": now}}})
+    client_ws = await sheda.ws(client.token)
+    r = await sheda.api.post(f"{LEADS}/{leads[0]}/conversation", {"message": "Sorry for the wait"}, token=agent.token)
+    assert r.status == 201 and r.json["lead"]["conversation"]["message_id"] == r.json["message"]["id"], r
+    assert r.json["lead"]["status"] == "contacted"
+    assert (await client_ws.wait_type("message"))["message"] == "Sorry for the wait"
+    r = await sheda.api.post(f"{LEADS}/{leads[0]}/conversation", {"message": "again"}, token=agent.token)
+    assert r.status == 409 and r.json["code"] == "conversation_exists", r
+    r = await sheda.api.post(f"{LEADS}/{leads[1]}/conversation", {"message": "Hello"}, token=agent.token)
+    assert r.status == 409 and r.json["code"] == "conversation_exists", r
+
+
 @pytest.mark.parametrize("settings_overrides", [{"trust_proxy_headers": True, "ws_rate_burst": 2, "ws_rate_per_second": 0.05}])
 async def test_the_leads_first_message_spends_the_agents_chat_budget(sheda):
     # A chat message however it is sent: socket, POST /chats, or the answer to a lead share one budget.

@@ -18,6 +18,8 @@
 """
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sheda_rt.chat.frames import history_row, sender_info
 from sheda_rt.clock import format_ts
 from sheda_rt.errors import Conflict, Forbidden, NotFound, RateLimited
@@ -26,6 +28,10 @@ from sheda_rt.metrics import INQUIRIES
 
 WINDOW_SECONDS = 3600
 INQUIRIES_PER_IP_PER_HOUR = 5
+#: A conversation start not recorded this long after it began was left by a process that died mid-send
+#: (a send takes well under a second): the next request takes it over. Its message goes under the same
+#: idempotency key (`lead-<id>`), so one the dead process stored within the resend window is not sent twice.
+CLAIM_STALE_SECONDS = 60
 
 
 def note_view(note: dict) -> dict:
@@ -145,7 +151,8 @@ class LeadService:
             raise Forbidden("Only the lead's agent can write to the inquirer", "not_lead_agent")
         if doc.get("user_id") is None:
             raise Conflict("The inquirer has no account to chat with; answer by email or phone", "inquirer_not_registered")
-        if not await self.store.claim_conversation(lead_id, self.clock.now()):
+        now = self.clock.now()
+        if not await self.store.claim_conversation(lead_id, now, now - timedelta(seconds=CLAIM_STALE_SECONDS)):
             raise Conflict("This lead already has a conversation", "conversation_exists")
         # The avatar as every chat frame has it: absolute under PUBLIC_BASE_URL (a phone cannot resolve a bare path).
         info = sender_info(principal.user, self.chat.settings.public_base_url)

@@ -59,9 +59,14 @@ class LeadStore:
             self.col, {"_id": lead_id, f"notes.{max_notes - 1}": {"$exists": False}},
             {"$push": {"notes": note}, "$set": {"updated_at": now}})
 
-    async def claim_conversation(self, lead_id: int, now) -> bool:
-        """Mark the lead as starting its conversation; False if it already has (or is starting) one."""
-        result = await self.col.update_one({"_id": lead_id, "conversation": None}, {"$set": {"conversation": {"starting_at": now}}})
+    async def claim_conversation(self, lead_id: int, now, stale_before) -> bool:
+        """Mark the lead as starting its conversation; False if it already has one, or another request
+        started one since `stale_before` (an older start whose message was never recorded is a process that
+        died mid-send: the claim is taken over)."""
+        result = await self.col.update_one(
+            {"_id": lead_id, "$or": [{"conversation": None},
+                                     {"conversation.message_id": {"$exists": False}, "conversation.starting_at": {"$lt": stale_before}}]},
+            {"$set": {"conversation": {"starting_at": now}}})
         return result.modified_count == 1
 
     async def release_conversation(self, lead_id: int) -> None:
