@@ -75,7 +75,9 @@ class PaystackWebhookHandler(APIHandler):
         bytes keyed with our secret key, else 401 and nothing is stored (also 401 for everything when no gateway is
         configured). Each event is handled once (a redelivery → 200, no effect). A `charge.success` is confirmed with
         Paystack's verify endpoint before the payment's effect (contract, installment, wallet); an amount or currency that differs from what we
-        initialized flags the payment for an admin instead. A `refund.processed` or a chargeback lost
+        initialized flags the payment for an admin instead. A `refund.processed` is first confirmed with Paystack's
+        refund list (503 `refund_unconfirmed` and the payment flagged when Paystack does not show it processed: it
+        delivers again). A confirmed `refund.processed` or a chargeback lost
         (`charge.dispute.resolve`, `merchant-accepted`) takes a top-up's money back from the wallet (a `topup_reversal`
         ledger entry, never below zero: a shortfall is flagged `topup_reversal_shortfall`); a dispute opened flags the
         payment `gateway_dispute`; for a contract or installment, a refund or lost chargeback flags it

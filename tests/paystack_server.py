@@ -5,11 +5,17 @@ documentation describes, and delivers webhooks signed with the test secret.
                                 callback_url, metadata} -> {status, message, data: {authorization_url, access_code, reference}}
   GET  /transaction/verify/{ref} -> {status, message, data: {id, status, reference, amount, currency, paid_at, ...}};
                                 an unknown reference: 400 {status: false, message: "Transaction reference not found"}
+  GET  /refund?transaction=<transaction id>&perPage=&page= -> {status, message: "Refunds retrieved", data: [{id,
+                                integration, domain, transaction (the transaction's id), dispute, settlement, amount (kobo),
+                                deducted_amount, currency, channel, fully_deducted, status: "pending" | "processing" |
+                                "processed" | "failed", refunded_by, refunded_at, expected_at, customer_note, merchant_note,
+                                createdAt}, ...], meta: {total, skipped, perPage, page, pageCount}}, newest first
 
 A new transaction is "abandoned" (Paystack's word for "not paid yet") until the test plays the customer:
 `pay()` / `fail()`. `deliver()` posts a `charge.success` event to our server as Paystack would.
 Money going back: `refund()` refunds (part of) a paid transaction as the merchant's dashboard does (a full refund
-leaves verify reporting "reversed") and returns its `refund.processed` body; `dispute_body()` is a chargeback's
+leaves verify reporting "reversed"; GET /refund lists it) and returns its `refund.processed` body (`recorded=False`:
+a body for a refund Paystack never made); `dispute_body()` is a chargeback's
 `charge.dispute.create` / `.resolve` body. Their shapes are Paystack's documented ones (see gateway.py).
 """
 from __future__ import annotations
@@ -93,6 +99,20 @@ class _Verify(_Base):
             hook("after")
 
 
+class _Refunds(_Base):
+    def get(self):
+        self.gateway.refund_lists.append(self.get_argument("transaction", None))
+        if self.gateway.refunds_down:
+            return self.answer(500, {"status": False, "message": "An error occurred"})
+        items = [r for r in reversed(self.gateway.refunds)
+                 if self.get_argument("transaction", None) in (None, str(r["transaction"]))]
+        per_page, page = int(self.get_argument("perPage", "50")), int(self.get_argument("page", "1"))
+        chunk = items[(page - 1) * per_page:page * per_page]
+        self.answer(200, {"status": True, "message": "Refunds retrieved", "data": chunk, "meta": {
+            "total": len(items), "skipped": (page - 1) * per_page, "perPage": per_page, "page": page,
+            "pageCount": max(1, -(-len(items) // per_page))}})
+
+
 class FakePaystack:
     def __init__(self, secret: str = SECRET):
         self.secret = secret
@@ -105,6 +125,10 @@ class FakePaystack:
         #: (the kill -9 tests stop our server there).
         self.around_verify_answer = None
         self.webhook_url: str | None = None
+        #: Refunds made (refund()), as GET /refund lists them; refunds_down: that route answers 500.
+        self.refunds: list[dict] = []
+        self.refund_lists: list[str | None] = []
+        self.refunds_down = False
         self._http: tornado.httpserver.HTTPServer | None = None
         self.base_url = ""
 
@@ -112,6 +136,7 @@ class FakePaystack:
         app = tornado.web.Application([
             (r"/transaction/initialize", _Initialize, {"gateway": self}),
             (r"/transaction/verify/([^/]+)", _Verify, {"gateway": self}),
+            (r"/refund", _Refunds, {"gateway": self}),
         ])
         sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
         self._http = tornado.httpserver.HTTPServer(app)
@@ -139,17 +164,28 @@ class FakePaystack:
         return tx
 
     # ---- money going back -------------------------------------------------------------
-    def refund(self, reference: str, amount: int | None = None, *, status: str = "processed") -> bytes:
+    def refund(self, reference: str, amount: int | None = None, *, status: str = "processed", recorded: bool = True) -> bytes:
         """Refund `amount` kobo (all of it by default) of a paid transaction; the `refund.<status>` webhook body.
         Paystack's refund events carry no transaction id: the payment is `transaction_reference`, the refund
-        `refund_reference` (amounts sometimes as digit strings, as its own samples show)."""
+        `refund_reference` (amounts sometimes as digit strings, as its own samples show). The refund is listed by
+        GET /refund with that status unless `recorded` is False (then only the body exists: a refund never made)."""
         tx = self.transactions[reference]
         amount = tx["amount"] if amount is None else amount
         refund_reference = f"TRF_{secrets.token_hex(7)}"
-        if status == "processed":
+        status_listed = status if recorded else None
+        if status_listed == "processed":
             tx["refunded"] = tx.get("refunded", 0) + amount
             if tx["refunded"] >= tx["amount"]:
                 tx["status"] = "reversed"
+        if status_listed is not None:
+            now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+            self.refunds.append({
+                "id": next(_ids), "integration": 412829, "domain": "test", "transaction": tx["id"], "dispute": None,
+                "settlement": None, "amount": amount, "deducted_amount": amount, "currency": tx["currency"], "channel": "card",
+                "fully_deducted": True, "status": status_listed, "refunded_by": "merchant@example.com",
+                "refunded_at": now if status_listed == "processed" else None, "expected_at": now,
+                "customer_note": f"Refund for transaction {reference}", "merchant_note": f"Refund for transaction {reference}",
+                "createdAt": now})
         return json.dumps({"event": f"refund.{status}", "data": {
             "status": status, "transaction_reference": reference, "refund_reference": refund_reference,
             "amount": str(amount), "currency": tx["currency"], "processor": "mpgs_zen",

@@ -535,7 +535,8 @@ async def test_concurrent_refunds_and_chargebacks_of_one_topup_never_take_back_m
     first = paystack.refund(ref2, 30_000)
     source = "refund.processed:" + json.loads(first)["data"]["refund_reference"]
     await sheda.ctx.payment_store.start_reversals(payment2["_id"], 0, [])
-    for src in (source, "refund.processed:TRF_lost"):
+    lost = "refund.processed:" + json.loads(paystack.refund(ref2, 30_000))["data"]["refund_reference"]  # never delivered
+    for src in (source, lost):
         assert await sheda.ctx.payment_store.reserve_reversal(
             payment2["_id"], {"source": src, "amount_minor": 30_000, "why": "refund", "at": sheda.ctx.clock.now()}, 70_000)
     assert (await sheda.api.get(WALLET, token=second.token)).json["balance"] == "1000.00"
@@ -725,4 +726,54 @@ async def test_what_a_reversal_could_not_take_is_owed_and_the_next_topups_repay_
     await paid_topup(sheda, paystack, other, "600.00")
     me = (await sheda.api.get(WALLET, token=other.token)).json
     assert me["owed"] == "0.00" and me["balance"] == "100.00", me
+    await audit_ok(sheda, admin)
+
+
+async def test_a_refund_event_is_confirmed_with_paystack_before_the_wallet_gives_anything_back(sheda, paystack):
+    """A refund.processed was trusted on its signature alone: the wallet gave back whatever amount it named. Paystack's
+    refund events carry no refund id to fetch, but GET /refund lists a transaction's refunds with their status and
+    amount: a top-up's money is now taken back only when the refunds Paystack shows processed for that transaction
+    cover this one and those taken back before. Otherwise nothing moves, the payment is flagged refund_unconfirmed and
+    the delivery is a 503 (Paystack delivers again); Paystack unreachable, a 503 too."""
+    paystack.webhook_url = sheda.base_url + "/api/v1/webhooks/paystack"
+    user, admin = await sheda.signup("client"), await sheda.admin()
+    ref = await paid_topup(sheda, paystack, user, "3000.00")
+    transaction_id = paystack.transactions[ref]["id"]
+
+    # A refund Paystack never made (a signed body alone): nothing moves.
+    never = paystack.refund(ref, 100_000, recorded=False)
+    r = await paystack.deliver(never)
+    assert r.code == 503 and json.loads(r.body)["code"] == "refund_unconfirmed", r.body
+    assert int(r.headers["Retry-After"]) > 0
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "3000.00"
+    pay = (await sheda.api.get(f"{PAY}/{ref}", token=admin.token)).json
+    assert [f["reason"] for f in pay["flags"]] == ["refund_unconfirmed"]
+    assert paystack.refund_lists[-1] == str(transaction_id)  # asked about that transaction's refunds
+
+    # A refund Paystack made is taken back; one naming more than Paystack refunded in all is not.
+    assert (await paystack.deliver(paystack.refund(ref, 50_000))).code == 200
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "2500.00"
+    pending = paystack.refund(ref, 70_000, status="pending")  # listed, not processed yet
+    more = json.loads(pending)
+    more["event"], more["data"]["status"] = "refund.processed", "processed"
+    more = json.dumps(more).encode()
+    assert (await paystack.deliver(more)).code == 503
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "2500.00"
+    paystack.refunds[-1]["status"] = "processed"  # Paystack processed it: the redelivery takes it back
+    assert (await paystack.deliver(more)).code == 200
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "1800.00"
+    assert (await paystack.deliver(more)).code == 200  # once
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "1800.00"
+
+    # Paystack unreachable: 503 gateway_unavailable, nothing moves; delivered again later, it is taken back.
+    later = paystack.refund(ref, 30_000)
+    paystack.refunds_down = True
+    try:
+        r = await paystack.deliver(later)
+    finally:
+        paystack.refunds_down = False
+    assert r.code == 503 and json.loads(r.body)["code"] == "gateway_unavailable", r.body
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "1800.00"
+    assert (await paystack.deliver(later)).code == 200
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "1500.00"
     await audit_ok(sheda, admin)

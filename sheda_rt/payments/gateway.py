@@ -17,6 +17,11 @@ Paystack, as documented:
   Webhooks: POST {event: "charge.success", data: {id, reference, amount, currency, status, ...}} with
        x-paystack-signature = hex HMAC-SHA512 of the raw body keyed with the secret key. Paystack sends no
        event id of its own; an event is identified by its name and the transaction id (`charge.success:302961`).
+  GET  {base}/refund?transaction=<transaction id>&perPage=&page=
+       -> {status: true, message: "Refunds retrieved", data: [{id, transaction (the transaction's id), amount (kobo),
+          currency, status: "pending"|"processing"|"processed"|"failed"|..., ...}], meta: {total, perPage, page, pageCount}}
+       A refund event names no refund id (GET /refund/:id needs one), so a refund is confirmed by this list: what
+       Paystack shows processed for the transaction (its id from verify), items of other transactions ignored.
   Money going back (signed the same way):
        refund.processed  {data: {status: "processed", transaction_reference, refund_reference, amount (kobo, an
                          integer or a digit string), currency, ...}}: identified by the refund's `id` when the body
@@ -87,6 +92,8 @@ class PaymentGateway(Protocol):
     async def verify(self, reference: str) -> Verification: ...
 
     def verify_webhook_signature(self, raw_body: bytes, headers) -> bool: ...
+
+    async def refunded(self, reference: str) -> tuple[int, str | None] | None: ...
 
     def parse_webhook(self, raw_body: bytes) -> WebhookEvent | None: ...
 
@@ -169,6 +176,38 @@ class PaystackGateway:
             transaction_id=data.get("id") if isinstance(data.get("id"), (int, str)) else None,
             paid_at=_text_or_none(data.get("paid_at") or data.get("paidAt"), 40), gateway_status=gateway_status,
             gateway_response=_text_or_none(data.get("gateway_response")), channel=_text_or_none(data.get("channel"), 40))
+
+    #: Refund list pages read at most (newest first; a refund event comes right after its refund is processed).
+    REFUND_PAGES = 5
+
+    async def refunded(self, reference: str) -> tuple[int, str | None] | None:
+        """What Paystack shows refunded (status `processed`) of the transaction paid under `reference`: (kobo in all,
+        the transaction's currency), or None when Paystack does not know the reference. Two calls: verify (the
+        transaction's id) then the refunds listed for that id (only items naming that id are counted, whether or not
+        the filter is honoured). GatewayError when Paystack cannot be asked."""
+        v = await self.verify(reference)
+        if v.status == NOT_FOUND or v.transaction_id is None:
+            return None
+        total = 0
+        for page in range(1, self.REFUND_PAGES + 1):
+            status, payload = await self._call(
+                "GET", f"/refund?transaction={quote(str(v.transaction_id), safe='')}&perPage=100&page={page}")
+            data = payload.get("data")
+            if status != 200 or payload.get("status") is not True or not isinstance(data, list):
+                raise GatewayError(f"paystack refused the refund list ({status}): {_text_or_none(payload.get('message'))}")
+            for item in data:
+                if not isinstance(item, dict) or item.get("status") != "processed":
+                    continue
+                transaction = item.get("transaction")
+                if isinstance(transaction, dict):
+                    transaction = transaction.get("id")
+                if str(transaction) != str(v.transaction_id) or (item.get("currency") or v.currency) != v.currency:
+                    continue
+                total += _int_or_none(item.get("amount")) or 0
+            meta = payload.get("meta") if isinstance(payload.get("meta"), dict) else {}
+            if not isinstance(meta.get("pageCount"), int) or page >= meta["pageCount"]:
+                break
+        return total, v.currency
 
     def verify_webhook_signature(self, raw_body: bytes, headers) -> bool:
         """Over the raw bytes as received, before anything is parsed; constant-time comparison."""

@@ -69,6 +69,12 @@ class GatewayUnavailable(ServiceUnavailable):
     code = "gateway_unavailable"
 
 
+class RefundUnconfirmed(ServiceUnavailable):
+    """A signed refund.processed that Paystack's refund list does not (yet) show processed: nothing moves, and the
+    503 makes Paystack deliver it again."""
+    code = "refund_unconfirmed"
+
+
 def payment_view(doc: dict) -> dict:
     return {
         "reference": doc["reference"],
@@ -334,13 +340,13 @@ class PaymentService:
 
     async def _money_back(self, event) -> str:
         """The gateway gave (or may give) a succeeded payment's money back to the payer: `refund.processed`, or a
-        chargeback (`charge.dispute.*`). The signed event is the gateway's word (there is no verify of a refund
-        by reference to ask instead). A dispute opened flags the payment (`gateway_dispute`: an admin answers it on
+        chargeback (`charge.dispute.*`). A dispute's signed event is the gateway's word; a refund's is checked against
+        the gateway's refund list before a top-up's money moves (_confirm_refund). A dispute opened flags the payment (`gateway_dispute`: an admin answers it on
         Paystack's dashboard; nothing moves yet); one resolved `merchant-accepted` (the payer got the money back)
         and a processed refund are reversals: a top-up's target takes the money back from the wallet (`reverse`),
         any other purpose's payment is flagged `refunded_by_gateway` (the contract or installment it paid still
         counts as paid: an admin decides). A dispute resolved otherwise (`declined`: the platform kept the money)
-        changes nothing."""
+        changes nothing. A refund's money is taken back only once the gateway confirms it (_confirm_refund)."""
         payment = await self.store.get(event.reference) if event.reference else None
         if payment is None:
             return "unknown_reference"
@@ -364,6 +370,8 @@ class PaymentService:
                              f"the gateway gave {format_money(Decimal(amount_minor).scaleb(-2))} {payment['currency']} back to the payer "
                              f"({why}); the {payment['purpose']} still counts it paid")
             return "flagged"
+        if event.kind == "refund.processed":
+            await self._confirm_refund(payment, amount_minor, event.event_id)
         outcome, flag = await self._reverse_topup(payment, target, amount_minor, event.event_id, why)
         if outcome == "not_credited":
             # Refunded before its credit was made (a success whose effect a crash left to the reconciliation, or an
@@ -385,6 +393,33 @@ class PaymentService:
             await self._flag(payment, *flag)
         log.info('{"event": "payment_reversed", "reference": "%s", "outcome": "%s"}', payment["reference"], outcome)
         return f"topup_{outcome}"
+
+    async def _confirm_refund(self, payment: dict, amount_minor: int, source: str) -> None:
+        """A signed refund.processed is the gateway's word, not yet its money: before a top-up's money is taken back, the
+        refunds the gateway shows processed for that transaction (gateway.refunded) must cover this one's amount and
+        every other refund reserved on the payment so far. Otherwise the payment is flagged `refund_unconfirmed` (once)
+        and this is a 503: nothing moves, and the gateway delivers the event again (a refund listed a moment late is
+        taken back then). The gateway unreachable: 503 gateway_unavailable, likewise."""
+        if not hasattr(self.gateway, "refunded"):
+            return
+        try:
+            shown = await self.gateway.refunded(payment["reference"])
+        except GatewayError as exc:
+            log.warning("refund list failed for %s: %s", payment["reference"], exc)
+            raise GatewayUnavailable("Could not confirm the refund with the gateway; deliver again later",
+                                     headers={"Retry-After": "60"}, extra={"retry_after": 60})
+        current = await self.store.get(payment["reference"]) or payment
+        before = sum(int(r["amount_minor"]) for r in current.get("reversals") or ()
+                     if r.get("why") == "refund" and r["source"] != source)
+        refunded = shown[0] if shown is not None and shown[1] in (None, payment["currency"]) else 0
+        if refunded >= before + amount_minor:
+            return
+        await self._flag(payment, "refund_unconfirmed",
+                         f"the gateway sent a refund of {format_money(Decimal(amount_minor).scaleb(-2))} {payment['currency']} "
+                         f"that its refund list does not show processed ({format_money(Decimal(refunded).scaleb(-2))} "
+                         f"refunded in all, {format_money(Decimal(before).scaleb(-2))} taken back before): nothing was taken back")
+        raise RefundUnconfirmed("The gateway does not show this refund processed; deliver it again later",
+                                headers={"Retry-After": "300"}, extra={"retry_after": 300})
 
     async def _reverse_topup(self, payment: dict, target, amount_minor: int, source: str, why: str) -> tuple[str, tuple | None]:
         """Reserve, then take back: (outcome, flag or None). "not_credited" when no credit was made to take back,
