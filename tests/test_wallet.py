@@ -726,6 +726,7 @@ async def test_what_a_reversal_could_not_take_is_owed_and_the_next_topups_repay_
     await paid_topup(sheda, paystack, other, "600.00")
     me = (await sheda.api.get(WALLET, token=other.token)).json
     assert me["owed"] == "0.00" and me["balance"] == "100.00", me
+    assert (await sheda.ctx.db["wallets"].find_one({"_id": other.id}))["owed_minor"] == 0  # kept from its next entry on
     await audit_ok(sheda, admin)
 
 

@@ -55,7 +55,7 @@ What a user owes (`owed_minor` on the wallet) is cached the same way: the platfo
 that wallet's transactions, negated (a top-up reversal's shortfall adds to it, an owed_repayment takes from it),
 changed only in the same transaction as those lines, never below zero (a repayment of more than is owed raises
 Overdraft: nothing written). A wallet stored before it was kept has no `owed_minor`: it is summed from the
-wallet's ledger entries (reads and writes alike) until its next such transaction sets it.
+wallet's ledger entries (reads alike) until its next transaction of any kind sets it.
 """
 from __future__ import annotations
 
@@ -253,15 +253,17 @@ class LedgerStore:
                     raise Overdraft(user_id, int(wallet["balance_minor"]) if wallet else 0, -amount)
                 line["balance_after_minor"] = Int64(wallet["balance_minor"])
             owed_change = -sum(int(line["amount_minor"]) for line in record["lines"] if line["account"] == REVERSAL_SHORTFALL)
-            if owed_change:  # the wallet's own line was written above (even at 0.00), so racing writers conflict
+            if owed_change and record["wallet"] is None:
+                raise ValueError("what a user owes moves with a line on their wallet")
+            if record["wallet"] is not None:  # its line was written above (even at 0.00), so racing writers conflict
                 user_id = record["wallet"]
-                if user_id is None:
-                    raise ValueError("what a user owes moves with a line on their wallet")
                 wallet = await self.wallets.find_one({"_id": user_id}, session=session)
-                owed = await self._owed(user_id, wallet, session)
-                if owed + owed_change < 0:
-                    raise Overdraft(user_id, owed, -owed_change)
-                await self.wallets.update_one({"_id": user_id}, {"$set": {"owed_minor": Int64(owed + owed_change)}}, session=session)
+                if owed_change or wallet.get("owed_minor") is None:  # (a wallet stored before: its figure kept from now on)
+                    owed = await self._owed(user_id, wallet, session)
+                    if owed + owed_change < 0:
+                        raise Overdraft(user_id, owed, -owed_change)
+                    await self.wallets.update_one({"_id": user_id}, {"$set": {"owed_minor": Int64(owed + owed_change)}},
+                                                  session=session)
             await self.tx.insert_one(record, session=session)
             return record, True
 

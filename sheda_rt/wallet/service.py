@@ -156,6 +156,8 @@ class WalletService:
         process); R = min(owed, what this top-up credited, the balance now). The ledger holds both guards in the
         write (the balance never below zero, never more repaid than owed: Overdraft, read again). The entry, or None
         when nothing is owed (or the top-up credited nothing)."""
+        if await self.ledger.owed(user_id) <= 0:  # the usual case: one read
+            return None
         key = f"owed_repayment:{reference}"
         existing = await self.ledger.by_key(key)
         if existing is not None:
