@@ -110,14 +110,14 @@ class AppContext:
         # [analytics] listing views and daily counters for agents, built there on the listings' store (before the
         # listings service, which counts views and favourites, and before leads, which count inquiries).
         self._install_marketplace()
-        # [leads] public inquiries and the agents' lead pipeline.
-        self._install_leads()
         # [guided search] three questions from the live listings (a catalog refreshed in the background), ranked answers.
         self._install_guided_search()
         # [settings] runtime settings admins change while every process runs (bookings and units read them).
         self._install_runtime_settings()
         # [builders] projects, units, payment plans; builders' verification.
         self._install_builders()
+        # [leads] public inquiries about listings and projects; the agents' and builders' lead pipeline (after builders).
+        self._install_leads()
         # [wallet] naira wallets as a double-entry ledger (before payments: a top-up credits it).
         self._install_wallet()
         # [payments] payments through a gateway (Paystack), its webhook, the reconciliation job.
@@ -564,7 +564,8 @@ class AppContext:
         self.stores.append(self.lead_store)
         self.leads = LeadService(self.lead_store, properties=self.properties, notifications=self.notifications, chat=self.chat,
                                  limits=self.limits, ids=self.ids, clock=self.clock, analytics=self.analytics,
-                                 per_ip_per_hour=self.settings.inquiries_per_ip_per_hour, blocks=self.blocks)
+                                 per_ip_per_hour=self.settings.inquiries_per_ip_per_hour, blocks=self.blocks,
+                                 projects=self.projects)
 
     def _install_realtime_api(self) -> None:  # [realtime]
         from sheda_rt.realtime.announcements import RealtimeAdmin

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StrictInt, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StrictInt, StrictStr, field_validator, model_validator
 
 from sheda_rt.accounts.models import display_name
+from sheda_rt.errors import FieldError
 from sheda_rt.chat.frames import HistoryRow
 from sheda_rt.database.ids import MAX_ID
 from sheda_rt.pagination import PageQuery
@@ -30,7 +31,11 @@ class _Body(BaseModel):
 
 
 class InquiryCreate(_Body):
-    property_id: StrictInt = Field(ge=1, le=MAX_ID)
+    """About a listing (`property_id`) or a builder's project (`project_id`, optionally one of its units): exactly one."""
+
+    property_id: Optional[StrictInt] = Field(None, ge=1, le=MAX_ID, description="a listing; its agent gets the lead")
+    project_id: Optional[StrictInt] = Field(None, ge=1, le=MAX_ID, description="a published project; its builder gets the lead")
+    unit_id: Optional[StrictInt] = Field(None, ge=1, le=MAX_ID, description="with project_id only: a unit of that project")
     name: StrictStr = Field(min_length=1, max_length=100,
                             description="shown to the agent (lead, notification): a visible name, no line breaks, control characters or "
                                         "right-to-left overrides, as full_name")
@@ -48,6 +53,16 @@ class InquiryCreate(_Body):
         if v:
             raise ValueError("must be left empty")
         return v
+
+    @model_validator(mode="after")
+    def _one_subject(self):
+        if self.property_id is not None and self.project_id is not None:
+            raise FieldError("project_id", "send property_id (a listing) or project_id (a project), not both")
+        if self.property_id is None and self.project_id is None:
+            raise FieldError("property_id", "send property_id (a listing) or project_id (a project)")
+        if self.unit_id is not None and self.project_id is None:
+            raise FieldError("unit_id", "a unit is asked about with its project_id")
+        return self
 
 
 class LeadQuery(PageQuery):
@@ -70,7 +85,9 @@ class ConversationStart(_Body):
 # ---- responses --------------------------------------------------------------------------------------
 class InquiryOut(ResponseModel):
     id: int = Field(description="also the id of the lead it became")
-    property_id: int
+    property_id: Optional[int] = Field(description="the listing asked about; null for a project inquiry")
+    project_id: Optional[int] = Field(description="the project asked about; null for a listing inquiry")
+    unit_id: Optional[int] = Field(description="the project's unit asked about, if any")
     created_at: Timestamp
 
 
@@ -88,8 +105,10 @@ class LeadConversation(ResponseModel):
 
 class LeadOut(ResponseModel):
     id: int
-    property_id: int
-    agent_id: int
+    property_id: Optional[int] = Field(description="the listing asked about; null for a project lead")
+    project_id: Optional[int] = Field(description="the project asked about; null for a listing lead")
+    unit_id: Optional[int] = Field(description="the project's unit asked about, if any")
+    agent_id: int = Field(description="who the lead belongs to: the listing's agent, or the project's builder")
     user_id: Optional[int] = Field(description="the inquirer's account when they were signed in, else null")
     name: str
     email: str

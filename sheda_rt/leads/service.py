@@ -1,20 +1,26 @@
 """Inquiries and the lead pipeline.
 
-- Anyone (no account needed) sends an inquiry about a listed property; a signed-in
+- Anyone (no account needed) sends an inquiry about a listed property, or about a builder's
+  published project (optionally one of its units: off-plan sales); a signed-in
   sender's inquiry is linked to their account. At most INQUIRIES_PER_IP_PER_HOUR (a setting, 5) per
   client address in any sliding hour, counted in the shared limits (Redis when
   configured, so every process agrees); a refused attempt is taken back out of the
   count, so a client that waits its Retry-After gets through. Validation and the
   honeypot are in the request model: a refused inquiry stores nothing.
-- Each inquiry is a lead of the listing's agent, who hears of it live (`lead.created`)
-  and through a stored notification.
+- Each inquiry is a lead of the listing's agent, or of the project's builder (stored in the
+  same `agent_id`: the lead's owner, so one pipeline, one set of queries and indexes serve both),
+  who hears of it live (`lead.created`) and through a stored notification (pushed like any).
+  A listing lead has `property_id`; a project lead `project_id` and maybe `unit_id` (and no
+  `property_id`): leads stored before projects took inquiries read as listing leads.
 - A signed-in inquiry between an inquirer and an agent either of whom blocks the other is
   409 `blocked` (as a viewing is): it would put the inquirer's words in front of the agent and
   link them to an account the agent could not answer. Nothing is stored or counted.
-- Agents see and move their own leads, admins all of them. Status moves only along
+- Agents and builders see and move their own leads, admins all of them. Status moves only along
   TRANSITIONS (models.py), guarded in the update's filter; a wrong one is 409.
 - A lead from a registered user becomes a chat conversation with one call: the
-  agent's first message goes through the chat service like any other message.
+  owner's first message goes through the chat service like any other message (tied to the
+  listing for a listing lead; a plain conversation for a project lead: chat ties messages to
+  listings only).
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ from datetime import timedelta
 
 from sheda_rt.chat.frames import history_row, sender_info
 from sheda_rt.clock import format_ts
-from sheda_rt.errors import Conflict, Forbidden, NotFound, RateLimited
+from sheda_rt.errors import Conflict, Forbidden, NotFound, RateLimited, ValidationFailed
 from sheda_rt.leads.models import MAX_NOTES, TRANSITIONS
 from sheda_rt.metrics import INQUIRIES
 
@@ -41,7 +47,8 @@ def note_view(note: dict) -> dict:
 def lead_view(doc: dict) -> dict:
     conv = doc.get("conversation") or {}
     return {
-        "id": doc["_id"], "property_id": doc["property_id"], "agent_id": doc["agent_id"], "user_id": doc.get("user_id"),
+        "id": doc["_id"], "property_id": doc.get("property_id"), "project_id": doc.get("project_id"), "unit_id": doc.get("unit_id"),
+        "agent_id": doc["agent_id"], "user_id": doc.get("user_id"),
         "name": doc["name"], "email": doc["email"], "phone": doc.get("phone"), "message": doc["message"], "status": doc["status"],
         "notes": [note_view(n) for n in doc.get("notes", [])],
         "conversation": ({"message_id": conv["message_id"], "started_at": format_ts(conv["started_at"])}
@@ -56,10 +63,11 @@ def _is_admin(principal) -> bool:
 
 class LeadService:
     def __init__(self, store, *, properties, notifications, chat, limits, ids, clock, analytics=None,
-                 per_ip_per_hour: int = INQUIRIES_PER_IP_PER_HOUR, blocks=None):
+                 per_ip_per_hour: int = INQUIRIES_PER_IP_PER_HOUR, blocks=None, projects=None):
         self.store = store
         self.blocks = blocks
         self.properties = properties
+        self.projects = projects  # builders' projects (None: only listings take inquiries, e.g. a benchmark)
         self.notifications = notifications
         self.chat = chat
         self.limits = limits
@@ -69,19 +77,43 @@ class LeadService:
         self.analytics = analytics
 
     # ---- inquiries ---------------------------------------------------------------
+    async def _subject(self, body) -> dict:
+        """What is asked about, as the lead records it: the owner (`agent_id`), the ids, the title the
+        notification names, and the listing for its analytics. An unlisted listing or an unknown or
+        unpublished project is a 404 (to its owner too: nobody inquires about a draft); a unit of
+        another project a 422 naming unit_id."""
+        if body.property_id is not None:
+            prop = await self.properties.visible(body.property_id)  # unlisted or unknown: 404
+            return {"owner": prop["agent_id"], "ids": {"property_id": prop["_id"]}, "title": prop["title"], "listing": prop,
+                    "own": ("This is your own listing", "own_listing"), "blocked": "You cannot contact this listing's agent"}
+        if self.projects is None:
+            raise NotFound("No such project", "project_not_found")
+        project = await self.projects.visible(body.project_id)  # no principal: a draft is a 404 to everyone here
+        ids, title = {"project_id": project["_id"]}, project["name"]
+        if body.unit_id is not None:
+            try:
+                unit = await self.projects.unit_in(project["_id"], body.unit_id)
+            except NotFound:
+                raise ValidationFailed.single("unit_id", "is not a unit of this project") from None
+            ids["unit_id"] = unit["_id"]
+            title = f"{title}, unit {unit['unit_number']}"
+        return {"owner": project["builder_id"], "ids": ids, "title": title, "listing": None,
+                "own": ("This is your own project", "own_project"), "blocked": "You cannot contact this project's builder"}
+
     async def inquire(self, body, principal, client_ip: str) -> dict:
-        prop = await self.properties.visible(body.property_id)  # unlisted or unknown: 404
-        if principal is not None and principal.user_id == prop["agent_id"]:
-            raise Conflict("This is your own listing", "own_listing")
-        if principal is not None and self.blocks is not None and await self.blocks.between(principal.user_id, prop["agent_id"]):
-            raise Conflict("You cannot contact this listing's agent", "blocked")  # never says which side blocked
+        subject = await self._subject(body)
+        owner = subject["owner"]
+        if principal is not None and principal.user_id == owner:
+            raise Conflict(*subject["own"])
+        if principal is not None and self.blocks is not None and await self.blocks.between(principal.user_id, owner):
+            raise Conflict(subject["blocked"], "blocked")  # never says which side blocked
         key = f"inquiry:ip:{client_ip}"
         if await self.limits.record_failure(key, WINDOW_SECONDS) > self.per_ip_per_hour:
             await self.limits.forgive_failure(key)
             wait = await self.limits.blocked_for(key, self.per_ip_per_hour, WINDOW_SECONDS)
             raise RateLimited(f"At most {self.per_ip_per_hour} inquiries per hour from one address; try again later", wait or 1)
         now = self.clock.now()
-        doc = {"property_id": prop["_id"], "agent_id": prop["agent_id"], "user_id": principal.user_id if principal else None,
+        doc = {**subject["ids"], "agent_id": owner, "user_id": principal.user_id if principal else None,
                "name": body.name, "email": body.email, "phone": body.phone, "message": body.message, "status": "new",
                "notes": [], "conversation": None, "created_at": now, "updated_at": now}
         try:
@@ -91,13 +123,14 @@ class LeadService:
             raise
         INQUIRIES.inc()
         view = lead_view(doc)
-        if self.analytics is not None:
-            await self.analytics.record(prop, "inquiries")
-        await self.notifications.notify(prop["agent_id"], "lead.created", "New inquiry",
-                                        f"{body.name} asked about \u201c{prop['title']}\u201d",
-                                        {"lead_id": doc["_id"], "property_id": prop["_id"]})
-        await self.notifications.publish_event([prop["agent_id"]], {"type": "lead.created", "lead": view})
-        return {"id": doc["_id"], "property_id": prop["_id"], "created_at": view["created_at"]}
+        if self.analytics is not None and subject["listing"] is not None:
+            await self.analytics.record(subject["listing"], "inquiries")
+        await self.notifications.notify(owner, "lead.created", "New inquiry",
+                                        f"{body.name} asked about \u201c{subject['title']}\u201d",
+                                        {"lead_id": doc["_id"], **subject["ids"]})
+        await self.notifications.publish_event([owner], {"type": "lead.created", "lead": view})
+        return {"id": doc["_id"], "property_id": view["property_id"], "project_id": view["project_id"], "unit_id": view["unit_id"],
+                "created_at": view["created_at"]}
 
     # ---- leads -------------------------------------------------------------------
     async def _lead(self, principal, lead_id: int) -> dict:
@@ -110,10 +143,10 @@ class LeadService:
     async def list(self, principal, query) -> dict:
         if _is_admin(principal):
             agent_id = None
-        elif "agent" in principal.scopes:
+        elif "agent" in principal.scopes or "builder" in principal.scopes:
             agent_id = principal.user_id
         else:
-            raise Forbidden("Leads belong to agents (and admins)", "insufficient_scope")
+            raise Forbidden("Leads belong to agents and builders (and admins)", "insufficient_scope")
         return await self.store.page(agent_id, query.status, query, lead_view)
 
     async def get(self, principal, lead_id: int) -> dict:
@@ -145,10 +178,11 @@ class LeadService:
         return note_view(note)
 
     async def start_conversation(self, principal, lead_id: int, message: str) -> dict:
-        """The agent's first chat message to a registered inquirer, tied to the listing; once per lead."""
+        """The owner's first chat message to a registered inquirer, tied to the listing (a project lead's is a
+        plain conversation: chat ties messages to listings only); once per lead."""
         doc = await self._lead(principal, lead_id)
         if doc["agent_id"] != principal.user_id:
-            raise Forbidden("Only the lead's agent can write to the inquirer", "not_lead_agent")
+            raise Forbidden("Only the lead's agent or builder can write to the inquirer", "not_lead_agent")
         if doc.get("user_id") is None:
             raise Conflict("The inquirer has no account to chat with; answer by email or phone", "inquirer_not_registered")
         now = self.clock.now()
@@ -158,7 +192,7 @@ class LeadService:
         info = sender_info(principal.user, self.chat.settings.public_base_url)
         try:
             stored, _ = await self.chat.send(principal.user, doc["user_id"], message, client_msg_id=f"lead-{lead_id}",
-                                             property_id=doc["property_id"], info=info)
+                                             property_id=doc.get("property_id"), info=info)
         except BaseException:
             await self.store.release_conversation(lead_id)
             raise

@@ -300,7 +300,7 @@ class ProjectUpdateEvent(ServerFrame):
 
 
 class LeadCreated(ServerFrame):
-    """Someone asked about one of the agent's listings."""
+    """Someone asked about one of the agent's listings, or one of the builder's projects (`lead.project_id`)."""
 
     type: Literal["lead.created"]
     lead: LeadOut
