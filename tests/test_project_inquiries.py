@@ -188,3 +188,47 @@ async def test_leads_stored_before_projects_took_inquiries_still_read(sheda):
     lead = (await sheda.api.get(f"{LEADS}/{lead_id}", token=agent.token)).json
     assert lead["property_id"] == prop["id"] and lead["project_id"] is None and lead["unit_id"] is None
     assert (await sheda.api.patch(f"{LEADS}/{lead_id}", {"status": "contacted"}, token=agent.token)).json["status"] == "contacted"
+
+
+async def test_leads_filter_by_project_for_its_builder_and_admins_walking_that_projects_index(sheda):
+    from tests.test_builders import _collscan, _winning_plan
+
+    builder, palm, _ = await builder_with_project(sheda, units=())
+    bay = await published_project(sheda, builder, name="Bay Towers")
+    other_builder, theirs, _ = await builder_with_project(sheda, units=())
+    admin = await sheda.admin()
+    palm_ids = [(await sheda.api.post(INQ, ask(palm), headers=from_ip())).json["id"] for _ in range(5)]
+    bay_id = (await sheda.api.post(INQ, ask(bay), headers=from_ip())).json["id"]
+    their_id = (await sheda.api.post(INQ, ask(theirs), headers=from_ip())).json["id"]
+    assert (await sheda.api.patch(f"{LEADS}/{palm_ids[1]}", {"status": "contacted"}, token=builder.token)).status == 200
+
+    async def walk(token, **params):
+        seen, cursor = [], None
+        while True:
+            r = await sheda.api.get(LEADS, token=token, params={"limit": 2, **params, **({"cursor": cursor} if cursor else {})})
+            assert r.status == 200, r
+            seen += [item["id"] for item in r.json["items"]]
+            cursor = r.json["next_cursor"]
+            if not cursor:
+                return seen
+
+    assert await walk(builder.token, project_id=palm["id"]) == sorted(palm_ids, reverse=True)
+    assert await walk(builder.token, project_id=bay["id"]) == [bay_id]
+    assert await walk(builder.token) == sorted(palm_ids + [bay_id], reverse=True)
+    assert await walk(builder.token, project_id=palm["id"], status="contacted") == [palm_ids[1]]
+    assert await walk(builder.token, project_id=palm["id"], status="new") == sorted(set(palm_ids) - {palm_ids[1]}, reverse=True)
+    assert await walk(builder.token, project_id=theirs["id"]) == []  # not theirs: nothing, as for any other filter
+    assert await walk(other_builder.token, project_id=palm["id"]) == []
+    assert await walk(other_builder.token, project_id=theirs["id"]) == [their_id]
+    assert await walk(admin.token, project_id=palm["id"]) == sorted(palm_ids, reverse=True)
+    for params in ({"project_id": "x"}, {"project_id": "0"}, {"project_id": str(2**70)}):
+        r = await sheda.api.get(LEADS, token=builder.token, params=params)
+        assert r.status == 422 and [e["field"] for e in r.json["errors"]] == ["project_id"], (params, r)
+    # the pages walk the project's own index, never the collection (the embedded planner's rule)
+    db = sheda.ctx.db
+    for flt in ({"project_id": palm["id"]}, {"project_id": palm["id"], "_id": {"$lt": palm_ids[-1]}}):
+        explained = await db.command("explain", {"find": "leads", "filter": flt, "sort": {"_id": -1}}, verbosity="queryPlanner")
+        assert not _collscan(_winning_plan(explained)), (flt, explained)
+        pipeline = [{"$match": flt}, {"$match": {"agent_id": builder.id, "status": "new"}}, {"$sort": {"_id": -1}}, {"$limit": 3}]
+        explained = await db.command("explain", {"aggregate": "leads", "pipeline": pipeline, "cursor": {}}, verbosity="queryPlanner")
+        assert not _collscan(_winning_plan(explained)), (pipeline, explained)

@@ -68,6 +68,7 @@ class InquiryCreate(_Body):
 class LeadQuery(PageQuery):
     model_config = ConfigDict(extra="forbid")
     status: Optional[LeadStatus] = None
+    project_id: Optional[int] = Field(None, ge=1, le=MAX_ID, description="only the leads about this project")
 
 
 class LeadPatch(_Body):

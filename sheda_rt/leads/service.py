@@ -147,7 +147,7 @@ class LeadService:
             agent_id = principal.user_id
         else:
             raise Forbidden("Leads belong to agents and builders (and admins)", "insufficient_scope")
-        return await self.store.page(agent_id, query.status, query, lead_view)
+        return await self.store.page(agent_id, query.status, query, lead_view, project_id=query.project_id)
 
     async def get(self, principal, lead_id: int) -> dict:
         return lead_view(await self._lead(principal, lead_id))
