@@ -14,7 +14,7 @@ LEAD_OWNER = Requirement(any_scope=frozenset({"agent", "builder"}))
 
 
 class InquiriesHandler(APIHandler):
-    @endpoint("Ask about a listing (no account needed)", body=InquiryCreate, response=InquiryOut, status=201,
+    @endpoint("Ask about a listing or a project (no account needed)", body=InquiryCreate, response=InquiryOut, status=201,
               errors=(401, 404, 409, 422, 429), tags=TAGS)
     async def post(self, body: InquiryCreate):
         """`{property_id, name, email, phone?, message}` about a listing, or `{project_id, unit_id?, ...}` about a
@@ -31,15 +31,15 @@ class InquiriesHandler(APIHandler):
 
 
 class LeadsHandler(APIHandler):
-    @endpoint("My leads (agents), or all leads (admins), newest first", auth=USER, query=LeadQuery, response=Page[LeadOut],
+    @endpoint("My leads (agents, builders), or all leads (admins), newest first", auth=USER, query=LeadQuery, response=Page[LeadOut],
               errors=(401, 403, 422), tags=TAGS)
     async def get(self, query: LeadQuery):
-        """`?status=new|contacted|qualified|won|lost`, cursor pages."""
+        """`?status=new|contacted|qualified|won|lost`, `?project_id=` (the leads about one project), cursor pages."""
         return await self.ctx.leads.list(self.principal, query)
 
 
 class LeadHandler(APIHandler):
-    @endpoint("One lead (its agent or an admin)", auth=USER, response=LeadOut, errors=(401, 404), tags=TAGS)
+    @endpoint("One lead (its agent or builder, or an admin)", auth=USER, response=LeadOut, errors=(401, 404), tags=TAGS)
     async def get(self, lead_id: int):
         return await self.ctx.leads.get(self.principal, lead_id)
 
@@ -59,7 +59,7 @@ class LeadNotesHandler(APIHandler):
 
 
 class LeadConversationHandler(APIHandler):
-    @endpoint("Answer a registered inquirer in chat (the lead's agent)", auth=LEAD_OWNER, body=ConversationStart,
+    @endpoint("Answer a registered inquirer in chat (the lead's agent or builder)", auth=LEAD_OWNER, body=ConversationStart,
               response=LeadConversationOut, status=201, errors=(401, 403, 404, 409, 422, 429), tags=TAGS)
     async def post(self, lead_id: int, body: ConversationStart):
         """Sends `message` as the agent's (or builder's) first chat message to the inquirer, tied to the listing
