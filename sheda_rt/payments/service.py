@@ -400,8 +400,6 @@ class PaymentService:
         every other refund reserved on the payment so far. Otherwise the payment is flagged `refund_unconfirmed` (once)
         and this is a 503: nothing moves, and the gateway delivers the event again (a refund listed a moment late is
         taken back then). The gateway unreachable: 503 gateway_unavailable, likewise."""
-        if not hasattr(self.gateway, "refunded"):
-            return
         try:
             shown = await self.gateway.refunded(payment["reference"])
         except GatewayError as exc:
