@@ -101,6 +101,23 @@ async def test_logout_removes_the_devices_of_that_login_only(sheda):
     assert [d["endpoint"] for d in left] == [laptop.endpoint]
 
 
+async def test_a_login_signed_out_for_a_reused_refresh_token_loses_its_devices(sheda):
+    """A refresh token presented twice signs its login out (someone holds a copy): the devices registered
+    by that login are deleted as a logout deletes them, or the copy's holder, or a phone nobody is signed
+    in on, kept getting message text. The user's other logins keep theirs."""
+    ada = await sheda.signup()
+    phone = Subscriber(f"https://push.example.com/send/{os.urandom(6).hex()}")
+    assert (await sheda.api.post(DEVICES, phone.body(), token=ada.token)).status == 201
+    login = (await sheda.api.post("/api/v1/auth/login", {"username": ada.username, "password": ada.password})).json
+    laptop = Subscriber(f"https://push.example.com/send/{os.urandom(6).hex()}")
+    assert (await sheda.api.post(DEVICES, laptop.body(), token=login["access_token"])).status == 201
+    assert (await sheda.api.post("/api/v1/auth/refresh", {"refresh_token": ada.refresh_token})).status == 200
+    reused = await sheda.api.post("/api/v1/auth/refresh", {"refresh_token": ada.refresh_token})
+    assert reused.status == 401 and reused.json["code"] == "refresh_reused", reused
+    left = await stored_devices(sheda, user_id=ada.id)
+    assert [d["endpoint"] for d in left] == [laptop.endpoint]
+
+
 def bad_bodies(good: dict) -> list:
     sub = good["subscription"]
     keys = sub["keys"]

@@ -476,6 +476,7 @@ class AccountService:
         until = self.clock.now() + timedelta(days=self.settings.refresh_token_days, minutes=self.settings.access_token_minutes)
         await self.revocations.revoke(f"fam:{fam}", until, reason=reason)
         await self.hub.revoke_sessions(user_id, fam=fam, code=4401, reason="session revoked")
+        await self.push.on_logout(user_id, fam)  # [push] a login signed out: its devices go with it, as on logout
 
     async def logout(self, principal) -> None:
         """Revokes the bearer token and its login family (so its refresh token dies with it),
