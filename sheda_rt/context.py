@@ -241,6 +241,7 @@ class AppContext:
         self._install_analytics()
         self.notifications = NotificationService(self.notification_store, clock=self.clock, stream=self.stream,
                                                  push=self.push.dispatch)  # [push] stored notifications reach devices too
+        self.push.dispatch.notifications = self.notification_store  # [push] one read meanwhile is not pushed
         # [accounts] a pending registration replaced by its email's owner: what was sent to the old registrant goes
         self.accounts.registration_replaced.extend([self.notifications.forget_user, self.event_store.forget_user,
                                                     self.chat.hide_history_from])

@@ -715,6 +715,36 @@ async def test_a_notification_is_not_pushed_to_an_agent_online_on_a_socket(sheda
     ws.close()
 
 
+async def test_a_notification_read_on_another_device_while_its_push_is_held_is_not_pushed(sheda, push):
+    """Quiet hours hold a notification's push; the agent reads it on the web meanwhile (no socket left
+    open): when the quiet hours end the phone must not light up with what was already seen, as a chat
+    read receipt cancels a message's push. An unread one is still pushed then."""
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo
+
+    agent, client, prop, when = await viewing_offer(sheda)
+    sub, device_id = await subscribed(sheda, push, agent)
+    local = sheda.ctx.clock.now().astimezone(ZoneInfo("Africa/Lagos"))
+    quiet = {"start": (local - timedelta(hours=1)).strftime("%H:%M"), "end": (local + timedelta(hours=2)).strftime("%H:%M"),
+             "time_zone": "Africa/Lagos"}
+    assert (await sheda.api.put(SETTINGS, {"quiet_hours": quiet}, token=agent.token)).status == 200
+    booked = await book(sheda, client, prop["id"], when)
+    assert booked.status == 201, booked
+    await until_jobs(sheda, device_id)
+    await run_jobs(sheda)
+    assert push.received == []  # held
+    [note] = (await sheda.api.get("/api/v1/notifications", token=agent.token)).json["items"]
+    assert (await sheda.api.patch(f"/api/v1/notifications/{note['id']}/read", {}, token=agent.token)).status == 200
+    assert (await sheda.api.delete(f"/api/v1/appointments/{booked.json['id']}", token=client.token)).status == 200
+    await until_jobs(sheda, device_id, 2)
+    sheda.ctx.clock.advance(hours=2, minutes=1)
+    await run_jobs(sheda)
+    [got] = push.accepted(sub.endpoint_id)
+    assert got.payload["kind"] == "appointment.cancelled", got.payload  # the unread one only
+    outcomes = {j["payload"]["note"]["data"]["notification_id"]: j["result"]["outcome"] for j in await jobs_of(sheda, device_id)}
+    assert outcomes[note["id"]] == "read", outcomes
+
+
 async def test_a_deactivated_agent_gets_no_notification_push(sheda, push):
     agent, client, prop, when = await viewing_offer(sheda)
     sub, device_id = await subscribed(sheda, push, agent)

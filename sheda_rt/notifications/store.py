@@ -65,6 +65,11 @@ class NotificationStore:
         result = await self.col.update_many({"user_id": user_id, "is_read": False}, {"$set": {"is_read": True, "read_at": now}})
         return result.modified_count
 
+    async def is_read(self, user_id: int, notification_id: int) -> bool:
+        """Read (on any device), or gone: a push of it still waiting has nothing left to tell."""
+        doc = await self.col.find_one({"_id": notification_id, "user_id": user_id}, projection={"is_read": 1})
+        return doc is None or bool(doc.get("is_read"))
+
     async def unread_count(self, user_id: int) -> int:
         return await self.col.count_documents({"user_id": user_id, "is_read": False})
 

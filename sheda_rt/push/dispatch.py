@@ -124,6 +124,7 @@ class Dispatcher:
             runner.register(kind, self.run)
         self._notes: list[tuple[int, dict]] = []  # stored notifications waiting for their push jobs
         self._noting: asyncio.Task | None = None
+        self.notifications = None  # the NotificationStore (set by the context): a notification read meanwhile is not pushed
         runner.register(ANNOUNCEMENT_KIND, self.run_announcement)
         runner.observers.append(self.observe)
 
@@ -409,6 +410,11 @@ class Dispatcher:
         if p.get("unless_online") and await self.presence.online_anywhere(p["user_id"]):  # their socket/stream had it
             PUSHES.labels(provider=platform, outcome="skipped").inc()
             return {"outcome": "online"}
+        note_id = p["note"]["data"].get("notification_id")
+        if isinstance(note_id, int) and self.notifications is not None and await self.notifications.is_read(p["user_id"], note_id):
+            # read on another device while the push was held (quiet hours, a provider's Retry-After): as a chat read receipt
+            PUSHES.labels(provider=platform, outcome="cancelled").inc()
+            return {"outcome": "read"}
         now = self.clock.now()
         expires_at = datetime.fromisoformat(p["expires_at"])
         held = quiet_until(now, prefs.get("quiet_hours"))
