@@ -255,3 +255,36 @@ async def test_accept_names_the_quote_seen_and_a_requote_meanwhile_is_refused(sh
     r = await move(sheda, client, bid, cr["id"], "accept", {"cost": "99999"})
     assert r.status == 200 and r.json["status"] == "accepted" and r.json["cost"] == "99999.00", r
     assert r.json["booking"]["installments"][-1]["amount"] == "99999.00"
+
+
+async def test_a_change_accepted_while_reserved_is_not_overdue_when_the_booking_payment_is_confirmed_late(sheda):
+    """A change accepted on a reserved booking gains its line at once, but that line can be paid only once the
+    booking is active. When the builder confirms the booking payment after the change's date (the hold paused
+    while they checked), the line must not be overdue the moment the booking activates: it falls due no sooner
+    than what was left of the hold when the booking payment was sent, from the confirmation (as a line due
+    'booking' does), by the builder's confirm and by a gateway's alike."""
+    from datetime import datetime, timedelta
+
+    builder, project, units, plan = await setup_project(sheda, units=("CR-1",), expected_completion="2028-06-30")
+    client = await sheda.signup("client")
+    booking = (await book(sheda, client, units[0]["id"], plan["id"])).json
+    bid = booking["id"]
+    OPENED.append((builder, bid))
+    cr = (await ask(sheda, client, bid)).json
+    assert (await move(sheda, builder, bid, cr["id"], "quote", {"cost": "1500.00", "days": 1})).status == 200
+    r = await move(sheda, client, bid, cr["id"], "accept")
+    assert r.status == 200 and r.json["installment"] == 5, r
+    r = await line(sheda, client, bid, 5, "payment-sent")
+    assert r.status == 409 and r.json["code"] == "wrong_state", r  # not payable while reserved
+    assert (await line(sheda, client, bid, 1, "payment-sent")).status == 200
+    sheda.ctx.clock.advance(hours=30)  # the builder answers after the change's date
+    r = await line(sheda, builder, bid, 1, "confirm")
+    assert r.status == 200 and r.json["status"] == "active", r
+    due = datetime.fromisoformat(r.json["installments"][4]["due_date"].replace("Z", "+00:00"))
+    assert due >= sheda.ctx.clock.now() + timedelta(hours=47), r.json["installments"][4]
+    await sheda.ctx.bookings.run_due()
+    after = (await sheda.api.get(f"{BOOKINGS}/{bid}", token=client.token)).json
+    assert after["installments"][4]["status"] == "due", after["installments"][4]
+    report = (await sheda.api.get("/api/v1/builder/receivables", token=builder.token)).json
+    assert [p["overdue"] for p in report["projects"] if p["project_id"] == project["id"]] == ["0.00"], report
+    assert (await line(sheda, client, bid, 5, "payment-sent")).status == 200

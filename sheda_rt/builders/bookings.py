@@ -377,18 +377,20 @@ class BookingService:
 
     @staticmethod
     def _later_booking_lines(doc: dict, now) -> dict:
-        """The due dates to set, with the booking payment's confirmation, on later unpaid lines due "booking".
-        They fall due with it, at the hold's end, but can be paid only once the booking is active: when the
-        builder confirms after that (the hold paused while they checked), they would be overdue at once. So
+        """The due dates to set, with the booking payment's confirmation, on later unpaid lines: those due
+        "booking" (with it, at the hold's end), a change accepted while reserved (its days from the acceptance),
+        a months:N line a long hold outlasted. They can be paid only once the booking is active: when the
+        builder confirms after their date (the hold paused while they checked), they would be overdue at once. So
         each falls due no sooner than what was left of the hold (when the booking payment was sent; or now,
-        for a gateway payment of an unpaused hold), at least MIN_HOLD_AFTER_DECLINE, after the confirmation."""
+        for a gateway payment of an unpaused hold), at least MIN_HOLD_AFTER_DECLINE, after the confirmation.
+        Handover lines keep following the project's expected_completion (the booking job sets them)."""
         if doc.get("hold_until") is not None:
             left = doc["hold_until"] - now
         else:
             left = timedelta(seconds=float(doc.get("hold_left_seconds") or 0))
         earliest = now + max(left, MIN_HOLD_AFTER_DECLINE)
         return {f"installments.{j}.due_date": earliest for j, ln in enumerate(doc["installments"])
-                if j > 0 and ln["due"] == "booking" and ln["status"] in UNPAID
+                if j > 0 and ln["due"] != "handover" and ln["status"] in UNPAID
                 and ln.get("due_date") is not None and ln["due_date"] < earliest}
 
     async def _confirmed(self, after: dict, i: int, actor: int | None) -> dict:
