@@ -77,8 +77,9 @@ class PaystackWebhookHandler(APIHandler):
         Paystack's verify endpoint before the payment's effect (contract, installment, wallet); an amount or currency that differs from what we
         initialized flags the payment for an admin instead. A `refund.processed` is first confirmed with Paystack's
         refund list (503 `refund_unconfirmed` and the payment flagged when Paystack does not show it processed: it
-        delivers again). A confirmed `refund.processed` or a chargeback lost
-        (`charge.dispute.resolve`, `merchant-accepted`) takes a top-up's money back from the wallet (a `topup_reversal`
+        delivers again), a chargeback lost (`charge.dispute.resolve`, `merchant-accepted`) with Paystack's dispute (503
+        `dispute_unconfirmed` and the payment flagged unless it shows that dispute on this payment resolved
+        `merchant-accepted` for that amount). A confirmed `refund.processed` or lost chargeback takes a top-up's money back from the wallet (a `topup_reversal`
         ledger entry, never below zero: a shortfall is flagged `topup_reversal_shortfall`); a dispute opened flags the
         payment `gateway_dispute`; for a contract or installment, a refund or lost chargeback flags it
         `refunded_by_gateway`. 503 when Paystack could not be asked (it delivers again)."""

@@ -10,13 +10,21 @@ documentation describes, and delivers webhooks signed with the test secret.
                                 deducted_amount, currency, channel, fully_deducted, status: "pending" | "processing" |
                                 "processed" | "failed", refunded_by, refunded_at, expected_at, customer_note, merchant_note,
                                 createdAt}, ...], meta: {total, skipped, perPage, page, pageCount}}, newest first
+  GET  /dispute/{id}            -> {status, message: "Dispute retrieved", data: {id, refund_amount (kobo or null),
+                                currency, status: "awaiting-merchant-feedback" | "awaiting-bank-feedback" | "pending" |
+                                "resolved", resolution: null | "merchant-accepted" | "declined", domain, transaction: {id,
+                                reference, amount, currency, status, paid_at, ...}, transaction_reference, category,
+                                merchant_bears_loss, resolvedAt, createdAt, ...}}; an unknown id: 404 {status: false,
+                                message: "Dispute not found"}
 
 A new transaction is "abandoned" (Paystack's word for "not paid yet") until the test plays the customer:
 `pay()` / `fail()`. `deliver()` posts a `charge.success` event to our server as Paystack would.
 Money going back: `refund()` refunds (part of) a paid transaction as the merchant's dashboard does (a full refund
 leaves verify reporting "reversed"; GET /refund lists it) and returns its `refund.processed` body (`recorded=False`:
 a body for a refund Paystack never made); `dispute_body()` is a chargeback's
-`charge.dispute.create` / `.resolve` body. Their shapes are Paystack's documented ones (see gateway.py).
+`charge.dispute.create` / `.resolve` body, and GET /dispute/{id} shows the dispute as that event leaves it
+(`recorded=False`: a body for a resolution Paystack never made). Their shapes are Paystack's documented ones
+(see gateway.py).
 """
 from __future__ import annotations
 
@@ -113,6 +121,17 @@ class _Refunds(_Base):
             "pageCount": max(1, -(-len(items) // per_page))}})
 
 
+class _Dispute(_Base):
+    def get(self, dispute_id):
+        self.gateway.dispute_fetches.append(dispute_id)
+        if self.gateway.disputes_down:
+            return self.answer(500, {"status": False, "message": "An error occurred"})
+        dispute = self.gateway.disputes.get(dispute_id)
+        if dispute is None:
+            return self.answer(404, {"status": False, "message": "Dispute not found"})
+        self.answer(200, {"status": True, "message": "Dispute retrieved", "data": dispute})
+
+
 class FakePaystack:
     def __init__(self, secret: str = SECRET):
         self.secret = secret
@@ -129,6 +148,10 @@ class FakePaystack:
         self.refunds: list[dict] = []
         self.refund_lists: list[str | None] = []
         self.refunds_down = False
+        #: Disputes by id (str), as GET /dispute/{id} shows them (dispute_body() records them); disputes_down: 500.
+        self.disputes: dict[str, dict] = {}
+        self.dispute_fetches: list[str] = []
+        self.disputes_down = False
         self._http: tornado.httpserver.HTTPServer | None = None
         self.base_url = ""
 
@@ -137,6 +160,7 @@ class FakePaystack:
             (r"/transaction/initialize", _Initialize, {"gateway": self}),
             (r"/transaction/verify/([^/]+)", _Verify, {"gateway": self}),
             (r"/refund", _Refunds, {"gateway": self}),
+            (r"/dispute/([^/]+)", _Dispute, {"gateway": self}),
         ])
         sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
         self._http = tornado.httpserver.HTTPServer(app)
@@ -193,16 +217,23 @@ class FakePaystack:
             "integration": 412829, "domain": "test"}}).encode()
 
     def dispute_body(self, reference: str, dispute_id: int, event: str = "charge.dispute.create", *,
-                     resolution: str | None = None, refund_amount: int | None = None) -> bytes:
-        """A chargeback's event: data.id is the dispute's, the payment is data.transaction."""
+                     resolution: str | None = None, refund_amount: int | None = None, recorded: bool = True) -> bytes:
+        """A chargeback's event: data.id is the dispute's, the payment is data.transaction. GET /dispute/{id} then
+        shows the dispute as this event leaves it (opened, or resolved with `resolution` and `refund_amount`) unless
+        `recorded` is False (then only the body exists: Paystack never resolved it so)."""
         tx = self.transactions[reference]
         resolved = event == "charge.dispute.resolve"
-        return json.dumps({"event": event, "data": {
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        data = {
             "id": dispute_id, "refund_amount": tx["amount"] if refund_amount is None else refund_amount,
             "currency": tx["currency"], "status": "resolved" if resolved else "awaiting-merchant-feedback",
             "resolution": resolution if resolved else None, "domain": "test", "category": "chargeback",
             "transaction": {k: tx[k] for k in ("id", "status", "reference", "amount", "currency", "paid_at")},
-            "merchant_bears_loss": False}}).encode()
+            "transaction_reference": None, "merchant_bears_loss": False, "resolvedAt": now if resolved else None,
+            "createdAt": self.disputes.get(str(dispute_id), {}).get("createdAt", now)}
+        if recorded:
+            self.disputes[str(dispute_id)] = json.loads(json.dumps(data))
+        return json.dumps({"event": event, "data": data}).encode()
 
     # ---- webhooks ------------------------------------------------------------------
     def event_body(self, reference: str, event: str = "charge.success", **data_over) -> bytes:

@@ -778,3 +778,61 @@ async def test_a_refund_event_is_confirmed_with_paystack_before_the_wallet_gives
     assert (await paystack.deliver(later)).code == 200
     assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "1500.00"
     await audit_ok(sheda, admin)
+
+
+async def test_a_lost_chargeback_is_confirmed_with_paystack_before_the_wallet_gives_anything_back(sheda, paystack):
+    """A charge.dispute.resolve (merchant-accepted) was trusted on its signature alone: the wallet gave back whatever
+    refund_amount a signed body named. Its dispute id is Paystack's, and GET /dispute/:id shows that dispute: a top-up's
+    money is now taken back only when Paystack shows the same dispute, on this payment's transaction, resolved
+    merchant-accepted, for this amount. Otherwise nothing moves, the payment is flagged dispute_unconfirmed and the
+    delivery is a 503 (Paystack delivers again); Paystack unreachable, a 503 gateway_unavailable."""
+    paystack.webhook_url = sheda.base_url + "/api/v1/webhooks/paystack"
+    user, other, admin = await sheda.signup("client"), await sheda.signup("client"), await sheda.admin()
+    ref = await paid_topup(sheda, paystack, user, "2000.00")
+    assert (await paystack.deliver(paystack.dispute_body(ref, 8801))).code == 200  # opened: flagged, nothing moves
+
+    # A resolution Paystack never made (it still shows the dispute awaiting our feedback): nothing moves.
+    never = paystack.dispute_body(ref, 8801, "charge.dispute.resolve", resolution="merchant-accepted", recorded=False)
+    r = await paystack.deliver(never)
+    assert r.code == 503 and json.loads(r.body)["code"] == "dispute_unconfirmed", r.body
+    assert int(r.headers["Retry-After"]) > 0
+    assert paystack.dispute_fetches[-1] == "8801"
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "2000.00"
+    pay = (await sheda.api.get(f"{PAY}/{ref}", token=admin.token)).json
+    assert [f["reason"] for f in pay["flags"]] == ["gateway_dispute", "dispute_unconfirmed"], pay["flags"]
+    # Paystack resolved it in our favour (declined): a body saying merchant-accepted takes nothing.
+    paystack.dispute_body(ref, 8801, "charge.dispute.resolve", resolution="declined")
+    assert (await paystack.deliver(never)).code == 503
+    # Paystack resolved it against us for 500.00: a body naming 2,000.00 takes nothing; the one naming 500.00 takes it, once.
+    lost = paystack.dispute_body(ref, 8801, "charge.dispute.resolve", resolution="merchant-accepted", refund_amount=50_000)
+    assert (await paystack.deliver(never)).code == 503
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "2000.00"
+    assert (await paystack.deliver(lost)).code == 200
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "1500.00"
+    assert (await paystack.deliver(lost)).code == 200
+    assert (await paystack.deliver(never)).code == 200  # that dispute's event is handled: nothing more
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "1500.00"
+
+    # Another payment's lost dispute, named in a body for this top-up: nothing moves here; its own event takes its money.
+    ref_other = await paid_topup(sheda, paystack, other, "700.00")
+    theirs = paystack.dispute_body(ref_other, 8802, "charge.dispute.resolve", resolution="merchant-accepted")
+    forged = paystack.dispute_body(ref, 8802, "charge.dispute.resolve", resolution="merchant-accepted",
+                                   refund_amount=70_000, recorded=False)
+    assert (await paystack.deliver(forged)).code == 503
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "1500.00"
+    assert (await paystack.deliver(theirs)).code == 200
+    assert (await sheda.api.get(WALLET, token=other.token)).json["balance"] == "0.00"
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "1500.00"
+
+    # Paystack unreachable: 503 gateway_unavailable, nothing moves; delivered again later, it is taken back.
+    second = paystack.dispute_body(ref, 8803, "charge.dispute.resolve", resolution="merchant-accepted", refund_amount=20_000)
+    paystack.disputes_down = True
+    try:
+        r = await paystack.deliver(second)
+    finally:
+        paystack.disputes_down = False
+    assert r.code == 503 and json.loads(r.body)["code"] == "gateway_unavailable", r.body
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "1500.00"
+    assert (await paystack.deliver(second)).code == 200
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "1300.00"
+    await audit_ok(sheda, admin)

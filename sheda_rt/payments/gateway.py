@@ -22,6 +22,11 @@ Paystack, as documented:
           currency, status: "pending"|"processing"|"processed"|"failed"|..., ...}], meta: {total, perPage, page, pageCount}}
        A refund event names no refund id (GET /refund/:id needs one), so a refund is confirmed by this list: what
        Paystack shows processed for the transaction (its id from verify), items of other transactions ignored.
+  GET  {base}/dispute/{id}
+       -> {status: true, message: "Dispute retrieved", data: {id, refund_amount (kobo, or null), currency, status:
+          "awaiting-merchant-feedback"|"awaiting-bank-feedback"|"pending"|"resolved"|..., resolution: null |
+          "merchant-accepted" | "declined", transaction: {id, reference, amount, currency, ...}, ...}}; an unknown id:
+          404 {status: false, message}. A lost chargeback is confirmed by it: a dispute event names its dispute's id.
   Money going back (signed the same way):
        refund.processed  {data: {status: "processed", transaction_reference, refund_reference, amount (kobo, an
                          integer or a digit string), currency, ...}}: identified by the refund's `id` when the body
@@ -83,6 +88,18 @@ class WebhookEvent:
     data: dict = field(default_factory=dict)
 
 
+@dataclass
+class Dispute:
+    """A chargeback as the gateway shows it now."""
+    id: str
+    status: str | None
+    resolution: str | None  # None (open), "merchant-accepted" (the payer got the money back), "declined"
+    refund_amount_minor: int | None
+    currency: str | None
+    transaction_id: Any
+    transaction_reference: str | None
+
+
 class PaymentGateway(Protocol):
     name: str
 
@@ -94,6 +111,8 @@ class PaymentGateway(Protocol):
     def verify_webhook_signature(self, raw_body: bytes, headers) -> bool: ...
 
     async def refunded(self, reference: str) -> tuple[int, str | None] | None: ...
+
+    async def dispute(self, dispute_id: str) -> Dispute | None: ...
 
     def parse_webhook(self, raw_body: bytes) -> WebhookEvent | None: ...
 
@@ -208,6 +227,23 @@ class PaystackGateway:
             if not isinstance(meta.get("pageCount"), int) or page >= meta["pageCount"]:
                 break
         return total, v.currency
+
+    async def dispute(self, dispute_id: str) -> Dispute | None:
+        """The dispute `dispute_id` as Paystack shows it now (GET /dispute/:id), or None when Paystack does not know
+        it. GatewayError when Paystack cannot be asked."""
+        status, payload = await self._call("GET", f"/dispute/{quote(str(dispute_id), safe='')}")
+        if status in (400, 404) and payload.get("status") is False:
+            return None
+        data = payload.get("data")
+        if status != 200 or payload.get("status") is not True or not isinstance(data, dict):
+            raise GatewayError(f"paystack refused the dispute ({status}): {_text_or_none(payload.get('message'))}")
+        transaction = data.get("transaction") if isinstance(data.get("transaction"), dict) else {}
+        return Dispute(
+            id=str(data.get("id")) if _is_ident(data.get("id")) else "", status=_text_or_none(data.get("status"), 40),
+            resolution=_text_or_none(data.get("resolution"), 40), refund_amount_minor=_int_or_none(data.get("refund_amount")),
+            currency=_text_or_none(data.get("currency"), 8) or _text_or_none(transaction.get("currency"), 8),
+            transaction_id=transaction.get("id") if _is_ident(transaction.get("id")) else None,
+            transaction_reference=_text_or_none(transaction.get("reference"), 100) or _text_or_none(data.get("transaction_reference"), 100))
 
     def verify_webhook_signature(self, raw_body: bytes, headers) -> bool:
         """Over the raw bytes as received, before anything is parsed; constant-time comparison."""

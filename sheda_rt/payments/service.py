@@ -69,9 +69,10 @@ class GatewayUnavailable(ServiceUnavailable):
     code = "gateway_unavailable"
 
 
-class RefundUnconfirmed(ServiceUnavailable):
-    """A signed refund.processed that Paystack's refund list does not (yet) show processed: nothing moves, and the
-    503 makes Paystack deliver it again."""
+class ReversalUnconfirmed(ServiceUnavailable):
+    """A signed refund.processed that Paystack's refund list does not (yet) show processed (`refund_unconfirmed`), or a
+    lost chargeback its dispute does not show (`dispute_unconfirmed`): nothing moves, and the 503 makes Paystack
+    deliver it again."""
     code = "refund_unconfirmed"
 
 
@@ -340,13 +341,14 @@ class PaymentService:
 
     async def _money_back(self, event) -> str:
         """The gateway gave (or may give) a succeeded payment's money back to the payer: `refund.processed`, or a
-        chargeback (`charge.dispute.*`). A dispute's signed event is the gateway's word; a refund's is checked against
-        the gateway's refund list before a top-up's money moves (_confirm_refund). A dispute opened flags the payment (`gateway_dispute`: an admin answers it on
+        chargeback (`charge.dispute.*`). A signed event is the gateway's word, not its money: a refund is checked against
+        the gateway's refund list, a lost chargeback against its dispute, before a top-up's money moves (_confirm_reversal).
+        A dispute opened flags the payment (`gateway_dispute`: an admin answers it on
         Paystack's dashboard; nothing moves yet); one resolved `merchant-accepted` (the payer got the money back)
         and a processed refund are reversals: a top-up's target takes the money back from the wallet (`reverse`),
         any other purpose's payment is flagged `refunded_by_gateway` (the contract or installment it paid still
         counts as paid: an admin decides). A dispute resolved otherwise (`declined`: the platform kept the money)
-        changes nothing. A refund's money is taken back only once the gateway confirms it (_confirm_refund)."""
+        changes nothing."""
         payment = await self.store.get(event.reference) if event.reference else None
         if payment is None:
             return "unknown_reference"
@@ -370,8 +372,7 @@ class PaymentService:
                              f"the gateway gave {format_money(Decimal(amount_minor).scaleb(-2))} {payment['currency']} back to the payer "
                              f"({why}); the {payment['purpose']} still counts it paid")
             return "flagged"
-        if event.kind == "refund.processed":
-            await self._confirm_refund(payment, amount_minor, event.event_id)
+        await self._confirm_reversal(payment, amount_minor, event, why)
         outcome, flag = await self._reverse_topup(payment, target, amount_minor, event.event_id, why)
         if outcome == "not_credited":
             # Refunded before its credit was made (a success whose effect a crash left to the reconciliation, or an
@@ -394,30 +395,60 @@ class PaymentService:
         log.info('{"event": "payment_reversed", "reference": "%s", "outcome": "%s"}', payment["reference"], outcome)
         return f"topup_{outcome}"
 
-    async def _confirm_refund(self, payment: dict, amount_minor: int, source: str) -> None:
-        """A signed refund.processed is the gateway's word, not yet its money: before a top-up's money is taken back, the
-        refunds the gateway shows processed for that transaction (gateway.refunded) must cover this one's amount and
-        every other refund reserved on the payment so far. Otherwise the payment is flagged `refund_unconfirmed` (once)
-        and this is a 503: nothing moves, and the gateway delivers the event again (a refund listed a moment late is
-        taken back then). The gateway unreachable: 503 gateway_unavailable, likewise."""
+    async def _confirm_reversal(self, payment: dict, amount_minor: int, event, why: str) -> None:
+        """A signed refund.processed or lost chargeback is the gateway's word, not yet its money: before a top-up's money
+        is taken back, the gateway's API must show it (a refund: _refund_unconfirmed; a chargeback: _dispute_unconfirmed).
+        Otherwise the payment is flagged `refund_unconfirmed` / `dispute_unconfirmed` (once) and this is a 503 of that
+        code: nothing moves, and the gateway delivers the event again (what it shows a moment late is taken back then).
+        The gateway unreachable: 503 gateway_unavailable, likewise."""
+        check, name = ((self._refund_unconfirmed, "refund") if why == "refund" else (self._dispute_unconfirmed, "dispute"))
         try:
-            shown = await self.gateway.refunded(payment["reference"])
+            unconfirmed = await check(payment, amount_minor, event)
         except GatewayError as exc:
-            log.warning("refund list failed for %s: %s", payment["reference"], exc)
-            raise GatewayUnavailable("Could not confirm the refund with the gateway; deliver again later",
+            log.warning("%s check failed for %s: %s", name, payment["reference"], exc)
+            raise GatewayUnavailable(f"Could not confirm the {why} with the gateway; deliver again later",
                                      headers={"Retry-After": "60"}, extra={"retry_after": 60})
+        if unconfirmed is None:
+            return
+        await self._flag(payment, f"{name}_unconfirmed",
+                         f"the gateway sent a {why} of {format_money(Decimal(amount_minor).scaleb(-2))} {payment['currency']} "
+                         f"{unconfirmed}: nothing was taken back")
+        raise ReversalUnconfirmed(f"The gateway does not show this {why} {'processed' if why == 'refund' else 'lost'}; "
+                                  "deliver it again later", f"{name}_unconfirmed",
+                                  headers={"Retry-After": "300"}, extra={"retry_after": 300})
+
+    async def _refund_unconfirmed(self, payment: dict, amount_minor: int, event) -> str | None:
+        """None when the refunds the gateway shows processed for this payment's transaction (gateway.refunded) cover this
+        refund's amount and every other refund reserved on the payment so far; else what it shows instead. A refund
+        event names no refund id to fetch, so the transaction's refunds are summed."""
+        shown = await self.gateway.refunded(payment["reference"])
         current = await self.store.get(payment["reference"]) or payment
         before = sum(int(r["amount_minor"]) for r in current.get("reversals") or ()
-                     if r.get("why") == "refund" and r["source"] != source)
+                     if r.get("why") == "refund" and r["source"] != event.event_id)
         refunded = shown[0] if shown is not None and shown[1] in (None, payment["currency"]) else 0
         if refunded >= before + amount_minor:
-            return
-        await self._flag(payment, "refund_unconfirmed",
-                         f"the gateway sent a refund of {format_money(Decimal(amount_minor).scaleb(-2))} {payment['currency']} "
-                         f"that its refund list does not show processed ({format_money(Decimal(refunded).scaleb(-2))} "
-                         f"refunded in all, {format_money(Decimal(before).scaleb(-2))} taken back before): nothing was taken back")
-        raise RefundUnconfirmed("The gateway does not show this refund processed; deliver it again later",
-                                headers={"Retry-After": "300"}, extra={"retry_after": 300})
+            return None
+        return (f"that its refund list does not show processed ({format_money(Decimal(refunded).scaleb(-2))} refunded in "
+                f"all, {format_money(Decimal(before).scaleb(-2))} taken back before)")
+
+    async def _dispute_unconfirmed(self, payment: dict, amount_minor: int, event) -> str | None:
+        """None when the gateway shows the event's dispute (gateway.dispute: the same id) on this payment's transaction
+        (its reference, and its id when verify gave us one), resolved `merchant-accepted`, for this amount in this
+        currency; else what it shows instead."""
+        dispute_id = str(event.data.get("id"))
+        d = await self.gateway.dispute(dispute_id)
+        if d is None or d.id != dispute_id:
+            return f"(dispute {dispute_id}) that it does not know"
+        known_id = payment.get("transaction_id")
+        if d.transaction_reference != payment["reference"] or (
+                known_id is not None and str(d.transaction_id) != str(known_id)):
+            return f"(dispute {dispute_id}) that it shows on another transaction ({d.transaction_reference})"
+        if d.status != "resolved" or d.resolution != "merchant-accepted":
+            return f"(dispute {dispute_id}) that it shows {d.status or 'without a status'}, {d.resolution or 'unresolved'}"
+        if d.refund_amount_minor != amount_minor or (d.currency or payment["currency"]) != payment["currency"]:
+            shown = "no amount" if d.refund_amount_minor is None else format_money(Decimal(d.refund_amount_minor).scaleb(-2))
+            return f"(dispute {dispute_id}) that it shows lost for {shown} {d.currency or ''}".rstrip()
+        return None
 
     async def _reverse_topup(self, payment: dict, target, amount_minor: int, source: str, why: str) -> tuple[str, tuple | None]:
         """Reserve, then take back: (outcome, flag or None). "not_credited" when no credit was made to take back,
