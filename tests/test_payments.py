@@ -103,8 +103,11 @@ async def test_happy_path_checkout_webhook_verify_contract_active_with_live_even
     # The same live events and notifications as the manual confirmation, on both parties' sockets.
     assert (await client_ws.wait_type("contract.confirmed"))["contract"]["status"] == "active"
     assert (await agent_ws.wait_type("contract.confirmed"))["contract"]["id"] == contract["id"]
-    await client_ws.wait_type("notification", kind="contract.confirmed")
-    await agent_ws.wait_type("notification", kind="contract.confirmed")
+    told_client = await client_ws.wait_type("notification", kind="contract.confirmed")
+    told_agent = await agent_ws.wait_type("notification", kind="contract.confirmed")
+    # The gateway confirmed it, not the agent: each party is told in their own words (a phone shows these)
+    assert told_client["body"].startswith("Your payment of 1200000.00 NGN for") and "agent" not in told_client["body"], told_client
+    assert told_agent["title"] == "Payment received" and told_agent["body"].startswith("The client paid 1200000.00 NGN for"), told_agent
     mine = (await sheda.api.get(PAY, token=client.token)).json
     assert [p["reference"] for p in mine["items"]] == [pay["reference"]] and mine["next_cursor"] is None
     assert [p["reference"] for p in (await sheda.api.get(PAY, token=agent.token, params={"status": "succeeded"})).json["items"]] \

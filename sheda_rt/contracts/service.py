@@ -352,6 +352,12 @@ class ContractService:
         "cancelled": ("Contract cancelled", "The contract for “{title}” was cancelled{reason}."),
         "expired": ("Contract expired", "The contract for “{title}” has ended."),
     }
+    # Confirmed by the payment gateway (no actor): both parties are told, each in their own words (the
+    # agent's "confirmed" text, "The agent confirmed your payment", reached the agent too, and was untrue for both).
+    _PAID_ONLINE = {
+        "client": ("Payment confirmed", "Your payment of {amount} {currency} for “{title}” was received. Your contract is active."),
+        "agent": ("Payment received", "The client paid {amount} {currency} for “{title}” online. The contract is active."),
+    }
 
     async def _announce(self, doc: dict, what: str, actor: int | None, reason: str | None = None) -> None:
         view = contract_view(doc)
@@ -363,5 +369,8 @@ class ContractService:
         parties = [doc["client_id"], doc["agent_id"]]
         targets = [p for p in parties if p != actor] if actor in parties else parties
         for user_id in targets:
+            if what == "confirmed" and actor is None:
+                title, text = self._PAID_ONLINE["client" if user_id == doc["client_id"] else "agent"]
+                body = text.format(title=doc.get("property_title"), amount=view["amount"], currency=view["currency"])
             await self.notifications.notify(user_id, kind, title, body, data)
         await self.notifications.publish_event(parties, {"type": kind, "contract": view})
