@@ -531,6 +531,25 @@ def _winning_plan(explained: dict) -> dict:
     return next(s["$cursor"]["queryPlanner"]["winningPlan"] for s in explained["stages"] if "$cursor" in s)
 
 
+
+async def test_a_builders_sold_out_project_is_left_out_of_price_sorts_whatever_the_sample_holds(sheda):
+    """Price sorts list only projects with something to sell. A builder's page cheapest first, when the facet
+    sample holds one priced project of theirs (its first price slice is then the whole range), listed the sold
+    out one too, and first (a project without a lowest price sorted before every price)."""
+    builder = await verified_builder(sheda)
+    priced = await published_project(sheda, builder, location="Lekki")
+    sold_out = await published_project(sheda, builder, location="Lekki")
+    await add_units(sheda, builder, priced["id"], [unit("1", price="20000000")])
+    units = await add_units(sheda, builder, sold_out["id"], [unit("1", price="10000000")])
+    r = await sheda.api.patch(f"{PROJECTS}/{sold_out['id']}/units/{units[0]['id']}", {"status": "blocked"}, token=builder.token)
+    assert r.status == 200, r
+    await sheda.ctx.projects.store.stats.refresh()  # the sample now holds the builder's one priced project
+    for sort in ("price_asc", "price_desc"):
+        r = await sheda.api.get(PROJECTS, params={"builder_id": builder.id, "sort": sort})
+        assert r.status == 200 and [p["id"] for p in r.json["items"]] == [priced["id"]], (sort, r.json)
+    r = await sheda.api.get(PROJECTS, params={"builder_id": builder.id})
+    assert [p["id"] for p in r.json["items"]] == [sold_out["id"], priced["id"]]  # newest first lists both
+
 async def test_project_and_unit_reads_walk_indexes_never_the_collection(sheda):
     """The embedded planner scans the whole collection unless a filter is index-shaped: every read
     the searches, unit pages, duplicate checks and summaries run is explained here."""

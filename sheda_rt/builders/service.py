@@ -407,8 +407,12 @@ class ProjectService:
         # A unit at most price_max means the project's lowest available price (the sort key) is at
         # most price_max too: a bound the driver can use. price_min says nothing about the lowest.
         price_max = int(to_minor(q.price_max)) if q.price_max is not None else None
+        # A price sort lists only projects with a lowest price (something available): an unbounded slice (the
+        # whole range, when the sample holds one price of the driving facet) would take those without one too,
+        # first. `price_minor >= 0` is what having one means, and the driver's index range can say it.
+        price_min = 0 if q.sort != "newest" else None
         return SearchPlan(status=q.state, sort=q.sort, limit=q.limit, facet=facet, near=near, residual=residual, cursor=q.cursor,
-                          price_max=price_max)
+                          price_min=price_min, price_max=price_max)
 
     async def search(self, q: ProjectQuery, principal, trace: list | None = None) -> dict:
         if q.state == "draft" and not is_admin(principal):
