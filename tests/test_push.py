@@ -436,6 +436,23 @@ async def test_a_message_deleted_in_the_grace_period_is_not_pushed(sheda, push):
     assert got.payload["body"] == "hello" and got.payload["up_to"] == first and got.payload["count"] == 1
 
 
+async def test_a_message_from_someone_blocked_in_the_grace_period_is_not_pushed(sheda, push):
+    # Ada blocks Bob right after his message came (before its push was due): her phone must not then
+    # show "New message from Bob" with his text; Carol's message is pushed as usual.
+    ada = await sheda.signup()
+    bob = await sheda.signup()
+    carol = await sheda.signup()
+    sub, device_id = await subscribed(sheda, push, ada)
+    await send(sheda, bob, ada, "you will answer me")
+    await send(sheda, carol, ada, "lunch?")
+    await until_jobs(sheda, device_id, 2)
+    assert (await sheda.api.post(f"/api/v1/users/{bob.id}/block", {}, token=ada.token)).status == 201
+    sheda.ctx.clock.advance(seconds=11)
+    await run_jobs(sheda)
+    assert [r.payload["body"] for r in push.accepted(sub.endpoint_id)] == ["lunch?"]
+    assert "blocked" in {j["result"]["outcome"] for j in await jobs_of(sheda, device_id)}
+
+
 async def test_previews_off_sends_no_text(sheda, push):
     ada = await sheda.signup()
     bob = await sheda.signup()

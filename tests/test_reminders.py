@@ -318,6 +318,25 @@ async def test_a_digest_leaves_out_messages_deleted_before_it(sheda):
     assert "Ada" not in digest.body and "buy followers" not in digest.body and "> Hello from Eve" in digest.body
 
 
+async def test_a_digest_leaves_out_whom_the_reader_blocked_meanwhile(sheda):
+    # Bob blocks Ada after her messages came: no email about her (no push either); Eve's are still mailed.
+    ada = await sheda.signup(full_name="Ada Obi")
+    bob = await sheda.signup(full_name="Bob Eze")
+    eve = await sheda.signup(full_name="Eve Ife")
+    await send(sheda, ada, bob, "you will answer me")
+    await send(sheda, eve, bob, "Hello from Eve")
+    assert (await sheda.api.post(f"/api/v1/users/{ada.id}/block", {}, token=bob.token)).status == 201
+    for _ in range(200):  # the digest is armed in the background after the messages are stored
+        if await sheda.ctx.db["jobs"].find_one({"_id": f"digest:{bob.id}"}):
+            break
+        await asyncio.sleep(0.02)
+    sheda.ctx.clock.advance(minutes=16)
+    await run(sheda)
+    [digest] = mails(sheda, bob, "unread")
+    assert digest.subject == "1 unread message from Eve Ife", digest.subject
+    assert "Ada" not in digest.body and "answer me" not in digest.body
+
+
 async def test_offline_user_gets_one_digest_per_window_and_unsubscribes_with_one_click(sheda):
     ada = await sheda.signup(full_name="Ada Obi")
     bob = await sheda.signup(full_name="Bob Eze")

@@ -242,6 +242,9 @@ class Dispatcher:
         if await self.chat.conversations.muted(p["conv"], user_id, self.clock.now()):  # asked when sending: a mute set in the grace period counts
             PUSHES.labels(provider=platform, outcome="skipped").inc()
             return {"outcome": "muted"}
+        if self.chat.blocks is not None and await self.chat.blocks.between(user_id, other_id):  # blocked in the grace period
+            PUSHES.labels(provider=platform, outcome="skipped").inc()
+            return {"outcome": "blocked"}
         if await self.presence.online_anywhere(user_id):
             PUSHES.labels(provider=platform, outcome="skipped").inc()
             return {"outcome": "online"}

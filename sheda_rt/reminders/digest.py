@@ -180,6 +180,8 @@ class ChatDigests:
             if self.chat.conversations.muted_until(c, user_id, now) is not None:
                 continue  # muted (chat/manage.py): no push, and no email either
             peer = next((u for u in c["users"] if u != user_id), user_id)
+            if self.chat.blocks is not None and await self.chat.blocks.between(user_id, peer):
+                continue  # either blocks the other: no email about them either (as no push)
             mark = int((c.get("read_upto") or {}).get(str(user_id), 0))
             newest = await messages.scan(c["_id"], newest_first=True, need=1, after=mark, projection=NEWS_FIELDS,
                                          keep=lambda d, peer=peer: is_news(d, peer, user_id))
