@@ -29,7 +29,8 @@ class BookingsHandler(APIHandler):
         line 1 being the booking payment, due when the hold ends. The unit becomes `reserved`. Of two clients
         racing for one unit exactly one gets 201, the other 409 `unit_not_available` (also for a unit that is not
         available). 404 `unit_not_found` (no such unit, or its project is not published); 422 when the plan is
-        not one of the unit's project's; 403 `own_unit` for the project's own builder."""
+        not one of the unit's project's; 403 `own_unit` for the project's own builder; 409 `builder_inactive` when the
+        builder's account is deactivated."""
         return await self.ctx.bookings.create(self.principal, body)
 
 

@@ -430,7 +430,7 @@ class AppContext:
         self.bookings = BookingService(self.booking_store, projects=self.projects, project_store=self.project_store,
                                        units=self.unit_store, plans=self.payment_plan_store, notifications=self.notifications,
                                        clock=self.clock, hold_hours=s.booking_hold_hours, reminder_days=s.booking_reminder_days,
-                                       runtime_settings=self.runtime_settings.get)
+                                       runtime_settings=self.runtime_settings.get, is_active=self.accounts.is_active)
         self.construction = ProgressService(self.progress_store, self.update_store, projects=self.projects,
                                             bookings=self.booking_store, notifications=self.notifications, clock=self.clock)
         self.booking_job = BookingJob(self.bookings, s.booking_job_interval_minutes, self.job_runner, self.clock)
