@@ -665,6 +665,40 @@ async def test_a_credit_whose_process_died_around_a_refund_never_stands(sheda, p
     await audit_ok(sheda, admin)
 
 
+async def test_an_admin_credit_a_refund_voids_meanwhile_leaves_the_payment_to_a_dismiss(sheda, paystack):
+    """An admin credits a flagged top-up; its refund lands between the credit's checks and its ledger write (the top-up's
+    key takes the void). The credit is 409 refunded_before_credit, as it must be, but its claim on the payment stayed:
+    every later credit was 409 refunded_before_credit and every dismiss 409 already_resolved, the payment flagged for
+    ever. A credit that can never be carried out gives its claim up, so a dismiss settles it."""
+    paystack.webhook_url = sheda.base_url + "/api/v1/webhooks/paystack"
+    user, admin = await sheda.signup("client"), await sheda.admin()
+    r = await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": user.id, "amount": "900.00"}, token=user.token)
+    ref = r.json["reference"]
+    paystack.pay(ref)
+    await sheda.ctx.db["payments"].update_one({"reference": ref}, {"$set": {"status": "succeeded", "applied": False}})
+    await sheda.ctx.payments._flag(await sheda.ctx.payment_store.get(ref), "effect_stuck", "paid, not applied")
+    target = sheda.ctx.payment_targets["wallet_topup"]
+    original = target.credit_verified
+
+    async def refund_lands_before_the_write(payment, *args, **kw):
+        if payment["reference"] == ref:  # the refund's webhook, after the credit's checks and claim
+            assert (await paystack.deliver(paystack.refund(ref))).code == 200
+        return await original(payment, *args, **kw)
+
+    target.credit_verified = refund_lands_before_the_write
+    try:
+        r = await sheda.api.post(resolve_url(ref), {"action": "credit", "reason": "stuck"}, token=admin.token)
+    finally:
+        target.credit_verified = original
+    assert r.status == 409 and r.json["code"] == "refunded_before_credit", r
+    r = await sheda.api.post(resolve_url(ref), {"action": "credit", "reason": "again"}, token=admin.token)
+    assert r.status == 409 and r.json["code"] == "refunded_before_credit", r
+    r = await sheda.api.post(resolve_url(ref), {"action": "dismiss", "reason": "refunded"}, token=admin.token)
+    assert r.status == 201 and r.json["flagged"] is False and r.json["resolution"]["action"] == "dismiss", r
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "0.00"
+    await audit_ok(sheda, admin)
+
+
 async def test_what_a_reversal_could_not_take_is_owed_and_the_next_topups_repay_it_first(sheda, paystack):
     """A top-up reversed after the user spent it left a shortfall that was only flagged (platform:reversal_shortfall):
     the user kept spending later top-ups while owing it. The wallet now shows what is owed, the next top-ups repay it

@@ -238,7 +238,7 @@ class PaymentService:
             raise Conflict("This payment is not flagged: nothing for an admin to settle", "not_flagged")
         amount_minor = None
         if body.action == "credit":
-            amount_minor = await self._verified_for_credit(payment)
+            amount_minor = await self._released_if_voided(payment, self._verified_for_credit(payment))
         now = self.clock.now()
         payment, won = await self.store.claim_resolution(payment["_id"], {"action": body.action, "reason": body.reason,
                                                                           "by": principal.user_id, "at": now})
@@ -248,8 +248,8 @@ class PaymentService:
         if claimed.get("done"):
             return payment_view(payment), False
         if body.action == "credit":
-            tx = await self.targets[payment["purpose"]].credit_verified(payment, amount_minor, admin_id=claimed["by"],
-                                                                        reason=claimed["reason"])
+            tx = await self._released_if_voided(payment, self.targets[payment["purpose"]].credit_verified(
+                payment, amount_minor, admin_id=claimed["by"], reason=claimed["reason"]))
             credited = next(line["amount"] for line in tx["lines"] if line["account"] != "gateway:clearing")
             fields = {"resolution.amount": credited, "resolution.transaction_id": tx["id"], "status": "succeeded",
                       "applied": True, "outcome": "credited_by_admin", "succeeded_at": payment.get("succeeded_at") or now}
@@ -262,6 +262,19 @@ class PaymentService:
                  claimed["by"])
         # The claim's winner answers 201; the same action racing it (or finishing one a crash cut short) 200.
         return payment_view(await self.store.get(reference)), won
+
+    async def _released_if_voided(self, payment: dict, step):
+        """Await a step of an admin's credit; when it finds the top-up refunded before any credit (409
+        refunded_before_credit: its ledger key holds a void, for good), a credit claimed on the payment and not
+        carried out (this request's, after a refund landed between its check and its credit; or one a crash cut
+        short) is given up, so a dismiss can settle the payment: the claim would otherwise hold it, every credit
+        409 refunded_before_credit and every dismiss 409 already_resolved, flagged for ever."""
+        try:
+            return await step
+        except Conflict as exc:
+            if exc.code == "refunded_before_credit":
+                await self.store.release_resolution(payment["_id"], "credit")
+            raise
 
     async def _verified_for_credit(self, payment: dict) -> int:
         """What the gateway says was paid for this payment, in kobo, when it can be credited (409 otherwise)."""

@@ -119,6 +119,11 @@ class PaymentStore:
         won = await update_then_get(self.col, {"_id": payment_id, "resolution": None}, {"$set": {"resolution": resolution}})
         return (won, True) if won is not None else (await self.col.find_one({"_id": payment_id}), False)
 
+    async def release_resolution(self, payment_id: int, action: str) -> None:
+        """Give up a claimed settlement of `action` not carried out (it never can be: PaymentService._released_if_voided)."""
+        await self.col.update_one({"_id": payment_id, "resolution.action": action, "resolution.done": {"$ne": True}},
+                                  {"$set": {"resolution": None}})
+
     async def finish_resolution(self, payment_id: int, action: str, fields: dict, now) -> None:
         """The claimed settlement carried out: recorded once (racing finishers of one claim: the first), and the
         payment no longer waits for an admin."""
