@@ -345,6 +345,34 @@ async def test_messages_collapse_into_one_push_with_the_unread_total_as_badge(sh
     assert push.accepted(sub.endpoint_id)[-1].payload["title"] == "4 new messages from Bob Eze"
 
 
+async def test_a_message_the_sending_push_already_counted_is_not_pushed_again(sheda, push):
+    """A message stored while its conversation's push job is running gets a second job (key
+    `push:<device>:<conv>:<message>`), in case the running one read the unread messages before it.
+    When the running one counted it after all, the second must send nothing: the phone rang twice
+    with the same "2 new messages". (Which of the two happened depends on timing, so the second job
+    is made here as the dispatcher makes it, after the first push went out with the message counted.)"""
+    ada = await sheda.signup()
+    bob = await sheda.signup()
+    sub, device_id = await subscribed(sheda, push, ada)
+    first, second = await send(sheda, bob, ada, "one", "two")
+    [job] = await until_jobs(sheda, device_id)
+    sheda.ctx.clock.advance(seconds=11)
+    await run_jobs(sheda)
+    [got] = push.accepted(sub.endpoint_id)
+    assert got.payload["count"] == 2 and got.payload["up_to"] == second
+    await sheda.ctx.job_runner.enqueue("push.webpush", dict(job["payload"], first_id=second), key=f"{job['_id']}:{second}",
+                                       run_at=sheda.ctx.clock.now())
+    await run_jobs(sheda)
+    assert len(push.accepted(sub.endpoint_id)) == 1
+    assert (await sheda.ctx.db["jobs"].find_one({"_id": f"{job['_id']}:{second}"}))["result"]["outcome"] == "already_sent"
+    # a message newer than what was pushed is pushed, by either job
+    [third] = await send(sheda, bob, ada, "three")
+    await sheda.ctx.job_runner.enqueue("push.webpush", dict(job["payload"], first_id=third), key=f"{job['_id']}:{third}",
+                                       run_at=sheda.ctx.clock.now())
+    await run_jobs(sheda)
+    assert [r.payload["up_to"] for r in push.accepted(sub.endpoint_id)] == [second, third]
+
+
 async def test_reading_on_another_device_cancels_the_pending_push(sheda, push):
     ada = await sheda.signup()
     bob = await sheda.signup()

@@ -252,6 +252,15 @@ class Dispatcher:
         if not count:
             PUSHES.labels(provider=platform, outcome="cancelled").inc()
             return {"outcome": "read"}
+        main_key = job_key(device_id, p["conv"])
+        if job["_id"] != main_key:
+            # The "one more, later" of a message that came while the conversation's push was sending: that push
+            # may have counted it already (it read the unread messages after the message was stored); then nothing is new.
+            main = await self.runner.store.get(main_key)
+            told = ((main or {}).get("result") or {}).get("up_to")
+            if isinstance(told, int) and told >= latest["_id"]:
+                PUSHES.labels(provider=platform, outcome="cancelled").inc()
+                return {"outcome": "already_sent"}
         now = self.clock.now()
         held = quiet_until(now, prefs.get("quiet_hours"))
         if held is not None:
