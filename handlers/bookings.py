@@ -30,7 +30,7 @@ class BookingsHandler(APIHandler):
         racing for one unit exactly one gets 201, the other 409 `unit_not_available` (also for a unit that is not
         available). 404 `unit_not_found` (no such unit, or its project is not published); 422 when the plan is
         not one of the unit's project's; 403 `own_unit` for the project's own builder; 409 `builder_inactive` when the
-        builder's account is deactivated."""
+        builder's account is deactivated or switched to another type."""
         return await self.ctx.bookings.create(self.principal, body)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from functools import partial
 
 from sheda_rt.accounts.auth import AuthService
 from sheda_rt.accounts.bank_store import AccountInfoStore
@@ -430,7 +431,8 @@ class AppContext:
         self.bookings = BookingService(self.booking_store, projects=self.projects, project_store=self.project_store,
                                        units=self.unit_store, plans=self.payment_plan_store, notifications=self.notifications,
                                        clock=self.clock, hold_hours=s.booking_hold_hours, reminder_days=s.booking_reminder_days,
-                                       runtime_settings=self.runtime_settings.get, is_active=self.accounts.is_active)
+                                       runtime_settings=self.runtime_settings.get,
+                                       builder_active=partial(self.accounts.is_active_as, user_type="builder"))
         self.construction = ProgressService(self.progress_store, self.update_store, projects=self.projects,
                                             bookings=self.booking_store, notifications=self.notifications, clock=self.clock)
         self.booking_job = BookingJob(self.bookings, s.booking_job_interval_minutes, self.job_runner, self.clock)

@@ -582,3 +582,22 @@ async def test_a_deactivated_builders_unit_cannot_be_booked(sheda):
     assert r.status == 201, r
     r = await sheda.api.post(f"{BOOKINGS}/{r.json['id']}/cancel", {}, token=client.token)
     assert r.status == 200, r  # closed, so that no later test's booking job finds it
+
+
+async def test_a_builder_who_switched_to_client_has_units_nobody_can_book(sheda):
+    """switch-account leaves a builder without the builder scope: they could no longer confirm a payment, so
+    their units are as unbookable as a deactivated builder's (409 builder_inactive), until they switch back."""
+    builder, project, units, plan = await setup_project(sheda, units=("W-1",))
+    client = await sheda.signup("client")
+    r = await sheda.api.post("/api/v1/auth/switch-account", {"switch_to": "client"}, token=builder.token)
+    assert r.status == 200, r
+    as_client = r.json["access_token"]
+    r = await book(sheda, client, units[0]["id"], plan["id"])
+    assert r.status == 409 and r.json["code"] == "builder_inactive", r
+    assert (await unit_doc(sheda, units[0]["id"]))["status"] == "available"
+    r = await sheda.api.post("/api/v1/auth/switch-account", {"switch_to": "builder"}, token=as_client)
+    assert r.status == 200, r
+    r = await book(sheda, client, units[0]["id"], plan["id"])
+    assert r.status == 201, r
+    r = await sheda.api.post(f"{BOOKINGS}/{r.json['id']}/cancel", {}, token=client.token)
+    assert r.status == 200, r  # closed, so that no later test's booking job finds it

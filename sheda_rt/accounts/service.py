@@ -579,6 +579,11 @@ class AccountService:
         user = await self.users.get(user_id)
         return user is not None and user.get("is_active", True)
 
+    async def is_active_as(self, user_id: int, user_type: str) -> bool:
+        """is_active, and the account is still of this type (switch-account takes a type's scope away)."""
+        user = await self.users.get(user_id)
+        return user is not None and user.get("is_active", True) and user.get("user_type") == user_type
+
     async def public_user(self, user_id: int) -> dict:
         user = await self.users.get(user_id)
         if user is None or not user.get("is_active", True):

@@ -210,7 +210,7 @@ class BookingService:
     def __init__(self, store: BookingStore, *, projects: ProjectService, project_store: ProjectStore, units: UnitStore,
                  plans: PaymentPlanStore, notifications: NotificationService, clock: Clock, hold_hours: float,
                  reminder_days: float, runtime_settings: Callable[[], Awaitable[RuntimeSettings]] | None = None,
-                 is_active: Callable[[int], Awaitable[bool]] | None = None):
+                 builder_active: Callable[[int], Awaitable[bool]] | None = None):
         self.store = store
         self.projects = projects  # unit summaries after unit moves
         self.project_store = project_store
@@ -223,8 +223,9 @@ class BookingService:
         # (GET|PATCH /api/v1/admin/settings); None: `hold_hours` (BOOKING_HOLD_HOURS).
         self.runtime_settings = runtime_settings
         self.reminder = timedelta(days=reminder_days)
-        # Whether an account is active (AccountService.is_active): a deactivated builder's units are not bookable.
-        self.is_active = is_active
+        # Whether a builder's account is active and still a builder's (AccountService.is_active_as): units of one
+        # deactivated, or switched to another type (no builder scope to confirm payments with), are not bookable.
+        self.builder_active = builder_active
         # Told of every cancelled booking before its unit is handed back (set by the context to the payments'
         # refund flag: lines paid through the gateway, then the booking cancelled, mean a refund is due).
         # Idempotent; a process dying before it ran leaves the booking unsynced, and sync_units runs it.
@@ -241,7 +242,7 @@ class BookingService:
             raise ValidationFailed.single("plan_id", "is not a payment plan of this unit's project")
         if project["builder_id"] == principal.user_id:
             raise Forbidden("A builder cannot book their own unit", "own_unit")
-        if self.is_active is not None and not await self.is_active(project["builder_id"]):
+        if self.builder_active is not None and not await self.builder_active(project["builder_id"]):
             # Nobody could confirm its payments or answer its changes: the unit would be held for nothing.
             raise Conflict("This project's builder account is not active; its units cannot be booked", "builder_inactive")
         if unit["status"] != "available":
