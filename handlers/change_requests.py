@@ -7,16 +7,15 @@ from handlers.routing import endpoint, route
 from sheda_rt.accounts.auth import BUILDER, CLIENT, USER
 from sheda_rt.builders.change_request_models import (ChangeAccept, ChangeQuote, ChangeReject, ChangeRequestCreate,
                                                      ChangeRequestList, ChangeRequestResult, ChangeRequestView)
-from sheda_rt.pagination import NoQuery
 
 TAGS = ("builders",)
 MOVE_ERRORS = (401, 403, 404, 409)
 
 
 class ChangeRequestsHandler(APIHandler):
-    @endpoint("A booking's change requests (its client, its builder or an admin)", auth=USER, query=NoQuery,
+    @endpoint("A booking's change requests (its client, its builder or an admin)", auth=USER,
               response=ChangeRequestList, errors=(401, 404, 422), tags=TAGS)
-    async def get(self, booking_id: int, query: NoQuery):
+    async def get(self, booking_id: int):
         """Newest first. 404 `booking_not_found` for anyone else."""
         return await self.ctx.change_requests.list(self.principal, booking_id)
 

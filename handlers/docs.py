@@ -37,7 +37,8 @@ _STATUS_TEXT = {400: "Bad request: e.g. `invalid_json`, `invalid_form` (a malfor
                 404: "Not found", 409: "Conflict (duplicate, wrong state, slot taken)",
                 413: "Too large: the body is over MAX_JSON_BYTES, or the upload over MAX_UPLOAD_BYTES",
                 415: "Unsupported media type: send application/json (or multipart/form-data where documented)",
-                422: "Validation failed (`errors` names each field)", 429: "Rate limited (see Retry-After)",
+                422: "Validation failed (`errors` names each field; a query key the route does not take is one)",
+                429: "Rate limited (see Retry-After)",
                 503: "Unavailable: code database_unavailable while the database cannot be reached (see Retry-After)"}
 # Error bodies that always carry more than detail and code: a 422 names its fields, a 429 its wait.
 _ERROR_VARIANTS = {
@@ -95,8 +96,8 @@ def _error_codes(doc, template: str, has_path_params: bool) -> set[int]:
     codes = set(doc.errors)
     if doc.body is not None or doc.upload:
         codes |= {400, 413, 415, 422}
-    if doc.query is not None:
-        codes.add(422)
+    if doc.query is not None and (doc.query.model_config.get("extra") == "forbid" or doc.query.model_fields):
+        codes.add(422)  # a bad value, or (NoQuery, the default, and every strict model) a key the route does not take
     if doc.auth is not None:
         codes |= {401, 403}
     if has_path_params:

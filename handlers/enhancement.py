@@ -7,6 +7,7 @@ from handlers.routing import endpoint, route
 from sheda_rt.accounts.auth import USER
 from sheda_rt.enhancement.models import EnhancementJobOut, EnhancementWebhookAck
 from sheda_rt.listings.models import PropertyOut
+from sheda_rt.pagination import OpenQuery  # the webhook's URL is ENHANCEMENT_CALLBACK_URL, the operator's to choose
 
 TAGS = ("properties",)
 
@@ -41,7 +42,8 @@ class ImageEnhanceHandler(APIHandler):
 
 
 class EnhancementWebhookHandler(APIHandler):
-    @endpoint("The enhancement service's results", response=EnhancementWebhookAck, errors=(400, 401, 413, 422, 503), tags=TAGS)
+    @endpoint("The enhancement service's results", response=EnhancementWebhookAck, query=OpenQuery,
+              errors=(400, 401, 413, 422, 503), tags=TAGS)
     async def post(self):
         """For the enhancement service only. Headers: `X-Signature: sha256=<hex HMAC-SHA256 of "<X-Timestamp>.<raw
         body>" keyed with ENHANCEMENT_WEBHOOK_SECRET>`, `X-Timestamp` (unix seconds, within 5 minutes of ours) and

@@ -17,6 +17,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from handlers.base import APIHandler
 from handlers.routing import endpoint, route
 from sheda_rt.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from sheda_rt.pagination import OpenQuery  # scrapers add their own keys (e.g. a federation's match[])
 
 
 def observe_request(handler) -> None:
@@ -39,7 +40,8 @@ def _registry():
 
 
 class MetricsHandler(APIHandler):
-    @endpoint("Prometheus metrics (text format 0.0.4; no authentication)", content_type="text/plain", tags=("operations",))
+    @endpoint("Prometheus metrics (text format 0.0.4; no authentication)", content_type="text/plain", query=OpenQuery,
+              tags=("operations",))
     async def get(self):
         """HTTP requests by route template and status, request latency, open sockets, chat messages
         stored and delivered, batch sizes, broker publish errors, job runs, contracts expired; business

@@ -5,6 +5,7 @@ from handlers.base import APIHandler
 from handlers.routing import Reply, endpoint, route
 from sheda_rt.accounts.auth import ADMIN, USER
 from sheda_rt.payments.models import PaymentCreate, PaymentOut, PaymentQuery, PaymentResolve, WebhookAck
+from sheda_rt.pagination import OpenQuery  # the webhook's URL is whatever the operator registered with Paystack
 from sheda_rt.responses import Page
 
 TAGS = ("payments",)
@@ -69,7 +70,7 @@ class PaymentResolveHandler(APIHandler):
 
 
 class PaystackWebhookHandler(APIHandler):
-    @endpoint("Paystack's event deliveries", response=WebhookAck, errors=(401, 503), tags=TAGS)
+    @endpoint("Paystack's event deliveries", response=WebhookAck, query=OpenQuery, errors=(401, 503), tags=TAGS)
     async def post(self):
         """For Paystack only. The body is read raw: `x-paystack-signature` must be the hex HMAC-SHA512 of exactly these
         bytes keyed with our secret key, else 401 and nothing is stored (also 401 for everything when no gateway is

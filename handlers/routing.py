@@ -3,7 +3,11 @@
 A route is written once as a template (`/api/v1/users/{user_id:int}`); from it
 come Tornado's regex, the OpenAPI path, and the metrics label. An endpoint is a
 handler method wrapped by `endpoint(...)`, which does, in this order: auth,
-query parsing, body parsing, the call, serialization. The same arguments feed
+query parsing, body parsing, the call, serialization. Every endpoint parses its
+query: a method that declares no `query=` model takes none (NoQuery), so an
+unknown key is a 422 naming it on every route, checked here once before the
+method runs; a route whose keys come from someone else's protocol declares
+`query=OpenQuery` (probes, scrapers, webhooks). The same arguments feed
 the OpenAPI document, so the docs cannot drift from what the code enforces.
 
 Responses take the same road back: what a method returns is validated through its
@@ -14,6 +18,7 @@ traceback in the log, never a silently different shape.
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -22,6 +27,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from tornado.web import URLSpec
 
 from sheda_rt.accounts.auth import Requirement
+from sheda_rt.pagination import NoQuery
 from sheda_rt.responses import MEDIA_BASE, MEDIA_REWRITTEN
 
 _PARAM = re.compile(r"\{(\w+)(?::(int|str|path))?\}")
@@ -116,13 +122,18 @@ def endpoint(
     upload_types: str = "jpeg, png or webp",
 ) -> Callable:
     """Wrap a handler method. The method receives `body=` / `query=` models when declared
-    and returns what to send (a dict, list, pydantic model, a `Reply` for one of the statuses
-    in `also`, or None for an empty 204-style reply). `response` is the success body's model
+    (`query` only if its signature names it); without `query=` the route takes no query key
+    (NoQuery: any key is a 422 naming it). It returns what to send (a dict, list, pydantic model,
+    a `Reply` for one of the statuses in `also`, or None for an empty 204-style reply). `response` is the success body's model
     (or a type such as `list[Model]`): the body is validated through it and it is the schema
     in the document. `also` documents other statuses answered with that same body, by their
     description. `content_type` other than JSON (e.g. /metrics) is documented as text."""
 
+    query_model = query if query is not None else NoQuery
+
     def decorate(fn):
+        takes_query = "query" in inspect.signature(fn).parameters
+
         @functools.wraps(fn)
         async def wrapper(self, *args, **kwargs):
             if self._finished:
@@ -132,8 +143,9 @@ def endpoint(
             kwargs = self.convert_path_args(kwargs)
             if auth is not None:
                 self.principal = await self.ctx.auth.authenticate(self.request.headers.get("Authorization"), auth)
-            if query is not None:
-                kwargs["query"] = self.parse_query(query)
+            parsed = self.parse_query(query_model)  # every route: an unknown key is a 422 naming it
+            if takes_query:
+                kwargs["query"] = parsed
             if body is not None:
                 kwargs["body"] = self.parse_body(body, form=form)
             result = await fn(self, *args, **kwargs)
@@ -144,7 +156,7 @@ def endpoint(
                 self.send(serialize(response, result, self.ctx.settings.public_base_url), code)
 
         wrapper.endpoint_doc = EndpointDoc(
-            summary=summary, auth=auth, body=body, query=query, response=response, status=status,
+            summary=summary, auth=auth, body=body, query=query_model, response=response, status=status,
             form=form, upload=upload, errors=errors, tags=tags, description=(fn.__doc__ or "").strip(),
             also=dict(also or {}), content_type=content_type, upload_types=upload_types,
         )

@@ -25,14 +25,24 @@ class StrictQuery(BaseModel):
     """The base of every query model that refuses keys it does not take: an unknown key is a 422 naming
     it (a typo'd filter or flag must not pass silently as "no filter" or the default). Every list route
     shares it through PageQuery; a route with a query of its own (DELETE /chat/messages/{id}?for=) or
-    none at all (NoQuery) derives from it too. The seed's chat history (HistoryQuery) and the SSE stream
-    stay lenient on purpose (see their models)."""
+    none at all (NoQuery, the default of every endpoint) derives from it too. The seed's chat history
+    (HistoryQuery), the SSE stream and the routes declared with OpenQuery stay lenient on purpose (see
+    their models)."""
 
     model_config = ConfigDict(extra="forbid")
 
 
 class NoQuery(StrictQuery):
-    """A route that takes no query key at all, e.g. a list returned whole (a booking's change requests)."""
+    """A route that takes no query key at all: what `endpoint` (handlers/routing.py) applies to every method that
+    declares no query model, so `?for=everyone` on GET /users/me is a 422 naming `for`, not the default answer."""
+
+
+class OpenQuery(BaseModel):
+    """A route whose URL is built by someone else's protocol, so keys it does not read are not the client's typo:
+    health probes and metrics scrapers (which may add their own), a gateway's webhook (its URL is whatever the
+    operator registered). Declared with `query=OpenQuery`; every key is ignored and none is ever a 422."""
+
+    model_config = ConfigDict(extra="ignore")
 
 
 class PageQuery(StrictQuery):

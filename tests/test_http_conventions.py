@@ -215,3 +215,74 @@ async def test_health(sheda):
     assert (await sheda.api.get("/health")).json == {"status": "ok"}
     r = await sheda.api.get("/health/ready")
     assert r.status == 200 and r.json["status"] == "ready" and r.json["checks"]["database"] == "ok"
+
+
+async def test_every_route_refuses_a_query_key_it_does_not_take_but_protocol_keys_pass(sheda):
+    """One rule for every route (handlers/routing.py: a method without a query model takes none): a key the route
+    does not take is a 422 naming it, checked before the method runs, so nothing is read or changed. It was
+    ignored on every route without a query model (a typo'd `?for=everyone` did the default). Keys that belong to
+    someone else's protocol still pass: the socket's and the event stream's token and lastEventId, the chat
+    history's cache-buster, the unsubscribe link's token, probes, scrapers, webhooks, files and the documents."""
+    import httpx
+
+    from tests.support import PNG_1PX, multipart
+
+    def refused(r, key):
+        return (r.status == 422 and r.json["code"] == "validation_error" and [e["field"] for e in r.json["errors"]] == [key]
+                and all(isinstance(e["message"], str) and e["message"] for e in r.json["errors"]))
+
+    user, agent, builder = await sheda.signup("client"), await sheda.signup("agent"), await sheda.signup("builder")
+    ss = "/api/v1/saved-searches"
+    search = (await sheda.api.post(ss, {"name": "Mine", "query": {"location": "Lekki"}, "alert": "off"}, token=user.token)).json
+    one = f"{ss}/{search['id']}"
+    # GET of one item, or of the caller's own things
+    for path, who in (("/api/v1/users/me", user), (one, user), ("/api/v1/availability", agent), ("/api/v1/builder/receivables", builder)):
+        r = await sheda.api.get(path, token=who.token, params={"for": "everyone"})
+        assert refused(r, "for"), (path, r)
+        assert (await sheda.api.get(path, token=who.token)).status == 200, path
+    # PATCH, DELETE and POST with a body: refused before anything changes
+    r = await sheda.api.patch(f"/api/v1/users/me?fulname=x", {"full_name": "Changed Name"}, token=user.token)
+    assert refused(r, "fulname"), r
+    r = await sheda.api.patch(f"{one}?alerts=instant", {"name": "Renamed"}, token=user.token)
+    assert refused(r, "alerts"), r
+    r = await sheda.api.delete(f"{one}?confirm=yes", token=user.token)
+    assert refused(r, "confirm"), r
+    assert (await sheda.api.get(one, token=user.token)).json == search  # neither the rename nor the delete happened
+    assert (await sheda.api.get("/api/v1/users/me", token=user.token)).json.get("full_name") != "Changed Name"
+    r = await sheda.api.post(f"{ss}?dry_run=1", {"name": "Other", "query": {"location": "Ikoyi"}, "alert": "off"}, token=user.token)
+    assert refused(r, "dry_run"), r
+    assert [s["id"] for s in (await sheda.api.get(ss, token=user.token)).json["items"]] == [search["id"]]
+    r = await sheda.api.post("/api/v1/auth/login?remember=1", {"username": user.username, "password": user.password})
+    assert refused(r, "remember"), r
+    # a route with keys of its own names the unknown one only
+    r = await sheda.api.get(ss, token=user.token, params={"limit": 5, "lmit": 5})
+    assert refused(r, "lmit"), r
+    assert (await sheda.api.delete(one, token=user.token)).status == 204
+
+    # Keys of other protocols still pass.
+    for path in ("/health?probe=lb", "/health/ready?probe=k8s", "/metrics?name[]=http_requests_total", "/docs/?x=1",
+                 "/api/v1/openapi.json?v=2", "/api/v1/asyncapi.json?v=2"):
+        assert (await sheda.api.get(path)).status == 200, path
+    for hook in ("/api/v1/webhooks/paystack?source=dashboard", "/api/v1/webhooks/image-enhancement?source=x"):
+        r = await sheda.api.post(hook, {"event": "charge.success"})
+        assert r.status == 401, (hook, r)  # unsigned: refused on its signature, never on the key
+    assert (await sheda.api.get(f"/api/v1/chats/{agent.id}", token=user.token, params={"_": "1733000000"})).status == 200
+    token = sheda.ctx.unsubscribe.links.token(user.id, "chat")
+    r = await sheda.api.get("/api/v1/email/unsubscribe", params={"token": token})
+    assert r.status == 200 and r.headers["Content-Type"].startswith("text/html"), r
+    body, headers = multipart("file", "a.png", PNG_1PX, "image/png")
+    avatar = (await sheda.api.put("/api/v1/users/me/avatar", body=body, headers=headers, token=user.token)).json["avatar_url"]
+    assert (await sheda.api.get(f"{avatar}?v=2")).status == 200
+    ws = await sheda.ws(user.token)  # ?token= on the handshake
+    ws.close()
+    async with httpx.AsyncClient(base_url=sheda.base_url, timeout=10) as client:
+        async with client.stream("GET", "/api/v1/events/stream", params={"token": user.token, "lastEventId": 0, "r": 1}) as stream:
+            assert stream.status_code == 200 and stream.headers["content-type"].startswith("text/event-stream")
+
+    # The document says so: a 422 on every route that refuses keys, none where every key passes.
+    paths = (await sheda.api.get("/api/v1/openapi.json")).json["paths"]
+    for path, method in (("/api/v1/users/me", "get"), ("/api/v1/users/me", "patch"), ("/api/v1/saved-searches/{search_id}", "delete"),
+                         ("/api/v1/availability", "get"), ("/api/v1/builder/receivables", "get")):
+        assert "422" in paths[path][method]["responses"], (path, method)
+    for path, method in (("/health", "get"), ("/health/ready", "get"), ("/metrics", "get"), ("/api/v1/webhooks/paystack", "post")):
+        assert "422" not in paths[path][method]["responses"], (path, method)

@@ -105,11 +105,17 @@ async def test_abusive_clients_leave_no_secret_in_the_server_log(tmp_path):
             who = name if i < 4 else f"nobody{uuid.uuid4().hex[:6]}" if i == 4 else "ghost-user"
             if i % 2:
                 form = f"username={who}&password={wrong}"
-                r = await api.request("POST", f"/api/v1/auth/login?password={wrong}", body=form,
+                r = await api.request("POST", "/api/v1/auth/login", body=form,
                                       headers={"Content-Type": "application/x-www-form-urlencoded"})
             else:
                 r = await api.post("/api/v1/auth/login", {"username": who, "password": wrong})
             assert r.status == 401, r
+        # The password in the query too: a key login does not take, so a 422 naming it (no login is tried).
+        wrong = f"Wrong-q-{uuid.uuid4().hex}"
+        used.append(wrong)
+        r = await api.request("POST", f"/api/v1/auth/login?password={wrong}", body=f"username={name}&password={wrong}",
+                              headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert r.status == 422 and [e["field"] for e in r.json["errors"]] == ["password"], r
         login = await api.post("/api/v1/auth/login", {"username": name, "password": password})
         assert login.status == 200, login
         used += [login.json["access_token"], login.json["refresh_token"]]
