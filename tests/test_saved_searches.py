@@ -341,6 +341,29 @@ async def test_an_alert_reaches_a_closed_app_as_one_push(sheda, push):
     await sheda.ctx.db["jobs"].delete_many({"kind": "push.webpush", "payload.user_id": buyer.id})
 
 
+async def test_a_device_that_moved_to_another_account_gets_that_accounts_alerts(sheda, push):
+    """The family tablet: its first account was pushed a listing, then another account signs in on it
+    (the subscription moves there) and saves a search the listing's price drop matches. Its alert must
+    be pushed: the first account's push of that listing (one per device and listing) is not this one's."""
+    agent, first, second = await sheda.signup("agent"), await sheda.signup("client"), await sheda.signup("client")
+    area = word()
+    sub, device_id = await subscribed(sheda, push, first)
+    await save(sheda, first, name="Flats", location=area)
+    prop = await create_property(sheda, agent, location=area, title="Garden flat", price="90000")
+    await settle(sheda)
+    await sheda.ctx.job_runner.run_due()
+    assert [r.payload["title"] for r in push.accepted(sub.endpoint_id)] == ["New match for “Flats”"]
+    r = await sheda.api.post("/api/v1/devices", sub.body(), token=second.token)
+    assert r.status == 201 and r.json["id"] == device_id, r
+    await save(sheda, second, name="Cheap flats", location=area)
+    assert (await sheda.api.patch(f"/api/v1/properties/{prop['id']}", {"price": "70000"}, token=agent.token)).status == 200
+    await settle(sheda)
+    await sheda.ctx.job_runner.run_due()
+    assert len(await alerts_of(sheda, second)) == 1
+    assert [r.payload["title"] for r in push.accepted(sub.endpoint_id)] == ["New match for “Flats”", "New match for “Cheap flats”"]
+    await sheda.ctx.db["jobs"].delete_many({"kind": "push.webpush", "payload.device_id": device_id})
+
+
 async def match_jobs(sheda, property_id: int) -> list[dict]:
     return await sheda.ctx.db["jobs"].find({"kind": "saved_search.match", "payload.property_id": property_id}).to_list()
 
@@ -443,6 +466,37 @@ async def test_a_change_stored_before_a_search_was_saved_never_alerts_it_though_
     got = {a["data"]["property_id"]: a["data"]["reason"] for a in await alerts_of(sheda, buyer)}
     assert got == {after["id"]: "new", before["id"]: "price_drop"}, got
     assert all(a["data"]["saved_search_id"] == search["id"] for a in await alerts_of(sheda, buyer))
+
+
+async def test_an_edit_of_a_search_s_filters_or_turning_its_alerts_on_passes_by_changes_stored_before_it(sheda):
+    """alerts_after is read again when an edit changes the filters or turns alerts on: a listing stored before the
+    edit (its match job held, run after the edit) alerts neither the search moved onto its area nor the one whose
+    alerts were off; a rename or an instant -> daily switch keeps the count, so such a held job still alerts, and
+    a listing after the edit alerts as usual."""
+    agent, buyer = await sheda.signup("agent"), await sheda.signup("client")
+    old_area, new_area, quiet_area, kept_area = word(), word(), word(), word()
+    moved = await save(sheda, buyer, name="moved", location=old_area)
+    switched = await save(sheda, buyer, name="switched", alert="off", location=quiet_area)
+    kept = await save(sheda, buyer, name="kept", location=kept_area)
+    runner = sheda.ctx.job_runner
+    runner.run_soon = lambda *args, **kwargs: None  # queued, not run: jobs still waiting when the searches are edited
+    try:
+        held_props = [await create_property(sheda, agent, location=area, price="900000") for area in (new_area, quiet_area, kept_area)]
+    finally:
+        del runner.run_soon
+    held = [job for p in held_props for job in await match_jobs(sheda, p["id"])]
+    assert [j["status"] for j in held] == ["pending"] * 3, held
+    for search, change in ((moved, {"query": {"location": new_area}}), (switched, {"alert": "instant"}),
+                           (kept, {"name": "kept, renamed", "alert": "daily"})):
+        r = await sheda.api.patch(f"{SS}/{search['id']}", change, token=buyer.token)
+        assert r.status == 200, r
+    results = [await runner.run_now("saved_search.match", job["_id"]) for job in held]
+    assert [(ran, result["candidates"], result["matched"]) for ran, result in results] == [(True, 1, 0), (True, 1, 0), (True, 1, 1)], results
+    assert [a["data"]["saved_search_id"] for a in await alerts_of(sheda, buyer)] == []  # daily: waits for the digest
+    after = [await create_property(sheda, agent, location=area, price="800000") for area in (new_area, quiet_area)]
+    await settle(sheda)
+    got = {a["data"]["property_id"]: a["data"]["saved_search_id"] for a in await alerts_of(sheda, buyer)}
+    assert got == {after[0]["id"]: moved["id"], after[1]["id"]: switched["id"]}, got
 
 
 async def test_no_alert_across_a_block_or_to_a_deactivated_user(sheda):

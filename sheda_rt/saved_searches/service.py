@@ -185,6 +185,12 @@ class SavedSearchService:
                 unset.append("match_extra")
         if "alert" in body.model_fields_set:
             fields["alert"] = body.alert
+        refiltered = "query" in fields and any(fields.get(k) != doc.get(k) for k in ("query", "guided", "match_extra"))
+        turned_on = fields.get("alert", "off") != "off" and doc.get("alert", "off") == "off"
+        if refiltered or turned_on:
+            # as at creation: a listing change counted up to here was stored before the search looked like this, so it
+            # never alerts under the new filters (or the alerts just turned on); one counted later does
+            fields["alerts_after"] = await self.store.changes_so_far()
         if "query" in fields or "alert" in fields:  # a rename alone keeps what the search is filed under
             try:
                 key = self.alert_key(fields.get("query", doc["query"]), fields.get("alert", doc["alert"]))

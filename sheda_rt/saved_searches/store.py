@@ -1,9 +1,10 @@
 """The collections of saved searches and their alerts.
 
 - `saved_searches`: one document per search, `{user_id, name, query, alert, alert_key?, alerts_after?}`.
-  `alerts_after`: the count of listing changes (CHANGES) read just before the search was stored; a change
-  counted at or below it was stored before the search was, so it never alerts it (none: a search saved
-  before the count existed, alerted by every change).
+  `alerts_after`: the count of listing changes (CHANGES) read just before the search was stored, and again
+  before an edit that changes its filters or turns its alerts on; a change counted at or below it was stored
+  before the search was (as it is now), so it never alerts it (none: a search saved before the count existed,
+  alerted by every change until such an edit).
   `alert_key` is set only while alerts are on: one facet every listing that matches the search
   must carry (the facet GET /properties would drive the same search with: a location word, a
   keyword, the agent, the category, the listing/property type, or "*"), or for a map search with
