@@ -336,8 +336,11 @@ class Dispatcher:
         payload = {"user_id": user_id, "category": category, "expires_at": expires_at.isoformat(),
                    "note": {"title": note.title, "body": note.body, "collapse_key": note.collapse_key, "data": note.data}}
         for device in await self._devices(user_id):
-            _, created = await self.runner.enqueue(kind_of(device["platform"]), dict(payload, device_id=device["_id"]),
-                                                   key=job_key(device["_id"], key))
+            kind, key_ = kind_of(device["platform"]), job_key(device["_id"], key)
+            job, created = await self.runner.enqueue(kind, dict(payload, device_id=device["_id"]), key=key_)
+            if not created and job is not None and job["payload"].get("user_id") != user_id:
+                # That key's push was another account's, before the device moved to this one: this user's is their own
+                _, created = await self.runner.enqueue(kind, dict(payload, device_id=device["_id"]), key=f"{key_}:user:{user_id}")
             made += created
         return made
 
