@@ -20,7 +20,8 @@ class InquiriesHandler(APIHandler):
         """`{property_id, name, email, phone?, message}` about a listing, or `{project_id, unit_id?, ...}` about a
         builder's published project (and one of its units): exactly one of property_id and project_id (422 naming
         the field otherwise; a unit_id of another project is a 422 naming unit_id; an unknown or unpublished
-        project is a 404). Send the bearer token when signed in: the inquiry is then linked to the account, and
+        project is a 404; 409 `builder_inactive` while the project's builder account is deactivated or switched to
+        another type: nobody would read the lead). Send the bearer token when signed in: the inquiry is then linked to the account, and
         the agent or builder can answer it in chat. At most INQUIRIES_PER_IP_PER_HOUR (5) per client address in
         any hour (429 with Retry-After). `website` is a honeypot: leave it out or empty (anything in it is a 422
         and nothing is stored). The listing's agent, or the project's builder, gets it as a lead (`lead.created`

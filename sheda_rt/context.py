@@ -568,7 +568,7 @@ class AppContext:
         self.leads = LeadService(self.lead_store, properties=self.properties, notifications=self.notifications, chat=self.chat,
                                  limits=self.limits, ids=self.ids, clock=self.clock, analytics=self.analytics,
                                  per_ip_per_hour=self.settings.inquiries_per_ip_per_hour, blocks=self.blocks,
-                                 projects=self.projects)
+                                 projects=self.projects, builder_active=partial(self.accounts.is_active_as, user_type="builder"))
 
     def _install_realtime_api(self) -> None:  # [realtime]
         from sheda_rt.realtime.announcements import RealtimeAdmin

@@ -164,6 +164,35 @@ async def test_a_signed_in_project_inquiry_across_a_block_is_refused_and_counts_
         assert (await sheda.api.post(INQ, ask(project), token=pest.token, headers=ip)).status == 201
 
 
+async def test_a_project_whose_builder_is_not_active_takes_no_inquiry(sheda):
+    """A listing leaves the listings with its agent's account, so nobody inquires about a deactivated agent's; a
+    project stays published, and its inquiries were 201 and stored as leads nobody could read or answer (a
+    deactivated account cannot sign in, a builder switched to client has no leads), the buyer told nothing. 409
+    builder_inactive as for booking its units; nothing stored or counted against the address; taken again once
+    the account is back."""
+    builder, project, units = await builder_with_project(sheda, units=("I-1",))
+    admin, buyer = await sheda.admin(), await sheda.signup("client")
+    before = await leads_count(sheda)
+    ip = from_ip()
+    assert (await sheda.api.patch(f"/api/v1/admin/users/{builder.id}", {"is_active": False}, token=admin.token)).status == 200
+    for token in (None, buyer.token):
+        r = await sheda.api.post(INQ, ask(project, unit_id=units[0]["id"]), token=token, headers=ip)
+        assert r.status == 409 and r.json["code"] == "builder_inactive", r
+    assert (await sheda.api.patch(f"/api/v1/admin/users/{builder.id}", {"is_active": True}, token=admin.token)).status == 200
+    login = await sheda.api.post("/api/v1/auth/login", {"username": builder.username, "password": builder.password})
+    assert login.status == 200, login  # deactivation ended the builder's sessions
+    r = await sheda.api.post("/api/v1/auth/switch-account", {"switch_to": "client"}, token=login.json["access_token"])
+    assert r.status == 200, r
+    as_client = r.json["access_token"]
+    r = await sheda.api.post(INQ, ask(project), token=buyer.token, headers=ip)
+    assert r.status == 409 and r.json["code"] == "builder_inactive", r
+    assert await leads_count(sheda) == before
+    assert (await sheda.api.post("/api/v1/auth/switch-account", {"switch_to": "builder"}, token=as_client)).status == 200
+    for _ in range(5):  # the refusals spent none of the address's five
+        r = await sheda.api.post(INQ, ask(project, unit_id=units[0]["id"]), token=buyer.token, headers=ip)
+        assert r.status == 201, r
+
+
 async def test_project_and_listing_inquiries_share_the_addresses_limit(sheda):
     _, project, _ = await builder_with_project(sheda, units=())
     agent = await sheda.signup("agent")

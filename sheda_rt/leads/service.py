@@ -63,8 +63,10 @@ def _is_admin(principal) -> bool:
 
 class LeadService:
     def __init__(self, store, *, properties, notifications, chat, limits, ids, clock, analytics=None,
-                 per_ip_per_hour: int = INQUIRIES_PER_IP_PER_HOUR, blocks=None, projects=None):
+                 per_ip_per_hour: int = INQUIRIES_PER_IP_PER_HOUR, blocks=None, projects=None, builder_active=None):
         self.store = store
+        # Whether a project's builder can still read a lead (account active and still a builder), as bookings ask.
+        self.builder_active = builder_active
         self.blocks = blocks
         self.properties = properties
         self.projects = projects  # builders' projects (None: only listings take inquiries, e.g. a benchmark)
@@ -80,7 +82,8 @@ class LeadService:
     async def _subject(self, body) -> dict:
         """What is asked about, as the lead records it: the owner (`agent_id`), the ids, the title the
         notification names, and the listing for its analytics. An unlisted listing or an unknown or
-        unpublished project is a 404 (to its owner too: nobody inquires about a draft); a unit of
+        unpublished project is a 404 (to its owner too: nobody inquires about a draft); a project whose
+        builder's account is deactivated or no longer a builder's a 409 builder_inactive; a unit of
         another project a 422 naming unit_id."""
         if body.property_id is not None:
             prop = await self.properties.visible(body.property_id)  # unlisted or unknown: 404
@@ -89,6 +92,10 @@ class LeadService:
         if self.projects is None:
             raise NotFound("No such project", "project_not_found")
         project = await self.projects.visible(body.project_id)  # no principal: a draft is a 404 to everyone here
+        if self.builder_active is not None and not await self.builder_active(project["builder_id"]):
+            # A listing leaves the listings with its agent's account; a project stays published, but nobody could read
+            # or answer the lead (as its units cannot be booked): refused, nothing stored or counted.
+            raise Conflict("This project's builder account is not active: nobody would read the inquiry", "builder_inactive")
         ids, title = {"project_id": project["_id"]}, project["name"]
         if body.unit_id is not None:
             try:
