@@ -596,3 +596,20 @@ async def test_project_images_are_uploads_of_its_builder(sheda):
     assert await snapshot(sheda, "projects", pid) == stored
     for bad in (["javascript:alert(1)"], ["/etc/passwd"], ["x"] * 21):
         assert (await sheda.api.patch(f"{PROJECTS}/{pid}", {"images": bad}, token=builder.token)).status == 422, bad
+
+
+async def test_a_media_path_must_name_a_file_under_media_not_climb_out_of_it(sheda):
+    """Project images, construction updates' image_ids and change requests' attachments take an uploaded file's
+    /media/... path (or an http(s) URL). A path with '.' or '..' segments was stored and shown to every client as an
+    image, though it names no upload: '/media/../api/v1/users/me' is the API's own route once a browser resolves it."""
+    builder = await verified_builder(sheda)
+    project = await published_project(sheda, builder)
+    pid = project["id"]
+    for bad in ("/media/../api/v1/users/me", "/media/projects/../../etc/passwd", "/media/./x.png", "/media/..", "/media/a/.."):
+        r = await sheda.api.post(PROJECTS, project_body(images=[bad]), token=builder.token)
+        assert r.status == 422 and [e["field"] for e in r.json["errors"]] == ["images.0"], (bad, r)
+        r = await sheda.api.post(f"{PROJECTS}/{pid}/updates", {"title": "t", "body": "b", "image_ids": [bad]}, token=builder.token)
+        assert r.status == 422 and [e["field"] for e in r.json["errors"]] == ["image_ids.0"], (bad, r)
+    for good in ("/media/projects/1/a..b.png", "/media/x.y/z.png", "https://cdn.example/a/../b.png"):
+        r = await sheda.api.patch(f"{PROJECTS}/{pid}", {"images": [good]}, token=builder.token)
+        assert r.status == 200 and r.json["images"] == [good], (good, r)

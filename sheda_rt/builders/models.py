@@ -11,8 +11,8 @@ from datetime import date
 from decimal import Decimal
 from typing import Annotated, Literal, Optional
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, WithJsonSchema, field_validator,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, WithJsonSchema,
+                      field_validator, model_validator)
 
 from sheda_rt.accounts.models import PublicBuilder
 from sheda_rt.database.ids import MAX_ID
@@ -61,8 +61,17 @@ def _calendar_date(value):
 CalendarDate = Annotated[date, BeforeValidator(_calendar_date),
                          WithJsonSchema({"type": "string", "format": "date", "examples": ["2027-06-30"]})]
 Amenity = Annotated[str, Field(min_length=1, max_length=60)]
+def _no_dot_segments(value: str) -> str:
+    """A /media/... path names a file under /media: no '.' or '..' segment (the pattern's characters allow them, and
+    '/media/../api/...' resolves to another route in every client)."""
+    if value.startswith("/media/") and any(part in (".", "..") for part in value.split("/")):
+        raise ValueError("must be an uploaded file's /media/... path, without '.' or '..' segments")
+    return value
+
+
 ImageUrl = Annotated[str, Field(max_length=500, pattern=r"^(/media/[A-Za-z0-9_./-]{1,200}|https?://[^\s]{1,480})$",
-                                description="an uploaded file's /media/... path or an http(s) URL")]
+                                description="an uploaded file's /media/... path (no '.' or '..' segments) or an http(s) URL"),
+                     AfterValidator(_no_dot_segments)]
 UnitNumber = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9 /._-]{0,31}$",
                                   description="unique within the project, compared exactly (e.g. 'A-101')")]
 
