@@ -233,6 +233,29 @@ async def test_a_plan_starts_with_its_booking_payment_and_old_plans_that_do_not_
         assert refused.status == 409 and needs in refused.json["detail"], refused
 
 
+async def test_a_plan_that_splits_a_units_price_into_a_zero_line_is_refused_at_booking(sheda):
+    """A unit priced 0.01 on a 10% booking line gets a line of 0.00, which no payment could settle (a gateway
+    charge of nothing fails every time): the booking is refused (422 naming plan_id) with nothing stored and
+    the unit still available; a plan that splits it into lines of at least a kobo books it."""
+    plan = {"name": "Tenth", "lines": [{"label": "Booking", "percent": "10.00", "due": "booking"},
+                                       {"label": "Balance", "percent": "90.00", "due": "months:1"}]}
+    builder, project, units, tenth = await setup_project(sheda, units=("Z-1",), price="0.01", plan=plan)
+    whole = {"name": "Whole", "lines": [{"label": "Booking", "percent": "100.00", "due": "booking"}]}
+    r = await sheda.api.post(f"/api/v1/projects/{project['id']}/payment-plans", whole, token=builder.token)
+    assert r.status == 201, r
+    whole_id = r.json["id"]
+    client = await sheda.signup("client")
+    before = await sheda.ctx.db["bookings"].count_documents({})
+    r = await book(sheda, client, units[0]["id"], tenth["id"])
+    assert r.status == 422 and [e["field"] for e in r.json["errors"]] == ["plan_id"], r
+    assert "0.00" in r.json["errors"][0]["message"], r.json
+    assert await sheda.ctx.db["bookings"].count_documents({}) == before
+    assert (await unit_doc(sheda, units[0]["id"]))["status"] == "available"
+    r = await book(sheda, client, units[0]["id"], whole_id)
+    assert r.status == 201 and r.json["installments"][0]["amount"] == "0.01", r
+    assert (await sheda.api.post(f"{BOOKINGS}/{r.json['id']}/cancel", {}, token=client.token)).status == 200
+
+
 async def test_receivables_count_a_line_said_sent_as_due_never_overdue(sheda):
     """A line the client marked sent awaits the builder, not the client: the report counts it in due (and in
     awaiting_confirmation), as the booking shows it `sent`, even after its date (the booking payment's hold is

@@ -329,3 +329,8 @@ async def test_bad_installment_and_purpose_requests_are_refused_with_nothing_sto
     await refused(client2, {"purpose": "installment", "target_id": booking2["id"], "line": 1}, 409, "hold_expired")
     assert gw.initialized == []
     assert (await snapshot(sheda, "bookings", bid))["installments"][0]["status"] == "sent"
+    # A 0.00 line (a booking stored before such plans were refused at booking): nothing to charge, so a 409 saying
+    # how it is settled, never the gateway's 503 "try again shortly" that no retry could ever get past.
+    _, client3, booking3 = await booked(sheda)
+    await sheda.ctx.db["bookings"].update_one({"_id": booking3["id"]}, {"$set": {"installments.0.amount_minor": 0}})
+    await refused(client3, {"purpose": "installment", "target_id": booking3["id"], "line": 1}, 409, "nothing_to_pay")

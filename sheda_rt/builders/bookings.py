@@ -251,6 +251,12 @@ class BookingService:
         hold = timedelta(hours=(await self.runtime_settings()).booking_hold_hours) if self.runtime_settings else self.hold
         hold_until = now + hold
         amounts = split_price(int(unit["price_minor"]), [Decimal(ln["percent"]) for ln in plan["lines"]])
+        for ln, amount in zip(plan["lines"], amounts):
+            if amount <= 0:
+                # A 0.00 line could be paid neither through the gateway (no charge of nothing) nor meaningfully by
+                # transfer: refused before anything is stored or the unit held.
+                raise ValidationFailed.single("plan_id", f"splits this unit's price ({_money(int(unit['price_minor']))}) into "
+                                                         f"a line of 0.00 ({ln['label']!r}, {ln['percent']}%); choose another plan")
         lines = []
         for i, (ln, amount) in enumerate(zip(plan["lines"], amounts)):
             due = ln["due"]
@@ -436,6 +442,9 @@ class BookingService:
             raise Conflict("The hold on this unit has lapsed", "hold_expired")
         if line["status"] not in UNPAID or doc["status"] != ("reserved" if i == 0 else "active"):
             raise self._wrong(doc, i, "an open booking and a line due or overdue" + (" (the booking payment first)" if i else ""))
+        if line["amount_minor"] <= 0:  # a booking stored before 0.00 lines were refused: no gateway charges nothing
+            raise Conflict(f"Installment {n} is 0.00: there is nothing to pay through the gateway; mark it sent "
+                           "(POST .../payment-sent) and the builder confirms it", "nothing_to_pay")
         return doc, line
 
     async def confirm_gateway_payment(self, booking_id: int, n: int, reference: str) -> tuple[str, dict | None]:
