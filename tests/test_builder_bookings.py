@@ -515,6 +515,11 @@ async def test_construction_progress_and_updates_reach_buyers_live_and_the_proje
         assert r.status == 403, r
         r = await sheda.api.post(f"/api/v1/projects/{pid}/updates", {"title": "x", "body": "y", "percent": 5}, token=builder.token)
         assert r.status == 422, r
+        # image_ids are uploads (README): an outside URL is 422 naming the entry.
+        r = await sheda.api.post(f"/api/v1/projects/{pid}/updates",
+                                 dict(update, image_ids=["/media/projects/abc123.png", "https://example.com/roof.png"]),
+                                 token=builder.token)
+        assert r.status == 422 and [e["field"] for e in r.json["errors"]] == ["image_ids.1"], r
         assert await sheda.ctx.db["construction_updates"].count_documents({"project_id": pid}) == 0
         r = await sheda.api.post(f"/api/v1/projects/{pid}/updates", update, token=builder.token)
         assert r.status == 201 and r.json["images"] == update["image_ids"], r

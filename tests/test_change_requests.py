@@ -182,6 +182,10 @@ async def test_every_refusal_changes_nothing(sheda):
     await refused(422, None, sheda.api.post(crs(bid), {"category": "layout", "description": ""}, token=client.token))
     await refused(422, None, sheda.api.post(crs(bid), {"category": "layout", "description": "x" * 2001}, token=client.token))
     await refused(422, None, ask(sheda, client, bid, attachment_ids=["javascript:alert(1)"]))
+    # Attachments are uploads (README): an outside URL is 422 naming the entry, not stored as the client's file.
+    for outside in ("https://example.com/plan.png", "http://example.com/plan.png"):
+        r = await ask(sheda, client, bid, attachment_ids=["/media/plans/ok.png", outside])
+        assert r.status == 422 and [e["field"] for e in r.json["errors"]] == ["attachment_ids.1"], r
     for body in ({"cost": "-1", "days": 3}, {"cost": "abc", "days": 3}, {"cost": "10.001", "days": 3}, {"cost": "10", "days": -1},
                  {"cost": "10", "days": "3"}, {"cost": "10"}):
         await refused(422, None, move(sheda, builder, bid, cr["id"], "quote", body))

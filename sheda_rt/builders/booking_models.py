@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import ConfigDict, Field, StrictInt, model_validator
 
-from sheda_rt.builders.models import CalendarDate, ImageUrl, _Body
+from sheda_rt.builders.models import CalendarDate, MediaPath, _Body
 from sheda_rt.database.ids import MAX_ID
 from sheda_rt.errors import FieldError
 from sheda_rt.pagination import PageQuery
@@ -150,7 +150,7 @@ class UpdateCreate(_Body):
     body: str = Field(min_length=1, max_length=10000)
     phase: Optional[Phase] = None
     percent: Optional[StrictInt] = Field(None, ge=0, le=100, description="with phase: also sets that phase's percent complete")
-    image_ids: list[ImageUrl] = Field(default_factory=list, max_length=10, description=(
+    image_ids: list[MediaPath] = Field(default_factory=list, max_length=10, description=(
         "uploaded images: the /media/... paths POST /projects/{id}/images (or the media upload) returned"))
 
     @model_validator(mode="after")

@@ -7,7 +7,7 @@ from typing import Literal, Optional
 from pydantic import Field, StrictInt
 
 from sheda_rt.builders.booking_models import BookingView
-from sheda_rt.builders.models import ImageUrl, _Body
+from sheda_rt.builders.models import MediaPath, _Body
 from sheda_rt.listings.money import Money
 from sheda_rt.responses import MoneyText, ResponseModel, Timestamp
 
@@ -20,7 +20,7 @@ MAX_DAYS = 3650
 class ChangeRequestCreate(_Body):
     category: ChangeCategory
     description: str = Field(min_length=1, max_length=2000)
-    attachment_ids: list[ImageUrl] = Field(default_factory=list, max_length=10, description=(
+    attachment_ids: list[MediaPath] = Field(default_factory=list, max_length=10, description=(
         "uploaded images or files: the /media/... paths the media upload returned"))
 
 

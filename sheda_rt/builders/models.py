@@ -72,6 +72,12 @@ def _no_dot_segments(value: str) -> str:
 ImageUrl = Annotated[str, Field(max_length=500, pattern=r"^(/media/[A-Za-z0-9_./-]{1,200}|https?://[^\s]{1,480})$",
                                 description="an uploaded file's /media/... path (no '.' or '..' segments) or an http(s) URL"),
                      AfterValidator(_no_dot_segments)]
+#: An uploaded file only (a construction update's image_ids, a change request's attachment_ids): the /media/... path an
+#: upload returned, never an outside URL (those lists name uploads; an outside address shown to the buyers as one
+#: of the builder's files could be anything, and changes under them).
+MediaPath = Annotated[str, Field(max_length=210, pattern=r"^/media/[A-Za-z0-9_./-]{1,200}$",
+                                 description="an uploaded file's /media/... path (no '.' or '..' segments)"),
+                      AfterValidator(_no_dot_segments)]
 UnitNumber = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9 /._-]{0,31}$",
                                   description="unique within the project, compared exactly (e.g. 'A-101')")]
 
