@@ -145,7 +145,7 @@ class Settings(BaseSettings):
     push_grace_seconds: float = Field(10.0, ge=0, le=3600, description="A message to a user with no open socket is pushed after this, unless read meanwhile")
     push_allow_local_endpoints: bool = Field(False, description="Allow push endpoints on loopback/private addresses and http (tests and development only)")
     push_max_devices_per_user: int = Field(20, ge=1, le=1000)
-    push_ttl_seconds: int = Field(86400, ge=0, le=2419200, description="How long a push service keeps an undelivered push; also how long quiet hours may hold one")
+    push_ttl_seconds: int = Field(86400, ge=0, le=2419200, description="How long a push may wait (quiet hours, a provider's retries) before it is dropped; a push service keeps an undelivered one only for what is left of that")
     vapid_private_key: Optional[SecretStr] = Field(None, description="P-256 private key, PEM or base64url; unset: generated once in DATA_DIR/vapid_private_key.pem")
     vapid_subject: str = Field("mailto:admin@sheda.local", pattern=r"^(mailto:[^\s]+|https://[^\s]+)$", description="The VAPID `sub` claim: how push services reach the operator")
     # [push] FCM HTTP v1 (sheda_rt/push/fcm.py): enabled by a service account; the project id is the account's

@@ -545,6 +545,46 @@ async def test_gone_device_is_deleted_and_429_retries_after_retry_after(sheda, p
     assert len(push.received) == 3  # 410, 429, then the one accepted
 
 
+async def test_a_chat_push_retried_past_its_ttl_expires_instead_of_arriving_late(sheda, push):
+    """The push service answers 5xx (an outage): the push is retried, and once PUSH_TTL_SECONDS have passed since
+    the newest message it tells of, it is dropped (outcome expired), as a stored notification's push is: no "New
+    message" hours late. A message that came meanwhile is still fresh news and is pushed."""
+    ada = await sheda.signup()
+    bob = await sheda.signup()
+    cy = await sheda.signup()
+    sub, device_id = await subscribed(sheda, push, ada)
+    push.answers[sub.endpoint_id] = [(503, {}), (503, {"Retry-After": "60"})]
+    await send(sheda, bob, ada, "are you there?")
+    await until_jobs(sheda, device_id)
+    sheda.ctx.clock.advance(seconds=11)
+    await run_jobs(sheda)
+    [job] = await jobs_of(sheda, device_id)
+    assert job["status"] == "pending" and job["attempts"] == 1, job  # 503: retried
+    sheda.ctx.clock.advance(seconds=sheda.ctx.settings.push_ttl_seconds)  # the outage outlasted the TTL
+    await run_jobs(sheda)
+    [job] = await jobs_of(sheda, device_id)
+    assert job["status"] == "done" and job["result"]["outcome"] == "expired", job
+    assert push.accepted() == [] and len(push.received) == 1  # never sent again once stale
+    # Another conversation's push, retried within the TTL of its newest message, is still sent
+    async def signed_in_again(user):  # the clock moved past the access token's life
+        login = await sheda.api.post("/api/v1/auth/login", {"username": user.username, "password": user.password})
+        assert login.status == 200, login
+        user.access_token = login.json["access_token"]
+
+    await signed_in_again(cy)
+    await send(sheda, cy, ada, "first")
+    await until_jobs(sheda, device_id, 2)
+    sheda.ctx.clock.advance(seconds=11)
+    await run_jobs(sheda)  # 503, Retry-After 60
+    sheda.ctx.clock.advance(seconds=sheda.ctx.settings.push_ttl_seconds - 100)
+    await signed_in_again(cy)
+    await send(sheda, cy, ada, "second")  # collapses into the pending push
+    sheda.ctx.clock.advance(seconds=200)  # past the first message's TTL, within the second's
+    await run_jobs(sheda)
+    [got] = push.accepted(sub.endpoint_id)
+    assert got.payload["count"] == 2 and got.payload["body"] == "second", got.payload
+
+
 async def test_two_servers_deliver_each_push_once(sheda, push, tmp_path):
     from tests.test_jobs import second_server
 

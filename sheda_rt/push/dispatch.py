@@ -13,7 +13,11 @@ configured gets no pushes); everything below is the same for all three.
 - A user deactivated since the job was made gets nothing (outcome user_inactive); a device registered
   before a sign-out everywhere (password reset, deactivation) is deleted (device_signed_out).
 - Previews off: no message text in the payload. Quiet hours: the job is deferred to their end
-  (not an attempt), unless that is past PUSH_TTL_SECONDS after the message: then dropped.
+  (not an attempt). Every push is dropped (outcome expired) once it is PUSH_TTL_SECONDS old, by
+  the newest message it tells of, whatever held it (quiet hours ending past that, or a provider's
+  5xx/429 retried that long: no "New message" hours after an outage); stored notifications'
+  pushes alike, from when they were stored (`_hold_or_expire`, one check for both). What is sent
+  asks the provider to keep it only for what is left of that.
 - The provider's answer: 2xx done; a device the provider reports gone (404/410, FCM
   UNREGISTERED, APNs BadDeviceToken/Unregistered) is deleted; 429/5xx retried after Retry-After
   (else the queue's backoff); any other 4xx gives up (failed, for admins).
@@ -33,6 +37,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import zoneinfo
 from datetime import datetime, timedelta, timezone
 
@@ -40,6 +45,7 @@ from prometheus_client import Counter, Gauge
 
 from sheda_rt.chat.attachments import attachment_summary
 from sheda_rt.chat.store import NEWS_FIELDS, conv_key, is_news
+from sheda_rt.clock import to_utc
 from sheda_rt.jobs.runner import Defer, GiveUp, RetryLater
 from sheda_rt.jobs.store import RUNNING
 from sheda_rt.push.provider import Notification, Provider
@@ -261,16 +267,29 @@ class Dispatcher:
             if isinstance(told, int) and told >= latest["_id"]:
                 PUSHES.labels(provider=platform, outcome="cancelled").inc()
                 return {"outcome": "already_sent"}
-        now = self.clock.now()
-        held = quiet_until(now, prefs.get("quiet_hours"))
-        if held is not None:
-            first_at = datetime.fromisoformat(p["first_at"])
-            if held > first_at + timedelta(seconds=self.settings.push_ttl_seconds):
-                PUSHES.labels(provider=platform, outcome="expired").inc()
-                return {"outcome": "expired_in_quiet_hours"}
-            raise Defer((held - now).total_seconds(), "quiet hours")
+        # Its age is its newest message's (a message that collapsed into a push retried for long is still news)
+        newest = datetime.fromisoformat(p["first_at"])
+        if isinstance(latest.get("created_at"), datetime):
+            newest = max(newest, to_utc(latest["created_at"]))
+        expires_at = newest + timedelta(seconds=self.settings.push_ttl_seconds)
+        if (stale := self._hold_or_expire(platform, expires_at, prefs.get("quiet_hours"))) is not None:
+            return stale
         note = await self._notification(p["conv"], other_id, count, latest, badge, prefs["previews"])
-        return await self._send(job, device, note, {"count": count, "up_to": latest["_id"]})
+        return await self._send(job, device, note, {"count": count, "up_to": latest["_id"]}, expires_at)
+
+    def _hold_or_expire(self, platform: str, expires_at: datetime, quiet: dict | None) -> dict | None:
+        """The one age check of every push (chat, stored notifications, reminders): the job's outcome when it
+        is too old to send (`expired`: `expires_at` passed, e.g. while a provider answered 5xx/429;
+        `expired_in_quiet_hours`: the quiet hours end at or after it); Defer to their end (not an attempt)
+        while they hold it; None: send now."""
+        now = self.clock.now()
+        held = quiet_until(now, quiet)
+        if now >= expires_at or (held is not None and held >= expires_at):
+            PUSHES.labels(provider=platform, outcome="expired").inc()
+            return {"outcome": "expired_in_quiet_hours" if held is not None else "expired"}
+        if held is not None:
+            raise Defer((held - now).total_seconds(), "quiet hours")
+        return None
 
     async def _signed_out(self, device: dict) -> dict | None:
         """A job's outcome when its device must get nothing: the user was deactivated (by themselves, an
@@ -288,11 +307,13 @@ class Dispatcher:
             return {"outcome": "device_signed_out"}
         return None
 
-    async def _send(self, job: dict, device: dict, note: Notification, sent: dict):
-        """One notification to one device, and what the provider's answer means for the job."""
+    async def _send(self, job: dict, device: dict, note: Notification, sent: dict, expires_at: datetime):
+        """One notification to one device, and what the provider's answer means for the job. The provider keeps
+        it (TTL) only until `expires_at`, when this server would have dropped it too."""
         platform, user_id, device_id = device["platform"], device["user_id"], device["_id"]
+        ttl = max(1, math.ceil((expires_at - self.clock.now()).total_seconds()))
         try:
-            result = await self.providers[platform].deliver(device, note, ttl=self.settings.push_ttl_seconds)
+            result = await self.providers[platform].deliver(device, note, ttl=ttl)
         except Exception as exc:
             PUSHES.labels(provider=platform, outcome="failed").inc()
             raise RetryLater(self.runner.backoff(job.get("attempts", 1)), f"network: {exc!r}"[:200])
@@ -430,19 +451,14 @@ class Dispatcher:
             # read on another device while the push was held (quiet hours, a provider's Retry-After): as a chat read receipt
             PUSHES.labels(provider=platform, outcome="cancelled").inc()
             return {"outcome": "read"}
-        now = self.clock.now()
         expires_at = datetime.fromisoformat(p["expires_at"])
-        held = quiet_until(now, prefs.get("quiet_hours"))
-        if now >= expires_at or (held is not None and held >= expires_at):
-            PUSHES.labels(provider=platform, outcome="expired").inc()
-            return {"outcome": "expired_in_quiet_hours" if held is not None else "expired"}
-        if held is not None:
-            raise Defer((held - now).total_seconds(), "quiet hours")
+        if (stale := self._hold_or_expire(platform, expires_at, prefs.get("quiet_hours"))) is not None:
+            return stale
         n = p["note"]
         _, _, badge = await self.unread(p["user_id"], p["user_id"])  # the badge stays the unread chat total, not 0
         note = Notification(title=n["title"], body=n["body"], badge=badge, collapse_key=n["collapse_key"],
                             data=dict(n["data"], title=n["title"], body=n["body"], badge=badge))
-        return await self._send(job, device, note, {})
+        return await self._send(job, device, note, {}, expires_at)
 
     # ---- metrics -----------------------------------------------------------
     async def observe(self, pending: list[dict], now: datetime) -> None:
