@@ -7,6 +7,7 @@ would read from their inbox).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import re
 import uuid
@@ -113,6 +114,22 @@ JPEG_8PX = bytes.fromhex(
     "f2f3f4f5f6f7f8f9faffda000c03010002110311003f00f02a28a2bf323fb8cfffd9"
 )
 JPEG_MAGIC = JPEG_8PX  # the name older tests use
+
+
+async def eventually(check, what: str = "the condition", timeout: float = 15.0, interval: float = 0.05):
+    """Poll `check` (a function giving a value, or an awaitable of one) until it gives something true, and
+    return that; fail naming `what` after `timeout` seconds. Tests wait for the state they need this way
+    (work the server does in the background, another process, the database coming back), never for a time."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        assert loop.time() < deadline, f"still waiting for {what} after {timeout} s"
+        await asyncio.sleep(interval)
 
 
 def unique(prefix: str = "u") -> str:

@@ -4,10 +4,12 @@ whatever overlaps, acks and deliveries go out in id order."""
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import pytest
 
 from sheda_rt.chat import batcher as batcher_module
+from tests.support import eventually
 
 
 @pytest.fixture
@@ -15,11 +17,8 @@ def settings_overrides():
     return {"ws_rate_burst": 10_000, "ws_rate_per_second": 10_000, "chat_pipeline_depth": 3}
 
 
-async def until(predicate, what: str, timeout: float = 10.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, what
-        await asyncio.sleep(0.005)
+# The insert's stages are held by gates: each state waited for stays until the test moves on.
+until = functools.partial(eventually, interval=0.005)
 
 
 async def test_a_second_insert_starts_at_once_a_third_waits_for_company_and_all_go_out_in_id_order(sheda):

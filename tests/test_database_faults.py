@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from sheda_rt.database.embedded import EmbeddedDatabase
 from tests.redis_support import Remote, ServerProcess, pid_alive, redis_server, server_env  # noqa: F401  (fixture)
+from tests.support import eventually
 
 
 async def ready_status(api) -> int:
@@ -27,14 +27,7 @@ async def ready_status(api) -> int:
 
 
 async def wait_until(predicate, timeout: float, what: str):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        assert loop.time() < deadline, f"{what} within {timeout}s"
-        await asyncio.sleep(0.2)
+    return await eventually(predicate, what, timeout=timeout, interval=0.2)
 
 
 async def _is(coro, want) -> bool:

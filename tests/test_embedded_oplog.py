@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 from pymongo import MongoClient
 
 from tests.redis_support import Remote, ServerProcess, server_env
+from tests.support import eventually
 
 DB = "sheda_oplog"
 
@@ -36,16 +36,6 @@ def stored_between(data: Path, conv: str) -> list[str]:
         return [d["message"] for d in client[DB].messages.find({"conv": conv}).sort("_id", 1)]
     finally:
         client.close()
-
-
-async def eventually(check, seconds: float) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while not check():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.25)
-    return True
 
 
 async def send(ws, receiver_id: int, text: str) -> dict:
@@ -79,7 +69,7 @@ async def test_the_oplog_is_trimmed_in_small_slices_and_at_start_and_nothing_is_
         assert metrics[("sheda_embedded_oplog_trimmed_rows_sum", ())] >= 600  # what passed the cap was dropped
         # The database trims by itself only after 1,000 writes: without the slices it would hold them
         # all. (The writes of the last 0.1 s may wait for the next slice, or the idle one after 10 s.)
-        assert await eventually(lambda: oplog_entries(data) <= 300 + 25, 15)
+        await eventually(lambda: oplog_entries(data) <= 300 + 25, "the oplog trimmed to its cap", timeout=15, interval=0.25)
         conv = ":".join(str(i) for i in sorted((alice.id, bob.id)))
         assert stored_between(data, conv) == texts
         assert server.stop() == 0
@@ -95,7 +85,7 @@ async def test_the_oplog_is_trimmed_in_small_slices_and_at_start_and_nothing_is_
         assert "embedded_oplog_trimmed" in log, log[-3000:]
         trimmed = [json.loads(line[line.index("{"):]) for line in log.splitlines() if "embedded_oplog_trimmed" in line]
         assert trimmed[0]["rows"] >= 100
-        assert await eventually(lambda: oplog_entries(data) <= 100 + 25, 15)  # (+ what starting wrote, until a trim)
+        await eventually(lambda: oplog_entries(data) <= 100 + 25, "the oplog trimmed to its cap", timeout=15, interval=0.25)  # (+ what starting wrote, until a trim)
         assert stored_between(data, conv) == texts
         assert again.stop() == 0
     finally:

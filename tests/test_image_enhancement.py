@@ -22,7 +22,7 @@ from sheda_rt.enhancement.service import DELIVERY_LEASE
 from sheda_rt.server import Server
 from tests.enhancer_service import API_KEY, SECRET, LocalEnhancer, sign
 from tests.listing_helpers import create_property
-from tests.support import multipart
+from tests.support import eventually, multipart
 
 WEBHOOK = "/api/v1/webhooks/image-enhancement"
 
@@ -104,17 +104,6 @@ async def media_file(sheda, url: str) -> bytes:
 def media_files(sheda) -> set[str]:
     folder = Path(sheda.ctx.settings.media_dir) / "properties"
     return {p.name for p in folder.iterdir()} if folder.exists() else set()
-
-
-async def eventually(check, what: str, timeout: float = 15.0):
-    """Wait for work this server does in the background (the queue's poll, the service's call back)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"still waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 def stop_queue(ctx) -> None:

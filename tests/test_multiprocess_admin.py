@@ -4,21 +4,10 @@ An announcement or a disconnect asked of A reaches sockets held by B; presence a
 A sees a user whose only socket is on B."""
 from __future__ import annotations
 
-import asyncio
 
 from tests.process_support import run_cli
 from tests.redis_support import Remote, redis_server, server_pair, shared_dir  # noqa: F401  (module fixtures)
-
-
-async def until(predicate, timeout: float = 15.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.05)
+from tests.support import eventually
 
 
 async def admin_on(remote: Remote):
@@ -84,6 +73,6 @@ async def test_presence_asked_of_a_sees_a_user_connected_only_on_b(server_pair):
 
     assert (await bob_seen_by_alice(False))["last_seen"] is None
     bob_b = await b.ws(bob.token)
-    await until(lambda: bob_seen_by_alice(True))
+    await eventually(lambda: bob_seen_by_alice(True))
     bob_b.close()
-    await until(lambda: bob_seen_by_alice(False, seen=True))  # offline, and when he left is stored
+    await eventually(lambda: bob_seen_by_alice(False, seen=True))  # offline, and when he left is stored

@@ -18,6 +18,7 @@ from sheda_rt.realtime.presence import RedisPresence
 from sheda_rt.realtime.redis_link import RedisLink, redis_client
 from sheda_rt.redis_limits import RedisLimits
 from tests.redis_support import redis_server  # noqa: F401  (module fixture)
+from tests.support import eventually
 
 
 class Socket:
@@ -35,14 +36,6 @@ class Socket:
 
     def close_for(self, code: int, reason: str) -> None:
         self.closed = code
-
-
-async def eventually(predicate, timeout: float = 5.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 class RedisHub(Hub):

@@ -3,11 +3,11 @@
 The same across two processes with Redis: test_multiprocess_admin.py."""
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime
 
 import pytest
 
+from tests.support import eventually
 from tests.test_openapi_typed import Conformance
 
 
@@ -26,18 +26,6 @@ async def presence(sheda, who, ids) -> dict:
     resp = await sheda.api.get("/api/v1/presence", params={"user_ids": ",".join(map(str, ids))}, token=who.token)
     assert resp.status == 200, resp
     return resp.json
-
-
-async def until(predicate, timeout: float = 10.0):
-    """Poll an async predicate until it returns something true (presence settles after a close)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.05)
 
 
 def parse_ts(text: str) -> datetime:
@@ -74,7 +62,7 @@ async def test_presence_shows_only_people_you_talk_to_online_while_connected_the
         items = (await presence(sheda, alice, [bob.id]))["items"]
         return items if items[0]["online"] is False and items[0]["last_seen"] else None
 
-    items = await until(offline)
+    items = await eventually(offline, "presence settled after the close")
     assert parse_ts(items[0]["last_seen"]) >= before.replace(microsecond=before.microsecond // 1000 * 1000)
     # Repeated query parameters mean the same as a comma-separated list.
     again = await sheda.api.get("/api/v1/presence", params={"user_ids": [str(carol.id), str(bob.id)]}, token=alice.token)

@@ -17,6 +17,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from sheda_rt.chat.store import conv_key
 from tests.redis_support import Remote, redis_server, server_pair, shared_dir  # noqa: F401  (fixtures)
+from tests.support import eventually
 from tests.test_browser import browser, new_page, origins, server  # noqa: F401  (fixtures: chromium, a web app's origins, run.py)
 
 PATH = "/api/v1/events/stream"
@@ -238,15 +239,6 @@ async def raw_stream(sheda, token: str) -> socket.socket:
     return sock
 
 
-async def server_reaches(condition, timeout: float = 20.0):
-    """Wait for the server to reach a state (not for a time): the condition is polled."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
-
-
 @pytest.mark.parametrize("settings_overrides", [{"ws_max_sockets_per_user": 1, "sse_heartbeat_seconds": 3600}])
 async def test_a_stream_whose_client_went_away_gives_its_place_back_at_once(sheda):
     # With one place per user, each new stream needs the last one's place. No heartbeat comes
@@ -267,7 +259,7 @@ async def test_a_stream_whose_client_went_away_gives_its_place_back_at_once(shed
         if ending == "reset":  # a killed app: a TCP RST
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
-        await server_reaches(lambda: hub.count_of(alice.id) == 0)
+        await eventually(lambda: hub.count_of(alice.id) == 0)
     stream = await open_stream(sheda, alice.token)
     try:
         bob = await sheda.signup("agent")
