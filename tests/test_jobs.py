@@ -15,18 +15,18 @@ from config import load_settings
 from handlers.app import make_app
 from sheda_rt.jobs.runner import GiveUp, RetryLater
 from sheda_rt.server import Server
+from tests.support import eventually
 
 
 async def run_until(runner, key: str, done) -> dict:
     """Run what is due, then wait until job `key` satisfies `done`: the server's own poll loop
     (every second) may claim the job before this call does, and then finishes it meanwhile."""
     await runner.run_due()
-    for _ in range(200):
+
+    async def reached():
         doc = await runner.store.get(key)
-        if done(doc):
-            return doc
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"job {key} never got there: {doc}")
+        return doc if done(doc) else None
+    return await eventually(reached, f"job {key} to get there")
 
 
 def kind_name(prefix: str) -> str:

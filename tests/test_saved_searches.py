@@ -14,6 +14,7 @@ import pytest
 
 from sheda_rt.listings.money import to_decimal128, to_minor
 from tests.listing_helpers import another_server, create_property, start_and_stop, word
+from tests.support import eventually
 from tests.test_mail import smtp  # noqa: F401  (fixture: a tiny SMTP server)
 from tests.test_push import push, subscribed  # noqa: F401  (push is a fixture: a local Web Push service)
 
@@ -548,12 +549,7 @@ async def test_work_a_dead_process_left_behind_is_finished_by_another(sheda):
     await sheda.ctx.job_runner.enqueue("saved_search.match", {"property_id": doc["_id"], "rev": 1, "reason": "new"}, key=key)
     # This runner finishes it, whether this call or the process's own poll loop (every second) claims it first.
     await sheda.ctx.job_runner.run_due()
-    for _ in range(200):
-        job = await sheda.ctx.db["jobs"].find_one({"_id": key})
-        if job and job["status"] == "done":
-            break
-        await asyncio.sleep(0.05)
-    assert job and job["status"] == "done", job
+    await eventually(lambda: sheda.ctx.db["jobs"].count_documents({"_id": key, "status": "done"}), "the left-behind job done")
     frame = await ws.wait_type("notification", kind="saved_search.match")
     assert frame["data"]["property_id"] == doc["_id"]
     assert [a["data"]["property_id"] for a in await alerts_of(sheda, other)] == [doc["_id"]]
