@@ -407,6 +407,16 @@ class AppContext:
         # [realtime] project:<id>: any signed-in user watches a published project (its feed is public); drafts only
         # their builder and admins
         self.channels.register("project", self.projects.authorize_watch)
+        # a builder's account deactivated or switched away: their published projects leave the lists, and come back
+        # with it (the agents' listings' mechanism: listings/agent_status.py, a durable job)
+        from sheda_rt.builders.builder_status import BuilderProjectsFollow
+
+        self.builder_projects = BuilderProjectsFollow(runner=self.job_runner, projects=self.projects, users=self.users,
+                                                      clock=self.clock, meta=self.db["meta"])
+        if self.accounts.listings_follow is not None:
+            self.accounts.listings_follow.add(self.builder_projects)
+        self.drain_hooks.append(self.builder_projects.drain)
+        self.backfills.append(self.builder_projects.backfill_inactive)  # builders who left before their projects followed
         self._install_project_models()
         self._install_bookings()
 

@@ -613,3 +613,147 @@ async def test_a_media_path_must_name_a_file_under_media_not_climb_out_of_it(she
     for good in ("/media/projects/1/a..b.png", "/media/x.y/z.png", "https://cdn.example/a/../b.png"):
         r = await sheda.api.patch(f"{PROJECTS}/{pid}", {"images": [good]}, token=builder.token)
         assert r.status == 200 and r.json["images"] == [good], (good, r)
+
+
+# ---- a builder's account leaves, their projects leave the lists (sheda_rt/builders/builder_status.py) ----------------
+async def _found_projects(sheda, w: str) -> set[int]:
+    r = await sheda.api.get(f"{PROJECTS}?location={w}&limit=100")
+    assert r.status == 200, r
+    return {p["id"] for p in r.json["items"]}
+
+
+async def _eventually(check, seconds: float = 20.0):
+    """The request waits for the projects' job (a few seconds at most); on a loaded machine it may still be running."""
+    for _ in range(int(seconds / 0.1)):
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    assert await check()
+
+
+async def _projects_are(sheda, w: str, ids: set[int]):
+    async def check():
+        return await _found_projects(sheda, w) == ids
+    await _eventually(check)
+
+
+async def _hidden_to_the_public(sheda, project: dict, unit_id: int, tokens) -> None:
+    pid = project["id"]
+    for token in tokens:
+        for path in (f"{PROJECTS}/{pid}", f"{PROJECTS}/{pid}/units", f"{PROJECTS}/{pid}/units/{unit_id}",
+                     f"{PROJECTS}/{pid}/payment-plans", f"{PROJECTS}/{pid}/progress", f"{PROJECTS}/{pid}/updates",
+                     f"{PROJECTS}/{pid}/models"):
+            r = await sheda.api.get(path, token=token)
+            assert r.status == 404 and r.json["code"] == "project_not_found", (path, r)
+
+
+async def test_a_departed_builders_projects_leave_the_lists_and_come_back_with_the_account(sheda):
+    """A builder deactivated (or switched to client) kept their published projects on GET /projects, readable and
+    their units looking bookable (a booking is 409 builder_inactive), while their page is 404. As an agent's
+    listings leave with the agent: out of every list and 404 to the public as a draft is (`hidden_reason`
+    builder_inactive for the builder and admins, still published); reactivated or switched back, exactly those
+    come back. Another builder's project never changes."""
+    w = word()
+    admin = await sheda.admin()
+    client = await sheda.signup("client")
+    builder = await verified_builder(sheda, admin)
+    project = await published_project(sheda, builder, location=f"{w} Lekki")
+    units = await add_units(sheda, builder, project["id"], [unit("H-1")])
+    draft = await create_project(sheda, builder, location=f"{w} Lekki")
+    other = await verified_builder(sheda, admin)
+    theirs = await published_project(sheda, other, location=f"{w} Ikoyi")
+    before_theirs = (await sheda.api.get(f"{PROJECTS}/{theirs['id']}")).json
+    assert await _found_projects(sheda, w) == {project["id"], theirs["id"]}
+    r = await sheda.api.get(f"{PROJECTS}/{project['id']}")
+    assert r.status == 200 and r.json["hidden_reason"] is None, r
+
+    # deactivated by an admin
+    r = await sheda.api.patch(f"/api/v1/admin/users/{builder.id}", {"is_active": False}, token=admin.token)
+    assert r.status == 200, r
+    await _projects_are(sheda, w, {theirs["id"]})
+    r = await sheda.api.get(f"{PROJECTS}?builder_id={builder.id}")
+    assert r.status == 200 and r.json["items"] == [], r
+    await _hidden_to_the_public(sheda, project, units[0]["id"], (None, client.token))
+    r = await sheda.api.get(f"{PROJECTS}/{project['id']}", token=admin.token)  # admins still see it, and why
+    assert r.status == 200 and r.json["published"] is True and r.json["hidden_reason"] == "builder_inactive", r
+    assert (await sheda.api.get(f"/api/v1/builders/{builder.id}")).status == 404
+    r = await sheda.api.get(f"{PROJECTS}/{draft['id']}", token=admin.token)
+    assert r.json["published"] is False and r.json["hidden_reason"] is None  # a draft is not hidden, it stays a draft
+
+    # reactivated: exactly those back
+    r = await sheda.api.patch(f"/api/v1/admin/users/{builder.id}", {"is_active": True}, token=admin.token)
+    assert r.status == 200, r
+    await _projects_are(sheda, w, {project["id"], theirs["id"]})
+    r = await sheda.api.get(f"{PROJECTS}/{project['id']}", token=client.token)
+    assert r.status == 200 and r.json["published"] is True and r.json["hidden_reason"] is None, r
+    assert (await sheda.api.get(f"{PROJECTS}/{project['id']}/units")).status == 200
+    r = await sheda.api.get(f"/api/v1/builders/{builder.id}")
+    assert r.status == 200 and [p["id"] for p in r.json["projects"]] == [project["id"]], r
+    assert (await sheda.api.get(f"{PROJECTS}/{draft['id']}")).status == 404  # still a draft
+
+    # switched to client (the deactivation ended the builder's sessions: signed in again), then back to builder
+    login = await sheda.api.post("/api/v1/auth/login", {"username": builder.username, "password": builder.password})
+    assert login.status == 200, login
+    r = await sheda.api.post("/api/v1/auth/switch-account", {"switch_to": "client"}, token=login.json["access_token"])
+    assert r.status == 200, r
+    as_client = r.json["access_token"]
+    await _projects_are(sheda, w, {theirs["id"]})
+    await _hidden_to_the_public(sheda, project, units[0]["id"], (None, client.token))
+    r = await sheda.api.get(f"{PROJECTS}/{project['id']}", token=as_client)  # its builder still sees it
+    assert r.status == 200 and r.json["hidden_reason"] == "builder_inactive", r
+    r = await sheda.api.post("/api/v1/auth/switch-account", {"switch_to": "agent"}, token=as_client)
+    assert r.status == 200, r  # client to agent: still not a builder, still hidden
+    as_agent = r.json["access_token"]
+    assert await _found_projects(sheda, w) == {theirs["id"]}
+    r = await sheda.api.post("/api/v1/auth/switch-account", {"switch_to": "builder"}, token=as_agent)
+    assert r.status == 200, r
+    await _projects_are(sheda, w, {project["id"], theirs["id"]})
+    assert (await sheda.api.get(f"{PROJECTS}/{project['id']}")).status == 200
+    assert (await sheda.api.get(f"{PROJECTS}/{theirs['id']}")).json == before_theirs  # the other builder's: unchanged
+
+
+async def test_a_builder_who_left_before_projects_followed_is_caught_up_at_a_start(sheda, tmp_path):
+    """Projects stored before this version whose builder had already been deactivated or switched to another type
+    stayed listed: the first start queues the builder's job (once), and they are hidden as a deactivation now hides
+    them; reactivated, they come back."""
+    w = word()
+    admin = await sheda.admin()
+    gone = await verified_builder(sheda, admin)
+    switched = await verified_builder(sheda, admin)
+    staying = await verified_builder(sheda, admin)
+    projects = {b.id: await published_project(sheda, b, location=f"{w} Lekki") for b in (gone, switched, staying)}
+    # what an older version wrote: only the accounts' writes
+    await sheda.ctx.db["users"].update_one({"_id": gone.id}, {"$set": {"is_active": False}})
+    await sheda.ctx.db["users"].update_one({"_id": switched.id}, {"$set": {"user_type": "client"}})
+    await sheda.ctx.db["meta"].delete_one({"_id": "projects.builder_status.backfill"})
+    assert await _found_projects(sheda, w) == {p["id"] for p in projects.values()}  # what the old data shows
+    await start_and_stop(another_server(sheda, tmp_path))  # what every start runs
+    for b in (gone, switched):
+        job = await _job_done(sheda, f"projects.builder_status:{b.id}:backfill")
+        assert job["result"] == {"outcome": "hidden", "projects": 1}, job
+    assert await sheda.ctx.db["jobs"].find_one({"_id": f"projects.builder_status:{staying.id}:backfill"}) is None
+    assert await _found_projects(sheda, w) == {projects[staying.id]["id"]}
+    assert await sheda.ctx.builder_projects.backfill_inactive() == 0  # once only
+    r = await sheda.api.patch(f"/api/v1/admin/users/{gone.id}", {"is_active": True}, token=admin.token)
+    assert r.status == 200, r
+    await _projects_are(sheda, w, {projects[gone.id]["id"], projects[staying.id]["id"]})
+
+
+async def _job_done(sheda, key: str) -> dict:
+    for _ in range(1000):
+        await sheda.ctx.job_runner.run_due()
+        job = await sheda.ctx.db["jobs"].find_one({"_id": key})
+        assert job is not None, f"no job {key}"
+        if job["status"] == "done":
+            return job
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"job {key} never ran: {job}")
+
+
+async def test_the_walk_over_a_builders_projects_reads_an_index(sheda):
+    store = sheda.ctx.project_store
+    for reason in (None, "builder_inactive"):
+        pipeline = store.builder_project_pipeline(123, hidden_reason=reason)
+        explained = await sheda.ctx.db.command("explain", {"aggregate": "projects", "pipeline": pipeline, "cursor": {}},
+                                               verbosity="queryPlanner")
+        assert not _collscan(_winning_plan(explained)), (pipeline, explained)

@@ -497,12 +497,13 @@ class AccountService:
         rotation, as a refresh is: the login's refresh token (any not used yet in the family) is used up
         first, so a copy of it presented later is a reuse and revokes the family (`refresh`). An agent's listed
         listings leave the market when they stop being an agent and come back when they are one again
-        (listings/agent_status.py), as with a deactivation."""
+        (listings/agent_status.py), as with a deactivation; a builder's published projects likewise
+        (builders/builder_status.py)."""
         user = principal.user
         if user["user_type"] != switch_to:
-            # [listings] an agent's listings leave the market with the agent type and come back with it
-            agent = "agent" in (user["user_type"], switch_to) and self.listings_follow is not None
-            follow = await self.listings_follow.changing(user["_id"]) if agent else None
+            # [listings, builders] an agent's listings and a builder's projects leave the market with the type and
+            # come back with it (every switch leaves or takes up agent or builder)
+            follow = await self.listings_follow.changing(user["_id"]) if self.listings_follow is not None else None
             user = await self.users.update(user["_id"], {"user_type": switch_to, "updated_at": self.clock.now()})
             if follow is not None:
                 await self.listings_follow.changed(follow)

@@ -100,16 +100,21 @@ class ViewingsClosing:
 
 
 class AccountFollowers:
-    """What the accounts service calls around a change of an account's is_active (its `listings_follow`):
-    the agent's listings follow the account (sheda_rt/listings/agent_status.py), and the viewings of a
-    deactivated account close. Each queues its own durable job before the write and runs it after."""
+    """What the accounts service calls around a change of an account's is_active or user_type (its
+    `listings_follow`): the agent's listings follow the account (sheda_rt/listings/agent_status.py), and so do
+    a builder's projects (`add`ed by the builders' install: sheda_rt/builders/builder_status.py), and the viewings
+    of a deactivated account close. Each queues its own durable job before the write and runs it after."""
 
     def __init__(self, listings, viewings: ViewingsClosing):
-        self.listings = listings
+        self.followers = [listings]  # AccountFollow instances (listings/agent_status.py)
         self.viewings = viewings
 
-    async def changing(self, user_id: int) -> tuple[str, str]:
-        return await self.listings.changing(user_id), await self.viewings.changing(user_id=user_id)
+    def add(self, follower) -> None:
+        self.followers.append(follower)
 
-    async def changed(self, keys: tuple[str, str]) -> None:
-        await asyncio.gather(self.listings.changed(keys[0]), self.viewings.changed(keys[1]))
+    async def changing(self, user_id: int) -> tuple[str, ...]:
+        keys = [await f.changing(user_id) for f in self.followers]
+        return (*keys, await self.viewings.changing(user_id=user_id))
+
+    async def changed(self, keys: tuple[str, ...]) -> None:
+        await asyncio.gather(*(f.changed(k) for f, k in zip(self.followers, keys)), self.viewings.changed(keys[-1]))

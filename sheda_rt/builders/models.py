@@ -307,6 +307,9 @@ class ProjectView(ResponseModel):
     images: list[str] = Field(description="/media/... paths or http(s) URLs")
     published: bool
     published_at: Optional[Timestamp]
+    hidden_reason: Optional[Literal["builder_inactive"]] = Field(None, description=(
+        "builder_inactive: published, but off every public list and 404 to all but its builder and admins while "
+        "the builder's account is deactivated or switched to another type; null otherwise"))
     unit_counts: UnitCounts
     units_total: int
     price_range: Optional[PriceRange] = Field(description="over available units; null when none is available")

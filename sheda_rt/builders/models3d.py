@@ -251,7 +251,7 @@ class ModelService:
         except FileNotFoundError:  # deleted meanwhile
             raise NotFound("No such 3D model in this project", "model_not_found")
         content_type, extension = KINDS[doc["kind"]]
-        return ModelFile(data, content_type, extension), project.get("state") == "published"
+        return ModelFile(data, content_type, extension), project.get("state") == "published" and not project.get("hidden_reason")
 
     async def delete(self, principal, project_id: int, model_id: int) -> None:
         await self.projects.managed(principal, project_id)

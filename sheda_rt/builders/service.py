@@ -45,6 +45,9 @@ log = logging.getLogger("sheda.builders")
 MAX_UNITS_PER_PROJECT = 5000
 MAX_PLANS_PER_PROJECT = 20
 BUILDER_PAGE_PROJECTS = 50
+#: `hidden_reason` of a published project taken off the lists because its builder's account was deactivated or
+#: switched to another type (sheda_rt/builders/builder_status.py).
+BUILDER_INACTIVE = "builder_inactive"
 #: How long a unit batch may hold its project's lock (a crashed holder lets go after this).
 BATCH_LOCK_SECONDS = 60
 #: How long a batch waits for another batch on the same project before answering 409.
@@ -85,6 +88,7 @@ def project_view(doc: dict) -> dict:
         "images": doc.get("images", []),
         "published": doc.get("state") == "published",
         "published_at": format_ts(doc.get("published_at")),
+        "hidden_reason": doc.get("hidden_reason"),
         "unit_counts": counts,
         "units_total": sum(counts.values()),
         "price_range": {"min": minor_text(low), "max": minor_text(high)} if low is not None and high is not None else None,
@@ -223,12 +227,14 @@ class ProjectService:
     def owns(principal, doc: dict) -> bool:
         return principal is not None and principal.user_id == doc["builder_id"] and "builder" in principal.scopes
 
-    async def visible(self, project_id: int, principal=None) -> dict:
-        """The project if this caller may see it: drafts only for their builder and admins (404 for others)."""
+    async def visible(self, project_id: int, principal=None, *, hidden: bool = False) -> dict:
+        """The project if this caller may see it: drafts only for their builder and admins (404 for others), and so
+        is a published one hidden because its builder's account left (`hidden_reason`, builders/builder_status.py),
+        unless `hidden` (the caller answers for an inactive builder itself: an inquiry's 409 builder_inactive)."""
         doc = await self.store.get(project_id)
         if doc is None:
             raise NotFound("No such project", "project_not_found")
-        if doc.get("state") != "published":
+        if doc.get("state") != "published" or (doc.get("hidden_reason") and not hidden):
             if principal is None or not (principal.user_id == doc["builder_id"] or is_admin(principal)):
                 raise NotFound("No such project", "project_not_found")
         return doc
@@ -247,7 +253,7 @@ class ProjectService:
         from sheda_rt.realtime.channels import UnknownChannel
 
         doc = await self.store.get(project_id)
-        if doc is not None and doc.get("state") != "published" and doc["builder_id"] != user_id:
+        if doc is not None and (doc.get("state") != "published" or doc.get("hidden_reason")) and doc["builder_id"] != user_id:
             user = await self.users.get(user_id)
             if not (user and user.get("role") == "admin"):
                 doc = None
@@ -367,9 +373,34 @@ class ProjectService:
         await self.notifications.publish_event([doc["builder_id"]], {"type": "project.published", "project": view})
         return view
 
+    # ---- a builder's account left or came back (sheda_rt/builders/builder_status.py) --------------------------
+    async def hide_builder_projects(self, builder_id: int, batch: int = 100) -> int:
+        """Take every published project of the builder off the public lists, marked `hidden_reason`
+        builder_inactive; returns how many. Idempotent: a run cut short leaves the rest and the next goes on."""
+        return await self._walk_builder(builder_id, None, batch, lambda pid, now: self.store.hide(pid, now, BUILDER_INACTIVE))
+
+    async def restore_builder_projects(self, builder_id: int, batch: int = 100) -> int:
+        """Exactly the builder's projects hidden by hide_builder_projects back on the lists; returns how many."""
+        return await self._walk_builder(builder_id, BUILDER_INACTIVE, batch,
+                                        lambda pid, now: self.store.unhide(pid, now, BUILDER_INACTIVE))
+
+    async def _walk_builder(self, builder_id: int, hidden_reason: str | None, batch: int, write) -> int:
+        done, seen = 0, set()
+        while True:
+            ids = [i for i in await self.store.builder_project_ids(builder_id, hidden_reason=hidden_reason, limit=batch)
+                   if i not in seen]
+            if not ids:
+                return done
+            seen.update(ids)
+            for pid in ids:
+                if await write(pid, self.clock.now()) is not None:  # conditional: None when it changed meanwhile
+                    done += 1
+                    await self.announce(pid, ["project"])
+
     def plan(self, q: ProjectQuery) -> SearchPlan:
         """Filters → a SearchPlan: the most selective facet drives, the rest is residual."""
-        residual: dict = {}
+        # A project hidden with its builder's account is in no list (drafts are never hidden).
+        residual: dict = {"hidden_reason": {"$exists": False}}
         if q.builder_id is not None:
             residual["builder_id"] = q.builder_id
         if q.status is not None:

@@ -97,6 +97,35 @@ class ProjectStore:
         return await update_then_get(self.col, {"_id": project_id, "state": "draft"},
                                      {"$set": {"state": "published", "published_at": now, "updated_at": now}, "$inc": {"rev": 1}})
 
+    async def hide(self, project_id: int, now, hidden_reason: str) -> dict | None:
+        """A published project off the public lists (its builder's account left: builders/builder_status.py), marked
+        `hidden_reason`; only one published and not hidden already (None otherwise). `state` stays published."""
+        return await update_then_get(self.col, {"_id": project_id, "state": "published", "hidden_reason": {"$exists": False}},
+                                     {"$set": {"hidden_reason": hidden_reason, "updated_at": now}, "$inc": {"rev": 1}})
+
+    async def unhide(self, project_id: int, now, hidden_reason: str) -> dict | None:
+        """Back on the public lists: only a project hidden for `hidden_reason` (None otherwise)."""
+        return await update_then_get(self.col, {"_id": project_id, "hidden_reason": hidden_reason},
+                                     {"$unset": {"hidden_reason": ""}, "$set": {"updated_at": now}, "$inc": {"rev": 1}})
+
+    async def builder_project_ids(self, builder_id: int, *, hidden_reason: str | None = None, limit: int = 100) -> list[int]:
+        """Up to `limit` of a builder's published projects not hidden (or, with `hidden_reason`, hidden for it). On
+        index search_newest (state, the builder's facet), the hiding as a second `$match`."""
+        pipeline = self.builder_project_pipeline(builder_id, hidden_reason=hidden_reason, limit=limit)
+        return [d["_id"] for d in await (await self.col.aggregate(pipeline)).to_list()]
+
+    @staticmethod
+    def builder_project_pipeline(builder_id: int, *, hidden_reason: str | None = None, limit: int = 100) -> list[dict]:
+        cond = {"hidden_reason": {"$exists": False}} if hidden_reason is None else {"hidden_reason": hidden_reason}
+        return [{"$match": {"state": "published", "facets": f"b:{builder_id}"}}, {"$match": cond}, {"$limit": limit},
+                {"$project": {"_id": 1}}]
+
+    def published_builder_ids(self, batch: int = 500):
+        """`builder_id` of every published project not hidden, as a cursor read `batch` at a time (one pass, for a
+        backfill at a start)."""
+        return self.col.find({"state": "published", "hidden_reason": {"$exists": False}}, projection={"builder_id": 1},
+                             batch_size=batch)
+
     async def set_summary(self, project_id: int, summary_rev: int, summary: dict, unset: list[str]) -> bool:
         """Store a unit summary computed after reading `summary_rev`; False when another summary
         landed meanwhile (the caller computes again, so the last one written is never stale)."""

@@ -91,7 +91,8 @@ class LeadService:
                     "own": ("This is your own listing", "own_listing"), "blocked": "You cannot contact this listing's agent"}
         if self.projects is None:
             raise NotFound("No such project", "project_not_found")
-        project = await self.projects.visible(body.project_id)  # no principal: a draft is a 404 to everyone here
+        # no principal: a draft is a 404 to everyone here; one hidden with its builder's account is answered below
+        project = await self.projects.visible(body.project_id, hidden=True)
         if self.builder_active is not None and not await self.builder_active(project["builder_id"]):
             # A listing leaves the listings with its agent's account; a project stays published, but nobody could read
             # or answer the lead (as its units cannot be booked): refused, nothing stored or counted.
