@@ -55,6 +55,11 @@ def stamp_request_id(handler: tornado.web.RequestHandler) -> None:
     handler.set_header("X-Request-ID", handler.request_id)
 
 
+# `?_=<time>`: what web clients add to a GET so no cache answers it (jQuery `cache: false`, many fetch
+# wrappers). Every read ignores it; a write never gets one from them, so there it stays an unknown key.
+CACHE_BUSTER = "_"
+
+
 class RequestIdMixin:
     """For handlers that are not APIHandlers (static files, the docs page, the WebSocket)."""
 
@@ -234,6 +239,8 @@ class APIHandler(tornado.web.RequestHandler):
     def parse_query(self, model: type[BaseModel]) -> BaseModel:
         raw = {}
         for key, values in self.request.query_arguments.items():
+            if key == CACHE_BUSTER and self.request.method in ("GET", "HEAD"):
+                continue  # a web client's cache-buster (jQuery's cache: false), on any read: never the client's typo
             decoded = [client_input.text(v, key) for v in values]
             raw[key] = decoded if len(decoded) > 1 else decoded[0]
         try:

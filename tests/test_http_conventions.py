@@ -267,6 +267,14 @@ async def test_every_route_refuses_a_query_key_it_does_not_take_but_protocol_key
         r = await sheda.api.post(hook, {"event": "charge.success"})
         assert r.status == 401, (hook, r)  # unsigned: refused on its signature, never on the key
     assert (await sheda.api.get(f"/api/v1/chats/{agent.id}", token=user.token, params={"_": "1733000000"})).status == 200
+    # A web client's cache-buster (jQuery's `cache: false` adds `?_=<time>` to every GET) passes on every read, lists
+    # and single items alike, and changes nothing about the answer; a write never gets one, so there it is refused.
+    for path, who in (("/api/v1/users/me", user), ("/api/v1/availability", agent), (ss, user), ("/api/v1/properties", user)):
+        plain = await sheda.api.get(path, token=who.token)
+        busted = await sheda.api.get(path, token=who.token, params={"_": "1733000000123"})
+        assert busted.status == 200 and busted.json == plain.json, (path, busted)
+    r = await sheda.api.patch("/api/v1/users/me?_=1733000000123", {"full_name": "Busted"}, token=user.token)
+    assert refused(r, "_"), r
     token = sheda.ctx.unsubscribe.links.token(user.id, "chat")
     r = await sheda.api.get("/api/v1/email/unsubscribe", params={"token": token})
     assert r.status == 200 and r.headers["Content-Type"].startswith("text/html"), r
