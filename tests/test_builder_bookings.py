@@ -375,6 +375,61 @@ async def test_the_job_finishes_unit_moves_a_dead_process_left_half_done(sheda):
     assert counts["available"] == 1 and counts["reserved"] == 2
 
 
+async def test_confirming_the_last_line_and_cancelling_at_once_exactly_one_wins(sheda):
+    """The builder confirms the last line (a two-line plan's second, or a one-line plan's booking payment) and
+    cancels the booking at the same moment: exactly one answers 200 and storage says what it did (completed and
+    the unit sold, or cancelled with that line still sent and the unit available again), never a cancelled booking
+    with every line paid and its unit back on sale. Deterministically too: a cancel reaching a booking whose lines
+    are all confirmed but whose completion is not written yet is 409, and the booking completes."""
+    two = {"name": "Two", "lines": [{"label": "Booking", "percent": "10.00", "due": "booking"},
+                                    {"label": "Balance", "percent": "90.00", "due": "months:1"}]}
+    rounds = 6
+    builder, project, units, two_plan = await setup_project(sheda, units=[f"R-{i}" for i in range(rounds + 1)], plan=two)
+    whole = {"name": "Whole", "lines": [{"label": "Booking", "percent": "100.00", "due": "booking"}]}
+    r = await sheda.api.post(f"/api/v1/projects/{project['id']}/payment-plans", whole, token=builder.token)
+    assert r.status == 201, r
+    one_plan = r.json
+    client = await sheda.signup("client")
+    outcomes = set()
+    for i in range(rounds):
+        plan = two_plan if i % 2 else one_plan
+        r = await book(sheda, client, units[i]["id"], plan["id"])
+        assert r.status == 201, r
+        bid = r.json["id"]
+        assert (await line(sheda, client, bid, 1, "payment-sent")).status == 200
+        last = len(plan["lines"])
+        if last == 2:
+            assert (await line(sheda, builder, bid, 1, "confirm")).status == 200
+            assert (await line(sheda, client, bid, 2, "payment-sent")).status == 200
+        confirmed, cancelled = await asyncio.gather(
+            line(sheda, builder, bid, last, "confirm"),
+            sheda.api.post(f"{BOOKINGS}/{bid}/cancel", {"reason": "changed plans"}, token=builder.token))
+        assert sorted([confirmed.status, cancelled.status]) == [200, 409], (i, confirmed, cancelled)
+        stored, held = await sheda.ctx.db["bookings"].find_one({"_id": bid}), await unit_doc(sheda, units[i]["id"])
+        if confirmed.status == 200:
+            outcomes.add("confirmed")
+            assert cancelled.json["code"] == "wrong_state" and "completed" in cancelled.json["detail"], cancelled
+            assert stored["status"] == "completed" and held["status"] == "sold", (stored, held)
+            assert [ln["status"] for ln in stored["installments"]] == ["confirmed"] * last
+        else:
+            outcomes.add("cancelled")
+            assert confirmed.json["code"] == "wrong_state" and "cancelled" in confirmed.json["detail"], confirmed
+            assert stored["status"] == "cancelled" and held["status"] == "available", (stored, held)
+            assert stored["installments"][last - 1]["status"] == "sent", stored
+    assert outcomes  # which side wins each round is the race's; the invariant holds either way
+
+    # The confirm's write landed (every line confirmed), its completion not yet: the cancel is refused, and completes it.
+    r = await book(sheda, client, units[rounds]["id"], two_plan["id"])
+    bid = r.json["id"]
+    for who, action in ((client, "payment-sent"), (builder, "confirm")):
+        assert (await line(sheda, who, bid, 1, action)).status == 200
+    await sheda.ctx.db["bookings"].update_one({"_id": bid}, {"$set": {"installments.1.status": "confirmed"}})
+    r = await sheda.api.post(f"{BOOKINGS}/{bid}/cancel", {"reason": "changed plans"}, token=builder.token)
+    assert r.status == 409 and r.json["code"] == "wrong_state", r
+    assert (await sheda.ctx.db["bookings"].find_one({"_id": bid}))["status"] == "completed"
+    assert (await unit_doc(sheda, units[rounds]["id"]))["status"] == "sold"
+
+
 async def test_cancellation_by_the_client_before_the_booking_payment_or_by_the_builder_with_a_reason(sheda):
     builder, project, units, plan = await setup_project(sheda, units=("C-1", "C-2", "C-3"))
     client = await sheda.signup("client")

@@ -425,6 +425,7 @@ class BookingService:
                 await self._move_unit(done, ["booked", "reserved"], "sold")
                 await self._announce(done, "completed", actor=None)
                 return done
+            return await self.store.get(after["_id"]) or after  # completed by another caller meanwhile: as stored
         return after
 
     # ---- installments paid through the payment gateway (sheda_rt/payments/installments.py) ----
@@ -495,14 +496,21 @@ class BookingService:
         else:
             raise Forbidden("Cancel with the client's or the builder's own account", "insufficient_scope")
         now = self.clock.now()
-        after = await self.store.move(booking_id, states, "cancelled", now, who={f"{role}_id": principal.user_id},
+        # Only while a line is still unpaid, in the same conditional write: a confirmation of the last line (the
+        # builder's, or a gateway payment's) racing this cancel either lands first, and this matches nothing (the
+        # booking completes), or lands on a cancelled booking and matches nothing itself; never both.
+        who = {f"{role}_id": principal.user_id, "installments.status": {"$in": UNPAID + ["sent"]}}
+        after = await self.store.move(booking_id, states, "cancelled", now, who=who,
                                       extra={"cancelled_at": now, "cancelled_by": principal.user_id, "cancel_reason": reason,
                                              "unit_synced": False},
                                       unset="hold_until")
         if after is None:
             current = await self.store.get(booking_id) or doc
+            if current["status"] == "active" and all(ln["status"] == "confirmed" for ln in current["installments"]):
+                # Paid in full, its completion not written yet (in flight, or a process died before it): finish it.
+                current = await self._complete_if_paid(current)
             hint = "reserved (before the booking payment is confirmed)" if role == "client" else "reserved or active"
-            raise self._wrong(current, None, hint)
+            raise self._wrong(current, None, hint + ", with a line still unpaid")
         if self.on_cancelled is not None:
             await self.on_cancelled(after)
         await self._move_unit(after, ["reserved", "booked"], "available")
