@@ -471,7 +471,8 @@ class AppContext:
         self.payment_targets = {
             "wallet_topup": WalletTopupTarget(wallet=self.wallet, min_naira=self.settings.wallet_topup_min_naira,
                                               max_naira=self.settings.wallet_topup_max_naira,
-                                              max_pending=self.settings.wallet_topup_max_pending),  # [wallet]
+                                              max_pending=self.settings.wallet_topup_max_pending,
+                                              notifications=self.notifications),  # [wallet]
             "contract": ContractPaymentTarget(contracts=self.contracts, contract_store=self.contract_store),
             "installment": InstallmentPaymentTarget(bookings=self.bookings),
         }

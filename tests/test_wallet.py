@@ -13,6 +13,7 @@ import uuid
 import pytest
 
 from sheda_rt.errors import Conflict
+from sheda_rt.push.dispatch import deep_link
 from sheda_rt.wallet.service import InsufficientFunds
 from tests.paystack_server import SECRET
 from tests.test_payments import paystack  # noqa: F401  (the local gateway fixture)
@@ -762,6 +763,64 @@ async def test_what_a_reversal_could_not_take_is_owed_and_the_next_topups_repay_
     assert me["owed"] == "0.00" and me["balance"] == "100.00", me
     assert (await sheda.ctx.db["wallets"].find_one({"_id": other.id}))["owed_minor"] == 0  # kept from its next entry on
     await audit_ok(sheda, admin)
+
+
+async def wallet_notes(sheda, user) -> list[dict]:
+    r = await sheda.api.get("/api/v1/notifications", token=user.token, params={"limit": 100})
+    assert r.status == 200, r
+    return [n for n in r.json["items"] if n["kind"].startswith("wallet.")]
+
+
+async def test_the_payer_is_told_once_of_each_credit_and_reversal(sheda, paystack):
+    """A top-up credited, taken back (with a shortfall owed) or repaying a debt sent no notification: a user whose app
+    was closed never learned their money arrived. Each is now a stored notification (also on the event stream and
+    pushed), once per ledger entry however many deliveries, reconciliations, applies or processes finish it, also when
+    the one that wrote the entry stopped before telling."""
+    paystack.webhook_url = sheda.base_url + "/api/v1/webhooks/paystack"
+    user = await sheda.signup("client")
+    ref = await paid_topup(sheda, paystack, user, "5000.00")
+    [note] = await wallet_notes(sheda, user)
+    assert note["kind"] == "wallet.credited" and note["title"] == "Wallet topped up" and note["is_read"] is False
+    assert note["data"] == {"reference": ref, "amount": "5000.00", "balance": "5000.00", "repaid": "0.00", "owed": "0.00"}
+    assert "5000.00 NGN was added" in note["body"], note
+    assert deep_link(note["kind"], note["data"]) == "/wallet"  # what its push opens
+    replay = await sheda.api.get("/api/v1/events", params={"after_seq": 0, "limit": 200}, token=user.token)
+    assert [e["id"] for e in replay.json["items"] if e["type"] == "notification" and e["kind"] == "wallet.credited"] == [note["id"]]
+    # A redelivery, the reconciliation and three applies at once tell nothing more.
+    assert (await paystack.deliver(paystack.event_body(ref))).code == 200
+    await sheda.ctx.payment_reconciliation.run()
+    stored = await sheda.ctx.payment_store.get(ref)
+    await asyncio.gather(*(sheda.ctx.payment_targets["wallet_topup"].apply(stored) for _ in range(3)))
+    assert [n["id"] for n in await wallet_notes(sheda, user)] == [note["id"]]
+
+    # Taken back after most of it was spent: the reversal and what is now owed, once.
+    await sheda.ctx.wallet.spend(user.id, 400_000, idempotency_key="spent", kind="spend", memo="", refs={})
+    refund = paystack.refund(ref)
+    assert (await paystack.deliver(refund)).code == 200
+    assert (await paystack.deliver(refund)).code == 200
+    await sheda.ctx.payment_reconciliation.run()
+    reversed_, _ = await wallet_notes(sheda, user)
+    assert reversed_["kind"] == "wallet.reversed" and reversed_["title"] == "Top-up taken back", reversed_
+    assert reversed_["data"] == {"reference": ref, "reason": "refund", "amount": "5000.00", "taken": "1000.00",
+                                 "shortfall": "4000.00", "balance": "0.00", "owed": "4000.00"}, reversed_
+    assert "you owe 4000.00 NGN" in reversed_["body"], reversed_
+
+    # The next top-up: its credit was written by a process that stopped before telling (nor recorded it applied);
+    # whoever finishes the payment tells, once, with what it repaid.
+    r = await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": user.id, "amount": "1500.00"}, token=user.token)
+    ref2 = r.json["reference"]
+    paystack.pay(ref2)
+    await sheda.ctx.wallet.credit_topup(user.id, 150_000, reference=ref2)
+    assert len(await wallet_notes(sheda, user)) == 2
+    assert (await paystack.deliver(paystack.event_body(ref2))).code == 200
+    assert (await paystack.deliver(paystack.event_body(ref2))).code == 200
+    repaid, *older = await wallet_notes(sheda, user)
+    assert len(older) == 2 and repaid["kind"] == "wallet.credited", repaid
+    assert repaid["data"] == {"reference": ref2, "amount": "1500.00", "balance": "0.00", "repaid": "1500.00",
+                              "owed": "2500.00"}, repaid
+    assert "1500.00 NGN of it repaid what you owed" in repaid["body"] and "2500.00 NGN still owed" in repaid["body"], repaid
+    me = (await sheda.api.get(WALLET, token=user.token)).json
+    assert me["balance"] == "0.00" and me["owed"] == "2500.00", me
 
 
 async def test_a_refund_event_is_confirmed_with_paystack_before_the_wallet_gives_anything_back(sheda, paystack):

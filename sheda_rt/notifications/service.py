@@ -61,13 +61,19 @@ class NotificationService:
         except Exception:  # the state change already happened; the stored copy remains
             log.exception("event %r for users %s not published", event.get("type"), list(user_ids))
 
-    async def notify(self, user_id: int, kind: str, title: str, body: str, data: dict | None = None, *, push: bool = True) -> dict:
+    async def notify(self, user_id: int, kind: str, title: str, body: str, data: dict | None = None, *, push: bool = True,
+                     key: str | None = None) -> dict | None:
         """Store, publish, and push (unless `push` is False: a caller that pushes it its own way,
-        saved-search alerts with their per-listing key)."""
-        doc = await self.store.insert({
-            "user_id": user_id, "kind": kind, "title": title, "body": body, "data": data or {},
-            "is_read": False, "created_at": self.clock.now(),
-        })
+        saved-search alerts with their per-listing key). With `key`, once per key whoever calls (a retry, another
+        process): None when a notification of that key was stored already (nothing published or pushed again)."""
+        fields = {"user_id": user_id, "kind": kind, "title": title, "body": body, "data": data or {},
+                  "is_read": False, "created_at": self.clock.now()}
+        if key is None:
+            doc = await self.store.insert(fields)
+        else:
+            doc = await self.store.insert_once(dict(fields, key=key))
+            if doc is None:
+                return None
         view = notification_view(doc)
         await self._push([user_id], {"type": "notification", **view})
         if push and self.push is not None:

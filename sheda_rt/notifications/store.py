@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pymongo import DESCENDING, IndexModel
+from pymongo.errors import DuplicateKeyError
 
 from sheda_rt.database.writes import update_then_get
 
@@ -15,6 +16,9 @@ class NotificationStore:
         # GET /notifications (newest first) and ?unread=true both walk the user's prefix.
         IndexModel([("user_id", 1), ("_id", DESCENDING)], name="user_newest"),
         IndexModel([("user_id", 1), ("is_read", 1), ("_id", DESCENDING)], name="user_unread"),
+        # A notification sent once per event whoever reports it (a wallet credit: a webhook, its redelivery, the
+        # reconciliation, in any process) carries `key`; the others have none and take no entry here.
+        IndexModel([("key", 1)], unique=True, name="key_unique", partialFilterExpression={"key": {"$exists": True}}),
     ]
 
     def __init__(self, db, ids):
@@ -27,6 +31,15 @@ class NotificationStore:
     async def insert(self, doc: dict) -> dict:
         doc = dict(doc, _id=await self.ids.next("notifications"))
         await self.col.insert_one(doc)
+        return doc
+
+    async def insert_once(self, doc: dict) -> dict | None:
+        """Insert a notification carrying `key`; None when one with that key is stored already (nothing written)."""
+        doc = dict(doc, _id=await self.ids.next("notifications"))
+        try:
+            await self.col.insert_one(doc)
+        except DuplicateKeyError:
+            return None
         return doc
 
     #: Documents per insert_many: a few hundred KB per call, so thousands of users are a few calls.

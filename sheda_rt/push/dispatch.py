@@ -76,8 +76,10 @@ def category_of(kind: str) -> str:
 
 
 def deep_link(kind: str, data: dict) -> str:
-    """The app screen a notification opens: the resource's path as under /api/v1 (e.g. `/appointments/12`),
+    """The app screen a notification opens: the resource's path as under /api/v1 (e.g. `/appointments/12`, `/wallet`),
     or `/notifications` when it names none."""
+    if kind.startswith("wallet."):  # a top-up credited or taken back: the wallet
+        return "/wallet"
     for key, path in (("appointment_id", "/appointments/{}"), ("contract_id", "/contracts/{}"), ("booking_id", "/bookings/{}"),
                       ("lead_id", "/leads/{}"), ("project_id", "/projects/{}"), ("property_id", "/properties/{}")):
         if isinstance(data.get(key), int):

@@ -184,6 +184,32 @@ class WalletService:
         topup = await self.ledger.by_key(f"topup:{reference}")
         return None if topup is None or topup["kind"] == TOPUP_VOID else -self._debit(topup, topup["wallet"])
 
+    async def topup_notice(self, reference: str) -> dict | None:
+        """What the payer is told of the top-up credited under `reference` (naira strings): {user_id, amount credited,
+        repaid (what it repaid of the user's debt, repay_owed), balance (after the credit and that repayment, as the
+        ledger recorded it), owed (now)}; None when no credit was made for it."""
+        topup = await self.ledger.by_key(f"topup:{reference}")
+        if topup is None or topup["kind"] == TOPUP_VOID:
+            return None
+        user_id = topup["wallet"]
+        repay = await self.ledger.by_key(f"owed_repayment:{reference}")
+        return {"user_id": user_id, "amount": entry_view(topup, user_id)["amount"],
+                "repaid": naira(self._debit(repay, user_id) if repay else 0),
+                "balance": entry_view(repay or topup, user_id)["balance_after"], "owed": naira(await self.ledger.owed(user_id))}
+
+    async def reversal_notice(self, source: str) -> dict | None:
+        """What the payer is told of the top-up reversal made for the gateway event `source` (naira strings): {user_id,
+        amount the gateway took back, taken (from the wallet), shortfall (what the wallet no longer held: owed),
+        balance (after it), owed (now)}; None when none was made."""
+        tx = await self.ledger.by_key(f"topup_reversal:{source}")
+        if tx is None:
+            return None
+        user_id = tx["wallet"]
+        shortfall = -sum(int(line["amount_minor"]) for line in tx["lines"] if line["account"] == REVERSAL_SHORTFALL)
+        return {"user_id": user_id, "amount": naira(sum(int(line["amount_minor"]) for line in tx["lines"] if line["account"] == CLEARING)),
+                "taken": naira(self._debit(tx, user_id)), "shortfall": naira(shortfall),
+                "balance": entry_view(tx, user_id)["balance_after"], "owed": naira(await self.ledger.owed(user_id))}
+
     async def topup_reversals(self, reference: str) -> tuple[int, list[dict]]:
         """What the ledger already took back of that top-up: (kobo in all, one {source, amount_minor, why, at} per
         reversal), for a payment reversed before its reservations were recorded (PaymentService._reserve_reversal)."""

@@ -18,15 +18,27 @@ transaction the reconciliation must verify, and a real user never has more than 
 Money the gateway gives back after the credit (a `refund.processed`, a chargeback resolved `merchant-accepted`)
 is taken back from the wallet (`reverse`): a `topup_reversal` ledger transaction, once per gateway event,
 never below zero (what was already spent is the shortfall, flagged for an admin).
+
+The payer is told through the notification service (stored, on the event stream, pushed: an app that is closed
+learns it too): `wallet.credited` when a top-up is credited (what it repaid of a debt included), `wallet.reversed`
+when the gateway takes one back (its shortfall, now owed, included). Once per ledger entry whoever finishes it (a
+webhook, its redelivery, the reconciliation, an admin's credit, in any process): the notification's key is the
+entry's (the payment's reference, the gateway event), and it is sent after the entry is written, before the payment
+is recorded applied, so a process dying in between leaves it to whoever finishes the payment.
 """
 from __future__ import annotations
 
 from decimal import Decimal
 
+from typing import TYPE_CHECKING
+
 from sheda_rt.errors import Conflict, Forbidden, ValidationFailed
 from sheda_rt.listings.money import to_minor
 from sheda_rt.payments.targets import Charge
 from sheda_rt.wallet.service import CURRENCY, TOPUP_VOID, WalletService, naira
+
+if TYPE_CHECKING:  # types only: the context wires it in
+    from sheda_rt.notifications.service import NotificationService
 
 
 _REFUNDED_BEFORE_CREDIT = ("The gateway gave this top-up back before it was credited: nothing can be credited for it; "
@@ -36,8 +48,10 @@ _REFUNDED_BEFORE_CREDIT = ("The gateway gave this top-up back before it was cred
 class WalletTopupTarget:
     purpose = "wallet_topup"
 
-    def __init__(self, *, wallet: WalletService, min_naira: int, max_naira: int, max_pending: int = 5):
+    def __init__(self, *, wallet: WalletService, min_naira: int, max_naira: int, max_pending: int = 5,
+                 notifications: NotificationService | None = None):
         self.wallet = wallet
+        self.notifications = notifications  # the payer is told of every credit and reversal (wallet.credited, wallet.reversed)
         self.min = Decimal(min_naira)
         self.max = Decimal(max_naira)
         self.max_pending = max_pending  # WALLET_TOPUP_MAX_PENDING: live checkouts per user (PaymentService.create)
@@ -64,6 +78,7 @@ class WalletTopupTarget:
         if tx["kind"] == TOPUP_VOID:  # checked before the claim (voided); a refund voiding it meanwhile ends here
             raise Conflict(_REFUNDED_BEFORE_CREDIT, "refunded_before_credit")
         await self.wallet.repay_owed(payment["payer_id"], payment["reference"])
+        await self._tell_credited(payment["reference"])
         return tx
 
     async def voided(self, payment: dict) -> bool:
@@ -102,6 +117,7 @@ class WalletTopupTarget:
                                         f"the gateway reports a {why} of {naira(amount_minor)} NGN for a top-up this server has "
                                         "not credited: it will not be")
             return "already_reversed", None
+        await self._tell_reversed(payment["reference"], source, why)
         if shortfall:
             return "reversed_short", ("topup_reversal_shortfall",
                                       f"the gateway took back {naira(amount_minor)} NGN ({why}); the wallet held only "
@@ -122,4 +138,36 @@ class WalletTopupTarget:
         # What the user owes (reversals the wallet could not pay) is repaid first; before the payment is recorded
         # applied, so a process dying in between leaves it to whoever finishes the apply (once: its key).
         await self.wallet.repay_owed(payment["payer_id"], payment["reference"])
+        await self._tell_credited(payment["reference"])
         return ("credited" if credited else "already_credited"), None
+
+    # ---- telling the payer ----------------------------------------------------------
+    async def _tell_credited(self, reference: str) -> None:
+        """`wallet.credited` to the payer, once per top-up (key `wallet.credited:<reference>`, its credit's)."""
+        notice = await self.wallet.topup_notice(reference) if self.notifications is not None else None
+        if notice is None:
+            return
+        body = f"{notice['amount']} NGN was added to your wallet."
+        if notice["repaid"] != "0.00":
+            body += f" {notice['repaid']} NGN of it repaid what you owed after a top-up was taken back"
+            body += f" ({notice['owed']} NGN still owed)." if notice["owed"] != "0.00" else "."
+        body += f" Balance: {notice['balance']} NGN."
+        data = {"reference": reference, **{k: notice[k] for k in ("amount", "balance", "repaid", "owed")}}
+        await self.notifications.notify(notice["user_id"], "wallet.credited", "Wallet topped up", body, data,
+                                        key=f"wallet.credited:{reference}")
+
+    async def _tell_reversed(self, reference: str, source: str, why: str) -> None:
+        """`wallet.reversed` to the payer, once per reversal (key `wallet.reversed:<gateway event>`, its ledger entry's)."""
+        notice = await self.wallet.reversal_notice(source) if self.notifications is not None else None
+        if notice is None:
+            return
+        how = {"refund": "refunded", "chargeback": "charged back"}.get(why, "reversed")
+        body = f"A top-up of yours was {how}: {notice['amount']} NGN went back through the payment gateway"
+        if notice["shortfall"] != "0.00":
+            body += (f". Your wallet held only {notice['taken']} NGN of it: you owe {notice['shortfall']} NGN, repaid first "
+                     "from your next top-up")
+        body += f". Balance: {notice['balance']} NGN."
+        data = {"reference": reference, "reason": why,
+                **{k: notice[k] for k in ("amount", "balance", "taken", "shortfall", "owed")}}
+        await self.notifications.notify(notice["user_id"], "wallet.reversed", "Top-up taken back", body, data,
+                                        key=f"wallet.reversed:{source}")
