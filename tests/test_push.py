@@ -205,6 +205,12 @@ async def test_notification_settings(sheda):
                 {**wanted, "extra": True}):
         r = await sheda.api.put(SETTINGS, bad, token=ada.token)
         assert r.status == 422, (bad, r)
+    # Names the zone database holds that are no place's zone: the server's own (localtime), tzdata's placeholder
+    # (Factory), posixrules, and the posix/ and right/ (leap-second) copies: the unknown zone's 422
+    for zone in ("localtime", "posixrules", "Factory", "posix/Africa/Lagos", "right/Africa/Lagos"):
+        r = await sheda.api.put(SETTINGS, {**wanted, "quiet_hours": {**wanted["quiet_hours"], "time_zone": zone}}, token=ada.token)
+        assert r.status == 422 and r.json["code"] == "validation_error", (zone, r)
+        assert [e["field"] for e in r.json["errors"]] == ["quiet_hours.time_zone"], (zone, r.json)
     assert (await sheda.api.get(SETTINGS, token=ada.token)).json == wanted  # nothing stored by the refused ones
     r = await sheda.api.put(SETTINGS, {}, token=ada.token)
     assert r.status == 200 and r.json["quiet_hours"] is None and r.json["previews"] is True

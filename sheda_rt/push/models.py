@@ -123,7 +123,16 @@ class KindSwitches(Strict):
     announcements: bool = True
 
 
+#: Names the zone database holds (zoneinfo loads them) that are no place's time zone: `localtime` is the server's
+#: own, whatever the machine is set to; `Factory` is tzdata's placeholder ("-00"); `posixrules` a build default; and
+#: the `posix/` and `right/` trees are copies of the real zones (`right/` counting leap seconds: 27 s off).
+_NOT_PLACES = {"localtime", "factory", "posixrules"}
+
+
 def _time_zone(value: str) -> str:
+    name = value.casefold()  # (a case-insensitive file system loads `LocalTime` as well)
+    if name in _NOT_PLACES or name.startswith(("posix/", "right/")):
+        raise ValueError("is not an IANA time zone (e.g. Africa/Lagos)")
     try:
         zoneinfo.ZoneInfo(value)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
