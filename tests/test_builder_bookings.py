@@ -115,14 +115,14 @@ async def test_two_clients_race_the_winner_pays_every_installment_and_the_unit_i
         # A month on, less three days: line 2 gets its reminder (once, however often the job runs).
         sheda.ctx.clock.advance(days=28)
         result = await sheda.ctx.booking_job.run()
-        assert result == {"expired": 0, "reminded": 1, "overdue": 0, "units_synced": 0}, result
+        assert result == {"expired": 0, "reminded": 1, "overdue": 0, "completed": 0, "units_synced": 0}, result
         due = await w_ws.wait_type("booking.installment_due")
         assert due["installment"] == 2
         await b_ws.wait_type("booking.installment_due")
-        assert (await sheda.ctx.bookings.run_due()) == {"expired": 0, "reminded": 0, "overdue": 0, "units_synced": 0}
+        assert (await sheda.ctx.bookings.run_due()) == {"expired": 0, "reminded": 0, "overdue": 0, "completed": 0, "units_synced": 0}
         # Past its date unpaid: overdue, to both.
         sheda.ctx.clock.advance(days=4)
-        assert (await sheda.ctx.booking_job.run()) == {"expired": 0, "reminded": 0, "overdue": 1, "units_synced": 0}
+        assert (await sheda.ctx.booking_job.run()) == {"expired": 0, "reminded": 0, "overdue": 1, "completed": 0, "units_synced": 0}
         late = await w_ws.wait_type("booking.installment_overdue")
         assert late["booking"]["installments"][1]["status"] == "overdue"
         await b_ws.wait_type("booking.installment_overdue")
@@ -428,6 +428,42 @@ async def test_confirming_the_last_line_and_cancelling_at_once_exactly_one_wins(
     assert r.status == 409 and r.json["code"] == "wrong_state", r
     assert (await sheda.ctx.db["bookings"].find_one({"_id": bid}))["status"] == "completed"
     assert (await unit_doc(sheda, units[rounds]["id"]))["status"] == "sold"
+
+
+async def test_a_booking_paid_in_full_whose_completion_a_dead_process_left_undone_is_completed(sheda):
+    """A process dying between confirming the last line and completing the booking left it active with every line
+    paid forever (a confirm of that line again is 409). The booking job completes it (the unit sold, both sides
+    told), once however often it runs; a retried confirm finishes it as well (still 409: the line was confirmed)."""
+    two = {"name": "Two", "lines": [{"label": "Booking", "percent": "10.00", "due": "booking"},
+                                    {"label": "Balance", "percent": "90.00", "due": "months:1"}]}
+    builder, project, units, plan = await setup_project(sheda, units=("D-1", "D-2"), plan=two)
+    client = await sheda.signup("client")
+    stuck = []
+    for u in units:
+        r = await book(sheda, client, u["id"], plan["id"])
+        bid = r.json["id"]
+        for who, n, action in ((client, 1, "payment-sent"), (builder, 1, "confirm"), (client, 2, "payment-sent")):
+            assert (await line(sheda, who, bid, n, action)).status == 200
+        # What the dead process left: its confirm's write (line 2 confirmed), not the completion after it.
+        await sheda.ctx.db["bookings"].update_one({"_id": bid}, {"$set": {"installments.1.status": "confirmed",
+                                                                          "installments.1.confirmed_at": sheda.ctx.clock.now()}})
+        stuck.append(bid)
+    # The builder retries the confirm: 409 (the line is confirmed), and the booking completes.
+    r = await line(sheda, builder, stuck[1], 2, "confirm")
+    assert r.status == 409 and r.json["code"] == "wrong_state" and "completed" in r.json["detail"], r
+    assert (await unit_doc(sheda, units[1]["id"]))["status"] == "sold"
+    # The other is the job's.
+    result = await sheda.ctx.bookings.run_due()
+    assert result["completed"] >= 1, result
+    stored = await sheda.ctx.db["bookings"].find_one({"_id": stuck[0]})
+    assert stored["status"] == "completed" and stored["unit_synced"] is True, stored
+    assert (await unit_doc(sheda, units[0]["id"]))["status"] == "sold"
+    for user in (client, builder):
+        assert await sheda.ctx.db["notifications"].count_documents(
+            {"user_id": user.id, "kind": "booking.completed", "data.booking_id": stuck[0]}) == 1
+    assert (await sheda.ctx.bookings.run_due())["completed"] == 0
+    r = await sheda.api.get(f"{BOOKINGS}/{stuck[0]}", token=client.token)
+    assert r.json["status"] == "completed" and r.json["outstanding"] == "0.00", r
 
 
 async def test_cancellation_by_the_client_before_the_booking_payment_or_by_the_builder_with_a_reason(sheda):

@@ -384,7 +384,10 @@ class BookingService:
             extra.update(self._later_booking_lines(doc, now))
         after = await self.store.move_line(booking_id, i, ["sent"], "confirmed", now, who=who, extra=extra)
         if after is None:
-            raise self._wrong(await self.store.get(booking_id) or doc, i,
+            current = await self.store.get(booking_id) or doc
+            # A retry after a process died between confirming the last line and completing the booking: finish it.
+            current = await self._complete_if_paid(current)
+            raise self._wrong(current, i,
                               "a line the client marked sent, on " + ("a reserved booking" if i == 0 else "an active booking"))
         return booking_view(await self._confirmed(after, i, actor=principal.user_id))
 
@@ -415,6 +418,11 @@ class BookingService:
         return await self._complete_if_paid(after)
 
     async def _complete_if_paid(self, after: dict) -> dict:
+        return await self._complete(after) or after
+
+    async def _complete(self, after: dict) -> dict | None:
+        """active -> completed when every line of `after` is confirmed: the booking as stored after it (this call's
+        completion, or another caller's that got there first), or None when there was nothing to complete."""
         if after["status"] == "active" and all(ln["status"] == "confirmed" for ln in after["installments"]):
             # Only the schedule seen all confirmed: a change request's line added meanwhile keeps it open.
             now = self.clock.now()
@@ -426,7 +434,7 @@ class BookingService:
                 await self._announce(done, "completed", actor=None)
                 return done
             return await self.store.get(after["_id"]) or after  # completed by another caller meanwhile: as stored
-        return after
+        return None
 
     # ---- installments paid through the payment gateway (sheda_rt/payments/installments.py) ----
     async def gateway_line(self, principal, booking_id: int, n: int) -> tuple[dict, dict]:
@@ -577,16 +585,23 @@ class BookingService:
             if len(ids) < JOB_PAGE or not progressed:
                 return expired
 
-    async def mark_due_lines(self) -> tuple[int, int]:
+    async def mark_due_lines(self) -> tuple[int, int, int]:
         """Reminders for lines falling due within BOOKING_REMINDER_DAYS, and due -> overdue for
-        lines past their date, on active bookings; each at most once (guarded). (reminded, overdue)."""
-        reminded = overdue = 0
+        lines past their date, on active bookings; each at most once (guarded). An active booking
+        whose every line is confirmed is completed (a process died between confirming its last
+        line and completing it: nothing else would, a confirm of that line again is 409).
+        (reminded, overdue, completed)."""
+        reminded = overdue = completed = 0
         after_id = 0
         handovers: dict[int, datetime | None] = {}  # project id -> its expected_completion, read once per pass
         while True:
             docs = await self.store.open_after("active", after_id, JOB_PAGE)
             for doc in docs:
                 now = self.clock.now()
+                if all(ln["status"] == "confirmed" for ln in doc["installments"]):
+                    done = await self._complete(doc)
+                    completed += 1 if done is not None and done["status"] == "completed" else 0
+                    continue
                 if doc["project_id"] not in handovers:
                     handovers[doc["project_id"]] = handover_date(await self.project_store.get(doc["project_id"]) or {})
                 doc = await self._follow_handover(doc, handovers[doc["project_id"]], now)
@@ -609,7 +624,7 @@ class BookingService:
                             reminded += 1
                             await self._announce(moved, "installment_due", actor=None, n=i + 1)
             if len(docs) < JOB_PAGE:
-                return reminded, overdue
+                return reminded, overdue, completed
             after_id = docs[-1]["_id"]
 
     async def _follow_handover(self, doc: dict, when: datetime | None, now) -> dict:
@@ -626,9 +641,9 @@ class BookingService:
 
     async def run_due(self) -> dict:
         expired = await self.expire_holds()
-        reminded, overdue = await self.mark_due_lines()
+        reminded, overdue, completed = await self.mark_due_lines()
         synced = await self.sync_units()
-        return {"expired": expired, "reminded": reminded, "overdue": overdue, "units_synced": synced}
+        return {"expired": expired, "reminded": reminded, "overdue": overdue, "completed": completed, "units_synced": synced}
 
     # ---- receivables -------------------------------------------------------
     async def receivables(self, principal) -> dict:
@@ -703,7 +718,8 @@ class BookingService:
 
 class BookingJob(PeriodicTrigger):
     """Every BOOKING_JOB_INTERVAL_MINUTES (and once at start): lapsed holds expire, lines
-    falling due get reminders, lines past their date go overdue. Each period's pass is one job
+    falling due get reminders, lines past their date go overdue, active bookings paid in full
+    complete (a process died before it completed them). Each period's pass is one job
     of the durable queue (key `booking_due:<period>`), so however many processes tick it runs
     once; the moves inside are guarded, so a repeated pass changes nothing. Tests call
     `service.run_due()` (or `run()`) directly with a moved clock."""
@@ -732,8 +748,8 @@ class BookingJob(PeriodicTrigger):
             raise
         JOB_RUNS.labels(job=self.name, outcome="ok").inc()
         if any(result.values()):
-            log.info('{"event": "booking_due", "expired": %d, "reminded": %d, "overdue": %d, "units_synced": %d}',
-                     result["expired"], result["reminded"], result["overdue"], result["units_synced"])
+            log.info('{"event": "booking_due", "expired": %d, "reminded": %d, "overdue": %d, "completed": %d, "units_synced": %d}',
+                     result["expired"], result["reminded"], result["overdue"], result["completed"], result["units_synced"])
         return result
 
 
