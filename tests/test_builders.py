@@ -600,7 +600,7 @@ async def test_project_images_are_uploads_of_its_builder(sheda):
 
 async def test_a_media_path_must_name_a_file_under_media_not_climb_out_of_it(sheda):
     """Project images, construction updates' image_ids and change requests' attachments take an uploaded file's
-    /media/... path (or an http(s) URL). A path with '.' or '..' segments was stored and shown to every client as an
+    /media/... path (project images an http(s) URL too). A path with '.' or '..' segments was stored and shown to every client as an
     image, though it names no upload: '/media/../api/v1/users/me' is the API's own route once a browser resolves it."""
     builder = await verified_builder(sheda)
     project = await published_project(sheda, builder)
