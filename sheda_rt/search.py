@@ -43,13 +43,13 @@ contributes its prefixes of 3..20 characters (shorter words: the whole word) to
 `facets`, so "lekk" finds "Lekki Phase 1" through an ordinary multikey index.
 Words are folded as keywords are (below), stored and typed alike, so "bogota"
 finds "Bogotá", "istanbul" finds "İstanbul" and "strasse" finds "Straße"; for
-plain ASCII the folded word is the lowercased one. Location words also read the
-Turkish dotless "ı" as "i" ("kadikoy" finds "Kadıköy"): a letter, not an accent,
-but one people type as "i".
+plain ASCII the folded word is the lowercased one. Location words and keywords
+also read the Turkish dotless "ı" as "i" ("kadikoy" finds "Kadıköy"): a letter,
+not an accent, but one people type as "i".
 
 Keywords (`q=`): each whole word of a document's text fields (for listings: title,
 location, description), folded (NFKD with accents dropped, then casefolded, so
-"Ìkòyí" and "IKOYI" are both "ikoyi"), is a facet `"k:<word>"`, minus a short list
+"Ìkòyí" and "IKOYI" are both "ikoyi"; "ı" as "i"), is a facet `"k:<word>"`, minus a short list
 of stop words, at most KEYWORD_MAX_FACETS per document in field order: every facet
 is one entry in each compound index, ~0.2 ms of the embedded database's one core
 per entry per write, so a 5,000-character description must not cost hundreds.
@@ -110,13 +110,14 @@ def sorts_for(date_field: str = "created_at", price_field: str = "price_minor") 
 
 
 #: Letters that are letters of their own, not accents (fold keeps them), typed as the plain letter by whoever
-#: writes the place's name: Turkish dotless "ı" ("kadikoy" for "Kadıköy"; "İ" folds to "i" already).
-_LOCATION_LETTERS = str.maketrans({"ı": "i"})
+#: writes the place's name: Turkish dotless "ı" ("kadikoy" for "Kadıköy"; "İ" folds to "i" already). Location
+#: words and keywords (q=) alike; fold itself keeps it (guided area ids and category keys are stored folded).
+_TYPED_LETTERS = str.maketrans({"ı": "i"})
 
 
 def location_words(text: str) -> list[str]:
     """The words of a location, folded (see fold, and "ı" as "i"): a stored location's and a typed one's alike."""
-    return _WORD.findall(fold(text).translate(_LOCATION_LETTERS))
+    return _WORD.findall(fold(text).translate(_TYPED_LETTERS))
 
 
 def word_facet(word: str) -> str:
@@ -148,8 +149,8 @@ def fold(text: str) -> str:
 
 
 def keyword_words(text: str) -> list[str]:
-    """The searchable words of text (folded, stop words dropped), in order, repeats kept."""
-    return [w for w in _WORD.findall(fold(text)) if w not in STOP_WORDS]
+    """The searchable words of text (folded, "ı" as "i", stop words dropped), in order, repeats kept."""
+    return [w for w in _WORD.findall(fold(text).translate(_TYPED_LETTERS)) if w not in STOP_WORDS]
 
 
 def keyword_facet(word: str) -> str:

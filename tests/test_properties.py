@@ -317,6 +317,41 @@ async def test_location_words_read_turkish_dotless_i_as_i_also_in_listings_store
     assert (await meta.find_one({"_id": "properties.facets"}))["version"] == PropertyStore.FACETS_VERSION
 
 
+async def test_keywords_read_turkish_dotless_i_as_i_also_in_listings_stored_before(sheda, tmp_path):
+    """q=kadikoy finds "Kadıköy" as location=kadikoy does (keywords fold "ı" to "i", stored and typed alike). A
+    listing stored by the previous version carries "k:kadıköy": the first start of this version re-facets it."""
+    import re
+
+    from sheda_rt.listings.store import PropertyStore
+    from sheda_rt.search import STOP_WORDS, fold
+
+    agent = await sheda.signup("agent")
+    w = word()
+    dotless = await create_property(sheda, agent, title=f"Flat in Kadıköy {w}", location="Moda, Kadıköy")
+    plain = await create_property(sheda, agent, title=f"Flat in Kadikoy {w}", location="Kadikoy")
+
+    async def ids(q):
+        r = await sheda.api.get(API, params={"q": f"{q} {w}"})
+        assert r.status == 200, r
+        return {p["id"] for p in r.json["items"]}
+
+    for typed in ("kadikoy", "Kadıköy", "kadıköy", "KADIKÖY", "KADIKOY"):
+        assert await ids(typed) == {dotless["id"], plain["id"]}, typed
+    # As the previous version wrote it: "ı" kept in its keyword facets, and its marker.
+    col, meta = sheda.ctx.db["properties"], sheda.ctx.db["meta"]
+    doc = await col.find_one({"_id": dotless["id"]})
+    old = {f for f in doc["facets"] if not f.startswith("k:")}
+    old |= {"k:" + k[:20] for t in (doc["title"], doc["location"], doc["description"]) for k in re.findall(r"[^\W_]+", fold(t))
+            if k not in STOP_WORDS}
+    assert "k:kadıkoy" in old
+    await col.update_one({"_id": dotless["id"]}, {"$set": {"facets": sorted(old)}})
+    await meta.update_one({"_id": "properties.facets"}, {"$set": {"version": 5}}, upsert=True)
+    assert await ids("kadikoy") == {plain["id"]}  # what the old data answers
+    await start_and_stop(another_server(sheda, tmp_path))  # what every start runs
+    assert await ids("kadikoy") == {dotless["id"], plain["id"]}
+    assert (await meta.find_one({"_id": "properties.facets"}))["version"] == PropertyStore.FACETS_VERSION
+
+
 async def test_sorts_and_cursor_pages_never_repeat_or_skip_while_others_insert(sheda):
     agent = await sheda.signup("agent")
     w = word()

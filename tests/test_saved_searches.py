@@ -315,6 +315,32 @@ async def test_a_location_with_a_dotless_i_alerts_a_search_typed_with_i_also_one
     assert [a["data"]["property_id"] for a in await alerts_of(sheda, buyer)] == [prop["id"]]
 
 
+async def test_a_keyword_with_a_dotless_i_alerts_a_search_typed_with_i_also_one_filed_before(sheda, tmp_path):
+    """A search of q="kadi..." alerts on a listing titled "Kadı...": keywords read Turkish "ı" as "i", as location
+    words do. One the previous version saved with the "ı" is filed under "k:kadı..." (no listing carries it since
+    the listings were re-faceted): the first start of this version files it under the word with "i"."""
+    from sheda_rt.saved_searches.service import FOLDED_WORDS_MARKER
+
+    agent = await sheda.signup("agent")
+    old_buyer, buyer = await sheda.signup("client"), await sheda.signup("client")
+    area = "kadı" + word()  # one word of this test's own, with a dotless i
+    dotted = "kadi" + area[4:]
+    old_search = await save(sheda, old_buyer, q=area)
+    await save(sheda, buyer, q=dotted)
+    searches = sheda.ctx.db["saved_searches"]
+    assert (await searches.find_one({"_id": old_search["id"]}))["alert_key"] == f"k:{dotted}"[:22]
+    # As the previous version filed it: under the word with its "ı"; and no marker.
+    await searches.update_one({"_id": old_search["id"]}, {"$set": {"alert_key": f"k:{area}"[:22]}})
+    await sheda.ctx.db["meta"].delete_one({"_id": FOLDED_WORDS_MARKER})
+    await start_and_stop(another_server(sheda, tmp_path))  # what every start runs
+    assert (await searches.find_one({"_id": old_search["id"]}))["alert_key"] == f"k:{dotted}"[:22]
+    assert await sheda.ctx.saved_searches.refile_location_alerts() == 0  # once only
+    prop = await create_property(sheda, agent, title=f"Flat in {area.capitalize()}", location="Moda, Istanbul")
+    await settle(sheda)
+    assert [a["data"]["property_id"] for a in await alerts_of(sheda, old_buyer)] == [prop["id"]]
+    assert [a["data"]["property_id"] for a in await alerts_of(sheda, buyer)] == [prop["id"]]
+
+
 async def test_an_alert_reaches_a_closed_app_as_one_push(sheda, push):
     agent, buyer = await sheda.signup("agent"), await sheda.signup("client")
     area = word()

@@ -70,8 +70,8 @@ class PropertyStore:
     RETIRED_INDEXES = ("search_newest",)
 
     # Bump when facets_for changes: listings stored before are re-faceted once at startup.
-    FACETS_VERSION = 5  # 2: geo grid cells; 3: keywords (q=) and categories; 4: location words folded (accents, "ß");
-    # 5: location words read Turkish "ı" as "i"
+    FACETS_VERSION = 6  # 2: geo grid cells; 3: keywords (q=) and categories; 4: location words folded (accents, "ß");
+    # 5: location words read Turkish "ı" as "i"; 6: keywords too
 
     def __init__(self, db, ids, *, keyword_postings: bool = True):
         self.col = db["properties"]

@@ -16,7 +16,7 @@ from sheda_rt.clock import format_ts
 from sheda_rt.errors import Conflict, NotFound, ValidationFailed
 from sheda_rt.guided.areas import area_of
 from sheda_rt.guided.service import exact_filters
-from sheda_rt.search import geo_cells_covering, geo_cells_in_box, location_words, word_facet
+from sheda_rt.search import geo_cells_covering, geo_cells_in_box, keyword_facet, keyword_words, location_words, word_facet
 from sheda_rt.saved_searches.matcher import listing_matches
 from sheda_rt.saved_searches.models import SavedGuidedAnswers, SavedSearchCreate, SavedSearchQuery, SavedSearchUpdate
 
@@ -29,9 +29,10 @@ if TYPE_CHECKING:
     from sheda_rt.search import SearchPlan
 
 MAX_PER_USER = 20
-#: Set in `meta` once every search filed under a location word is filed under the folded word (refile_location_alerts).
-#: A new name whenever location_words changes, so the refiling runs again: ".2", Turkish "ı" read as "i".
-FOLDED_WORDS_MARKER = "saved_searches.alert_key_folded.2"
+#: Set in `meta` once every search filed under a location word or keyword is filed under the folded word
+#: (refile_location_alerts). A new name whenever location_words or keyword_words changes, so the refiling runs again:
+#: ".2", Turkish "ı" read as "i" in location words; ".3", in keywords (q=) too.
+FOLDED_WORDS_MARKER = "saved_searches.alert_key_folded.3"
 
 
 def saved_search_view(doc: dict) -> dict:
@@ -124,16 +125,17 @@ class SavedSearchService:
 
     async def refile_location_alerts(self) -> int:
         """Once (a marker in `meta`), at a start: searches saved before location words were folded (accents, "ß",
-        "İ"; then Turkish "ı" as "i": sheda_rt/search.py) are filed under the facet of their word as typed ("w:bogotá"), which no listing
-        carries since the listings were re-faceted ("w:bogota"), so they would never alert again. Each is filed
-        under what alert_key gives now; one already filed under a word its location gives now (plain ASCII:
-        nearly all) is not written. Returns how many were filed again."""
+        "İ"; then Turkish "ı" as "i", in keywords too: sheda_rt/search.py) are filed under the facet of their word as
+        typed ("w:bogotá", "k:kadıköy"), which no listing carries since the listings were re-faceted ("w:bogota"), so
+        they would never alert again. Each is filed under what alert_key gives now; one already filed under a word
+        its location or q gives now (plain ASCII: nearly all) is not written. Returns how many were filed again."""
         if await self.store.marked(FOLDED_WORDS_MARKER):
             return 0
         refiled = 0
-        async for doc in self.store.filed_under_location_words():
+        async for doc in self.store.filed_under_words():
             query, old_key = doc.get("query") or {}, doc["alert_key"]
-            if old_key in {word_facet(w) for w in location_words(query.get("location") or "")}:
+            if old_key in ({word_facet(w) for w in location_words(query.get("location") or "")}
+                           | {keyword_facet(w) for w in keyword_words(query.get("q") or "")}):
                 continue
             try:
                 key = self.alert_key(query, doc.get("alert", "off"))

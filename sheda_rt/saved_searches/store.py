@@ -100,10 +100,10 @@ class SavedSearchStore:
         return await self.ids.next(CHANGES)
 
     # ---- one-time backfills ----------------------------------------------------
-    def filed_under_location_words(self, batch: int = 500):
-        """Searches with alerts on filed under a location word (`w:...`), as a cursor (a regex: one pass over the
-        collection, for a backfill at a start)."""
-        return self.col.find({"alert_key": {"$regex": "^w:"}}, projection={"query": 1, "alert": 1, "alert_key": 1},
+    def filed_under_words(self, batch: int = 500):
+        """Searches with alerts on filed under a location word (`w:...`) or a keyword (`k:...`), as a cursor (a regex:
+        one pass over the collection, for a backfill at a start)."""
+        return self.col.find({"alert_key": {"$regex": "^[wk]:"}}, projection={"query": 1, "alert": 1, "alert_key": 1},
                              batch_size=batch)
 
     async def refile(self, search_id: int, old_key, new_key) -> bool:
