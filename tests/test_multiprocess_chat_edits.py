@@ -1,12 +1,28 @@
 """Edit, delete, reply, react and delivered receipts across processes (issue 15 §2): two
 `python run.py` instances sharing one redis-server and one database. Alice's sockets are on
 one process, Bob's on the other; every event crosses, arrives in seq order, and comes back in
-a `sync after_seq` replay on the other process after a disconnect."""
+a `sync after_seq` replay on the other process after a disconnect. Edits and reactions over REST spend one
+per-user budget whichever process a request lands on (5b6832f)."""
 from __future__ import annotations
 
 import uuid
 
-from tests.redis_support import Remote, redis_server, server_pair, shared_dir  # noqa: F401  (module fixtures)
+import pytest
+
+from tests.redis_support import Remote, redis_server, running_pair, server_env, shared_dir  # noqa: F401  (module fixtures)
+
+#: The control budget of this module's pair: a burst of 8, then one more per 1000 s, so the budget test below counts
+#: the burst alone however slowly its requests go (each socket here sends fewer than 8 control frames).
+CONTROL_BURST = 8
+
+
+@pytest.fixture(scope="module")
+def server_pair(embedded_db, redis_server, shared_dir):
+    """The shared pair (tests/redis_support.py) with the control budget set explicitly (CONTROL_BURST)."""
+    env = server_env(embedded_db, redis_server, shared_dir, f"sheda_mp_{uuid.uuid4().hex[:8]}",
+                     WS_CONTROL_BURST=CONTROL_BURST, WS_CONTROL_PER_SECOND=0.001)
+    with running_pair(env, shared_dir) as pair:
+        yield pair
 
 
 async def send(ws, receiver_id: int, text: str, **extra) -> dict:
@@ -70,3 +86,34 @@ async def test_every_change_crosses_processes_in_order_and_replays(server_pair):
                                                  "message.deleted"], r
     for ws in (alice_a, bob_a, bob_b):
         ws.close()
+
+
+async def test_edits_and_reactions_over_rest_spend_one_budget_across_processes(server_pair):
+    """5b6832f: an edit or a reaction over REST spends a per-user bucket of the control figures. Behind a load
+    balancer a client's requests alternate between the processes: together they get the burst, not a burst each
+    (the bucket is in the shared Redis), and past it either answers 429 with Retry-After and changes nothing."""
+    a, b = (Remote(s) for s in server_pair)
+    alice, bob = await a.signup("client"), await b.signup("agent")
+    sent = await a.api.post("/api/v1/chats", {"receiver_id": bob.id, "message": "Viewing at 10?"}, token=alice.token)
+    assert sent.status == 201, sent
+    mid = sent.json["id"]
+    for i in range(CONTROL_BURST):  # A, B, A, B...: edits and reactions alike
+        remote = (a, b)[i % 2]
+        if i % 4 < 2:
+            r = await remote.api.patch(f"/api/v1/chat/messages/{mid}", {"message": f"Viewing at {i}?"}, token=alice.token)
+        else:
+            r = await remote.api.post(f"/api/v1/chat/messages/{mid}/reactions", {"emoji": "👍"}, token=alice.token)
+        assert r.status == 200, (i, r)
+    last_text = f"Viewing at {CONTROL_BURST - 3}?"  # the last edit of the burst (i % 4 < 2)
+    for remote in (a, b):
+        r = await remote.api.patch(f"/api/v1/chat/messages/{mid}", {"message": "rewritten"}, token=alice.token)
+        assert r.status == 429 and r.json["code"] == "rate_limited" and int(r.headers["Retry-After"]) >= 1, r
+        r = await remote.api.post(f"/api/v1/chat/messages/{mid}/reactions", {"emoji": "❤️"}, token=alice.token)
+        assert r.status == 429 and r.json["code"] == "rate_limited" and int(r.headers["Retry-After"]) >= 1, r
+    # Nothing changed by the refused ones, read through either process; Bob's budget is his own.
+    for remote in (a, b):
+        history = await remote.api.get(f"/api/v1/chats/{bob.id}", token=alice.token)
+        [row] = [m for m in history.json if m["id"] == mid]
+        assert row["message"] == last_text and not row.get("reactions"), row  # reactions: only when set
+    r = await b.api.post(f"/api/v1/chat/messages/{mid}/reactions", {"emoji": "🙏"}, token=bob.token)
+    assert r.status == 200 and r.json["counts"] == {"🙏": 1}, r
