@@ -80,7 +80,8 @@ class PaystackWebhookHandler(APIHandler):
         refund list (503 `refund_unconfirmed` and the payment flagged when Paystack does not show it processed: it
         delivers again), a chargeback lost (`charge.dispute.resolve`, `merchant-accepted`) with Paystack's dispute (503
         `dispute_unconfirmed` and the payment flagged unless it shows that dispute on this payment resolved
-        `merchant-accepted` for that amount). A confirmed `refund.processed` or lost chargeback takes a top-up's money back from the wallet (a `topup_reversal`
+        `merchant-accepted` for that amount; one it shows lost without an amount, `refund_amount: null`, is flagged
+        `dispute_amount_unknown` for an admin and answered 200, nothing moved). A confirmed `refund.processed` or lost chargeback takes a top-up's money back from the wallet (a `topup_reversal`
         ledger entry, never below zero: a shortfall is flagged `topup_reversal_shortfall`); a dispute opened flags the
         payment `gateway_dispute`; for a contract or installment, a refund or lost chargeback flags it
         `refunded_by_gateway`. 503 when Paystack could not be asked (it delivers again)."""

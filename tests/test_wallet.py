@@ -929,3 +929,28 @@ async def test_a_lost_chargeback_is_confirmed_with_paystack_before_the_wallet_gi
     assert (await paystack.deliver(second)).code == 200
     assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "1300.00"
     await audit_ok(sheda, admin)
+
+
+async def test_a_lost_chargeback_paystack_shows_without_an_amount_is_flagged_once_for_an_admin_not_redelivered(sheda, paystack):
+    """Paystack's dispute schema allows `refund_amount: null`, and its docs do not say a null means the whole
+    transaction. Such a dispute lost on a top-up was 503 dispute_unconfirmed on every delivery until Paystack stopped
+    retrying (its record never changes), with nothing flagged as final. Now nothing moves, the payment is flagged
+    dispute_amount_unknown once, and the delivery is 200: the event is handled, an admin settles the wallet."""
+    paystack.webhook_url = sheda.base_url + "/api/v1/webhooks/paystack"
+    user, admin = await sheda.signup("client"), await sheda.admin()
+    ref = await paid_topup(sheda, paystack, user, "2000.00")
+    body = json.loads(paystack.dispute_body(ref, 8811, "charge.dispute.resolve", resolution="merchant-accepted"))
+    body["data"]["refund_amount"] = None
+    paystack.disputes["8811"]["refund_amount"] = None  # what GET /dispute/8811 shows
+    raw = json.dumps(body).encode()
+    r = await paystack.deliver(raw)
+    assert r.code == 200, r.body
+    assert paystack.dispute_fetches[-1] == "8811"
+    fetches = len(paystack.dispute_fetches)
+    assert (await paystack.deliver(raw)).code == 200  # a redelivery: handled already, Paystack not asked again
+    assert len(paystack.dispute_fetches) == fetches
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "2000.00"
+    pay = (await sheda.api.get(f"{PAY}/{ref}", token=admin.token)).json
+    assert [f["reason"] for f in pay["flags"]] == ["dispute_amount_unknown"], pay["flags"]
+    assert "8811" in pay["flags"][0]["detail"]
+    await audit_ok(sheda, admin)

@@ -76,6 +76,12 @@ class ReversalUnconfirmed(ServiceUnavailable):
     code = "refund_unconfirmed"
 
 
+class _DisputeAmountUnknown(Exception):
+    """Paystack shows the dispute lost on this payment (resolved merchant-accepted) but no `refund_amount` (its schema
+    allows null, and its docs do not say what null means): no amount can be confirmed, and a redelivery would show the
+    same, so an admin decides (_confirm_reversal)."""
+
+
 def payment_view(doc: dict) -> dict:
     return {
         "reference": doc["reference"],
@@ -385,7 +391,8 @@ class PaymentService:
                              f"the gateway gave {format_money(Decimal(amount_minor).scaleb(-2))} {payment['currency']} back to the payer "
                              f"({why}); the {payment['purpose']} still counts it paid")
             return "flagged"
-        await self._confirm_reversal(payment, amount_minor, event, why)
+        if not await self._confirm_reversal(payment, amount_minor, event, why):
+            return "flagged"
         outcome, flag = await self._reverse_topup(payment, target, amount_minor, event.event_id, why)
         if outcome == "not_credited":
             # Refunded before its credit was made (a success whose effect a crash left to the reconciliation, or an
@@ -408,12 +415,14 @@ class PaymentService:
         log.info('{"event": "payment_reversed", "reference": "%s", "outcome": "%s"}', payment["reference"], outcome)
         return f"topup_{outcome}"
 
-    async def _confirm_reversal(self, payment: dict, amount_minor: int, event, why: str) -> None:
+    async def _confirm_reversal(self, payment: dict, amount_minor: int, event, why: str) -> bool:
         """A signed refund.processed or lost chargeback is the gateway's word, not yet its money: before a top-up's money
         is taken back, the gateway's API must show it (a refund: _refund_unconfirmed; a chargeback: _dispute_unconfirmed).
-        Otherwise the payment is flagged `refund_unconfirmed` / `dispute_unconfirmed` (once) and this is a 503 of that
-        code: nothing moves, and the gateway delivers the event again (what it shows a moment late is taken back then).
-        The gateway unreachable: 503 gateway_unavailable, likewise."""
+        True when it does. Otherwise the payment is flagged `refund_unconfirmed` / `dispute_unconfirmed` (once) and this
+        is a 503 of that code: nothing moves, and the gateway delivers the event again (what it shows a moment late is
+        taken back then). The gateway unreachable: 503 gateway_unavailable, likewise. A dispute the gateway shows lost on
+        this payment without an amount (`refund_amount: null`) is flagged `dispute_amount_unknown` (once) and False:
+        nothing moves, the event is handled (200), and an admin decides; a redelivery would show the same for ever."""
         check, name = ((self._refund_unconfirmed, "refund") if why == "refund" else (self._dispute_unconfirmed, "dispute"))
         try:
             unconfirmed = await check(payment, amount_minor, event)
@@ -421,8 +430,13 @@ class PaymentService:
             log.warning("%s check failed for %s: %s", name, payment["reference"], exc)
             raise GatewayUnavailable(f"Could not confirm the {why} with the gateway; deliver again later",
                                      headers={"Retry-After": "60"}, extra={"retry_after": 60})
+        except _DisputeAmountUnknown as exc:
+            await self._flag(payment, "dispute_amount_unknown",
+                             f"the gateway shows {exc} lost (merchant-accepted) on this payment without a refund_amount: "
+                             "nothing was taken back; see the dispute on Paystack and settle the wallet")
+            return False
         if unconfirmed is None:
-            return
+            return True
         await self._flag(payment, f"{name}_unconfirmed",
                          f"the gateway sent a {why} of {format_money(Decimal(amount_minor).scaleb(-2))} {payment['currency']} "
                          f"{unconfirmed}: nothing was taken back")
@@ -458,6 +472,8 @@ class PaymentService:
             return f"(dispute {dispute_id}) that it shows on another transaction ({d.transaction_reference})"
         if d.status != "resolved" or d.resolution != "merchant-accepted":
             return f"(dispute {dispute_id}) that it shows {d.status or 'without a status'}, {d.resolution or 'unresolved'}"
+        if d.refund_amount_minor is None:
+            raise _DisputeAmountUnknown(f"dispute {dispute_id}")
         if d.refund_amount_minor != amount_minor or (d.currency or payment["currency"]) != payment["currency"]:
             shown = "no amount" if d.refund_amount_minor is None else format_money(Decimal(d.refund_amount_minor).scaleb(-2))
             return f"(dispute {dispute_id}) that it shows lost for {shown} {d.currency or ''}".rstrip()
