@@ -9,9 +9,9 @@ Per request (Apple's "Sending notification requests to APNs"):
 - `authorization: bearer <JWT>`: ES256, header `kid` = the key id, verified with the .p8 key's
   public key, `iss` = the team id, `iat` within the last hour (403 MissingProviderToken,
   InvalidProviderToken, ExpiredProviderToken);
-- `apns-topic` = the bundle id (400 MissingTopic / TopicDisallowed), `apns-push-type: alert`
-  (400 InvalidPushType), `apns-collapse-id` at most 64 bytes (BadCollapseId), `apns-expiration`
-  a UNIX time (BadExpirationDate), `apns-priority` 5 or 10 (BadPriority);
+- `apns-topic` = the bundle id (400 MissingTopic / TopicDisallowed), `apns-push-type: alert` or
+  `background` (400 InvalidPushType), `apns-collapse-id` at most 64 bytes (BadCollapseId), `apns-expiration`
+  a UNIX time (BadExpirationDate), `apns-priority` 5 or 10, and 5 for a background push (BadPriority);
 - a JSON body of at most 4 KB with an `aps` object (PayloadEmpty, PayloadTooLarge, BadMessage);
 - a device token not in `tokens` is 400 BadDeviceToken.
 `answers[token]` queues (status, reason, headers) to answer instead of 200.
@@ -101,13 +101,16 @@ class ApnsService:
             return refuse(400, "MissingTopic")
         if headers["apns-topic"] != self.topic:
             return refuse(400, "TopicDisallowed")
-        if headers.get("apns-push-type") != "alert":
+        push_type = headers.get("apns-push-type")
+        if push_type not in ("alert", "background"):  # (the other types need their own topics: not this app's)
             return refuse(400, "InvalidPushType")
         if len(headers.get("apns-collapse-id", "").encode()) > 64:
             return refuse(400, "BadCollapseId")
         if not headers.get("apns-expiration", "0").isdigit():
             return refuse(400, "BadExpirationDate")
         if headers.get("apns-priority", "10") not in ("5", "10"):
+            return refuse(400, "BadPriority")
+        if push_type == "background" and headers.get("apns-priority", "10") != "5":  # Apple: background pushes at 5 only
             return refuse(400, "BadPriority")
         if not body:
             return refuse(400, "PayloadEmpty")

@@ -397,6 +397,107 @@ async def test_reading_on_another_device_cancels_the_pending_push(sheda, push):
     assert push.received == []
 
 
+async def badge_jobs(sheda, device_id: int) -> list[dict]:
+    return [j for j in await jobs_of(sheda, device_id) if j["payload"].get("badge_update")]
+
+
+async def until_badge_job(sheda, device_id: int) -> dict:
+    """The read reaches the dispatcher in the background: wait for the update it makes (bounded)."""
+    for _ in range(200):
+        if found := [j for j in await badge_jobs(sheda, device_id) if j["status"] == "pending"]:
+            return found[0]
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no pending badge update for device {device_id}: {await jobs_of(sheda, device_id)}")
+
+
+async def test_a_read_elsewhere_sends_one_silent_badge_update_that_closes_the_shown_pushes(sheda, push):
+    """The phone shows "3 new messages from Bob" and badge 4; Ada reads on the web (a socket, then REST): the
+    phone gets ONE silent update (a burst of reads collapses), with the new unread total and the tags of the
+    shown pushes now read, so its service worker closes them. A device that was sent no push gets none."""
+    ada = await sheda.signup(full_name="Ada Obi")
+    bob = await sheda.signup(full_name="Bob Eze")
+    carol = await sheda.signup(full_name="Carol Ike")
+    phone, phone_id = await subscribed(sheda, push, ada)
+    *_, bob_last = await send(sheda, bob, ada, "one", "two", "three")
+    [carol_last] = await send(sheda, carol, ada, "hi from carol")
+    await until_jobs(sheda, phone_id, 2)
+    sheda.ctx.clock.advance(seconds=11)
+    await run_jobs(sheda)
+    shown = {r.payload["conversation"]["other_user_id"]: r for r in push.accepted(phone.endpoint_id)}
+    assert shown[bob.id].payload["badge"] == 4 and len(push.received) == 2
+    for r in shown.values():  # the tag the service worker shows it under is the push's Topic (one per conversation)
+        assert r.payload["tag"] == r.headers["Topic"]
+    laptop, laptop_id = await subscribed(sheda, push, ada)  # registered after: it shows nothing
+
+    ws = await sheda.ws(ada.token)
+    await ws.send({"type": "read", "other_user_id": bob.id, "up_to": bob_last})
+    job = await until_badge_job(sheda, phone_id)
+    assert job["_id"] == f"push:{phone_id}:badge"
+    ws.close()
+    r = await sheda.api.post("/api/v1/chat/read", {"other_user_id": carol.id, "up_to": carol_last}, token=ada.token)
+    assert r.status == 200, r
+    await sheda.ctx.push.dispatch.drain()
+    assert len(await badge_jobs(sheda, phone_id)) == 1 and await jobs_of(sheda, laptop_id) == []
+    await run_jobs(sheda)
+    assert len(push.received) == 2  # after the grace period only
+    sheda.ctx.clock.advance(seconds=11)
+    await run_jobs(sheda)
+    [update] = push.accepted(phone.endpoint_id)[2:]
+    assert update.payload["type"] == "badge" and update.payload["badge"] == 0, update.payload
+    assert sorted(update.payload["clear"], key=lambda c: c["conversation"]["other_user_id"]) == [
+        {"conversation": {"other_user_id": bob.id}, "tag": shown[bob.id].payload["tag"]},
+        {"conversation": {"other_user_id": carol.id}, "tag": shown[carol.id].payload["tag"]}]
+    assert "title" not in update.payload and "body" not in update.payload
+    assert push.accepted(laptop.endpoint_id) == []
+    [job] = await badge_jobs(sheda, phone_id)
+    assert job["status"] == "done" and job["result"]["outcome"] == "sent" and job["result"]["cleared"] == 2
+    # exactly once; and with nothing shown any more, a further read makes no update
+    sheda.ctx.clock.advance(seconds=60)
+    await run_jobs(sheda)
+    assert len(push.received) == 3
+    assert not (await sheda.ctx.db["push_devices"].find_one({"_id": phone_id})).get("shown")
+    [again] = await send(sheda, bob, ada, "still there?")
+    for _ in range(200):  # the conversation's push job, re-armed
+        if any(j["status"] == "pending" for j in await jobs_of(sheda, phone_id)):
+            break
+        await asyncio.sleep(0.02)
+    r = await sheda.api.post("/api/v1/chat/read", {"other_user_id": bob.id, "up_to": again}, token=ada.token)
+    assert r.status == 200, r  # read before its push went out: the push is cancelled, and the phone shows nothing
+    await sheda.ctx.push.dispatch.drain()
+    sheda.ctx.clock.advance(seconds=60)
+    await run_jobs(sheda)
+    assert len(push.received) == 3 and [j["status"] for j in await badge_jobs(sheda, phone_id)] == ["done"]
+
+
+async def test_a_notification_read_elsewhere_closes_its_push_even_in_quiet_hours(sheda, push):
+    """A stored notification's push is shown; the agent marks all read on the web inside quiet hours: the phone
+    gets the update then (it shows nothing, so quiet hours do not hold it), naming the notification."""
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo
+
+    agent, client, prop, when = await viewing_offer(sheda)
+    sub, device_id = await subscribed(sheda, push, agent)
+    booked = await book(sheda, client, prop["id"], when)
+    assert booked.status == 201, booked
+    await until_jobs(sheda, device_id)
+    await run_jobs(sheda)
+    [shown] = push.accepted(sub.endpoint_id)
+    assert shown.payload["tag"] == shown.headers["Topic"]
+    local = sheda.ctx.clock.now().astimezone(ZoneInfo("Africa/Lagos"))
+    quiet = {"start": (local - timedelta(hours=1)).strftime("%H:%M"), "end": (local + timedelta(hours=2)).strftime("%H:%M"),
+             "time_zone": "Africa/Lagos"}
+    assert (await sheda.api.put(SETTINGS, {"quiet_hours": quiet, "push": {"appointments": False}}, token=agent.token)).status == 200
+    r = await sheda.api.post("/api/v1/notifications/read-all", {}, token=agent.token)
+    assert r.status == 200 and r.json["marked_read"] == 1, r
+    await sheda.ctx.push.dispatch.drain()
+    await until_badge_job(sheda, device_id)
+    sheda.ctx.clock.advance(seconds=11)
+    await run_jobs(sheda)
+    [update] = push.accepted(sub.endpoint_id)[1:]
+    assert update.payload == {"type": "badge", "badge": 0,
+                              "clear": [{"notification_id": shown.payload["notification_id"], "tag": shown.payload["tag"]}]}
+
+
 async def test_a_user_deactivated_while_a_push_waits_gets_nothing(sheda, push):
     # A message (or a reminder) queued in the grace period, then the account is deactivated
     # (by its owner here; an admin or moderator the same): the job must not reach the device.

@@ -6,6 +6,7 @@ token, team, key id, topic, push type and device path). The dispatcher is the on
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 from types import SimpleNamespace
@@ -286,6 +287,53 @@ async def test_reading_on_another_device_cancels_the_phone_pushes(sheda, fcm, ap
     assert (counter("fcm", "cancelled") - cancelled_before[0], counter("apns", "cancelled") - cancelled_before[1]) == (1, 1)
 
 
+async def test_a_read_elsewhere_sends_phones_a_silent_badge_update(sheda, fcm, apns):
+    """Phones showing a chat push get one silent update when the user reads on a socket: FCM a data-only
+    message (no `notification`), APNs a background push (push type background, priority 5, content-available,
+    the badge), each naming the tag of the push they showed. A phone that was sent no push gets none."""
+    ada = await sheda.signup(full_name="Ada Obi")
+    bob = await sheda.signup(full_name="Bob Eze")
+    android, android_id = await fcm_phone(sheda, fcm, ada)
+    iphone, iphone_id = await apns_phone(sheda, apns, ada)
+    _, last = await send(sheda, bob, ada, "one", "two")
+    await until_jobs(sheda, android_id, iphone_id)
+    sheda.ctx.clock.advance(seconds=11)
+    await run_jobs(sheda)
+    [shown] = fcm.accepted(android)
+    [ios_shown] = apns.production.accepted(iphone)
+    tag = shown.message["android"]["notification"]["tag"]
+    assert shown.message["data"]["tag"] == tag == ios_shown.headers["apns-collapse-id"] == ios_shown.payload["data"]["tag"]
+    _, later_id = await apns_phone(sheda, apns, ada)  # registered after the push: shows nothing
+
+    ws = await sheda.ws(ada.token)
+    await ws.send({"type": "read", "other_user_id": bob.id, "up_to": last})
+    for device_id in (android_id, iphone_id):
+        for _ in range(200):
+            if any(j["_id"] == f"push:{device_id}:badge" for j in await jobs_of(sheda, device_id)):
+                break
+            await asyncio.sleep(0.02)
+    ws.close()
+    await sheda.ctx.push.dispatch.drain()
+    assert await jobs_of(sheda, later_id) == []
+    sheda.ctx.clock.advance(seconds=11)
+    await run_jobs(sheda)
+    clear = [{"conversation": {"other_user_id": bob.id}, "tag": tag}]
+    [_, update] = fcm.accepted(android)
+    m = update.message
+    assert "notification" not in m and m["token"] == android
+    assert m["data"] == {"type": "badge", "badge": "0", "clear": json.dumps(clear, separators=(",", ":"))}
+    assert m["android"]["priority"] == "NORMAL" and "notification" not in m["android"]
+    assert m["apns"]["headers"] == {"apns-push-type": "background", "apns-priority": "5"}
+    assert m["apns"]["payload"] == {"aps": {"content-available": 1, "badge": 0}}
+    [_, ios] = apns.production.accepted(iphone)
+    assert ios.headers["apns-push-type"] == "background" and ios.headers["apns-priority"] == "5"
+    assert ios.payload == {"aps": {"content-available": 1, "badge": 0}, "data": {"type": "badge", "badge": 0, "clear": clear}}
+    assert len(fcm.received) == 2 and len(apns.production.received) == 2
+    sheda.ctx.clock.advance(seconds=60)
+    await run_jobs(sheda)
+    assert len(fcm.received) == 2 and len(apns.production.received) == 2  # once
+
+
 async def test_queue_gauges_by_provider(sheda, fcm, apns):
     """sheda_push_queue_depth and sheda_push_oldest_due_seconds, refreshed with the job runner's gauges."""
     from sheda_rt.push.dispatch import PUSH_OLDEST_DUE_SECONDS, PUSH_QUEUE_DEPTH
@@ -371,6 +419,16 @@ async def test_the_local_services_refuse_what_the_real_ones_would(sheda, fcm, ap
         assert not any(a.gone for a in answers) and all(a.retryable for a in answers[:3])
         ours = await sheda.ctx.push_providers["apns"].deliver({"token": iphone, "environment": "production"}, note, ttl=60)
         assert ours.ok and apns.production.accepted(iphone)
+        # a background push (a badge update) must be priority 5, as at Apple
+        provider = sheda.ctx.push_providers["apns"]
+        silent = Notification(title="", body=None, badge=0, collapse_key="c" * 32, data={"type": "badge"}, silent=True)
+        async with httpx.AsyncClient(http1=False, http2=True) as h2:
+            url = f"{apns.production.origin}/3/device/{iphone}"
+            body = json.dumps(provider.payload(silent))
+            r = await h2.post(url, content=body, headers=dict(provider.headers(silent, ttl=60), **{"apns-priority": "10"}))
+            assert r.status_code == 400 and r.json()["reason"] == "BadPriority", r.text
+            r = await h2.post(url, content=body, headers=provider.headers(silent, ttl=60))
+            assert r.status_code == 200, r.text
     finally:
         for p in made:
             await p.aclose()

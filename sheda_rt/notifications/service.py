@@ -101,10 +101,15 @@ class NotificationService:
         doc = await self.store.mark_read(user_id, notification_id, self.clock.now())
         if doc is None:
             raise NotFound("No such notification", "notification_not_found")
+        if self.push is not None:
+            self.push.on_notifications_read(user_id)  # cheap: a badge update for the phones that show its push
         return notification_view(doc)
 
     async def mark_all_read(self, user_id: int) -> dict:
-        return {"marked_read": await self.store.mark_all_read(user_id, self.clock.now())}
+        marked = await self.store.mark_all_read(user_id, self.clock.now())
+        if marked and self.push is not None:
+            self.push.on_notifications_read(user_id)
+        return {"marked_read": marked}
 
     async def forget_user(self, user_id: int) -> None:
         """A pending registration was replaced by its email's owner (AccountService.registration_replaced):

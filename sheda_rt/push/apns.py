@@ -17,6 +17,9 @@ What APNs answers, and what follows (Apple's "Handling notification responses fr
 - 429 TooManyRequests, 500/503: retried after Retry-After, else the queue's backoff;
 - 403 ExpiredProviderToken/InvalidProviderToken: our JWT is made anew, and the push retried;
 - any other 4xx: our request is wrong (the job fails, for admins).
+
+A badge update (`Notification.silent`, dispatch.py) is a background push: `apns-push-type: background`,
+`apns-priority: 5` (Apple refuses a background push at priority 10), `aps: {content-available: 1, badge}`.
 """
 from __future__ import annotations
 
@@ -75,6 +78,8 @@ class ApnsProvider:
         return self._token[1]
 
     def payload(self, note: Notification) -> dict:
+        if note.silent:  # a background push: no alert, no sound; the badge and what the app reads
+            return {"aps": {"content-available": 1, "badge": note.badge}, "data": note.data}
         alert = {"title": note.title}
         if note.body is not None:
             alert["body"] = note.body
@@ -82,6 +87,9 @@ class ApnsProvider:
                 "data": note.data}
 
     def headers(self, note: Notification, *, ttl: int) -> dict:
+        if note.silent:  # Apple: a background push is apns-push-type background with apns-priority 5
+            return {"authorization": f"bearer {self.provider_token()}", "apns-topic": self.topic, "apns-push-type": "background",
+                    "apns-priority": "5", "apns-expiration": str(int(time.time()) + ttl) if ttl else "0"}
         return {"authorization": f"bearer {self.provider_token()}", "apns-topic": self.topic, "apns-push-type": "alert",
                 "apns-priority": "10", "apns-collapse-id": note.collapse_key,
                 # 0: deliver now or never; otherwise APNs keeps it (the newest per collapse id) until then

@@ -28,6 +28,16 @@ through `on_notification`: one job per device (key `push:<device>:note:<id>`) fo
 then, which sends nothing if the user is online when it runs. An administrator's announcement is one
 `push.announcement` job that fans out to the devices of the offline users it targets.
 
+Badge updates (silent): a visible push sent to a device is recorded on it (`shown`: its tag, what reading it
+means, and the badge sent). When the user reads elsewhere (a chat read receipt from a socket or REST, a
+notification marked read, read-all), each of the user's devices with such a record gets ONE job, key
+`push:<device>:badge`, after PUSH_GRACE_SECONDS (further reads collapse into it), that sends
+`{type: "badge", badge, clear: [{conversation: {other_user_id}, tag} | {notification_id, tag}]}` silently (Web
+Push data, FCM data-only, APNs background push): the new unread total, and each shown push now read, by the tag
+it was shown with. Nothing is sent when nothing changed. Sent whether or not the user is online (a socket is
+not a device: the phone's stale notification is there either way), inside quiet hours (it shows nothing) and
+whatever the per-kind switches say, unless every push switch is off.
+
 `on_message_stored` is called on the chat send path for every stored message, so it only
 appends to a list; the checks (presence, devices) and the enqueueing run in a background task.
 """
@@ -95,6 +105,14 @@ def job_key(device_id: int, conv: str) -> str:
     return f"push:{device_id}:{conv}"
 
 
+def collapse_of(key: str) -> str:
+    """A push's collapse key and tag: at most 32 characters (RFC 8030's Topic; APNs allows 64)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+BADGE_COLLAPSE = collapse_of("badge")  # a newer badge update replaces one the provider still holds
+
+
 def quiet_until(now: datetime, quiet: dict | None) -> datetime | None:
     """The end of the quiet hours `now` is inside (UTC), or None when outside them."""
     if not quiet or quiet["start"] == quiet["end"]:
@@ -132,6 +150,7 @@ class Dispatcher:
             runner.register(kind, self.run)
         self._notes: list[tuple[int, dict]] = []  # stored notifications waiting for their push jobs
         self._noting: asyncio.Task | None = None
+        self._reads: set[asyncio.Task] = set()  # reads' cancels and badge updates being enqueued
         self.notifications = None  # the NotificationStore (set by the context): a notification read meanwhile is not pushed
         runner.register(ANNOUNCEMENT_KIND, self.run_announcement)
         runner.observers.append(self.observe)
@@ -145,11 +164,37 @@ class Dispatcher:
             self._flushing = asyncio.ensure_future(self._flush())
 
     def on_read(self, reader_id: int, other_id: int) -> None:
-        """A read receipt: cancel the reader's pending pushes of that conversation."""
-        asyncio.ensure_future(self._cancel(reader_id, other_id))
+        """A read receipt: cancel the reader's pending pushes of that conversation; a badge update for the
+        reader's devices that show a push."""
+        self._track(asyncio.ensure_future(self._cancel(reader_id, other_id)))
+
+    def on_notifications_read(self, user_id: int) -> None:
+        """A notification marked read, or all of them: a badge update for the user's devices that show a push."""
+        self._track(asyncio.ensure_future(self._badge_soon(user_id)))
+
+    def _track(self, task: asyncio.Task) -> None:
+        self._reads.add(task)  # kept for drain (and from the garbage collector) until done
+        task.add_done_callback(self._reads.discard)
+
+    async def _badge_soon(self, user_id: int) -> None:
+        """One pending badge update per device that shows a visible push (`shown`), after the grace period: a burst
+        of reads collapses into it. A device's update being sent right now may have looked before this read: one
+        more then (its own key, collapsing too)."""
+        try:
+            now = self.clock.now()
+            for device in await self.service.devices.of_user(user_id):  # not the cache: `shown` changes with every push
+                if device["platform"] not in self.providers or not device.get("shown"):
+                    continue
+                kind, key = kind_of(device["platform"]), job_key(device["_id"], "badge")
+                payload = {"user_id": user_id, "device_id": device["_id"], "badge_update": True, "read_at": now.isoformat()}
+                job, created = await self.runner.enqueue(kind, payload, key=key, run_at=now + self.grace, rearm=True)
+                if not created and job is not None and job["status"] == RUNNING:
+                    await self.runner.enqueue(kind, payload, key=f"{key}:again", run_at=now + self.grace, rearm=True)
+        except Exception as exc:
+            log.info(json.dumps({"event": "push_badge_enqueue_failed", "user_id": user_id, "error": repr(exc)[:200]}))
 
     async def drain(self) -> None:
-        await asyncio.gather(*(t for t in (self._flushing, self._noting) if t is not None), return_exceptions=True)
+        await asyncio.gather(*(t for t in (self._flushing, self._noting, *self._reads) if t is not None), return_exceptions=True)
 
     async def _devices(self, user_id: int) -> list[dict]:
         """The user's devices this process has a provider for."""
@@ -210,6 +255,7 @@ class Dispatcher:
                     PUSHES.labels(provider=device["platform"], outcome="cancelled").inc()
         except Exception as exc:
             log.info(json.dumps({"event": "push_cancel_failed", "user_id": reader, "error": repr(exc)[:200]}))
+        await self._badge_soon(reader)
 
     # ---- the job -----------------------------------------------------------
     async def unread(self, user_id: int, other_id: int) -> tuple[int, dict | None, int]:
@@ -234,6 +280,8 @@ class Dispatcher:
 
     async def run(self, job: dict):
         p = job["payload"]
+        if p.get("badge_update"):
+            return await self._run_badge(job)
         if "note" in p:
             return await self._run_note(job)
         user_id, other_id, device_id = p["user_id"], p["other_id"], p["device_id"]
@@ -277,7 +325,8 @@ class Dispatcher:
         if (stale := self._hold_or_expire(platform, expires_at, prefs.get("quiet_hours"))) is not None:
             return stale
         note = await self._notification(p["conv"], other_id, count, latest, badge, prefs["previews"])
-        return await self._send(job, device, note, {"count": count, "up_to": latest["_id"]}, expires_at)
+        return await self._send(job, device, note, {"count": count, "up_to": latest["_id"]}, expires_at,
+                                shown={"conversation": {"other_user_id": other_id}})
 
     def _hold_or_expire(self, platform: str, expires_at: datetime, quiet: dict | None) -> dict | None:
         """The one age check of every push (chat, stored notifications, reminders): the job's outcome when it
@@ -309,9 +358,10 @@ class Dispatcher:
             return {"outcome": "device_signed_out"}
         return None
 
-    async def _send(self, job: dict, device: dict, note: Notification, sent: dict, expires_at: datetime):
+    async def _send(self, job: dict, device: dict, note: Notification, sent: dict, expires_at: datetime, shown: dict | None = None):
         """One notification to one device, and what the provider's answer means for the job. The provider keeps
-        it (TTL) only until `expires_at`, when this server would have dropped it too."""
+        it (TTL) only until `expires_at`, when this server would have dropped it too. `shown`: what reading this
+        visible push means (`clear` of a later badge update), recorded on the device once it is sent."""
         platform, user_id, device_id = device["platform"], device["user_id"], device["_id"]
         ttl = max(1, math.ceil((expires_at - self.clock.now()).total_seconds()))
         try:
@@ -321,6 +371,12 @@ class Dispatcher:
             raise RetryLater(self.runner.backoff(job.get("attempts", 1)), f"network: {exc!r}"[:200])
         if result.ok:
             PUSHES.labels(provider=platform, outcome="sent").inc()
+            if shown is not None:
+                try:  # sent: a failure to record it must not send it again (the job stays done)
+                    await self.service.devices.record_shown(device_id, note.collapse_key, {
+                        "user_id": user_id, "clear": shown, "at": self.clock.now()}, note.badge)
+                except Exception as exc:
+                    log.warning(json.dumps({"event": "push_shown_not_recorded", "device_id": device_id, "error": repr(exc)[:200]}))
             return {"outcome": "sent", "status": result.status, **sent}
         if result.gone:
             await self.service.devices.delete_gone(device["_id"], device["token_key"])
@@ -341,10 +397,11 @@ class Dispatcher:
         name = brief.get("full_name") or brief.get("username") or "someone"
         title = f"New message from {name}" if n == 1 else f"{n} new messages from {name}"
         body = (latest["message"] or attachment_summary(latest.get("attachments")))[:200] if previews else None  # [attachments]
+        # One collapse key per conversation, at most 32 characters (RFC 8030's Topic; APNs allows 64); also the
+        # notification's `tag`, by which a badge update tells the app which shown notification to close
+        collapse = collapse_of(conv)
         data = {"type": "chat.message", "title": title, "count": n, "badge": badge,
-                "conversation": {"other_user_id": other_id}, "up_to": latest["_id"], "body": body}
-        # One collapse key per conversation, at most 32 characters (RFC 8030's Topic; APNs allows 64)
-        collapse = hashlib.sha256(conv.encode()).hexdigest()[:32]
+                "conversation": {"other_user_id": other_id}, "up_to": latest["_id"], "body": body, "tag": collapse}
         return Notification(title=title, body=body, badge=badge, collapse_key=collapse, data=data)
 
     # ---- other features' notifications (reminders) ---------------------------
@@ -396,7 +453,8 @@ class Dispatcher:
         this runs), sent only if the user is still offline when it runs (their open socket or stream
         got the notification frame), within PUSH_TTL_SECONDS."""
         push_data = {**data, "type": kind, "kind": kind, "notification_id": notification_id, "path": deep_link(kind, data)}
-        note = {"title": title, "body": body[:200], "collapse_key": hashlib.sha256(key.encode()).hexdigest()[:32], "data": push_data}
+        collapse = collapse_of(key)
+        note = {"title": title, "body": body[:200], "collapse_key": collapse, "data": {**push_data, "tag": collapse}}
         payload = {"user_id": user_id, "category": category_of(kind), "unless_online": True,
                    "expires_at": (self.clock.now() + timedelta(seconds=self.settings.push_ttl_seconds)).isoformat(), "note": note}
         made = 0
@@ -460,7 +518,68 @@ class Dispatcher:
         _, _, badge = await self.unread(p["user_id"], p["user_id"])  # the badge stays the unread chat total, not 0
         note = Notification(title=n["title"], body=n["body"], badge=badge, collapse_key=n["collapse_key"],
                             data=dict(n["data"], title=n["title"], body=n["body"], badge=badge))
-        return await self._send(job, device, note, {}, expires_at)
+        shown = {"notification_id": note_id} if isinstance(note_id, int) else None  # an announcement has none to read
+        return await self._send(job, device, note, {}, expires_at, shown=shown)
+
+    # ---- badge updates (silent) ------------------------------------------------
+    async def _conv_unread(self, user_id: int, other_id: int) -> int:
+        """How many of other's messages to user a chat push would tell of now (unread, not deleted)."""
+        conv = conv_key(user_id, other_id)
+        c = await self.chat.conversations.get(conv)
+        if c is None:
+            return 0
+        mark = int((c.get("read_upto") or {}).get(str(user_id), 0))
+        news = await self.chat.messages.scan(conv, newest_first=True, after=mark, projection=NEWS_FIELDS,
+                                             keep=lambda d: is_news(d, other_id, user_id))
+        return len(news)
+
+    async def _run_badge(self, job: dict):
+        """One silent update of a device: the unread total now, and the visible pushes it shows that are read now."""
+        p = job["payload"]
+        user_id, platform = p["user_id"], self._platforms[job["kind"]]
+        device = await self.service.devices.get(p["device_id"])
+        if device is None or device["user_id"] != user_id or device["platform"] != platform:
+            return {"outcome": "device_gone"}
+        if (signed_out := await self._signed_out(device)) is not None:
+            return signed_out
+        prefs = await self.service.get_settings(user_id)
+        if not any(prefs["push"].values()):  # every push off: nothing of ours is on the phone to correct
+            PUSHES.labels(provider=platform, outcome="skipped").inc()
+            return {"outcome": "pushes_off"}
+        expires_at = datetime.fromisoformat(p["read_at"]) + timedelta(seconds=self.settings.push_ttl_seconds)
+        if (stale := self._hold_or_expire(platform, expires_at, None)) is not None:  # quiet hours do not hold it
+            return stale
+        done: dict[str, dict] = {}  # the shown entries to drop: read now, or another account's (a device that moved)
+        clear: list[dict] = []
+        for tag, entry in sorted((device.get("shown") or {}).items(), key=lambda kv: str(kv[1].get("at"))):
+            what = entry.get("clear") or {}
+            if entry.get("user_id") != user_id:
+                done[tag] = entry
+                continue
+            if "conversation" in what:
+                read = not await self._conv_unread(user_id, what["conversation"]["other_user_id"])
+            elif "notification_id" in what:
+                read = self.notifications is None or await self.notifications.is_read(user_id, what["notification_id"])
+            else:
+                read = True
+            if read:
+                done[tag] = entry
+                clear.append({**what, "tag": tag})
+        _, _, badge = await self.unread(user_id, user_id)
+        if not clear and badge == device.get("badge"):
+            if done:
+                await self.service.devices.record_badge(device["_id"], badge, done)
+            PUSHES.labels(provider=platform, outcome="skipped").inc()
+            return {"outcome": "unchanged", "badge": badge}
+        note = Notification(title="", body=None, badge=badge, collapse_key=BADGE_COLLAPSE, silent=True,
+                            data={"type": "badge", "badge": badge, "clear": clear})
+        result = await self._send(job, device, note, {"badge": badge, "cleared": len(clear)}, expires_at)
+        if result.get("outcome") == "sent":
+            try:  # sent: a failure to record it must not send it again (the next read's update clears them then)
+                await self.service.devices.record_badge(device["_id"], badge, done)
+            except Exception as exc:
+                log.warning(json.dumps({"event": "push_badge_not_recorded", "device_id": device["_id"], "error": repr(exc)[:200]}))
+        return result
 
     # ---- metrics -----------------------------------------------------------
     async def observe(self, pending: list[dict], now: datetime) -> None:

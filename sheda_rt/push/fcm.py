@@ -134,6 +134,15 @@ class FcmProvider:
         return self.credentials.token
 
     def message(self, device: dict, note: Notification, *, ttl: int) -> dict:
+        if note.silent:  # a badge update: data only (no `notification`, nothing shown), a background push on iOS
+            return {"message": {
+                "token": device["token"],
+                "data": _data_strings(note.data),
+                # a high-priority data message that shows nothing is deprioritised by Android: normal
+                "android": {"collapse_key": note.collapse_key, "ttl": f"{ttl}s", "priority": "NORMAL"},
+                "apns": {"headers": {"apns-push-type": "background", "apns-priority": "5"},
+                         "payload": {"aps": {"content-available": 1, "badge": note.badge}}},
+            }}
         notification = {"title": note.title}
         if note.body is not None:
             notification["body"] = note.body

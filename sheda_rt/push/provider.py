@@ -39,6 +39,7 @@ class Notification:
     badge: int  # the user's unread total
     collapse_key: str  # one per conversation (<= 32 characters): a newer push replaces one the service still holds
     data: dict = field(default_factory=dict)  # what the app reads (JSON-able): type, count, conversation, up_to...
+    silent: bool = False  # a badge update (dispatch.py): shows nothing; FCM data-only, an APNs background push
 
 
 @dataclass

@@ -64,6 +64,20 @@ class DeviceStore:
     async def get(self, device_id: int) -> dict | None:
         return await self.col.find_one({"_id": device_id})
 
+    # ---- what a device shows (the dispatcher's silent badge updates) --------------------------
+    # `shown`: {tag: {user_id, clear, at}}, one entry per visible push on the device's screen that no update has
+    # cleared yet (tag: the push's collapse key); `badge`: the badge the device was last sent. Devices stored
+    # before these fields have neither: nothing to clear there.
+    async def record_shown(self, device_id: int, tag: str, entry: dict, badge: int) -> None:
+        await self.col.update_one({"_id": device_id}, {"$set": {f"shown.{tag}": entry, "badge": badge}})
+
+    async def record_badge(self, device_id: int, badge: int, cleared: dict[str, dict]) -> None:
+        """The badge update went out: its badge, and each cleared entry dropped unless a newer push of that tag
+        replaced it meanwhile (its `at` changed)."""
+        await self.col.update_one({"_id": device_id}, {"$set": {"badge": badge}})
+        for tag, entry in cleared.items():
+            await self.col.update_one({"_id": device_id, f"shown.{tag}.at": entry.get("at")}, {"$unset": {f"shown.{tag}": ""}})
+
     async def every(self, platforms: list[str]) -> list[dict]:
         """Every device of these platforms, ids only (an announcement's push fan-out, a background job:
         devices are far fewer than users)."""
