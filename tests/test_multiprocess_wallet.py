@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from pymongo import AsyncMongoClient
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from sheda_rt.clock import Clock
@@ -30,6 +31,7 @@ from sheda_rt.wallet.service import InsufficientFunds, WalletService
 from tests.listing_helpers import create_property
 from tests.paystack_server import SECRET, sign
 from tests.redis_support import Remote, ServerProcess, redis_server, running_pair, server_env, shared_dir  # noqa: F401  (module fixtures)
+from tests.support import eventually
 from tests.test_multiprocess_admin import admin_on
 from tests.test_payments import paystack  # noqa: F401  (the local gateway fixture)
 
@@ -200,18 +202,29 @@ async def test_the_database_killed_mid_spends_leaves_every_transaction_whole(tmp
 @pytest.fixture
 def gateway_pair(embedded_db, redis_server, shared_dir, paystack):
     """Two `python run.py` servers (one Redis, one database) whose gateway is the local Paystack, with
-    bumps priced 30.00."""
+    bumps priced 30.00. B runs the payment reconciliation every 1.2 s, A only at its start (within this test):
+    what a webhook on A leaves unfinished, B finishes, as in a deployment where the processes' passes fall apart."""
     env = server_env(embedded_db, redis_server, shared_dir, f"sheda_mp_{uuid.uuid4().hex[:8]}", PAYSTACK_SECRET_KEY=SECRET,
                      PAYSTACK_BASE_URL=paystack.base_url, PROMOTION_BUMP_PRICE="30.00", ACCESS_TOKEN_MINUTES=60)
-    with running_pair(env, shared_dir, ("wallet_a", "wallet_b")) as pair:
-        yield pair
+    a = ServerProcess({**env, "PAYMENT_RECONCILE_INTERVAL_MINUTES": "600"}, shared_dir, "wallet_a")
+    b = ServerProcess({**env, "PAYMENT_RECONCILE_INTERVAL_MINUTES": "0.02"}, shared_dir, "wallet_b")
+    try:
+        a.start()
+        b.start()
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()
 
 
-async def test_fifty_bumps_through_two_servers_charge_a_wallet_to_its_last_kobo_and_no_further(gateway_pair, paystack):
+async def test_fifty_bumps_through_two_servers_charge_a_wallet_to_its_last_kobo_and_no_further(gateway_pair, paystack,
+                                                                                            embedded_db):
     """The whole path a client takes: a top-up through the gateway (checkout on A, webhook on B), then 50 bumps
     at once, half through each server, each with its own Idempotency-Key. Then the gateway gives a second top-up
     back through 20 refund and lost-chargeback events at once, half to each server, adding up to twice the top-up:
-    the processes reserve on the payment document, so together they take back exactly what it credited."""
+    the processes reserve on the payment document, so together they take back exactly what it credited. The payer
+    is told once of each credit and each reversal (ba3176b), whichever process finishes it: a webhook on A, B's
+    reconciliation, a redelivery to either."""
     a, b = (Remote(s) for s in gateway_pair)
     agent, admin = await a.signup("agent"), await admin_on(b)
     paystack.webhook_url = b.server.base_url + "/api/v1/webhooks/paystack"
@@ -221,6 +234,8 @@ async def test_fifty_bumps_through_two_servers_charge_a_wallet_to_its_last_kobo_
     paystack.pay(r.json["reference"])
     assert (await paystack.deliver(paystack.event_body(r.json["reference"]))).code == 200
     assert (await a.api.get("/api/v1/wallet", token=agent.token)).json["balance"] == "1000.00"
+    [credited] = await wallet_notes(a, agent)
+    assert credited["kind"] == "wallet.credited" and credited["data"]["amount"] == "1000.00", credited
     prop = await create_property(a, agent)
 
     async def bump(server, key):
@@ -263,19 +278,113 @@ async def test_fifty_bumps_through_two_servers_charge_a_wallet_to_its_last_kobo_
               paystack.dispute_body(ref, 55_000 + i, "charge.dispute.resolve", resolution="merchant-accepted", refund_amount=10_000)
               for i in range(20)]
 
-    async def deliver_to(server, body):
-        req = HTTPRequest(server.server.base_url + "/api/v1/webhooks/paystack", method="POST", body=body, request_timeout=60,
-                          headers={"Content-Type": "application/json", "x-paystack-signature": sign(body)})
-        return await AsyncHTTPClient().fetch(req, raise_error=False)
-
     answers = await asyncio.gather(*(deliver_to(a if i % 4 < 2 else b, body) for i, body in enumerate(bodies)))
     assert [x.code for x in answers] == [200] * 20
     entries = (await a.api.get("/api/v1/wallet/transactions", token=agent.token, params={"limit": 100})).json["items"]
     reversals = [e for e in entries if e["kind"] == "topup_reversal"]
     assert len(reversals) == 10 and {e["amount"] for e in reversals} == {"-100.00"}, reversals
     assert {e["refs"]["shortfall"] for e in reversals} == {"0.00"}
+    told = [n for n in await wallet_notes(b, agent) if n["kind"] == "wallet.reversed"]  # one per reversal, none per delivery
+    assert len(told) == 10 and {n["data"]["amount"] for n in told} == {"100.00"} and {n["data"]["reference"] for n in told} == {ref}
     for server in (a, b):
         assert (await server.api.get("/api/v1/wallet", token=agent.token)).json["balance"] == "10.00"
         audit = await server.api.get("/api/v1/admin/ledger/audit", token=admin.token)
         assert audit.status == 200 and audit.json["ok"] is True and audit.json["mismatches"] == [], audit.json
         assert audit.json["platform"] == {"gateway:clearing": "-1000.00", "platform:revenue": "990.00"}
+
+    # ---- the payer told once of each credit, whichever process finishes it (ba3176b) ----
+    payer = await a.signup("client")
+    payer_b = await b.ws(payer.token)
+    mongo = AsyncMongoClient(embedded_db.uri)
+    db = mongo[a.server.env["MONGODB_DB"]]
+    try:
+        async def checkout(naira: str) -> str:
+            r = await a.api.post("/api/v1/payments", {"purpose": "wallet_topup", "target_id": payer.id, "amount": naira},
+                                 token=payer.token)
+            assert r.status == 201, r
+            paystack.pay(r.json["reference"])
+            return r.json["reference"]
+
+        async def left_untold(ref: str) -> None:
+            """What a process leaves that died between the top-up's credit and telling the payer: the credit written,
+            the payment succeeded but not recorded applied, no notification."""
+            payment = await db["payments"].find_one({"reference": ref})
+            wallet = WalletService(LedgerStore(db, IdAllocator(db)), clock=Clock())
+            _, created = await wallet.credit_topup(payer.id, int(payment["amount_minor"]), reference=ref)
+            assert created
+            moved = await db["payments"].update_one({"_id": payment["_id"], "status": {"$in": ["initialized", "pending"]}}, {
+                "$set": {"status": "succeeded", "succeeded_at": payment["created_at"], "applied": False},
+                "$unset": {"open_key": ""}})
+            assert moved.modified_count == 1
+
+        async def reconciled_by_b() -> None:
+            """Two more of B's reconciliation passes have ended (a whole one began after this was called)."""
+            async def runs() -> float:
+                return (await b.metrics()).get(("sheda_job_runs_total", (("job", "payment_reconciliation"), ("outcome", "ok"))), 0)
+            start = await runs()
+            await eventually(lambda: _more(runs, start + 2), "two more reconciliation passes on B", timeout=60)
+
+        async def applied(ref: str) -> bool:
+            return bool((await db["payments"].find_one({"reference": ref}))["applied"])
+
+        # The webhook on A credits and tells; B's reconciliation and a redelivery to B tell nothing more.
+        paystack.webhook_url = a.server.base_url + "/api/v1/webhooks/paystack"
+        ref1 = await checkout("2000.00")
+        assert (await paystack.deliver(paystack.event_body(ref1))).code == 200
+        assert await applied(ref1)
+        await reconciled_by_b()
+        paystack.webhook_url = b.server.base_url + "/api/v1/webhooks/paystack"
+        assert (await paystack.deliver(paystack.event_body(ref1))).code == 200
+        # A credit whose process died before telling: B's reconciliation finishes it and tells; the webhook's
+        # redelivery to A afterwards tells nothing more.
+        ref2 = await checkout("3000.00")
+        await left_untold(ref2)
+        await eventually(lambda: applied(ref2), "B's reconciliation finishing the untold credit", timeout=60)
+        paystack.webhook_url = a.server.base_url + "/api/v1/webhooks/paystack"
+        assert (await paystack.deliver(paystack.event_body(ref2))).code == 200
+        # The same, with deliveries to A and to B at once racing B's reconciliation.
+        ref3 = await checkout("4000.00")
+        await left_untold(ref3)
+        answers = await asyncio.gather(*(deliver_to(server, paystack.event_body(ref3)) for server in (a, b, a, b)))
+        assert [x.code for x in answers] == [200] * 4
+        await eventually(lambda: applied(ref3), "the untold credit finished", timeout=60)
+        await reconciled_by_b()
+
+        expected = {ref1: ("2000.00", "2000.00"), ref2: ("3000.00", "5000.00"), ref3: ("4000.00", "9000.00")}
+        for server in (a, b):
+            notes = await wallet_notes(server, payer)
+            assert sorted(n["data"]["reference"] for n in notes) == sorted(expected), notes
+            for n in notes:
+                assert n["kind"] == "wallet.credited" and (n["data"]["amount"], n["data"]["balance"]) == expected[n["data"]["reference"]], n
+            events = await server.api.get("/api/v1/events", params={"after_seq": 0, "limit": 100}, token=payer.token)
+            told = [e["data"]["reference"] for e in events.json["items"] if e.get("type") == "notification" and e.get("kind") == "wallet.credited"]
+            assert sorted(told) == sorted(expected), events.json
+        await payer_b.wait_for(lambda f: len([x for x in payer_b.frames if x.get("kind") == "wallet.credited"]) >= 3, timeout=15)
+        await payer_b.send({"type": "ping"})
+        await payer_b.wait_type("pong", 10)
+        live = [f["data"]["reference"] for f in payer_b.frames if f.get("kind") == "wallet.credited"]
+        assert sorted(live) == sorted(expected), live
+        assert await db["notifications"].count_documents({"user_id": payer.id, "kind": "wallet.credited"}) == 3
+        assert (await b.api.get("/api/v1/wallet", token=payer.token)).json["balance"] == "9000.00"
+        audit = await a.api.get("/api/v1/admin/ledger/audit", token=admin.token)
+        assert audit.status == 200 and audit.json["ok"] is True and audit.json["mismatches"] == [], audit.json
+    finally:
+        payer_b.close()
+        await mongo.close()
+
+
+async def _more(read, than: float) -> bool:
+    return await read() >= than
+
+
+async def wallet_notes(remote: Remote, user) -> list[dict]:
+    r = await remote.api.get("/api/v1/notifications", token=user.token, params={"limit": 100})
+    assert r.status == 200, r
+    return [n for n in r.json["items"] if n["kind"].startswith("wallet.")]
+
+
+async def deliver_to(server: Remote, body: bytes):
+    """A signed webhook delivery to one server, as Paystack makes it."""
+    req = HTTPRequest(server.server.base_url + "/api/v1/webhooks/paystack", method="POST", body=body, request_timeout=60,
+                      headers={"Content-Type": "application/json", "x-paystack-signature": sign(body)})
+    return await AsyncHTTPClient().fetch(req, raise_error=False)
