@@ -114,7 +114,8 @@ class ProjectUnitsHandler(_MaybeSignedIn):
         """`{"units": [{unit_number, floor, type, bedrooms, bathrooms?, area_sqm, price}]}`. A unit_number that the
         project already has, or that appears twice in the batch, is a 409 `duplicate_unit_number` (with
         `unit_numbers`) and nothing is stored; of two batches racing for the same numbers exactly one is stored, whole.
-        At most 5,000 units per project (409 `too_many_units`). New units are `available`."""
+        At most 5,000 units per project (409 `too_many_units`). A price a payment plan of the project would split
+        into a line of 0.00 is a 422 naming `units.<n>.price`, nothing stored. New units are `available`."""
         return await self.ctx.projects.add_units(self.principal, project_id, body)
 
 
@@ -144,7 +145,9 @@ class PaymentPlansHandler(_MaybeSignedIn):
         """`{"name", "lines": [{"label", "percent": "10.00", "due": "booking" | "handover" | "months:<N>"}]}`:
         1 to 24 lines whose percents (two decimals at most, never a JSON float) sum to exactly 100, else 422.
         The first line is the booking payment, paid within the booking's hold: it must be due `booking` (422
-        naming `lines.0.due` otherwise). At most 20 plans per project (409 `too_many_plans`)."""
+        naming `lines.0.due` otherwise). A line that would split the price of a unit of the project (not sold) into
+        0.00 is a 422 naming `lines.<n>.percent` (`lines` for the default plan). At most 20 plans per project (409
+        `too_many_plans`)."""
         return await self.ctx.projects.add_plan(self.principal, project_id, body)
 
 

@@ -236,10 +236,12 @@ async def test_a_plan_starts_with_its_booking_payment_and_old_plans_that_do_not_
 async def test_a_plan_that_splits_a_units_price_into_a_zero_line_is_refused_at_booking(sheda):
     """A unit priced 0.01 on a 10% booking line gets a line of 0.00, which no payment could settle (a gateway
     charge of nothing fails every time): the booking is refused (422 naming plan_id) with nothing stored and
-    the unit still available; a plan that splits it into lines of at least a kobo books it."""
+    the unit still available; a plan that splits it into lines of at least a kobo books it. (Such a plan or unit
+    is refused when it is made since; this is one stored before: the unit's price written directly.)"""
     plan = {"name": "Tenth", "lines": [{"label": "Booking", "percent": "10.00", "due": "booking"},
                                        {"label": "Balance", "percent": "90.00", "due": "months:1"}]}
-    builder, project, units, tenth = await setup_project(sheda, units=("Z-1",), price="0.01", plan=plan)
+    builder, project, units, tenth = await setup_project(sheda, units=("Z-1",), price="1.00", plan=plan)
+    await sheda.ctx.db["units"].update_one({"_id": units[0]["id"]}, {"$set": {"price_minor": 1}})
     whole = {"name": "Whole", "lines": [{"label": "Booking", "percent": "100.00", "due": "booking"}]}
     r = await sheda.api.post(f"/api/v1/projects/{project['id']}/payment-plans", whole, token=builder.token)
     assert r.status == 201, r
@@ -254,6 +256,53 @@ async def test_a_plan_that_splits_a_units_price_into_a_zero_line_is_refused_at_b
     r = await book(sheda, client, units[0]["id"], whole_id)
     assert r.status == 201 and r.json["installments"][0]["amount"] == "0.01", r
     assert (await sheda.api.post(f"{BOOKINGS}/{r.json['id']}/cancel", {}, token=client.token)).status == 200
+
+
+async def test_a_plan_or_unit_that_would_split_a_price_into_a_zero_line_is_refused_when_made(sheda):
+    """A builder learned of a 0.00 line only when a client's booking was refused (422 plan_id). Now a plan whose line
+    would split the price of a unit of its project (not sold) into 0.00 is 422 naming that line's percent (`lines`
+    for the default plan), and a unit priced so that a plan of its project does is 422 naming its price; nothing is
+    stored either way. Lines of at least a kobo are taken."""
+    tenth = {"name": "Tenth", "lines": [{"label": "Booking", "percent": "10.00", "due": "booking"},
+                                        {"label": "Balance", "percent": "90.00", "due": "months:1"}]}
+    builder, project, units, _ = await setup_project(sheda, units=("Z-1", "Z-2"), price="1000.00", plan=tenth)
+    plans_url, units_url = f"/api/v1/projects/{project['id']}/payment-plans", f"/api/v1/projects/{project['id']}/units"
+
+    async def plan_count():
+        return await sheda.ctx.db["payment_plans"].count_documents({"project_id": project["id"]})
+
+    async def unit_count():
+        return await sheda.ctx.db["units"].count_documents({"project_id": project["id"]})
+
+    # A unit whose price the project's 10% line would split into 0.00 (0.09 x 10% < a kobo): 422, nothing stored.
+    r = await sheda.api.post(units_url, {"units": [unit("Z-3", price="5.00"), unit("Z-4", price="0.09")]}, token=builder.token)
+    assert r.status == 422 and [e["field"] for e in r.json["errors"]] == ["units.1.price"], r
+    assert "0.00" in r.json["errors"][0]["message"] and "Tenth" in r.json["errors"][0]["message"], r.json
+    assert await unit_count() == 2
+    [cheap] = await add_units(sheda, builder, project["id"], [unit("Z-5", price="0.10")])  # 10% of it is a kobo
+    assert cheap["price"] == "0.10"
+    # Now a plan with a line of 5% would split 0.10 into 0.00 (line 2): 422 naming it; nothing stored.
+    plans = await plan_count()
+    thin = {"name": "Thin", "lines": [{"label": "Booking", "percent": "50.00", "due": "booking"},
+                                      {"label": "Extra", "percent": "5.00", "due": "months:1"},
+                                      {"label": "Balance", "percent": "45.00", "due": "handover"}]}
+    r = await sheda.api.post(plans_url, thin, token=builder.token)
+    assert r.status == 422 and [e["field"] for e in r.json["errors"]] == ["lines.1.percent"], r
+    assert "0.10" in r.json["errors"][0]["message"], r.json
+    # The default plan (lines left out) at a 5% booking percentage likewise, naming lines.
+    admin = await sheda.admin()
+    assert (await sheda.api.patch("/api/v1/admin/settings", {"booking_percent": "5.00"}, token=admin.token)).status == 200
+    try:
+        r = await sheda.api.post(plans_url, {"name": "Default"}, token=builder.token)
+        assert r.status == 422 and [e["field"] for e in r.json["errors"]] == ["lines"], r
+    finally:
+        assert (await sheda.api.patch("/api/v1/admin/settings", {"booking_percent": "10.00"}, token=admin.token)).status == 200
+    assert await plan_count() == plans
+    # Lines of at least a kobo of every unit: taken.
+    r = await sheda.api.post(plans_url, {"name": "Halves", "lines": [{"label": "Booking", "percent": "50.00", "due": "booking"},
+                                                                     {"label": "Balance", "percent": "50.00", "due": "handover"}]},
+                             token=builder.token)
+    assert r.status == 201, r
 
 
 async def test_receivables_count_a_line_said_sent_as_due_never_overdue(sheda):

@@ -66,6 +66,14 @@ def split_price(price_minor: int, percents: list[Decimal]) -> list[int]:
     return amounts + [price_minor - sum(amounts)]
 
 
+def zero_line(price_minor: int, lines: list[dict]) -> int | None:
+    """The index of the first line of a plan (stored `lines`) that splits this price into 0.00, or None. Exact for
+    every higher price too: a line but the last is its percent of the price rounded down, which never falls as the
+    price rises, and the last (its percent > 0) takes at least a kobo. So the project's lowest unit price decides."""
+    amounts = split_price(int(price_minor), [Decimal(ln["percent"]) for ln in lines])
+    return next((i for i, amount in enumerate(amounts) if amount <= 0), None)
+
+
 def _geo_doc(point) -> dict:
     return {"type": "Point", "coordinates": [point.lng, point.lat]}
 
@@ -486,6 +494,13 @@ class ProjectService:
         if repeated:
             raise Conflict("A unit_number appears more than once in this batch", "duplicate_unit_number",
                            extra={"unit_numbers": repeated[:50]})
+        plans = await self.plans.for_project(project_id, MAX_PLANS_PER_PROJECT)
+        for n, u in enumerate(body.units):  # a 0.00 line nothing could pay: the booking would be refused (bookings.py)
+            for plan in plans:
+                if (i := zero_line(to_minor(u.price), plan["lines"])) is not None:
+                    ln = plan["lines"][i]
+                    raise ValidationFailed.single(f"units.{n}.price", f"payment plan {plan['name']!r} would split this price into a "
+                                                                      f"line of 0.00 ({ln['label']!r}, {ln['percent']}%): nothing could pay it")
         token = uuid.uuid4().hex
         lapsed = await self._hold_batch_lock(project_id, token)
         # While this is True the lock is kept when we leave: what this batch may have stored is
@@ -579,6 +594,13 @@ class ProjectService:
             lines = [{"label": ln.label, "percent": str(ln.percent), "due": ln.due} for ln in body.lines]
         else:
             lines = await self.default_plan_lines()
+        # A line splitting a unit's price into 0.00 nothing could pay (the booking would be refused: bookings.py); the
+        # lowest price of a unit not sold yet decides for all (zero_line).
+        lowest = await self.units.lowest_price(project_id)
+        if lowest is not None and (i := zero_line(lowest, lines)) is not None:
+            raise ValidationFailed.single(f"lines.{i}.percent" if body.lines is not None else "lines",
+                                          f"splits the price of a unit of this project ({minor_text(lowest)}) into a line of 0.00 "
+                                          f"({lines[i]['label']!r}, {lines[i]['percent']}%): nothing could pay it")
         doc = await self.plans.insert({"project_id": project_id, "name": body.name, "lines": lines, "created_at": self.clock.now()})
         return plan_view(doc)
 
@@ -601,4 +623,4 @@ class ProjectService:
         return {"items": [plan_view(d, unit) for d in docs]}
 
 
-__all__ = ["BuilderService", "ProjectService", "split_price", "MAX_UNITS_PER_BATCH"]
+__all__ = ["BuilderService", "ProjectService", "split_price", "zero_line", "MAX_UNITS_PER_BATCH"]

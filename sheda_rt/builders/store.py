@@ -205,6 +205,12 @@ class UnitStore:
             update["$unset"] = {"booking_id": ""}
         return await update_then_get(self.col, {"_id": unit_id, "booking_id": booking_id, "status": {"$in": from_states}}, update)
 
+    async def lowest_price(self, project_id: int) -> int | None:
+        """The lowest price (kobo) of the project's units not sold (those can still be booked), or None."""
+        docs = await self.col.find({"project_id": project_id, "status": {"$ne": "sold"}}, projection={"price_minor": 1},
+                                   sort=[("price_minor", ASCENDING)], limit=1).to_list()
+        return int(docs[0]["price_minor"]) if docs else None
+
     async def for_summary(self, project_id: int) -> list[dict]:
         return await self.col.find({"project_id": project_id}, projection={"status": 1, "price_minor": 1, "bedrooms": 1}).to_list()
 
