@@ -181,6 +181,8 @@ class Dispatcher:
         of reads collapses into it. A device's update being sent right now may have looked before this read: one
         more then (its own key, collapsing too)."""
         try:
+            if not await self._devices(user_id):  # no device (most readers in a busy chat): no read of the database
+                return
             now = self.clock.now()
             for device in await self.service.devices.of_user(user_id):  # not the cache: `shown` changes with every push
                 if device["platform"] not in self.providers or not device.get("shown"):
