@@ -139,8 +139,9 @@ def build_openapi(routes, version: str = "1.0.0") -> dict:
         if doc.body is not None:
             ref = refs[(doc.body, "validation")]
             content = {"application/json": {"schema": ref}}
-            if doc.form:
+            if doc.form:  # both form encodings are taken (handlers/base.py): a browser's FormData sends multipart
                 content["application/x-www-form-urlencoded"] = {"schema": ref}
+                content["multipart/form-data"] = {"schema": ref}
             op["requestBody"] = {"required": True, "content": content}
         if doc.upload:
             op["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": {

@@ -193,6 +193,8 @@ async def test_openapi_document(sheda):
     assert documented >= 25
     login = spec["paths"]["/api/v1/auth/login"]["post"]
     assert "application/x-www-form-urlencoded" in login["requestBody"]["content"]
+    # the login also takes the form as multipart/form-data (a browser's FormData), so the document says so too
+    assert "multipart/form-data" in login["requestBody"]["content"]
     assert "429" in login["responses"]
     assert "database_unavailable" in login["responses"]["503"]["description"]
     admin = spec["paths"]["/api/v1/admin/users"]["get"]
