@@ -137,6 +137,28 @@ async def test_booking_rules(sheda):
     assert r.status == 409 and r.json["code"] == "property_unavailable"
 
 
+async def test_every_iso_8601_offset_form_is_taken(sheda):
+    """The contract: inputs accept any ISO 8601 offset. An offset of whole hours may be written +hh (ISO 8601's
+    short form, and how PostgreSQL prints a timestamptz: "2025-10-16 11:00:00+01"); it was a 422, while +hh:mm and
+    +hhmm of the same instant were taken."""
+    agent = await sheda.signup("agent")
+    prop = await create_property(sheda, agent)
+    when = next_slot(sheda.ctx.clock.now(), days_ahead=2, hour=9)
+    await open_window(sheda, agent, when, "08:00", "18:00")
+    forms = [("+01:00", 1), ("+0100", 1), ("+01", 1), ("-05", -5), ("+05:30", 5.5)]
+    for n, (suffix, hours) in enumerate(forms):
+        utc = when + timedelta(minutes=30 * n)
+        local = (utc + timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%S") + suffix
+        client = await sheda.signup("client")  # one open viewing of a listing per client
+        r = await sheda.api.post(AP, {"property_id": prop["id"], "scheduled_at": local}, token=client.token)
+        assert r.status == 201, (local, r)
+        assert r.json["scheduled_at"] == utc.strftime("%Y-%m-%dT%H:%M:%S.000Z"), (local, r.json)
+    # still refused: an offset that is no offset
+    for bad in (when.strftime("%Y-%m-%dT%H:%M:%S") + "+1", when.strftime("%Y-%m-%dT%H:%M:%S") + "+25"):
+        r = await sheda.api.post(AP, {"property_id": prop["id"], "scheduled_at": bad}, token=(await sheda.signup("client")).token)
+        assert r.status == 422 and r.json["errors"][0]["field"] == "scheduled_at", (bad, r)
+
+
 async def test_transitions_and_every_wrong_state(sheda):
     agent = await sheda.signup("agent")
     other_agent = await sheda.signup("agent")
