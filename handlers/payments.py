@@ -51,7 +51,7 @@ class PaymentHandler(APIHandler):
 
 
 class PaymentResolveHandler(APIHandler):
-    @endpoint("Settle a flagged payment (admins): credit what the gateway verified, or dismiss it", response=PaymentOut,
+    @endpoint("Settle a flagged payment (admins): credit what the gateway verified, take an amount back, or dismiss it", response=PaymentOut,
               auth=ADMIN, body=PaymentResolve, status=201, also={200: "Already settled so: the payment as it was settled"},
               errors=(401, 403, 404, 409, 422, 503), tags=("admin",))
     async def post(self, reference: str, body: PaymentResolve):
@@ -63,7 +63,14 @@ class PaymentResolveHandler(APIHandler):
         back before it was credited; 503 `gateway_unavailable`). `{"action": "dismiss",
         "reason"}`: nothing is credited; a live attempt is closed failed. Either way `resolution` records who, when,
         why (and for a credit, `amount` and `transaction_id`), `flagged` becomes false, and nothing moves the
-        payment again. Once: the same action again answers 200; another is 409 `already_resolved`; 409
+        payment again. `{"action": "reverse", "amount": "1500.00", "reason"}` (a credited wallet top-up, e.g. flagged
+        `dispute_amount_unknown`, or `refund_unconfirmed` / `dispute_unconfirmed` checked by hand): `amount` is taken
+        back from the payer's wallet as a gateway refund takes it (a `topup_reversal` entry, `refs.resolved_by` and
+        `note`; never below zero, what the wallet no longer holds is owed, `resolution.shortfall`, repaid by later
+        top-ups; `wallet.reversed` sent once); 409 `not_reversible` for another purpose, `not_credited` for a top-up
+        never credited, `reversal_exceeds_credit` (with `reversible`) when more is asked than the top-up credited less
+        what was taken back; `amount` is required for reverse and refused otherwise (422). Once: the same action
+        (for reverse, the same amount) again answers 200; another is 409 `already_resolved`; 409
         `not_flagged` for a payment that is not flagged; 404 `payment_not_found`."""
         payment, created = await self.ctx.payments.resolve(self.principal, reference, body)
         return payment if created else Reply(payment, 200)

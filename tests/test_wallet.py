@@ -954,3 +954,120 @@ async def test_a_lost_chargeback_paystack_shows_without_an_amount_is_flagged_onc
     assert [f["reason"] for f in pay["flags"]] == ["dispute_amount_unknown"], pay["flags"]
     assert "8811" in pay["flags"][0]["detail"]
     await audit_ok(sheda, admin)
+
+
+async def amountless_chargeback(sheda, paystack, ref: str, dispute_id: int) -> None:
+    """A chargeback Paystack shows lost on `ref` without an amount: the payment is flagged dispute_amount_unknown."""
+    body = json.loads(paystack.dispute_body(ref, dispute_id, "charge.dispute.resolve", resolution="merchant-accepted"))
+    body["data"]["refund_amount"] = None
+    paystack.disputes[str(dispute_id)]["refund_amount"] = None
+    assert (await paystack.deliver(json.dumps(body).encode())).code == 200
+    flags = (await sheda.ctx.payment_store.get(ref))["flags"]
+    assert "dispute_amount_unknown" in [f["reason"] for f in flags], flags
+
+
+async def test_an_admin_takes_part_of_a_flagged_topup_back_once_through_the_reversal_path(sheda, paystack):
+    """A chargeback Paystack showed lost without an amount (dispute_amount_unknown), or a refund or dispute an admin
+    checked by hand, could only be credited or dismissed: the wallet kept money the gateway had taken back, with
+    nothing an admin could do. `reverse` takes an amount back the way a gateway refund does: under the same cap, once
+    (a double click takes nothing more), recorded on the payment and in the ledger, the payer told once."""
+    from tests.test_openapi_typed import Conformance, served_document
+
+    conf = Conformance(await served_document(sheda))
+    op = "/api/v1/admin/payments/{reference}/resolve"
+    paystack.webhook_url = sheda.base_url + "/api/v1/webhooks/paystack"
+    user, admin = await sheda.signup("client"), await sheda.admin()
+    ref = await paid_topup(sheda, paystack, user, "5000.00")
+    await amountless_chargeback(sheda, paystack, ref, 8821)
+    url = resolve_url(ref)
+    before = await ledger_count(sheda)
+
+    conf.check(await sheda.api.post(url, {"action": "reverse", "amount": "100.00", "reason": "x"}, token=user.token),
+               "POST", op, 403)
+    for bad in ({"action": "reverse", "reason": "x"}, {"action": "reverse", "amount": "0", "reason": "x"},
+                {"action": "reverse", "amount": "-5.00", "reason": "x"}, {"action": "reverse", "amount": "1.234", "reason": "x"},
+                {"action": "reverse", "amount": 10.5, "reason": "x"}, {"action": "reverse", "amount": "abc", "reason": "x"},
+                {"action": "reverse", "amount": "10.00"}, {"action": "dismiss", "amount": "10.00", "reason": "x"}):
+        r = conf.check(await sheda.api.post(url, bad, token=admin.token), "POST", op, 422)
+        assert r["errors"], (bad, r)
+    # More than the top-up credited: 409 with what is left, nothing moves and the payment stays flagged.
+    r = conf.check(await sheda.api.post(url, {"action": "reverse", "amount": "5000.01", "reason": "x"}, token=admin.token),
+                   "POST", op, 409)
+    assert r["code"] == "reversal_exceeds_credit" and r["reversible"] == "5000.00", r
+    assert await ledger_count(sheda) == before
+    pay = (await sheda.api.get(f"{PAY}/{ref}", token=admin.token)).json
+    assert pay["flagged"] is True and pay["resolution"] is None
+
+    # Part of it, with a double click: taken once.
+    body = {"action": "reverse", "amount": "1500.00", "reason": "Paystack dashboard: 1,500.00 charged back"}
+    results = await asyncio.gather(*(sheda.api.post(url, body, token=admin.token) for _ in range(2)))
+    assert sorted(r.status for r in results) == [200, 201], results
+    done = conf.check(next(r for r in results if r.status == 201), "POST", op, 201)
+    assert all(r.json == done for r in results)
+    res = done["resolution"]
+    assert res["action"] == "reverse" and res["amount"] == "1500.00" and res["shortfall"] == "0.00", res
+    assert res["by"] == admin.id and res["reason"] == body["reason"] and res["at"] and res["transaction_id"]
+    assert done["flagged"] is False and done["applied"] is True and done["status"] == "succeeded"
+    me = (await sheda.api.get(WALLET, token=user.token)).json
+    assert me["balance"] == "3500.00" and me["owed"] == "0.00", me
+    entry = me["recent"][0]
+    assert entry["id"] == res["transaction_id"] and entry["kind"] == "topup_reversal" and entry["amount"] == "-1500.00"
+    assert entry["refs"]["reason"] == "admin" and entry["refs"]["resolved_by"] == admin.id
+    assert entry["refs"]["payment_reference"] == ref and entry["refs"]["note"] == body["reason"]
+    assert await ledger_count(sheda) == before + 1
+    # The same again: 200, nothing more; another amount or action: 409 already_resolved; the reconciliation adds nothing.
+    r = await sheda.api.post(url, body, token=admin.token)
+    assert conf.check(r, "POST", op, 200) == done
+    for other in ({**body, "amount": "1000.00"}, {"action": "dismiss", "reason": "x"}):
+        r = await sheda.api.post(url, other, token=admin.token)
+        assert conf.check(r, "POST", op, 409)["code"] == "already_resolved"
+    await sheda.ctx.payment_reconciliation.run()
+    assert await ledger_count(sheda) == before + 1
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "3500.00"
+    notes = [n for n in await wallet_notes(sheda, user) if n["kind"] == "wallet.reversed"]
+    assert len(notes) == 1 and notes[0]["data"] == {"reference": ref, "reason": "admin", "amount": "1500.00", "taken": "1500.00",
+                                                    "shortfall": "0.00", "balance": "3500.00", "owed": "0.00"}, notes
+    # A gateway refund later still counts what the admin took back under the cap.
+    assert (await paystack.deliver(paystack.refund(ref, 400_000))).code == 200
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "0.00"
+    assert (await sheda.ctx.payment_store.get(ref))["reversed_minor"] == 500_000
+
+    # A flagged top-up that was never credited has nothing to take back.
+    r = await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": user.id, "amount": "700.00"}, token=user.token)
+    ref2 = r.json["reference"]
+    assert (await paystack.deliver(paystack.event_body(ref2, status="success", amount=1))).code == 200  # flagged, uncredited
+    r = await sheda.api.post(resolve_url(ref2), {"action": "reverse", "amount": "100.00", "reason": "x"}, token=admin.token)
+    assert conf.check(r, "POST", op, 409)["code"] == "not_credited"
+    assert (await sheda.api.get(f"{PAY}/{ref2}", token=admin.token)).json["resolution"] is None
+    await audit_ok(sheda, admin)
+
+
+async def test_an_admin_reversal_of_a_spent_topup_leaves_the_rest_owed_under_the_cap_of_earlier_reversals(sheda, paystack):
+    """An admin's reversal is capped by what earlier gateway reversals took, never takes the wallet below zero, and what
+    the wallet no longer holds is owed, repaid first by the next top-up."""
+    paystack.webhook_url = sheda.base_url + "/api/v1/webhooks/paystack"
+    user, admin = await sheda.signup("client"), await sheda.admin()
+    ref = await paid_topup(sheda, paystack, user, "2000.00")
+    assert (await paystack.deliver(paystack.refund(ref, 50_000))).code == 200  # 500.00 refunded by the gateway
+    await sheda.ctx.wallet.spend(user.id, 130_000, idempotency_key="spent", kind="spend", memo="", refs={})
+    assert (await sheda.api.get(WALLET, token=user.token)).json["balance"] == "200.00"
+    await amountless_chargeback(sheda, paystack, ref, 8822)
+    url = resolve_url(ref)
+    r = await sheda.api.post(url, {"action": "reverse", "amount": "1500.01", "reason": "x"}, token=admin.token)
+    assert r.status == 409 and r.json["code"] == "reversal_exceeds_credit" and r.json["reversible"] == "1500.00", r
+
+    r = await sheda.api.post(url, {"action": "reverse", "amount": "1500.00", "reason": "lost in full"}, token=admin.token)
+    assert r.status == 201, r
+    assert r.json["resolution"]["amount"] == "1500.00" and r.json["resolution"]["shortfall"] == "1300.00", r.json
+    me = (await sheda.api.get(WALLET, token=user.token)).json
+    assert me["balance"] == "0.00" and me["owed"] == "1300.00", me
+    entry = me["recent"][0]
+    assert entry["kind"] == "topup_reversal" and entry["amount"] == "-200.00" and entry["refs"]["shortfall"] == "1300.00"
+    [note] = [n for n in await wallet_notes(sheda, user) if n["kind"] == "wallet.reversed" and n["data"]["reason"] == "admin"]
+    assert note["data"]["shortfall"] == "1300.00" and note["data"]["owed"] == "1300.00", note
+    assert (await audit_ok(sheda, admin))["owed"][f"wallet:{user.id}"] == "1300.00"
+    # The next top-up repays it first.
+    await paid_topup(sheda, paystack, user, "1000.00")
+    me = (await sheda.api.get(WALLET, token=user.token)).json
+    assert me["balance"] == "0.00" and me["owed"] == "300.00", me
+    await audit_ok(sheda, admin)

@@ -62,21 +62,38 @@ class PaymentFlag(ResponseModel):
 
 class PaymentResolve(BaseModel):
     """An admin settles a flagged payment. `credit` (wallet top-ups): the payer's wallet gets what the gateway's
-    verify says was paid, whatever was asked or any webhook said; `dismiss`: nothing is credited or applied."""
+    verify says was paid, whatever was asked or any webhook said; `dismiss`: nothing is credited or applied;
+    `reverse` (a credited wallet top-up): `amount` is taken back from the payer's wallet, as a refund or a lost
+    chargeback takes it (a chargeback Paystack showed lost without an amount, a refund or dispute checked by hand)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    action: Literal["credit", "dismiss"]
+    action: Literal["credit", "dismiss", "reverse"]
     reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+    amount: Optional[Money] = Field(None, description="reverse only (required): naira to take back from the payer's "
+                                    "wallet, a decimal string; at most what the top-up credited less what was taken back")
+
+    @model_validator(mode="after")
+    def _amount_for_reverse_only(self):
+        given = self.amount is not None
+        if given == (self.action == "reverse"):
+            return self
+        message = "is required when action is reverse" if not given else f"is not taken when action is {self.action}"
+        raise ValidationError.from_exception_data(type(self).__name__, [
+            InitErrorDetails(type=PydanticCustomError("action_fields", message), loc=("amount",), input=self.amount)])
 
 
 class PaymentResolution(ResponseModel):
-    action: Literal["credit", "dismiss"]
+    action: Literal["credit", "dismiss", "reverse"]
     reason: str
     by: int = Field(description="The admin's user id")
     at: Timestamp
-    amount: Optional[MoneyText] = Field(description="credit: naira credited to the wallet, as the gateway verified it; null for dismiss")
-    transaction_id: Optional[int] = Field(description="credit: the ledger transaction that credited it; null for dismiss")
+    amount: Optional[MoneyText] = Field(description="credit: naira credited to the wallet, as the gateway verified it; "
+                                        "reverse: naira taken back (the wallet's part and the shortfall); null for dismiss")
+    transaction_id: Optional[int] = Field(description="credit: the ledger transaction that credited it; reverse: the "
+                                          "topup_reversal that took it back; null for dismiss")
+    shortfall: Optional[MoneyText] = Field(description="reverse: what the wallet no longer held of `amount`, now "
+                                           "owed by the payer (repaid by their next top-ups); null otherwise")
 
 
 class PaymentOut(ResponseModel):

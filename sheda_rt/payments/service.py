@@ -76,6 +76,21 @@ class ReversalUnconfirmed(ServiceUnavailable):
     code = "refund_unconfirmed"
 
 
+class _CapExceeded(Exception):
+    """An admin's reversal asked for more than the top-up has left to take back (what it credited less every reversal
+    reserved so far): `left` kobo."""
+
+    def __init__(self, left: int):
+        super().__init__(left)
+        self.left = left
+
+
+def _over_cap(amount_minor: int, left: int) -> Conflict:
+    return Conflict(f"At most {format_money(Decimal(max(left, 0)).scaleb(-2))} NGN of this top-up is left to take back "
+                    f"(what it credited less what was taken back); {format_money(Decimal(amount_minor).scaleb(-2))} was asked",
+                    "reversal_exceeds_credit", extra={"reversible": format_money(Decimal(max(left, 0)).scaleb(-2))})
+
+
 class _DisputeAmountUnknown(Exception):
     """Paystack shows the dispute lost on this payment (resolved merchant-accepted) but no `refund_amount` (its schema
     allows null, and its docs do not say what null means): no amount can be confirmed, and a redelivery would show the
@@ -113,7 +128,7 @@ def resolution_view(res: dict | None) -> dict | None:
     if res is None:
         return None
     return {"action": res["action"], "reason": res["reason"], "by": res["by"], "at": format_ts(res["at"]),
-            "amount": res.get("amount"), "transaction_id": res.get("transaction_id")}
+            "amount": res.get("amount"), "transaction_id": res.get("transaction_id"), "shortfall": res.get("shortfall")}
 
 
 class PaymentService:
@@ -235,9 +250,10 @@ class PaymentService:
         payment = await self.store.get(reference) if REFERENCE.fullmatch(reference) else None
         if payment is None:
             raise NotFound("No such payment", "payment_not_found")
+        asked = int(to_minor(body.amount)) if body.amount is not None else None  # reverse: kobo to take back
         claimed = payment.get("resolution")
-        if claimed is not None and claimed["action"] != body.action:
-            raise Conflict(f"An admin already settled this payment ({claimed['action']})", "already_resolved")
+        if claimed is not None and (claimed["action"] != body.action or claimed.get("requested_minor") != asked):
+            raise Conflict(f"An admin already settled this payment ({self._settled_as(claimed)})", "already_resolved")
         if claimed is not None and claimed.get("done"):
             return payment_view(payment), False
         if claimed is None and not payment.get("flagged"):
@@ -245,15 +261,21 @@ class PaymentService:
         amount_minor = None
         if body.action == "credit":
             amount_minor = await self._released_if_voided(payment, self._verified_for_credit(payment))
+        elif body.action == "reverse":
+            await self._check_reversible(payment, asked)
         now = self.clock.now()
-        payment, won = await self.store.claim_resolution(payment["_id"], {"action": body.action, "reason": body.reason,
-                                                                          "by": principal.user_id, "at": now})
+        claim = {"action": body.action, "reason": body.reason, "by": principal.user_id, "at": now}
+        if asked is not None:
+            claim["requested_minor"] = asked
+        payment, won = await self.store.claim_resolution(payment["_id"], claim)
         claimed = payment["resolution"]
-        if claimed["action"] != body.action:  # another admin's other action won the claim
-            raise Conflict(f"An admin already settled this payment ({claimed['action']})", "already_resolved")
+        if claimed["action"] != body.action or claimed.get("requested_minor") != asked:  # another admin's other action won
+            raise Conflict(f"An admin already settled this payment ({self._settled_as(claimed)})", "already_resolved")
         if claimed.get("done"):
             return payment_view(payment), False
-        if body.action == "credit":
+        if body.action == "reverse":
+            fields = await self._admin_reversal(payment, asked, claimed)
+        elif body.action == "credit":
             tx = await self._released_if_voided(payment, self.targets[payment["purpose"]].credit_verified(
                 payment, amount_minor, admin_id=claimed["by"], reason=claimed["reason"]))
             credited = next(line["amount"] for line in tx["lines"] if line["account"] != "gateway:clearing")
@@ -268,6 +290,55 @@ class PaymentService:
                  claimed["by"])
         # The claim's winner answers 201; the same action racing it (or finishing one a crash cut short) 200.
         return payment_view(await self.store.get(reference)), won
+
+    @staticmethod
+    def _settled_as(claimed: dict) -> str:
+        if claimed["action"] == "reverse" and claimed.get("requested_minor") is not None:
+            return f"reverse of {format_money(Decimal(int(claimed['requested_minor'])).scaleb(-2))}"
+        return claimed["action"]
+
+    async def _check_reversible(self, payment: dict, amount_minor: int) -> None:
+        """409 unless this is a wallet top-up credited to its payer with at least `amount_minor` left to take back
+        (checked again by the reservation itself, which alone is exact across processes)."""
+        target = self.targets.get(payment["purpose"])
+        if payment["purpose"] != "wallet_topup" or not hasattr(target, "reverse"):
+            raise Conflict(f"A {payment['purpose']} payment credited no wallet: nothing to take back; dismiss it",
+                           "not_reversible")
+        credited = await target.credited(payment)
+        if credited is None:
+            raise Conflict("This top-up was never credited to the wallet: nothing to take back; dismiss it", "not_credited")
+        current = await self.store.get(payment["reference"]) or payment
+        taken = current.get("reversed_minor")
+        if taken is None:
+            taken, _entries = await target.reversed_so_far(payment)
+        if amount_minor > credited - int(taken):
+            raise _over_cap(amount_minor, credited - int(taken))
+
+    async def _admin_reversal(self, payment: dict, amount_minor: int, claimed: dict) -> dict:
+        """Take `amount_minor` of a credited top-up back from its payer's wallet for an admin's claimed `reverse`: the
+        path a refund or a lost chargeback takes (reserved on the payment under the cap first, then a topup_reversal
+        entry never taking the wallet below zero, the rest owed, wallet.reversed told once), under one source per
+        payment (`admin:<reference>`), so a retry or a racing double click finds that same reservation and entry.
+        All of the amount or nothing: what is left is less (a gateway reversal reserved meanwhile), 409 and the claim
+        is given up. The resolution's fields."""
+        target = self.targets[payment["purpose"]]
+        source = f"admin:{payment['reference']}"
+        try:
+            reserved = await self._reserve_reversal(payment, target, amount_minor, source, "admin", whole=True)
+        except _CapExceeded as exc:
+            await self.store.release_resolution(payment["_id"], "reverse")
+            raise _over_cap(amount_minor, exc.left)
+        if reserved is None:
+            await self.store.release_resolution(payment["_id"], "reverse")
+            raise Conflict("This top-up was never credited to the wallet: nothing to take back; dismiss it", "not_credited")
+        await target.reverse(payment, reserved, source=source, why="admin",  # its shortfall is the resolution's, not a flag
+                             refs={"resolved_by": claimed["by"], "note": claimed["reason"]})
+        tx = await target.reversal(source)
+        if tx is None:  # never expected: the ledger's own cap (reversals made before reservations) refused it
+            await self.store.release_resolution(payment["_id"], "reverse")
+            raise _over_cap(amount_minor, 0)
+        return {"resolution.amount": format_money(Decimal(reserved).scaleb(-2)), "resolution.transaction_id": tx["id"],
+                "resolution.shortfall": tx["refs"].get("shortfall", "0.00")}
 
     async def _released_if_voided(self, payment: dict, step):
         """Await a step of an admin's credit; when it finds the top-up refunded before any credit (409
@@ -491,7 +562,8 @@ class PaymentService:
             return "already_reversed", None
         return await target.reverse(payment, reserved, source=source, why=why)
 
-    async def _reserve_reversal(self, payment: dict, target, amount_minor: int, source: str, why: str) -> int | None:
+    async def _reserve_reversal(self, payment: dict, target, amount_minor: int, source: str, why: str, *,
+                                whole: bool = False) -> int | None:
         """What the gateway event `source` may take back of this top-up, reserved on the payment before any ledger
         entry: kobo (0: earlier reversals took all of it), or None when no credit was made.
 
@@ -502,7 +574,8 @@ class PaymentService:
         keyed by the event, so a redelivery finds it and takes that same amount, never a second one; a process dying
         between the reservation and the ledger entry leaves it `reversal_open`, completed by the redelivery
         (the ledger entry's key is the event's, so it is written once) or by the reconciliation job. A payment
-        reversed before reservations were recorded starts from what its ledger entries took back."""
+        reversed before reservations were recorded starts from what its ledger entries took back. `whole` (an admin's
+        reversal): all of `amount_minor` or nothing, _CapExceeded when less is left."""
         credited = await target.credited(payment)
         if credited is None:
             return None
@@ -516,6 +589,8 @@ class PaymentService:
                 await self.store.start_reversals(payment["_id"], total, entries)
                 continue
             take = min(amount_minor, credited - int(current["reversed_minor"]))
+            if whole and take < amount_minor:
+                raise _CapExceeded(credited - int(current["reversed_minor"]))
             if take <= 0:
                 return 0
             entry = {"source": source, "amount_minor": take, "why": why, "at": self.clock.now()}

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 from sheda_rt.errors import Conflict, Forbidden, ValidationFailed
 from sheda_rt.listings.money import to_minor
 from sheda_rt.payments.targets import Charge
-from sheda_rt.wallet.service import CURRENCY, TOPUP_VOID, WalletService, naira
+from sheda_rt.wallet.service import CURRENCY, TOPUP_VOID, WalletService, naira, transaction_view
 
 if TYPE_CHECKING:  # types only: the context wires it in
     from sheda_rt.notifications.service import NotificationService
@@ -103,14 +103,22 @@ class WalletTopupTarget:
         """What the ledger already took back of this top-up (reversals made before reservations were recorded)."""
         return await self.wallet.topup_reversals(payment["reference"])
 
-    async def reverse(self, payment: dict, amount_minor: int, *, source: str, why: str) -> tuple[str, tuple[str, str] | None]:
-        """The gateway gave `amount_minor` of this top-up back to the payer (`why`: "refund" or "chargeback"): the
+    async def reversal(self, source: str) -> dict | None:
+        """The top-up reversal made for `source` (a gateway event, or an admin's `admin:<reference>`), as the wallet shows it."""
+        tx = await self.wallet.ledger.by_key(f"topup_reversal:{source}")
+        return None if tx is None else transaction_view(tx)
+
+    async def reverse(self, payment: dict, amount_minor: int, *, source: str, why: str,
+                      refs: dict | None = None) -> tuple[str, tuple[str, str] | None]:
+        """The gateway gave `amount_minor` of this top-up back to the payer (`why`: "refund" or "chargeback"; "admin": an
+        admin takes it back, POST /admin/payments/{reference}/resolve `reverse`, `refs` naming them): the
         wallet gives it back, once per gateway event (`source`), never below zero (WalletService.reverse_topup).
         The caller reserved `amount_minor` on the payment first (PaymentService._reserve_reversal: the cap across processes).
         (outcome, flag for an admin or None)."""
         tx, created, shortfall = await self.wallet.reverse_topup(
-            payment["reference"], amount_minor, source=source, memo=f"Wallet top-up reversed by the gateway ({why})",
-            refs={"gateway_event": source, "reason": why})
+            payment["reference"], amount_minor, source=source,
+            memo="Wallet top-up taken back by an admin" if why == "admin" else f"Wallet top-up reversed by the gateway ({why})",
+            refs={"gateway_event": source, "reason": why, **(refs or {})})
         if tx is None:
             if await self.wallet.ledger.by_key(f"topup:{payment['reference']}") is None:
                 return "not_credited", ("topup_reversed_uncredited",
@@ -161,7 +169,7 @@ class WalletTopupTarget:
         notice = await self.wallet.reversal_notice(source) if self.notifications is not None else None
         if notice is None:
             return
-        how = {"refund": "refunded", "chargeback": "charged back"}.get(why, "reversed")
+        how = {"refund": "refunded", "chargeback": "charged back", "admin": "taken back by an admin"}.get(why, "reversed")
         body = f"A top-up of yours was {how}: {notice['amount']} NGN went back through the payment gateway"
         if notice["shortfall"] != "0.00":
             body += (f". Your wallet held only {notice['taken']} NGN of it: you owe {notice['shortfall']} NGN, repaid first "
