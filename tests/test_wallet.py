@@ -823,6 +823,85 @@ async def test_the_payer_is_told_once_of_each_credit_and_reversal(sheda, paystac
     assert me["balance"] == "0.00" and me["owed"] == "2500.00", me
 
 
+async def test_a_credit_notification_stored_by_a_process_that_died_before_publishing_it_is_published_once(sheda, paystack):
+    """notify(key=...) stores the notification, then publishes it (event stream, live frame, push). A process that died
+    in between left it stored and never published: whoever finished the payment found its key taken and sent nothing, so
+    the payer got no event, frame or push. Now the finisher publishes it, once, even when several finish at once."""
+    from tests.support import eventually
+    from tests.test_push import Subscriber
+
+    paystack.webhook_url = sheda.base_url + "/api/v1/webhooks/paystack"
+    user = await sheda.signup("client")
+    notes = sheda.ctx.db["notifications"]
+
+    async def died_before_publishing(naira: int) -> tuple[str, int]:
+        """A paid top-up whose process wrote the credit and stored its notification (as notify stores a keyed one),
+        then died: nothing published, the payment not recorded applied."""
+        r = await sheda.api.post(PAY, {"purpose": "wallet_topup", "target_id": user.id, "amount": f"{naira}.00"}, token=user.token)
+        ref = r.json["reference"]
+        paystack.pay(ref)
+        await sheda.ctx.wallet.credit_topup(user.id, naira * 100, reference=ref)
+        note_id = await sheda.ctx.ids.next("notifications")
+        await notes.insert_one({"_id": note_id, "user_id": user.id, "kind": "wallet.credited", "title": "Wallet topped up",
+                                "body": f"{naira}.00 NGN was added to your wallet.", "data": {"reference": ref},
+                                "is_read": False, "created_at": sheda.ctx.clock.now(), "key": f"wallet.credited:{ref}",
+                                "unpublished": True})
+        return ref, note_id
+
+    async def finish_racing(ref: str) -> None:
+        """Two deliveries of the webhook, the reconciliation and two applies at once, then a redelivery."""
+        stored = await sheda.ctx.payment_store.get(ref)
+        apply = sheda.ctx.payment_targets["wallet_topup"].apply
+        results = await asyncio.gather(paystack.deliver(paystack.event_body(ref)), paystack.deliver(paystack.event_body(ref)),
+                                       sheda.ctx.payment_reconciliation.run(), apply(stored), apply(stored))
+        assert [d.code for d in results[:2]] == [200, 200]
+        assert (await paystack.deliver(paystack.event_body(ref))).code == 200
+        assert (await sheda.ctx.payment_store.get(ref))["applied"] is True
+
+    async def on_stream(note_id: int) -> list[dict]:
+        replay = await sheda.api.get("/api/v1/events", params={"after_seq": 0, "limit": 200}, token=user.token)
+        assert replay.status == 200, replay
+        return [e for e in replay.json["items"] if e["type"] == "notification" and e["id"] == note_id]
+
+    # Online: one event on the stream, one live frame.
+    ws = await sheda.ws(user.token)
+    await ws.send({"type": "ping"})
+    await ws.wait_type("pong")
+    ref, note_id = await died_before_publishing(600)
+    await finish_racing(ref)
+    assert len(await on_stream(note_id)) == 1
+    await ws.wait_type("notification", id=note_id)
+    start = len(ws.frames)
+    await ws.send({"type": "ping"})
+    await ws.wait_for(lambda f: f.get("type") == "pong", start=start)  # every frame sent before it has arrived
+    assert [f["id"] for f in ws.of_type("notification")] == [note_id]
+    assert (await notes.find_one({"_id": note_id})).get("unpublished") is None  # recorded published
+    ws.close()
+    await ws.wait_closed()
+
+    async def offline():
+        return not await sheda.ctx.hub.online_anywhere(user.id)
+
+    await eventually(offline, "the server to see the socket closed")  # (pushes go only to a user with no socket open)
+
+    # Offline with a phone: one event on the stream, one push job.
+    web = Subscriber(f"https://push.example.com/send/{uuid.uuid4().hex[:12]}")
+    r = await sheda.api.post("/api/v1/devices", web.body(), token=user.token)
+    assert r.status == 201, r
+    device_id = r.json["id"]
+    ref, note_id = await died_before_publishing(700)
+    await finish_racing(ref)
+    assert len(await on_stream(note_id)) == 1
+    await sheda.ctx.push.dispatch.drain()
+    jobs = await sheda.ctx.db["jobs"].find({"payload.device_id": device_id, "payload.note.data.notification_id": note_id}).to_list()
+    assert len(jobs) == 1, jobs
+    # And a notification stored before `unpublished` existed (published then) is not published again.
+    ref, note_id = await died_before_publishing(800)
+    await notes.update_one({"_id": note_id}, {"$unset": {"unpublished": ""}})
+    await finish_racing(ref)
+    assert await on_stream(note_id) == []
+
+
 async def test_a_refund_event_is_confirmed_with_paystack_before_the_wallet_gives_anything_back(sheda, paystack):
     """A refund.processed was trusted on its signature alone: the wallet gave back whatever amount it named. Paystack's
     refund events carry no refund id to fetch, but GET /refund lists a transaction's refunds with their status and

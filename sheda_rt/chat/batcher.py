@@ -174,15 +174,16 @@ class GroupCommit:
             raise ServiceUnavailable("The server is shutting down; send again after reconnecting", "shutting_down")
         return self._enqueue(Pending(doc, origin, info, asyncio.get_running_loop().create_future()))
 
-    def submit_event(self, users: list[int], text: str, *, origin: str | None = None) -> asyncio.Future:
+    def submit_event(self, users: list[int], text: str, *, origin: str | None = None, note: int | None = None) -> asyncio.Future:
         """Queue a durable event (its frame encoded, without seq) for `users`; the future
-        resolves to (the stored event document, False) once it is stored and delivered."""
+        resolves to (the stored event document, False) once it is stored and delivered. `note`: the
+        notification it carries, stored once (EventStore's `note_unique`: a second one fails alone, StoreFailed)."""
         if self.events is None:
             raise RuntimeError("this group commit stores no events")
         if self._closed:
             raise ServiceUnavailable("The server is shutting down", "shutting_down")
-        return self._enqueue(Pending({"users": users, "text": text}, origin, None,
-                                     asyncio.get_running_loop().create_future(), users=users))
+        doc = {"users": users, "text": text} if note is None else {"users": users, "text": text, "note": note}
+        return self._enqueue(Pending(doc, origin, None, asyncio.get_running_loop().create_future(), users=users))
 
     def _enqueue(self, pending: Pending) -> asyncio.Future:
         self._queue.append(pending)

@@ -65,20 +65,49 @@ class NotificationService:
                      key: str | None = None) -> dict | None:
         """Store, publish, and push (unless `push` is False: a caller that pushes it its own way,
         saved-search alerts with their per-listing key). With `key`, once per key whoever calls (a retry, another
-        process): None when a notification of that key was stored already (nothing published or pushed again)."""
+        process): None when a notification of that key was stored and published already (nothing published or pushed
+        again). One stored by a process that died before publishing it (`unpublished` still on it) is published by the
+        next caller with its key, once even when several race: its frame goes on the event stream under a unique
+        `note` (its id), only the caller whose append stored it delivers the frame and pushes (the push jobs are keyed
+        by the notification's id too), and it is then recorded published (one write more than an unkeyed one)."""
         fields = {"user_id": user_id, "kind": kind, "title": title, "body": body, "data": data or {},
                   "is_read": False, "created_at": self.clock.now()}
         if key is None:
             doc = await self.store.insert(fields)
+            view = notification_view(doc)
+            await self._push([user_id], {"type": "notification", **view})
         else:
-            doc = await self.store.insert_once(dict(fields, key=key))
+            doc = await self.store.insert_once(dict(fields, key=key, unpublished=True))
             if doc is None:
+                doc = await self.store.unpublished(key)
+                if doc is None:
+                    return None
+            view = notification_view(doc)
+            if not await self._publish_once(doc, view):
                 return None
-        view = notification_view(doc)
-        await self._push([user_id], {"type": "notification", **view})
         if push and self.push is not None:
-            self.push.on_notification(user_id, view)  # cheap: the checks and the job run in the background
+            self.push.on_notification(doc["user_id"], view)  # cheap: the checks and the job run in the background
         return view
+
+    async def _publish_once(self, doc: dict, view: dict) -> bool:
+        """The frame of keyed notification `doc` on the event stream once; False when another caller's is there
+        already (that one delivers and pushes it). A stream failure of another kind is logged and the notification
+        left unpublished for the next caller with its key (pushed all the same: its push jobs are made once)."""
+        try:
+            await self.stream.publish([doc["user_id"]], {"type": "notification", **view}, note=doc["_id"])
+        except Exception:
+            try:
+                if await self.stream.events.has_note(doc["_id"]):
+                    return False  # published by another caller
+            except Exception:
+                pass
+            log.exception("notification %s for user %s not published", doc["_id"], doc["user_id"])
+            return True
+        try:
+            await self.store.mark_published(doc["_id"], self.clock.now())
+        except Exception:  # the next caller with its key finds its frame stored: nothing sent twice
+            log.exception("notification %s not recorded published", doc["_id"])
+        return True
 
     async def publish_event(self, user_ids, event: dict) -> None:
         """A domain event (`{"type": "contract.active", "contract": {...}}`) to each user's sockets."""

@@ -42,6 +42,15 @@ class NotificationStore:
             return None
         return doc
 
+    async def unpublished(self, key: str) -> dict | None:
+        """The notification of `key` if the process that stored it never recorded it published (it died in between,
+        or is publishing right now); None when there is none or it was published. Stored before `unpublished` existed:
+        published (then every keyed notification was, or was lost with no way to tell)."""
+        return await self.col.find_one({"key": key, "unpublished": True})
+
+    async def mark_published(self, notification_id: int, now) -> None:
+        await self.col.update_one({"_id": notification_id}, {"$unset": {"unpublished": ""}, "$set": {"published_at": now}})
+
     #: Documents per insert_many: a few hundred KB per call, so thousands of users are a few calls.
     INSERT_CHUNK = 1000
 

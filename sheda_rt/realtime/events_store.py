@@ -31,7 +31,12 @@ META_ID = "stream"
 
 
 class EventStore:
-    INDEXES = [IndexModel([("users", ASCENDING), ("_id", ASCENDING)], name="user_stream")]
+    INDEXES = [IndexModel([("users", ASCENDING), ("_id", ASCENDING)], name="user_stream"),
+               # The frame of a notification sent once per key (a wallet credit) carries `note` (its id): stored once
+               # whoever publishes it (the process that stored it, or one finishing after that one died). Other
+               # events have none and take no entry here.
+               IndexModel([("note", ASCENDING)], unique=True, name="note_unique",
+                          partialFilterExpression={"note": {"$exists": True}})]
     PRUNE_WINDOW = 500
 
     def __init__(self, db):
@@ -43,6 +48,10 @@ class EventStore:
 
     async def insert_batch(self, docs: list[dict]) -> InsertOutcome:
         return await insert_unordered(self.col, docs)
+
+    async def has_note(self, note_id: int) -> bool:
+        """Whether the frame of notification `note_id` is stored (published with `note`)."""
+        return await self.col.find_one({"note": note_id}, projection={"_id": 1}) is not None
 
     async def after(self, user_id: int, after_seq: int, limit: int) -> list[dict]:
         return await (self.col.find({"users": user_id, "_id": {"$gt": after_seq}}, projection={"text": 1})

@@ -85,12 +85,16 @@ class EventStream:
     async def start(self) -> None:
         self.epoch = (await self.events.load_meta())["epoch"]
 
-    async def publish(self, user_ids, frame: dict, *, origin: str | None = None) -> int:
+    async def publish(self, user_ids, frame: dict, *, origin: str | None = None, note: int | None = None) -> int:
         """Store `frame` as one event for `user_ids` and deliver it to their sockets (not to
         socket `origin`), in stream order; returns its seq. Raises when it cannot be
-        stored (then nobody got it)."""
+        stored (then nobody got it). `note`: the id of the notification it is the frame of, when that
+        must be on the stream once whoever publishes it (a second publish raises, nothing delivered)."""
         users = list(dict.fromkeys(user_ids))
-        doc, _ = await self.writer.submit_event(users, encode_event(frame), origin=origin)
+        if note is None:
+            doc, _ = await self.writer.submit_event(users, encode_event(frame), origin=origin)
+        else:
+            doc, _ = await self.writer.submit_event(users, encode_event(frame), origin=origin, note=note)
         return doc["_id"]
 
     async def position(self) -> int | None:
