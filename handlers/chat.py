@@ -23,8 +23,8 @@ from handlers.routing import Reply, endpoint, route
 from sheda_rt import client_input
 from sheda_rt.accounts.auth import USER
 from sheda_rt.chat.frames import (
-    INBOUND, ConversationsQuery, HistoryQuery, HistoryRow, ReadBody, SendMessageBody, ack_frame, error_frame, history_row,
-    sender_info,
+    INBOUND, ConversationsQuery, HistoryQuery, HistoryRow, ReadBody, SendMessageBody, ack_frame, echoable_key, error_frame,
+    history_row, sender_info,
 )
 from sheda_rt.chat.models import Conversation, ReadReceipt, SentMessage
 from sheda_rt.wire import encode
@@ -342,7 +342,7 @@ class ChatSocket(RequestIdMixin, tornado.websocket.WebSocketHandler):
         except ApiError as exc:
             data, refused = getattr(exc, "document", None), exc
         cmid = data.get("client_msg_id") if isinstance(data, dict) else None
-        if not isinstance(cmid, str) or client_input.has_surrogate(cmid):
+        if not echoable_key(cmid):
             cmid = None
         kind = data.get("type", "message") if isinstance(data, dict) else None
         settings = ctx.settings

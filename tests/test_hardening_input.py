@@ -234,6 +234,16 @@ async def test_rest_is_as_strict_as_the_socket(sheda):
     await ws.send({"type": "read", "other_user_id": bob.id, "up_to": False})
     frame = await ws.wait_type("error")
     assert frame["code"] == "validation_error"
+    # A JS client keyed by Date.now() sends a number: still a 422/error (keys are strings), but the error names the
+    # message it refuses, so the client knows which queued send failed (it did not: no client_msg_id at all).
+    await ws.send({"receiver_id": bob.id, "message": "numbered", "client_msg_id": 1733000000123})
+    frame = await ws.wait_for(lambda f: f.get("type") == "error" and f.get("client_msg_id") == 1733000000123)
+    assert frame["code"] == "validation_error" and [e["field"] for e in frame["errors"]] == ["client_msg_id"], frame
+    for odd in (True, 2 ** 70):  # not a key a client could have meant: nothing echoed
+        start = len(ws.frames)
+        await ws.send({"receiver_id": bob.id, "message": "odd", "client_msg_id": odd})
+        frame = await ws.wait_for(lambda f: f.get("type") == "error", start=start)
+        assert frame["code"] == "validation_error" and "client_msg_id" not in frame, frame
     body = json.dumps({"receiver_id": bob.id, "message": "hi"})
     for ctype in ("text/plain", "application/x-www-form-urlencoded", None, "application/json; charset=latin-1", "application/jsonx"):
         r = await sheda.api.post("/api/v1/chats", body=body, headers={"Content-Type": ctype} if ctype else {}, token=alice.token)

@@ -283,12 +283,21 @@ def ack_frame(doc: dict) -> dict:
     return {"type": "ack", "client_msg_id": doc.get("client_msg_id"), "id": doc["_id"], "created_at": format_ts(doc["created_at"])}
 
 
+def echoable_key(client_msg_id) -> bool:
+    """A client_msg_id an error frame can give back as the client sent it: a string (UTF-8-safe), or a JSON integer,
+    which a key is not (strings only) but which JS clients keyed by `Date.now()` send: the error for it must still
+    name the message it refuses, or the client cannot tell which queued send failed."""
+    if isinstance(client_msg_id, str):
+        return not has_surrogate(client_msg_id)
+    return isinstance(client_msg_id, int) and not isinstance(client_msg_id, bool) and abs(client_msg_id) < 2 ** 63
+
+
 def error_frame(code: str, detail: str, client_msg_id=None, **extra) -> dict:
     """An error frame that can always be sent: text echoing the client (a client_msg_id, a
     field name, a detail quoting input) is made UTF-8-safe. An error frame that could not be
     encoded used to drop the socket instead of answering it."""
     frame = {"type": "error", "code": code, "detail": _wire_safe(detail)}
-    if isinstance(client_msg_id, str) and not has_surrogate(client_msg_id):
+    if echoable_key(client_msg_id):
         frame["client_msg_id"] = client_msg_id
     frame.update(_wire_safe(extra))
     return frame
