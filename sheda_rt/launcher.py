@@ -9,6 +9,8 @@ import sys
 
 from pymongo.errors import PyMongoError
 
+from config.settings import SettingsError
+
 from sheda_rt.database.embedded import EmbeddedDatabaseError
 
 log = logging.getLogger("sheda.launcher")
@@ -55,6 +57,8 @@ def run_server(settings, app_factory) -> int:
             return run_workers(settings, uri, app_factory, embedded)
         asyncio.run(serve(settings, uri=uri, app_factory=app_factory, embedded=embedded))
         return 0
+    except SettingsError as exc:  # found at start (a key file unreadable, APNs half configured): one line, no traceback
+        return fail(str(exc))
     except OSError as exc:
         return fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
     except PyMongoError as exc:

@@ -60,6 +60,21 @@ def test_wrong_setting_fails_with_one_line(tmp_path):
         assert "too-short-secret" not in err  # a secret is never echoed into logs
 
 
+def test_setting_refused_at_start_fails_with_one_line(tmp_path):
+    # Settings only checked once the server builds its parts (a key that does not parse, a key file that
+    # cannot be read, APNs half configured) stop it as a malformed value does: one line naming the setting,
+    # status 2, no traceback, the key itself never echoed. They were tracebacks.
+    secret = "not-a-vapid-key-value"
+    for env, needle in (({"VAPID_PRIVATE_KEY": secret}, "VAPID_PRIVATE_KEY"),
+                        ({"FCM_SERVICE_ACCOUNT_FILE": str(tmp_path / "missing.json")}, "FCM_SERVICE_ACCOUNT_FILE"),
+                        ({"APNS_KEY_FILE": str(tmp_path / "missing.p8")}, "APNS_KEY_FILE")):
+        code, out, err = run_cli(tmp_path / "data", env_extra={**env, "PORT": free_port()})
+        assert code == 2 and "Traceback" not in err + out, (env, err)
+        refusals = [line for line in err.splitlines() if line.startswith("sheda:")]
+        assert len(refusals) == 1 and needle in refusals[0], err
+        assert secret not in err + out
+
+
 def test_port_in_use_fails_with_one_line(tmp_path):
     import socket
 

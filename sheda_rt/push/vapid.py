@@ -15,6 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid02
 
+from config.settings import SettingsError
+
 
 def _b64url(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -22,13 +24,16 @@ def _b64url(raw: bytes) -> str:
 
 def _from_setting(text: str) -> ec.EllipticCurvePrivateKey:
     text = text.strip()
-    if "BEGIN" in text:
-        key = serialization.load_pem_private_key(text.encode(), password=None)
-    else:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        key = ec.derive_private_key(int.from_bytes(raw, "big"), ec.SECP256R1())
+    try:
+        if "BEGIN" in text:
+            key = serialization.load_pem_private_key(text.encode(), password=None)
+        else:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            key = ec.derive_private_key(int.from_bytes(raw, "big"), ec.SECP256R1())
+    except (ValueError, TypeError):  # binascii.Error is a ValueError; the key itself is never echoed
+        key = None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise ValueError("VAPID_PRIVATE_KEY must be a P-256 private key")
+        raise SettingsError("invalid setting VAPID_PRIVATE_KEY: must be a P-256 private key (PEM, or 32 bytes in base64url)")
     return key
 
 
