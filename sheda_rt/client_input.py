@@ -49,6 +49,16 @@ class LoneSurrogate(ValidationFailed):
         self.document = document
 
 
+# ISO 8601's offset of whole hours ("+01", how PostgreSQL prints a timestamptz), which pydantic's parser does not take
+_HOURS_OFFSET = re.compile(r"(?<=[0-9])([+-][0-9]{2})$")
+
+
+def iso_offset(text: str) -> str:
+    """A client's ISO 8601 date-time with every offset form the standard allows: "+01" becomes "+01:00" ("+01:00",
+    "+0100" and "Z" pass as they are). For every request field that takes a time (a viewing's, a mute's end)."""
+    return _HOURS_OFFSET.sub(r"\1:00", text)
+
+
 def has_surrogate(text: str) -> bool:
     return _SURROGATE.search(text) is not None
 

@@ -61,6 +61,11 @@ async def test_mute_until_a_time_forever_and_unmute(sheda):
     assert row["muted_until"] == shown and row["archived"] is False
     assert row["unread_count"] == 1  # muted still counts unread
     assert (await conversation_rows(sheda, bob))[ada.id]["muted_until"] is None  # per user: Bob muted nothing
+    # ISO 8601's whole-hour offset ("+01", as PostgreSQL prints times) is the same instant as "+01:00"
+    hours_form = until.astimezone(timezone(timedelta(hours=1))).isoformat()
+    assert hours_form.endswith("+01:00")
+    r = await sheda.api.patch(settings_url(bob), {"muted_until": hours_form[:-3]}, token=ada.token)
+    assert r.status == 200 and r.json["muted_until"] == shown, r
 
     sheda.ctx.clock.advance(seconds=61)  # the mute ends by itself (no write: it is a date)
     assert (await sheda.api.get(settings_url(bob), token=ada.token)).json["muted_until"] is None

@@ -8,6 +8,7 @@ from typing import Literal, Optional
 from sheda_rt.database.ids import MAX_ID
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
+from sheda_rt.client_input import iso_offset
 from sheda_rt.clock import to_utc
 from sheda_rt.errors import FieldError
 from sheda_rt.pagination import PageQuery
@@ -21,8 +22,6 @@ _HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 # hours run to (or past) midnight UTC needs the day's last slot, which no end up to "23:59" can hold.
 _HHMM_END = re.compile(r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$")
 _ISO_DATE_TIME = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}")  # the rest is the parser's to judge
-# ISO 8601's offset of whole hours, "+01" (PostgreSQL prints timestamptz so), which the parser does not take
-_HOURS_OFFSET = re.compile(r"(?<=[0-9])([+-][0-9]{2})$")
 
 
 def minutes(hhmm: str) -> int:
@@ -90,7 +89,7 @@ class BookRequest(_Body):
         # (Unix seconds in a string), which a client never means as a viewing's time.
         if not isinstance(v, str) or not _ISO_DATE_TIME.match(v):
             raise ValueError("must be an ISO 8601 date-time string, e.g. 2025-10-16T10:00:00Z")
-        return _HOURS_OFFSET.sub(r"\1:00", v)  # "+01" is "+01:00"
+        return iso_offset(v)  # "+01" is "+01:00"
 
     @field_validator("scheduled_at")
     @classmethod

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sheda_rt.chat.store import ConversationStore, conv_key
+from sheda_rt.client_input import iso_offset
 from sheda_rt.clock import format_ts, to_utc
 from sheda_rt.errors import NotFound
 from sheda_rt.responses import ResponseModel, Timestamp
@@ -55,7 +56,7 @@ class ConversationSettingsIn(BaseModel):
     def _iso_text(cls, v):
         if v is not None and not isinstance(v, str):  # no Unix timestamps: one unambiguous form
             raise ValueError('must be an ISO 8601 date-time string, "forever" or null')
-        return v
+        return iso_offset(v) if isinstance(v, str) else v  # "+01" is "+01:00"
 
     @field_validator("muted_until")
     @classmethod
