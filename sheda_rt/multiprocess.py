@@ -34,9 +34,12 @@ import sys
 import tempfile
 import time
 
+from config.settings import SettingsError
+
 log = logging.getLogger("sheda.workers")
 
 MAX_RESTARTS = 16
+EXIT_SETTINGS = 2  # a worker refused a setting: not restarted; the supervisor stops the others and exits 2
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -65,6 +68,9 @@ def _worker_main(index: int, settings, uri: str, sockets, app_factory, embedded_
         code = 0
     except KeyboardInterrupt:
         code = 0
+    except SettingsError as exc:  # a setting refused at start (a key that does not parse): every restart would fail alike
+        print(f"sheda: {exc}", file=sys.stderr)
+        code = EXIT_SETTINGS
     except BaseException:
         log.exception("worker %s failed", index)
     finally:
@@ -107,7 +113,7 @@ class Supervisor:
             signal.signal(sig, self.stop_all)
         for index in range(self.settings.processes):
             self.spawn(index)
-        failed = False
+        failed = settings_refused = False
         while self.children:
             try:
                 pid, status = os.wait()
@@ -126,6 +132,10 @@ class Supervisor:
             log.info(json.dumps({"event": "worker_exited", "worker": index, "pid": pid, "code": code}))
             if self.stopping or code == 0:
                 continue
+            if code == EXIT_SETTINGS:
+                settings_refused = True
+                self.stop_all()
+                continue
             if self.restarts >= MAX_RESTARTS:
                 log.error(json.dumps({"event": "workers_crashing", "restarts": self.restarts}))
                 failed = True
@@ -135,7 +145,7 @@ class Supervisor:
             time.sleep(min(0.1 * self.restarts, 2.0))
             if not self.stopping:
                 self.spawn(index)
-        return 1 if failed else 0
+        return EXIT_SETTINGS if settings_refused else 1 if failed else 0
 
     @staticmethod
     def _forget_metrics(pid: int) -> None:

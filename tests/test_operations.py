@@ -66,6 +66,7 @@ def test_setting_refused_at_start_fails_with_one_line(tmp_path):
     # status 2, no traceback, the key itself never echoed. They were tracebacks.
     secret = "not-a-vapid-key-value"
     for env, needle in (({"VAPID_PRIVATE_KEY": secret}, "VAPID_PRIVATE_KEY"),
+                        ({"VAPID_PRIVATE_KEY": "garbage"}, "VAPID_PRIVATE_KEY"),  # decodes to 5 bytes: was taken as a key
                         ({"FCM_SERVICE_ACCOUNT_FILE": str(tmp_path / "missing.json")}, "FCM_SERVICE_ACCOUNT_FILE"),
                         ({"APNS_KEY_FILE": str(tmp_path / "missing.p8")}, "APNS_KEY_FILE")):
         code, out, err = run_cli(tmp_path / "data", env_extra={**env, "PORT": free_port()})
@@ -73,6 +74,23 @@ def test_setting_refused_at_start_fails_with_one_line(tmp_path):
         refusals = [line for line in err.splitlines() if line.startswith("sheda:")]
         assert len(refusals) == 1 and needle in refusals[0], err
         assert secret not in err + out
+
+
+def test_setting_refused_by_workers_stops_without_restarts(tmp_path):
+    # With --processes each worker builds its parts after the fork: a setting refused there was a traceback per
+    # worker, restarted 16 times, then exit 1. Now the refusal line, no restart, status 2.
+    from tests.redis_support import RedisServer
+
+    redis = RedisServer().start()
+    try:
+        code, out, err = run_cli(tmp_path / "data", "--processes", "2", env_extra={
+            "VAPID_PRIVATE_KEY": "garbage", "REDIS_URL": redis.url, "PORT": free_port()})
+    finally:
+        redis.stop()
+    assert code == 2 and "Traceback" not in err + out, err
+    refusals = {line for line in err.splitlines() if line.startswith("sheda:")}
+    assert len(refusals) == 1 and "VAPID_PRIVATE_KEY" in refusals.pop(), err
+    assert "workers_crashing" not in out + err and out.count('"event": "worker_started"') == 2, out
 
 
 def test_port_in_use_fails_with_one_line(tmp_path):

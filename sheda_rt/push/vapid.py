@@ -29,7 +29,8 @@ def _from_setting(text: str) -> ec.EllipticCurvePrivateKey:
             key = serialization.load_pem_private_key(text.encode(), password=None)
         else:
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-            key = ec.derive_private_key(int.from_bytes(raw, "big"), ec.SECP256R1())
+            # a raw P-256 key is 32 bytes: a shorter value (any short word decodes) would sign with a guessable key
+            key = ec.derive_private_key(int.from_bytes(raw, "big"), ec.SECP256R1()) if len(raw) == 32 else None
     except (ValueError, TypeError):  # binascii.Error is a ValueError; the key itself is never echoed
         key = None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
