@@ -77,7 +77,7 @@ class Settings(BaseSettings):
 
     # Email
     smtp_host: Optional[str] = None
-    smtp_port: int = 587
+    smtp_port: int = Field(587, ge=1, le=65535)
     smtp_username: Optional[str] = None
     smtp_password: Optional[SecretStr] = None
     smtp_starttls: bool = True

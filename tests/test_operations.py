@@ -51,7 +51,8 @@ def test_wrong_setting_fails_with_one_line(tmp_path):
     for env, needle in (({"PORT": "abc"}, "PORT"), ({"ACCESS_TOKEN_MINUTES": "0"}, "ACCESS_TOKEN_MINUTES"),
                         ({"BCRYPT_ROUNDS": "99"}, "BCRYPT_ROUNDS"), ({"JWT_SECRET": "too-short-secret"}, "JWT_SECRET"),
                         ({"JWT_ALGORITHM": "none"}, "JWT_ALGORITHM"), ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
-                        ({"MONGODB_URI": "127.0.0.1:27017"}, "MONGODB_URI")):
+                        ({"MONGODB_URI": "127.0.0.1:27017"}, "MONGODB_URI"),
+                        ({"SMTP_PORT": "99999"}, "SMTP_PORT")):  # was taken, and every mail failed at send time
         code, out, err = run_cli(tmp_path / "data", env_extra=env, timeout=30)
         assert code == 2, (env, out, err)
         lines = err.strip().splitlines()
