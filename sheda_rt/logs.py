@@ -26,6 +26,7 @@ kept as `exc_text`; `exc_info` is dropped so no formatter can print it unredacte
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -121,11 +122,34 @@ def install() -> None:
     _installed = True
 
 
+class JsonLineFormatter(logging.Formatter):
+    """One JSON object per record, on one line. Our own events are JSON already and go out as they are;
+    any other record (a library's, a `log.warning("...")`, a traceback) becomes
+    {"event": "log", "level", "logger", "message"[, "exc"]}: a log collector never gets a bare line or
+    a multi-line traceback. The text is already redacted (the record factory above)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        extra = record.exc_text or record.stack_info
+        if not extra and message.startswith("{") and message.endswith("}") and "\n" not in message:
+            return message
+        line = {"event": "log", "level": record.levelname, "logger": record.name, "message": message}
+        if message.startswith("{"):
+            try:
+                parsed = json.loads(message)
+                line = parsed if isinstance(parsed, dict) else line
+            except ValueError:
+                pass
+        if extra:
+            line["exc"] = "\n".join(part for part in (record.exc_text, record.stack_info) if part)
+        return json.dumps(line, default=str)
+
+
 def setup_logging(level: str) -> None:
-    """The server's logging: one line per record on stdout (our lines are JSON), secrets redacted."""
+    """The server's logging: one JSON line per record on stdout, secrets redacted."""
     install()
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(JsonLineFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

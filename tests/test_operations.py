@@ -47,6 +47,27 @@ def test_fresh_start_restart_and_clean_sigterm(tmp_path):
         server.kill()
 
 
+def test_every_log_line_is_one_json_object(tmp_path):
+    # The README: one JSON line per event. Records not written as JSON by us (Tornado's "Malformed HTTP
+    # message" at INFO for a client's garbage request, a library's warning, a traceback) were bare text
+    # lines, tracebacks several lines: a log collector parsing JSON dropped or split them.
+    import socket
+
+    server = ServerProcess(tmp_path / "data")
+    try:
+        server.start()
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(b"GARBAGE\r\n\r\n")
+            assert sock.recv(100).startswith(b"HTTP/1.1 400")
+        assert server.stop(signal.SIGTERM) == 0
+        lines = [line for line in server.output().splitlines() if line.strip()]
+        records = [json.loads(line) for line in lines]  # every line parses
+        assert all(isinstance(r, dict) for r in records)
+        assert any(r.get("event") == "log" and "Malformed HTTP" in r["message"] and r["level"] == "INFO" for r in records), lines
+    finally:
+        server.kill()
+
+
 def test_wrong_setting_fails_with_one_line(tmp_path):
     for env, needle in (({"PORT": "abc"}, "PORT"), ({"ACCESS_TOKEN_MINUTES": "0"}, "ACCESS_TOKEN_MINUTES"),
                         ({"BCRYPT_ROUNDS": "99"}, "BCRYPT_ROUNDS"), ({"JWT_SECRET": "too-short-secret"}, "JWT_SECRET"),
