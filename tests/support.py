@@ -132,6 +132,19 @@ async def eventually(check, what: str = "the condition", timeout: float = 15.0, 
         await asyncio.sleep(interval)
 
 
+async def walk_pages(api, path: str, token: str | None = None, limit: int = 2, **params) -> list[int]:
+    """The ids of every item of a cursor-paged list, following `next_cursor` page by page (small pages: the
+    walk crosses page boundaries), as a client scrolling to the end would."""
+    seen, cursor = [], None
+    while True:
+        r = await api.get(path, token=token, params={"limit": limit, **params, **({"cursor": cursor} if cursor else {})})
+        assert r.status == 200, r
+        seen += [item["id"] for item in r.json["items"]]
+        cursor = r.json["next_cursor"]
+        if not cursor:
+            return seen
+
+
 def unique(prefix: str = "u") -> str:
     return f"{prefix}{uuid.uuid4().hex[:10]}"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from tests.listing_helpers import another_server, create_property, start_and_stop, word
+from tests.support import eventually
 
 API = "/api/v1/properties"
 
@@ -15,15 +16,6 @@ async def found(sheda, w: str, **params) -> set[int]:
     r = await sheda.api.get(f"{API}?{query}")
     assert r.status == 200, r
     return {p["id"] for p in r.json["items"]}
-
-
-async def eventually(check, seconds: float = 10.0):
-    """The request waits for the listings' job (a few seconds at most); on a loaded machine it may still be running."""
-    for _ in range(int(seconds / 0.1)):
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    assert await check()
 
 
 async def agent_with_listings(sheda, w: str):

@@ -10,7 +10,7 @@ from bson.decimal128 import Decimal128
 
 from tests.listing_helpers import (another_server, location_facets_keeping_dotless_i, snapshot, start_and_stop, unfolded_location_facets,
                                    word)
-from tests.support import PNG_1PX, multipart
+from tests.support import PNG_1PX, eventually, multipart
 
 PROJECTS = "/api/v1/projects"
 
@@ -622,19 +622,10 @@ async def _found_projects(sheda, w: str) -> set[int]:
     return {p["id"] for p in r.json["items"]}
 
 
-async def _eventually(check, seconds: float = 20.0):
-    """The request waits for the projects' job (a few seconds at most); on a loaded machine it may still be running."""
-    for _ in range(int(seconds / 0.1)):
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    assert await check()
-
-
 async def _projects_are(sheda, w: str, ids: set[int]):
     async def check():
         return await _found_projects(sheda, w) == ids
-    await _eventually(check)
+    await eventually(check, "the projects' job (the request waits for it; a loaded machine may still be running it)", timeout=20)
 
 
 async def _hidden_to_the_public(sheda, project: dict, unit_id: int, tokens) -> None:

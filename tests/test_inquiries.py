@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from tests.listing_helpers import create_property, word
-from tests.support import PNG_1PX, multipart
+from tests.support import PNG_1PX, multipart, walk_pages
 
 INQ = "/api/v1/inquiries"
 LEADS = "/api/v1/leads"
@@ -167,15 +167,8 @@ async def test_agents_see_their_own_leads_admins_all_with_status_filter_and_curs
     my_ids = [(await sheda.api.post(INQ, inquiry(mine), headers=from_ip())).json["id"] for _ in range(5)]
     their_id = (await sheda.api.post(INQ, inquiry(theirs), headers=from_ip())).json["id"]
 
-    async def walk(token, **params):
-        seen, cursor = [], None
-        while True:
-            r = await sheda.api.get(LEADS, token=token, params={"limit": 2, **params, **({"cursor": cursor} if cursor else {})})
-            assert r.status == 200, r
-            seen += [item["id"] for item in r.json["items"]]
-            cursor = r.json["next_cursor"]
-            if not cursor:
-                return seen
+    def walk(token, **params):
+        return walk_pages(sheda.api, LEADS, token, **params)
 
     assert await walk(agent.token) == sorted(my_ids, reverse=True)
     assert await walk(other.token) == [their_id]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.listing_helpers import create_property
+from tests.support import walk_pages
 from tests.test_builders import add_units, create_project, published_project, unit, verified_builder
 from tests.test_inquiries import INQ, LEADS, from_ip, leads_count
 
@@ -231,15 +232,8 @@ async def test_leads_filter_by_project_for_its_builder_and_admins_walking_that_p
     their_id = (await sheda.api.post(INQ, ask(theirs), headers=from_ip())).json["id"]
     assert (await sheda.api.patch(f"{LEADS}/{palm_ids[1]}", {"status": "contacted"}, token=builder.token)).status == 200
 
-    async def walk(token, **params):
-        seen, cursor = [], None
-        while True:
-            r = await sheda.api.get(LEADS, token=token, params={"limit": 2, **params, **({"cursor": cursor} if cursor else {})})
-            assert r.status == 200, r
-            seen += [item["id"] for item in r.json["items"]]
-            cursor = r.json["next_cursor"]
-            if not cursor:
-                return seen
+    def walk(token, **params):
+        return walk_pages(sheda.api, LEADS, token, **params)
 
     assert await walk(builder.token, project_id=palm["id"]) == sorted(palm_ids, reverse=True)
     assert await walk(builder.token, project_id=bay["id"]) == [bay_id]
