@@ -231,6 +231,31 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL such as https://api.example.com")
         return value.strip().rstrip("/")
 
+    @field_validator("host", mode="before")
+    @classmethod
+    def _host(cls, value):
+        # blank was taken (Tornado then listens on every address, which HOST=127.0.0.1 set wrongly never means)
+        if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value.strip()):
+            raise ValueError("must be an address or host name to listen on, e.g. 0.0.0.0 or 127.0.0.1")
+        return value.strip()
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _data_dir(cls, value):
+        # blank was taken as the working directory: the database, media and outbox spread into it
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must name a directory, e.g. ./data")
+        return value
+
+    @field_validator("mongodb_db")
+    @classmethod
+    def _mongodb_db(cls, value):
+        # MongoDB's rules for a database name; a bad one was refused only once the database had started, by a
+        # line naming the driver's error instead of this setting
+        if not re.fullmatch(r'[^/\\. "$*<>:|?\x00]{1,63}', value):
+            raise ValueError('must be 1 to 63 characters, none of / \\ . space " $ * < > : | ?')
+        return value
+
     @field_validator("mongodb_uri")
     @classmethod
     def _mongodb_scheme(cls, value):

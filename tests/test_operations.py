@@ -73,7 +73,10 @@ def test_wrong_setting_fails_with_one_line(tmp_path):
                         ({"BCRYPT_ROUNDS": "99"}, "BCRYPT_ROUNDS"), ({"JWT_SECRET": "too-short-secret"}, "JWT_SECRET"),
                         ({"JWT_ALGORITHM": "none"}, "JWT_ALGORITHM"), ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
                         ({"MONGODB_URI": "127.0.0.1:27017"}, "MONGODB_URI"),
-                        ({"SMTP_PORT": "99999"}, "SMTP_PORT")):  # was taken, and every mail failed at send time
+                        ({"SMTP_PORT": "99999"}, "SMTP_PORT"),  # was taken, and every mail failed at send time
+                        # blank HOST listened everywhere, blank DATA_DIR wrote into the working directory, and a database
+                        # name MongoDB refuses stopped the server only after the database started, naming the driver's error
+                        ({"HOST": " "}, "HOST"), ({"DATA_DIR": ""}, "DATA_DIR"), ({"MONGODB_DB": "a.b c"}, "MONGODB_DB")):
         code, out, err = run_cli(tmp_path / "data", env_extra=env, timeout=30)
         assert code == 2, (env, out, err)
         lines = err.strip().splitlines()
